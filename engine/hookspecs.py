@@ -1,0 +1,92 @@
+"""The one plugin boundary of Converge.
+
+Every hook a plugin may implement is declared here, grouped by the stage
+that calls it. Each docstring is the contract: when the hook is called,
+what it gets, what it must return, and how the results of several plugins
+combine. ``docs/plugins.md`` is generated from these docstrings and a test
+fails when a hook is undocumented.
+
+Plugins implement hooks with ``@engine.hookimpl`` and register through the
+``converge`` entry-point group, exactly like the built-in ``modbus``,
+``opcua`` and ``mqtt`` plugins do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pluggy
+
+from engine.model import Device, PlannedPoint, ReadGroupPlan
+
+PROJECT = "converge"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- protocols: validate ---------------------------------------------------------------
+
+
+@hookspec
+def converge_protocol_names() -> list[str]:  # type: ignore[empty-body]
+    """Name the protocols this plugin implements.
+
+    Called once when the plugin manager is built. Returns the names a site
+    inventory uses in a device's ``protocol:`` key (for example
+    ``["modbus"]``). Results of all plugins are concatenated; a name claimed
+    by two plugins is a :class:`~engine.errors.PluginError`.
+    """
+
+
+@hookspec(firstresult=True)
+def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:  # type: ignore[empty-body]
+    """Give the cerberus schema of a device's ``endpoint`` mapping for ``protocol``.
+
+    Called by the validate stage for every protocol a site uses. Return a
+    cerberus schema (a dict of field rules) when ``protocol`` is yours and
+    ``None`` otherwise; the first non-``None`` result is used. Unknown keys
+    are always errors; defaults in the schema are applied (``default`` rule).
+    """
+
+
+@hookspec(firstresult=True)
+def converge_address_schema(protocol: str) -> dict[str, Any] | None:  # type: ignore[empty-body]
+    """Give the cerberus schema of a point's ``address`` mapping for ``protocol``.
+
+    Same contract as :func:`converge_endpoint_schema`, for each point's
+    ``address``. Cross-field rules that cerberus cannot express (for example
+    "a string needs a length") belong in :func:`converge_check_address`.
+    """
+
+
+@hookspec(firstresult=True)
+def converge_check_address(protocol: str, address: dict[str, Any]) -> list[str] | None:  # type: ignore[empty-body]
+    """Check one schema-valid ``address`` beyond what its schema says.
+
+    Called after schema validation succeeded for a point. Return a list of
+    problems in plain words (empty when the address is fine) when
+    ``protocol`` is yours, ``None`` otherwise; the first non-``None`` result
+    is used. Each problem becomes an ``address-invalid`` error at the address.
+    """
+
+
+# --- protocols: plan --------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_plan_read_groups(  # type: ignore[empty-body]
+    device: Device, points: Sequence[PlannedPoint]
+) -> ReadGroupPlan | None:
+    """Group the governed points of ``device`` into the requests that read them.
+
+    Called by the plan stage once per device that has governed points, with
+    those points in inventory order and their merged schedules. Return
+    ``None`` when ``device.protocol`` is not yours. Otherwise return a
+    :class:`~engine.model.ReadGroupPlan`: JSON-ready group dicts, each with a
+    ``points`` list naming the points it reads, in a deterministic order; and
+    the problems that make the device unplannable (overlapping addresses, a
+    request larger than the device's limits allow, ...). Groups must respect
+    every limit in ``device.limits`` that applies to the protocol; the engine
+    checks ``max_requests_per_second`` from the groups' schedules itself.
+    """

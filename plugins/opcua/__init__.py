@@ -1,0 +1,12 @@
+"""Built-in opcua protocol plugin."""
+
+from __future__ import annotations
+
+from engine.hookspecs import hookimpl
+
+PROTOCOL = "opcua"
+
+
+@hookimpl
+def converge_protocol_names() -> list[str]:
+    return [PROTOCOL]
