@@ -14,7 +14,7 @@ location of the value at a path (a tuple of keys and list indexes) and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ MAX_NODES_FLOOR = 100_000
 DocPath = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _LEADING_TAB = re.compile(r"^( *)\t", re.MULTILINE)
 
 
@@ -86,6 +87,9 @@ class _Builder:
         if self.budget < 0:
             raise _TooManyNodes(self.mark(node))
         self.doc.marks[path] = self.mark(node)
+        if node.tag not in _COLLECTION_TAGS and not isinstance(node, yaml.ScalarNode):
+            self.findings.append(error(self.mark(node), "yaml-bad-value", f"tag {node.tag} is not allowed"))
+            return None
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -252,13 +256,15 @@ def load_file(file: Path, display: str | None = None) -> Document:
     return load_text(raw, shown)
 
 
-def load_files(files: Iterable[Path]) -> tuple[list[Document], list[Finding]]:
+def load_files(
+    files: Iterable[Path], display: Callable[[Path], str] = str
+) -> tuple[list[Document], list[Finding]]:
     """Load many files, collecting every file's findings instead of stopping at the first."""
     documents: list[Document] = []
     findings: list[Finding] = []
     for file in files:
         try:
-            documents.append(load_file(file))
+            documents.append(load_file(file, display(file)))
         except FindingsError as exc:
             findings.extend(exc.findings)
     return documents, findings
