@@ -1,0 +1,36 @@
+"""Every finding code the engine emits, with the one-line meaning docs and SARIF show.
+
+Codes are stable: tools and CI filters depend on them. ``docs/findings.md``
+documents each one, and a test fails when a code is emitted but not listed
+here or listed here but undocumented. Protocol plugins document their own
+codes in their README.
+"""
+
+from __future__ import annotations
+
+CODES: dict[str, str] = {
+    # load
+    "file-unreadable": "a file could not be read",
+    "path-not-found": "a path given on the command line does not exist",
+    "yaml-too-large": "a YAML file is larger than the bound accepted",
+    "yaml-not-utf8": "a file is not valid UTF-8",
+    "yaml-tab-indent": "a tab character is used for indentation",
+    "yaml-syntax": "the file is not well-formed YAML",
+    "yaml-duplicate-key": "a mapping defines the same key twice",
+    "yaml-non-scalar-key": "a mapping key is a list or a mapping",
+    "yaml-alias-bomb": "aliases expand beyond the bound (billion laughs)",
+    "yaml-too-deep": "nesting is too deep, or an alias is recursive",
+    "yaml-bad-value": "a scalar cannot be read (unknown tag, bad timestamp)",
+    "yaml-bad-merge": "a '<<' merge key does not name a mapping",
+    # references, select, merge, plan
+    "role-unheld": "a role named in a policy is held by no principal",
+    "selector-matches-nothing": "a selector value matches no device or point",
+    "policy-governs-nothing": "a policy governs no point of the compiled sites",
+    "exception-expired": "an exception is past its expiry and no longer applies",
+    "exception-waives-nothing": "an exception in force matches nothing its policy governs",
+    "retention-conflict": "keep_at_least of one policy exceeds keep_at_most of another",
+    "interval-below-limit": "a capture interval is shorter than the device's min_interval",
+    "request-rate-exceeded": "read groups need more requests/s than the device allows",
+    "point-not-captured": "a governed point has no capture demand and will not be collected",
+    "device-id-clash": "two compiled sites have a device with the same id",
+}

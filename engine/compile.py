@@ -1,0 +1,149 @@
+"""The compiler: the ordered stages from YAML files to plans, declared once.
+
+``STAGES`` is the order a reader should follow through the code; each stage
+is one module with one public entry that takes the previous stage's output.
+Findings accumulate across stages; the compiler stops after ``validate`` if
+any input is invalid (later stages would only report consequences of it),
+and otherwise runs to the end so that every merge and plan error is shown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pluggy
+
+from engine.errors import Finding, Location, error, has_errors, sort_findings
+from engine.load import Document, load_files
+from engine.merge import MergeResult, merge
+from engine.model import Project
+from engine.plan import Plan, build_plans
+from engine.references import check_references
+from engine.select import Selection, select
+from engine.validate import validate
+
+STAGES = ("load", "validate", "select", "merge", "plan")
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Inputs:
+    """What to compile: policy files or folders, site files or folders, principals files."""
+
+    policies: Sequence[Path]
+    sites: Sequence[Path]
+    principals: Sequence[Path] = ()
+    at: date | None = None
+
+
+@dataclass
+class Compilation:
+    project: Project = field(default_factory=Project)
+    selection: Selection = field(default_factory=Selection)
+    merged: MergeResult = field(default_factory=MergeResult)
+    plans: list[Plan] = field(default_factory=list)
+    as_of: dict[str, date] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.findings)
+
+
+def compile_project(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
+    """Run every stage over ``inputs``; the result carries all findings, sorted."""
+    result = Compilation()
+    policy_files, site_files, principal_files, found = discover(inputs)
+    documents: dict[str, list[Document]] = {}
+    load_findings = found
+    for kind, files in (("policy", policy_files), ("site", site_files),
+                        ("principals", principal_files)):
+        documents[kind], more = load_files(files, display=display_path)
+        load_findings += more
+    result.project, valid_findings = validate(
+        documents["policy"], documents["site"], documents["principals"], pm
+    )
+    result.findings = load_findings + valid_findings + check_references(result.project)
+    if not has_errors(result.findings):
+        _select_merge_plan(result, inputs, pm)
+    result.findings = sort_findings(result.findings)
+    return result
+
+
+def _select_merge_plan(result: Compilation, inputs: Inputs, pm: pluggy.PluginManager) -> None:
+    result.as_of = {s.id: inputs.at or today_in(s.timezone) for s in result.project.sites}
+    result.selection = select(result.project)
+    result.merged = merge(result.selection, lambda site: result.as_of[site])
+    result.plans, plan_findings = build_plans(
+        result.merged, result.project.sites, pm, result.as_of
+    )
+    result.findings += result.selection.findings + result.merged.findings + plan_findings
+
+
+def today_in(timezone: str) -> date:
+    return datetime.now(ZoneInfo(timezone)).date()
+
+
+def display_path(path: Path) -> str:
+    """How findings and provenance name a file: relative to the working folder when inside it."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def discover(inputs: Inputs) -> tuple[list[Path], list[Path], list[Path], list[Finding]]:
+    """The files to read, each once, in a stable order; a missing path is a finding."""
+    findings: list[Finding] = []
+    policies = _unique(_yaml_files(inputs.policies, findings))
+    sites: list[Path] = []
+    principals: list[Path] = []
+    for given in inputs.sites:
+        for site_file in _site_files(given, findings):
+            sites.append(site_file)
+            beside = site_file.parent / "principals.yaml"
+            if beside.is_file():
+                principals.append(beside)
+    principals += _yaml_files(inputs.principals, findings)
+    return policies, _unique(sites), _unique(principals), findings
+
+
+def _missing(path: Path) -> Finding:
+    return error(Location(str(path)), "path-not-found", f"no such file or folder: {path}")
+
+
+def _yaml_files(paths: Iterable[Path], findings: list[Finding]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            findings.append(_missing(path))
+    return files
+
+
+def _site_files(path: Path, findings: list[Finding]) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if (path / "site.yaml").is_file():
+        return [path / "site.yaml"]
+    if path.is_dir():
+        return sorted(path.rglob("site.yaml"))
+    findings.append(_missing(path))
+    return []
+
+
+def _unique(paths: Iterable[Path]) -> list[Path]:
+    """Each file once, whatever the spelling it was given under, sorted by display path."""
+    by_real = {os.path.realpath(p): p for p in paths}
+    return sorted(by_real.values(), key=display_path)
+

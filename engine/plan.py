@@ -1,0 +1,267 @@
+"""Stage 5, plan: one canonical, content-addressed JSON plan per device.
+
+The plan's bytes are the RFC 8785 (JCS) canonical form of its body, so the
+same inputs always give the same bytes, and ``digest`` is the SHA-256 of the
+canonical form of the body *without* ``digest``. The protocol plugin groups
+the device's points into read requests; the engine checks that those
+requests fit ``limits.max_requests_per_second`` at the merged intervals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from itertools import groupby
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pluggy
+import rfc8785
+
+from engine.errors import Finding, PlanRejected, PluginError, error, has_errors, warning
+from engine.merge import MergedPoint, MergeResult, Waiver
+from engine.model import Device, PlannedPoint, ReadGroupPlan, Site
+
+PLAN_FORMAT = "converge.plan/v1"
+INDEX_FORMAT = "converge.plan-index/v1"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A sealed plan: its body (with ``digest``) and the exact bytes to write."""
+
+    device: str
+    body: dict[str, Any]
+    canonical: bytes
+
+    @property
+    def digest(self) -> str:
+        return str(self.body["digest"])
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.device}.plan.json"
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 bytes of ``value``; NaN, infinities and huge integers are plan errors."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, ValueError) as exc:
+        raise PlanRejected(f"value cannot be written as canonical JSON: {exc}") from exc
+
+
+def seal(body: dict[str, Any]) -> Plan:
+    """Add ``digest`` to ``body`` and fix its bytes."""
+    unsealed = {k: v for k, v in body.items() if k != "digest"}
+    digest = "sha256:" + hashlib.sha256(canonical_json(unsealed)).hexdigest()
+    sealed = {**unsealed, "digest": digest}
+    return Plan(str(body["device"]["id"]), sealed, canonical_json(sealed))
+
+
+def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:
+    """Parse a plan's bytes and check its format and digest; raises :class:`PlanRejected`."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PlanRejected(f"{source}: not a JSON plan ({exc})") from exc
+    if not isinstance(body, dict) or body.get("format") != PLAN_FORMAT:
+        raise PlanRejected(f"{source}: not a {PLAN_FORMAT} plan")
+    want = seal(body).digest
+    got = body.get("digest")
+    if got != want:
+        raise PlanRejected(f"{source}: digest does not verify: got {got}, want {want}")
+    return body
+
+
+def build_plans(
+    merged: MergeResult, sites: Sequence[Site], pm: pluggy.PluginManager, as_of: dict[str, date]
+) -> tuple[list[Plan], list[Finding]]:
+    """A plan for every device with at least one governed point, in inventory order."""
+    by_site = {site.id: site for site in sites}
+    plans: list[Plan] = []
+    findings: list[Finding] = []
+    governed = [mp for mp in merged.points if mp.governed]
+    for device, points in groupby(governed, key=lambda mp: mp.target.device):
+        site = by_site[device.site]
+        plan, found = build_device_plan(site, device, list(points), pm, as_of[site.id])
+        findings += found
+        if plan is not None:
+            plans.append(plan)
+    return plans, findings
+
+
+def build_device_plan(
+    site: Site, device: Device, points: list[MergedPoint], pm: pluggy.PluginManager, day: date
+) -> tuple[Plan | None, list[Finding]]:
+    findings = [_no_capture(mp) for mp in points if not _captured(mp)]
+    collected = [mp for mp in points if _captured(mp)]
+    planned = [_planned(mp) for mp in collected]
+    groups = _read_groups(pm, device, planned)
+    findings += _problems(device, groups)
+    findings += _request_rate(device, groups, planned)
+    if has_errors(findings):
+        return None, findings
+    body: dict[str, Any] = {
+        "format": PLAN_FORMAT,
+        "site": site.id,
+        "timezone": site.timezone,
+        "as_of": day.isoformat(),
+        "device": _device_entry(device),
+        "points": [point_entry(mp) for mp in collected],
+        "read_groups": groups.groups,
+    }
+    valid_until = _valid_until([w for mp in collected for w in mp.waived], site.timezone)
+    if valid_until:
+        body["valid_until"] = valid_until
+    return seal(body), findings
+
+
+def _captured(mp: MergedPoint) -> bool:
+    return any(f in mp.facets for f in ("capture.every_ms", "capture.cron",
+                                         "capture.on_change.deadband"))
+
+
+def _no_capture(mp: MergedPoint) -> Finding:
+    names = ", ".join(p.id for p in mp.policies)
+    return warning(
+        mp.target.point.location,
+        "point-not-captured",
+        f"point {mp.target.ref} is governed by {names} but no policy in force sets capture; "
+        "it will not be collected",
+    )
+
+
+def _planned(mp: MergedPoint) -> PlannedPoint:
+    facets = mp.facets
+    every = facets.get("capture.every_ms")
+    cron = facets.get("capture.cron")
+    deadband = facets.get("capture.on_change.deadband")
+    return PlannedPoint(
+        mp.target.point,
+        every_ms=int(every.value) if every else None,  # type: ignore[arg-type]
+        cron=tuple(cron.value) if cron else (),  # type: ignore[arg-type]
+        deadband=float(deadband.value) if deadband else None,  # type: ignore[arg-type]
+    )
+
+
+def _read_groups(pm: pluggy.PluginManager, device: Device, points: list[PlannedPoint]) -> ReadGroupPlan:
+    result = pm.hook.converge_plan_read_groups(device=device, points=points)
+    if result is None:
+        raise PluginError(f"no plugin plans read groups for protocol '{device.protocol}'")
+    if not isinstance(result, ReadGroupPlan):
+        raise PluginError(f"the {device.protocol} plugin returned {type(result).__name__}, "
+                          "not a ReadGroupPlan")
+    return result
+
+
+def _problems(device: Device, groups: ReadGroupPlan) -> list[Finding]:
+    places = {p.name: p.address_location for p in device.points}
+    return [
+        error(places.get(problem.point or "", device.location), problem.code,
+              f"device {device.id}: {problem.message}")
+        for problem in groups.problems
+    ]
+
+
+def _request_rate(device: Device, groups: ReadGroupPlan, points: list[PlannedPoint]) -> list[Finding]:
+    """Requests per second the polled groups need, against ``limits.max_requests_per_second``."""
+    limit = device.limits.max_requests_per_second
+    if limit is None:
+        return []
+    every = {p.point.name: p.every_ms for p in points}
+    rate = 0.0
+    for group in groups.groups:
+        if group.get("kind", "read") != "read":
+            continue
+        intervals = [every[name] for name in group["points"] if every.get(name)]
+        rate += 1000 / min(intervals) if intervals else 0.0  # type: ignore[type-var]
+    if rate <= limit:
+        return []
+    where = device.limits.locations.get("max_requests_per_second", device.location)
+    return [error(where, "request-rate-exceeded",
+                  f"device {device.id}: its {len(groups.groups)} read groups need {rate:g} "
+                  f"requests/s at the merged capture intervals, more than "
+                  f"limits.max_requests_per_second {limit:g}")]
+
+
+def _device_entry(device: Device) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": device.id,
+        "protocol": device.protocol,
+        "endpoint": dict(device.endpoint),
+        "limits": device.limits.as_plan(),
+    }
+    for key, value in (("class", device.class_), ("zone", device.zone)):
+        if value is not None:
+            entry[key] = value
+    if device.labels:
+        entry["labels"] = dict(device.labels)
+    return entry
+
+
+def point_entry(mp: MergedPoint) -> dict[str, Any]:
+    """A point as the plan writes it: facets nested as in the policy language."""
+    point = mp.target.point
+    entry: dict[str, Any] = {"name": point.name, "address": dict(point.address)}
+    for key, value in (("signal", point.signal), ("unit", point.unit)):
+        if value is not None:
+            entry[key] = value
+    provenance: dict[str, list[dict[str, str]]] = {}
+    for facet, merged in mp.facets.items():
+        _nest(entry, facet.split("."), _json_value(merged.value))
+        provenance[facet] = [{"policy": c.policy, "at": str(c.location)} for c in merged.winners]
+    entry["policies"] = sorted({p.id for p in mp.policies})
+    if mp.waived:
+        entry["waived"] = sorted((_waiver_entry(w) for w in mp.waived), key=canonical_json)
+    entry["provenance"] = provenance
+    return entry
+
+
+def _nest(entry: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        entry = entry.setdefault(key, {})
+    entry[keys[-1]] = value
+
+
+def _json_value(value: object) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _waiver_entry(waiver: Waiver) -> dict[str, Any]:
+    exc = waiver.exception
+    return {
+        "facets": sorted(set(exc.waive)),
+        "reason": exc.reason,
+        "approved_by": exc.approved_by,
+        "expires": exc.expires.isoformat(),
+        "policy": waiver.policy,
+        "at": str(exc.location),
+    }
+
+
+def _valid_until(waivers: Iterable[Waiver], timezone: str) -> str | None:
+    """The first instant no waiver covers: midnight after the earliest expiry, site time."""
+    expiries = [w.exception.expires for w in waivers]
+    if not expiries:
+        return None
+    local = datetime.combine(min(expiries) + timedelta(days=1), time(), ZoneInfo(timezone))
+    return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan_index(plans: Sequence[Plan], merged: MergeResult, as_of: dict[str, date]) -> bytes:
+    """The canonical bytes of ``index.json``: every plan with its digest, and what is ungoverned."""
+    body: dict[str, Any] = {
+        "format": INDEX_FORMAT,
+        "as_of": {site: day.isoformat() for site, day in sorted(as_of.items())},
+        "plans": [
+            {"device": p.device, "site": p.body["site"], "file": p.file_name,
+             "digest": p.digest, "points": len(p.body["points"])}
+            for p in plans
+        ],
+        "ungoverned": [mp.target.ref for mp in merged.points if not mp.governed],
+    }
+    return canonical_json(body)

@@ -1,0 +1,53 @@
+"""Cross-file references that no single file's schema can check.
+
+Device ids across sites, and roles named in policies against the roles principals hold. Following the
+policy language, a role nobody holds is a warning, not an error: grants may
+be written before people are hired. Without any principals file there is
+nothing to check against, and nothing is reported.
+"""
+
+from __future__ import annotations
+
+from engine.errors import Finding, error, warning
+from engine.model import Project
+
+ROLE_FACETS = ("access.read", "access.export", "access.deny")
+
+
+def check_references(project: Project) -> list[Finding]:
+    return _device_clashes(project) + _roles(project)
+
+
+def _device_clashes(project: Project) -> list[Finding]:
+    """Plans are files named by device id, so ids must be unique across compiled sites."""
+    first: dict[str, str] = {}
+    findings = []
+    for site in project.sites:
+        for device in site.devices:
+            other = first.setdefault(device.id, site.id)
+            if other != site.id:
+                findings.append(error(
+                    device.location, "device-id-clash",
+                    f"device {device.id} of site {site.id} has the same id as a device of site "
+                    f"{other}; compile the sites separately or rename one",
+                ))
+    return findings
+
+
+def _roles(project: Project) -> list[Finding]:
+    if not project.principals:
+        return []
+    held = {role for principal in project.principals for role in principal.roles}
+    findings = []
+    for policy in project.policies:
+        for facet in ROLE_FACETS:
+            demand = policy.demands.get(facet)
+            if demand is None:
+                continue
+            for role in demand.value:  # type: ignore[union-attr]
+                if role not in held:
+                    findings.append(warning(
+                        demand.location, "role-unheld",
+                        f"role '{role}' in {facet} of policy {policy.id} is held by no principal",
+                    ))
+    return findings
