@@ -1,0 +1,147 @@
+"""The ``converge`` command: parse arguments, call the stages, render the result.
+
+Nothing here decides anything: every command is a few lines that call an
+engine function and hand its result to a renderer. Errors meant for users
+(:class:`~engine.errors.ConvergeError`) print one line and exit 2; findings
+print one line each and exit 1 when any is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+import pluggy
+from rich.console import Console
+
+from engine.compile import Compilation, Inputs, compile_project
+from engine.errors import ConvergeError, FindingsError
+from engine.plugin_manager import make_plugin_manager
+from engine.render import findings_json, findings_sarif, findings_text
+
+Handler = Callable[[argparse.Namespace, pluggy.PluginManager, Console], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        pm = make_plugin_manager(trace=args.trace_hooks)
+        handler: Handler = args.handler
+        return handler(args, pm, console)
+    except FindingsError as exc:
+        findings_text(Console(stderr=True), exc.findings)
+        return 1
+    except ConvergeError as exc:
+        Console(stderr=True, highlight=False).print(f"converge: error: {exc}", markup=False)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="converge",
+        description="Compile compliance policies for OT data into per-device collection plans.",
+    )
+    parser.add_argument("--version", action="version", version=f"converge {version('converge')}")
+    parser.add_argument("--trace-hooks", action="store_true",
+                        help="print every plugin hook call to standard error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(commands)
+    return parser
+
+
+def add_inputs(parser: argparse.ArgumentParser) -> None:
+    """The arguments every compiling command takes."""
+    parser.add_argument("-p", "--policies", action="extend", nargs="+", type=Path, default=[],
+                        metavar="PATH", help="policy files or folders (searched for *.yaml)")
+    parser.add_argument("-s", "--site", action="extend", nargs="+", type=Path, default=[],
+                        metavar="PATH", dest="sites",
+                        help="site.yaml files or site folders (principals.yaml beside is read)")
+    parser.add_argument("--principals", action="extend", nargs="+", type=Path, default=[],
+                        metavar="FILE", help="more principals files")
+    parser.add_argument("--at", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                        help="the date exceptions are judged at (default: today, site time)")
+
+
+def inputs_of(args: argparse.Namespace) -> Inputs:
+    return Inputs(args.policies, args.sites, args.principals, args.at)
+
+
+def compile_or_fail(args: argparse.Namespace, pm: pluggy.PluginManager) -> Compilation:
+    """Compile; raise :class:`FindingsError` (printed with every finding) on any error."""
+    result = compile_project(inputs_of(args), pm)
+    if not result.ok:
+        raise FindingsError(result.findings)
+    return result
+
+
+# --- converge check ----------------------------------------------------------------------
+
+
+def register_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("check", help="report every error and warning in the inputs")
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    parser.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    result = compile_project(inputs_of(args), pm)
+    if args.format == "json":
+        print(findings_json(result.findings))
+    elif args.format == "sarif":
+        print(findings_sarif(result.findings, version("converge")))
+    else:
+        findings_text(console, result.findings)
+    return 0 if result.ok else 1
+
+
+# --- converge plan -----------------------------------------------------------------------
+
+
+def register_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("plan", help="compile one canonical plan per device")
+    add_inputs(parser)
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                        help="folder for <device>.plan.json files and index.json")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run_plan)
+
+
+def run_plan(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    from engine.planfiles import render_plans, write_plans
+
+    result = compile_or_fail(args, pm)
+    written = write_plans(args.out, result)
+    render_plans(console, result, written, args.format)
+    return 0
+
+
+# --- converge schema ---------------------------------------------------------------------
+
+
+def register_schema(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("schema", help="print the JSON Schema of a file kind")
+    parser.add_argument("kind", choices=("policy", "site", "principals"))
+    parser.set_defaults(handler=run_schema)
+
+
+def run_schema(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    import json
+
+    from engine.jsonschema import json_schema
+
+    print(json.dumps(json_schema(args.kind, pm), indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = [register_check, register_plan, register_schema]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""``converge coverage``: what is governed, what is not, and which waivers are in force.
+
+Compliance teams read it before an audit: points no policy governs (they are
+not collected), how many points each policy governs, and every exception
+with its status: in force, expiring within 30 days, or expired.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, timedelta
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.compile import Compilation
+
+EXPIRING_WITHIN = timedelta(days=30)
+COVERAGE_CODES = ("policy-governs-nothing", "exception-waives-nothing", "exception-expired",
+                  "selector-matches-nothing", "point-not-captured")
+
+
+def coverage(result: Compilation) -> dict[str, Any]:
+    points = result.merged.points
+    governed = Counter(p.id for mp in points for p in mp.policies)
+    return {
+        "points": len(points),
+        "governed": sum(mp.governed for mp in points),
+        "ungoverned": [mp.target.ref for mp in points if not mp.governed],
+        "policies": [
+            {"policy": p.id, "points": governed.get(p.id, 0), "controls": list(p.controls),
+             "at": str(p.location)}
+            for p in sorted(result.project.policies, key=lambda p: p.id)
+        ],
+        "exceptions": _exceptions(result),
+        "findings": [f.as_dict() for f in result.findings if f.code in COVERAGE_CODES],
+    }
+
+
+def _exceptions(result: Compilation) -> list[dict[str, Any]]:
+    waived = Counter(id(w.exception) for mp in result.merged.points for w in mp.waived)
+    today = min(result.as_of.values(), default=date.today())
+    rows = []
+    for policy in sorted(result.project.policies, key=lambda p: p.id):
+        for exc in policy.exceptions:
+            rows.append({
+                "policy": policy.id, "at": str(exc.location), "waive": sorted(exc.waive),
+                "reason": exc.reason, "approved_by": exc.approved_by,
+                "expires": exc.expires.isoformat(), "status": _status(exc.expires, today),
+                "points": waived.get(id(exc), 0),
+            })
+    return rows
+
+
+def _status(expires: date, today: date) -> str:
+    if expires < today:
+        return "expired"
+    return "expiring" if expires - today <= EXPIRING_WITHIN else "in force"
+
+
+def render_coverage(console: Console, report: dict[str, Any]) -> None:
+    console.print(f"[bold]{report['governed']} of {report['points']} points governed[/]")
+    policies = Table("policy", "points", "controls", title="Policies", title_justify="left")
+    for row in report["policies"]:
+        style = "yellow" if row["points"] == 0 else ""
+        policies.add_row(row["policy"], str(row["points"]), escape("; ".join(row["controls"])),
+                         style=style)
+    console.print(policies)
+    _render_exceptions(console, report["exceptions"])
+    if report["ungoverned"]:
+        console.print(f"[bold]Ungoverned (not collected): {len(report['ungoverned'])}[/]")
+        console.print("  " + ", ".join(report["ungoverned"]), highlight=False)
+    for finding in report["findings"]:
+        console.print(f"{escape(_place(finding))}: [yellow]{finding['severity']}[/]: "
+                      f"{escape(finding['message'])}", highlight=False)
+
+
+def _render_exceptions(console: Console, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table = Table("policy", "waives", "points", "expires", "status", "reason", "approved by",
+                  title="Exceptions", title_justify="left")
+    colour = {"expired": "red", "expiring": "yellow", "in force": "green"}
+    for row in rows:
+        table.add_row(row["policy"], ", ".join(row["waive"]), str(row["points"]), row["expires"],
+                      f"[{colour[row['status']]}]{row['status']}[/]", escape(row["reason"]),
+                      row["approved_by"])
+    console.print(table)
+
+
+def _place(finding: dict[str, Any]) -> str:
+    return f"{finding['path']}:{finding['line']}:{finding['col']}"
+

@@ -1,0 +1,112 @@
+"""``converge explain``: why a point gets what it gets.
+
+For each facet of a point: the merged value, the policies that produced it
+(with ``path:line:col``), every losing candidate and the rule that made it
+lose, and every demand an exception waived. The JSON form is the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.compile import Compilation
+from engine.errors import ConvergeError
+from engine.merge import MergedPoint, describe
+from engine.model import facet_group
+
+
+def explain(result: Compilation, ref: str) -> list[dict[str, Any]]:
+    """Explanations of ``DEVICE`` (all its points) or ``DEVICE/POINT``."""
+    device, _, point = ref.partition("/")
+    chosen = [
+        mp for mp in result.merged.points
+        if mp.target.device.id == device and (not point or mp.target.point.name == point)
+    ]
+    if not chosen:
+        raise ConvergeError(f"no point matches '{ref}' in the compiled sites")
+    return [explain_point(mp) for mp in chosen]
+
+
+def explain_point(mp: MergedPoint) -> dict[str, Any]:
+    point = mp.target.point
+    return {
+        "point": mp.target.ref,
+        "signal": point.signal,
+        "unit": point.unit,
+        "at": str(point.location),
+        "governed": mp.governed,
+        "policies": sorted(p.id for p in mp.policies),
+        "facets": {facet: _facet(mp, facet) for facet in mp.facets},
+        "waived": _waived(mp),
+    }
+
+
+def _facet(mp: MergedPoint, facet: str) -> dict[str, Any]:
+    merged = mp.facets[facet]
+    shown = describe(facet, merged.value)
+    return {
+        "value": shown,
+        "rule": merged.rule.why,
+        "won": [{"policy": c.policy, "at": str(c.location)} for c in merged.winners],
+        "lost": [
+            {"policy": c.policy, "at": str(c.location), "value": describe(facet, c.value),
+             "why": f"{merged.rule.why} ({shown})"}
+            for c in merged.candidates if not c.won
+        ],
+    }
+
+
+def _waived(mp: MergedPoint) -> list[dict[str, Any]]:
+    """Each waiver with the demands it removed from its own policy."""
+    policies = {p.id: p for p in mp.policies}
+    entries = []
+    for waiver in mp.waived:
+        exc = waiver.exception
+        removed = {
+            facet: describe(facet, demand.value)
+            for facet, demand in policies[waiver.policy].demands.items()
+            if facet_group(facet) in exc.waive
+        }
+        entries.append({
+            "policy": waiver.policy, "at": str(exc.location), "facets": sorted(exc.waive),
+            "removed": removed, "reason": exc.reason, "approved_by": exc.approved_by,
+            "expires": exc.expires.isoformat(),
+        })
+    return entries
+
+
+def render_explain(console: Console, entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        console.print(_heading(entry), highlight=False)
+        if not entry["governed"]:
+            console.print("  ungoverned: no policy selects this point, so it is not collected")
+            continue
+        console.print(_facet_table(entry))
+        for waiver in entry["waived"]:
+            console.print(
+                f"  waived {', '.join(waiver['facets'])} of policy {waiver['policy']} "
+                f"({escape(waiver['at'])}): {escape(waiver['reason'])}; approved by "
+                f"{waiver['approved_by']}; expires {waiver['expires']}",
+                highlight=False,
+            )
+
+
+def _heading(entry: dict[str, Any]) -> str:
+    kind = ", ".join(x for x in (entry["signal"], entry["unit"]) if x)
+    governed = ", ".join(entry["policies"]) or "nothing"
+    return f"[bold]{entry['point']}[/] ({kind}) at {escape(entry['at'])}, governed by {governed}"
+
+
+def _facet_table(entry: dict[str, Any]) -> Table:
+    table = Table(box=None, padding=(0, 2), show_header=True)
+    for column in ("facet", "value", "from", "lost"):
+        table.add_column(column)
+    for facet, info in entry["facets"].items():
+        won = "\n".join(f"{w['policy']} @ {escape(w['at'])}" for w in info["won"])
+        lost = "\n".join(f"{x['value']} of {x['policy']}: {x['why']}" for x in info["lost"])
+        table.add_row(facet, escape(info["value"]), won, escape(lost))
+    return table

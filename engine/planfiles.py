@@ -1,0 +1,69 @@
+"""Plans on disk: one ``<device>.plan.json`` per device plus ``index.json``.
+
+Files are written atomically (a temporary file renamed into place), so a
+collector reading the folder never sees half a plan, and plan files of
+devices that are no longer planned are removed, so a stale plan cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.compile import Compilation
+from engine.plan import plan_index
+from engine.render import findings_text
+
+INDEX = "index.json"
+PLAN_SUFFIX = ".plan.json"
+
+
+def write_plans(out: Path, result: Compilation) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for plan in result.plans:
+        written.append(_write_atomically(out / plan.file_name, plan.canonical))
+    _write_atomically(out / INDEX, plan_index(result.plans, result.merged, result.as_of))
+    keep = {p.name for p in written}
+    for stale in out.glob(f"*{PLAN_SUFFIX}"):
+        if stale.name not in keep:
+            stale.unlink()
+    return written
+
+
+def _write_atomically(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def render_plans(console: Console, result: Compilation, written: list[Path], fmt: str) -> None:
+    if fmt == "json":
+        rows = [{"device": p.device, "file": str(path), "digest": p.digest,
+                 "points": len(p.body["points"]), "read_groups": len(p.body["read_groups"])}
+                for p, path in zip(result.plans, written, strict=True)]
+        print(json.dumps(rows, indent=2))
+        return
+    if result.findings:
+        findings_text(console, result.findings)
+    table = Table(title=f"{len(written)} plans", title_justify="left")
+    for column in ("device", "points", "read groups", "valid until", "digest"):
+        table.add_column(column)
+    for plan in result.plans:
+        body = plan.body
+        table.add_row(plan.device, str(len(body["points"])), str(len(body["read_groups"])),
+                      body.get("valid_until", "-"), plan.digest[:19] + "…")
+    console.print(table)
