@@ -9,6 +9,7 @@ print one line each and exit 1 when any is an error.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -19,8 +20,14 @@ import pluggy
 from rich.console import Console
 
 from engine.compile import Compilation, Inputs, compile_project
+from engine.coverage import coverage, render_coverage
+from engine.diff import diff, diff_json, render_diff
 from engine.errors import ConvergeError, FindingsError
+from engine.explain import explain, render_explain
+from engine.jsonschema import json_schema
+from engine.planfiles import render_plans, write_plans
 from engine.plugin_manager import make_plugin_manager
+from engine.policytest import junit_xml, run_tests
 from engine.render import findings_json, findings_sarif, findings_text
 
 Handler = Callable[[argparse.Namespace, pluggy.PluginManager, Console], int]
@@ -114,8 +121,6 @@ def register_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def run_plan(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    from engine.planfiles import render_plans, write_plans
-
     result = compile_or_fail(args, pm)
     written = write_plans(args.out, result)
     render_plans(console, result, written, args.format)
@@ -132,15 +137,102 @@ def register_schema(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def run_schema(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    import json
-
-    from engine.jsonschema import json_schema
-
     print(json.dumps(json_schema(args.kind, pm), indent=2, sort_keys=True))
     return 0
 
 
-COMMANDS = [register_check, register_plan, register_schema]
+# --- converge explain --------------------------------------------------------------------
+
+
+def register_explain(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("explain", help="why a point gets what it gets")
+    parser.add_argument("ref", metavar="DEVICE[/POINT]")
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run_explain)
+
+
+def run_explain(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    entries = explain(compile_or_fail(args, pm), args.ref)
+    if args.format == "json":
+        print(json.dumps(entries, indent=2))
+    else:
+        render_explain(console, entries)
+    return 0
+
+
+# --- converge coverage -------------------------------------------------------------------
+
+
+def register_coverage(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("coverage", help="governed and ungoverned points, exceptions")
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run_coverage)
+
+
+def run_coverage(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    report = coverage(compile_or_fail(args, pm))
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        render_coverage(console, report)
+    return 0
+
+
+# --- converge diff -----------------------------------------------------------------------
+
+
+def register_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "diff", help="what a policy change does to each point: -p OLD -p NEW -s SITE")
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run_diff)
+
+
+def run_diff(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    if len(args.policies) != 2:
+        raise ConvergeError("diff takes exactly two policy sets: -p OLD -p NEW")
+    old, new = (compile_project(Inputs([p], args.sites, args.principals, args.at), pm)
+                for p in args.policies)
+    for result in (old, new):
+        if not result.ok:
+            raise FindingsError(result.findings)
+    changes = diff(old, new)
+    if args.format == "json":
+        print(json.dumps(diff_json(changes), indent=2))
+    else:
+        render_diff(console, changes)
+    return 1 if changes else 0
+
+
+# --- converge test -----------------------------------------------------------------------
+
+
+def register_test(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("test", help="run policy unit tests written in YAML")
+    parser.add_argument("tests", nargs="+", type=Path, metavar="TESTS")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
+    parser.set_defaults(handler=run_test)
+
+
+def run_test(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    results = run_tests(args.tests, pm)
+    for r in results:
+        mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {r.location}: {r.name}", highlight=False)
+        for failure in r.failures:
+            console.print(f"     {failure}", highlight=False, markup=False)
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed", highlight=False)
+    if args.junit:
+        args.junit.write_bytes(junit_xml(results))
+    return 1 if failed else 0
+
+
+COMMANDS = [register_check, register_plan, register_explain, register_coverage, register_diff,
+            register_test, register_schema]
 
 
 if __name__ == "__main__":

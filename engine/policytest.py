@@ -1,0 +1,180 @@
+"""``converge test``: policy unit tests that compliance teams write in YAML.
+
+A test file names the policies and site it runs against (paths relative to
+the test file) and a list of cases; each case names a point and the merged
+facets it expects, in the policy language's own spelling::
+
+    policies: [../policies]
+    site: ../examples/sites/plant-basel
+    at: 2026-06-01
+    cases:
+      - name: reactor temperatures are captured every 5 s and signed by QA
+        point: reactor-1-plc/TT101_PV
+        expect:
+          capture.every: 5s
+          signing.keys: [qa-signing, site-integrity]
+        winners:
+          capture.every: gmp-critical-process-data
+
+``expect: {governed: false}`` asserts a point is ungoverned; a facet expected
+as ``null`` must be absent. A failure prints expected against actual and the
+provenance of the actual value. ``--junit FILE`` writes JUnit XML for CI.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cerberus
+import pluggy
+
+from engine.compile import Compilation, Inputs, compile_project
+from engine.durations import parse_duration
+from engine.errors import ConvergeError, Finding, FindingsError, Location, error
+from engine.load import Document, load_file
+from engine.merge import MergedPoint, describe
+from engine.model import FACETS
+
+LANGUAGE_FACETS = {facet.removesuffix("_ms"): facet for facet in FACETS}
+"""``capture.every`` (as written in policies) to ``capture.every_ms`` (as merged)."""
+
+_SCHEMA: dict[str, Any] = {
+    "policies": {"type": ["string", "list"], "required": True, "schema": {"type": "string"}},
+    "site": {"type": ["string", "list"], "required": True, "schema": {"type": "string"}},
+    "principals": {"type": "list", "schema": {"type": "string"}},
+    "at": {"type": "date"},
+    "cases": {"type": "list", "required": True, "empty": False, "schema": {
+        "type": "dict", "schema": {
+            "name": {"type": "string", "required": True},
+            "point": {"type": "string", "required": True, "regex": r"[^/]+/.+"},
+            "expect": {"type": "dict", "required": True,
+                       "keysrules": {"allowed": [*LANGUAGE_FACETS, "governed"]}},
+            "winners": {"type": "dict", "keysrules": {"allowed": list(LANGUAGE_FACETS)},
+                        "valuesrules": {"type": ["string", "list"]}},
+        }}},
+}
+
+
+@dataclass
+class CaseResult:
+    file: str
+    name: str
+    location: Location
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def run_test_file(path: Path, pm: pluggy.PluginManager) -> list[CaseResult]:
+    """Compile the file's inputs once and check every case against the merged points."""
+    doc = load_file(path)
+    spec = _validated(doc)
+    base = path.parent
+    compilation = compile_project(_inputs(spec, base), pm)
+    if not compilation.ok:
+        raise FindingsError(compilation.findings)
+    points = {mp.target.ref: mp for mp in compilation.merged.points}
+    return [_run_case(doc, i, case, points, compilation)
+            for i, case in enumerate(spec["cases"])]
+
+
+def _validated(doc: Document) -> dict[str, Any]:
+    validator = cerberus.Validator(_SCHEMA)
+    if not isinstance(doc.data, dict) or not validator.validate(doc.data):
+        errors = validator.errors if isinstance(doc.data, dict) else {"": ["not a mapping"]}
+        raise FindingsError([
+            error(doc.at((key,)), "test-invalid", f"{key or 'file'}: {problems}")
+            for key, problems in errors.items()
+        ])
+    return dict(validator.document)
+
+
+def _paths(value: str | list[str], base: Path) -> list[Path]:
+    return [base / v for v in ([value] if isinstance(value, str) else value)]
+
+
+def _inputs(spec: dict[str, Any], base: Path) -> Inputs:
+    return Inputs(_paths(spec["policies"], base), _paths(spec["site"], base),
+                  _paths(spec.get("principals", []), base), spec.get("at"))
+
+
+def _run_case(doc: Document, index: int, case: dict[str, Any],
+              points: dict[str, MergedPoint], compilation: Compilation) -> CaseResult:
+    result = CaseResult(doc.path, case["name"], doc.at(("cases", index)))
+    mp = points.get(case["point"])
+    if mp is None:
+        result.failures.append(f"no point {case['point']} in the site")
+        return result
+    for key, want in case["expect"].items():
+        result.failures += _check_expect(mp, key, want)
+    for key, want in case.get("winners", {}).items():
+        result.failures += _check_winner(mp, LANGUAGE_FACETS[key], key, want)
+    return result
+
+
+def _check_expect(mp: MergedPoint, key: str, want: Any) -> list[str]:
+    if key == "governed":
+        return [] if mp.governed == want else [f"governed: expected {want}, got {mp.governed}"]
+    facet = LANGUAGE_FACETS[key]
+    merged = mp.facets.get(facet)
+    got = describe(facet, merged.value) if merged else None
+    expected = None if want is None else describe(facet, _as_value(facet, want))
+    if got == expected:
+        return []
+    came_from = "; ".join(f"{c.policy} @ {c.location}" for c in merged.winners) if merged else ""
+    return [f"{key}: expected {expected}, got {got}" + (f" (from {came_from})" if came_from else "")]
+
+
+def _as_value(facet: str, want: Any) -> Any:
+    """A value as written in a test, in the merged form (ms durations, sorted name tuples)."""
+    if facet.endswith("_ms"):
+        return parse_duration(str(want))
+    if isinstance(want, list):
+        return tuple(sorted({str(w) for w in want}))
+    if facet in ("capture.cron",) and isinstance(want, str):
+        return (want,)
+    return want
+
+
+def _check_winner(mp: MergedPoint, facet: str, key: str, want: str | list[str]) -> list[str]:
+    merged = mp.facets.get(facet)
+    got = sorted({c.policy for c in merged.winners}) if merged else []
+    expected = sorted([want] if isinstance(want, str) else want)
+    return [] if got == expected else [f"{key} won by: expected {', '.join(expected)}, "
+                                       f"got {', '.join(got) or 'nothing'}"]
+
+
+def junit_xml(results: list[CaseResult]) -> bytes:
+    suite = ET.Element("testsuite", name="converge-policy-tests", tests=str(len(results)),
+                       failures=str(sum(not r.passed for r in results)))
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=r.file, name=r.name,
+                             file=r.location.path, line=str(r.location.line))
+        if not r.passed:
+            ET.SubElement(case, "failure", message=r.failures[0]).text = "\n".join(r.failures)
+    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+
+
+def run_tests(paths: list[Path], pm: pluggy.PluginManager) -> list[CaseResult]:
+    """Every case of every test file (folders are searched for ``*.yaml``)."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise ConvergeError(f"no such test file or folder: {path}")
+        files += sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+    results: list[CaseResult] = []
+    findings: list[Finding] = []
+    for file in files:
+        try:
+            results += run_test_file(file, pm)
+        except FindingsError as exc:
+            findings += exc.findings
+    if findings:
+        raise FindingsError(findings)
+    return results
+
