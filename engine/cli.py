@@ -35,7 +35,7 @@ Handler = Callable[[argparse.Namespace, pluggy.PluginManager, Console], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     try:
         pm = make_plugin_manager(trace=args.trace_hooks)
         handler: Handler = args.handler

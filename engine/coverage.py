@@ -78,16 +78,17 @@ def render_coverage(console: Console, report: dict[str, Any]) -> None:
 
 
 def _render_exceptions(console: Console, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    table = Table("policy", "waives", "points", "expires", "status", "reason", "approved by",
-                  title="Exceptions", title_justify="left")
     colour = {"expired": "red", "expiring": "yellow", "in force": "green"}
+    if rows:
+        console.print("[bold]Exceptions[/]")
     for row in rows:
-        table.add_row(row["policy"], ", ".join(row["waive"]), str(row["points"]), row["expires"],
-                      f"[{colour[row['status']]}]{row['status']}[/]", escape(row["reason"]),
-                      row["approved_by"])
-    console.print(table)
+        console.print(
+            f"  [{colour[row['status']]}]{row['status']}[/] until {row['expires']}: "
+            f"{', '.join(row['waive'])} of {row['policy']} waived on {row['points']} points "
+            f"({escape(row['at'])})\n"
+            f"      {escape(row['reason'])} (approved by {escape(row['approved_by'])})",
+            highlight=False,
+        )
 
 
 def _place(finding: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from engine.compile import Compilation
 from engine.errors import ConvergeError
@@ -85,28 +84,31 @@ def render_explain(console: Console, entries: list[dict[str, Any]]) -> None:
         if not entry["governed"]:
             console.print("  ungoverned: no policy selects this point, so it is not collected")
             continue
-        console.print(_facet_table(entry))
+        for facet, info in entry["facets"].items():
+            _render_facet(console, facet, info)
         for waiver in entry["waived"]:
             console.print(
-                f"  waived {', '.join(waiver['facets'])} of policy {waiver['policy']} "
-                f"({escape(waiver['at'])}): {escape(waiver['reason'])}; approved by "
-                f"{waiver['approved_by']}; expires {waiver['expires']}",
+                f"  [yellow]waived[/] {', '.join(waiver['facets'])} of {waiver['policy']} "
+                f"until {waiver['expires']}: {escape(waiver['reason'])} "
+                f"(approved by {escape(waiver['approved_by'])}, {escape(waiver['at'])})",
                 highlight=False,
             )
+        console.print()
+
+
+def _render_facet(console: Console, facet: str, info: dict[str, Any]) -> None:
+    spelled = facet.removesuffix("_ms")
+    console.print(f"  [bold]{spelled}[/] = [cyan]{escape(info['value'])}[/]  "
+                  f"[dim]({info['rule']})[/]", highlight=False)
+    for won in info["won"]:
+        console.print(f"      from {won['policy']} @ {escape(won['at'])}", highlight=False)
+    for lost in info["lost"]:
+        console.print(f"      [dim]lost {escape(lost['value'])} of {lost['policy']} @ "
+                      f"{escape(lost['at'])}[/]", highlight=False)
 
 
 def _heading(entry: dict[str, Any]) -> str:
     kind = ", ".join(x for x in (entry["signal"], entry["unit"]) if x)
     governed = ", ".join(entry["policies"]) or "nothing"
-    return f"[bold]{entry['point']}[/] ({kind}) at {escape(entry['at'])}, governed by {governed}"
-
-
-def _facet_table(entry: dict[str, Any]) -> Table:
-    table = Table(box=None, padding=(0, 2), show_header=True)
-    for column in ("facet", "value", "from", "lost"):
-        table.add_column(column)
-    for facet, info in entry["facets"].items():
-        won = "\n".join(f"{w['policy']} @ {escape(w['at'])}" for w in info["won"])
-        lost = "\n".join(f"{x['value']} of {x['policy']}: {x['why']}" for x in info["lost"])
-        table.add_row(facet, escape(info["value"]), won, escape(lost))
-    return table
+    return (f"[bold]{entry['point']}[/] ({kind}) at {escape(entry['at'])}\n"
+            f"  governed by {governed}")

@@ -28,8 +28,8 @@ try:
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-MAX_BYTES = 16 * 1024 * 1024
-"""Largest YAML file accepted. Real policy and site files are far smaller."""
+MAX_BYTES = 64 * 1024 * 1024
+"""Largest YAML file accepted: room for a 100,000-point site inventory, not for a bomb."""
 
 MAX_EXPANSION = 4
 """Alias expansion may at most multiply the node count by this factor (plus a floor)."""

@@ -103,7 +103,7 @@ def build_device_plan(
     groups = _read_groups(pm, device, planned)
     findings += _problems(device, groups)
     findings += _request_rate(device, groups, planned)
-    if has_errors(findings):
+    if has_errors(findings) or not collected:
         return None, findings
     body: dict[str, Any] = {
         "format": PLAN_FORMAT,
