@@ -19,8 +19,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pluggy
-import rfc8785
 
+from engine.canonical import canonical_json, canonical_object
 from engine.errors import Finding, PlanRejected, PluginError, error, has_errors, warning
 from engine.merge import MergedPoint, MergeResult, Waiver
 from engine.model import Device, PlannedPoint, ReadGroupPlan, Site
@@ -46,20 +46,14 @@ class Plan:
         return f"{self.device}.plan.json"
 
 
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 bytes of ``value``; NaN, infinities and huge integers are plan errors."""
-    try:
-        return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, ValueError) as exc:
-        raise PlanRejected(f"value cannot be written as canonical JSON: {exc}") from exc
-
-
 def seal(body: dict[str, Any]) -> Plan:
-    """Add ``digest`` to ``body`` and fix its bytes."""
-    unsealed = {k: v for k, v in body.items() if k != "digest"}
-    digest = "sha256:" + hashlib.sha256(canonical_json(unsealed)).hexdigest()
-    sealed = {**unsealed, "digest": digest}
-    return Plan(str(body["device"]["id"]), sealed, canonical_json(sealed))
+    """Add ``digest`` (of the canonical body without it) to ``body`` and fix its bytes."""
+    members = {key: canonical_json(value) for key, value in body.items() if key != "digest"}
+    digest = "sha256:" + hashlib.sha256(canonical_object(members)).hexdigest()
+    members["digest"] = canonical_json(digest)
+    unsealed = {key: value for key, value in body.items() if key != "digest"}
+    return Plan(str(body["device"]["id"]), {**unsealed, "digest": digest},
+                canonical_object(members))
 
 
 def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:
