@@ -1,8 +1,19 @@
-"""Built-in modbus protocol plugin."""
+"""Built-in Modbus protocol plugin: endpoint and address schemas, read-group planning.
+
+Only hook implementations live here; see ``README.md`` for what a site
+inventory writes and what the plan contains.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from engine.hookspecs import hookimpl
+from engine.model import Device, PlannedPoint, ReadGroupPlan
+from plugins.modbus.address import address_problems
+from plugins.modbus.plan import plan_read_groups
+from plugins.modbus.schema import address_schema, endpoint_schema
 
 PROTOCOL = "modbus"
 
@@ -10,3 +21,25 @@ PROTOCOL = "modbus"
 @hookimpl
 def converge_protocol_names() -> list[str]:
     return [PROTOCOL]
+
+
+@hookimpl
+def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:
+    return endpoint_schema() if protocol == PROTOCOL else None
+
+
+@hookimpl
+def converge_address_schema(protocol: str) -> dict[str, Any] | None:
+    return address_schema() if protocol == PROTOCOL else None
+
+
+@hookimpl
+def converge_check_address(protocol: str, address: dict[str, Any]) -> list[str] | None:
+    return address_problems(address) if protocol == PROTOCOL else None
+
+
+@hookimpl
+def converge_plan_read_groups(
+    device: Device, points: Sequence[PlannedPoint]
+) -> ReadGroupPlan | None:
+    return plan_read_groups(device, points) if device.protocol == PROTOCOL else None
