@@ -29,7 +29,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def converge_protocol_names() -> list[str]:  # type: ignore[empty-body]
+def converge_protocol_names() -> list[str]:
     """Name the protocols this plugin implements.
 
     Called once when the plugin manager is built. Returns the names a site
@@ -40,7 +40,7 @@ def converge_protocol_names() -> list[str]:  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:  # type: ignore[empty-body]
+def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:
     """Give the cerberus schema of a device's ``endpoint`` mapping for ``protocol``.
 
     Called by the validate stage for every protocol a site uses. Return a
@@ -51,7 +51,7 @@ def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:  # type: i
 
 
 @hookspec(firstresult=True)
-def converge_address_schema(protocol: str) -> dict[str, Any] | None:  # type: ignore[empty-body]
+def converge_address_schema(protocol: str) -> dict[str, Any] | None:
     """Give the cerberus schema of a point's ``address`` mapping for ``protocol``.
 
     Same contract as :func:`converge_endpoint_schema`, for each point's
@@ -61,7 +61,7 @@ def converge_address_schema(protocol: str) -> dict[str, Any] | None:  # type: ig
 
 
 @hookspec(firstresult=True)
-def converge_check_address(protocol: str, address: dict[str, Any]) -> list[str] | None:  # type: ignore[empty-body]
+def converge_check_address(protocol: str, address: dict[str, Any]) -> list[str] | None:
     """Check one schema-valid ``address`` beyond what its schema says.
 
     Called after schema validation succeeded for a point. Return a list of
@@ -75,7 +75,7 @@ def converge_check_address(protocol: str, address: dict[str, Any]) -> list[str] 
 
 
 @hookspec(firstresult=True)
-def converge_plan_read_groups(  # type: ignore[empty-body]
+def converge_plan_read_groups(
     device: Device, points: Sequence[PlannedPoint]
 ) -> ReadGroupPlan | None:
     """Group the governed points of ``device`` into the requests that read them.
