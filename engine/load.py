@@ -88,7 +88,8 @@ class _Builder:
             raise _TooManyNodes(self.mark(node))
         self.doc.marks[path] = self.mark(node)
         if node.tag not in _COLLECTION_TAGS and not isinstance(node, yaml.ScalarNode):
-            self.findings.append(error(self.mark(node), "yaml-bad-value", f"tag {node.tag} is not allowed"))
+            message = f"tag {node.tag} is not allowed"
+            self.findings.append(error(self.mark(node), "yaml-bad-value", message))
             return None
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, path)

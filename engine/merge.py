@@ -257,7 +257,8 @@ class _Conflicts:
             f"capture.every {describe(every.facet, every.value)} is shorter than "
             f"limits.min_interval {format_duration(limit)} of device {device.id} ({where})"
         )
-        self.points[(every.winners[0].location, "interval-below-limit", message)].append(merged.target.ref)
+        cause = (every.winners[0].location, "interval-below-limit", message)
+        self.points[cause].append(merged.target.ref)
 
     def findings(self) -> list[Finding]:
         return [

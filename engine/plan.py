@@ -142,7 +142,9 @@ def _planned(mp: MergedPoint) -> PlannedPoint:
     )
 
 
-def _read_groups(pm: pluggy.PluginManager, device: Device, points: list[PlannedPoint]) -> ReadGroupPlan:
+def _read_groups(
+    pm: pluggy.PluginManager, device: Device, points: list[PlannedPoint]
+) -> ReadGroupPlan:
     result = pm.hook.converge_plan_read_groups(device=device, points=points)
     if result is None:
         raise PluginError(f"no plugin plans read groups for protocol '{device.protocol}'")
@@ -161,7 +163,9 @@ def _problems(device: Device, groups: ReadGroupPlan) -> list[Finding]:
     ]
 
 
-def _request_rate(device: Device, groups: ReadGroupPlan, points: list[PlannedPoint]) -> list[Finding]:
+def _request_rate(
+    device: Device, groups: ReadGroupPlan, points: list[PlannedPoint]
+) -> list[Finding]:
     """Requests per second the polled groups need, against ``limits.max_requests_per_second``."""
     limit = device.limits.max_requests_per_second
     if limit is None:

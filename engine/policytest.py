@@ -127,7 +127,8 @@ def _check_expect(mp: MergedPoint, key: str, want: Any) -> list[str]:
     if got == expected:
         return []
     came_from = "; ".join(f"{c.policy} @ {c.location}" for c in merged.winners) if merged else ""
-    return [f"{key}: expected {expected}, got {got}" + (f" (from {came_from})" if came_from else "")]
+    suffix = f" (from {came_from})" if came_from else ""
+    return [f"{key}: expected {expected}, got {got}{suffix}"]
 
 
 def _as_value(facet: str, want: Any) -> Any:

@@ -1,6 +1,7 @@
 """Cross-file references that no single file's schema can check.
 
-Device ids across sites, and roles named in policies against the roles principals hold. Following the
+Device ids across sites, and roles named in policies against the roles
+principals hold. Following the
 policy language, a role nobody holds is a warning, not an error: grants may
 be written before people are hired. Without any principals file there is
 nothing to check against, and nothing is reported.

@@ -123,8 +123,9 @@ def _waived(policy: dict[str, Any], device: str) -> set[str]:
     return waived
 
 
-def reference_merge(pols: list[dict[str, Any]], device: str, device_class: str,
-                    signal: str) -> dict[str, Any]:
+def reference_merge(  # noqa: PLR0912 - one branch per row of the merge table, on purpose
+    pols: list[dict[str, Any]], device: str, device_class: str, signal: str
+) -> dict[str, Any]:
     """The merged facets of one point, straight from the table in POLICY-LANGUAGE.md."""
     values: dict[str, list[Any]] = {}
     for policy in pols:
@@ -157,9 +158,8 @@ def reference_merge(pols: list[dict[str, Any]], device: str, device_class: str,
 
 
 def engine_merge(pols: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    with _project(pols) as (root, files):
-        with contextlib.chdir(root):
-            result = compile_project(Inputs(files, [Path("site.yaml")], at=AT), _PM)
+    with _project(pols) as (root, files), contextlib.chdir(root):
+        result = compile_project(Inputs(files, [Path("site.yaml")], at=AT), _PM)
     assert not [str(f) for f in result.findings if f.code.startswith(("yaml", "wrong", "unknown"))]
     out = {}
     for mp in result.merged.points:
@@ -201,11 +201,9 @@ def test_engine_agrees_with_the_reference_merger(pols):
 
 
 def _plan_bytes(pols: list[dict[str, Any]], order: list[int], twice: bool) -> dict[str, bytes]:
-    with _project(pols, order) as (root, files):
-        if twice:
-            files = [*files, files[0]]
-        with contextlib.chdir(root):
-            result = compile_project(Inputs(files, [Path("site.yaml")], at=AT), _PM)
+    with _project(pols, order) as (root, files), contextlib.chdir(root):
+        given_files = [*files, files[0]] if twice else files
+        result = compile_project(Inputs(given_files, [Path("site.yaml")], at=AT), _PM)
     return {p.device: p.canonical for p in result.plans}
 
 
