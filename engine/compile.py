@@ -84,6 +84,8 @@ def _select_merge_plan(result: Compilation, inputs: Inputs, pm: pluggy.PluginMan
         result.merged, result.project.sites, pm, result.as_of
     )
     result.findings += result.selection.findings + result.merged.findings + plan_findings
+    if has_errors(result.findings):
+        result.plans = []  # a plan is never emitted from inputs with errors
 
 
 def today_in(timezone: str) -> date:

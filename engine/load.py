@@ -8,20 +8,30 @@ rejected, strict UTF-8. libyaml's C composer is used when it is installed.
 The result is a :class:`Document`: ``data`` is made of dicts, lists, str,
 int, float, bool, None and ``datetime.date``; ``at(path)`` gives the
 location of the value at a path (a tuple of keys and list indexes) and
-``key_at(path)`` the location of the mapping key that introduces it.
+``key_at(path)`` the location of the mapping key that introduces it. The
+events-to-data work is in :mod:`engine.yaml_builder`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from engine.errors import Finding, FindingsError, Location, error
+from engine.yaml_builder import (
+    KEY_SHIFT,
+    MAX_DEPTH,
+    AliasBomb,
+    Builder,
+    Built,
+    TooDeep,
+    unpack,
+)
 
 try:
     from yaml import CSafeLoader as _Loader
@@ -38,127 +48,56 @@ MAX_NODES_FLOOR = 100_000
 
 DocPath = tuple[str | int, ...]
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _LEADING_TAB = re.compile(r"^( *)\t", re.MULTILINE)
 
 
 @dataclass
 class Document:
-    """A loaded YAML file: plain data plus the place of every node."""
+    """A loaded YAML file: plain data plus the place of every node (see yaml_builder)."""
 
     path: str
     data: Any
-    marks: dict[DocPath, Location] = field(default_factory=dict)
-    key_marks: dict[DocPath, Location] = field(default_factory=dict)
+    shadow: Any = None
+    position: int = 0
 
     def at(self, path: Iterable[str | int] = ()) -> Location:
-        """Where the value at ``path`` starts, or its nearest known ancestor."""
-        return _nearest(self.marks, tuple(path), self.path)
+        """Where the value at ``path`` starts, or where its nearest known ancestor does."""
+        position, _ = self._walk(tuple(path))
+        return self._location(position)
 
     def key_at(self, path: Iterable[str | int]) -> Location:
         """Where the key that introduces ``path`` starts (the value's place if none)."""
         path = tuple(path)
-        return self.key_marks.get(path) or self.at(path)
+        position, key_position = self._walk(path)
+        return self._location(key_position or position)
+
+    def _walk(self, path: DocPath) -> tuple[int, int]:
+        """(value position, key position) of the deepest node on ``path`` that exists."""
+        position, key_position, shadow = self.position, 0, self.shadow
+        for part in path:
+            entry = _child(shadow, part)
+            if entry is None:
+                return position, 0
+            packed, shadow = entry if isinstance(entry, tuple) else (entry, None)
+            position = packed & _POSITION_MASK
+            key_position = packed >> KEY_SHIFT
+        return position, key_position
+
+    def _location(self, position: int) -> Location:
+        if not position:
+            return Location(self.path)
+        return Location(self.path, *unpack(position))
 
 
-def _nearest(marks: dict[DocPath, Location], path: DocPath, file: str) -> Location:
-    while path:
-        if path in marks:
-            return marks[path]
-        path = path[:-1]
-    return marks.get((), Location(file))
+_POSITION_MASK = (1 << KEY_SHIFT) - 1
 
 
-class _Builder:
-    """Turns a composed node graph into plain data, recording places as it goes."""
-
-    def __init__(self, doc: Document, loader: Any, node_budget: int) -> None:
-        self.doc = doc
-        self.loader = loader
-        self.budget = node_budget
-        self.findings: list[Finding] = []
-
-    def mark(self, node: yaml.Node) -> Location:
-        return Location(self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1)
-
-    def build(self, node: yaml.Node, path: DocPath) -> Any:
-        self.budget -= 1
-        if self.budget < 0:
-            raise _TooManyNodes(self.mark(node))
-        self.doc.marks[path] = self.mark(node)
-        if node.tag not in _COLLECTION_TAGS and not isinstance(node, yaml.ScalarNode):
-            message = f"tag {node.tag} is not allowed"
-            self.findings.append(error(self.mark(node), "yaml-bad-value", message))
-            return None
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.scalar(node)
-
-    def scalar(self, node: yaml.Node) -> Any:
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            self.findings.append(error(self.mark(node), "yaml-bad-value", _problem(exc)))
-            return None
-
-    def mapping(self, node: yaml.MappingNode, path: DocPath) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key_node, value_node in self.merged_pairs(node):
-            key = self.key(key_node)
-            if key is None:
-                continue
-            if key in result:
-                first = self.doc.key_marks[(*path, key)]
-                self.findings.append(
-                    error(
-                        self.mark(key_node),
-                        "yaml-duplicate-key",
-                        f"duplicate key '{key}' (first defined at {first.line}:{first.col})",
-                    )
-                )
-                continue
-            self.doc.key_marks[(*path, key)] = self.mark(key_node)
-            result[key] = self.build(value_node, (*path, key))
-        return result
-
-    def key(self, node: yaml.Node) -> str | None:
-        if not isinstance(node, yaml.ScalarNode):
-            self.findings.append(
-                error(self.mark(node), "yaml-non-scalar-key", "mapping keys must be plain scalars")
-            )
-            return None
-        value = self.scalar(node)
-        return value if isinstance(value, str) else str(value)
-
-    def merged_pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
-        """The node's pairs with YAML merge keys (``<<: *base``) expanded; own keys win."""
-        own = [(k, v) for k, v in node.value if k.tag != _MERGE_TAG]
-        own_keys = {k.value for k, _ in own if isinstance(k, yaml.ScalarNode)}
-        inherited: list[tuple[yaml.Node, yaml.Node]] = []
-        for key_node, value_node in node.value:
-            if key_node.tag != _MERGE_TAG:
-                continue
-            is_list = isinstance(value_node, yaml.SequenceNode)
-            sources = value_node.value if is_list else [value_node]
-            for source in sources:
-                if not isinstance(source, yaml.MappingNode):
-                    self.findings.append(
-                        error(self.mark(source), "yaml-bad-merge", "'<<' must name a mapping")
-                    )
-                    continue
-                for pair in self.merged_pairs(source):
-                    if pair[0].value not in own_keys:
-                        own_keys.add(pair[0].value)
-                        inherited.append(pair)
-        return inherited + own
-
-
-class _TooManyNodes(Exception):
-    def __init__(self, location: Location) -> None:
-        self.location = location
+def _child(shadow: Any, part: str | int) -> Any:
+    if isinstance(shadow, dict):
+        return shadow.get(part)  # type: ignore[arg-type]
+    if isinstance(shadow, list) and isinstance(part, int) and 0 <= part < len(shadow):
+        return shadow[part]
+    return None
 
 
 def _problem(exc: yaml.MarkedYAMLError) -> str:
@@ -208,37 +147,39 @@ def load_text(raw: bytes | str, path: str) -> Document:
     tab_findings = _check_tabs(text, path)
     if tab_findings:
         raise FindingsError(tab_findings)
+    budget = max(MAX_NODES_FLOOR, len(raw) * MAX_EXPANSION)
+    built, findings = _build(text, path, budget)
+    if findings:
+        raise FindingsError(findings)
+    if built is None:
+        return Document(path, None)
+    return Document(path, built.data, built.shadow, built.position)
+
+
+def _events(loader: Any) -> Iterator[Any]:
+    while loader.check_event():
+        yield loader.get_event()
+
+
+def _build(text: str, path: str, budget: int) -> tuple[Built | None, list[Finding]]:
     loader = _Loader(text)
+    builder = Builder(loader, path, budget)
     try:
-        root = loader.get_single_node()
+        built = builder.run(_events(loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        finding = error(_mark_location(path, mark), "yaml-syntax", _problem(exc))
-        raise FindingsError([finding]) from exc
+        return None, [error(_mark_location(path, mark), "yaml-syntax", _problem(exc))]
     except yaml.YAMLError as exc:
-        raise FindingsError([error(Location(path), "yaml-syntax", str(exc))]) from exc
+        return None, [error(Location(path), "yaml-syntax", str(exc))]
+    except AliasBomb as exc:
+        message = "aliases expand to too many nodes (possible 'billion laughs' alias bomb)"
+        return None, [error(exc.location, "yaml-alias-bomb", message)]
+    except TooDeep as exc:
+        message = f"nesting deeper than {MAX_DEPTH} levels"
+        return None, [error(exc.location, "yaml-too-deep", message)]
     finally:
         loader.dispose()
-    return _build(root, path, loader, node_budget=max(MAX_NODES_FLOOR, len(raw) * MAX_EXPANSION))
-
-
-def _build(root: yaml.Node | None, path: str, loader: Any, node_budget: int) -> Document:
-    doc = Document(path, None)
-    if root is None:
-        doc.marks[()] = Location(path)
-        return doc
-    builder = _Builder(doc, loader, node_budget)
-    try:
-        doc.data = builder.build(root, ())
-    except _TooManyNodes as exc:
-        message = "aliases expand to too many nodes (possible 'billion laughs' alias bomb)"
-        raise FindingsError([error(exc.location, "yaml-alias-bomb", message)]) from None
-    except RecursionError:
-        message = "nesting too deep (or a recursive alias)"
-        raise FindingsError([error(Location(path), "yaml-too-deep", message)]) from None
-    if builder.findings:
-        raise FindingsError(builder.findings)
-    return doc
+    return built, builder.findings
 
 
 def load_file(file: Path, display: str | None = None) -> Document:
