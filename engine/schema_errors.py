@@ -282,9 +282,20 @@ def run(
 
     Raises :class:`cerberus.SchemaError` when ``schema`` itself is malformed.
     """
-    validator = ConvergeValidator(schema)
+    validator = _validator(schema)
     validator.validate(data)
     return problems(validator._errors, schema, doc, base), dict(validator.document or {})
+
+
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], ConvergeValidator]] = {}
+
+
+def _validator(schema: Mapping[str, Any]) -> ConvergeValidator:
+    """One validator per schema object: building one checks the whole schema, which is slow."""
+    cached = _VALIDATORS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = _VALIDATORS[id(schema)] = (schema, ConvergeValidator(schema))
+    return cached[1]
 
 
 def not_a_mapping(doc: Document, kind: str, first_key: str) -> Finding:

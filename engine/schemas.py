@@ -246,3 +246,17 @@ PRINCIPALS: Schema = {
 }
 
 SCHEMAS: dict[str, Schema] = {"policy": POLICY, "site": SITE, "principals": PRINCIPALS}
+
+SITE_SHAPE: Schema = {
+    **SITE,
+    "devices": list_of(
+        {**DEVICE, "points": _described(
+            {"type": "list", "required": True, "empty": False, "schema": {"type": "dict"}},
+            "the device's points",
+        )},
+        "the site's devices",
+        required=True,
+    ),
+}
+"""``SITE`` with each point only checked to be a mapping: validate_site checks points
+one by one against ``POINT``, memoised, since large sites repeat the same points."""

@@ -11,6 +11,8 @@ devices (site id, time zone, ...) leaves the whole site out.
 from __future__ import annotations
 
 import copy
+import weakref
+from collections.abc import Hashable
 from typing import Any
 
 import cerberus
@@ -21,7 +23,7 @@ from engine.errors import Finding, PluginError, error
 from engine.load import DocPath, Document
 from engine.model import Device, Limits, Point, Site
 from engine.schema_errors import Problem, dotted, not_a_mapping, run, suggestion, value_at
-from engine.schemas import SITE
+from engine.schemas import POINT, SITE_SHAPE
 
 _LIMIT_DURATIONS = ("min_interval", "timeout", "pause_after_connect", "min_request_spacing")
 
@@ -35,7 +37,8 @@ def check_site(
     """The site in ``doc`` with its valid devices (``None`` on a site-level error)."""
     if not isinstance(doc.data, dict):
         return None, [not_a_mapping(doc, "site", "site")]
-    found, _ = run(SITE, doc.data, doc)
+    found, _ = run(SITE_SHAPE, doc.data, doc)
+    found += _check_points(doc)
     plugin_found, normalized = _run_plugins(doc, pm, protocols)
     found += plugin_found + _duplicate_devices(doc) + _duplicate_points(doc)
     findings = [problem.finding for problem in found]
@@ -67,6 +70,37 @@ def _device_of(path: DocPath) -> int | None:
     return None
 
 
+# --- points ---------------------------------------------------------------------------
+
+
+def _check_points(doc: Document) -> list[Problem]:
+    """Every point against ``POINT``; a point equal to one already found valid is valid."""
+    valid: set[Hashable] = set()
+    found: list[Problem] = []
+    for index, raw in _device_items(doc.data):
+        points = raw.get("points")
+        for j, point in enumerate(points if isinstance(points, list) else []):
+            if not isinstance(point, dict):
+                continue  # the site shape reports it
+            key = frozen(point)
+            if key in valid:
+                continue
+            point_found, _ = run(POINT, point, doc, ("devices", index, "points", j))
+            found += point_found
+            if not point_found:
+                valid.add(key)
+    return found
+
+
+def frozen(value: Any) -> Hashable:
+    """A hashable stand-in for loaded YAML data; types kept apart (``1``, ``1.0``, ``true``)."""
+    if isinstance(value, dict):
+        return (dict, frozenset((k, frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(frozen(v) for v in value))
+    return (type(value), value)
+
+
 # --- protocol plugins -------------------------------------------------------------------
 
 
@@ -76,8 +110,10 @@ def _run_plugins(
     """Plugin checks of every device, and the normalized shapes of those that have them."""
     found: list[Problem] = []
     normalized: dict[int, Normalized] = {}
+    checked: dict[Hashable, dict[str, Any]] = {}
     for index, raw in _device_items(doc.data):
-        device_found, device_normalized = _plugin_checks(doc, pm, protocols, index, raw)
+        device_found, device_normalized = _plugin_checks(doc, pm, protocols, index, raw,
+                                                          checked=checked)
         found += device_found
         if device_normalized is not None:
             normalized[index] = device_normalized
@@ -85,9 +121,19 @@ def _run_plugins(
 
 
 def _plugin_checks(
-    doc: Document, pm: pluggy.PluginManager, protocols: list[str], index: int, raw: dict[str, Any]
+    doc: Document,
+    pm: pluggy.PluginManager,
+    protocols: list[str],
+    index: int,
+    raw: dict[str, Any],
+    *,
+    checked: dict[Hashable, dict[str, Any]],
 ) -> tuple[list[Problem], Normalized | None]:
-    """The protocol, endpoint and addresses of one device, as its plugin sees them."""
+    """The protocol, endpoint and addresses of one device, as its plugin sees them.
+
+    ``checked`` maps addresses already found valid to their normalized form:
+    devices of one model share a register map, and an address is checked once.
+    """
     base: DocPath = ("devices", index)
     protocol = raw.get("protocol")
     if not isinstance(protocol, str):
@@ -102,9 +148,15 @@ def _plugin_checks(
     points = raw.get("points")
     for j, point in enumerate(points if isinstance(points, list) else []):
         if isinstance(point, dict) and isinstance(point.get("address"), dict):
+            key = (protocol, frozen(point["address"]))
+            if key in checked:
+                addresses[j] = checked[key]
+                continue
             path: DocPath = (*base, "points", j, "address")
             point_found, addresses[j] = _check_address(doc, pm, protocol, path)
             found += point_found
+            if not point_found:
+                checked[key] = addresses[j]
     return found, (endpoint, addresses)
 
 
@@ -124,12 +176,25 @@ def _call_hook(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> Any:
         ) from exc
 
 
+_SCHEMAS: weakref.WeakKeyDictionary[pluggy.PluginManager, dict[tuple[str, str], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _plugin_schema(pm: pluggy.PluginManager, part: str, protocol: str) -> Any:
+    """A plugin's schema, asked for once per plugin manager (and kept, so it is validated once)."""
+    schemas = _SCHEMAS.setdefault(pm, {})
+    if (part, protocol) not in schemas:
+        schemas[part, protocol] = _call_hook(pm, f"converge_{part}_schema", protocol=protocol)
+    return schemas[part, protocol]
+
+
 def _plugin_validate(
     doc: Document, pm: pluggy.PluginManager, part: str, protocol: str, path: DocPath
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Validate the ``endpoint`` or ``address`` at ``path`` with the plugin's schema."""
     value = value_at(doc.data, path) or {}
-    schema = _call_hook(pm, f"converge_{part}_schema", protocol=protocol)
+    schema = _plugin_schema(pm, part, protocol)
     if schema is None:
         return [], dict(value)
     try:
