@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import rfc8785
@@ -46,10 +47,9 @@ class _Differs(Exception):
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 bytes of ``value``."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        text = _ENCODER.encode(value)
         if not _ASTRAL.search(text):
-            json.loads(text, parse_float=_check_float, parse_int=_check_int)
+            _CHECKER.decode(text)
             return text.encode("utf-8")
     except (_Differs, UnicodeEncodeError):
         pass
@@ -65,8 +65,13 @@ def canonical_object(members: Mapping[str, bytes]) -> bytes:
     small one (such as a digest) without serialising everything again.
     Keys must be ASCII, where UTF-16 and code point order agree.
     """
-    parts = [json.dumps(key).encode() + b":" + members[key] for key in sorted(members)]
+    parts = [_key(key) + members[key] for key in sorted(members)]
     return b"{" + b",".join(parts) + b"}"
+
+
+@lru_cache(maxsize=1024)
+def _key(name: str) -> bytes:
+    return json.dumps(name).encode() + b":"
 
 
 def _reference(value: Any) -> bytes:
@@ -88,3 +93,9 @@ def _check_int(token: str) -> int:
     if abs(number) > MAX_SAFE_INTEGER:
         raise _Differs
     return number
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_CHECKER = json.JSONDecoder(parse_float=_check_float, parse_int=_check_int)

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from itertools import groupby
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,29 +32,35 @@ INDEX_FORMAT = "converge.plan-index/v1"
 
 @dataclass(frozen=True)
 class Plan:
-    """A sealed plan: its body (with ``digest``) and the exact bytes to write."""
+    """A sealed plan: the exact bytes to write, and what a summary needs to know of them."""
 
     device: str
-    body: dict[str, Any]
+    digest: str
     canonical: bytes
-
-    @property
-    def digest(self) -> str:
-        return str(self.body["digest"])
+    points: int
+    read_groups: int
+    valid_until: str | None = None
 
     @property
     def file_name(self) -> str:
         return f"{self.device}.plan.json"
 
+    @cached_property
+    def body(self) -> dict[str, Any]:
+        """The plan as data (parsed from its bytes: the bytes are the plan)."""
+        return dict(json.loads(self.canonical))
 
-def seal(body: dict[str, Any]) -> Plan:
-    """Add ``digest`` (of the canonical body without it) to ``body`` and fix its bytes."""
-    members = {key: canonical_json(value) for key, value in body.items() if key != "digest"}
-    digest = "sha256:" + hashlib.sha256(canonical_object(members)).hexdigest()
-    members["digest"] = canonical_json(digest)
-    unsealed = {key: value for key, value in body.items() if key != "digest"}
-    return Plan(str(body["device"]["id"]), {**unsealed, "digest": digest},
-                canonical_object(members))
+
+def digest_of(members: dict[str, bytes]) -> str:
+    """``sha256:`` of the canonical plan without its ``digest`` member."""
+    unsealed = {key: value for key, value in members.items() if key != "digest"}
+    return "sha256:" + hashlib.sha256(canonical_object(unsealed)).hexdigest()
+
+
+def seal(members: dict[str, bytes]) -> tuple[str, bytes]:
+    """The digest of a plan given as canonical members, and the plan's bytes with it."""
+    digest = digest_of(members)
+    return digest, canonical_object({**members, "digest": canonical_json(digest)})
 
 
 def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:
@@ -64,7 +71,7 @@ def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:
         raise PlanRejected(f"{source}: not a JSON plan ({exc})") from exc
     if not isinstance(body, dict) or body.get("format") != PLAN_FORMAT:
         raise PlanRejected(f"{source}: not a {PLAN_FORMAT} plan")
-    want = seal(body).digest
+    want = digest_of({key: canonical_json(value) for key, value in body.items()})
     got = body.get("digest")
     if got != want:
         raise PlanRejected(f"{source}: digest does not verify: got {got}, want {want}")
@@ -79,9 +86,11 @@ def build_plans(
     plans: list[Plan] = []
     findings: list[Finding] = []
     governed = [mp for mp in merged.points if mp.governed]
+    encoder = PointEncoder()
     for device, points in groupby(governed, key=lambda mp: mp.target.device):
         site = by_site[device.site]
-        plan, found = build_device_plan(site, device, list(points), pm, as_of[site.id])
+        plan, found = build_device_plan(site, device, list(points), pm, as_of[site.id],
+                                        encoder=encoder)
         findings += found
         if plan is not None:
             plans.append(plan)
@@ -89,7 +98,13 @@ def build_plans(
 
 
 def build_device_plan(
-    site: Site, device: Device, points: list[MergedPoint], pm: pluggy.PluginManager, day: date
+    site: Site,
+    device: Device,
+    points: list[MergedPoint],
+    pm: pluggy.PluginManager,
+    day: date,
+    *,
+    encoder: PointEncoder,
 ) -> tuple[Plan | None, list[Finding]]:
     findings = [_no_capture(mp) for mp in points if not _captured(mp)]
     collected = [mp for mp in points if _captured(mp)]
@@ -99,19 +114,21 @@ def build_device_plan(
     findings += _request_rate(device, groups, planned)
     if has_errors(findings) or not collected:
         return None, findings
-    body: dict[str, Any] = {
-        "format": PLAN_FORMAT,
-        "site": site.id,
-        "timezone": site.timezone,
-        "as_of": day.isoformat(),
-        "device": _device_entry(device),
-        "points": [point_entry(mp) for mp in collected],
-        "read_groups": groups.groups,
+    members = {
+        "format": canonical_json(PLAN_FORMAT),
+        "site": canonical_json(site.id),
+        "timezone": canonical_json(site.timezone),
+        "as_of": canonical_json(day.isoformat()),
+        "device": canonical_json(_device_entry(device)),
+        "points": b"[" + b",".join(encoder.point(mp) for mp in collected) + b"]",
+        "read_groups": canonical_json(groups.groups),
     }
     valid_until = _valid_until([w for mp in collected for w in mp.waived], site.timezone)
     if valid_until:
-        body["valid_until"] = valid_until
-    return seal(body), findings
+        members["valid_until"] = canonical_json(valid_until)
+    digest, canonical = seal(members)
+    plan = Plan(device.id, digest, canonical, len(collected), len(groups.groups), valid_until)
+    return plan, findings
 
 
 def _captured(mp: MergedPoint) -> bool:
@@ -201,13 +218,39 @@ def _device_entry(device: Device) -> dict[str, Any]:
     return entry
 
 
-def point_entry(mp: MergedPoint) -> dict[str, Any]:
-    """A point as the plan writes it: facets nested as in the policy language."""
-    point = mp.target.point
-    entry: dict[str, Any] = {"name": point.name, "address": dict(point.address)}
-    for key, value in (("signal", point.signal), ("unit", point.unit)):
-        if value is not None:
-            entry[key] = value
+class PointEncoder:
+    """Canonical bytes of plan points.
+
+    Everything a point gets from policies (facets, policies, waivers,
+    provenance) is the same for every point that shares merged facets, so it
+    is encoded once per merged result and only name, address, signal and
+    unit are encoded per point.
+    """
+
+    def __init__(self) -> None:
+        self.shared: dict[int, tuple[dict[str, bytes], dict[str, Any]]] = {}
+
+    def point(self, mp: MergedPoint) -> bytes:
+        """The canonical JSON of one plan point."""
+        point = mp.target.point
+        members = {"name": canonical_json(point.name),
+                   "address": canonical_json(dict(point.address))}
+        for key, value in (("signal", point.signal), ("unit", point.unit)):
+            if value is not None:
+                members[key] = canonical_json(value)
+        return canonical_object({**members, **self._governed(mp)[0]})
+
+    def _governed(self, mp: MergedPoint) -> tuple[dict[str, bytes], dict[str, Any]]:
+        key = id(mp.facets)  # merge shares one facets dict per (policies, waivers)
+        if key not in self.shared:
+            entry = governed_entry(mp)
+            self.shared[key] = ({k: canonical_json(v) for k, v in entry.items()}, mp.facets)
+        return self.shared[key]
+
+
+def governed_entry(mp: MergedPoint) -> dict[str, Any]:
+    """What policies give a point: facets nested as in the policy language, and their sources."""
+    entry: dict[str, Any] = {}
     provenance: dict[str, list[dict[str, str]]] = {}
     for facet, merged in mp.facets.items():
         _nest(entry, facet.split("."), _json_value(merged.value))
@@ -256,8 +299,7 @@ def plan_index(plans: Sequence[Plan], merged: MergeResult, as_of: dict[str, date
         "format": INDEX_FORMAT,
         "as_of": {site: day.isoformat() for site, day in sorted(as_of.items())},
         "plans": [
-            {"device": p.device, "site": p.body["site"], "file": p.file_name,
-             "digest": p.digest, "points": len(p.body["points"])}
+            {"device": p.device, "file": p.file_name, "digest": p.digest, "points": p.points}
             for p in plans
         ],
         "ungoverned": [mp.target.ref for mp in merged.points if not mp.governed],

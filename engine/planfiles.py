@@ -53,7 +53,7 @@ def _write_atomically(path: Path, data: bytes) -> Path:
 def render_plans(console: Console, result: Compilation, written: list[Path], fmt: str) -> None:
     if fmt == "json":
         rows = [{"device": p.device, "file": str(path), "digest": p.digest,
-                 "points": len(p.body["points"]), "read_groups": len(p.body["read_groups"])}
+                 "points": p.points, "read_groups": p.read_groups}
                 for p, path in zip(result.plans, written, strict=True)]
         print(json.dumps(rows, indent=2))
         return
@@ -63,7 +63,6 @@ def render_plans(console: Console, result: Compilation, written: list[Path], fmt
     for column in ("device", "points", "read groups", "valid until", "digest"):
         table.add_column(column)
     for plan in result.plans:
-        body = plan.body
-        table.add_row(plan.device, str(len(body["points"])), str(len(body["read_groups"])),
-                      body.get("valid_until", "-"), plan.digest[:19] + "…")
+        table.add_row(plan.device, str(plan.points), str(plan.read_groups),
+                      plan.valid_until or "-", plan.digest[:19] + "…")
     console.print(table)
