@@ -9,8 +9,10 @@ and otherwise runs to the end so that every merge and plan error is shown.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -58,6 +60,27 @@ class Compilation:
 
 def compile_project(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     """Run every stage over ``inputs``; the result carries all findings, sorted."""
+    with _fewer_collections():
+        return _compile(inputs, pm)
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Collect garbage less often while compiling.
+
+    A compilation builds millions of long-lived objects and frees almost
+    none; with CPython's default thresholds the cyclic collector walks them
+    again and again, which at 100,000 points costs more than all of merge.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(200_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+def _compile(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     result = Compilation()
     policy_files, site_files, principal_files, found = discover(inputs)
     documents: dict[str, list[Document]] = {}

@@ -62,26 +62,35 @@ class Document:
 
     def at(self, path: Iterable[str | int] = ()) -> Location:
         """Where the value at ``path`` starts, or where its nearest known ancestor does."""
-        position, _ = self._walk(tuple(path))
+        position, _, _ = self._walk(tuple(path))
         return self._location(position)
 
     def key_at(self, path: Iterable[str | int]) -> Location:
         """Where the key that introduces ``path`` starts (the value's place if none)."""
         path = tuple(path)
-        position, key_position = self._walk(path)
+        position, key_position, _ = self._walk(path)
         return self._location(key_position or position)
 
-    def _walk(self, path: DocPath) -> tuple[int, int]:
-        """(value position, key position) of the deepest node on ``path`` that exists."""
+    def sub(self, path: DocPath, data: Any) -> Document:
+        """The node at ``path`` (whose value is ``data``) as a document of its own.
+
+        Its ``at`` and ``key_at`` take paths relative to that node, and walk
+        only from there: the way to ask for the places of many siblings.
+        """
+        position, _, shadow = self._walk(path)
+        return Document(self.path, data, shadow, position)
+
+    def _walk(self, path: DocPath) -> tuple[int, int, Any]:
+        """(value position, key position, shadow) of the deepest node on ``path``."""
         position, key_position, shadow = self.position, 0, self.shadow
         for part in path:
             entry = _child(shadow, part)
             if entry is None:
-                return position, 0
+                return position, 0, None
             packed, shadow = entry if isinstance(entry, tuple) else (entry, None)
             position = packed & _POSITION_MASK
             key_position = packed >> KEY_SHIFT
-        return position, key_position
+        return position, key_position, shadow
 
     def _location(self, position: int) -> Location:
         if not position:

@@ -23,6 +23,7 @@ from cerberus import errors
 from cerberus.errors import ValidationError
 
 from engine.errors import Finding, Location, error
+from engine.fastcheck import Accept, compile_schema
 from engine.load import DocPath, Document
 from engine.rules import DATE_EXAMPLE, DURATION_EXAMPLE, PROBLEM, ConvergeValidator, show
 
@@ -276,26 +277,43 @@ def type_hint(value: Any, rules: Mapping[str, Any]) -> str:
 
 
 def run(
-    schema: Mapping[str, Any], data: Mapping[str, Any], doc: Document, base: DocPath = ()
+    schema: Mapping[str, Any],
+    data: Mapping[str, Any],
+    doc: Document,
+    base: DocPath = (),
+    *,
+    normalize: bool = True,
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Validate ``data`` (found at ``base`` in ``doc``): its problems and normalized copy.
 
+    ``normalize=False`` skips applying defaults, for schemas that have none.
     Raises :class:`cerberus.SchemaError` when ``schema`` itself is malformed.
     """
-    validator = _validator(schema)
-    validator.validate(data)
+    validator, accept = _validator(schema)
+    if accept is not None and (normalize or not _has_defaults(schema)):
+        accepted = accept(data)
+        if accepted is not None:
+            return [], accepted
+    validator.validate(data, normalize=normalize)
     return problems(validator._errors, schema, doc, base), dict(validator.document or {})
 
 
-_VALIDATORS: dict[int, tuple[Mapping[str, Any], ConvergeValidator]] = {}
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], ConvergeValidator, Accept | None]] = {}
 
 
-def _validator(schema: Mapping[str, Any]) -> ConvergeValidator:
-    """One validator per schema object: building one checks the whole schema, which is slow."""
+def _validator(schema: Mapping[str, Any]) -> tuple[ConvergeValidator, Accept | None]:
+    """One validator per schema object (building one checks the whole schema, which is
+    slow), and the fast acceptor of valid documents when the schema is simple enough."""
     cached = _VALIDATORS.get(id(schema))
     if cached is None or cached[0] is not schema:
-        cached = _VALIDATORS[id(schema)] = (schema, ConvergeValidator(schema))
-    return cached[1]
+        validator = ConvergeValidator(schema)
+        accept = compile_schema(schema, validator.types_mapping)
+        cached = _VALIDATORS[id(schema)] = (schema, validator, accept)
+    return cached[1], cached[2]
+
+
+def _has_defaults(schema: Mapping[str, Any]) -> bool:
+    return any(isinstance(rules, Mapping) and "default" in rules for rules in schema.values())
 
 
 def not_a_mapping(doc: Document, kind: str, first_key: str) -> Finding:

@@ -11,8 +11,8 @@ devices (site id, time zone, ...) leaves the whole site out.
 from __future__ import annotations
 
 import copy
+import json
 import weakref
-from collections.abc import Hashable
 from typing import Any
 
 import cerberus
@@ -75,7 +75,7 @@ def _device_of(path: DocPath) -> int | None:
 
 def _check_points(doc: Document) -> list[Problem]:
     """Every point against ``POINT``; a point equal to one already found valid is valid."""
-    valid: set[Hashable] = set()
+    valid: set[str] = set()
     found: list[Problem] = []
     for index, raw in _device_items(doc.data):
         points = raw.get("points")
@@ -85,20 +85,20 @@ def _check_points(doc: Document) -> list[Problem]:
             key = frozen(point)
             if key in valid:
                 continue
-            point_found, _ = run(POINT, point, doc, ("devices", index, "points", j))
+            path = ("devices", index, "points", j)
+            point_found, _ = run(POINT, point, doc, path, normalize=False)
             found += point_found
             if not point_found:
                 valid.add(key)
     return found
 
 
-def frozen(value: Any) -> Hashable:
-    """A hashable stand-in for loaded YAML data; types kept apart (``1``, ``1.0``, ``true``)."""
-    if isinstance(value, dict):
-        return (dict, frozenset((k, frozen(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return (list, tuple(frozen(v) for v in value))
-    return (type(value), value)
+def frozen(value: Any) -> str:
+    """A key equal for equal loaded YAML data only (``1``, ``1.0``, ``true``, dates apart)."""
+    return _FROZEN.encode(value)
+
+
+_FROZEN = json.JSONEncoder(sort_keys=True, default=lambda v: f"\0{type(v).__name__}:{v}")
 
 
 # --- protocol plugins -------------------------------------------------------------------
@@ -110,7 +110,7 @@ def _run_plugins(
     """Plugin checks of every device, and the normalized shapes of those that have them."""
     found: list[Problem] = []
     normalized: dict[int, Normalized] = {}
-    checked: dict[Hashable, dict[str, Any]] = {}
+    checked: dict[str, dict[str, Any]] = {}
     for index, raw in _device_items(doc.data):
         device_found, device_normalized = _plugin_checks(doc, pm, protocols, index, raw,
                                                           checked=checked)
@@ -127,7 +127,7 @@ def _plugin_checks(
     index: int,
     raw: dict[str, Any],
     *,
-    checked: dict[Hashable, dict[str, Any]],
+    checked: dict[str, dict[str, Any]],
 ) -> tuple[list[Problem], Normalized | None]:
     """The protocol, endpoint and addresses of one device, as its plugin sees them.
 
@@ -148,7 +148,7 @@ def _plugin_checks(
     points = raw.get("points")
     for j, point in enumerate(points if isinstance(points, list) else []):
         if isinstance(point, dict) and isinstance(point.get("address"), dict):
-            key = (protocol, frozen(point["address"]))
+            key = f"{protocol}\0{frozen(point['address'])}"
             if key in checked:
                 addresses[j] = checked[key]
                 continue
@@ -216,10 +216,9 @@ def _check_address(
     if found:
         return found, address
     complaints = _call_hook(pm, "converge_check_address", protocol=protocol, address=address)
-    location = doc.at(path)
     for complaint in complaints or []:
         found.append(
-            Problem(path, error(location, "address-invalid", f"{dotted(path)}: {complaint}"))
+            Problem(path, error(doc.at(path), "address-invalid", f"{dotted(path)}: {complaint}"))
         )
     return found, address
 
@@ -277,8 +276,10 @@ def _device(doc: Document, index: int, normalized: Normalized) -> Device:
     base: DocPath = ("devices", index)
     raw = doc.data["devices"][index]
     endpoint, addresses = normalized
+    listed = doc.sub((*base, "points"), raw["points"])
     points = tuple(
-        _point(doc, (*base, "points", j), addresses.get(j, {})) for j in range(len(raw["points"]))
+        _point(listed.sub((j,), point), addresses.get(j, {}))
+        for j, point in enumerate(raw["points"])
     )
     return Device(
         id=raw["id"],
@@ -294,15 +295,16 @@ def _device(doc: Document, index: int, normalized: Normalized) -> Device:
     )
 
 
-def _point(doc: Document, path: DocPath, address: dict[str, Any]) -> Point:
-    raw = value_at(doc.data, path)
+def _point(doc: Document, address: dict[str, Any]) -> Point:
+    """The model of a point; ``doc`` is the point's own node."""
+    raw = doc.data
     return Point(
         name=raw["name"],
         signal=raw.get("signal"),
         unit=raw.get("unit"),
         address=address,
-        location=doc.at(path),
-        address_location=doc.at((*path, "address")),
+        location=doc.at(),
+        address_location=doc.at(("address",)),
     )
 
 
