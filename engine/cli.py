@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -41,11 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(args, pm, console)
     except FindingsError as exc:
-        findings_text(Console(stderr=True), exc.findings)
+        findings_text(Console(stderr=True, soft_wrap=True), exc.findings)
         return 1
     except ConvergeError as exc:
         Console(stderr=True, highlight=False).print(f"converge: error: {exc}", markup=False)
         return 2
+    except BrokenPipeError:
+        # the reader (`| head`) has gone: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,8 +202,9 @@ def run_diff(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
     old, new = (compile_project(Inputs([p], args.sites, args.principals, args.at), pm)
                 for p in args.policies)
     for result in (old, new):
-        if not result.ok:
-            raise FindingsError(result.findings)
+        if not result.ok:  # exit 2, so that CI tells broken inputs from changes (exit 1)
+            findings_text(Console(stderr=True, soft_wrap=True), result.findings)
+            return 2
     changes = diff(old, new)
     if args.format == "json":
         print(json.dumps(diff_json(changes), indent=2))
@@ -227,7 +233,10 @@ def run_test(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
     failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed", highlight=False)
     if args.junit:
-        args.junit.write_bytes(junit_xml(results))
+        try:
+            args.junit.write_bytes(junit_xml(results))
+        except OSError as exc:
+            raise ConvergeError(f"cannot write {args.junit}: {exc.strerror}") from exc
     return 1 if failed else 0
 
 

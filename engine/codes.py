@@ -19,7 +19,7 @@ CODES: dict[str, str] = {
     "yaml-duplicate-key": "a mapping defines the same key twice",
     "yaml-non-scalar-key": "a mapping key is a list or a mapping",
     "yaml-alias-bomb": "aliases expand beyond the bound (billion laughs)",
-    "yaml-too-deep": "nesting is too deep, or an alias is recursive",
+    "yaml-too-deep": "nesting is deeper than the loader accepts",
     "yaml-bad-value": "a scalar cannot be read (unknown tag, bad timestamp)",
     "yaml-bad-merge": "a '<<' merge key does not name a mapping",
     # validate
@@ -33,7 +33,7 @@ CODES: dict[str, str] = {
     "id-invalid": "an id does not have the required form (kebab-case, file-safe)",
     "glob-invalid": "a glob pattern is malformed",
     "protocol-unknown": "no installed plugin implements the device's protocol",
-    "endpoint-invalid": "a device endpoint fails its protocol plugin's checks",
+    "endpoint-invalid": "a protocol plugin's endpoint schema is unusable (a plugin bug)",
     "address-invalid": "a point address fails its protocol plugin's checks",
     "policy-duplicate-id": "two policies have the same id",
     "site-duplicate-id": "two site files have the same site id",

@@ -55,8 +55,8 @@ def diff_point(old: MergedPoint, new: MergedPoint) -> list[Change]:
         before = a.value if a else None
         after = b.value if b else None
         if before != after:
-            changes.append(Change(ref, facet, _shown(facet, before), _shown(facet, after),
-                                  direction(facet, before, after)))
+            changes.append(Change(ref, facet.removesuffix("_ms"), _shown(facet, before),
+                                  _shown(facet, after), direction(facet, before, after)))
     return changes
 
 

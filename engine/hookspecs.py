@@ -32,7 +32,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def converge_protocol_names() -> list[str]:
     """Name the protocols this plugin implements.
 
-    Called once when the plugin manager is built. Returns the names a site
+    Called when the plugin manager is built, and again whenever the engine
+    needs the list (validating a site, exporting JSON Schema), so it must be
+    cheap and give the same answer each time. Returns the names a site
     inventory uses in a device's ``protocol:`` key (for example
     ``["modbus"]``). Results of all plugins are concatenated; a name claimed
     by two plugins is a :class:`~engine.errors.PluginError`.
@@ -43,10 +45,14 @@ def converge_protocol_names() -> list[str]:
 def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:
     """Give the cerberus schema of a device's ``endpoint`` mapping for ``protocol``.
 
-    Called by the validate stage for every protocol a site uses. Return a
-    cerberus schema (a dict of field rules) when ``protocol`` is yours and
-    ``None`` otherwise; the first non-``None`` result is used. Unknown keys
-    are always errors; defaults in the schema are applied (``default`` rule).
+    Called by the validate stage the first time a site uses ``protocol``
+    (the result is kept for the life of the plugin manager) and by the JSON
+    Schema export. Return a cerberus schema (a dict of field rules) when
+    ``protocol`` is yours and ``None`` otherwise; the first non-``None``
+    result is used. Unknown keys are always errors; defaults in the schema
+    are applied (``default`` rule). The check-with rules of
+    :class:`engine.rules.ConvergeValidator` (``duration``, ``glob``, ...)
+    may be used.
     """
 
 
@@ -80,8 +86,9 @@ def converge_plan_read_groups(
 ) -> ReadGroupPlan | None:
     """Group the governed points of ``device`` into the requests that read them.
 
-    Called by the plan stage once per device that has governed points, with
-    those points in inventory order and their merged schedules. Return
+    Called by the plan stage once per device that has governed points with a
+    capture demand, with those points (never none) in inventory order and
+    their merged schedules. Return
     ``None`` when ``device.protocol`` is not yours. Otherwise return a
     :class:`~engine.model.ReadGroupPlan`: JSON-ready group dicts, each with a
     ``points`` list naming the points it reads, in a deterministic order; and

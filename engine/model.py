@@ -50,6 +50,8 @@ class Demand:
 
     value: FacetValue
     location: Location
+    items: tuple[tuple[str, Location], ...] = ()
+    """For a list of names: ``("[name]", place)`` of each name, for findings about one."""
 
 
 @dataclass(frozen=True)

@@ -108,11 +108,13 @@ def build_device_plan(
 ) -> tuple[Plan | None, list[Finding]]:
     findings = [_no_capture(mp) for mp in points if not _captured(mp)]
     collected = [mp for mp in points if _captured(mp)]
+    if not collected:
+        return None, findings
     planned = [_planned(mp) for mp in collected]
     groups = _read_groups(pm, device, planned)
     findings += _problems(device, groups)
     findings += _request_rate(device, groups, planned)
-    if has_errors(findings) or not collected:
+    if has_errors(findings):
         return None, findings
     members = {
         "format": canonical_json(PLAN_FORMAT),

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.compile import Compilation
+from engine.errors import ConvergeError
 from engine.plan import plan_index
 from engine.render import findings_text
 
@@ -24,7 +25,12 @@ PLAN_SUFFIX = ".plan.json"
 
 
 def write_plans(out: Path, result: Compilation) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConvergeError(f"{out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConvergeError(f"cannot create {out}: {exc.strerror}") from exc
     written = []
     for plan in result.plans:
         written.append(_write_atomically(out / plan.file_name, plan.canonical))
@@ -40,6 +46,7 @@ def _write_atomically(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # plans are not secret; collectors read them
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -52,6 +59,8 @@ def _write_atomically(path: Path, data: bytes) -> Path:
 
 def render_plans(console: Console, result: Compilation, written: list[Path], fmt: str) -> None:
     if fmt == "json":
+        if result.findings:
+            findings_text(Console(stderr=True, soft_wrap=True), result.findings)
         rows = [{"device": p.device, "file": str(path), "digest": p.digest,
                  "points": p.points, "read_groups": p.read_groups}
                 for p, path in zip(result.plans, written, strict=True)]

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cerberus
 import pluggy
 
 from engine.compile import Compilation, Inputs, compile_project
@@ -37,6 +36,7 @@ from engine.errors import ConvergeError, Finding, FindingsError, Location, error
 from engine.load import Document, load_file
 from engine.merge import MergedPoint, describe
 from engine.model import FACETS
+from engine.schema_errors import not_a_mapping, run
 
 LANGUAGE_FACETS = {facet.removesuffix("_ms"): facet for facet in FACETS}
 """``capture.every`` (as written in policies) to ``capture.every_ms`` (as merged)."""
@@ -74,6 +74,9 @@ def run_test_file(path: Path, pm: pluggy.PluginManager) -> list[CaseResult]:
     """Compile the file's inputs once and check every case against the merged points."""
     doc = load_file(path)
     spec = _validated(doc)
+    unreadable = _unreadable_expectations(doc, spec)
+    if unreadable:
+        raise FindingsError(unreadable)
     base = path.parent
     compilation = compile_project(_inputs(spec, base), pm)
     if not compilation.ok:
@@ -84,14 +87,27 @@ def run_test_file(path: Path, pm: pluggy.PluginManager) -> list[CaseResult]:
 
 
 def _validated(doc: Document) -> dict[str, Any]:
-    validator = cerberus.Validator(_SCHEMA)
-    if not isinstance(doc.data, dict) or not validator.validate(doc.data):
-        errors = validator.errors if isinstance(doc.data, dict) else {"": ["not a mapping"]}
-        raise FindingsError([
-            error(doc.at((key,)), "test-invalid", f"{key or 'file'}: {problems}")
-            for key, problems in errors.items()
-        ])
-    return dict(validator.document)
+    """The test file's content, or every problem with it as findings."""
+    if not isinstance(doc.data, dict):
+        raise FindingsError([not_a_mapping(doc, "policy test", "policies")])
+    problems, document = run(_SCHEMA, doc.data, doc)
+    if problems:
+        raise FindingsError([problem.finding for problem in problems])
+    return document
+
+
+def _unreadable_expectations(doc: Document, spec: dict[str, Any]) -> list[Finding]:
+    """An expected duration that is not one is the test file's error, not a failed case."""
+    findings = []
+    for i, case in enumerate(spec["cases"]):
+        for key, want in case["expect"].items():
+            if key.startswith(("capture.every", "retention.keep", "signing.batch")) and want:
+                try:
+                    parse_duration(str(want))
+                except ValueError as exc:
+                    findings.append(error(doc.at(("cases", i, "expect", key)),
+                                          "duration-invalid", f"{key}: {exc}"))
+    return findings
 
 
 def _paths(value: str | list[str], base: Path) -> list[Path]:
@@ -119,7 +135,9 @@ def _run_case(doc: Document, index: int, case: dict[str, Any],
 
 def _check_expect(mp: MergedPoint, key: str, want: Any) -> list[str]:
     if key == "governed":
-        return [] if mp.governed == want else [f"governed: expected {want}, got {mp.governed}"]
+        if mp.governed == want:
+            return []
+        return [f"governed: expected {_yaml_bool(want)}, got {_yaml_bool(mp.governed)}"]
     facet = LANGUAGE_FACETS[key]
     merged = mp.facets.get(facet)
     got = describe(facet, merged.value) if merged else None
@@ -137,9 +155,15 @@ def _as_value(facet: str, want: Any) -> Any:
         return parse_duration(str(want))
     if isinstance(want, list):
         return tuple(sorted({str(w) for w in want}))
-    if facet in ("capture.cron",) and isinstance(want, str):
+    if facet == "capture.cron" and isinstance(want, str):
         return (want,)
+    if facet == "capture.on_change.deadband" and isinstance(want, int):
+        return float(want)
     return want
+
+
+def _yaml_bool(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _check_winner(mp: MergedPoint, facet: str, key: str, want: str | list[str]) -> list[str]:

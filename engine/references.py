@@ -45,10 +45,11 @@ def _roles(project: Project) -> list[Finding]:
             demand = policy.demands.get(facet)
             if demand is None:
                 continue
+            places = dict(demand.items)
             for role in demand.value:  # type: ignore[union-attr]
                 if role not in held:
                     findings.append(warning(
-                        demand.location, "role-unheld",
+                        places.get(f"[{role}]", demand.location), "role-unheld",
                         f"role '{role}' in {facet} of policy {policy.id} is held by no principal",
                     ))
     return findings

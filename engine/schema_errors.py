@@ -294,7 +294,13 @@ def run(
         accepted = accept(data)
         if accepted is not None:
             return [], accepted
-    validator.validate(data, normalize=normalize)
+    try:
+        validator.validate(data, normalize=normalize)
+    except (TypeError, AttributeError, KeyError):
+        # cerberus 1.3 normalises before it checks types, and crashes on some
+        # wrong types (a mapping where a list of mappings belongs); checking
+        # without normalising reports the wrong type instead.
+        validator.validate(data, normalize=False)
     return problems(validator._errors, schema, doc, base), dict(validator.document or {})
 
 

@@ -206,7 +206,7 @@ def _check_selector(
         for pattern in values:
             match = NameMatcher([pattern])
             if not any(match(value) for value in known):
-                location = locations.get(key)
+                location = locations.get(f"{key}[{pattern}]", locations.get(key))
                 if location is None:
                     continue
                 findings.append(warning(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.durations import parse_duration
-from engine.errors import Finding, error
+from engine.errors import Finding, Location, error
 from engine.load import DocPath, Document
 from engine.model import (
     FACET_GROUPS,
@@ -103,6 +103,15 @@ def _name_set(value: str | list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(_names(value))))
 
 
+def item_locations(doc: Document, path: DocPath, key: str) -> dict[str, Location]:
+    """``key[value]`` to the place of each value of a list (or of the one value)."""
+    value = value_at(doc.data, path)
+    if isinstance(value, list):
+        places = {f"{key}[{v}]": doc.at((*path, i)) for i, v in reversed(list(enumerate(value)))}
+        return places  # reversed, so a repeated value keeps its first place
+    return {f"{key}[{value}]": doc.at(path)} if isinstance(value, str) else {}
+
+
 def _label_map(doc: Document, path: DocPath, key: str, locations: dict[str, Any]) -> dict[str, Any]:
     labels = value_at(doc.data, (*path, key)) or {}
     for label in labels:
@@ -121,6 +130,7 @@ def device_selector(doc: Document, path: DocPath) -> DeviceSelector:
         if key in written:
             names[key] = _names(written[key])
             locations[key] = doc.at((*path, key))
+            locations.update(item_locations(doc, (*path, key), key))
     return DeviceSelector(
         site=names.get("site", ()),
         zone=names.get("zone", ()),
@@ -141,6 +151,8 @@ def point_selector(doc: Document, path: DocPath) -> PointSelector:
     if written is None:
         return PointSelector(location=NOWHERE)
     locations = {key: doc.at((*path, key)) for key in written}
+    for key in written:
+        locations.update(item_locations(doc, (*path, key), key))
     return PointSelector(
         name=_names(written.get("name", ())),
         signal=_names(written.get("signal", ())),
@@ -175,7 +187,8 @@ def demands(doc: Document) -> dict[str, Demand]:
     for facet, path, convert in _DEMANDS:
         raw = value_at(doc.data, path)
         if raw is not None:
-            found[facet] = Demand(convert(raw), doc.at(path))
+            items = tuple(item_locations(doc, path, "").items()) if isinstance(raw, list) else ()
+            found[facet] = Demand(convert(raw), doc.at(path), items)
     deadband = _deadband(doc)
     if deadband is not None:
         found["capture.on_change.deadband"] = deadband

@@ -161,10 +161,6 @@ SITE = """
     """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (wrong place): a selector value that matches nothing "
-                   "is placed at the start of its list (line 7, '- reactor-*', which matches) "
-                   "instead of at the value itself (line 8); golden case glob-matches-nothing "
-                   "records 5:17 (the '[') for the same reason")
 def test_a_selector_value_that_matches_nothing_is_placed_at_that_value(
     converge_project: ProjectBuilder,
 ) -> None:
@@ -183,9 +179,6 @@ def test_a_selector_value_that_matches_nothing_is_placed_at_that_value(
     outcome.assert_findings([("policies/gmp.yaml", 8, 9, "selector-matches-nothing")])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (wrong place): a role nobody holds is placed at the "
-                   "start of its list (line 10, '- qa', which is held) instead of at the role "
-                   "(line 11)")
 def test_a_role_nobody_holds_is_placed_at_that_role(converge_project: ProjectBuilder) -> None:
     outcome = converge_project.write({
         "sites/test/site.yaml": SITE,
@@ -235,11 +228,6 @@ CRASHING_MAPPINGS = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG (traceback): a list-valued key "
-                   "(controls, devices, exceptions, principals, ...) written as a mapping that "
-                   "has a key named 'type' crashes inside cerberus normalisation with TypeError: "
-                   "argument of type 'NoneType' is not iterable; without a 'type' key the same "
-                   "mistake is a clean wrong-type finding")
 @pytest.mark.parametrize("kind", CRASHING_MAPPINGS)
 def test_a_list_written_as_a_mapping_with_a_type_key_is_a_finding(
     converge_project: ProjectBuilder, kind: str

@@ -144,7 +144,8 @@ def one_policy(project: Project):
 def test_demands_are_keyed_by_facet_with_the_place_of_each_value(pm):
     policy = one_policy(run(pm, policies=[GOOD_POLICY])[0])
     at = lambda line, col: Location("policies/p0.yaml", line, col)  # noqa: E731
-    assert policy.demands == {
+    assert {facet: (d.value, d.location) for facet, d in policy.demands.items()} == {
+        facet: (d.value, d.location) for facet, d in {
         "capture.every_ms": Demand(5000, at(15, 10)),
         "capture.cron": Demand(("*/5 * * * *", "0 * * * *"), at(16, 9)),
         "capture.on_change.deadband": Demand(0.2, at(17, 25)),
@@ -157,6 +158,15 @@ def test_demands_are_keyed_by_facet_with_the_place_of_each_value(pm):
         "access.read": Demand(("process-engineering", "qa"), at(27, 9)),
         "access.export": Demand(("auditor",), at(28, 11)),
         "access.deny": Demand((), at(29, 9)),
+    }.items()}
+
+
+def test_each_name_in_a_list_facet_has_its_own_place(pm):
+    policy = one_policy(run(pm, policies=[GOOD_POLICY])[0])
+    places = dict(policy.demands["access.read"].items)
+    assert places == {
+        "[qa]": Location("policies/p0.yaml", 27, 10),
+        "[process-engineering]": Location("policies/p0.yaml", 27, 14),
     }
 
 
@@ -179,14 +189,16 @@ def test_a_facet_left_out_is_absent(pm):
 
 def test_selectors_remember_where_each_key_was_written(pm):
     policy = one_policy(run(pm, policies=[GOOD_POLICY])[0])
-    assert {key: (loc.line, loc.col) for key, loc in policy.devices.locations.items()} == {
+    written = {k: v for k, v in policy.devices.locations.items() if "[" not in k}
+    assert {key: (loc.line, loc.col) for key, loc in written.items()} == {
         "site": (7, 11),
         "class": (8, 12),
         "labels.gmp": (9, 19),
         "id": (10, 9),
     }
     assert policy.devices.location == Location("policies/p0.yaml", 7, 5)
-    assert {key: (loc.line, loc.col) for key, loc in policy.points.locations.items()} == {
+    written = {k: v for k, v in policy.points.locations.items() if "[" not in k}
+    assert {key: (loc.line, loc.col) for key, loc in written.items()} == {
         "signal": (12, 13),
         "name": (13, 11),
     }
