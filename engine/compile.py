@@ -60,12 +60,12 @@ class Compilation:
 
 def compile_project(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     """Run every stage over ``inputs``; the result carries all findings, sorted."""
-    with _fewer_collections():
+    with fewer_collections():
         return _compile(inputs, pm)
 
 
 @contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
+def fewer_collections() -> Iterator[None]:
     """Collect garbage less often while compiling.
 
     A compilation builds millions of long-lived objects and frees almost

@@ -103,7 +103,7 @@ _POSITION_MASK = (1 << KEY_SHIFT) - 1
 
 def _child(shadow: Any, part: str | int) -> Any:
     if isinstance(shadow, dict):
-        return shadow.get(part)  # type: ignore[arg-type]
+        return shadow.get(part)
     if isinstance(shadow, list) and isinstance(part, int) and 0 <= part < len(shadow):
         return shadow[part]
     return None

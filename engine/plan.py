@@ -189,13 +189,13 @@ def _request_rate(
     limit = device.limits.max_requests_per_second
     if limit is None:
         return []
-    every = {p.point.name: p.every_ms for p in points}
+    every = {p.point.name: p.every_ms for p in points if p.every_ms}
     rate = 0.0
     for group in groups.groups:
         if group.get("kind", "read") != "read":
             continue
-        intervals = [every[name] for name in group["points"] if every.get(name)]
-        rate += 1000 / min(intervals) if intervals else 0.0  # type: ignore[type-var]
+        intervals = [every[name] for name in group["points"] if name in every]
+        rate += 1000 / min(intervals) if intervals else 0.0
     if rate <= limit:
         return []
     where = device.limits.locations.get("max_requests_per_second", device.location)

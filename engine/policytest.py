@@ -182,7 +182,7 @@ def junit_xml(results: list[CaseResult]) -> bytes:
                              file=r.location.path, line=str(r.location.line))
         if not r.passed:
             ET.SubElement(case, "failure", message=r.failures[0]).text = "\n".join(r.failures)
-    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 def run_tests(paths: list[Path], pm: pluggy.PluginManager) -> list[CaseResult]:

@@ -48,7 +48,7 @@ class DeviceMatcher:
     """A compiled :class:`DeviceSelector`."""
 
     def __init__(self, selector: DeviceSelector) -> None:
-        self.keys = [
+        self.keys: list[tuple[Callable[[str | None], bool], Callable[[Device], str | None]]] = [
             (_matcher(selector.site), lambda d: d.site),
             (_matcher(selector.zone), lambda d: d.zone),
             (_matcher(selector.class_), lambda d: d.class_),
