@@ -15,7 +15,7 @@ events-to-data work is in :mod:`engine.yaml_builder`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,16 +165,11 @@ def load_text(raw: bytes | str, path: str) -> Document:
     return Document(path, built.data, built.shadow, built.position)
 
 
-def _events(loader: Any) -> Iterator[Any]:
-    while loader.check_event():
-        yield loader.get_event()
-
-
 def _build(text: str, path: str, budget: int) -> tuple[Built | None, list[Finding]]:
     loader = _Loader(text)
     builder = Builder(loader, path, budget)
     try:
-        built = builder.run(_events(loader))
+        built = builder.run(iter(loader.get_event, None))  # None follows the stream's end
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         return None, [error(_mark_location(path, mark), "yaml-syntax", _problem(exc))]

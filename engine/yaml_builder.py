@@ -134,21 +134,23 @@ class Builder:
         return pack(event.start_mark.line + 1, event.start_mark.column + 1)
 
     def on_scalar(self, event: Any) -> None:
+        """The hot path: most events are plain scalars, most of them strings."""
         tag = event.tag
         if tag is None or tag == "!":
-            tag = self.resolve(event.value) if event.implicit[0] else _STR
-        self.done(self.scalar(event, tag), None, self.position(event), anchor=event.anchor,
-                  tag=tag)
+            tag = (self.tags.get(event.value) or self.resolve(event.value)) if (
+                event.implicit[0]) else _STR
+        value = event.value if tag is _STR or tag == _STR else self.scalar(event, tag)
+        mark = event.start_mark
+        position = (mark.line + 1) << POSITION_BITS | (mark.column + 1)
+        self.done(value, None, position, anchor=event.anchor, tag=tag)
 
     def resolve(self, value: str) -> str:
-        tag = self.tags.get(value)
-        if tag is None:
-            tag = self.loader.resolve(yaml.ScalarNode, value, (True, False))
-            self.tags[value] = tag
+        tag: str = self.loader.resolve(yaml.ScalarNode, value, (True, False))
+        self.tags[value] = tag
         return tag
 
     def scalar(self, event: Any, tag: str) -> Any:
-        if tag in (_STR, _MERGE):
+        if tag == _MERGE:
             return event.value
         constructor = _CONSTRUCTORS.get(tag)
         if constructor is None:
