@@ -13,12 +13,13 @@ Plugins implement hooks with ``@engine.hookimpl`` and register through the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pluggy
 
 from engine.model import Device, PlannedPoint, ReadGroupPlan
+from engine.protocols import Session, Simulator, ValueAt
 
 PROJECT = "converge"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -96,4 +97,36 @@ def converge_plan_read_groups(
     request larger than the device's limits allow, ...). Groups must respect
     every limit in ``device.limits`` that applies to the protocol; the engine
     checks ``max_requests_per_second`` from the groups' schedules itself.
+    """
+
+
+# --- protocols: collect (run time) ------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_open_session(plan: Mapping[str, Any]) -> Session | None:
+    """Make the :class:`~engine.protocols.Session` that collects one device's plan.
+
+    Called by the collector once per plan it runs, before anything is
+    connected; ``plan`` is the verified plan body (``plan["device"]`` holds
+    protocol, endpoint and limits, ``plan["read_groups"]`` the requests).
+    Return ``None`` when ``plan["device"]["protocol"]`` is not yours. The
+    session must not connect in this hook.
+    """
+
+
+# --- protocols: simulate ----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_simulator(
+    protocol: str, devices: Sequence[Device], value_at: ValueAt
+) -> Simulator | None:
+    """Make a :class:`~engine.protocols.Simulator` for a site's devices of ``protocol``.
+
+    Called by ``converge simulate`` (and the demo and tests) once per
+    protocol the site uses, with that protocol's devices in inventory order.
+    The simulator serves every point of every device on the device's own
+    endpoint (loopback), answering with ``value_at(device, point, t)``.
+    Return ``None`` when ``protocol`` is not yours.
     """
