@@ -1,8 +1,12 @@
 """Plans on disk: one ``<device>.plan.json`` per device plus ``index.json``.
 
 Files are written atomically (a temporary file renamed into place), so a
-collector reading the folder never sees half a plan, and plan files of
-devices that are no longer planned are removed, so a stale plan cannot run.
+collector reading the folder, or a ``converge plan`` killed half-way, never
+leaves half a plan; plan files of devices that are no longer planned are
+removed, so a stale plan cannot run. Files are not fsync'ed one by one (that
+doubled the time to write 100,000 points): plans are derived from the
+policies and can be written again, and a plan torn by a power cut fails its
+digest check, which the collector makes before running anything.
 """
 
 from __future__ import annotations
@@ -48,8 +52,6 @@ def _write_atomically(path: Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o644)  # plans are not secret; collectors read them
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
