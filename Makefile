@@ -22,7 +22,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 -q
+	bash tests/services.sh start
+	$(BIN)/python -m pytest -n 2 -q; status=$$?; bash tests/services.sh stop; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py
