@@ -30,6 +30,14 @@ class Session(Protocol):
     bad, are records.
     """
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up as far as the session knows.
+
+        A subscription-only session has no request to fail when its server
+        goes away; it says so here, and the collector reconnects it.
+        """
+
     async def connect(self) -> None:
         """Open the connection (and, for OPC UA, the session); idempotent."""
 

@@ -6,11 +6,12 @@ inventory writes and what the plan contains.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.hookspecs import hookimpl
 from engine.model import Device, PlannedPoint, ReadGroupPlan
+from engine.protocols import Session, Simulator, ValueAt
 from plugins.mqtt.plan import plan_read_groups
 from plugins.mqtt.schema import address_problems, address_schema, endpoint_schema
 
@@ -42,3 +43,24 @@ def converge_plan_read_groups(
     device: Device, points: Sequence[PlannedPoint]
 ) -> ReadGroupPlan | None:
     return plan_read_groups(device, points) if device.protocol == PROTOCOL else None
+
+
+@hookimpl
+def converge_open_session(plan: Mapping[str, Any]) -> Session | None:
+    if plan["device"]["protocol"] != PROTOCOL:
+        return None
+    # Imported here: planning commands load this plugin and need no MQTT client.
+    from plugins.mqtt.session import MqttSession  # noqa: PLC0415
+
+    return MqttSession(plan)
+
+
+@hookimpl
+def converge_simulator(
+    protocol: str, devices: Sequence[Device], value_at: ValueAt
+) -> Simulator | None:
+    if protocol != PROTOCOL:
+        return None
+    from plugins.mqtt.simulator import MqttSimulator  # noqa: PLC0415  (amqtt: simulate only)
+
+    return MqttSimulator(devices, value_at)
