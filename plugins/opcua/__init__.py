@@ -1,4 +1,4 @@
-"""Built-in OPC UA protocol plugin: endpoint and address schemas, read-group planning.
+"""Built-in OPC UA protocol plugin: schemas, read-group planning, sessions and simulator.
 
 Only hook implementations live here; see ``README.md`` for what a site
 inventory writes and what the plan contains.
@@ -6,13 +6,16 @@ inventory writes and what the plan contains.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.hookspecs import hookimpl
 from engine.model import Device, PlannedPoint, ReadGroupPlan
+from engine.protocols import Session, Simulator, ValueAt
 from plugins.opcua.plan import plan_read_groups
 from plugins.opcua.schema import address_problems, address_schema, endpoint_schema
+from plugins.opcua.session import OpcUaSession
+from plugins.opcua.simulator import OpcUaSimulator
 
 PROTOCOL = "opcua"
 
@@ -42,3 +45,15 @@ def converge_plan_read_groups(
     device: Device, points: Sequence[PlannedPoint]
 ) -> ReadGroupPlan | None:
     return plan_read_groups(device, points) if device.protocol == PROTOCOL else None
+
+
+@hookimpl
+def converge_open_session(plan: Mapping[str, Any]) -> Session | None:
+    return OpcUaSession(plan) if plan["device"]["protocol"] == PROTOCOL else None
+
+
+@hookimpl
+def converge_simulator(
+    protocol: str, devices: Sequence[Device], value_at: ValueAt
+) -> Simulator | None:
+    return OpcUaSimulator(devices, value_at) if protocol == PROTOCOL else None
