@@ -1,4 +1,4 @@
-"""Built-in Modbus protocol plugin: endpoint and address schemas, read-group planning.
+"""Built-in Modbus protocol plugin: schemas, read-group planning, sessions, simulator.
 
 Only hook implementations live here; see ``README.md`` for what a site
 inventory writes and what the plan contains.
@@ -6,11 +6,12 @@ inventory writes and what the plan contains.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.hookspecs import hookimpl
 from engine.model import Device, PlannedPoint, ReadGroupPlan
+from engine.protocols import Session, Simulator, ValueAt
 from plugins.modbus.address import address_problems
 from plugins.modbus.plan import plan_read_groups
 from plugins.modbus.schema import address_schema, endpoint_schema
@@ -43,3 +44,27 @@ def converge_plan_read_groups(
     device: Device, points: Sequence[PlannedPoint]
 ) -> ReadGroupPlan | None:
     return plan_read_groups(device, points) if device.protocol == PROTOCOL else None
+
+
+# --- run time -----------------------------------------------------------------------------
+
+
+@hookimpl
+def converge_open_session(plan: Mapping[str, Any]) -> Session | None:
+    if plan["device"]["protocol"] != PROTOCOL:
+        return None
+    # Imported here: pymodbus is an optional dependency that planning does not need.
+    from plugins.modbus.session import ModbusSession  # noqa: PLC0415
+
+    return ModbusSession(plan)
+
+
+@hookimpl
+def converge_simulator(
+    protocol: str, devices: Sequence[Device], value_at: ValueAt
+) -> Simulator | None:
+    if protocol != PROTOCOL:
+        return None
+    from plugins.modbus.simulator import ModbusSimulator  # noqa: PLC0415
+
+    return ModbusSimulator(devices, value_at)
