@@ -1,59 +1,22 @@
-"""Built-in OPC UA protocol plugin: schemas, read-group planning, sessions and simulator.
+"""Built-in OPC UA protocol plugin: schemas, read-group planning, sessions, simulator.
 
-Only hook implementations live here; see ``README.md`` for what a site
-inventory writes and what the plan contains.
+The plugin is one declaration (see :mod:`engine.protocol_plugin`), registered
+through the ``converge`` entry-point group as ``plugins.opcua:plugin``; see
+``README.md`` for what a site inventory writes and what the plan contains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from engine.hookspecs import hookimpl
-from engine.model import Device, PlannedPoint, ReadGroupPlan
-from engine.protocols import Session, Simulator, ValueAt
+from engine.protocol_plugin import ProtocolPlugin
 from plugins.opcua.plan import plan_read_groups
 from plugins.opcua.schema import address_problems, address_schema, endpoint_schema
-from plugins.opcua.session import OpcUaSession
-from plugins.opcua.simulator import OpcUaSimulator
 
-PROTOCOL = "opcua"
-
-
-@hookimpl
-def converge_protocol_names() -> list[str]:
-    return [PROTOCOL]
-
-
-@hookimpl
-def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:
-    return endpoint_schema() if protocol == PROTOCOL else None
-
-
-@hookimpl
-def converge_address_schema(protocol: str) -> dict[str, Any] | None:
-    return address_schema() if protocol == PROTOCOL else None
-
-
-@hookimpl
-def converge_check_address(protocol: str, address: dict[str, Any]) -> list[str] | None:
-    return address_problems(address) if protocol == PROTOCOL else None
-
-
-@hookimpl
-def converge_plan_read_groups(
-    device: Device, points: Sequence[PlannedPoint]
-) -> ReadGroupPlan | None:
-    return plan_read_groups(device, points) if device.protocol == PROTOCOL else None
-
-
-@hookimpl
-def converge_open_session(plan: Mapping[str, Any]) -> Session | None:
-    return OpcUaSession(plan) if plan["device"]["protocol"] == PROTOCOL else None
-
-
-@hookimpl
-def converge_simulator(
-    protocol: str, devices: Sequence[Device], value_at: ValueAt
-) -> Simulator | None:
-    return OpcUaSimulator(devices, value_at) if protocol == PROTOCOL else None
+plugin = ProtocolPlugin(
+    name="opcua",
+    endpoint_schema=endpoint_schema,
+    address_schema=address_schema,
+    check_address=address_problems,
+    plan_read_groups=plan_read_groups,
+    session="plugins.opcua.session:OpcUaSession",
+    simulator="plugins.opcua.simulator:OpcUaSimulator",
+)

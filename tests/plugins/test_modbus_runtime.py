@@ -485,13 +485,14 @@ def test_connecting_to_nothing_raises_os_error(rig):
 
 
 def test_the_hooks_answer_for_modbus_only(rig):
-    assert isinstance(modbus_plugin.converge_open_session(plan=rig.plan), ModbusSession)
+    assert isinstance(modbus_plugin.plugin.converge_open_session(plan=rig.plan), ModbusSession)
     other = {**rig.plan, "device": {**rig.plan["device"], "protocol": "opcua"}}
-    assert modbus_plugin.converge_open_session(plan=other) is None
-    simulator = modbus_plugin.converge_simulator(
+    assert modbus_plugin.plugin.converge_open_session(plan=other) is None
+    simulator = modbus_plugin.plugin.converge_simulator(
         protocol="modbus", devices=[rig.device], value_at=value_at)
     assert isinstance(simulator, ModbusSimulator)
-    assert modbus_plugin.converge_simulator(protocol="mqtt", devices=[], value_at=value_at) is None
+    other = modbus_plugin.plugin.converge_simulator(protocol="mqtt", devices=[], value_at=value_at)
+    assert other is None
 
 
 def test_the_plugin_manager_finds_the_session(rig, converge_pm):

@@ -328,8 +328,8 @@ def test_a_port_in_use_is_an_oserror(site: Site) -> None:
 
 def test_hooks_answer_only_for_mqtt(site: Site) -> None:
     plan = {**site.plans["boiler"], "device": {"protocol": "modbus"}}
-    assert mqtt_plugin.converge_open_session(plan) is None
-    assert mqtt_plugin.converge_simulator("modbus", [], value_at) is None
+    assert mqtt_plugin.plugin.converge_open_session(plan) is None
+    assert mqtt_plugin.plugin.converge_simulator("modbus", [], value_at) is None
     assert isinstance(site.session("boiler"), MqttSession)
     assert isinstance(site.simulator(), MqttSimulator)
 
