@@ -9,6 +9,7 @@ print one line each and exit 1 when any is an error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -20,9 +21,13 @@ from pathlib import Path
 import pluggy
 from rich.console import Console
 
+from engine import simulate
+from engine.collect import JsonLinesSink, run_plans
+from engine.collect.status import JsonLogReporter, LiveReporter, Reporter, summary_table
 from engine.compile import Compilation, Inputs, compile_project
 from engine.coverage import coverage, render_coverage
 from engine.diff import diff, diff_json, render_diff
+from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
 from engine.explain import explain, render_explain
 from engine.jsonschema import json_schema
@@ -240,8 +245,58 @@ def run_test(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
     return 1 if failed else 0
 
 
+# --- converge run ------------------------------------------------------------------------
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration (``30s``, ``2m``) in seconds."""
+    try:
+        return parse_duration(text) / 1000
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("run", help="collect devices as their plans say")
+    parser.add_argument("--plans", type=Path, required=True, metavar="DIR",
+                        help="plan folder written by converge plan (index.json and plans)")
+    parser.add_argument("--for", type=seconds, dest="duration", metavar="DURATION",
+                        help="stop after this long (default: until Ctrl-C or SIGTERM)")
+    parser.add_argument("--out", type=Path, metavar="FILE.jsonl",
+                        help="append records as JSON Lines here (default: standard output)")
+    parser.set_defaults(handler=run_run)
+
+
+def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
+    status = Console(stderr=True)
+    live = status.is_terminal and (args.out is not None or not sys.stdout.isatty())
+    reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
+    summary = asyncio.run(run_plans(args.plans, pm, duration=args.duration, sink=sink,
+                                    reporter=reporter, handle_signals=True))
+    status.print(summary_table(summary))
+    return 0
+
+
+# --- converge simulate -------------------------------------------------------------------
+
+
+def register_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("simulate", help="serve a site's points from local servers")
+    parser.add_argument("site", type=Path, metavar="SITE", help="site.yaml or its folder")
+    parser.add_argument("--faults", type=Path, metavar="FILE", help="faults to inject on schedule")
+    parser.add_argument("--for", type=seconds, dest="duration", metavar="DURATION",
+                        help="stop after this long (default: until Ctrl-C)")
+    parser.set_defaults(handler=run_simulate)
+
+
+def run_simulate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    asyncio.run(simulate.serve(args.site, args.faults, args.duration, pm, console))
+    return 0
+
+
 COMMANDS = [register_check, register_plan, register_explain, register_coverage, register_diff,
-            register_test, register_schema]
+            register_test, register_schema, register_run, register_simulate]
 
 
 if __name__ == "__main__":

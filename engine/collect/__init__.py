@@ -1,0 +1,125 @@
+"""Stage collect: run verified plans against devices, producing readings and gap records.
+
+:func:`run_plans` reads a plan folder, opens one protocol session per device
+through the ``converge_open_session`` hook, runs one task per device and
+drains their records, through a bounded queue, into a :class:`Sink`. See
+docs/runtime.md for scheduling, retry rules and the record format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from engine.collect.device import DeviceTask
+from engine.collect.plans import load_plans
+from engine.collect.runtime import CollectConfig, Runtime
+from engine.collect.scheduler import Clock, ScaledClock
+from engine.collect.sinks import JsonLinesSink, MemorySink, Sink
+from engine.collect.status import QuietReporter, Reporter, Summary
+from engine.errors import PluginError
+from engine.protocols import Session
+from engine.records import Record
+
+__all__ = ["Clock", "CollectConfig", "JsonLinesSink", "MemorySink", "ScaledClock", "Sink",
+           "Summary", "open_session", "run_plans"]
+
+
+async def run_plans(
+    plans_dir: Path | str,
+    pm: pluggy.PluginManager,
+    *,
+    duration: float | None,
+    sink: Sink,
+    clock: Clock | None = None,
+    config: CollectConfig | None = None,
+    reporter: Reporter | None = None,
+    handle_signals: bool = False,
+) -> Summary:
+    """Collect every plan in ``plans_dir`` for ``duration`` clock seconds (``None``: until stopped).
+
+    With ``handle_signals`` SIGINT and SIGTERM stop the run cleanly: samples in
+    flight become ``shutdown`` gaps, the queue is drained and the sink closed.
+    """
+    clock = clock or Clock()
+    config = config or CollectConfig()
+    rt = Runtime(clock, config, asyncio.Queue(maxsize=config.queue_size),
+                 reporter or QuietReporter())
+    devices = [DeviceTask(plan, open_session(pm, plan), rt)
+               for plan in load_plans(Path(plans_dir), clock.now())]
+    summary = Summary({d.device: d.stats for d in devices})
+    drain = asyncio.create_task(_drain(rt.queue, sink))
+    stop = asyncio.Event()
+    try:
+        with rt.reporter.showing(summary), _signals(stop, handle_signals):
+            tasks = [asyncio.create_task(_guarded(d, rt)) for d in devices]
+            try:
+                await _until(stop, duration, clock)
+            finally:
+                await _cancel_all(tasks)
+    finally:
+        await rt.queue.put(None)
+        await drain
+        await sink.close()
+    return summary
+
+
+def open_session(pm: pluggy.PluginManager, plan: Mapping[str, Any]) -> Session:
+    """The protocol plugin's session for ``plan`` (not connected yet)."""
+    session: Session | None = pm.hook.converge_open_session(plan=plan)
+    if session is None:
+        device = plan["device"]
+        raise PluginError(f"no plugin opens sessions for protocol '{device['protocol']}' "
+                          f"(device {device['id']})")
+    return session
+
+
+async def _guarded(device: DeviceTask, rt: Runtime) -> None:
+    """Run one device; a bug in it is logged and ends that device only."""
+    try:
+        await device.run()
+    except Exception as exc:  # any failure of one device must not stop the others
+        device.stats.state, device.stats.errors = "crashed", device.stats.errors + 1
+        rt.reporter.event(device.device, "crashed", detail=repr(exc))
+
+
+async def _until(stop: asyncio.Event, duration: float | None, clock: Clock) -> None:
+    if duration is None:
+        await stop.wait()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), clock.real(duration))
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _drain(queue: asyncio.Queue[Record | None], sink: Sink) -> None:
+    while (record := await queue.get()) is not None:
+        await sink.put(record)
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event, enabled: bool) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` while the run lasts (Unix event loops only)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if enabled:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,40 @@
+"""What every device task of one run shares: the clock, the settings, the record queue."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from engine.collect.limits import Backoff
+from engine.collect.scheduler import Clock
+from engine.collect.status import QuietReporter, Reporter
+from engine.records import Record
+
+
+@dataclass
+class CollectConfig:
+    """Collector settings that are not in the plan (the plan's limits always win)."""
+
+    queue_size: int = 1000
+    """Records buffered between device tasks and the sink before devices wait."""
+    watchdog_factor: int = 3
+    """A subscription silent for this many ``expect_every_ms`` gets a ``no-data`` gap."""
+    default_timeout_ms: int = 5000
+    """Per-request timeout when the plan's limits give no ``timeout_ms``."""
+    fallback_every_ms: int = 1000
+    """Poll interval of a polled group whose points only have ``on_change``."""
+    max_retry_window_ms: int = 60_000
+    """Retries of a sample stop at its next slot, and at most this long after its own."""
+    retry: Backoff = field(default_factory=lambda: Backoff(base=0.05, cap=1.0))
+    reconnect: Backoff = field(default_factory=lambda: Backoff(base=0.2, cap=5.0))
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 5.0
+    close_timeout_s: float = 2.0
+
+
+@dataclass
+class Runtime:
+    clock: Clock
+    config: CollectConfig
+    queue: asyncio.Queue[Record | None]
+    reporter: Reporter = field(default_factory=QuietReporter)

@@ -1,0 +1,155 @@
+"""What a run reports: per-device counters, live status, structured logs, the summary.
+
+:class:`DeviceStats` is updated by the device's own task only. A
+:class:`Reporter` hears events (connected, connection lost, breaker open,
+errors): :class:`JsonLogReporter` writes one JSON object per event to
+standard error (for services and pipes), :class:`LiveReporter` shows a
+table that rich refreshes on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from engine.records import Gap, Record
+
+
+@dataclass
+class DeviceStats:
+    device: str
+    state: str = "starting"
+    scheduled: Counter[str] = field(default_factory=Counter)
+    """Scheduled samples per polled point."""
+    polled: Counter[str] = field(default_factory=Counter)
+    """Records (readings + gaps) per polled point: must equal ``scheduled``."""
+    readings: int = 0
+    gaps: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+    last_read: float | None = None
+    lateness_ms: list[float] = field(default_factory=list)
+
+    def count(self, record: Record, *, scheduled: bool) -> None:
+        if scheduled:
+            self.polled[record.point] += 1
+        if isinstance(record, Gap):
+            self.gaps[record.reason.value] += 1
+            return
+        self.readings += 1
+        self.last_read = record.collected_at.timestamp()
+        if record.scheduled_at is not None:
+            late = (record.collected_at - record.scheduled_at).total_seconds() * 1000
+            self.lateness_ms.append(late)
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank percentile of lateness in milliseconds (``q`` in 0..1)."""
+        if not self.lateness_ms:
+            return None
+        ordered = sorted(self.lateness_ms)
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "scheduled": sum(self.scheduled.values()),
+                "readings": self.readings, "gaps": dict(sorted(self.gaps.items())),
+                "errors": self.errors, "lateness_p50_ms": self.percentile(0.5),
+                "lateness_p99_ms": self.percentile(0.99)}
+
+
+@dataclass
+class Summary:
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+
+    def unaccounted(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Polled points whose scheduled samples differ from readings + gaps (should be none)."""
+        return {
+            name: {p: (s.scheduled[p], s.polled[p]) for p in s.scheduled
+                   if s.scheduled[p] != s.polled[p]}
+            for name, s in self.devices.items()
+            if any(s.scheduled[p] != s.polled[p] for p in s.scheduled)
+        }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def summary_table(summary: Summary, title: str = "collection summary") -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("device", no_wrap=True)
+    for column in ("state", "scheduled", "readings", "gaps", "late p50 ms",
+                   "late p99 ms", "errors"):
+        table.add_column(column)
+    for s in summary.devices.values():
+        gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
+        table.add_row(s.device, s.state, str(sum(s.scheduled.values())), str(s.readings), gaps,
+                      _ms(s.percentile(0.5)), _ms(s.percentile(0.99)), str(s.errors))
+    return table
+
+
+class Reporter(Protocol):
+    def event(self, device: str, kind: str, **fields: Any) -> None:
+        """One thing that happened to a device (not every record)."""
+
+    def showing(self, summary: Summary) -> AbstractContextManager[object]:
+        """A context during which the reporter may show ``summary`` live."""
+
+
+class JsonLogReporter:
+    """One JSON object per event, one line each, on a text stream (standard error)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def event(self, device: str, kind: str, **fields: Any) -> None:
+        line = {"ts": round(time.time(), 3), "device": device, "event": kind, **fields}
+        self.stream.write(json.dumps(line, default=str) + "\n")
+        self.stream.flush()
+
+    def showing(self, summary: Summary) -> AbstractContextManager[object]:
+        return nullcontext()
+
+
+class LiveReporter:
+    """A live table on a terminal: per device its state, last read, lateness, gaps, errors."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def event(self, device: str, kind: str, **fields: Any) -> None:
+        pass  # the table shows the state the event changed
+
+    def showing(self, summary: Summary) -> AbstractContextManager[object]:
+        return Live(get_renderable=lambda: live_table(summary), console=self.console,
+                    refresh_per_second=4, transient=True)
+
+
+def live_table(summary: Summary) -> Table:
+    table = Table(title="converge run", title_justify="left")
+    table.add_column("device", no_wrap=True)
+    for column in ("state", "last read", "lateness p50 ms", "gaps", "errors"):
+        table.add_column(column)
+    now = time.time()
+    for s in summary.devices.values():
+        last = "-" if s.last_read is None else f"{now - s.last_read:.1f}s ago"
+        gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
+        table.add_row(s.device, s.state, last, _ms(s.percentile(0.5)), gaps, str(s.errors))
+    return table
+
+
+class QuietReporter:
+    """Hears nothing, shows nothing (the Python API's default)."""
+
+    def event(self, device: str, kind: str, **fields: Any) -> None:
+        pass
+
+    def showing(self, summary: Summary) -> AbstractContextManager[object]:
+        return nullcontext()

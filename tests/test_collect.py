@@ -1,0 +1,358 @@
+"""The collector's scheduler, limits and accounting, against an in-test protocol.
+
+The ``fake`` protocol below answers deterministically (or times out, refuses,
+answers busy...), so these tests exercise the engine's scheduling, not a
+protocol. They use short intervals on the real clock, or a scaled clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine.canonical import canonical_json
+from engine.cli import main
+from engine.collect import CollectConfig, JsonLinesSink, MemorySink, ScaledClock, run_plans
+from engine.collect.limits import Backoff, CircuitBreaker, TokenBucket, retryable
+from engine.collect.scheduler import Schedule, interval_slot, next_cron
+from engine.errors import PlanRejected
+from engine.hookspecs import hookimpl
+from engine.plan import INDEX_FORMAT, PLAN_FORMAT, seal
+from engine.plugin_manager import make_plugin_manager
+from engine.records import Gap, GapReason, Reading
+
+ZURICH = ZoneInfo("Europe/Zurich")
+
+
+# --- an in-test protocol ------------------------------------------------------------------
+
+
+class FakeSession:
+    def __init__(self, plan, behaviour):
+        self.device = plan["device"]["id"]
+        self.behaviour = behaviour
+        self.reads: list[float] = []
+        self.connects = 0
+        self.connected = False
+
+    async def connect(self):
+        self.connects += 1
+        if self.behaviour.get("refuse"):
+            raise ConnectionRefusedError("refused")
+        self.connected = True
+
+    async def read(self, group, scheduled_at):
+        self.reads.append(asyncio.get_running_loop().time())
+        if self.behaviour.get("hang"):
+            await asyncio.sleep(self.behaviour["hang"])
+        code = self.behaviour.get("code")
+        busy = self.behaviour.get("busy_times", 0)
+        now = datetime.now(UTC)
+        if code is not None and (busy == 0 or len(self.reads) <= busy):
+            return [Gap(self.device, p, scheduled_at, GapReason.EXCEPTION, raw_code=code)
+                    for p in group["points"]]
+        return [Reading(self.device, p, now, len(self.reads)) for p in group["points"]]
+
+    async def subscribe(self, group, deliver):
+        async def feed():
+            for i in range(self.behaviour.get("messages", 0)):
+                await asyncio.sleep(0.02)
+                for p in group["points"]:
+                    await deliver(Reading(self.device, p, datetime.now(UTC), i))
+            if self.behaviour.get("drop_after_messages"):
+                self.connected = False  # the broker went away; nothing else tells the collector
+        asyncio.get_running_loop().create_task(feed())
+
+    async def close(self):
+        self.connected = False
+
+
+class FakeProtocol:
+    def __init__(self, behaviours=None):
+        self.behaviours = behaviours or {}
+        self.sessions: dict[str, FakeSession] = {}
+
+    @hookimpl
+    def converge_protocol_names(self):
+        return ["fake"]
+
+    @hookimpl
+    def converge_open_session(self, plan):
+        if plan["device"]["protocol"] != "fake":
+            return None
+        session = FakeSession(plan, self.behaviours.get(plan["device"]["id"], {}))
+        self.sessions[session.device] = session
+        return session
+
+
+def plan_body(device, groups, *, limits=None, timezone="Europe/Zurich", valid_until=None):
+    names = [p for g in groups for p in g["points"]]
+    body = {
+        "format": PLAN_FORMAT, "site": "test", "timezone": timezone, "as_of": "2026-06-01",
+        "device": {"id": device, "protocol": "fake", "endpoint": {},
+                   "limits": {"max_connections": 1, "max_gap": 0, **(limits or {})}},
+        "points": [{"name": n, "address": {}} for n in names],
+        "read_groups": groups,
+    }
+    if valid_until:
+        body["valid_until"] = valid_until
+    return body
+
+
+def write_plans(folder: Path, bodies) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for body in bodies:
+        digest, data = seal({k: canonical_json(v) for k, v in body.items()})
+        name = f"{body['device']['id']}.plan.json"
+        (folder / name).write_bytes(data)
+        entries.append({"device": body["device"]["id"], "file": name, "digest": digest,
+                        "points": len(body["points"])})
+    index = {"format": INDEX_FORMAT, "as_of": {}, "plans": entries, "ungoverned": []}
+    (folder / "index.json").write_bytes(canonical_json(index))
+    return folder
+
+
+def collect(tmp_path, bodies, duration, behaviours=None, **kwargs):
+    protocol = FakeProtocol(behaviours)
+    pm = make_plugin_manager(load_entry_points=False, extra=[protocol])
+    sink = MemorySink()
+    plans = write_plans(tmp_path / "plans", bodies)
+    summary = asyncio.run(run_plans(plans, pm, duration=duration, sink=sink, **kwargs))
+    assert sink.closed
+    assert summary.unaccounted() == {}, "scheduled samples != readings + gaps"
+    return summary, sink, protocol
+
+
+def fast_config(**kwargs):
+    return CollectConfig(retry=Backoff(base=0.01, cap=0.05, rng=random.Random(1)),
+                         reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(2)),
+                         breaker_cooldown_s=0.3, **kwargs)
+
+
+# --- pure scheduling ----------------------------------------------------------------------
+
+
+def test_interval_slots_are_floor_aligned():
+    assert interval_slot(12_345, 1000) == 12_000
+    schedule = Schedule(250, (), ZURICH)
+    assert schedule.next_after(12_345) == 12_500
+    assert schedule.first_at_or_after(12_500) == 12_500
+
+
+def local(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, ZURICH).isoformat()
+
+
+def fires(expression: str, start: datetime, n: int) -> list[int]:
+    out, t = [], int(start.timestamp() * 1000)
+    for _ in range(n):
+        t = next_cron(expression, ZURICH, t)
+        out.append(t)
+    return out
+
+
+def test_cron_in_spring_forward_fires_after_the_missing_hour():
+    daily = fires("0 2 * * *", datetime(2026, 3, 28, 12, tzinfo=ZURICH), 2)
+    assert [local(t) for t in daily] == ["2026-03-29T03:00:00+02:00",
+                                         "2026-03-30T02:00:00+02:00"]
+    hourly = fires("30 * * * *", datetime(2026, 3, 29, 0, tzinfo=ZURICH), 4)
+    assert {b - a for a, b in itertools.pairwise(hourly)} == {3_600_000}
+
+
+def test_cron_in_fall_back_fires_fixed_hours_once_and_every_real_hour():
+    daily = fires("0 2 * * *", datetime(2026, 10, 24, 12, tzinfo=ZURICH), 2)
+    assert [local(t) for t in daily] == ["2026-10-25T02:00:00+02:00",
+                                         "2026-10-26T02:00:00+01:00"]
+    hourly = fires("30 * * * *", datetime(2026, 10, 25, 0, tzinfo=ZURICH), 5)
+    assert {b - a for a, b in itertools.pairwise(hourly)} == {3_600_000}
+    assert local(hourly[2]) == "2026-10-25T02:30:00+02:00"
+    assert local(hourly[3]) == "2026-10-25T02:30:00+01:00"
+
+
+def test_a_run_across_the_dst_change_samples_at_local_cron_times(tmp_path):
+    # 01:50 CET on the spring-forward day; one clock hour per real second.
+    start = datetime(2026, 3, 29, 1, 50, tzinfo=ZURICH).timestamp()
+    group = {"points": ["p"], "cron": ["*/15 * * * *"]}
+    body = plan_body("d", [group], limits={"timeout_ms": 3_600_000})
+    _, sink, _ = collect(tmp_path, [body], duration=3600 * 0.8,
+                         clock=ScaledClock(start, speed=3600))
+    slots = [r.scheduled_at.astimezone(ZURICH).strftime("%H:%M") for r in sink.records]
+    assert slots == ["03:00", "03:15", "03:30"]
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_within_jitter_and_cap():
+    backoff = Backoff(base=0.1, cap=2.0, jitter=0.5, rng=random.Random(7))
+    for attempt in range(12):
+        ceiling = min(2.0, 0.1 * 2**attempt)
+        for _ in range(20):
+            assert ceiling * 0.5 <= backoff.delay(attempt) <= ceiling <= 2.0
+
+
+def test_token_bucket_never_exceeds_its_rate():
+    bucket, now, sent = TokenBucket(rate=4.0), 0.0, []
+    while now < 10:
+        now += bucket.delay(now)
+        bucket.take(now)
+        sent.append(now)
+        now += 0.001
+    windows = [sum(1 for s in sent if t <= s < t + 1) for t in sent]
+    assert max(windows) <= 5 and len(sent) in range(39, 42)
+
+
+def test_circuit_breaker_opens_cools_down_and_closes():
+    breaker = CircuitBreaker(threshold=3, cooldown=5.0)
+    assert not breaker.failure(0) and not breaker.failure(1)
+    assert breaker.failure(2) and not breaker.allow(3)
+    assert breaker.allow(7.5)  # half-open: one trial
+    assert breaker.failure(7.5) and not breaker.allow(8)
+    breaker.success()
+    assert breaker.allow(8) and not breaker.is_open
+
+
+def test_only_busy_and_gateway_codes_are_retryable():
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for code, expected in ((6, True), (0x0A, True), (0x0B, True), (1, False), (2, False),
+                           (3, False)):
+        assert retryable([Gap("d", "p", at, GapReason.EXCEPTION, raw_code=code)]) is expected
+    assert retryable([Gap("d", "p", at, GapReason.TIMEOUT)])
+    assert not retryable([Gap("d", "p", at, GapReason.REFUSED)])
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def test_polled_samples_are_aligned_and_accounted(tmp_path):
+    body = plan_body("d", [{"points": ["a", "b"], "every_ms": 100}])
+    summary, sink, protocol = collect(tmp_path, [body], duration=0.65)
+    readings = sink.readings()
+    assert len(readings) >= 10 and not sink.gaps()
+    assert all(r.scheduled_at.timestamp() * 1000 % 100 == 0 for r in readings)
+    assert len(protocol.sessions["d"].reads) == len(readings) // 2  # one request per group
+    stats = summary.devices["d"]
+    assert stats.percentile(0.99) < 80
+
+
+def test_busy_answers_are_retried_within_the_slot(tmp_path):
+    body = plan_body("d", [{"points": ["a"], "every_ms": 300}])
+    _, sink, protocol = collect(tmp_path, [body], 0.45, {"d": {"code": 6, "busy_times": 2}},
+                                config=fast_config())
+    first = sink.records[0]
+    assert isinstance(first, Reading) and first.value == 3
+    assert len(protocol.sessions["d"].reads) >= 3
+
+
+def test_illegal_address_is_never_retried(tmp_path):
+    body = plan_body("d", [{"points": ["a"], "every_ms": 200}])
+    _, sink, protocol = collect(tmp_path, [body], 0.5, {"d": {"code": 2}}, config=fast_config())
+    assert {(g.reason, g.raw_code) for g in sink.gaps()} == {(GapReason.EXCEPTION, 2)}
+    assert len(protocol.sessions["d"].reads) == len(sink.gaps())
+
+
+def test_a_hanging_device_does_not_delay_another(tmp_path):
+    slow = plan_body("slow", [{"points": ["a"], "every_ms": 100}], limits={"timeout_ms": 60})
+    fast = plan_body("fast", [{"points": ["b"], "every_ms": 100}])
+    summary, sink, _ = collect(tmp_path, [slow, fast], 0.8, {"slow": {"hang": 10}},
+                               config=fast_config(breaker_threshold=3))
+    reasons = {g.reason for g in sink.gaps() if g.device == "slow"}
+    assert GapReason.TIMEOUT in reasons and GapReason.REFUSED in reasons  # then breaker open
+    assert not [g for g in sink.gaps() if g.device == "fast"]
+    assert summary.devices["fast"].percentile(0.99) < 50
+
+
+def test_a_refusing_device_reconnects_with_backoff(tmp_path):
+    body = plan_body("d", [{"points": ["a"], "every_ms": 20}])
+    _, sink, protocol = collect(tmp_path, [body], 0.6, {"d": {"refuse": True}},
+                                config=fast_config())
+    assert {g.reason for g in sink.gaps()} == {GapReason.REFUSED}
+    assert 3 <= protocol.sessions["d"].connects < len(sink.gaps()) / 2
+
+
+def test_request_spacing_and_rate_are_respected(tmp_path):
+    groups = [{"points": [f"p{i}"], "every_ms": 200} for i in range(3)]
+    body = plan_body("d", groups, limits={"min_request_spacing_ms": 40,
+                                          "max_requests_per_second": 10})
+    _, sink, protocol = collect(tmp_path, [body], 0.9)
+    reads = protocol.sessions["d"].reads
+    assert min(b - a for a, b in itertools.pairwise(reads)) >= 0.095
+    assert {g.reason for g in sink.gaps()} <= {GapReason.RATE_LIMITED, GapReason.SHUTDOWN}
+
+
+def test_a_sample_in_flight_at_stop_is_a_shutdown_gap(tmp_path):
+    body = plan_body("d", [{"points": ["a", "b"], "every_ms": 100}], limits={"timeout_ms": 5000})
+    _, sink, _ = collect(tmp_path, [body], 0.25, {"d": {"hang": 5}})
+    assert [g.reason for g in sink.gaps()] == [GapReason.SHUTDOWN] * 2
+
+
+def test_a_subscription_that_loses_its_server_is_reconnected(tmp_path):
+    group = {"kind": "subscribe", "points": ["s"], "expect_every_ms": 1000}
+    behaviour = {"messages": 2, "drop_after_messages": True}
+    _, sink, protocol = collect(tmp_path, [plan_body("d", [group])], 1.5, {"d": behaviour})
+    assert protocol.sessions["d"].connects >= 2
+    assert len(sink.readings()) >= 4  # the second connection subscribed again
+
+
+def test_silent_subscriptions_get_no_data_gaps(tmp_path):
+    group = {"kind": "subscribe", "points": ["s"], "expect_every_ms": 50}
+    _, sink, _ = collect(tmp_path, [plan_body("d", [group])], 0.6, {"d": {"messages": 3}})
+    assert len(sink.readings()) == 3
+    no_data = [g for g in sink.gaps() if g.reason is GapReason.NO_DATA]
+    assert 2 <= len(no_data) <= 4
+    times = [g.scheduled_at.timestamp() for g in no_data]
+    assert all(abs((b - a) - 0.15) < 0.001 for a, b in itertools.pairwise(times))
+
+
+def test_plan_expiring_during_the_run_gives_plan_expired_gaps(tmp_path):
+    now = datetime.now(UTC).timestamp()
+    until = datetime.fromtimestamp(int(now) + 2, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = plan_body("d", [{"points": ["a"], "every_ms": 500}], valid_until=until)
+    clock = ScaledClock(now, speed=4)
+    _, sink, _ = collect(tmp_path, [body], 3.0, clock=clock)
+    assert GapReason.PLAN_EXPIRED in {g.reason for g in sink.gaps()}
+    assert sink.readings()
+
+
+def test_expired_and_tampered_plans_are_refused(tmp_path):
+    expired = plan_body("d", [{"points": ["a"], "every_ms": 500}],
+                        valid_until="2020-01-01T00:00:00Z")
+    with pytest.raises(PlanRejected, match="recompile"):
+        collect(tmp_path / "x", [expired], 0.1)
+    folder = write_plans(tmp_path / "y", [plan_body("d", [{"points": ["a"], "every_ms": 500}])])
+    plan = folder / "d.plan.json"
+    plan.write_bytes(plan.read_bytes().replace(b'"every_ms":500', b'"every_ms":400'))
+    pm = make_plugin_manager(load_entry_points=False, extra=[FakeProtocol()])
+    with pytest.raises(PlanRejected, match="digest does not verify"):
+        asyncio.run(run_plans(folder, pm, duration=0.1, sink=MemorySink()))
+
+
+def test_cli_run_refuses_an_expired_plan(tmp_path, capsys):
+    expired = plan_body("d", [{"points": ["a"], "every_ms": 500}],
+                        valid_until="2020-01-01T00:00:00Z")
+    folder = write_plans(tmp_path / "plans", [expired])
+    assert main(["run", "--plans", str(folder), "--for", "1s"]) == 2
+    assert "recompile" in capsys.readouterr().err
+
+
+def test_json_lines_are_canonical_records(tmp_path):
+    body = plan_body("d", [{"points": ["a"], "every_ms": 100}])
+    pm = make_plugin_manager(load_entry_points=False, extra=[FakeProtocol({"d": {"code": 2}})])
+    out = tmp_path / "out.jsonl"
+    asyncio.run(run_plans(write_plans(tmp_path / "p", [body]), pm, duration=0.35,
+                          sink=JsonLinesSink(out)))
+    lines = out.read_bytes().splitlines()
+    assert lines
+    for line in lines:
+        record = json.loads(line)
+        assert canonical_json(record) == line
+        assert record["type"] == "gap" and record["reason"] == "exception"
+        assert record["raw_code"] == 2 and record["scheduled_at"].endswith("Z")
