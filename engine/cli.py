@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -36,12 +37,19 @@ from engine.plugin_manager import make_plugin_manager
 from engine.policytest import junit_xml, run_tests
 from engine.render import findings_json, findings_sarif, findings_text
 
+PIPE_WIDTH = 120
+"""Columns for tables when output goes to a file or a pipe (rich would assume 80)."""
+
 Handler = Callable[[argparse.Namespace, pluggy.PluginManager, Console], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+    # protocol libraries log warnings for conditions Converge reports itself (as gap records)
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+    on_terminal = sys.stdout.isatty()
+    console = Console(highlight=False, soft_wrap=not on_terminal,
+                      width=None if on_terminal else PIPE_WIDTH)
     try:
         pm = make_plugin_manager(trace=args.trace_hooks)
         handler: Handler = args.handler

@@ -4,7 +4,9 @@ Each device's server answers on the device's endpoint for every unit its
 points use, from a :class:`PointStore` that holds exactly the addresses of
 its points: a request touching any other address is answered "illegal data
 address" (exception 2), as most PLCs do, so a read group spanning a hole is
-caught. Values are refreshed from ``value_at`` every 100 ms.
+caught; a device whose inventory allows reading holes (``limits.max_gap`` above
+0) answers 0 for them instead. Values are refreshed from ``value_at`` every
+100 ms.
 
 The store is the server's datastore, and pymodbus awaits it for every
 request, which is where faults act: ``delay`` sleeps before answering and
@@ -65,6 +67,8 @@ class PointStore:
         default_factory=lambda: defaultdict(dict)
     )
     faults: FaultState = field(default_factory=FaultState)
+    holes_readable: bool = False
+    """True for a device that answers unmapped registers (its ``limits.max_gap`` is above 0)."""
 
     def put(self, unit: int, point: Point, value: Value) -> None:
         """Store ``value`` at the point's address; :class:`ValueError` when it does not fit."""
@@ -82,8 +86,11 @@ class PointStore:
     def get(self, unit: int, table: str, start: int, count: int) -> Answer:
         """What a read answers: the values, or the exception a real device would give."""
         values = self.tables.get((unit, table), {})
-        if any(a not in values for a in range(start, start + count)):
+        if not self.holes_readable and any(a not in values for a in range(start, start + count)):
             return ExcCodes.ILLEGAL_ADDRESS
+        if self.holes_readable and not values:
+            return ExcCodes.ILLEGAL_ADDRESS
+        values = {a: values.get(a, 0) for a in range(start, start + count)}
         if table in BIT_TABLES:
             return [bool(values[a]) for a in range(start, start + count)]
         return [int(values[a]) for a in range(start, start + count)]
@@ -134,7 +141,7 @@ class SimulatedDevice:
     def __init__(self, device: Device) -> None:
         self.device = device
         self.unit = int(device.endpoint.get("unit", 1))
-        self.store = PointStore()
+        self.store = PointStore(holes_readable=device.limits.max_gap > 0)
         self.server: ModbusTcpServer | None = None
 
     def unit_of(self, point: Point) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import socket
 import struct
@@ -353,6 +354,19 @@ def test_a_group_spanning_a_hole_is_illegal_data_address(rig):
         ("A30", 2), ("A32", 2)]
     assert not any(is_retryable(r) for r in spanning)
     assert values(alone)["A30"] == 30
+
+
+def test_a_device_that_allows_holes_answers_them(rig):
+    across = {"unit": 1, "table": "holding", "start": 30, "count": 3, "function": 3,
+              "points": ["A30", "A32"], "unused": [31]}
+    lenient = dataclasses.replace(rig.device, limits=dataclasses.replace(rig.device.limits,
+                                                                          max_gap=4))
+
+    async def main() -> list[Record]:
+        async with serving(Rig(rig.plan, lenient)) as (_, session):
+            return await read(session, across)
+
+    assert values(run(main)) == {"A30": 30, "A32": VALUES["A32"]}
 
 
 def test_an_unknown_unit_is_a_gateway_exception(rig):
