@@ -233,18 +233,23 @@ def register_test(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     parser = commands.add_parser("test", help="run policy unit tests written in YAML")
     parser.add_argument("tests", nargs="+", type=Path, metavar="TESTS")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(handler=run_test)
 
 
 def run_test(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     results = run_tests(args.tests, pm)
-    for r in results:
-        mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
-        console.print(f"{mark} {r.location}: {r.name}", highlight=False)
-        for failure in r.failures:
-            console.print(f"     {failure}", highlight=False, markup=False)
     failed = sum(not r.passed for r in results)
-    console.print(f"{len(results) - failed} passed, {failed} failed", highlight=False)
+    if args.format == "json":
+        print(json.dumps([{"name": r.name, "at": str(r.location), "passed": r.passed,
+                           "failures": r.failures} for r in results], indent=2))
+    else:
+        for r in results:
+            mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+            console.print(f"{mark} {r.location}: {r.name}", highlight=False)
+            for failure in r.failures:
+                console.print(f"     {failure}", highlight=False, markup=False)
+        console.print(f"{len(results) - failed} passed, {failed} failed", highlight=False)
     if args.junit:
         try:
             args.junit.write_bytes(junit_xml(results))

@@ -650,3 +650,12 @@ def test_output_into_a_closed_pipe_has_no_traceback():
 def test_check_of_the_whole_policies_folder_is_clean(in_repo, capsys):
     code, out, _ = converge(capsys, "check", "-p", "policies", "-s", BASEL, *AT)
     assert code == 0, out
+
+
+def test_policy_unit_tests_as_json(in_repo, capsys):
+    code, out, _ = converge(capsys, "test", "examples/policy-tests", "--format", "json")
+    assert code == 0
+    cases = json.loads(out)
+    assert len(cases) >= 17
+    assert all(case["passed"] and case["failures"] == [] for case in cases)
+    assert cases[0]["at"].startswith("examples/policy-tests/plant-basel.yaml:")

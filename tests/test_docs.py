@@ -45,7 +45,7 @@ _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 @pytest.fixture(scope="module")
 def pm():
-    return make_plugin_manager()
+    return docgen.built_in_plugins()
 
 
 def read(name: str) -> str:

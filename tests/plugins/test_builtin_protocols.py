@@ -28,7 +28,7 @@ def normalized(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_builtins_register_through_the_entry_point(pm: pluggy.PluginManager):
-    assert protocol_names(pm) == PROTOCOLS
+    assert set(PROTOCOLS) <= set(protocol_names(pm))  # third-party plugins may add more
     names = {pm.get_name(plugin) for plugin in pm.get_plugins()}
     assert set(PROTOCOLS) <= names
 
