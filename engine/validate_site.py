@@ -228,22 +228,10 @@ def _check_address(
 
 def _duplicate_devices(doc: Document) -> list[Problem]:
     """A device id used twice: the second device is reported (and left out)."""
-    first: dict[str, DocPath] = {}
-    found: list[Problem] = []
-    for index, raw in _device_items(doc.data):
-        device_id = raw.get("id")
-        if not isinstance(device_id, str):
-            continue
-        path: DocPath = ("devices", index, "id")
-        if device_id in first:
-            message = (
-                f"{dotted(path)} '{device_id}' is already used by"
-                f" {dotted(first[device_id][:2])} ({doc.at(first[device_id])})"
-            )
-            found.append(Problem(path, error(doc.at(path), "device-duplicate-id", message)))
-        else:
-            first[device_id] = path
-    return found
+    named: list[tuple[DocPath, Any]] = [
+        (("devices", index, "id"), raw.get("id")) for index, raw in _device_items(doc.data)
+    ]
+    return _repeats(doc, named, "device-duplicate-id", owner_depth=2)
 
 
 def _duplicate_points(doc: Document) -> list[Problem]:
@@ -251,20 +239,34 @@ def _duplicate_points(doc: Document) -> list[Problem]:
     found: list[Problem] = []
     for index, raw in _device_items(doc.data):
         points = raw.get("points")
-        first: dict[str, DocPath] = {}
-        for j, point in enumerate(points if isinstance(points, list) else []):
-            name = point.get("name") if isinstance(point, dict) else None
-            if not isinstance(name, str):
-                continue
-            path: DocPath = ("devices", index, "points", j, "name")
-            if name in first:
-                message = (
-                    f"{dotted(path)} '{name}' is already used by"
-                    f" {dotted(first[name][:4])} ({doc.at(first[name])})"
-                )
-                found.append(Problem(path, error(doc.at(path), "point-duplicate-name", message)))
-            else:
-                first[name] = path
+        named: list[tuple[DocPath, Any]] = [
+            (("devices", index, "points", j, "name"), _name(point))
+            for j, point in enumerate(points if isinstance(points, list) else [])
+        ]
+        found += _repeats(doc, named, "point-duplicate-name", owner_depth=4)
+    return found
+
+
+def _name(point: object) -> Any:
+    return point.get("name") if isinstance(point, dict) else None
+
+
+def _repeats(
+    doc: Document, named: list[tuple[DocPath, Any]], code: str, *, owner_depth: int
+) -> list[Problem]:
+    """A problem at every name already used earlier in ``named``, pointing at the first use."""
+    first: dict[str, DocPath] = {}
+    found: list[Problem] = []
+    for path, name in named:
+        if not isinstance(name, str):
+            continue
+        if name not in first:
+            first[name] = path
+            continue
+        earlier = first[name]
+        message = (f"{dotted(path)} '{name}' is already used by"
+                   f" {dotted(earlier[:owner_depth])} ({doc.at(earlier)})")
+        found.append(Problem(path, error(doc.at(path), code, message)))
     return found
 
 
