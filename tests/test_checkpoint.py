@@ -191,7 +191,8 @@ def test_malformed_checkpoint_texts(text):
         Checkpoint.from_text(text)
 
 
-line = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f"), min_size=1)
+line = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f",
+                             blacklist_categories=("Cs",)), min_size=1)
 
 
 @given(line, st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32), st.lists(line))
@@ -200,3 +201,8 @@ def test_checkpoints_round_trip_through_a_signed_note(origin, size, root_hash, e
     assert Checkpoint.from_text(cp.to_text()) == cp
     note = sign_checkpoint(cp, NAME, KEY)
     assert open_checkpoint(note, [VKEY], origin) == cp
+
+
+def test_a_note_that_is_not_utf8_text_is_refused():
+    with pytest.raises(MalformedNote, match="lone surrogate"):
+        sign_note("origin \ud800\n", NAME, KEY)

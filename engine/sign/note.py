@@ -203,6 +203,8 @@ def _check_characters(note: str) -> None:
     for i, c in enumerate(note):
         if c < " " and c != "\n":
             raise MalformedNote(f"character {i}: got control character {c!r}, want none but \\n")
+        if "\ud800" <= c <= "\udfff":
+            raise MalformedNote(f"character {i}: got a lone surrogate {c!r}, want UTF-8 text")
 
 
 def _parse_signature(line: str) -> Signature:

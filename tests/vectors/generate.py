@@ -20,11 +20,14 @@ import base64
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from engine.records import Gap, GapReason, Quality, Reading, Record
+from engine.sign import leaf as leaf_format
 from engine.sign import merkle, note
 
 HERE = Path(__file__).resolve().parent
@@ -364,6 +367,69 @@ def rfc6962() -> Vector:
     }
 
 
+# --- leaves of records (docs/records.md) ------------------------------------
+
+LEAF_EXAMPLES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "reading-scheduled": (
+        "docs/records.md example 1: a polled reading filling its 5 s slot",
+        {"type": "reading", "device": "reactor-7", "point": "TT701_PV",
+         "collected_at": "2026-06-01T12:00:05.012345Z", "scheduled_at": "2026-06-01T12:00:05Z",
+         "value": 21.35, "quality": "good"},
+        "000102030405060708090a0b0c0d0e0f"),
+    "gap-exception": (
+        "docs/records.md example 2: a gap record for a Modbus exception 2",
+        {"type": "gap", "device": "reactor-7", "point": "PT701_PV",
+         "scheduled_at": "2026-06-01T12:00:05Z", "reason": "exception",
+         "detail": "illegal data address", "raw_code": 2},
+        "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"),
+    "reading-subscription": (
+        "a subscribed reading with source and server times, folding 3 changes",
+        {"type": "reading", "device": "press-2", "point": "PT200", "value": 1013.25,
+         "collected_at": "2026-06-01T12:00:00.250000Z", "quality": "uncertain",
+         "source_at": "2026-06-01T11:59:59.999999Z", "server_at": "2026-06-01T12:00:00.1Z",
+         "raw_code": 1083441152, "coalesced": 3},
+        "00112233445566778899aabbccddeeff"),
+    "reading-bad": (
+        "a bad reading keeps its place with value null",
+        {"type": "reading", "device": "press-2", "point": "PT200", "value": None,
+         "collected_at": "2026-06-01T12:00:01Z", "quality": "bad", "raw_code": "BadNodeIdUnknown"},
+        "ffffffffffffffffffffffffffffffff"),
+    "reading-integral-float": (
+        "the float 20.0 is written as the JCS number 20",
+        {"type": "reading", "device": "press-2", "point": "SP200", "value": 20.0,
+         "collected_at": "2026-06-01T12:00:02Z", "quality": "good"},
+        "0f0e0d0c0b0a09080706050403020100"),
+    "gap-unicode-point": (
+        "a point name outside ASCII is written as raw UTF-8, not escaped; no detail member",
+        {"type": "gap", "device": "tank-3", "point": "Füllstand_µ",
+         "scheduled_at": "2026-06-01T23:59:59.999Z", "reason": "timeout"},
+        "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5"),
+}  # fmt: skip
+
+
+def record_from(fields: dict[str, Any]) -> Record:
+    """The Reading or Gap that a vector's ``record`` describes (times as RFC 3339)."""
+    args = {k: v for k, v in fields.items() if k != "type"}
+    for k in ("collected_at", "scheduled_at", "source_at", "server_at"):
+        if k in args:
+            args[k] = datetime.fromisoformat(args[k])
+    if fields["type"] == "gap":
+        return Gap(**{**args, "reason": GapReason(args["reason"])})
+    return Reading(**{**args, "quality": Quality(args["quality"])})
+
+
+def leaf_vectors() -> dict[Path, Vector]:
+    files: dict[Path, Vector] = {}
+    for name, (description, fields, salt) in LEAF_EXAMPLES.items():
+        data = leaf_format.leaf_bytes(record_from(fields), bytes.fromhex(salt))
+        files[HERE / "leaf" / f"{name}.json"] = {
+            "description": description, "record": fields, "salt": salt,
+            "leaf": data.decode("utf-8"), "leaf_hex": data.hex(),
+            "leaf_hash": merkle.leaf_hash(data).hex(),
+        }  # fmt: skip
+    return files
+
+
 # --- outcome checks: our verifier must agree with every hand-written want ---
 
 
@@ -416,7 +482,7 @@ def outcome(kind: str, v: Vector) -> dict[str, Any]:
 
 def render() -> dict[Path, str]:
     """Every vector file's path and exact content."""
-    files = {HERE / "merkle" / "rfc6962-roots.json": rfc6962()}
+    files = {HERE / "merkle" / "rfc6962-roots.json": rfc6962(), **leaf_vectors()}
     groups = {"inclusion": inclusion_vectors(), "consistency": consistency_vectors(),
               "checkpoint": checkpoint_vectors(), "note": note_vectors()}  # fmt: skip
     for kind, vectors in groups.items():
