@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
 from engine.explain import explain, render_explain
 from engine.jsonschema import json_schema
+from engine.keys import KeyStore, export_public, open_key_store, render_keys
 from engine.planfiles import render_plans, write_plans
 from engine.plugin_manager import make_plugin_manager
 from engine.policytest import junit_xml, run_tests
@@ -308,8 +309,87 @@ def run_simulate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Co
     return 0
 
 
+# --- converge keys -----------------------------------------------------------------------
+
+
+KEYS_ENV = "CONVERGE_KEYS"
+"""Environment variable naming the key folder when --keys is not given."""
+
+
+def period(text: str) -> timedelta:
+    """An argparse type: a positive duration (``90d``, ``2y``) as a timedelta."""
+    try:
+        ms = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if ms == 0:
+        raise argparse.ArgumentTypeError("a validity period must be longer than 0")
+    return timedelta(milliseconds=ms)
+
+
+def register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("keys", help="generate, list, export and rotate signing keys")
+    actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--keys", type=Path, metavar="DIR",
+                       help=f"key folder (default: ${KEYS_ENV}, else ./keys)")
+    generate = actions.add_parser("generate", parents=[store], help="make a new key")
+    generate.add_argument("name", metavar="NAME", help="kebab-case id, as signing.keys names it")
+    generate.add_argument("--valid-for", type=period, metavar="DURATION",
+                          help="validity of each version (default: until rotated)")
+    generate.set_defaults(handler=run_keys_generate)
+    listing = actions.add_parser("list", parents=[store], help="every key version and its validity")
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    listing.set_defaults(handler=run_keys_list)
+    export = actions.add_parser("export-public", parents=[store],
+                                help="print the public keys of every version of a key")
+    export.add_argument("name", metavar="NAME")
+    export.add_argument("--format", choices=("signed-note", "pem", "json"), default="signed-note")
+    export.set_defaults(handler=run_keys_export)
+    rotate = actions.add_parser("rotate", parents=[store],
+                                help="retire the current version now and make the next one")
+    rotate.add_argument("name", metavar="NAME")
+    rotate.add_argument("--valid-for", type=period, metavar="DURATION",
+                        help="validity of the new version (default: the key's period)")
+    rotate.set_defaults(handler=run_keys_rotate)
+
+
+def key_store_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore:
+    folder = args.keys or Path(os.environ.get(KEYS_ENV) or "keys")
+    return open_key_store(pm, {"kind": "file", "path": folder})
+
+
+def run_keys_generate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    made = key_store_of(args, pm).generate(args.name, args.valid_for)
+    render_keys(console, [made], datetime.now(UTC), title=f"generated {made.name}")
+    return 0
+
+
+def run_keys_rotate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    store = key_store_of(args, pm)
+    store.rotate(args.name, args.valid_for)
+    render_keys(console, store.versions(args.name), datetime.now(UTC),
+                title=f"rotated {args.name}")
+    return 0
+
+
+def run_keys_list(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    store = key_store_of(args, pm)
+    versions = [v for name in store.names() for v in store.versions(name)]
+    if args.format == "json":
+        print(json.dumps([v.as_dict() for v in versions], indent=2))
+    else:
+        render_keys(console, versions, datetime.now(UTC))
+    return 0
+
+
+def run_keys_export(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    sys.stdout.write(export_public(key_store_of(args, pm).versions(args.name), args.format))
+    return 0
+
+
 COMMANDS = [register_check, register_plan, register_explain, register_coverage, register_diff,
-            register_test, register_schema, register_run, register_simulate]
+            register_test, register_schema, register_run, register_simulate, register_keys]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import pluggy
 
+from engine.keys import KeyStore
 from engine.model import Device, PlannedPoint, ReadGroupPlan
 from engine.protocols import Session, Simulator, ValueAt
 
@@ -129,4 +130,25 @@ def converge_simulator(
     The simulator serves every point of every device on the device's own
     endpoint (loopback), answering with ``value_at(device, point, t)``.
     Return ``None`` when ``protocol`` is not yours.
+    """
+
+
+# --- key stores -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_key_store(config: Mapping[str, Any]) -> KeyStore | None:
+    """Open the :class:`~engine.keys.KeyStore` that ``config`` describes.
+
+    Called by ``converge keys`` and by every stage that signs or verifies,
+    once per store it needs. ``config["kind"]`` names the kind of store
+    (the built-in encrypted file store answers for ``"file"``, with
+    ``config["path"]`` its folder); the other keys are the store's own. Return
+    ``None`` when the kind is not yours. Opening must be cheap and must not
+    ask for a passphrase or PIN: ask only when a private key is first needed
+    (``signer``, ``generate``, ``rotate``), because listing keys and verifying
+    signatures use public keys only. Key names are kebab-case ids, checked
+    with :func:`~engine.keys.check_key_name`; :func:`~engine.keys.verifier_of`
+    and :class:`~engine.keys.KeyEvents` give the validity rules and the key
+    events every store must follow.
     """
