@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         findings_text(Console(stderr=True, soft_wrap=True), exc.findings)
         return 1
     except ConvergeError as exc:
-        Console(stderr=True, highlight=False).print(f"converge: error: {exc}", markup=False)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"converge: error: {exc}", markup=False)
         return 2
     except BrokenPipeError:
         # the reader (`| head`) has gone: stop quietly, as Unix tools do
@@ -92,15 +93,24 @@ def add_inputs(parser: argparse.ArgumentParser) -> None:
                         metavar="FILE", help="more principals files")
     parser.add_argument("--at", type=date.fromisoformat, metavar="YYYY-MM-DD",
                         help="the date exceptions are judged at (default: today, site time)")
+    parser.add_argument("--keys", type=Path, metavar="DIR",
+                        help=f"check signing.keys against this key folder "
+                             f"(default: ${KEYS_ENV} when set; otherwise not checked)")
 
 
-def inputs_of(args: argparse.Namespace) -> Inputs:
-    return Inputs(args.policies, args.sites, args.principals, args.at)
+def inputs_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Inputs:
+    return Inputs(args.policies, args.sites, args.principals, args.at, compile_key_store(args, pm))
+
+
+def compile_key_store(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore | None:
+    """The key store whose names ``signing.keys`` is checked against, when one is given."""
+    folder = args.keys or (Path(os.environ[KEYS_ENV]) if os.environ.get(KEYS_ENV) else None)
+    return open_key_store(pm, {"kind": "file", "path": folder}) if folder else None
 
 
 def compile_or_fail(args: argparse.Namespace, pm: pluggy.PluginManager) -> Compilation:
     """Compile; raise :class:`FindingsError` (printed with every finding) on any error."""
-    result = compile_project(inputs_of(args), pm)
+    result = compile_project(inputs_of(args, pm), pm)
     if not result.ok:
         raise FindingsError(result.findings)
     return result
@@ -117,7 +127,7 @@ def register_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_check(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    result = compile_project(inputs_of(args), pm)
+    result = compile_project(inputs_of(args, pm), pm)
     if args.format == "json":
         print(findings_json(result.findings))
     elif args.format == "sarif":
@@ -213,7 +223,8 @@ def register_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_diff(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     if len(args.policies) != 2:
         raise ConvergeError("diff takes exactly two policy sets: -p OLD -p NEW")
-    old, new = (compile_project(Inputs([p], args.sites, args.principals, args.at), pm)
+    store = compile_key_store(args, pm)
+    old, new = (compile_project(Inputs([p], args.sites, args.principals, args.at, store), pm)
                 for p in args.policies)
     for result in (old, new):
         if not result.ok:  # exit 2, so that CI tells broken inputs from changes (exit 1)

@@ -45,6 +45,7 @@ CODES: dict[str, str] = {
     "exception-missing-expiry": "an exception has no expires date",
     # references, select, merge, plan
     "role-unheld": "a role named in a policy is held by no principal",
+    "signing-key-unknown": "signing.keys names a key the given key store does not hold",
     "selector-matches-nothing": "a selector value matches no device or point",
     "policy-governs-nothing": "a policy governs no point of the compiled sites",
     "exception-expired": "an exception is past its expiry and no longer applies",

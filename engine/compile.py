@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import pluggy
 
 from engine.errors import Finding, Location, error, has_errors, sort_findings
+from engine.keys import KeyStore, check_signing_keys
 from engine.load import Document, load_files
 from engine.merge import MergeResult, merge
 from engine.model import Project
@@ -42,6 +43,8 @@ class Inputs:
     sites: Sequence[Path]
     principals: Sequence[Path] = ()
     at: date | None = None
+    key_store: KeyStore | None = None
+    """When given, every key a policy's ``signing.keys`` names must be in it."""
 
 
 @dataclass
@@ -93,6 +96,8 @@ def _compile(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
         documents["policy"], documents["site"], documents["principals"], pm
     )
     result.findings = load_findings + valid_findings + check_references(result.project)
+    if inputs.key_store is not None:
+        result.findings += check_signing_keys(result.project, inputs.key_store)
     if not has_errors(result.findings):
         _select_merge_plan(result, inputs, pm)
     result.findings = sort_findings(result.findings)

@@ -344,3 +344,29 @@ def test_a_policy_naming_a_key_no_store_holds_is_an_error_at_the_name(
     assert "'lab-key'" in finding.message and "gmp-data" in finding.message
     store.generate("lab-key")
     assert check_signing_keys(outcome.compilation.project, store) == []
+
+
+def test_check_with_a_key_folder_names_each_unknown_key_at_its_place(
+    keys_env, capsys, monkeypatch
+):
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    converge(capsys, "keys", "generate", "site-integrity", "--keys", str(keys_env))
+    check = ("check", "-p", "policies/gmp", "-s", "examples/sites/plant-basel",
+             "--keys", str(keys_env))
+    code, out, _ = converge(capsys, *check)
+    assert code == 1
+    assert ("policies/gmp/critical-process-data.yaml:53:10: error: signing key 'qa-signing' of "
+            "policy gmp-critical-process-data is in no key store (held: site-integrity); "
+            "converge keys generate qa-signing") in out.splitlines()
+    converge(capsys, "keys", "generate", "qa-signing", "--keys", str(keys_env))
+    code, out, _ = converge(capsys, *check)
+    assert code == 0, out
+
+
+def test_check_without_a_key_folder_does_not_check_keys(capsys, monkeypatch):
+    monkeypatch.delenv("CONVERGE_KEYS", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    code, out, _ = converge(capsys, "check", "-p", "policies", "-s", "examples/sites/plant-basel",
+                            "examples/sites/water-works")
+    assert code == 0, out
+    assert "key store" not in out
