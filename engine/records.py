@@ -62,6 +62,9 @@ class Reading:
     raw_code: int | str | None = None
     scheduled_at: datetime | None = None
     """The sample slot this reading fills; ``None`` for on-change and subscription data."""
+    coalesced: int = 0
+    """How many changes of a subscribed point this reading stands for (itself included), when
+    the flood guard folded several into it; 0 when it stands for itself only."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import random
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,7 +22,9 @@ from engine.canonical import canonical_json
 from engine.cli import main
 from engine.collect import CollectConfig, JsonLinesSink, MemorySink, ScaledClock, run_plans
 from engine.collect.limits import Backoff, CircuitBreaker, TokenBucket, retryable
+from engine.collect.onchange import changed
 from engine.collect.scheduler import Schedule, interval_slot, next_cron
+from engine.collect.sinks import record_json
 from engine.errors import PlanRejected
 from engine.hookspecs import hookimpl
 from engine.plan import INDEX_FORMAT, PLAN_FORMAT, seal
@@ -35,9 +38,10 @@ ZURICH = ZoneInfo("Europe/Zurich")
 
 
 class FakeSession:
-    def __init__(self, plan, behaviour):
+    def __init__(self, plan, behaviour, events):
         self.device = plan["device"]["id"]
         self.behaviour = behaviour
+        self.events = events
         self.reads: list[float] = []
         self.connects = 0
         self.connected = False
@@ -50,8 +54,17 @@ class FakeSession:
 
     async def read(self, group, scheduled_at):
         self.reads.append(asyncio.get_running_loop().time())
+        self.events.append(("sent", self.device, scheduled_at))
         if self.behaviour.get("hang"):
             await asyncio.sleep(self.behaviour["hang"])
+        if self.behaviour.get("decode"):
+            await asyncio.sleep(0)  # the answer arrives...
+            time.sleep(self.behaviour["decode"])  # ...and decoding it takes CPU
+            self.events.append(("decoded", self.device, scheduled_at))
+        if "values" in self.behaviour:
+            values = self.behaviour["values"]
+            return [Reading(self.device, p, datetime.now(UTC), values(p, len(self.reads)))
+                    for p in group["points"]]
         code = self.behaviour.get("code")
         busy = self.behaviour.get("busy_times", 0)
         now = datetime.now(UTC)
@@ -63,7 +76,7 @@ class FakeSession:
     async def subscribe(self, group, deliver):
         async def feed():
             for i in range(self.behaviour.get("messages", 0)):
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(self.behaviour.get("every", 0.02))
                 for p in group["points"]:
                     await deliver(Reading(self.device, p, datetime.now(UTC), i))
             if self.behaviour.get("drop_after_messages"):
@@ -78,6 +91,7 @@ class FakeProtocol:
     def __init__(self, behaviours=None):
         self.behaviours = behaviours or {}
         self.sessions: dict[str, FakeSession] = {}
+        self.events: list[tuple[str, str, datetime]] = []
 
     @hookimpl
     def converge_protocol_names(self):
@@ -87,18 +101,21 @@ class FakeProtocol:
     def converge_open_session(self, plan):
         if plan["device"]["protocol"] != "fake":
             return None
-        session = FakeSession(plan, self.behaviours.get(plan["device"]["id"], {}))
+        session = FakeSession(plan, self.behaviours.get(plan["device"]["id"], {}), self.events)
         self.sessions[session.device] = session
         return session
 
 
-def plan_body(device, groups, *, limits=None, timezone="Europe/Zurich", valid_until=None):
+def plan_body(device, groups, *, limits=None, timezone="Europe/Zurich", valid_until=None,
+              capture=None):
     names = [p for g in groups for p in g["points"]]
+    capture = capture or {}
     body = {
         "format": PLAN_FORMAT, "site": "test", "timezone": timezone, "as_of": "2026-06-01",
         "device": {"id": device, "protocol": "fake", "endpoint": {},
                    "limits": {"max_connections": 1, "max_gap": 0, **(limits or {})}},
-        "points": [{"name": n, "address": {}} for n in names],
+        "points": [{"name": n, "address": {}, **({"capture": capture[n]} if n in capture else {})}
+                   for n in names],
         "read_groups": groups,
     }
     if valid_until:
@@ -356,3 +373,92 @@ def test_json_lines_are_canonical_records(tmp_path):
         assert canonical_json(record) == line
         assert record["type"] == "gap" and record["reason"] == "exception"
         assert record["raw_code"] == 2 and record["scheduled_at"].endswith("Z")
+
+
+# --- all requests of a slot leave before any answer is decoded ----------------------------
+
+
+def test_every_request_of_a_slot_is_sent_before_any_answer_is_decoded(tmp_path):
+    bodies = [plan_body(f"d{i}", [{"points": ["a"], "every_ms": 300}]) for i in range(12)]
+    behaviours = {f"d{i}": {"decode": 0.005} for i in range(12)}
+    _, _, protocol = collect(tmp_path, bodies, 1.3, behaviours)
+    slots = sorted({at for _, _, at in protocol.events})
+    assert len(slots) >= 3
+    for slot in slots[:-1]:  # the last slot may be cut by the end of the run
+        kinds = [kind for kind, _, at in protocol.events if at == slot]
+        assert kinds == ["sent"] * 12 + ["decoded"] * 12, (slot, kinds)
+
+
+# --- on_change between scheduled samples (polled protocols) ---------------------------------
+
+
+def test_changes_are_reported_between_samples_beyond_the_deadband(tmp_path):
+    # "a" moves by 2 every third read, "b" by 2 every read but has a deadband of 10
+    def values(point, n):
+        return n // 3 * 2 if point == "a" else n * 2
+
+    capture = {"a": {"every_ms": 600, "on_change": {"deadband": 1.5}},
+               "b": {"every_ms": 600, "on_change": {"deadband": 10}}}
+    body = plan_body("d", [{"points": ["a", "b"], "every_ms": 600}], capture=capture,
+                     limits={"min_interval_ms": 100})
+    summary, sink, protocol = collect(tmp_path, [body], 1.9, {"d": {"values": values}})
+    assert not sink.gaps()
+    scheduled = [r for r in sink.readings() if r.scheduled_at is not None]
+    assert len(scheduled) == sum(summary.devices["d"].scheduled.values()) >= 4
+    between = [r for r in sink.readings() if r.scheduled_at is None]
+    assert {r.point for r in between} <= {"a", "b"} and any(r.point == "a" for r in between)
+    assert len(protocol.sessions["d"].reads) > len(scheduled) // 2  # there were extra polls
+    for point, band in (("a", 1.5), ("b", 10)):
+        last = None
+        for r in (r for r in sink.readings() if r.point == point):
+            if r.scheduled_at is None and last is not None:
+                assert changed(r.value, last, band) and abs(r.value - last) >= band
+            last = r.value
+
+
+def test_on_change_polls_spend_only_spare_budget_and_never_make_gaps(tmp_path):
+    capture = {"a": {"every_ms": 300, "on_change": {"deadband": 0}}}
+    body = plan_body("d", [{"points": ["a"], "every_ms": 300}], capture=capture,
+                     limits={"min_interval_ms": 50, "max_requests_per_second": 8})
+    summary, sink, protocol = collect(tmp_path, [body], 1.3, {"d": {"values": lambda p, n: n}})
+    reads = protocol.sessions["d"].reads
+    assert min(b - a for a, b in itertools.pairwise(reads)) >= 0.1  # 8/s, no burst
+    assert len(reads) > sum(summary.devices["d"].scheduled.values())  # there were extra polls
+    assert {g.reason for g in sink.gaps()} <= {GapReason.SHUTDOWN}
+    # a failing device: its extra polls fail too, but only scheduled samples are gaps
+    failing = plan_body("e", [{"points": ["a"], "every_ms": 300}], capture=capture,
+                        limits={"min_interval_ms": 50})
+    summary, sink, protocol = collect(tmp_path / "e", [failing], 1.0, {"e": {"code": 2}})
+    assert len(sink.gaps()) == sum(summary.devices["e"].scheduled.values())
+    assert len(protocol.sessions["e"].reads) > len(sink.gaps())
+
+
+def test_values_that_are_not_numbers_are_reported_when_they_differ():
+    assert changed("open", "closed", 5) and not changed("open", "open", 0)
+    assert changed(True, False, 10) and changed(None, 3.0, 1) and changed(1, None, 0)
+    assert changed(3.0, 1.0, 2) and not changed(3.0, 1.5, 2) and not changed(2, 2, 0)
+
+
+# --- the flood guard (subscriptions) --------------------------------------------------------
+
+
+def test_a_flooding_subscription_is_coalesced_to_its_min_interval(tmp_path):
+    group = {"kind": "subscribe", "points": ["s"]}
+    behaviour = {"messages": 30, "every": 0.02}
+    body = plan_body("d", [group], limits={"min_interval_ms": 200})
+    _, sink, _ = collect(tmp_path, [body], 1.5, {"d": behaviour})
+    readings = sink.readings()
+    # ~0.6 s of messages at one per 200 ms window (more windows if the machine is loaded)
+    assert 2 <= len(readings) <= 10, [(r.value, r.coalesced) for r in readings]
+    assert sum(r.coalesced or 1 for r in readings) == 30  # nothing lost silently
+    assert readings[0].coalesced == 0 and readings[-1].value == 29  # the latest value wins
+    unguarded = plan_body("d", [group])
+    _, sink, _ = collect(tmp_path / "u", [unguarded], 1.0, {"d": behaviour})
+    assert [r.value for r in sink.readings()] == list(range(30))
+    assert not any(r.coalesced for r in sink.readings())
+
+
+def test_coalesced_is_written_only_when_set():
+    at = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    assert record_json(Reading("d", "p", at, 1.5, coalesced=7))["coalesced"] == 7
+    assert "coalesced" not in record_json(Reading("d", "p", at, 1.5))

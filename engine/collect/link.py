@@ -126,6 +126,8 @@ class Sampler:
                 return records
             timeout = min(self.link.timeout, left)  # a retry never outlives the slot
             await self.rt.clock.sleep(delay)
+            if self.rt.clock.now() * 1000 >= end_ms:  # slept past the slot (a loaded machine)
+                return records
 
     async def _attempt(self, group: Mapping[str, Any], slot_ms: int, end_ms: int,
                        timeout: float) -> tuple[list[Record], bool]:
@@ -143,6 +145,31 @@ class Sampler:
             return gaps(self.device, points, slot_ms, GapReason.RATE_LIMITED,
                         "no request budget left in the slot"), False
         return await self._request(group, points, slot_ms, timeout)
+
+    async def probe(self, group: Mapping[str, Any], at_ms: int, before_ms: int) -> list[Record]:
+        """One request outside the schedule (on-change polling), only if it costs no sample.
+
+        Sent only when connected, within the plan's validity, with the breaker
+        closed and budget to spare: a token now, and the bucket and spacing
+        whole again by ``before_ms`` (the next scheduled sample); its timeout
+        ends there too. Not retried; nothing is returned when it is not sent.
+        """
+        now = self.rt.clock.now()
+        expired = self.valid_until is not None and at_ms >= self.valid_until
+        if expired or not self.link.connected or not self.breaker.allow(now):
+            return []
+        if not self._spare(now, before_ms / 1000):
+            return []
+        self.last_request = now
+        self.bucket.take(now)
+        records, _ = await self._request(group, list(group["points"]), at_ms,
+                                         min(self.link.timeout, before_ms / 1000 - now))
+        return records
+
+    def _spare(self, now: float, before: float) -> bool:
+        refill = 1 / self.bucket.rate if self.bucket.rate else 0.0
+        return (self.bucket.delay(now) == 0 and now >= self.last_request + self.spacing
+                and now + max(refill, self.spacing) <= before)
 
     async def _wait_budget(self, end_ms: int) -> bool:
         """Wait for the token bucket and ``min_request_spacing_ms``; ``False`` if past the slot."""

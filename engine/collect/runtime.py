@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from engine.collect.gate import SlotGate
 from engine.collect.limits import Backoff
 from engine.collect.scheduler import Clock
 from engine.collect.status import QuietReporter, Reporter
@@ -34,7 +35,14 @@ class CollectConfig:
 
 @dataclass
 class Runtime:
+    """What every device task of one run shares."""
+
     clock: Clock
     config: CollectConfig
     queue: asyncio.Queue[Record | None]
     reporter: Reporter = field(default_factory=QuietReporter)
+    gate: SlotGate = field(init=False)
+    """Where device tasks wait for their next slot: one wake-up per instant for all."""
+
+    def __post_init__(self) -> None:
+        self.gate = SlotGate(self.clock)

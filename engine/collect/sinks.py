@@ -48,6 +48,7 @@ def record_json(record: Record) -> dict[str, Any]:
             "server_at": record.server_at and instant(record.server_at),
             "scheduled_at": record.scheduled_at and instant(record.scheduled_at),
             "raw_code": record.raw_code,
+            "coalesced": record.coalesced or None,
         }
     else:
         body = {"type": "gap", "device": record.device, "point": record.point,
