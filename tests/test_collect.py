@@ -43,6 +43,7 @@ class FakeSession:
         self.behaviour = behaviour
         self.events = events
         self.reads: list[float] = []
+        self.units: list[int | None] = []
         self.connects = 0
         self.connected = False
 
@@ -55,18 +56,21 @@ class FakeSession:
     async def read(self, group, scheduled_at):
         self.reads.append(asyncio.get_running_loop().time())
         self.events.append(("sent", self.device, scheduled_at))
-        if self.behaviour.get("hang"):
-            await asyncio.sleep(self.behaviour["hang"])
-        if self.behaviour.get("decode"):
+        self.units.append(group.get("unit"))
+        # behaviour of the group's unit, e.g. {"units": {2: {"hang": 10}}}, overrides the device's
+        behaviour = {**self.behaviour, **self.behaviour.get("units", {}).get(group.get("unit"), {})}
+        if behaviour.get("hang"):
+            await asyncio.sleep(behaviour["hang"])
+        if behaviour.get("decode"):
             await asyncio.sleep(0)  # the answer arrives...
-            time.sleep(self.behaviour["decode"])  # ...and decoding it takes CPU
+            time.sleep(behaviour["decode"])  # ...and decoding it takes CPU
             self.events.append(("decoded", self.device, scheduled_at))
-        if "values" in self.behaviour:
-            values = self.behaviour["values"]
+        if "values" in behaviour:
+            values = behaviour["values"]
             return [Reading(self.device, p, datetime.now(UTC), values(p, len(self.reads)))
                     for p in group["points"]]
-        code = self.behaviour.get("code")
-        busy = self.behaviour.get("busy_times", 0)
+        code = behaviour.get("code")
+        busy = behaviour.get("busy_times", 0)
         now = datetime.now(UTC)
         if code is not None and (busy == 0 or len(self.reads) <= busy):
             return [Gap(self.device, p, scheduled_at, GapReason.EXCEPTION, raw_code=code)
@@ -257,7 +261,7 @@ def test_polled_samples_are_aligned_and_accounted(tmp_path):
     assert all(r.scheduled_at.timestamp() * 1000 % 100 == 0 for r in readings)
     assert len(protocol.sessions["d"].reads) == len(readings) // 2  # one request per group
     stats = summary.devices["d"]
-    assert stats.percentile(0.99) < 80
+    assert stats.percentile(0.99) < 200  # generous: CI machines are loaded; bench/ measures
 
 
 def test_busy_answers_are_retried_within_the_slot(tmp_path):
@@ -284,7 +288,38 @@ def test_a_hanging_device_does_not_delay_another(tmp_path):
     reasons = {g.reason for g in sink.gaps() if g.device == "slow"}
     assert GapReason.TIMEOUT in reasons and GapReason.REFUSED in reasons  # then breaker open
     assert not [g for g in sink.gaps() if g.device == "fast"]
-    assert summary.devices["fast"].percentile(0.99) < 50
+    assert summary.devices["fast"].percentile(0.99) < 200  # not stalled by the 10 s hang
+
+
+@pytest.mark.parametrize("dead", [{"hang": 10}, {"code": 0x0B}], ids=["timeout", "gateway"])
+def test_a_dead_unit_behind_a_gateway_does_not_stall_the_others(tmp_path, dead):
+    groups = [{"unit": 1, "points": ["a"], "every_ms": 100},
+              {"unit": 2, "points": ["b"], "every_ms": 100}]
+    body = plan_body("gw", groups, limits={"timeout_ms": 30})
+    summary, sink, protocol = collect(tmp_path, [body], 0.9, {"gw": {"units": {2: dead}}},
+                                      config=fast_config(breaker_threshold=3))
+    dead_gaps = [g for g in sink.gaps() if g.point == "b"]
+    assert dead_gaps and not [r for r in sink.readings() if r.point == "b"]
+    assert {(g.reason, g.detail) for g in dead_gaps} >= {(GapReason.REFUSED,
+                                                          "circuit breaker open")}
+    assert not [g for g in sink.gaps() if g.point == "a"]
+    slots = sorted(int(r.scheduled_at.timestamp() * 1000) for r in sink.readings())
+    assert len(slots) >= 7 and {b - a for a, b in itertools.pairwise(slots)} == {100}
+    session = protocol.sessions["gw"]
+    assert session.connects == 1  # the gateway's connection was never dropped
+    assert session.units.count(2) < len(dead_gaps)  # an open breaker sends nothing
+    assert summary.devices["gw"].percentile(0.99) < 200
+
+
+def test_a_device_without_units_keeps_one_breaker_that_drops_the_connection(tmp_path):
+    groups = [{"points": ["a"], "every_ms": 100}, {"points": ["b"], "every_ms": 100}]
+    body = plan_body("d", groups, limits={"timeout_ms": 30})
+    _, sink, protocol = collect(tmp_path, [body], 0.6, {"d": {"hang": 10}},
+                                config=fast_config(breaker_threshold=3))
+    assert not sink.readings()
+    opened = [g for g in sink.gaps() if g.detail == "circuit breaker open"]
+    assert {g.point for g in opened} == {"a", "b"}  # one breaker for both groups
+    assert protocol.sessions["d"].connects >= 2  # opening it dropped the connection
 
 
 def test_a_refusing_device_reconnects_with_backoff(tmp_path):

@@ -6,8 +6,9 @@ on the collector's clock), so tests drive them without sleeping:
 - :class:`TokenBucket` spaces requests to ``limits.max_requests_per_second``;
 - :class:`Backoff` gives exponential delays with jitter and a cap, for
   retries within a sample's slot and for reconnecting;
-- :class:`CircuitBreaker` stops sending to a device that keeps failing, so a
-  dead device costs no timeouts until its cool-down is over.
+- :class:`CircuitBreaker` stops sending to a device (or one unit behind a
+  gateway) that keeps failing, so a dead one costs no timeouts until its
+  cool-down is over.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ RETRYABLE_CODES = frozenset({6, 0x0A, 0x0B})
 """Modbus exceptions that may succeed on retry: device busy, gateway path
 unavailable, gateway target failed to respond. Illegal function, address or
 value (1, 2, 3) never will."""
+GATEWAY_CODES = frozenset({0x0A, 0x0B})
+"""Modbus exceptions by which a gateway says the unit behind it cannot be reached."""
 
 
 def retryable(records: Iterable[Record]) -> bool:
@@ -32,6 +35,16 @@ def retryable(records: Iterable[Record]) -> bool:
         bad = isinstance(record, Gap) and record.reason is GapReason.EXCEPTION
         bad = bad or (isinstance(record, Reading) and record.quality is Quality.BAD)
         if bad and record.raw_code in RETRYABLE_CODES:
+            return True
+    return False
+
+
+def unreachable(records: Iterable[Record]) -> bool:
+    """Whether a gateway answered that the unit behind it is unreachable (0x0A, 0x0B)."""
+    for record in records:
+        bad = isinstance(record, Gap) and record.reason is GapReason.EXCEPTION
+        bad = bad or (isinstance(record, Reading) and record.quality is Quality.BAD)
+        if bad and record.raw_code in GATEWAY_CODES:
             return True
     return False
 

@@ -5,6 +5,12 @@ there is one connection per device and one place that reconnects (with
 backoff). :class:`Sampler` takes one sample of one read group: it waits for
 the device's request budget, sends one request with a timeout and retries
 only what can succeed on retry, within the sample's slot.
+
+The circuit breaker is kept per unit (a group's ``unit``; ``None`` for
+protocols without units, so one breaker per device): a dead unit behind a
+gateway opens only its own breaker, and the other units keep being read.
+Connection-level failures count against every unit, and the connection is
+dropped when all of the device's breakers are open.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from engine.collect.limits import CircuitBreaker, TokenBucket, retryable
+from engine.collect.limits import CircuitBreaker, TokenBucket, retryable, unreachable
 from engine.collect.plans import valid_until_ms
 from engine.collect.runtime import Runtime
-from engine.collect.scheduler import to_datetime
+from engine.collect.scheduler import polled, to_datetime
 from engine.collect.status import DeviceStats
 from engine.errors import ConvergeError
 from engine.protocols import Deliver, Session
@@ -108,9 +114,20 @@ class Sampler:
         self.device, self.link, self.rt, self.stats = link.device, link, rt, stats
         self.bucket = TokenBucket(limits.get("max_requests_per_second"), now=rt.clock.now())
         self.spacing = limits.get("min_request_spacing_ms", 0) / 1000
-        self.breaker = CircuitBreaker(rt.config.breaker_threshold, rt.config.breaker_cooldown_s)
+        self.breakers = {g.get("unit"): self._new_breaker()
+                         for g in plan["read_groups"] if polled(g)}
         self.valid_until = valid_until_ms(dict(plan))
         self.last_request = float("-inf")
+
+    def _new_breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(self.rt.config.breaker_threshold, self.rt.config.breaker_cooldown_s)
+
+    def breaker(self, group: Mapping[str, Any]) -> CircuitBreaker:
+        """The breaker of ``group``'s unit (the device's only one for protocols without units)."""
+        unit = group.get("unit")
+        if unit not in self.breakers:
+            self.breakers[unit] = self._new_breaker()
+        return self.breakers[unit]
 
     async def sample(self, group: Mapping[str, Any], slot_ms: int, end_ms: int) -> list[Record]:
         """One record per point of ``group`` for the slot; retries end before ``end_ms``."""
@@ -135,7 +152,7 @@ class Sampler:
         if self.valid_until is not None and slot_ms >= self.valid_until:
             return gaps(self.device, points, slot_ms, GapReason.PLAN_EXPIRED,
                         "plan past its valid_until; recompile"), False
-        if not self.breaker.allow(self.rt.clock.now()):
+        if not self.breaker(group).allow(self.rt.clock.now()):
             return gaps(self.device, points, slot_ms, GapReason.REFUSED,
                         "circuit breaker open"), False
         problem = await self.link.ensure()
@@ -156,7 +173,7 @@ class Sampler:
         """
         now = self.rt.clock.now()
         expired = self.valid_until is not None and at_ms >= self.valid_until
-        if expired or not self.link.connected or not self.breaker.allow(now):
+        if expired or not self.link.connected or not self.breaker(group).allow(now):
             return []
         if not self._spare(now, before_ms / 1000):
             return []
@@ -189,38 +206,48 @@ class Sampler:
             records = await self.rt.clock.wait_for(
                 self.link.session.read(group, to_datetime(slot_ms)), timeout)
         except TimeoutError:
-            await self._failure("request timed out")
+            await self._failure(group, "request timed out")
             return gaps(self.device, points, slot_ms, GapReason.TIMEOUT,
                         f"no answer within {timeout * 1000:.0f} ms"), True
         except OSError as exc:
-            await self._failure(_say(exc))
+            await self._failure(group, _say(exc), connection=True)
             await self.link.lost(_say(exc))
             return gaps(self.device, points, slot_ms, GapReason.REFUSED, _say(exc)), False
         except ConvergeError as exc:
             self.stats.errors += 1
             return gaps(self.device, points, slot_ms, GapReason.MALFORMED, str(exc)), False
         conformed = conform(records, self.device, points, slot_ms)
-        return conformed, await self._judge(conformed)
+        return conformed, await self._judge(group, conformed)
 
-    async def _judge(self, records: list[Record]) -> bool:
+    async def _judge(self, group: Mapping[str, Any], records: list[Record]) -> bool:
         """Learn from the answer (sessions report timeouts and resets as gaps); retry it?"""
         reasons = {r.reason for r in records if isinstance(r, Gap)}
         if GapReason.REFUSED in reasons:
-            await self._failure("connection refused or reset")
+            await self._failure(group, "connection refused or reset", connection=True)
             await self.link.lost("connection refused or reset")
             return False
         if GapReason.TIMEOUT in reasons:
-            await self._failure("request timed out")
+            await self._failure(group, "request timed out")
+        elif unreachable(records):
+            await self._failure(group, "gateway: unit unreachable")
         else:
-            self.breaker.success()
+            self.breaker(group).success()
         return retryable(records)
 
-    async def _failure(self, detail: str) -> None:
+    async def _failure(self, group: Mapping[str, Any], detail: str,
+                       connection: bool = False) -> None:
+        """Count a failure against ``group``'s unit, or every unit for a connection failure."""
         self.stats.errors += 1
-        if self.breaker.failure(self.rt.clock.now()):
-            self.stats.state = "circuit open"
+        now = self.rt.clock.now()
+        self.breaker(group)  # known before a connection failure counts against all
+        units = list(self.breakers) if connection else [group.get("unit")]
+        opened = [unit for unit in units if self.breakers[unit].failure(now)]
+        for unit in opened:
+            where = {} if unit is None else {"unit": unit}
             self.rt.reporter.event(self.device, "circuit-open", detail=detail,
-                                   cooldown_s=self.breaker.cooldown)
+                                   cooldown_s=self.breakers[unit].cooldown, **where)
+        if opened and all(b.is_open for b in self.breakers.values()):
+            self.stats.state = "circuit open"
             await self.link.lost("circuit breaker opened")
 
 
