@@ -294,7 +294,7 @@ def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
-    status = Console(stderr=True)
+    status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
     live = status.is_terminal and (args.out is not None or not sys.stdout.isatty())
     reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
     summary = asyncio.run(run_plans(args.plans, pm, duration=args.duration, sink=sink,
