@@ -12,29 +12,53 @@ on the same port with the same variables; ``delay`` holds every request of
 the device that long before answering; ``bad-status`` writes its ``code``
 (a number or a name such as ``BadSensorFailure``) with every value of the
 device until a ``bad-status`` with code 0.
+
+Security follows the endpoint: with ``security_mode`` ``Sign`` or
+``SignAndEncrypt`` the server offers exactly that mode and
+``security_policy``, with a self-signed certificate generated at start (kept
+in memory; any client certificate is accepted). With ``username`` it accepts
+only that user, with the password of the environment variable
+``password_env`` (read when the simulator is made); anonymous sessions are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import math
-from collections.abc import Callable, Sequence
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from asyncua import ua
 from asyncua.common.utils import Buffer
+from asyncua.crypto.cert_gen import (
+    dump_private_key_as_pem,
+    generate_private_key,
+    generate_self_signed_app_certificate,
+)
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
 from asyncua.ua.status_codes import StatusCodes
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from engine.errors import ConvergeError
 from engine.model import Device
 from engine.protocols import Fault, ValueAt
 from engine.records import Value
+
+if TYPE_CHECKING:
+    from asyncua.server.internal_server import InternalServer
 
 _logger = logging.getLogger(__name__)
 
@@ -77,11 +101,87 @@ class _Listener(BinaryServer):
         )
 
 
+class _OneUser(UserManager):
+    """Accepts one user name with one password (any password when ``password`` is None)."""
+
+    def __init__(self, username: str, password: str | None) -> None:
+        self._username = username
+        self._password = password
+
+    def get_user(
+        self,
+        iserver: InternalServer,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username != self._username:
+            return None
+        if self._password is not None and not hmac.compare_digest(
+            (password or "").encode(), self._password.encode()
+        ):
+            return None
+        return User(role=UserRole.User, name=username)
+
+
+def security_policy_type(endpoint: Mapping[str, Any]) -> ua.SecurityPolicyType:
+    """The one security policy a device's endpoint asks for (``NoSecurity`` for mode None)."""
+    mode = str(endpoint.get("security_mode", "None"))
+    policy = str(endpoint.get("security_policy", "None"))
+    if mode == "None" and policy == "None":
+        return ua.SecurityPolicyType.NoSecurity
+    name = f"{policy.replace('_', '')}_{mode}"
+    try:
+        return ua.SecurityPolicyType[name]
+    except KeyError:
+        raise ConvergeError(
+            f"the OPC UA simulator cannot offer security_mode {mode} with security_policy {policy}"
+        ) from None
+
+
+def server_certificate(application_uri: str, host: str) -> tuple[bytes, bytes]:
+    """A self-signed server certificate (DER) and its private key (PEM) for ``host``."""
+    key = generate_private_key()
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        names.append(x509.DNSName(host))
+    names.append(x509.DNSName(socket.gethostname()))  # asyncua warns without it
+    certificate = generate_self_signed_app_certificate(
+        key,
+        "Converge simulator",
+        {},
+        names,
+        extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=2,
+    )
+    return certificate.public_bytes(Encoding.DER), dump_private_key_as_pem(key)
+
+
+def _user_manager(device: Device) -> _OneUser | None:
+    """The one user the device's endpoint names, with the password of ``password_env``."""
+    username = device.endpoint.get("username")
+    if not username:
+        return None
+    password_env = device.endpoint.get("password_env")
+    password = None
+    if password_env:
+        password = os.environ.get(str(password_env))
+        if password is None:
+            raise ConvergeError(
+                f"{device.id}: the environment variable {password_env} (password_env) is not set"
+            )
+    return _OneUser(str(username), password)
+
+
 class _DeviceServer:
     """The server of one device, its variables and its fault state."""
 
     def __init__(self, device: Device) -> None:
         self.device = device
+        self.policy = security_policy_type(device.endpoint)
+        self.users = _user_manager(device)
         self.server = Server()
         self.variables: dict[str, tuple[ua.NodeId, ua.VariantType]] = {}
         self.status = ua.StatusCode()
@@ -91,12 +191,24 @@ class _DeviceServer:
 
     async def start(self, value_at: ValueAt) -> None:
         await self.server.init()
-        self.server.set_endpoint(_with_port(str(self.device.endpoint["url"])))
+        url = _with_port(str(self.device.endpoint["url"]))
+        self.server.set_endpoint(url)
         self.server.set_server_name(f"Converge simulator: {self.device.id}")
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await self._secure(urlparse(url).hostname or "localhost")
         await self._add_variables(value_at)
         await self.server.start()
         await self._replace_listener()
+
+    async def _secure(self, host: str) -> None:
+        """Offer exactly the endpoint's security, and accept only its user if it names one."""
+        self.server.set_security_policy([self.policy])
+        if self.policy is not ua.SecurityPolicyType.NoSecurity:
+            cert, key = server_certificate(self.server.get_application_uri(), host)
+            await self.server.load_certificate(cert, format="der")
+            await self.server.load_private_key(key, format="pem")
+        if self.users is not None:
+            self.server.iserver.set_user_manager(self.users)
+            self.server.set_identity_tokens([ua.UserNameIdentityToken])
 
     async def _add_variables(self, value_at: ValueAt) -> None:
         points = self.device.points
