@@ -39,6 +39,7 @@ from rich.markup import escape
 
 from engine.errors import ConvergeError, Finding, PluginError, error
 from engine.model import Project
+from engine.references import names_missing
 from engine.rules import KEBAB_ID
 from engine.sign import note
 
@@ -280,20 +281,13 @@ def open_key_store(pm: pluggy.PluginManager, config: dict[str, Any]) -> KeyStore
 def check_signing_keys(project: Project, store: KeyStore) -> list[Finding]:
     """A ``signing-key-unknown`` error at each key name a policy writes that ``store`` lacks."""
     held = set(store.names())
-    findings = []
-    for policy in project.policies:
-        demand = policy.demands.get(SIGNING_KEYS)
-        if demand is None:
-            continue
-        places = dict(demand.items)
-        for name in demand.value:  # type: ignore[union-attr]
-            if name not in held:
-                findings.append(error(
-                    places.get(f"[{name}]", demand.location), "signing-key-unknown",
-                    f"signing key '{name}' of policy {policy.id} is in no key store"
-                    f" (held: {', '.join(sorted(held)) or 'none'}); converge keys generate {name}",
-                ))
-    return findings
+    listing = ", ".join(sorted(held)) or "none"
+    return [
+        error(place, "signing-key-unknown",
+              f"signing key '{name}' of policy {policy.id} is in no key store"
+              f" (held: {listing}); converge keys generate {name}")
+        for policy, name, place in names_missing(project, SIGNING_KEYS, held)
+    ]
 
 
 # --- what converge keys prints ----------------------------------------------------------

@@ -9,8 +9,10 @@ nothing to check against, and nothing is reported.
 
 from __future__ import annotations
 
-from engine.errors import Finding, error, warning
-from engine.model import Project
+from collections.abc import Iterator, Set
+
+from engine.errors import Finding, Location, error, warning
+from engine.model import Policy, Project
 
 ROLE_FACETS = ("access.read", "access.export", "access.deny")
 
@@ -39,17 +41,23 @@ def _roles(project: Project) -> list[Finding]:
     if not project.principals:
         return []
     held = {role for principal in project.principals for role in principal.roles}
-    findings = []
+    return [
+        warning(place, "role-unheld",
+                f"role '{role}' in {facet} of policy {policy.id} is held by no principal")
+        for facet in ROLE_FACETS
+        for policy, role, place in names_missing(project, facet, held)
+    ]
+
+
+def names_missing(
+    project: Project, facet: str, known: Set[str]
+) -> Iterator[tuple[Policy, str, Location]]:
+    """Each name a policy lists in ``facet`` that ``known`` lacks, with where it is written."""
     for policy in project.policies:
-        for facet in ROLE_FACETS:
-            demand = policy.demands.get(facet)
-            if demand is None:
-                continue
-            places = dict(demand.items)
-            for role in demand.value:  # type: ignore[union-attr]
-                if role not in held:
-                    findings.append(warning(
-                        places.get(f"[{role}]", demand.location), "role-unheld",
-                        f"role '{role}' in {facet} of policy {policy.id} is held by no principal",
-                    ))
-    return findings
+        demand = policy.demands.get(facet)
+        if demand is None or not isinstance(demand.value, tuple):
+            continue
+        places = dict(demand.items)
+        for name in demand.value:
+            if name not in known:
+                yield policy, name, places.get(f"[{name}]", demand.location)
