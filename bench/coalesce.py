@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from engine.errors import Location
 from engine.model import Device, Limits, PlannedPoint, Point
 from plugins.modbus.plan import plan_read_groups
+from plugins.modbus.schema import TYPE_WIDTHS
 
-WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "int64": 4,
-         "uint64": 4, "float64": 4}
 MAX_REGISTERS = 125
 HERE = Location("bench", 1, 1)
 
@@ -44,7 +43,7 @@ class Field:
 
     @property
     def width(self) -> int:
-        return WIDTH[self.kind]
+        return TYPE_WIDTHS[self.kind]
 
 
 def dense_block() -> list[Field]:
@@ -65,7 +64,7 @@ def plc_blocks() -> list[Field]:
         for i in range(20):
             kind = kinds[(block + i) % len(kinds)]
             fields.append(Field(register, kind))
-            register += WIDTH[kind]
+            register += TYPE_WIDTHS[kind]
         register += 40
     return fields
 
@@ -77,7 +76,7 @@ def scattered(seed: int = 7) -> list[Field]:
     for _ in range(60):
         kind = rng.choice(["int16", "float32", "uint32", "float64"])
         fields.append(Field(register, kind))
-        register += WIDTH[kind] + rng.choice([0, 0, 0, 1, 2, 4, 8, 16, 30])
+        register += TYPE_WIDTHS[kind] + rng.choice([0, 0, 0, 1, 2, 4, 8, 16, 30])
     return fields
 
 
