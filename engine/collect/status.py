@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -22,6 +22,9 @@ from rich.live import Live
 from rich.table import Table
 
 from engine.records import Gap, Record
+
+LATENESS_WINDOW = 10_000
+"""Readings per device whose lateness the status view and summary report."""
 
 
 @dataclass
@@ -36,7 +39,8 @@ class DeviceStats:
     gaps: Counter[str] = field(default_factory=Counter)
     errors: int = 0
     last_read: float | None = None
-    lateness_ms: list[float] = field(default_factory=list)
+    lateness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
+    """The lateness of the most recent readings only: a collector runs for months."""
 
     def count(self, record: Record, *, scheduled: bool) -> None:
         if scheduled:
