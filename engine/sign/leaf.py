@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import os
 from datetime import UTC, datetime
+from functools import lru_cache
+from json.encoder import encode_basestring
 from typing import Any
 
-from engine.canonical import canonical_json
+from engine.canonical import MAX_SAFE_INTEGER, canonical_json
 from engine.errors import ConvergeError
-from engine.records import Gap, Reading, Record
+from engine.records import Gap, GapReason, Quality, Reading, Record
 from engine.sign.merkle import leaf_hash
 
 LEAF_VERSION = 1
@@ -90,10 +92,139 @@ def leaf_bytes(record: Record, salt: bytes) -> bytes:
     Requires a 16-byte salt, timezone-aware times, a finite value and integers
     within ±(2**53 - 1) (JCS numbers); raises :class:`LeafError` or
     :class:`engine.canonical.CanonicalError` otherwise.
+
+    Storage ingest hashes every record it stores, and building the leaf object
+    and canonicalising it generically manages well under 100,000 leaves a
+    second. So the common records are written by :func:`_fast_leaf`, a fixed
+    template per record type in JCS member order; anything it does not write
+    itself (an exponent float, an unsafe integer, a naive time, a bad salt, a
+    lone surrogate, an unexpected type) goes to the general path, which writes
+    it or raises exactly as it always has. ``tests/test_leaf_fast.py`` proves
+    both paths byte-identical on generated records, and both match ``rfc8785``.
     """
-    return canonical_json(leaf_object(record, salt))
+    try:
+        return _fast_leaf(record, salt)
+    except Exception:  # anything unusual: the general path is the authority, errors included
+        return canonical_json(leaf_object(record, salt))
 
 
 def record_leaf_hash(record: Record, salt: bytes) -> bytes:
     """``SHA-256(0x00 || leaf_bytes(record, salt))``."""
     return leaf_hash(leaf_bytes(record, salt))
+
+
+# The fast path. Members are written in JCS order: keys sorted by UTF-16 code
+# units, which for these ASCII keys is plain string order. Strings are escaped
+# with the C ``json`` escaper, which escapes exactly as JCS does (see
+# engine/canonical.py); numbers follow ES6 formatting for the forms handled.
+
+
+class _Unusual(Exception):
+    """A value the fast path leaves to the general path."""
+
+
+_QUALITY = {q: encode_basestring(q.value) for q in Quality}
+_REASON = {r: encode_basestring(r.value) for r in GapReason}
+_READING_TAIL = f'"type":"reading","v":{LEAF_VERSION},"value":'
+_GAP_TAIL = f'"type":"gap","v":{LEAF_VERSION}}}'
+
+
+def _fast_leaf(record: Record, salt: bytes) -> bytes:
+    if type(salt) is not bytes or len(salt) != SALT_SIZE:
+        raise _Unusual
+    if type(record) is Reading:
+        return _reading_text(record, salt.hex()).encode()
+    if type(record) is Gap:
+        return _gap_text(record, salt.hex()).encode()
+    raise _Unusual
+
+
+def _reading_text(r: Reading, salt: str) -> str:
+    if type(r.quality) is not Quality:
+        raise _Unusual
+    return (
+        f'{{{_coalesced(r.coalesced)}"collected_at":"{_utc(r.collected_at)}",'
+        f'"device":{_text(r.device)},"point":{_text(r.point)},"quality":{_QUALITY[r.quality]},'
+        f'{_member("raw_code", r.raw_code)}"salt":"{salt}",'
+        f"{_time('scheduled_at', r.scheduled_at)}{_time('server_at', r.server_at)}"
+        f"{_time('source_at', r.source_at)}{_READING_TAIL}{_scalar(r.value)}}}"
+    )
+
+
+def _gap_text(g: Gap, salt: str) -> str:
+    if type(g.reason) is not GapReason:
+        raise _Unusual
+    detail = f'"detail":{_text(g.detail)},' if g.detail else ""
+    return (
+        f'{{{detail}"device":{_text(g.device)},"point":{_text(g.point)},'
+        f'{_member("raw_code", g.raw_code)}"reason":{_REASON[g.reason]},"salt":"{salt}",'
+        f'"scheduled_at":"{_utc(g.scheduled_at)}",{_GAP_TAIL}'
+    )
+
+
+def _coalesced(count: object) -> str:
+    if type(count) is not int:
+        raise _Unusual
+    return f'"coalesced":{_int(count)},' if count > 0 else ""
+
+
+def _member(key: str, value: object) -> str:
+    return "" if value is None else f'"{key}":{_scalar(value)},'
+
+
+def _time(key: str, moment: datetime | None) -> str:
+    return "" if moment is None else f'"{key}":"{_utc(moment)}",'
+
+
+def _scalar(value: object) -> str:
+    if type(value) is float:
+        return _float(value)
+    if type(value) is str:
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) is int:
+        return _int(value)
+    raise _Unusual
+
+
+def _float(number: float) -> str:
+    text = repr(number)
+    if "e" in text or "n" in text:  # exponent, inf, nan: ES6 differs from repr, or no JCS form
+        raise _Unusual
+    if text.endswith(".0"):  # ES6 writes integral numbers without a fraction, -0 as 0
+        return "0" if number == 0 else text[:-2]
+    return text
+
+
+def _int(number: int) -> str:
+    if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        return str(number)
+    raise _Unusual
+
+
+def _text(value: object) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    return encode_basestring(value)
+
+
+def _utc(moment: object) -> str:
+    if type(moment) is not datetime:
+        raise _Unusual
+    return instant(moment) if moment.fold else _cached_instant(moment)
+
+
+@lru_cache(maxsize=4096)
+def _cached_instant(moment: datetime) -> str:
+    """:func:`instant`, memoised: the readings of a read group or a slot share one time.
+
+    Aware datetimes that compare equal are the same instant, so have the same
+    text, even in different time zones, with one exception: two times with the
+    *same* tzinfo compare by wall clock, ignoring ``fold``, so 02:30 before and
+    after a DST fall-back are equal yet an hour apart. Hence only ``fold=0``
+    times are cached. Naive times raise, and a call that raised is not cached.
+    """
+    return instant(moment)
