@@ -39,12 +39,13 @@ from engine.canonical import canonical_json
 from engine.errors import ConvergeError
 from engine.records import Gap, Reading, Record
 from engine.sign import note
-from engine.sign.leaf import instant, new_salt, record_leaf_hash
+from engine.sign.leaf import instant, leaf_bytes, new_salt, record_leaf_hash
 from engine.sign.merkle import (
     HASH_SIZE,
     MerkleTree,
     RootMismatch,
     VerificationError,
+    leaf_hash,
     root_of_hashes,
     verify_inclusion,
 )
@@ -160,15 +161,17 @@ def _point_signing(device: str, point: Mapping[str, Any]) -> PointSigning:
 
 @dataclass(frozen=True)
 class Entry:
-    """One record of a batch with its salt and leaf hash."""
+    """One record of a batch with its salt, leaf bytes and leaf hash."""
 
     record: Record
     salt: bytes
+    leaf: bytes
     leaf_hash: bytes
 
     @classmethod
     def of(cls, record: Record, salt: bytes) -> Entry:
-        return cls(record, salt, record_leaf_hash(record, salt))
+        leaf = leaf_bytes(record, salt)
+        return cls(record, salt, leaf, leaf_hash(leaf))
 
 
 @dataclass(frozen=True)

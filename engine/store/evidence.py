@@ -1,0 +1,214 @@
+"""The collector's evidence sink: records → signed batches → the store, or the spool.
+
+:class:`EvidenceSink` is a collector :class:`~engine.collect.sinks.Sink`. Each
+record goes into the :class:`~engine.sign.batch.Batcher`; each finished batch
+is signed by every key its plan requires and handed to a writer task, which
+stores it in a worker thread (so device tasks never wait for the database).
+
+When the database fails, the batch goes into the :class:`Spool` and the store
+is not tried again for ``retry_s``; once it answers, spooled batches are
+replayed oldest first, ``replay_chunk`` after each live batch, so a backlog
+never starves live data. Checkpoints of the audit log are signed every
+``checkpoint_entries`` entries or ``checkpoint_s`` seconds, and at close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.collect.backfill import missed
+from engine.keys import KeyStore
+from engine.records import Record
+from engine.sign.batch import Batch, Batcher, Statement, device_plan, epoch_ms, sign_batch
+from engine.sign.leaf import instant
+from engine.sign.note import Checkpoint, sign_checkpoint
+from engine.store.database import StoreError
+from engine.store.sealed import SealedBatch
+from engine.store.spool import Spool
+from engine.store.store import Head, Store
+
+Now = Callable[[], datetime]
+
+
+@dataclass
+class EvidenceConfig:
+    """How often the sink checkpoints, retries and replays (the plan decides the windows)."""
+
+    audit_key: str = "audit-log"
+    checkpoint_entries: int = 1000
+    checkpoint_s: float = 60.0
+    grace_ms: int = 5_000
+    retry_s: float = 5.0
+    replay_chunk: int = 8
+    writer_queue: int = 10_000
+    """Sealed batches waiting for the writer before the collector waits (back-pressure)."""
+
+
+def actor() -> str:
+    return f"converge-run@{socket.gethostname()}"
+
+
+def check_signers(plans: Iterable[Mapping[str, Any]], keys: KeyStore, audit_key: str,
+                  at: datetime) -> None:  # fmt: skip
+    """Refuse to start unless every key the plans require, and the audit key, can sign now."""
+    needed = {audit_key} | {k for p in plans for point in device_plan(p).points.values()
+                            if point.required for k in point.keys}  # fmt: skip
+    for name in sorted(needed):
+        keys.signer(name, at)
+
+
+class EvidenceSink:
+    """Batches, signs and stores every record; see the module docstring."""
+
+    def __init__(self, plans: list[Mapping[str, Any]], store: Store, keys: KeyStore, spool: Spool,
+                 *, config: EvidenceConfig | None = None,
+                 now: Now = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+        self.store, self.keys, self.spool = store, keys, spool
+        self.config, self.now = config or EvidenceConfig(), now
+        check_signers(plans, keys, self.config.audit_key, now())
+        self.heads = self._resume()
+        self.batcher = Batcher(plans, self._sealed, grace_ms=self.config.grace_ms,
+                               previous_roots={d: h.root for d, h in self.heads.items()})
+        self.queue: asyncio.Queue[SealedBatch | None] = asyncio.Queue(self.config.writer_queue)
+        self.writer = asyncio.create_task(self._write_all())
+        self.down_until = 0.0
+        self.last_checkpoint = time.monotonic()
+        self.stats = {"stored": 0, "spooled": 0, "replayed": 0, "dropped": 0, "duplicates": 0}
+        self.records = 0
+
+    def _resume(self) -> dict[str, Head]:
+        """Each device's chain head: the spool's (newest local knowledge), else the store's."""
+        heads = self.spool.heads()
+        with contextlib.suppress(StoreError):
+            for device, head in self.store.heads().items():
+                heads.setdefault(device, head)
+        return heads
+
+    async def backfill(self, plans: Iterable[Mapping[str, Any]], until: datetime,
+                       fallback_every_ms: int) -> int:  # fmt: skip
+        """Put a ``shutdown`` gap for every slot since each device's last stored window.
+
+        Called once, before collection starts; returns how many gaps it put.
+        """
+        count = 0
+        for plan in plans:
+            head = self.heads.get(str(plan["device"]["id"]))
+            if head is None:
+                continue
+            since = epoch_ms(datetime.fromisoformat(head.window_end))
+            for gap in missed(plan, since, epoch_ms(until), fallback_every_ms):
+                await self.put(gap)
+                count += 1
+        return count
+
+    async def put(self, record: Record) -> None:
+        await self.batcher.put(record)
+        self.records += 1
+        if self.records % 1000 == 0:
+            await self.batcher.flush(self.now())
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        await self.queue.put(None)
+        await self.writer
+        await asyncio.to_thread(self._finish)
+
+    async def _sealed(self, batch: Batch) -> None:
+        signers = {k: self.keys.signer(k, self.now()) for k in batch.keys}
+        sealed = SealedBatch.of(batch, sign_batch(batch, signers))
+        await self.queue.put(sealed)
+
+    async def _write_all(self) -> None:
+        while (sealed := await self.queue.get()) is not None:
+            await asyncio.to_thread(self._deliver, sealed)
+
+    # --- in the writer thread --------------------------------------------------------
+
+    def _deliver(self, sealed: SealedBatch) -> None:
+        head = sealed.head
+        self.spool.set_head(head.device, Head(head.root, head.window_end))
+        if time.monotonic() < self.down_until or not self._write(sealed, live=True):
+            self._spool(sealed)
+            return
+        self._replay(self.config.replay_chunk)
+        self._maybe_checkpoint()
+
+    def _write(self, sealed: SealedBatch, live: bool) -> bool:
+        try:
+            stored = self.store.write(sealed)
+        except StoreError:
+            self.down_until = time.monotonic() + self.config.retry_s
+            return False
+        key = ("stored" if live else "replayed") if stored else "duplicates"
+        self.stats[key] += 1
+        return True
+
+    def _spool(self, sealed: SealedBatch) -> None:
+        kept = self.spool.put(sealed, instant(self.now()))
+        self.stats["spooled" if kept else "dropped"] += 1
+
+    def _replay(self, limit: int) -> None:
+        """Log dropped batches, then store up to ``limit`` spooled ones, oldest first."""
+        self._log_dropped()
+        for row_id, sealed in self.spool.oldest(limit):
+            if not self._write(sealed, live=False):
+                return
+            self.spool.remove(row_id)
+
+    def _log_dropped(self) -> None:
+        dropped = self.spool.dropped()
+        if not dropped:
+            return
+        try:
+            self.store.log("spool.full", {"spool": str(self.spool.path), "dropped": len(dropped),
+                                          "max_bytes": self.spool.max_bytes})  # fmt: skip
+            for item in dropped:
+                self.store.log("batch.dropped", _dropped_payload(item.statement, item.dropped_at))
+                self.spool.forget_dropped(item.id)
+        except StoreError:
+            self.down_until = time.monotonic() + self.config.retry_s
+
+    def _maybe_checkpoint(self) -> None:
+        due = time.monotonic() - self.last_checkpoint >= self.config.checkpoint_s
+        if due or self.store.entries_since_checkpoint() >= self.config.checkpoint_entries:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            self.store.checkpoint(self._sign_checkpoint)
+        except StoreError:
+            return
+        self.last_checkpoint = time.monotonic()
+
+    def _sign_checkpoint(self, checkpoint: Checkpoint) -> str:
+        key = self.keys.signer(self.config.audit_key, self.now())
+        return sign_checkpoint(checkpoint, checkpoint.origin, key)
+
+    def _finish(self) -> None:
+        """At close: replay what the store will take, record the stop, checkpoint."""
+        if time.monotonic() >= self.down_until:
+            self._replay(len(self.spool))
+        try:
+            self.store.log("collector.stopped", {"records": self.records, **self.stats,
+                                                 "spooled_now": len(self.spool)})  # fmt: skip
+        except StoreError:
+            return
+        self._checkpoint()
+
+
+def _dropped_payload(statement: bytes, dropped_at: str) -> dict[str, Any]:
+    head = Statement.parse(statement)
+    return {"device": head.device, "window_start": head.window_start,
+            "window_end": head.window_end, "count": head.count, "root": head.root.hex(),
+            "previous_root": head.previous_root.hex(), "plan_digest": head.plan_digest,
+            "dropped_at": dropped_at}  # fmt: skip
+
+
+__all__ = ["EvidenceConfig", "EvidenceSink", "actor", "check_signers"]

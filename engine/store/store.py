@@ -1,0 +1,229 @@
+"""The store: one transaction per batch, its records and its audit entry; idempotent.
+
+A :class:`Store` is used by one collector process. Every write is a single
+transaction that first takes the store's write lock (``BEGIN IMMEDIATE`` on
+SQLite, a transaction-scoped advisory lock on PostgreSQL), so audit sequence
+numbers never race. Records go in with one driver-level ``executemany``
+(SQLite) or one ``COPY`` (PostgreSQL), never one ORM object per reading.
+
+Delivery is at least once: :meth:`Store.write` of a batch already stored
+(same device and root; the root covers every record and its random salt)
+stores nothing and returns ``False``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from engine import audit
+from engine.keys import KeyVersion
+from engine.sign.batch import ZERO_ROOT
+from engine.sign.leaf import instant
+from engine.store.database import StoreError, connect, describe, reason, upgrade
+from engine.store.sealed import SealedBatch
+from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
+
+LOCK_ID = 0x636F6E76  # "conv": the advisory lock every PostgreSQL writer takes
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last batch of a device's chain: its root and the end of its window."""
+
+    root: bytes
+    window_end: str
+
+
+class Store:
+    """The evidence database of one collector (or of an auditor reading it)."""
+
+    def __init__(self, engine: Engine, actor: str, witness: Path | None = None) -> None:
+        self.engine, self.actor, self.witness = engine, actor, witness
+        self.postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def open(cls, target: str, actor: str = "converge", witness: Path | None = None) -> Store:
+        """Open (and migrate) the store at ``target``: a path (SQLite) or a database URL."""
+        engine = connect(target)
+        upgrade(engine)
+        store = cls(engine, actor, witness)
+        with store.transaction() as conn:
+            audit.origin(conn)
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def where(self) -> str:
+        return describe(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction holding the store's write lock; errors become StoreError."""
+        try:
+            with self.engine.begin() as conn:
+                if self.postgres:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
+                yield conn
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.where}: {reason(exc)}") from exc
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.where}: {reason(exc)}") from exc
+
+    # --- batches ----------------------------------------------------------------------
+
+    def write(self, sealed: SealedBatch, at: datetime | None = None) -> bool:
+        """Store a batch, its signatures, records and ``batch.stored`` entry atomically.
+
+        Returns ``False`` (and stores nothing) when the batch is already stored.
+        """
+        head = sealed.head
+        try:
+            with self.transaction() as conn:
+                if self._stored(conn, head.device, head.root):
+                    return False
+                seq = audit.append(conn, "batch.stored", self.actor, sealed.audit_payload(),
+                                   instant(at or datetime.now(UTC)))
+                batch_id = self._insert_batch(conn, sealed, seq)
+                self._insert_records(conn, batch_id, sealed.records)
+        except IntegrityError:
+            return False  # a concurrent writer stored the same batch first
+        return True
+
+    @staticmethod
+    def _stored(conn: Connection, device: str, root: bytes) -> bool:
+        query = select(BATCHES.c.id).where(BATCHES.c.device == device, BATCHES.c.root == root)
+        return conn.execute(query).first() is not None
+
+    @staticmethod
+    def _insert_batch(conn: Connection, sealed: SealedBatch, seq: int) -> int:
+        head = sealed.head
+        batch_id = conn.execute(insert(BATCHES).values(
+            device=head.device, window_start=head.window_start, window_end=head.window_end,
+            count=head.count, root=head.root, previous_root=head.previous_root,
+            plan_digest=head.plan_digest, statement=sealed.statement,
+            keys=json.dumps(list(sealed.keys)), waiver=sealed.waiver.decode(), audit_seq=seq,
+        ).returning(BATCHES.c.id)).scalar_one()  # fmt: skip
+        if sealed.signatures:
+            conn.execute(insert(SIGNATURES), [
+                {"batch_id": batch_id, "key": s.key, "signature": s.signature}
+                for s in sealed.signatures
+            ])  # fmt: skip
+        return int(batch_id)
+
+    def _insert_records(self, conn: Connection, batch_id: int,
+                        records: Sequence[tuple[str, bytes]]) -> None:  # fmt: skip
+        readings = [(batch_id, i, leaf) for i, (kind, leaf) in enumerate(records)
+                    if kind == "reading"]  # fmt: skip
+        gaps = [(batch_id, i, leaf) for i, (kind, leaf) in enumerate(records) if kind == "gap"]
+        for table, rows in (("readings", readings), ("gap_records", gaps)):
+            if rows:
+                self._bulk(conn, table, rows)
+
+    def _bulk(self, conn: Connection, table: str, rows: list[tuple[int, int, bytes]]) -> None:
+        """One COPY (PostgreSQL) or one executemany (SQLite) for all rows of a table."""
+        if self.postgres:
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(f"COPY {table} (batch_id, position, leaf) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} (batch_id, position, leaf) VALUES (?, ?, ?)", rows)
+
+    def heads(self) -> dict[str, Head]:
+        """Each device's newest batch (the one no other batch names as previous)."""
+        with self.reading() as conn:
+            rows = conn.execute(select(BATCHES.c.device, BATCHES.c.root, BATCHES.c.previous_root,
+                                       BATCHES.c.window_end)).all()  # fmt: skip
+        named = {(r.device, bytes(r.previous_root)) for r in rows}
+        return {r.device: Head(bytes(r.root), r.window_end) for r in rows
+                if (r.device, bytes(r.root)) not in named}  # fmt: skip
+
+    # --- plans, keys, lifecycle -------------------------------------------------------
+
+    def deploy_plans(self, plans: Iterable[tuple[dict[str, Any], bytes, str | None]]) -> int:
+        """Keep each (body, bytes, signature note) plan not stored yet, with a ``plan.deployed``
+        entry; returns how many were new."""
+        new = 0
+        with self.transaction() as conn:
+            for body, data, signature in plans:
+                digest = str(body["digest"])
+                if conn.execute(select(PLANS.c.digest).where(PLANS.c.digest == digest)).first():
+                    continue
+                at = audit.now_instant()
+                conn.execute(insert(PLANS).values(digest=digest, device=body["device"]["id"],
+                                                  body=data, signature=signature, deployed_at=at))
+                audit.append(conn, "plan.deployed", self.actor,
+                             {"device": body["device"]["id"], "digest": digest,
+                              "signed": signature is not None}, at)  # fmt: skip
+                new += 1
+        return new
+
+    def record_keys(self, versions: Iterable[KeyVersion]) -> int:
+        """A ``key.generated`` or ``key.rotated`` entry for each key version not logged yet.
+
+        Key stores live outside the database (a key may be made before any store
+        exists), so every collector start brings the log up to date, dated with
+        the version's own creation time.
+        """
+        with self.transaction() as conn:
+            logged = {(e.payload["name"], e.payload["version"])
+                      for e in audit.entries(conn, ["key.generated", "key.rotated"])}  # fmt: skip
+            new = [v for v in versions if (v.name, v.version) not in logged]
+            for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
+                kind = "key.generated" if v.version == 1 else "key.rotated"
+                audit.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
+        return len(new)
+
+    def log(self, kind: str, payload: dict[str, Any]) -> int:
+        """Append one entry of ``kind`` on its own."""
+        with self.transaction() as conn:
+            return audit.append(conn, kind, self.actor, payload)
+
+    def checkpoint(self, sign: audit.CheckpointSigner) -> str | None:
+        """Sign a checkpoint of the log now (and append it to the witness file)."""
+        with self.transaction() as conn:
+            note = audit.checkpoint(conn, sign)
+        if note is not None and self.witness is not None:
+            audit.witness_append(self.witness, note)
+        return note
+
+    def entries_since_checkpoint(self) -> int:
+        with self.reading() as conn:
+            return audit.size(conn) - audit.last_checkpoint_size(conn)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per evidence table (for summaries)."""
+        with self.reading() as conn:
+            return {name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                    for name, table in (("batches", BATCHES), ("readings", READINGS),
+                                        ("gap_records", GAPS), ("audit_entries", AUDIT),
+                                        ("checkpoints", CHECKPOINTS))}  # fmt: skip
+
+
+def key_payload(version: KeyVersion) -> dict[str, Any]:
+    return {"name": version.name, "version": version.version, "key_id": version.key_id,
+            "sha256": version.sha256, "not_before": instant(version.not_before),
+            "not_after": version.not_after and instant(version.not_after)}  # fmt: skip
+
+
+__all__ = ["ZERO_ROOT", "Head", "Store", "StoreError", "key_payload"]

@@ -1,0 +1,145 @@
+"""The evidence tables, declared once with SQLModel (SQLAlchemy 2) for SQLite and PostgreSQL.
+
+Every record is stored as its **leaf bytes** (docs/records.md), the salt
+inside: the stored bytes *are* what was hashed, so a verifier recomputes each
+leaf hash from the row itself, and a lawful deletion of the row deletes the
+salt with it. Nothing about a record is stored twice: there is no column a
+tamperer could change beside the bytes the hash covers.
+
+A batch row keeps its signed statement and, as columns for queries, what the
+statement says; the verifier checks the two agree. Audit entries are stored as
+their canonical JSON (the audit log's leaves), with ``kind`` and ``time``
+beside them for listing, also checked against the entry.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+ID = BigInteger().with_variant(Integer, "sqlite")
+"""64-bit ids; on SQLite ``INTEGER PRIMARY KEY`` (the rowid, 64-bit already)."""
+
+
+def _blob(nullable: bool = False) -> Column[bytes]:
+    return Column(LargeBinary, nullable=nullable)
+
+
+def _id() -> Column[int]:
+    return Column(ID, primary_key=True, autoincrement=True)
+
+
+def _ref(target: str) -> Column[int]:
+    return Column(ID, ForeignKey(target), nullable=False)
+
+
+class Meta(SQLModel, table=True):
+    """Facts about the store itself, such as the audit log's origin line."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class PlanRow(SQLModel, table=True):
+    """A device plan as deployed: its exact bytes (digest-checked) and detached signature."""
+
+    __tablename__ = "plans"
+    digest: str = Field(primary_key=True)
+    device: str = Field(index=True)
+    body: bytes = Field(sa_column=_blob())
+    signature: str | None = None
+    """The plan's C2SP signed note (``<device>.plan.sig``), when it was signed."""
+    deployed_at: str
+
+
+class BatchRow(SQLModel, table=True):
+    """One signed (or waived) batch: statement, chain link and where its audit entry is."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("device", "root", name="uq_batches_device_root"),)
+    id: int | None = Field(default=None, sa_column=_id())
+    device: str = Field(index=True)
+    window_start: str
+    window_end: str = Field(index=True)
+    count: int
+    root: bytes = Field(sa_column=_blob())
+    previous_root: bytes = Field(sa_column=_blob())
+    plan_digest: str
+    statement: bytes = Field(sa_column=_blob())
+    keys: str
+    """JSON list of the keys that must sign (empty: unsigned)."""
+    waiver: str
+    """Canonical JSON list of the waivers that allow an unsigned batch."""
+    audit_seq: int = Field(sa_column=Column(ID, nullable=False, index=True))
+
+
+class BatchSignatureRow(SQLModel, table=True):
+    """One Ed25519 signature of a batch statement, by a named key."""
+
+    __tablename__ = "batch_signatures"
+    batch_id: int = Field(sa_column=Column(ID, ForeignKey("batches.id"), primary_key=True))
+    key: str = Field(primary_key=True)
+    signature: bytes = Field(sa_column=_blob())
+
+
+class ReadingRow(SQLModel, table=True):
+    """A reading: its leaf bytes at ``position`` in its batch's sorted leaves."""
+
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_batch_position", "batch_id", "position", unique=True),)
+    id: int | None = Field(default=None, sa_column=_id())
+    batch_id: int = Field(sa_column=_ref("batches.id"))
+    position: int
+    leaf: bytes = Field(sa_column=_blob())
+
+
+class GapRow(SQLModel, table=True):
+    """A gap record: its leaf bytes at ``position`` in its batch's sorted leaves."""
+
+    __tablename__ = "gap_records"
+    __table_args__ = (Index("ix_gap_records_batch_position", "batch_id", "position", unique=True),)
+    id: int | None = Field(default=None, sa_column=_id())
+    batch_id: int = Field(sa_column=_ref("batches.id"))
+    position: int
+    leaf: bytes = Field(sa_column=_blob())
+
+
+class AuditRow(SQLModel, table=True):
+    """Entry ``seq`` of the audit log: its canonical JSON bytes (the log's leaf ``seq``)."""
+
+    __tablename__ = "audit_entries"
+    seq: int = Field(sa_column=Column(ID, primary_key=True, autoincrement=False))
+    time: str
+    kind: str = Field(index=True)
+    entry: bytes = Field(sa_column=_blob())
+
+
+class CheckpointRow(SQLModel, table=True):
+    """A signed checkpoint of the audit log (C2SP tlog-checkpoint as a signed note)."""
+
+    __tablename__ = "checkpoints"
+    id: int | None = Field(default=None, sa_column=_id())
+    size: int = Field(sa_column=Column(ID, nullable=False, index=True))
+    note: str
+    created_at: str
+
+
+METADATA = SQLModel.metadata
+META: Table = METADATA.tables["meta"]
+PLANS: Table = METADATA.tables["plans"]
+BATCHES: Table = METADATA.tables["batches"]
+SIGNATURES: Table = METADATA.tables["batch_signatures"]
+READINGS: Table = METADATA.tables["readings"]
+GAPS: Table = METADATA.tables["gap_records"]
+AUDIT: Table = METADATA.tables["audit_entries"]
+CHECKPOINTS: Table = METADATA.tables["checkpoints"]

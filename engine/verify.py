@@ -1,0 +1,543 @@
+"""Stage verify: recompute every leaf, batch root, signature, audit entry and checkpoint.
+
+:func:`verify_store` reads a store and trusts nothing in it but what the given
+public keys signed. It does not stop at the first failure: every problem is
+named (device and batch, audit entry, checkpoint, plan) so an auditor sees
+the whole extent of a tamper. What each check catches is in docs/audit.md.
+
+The hot part is the records: they are streamed in batch order straight from
+the driver (no ORM rows), each leaf hashed once, each batch's root rebuilt.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby, pairwise
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from engine import audit
+from engine.errors import ConvergeError
+from engine.keys import KeyStore, KeyVersion, SignatureRejected, verify_signature
+from engine.plan import verify_plan
+from engine.sign import note
+from engine.sign.batch import ZERO_ROOT, MalformedStatement, Statement
+from engine.sign.merkle import (
+    MerkleTree,
+    VerificationError,
+    root_of_hashes,
+    verify_consistency,
+)
+from engine.store.store import Store
+from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, META, PLANS, SIGNATURES
+
+Progress = Callable[[int], None]
+"""Called with the number of records verified so far, every few thousand."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check: what it is about, and what is wrong."""
+
+    item: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.item}: {self.message}"
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Facts an auditor should know that are not failures (entries after the last checkpoint)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, item: str, message: str) -> None:
+        self.problems.append(Problem(item, message))
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The public keys an auditor trusts: every version of each named key."""
+
+    keys: Mapping[str, Sequence[KeyVersion]]
+
+    @classmethod
+    def from_key_store(cls, store: KeyStore) -> Trust:
+        return cls({name: store.versions(name) for name in store.names()})
+
+    @classmethod
+    def from_json(cls, files: Sequence[Path]) -> Trust:
+        """Files written by ``converge keys export-public NAME --format json``."""
+        keys: dict[str, list[KeyVersion]] = defaultdict(list)
+        for path in files:
+            try:
+                listed = json.loads(path.read_text("utf-8"))
+                for item in listed:
+                    keys[item["name"]].append(_version(item))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConvergeError(f"{path}: not a public key export ({exc})") from exc
+        return cls(dict(keys))
+
+    def versions(self) -> list[KeyVersion]:
+        return [v for versions in self.keys.values() for v in versions]
+
+
+def _version(item: Mapping[str, Any]) -> KeyVersion:
+    def moment(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text)
+
+    return KeyVersion(item["name"], item["version"], base64.b64decode(item["public_key"]),
+                      datetime.fromisoformat(item["not_before"]), moment(item["not_after"]),
+                      datetime.fromisoformat(item["created_at"]))  # fmt: skip
+
+
+@dataclass
+class BatchInfo:
+    id: int
+    device: str
+    label: str
+    count: int
+    root: bytes
+    previous_root: bytes
+
+
+def verify_store(store: Store, trust: Trust, witness: Path | None = None,
+                 progress: Progress | None = None) -> Report:  # fmt: skip
+    """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given)."""
+    report = Report()
+    with store.reading() as conn:
+        log = _check_log(conn, report)
+        origin = _meta(conn, audit.ORIGIN_KEY)
+        _check_checkpoints(conn, log, origin, trust, report)
+        if witness is not None:
+            _check_witness(witness, log, origin, trust, report)
+        plans = _check_plans(conn, log, report)
+        batches = _check_batches(conn, log, plans, trust, report)
+        _check_chains(batches, log, report)
+        _check_records(conn, batches, report, progress)
+    return report
+
+
+# --- the audit log ---------------------------------------------------------------------
+
+
+@dataclass
+class Log:
+    entries: dict[int, audit.AuditEntry]
+    hashes: list[bytes]
+
+    def of_kind(self, kind: str) -> Iterator[audit.AuditEntry]:
+        return (e for e in self.entries.values() if e.kind == kind)
+
+
+def _check_log(conn: Connection, report: Report) -> Log:
+    log = Log({}, [])
+    rows = conn.execute(select(AUDIT).order_by(AUDIT.c.seq))
+    expected = 0
+    for seq, time, kind, stored in rows:
+        data = _as_bytes(stored)
+        if seq != expected:
+            missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+            report.add(f"audit entry {missing}", "deleted: the log has a hole here")
+        expected = seq + 1
+        log.hashes.append(hashlib.sha256(b"\x00" + data).digest())
+        try:
+            entry = audit.AuditEntry.parse(data)
+        except (ValueError, TypeError) as exc:
+            report.add(f"audit entry {seq}", f"not a canonical entry ({exc})")
+            continue
+        if (entry.seq, entry.time, entry.kind) != (seq, time, kind):
+            report.add(f"audit entry {seq}", "its seq, time or kind column disagrees with it")
+        log.entries[seq] = entry
+    report.counts["audit entries"] = len(log.hashes)
+    _check_state(conn, log, report)
+    return log
+
+
+def _check_state(conn: Connection, log: Log, report: Report) -> None:
+    saved = _meta(conn, audit.STATE_KEY)
+    if saved is None and not log.hashes:
+        return
+    state = json.loads(saved) if saved else {}
+    if state.get("size") != len(log.hashes):
+        report.add("audit log", f"the store says it holds {state.get('size')} entries, "
+                                f"{len(log.hashes)} are stored")  # fmt: skip
+
+
+def _meta(conn: Connection, key: str) -> str | None:
+    found = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
+    return None if found is None else str(found)
+
+
+# --- checkpoints and the witness --------------------------------------------------------
+
+
+def _open(text: str, origin: str, trust: Trust, signed_at: str | None) -> note.Checkpoint:
+    """The checkpoint of ``text`` if a trusted version, valid when it signed, signed it."""
+    for version in trust.versions():
+        verifier = note.verifier_key(origin, version.key)
+        try:
+            checkpoint = note.open_checkpoint(text, [verifier], origin)
+        except note.NoKnownSignature:
+            continue
+        if signed_at is not None and not version.valid_at(datetime.fromisoformat(signed_at)):
+            raise note.BadSignature(f"signed by {version.name} v{version.version} outside its "
+                                    "validity")  # fmt: skip
+        return checkpoint
+    raise note.NoKnownSignature("no signature by a trusted key")
+
+
+def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Trust,
+                       report: Report) -> None:  # fmt: skip
+    rows = conn.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.id)).all()
+    report.counts["checkpoints"] = len(rows)
+    if not rows and log.hashes:
+        report.add("audit log", "no checkpoint: nothing signs the log")
+    tree = MerkleTree(log.hashes)
+    good: list[tuple[str, note.Checkpoint]] = []
+    for row in rows:
+        label = f"checkpoint {row.id} (size {row.size})"
+        checkpoint = _checkpoint(label, row.note, origin, trust, signed_at=row.created_at,
+                                 report=report)
+        if checkpoint is None:
+            continue
+        if checkpoint.size != row.size:
+            report.add(label, f"the note says size {checkpoint.size}")
+        if _matches(label, checkpoint, tree, report):
+            good.append((label, checkpoint))
+    _check_forks(good, report)
+    _check_consistency(good, tree, report)
+    last = max((c.size for _, c in good), default=0)
+    if good and last < tree.size:
+        report.notes.append(f"audit entries {last}..{tree.size - 1} are after the last checkpoint")
+
+
+def _checkpoint(label: str, text: str, origin: str | None, trust: Trust, *,
+                signed_at: str | None, report: Report) -> note.Checkpoint | None:  # fmt: skip
+    if origin is None:
+        report.add(label, "the store has no log origin")
+        return None
+    try:
+        return _open(text, origin, trust, signed_at)
+    except VerificationError as exc:
+        report.add(label, f"signature does not verify ({exc})")
+        return None
+
+
+def _matches(label: str, checkpoint: note.Checkpoint, tree: MerkleTree, report: Report) -> bool:
+    if checkpoint.size > tree.size:
+        report.add(label, f"the log was truncated: the checkpoint signs {checkpoint.size} "
+                          f"entries, {tree.size} are stored")  # fmt: skip
+        return False
+    if tree.root(checkpoint.size) != checkpoint.root_hash:
+        report.add(label, f"the first {checkpoint.size} entries do not hash to the signed root "
+                          "(an entry was changed, removed or inserted)")  # fmt: skip
+        return False
+    return True
+
+
+def _check_forks(good: list[tuple[str, note.Checkpoint]], report: Report) -> None:
+    seen: dict[int, tuple[str, bytes]] = {}
+    for label, checkpoint in good:
+        other = seen.setdefault(checkpoint.size, (label, checkpoint.root_hash))
+        if other[1] != checkpoint.root_hash:
+            report.add(label, f"fork: {other[0]} signs another root for the same size")
+
+
+def _check_consistency(good: list[tuple[str, note.Checkpoint]], tree: MerkleTree,
+                       report: Report) -> None:  # fmt: skip
+    ordered = sorted(good, key=lambda lc: lc[1].size)
+    for (_, old), (label, new) in pairwise(ordered):
+        try:
+            proof = tree.consistency_proof(old.size, new.size)
+            verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
+        except VerificationError as exc:
+            report.add(label, f"not consistent with the checkpoint of size {old.size} ({exc})")
+
+
+def _check_witness(witness: Path, log: Log, origin: str | None, trust: Trust,
+                   report: Report) -> None:  # fmt: skip
+    tree = MerkleTree(log.hashes)
+    try:
+        notes = list(audit.witness_notes(witness))
+    except (OSError, ValueError, KeyError) as exc:
+        report.add(f"witness {witness}", f"cannot be read ({exc})")
+        return
+    for number, text in notes:
+        label = f"witness {witness.name}:{number}"
+        checkpoint = _checkpoint(label, text, origin, trust, signed_at=None, report=report)
+        if checkpoint is None:
+            continue
+        if checkpoint.size > tree.size:
+            report.add(label, f"the store is older than the witnessed log: it holds {tree.size} "
+                              f"entries, {checkpoint.size} were witnessed (restored copy?)")
+        elif tree.root(checkpoint.size) != checkpoint.root_hash:
+            report.add(label, "the store's log differs from the witnessed one (fork or rewrite)")
+
+
+# --- plans and batches -----------------------------------------------------------------
+
+
+def _check_plans(conn: Connection, log: Log, report: Report) -> dict[str, dict[str, Any]]:
+    plans: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(select(PLANS)):
+        label = f"plan {row.digest} ({row.device})"
+        try:
+            body = verify_plan(bytes(row.body), label)
+        except ConvergeError as exc:
+            report.add(label, str(exc))
+            continue
+        if body["digest"] != row.digest or body["device"]["id"] != row.device:
+            report.add(label, "the stored digest or device is not the plan's")
+        plans[row.digest] = body
+    deployed = {e.payload.get("digest") for e in log.of_kind("plan.deployed")}
+    for digest in sorted(deployed - plans.keys(), key=str):
+        report.add(f"plan {digest}", "deployed (audit log) but not in the store")
+    for digest in sorted(plans.keys() - deployed):
+        report.add(f"plan {digest}", "in the store but never deployed (no audit entry)")
+    report.counts["plans"] = len(plans)
+    return plans
+
+
+def _check_batches(conn: Connection, log: Log, plans: Mapping[str, dict[str, Any]],
+                   trust: Trust, report: Report) -> dict[int, BatchInfo]:  # fmt: skip
+    signatures: dict[int, dict[str, bytes]] = defaultdict(dict)
+    for batch_id, key, signature in conn.execute(select(SIGNATURES)):
+        signatures[batch_id][key] = bytes(signature)
+    batches: dict[int, BatchInfo] = {}
+    recorded: set[int] = set()
+    for row in conn.execute(select(BATCHES).order_by(BATCHES.c.id)):
+        label = f"batch {row.id} ({row.device} {row.window_start})"
+        info = _check_batch(row, label, log, plans, signatures=signatures.pop(row.id, {}),
+                            trust=trust, report=report)
+        recorded.add(row.audit_seq)
+        if info is not None:
+            batches[row.id] = info
+    for batch_id in signatures:
+        report.add(f"batch {batch_id}", "signatures of a batch that is not stored")
+    for entry in log.of_kind("batch.stored"):
+        if entry.seq not in recorded:
+            p = entry.payload
+            report.add(f"batch of {p.get('device')} {p.get('window_start')}",
+                       f"deleted: audit entry {entry.seq} records it (root {p.get('root')}), "
+                       "the store has no such batch")  # fmt: skip
+    report.counts["batches"] = len(batches)
+    return batches
+
+
+def _check_batch(row: Any, label: str, log: Log, plans: Mapping[str, dict[str, Any]], *,
+                 signatures: dict[str, bytes], trust: Trust,
+                 report: Report) -> BatchInfo | None:  # fmt: skip
+    try:
+        head = Statement.parse(bytes(row.statement))
+    except MalformedStatement as exc:
+        report.add(label, f"statement: {exc}")
+        return None
+    columns = (row.device, row.window_start, row.window_end, row.count, bytes(row.root),
+               bytes(row.previous_root), row.plan_digest)  # fmt: skip
+    if columns != (head.device, head.window_start, head.window_end, head.count, head.root,
+                   head.previous_root, head.plan_digest):  # fmt: skip
+        report.add(label, "its columns disagree with its signed statement")
+    entry = log.entries.get(row.audit_seq)
+    keys = _keys(row.keys)
+    if entry is None or entry.kind != "batch.stored":
+        report.add(label, f"audit entry {row.audit_seq} does not record it")
+    elif entry.payload != _payload(head, keys, row.waiver):
+        report.add(label, f"differs from what audit entry {entry.seq} records of it")
+    _check_plan_keys(label, head, keys, plans, report)
+    _check_signatures(label, bytes(row.statement), keys, signatures=signatures, trust=trust,
+                      signed_at=entry.time if entry else None, report=report)
+    return BatchInfo(row.id, head.device, label, head.count, head.root, head.previous_root)
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    try:
+        keys = json.loads(text)
+    except ValueError:
+        return ("<not JSON>",)
+    return tuple(keys) if isinstance(keys, list) else ("<not a list>",)
+
+
+def _payload(head: Statement, keys: tuple[str, ...], waiver: str) -> dict[str, Any]:
+    try:
+        waived = json.loads(waiver)
+    except ValueError:
+        waived = waiver
+    return {
+        "device": head.device, "window_start": head.window_start, "window_end": head.window_end,
+        "count": head.count, "root": head.root.hex(), "previous_root": head.previous_root.hex(),
+        "plan_digest": head.plan_digest, "keys": list(keys), "waiver": waived,
+    }  # fmt: skip
+
+
+def _check_plan_keys(label: str, head: Statement, keys: tuple[str, ...],
+                     plans: Mapping[str, dict[str, Any]], report: Report) -> None:  # fmt: skip
+    plan = plans.get(head.plan_digest)
+    if plan is None:
+        report.add(label, f"its plan {head.plan_digest} is not in the store")
+        return
+    required = {k for p in plan["points"] if p.get("signing", {}).get("required")
+                for k in p["signing"].get("keys", ())}  # fmt: skip
+    waivable = any("signing" in w.get("facets", ()) for p in plan["points"]
+                   for w in p.get("waived", ()))  # fmt: skip
+    if not set(keys) <= required:
+        report.add(label, f"signed by keys {sorted(set(keys) - required)} its plan does not name")
+    if required and not keys and not waivable:
+        report.add(label, "unsigned, but its plan requires signing and waives none of it")
+
+
+def _check_signatures(label: str, statement: bytes, keys: tuple[str, ...], *,
+                      signatures: dict[str, bytes], trust: Trust, signed_at: str | None,
+                      report: Report) -> None:  # fmt: skip
+    for key in keys:
+        signature = signatures.pop(key, None)
+        if signature is None:
+            report.add(label, f"signature of key {key!r} is missing")
+        elif key not in trust.keys:
+            report.add(label, f"key {key!r} is not among the trusted keys")
+        elif signed_at is not None:
+            try:
+                verify_signature(trust.keys[key], statement, signature,
+                                 datetime.fromisoformat(signed_at))  # fmt: skip
+            except SignatureRejected as exc:
+                report.add(label, f"signature of key {key!r} does not verify ({exc})")
+    for key in signatures:
+        report.add(label, f"signature of key {key!r}, which the batch does not require")
+
+
+def _check_chains(batches: Mapping[int, BatchInfo], log: Log, report: Report) -> None:
+    """Each device's batches form one chain from the zero root; dropped batches excused."""
+    dropped = {(e.payload.get("device"), e.payload.get("root"))
+               for e in log.of_kind("batch.dropped")}  # fmt: skip
+    by_device: dict[str, list[BatchInfo]] = defaultdict(list)
+    for info in batches.values():
+        by_device[info.device].append(info)
+    for device, chain in by_device.items():
+        roots = {b.root for b in chain} | {bytes.fromhex(r) for d, r in dropped
+                                           if d == device and isinstance(r, str)}  # fmt: skip
+        following: dict[bytes, BatchInfo] = {}
+        for b in sorted(chain, key=lambda b: b.id):
+            if b.previous_root != ZERO_ROOT and b.previous_root not in roots:
+                report.add(b.label, f"chain broken: the batch before it (root "
+                                    f"{b.previous_root.hex()[:16]}…) is not stored")  # fmt: skip
+            other = following.setdefault(b.previous_root, b)
+            if other is not b:
+                report.add(b.label, f"chain forked: {other.label} follows the same batch")
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+Row = tuple[int, int, bytes]
+
+
+def _rows(conn: Connection, table: str) -> Iterator[Row]:
+    """(batch id, position, leaf) of every row of ``table``, in batch order, from the driver."""
+    driver: Any = conn.connection.driver_connection
+    # a named (server-side) cursor streams on PostgreSQL; SQLite's cursor streams anyway
+    cursor = driver.cursor(f"verify_{table}") if conn.dialect.name == "postgresql" else (
+        driver.cursor())  # fmt: skip
+    cursor.execute(f"SELECT batch_id, position, leaf FROM {table} ORDER BY batch_id, position")
+    while chunk := cursor.fetchmany(20_000):
+        yield from chunk
+    cursor.close()
+
+
+_TYPE = {"readings": "readings", "gap_records": "gap records"}
+"""Record tables and how the report counts them."""
+_MARKER = {"readings": b'"type":"reading"', "gap_records": b'"type":"gap"'}
+
+
+def _check_records(conn: Connection, batches: Mapping[int, BatchInfo], report: Report,
+                   progress: Progress | None) -> None:  # fmt: skip
+    """Rebuild each batch's root from its rows; one batch's leaf hashes in memory at a time."""
+    seen: set[int] = set()
+    done = 0
+    for batch_id, found, n in _record_groups(conn, report):
+        seen.add(batch_id)
+        done += n
+        info = batches.get(batch_id)
+        if info is None:
+            report.add(f"batch {batch_id}", f"{n} records of a batch that is not stored (forged?)")
+        else:
+            _check_root(info, found, report)
+        if progress is not None:
+            progress(done)
+    for batch_id in batches.keys() - seen:
+        info = batches[batch_id]
+        if info.count:
+            report.add(info.label, f"all its {info.count} records are missing")
+
+
+def _record_groups(conn: Connection,
+                   report: Report) -> Iterator[tuple[int, dict[int, bytes], int]]:  # fmt: skip
+    """(batch id, {position: leaf hash}, rows) per batch, merging readings and gap records.
+
+    Both tables are read in (batch id, position) order, so a batch's rows are
+    together in each; the two streams are merged a batch at a time.
+    """
+    streams = {t: groupby(_rows(conn, t), key=itemgetter(0)) for t in _TYPE}
+    heads = {t: next(s, None) for t, s in streams.items()}
+    report.counts.update(dict.fromkeys(_TYPE.values(), 0))
+    while any(heads.values()):
+        batch_id = min(h[0] for h in heads.values() if h)
+        found: dict[int, bytes] = {}
+        n = 0
+        for table, head in heads.items():
+            if head and head[0] == batch_id:
+                rows = _hash_group(table, batch_id, head[1], found, report)
+                report.counts[_TYPE[table]] += rows
+                n += rows
+                heads[table] = next(streams[table], None)
+        yield batch_id, found, n
+
+
+def _hash_group(table: str, batch_id: int, group: Iterator[Row], found: dict[int, bytes],
+                report: Report) -> int:  # fmt: skip
+    sha256, marker, n = hashlib.sha256, _MARKER[table], 0
+    for _, position, leaf in group:
+        n += 1
+        data = leaf if type(leaf) is bytes else _as_bytes(leaf)
+        if position in found:
+            report.add(f"batch {batch_id}", f"two records at position {position}")
+        found[position] = sha256(b"\x00" + data).digest()
+        if marker not in data:
+            report.add(f"batch {batch_id}", f"record {position} in {table} is of another type")
+    return n
+
+
+def _as_bytes(value: object) -> bytes:
+    """A leaf the driver gave as memoryview, or as text (SQLite, after an edit through SQL)."""
+    return value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[call-overload]
+
+
+def _check_root(info: BatchInfo, found: dict[int, bytes], report: Report) -> None:
+    if len(found) != info.count:
+        report.add(info.label, f"holds {len(found)} records, its statement signs {info.count} "
+                               "(records deleted or inserted)")  # fmt: skip
+        return
+    try:
+        hashes = [found[i] for i in range(info.count)]
+    except KeyError as exc:
+        report.add(info.label, f"record position {exc} is missing (records reordered?)")
+        return
+    if root_of_hashes(hashes) != info.root:
+        report.add(info.label, "its records do not hash to its signed root (a record was changed)")
+
+
+__all__ = ["Problem", "Report", "Trust", "verify_store"]
