@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Start or stop the services the test suite uses beyond what pip installs:
-# a real Mosquitto broker on loopback, with an anonymous plain listener and a
-# TLS listener that wants a user name and password (a throwaway CA, server
-# certificate and password file are made at start in tests/.services/).
-# Installs Mosquitto from Debian's packages when it is missing (as root, as CI
-# runs). Writes tests/.services.env, which the tests read; `stop` ends what
-# `start` started and deletes what it made.
+# - a real Mosquitto broker on loopback, with an anonymous plain listener and a
+#   TLS listener that wants a user name and password (a throwaway CA, server
+#   certificate and password file are made at start in tests/.services/);
+# - a throwaway PostgreSQL cluster in tests/.services/pg, on 127.0.0.1 only,
+#   trusting local connections, with a database converge_test owned by the
+#   role converge.
+# Installs Mosquitto and PostgreSQL from Debian's packages when they are
+# missing (as root, as CI runs). Writes tests/.services.env, which the tests
+# read; `stop` ends what `start` started and deletes what it made. `start`
+# first stops and deletes whatever an interrupted run left behind.
 set -euo pipefail
 cd "$(dirname "$0")"
 STATE=.services
@@ -14,6 +18,9 @@ MOSQUITTO_PORT=${MOSQUITTO_PORT:-18830}
 MOSQUITTO_TLS_PORT=${MOSQUITTO_TLS_PORT:-18831}
 MOSQUITTO_USER=converge-test
 MOSQUITTO_PASSWORD=converge-test-secret  # a fixed test value, for this loopback broker only
+POSTGRES_PORT=${POSTGRES_PORT:-18832}
+POSTGRES_ROLE=converge
+POSTGRES_DB=converge_test
 
 install_mosquitto() {
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] && return 0
@@ -22,6 +29,41 @@ install_mosquitto() {
   else
     echo "services: mosquitto is not installed and cannot be installed here" >&2
     return 1
+  fi
+}
+
+# The newest PostgreSQL server binaries folder with an initdb; fails when there is none.
+postgres_bin() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    if [ -x "$dir/initdb" ]; then echo "$dir"; fi
+  done | sort -V | tail -n 1 | grep .
+}
+
+install_postgres() {
+  postgres_bin >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-common >/dev/null
+    # The tests make their own cluster: no "main" cluster on port 5432 besides.
+    sed -i 's/^#\?\s*create_main_cluster\b.*/create_main_cluster = false/' \
+      /etc/postgresql-common/createcluster.conf 2>/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    postgres_bin >/dev/null && return 0
+  fi
+  echo "services: postgresql (initdb) is not installed and cannot be installed here" >&2
+  return 1
+}
+
+# Run a PostgreSQL program as the owner of the cluster: initdb and postgres
+# refuse to run as root, so as root that is the system user postgres.
+as_postgres() {
+  if [ "$(id -u)" != 0 ]; then
+    "$@"
+  elif command -v runuser >/dev/null 2>&1; then
+    runuser -u postgres -- "$@"
+  else
+    su postgres -s /bin/sh -c '"$0" "$@"' "$@"
   fi
 }
 
@@ -87,9 +129,66 @@ wait_for_port() {
   return 1
 }
 
+start_postgres() {
+  local bin; bin=$(postgres_bin)
+  local dir; dir=$(cd "$STATE" && pwd)/pg
+  if (exec 3<>"/dev/tcp/127.0.0.1/$POSTGRES_PORT") 2>/dev/null; then
+    echo "services: 127.0.0.1:$POSTGRES_PORT is taken by another process;" \
+         "set POSTGRES_PORT to a free port" >&2
+    return 1
+  fi
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres: "$dir"
+    if ! as_postgres test -w "$dir"; then
+      echo "services: the user postgres cannot reach $dir; make its parent folders" \
+           "searchable (chmod o+x)" >&2
+      return 1
+    fi
+  fi
+  as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 \
+    --no-locale --no-sync > "$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; return 1; }
+  # fast and throwaway: no durability, loopback and the socket in the state folder only
+  cat >> "$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $POSTGRES_PORT
+unix_socket_directories = '$dir'
+max_connections = 50
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null \
+    || { tail -n 20 "$dir/postgres.log" >&2; return 1; }
+  "$bin/createuser" -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres --superuser "$POSTGRES_ROLE"
+  "$bin/createdb" -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -O "$POSTGRES_ROLE" "$POSTGRES_DB"
+  echo "CONVERGE_POSTGRES_URL=postgresql+psycopg://$POSTGRES_ROLE@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB" \
+    >> "$ENV_FILE"
+  echo "services: postgresql $("$bin/postgres" -V | awk '{print $3}') on 127.0.0.1:$POSTGRES_PORT," \
+       "database $POSTGRES_DB"
+}
+
+stop_postgres() {
+  local data=$STATE/pg/data
+  [ -f "$data/postmaster.pid" ] || return 0
+  local bin; bin=$(postgres_bin) || return 0
+  # a fast shutdown, waited for; an immediate one if that does not end it
+  as_postgres "$bin/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 \
+    || as_postgres "$bin/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 \
+    || true
+}
+
 start() {
+  stop  # whatever an interrupted run left: servers still up, a stale state folder
+  # On any failure, end what was started already, so nothing keeps running.
+  trap 'echo "services: start failed; stopping what was started" >&2; stop' EXIT
   mkdir -p "$STATE"
+  chmod 755 "$STATE"  # the users mosquitto and postgres read their files in it
   : > "$ENV_FILE"
+  if install_postgres; then
+    start_postgres
+  fi
   if install_mosquitto; then
     local bin; bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     local dir; dir=$(cd "$STATE" && pwd)
@@ -124,11 +223,14 @@ EOF
     } >> "$ENV_FILE"
     echo "services: mosquitto on 127.0.0.1:$MOSQUITTO_PORT, TLS with a password on :$MOSQUITTO_TLS_PORT"
   fi
+  trap - EXIT
 }
 
 stop() {
-  if [ -f "$STATE/mosquitto.pid" ]; then
-    local pid; pid=$(cat "$STATE/mosquitto.pid")
+  stop_postgres
+  local pid; pid=$(cat "$STATE/mosquitto.pid" 2>/dev/null || true)
+  # only a mosquitto: the id in a file an interrupted run left may be another process's now
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mosquitto ]; then
     kill "$pid" 2>/dev/null || true
     # Wait until it is gone, so a `start` right after finds its ports free.
     for _ in $(seq 50); do

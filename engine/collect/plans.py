@@ -1,8 +1,9 @@
-"""Reading a plan folder for a run: every plan verified, none expired."""
+"""Reading a plan folder for a run: every plan verified, none expired, signed when asked."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,19 @@ from engine.errors import ConvergeError, PlanRejected
 from engine.plan import verify_plan
 from engine.planfiles import INDEX
 
+PlanCheck = Callable[[Path, dict[str, Any]], object]
+"""``check(plan_path, body)`` of a plan whose digest verified; raises :class:`PlanRejected`
+to refuse it (e.g. :class:`engine.plansign.PlanVerifier`, which checks its signature)."""
 
-def load_plans(folder: Path, now: float) -> list[dict[str, Any]]:
+
+def load_plans(
+    folder: Path, now: float, verify: PlanCheck | None = None
+) -> list[dict[str, Any]]:
     """The verified plan bodies listed in ``folder/index.json``, in index order.
 
     Refuses (raises :class:`PlanRejected`) a plan whose digest does not
-    verify, that differs from the digest in the index, or whose
-    ``valid_until`` has passed: it must be recompiled first.
+    verify, that differs from the digest in the index, that ``verify`` refuses
+    (when given), or whose ``valid_until`` has passed: it must be recompiled first.
     """
     index = _index(folder)
     plans = []
@@ -27,6 +34,8 @@ def load_plans(folder: Path, now: float) -> list[dict[str, Any]]:
         if body["digest"] != entry.get("digest"):
             raise PlanRejected(f"{path}: digest {body['digest']} is not the one in {INDEX} "
                                f"({entry.get('digest')}); recompile the plan folder")
+        if verify is not None:
+            verify(path, body)
         check_valid(body, now, str(path))
         plans.append(body)
     if not plans:

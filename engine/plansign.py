@@ -1,0 +1,273 @@
+"""Signed plans: a detached C2SP signed note beside each plan, and its check before a run.
+
+``converge plan --sign KEY`` writes ``<device>.plan.sig`` beside each
+``<device>.plan.json``: a signed note (:mod:`engine.sign.note`) whose text is
+four lines, each ending in a newline::
+
+    converge.plan/v1
+    <device id>
+    sha256:<64 hex digits: the plan's digest>
+    <signing time, RFC 3339 UTC to the second: 2026-06-01T08:00:00Z>
+
+The note signs the plan's digest, not its bytes: the digest already commits
+to every byte, and the collector verifies it before it looks at the note.
+
+Before a run, a :class:`PlanVerifier` refuses a plan whose note is missing,
+does not verify with a trusted key, names another device or digest, or was
+made by a key version that was not valid at the signing time in the note.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from engine.errors import ConvergeError, PlanRejected
+from engine.keys import KeyStore, KeyStoreError, KeyVersion, verify_signature, version_at
+from engine.plan import PLAN_FORMAT, Plan
+from engine.sign import note
+from engine.sign.merkle import VerificationError
+
+SIGNATURE_SUFFIX = ".plan.sig"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def signature_name(device: str) -> str:
+    """The file name of a device's plan signature: ``<device>.plan.sig``."""
+    return f"{device}{SIGNATURE_SUFFIX}"
+
+
+def rfc3339(at: datetime) -> str:
+    """``at`` in UTC as ``YYYY-MM-DDTHH:MM:SSZ`` (fractions of a second dropped)."""
+    return at.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+# --- the note text ----------------------------------------------------------------------
+
+
+class MalformedPlanNote(note.MalformedNote):
+    """A signed note whose text is not the four lines of a plan signature."""
+
+
+@dataclass(frozen=True)
+class PlanClaim:
+    """What a plan signature says: this device's plan has this digest, signed at this time."""
+
+    device: str
+    digest: str
+    signed_at: datetime
+
+    @property
+    def text(self) -> str:
+        """The note text, byte for byte."""
+        lines = (PLAN_FORMAT, self.device, self.digest, rfc3339(self.signed_at))
+        return "".join(f"{line}\n" for line in lines)
+
+    @classmethod
+    def parse(cls, text: str) -> PlanClaim:
+        """The claim in a note text; raises :class:`MalformedPlanNote` unless it is exact."""
+        lines = text.split("\n")
+        if len(lines) != 5 or lines[-1] != "" or lines[0] != PLAN_FORMAT:
+            raise MalformedPlanNote(
+                f"note text is not a {PLAN_FORMAT} signature (want 4 lines: {PLAN_FORMAT},"
+                " device, digest, signing time)")
+        _, device, digest, when, _ = lines
+        if not _TIME.fullmatch(when):
+            raise MalformedPlanNote(f"signing time {when!r}: want YYYY-MM-DDTHH:MM:SSZ")
+        try:
+            signed_at = datetime.strptime(when, TIME_FORMAT).replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise MalformedPlanNote(f"signing time {when!r}: {exc}") from exc
+        claim = cls(device, digest, signed_at)
+        if claim.text != text:  # e.g. a device or digest line with stray characters
+            raise MalformedPlanNote("note text is not in its canonical form")
+        return claim
+
+
+# --- signing ------------------------------------------------------------------------------
+
+
+def sign_claim(claim: PlanClaim, key_name: str, private_key: Ed25519PrivateKey) -> bytes:
+    """The signed note of ``claim``, as the bytes of a ``.plan.sig`` file."""
+    return note.sign_note(claim.text, key_name, private_key).encode()
+
+
+@dataclass(frozen=True)
+class PlanSigner:
+    """Signs plans with one key version, all at one signing time (that of the compilation)."""
+
+    key_name: str
+    version: KeyVersion
+    private_key: Ed25519PrivateKey
+    signed_at: datetime
+
+    def __call__(self, plan: Plan) -> bytes:
+        return sign_claim(PlanClaim(plan.device, plan.digest, self.signed_at),
+                          self.key_name, self.private_key)
+
+
+def open_signer(store: KeyStore, key_name: str, now: datetime) -> PlanSigner:
+    """A signer with the version of ``key_name`` valid at ``now`` rounded up to the second.
+
+    The note states whole seconds, and the version must be valid at the time
+    the note states. Rounding down could date the note before a version made
+    a moment ago began; rounding up dates it at most a second late. Opening
+    the signer asks for the passphrase, so a wrong one fails before anything
+    is written.
+    """
+    now = now.astimezone(UTC)
+    at = now.replace(microsecond=0) + timedelta(seconds=1 if now.microsecond else 0)
+    version = version_at(store.versions(key_name), at)
+    return PlanSigner(key_name, version, store.signer(key_name, at), at)
+
+
+# --- verifying ----------------------------------------------------------------------------
+
+NoteCheck = Callable[[bytes], str]
+"""``check(note)``: the note's text once it is authentic; raises VerificationError or
+:class:`~engine.keys.KeyStoreError` otherwise."""
+
+
+def trusted_keys_check(verifier_keys: Sequence[str]) -> NoteCheck:
+    """Accept a note that a signature of one of ``verifier_keys`` verifies over.
+
+    Verifier keys carry no validity period: this only says *who* signed.
+    """
+    keys = list(verifier_keys)
+    for key in keys:
+        note.parse_verifier_key(key)  # a malformed key fails now, not at the first plan
+
+    def check(data: bytes) -> str:
+        return note.verify_note(data, keys)
+
+    return check
+
+
+def key_versions_check(key_name: str, versions: Sequence[KeyVersion]) -> NoteCheck:
+    """Accept a note signed by a version of ``key_name`` that was valid at its signing time.
+
+    Every signature line of ``key_name`` must verify (as with a trusted key in
+    a signed note), and the version that made it must have been valid at the
+    time the note states: a retired version's signature dated after its end is
+    rejected (:func:`engine.keys.verify_signature`). The time is the signer's
+    word, so this stops a leaked retired key from signing "now", not from
+    backdating.
+    """
+    listed = list(versions)
+
+    def check(data: bytes) -> str:
+        text, signatures = note.split_note(data)
+        claim = PlanClaim.parse(text)
+        ours = [s for s in signatures if s.name == key_name]
+        if not ours:
+            raise note.NoKnownSignature(f"note has no signature by key {key_name}")
+        for signature in ours:
+            version = verify_signature(listed, text.encode(), signature.signature,
+                                       claim.signed_at)
+            if signature.key_id.hex() != version.key_id:
+                raise note.MalformedNote(
+                    f"signature of {key_name} names key id {signature.key_id.hex()}, but"
+                    f" v{version.version} made it (key id {version.key_id})")
+        return text
+
+    return check
+
+
+def read_trusted_keys(path: Path) -> list[str]:
+    """The verifier keys in ``path``: one a line, as ``converge keys export-public`` prints.
+
+    Blank lines and lines starting with ``#`` are skipped; a key given twice
+    (two exports of one key concatenated) counts once.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConvergeError(f"cannot read {path}: {reason}") from exc
+    keys: dict[str, None] = {}
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            note.parse_verifier_key(text)
+        except note.MalformedKey as exc:
+            raise ConvergeError(f"{path}:{number}: not a verifier key: {exc}") from exc
+        keys[text] = None
+    if not keys:
+        raise ConvergeError(f"{path}: no verifier keys (want one a line, as converge keys"
+                            " export-public NAME prints them)")
+    return list(keys)
+
+
+class PlanVerifier:
+    """Refuses a plan unless the note beside it passes every check and names that plan.
+
+    Called by :func:`engine.collect.plans.load_plans` with each plan's path and
+    body, after the plan's own digest has verified.
+    """
+
+    def __init__(self, checks: Iterable[NoteCheck], required_by: str) -> None:
+        self.checks = tuple(checks)
+        if not self.checks:
+            raise ValueError("a plan verifier needs at least one check")
+        self.required_by = required_by
+        """The options that asked for signatures, for the message about a missing one."""
+
+    def __call__(self, plan_path: Path, body: Mapping[str, Any]) -> PlanClaim:
+        device = body.get("device", {}).get("id")
+        if not isinstance(device, str):
+            raise PlanRejected(f"{plan_path}: the plan names no device id")
+        sig = plan_path.with_name(signature_name(device))
+        try:
+            data = sig.read_bytes()
+        except FileNotFoundError as exc:
+            raise PlanRejected(f"{plan_path}: not signed: {sig.name} is missing, and"
+                               f" {self.required_by} requires signed plans") from exc
+        except OSError as exc:
+            raise PlanRejected(f"{plan_path}: cannot read {sig}: {exc.strerror}") from exc
+        try:
+            claim = self._claim(data)
+        except (VerificationError, KeyStoreError) as exc:
+            raise PlanRejected(f"{plan_path}: signature {sig.name} is refused: {exc}") from exc
+        if claim.device != device:
+            raise PlanRejected(f"{plan_path}: signature {sig.name} signs the plan of device"
+                               f" {claim.device}, not {device}")
+        if claim.digest != body["digest"]:
+            raise PlanRejected(f"{plan_path}: signature {sig.name} signs digest {claim.digest},"
+                               f" not the plan's {body['digest']}")
+        return claim
+
+    def _claim(self, data: bytes) -> PlanClaim:
+        text = ""
+        for check in self.checks:  # all must pass; each returns the same note text
+            text = check(data)
+        return PlanClaim.parse(text)
+
+
+def plan_verifier(
+    trusted_keys: Path | None, store: KeyStore | None, key_name: str | None
+) -> PlanVerifier | None:
+    """The verifier that ``converge run --trust FILE`` and/or ``--require-signed KEY`` ask for.
+
+    With both, a plan must pass both. ``None`` when neither is given: plans
+    are then only checked against their digests, as always.
+    """
+    checks: list[NoteCheck] = []
+    options: list[str] = []
+    if trusted_keys is not None:
+        checks.append(trusted_keys_check(read_trusted_keys(trusted_keys)))
+        options.append(f"--trust {trusted_keys}")
+    if key_name is not None:
+        if store is None:
+            raise ConvergeError(f"--require-signed {key_name} needs a key store (--keys DIR)")
+        checks.append(key_versions_check(key_name, store.versions(key_name)))
+        options.append(f"--require-signed {key_name}")
+    return PlanVerifier(checks, " and ".join(options)) if checks else None
