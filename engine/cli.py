@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
@@ -22,21 +23,26 @@ from pathlib import Path
 import pluggy
 from rich.console import Console
 
-from engine import simulate
+from engine import audit, simulate
 from engine.collect import JsonLinesSink, run_plans
+from engine.collect.plans import load_plans
 from engine.collect.status import JsonLogReporter, LiveReporter, Reporter, summary_table
 from engine.compile import Compilation, Inputs, compile_project
 from engine.coverage import coverage, render_coverage
 from engine.diff import diff, diff_json, render_diff
 from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
+from engine.evidence_view import progress_of, render_entries, render_report, report_json
 from engine.explain import explain, render_explain
 from engine.jsonschema import json_schema
 from engine.keys import KeyStore, export_public, open_key_store, render_keys
 from engine.planfiles import render_plans, write_plans
+from engine.plansign import open_signer, plan_verifier, rfc3339
 from engine.plugin_manager import make_plugin_manager
 from engine.policytest import junit_xml, run_tests
 from engine.render import findings_json, findings_sarif, findings_text
+from engine.store.store import Store
+from engine.verify import Trust, verify_store
 
 PIPE_WIDTH = 120
 """Columns for tables when output goes to a file or a pipe (rich would assume 80)."""
@@ -145,14 +151,24 @@ def register_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     add_inputs(parser)
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
                         help="folder for <device>.plan.json files and index.json")
+    parser.add_argument("--sign", metavar="KEY",
+                        help="sign every plan with the current version of KEY from the key "
+                             f"folder (--keys, else ${KEYS_ENV}, else ./keys): <device>.plan.sig")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(handler=run_plan)
 
 
 def run_plan(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     result = compile_or_fail(args, pm)
-    written = write_plans(args.out, result)
+    # the key is opened before anything is written: a wrong passphrase writes nothing
+    signer = (open_signer(key_store_of(args, pm), args.sign, datetime.now(UTC))
+              if args.sign else None)
+    written = write_plans(args.out, result, signer)
     render_plans(console, result, written, args.format)
+    if signer is not None and args.format == "text":
+        version = signer.version
+        console.print(f"signed with {signer.key_name} v{version.version} (key id "
+                      f"{version.key_id}) at {rfc3339(signer.signed_at)}", highlight=False)
     return 0
 
 
@@ -289,10 +305,25 @@ def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="stop after this long (default: until Ctrl-C or SIGTERM)")
     parser.add_argument("--out", type=Path, metavar="FILE.jsonl",
                         help="append records as JSON Lines here (default: standard output)")
+    parser.add_argument("--trust", type=Path, metavar="FILE",
+                        help="refuse any plan not signed by one of the signed-note verifier keys "
+                             "in FILE (one a line, as converge keys export-public prints)")
+    parser.add_argument("--require-signed", metavar="KEY",
+                        help="refuse any plan not signed by a version of KEY that was valid at "
+                             "the signing time (versions from the key folder)")
+    parser.add_argument("--keys", type=Path, metavar="DIR",
+                        help=f"key folder for --require-signed (default: ${KEYS_ENV}, "
+                             "else ./keys)")
     parser.set_defaults(handler=run_run)
 
 
 def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    if args.keys and not args.require_signed:
+        raise ConvergeError("--keys is for --require-signed KEY: name the key that must sign")
+    store = key_store_of(args, pm) if args.require_signed else None
+    verify = plan_verifier(args.trust, store, args.require_signed)
+    if verify is not None:  # every signature checked before anything is connected
+        load_plans(args.plans, datetime.now(UTC).timestamp(), verify)
     sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
     status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
     live = status.is_terminal and (args.out is not None or not sys.stdout.isatty())
@@ -399,8 +430,69 @@ def run_keys_export(args: argparse.Namespace, pm: pluggy.PluginManager, console:
     return 0
 
 
+# --- converge audit ----------------------------------------------------------------------
+
+
+def add_db(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--db", required=required, metavar="URL",
+                        help="the evidence store: a SQLite file path, or a database URL such "
+                             "as postgresql://user@host/db")
+
+
+def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("audit", help="list and verify the evidence store")
+    actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    log = actions.add_parser("log", help="list audit log entries")
+    add_db(log)
+    log.add_argument("--kind", action="extend", nargs="+", default=[], metavar="KIND",
+                     choices=sorted(audit.KINDS), help="only entries of these kinds")
+    log.add_argument("--format", choices=("text", "json"), default="text")
+    log.set_defaults(handler=run_audit_log)
+    check = actions.add_parser("verify", help="recompute and check every leaf, root, signature, "
+                                              "audit entry and checkpoint")
+    add_db(check)
+    trust = check.add_mutually_exclusive_group()
+    trust.add_argument("--keys", type=Path, metavar="DIR",
+                       help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, "
+                            "else ./keys)")
+    trust.add_argument("--public-keys", type=Path, nargs="+", metavar="FILE",
+                       help="trust these exports of converge keys export-public --format json")
+    check.add_argument("--witness", type=Path, metavar="FILE",
+                       help="checkpoints kept outside the store (converge run --witness): "
+                            "detects a store restored from an older copy")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    check.set_defaults(handler=run_audit_verify)
+
+
+def run_audit_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    store = Store.open(args.db)
+    with store.reading() as conn:
+        if args.format == "json":
+            for entry in audit.entries(conn, args.kind):
+                print(entry.to_bytes().decode())
+        else:
+            render_entries(console, audit.entries(conn, args.kind))
+    return 0
+
+
+def run_audit_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    trust = (Trust.from_json(args.public_keys) if args.public_keys
+             else Trust.from_key_store(key_store_of(args, pm)))
+    store = Store.open(args.db)
+    started = time.perf_counter()
+    with progress_of(console, args.format == "text") as progress:
+        report = verify_store(store, trust, args.witness, progress)
+    seconds = time.perf_counter() - started
+    if args.format == "json":
+        print(json.dumps(report_json(report, seconds), indent=2))
+    else:
+        render_report(console, report, seconds, store.where)
+    return 0 if report.ok else 1
+
+
 COMMANDS = [register_check, register_plan, register_explain, register_coverage, register_diff,
-            register_test, register_schema, register_run, register_simulate, register_keys]
+            register_test, register_schema, register_run, register_simulate, register_keys,
+            register_audit]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""Fixtures for evidence tests: real keys, real plans of the example plant, filled stores.
+
+Loaded by conftest.py as a pytest plugin. ``backend`` runs a test once on a
+SQLite file and once on a fresh PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.canonical import canonical_json
+from engine.cli import main
+from engine.collect.plans import load_plans
+from engine.records import Gap, GapReason, Reading, Record
+from engine.store.evidence import EvidenceConfig, EvidenceSink
+from engine.store.spool import Spool
+from engine.store.store import Store
+from engine.verify import Report, Trust, verify_store
+from plugins.filekeys.store import FileKeyStore
+
+REPO = Path(__file__).resolve().parents[1]
+PASSPHRASE = "correct horse battery staple"
+KEY_NAMES = ("qa-signing", "site-integrity", "ops-signing", "audit-log")
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+"""Records start an hour ago, on a minute: after the keys made for the session, if not by much."""
+
+
+@dataclass
+class Site:
+    """Keys and compiled plans of examples/sites/plant-basel, made once per session."""
+
+    keys_dir: Path
+    plans_dir: Path
+    plans: list[dict[str, Any]]
+
+    def key_store(self) -> FileKeyStore:
+        return FileKeyStore(self.keys_dir, passphrase=PASSPHRASE)
+
+    def trust(self) -> Trust:
+        return Trust.from_key_store(self.key_store())
+
+
+@pytest.fixture(scope="session")
+def evidence_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    root = tmp_path_factory.mktemp("evidence-site")
+    keys = FileKeyStore(root / "keys", passphrase=PASSPHRASE)
+    for name in KEY_NAMES:
+        keys.generate(name)
+    os.environ.setdefault("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
+    site = REPO / "examples/sites/plant-basel"
+    code = main(["plan", "-p", str(REPO / "policies"), "-s", str(site),
+                 "-o", str(root / "plans"), "--keys", str(root / "keys")])
+    assert code == 0
+    plans = load_plans(root / "plans", T0.timestamp())
+    return Site(root / "keys", root / "plans", plans)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "evidence.db")
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
+def records(site: Site, seconds: int, start: datetime = T0, gap_every: int = 7) -> Iterator[Record]:
+    """One record per point per second: a reading, or every ``gap_every``-th a timeout gap."""
+    for s in range(seconds):
+        at = start + timedelta(seconds=s)
+        for plan in site.plans:
+            device = plan["device"]["id"]
+            for i, point in enumerate(plan["points"]):
+                if (s + i) % gap_every == 0:
+                    yield Gap(device, point["name"], at, GapReason.TIMEOUT, "no answer in 1000 ms")
+                else:
+                    yield Reading(device, point["name"], at, round(20 + s * 0.25 + i, 2),
+                                  scheduled_at=at)  # fmt: skip
+
+
+def open_store(site: Site, target: str, witness: Path | None = None) -> Store:
+    store = Store.open(target, actor="converge-test", witness=witness)
+    store.deploy_plans([(p, canonical_json(p), None) for p in site.plans])
+    keys = site.key_store()
+    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
+    return store
+
+
+async def collect(site: Site, store: Store, spool: Spool, items: list[Record],
+                  config: EvidenceConfig | None = None) -> EvidenceSink:
+    sink = EvidenceSink(site.plans, store, site.key_store(), spool, config=config)
+    for record in items:
+        await sink.put(record)
+    await sink.close()
+    return sink
+
+
+def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150) -> Store:
+    """A store holding ``seconds`` of the plant's records, in signed batches, checkpointed."""
+    store = open_store(site, target, witness=tmp_path / "witness.jsonl")
+    spool = Spool(tmp_path / "spool.db")
+    asyncio.run(collect(site, store, spool, list(records(site, seconds))))
+    spool.close()
+    return store
+
+
+def verify(site: Site, store: Store, tmp_path: Path | None = None) -> Report:
+    witness = tmp_path / "witness.jsonl" if tmp_path else None
+    return verify_store(store, site.trust(), witness if witness and witness.exists() else None)
