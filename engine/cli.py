@@ -19,12 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pluggy
 from rich.console import Console
 
 from engine import audit, simulate
-from engine.collect import JsonLinesSink, run_plans
+from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
 from engine.collect.plans import load_plans
 from engine.collect.status import JsonLogReporter, LiveReporter, Reporter, summary_table
 from engine.compile import Compilation, Inputs, compile_project
@@ -41,6 +42,8 @@ from engine.plansign import open_signer, plan_verifier, rfc3339
 from engine.plugin_manager import make_plugin_manager
 from engine.policytest import junit_xml, run_tests
 from engine.render import findings_json, findings_sarif, findings_text
+from engine.store.evidence import EvidenceConfig, EvidenceTarget, open_evidence
+from engine.store.spool import DEFAULT_MAX_BYTES
 from engine.store.store import Store
 from engine.verify import Trust, verify_store
 
@@ -297,6 +300,18 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+
+
+def size(text: str) -> int:
+    """An argparse type: a size in bytes, such as ``512MiB`` or ``2GiB``."""
+    number = text.rstrip("BbKkMmGgTtIi")
+    unit = text[len(number):].upper()
+    if not number.isdigit() or unit not in _UNITS or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512MiB or 2GiB")
+    return int(number) * _UNITS[unit]
+
+
 def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="collect devices as their plans say")
     parser.add_argument("--plans", type=Path, required=True, metavar="DIR",
@@ -312,26 +327,59 @@ def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="refuse any plan not signed by a version of KEY that was valid at "
                              "the signing time (versions from the key folder)")
     parser.add_argument("--keys", type=Path, metavar="DIR",
-                        help=f"key folder for --require-signed (default: ${KEYS_ENV}, "
-                             "else ./keys)")
+                        help=f"key folder for --require-signed and for signing with --db "
+                             f"(default: ${KEYS_ENV}, else ./keys)")
+    evidence = parser.add_argument_group("evidence (with --db)")
+    add_db(evidence, required=False)
+    evidence.add_argument("--audit-key", default="audit-log", metavar="KEY",
+                          help="the key that signs audit log checkpoints (default: audit-log)")
+    evidence.add_argument("--spool", type=Path, default=Path("converge-spool.db"), metavar="FILE",
+                          help="store-and-forward file used while the store is unreachable "
+                               "(default: ./converge-spool.db)")
+    evidence.add_argument("--spool-max", type=size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                          help="bound of the spool, such as 512MiB (default: 1GiB); beyond it "
+                               "batches are dropped and audited")
+    evidence.add_argument("--witness", type=Path, default=Path("converge-checkpoints.jsonl"),
+                          metavar="FILE", help="append every signed checkpoint here too; keep it "
+                          "off the database's host (default: ./converge-checkpoints.jsonl)")
     parser.set_defaults(handler=run_run)
 
 
 def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    if args.keys and not args.require_signed:
-        raise ConvergeError("--keys is for --require-signed KEY: name the key that must sign")
-    store = key_store_of(args, pm) if args.require_signed else None
-    verify = plan_verifier(args.trust, store, args.require_signed)
-    if verify is not None:  # every signature checked before anything is connected
-        load_plans(args.plans, datetime.now(UTC).timestamp(), verify)
-    sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
+    if args.keys and not (args.require_signed or args.db):
+        raise ConvergeError("--keys is for --require-signed KEY or --db: name the key that "
+                            "must sign, or the store to sign into")
+    if args.db and args.out:
+        raise ConvergeError("--out and --db are alternatives: records go to one of them")
+    keys = key_store_of(args, pm) if args.require_signed or args.db else None
+    # every plan and its signature checked before anything is connected
+    plans = load_plans(args.plans, time.time(), plan_verifier(args.trust, keys,
+                                                              args.require_signed))
     status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
-    live = status.is_terminal and (args.out is not None or not sys.stdout.isatty())
+    live = status.is_terminal and (args.out is not None or args.db or not sys.stdout.isatty())
     reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
-    summary = asyncio.run(run_plans(args.plans, pm, duration=args.duration, sink=sink,
-                                    reporter=reporter, handle_signals=True))
+    summary, stored = asyncio.run(_collect(args, pm, plans, keys, reporter))
     status.print(summary_table(summary))
+    if stored is not None:
+        status.print(stored, highlight=False)
     return 0
+
+
+async def _collect(args: argparse.Namespace, pm: pluggy.PluginManager, plans: list[Any],
+                   keys: KeyStore | None, reporter: Reporter) -> tuple[Summary, str | None]:
+    """Run the collection into JSON Lines, or (``--db``) into the signed store."""
+    if not args.db or keys is None:
+        sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
+        return await run_plans(plans, pm, duration=args.duration, sink=sink, reporter=reporter,
+                               handle_signals=True), None
+    config = CollectConfig()
+    target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
+    evidence = open_evidence(plans, args.plans, target, keys,
+                             EvidenceConfig(audit_key=args.audit_key))
+    await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
+    summary = await run_plans(plans, pm, duration=args.duration, sink=evidence,
+                              reporter=reporter, config=config, handle_signals=True)
+    return summary, evidence.summary()
 
 
 # --- converge simulate -------------------------------------------------------------------
@@ -433,7 +481,8 @@ def run_keys_export(args: argparse.Namespace, pm: pluggy.PluginManager, console:
 # --- converge audit ----------------------------------------------------------------------
 
 
-def add_db(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_db(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+           required: bool = True) -> None:
     parser.add_argument("--db", required=required, metavar="URL",
                         help="the evidence store: a SQLite file path, or a database URL such "
                              "as postgresql://user@host/db")

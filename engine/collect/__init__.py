@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ __all__ = ["Clock", "CollectConfig", "JsonLinesSink", "MemorySink", "ScaledClock
 
 
 async def run_plans(
-    plans_dir: Path | str,
+    plans: Path | str | Sequence[Mapping[str, Any]],
     pm: pluggy.PluginManager,
     *,
     duration: float | None,
@@ -43,7 +43,10 @@ async def run_plans(
     reporter: Reporter | None = None,
     handle_signals: bool = False,
 ) -> Summary:
-    """Collect every plan in ``plans_dir`` for ``duration`` clock seconds (``None``: until stopped).
+    """Collect every plan for ``duration`` clock seconds (``None``: until stopped).
+
+    ``plans`` is a plan folder (loaded and verified with :func:`load_plans`) or
+    plan bodies the caller loaded and verified.
 
     With ``handle_signals`` SIGINT and SIGTERM stop the run cleanly: samples in
     flight become ``shutdown`` gaps, the queue is drained and the sink closed.
@@ -52,8 +55,8 @@ async def run_plans(
     config = config or CollectConfig()
     rt = Runtime(clock, config, asyncio.Queue(maxsize=config.queue_size),
                  reporter or QuietReporter())
-    devices = [DeviceTask(plan, open_session(pm, plan), rt)
-               for plan in load_plans(Path(plans_dir), clock.now())]
+    bodies = load_plans(Path(plans), clock.now()) if isinstance(plans, Path | str) else plans
+    devices = [DeviceTask(plan, open_session(pm, plan), rt) for plan in bodies]
     summary = Summary({d.device: d.stats for d in devices})
     drain = asyncio.create_task(_drain(rt.queue, sink))
     stop = asyncio.Event()

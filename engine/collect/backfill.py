@@ -21,7 +21,7 @@ from engine.collect.scheduler import group_schedule, polled, to_datetime
 from engine.records import GapReason, Record
 
 MAX_SLOTS = 10_000
-DETAIL = "the collector was not running (records not stored before it stopped are lost)"
+DETAIL = "the collector was not running"
 
 
 def missed(plan: Mapping[str, Any], since_ms: int, until_ms: int,

@@ -20,21 +20,33 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from engine.canonical import canonical_json
 from engine.collect.backfill import missed
 from engine.keys import KeyStore
+from engine.plansign import signature_name
 from engine.records import Record
-from engine.sign.batch import Batch, Batcher, Statement, device_plan, epoch_ms, sign_batch
+from engine.sign.batch import (
+    Batch,
+    Batcher,
+    Statement,
+    device_plan,
+    epoch_ms,
+    record_time,
+    sign_batch,
+)
 from engine.sign.leaf import instant
 from engine.sign.note import Checkpoint, sign_checkpoint
 from engine.store.database import StoreError
 from engine.store.sealed import SealedBatch
-from engine.store.spool import Spool
+from engine.store.spool import DEFAULT_MAX_BYTES, Spool
 from engine.store.store import Head, Store
 
 Now = Callable[[], datetime]
+_JUST_AFTER = timedelta(milliseconds=1)
 
 
 @dataclass
@@ -76,7 +88,8 @@ class EvidenceSink:
         self.heads = self._resume()
         self.batcher = Batcher(plans, self._sealed, grace_ms=self.config.grace_ms,
                                previous_roots={d: h.root for d, h in self.heads.items()})
-        self.queue: asyncio.Queue[SealedBatch | None] = asyncio.Queue(self.config.writer_queue)
+        self.queue: asyncio.Queue[tuple[SealedBatch, Head] | None] = asyncio.Queue(
+            self.config.writer_queue)
         self.writer = asyncio.create_task(self._write_all())
         self.down_until = 0.0
         self.last_checkpoint = time.monotonic()
@@ -102,7 +115,7 @@ class EvidenceSink:
             head = self.heads.get(str(plan["device"]["id"]))
             if head is None:
                 continue
-            since = epoch_ms(datetime.fromisoformat(head.window_end))
+            since = epoch_ms(datetime.fromisoformat(head.covered_until))
             for gap in missed(plan, since, epoch_ms(until), fallback_every_ms):
                 await self.put(gap)
                 count += 1
@@ -120,20 +133,28 @@ class EvidenceSink:
         await self.writer
         await asyncio.to_thread(self._finish)
 
+    def summary(self) -> str:
+        """One line for the end of a run: what was stored, spooled, dropped, and where."""
+        s = self.stats
+        return (f"evidence: {self.records:,} records; {s['stored']} batches stored, "
+                f"{s['replayed']} replayed from the spool, {s['spooled']} spooled, "
+                f"{s['dropped']} dropped, {s['duplicates']} duplicates ignored; "
+                f"{len(self.spool)} waiting in {self.spool.path}; store {self.store.where}")
+
     async def _sealed(self, batch: Batch) -> None:
         signers = {k: self.keys.signer(k, self.now()) for k in batch.keys}
         sealed = SealedBatch.of(batch, sign_batch(batch, signers))
-        await self.queue.put(sealed)
+        last = record_time(batch.entries[-1].record) if batch.entries else self.now()
+        await self.queue.put((sealed, Head(batch.root, instant(last + _JUST_AFTER))))
 
     async def _write_all(self) -> None:
-        while (sealed := await self.queue.get()) is not None:
-            await asyncio.to_thread(self._deliver, sealed)
+        while (item := await self.queue.get()) is not None:
+            await asyncio.to_thread(self._deliver, *item)
 
     # --- in the writer thread --------------------------------------------------------
 
-    def _deliver(self, sealed: SealedBatch) -> None:
-        head = sealed.head
-        self.spool.set_head(head.device, Head(head.root, head.window_end))
+    def _deliver(self, sealed: SealedBatch, head: Head) -> None:
+        self.spool.set_head(sealed.head.device, head)
         if time.monotonic() < self.down_until or not self._write(sealed, live=True):
             self._spool(sealed)
             return
@@ -211,4 +232,43 @@ def _dropped_payload(statement: bytes, dropped_at: str) -> dict[str, Any]:
             "dropped_at": dropped_at}  # fmt: skip
 
 
-__all__ = ["EvidenceConfig", "EvidenceSink", "actor", "check_signers"]
+
+
+@dataclass(frozen=True)
+class EvidenceTarget:
+    """Where a run's evidence goes: the store, the spool beside the collector, the witness."""
+
+    db: str
+    spool: Path
+    witness: Path
+    max_spool_bytes: int = DEFAULT_MAX_BYTES
+
+
+def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: EvidenceTarget,
+                  keys: KeyStore, config: EvidenceConfig) -> EvidenceSink:  # fmt: skip
+    """Open the store, record the run's plans and key versions, and make the sink.
+
+    Must be called in the event loop that runs the collection. The store must
+    be reachable at start; outages after that go to the spool.
+    """
+    store = Store.open(target.db, actor(), target.witness)
+    store.deploy_plans((p, canonical_json(p), _signature(plans_dir, p)) for p in plans)
+    store.record_keys(v for name in keys.names() for v in keys.versions(name))
+    store.log("collector.started", {"plans": [p["digest"] for p in plans],
+                                    "spool": str(target.spool)})  # fmt: skip
+    return EvidenceSink(plans, store, keys, Spool(target.spool, target.max_spool_bytes),
+                        config=config)  # fmt: skip
+
+
+def _signature(plans_dir: Path, plan: Mapping[str, Any]) -> str | None:
+    path = plans_dir / signature_name(str(plan["device"]["id"]))
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+__all__ = ["EvidenceConfig", "EvidenceSink", "EvidenceTarget", "actor", "check_signers",
+           "open_evidence"]

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS spooled (id INTEGER PRIMARY KEY, size INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, statement BLOB NOT NULL,
                                     dropped_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS heads (device TEXT PRIMARY KEY, root BLOB NOT NULL,
-                                  window_end TEXT NOT NULL);
+                                  covered_until TEXT NOT NULL);
 """
 
 
@@ -107,11 +107,11 @@ class Spool:
     # --- chain heads -------------------------------------------------------------------
 
     def set_head(self, device: str, head: Head) -> None:
-        self.db.execute("INSERT INTO heads (device, root, window_end) VALUES (?, ?, ?) "
+        self.db.execute("INSERT INTO heads (device, root, covered_until) VALUES (?, ?, ?) "
                         "ON CONFLICT (device) DO UPDATE SET root = excluded.root, "
-                        "window_end = excluded.window_end",
-                        (device, head.root, head.window_end))  # fmt: skip
+                        "covered_until = excluded.covered_until",
+                        (device, head.root, head.covered_until))  # fmt: skip
 
     def heads(self) -> dict[str, Head]:
-        with closing(self.db.execute("SELECT device, root, window_end FROM heads")) as rows:
+        with closing(self.db.execute("SELECT device, root, covered_until FROM heads")) as rows:
             return {device: Head(bytes(root), end) for device, root, end in rows}

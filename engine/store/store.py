@@ -14,7 +14,7 @@ stores nothing and returns ``False``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,10 +37,15 @@ LOCK_ID = 0x636F6E76  # "conv": the advisory lock every PostgreSQL writer takes
 
 @dataclass(frozen=True)
 class Head:
-    """The last batch of a device's chain: its root and the end of its window."""
+    """The last batch of a device's chain: its root, and until when its records are kept.
+
+    ``covered_until`` (an instant) is just after the device's last record
+    sealed into a batch; the store alone knows only the end of the last batch's
+    window, which is used when the collector's spool is gone.
+    """
 
     root: bytes
-    window_end: str
+    covered_until: str
 
 
 class Store:
@@ -160,7 +165,7 @@ class Store:
 
     # --- plans, keys, lifecycle -------------------------------------------------------
 
-    def deploy_plans(self, plans: Iterable[tuple[dict[str, Any], bytes, str | None]]) -> int:
+    def deploy_plans(self, plans: Iterable[tuple[Mapping[str, Any], bytes, str | None]]) -> int:
         """Keep each (body, bytes, signature note) plan not stored yet, with a ``plan.deployed``
         entry; returns how many were new."""
         new = 0
