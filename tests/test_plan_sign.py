@@ -291,8 +291,8 @@ def test_a_malformed_trust_file_is_a_one_line_error_at_its_line(work, capsys):
 def test_keys_without_require_signed_is_an_error(work, capsys):
     code, err = run(capsys, "--plans", "plans", "--keys", "keys")
     assert code == 2
-    assert err == ("converge: error: --keys is for --require-signed KEY: name the key that must"
-                   " sign\n")
+    assert err == ("converge: error: --keys is for --require-signed KEY or --db: name the key "
+                   "that must sign, or the store to sign into\n")
 
 
 def test_the_signature_file_documented_in_docs_plans_is_well_formed():
