@@ -514,8 +514,7 @@ def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_audit_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    store = Store.open(args.db)
-    with store.reading() as conn:
+    with Store.open(args.db) as store, store.reading() as conn:
         if args.format == "json":
             for entry in audit.entries(conn, args.kind):
                 print(entry.to_bytes().decode())
@@ -527,15 +526,15 @@ def run_audit_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: C
 def run_audit_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     trust = (Trust.from_json(args.public_keys) if args.public_keys
              else Trust.from_key_store(key_store_of(args, pm)))
-    store = Store.open(args.db)
     started = time.perf_counter()
-    with progress_of(console, args.format == "text") as progress:
+    with Store.open(args.db) as store, progress_of(console, args.format == "text") as progress:
         report = verify_store(store, trust, args.witness, progress)
+        where = store.where
     seconds = time.perf_counter() - started
     if args.format == "json":
         print(json.dumps(report_json(report, seconds), indent=2))
     else:
-        render_report(console, report, seconds, store.where)
+        render_report(console, report, seconds, where)
     return 0 if report.ok else 1
 
 

@@ -36,7 +36,12 @@ def _about(entry: AuditEntry) -> str:
         return " ".join(str(x) for x in parts if x)
     if entry.kind.startswith("key."):
         return f"{p.get('name')} v{p.get('version')} key id {p.get('key_id')}"
-    return " ".join(f"{k}={v}" for k, v in sorted(p.items()))
+    return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()))
+
+
+def _short(value: object) -> object:
+    """Lists (such as a run's plan digests) by their length; the JSON form has them whole."""
+    return f"{len(value)} items" if isinstance(value, list) else value
 
 
 def render_report(console: Console, report: Report, seconds: float, where: str) -> None:

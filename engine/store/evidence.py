@@ -213,15 +213,17 @@ class EvidenceSink:
         return sign_checkpoint(checkpoint, checkpoint.origin, key)
 
     def _finish(self) -> None:
-        """At close: replay what the store will take, record the stop, checkpoint."""
-        if time.monotonic() >= self.down_until:
-            self._replay(len(self.spool))
+        """At close: replay what the store will take, record the stop, checkpoint, close."""
         try:
+            if time.monotonic() >= self.down_until:
+                self._replay(len(self.spool))
             self.store.log("collector.stopped", {"records": self.records, **self.stats,
                                                  "spooled_now": len(self.spool)})  # fmt: skip
+            self._checkpoint()
         except StoreError:
-            return
-        self._checkpoint()
+            pass  # still down: the spool keeps what was not stored, for the next run
+        finally:
+            self.store.close()
 
 
 def _dropped_payload(statement: bytes, dropped_at: str) -> dict[str, Any]:

@@ -66,7 +66,14 @@ class Store:
         return store
 
     def close(self) -> None:
+        """Close every connection (SQLite then folds its WAL file into the database file)."""
         self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def where(self) -> str:
@@ -151,8 +158,13 @@ class Store:
                 for row in rows:
                     copy.write_row(row)
             return
-        conn.exec_driver_sql(
-            f"INSERT INTO {table} (batch_id, position, leaf) VALUES (?, ?, ?)", rows)
+        per = 10_000
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            marks = ",".join(["(?,?,?)"] * len(chunk))
+            conn.exec_driver_sql(
+                f"INSERT INTO {table} (batch_id, position, leaf) VALUES {marks}",
+                tuple(x for row in chunk for x in row))
 
     def heads(self) -> dict[str, Head]:
         """Each device's newest batch (the one no other batch names as previous)."""
