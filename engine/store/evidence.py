@@ -253,6 +253,7 @@ def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: Evide
     Must be called in the event loop that runs the collection. The store must
     be reachable at start; outages after that go to the spool.
     """
+    check_signers(plans, keys, config.audit_key, datetime.now(UTC))  # before anything is written
     store = Store.open(target.db, actor(), target.witness)
     store.deploy_plans((p, canonical_json(p), _signature(plans_dir, p)) for p in plans)
     store.record_keys(v for name in keys.names() for v in keys.versions(name))

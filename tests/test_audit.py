@@ -1,0 +1,137 @@
+"""The audit log and the evidence commands, as a user sees them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from evidence_kit import PASSPHRASE, REPO, fill, open_store
+
+from engine import audit
+from engine.cli import main
+from engine.sign import note
+from engine.sign.merkle import root
+
+
+@pytest.fixture
+def store_env(evidence_site, tmp_path, monkeypatch):
+    """A SQLite store of 40 s of the plant, the key folder in the environment."""
+    monkeypatch.setenv("CONVERGE_KEYS", str(evidence_site.keys_dir))
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
+    db = tmp_path / "evidence.db"
+    fill(evidence_site, str(db), tmp_path, seconds=40).close()
+    return db
+
+
+def test_the_documented_checkpoint_verifies_with_the_test_key():
+    page = (REPO / "docs" / "audit.md").read_text("utf-8")
+    text = re.search(r"^```text\n(converge/audit/.*?)^```", page, re.MULTILINE | re.DOTALL)[1]
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
+    origin = text.splitlines()[0]
+    checkpoint = note.open_checkpoint(text, [note.verifier_key(origin, key)], origin)
+    assert (checkpoint.size, checkpoint.root_hash) == (3, root([b"a", b"b", b"c"]))
+
+
+def test_an_entry_is_canonical_json_and_nothing_else():
+    entry = audit.AuditEntry(0, "2026-06-01T12:00:00.000000Z", "plan.deployed", "me",
+                             {"device": "d", "digest": "sha256:00"})
+    data = entry.to_bytes()
+    assert data.startswith(b'{"actor":"me","kind":"plan.deployed","payload":')
+    assert audit.AuditEntry.parse(data) == entry
+    for bad in (data.replace(b'"seq":0', b'"seq": 0'), data[:-1] + b',"x":1}', b"[]"):
+        with pytest.raises(ValueError):
+            audit.AuditEntry.parse(bad)
+
+
+def test_audit_log_lists_entries_and_filters_by_kind(store_env, capsys):
+    assert main(["audit", "log", "--db", str(store_env), "--kind", "key.generated"]) == 0
+    out = capsys.readouterr().out
+    assert {"qa-signing v1", "site-integrity v1", "audit-log v1"} <= set(
+        re.findall(r"key\.generated\s+converge-test\s+(\S+ v1)", out))
+    assert "batch.stored" not in out
+
+
+def test_audit_log_json_prints_the_exact_bytes_the_log_hashed(store_env, capsys):
+    assert main(["audit", "log", "--db", str(store_env), "--format", "json"]) == 0
+    lines = capsys.readouterr().out.encode().splitlines()
+    entries = [audit.AuditEntry.parse(line) for line in lines]
+    assert [e.seq for e in entries] == list(range(len(entries)))
+    with open_store_readonly(store_env) as conn:
+        rows = conn.execute("SELECT entry FROM audit_entries ORDER BY seq")
+        stored = [bytes(entry) for (entry,) in rows]
+    assert stored == lines
+
+
+def open_store_readonly(path):
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def test_audit_verify_passes_then_names_a_changed_reading(store_env, tmp_path, capsys):
+    witness = tmp_path / "witness.jsonl"
+    assert main(["audit", "verify", "--db", str(store_env), "--witness", str(witness)]) == 0
+    assert capsys.readouterr().out.startswith("verified: ")
+    with open_store_readonly(store_env) as conn:
+        (batch_id,) = conn.execute("SELECT batch_id FROM readings WHERE id = 5").fetchone()
+    with sqlite3.connect(store_env) as db:
+        leaf = db.execute("SELECT leaf FROM readings WHERE id = 5").fetchone()[0]
+        db.execute("UPDATE readings SET leaf = ? WHERE id = 5",
+                   (leaf.replace(b'"quality":"good"', b'"quality":"bad"'),))
+    assert main(["audit", "verify", "--db", str(store_env), "--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert [p["item"].split(" (")[0] for p in report["problems"]] == [f"batch {batch_id}"]
+    assert "do not hash to its signed root" in report["problems"][0]["message"]
+
+
+def test_audit_verify_trusts_exported_public_keys(store_env, evidence_site, tmp_path, capsys):
+    exports = []
+    for name in ("qa-signing", "site-integrity", "audit-log"):
+        assert main(["keys", "export-public", name, "--format", "json"]) == 0
+        path = tmp_path / f"{name}.json"
+        path.write_text(capsys.readouterr().out)
+        exports.append(str(path))
+    assert main(["audit", "verify", "--db", str(store_env), "--public-keys", *exports]) == 0
+    capsys.readouterr()
+    # without the audit key, no checkpoint verifies: nothing signs the log
+    assert main(["audit", "verify", "--db", str(store_env), "--public-keys", *exports[:2]]) == 1
+    assert "checkpoint 1 (size" in capsys.readouterr().out
+
+
+def test_run_with_a_store_refuses_to_start_when_a_key_cannot_sign(
+        evidence_site, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
+    code = main(["run", "--plans", str(evidence_site.plans_dir), "--keys",
+                 str(evidence_site.keys_dir), "--db", str(tmp_path / "x.db"),
+                 "--audit-key", "no-such-key", "--for", "1s"])
+    assert code == 2
+    assert "no-such-key" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_run_takes_one_destination(evidence_site, tmp_path, capsys):
+    code = main(["run", "--plans", str(evidence_site.plans_dir), "--db", str(tmp_path / "x.db"),
+                 "--out", str(tmp_path / "r.jsonl")])
+    assert code == 2
+    assert "--out and --db are alternatives" in capsys.readouterr().err
+
+
+def test_checkpoints_are_signed_by_the_audit_key_under_the_log_origin(evidence_site, tmp_path):
+    store = open_store(evidence_site, str(tmp_path / "s.db"), witness=tmp_path / "w.jsonl")
+    key = evidence_site.key_store().signer("audit-log", datetime.now(UTC))
+    signed = store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
+    assert signed is not None
+    origin = signed.splitlines()[0]
+    assert origin.startswith("converge/audit/")
+    version = evidence_site.key_store().versions("audit-log")[0]
+    checkpoint = note.open_checkpoint(signed, [note.verifier_key(origin, version.key)], origin)
+    assert checkpoint.size == store.counts()["audit_entries"]
+    assert store.checkpoint(lambda cp: pytest.fail("nothing new: no second checkpoint")) is None
+    lines = (tmp_path / "w.jsonl").read_text().splitlines()
+    witnessed = [json.loads(line)["note"] for line in lines]
+    assert witnessed == [signed]
+    assert base64.b64decode(signed.splitlines()[2]) == checkpoint.root_hash
