@@ -95,6 +95,7 @@ class EvidenceSink:
         self.last_checkpoint = time.monotonic()
         self.stats = {"stored": 0, "spooled": 0, "replayed": 0, "dropped": 0, "duplicates": 0}
         self.records = 0
+        self.next_flush = time.monotonic() + 1.0
 
     def _resume(self) -> dict[str, Head]:
         """Each device's chain head: the spool's (newest local knowledge), else the store's."""
@@ -124,7 +125,9 @@ class EvidenceSink:
     async def put(self, record: Record) -> None:
         await self.batcher.put(record)
         self.records += 1
-        if self.records % 1000 == 0:
+        if time.monotonic() >= self.next_flush:
+            # a quiet device's window is closed by time, not only by its next record
+            self.next_flush = time.monotonic() + 1.0
             await self.batcher.flush(self.now())
 
     async def close(self) -> None:
