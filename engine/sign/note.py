@@ -193,10 +193,15 @@ class Signature:
 
 
 def _b64(text: str, error: type[VerificationError]) -> bytes:
+    """Decode canonical base64 only: one spelling per byte string, so that no byte of a
+    stored note can change while it still verifies (unused padding bits must be zero)."""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise error(f"bad base64 {text!r}") from exc
+    if base64.b64encode(raw).decode() != text:
+        raise error(f"base64 {text!r} is not in canonical form")
+    return raw
 
 
 def _check_characters(note: str) -> None:
@@ -328,8 +333,6 @@ class Checkpoint:
         if not _SIZE_LINE.fullmatch(size):
             raise MalformedCheckpoint(f"tree size line {size!r}: want decimal, no leading zeros")
         raw = _b64(root_hash, MalformedCheckpoint)
-        if base64.b64encode(raw).decode() != root_hash:
-            raise MalformedCheckpoint(f"root hash line {root_hash!r}: want canonical base64")
         return cls(origin, int(size), raw, tuple(extensions))
 
 

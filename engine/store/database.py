@@ -7,20 +7,24 @@ Converge is migrated, never recreated.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction
 survives the process being killed at any instant (a power cut may lose the
-last commits, never tear one). Writes take the write lock at ``BEGIN``
-(``BEGIN IMMEDIATE``), so two writers queue instead of failing mid-transaction.
+last commits, never tear one). Write transactions (connections with the
+:data:`WRITE` option) take the write lock at ``BEGIN`` (``BEGIN IMMEDIATE``),
+so two writers queue instead of failing mid-transaction; readers (``audit
+verify``) take no lock and never hold a collector up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from engine.errors import ConvergeError
 
@@ -39,22 +43,43 @@ def database_url(target: str) -> str:
         return f"sqlite:///{Path(target).expanduser().resolve()}"
     try:
         url = make_url(target)
-    except ArgumentError as exc:
+        url.port  # noqa: B018 -- a port that is not a number raises only when read
+    except (ArgumentError, ValueError) as exc:
         raise StoreError(f"--db {target!r} is not a database URL: {exc}") from exc
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)
 
 
+WRITE = "converge_write"
+"""Execution option of a connection that writes: on SQLite it takes the write lock at BEGIN."""
+
+
 def connect(target: str) -> Engine:
     """An engine for ``target`` (see :func:`database_url`), SQLite tuned as the module says."""
     url = database_url(target)
-    if url.startswith("sqlite"):
+    try:
+        if not url.startswith("sqlite"):
+            return create_engine(url, pool_pre_ping=True)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"--db {target!r}: no database driver for it ({exc})") from exc
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed at the end, rolled back on error."""
+    with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+        yield conn
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Writers take the write lock at once (``BEGIN IMMEDIATE``); readers never block them."""
+    immediate = conn.get_execution_options().get(WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -72,7 +97,7 @@ def upgrade(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     try:
-        with engine.begin() as connection:
+        with writing(engine) as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:
@@ -85,5 +110,7 @@ def describe(engine: Engine) -> str:
 
 
 def reason(exc: Exception) -> str:
-    """The driver's own message when SQLAlchemy wraps one (it names the real cause)."""
-    return str(getattr(exc, "orig", None) or exc)
+    """The first line of the driver's own message when SQLAlchemy wraps one (it names the real
+    cause; the lines after it are hints, and a user error is one line)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
