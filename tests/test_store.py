@@ -498,8 +498,6 @@ def test_an_unreachable_store_is_an_error_naming_it(evidence_site, capsys, db, n
     assert named.format(port=port) in err.splitlines()[0]
 
 
-@pytest.mark.xfail(strict=True, reason="engine/store/database.py reason(): psycopg's message "
-                   "has a second line (a hint), printed as is after 'converge: error:'")
 def test_the_error_for_a_refused_postgresql_connection_is_one_line(evidence_site, capsys):
     db = f"postgresql://converge@127.0.0.1:{closed_port()}/x?connect_timeout=2"
     code, err = audit_verify(capsys, evidence_site, db)
@@ -509,13 +507,8 @@ def test_the_error_for_a_refused_postgresql_connection_is_one_line(evidence_site
 
 @pytest.mark.parametrize("db", [
     "://nothing",
-    pytest.param("postgresql://converge@127.0.0.1:notaport/db", marks=pytest.mark.xfail(
-        strict=True, raises=ValueError, reason="engine/store/database.py database_url() "
-        "catches ArgumentError only; SQLAlchemy's make_url raises ValueError for a port "
-        "that is not a number, a traceback instead of exit 2")),
-    pytest.param("nosuchdb://host/db", marks=pytest.mark.xfail(
-        strict=True, reason="engine/store/database.py connect(): create_engine raises "
-        "NoSuchModuleError for an unknown dialect, not caught: a traceback instead of exit 2")),
+    "postgresql://converge@127.0.0.1:notaport/db",
+    "nosuchdb://host/db",
 ], ids=["no-scheme", "port-not-a-number", "unknown-dialect"])  # fmt: skip
 def test_a_malformed_db_url_is_an_error(evidence_site, capsys, db):
     code, err = audit_verify(capsys, evidence_site, db)
