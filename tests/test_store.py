@@ -459,10 +459,6 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
         assert again.counts()["audit_entries"] == 0
 
 
-@pytest.mark.xfail(strict=True, raises=sqlite3.OperationalError, reason="engine/store/"
-                   "database.py connect(): the 'begin' listener starts every SQLite transaction "
-                   "with BEGIN IMMEDIATE, reads too (Store.reading), so converge audit verify "
-                   "holds the write lock for its whole run and a collector's writes fail")
 def test_reading_a_sqlite_store_leaves_it_writable(evidence_site, tmp_path):
     db = tmp_path / "evidence.db"
     with contextlib.closing(open_store(evidence_site, str(db))) as store, store.reading() as conn:

@@ -25,12 +25,15 @@ Verification failures, all :class:`VerificationError`::
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import inspect
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -39,13 +42,13 @@ from engine.canonical import canonical_json
 from engine.errors import ConvergeError
 from engine.records import Gap, Reading, Record
 from engine.sign import note
-from engine.sign.leaf import instant, leaf_bytes, new_salt, record_leaf_hash
+from engine.sign.leaf import SALT_SIZE, instant, leaf_bytes, new_salt, record_leaf_hash
 from engine.sign.merkle import (
     HASH_SIZE,
+    LEAF_PREFIX,
     MerkleTree,
     RootMismatch,
     VerificationError,
-    leaf_hash,
     root_of_hashes,
     verify_inclusion,
 )
@@ -56,6 +59,7 @@ ZERO_ROOT = bytes(HASH_SIZE)
 """The previous root of a device's first batch."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_sha256 = hashlib.sha256
 
 OnBatch = Callable[["Batch"], Awaitable[None] | None]
 
@@ -159,7 +163,7 @@ def _point_signing(device: str, point: Mapping[str, Any]) -> PointSigning:
 # --- batches ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One record of a batch with its salt, leaf bytes and leaf hash."""
 
@@ -171,7 +175,7 @@ class Entry:
     @classmethod
     def of(cls, record: Record, salt: bytes) -> Entry:
         leaf = leaf_bytes(record, salt)
-        return cls(record, salt, leaf, leaf_hash(leaf))
+        return cls(record, salt, leaf, _sha256(LEAF_PREFIX + leaf).digest())
 
 
 @dataclass(frozen=True)
@@ -221,12 +225,47 @@ def entry_order(entry: Entry) -> tuple[datetime, bytes, str, bytes]:
     return (record_time(entry.record), entry.record.point.encode(), kind, entry.leaf_hash)
 
 
+def _order_key(entry: Entry) -> tuple[datetime, str, str, bytes]:
+    """:func:`entry_order` without encoding the point: it sorts the same, a little faster.
+
+    UTF-8 keeps code point order, so points compare as strings exactly as their
+    UTF-8 bytes do (a point that has no UTF-8 form has no leaf, so no entry).
+    """
+    record = entry.record
+    if type(record) is Reading:
+        return (record.scheduled_at or record.collected_at, record.point, "reading",
+                entry.leaf_hash)  # fmt: skip
+    kind = "reading" if isinstance(record, Reading) else "gap"
+    return (record_time(record), record.point, kind, entry.leaf_hash)
+
+
+def _in_order(entries: list[Entry]) -> bool:
+    """Whether ``entries`` are strictly ascending by (record time, point) already.
+
+    Then sorting them is a no-op, and making a sort key per entry is skipped:
+    a collector puts each device's records in time order, a read group's points
+    usually in name order. Anything else (ties included) is left to the sort.
+    """
+    last_time: datetime | None = None
+    last_point = ""
+    for entry in entries:
+        record = entry.record
+        moment = (record.scheduled_at or record.collected_at if type(record) is Reading
+                  else record_time(record))  # fmt: skip
+        if last_time is not None and (moment < last_time or (
+                moment == last_time and record.point <= last_point)):  # fmt: skip
+            return False
+        last_time, last_point = moment, record.point
+    return True
+
+
 def make_batch(plan: DevicePlan, window: int, entries: Iterable[Entry], previous: bytes) -> Batch:
     """The batch of window index ``window`` (``[window·w, (window+1)·w)``) of ``plan``'s device.
 
     Requires every entry to be of that device and window.
     """
-    ordered = tuple(sorted(entries, key=entry_order))
+    listed = list(entries)
+    ordered = tuple(listed if _in_order(listed) else sorted(listed, key=_order_key))
     start = _EPOCH + window * plan.window_ms * _MS
     keys, waiver = _signing(plan, {e.record.point for e in ordered})
     return Batch(
@@ -252,6 +291,73 @@ def _signing(
 # --- the batcher -----------------------------------------------------------
 
 
+_FORKS = [0]
+"""How many times this process is a forked child: a salt pool from before a fork is dropped."""
+os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+
+
+class _Salts:
+    """Fresh salts drawn from the CSPRNG many at a time; each byte is handed out once.
+
+    One ``os.urandom`` call per record costs about as much as hashing its leaf;
+    one call per 1,024 records does not. A forked child never uses the pool of
+    its parent, so the two never hand out the same bytes. One pool per
+    :class:`Batcher`, used by the thread that puts its records.
+    """
+
+    CHUNK = 1024
+
+    def __init__(self) -> None:
+        self.pool, self.at, self.forks = b"", 0, _FORKS[0]
+
+    def __call__(self) -> bytes:
+        at = self.at
+        if at >= len(self.pool) or self.forks != _FORKS[0]:
+            self.pool, at, self.forks = os.urandom(SALT_SIZE * self.CHUNK), 0, _FORKS[0]
+        self.at = at + SALT_SIZE
+        return self.pool[at : at + SALT_SIZE]
+
+
+class _Window:
+    """The records of one open window in arrival order, with their salts, leaves and hashes.
+
+    Four lists rather than an :class:`Entry` per record: a window holds up to a
+    window's worth of a device's records, and every object alive that long is
+    walked by each full garbage collection. Entries are made when the window
+    closes, and live only until its batch is sealed.
+    """
+
+    __slots__ = ("hashes", "leaves", "records", "salts")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.salts: list[bytes] = []
+        self.leaves: list[bytes] = []
+        self.hashes: list[bytes] = []
+
+    def entries(self) -> list[Entry]:
+        return list(map(_entry, self.records, self.salts, self.leaves, self.hashes))
+
+
+_new = object.__new__
+_set_record, _set_salt, _set_leaf, _set_hash = (
+    vars(Entry)[name].__set__ for name in ("record", "salt", "leaf", "leaf_hash"))
+
+
+def _entry(record: Record, salt: bytes, leaf: bytes, hashed: bytes) -> Entry:
+    """``Entry(record, salt, leaf, hashed)`` at half the cost, for the records of a window.
+
+    A frozen dataclass's ``__init__`` assigns through ``object.__setattr__``
+    by name; setting the slots directly does the same in fewer steps.
+    """
+    entry: Entry = _new(Entry)
+    _set_record(entry, record)
+    _set_salt(entry, salt)
+    _set_leaf(entry, leaf)
+    _set_hash(entry, hashed)
+    return entry
+
+
 class Batcher:
     """A sink that cuts records into per-device, per-window batches for ``on_batch``.
 
@@ -266,19 +372,56 @@ class Batcher:
         salt: Callable[[], bytes] = new_salt,
     ) -> None:  # fmt: skip
         self.plans = {p.device: p for p in map(device_plan, plans)}
-        self.on_batch, self.grace_ms, self.salt = on_batch, grace_ms, salt
+        self.on_batch, self.grace_ms = on_batch, grace_ms
+        self.salt = _Salts() if salt is new_salt else salt
         self.previous: dict[str, bytes] = dict(previous_roots or {})
-        self.open: dict[str, dict[int, list[Entry]]] = {}
+        self.open: dict[str, dict[int, _Window]] = {}
         self.closed = False
+        self._ms: dict[datetime, int] = {}
 
     async def put(self, record: Record) -> None:
-        """Add a record; closes the device's earlier open windows. Requires a planned device."""
-        plan = self._plan(record)
-        window = epoch_ms(record_time(record)) // plan.window_ms
-        windows = self.open.setdefault(plan.device, {})
-        windows.setdefault(window, []).append(Entry.of(record, self.salt()))
-        for earlier in sorted(w for w in windows if w < window):
-            await self._emit(plan, earlier, windows.pop(earlier))
+        """Add a record; closes the device's earlier open windows. Requires a planned device.
+
+        This runs once per record, so it is written for speed: no per-record
+        datetime arithmetic (:meth:`_epoch_ms`), salts drawn in bulk, no
+        :class:`Entry` until the window closes.
+        """
+        plan = self.plans.get(record.device)
+        if plan is None or self.closed or record.point not in plan.points:
+            self._refuse(record)
+        moment = (record.scheduled_at or record.collected_at if type(record) is Reading
+                  else record_time(record))  # fmt: skip
+        window = self._epoch_ms(moment) // plan.window_ms
+        windows = self.open.get(plan.device)
+        if windows is None:
+            windows = self.open[plan.device] = {}
+        into = windows.get(window)
+        if into is None:
+            into = windows[window] = _Window()
+        salt = self.salt()
+        leaf = leaf_bytes(record, salt)  # first: a record without a leaf is refused, not kept
+        into.records.append(record)
+        into.salts.append(salt)
+        into.leaves.append(leaf)
+        into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
+        if len(windows) > 1:  # rarely: the first record of a device's next window
+            for earlier in sorted(w for w in windows if w < window):
+                await self._emit(plan, earlier, windows.pop(earlier))
+
+    def _epoch_ms(self, moment: datetime) -> int:
+        """:func:`epoch_ms`, remembered: the records of one slot share their time.
+
+        Only ``fold=0`` times are remembered: two times of the same zone that
+        differ only in ``fold`` compare equal yet are an hour apart.
+        """
+        ms = self._ms.get(moment) if not moment.fold else None
+        if ms is None:
+            ms = epoch_ms(moment)
+            if not moment.fold:
+                if len(self._ms) >= 4096:
+                    self._ms.clear()
+                self._ms[moment] = ms
+        return ms
 
     async def flush(self, now: datetime) -> None:
         """Close every window whose end + grace is at or before ``now``."""
@@ -289,26 +432,29 @@ class Batcher:
                 await self._emit(plan, window, windows.pop(window))
 
     async def close(self) -> None:
-        """Close every open window. Called once, after the last record."""
+        """Close every open window. Called once, after the last record.
+
+        Yields to the event loop after each batch, so that whoever takes the
+        batches (the evidence sink's writer) works on them while the rest are
+        cut; a record put meanwhile is refused, never dropped.
+        """
+        self.closed = True
         for device, windows in list(self.open.items()):
             for window in sorted(windows):
                 await self._emit(self.plans[device], window, windows[window])
+                await asyncio.sleep(0)
         self.open.clear()
-        self.closed = True
 
-    def _plan(self, record: Record) -> DevicePlan:
+    def _refuse(self, record: Record) -> NoReturn:
         if self.closed:
             raise ConvergeError("batcher is closed")
-        plan = self.plans.get(record.device)
-        if plan is None:
+        if record.device not in self.plans:
             raise ConvergeError(f"record of device {record.device!r}, which has no plan")
-        if record.point not in plan.points:
-            raise ConvergeError(f"record of {record.device}/{record.point}, not in the plan")
-        return plan
+        raise ConvergeError(f"record of {record.device}/{record.point}, not in the plan")
 
-    async def _emit(self, plan: DevicePlan, window: int, entries: list[Entry]) -> None:
+    async def _emit(self, plan: DevicePlan, window: int, records: _Window) -> None:
         previous = self.previous.get(plan.device, ZERO_ROOT)
-        batch = make_batch(plan, window, entries, previous)
+        batch = make_batch(plan, window, records.entries(), previous)
         self.previous[plan.device] = batch.root
         result = self.on_batch(batch)
         if inspect.isawaitable(result):

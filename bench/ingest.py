@@ -1,0 +1,430 @@
+"""Benchmark: evidence ingest, readings batched, hashed, signed and stored, against a raw insert.
+
+    python bench/ingest.py                      # 1,000,000 readings: SQLite, then PostgreSQL
+    python bench/ingest.py --readings 200000    # fewer
+    python bench/ingest.py --postgres postgresql://user@host/db   # the server to use
+
+100 devices x 100 points read every second, every point requiring signing by
+two keys (qa-signing, site-integrity) in 60 s windows: 6,000 readings per
+batch. The readings go through the collector's own evidence sink
+(:class:`engine.store.evidence.EvidenceSink`): the batcher (leaf bytes, salts,
+leaf hashes, sorting, roots), Ed25519 signatures by both keys, sealing, and
+the store's writer thread, one transaction per batch with its audit entry.
+The floor is the same (batch_id, position, leaf) rows put into the same
+``readings`` table (made by ``Store.open``, with the same batch rows, in a
+fresh database) by the driver alone, one transaction per batch: sqlite3
+``executemany`` on SQLite, psycopg binary ``COPY`` on PostgreSQL.
+
+Targets (the ingest issue): >= 100,000 readings/s, and >= 50 % of the floor's
+rate. PostgreSQL runs when ``--postgres`` or ``CONVERGE_POSTGRES_URL`` names a
+server; each run makes (and drops) its own scratch databases there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import secrets
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from engine.canonical import canonical_json
+from engine.keys import KeyVersion
+from engine.plan import PLAN_FORMAT, seal
+from engine.records import Reading
+from engine.sign.note import sign_checkpoint
+from engine.store.evidence import EvidenceSink
+from engine.store.spool import Spool
+from engine.store.store import Store
+from engine.verify import Trust
+
+DEVICES = 100
+POINTS = 100
+WINDOW_MS = 60_000
+READINGS = 1_000_000
+SIGNING_KEYS = ("qa-signing", "site-integrity")
+AUDIT_KEY = "audit-log"
+START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+"""Readings start two hours ago, on a minute, so the first window is a whole one."""
+TARGET_RATE = 100_000
+TARGET_SHARE = 0.5
+
+
+# --- keys and plans --------------------------------------------------------------------
+
+
+class BenchKeys:
+    """Raw Ed25519 keys in memory, as the evidence sink asks a key store for them.
+
+    The file key store encrypts keys under a passphrase (scrypt), which is not
+    what this benchmark measures; signing is the same Ed25519 either way.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.private = {name: Ed25519PrivateKey.generate() for name in names}
+        made = START - timedelta(days=1)
+        self.public = {name: [KeyVersion(name, 1, _raw_public(key), made, None, made)]
+                       for name, key in self.private.items()}  # fmt: skip
+
+    def names(self) -> list[str]:
+        return sorted(self.private)
+
+    def versions(self, name: str) -> list[KeyVersion]:
+        return self.public[name]
+
+    def signer(self, name: str, at: datetime) -> Ed25519PrivateKey:
+        return self.private[name]
+
+    def trust(self) -> Trust:
+        return Trust(self.public)
+
+
+def _raw_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def device_id(d: int) -> str:
+    return f"plc-{d:03d}"
+
+
+def point_name(p: int) -> str:
+    return f"R{p:03d}"
+
+
+def plans() -> list[dict[str, Any]]:
+    """One sealed plan per device (digest verifies), each point signed by both keys."""
+    signing = {"required": True, "keys": list(SIGNING_KEYS), "batch_window_ms": WINDOW_MS}
+    bodies = []
+    for d in range(DEVICES):
+        body = {"format": PLAN_FORMAT, "device": {"id": device_id(d)},
+                "points": [{"name": point_name(p), "signing": signing} for p in range(POINTS)]}
+        _, data = seal({key: canonical_json(value) for key, value in body.items()})
+        bodies.append(json.loads(data))
+    return bodies
+
+
+# --- readings --------------------------------------------------------------------------
+
+
+def readings(count: int) -> list[list[Reading]]:
+    """``count`` readings as the collector produces them: one group per device per second.
+
+    Each device is read ``d`` ms after the slot (so collection times differ
+    by device, as they do), values change every second.
+    """
+    groups: list[list[Reading]] = []
+    second = 0
+    while count > 0:
+        slot = START + timedelta(seconds=second)
+        for d in range(DEVICES):
+            collected = slot + timedelta(milliseconds=3 + d % 40)
+            size = min(POINTS, count)
+            groups.append([Reading(device_id(d), point_name(p), collected,
+                                   round(20.0 + 0.25 * second + p + d / 100, 2), scheduled_at=slot)
+                           for p in range(size)])  # fmt: skip
+            count -= size
+            if count == 0:
+                break
+        second += 1
+    return groups
+
+
+class Clock:
+    """The sink's "now": the slot of the readings being put, as it is in a live collector."""
+
+    def __init__(self) -> None:
+        self.at = START
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+# --- our pipeline ----------------------------------------------------------------------
+
+
+async def _collect(store: Store, keys: BenchKeys, spool: Spool,
+                   groups: list[list[Reading]]) -> None:  # fmt: skip
+    """Put every group through the evidence sink, yielding to the loop between groups.
+
+    A collector's device task puts the readings of one answer and then awaits
+    the network again; that is when the sink's writer task hands the next
+    sealed batch to its thread. Without the yield nothing would be written
+    until the end.
+    """
+    clock = Clock()
+    sink = EvidenceSink(plans(), store, keys, spool, now=clock)  # type: ignore[arg-type]
+    for i, group in enumerate(groups):
+        clock.at = group[0].collected_at
+        for reading in group:
+            await sink.put(reading)
+        groups[i] = []  # from here on only the sink holds these readings, as in a collector
+        await asyncio.sleep(0)
+    await sink.close()
+
+
+def open_store(target: str, keys: BenchKeys) -> Store:
+    """A new store with the plans deployed and the keys logged, as ``converge run`` makes it."""
+    store = Store.open(target, actor="bench-ingest")
+    store.deploy_plans([(body, canonical_json(body), None) for body in plans()])
+    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
+    return store
+
+
+def ingest(target: str, spool_path: Path, count: int, keys: BenchKeys) -> tuple[Store, float]:
+    """Store ``count`` readings in a new store at ``target``; returns the store and the seconds.
+
+    The readings are made before the clock starts (making them is the
+    collector's work) and are not frozen out of the garbage collector's way:
+    in a collector, the readings of open windows are scanned by every full
+    collection, and so they are here (with the readings not yet put besides).
+    """
+    store = open_store(target, keys)
+    spool = Spool(spool_path)
+    groups = readings(count)
+    gc.collect()
+    try:
+        started = time.perf_counter()
+        asyncio.run(_collect(store, keys, spool, groups))
+        elapsed = time.perf_counter() - started
+    finally:
+        spool.close()
+    return store, elapsed
+
+
+def checkpoint(store: Store, keys: BenchKeys) -> None:
+    """Sign a checkpoint of the whole audit log (the sink signs one at close already)."""
+    store.checkpoint(lambda cp: sign_checkpoint(cp, cp.origin, keys.private[AUDIT_KEY]))
+
+
+def build_store(target: str, count: int, workdir: Path) -> tuple[Store, BenchKeys, float]:
+    """A store at ``target`` holding ``count`` readings in signed, checkpointed batches."""
+    keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+    store, elapsed = ingest(target, workdir / f"spool-{secrets.token_hex(4)}.db", count, keys)
+    checkpoint(store, keys)
+    return store, keys, elapsed
+
+
+# --- the floors ------------------------------------------------------------------------
+
+Row = tuple[int, int, bytes]
+
+
+def stored_rows(store: Store) -> list[list[Row]]:
+    """The readings rows ``store`` holds, one list per batch, in batch order."""
+    with store.reading() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SELECT batch_id, position, leaf FROM readings ORDER BY batch_id, position")
+        rows = [(b, p, bytes(leaf)) for b, p, leaf in cursor.fetchall()]
+    return [list(group) for _, group in groupby(rows, key=itemgetter(0))]
+
+
+def batch_rows(store: Store) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The columns and rows of ``store``'s batches table, to give the floor the same parents."""
+    with store.reading() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SELECT * FROM batches ORDER BY id")
+        columns = [c[0] for c in cursor.description]
+        return columns, [tuple(r) for r in cursor.fetchall()]
+
+
+def sqlite_floor(path: Path, store: Store, batches: list[list[Row]]) -> float:
+    """Seconds for sqlite3 alone to insert ``batches``, one transaction each, into a new store.
+
+    The new store has the same schema and batch rows, and the same settings
+    as the store's connections (WAL, synchronous=NORMAL, foreign keys on).
+    """
+    Store.open(str(path)).close()
+    columns, parents = batch_rows(store)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            db.execute(f"PRAGMA {pragma}")
+        marks = ", ".join("?" * len(columns))
+        with db:
+            db.executemany(f"INSERT INTO batches ({', '.join(columns)}) VALUES ({marks})", parents)
+        started = time.perf_counter()
+        for rows in batches:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO readings (batch_id, position, leaf) VALUES (?, ?, ?)", rows)
+            db.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        db.close()
+
+
+def postgres_floor(url: str, store: Store, batches: list[list[Row]]) -> float:
+    """Seconds for psycopg alone to COPY ``batches``, one transaction each, into a new store."""
+    import psycopg
+
+    Store.open(url).close()
+    columns, parents = batch_rows(store)
+    with psycopg.connect(libpq_url(url)) as db:
+        marks = ", ".join(["%s"] * len(columns))
+        with db.transaction(), db.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO batches ({', '.join(columns)}) VALUES ({marks})",
+                               parents)  # fmt: skip
+        started = time.perf_counter()
+        for rows in batches:
+            with db.transaction(), db.cursor() as cursor, cursor.copy(
+                    "COPY readings (batch_id, position, leaf) FROM STDIN (FORMAT BINARY)",
+            ) as copy:  # fmt: skip
+                copy.set_types(["int8", "int4", "bytea"])
+                for row in rows:
+                    copy.write_row(row)
+        return time.perf_counter() - started
+
+
+# --- PostgreSQL scratch databases ------------------------------------------------------
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+psycopg://``) as psycopg itself takes it."""
+    from sqlalchemy import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def scratch_databases(url: str, count: int) -> Iterator[list[str]]:
+    """``count`` new, empty databases on the server of ``url``, dropped afterwards."""
+    import sqlalchemy as sa
+
+    from engine.store.database import database_url
+
+    server = database_url(url)
+    names = [f"converge_bench_{secrets.token_hex(6)}" for _ in range(count)]
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as connection:
+            for name in names:
+                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield [sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+               for name in names]  # fmt: skip
+    finally:
+        with admin.connect() as connection:
+            for name in names:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def postgres_version(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(libpq_url(url)) as db:
+        row = db.execute("SHOW server_version").fetchone()
+    return f"PostgreSQL {row[0] if row else '?'}"
+
+
+# --- running and reporting -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    backend: str
+    readings: int
+    batches: int
+    ours_s: float
+    floor_s: float
+    floor_name: str
+
+    @property
+    def rate(self) -> float:
+        return self.readings / self.ours_s
+
+    @property
+    def floor_rate(self) -> float:
+        return self.readings / self.floor_s
+
+
+def run_sqlite(count: int, workdir: Path) -> Result:
+    keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+    store, ours = ingest(str(workdir / "ours.db"), workdir / "spool.db", count, keys)
+    rows = stored_rows(store)
+    floor = sqlite_floor(workdir / "floor.db", store, rows)
+    store.close()
+    return Result("SQLite", _count(rows, count), len(rows), ours, floor,
+                  "sqlite3 executemany")  # fmt: skip
+
+
+def run_postgres(url: str, count: int, workdir: Path) -> Result:
+    keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+    with scratch_databases(url, 2) as (ours_url, floor_url):
+        store, ours = ingest(ours_url, workdir / "spool-pg.db", count, keys)
+        rows = stored_rows(store)
+        floor = postgres_floor(floor_url, store, rows)
+        store.close()
+    return Result("PostgreSQL", _count(rows, count), len(rows), ours, floor,
+                  "psycopg binary COPY")
+
+
+def _count(batches: list[list[Row]], want: int) -> int:
+    stored = sum(len(rows) for rows in batches)
+    if stored != want:
+        raise SystemExit(f"stored {stored} readings, {want} were put")
+    return stored
+
+
+def machine(postgres: str | None = None) -> str:
+    """CPU model, cores, Python and SQLite versions (and PostgreSQL's when used)."""
+    model = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    parts = [f"CPU {model}, {os.cpu_count()} cores", f"Python {platform.python_version()}",
+             f"SQLite {sqlite3.sqlite_version}"]  # fmt: skip
+    if postgres:
+        parts.append(postgres)
+    return "machine: " + "; ".join(parts)
+
+
+def report(result: Result) -> None:
+    share = result.rate / result.floor_rate
+    rate_ok = "PASS" if result.rate >= TARGET_RATE else "FAIL"
+    share_ok = "PASS" if share >= TARGET_SHARE else "FAIL"
+    print(f"{result.backend}: {result.readings:,} readings in {result.batches} batches")
+    print(f"  ours  (batched, hashed, signed, committed): {result.ours_s:6.2f} s "
+          f"{result.rate:>10,.0f} readings/s")
+    print(f"  floor ({result.floor_name}, same rows):{' ' * (22 - len(result.floor_name))}"
+          f"{result.floor_s:6.2f} s {result.floor_rate:>10,.0f} readings/s")
+    print(f"  {rate_ok} rate {result.rate:,.0f}/s (target >= {TARGET_RATE:,}/s); "
+          f"{share_ok} {share:.0%} of the floor (target >= {TARGET_SHARE:.0%})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=READINGS)
+    parser.add_argument("--postgres", default=os.environ.get("CONVERGE_POSTGRES_URL"),
+                        help="PostgreSQL server URL (default: $CONVERGE_POSTGRES_URL)")
+    args = parser.parse_args()
+    print(machine(postgres_version(args.postgres) if args.postgres else None))
+    print(f"shape: {DEVICES} devices x {POINTS} points at 1 s, {WINDOW_MS // 1000} s windows "
+          f"({POINTS * WINDOW_MS // 1000:,} readings per batch), "
+          f"signed by {' and '.join(SIGNING_KEYS)}\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        report(run_sqlite(args.readings, Path(tmp)))
+        if args.postgres:
+            report(run_postgres(args.postgres, args.readings, Path(tmp)))
+        else:
+            print("PostgreSQL: skipped (no --postgres URL and CONVERGE_POSTGRES_URL unset)")
+
+
+if __name__ == "__main__":
+    main()
