@@ -29,14 +29,17 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from engine import audit
+from engine.canonical import canonical_json
 from engine.compile import fewer_collections
 from engine.errors import ConvergeError
-from engine.keys import KeyStore, KeyVersion, SignatureRejected, verify_signature
+from engine.keys import KeyStore, KeyStoreError, KeyVersion, SignatureRejected, verify_signature
 from engine.plan import verify_plan
+from engine.plansign import PlanClaim, key_versions_check
 from engine.sign import note
 from engine.sign.batch import ZERO_ROOT, MalformedStatement, Statement
 from engine.sign.merkle import (
     LEAF_PREFIX,
+    MerkleLog,
     MerkleTree,
     VerificationError,
     root_of_hashes,
@@ -131,7 +134,7 @@ def verify_store(store: Store, trust: Trust, witness: Path | None = None,
         _check_checkpoints(conn, log, origin, trust, report)
         if witness is not None:
             _check_witness(witness, log, origin, trust, report)
-        plans = _check_plans(conn, log, report)
+        plans = _check_plans(conn, log, trust, report)
         batches = _check_batches(conn, log, plans, trust, report)
         _check_chains(batches, log, report)
         _check_records(conn, batches, report, progress)
@@ -175,13 +178,22 @@ def _check_log(conn: Connection, report: Report) -> Log:
 
 
 def _check_state(conn: Connection, log: Log, report: Report) -> None:
+    """The compact state the next append starts from must be that of the stored entries."""
     saved = _meta(conn, audit.STATE_KEY)
     if saved is None and not log.hashes:
         return
-    state = json.loads(saved) if saved else {}
-    if state.get("size") != len(log.hashes):
-        report.add("audit log", f"the store says it holds {state.get('size')} entries, "
-                                f"{len(log.hashes)} are stored")  # fmt: skip
+    recomputed = MerkleLog()
+    for leaf in log.hashes:
+        recomputed.append_hash(leaf)
+    want = {"size": recomputed.size, "hashes": [h.hex() for h in recomputed.hashes]}
+    try:
+        state = json.loads(saved) if saved else None
+    except ValueError:
+        state = None
+    if state != want:
+        size = state.get("size") if isinstance(state, dict) else None
+        report.add("audit log", f"its saved state (size {size}) is not that of the "
+                                f"{recomputed.size} stored entries")  # fmt: skip
 
 
 def _meta(conn: Connection, key: str) -> str | None:
@@ -200,11 +212,26 @@ def _open(text: str, origin: str, trust: Trust, signed_at: str | None) -> note.C
             checkpoint = note.open_checkpoint(text, [verifier], origin)
         except note.NoKnownSignature:
             continue
-        if signed_at is not None and not version.valid_at(datetime.fromisoformat(signed_at)):
+        if signed_at is not None and not version.valid_at(_instant(signed_at)):
             raise note.BadSignature(f"signed by {version.name} v{version.version} outside its "
                                     "validity")  # fmt: skip
         return checkpoint
     raise note.NoKnownSignature("no signature by a trusted key")
+
+
+def _instant(text: str) -> datetime:
+    """A stored time as an aware datetime; raises BadTime for anything else."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise BadTime(f"time {text!r} is not an instant") from None
+    if moment.tzinfo is None:
+        raise BadTime(f"time {text!r} has no time zone")
+    return moment
+
+
+class BadTime(VerificationError):
+    """A stored time that is not an instant with a time zone."""
 
 
 def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Trust,
@@ -214,7 +241,7 @@ def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Tr
     if not rows and log.hashes:
         report.add("audit log", "no checkpoint: nothing signs the log")
     tree = MerkleTree(log.hashes)
-    good: list[tuple[str, note.Checkpoint]] = []
+    signed: list[tuple[str, note.Checkpoint]] = []
     for row in rows:
         label = f"checkpoint {row.id} (size {row.size})"
         checkpoint = _checkpoint(label, row.note, origin, trust, signed_at=row.created_at,
@@ -223,9 +250,9 @@ def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Tr
             continue
         if checkpoint.size != row.size:
             report.add(label, f"the note says size {checkpoint.size}")
-        if _matches(label, checkpoint, tree, report):
-            good.append((label, checkpoint))
-    _check_forks(good, report)
+        signed.append((label, checkpoint))
+    _check_forks(signed, report)
+    good = [(label, c) for label, c in signed if _matches(label, c, tree, report)]
     _check_consistency(good, tree, report)
     last = max((c.size for _, c in good), default=0)
     if good and last < tree.size:
@@ -256,9 +283,10 @@ def _matches(label: str, checkpoint: note.Checkpoint, tree: MerkleTree, report: 
     return True
 
 
-def _check_forks(good: list[tuple[str, note.Checkpoint]], report: Report) -> None:
+def _check_forks(signed: list[tuple[str, note.Checkpoint]], report: Report) -> None:
+    """Two signed checkpoints of one size with two roots: the log was forked."""
     seen: dict[int, tuple[str, bytes]] = {}
-    for label, checkpoint in good:
+    for label, checkpoint in signed:
         other = seen.setdefault(checkpoint.size, (label, checkpoint.root_hash))
         if other[1] != checkpoint.root_hash:
             report.add(label, f"fork: {other[0]} signs another root for the same size")
@@ -298,7 +326,25 @@ def _check_witness(witness: Path, log: Log, origin: str | None, trust: Trust,
 # --- plans and batches -----------------------------------------------------------------
 
 
-def _check_plans(conn: Connection, log: Log, report: Report) -> dict[str, dict[str, Any]]:
+def _check_plan_signature(label: str, signed: str, body: Mapping[str, Any], trust: Trust,
+                          report: Report) -> None:  # fmt: skip
+    """A stored plan signature must be by a trusted key, valid then, and name this plan."""
+    try:
+        _, signatures = note.split_note(signed)
+        names = sorted({s.name for s in signatures} & trust.keys.keys())
+        if not names:
+            raise note.NoKnownSignature("signed by no trusted key")
+        claim = PlanClaim.parse(key_versions_check(names[0], trust.keys[names[0]])(
+            signed.encode()))  # fmt: skip
+    except (VerificationError, KeyStoreError) as exc:
+        report.add(label, f"its signature does not verify ({exc})")
+        return
+    if (claim.device, claim.digest) != (body["device"]["id"], body["digest"]):
+        report.add(label, f"its signature is of another plan ({claim.device} {claim.digest})")
+
+
+def _check_plans(conn: Connection, log: Log, trust: Trust,
+                 report: Report) -> dict[str, dict[str, Any]]:  # fmt: skip
     plans: dict[str, dict[str, Any]] = {}
     for row in conn.execute(select(PLANS)):
         label = f"plan {row.digest} ({row.device})"
@@ -309,6 +355,8 @@ def _check_plans(conn: Connection, log: Log, report: Report) -> dict[str, dict[s
             continue
         if body["digest"] != row.digest or body["device"]["id"] != row.device:
             report.add(label, "the stored digest or device is not the plan's")
+        if row.signature is not None:
+            _check_plan_signature(label, row.signature, body, trust, report)
         plans[row.digest] = body
     deployed = {e.payload.get("digest") for e in log.of_kind("plan.deployed")}
     for digest in sorted(deployed - plans.keys(), key=str):
@@ -360,6 +408,8 @@ def _check_batch(row: Any, label: str, log: Log, plans: Mapping[str, dict[str, A
         report.add(label, "its columns disagree with its signed statement")
     entry = log.entries.get(row.audit_seq)
     keys = _keys(row.keys)
+    if row.keys != canonical_json(list(keys)).decode():
+        report.add(label, "its keys column is not the canonical JSON of its keys")
     if entry is None or entry.kind != "batch.stored":
         report.add(label, f"audit entry {row.audit_seq} does not record it")
     elif entry.payload != _payload(head, keys, row.waiver):
@@ -417,9 +467,8 @@ def _check_signatures(label: str, statement: bytes, keys: tuple[str, ...], *,
             report.add(label, f"key {key!r} is not among the trusted keys")
         elif signed_at is not None:
             try:
-                verify_signature(trust.keys[key], statement, signature,
-                                 datetime.fromisoformat(signed_at))  # fmt: skip
-            except SignatureRejected as exc:
+                verify_signature(trust.keys[key], statement, signature, _instant(signed_at))
+            except (SignatureRejected, BadTime) as exc:
                 report.add(label, f"signature of key {key!r} does not verify ({exc})")
     for key in signatures:
         report.add(label, f"signature of key {key!r}, which the batch does not require")

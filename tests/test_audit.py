@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 import sqlite3
 from datetime import UTC, datetime
 
@@ -13,9 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, REPO, fill, open_store
 
 from engine import audit
+from engine.canonical import canonical_json
 from engine.cli import main
+from engine.plansign import PlanClaim, sign_claim
 from engine.sign import note
 from engine.sign.merkle import root
+from engine.store.store import Store
+from engine.verify import verify_store
 
 
 @pytest.fixture
@@ -135,3 +140,29 @@ def test_checkpoints_are_signed_by_the_audit_key_under_the_log_origin(evidence_s
     witnessed = [json.loads(line)["note"] for line in lines]
     assert witnessed == [signed]
     assert base64.b64decode(signed.splitlines()[2]) == checkpoint.root_hash
+
+
+def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_site, tmp_path):
+    keys = evidence_site.key_store()
+    now = datetime.now(UTC)
+    first, second = evidence_site.plans[:2]
+
+    def signed(plan, device):
+        claim = PlanClaim(device, plan["digest"], now)
+        return sign_claim(claim, "site-integrity", keys.signer("site-integrity", now)).decode()
+
+    def verdict(note_text):
+        db = tmp_path / f"{secrets.token_hex(4)}.db"
+        with Store.open(str(db)) as store:
+            store.deploy_plans([(first, canonical_json(first), note_text)])
+            key = keys.signer("audit-log", now)
+            store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
+            return verify_store(store, evidence_site.trust())
+
+    assert verdict(signed(first, first["device"]["id"])).ok
+    label = f"plan {first['digest']} ({first['device']['id']})"
+    report = verdict(signed(first, second["device"]["id"]))
+    assert [(p.item, p.message.split(" (")[0]) for p in report.problems] == [
+        (label, "its signature is of another plan")]
+    forged = signed(first, first["device"]["id"]).replace(first["digest"], second["digest"])
+    assert [p.item for p in verdict(forged).problems] == [label]

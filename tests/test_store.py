@@ -369,10 +369,6 @@ def test_a_full_spool_drops_batches_and_the_audit_log_says_which(
     spool.close()
 
 
-@pytest.mark.xfail(strict=True, reason="engine/store/store.py Store.heads(): a batch whose "
-                   "successor was dropped is named by no stored batch, so a device has two "
-                   "'heads' and the one read last wins; a collector resuming from the store "
-                   "(no spool) continues the chain from the older batch")
 def test_the_store_knows_a_chains_newest_batch_across_a_dropped_one(evidence_site, backend):
     only = [r for r in records(evidence_site, 180) if r.device == "reactor-7"]
     first, _dropped, newest = seal(evidence_site, only)

@@ -14,7 +14,6 @@ stores nothing and returns ``False``.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,10 +28,11 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import audit
+from engine.canonical import canonical_json
 from engine.keys import KeyVersion
 from engine.sign.batch import ZERO_ROOT
 from engine.sign.leaf import instant
-from engine.store.database import StoreError, connect, describe, reason, upgrade
+from engine.store.database import StoreError, connect, describe, reason, upgrade, writing
 from engine.store.sealed import SealedBatch
 from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
 
@@ -88,7 +88,7 @@ class Store:
     def transaction(self) -> Iterator[Connection]:
         """A write transaction holding the store's write lock; errors become StoreError."""
         try:
-            with self.engine.begin() as conn:
+            with writing(self.engine) as conn:
                 if self.postgres:
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
                 yield conn
@@ -137,7 +137,8 @@ class Store:
             device=head.device, window_start=head.window_start, window_end=head.window_end,
             count=head.count, root=head.root, previous_root=head.previous_root,
             plan_digest=head.plan_digest, statement=sealed.statement,
-            keys=json.dumps(list(sealed.keys)), waiver=sealed.waiver.decode(), audit_seq=seq,
+            keys=canonical_json(list(sealed.keys)).decode(), waiver=sealed.waiver.decode(),
+            audit_seq=seq,
         ).returning(BATCHES.c.id)).scalar_one()  # fmt: skip
         if sealed.signatures:
             conn.execute(insert(SIGNATURES), [
@@ -185,13 +186,26 @@ class Store:
                 f"INSERT INTO {table} (batch_id, position, leaf) VALUES {marks}", tuple(params))
 
     def heads(self) -> dict[str, Head]:
-        """Each device's newest batch (the one no other batch names as previous)."""
+        """Each device's newest batch: of its latest window, the one no other batch follows.
+
+        Only the store's word, for a collector whose spool is gone: a batch that
+        was dropped leaves its predecessor unfollowed too, so the latest window
+        decides, not the chain alone.
+        """
+        latest = (select(BATCHES.c.device, func.max(BATCHES.c.window_end).label("end"))
+                  .group_by(BATCHES.c.device).subquery())  # fmt: skip
+        query = (select(BATCHES.c.id, BATCHES.c.device, BATCHES.c.root, BATCHES.c.previous_root,
+                        BATCHES.c.window_end)
+                 .join(latest, (BATCHES.c.device == latest.c.device)
+                       & (BATCHES.c.window_end == latest.c.end)))  # fmt: skip
         with self.reading() as conn:
-            rows = conn.execute(select(BATCHES.c.device, BATCHES.c.root, BATCHES.c.previous_root,
-                                       BATCHES.c.window_end)).all()  # fmt: skip
-        named = {(r.device, bytes(r.previous_root)) for r in rows}
-        return {r.device: Head(bytes(r.root), r.window_end) for r in rows
-                if (r.device, bytes(r.root)) not in named}  # fmt: skip
+            rows = conn.execute(query).all()
+        followed = {(r.device, bytes(r.previous_root)) for r in rows}
+        newest: dict[str, Any] = {}
+        for r in sorted(rows, key=lambda r: r.id):
+            if (r.device, bytes(r.root)) not in followed:
+                newest[r.device] = r
+        return {d: Head(bytes(r.root), r.window_end) for d, r in newest.items()}
 
     # --- plans, keys, lifecycle -------------------------------------------------------
 
