@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -144,8 +144,8 @@ def test_checkpoints_are_signed_by_the_audit_key_under_the_log_origin(evidence_s
 
 def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_site, tmp_path):
     keys = evidence_site.key_store()
-    now = datetime.now(UTC)
-    first, second = evidence_site.plans[:2]
+    now = datetime.now(UTC) + timedelta(seconds=1)  # a claim states whole seconds: not before
+    first, second = evidence_site.plans[:2]         # the key's first one
 
     def signed(plan, device):
         claim = PlanClaim(device, plan["digest"], now)

@@ -377,11 +377,21 @@ class Batcher:
         self.previous: dict[str, bytes] = dict(previous_roots or {})
         self.open: dict[str, dict[int, _Window]] = {}
         self.closed = False
+        self.newest: dict[str, int] = {}
+        """Each device's newest window with a record."""
         self._ms: dict[datetime, int] = {}
 
     async def put(self, record: Record) -> None:
-        """Add a record; closes the device's earlier open windows. Requires a planned device.
+        """Add a record; closes the device's earlier open windows. Requires a planned device."""
+        if self.add(record):
+            await self.emit_earlier(record.device)
 
+    def add(self, record: Record) -> bool:
+        """Add a record without closing anything; ``True`` when the record's device has an
+        earlier window open, which :meth:`emit_earlier` must then close.
+
+        :meth:`put` in two halves, so that a caller with its own ``put`` (the
+        evidence sink) adds a record without one more coroutine per record.
         This runs once per record, so it is written for speed: no per-record
         datetime arithmetic (:meth:`_epoch_ms`), salts drawn in bulk, no
         :class:`Entry` until the window closes.
@@ -404,9 +414,14 @@ class Batcher:
         into.salts.append(salt)
         into.leaves.append(leaf)
         into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
-        if len(windows) > 1:  # rarely: the first record of a device's next window
-            for earlier in sorted(w for w in windows if w < window):
-                await self._emit(plan, earlier, windows.pop(earlier))
+        self.newest[plan.device] = max(window, self.newest.get(plan.device, window))
+        return len(windows) > 1  # rarely: the first record of a device's next window
+
+    async def emit_earlier(self, device: str) -> None:
+        """Close every window of ``device`` before the newest one it has a record of."""
+        plan, windows = self.plans[device], self.open[device]
+        for earlier in sorted(w for w in windows if w < self.newest[device]):
+            await self._emit(plan, earlier, windows.pop(earlier))
 
     def _epoch_ms(self, moment: datetime) -> int:
         """:func:`epoch_ms`, remembered: the records of one slot share their time.

@@ -142,6 +142,13 @@ def _fast_leaf(record: Record, salt: bytes) -> bytes:
 def _reading_text(r: Reading, salt: str) -> str:
     if type(r.quality) is not Quality:
         raise _Unusual
+    scheduled = r.scheduled_at
+    if (scheduled is not None and r.raw_code is None and r.server_at is None
+            and r.source_at is None and type(r.coalesced) is int and r.coalesced <= 0):
+        # the usual scheduled sample: no optional member but its slot
+        return (f'{{"collected_at":"{_utc(r.collected_at)}","device":{_text(r.device)},'
+                f'"point":{_text(r.point)},"quality":{_QUALITY[r.quality]},"salt":"{salt}",'
+                f'"scheduled_at":"{_utc(scheduled)}",{_READING_TAIL}{_scalar(r.value)}}}')
     return (
         f'{{{_coalesced(r.coalesced)}"collected_at":"{_utc(r.collected_at)}",'
         f'"device":{_text(r.device)},"point":{_text(r.point)},"quality":{_QUALITY[r.quality]},'

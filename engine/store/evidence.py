@@ -123,7 +123,8 @@ class EvidenceSink:
         return count
 
     async def put(self, record: Record) -> None:
-        await self.batcher.put(record)
+        if self.batcher.add(record):
+            await self.batcher.emit_earlier(record.device)
         self.records += 1
         if time.monotonic() >= self.next_flush:
             # a quiet device's window is closed by time, not only by its next record

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.canonical import canonical_json
-from engine.records import Reading, Record
+from engine.records import Gap
 from engine.sign.batch import Batch, Signature, Statement
 
 Kind = Literal["reading", "gap"]
@@ -29,14 +29,21 @@ class SealedBatch:
     waiver: bytes
     """Canonical JSON list of the waivers that allow the batch to be unsigned."""
     signatures: tuple[Signature, ...]
-    records: tuple[tuple[Kind, bytes], ...]
-    """(kind, leaf bytes) per record, in the batch's sorted order."""
+    leaves: tuple[bytes, ...]
+    """Every record's leaf bytes, in the batch's sorted order."""
+    gaps: frozenset[int]
+    """The positions in :attr:`leaves` that are gap records; the others are readings."""
 
     @classmethod
     def of(cls, batch: Batch, signatures: Sequence[Signature]) -> SealedBatch:
-        records = tuple((_kind(e.record), e.leaf) for e in batch.entries)
+        entries = batch.entries
+        leaves = tuple([e.leaf for e in entries])
+        gaps = frozenset([i for i, e in enumerate(entries) if type(e.record) is Gap])
         return cls(Statement.of(batch).to_bytes(), batch.keys,
-                   canonical_json(list(batch.waiver)), tuple(signatures), records)  # fmt: skip
+                   canonical_json(list(batch.waiver)), tuple(signatures), leaves, gaps)  # fmt: skip
+
+    def kind(self, position: int) -> Kind:
+        return "gap" if position in self.gaps else "reading"
 
     @property
     def head(self) -> Statement:
@@ -59,18 +66,16 @@ class SealedBatch:
             "statement": self.statement.decode(), "keys": list(self.keys),
             "waiver": self.waiver.decode(),
             "signatures": [[s.key, s.signature.hex()] for s in self.signatures],
-            "records": [[kind, leaf.decode()] for kind, leaf in self.records],
+            "records": [[self.kind(i), leaf.decode()] for i, leaf in enumerate(self.leaves)],
         })  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SealedBatch:
         obj: Mapping[str, Any] = json.loads(data)
+        records = obj["records"]
         return cls(
             obj["statement"].encode(), tuple(obj["keys"]), obj["waiver"].encode(),
             tuple(Signature(k, bytes.fromhex(s)) for k, s in obj["signatures"]),
-            tuple((kind, leaf.encode()) for kind, leaf in obj["records"]),
+            tuple(leaf.encode() for _, leaf in records),
+            frozenset(i for i, (kind, _) in enumerate(records) if kind == "gap"),
         )  # fmt: skip
-
-
-def _kind(record: Record) -> Kind:
-    return "reading" if isinstance(record, Reading) else "gap"

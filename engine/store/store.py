@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from engine.store.sealed import SealedBatch
 from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
 
 LOCK_ID = 0x636F6E76  # "conv": the advisory lock every PostgreSQL writer takes
-_KIND, _LEAF = itemgetter(0), itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ class Store:
                 seq = audit.append(conn, "batch.stored", self.actor, sealed.audit_payload(),
                                    instant(at or datetime.now(UTC)))
                 batch_id = self._insert_batch(conn, sealed, seq)
-                self._insert_records(conn, batch_id, sealed.records)
+                self._insert_records(conn, batch_id, sealed)
         except IntegrityError:
             return False  # a concurrent writer stored the same batch first
         return True
@@ -147,14 +145,13 @@ class Store:
             ])  # fmt: skip
         return int(batch_id)
 
-    def _insert_records(self, conn: Connection, batch_id: int,
-                        records: Sequence[tuple[str, bytes]]) -> None:  # fmt: skip
-        kinds, leaves = list(map(_KIND, records)), list(map(_LEAF, records))
-        if kinds.count("reading") == len(kinds):  # the usual batch: readings only
+    def _insert_records(self, conn: Connection, batch_id: int, sealed: SealedBatch) -> None:
+        leaves, gaps = sealed.leaves, sealed.gaps
+        if not gaps:  # the usual batch: readings only
             self._bulk(conn, "readings", batch_id, range(len(leaves)), leaves)
             return
-        for kind, table in (("reading", "readings"), ("gap", "gap_records")):
-            positions = [i for i, k in enumerate(kinds) if k == kind]
+        readings = [i for i in range(len(leaves)) if i not in gaps]
+        for table, positions in (("readings", readings), ("gap_records", sorted(gaps))):
             if positions:
                 self._bulk(conn, table, batch_id, positions, [leaves[i] for i in positions])
 
