@@ -17,6 +17,7 @@ restored from an older copy. See docs/audit.md.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,12 +132,11 @@ def last_checkpoint_size(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(CHECKPOINTS.c.size), 0))).scalar_one())
 
 
-def checkpoint(conn: Connection, sign: CheckpointSigner, witness: Path | None = None) -> str | None:
+def checkpoint(conn: Connection, sign: CheckpointSigner) -> str | None:
     """Sign and store a checkpoint of the log as it stands; ``None`` when nothing is new.
 
-    The note is appended to ``witness`` (when given) once the caller commits;
-    the caller passes ``witness`` only for a committed transaction's result,
-    see :func:`witness_append`.
+    The caller appends the note to the witness file once this transaction has
+    committed (:func:`witness_append`), never before.
     """
     log = _state(conn)
     if log.size == 0 or log.size == last_checkpoint_size(conn):
@@ -152,6 +152,7 @@ def witness_append(witness: Path, note: str) -> None:
     with witness.open("a", encoding="utf-8") as out:
         out.write(line)
         out.flush()
+        os.fsync(out.fileno())
 
 
 def witness_notes(witness: Path) -> Iterator[tuple[int, str]]:
