@@ -6,7 +6,9 @@ named (device and batch, audit entry, checkpoint, plan) so an auditor sees
 the whole extent of a tamper. What each check catches is in docs/audit.md.
 
 The hot part is the records: they are streamed in batch order straight from
-the driver (no ORM rows), each leaf hashed once, each batch's root rebuilt.
+the driver (no ORM rows), each leaf hashed once, each batch's root rebuilt;
+a large store is split by batch-id ranges across worker processes, one per
+CPU, each with its own connection, and the report is the same either way.
 """
 
 from __future__ import annotations
@@ -15,16 +17,22 @@ import base64
 import hashlib
 import itertools
 import json
+import multiprocessing
+import os
+import sqlite3
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from itertools import groupby, pairwise, repeat
+from multiprocessing.context import BaseContext
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, select
 
@@ -125,8 +133,13 @@ class BatchInfo:
 
 
 def verify_store(store: Store, trust: Trust, witness: Path | None = None,
-                 progress: Progress | None = None) -> Report:  # fmt: skip
-    """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given)."""
+                 progress: Progress | None = None,
+                 workers: int | None = None) -> Report:  # fmt: skip
+    """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given).
+
+    ``workers``: how many processes hash the records (None: one per CPU for a
+    store of at least :data:`PARALLEL_RECORDS` records, else this one alone).
+    """
     report = Report()
     with store.reading() as conn:
         log = _check_log(conn, report)
@@ -137,7 +150,7 @@ def verify_store(store: Store, trust: Trust, witness: Path | None = None,
         plans = _check_plans(conn, log, trust, report)
         batches = _check_batches(conn, log, plans, trust, report)
         _check_chains(batches, log, report)
-        _check_records(conn, batches, report, progress)
+        _check_records(conn, batches, report, progress, workers)
     return report
 
 
@@ -502,49 +515,58 @@ Hashes = list[bytes] | dict[int, bytes]
 """A batch's leaf hashes: in position order, or by position when the rows are not 0..n-1."""
 _BATCH_ID, _POSITION, _LEAF = itemgetter(0), itemgetter(1), itemgetter(2)
 
-
-@contextmanager
-def _rows(conn: Connection, table: str) -> Iterator[Iterator[Row]]:
-    """(batch id, position, leaf) of every row of ``table``, in batch order, from the driver.
-
-    The rows come straight from ``fetchmany`` through C iterators: no Python
-    code runs per row.
-    """
-    driver: Any = conn.connection.driver_connection
-    # a named (server-side) cursor streams on PostgreSQL; SQLite's cursor streams anyway
-    cursor = driver.cursor(f"verify_{table}") if conn.dialect.name == "postgresql" else (
-        driver.cursor())  # fmt: skip
-    cursor.execute(f"SELECT batch_id, position, leaf FROM {table} ORDER BY batch_id, position")
-    try:
-        yield itertools.chain.from_iterable(iter(partial(cursor.fetchmany, 20_000), []))
-    finally:
-        cursor.close()
-
+PARALLEL_RECORDS = 100_000
+"""A store signing at least this many records is verified by worker processes, one per CPU."""
+_MAX_WORKERS = 8
+"""More would mostly wait for the database (and hold as many PostgreSQL connections)."""
+_RANGES_PER_WORKER = 4
+"""Batch-id ranges per worker: progress comes as each ends, and a worker done early takes more."""
 
 _TYPE = {"readings": "readings", "gap_records": "gap records"}
 """Record tables and how the report counts them."""
 _MARKER = {"readings": b'"type":"reading"', "gap_records": b'"type":"gap"'}
 
 
+@dataclass(frozen=True)
+class BatchCheck:
+    """What one batch's rows show, without its leaves: small enough for a worker to send back.
+
+    ``root`` is the Merkle root of the leaf hashes at positions 0..positions-1,
+    or None when one of those positions (the first is ``missing``) has no record.
+    """
+
+    batch_id: int
+    rows: dict[str, int]
+    """Rows per table."""
+    positions: int
+    root: bytes | None
+    missing: int | None
+    problems: list[Problem]
+    """Two records at one position, records of another type: named while hashing."""
+
+
+class _Source(NamedTuple):
+    """What a worker process connects to: a SQLite file, or a PostgreSQL (libpq) URL."""
+
+    postgres: bool
+    target: str
+
+
 def _check_records(conn: Connection, batches: Mapping[int, BatchInfo], report: Report,
-                   progress: Progress | None) -> None:  # fmt: skip
-    """Rebuild each batch's root from its rows; one batch's leaf hashes in memory at a time.
+                   progress: Progress | None, workers: int | None) -> None:  # fmt: skip
+    """Compare each batch's rows, hashed and rebuilt into a root, with its signed statement.
 
     With fewer garbage collections: every row the driver returns is a new
     tuple, which the cyclic collector would scan every 700 rows for nothing.
     """
+    report.counts.update(dict.fromkeys(_TYPE.values(), 0))
     seen: set[int] = set()
     done = 0
     with fewer_collections():
-        for batch_id, found, n in _record_groups(conn, report):
-            seen.add(batch_id)
-            done += n
-            info = batches.get(batch_id)
-            if info is None:
-                report.add(f"batch {batch_id}",
-                           f"{n} records of a batch that is not stored (forged?)")  # fmt: skip
-            else:
-                _check_root(info, found, report)
+        for check in _batch_checks(conn, batches, workers):
+            seen.add(check.batch_id)
+            done += sum(check.rows.values())
+            _compare(check, batches.get(check.batch_id), report)
             if progress is not None:
                 progress(done)
     for batch_id in batches.keys() - seen:
@@ -553,14 +575,148 @@ def _check_records(conn: Connection, batches: Mapping[int, BatchInfo], report: R
             report.add(info.label, f"all its {info.count} records are missing")
 
 
-def _record_groups(conn: Connection, report: Report) -> Iterator[tuple[int, Hashes, int]]:
-    """(batch id, its leaf hashes, rows) per batch, merging readings and gap records.
+def _compare(check: BatchCheck, info: BatchInfo | None, report: Report) -> None:
+    """Count ``check``'s rows, and report what is wrong with them (``info``: their batch)."""
+    for table, rows in check.rows.items():
+        report.counts[_TYPE[table]] += rows
+    report.problems.extend(check.problems)
+    if info is None:
+        report.add(f"batch {check.batch_id}", f"{sum(check.rows.values())} records of a batch "
+                                              "that is not stored (forged?)")  # fmt: skip
+    elif check.positions != info.count:
+        report.add(info.label, f"holds {check.positions} records, its statement signs "
+                               f"{info.count} (records deleted or inserted)")  # fmt: skip
+    elif check.missing is not None:
+        report.add(info.label, f"record position {check.missing} is missing (records reordered?)")
+    elif check.root != info.root:
+        report.add(info.label, "its records do not hash to its signed root (a record was changed)")
+
+
+def _batch_checks(conn: Connection, batches: Mapping[int, BatchInfo],
+                  workers: int | None) -> Iterator[BatchCheck]:  # fmt: skip
+    """The check of every batch that has records, in batch-id order: read here, or by workers.
+
+    Worker processes take ranges of batch ids up to the last batch this
+    transaction read, each on a connection (and snapshot) of its own; rows
+    of any later batch id are read here, in this transaction. So a batch a
+    collector stores meanwhile (its id is past the last) is not taken for
+    records of a batch that is not stored.
+    """
+    driver: Any = conn.connection.driver_connection
+    postgres = conn.dialect.name == "postgresql"
+    source = _source(conn)
+    count = _worker_count(workers, batches)
+    if source is None or count < 2 or not batches:
+        yield from _read_checks(driver, postgres, "")
+        return
+    cuts = _cuts(batches, count * _RANGES_PER_WORKER)
+    pool = ProcessPoolExecutor(count, mp_context=_start_method())
+    try:
+        tasks = [pool.submit(_check_range, source, _between(after, upto))
+                 for after, upto in zip([None, *cuts[:-1]], cuts, strict=True)]  # fmt: skip
+        for task in tasks:
+            yield from task.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+    yield from _read_checks(driver, postgres, f"batch_id > {cuts[-1]:d}")
+
+
+def _worker_count(workers: int | None, batches: Mapping[int, BatchInfo]) -> int:
+    """``workers`` if given; else one per CPU this process may use, if the store is large."""
+    if workers is not None:
+        return workers
+    affinity = getattr(os, "sched_getaffinity", None)  # the CPUs it may use (Linux)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    signed = sum(b.count for b in batches.values())
+    return min(cpus, _MAX_WORKERS) if cpus > 1 and signed >= PARALLEL_RECORDS else 1
+
+
+def _source(conn: Connection) -> _Source | None:
+    """What worker processes connect to; None for a database they cannot open (in memory)."""
+    url = conn.engine.url
+    if conn.dialect.name == "postgresql":  # libpq takes no "+psycopg" driver name
+        return _Source(True, url.set(drivername="postgresql").render_as_string(hide_password=False))
+    database = url.database
+    if conn.dialect.name == "sqlite" and database and database != ":memory:":
+        return _Source(False, database)
+    return None
+
+
+def _cuts(batches: Mapping[int, BatchInfo], parts: int) -> list[int]:
+    """The last batch id of each of up to ``parts`` runs of batches signing as many records."""
+    ids = sorted(batches)
+    total = sum(b.count for b in batches.values())
+    cuts: list[int] = []
+    held = 0
+    for batch_id in ids[:-1]:
+        held += batches[batch_id].count
+        if len(cuts) < parts - 1 and held * parts >= total * (len(cuts) + 1):
+            cuts.append(batch_id)
+    return [*cuts, ids[-1]]
+
+
+def _between(after: int | None, upto: int) -> str:
+    """The condition on batch ids after ``after`` (None: from the lowest) up to ``upto``."""
+    upper = f"batch_id <= {upto:d}"
+    return upper if after is None else f"batch_id > {after:d} AND {upper}"
+
+
+def _start_method() -> BaseContext:
+    """Fork on Linux: a worker starts in a millisecond with this module loaded (a new
+    interpreter takes half a second to import it).
+
+    A forked worker inherits the pooled connections of the process verifying;
+    it never uses them (it opens its own, :func:`_connect`) and ends with
+    ``os._exit``, so it closes none of them either.
+    """
+    if sys.platform == "linux":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+def _check_range(source: _Source, where: str) -> list[BatchCheck]:
+    """In a worker process: the checks of the batches ``where`` selects, on its own connection."""
+    with closing(_connect(source)) as driver, fewer_collections():
+        return list(_read_checks(driver, source.postgres, where))
+
+
+def _connect(source: _Source) -> Any:
+    """A new DB-API connection to the store, by the driver its engine uses."""
+    if source.postgres:
+        import psycopg  # noqa: PLC0415 -- 90 ms to import, only PostgreSQL stores need it
+
+        return psycopg.connect(source.target)
+    return sqlite3.connect(source.target)
+
+
+@contextmanager
+def _rows(driver: Any, postgres: bool, table: str, where: str) -> Iterator[Iterator[Row]]:
+    """(batch id, position, leaf) of the rows of ``table`` ``where`` selects (all if empty), in
+    batch order, from the driver.
+
+    The rows come straight from ``fetchmany`` through C iterators: no Python
+    code runs per row.
+    """
+    # a named (server-side) cursor streams on PostgreSQL; SQLite's cursor streams anyway
+    cursor = driver.cursor(f"verify_{table}") if postgres else driver.cursor()
+    condition = f" WHERE {where}" if where else ""
+    cursor.execute(f"SELECT batch_id, position, leaf FROM {table}{condition} "
+                   "ORDER BY batch_id, position")  # fmt: skip
+    try:
+        yield itertools.chain.from_iterable(iter(partial(cursor.fetchmany, 20_000), []))
+    finally:
+        cursor.close()
+
+
+def _read_checks(driver: Any, postgres: bool, where: str) -> Iterator[BatchCheck]:
+    """The check of each batch of the rows ``where`` selects, merging readings and gap records.
 
     Both tables are read in (batch id, position) order, so a batch's rows are
-    together in each; the two streams are merged a batch at a time.
+    together in each; the two streams are merged a batch at a time, and only
+    one batch's leaf hashes are in memory at a time.
     """
-    report.counts.update(dict.fromkeys(_TYPE.values(), 0))
-    with _rows(conn, "readings") as readings, _rows(conn, "gap_records") as gaps:
+    with _rows(driver, postgres, "readings", where) as readings, \
+            _rows(driver, postgres, "gap_records", where) as gaps:  # fmt: skip
         streams = {"readings": groupby(readings, _BATCH_ID),
                    "gap_records": groupby(gaps, _BATCH_ID)}  # fmt: skip
         heads = {t: next(s, None) for t, s in streams.items()}
@@ -570,13 +726,32 @@ def _record_groups(conn: Connection, report: Report) -> Iterator[tuple[int, Hash
             for table, head in heads.items():
                 if head and head[0] == batch_id:
                     groups[table] = list(head[1])
-                    report.counts[_TYPE[table]] += len(groups[table])
                     heads[table] = next(streams[table], None)
-            yield batch_id, _leaf_hashes(batch_id, groups, report), sum(map(len, groups.values()))
+            yield _batch_check(batch_id, groups)
 
 
-def _leaf_hashes(batch_id: int, groups: dict[str, list[Row]], report: Report) -> Hashes:
-    """The leaf hashes of one batch's rows (by table), reporting duplicates and misfiled rows."""
+def _batch_check(batch_id: int, groups: dict[str, list[Row]]) -> BatchCheck:
+    """Hash one batch's rows (by table) and rebuild its root, if its positions allow one."""
+    problems: list[Problem] = []
+    found = _leaf_hashes(batch_id, groups, problems)
+    missing = _first_missing(found)
+    root = None
+    if missing is None:
+        root = root_of_hashes(found if isinstance(found, list) else
+                              [found[i] for i in range(len(found))])  # fmt: skip
+    rows = {table: len(group) for table, group in groups.items()}
+    return BatchCheck(batch_id, rows, len(found), root, missing, problems)
+
+
+def _first_missing(found: Hashes) -> int | None:
+    """The first of positions 0..len(found)-1 that has no record, if any."""
+    if isinstance(found, list):
+        return None
+    return next((i for i in range(len(found)) if i not in found), None)
+
+
+def _leaf_hashes(batch_id: int, groups: dict[str, list[Row]], problems: list[Problem]) -> Hashes:
+    """The leaf hashes of one batch's rows (by table), naming duplicates and misfiled rows."""
     if len(groups) == 1:
         ((table, rows),) = groups.items()
         hashes = _hashes_in_order(rows, _MARKER[table])
@@ -584,7 +759,7 @@ def _leaf_hashes(batch_id: int, groups: dict[str, list[Row]], report: Report) ->
             return hashes
     found: dict[int, bytes] = {}
     for table, rows in groups.items():
-        _hash_group(table, batch_id, rows, found, report)
+        _hash_group(table, batch_id, rows, found, problems)
     return found
 
 
@@ -610,37 +785,20 @@ def _hashes_in_order(rows: list[Row], marker: bytes) -> list[bytes] | None:
 
 
 def _hash_group(table: str, batch_id: int, rows: list[Row], found: dict[int, bytes],
-                report: Report) -> None:  # fmt: skip
-    sha256, marker = hashlib.sha256, _MARKER[table]
+                problems: list[Problem]) -> None:  # fmt: skip
+    sha256, marker, item = hashlib.sha256, _MARKER[table], f"batch {batch_id}"
     for _, position, leaf in rows:
         data = leaf if type(leaf) is bytes else _as_bytes(leaf)
         if position in found:
-            report.add(f"batch {batch_id}", f"two records at position {position}")
+            problems.append(Problem(item, f"two records at position {position}"))
         found[position] = sha256(b"\x00" + data).digest()
         if marker not in data:
-            report.add(f"batch {batch_id}", f"record {position} in {table} is of another type")
+            problems.append(Problem(item, f"record {position} in {table} is of another type"))
 
 
 def _as_bytes(value: object) -> bytes:
     """A leaf the driver gave as memoryview, or as text (SQLite, after an edit through SQL)."""
     return value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[call-overload]
-
-
-def _check_root(info: BatchInfo, found: Hashes, report: Report) -> None:
-    if len(found) != info.count:
-        report.add(info.label, f"holds {len(found)} records, its statement signs {info.count} "
-                               "(records deleted or inserted)")  # fmt: skip
-        return
-    if isinstance(found, dict):
-        try:
-            hashes = [found[i] for i in range(info.count)]
-        except KeyError as exc:
-            report.add(info.label, f"record position {exc} is missing (records reordered?)")
-            return
-    else:
-        hashes = found
-    if root_of_hashes(hashes) != info.root:
-        report.add(info.label, "its records do not hash to its signed root (a record was changed)")
 
 
 __all__ = ["Problem", "Report", "Trust", "verify_store"]
