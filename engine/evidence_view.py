@@ -53,7 +53,9 @@ def render_report(console: Console, report: Report, seconds: float, where: str) 
     counted = ", ".join(f"{n:,} {what}" for what, n in report.counts.items())
     records = report.counts.get("readings", 0) + report.counts.get("gap records", 0)
     rate = f" ({records / seconds:,.0f} records/s)" if seconds > 0 and records else ""
-    verdict = "[green]verified[/]" if report.ok else f"[red]{len(report.problems)} problems[/]"
+    count = len(report.problems)
+    verdict = ("[green]verified[/]" if report.ok
+               else f"[red]{count} problem{'s' if count > 1 else ''}[/]")  # fmt: skip
     console.print(f"{verdict}: {escape(where)}: {counted} in {seconds:.2f} s{rate}",
                   highlight=False)
 
