@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from engine.errors import ConvergeError, FindingsError
 from engine.evidence_view import progress_of, render_entries, render_report, report_json
 from engine.explain import explain, render_explain
 from engine.jsonschema import json_schema
-from engine.keys import KeyStore, export_public, open_key_store, render_keys
+from engine.keys import KeyStore, KeyVersion, export_public, open_key_store, render_keys
 from engine.planfiles import render_plans, write_plans
 from engine.plansign import open_signer, plan_verifier, rfc3339
 from engine.plugin_manager import make_plugin_manager
@@ -427,6 +428,7 @@ def register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     generate.add_argument("name", metavar="NAME", help="kebab-case id, as signing.keys names it")
     generate.add_argument("--valid-for", type=period, metavar="DURATION",
                           help="validity of each version (default: until rotated)")
+    add_db(generate, required=False)
     generate.set_defaults(handler=run_keys_generate)
     listing = actions.add_parser("list", parents=[store], help="every key version and its validity")
     listing.add_argument("--format", choices=("text", "json"), default="text")
@@ -441,6 +443,7 @@ def register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     rotate.add_argument("name", metavar="NAME")
     rotate.add_argument("--valid-for", type=period, metavar="DURATION",
                         help="validity of the new version (default: the key's period)")
+    add_db(rotate, required=False)
     rotate.set_defaults(handler=run_keys_rotate)
 
 
@@ -450,17 +453,27 @@ def key_store_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore
 
 
 def run_keys_generate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    made = key_store_of(args, pm).generate(args.name, args.valid_for)
+    keys = key_store_of(args, pm)
+    made = keys.generate(args.name, args.valid_for)
     render_keys(console, [made], datetime.now(UTC), title=f"generated {made.name}")
+    log_key_versions(args.db, keys.versions(args.name))
     return 0
 
 
 def run_keys_rotate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    store = key_store_of(args, pm)
-    store.rotate(args.name, args.valid_for)
-    render_keys(console, store.versions(args.name), datetime.now(UTC),
+    keys = key_store_of(args, pm)
+    keys.rotate(args.name, args.valid_for)
+    render_keys(console, keys.versions(args.name), datetime.now(UTC),
                 title=f"rotated {args.name}")
+    log_key_versions(args.db, keys.versions(args.name))
     return 0
+
+
+def log_key_versions(db: str | None, versions: list[KeyVersion]) -> None:
+    """With ``--db``, the key event is an audit entry now, not at the next collector start."""
+    if db:
+        with Store.open(db, actor=f"converge-keys@{socket.gethostname()}") as store:
+            store.record_keys(versions)
 
 
 def run_keys_list(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:

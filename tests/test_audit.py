@@ -166,3 +166,16 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
         (label, "its signature is of another plan")]
     forged = signed(first, first["device"]["id"]).replace(first["digest"], second["digest"])
     assert [p.item for p in verdict(forged).problems] == [label]
+
+
+def test_key_generation_and_rotation_with_a_store_are_audit_entries_at_once(
+        tmp_path, monkeypatch, capsys):  # fmt: skip
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
+    keys, db = str(tmp_path / "keys"), str(tmp_path / "evidence.db")
+    assert main(["keys", "generate", "qa-signing", "--keys", keys, "--db", db]) == 0
+    assert main(["keys", "rotate", "qa-signing", "--keys", keys, "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["audit", "log", "--db", db, "--format", "json"]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["kind"], e["payload"]["name"], e["payload"]["version"]) for e in entries] == [
+        ("key.generated", "qa-signing", 1), ("key.rotated", "qa-signing", 2)]
