@@ -1,0 +1,214 @@
+"""The evidence sink's sealer process: hashes, chains, signs and stores closed windows.
+
+With ``EvidenceConfig(writer="process")`` the :class:`~engine.store.evidence.EvidenceSink`
+forks one worker process once it is set up (keys, plans and chain heads are
+inherited, not sent). The collector's event loop then only encodes each
+record's leaf (salt included) and, when a window closes, puts its records in
+batch order as far as the records alone decide it (record time, point, type:
+:func:`arrange`) and sends a :class:`Cut`: the leaves in that order, the runs
+of equal keys, the gap positions. The sealer hashes the leaves, orders each
+run by leaf hash (so the batch order is exactly :func:`~engine.sign.batch.entry_order`),
+computes the root, chains it to the device's previous root, signs the
+statement and stores the batch, spools it, replays and checkpoints exactly as
+the sink's writer thread does: the same methods, run in the child, on the
+child's own database connections and spool connection. At close the parent
+sends the record count; the sealer finishes (replay, ``collector.stopped``,
+checkpoint) and sends back the sink's stats, or its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from engine.canonical import canonical_json
+from engine.errors import ConvergeError
+from engine.records import Gap, Reading, Record
+from engine.sign.batch import (
+    _EPOCH,
+    _MS,
+    ZERO_ROOT,
+    DevicePlan,
+    Signature,
+    Statement,
+    _in_order,
+    _signing,
+    _Window,
+    record_time,
+)
+from engine.sign.leaf import instant
+from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.store.sealed import SealedBatch
+from engine.store.spool import Spool
+from engine.store.store import Head
+
+if TYPE_CHECKING:
+    from engine.store.evidence import EvidenceSink
+
+_JUST_AFTER = timedelta(milliseconds=1)
+_INHERITED: list[Spool] = []
+_sha256 = hashlib.sha256
+
+
+class SealerError(ConvergeError):
+    """The sealer process failed or died; its traceback, when it could send one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """A closed window, unhashed: what the sealer needs to make its batch."""
+
+    device: str
+    window: int
+    leaves: list[bytes]
+    """In batch order, except within each run of :attr:`ties`."""
+    ties: list[tuple[int, int]]
+    """Runs ``[i, j)`` of records with equal (time, point, type): ordered by leaf hash."""
+    gaps: list[int]
+    points: list[str]
+    covered_until: str
+    at: datetime
+    """The sink's "now" when the window closed: signing keys are chosen for it."""
+
+
+def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int, int]]]:
+    """The batch order of ``records`` by (time, point, type), and its runs of equal keys.
+
+    ``None`` when the records are in that order already, with no ties (the usual case).
+    """
+    if _in_order(records):
+        return None, []
+    keys = [(record_time(r), r.point, "reading" if isinstance(r, Reading) else "gap")
+            for r in records]  # fmt: skip
+    order = sorted(range(len(records)), key=keys.__getitem__)
+    ties, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or keys[order[i]] != keys[order[start]]:
+            if i - start > 1:
+                ties.append((start, i))
+            start = i
+    return order, ties
+
+
+def cut(plan: DevicePlan, window: int, records: _Window, at: datetime) -> Cut:
+    """In the collector: the :class:`Cut` of a closed window."""
+    kept, leaves = records.records, records.leaves
+    order, ties = arrange(kept)
+    if order is not None:
+        kept, leaves = [kept[i] for i in order], [leaves[i] for i in order]
+    gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
+    last = record_time(kept[-1])
+    return Cut(plan.device, window, leaves, ties, gaps, list({r.point for r in kept}),
+               instant(last + _JUST_AFTER), at)  # fmt: skip
+
+
+def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> SealedBatch:
+    """In the sealer: the batch of ``cut``, chained to ``previous``, signed, sealed.
+
+    The same bytes as ``SealedBatch.of(make_batch(...), sign_batch(...))``.
+    """
+    leaves = cut.leaves
+    hashes = [_sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    for i, j in cut.ties:
+        pairs = sorted(zip(hashes[i:j], leaves[i:j], strict=True))
+        hashes[i:j], leaves[i:j] = [h for h, _ in pairs], [leaf for _, leaf in pairs]
+    start = _EPOCH + cut.window * plan.window_ms * _MS
+    keys, waiver = _signing(plan, set(cut.points))
+    end = start + plan.window_ms * _MS
+    data = Statement(plan.device, instant(start), instant(end), len(leaves),
+                     root_of_hashes(hashes), plan.digest, previous).to_bytes()  # fmt: skip
+    signatures = tuple(Signature(k, sink.keys.signer(k, cut.at).sign(data)) for k in keys)
+    return SealedBatch(data, keys, canonical_json(list(waiver)), signatures, tuple(leaves),
+                       frozenset(cut.gaps))  # fmt: skip
+
+
+class Sealer:
+    """The parent's end: forks the sealer for ``sink``, sends it cuts, stops it."""
+
+    def __init__(self, sink: EvidenceSink) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(sink, child, self.conn),
+                                       name="converge-sealer", daemon=True)  # fmt: skip
+        self.process.start()
+        child.close()
+
+    def send(self, item: Cut) -> None:
+        """Send a cut (blocks while the pipe is full: call it from a thread)."""
+        try:
+            self.conn.send(item)
+        except OSError:
+            raise self._failure() from None
+
+    def stop(self, records: int) -> dict[str, int]:
+        """Let the sealer finish; its stats. Raises SealerError if it failed."""
+        try:
+            self.conn.send(records)
+        except OSError:
+            raise self._failure() from None
+        kind, value = self._receive()
+        if kind != "ok":
+            raise self._failure(value)
+        stats: dict[str, int] = value
+        return stats
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            return "error", None
+        return kind, value
+
+    def _failure(self, said: str | None = None) -> SealerError:
+        if said is None:
+            said = self._receive()[1]
+        self.process.join()
+        self.conn.close()
+        return SealerError(f"the sealer process failed (exit code {self.process.exitcode})"
+                           + (f":\n{said}" if said else ""))  # fmt: skip
+
+
+def _serve(sink: EvidenceSink, conn: Connection, parent_end: Connection) -> None:
+    """The sealer process: cuts until a record count, then finish and report."""
+    parent_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when to stop
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)  # the collector's event loop is not ours
+    try:
+        _own_connections(sink)
+        previous = {device: head.root for device, head in sink.heads.items()}
+        plans = sink.batcher.plans
+        while isinstance(item := conn.recv(), Cut):
+            sink.now = lambda at=item.at: at  # type: ignore[misc]
+            plan = plans[item.device]
+            sealed = seal(plan, item, previous.get(item.device, ZERO_ROOT), sink)
+            previous[item.device] = sealed.head.root
+            sink._deliver(sealed, Head(sealed.head.root, item.covered_until))
+        sink.records = item
+        try:
+            sink._finish()
+        finally:
+            sink.spool.close()
+        conn.send(("ok", sink.stats))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def _own_connections(sink: EvidenceSink) -> None:
+    """Leave the collector's database and spool connections alone; open the sealer's own."""
+    sink.store.engine.dispose(close=False)
+    _INHERITED.append(sink.spool)  # the collector's: kept, never closed here
+    sink.spool = Spool(sink.spool.path, sink.spool.max_bytes)
+
+
+__all__ = ["Cut", "Sealer", "SealerError", "arrange", "cut", "seal"]
