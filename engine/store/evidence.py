@@ -171,7 +171,7 @@ class EvidenceSink:
         """In process mode: a closed window goes to the sealer unhashed (engine/store/sealer.py)."""
         if self.writer.done():
             await self.writer  # raises the sealer's failure
-        await self.queue.put(cut(plan, window, records, self.now()))
+        await self.queue.put(cut(plan, window, records, self.now(), hashed=self.batcher.closed))
 
     async def _send_all(self) -> None:
         assert self.sealer is not None

@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import multiprocessing
+import os
 import signal
+import socket
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
 _JUST_AFTER = timedelta(milliseconds=1)
 _INHERITED: list[Spool] = []
+SEND_BUFFER = 4 << 20
 _sha256 = hashlib.sha256
 
 
@@ -77,6 +80,8 @@ class Cut:
     covered_until: str
     at: datetime
     """The sink's "now" when the window closed: signing keys are chosen for it."""
+    root: bytes | None = None
+    """The leaves' root, when the collector has hashed them (then :attr:`ties` are ordered)."""
 
 
 def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int, int]]]:
@@ -98,16 +103,31 @@ def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int
     return order, ties
 
 
-def cut(plan: DevicePlan, window: int, records: _Window, at: datetime) -> Cut:
-    """In the collector: the :class:`Cut` of a closed window."""
+def cut(plan: DevicePlan, window: int, records: _Window, at: datetime,
+        hashed: bool = False) -> Cut:  # fmt: skip
+    """In the collector: the :class:`Cut` of a closed window, with its root if ``hashed``.
+
+    The collector hashes them when it has nothing else to do (at close), so
+    that the sealer's backlog is only signing and storing.
+    """
     kept, leaves = records.records, records.leaves
     order, ties = arrange(kept)
     if order is not None:
         kept, leaves = [kept[i] for i in order], [leaves[i] for i in order]
     gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
     last = record_time(kept[-1])
-    return Cut(plan.device, window, leaves, ties, gaps, list({r.point for r in kept}),
-               instant(last + _JUST_AFTER), at)  # fmt: skip
+    root = root_of_hashes(_hashed(leaves, ties)) if hashed else None
+    return Cut(plan.device, window, leaves, [] if hashed else ties, gaps,
+               list({r.point for r in kept}), instant(last + _JUST_AFTER), at, root)  # fmt: skip
+
+
+def _hashed(leaves: list[bytes], ties: list[tuple[int, int]]) -> list[bytes]:
+    """The leaves' hashes; each run of ``ties`` (of both lists) reordered by leaf hash."""
+    hashes = [_sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    for i, j in ties:
+        pairs = sorted(zip(hashes[i:j], leaves[i:j], strict=True))
+        hashes[i:j], leaves[i:j] = [h for h, _ in pairs], [leaf for _, leaf in pairs]
+    return hashes
 
 
 def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> SealedBatch:
@@ -116,15 +136,12 @@ def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> Sea
     The same bytes as ``SealedBatch.of(make_batch(...), sign_batch(...))``.
     """
     leaves = cut.leaves
-    hashes = [_sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
-    for i, j in cut.ties:
-        pairs = sorted(zip(hashes[i:j], leaves[i:j], strict=True))
-        hashes[i:j], leaves[i:j] = [h for h, _ in pairs], [leaf for _, leaf in pairs]
+    root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
     start = _EPOCH + cut.window * plan.window_ms * _MS
     keys, waiver = _signing(plan, set(cut.points))
     end = start + plan.window_ms * _MS
     data = Statement(plan.device, instant(start), instant(end), len(leaves),
-                     root_of_hashes(hashes), plan.digest, previous).to_bytes()  # fmt: skip
+                     root, plan.digest, previous).to_bytes()  # fmt: skip
     signatures = tuple(Signature(k, sink.keys.signer(k, cut.at).sign(data)) for k in keys)
     return SealedBatch(data, keys, canonical_json(list(waiver)), signatures, tuple(leaves),
                        frozenset(cut.gaps))  # fmt: skip
@@ -136,6 +153,7 @@ class Sealer:
     def __init__(self, sink: EvidenceSink) -> None:
         context = multiprocessing.get_context("fork")
         self.conn, child = context.Pipe()
+        _widen(self.conn)
         self.process = context.Process(target=_serve, args=(sink, child, self.conn),
                                        name="converge-sealer", daemon=True)  # fmt: skip
         self.process.start()
@@ -174,6 +192,18 @@ class Sealer:
         self.conn.close()
         return SealerError(f"the sealer process failed (exit code {self.process.exitcode})"
                            + (f":\n{said}" if said else ""))  # fmt: skip
+
+
+def _widen(conn: Connection) -> None:
+    """Let a whole cut (~1 MB for 6,000 readings) fit in the socket's send buffer.
+
+    The sending thread gives up the GIL at each write that fills the buffer,
+    and beside a busy event loop it waits about a switch interval (5 ms) to
+    get it back: with the default buffer, that is most of the time a cut takes.
+    Best effort: Linux caps the size at ``net.core.wmem_max``.
+    """
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def _serve(sink: EvidenceSink, conn: Connection, parent_end: Connection) -> None:
