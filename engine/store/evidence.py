@@ -146,7 +146,7 @@ class EvidenceSink:
         if self.sealer is None:
             await asyncio.to_thread(self._finish)
             return
-        self.stats.update(await asyncio.to_thread(self.sealer.stop, self.records))
+        self.stats.update(await self.sealer.stop(self.records))
         self.store.close()
 
     def summary(self) -> str:
@@ -176,7 +176,7 @@ class EvidenceSink:
     async def _send_all(self) -> None:
         assert self.sealer is not None
         while (item := await self.queue.get()) is not None:
-            await asyncio.to_thread(self.sealer.send, item)
+            await self.sealer.send(item)
 
     # --- in the writer thread --------------------------------------------------------
 

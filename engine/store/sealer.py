@@ -18,17 +18,17 @@ checkpoint) and sends back the sink's stats, or its traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import multiprocessing
-import os
+import pickle
 import signal
 import socket
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from engine.canonical import canonical_json
@@ -148,75 +148,100 @@ def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> Sea
 
 
 class Sealer:
-    """The parent's end: forks the sealer for ``sink``, sends it cuts, stops it."""
+    """The parent's end: forks the sealer for ``sink``, sends it cuts, stops it.
+
+    Cuts go through a socket pair, written by the event loop itself without
+    blocking (asyncio streams): a sending thread would have to win the GIL
+    back from the busy loop for every buffer-full it writes.
+    """
 
     def __init__(self, sink: EvidenceSink) -> None:
         context = multiprocessing.get_context("fork")
-        self.conn, child = context.Pipe()
-        _widen(self.conn)
-        self.process = context.Process(target=_serve, args=(sink, child, self.conn),
+        self.sock, child = socket.socketpair()
+        with contextlib.suppress(OSError):  # best effort: Linux caps it at net.core.wmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        self.process = context.Process(target=_serve, args=(sink, child, self.sock),
                                        name="converge-sealer", daemon=True)  # fmt: skip
         self.process.start()
         child.close()
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    def send(self, item: Cut) -> None:
-        """Send a cut (blocks while the pipe is full: call it from a thread)."""
+    async def send(self, item: Cut | int) -> None:
+        """Send a cut, or the record count that stops the sealer (waits while it lags)."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(sock=self.sock)
+        data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         try:
-            self.conn.send(item)
-        except OSError:
-            raise self._failure() from None
+            self.streams[1].write(len(data).to_bytes(8, "big"))
+            self.streams[1].write(data)
+            await self.streams[1].drain()
+        except ConnectionError:
+            raise await self._failure() from None
 
-    def stop(self, records: int) -> dict[str, int]:
+    async def stop(self, records: int) -> dict[str, int]:
         """Let the sealer finish; its stats. Raises SealerError if it failed."""
-        try:
-            self.conn.send(records)
-        except OSError:
-            raise self._failure() from None
-        kind, value = self._receive()
+        await self.send(records)
+        kind, value = await self._receive()
         if kind != "ok":
-            raise self._failure(value)
+            raise await self._failure(value)
+        await asyncio.to_thread(self.process.join)
+        self._close()
         stats: dict[str, int] = value
         return stats
 
-    def _receive(self) -> tuple[str, Any]:
+    async def _receive(self) -> tuple[str, Any]:
+        assert self.streams is not None
         try:
-            kind, value = self.conn.recv()
-        except (EOFError, OSError):
+            size = int.from_bytes(await self.streams[0].readexactly(8), "big")
+            kind, value = pickle.loads(await self.streams[0].readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError):
             return "error", None
         return kind, value
 
-    def _failure(self, said: str | None = None) -> SealerError:
+    async def _failure(self, said: str | None = None) -> SealerError:
         if said is None:
-            said = self._receive()[1]
-        self.process.join()
-        self.conn.close()
+            said = (await self._receive())[1]
+        await asyncio.to_thread(self.process.join)
+        self._close()
         return SealerError(f"the sealer process failed (exit code {self.process.exitcode})"
                            + (f":\n{said}" if said else ""))  # fmt: skip
 
-
-def _widen(conn: Connection) -> None:
-    """Let a whole cut (~1 MB for 6,000 readings) fit in the socket's send buffer.
-
-    The sending thread gives up the GIL at each write that fills the buffer,
-    and beside a busy event loop it waits about a switch interval (5 ms) to
-    get it back: with the default buffer, that is most of the time a cut takes.
-    Best effort: Linux caps the size at ``net.core.wmem_max``.
-    """
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    def _close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+        self.sock.close()
 
 
-def _serve(sink: EvidenceSink, conn: Connection, parent_end: Connection) -> None:
+class _Channel:
+    """The sealer's end of the socket pair: whole pickled messages, each after its size."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.file = sock, sock.makefile("rb")
+
+    def receive(self) -> Any:
+        head = self.file.read(8)
+        data = self.file.read(int.from_bytes(head, "big")) if len(head) == 8 else b""
+        if not data:
+            raise EOFError("the collector went away")
+        return pickle.loads(data)
+
+    def send(self, item: Any) -> None:
+        data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(len(data).to_bytes(8, "big") + data)
+
+
+def _serve(sink: EvidenceSink, sock: socket.socket, parent_end: socket.socket) -> None:
     """The sealer process: cuts until a record count, then finish and report."""
     parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when to stop
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the collector's event loop is not ours
+    conn = _Channel(sock)
     try:
         _own_connections(sink)
         previous = {device: head.root for device, head in sink.heads.items()}
         plans = sink.batcher.plans
-        while isinstance(item := conn.recv(), Cut):
+        while isinstance(item := conn.receive(), Cut):
             sink.now = lambda at=item.at: at  # type: ignore[misc]
             plan = plans[item.device]
             sealed = seal(plan, item, previous.get(item.device, ZERO_ROOT), sink)
