@@ -233,7 +233,8 @@ class _Channel:
 def _serve(sink: EvidenceSink, sock: socket.socket, parent_end: socket.socket) -> None:
     """The sealer process: cuts until a record count, then finish and report."""
     parent_end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when to stop
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the collector decides when to stop
+        signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the collector's event loop is not ours
     conn = _Channel(sock)
