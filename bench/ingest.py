@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -49,10 +49,10 @@ from engine.keys import KeyVersion
 from engine.plan import PLAN_FORMAT, seal
 from engine.records import Reading
 from engine.sign.note import sign_checkpoint
-from engine.store.evidence import EvidenceSink
+from engine.store.evidence import EvidenceConfig, EvidenceSink
 from engine.store.spool import Spool
 from engine.store.store import Store
-from engine.verify import Trust
+from engine.verify import Trust, verify_store
 
 DEVICES = 100
 POINTS = 100
@@ -64,6 +64,7 @@ START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 """Readings start two hours ago, on a minute, so the first window is a whole one."""
 TARGET_RATE = 100_000
 TARGET_SHARE = 0.5
+Writer = Literal["thread", "process"]
 
 
 # --- keys and plans --------------------------------------------------------------------
@@ -158,8 +159,8 @@ class Clock:
 # --- our pipeline ----------------------------------------------------------------------
 
 
-async def _collect(store: Store, keys: BenchKeys, spool: Spool,
-                   groups: list[list[Reading]]) -> None:  # fmt: skip
+async def _collect(store: Store, keys: BenchKeys, spool: Spool, groups: list[list[Reading]],
+                   writer: Writer) -> None:  # fmt: skip
     """Put every group through the evidence sink, yielding to the loop between groups.
 
     A collector's device task puts the readings of one answer and then awaits
@@ -168,7 +169,8 @@ async def _collect(store: Store, keys: BenchKeys, spool: Spool,
     until the end.
     """
     clock = Clock()
-    sink = EvidenceSink(plans(), store, keys, spool, now=clock)  # type: ignore[arg-type]
+    sink = EvidenceSink(plans(), store, keys, spool, now=clock,  # type: ignore[arg-type]
+                        config=EvidenceConfig(writer=writer))  # fmt: skip
     for i, group in enumerate(groups):
         clock.at = group[0].collected_at
         for reading in group:
@@ -186,7 +188,8 @@ def open_store(target: str, keys: BenchKeys) -> Store:
     return store
 
 
-def ingest(target: str, spool_path: Path, count: int, keys: BenchKeys) -> tuple[Store, float]:
+def ingest(target: str, spool_path: Path, count: int, keys: BenchKeys,
+           writer: Writer = "thread") -> tuple[Store, float]:  # fmt: skip
     """Store ``count`` readings in a new store at ``target``; returns the store and the seconds.
 
     The readings are made before the clock starts (making them is the
@@ -200,7 +203,7 @@ def ingest(target: str, spool_path: Path, count: int, keys: BenchKeys) -> tuple[
     gc.collect()
     try:
         started = time.perf_counter()
-        asyncio.run(_collect(store, keys, spool, groups))
+        asyncio.run(_collect(store, keys, spool, groups, writer))
         elapsed = time.perf_counter() - started
     finally:
         spool.close()
@@ -352,9 +355,18 @@ class Result:
         return self.readings / self.floor_s
 
 
-def run_sqlite(count: int, workdir: Path) -> Result:
+def check(store: Store, keys: BenchKeys) -> None:
+    """Exit unless the store verifies (after a run of the sealer process, not timed)."""
+    report = verify_store(store, keys.trust())
+    if not report.ok:
+        raise SystemExit(f"the store does not verify: {report.problems[:5]}")
+
+
+def run_sqlite(count: int, workdir: Path, writer: Writer) -> Result:
     keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
-    store, ours = ingest(str(workdir / "ours.db"), workdir / "spool.db", count, keys)
+    store, ours = ingest(str(workdir / "ours.db"), workdir / "spool.db", count, keys, writer)
+    if writer == "process":
+        check(store, keys)
     rows = stored_rows(store)
     floor = sqlite_floor(workdir / "floor.db", store, rows)
     store.close()
@@ -362,10 +374,12 @@ def run_sqlite(count: int, workdir: Path) -> Result:
                   "sqlite3 executemany")  # fmt: skip
 
 
-def run_postgres(url: str, count: int, workdir: Path) -> Result:
+def run_postgres(url: str, count: int, workdir: Path, writer: Writer) -> Result:
     keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
     with scratch_databases(url, 2) as (ours_url, floor_url):
-        store, ours = ingest(ours_url, workdir / "spool-pg.db", count, keys)
+        store, ours = ingest(ours_url, workdir / "spool-pg.db", count, keys, writer)
+        if writer == "process":
+            check(store, keys)
         rows = stored_rows(store)
         floor = postgres_floor(floor_url, store, rows)
         store.close()
@@ -413,15 +427,17 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=READINGS)
     parser.add_argument("--postgres", default=os.environ.get("CONVERGE_POSTGRES_URL"),
                         help="PostgreSQL server URL (default: $CONVERGE_POSTGRES_URL)")
+    parser.add_argument("--writer", choices=["thread", "process"], default="process",
+                        help="the evidence sink's writer (default: process, the sealer)")
     args = parser.parse_args()
     print(machine(postgres_version(args.postgres) if args.postgres else None))
     print(f"shape: {DEVICES} devices x {POINTS} points at 1 s, {WINDOW_MS // 1000} s windows "
           f"({POINTS * WINDOW_MS // 1000:,} readings per batch), "
           f"signed by {' and '.join(SIGNING_KEYS)}\n")
     with tempfile.TemporaryDirectory() as tmp:
-        report(run_sqlite(args.readings, Path(tmp)))
+        report(run_sqlite(args.readings, Path(tmp), args.writer))
         if args.postgres:
-            report(run_postgres(args.postgres, args.readings, Path(tmp)))
+            report(run_postgres(args.postgres, args.readings, Path(tmp), args.writer))
         else:
             print("PostgreSQL: skipped (no --postgres URL and CONVERGE_POSTGRES_URL unset)")
 

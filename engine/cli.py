@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 from rich.console import Console
@@ -376,11 +377,16 @@ async def _collect(args: argparse.Namespace, pm: pluggy.PluginManager, plans: li
     config = CollectConfig()
     target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
     evidence = open_evidence(plans, args.plans, target, keys,
-                             EvidenceConfig(audit_key=args.audit_key))
+                             EvidenceConfig(audit_key=args.audit_key, writer=_writer()))
     await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
     summary = await run_plans(plans, pm, duration=args.duration, sink=evidence,
                               reporter=reporter, config=config, handle_signals=True)
     return summary, evidence.summary()
+
+
+def _writer() -> Literal["thread", "process"]:
+    """The evidence sink's sealer process where ``fork`` exists (Linux, other Unixes)."""
+    return "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"
 
 
 # --- converge simulate -------------------------------------------------------------------

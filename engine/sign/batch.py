@@ -62,6 +62,8 @@ _MS = timedelta(milliseconds=1)
 _sha256 = hashlib.sha256
 
 OnBatch = Callable[["Batch"], Awaitable[None] | None]
+OnWindow = Callable[["DevicePlan", int, "_Window"], Awaitable[None]]
+"""Takes each closed window unhashed, instead of a :class:`Batch` (the evidence sink's sealer)."""
 
 
 # --- errors ----------------------------------------------------------------
@@ -239,8 +241,8 @@ def _order_key(entry: Entry) -> tuple[datetime, str, str, bytes]:
     return (record_time(record), record.point, kind, entry.leaf_hash)
 
 
-def _in_order(entries: list[Entry]) -> bool:
-    """Whether ``entries`` are strictly ascending by (record time, point) already.
+def _in_order(records: Iterable[Record]) -> bool:
+    """Whether ``records`` are strictly ascending by (record time, point) already.
 
     Then sorting them is a no-op, and making a sort key per entry is skipped:
     a collector puts each device's records in time order, a read group's points
@@ -248,8 +250,7 @@ def _in_order(entries: list[Entry]) -> bool:
     """
     last_time: datetime | None = None
     last_point = ""
-    for entry in entries:
-        record = entry.record
+    for record in records:
         moment = (record.scheduled_at or record.collected_at if type(record) is Reading
                   else record_time(record))  # fmt: skip
         if last_time is not None and (moment < last_time or (
@@ -265,7 +266,8 @@ def make_batch(plan: DevicePlan, window: int, entries: Iterable[Entry], previous
     Requires every entry to be of that device and window.
     """
     listed = list(entries)
-    ordered = tuple(listed if _in_order(listed) else sorted(listed, key=_order_key))
+    ordered = tuple(listed if _in_order(e.record for e in listed)
+                    else sorted(listed, key=_order_key))  # fmt: skip
     start = _EPOCH + window * plan.window_ms * _MS
     keys, waiver = _signing(plan, {e.record.point for e in ordered})
     return Batch(
@@ -363,16 +365,18 @@ class Batcher:
 
     ``previous_roots`` resumes each device's chain (default: :data:`ZERO_ROOT`);
     ``grace_ms`` is how long :meth:`flush` waits after a window's end for late
-    records. ``on_batch`` may be a plain or an async function.
+    records. ``on_batch`` may be a plain or an async function. With ``on_window``,
+    leaves are not hashed and each closed window goes to it instead of a batch
+    to ``on_batch`` (which it then seals, chains and hands on itself).
     """
 
     def __init__(
         self, plans: Iterable[Mapping[str, Any]], on_batch: OnBatch, *, grace_ms: int = 5_000,
         previous_roots: Mapping[str, bytes] | None = None,
-        salt: Callable[[], bytes] = new_salt,
+        salt: Callable[[], bytes] = new_salt, on_window: OnWindow | None = None,
     ) -> None:  # fmt: skip
         self.plans = {p.device: p for p in map(device_plan, plans)}
-        self.on_batch, self.grace_ms = on_batch, grace_ms
+        self.on_batch, self.grace_ms, self.on_window = on_batch, grace_ms, on_window
         self.salt = _Salts() if salt is new_salt else salt
         self.previous: dict[str, bytes] = dict(previous_roots or {})
         self.open: dict[str, dict[int, _Window]] = {}
@@ -413,7 +417,8 @@ class Batcher:
         into.records.append(record)
         into.salts.append(salt)
         into.leaves.append(leaf)
-        into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
+        if self.on_window is None:  # else whoever takes the window hashes its leaves
+            into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
         self.newest[plan.device] = max(window, self.newest.get(plan.device, window))
         return len(windows) > 1  # rarely: the first record of a device's next window
 
@@ -468,6 +473,9 @@ class Batcher:
         raise ConvergeError(f"record of {record.device}/{record.point}, not in the plan")
 
     async def _emit(self, plan: DevicePlan, window: int, records: _Window) -> None:
+        if self.on_window is not None:
+            await self.on_window(plan, window, records)
+            return
         previous = self.previous.get(plan.device, ZERO_ROOT)
         batch = make_batch(plan, window, records.entries(), previous)
         self.previous[plan.device] = batch.root

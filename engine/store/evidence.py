@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.canonical import canonical_json
 from engine.collect.backfill import missed
@@ -32,16 +32,19 @@ from engine.records import Record
 from engine.sign.batch import (
     Batch,
     Batcher,
+    DevicePlan,
     Statement,
     device_plan,
     epoch_ms,
     record_time,
     sign_batch,
 )
+from engine.sign.batch import _Window as Window
 from engine.sign.leaf import instant
 from engine.sign.note import Checkpoint, sign_checkpoint
 from engine.store.database import StoreError
 from engine.store.sealed import SealedBatch
+from engine.store.sealer import Sealer, cut
 from engine.store.spool import DEFAULT_MAX_BYTES, Spool
 from engine.store.store import Head, Store
 
@@ -61,6 +64,9 @@ class EvidenceConfig:
     replay_chunk: int = 8
     writer_queue: int = 10_000
     """Sealed batches waiting for the writer before the collector waits (back-pressure)."""
+    writer: Literal["thread", "process"] = "thread"
+    """Where batches are hashed, signed and stored: a thread beside the event loop, or
+    (``process``, Linux) a forked sealer process on another core (engine/store/sealer.py)."""
 
 
 def actor() -> str:
@@ -86,16 +92,18 @@ class EvidenceSink:
         self.config, self.now = config or EvidenceConfig(), now
         check_signers(plans, keys, self.config.audit_key, now())
         self.heads = self._resume()
+        in_process = self.config.writer == "process"
         self.batcher = Batcher(plans, self._sealed, grace_ms=self.config.grace_ms,
-                               previous_roots={d: h.root for d, h in self.heads.items()})
-        self.queue: asyncio.Queue[tuple[SealedBatch, Head] | None] = asyncio.Queue(
-            self.config.writer_queue)
-        self.writer = asyncio.create_task(self._write_all())
+                               previous_roots={d: h.root for d, h in self.heads.items()},
+                               on_window=self._closed if in_process else None)  # fmt: skip
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(self.config.writer_queue)
         self.down_until = 0.0
         self.last_checkpoint = time.monotonic()
         self.stats = {"stored": 0, "spooled": 0, "replayed": 0, "dropped": 0, "duplicates": 0}
         self.records = 0
         self.next_flush = time.monotonic() + 1.0
+        self.sealer = Sealer(self) if in_process else None  # forks: everything above is set
+        self.writer = asyncio.create_task(self._send_all() if in_process else self._write_all())
 
     def _resume(self) -> dict[str, Head]:
         """Each device's chain head: the spool's (newest local knowledge), else the store's."""
@@ -135,7 +143,11 @@ class EvidenceSink:
         await self.batcher.close()
         await self.queue.put(None)
         await self.writer
-        await asyncio.to_thread(self._finish)
+        if self.sealer is None:
+            await asyncio.to_thread(self._finish)
+            return
+        self.stats.update(await self.sealer.stop(self.records))
+        self.store.close()
 
     def summary(self) -> str:
         """One line for the end of a run: what was stored, spooled, dropped, and where."""
@@ -154,6 +166,17 @@ class EvidenceSink:
     async def _write_all(self) -> None:
         while (item := await self.queue.get()) is not None:
             await asyncio.to_thread(self._deliver, *item)
+
+    async def _closed(self, plan: DevicePlan, window: int, records: Window) -> None:
+        """In process mode: a closed window goes to the sealer unhashed (engine/store/sealer.py)."""
+        if self.writer.done():
+            await self.writer  # raises the sealer's failure
+        await self.queue.put(cut(plan, window, records, self.now(), hashed=self.batcher.closed))
+
+    async def _send_all(self) -> None:
+        assert self.sealer is not None
+        while (item := await self.queue.get()) is not None:
+            await self.sealer.send(item)
 
     # --- in the writer thread --------------------------------------------------------
 

@@ -1,0 +1,270 @@
+"""The evidence sink's sealer process: hashes, chains, signs and stores closed windows.
+
+With ``EvidenceConfig(writer="process")`` the :class:`~engine.store.evidence.EvidenceSink`
+forks one worker process once it is set up (keys, plans and chain heads are
+inherited, not sent). The collector's event loop then only encodes each
+record's leaf (salt included) and, when a window closes, puts its records in
+batch order as far as the records alone decide it (record time, point, type:
+:func:`arrange`) and sends a :class:`Cut`: the leaves in that order, the runs
+of equal keys, the gap positions. The sealer hashes the leaves, orders each
+run by leaf hash (so the batch order is exactly :func:`~engine.sign.batch.entry_order`),
+computes the root, chains it to the device's previous root, signs the
+statement and stores the batch, spools it, replays and checkpoints exactly as
+the sink's writer thread does: the same methods, run in the child, on the
+child's own database connections and spool connection. At close the parent
+sends the record count; the sealer finishes (replay, ``collector.stopped``,
+checkpoint) and sends back the sink's stats, or its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import multiprocessing
+import pickle
+import signal
+import socket
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from engine.canonical import canonical_json
+from engine.errors import ConvergeError
+from engine.records import Gap, Reading, Record
+from engine.sign.batch import (
+    _EPOCH,
+    _MS,
+    ZERO_ROOT,
+    DevicePlan,
+    Signature,
+    Statement,
+    _in_order,
+    _signing,
+    _Window,
+    record_time,
+)
+from engine.sign.leaf import instant
+from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.store.sealed import SealedBatch
+from engine.store.spool import Spool
+from engine.store.store import Head
+
+if TYPE_CHECKING:
+    from engine.store.evidence import EvidenceSink
+
+_JUST_AFTER = timedelta(milliseconds=1)
+_INHERITED: list[Spool] = []
+SEND_BUFFER = 4 << 20
+_sha256 = hashlib.sha256
+
+
+class SealerError(ConvergeError):
+    """The sealer process failed or died; its traceback, when it could send one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """A closed window, unhashed: what the sealer needs to make its batch."""
+
+    device: str
+    window: int
+    leaves: list[bytes]
+    """In batch order, except within each run of :attr:`ties`."""
+    ties: list[tuple[int, int]]
+    """Runs ``[i, j)`` of records with equal (time, point, type): ordered by leaf hash."""
+    gaps: list[int]
+    points: list[str]
+    covered_until: str
+    at: datetime
+    """The sink's "now" when the window closed: signing keys are chosen for it."""
+    root: bytes | None = None
+    """The leaves' root, when the collector has hashed them (then :attr:`ties` are ordered)."""
+
+
+def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int, int]]]:
+    """The batch order of ``records`` by (time, point, type), and its runs of equal keys.
+
+    ``None`` when the records are in that order already, with no ties (the usual case).
+    """
+    if _in_order(records):
+        return None, []
+    keys = [(record_time(r), r.point, "reading" if isinstance(r, Reading) else "gap")
+            for r in records]  # fmt: skip
+    order = sorted(range(len(records)), key=keys.__getitem__)
+    ties, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or keys[order[i]] != keys[order[start]]:
+            if i - start > 1:
+                ties.append((start, i))
+            start = i
+    return order, ties
+
+
+def cut(plan: DevicePlan, window: int, records: _Window, at: datetime,
+        hashed: bool = False) -> Cut:  # fmt: skip
+    """In the collector: the :class:`Cut` of a closed window, with its root if ``hashed``.
+
+    The collector hashes them when it has nothing else to do (at close), so
+    that the sealer's backlog is only signing and storing.
+    """
+    kept, leaves = records.records, records.leaves
+    order, ties = arrange(kept)
+    if order is not None:
+        kept, leaves = [kept[i] for i in order], [leaves[i] for i in order]
+    gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
+    last = record_time(kept[-1])
+    root = root_of_hashes(_hashed(leaves, ties)) if hashed else None
+    return Cut(plan.device, window, leaves, [] if hashed else ties, gaps,
+               list({r.point for r in kept}), instant(last + _JUST_AFTER), at, root)  # fmt: skip
+
+
+def _hashed(leaves: list[bytes], ties: list[tuple[int, int]]) -> list[bytes]:
+    """The leaves' hashes; each run of ``ties`` (of both lists) reordered by leaf hash."""
+    hashes = [_sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    for i, j in ties:
+        pairs = sorted(zip(hashes[i:j], leaves[i:j], strict=True))
+        hashes[i:j], leaves[i:j] = [h for h, _ in pairs], [leaf for _, leaf in pairs]
+    return hashes
+
+
+def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> SealedBatch:
+    """In the sealer: the batch of ``cut``, chained to ``previous``, signed, sealed.
+
+    The same bytes as ``SealedBatch.of(make_batch(...), sign_batch(...))``.
+    """
+    leaves = cut.leaves
+    root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
+    start = _EPOCH + cut.window * plan.window_ms * _MS
+    keys, waiver = _signing(plan, set(cut.points))
+    end = start + plan.window_ms * _MS
+    data = Statement(plan.device, instant(start), instant(end), len(leaves),
+                     root, plan.digest, previous).to_bytes()  # fmt: skip
+    signatures = tuple(Signature(k, sink.keys.signer(k, cut.at).sign(data)) for k in keys)
+    return SealedBatch(data, keys, canonical_json(list(waiver)), signatures, tuple(leaves),
+                       frozenset(cut.gaps))  # fmt: skip
+
+
+class Sealer:
+    """The parent's end: forks the sealer for ``sink``, sends it cuts, stops it.
+
+    Cuts go through a socket pair, written by the event loop itself without
+    blocking (asyncio streams): a sending thread would have to win the GIL
+    back from the busy loop for every buffer-full it writes.
+    """
+
+    def __init__(self, sink: EvidenceSink) -> None:
+        context = multiprocessing.get_context("fork")
+        self.sock, child = socket.socketpair()
+        with contextlib.suppress(OSError):  # best effort: Linux caps it at net.core.wmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        self.process = context.Process(target=_serve, args=(sink, child, self.sock),
+                                       name="converge-sealer", daemon=True)  # fmt: skip
+        self.process.start()
+        child.close()
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, item: Cut | int) -> None:
+        """Send a cut, or the record count that stops the sealer (waits while it lags)."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(sock=self.sock)
+        data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        try:
+            self.streams[1].write(len(data).to_bytes(8, "big"))
+            self.streams[1].write(data)
+            await self.streams[1].drain()
+        except ConnectionError:
+            raise await self._failure() from None
+
+    async def stop(self, records: int) -> dict[str, int]:
+        """Let the sealer finish; its stats. Raises SealerError if it failed."""
+        await self.send(records)
+        kind, value = await self._receive()
+        if kind != "ok":
+            raise await self._failure(value)
+        await asyncio.to_thread(self.process.join)
+        self._close()
+        stats: dict[str, int] = value
+        return stats
+
+    async def _receive(self) -> tuple[str, Any]:
+        assert self.streams is not None
+        try:
+            size = int.from_bytes(await self.streams[0].readexactly(8), "big")
+            kind, value = pickle.loads(await self.streams[0].readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return "error", None
+        return kind, value
+
+    async def _failure(self, said: str | None = None) -> SealerError:
+        if said is None:
+            said = (await self._receive())[1]
+        await asyncio.to_thread(self.process.join)
+        self._close()
+        return SealerError(f"the sealer process failed (exit code {self.process.exitcode})"
+                           + (f":\n{said}" if said else ""))  # fmt: skip
+
+    def _close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+        self.sock.close()
+
+
+class _Channel:
+    """The sealer's end of the socket pair: whole pickled messages, each after its size."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.file = sock, sock.makefile("rb")
+
+    def receive(self) -> Any:
+        head = self.file.read(8)
+        data = self.file.read(int.from_bytes(head, "big")) if len(head) == 8 else b""
+        if not data:
+            raise EOFError("the collector went away")
+        return pickle.loads(data)
+
+    def send(self, item: Any) -> None:
+        data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(len(data).to_bytes(8, "big") + data)
+
+
+def _serve(sink: EvidenceSink, sock: socket.socket, parent_end: socket.socket) -> None:
+    """The sealer process: cuts until a record count, then finish and report."""
+    parent_end.close()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the collector decides when to stop
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)  # the collector's event loop is not ours
+    conn = _Channel(sock)
+    try:
+        _own_connections(sink)
+        previous = {device: head.root for device, head in sink.heads.items()}
+        plans = sink.batcher.plans
+        while isinstance(item := conn.receive(), Cut):
+            sink.now = lambda at=item.at: at  # type: ignore[misc]
+            plan = plans[item.device]
+            sealed = seal(plan, item, previous.get(item.device, ZERO_ROOT), sink)
+            previous[item.device] = sealed.head.root
+            sink._deliver(sealed, Head(sealed.head.root, item.covered_until))
+        sink.records = item
+        try:
+            sink._finish()
+        finally:
+            sink.spool.close()
+        conn.send(("ok", sink.stats))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def _own_connections(sink: EvidenceSink) -> None:
+    """Leave the collector's database and spool connections alone; open the sealer's own."""
+    sink.store.engine.dispose(close=False)
+    _INHERITED.append(sink.spool)  # the collector's: kept, never closed here
+    sink.spool = Spool(sink.spool.path, sink.spool.max_bytes)
+
+
+__all__ = ["Cut", "Sealer", "SealerError", "arrange", "cut", "seal"]
