@@ -12,7 +12,7 @@ import pytest
 from evidence_kit import T0, Site, collect, open_store, records, verify
 
 from engine.records import Gap, GapReason, Reading
-from engine.sign.batch import ZERO_ROOT, _Window, device_plan, make_batch, sign_batch
+from engine.sign.batch import ZERO_ROOT, Window, device_plan, make_batch, sign_batch
 from engine.sign.leaf import leaf_bytes
 from engine.sign.merkle import LEAF_PREFIX
 from engine.store.evidence import EvidenceConfig, EvidenceSink
@@ -76,7 +76,7 @@ def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site):
     items += [Gap(plan.device, points[0], T0, GapReason.TIMEOUT, "no answer")] * 3
     items += items[:4]  # the same readings again: equal keys, different salts
     rng.shuffle(items)
-    window = _Window()
+    window = Window()
     for record in items:
         salt = rng.randbytes(16)
         window.records.append(record)

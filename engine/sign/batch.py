@@ -62,7 +62,7 @@ _MS = timedelta(milliseconds=1)
 _sha256 = hashlib.sha256
 
 OnBatch = Callable[["Batch"], Awaitable[None] | None]
-OnWindow = Callable[["DevicePlan", int, "_Window"], Awaitable[None]]
+OnWindow = Callable[["DevicePlan", int, "Window"], Awaitable[None]]
 """Takes each closed window unhashed, instead of a :class:`Batch` (the evidence sink's sealer)."""
 
 
@@ -241,7 +241,7 @@ def _order_key(entry: Entry) -> tuple[datetime, str, str, bytes]:
     return (record_time(record), record.point, kind, entry.leaf_hash)
 
 
-def _in_order(records: Iterable[Record]) -> bool:
+def in_order(records: Iterable[Record]) -> bool:
     """Whether ``records`` are strictly ascending by (record time, point) already.
 
     Then sorting them is a no-op, and making a sort key per entry is skipped:
@@ -260,25 +260,31 @@ def _in_order(records: Iterable[Record]) -> bool:
     return True
 
 
+def window_bounds(plan: DevicePlan, window: int) -> tuple[str, str]:
+    """The instants (:func:`instant` text) that start and end window index ``window``."""
+    start = _EPOCH + window * plan.window_ms * _MS
+    return instant(start), instant(start + plan.window_ms * _MS)
+
+
 def make_batch(plan: DevicePlan, window: int, entries: Iterable[Entry], previous: bytes) -> Batch:
     """The batch of window index ``window`` (``[window·w, (window+1)·w)``) of ``plan``'s device.
 
     Requires every entry to be of that device and window.
     """
     listed = list(entries)
-    ordered = tuple(listed if _in_order(e.record for e in listed)
+    ordered = tuple(listed if in_order(e.record for e in listed)
                     else sorted(listed, key=_order_key))  # fmt: skip
-    start = _EPOCH + window * plan.window_ms * _MS
-    keys, waiver = _signing(plan, {e.record.point for e in ordered})
+    start, end = window_bounds(plan, window)
+    keys, waiver = signing(plan, {e.record.point for e in ordered})
     return Batch(
-        device=plan.device, window_start=instant(start),
-        window_end=instant(start + plan.window_ms * _MS), entries=ordered,
+        device=plan.device, window_start=start,
+        window_end=end, entries=ordered,
         root=root_of_hashes([e.leaf_hash for e in ordered]), plan_digest=plan.digest,
         previous_root=previous, keys=keys, signed=bool(keys), waiver=waiver,
     )  # fmt: skip
 
 
-def _signing(
+def signing(
     plan: DevicePlan, points: set[str]
 ) -> tuple[tuple[str, ...], tuple[Mapping[str, Any], ...]]:
     """(keys, ()) if a point requires signing, else ((), the points' signing waivers)."""
@@ -320,7 +326,7 @@ class _Salts:
         return self.pool[at : at + SALT_SIZE]
 
 
-class _Window:
+class Window:
     """The records of one open window in arrival order, with their salts, leaves and hashes.
 
     Four lists rather than an :class:`Entry` per record: a window holds up to a
@@ -379,7 +385,7 @@ class Batcher:
         self.on_batch, self.grace_ms, self.on_window = on_batch, grace_ms, on_window
         self.salt = _Salts() if salt is new_salt else salt
         self.previous: dict[str, bytes] = dict(previous_roots or {})
-        self.open: dict[str, dict[int, _Window]] = {}
+        self.open: dict[str, dict[int, Window]] = {}
         self.closed = False
         self.newest: dict[str, int] = {}
         """Each device's newest window with a record."""
@@ -411,7 +417,7 @@ class Batcher:
             windows = self.open[plan.device] = {}
         into = windows.get(window)
         if into is None:
-            into = windows[window] = _Window()
+            into = windows[window] = Window()
         salt = self.salt()
         leaf = leaf_bytes(record, salt)  # first: a record without a leaf is refused, not kept
         into.records.append(record)
@@ -472,7 +478,7 @@ class Batcher:
             raise ConvergeError(f"record of device {record.device!r}, which has no plan")
         raise ConvergeError(f"record of {record.device}/{record.point}, not in the plan")
 
-    async def _emit(self, plan: DevicePlan, window: int, records: _Window) -> None:
+    async def _emit(self, plan: DevicePlan, window: int, records: Window) -> None:
         if self.on_window is not None:
             await self.on_window(plan, window, records)
             return

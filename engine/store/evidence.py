@@ -34,12 +34,12 @@ from engine.sign.batch import (
     Batcher,
     DevicePlan,
     Statement,
+    Window,
     device_plan,
     epoch_ms,
     record_time,
     sign_batch,
 )
-from engine.sign.batch import _Window as Window
 from engine.sign.leaf import instant
 from engine.sign.note import Checkpoint, sign_checkpoint
 from engine.store.database import StoreError
@@ -144,7 +144,7 @@ class EvidenceSink:
         await self.queue.put(None)
         await self.writer
         if self.sealer is None:
-            await asyncio.to_thread(self._finish)
+            await asyncio.to_thread(self.finish)
             return
         self.stats.update(await self.sealer.stop(self.records))
         self.store.close()
@@ -165,7 +165,7 @@ class EvidenceSink:
 
     async def _write_all(self) -> None:
         while (item := await self.queue.get()) is not None:
-            await asyncio.to_thread(self._deliver, *item)
+            await asyncio.to_thread(self.deliver, *item)
 
     async def _closed(self, plan: DevicePlan, window: int, records: Window) -> None:
         """In process mode: a closed window goes to the sealer unhashed (engine/store/sealer.py)."""
@@ -178,9 +178,13 @@ class EvidenceSink:
         while (item := await self.queue.get()) is not None:
             await self.sealer.send(item)
 
-    # --- in the writer thread --------------------------------------------------------
+    # --- in the writer thread, or in the sealer process ------------------------------
 
-    def _deliver(self, sealed: SealedBatch, head: Head) -> None:
+    def deliver(self, sealed: SealedBatch, head: Head) -> None:
+        """Store one sealed batch, or spool it; then replay and checkpoint as due.
+
+        Runs in the writer thread, or in the sealer process (engine/store/sealer.py).
+        """
         self.spool.set_head(sealed.head.device, head)
         if time.monotonic() < self.down_until or not self._write(sealed, live=True):
             self._spool(sealed)
@@ -239,7 +243,7 @@ class EvidenceSink:
         key = self.keys.signer(self.config.audit_key, self.now())
         return sign_checkpoint(checkpoint, checkpoint.origin, key)
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         """At close: replay what the store will take, record the stop, checkpoint, close."""
         try:
             if time.monotonic() >= self.down_until:

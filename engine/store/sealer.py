@@ -35,16 +35,15 @@ from engine.canonical import canonical_json
 from engine.errors import ConvergeError
 from engine.records import Gap, Reading, Record
 from engine.sign.batch import (
-    _EPOCH,
-    _MS,
     ZERO_ROOT,
     DevicePlan,
     Signature,
     Statement,
-    _in_order,
-    _signing,
-    _Window,
+    Window,
+    in_order,
     record_time,
+    signing,
+    window_bounds,
 )
 from engine.sign.leaf import instant
 from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
@@ -89,7 +88,7 @@ def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int
 
     ``None`` when the records are in that order already, with no ties (the usual case).
     """
-    if _in_order(records):
+    if in_order(records):
         return None, []
     keys = [(record_time(r), r.point, "reading" if isinstance(r, Reading) else "gap")
             for r in records]  # fmt: skip
@@ -103,7 +102,7 @@ def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int
     return order, ties
 
 
-def cut(plan: DevicePlan, window: int, records: _Window, at: datetime,
+def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
         hashed: bool = False) -> Cut:  # fmt: skip
     """In the collector: the :class:`Cut` of a closed window, with its root if ``hashed``.
 
@@ -137,11 +136,10 @@ def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> Sea
     """
     leaves = cut.leaves
     root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
-    start = _EPOCH + cut.window * plan.window_ms * _MS
-    keys, waiver = _signing(plan, set(cut.points))
-    end = start + plan.window_ms * _MS
-    data = Statement(plan.device, instant(start), instant(end), len(leaves),
-                     root, plan.digest, previous).to_bytes()  # fmt: skip
+    start, end = window_bounds(plan, cut.window)
+    keys, waiver = signing(plan, set(cut.points))
+    data = Statement(plan.device, start, end, len(leaves), root, plan.digest,
+                     previous).to_bytes()  # fmt: skip
     signatures = tuple(Signature(k, sink.keys.signer(k, cut.at).sign(data)) for k in keys)
     return SealedBatch(data, keys, canonical_json(list(waiver)), signatures, tuple(leaves),
                        frozenset(cut.gaps))  # fmt: skip
@@ -247,10 +245,10 @@ def _serve(sink: EvidenceSink, sock: socket.socket, parent_end: socket.socket) -
             plan = plans[item.device]
             sealed = seal(plan, item, previous.get(item.device, ZERO_ROOT), sink)
             previous[item.device] = sealed.head.root
-            sink._deliver(sealed, Head(sealed.head.root, item.covered_until))
+            sink.deliver(sealed, Head(sealed.head.root, item.covered_until))
         sink.records = item
         try:
-            sink._finish()
+            sink.finish()
         finally:
             sink.spool.close()
         conn.send(("ok", sink.stats))
