@@ -446,11 +446,7 @@ def _payload(head: Statement, keys: tuple[str, ...], waiver: str) -> dict[str, A
         waived = json.loads(waiver)
     except ValueError:
         waived = waiver
-    return {
-        "device": head.device, "window_start": head.window_start, "window_end": head.window_end,
-        "count": head.count, "root": head.root.hex(), "previous_root": head.previous_root.hex(),
-        "plan_digest": head.plan_digest, "keys": list(keys), "waiver": waived,
-    }  # fmt: skip
+    return {**head.members(), "keys": list(keys), "waiver": waived}
 
 
 def _check_plan_keys(label: str, head: Statement, keys: tuple[str, ...],

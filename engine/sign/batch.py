@@ -505,12 +505,16 @@ class Statement:
     plan_digest: str
     previous_root: bytes
 
-    def to_bytes(self) -> bytes:
-        return canonical_json({
-            "format": STATEMENT_FORMAT, "device": self.device, "window_start": self.window_start,
+    def members(self) -> dict[str, Any]:
+        """The statement as JSON members, without ``format`` (audit entries say the same)."""
+        return {
+            "device": self.device, "window_start": self.window_start,
             "window_end": self.window_end, "count": self.count, "root": self.root.hex(),
             "plan_digest": self.plan_digest, "previous_root": self.previous_root.hex(),
-        })  # fmt: skip
+        }  # fmt: skip
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"format": STATEMENT_FORMAT, **self.members()})
 
     @classmethod
     def of(cls, batch: Batch) -> Statement:

@@ -258,13 +258,7 @@ class EvidenceSink:
 
 
 def _dropped_payload(statement: bytes, dropped_at: str) -> dict[str, Any]:
-    head = Statement.parse(statement)
-    return {"device": head.device, "window_start": head.window_start,
-            "window_end": head.window_end, "count": head.count, "root": head.root.hex(),
-            "previous_root": head.previous_root.hex(), "plan_digest": head.plan_digest,
-            "dropped_at": dropped_at}  # fmt: skip
-
-
+    return {**Statement.parse(statement).members(), "dropped_at": dropped_at}
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,8 @@ class SealedBatch:
 
     def audit_payload(self) -> dict[str, Any]:
         """What the ``batch.stored`` audit entry says of the batch (docs/audit.md)."""
-        head = self.head
-        return {
-            "device": head.device, "window_start": head.window_start,
-            "window_end": head.window_end, "count": head.count, "root": head.root.hex(),
-            "previous_root": head.previous_root.hex(), "plan_digest": head.plan_digest,
-            "keys": list(self.keys), "waiver": json.loads(self.waiver),
-        }  # fmt: skip
+        return {**self.head.members(), "keys": list(self.keys),
+                "waiver": json.loads(self.waiver)}  # fmt: skip
 
     def to_bytes(self) -> bytes:
         """A self-contained JSON form for the spool (leaves are UTF-8 JSON text already)."""
