@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -96,6 +96,22 @@ class KeyVersion:
 
     def valid_at(self, at: datetime) -> bool:
         return self.not_before <= at and (self.not_after is None or at < self.not_after)
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> KeyVersion:
+        """The version :meth:`as_dict` wrote; raises KeyError, TypeError or ValueError for
+        anything else (a public key that is not 32 bytes of Ed25519 included)."""
+        until = entry["not_after"]
+        version = cls(
+            name=str(entry["name"]),
+            version=int(entry["version"]),
+            public_key=base64.b64decode(entry["public_key"], validate=True),
+            not_before=datetime.fromisoformat(entry["not_before"]),
+            not_after=None if until is None else datetime.fromisoformat(until),
+            created_at=datetime.fromisoformat(entry["created_at"]),
+        )
+        version.key  # noqa: B018 - checks the public key is an Ed25519 key
+        return version
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: what ``converge keys list --format json`` prints for a version."""

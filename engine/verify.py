@@ -13,7 +13,6 @@ CPU, each with its own connection, and the report is the same either way.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 import json
@@ -104,22 +103,13 @@ class Trust:
             try:
                 listed = json.loads(path.read_text("utf-8"))
                 for item in listed:
-                    keys[item["name"]].append(_version(item))
+                    keys[item["name"]].append(KeyVersion.from_dict(item))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConvergeError(f"{path}: not a public key export ({exc})") from exc
         return cls(dict(keys))
 
     def versions(self) -> list[KeyVersion]:
         return [v for versions in self.keys.values() for v in versions]
-
-
-def _version(item: Mapping[str, Any]) -> KeyVersion:
-    def moment(text: str | None) -> datetime | None:
-        return None if text is None else datetime.fromisoformat(text)
-
-    return KeyVersion(item["name"], item["version"], base64.b64decode(item["public_key"]),
-                      datetime.fromisoformat(item["not_before"]), moment(item["not_after"]),
-                      datetime.fromisoformat(item["created_at"]))  # fmt: skip
 
 
 @dataclass

@@ -15,7 +15,6 @@ file that group or others may read is refused rather than used.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -221,19 +220,9 @@ def _period(meta: dict[str, Any]) -> timedelta | None:
 def _version(name: str, entry: dict[str, Any], path: Path) -> KeyVersion:
     """One version entry of a metadata file; a damaged entry is a one-line error."""
     try:
-        until = entry["not_after"]
-        version = KeyVersion(
-            name=name,
-            version=int(entry["version"]),
-            public_key=base64.b64decode(entry["public_key"], validate=True),
-            not_before=datetime.fromisoformat(entry["not_before"]),
-            not_after=None if until is None else datetime.fromisoformat(until),
-            created_at=datetime.fromisoformat(entry["created_at"]),
-        )
-        version.key  # noqa: B018 - checks the public key is an Ed25519 key
+        return KeyVersion.from_dict({**entry, "name": name})
     except (KeyError, TypeError, ValueError) as exc:
         raise KeyStoreError(f"{path}: damaged entry for version {entry.get('version')}") from exc
-    return version
 
 
 def _load_private(path: Path, secret: bytes) -> Ed25519PrivateKey:
