@@ -387,8 +387,6 @@ class Batcher:
         self.previous: dict[str, bytes] = dict(previous_roots or {})
         self.open: dict[str, dict[int, Window]] = {}
         self.closed = False
-        self.newest: dict[str, int] = {}
-        """Each device's newest window with a record."""
         self._ms: dict[datetime, int] = {}
 
     async def put(self, record: Record) -> None:
@@ -425,13 +423,13 @@ class Batcher:
         into.leaves.append(leaf)
         if self.on_window is None:  # else whoever takes the window hashes its leaves
             into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
-        self.newest[plan.device] = max(window, self.newest.get(plan.device, window))
         return len(windows) > 1  # rarely: the first record of a device's next window
 
     async def emit_earlier(self, device: str) -> None:
-        """Close every window of ``device`` before the newest one it has a record of."""
+        """Close every window of ``device`` before the newest one it has open."""
         plan, windows = self.plans[device], self.open[device]
-        for earlier in sorted(w for w in windows if w < self.newest[device]):
+        newest = max(windows)
+        for earlier in sorted(w for w in windows if w < newest):
             await self._emit(plan, earlier, windows.pop(earlier))
 
     def _epoch_ms(self, moment: datetime) -> int:
