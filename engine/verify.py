@@ -14,7 +14,6 @@ CPU, each with its own connection, and the report is the same either way.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from itertools import groupby, pairwise, repeat
+from itertools import chain, groupby, pairwise, repeat
 from multiprocessing.context import BaseContext
 from operator import itemgetter
 from pathlib import Path
@@ -689,7 +688,7 @@ def _rows(driver: Any, postgres: bool, table: str, where: str) -> Iterator[Itera
     cursor.execute(f"SELECT batch_id, position, leaf FROM {table}{condition} "
                    "ORDER BY batch_id, position")  # fmt: skip
     try:
-        yield itertools.chain.from_iterable(iter(partial(cursor.fetchmany, 20_000), []))
+        yield chain.from_iterable(iter(partial(cursor.fetchmany, 20_000), []))
     finally:
         cursor.close()
 
@@ -777,7 +776,7 @@ def _hash_group(table: str, batch_id: int, rows: list[Row], found: dict[int, byt
         data = leaf if type(leaf) is bytes else _as_bytes(leaf)
         if position in found:
             problems.append(Problem(item, f"two records at position {position}"))
-        found[position] = sha256(b"\x00" + data).digest()
+        found[position] = sha256(LEAF_PREFIX + data).digest()
         if marker not in data:
             problems.append(Problem(item, f"record {position} in {table} is of another type"))
 

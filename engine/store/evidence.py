@@ -1,9 +1,12 @@
 """The collector's evidence sink: records → signed batches → the store, or the spool.
 
 :class:`EvidenceSink` is a collector :class:`~engine.collect.sinks.Sink`. Each
-record goes into the :class:`~engine.sign.batch.Batcher`; each finished batch
-is signed by every key its plan requires and handed to a writer task, which
-stores it in a worker thread (so device tasks never wait for the database).
+record goes into the :class:`~engine.sign.batch.Batcher`. With
+``writer="thread"`` each finished batch is signed by every key its plan
+requires and stored in a worker thread (so device tasks never wait for the
+database); with ``writer="process"`` each closed window goes, unhashed, to the
+sealer process (:mod:`engine.store.sealer`), which hashes, signs and stores it
+with the same :meth:`EvidenceSink.deliver` on the second core.
 
 When the database fails, the batch goes into the :class:`Spool` and the store
 is not tried again for ``retry_s``; once it answers, spooled batches are
@@ -63,7 +66,7 @@ class EvidenceConfig:
     retry_s: float = 5.0
     replay_chunk: int = 8
     writer_queue: int = 10_000
-    """Sealed batches waiting for the writer before the collector waits (back-pressure)."""
+    """Batches (or windows, for the sealer) waiting before the collector waits (back-pressure)."""
     writer: Literal["thread", "process"] = "thread"
     """Where batches are hashed, signed and stored: a thread beside the event loop, or
     (``process``, Linux) a forked sealer process on another core (engine/store/sealer.py)."""
