@@ -479,11 +479,11 @@ def _check_chains(batches: Mapping[int, BatchInfo], log: Log, report: Report) ->
     by_device: dict[str, list[BatchInfo]] = defaultdict(list)
     for info in batches.values():
         by_device[info.device].append(info)
-    for device, chain in by_device.items():
-        roots = {b.root for b in chain} | {bytes.fromhex(r) for d, r in dropped
-                                           if d == device and isinstance(r, str)}  # fmt: skip
+    for device, device_batches in by_device.items():
+        excused = {bytes.fromhex(r) for d, r in dropped if d == device and isinstance(r, str)}
+        roots = {b.root for b in device_batches} | excused
         following: dict[bytes, BatchInfo] = {}
-        for b in sorted(chain, key=lambda b: b.id):
+        for b in sorted(device_batches, key=lambda b: b.id):
             if b.previous_root != ZERO_ROOT and b.previous_root not in roots:
                 report.add(b.label, f"chain broken: the batch before it (root "
                                     f"{b.previous_root.hex()[:16]}…) is not stored")  # fmt: skip
