@@ -533,7 +533,7 @@ def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_audit_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    with Store.open(args.db) as store, store.reading() as conn:
+    with Store.open_existing(args.db) as store, store.reading() as conn:
         if args.format == "json":
             for entry in audit.entries(conn, args.kind):
                 print(entry.to_bytes().decode())
@@ -546,7 +546,8 @@ def run_audit_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console
     trust = (Trust.from_json(args.public_keys) if args.public_keys
              else Trust.from_key_store(key_store_of(args, pm)))
     started = time.perf_counter()
-    with Store.open(args.db) as store, progress_of(console, args.format == "text") as progress:
+    with Store.open_existing(args.db) as store, \
+            progress_of(console, args.format == "text") as progress:
         report = verify_store(store, trust, args.witness, progress)
         where = store.where
     seconds = time.perf_counter() - started

@@ -34,7 +34,7 @@ def load(source: str) -> list[dict[str, Any]]:
     """Every record, from JSON Lines or from the stored leaves (each leaf is the record's JSON)."""
     if source.endswith(".jsonl"):
         return [json.loads(line) for line in Path(source).read_text().splitlines()]
-    with Store.open(source).reading() as conn:
+    with Store.open_existing(source).reading() as conn:
         return [json.loads(bytes(leaf)) for table in (READINGS, GAPS)
                 for (leaf,) in conn.execute(select(table.c.leaf))]
 

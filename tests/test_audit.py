@@ -179,3 +179,16 @@ def test_key_generation_and_rotation_with_a_store_are_audit_entries_at_once(
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["kind"], e["payload"]["name"], e["payload"]["version"]) for e in entries] == [
         ("key.generated", "qa-signing", 1), ("key.rotated", "qa-signing", 2)]
+
+
+def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):
+    mistyped = tmp_path / "evidnce.db"
+    assert main(["audit", "verify", "--db", str(mistyped)]) == 2
+    assert "there is no such file" in capsys.readouterr().err
+    assert not mistyped.exists()  # a typo must not become an empty store that "verifies"
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert main(["audit", "log", "--db", str(empty)]) == 2
+    assert "it holds no Converge store" in capsys.readouterr().err
+    with sqlite3.connect(empty) as db:
+        assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)

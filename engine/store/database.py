@@ -22,6 +22,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -92,16 +94,44 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every Alembic migration the store lacks (a new store gets them all)."""
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every Alembic migration the store lacks (a new store gets them all)."""
+    config = _config()
     try:
         with writing(engine) as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {describe(engine)}: {reason(exc)}") from exc
+
+
+def require_current(engine: Engine) -> None:
+    """Refuse a database that is not a Converge store at this Converge's schema.
+
+    For readers (``converge audit``): they must neither create a store where a
+    path was mistyped, nor migrate one they were asked only to read.
+    """
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise StoreError(f"cannot open the store at {describe(engine)}: there is no such file")
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the store at {describe(engine)}: {reason(exc)}") from exc
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    if current is None:
+        raise StoreError(f"cannot open the store at {describe(engine)}: it holds no Converge "
+                         "store")  # fmt: skip
+    if current != head:
+        raise StoreError(f"the store at {describe(engine)} is at schema revision {current}, this "
+                         f"Converge reads {head}: a collector (converge run --db) migrates it")
 
 
 def describe(engine: Engine) -> str:

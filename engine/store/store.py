@@ -31,7 +31,15 @@ from engine.canonical import canonical_json
 from engine.keys import KeyVersion
 from engine.sign.batch import ZERO_ROOT
 from engine.sign.leaf import instant
-from engine.store.database import StoreError, connect, describe, reason, upgrade, writing
+from engine.store.database import (
+    StoreError,
+    connect,
+    describe,
+    reason,
+    require_current,
+    upgrade,
+    writing,
+)
 from engine.store.sealed import SealedBatch
 from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
 
@@ -60,13 +68,21 @@ class Store:
 
     @classmethod
     def open(cls, target: str, actor: str = "converge", witness: Path | None = None) -> Store:
-        """Open (and migrate) the store at ``target``: a path (SQLite) or a database URL."""
+        """Open (made or migrated as needed) the store at ``target``: a path (SQLite) or a
+        database URL."""
         engine = connect(target)
         upgrade(engine)
         store = cls(engine, actor, witness)
         with store.transaction() as conn:
             audit.origin(conn)
         return store
+
+    @classmethod
+    def open_existing(cls, target: str) -> Store:
+        """Open the store at ``target`` to read it: it must exist, at the current schema."""
+        engine = connect(target)
+        require_current(engine)
+        return cls(engine, actor="converge")
 
     def close(self) -> None:
         """Close every connection (SQLite then folds its WAL file into the database file)."""
