@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from engine.canonical import CanonicalError, canonical_json
 from engine.errors import ConvergeError
 from engine.records import Gap, GapReason, Quality, Reading, Record
+from engine.sign import batch as batch_module
 from engine.sign import merkle
 from engine.sign import note as sign_note
 from engine.sign.batch import (
@@ -165,6 +167,22 @@ def test_salt_changes_the_leaf_hash():
     assert record_leaf_hash(r, bytes(16)) != record_leaf_hash(r, bytes(15) + b"\x01")
     assert len(new_salt()) == 16
     assert new_salt() != new_salt()
+
+
+def test_the_batchers_salts_are_distinct_and_a_forked_child_never_repeats_its_parents():
+    salts = batch_module._salts().__next__
+    drawn = [salts() for _ in range(3000)]  # across pool refills
+    assert len(set(drawn)) == 3000 and {len(s) for s in drawn} == {16}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child draws from the pool it inherited
+        os.write(write, salts())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 16)
+    os.close(read)
+    os.close(write)
+    assert child != salts() and child not in drawn
 
 
 @pytest.mark.parametrize(

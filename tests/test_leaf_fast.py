@@ -186,19 +186,19 @@ def test_numbers_and_strings_in_jcs_form(value: object, text: str):
 
 
 def test_equal_instants_in_other_zones_share_the_cached_text():
-    leaf._cached_instant.cache_clear()
+    leaf._INSTANTS.clear()
     berlin = datetime(2026, 6, 1, 14, 0, 5, 12345, tzinfo=BERLIN)
     offset = T0.astimezone(timezone(timedelta(hours=-3, minutes=-30)))
     assert berlin == T0 == offset
     texts = {leaf._utc(moment) for moment in (berlin, T0, offset)}
     assert texts == {instant(T0)} == {"2026-06-01T12:00:05.012345Z"}
-    assert leaf._cached_instant.cache_info().hits == 2
+    assert len(leaf._INSTANTS) == 1
 
 
 @pytest.mark.parametrize("first_fold", [0, 1])
 def test_a_repeated_wall_time_is_not_served_from_the_cache(first_fold: int):
     """Same tzinfo, fold ignored by ``==``: 02:30 CEST and 02:30 CET compare equal."""
-    leaf._cached_instant.cache_clear()
+    leaf._INSTANTS.clear()
     first = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN, fold=first_fold)
     second = first.replace(fold=1 - first_fold)
     assert first == second
@@ -210,8 +210,23 @@ def test_a_repeated_wall_time_is_not_served_from_the_cache(first_fold: int):
         assert leaf._utc(moment) == instant(moment)
 
 
+def test_a_point_whose_quality_changes_is_written_with_its_new_quality():
+    salt = bytes(16)
+    for quality in [Quality.GOOD, Quality.BAD, Quality.BAD, Quality.GOOD, Quality.STALE]:
+        r = Reading("d", "p", T0, 1.5, quality, scheduled_at=T0)
+        assert leaf_bytes(r, salt) == general(r, salt)
+        assert f'"quality":"{quality.value}"'.encode() in leaf_bytes(r, salt)
+
+
 def test_the_caches_are_bounded():
-    assert leaf._cached_instant.cache_info().maxsize == 4096
+    leaf._INSTANTS.clear()
+    start = datetime(2026, 6, 1, tzinfo=UTC)
+    for i in range(leaf.CACHE_SIZE + 10):
+        moment = start + timedelta(microseconds=i)
+        r = Reading("d", f"p{i}", moment, 1.5, scheduled_at=moment)
+        assert leaf_bytes(r, bytes(16)) == general(r, bytes(16))
+    assert len(leaf._INSTANTS) <= leaf.CACHE_SIZE
+    assert len(leaf._IDENTITIES) <= leaf.CACHE_SIZE
 
 
 def test_non_bmp_and_lone_surrogates_match_the_general_path():

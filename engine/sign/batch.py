@@ -30,7 +30,7 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -304,7 +304,7 @@ _FORKS = [0]
 os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 
 
-class _Salts:
+def _salts() -> Iterator[bytes]:
     """Fresh salts drawn from the CSPRNG many at a time; each byte is handed out once.
 
     One ``os.urandom`` call per record costs about as much as hashing its leaf;
@@ -312,18 +312,13 @@ class _Salts:
     its parent, so the two never hand out the same bytes. One pool per
     :class:`Batcher`, used by the thread that puts its records.
     """
-
-    CHUNK = 1024
-
-    def __init__(self) -> None:
-        self.pool, self.at, self.forks = b"", 0, _FORKS[0]
-
-    def __call__(self) -> bytes:
-        at = self.at
-        if at >= len(self.pool) or self.forks != _FORKS[0]:
-            self.pool, at, self.forks = os.urandom(SALT_SIZE * self.CHUNK), 0, _FORKS[0]
-        self.at = at + SALT_SIZE
-        return self.pool[at : at + SALT_SIZE]
+    while True:
+        forks = _FORKS[0]
+        pool = os.urandom(SALT_SIZE * 1024)
+        for at in range(0, len(pool), SALT_SIZE):
+            if _FORKS[0] != forks:
+                break
+            yield pool[at : at + SALT_SIZE]
 
 
 class Window:
@@ -383,7 +378,7 @@ class Batcher:
     ) -> None:  # fmt: skip
         self.plans = {p.device: p for p in map(device_plan, plans)}
         self.on_batch, self.grace_ms, self.on_window = on_batch, grace_ms, on_window
-        self.salt = _Salts() if salt is new_salt else salt
+        self.salt = _salts().__next__ if salt is new_salt else salt
         self.previous: dict[str, bytes] = dict(previous_roots or {})
         self.open: dict[str, dict[int, Window]] = {}
         self.closed = False
@@ -409,7 +404,8 @@ class Batcher:
             self._refuse(record)
         moment = (record.scheduled_at or record.collected_at if type(record) is Reading
                   else record_time(record))  # fmt: skip
-        window = self._epoch_ms(moment) // plan.window_ms
+        ms = None if moment.fold else self._ms.get(moment)
+        window = (self._epoch_ms(moment) if ms is None else ms) // plan.window_ms
         windows = self.open.get(plan.device)
         if windows is None:
             windows = self.open[plan.device] = {}

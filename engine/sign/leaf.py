@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 from datetime import UTC, datetime
-from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -132,23 +131,34 @@ _GAP_TAIL = f'"type":"gap","v":{LEAF_VERSION}}}'
 def _fast_leaf(record: Record, salt: bytes) -> bytes:
     if type(salt) is not bytes or len(salt) != SALT_SIZE:
         raise _Unusual
-    if type(record) is Reading:
+    if type(record) is not Reading:
+        if type(record) is Gap:
+            return _gap_text(record, salt.hex()).encode()
+        raise _Unusual
+    scheduled, collected, quality = record.scheduled_at, record.collected_at, record.quality
+    if not (scheduled is not None and record.raw_code is None and record.server_at is None
+            and record.source_at is None and record.coalesced == 0
+            and type(record.coalesced) is int and type(collected) is datetime
+            and type(scheduled) is datetime
+            and not (collected.fold or scheduled.fold)):  # fmt: skip
         return _reading_text(record, salt.hex()).encode()
-    if type(record) is Gap:
-        return _gap_text(record, salt.hex()).encode()
-    raise _Unusual
+    # The usual scheduled sample: no optional member but its slot. It is written from
+    # remembered pieces, inline, as this runs for every reading the store ingests.
+    known = _IDENTITIES.get((record.device, record.point))
+    if known is None or known[0] is not quality:
+        known = _identity(record.device, record.point, quality)
+    value = record.value
+    if type(value) is float and 1e-4 <= abs(value) < 1e16 and not value.is_integer():
+        number = repr(value)  # no exponent in this range, and a fraction: as ES6 writes it
+    else:
+        number = _scalar(value)
+    return (f'{{"collected_at":"{_INSTANTS[collected]}{known[1]}{salt.hex()}","scheduled_at":'
+            f'"{_INSTANTS[scheduled]}",{_READING_TAIL}{number}}}').encode()
 
 
 def _reading_text(r: Reading, salt: str) -> str:
     if type(r.quality) is not Quality:
         raise _Unusual
-    scheduled = r.scheduled_at
-    if (scheduled is not None and r.raw_code is None and r.server_at is None
-            and r.source_at is None and type(r.coalesced) is int and r.coalesced <= 0):
-        # the usual scheduled sample: no optional member but its slot
-        return (f'{{"collected_at":"{_utc(r.collected_at)}","device":{_text(r.device)},'
-                f'"point":{_text(r.point)},"quality":{_QUALITY[r.quality]},"salt":"{salt}",'
-                f'"scheduled_at":"{_utc(scheduled)}",{_READING_TAIL}{_scalar(r.value)}}}')
     return (
         f'{{{_coalesced(r.coalesced)}"collected_at":"{_utc(r.collected_at)}",'
         f'"device":{_text(r.device)},"point":{_text(r.point)},"quality":{_QUALITY[r.quality]},'
@@ -156,6 +166,23 @@ def _reading_text(r: Reading, salt: str) -> str:
         f"{_time('scheduled_at', r.scheduled_at)}{_time('server_at', r.server_at)}"
         f"{_time('source_at', r.source_at)}{_READING_TAIL}{_scalar(r.value)}}}"
     )
+
+
+_IDENTITIES: dict[tuple[str, str], tuple[Quality, str]] = {}
+"""Per (device, point): its last quality, and the leaf text from after ``collected_at`` up to
+the salt, which only those three decide. Cleared when it holds :data:`CACHE_SIZE` points."""
+CACHE_SIZE = 65_536
+
+
+def _identity(device: object, point: object, quality: object) -> tuple[Quality, str]:
+    if type(device) is not str or type(point) is not str or type(quality) is not Quality:
+        raise _Unusual
+    if len(_IDENTITIES) >= CACHE_SIZE:
+        _IDENTITIES.clear()
+    known = _IDENTITIES[device, point] = (quality, f'","device":{_text(device)},'
+                                          f'"point":{_text(point)},"quality":{_QUALITY[quality]},'
+                                          f'"salt":"')  # fmt: skip
+    return known
 
 
 def _gap_text(g: Gap, salt: str) -> str:
@@ -198,12 +225,12 @@ def _scalar(value: object) -> str:
 
 
 def _float(number: float) -> str:
-    text = repr(number)
-    if "e" in text or "n" in text:  # exponent, inf, nan: ES6 differs from repr, or no JCS form
-        raise _Unusual
-    if text.endswith(".0"):  # ES6 writes integral numbers without a fraction, -0 as 0
-        return "0" if number == 0 else text[:-2]
-    return text
+    if 1e-4 <= abs(number) < 1e16:  # repr writes these without an exponent, as ES6 does
+        text = repr(number)
+        return text[:-2] if text[-2:] == ".0" else text  # ES6 writes integral numbers bare
+    if number == 0:
+        return "0"  # -0 too
+    raise _Unusual  # an exponent form (ES6 differs from repr), inf or nan (no JCS form)
 
 
 def _int(number: int) -> str:
@@ -221,17 +248,26 @@ def _text(value: object) -> str:
 def _utc(moment: object) -> str:
     if type(moment) is not datetime:
         raise _Unusual
-    return instant(moment) if moment.fold else _cached_instant(moment)
+    return instant(moment) if moment.fold else _INSTANTS[moment]
 
 
-@lru_cache(maxsize=4096)
-def _cached_instant(moment: datetime) -> str:
-    """:func:`instant`, memoised: the readings of a read group or a slot share one time.
+class _Instants(dict[datetime, str]):
+    """:func:`instant` of ``fold=0`` datetimes, remembered: a read group's records share times.
 
     Aware datetimes that compare equal are the same instant, so have the same
     text, even in different time zones, with one exception: two times with the
     *same* tzinfo compare by wall clock, ignoring ``fold``, so 02:30 before and
     after a DST fall-back are equal yet an hour apart. Hence only ``fold=0``
-    times are cached. Naive times raise, and a call that raised is not cached.
+    times are looked up here. A naive time raises (:class:`LeafError`) and is
+    not remembered. Cleared when it holds :data:`CACHE_SIZE` times.
     """
-    return instant(moment)
+
+    def __missing__(self, moment: datetime) -> str:
+        text = instant(moment)
+        if len(self) >= CACHE_SIZE:
+            self.clear()
+        self[moment] = text
+        return text
+
+
+_INSTANTS = _Instants()

@@ -70,8 +70,14 @@ class Cut:
 
     device: str
     window: int
-    leaves: list[bytes]
-    """In batch order, except within each run of :attr:`ties`."""
+    leaves: bytes
+    """The leaves in batch order (except within each run of :attr:`ties`), one per line.
+
+    A leaf is canonical JSON, which escapes every control character, so it
+    holds no raw newline. One joined string pickles and unpickles in a fraction
+    of the time a list of thousands of small ones takes (no memo entry each).
+    """
+    count: int
     ties: list[tuple[int, int]]
     """Runs ``[i, j)`` of records with equal (time, point, type): ordered by leaf hash."""
     gaps: list[int]
@@ -116,7 +122,7 @@ def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
     gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
     last = record_time(kept[-1])
     root = root_of_hashes(_hashed(leaves, ties)) if hashed else None
-    return Cut(plan.device, window, leaves, [] if hashed else ties, gaps,
+    return Cut(plan.device, window, b"\n".join(leaves), len(leaves), [] if hashed else ties, gaps,
                list({r.point for r in kept}), instant(last + _JUST_AFTER), at, root)  # fmt: skip
 
 
@@ -134,7 +140,8 @@ def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> Sea
 
     The same bytes as ``SealedBatch.of(make_batch(...), sign_batch(...))``.
     """
-    leaves = cut.leaves
+    leaves = cut.leaves.split(b"\n")
+    assert len(leaves) == cut.count, "a leaf holds a raw newline"  # canonical JSON has none
     root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
     start, end = window_bounds(plan, cut.window)
     keys, waiver = signing(plan, set(cut.points))
