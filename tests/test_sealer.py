@@ -66,8 +66,10 @@ def test_a_restarted_sealer_continues_every_chain(evidence_site, backend, tmp_pa
     store.close()
 
 
-def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site):
-    """Shuffled records, late duplicates (ties of time, point and type) and gaps."""
+@pytest.mark.parametrize("hashed", [False, True], ids=["sealer-hashes", "collector-hashes"])
+def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site, hashed: bool):
+    """Shuffled records, late duplicates (ties of time, point and type) and gaps; hashed by
+    the sealer, or by the collector when the sealer lags."""
     plan = device_plan(evidence_site.plans[0])
     points = sorted(plan.points)[:5]
     rng = random.Random(7)
@@ -90,7 +92,9 @@ def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site):
     sink = Sink()
     sink.keys = keys  # type: ignore[attr-defined]
     index = T0.timestamp() * 1000 // plan.window_ms
-    got = seal(plan, cut(plan, int(index), window, now), ZERO_ROOT, sink)  # type: ignore[arg-type]
+    piece = cut(plan, int(index), window, now, hashed=hashed)
+    assert (piece.root is not None) == hashed
+    got = seal(plan, piece, ZERO_ROOT, sink)  # type: ignore[arg-type]
     window.hashes = [hashlib.sha256(LEAF_PREFIX + leaf).digest() for leaf in window.leaves]
     batch = make_batch(plan, int(index), window.entries(), ZERO_ROOT)
     signers = {k: keys.signer(k, now) for k in batch.keys}

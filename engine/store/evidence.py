@@ -171,10 +171,18 @@ class EvidenceSink:
             await asyncio.to_thread(self.deliver, *item)
 
     async def _closed(self, plan: DevicePlan, window: int, records: Window) -> None:
-        """In process mode: a closed window goes to the sealer unhashed (engine/store/sealer.py)."""
+        """In process mode: a closed window goes to the sealer (engine/store/sealer.py).
+
+        Unhashed, so that the event loop stays light, unless the sealer lags (the
+        cut before this one still waits for room in the socket) or collection is
+        over: then the collector hashes it and computes its root itself. With
+        PostgreSQL on two cores, the sealer and the server share one core while
+        the collector has the other, and this evens the work out (docs/benchmarks.md).
+        """
         if self.writer.done():
             await self.writer  # raises the sealer's failure
-        await self.queue.put(cut(plan, window, records, self.now(), hashed=self.batcher.closed))
+        lagging = self.batcher.closed or not self.queue.empty()
+        await self.queue.put(cut(plan, window, records, self.now(), hashed=lagging))
 
     async def _send_all(self) -> None:
         assert self.sealer is not None

@@ -7,8 +7,9 @@ record's leaf (salt included) and, when a window closes, puts its records in
 batch order as far as the records alone decide it (record time, point, type:
 :func:`arrange`) and sends a :class:`Cut`: the leaves in that order, the runs
 of equal keys, the gap positions. The sealer hashes the leaves, orders each
-run by leaf hash (so the batch order is exactly :func:`~engine.sign.batch.entry_order`),
-computes the root, chains it to the device's previous root, signs the
+run by leaf hash (so the batch order is exactly :func:`~engine.sign.batch.entry_order`)
+and computes the root (unless the collector did, see :func:`cut`), chains it
+to the device's previous root, signs the
 statement and stores the batch, spools it, replays and checkpoints exactly as
 the sink's writer thread does: the same methods, run in the child, on the
 child's own database connections and spool connection. At close the parent
@@ -112,8 +113,9 @@ def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
         hashed: bool = False) -> Cut:  # fmt: skip
     """In the collector: the :class:`Cut` of a closed window, with its root if ``hashed``.
 
-    The collector hashes them when it has nothing else to do (at close), so
-    that the sealer's backlog is only signing and storing.
+    The collector hashes a window itself when the sealer lags behind or at
+    close, when it has nothing else to do: the sealer's backlog is then only
+    signing and storing (:meth:`~engine.store.evidence.EvidenceSink._closed`).
     """
     kept, leaves = records.records, records.leaves
     order, ties = arrange(kept)

@@ -184,7 +184,9 @@ class Store:
         driver: Any = conn.connection.driver_connection
         if self.postgres:
             sql = f"COPY {table} (batch_id, position, leaf) FROM STDIN (FORMAT BINARY)"
-            with driver.cursor().copy(sql) as copy:
+            cursor = driver.cursor()
+            fast_bytea(cursor)
+            with cursor.copy(sql) as copy:
                 copy.set_types(["int8", "int4", "bytea"])
                 for row in zip(repeat(batch_id), positions, leaves):
                     copy.write_row(row)
@@ -282,10 +284,23 @@ class Store:
                                         ("checkpoints", CHECKPOINTS))}  # fmt: skip
 
 
+def fast_bytea(cursor: Any) -> None:
+    """Make ``cursor`` dump ``bytea`` COPY values with psycopg's own C dumper for ``bytes``.
+
+    ``set_types(["bytea"])`` takes the dumper last registered for the type, and
+    that is the DB-API ``Binary`` wrapper's, written in Python (psycopg/dbapi20.py):
+    a Python call per leaf, half the client's COPY time. Registered on the
+    cursor only; the connection's other statements are left as they are.
+    """
+    from psycopg.types.string import BytesBinaryDumper  # noqa: PLC0415 -- PostgreSQL stores only
+
+    cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
+
+
 def key_payload(version: KeyVersion) -> dict[str, Any]:
     return {"name": version.name, "version": version.version, "key_id": version.key_id,
             "sha256": version.sha256, "not_before": instant(version.not_before),
             "not_after": version.not_after and instant(version.not_after)}  # fmt: skip
 
 
-__all__ = ["ZERO_ROOT", "Head", "Store", "StoreError", "key_payload"]
+__all__ = ["ZERO_ROOT", "Head", "Store", "StoreError", "fast_bytea", "key_payload"]
