@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import pluggy
 from rich.console import Console
+from rich.markup import escape
 
 from engine import audit, simulate
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
@@ -360,7 +361,7 @@ def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
     status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
     live = status.is_terminal and (args.out is not None or args.db or not sys.stdout.isatty())
     reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
-    summary, stored = asyncio.run(_collect(args, pm, plans, keys, reporter))
+    summary, stored = asyncio.run(_collect(args, pm, plans, keys, reporter, status=status))
     status.print(summary_table(summary))
     if stored is not None:
         status.print(stored, highlight=False)
@@ -368,7 +369,8 @@ def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
 
 
 async def _collect(args: argparse.Namespace, pm: pluggy.PluginManager, plans: list[Any],
-                   keys: KeyStore | None, reporter: Reporter) -> tuple[Summary, str | None]:
+                   keys: KeyStore | None, reporter: Reporter, *,
+                   status: Console) -> tuple[Summary, str | None]:  # fmt: skip
     """Run the collection into JSON Lines, or (``--db``) into the signed store."""
     if not args.db or keys is None:
         sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
@@ -378,6 +380,9 @@ async def _collect(args: argparse.Namespace, pm: pluggy.PluginManager, plans: li
     target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
     evidence = open_evidence(plans, args.plans, target, keys,
                              EvidenceConfig(audit_key=args.audit_key, writer=_writer()))
+    if evidence.store_error:
+        status.print(f"[yellow]warning:[/] {escape(evidence.store_error)}; collecting into the "
+                     f"spool {escape(str(args.spool))} until the store answers", soft_wrap=True)
     await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
     summary = await run_plans(plans, pm, duration=args.duration, sink=evidence,
                               reporter=reporter, config=config, handle_signals=True)

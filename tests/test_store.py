@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -50,10 +50,10 @@ from engine.sign.batch import (
 )
 from engine.sign.leaf import instant
 from engine.sign.note import sign_checkpoint
-from engine.store.evidence import EvidenceConfig, EvidenceSink
+from engine.store.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
-from engine.store.store import Store
+from engine.store.store import Store, StoreError
 from engine.store.tables import BATCHES, GAPS, METADATA
 from engine.verify import Report
 
@@ -164,12 +164,22 @@ class ServerDown:
 
     def __init__(self, proxy: TcpProxy, target: str) -> None:
         self.proxy, self.target = proxy, target
+        self.where = f"127.0.0.1:{proxy.port}"
 
-    def begin(self, store: Store) -> None:
+    def begin(self, store: Store | None = None) -> None:
         self.proxy.stop()
 
-    def end(self, store: Store) -> None:
+    def end(self, store: Store | None = None) -> None:
         self.proxy.start()
+
+
+@contextlib.contextmanager
+def server_down(request: pytest.FixtureRequest) -> Iterator[ServerDown]:
+    """A fresh PostgreSQL database behind a proxy, for :class:`ServerDown`."""
+    url = make_url(request.getfixturevalue("fresh_postgres_url"))
+    with TcpProxy((str(url.host), int(url.port or 5432))) as proxy:
+        through = url.set(host="127.0.0.1", port=proxy.port, query={"connect_timeout": "2"})
+        yield ServerDown(proxy, through.render_as_string(hide_password=False))
 
 
 @pytest.fixture(params=["sqlite-disk-full", "postgresql-down"])
@@ -177,10 +187,8 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskFull 
     if request.param == "sqlite-disk-full":
         yield DiskFull(str(tmp_path / "evidence.db"))
         return
-    url = make_url(request.getfixturevalue("fresh_postgres_url"))
-    with TcpProxy((str(url.host), int(url.port or 5432))) as proxy:
-        through = url.set(host="127.0.0.1", port=proxy.port, query={"connect_timeout": "2"})
-        yield ServerDown(proxy, through.render_as_string(hide_password=False))
+    with server_down(request) as down:
+        yield down
 
 
 # --- at least once, stored once --------------------------------------------------------
@@ -228,7 +236,7 @@ def test_replaying_a_spooled_batch_that_was_already_stored_stores_nothing_twice(
 WRITER = """
 import sys
 from engine.store.sealed import SealedBatch
-from engine.store.store import Store
+from engine.store.store import Store, StoreError
 
 store = Store.open(sys.argv[1], actor="killed-writer")
 with open(sys.argv[2], "rb") as batches:
@@ -366,6 +374,105 @@ def test_a_full_spool_drops_batches_and_the_audit_log_says_which(
     report = verify(evidence_site, store)
     assert report.ok, report.problems  # each chain is excused across its dropped batches
     assert stored_records(report) == len(during) + len(after) - sum(d.count for d in dropped)
+    spool.close()
+
+
+class FolderAway:
+    """A SQLite store on a mount that is not there: its folder is moved away and back."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.target = folder, str(folder / "evidence.db")
+        self.where = self.target
+        folder.mkdir()
+
+    def begin(self) -> None:
+        self.folder.rename(self.folder.with_name("unmounted"))
+
+    def end(self) -> None:
+        self.folder.with_name("unmounted").rename(self.folder)
+
+
+@pytest.fixture(params=["sqlite-folder-away", "postgresql-down"])
+def away(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FolderAway | ServerDown]:
+    """A store that is away from the start (``begin``) until ``end``."""
+    if request.param == "sqlite-folder-away":
+        yield FolderAway(tmp_path / "mnt")
+        return
+    with server_down(request) as down:
+        yield down
+
+
+def run_target(away: FolderAway | ServerDown, tmp_path: Path) -> EvidenceTarget:
+    return EvidenceTarget(away.target, tmp_path / "spool.db", tmp_path / "witness.jsonl")
+
+
+def test_a_collector_starts_and_stops_while_the_store_is_away_and_loses_nothing(
+        evidence_site, away, tmp_path):  # fmt: skip
+    """Four runs: the store up; away at start, back mid-run; away all run; away at start and
+    back before the first batch, which the sealer process then records it all into."""
+    target, keys = run_target(away, tmp_path), evidence_site.key_store()
+    parts = [list(records(evidence_site, 90, start=T0 + timedelta(seconds=90 * k)))
+             for k in range(5)]  # fmt: skip
+    errors: list[str | None] = []
+
+    async def run(*pieces: list[Record], back_after: int | None = None,
+                  writer: Literal["thread", "process"] = "thread") -> EvidenceSink:  # fmt: skip
+        sink = open_evidence(evidence_site.plans, evidence_site.plans_dir, target, keys,
+                             by_record(writer=writer))  # fmt: skip
+        errors.append(sink.store_error)
+        for i, piece in enumerate(pieces):
+            if i == back_after:
+                if i:  # what was sealed meanwhile went to the spool
+                    await delivered(sink, sealed_while_putting(evidence_site, pieces[i - 1]))
+                away.end()
+            for record in piece:
+                await sink.put(record)
+        await sink.close()
+        return sink
+
+    asyncio.run(run(parts[0]))
+    away.begin()
+    returned = asyncio.run(run(parts[1], parts[2], back_after=1))
+    away.begin()
+    absent = asyncio.run(run(parts[3], writer="process"))
+    spool = Spool(target.spool)
+    assert len(spool) == absent.stats["spooled"] > 0 and len(spool.deferred()) == 2
+    spool.close()
+    last = asyncio.run(run(parts[4], back_after=0, writer="process"))  # still away at start
+
+    assert errors[0] is None
+    for error in errors[1:]:  # a run that starts while the store is away names it, and why
+        assert error and away.where in error
+    assert returned.stats["spooled"] > 0 and returned.stats["replayed"] > 0
+    assert last.stats["replayed"] == absent.stats["spooled"]
+    with Store.open_existing(away.target) as store:
+        report = verify(evidence_site, store)
+        assert report.ok, report.problems
+        assert stored_records(report) == sum(map(len, parts))
+        marks = {"collector.started": "(", "batch.stored": "b", "collector.stopped": ")"}
+        with store.reading() as conn:
+            log = "".join(marks[e.kind] for e in audit.entries(conn, list(marks)))
+        deployed = entries_of(store, "plan.deployed")
+    # every run's start and stop are logged, in order, and every batch between the two
+    assert re.fullmatch(r"(\(b*\)){4}", log), log
+    assert len(deployed) == len(evidence_site.plans)  # each plan once, by the first run
+    spool = Spool(target.spool)
+    assert (len(spool), spool.deferred()) == (0, [])
+    spool.close()
+
+
+def test_a_first_run_cannot_start_while_the_store_is_away(evidence_site, away, tmp_path,
+                                                          capsys):  # fmt: skip
+    """Without the store, only the spool could say where each device's chain ends."""
+    target = run_target(away, tmp_path)
+    away.begin()
+    with pytest.raises(StoreError, match="does not know where the chains of") as refused:
+        open_evidence(evidence_site.plans, evidence_site.plans_dir, target,
+                      evidence_site.key_store(), EvidenceConfig())  # fmt: skip
+    for plan in evidence_site.plans:
+        assert plan["device"]["id"] in str(refused.value)
+    spool = Spool(target.spool)
+    assert (len(spool), spool.deferred(), spool.heads()) == (0, [], {})
     spool.close()
 
 
@@ -567,20 +674,36 @@ def test_run_collects_the_simulated_plant_into_a_store_that_verifies(
         assert main(["keys", "generate", name, "--keys", str(keys)]) == 0
     assert main(["plan", "-p", str(REPO / "policies"), "-s", str(site), "-o", str(plans),
                  "--keys", str(keys)]) == 0  # fmt: skip
-    db, witness = tmp_path / "evidence.db", tmp_path / "witness.jsonl"
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    db, witness = mount / "evidence.db", tmp_path / "witness.jsonl"
+
+    def run(seconds: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CONVERGE, "run", "--plans", str(plans), "--keys", str(keys),
+                               "--db", str(db), "--spool", str(tmp_path / "spool.db"),
+                               "--witness", str(witness), "--for", f"{seconds}s"],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
     simulator = subprocess.Popen([*CONVERGE, "simulate", str(site)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(ports_of(site))
-        run = subprocess.run([*CONVERGE, "run", "--plans", str(plans), "--keys", str(keys),
-                              "--db", str(db), "--spool", str(tmp_path / "spool.db"),
-                              "--witness", str(witness), "--for", "6s"],
-                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        first = run(6)
+        mount.rename(tmp_path / "unmounted")  # the store's disk is away for the second run
+        second = run(3)
+        (tmp_path / "unmounted").rename(mount)
+        third = run(2)
     finally:
         simulator.send_signal(signal.SIGINT)
         simulator.wait(timeout=20)
-    assert run.returncode == 0, run.stderr
-    assert "evidence:" in run.stderr and "0 dropped" in run.stderr, run.stderr
+    for done in (first, second, third):
+        assert done.returncode == 0, done.stderr
+        assert "evidence:" in done.stderr and "0 dropped" in done.stderr, done.stderr
+    assert "warning:" not in first.stderr + third.stderr
+    warning = rf"warning: cannot open the store at .*{re.escape(str(db))}: .*; collecting into"
+    assert re.search(warning, second.stderr), second.stderr
+    spooled = int(re.search(r"(\d+) spooled", second.stderr)[1])
+    assert spooled > 0 and f"{spooled} replayed from the spool" in third.stderr, third.stderr
     capsys.readouterr()
     verify_cli = ["audit", "verify", "--db", str(db), "--keys", str(keys), "--witness",
                   str(witness)]  # fmt: skip

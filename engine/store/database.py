@@ -53,6 +53,10 @@ def database_url(target: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+CONNECT_S = 10
+"""How long a PostgreSQL connection may take: a server that does not answer (its host
+gone, packets dropped) is then an outage, not a hang. A URL's own ``connect_timeout`` wins."""
+
 WRITE = "converge_write"
 """Execution option of a connection that writes: on SQLite it takes the write lock at BEGIN."""
 
@@ -62,7 +66,9 @@ def connect(target: str) -> Engine:
     url = database_url(target)
     try:
         if not url.startswith("sqlite"):
-            return create_engine(url, pool_pre_ping=True)
+            given = "connect_timeout" in make_url(url).query
+            return create_engine(url, pool_pre_ping=True,
+                                 connect_args={} if given else {"connect_timeout": CONNECT_S})
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"--db {target!r}: no database driver for it ({exc})") from exc

@@ -18,7 +18,7 @@ never starves live data. Checkpoints of the audit log are signed every
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from engine.canonical import canonical_json
 from engine.collect.backfill import missed
-from engine.keys import KeyStore
+from engine.keys import KeyStore, KeyVersion
 from engine.plansign import signature_name
 from engine.records import Record
 from engine.sign.batch import (
@@ -94,26 +94,38 @@ class EvidenceSink:
         self.store, self.keys, self.spool = store, keys, spool
         self.config, self.now = config or EvidenceConfig(), now
         check_signers(plans, keys, self.config.audit_key, now())
-        self.heads = self._resume()
+        self.heads = self._resume({str(p["device"]["id"]) for p in plans})
         in_process = self.config.writer == "process"
         self.batcher = Batcher(plans, self._sealed, grace_ms=self.config.grace_ms,
                                previous_roots={d: h.root for d, h in self.heads.items()},
                                on_window=self._closed if in_process else None)  # fmt: skip
         self.queue: asyncio.Queue[Any] = asyncio.Queue(self.config.writer_queue)
         self.down_until = 0.0
+        self.store_error: str | None = None
+        """Why the store last failed, while it is away."""
         self.last_checkpoint = time.monotonic()
         self.stats = {"stored": 0, "spooled": 0, "replayed": 0, "dropped": 0, "duplicates": 0}
         self.records = 0
         self.next_flush = time.monotonic() + 1.0
+        self.deferred_due = True
+        self.record_deferred()  # before the fork: one process records them, once
         self.sealer = Sealer(self) if in_process else None  # forks: everything above is set
         self.writer = asyncio.create_task(self._send_all() if in_process else self._write_all())
 
-    def _resume(self) -> dict[str, Head]:
-        """Each device's chain head: the spool's (newest local knowledge), else the store's."""
+    def _resume(self, devices: set[str]) -> dict[str, Head]:
+        """Each device's chain head: the spool's (newest local knowledge), else the store's.
+
+        When the store answers, the spool notes that it knows the chains of ``devices``
+        from now on, so that a later run can start while the store is away.
+        """
         heads = self.spool.heads()
-        with contextlib.suppress(StoreError):
-            for device, head in self.store.heads().items():
-                heads.setdefault(device, head)
+        try:
+            stored = self.store.heads()
+        except StoreError:
+            return heads
+        for device, head in stored.items():
+            heads.setdefault(device, head)
+        self.spool.track(devices)
         return heads
 
     async def backfill(self, plans: Iterable[Mapping[str, Any]], until: datetime,
@@ -197,7 +209,8 @@ class EvidenceSink:
         Runs in the writer thread, or in the sealer process (engine/store/sealer.py).
         """
         self.spool.set_head(sealed.head.device, head)
-        if time.monotonic() < self.down_until or not self._write(sealed, live=True):
+        if (time.monotonic() < self.down_until or not self.record_deferred()
+                or not self._write(sealed, live=True)):  # fmt: skip
             self._spool(sealed)
             return
         self._replay(self.config.replay_chunk)
@@ -206,8 +219,8 @@ class EvidenceSink:
     def _write(self, sealed: SealedBatch, live: bool) -> bool:
         try:
             stored = self.store.write(sealed)
-        except StoreError:
-            self.down_until = time.monotonic() + self.config.retry_s
+        except StoreError as exc:
+            self._down(exc)
             return False
         key = ("stored" if live else "replayed") if stored else "duplicates"
         self.stats[key] += 1
@@ -235,8 +248,30 @@ class EvidenceSink:
             for item in dropped:
                 self.store.log("batch.dropped", _dropped_payload(item.statement, item.dropped_at))
                 self.spool.forget_dropped(item.id)
-        except StoreError:
-            self.down_until = time.monotonic() + self.config.retry_s
+        except StoreError as exc:
+            self._down(exc)
+
+    def record_deferred(self) -> bool:
+        """Give the store the audit entries deferred in the spool, oldest first: the starts
+        and stops of runs it missed. ``False`` when it did not take them all (it is away)."""
+        if not self.deferred_due:
+            return True
+        try:
+            deferred = self.spool.deferred()
+            if deferred and not self.store.prepared:  # away since the run started
+                self.store.prepare()
+            for row_id, data in deferred:
+                Deferred.from_bytes(data).record(self.store)
+                self.spool.forget_deferred(row_id)
+        except StoreError as exc:
+            self._down(exc)
+            return False
+        self.deferred_due, self.store_error = False, None
+        return True
+
+    def _down(self, exc: StoreError) -> None:
+        self.down_until = time.monotonic() + self.config.retry_s
+        self.store_error = str(exc)
 
     def _maybe_checkpoint(self) -> None:
         due = time.monotonic() - self.last_checkpoint >= self.config.checkpoint_s
@@ -255,21 +290,61 @@ class EvidenceSink:
         return sign_checkpoint(checkpoint, checkpoint.origin, key)
 
     def finish(self) -> None:
-        """At close: replay what the store will take, record the stop, checkpoint, close."""
+        """At close: replay what the store will take, record the stop, checkpoint, close.
+
+        What the store does not take stays in the spool for the next run: batches,
+        and the stop itself (after the start, if that was not recorded either).
+        """
         try:
-            if time.monotonic() >= self.down_until:
+            if time.monotonic() >= self.down_until and self.record_deferred():
                 self._replay(len(self.spool))
-            self.store.log("collector.stopped", {"records": self.records, **self.stats,
-                                                 "spooled_now": len(self.spool)})  # fmt: skip
-            self._checkpoint()
-        except StoreError:
-            pass  # still down: the spool keeps what was not stored, for the next run
+            stopped = {"records": self.records, **self.stats, "spooled_now": len(self.spool)}
+            self.spool.defer(Deferred(entries=(("collector.stopped", stopped),)).to_bytes())
+            self.deferred_due = True
+            if self.record_deferred():
+                self._checkpoint()
         finally:
             self.store.close()
 
 
 def _dropped_payload(statement: bytes, dropped_at: str) -> dict[str, Any]:
     return {**Statement.parse(statement).members(), "dropped_at": dropped_at}
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Audit entries the store must get before any batch: a run's start or its stop.
+
+    A start is the run's plans (their bytes and signed notes), its signing key
+    versions and a ``collector.started`` entry. Each is kept in the spool until
+    the store has recorded it, so a collector can start (and stop) while the
+    store is away; plans and key versions the store has already are skipped.
+    """
+
+    plans: tuple[tuple[bytes, str | None], ...] = ()
+    keys: tuple[KeyVersion, ...] = ()
+    entries: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """(kind, payload) of each entry to log after the plans and keys."""
+
+    def record(self, store: Store) -> None:
+        if self.plans:
+            store.deploy_plans((json.loads(data), data, note) for data, note in self.plans)
+        if self.keys:
+            store.record_keys(self.keys)
+        for kind, payload in self.entries:
+            store.log(kind, payload)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"plans": [[data.decode(), note] for data, note in self.plans],
+                               "keys": [version.as_dict() for version in self.keys],
+                               "entries": [list(entry) for entry in self.entries]})  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Deferred:
+        obj = json.loads(data)
+        return cls(tuple((text.encode(), note) for text, note in obj["plans"]),
+                   tuple(map(KeyVersion.from_dict, obj["keys"])),
+                   tuple((kind, payload) for kind, payload in obj["entries"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -284,19 +359,44 @@ class EvidenceTarget:
 
 def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: EvidenceTarget,
                   keys: KeyStore, config: EvidenceConfig) -> EvidenceSink:  # fmt: skip
-    """Open the store, record the run's plans and key versions, and make the sink.
+    """Make the sink, with the run's start (plans, key versions) recorded in the store.
 
-    Must be called in the event loop that runs the collection. The store must
-    be reachable at start; outages after that go to the spool.
+    Must be called in the event loop that runs the collection. When the store
+    does not answer, the start waits in the spool with the batches, and
+    ``sink.store_error`` says why; but only if the spool knows where every
+    device's chain ends (it was used before, for these devices): otherwise
+    raises StoreError, as a chain started afresh could fork the store's.
     """
     check_signers(plans, keys, config.audit_key, datetime.now(UTC))  # before anything is written
-    store = Store.open(target.db, actor(), target.witness)
-    store.deploy_plans((p, canonical_json(p), _signature(plans_dir, p)) for p in plans)
-    store.record_keys(v for name in keys.names() for v in keys.versions(name))
-    store.log("collector.started", {"plans": [p["digest"] for p in plans],
-                                    "spool": str(target.spool)})  # fmt: skip
-    return EvidenceSink(plans, store, keys, Spool(target.spool, target.max_spool_bytes),
-                        config=config)  # fmt: skip
+    store = Store.attach(target.db, actor(), target.witness)
+    spool = Spool(target.spool, target.max_spool_bytes)
+    try:
+        _reach(store, spool, plans)
+        started = {"plans": [p["digest"] for p in plans], "spool": str(target.spool)}
+        start = Deferred(plans=tuple((canonical_json(p), _signature(plans_dir, p)) for p in plans),
+                         keys=tuple(v for name in keys.names() for v in keys.versions(name)),
+                         entries=(("collector.started", started),))  # fmt: skip
+        spool.defer(start.to_bytes())
+        return EvidenceSink(plans, store, keys, spool, config=config)
+    except BaseException:
+        spool.close()
+        store.close()
+        raise
+
+
+def _reach(store: Store, spool: Spool, plans: Iterable[Mapping[str, Any]]) -> None:
+    """Prepare the store; if it is away, raise unless the spool can carry the run."""
+    try:
+        store.prepare()
+    except StoreError as exc:
+        devices = sorted({str(p["device"]["id"]) for p in plans})
+        unknown = [device for device in devices if not spool.knows_chain(device)]
+        if unknown:
+            raise StoreError(
+                f"{exc}; collection cannot start without the store: the spool {spool.path} "
+                f"does not know where the chains of {', '.join(unknown)} end (it knows those "
+                f"of the devices of runs that started with the store). Start again when the "
+                f"store answers.") from exc
 
 
 def _signature(plans_dir: Path, plan: Mapping[str, Any]) -> str | None:
@@ -309,5 +409,5 @@ def _signature(plans_dir: Path, plan: Mapping[str, Any]) -> str | None:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-__all__ = ["EvidenceConfig", "EvidenceSink", "EvidenceTarget", "actor", "check_signers",
-           "open_evidence"]
+__all__ = ["Deferred", "EvidenceConfig", "EvidenceSink", "EvidenceTarget", "actor",
+           "check_signers", "open_evidence"]

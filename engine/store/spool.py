@@ -7,7 +7,9 @@ oldest first, with their original times.
 
 It also keeps each device's chain head (root and window end of the device's
 last sealed batch), so a collector restarted while the database is still away
-continues every chain where it stopped.
+continues every chain where it stopped, and the audit entries of runs that
+started or stopped while it was away (:class:`~engine.store.evidence.Deferred`),
+which the store gets before any batch once it answers.
 
 When the spool holds ``max_bytes``, a further batch is **dropped**: only its
 statement is kept (device, window, count, root; a few hundred bytes) and, once
@@ -19,7 +21,7 @@ chain still verifies across it (docs/audit.md).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, statement BLOB NOT N
                                     dropped_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS heads (device TEXT PRIMARY KEY, root BLOB NOT NULL,
                                   covered_until TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deferred (id INTEGER PRIMARY KEY, entries BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tracked (device TEXT PRIMARY KEY);
 """
 
 
@@ -104,6 +108,18 @@ class Spool:
     def __len__(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM spooled").fetchone()[0])
 
+    # --- audit entries the store has not had yet -------------------------------------
+
+    def defer(self, entries: bytes) -> None:
+        self.db.execute("INSERT INTO deferred (entries) VALUES (?)", (entries,))
+
+    def deferred(self) -> list[tuple[int, bytes]]:
+        rows = self.db.execute("SELECT id, entries FROM deferred ORDER BY id")
+        return [(row_id, bytes(data)) for row_id, data in rows]
+
+    def forget_deferred(self, row_id: int) -> None:
+        self.db.execute("DELETE FROM deferred WHERE id = ?", (row_id,))
+
     # --- chain heads -------------------------------------------------------------------
 
     def set_head(self, device: str, head: Head) -> None:
@@ -115,3 +131,14 @@ class Spool:
     def heads(self) -> dict[str, Head]:
         with closing(self.db.execute("SELECT device, root, covered_until FROM heads")) as rows:
             return {device: Head(bytes(root), end) for device, root, end in rows}
+
+    def track(self, devices: Iterable[str]) -> None:
+        """Note that the spool has known these devices' chain heads since a run that started
+        with the store: a device with no head here then has no batch in the store either."""
+        self.db.executemany("INSERT OR IGNORE INTO tracked (device) VALUES (?)",
+                            [(device,) for device in devices])  # fmt: skip
+
+    def knows_chain(self, device: str) -> bool:
+        """Whether the spool knows where ``device``'s chain ends (at zero, with no head)."""
+        query = "SELECT 1 FROM tracked WHERE device = ? UNION SELECT 1 FROM heads WHERE device = ?"
+        return self.db.execute(query, (device, device)).fetchone() is not None

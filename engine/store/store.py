@@ -65,17 +65,31 @@ class Store:
     def __init__(self, engine: Engine, actor: str, witness: Path | None = None) -> None:
         self.engine, self.actor, self.witness = engine, actor, witness
         self.postgres = engine.dialect.name == "postgresql"
+        self.prepared = False
 
     @classmethod
     def open(cls, target: str, actor: str = "converge", witness: Path | None = None) -> Store:
         """Open (made or migrated as needed) the store at ``target``: a path (SQLite) or a
         database URL."""
-        engine = connect(target)
-        upgrade(engine)
-        store = cls(engine, actor, witness)
-        with store.transaction() as conn:
-            audit.origin(conn)
+        store = cls.attach(target, actor, witness)
+        store.prepare()
         return store
+
+    @classmethod
+    def attach(cls, target: str, actor: str = "converge", witness: Path | None = None) -> Store:
+        """The store at ``target`` without reaching it yet: :meth:`prepare` it before writing.
+
+        Raises StoreError only for a target that names no database a driver can open.
+        """
+        return cls(connect(target), actor, witness)
+
+    def prepare(self) -> None:
+        """Make or migrate the schema and the audit log's origin; raises StoreError when the
+        database cannot be reached."""
+        upgrade(self.engine)
+        with self.transaction() as conn:
+            audit.origin(conn)
+        self.prepared = True
 
     @classmethod
     def open_existing(cls, target: str) -> Store:
