@@ -115,7 +115,7 @@ def write_inputs(root: Path, devices: int) -> tuple[list[Path], Path]:
 
 def parse_floor(files: list[Path]) -> float:
     """Seconds for PyYAML's C loader to parse ``files``, with the compiler's GC settings."""
-    from engine.compile import fewer_collections
+    from engine.heap import fewer_collections
 
     with fewer_collections():
         started = time.perf_counter()

@@ -9,10 +9,8 @@ and otherwise runs to the end so that every merge and plan error is shown.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from zoneinfo import ZoneInfo
 import pluggy
 
 from engine.errors import Finding, Location, error, has_errors, sort_findings
+from engine.heap import fewer_collections
 from engine.keys import KeyStore, check_signing_keys
 from engine.load import Document, load_files
 from engine.merge import MergeResult, merge
@@ -65,22 +64,6 @@ def compile_project(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     """Run every stage over ``inputs``; the result carries all findings, sorted."""
     with fewer_collections():
         return _compile(inputs, pm)
-
-
-@contextlib.contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Collect garbage less often while compiling.
-
-    A compilation builds millions of long-lived objects and frees almost
-    none; with CPython's default thresholds the cyclic collector walks them
-    again and again, which at 100,000 points costs more than all of merge.
-    """
-    previous = gc.get_threshold()
-    gc.set_threshold(200_000, 50, 1000)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
 
 
 def _compile(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:

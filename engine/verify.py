@@ -36,8 +36,8 @@ from sqlalchemy import Connection, select
 
 from engine import audit
 from engine.canonical import canonical_json
-from engine.compile import fewer_collections
 from engine.errors import ConvergeError
+from engine.heap import fewer_collections
 from engine.keys import KeyStore, KeyStoreError, KeyVersion, SignatureRejected, verify_signature
 from engine.plan import verify_plan
 from engine.plansign import PlanClaim, key_versions_check
