@@ -89,10 +89,14 @@ class EvidenceSink:
     """Batches, signs and stores every record; see the module docstring."""
 
     def __init__(self, plans: list[Mapping[str, Any]], store: Store, keys: KeyStore, spool: Spool,
-                 *, config: EvidenceConfig | None = None,
-                 now: Now = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+                 *, config: EvidenceConfig | None = None, now: Now = lambda: datetime.now(UTC),
+                 store_error: str | None = None) -> None:  # fmt: skip
+        """``store_error``: why the store did not answer as the run started (it is then not
+        tried again before the first batch: a server that does not answer takes seconds)."""
         self.store, self.keys, self.spool = store, keys, spool
         self.config, self.now = config or EvidenceConfig(), now
+        self.store_error = store_error
+        """Why the store last failed, while it is away."""
         check_signers(plans, keys, self.config.audit_key, now())
         self.heads = self._resume({str(p["device"]["id"]) for p in plans})
         in_process = self.config.writer == "process"
@@ -101,14 +105,13 @@ class EvidenceSink:
                                on_window=self._closed if in_process else None)  # fmt: skip
         self.queue: asyncio.Queue[Any] = asyncio.Queue(self.config.writer_queue)
         self.down_until = 0.0
-        self.store_error: str | None = None
-        """Why the store last failed, while it is away."""
         self.last_checkpoint = time.monotonic()
         self.stats = {"stored": 0, "spooled": 0, "replayed": 0, "dropped": 0, "duplicates": 0}
         self.records = 0
         self.next_flush = time.monotonic() + 1.0
         self.deferred_due = True
-        self.record_deferred()  # before the fork: one process records them, once
+        if store_error is None:
+            self.record_deferred()  # before the fork: one process records them, once
         self.sealer = Sealer(self) if in_process else None  # forks: everything above is set
         self.writer = asyncio.create_task(self._send_all() if in_process else self._write_all())
 
@@ -119,6 +122,8 @@ class EvidenceSink:
         from now on, so that a later run can start while the store is away.
         """
         heads = self.spool.heads()
+        if self.store_error is not None:
+            return heads
         try:
             stored = self.store.heads()
         except StoreError:
@@ -371,21 +376,21 @@ def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: Evide
     store = Store.attach(target.db, actor(), target.witness)
     spool = Spool(target.spool, target.max_spool_bytes)
     try:
-        _reach(store, spool, plans)
+        error = _reach(store, spool, plans)
         started = {"plans": [p["digest"] for p in plans], "spool": str(target.spool)}
         start = Deferred(plans=tuple((canonical_json(p), _signature(plans_dir, p)) for p in plans),
                          keys=tuple(v for name in keys.names() for v in keys.versions(name)),
                          entries=(("collector.started", started),))  # fmt: skip
         spool.defer(start.to_bytes())
-        return EvidenceSink(plans, store, keys, spool, config=config)
+        return EvidenceSink(plans, store, keys, spool, config=config, store_error=error)
     except BaseException:
         spool.close()
         store.close()
         raise
 
 
-def _reach(store: Store, spool: Spool, plans: Iterable[Mapping[str, Any]]) -> None:
-    """Prepare the store; if it is away, raise unless the spool can carry the run."""
+def _reach(store: Store, spool: Spool, plans: Iterable[Mapping[str, Any]]) -> str | None:
+    """Prepare the store; if it is away, say why, or raise unless the spool can carry the run."""
     try:
         store.prepare()
     except StoreError as exc:
@@ -397,6 +402,8 @@ def _reach(store: Store, spool: Spool, plans: Iterable[Mapping[str, Any]]) -> No
                 f"does not know where the chains of {', '.join(unknown)} end (it knows those "
                 f"of the devices of runs that started with the store). Start again when the "
                 f"store answers.") from exc
+        return str(exc)
+    return None
 
 
 def _signature(plans_dir: Path, plan: Mapping[str, Any]) -> str | None:
