@@ -25,8 +25,13 @@ test: $(STAMP)
 	bash tests/services.sh start
 	$(BIN)/python -m pytest -n 2 -q; status=$$?; bash tests/services.sh stop; exit $$status
 
+# every benchmark in bench/, PostgreSQL's figures on a throwaway server (tests/services.sh)
 bench: $(STAMP)
-	$(BIN)/python bench/compile.py
+	bash tests/services.sh start
+	set -a; . tests/.services.env; set +a; \
+	for script in compile coalesce collect ingest verify; do \
+	  $(BIN)/python bench/$$script.py || { status=$$?; break; }; echo; \
+	done; bash tests/services.sh stop; exit $${status:-0}
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis demo-out
