@@ -229,6 +229,21 @@ def test_the_caches_are_bounded():
     assert len(leaf._IDENTITIES) <= leaf.CACHE_SIZE
 
 
+def test_a_name_that_only_equals_another_is_written_as_itself():
+    """A str subclass that compares equal to another name must not take that name's text."""
+
+    class Folded(str):
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, str) and self.lower() == other.lower()
+
+        def __hash__(self) -> int:
+            return hash(self.lower())
+
+    for name in ["d3", Folded("D3")]:
+        r = Reading(name, name, T0, 1.5, scheduled_at=T0)
+        assert leaf_bytes(r, bytes(16)) == general(r, bytes(16))
+
+
 def test_non_bmp_and_lone_surrogates_match_the_general_path():
     for name in ["\U0001f600", "x\ud800y", "\udfff"]:
         for record in (

@@ -438,6 +438,7 @@ def test_a_collector_starts_and_stops_while_the_store_is_away_and_loses_nothing(
     spool = Spool(target.spool)
     assert len(spool) == absent.stats["spooled"] > 0 and len(spool.deferred()) == 2
     spool.close()
+    between = instant(datetime.now(UTC))
     last = asyncio.run(run(parts[4], back_after=0, writer="process"))  # still away at start
 
     assert errors[0] is None
@@ -453,7 +454,9 @@ def test_a_collector_starts_and_stops_while_the_store_is_away_and_loses_nothing(
         with store.reading() as conn:
             log = "".join(marks[e.kind] for e in audit.entries(conn, list(marks)))
         deployed = entries_of(store, "plan.deployed")
-    # every run's start and stop are logged, in order, and every batch between the two
+        stops = entries_of(store, "collector.stopped")
+    assert stops[2].time < between < stops[3].time  # logged late, dated when it happened
+    # every run's start and stop are logged, in order, and no batch outside a run
     assert re.fullmatch(r"(\(b*\)){4}", log), log
     assert len(deployed) == len(evidence_site.plans)  # each plan once, by the first run
     spool = Spool(target.spool)
@@ -474,6 +477,30 @@ def test_a_first_run_cannot_start_while_the_store_is_away(evidence_site, away, t
     spool = Spool(target.spool)
     assert (len(spool), spool.deferred(), spool.heads()) == (0, [], {})
     spool.close()
+
+
+def test_a_collector_that_switches_spools_continues_every_chain(evidence_site, backend,
+                                                                tmp_path):  # fmt: skip
+    """A new spool holds no head, one used before holds stale ones: the store's decide."""
+    store = open_store(evidence_site, backend)
+    first, second = Spool(tmp_path / "first.db"), Spool(tmp_path / "second.db")
+    for k, spool in enumerate([first, second, first]):  # the first's heads are stale by then
+        start = T0 + timedelta(seconds=90 * k)
+        asyncio.run(collect(evidence_site, store, spool, list(records(evidence_site, 90, start))))
+    report = verify(evidence_site, store)
+    assert report.ok, report.problems
+    assert stored_records(report) == 3 * len(list(records(evidence_site, 90)))
+
+    async def killed_before_its_first_batch(spool: Spool) -> None:
+        sink = EvidenceSink(evidence_site.plans, store, evidence_site.key_store(), spool)
+        sink.writer.cancel()
+
+    third = Spool(tmp_path / "third.db")
+    asyncio.run(killed_before_its_first_batch(third))
+    assert third.heads() == store.heads()  # a later run may start while the store is away
+    for spool in (first, second, third):
+        spool.close()
+    store.close()
 
 
 def test_the_store_knows_a_chains_newest_batch_across_a_dropped_one(evidence_site, backend):

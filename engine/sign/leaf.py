@@ -136,17 +136,18 @@ def _fast_leaf(record: Record, salt: bytes) -> bytes:
             return _gap_text(record, salt.hex()).encode()
         raise _Unusual
     scheduled, collected, quality = record.scheduled_at, record.collected_at, record.quality
+    device, point = record.device, record.point
     if not (scheduled is not None and record.raw_code is None and record.server_at is None
             and record.source_at is None and record.coalesced == 0
             and type(record.coalesced) is int and type(collected) is datetime
-            and type(scheduled) is datetime
+            and type(scheduled) is datetime and type(device) is str and type(point) is str
             and not (collected.fold or scheduled.fold)):  # fmt: skip
         return _reading_text(record, salt.hex()).encode()
     # The usual scheduled sample: no optional member but its slot. It is written from
     # remembered pieces, inline, as this runs for every reading the store ingests.
-    known = _IDENTITIES.get((record.device, record.point))
+    known = _IDENTITIES.get((device, point))
     if known is None or known[0] is not quality:
-        known = _identity(record.device, record.point, quality)
+        known = _identity(device, point, quality)
     value = record.value
     if type(value) is float and 1e-4 <= abs(value) < 1e16 and not value.is_integer():
         number = repr(value)  # no exponent in this range, and a fraction: as ES6 writes it
@@ -174,8 +175,8 @@ the salt, which only those three decide. Cleared when it holds :data:`CACHE_SIZE
 CACHE_SIZE = 65_536
 
 
-def _identity(device: object, point: object, quality: object) -> tuple[Quality, str]:
-    if type(device) is not str or type(point) is not str or type(quality) is not Quality:
+def _identity(device: str, point: str, quality: object) -> tuple[Quality, str]:
+    if type(quality) is not Quality:
         raise _Unusual
     if len(_IDENTITIES) >= CACHE_SIZE:
         _IDENTITIES.clear()

@@ -15,6 +15,7 @@ verify``) take no lock and never hold a collector up.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +56,8 @@ def database_url(target: str) -> str:
 
 CONNECT_S = 10
 """How long a PostgreSQL connection may take: a server that does not answer (its host
-gone, packets dropped) is then an outage, not a hang. A URL's own ``connect_timeout`` wins."""
+gone, packets dropped) is then an outage, not a hang. A URL's own ``connect_timeout`` (or
+``service``) and ``$PGCONNECT_TIMEOUT`` win."""
 
 WRITE = "converge_write"
 """Execution option of a connection that writes: on SQLite it takes the write lock at BEGIN."""
@@ -66,7 +68,8 @@ def connect(target: str) -> Engine:
     url = database_url(target)
     try:
         if not url.startswith("sqlite"):
-            given = "connect_timeout" in make_url(url).query
+            given = ({"connect_timeout", "service"} & set(make_url(url).query)
+                     or "PGCONNECT_TIMEOUT" in os.environ)  # fmt: skip
             return create_engine(url, pool_pre_ping=True,
                                  connect_args={} if given else {"connect_timeout": CONNECT_S})
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})

@@ -118,18 +118,23 @@ class EvidenceSink:
     def _resume(self, devices: set[str]) -> dict[str, Head]:
         """Each device's chain head: the spool's (newest local knowledge), else the store's.
 
-        When the store answers, the spool notes that it knows the chains of ``devices``
-        from now on, so that a later run can start while the store is away.
+        The spool's is stale when the store holds a batch that follows it (another
+        spool was used since); then the store's is taken. When the store answers, the
+        spool keeps its heads and notes that it knows the chains of ``devices`` from
+        now on, so that a later run can start while the store is away.
         """
         heads = self.spool.heads()
         if self.store_error is not None:
             return heads
         try:
             stored = self.store.heads()
+            stale = {d for d, head in heads.items() if self.store.followed(d, head.root)}
         except StoreError:
             return heads
         for device, head in stored.items():
-            heads.setdefault(device, head)
+            if device not in heads or device in stale:
+                heads[device] = head
+                self.spool.set_head(device, head)
         self.spool.track(devices)
         return heads
 
@@ -304,7 +309,8 @@ class EvidenceSink:
             if time.monotonic() >= self.down_until and self.record_deferred():
                 self._replay(len(self.spool))
             stopped = {"records": self.records, **self.stats, "spooled_now": len(self.spool)}
-            self.spool.defer(Deferred(entries=(("collector.stopped", stopped),)).to_bytes())
+            stop = Deferred(instant(datetime.now(UTC)), entries=(("collector.stopped", stopped),))
+            self.spool.defer(stop.to_bytes())
             self.deferred_due = True
             if self.record_deferred():
                 self._checkpoint()
@@ -326,6 +332,8 @@ class Deferred:
     store is away; plans and key versions the store has already are skipped.
     """
 
+    at: str
+    """When it happened (an instant): the entries are dated so, however late they are logged."""
     plans: tuple[tuple[bytes, str | None], ...] = ()
     keys: tuple[KeyVersion, ...] = ()
     entries: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -333,21 +341,23 @@ class Deferred:
 
     def record(self, store: Store) -> None:
         if self.plans:
-            store.deploy_plans((json.loads(data), data, note) for data, note in self.plans)
+            store.deploy_plans(((json.loads(data), data, note) for data, note in self.plans),
+                               self.at)  # fmt: skip
         if self.keys:
             store.record_keys(self.keys)
         for kind, payload in self.entries:
-            store.log(kind, payload)
+            store.log(kind, payload, self.at)
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"plans": [[data.decode(), note] for data, note in self.plans],
+        return canonical_json({"at": self.at,
+                               "plans": [[data.decode(), note] for data, note in self.plans],
                                "keys": [version.as_dict() for version in self.keys],
                                "entries": [list(entry) for entry in self.entries]})  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Deferred:
         obj = json.loads(data)
-        return cls(tuple((text.encode(), note) for text, note in obj["plans"]),
+        return cls(obj["at"], tuple((text.encode(), note) for text, note in obj["plans"]),
                    tuple(map(KeyVersion.from_dict, obj["keys"])),
                    tuple((kind, payload) for kind, payload in obj["entries"]))  # fmt: skip
 
@@ -378,7 +388,8 @@ def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: Evide
     try:
         error = _reach(store, spool, plans)
         started = {"plans": [p["digest"] for p in plans], "spool": str(target.spool)}
-        start = Deferred(plans=tuple((canonical_json(p), _signature(plans_dir, p)) for p in plans),
+        start = Deferred(instant(datetime.now(UTC)),
+                         plans=tuple((canonical_json(p), _signature(plans_dir, p)) for p in plans),
                          keys=tuple(v for name in keys.names() for v in keys.versions(name)),
                          entries=(("collector.started", started),))  # fmt: skip
         spool.defer(start.to_bytes())

@@ -238,21 +238,22 @@ class Store:
 
     # --- plans, keys, lifecycle -------------------------------------------------------
 
-    def deploy_plans(self, plans: Iterable[tuple[Mapping[str, Any], bytes, str | None]]) -> int:
+    def deploy_plans(self, plans: Iterable[tuple[Mapping[str, Any], bytes, str | None]],
+                     at: str | None = None) -> int:  # fmt: skip
         """Keep each (body, bytes, signature note) plan not stored yet, with a ``plan.deployed``
-        entry; returns how many were new."""
+        entry (dated ``at``, default now); returns how many were new."""
         new = 0
         with self.transaction() as conn:
             for body, data, signature in plans:
                 digest = str(body["digest"])
                 if conn.execute(select(PLANS.c.digest).where(PLANS.c.digest == digest)).first():
                     continue
-                at = audit.now_instant()
+                when = at or audit.now_instant()
                 conn.execute(insert(PLANS).values(digest=digest, device=body["device"]["id"],
-                                                  body=data, signature=signature, deployed_at=at))
+                                                  body=data, signature=signature, deployed_at=when))
                 audit.append(conn, "plan.deployed", self.actor,
                              {"device": body["device"]["id"], "digest": digest,
-                              "signed": signature is not None}, at)  # fmt: skip
+                              "signed": signature is not None}, when)  # fmt: skip
                 new += 1
         return new
 
@@ -272,10 +273,17 @@ class Store:
                 audit.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
         return len(new)
 
-    def log(self, kind: str, payload: dict[str, Any]) -> int:
-        """Append one entry of ``kind`` on its own."""
+    def log(self, kind: str, payload: dict[str, Any], at: str | None = None) -> int:
+        """Append one entry of ``kind`` on its own, dated ``at`` (default now)."""
         with self.transaction() as conn:
-            return audit.append(conn, kind, self.actor, payload)
+            return audit.append(conn, kind, self.actor, payload, at)
+
+    def followed(self, device: str, root: bytes) -> bool:
+        """Whether a stored batch of ``device`` follows the batch whose root is ``root``."""
+        query = select(BATCHES.c.id).where(BATCHES.c.device == device,
+                                           BATCHES.c.previous_root == root).limit(1)  # fmt: skip
+        with self.reading() as conn:
+            return conn.execute(query).first() is not None
 
     def checkpoint(self, sign: audit.CheckpointSigner) -> str | None:
         """Sign a checkpoint of the log now (and append it to the witness file)."""
