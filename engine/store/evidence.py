@@ -118,8 +118,8 @@ class EvidenceSink:
     def _resume(self, devices: set[str]) -> dict[str, Head]:
         """Each device's chain head: the spool's (newest local knowledge), else the store's.
 
-        The spool's is stale when the store holds a batch that follows it (another
-        spool was used since); then the store's is taken. When the store answers, the
+        The spool's is stale when the store holds it but has a newer one (a run with
+        another spool moved on since); then the store's is taken. When the store answers, the
         spool keeps its heads and notes that it knows the chains of ``devices`` from
         now on, so that a later run can start while the store is away.
         """
@@ -128,7 +128,8 @@ class EvidenceSink:
             return heads
         try:
             stored = self.store.heads()
-            stale = {d for d, head in heads.items() if self.store.followed(d, head.root)}
+            stale = {d for d, head in heads.items() if d in stored
+                     and stored[d].root != head.root and self.store.holds(d, head.root)}
         except StoreError:
             return heads
         for device, head in stored.items():

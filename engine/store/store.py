@@ -278,12 +278,10 @@ class Store:
         with self.transaction() as conn:
             return audit.append(conn, kind, self.actor, payload, at)
 
-    def followed(self, device: str, root: bytes) -> bool:
-        """Whether a stored batch of ``device`` follows the batch whose root is ``root``."""
-        query = select(BATCHES.c.id).where(BATCHES.c.device == device,
-                                           BATCHES.c.previous_root == root).limit(1)  # fmt: skip
+    def holds(self, device: str, root: bytes) -> bool:
+        """Whether the batch of ``device`` whose root is ``root`` is stored."""
         with self.reading() as conn:
-            return conn.execute(query).first() is not None
+            return self._stored(conn, device, root)
 
     def checkpoint(self, sign: audit.CheckpointSigner) -> str | None:
         """Sign a checkpoint of the log now (and append it to the witness file)."""
