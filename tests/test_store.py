@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import re
@@ -318,7 +319,7 @@ def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data
         for record in during:
             await sink.put(record)
         await delivered(sink, sealed_while_putting(evidence_site, during))
-        backlog = [sealed.head.root for _, sealed in spool.oldest(len(spool))]
+        backlog = [sealed.head.root for _, sealed, _ in spool.oldest(len(spool))]
         outage.end(store)
         for record in after:
             await sink.put(record)
@@ -336,6 +337,57 @@ def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data
     report = verify(evidence_site, store)
     assert report.ok, report.problems
     assert stored_records(report) == len(during) + len(after)
+    spool.close()
+
+
+def test_a_batch_spooled_before_a_key_rotation_verifies_when_replayed_after_it(
+        evidence_site, outage, tmp_path):  # fmt: skip
+    """Its signatures are judged when it was sealed and spooled, not when it was replayed."""
+    site = dataclasses.replace(evidence_site, keys_dir=tmp_path / "keys")
+    shutil.copytree(evidence_site.keys_dir, site.keys_dir)
+    store = open_store(site, outage.target)
+    spool = Spool(tmp_path / "spool.db")
+    during = list(records(site, 150))
+
+    async def spooled() -> None:
+        sink = EvidenceSink(site.plans, store, site.key_store(), spool, config=by_record())
+        outage.begin(store)
+        for record in during:
+            await sink.put(record)
+        await sink.close()
+
+    asyncio.run(spooled())
+    assert len(spool) > 0
+    outage.end(store)
+    time.sleep(0.01)
+    keys = site.key_store()
+    for name in ("qa-signing", "site-integrity", "ops-signing"):
+        keys.rotate(name)  # the versions that signed the spooled batches end now
+    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
+    time.sleep(0.01)
+    after = list(records(site, 60, start=T0 + timedelta(seconds=150)))
+    sink = asyncio.run(collect(site, store, spool, after, by_record()))
+    assert len(spool) == 0 and sink.stats["replayed"] > 0
+    report = verify(site, store)
+    assert report.ok, report.problems
+    assert stored_records(report) == len(during) + len(after)
+    spool.close()
+
+
+def test_a_spool_from_before_batches_kept_their_time_is_still_replayed(evidence_site,
+                                                                       tmp_path):  # fmt: skip
+    sealed = seal(evidence_site, records(evidence_site, 90))[0]
+    old = sqlite3.connect(tmp_path / "spool.db")
+    old.execute("CREATE TABLE spooled (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, "
+                "batch BLOB NOT NULL)")  # fmt: skip
+    data = sealed.to_bytes()
+    old.execute("INSERT INTO spooled (size, batch) VALUES (?, ?)", (len(data), data))
+    old.commit()
+    old.close()
+    spool = Spool(tmp_path / "spool.db")
+    assert [(b.statement, at) for _, b, at in spool.oldest(5)] == [(sealed.statement, None)]
+    spool.put(sealed, "2026-06-01T12:00:00.000000Z")
+    assert [at for _, _, at in spool.oldest(5)] == [None, "2026-06-01T12:00:00.000000Z"]
     spool.close()
 
 
@@ -501,6 +553,32 @@ def test_a_collector_that_switches_spools_continues_every_chain(evidence_site, b
     for spool in (first, second, third):
         spool.close()
     store.close()
+
+
+def test_a_chain_that_ends_in_an_earlier_window_is_continued_from_its_end(
+        evidence_site, backend, tmp_path):  # fmt: skip
+    """A window reopened for a late record, then a clock set back: the chain's last batch is
+    not of its latest window, and the spool's head (not the store's guess) is followed."""
+    store = open_store(evidence_site, backend)
+    spool = Spool(tmp_path / "spool.db")
+    items = list(records(evidence_site, 120))
+    late = next(r for r in items if isinstance(r, Reading))
+
+    async def with_a_late_record() -> None:
+        sink = EvidenceSink(evidence_site.plans, store, evidence_site.key_store(), spool)
+        for record in items:
+            await sink.put(record)
+        await sink.batcher.flush(T0 + timedelta(hours=1))  # every window closed by time
+        await sink.put(dataclasses.replace(late, value=99.0))  # reopens the first window
+        await sink.close()
+
+    asyncio.run(with_a_late_record())
+    ahead = T0 + timedelta(minutes=40)  # a collector whose clock was ahead, then set right
+    for start in (T0 + timedelta(seconds=120), ahead, T0 + timedelta(seconds=180)):
+        asyncio.run(collect(evidence_site, store, spool, list(records(evidence_site, 60, start))))
+    report = verify(evidence_site, store)
+    assert report.ok, report.problems
+    spool.close()
 
 
 def test_the_store_knows_a_chains_newest_batch_across_a_dropped_one(evidence_site, backend):

@@ -118,24 +118,25 @@ class EvidenceSink:
     def _resume(self, devices: set[str]) -> dict[str, Head]:
         """Each device's chain head: the spool's (newest local knowledge), else the store's.
 
-        The spool's is stale when the store holds it but has a newer one (a run with
-        another spool moved on since); then the store's is taken. When the store answers, the
-        spool keeps its heads and notes that it knows the chains of ``devices`` from
-        now on, so that a later run can start while the store is away.
+        The spool's is stale when stored batches follow it (a run with another spool
+        moved on since): then the end of the chain they make is taken. When the store
+        answers, the spool keeps the heads of ``devices`` and notes that it knows their
+        chains from now on, so that a later run can start while the store is away.
         """
         heads = self.spool.heads()
         if self.store_error is not None:
             return heads
         try:
             stored = self.store.heads()
-            stale = {d for d, head in heads.items() if d in stored
-                     and stored[d].root != head.root and self.store.holds(d, head.root)}
+            moved = {d: self.store.chain_end(d, head.root) for d, head in heads.items()
+                     if d in stored and stored[d].root != head.root}  # fmt: skip
         except StoreError:
             return heads
-        for device, head in stored.items():
-            if device not in heads or device in stale:
-                heads[device] = head
-                self.spool.set_head(device, head)
+        newer = {d: head for d, head in moved.items() if head is not None}
+        newer |= {d: head for d, head in stored.items() if d in devices and d not in heads}
+        for device, head in newer.items():
+            heads[device] = head
+            self.spool.set_head(device, head)
         self.spool.track(devices)
         return heads
 
@@ -227,9 +228,12 @@ class EvidenceSink:
         self._replay(self.config.replay_chunk)
         self._maybe_checkpoint()
 
-    def _write(self, sealed: SealedBatch, live: bool) -> bool:
+    def _write(self, sealed: SealedBatch, live: bool, spooled_at: str | None = None) -> bool:
+        """Store ``sealed``; a replayed batch's entry is dated when it was spooled, the time its
+        signatures are judged at (a key may have been rotated since)."""
+        at = None if spooled_at is None else datetime.fromisoformat(spooled_at)
         try:
-            stored = self.store.write(sealed)
+            stored = self.store.write(sealed, at)
         except StoreError as exc:
             self._down(exc)
             return False
@@ -244,8 +248,8 @@ class EvidenceSink:
     def _replay(self, limit: int) -> None:
         """Log dropped batches, then store up to ``limit`` spooled ones, oldest first."""
         self._log_dropped()
-        for row_id, sealed in self.spool.oldest(limit):
-            if not self._write(sealed, live=False):
+        for row_id, sealed, spooled_at in self.spool.oldest(limit):
+            if not self._write(sealed, live=False, spooled_at=spooled_at):
                 return
             self.spool.remove(row_id)
 
@@ -333,8 +337,9 @@ class Deferred:
     store is away; plans and key versions the store has already are skipped.
     """
 
-    at: str
-    """When it happened (an instant): the entries are dated so, however late they are logged."""
+    at: str | None
+    """When it happened (an instant): the entries are dated so, however late they are logged
+    (``None``, in a spool written before deferred entries had times: when they are logged)."""
     plans: tuple[tuple[bytes, str | None], ...] = ()
     keys: tuple[KeyVersion, ...] = ()
     entries: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -358,7 +363,7 @@ class Deferred:
     @classmethod
     def from_bytes(cls, data: bytes) -> Deferred:
         obj = json.loads(data)
-        return cls(obj["at"], tuple((text.encode(), note) for text, note in obj["plans"]),
+        return cls(obj.get("at"), tuple((text.encode(), note) for text, note in obj["plans"]),
                    tuple(map(KeyVersion.from_dict, obj["keys"])),
                    tuple((kind, payload) for kind, payload in obj["entries"]))  # fmt: skip
 

@@ -33,7 +33,7 @@ from engine.store.store import Head
 DEFAULT_MAX_BYTES = 1 << 30
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spooled (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,
-                                    batch BLOB NOT NULL);
+                                    batch BLOB NOT NULL, spooled_at TEXT);
 CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, statement BLOB NOT NULL,
                                     dropped_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS heads (device TEXT PRIMARY KEY, root BLOB NOT NULL,
@@ -58,6 +58,9 @@ class Spool:
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(spooled)")}
+            if "spooled_at" not in columns:  # a spool from before batches kept their time
+                self.db.execute("ALTER TABLE spooled ADD COLUMN spooled_at TEXT")
         except sqlite3.Error as exc:
             raise StoreError(f"spool {path}: {exc}") from exc
         total = self.db.execute("SELECT coalesce(sum(size), 0) FROM spooled").fetchone()[0]
@@ -84,13 +87,17 @@ class Spool:
                 db.execute("INSERT INTO dropped (statement, dropped_at) VALUES (?, ?)",
                            (sealed.statement, now))  # fmt: skip
                 return False
-            db.execute("INSERT INTO spooled (size, batch) VALUES (?, ?)", (len(data), data))
+            db.execute("INSERT INTO spooled (size, batch, spooled_at) VALUES (?, ?, ?)",
+                       (len(data), data, now))  # fmt: skip
         self.bytes += len(data)
         return True
 
-    def oldest(self, limit: int) -> list[tuple[int, SealedBatch]]:
-        rows = self.db.execute("SELECT id, batch FROM spooled ORDER BY id LIMIT ?", (limit,))
-        return [(row_id, SealedBatch.from_bytes(data)) for row_id, data in rows]
+    def oldest(self, limit: int) -> list[tuple[int, SealedBatch, str | None]]:
+        """Up to ``limit`` batches, oldest first: row id, batch, and when it was spooled (an
+        instant; ``None`` in a spool from before batches kept their time)."""
+        rows = self.db.execute("SELECT id, batch, spooled_at FROM spooled ORDER BY id LIMIT ?",
+                               (limit,))  # fmt: skip
+        return [(row_id, SealedBatch.from_bytes(data), at) for row_id, data, at in rows]
 
     def remove(self, row_id: int) -> None:
         with self._transaction() as db:

@@ -278,10 +278,20 @@ class Store:
         with self.transaction() as conn:
             return audit.append(conn, kind, self.actor, payload, at)
 
-    def holds(self, device: str, root: bytes) -> bool:
-        """Whether the batch of ``device`` whose root is ``root`` is stored."""
+    def chain_end(self, device: str, root: bytes) -> Head | None:
+        """The last stored batch of ``device``'s chain after the batch whose root is ``root``
+        (following each batch's previous root), or ``None`` when no stored batch follows it.
+
+        Unlike :meth:`heads` this is exact, whatever the windows' order: a window reopened
+        for late records, or a clock set back, ends a chain with an earlier window.
+        """
+        end: Head | None = None
+        query = select(BATCHES.c.root, BATCHES.c.window_end).where(BATCHES.c.device == device)
         with self.reading() as conn:
-            return self._stored(conn, device, root)
+            while (row := conn.execute(query.where(BATCHES.c.previous_root == root)).first()):
+                root = bytes(row.root)
+                end = Head(root, row.window_end)
+        return end
 
     def checkpoint(self, sign: audit.CheckpointSigner) -> str | None:
         """Sign a checkpoint of the log now (and append it to the witness file)."""
