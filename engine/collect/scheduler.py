@@ -50,8 +50,15 @@ class Clock:
         await self.sleep((at_ms - self.now_ms()) / 1000)
 
     async def wait_for(self, awaitable: Awaitable[T], seconds: float) -> T:
-        """``awaitable`` with a timeout in clock seconds; raises :class:`TimeoutError`."""
-        return await asyncio.wait_for(awaitable, self.real(seconds))
+        """``awaitable`` with a timeout in clock seconds; raises :class:`TimeoutError`.
+
+        ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 the latter can
+        swallow a cancellation that arrives as the awaitable completes (CPython
+        gh-86296), and a device task that loses its cancellation never stops: the run
+        then hangs at its end.
+        """
+        async with asyncio.timeout(self.real(seconds)):
+            return await awaitable
 
 
 class ScaledClock(Clock):
