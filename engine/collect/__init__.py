@@ -98,7 +98,7 @@ async def _until(stop: asyncio.Event, duration: float | None, clock: Clock) -> N
         await stop.wait()
         return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), clock.real(duration))
+        await clock.wait_for(stop.wait(), duration)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

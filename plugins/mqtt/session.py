@@ -311,4 +311,5 @@ class MqttSession:
                 await task
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, OSError, RuntimeError):
-                await asyncio.wait_for(client.__aexit__(None, None, None), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # not wait_for: see Clock.wait_for
+                    await client.__aexit__(None, None, None)

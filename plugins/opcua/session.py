@@ -230,7 +230,8 @@ class OpcUaSession:
         if client is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: see Clock.wait_for
+                await client.disconnect()
 
     # --- reading ------------------------------------------------------------------------
 
@@ -243,7 +244,8 @@ class OpcUaSession:
         nodes = [client.get_node(str(n)) for n in group["nodes"]]
         collected_at = now()
         try:
-            values = await asyncio.wait_for(client.read_attributes(nodes), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: see Clock.wait_for
+                values = await client.read_attributes(nodes)
         except TimeoutError:
             return self._gaps(points, scheduled_at, GapReason.TIMEOUT, "no answer in time")
         except UaStatusCodeError as exc:
