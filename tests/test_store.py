@@ -24,10 +24,10 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -61,6 +61,7 @@ from engine.verify import Report
 CONVERGE = [sys.executable, "-m", "engine.cli"]
 DAY_MS = 86_400_000
 MINUTE = timedelta(minutes=1)
+T = TypeVar("T")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -305,6 +306,28 @@ def test_a_writer_killed_mid_write_leaves_only_whole_batches(evidence_site, back
 # --- store and forward -----------------------------------------------------------------
 
 
+def across_outage(site: Site, store: Store, spool: Spool, outage: DiskFull | ServerDown, *,
+                  during: list[Record], after: list[Record], config: EvidenceConfig,
+                  seen: Callable[[], T]) -> tuple[EvidenceSink, T]:  # fmt: skip
+    """Put ``during`` while the store is away and, once its sealed batches are delivered,
+    note what ``seen`` says; then put ``after`` with the store back, and close."""
+
+    async def scenario() -> tuple[EvidenceSink, T]:
+        sink = EvidenceSink(site.plans, store, site.key_store(), spool, config=config)
+        outage.begin(store)
+        for record in during:
+            await sink.put(record)
+        await delivered(sink, sealed_while_putting(site, during))
+        noted = seen()
+        outage.end(store)
+        for record in after:
+            await sink.put(record)
+        await sink.close()
+        return sink, noted
+
+    return asyncio.run(scenario())
+
+
 def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data(
         evidence_site, outage, tmp_path):  # fmt: skip
     store = open_store(evidence_site, outage.target)
@@ -312,21 +335,10 @@ def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data
     during = list(records(evidence_site, 180))
     after = list(records(evidence_site, 180, start=T0 + 3 * MINUTE))
 
-    async def scenario() -> tuple[EvidenceSink, list[bytes]]:
-        sink = EvidenceSink(evidence_site.plans, store, evidence_site.key_store(), spool,
-                            config=by_record(replay_chunk=1))  # fmt: skip
-        outage.begin(store)
-        for record in during:
-            await sink.put(record)
-        await delivered(sink, sealed_while_putting(evidence_site, during))
-        backlog = [sealed.head.root for _, sealed, _ in spool.oldest(len(spool))]
-        outage.end(store)
-        for record in after:
-            await sink.put(record)
-        await sink.close()
-        return sink, backlog
-
-    sink, backlog = asyncio.run(scenario())
+    sink, backlog = across_outage(
+        evidence_site, store, spool, outage, during=during, after=after,
+        config=by_record(replay_chunk=1),
+        seen=lambda: [sealed.head.root for _, sealed, _ in spool.oldest(len(spool))])
     assert sink.stats["stored"] > len(backlog) == sink.stats["spooled"] > 0
     order = stored_roots(store)
     # after the outage each live batch is stored first, then one spooled batch, oldest first
@@ -402,21 +414,9 @@ def test_a_full_spool_drops_batches_and_the_audit_log_says_which(
     during = list(records(evidence_site, 180))
     after = list(records(evidence_site, 60, start=T0 + 3 * MINUTE))
 
-    async def scenario() -> tuple[EvidenceSink, list[Statement]]:
-        sink = EvidenceSink(evidence_site.plans, store, evidence_site.key_store(), spool,
-                            config=by_record())  # fmt: skip
-        outage.begin(store)
-        for record in during:
-            await sink.put(record)
-        await delivered(sink, sealed_while_putting(evidence_site, during))
-        dropped = [Statement.parse(d.statement) for d in spool.dropped()]
-        outage.end(store)
-        for record in after:
-            await sink.put(record)
-        await sink.close()
-        return sink, dropped
-
-    sink, dropped = asyncio.run(scenario())
+    sink, dropped = across_outage(
+        evidence_site, store, spool, outage, during=during, after=after, config=by_record(),
+        seen=lambda: [Statement.parse(d.statement) for d in spool.dropped()])
     assert sink.stats["spooled"] > 0 and sink.stats["dropped"] == len(dropped) > 0
     logged = audit_log_json(capsys, outage.target, "batch.dropped")
     assert [(p["device"], p["window_start"], p["count"], p["root"]) for p in logged] == [
