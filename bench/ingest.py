@@ -17,10 +17,10 @@ Every point is read every second and requires signing by two keys
   last put: it adds a window's fill and drain to the time. For comparison.
 
 The readings go through the collector's own evidence sink
-(:class:`engine.store.evidence.EvidenceSink`): the batcher (leaf bytes, salts,
-leaf hashes, sorting, roots), Ed25519 signatures by both keys, sealing, and
-the sealer process (or, with ``--writer thread``, a writer thread), one
-transaction per batch with its audit entry. The floor is the same
+(:class:`engine.store.evidence.EvidenceSink`): the batcher (leaf bytes, salts)
+in the collector, then the sealer process (or, with ``--writer thread``, a
+writer thread): leaf hashes, sorting, roots, Ed25519 signatures by both keys,
+one transaction per batch with its audit entry. The floor is the same
 (batch_id, position, leaf) rows put into the same ``readings`` table (made by
 ``Store.open``, with the same batch rows, in a fresh database) by the driver
 alone, one transaction per batch: sqlite3 ``executemany`` on SQLite, psycopg
@@ -126,6 +126,11 @@ class BenchKeys:
         return Trust(self.public)
 
 
+def bench_keys() -> BenchKeys:
+    """The two signing keys and the audit key, made afresh."""
+    return BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+
+
 def _raw_public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
@@ -195,8 +200,8 @@ async def _collect(store: Store, keys: BenchKeys, spool: Spool, groups: list[lis
 
     A collector's device task puts the readings of one answer and then awaits
     the network again; that is when the sink's writer task hands the next
-    sealed batch to its thread. Without the yield nothing would be written
-    until the end.
+    closed window to the sealer (or batch to its thread). Without the yield
+    nothing would be written until the end.
     """
     clock = Clock()
     sink = EvidenceSink(plans(shape), store, keys, spool, now=clock,  # type: ignore[arg-type]
@@ -219,7 +224,7 @@ def open_store(target: str, keys: BenchKeys, shape: Shape) -> Store:
 
 
 def ingest(target: str, spool_path: Path, count: int, keys: BenchKeys, shape: Shape,
-           *, writer: Writer = "thread") -> tuple[Store, float]:  # fmt: skip
+           *, writer: Writer) -> tuple[Store, float]:  # fmt: skip
     """Store ``count`` readings in a new store at ``target``; returns the store and the seconds.
 
     The readings are made before the clock starts (making them is the
@@ -248,9 +253,9 @@ def checkpoint(store: Store, keys: BenchKeys) -> None:
 def build_store(target: str, count: int, workdir: Path,
                 shape: Shape = BURST) -> tuple[Store, BenchKeys, float]:  # fmt: skip
     """A store at ``target`` holding ``count`` readings in signed, checkpointed batches."""
-    keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+    keys = bench_keys()
     spool = workdir / f"spool-{secrets.token_hex(4)}.db"
-    store, elapsed = ingest(target, spool, count, keys, shape)
+    store, elapsed = ingest(target, spool, count, keys, shape, writer="process")
     checkpoint(store, keys)
     return store, keys, elapsed
 
@@ -397,7 +402,7 @@ def check(store: Store, keys: BenchKeys) -> None:
 
 
 def run_sqlite(shape: Shape, count: int, workdir: Path, writer: Writer) -> Result:
-    keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+    keys = bench_keys()
     store, ours = ingest(str(workdir / f"ours-{shape.name}.db"),
                          workdir / f"spool-{shape.name}.db", count, keys, shape,
                          writer=writer)  # fmt: skip
@@ -411,7 +416,7 @@ def run_sqlite(shape: Shape, count: int, workdir: Path, writer: Writer) -> Resul
 
 
 def run_postgres(shape: Shape, url: str, count: int, workdir: Path, writer: Writer) -> Result:
-    keys = BenchKeys([*SIGNING_KEYS, AUDIT_KEY])
+    keys = bench_keys()
     with scratch_databases(url, 2) as (ours_url, floor_url):
         store, ours = ingest(ours_url, workdir / f"spool-pg-{shape.name}.db", count, keys, shape,
                              writer=writer)  # fmt: skip

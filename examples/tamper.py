@@ -18,9 +18,9 @@ def tamper(path: str) -> None:
         rows = db.execute("SELECT id, batch_id, leaf FROM readings ORDER BY id")
         row_id, batch_id, leaf, record = next(
             (i, b, leaf, r) for i, b, leaf in rows
-            if isinstance((r := json.loads(leaf))["value"], int | float))
+            if type((r := json.loads(leaf))["value"]) in (int, float))
         old = record["value"]
-        new = old + 1 if isinstance(old, int | float) and not isinstance(old, bool) else "forged"
+        new = old + 1
         edited = leaf.replace(f'"value":{json.dumps(old)}'.encode(),
                               f'"value":{json.dumps(new)}'.encode())
         db.execute("UPDATE readings SET leaf = ? WHERE id = ?", (edited, row_id))
