@@ -33,6 +33,7 @@ from engine.sign.batch import (
     MissingSignature,
     MissingSigner,
     Signature,
+    Window,
     device_plan,
     make_batch,
     sign_batch,
@@ -295,6 +296,27 @@ def test_batcher_is_a_sink_with_an_async_downstream():
 
     asyncio.run(run())
     assert [b.count for b in got] == [1]
+
+
+@pytest.mark.parametrize("writer", ["batches", "windows"])
+def test_a_refused_record_leaves_no_window_behind(writer: str):
+    """A reading with no leaf (not finite) is refused; the batches are those of the others."""
+    got: list[int] = []
+
+    async def window(_plan: Any, _index: int, records: Window) -> None:
+        got.append(len(records.records))
+
+    async def run() -> None:
+        on_window = window if writer == "windows" else None
+        batcher = Batcher([plan()], lambda batch: got.append(batch.count), on_window=on_window)
+        await batcher.put(reading(T0))
+        with pytest.raises(LeafError):
+            await batcher.put(reading(T0 + timedelta(minutes=1), float("nan")))
+        await batcher.put(reading(T0 + timedelta(minutes=2)))
+        await batcher.close()
+
+    asyncio.run(run())
+    assert got == [1, 1]
 
 
 def test_records_outside_the_plans_are_refused():

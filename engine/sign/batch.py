@@ -406,14 +406,14 @@ class Batcher:
                   else record_time(record))  # fmt: skip
         ms = None if moment.fold else self._ms.get(moment)
         window = (self._epoch_ms(moment) if ms is None else ms) // plan.window_ms
+        salt = self.salt()
+        leaf = leaf_bytes(record, salt)  # before any window: a record without a leaf leaves none
         windows = self.open.get(plan.device)
         if windows is None:
             windows = self.open[plan.device] = {}
         into = windows.get(window)
         if into is None:
             into = windows[window] = Window()
-        salt = self.salt()
-        leaf = leaf_bytes(record, salt)  # first: a record without a leaf is refused, not kept
         into.records.append(record)
         into.salts.append(salt)
         into.leaves.append(leaf)
