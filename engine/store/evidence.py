@@ -337,9 +337,8 @@ class Deferred:
     store is away; plans and key versions the store has already are skipped.
     """
 
-    at: str | None
-    """When it happened (an instant): the entries are dated so, however late they are logged
-    (``None``, in a spool written before deferred entries had times: when they are logged)."""
+    at: str
+    """When it happened (an instant): the entries are dated so, however late they are logged."""
     plans: tuple[tuple[bytes, str | None], ...] = ()
     keys: tuple[KeyVersion, ...] = ()
     entries: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -363,7 +362,7 @@ class Deferred:
     @classmethod
     def from_bytes(cls, data: bytes) -> Deferred:
         obj = json.loads(data)
-        return cls(obj.get("at"), tuple((text.encode(), note) for text, note in obj["plans"]),
+        return cls(obj["at"], tuple((text.encode(), note) for text, note in obj["plans"]),
                    tuple(map(KeyVersion.from_dict, obj["keys"])),
                    tuple((kind, payload) for kind, payload in obj["entries"]))  # fmt: skip
 
