@@ -216,6 +216,12 @@ def record_time(record: Record) -> datetime:
     return record.scheduled_at or record.collected_at
 
 
+def covered_until(record: Record) -> str:
+    """The instant just after ``record``'s time: a chain head whose last record it is keeps
+    the records before it (backfill starts there)."""
+    return instant(record_time(record) + _MS)
+
+
 def epoch_ms(moment: datetime) -> int:
     """Milliseconds since 1970-01-01T00:00:00Z, rounded down. Requires an aware datetime."""
     return (moment - _EPOCH) // _MS

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +38,9 @@ from engine.sign.batch import (
     DevicePlan,
     Statement,
     Window,
+    covered_until,
     device_plan,
     epoch_ms,
-    record_time,
     sign_batch,
 )
 from engine.sign.leaf import instant
@@ -52,7 +52,6 @@ from engine.store.spool import DEFAULT_MAX_BYTES, Spool
 from engine.store.store import Head, Store
 
 Now = Callable[[], datetime]
-_JUST_AFTER = timedelta(milliseconds=1)
 
 
 @dataclass
@@ -187,8 +186,7 @@ class EvidenceSink:
     async def _sealed(self, batch: Batch) -> None:
         signers = {k: self.keys.signer(k, self.now()) for k in batch.keys}
         sealed = SealedBatch.of(batch, sign_batch(batch, signers))
-        last = record_time(batch.entries[-1].record) if batch.entries else self.now()
-        await self.queue.put((sealed, Head(batch.root, instant(last + _JUST_AFTER))))
+        await self.queue.put((sealed, Head(batch.root, covered_until(batch.entries[-1].record))))
 
     async def _write_all(self) -> None:
         while (item := await self.queue.get()) is not None:

@@ -29,7 +29,7 @@ import socket
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.canonical import canonical_json
@@ -41,12 +41,12 @@ from engine.sign.batch import (
     Signature,
     Statement,
     Window,
+    covered_until,
     in_order,
     record_time,
     signing,
     window_bounds,
 )
-from engine.sign.leaf import instant
 from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
@@ -55,7 +55,6 @@ from engine.store.store import Head
 if TYPE_CHECKING:
     from engine.store.evidence import EvidenceSink
 
-_JUST_AFTER = timedelta(milliseconds=1)
 _INHERITED: list[Spool] = []
 SEND_BUFFER = 4 << 20
 _sha256 = hashlib.sha256
@@ -122,10 +121,9 @@ def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
     if order is not None:
         kept, leaves = [kept[i] for i in order], [leaves[i] for i in order]
     gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
-    last = record_time(kept[-1])
     root = root_of_hashes(_hashed(leaves, ties)) if hashed else None
     return Cut(plan.device, window, b"\n".join(leaves), len(leaves), [] if hashed else ties, gaps,
-               list({r.point for r in kept}), instant(last + _JUST_AFTER), at, root)  # fmt: skip
+               list({r.point for r in kept}), covered_until(kept[-1]), at, root)  # fmt: skip
 
 
 def _hashed(leaves: list[bytes], ties: list[tuple[int, int]]) -> list[bytes]:
