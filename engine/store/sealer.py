@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.canonical import canonical_json
 from engine.errors import ConvergeError
-from engine.records import Gap, Reading, Record
+from engine.records import Gap, Record
 from engine.sign.batch import (
     ZERO_ROOT,
     DevicePlan,
@@ -43,7 +43,7 @@ from engine.sign.batch import (
     Window,
     covered_until,
     in_order,
-    record_time,
+    record_order,
     signing,
     window_bounds,
 )
@@ -96,8 +96,7 @@ def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int
     """
     if in_order(records):
         return None, []
-    keys = [(record_time(r), r.point, "reading" if isinstance(r, Reading) else "gap")
-            for r in records]  # fmt: skip
+    keys = [record_order(r) for r in records]
     order = sorted(range(len(records)), key=keys.__getitem__)
     ties, start = [], 0
     for i in range(1, len(order) + 1):
