@@ -100,8 +100,13 @@ def _state(conn: Connection) -> MerkleLog:
     return MerkleLog.from_state(saved["size"], [bytes.fromhex(h) for h in saved["hashes"]])
 
 
+def saved_state(log: MerkleLog) -> dict[str, Any]:
+    """The compact state of ``log`` as the store keeps it (under :data:`STATE_KEY`, as JSON)."""
+    return {"size": log.size, "hashes": [h.hex() for h in log.hashes]}
+
+
 def _save_state(conn: Connection, log: MerkleLog, first: bool) -> None:
-    text = json.dumps({"size": log.size, "hashes": [h.hex() for h in log.hashes]})
+    text = json.dumps(saved_state(log))
     if first:
         conn.execute(insert(META).values(key=STATE_KEY, value=text))
     else:

@@ -187,7 +187,7 @@ def _check_state(conn: Connection, log: Log, report: Report) -> None:
     recomputed = MerkleLog()
     for leaf in log.hashes:
         recomputed.append_hash(leaf)
-    want = {"size": recomputed.size, "hashes": [h.hex() for h in recomputed.hashes]}
+    want = audit.saved_state(recomputed)
     try:
         state = json.loads(saved) if saved else None
     except ValueError:
