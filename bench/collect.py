@@ -123,7 +123,7 @@ def _listening(port: int) -> bool:
 
 def compile_plans(root: Path) -> tuple[Path, list[int]]:
     from engine.compile import Inputs, compile_project
-    from engine.planfiles import write_plans
+    from engine.plans.folder import write_plans
     from engine.plugin_manager import make_plugin_manager
 
     ports = free_ports(MODBUS_DEVICES + OPCUA_SERVERS)
@@ -134,7 +134,7 @@ def compile_plans(root: Path) -> tuple[Path, list[int]]:
         result = compile_project(Inputs([Path("policy.yaml")], [Path("site")]),
                                  make_plugin_manager())
         assert result.ok, [str(f) for f in result.findings[:5]]
-        write_plans(root / "plans", result)
+        write_plans(root / "plans", result.plans, result.index())
     return root / "plans", ports
 
 

@@ -126,7 +126,7 @@ def parse_floor(files: list[Path]) -> float:
 
 def measure(points: int) -> dict:
     from engine.compile import Inputs, compile_project
-    from engine.planfiles import write_plans
+    from engine.plans.folder import write_plans
     from engine.plugin_manager import make_plugin_manager
 
     devices = points // POINTS_PER_DEVICE
@@ -139,7 +139,7 @@ def measure(points: int) -> dict:
         check = time.perf_counter() - started
         assert result.ok, [str(f) for f in result.findings[:5]]
         started = time.perf_counter()
-        write_plans(Path(tmp) / "plans", result)
+        write_plans(Path(tmp) / "plans", result.plans, result.index())
         write = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"points": points, "devices": devices, "parse_s": parse, "check_s": check,

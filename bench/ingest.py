@@ -17,7 +17,7 @@ Every point is read every second and requires signing by two keys
   last put: it adds a window's fill and drain to the time. For comparison.
 
 The readings go through the collector's own evidence sink
-(:class:`engine.store.evidence.EvidenceSink`): the batcher (leaf bytes, salts)
+(:class:`engine.evidence.sink.EvidenceSink`): the batcher (leaf bytes, salts)
 in the collector, then the sealer process (or, with ``--writer thread``, a
 writer thread): leaf hashes, sorting, roots, Ed25519 signatures by both keys,
 one transaction per batch with its audit entry. The floor is the same
@@ -56,11 +56,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engine.canonical import canonical_json
+from engine.evidence.sink import EvidenceConfig, EvidenceSink
 from engine.keys import KeyVersion
-from engine.plan import PLAN_FORMAT, seal
+from engine.plans.format import PLAN_FORMAT, seal
 from engine.records import Reading
 from engine.sign.note import sign_checkpoint
-from engine.store.evidence import EvidenceConfig, EvidenceSink
 from engine.store.spool import Spool
 from engine.store.store import Store, fast_bytea
 from engine.verify import Trust, verify_store

@@ -6,7 +6,7 @@ The small public API; everything else is importable from its stage module.
 from engine.compile import STAGES, Compilation, Inputs, compile_project
 from engine.errors import ConvergeError, Finding, FindingsError, Location, PluginError, Severity
 from engine.hookspecs import hookimpl
-from engine.plan import Plan, verify_plan
+from engine.plans.format import Plan, verify_plan
 from engine.plugin_manager import make_plugin_manager
 from engine.protocol_plugin import ProtocolPlugin
 from engine.records import Gap, GapReason, Quality, Reading

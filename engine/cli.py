@@ -26,26 +26,28 @@ from typing import Any, Literal
 import pluggy
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from engine import audit, simulate
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
-from engine.collect.plans import load_plans
 from engine.collect.status import JsonLogReporter, LiveReporter, Reporter, summary_table
+from engine.commands.audit import progress_of, render_entries, render_report, report_json
+from engine.commands.coverage import coverage, render_coverage
+from engine.commands.diff import diff, diff_json, render_diff
+from engine.commands.explain import explain, render_explain
+from engine.commands.findings import findings_json, findings_sarif, findings_text
+from engine.commands.keys import export_public, render_keys
+from engine.commands.test import junit_xml, run_tests
 from engine.compile import Compilation, Inputs, compile_project
-from engine.coverage import coverage, render_coverage
-from engine.diff import diff, diff_json, render_diff
+from engine.compile.validate.jsonschema import json_schema
 from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
-from engine.evidence_view import progress_of, render_entries, render_report, report_json
-from engine.explain import explain, render_explain
-from engine.jsonschema import json_schema
-from engine.keys import KeyStore, KeyVersion, export_public, open_key_store, render_keys
-from engine.planfiles import render_plans, write_plans
-from engine.plansign import open_signer, plan_verifier, rfc3339
+from engine.evidence.sink import EvidenceConfig, EvidenceTarget, open_evidence
+from engine.keys import KeyStore, KeyVersion, open_key_store
+from engine.plans.folder import load_plans, write_plans
+from engine.plans.signature import open_signer, plan_verifier, rfc3339
 from engine.plugin_manager import make_plugin_manager
-from engine.policytest import junit_xml, run_tests
-from engine.render import findings_json, findings_sarif, findings_text
-from engine.store.evidence import EvidenceConfig, EvidenceTarget, open_evidence
+from engine.store import auditlog
 from engine.store.spool import DEFAULT_MAX_BYTES
 from engine.store.store import Store
 from engine.verify import Trust, verify_store
@@ -169,7 +171,7 @@ def run_plan(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
     # the key is opened before anything is written: a wrong passphrase writes nothing
     signer = (open_signer(key_store_of(args, pm), args.sign, datetime.now(UTC))
               if args.sign else None)
-    written = write_plans(args.out, result, signer)
+    written = write_plans(args.out, result.plans, result.index(), signer)
     render_plans(console, result, written, args.format)
     if signer is not None and args.format == "text":
         version = signer.version
@@ -540,10 +542,10 @@ def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 def run_audit_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     with Store.open_existing(args.db) as store, store.reading() as conn:
         if args.format == "json":
-            for entry in audit.entries(conn, args.kind):
+            for entry in auditlog.entries(conn, args.kind):
                 print(entry.to_bytes().decode())
         else:
-            render_entries(console, audit.entries(conn, args.kind))
+            render_entries(console, auditlog.entries(conn, args.kind))
     return 0
 
 
@@ -561,6 +563,26 @@ def run_audit_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console
     else:
         render_report(console, report, seconds, where)
     return 0 if report.ok else 1
+
+
+def render_plans(console: Console, result: Compilation, written: list[Path], fmt: str) -> None:
+    if fmt == "json":
+        if result.findings:
+            findings_text(Console(stderr=True, soft_wrap=True), result.findings)
+        rows = [{"device": p.device, "file": str(path), "digest": p.digest,
+                 "points": p.points, "read_groups": p.read_groups}
+                for p, path in zip(result.plans, written, strict=True)]
+        print(json.dumps(rows, indent=2))
+        return
+    if result.findings:
+        findings_text(console, result.findings)
+    table = Table(title=f"{len(written)} plans", title_justify="left")
+    for column in ("device", "points", "read groups", "valid until", "digest"):
+        table.add_column(column)
+    for plan in result.plans:
+        table.add_row(plan.device, str(plan.points), str(plan.read_groups),
+                      plan.valid_until or "-", plan.digest[:19] + "…")
+    console.print(table)
 
 
 COMMANDS = [register_check, register_plan, register_explain, register_coverage, register_diff,

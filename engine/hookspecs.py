@@ -53,7 +53,7 @@ def converge_endpoint_schema(protocol: str) -> dict[str, Any] | None:
     ``protocol`` is yours and ``None`` otherwise; the first non-``None``
     result is used. Unknown keys are always errors; defaults in the schema
     are applied (``default`` rule). The check-with rules of
-    :class:`engine.rules.ConvergeValidator` (``duration``, ``glob``, ...)
+    :class:`engine.compile.validate.rules.ConvergeValidator` (``duration``, ``glob``, ...)
     may be used.
     """
 

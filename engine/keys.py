@@ -24,27 +24,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import pluggy
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from rich.console import Console
-from rich.markup import escape
 
-from engine.errors import ConvergeError, Finding, PluginError, error
-from engine.model import Project
-from engine.references import names_missing
-from engine.rules import KEBAB_ID
+from engine.errors import ConvergeError, PluginError
+from engine.model import KEBAB_ID
 from engine.sign import note
-
-SIGNING_KEYS = "signing.keys"
-"""The policy facet that names keys."""
 
 EventKind = Literal["generated", "rotated", "retired"]
 
@@ -280,7 +271,7 @@ class KeyEvents:
         return event
 
 
-# --- finding a store, and checking policies against it ----------------------------------
+# --- finding a store --------------------------------------------------------------------
 
 
 def open_key_store(pm: pluggy.PluginManager, config: dict[str, Any]) -> KeyStore:
@@ -292,64 +283,3 @@ def open_key_store(pm: pluggy.PluginManager, config: dict[str, Any]) -> KeyStore
     if not isinstance(store, KeyStore):
         raise PluginError(f"the key store of kind {kind!r} does not implement KeyStore")
     return store
-
-
-def check_signing_keys(project: Project, store: KeyStore) -> list[Finding]:
-    """A ``signing-key-unknown`` error at each key name a policy writes that ``store`` lacks."""
-    held = set(store.names())
-    listing = ", ".join(sorted(held)) or "none"
-    return [
-        error(place, "signing-key-unknown",
-              f"signing key '{name}' of policy {policy.id} is in no key store"
-              f" (held: {listing}); converge keys generate {name}")
-        for policy, name, place in names_missing(project, SIGNING_KEYS, held)
-    ]
-
-
-# --- what converge keys prints ----------------------------------------------------------
-
-
-def status(version: KeyVersion, now: datetime) -> str:
-    """``current``, ``retired`` (ended by rotation or expiry) or ``not yet valid``, at ``now``."""
-    if version.valid_at(now):
-        return "current"
-    return "not yet valid" if now < version.not_before else "retired"
-
-
-def render_keys(console: Console, versions: list[KeyVersion], now: datetime,
-                title: str | None = None) -> None:
-    """Two lines per version: name, version, status and validity; then both fingerprints,
-    whole (a shortened fingerprint invites comparing only its first digits)."""
-    if title:
-        console.print(f"[bold]{escape(title)}[/]")
-    if not versions:
-        console.print("no keys")
-    colour = {"current": "green", "retired": "yellow", "not yet valid": "cyan"}
-    for v in versions:
-        state = status(v, now)
-        until = _moment(v.not_after) if v.not_after else "until rotated"
-        console.print(f"{v.name} v{v.version}  [{colour[state]}]{state}[/]  valid"
-                      f" {_moment(v.not_before)} .. {until}", highlight=False)
-        console.print(f"  key id {v.key_id}  sha256 {v.sha256}", highlight=False)
-
-
-def _moment(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def export_public(versions: list[KeyVersion], form: str) -> str:
-    """Every version's public key as ``signed-note`` verifier keys, ``pem`` or ``json``.
-
-    Old versions are included on purpose: what they signed while valid must
-    still verify, so a verifier needs them all.
-    """
-    if form == "json":
-        return json.dumps([v.as_dict() for v in versions], indent=2) + "\n"
-    if form == "pem":
-        return "".join(
-            v.key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
-            for v in versions
-        )
-    if form == "signed-note":
-        return "".join(f"{v.verifier_key}\n" for v in versions)
-    raise KeyStoreError(f"unknown public key format {form!r}: signed-note, pem or json")

@@ -9,12 +9,16 @@ uses, so that merge rules are a table and not a tangle of attributes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from engine.errors import Location
+
+KEBAB_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+"""The ids policies, keys and principals use: lowercase words joined by single hyphens."""
 
 NOWHERE = Location("<none>")
 """The location of a selector that was not written (matches everything)."""

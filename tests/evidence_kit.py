@@ -18,9 +18,9 @@ import pytest
 
 from engine.canonical import canonical_json
 from engine.cli import main
-from engine.collect.plans import load_plans
+from engine.evidence.sink import EvidenceConfig, EvidenceSink
+from engine.plans.folder import load_plans
 from engine.records import Gap, GapReason, Reading, Record
-from engine.store.evidence import EvidenceConfig, EvidenceSink
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.verify import Report, Trust, verify_store

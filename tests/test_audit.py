@@ -16,7 +16,7 @@ from evidence_kit import PASSPHRASE, REPO, fill, open_store
 from engine import audit
 from engine.canonical import canonical_json
 from engine.cli import main
-from engine.plansign import PlanClaim, sign_claim
+from engine.plans.signature import PlanClaim, sign_claim
 from engine.sign import note
 from engine.sign.merkle import root
 from engine.store.store import Store

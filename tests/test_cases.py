@@ -31,10 +31,10 @@ import rfc8785
 from rich.console import Console
 
 from engine.cli import main
+from engine.commands.findings import findings_text
 from engine.compile import Compilation, Inputs, compile_project
 from engine.errors import Finding
-from engine.plan import verify_plan
-from engine.render import findings_text
+from engine.plans.format import verify_plan
 from engine.testkit import ProjectBuilder
 
 CASES = Path(__file__).parent / "cases"

@@ -21,7 +21,7 @@ import yaml
 from engine.cli import main
 from engine.codes import CODES
 from engine.errors import PlanRejected
-from engine.plan import verify_plan
+from engine.plans.format import verify_plan
 from engine.testkit import ProjectBuilder
 
 REPO = Path(__file__).resolve().parent.parent

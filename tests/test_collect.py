@@ -27,7 +27,7 @@ from engine.collect.scheduler import Schedule, interval_slot, next_cron
 from engine.collect.sinks import record_json
 from engine.errors import PlanRejected
 from engine.hookspecs import hookimpl
-from engine.plan import INDEX_FORMAT, PLAN_FORMAT, seal
+from engine.plans.format import INDEX_FORMAT, PLAN_FORMAT, seal
 from engine.plugin_manager import make_plugin_manager
 from engine.records import Gap, GapReason, Reading
 

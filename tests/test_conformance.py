@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.conformance_target import free_port
+from engine.conformance.target import free_port
 from engine.errors import Location
 from engine.model import Device, Limits, Point
 

@@ -1,6 +1,6 @@
 """The documentation stays true to the code.
 
-Generated pages are what ``python -m engine.docgen`` would write now; every
+Generated pages are what ``python -m engine.commands.docgen`` would write now; every
 hook has a docstring, every finding code and every command is documented;
 relative links and anchors in ``docs/`` resolve; and the examples the docs
 tell readers to run (the plan verifier, the policy unit tests, the example
@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import docgen, hookspecs
+from engine import hookspecs
 from engine.cli import build_parser
 from engine.codes import CODES
+from engine.commands import docgen
+from engine.commands.test import run_tests
 from engine.compile import Inputs, compile_project
-from engine.planfiles import write_plans
+from engine.plans.folder import write_plans
 from engine.plugin_manager import make_plugin_manager
-from engine.policytest import run_tests
 from engine.testkit import ProjectBuilder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def test_every_hook_has_a_docstring():
 
 def test_plugins_page_is_what_docgen_writes():
     assert read("plugins.md") == docgen.render_plugins(), (
-        "docs/plugins.md is stale: run python -m engine.docgen"
+        "docs/plugins.md is stale: run python -m engine.commands.docgen"
     )
 
 
@@ -82,9 +83,9 @@ def test_plugins_page_documents_every_hook():
 @pytest.mark.parametrize("kind", docgen.KINDS)
 def test_schema_file_is_what_json_schema_produces(kind, pm):
     path = DOCS / "schema" / f"{kind}.json"
-    assert path.is_file(), f"{path} is missing: run python -m engine.docgen"
+    assert path.is_file(), f"{path} is missing: run python -m engine.commands.docgen"
     assert path.read_text(encoding="utf-8") == docgen.render_schema(kind, pm), (
-        f"docs/schema/{kind}.json is stale: run python -m engine.docgen"
+        f"docs/schema/{kind}.json is stale: run python -m engine.commands.docgen"
     )
 
 
@@ -212,7 +213,7 @@ def plan_folder(tmp_path_factory, pm):
     result = compile_project(inputs, pm)
     assert result.ok, [str(f) for f in result.findings]
     out = tmp_path_factory.mktemp("plans")
-    write_plans(out, result)
+    write_plans(out, result.plans, result.index())
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_validate import GOOD_POLICY, GOOD_SITE, FakeProto
 
-from engine.jsonschema import DRAFT, json_schema
+from engine.compile.validate.jsonschema import DRAFT, json_schema
 from engine.plugin_manager import make_plugin_manager
 
 

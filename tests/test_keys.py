@@ -16,13 +16,13 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 from engine.cli import main
+from engine.compile.validate.references import check_signing_keys
 from engine.errors import PluginError
 from engine.keys import (
     KeyEvent,
     KeyStore,
     KeyStoreError,
     SignatureRejected,
-    check_signing_keys,
     open_key_store,
 )
 from engine.plugin_manager import make_plugin_manager

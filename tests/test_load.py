@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.compile.load import MAX_BYTES, load_file, load_text
 from engine.errors import FindingsError
-from engine.load import MAX_BYTES, load_file, load_text
 
 
 def codes_at(text: str | bytes) -> list[tuple[int, int, str]]:

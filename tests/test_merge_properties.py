@@ -1,7 +1,7 @@
 """Merge properties on generated projects.
 
 1. A small, obviously-correct reference merger, written from the table in
-   POLICY-LANGUAGE.md without sharing code with ``engine.merge``, agrees
+   POLICY-LANGUAGE.md without sharing code with ``engine.compile.merge``, agrees
    with the real one on every generated project.
 2. Plan bytes do not depend on the order of files, of policies, or of list
    items, nor on a file being given twice.

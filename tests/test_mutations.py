@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from engine.codes import CODES
+from engine.commands.findings import findings_sarif, findings_text
 from engine.compile import Compilation, Inputs, compile_project
 from engine.errors import Finding
-from engine.plan import verify_plan
-from engine.render import findings_sarif, findings_text
+from engine.plans.format import verify_plan
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = Path("examples/sites/plant-basel")

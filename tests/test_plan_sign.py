@@ -21,10 +21,10 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.cli import main
-from engine.collect.plans import load_plans
+from engine.commands.keys import export_public
 from engine.errors import PlanRejected
-from engine.keys import export_public
-from engine.plansign import PlanClaim, open_signer, plan_verifier, sign_claim
+from engine.plans.folder import load_plans
+from engine.plans.signature import PlanClaim, open_signer, plan_verifier, sign_claim
 from engine.sign import note
 from plugins.filekeys.store import FileKeyStore
 

@@ -24,7 +24,7 @@ import engine.collect
 from engine.collect import CollectConfig, MemorySink, Summary, run_plans
 from engine.collect.limits import Backoff
 from engine.compile import Inputs, compile_project
-from engine.planfiles import write_plans
+from engine.plans.folder import write_plans
 from engine.plugin_manager import make_plugin_manager
 from engine.protocols import Fault
 from engine.records import Gap, GapReason, Quality, Reading, Record
@@ -92,7 +92,7 @@ def compile_site(tmp_path: Path, pm: Any, devices: str, every: str = "500ms") ->
         """))
     result = compile_project(Inputs([tmp_path / "policy.yaml"], [site]), pm)
     assert result.ok, [str(f) for f in result.findings]
-    write_plans(tmp_path / "plans", result)
+    write_plans(tmp_path / "plans", result.plans, result.index())
     return site
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from evidence_kit import T0, Site, collect, open_store, records, verify
 
+from engine.evidence.sealer import SealerError, cut, seal
+from engine.evidence.sink import EvidenceConfig, EvidenceSink
 from engine.records import Gap, GapReason, Reading
 from engine.sign.batch import ZERO_ROOT, Window, device_plan, make_batch, sign_batch
 from engine.sign.leaf import leaf_bytes
 from engine.sign.merkle import LEAF_PREFIX
-from engine.store.evidence import EvidenceConfig, EvidenceSink
 from engine.store.sealed import SealedBatch
-from engine.store.sealer import SealerError, cut, seal
 from engine.store.spool import Spool
 
 PROCESS = EvidenceConfig(writer="process")

@@ -14,7 +14,7 @@ from engine.collect.limits import Backoff
 from engine.compile import Inputs, compile_project
 from engine.errors import FindingsError, Location
 from engine.model import Point
-from engine.planfiles import write_plans
+from engine.plans.folder import write_plans
 from engine.plugin_manager import make_plugin_manager
 from engine.records import GapReason
 from engine.simulate import (
@@ -138,7 +138,7 @@ def test_collects_from_the_modbus_simulator_through_a_stop_and_restart(pm, tmp_p
     (tmp_path / "faults.yaml").write_text(FAULTS)
     result = compile_project(Inputs([tmp_path / "policy.yaml"], [tmp_path / "site"]), pm)
     assert result.ok, [str(f) for f in result.findings]
-    write_plans(tmp_path / "plans", result)
+    write_plans(tmp_path / "plans", result.plans, result.index())
     config = CollectConfig(reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(3)),
                            breaker_cooldown_s=0.3)
     sink = MemorySink()

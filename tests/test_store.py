@@ -39,6 +39,7 @@ from store_proxy import TcpProxy
 
 from engine import audit
 from engine.cli import main
+from engine.evidence.sink import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
 from engine.records import Reading, Record
 from engine.sign.batch import (
     Batch,
@@ -51,7 +52,7 @@ from engine.sign.batch import (
 )
 from engine.sign.leaf import instant
 from engine.sign.note import sign_checkpoint
-from engine.store.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
+from engine.store import auditlog
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Store, StoreError
@@ -125,7 +126,7 @@ def stored_roots(store: Store) -> list[bytes]:
 
 def entries_of(store: Store, kind: str) -> list[audit.AuditEntry]:
     with store.reading() as conn:
-        return list(audit.entries(conn, [kind]))
+        return list(auditlog.entries(conn, [kind]))
 
 
 def stored_records(report: Report) -> int:
@@ -504,7 +505,7 @@ def test_a_collector_starts_and_stops_while_the_store_is_away_and_loses_nothing(
         assert stored_records(report) == sum(map(len, parts))
         marks = {"collector.started": "(", "batch.stored": "b", "collector.stopped": ")"}
         with store.reading() as conn:
-            log = "".join(marks[e.kind] for e in audit.entries(conn, list(marks)))
+            log = "".join(marks[e.kind] for e in auditlog.entries(conn, list(marks)))
         deployed = entries_of(store, "plan.deployed")
         stops = entries_of(store, "collector.stopped")
     assert stops[2].time < between < stops[3].time  # logged late, dated when it happened
@@ -659,11 +660,11 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, METADATA) == []
         assert alembic_version(conn) == ["0001"]
-        origin = audit.origin(conn)
+        origin = auditlog.origin(conn)
     with contextlib.closing(Store.open(backend)) as again:
         with again.reading() as conn:
             assert alembic_version(conn) == ["0001"]
-            assert audit.origin(conn) == origin
+            assert auditlog.origin(conn) == origin
         assert again.counts()["audit_entries"] == 0
 
 

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.compile.load import Document, load_text
+from engine.compile.validate import validate
 from engine.errors import Finding, Location, PluginError
 from engine.hookspecs import hookimpl
-from engine.load import Document, load_text
 from engine.model import NOWHERE, Demand, Project
 from engine.plugin_manager import make_plugin_manager
-from engine.validate import validate
 
 
 class FakeProto:

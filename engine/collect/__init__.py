@@ -19,12 +19,12 @@ from typing import Any
 import pluggy
 
 from engine.collect.device import DeviceTask
-from engine.collect.plans import load_plans
 from engine.collect.runtime import CollectConfig, Runtime
 from engine.collect.scheduler import Clock, ScaledClock
 from engine.collect.sinks import JsonLinesSink, MemorySink, Sink
 from engine.collect.status import QuietReporter, Reporter, Summary
 from engine.errors import PluginError
+from engine.plans.folder import load_plans
 from engine.protocols import Session
 from engine.records import Record
 

@@ -21,11 +21,11 @@ from dataclasses import replace
 from typing import Any
 
 from engine.collect.limits import CircuitBreaker, TokenBucket, retryable, unreachable
-from engine.collect.plans import valid_until_ms
 from engine.collect.runtime import Runtime
 from engine.collect.scheduler import polled, to_datetime
 from engine.collect.status import DeviceStats
 from engine.errors import ConvergeError
+from engine.plans.folder import valid_until_ms
 from engine.protocols import Deliver, Session
 from engine.records import Gap, GapReason, Reading, Record
 

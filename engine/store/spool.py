@@ -8,7 +8,7 @@ oldest first, with their original times.
 It also keeps each device's chain head (root and window end of the device's
 last sealed batch), so a collector restarted while the database is still away
 continues every chain where it stopped, and the audit entries of runs that
-started or stopped while it was away (:class:`~engine.store.evidence.Deferred`),
+started or stopped while it was away (:class:`~engine.evidence.sink.Deferred`),
 which the store gets before any batch once it answers.
 
 When the spool holds ``max_bytes``, a further batch is **dropped**: only its

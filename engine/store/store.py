@@ -31,6 +31,7 @@ from engine.canonical import canonical_json
 from engine.keys import KeyVersion
 from engine.sign.batch import ZERO_ROOT
 from engine.sign.leaf import instant
+from engine.store import auditlog
 from engine.store.database import (
     StoreError,
     connect,
@@ -88,7 +89,7 @@ class Store:
         database cannot be reached."""
         upgrade(self.engine)
         with self.transaction() as conn:
-            audit.origin(conn)
+            auditlog.origin(conn)
         self.prepared = True
 
     @classmethod
@@ -145,7 +146,7 @@ class Store:
             with self.transaction() as conn:
                 if self._stored(conn, head.device, head.root):
                     return False
-                seq = audit.append(conn, "batch.stored", self.actor, sealed.audit_payload(),
+                seq = auditlog.append(conn, "batch.stored", self.actor, sealed.audit_payload(),
                                    instant(at or datetime.now(UTC)))
                 batch_id = self._insert_batch(conn, sealed, seq)
                 self._insert_records(conn, batch_id, sealed)
@@ -251,7 +252,7 @@ class Store:
                 when = at or audit.now_instant()
                 conn.execute(insert(PLANS).values(digest=digest, device=body["device"]["id"],
                                                   body=data, signature=signature, deployed_at=when))
-                audit.append(conn, "plan.deployed", self.actor,
+                auditlog.append(conn, "plan.deployed", self.actor,
                              {"device": body["device"]["id"], "digest": digest,
                               "signed": signature is not None}, when)  # fmt: skip
                 new += 1
@@ -266,17 +267,17 @@ class Store:
         """
         with self.transaction() as conn:
             logged = {(e.payload["name"], e.payload["version"])
-                      for e in audit.entries(conn, ["key.generated", "key.rotated"])}  # fmt: skip
+                      for e in auditlog.entries(conn, ["key.generated", "key.rotated"])}
             new = [v for v in versions if (v.name, v.version) not in logged]
             for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
                 kind = "key.generated" if v.version == 1 else "key.rotated"
-                audit.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
+                auditlog.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
         return len(new)
 
     def log(self, kind: str, payload: dict[str, Any], at: str | None = None) -> int:
         """Append one entry of ``kind`` on its own, dated ``at`` (default now)."""
         with self.transaction() as conn:
-            return audit.append(conn, kind, self.actor, payload, at)
+            return auditlog.append(conn, kind, self.actor, payload, at)
 
     def chain_end(self, device: str, root: bytes) -> Head | None:
         """The last stored batch of ``device``'s chain after the batch whose root is ``root``
@@ -296,14 +297,14 @@ class Store:
     def checkpoint(self, sign: audit.CheckpointSigner) -> str | None:
         """Sign a checkpoint of the log now (and append it to the witness file)."""
         with self.transaction() as conn:
-            note = audit.checkpoint(conn, sign)
+            note = auditlog.checkpoint(conn, sign)
         if note is not None and self.witness is not None:
             audit.witness_append(self.witness, note)
         return note
 
     def entries_since_checkpoint(self) -> int:
         with self.reading() as conn:
-            return audit.size(conn) - audit.last_checkpoint_size(conn)
+            return auditlog.size(conn) - auditlog.last_checkpoint_size(conn)
 
     def counts(self) -> dict[str, int]:
         """Rows per evidence table (for summaries)."""

@@ -9,8 +9,8 @@ import pluggy
 import pytest
 from plugin_builders import device, planned, readme_sample
 
+from engine.compile.validate.rules import ConvergeValidator
 from engine.plugin_manager import make_plugin_manager, protocol_names
-from engine.rules import ConvergeValidator
 
 PROTOCOLS = ["modbus", "mqtt", "opcua"]
 

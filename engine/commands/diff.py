@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.compile import Compilation
-from engine.merge import RULES, MergedPoint, describe
+from engine.compile.merge import RULES, MergedPoint, describe
 from engine.model import FACETS, FacetValue
 
 GRANTS = frozenset({"access.read", "access.export"})

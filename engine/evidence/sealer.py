@@ -1,6 +1,6 @@
 """The evidence sink's sealer process: hashes, chains, signs and stores closed windows.
 
-With ``EvidenceConfig(writer="process")`` the :class:`~engine.store.evidence.EvidenceSink`
+With ``EvidenceConfig(writer="process")`` the :class:`~engine.evidence.sink.EvidenceSink`
 forks one worker process once it is set up (keys, plans and chain heads are
 inherited, not sent). The collector's event loop then only encodes each
 record's leaf (salt included) and, when a window closes, puts its records in
@@ -53,7 +53,7 @@ from engine.store.spool import Spool
 from engine.store.store import Head
 
 if TYPE_CHECKING:
-    from engine.store.evidence import EvidenceSink
+    from engine.evidence.sink import EvidenceSink
 
 _INHERITED: list[Spool] = []
 SEND_BUFFER = 4 << 20
@@ -113,7 +113,7 @@ def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
 
     The collector hashes a window itself when the sealer lags behind or at
     close, when it has nothing else to do: the sealer's backlog is then only
-    signing and storing (:meth:`~engine.store.evidence.EvidenceSink._closed`).
+    signing and storing (:meth:`~engine.evidence.sink.EvidenceSink._closed`).
     """
     kept, leaves = records.records, records.leaves
     order, ties = arrange(kept)

@@ -1,20 +1,14 @@
 """Stage 5, plan: one canonical, content-addressed JSON plan per device.
 
-The plan's bytes are the RFC 8785 (JCS) canonical form of its body, so the
-same inputs always give the same bytes, and ``digest`` is the SHA-256 of the
-canonical form of the body *without* ``digest``. The protocol plugin groups
+The plan's bytes and digest follow :mod:`engine.plans.format`. The protocol plugin groups
 the device's points into read requests; the engine checks that those
 requests fit ``limits.max_requests_per_second`` at the merged intervals.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cached_property
 from itertools import groupby
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,60 +16,10 @@ from zoneinfo import ZoneInfo
 import pluggy
 
 from engine.canonical import canonical_json, canonical_object
-from engine.errors import Finding, PlanRejected, PluginError, error, has_errors, warning
-from engine.merge import MergedPoint, MergeResult, Waiver
+from engine.compile.merge import MergedPoint, MergeResult, Waiver
+from engine.errors import Finding, PluginError, error, has_errors, warning
 from engine.model import Device, PlannedPoint, ReadGroupPlan, Site
-
-PLAN_FORMAT = "converge.plan/v1"
-INDEX_FORMAT = "converge.plan-index/v1"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A sealed plan: the exact bytes to write, and what a summary needs to know of them."""
-
-    device: str
-    digest: str
-    canonical: bytes
-    points: int
-    read_groups: int
-    valid_until: str | None = None
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.device}.plan.json"
-
-    @cached_property
-    def body(self) -> dict[str, Any]:
-        """The plan as data (parsed from its bytes: the bytes are the plan)."""
-        return dict(json.loads(self.canonical))
-
-
-def digest_of(members: dict[str, bytes]) -> str:
-    """``sha256:`` of the canonical plan without its ``digest`` member."""
-    unsealed = {key: value for key, value in members.items() if key != "digest"}
-    return "sha256:" + hashlib.sha256(canonical_object(unsealed)).hexdigest()
-
-
-def seal(members: dict[str, bytes]) -> tuple[str, bytes]:
-    """The digest of a plan given as canonical members, and the plan's bytes with it."""
-    digest = digest_of(members)
-    return digest, canonical_object({**members, "digest": canonical_json(digest)})
-
-
-def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:
-    """Parse a plan's bytes and check its format and digest; raises :class:`PlanRejected`."""
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PlanRejected(f"{source}: not a JSON plan ({exc})") from exc
-    if not isinstance(body, dict) or body.get("format") != PLAN_FORMAT:
-        raise PlanRejected(f"{source}: not a {PLAN_FORMAT} plan")
-    want = digest_of({key: canonical_json(value) for key, value in body.items()})
-    got = body.get("digest")
-    if got != want:
-        raise PlanRejected(f"{source}: digest does not verify: got {got}, want {want}")
-    return body
+from engine.plans.format import INDEX_FORMAT, PLAN_FORMAT, Plan, seal
 
 
 def build_plans(

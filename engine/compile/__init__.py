@@ -18,16 +18,17 @@ from zoneinfo import ZoneInfo
 
 import pluggy
 
+from engine.compile.load import Document, load_files
+from engine.compile.merge import MergeResult, merge
+from engine.compile.plan import build_plans, plan_index
+from engine.compile.select import Selection, select
+from engine.compile.validate import validate
+from engine.compile.validate.references import check_references, check_signing_keys
 from engine.errors import Finding, Location, error, has_errors, sort_findings
 from engine.heap import fewer_collections
-from engine.keys import KeyStore, check_signing_keys
-from engine.load import Document, load_files
-from engine.merge import MergeResult, merge
+from engine.keys import KeyStore
 from engine.model import Project
-from engine.plan import Plan, build_plans
-from engine.references import check_references
-from engine.select import Selection, select
-from engine.validate import validate
+from engine.plans.format import Plan
 
 STAGES = ("load", "validate", "select", "merge", "plan")
 
@@ -58,6 +59,10 @@ class Compilation:
     @property
     def ok(self) -> bool:
         return not has_errors(self.findings)
+
+    def index(self) -> bytes:
+        """The canonical bytes of the plan folder's ``index.json`` for these plans."""
+        return plan_index(self.plans, self.merged, self.as_of)
 
 
 def compile_project(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:

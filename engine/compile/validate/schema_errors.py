@@ -3,7 +3,7 @@
 cerberus reports a tree: group errors (a nested mapping or list failed)
 hold their children in ``info[0]``. Only the leaves are user errors. Each
 leaf has an absolute ``document_path`` (turned into ``path:line:col`` by
-the :class:`~engine.load.Document`) and a ``schema_path`` that, walked
+the :class:`~engine.compile.load.Document`) and a ``schema_path`` that, walked
 through the schema, gives the rules of the field (what type it wants,
 which keys are allowed at that level). cerberus's own English is never
 shown: each error code has our message and a stable finding code.
@@ -22,10 +22,16 @@ from typing import Any
 from cerberus import errors
 from cerberus.errors import ValidationError
 
+from engine.compile.load import DocPath, Document
+from engine.compile.validate.fastcheck import Accept, compile_schema
+from engine.compile.validate.rules import (
+    DATE_EXAMPLE,
+    DURATION_EXAMPLE,
+    PROBLEM,
+    ConvergeValidator,
+    show,
+)
 from engine.errors import Finding, Location, error
-from engine.fastcheck import Accept, compile_schema
-from engine.load import DocPath, Document
-from engine.rules import DATE_EXAMPLE, DURATION_EXAMPLE, PROBLEM, ConvergeValidator, show
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 

@@ -31,12 +31,12 @@ from typing import Any
 import pluggy
 
 from engine.compile import Compilation, Inputs, compile_project
+from engine.compile.load import Document, load_file
+from engine.compile.merge import MergedPoint, describe
+from engine.compile.validate.schema_errors import not_a_mapping, run
 from engine.durations import parse_duration
 from engine.errors import ConvergeError, Finding, FindingsError, Location, error
-from engine.load import Document, load_file
-from engine.merge import MergedPoint, describe
 from engine.model import FACETS
-from engine.schema_errors import not_a_mapping, run
 
 LANGUAGE_FACETS = {facet.removesuffix("_ms"): facet for facet in FACETS}
 """``capture.every`` (as written in policies) to ``capture.every_ms`` (as merged)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine.conformance_target import (
+from engine.conformance.target import (
     BIT_TABLES,
     CHECK_LIMIT_S,
     DELAY_S,

@@ -5,7 +5,7 @@ record goes into the :class:`~engine.sign.batch.Batcher`. With
 ``writer="thread"`` each finished batch is signed by every key its plan
 requires and stored in a worker thread (so device tasks never wait for the
 database); with ``writer="process"`` each closed window goes, unhashed, to the
-sealer process (:mod:`engine.store.sealer`), which hashes, signs and stores it
+sealer process (:mod:`engine.evidence.sealer`), which hashes, signs and stores it
 with the same :meth:`EvidenceSink.deliver` on the second core.
 
 When the database fails, the batch goes into the :class:`Spool` and the store
@@ -29,8 +29,9 @@ from typing import Any, Literal
 
 from engine.canonical import canonical_json
 from engine.collect.backfill import missed
+from engine.evidence.sealer import Sealer, cut
 from engine.keys import KeyStore, KeyVersion
-from engine.plansign import signature_name
+from engine.plans.signature import signature_name
 from engine.records import Record
 from engine.sign.batch import (
     Batch,
@@ -47,7 +48,6 @@ from engine.sign.leaf import instant
 from engine.sign.note import Checkpoint, sign_checkpoint
 from engine.store.database import StoreError
 from engine.store.sealed import SealedBatch
-from engine.store.sealer import Sealer, cut
 from engine.store.spool import DEFAULT_MAX_BYTES, Spool
 from engine.store.store import Head, Store
 
@@ -68,7 +68,7 @@ class EvidenceConfig:
     """Batches (or windows, for the sealer) waiting before the collector waits (back-pressure)."""
     writer: Literal["thread", "process"] = "thread"
     """Where batches are hashed, signed and stored: a thread beside the event loop, or
-    (``process``, Linux) a forked sealer process on another core (engine/store/sealer.py)."""
+    (``process``, Linux) a forked sealer process on another core (engine/evidence/sealer.py)."""
 
 
 def actor() -> str:
@@ -193,7 +193,7 @@ class EvidenceSink:
             await asyncio.to_thread(self.deliver, *item)
 
     async def _closed(self, plan: DevicePlan, window: int, records: Window) -> None:
-        """In process mode: a closed window goes to the sealer (engine/store/sealer.py).
+        """In process mode: a closed window goes to the sealer (engine/evidence/sealer.py).
 
         Unhashed, so that the event loop stays light, unless the sealer lags (the
         cut before this one still waits for room in the socket) or collection is
@@ -216,7 +216,7 @@ class EvidenceSink:
     def deliver(self, sealed: SealedBatch, head: Head) -> None:
         """Store one sealed batch, or spool it; then replay and checkpoint as due.
 
-        Runs in the writer thread, or in the sealer process (engine/store/sealer.py).
+        Runs in the writer thread, or in the sealer process (engine/evidence/sealer.py).
         """
         self.spool.set_head(sealed.head.device, head)
         if (time.monotonic() < self.down_until or not self.record_deferred()

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.conformance_scenarios import (
+from engine.compile.load import load_files
+from engine.compile.validate import validate
+from engine.compile.validate.jsonschema import json_schema
+from engine.compile.validate.rules import ConvergeValidator
+from engine.conformance.scenarios import (
     coverage_problem,
     groups_of,
     limit_problems,
@@ -32,13 +36,9 @@ from engine.conformance_scenarios import (
     subscribe_every_group,
     timeout_scenario,
 )
-from engine.conformance_target import SERVERS, Target, shipped_site
+from engine.conformance.target import SERVERS, Target, shipped_site
 from engine.errors import Severity
-from engine.jsonschema import json_schema
-from engine.load import load_files
 from engine.plugin_manager import make_plugin_manager
-from engine.rules import ConvergeValidator
-from engine.validate import validate
 
 # --- the pytest plugin ---------------------------------------------------------------------
 

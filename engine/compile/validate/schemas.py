@@ -1,8 +1,8 @@
 """cerberus schemas of the three kinds of file: policy, site inventory, principals.
 
-Plain dicts, read by :class:`engine.rules.ConvergeValidator` (whose
+Plain dicts, read by :class:`engine.compile.validate.rules.ConvergeValidator` (whose
 ``check_with`` names they use) and translated to JSON Schema for editors by
-:mod:`engine.jsonschema`. Each field carries ``meta: {description}`` for
+:mod:`engine.compile.validate.jsonschema`. Each field carries ``meta: {description}`` for
 that translation. No schema here has defaults: the validate stage applies
 the documented defaults when it builds the model, so that what cerberus
 sees is exactly what the user wrote. A device's ``endpoint`` and a point's

@@ -26,14 +26,14 @@ import pluggy
 from rich.console import Console
 
 from engine.compile import Inputs, compile_project
+from engine.compile.load import Document, load_file
+from engine.compile.validate.schema_errors import run
 from engine.durations import parse_duration
 from engine.errors import ConvergeError, Finding, FindingsError, PluginError, error
-from engine.load import Document, load_file
 from engine.model import Device, Point, Site
 from engine.plugin_manager import make_plugin_manager
 from engine.protocols import Fault, Simulator
 from engine.records import Value
-from engine.schema_errors import run
 
 SIMULATION_FILE = "simulation.yaml"
 GENERATORS = ("constant", "ramp", "sine", "step", "noise")

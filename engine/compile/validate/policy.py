@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from engine.compile.load import DocPath, Document
+from engine.compile.validate.rules import parse_date
+from engine.compile.validate.schema_errors import Problem, dotted, not_a_mapping, run, value_at
+from engine.compile.validate.schemas import POLICY
 from engine.durations import parse_duration
 from engine.errors import Finding, Location, error
-from engine.load import DocPath, Document
 from engine.model import (
     FACET_GROUPS,
     FACETS,
@@ -23,9 +26,6 @@ from engine.model import (
     Policy,
     PolicyException,
 )
-from engine.rules import parse_date
-from engine.schema_errors import Problem, dotted, not_a_mapping, run, value_at
-from engine.schemas import POLICY
 
 _EXCEPTION_MUSTS: dict[str, tuple[str, str]] = {
     "reason": ("exception-missing-reason", "no reason; every waiver must say why it is granted"),

@@ -1,6 +1,6 @@
 """Stage 2, validate: loaded documents to the typed :class:`~engine.model.Project`.
 
-Each document is checked against its cerberus schema (:mod:`engine.schemas`,
+Each document is checked against its cerberus schema (:mod:`engine.compile.validate.schemas`,
 plus the protocol plugins' schemas for endpoints and addresses), every
 problem becomes a finding at its exact ``path:line:col``, and model objects
 are built only from valid data: a policy or principal with an error is left
@@ -16,14 +16,14 @@ from typing import TypeVar
 
 import pluggy
 
+from engine.compile.load import Document
+from engine.compile.validate.policy import check_policy
+from engine.compile.validate.schema_errors import dotted, not_a_mapping, run, value_at
+from engine.compile.validate.schemas import PRINCIPALS
+from engine.compile.validate.site import check_site
 from engine.errors import Finding, Location, error, sort_findings
-from engine.load import Document
 from engine.model import Principal, Project
 from engine.plugin_manager import protocol_names
-from engine.schema_errors import dotted, not_a_mapping, run, value_at
-from engine.schemas import PRINCIPALS
-from engine.validate_policy import check_policy
-from engine.validate_site import check_site
 
 T = TypeVar("T")
 

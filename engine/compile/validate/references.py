@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Set
 
 from engine.errors import Finding, Location, error, warning
+from engine.keys import KeyStore
 from engine.model import Policy, Project
 
 ROLE_FACETS = ("access.read", "access.export", "access.deny")
@@ -61,3 +62,19 @@ def names_missing(
         for name in demand.value:
             if name not in known:
                 yield policy, name, places.get(f"[{name}]", demand.location)
+
+
+SIGNING_KEYS = "signing.keys"
+"""The policy facet that names keys."""
+
+
+def check_signing_keys(project: Project, store: KeyStore) -> list[Finding]:
+    """A ``signing-key-unknown`` error at each key name a policy writes that ``store`` lacks."""
+    held = set(store.names())
+    listing = ", ".join(sorted(held)) or "none"
+    return [
+        error(place, "signing-key-unknown",
+              f"signing key '{name}' of policy {policy.id} is in no key store"
+              f" (held: {listing}); converge keys generate {name}")
+        for policy, name, place in names_missing(project, SIGNING_KEYS, held)
+    ]

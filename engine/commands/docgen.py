@@ -1,6 +1,6 @@
 """Reference docs generated from the code, so that they cannot drift from it.
 
-``python -m engine.docgen`` rewrites
+``python -m engine.commands.docgen`` rewrites
 
 - ``docs/plugins.md``: the prose of ``docs/plugins.md.in`` with every hook of
   :mod:`engine.hookspecs` put in place of its ``{{hooks}}`` line, grouped by
@@ -10,7 +10,7 @@
   every installed protocol plugin, exactly as ``converge schema <kind>``
   prints it.
 
-``python -m engine.docgen --check`` writes nothing and exits 1 when a file is
+``python -m engine.commands.docgen --check`` writes nothing and exits 1 when a file is
 not what it would write (for CI). ``tests/test_docs.py`` runs the same check.
 """
 
@@ -28,10 +28,10 @@ from typing import Any, get_args
 import pluggy
 
 from engine import hookspecs
-from engine.jsonschema import Kind, json_schema
+from engine.compile.validate.jsonschema import Kind, json_schema
 from engine.plugin_manager import make_plugin_manager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 TEMPLATE = DOCS / "plugins.md.in"
 PLACEHOLDER = "{{hooks}}"
@@ -140,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--check"]:
         old = stale()
         for path in old:
-            print(f"{path.relative_to(ROOT)} is out of date; run python -m engine.docgen")
+            print(f"{path.relative_to(ROOT)} is out of date; run python -m engine.commands.docgen")
         return 1 if old else 0
     if args:
-        print("usage: python -m engine.docgen [--check]", file=sys.stderr)
+        print("usage: python -m engine.commands.docgen [--check]", file=sys.stderr)
         return 2
     for path, text in outputs().items():
         path.parent.mkdir(parents=True, exist_ok=True)

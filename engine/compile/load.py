@@ -9,7 +9,7 @@ The result is a :class:`Document`: ``data`` is made of dicts, lists, str,
 int, float, bool, None and ``datetime.date``; ``at(path)`` gives the
 location of the value at a path (a tuple of keys and list indexes) and
 ``key_at(path)`` the location of the mapping key that introduces it. The
-events-to-data work is in :mod:`engine.yaml_builder`.
+events-to-data work is in :mod:`engine.compile.yaml_builder`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import Finding, FindingsError, Location, error
-from engine.yaml_builder import (
+from engine.compile.yaml_builder import (
     KEY_SHIFT,
     MAX_DEPTH,
     AliasBomb,
@@ -32,6 +31,7 @@ from engine.yaml_builder import (
     TooDeep,
     unpack,
 )
+from engine.errors import Finding, FindingsError, Location, error
 
 try:
     from yaml import CSafeLoader as _Loader

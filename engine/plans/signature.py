@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.errors import ConvergeError, PlanRejected
 from engine.keys import KeyStore, KeyStoreError, KeyVersion, verify_signature, version_at
-from engine.plan import PLAN_FORMAT, Plan
+from engine.plans.format import PLAN_FORMAT, Plan
 from engine.sign import note
 from engine.sign.merkle import VerificationError
 
@@ -210,7 +210,7 @@ def read_trusted_keys(path: Path) -> list[str]:
 class PlanVerifier:
     """Refuses a plan unless the note beside it passes every check and names that plan.
 
-    Called by :func:`engine.collect.plans.load_plans` with each plan's path and
+    Called by :func:`engine.plans.folder.load_plans` with each plan's path and
     body, after the plan's own digest has verified.
     """
 

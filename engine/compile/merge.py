@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
+from engine.compile.select import DeviceMatcher, PointMatcher, Selection, Target
 from engine.durations import format_duration
 from engine.errors import Finding, Location, error, warning
 from engine.model import (
@@ -29,7 +30,6 @@ from engine.model import (
     PolicyException,
     facet_group,
 )
-from engine.select import DeviceMatcher, PointMatcher, Selection, Target
 
 
 @dataclass(frozen=True)

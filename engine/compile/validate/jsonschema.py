@@ -1,6 +1,6 @@
 """JSON Schema (draft 2020-12) of the three kinds of file, for editors.
 
-Translated from the cerberus schemas in :mod:`engine.schemas`, so that the
+Translated from the cerberus schemas in :mod:`engine.compile.validate.schemas`, so that the
 two cannot drift: yaml-language-server then completes keys, shows the
 descriptions and flags typos while a file is written. Site files include
 each protocol plugin's ``endpoint`` and ``address`` schemas, selected by
@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import pluggy
 
+from engine.compile.validate.schemas import SCHEMAS
 from engine.plugin_manager import protocol_names
-from engine.schemas import SCHEMAS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 

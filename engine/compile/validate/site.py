@@ -18,12 +18,19 @@ from typing import Any
 import cerberus
 import pluggy
 
+from engine.compile.load import DocPath, Document
+from engine.compile.validate.schema_errors import (
+    Problem,
+    dotted,
+    not_a_mapping,
+    run,
+    suggestion,
+    value_at,
+)
+from engine.compile.validate.schemas import POINT, SITE_SHAPE
 from engine.durations import parse_duration
 from engine.errors import Finding, PluginError, error
-from engine.load import DocPath, Document
 from engine.model import Device, Limits, Point, Site
-from engine.schema_errors import Problem, dotted, not_a_mapping, run, suggestion, value_at
-from engine.schemas import POINT, SITE_SHAPE
 
 _LIMIT_DURATIONS = ("min_interval", "timeout", "pause_after_connect", "min_request_spacing")
 

@@ -1,6 +1,6 @@
 """The cerberus validator of Converge: strict types and our own value checks.
 
-Schemas in :mod:`engine.schemas` name these checks with ``check_with``
+Schemas in :mod:`engine.compile.validate.schemas` name these checks with ``check_with``
 (``'check_with': 'duration'``). A failing check files a :data:`PROBLEM`
 error whose ``info`` is ``(code, detail)``: the stable finding code and the
 message text that follows the field's dotted path. Plugin schemas are run
@@ -23,11 +23,11 @@ from cerberus import errors
 from croniter import croniter
 
 from engine.durations import parse_duration
+from engine.model import KEBAB_ID
 
 PROBLEM = errors.ErrorDefinition(0x0F, None)
 """A failed Converge check; ``info`` is ``(code, detail)``."""
 
-KEBAB_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ROLE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

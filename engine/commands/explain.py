@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.compile import Compilation
+from engine.compile.merge import MergedPoint, describe
 from engine.errors import ConvergeError
-from engine.merge import MergedPoint, describe
 from engine.model import facet_group
 
 

@@ -39,8 +39,8 @@ from engine.canonical import canonical_json
 from engine.errors import ConvergeError
 from engine.heap import fewer_collections
 from engine.keys import KeyStore, KeyStoreError, KeyVersion, SignatureRejected, verify_signature
-from engine.plan import verify_plan
-from engine.plansign import PlanClaim, key_versions_check
+from engine.plans.format import verify_plan
+from engine.plans.signature import PlanClaim, key_versions_check
 from engine.sign import note
 from engine.sign.batch import ZERO_ROOT, MalformedStatement, Statement
 from engine.sign.merkle import (
