@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	bash tests/services.sh start
 	$(BIN)/python -m pytest -n 2 -q; status=$$?; bash tests/services.sh stop; exit $$status

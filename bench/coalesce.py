@@ -80,8 +80,12 @@ def scattered(seed: int = 7) -> list[Field]:
     return fields
 
 
-MAPS = {"dense meter": dense_block, "sparse drive": sparse, "PLC blocks": plc_blocks,
-        "scattered": scattered}
+MAPS = {
+    "dense meter": dense_block,
+    "sparse drive": sparse,
+    "PLC blocks": plc_blocks,
+    "scattered": scattered,
+}
 
 
 def telegraf_requests(fields: list[Field], fill: int) -> list[tuple[int, int]]:
@@ -100,12 +104,25 @@ def telegraf_requests(fields: list[Field], fill: int) -> list[tuple[int, int]]:
 
 def converge_groups(fields: list[Field], max_gap: int) -> list[dict[str, object]]:
     points = [
-        Point(f"P{i}", None, None, {"table": "holding", "register": f.register, "type": f.kind},
-              HERE, HERE)
+        Point(
+            f"P{i}",
+            None,
+            None,
+            {"table": "holding", "register": f.register, "type": f.kind},
+            HERE,
+            HERE,
+        )
         for i, f in enumerate(fields)
     ]
-    device = Device("bench", "site", "modbus", {"host": "127.0.0.1", "unit": 1},
-                    Limits(max_gap=max_gap), tuple(points), HERE)
+    device = Device(
+        "bench",
+        "site",
+        "modbus",
+        {"host": "127.0.0.1", "unit": 1},
+        Limits(max_gap=max_gap),
+        tuple(points),
+        HERE,
+    )
     plan = plan_read_groups(device, [PlannedPoint(p, every_ms=1000) for p in points])
     assert not plan.problems, plan.problems
     return plan.groups
@@ -129,9 +146,11 @@ def registers(requests: list[tuple[int, int]]) -> int:
 
 
 def main() -> None:
-    header = (f"{'map':<14} {'points':>6} {'max gap':>7} {'1 per point':>11} "
-              f"{'telegraf mode':<15} {'telegraf':>8} {'converge':>8} "
-              f"{'registers telegraf/converge':>28}  result")
+    header = (
+        f"{'map':<14} {'points':>6} {'max gap':>7} {'1 per point':>11} "
+        f"{'telegraf mode':<15} {'telegraf':>8} {'converge':>8} "
+        f"{'registers telegraf/converge':>28}  result"
+    )
     print(header)
     print("-" * len(header))
     for name, make in MAPS.items():
@@ -143,9 +162,11 @@ def main() -> None:
             check(ours, fields, gap)
             our_registers = sum(int(str(g["count"])) for g in ours)
             verdict = "ok" if len(ours) <= len(theirs) else "MORE REQUESTS"
-            print(f"{name:<14} {len(fields):>6} {gap:>7} {len(fields):>11} {mode:<15} "
-                  f"{len(theirs):>8} {len(ours):>8} "
-                  f"{registers(theirs):>18}/{our_registers:<9}  {verdict}")
+            print(
+                f"{name:<14} {len(fields):>6} {gap:>7} {len(fields):>11} {mode:<15} "
+                f"{len(theirs):>8} {len(ours):>8} "
+                f"{registers(theirs):>18}/{our_registers:<9}  {verdict}"
+            )
 
 
 if __name__ == "__main__":

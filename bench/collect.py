@@ -59,20 +59,32 @@ def free_ports(count: int) -> list[int]:
 
 def site(ports: list[int]) -> dict:
     devices = [
-        {"id": f"plc-{i:03d}", "protocol": "modbus",
-         "endpoint": {"host": "127.0.0.1", "port": ports[i]},
-         "limits": {"min_interval": "1s"},
-         "points": [{"name": f"R{n:03d}", "address": {"table": "holding", "register": n,
-                                                      "type": "uint16"}}
-                    for n in range(POINTS)]}
+        {
+            "id": f"plc-{i:03d}",
+            "protocol": "modbus",
+            "endpoint": {"host": "127.0.0.1", "port": ports[i]},
+            "limits": {"min_interval": "1s"},
+            "points": [
+                {
+                    "name": f"R{n:03d}",
+                    "address": {"table": "holding", "register": n, "type": "uint16"},
+                }
+                for n in range(POINTS)
+            ],
+        }
         for i in range(MODBUS_DEVICES)
     ]
     devices += [
-        {"id": f"ua-{i:02d}", "protocol": "opcua",
-         "endpoint": {"url": f"opc.tcp://127.0.0.1:{ports[MODBUS_DEVICES + i]}/"},
-         "limits": {"min_interval": "1s", "max_nodes_per_read": 100},
-         "points": [{"name": f"N{n:03d}", "address": {"node": f"ns=2;s=Ua{i}.N{n}"}}
-                    for n in range(POINTS)]}
+        {
+            "id": f"ua-{i:02d}",
+            "protocol": "opcua",
+            "endpoint": {"url": f"opc.tcp://127.0.0.1:{ports[MODBUS_DEVICES + i]}/"},
+            "limits": {"min_interval": "1s", "max_nodes_per_read": 100},
+            "points": [
+                {"name": f"N{n:03d}", "address": {"node": f"ns=2;s=Ua{i}.N{n}"}}
+                for n in range(POINTS)
+            ],
+        }
         for i in range(OPCUA_SERVERS)
     ]
     return {"site": "bench-collect", "timezone": "UTC", "devices": devices}
@@ -131,8 +143,9 @@ def compile_plans(root: Path) -> tuple[Path, list[int]]:
     (root / "site" / "site.yaml").write_text(yaml.safe_dump(site(ports)))
     (root / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     with contextlib.chdir(root):
-        result = compile_project(Inputs([Path("policy.yaml")], [Path("site")]),
-                                 make_plugin_manager())
+        result = compile_project(
+            Inputs([Path("policy.yaml")], [Path("site")]), make_plugin_manager()
+        )
         assert result.ok, [str(f) for f in result.findings[:5]]
         write_plans(root / "plans", result.plans, result.index())
     return root / "plans", ports
@@ -161,7 +174,9 @@ def main() -> None:
         plans, ports = compile_plans(root)
         server = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "simulate", str(root / "site")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_until_listening(ports)
             sink, wall, cpu = asyncio.run(collect(plans, args.seconds))
@@ -180,23 +195,34 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 def report(sink: CountingSink, wall: float, cpu: float, seconds: float) -> None:
     first, last = min(sink.slots, default=0.0), max(sink.slots, default=0.0)
-    steady = [late for slot, late in zip(sink.slots, sink.lateness_ms, strict=True)
-              if first + WARM_UP_S <= slot < last]  # whole slots only: the last one is cut
+    steady = [
+        late
+        for slot, late in zip(sink.slots, sink.lateness_ms, strict=True)
+        if first + WARM_UP_S <= slot < last
+    ]  # whole slots only: the last one is cut
     slots = max(last - first - WARM_UP_S, 1)
     p50, p99 = percentiles(steady)
     all_p50, all_p99 = percentiles(list(sink.lateness_ms))
     points = (MODBUS_DEVICES + OPCUA_SERVERS) * POINTS
-    print(f"devices: {MODBUS_DEVICES} Modbus x {POINTS} registers + {OPCUA_SERVERS} OPC UA x "
-          f"{POINTS} nodes = {points} points at 1 s, for {seconds:g} s")
+    print(
+        f"devices: {MODBUS_DEVICES} Modbus x {POINTS} registers + {OPCUA_SERVERS} OPC UA x "
+        f"{POINTS} nodes = {points} points at 1 s, for {seconds:g} s"
+    )
     rate = len(steady) / slots
-    print(f"readings: {sink.readings} in all; {rate:,.0f}/s sustained after the first "
-          f"{WARM_UP_S} s (target >= 11,000/s)")
-    print(f"lateness after warm-up: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p99 <= 50 ms); "
-          f"whole run: p50 {all_p50:.1f} ms, p99 {all_p99:.1f} ms")
+    print(
+        f"readings: {sink.readings} in all; {rate:,.0f}/s sustained after the first "
+        f"{WARM_UP_S} s (target >= 11,000/s)"
+    )
+    print(
+        f"lateness after warm-up: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p99 <= 50 ms); "
+        f"whole run: p50 {all_p50:.1f} ms, p99 {all_p99:.1f} ms"
+    )
     in_flight = sink.gaps.pop("shutdown", 0)
     missed = ", ".join(f"{n} {reason}" for reason, n in sorted(sink.gaps.items())) or "none"
-    print(f"missed samples (gap records): {sum(sink.gaps.values())}: {missed} (target 0); "
-          f"{in_flight} samples in flight when the run stopped became shutdown gaps")
+    print(
+        f"missed samples (gap records): {sum(sink.gaps.values())}: {missed} (target 0); "
+        f"{in_flight} samples in flight when the run stopped became shutdown gaps"
+    )
     print(f"collector CPU: {cpu:.1f} s over {wall:.1f} s = {cpu / wall:.2f} cores (target < 1)")
 
 

@@ -42,8 +42,18 @@ def site(devices: int, rng: random.Random) -> dict:
 
 
 def device(i: int, rng: random.Random) -> dict:
-    kind = ("modbus", "modbus", "modbus", "modbus", "modbus", "modbus", "modbus",
-            "opcua", "opcua", "mqtt")[i % 10]
+    kind = (
+        "modbus",
+        "modbus",
+        "modbus",
+        "modbus",
+        "modbus",
+        "modbus",
+        "modbus",
+        "opcua",
+        "opcua",
+        "mqtt",
+    )[i % 10]
     body = {
         "id": f"dev-{i:05d}",
         "class": CLASSES[i % len(CLASSES)],
@@ -89,8 +99,11 @@ def policy(n: int, rng: random.Random) -> dict:
         },
         "capture": {"every": rng.choice(["5s", "10s", "30s", "60s"])},
         "retention": {"keep_at_least": rng.choice(["1y", "3y", "7y"]), "on_expiry": "archive"},
-        "signing": {"required": True, "keys": [rng.choice(["qa-signing", "site-integrity"])],
-                    "batch_window": "60s"},
+        "signing": {
+            "required": True,
+            "keys": [rng.choice(["qa-signing", "site-integrity"])],
+            "batch_window": "60s",
+        },
         "access": {"read": ["qa"], "export": ["auditor"], "deny": ["contractor"]},
     }
     if n % 10 == 0:
@@ -142,8 +155,15 @@ def measure(points: int) -> dict:
         write_plans(Path(tmp) / "plans", result.plans, result.index())
         write = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"points": points, "devices": devices, "parse_s": parse, "check_s": check,
-            "write_s": write, "peak_rss_mib": rss, "plans": len(result.plans)}
+    return {
+        "points": points,
+        "devices": devices,
+        "parse_s": parse,
+        "check_s": check,
+        "write_s": write,
+        "peak_rss_mib": rss,
+        "plans": len(result.plans),
+    }
 
 
 def main() -> None:
@@ -156,30 +176,42 @@ def main() -> None:
         return
     rows = []
     for points in args.points:
-        out = subprocess.run([sys.executable, __file__, "--worker", "--points", str(points)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", "--points", str(points)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         rows.append(json.loads(out))
     report(rows)
 
 
 def report(rows: list[dict]) -> None:
-    print(f"{'points':>8} {'devices':>7} {'parse s':>8} {'check s':>8} {'write s':>8} "
-          f"{'total s':>8} {'x parse':>8} {'RSS MiB':>8} {'us/point':>9}")
+    print(
+        f"{'points':>8} {'devices':>7} {'parse s':>8} {'check s':>8} {'write s':>8} "
+        f"{'total s':>8} {'x parse':>8} {'RSS MiB':>8} {'us/point':>9}"
+    )
     for r in rows:
         total = r["check_s"] + r["write_s"]
-        print(f"{r['points']:>8} {r['devices']:>7} {r['parse_s']:>8.2f} {r['check_s']:>8.2f} "
-              f"{r['write_s']:>8.2f} {total:>8.2f} {total / r['parse_s']:>8.2f} "
-              f"{r['peak_rss_mib']:>8.0f} {total / r['points'] * 1e6:>9.1f}")
+        print(
+            f"{r['points']:>8} {r['devices']:>7} {r['parse_s']:>8.2f} {r['check_s']:>8.2f} "
+            f"{r['write_s']:>8.2f} {total:>8.2f} {total / r['parse_s']:>8.2f} "
+            f"{r['peak_rss_mib']:>8.0f} {total / r['points'] * 1e6:>9.1f}"
+        )
     big = rows[-1]
     total = big["check_s"] + big["write_s"]
-    print(f"\ntargets at {big['points']} points: check+plan {total:.2f} s (<= 10 s), "
-          f"peak RSS {big['peak_rss_mib']:.0f} MiB (<= 1024 MiB), "
-          f"{total / big['parse_s']:.2f}x parse (<= 3x)")
+    print(
+        f"\ntargets at {big['points']} points: check+plan {total:.2f} s (<= 10 s), "
+        f"peak RSS {big['peak_rss_mib']:.0f} MiB (<= 1024 MiB), "
+        f"{total / big['parse_s']:.2f}x parse (<= 3x)"
+    )
     if len(rows) > 1:
         first = rows[0]
         growth = (total / big["points"]) / ((first["check_s"] + first["write_s"]) / first["points"])
-        print(f"growth: time per point at {big['points']} is {growth:.2f}x that at "
-              f"{first['points']} (1.0 = linear)")
+        print(
+            f"growth: time per point at {big['points']} is {growth:.2f}x that at "
+            f"{first['points']} (1.0 = linear)"
+        )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ class Shape:
 
     def describe(self, readings: int) -> str:
         seconds = readings // (self.devices * POINTS)
-        return (f"{self.name}: {self.devices} devices x {POINTS} points at 1 s for {seconds:,} s, "
-                f"{-(-seconds // (WINDOW_MS // 1000))} windows per device")
+        return (
+            f"{self.name}: {self.devices} devices x {POINTS} points at 1 s for {seconds:,} s, "
+            f"{-(-seconds // (WINDOW_MS // 1000))} windows per device"
+        )
 
 
 SUSTAINED = Shape("sustained", 10, judged=True)
@@ -110,8 +112,10 @@ class BenchKeys:
     def __init__(self, names: Sequence[str]) -> None:
         self.private = {name: Ed25519PrivateKey.generate() for name in names}
         made = START - timedelta(days=1)
-        self.public = {name: [KeyVersion(name, 1, _raw_public(key), made, None, made)]
-                       for name, key in self.private.items()}  # fmt: skip
+        self.public = {
+            name: [KeyVersion(name, 1, _raw_public(key), made, None, made)]
+            for name, key in self.private.items()
+        }
 
     def names(self) -> list[str]:
         return sorted(self.private)
@@ -148,8 +152,11 @@ def plans(shape: Shape) -> list[dict[str, Any]]:
     signing = {"required": True, "keys": list(SIGNING_KEYS), "batch_window_ms": WINDOW_MS}
     bodies = []
     for d in range(shape.devices):
-        body = {"format": PLAN_FORMAT, "device": {"id": device_id(d)},
-                "points": [{"name": point_name(p), "signing": signing} for p in range(POINTS)]}
+        body = {
+            "format": PLAN_FORMAT,
+            "device": {"id": device_id(d)},
+            "points": [{"name": point_name(p), "signing": signing} for p in range(POINTS)],
+        }
         _, data = seal({key: canonical_json(value) for key, value in body.items()})
         bodies.append(json.loads(data))
     return bodies
@@ -171,9 +178,18 @@ def readings(count: int, shape: Shape) -> list[list[Reading]]:
         for d in range(shape.devices):
             collected = slot + timedelta(milliseconds=3 + d % 40)
             size = min(POINTS, count)
-            groups.append([Reading(device_id(d), point_name(p), collected,
-                                   round(20.0 + 0.25 * second + p + d / 100, 2), scheduled_at=slot)
-                           for p in range(size)])  # fmt: skip
+            groups.append(
+                [
+                    Reading(
+                        device_id(d),
+                        point_name(p),
+                        collected,
+                        round(20.0 + 0.25 * second + p + d / 100, 2),
+                        scheduled_at=slot,
+                    )
+                    for p in range(size)
+                ]
+            )
             count -= size
             if count == 0:
                 break
@@ -194,8 +210,15 @@ class Clock:
 # --- our pipeline ----------------------------------------------------------------------
 
 
-async def _collect(store: Store, keys: BenchKeys, spool: Spool, groups: list[list[Reading]],
-                   shape: Shape, *, writer: Writer) -> None:  # fmt: skip
+async def _collect(
+    store: Store,
+    keys: BenchKeys,
+    spool: Spool,
+    groups: list[list[Reading]],
+    shape: Shape,
+    *,
+    writer: Writer,
+) -> None:
     """Put every group through the evidence sink, yielding to the loop between groups.
 
     A collector's device task puts the readings of one answer and then awaits
@@ -204,8 +227,14 @@ async def _collect(store: Store, keys: BenchKeys, spool: Spool, groups: list[lis
     nothing would be written until the end.
     """
     clock = Clock()
-    sink = EvidenceSink(plans(shape), store, keys, spool, now=clock,  # type: ignore[arg-type]
-                        config=EvidenceConfig(writer=writer))  # fmt: skip
+    sink = EvidenceSink(
+        plans(shape),
+        store,
+        keys,
+        spool,
+        now=clock,  # type: ignore[arg-type]
+        config=EvidenceConfig(writer=writer),
+    )
     for i, group in enumerate(groups):
         clock.at = group[0].collected_at
         for reading in group:
@@ -223,8 +252,9 @@ def open_store(target: str, keys: BenchKeys, shape: Shape) -> Store:
     return store
 
 
-def ingest(target: str, spool_path: Path, count: int, keys: BenchKeys, shape: Shape,
-           *, writer: Writer) -> tuple[Store, float]:  # fmt: skip
+def ingest(
+    target: str, spool_path: Path, count: int, keys: BenchKeys, shape: Shape, *, writer: Writer
+) -> tuple[Store, float]:
     """Store ``count`` readings in a new store at ``target``; returns the store and the seconds.
 
     The readings are made before the clock starts (making them is the
@@ -250,8 +280,9 @@ def checkpoint(store: Store, keys: BenchKeys) -> None:
     store.checkpoint(lambda cp: sign_checkpoint(cp, cp.origin, keys.private[AUDIT_KEY]))
 
 
-def build_store(target: str, count: int, workdir: Path,
-                shape: Shape = BURST) -> tuple[Store, BenchKeys, float]:  # fmt: skip
+def build_store(
+    target: str, count: int, workdir: Path, shape: Shape = BURST
+) -> tuple[Store, BenchKeys, float]:
     """A store at ``target`` holding ``count`` readings in signed, checkpointed batches."""
     keys = bench_keys()
     spool = workdir / f"spool-{secrets.token_hex(4)}.db"
@@ -317,14 +348,16 @@ def postgres_floor(url: str, store: Store, batches: list[list[Row]]) -> float:
     with psycopg.connect(libpq_url(url)) as db:
         marks = ", ".join(["%s"] * len(columns))
         with db.transaction(), db.cursor() as cursor:
-            cursor.executemany(f"INSERT INTO batches ({', '.join(columns)}) VALUES ({marks})",
-                               parents)  # fmt: skip
+            cursor.executemany(
+                f"INSERT INTO batches ({', '.join(columns)}) VALUES ({marks})", parents
+            )
         started = time.perf_counter()
         for rows in batches:
             with db.transaction(), db.cursor() as cursor:
                 fast_bytea(cursor)  # psycopg's C dumper, as the store uses it
-                with cursor.copy("COPY readings (batch_id, position, leaf) FROM STDIN "
-                                 "(FORMAT BINARY)") as copy:  # fmt: skip
+                with cursor.copy(
+                    "COPY readings (batch_id, position, leaf) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
                     copy.set_types(["int8", "int4", "bytea"])
                     for row in rows:
                         copy.write_row(row)
@@ -355,8 +388,10 @@ def scratch_databases(url: str, count: int) -> Iterator[list[str]]:
         with admin.connect() as connection:
             for name in names:
                 connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield [sa.make_url(server).set(database=name).render_as_string(hide_password=False)
-               for name in names]  # fmt: skip
+        yield [
+            sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+            for name in names
+        ]
     finally:
         with admin.connect() as connection:
             for name in names:
@@ -403,30 +438,38 @@ def check(store: Store, keys: BenchKeys) -> None:
 
 def run_sqlite(shape: Shape, count: int, workdir: Path, writer: Writer) -> Result:
     keys = bench_keys()
-    store, ours = ingest(str(workdir / f"ours-{shape.name}.db"),
-                         workdir / f"spool-{shape.name}.db", count, keys, shape,
-                         writer=writer)  # fmt: skip
+    store, ours = ingest(
+        str(workdir / f"ours-{shape.name}.db"),
+        workdir / f"spool-{shape.name}.db",
+        count,
+        keys,
+        shape,
+        writer=writer,
+    )
     if writer == "process":
         check(store, keys)
     rows = stored_rows(store)
     floor = sqlite_floor(workdir / f"floor-{shape.name}.db", store, rows)
     store.close()
-    return Result(shape, "SQLite", _count(rows, count), len(rows), ours, floor,
-                  "sqlite3 executemany")  # fmt: skip
+    return Result(
+        shape, "SQLite", _count(rows, count), len(rows), ours, floor, "sqlite3 executemany"
+    )
 
 
 def run_postgres(shape: Shape, url: str, count: int, workdir: Path, writer: Writer) -> Result:
     keys = bench_keys()
     with scratch_databases(url, 2) as (ours_url, floor_url):
-        store, ours = ingest(ours_url, workdir / f"spool-pg-{shape.name}.db", count, keys, shape,
-                             writer=writer)  # fmt: skip
+        store, ours = ingest(
+            ours_url, workdir / f"spool-pg-{shape.name}.db", count, keys, shape, writer=writer
+        )
         if writer == "process":
             check(store, keys)
         rows = stored_rows(store)
         floor = postgres_floor(floor_url, store, rows)
         store.close()
-    return Result(shape, "PostgreSQL", _count(rows, count), len(rows), ours, floor,
-                  "psycopg binary COPY")
+    return Result(
+        shape, "PostgreSQL", _count(rows, count), len(rows), ours, floor, "psycopg binary COPY"
+    )
 
 
 def _count(batches: list[list[Row]], want: int) -> int:
@@ -444,8 +487,11 @@ def machine(postgres: str | None = None) -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    parts = [f"CPU {model}, {os.cpu_count()} cores", f"Python {platform.python_version()}",
-             f"SQLite {sqlite3.sqlite_version}"]  # fmt: skip
+    parts = [
+        f"CPU {model}, {os.cpu_count()} cores",
+        f"Python {platform.python_version()}",
+        f"SQLite {sqlite3.sqlite_version}",
+    ]
     if postgres:
         parts.append(postgres)
     return "machine: " + "; ".join(parts)
@@ -453,36 +499,55 @@ def machine(postgres: str | None = None) -> str:
 
 def report(result: Result) -> None:
     share = result.rate / result.floor_rate
-    print(f"{result.backend}, {result.shape.name}: {result.readings:,} readings in "
-          f"{result.batches} batches")
-    print(f"  ours  (batched, hashed, signed, committed): {result.ours_s:6.2f} s "
-          f"{result.rate:>10,.0f} readings/s")
-    print(f"  floor ({result.floor_name}, same rows):{' ' * (22 - len(result.floor_name))}"
-          f"{result.floor_s:6.2f} s {result.floor_rate:>10,.0f} readings/s")
+    print(
+        f"{result.backend}, {result.shape.name}: {result.readings:,} readings in "
+        f"{result.batches} batches"
+    )
+    print(
+        f"  ours  (batched, hashed, signed, committed): {result.ours_s:6.2f} s "
+        f"{result.rate:>10,.0f} readings/s"
+    )
+    print(
+        f"  floor ({result.floor_name}, same rows):{' ' * (22 - len(result.floor_name))}"
+        f"{result.floor_s:6.2f} s {result.floor_rate:>10,.0f} readings/s"
+    )
     if not result.shape.judged:
-        print(f"  {share:.0%} of the floor (for comparison: the targets apply to the "
-              f"{SUSTAINED.name} shape)")
+        print(
+            f"  {share:.0%} of the floor (for comparison: the targets apply to the "
+            f"{SUSTAINED.name} shape)"
+        )
         return
     rate_ok = "PASS" if result.rate >= TARGET_RATE else "FAIL"
     share_ok = "PASS" if share >= TARGET_SHARE else "FAIL"
-    print(f"  {rate_ok} rate {result.rate:,.0f}/s (target >= {TARGET_RATE:,}/s); "
-          f"{share_ok} {share:.0%} of the floor (target >= {TARGET_SHARE:.0%})")
+    print(
+        f"  {rate_ok} rate {result.rate:,.0f}/s (target >= {TARGET_RATE:,}/s); "
+        f"{share_ok} {share:.0%} of the floor (target >= {TARGET_SHARE:.0%})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=READINGS)
     parser.add_argument("--shape", choices=[*SHAPES, "both"], default="both")
-    parser.add_argument("--postgres", default=os.environ.get("CONVERGE_POSTGRES_URL"),
-                        help="PostgreSQL server URL (default: $CONVERGE_POSTGRES_URL)")
-    parser.add_argument("--writer", choices=["thread", "process"], default="process",
-                        help="the evidence sink's writer (default: process, the sealer)")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("CONVERGE_POSTGRES_URL"),
+        help="PostgreSQL server URL (default: $CONVERGE_POSTGRES_URL)",
+    )
+    parser.add_argument(
+        "--writer",
+        choices=["thread", "process"],
+        default="process",
+        help="the evidence sink's writer (default: process, the sealer)",
+    )
     args = parser.parse_args()
     shapes = list(SHAPES.values()) if args.shape == "both" else [SHAPES[args.shape]]
     print(machine(postgres_version(args.postgres) if args.postgres else None))
-    print(f"every point read at 1 s, {WINDOW_MS // 1000} s windows "
-          f"({POINTS * WINDOW_MS // 1000:,} readings per batch), "
-          f"signed by {' and '.join(SIGNING_KEYS)}; shapes:")
+    print(
+        f"every point read at 1 s, {WINDOW_MS // 1000} s windows "
+        f"({POINTS * WINDOW_MS // 1000:,} readings per batch), "
+        f"signed by {' and '.join(SIGNING_KEYS)}; shapes:"
+    )
     for shape in shapes:
         print(f"  {shape.describe(args.readings)}")
     print()

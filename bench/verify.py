@@ -65,15 +65,21 @@ def timed_verify(store: Store, trust: Trust, count: int, workers: int | None) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=READINGS)
-    parser.add_argument("--workers", type=int, help="processes hashing the records (default: "
-                        "one per CPU, for a store of 100,000 records or more)")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes hashing the records (default: "
+        "one per CPU, for a store of 100,000 records or more)",
+    )
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "evidence.db"
         store, keys, built = build_store(str(path), args.readings, Path(tmp))
-        print(f"store: {args.readings:,} readings, {store.counts()['batches']} batches, "
-              f"built in {built:.1f} s\n")
+        print(
+            f"store: {args.readings:,} readings, {store.counts()['batches']} batches, "
+            f"built in {built:.1f} s\n"
+        )
         ours = timed_verify(store, keys.trust(), args.readings, args.workers)
         floor = hash_floor(leaves(path))
         store.close()
@@ -82,14 +88,20 @@ def main() -> None:
 
 def report(count: int, ours: float, floor: float) -> None:
     rate, ratio = count / ours, ours / floor
-    print(f"  verify_store (leaves, roots, signatures, plans, audit log): {ours:6.2f} s "
-          f"{rate:>10,.0f} readings/s")
-    print(f"  floor (hashlib sha256 of each leaf, in memory):            {floor:6.2f} s "
-          f"{count / floor:>10,.0f} readings/s")
+    print(
+        f"  verify_store (leaves, roots, signatures, plans, audit log): {ours:6.2f} s "
+        f"{rate:>10,.0f} readings/s"
+    )
+    print(
+        f"  floor (hashlib sha256 of each leaf, in memory):            {floor:6.2f} s "
+        f"{count / floor:>10,.0f} readings/s"
+    )
     rate_ok = "PASS" if rate >= TARGET_RATE else "FAIL"
     ratio_ok = "PASS" if ratio <= TARGET_RATIO else "FAIL"
-    print(f"  {rate_ok} rate {rate:,.0f}/s (target >= {TARGET_RATE:,}/s); "
-          f"{ratio_ok} {ratio:.2f}x the hashlib time (target <= {TARGET_RATIO:g}x)")
+    print(
+        f"  {rate_ok} rate {rate:,.0f}/s (target >= {TARGET_RATE:,}/s); "
+        f"{ratio_ok} {ratio:.2f}x the hashlib time (target <= {TARGET_RATIO:g}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,15 @@ class AuditEntry:
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"seq": self.seq, "time": self.time, "kind": self.kind,
-                               "actor": self.actor, "payload": self.payload})  # fmt: skip
+        return canonical_json(
+            {
+                "seq": self.seq,
+                "time": self.time,
+                "kind": self.kind,
+                "actor": self.actor,
+                "payload": self.payload,
+            }
+        )
 
     @classmethod
     def parse(cls, data: bytes) -> AuditEntry:

@@ -63,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # protocol libraries log warnings for conditions Converge reports itself (as gap records)
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     on_terminal = sys.stdout.isatty()
-    console = Console(highlight=False, soft_wrap=not on_terminal,
-                      width=None if on_terminal else PIPE_WIDTH)
+    console = Console(
+        highlight=False, soft_wrap=not on_terminal, width=None if on_terminal else PIPE_WIDTH
+    )
     try:
         pm = make_plugin_manager(trace=args.trace_hooks)
         handler: Handler = args.handler
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ConvergeError as exc:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"converge: error: {exc}", markup=False)
+            f"converge: error: {exc}", markup=False
+        )
         return 2
     except BrokenPipeError:
         # the reader (`| head`) has gone: stop quietly, as Unix tools do
@@ -88,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile compliance policies for OT data into per-device collection plans.",
     )
     parser.add_argument("--version", action="version", version=f"converge {version('converge')}")
-    parser.add_argument("--trace-hooks", action="store_true",
-                        help="print every plugin hook call to standard error")
+    parser.add_argument(
+        "--trace-hooks", action="store_true", help="print every plugin hook call to standard error"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(commands)
@@ -98,18 +101,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_inputs(parser: argparse.ArgumentParser) -> None:
     """The arguments every compiling command takes."""
-    parser.add_argument("-p", "--policies", action="extend", nargs="+", type=Path, default=[],
-                        metavar="PATH", help="policy files or folders (searched for *.yaml)")
-    parser.add_argument("-s", "--site", action="extend", nargs="+", type=Path, default=[],
-                        metavar="PATH", dest="sites",
-                        help="site.yaml files or site folders (principals.yaml beside is read)")
-    parser.add_argument("--principals", action="extend", nargs="+", type=Path, default=[],
-                        metavar="FILE", help="more principals files")
-    parser.add_argument("--at", type=date.fromisoformat, metavar="YYYY-MM-DD",
-                        help="the date exceptions are judged at (default: today, site time)")
-    parser.add_argument("--keys", type=Path, metavar="DIR",
-                        help=f"check signing.keys against this key folder "
-                             f"(default: ${KEYS_ENV} when set; otherwise not checked)")
+    parser.add_argument(
+        "-p",
+        "--policies",
+        action="extend",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="policy files or folders (searched for *.yaml)",
+    )
+    parser.add_argument(
+        "-s",
+        "--site",
+        action="extend",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        dest="sites",
+        help="site.yaml files or site folders (principals.yaml beside is read)",
+    )
+    parser.add_argument(
+        "--principals",
+        action="extend",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="more principals files",
+    )
+    parser.add_argument(
+        "--at",
+        type=date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="the date exceptions are judged at (default: today, site time)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"check signing.keys against this key folder "
+        f"(default: ${KEYS_ENV} when set; otherwise not checked)",
+    )
 
 
 def inputs_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Inputs:
@@ -157,11 +191,20 @@ def run_check(args: argparse.Namespace, pm: pluggy.PluginManager, console: Conso
 def register_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("plan", help="compile one canonical plan per device")
     add_inputs(parser)
-    parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
-                        help="folder for <device>.plan.json files and index.json")
-    parser.add_argument("--sign", metavar="KEY",
-                        help="sign every plan with the current version of KEY from the key "
-                             f"folder (--keys, else ${KEYS_ENV}, else ./keys): <device>.plan.sig")
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for <device>.plan.json files and index.json",
+    )
+    parser.add_argument(
+        "--sign",
+        metavar="KEY",
+        help="sign every plan with the current version of KEY from the key "
+        f"folder (--keys, else ${KEYS_ENV}, else ./keys): <device>.plan.sig",
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(handler=run_plan)
 
@@ -169,14 +212,18 @@ def register_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_plan(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     result = compile_or_fail(args, pm)
     # the key is opened before anything is written: a wrong passphrase writes nothing
-    signer = (open_signer(key_store_of(args, pm), args.sign, datetime.now(UTC))
-              if args.sign else None)
+    signer = (
+        open_signer(key_store_of(args, pm), args.sign, datetime.now(UTC)) if args.sign else None
+    )
     written = write_plans(args.out, result.plans, result.index(), signer)
     render_plans(console, result, written, args.format)
     if signer is not None and args.format == "text":
         version = signer.version
-        console.print(f"signed with {signer.key_name} v{version.version} (key id "
-                      f"{version.key_id}) at {rfc3339(signer.signed_at)}", highlight=False)
+        console.print(
+            f"signed with {signer.key_name} v{version.version} (key id "
+            f"{version.key_id}) at {rfc3339(signer.signed_at)}",
+            highlight=False,
+        )
     return 0
 
 
@@ -238,7 +285,8 @@ def run_coverage(args: argparse.Namespace, pm: pluggy.PluginManager, console: Co
 
 def register_diff(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "diff", help="what a policy change does to each point: -p OLD -p NEW -s SITE")
+        "diff", help="what a policy change does to each point: -p OLD -p NEW -s SITE"
+    )
     add_inputs(parser)
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(handler=run_diff)
@@ -248,8 +296,10 @@ def run_diff(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
     if len(args.policies) != 2:
         raise ConvergeError("diff takes exactly two policy sets: -p OLD -p NEW")
     store = compile_key_store(args, pm)
-    old, new = (compile_project(Inputs([p], args.sites, args.principals, args.at, store), pm)
-                for p in args.policies)
+    old, new = (
+        compile_project(Inputs([p], args.sites, args.principals, args.at, store), pm)
+        for p in args.policies
+    )
     for result in (old, new):
         if not result.ok:  # exit 2, so that CI tells broken inputs from changes (exit 1)
             findings_text(Console(stderr=True, soft_wrap=True), result.findings)
@@ -277,8 +327,20 @@ def run_test(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
     results = run_tests(args.tests, pm)
     failed = sum(not r.passed for r in results)
     if args.format == "json":
-        print(json.dumps([{"name": r.name, "at": str(r.location), "passed": r.passed,
-                           "failures": r.failures} for r in results], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "at": str(r.location),
+                        "passed": r.passed,
+                        "failures": r.failures,
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
     else:
         for r in results:
             mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
@@ -311,7 +373,7 @@ _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 
 def size(text: str) -> int:
     """An argparse type: a size in bytes, such as ``512MiB`` or ``2GiB``."""
     number = text.rstrip("BbKkMmGgTtIi")
-    unit = text[len(number):].upper()
+    unit = text[len(number) :].upper()
     if not number.isdigit() or unit not in _UNITS or int(number) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512MiB or 2GiB")
     return int(number) * _UNITS[unit]
@@ -319,47 +381,94 @@ def size(text: str) -> int:
 
 def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="collect devices as their plans say")
-    parser.add_argument("--plans", type=Path, required=True, metavar="DIR",
-                        help="plan folder written by converge plan (index.json and plans)")
-    parser.add_argument("--for", type=seconds, dest="duration", metavar="DURATION",
-                        help="stop after this long (default: until Ctrl-C or SIGTERM)")
-    parser.add_argument("--out", type=Path, metavar="FILE.jsonl",
-                        help="append records as JSON Lines here (default: standard output)")
-    parser.add_argument("--trust", type=Path, metavar="FILE",
-                        help="refuse any plan not signed by one of the signed-note verifier keys "
-                             "in FILE (one a line, as converge keys export-public prints)")
-    parser.add_argument("--require-signed", metavar="KEY",
-                        help="refuse any plan not signed by a version of KEY that was valid at "
-                             "the signing time (versions from the key folder)")
-    parser.add_argument("--keys", type=Path, metavar="DIR",
-                        help=f"key folder for --require-signed and for signing with --db "
-                             f"(default: ${KEYS_ENV}, else ./keys)")
+    parser.add_argument(
+        "--plans",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="plan folder written by converge plan (index.json and plans)",
+    )
+    parser.add_argument(
+        "--for",
+        type=seconds,
+        dest="duration",
+        metavar="DURATION",
+        help="stop after this long (default: until Ctrl-C or SIGTERM)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="append records as JSON Lines here (default: standard output)",
+    )
+    parser.add_argument(
+        "--trust",
+        type=Path,
+        metavar="FILE",
+        help="refuse any plan not signed by one of the signed-note verifier keys "
+        "in FILE (one a line, as converge keys export-public prints)",
+    )
+    parser.add_argument(
+        "--require-signed",
+        metavar="KEY",
+        help="refuse any plan not signed by a version of KEY that was valid at "
+        "the signing time (versions from the key folder)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"key folder for --require-signed and for signing with --db "
+        f"(default: ${KEYS_ENV}, else ./keys)",
+    )
     evidence = parser.add_argument_group("evidence (with --db)")
     add_db(evidence, required=False)
-    evidence.add_argument("--audit-key", default="audit-log", metavar="KEY",
-                          help="the key that signs audit log checkpoints (default: audit-log)")
-    evidence.add_argument("--spool", type=Path, default=Path("converge-spool.db"), metavar="FILE",
-                          help="store-and-forward file used while the store is unreachable "
-                               "(default: ./converge-spool.db)")
-    evidence.add_argument("--spool-max", type=size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
-                          help="bound of the spool, such as 512MiB (default: 1GiB); beyond it "
-                               "batches are dropped and audited")
-    evidence.add_argument("--witness", type=Path, default=Path("converge-checkpoints.jsonl"),
-                          metavar="FILE", help="append every signed checkpoint here too; keep it "
-                          "off the database's host (default: ./converge-checkpoints.jsonl)")
+    evidence.add_argument(
+        "--audit-key",
+        default="audit-log",
+        metavar="KEY",
+        help="the key that signs audit log checkpoints (default: audit-log)",
+    )
+    evidence.add_argument(
+        "--spool",
+        type=Path,
+        default=Path("converge-spool.db"),
+        metavar="FILE",
+        help="store-and-forward file used while the store is unreachable "
+        "(default: ./converge-spool.db)",
+    )
+    evidence.add_argument(
+        "--spool-max",
+        type=size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="bound of the spool, such as 512MiB (default: 1GiB); beyond it "
+        "batches are dropped and audited",
+    )
+    evidence.add_argument(
+        "--witness",
+        type=Path,
+        default=Path("converge-checkpoints.jsonl"),
+        metavar="FILE",
+        help="append every signed checkpoint here too; keep it "
+        "off the database's host (default: ./converge-checkpoints.jsonl)",
+    )
     parser.set_defaults(handler=run_run)
 
 
 def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     if args.keys and not (args.require_signed or args.db):
-        raise ConvergeError("--keys is for --require-signed KEY or --db: name the key that "
-                            "must sign, or the store to sign into")
+        raise ConvergeError(
+            "--keys is for --require-signed KEY or --db: name the key that "
+            "must sign, or the store to sign into"
+        )
     if args.db and args.out:
         raise ConvergeError("--out and --db are alternatives: records go to one of them")
     keys = key_store_of(args, pm) if args.require_signed or args.db else None
     # every plan and its signature checked before anything is connected
-    plans = load_plans(args.plans, time.time(), plan_verifier(args.trust, keys,
-                                                              args.require_signed))
+    plans = load_plans(
+        args.plans, time.time(), plan_verifier(args.trust, keys, args.require_signed)
+    )
     status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
     live = status.is_terminal and (args.out is not None or args.db or not sys.stdout.isatty())
     reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
@@ -370,24 +479,42 @@ def run_run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
     return 0
 
 
-async def _collect(args: argparse.Namespace, pm: pluggy.PluginManager, plans: list[Any],
-                   keys: KeyStore | None, reporter: Reporter, *,
-                   status: Console) -> tuple[Summary, str | None]:  # fmt: skip
+async def _collect(
+    args: argparse.Namespace,
+    pm: pluggy.PluginManager,
+    plans: list[Any],
+    keys: KeyStore | None,
+    reporter: Reporter,
+    *,
+    status: Console,
+) -> tuple[Summary, str | None]:
     """Run the collection into JSON Lines, or (``--db``) into the signed store."""
     if not args.db or keys is None:
         sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
-        return await run_plans(plans, pm, duration=args.duration, sink=sink, reporter=reporter,
-                               handle_signals=True), None
+        return await run_plans(
+            plans, pm, duration=args.duration, sink=sink, reporter=reporter, handle_signals=True
+        ), None
     config = CollectConfig()
     target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
-    evidence = open_evidence(plans, args.plans, target, keys,
-                             EvidenceConfig(audit_key=args.audit_key, writer=_writer()))
+    evidence = open_evidence(
+        plans, args.plans, target, keys, EvidenceConfig(audit_key=args.audit_key, writer=_writer())
+    )
     if evidence.store_error:
-        status.print(f"[yellow]warning:[/] {escape(evidence.store_error)}; collecting into the "
-                     f"spool {escape(str(args.spool))} until the store answers", soft_wrap=True)
+        status.print(
+            f"[yellow]warning:[/] {escape(evidence.store_error)}; collecting into the "
+            f"spool {escape(str(args.spool))} until the store answers",
+            soft_wrap=True,
+        )
     await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
-    summary = await run_plans(plans, pm, duration=args.duration, sink=evidence,
-                              reporter=reporter, config=config, handle_signals=True)
+    summary = await run_plans(
+        plans,
+        pm,
+        duration=args.duration,
+        sink=evidence,
+        reporter=reporter,
+        config=config,
+        handle_signals=True,
+    )
     return summary, evidence.summary()
 
 
@@ -403,8 +530,13 @@ def register_simulate(commands: argparse._SubParsersAction[argparse.ArgumentPars
     parser = commands.add_parser("simulate", help="serve a site's points from local servers")
     parser.add_argument("site", type=Path, metavar="SITE", help="site.yaml or its folder")
     parser.add_argument("--faults", type=Path, metavar="FILE", help="faults to inject on schedule")
-    parser.add_argument("--for", type=seconds, dest="duration", metavar="DURATION",
-                        help="stop after this long (default: until Ctrl-C)")
+    parser.add_argument(
+        "--for",
+        type=seconds,
+        dest="duration",
+        metavar="DURATION",
+        help="stop after this long (default: until Ctrl-C)",
+    )
     parser.set_defaults(handler=run_simulate)
 
 
@@ -435,27 +567,38 @@ def register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     parser = commands.add_parser("keys", help="generate, list, export and rotate signing keys")
     actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--keys", type=Path, metavar="DIR",
-                       help=f"key folder (default: ${KEYS_ENV}, else ./keys)")
+    store.add_argument(
+        "--keys", type=Path, metavar="DIR", help=f"key folder (default: ${KEYS_ENV}, else ./keys)"
+    )
     generate = actions.add_parser("generate", parents=[store], help="make a new key")
     generate.add_argument("name", metavar="NAME", help="kebab-case id, as signing.keys names it")
-    generate.add_argument("--valid-for", type=period, metavar="DURATION",
-                          help="validity of each version (default: until rotated)")
+    generate.add_argument(
+        "--valid-for",
+        type=period,
+        metavar="DURATION",
+        help="validity of each version (default: until rotated)",
+    )
     add_db(generate, required=False)
     generate.set_defaults(handler=run_keys_generate)
     listing = actions.add_parser("list", parents=[store], help="every key version and its validity")
     listing.add_argument("--format", choices=("text", "json"), default="text")
     listing.set_defaults(handler=run_keys_list)
-    export = actions.add_parser("export-public", parents=[store],
-                                help="print the public keys of every version of a key")
+    export = actions.add_parser(
+        "export-public", parents=[store], help="print the public keys of every version of a key"
+    )
     export.add_argument("name", metavar="NAME")
     export.add_argument("--format", choices=("signed-note", "pem", "json"), default="signed-note")
     export.set_defaults(handler=run_keys_export)
-    rotate = actions.add_parser("rotate", parents=[store],
-                                help="retire the current version now and make the next one")
+    rotate = actions.add_parser(
+        "rotate", parents=[store], help="retire the current version now and make the next one"
+    )
     rotate.add_argument("name", metavar="NAME")
-    rotate.add_argument("--valid-for", type=period, metavar="DURATION",
-                        help="validity of the new version (default: the key's period)")
+    rotate.add_argument(
+        "--valid-for",
+        type=period,
+        metavar="DURATION",
+        help="validity of the new version (default: the key's period)",
+    )
     add_db(rotate, required=False)
     rotate.set_defaults(handler=run_keys_rotate)
 
@@ -476,8 +619,7 @@ def run_keys_generate(args: argparse.Namespace, pm: pluggy.PluginManager, consol
 def run_keys_rotate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     keys = key_store_of(args, pm)
     keys.rotate(args.name, args.valid_for)
-    render_keys(console, keys.versions(args.name), datetime.now(UTC),
-                title=f"rotated {args.name}")
+    render_keys(console, keys.versions(args.name), datetime.now(UTC), title=f"rotated {args.name}")
     log_key_versions(args.db, keys.versions(args.name))
     return 0
 
@@ -507,11 +649,16 @@ def run_keys_export(args: argparse.Namespace, pm: pluggy.PluginManager, console:
 # --- converge audit ----------------------------------------------------------------------
 
 
-def add_db(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-           required: bool = True) -> None:
-    parser.add_argument("--db", required=required, metavar="URL",
-                        help="the evidence store: a SQLite file path, or a database URL such "
-                             "as postgresql://user@host/db")
+def add_db(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True
+) -> None:
+    parser.add_argument(
+        "--db",
+        required=required,
+        metavar="URL",
+        help="the evidence store: a SQLite file path, or a database URL such "
+        "as postgresql://user@host/db",
+    )
 
 
 def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -519,22 +666,42 @@ def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     log = actions.add_parser("log", help="list audit log entries")
     add_db(log)
-    log.add_argument("--kind", action="extend", nargs="+", default=[], metavar="KIND",
-                     choices=sorted(audit.KINDS), help="only entries of these kinds")
+    log.add_argument(
+        "--kind",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KIND",
+        choices=sorted(audit.KINDS),
+        help="only entries of these kinds",
+    )
     log.add_argument("--format", choices=("text", "json"), default="text")
     log.set_defaults(handler=run_audit_log)
-    check = actions.add_parser("verify", help="recompute and check every leaf, root, signature, "
-                                              "audit entry and checkpoint")
+    check = actions.add_parser(
+        "verify", help="recompute and check every leaf, root, signature, audit entry and checkpoint"
+    )
     add_db(check)
     trust = check.add_mutually_exclusive_group()
-    trust.add_argument("--keys", type=Path, metavar="DIR",
-                       help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, "
-                            "else ./keys)")
-    trust.add_argument("--public-keys", type=Path, nargs="+", metavar="FILE",
-                       help="trust these exports of converge keys export-public --format json")
-    check.add_argument("--witness", type=Path, metavar="FILE",
-                       help="checkpoints kept outside the store (converge run --witness): "
-                            "detects a store restored from an older copy")
+    trust.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, else ./keys)",
+    )
+    trust.add_argument(
+        "--public-keys",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="trust these exports of converge keys export-public --format json",
+    )
+    check.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="checkpoints kept outside the store (converge run --witness): "
+        "detects a store restored from an older copy",
+    )
     check.add_argument("--format", choices=("text", "json"), default="text")
     check.set_defaults(handler=run_audit_verify)
 
@@ -550,11 +717,16 @@ def run_audit_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: C
 
 
 def run_audit_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    trust = (Trust.from_json(args.public_keys) if args.public_keys
-             else Trust.from_key_store(key_store_of(args, pm)))
+    trust = (
+        Trust.from_json(args.public_keys)
+        if args.public_keys
+        else Trust.from_key_store(key_store_of(args, pm))
+    )
     started = time.perf_counter()
-    with Store.open_existing(args.db) as store, \
-            progress_of(console, args.format == "text") as progress:
+    with (
+        Store.open_existing(args.db) as store,
+        progress_of(console, args.format == "text") as progress,
+    ):
         report = verify_store(store, trust, args.witness, progress)
         where = store.where
     seconds = time.perf_counter() - started
@@ -569,9 +741,16 @@ def render_plans(console: Console, result: Compilation, written: list[Path], fmt
     if fmt == "json":
         if result.findings:
             findings_text(Console(stderr=True, soft_wrap=True), result.findings)
-        rows = [{"device": p.device, "file": str(path), "digest": p.digest,
-                 "points": p.points, "read_groups": p.read_groups}
-                for p, path in zip(result.plans, written, strict=True)]
+        rows = [
+            {
+                "device": p.device,
+                "file": str(path),
+                "digest": p.digest,
+                "points": p.points,
+                "read_groups": p.read_groups,
+            }
+            for p, path in zip(result.plans, written, strict=True)
+        ]
         print(json.dumps(rows, indent=2))
         return
     if result.findings:
@@ -580,14 +759,29 @@ def render_plans(console: Console, result: Compilation, written: list[Path], fmt
     for column in ("device", "points", "read groups", "valid until", "digest"):
         table.add_column(column)
     for plan in result.plans:
-        table.add_row(plan.device, str(plan.points), str(plan.read_groups),
-                      plan.valid_until or "-", plan.digest[:19] + "…")
+        table.add_row(
+            plan.device,
+            str(plan.points),
+            str(plan.read_groups),
+            plan.valid_until or "-",
+            plan.digest[:19] + "…",
+        )
     console.print(table)
 
 
-COMMANDS = [register_check, register_plan, register_explain, register_coverage, register_diff,
-            register_test, register_schema, register_run, register_simulate, register_keys,
-            register_audit]
+COMMANDS = [
+    register_check,
+    register_plan,
+    register_explain,
+    register_coverage,
+    register_diff,
+    register_test,
+    register_schema,
+    register_run,
+    register_simulate,
+    register_keys,
+    register_audit,
+]
 
 
 if __name__ == "__main__":

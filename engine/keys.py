@@ -131,8 +131,14 @@ class KeyEvent:
     at: datetime
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "version": self.version,
-                "key_id": self.key_id, "sha256": self.sha256, "at": self.at.isoformat()}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "key_id": self.key_id,
+            "sha256": self.sha256,
+            "at": self.at.isoformat(),
+        }
 
 
 Listener = Callable[[KeyEvent], None]
@@ -211,10 +217,12 @@ def version_at(versions: Iterable[KeyVersion], at: datetime) -> KeyVersion:
 
 
 def _validity_summary(versions: list[KeyVersion]) -> str:
-    return ", ".join(
-        f"v{v.version} {v.not_before.isoformat()}..{v.not_after.isoformat() if v.not_after else ''}"
-        for v in versions
-    ) or "no versions"
+    return ", ".join(map(_validity, versions)) or "no versions"
+
+
+def _validity(v: KeyVersion) -> str:
+    until = v.not_after.isoformat() if v.not_after else ""
+    return f"v{v.version} {v.not_before.isoformat()}..{until}"
 
 
 def verify_signature(

@@ -91,8 +91,12 @@ class ProjectBuilder:
         at: date | None = date(2026, 6, 1),
     ) -> Outcome:
         with contextlib.chdir(self.root):
-            inputs = Inputs([Path(p) for p in policies], [Path(s) for s in sites],
-                            [Path(p) for p in principals], at)
+            inputs = Inputs(
+                [Path(p) for p in policies],
+                [Path(s) for s in sites],
+                [Path(p) for p in principals],
+                at,
+            )
             return Outcome(compile_project(inputs, self.pm))
 
 

@@ -35,8 +35,11 @@ def load(source: str) -> list[dict[str, Any]]:
     if source.endswith(".jsonl"):
         return [json.loads(line) for line in Path(source).read_text().splitlines()]
     with Store.open_existing(source).reading() as conn:
-        return [json.loads(bytes(leaf)) for table in (READINGS, GAPS)
-                for (leaf,) in conn.execute(select(table.c.leaf))]
+        return [
+            json.loads(bytes(leaf))
+            for table in (READINGS, GAPS)
+            for (leaf,) in conn.execute(select(table.c.leaf))
+        ]
 
 
 def main(source: str, device: str) -> None:

@@ -17,15 +17,20 @@ def tamper(path: str) -> None:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT id, batch_id, leaf FROM readings ORDER BY id")
         row_id, batch_id, leaf, record = next(
-            (i, b, leaf, r) for i, b, leaf in rows
-            if type((r := json.loads(leaf))["value"]) in (int, float))
+            (i, b, leaf, r)
+            for i, b, leaf in rows
+            if type((r := json.loads(leaf))["value"]) in (int, float)
+        )
         old = record["value"]
         new = old + 1
-        edited = leaf.replace(f'"value":{json.dumps(old)}'.encode(),
-                              f'"value":{json.dumps(new)}'.encode())
+        edited = leaf.replace(
+            f'"value":{json.dumps(old)}'.encode(), f'"value":{json.dumps(new)}'.encode()
+        )
         db.execute("UPDATE readings SET leaf = ? WHERE id = ?", (edited, row_id))
-    print(f"changed {record['device']}/{record['point']} at {record['collected_at']} "
-          f"from {old} to {new} (reading {row_id}, batch {batch_id})")
+    print(
+        f"changed {record['device']}/{record['point']} at {record['collected_at']} "
+        f"from {old} to {new} (reading {row_id}, batch {batch_id})"
+    )
 
 
 if __name__ == "__main__":

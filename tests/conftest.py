@@ -26,8 +26,10 @@ def postgres_url() -> str:
     """
     url = os.environ.get("CONVERGE_POSTGRES_URL")
     if not url:
-        reason = ("no PostgreSQL for the tests: CONVERGE_POSTGRES_URL is unset "
-                  "(run bash tests/services.sh start, or make test)")
+        reason = (
+            "no PostgreSQL for the tests: CONVERGE_POSTGRES_URL is unset "
+            "(run bash tests/services.sh start, or make test)"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; in CI the service must be there")
         pytest.skip(reason)

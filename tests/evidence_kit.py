@@ -56,8 +56,19 @@ def evidence_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
         keys.generate(name)
     os.environ.setdefault("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
     site = REPO / "examples/sites/plant-basel"
-    code = main(["plan", "-p", str(REPO / "policies"), "-s", str(site),
-                 "-o", str(root / "plans"), "--keys", str(root / "keys")])
+    code = main(
+        [
+            "plan",
+            "-p",
+            str(REPO / "policies"),
+            "-s",
+            str(site),
+            "-o",
+            str(root / "plans"),
+            "--keys",
+            str(root / "keys"),
+        ]
+    )
     assert code == 0
     plans = load_plans(root / "plans", T0.timestamp())
     return Site(root / "keys", root / "plans", plans)
@@ -82,8 +93,9 @@ def records(site: Site, seconds: int, start: datetime = T0, gap_every: int = 7) 
                 if (s + i) % gap_every == 0:
                     yield Gap(device, point["name"], at, GapReason.TIMEOUT, "no answer in 1000 ms")
                 else:
-                    yield Reading(device, point["name"], at, round(20 + s * 0.25 + i, 2),
-                                  scheduled_at=at)  # fmt: skip
+                    yield Reading(
+                        device, point["name"], at, round(20 + s * 0.25 + i, 2), scheduled_at=at
+                    )
 
 
 def open_store(site: Site, target: str, witness: Path | None = None) -> Store:
@@ -94,8 +106,13 @@ def open_store(site: Site, target: str, witness: Path | None = None) -> Store:
     return store
 
 
-async def collect(site: Site, store: Store, spool: Spool, items: list[Record],
-                  config: EvidenceConfig | None = None) -> EvidenceSink:
+async def collect(
+    site: Site,
+    store: Store,
+    spool: Spool,
+    items: list[Record],
+    config: EvidenceConfig | None = None,
+) -> EvidenceSink:
     sink = EvidenceSink(site.plans, store, site.key_store(), spool, config=config)
     for record in items:
         await sink.put(record)

@@ -43,8 +43,13 @@ def test_the_documented_checkpoint_verifies_with_the_test_key():
 
 
 def test_an_entry_is_canonical_json_and_nothing_else():
-    entry = audit.AuditEntry(0, "2026-06-01T12:00:00.000000Z", "plan.deployed", "me",
-                             {"device": "d", "digest": "sha256:00"})
+    entry = audit.AuditEntry(
+        0,
+        "2026-06-01T12:00:00.000000Z",
+        "plan.deployed",
+        "me",
+        {"device": "d", "digest": "sha256:00"},
+    )
     data = entry.to_bytes()
     assert data.startswith(b'{"actor":"me","kind":"plan.deployed","payload":')
     assert audit.AuditEntry.parse(data) == entry
@@ -57,7 +62,8 @@ def test_audit_log_lists_entries_and_filters_by_kind(store_env, capsys):
     assert main(["audit", "log", "--db", str(store_env), "--kind", "key.generated"]) == 0
     out = capsys.readouterr().out
     assert {"qa-signing v1", "site-integrity v1", "audit-log v1"} <= set(
-        re.findall(r"key\.generated\s+converge-test\s+(\S+ v1)", out))
+        re.findall(r"key\.generated\s+converge-test\s+(\S+ v1)", out)
+    )
     assert "batch.stored" not in out
 
 
@@ -84,8 +90,10 @@ def test_audit_verify_passes_then_names_a_changed_reading(store_env, tmp_path, c
         (batch_id,) = conn.execute("SELECT batch_id FROM readings WHERE id = 5").fetchone()
     with sqlite3.connect(store_env) as db:
         leaf = db.execute("SELECT leaf FROM readings WHERE id = 5").fetchone()[0]
-        db.execute("UPDATE readings SET leaf = ? WHERE id = 5",
-                   (leaf.replace(b'"quality":"good"', b'"quality":"bad"'),))
+        db.execute(
+            "UPDATE readings SET leaf = ? WHERE id = 5",
+            (leaf.replace(b'"quality":"good"', b'"quality":"bad"'),),
+        )
     assert main(["audit", "verify", "--db", str(store_env), "--format", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False
@@ -108,19 +116,41 @@ def test_audit_verify_trusts_exported_public_keys(store_env, evidence_site, tmp_
 
 
 def test_run_with_a_store_refuses_to_start_when_a_key_cannot_sign(
-        evidence_site, tmp_path, monkeypatch, capsys):
+    evidence_site, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
-    code = main(["run", "--plans", str(evidence_site.plans_dir), "--keys",
-                 str(evidence_site.keys_dir), "--db", str(tmp_path / "x.db"),
-                 "--audit-key", "no-such-key", "--for", "1s"])
+    code = main(
+        [
+            "run",
+            "--plans",
+            str(evidence_site.plans_dir),
+            "--keys",
+            str(evidence_site.keys_dir),
+            "--db",
+            str(tmp_path / "x.db"),
+            "--audit-key",
+            "no-such-key",
+            "--for",
+            "1s",
+        ]
+    )
     assert code == 2
     assert "no-such-key" in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
 
 
 def test_run_takes_one_destination(evidence_site, tmp_path, capsys):
-    code = main(["run", "--plans", str(evidence_site.plans_dir), "--db", str(tmp_path / "x.db"),
-                 "--out", str(tmp_path / "r.jsonl")])
+    code = main(
+        [
+            "run",
+            "--plans",
+            str(evidence_site.plans_dir),
+            "--db",
+            str(tmp_path / "x.db"),
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ]
+    )
     assert code == 2
     assert "--out and --db are alternatives" in capsys.readouterr().err
 
@@ -145,7 +175,7 @@ def test_checkpoints_are_signed_by_the_audit_key_under_the_log_origin(evidence_s
 def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_site, tmp_path):
     keys = evidence_site.key_store()
     now = datetime.now(UTC) + timedelta(seconds=1)  # a claim states whole seconds: not before
-    first, second = evidence_site.plans[:2]         # the key's first one
+    first, second = evidence_site.plans[:2]  # the key's first one
 
     def signed(plan, device):
         claim = PlanClaim(device, plan["digest"], now)
@@ -163,13 +193,15 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
     label = f"plan {first['digest']} ({first['device']['id']})"
     report = verdict(signed(first, second["device"]["id"]))
     assert [(p.item, p.message.split(" (")[0]) for p in report.problems] == [
-        (label, "its signature is of another plan")]
+        (label, "its signature is of another plan")
+    ]
     forged = signed(first, first["device"]["id"]).replace(first["digest"], second["digest"])
     assert [p.item for p in verdict(forged).problems] == [label]
 
 
 def test_key_generation_and_rotation_with_a_store_are_audit_entries_at_once(
-        tmp_path, monkeypatch, capsys):  # fmt: skip
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
     keys, db = str(tmp_path / "keys"), str(tmp_path / "evidence.db")
     assert main(["keys", "generate", "qa-signing", "--keys", keys, "--db", db]) == 0
@@ -178,7 +210,9 @@ def test_key_generation_and_rotation_with_a_store_are_audit_entries_at_once(
     assert main(["audit", "log", "--db", db, "--format", "json"]) == 0
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["kind"], e["payload"]["name"], e["payload"]["version"]) for e in entries] == [
-        ("key.generated", "qa-signing", 1), ("key.rotated", "qa-signing", 2)]
+        ("key.generated", "qa-signing", 1),
+        ("key.rotated", "qa-signing", 2),
+    ]
 
 
 def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):

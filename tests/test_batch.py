@@ -50,9 +50,14 @@ DIGEST = "sha256:c03171ed5ad45c74e81121be5bc6a85b3aeb15dbfec380889953cd53f92662e
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KEY_A = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KEY_B = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
-WAIVER = {"approved_by": "j.doe@example.com", "at": "policies/gmp/x.yaml:65:5",
-          "expires": "2027-03-31", "facets": ["signing"], "policy": "gmp-critical-process-data",
-          "reason": "legacy RTU"}  # fmt: skip
+WAIVER = {
+    "approved_by": "j.doe@example.com",
+    "at": "policies/gmp/x.yaml:65:5",
+    "expires": "2027-03-31",
+    "facets": ["signing"],
+    "policy": "gmp-critical-process-data",
+    "reason": "legacy RTU",
+}
 
 
 def t(text: str) -> datetime:
@@ -73,8 +78,11 @@ def plan(window_ms: int = 60_000, **points: dict[str, Any]) -> dict[str, Any]:
     """A device plan body for reactor-7; default: TT701 and PT701 signed by key a."""
     signed = {"signing": {"required": True, "keys": ["a"], "batch_window_ms": window_ms}}
     points = points or {"TT701": signed, "PT701": signed}
-    return {"device": {"id": "reactor-7"}, "digest": DIGEST,
-            "points": [{"name": n, **p} for n, p in points.items()]}  # fmt: skip
+    return {
+        "device": {"id": "reactor-7"},
+        "digest": DIGEST,
+        "points": [{"name": n, **p} for n, p in points.items()],
+    }
 
 
 def reading(at: datetime, value: float = 21.5, point: str = "TT701") -> Reading:
@@ -134,8 +142,13 @@ def test_the_documented_examples_are_the_vectors():
 
 
 def test_golden_reading_leaf():
-    r = Reading("reactor-7", "TT701_PV", t("2026-06-01T12:00:05.012345Z"), 21.35,
-                scheduled_at=t("2026-06-01T12:00:05Z"))  # fmt: skip
+    r = Reading(
+        "reactor-7",
+        "TT701_PV",
+        t("2026-06-01T12:00:05.012345Z"),
+        21.35,
+        scheduled_at=t("2026-06-01T12:00:05Z"),
+    )
     data = leaf_bytes(r, bytes(range(16)))
     assert data == (
         b'{"collected_at":"2026-06-01T12:00:05.012345Z","device":"reactor-7","point":"TT701_PV",'
@@ -150,17 +163,33 @@ def test_golden_reading_leaf():
 def test_optional_members_appear_only_when_set():
     r = Reading("d", "p", T0, None, Quality.BAD, coalesced=0)
     assert set(leaf_object(r, bytes(16))) == {
-        "v", "type", "device", "point", "collected_at", "value", "quality", "salt"}  # fmt: skip
+        "v",
+        "type",
+        "device",
+        "point",
+        "collected_at",
+        "value",
+        "quality",
+        "salt",
+    }
     g = Gap("d", "p", T0, GapReason.REFUSED)
     assert set(leaf_object(g, bytes(16))) == {
-        "v", "type", "device", "point", "scheduled_at", "reason", "salt"}  # fmt: skip
+        "v",
+        "type",
+        "device",
+        "point",
+        "scheduled_at",
+        "reason",
+        "salt",
+    }
     assert leaf_object(dataclasses.replace(r, coalesced=4), bytes(16))["coalesced"] == 4
 
 
 def test_times_in_other_offsets_are_written_in_utc():
     cet = datetime.fromisoformat("2026-06-01T14:00:05+02:00")
-    assert leaf_bytes(reading(cet), bytes(16)) == leaf_bytes(reading(t("2026-06-01T12:00:05Z")),
-                                                             bytes(16))  # fmt: skip
+    assert leaf_bytes(reading(cet), bytes(16)) == leaf_bytes(
+        reading(t("2026-06-01T12:00:05Z")), bytes(16)
+    )
 
 
 def test_salt_changes_the_leaf_hash():
@@ -332,10 +361,16 @@ def test_required_signing_without_keys_is_refused():
 
 
 entries_st = st.lists(
-    st.tuples(st.integers(0, 59_999), st.sampled_from(["TT701", "PT701"]), st.booleans(),
-              st.floats(-1e6, 1e6), st.binary(min_size=16, max_size=16)),
-    min_size=1, max_size=30,
-)  # fmt: skip
+    st.tuples(
+        st.integers(0, 59_999),
+        st.sampled_from(["TT701", "PT701"]),
+        st.booleans(),
+        st.floats(-1e6, 1e6),
+        st.binary(min_size=16, max_size=16),
+    ),
+    min_size=1,
+    max_size=30,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -359,8 +394,10 @@ def test_the_root_does_not_depend_on_arrival_order(specs: list[Any], rnd: Any):
 
 
 def test_waived_only_batches_are_unsigned_with_the_waiver():
-    body = plan(TT701={"waived": [WAIVER, {**WAIVER, "facets": ["capture"]}]},
-                PT701={"signing": {"required": True, "keys": ["b", "a"]}})  # fmt: skip
+    body = plan(
+        TT701={"waived": [WAIVER, {**WAIVER, "facets": ["capture"]}]},
+        PT701={"signing": {"required": True, "keys": ["b", "a"]}},
+    )
     (waived,) = batches_of([reading(T0)], body)
     assert (waived.signed, waived.keys, waived.waiver) == (False, (), (WAIVER,))
     assert sign_batch(waived, {}) == []
@@ -370,8 +407,10 @@ def test_waived_only_batches_are_unsigned_with_the_waiver():
 
 
 def test_the_documented_statement_and_signature():
-    v = {n: json.loads((REPO / "tests/vectors/leaf" / f"{n}.json").read_text("utf-8"))
-         for n in ("reading-scheduled", "gap-exception")}  # fmt: skip
+    v = {
+        n: json.loads((REPO / "tests/vectors/leaf" / f"{n}.json").read_text("utf-8"))
+        for n in ("reading-scheduled", "gap-exception")
+    }
     signed = {"signing": {"required": True, "keys": ["site-integrity"], "batch_window_ms": 60_000}}
     body = plan(TT701_PV=signed, PT701_PV=signed)
     dp = device_plan(body)
@@ -415,8 +454,13 @@ def test_signatures_of_unknown_keys_are_ignored():
 # --- tampering -------------------------------------------------------------
 
 
-def check(batch: Batch, records: list[tuple[Record, bytes]], sigs: list[Signature] | None = None,
-          previous: bytes | None = ZERO_ROOT, data: bytes | None = None) -> None:  # fmt: skip
+def check(
+    batch: Batch,
+    records: list[tuple[Record, bytes]],
+    sigs: list[Signature] | None = None,
+    previous: bytes | None = ZERO_ROOT,
+    data: bytes | None = None,
+) -> None:
     sigs = sign_batch(batch, SIGNERS) if sigs is None else sigs
     verify_batch(data or statement(batch), sigs, PUBLIC, records, previous_root=previous)
 
@@ -429,10 +473,15 @@ def replace(records: list[tuple[Record, bytes]], i: int, **kw: Any) -> list[tupl
 
 @pytest.mark.parametrize(
     "change",
-    [{"value": 99.0}, {"collected_at": T0 + timedelta(seconds=1, microseconds=1)},
-     {"quality": Quality.UNCERTAIN}, {"point": "PT701"}, {"raw_code": 0}],
+    [
+        {"value": 99.0},
+        {"collected_at": T0 + timedelta(seconds=1, microseconds=1)},
+        {"quality": Quality.UNCERTAIN},
+        {"point": "PT701"},
+        {"raw_code": 0},
+    ],
     ids=["value", "timestamp", "quality", "point", "raw-code"],
-)  # fmt: skip
+)
 def test_a_changed_record_is_a_root_mismatch(change: dict[str, Any]):
     batch = two_key_batch()
     with pytest.raises(merkle.RootMismatch) as info:
@@ -473,8 +522,9 @@ def test_reordered_records_still_verify_but_not_at_another_index():
     with pytest.raises(merkle.RootMismatch):
         verify_record(data, entry.record, entry.salt, 3, batch.inclusion_proof(2))
     with pytest.raises(merkle.RootMismatch):
-        verify_record(data, batch.entries[3].record, batch.entries[3].salt, 2,
-                      batch.inclusion_proof(2))  # fmt: skip
+        verify_record(
+            data, batch.entries[3].record, batch.entries[3].salt, 2, batch.inclusion_proof(2)
+        )
 
 
 def test_a_stripped_signature_is_named():

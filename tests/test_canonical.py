@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from engine.canonical import CanonicalError, canonical_json, canonical_object
 
 scalars = (
-    st.none() | st.booleans() | st.text()
+    st.none()
+    | st.booleans()
+    | st.text()
     | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.sampled_from([20.0, 1e21, 1e-7, 1e16, 0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308])

@@ -88,9 +88,14 @@ def compare_text(path: Path, actual: str) -> None:
     assert path.exists(), f"{path} is missing; run CONVERGE_REGEN=1 pytest {__file__}"
     expected = path.read_text(encoding="utf-8")
     if expected != actual:
-        diff = "".join(difflib.unified_diff(
-            expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-            f"{path.name} (expected)", f"{path.name} (actual)"))
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"{path.name} (expected)",
+                f"{path.name} (actual)",
+            )
+        )
         pytest.fail(f"{path.parent.name}/{path.name} differs:\n{diff}", pytrace=False)
 
 
@@ -164,7 +169,10 @@ SITE = """
 def test_a_selector_value_that_matches_nothing_is_placed_at_that_value(
     converge_project: ProjectBuilder,
 ) -> None:
-    outcome = converge_project.write({"sites/test/site.yaml": SITE, "policies/gmp.yaml": """
+    outcome = converge_project.write(
+        {
+            "sites/test/site.yaml": SITE,
+            "policies/gmp.yaml": """
         policy: gmp-temperatures
         title: GMP temperatures
         owner: quality-assurance
@@ -175,15 +183,20 @@ def test_a_selector_value_that_matches_nothing_is_placed_at_that_value(
               - reactor_*
         capture:
           every: 5s
-        """}).compile()
+        """,
+        }
+    ).compile()
     outcome.assert_findings([("policies/gmp.yaml", 8, 9, "selector-matches-nothing")])
 
 
 def test_a_role_nobody_holds_is_placed_at_that_role(converge_project: ProjectBuilder) -> None:
-    outcome = converge_project.write({
-        "sites/test/site.yaml": SITE,
-        "sites/test/principals.yaml": "principals:\n  - {id: alice, kind: person, roles: [qa]}\n",
-        "policies/gmp.yaml": """
+    outcome = converge_project.write(
+        {
+            "sites/test/site.yaml": SITE,
+            "sites/test/principals.yaml": (
+                "principals:\n  - {id: alice, kind: person, roles: [qa]}\n"
+            ),
+            "policies/gmp.yaml": """
             policy: gmp-temperatures
             title: GMP temperatures
             owner: quality-assurance
@@ -195,13 +208,17 @@ def test_a_role_nobody_holds_is_placed_at_that_role(converge_project: ProjectBui
               read:
                 - qa
                 - auditors
-            """}).compile()
+            """,
+        }
+    ).compile()
     outcome.assert_findings([("policies/gmp.yaml", 11, 7, "role-unheld")])
 
 
 CRASHING_MAPPINGS = {
     # a list written as a mapping that has a key named 'type'
-    "policy controls": ("policies/gmp.yaml", """
+    "policy controls": (
+        "policies/gmp.yaml",
+        """
         policy: gmp-temperatures
         title: GMP temperatures
         owner: quality-assurance
@@ -212,19 +229,32 @@ CRASHING_MAPPINGS = {
           devices: {class: reactor}
         capture:
           every: 5s
-        """, 5, 3),
-    "site devices": ("sites/test/site.yaml", """
+        """,
+        5,
+        3,
+    ),
+    "site devices": (
+        "sites/test/site.yaml",
+        """
         site: test-plant
         timezone: Europe/Zurich
         devices:
           id: reactor-1
           type: plc
-        """, 4, 3),
-    "principals": ("sites/test/principals.yaml", """
+        """,
+        4,
+        3,
+    ),
+    "principals": (
+        "sites/test/principals.yaml",
+        """
         principals:
           id: alice
           type: person
-        """, 2, 3),
+        """,
+        2,
+        3,
+    ),
 }
 
 
@@ -233,7 +263,9 @@ def test_a_list_written_as_a_mapping_with_a_type_key_is_a_finding(
     converge_project: ProjectBuilder, kind: str
 ) -> None:
     path, text, line, col = CRASHING_MAPPINGS[kind]
-    files = {"sites/test/site.yaml": SITE, "policies/gmp.yaml": """
+    files = {
+        "sites/test/site.yaml": SITE,
+        "policies/gmp.yaml": """
         policy: gmp-temperatures
         title: GMP temperatures
         owner: quality-assurance
@@ -241,7 +273,9 @@ def test_a_list_written_as_a_mapping_with_a_type_key_is_a_finding(
           devices: {class: reactor}
         capture:
           every: 5s
-        """}
+        """,
+    }
     outcome = converge_project.write({**files, path: text}).compile()
     assert (path, line, col, "wrong-type") in [
-        (f.location.path, f.location.line, f.location.col, f.code) for f in outcome.findings]
+        (f.location.path, f.location.line, f.location.col, f.code) for f in outcome.findings
+    ]

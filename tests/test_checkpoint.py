@@ -183,16 +183,26 @@ def test_origin_mismatch_says_got_and_want():
         "\n1\n" + base64.b64encode(bytes(32)).decode() + "\n",
         "o\n１\n" + base64.b64encode(bytes(32)).decode() + "\n",
     ],
-    ids=["two-lines", "leading-zero", "negative", "no-final-newline", "unpadded-root",
-         "empty-extension", "empty-origin", "fullwidth-digit"],
-)  # fmt: skip
+    ids=[
+        "two-lines",
+        "leading-zero",
+        "negative",
+        "no-final-newline",
+        "unpadded-root",
+        "empty-extension",
+        "empty-origin",
+        "fullwidth-digit",
+    ],
+)
 def test_malformed_checkpoint_texts(text):
     with pytest.raises(MalformedCheckpoint):
         Checkpoint.from_text(text)
 
 
-line = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f",
-                             blacklist_categories=("Cs",)), min_size=1)
+line = st.text(
+    st.characters(min_codepoint=0x20, blacklist_characters="\x7f", blacklist_categories=("Cs",)),
+    min_size=1,
+)
 
 
 @given(line, st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32), st.lists(line))

@@ -27,8 +27,12 @@ from engine.testkit import ProjectBuilder
 REPO = Path(__file__).resolve().parent.parent
 CONVERGE = Path(sys.executable).parent / "converge"
 BASEL = "examples/sites/plant-basel"
-PACKS = ["policies/gmp", "policies/security", "policies/privacy",
-         "policies/utility/energy-metering.yaml"]
+PACKS = [
+    "policies/gmp",
+    "policies/security",
+    "policies/privacy",
+    "policies/utility/energy-metering.yaml",
+]
 AT = ["--at", "2026-06-01"]
 INPUTS = ["-p", *PACKS, "-s", BASEL, *AT]
 
@@ -125,8 +129,9 @@ def test_check_prints_every_finding_as_path_line_col_and_exits_1(project, capsys
 
 
 def test_check_warnings_alone_exit_0(project, capsys):
-    project.write({"policies/gmp.yaml": POLICY.replace("{class: reactor}", "{class: [reactor, x]}")
-                   })
+    project.write(
+        {"policies/gmp.yaml": POLICY.replace("{class: reactor}", "{class: [reactor, x]}")}
+    )
     code, out, _ = converge(capsys, "check", *ARGS)
     assert code == 0
     assert "warning: policy gmp-data: applies.devices.class 'x' matches no device" in out
@@ -136,10 +141,16 @@ def test_check_json_gives_code_and_place_of_each_finding(project, capsys):
     project.write({"policies/gmp.yaml": TYPO})
     code, out, _ = converge(capsys, "check", *ARGS, "--format", "json")
     assert code == 1
-    assert json.loads(out) == [{
-        "path": "policies/gmp.yaml", "line": 9, "col": 1, "severity": "error",
-        "code": "unknown-key", "message": "unknown key 'acess' (did you mean 'access'?)",
-    }]
+    assert json.loads(out) == [
+        {
+            "path": "policies/gmp.yaml",
+            "line": 9,
+            "col": 1,
+            "severity": "error",
+            "code": "unknown-key",
+            "message": "unknown key 'acess' (did you mean 'access'?)",
+        }
+    ]
 
 
 def test_check_json_of_valid_input_is_an_empty_list(project, capsys):
@@ -148,9 +159,13 @@ def test_check_json_of_valid_input_is_an_empty_list(project, capsys):
 
 
 def test_check_sarif_is_a_sarif_2_1_0_log(project, capsys):
-    project.write({"policies/gmp.yaml": TYPO.replace("every: 10s", "every: 10"),
-                   "policies/other.yaml": POLICY.replace("gmp-data", "other-data"),
-                   "sites/test/principals.yaml": PRINCIPALS})
+    project.write(
+        {
+            "policies/gmp.yaml": TYPO.replace("every: 10s", "every: 10"),
+            "policies/other.yaml": POLICY.replace("gmp-data", "other-data"),
+            "sites/test/principals.yaml": PRINCIPALS,
+        }
+    )
     code, out, _ = converge(capsys, "check", *ARGS, "--format", "sarif")
     assert code == 1
     log = json.loads(out)
@@ -164,9 +179,13 @@ def test_check_sarif_is_a_sarif_2_1_0_log(project, capsys):
     for rule in driver["rules"]:
         assert rule["shortDescription"]["text"] == CODES[rule["id"]]
     got = [
-        (r["ruleId"], r["level"], r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
-         r["locations"][0]["physicalLocation"]["region"]["startLine"],
-         r["locations"][0]["physicalLocation"]["region"]["startColumn"])
+        (
+            r["ruleId"],
+            r["level"],
+            r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+            r["locations"][0]["physicalLocation"]["region"]["startLine"],
+            r["locations"][0]["physicalLocation"]["region"]["startColumn"],
+        )
         for r in run["results"]
     ]
     assert got == [
@@ -193,7 +212,10 @@ def test_plan_writes_one_plan_per_device_and_an_index(project, capsys):
     assert code == 0
     out = project.root / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "index.json", "reactor-1.plan.json", "reactor-2.plan.json"]
+        "index.json",
+        "reactor-1.plan.json",
+        "reactor-2.plan.json",
+    ]
     index = json.loads((out / "index.json").read_bytes())
     assert index["format"] == "converge.plan-index/v1"
     assert index["as_of"] == {"test-plant": "2026-06-01"}
@@ -225,7 +247,9 @@ def test_plan_removes_the_stale_plan_of_a_device_no_longer_planned(project, caps
     code, _, _ = converge(capsys, "plan", *ARGS, "-o", "out")
     assert code == 0
     assert sorted(p.name for p in (project.root / "out").iterdir()) == [
-        "index.json", "reactor-1.plan.json"]
+        "index.json",
+        "reactor-1.plan.json",
+    ]
 
 
 def test_plan_with_errors_writes_nothing_and_exits_1(project, capsys):
@@ -259,8 +283,9 @@ def test_explain_text_names_winners_losers_and_waivers(in_repo, capsys):
     assert lines[0] == f"reactor-7/TT701_PV (temperature, degC) at {BASEL}/site.yaml:149:9"
     assert "  capture.every = 5s  (the shortest interval wins)" in lines
     assert "  signing.keys = site-integrity  (every key signs every batch root)" in lines
-    assert ("      from security-data-integrity @ policies/security/data-integrity.yaml:30:9"
-            in lines)
+    assert (
+        "      from security-data-integrity @ policies/security/data-integrity.yaml:30:9" in lines
+    )
     waived = [line for line in lines if line.startswith("  waived")]
     assert waived == [
         "  waived signing of gmp-critical-process-data until 2027-03-31: legacy RTU; paper chart"
@@ -274,7 +299,7 @@ def test_explain_text_shows_the_losing_demand(in_repo, capsys):
     _, out, _ = converge(capsys, "explain", "reactor-1-plc/AGITATOR_RUN", *INPUTS)
     lines = out.splitlines()
     at = lines.index("  retention.keep_at_least = 7y  (the longest minimum retention wins)")
-    assert lines[at + 1:at + 3] == [
+    assert lines[at + 1 : at + 3] == [
         "      from gmp-equipment-state-audit-trail @"
         " policies/gmp/equipment-state-audit-trail.yaml:34:18",
         "      lost 1y of security-auditable-events @"
@@ -287,40 +312,55 @@ def test_explain_json_lists_winners_losers_with_reason_and_waivers(in_repo, caps
     assert code == 0
     [entry] = json.loads(out)
     assert entry["point"] == "reactor-7/TT701_PV"
-    assert entry["policies"] == ["gmp-critical-process-data", "security-access-control",
-                                 "security-data-integrity"]
+    assert entry["policies"] == [
+        "gmp-critical-process-data",
+        "security-access-control",
+        "security-data-integrity",
+    ]
     keys = entry["facets"]["signing.keys"]
     assert keys["value"] == "site-integrity"
-    assert keys["won"] == [{"policy": "security-data-integrity",
-                            "at": "policies/security/data-integrity.yaml:30:9"}]
+    assert keys["won"] == [
+        {"policy": "security-data-integrity", "at": "policies/security/data-integrity.yaml:30:9"}
+    ]
     [waiver] = entry["waived"]
     assert waiver["policy"] == "gmp-critical-process-data"
     assert waiver["facets"] == ["signing"]
-    assert waiver["removed"] == {"signing.required": "true", "signing.keys": "qa-signing",
-                                 "signing.batch_window_ms": "1m"}
+    assert waiver["removed"] == {
+        "signing.required": "true",
+        "signing.keys": "qa-signing",
+        "signing.batch_window_ms": "1m",
+    }
     assert waiver["expires"] == "2027-03-31"
     assert waiver["approved_by"] == "j.doe@example.com"
 
 
 def test_explain_json_lost_candidates_say_why(in_repo, capsys):
-    _, out, _ = converge(capsys, "explain", "reactor-1-plc/AGITATOR_RUN", *INPUTS,
-                         "--format", "json")
+    _, out, _ = converge(
+        capsys, "explain", "reactor-1-plc/AGITATOR_RUN", *INPUTS, "--format", "json"
+    )
     [entry] = json.loads(out)
-    assert entry["facets"]["retention.keep_at_least_ms"]["lost"] == [{
-        "policy": "security-auditable-events",
-        "at": "policies/security/auditable-events.yaml:40:18",
-        "value": "1y",
-        "why": "the longest minimum retention wins (7y)",
-    }]
+    assert entry["facets"]["retention.keep_at_least_ms"]["lost"] == [
+        {
+            "policy": "security-auditable-events",
+            "at": "policies/security/auditable-events.yaml:40:18",
+            "value": "1y",
+            "why": "the longest minimum retention wins (7y)",
+        }
+    ]
     assert entry["facets"]["retention.on_expiry"]["lost"][0]["why"] == (
-        "archive beats delete (archive)")
+        "archive beats delete (archive)"
+    )
     assert entry["waived"] == []
 
 
 def test_explain_a_device_explains_each_of_its_points(in_repo, capsys):
     _, out, _ = converge(capsys, "explain", "reactor-7", *INPUTS, "--format", "json")
     assert [e["point"] for e in json.loads(out)] == [
-        "reactor-7/TT701_PV", "reactor-7/PT701_PV", "reactor-7/LT701_PV", "reactor-7/SC701_PV"]
+        "reactor-7/TT701_PV",
+        "reactor-7/PT701_PV",
+        "reactor-7/LT701_PV",
+        "reactor-7/SC701_PV",
+    ]
 
 
 def test_explain_an_ungoverned_point_says_it_is_not_collected(project, capsys):
@@ -350,10 +390,14 @@ def test_coverage_lists_ungoverned_points_and_policy_counts(in_repo, capsys):
     assert report["points"] == 31
     assert report["governed"] == 24
     assert report["ungoverned"] == [
-        "boiler-gateway/steam_flow", "boiler-gateway/steam_pressure",
-        "boiler-gateway/fuel_gas_energy", "access-badge-gw/last_badge",
-        "access-badge-gw/occupancy_production", "access-badge-gw/occupancy_office",
-        "access-badge-gw/reader_online"]
+        "boiler-gateway/steam_flow",
+        "boiler-gateway/steam_pressure",
+        "boiler-gateway/fuel_gas_energy",
+        "access-badge-gw/last_badge",
+        "access-badge-gw/occupancy_production",
+        "access-badge-gw/occupancy_office",
+        "access-badge-gw/reader_online",
+    ]
     assert {p["policy"]: p["points"] for p in report["policies"]} == {
         "gmp-cleanroom-environmental-monitoring": 5,
         "gmp-critical-process-data": 16,
@@ -361,13 +405,16 @@ def test_coverage_lists_ungoverned_points_and_policy_counts(in_repo, capsys):
     }
 
 
-@pytest.mark.parametrize(("at", "status"), [
-    ("2026-06-01", "in force"),
-    ("2027-02-28", "in force"),   # 31 days left
-    ("2027-03-01", "expiring"),   # 30 days left
-    ("2027-03-31", "expiring"),   # its last day
-    ("2027-04-01", "expired"),
-])
+@pytest.mark.parametrize(
+    ("at", "status"),
+    [
+        ("2026-06-01", "in force"),
+        ("2027-02-28", "in force"),  # 31 days left
+        ("2027-03-01", "expiring"),  # 30 days left
+        ("2027-03-31", "expiring"),  # its last day
+        ("2027-04-01", "expired"),
+    ],
+)
 def test_coverage_exception_status_by_date(in_repo, capsys, at, status):
     report = coverage_json(capsys, "-p", *PACKS, "-s", BASEL, "--at", at)
     [exception] = report["exceptions"]
@@ -380,10 +427,13 @@ def test_coverage_exception_status_by_date(in_repo, capsys, at, status):
 def test_coverage_text_reports_an_expired_exception(in_repo, capsys):
     code, out, _ = converge(capsys, "coverage", "-p", *PACKS, "-s", BASEL, "--at", "2027-04-01")
     assert code == 0
-    assert ("expired until 2027-03-31: signing of gmp-critical-process-data waived on 0 points"
-            in out)
-    assert ("policies/gmp/critical-process-data.yaml:65:5: warning: exception for reactor-7"
-            " expired on 2027-03-31 and no longer applies") in out
+    assert (
+        "expired until 2027-03-31: signing of gmp-critical-process-data waived on 0 points" in out
+    )
+    assert (
+        "policies/gmp/critical-process-data.yaml:65:5: warning: exception for reactor-7"
+        " expired on 2027-03-31 and no longer applies"
+    ) in out
 
 
 # --- diff ---------------------------------------------------------------------------------
@@ -408,28 +458,38 @@ def test_diff_of_unchanged_policies_exits_0(old_and_new, capsys):
     assert (code, out) == (0, "no point changes\n")
 
 
-@pytest.mark.parametrize(("edit", "facet", "change"), [
-    (("every: 10s", "every: 5s"), "capture.every", "stricter"),
-    (("every: 10s", "every: 1m"), "capture.every", "looser"),
-    (("read: [qa]", "read: [qa, auditor]"), "access.read", "looser"),
-    (("read: [qa]", "read: []"), "access.read", "stricter"),
-    (("deny: [contractor]", "deny: []"), "access.deny", "looser"),
-    (("deny: [contractor]", "deny: [contractor, visitor]"), "access.deny", "stricter"),
-])
+@pytest.mark.parametrize(
+    ("edit", "facet", "change"),
+    [
+        (("every: 10s", "every: 5s"), "capture.every", "stricter"),
+        (("every: 10s", "every: 1m"), "capture.every", "looser"),
+        (("read: [qa]", "read: [qa, auditor]"), "access.read", "looser"),
+        (("read: [qa]", "read: []"), "access.read", "stricter"),
+        (("deny: [contractor]", "deny: []"), "access.deny", "looser"),
+        (("deny: [contractor]", "deny: [contractor, visitor]"), "access.deny", "stricter"),
+    ],
+)
 def test_diff_marks_each_change_stricter_or_looser(old_and_new, capsys, edit, facet, change):
     old_and_new.write({"new/gmp.yaml": POLICY.replace(*edit)})
     code, changes = diff_json(capsys)
     assert code == 1
     assert [(c["point"], c["facet"], c["change"]) for c in changes] == [
-        ("reactor-1/TT1_PV", facet, change), ("reactor-2/TT2_PV", facet, change)]
+        ("reactor-1/TT1_PV", facet, change),
+        ("reactor-2/TT2_PV", facet, change),
+    ]
 
 
 def test_diff_removing_the_deny_facet_is_looser(old_and_new, capsys):
     old_and_new.write({"new/gmp.yaml": POLICY.replace("  deny: [contractor]\n", "")})
     code, changes = diff_json(capsys)
     assert code == 1
-    assert changes[0] == {"point": "reactor-1/TT1_PV", "facet": "access.deny",
-                          "old": "contractor", "new": None, "change": "looser"}
+    assert changes[0] == {
+        "point": "reactor-1/TT1_PV",
+        "facet": "access.deny",
+        "old": "contractor",
+        "new": None,
+        "change": "looser",
+    }
 
 
 def test_diff_text_names_each_point_and_change(old_and_new, capsys):
@@ -512,8 +572,9 @@ def test_policy_unit_tests_against_broken_inputs_show_the_findings(project, caps
 # --- schema and usage ---------------------------------------------------------------------
 
 EXAMPLES = {
-    "policy": sorted(str(p) for p in (REPO / "policies").glob("*/*.yaml")
-                     if p.parent.name != "tests"),
+    "policy": sorted(
+        str(p) for p in (REPO / "policies").glob("*/*.yaml") if p.parent.name != "tests"
+    ),
     "site": [f"{REPO}/{BASEL}/site.yaml", f"{REPO}/examples/sites/water-works/site.yaml"],
     "principals": [f"{REPO}/{BASEL}/principals.yaml"],
 }
@@ -536,18 +597,24 @@ def test_schema_of_a_policy_rejects_the_retension_typo(capsys):
     _, out, _ = converge(capsys, "schema", "policy")
     policy = yaml.safe_load((REPO / "policies/gmp/critical-process-data.yaml").read_text())
     policy["retension"] = policy.pop("retention")
-    errors = list(jsonschema.Draft202012Validator(json.loads(out)).iter_errors(
-        json.loads(json.dumps(policy, default=str))))
+    errors = list(
+        jsonschema.Draft202012Validator(json.loads(out)).iter_errors(
+            json.loads(json.dumps(policy, default=str))
+        )
+    )
     assert errors
 
 
-@pytest.mark.parametrize("argv", [
-    ["check", "--bogus"],
-    ["frobnicate"],
-    [],
-    ["schema", "plan"],
-    ["check", "--at", "2026-13-01"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "--bogus"],
+        ["frobnicate"],
+        [],
+        ["schema", "plan"],
+        ["check", "--at", "2026-13-01"],
+    ],
+)
 def test_usage_errors_exit_2(capsys, argv):
     code, _, err = converge(capsys, *argv)
     assert code == 2
@@ -559,8 +626,15 @@ def test_usage_errors_exit_2(capsys, argv):
 
 def run_script(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    done = subprocess.run([str(CONVERGE), *argv], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+    done = subprocess.run(
+        [str(CONVERGE), *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert "Traceback" not in done.stderr
     return done
 
@@ -588,8 +662,13 @@ def test_script_plan_and_version(tmp_path):
     assert done.returncode == 0
     rows = json.loads(done.stdout)
     assert [r["device"] for r in rows] == [
-        "reactor-1-plc", "cleanroom-emu-1", "reactor-7", "filler-2", "boiler-gateway",
-        "access-badge-gw"]
+        "reactor-1-plc",
+        "cleanroom-emu-1",
+        "reactor-7",
+        "filler-2",
+        "boiler-gateway",
+        "access-badge-gw",
+    ]
     for row in rows:
         assert verify_plan(Path(row["file"]).read_bytes())["digest"] == row["digest"]
     assert run_script("--version").stdout.startswith("converge ")
@@ -634,12 +713,14 @@ def test_an_invalid_policy_test_file_is_reported_in_plain_words(project, capsys)
     code, _, err = converge(capsys, "test", "tests")
     assert code == 1
     assert err.splitlines()[0] == (
-        "tests/unit.yaml:3:8: error: cases must be a list of mappings, got 3")
+        "tests/unit.yaml:3:8: error: cases must be a list of mappings, got 3"
+    )
 
 
 def test_output_into_a_closed_pipe_has_no_traceback():
-    child = subprocess.Popen([str(CONVERGE), "schema", "site"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [str(CONVERGE), "schema", "site"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert child.stdout is not None and child.stderr is not None
     child.stdout.close()  # the reader went away before the first byte, as `| head -0` does
     err = child.stderr.read().decode()

@@ -67,14 +67,18 @@ class FakeSession:
             self.events.append(("decoded", self.device, scheduled_at))
         if "values" in behaviour:
             values = behaviour["values"]
-            return [Reading(self.device, p, datetime.now(UTC), values(p, len(self.reads)))
-                    for p in group["points"]]
+            return [
+                Reading(self.device, p, datetime.now(UTC), values(p, len(self.reads)))
+                for p in group["points"]
+            ]
         code = behaviour.get("code")
         busy = behaviour.get("busy_times", 0)
         now = datetime.now(UTC)
         if code is not None and (busy == 0 or len(self.reads) <= busy):
-            return [Gap(self.device, p, scheduled_at, GapReason.EXCEPTION, raw_code=code)
-                    for p in group["points"]]
+            return [
+                Gap(self.device, p, scheduled_at, GapReason.EXCEPTION, raw_code=code)
+                for p in group["points"]
+            ]
         return [Reading(self.device, p, now, len(self.reads)) for p in group["points"]]
 
     async def subscribe(self, group, deliver):
@@ -85,6 +89,7 @@ class FakeSession:
                     await deliver(Reading(self.device, p, datetime.now(UTC), i))
             if self.behaviour.get("drop_after_messages"):
                 self.connected = False  # the broker went away; nothing else tells the collector
+
         asyncio.get_running_loop().create_task(feed())
 
     async def close(self):
@@ -110,16 +115,26 @@ class FakeProtocol:
         return session
 
 
-def plan_body(device, groups, *, limits=None, timezone="Europe/Zurich", valid_until=None,
-              capture=None):
+def plan_body(
+    device, groups, *, limits=None, timezone="Europe/Zurich", valid_until=None, capture=None
+):
     names = [p for g in groups for p in g["points"]]
     capture = capture or {}
     body = {
-        "format": PLAN_FORMAT, "site": "test", "timezone": timezone, "as_of": "2026-06-01",
-        "device": {"id": device, "protocol": "fake", "endpoint": {},
-                   "limits": {"max_connections": 1, "max_gap": 0, **(limits or {})}},
-        "points": [{"name": n, "address": {}, **({"capture": capture[n]} if n in capture else {})}
-                   for n in names],
+        "format": PLAN_FORMAT,
+        "site": "test",
+        "timezone": timezone,
+        "as_of": "2026-06-01",
+        "device": {
+            "id": device,
+            "protocol": "fake",
+            "endpoint": {},
+            "limits": {"max_connections": 1, "max_gap": 0, **(limits or {})},
+        },
+        "points": [
+            {"name": n, "address": {}, **({"capture": capture[n]} if n in capture else {})}
+            for n in names
+        ],
         "read_groups": groups,
     }
     if valid_until:
@@ -134,8 +149,14 @@ def write_plans(folder: Path, bodies) -> Path:
         digest, data = seal({k: canonical_json(v) for k, v in body.items()})
         name = f"{body['device']['id']}.plan.json"
         (folder / name).write_bytes(data)
-        entries.append({"device": body["device"]["id"], "file": name, "digest": digest,
-                        "points": len(body["points"])})
+        entries.append(
+            {
+                "device": body["device"]["id"],
+                "file": name,
+                "digest": digest,
+                "points": len(body["points"]),
+            }
+        )
     index = {"format": INDEX_FORMAT, "as_of": {}, "plans": entries, "ungoverned": []}
     (folder / "index.json").write_bytes(canonical_json(index))
     return folder
@@ -153,9 +174,12 @@ def collect(tmp_path, bodies, duration, behaviours=None, **kwargs):
 
 
 def fast_config(**kwargs):
-    return CollectConfig(retry=Backoff(base=0.01, cap=0.05, rng=random.Random(1)),
-                         reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(2)),
-                         breaker_cooldown_s=0.3, **kwargs)
+    return CollectConfig(
+        retry=Backoff(base=0.01, cap=0.05, rng=random.Random(1)),
+        reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(2)),
+        breaker_cooldown_s=0.3,
+        **kwargs,
+    )
 
 
 # --- pure scheduling ----------------------------------------------------------------------
@@ -182,16 +206,14 @@ def fires(expression: str, start: datetime, n: int) -> list[int]:
 
 def test_cron_in_spring_forward_fires_after_the_missing_hour():
     daily = fires("0 2 * * *", datetime(2026, 3, 28, 12, tzinfo=ZURICH), 2)
-    assert [local(t) for t in daily] == ["2026-03-29T03:00:00+02:00",
-                                         "2026-03-30T02:00:00+02:00"]
+    assert [local(t) for t in daily] == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"]
     hourly = fires("30 * * * *", datetime(2026, 3, 29, 0, tzinfo=ZURICH), 4)
     assert {b - a for a, b in itertools.pairwise(hourly)} == {3_600_000}
 
 
 def test_cron_in_fall_back_fires_fixed_hours_once_and_every_real_hour():
     daily = fires("0 2 * * *", datetime(2026, 10, 24, 12, tzinfo=ZURICH), 2)
-    assert [local(t) for t in daily] == ["2026-10-25T02:00:00+02:00",
-                                         "2026-10-26T02:00:00+01:00"]
+    assert [local(t) for t in daily] == ["2026-10-25T02:00:00+02:00", "2026-10-26T02:00:00+01:00"]
     hourly = fires("30 * * * *", datetime(2026, 10, 25, 0, tzinfo=ZURICH), 5)
     assert {b - a for a, b in itertools.pairwise(hourly)} == {3_600_000}
     assert local(hourly[2]) == "2026-10-25T02:30:00+02:00"
@@ -203,8 +225,9 @@ def test_a_run_across_the_dst_change_samples_at_local_cron_times(tmp_path):
     start = datetime(2026, 3, 29, 1, 50, tzinfo=ZURICH).timestamp()
     group = {"points": ["p"], "cron": ["*/15 * * * *"]}
     body = plan_body("d", [group], limits={"timeout_ms": 3_600_000})
-    _, sink, _ = collect(tmp_path, [body], duration=3600 * 0.8,
-                         clock=ScaledClock(start, speed=3600))
+    _, sink, _ = collect(
+        tmp_path, [body], duration=3600 * 0.8, clock=ScaledClock(start, speed=3600)
+    )
     slots = [r.scheduled_at.astimezone(ZURICH).strftime("%H:%M") for r in sink.records]
     assert slots == ["03:00", "03:15", "03:30"]
 
@@ -243,8 +266,14 @@ def test_circuit_breaker_opens_cools_down_and_closes():
 
 def test_only_busy_and_gateway_codes_are_retryable():
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    for code, expected in ((6, True), (0x0A, True), (0x0B, True), (1, False), (2, False),
-                           (3, False)):
+    for code, expected in (
+        (6, True),
+        (0x0A, True),
+        (0x0B, True),
+        (1, False),
+        (2, False),
+        (3, False),
+    ):
         assert retryable([Gap("d", "p", at, GapReason.EXCEPTION, raw_code=code)]) is expected
     assert retryable([Gap("d", "p", at, GapReason.TIMEOUT)])
     assert not retryable([Gap("d", "p", at, GapReason.REFUSED)])
@@ -266,8 +295,9 @@ def test_polled_samples_are_aligned_and_accounted(tmp_path):
 
 def test_busy_answers_are_retried_within_the_slot(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 300}])
-    _, sink, protocol = collect(tmp_path, [body], 0.45, {"d": {"code": 6, "busy_times": 2}},
-                                config=fast_config())
+    _, sink, protocol = collect(
+        tmp_path, [body], 0.45, {"d": {"code": 6, "busy_times": 2}}, config=fast_config()
+    )
     first = sink.records[0]
     assert isinstance(first, Reading) and first.value == 3
     assert len(protocol.sessions["d"].reads) >= 3
@@ -283,8 +313,9 @@ def test_illegal_address_is_never_retried(tmp_path):
 def test_a_hanging_device_does_not_delay_another(tmp_path):
     slow = plan_body("slow", [{"points": ["a"], "every_ms": 100}], limits={"timeout_ms": 60})
     fast = plan_body("fast", [{"points": ["b"], "every_ms": 100}])
-    summary, sink, _ = collect(tmp_path, [slow, fast], 0.8, {"slow": {"hang": 10}},
-                               config=fast_config(breaker_threshold=3))
+    summary, sink, _ = collect(
+        tmp_path, [slow, fast], 0.8, {"slow": {"hang": 10}}, config=fast_config(breaker_threshold=3)
+    )
     reasons = {g.reason for g in sink.gaps() if g.device == "slow"}
     assert GapReason.TIMEOUT in reasons and GapReason.REFUSED in reasons  # then breaker open
     assert not [g for g in sink.gaps() if g.device == "fast"]
@@ -293,15 +324,19 @@ def test_a_hanging_device_does_not_delay_another(tmp_path):
 
 @pytest.mark.parametrize("dead", [{"hang": 10}, {"code": 0x0B}], ids=["timeout", "gateway"])
 def test_a_dead_unit_behind_a_gateway_does_not_stall_the_others(tmp_path, dead):
-    groups = [{"unit": 1, "points": ["a"], "every_ms": 100},
-              {"unit": 2, "points": ["b"], "every_ms": 100}]
+    groups = [
+        {"unit": 1, "points": ["a"], "every_ms": 100},
+        {"unit": 2, "points": ["b"], "every_ms": 100},
+    ]
     body = plan_body("gw", groups, limits={"timeout_ms": 30})
-    summary, sink, protocol = collect(tmp_path, [body], 0.9, {"gw": {"units": {2: dead}}},
-                                      config=fast_config(breaker_threshold=3))
+    summary, sink, protocol = collect(
+        tmp_path, [body], 0.9, {"gw": {"units": {2: dead}}}, config=fast_config(breaker_threshold=3)
+    )
     dead_gaps = [g for g in sink.gaps() if g.point == "b"]
     assert dead_gaps and not [r for r in sink.readings() if r.point == "b"]
-    assert {(g.reason, g.detail) for g in dead_gaps} >= {(GapReason.REFUSED,
-                                                          "circuit breaker open")}
+    assert {(g.reason, g.detail) for g in dead_gaps} >= {
+        (GapReason.REFUSED, "circuit breaker open")
+    }
     assert not [g for g in sink.gaps() if g.point == "a"]
     slots = sorted(int(r.scheduled_at.timestamp() * 1000) for r in sink.readings())
     assert len(slots) >= 7 and {b - a for a, b in itertools.pairwise(slots)} == {100}
@@ -314,8 +349,9 @@ def test_a_dead_unit_behind_a_gateway_does_not_stall_the_others(tmp_path, dead):
 def test_a_device_without_units_keeps_one_breaker_that_drops_the_connection(tmp_path):
     groups = [{"points": ["a"], "every_ms": 100}, {"points": ["b"], "every_ms": 100}]
     body = plan_body("d", groups, limits={"timeout_ms": 30})
-    _, sink, protocol = collect(tmp_path, [body], 0.6, {"d": {"hang": 10}},
-                                config=fast_config(breaker_threshold=3))
+    _, sink, protocol = collect(
+        tmp_path, [body], 0.6, {"d": {"hang": 10}}, config=fast_config(breaker_threshold=3)
+    )
     assert not sink.readings()
     opened = [g for g in sink.gaps() if g.detail == "circuit breaker open"]
     assert {g.point for g in opened} == {"a", "b"}  # one breaker for both groups
@@ -324,16 +360,18 @@ def test_a_device_without_units_keeps_one_breaker_that_drops_the_connection(tmp_
 
 def test_a_refusing_device_reconnects_with_backoff(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 20}])
-    _, sink, protocol = collect(tmp_path, [body], 0.6, {"d": {"refuse": True}},
-                                config=fast_config())
+    _, sink, protocol = collect(
+        tmp_path, [body], 0.6, {"d": {"refuse": True}}, config=fast_config()
+    )
     assert {g.reason for g in sink.gaps()} == {GapReason.REFUSED}
     assert 3 <= protocol.sessions["d"].connects < len(sink.gaps()) / 2
 
 
 def test_request_spacing_and_rate_are_respected(tmp_path):
     groups = [{"points": [f"p{i}"], "every_ms": 200} for i in range(3)]
-    body = plan_body("d", groups, limits={"min_request_spacing_ms": 40,
-                                          "max_requests_per_second": 10})
+    body = plan_body(
+        "d", groups, limits={"min_request_spacing_ms": 40, "max_requests_per_second": 10}
+    )
     _, sink, protocol = collect(tmp_path, [body], 0.9)
     reads = protocol.sessions["d"].reads
     assert min(b - a for a, b in itertools.pairwise(reads)) >= 0.095
@@ -375,8 +413,9 @@ def test_plan_expiring_during_the_run_gives_plan_expired_gaps(tmp_path):
 
 
 def test_expired_and_tampered_plans_are_refused(tmp_path):
-    expired = plan_body("d", [{"points": ["a"], "every_ms": 500}],
-                        valid_until="2020-01-01T00:00:00Z")
+    expired = plan_body(
+        "d", [{"points": ["a"], "every_ms": 500}], valid_until="2020-01-01T00:00:00Z"
+    )
     with pytest.raises(PlanRejected, match="recompile"):
         collect(tmp_path / "x", [expired], 0.1)
     folder = write_plans(tmp_path / "y", [plan_body("d", [{"points": ["a"], "every_ms": 500}])])
@@ -388,8 +427,9 @@ def test_expired_and_tampered_plans_are_refused(tmp_path):
 
 
 def test_cli_run_refuses_an_expired_plan(tmp_path, capsys):
-    expired = plan_body("d", [{"points": ["a"], "every_ms": 500}],
-                        valid_until="2020-01-01T00:00:00Z")
+    expired = plan_body(
+        "d", [{"points": ["a"], "every_ms": 500}], valid_until="2020-01-01T00:00:00Z"
+    )
     folder = write_plans(tmp_path / "plans", [expired])
     assert main(["run", "--plans", str(folder), "--for", "1s"]) == 2
     assert "recompile" in capsys.readouterr().err
@@ -399,8 +439,9 @@ def test_json_lines_are_canonical_records(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 100}])
     pm = make_plugin_manager(load_entry_points=False, extra=[FakeProtocol({"d": {"code": 2}})])
     out = tmp_path / "out.jsonl"
-    asyncio.run(run_plans(write_plans(tmp_path / "p", [body]), pm, duration=0.35,
-                          sink=JsonLinesSink(out)))
+    asyncio.run(
+        run_plans(write_plans(tmp_path / "p", [body]), pm, duration=0.35, sink=JsonLinesSink(out))
+    )
     lines = out.read_bytes().splitlines()
     assert lines
     for line in lines:
@@ -432,10 +473,16 @@ def test_changes_are_reported_between_samples_beyond_the_deadband(tmp_path):
     def values(point, n):
         return n // 3 * 2 if point == "a" else n * 2
 
-    capture = {"a": {"every_ms": 600, "on_change": {"deadband": 1.5}},
-               "b": {"every_ms": 600, "on_change": {"deadband": 10}}}
-    body = plan_body("d", [{"points": ["a", "b"], "every_ms": 600}], capture=capture,
-                     limits={"min_interval_ms": 100})
+    capture = {
+        "a": {"every_ms": 600, "on_change": {"deadband": 1.5}},
+        "b": {"every_ms": 600, "on_change": {"deadband": 10}},
+    }
+    body = plan_body(
+        "d",
+        [{"points": ["a", "b"], "every_ms": 600}],
+        capture=capture,
+        limits={"min_interval_ms": 100},
+    )
     summary, sink, protocol = collect(tmp_path, [body], 1.9, {"d": {"values": values}})
     assert not sink.gaps()
     scheduled = [r for r in sink.readings() if r.scheduled_at is not None]
@@ -453,16 +500,21 @@ def test_changes_are_reported_between_samples_beyond_the_deadband(tmp_path):
 
 def test_on_change_polls_spend_only_spare_budget_and_never_make_gaps(tmp_path):
     capture = {"a": {"every_ms": 300, "on_change": {"deadband": 0}}}
-    body = plan_body("d", [{"points": ["a"], "every_ms": 300}], capture=capture,
-                     limits={"min_interval_ms": 50, "max_requests_per_second": 8})
+    body = plan_body(
+        "d",
+        [{"points": ["a"], "every_ms": 300}],
+        capture=capture,
+        limits={"min_interval_ms": 50, "max_requests_per_second": 8},
+    )
     summary, sink, protocol = collect(tmp_path, [body], 1.3, {"d": {"values": lambda p, n: n}})
     reads = protocol.sessions["d"].reads
     assert min(b - a for a, b in itertools.pairwise(reads)) >= 0.1  # 8/s, no burst
     assert len(reads) > sum(summary.devices["d"].scheduled.values())  # there were extra polls
     assert {g.reason for g in sink.gaps()} <= {GapReason.SHUTDOWN}
     # a failing device: its extra polls fail too, but only scheduled samples are gaps
-    failing = plan_body("e", [{"points": ["a"], "every_ms": 300}], capture=capture,
-                        limits={"min_interval_ms": 50})
+    failing = plan_body(
+        "e", [{"points": ["a"], "every_ms": 300}], capture=capture, limits={"min_interval_ms": 50}
+    )
     summary, sink, protocol = collect(tmp_path / "e", [failing], 1.0, {"e": {"code": 2}})
     assert len(sink.gaps()) == sum(summary.devices["e"].scheduled.values())
     assert len(protocol.sessions["e"].reads) > len(sink.gaps())

@@ -98,8 +98,10 @@ SITES = {
 SKIPPED = {
     "modbus": ["no subscription groups in the plans"],
     "opcua": [],
-    "mqtt": ["no read groups: the protocol only subscribes",
-             "no read groups: timeouts apply to reads"],
+    "mqtt": [
+        "no read groups: the protocol only subscribes",
+        "no read groups: timeouts apply to reads",
+    ],
     "line": ["no subscription groups in the plans"],
 }
 
@@ -126,9 +128,20 @@ def template_site_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template plugin installed by pip into a folder of its own."""
     target = tmp_path_factory.mktemp("template-install")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-         str(TEMPLATE)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(TEMPLATE),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return target
 
@@ -151,8 +164,14 @@ def test_the_installed_template_passes_the_kit_with_its_own_site(pytester: pytes
 @pytest.mark.usefixtures("template")
 def test_the_template_s_own_test_is_the_kit(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rs", "--rootdir", str(TEMPLATE),
-        "-c", str(TEMPLATE / "pyproject.toml"), str(TEMPLATE / "tests"),
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+        "--rootdir",
+        str(TEMPLATE),
+        "-c",
+        str(TEMPLATE / "pyproject.toml"),
+        str(TEMPLATE / "tests"),
     )
     assert_kit_passed(result, SKIPPED["line"])
 
@@ -163,8 +182,15 @@ def line_server(port: int) -> Iterator[None]:
     from converge_line.simulator import LineSimulator
 
     here = Location("test")
-    device = Device("line-1", "external", "line", {"host": "127.0.0.1", "port": port}, Limits(),
-                    (Point("COUNT", None, None, {"register": 0}, here, here),), here)
+    device = Device(
+        "line-1",
+        "external",
+        "line",
+        {"host": "127.0.0.1", "port": port},
+        Limits(),
+        (Point("COUNT", None, None, {"register": 0}, here, here),),
+        here,
+    )
     loop = asyncio.new_event_loop()
     simulator = LineSimulator([device], lambda device, point, t: 42)
     loop.run_until_complete(simulator.start())
@@ -182,7 +208,9 @@ def line_server(port: int) -> Iterator[None]:
 @pytest.mark.usefixtures("template")
 def test_an_external_server_is_read_without_faults(pytester: pytest.Pytester) -> None:
     port = free_port()
-    pytester.makefile(".yaml", site=f"""
+    pytester.makefile(
+        ".yaml",
+        site=f"""
         site: external
         timezone: UTC
         devices:
@@ -191,11 +219,17 @@ def test_an_external_server_is_read_without_faults(pytester: pytest.Pytester) ->
             endpoint: {{host: 127.0.0.1, port: {port}}}
             points:
               - {{name: COUNT, address: {{register: 0}}}}
-        """)
+        """,
+    )
     with line_server(port):
         result = pytester.runpytest_subprocess(
-            *KIT, "--converge-protocol", "line", "--converge-site", "site.yaml",
-            "--converge-server", "external",
+            *KIT,
+            "--converge-protocol",
+            "line",
+            "--converge-site",
+            "site.yaml",
+            "--converge-server",
+            "external",
         )
     faults = "needs the plugin's simulator and its faults"
     assert_kit_passed(result, ["no subscription groups in the plans", faults, faults])

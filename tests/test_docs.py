@@ -272,7 +272,12 @@ def test_the_example_plugin_works(tmp_path):
     fixed = str(namespace["SITE"]).replace("binary-input 2", "binary-input:2")
     good = builder.write({"sites/hvac/site.yaml": fixed}).compile()
     good.assert_success()
-    assert good.plan("ahu-3")["read_groups"] == [{
-        "kind": "read", "service": "ReadPropertyMultiple", "every_ms": 30000,
-        "objects": ["binary-input:2"], "points": ["FAN_STATUS"],
-    }]
+    assert good.plan("ahu-3")["read_groups"] == [
+        {
+            "kind": "read",
+            "service": "ReadPropertyMultiple",
+            "every_ms": 30000,
+            "objects": ["binary-input:2"],
+            "points": ["FAN_STATUS"],
+        }
+    ]

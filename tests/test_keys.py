@@ -80,8 +80,9 @@ def mode(path: Path) -> int:
 
 def test_generate_list_export_rotate_through_the_cli(keys_env, capsys):
     folder = str(keys_env)
-    code, out, _ = converge(capsys, "keys", "generate", "qa-signing", "--valid-for", "2y",
-                            "--keys", folder)
+    code, out, _ = converge(
+        capsys, "keys", "generate", "qa-signing", "--valid-for", "2y", "--keys", folder
+    )
     assert code == 0 and "qa-signing v1  current" in out
     code, out, _ = converge(capsys, "keys", "rotate", "qa-signing", "--keys", folder)
     assert code == 0 and "qa-signing v1  retired" in out and "qa-signing v2  current" in out
@@ -96,14 +97,16 @@ def test_generate_list_export_rotate_through_the_cli(keys_env, capsys):
     verifiers = [note.parse_verifier_key(line) for line in out.splitlines()]
     assert [v.key_id.hex() for v in verifiers] == [v1["key_id"], v2["key_id"]]
 
-    code, out, _ = converge(capsys, "keys", "export-public", "qa-signing", "--format", "pem",
-                            "--keys", folder)
+    code, out, _ = converge(
+        capsys, "keys", "export-public", "qa-signing", "--format", "pem", "--keys", folder
+    )
     blocks = out.split("-----END PUBLIC KEY-----\n")[:-1]
     assert len(blocks) == 2
     assert load_pem_public_key((blocks[0] + "-----END PUBLIC KEY-----\n").encode())
 
-    code, out, _ = converge(capsys, "keys", "export-public", "qa-signing", "--format", "json",
-                            "--keys", folder)
+    code, out, _ = converge(
+        capsys, "keys", "export-public", "qa-signing", "--format", "json", "--keys", folder
+    )
     assert [v["sha256"] for v in json.loads(out)] == [v1["sha256"], v2["sha256"]]
 
 
@@ -145,8 +148,7 @@ def test_a_wrong_passphrase_is_a_one_line_error(keys_env, monkeypatch, capsys):
     assert len(json.loads((keys_env / "qa-signing.json").read_text())["versions"]) == 1
 
 
-def test_without_a_passphrase_and_a_terminal_it_says_how_to_give_one(
-        keys_env, monkeypatch, capsys):
+def test_without_a_passphrase_and_a_terminal_it_says_how_to_give_one(keys_env, monkeypatch, capsys):
     monkeypatch.delenv("CONVERGE_KEY_PASSPHRASE")
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     code, _, err = converge(capsys, "keys", "generate", "qa-signing", "--keys", str(keys_env))
@@ -178,11 +180,14 @@ def test_listing_and_exporting_need_no_passphrase(keys_env, monkeypatch, capsys)
     assert converge(capsys, "keys", "export-public", "qa-signing", "--keys", str(keys_env))[0] == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["generate", "QA_signing"], "must be a kebab-case id"),
-    (["rotate", "missing"], "no key missing in"),
-    (["export-public", "missing"], "converge keys generate missing"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "QA_signing"], "must be a kebab-case id"),
+        (["rotate", "missing"], "no key missing in"),
+        (["export-public", "missing"], "converge keys generate missing"),
+    ],
+)
 def test_bad_names_are_errors(keys_env, capsys, argv, message):
     code, _, err = converge(capsys, "keys", *argv, "--keys", str(keys_env))
     assert code == 2 and message in " ".join(err.split())
@@ -222,7 +227,8 @@ def test_a_private_key_that_does_not_match_its_metadata_is_refused(tmp_path, sto
 
 
 def test_rotation_keeps_old_signatures_valid_and_rejects_the_retired_key_after_its_end(
-        store, clock):
+    store, clock
+):
     v1 = store.generate("qa-signing", timedelta(days=365))
     early = T0 + timedelta(hours=1)
     old_key = store.signer("qa-signing", early)
@@ -332,32 +338,44 @@ POLICY = """
 
 
 def test_a_policy_naming_a_key_no_store_holds_is_an_error_at_the_name(
-        converge_project: ProjectBuilder, store):
+    converge_project: ProjectBuilder, store
+):
     store.generate("qa-signing")
-    outcome = converge_project.write({"policies/gmp.yaml": POLICY,
-                                      "sites/test/site.yaml": SITE}).compile()
+    outcome = converge_project.write(
+        {"policies/gmp.yaml": POLICY, "sites/test/site.yaml": SITE}
+    ).compile()
     outcome.assert_success()
     [finding] = check_signing_keys(outcome.compilation.project, store)
     assert (finding.location.path, finding.location.line, finding.location.col) == (
-        "policies/gmp.yaml", 11, 22)
+        "policies/gmp.yaml",
+        11,
+        22,
+    )
     assert finding.code == "signing-key-unknown" and finding.severity.value == "error"
     assert "'lab-key'" in finding.message and "gmp-data" in finding.message
     store.generate("lab-key")
     assert check_signing_keys(outcome.compilation.project, store) == []
 
 
-def test_check_with_a_key_folder_names_each_unknown_key_at_its_place(
-    keys_env, capsys, monkeypatch
-):
+def test_check_with_a_key_folder_names_each_unknown_key_at_its_place(keys_env, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     converge(capsys, "keys", "generate", "site-integrity", "--keys", str(keys_env))
-    check = ("check", "-p", "policies/gmp", "-s", "examples/sites/plant-basel",
-             "--keys", str(keys_env))
+    check = (
+        "check",
+        "-p",
+        "policies/gmp",
+        "-s",
+        "examples/sites/plant-basel",
+        "--keys",
+        str(keys_env),
+    )
     code, out, _ = converge(capsys, *check)
     assert code == 1
-    assert ("policies/gmp/critical-process-data.yaml:53:10: error: signing key 'qa-signing' of "
-            "policy gmp-critical-process-data is in no key store (held: site-integrity); "
-            "converge keys generate qa-signing") in out.splitlines()
+    assert (
+        "policies/gmp/critical-process-data.yaml:53:10: error: signing key 'qa-signing' of "
+        "policy gmp-critical-process-data is in no key store (held: site-integrity); "
+        "converge keys generate qa-signing"
+    ) in out.splitlines()
     converge(capsys, "keys", "generate", "qa-signing", "--keys", str(keys_env))
     code, out, _ = converge(capsys, *check)
     assert code == 0, out
@@ -366,7 +384,14 @@ def test_check_with_a_key_folder_names_each_unknown_key_at_its_place(
 def test_check_without_a_key_folder_does_not_check_keys(capsys, monkeypatch):
     monkeypatch.delenv("CONVERGE_KEYS", raising=False)
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
-    code, out, _ = converge(capsys, "check", "-p", "policies", "-s", "examples/sites/plant-basel",
-                            "examples/sites/water-works")
+    code, out, _ = converge(
+        capsys,
+        "check",
+        "-p",
+        "policies",
+        "-s",
+        "examples/sites/plant-basel",
+        "examples/sites/water-works",
+    )
     assert code == 0, out
     assert "key store" not in out

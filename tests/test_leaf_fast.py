@@ -28,33 +28,71 @@ SAFE = 2**53 - 1
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 6, 1, 12, 0, 5, 12345, tzinfo=UTC)
 
-AWKWARD = ['"', "\\", "\x00", "\x1f", "\x7f", "\b\f\n\r\t", "\u2028", "é", "µ", "\ufb01",
-           "\U0001f600", "a\U00010000b", "\ud800", "", " ", "plc-1", "TT701_PV"]  # fmt: skip
+AWKWARD = [
+    '"',
+    "\\",
+    "\x00",
+    "\x1f",
+    "\x7f",
+    "\b\f\n\r\t",
+    "\u2028",
+    "é",
+    "µ",
+    "\ufb01",
+    "\U0001f600",
+    "a\U00010000b",
+    "\ud800",
+    "",
+    " ",
+    "plc-1",
+    "TT701_PV",
+]
 texts = st.sampled_from(AWKWARD) | st.text(max_size=12)
 near_safe = st.integers(SAFE - 3, SAFE + 3) | st.integers(-SAFE - 3, -SAFE + 3)
 integers = near_safe | st.integers(-1000, 1000) | st.integers()
-special_floats = st.sampled_from([
-    0.0, -0.0, 20.0, -20.0, 21.35, 0.1 + 0.2, 1e15, 1e16, 1e21, 1e22, 1e-4, 1e-5, 1e-7,
-    123456789012345680.0, 5e-324, 1.7976931348623157e308, 9007199254740993.0,
-    math.nan, math.inf, -math.inf,
-])  # fmt: skip
+special_floats = st.sampled_from(
+    [
+        0.0,
+        -0.0,
+        20.0,
+        -20.0,
+        21.35,
+        0.1 + 0.2,
+        1e15,
+        1e16,
+        1e21,
+        1e22,
+        1e-4,
+        1e-5,
+        1e-7,
+        123456789012345680.0,
+        5e-324,
+        1.7976931348623157e308,
+        9007199254740993.0,
+        math.nan,
+        math.inf,
+        -math.inf,
+    ]
+)
 floats = special_floats | st.floats() | st.floats(-1e6, 1e6).map(round)
 values = st.none() | st.booleans() | texts | integers | floats
 raw_codes = st.none() | integers | texts | st.booleans()
 
 fixed_offsets = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 zones = st.none() | st.just(UTC) | fixed_offsets | st.timezones()
-edge_times = st.sampled_from([
-    datetime(2026, 6, 1, 12, 0, 5, 0, tzinfo=UTC),
-    datetime(2026, 6, 1, 12, 0, 5, 999999, tzinfo=UTC),
-    datetime(2026, 6, 1, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
-    datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN),
-    datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN, fold=1),
-    datetime(2026, 3, 29, 2, 30, tzinfo=BERLIN),  # does not exist: a spring-forward gap
-    datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),  # before year 1 in UTC
-    datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1))),  # past year 9999
-    datetime(2026, 6, 1, 12),  # naive
-])  # fmt: skip
+edge_times = st.sampled_from(
+    [
+        datetime(2026, 6, 1, 12, 0, 5, 0, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, 5, 999999, tzinfo=UTC),
+        datetime(2026, 6, 1, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN),
+        datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN, fold=1),
+        datetime(2026, 3, 29, 2, 30, tzinfo=BERLIN),  # does not exist: a spring-forward gap
+        datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),  # before year 1 in UTC
+        datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1))),  # past year 9999
+        datetime(2026, 6, 1, 12),  # naive
+    ]
+)
 times = edge_times | st.builds(
     lambda d, fold: d.replace(fold=fold), st.datetimes(timezones=zones), st.integers(0, 1)
 )
@@ -174,10 +212,21 @@ def test_refusals_match_the_general_path(record: Record, salt: bytes, error: typ
 
 @pytest.mark.parametrize(
     "value, text",
-    [(20.0, "20"), (-0.0, "0"), (0.0, "0"), (1e21, "1e+21"), (1e-7, "1e-7"),
-     (1e16, "10000000000000000"), (21.35, "21.35"), (-1.5, "-1.5"), (SAFE, str(SAFE)),
-     (True, "true"), (None, "null"), ("a\"b", '"a\\"b"')],
-)  # fmt: skip
+    [
+        (20.0, "20"),
+        (-0.0, "0"),
+        (0.0, "0"),
+        (1e21, "1e+21"),
+        (1e-7, "1e-7"),
+        (1e16, "10000000000000000"),
+        (21.35, "21.35"),
+        (-1.5, "-1.5"),
+        (SAFE, str(SAFE)),
+        (True, "true"),
+        (None, "null"),
+        ('a"b', '"a\\"b"'),
+    ],
+)
 def test_numbers_and_strings_in_jcs_form(value: object, text: str):
     record = Reading("d", "p", T0, value)  # type: ignore[arg-type]
     data = leaf_bytes(record, bytes(16))

@@ -69,12 +69,15 @@ def test_syntax_error_has_a_place():
 
 def test_python_tags_are_refused():
     assert codes_at("a: !!python/object/apply:os.system [ls]\n")[0][2] in (
-        "yaml-bad-value", "yaml-syntax")
+        "yaml-bad-value",
+        "yaml-syntax",
+    )
 
 
 def test_dates_become_dates():
     assert load_text("expires: 2027-03-31\n", "p.yaml").data == {
-        "expires": datetime.date(2027, 3, 31)}
+        "expires": datetime.date(2027, 3, 31)
+    }
 
 
 def test_empty_file_is_none_data():

@@ -34,13 +34,24 @@ def site_yaml() -> str:
     devices = []
     for n, device in enumerate(DEVICES):
         points = [
-            {"name": name, "signal": signal, "unit": "u",
-             "address": {"table": "holding", "register": 10 * i, "type": "float32"}}
+            {
+                "name": name,
+                "signal": signal,
+                "unit": "u",
+                "address": {"table": "holding", "register": 10 * i, "type": "float32"},
+            }
             for i, (name, signal) in enumerate(POINTS)
         ]
-        devices.append({"id": device, "class": "reactor" if n < 2 else "rtu",
-                        "protocol": "modbus", "endpoint": {"host": "127.0.0.1", "port": 5020 + n},
-                        "limits": {"min_interval": "1s"}, "points": points})
+        devices.append(
+            {
+                "id": device,
+                "class": "reactor" if n < 2 else "rtu",
+                "protocol": "modbus",
+                "endpoint": {"host": "127.0.0.1", "port": 5020 + n},
+                "limits": {"min_interval": "1s"},
+                "points": points,
+            }
+        )
     return yaml.safe_dump({"site": "plant", "timezone": "Europe/Zurich", "devices": devices})
 
 
@@ -49,42 +60,76 @@ retention_min = st.sampled_from(["30d", "1y", "7y"])
 retention_max = st.sampled_from(["10y", "20y"])
 roles = st.lists(st.sampled_from(ROLES), max_size=3)
 
-facet_groups = st.fixed_dictionaries({}, optional={
-    "capture": st.fixed_dictionaries({}, optional={
-        "every": durations_s,
-        "cron": st.lists(st.sampled_from(["0 * * * *", "*/15 * * * *", "0 0 * * *"]), max_size=2),
-        "on_change": st.fixed_dictionaries({"deadband": st.sampled_from([0, 0.1, 0.5, 2])}),
-    }),
-    "retention": st.fixed_dictionaries({}, optional={
-        "keep_at_least": retention_min, "keep_at_most": retention_max,
-        "on_expiry": st.sampled_from(["delete", "archive"]),
-    }),
-    "signing": st.fixed_dictionaries({}, optional={
-        "required": st.booleans(), "keys": st.lists(st.sampled_from(KEYS), max_size=2),
-        "batch_window": st.sampled_from(["10s", "60s", "5m"]),
-    }),
-    "access": st.fixed_dictionaries({}, optional={"read": roles, "export": roles, "deny": roles}),
-})
+facet_groups = st.fixed_dictionaries(
+    {},
+    optional={
+        "capture": st.fixed_dictionaries(
+            {},
+            optional={
+                "every": durations_s,
+                "cron": st.lists(
+                    st.sampled_from(["0 * * * *", "*/15 * * * *", "0 0 * * *"]), max_size=2
+                ),
+                "on_change": st.fixed_dictionaries({"deadband": st.sampled_from([0, 0.1, 0.5, 2])}),
+            },
+        ),
+        "retention": st.fixed_dictionaries(
+            {},
+            optional={
+                "keep_at_least": retention_min,
+                "keep_at_most": retention_max,
+                "on_expiry": st.sampled_from(["delete", "archive"]),
+            },
+        ),
+        "signing": st.fixed_dictionaries(
+            {},
+            optional={
+                "required": st.booleans(),
+                "keys": st.lists(st.sampled_from(KEYS), max_size=2),
+                "batch_window": st.sampled_from(["10s", "60s", "5m"]),
+            },
+        ),
+        "access": st.fixed_dictionaries(
+            {}, optional={"read": roles, "export": roles, "deny": roles}
+        ),
+    },
+)
 
-applies = st.fixed_dictionaries({}, optional={
-    "devices": st.fixed_dictionaries({}, optional={
-        "id": st.lists(st.sampled_from([*DEVICES, "plc-*"]), min_size=1, max_size=2),
-        "class": st.sampled_from(["reactor", "rtu"]),
-    }),
-    "points": st.fixed_dictionaries({}, optional={
-        "signal": st.lists(st.sampled_from([s for _, s in POINTS]), min_size=1, max_size=2),
-    }),
-})
+applies = st.fixed_dictionaries(
+    {},
+    optional={
+        "devices": st.fixed_dictionaries(
+            {},
+            optional={
+                "id": st.lists(st.sampled_from([*DEVICES, "plc-*"]), min_size=1, max_size=2),
+                "class": st.sampled_from(["reactor", "rtu"]),
+            },
+        ),
+        "points": st.fixed_dictionaries(
+            {},
+            optional={
+                "signal": st.lists(st.sampled_from([s for _, s in POINTS]), min_size=1, max_size=2),
+            },
+        ),
+    },
+)
 
-exception = st.fixed_dictionaries({
-    "devices": st.fixed_dictionaries({"id": st.lists(st.sampled_from(DEVICES), min_size=1,
-                                                     max_size=2)}),
-    "waive": st.lists(st.sampled_from(["capture", "retention", "signing", "access"]),
-                      min_size=1, max_size=2, unique=True),
-    "reason": st.just("legacy device, replacement planned"),
-    "approved_by": st.just("j.doe"),
-    "expires": st.sampled_from([date(2026, 1, 1), date(2027, 1, 1)]),
-})
+exception = st.fixed_dictionaries(
+    {
+        "devices": st.fixed_dictionaries(
+            {"id": st.lists(st.sampled_from(DEVICES), min_size=1, max_size=2)}
+        ),
+        "waive": st.lists(
+            st.sampled_from(["capture", "retention", "signing", "access"]),
+            min_size=1,
+            max_size=2,
+            unique=True,
+        ),
+        "reason": st.just("legacy device, replacement planned"),
+        "approved_by": st.just("j.doe"),
+        "expires": st.sampled_from([date(2026, 1, 1), date(2027, 1, 1)]),
+    }
+)
 
 
 @st.composite
@@ -92,8 +137,13 @@ def policies(draw: st.DrawFn) -> list[dict[str, Any]]:
     count = draw(st.integers(1, 4))
     result = []
     for i in range(count):
-        body = {"policy": f"policy-{i}", "title": f"P{i}", "owner": "qa",
-                "applies": draw(applies), **draw(facet_groups)}
+        body = {
+            "policy": f"policy-{i}",
+            "title": f"P{i}",
+            "owner": "qa",
+            "applies": draw(applies),
+            **draw(facet_groups),
+        }
         excs = draw(st.lists(exception, max_size=1))
         if excs:
             body["exceptions"] = excs
@@ -103,11 +153,11 @@ def policies(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 # --- the reference merger -----------------------------------------------------------------
 
+
 def _selected(policy: dict[str, Any], device: str, device_class: str, signal: str) -> bool:
     devices = policy["applies"].get("devices", {})
     ids = devices.get("id")
-    if ids and not any(device == i or (i.endswith("*") and device.startswith(i[:-1]))
-                       for i in ids):
+    if ids and not any(device == i or (i.endswith("*") and device.startswith(i[:-1])) for i in ids):
         return False
     if "class" in devices and devices["class"] != device_class:
         return False
@@ -186,8 +236,7 @@ def _project(pols: list[dict[str, Any]], order: list[int] | None = None):
 from engine.plugin_manager import make_plugin_manager  # noqa: E402
 
 _PM = make_plugin_manager()
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -36,7 +36,8 @@ from engine.plans.format import verify_plan
 REPO = Path(__file__).resolve().parent.parent
 SITE = Path("examples/sites/plant-basel")
 TARGETS = sorted(
-    p.relative_to(REPO).as_posix() for p in (REPO / "policies").rglob("*.yaml")
+    p.relative_to(REPO).as_posix()
+    for p in (REPO / "policies").rglob("*.yaml")
     if "tests" not in p.relative_to(REPO / "policies").parts  # policy unit tests, not policies
 )
 TARGETS.append((SITE / "site.yaml").as_posix())
@@ -48,12 +49,51 @@ PLUGIN_PREFIXES = ("modbus-", "opcua-", "mqtt-")
 # (tests/test_cases.py::test_a_list_written_as_a_mapping_with_a_type_key_is_a_finding);
 # add "{type: x}" here once it is fixed.
 REPLACEMENTS = [
-    "42", "-1", "0", "3.5", "1e400", ".nan", "-.inf", "0x1F", "true", "no", "null", "~", "",
-    "[]", "{}", "[a, b]", "{a: 1}", '"5s"', "'quoted'", "5s", "1.5h", "-5s", "0ms", "90d",
-    "2027-03-31", "2027-02-30", "2026-13-01", "2027-03-31T10:00:00Z", "*undefined",
-    "&anchor value", "!!binary aGk=",
-    "!!python/name:os.system", "|\n  block", ">-", "? complex", "- item", "'", '"', "#",
-    "@reserved", "%TAG", "\t", "x" * 200, "ü∂ ☃", "\\x00",
+    "42",
+    "-1",
+    "0",
+    "3.5",
+    "1e400",
+    ".nan",
+    "-.inf",
+    "0x1F",
+    "true",
+    "no",
+    "null",
+    "~",
+    "",
+    "[]",
+    "{}",
+    "[a, b]",
+    "{a: 1}",
+    '"5s"',
+    "'quoted'",
+    "5s",
+    "1.5h",
+    "-5s",
+    "0ms",
+    "90d",
+    "2027-03-31",
+    "2027-02-30",
+    "2026-13-01",
+    "2027-03-31T10:00:00Z",
+    "*undefined",
+    "&anchor value",
+    "!!binary aGk=",
+    "!!python/name:os.system",
+    "|\n  block",
+    ">-",
+    "? complex",
+    "- item",
+    "'",
+    '"',
+    "#",
+    "@reserved",
+    "%TAG",
+    "\t",
+    "x" * 200,
+    "ü∂ ☃",
+    "\\x00",
 ]
 LINE = re.compile(r"^(?P<head>\s*(?:- )?[^:#\n]+:[ ]+)(?P<value>[^#\n]+?)\s*$")
 
@@ -66,12 +106,12 @@ def _index(lines: list[str], data: st.DataObject) -> int:
 
 def delete_line(lines: list[str], data: st.DataObject) -> list[str]:
     i = _index(lines, data)
-    return lines[:i] + lines[i + 1:]
+    return lines[:i] + lines[i + 1 :]
 
 
 def duplicate_line(lines: list[str], data: st.DataObject) -> list[str]:
     i = _index(lines, data)
-    return lines[:i + 1] + lines[i:]
+    return lines[: i + 1] + lines[i:]
 
 
 def swap_lines(lines: list[str], data: st.DataObject) -> list[str]:
@@ -104,18 +144,26 @@ def replace_scalar(lines: list[str], data: st.DataObject) -> list[str]:
 def insert_character(lines: list[str], data: st.DataObject) -> list[str]:
     text = "\n".join(lines)
     at = data.draw(st.integers(0, len(text)))
-    char = data.draw(st.one_of(st.sampled_from(list(":-[]{}#&*!|>'\"%@,?\t\n \\")),
-                               st.characters(codec="utf-8")))
+    char = data.draw(
+        st.one_of(st.sampled_from(list(":-[]{}#&*!|>'\"%@,?\t\n \\")), st.characters(codec="utf-8"))
+    )
     return (text[:at] + char + text[at:]).split("\n")
 
 
 def truncate(lines: list[str], data: st.DataObject) -> list[str]:
     text = "\n".join(lines)
-    return text[:data.draw(st.integers(0, len(text)))].split("\n")
+    return text[: data.draw(st.integers(0, len(text)))].split("\n")
 
 
-MUTATIONS: list[Mutation] = [delete_line, duplicate_line, swap_lines, reindent, replace_scalar,
-                             insert_character, truncate]
+MUTATIONS: list[Mutation] = [
+    delete_line,
+    duplicate_line,
+    swap_lines,
+    reindent,
+    replace_scalar,
+    insert_character,
+    truncate,
+]
 
 
 def mutate(text: str, data: st.DataObject) -> str:
@@ -130,8 +178,9 @@ def mutate(text: str, data: st.DataObject) -> str:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the example project (all policies, the plant-basel site and its principals)."""
     root = tmp_path_factory.mktemp("pristine")
-    shutil.copytree(REPO / "policies", root / "policies",
-                    ignore=shutil.ignore_patterns("tests", "*.md"))
+    shutil.copytree(
+        REPO / "policies", root / "policies", ignore=shutil.ignore_patterns("tests", "*.md")
+    )
     shutil.copytree(REPO / SITE, root / SITE)
     return root
 

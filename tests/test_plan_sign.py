@@ -32,11 +32,25 @@ REPO = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple"
 KEY = "plan-signing"
 DATA_KEYS = ("qa-signing", "site-integrity")  # the keys the example policies name
-INPUTS = ["-p", "policies/gmp", "policies/security", "policies/privacy",
-          "policies/utility/energy-metering.yaml", "-s", "examples/sites/plant-basel",
-          "--at", "2026-06-01"]
-DEVICES = ["reactor-1-plc", "cleanroom-emu-1", "reactor-7", "filler-2", "boiler-gateway",
-           "access-badge-gw"]
+INPUTS = [
+    "-p",
+    "policies/gmp",
+    "policies/security",
+    "policies/privacy",
+    "policies/utility/energy-metering.yaml",
+    "-s",
+    "examples/sites/plant-basel",
+    "--at",
+    "2026-06-01",
+]
+DEVICES = [
+    "reactor-1-plc",
+    "cleanroom-emu-1",
+    "reactor-7",
+    "filler-2",
+    "boiler-gateway",
+    "access-badge-gw",
+]
 
 
 class Clock:
@@ -51,8 +65,9 @@ class Clock:
 
 def plan_command(folder: Path, *more: str) -> int:
     """``converge plan`` of the example plant into ``folder/plans``, from the repository."""
-    return main(["plan", *INPUTS, "-o", str(folder / "plans"), "--keys", str(folder / "keys"),
-                 *more])
+    return main(
+        ["plan", *INPUTS, "-o", str(folder / "plans"), "--keys", str(folder / "keys"), *more]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +98,12 @@ def work(compiled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     return folder
 
 
-def load(folder: Path, *, trust: bool = False, require: bool = False,
-         keys: str = "keys") -> list[dict[str, object]]:
+def load(
+    folder: Path, *, trust: bool = False, require: bool = False, keys: str = "keys"
+) -> list[dict[str, object]]:
     """``load_plans`` as ``converge run`` calls it with ``--trust`` and/or ``--require-signed``."""
     store = FileKeyStore(folder / keys) if require else None
-    verify = plan_verifier(folder / "trust.txt" if trust else None, store,
-                           KEY if require else None)
+    verify = plan_verifier(folder / "trust.txt" if trust else None, store, KEY if require else None)
     return load_plans(folder / "plans", time.time(), verify)
 
 
@@ -210,8 +225,10 @@ def test_a_resealed_plan_is_refused_by_its_signature(work):
     assert len(load(work)) == len(DEVICES)  # digest and index agree: only the signature tells
     for options in ({"trust": True}, {"require": True}):
         message = refused(work, **options)
-        assert message.startswith(f"{plan_of(work, 'reactor-1-plc')}: signature "
-                                  "reactor-1-plc.plan.sig signs digest sha256:")
+        assert message.startswith(
+            f"{plan_of(work, 'reactor-1-plc')}: signature "
+            "reactor-1-plc.plan.sig signs digest sha256:"
+        )
         assert message.endswith(f", not the plan's {digest}")
 
 
@@ -219,8 +236,10 @@ def test_a_deleted_signature_is_refused_when_trust_is_required(work, capsys):
     sig_of(work, "reactor-7").unlink()
     code, err = run(capsys, "--plans", "plans", "--trust", "trust.txt")
     assert code == 2
-    assert err == ("converge: error: plans/reactor-7.plan.json: not signed: reactor-7.plan.sig"
-                   " is missing, and --trust trust.txt requires signed plans\n")
+    assert err == (
+        "converge: error: plans/reactor-7.plan.json: not signed: reactor-7.plan.sig"
+        " is missing, and --trust trust.txt requires signed plans\n"
+    )
     assert "not signed: reactor-7.plan.sig is missing" in refused(work, require=True)
 
 
@@ -232,7 +251,8 @@ def test_signatures_swapped_between_devices_are_refused_naming_the_device(work):
     for options in ({"trust": True}, {"require": True}):
         assert refused(work, **options) == (
             f"{plan_of(work, 'reactor-1-plc')}: signature reactor-1-plc.plan.sig signs the plan"
-            " of device filler-2, not reactor-1-plc")
+            " of device filler-2, not reactor-1-plc"
+        )
 
 
 def test_a_signature_by_an_untrusted_key_is_refused(work, capsys):
@@ -244,12 +264,15 @@ def test_a_signature_by_an_untrusted_key_is_refused(work, capsys):
 
     assert refused(work, trust=True).startswith(
         f"{plan_of(work, 'reactor-1-plc')}: signature reactor-1-plc.plan.sig is refused: note"
-        " has no signature from a known key (known: plan-signing+")
+        " has no signature from a known key (known: plan-signing+"
+    )
     code, err = run(capsys, "--plans", "plans", "--keys", "keys", "--require-signed", KEY)
     assert code == 2
-    assert err == ("converge: error: plans/reactor-1-plc.plan.json: signature "
-                   "reactor-1-plc.plan.sig is refused: signature verifies with no version of "
-                   "the key\n")
+    assert err == (
+        "converge: error: plans/reactor-1-plc.plan.json: signature "
+        "reactor-1-plc.plan.sig is refused: signature verifies with no version of "
+        "the key\n"
+    )
 
 
 def test_a_retired_version_cannot_sign_after_its_end(work):
@@ -271,7 +294,8 @@ def test_a_retired_version_cannot_sign_after_its_end(work):
     message = refused(work, require=True, keys="rotating")
     assert message.startswith(
         f"{plan_of(work, 'reactor-1-plc')}: signature reactor-1-plc.plan.sig is refused: "
-        "signature by plan-signing v1 (")
+        "signature by plan-signing v1 ("
+    )
     assert "dated 2026-02-05T09:00:00+00:00 is outside its validity" in message
     # v2 dated before it began: refused too; v2 in its own validity: fine
     sign_all(work, v2, rotated - timedelta(hours=1))
@@ -291,20 +315,24 @@ def test_a_malformed_trust_file_is_a_one_line_error_at_its_line(work, capsys):
 def test_keys_without_require_signed_is_an_error(work, capsys):
     code, err = run(capsys, "--plans", "plans", "--keys", "keys")
     assert code == 2
-    assert err == ("converge: error: --keys is for --require-signed KEY or --db: name the key "
-                   "that must sign, or the store to sign into\n")
+    assert err == (
+        "converge: error: --keys is for --require-signed KEY or --db: name the key "
+        "that must sign, or the store to sign into\n"
+    )
 
 
 def test_the_signature_file_documented_in_docs_plans_is_well_formed():
     page = (REPO / "docs" / "plans.md").read_text(encoding="utf-8")
-    section = page[page.index("### The signature file"):page.index("### Checking")]
+    section = page[page.index("### The signature file") : page.index("### Checking")]
     blocks = re.findall(r"^```text\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
     text, whole = blocks
     assert whole.startswith(text + "\n")
     parsed, [signature] = note.split_note(whole)
     assert parsed == text
     claim = PlanClaim.parse(text)
-    assert (claim.device, claim.signed_at) == ("reactor-1-plc", datetime(2026, 11, 25, 11, 4, 47,
-                                                                        tzinfo=UTC))
+    assert (claim.device, claim.signed_at) == (
+        "reactor-1-plc",
+        datetime(2026, 11, 25, 11, 4, 47, tzinfo=UTC),
+    )
     assert signature.name == KEY
     assert f"{KEY} v1 (key id {signature.key_id.hex()})" in page  # as the console example says

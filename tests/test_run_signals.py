@@ -59,18 +59,30 @@ def listening(port: int, timeout: float = 20.0) -> None:
 def test_run_stops_cleanly_and_flushes(converge_project: ProjectBuilder, stop: signal.Signals):
     port = free_port()
     root = converge_project.root
-    converge_project.write({"policies/p.yaml": POLICY,
-                            "sites/s/site.yaml": SITE.format(port=port)})
-    subprocess.run([*CONVERGE, "plan", "-p", "policies", "-s", "sites/s", "-o", "plans"],
-                   cwd=root, check=True, capture_output=True, timeout=60)
-    simulator = subprocess.Popen([*CONVERGE, "simulate", "sites/s"], cwd=root,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    converge_project.write({"policies/p.yaml": POLICY, "sites/s/site.yaml": SITE.format(port=port)})
+    subprocess.run(
+        [*CONVERGE, "plan", "-p", "policies", "-s", "sites/s", "-o", "plans"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    simulator = subprocess.Popen(
+        [*CONVERGE, "simulate", "sites/s"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         listening(port)
         records = root / "records.jsonl"
-        run = subprocess.Popen([*CONVERGE, "run", "--plans", "plans", "--out", str(records)],
-                               cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+        run = subprocess.Popen(
+            [*CONVERGE, "run", "--plans", "plans", "--out", str(records)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.5)
         run.send_signal(stop)
         out, err = run.communicate(timeout=20)

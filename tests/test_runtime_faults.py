@@ -82,35 +82,41 @@ def compile_site(tmp_path: Path, pm: Any, devices: str, every: str = "500ms") ->
     site = tmp_path / "site"
     site.mkdir()
     (site / "site.yaml").write_text(f"site: faults\ntimezone: UTC\ndevices:\n{devices}")
-    (tmp_path / "policy.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "policy.yaml").write_text(
+        textwrap.dedent(f"""\
         policy: capture-all
         title: capture everything
         owner: qa
         applies:
           devices: {{site: [faults]}}
         capture: {{every: {every}}}
-        """))
+        """)
+    )
     result = compile_project(Inputs([tmp_path / "policy.yaml"], [site]), pm)
     assert result.ok, [str(f) for f in result.findings]
     write_plans(tmp_path / "plans", result.plans, result.index())
     return site
 
 
-CONFIG = CollectConfig(retry=Backoff(base=0.02, cap=0.1, rng=random.Random(1)),
-                       reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(2)),
-                       breaker_cooldown_s=0.3)
+CONFIG = CollectConfig(
+    retry=Backoff(base=0.02, cap=0.1, rng=random.Random(1)),
+    reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(2)),
+    breaker_cooldown_s=0.3,
+)
 
 
-def collect(tmp_path: Path, pm: Any, site: Path, seconds: float,
-            script: Script) -> tuple[Summary, MemorySink]:
+def collect(
+    tmp_path: Path, pm: Any, site: Path, seconds: float, script: Script
+) -> tuple[Summary, MemorySink]:
     """Serve ``site``, run ``script`` (the faults) and collect for ``seconds``, together."""
     sink = MemorySink()
 
     async def scenario() -> Summary:
         async with running(site, pm=pm) as sim:
             faults = asyncio.create_task(script(sim))
-            summary = await run_plans(tmp_path / "plans", pm, duration=seconds, sink=sink,
-                                      config=CONFIG)
+            summary = await run_plans(
+                tmp_path / "plans", pm, duration=seconds, sink=sink, config=CONFIG
+            )
             await faults
             return summary
 
@@ -121,18 +127,23 @@ def collect(tmp_path: Path, pm: Any, site: Path, seconds: float,
 
 def at(seconds: float, *faults: Fault) -> Script:
     """A script injecting ``faults`` in turn, each after waiting its ``params['after']``."""
+
     async def script(sim: Simulation) -> None:
         await asyncio.sleep(seconds)
         for fault in faults:
             await asyncio.sleep(float(fault.params.get("after", 0)))
             await sim.inject(fault)
+
     return script
 
 
 def of(sink: MemorySink, device: str) -> list[Record]:
     """The device's records, but for a sample the end of the run cut short (``shutdown``)."""
-    return [r for r in sink.records if r.device == device
-            and not (isinstance(r, Gap) and r.reason is GapReason.SHUTDOWN)]
+    return [
+        r
+        for r in sink.records
+        if r.device == device and not (isinstance(r, Gap) and r.reason is GapReason.SHUTDOWN)
+    ]
 
 
 def healthy(sink: MemorySink, device: str = "good", least: int = 3) -> None:
@@ -180,8 +191,11 @@ def test_modbus_restart_mid_run(pm, tmp_path):
 
 def test_modbus_answers_slower_than_the_timeout(pm, tmp_path):
     site = compile_site(tmp_path, pm, modbus("bad") + modbus("good"))
-    script = at(0.8, Fault("delay", "bad", {"seconds": 1.0}),
-                Fault("delay", "bad", {"seconds": 0, "after": 1.2}))
+    script = at(
+        0.8,
+        Fault("delay", "bad", {"seconds": 1.0}),
+        Fault("delay", "bad", {"seconds": 0, "after": 1.2}),
+    )
     _, sink = collect(tmp_path, pm, site, 4.0, script)
     bad = of(sink, "bad")
     assert GapReason.TIMEOUT in reasons(bad)
@@ -218,10 +232,13 @@ class Counting:
 def test_modbus_exceptions_busy_is_retried_illegal_address_is_not(pm, tmp_path, monkeypatch):
     counting = CountingSessions(monkeypatch)
     site = compile_site(tmp_path, pm, modbus("busy") + modbus("illegal") + modbus("good"))
-    script = at(0, Fault("exception", "busy", {"code": 6}),
-                Fault("exception", "illegal", {"code": 2}),
-                Fault("exception", "busy", {"code": 0, "after": 1.6}),
-                Fault("exception", "illegal", {"code": 0}))
+    script = at(
+        0,
+        Fault("exception", "busy", {"code": 6}),
+        Fault("exception", "illegal", {"code": 2}),
+        Fault("exception", "busy", {"code": 0, "after": 1.6}),
+        Fault("exception", "illegal", {"code": 0}),
+    )
     summary, sink = collect(tmp_path, pm, site, 3.0, script)
     busy, illegal = of(sink, "busy"), of(sink, "illegal")
     for records, code in ((busy, 6), (illegal, 2)):
@@ -240,8 +257,11 @@ def test_modbus_exceptions_busy_is_retried_illegal_address_is_not(pm, tmp_path, 
 
 def test_opcua_bad_status_gives_bad_readings(pm, tmp_path):
     site = compile_site(tmp_path, pm, opcua("bad") + modbus("good"))
-    script = at(0.8, Fault("bad-status", "bad", {"code": "BadSensorFailure"}),
-                Fault("bad-status", "bad", {"code": 0, "after": 1.5}))
+    script = at(
+        0.8,
+        Fault("bad-status", "bad", {"code": "BadSensorFailure"}),
+        Fault("bad-status", "bad", {"code": 0, "after": 1.5}),
+    )
     _, sink = collect(tmp_path, pm, site, 4.0, script)
     bad = [r for r in of(sink, "bad") if isinstance(r, Reading)]
     faulty = [r for r in bad if r.quality is Quality.BAD]

@@ -23,8 +23,9 @@ from engine.store.spool import Spool
 PROCESS = EvidenceConfig(writer="process")
 
 
-def _counts(site: Site, target: str, tmp_path: Path, config: EvidenceConfig | None,
-            seconds: int = 150) -> dict[str, int]:  # fmt: skip
+def _counts(
+    site: Site, target: str, tmp_path: Path, config: EvidenceConfig | None, seconds: int = 150
+) -> dict[str, int]:
     store = open_store(site, target)
     spool = Spool(tmp_path / f"spool-{config and config.writer}.db")
     items = list(records(site, seconds))
@@ -73,8 +74,17 @@ def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site, hashed: bool):
     plan = device_plan(evidence_site.plans[0])
     points = sorted(plan.points)[:5]
     rng = random.Random(7)
-    items = [Reading(plan.device, p, T0 + timedelta(seconds=s), float(s), scheduled_at=T0 +
-                     timedelta(seconds=s)) for s in range(4) for p in points]  # fmt: skip
+    items = [
+        Reading(
+            plan.device,
+            p,
+            T0 + timedelta(seconds=s),
+            float(s),
+            scheduled_at=T0 + timedelta(seconds=s),
+        )
+        for s in range(4)
+        for p in points
+    ]
     items += [Gap(plan.device, points[0], T0, GapReason.TIMEOUT, "no answer")] * 3
     items += items[:4]  # the same readings again: equal keys, different salts
     rng.shuffle(items)
@@ -106,8 +116,9 @@ def test_a_dead_sealer_is_an_error_at_close(evidence_site, tmp_path):
     spool = Spool(tmp_path / "spool.db")
 
     async def run() -> None:
-        sink = EvidenceSink(evidence_site.plans, store, evidence_site.key_store(), spool,
-                            config=PROCESS)  # fmt: skip
+        sink = EvidenceSink(
+            evidence_site.plans, store, evidence_site.key_store(), spool, config=PROCESS
+        )
         assert sink.sealer is not None
         sink.sealer.process.kill()
         sink.sealer.process.join()

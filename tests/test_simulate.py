@@ -74,8 +74,10 @@ def test_rules_match_devices_and_points_by_glob(pm):
 
 def test_simulation_file_errors_name_the_place(tmp_path):
     bad = tmp_path / "simulation.yaml"
-    bad.write_text("values:\n  - device: a\n    sine: {mean: 1, amplitude: 1}\n"
-                   "  - device: b\n    constant: {value: 1}\n    ramp: {start: 0, step: 1}\n")
+    bad.write_text(
+        "values:\n  - device: a\n    sine: {mean: 1, amplitude: 1}\n"
+        "  - device: b\n    constant: {value: 1}\n    ramp: {start: 0, step: 1}\n"
+    )
     with pytest.raises(FindingsError) as caught:
         load_rules(bad)
     places = sorted(str(f.location) for f in caught.value.findings)
@@ -84,11 +86,12 @@ def test_simulation_file_errors_name_the_place(tmp_path):
 
 def test_faults_file_is_validated(pm, tmp_path):
     devices = load_sites(BASEL, pm)[0].devices
-    assert [f.kind for _, f in load_faults(BASEL / "faults.yaml", devices)][:2] == ["stop",
-                                                                                   "start"]
+    assert [f.kind for _, f in load_faults(BASEL / "faults.yaml", devices)][:2] == ["stop", "start"]
     bad = tmp_path / "faults.yaml"
-    bad.write_text("faults:\n  - {at: 1s, device: nope, fault: stop}\n"
-                   "  - {at: 2s, device: reactor-7, fault: explode}\n")
+    bad.write_text(
+        "faults:\n  - {at: 1s, device: nope, fault: stop}\n"
+        "  - {at: 2s, device: reactor-7, fault: explode}\n"
+    )
     with pytest.raises(FindingsError) as caught:
         load_faults(bad, devices)
     assert sorted(f.location.line for f in caught.value.findings) == [2, 3]
@@ -139,14 +142,14 @@ def test_collects_from_the_modbus_simulator_through_a_stop_and_restart(pm, tmp_p
     result = compile_project(Inputs([tmp_path / "policy.yaml"], [tmp_path / "site"]), pm)
     assert result.ok, [str(f) for f in result.findings]
     write_plans(tmp_path / "plans", result.plans, result.index())
-    config = CollectConfig(reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(3)),
-                           breaker_cooldown_s=0.3)
+    config = CollectConfig(
+        reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(3)), breaker_cooldown_s=0.3
+    )
     sink = MemorySink()
 
     async def scenario():
         async with running(tmp_path / "site", tmp_path / "faults.yaml", pm=pm):
-            return await run_plans(tmp_path / "plans", pm, duration=4.2, sink=sink,
-                                   config=config)
+            return await run_plans(tmp_path / "plans", pm, duration=4.2, sink=sink, config=config)
 
     summary = asyncio.run(scenario())
     assert summary.unaccounted() == {}

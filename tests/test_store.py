@@ -214,7 +214,8 @@ def test_a_batch_written_twice_is_stored_once(evidence_site, backend):
 
 
 def test_replaying_a_spooled_batch_that_was_already_stored_stores_nothing_twice(
-        evidence_site, backend, tmp_path):  # fmt: skip
+    evidence_site, backend, tmp_path
+):
     store = open_store(evidence_site, backend)
     earlier = list(records(evidence_site, 120))
     first = seal(evidence_site, earlier)
@@ -264,9 +265,12 @@ def dense_readings(plan: Mapping[str, Any], windows: int) -> Iterator[Reading]:
 def write_until_killed(target: str, batches: Path, delay: float) -> list[str]:
     """Start a process storing ``batches`` (skipping stored ones); SIGKILL it ``delay`` s after
     its first new batch is stored. What it printed: a line per batch it saw stored."""
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, target, str(batches)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)  # fmt: skip
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, target, str(batches)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert writer.stdout is not None
     with selectors.DefaultSelector() as waiting:
         waiting.register(writer.stdout, selectors.EVENT_READ)
@@ -296,7 +300,7 @@ def test_a_writer_killed_mid_write_leaves_only_whole_batches(evidence_site, back
         logged = entries_of(store, "batch.stored")
         report = verify(evidence_site, store)
     assert report.ok, (delays, report.problems)
-    assert roots == [b.head.root for b in batches[:len(roots)]]
+    assert roots == [b.head.root for b in batches[: len(roots)]]
     assert [e.payload["root"] for e in logged] == [r.hex() for r in roots]
     assert report.counts["readings"] == PER_BATCH * len(roots)
     # every batch a writer saw stored is there; a kill after a commit may add one per round
@@ -307,9 +311,17 @@ def test_a_writer_killed_mid_write_leaves_only_whole_batches(evidence_site, back
 # --- store and forward -----------------------------------------------------------------
 
 
-def across_outage(site: Site, store: Store, spool: Spool, outage: DiskFull | ServerDown, *,
-                  during: list[Record], after: list[Record], config: EvidenceConfig,
-                  seen: Callable[[], T]) -> tuple[EvidenceSink, T]:  # fmt: skip
+def across_outage(
+    site: Site,
+    store: Store,
+    spool: Spool,
+    outage: DiskFull | ServerDown,
+    *,
+    during: list[Record],
+    after: list[Record],
+    config: EvidenceConfig,
+    seen: Callable[[], T],
+) -> tuple[EvidenceSink, T]:
     """Put ``during`` while the store is away and, once its sealed batches are delivered,
     note what ``seen`` says; then put ``after`` with the store back, and close."""
 
@@ -330,20 +342,27 @@ def across_outage(site: Site, store: Store, spool: Spool, outage: DiskFull | Ser
 
 
 def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data(
-        evidence_site, outage, tmp_path):  # fmt: skip
+    evidence_site, outage, tmp_path
+):
     store = open_store(evidence_site, outage.target)
     spool = Spool(tmp_path / "spool.db")
     during = list(records(evidence_site, 180))
     after = list(records(evidence_site, 180, start=T0 + 3 * MINUTE))
 
     sink, backlog = across_outage(
-        evidence_site, store, spool, outage, during=during, after=after,
+        evidence_site,
+        store,
+        spool,
+        outage,
+        during=during,
+        after=after,
         config=by_record(replay_chunk=1),
-        seen=lambda: [sealed.head.root for _, sealed, _ in spool.oldest(len(spool))])
+        seen=lambda: [sealed.head.root for _, sealed, _ in spool.oldest(len(spool))],
+    )
     assert sink.stats["stored"] > len(backlog) == sink.stats["spooled"] > 0
     order = stored_roots(store)
     # after the outage each live batch is stored first, then one spooled batch, oldest first
-    recovery = order[:2 * len(backlog)]
+    recovery = order[: 2 * len(backlog)]
     assert recovery[1::2] == backlog
     assert not set(recovery[0::2]) & set(backlog)
     assert (sink.stats["replayed"], sink.stats["dropped"], len(spool)) == (len(backlog), 0, 0)
@@ -354,7 +373,8 @@ def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data
 
 
 def test_a_batch_spooled_before_a_key_rotation_verifies_when_replayed_after_it(
-        evidence_site, outage, tmp_path):  # fmt: skip
+    evidence_site, outage, tmp_path
+):
     """Its signatures are judged when it was sealed and spooled, not when it was replayed."""
     site = dataclasses.replace(evidence_site, keys_dir=tmp_path / "keys")
     shutil.copytree(evidence_site.keys_dir, site.keys_dir)
@@ -387,12 +407,12 @@ def test_a_batch_spooled_before_a_key_rotation_verifies_when_replayed_after_it(
     spool.close()
 
 
-def test_a_spool_from_before_batches_kept_their_time_is_still_replayed(evidence_site,
-                                                                       tmp_path):  # fmt: skip
+def test_a_spool_from_before_batches_kept_their_time_is_still_replayed(evidence_site, tmp_path):
     sealed = seal(evidence_site, records(evidence_site, 90))[0]
     old = sqlite3.connect(tmp_path / "spool.db")
-    old.execute("CREATE TABLE spooled (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, "
-                "batch BLOB NOT NULL)")  # fmt: skip
+    old.execute(
+        "CREATE TABLE spooled (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, batch BLOB NOT NULL)"
+    )
     data = sealed.to_bytes()
     old.execute("INSERT INTO spooled (size, batch) VALUES (?, ?)", (len(data), data))
     old.commit()
@@ -409,19 +429,28 @@ SPOOL_BOUND = 300_000
 
 
 def test_a_full_spool_drops_batches_and_the_audit_log_says_which(
-        evidence_site, outage, tmp_path, capsys):  # fmt: skip
+    evidence_site, outage, tmp_path, capsys
+):
     store = open_store(evidence_site, outage.target)
     spool = Spool(tmp_path / "spool.db", max_bytes=SPOOL_BOUND)
     during = list(records(evidence_site, 180))
     after = list(records(evidence_site, 60, start=T0 + 3 * MINUTE))
 
     sink, dropped = across_outage(
-        evidence_site, store, spool, outage, during=during, after=after, config=by_record(),
-        seen=lambda: [Statement.parse(d.statement) for d in spool.dropped()])
+        evidence_site,
+        store,
+        spool,
+        outage,
+        during=during,
+        after=after,
+        config=by_record(),
+        seen=lambda: [Statement.parse(d.statement) for d in spool.dropped()],
+    )
     assert sink.stats["spooled"] > 0 and sink.stats["dropped"] == len(dropped) > 0
     logged = audit_log_json(capsys, outage.target, "batch.dropped")
     assert [(p["device"], p["window_start"], p["count"], p["root"]) for p in logged] == [
-        (d.device, d.window_start, d.count, d.root.hex()) for d in dropped]
+        (d.device, d.window_start, d.count, d.root.hex()) for d in dropped
+    ]
     [full] = audit_log_json(capsys, outage.target, "spool.full")
     assert (full["dropped"], full["max_bytes"]) == (len(dropped), SPOOL_BOUND)
     report = verify(evidence_site, store)
@@ -460,18 +489,24 @@ def run_target(away: FolderAway | ServerDown, tmp_path: Path) -> EvidenceTarget:
 
 
 def test_a_collector_starts_and_stops_while_the_store_is_away_and_loses_nothing(
-        evidence_site, away, tmp_path):  # fmt: skip
+    evidence_site, away, tmp_path
+):
     """Four runs: the store up; away at start, back mid-run; away all run; away at start and
     back before the first batch, which the sealer process then records it all into."""
     target, keys = run_target(away, tmp_path), evidence_site.key_store()
-    parts = [list(records(evidence_site, 90, start=T0 + timedelta(seconds=90 * k)))
-             for k in range(5)]  # fmt: skip
+    parts = [
+        list(records(evidence_site, 90, start=T0 + timedelta(seconds=90 * k))) for k in range(5)
+    ]
     errors: list[str | None] = []
 
-    async def run(*pieces: list[Record], back_after: int | None = None,
-                  writer: Literal["thread", "process"] = "thread") -> EvidenceSink:  # fmt: skip
-        sink = open_evidence(evidence_site.plans, evidence_site.plans_dir, target, keys,
-                             by_record(writer=writer))  # fmt: skip
+    async def run(
+        *pieces: list[Record],
+        back_after: int | None = None,
+        writer: Literal["thread", "process"] = "thread",
+    ) -> EvidenceSink:
+        sink = open_evidence(
+            evidence_site.plans, evidence_site.plans_dir, target, keys, by_record(writer=writer)
+        )
         errors.append(sink.store_error)
         for i, piece in enumerate(pieces):
             if i == back_after:
@@ -517,14 +552,18 @@ def test_a_collector_starts_and_stops_while_the_store_is_away_and_loses_nothing(
     spool.close()
 
 
-def test_a_first_run_cannot_start_while_the_store_is_away(evidence_site, away, tmp_path,
-                                                          capsys):  # fmt: skip
+def test_a_first_run_cannot_start_while_the_store_is_away(evidence_site, away, tmp_path, capsys):
     """Without the store, only the spool could say where each device's chain ends."""
     target = run_target(away, tmp_path)
     away.begin()
     with pytest.raises(StoreError, match="does not know where the chains of") as refused:
-        open_evidence(evidence_site.plans, evidence_site.plans_dir, target,
-                      evidence_site.key_store(), EvidenceConfig())  # fmt: skip
+        open_evidence(
+            evidence_site.plans,
+            evidence_site.plans_dir,
+            target,
+            evidence_site.key_store(),
+            EvidenceConfig(),
+        )
     for plan in evidence_site.plans:
         assert plan["device"]["id"] in str(refused.value)
     spool = Spool(target.spool)
@@ -532,8 +571,7 @@ def test_a_first_run_cannot_start_while_the_store_is_away(evidence_site, away, t
     spool.close()
 
 
-def test_a_collector_that_switches_spools_continues_every_chain(evidence_site, backend,
-                                                                tmp_path):  # fmt: skip
+def test_a_collector_that_switches_spools_continues_every_chain(evidence_site, backend, tmp_path):
     """A new spool holds no head, one used before holds stale ones: the store's decide."""
     store = open_store(evidence_site, backend)
     first, second = Spool(tmp_path / "first.db"), Spool(tmp_path / "second.db")
@@ -557,7 +595,8 @@ def test_a_collector_that_switches_spools_continues_every_chain(evidence_site, b
 
 
 def test_a_chain_that_ends_in_an_earlier_window_is_continued_from_its_end(
-        evidence_site, backend, tmp_path):  # fmt: skip
+    evidence_site, backend, tmp_path
+):
     """A window reopened for a late record, then a clock set back: the chain's last batch is
     not of its latest window, and the spool's head (not the store's guess) is followed."""
     store = open_store(evidence_site, backend)
@@ -594,8 +633,9 @@ def test_the_store_knows_a_chains_newest_batch_across_a_dropped_one(evidence_sit
 # --- restart: shutdown gaps for the slots missed ----------------------------------------
 
 
-def missed_slots(plans: Iterable[Mapping[str, Any]], last: datetime,
-                 until: datetime) -> dict[tuple[str, str], list[int]]:  # fmt: skip
+def missed_slots(
+    plans: Iterable[Mapping[str, Any]], last: datetime, until: datetime
+) -> dict[tuple[str, str], list[int]]:
     """Each polled point's slots (epoch ms) after ``last`` and before ``until``."""
     slots: dict[tuple[str, str], list[int]] = {}
     for plan in plans:
@@ -622,7 +662,8 @@ def shutdown_gaps(store: Store) -> dict[tuple[str, str], list[int]]:
 
 
 def test_a_restarted_collector_stores_a_shutdown_gap_for_every_missed_slot(
-        evidence_site, backend, tmp_path):  # fmt: skip
+    evidence_site, backend, tmp_path
+):
     store = open_store(evidence_site, backend)
     spool = Spool(tmp_path / "spool.db")
     asyncio.run(collect(evidence_site, store, spool, list(records(evidence_site, 150))))
@@ -641,8 +682,10 @@ def test_a_restarted_collector_stores_a_shutdown_gap_for_every_missed_slot(
     assert put == sum(map(len, expected.values()))
     # 150 s missed: 30 slots of the 5 s groups, 15 of the 10 s one, 2 of the 60 s ones
     assert sorted({len(slots) for slots in found.values()}) == [2, 15, 30]
-    assert found[("reactor-1-plc", "TT101_PV")][:2] == [epoch_ms(T0) + 150_000,
-                                                        epoch_ms(T0) + 155_000]
+    assert found[("reactor-1-plc", "TT101_PV")][:2] == [
+        epoch_ms(T0) + 150_000,
+        epoch_ms(T0) + 155_000,
+    ]
     report = verify(evidence_site, store)
     assert report.ok, report.problems
     spool.close()
@@ -691,10 +734,14 @@ def audit_verify(capsys: pytest.CaptureFixture[str], site: Site, db: str) -> tup
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("db, named", [
-    ("/nonexistent/dir/x.db", "sqlite:////nonexistent/dir/x.db"),
-    ("postgresql://converge@127.0.0.1:{port}/x?connect_timeout=2", "127.0.0.1:{port}/x"),
-], ids=["sqlite-missing-folder", "postgresql-closed-port"])  # fmt: skip
+@pytest.mark.parametrize(
+    "db, named",
+    [
+        ("/nonexistent/dir/x.db", "sqlite:////nonexistent/dir/x.db"),
+        ("postgresql://converge@127.0.0.1:{port}/x?connect_timeout=2", "127.0.0.1:{port}/x"),
+    ],
+    ids=["sqlite-missing-folder", "postgresql-closed-port"],
+)
 def test_an_unreachable_store_is_an_error_naming_it(evidence_site, capsys, db, named):
     port = closed_port()
     code, err = audit_verify(capsys, evidence_site, db.format(port=port))
@@ -710,11 +757,15 @@ def test_the_error_for_a_refused_postgresql_connection_is_one_line(evidence_site
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("db", [
-    "://nothing",
-    "postgresql://converge@127.0.0.1:notaport/db",
-    "nosuchdb://host/db",
-], ids=["no-scheme", "port-not-a-number", "unknown-dialect"])  # fmt: skip
+@pytest.mark.parametrize(
+    "db",
+    [
+        "://nothing",
+        "postgresql://converge@127.0.0.1:notaport/db",
+        "nosuchdb://host/db",
+    ],
+    ids=["no-scheme", "port-not-a-number", "unknown-dialect"],
+)
 def test_a_malformed_db_url_is_an_error(evidence_site, capsys, db):
     code, err = audit_verify(capsys, evidence_site, db)
     assert code == 2
@@ -737,14 +788,17 @@ def plant_on_free_ports(folder: Path) -> Path:
     free = {old: str(p.getsockname()[1]) for old, p in zip(fixed, probes, strict=True)}
     for probe in probes:
         probe.close()
-    yaml.write_text(re.sub(r"(port: |127\.0\.0\.1:)(\d+)", lambda m: m[1] + free[m[2]],
-                           yaml.read_text()))  # fmt: skip
+    yaml.write_text(
+        re.sub(r"(port: |127\.0\.0\.1:)(\d+)", lambda m: m[1] + free[m[2]], yaml.read_text())
+    )
     return site
 
 
 def ports_of(site: Path) -> list[int]:
-    return [int(p) for p in re.findall(r"(?:port: |127\.0\.0\.1:)(\d+)",
-                                       (site / "site.yaml").read_text())]  # fmt: skip
+    return [
+        int(p)
+        for p in re.findall(r"(?:port: |127\.0\.0\.1:)(\d+)", (site / "site.yaml").read_text())
+    ]
 
 
 def listening(port: int) -> bool:
@@ -764,34 +818,67 @@ def flip_one_byte_of_a_reading(db: Path) -> int:
     """Change one byte of the first stored reading's leaf; the id of its batch."""
     with sqlite3.connect(db) as conn:
         row_id, batch_id, leaf = conn.execute(
-            "SELECT id, batch_id, leaf FROM readings ORDER BY id LIMIT 1").fetchone()
+            "SELECT id, batch_id, leaf FROM readings ORDER BY id LIMIT 1"
+        ).fetchone()
         changed = bytearray(leaf)
         changed[len(changed) // 2] ^= 0x01
         conn.execute("UPDATE readings SET leaf = ? WHERE id = ?", (bytes(changed), row_id))
     return int(batch_id)
 
 
-def test_run_collects_the_simulated_plant_into_a_store_that_verifies(
-        tmp_path, monkeypatch, capsys):  # fmt: skip
+def test_run_collects_the_simulated_plant_into_a_store_that_verifies(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
     site = plant_on_free_ports(tmp_path / "plant")
     keys, plans = tmp_path / "keys", tmp_path / "plans"
     for name in KEY_NAMES:
         assert main(["keys", "generate", name, "--keys", str(keys)]) == 0
-    assert main(["plan", "-p", str(REPO / "policies"), "-s", str(site), "-o", str(plans),
-                 "--keys", str(keys)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                "-p",
+                str(REPO / "policies"),
+                "-s",
+                str(site),
+                "-o",
+                str(plans),
+                "--keys",
+                str(keys),
+            ]
+        )
+        == 0
+    )
     mount = tmp_path / "mnt"
     mount.mkdir()
     db, witness = mount / "evidence.db", tmp_path / "witness.jsonl"
 
     def run(seconds: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CONVERGE, "run", "--plans", str(plans), "--keys", str(keys),
-                               "--db", str(db), "--spool", str(tmp_path / "spool.db"),
-                               "--witness", str(witness), "--for", f"{seconds}s"],
-                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        return subprocess.run(
+            [
+                *CONVERGE,
+                "run",
+                "--plans",
+                str(plans),
+                "--keys",
+                str(keys),
+                "--db",
+                str(db),
+                "--spool",
+                str(tmp_path / "spool.db"),
+                "--witness",
+                str(witness),
+                "--for",
+                f"{seconds}s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
-    simulator = subprocess.Popen([*CONVERGE, "simulate", str(site)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    simulator = subprocess.Popen(
+        [*CONVERGE, "simulate", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_listening(ports_of(site))
         first = run(6)
@@ -811,8 +898,16 @@ def test_run_collects_the_simulated_plant_into_a_store_that_verifies(
     spooled = int(re.search(r"(\d+) spooled", second.stderr)[1])
     assert spooled > 0 and f"{spooled} replayed from the spool" in third.stderr, third.stderr
     capsys.readouterr()
-    verify_cli = ["audit", "verify", "--db", str(db), "--keys", str(keys), "--witness",
-                  str(witness)]  # fmt: skip
+    verify_cli = [
+        "audit",
+        "verify",
+        "--db",
+        str(db),
+        "--keys",
+        str(keys),
+        "--witness",
+        str(witness),
+    ]
     assert main(verify_cli) == 0
     out = capsys.readouterr().out
     assert "verified" in out

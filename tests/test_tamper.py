@@ -51,8 +51,9 @@ class Named:
 def assert_named(report: Report, expected: list[Named]) -> None:
     assert not report.ok
     for want in expected:
-        assert any(p.item == want.item and want.message in p.message
-                   for p in report.problems), f"{want} not among {report.problems}"  # fmt: skip
+        assert any(p.item == want.item and want.message in p.message for p in report.problems), (
+            f"{want} not among {report.problems}"
+        )
 
 
 # --- plain SQL on the store ----------------------------------------------------------------
@@ -140,30 +141,48 @@ def delete_record(table: str) -> Tamper:
 
 def delete_batch(conn: sa.Connection) -> list[Named]:
     """Delete a whole batch that another batch of its device follows."""
-    gone = one(conn, "SELECT b.id, b.device, b.window_start, b.audit_seq, n.id AS next_id "
-                     "FROM batches b JOIN batches n ON n.device = b.device "
-                     "AND n.previous_root = b.root ORDER BY b.id LIMIT 1")  # fmt: skip
+    gone = one(
+        conn,
+        "SELECT b.id, b.device, b.window_start, b.audit_seq, n.id AS next_id "
+        "FROM batches b JOIN batches n ON n.device = b.device "
+        "AND n.previous_root = b.root ORDER BY b.id LIMIT 1",
+    )
     delete_batches(conn, "id = :id", id=gone.id)
-    return [Named(f"batch of {gone.device} {gone.window_start}",
-                  f"deleted: audit entry {gone.audit_seq} records it"),
-            Named(batch_label(conn, gone.next_id), "chain broken")]  # fmt: skip
+    return [
+        Named(
+            f"batch of {gone.device} {gone.window_start}",
+            f"deleted: audit entry {gone.audit_seq} records it",
+        ),
+        Named(batch_label(conn, gone.next_id), "chain broken"),
+    ]
 
 
 def forge_reading(conn: sa.Connection) -> list[Named]:
     """Add a reading to a batch, after its last record: a copy of one with another salt."""
-    row = one(conn, "SELECT r.batch_id, r.leaf, b.count FROM readings r "
-                    "JOIN batches b ON b.id = r.batch_id ORDER BY r.id LIMIT 1")  # fmt: skip
+    row = one(
+        conn,
+        "SELECT r.batch_id, r.leaf, b.count FROM readings r "
+        "JOIN batches b ON b.id = r.batch_id ORDER BY r.id LIMIT 1",
+    )
     leaf = canonical_json({**json.loads(bytes(row.leaf)), "salt": "f" * 32})
-    run(conn, "INSERT INTO readings (batch_id, position, leaf) VALUES (:batch, :position, :leaf)",
-        batch=row.batch_id, position=row.count, leaf=leaf)  # fmt: skip
+    run(
+        conn,
+        "INSERT INTO readings (batch_id, position, leaf) VALUES (:batch, :position, :leaf)",
+        batch=row.batch_id,
+        position=row.count,
+        leaf=leaf,
+    )
     return [Named(batch_label(conn, row.batch_id), "records deleted or inserted")]
 
 
 def swap_records(conn: sa.Connection) -> list[Named]:
     """Swap the positions of a batch's first two readings (through a free position)."""
-    a, b = conn.execute(sa.text(
-        "SELECT id, batch_id, position FROM readings "
-        "WHERE batch_id = (SELECT min(batch_id) FROM readings) ORDER BY position LIMIT 2")).all()
+    a, b = conn.execute(
+        sa.text(
+            "SELECT id, batch_id, position FROM readings "
+            "WHERE batch_id = (SELECT min(batch_id) FROM readings) ORDER BY position LIMIT 2"
+        )
+    ).all()
     for record, position in ((a, -1), (b, a.position), (a, b.position)):
         run(conn, "UPDATE readings SET position = :p WHERE id = :id", p=position, id=record.id)
     return [Named(batch_label(conn, a.batch_id), "records do not hash to its signed root")]
@@ -171,21 +190,35 @@ def swap_records(conn: sa.Connection) -> list[Named]:
 
 def swap_signatures(conn: sa.Connection) -> list[Named]:
     """Swap the signatures of two batches by the same key."""
-    a, b = conn.execute(sa.text(
-        "SELECT batch_id, key, signature FROM batch_signatures WHERE key = "
-        "(SELECT min(key) FROM batch_signatures) ORDER BY batch_id LIMIT 2")).all()
+    a, b = conn.execute(
+        sa.text(
+            "SELECT batch_id, key, signature FROM batch_signatures WHERE key = "
+            "(SELECT min(key) FROM batch_signatures) ORDER BY batch_id LIMIT 2"
+        )
+    ).all()
     for this, other in ((a, b), (b, a)):
-        run(conn, "UPDATE batch_signatures SET signature = :signature "
-                  "WHERE batch_id = :id AND key = :key",
-            signature=bytes(other.signature), id=this.batch_id, key=this.key)  # fmt: skip
-    return [Named(batch_label(conn, s.batch_id), f"signature of key {s.key!r} does not verify")
-            for s in (a, b)]  # fmt: skip
+        run(
+            conn,
+            "UPDATE batch_signatures SET signature = :signature "
+            "WHERE batch_id = :id AND key = :key",
+            signature=bytes(other.signature),
+            id=this.batch_id,
+            key=this.key,
+        )
+    return [
+        Named(batch_label(conn, s.batch_id), f"signature of key {s.key!r} does not verify")
+        for s in (a, b)
+    ]
 
 
 def strip_signature(conn: sa.Connection) -> list[Named]:
     row = one(conn, "SELECT batch_id, key FROM batch_signatures ORDER BY batch_id, key LIMIT 1")
-    run(conn, "DELETE FROM batch_signatures WHERE batch_id = :id AND key = :key",
-        id=row.batch_id, key=row.key)  # fmt: skip
+    run(
+        conn,
+        "DELETE FROM batch_signatures WHERE batch_id = :id AND key = :key",
+        id=row.batch_id,
+        key=row.key,
+    )
     return [Named(batch_label(conn, row.batch_id), f"signature of key {row.key!r} is missing")]
 
 
@@ -193,16 +226,20 @@ def delete_audit_entry(conn: sa.Connection) -> list[Named]:
     """Delete an entry from the middle of the log."""
     seq = one(conn, "SELECT count(*) / 2 AS seq FROM audit_entries").seq
     run(conn, "DELETE FROM audit_entries WHERE seq = :seq", seq=seq)
-    return [Named(f"audit entry {seq}", "deleted: the log has a hole here"),
-            Named(checkpoint_label(newest_checkpoint(conn)))]
+    return [
+        Named(f"audit entry {seq}", "deleted: the log has a hole here"),
+        Named(checkpoint_label(newest_checkpoint(conn))),
+    ]
 
 
 def truncate_log(conn: sa.Connection) -> list[Named]:
     """Delete the last three audit entries and what they record."""
     checkpoint = newest_checkpoint(conn)
     cut_log(conn, checkpoint.size - 3)
-    return [Named(checkpoint_label(checkpoint), "the log was truncated"),
-            Named(newest_witness_line(conn), "older than the witnessed log")]
+    return [
+        Named(checkpoint_label(checkpoint), "the log was truncated"),
+        Named(newest_witness_line(conn), "older than the witnessed log"),
+    ]
 
 
 def edit_statement(conn: sa.Connection) -> list[Named]:
@@ -212,8 +249,10 @@ def edit_statement(conn: sa.Connection) -> list[Named]:
     statement = canonical_json({**head, "count": head["count"] + 1})
     run(conn, "UPDATE batches SET statement = :s WHERE id = :id", s=statement, id=row.id)
     label = batch_label(conn, row.id)
-    return [Named(label, "its columns disagree with its signed statement"),
-            Named(label, "does not verify")]
+    return [
+        Named(label, "its columns disagree with its signed statement"),
+        Named(label, "does not verify"),
+    ]
 
 
 def edit_plan(conn: sa.Connection) -> list[Named]:
@@ -221,8 +260,12 @@ def edit_plan(conn: sa.Connection) -> list[Named]:
     row = one(conn, "SELECT digest, device, body FROM plans ORDER BY digest LIMIT 1")
     body = json.loads(bytes(row.body))
     body["points"][0]["capture"]["every_ms"] *= 10
-    run(conn, "UPDATE plans SET body = :body WHERE digest = :digest",
-        body=canonical_json(body), digest=row.digest)  # fmt: skip
+    run(
+        conn,
+        "UPDATE plans SET body = :body WHERE digest = :digest",
+        body=canonical_json(body),
+        digest=row.digest,
+    )
     return [Named(f"plan {row.digest} ({row.device})", "digest does not verify")]
 
 
@@ -244,8 +287,9 @@ TAMPERS: dict[str, Tamper] = {
 }
 
 
-def tampered(site: Site, backend: str, tmp_path: Path,
-             tamper: Tamper) -> tuple[Report, list[Named]]:  # fmt: skip
+def tampered(
+    site: Site, backend: str, tmp_path: Path, tamper: Tamper
+) -> tuple[Report, list[Named]]:
     """Verify a filled store (it must pass), tamper with it, and verify it again."""
     store = fill(site, backend, tmp_path, SECONDS)
     untouched = verify(site, store, tmp_path)
@@ -273,8 +317,13 @@ def fork_checkpoint(site: Site) -> Tamper:
         size = newest_checkpoint(conn).size
         signer = site.key_store().signer("audit-log", datetime.now(UTC))
         forged = note.sign_checkpoint(note.Checkpoint(origin, size, bytes(32)), origin, signer)
-        run(conn, "INSERT INTO checkpoints (size, note, created_at) VALUES (:size, :note, :at)",
-            size=size, note=forged, at=now_instant())  # fmt: skip
+        run(
+            conn,
+            "INSERT INTO checkpoints (size, note, created_at) VALUES (:size, :note, :at)",
+            size=size,
+            note=forged,
+            at=now_instant(),
+        )
         return [Named(checkpoint_label(newest_checkpoint(conn)), "fork")]
 
     return tamper
@@ -297,8 +346,12 @@ def rewrite_signature_padding(conn: sa.Connection) -> list[Named]:
     assert blob.endswith("=") and not blob.endswith("==")  # 68 bytes: 2 low bits unused
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     digit = alphabet[alphabet.index(blob[-2]) ^ 1]
-    run(conn, "UPDATE checkpoints SET note = :note WHERE id = :id",
-        note=f"{body} {blob[:-2]}{digit}=\n", id=checkpoint.id)  # fmt: skip
+    run(
+        conn,
+        "UPDATE checkpoints SET note = :note WHERE id = :id",
+        note=f"{body} {blob[:-2]}{digit}=\n",
+        id=checkpoint.id,
+    )
     return [Named(checkpoint_label(checkpoint))]
 
 
@@ -309,27 +362,40 @@ def test_a_checkpoint_signature_in_non_canonical_base64_is_named(evidence_site, 
 def set_checkpoint_time(created_at: str) -> Tamper:
     def tamper(conn: sa.Connection) -> list[Named]:
         checkpoint = newest_checkpoint(conn)
-        run(conn, "UPDATE checkpoints SET created_at = :at WHERE id = :id",
-            at=created_at, id=checkpoint.id)  # fmt: skip
+        run(
+            conn,
+            "UPDATE checkpoints SET created_at = :at WHERE id = :id",
+            at=created_at,
+            id=checkpoint.id,
+        )
         return [Named(checkpoint_label(checkpoint))]
 
     return tamper
 
 
-@pytest.mark.parametrize("created_at", ["2026-1X-01T00:00:00.000000Z",
-                                        "2026-11-01T00:00:00.000000"])  # fmt: skip
-def test_a_checkpoint_time_that_is_no_instant_is_named(evidence_site, backend, tmp_path,
-                                                       created_at):  # fmt: skip
+@pytest.mark.parametrize(
+    "created_at", ["2026-1X-01T00:00:00.000000Z", "2026-11-01T00:00:00.000000"]
+)
+def test_a_checkpoint_time_that_is_no_instant_is_named(
+    evidence_site, backend, tmp_path, created_at
+):
     assert_named(*tampered(evidence_site, backend, tmp_path, set_checkpoint_time(created_at)))
 
 
 def break_entry_time(conn: sa.Connection) -> list[Named]:
     """Give a batch.stored entry (bytes and column) a time that is no instant, canonically."""
-    row = one(conn, "SELECT seq, entry FROM audit_entries WHERE kind = 'batch.stored' "
-                    "ORDER BY seq LIMIT 1")  # fmt: skip
+    row = one(
+        conn,
+        "SELECT seq, entry FROM audit_entries WHERE kind = 'batch.stored' ORDER BY seq LIMIT 1",
+    )
     entry = {**json.loads(bytes(row.entry)), "time": "2026-1X-01T00:00:00.000000Z"}
-    run(conn, "UPDATE audit_entries SET entry = :entry, time = :time WHERE seq = :seq",
-        entry=canonical_json(entry), time=entry["time"], seq=row.seq)  # fmt: skip
+    run(
+        conn,
+        "UPDATE audit_entries SET entry = :entry, time = :time WHERE seq = :seq",
+        entry=canonical_json(entry),
+        time=entry["time"],
+        seq=row.seq,
+    )
     return [Named(checkpoint_label(newest_checkpoint(conn)), "do not hash to the signed root")]
 
 
@@ -386,11 +452,22 @@ def holds_bytes(column: sa.Column) -> bool:
 
 
 EVIDENCE_COLUMNS = {
-    table: [c.name for c in METADATA.tables[table].columns
-            if holds_bytes(c) and (table, c.name) not in NOT_EVIDENCE]
-    for table in ("readings", "gap_records", "batches", "batch_signatures", "audit_entries",
-                  "checkpoints", "plans", "meta")
-}  # fmt: skip
+    table: [
+        c.name
+        for c in METADATA.tables[table].columns
+        if holds_bytes(c) and (table, c.name) not in NOT_EVIDENCE
+    ]
+    for table in (
+        "readings",
+        "gap_records",
+        "batches",
+        "batch_signatures",
+        "audit_entries",
+        "checkpoints",
+        "plans",
+        "meta",
+    )
+}
 """Every text or blob column of every evidence table (ids and counts are integers)."""
 
 
@@ -422,16 +499,18 @@ def change_one_byte(data: st.DataObject, value: str | bytes) -> str | bytes:
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_any_changed_byte_of_evidence_is_detected(evidence_site, small_store, tmp_path_factory,
-                                                  data):  # fmt: skip
+def test_any_changed_byte_of_evidence_is_detected(
+    evidence_site, small_store, tmp_path_factory, data
+):
     folder = tmp_path_factory.mktemp("changed")
     shutil.copy(small_store / "evidence.db", folder / "evidence.db")
     table = data.draw(st.sampled_from(sorted(EVIDENCE_COLUMNS)))
     column = data.draw(st.sampled_from(EVIDENCE_COLUMNS[table]))
     with database(str(folder / "evidence.db")).begin() as conn:
         rowid = data.draw(st.sampled_from(rowids(conn, table)))
-        old = conn.execute(sa.text(f"SELECT {column} FROM {table} WHERE rowid = :r"),
-                           {"r": rowid}).scalar_one()  # fmt: skip
+        old = conn.execute(
+            sa.text(f"SELECT {column} FROM {table} WHERE rowid = :r"), {"r": rowid}
+        ).scalar_one()
         assume(old)  # a NULL (an unsigned plan's signature) has no byte to change
         new = change_one_byte(data, old)
         run(conn, f"UPDATE {table} SET {column} = :new WHERE rowid = :r", new=new, r=rowid)

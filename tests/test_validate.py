@@ -145,20 +145,22 @@ def test_demands_are_keyed_by_facet_with_the_place_of_each_value(pm):
     policy = one_policy(run(pm, policies=[GOOD_POLICY])[0])
     at = lambda line, col: Location("policies/p0.yaml", line, col)  # noqa: E731
     assert {facet: (d.value, d.location) for facet, d in policy.demands.items()} == {
-        facet: (d.value, d.location) for facet, d in {
-        "capture.every_ms": Demand(5000, at(15, 10)),
-        "capture.cron": Demand(("*/5 * * * *", "0 * * * *"), at(16, 9)),
-        "capture.on_change.deadband": Demand(0.2, at(17, 25)),
-        "retention.keep_at_least_ms": Demand(220_752_000_000, at(19, 18)),
-        "retention.keep_at_most_ms": Demand(315_360_000_000, at(20, 17)),
-        "retention.on_expiry": Demand("delete", at(21, 14)),
-        "signing.required": Demand(True, at(23, 13)),
-        "signing.keys": Demand(("ops-signing", "qa-signing"), at(24, 9)),
-        "signing.batch_window_ms": Demand(60_000, at(25, 17)),
-        "access.read": Demand(("process-engineering", "qa"), at(27, 9)),
-        "access.export": Demand(("auditor",), at(28, 11)),
-        "access.deny": Demand((), at(29, 9)),
-    }.items()}
+        facet: (d.value, d.location)
+        for facet, d in {
+            "capture.every_ms": Demand(5000, at(15, 10)),
+            "capture.cron": Demand(("*/5 * * * *", "0 * * * *"), at(16, 9)),
+            "capture.on_change.deadband": Demand(0.2, at(17, 25)),
+            "retention.keep_at_least_ms": Demand(220_752_000_000, at(19, 18)),
+            "retention.keep_at_most_ms": Demand(315_360_000_000, at(20, 17)),
+            "retention.on_expiry": Demand("delete", at(21, 14)),
+            "signing.required": Demand(True, at(23, 13)),
+            "signing.keys": Demand(("ops-signing", "qa-signing"), at(24, 9)),
+            "signing.batch_window_ms": Demand(60_000, at(25, 17)),
+            "access.read": Demand(("process-engineering", "qa"), at(27, 9)),
+            "access.export": Demand(("auditor",), at(28, 11)),
+            "access.deny": Demand((), at(29, 9)),
+        }.items()
+    }
 
 
 def test_each_name_in_a_list_facet_has_its_own_place(pm):
@@ -765,14 +767,59 @@ def test_principals_file_needs_its_list(pm):
 # --- robustness --------------------------------------------------------------------------
 
 KEYS = [
-    "policy", "title", "owner", "applies", "devices", "points", "capture", "every", "cron",
-    "on_change", "deadband", "retention", "keep_at_least", "keep_at_most", "on_expiry",
-    "signing", "required", "keys", "batch_window", "access", "read", "export", "deny",
-    "exceptions", "waive", "reason", "approved_by", "expires", "labels", "labels_not",
-    "has_label", "id", "name", "site", "zone", "class", "protocol", "timezone", "endpoint",
-    "limits", "address", "min_interval", "max_gap", "register", "host", "port", "type",
-    "principals", "kind", "roles", "signal", "unit",
-]  # fmt: skip
+    "policy",
+    "title",
+    "owner",
+    "applies",
+    "devices",
+    "points",
+    "capture",
+    "every",
+    "cron",
+    "on_change",
+    "deadband",
+    "retention",
+    "keep_at_least",
+    "keep_at_most",
+    "on_expiry",
+    "signing",
+    "required",
+    "keys",
+    "batch_window",
+    "access",
+    "read",
+    "export",
+    "deny",
+    "exceptions",
+    "waive",
+    "reason",
+    "approved_by",
+    "expires",
+    "labels",
+    "labels_not",
+    "has_label",
+    "id",
+    "name",
+    "site",
+    "zone",
+    "class",
+    "protocol",
+    "timezone",
+    "endpoint",
+    "limits",
+    "address",
+    "min_interval",
+    "max_gap",
+    "register",
+    "host",
+    "port",
+    "type",
+    "principals",
+    "kind",
+    "roles",
+    "signal",
+    "unit",
+]
 
 SCALARS = st.one_of(
     st.none(),

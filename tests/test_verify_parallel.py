@@ -41,8 +41,10 @@ def ranges(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 
 def both(site: Site, store: Store) -> tuple[Report, Report]:
     """The reports of one process and of two workers."""
-    return (verify_store(store, site.trust(), workers=1),
-            verify_store(store, site.trust(), workers=2))  # fmt: skip
+    return (
+        verify_store(store, site.trust(), workers=1),
+        verify_store(store, site.trust(), workers=2),
+    )
 
 
 def tampering(target: str) -> sa.Engine:
@@ -51,8 +53,9 @@ def tampering(target: str) -> sa.Engine:
     return sa.create_engine(url, poolclass=sa.NullPool)
 
 
-def test_workers_verify_an_untampered_store_as_one_process_does(evidence_site, backend, tmp_path,
-                                                                ranges):  # fmt: skip
+def test_workers_verify_an_untampered_store_as_one_process_does(
+    evidence_site, backend, tmp_path, ranges
+):
     store = fill(evidence_site, backend, tmp_path, SECONDS)
     one, two = both(evidence_site, store)
     store.close()
@@ -64,16 +67,20 @@ def test_workers_verify_an_untampered_store_as_one_process_does(evidence_site, b
 
 
 def test_workers_name_a_changed_reading_and_a_deleted_gap_as_one_process_does(
-        evidence_site, backend, tmp_path, ranges):  # fmt: skip
+    evidence_site, backend, tmp_path, ranges
+):
     store = fill(evidence_site, backend, tmp_path, SECONDS)
     with tampering(backend).begin() as conn:
         reading = conn.execute(sa.text("SELECT id, leaf FROM readings ORDER BY id DESC")).first()
         assert reading is not None
         leaf = canonical_json({**json.loads(bytes(reading.leaf)), "value": -1.0})
-        conn.execute(sa.text("UPDATE readings SET leaf = :leaf WHERE id = :id"),
-                     {"leaf": leaf, "id": reading.id})  # fmt: skip
-        conn.execute(sa.text("DELETE FROM gap_records WHERE id = "
-                             "(SELECT min(id) FROM gap_records)"))  # fmt: skip
+        conn.execute(
+            sa.text("UPDATE readings SET leaf = :leaf WHERE id = :id"),
+            {"leaf": leaf, "id": reading.id},
+        )
+        conn.execute(
+            sa.text("DELETE FROM gap_records WHERE id = (SELECT min(id) FROM gap_records)")
+        )
     one, two = both(evidence_site, store)
     store.close()
     messages = [p.message for p in one.problems]
@@ -84,8 +91,9 @@ def test_workers_name_a_changed_reading_and_a_deleted_gap_as_one_process_does(
     assert ranges
 
 
-def test_workers_name_records_of_batches_not_stored_as_one_process_does(evidence_site, tmp_path,
-                                                                        ranges):  # fmt: skip
+def test_workers_name_records_of_batches_not_stored_as_one_process_does(
+    evidence_site, tmp_path, ranges
+):
     """Records of the first and last batches, their batch rows deleted (SQLite only: on
     PostgreSQL a foreign key keeps them out): the last are read past the workers' ranges."""
     target = str(tmp_path / "evidence.db")
@@ -93,8 +101,12 @@ def test_workers_name_records_of_batches_not_stored_as_one_process_does(evidence
     with tampering(target).begin() as conn:
         for table in ("batch_signatures", "batches"):
             column = "id" if table == "batches" else "batch_id"
-            conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} IN "
-                                 "((SELECT min(id) FROM batches), (SELECT max(id) FROM batches))"))
+            conn.execute(
+                sa.text(
+                    f"DELETE FROM {table} WHERE {column} IN "
+                    "((SELECT min(id) FROM batches), (SELECT max(id) FROM batches))"
+                )
+            )
     one, two = both(evidence_site, store)
     store.close()
     forged = [p for p in one.problems if "of a batch that is not stored" in p.message]

@@ -28,8 +28,17 @@ from engine.plans.folder import load_plans
 from engine.protocols import Session
 from engine.records import Record
 
-__all__ = ["Clock", "CollectConfig", "JsonLinesSink", "MemorySink", "ScaledClock", "Sink",
-           "Summary", "open_session", "run_plans"]
+__all__ = [
+    "Clock",
+    "CollectConfig",
+    "JsonLinesSink",
+    "MemorySink",
+    "ScaledClock",
+    "Sink",
+    "Summary",
+    "open_session",
+    "run_plans",
+]
 
 
 async def run_plans(
@@ -53,8 +62,9 @@ async def run_plans(
     """
     clock = clock or Clock()
     config = config or CollectConfig()
-    rt = Runtime(clock, config, asyncio.Queue(maxsize=config.queue_size),
-                 reporter or QuietReporter())
+    rt = Runtime(
+        clock, config, asyncio.Queue(maxsize=config.queue_size), reporter or QuietReporter()
+    )
     bodies = load_plans(Path(plans), clock.now()) if isinstance(plans, Path | str) else plans
     devices = [DeviceTask(plan, open_session(pm, plan), rt) for plan in bodies]
     summary = Summary({d.device: d.stats for d in devices})
@@ -79,8 +89,9 @@ def open_session(pm: pluggy.PluginManager, plan: Mapping[str, Any]) -> Session:
     session: Session | None = pm.hook.converge_open_session(plan=plan)
     if session is None:
         device = plan["device"]
-        raise PluginError(f"no plugin opens sessions for protocol '{device['protocol']}' "
-                          f"(device {device['id']})")
+        raise PluginError(
+            f"no plugin opens sessions for protocol '{device['protocol']}' (device {device['id']})"
+        )
     return session
 
 

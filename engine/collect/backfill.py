@@ -24,8 +24,9 @@ MAX_SLOTS = 10_000
 DETAIL = "the collector was not running"
 
 
-def missed(plan: Mapping[str, Any], since_ms: int, until_ms: int,
-           fallback_every_ms: int) -> Iterator[Record]:  # fmt: skip
+def missed(
+    plan: Mapping[str, Any], since_ms: int, until_ms: int, fallback_every_ms: int
+) -> Iterator[Record]:
     """Gap records of each slot of ``plan`` in ``[since_ms, until_ms)``, per group in time order."""
     points = {str(p["name"]): p for p in plan["points"]}
     device = str(plan["device"]["id"])
@@ -39,6 +40,11 @@ def missed(plan: Mapping[str, Any], since_ms: int, until_ms: int,
             yield from gaps(device, names, slot, GapReason.SHUTDOWN, DETAIL)
             slot, taken = schedule.next_after(slot), taken + 1
         if slot < until_ms:
-            yield from gaps(device, names, slot, GapReason.SHUTDOWN,
-                            f"{DETAIL}; this and every slot until "
-                            f"{to_datetime(until_ms).isoformat()} not taken")  # fmt: skip
+            yield from gaps(
+                device,
+                names,
+                slot,
+                GapReason.SHUTDOWN,
+                f"{DETAIL}; this and every slot until "
+                f"{to_datetime(until_ms).isoformat()} not taken",
+            )

@@ -31,20 +31,25 @@ class DeviceTask:
         self.rt = rt
         self.stats = DeviceStats(self.device)
         self.link = Link(plan, session, rt, self.stats, self._delivered)
-        self.poller = Poller(plan, Sampler(plan, self.link, rt, self.stats), rt, self.stats,
-                             self._emit)
+        self.poller = Poller(
+            plan, Sampler(plan, self.link, rt, self.stats), rt, self.stats, self._emit
+        )
         window = plan["device"].get("limits", {}).get("min_interval_ms")
         self.guard = FloodGuard(window, rt.clock, self._unscheduled)
-        self.watched = [(g, int(g["expect_every_ms"])) for g in plan["read_groups"]
-                        if not polled(g) and g.get("expect_every_ms")]
+        self.watched = [
+            (g, int(g["expect_every_ms"]))
+            for g in plan["read_groups"]
+            if not polled(g) and g.get("expect_every_ms")
+        ]
         self.last_seen: dict[str, int] = {}
 
     async def run(self) -> None:
         """Collect until cancelled; held readings are delivered and the connection closed."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.poller.run() if self.poller.groups
-                                  else self._keep_connected())
+                tasks.create_task(
+                    self.poller.run() if self.poller.groups else self._keep_connected()
+                )
                 if self.link.subscriptions:
                     tasks.create_task(self.guard.run())
                 if self.watched:
@@ -92,8 +97,13 @@ class DeviceTask:
                 if now - silent_since >= limit:
                     at = silent_since + limit
                     self.last_seen[point] = at
-                    gap = Gap(self.device, point, to_datetime(at), GapReason.NO_DATA,
-                              f"no data for {limit} ms")
+                    gap = Gap(
+                        self.device,
+                        point,
+                        to_datetime(at),
+                        GapReason.NO_DATA,
+                        f"no data for {limit} ms",
+                    )
                     await self._emit([gap], False)
 
     # --- records ------------------------------------------------------------------------

@@ -32,8 +32,9 @@ from engine.records import Gap, GapReason, Reading, Record
 Problem = tuple[GapReason, str]
 
 
-def gaps(device: str, points: Sequence[str], slot_ms: int, reason: GapReason,
-         detail: str = "") -> list[Record]:
+def gaps(
+    device: str, points: Sequence[str], slot_ms: int, reason: GapReason, detail: str = ""
+) -> list[Record]:
     at = to_datetime(slot_ms)
     return [Gap(device, p, at, reason, detail) for p in points]
 
@@ -41,8 +42,14 @@ def gaps(device: str, points: Sequence[str], slot_ms: int, reason: GapReason,
 class Link:
     """The connection to one device, with its subscriptions, reconnected with backoff."""
 
-    def __init__(self, plan: Mapping[str, Any], session: Session, rt: Runtime,
-                 stats: DeviceStats, deliver: Deliver) -> None:
+    def __init__(
+        self,
+        plan: Mapping[str, Any],
+        session: Session,
+        rt: Runtime,
+        stats: DeviceStats,
+        deliver: Deliver,
+    ) -> None:
         self.device = str(plan["device"]["id"])
         limits = plan["device"].get("limits", {})
         self.timeout = limits.get("timeout_ms", rt.config.default_timeout_ms) / 1000
@@ -65,8 +72,9 @@ class Link:
         try:
             await self.rt.clock.wait_for(self.session.connect(), self.timeout)
             for group in self.subscriptions:
-                await self.rt.clock.wait_for(self.session.subscribe(group, self.deliver),
-                                             self.timeout)
+                await self.rt.clock.wait_for(
+                    self.session.subscribe(group, self.deliver), self.timeout
+                )
         except TimeoutError:
             return await self._failed(GapReason.TIMEOUT, "connect timed out")
         except (OSError, ConvergeError) as exc:
@@ -86,8 +94,9 @@ class Link:
         self.attempt += 1
         self.next_try = self.rt.clock.now() + delay
         self.stats.state, self.stats.errors = "disconnected", self.stats.errors + 1
-        self.rt.reporter.event(self.device, "connect-failed", detail=detail,
-                               retry_in_s=round(delay, 3))
+        self.rt.reporter.event(
+            self.device, "connect-failed", detail=detail, retry_in_s=round(delay, 3)
+        )
         await self.close()
         return reason, detail
 
@@ -108,14 +117,16 @@ class Link:
 class Sampler:
     """Takes samples of one device's polled groups, through its :class:`Link`."""
 
-    def __init__(self, plan: Mapping[str, Any], link: Link, rt: Runtime,
-                 stats: DeviceStats) -> None:
+    def __init__(
+        self, plan: Mapping[str, Any], link: Link, rt: Runtime, stats: DeviceStats
+    ) -> None:
         limits = plan["device"].get("limits", {})
         self.device, self.link, self.rt, self.stats = link.device, link, rt, stats
         self.bucket = TokenBucket(limits.get("max_requests_per_second"), now=rt.clock.now())
         self.spacing = limits.get("min_request_spacing_ms", 0) / 1000
-        self.breakers = {g.get("unit"): self._new_breaker()
-                         for g in plan["read_groups"] if polled(g)}
+        self.breakers = {
+            g.get("unit"): self._new_breaker() for g in plan["read_groups"] if polled(g)
+        }
         self.valid_until = valid_until_ms(dict(plan))
         self.last_request = float("-inf")
 
@@ -146,21 +157,33 @@ class Sampler:
             if self.rt.clock.now() * 1000 >= end_ms:  # slept past the slot (a loaded machine)
                 return records
 
-    async def _attempt(self, group: Mapping[str, Any], slot_ms: int, end_ms: int,
-                       timeout: float) -> tuple[list[Record], bool]:
+    async def _attempt(
+        self, group: Mapping[str, Any], slot_ms: int, end_ms: int, timeout: float
+    ) -> tuple[list[Record], bool]:
         points = list(group["points"])
         if self.valid_until is not None and slot_ms >= self.valid_until:
-            return gaps(self.device, points, slot_ms, GapReason.PLAN_EXPIRED,
-                        "plan past its valid_until; recompile"), False
+            return gaps(
+                self.device,
+                points,
+                slot_ms,
+                GapReason.PLAN_EXPIRED,
+                "plan past its valid_until; recompile",
+            ), False
         if not self.breaker(group).allow(self.rt.clock.now()):
-            return gaps(self.device, points, slot_ms, GapReason.REFUSED,
-                        "circuit breaker open"), False
+            return gaps(
+                self.device, points, slot_ms, GapReason.REFUSED, "circuit breaker open"
+            ), False
         problem = await self.link.ensure()
         if problem is not None:
             return gaps(self.device, points, slot_ms, *problem), False
         if not await self._wait_budget(end_ms):
-            return gaps(self.device, points, slot_ms, GapReason.RATE_LIMITED,
-                        "no request budget left in the slot"), False
+            return gaps(
+                self.device,
+                points,
+                slot_ms,
+                GapReason.RATE_LIMITED,
+                "no request budget left in the slot",
+            ), False
         return await self._request(group, points, slot_ms, timeout)
 
     async def probe(self, group: Mapping[str, Any], at_ms: int, before_ms: int) -> list[Record]:
@@ -179,14 +202,18 @@ class Sampler:
             return []
         self.last_request = now
         self.bucket.take(now)
-        records, _ = await self._request(group, list(group["points"]), at_ms,
-                                         min(self.link.timeout, before_ms / 1000 - now))
+        records, _ = await self._request(
+            group, list(group["points"]), at_ms, min(self.link.timeout, before_ms / 1000 - now)
+        )
         return records
 
     def _spare(self, now: float, before: float) -> bool:
         refill = 1 / self.bucket.rate if self.bucket.rate else 0.0
-        return (self.bucket.delay(now) == 0 and now >= self.last_request + self.spacing
-                and now + max(refill, self.spacing) <= before)
+        return (
+            self.bucket.delay(now) == 0
+            and now >= self.last_request + self.spacing
+            and now + max(refill, self.spacing) <= before
+        )
 
     async def _wait_budget(self, end_ms: int) -> bool:
         """Wait for the token bucket and ``min_request_spacing_ms``; ``False`` if past the slot."""
@@ -200,15 +227,22 @@ class Sampler:
         self.bucket.take(self.last_request)
         return True
 
-    async def _request(self, group: Mapping[str, Any], points: list[str], slot_ms: int,
-                       timeout: float) -> tuple[list[Record], bool]:
+    async def _request(
+        self, group: Mapping[str, Any], points: list[str], slot_ms: int, timeout: float
+    ) -> tuple[list[Record], bool]:
         try:
             records = await self.rt.clock.wait_for(
-                self.link.session.read(group, to_datetime(slot_ms)), timeout)
+                self.link.session.read(group, to_datetime(slot_ms)), timeout
+            )
         except TimeoutError:
             await self._failure(group, "request timed out")
-            return gaps(self.device, points, slot_ms, GapReason.TIMEOUT,
-                        f"no answer within {timeout * 1000:.0f} ms"), True
+            return gaps(
+                self.device,
+                points,
+                slot_ms,
+                GapReason.TIMEOUT,
+                f"no answer within {timeout * 1000:.0f} ms",
+            ), True
         except OSError as exc:
             await self._failure(group, _say(exc), connection=True)
             await self.link.lost(_say(exc))
@@ -234,8 +268,9 @@ class Sampler:
             self.breaker(group).success()
         return retryable(records)
 
-    async def _failure(self, group: Mapping[str, Any], detail: str,
-                       connection: bool = False) -> None:
+    async def _failure(
+        self, group: Mapping[str, Any], detail: str, connection: bool = False
+    ) -> None:
         """Count a failure against ``group``'s unit, or every unit for a connection failure."""
         self.stats.errors += 1
         now = self.rt.clock.now()
@@ -244,15 +279,21 @@ class Sampler:
         opened = [unit for unit in units if self.breakers[unit].failure(now)]
         for unit in opened:
             where = {} if unit is None else {"unit": unit}
-            self.rt.reporter.event(self.device, "circuit-open", detail=detail,
-                                   cooldown_s=self.breakers[unit].cooldown, **where)
+            self.rt.reporter.event(
+                self.device,
+                "circuit-open",
+                detail=detail,
+                cooldown_s=self.breakers[unit].cooldown,
+                **where,
+            )
         if opened and all(b.is_open for b in self.breakers.values()):
             self.stats.state = "circuit open"
             await self.link.lost("circuit breaker opened")
 
 
-def conform(records: Sequence[Record], device: str, points: Sequence[str],
-            slot_ms: int) -> list[Record]:
+def conform(
+    records: Sequence[Record], device: str, points: Sequence[str], slot_ms: int
+) -> list[Record]:
     """Exactly one record per point, in group order, each with the sample's slot.
 
     A point the session gave no record for gets a ``malformed`` gap, so that
@@ -264,8 +305,15 @@ def conform(records: Sequence[Record], device: str, points: Sequence[str],
     for point in points:
         record = by_point.get(point)
         if record is None:
-            out.append(Gap(device, point, slot, GapReason.MALFORMED,
-                           "the protocol session returned no record for this point"))
+            out.append(
+                Gap(
+                    device,
+                    point,
+                    slot,
+                    GapReason.MALFORMED,
+                    "the protocol session returned no record for this point",
+                )
+            )
         elif isinstance(record, Reading):
             out.append(record if record.scheduled_at else replace(record, scheduled_at=slot))
         else:

@@ -71,8 +71,9 @@ class ChangeFilter:
             point = record.point
             if not isinstance(record, Reading) or point not in self.bands:
                 continue
-            if point in self.last and not changed(record.value, self.last[point],
-                                                  self.bands[point]):
+            if point in self.last and not changed(
+                record.value, self.last[point], self.bands[point]
+            ):
                 continue
             self.last[point] = record.value
             out.append(replace(record, scheduled_at=None))

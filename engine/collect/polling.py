@@ -27,15 +27,17 @@ NEVER = 2**62
 
 
 class Poller:
-    def __init__(self, plan: Mapping[str, Any], sampler: Sampler, rt: Runtime,
-                 stats: DeviceStats, emit: Emit) -> None:
+    def __init__(
+        self, plan: Mapping[str, Any], sampler: Sampler, rt: Runtime, stats: DeviceStats, emit: Emit
+    ) -> None:
         self.device, self.sampler, self.rt, self.stats = sampler.device, sampler, rt, stats
         self.emit = emit
         self.close_after_cycle = bool(plan["device"].get("limits", {}).get("close_after_cycle"))
         points = {str(p["name"]): p for p in plan["points"]}
         self.groups: list[tuple[Mapping[str, Any], Schedule]] = [
             (g, group_schedule(g, points, plan["timezone"], rt.config.fallback_every_ms))
-            for g in plan["read_groups"] if polled(g)
+            for g in plan["read_groups"]
+            if polled(g)
         ]
         self.changes = ChangeFilter(deadbands(plan))
         self.probe_ms = probe_interval_ms(plan)
@@ -66,8 +68,16 @@ class Poller:
         try:
             records = await self.sampler.sample(group, slot_ms, end_ms)
         except asyncio.CancelledError:
-            await self.emit(gaps(self.device, points, slot_ms, GapReason.SHUTDOWN,
-                                 "the collector stopped during this sample"), True)
+            await self.emit(
+                gaps(
+                    self.device,
+                    points,
+                    slot_ms,
+                    GapReason.SHUTDOWN,
+                    "the collector stopped during this sample",
+                ),
+                True,
+            )
             raise
         self.changes.remember(records)
         await self.emit(records, True)
@@ -78,8 +88,16 @@ class Poller:
         while schedule.next_after(nxt) <= now:
             points = list(group["points"])
             self.stats.scheduled.update(points)
-            await self.emit(gaps(self.device, points, nxt, GapReason.TIMEOUT,
-                                 "slot missed: an earlier request overran it"), True)
+            await self.emit(
+                gaps(
+                    self.device,
+                    points,
+                    nxt,
+                    GapReason.TIMEOUT,
+                    "slot missed: an earlier request overran it",
+                ),
+                True,
+            )
             nxt = schedule.next_after(nxt)
         return nxt
 

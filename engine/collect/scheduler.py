@@ -126,7 +126,9 @@ def polled(group: Mapping[str, Any]) -> bool:
 
 
 def group_schedule(
-    group: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]], timezone: str,
+    group: Mapping[str, Any],
+    points: Mapping[str, Mapping[str, Any]],
+    timezone: str,
     fallback_ms: int,
 ) -> Schedule:
     """A group's schedule: its own ``every_ms``/``cron``, else the union of its points'.

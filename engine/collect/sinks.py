@@ -39,8 +39,11 @@ def record_json(record: Record) -> dict[str, Any]:
     """The JSON object of a record; optional members are left out when unset."""
     if isinstance(record, Reading):
         body: dict[str, Any] = {
-            "type": "reading", "device": record.device, "point": record.point,
-            "collected_at": instant(record.collected_at), "value": _value(record.value),
+            "type": "reading",
+            "device": record.device,
+            "point": record.point,
+            "collected_at": instant(record.collected_at),
+            "value": _value(record.value),
             "quality": record.quality.value,
         }
         optional: dict[str, Any] = {
@@ -51,8 +54,13 @@ def record_json(record: Record) -> dict[str, Any]:
             "coalesced": record.coalesced or None,
         }
     else:
-        body = {"type": "gap", "device": record.device, "point": record.point,
-                "scheduled_at": instant(record.scheduled_at), "reason": record.reason.value}
+        body = {
+            "type": "gap",
+            "device": record.device,
+            "point": record.point,
+            "scheduled_at": instant(record.scheduled_at),
+            "reason": record.reason.value,
+        }
         optional = {"detail": record.detail or None, "raw_code": record.raw_code}
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

@@ -62,10 +62,15 @@ class DeviceStats:
         return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "scheduled": sum(self.scheduled.values()),
-                "readings": self.readings, "gaps": dict(sorted(self.gaps.items())),
-                "errors": self.errors, "lateness_p50_ms": self.percentile(0.5),
-                "lateness_p99_ms": self.percentile(0.99)}
+        return {
+            "device": self.device,
+            "scheduled": sum(self.scheduled.values()),
+            "readings": self.readings,
+            "gaps": dict(sorted(self.gaps.items())),
+            "errors": self.errors,
+            "lateness_p50_ms": self.percentile(0.5),
+            "lateness_p99_ms": self.percentile(0.99),
+        }
 
 
 @dataclass
@@ -75,8 +80,11 @@ class Summary:
     def unaccounted(self) -> dict[str, dict[str, tuple[int, int]]]:
         """Polled points whose scheduled samples differ from readings + gaps (should be none)."""
         return {
-            name: {p: (s.scheduled[p], s.polled[p]) for p in s.scheduled
-                   if s.scheduled[p] != s.polled[p]}
+            name: {
+                p: (s.scheduled[p], s.polled[p])
+                for p in s.scheduled
+                if s.scheduled[p] != s.polled[p]
+            }
             for name, s in self.devices.items()
             if any(s.scheduled[p] != s.polled[p] for p in s.scheduled)
         }
@@ -89,13 +97,28 @@ def _ms(value: float | None) -> str:
 def summary_table(summary: Summary, title: str = "collection summary") -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("device", no_wrap=True)
-    for column in ("state", "scheduled", "readings", "gaps", "late p50 ms",
-                   "late p99 ms", "errors"):
+    for column in (
+        "state",
+        "scheduled",
+        "readings",
+        "gaps",
+        "late p50 ms",
+        "late p99 ms",
+        "errors",
+    ):
         table.add_column(column)
     for s in summary.devices.values():
         gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
-        table.add_row(s.device, s.state, str(sum(s.scheduled.values())), str(s.readings), gaps,
-                      _ms(s.percentile(0.5)), _ms(s.percentile(0.99)), str(s.errors))
+        table.add_row(
+            s.device,
+            s.state,
+            str(sum(s.scheduled.values())),
+            str(s.readings),
+            gaps,
+            _ms(s.percentile(0.5)),
+            _ms(s.percentile(0.99)),
+            str(s.errors),
+        )
     return table
 
 
@@ -132,8 +155,12 @@ class LiveReporter:
         pass  # the table shows the state the event changed
 
     def showing(self, summary: Summary) -> AbstractContextManager[object]:
-        return Live(get_renderable=lambda: live_table(summary), console=self.console,
-                    refresh_per_second=4, transient=True)
+        return Live(
+            get_renderable=lambda: live_table(summary),
+            console=self.console,
+            refresh_per_second=4,
+            transient=True,
+        )
 
 
 def live_table(summary: Summary) -> Table:

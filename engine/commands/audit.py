@@ -21,8 +21,11 @@ def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
     """One line per entry: sequence number, time, kind, actor and what it is about."""
     shown = 0
     for entry in entries:
-        console.print(f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-                      f"  {escape(entry.actor)}  {escape(_about(entry))}", highlight=False)
+        console.print(
+            f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
+            f"  {escape(entry.actor)}  {escape(_about(entry))}",
+            highlight=False,
+        )
         shown += 1
     if not shown:
         console.print("no entries")
@@ -31,8 +34,13 @@ def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
 def _about(entry: AuditEntry) -> str:
     p = entry.payload
     if entry.kind in _SUMMARY:
-        parts = [p.get("device"), p.get("window_start"), p.get("count") and f"{p['count']} records",
-                 p.get("root") and f"root {p['root'][:16]}…", p.get("digest")]
+        parts = [
+            p.get("device"),
+            p.get("window_start"),
+            p.get("count") and f"{p['count']} records",
+            p.get("root") and f"root {p['root'][:16]}…",
+            p.get("digest"),
+        ]
         return " ".join(str(x) for x in parts if x)
     if entry.kind.startswith("key."):
         return f"{p.get('name')} v{p.get('version')} key id {p.get('key_id')}"
@@ -54,16 +62,22 @@ def render_report(console: Console, report: Report, seconds: float, where: str) 
     records = report.counts.get("readings", 0) + report.counts.get("gap records", 0)
     rate = f" ({records / seconds:,.0f} records/s)" if seconds > 0 and records else ""
     count = len(report.problems)
-    verdict = ("[green]verified[/]" if report.ok
-               else f"[red]{count} problem{'s' if count > 1 else ''}[/]")  # fmt: skip
-    console.print(f"{verdict}: {escape(where)}: {counted} in {seconds:.2f} s{rate}",
-                  highlight=False)
+    verdict = (
+        "[green]verified[/]" if report.ok else f"[red]{count} problem{'s' if count > 1 else ''}[/]"
+    )
+    console.print(
+        f"{verdict}: {escape(where)}: {counted} in {seconds:.2f} s{rate}", highlight=False
+    )
 
 
 def report_json(report: Report, seconds: float) -> dict[str, Any]:
-    return {"ok": report.ok, "seconds": round(seconds, 3), "counts": report.counts,
-            "problems": [{"item": p.item, "message": p.message} for p in report.problems],
-            "notes": report.notes}  # fmt: skip
+    return {
+        "ok": report.ok,
+        "seconds": round(seconds, 3),
+        "counts": report.counts,
+        "problems": [{"item": p.item, "message": p.message} for p in report.problems],
+        "notes": report.notes,
+    }
 
 
 @contextlib.contextmanager
@@ -72,8 +86,11 @@ def progress_of(console: Console, show: bool) -> Iterator[OnProgress | None]:
     if not (show and console.is_terminal):
         yield None
         return
-    columns = (SpinnerColumn(), TextColumn("verifying: {task.completed:,} records"),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        SpinnerColumn(),
+        TextColumn("verifying: {task.completed:,} records"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("verify", total=None)
         yield lambda done: bar.update(task, completed=done)

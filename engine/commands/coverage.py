@@ -18,8 +18,13 @@ from rich.table import Table
 from engine.compile import Compilation
 
 EXPIRING_WITHIN = timedelta(days=30)
-COVERAGE_CODES = ("policy-governs-nothing", "exception-waives-nothing", "exception-expired",
-                  "selector-matches-nothing", "point-not-captured")
+COVERAGE_CODES = (
+    "policy-governs-nothing",
+    "exception-waives-nothing",
+    "exception-expired",
+    "selector-matches-nothing",
+    "point-not-captured",
+)
 
 
 def coverage(result: Compilation) -> dict[str, Any]:
@@ -30,8 +35,12 @@ def coverage(result: Compilation) -> dict[str, Any]:
         "governed": sum(mp.governed for mp in points),
         "ungoverned": [mp.target.ref for mp in points if not mp.governed],
         "policies": [
-            {"policy": p.id, "points": governed.get(p.id, 0), "controls": list(p.controls),
-             "at": str(p.location)}
+            {
+                "policy": p.id,
+                "points": governed.get(p.id, 0),
+                "controls": list(p.controls),
+                "at": str(p.location),
+            }
             for p in sorted(result.project.policies, key=lambda p: p.id)
         ],
         "exceptions": _exceptions(result),
@@ -45,12 +54,18 @@ def _exceptions(result: Compilation) -> list[dict[str, Any]]:
     rows = []
     for policy in sorted(result.project.policies, key=lambda p: p.id):
         for exc in policy.exceptions:
-            rows.append({
-                "policy": policy.id, "at": str(exc.location), "waive": sorted(exc.waive),
-                "reason": exc.reason, "approved_by": exc.approved_by,
-                "expires": exc.expires.isoformat(), "status": _status(exc.expires, today),
-                "points": waived.get(id(exc), 0),
-            })
+            rows.append(
+                {
+                    "policy": policy.id,
+                    "at": str(exc.location),
+                    "waive": sorted(exc.waive),
+                    "reason": exc.reason,
+                    "approved_by": exc.approved_by,
+                    "expires": exc.expires.isoformat(),
+                    "status": _status(exc.expires, today),
+                    "points": waived.get(id(exc), 0),
+                }
+            )
     return rows
 
 
@@ -65,16 +80,20 @@ def render_coverage(console: Console, report: dict[str, Any]) -> None:
     policies = Table("policy", "points", "controls", title="Policies", title_justify="left")
     for row in report["policies"]:
         style = "yellow" if row["points"] == 0 else ""
-        policies.add_row(row["policy"], str(row["points"]), escape("; ".join(row["controls"])),
-                         style=style)
+        policies.add_row(
+            row["policy"], str(row["points"]), escape("; ".join(row["controls"])), style=style
+        )
     console.print(policies)
     _render_exceptions(console, report["exceptions"])
     if report["ungoverned"]:
         console.print(f"[bold]Ungoverned (not collected): {len(report['ungoverned'])}[/]")
         console.print("  " + ", ".join(report["ungoverned"]), highlight=False)
     for finding in report["findings"]:
-        console.print(f"{escape(_place(finding))}: [yellow]{finding['severity']}[/]: "
-                      f"{escape(finding['message'])}", highlight=False)
+        console.print(
+            f"{escape(_place(finding))}: [yellow]{finding['severity']}[/]: "
+            f"{escape(finding['message'])}",
+            highlight=False,
+        )
 
 
 def _render_exceptions(console: Console, rows: list[dict[str, Any]]) -> None:
@@ -93,4 +112,3 @@ def _render_exceptions(console: Console, rows: list[dict[str, Any]]) -> None:
 
 def _place(finding: dict[str, Any]) -> str:
     return f"{finding['path']}:{finding['line']}:{finding['col']}"
-

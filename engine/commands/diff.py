@@ -55,8 +55,15 @@ def diff_point(old: MergedPoint, new: MergedPoint) -> list[Change]:
         before = a.value if a else None
         after = b.value if b else None
         if before != after:
-            changes.append(Change(ref, facet.removesuffix("_ms"), _shown(facet, before),
-                                  _shown(facet, after), direction(facet, before, after)))
+            changes.append(
+                Change(
+                    ref,
+                    facet.removesuffix("_ms"),
+                    _shown(facet, before),
+                    _shown(facet, after),
+                    direction(facet, before, after),
+                )
+            )
     return changes
 
 
@@ -81,8 +88,8 @@ def direction(facet: str, old: FacetValue | None, new: FacetValue | None) -> str
             grew = a < b
             return "stricter" if grew != more_is_looser else "looser"
         return "changed"
-    new_wins = rule.order(new) < rule.order(old) if rule.kind == "min" else (  # type: ignore[operator]
-        rule.order(new) > rule.order(old))  # type: ignore[operator]
+    before, after = rule.order(old), rule.order(new)
+    new_wins = after < before if rule.kind == "min" else after > before  # type: ignore[operator]
     return "stricter" if new_wins else "looser"
 
 
@@ -94,11 +101,28 @@ def render_diff(console: Console, changes: list[Change]) -> None:
     if not changes:
         console.print("no point changes")
         return
-    colour = {"stricter": "green", "looser": "red", "changed": "yellow",
-              "governed": "green", "ungoverned": "red"}
-    table = Table("point", "facet", "old", "new", "change", title=f"{len(changes)} changes",
-                  title_justify="left")
+    colour = {
+        "stricter": "green",
+        "looser": "red",
+        "changed": "yellow",
+        "governed": "green",
+        "ungoverned": "red",
+    }
+    table = Table(
+        "point",
+        "facet",
+        "old",
+        "new",
+        "change",
+        title=f"{len(changes)} changes",
+        title_justify="left",
+    )
     for c in changes:
-        table.add_row(c.point, c.facet, escape(c.old or "-"), escape(c.new or "-"),
-                      f"[{colour[c.change]}]{c.change}[/]")
+        table.add_row(
+            c.point,
+            c.facet,
+            escape(c.old or "-"),
+            escape(c.new or "-"),
+            f"[{colour[c.change]}]{c.change}[/]",
+        )
     console.print(table)

@@ -22,7 +22,8 @@ def explain(result: Compilation, ref: str) -> list[dict[str, Any]]:
     """Explanations of ``DEVICE`` (all its points) or ``DEVICE/POINT``."""
     device, _, point = ref.partition("/")
     chosen = [
-        mp for mp in result.merged.points
+        mp
+        for mp in result.merged.points
         if mp.target.device.id == device and (not point or mp.target.point.name == point)
     ]
     if not chosen:
@@ -52,9 +53,14 @@ def _facet(mp: MergedPoint, facet: str) -> dict[str, Any]:
         "rule": merged.rule.why,
         "won": [{"policy": c.policy, "at": str(c.location)} for c in merged.winners],
         "lost": [
-            {"policy": c.policy, "at": str(c.location), "value": describe(facet, c.value),
-             "why": f"{merged.rule.why} ({shown})"}
-            for c in merged.candidates if not c.won
+            {
+                "policy": c.policy,
+                "at": str(c.location),
+                "value": describe(facet, c.value),
+                "why": f"{merged.rule.why} ({shown})",
+            }
+            for c in merged.candidates
+            if not c.won
         ],
     }
 
@@ -70,11 +76,17 @@ def _waived(mp: MergedPoint) -> list[dict[str, Any]]:
             for facet, demand in policies[waiver.policy].demands.items()
             if facet_group(facet) in exc.waive
         }
-        entries.append({
-            "policy": waiver.policy, "at": str(exc.location), "facets": sorted(exc.waive),
-            "removed": removed, "reason": exc.reason, "approved_by": exc.approved_by,
-            "expires": exc.expires.isoformat(),
-        })
+        entries.append(
+            {
+                "policy": waiver.policy,
+                "at": str(exc.location),
+                "facets": sorted(exc.waive),
+                "removed": removed,
+                "reason": exc.reason,
+                "approved_by": exc.approved_by,
+                "expires": exc.expires.isoformat(),
+            }
+        )
     return entries
 
 
@@ -98,17 +110,21 @@ def render_explain(console: Console, entries: list[dict[str, Any]]) -> None:
 
 def _render_facet(console: Console, facet: str, info: dict[str, Any]) -> None:
     spelled = facet.removesuffix("_ms")
-    console.print(f"  [bold]{spelled}[/] = [cyan]{escape(info['value'])}[/]  "
-                  f"[dim]({info['rule']})[/]", highlight=False)
+    console.print(
+        f"  [bold]{spelled}[/] = [cyan]{escape(info['value'])}[/]  [dim]({info['rule']})[/]",
+        highlight=False,
+    )
     for won in info["won"]:
         console.print(f"      from {won['policy']} @ {escape(won['at'])}", highlight=False)
     for lost in info["lost"]:
-        console.print(f"      [dim]lost {escape(lost['value'])} of {lost['policy']} @ "
-                      f"{escape(lost['at'])}[/]", highlight=False)
+        console.print(
+            f"      [dim]lost {escape(lost['value'])} of {lost['policy']} @ "
+            f"{escape(lost['at'])}[/]",
+            highlight=False,
+        )
 
 
 def _heading(entry: dict[str, Any]) -> str:
     kind = ", ".join(x for x in (entry["signal"], entry["unit"]) if x)
     governed = ", ".join(entry["policies"]) or "nothing"
-    return (f"[bold]{entry['point']}[/] ({kind}) at {escape(entry['at'])}\n"
-            f"  governed by {governed}")
+    return f"[bold]{entry['point']}[/] ({kind}) at {escape(entry['at'])}\n  governed by {governed}"

@@ -62,10 +62,12 @@ def _sarif_result(finding: Finding, rule_index: int) -> dict[str, Any]:
         "ruleIndex": rule_index,
         "level": "error" if finding.severity is Severity.ERROR else "warning",
         "message": {"text": finding.message},
-        "locations": [{
-            "physicalLocation": {
-                "artifactLocation": {"uri": where.path},
-                "region": {"startLine": where.line, "startColumn": where.col},
+        "locations": [
+            {
+                "physicalLocation": {
+                    "artifactLocation": {"uri": where.path},
+                    "region": {"startLine": where.line, "startColumn": where.col},
+                }
             }
-        }],
+        ],
     }

@@ -19,8 +19,9 @@ def status(version: KeyVersion, now: datetime) -> str:
     return "not yet valid" if now < version.not_before else "retired"
 
 
-def render_keys(console: Console, versions: list[KeyVersion], now: datetime,
-                title: str | None = None) -> None:
+def render_keys(
+    console: Console, versions: list[KeyVersion], now: datetime, title: str | None = None
+) -> None:
     """Two lines per version: name, version, status and validity; then both fingerprints,
     whole (a shortened fingerprint invites comparing only its first digits)."""
     if title:
@@ -31,8 +32,11 @@ def render_keys(console: Console, versions: list[KeyVersion], now: datetime,
     for v in versions:
         state = status(v, now)
         until = _moment(v.not_after) if v.not_after else "until rotated"
-        console.print(f"{v.name} v{v.version}  [{colour[state]}]{state}[/]  valid"
-                      f" {_moment(v.not_before)} .. {until}", highlight=False)
+        console.print(
+            f"{v.name} v{v.version}  [{colour[state]}]{state}[/]  valid"
+            f" {_moment(v.not_before)} .. {until}",
+            highlight=False,
+        )
         console.print(f"  key id {v.key_id}  sha256 {v.sha256}", highlight=False)
 
 

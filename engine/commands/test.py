@@ -46,15 +46,28 @@ _SCHEMA: dict[str, Any] = {
     "site": {"type": ["string", "list"], "required": True, "schema": {"type": "string"}},
     "principals": {"type": "list", "schema": {"type": "string"}},
     "at": {"type": "date"},
-    "cases": {"type": "list", "required": True, "empty": False, "schema": {
-        "type": "dict", "schema": {
-            "name": {"type": "string", "required": True},
-            "point": {"type": "string", "required": True, "regex": r"[^/]+/.+"},
-            "expect": {"type": "dict", "required": True,
-                       "keysrules": {"allowed": [*LANGUAGE_FACETS, "governed"]}},
-            "winners": {"type": "dict", "keysrules": {"allowed": list(LANGUAGE_FACETS)},
-                        "valuesrules": {"type": ["string", "list"]}},
-        }}},
+    "cases": {
+        "type": "list",
+        "required": True,
+        "empty": False,
+        "schema": {
+            "type": "dict",
+            "schema": {
+                "name": {"type": "string", "required": True},
+                "point": {"type": "string", "required": True, "regex": r"[^/]+/.+"},
+                "expect": {
+                    "type": "dict",
+                    "required": True,
+                    "keysrules": {"allowed": [*LANGUAGE_FACETS, "governed"]},
+                },
+                "winners": {
+                    "type": "dict",
+                    "keysrules": {"allowed": list(LANGUAGE_FACETS)},
+                    "valuesrules": {"type": ["string", "list"]},
+                },
+            },
+        },
+    },
 }
 
 
@@ -82,8 +95,7 @@ def run_test_file(path: Path, pm: pluggy.PluginManager) -> list[CaseResult]:
     if not compilation.ok:
         raise FindingsError(compilation.findings)
     points = {mp.target.ref: mp for mp in compilation.merged.points}
-    return [_run_case(doc, i, case, points, compilation)
-            for i, case in enumerate(spec["cases"])]
+    return [_run_case(doc, i, case, points, compilation) for i, case in enumerate(spec["cases"])]
 
 
 def _validated(doc: Document) -> dict[str, Any]:
@@ -105,8 +117,11 @@ def _unreadable_expectations(doc: Document, spec: dict[str, Any]) -> list[Findin
                 try:
                     parse_duration(str(want))
                 except ValueError as exc:
-                    findings.append(error(doc.at(("cases", i, "expect", key)),
-                                          "duration-invalid", f"{key}: {exc}"))
+                    findings.append(
+                        error(
+                            doc.at(("cases", i, "expect", key)), "duration-invalid", f"{key}: {exc}"
+                        )
+                    )
     return findings
 
 
@@ -115,12 +130,21 @@ def _paths(value: str | list[str], base: Path) -> list[Path]:
 
 
 def _inputs(spec: dict[str, Any], base: Path) -> Inputs:
-    return Inputs(_paths(spec["policies"], base), _paths(spec["site"], base),
-                  _paths(spec.get("principals", []), base), spec.get("at"))
+    return Inputs(
+        _paths(spec["policies"], base),
+        _paths(spec["site"], base),
+        _paths(spec.get("principals", []), base),
+        spec.get("at"),
+    )
 
 
-def _run_case(doc: Document, index: int, case: dict[str, Any],
-              points: dict[str, MergedPoint], compilation: Compilation) -> CaseResult:
+def _run_case(
+    doc: Document,
+    index: int,
+    case: dict[str, Any],
+    points: dict[str, MergedPoint],
+    compilation: Compilation,
+) -> CaseResult:
     result = CaseResult(doc.path, case["name"], doc.at(("cases", index)))
     mp = points.get(case["point"])
     if mp is None:
@@ -170,16 +194,29 @@ def _check_winner(mp: MergedPoint, facet: str, key: str, want: str | list[str]) 
     merged = mp.facets.get(facet)
     got = sorted({c.policy for c in merged.winners}) if merged else []
     expected = sorted([want] if isinstance(want, str) else want)
-    return [] if got == expected else [f"{key} won by: expected {', '.join(expected)}, "
-                                       f"got {', '.join(got) or 'nothing'}"]
+    return (
+        []
+        if got == expected
+        else [f"{key} won by: expected {', '.join(expected)}, got {', '.join(got) or 'nothing'}"]
+    )
 
 
 def junit_xml(results: list[CaseResult]) -> bytes:
-    suite = ET.Element("testsuite", name="converge-policy-tests", tests=str(len(results)),
-                       failures=str(sum(not r.passed for r in results)))
+    suite = ET.Element(
+        "testsuite",
+        name="converge-policy-tests",
+        tests=str(len(results)),
+        failures=str(sum(not r.passed for r in results)),
+    )
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=r.file, name=r.name,
-                             file=r.location.path, line=str(r.location.line))
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=r.file,
+            name=r.name,
+            file=r.location.path,
+            line=str(r.location.line),
+        )
         if not r.passed:
             ET.SubElement(case, "failure", message=r.failures[0]).text = "\n".join(r.failures)
     return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
@@ -202,4 +239,3 @@ def run_tests(paths: list[Path], pm: pluggy.PluginManager) -> list[CaseResult]:
     if findings:
         raise FindingsError(findings)
     return results
-

@@ -76,8 +76,11 @@ def _compile(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     policy_files, site_files, principal_files, found = discover(inputs)
     documents: dict[str, list[Document]] = {}
     load_findings = found
-    for kind, files in (("policy", policy_files), ("site", site_files),
-                        ("principals", principal_files)):
+    for kind, files in (
+        ("policy", policy_files),
+        ("site", site_files),
+        ("principals", principal_files),
+    ):
         documents[kind], more = load_files(files, display=display_path)
         load_findings += more
     result.project, valid_findings = validate(
@@ -96,9 +99,7 @@ def _select_merge_plan(result: Compilation, inputs: Inputs, pm: pluggy.PluginMan
     result.as_of = {s.id: inputs.at or today_in(s.timezone) for s in result.project.sites}
     result.selection = select(result.project)
     result.merged = merge(result.selection, lambda site: result.as_of[site])
-    result.plans, plan_findings = build_plans(
-        result.merged, result.project.sites, pm, result.as_of
-    )
+    result.plans, plan_findings = build_plans(result.merged, result.project.sites, pm, result.as_of)
     result.findings += result.selection.findings + result.merged.findings + plan_findings
     if has_errors(result.findings):
         result.plans = []  # a plan is never emitted from inputs with errors
@@ -164,4 +165,3 @@ def _unique(paths: Iterable[Path]) -> list[Path]:
     """Each file once, whatever the spelling it was given under, sorted by display path."""
     by_real = {os.path.realpath(p): p for p in paths}
     return sorted(by_real.values(), key=display_path)
-

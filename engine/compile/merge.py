@@ -212,9 +212,12 @@ class _ExceptionIndex:
         policies = {p.id: p for ps in selection.governing for p in ps}
         for policy in policies.values():
             found += [
-                warning(exc.location, "exception-waives-nothing",
-                        f"exception of policy {policy.id} for {_scope(exc)} waives nothing: "
-                        "it matches no point that the policy governs")
+                warning(
+                    exc.location,
+                    "exception-waives-nothing",
+                    f"exception of policy {policy.id} for {_scope(exc)} waives nothing: "
+                    "it matches no point that the policy governs",
+                )
                 for exc in policy.exceptions
                 if id(exc) not in self.used and id(exc) not in self.expired
             ]

@@ -33,8 +33,9 @@ def build_plans(
     encoder = PointEncoder()
     for device, points in groupby(governed, key=lambda mp: mp.target.device):
         site = by_site[device.site]
-        plan, found = build_device_plan(site, device, list(points), pm, as_of[site.id],
-                                        encoder=encoder)
+        plan, found = build_device_plan(
+            site, device, list(points), pm, as_of[site.id], encoder=encoder
+        )
         findings += found
         if plan is not None:
             plans.append(plan)
@@ -78,8 +79,9 @@ def build_device_plan(
 
 
 def _captured(mp: MergedPoint) -> bool:
-    return any(f in mp.facets for f in ("capture.every_ms", "capture.cron",
-                                         "capture.on_change.deadband"))
+    return any(
+        f in mp.facets for f in ("capture.every_ms", "capture.cron", "capture.on_change.deadband")
+    )
 
 
 def _no_capture(mp: MergedPoint) -> Finding:
@@ -112,16 +114,20 @@ def _read_groups(
     if result is None:
         raise PluginError(f"no plugin plans read groups for protocol '{device.protocol}'")
     if not isinstance(result, ReadGroupPlan):
-        raise PluginError(f"the {device.protocol} plugin returned {type(result).__name__}, "
-                          "not a ReadGroupPlan")
+        raise PluginError(
+            f"the {device.protocol} plugin returned {type(result).__name__}, not a ReadGroupPlan"
+        )
     return result
 
 
 def _problems(device: Device, groups: ReadGroupPlan) -> list[Finding]:
     places = {p.name: p.address_location for p in device.points}
     return [
-        error(places.get(problem.point or "", device.location), problem.code,
-              f"device {device.id}: {problem.message}")
+        error(
+            places.get(problem.point or "", device.location),
+            problem.code,
+            f"device {device.id}: {problem.message}",
+        )
         for problem in groups.problems
     ]
 
@@ -143,10 +149,15 @@ def _request_rate(
     if rate <= limit:
         return []
     where = device.limits.locations.get("max_requests_per_second", device.location)
-    return [error(where, "request-rate-exceeded",
-                  f"device {device.id}: its {len(groups.groups)} read groups need {rate:g} "
-                  f"requests/s at the merged capture intervals, more than "
-                  f"limits.max_requests_per_second {limit:g}")]
+    return [
+        error(
+            where,
+            "request-rate-exceeded",
+            f"device {device.id}: its {len(groups.groups)} read groups need {rate:g} "
+            f"requests/s at the merged capture intervals, more than "
+            f"limits.max_requests_per_second {limit:g}",
+        )
+    ]
 
 
 def _device_entry(device: Device) -> dict[str, Any]:
@@ -179,8 +190,10 @@ class PointEncoder:
     def point(self, mp: MergedPoint) -> bytes:
         """The canonical JSON of one plan point."""
         point = mp.target.point
-        members = {"name": canonical_json(point.name),
-                   "address": canonical_json(dict(point.address))}
+        members = {
+            "name": canonical_json(point.name),
+            "address": canonical_json(dict(point.address)),
+        }
         for key, value in (("signal", point.signal), ("unit", point.unit)):
             if value is not None:
                 members[key] = canonical_json(value)

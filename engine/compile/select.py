@@ -174,17 +174,26 @@ def unmatched_patterns(project: Project) -> list[Finding]:
     }
     findings: list[Finding] = []
     for policy in project.policies:
-        findings += _check_selector(policy.id, "devices", _device_patterns(policy.devices),
-                                    policy.devices.locations, universe)
-        findings += _check_selector(policy.id, "points", _point_patterns(policy.points),
-                                    policy.points.locations, universe)
+        findings += _check_selector(
+            policy.id,
+            "devices",
+            _device_patterns(policy.devices),
+            policy.devices.locations,
+            universe,
+        )
+        findings += _check_selector(
+            policy.id, "points", _point_patterns(policy.points), policy.points.locations, universe
+        )
     return findings
 
 
 def _device_patterns(selector: DeviceSelector) -> dict[str, tuple[str, ...]]:
     return {
-        "site": selector.site, "zone": selector.zone, "class": selector.class_,
-        "id": selector.id, "protocol": selector.protocol,
+        "site": selector.site,
+        "zone": selector.zone,
+        "class": selector.class_,
+        "id": selector.id,
+        "protocol": selector.protocol,
     }
 
 
@@ -209,9 +218,11 @@ def _check_selector(
                 location = locations.get(f"{key}[{pattern}]", locations.get(key))
                 if location is None:
                     continue
-                findings.append(warning(
-                    location,
-                    "selector-matches-nothing",
-                    f"policy {policy_id}: applies.{kind}.{key} '{pattern}' matches no {noun}",
-                ))
+                findings.append(
+                    warning(
+                        location,
+                        "selector-matches-nothing",
+                        f"policy {policy_id}: applies.{kind}.{key} '{pattern}' matches no {noun}",
+                    )
+                )
     return findings

@@ -124,8 +124,9 @@ class Builder:
     def on_document(self, event: Any) -> None:
         self.documents += 1
         if self.documents == 2:
-            self.findings.append(error(self.mark(event), "yaml-syntax",
-                                       "more than one YAML document in the file"))
+            self.findings.append(
+                error(self.mark(event), "yaml-syntax", "more than one YAML document in the file")
+            )
 
     def mark(self, event: Any) -> Location:
         return Location(self.path, event.start_mark.line + 1, event.start_mark.column + 1)
@@ -137,8 +138,11 @@ class Builder:
         """The hot path: most events are plain scalars, most of them strings."""
         tag = event.tag
         if tag is None or tag == "!":
-            tag = (self.tags.get(event.value) or self.resolve(event.value)) if (
-                event.implicit[0]) else _STR
+            tag = (
+                (self.tags.get(event.value) or self.resolve(event.value))
+                if (event.implicit[0])
+                else _STR
+            )
         value = event.value if tag is _STR or tag == _STR else self.scalar(event, tag)
         mark = event.start_mark
         position = (mark.line + 1) << POSITION_BITS | (mark.column + 1)
@@ -154,22 +158,29 @@ class Builder:
             return event.value
         constructor = _CONSTRUCTORS.get(tag)
         if constructor is None:
-            self.findings.append(error(self.mark(event), "yaml-bad-value",
-                                       f"tag {tag} is not allowed"))
+            self.findings.append(
+                error(self.mark(event), "yaml-bad-value", f"tag {tag} is not allowed")
+            )
             return None
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark)
         try:
             return getattr(self.loader, constructor)(node)
         except (yaml.constructor.ConstructorError, ValueError) as exc:
-            self.findings.append(error(self.mark(event), "yaml-bad-value",
-                                       f"cannot read {event.value!r} as {tag}: {exc}"))
+            self.findings.append(
+                error(
+                    self.mark(event),
+                    "yaml-bad-value",
+                    f"cannot read {event.value!r} as {tag}: {exc}",
+                )
+            )
             return None
 
     def on_start(self, event: Any) -> None:
         is_map = isinstance(event, yaml.MappingStartEvent)
         if event.tag not in (None, "!", _MAP if is_map else _SEQ):
-            self.findings.append(error(self.mark(event), "yaml-bad-value",
-                                       f"tag {event.tag} is not allowed"))
+            self.findings.append(
+                error(self.mark(event), "yaml-bad-value", f"tag {event.tag} is not allowed")
+            )
         if len(self.stack) >= MAX_DEPTH:
             raise TooDeep(self.mark(event))
         value: Any = {} if is_map else []
@@ -180,14 +191,14 @@ class Builder:
         frame = self.stack.pop()
         if frame.merges:
             self.apply_merges(frame)
-        self.done(frame.value, frame.shadow, frame.position, anchor=frame.anchor,
-                  size=frame.size)
+        self.done(frame.value, frame.shadow, frame.position, anchor=frame.anchor, size=frame.size)
 
     def on_alias(self, event: Any) -> None:
         target = self.anchors.get(event.anchor)
         if target is None:
-            self.findings.append(error(self.mark(event), "yaml-syntax",
-                                       f"alias *{event.anchor} names no anchor"))
+            self.findings.append(
+                error(self.mark(event), "yaml-syntax", f"alias *{event.anchor} names no anchor")
+            )
             self.done(None, None, self.position(event))
             return
         value, shadow, position, size = target
@@ -199,8 +210,16 @@ class Builder:
         if self.budget < 0:
             raise AliasBomb(self.mark(event))
 
-    def done(self, value: Any, shadow: Any, position: int, *, anchor: str | None = None,
-             size: int = 1, tag: str | None = None) -> None:
+    def done(
+        self,
+        value: Any,
+        shadow: Any,
+        position: int,
+        *,
+        anchor: str | None = None,
+        size: int = 1,
+        tag: str | None = None,
+    ) -> None:
         """A complete node: file it under its anchor and into its parent (or as the root)."""
         self.budget -= 1
         if anchor:
@@ -218,12 +237,18 @@ class Builder:
         else:
             self.take_value(parent, value, shadow, position)
 
-    def take_key(self, parent: _Open, key: Any, shadow: Any, position: int,
-                 tag: str | None) -> None:
+    def take_key(
+        self, parent: _Open, key: Any, shadow: Any, position: int, tag: str | None
+    ) -> None:
         parent.key_position = position
         if shadow is not None:
-            self.findings.append(error(self.location(position), "yaml-non-scalar-key",
-                                       "mapping keys must be plain scalars"))
+            self.findings.append(
+                error(
+                    self.location(position),
+                    "yaml-non-scalar-key",
+                    "mapping keys must be plain scalars",
+                )
+            )
             parent.key = _SKIP
         elif tag == _MERGE:
             parent.key = _MERGE_KEY
@@ -239,10 +264,13 @@ class Builder:
             return
         if key in parent.value:
             line, col = unpack(_key_position(parent.shadow[key]))
-            self.findings.append(error(
-                self.location(parent.key_position), "yaml-duplicate-key",
-                f"duplicate key '{key}' (first defined at {line}:{col})",
-            ))
+            self.findings.append(
+                error(
+                    self.location(parent.key_position),
+                    "yaml-duplicate-key",
+                    f"duplicate key '{key}' (first defined at {line}:{col})",
+                )
+            )
             return
         parent.value[key] = value
         entry = parent.key_position << KEY_SHIFT | position
@@ -253,14 +281,19 @@ class Builder:
         sources: list[tuple[Any, Any]] = []
         for value, shadow in frame.merges:
             if isinstance(value, list):
-                sources += [(v, s[1] if isinstance(s, tuple) else None)
-                            for v, s in zip(value, shadow, strict=True)]
+                sources += [
+                    (v, s[1] if isinstance(s, tuple) else None)
+                    for v, s in zip(value, shadow, strict=True)
+                ]
             else:
                 sources.append((value, shadow))
         for value, shadow in sources:
             if not isinstance(value, dict):
-                self.findings.append(error(self.location(frame.position), "yaml-bad-merge",
-                                           "'<<' must name a mapping"))
+                self.findings.append(
+                    error(
+                        self.location(frame.position), "yaml-bad-merge", "'<<' must name a mapping"
+                    )
+                )
                 continue
             for key, item in value.items():
                 if key not in frame.value:

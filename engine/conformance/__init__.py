@@ -48,14 +48,24 @@ KIT = str(Path(__file__).resolve())
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("converge", "Converge protocol conformance kit")
-    group.addoption("--converge-protocol", metavar="NAME",
-                    help="run the conformance checks against this protocol plugin")
-    group.addoption("--converge-site", metavar="SITE.yaml",
-                    help="site whose devices of the protocol are checked (default: the "
-                         "plugin's conformance/site.yaml); ${PORT...} become free ports")
-    group.addoption("--converge-server", choices=SERVERS, default="simulator",
-                    help="simulator: serve the site with the plugin's simulator and compare "
-                         "values (default); external: read servers already running")
+    group.addoption(
+        "--converge-protocol",
+        metavar="NAME",
+        help="run the conformance checks against this protocol plugin",
+    )
+    group.addoption(
+        "--converge-site",
+        metavar="SITE.yaml",
+        help="site whose devices of the protocol are checked (default: the "
+        "plugin's conformance/site.yaml); ${PORT...} become free ports",
+    )
+    group.addoption(
+        "--converge-server",
+        choices=SERVERS,
+        default="simulator",
+        help="simulator: serve the site with the plugin's simulator and compare "
+        "values (default); external: read servers already running",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,8 +113,10 @@ class ConformanceChecks:
     def test_protocol_is_registered_once(self, converge_target: Target) -> None:
         names = [n for got in converge_target.pm.hook.converge_protocol_names() for n in got]
         count = names.count(converge_target.protocol)
-        assert count == 1, (f"protocol '{converge_target.protocol}' is named by {count} plugins; "
-                            f"installed protocols: {sorted(names)}")
+        assert count == 1, (
+            f"protocol '{converge_target.protocol}' is named by {count} plugins; "
+            f"installed protocols: {sorted(names)}"
+        )
 
     def test_schemas_are_valid_cerberus(self, converge_target: Target) -> None:
         for part in ("endpoint", "address"):
@@ -116,8 +128,11 @@ class ConformanceChecks:
     def test_json_schema_export_has_the_protocol(self, converge_target: Target) -> None:
         device = json_schema("site", converge_target.pm)["properties"]["devices"]["items"]
         assert converge_target.protocol in device["properties"]["protocol"]["enum"]
-        cases = [c["then"] for c in device.get("allOf", [])
-                 if c["if"]["properties"]["protocol"].get("const") == converge_target.protocol]
+        cases = [
+            c["then"]
+            for c in device.get("allOf", [])
+            if c["if"]["properties"]["protocol"].get("const") == converge_target.protocol
+        ]
         assert len(cases) == 1, "the site JSON Schema has no case for the protocol"
         assert {"endpoint", "points"} <= set(cases[0]["properties"]), cases[0]
 
@@ -170,8 +185,6 @@ class ConformanceChecks:
 
 class TestConformance(ConformanceChecks):
     """The checks ``pytest -p engine.conformance --converge-protocol NAME`` runs."""
-
-
 
 
 __all__ = ["ConformanceChecks", "Target", "TestConformance"]

@@ -73,13 +73,18 @@ def in_order(
     got, want = [r.point for r in records], list(group["points"])
     if got == want:
         return []
-    return [f"{plan['device']['id']}: want one record per point of the group, in its order "
-            f"{want}; got {got}"]
+    return [
+        f"{plan['device']['id']}: want one record per point of the group, in its order "
+        f"{want}; got {got}"
+    ]
 
 
 def gap_problems(
-    plan: Mapping[str, Any], group: Mapping[str, Any], records: Sequence[Record],
-    scheduled_at: datetime, reasons: Sequence[GapReason],
+    plan: Mapping[str, Any],
+    group: Mapping[str, Any],
+    records: Sequence[Record],
+    scheduled_at: datetime,
+    reasons: Sequence[GapReason],
 ) -> Problems:
     """One gap per point of the group, each naming device, point, slot and one of ``reasons``."""
     device = plan["device"]["id"]
@@ -88,8 +93,10 @@ def gap_problems(
         if not isinstance(r, Gap):
             problems.append(f"{device}/{r.point}: want a gap ({'/'.join(reasons)}), got {r!r}")
         elif r.device != device or r.scheduled_at != scheduled_at or r.reason not in reasons:
-            problems.append(f"{device}/{r.point}: want a gap of {device} at {scheduled_at} "
-                            f"with reason {'/'.join(reasons)}, got {r!r}")
+            problems.append(
+                f"{device}/{r.point}: want a gap of {device} at {scheduled_at} "
+                f"with reason {'/'.join(reasons)}, got {r!r}"
+            )
     return problems
 
 
@@ -199,8 +206,10 @@ def limit_problems(plan: Mapping[str, Any]) -> Problems:
     for index, group in enumerate(plan["read_groups"]):
         for what, size, limit in _sizes(group, limits):
             if limit is not None and size > limit:
-                problems.append(f"{plan['device']['id']} group {index}: {what} {size} "
-                                f"exceeds the device limit {limit}")
+                problems.append(
+                    f"{plan['device']['id']} group {index}: {what} {size} "
+                    f"exceeds the device limit {limit}"
+                )
     return problems
 
 
@@ -357,4 +366,3 @@ async def until_async(condition: Callable[[], Coroutine[Any, Any, bool]]) -> boo
             return False
         await asyncio.sleep(POLL_S)
     return True
-

@@ -110,8 +110,10 @@ class Target:
             protocol=self.protocol, devices=self.devices, value_at=self.value_at
         )
         if simulator is None:
-            pytest.fail(f"the {self.protocol} plugin has no simulator: "
-                        "run with --converge-server external against your own server")
+            pytest.fail(
+                f"the {self.protocol} plugin has no simulator: "
+                "run with --converge-server external against your own server"
+            )
         return simulator
 
     def session(self, plan: Mapping[str, Any]) -> Session:
@@ -151,15 +153,24 @@ def shipped_site(pm: pluggy.PluginManager, protocol: str) -> Path:
                 site = Path(spec.origin).parent / "conformance" / "site.yaml"
                 if site.is_file():
                     return site
-    pytest.fail(f"no site for '{protocol}': pass --converge-site SITE.yaml, or ship "
-                "conformance/site.yaml in the plugin's package", pytrace=False)
+    pytest.fail(
+        f"no site for '{protocol}': pass --converge-site SITE.yaml, or ship "
+        "conformance/site.yaml in the plugin's package",
+        pytrace=False,
+    )
 
 
 # --- values --------------------------------------------------------------------------------
 
 KINDS = ("int", "float", "bool", "text")
-_TYPE_PREFIXES = (("int", "int"), ("uint", "int"), ("float", "float"), ("double", "float"),
-                  ("bool", "bool"), ("str", "text"))
+_TYPE_PREFIXES = (
+    ("int", "int"),
+    ("uint", "int"),
+    ("float", "float"),
+    ("double", "float"),
+    ("bool", "bool"),
+    ("str", "text"),
+)
 
 
 def kit_value(device: str, point: str, address: Mapping[str, Any], index: int) -> Value:
@@ -194,5 +205,3 @@ def same_value(got: Value, want: Value, address: Mapping[str, Any]) -> bool:
         scale = abs(float(address.get("scale", 1)))
         return math.isclose(got, want, rel_tol=1e-6, abs_tol=scale / 2 if scale != 1 else 1e-9)
     return got == want
-
-

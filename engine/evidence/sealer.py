@@ -107,8 +107,7 @@ def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int
     return order, ties
 
 
-def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
-        hashed: bool = False) -> Cut:  # fmt: skip
+def cut(plan: DevicePlan, window: int, records: Window, at: datetime, hashed: bool = False) -> Cut:
     """In the collector: the :class:`Cut` of a closed window, with its root if ``hashed``.
 
     The collector hashes a window itself when the sealer lags behind or at
@@ -121,8 +120,18 @@ def cut(plan: DevicePlan, window: int, records: Window, at: datetime,
         kept, leaves = [kept[i] for i in order], [leaves[i] for i in order]
     gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
     root = root_of_hashes(_hashed(leaves, ties)) if hashed else None
-    return Cut(plan.device, window, b"\n".join(leaves), len(leaves), [] if hashed else ties, gaps,
-               list({r.point for r in kept}), covered_until(kept[-1]), at, root)  # fmt: skip
+    return Cut(
+        plan.device,
+        window,
+        b"\n".join(leaves),
+        len(leaves),
+        [] if hashed else ties,
+        gaps,
+        list({r.point for r in kept}),
+        covered_until(kept[-1]),
+        at,
+        root,
+    )
 
 
 def _hashed(leaves: list[bytes], ties: list[tuple[int, int]]) -> list[bytes]:
@@ -144,11 +153,11 @@ def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> Sea
     root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
     start, end = window_bounds(plan, cut.window)
     keys, waiver = signing(plan, set(cut.points))
-    data = Statement(plan.device, start, end, len(leaves), root, plan.digest,
-                     previous).to_bytes()  # fmt: skip
+    data = Statement(plan.device, start, end, len(leaves), root, plan.digest, previous).to_bytes()
     signatures = tuple(Signature(k, sink.keys.signer(k, cut.at).sign(data)) for k in keys)
-    return SealedBatch(data, keys, canonical_json(list(waiver)), signatures, tuple(leaves),
-                       frozenset(cut.gaps))  # fmt: skip
+    return SealedBatch(
+        data, keys, canonical_json(list(waiver)), signatures, tuple(leaves), frozenset(cut.gaps)
+    )
 
 
 class Sealer:
@@ -164,8 +173,9 @@ class Sealer:
         self.sock, child = socket.socketpair()
         with contextlib.suppress(OSError):  # best effort: Linux caps it at net.core.wmem_max
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        self.process = context.Process(target=_serve, args=(sink, child, self.sock),
-                                       name="converge-sealer", daemon=True)  # fmt: skip
+        self.process = context.Process(
+            target=_serve, args=(sink, child, self.sock), name="converge-sealer", daemon=True
+        )
         self.process.start()
         child.close()
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -207,8 +217,10 @@ class Sealer:
             said = (await self._receive())[1]
         await asyncio.to_thread(self.process.join)
         self._close()
-        return SealerError(f"the sealer process failed (exit code {self.process.exitcode})"
-                           + (f":\n{said}" if said else ""))  # fmt: skip
+        return SealerError(
+            f"the sealer process failed (exit code {self.process.exitcode})"
+            + (f":\n{said}" if said else "")
+        )
 
     def _close(self) -> None:
         if self.streams is not None:

@@ -75,11 +75,17 @@ def actor() -> str:
     return f"converge-run@{socket.gethostname()}"
 
 
-def check_signers(plans: Iterable[Mapping[str, Any]], keys: KeyStore, audit_key: str,
-                  at: datetime) -> None:  # fmt: skip
+def check_signers(
+    plans: Iterable[Mapping[str, Any]], keys: KeyStore, audit_key: str, at: datetime
+) -> None:
     """Refuse to start unless every key the plans require, and the audit key, can sign now."""
-    needed = {audit_key} | {k for p in plans for point in device_plan(p).points.values()
-                            if point.required for k in point.keys}  # fmt: skip
+    needed = {audit_key} | {
+        k
+        for p in plans
+        for point in device_plan(p).points.values()
+        if point.required
+        for k in point.keys
+    }
     for name in sorted(needed):
         keys.signer(name, at)
 
@@ -87,9 +93,17 @@ def check_signers(plans: Iterable[Mapping[str, Any]], keys: KeyStore, audit_key:
 class EvidenceSink:
     """Batches, signs and stores every record; see the module docstring."""
 
-    def __init__(self, plans: list[Mapping[str, Any]], store: Store, keys: KeyStore, spool: Spool,
-                 *, config: EvidenceConfig | None = None, now: Now = lambda: datetime.now(UTC),
-                 store_error: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plans: list[Mapping[str, Any]],
+        store: Store,
+        keys: KeyStore,
+        spool: Spool,
+        *,
+        config: EvidenceConfig | None = None,
+        now: Now = lambda: datetime.now(UTC),
+        store_error: str | None = None,
+    ) -> None:
         """``store_error``: why the store did not answer as the run started (it is then not
         tried again before the first batch: a server that does not answer takes seconds)."""
         self.store, self.keys, self.spool = store, keys, spool
@@ -99,9 +113,13 @@ class EvidenceSink:
         check_signers(plans, keys, self.config.audit_key, now())
         self.heads = self._resume({str(p["device"]["id"]) for p in plans})
         in_process = self.config.writer == "process"
-        self.batcher = Batcher(plans, self._sealed, grace_ms=self.config.grace_ms,
-                               previous_roots={d: h.root for d, h in self.heads.items()},
-                               on_window=self._closed if in_process else None)  # fmt: skip
+        self.batcher = Batcher(
+            plans,
+            self._sealed,
+            grace_ms=self.config.grace_ms,
+            previous_roots={d: h.root for d, h in self.heads.items()},
+            on_window=self._closed if in_process else None,
+        )
         self.queue: asyncio.Queue[Any] = asyncio.Queue(self.config.writer_queue)
         self.down_until = 0.0
         self.last_checkpoint = time.monotonic()
@@ -127,8 +145,11 @@ class EvidenceSink:
             return heads
         try:
             stored = self.store.heads()
-            moved = {d: self.store.chain_end(d, head.root) for d, head in heads.items()
-                     if d in stored and stored[d].root != head.root}  # fmt: skip
+            moved = {
+                d: self.store.chain_end(d, head.root)
+                for d, head in heads.items()
+                if d in stored and stored[d].root != head.root
+            }
         except StoreError:
             return heads
         newer = {d: head for d, head in moved.items() if head is not None}
@@ -139,8 +160,9 @@ class EvidenceSink:
         self.spool.track(devices)
         return heads
 
-    async def backfill(self, plans: Iterable[Mapping[str, Any]], until: datetime,
-                       fallback_every_ms: int) -> int:  # fmt: skip
+    async def backfill(
+        self, plans: Iterable[Mapping[str, Any]], until: datetime, fallback_every_ms: int
+    ) -> int:
         """Put a ``shutdown`` gap for every slot since each device's last stored window.
 
         Called once, before collection starts; returns how many gaps it put.
@@ -178,10 +200,12 @@ class EvidenceSink:
     def summary(self) -> str:
         """One line for the end of a run: what was stored, spooled, dropped, and where."""
         s = self.stats
-        return (f"evidence: {self.records:,} records; {s['stored']} batches stored, "
-                f"{s['replayed']} replayed from the spool, {s['spooled']} spooled, "
-                f"{s['dropped']} dropped, {s['duplicates']} duplicates ignored; "
-                f"{len(self.spool)} waiting in {self.spool.path}; store {self.store.where}")
+        return (
+            f"evidence: {self.records:,} records; {s['stored']} batches stored, "
+            f"{s['replayed']} replayed from the spool, {s['spooled']} spooled, "
+            f"{s['dropped']} dropped, {s['duplicates']} duplicates ignored; "
+            f"{len(self.spool)} waiting in {self.spool.path}; store {self.store.where}"
+        )
 
     async def _sealed(self, batch: Batch) -> None:
         signers = {k: self.keys.signer(k, self.now()) for k in batch.keys}
@@ -219,8 +243,11 @@ class EvidenceSink:
         Runs in the writer thread, or in the sealer process (engine/evidence/sealer.py).
         """
         self.spool.set_head(sealed.head.device, head)
-        if (time.monotonic() < self.down_until or not self.record_deferred()
-                or not self._write(sealed, live=True)):  # fmt: skip
+        if (
+            time.monotonic() < self.down_until
+            or not self.record_deferred()
+            or not self._write(sealed, live=True)
+        ):
             self._spool(sealed)
             return
         self._replay(self.config.replay_chunk)
@@ -256,8 +283,14 @@ class EvidenceSink:
         if not dropped:
             return
         try:
-            self.store.log("spool.full", {"spool": str(self.spool.path), "dropped": len(dropped),
-                                          "max_bytes": self.spool.max_bytes})  # fmt: skip
+            self.store.log(
+                "spool.full",
+                {
+                    "spool": str(self.spool.path),
+                    "dropped": len(dropped),
+                    "max_bytes": self.spool.max_bytes,
+                },
+            )
             for item in dropped:
                 self.store.log("batch.dropped", _dropped_payload(item.statement, item.dropped_at))
                 self.spool.forget_dropped(item.id)
@@ -344,25 +377,33 @@ class Deferred:
 
     def record(self, store: Store) -> None:
         if self.plans:
-            store.deploy_plans(((json.loads(data), data, note) for data, note in self.plans),
-                               self.at)  # fmt: skip
+            store.deploy_plans(
+                ((json.loads(data), data, note) for data, note in self.plans), self.at
+            )
         if self.keys:
             store.record_keys(self.keys)
         for kind, payload in self.entries:
             store.log(kind, payload, self.at)
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"at": self.at,
-                               "plans": [[data.decode(), note] for data, note in self.plans],
-                               "keys": [version.as_dict() for version in self.keys],
-                               "entries": [list(entry) for entry in self.entries]})  # fmt: skip
+        return canonical_json(
+            {
+                "at": self.at,
+                "plans": [[data.decode(), note] for data, note in self.plans],
+                "keys": [version.as_dict() for version in self.keys],
+                "entries": [list(entry) for entry in self.entries],
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Deferred:
         obj = json.loads(data)
-        return cls(obj["at"], tuple((text.encode(), note) for text, note in obj["plans"]),
-                   tuple(map(KeyVersion.from_dict, obj["keys"])),
-                   tuple((kind, payload) for kind, payload in obj["entries"]))  # fmt: skip
+        return cls(
+            obj["at"],
+            tuple((text.encode(), note) for text, note in obj["plans"]),
+            tuple(map(KeyVersion.from_dict, obj["keys"])),
+            tuple((kind, payload) for kind, payload in obj["entries"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -375,8 +416,13 @@ class EvidenceTarget:
     max_spool_bytes: int = DEFAULT_MAX_BYTES
 
 
-def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: EvidenceTarget,
-                  keys: KeyStore, config: EvidenceConfig) -> EvidenceSink:  # fmt: skip
+def open_evidence(
+    plans: list[Mapping[str, Any]],
+    plans_dir: Path,
+    target: EvidenceTarget,
+    keys: KeyStore,
+    config: EvidenceConfig,
+) -> EvidenceSink:
     """Make the sink, with the run's start (plans, key versions) recorded in the store.
 
     Must be called in the event loop that runs the collection. When the store
@@ -391,10 +437,12 @@ def open_evidence(plans: list[Mapping[str, Any]], plans_dir: Path, target: Evide
     try:
         error = _reach(store, spool, plans)
         started = {"plans": [p["digest"] for p in plans], "spool": str(target.spool)}
-        start = Deferred(instant(datetime.now(UTC)),
-                         plans=tuple((canonical_json(p), _signature(plans_dir, p)) for p in plans),
-                         keys=tuple(v for name in keys.names() for v in keys.versions(name)),
-                         entries=(("collector.started", started),))  # fmt: skip
+        start = Deferred(
+            instant(datetime.now(UTC)),
+            plans=tuple((canonical_json(p), _signature(plans_dir, p)) for p in plans),
+            keys=tuple(v for name in keys.names() for v in keys.versions(name)),
+            entries=(("collector.started", started),),
+        )
         spool.defer(start.to_bytes())
         return EvidenceSink(plans, store, keys, spool, config=config, store_error=error)
     except BaseException:
@@ -415,7 +463,8 @@ def _reach(store: Store, spool: Spool, plans: Iterable[Mapping[str, Any]]) -> st
                 f"{exc}; collection cannot start without the store: the spool {spool.path} "
                 f"does not know where the chains of {', '.join(unknown)} end (it knows those "
                 f"of the devices of runs that started with the store). Start again when the "
-                f"store answers.") from exc
+                f"store answers."
+            ) from exc
         return str(exc)
     return None
 
@@ -430,5 +479,12 @@ def _signature(plans_dir: Path, plan: Mapping[str, Any]) -> str | None:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-__all__ = ["Deferred", "EvidenceConfig", "EvidenceSink", "EvidenceTarget", "actor",
-           "check_signers", "open_evidence"]
+__all__ = [
+    "Deferred",
+    "EvidenceConfig",
+    "EvidenceSink",
+    "EvidenceTarget",
+    "actor",
+    "check_signers",
+    "open_evidence",
+]

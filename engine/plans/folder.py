@@ -35,8 +35,9 @@ Sign = Callable[[Plan], bytes]
 """The bytes of a plan's detached signature (e.g. :class:`engine.plans.signature.PlanSigner`)."""
 
 
-def write_plans(out: Path, plans: Sequence[Plan], index: bytes,
-                sign: Sign | None = None) -> list[Path]:
+def write_plans(
+    out: Path, plans: Sequence[Plan], index: bytes, sign: Sign | None = None
+) -> list[Path]:
     """Write every plan (and, with ``sign``, its signature) and the ``index`` (canonical
     ``index.json`` bytes); remove stale ones."""
     if out.exists() and not out.is_dir():
@@ -94,9 +95,7 @@ PlanCheck = Callable[[Path, dict[str, Any]], object]
 to refuse it (e.g. :class:`engine.plans.signature.PlanVerifier`, which checks its signature)."""
 
 
-def load_plans(
-    folder: Path, now: float, verify: PlanCheck | None = None
-) -> list[dict[str, Any]]:
+def load_plans(folder: Path, now: float, verify: PlanCheck | None = None) -> list[dict[str, Any]]:
     """The verified plan bodies listed in ``folder/index.json``, in index order.
 
     Refuses (raises :class:`PlanRejected`) a plan whose digest does not
@@ -109,8 +108,10 @@ def load_plans(
         path = folder / str(entry["file"])
         body = verify_plan(_read(path), str(path))
         if body["digest"] != entry.get("digest"):
-            raise PlanRejected(f"{path}: digest {body['digest']} is not the one in {INDEX} "
-                               f"({entry.get('digest')}); recompile the plan folder")
+            raise PlanRejected(
+                f"{path}: digest {body['digest']} is not the one in {INDEX} "
+                f"({entry.get('digest')}); recompile the plan folder"
+            )
         if verify is not None:
             verify(path, body)
         check_valid(body, now, str(path))
@@ -131,8 +132,10 @@ def valid_until_ms(body: dict[str, Any]) -> int | None:
 def check_valid(body: dict[str, Any], now: float, source: str) -> None:
     until = valid_until_ms(body)
     if until is not None and now * 1000 >= until:
-        raise PlanRejected(f"{source}: plan expired at {body['valid_until']} (a waiver it relies "
-                           "on has expired); recompile it with converge plan")
+        raise PlanRejected(
+            f"{source}: plan expired at {body['valid_until']} (a waiver it relies "
+            "on has expired); recompile it with converge plan"
+        )
 
 
 def _index(folder: Path) -> dict[str, Any]:

@@ -66,5 +66,3 @@ def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:
     if got != want:
         raise PlanRejected(f"{source}: digest does not verify: got {got}, want {want}")
     return body
-
-

@@ -77,7 +77,8 @@ class PlanClaim:
         if len(lines) != 5 or lines[-1] != "" or lines[0] != PLAN_FORMAT:
             raise MalformedPlanNote(
                 f"note text is not a {PLAN_FORMAT} signature (want 4 lines: {PLAN_FORMAT},"
-                " device, digest, signing time)")
+                " device, digest, signing time)"
+            )
         _, device, digest, when, _ = lines
         if not _TIME.fullmatch(when):
             raise MalformedPlanNote(f"signing time {when!r}: want YYYY-MM-DDTHH:MM:SSZ")
@@ -109,8 +110,9 @@ class PlanSigner:
     signed_at: datetime
 
     def __call__(self, plan: Plan) -> bytes:
-        return sign_claim(PlanClaim(plan.device, plan.digest, self.signed_at),
-                          self.key_name, self.private_key)
+        return sign_claim(
+            PlanClaim(plan.device, plan.digest, self.signed_at), self.key_name, self.private_key
+        )
 
 
 def open_signer(store: KeyStore, key_name: str, now: datetime) -> PlanSigner:
@@ -169,12 +171,12 @@ def key_versions_check(key_name: str, versions: Sequence[KeyVersion]) -> NoteChe
         if not ours:
             raise note.NoKnownSignature(f"note has no signature by key {key_name}")
         for signature in ours:
-            version = verify_signature(listed, text.encode(), signature.signature,
-                                       claim.signed_at)
+            version = verify_signature(listed, text.encode(), signature.signature, claim.signed_at)
             if signature.key_id.hex() != version.key_id:
                 raise note.MalformedNote(
                     f"signature of {key_name} names key id {signature.key_id.hex()}, but"
-                    f" v{version.version} made it (key id {version.key_id})")
+                    f" v{version.version} made it (key id {version.key_id})"
+                )
         return text
 
     return check
@@ -202,8 +204,10 @@ def read_trusted_keys(path: Path) -> list[str]:
             raise ConvergeError(f"{path}:{number}: not a verifier key: {exc}") from exc
         keys[text] = None
     if not keys:
-        raise ConvergeError(f"{path}: no verifier keys (want one a line, as converge keys"
-                            " export-public NAME prints them)")
+        raise ConvergeError(
+            f"{path}: no verifier keys (want one a line, as converge keys"
+            " export-public NAME prints them)"
+        )
     return list(keys)
 
 
@@ -229,8 +233,10 @@ class PlanVerifier:
         try:
             data = sig.read_bytes()
         except FileNotFoundError as exc:
-            raise PlanRejected(f"{plan_path}: not signed: {sig.name} is missing, and"
-                               f" {self.required_by} requires signed plans") from exc
+            raise PlanRejected(
+                f"{plan_path}: not signed: {sig.name} is missing, and"
+                f" {self.required_by} requires signed plans"
+            ) from exc
         except OSError as exc:
             raise PlanRejected(f"{plan_path}: cannot read {sig}: {exc.strerror}") from exc
         try:
@@ -238,11 +244,15 @@ class PlanVerifier:
         except (VerificationError, KeyStoreError) as exc:
             raise PlanRejected(f"{plan_path}: signature {sig.name} is refused: {exc}") from exc
         if claim.device != device:
-            raise PlanRejected(f"{plan_path}: signature {sig.name} signs the plan of device"
-                               f" {claim.device}, not {device}")
+            raise PlanRejected(
+                f"{plan_path}: signature {sig.name} signs the plan of device"
+                f" {claim.device}, not {device}"
+            )
         if claim.digest != body["digest"]:
-            raise PlanRejected(f"{plan_path}: signature {sig.name} signs digest {claim.digest},"
-                               f" not the plan's {body['digest']}")
+            raise PlanRejected(
+                f"{plan_path}: signature {sig.name} signs digest {claim.digest},"
+                f" not the plan's {body['digest']}"
+            )
         return claim
 
     def _claim(self, data: bytes) -> PlanClaim:

@@ -145,8 +145,11 @@ def device_plan(plan: Mapping[str, Any]) -> DevicePlan:
     """
     device = str(plan["device"]["id"])
     points = {str(p["name"]): _point_signing(device, p) for p in plan["points"]}
-    windows = [p["signing"]["batch_window_ms"] for p in plan["points"]
-               if "batch_window_ms" in p.get("signing", {})]  # fmt: skip
+    windows = [
+        p["signing"]["batch_window_ms"]
+        for p in plan["points"]
+        if "batch_window_ms" in p.get("signing", {})
+    ]
     window = min(windows, default=DEFAULT_WINDOW_MS)
     if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
         raise ConvergeError(f"{device}: batch_window_ms must be a positive integer, not {window!r}")
@@ -253,10 +256,14 @@ def in_order(records: Iterable[Record]) -> bool:
     last_time: datetime | None = None
     last_point = ""
     for record in records:
-        moment = (record.scheduled_at or record.collected_at if type(record) is Reading
-                  else record_time(record))  # fmt: skip
-        if last_time is not None and (moment < last_time or (
-                moment == last_time and record.point <= last_point)):  # fmt: skip
+        moment = (
+            record.scheduled_at or record.collected_at
+            if type(record) is Reading
+            else record_time(record)
+        )
+        if last_time is not None and (
+            moment < last_time or (moment == last_time and record.point <= last_point)
+        ):
             return False
         last_time, last_point = moment, record.point
     return True
@@ -274,16 +281,23 @@ def make_batch(plan: DevicePlan, window: int, entries: Iterable[Entry], previous
     Requires every entry to be of that device and window.
     """
     listed = list(entries)
-    ordered = tuple(listed if in_order(e.record for e in listed)
-                    else sorted(listed, key=entry_order))  # fmt: skip
+    ordered = tuple(
+        listed if in_order(e.record for e in listed) else sorted(listed, key=entry_order)
+    )
     start, end = window_bounds(plan, window)
     keys, waiver = signing(plan, {e.record.point for e in ordered})
     return Batch(
-        device=plan.device, window_start=start,
-        window_end=end, entries=ordered,
-        root=root_of_hashes([e.leaf_hash for e in ordered]), plan_digest=plan.digest,
-        previous_root=previous, keys=keys, signed=bool(keys), waiver=waiver,
-    )  # fmt: skip
+        device=plan.device,
+        window_start=start,
+        window_end=end,
+        entries=ordered,
+        root=root_of_hashes([e.leaf_hash for e in ordered]),
+        plan_digest=plan.digest,
+        previous_root=previous,
+        keys=keys,
+        signed=bool(keys),
+        waiver=waiver,
+    )
 
 
 def signing(
@@ -346,7 +360,8 @@ class Window:
 
 _new = object.__new__
 _set_record, _set_salt, _set_leaf, _set_hash = (
-    vars(Entry)[name].__set__ for name in ("record", "salt", "leaf", "leaf_hash"))
+    vars(Entry)[name].__set__ for name in ("record", "salt", "leaf", "leaf_hash")
+)
 
 
 def _entry(record: Record, salt: bytes, leaf: bytes, hashed: bytes) -> Entry:
@@ -374,10 +389,15 @@ class Batcher:
     """
 
     def __init__(
-        self, plans: Iterable[Mapping[str, Any]], on_batch: OnBatch, *, grace_ms: int = 5_000,
+        self,
+        plans: Iterable[Mapping[str, Any]],
+        on_batch: OnBatch,
+        *,
+        grace_ms: int = 5_000,
         previous_roots: Mapping[str, bytes] | None = None,
-        salt: Callable[[], bytes] = new_salt, on_window: OnWindow | None = None,
-    ) -> None:  # fmt: skip
+        salt: Callable[[], bytes] = new_salt,
+        on_window: OnWindow | None = None,
+    ) -> None:
         self.plans = {p.device: p for p in map(device_plan, plans)}
         self.on_batch, self.grace_ms, self.on_window = on_batch, grace_ms, on_window
         self.salt = _salts().__next__ if salt is new_salt else salt
@@ -404,8 +424,11 @@ class Batcher:
         plan = self.plans.get(record.device)
         if plan is None or self.closed or record.point not in plan.points:
             self._refuse(record)
-        moment = (record.scheduled_at or record.collected_at if type(record) is Reading
-                  else record_time(record))  # fmt: skip
+        moment = (
+            record.scheduled_at or record.collected_at
+            if type(record) is Reading
+            else record_time(record)
+        )
         ms = None if moment.fold else self._ms.get(moment)
         window = (self._epoch_ms(moment) if ms is None else ms) // plan.window_ms
         salt = self.salt()
@@ -504,18 +527,29 @@ class Statement:
     def members(self) -> dict[str, Any]:
         """The statement as JSON members, without ``format`` (audit entries say the same)."""
         return {
-            "device": self.device, "window_start": self.window_start,
-            "window_end": self.window_end, "count": self.count, "root": self.root.hex(),
-            "plan_digest": self.plan_digest, "previous_root": self.previous_root.hex(),
-        }  # fmt: skip
+            "device": self.device,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "count": self.count,
+            "root": self.root.hex(),
+            "plan_digest": self.plan_digest,
+            "previous_root": self.previous_root.hex(),
+        }
 
     def to_bytes(self) -> bytes:
         return canonical_json({"format": STATEMENT_FORMAT, **self.members()})
 
     @classmethod
     def of(cls, batch: Batch) -> Statement:
-        return cls(batch.device, batch.window_start, batch.window_end, batch.count, batch.root,
-                   batch.plan_digest, batch.previous_root)  # fmt: skip
+        return cls(
+            batch.device,
+            batch.window_start,
+            batch.window_end,
+            batch.count,
+            batch.root,
+            batch.plan_digest,
+            batch.previous_root,
+        )
 
     @classmethod
     def parse(cls, data: bytes) -> Statement:
@@ -577,9 +611,12 @@ def sign_batch(batch: Batch, signers: Mapping[str, Ed25519PrivateKey]) -> list[S
 
 
 def verify_statement(
-    data: bytes, signatures: Sequence[Signature], public_keys: Mapping[str, Ed25519PublicKey],
-    *, previous_root: bytes | None,
-) -> Statement:  # fmt: skip
+    data: bytes,
+    signatures: Sequence[Signature],
+    public_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    previous_root: bytes | None,
+) -> Statement:
     """Check a statement's signatures and chain link; return it parsed.
 
     ``public_keys`` holds every key that must have signed (the plan's keys;
@@ -606,9 +643,13 @@ def _check_key(data: bytes, key: str, public: Ed25519PublicKey, sigs: list[Signa
 
 
 def verify_batch(
-    data: bytes, signatures: Sequence[Signature], public_keys: Mapping[str, Ed25519PublicKey],
-    records: Sequence[tuple[Record, bytes]], *, previous_root: bytes | None,
-) -> Statement:  # fmt: skip
+    data: bytes,
+    signatures: Sequence[Signature],
+    public_keys: Mapping[str, Ed25519PublicKey],
+    records: Sequence[tuple[Record, bytes]],
+    *,
+    previous_root: bytes | None,
+) -> Statement:
     """Check a statement (see :func:`verify_statement`) and that ``records`` are its batch.
 
     ``records`` are (record, salt) pairs in any order; they are sorted as the

@@ -63,8 +63,12 @@ def leaf_object(record: Record, salt: bytes) -> dict[str, Any]:
 def _reading(r: Reading) -> dict[str, Any]:
     if isinstance(r.value, float) and not math.isfinite(r.value):
         raise LeafError(f"{r.device}/{r.point}: value {r.value} is not finite")
-    body: dict[str, Any] = {"type": "reading", "collected_at": instant(r.collected_at),
-                            "value": r.value, "quality": r.quality.value}  # fmt: skip
+    body: dict[str, Any] = {
+        "type": "reading",
+        "collected_at": instant(r.collected_at),
+        "value": r.value,
+        "quality": r.quality.value,
+    }
     optional: dict[str, Any] = {
         "scheduled_at": r.scheduled_at and instant(r.scheduled_at),
         "source_at": r.source_at and instant(r.source_at),
@@ -76,8 +80,11 @@ def _reading(r: Reading) -> dict[str, Any]:
 
 
 def _gap(g: Gap) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "gap", "scheduled_at": instant(g.scheduled_at),
-                            "reason": g.reason.value}  # fmt: skip
+    body: dict[str, Any] = {
+        "type": "gap",
+        "scheduled_at": instant(g.scheduled_at),
+        "reason": g.reason.value,
+    }
     if g.detail:
         body["detail"] = g.detail
     if g.raw_code is not None:
@@ -137,11 +144,19 @@ def _fast_leaf(record: Record, salt: bytes) -> bytes:
         raise _Unusual
     scheduled, collected, quality = record.scheduled_at, record.collected_at, record.quality
     device, point = record.device, record.point
-    if not (scheduled is not None and record.raw_code is None and record.server_at is None
-            and record.source_at is None and record.coalesced == 0
-            and type(record.coalesced) is int and type(collected) is datetime
-            and type(scheduled) is datetime and type(device) is str and type(point) is str
-            and not (collected.fold or scheduled.fold)):  # fmt: skip
+    if not (
+        scheduled is not None
+        and record.raw_code is None
+        and record.server_at is None
+        and record.source_at is None
+        and record.coalesced == 0
+        and type(record.coalesced) is int
+        and type(collected) is datetime
+        and type(scheduled) is datetime
+        and type(device) is str
+        and type(point) is str
+        and not (collected.fold or scheduled.fold)
+    ):
         return _reading_text(record, salt.hex()).encode()
     # The usual scheduled sample: no optional member but its slot. It is written from
     # remembered pieces, inline, as this runs for every reading the store ingests.
@@ -153,8 +168,10 @@ def _fast_leaf(record: Record, salt: bytes) -> bytes:
         number = repr(value)  # no exponent in this range, and a fraction: as ES6 writes it
     else:
         number = _scalar(value)
-    return (f'{{"collected_at":"{_INSTANTS[collected]}{known[1]}{salt.hex()}","scheduled_at":'
-            f'"{_INSTANTS[scheduled]}",{_READING_TAIL}{number}}}').encode()
+    return (
+        f'{{"collected_at":"{_INSTANTS[collected]}{known[1]}{salt.hex()}","scheduled_at":'
+        f'"{_INSTANTS[scheduled]}",{_READING_TAIL}{number}}}'
+    ).encode()
 
 
 def _reading_text(r: Reading, salt: str) -> str:
@@ -180,9 +197,10 @@ def _identity(device: str, point: str, quality: object) -> tuple[Quality, str]:
         raise _Unusual
     if len(_IDENTITIES) >= CACHE_SIZE:
         _IDENTITIES.clear()
-    known = _IDENTITIES[device, point] = (quality, f'","device":{_text(device)},'
-                                          f'"point":{_text(point)},"quality":{_QUALITY[quality]},'
-                                          f'"salt":"')  # fmt: skip
+    known = _IDENTITIES[device, point] = (
+        quality,
+        f'","device":{_text(device)},"point":{_text(point)},"quality":{_QUALITY[quality]},"salt":"',
+    )
     return known
 
 

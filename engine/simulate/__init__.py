@@ -37,38 +37,70 @@ from engine.records import Value
 
 SIMULATION_FILE = "simulation.yaml"
 GENERATORS = ("constant", "ramp", "sine", "step", "noise")
-FAULT_KINDS = ("stop", "start", "delay", "exception", "bad-status", "drop-connections",
-               "malformed")
+FAULT_KINDS = ("stop", "start", "delay", "exception", "bad-status", "drop-connections", "malformed")
 Generator = Callable[[float], Value]
 
 _NUMBER = {"type": "number", "check_with": "finite"}
 _DURATION = {"type": "string", "check_with": "positive_duration"}
 _GENERATOR_SCHEMAS: dict[str, dict[str, Any]] = {
     "constant": {"value": {"type": ["number", "boolean", "string"], "required": True}},
-    "ramp": {"start": {**_NUMBER, "required": True}, "step": {**_NUMBER, "required": True},
-             "min": _NUMBER, "max": _NUMBER},
-    "sine": {"mean": {**_NUMBER, "required": True}, "amplitude": {**_NUMBER, "required": True},
-             "period": {**_DURATION, "required": True}},
-    "step": {"values": {"type": "list", "required": True, "minlength": 1,
-                        "schema": {"type": ["number", "boolean", "string"]}},
-             "every": {**_DURATION, "required": True}},
-    "noise": {"mean": {**_NUMBER, "required": True}, "sigma": {**_NUMBER, "required": True},
-              "seed": {"type": "integer", "default": 0}},
+    "ramp": {
+        "start": {**_NUMBER, "required": True},
+        "step": {**_NUMBER, "required": True},
+        "min": _NUMBER,
+        "max": _NUMBER,
+    },
+    "sine": {
+        "mean": {**_NUMBER, "required": True},
+        "amplitude": {**_NUMBER, "required": True},
+        "period": {**_DURATION, "required": True},
+    },
+    "step": {
+        "values": {
+            "type": "list",
+            "required": True,
+            "minlength": 1,
+            "schema": {"type": ["number", "boolean", "string"]},
+        },
+        "every": {**_DURATION, "required": True},
+    },
+    "noise": {
+        "mean": {**_NUMBER, "required": True},
+        "sigma": {**_NUMBER, "required": True},
+        "seed": {"type": "integer", "default": 0},
+    },
 }
 SIMULATION_SCHEMA: dict[str, Any] = {
-    "values": {"type": "list", "default": [], "schema": {"type": "dict", "schema": {
-        "device": {"type": "string", "required": True, "check_with": "glob"},
-        "point": {"type": "string", "default": "*", "check_with": "glob"},
-        **{name: {"type": "dict", "schema": rules} for name, rules in _GENERATOR_SCHEMAS.items()},
-    }}},
+    "values": {
+        "type": "list",
+        "default": [],
+        "schema": {
+            "type": "dict",
+            "schema": {
+                "device": {"type": "string", "required": True, "check_with": "glob"},
+                "point": {"type": "string", "default": "*", "check_with": "glob"},
+                **{
+                    name: {"type": "dict", "schema": rules}
+                    for name, rules in _GENERATOR_SCHEMAS.items()
+                },
+            },
+        },
+    },
 }
 FAULTS_SCHEMA: dict[str, Any] = {
-    "faults": {"type": "list", "required": True, "schema": {"type": "dict", "schema": {
-        "at": {"type": "string", "required": True, "check_with": "duration"},
-        "device": {"type": "string", "required": True},
-        "fault": {"type": "string", "required": True, "allowed": list(FAULT_KINDS)},
-        "params": {"type": "dict", "default": {}},
-    }}},
+    "faults": {
+        "type": "list",
+        "required": True,
+        "schema": {
+            "type": "dict",
+            "schema": {
+                "at": {"type": "string", "required": True, "check_with": "duration"},
+                "device": {"type": "string", "required": True},
+                "fault": {"type": "string", "required": True, "allowed": list(FAULT_KINDS)},
+                "params": {"type": "dict", "default": {}},
+            },
+        },
+    },
 }
 
 
@@ -88,7 +120,8 @@ def make_generator(kind: str, p: Mapping[str, Any]) -> Generator:
         every, values = parse_duration(p["every"]) / 1000, list(p["values"])
         return lambda t: values[int(t // every) % len(values)]
     return lambda t: random.Random(f"{p.get('seed', 0)}:{round(t * 1000)}").gauss(
-        p["mean"], p["sigma"])
+        p["mean"], p["sigma"]
+    )
 
 
 def _ramp(value: float, start: float, low: float | None, high: float | None) -> float:
@@ -108,8 +141,12 @@ def _fraction(text: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-_RAW_RANGE = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
-              "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1)}
+_RAW_RANGE = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
 
 
 def default_generator(point: Point) -> Generator:
@@ -123,6 +160,7 @@ def default_generator(point: Point) -> Generator:
     mean = low + (high - low) * (0.3 + 0.4 * _fraction(name, "mean"))
     amplitude = (high - low) * (0.05 + 0.15 * _fraction(name, "amplitude"))
     period = 30 + 90 * _fraction(name, "period")
+
     def sine(t: float) -> float:
         return mean + amplitude * math.sin(2 * math.pi * t / period)
 
@@ -156,7 +194,8 @@ class ValueModel:
     def _pick(self, device: str, point: Point) -> Generator:
         for rule in self.rules:
             if fnmatch.fnmatchcase(device, rule["device"]) and fnmatch.fnmatchcase(
-                    point.name, rule.get("point", "*")):
+                point.name, rule.get("point", "*")
+            ):
                 kind = next(k for k in GENERATORS if k in rule)
                 return make_generator(kind, rule[kind])
         return default_generator(point)
@@ -187,9 +226,13 @@ def load_rules(path: Path) -> list[dict[str, Any]]:
     for i, rule in enumerate(rules):
         kinds = [k for k in GENERATORS if isinstance(rule, dict) and k in rule]
         if len(kinds) != 1:
-            findings.append(error(doc.at(("values", i)), "bad-value",
-                                  f"name exactly one generator ({', '.join(GENERATORS)}), "
-                                  f"got {len(kinds)}"))
+            findings.append(
+                error(
+                    doc.at(("values", i)),
+                    "bad-value",
+                    f"name exactly one generator ({', '.join(GENERATORS)}), got {len(kinds)}",
+                )
+            )
     if findings:
         raise FindingsError(findings)
     return list(rules)
@@ -199,14 +242,21 @@ def load_faults(path: Path, devices: Sequence[Device]) -> list[tuple[float, Faul
     """``(seconds since start, fault)`` of a faults file, in time order."""
     doc, data, findings = _validated(path, FAULTS_SCHEMA)
     known = {d.id for d in devices}
-    findings += [error(doc.at(("faults", i, "device")), "reference-unknown",
-                       f"no device {f.get('device')} in the site")
-                 for i, f in enumerate(data.get("faults") or [])
-                 if isinstance(f, dict) and f.get("device") not in known]
+    findings += [
+        error(
+            doc.at(("faults", i, "device")),
+            "reference-unknown",
+            f"no device {f.get('device')} in the site",
+        )
+        for i, f in enumerate(data.get("faults") or [])
+        if isinstance(f, dict) and f.get("device") not in known
+    ]
     if findings:
         raise FindingsError(findings)
-    faults = [(parse_duration(f["at"]) / 1000, Fault(f["fault"], f["device"], f["params"]))
-              for f in data["faults"]]
+    faults = [
+        (parse_duration(f["at"]) / 1000, Fault(f["fault"], f["device"], f["params"]))
+        for f in data["faults"]
+    ]
     return sorted(faults, key=lambda item: item[0])
 
 
@@ -234,15 +284,17 @@ class Simulation:
         await self.simulators[self.by_device[fault.device]].inject(fault)
 
 
-def _simulators(sites: Sequence[Site], model: ValueModel,
-                pm: pluggy.PluginManager) -> dict[str, Simulator]:
+def _simulators(
+    sites: Sequence[Site], model: ValueModel, pm: pluggy.PluginManager
+) -> dict[str, Simulator]:
     by_protocol: dict[str, list[Device]] = {}
     for device in (d for s in sites for d in s.devices):
         by_protocol.setdefault(device.protocol, []).append(device)
     simulators: dict[str, Simulator] = {}
     for protocol, devices in by_protocol.items():
-        sim = pm.hook.converge_simulator(protocol=protocol, devices=devices,
-                                         value_at=model.value_at)
+        sim = pm.hook.converge_simulator(
+            protocol=protocol, devices=devices, value_at=model.value_at
+        )
         if sim is None:
             raise PluginError(f"no plugin simulates protocol '{protocol}'")
         simulators[protocol] = sim
@@ -250,16 +302,23 @@ def _simulators(sites: Sequence[Site], model: ValueModel,
 
 
 @contextlib.asynccontextmanager
-async def running(site_path: Path | str, faults: Path | str | None = None, *,
-                  pm: pluggy.PluginManager | None = None) -> AsyncIterator[Simulation]:
+async def running(
+    site_path: Path | str,
+    faults: Path | str | None = None,
+    *,
+    pm: pluggy.PluginManager | None = None,
+) -> AsyncIterator[Simulation]:
     """Start a simulator per protocol of the site (and the fault schedule); stop them on exit."""
     pm = pm or make_plugin_manager()
     sites = load_sites(Path(site_path), pm)
     rules = [r for s in sites for r in _rules_beside(s)]
     devices = [d for s in sites for d in s.devices]
     schedule = load_faults(Path(faults), devices) if faults else []
-    sim = Simulation(sites, _simulators(sites, ValueModel(devices, rules), pm),
-                     {d.id: d.protocol for d in devices})
+    sim = Simulation(
+        sites,
+        _simulators(sites, ValueModel(devices, rules), pm),
+        {d.id: d.protocol for d in devices},
+    )
     started: list[Simulator] = []
     try:
         for simulator in sim.simulators.values():
@@ -287,8 +346,13 @@ async def _inject_on_schedule(sim: Simulation, schedule: Sequence[tuple[float, F
         await sim.inject(fault)
 
 
-async def serve(site_path: Path, faults: Path | None, duration: float | None,
-                pm: pluggy.PluginManager, console: Console) -> None:
+async def serve(
+    site_path: Path,
+    faults: Path | None,
+    duration: float | None,
+    pm: pluggy.PluginManager,
+    console: Console,
+) -> None:
     """``converge simulate``: serve until Ctrl-C, SIGTERM or ``duration`` seconds."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -298,8 +362,10 @@ async def serve(site_path: Path, faults: Path | None, duration: float | None,
     async with running(site_path, faults, pm=pm) as sim:
         for site in sim.sites:
             for device in site.devices:
-                console.print(f"serving {device.id} ({device.protocol}) at "
-                              f"{_where(device.endpoint)}", markup=False)
+                console.print(
+                    f"serving {device.id} ({device.protocol}) at {_where(device.endpoint)}",
+                    markup=False,
+                )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
     console.print("stopped", markup=False)

@@ -54,8 +54,9 @@ def _save_state(conn: Connection, log: MerkleLog, first: bool) -> None:
         conn.execute(update(META).where(META.c.key == STATE_KEY).values(value=text))
 
 
-def append(conn: Connection, kind: str, actor: str, payload: dict[str, Any],
-           at: str | None = None) -> int:  # fmt: skip
+def append(
+    conn: Connection, kind: str, actor: str, payload: dict[str, Any], at: str | None = None
+) -> int:
     """Append one entry in ``conn``'s transaction; returns its sequence number.
 
     The caller holds the store's write lock (every write transaction does).

@@ -68,10 +68,14 @@ def connect(target: str) -> Engine:
     url = database_url(target)
     try:
         if not url.startswith("sqlite"):
-            given = ({"connect_timeout", "service"} & set(make_url(url).query)
-                     or "PGCONNECT_TIMEOUT" in os.environ)  # fmt: skip
-            return create_engine(url, pool_pre_ping=True,
-                                 connect_args={} if given else {"connect_timeout": CONNECT_S})
+            given = {"connect_timeout", "service"} & set(
+                make_url(url).query
+            ) or "PGCONNECT_TIMEOUT" in os.environ
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={} if given else {"connect_timeout": CONNECT_S},
+            )
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"--db {target!r}: no database driver for it ({exc})") from exc
@@ -97,8 +101,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Autocommit at the driver level, so that the "begin" listener decides how a transaction starts.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                   f"busy_timeout={BUSY_TIMEOUT_MS}"):  # fmt: skip
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "foreign_keys=ON",
+        f"busy_timeout={BUSY_TIMEOUT_MS}",
+    ):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -136,11 +144,12 @@ def require_current(engine: Engine) -> None:
         raise StoreError(f"cannot open the store at {describe(engine)}: {reason(exc)}") from exc
     head = ScriptDirectory.from_config(_config()).get_current_head()
     if current is None:
-        raise StoreError(f"cannot open the store at {describe(engine)}: it holds no Converge "
-                         "store")  # fmt: skip
+        raise StoreError(f"cannot open the store at {describe(engine)}: it holds no Converge store")
     if current != head:
-        raise StoreError(f"the store at {describe(engine)} is at schema revision {current}, this "
-                         f"Converge reads {head}: a collector (converge run --db) migrates it")
+        raise StoreError(
+            f"the store at {describe(engine)} is at schema revision {current}, this "
+            f"Converge reads {head}: a collector (converge run --db) migrates it"
+        )
 
 
 def describe(engine: Engine) -> str:

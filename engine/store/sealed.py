@@ -39,8 +39,14 @@ class SealedBatch:
         entries = batch.entries
         leaves = tuple([e.leaf for e in entries])
         gaps = frozenset([i for i, e in enumerate(entries) if type(e.record) is Gap])
-        return cls(Statement.of(batch).to_bytes(), batch.keys,
-                   canonical_json(list(batch.waiver)), tuple(signatures), leaves, gaps)  # fmt: skip
+        return cls(
+            Statement.of(batch).to_bytes(),
+            batch.keys,
+            canonical_json(list(batch.waiver)),
+            tuple(signatures),
+            leaves,
+            gaps,
+        )
 
     def kind(self, position: int) -> Kind:
         return "gap" if position in self.gaps else "reading"
@@ -52,25 +58,29 @@ class SealedBatch:
 
     def audit_payload(self) -> dict[str, Any]:
         """What the ``batch.stored`` audit entry says of the batch (docs/audit.md)."""
-        return {**self.head.members(), "keys": list(self.keys),
-                "waiver": json.loads(self.waiver)}  # fmt: skip
+        return {**self.head.members(), "keys": list(self.keys), "waiver": json.loads(self.waiver)}
 
     def to_bytes(self) -> bytes:
         """A self-contained JSON form for the spool (leaves are UTF-8 JSON text already)."""
-        return canonical_json({
-            "statement": self.statement.decode(), "keys": list(self.keys),
-            "waiver": self.waiver.decode(),
-            "signatures": [[s.key, s.signature.hex()] for s in self.signatures],
-            "records": [[self.kind(i), leaf.decode()] for i, leaf in enumerate(self.leaves)],
-        })  # fmt: skip
+        return canonical_json(
+            {
+                "statement": self.statement.decode(),
+                "keys": list(self.keys),
+                "waiver": self.waiver.decode(),
+                "signatures": [[s.key, s.signature.hex()] for s in self.signatures],
+                "records": [[self.kind(i), leaf.decode()] for i, leaf in enumerate(self.leaves)],
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SealedBatch:
         obj: Mapping[str, Any] = json.loads(data)
         records = obj["records"]
         return cls(
-            obj["statement"].encode(), tuple(obj["keys"]), obj["waiver"].encode(),
+            obj["statement"].encode(),
+            tuple(obj["keys"]),
+            obj["waiver"].encode(),
             tuple(Signature(k, bytes.fromhex(s)) for k, s in obj["signatures"]),
             tuple(leaf.encode() for _, leaf in records),
             frozenset(i for i, (kind, _) in enumerate(records) if kind == "gap"),
-        )  # fmt: skip
+        )

@@ -84,19 +84,24 @@ class Spool:
         data = sealed.to_bytes()
         with self._transaction() as db:
             if self.bytes + len(data) > self.max_bytes:
-                db.execute("INSERT INTO dropped (statement, dropped_at) VALUES (?, ?)",
-                           (sealed.statement, now))  # fmt: skip
+                db.execute(
+                    "INSERT INTO dropped (statement, dropped_at) VALUES (?, ?)",
+                    (sealed.statement, now),
+                )
                 return False
-            db.execute("INSERT INTO spooled (size, batch, spooled_at) VALUES (?, ?, ?)",
-                       (len(data), data, now))  # fmt: skip
+            db.execute(
+                "INSERT INTO spooled (size, batch, spooled_at) VALUES (?, ?, ?)",
+                (len(data), data, now),
+            )
         self.bytes += len(data)
         return True
 
     def oldest(self, limit: int) -> list[tuple[int, SealedBatch, str | None]]:
         """Up to ``limit`` batches, oldest first: row id, batch, and when it was spooled (an
         instant; ``None`` in a spool from before batches kept their time)."""
-        rows = self.db.execute("SELECT id, batch, spooled_at FROM spooled ORDER BY id LIMIT ?",
-                               (limit,))  # fmt: skip
+        rows = self.db.execute(
+            "SELECT id, batch, spooled_at FROM spooled ORDER BY id LIMIT ?", (limit,)
+        )
         return [(row_id, SealedBatch.from_bytes(data), at) for row_id, data, at in rows]
 
     def remove(self, row_id: int) -> None:
@@ -130,10 +135,12 @@ class Spool:
     # --- chain heads -------------------------------------------------------------------
 
     def set_head(self, device: str, head: Head) -> None:
-        self.db.execute("INSERT INTO heads (device, root, covered_until) VALUES (?, ?, ?) "
-                        "ON CONFLICT (device) DO UPDATE SET root = excluded.root, "
-                        "covered_until = excluded.covered_until",
-                        (device, head.root, head.covered_until))  # fmt: skip
+        self.db.execute(
+            "INSERT INTO heads (device, root, covered_until) VALUES (?, ?, ?) "
+            "ON CONFLICT (device) DO UPDATE SET root = excluded.root, "
+            "covered_until = excluded.covered_until",
+            (device, head.root, head.covered_until),
+        )
 
     def heads(self) -> dict[str, Head]:
         with closing(self.db.execute("SELECT device, root, covered_until FROM heads")) as rows:
@@ -142,8 +149,9 @@ class Spool:
     def track(self, devices: Iterable[str]) -> None:
         """Note that the spool has known these devices' chain heads since a run that started
         with the store: a device with no head here then has no batch in the store either."""
-        self.db.executemany("INSERT OR IGNORE INTO tracked (device) VALUES (?)",
-                            [(device,) for device in devices])  # fmt: skip
+        self.db.executemany(
+            "INSERT OR IGNORE INTO tracked (device) VALUES (?)", [(device,) for device in devices]
+        )
 
     def knows_chain(self, device: str) -> bool:
         """Whether the spool knows where ``device``'s chain ends (at zero, with no head)."""

@@ -146,8 +146,13 @@ class Store:
             with self.transaction() as conn:
                 if self._stored(conn, head.device, head.root):
                     return False
-                seq = auditlog.append(conn, "batch.stored", self.actor, sealed.audit_payload(),
-                                   instant(at or datetime.now(UTC)))
+                seq = auditlog.append(
+                    conn,
+                    "batch.stored",
+                    self.actor,
+                    sealed.audit_payload(),
+                    instant(at or datetime.now(UTC)),
+                )
                 batch_id = self._insert_batch(conn, sealed, seq)
                 self._insert_records(conn, batch_id, sealed)
         except IntegrityError:
@@ -162,18 +167,31 @@ class Store:
     @staticmethod
     def _insert_batch(conn: Connection, sealed: SealedBatch, seq: int) -> int:
         head = sealed.head
-        batch_id = conn.execute(insert(BATCHES).values(
-            device=head.device, window_start=head.window_start, window_end=head.window_end,
-            count=head.count, root=head.root, previous_root=head.previous_root,
-            plan_digest=head.plan_digest, statement=sealed.statement,
-            keys=canonical_json(list(sealed.keys)).decode(), waiver=sealed.waiver.decode(),
-            audit_seq=seq,
-        ).returning(BATCHES.c.id)).scalar_one()  # fmt: skip
+        batch_id = conn.execute(
+            insert(BATCHES)
+            .values(
+                device=head.device,
+                window_start=head.window_start,
+                window_end=head.window_end,
+                count=head.count,
+                root=head.root,
+                previous_root=head.previous_root,
+                plan_digest=head.plan_digest,
+                statement=sealed.statement,
+                keys=canonical_json(list(sealed.keys)).decode(),
+                waiver=sealed.waiver.decode(),
+                audit_seq=seq,
+            )
+            .returning(BATCHES.c.id)
+        ).scalar_one()
         if sealed.signatures:
-            conn.execute(insert(SIGNATURES), [
-                {"batch_id": batch_id, "key": s.key, "signature": s.signature}
-                for s in sealed.signatures
-            ])  # fmt: skip
+            conn.execute(
+                insert(SIGNATURES),
+                [
+                    {"batch_id": batch_id, "key": s.key, "signature": s.signature}
+                    for s in sealed.signatures
+                ],
+            )
         return int(batch_id)
 
     def _insert_records(self, conn: Connection, batch_id: int, sealed: SealedBatch) -> None:
@@ -186,8 +204,14 @@ class Store:
             if positions:
                 self._bulk(conn, table, batch_id, positions, [leaves[i] for i in positions])
 
-    def _bulk(self, conn: Connection, table: str, batch_id: int, positions: Sequence[int],
-              leaves: Sequence[bytes]) -> None:  # fmt: skip
+    def _bulk(
+        self,
+        conn: Connection,
+        table: str,
+        batch_id: int,
+        positions: Sequence[int],
+        leaves: Sequence[bytes],
+    ) -> None:
         """One binary COPY (PostgreSQL), or as few multi-row INSERTs as SQLite allows.
 
         Binary COPY because the server parses text-format ``bytea`` (hex) at
@@ -213,7 +237,8 @@ class Store:
             params[1::3], params[2::3] = positions[start : start + per], chunk
             marks = ",".join(["(?,?,?)"] * len(chunk))
             conn.exec_driver_sql(
-                f"INSERT INTO {table} (batch_id, position, leaf) VALUES {marks}", tuple(params))
+                f"INSERT INTO {table} (batch_id, position, leaf) VALUES {marks}", tuple(params)
+            )
 
     def heads(self) -> dict[str, Head]:
         """Each device's newest batch: of its latest window, the one no other batch follows.
@@ -222,12 +247,20 @@ class Store:
         was dropped leaves its predecessor unfollowed too, so the latest window
         decides, not the chain alone.
         """
-        latest = (select(BATCHES.c.device, func.max(BATCHES.c.window_end).label("end"))
-                  .group_by(BATCHES.c.device).subquery())  # fmt: skip
-        query = (select(BATCHES.c.id, BATCHES.c.device, BATCHES.c.root, BATCHES.c.previous_root,
-                        BATCHES.c.window_end)
-                 .join(latest, (BATCHES.c.device == latest.c.device)
-                       & (BATCHES.c.window_end == latest.c.end)))  # fmt: skip
+        latest = (
+            select(BATCHES.c.device, func.max(BATCHES.c.window_end).label("end"))
+            .group_by(BATCHES.c.device)
+            .subquery()
+        )
+        query = select(
+            BATCHES.c.id,
+            BATCHES.c.device,
+            BATCHES.c.root,
+            BATCHES.c.previous_root,
+            BATCHES.c.window_end,
+        ).join(
+            latest, (BATCHES.c.device == latest.c.device) & (BATCHES.c.window_end == latest.c.end)
+        )
         with self.reading() as conn:
             rows = conn.execute(query).all()
         followed = {(r.device, bytes(r.previous_root)) for r in rows}
@@ -239,8 +272,9 @@ class Store:
 
     # --- plans, keys, lifecycle -------------------------------------------------------
 
-    def deploy_plans(self, plans: Iterable[tuple[Mapping[str, Any], bytes, str | None]],
-                     at: str | None = None) -> int:  # fmt: skip
+    def deploy_plans(
+        self, plans: Iterable[tuple[Mapping[str, Any], bytes, str | None]], at: str | None = None
+    ) -> int:
         """Keep each (body, bytes, signature note) plan not stored yet, with a ``plan.deployed``
         entry (dated ``at``, default now); returns how many were new."""
         new = 0
@@ -250,11 +284,26 @@ class Store:
                 if conn.execute(select(PLANS.c.digest).where(PLANS.c.digest == digest)).first():
                     continue
                 when = at or audit.now_instant()
-                conn.execute(insert(PLANS).values(digest=digest, device=body["device"]["id"],
-                                                  body=data, signature=signature, deployed_at=when))
-                auditlog.append(conn, "plan.deployed", self.actor,
-                             {"device": body["device"]["id"], "digest": digest,
-                              "signed": signature is not None}, when)  # fmt: skip
+                conn.execute(
+                    insert(PLANS).values(
+                        digest=digest,
+                        device=body["device"]["id"],
+                        body=data,
+                        signature=signature,
+                        deployed_at=when,
+                    )
+                )
+                auditlog.append(
+                    conn,
+                    "plan.deployed",
+                    self.actor,
+                    {
+                        "device": body["device"]["id"],
+                        "digest": digest,
+                        "signed": signature is not None,
+                    },
+                    when,
+                )
                 new += 1
         return new
 
@@ -266,8 +315,10 @@ class Store:
         the version's own creation time.
         """
         with self.transaction() as conn:
-            logged = {(e.payload["name"], e.payload["version"])
-                      for e in auditlog.entries(conn, ["key.generated", "key.rotated"])}
+            logged = {
+                (e.payload["name"], e.payload["version"])
+                for e in auditlog.entries(conn, ["key.generated", "key.rotated"])
+            }
             new = [v for v in versions if (v.name, v.version) not in logged]
             for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
                 kind = "key.generated" if v.version == 1 else "key.rotated"
@@ -289,7 +340,7 @@ class Store:
         end: Head | None = None
         query = select(BATCHES.c.root, BATCHES.c.window_end).where(BATCHES.c.device == device)
         with self.reading() as conn:
-            while (row := conn.execute(query.where(BATCHES.c.previous_root == root)).first()):
+            while row := conn.execute(query.where(BATCHES.c.previous_root == root)).first():
                 root = bytes(row.root)
                 end = Head(root, row.window_end)
         return end
@@ -309,10 +360,16 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per evidence table (for summaries)."""
         with self.reading() as conn:
-            return {name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-                    for name, table in (("batches", BATCHES), ("readings", READINGS),
-                                        ("gap_records", GAPS), ("audit_entries", AUDIT),
-                                        ("checkpoints", CHECKPOINTS))}  # fmt: skip
+            return {
+                name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                for name, table in (
+                    ("batches", BATCHES),
+                    ("readings", READINGS),
+                    ("gap_records", GAPS),
+                    ("audit_entries", AUDIT),
+                    ("checkpoints", CHECKPOINTS),
+                )
+            }
 
 
 def fast_bytea(cursor: Any) -> None:
@@ -329,9 +386,14 @@ def fast_bytea(cursor: Any) -> None:
 
 
 def key_payload(version: KeyVersion) -> dict[str, Any]:
-    return {"name": version.name, "version": version.version, "key_id": version.key_id,
-            "sha256": version.sha256, "not_before": instant(version.not_before),
-            "not_after": version.not_after and instant(version.not_after)}  # fmt: skip
+    return {
+        "name": version.name,
+        "version": version.version,
+        "key_id": version.key_id,
+        "sha256": version.sha256,
+        "not_before": instant(version.not_before),
+        "not_after": version.not_after and instant(version.not_after),
+    }
 
 
 __all__ = ["ZERO_ROOT", "Head", "Store", "StoreError", "fast_bytea", "key_payload"]

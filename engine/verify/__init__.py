@@ -121,9 +121,13 @@ class BatchInfo:
     previous_root: bytes
 
 
-def verify_store(store: Store, trust: Trust, witness: Path | None = None,
-                 progress: Progress | None = None,
-                 workers: int | None = None) -> Report:  # fmt: skip
+def verify_store(
+    store: Store,
+    trust: Trust,
+    witness: Path | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given).
 
     ``workers``: how many processes hash the records (None: one per CPU for a
@@ -194,8 +198,10 @@ def _check_state(conn: Connection, log: Log, report: Report) -> None:
         state = None
     if state != want:
         size = state.get("size") if isinstance(state, dict) else None
-        report.add("audit log", f"its saved state (size {size}) is not that of the "
-                                f"{recomputed.size} stored entries")  # fmt: skip
+        report.add(
+            "audit log",
+            f"its saved state (size {size}) is not that of the {recomputed.size} stored entries",
+        )
 
 
 def _meta(conn: Connection, key: str) -> str | None:
@@ -215,8 +221,9 @@ def _open(text: str, origin: str, trust: Trust, signed_at: str | None) -> note.C
         except note.NoKnownSignature:
             continue
         if signed_at is not None and not version.valid_at(_instant(signed_at)):
-            raise note.BadSignature(f"signed by {version.name} v{version.version} outside its "
-                                    "validity")  # fmt: skip
+            raise note.BadSignature(
+                f"signed by {version.name} v{version.version} outside its validity"
+            )
         return checkpoint
     raise note.NoKnownSignature("no signature by a trusted key")
 
@@ -236,8 +243,9 @@ class BadTime(VerificationError):
     """A stored time that is not an instant with a time zone."""
 
 
-def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Trust,
-                       report: Report) -> None:  # fmt: skip
+def _check_checkpoints(
+    conn: Connection, log: Log, origin: str | None, trust: Trust, report: Report
+) -> None:
     rows = conn.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.id)).all()
     report.counts["checkpoints"] = len(rows)
     if not rows and log.hashes:
@@ -246,8 +254,9 @@ def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Tr
     signed: list[tuple[str, note.Checkpoint]] = []
     for row in rows:
         label = f"checkpoint {row.id} (size {row.size})"
-        checkpoint = _checkpoint(label, row.note, origin, trust, signed_at=row.created_at,
-                                 report=report)
+        checkpoint = _checkpoint(
+            label, row.note, origin, trust, signed_at=row.created_at, report=report
+        )
         if checkpoint is None:
             continue
         if checkpoint.size != row.size:
@@ -261,8 +270,15 @@ def _check_checkpoints(conn: Connection, log: Log, origin: str | None, trust: Tr
         report.notes.append(f"audit entries {last}..{tree.size - 1} are after the last checkpoint")
 
 
-def _checkpoint(label: str, text: str, origin: str | None, trust: Trust, *,
-                signed_at: str | None, report: Report) -> note.Checkpoint | None:  # fmt: skip
+def _checkpoint(
+    label: str,
+    text: str,
+    origin: str | None,
+    trust: Trust,
+    *,
+    signed_at: str | None,
+    report: Report,
+) -> note.Checkpoint | None:
     if origin is None:
         report.add(label, "the store has no log origin")
         return None
@@ -275,12 +291,18 @@ def _checkpoint(label: str, text: str, origin: str | None, trust: Trust, *,
 
 def _matches(label: str, checkpoint: note.Checkpoint, tree: MerkleTree, report: Report) -> bool:
     if checkpoint.size > tree.size:
-        report.add(label, f"the log was truncated: the checkpoint signs {checkpoint.size} "
-                          f"entries, {tree.size} are stored")  # fmt: skip
+        report.add(
+            label,
+            f"the log was truncated: the checkpoint signs {checkpoint.size} "
+            f"entries, {tree.size} are stored",
+        )
         return False
     if tree.root(checkpoint.size) != checkpoint.root_hash:
-        report.add(label, f"the first {checkpoint.size} entries do not hash to the signed root "
-                          "(an entry was changed, removed or inserted)")  # fmt: skip
+        report.add(
+            label,
+            f"the first {checkpoint.size} entries do not hash to the signed root "
+            "(an entry was changed, removed or inserted)",
+        )
         return False
     return True
 
@@ -294,8 +316,9 @@ def _check_forks(signed: list[tuple[str, note.Checkpoint]], report: Report) -> N
             report.add(label, f"fork: {other[0]} signs another root for the same size")
 
 
-def _check_consistency(good: list[tuple[str, note.Checkpoint]], tree: MerkleTree,
-                       report: Report) -> None:  # fmt: skip
+def _check_consistency(
+    good: list[tuple[str, note.Checkpoint]], tree: MerkleTree, report: Report
+) -> None:
     ordered = sorted(good, key=lambda lc: lc[1].size)
     for (_, old), (label, new) in pairwise(ordered):
         try:
@@ -305,8 +328,9 @@ def _check_consistency(good: list[tuple[str, note.Checkpoint]], tree: MerkleTree
             report.add(label, f"not consistent with the checkpoint of size {old.size} ({exc})")
 
 
-def _check_witness(witness: Path, log: Log, origin: str | None, trust: Trust,
-                   report: Report) -> None:  # fmt: skip
+def _check_witness(
+    witness: Path, log: Log, origin: str | None, trust: Trust, report: Report
+) -> None:
     tree = MerkleTree(log.hashes)
     try:
         notes = list(audit.witness_notes(witness))
@@ -319,8 +343,11 @@ def _check_witness(witness: Path, log: Log, origin: str | None, trust: Trust,
         if checkpoint is None:
             continue
         if checkpoint.size > tree.size:
-            report.add(label, f"the store is older than the witnessed log: it holds {tree.size} "
-                              f"entries, {checkpoint.size} were witnessed (restored copy?)")
+            report.add(
+                label,
+                f"the store is older than the witnessed log: it holds {tree.size} "
+                f"entries, {checkpoint.size} were witnessed (restored copy?)",
+            )
         elif tree.root(checkpoint.size) != checkpoint.root_hash:
             report.add(label, "the store's log differs from the witnessed one (fork or rewrite)")
 
@@ -328,16 +355,16 @@ def _check_witness(witness: Path, log: Log, origin: str | None, trust: Trust,
 # --- plans and batches -----------------------------------------------------------------
 
 
-def _check_plan_signature(label: str, signed: str, body: Mapping[str, Any], trust: Trust,
-                          report: Report) -> None:  # fmt: skip
+def _check_plan_signature(
+    label: str, signed: str, body: Mapping[str, Any], trust: Trust, report: Report
+) -> None:
     """A stored plan signature must be by a trusted key, valid then, and name this plan."""
     try:
         _, signatures = note.split_note(signed)
         names = sorted({s.name for s in signatures} & trust.keys.keys())
         if not names:
             raise note.NoKnownSignature("signed by no trusted key")
-        claim = PlanClaim.parse(key_versions_check(names[0], trust.keys[names[0]])(
-            signed.encode()))  # fmt: skip
+        claim = PlanClaim.parse(key_versions_check(names[0], trust.keys[names[0]])(signed.encode()))
     except (VerificationError, KeyStoreError) as exc:
         report.add(label, f"its signature does not verify ({exc})")
         return
@@ -345,8 +372,9 @@ def _check_plan_signature(label: str, signed: str, body: Mapping[str, Any], trus
         report.add(label, f"its signature is of another plan ({claim.device} {claim.digest})")
 
 
-def _check_plans(conn: Connection, log: Log, trust: Trust,
-                 report: Report) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _check_plans(
+    conn: Connection, log: Log, trust: Trust, report: Report
+) -> dict[str, dict[str, Any]]:
     plans: dict[str, dict[str, Any]] = {}
     for row in conn.execute(select(PLANS)):
         label = f"plan {row.digest} ({row.device})"
@@ -369,8 +397,9 @@ def _check_plans(conn: Connection, log: Log, trust: Trust,
     return plans
 
 
-def _check_batches(conn: Connection, log: Log, plans: Mapping[str, dict[str, Any]],
-                   trust: Trust, report: Report) -> dict[int, BatchInfo]:  # fmt: skip
+def _check_batches(
+    conn: Connection, log: Log, plans: Mapping[str, dict[str, Any]], trust: Trust, report: Report
+) -> dict[int, BatchInfo]:
     signatures: dict[int, dict[str, bytes]] = defaultdict(dict)
     for batch_id, key, signature in conn.execute(select(SIGNATURES)):
         signatures[batch_id][key] = bytes(signature)
@@ -378,8 +407,15 @@ def _check_batches(conn: Connection, log: Log, plans: Mapping[str, dict[str, Any
     recorded: set[int] = set()
     for row in conn.execute(select(BATCHES).order_by(BATCHES.c.id)):
         label = f"batch {row.id} ({row.device} {row.window_start})"
-        info = _check_batch(row, label, log, plans, signatures=signatures.pop(row.id, {}),
-                            trust=trust, report=report)
+        info = _check_batch(
+            row,
+            label,
+            log,
+            plans,
+            signatures=signatures.pop(row.id, {}),
+            trust=trust,
+            report=report,
+        )
         recorded.add(row.audit_seq)
         if info is not None:
             batches[row.id] = info
@@ -388,25 +424,48 @@ def _check_batches(conn: Connection, log: Log, plans: Mapping[str, dict[str, Any
     for entry in log.of_kind("batch.stored"):
         if entry.seq not in recorded:
             p = entry.payload
-            report.add(f"batch of {p.get('device')} {p.get('window_start')}",
-                       f"deleted: audit entry {entry.seq} records it (root {p.get('root')}), "
-                       "the store has no such batch")  # fmt: skip
+            report.add(
+                f"batch of {p.get('device')} {p.get('window_start')}",
+                f"deleted: audit entry {entry.seq} records it (root {p.get('root')}), "
+                "the store has no such batch",
+            )
     report.counts["batches"] = len(batches)
     return batches
 
 
-def _check_batch(row: Any, label: str, log: Log, plans: Mapping[str, dict[str, Any]], *,
-                 signatures: dict[str, bytes], trust: Trust,
-                 report: Report) -> BatchInfo | None:  # fmt: skip
+def _check_batch(
+    row: Any,
+    label: str,
+    log: Log,
+    plans: Mapping[str, dict[str, Any]],
+    *,
+    signatures: dict[str, bytes],
+    trust: Trust,
+    report: Report,
+) -> BatchInfo | None:
     try:
         head = Statement.parse(bytes(row.statement))
     except MalformedStatement as exc:
         report.add(label, f"statement: {exc}")
         return None
-    columns = (row.device, row.window_start, row.window_end, row.count, bytes(row.root),
-               bytes(row.previous_root), row.plan_digest)  # fmt: skip
-    if columns != (head.device, head.window_start, head.window_end, head.count, head.root,
-                   head.previous_root, head.plan_digest):  # fmt: skip
+    columns = (
+        row.device,
+        row.window_start,
+        row.window_end,
+        row.count,
+        bytes(row.root),
+        bytes(row.previous_root),
+        row.plan_digest,
+    )
+    if columns != (
+        head.device,
+        head.window_start,
+        head.window_end,
+        head.count,
+        head.root,
+        head.previous_root,
+        head.plan_digest,
+    ):
         report.add(label, "its columns disagree with its signed statement")
     entry = log.entries.get(row.audit_seq)
     keys = _keys(row.keys)
@@ -417,8 +476,15 @@ def _check_batch(row: Any, label: str, log: Log, plans: Mapping[str, dict[str, A
     elif entry.payload != _payload(head, keys, row.waiver):
         report.add(label, f"differs from what audit entry {entry.seq} records of it")
     _check_plan_keys(label, head, keys, plans, report)
-    _check_signatures(label, bytes(row.statement), keys, signatures=signatures, trust=trust,
-                      signed_at=entry.time if entry else None, report=report)
+    _check_signatures(
+        label,
+        bytes(row.statement),
+        keys,
+        signatures=signatures,
+        trust=trust,
+        signed_at=entry.time if entry else None,
+        report=report,
+    )
     return BatchInfo(row.id, head.device, label, head.count, head.root, head.previous_root)
 
 
@@ -438,25 +504,42 @@ def _payload(head: Statement, keys: tuple[str, ...], waiver: str) -> dict[str, A
     return {**head.members(), "keys": list(keys), "waiver": waived}
 
 
-def _check_plan_keys(label: str, head: Statement, keys: tuple[str, ...],
-                     plans: Mapping[str, dict[str, Any]], report: Report) -> None:  # fmt: skip
+def _check_plan_keys(
+    label: str,
+    head: Statement,
+    keys: tuple[str, ...],
+    plans: Mapping[str, dict[str, Any]],
+    report: Report,
+) -> None:
     plan = plans.get(head.plan_digest)
     if plan is None:
         report.add(label, f"its plan {head.plan_digest} is not in the store")
         return
-    required = {k for p in plan["points"] if p.get("signing", {}).get("required")
-                for k in p["signing"].get("keys", ())}  # fmt: skip
-    waivable = any("signing" in w.get("facets", ()) for p in plan["points"]
-                   for w in p.get("waived", ()))  # fmt: skip
+    required = {
+        k
+        for p in plan["points"]
+        if p.get("signing", {}).get("required")
+        for k in p["signing"].get("keys", ())
+    }
+    waivable = any(
+        "signing" in w.get("facets", ()) for p in plan["points"] for w in p.get("waived", ())
+    )
     if not set(keys) <= required:
         report.add(label, f"signed by keys {sorted(set(keys) - required)} its plan does not name")
     if required and not keys and not waivable:
         report.add(label, "unsigned, but its plan requires signing and waives none of it")
 
 
-def _check_signatures(label: str, statement: bytes, keys: tuple[str, ...], *,
-                      signatures: dict[str, bytes], trust: Trust, signed_at: str | None,
-                      report: Report) -> None:  # fmt: skip
+def _check_signatures(
+    label: str,
+    statement: bytes,
+    keys: tuple[str, ...],
+    *,
+    signatures: dict[str, bytes],
+    trust: Trust,
+    signed_at: str | None,
+    report: Report,
+) -> None:
     for key in keys:
         signature = signatures.pop(key, None)
         if signature is None:
@@ -474,8 +557,9 @@ def _check_signatures(label: str, statement: bytes, keys: tuple[str, ...], *,
 
 def _check_chains(batches: Mapping[int, BatchInfo], log: Log, report: Report) -> None:
     """Each device's batches form one chain from the zero root; dropped batches excused."""
-    dropped = {(e.payload.get("device"), e.payload.get("root"))
-               for e in log.of_kind("batch.dropped")}  # fmt: skip
+    dropped = {
+        (e.payload.get("device"), e.payload.get("root")) for e in log.of_kind("batch.dropped")
+    }
     by_device: dict[str, list[BatchInfo]] = defaultdict(list)
     for info in batches.values():
         by_device[info.device].append(info)
@@ -485,8 +569,11 @@ def _check_chains(batches: Mapping[int, BatchInfo], log: Log, report: Report) ->
         following: dict[bytes, BatchInfo] = {}
         for b in sorted(device_batches, key=lambda b: b.id):
             if b.previous_root != ZERO_ROOT and b.previous_root not in roots:
-                report.add(b.label, f"chain broken: the batch before it (root "
-                                    f"{b.previous_root.hex()[:16]}…) is not stored")  # fmt: skip
+                report.add(
+                    b.label,
+                    f"chain broken: the batch before it (root "
+                    f"{b.previous_root.hex()[:16]}…) is not stored",
+                )
             other = following.setdefault(b.previous_root, b)
             if other is not b:
                 report.add(b.label, f"chain forked: {other.label} follows the same batch")
@@ -537,8 +624,13 @@ class _Source(NamedTuple):
     target: str
 
 
-def _check_records(conn: Connection, batches: Mapping[int, BatchInfo], report: Report,
-                   progress: Progress | None, workers: int | None) -> None:  # fmt: skip
+def _check_records(
+    conn: Connection,
+    batches: Mapping[int, BatchInfo],
+    report: Report,
+    progress: Progress | None,
+    workers: int | None,
+) -> None:
     """Compare each batch's rows, hashed and rebuilt into a root, with its signed statement.
 
     With fewer garbage collections: every row the driver returns is a new
@@ -566,19 +658,25 @@ def _compare(check: BatchCheck, info: BatchInfo | None, report: Report) -> None:
         report.counts[_TYPE[table]] += rows
     report.problems.extend(check.problems)
     if info is None:
-        report.add(f"batch {check.batch_id}", f"{sum(check.rows.values())} records of a batch "
-                                              "that is not stored (forged?)")  # fmt: skip
+        report.add(
+            f"batch {check.batch_id}",
+            f"{sum(check.rows.values())} records of a batch that is not stored (forged?)",
+        )
     elif check.positions != info.count:
-        report.add(info.label, f"holds {check.positions} records, its statement signs "
-                               f"{info.count} (records deleted or inserted)")  # fmt: skip
+        report.add(
+            info.label,
+            f"holds {check.positions} records, its statement signs "
+            f"{info.count} (records deleted or inserted)",
+        )
     elif check.missing is not None:
         report.add(info.label, f"record position {check.missing} is missing (records reordered?)")
     elif check.root != info.root:
         report.add(info.label, "its records do not hash to its signed root (a record was changed)")
 
 
-def _batch_checks(conn: Connection, batches: Mapping[int, BatchInfo],
-                  workers: int | None) -> Iterator[BatchCheck]:  # fmt: skip
+def _batch_checks(
+    conn: Connection, batches: Mapping[int, BatchInfo], workers: int | None
+) -> Iterator[BatchCheck]:
     """The check of every batch that has records, in batch-id order: read here, or by workers.
 
     Worker processes take ranges of batch ids up to the last batch this
@@ -597,8 +695,10 @@ def _batch_checks(conn: Connection, batches: Mapping[int, BatchInfo],
     cuts = _cuts(batches, count * _RANGES_PER_WORKER)
     pool = ProcessPoolExecutor(count, mp_context=_start_method())
     try:
-        tasks = [pool.submit(_check_range, source, _between(after, upto))
-                 for after, upto in zip([None, *cuts[:-1]], cuts, strict=True)]  # fmt: skip
+        tasks = [
+            pool.submit(_check_range, source, _between(after, upto))
+            for after, upto in zip([None, *cuts[:-1]], cuts, strict=True)
+        ]
         for task in tasks:
             yield from task.result()
     finally:
@@ -685,8 +785,9 @@ def _rows(driver: Any, postgres: bool, table: str, where: str) -> Iterator[Itera
     # a named (server-side) cursor streams on PostgreSQL; SQLite's cursor streams anyway
     cursor = driver.cursor(f"verify_{table}") if postgres else driver.cursor()
     condition = f" WHERE {where}" if where else ""
-    cursor.execute(f"SELECT batch_id, position, leaf FROM {table}{condition} "
-                   "ORDER BY batch_id, position")  # fmt: skip
+    cursor.execute(
+        f"SELECT batch_id, position, leaf FROM {table}{condition} ORDER BY batch_id, position"
+    )
     try:
         yield chain.from_iterable(iter(partial(cursor.fetchmany, 20_000), []))
     finally:
@@ -700,10 +801,14 @@ def _read_checks(driver: Any, postgres: bool, where: str) -> Iterator[BatchCheck
     together in each; the two streams are merged a batch at a time, and only
     one batch's leaf hashes are in memory at a time.
     """
-    with _rows(driver, postgres, "readings", where) as readings, \
-            _rows(driver, postgres, "gap_records", where) as gaps:  # fmt: skip
-        streams = {"readings": groupby(readings, _BATCH_ID),
-                   "gap_records": groupby(gaps, _BATCH_ID)}  # fmt: skip
+    with (
+        _rows(driver, postgres, "readings", where) as readings,
+        _rows(driver, postgres, "gap_records", where) as gaps,
+    ):
+        streams = {
+            "readings": groupby(readings, _BATCH_ID),
+            "gap_records": groupby(gaps, _BATCH_ID),
+        }
         heads = {t: next(s, None) for t, s in streams.items()}
         while any(heads.values()):
             batch_id = min(h[0] for h in heads.values() if h)
@@ -722,8 +827,9 @@ def _batch_check(batch_id: int, groups: dict[str, list[Row]]) -> BatchCheck:
     missing = _first_missing(found)
     root = None
     if missing is None:
-        root = root_of_hashes(found if isinstance(found, list) else
-                              [found[i] for i in range(len(found))])  # fmt: skip
+        root = root_of_hashes(
+            found if isinstance(found, list) else [found[i] for i in range(len(found))]
+        )
     rows = {table: len(group) for table, group in groups.items()}
     return BatchCheck(batch_id, rows, len(found), root, missing, problems)
 
@@ -769,8 +875,9 @@ def _hashes_in_order(rows: list[Row], marker: bytes) -> list[bytes] | None:
     return [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
 
 
-def _hash_group(table: str, batch_id: int, rows: list[Row], found: dict[int, bytes],
-                problems: list[Problem]) -> None:  # fmt: skip
+def _hash_group(
+    table: str, batch_id: int, rows: list[Row], found: dict[int, bytes], problems: list[Problem]
+) -> None:
     sha256, marker, item = hashlib.sha256, _MARKER[table], f"batch {batch_id}"
     for _, position, leaf in rows:
         data = leaf if type(leaf) is bytes else _as_bytes(leaf)

@@ -60,8 +60,9 @@ def utc_now() -> datetime:
 class FileKeyStore:
     """A :class:`~engine.keys.KeyStore` in a folder of encrypted PKCS#8 files."""
 
-    def __init__(self, folder: Path, *, passphrase: str | bytes | None = None,
-                 clock: Clock = utc_now) -> None:
+    def __init__(
+        self, folder: Path, *, passphrase: str | bytes | None = None, clock: Clock = utc_now
+    ) -> None:
         self.folder = folder
         self.passphrase = Passphrase(passphrase)
         self.clock = clock
@@ -111,8 +112,9 @@ class FileKeyStore:
             now = self.clock()
             retired = _retire(current, now)
             period = valid_for if valid_for is not None else _period(meta)
-            new = self._new_version(name, current.version + 1, now, period,
-                                    self.passphrase.get(confirm=True))
+            new = self._new_version(
+                name, current.version + 1, now, period, self.passphrase.get(confirm=True)
+            )
             self._write_metadata(name, _period(meta), [*old[:-1], retired, new])
         if retired != current:
             self.events.emit("retired", retired, now)
@@ -138,8 +140,9 @@ class FileKeyStore:
         self._unlocked[version.name, version.version] = key
         return key
 
-    def _new_version(self, name: str, number: int, now: datetime,
-                     valid_for: timedelta | None, secret: bytes) -> KeyVersion:
+    def _new_version(
+        self, name: str, number: int, now: datetime, valid_for: timedelta | None, secret: bytes
+    ) -> KeyVersion:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(secret))
         path = self._pem_path(name, number)
@@ -173,8 +176,9 @@ class FileKeyStore:
             raise KeyStoreError(f"{path} is not a {FORMAT} key file")
         return meta
 
-    def _write_metadata(self, name: str, valid_for: timedelta | None,
-                        versions: list[KeyVersion]) -> None:
+    def _write_metadata(
+        self, name: str, valid_for: timedelta | None, versions: list[KeyVersion]
+    ) -> None:
         meta = {
             "format": FORMAT,
             "name": name,
@@ -208,8 +212,14 @@ def _retire(version: KeyVersion, now: datetime) -> KeyVersion:
     """``version`` ending now, unless it already ended earlier."""
     if version.not_after is not None and version.not_after <= now:
         return version
-    return KeyVersion(version.name, version.version, version.public_key, version.not_before,
-                      now, version.created_at)
+    return KeyVersion(
+        version.name,
+        version.version,
+        version.public_key,
+        version.not_before,
+        now,
+        version.created_at,
+    )
 
 
 def _period(meta: dict[str, Any]) -> timedelta | None:

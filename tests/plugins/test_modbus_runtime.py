@@ -129,8 +129,9 @@ def test_wrong_register_count_is_a_value_error():
 def test_bit_groups_accept_the_padding_of_the_last_byte_only():
     group = {"table": "coil", "start": 10, "count": 3, "points": ["a", "c"]}
     addresses = {"a": {"table": "coil", "register": 10}, "c": {"table": "coil", "register": 12}}
-    assert decode_group(group, addresses, [True, False, False, False, False, False, False, False]) \
-        == [True, False]
+    assert decode_group(
+        group, addresses, [True, False, False, False, False, False, False, False]
+    ) == [True, False]
     with pytest.raises(ValueError, match="expected 3 bits"):
         decode_group(group, addresses, [True] * 9)
     with pytest.raises(ValueError, match="expected 3 bits"):
@@ -152,8 +153,10 @@ def test_values_that_do_not_fit_are_value_errors():
         (Gap("d", "p", datetime.now(UTC), GapReason.TIMEOUT), True),
         (Gap("d", "p", datetime.now(UTC), GapReason.REFUSED), False),
         (Gap("d", "p", datetime.now(UTC), GapReason.MALFORMED), False),
-        *[(Gap("d", "p", datetime.now(UTC), GapReason.EXCEPTION, raw_code=c), c in {6, 10, 11})
-          for c in range(1, 12)],
+        *[
+            (Gap("d", "p", datetime.now(UTC), GapReason.EXCEPTION, raw_code=c), c in {6, 10, 11})
+            for c in range(1, 12)
+        ],
         (Reading("d", "p", datetime.now(UTC), 1), False),
     ],
 )
@@ -342,8 +345,15 @@ def test_values_are_refreshed_while_serving(rig):
 
 
 def test_a_group_spanning_a_hole_is_illegal_data_address(rig):
-    across = {"unit": 1, "table": "holding", "start": 30, "count": 3, "function": 3,
-              "points": ["A30", "A32"], "unused": [31]}
+    across = {
+        "unit": 1,
+        "table": "holding",
+        "start": 30,
+        "count": 3,
+        "function": 3,
+        "points": ["A30", "A32"],
+        "unused": [31],
+    }
 
     async def main() -> tuple[list[Record], list[Record]]:
         async with serving(rig) as (_, session):
@@ -351,16 +361,26 @@ def test_a_group_spanning_a_hole_is_illegal_data_address(rig):
 
     spanning, alone = run(main)
     assert [(g.point, g.raw_code) for g in gaps(spanning, GapReason.EXCEPTION)] == [
-        ("A30", 2), ("A32", 2)]
+        ("A30", 2),
+        ("A32", 2),
+    ]
     assert not any(is_retryable(r) for r in spanning)
     assert values(alone)["A30"] == 30
 
 
 def test_a_device_that_allows_holes_answers_them(rig):
-    across = {"unit": 1, "table": "holding", "start": 30, "count": 3, "function": 3,
-              "points": ["A30", "A32"], "unused": [31]}
-    lenient = dataclasses.replace(rig.device, limits=dataclasses.replace(rig.device.limits,
-                                                                          max_gap=4))
+    across = {
+        "unit": 1,
+        "table": "holding",
+        "start": 30,
+        "count": 3,
+        "function": 3,
+        "points": ["A30", "A32"],
+        "unused": [31],
+    }
+    lenient = dataclasses.replace(
+        rig.device, limits=dataclasses.replace(rig.device.limits, max_gap=4)
+    )
 
     async def main() -> list[Record]:
         async with serving(Rig(rig.plan, lenient)) as (_, session):
@@ -380,8 +400,15 @@ def test_an_unknown_unit_is_a_gateway_exception(rig):
 
 
 def test_an_answer_too_short_for_a_point_is_malformed(rig):
-    short = {"unit": 1, "table": "holding", "start": 2, "count": 1, "function": 3,
-             "points": ["I32"], "unused": []}
+    short = {
+        "unit": 1,
+        "table": "holding",
+        "start": 2,
+        "count": 1,
+        "function": 3,
+        "points": ["I32"],
+        "unused": [],
+    }
 
     async def main() -> list[Record]:
         async with serving(rig) as (_, session):
@@ -460,15 +487,19 @@ def test_exception_faults_give_exception_gaps_with_the_code(rig):
     busy, illegal, normal = run(main)
     assert {(g.raw_code, is_retryable(g)) for g in gaps(busy, GapReason.EXCEPTION)} == {(6, True)}
     assert {(g.raw_code, is_retryable(g)) for g in gaps(illegal, GapReason.EXCEPTION)} == {
-        (2, False)}
+        (2, False)
+    }
     assert values(normal)["I16"] == VALUES["I16"]
 
 
 def test_unknown_faults_devices_and_codes_are_refused(rig):
     async def main() -> None:
         simulator = ModbusSimulator([rig.device], value_at)
-        for fault in (Fault("malformed", "plc"), Fault("stop", "nope"),
-                      Fault("exception", "plc", {"code": 99})):
+        for fault in (
+            Fault("malformed", "plc"),
+            Fault("stop", "nope"),
+            Fault("exception", "plc", {"code": 99}),
+        ):
             with pytest.raises(ConvergeError):
                 await simulator.inject(fault)
 
@@ -503,7 +534,8 @@ def test_the_hooks_answer_for_modbus_only(rig):
     other = {**rig.plan, "device": {**rig.plan["device"], "protocol": "opcua"}}
     assert modbus_plugin.plugin.converge_open_session(plan=other) is None
     simulator = modbus_plugin.plugin.converge_simulator(
-        protocol="modbus", devices=[rig.device], value_at=value_at)
+        protocol="modbus", devices=[rig.device], value_at=value_at
+    )
     assert isinstance(simulator, ModbusSimulator)
     other = modbus_plugin.plugin.converge_simulator(protocol="mqtt", devices=[], value_at=value_at)
     assert other is None
@@ -532,8 +564,17 @@ def test_float_sensor_faults_are_bad_readings_not_values(rig):
             await simulator.stop()
 
     f32 = [r for r in run(main) if r.point == "F32"]
-    assert f32 == [Reading("plc", "F32", f32[0].collected_at, None, Quality.BAD, raw_code="nan",
-                           scheduled_at=f32[0].scheduled_at)]
+    assert f32 == [
+        Reading(
+            "plc",
+            "F32",
+            f32[0].collected_at,
+            None,
+            Quality.BAD,
+            raw_code="nan",
+            scheduled_at=f32[0].scheduled_at,
+        )
+    ]
 
 
 def test_rtu_frames_over_tcp_read_and_a_timeout_drops_the_connection(converge_project):

@@ -124,8 +124,9 @@ def test_wildcards_fields_and_timestamps_through_mosquitto(converge_project, wor
     prefix = f"converge-test/{worker_id}"
     body = plan(converge_project, prefix)
     payload = json.dumps({"kw": 12.5, "ts": "2026-06-01T12:00:00Z"}).encode()
-    readings = asyncio.run(collect(body, [(f"{prefix}/meter/power", payload),
-                                          (f"{prefix}/meter/state", b"running")]))
+    readings = asyncio.run(
+        collect(body, [(f"{prefix}/meter/power", payload), (f"{prefix}/meter/state", b"running")])
+    )
     by_point = {r.point: r for r in readings}
     assert by_point["power"].value == 12.5
     assert by_point["power"].source_at is not None

@@ -94,8 +94,12 @@ async def running(
     dev = device("opcua", points, endpoint, **limits)
     groups = plan_read_groups(dev, points).groups
     plan = {
-        "device": {"id": dev.id, "protocol": "opcua", "endpoint": endpoint,
-                   "limits": dev.limits.as_plan()},
+        "device": {
+            "id": dev.id,
+            "protocol": "opcua",
+            "endpoint": endpoint,
+            "limits": dev.limits.as_plan(),
+        },
         "read_groups": groups,
     }
     simulator = OpcUaSimulator([dev], value_at)
@@ -137,12 +141,18 @@ def test_bulk_read_returns_values_both_timestamps_and_good():
             scheduled = at()
             records = readings(await session.read(group_of(groups, "PT"), scheduled))
         assert [(r.point, r.value) for r in records] == [
-            ("PT", 4.25), ("COUNT", 7), ("STATE", "running"), ("DOOR", True),
+            ("PT", 4.25),
+            ("COUNT", 7),
+            ("STATE", "running"),
+            ("DOOR", True),
             ("SERVER_STATE", 0),  # ServerState.Running, served by the server itself
         ]
         for r in records:
             assert (r.device, r.quality, r.raw_code, r.scheduled_at) == (
-                "dev-1", Quality.GOOD, 0, scheduled
+                "dev-1",
+                Quality.GOOD,
+                0,
+                scheduled,
             )
             assert r.source_at is not None and r.source_at.tzinfo is not None
             assert r.server_at is not None and r.server_at.tzinfo is not None
@@ -172,7 +182,8 @@ def test_bad_status_gives_bad_readings_without_value_until_code_0():
 
 def test_uncertain_status_keeps_the_value():
     data = ua.DataValue(
-        ua.Variant(1.5), ua.StatusCode(ua.UInt32(0x40000000))  # Uncertain
+        ua.Variant(1.5),
+        ua.StatusCode(ua.UInt32(0x40000000)),  # Uncertain
     )
     record = record_of("dev-1", "PT", data, at(), None)
     assert isinstance(record, Reading)
@@ -198,7 +209,8 @@ def test_delay_longer_than_the_timeout_gives_timeout_gaps():
             await session.connect()
             fast = readings(await session.read(group, at()))
         assert [(r.point, r.reason) for r in slow if isinstance(r, Gap)] == [
-            ("PT", GapReason.TIMEOUT), ("COUNT", GapReason.TIMEOUT)
+            ("PT", GapReason.TIMEOUT),
+            ("COUNT", GapReason.TIMEOUT),
         ]
         assert [r.quality for r in fast] == [Quality.GOOD, Quality.GOOD]
 
@@ -259,7 +271,8 @@ def test_server_stop_gives_refused_gaps_and_reconnect_recovers_reads_and_subscri
             restarted = readings(await session.read(group_of(groups, "PT"), at()))
             await until(lambda: len(got) >= seen + 2)
         assert [(r.point, r.reason) for r in stopped if isinstance(r, Gap)] == [
-            ("PT", GapReason.REFUSED), ("COUNT", GapReason.REFUSED)
+            ("PT", GapReason.REFUSED),
+            ("COUNT", GapReason.REFUSED),
         ]
         good = [(4.25, Quality.GOOD), (7, Quality.GOOD)]
         assert [(r.value, r.quality) for r in restarted] == good
@@ -270,8 +283,13 @@ def test_server_stop_gives_refused_gaps_and_reconnect_recovers_reads_and_subscri
 
 def test_read_before_connect_is_refused_and_close_is_idempotent():
     async def test() -> None:
-        plan = {"device": {"id": "dev-1", "protocol": "opcua",
-                           "endpoint": {"url": f"opc.tcp://127.0.0.1:{free_port()}/"}}}
+        plan = {
+            "device": {
+                "id": "dev-1",
+                "protocol": "opcua",
+                "endpoint": {"url": f"opc.tcp://127.0.0.1:{free_port()}/"},
+            }
+        }
         session = OpcUaSession(plan)
         group = {"kind": "read", "nodes": ["ns=2;i=1"], "points": ["P"]}
         records = await session.read(group, at())

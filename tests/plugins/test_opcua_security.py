@@ -100,8 +100,12 @@ def secured_endpoint(port: int, mode: str = "SignAndEncrypt") -> dict[str, Any]:
 def plan_for(endpoint: Mapping[str, Any]) -> dict[str, Any]:
     dev = device("opcua", POINTS, endpoint, timeout_ms=TIMEOUT_MS)
     return {
-        "device": {"id": dev.id, "protocol": "opcua", "endpoint": dict(endpoint),
-                   "limits": dev.limits.as_plan()},
+        "device": {
+            "id": dev.id,
+            "protocol": "opcua",
+            "endpoint": dict(endpoint),
+            "limits": dev.limits.as_plan(),
+        },
         "read_groups": plan_read_groups(dev, POINTS).groups,
     }
 
@@ -140,8 +144,11 @@ async def refused_quickly(session: OpcUaSession) -> BaseException:
         ("Sign", "Basic256Sha256", ua.SecurityPolicyType.Basic256Sha256_Sign),
         ("SignAndEncrypt", "Basic256Sha256", ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt),
         ("Sign", "Aes128_Sha256_RsaOaep", ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign),
-        ("SignAndEncrypt", "Aes256_Sha256_RsaPss",
-         ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt),
+        (
+            "SignAndEncrypt",
+            "Aes256_Sha256_RsaPss",
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+        ),
     ],
 )
 def test_the_simulator_offers_the_endpoints_mode_and_policy(mode, policy, expected):
@@ -177,7 +184,8 @@ def test_secured_session_with_the_right_user_reads_good_values(monkeypatch, clie
                 await session.close()
         assert all(isinstance(r, Reading) for r in records), records
         assert [(r.point, r.value, r.quality) for r in records if isinstance(r, Reading)] == [
-            ("PT", 4.25, Quality.GOOD), ("COUNT", 7, Quality.GOOD)
+            ("PT", 4.25, Quality.GOOD),
+            ("COUNT", 7, Quality.GOOD),
         ]
 
     run(test())

@@ -44,8 +44,12 @@ def compile_schema(
         check = _field_check(rules, types)
         if check is None:
             return None
-        fields[name] = (check, bool(rules.get("required")), bool(rules.get("nullable")),
-                        rules.get("default", _NO_DEFAULT))
+        fields[name] = (
+            check,
+            bool(rules.get("required")),
+            bool(rules.get("nullable")),
+            rules.get("default", _NO_DEFAULT),
+        )
     return _acceptor(fields)
 
 
@@ -59,8 +63,9 @@ def _acceptor(fields: dict[str, tuple[Check, bool, bool, Any]]) -> Accept:
         result = dict(document)
         for name, (check, required, nullable, default) in fields.items():
             value = result.get(name)
-            if default is not _NO_DEFAULT and (name not in result or
-                                               (value is None and not nullable)):
+            if default is not _NO_DEFAULT and (
+                name not in result or (value is None and not nullable)
+            ):
                 result[name] = value = default
             if name not in result:
                 if required:

@@ -30,11 +30,14 @@ def _device_clashes(project: Project) -> list[Finding]:
         for device in site.devices:
             other = first.setdefault(device.id, site.id)
             if other != site.id:
-                findings.append(error(
-                    device.location, "device-id-clash",
-                    f"device {device.id} of site {site.id} has the same id as a device of site "
-                    f"{other}; compile the sites separately or rename one",
-                ))
+                findings.append(
+                    error(
+                        device.location,
+                        "device-id-clash",
+                        f"device {device.id} of site {site.id} has the same id as a device of site "
+                        f"{other}; compile the sites separately or rename one",
+                    )
+                )
     return findings
 
 
@@ -43,8 +46,11 @@ def _roles(project: Project) -> list[Finding]:
         return []
     held = {role for principal in project.principals for role in principal.roles}
     return [
-        warning(place, "role-unheld",
-                f"role '{role}' in {facet} of policy {policy.id} is held by no principal")
+        warning(
+            place,
+            "role-unheld",
+            f"role '{role}' in {facet} of policy {policy.id} is held by no principal",
+        )
         for facet in ROLE_FACETS
         for policy, role, place in names_missing(project, facet, held)
     ]
@@ -73,8 +79,11 @@ def check_signing_keys(project: Project, store: KeyStore) -> list[Finding]:
     held = set(store.names())
     listing = ", ".join(sorted(held)) or "none"
     return [
-        error(place, "signing-key-unknown",
-              f"signing key '{name}' of policy {policy.id} is in no key store"
-              f" (held: {listing}); converge keys generate {name}")
+        error(
+            place,
+            "signing-key-unknown",
+            f"signing key '{name}' of policy {policy.id} is in no key store"
+            f" (held: {listing}); converge keys generate {name}",
+        )
         for policy, name, place in names_missing(project, SIGNING_KEYS, held)
     ]

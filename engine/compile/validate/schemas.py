@@ -250,10 +250,13 @@ SCHEMAS: dict[str, Schema] = {"policy": POLICY, "site": SITE, "principals": PRIN
 SITE_SHAPE: Schema = {
     **SITE,
     "devices": list_of(
-        {**DEVICE, "points": _described(
-            {"type": "list", "required": True, "empty": False, "schema": {"type": "dict"}},
-            "the device's points",
-        )},
+        {
+            **DEVICE,
+            "points": _described(
+                {"type": "list", "required": True, "empty": False, "schema": {"type": "dict"}},
+                "the device's points",
+            ),
+        },
         "the site's devices",
         required=True,
     ),

@@ -119,8 +119,9 @@ def _run_plugins(
     normalized: dict[int, Normalized] = {}
     checked: dict[str, dict[str, Any]] = {}
     for index, raw in _device_items(doc.data):
-        device_found, device_normalized = _plugin_checks(doc, pm, protocols, index, raw,
-                                                          checked=checked)
+        device_found, device_normalized = _plugin_checks(
+            doc, pm, protocols, index, raw, checked=checked
+        )
         found += device_found
         if device_normalized is not None:
             normalized[index] = device_normalized
@@ -271,8 +272,10 @@ def _repeats(
             first[name] = path
             continue
         earlier = first[name]
-        message = (f"{dotted(path)} '{name}' is already used by"
-                   f" {dotted(earlier[:owner_depth])} ({doc.at(earlier)})")
+        message = (
+            f"{dotted(path)} '{name}' is already used by"
+            f" {dotted(earlier[:owner_depth])} ({doc.at(earlier)})"
+        )
         found.append(Problem(path, error(doc.at(path), code, message)))
     return found
 

@@ -24,7 +24,7 @@ def plan_read_groups(device: Device, points: Sequence[PlannedPoint]) -> ReadGrou
     groups: list[dict[str, Any]] = []
     for schedule, members in sorted(_by_schedule(readable).items(), key=_schedule_order):
         for start in range(0, len(members), batch):
-            groups.append(_group(schedule, members[start:start + batch]))
+            groups.append(_group(schedule, members[start : start + batch]))
     return ReadGroupPlan(groups=groups, problems=problems)
 
 
@@ -34,8 +34,13 @@ def _duplicates(points: Sequence[PlannedPoint]) -> tuple[list[PlanProblem], list
     for p in points:
         register = int(p.point.address["register"])
         if register in seen:
-            problems.append(PlanProblem(p.point.name, "line-duplicate-register",
-                                        f"register {register} is read by {seen[register]} too"))
+            problems.append(
+                PlanProblem(
+                    p.point.name,
+                    "line-duplicate-register",
+                    f"register {register} is read by {seen[register]} too",
+                )
+            )
         else:
             seen[register] = p.point.name
             readable.append(p)

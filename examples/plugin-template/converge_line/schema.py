@@ -19,15 +19,18 @@ def _field(description: str, **rules: Any) -> dict[str, Any]:
 
 
 _ENDPOINT: dict[str, Any] = {
-    "host": _field("host name or IP address of the device", type="string", required=True,
-                   empty=False),
-    "port": _field(f"TCP port (default {DEFAULT_PORT})", type="integer", min=1, max=65535,
-                   default=DEFAULT_PORT),
+    "host": _field(
+        "host name or IP address of the device", type="string", required=True, empty=False
+    ),
+    "port": _field(
+        f"TCP port (default {DEFAULT_PORT})", type="integer", min=1, max=65535, default=DEFAULT_PORT
+    ),
 }
 
 _ADDRESS: dict[str, Any] = {
-    "register": _field("register number, 0..65535", type="integer", required=True, min=0,
-                       max=LAST_REGISTER),
+    "register": _field(
+        "register number, 0..65535", type="integer", required=True, min=0, max=LAST_REGISTER
+    ),
 }
 
 

@@ -84,6 +84,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("checkpoints", "audit_entries", "gap_records", "readings",
-                  "batch_signatures", "batches", "plans", "meta"):  # fmt: skip
+    for table in (
+        "checkpoints",
+        "audit_entries",
+        "gap_records",
+        "readings",
+        "batch_signatures",
+        "batches",
+        "plans",
+        "meta",
+    ):
         op.drop_table(table)
