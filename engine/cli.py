@@ -42,7 +42,7 @@ from engine.compile import Compilation, Inputs, compile_project
 from engine.compile.validate.jsonschema import json_schema
 from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
-from engine.evidence.sink import EvidenceConfig, EvidenceTarget, open_evidence
+from engine.evidence import EvidenceConfig, EvidenceTarget, open_evidence
 from engine.keys import KeyStore, KeyVersion, open_key_store
 from engine.plans.folder import load_plans, write_plans
 from engine.plans.signature import open_signer, plan_verifier, rfc3339
