@@ -17,8 +17,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
@@ -37,13 +37,26 @@ from engine.commands.diff import diff, diff_json, render_diff
 from engine.commands.explain import explain, render_explain
 from engine.commands.findings import findings_json, findings_sarif, findings_text
 from engine.commands.keys import export_public, render_keys
+from engine.commands.options import (
+    KEYS_ENV,
+    PIPE_WIDTH,
+    Handler,
+    add_db,
+    add_inputs,
+    compile_key_store,
+    compile_or_fail,
+    inputs_of,
+    key_store_of,
+    period,
+    seconds,
+    size,
+)
 from engine.commands.test import junit_xml, run_tests
 from engine.compile import Compilation, Inputs, compile_project
 from engine.compile.validate.jsonschema import json_schema
-from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
 from engine.evidence.sink import EvidenceConfig, EvidenceTarget, open_evidence
-from engine.keys import KeyStore, KeyVersion, open_key_store
+from engine.keys import KeyStore, KeyVersion
 from engine.plans.folder import load_plans, write_plans
 from engine.plans.signature import open_signer, plan_verifier, rfc3339
 from engine.plugin_manager import make_plugin_manager
@@ -51,11 +64,6 @@ from engine.store import auditlog
 from engine.store.spool import DEFAULT_MAX_BYTES
 from engine.store.store import Store
 from engine.verify import Trust, verify_store
-
-PIPE_WIDTH = 120
-"""Columns for tables when output goes to a file or a pipe (rich would assume 80)."""
-
-Handler = Callable[[argparse.Namespace, pluggy.PluginManager, Console], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,71 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     for register in COMMANDS:
         register(commands)
     return parser
-
-
-def add_inputs(parser: argparse.ArgumentParser) -> None:
-    """The arguments every compiling command takes."""
-    parser.add_argument(
-        "-p",
-        "--policies",
-        action="extend",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="PATH",
-        help="policy files or folders (searched for *.yaml)",
-    )
-    parser.add_argument(
-        "-s",
-        "--site",
-        action="extend",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="PATH",
-        dest="sites",
-        help="site.yaml files or site folders (principals.yaml beside is read)",
-    )
-    parser.add_argument(
-        "--principals",
-        action="extend",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help="more principals files",
-    )
-    parser.add_argument(
-        "--at",
-        type=date.fromisoformat,
-        metavar="YYYY-MM-DD",
-        help="the date exceptions are judged at (default: today, site time)",
-    )
-    parser.add_argument(
-        "--keys",
-        type=Path,
-        metavar="DIR",
-        help=f"check signing.keys against this key folder "
-        f"(default: ${KEYS_ENV} when set; otherwise not checked)",
-    )
-
-
-def inputs_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Inputs:
-    return Inputs(args.policies, args.sites, args.principals, args.at, compile_key_store(args, pm))
-
-
-def compile_key_store(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore | None:
-    """The key store whose names ``signing.keys`` is checked against, when one is given."""
-    folder = args.keys or (Path(os.environ[KEYS_ENV]) if os.environ.get(KEYS_ENV) else None)
-    return open_key_store(pm, {"kind": "file", "path": folder}) if folder else None
-
-
-def compile_or_fail(args: argparse.Namespace, pm: pluggy.PluginManager) -> Compilation:
-    """Compile; raise :class:`FindingsError` (printed with every finding) on any error."""
-    result = compile_project(inputs_of(args, pm), pm)
-    if not result.ok:
-        raise FindingsError(result.findings)
-    return result
 
 
 # --- converge check ----------------------------------------------------------------------
@@ -359,26 +302,6 @@ def run_test(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
 # --- converge run ------------------------------------------------------------------------
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a duration (``30s``, ``2m``) in seconds."""
-    try:
-        return parse_duration(text) / 1000
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
-
-
-def size(text: str) -> int:
-    """An argparse type: a size in bytes, such as ``512MiB`` or ``2GiB``."""
-    number = text.rstrip("BbKkMmGgTtIi")
-    unit = text[len(number) :].upper()
-    if not number.isdigit() or unit not in _UNITS or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512MiB or 2GiB")
-    return int(number) * _UNITS[unit]
-
-
 def register_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("run", help="collect devices as their plans say")
     parser.add_argument(
@@ -548,21 +471,6 @@ def run_simulate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Co
 # --- converge keys -----------------------------------------------------------------------
 
 
-KEYS_ENV = "CONVERGE_KEYS"
-"""Environment variable naming the key folder when --keys is not given."""
-
-
-def period(text: str) -> timedelta:
-    """An argparse type: a positive duration (``90d``, ``2y``) as a timedelta."""
-    try:
-        ms = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if ms == 0:
-        raise argparse.ArgumentTypeError("a validity period must be longer than 0")
-    return timedelta(milliseconds=ms)
-
-
 def register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("keys", help="generate, list, export and rotate signing keys")
     actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -601,11 +509,6 @@ def register_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     add_db(rotate, required=False)
     rotate.set_defaults(handler=run_keys_rotate)
-
-
-def key_store_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore:
-    folder = args.keys or Path(os.environ.get(KEYS_ENV) or "keys")
-    return open_key_store(pm, {"kind": "file", "path": folder})
 
 
 def run_keys_generate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -647,18 +550,6 @@ def run_keys_export(args: argparse.Namespace, pm: pluggy.PluginManager, console:
 
 
 # --- converge audit ----------------------------------------------------------------------
-
-
-def add_db(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True
-) -> None:
-    parser.add_argument(
-        "--db",
-        required=required,
-        metavar="URL",
-        help="the evidence store: a SQLite file path, or a database URL such "
-        "as postgresql://user@host/db",
-    )
 
 
 def register_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
