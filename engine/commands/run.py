@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
-from engine.collect.status import JsonLogReporter, LiveReporter, Reporter, summary_table
+from engine.collect.status import JsonLogReporter, Reporter
 from engine.commands.options import (
     KEYS_ENV,
     PIPE_WIDTH,
@@ -26,6 +26,7 @@ from engine.commands.options import (
     seconds,
     size,
 )
+from engine.commands.run_status import LiveReporter, summary_table
 from engine.errors import ConvergeError
 from engine.evidence import EvidenceConfig, EvidenceTarget, open_evidence
 from engine.keys import KeyStore
