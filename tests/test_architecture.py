@@ -193,3 +193,24 @@ def test_light_modules_load_no_compiler_cerberus_or_rich(module: str):
                                 text=True, cwd=REPO).stdout.split())  # fmt: skip
     heavy = sorted(m for m in loaded for h in HEAVY if m == h or m.startswith(f"{h}."))
     assert not heavy, f"import {module} loads {heavy}"
+
+
+def test_every_exception_is_in_the_one_tree_that_errors_py_draws():
+    """Every public exception class of the engine derives from ConvergeError, and the tree in
+    engine/errors.py names it."""
+    import importlib
+    import inspect
+
+    import engine.errors
+
+    drawn = engine.errors.__doc__ or ""
+    found = []
+    for module in sorted(m for m in MODULES if m.startswith("engine")):
+        loaded = importlib.import_module(module)
+        for name, cls in inspect.getmembers(loaded, inspect.isclass):
+            if cls.__module__ == module and issubclass(cls, BaseException):
+                found.append(name)
+                if not name.startswith("_"):
+                    assert issubclass(cls, engine.errors.ConvergeError), f"{module}.{name}"
+                    assert name in drawn, f"{module}.{name} is not drawn in engine/errors.py"
+    assert {"StoreError", "SealerError", "MissingSigner", "TreeSizeError"} <= set(found)

@@ -39,6 +39,7 @@ from store_proxy import TcpProxy
 
 from engine import audit
 from engine.cli import main
+from engine.errors import StoreError
 from engine.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
 from engine.evidence.batcher import Batcher
 from engine.plans.body import PlanBody
@@ -49,7 +50,7 @@ from engine.sign.note import sign_checkpoint
 from engine.store import auditlog
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
-from engine.store.store import Store, StoreError
+from engine.store.store import Store
 from engine.store.tables import BATCHES, GAPS, METADATA
 from engine.verify import Report
 

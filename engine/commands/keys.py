@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of, period
-from engine.keys import KeyStoreError, KeyVersion
+from engine.errors import KeyStoreError
+from engine.keys import KeyVersion
 from engine.store.store import Store
 
 

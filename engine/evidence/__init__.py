@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.errors import StoreError
 from engine.evidence.config import EvidenceConfig
 from engine.evidence.deferred import Deferred
 from engine.evidence.sink import EvidenceSink, check_signers
@@ -31,7 +32,6 @@ from engine.keys import KeyStore
 from engine.plans.body import PlanBody
 from engine.plans.signature import signature_name
 from engine.sign.leaf import instant
-from engine.store.database import StoreError
 from engine.store.spool import DEFAULT_MAX_BYTES, Spool
 from engine.store.store import Store
 

@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.canonical import canonical_json
-from engine.errors import ConvergeError
+from engine.errors import EvidenceError
 from engine.evidence.batcher import Window
 from engine.evidence.writer import Writer
 from engine.keys import KeyStore
@@ -57,7 +57,7 @@ SEND_BUFFER = 4 << 20
 _sha256 = hashlib.sha256
 
 
-class SealerError(ConvergeError):
+class SealerError(EvidenceError):
     """The sealer process failed or died; its traceback, when it could send one."""
 
 

@@ -20,13 +20,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.errors import StoreError
 from engine.evidence.config import EvidenceConfig
 from engine.evidence.deferred import Deferred
 from engine.keys import KeyStore
 from engine.sign.batch import Statement
 from engine.sign.leaf import instant
 from engine.sign.note import Checkpoint, sign_checkpoint
-from engine.store.database import StoreError
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Head, Store

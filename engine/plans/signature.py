@@ -27,12 +27,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from engine.errors import ConvergeError, PlanRejected
-from engine.keys import KeyStore, KeyStoreError, KeyVersion, verify_signature, version_at
+from engine.errors import ConvergeError, KeyStoreError, PlanRejected, VerificationError
+from engine.keys import KeyStore, KeyVersion, verify_signature, version_at
 from engine.plans.body import PlanBody
 from engine.plans.format import PLAN_FORMAT, Plan
 from engine.sign import note
-from engine.sign.merkle import VerificationError
 
 SIGNATURE_SUFFIX = ".plan.sig"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engine.canonical import canonical_json
-from engine.errors import ConvergeError
+from engine.errors import EvidenceError, VerificationError
 from engine.records import Gap, Reading, Record
 from engine.sign import note
 from engine.sign.leaf import instant, leaf_bytes, record_leaf_hash
@@ -40,7 +40,6 @@ from engine.sign.merkle import (
     LEAF_PREFIX,
     MerkleTree,
     RootMismatch,
-    VerificationError,
     root_of_hashes,
     verify_inclusion,
 )
@@ -56,7 +55,7 @@ _sha256 = hashlib.sha256
 # --- errors ----------------------------------------------------------------
 
 
-class MissingSigner(ConvergeError):
+class MissingSigner(EvidenceError):
     """``sign_batch`` was not given the private key of a key the batch requires."""
 
     def __init__(self, key: str) -> None:

@@ -28,20 +28,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import audit
 from engine.canonical import canonical_json
+from engine.errors import StoreError
 from engine.keys import KeyVersion
 from engine.plans.body import PlanBody
-from engine.sign.batch import ZERO_ROOT
 from engine.sign.leaf import instant
 from engine.store import auditlog
-from engine.store.database import (
-    StoreError,
-    connect,
-    describe,
-    reason,
-    require_current,
-    upgrade,
-    writing,
-)
+from engine.store.database import connect, describe, reason, require_current, upgrade, writing
 from engine.store.sealed import SealedBatch
 from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
 
@@ -394,4 +386,4 @@ def key_payload(version: KeyVersion) -> dict[str, Any]:
     }
 
 
-__all__ = ["ZERO_ROOT", "Head", "Store", "StoreError", "fast_bytea", "key_payload"]
+__all__ = ["Head", "Store", "fast_bytea", "key_payload"]

@@ -36,9 +36,9 @@ from sqlalchemy import Connection, select
 
 from engine import audit
 from engine.canonical import canonical_json
-from engine.errors import ConvergeError
+from engine.errors import ConvergeError, KeyStoreError, VerificationError
 from engine.heap import fewer_collections
-from engine.keys import KeyStore, KeyStoreError, KeyVersion, SignatureRejected, verify_signature
+from engine.keys import KeyStore, KeyVersion, SignatureRejected, verify_signature
 from engine.plans.format import verify_plan
 from engine.plans.signature import PlanClaim, key_versions_check
 from engine.sign import note
@@ -47,7 +47,6 @@ from engine.sign.merkle import (
     LEAF_PREFIX,
     MerkleLog,
     MerkleTree,
-    VerificationError,
     root_of_hashes,
     verify_consistency,
 )
