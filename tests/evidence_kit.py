@@ -130,4 +130,6 @@ def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150) -> Store:
 
 def verify(site: Site, store: Store, tmp_path: Path | None = None) -> Report:
     witness = tmp_path / "witness.jsonl" if tmp_path else None
-    return verify_store(store, site.trust(), witness if witness and witness.exists() else None)
+    return verify_store(
+        store, site.trust(), witness=witness if witness and witness.exists() else None
+    )

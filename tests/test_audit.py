@@ -8,6 +8,7 @@ import re
 import secrets
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,11 +16,13 @@ from evidence_kit import PASSPHRASE, REPO, fill, open_store
 
 from engine import audit
 from engine.cli import main
+from engine.keys import open_key_store
 from engine.plans.signature import PlanClaim, sign_claim
+from engine.plugin_manager import make_plugin_manager
 from engine.sign import note
 from engine.sign.merkle import root
 from engine.store.store import Store
-from engine.verify import verify_store
+from engine.verify import Trust, verify_store
 
 
 @pytest.fixture
@@ -207,11 +210,32 @@ def test_key_generation_and_rotation_with_a_store_are_audit_entries_at_once(
     assert main(["keys", "rotate", "qa-signing", "--keys", keys, "--db", db]) == 0
     capsys.readouterr()
     assert main(["audit", "log", "--db", db, "--format", "json"]) == 0
-    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    made, *entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert made["kind"] == "log.created" and made["payload"]["audit_key"] == "audit-log"
     assert [(e["kind"], e["payload"]["name"], e["payload"]["version"]) for e in entries] == [
         ("key.generated", "qa-signing", 1),
         ("key.rotated", "qa-signing", 2),
     ]
+
+
+def test_a_key_logged_with_the_audit_key_at_hand_is_signed_at_once(tmp_path, monkeypatch):
+    """With the audit key in the same folder, ``keys generate --db`` checkpoints its entry;
+    without it, the entry waits for the next run's checkpoint (a legitimate tail)."""
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
+    keys, db = str(tmp_path / "keys"), str(tmp_path / "evidence.db")
+    assert main(["keys", "generate", "qa-signing", "--keys", keys, "--db", db]) == 0
+    with Store.open_existing(db) as store:
+        assert store.counts()["checkpoints"] == 0
+    assert main(["keys", "generate", "audit-log", "--keys", keys, "--db", db]) == 0
+    with Store.open_existing(db) as store:
+        assert store.counts()["checkpoints"] == 1
+        report = verify_store(
+            store,
+            Trust.from_key_store(
+                open_key_store(make_plugin_manager(), {"kind": "file", "path": Path(keys)})
+            ),
+        )
+    assert report.ok, report.problems
 
 
 def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):

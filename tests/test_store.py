@@ -703,7 +703,11 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
         with again.reading() as conn:
             assert alembic_version(conn) == ["0001"]
             assert auditlog.origin(conn) == origin
-        assert again.counts()["audit_entries"] == 0
+            (made,) = auditlog.entries(conn)
+        assert again.counts()["audit_entries"] == 1  # made once, with the log
+    assert (made.seq, made.kind) == (0, "log.created")
+    assert made.payload == {"origin": origin, "audit_key": "audit-log"}
+    assert origin is not None and origin.startswith("converge/audit/audit-log/")
 
 
 def test_reading_a_sqlite_store_leaves_it_writable(evidence_site, tmp_path):

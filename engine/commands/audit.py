@@ -16,7 +16,14 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from engine.audit import KINDS, AuditEntry
-from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of
+from engine.commands.options import (
+    KEYS_ENV,
+    Handler,
+    Subparsers,
+    add_audit_key,
+    add_db,
+    key_store_of,
+)
 from engine.store import auditlog
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
@@ -74,6 +81,13 @@ def _add_verify(actions: Subparsers) -> None:
         help="checkpoints kept outside the store (converge run --witness): "
         "detects a store restored from an older copy",
     )
+    add_audit_key(verify)
+    verify.add_argument(
+        "--plan-key",
+        metavar="KEY",
+        help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
+        "signed by it (default: a plan's signature, when it has one, may be any trusted key's)",
+    )
     verify.add_argument("--format", choices=("text", "json"), default="text")
 
 
@@ -102,7 +116,14 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
         Store.open_existing(args.db) as store,
         progress_of(console, args.format == "text") as progress,
     ):
-        report = verify_store(store, trust, args.witness, progress)
+        report = verify_store(
+            store,
+            trust,
+            witness=args.witness,
+            progress=progress,
+            audit_key=args.audit_key,
+            plan_key=args.plan_key,
+        )
         where = store.where
     seconds = time.perf_counter() - started
     if args.format == "json":

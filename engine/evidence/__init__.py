@@ -66,11 +66,16 @@ def open_evidence(
     raises StoreError, as a chain started afresh could fork the store's.
     """
     check_signers(plans, keys, config.audit_key, datetime.now(UTC))  # before anything is written
-    store = Store.attach(target.db, actor(), target.witness)
+    store = Store.attach(target.db, actor(), target.witness, config.audit_key)
     spool = Spool(target.spool, target.max_spool_bytes)
     try:
         error = _reach(store, spool, plans)
-        started = {"plans": [p.digest for p in plans], "spool": str(target.spool)}
+        started = {
+            "plans": [p.digest for p in plans],
+            "spool": str(target.spool),
+            "checkpoint_s": config.checkpoint_s,
+            "checkpoint_entries": config.checkpoint_entries,
+        }
         start = Deferred(
             instant(datetime.now(UTC)),
             plans=tuple((p.data, _signature(plans_dir, p)) for p in plans),
