@@ -334,11 +334,16 @@ def test_readings_carry_the_send_time_and_the_scheduled_slot(rig):
 
 
 def test_values_are_refreshed_while_serving(rig):
+    async def ticks(session: ModbusSession) -> Any:
+        return values(await read(session, rig.group("TICKS")))["TICKS"]
+
     async def main() -> tuple[Any, Any]:
         async with serving(rig) as (_, session):
-            first = values(await read(session, rig.group("TICKS")))["TICKS"]
-            await asyncio.sleep(0.35)
-            return first, values(await read(session, rig.group("TICKS")))["TICKS"]
+            first = second = await ticks(session)
+            while second < first + 2:  # two refreshes later (run() bounds the wait)
+                await asyncio.sleep(0.05)
+                second = await ticks(session)
+            return first, second
 
     first, second = run(main)
     assert second >= first + 2
