@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import platform
 import secrets
@@ -56,9 +55,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engine.canonical import canonical_json
-from engine.evidence.sink import EvidenceConfig, EvidenceSink
+from engine.evidence import EvidenceConfig, EvidenceSink
 from engine.keys import KeyVersion
-from engine.plans.format import PLAN_FORMAT, seal
+from engine.plans.body import PlanBody
+from engine.plans.format import PLAN_FORMAT, read_plan, seal
 from engine.records import Reading
 from engine.sign.note import sign_checkpoint
 from engine.store.spool import Spool
@@ -147,18 +147,24 @@ def point_name(p: int) -> str:
     return f"R{p:03d}"
 
 
-def plans(shape: Shape) -> list[dict[str, Any]]:
+def plans(shape: Shape) -> list[PlanBody]:
     """One sealed plan per device (digest verifies), each point signed by both keys."""
     signing = {"required": True, "keys": list(SIGNING_KEYS), "batch_window_ms": WINDOW_MS}
     bodies = []
     for d in range(shape.devices):
         body = {
             "format": PLAN_FORMAT,
-            "device": {"id": device_id(d)},
-            "points": [{"name": point_name(p), "signing": signing} for p in range(POINTS)],
+            "site": "bench",
+            "timezone": "UTC",
+            "as_of": "2026-06-01",
+            "device": {"id": device_id(d), "protocol": "modbus", "endpoint": {}, "limits": {}},
+            "points": [
+                {"name": point_name(p), "address": {}, "signing": signing} for p in range(POINTS)
+            ],
+            "read_groups": [],
         }
         _, data = seal({key: canonical_json(value) for key, value in body.items()})
-        bodies.append(json.loads(data))
+        bodies.append(read_plan(data))
     return bodies
 
 
@@ -247,7 +253,7 @@ async def _collect(
 def open_store(target: str, keys: BenchKeys, shape: Shape) -> Store:
     """A new store with the plans deployed and the keys logged, as ``converge run`` makes it."""
     store = Store.open(target, actor="bench-ingest")
-    store.deploy_plans([(body, canonical_json(body), None) for body in plans(shape)])
+    store.deploy_plans([(body, None) for body in plans(shape)])
     store.record_keys([v for name in keys.names() for v in keys.versions(name)])
     return store
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import rfc8785
 
-from engine.errors import ConvergeError
+from engine.errors import InputError
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
-class CanonicalError(ConvergeError):
+class CanonicalError(InputError):
     """A value that has no canonical JSON form (NaN, infinity, an unsafe integer, ...)."""
 
 

@@ -4,15 +4,47 @@ A *finding* is what a compliance engineer sees: one line with a place, a
 severity, a stable code and a message. Stages return findings; they never
 print them and never stop at the first one.
 
-Exceptions are for the cases where a command cannot go on at all::
+Exceptions are for the cases where a command cannot go on at all. Every one
+Converge raises on purpose is in this tree; the subsystem bases are defined
+here, the leaves beside the code that raises them::
 
-    ConvergeError                 base of everything Converge raises on purpose
-    ├── FindingsError             input with at least one error finding
-    ├── PluginError               a plugin is missing, misspelled or broke its contract
-    └── PlanRejected              a plan whose digest, signature or validity fails
+    ConvergeError                  base of everything Converge raises on purpose
+    ├── InputError                 input that cannot be used as given
+    │   ├── FindingsError          input with at least one error finding (all of them)
+    │   ├── CanonicalError         a value with no canonical JSON form              (canonical)
+    │   └── AliasBomb, TooDeep     YAML past the alias budget or depth, made findings
+    │                              by the load stage                  (compile.yaml_builder)
+    ├── PluginError                a plugin is missing, misspelled or broke its contract
+    ├── PlanRejected               a plan whose digest, shape, signature or validity fails
+    ├── KeyStoreError              a key missing, locked or not valid when needed        (keys)
+    │   └── SignatureRejected      no version made it, or one outside its validity       (keys)
+    ├── EvidenceError              records that cannot become signed evidence
+    │   ├── LeafError              a record or salt with no leaf                    (sign.leaf)
+    │   ├── MissingSigner          a required key was not given to sign a batch    (sign.batch)
+    │   └── SealerError            the sealer process failed or died          (evidence.sealer)
+    ├── StoreError                 the evidence database or spool cannot be used       (store)
+    └── VerificationError          evidence that does not verify
+        ├── RootMismatch           a recomputed root that is not the one claimed  (sign.merkle)
+        ├── ProofLengthError, HashLengthError, IndexOutOfRange,
+        │   TreeSizeError          proof arithmetic that does not add up          (sign.merkle)
+        ├── MalformedStatement, MissingSignature,
+        │   CountMismatch, ChainBroken   a batch that is not what was signed       (sign.batch)
+        ├── BadTime                a stored time that is not an aware instant          (verify)
+        ├── NoteError              a signed note that cannot be trusted              (sign.note)
+        │   ├── MalformedNote      text that is no signed note (MalformedPlanNote: plans.signature)
+        │   ├── MalformedKey       a key text that does not parse
+        │   ├── NoKnownSignature   no signature by a trusted key
+        │   └── BadSignature       a trusted key's signature that fails (a batch's names its key)
+        └── CheckpointError        not the checkpoint expected: MalformedCheckpoint, OriginMismatch
 
-Foreign exceptions (PyYAML, cerberus, croniter, rfc8785, ...) are translated
-into findings or into one of these at the stage that calls the library.
+Foreign exceptions are mapped at the one boundary that calls the library
+(``raise ... from exc``): PyYAML and cerberus into findings (compile.load,
+compile.validate), SQLAlchemy and sqlite3 into :class:`StoreError` (store),
+cryptography's ``InvalidSignature`` into :class:`VerificationError` leaves
+(sign, keys), a protocol library's errors into gap records or ``OSError`` /
+``TimeoutError`` at the session (plugins, see :class:`engine.protocols.Session`).
+Private exceptions that only steer control flow inside one module
+(``_Unusual``, ``_Differs``) never leave it; a test keeps this tree complete.
 """
 
 from __future__ import annotations
@@ -87,8 +119,12 @@ class ConvergeError(Exception):
     """Base of every exception Converge raises on purpose; its text is for users."""
 
 
+class InputError(ConvergeError):
+    """Input (files, values) that cannot be used as given."""
+
+
 @dataclass
-class FindingsError(ConvergeError):
+class FindingsError(InputError):
     """Raised when input has errors and the command cannot produce its output."""
 
     findings: list[Finding] = field(default_factory=list)
@@ -102,4 +138,20 @@ class PluginError(ConvergeError):
 
 
 class PlanRejected(ConvergeError):
-    """A plan that must not run: bad digest, bad signature, or past its valid_until."""
+    """A plan that must not run: bad digest, shape or signature, or past its valid_until."""
+
+
+class KeyStoreError(ConvergeError):
+    """A key that is missing, unusable, locked or not valid when it is needed."""
+
+
+class EvidenceError(ConvergeError):
+    """Records that cannot be made into signed evidence."""
+
+
+class StoreError(ConvergeError):
+    """A database (or spool) that cannot be opened, migrated, read or written."""
+
+
+class VerificationError(ConvergeError):
+    """Evidence (a proof, a root, a signature, a signed note) that does not verify."""

@@ -14,13 +14,15 @@ Plugins implement hooks with ``@engine.hookimpl`` and register through the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from engine.keys import KeyStore
-from engine.model import Device, PlannedPoint, ReadGroupPlan
-from engine.protocols import Session, Simulator, ValueAt
+if TYPE_CHECKING:  # the contract's types, imported only for type checkers (as pytest does)
+    from engine.keys import KeyStore
+    from engine.model import Device, PlannedPoint, ReadGroupPlan
+    from engine.plans.body import PlanBody
+    from engine.protocols import Session, Simulator, ValueAt
 
 PROJECT = "converge"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -105,14 +107,16 @@ def converge_plan_read_groups(
 
 
 @hookspec(firstresult=True)
-def converge_open_session(plan: Mapping[str, Any]) -> Session | None:
+def converge_open_session(plan: PlanBody) -> Session | None:
     """Make the :class:`~engine.protocols.Session` that collects one device's plan.
 
     Called by the collector once per plan it runs, before anything is
-    connected; ``plan`` is the verified plan body (``plan["device"]`` holds
-    protocol, endpoint and limits, ``plan["read_groups"]`` the requests).
-    Return ``None`` when ``plan["device"]["protocol"]`` is not yours. The
-    session must not connect in this hook.
+    connected; ``plan`` is the verified, typed plan
+    (:class:`~engine.plans.body.PlanBody`: ``plan.device`` holds protocol,
+    endpoint and limits, ``plan.points`` each point's address,
+    ``plan.read_groups`` the requests, each with the plugin's own fields in
+    ``group.spec``). Return ``None`` when ``plan.device.protocol`` is not
+    yours. The session must not connect in this hook.
     """
 
 

@@ -33,15 +33,11 @@ import pluggy
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from engine.errors import ConvergeError, PluginError
+from engine.errors import KeyStoreError, PluginError
 from engine.model import KEBAB_ID
 from engine.sign import note
 
 EventKind = Literal["generated", "rotated", "retired"]
-
-
-class KeyStoreError(ConvergeError):
-    """A key that is missing, unusable, locked or not valid when it is needed."""
 
 
 class SignatureRejected(KeyStoreError):

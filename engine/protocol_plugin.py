@@ -30,6 +30,7 @@ from typing import Any
 
 from engine.hookspecs import hookimpl
 from engine.model import Device, PlannedPoint, ReadGroupPlan
+from engine.plans.body import PlanBody
 from engine.protocols import Session, Simulator, ValueAt
 
 Schema = dict[str, Any]
@@ -73,8 +74,8 @@ class ProtocolPlugin:
         return self.plan_read_groups(device, points) if device.protocol == self.name else None
 
     @hookimpl
-    def converge_open_session(self, plan: Mapping[str, Any]) -> Session | None:
-        if self.session is None or plan["device"]["protocol"] != self.name:
+    def converge_open_session(self, plan: PlanBody) -> Session | None:
+        if self.session is None or plan.device.protocol != self.name:
             return None
         session: Session = _load(self.session)(plan)
         return session

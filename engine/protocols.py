@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.records import Record, Value
+
+if TYPE_CHECKING:
+    from engine.plans.body import ReadGroup
 
 Deliver = Callable[[Record], Awaitable[None]]
 """Where a subscription hands each record it receives (the collector's queue)."""
@@ -41,10 +44,10 @@ class Session(Protocol):
     async def connect(self) -> None:
         """Open the connection (and, for OPC UA, the session); idempotent."""
 
-    async def read(self, group: Mapping[str, Any], scheduled_at: datetime) -> list[Record]:
+    async def read(self, group: ReadGroup, scheduled_at: datetime) -> list[Record]:
         """Read one read group of the plan: one record per point of the group, in its order."""
 
-    async def subscribe(self, group: Mapping[str, Any], deliver: Deliver) -> None:
+    async def subscribe(self, group: ReadGroup, deliver: Deliver) -> None:
         """Start a subscription read group; records arrive through ``deliver``."""
 
     async def close(self) -> None:

@@ -5,27 +5,56 @@ Our own tests use it, and so can policy authors and plugin authors:
 - ``converge_project`` writes a project (policies, sites, principals) from a
   dict of file names to YAML text in a temporary folder and compiles it;
 - the :class:`Outcome` it returns says ``assert_success()`` or
-  ``assert_findings([...])`` with the place and code of each finding.
+  ``assert_findings([...])`` with the place and code of each finding;
+- :func:`plan_of` makes the typed plan a protocol session takes from the few
+  members a test cares about.
 """
 
 from __future__ import annotations
 
 import contextlib
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pluggy
 import pytest
 
 from engine.compile import Compilation, Inputs, compile_project
 from engine.errors import Finding, Severity
+from engine.plans.body import PlanBody, parse_body
+from engine.plans.format import PLAN_FORMAT, Plan, read_plan
 from engine.plugin_manager import make_plugin_manager
 
 Expected = tuple[str, int, int, str]
+
+_PLAN_DEFAULTS: dict[str, Any] = {
+    "format": PLAN_FORMAT,
+    "site": "test",
+    "timezone": "UTC",
+    "as_of": "2026-06-01",
+    "points": [],
+    "read_groups": [],
+    "digest": "sha256:" + "0" * 64,
+}
 """A finding as a test names it: (path, line, col, code)."""
+
+
+def plan_of(members: Mapping[str, Any]) -> PlanBody:
+    """A typed plan of the given members (``device`` at least), the others defaulted.
+
+    For tests of protocol sessions: no digest is checked; ``device`` needs only
+    ``id`` (``protocol``, ``endpoint`` and ``limits`` default to empty), and
+    ``points`` default to one with an empty address per name the groups read.
+    """
+    device = {"protocol": "", "endpoint": {}, "limits": {}, **members["device"]}
+    named = dict.fromkeys(n for g in members.get("read_groups", ()) for n in g["points"])
+    points = [{"name": name, "address": {}} for name in named]
+    body = {**_PLAN_DEFAULTS, "points": points, **members, "device": device}
+    return parse_body(body, b"", "test plan")
 
 
 @dataclass
@@ -63,9 +92,17 @@ class Outcome:
         return matches[0]
 
     def plan(self, device: str) -> dict[str, object]:
+        """The plan of ``device`` as JSON data (what the plan file says)."""
+        return self._plan(device).body
+
+    def plan_body(self, device: str) -> PlanBody:
+        """The plan of ``device`` as the collector and protocol sessions read it."""
+        return read_plan(self._plan(device).canonical)
+
+    def _plan(self, device: str) -> Plan:
         for plan in self.compilation.plans:
             if plan.device == device:
-                return plan.body
+                return plan
         raise AssertionError(f"no plan for {device}: {[p.device for p in self.compilation.plans]}")
 
 

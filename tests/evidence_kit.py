@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from engine.canonical import canonical_json
 from engine.cli import main
-from engine.evidence.sink import EvidenceConfig, EvidenceSink
+from engine.evidence import EvidenceConfig, EvidenceSink
+from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.records import Gap, GapReason, Reading, Record
 from engine.store.spool import Spool
@@ -39,7 +38,7 @@ class Site:
 
     keys_dir: Path
     plans_dir: Path
-    plans: list[dict[str, Any]]
+    plans: list[PlanBody]
 
     def key_store(self) -> FileKeyStore:
         return FileKeyStore(self.keys_dir, passphrase=PASSPHRASE)
@@ -88,19 +87,19 @@ def records(site: Site, seconds: int, start: datetime = T0, gap_every: int = 7) 
     for s in range(seconds):
         at = start + timedelta(seconds=s)
         for plan in site.plans:
-            device = plan["device"]["id"]
-            for i, point in enumerate(plan["points"]):
+            device = plan.device.id
+            for i, point in enumerate(plan.points):
                 if (s + i) % gap_every == 0:
-                    yield Gap(device, point["name"], at, GapReason.TIMEOUT, "no answer in 1000 ms")
+                    yield Gap(device, point.name, at, GapReason.TIMEOUT, "no answer in 1000 ms")
                 else:
                     yield Reading(
-                        device, point["name"], at, round(20 + s * 0.25 + i, 2), scheduled_at=at
+                        device, point.name, at, round(20 + s * 0.25 + i, 2), scheduled_at=at
                     )
 
 
 def open_store(site: Site, target: str, witness: Path | None = None) -> Store:
     store = Store.open(target, actor="converge-test", witness=witness)
-    store.deploy_plans([(p, canonical_json(p), None) for p in site.plans])
+    store.deploy_plans([(p, None) for p in site.plans])
     keys = site.key_store()
     store.record_keys([v for name in keys.names() for v in keys.versions(name)])
     return store

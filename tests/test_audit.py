@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, REPO, fill, open_store
 
 from engine import audit
-from engine.canonical import canonical_json
 from engine.cli import main
 from engine.plans.signature import PlanClaim, sign_claim
 from engine.sign import note
@@ -178,24 +177,24 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
     first, second = evidence_site.plans[:2]  # the key's first one
 
     def signed(plan, device):
-        claim = PlanClaim(device, plan["digest"], now)
+        claim = PlanClaim(device, plan.digest, now)
         return sign_claim(claim, "site-integrity", keys.signer("site-integrity", now)).decode()
 
     def verdict(note_text):
         db = tmp_path / f"{secrets.token_hex(4)}.db"
         with Store.open(str(db)) as store:
-            store.deploy_plans([(first, canonical_json(first), note_text)])
+            store.deploy_plans([(first, note_text)])
             key = keys.signer("audit-log", now)
             store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
             return verify_store(store, evidence_site.trust())
 
-    assert verdict(signed(first, first["device"]["id"])).ok
-    label = f"plan {first['digest']} ({first['device']['id']})"
-    report = verdict(signed(first, second["device"]["id"]))
+    assert verdict(signed(first, first.device.id)).ok
+    label = f"plan {first.digest} ({first.device.id})"
+    report = verdict(signed(first, second.device.id))
     assert [(p.item, p.message.split(" (")[0]) for p in report.problems] == [
         (label, "its signature is of another plan")
     ]
-    forged = signed(first, first["device"]["id"]).replace(first["digest"], second["digest"])
+    forged = signed(first, first.device.id).replace(first.digest, second.digest)
     assert [p.item for p in verdict(forged).problems] == [label]
 
 

@@ -16,16 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.canonical import CanonicalError, canonical_json
-from engine.errors import ConvergeError
+from engine.errors import ConvergeError, PlanRejected
+from engine.evidence import batcher as batch_module
+from engine.evidence.batcher import Batcher, Window, batch_spec
+from engine.plans.body import PlanBody, parse_body
 from engine.records import Gap, GapReason, Quality, Reading, Record
-from engine.sign import batch as batch_module
 from engine.sign import merkle
 from engine.sign import note as sign_note
 from engine.sign.batch import (
     ZERO_ROOT,
     BadSignature,
     Batch,
-    Batcher,
     ChainBroken,
     CountMismatch,
     Entry,
@@ -33,8 +34,6 @@ from engine.sign.batch import (
     MissingSignature,
     MissingSigner,
     Signature,
-    Window,
-    device_plan,
     make_batch,
     sign_batch,
     statement,
@@ -74,15 +73,20 @@ def record_from(fields: dict[str, Any]) -> Record:
     return Reading(**{**args, "quality": Quality(args["quality"])})
 
 
-def plan(window_ms: int = 60_000, **points: dict[str, Any]) -> dict[str, Any]:
-    """A device plan body for reactor-7; default: TT701 and PT701 signed by key a."""
+def plan(window_ms: int = 60_000, **points: dict[str, Any]) -> PlanBody:
+    """A device plan of reactor-7; default: TT701 and PT701 signed by key a."""
     signed = {"signing": {"required": True, "keys": ["a"], "batch_window_ms": window_ms}}
     points = points or {"TT701": signed, "PT701": signed}
-    return {
-        "device": {"id": "reactor-7"},
+    body = {
+        "site": "plant",
+        "timezone": "UTC",
+        "as_of": "2026-06-01",
+        "device": {"id": "reactor-7", "protocol": "modbus", "endpoint": {}, "limits": {}},
         "digest": DIGEST,
-        "points": [{"name": n, **p} for n, p in points.items()],
+        "points": [{"name": n, "address": {}, **p} for n, p in points.items()],
+        "read_groups": [],
     }
+    return parse_body(body, b"", "test plan")
 
 
 def reading(at: datetime, value: float = 21.5, point: str = "TT701") -> Reading:
@@ -93,7 +97,7 @@ def gap(at: datetime, point: str = "PT701") -> Gap:
     return Gap("reactor-7", point, at, GapReason.TIMEOUT)
 
 
-def batches_of(records: list[Record], body: dict[str, Any] | None = None) -> list[Batch]:
+def batches_of(records: list[Record], body: PlanBody | None = None) -> list[Batch]:
     out: list[Batch] = []
     batcher = Batcher([body or plan()], out.append)
 
@@ -263,8 +267,8 @@ def test_the_smallest_window_of_the_plan_wins():
         TT701={"signing": {"required": True, "keys": ["a"], "batch_window_ms": 10_000}},
         PT701={"signing": {"required": True, "keys": ["a"], "batch_window_ms": 60_000}},
     )
-    assert device_plan(body).window_ms == 10_000
-    assert device_plan(plan(TT701={})).window_ms == 60_000
+    assert body.window_ms == 10_000
+    assert plan(TT701={}).window_ms == 60_000
 
 
 def test_gaps_are_in_batches_and_chained():
@@ -356,8 +360,8 @@ def test_records_outside_the_plans_are_refused():
 
 
 def test_required_signing_without_keys_is_refused():
-    with pytest.raises(ConvergeError, match="names no key"):
-        device_plan(plan(TT701={"signing": {"required": True}}))
+    with pytest.raises(PlanRejected, match="names no key"):
+        plan(TT701={"signing": {"required": True}})
 
 
 entries_st = st.lists(
@@ -383,7 +387,7 @@ def test_the_root_does_not_depend_on_arrival_order(specs: list[Any], rnd: Any):
     entries = [entry(*s) for s in specs]
     shuffled = entries[:]
     rnd.shuffle(shuffled)
-    dp = device_plan(plan())
+    dp = batch_spec(plan())
     window = int(T0.timestamp() * 1000) // dp.window_ms
     a, b = make_batch(dp, window, entries, ZERO_ROOT), make_batch(dp, window, shuffled, ZERO_ROOT)
     assert a.root == b.root and a.entries == b.entries
@@ -393,17 +397,25 @@ def test_the_root_does_not_depend_on_arrival_order(specs: list[Any], rnd: Any):
 # --- signing and waivers ---------------------------------------------------
 
 
-def test_waived_only_batches_are_unsigned_with_the_waiver():
+def test_every_batch_carries_every_key_its_plan_requires():
+    """Whichever points a batch holds: one holding only a waived point is still signed by the
+    keys the plan's other points require, so a batch cannot shed a key by shedding points."""
     body = plan(
         TT701={"waived": [WAIVER, {**WAIVER, "facets": ["capture"]}]},
         PT701={"signing": {"required": True, "keys": ["b", "a"]}},
     )
-    (waived,) = batches_of([reading(T0)], body)
+    (waived_point_only,) = batches_of([reading(T0)], body)
+    assert (waived_point_only.signed, waived_point_only.keys) == (True, ("a", "b"))
+    (mixed,) = batches_of([reading(T0), gap(T0)], body)
+    assert (mixed.signed, mixed.keys, mixed.waiver) == (True, ("a", "b"), ())
+
+
+def test_a_plan_whose_signing_is_all_waived_gives_unsigned_batches_with_the_waivers():
+    body = plan(TT701={"waived": [WAIVER, {**WAIVER, "facets": ["capture"]}]}, PT701={})
+    (waived,) = batches_of([reading(T0), gap(T0)], body)
     assert (waived.signed, waived.keys, waived.waiver) == (False, (), (WAIVER,))
     assert sign_batch(waived, {}) == []
     verify_batch(statement(waived), [], {}, pairs(waived), previous_root=ZERO_ROOT)
-    (mixed,) = batches_of([reading(T0), gap(T0)], body)
-    assert (mixed.signed, mixed.keys, mixed.waiver) == (True, ("a", "b"), ())
 
 
 def test_the_documented_statement_and_signature():
@@ -413,7 +425,7 @@ def test_the_documented_statement_and_signature():
     }
     signed = {"signing": {"required": True, "keys": ["site-integrity"], "batch_window_ms": 60_000}}
     body = plan(TT701_PV=signed, PT701_PV=signed)
-    dp = device_plan(body)
+    dp = batch_spec(body)
     entries = [Entry.of(record_from(x["record"]), bytes.fromhex(x["salt"])) for x in v.values()]
     batch = make_batch(dp, int(T0.timestamp() * 1000) // 60_000, entries, ZERO_ROOT)
     page = (REPO / "docs" / "records.md").read_text("utf-8")

@@ -51,7 +51,7 @@ ZURICH = ZoneInfo("Europe/Zurich")
 
 class FakeSession:
     def __init__(self, plan, behaviour, events):
-        self.device = plan["device"]["id"]
+        self.device = plan.device.id
         self.behaviour = behaviour
         self.events = events
         self.reads: list[float] = []
@@ -69,9 +69,9 @@ class FakeSession:
     async def read(self, group, scheduled_at):
         self.reads.append(asyncio.get_running_loop().time())
         self.events.append(("sent", self.device, scheduled_at))
-        self.units.append(group.get("unit"))
+        self.units.append(group.unit)
         # behaviour of the group's unit, e.g. {"units": {2: {"hang": 10}}}, overrides the device's
-        behaviour = {**self.behaviour, **self.behaviour.get("units", {}).get(group.get("unit"), {})}
+        behaviour = {**self.behaviour, **self.behaviour.get("units", {}).get(group.unit, {})}
         if behaviour.get("hang"):
             await asyncio.sleep(behaviour["hang"])
         if behaviour.get("decode"):
@@ -82,7 +82,7 @@ class FakeSession:
             values = behaviour["values"]
             return [
                 Reading(self.device, p, datetime.now(UTC), values(p, len(self.reads)))
-                for p in group["points"]
+                for p in group.points
             ]
         code = behaviour.get("code")
         busy = behaviour.get("busy_times", 0)
@@ -90,15 +90,15 @@ class FakeSession:
         if code is not None and (busy == 0 or len(self.reads) <= busy):
             return [
                 Gap(self.device, p, scheduled_at, GapReason.EXCEPTION, raw_code=code)
-                for p in group["points"]
+                for p in group.points
             ]
-        return [Reading(self.device, p, now, len(self.reads)) for p in group["points"]]
+        return [Reading(self.device, p, now, len(self.reads)) for p in group.points]
 
     async def subscribe(self, group, deliver):
         async def feed():
             for i in range(self.behaviour.get("messages", 0)):
                 await asyncio.sleep(self.behaviour.get("every", 0.02))
-                for p in group["points"]:
+                for p in group.points:
                     await deliver(Reading(self.device, p, datetime.now(UTC), i))
                 self.published += 1
             if self.behaviour.get("drop_after_messages"):
@@ -122,9 +122,9 @@ class FakeProtocol:
 
     @hookimpl
     def converge_open_session(self, plan):
-        if plan["device"]["protocol"] != "fake":
+        if plan.device.protocol != "fake":
             return None
-        session = FakeSession(plan, self.behaviours.get(plan["device"]["id"], {}), self.events)
+        session = FakeSession(plan, self.behaviours.get(plan.device.id, {}), self.events)
         self.sessions[session.device] = session
         return session
 

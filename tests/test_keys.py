@@ -17,14 +17,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 
 from engine.cli import main
 from engine.compile.validate.references import check_signing_keys
-from engine.errors import PluginError
-from engine.keys import (
-    KeyEvent,
-    KeyStore,
-    KeyStoreError,
-    SignatureRejected,
-    open_key_store,
-)
+from engine.errors import KeyStoreError, PluginError
+from engine.keys import KeyEvent, KeyStore, SignatureRejected, open_key_store
 from engine.plugin_manager import make_plugin_manager
 from engine.sign import note
 from engine.testkit import ProjectBuilder

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import sign
+from engine.errors import VerificationError
 from engine.sign import proof as arithmetic
 from engine.sign.merkle import (
     EMPTY_ROOT,
@@ -23,7 +24,6 @@ from engine.sign.merkle import (
     ProofLengthError,
     RootMismatch,
     TreeSizeError,
-    VerificationError,
     consistency_proof,
     inclusion_proof,
     leaf_hash,

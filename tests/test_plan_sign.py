@@ -179,7 +179,7 @@ def test_each_plan_has_a_signed_note_beside_it_named_in_the_index(work):
 def test_signed_plans_load_with_either_option_or_both(work):
     for options in ({"trust": True}, {"require": True}, {"trust": True, "require": True}):
         plans = load(work, **options)
-        assert [p["device"]["id"] for p in plans] == DEVICES
+        assert [p.device.id for p in plans] == DEVICES
 
 
 def test_without_trust_options_unsigned_plans_still_load(work):

@@ -266,7 +266,7 @@ class CountingSessions:
         real = engine.collect.open_session
 
         def open_session(pm: Any, plan: Any) -> Any:
-            return Counting(real(pm, plan), str(plan["device"]["id"]), self.reads)
+            return Counting(real(pm, plan), plan.device.id, self.reads)
 
         monkeypatch.setattr(engine.collect, "open_session", open_session)
 

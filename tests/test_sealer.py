@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from evidence_kit import T0, Site, collect, open_store, records, verify
 
+from engine.evidence.batcher import Window, batch_spec
+from engine.evidence.config import EvidenceConfig
 from engine.evidence.sealer import SealerError, cut, seal
-from engine.evidence.sink import EvidenceConfig, EvidenceSink
+from engine.evidence.sink import EvidenceSink
 from engine.records import Gap, GapReason, Reading
-from engine.sign.batch import ZERO_ROOT, Window, device_plan, make_batch, sign_batch
+from engine.sign.batch import ZERO_ROOT, make_batch, sign_batch
 from engine.sign.leaf import leaf_bytes
 from engine.sign.merkle import LEAF_PREFIX
 from engine.store.sealed import SealedBatch
@@ -71,7 +73,7 @@ def test_a_restarted_sealer_continues_every_chain(evidence_site, backend, tmp_pa
 def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site, hashed: bool):
     """Shuffled records, late duplicates (ties of time, point and type) and gaps; hashed by
     the sealer, or by the collector when the sealer lags."""
-    plan = device_plan(evidence_site.plans[0])
+    plan = batch_spec(evidence_site.plans[0])
     points = sorted(plan.points)[:5]
     rng = random.Random(7)
     items = [
@@ -95,16 +97,10 @@ def test_a_cut_seals_to_the_very_bytes_of_a_batch(evidence_site, hashed: bool):
         window.leaves.append(leaf_bytes(record, salt))
         window.salts.append(salt)
     keys, now = evidence_site.key_store(), datetime.now(UTC)
-
-    class Sink:  # what seal() asks of the sink
-        pass
-
-    sink = Sink()
-    sink.keys = keys  # type: ignore[attr-defined]
     index = T0.timestamp() * 1000 // plan.window_ms
     piece = cut(plan, int(index), window, now, hashed=hashed)
     assert (piece.root is not None) == hashed
-    got = seal(plan, piece, ZERO_ROOT, sink)  # type: ignore[arg-type]
+    got = seal(plan, piece, ZERO_ROOT, keys)
     window.hashes = [hashlib.sha256(LEAF_PREFIX + leaf).digest() for leaf in window.leaves]
     batch = make_batch(plan, int(index), window.entries(), ZERO_ROOT)
     signers = {k: keys.signer(k, now) for k in batch.keys}

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -39,23 +39,18 @@ from store_proxy import TcpProxy
 
 from engine import audit
 from engine.cli import main
-from engine.evidence.sink import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
+from engine.errors import StoreError
+from engine.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
+from engine.evidence.batcher import Batcher
+from engine.plans.body import PlanBody
 from engine.records import Reading, Record
-from engine.sign.batch import (
-    Batch,
-    Batcher,
-    Statement,
-    device_plan,
-    epoch_ms,
-    record_time,
-    sign_batch,
-)
+from engine.sign.batch import Batch, Statement, epoch_ms, record_time, sign_batch
 from engine.sign.leaf import instant
 from engine.sign.note import sign_checkpoint
 from engine.store import auditlog
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
-from engine.store.store import Store, StoreError
+from engine.store.store import Store
 from engine.store.tables import BATCHES, GAPS, METADATA
 from engine.verify import Report
 
@@ -97,7 +92,7 @@ def seal(site: Site, items: Iterable[Record]) -> list[SealedBatch]:
 def sealed_while_putting(site: Site, items: Iterable[Record]) -> int:
     """How many batches a :func:`by_record` sink seals while ``items`` (in time order) are put:
     every window of each device but its last."""
-    window = {p["device"]["id"]: device_plan(p).window_ms for p in site.plans}
+    window = {p.device.id: p.window_ms for p in site.plans}
     windows: dict[str, set[int]] = defaultdict(set)
     for record in items:
         windows[record.device].add(epoch_ms(record_time(record)) // window[record.device])
@@ -253,9 +248,9 @@ sys.stdin.read()  # wait to be killed
 PER_BATCH = 5_000
 
 
-def dense_readings(plan: Mapping[str, Any], windows: int) -> Iterator[Reading]:
+def dense_readings(plan: PlanBody, windows: int) -> Iterator[Reading]:
     """:data:`PER_BATCH` readings of the plan's device in each of ``windows`` minutes from T0."""
-    device, points = plan["device"]["id"], [p["name"] for p in plan["points"]]
+    device, points = plan.device.id, [p.name for p in plan.points]
     step = MINUTE / PER_BATCH
     for i in range(windows * PER_BATCH):
         at = T0 + i * step
@@ -286,7 +281,7 @@ def write_until_killed(target: str, batches: Path, delay: float) -> list[str]:
 
 def test_a_writer_killed_mid_write_leaves_only_whole_batches(evidence_site, backend, tmp_path):
     open_store(evidence_site, backend).close()
-    plan = next(p for p in evidence_site.plans if p["device"]["id"] == "reactor-1-plc")
+    plan = next(p for p in evidence_site.plans if p.device.id == "reactor-1-plc")
     batches = seal(evidence_site, dense_readings(plan, windows=24))
     stream = tmp_path / "batches.jsonl"
     stream.write_bytes(b"".join(b.to_bytes() + b"\n" for b in batches))
@@ -565,7 +560,7 @@ def test_a_first_run_cannot_start_while_the_store_is_away(evidence_site, away, t
             EvidenceConfig(),
         )
     for plan in evidence_site.plans:
-        assert plan["device"]["id"] in str(refused.value)
+        assert plan.device.id in str(refused.value)
     spool = Spool(target.spool)
     assert (len(spool), spool.deferred(), spool.heads()) == (0, [], {})
     spool.close()
@@ -584,7 +579,7 @@ def test_a_collector_that_switches_spools_continues_every_chain(evidence_site, b
 
     async def killed_before_its_first_batch(spool: Spool) -> None:
         sink = EvidenceSink(evidence_site.plans, store, evidence_site.key_store(), spool)
-        sink.writer.cancel()
+        sink.task.cancel()
 
     third = Spool(tmp_path / "third.db")
     asyncio.run(killed_before_its_first_batch(third))
@@ -634,18 +629,18 @@ def test_the_store_knows_a_chains_newest_batch_across_a_dropped_one(evidence_sit
 
 
 def missed_slots(
-    plans: Iterable[Mapping[str, Any]], last: datetime, until: datetime
+    plans: Iterable[PlanBody], last: datetime, until: datetime
 ) -> dict[tuple[str, str], list[int]]:
     """Each polled point's slots (epoch ms) after ``last`` and before ``until``."""
     slots: dict[tuple[str, str], list[int]] = {}
     for plan in plans:
-        for group in plan["read_groups"]:
-            if group.get("kind", "read") != "read":
+        for group in plan.read_groups:
+            if not group.polled:
                 continue  # subscriptions have no slots
-            every = group["every_ms"]
+            every = group.spec["every_ms"]
             first = (epoch_ms(last) // every + 1) * every
-            for point in group["points"]:
-                slots[(plan["device"]["id"], point)] = list(range(first, epoch_ms(until), every))
+            for point in group.points:
+                slots[(plan.device.id, point)] = list(range(first, epoch_ms(until), every))
     return slots
 
 

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from evidence_kit import Site, fill
 
-import engine.verify
+import engine.verify.records
 from engine.canonical import canonical_json
 from engine.store.store import Store
 from engine.verify import Report, verify_store
@@ -30,12 +30,12 @@ def ranges(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """The batch-id ranges given to worker processes (none if the records were read here)."""
     submitted: list[tuple[Any, ...]] = []
 
-    class Spied(engine.verify.ProcessPoolExecutor):
+    class Spied(engine.verify.records.ProcessPoolExecutor):
         def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
             submitted.append(args)
             return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(engine.verify, "ProcessPoolExecutor", Spied)
+    monkeypatch.setattr(engine.verify.records, "ProcessPoolExecutor", Spied)
     return submitted
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 import pluggy
 
 from engine.collect import Clock, Sink, Summary, run_plans
+from engine.plans.body import PlanBody
 
 BOUND_S = 30.0
 """How long a condition may take: far beyond what a loaded machine needs."""
@@ -84,7 +85,7 @@ class Collection:
 
 @contextlib.asynccontextmanager
 async def collecting(
-    plans: Path | Sequence[Mapping[str, Any]],
+    plans: Path | Sequence[PlanBody],
     pm: pluggy.PluginManager,
     *,
     sink: Sink,

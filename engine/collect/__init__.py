@@ -12,9 +12,8 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pluggy
 
@@ -24,6 +23,7 @@ from engine.collect.scheduler import Clock, ScaledClock
 from engine.collect.sinks import JsonLinesSink, MemorySink, Sink
 from engine.collect.status import QuietReporter, Reporter, Summary
 from engine.errors import PluginError
+from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.protocols import Session
 from engine.records import Record
@@ -42,7 +42,7 @@ __all__ = [
 
 
 async def run_plans(
-    plans: Path | str | Sequence[Mapping[str, Any]],
+    plans: Path | str | Sequence[PlanBody],
     pm: pluggy.PluginManager,
     *,
     duration: float | None,
@@ -55,7 +55,7 @@ async def run_plans(
     """Collect every plan for ``duration`` clock seconds (``None``: until stopped).
 
     ``plans`` is a plan folder (loaded and verified with :func:`load_plans`) or
-    plan bodies the caller loaded and verified.
+    plans the caller loaded and verified.
 
     With ``handle_signals`` SIGINT and SIGTERM stop the run cleanly: samples in
     flight become ``shutdown`` gaps, the queue is drained and the sink closed.
@@ -84,13 +84,13 @@ async def run_plans(
     return summary
 
 
-def open_session(pm: pluggy.PluginManager, plan: Mapping[str, Any]) -> Session:
+def open_session(pm: pluggy.PluginManager, plan: PlanBody) -> Session:
     """The protocol plugin's session for ``plan`` (not connected yet)."""
     session: Session | None = pm.hook.converge_open_session(plan=plan)
     if session is None:
-        device = plan["device"]
+        device = plan.device
         raise PluginError(
-            f"no plugin opens sessions for protocol '{device['protocol']}' (device {device['id']})"
+            f"no plugin opens sessions for protocol '{device.protocol}' (device {device.id})"
         )
     return session
 

@@ -13,11 +13,11 @@ the restart (docs/runtime.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from engine.collect.link import gaps
-from engine.collect.scheduler import group_schedule, polled, to_datetime
+from engine.collect.scheduler import group_schedule, to_datetime
+from engine.plans.body import PlanBody
 from engine.records import GapReason, Record
 
 MAX_SLOTS = 10_000
@@ -25,16 +25,15 @@ DETAIL = "the collector was not running"
 
 
 def missed(
-    plan: Mapping[str, Any], since_ms: int, until_ms: int, fallback_every_ms: int
+    plan: PlanBody, since_ms: int, until_ms: int, fallback_every_ms: int
 ) -> Iterator[Record]:
     """Gap records of each slot of ``plan`` in ``[since_ms, until_ms)``, per group in time order."""
-    points = {str(p["name"]): p for p in plan["points"]}
-    device = str(plan["device"]["id"])
-    for group in plan["read_groups"]:
-        if not polled(group):
+    device = plan.device.id
+    for group in plan.read_groups:
+        if not group.polled:
             continue
-        schedule = group_schedule(group, points, plan["timezone"], fallback_every_ms)
-        names = list(group["points"])
+        schedule = group_schedule(group, plan.point, plan.timezone, fallback_every_ms)
+        names = list(group.points)
         slot, taken = schedule.first_at_or_after(since_ms), 0
         while slot < until_ms and taken < MAX_SLOTS:
             yield from gaps(device, names, slot, GapReason.SHUTDOWN, DETAIL)

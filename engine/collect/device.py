@@ -12,34 +12,33 @@ polled point scheduled == readings + gaps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from engine.collect.flood import FloodGuard
 from engine.collect.link import Link, Sampler
 from engine.collect.polling import Poller
 from engine.collect.runtime import Runtime
-from engine.collect.scheduler import polled, to_datetime
+from engine.collect.scheduler import to_datetime
 from engine.collect.status import DeviceStats
+from engine.plans.body import PlanBody
 from engine.protocols import Session
 from engine.records import Gap, GapReason, Record
 
 
 class DeviceTask:
-    def __init__(self, plan: Mapping[str, Any], session: Session, rt: Runtime) -> None:
-        self.device = str(plan["device"]["id"])
+    def __init__(self, plan: PlanBody, session: Session, rt: Runtime) -> None:
+        self.device = plan.device.id
         self.rt = rt
         self.stats = DeviceStats(self.device)
         self.link = Link(plan, session, rt, self.stats, self._delivered)
         self.poller = Poller(
             plan, Sampler(plan, self.link, rt, self.stats), rt, self.stats, self._emit
         )
-        window = plan["device"].get("limits", {}).get("min_interval_ms")
-        self.guard = FloodGuard(window, rt.clock, self._unscheduled)
+        self.guard = FloodGuard(plan.device.limits.min_interval_ms, rt.clock, self._unscheduled)
         self.watched = [
-            (g, int(g["expect_every_ms"]))
-            for g in plan["read_groups"]
-            if not polled(g) and g.get("expect_every_ms")
+            (g, g.expect_every_ms)
+            for g in plan.read_groups
+            if not g.polled and g.expect_every_ms is not None
         ]
         self.last_seen: dict[str, int] = {}
 
@@ -81,7 +80,7 @@ class DeviceTask:
     async def _watchdog(self) -> None:
         start = self.rt.clock.now_ms()
         for group, _ in self.watched:
-            for point in group["points"]:
+            for point in group.points:
                 self.last_seen.setdefault(point, start)
         tick = min(expect for _, expect in self.watched) / 4000
         while True:
@@ -92,7 +91,7 @@ class DeviceTask:
         now = self.rt.clock.now_ms()
         for group, expect in self.watched:
             limit = expect * self.rt.config.watchdog_factor
-            for point in group["points"]:
+            for point in group.points:
                 silent_since = self.last_seen[point]
                 if now - silent_since >= limit:
                     at = silent_since + limit

@@ -16,16 +16,15 @@ dropped when all of the device's breakers are open.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from engine.collect.limits import CircuitBreaker, TokenBucket, retryable, unreachable
 from engine.collect.runtime import Runtime
-from engine.collect.scheduler import polled, to_datetime
+from engine.collect.scheduler import to_datetime
 from engine.collect.status import DeviceStats
 from engine.errors import ConvergeError
-from engine.plans.folder import valid_until_ms
+from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver, Session
 from engine.records import Gap, GapReason, Reading, Record
 
@@ -44,17 +43,18 @@ class Link:
 
     def __init__(
         self,
-        plan: Mapping[str, Any],
+        plan: PlanBody,
         session: Session,
         rt: Runtime,
         stats: DeviceStats,
         deliver: Deliver,
     ) -> None:
-        self.device = str(plan["device"]["id"])
-        limits = plan["device"].get("limits", {})
-        self.timeout = limits.get("timeout_ms", rt.config.default_timeout_ms) / 1000
-        self.pause = limits.get("pause_after_connect_ms", 0) / 1000
-        self.subscriptions = [g for g in plan["read_groups"] if g.get("kind") == "subscribe"]
+        self.device = plan.device.id
+        limits = plan.device.limits
+        timeout_ms = limits.timeout_ms
+        self.timeout = (rt.config.default_timeout_ms if timeout_ms is None else timeout_ms) / 1000
+        self.pause = (limits.pause_after_connect_ms or 0) / 1000
+        self.subscriptions = [g for g in plan.read_groups if not g.polled]
         self.session, self.rt, self.stats, self.deliver = session, rt, stats, deliver
         self.connected = False
         self.attempt = 0
@@ -117,30 +117,26 @@ class Link:
 class Sampler:
     """Takes samples of one device's polled groups, through its :class:`Link`."""
 
-    def __init__(
-        self, plan: Mapping[str, Any], link: Link, rt: Runtime, stats: DeviceStats
-    ) -> None:
-        limits = plan["device"].get("limits", {})
+    def __init__(self, plan: PlanBody, link: Link, rt: Runtime, stats: DeviceStats) -> None:
+        limits = plan.device.limits
         self.device, self.link, self.rt, self.stats = link.device, link, rt, stats
-        self.bucket = TokenBucket(limits.get("max_requests_per_second"), now=rt.clock.now())
-        self.spacing = limits.get("min_request_spacing_ms", 0) / 1000
-        self.breakers = {
-            g.get("unit"): self._new_breaker() for g in plan["read_groups"] if polled(g)
-        }
-        self.valid_until = valid_until_ms(dict(plan))
+        self.bucket = TokenBucket(limits.max_requests_per_second, now=rt.clock.now())
+        self.spacing = (limits.min_request_spacing_ms or 0) / 1000
+        self.breakers = {g.unit: self._new_breaker() for g in plan.read_groups if g.polled}
+        self.valid_until = plan.valid_until_ms
         self.last_request = float("-inf")
 
     def _new_breaker(self) -> CircuitBreaker:
         return CircuitBreaker(self.rt.config.breaker_threshold, self.rt.config.breaker_cooldown_s)
 
-    def breaker(self, group: Mapping[str, Any]) -> CircuitBreaker:
+    def breaker(self, group: ReadGroup) -> CircuitBreaker:
         """The breaker of ``group``'s unit (the device's only one for protocols without units)."""
-        unit = group.get("unit")
+        unit = group.unit
         if unit not in self.breakers:
             self.breakers[unit] = self._new_breaker()
         return self.breakers[unit]
 
-    async def sample(self, group: Mapping[str, Any], slot_ms: int, end_ms: int) -> list[Record]:
+    async def sample(self, group: ReadGroup, slot_ms: int, end_ms: int) -> list[Record]:
         """One record per point of ``group`` for the slot; retries end before ``end_ms``."""
         attempt, timeout = 0, self.link.timeout
         while True:
@@ -158,9 +154,9 @@ class Sampler:
                 return records
 
     async def _attempt(
-        self, group: Mapping[str, Any], slot_ms: int, end_ms: int, timeout: float
+        self, group: ReadGroup, slot_ms: int, end_ms: int, timeout: float
     ) -> tuple[list[Record], bool]:
-        points = list(group["points"])
+        points = list(group.points)
         if self.valid_until is not None and slot_ms >= self.valid_until:
             return gaps(
                 self.device,
@@ -186,7 +182,7 @@ class Sampler:
             ), False
         return await self._request(group, points, slot_ms, timeout)
 
-    async def probe(self, group: Mapping[str, Any], at_ms: int, before_ms: int) -> list[Record]:
+    async def probe(self, group: ReadGroup, at_ms: int, before_ms: int) -> list[Record]:
         """One request outside the schedule (on-change polling), only if it costs no sample.
 
         Sent only when connected, within the plan's validity, with the breaker
@@ -203,7 +199,7 @@ class Sampler:
         self.last_request = now
         self.bucket.take(now)
         records, _ = await self._request(
-            group, list(group["points"]), at_ms, min(self.link.timeout, before_ms / 1000 - now)
+            group, list(group.points), at_ms, min(self.link.timeout, before_ms / 1000 - now)
         )
         return records
 
@@ -228,7 +224,7 @@ class Sampler:
         return True
 
     async def _request(
-        self, group: Mapping[str, Any], points: list[str], slot_ms: int, timeout: float
+        self, group: ReadGroup, points: list[str], slot_ms: int, timeout: float
     ) -> tuple[list[Record], bool]:
         try:
             records = await self.rt.clock.wait_for(
@@ -253,7 +249,7 @@ class Sampler:
         conformed = conform(records, self.device, points, slot_ms)
         return conformed, await self._judge(group, conformed)
 
-    async def _judge(self, group: Mapping[str, Any], records: list[Record]) -> bool:
+    async def _judge(self, group: ReadGroup, records: list[Record]) -> bool:
         """Learn from the answer (sessions report timeouts and resets as gaps); retry it?"""
         reasons = {r.reason for r in records if isinstance(r, Gap)}
         if GapReason.REFUSED in reasons:
@@ -268,14 +264,12 @@ class Sampler:
             self.breaker(group).success()
         return retryable(records)
 
-    async def _failure(
-        self, group: Mapping[str, Any], detail: str, connection: bool = False
-    ) -> None:
+    async def _failure(self, group: ReadGroup, detail: str, connection: bool = False) -> None:
         """Count a failure against ``group``'s unit, or every unit for a connection failure."""
         self.stats.errors += 1
         now = self.rt.clock.now()
         self.breaker(group)  # known before a connection failure counts against all
-        units = list(self.breakers) if connection else [group.get("unit")]
+        units = list(self.breakers) if connection else [group.unit]
         opened = [unit for unit in units if self.breakers[unit].failure(now)]
         for unit in opened:
             where = {} if unit is None else {"unit": unit}

@@ -13,27 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any
 
+from engine.plans.body import PlanBody
 from engine.records import Reading, Record, Value
 
 DEFAULT_MIN_INTERVAL_MS = 1000
 
 
-def deadbands(plan: Mapping[str, Any]) -> dict[str, float]:
+def deadbands(plan: PlanBody) -> dict[str, float]:
     """Point name to deadband, for every point whose capture has ``on_change``."""
-    out: dict[str, float] = {}
-    for point in plan["points"]:
-        on_change = point.get("capture", {}).get("on_change")
-        if on_change is not None:
-            out[str(point["name"])] = float(on_change.get("deadband", 0))
-    return out
+    return {p.name: p.capture.deadband for p in plan.points if p.capture.deadband is not None}
 
 
-def probe_interval_ms(plan: Mapping[str, Any]) -> int:
+def probe_interval_ms(plan: PlanBody) -> int:
     """How often on-change points are polled between samples: the device's ``min_interval``."""
-    limits = plan["device"].get("limits", {})
-    return int(limits.get("min_interval_ms") or DEFAULT_MIN_INTERVAL_MS)
+    return plan.device.limits.min_interval_ms or DEFAULT_MIN_INTERVAL_MS
 
 
 def _number(value: Value) -> bool:

@@ -11,14 +11,14 @@ of a slot leave before any answer is read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 from engine.collect.link import Sampler, gaps
 from engine.collect.onchange import ChangeFilter, deadbands, probe_interval_ms
 from engine.collect.runtime import Runtime
-from engine.collect.scheduler import Schedule, group_schedule, interval_slot, polled
+from engine.collect.scheduler import Schedule, group_schedule, interval_slot
 from engine.collect.status import DeviceStats
+from engine.plans.body import PlanBody, ReadGroup
 from engine.records import GapReason, Record
 
 Emit = Callable[[Iterable[Record], bool], Awaitable[None]]
@@ -28,16 +28,15 @@ NEVER = 2**62
 
 class Poller:
     def __init__(
-        self, plan: Mapping[str, Any], sampler: Sampler, rt: Runtime, stats: DeviceStats, emit: Emit
+        self, plan: PlanBody, sampler: Sampler, rt: Runtime, stats: DeviceStats, emit: Emit
     ) -> None:
         self.device, self.sampler, self.rt, self.stats = sampler.device, sampler, rt, stats
         self.emit = emit
-        self.close_after_cycle = bool(plan["device"].get("limits", {}).get("close_after_cycle"))
-        points = {str(p["name"]): p for p in plan["points"]}
-        self.groups: list[tuple[Mapping[str, Any], Schedule]] = [
-            (g, group_schedule(g, points, plan["timezone"], rt.config.fallback_every_ms))
-            for g in plan["read_groups"]
-            if polled(g)
+        self.close_after_cycle = plan.device.limits.close_after_cycle
+        self.groups: list[tuple[ReadGroup, Schedule]] = [
+            (g, group_schedule(g, plan.point, plan.timezone, rt.config.fallback_every_ms))
+            for g in plan.read_groups
+            if g.polled
         ]
         self.changes = ChangeFilter(deadbands(plan))
         self.probe_ms = probe_interval_ms(plan)
@@ -62,8 +61,8 @@ class Poller:
             if self.close_after_cycle:
                 await self.sampler.link.close()
 
-    async def _sample(self, group: Mapping[str, Any], slot_ms: int, end_ms: int) -> None:
-        points = list(group["points"])
+    async def _sample(self, group: ReadGroup, slot_ms: int, end_ms: int) -> None:
+        points = list(group.points)
         self.stats.scheduled.update(points)
         try:
             records = await self.sampler.sample(group, slot_ms, end_ms)
@@ -82,11 +81,11 @@ class Poller:
         self.changes.remember(records)
         await self.emit(records, True)
 
-    async def _skip_missed(self, group: Mapping[str, Any], schedule: Schedule, nxt: int) -> int:
+    async def _skip_missed(self, group: ReadGroup, schedule: Schedule, nxt: int) -> int:
         """Gaps for slots whose whole window passed while the device was busy; the next slot."""
         now = self.rt.clock.now_ms()
         while schedule.next_after(nxt) <= now:
-            points = list(group["points"])
+            points = list(group.points)
             self.stats.scheduled.update(points)
             await self.emit(
                 gaps(
@@ -101,13 +100,13 @@ class Poller:
             nxt = schedule.next_after(nxt)
         return nxt
 
-    def _next_probe(self, group: Mapping[str, Any], after_ms: int) -> int:
+    def _next_probe(self, group: ReadGroup, after_ms: int) -> int:
         """The next on-change poll of ``group`` (aligned to ``min_interval``), or never."""
-        if not self.changes.watches(group["points"]):
+        if not self.changes.watches(group.points):
             return NEVER
         return interval_slot(after_ms, self.probe_ms) + self.probe_ms
 
-    async def _probe(self, group: Mapping[str, Any], at_ms: int, before_ms: int) -> None:
+    async def _probe(self, group: ReadGroup, at_ms: int, before_ms: int) -> None:
         """Poll ``group`` between samples; emit the readings that changed enough."""
         records = await self.sampler.probe(group, at_ms, before_ms)
         await self.emit(self.changes.changes(records), False)

@@ -18,10 +18,12 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+
+from engine.plans.body import PlanPoint, ReadGroup
 
 T = TypeVar("T")
 
@@ -120,16 +122,8 @@ class Schedule:
         return self.next_after(at_ms - 1)
 
 
-def polled(group: Mapping[str, Any]) -> bool:
-    """A group is polled unless it is a subscription (see docs/plans.md, read groups)."""
-    return bool(group.get("kind", "read") == "read")
-
-
 def group_schedule(
-    group: Mapping[str, Any],
-    points: Mapping[str, Mapping[str, Any]],
-    timezone: str,
-    fallback_ms: int,
+    group: ReadGroup, points: Mapping[str, PlanPoint], timezone: str, fallback_ms: int
 ) -> Schedule:
     """A group's schedule: its own ``every_ms``/``cron``, else the union of its points'.
 
@@ -137,9 +131,9 @@ def group_schedule(
     schedule, so in practice the group carries it. A group with neither
     (on-change-only points of a polled protocol) is polled every ``fallback_ms``.
     """
-    captures = [points.get(name, {}).get("capture", {}) for name in group.get("points", [])]
-    every = group.get("every_ms") or _min([c.get("every_ms") for c in captures])
-    cron = tuple(group.get("cron") or sorted({e for c in captures for e in c.get("cron", [])}))
+    captures = [points[name].capture for name in group.points]
+    every = group.every_ms or _min([c.every_ms for c in captures])
+    cron = group.cron or tuple(sorted({e for c in captures for e in c.cron}))
     if not every and not cron:
         every = fallback_ms
     return Schedule(every, cron, ZoneInfo(timezone))

@@ -3,8 +3,8 @@
 :class:`DeviceStats` is updated by the device's own task only. A
 :class:`Reporter` hears events (connected, connection lost, breaker open,
 errors): :class:`JsonLogReporter` writes one JSON object per event to
-standard error (for services and pipes), :class:`LiveReporter` shows a
-table that rich refreshes on a terminal.
+standard error (for services and pipes); ``converge run`` shows a live table on
+a terminal (:mod:`engine.commands.run_status`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,6 @@ from collections import Counter, deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
-
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from engine.records import Gap, Record
 
@@ -90,38 +86,6 @@ class Summary:
         }
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def summary_table(summary: Summary, title: str = "collection summary") -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("device", no_wrap=True)
-    for column in (
-        "state",
-        "scheduled",
-        "readings",
-        "gaps",
-        "late p50 ms",
-        "late p99 ms",
-        "errors",
-    ):
-        table.add_column(column)
-    for s in summary.devices.values():
-        gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
-        table.add_row(
-            s.device,
-            s.state,
-            str(sum(s.scheduled.values())),
-            str(s.readings),
-            gaps,
-            _ms(s.percentile(0.5)),
-            _ms(s.percentile(0.99)),
-            str(s.errors),
-        )
-    return table
-
-
 class Reporter(Protocol):
     def event(self, device: str, kind: str, **fields: Any) -> None:
         """One thing that happened to a device (not every record)."""
@@ -143,37 +107,6 @@ class JsonLogReporter:
 
     def showing(self, summary: Summary) -> AbstractContextManager[object]:
         return nullcontext()
-
-
-class LiveReporter:
-    """A live table on a terminal: per device its state, last read, lateness, gaps, errors."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def event(self, device: str, kind: str, **fields: Any) -> None:
-        pass  # the table shows the state the event changed
-
-    def showing(self, summary: Summary) -> AbstractContextManager[object]:
-        return Live(
-            get_renderable=lambda: live_table(summary),
-            console=self.console,
-            refresh_per_second=4,
-            transient=True,
-        )
-
-
-def live_table(summary: Summary) -> Table:
-    table = Table(title="converge run", title_justify="left")
-    table.add_column("device", no_wrap=True)
-    for column in ("state", "last read", "lateness p50 ms", "gaps", "errors"):
-        table.add_column(column)
-    now = time.time()
-    for s in summary.devices.values():
-        last = "-" if s.last_read is None else f"{now - s.last_read:.1f}s ago"
-        gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
-        table.add_row(s.device, s.state, last, _ms(s.percentile(0.5)), gaps, str(s.errors))
-    return table
 
 
 class QuietReporter:

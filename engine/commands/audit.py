@@ -1,20 +1,118 @@
-"""How the evidence commands print: audit entries, verification reports and their progress."""
+"""``converge audit``: list the audit log, verify the whole evidence store."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from engine.audit import AuditEntry
+from engine.audit import KINDS, AuditEntry
+from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of
+from engine.store import auditlog
+from engine.store.store import Store
 from engine.verify import Progress as OnProgress
-from engine.verify import Report
+from engine.verify import Report, Trust, verify_store
 
 _SUMMARY = ("batch.stored", "batch.dropped", "plan.deployed")
+
+
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser("audit", help="list and verify the evidence store")
+    actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    _add_log(actions)
+    _add_verify(actions)
+    parser.set_defaults(handler=run)
+
+
+def _add_log(actions: Subparsers) -> None:
+    log = actions.add_parser("log", help="list audit log entries")
+    add_db(log)
+    log.add_argument(
+        "--kind",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KIND",
+        choices=sorted(KINDS),
+        help="only entries of these kinds",
+    )
+    log.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _add_verify(actions: Subparsers) -> None:
+    verify = actions.add_parser(
+        "verify", help="recompute and check every leaf, root, signature, audit entry and checkpoint"
+    )
+    add_db(verify)
+    trust = verify.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, else ./keys)",
+    )
+    trust.add_argument(
+        "--public-keys",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="trust these exports of converge keys export-public --format json",
+    )
+    verify.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="checkpoints kept outside the store (converge run --witness): "
+        "detects a store restored from an older copy",
+    )
+    verify.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    return ACTIONS[args.audit_command](args, pm, console)
+
+
+def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    with Store.open_existing(args.db) as store, store.reading() as conn:
+        if args.format == "json":
+            for entry in auditlog.entries(conn, args.kind):
+                print(entry.to_bytes().decode())
+        else:
+            render_entries(console, auditlog.entries(conn, args.kind))
+    return 0
+
+
+def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    trust = (
+        Trust.from_json(args.public_keys)
+        if args.public_keys
+        else Trust.from_key_store(key_store_of(args, pm))
+    )
+    started = time.perf_counter()
+    with (
+        Store.open_existing(args.db) as store,
+        progress_of(console, args.format == "text") as progress,
+    ):
+        report = verify_store(store, trust, args.witness, progress)
+        where = store.where
+    seconds = time.perf_counter() - started
+    if args.format == "json":
+        print(json.dumps(report_json(report, seconds), indent=2))
+    else:
+        render_report(console, report, seconds, where)
+    return 0 if report.ok else 1
+
+
+ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify}
 
 
 def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:

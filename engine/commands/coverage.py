@@ -7,14 +7,18 @@ with its status: in force, expiring within 30 days, or expired.
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections import Counter
 from datetime import date, timedelta
 from typing import Any
 
+import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.commands.options import Subparsers, add_inputs, compile_or_fail
 from engine.compile import Compilation
 
 EXPIRING_WITHIN = timedelta(days=30)
@@ -25,6 +29,22 @@ COVERAGE_CODES = (
     "selector-matches-nothing",
     "point-not-captured",
 )
+
+
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser("coverage", help="governed and ungoverned points, exceptions")
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    report = coverage(compile_or_fail(args, pm))
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        render(console, report)
+    return 0
 
 
 def coverage(result: Compilation) -> dict[str, Any]:
@@ -75,7 +95,7 @@ def _status(expires: date, today: date) -> str:
     return "expiring" if expires - today <= EXPIRING_WITHIN else "in force"
 
 
-def render_coverage(console: Console, report: dict[str, Any]) -> None:
+def render(console: Console, report: dict[str, Any]) -> None:
     console.print(f"[bold]{report['governed']} of {report['points']} points governed[/]")
     policies = Table("policy", "points", "controls", title="Policies", title_justify="left")
     for row in report["policies"]:

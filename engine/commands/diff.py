@@ -10,15 +10,21 @@ less, and *changed* when it is neither (a cron set replaced by another).
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.compile import Compilation
+from engine.commands.findings import findings_text
+from engine.commands.options import Subparsers, add_inputs, compile_key_store
+from engine.compile import Compilation, Inputs, compile_project
 from engine.compile.merge import RULES, MergedPoint, describe
+from engine.errors import ConvergeError
 from engine.model import FACETS, FacetValue
 
 GRANTS = frozenset({"access.read", "access.export"})
@@ -32,6 +38,35 @@ class Change:
     old: str | None
     new: str | None
     change: str  # stricter | looser | changed | governed | ungoverned
+
+
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "diff", help="what a policy change does to each point: -p OLD -p NEW -s SITE"
+    )
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    if len(args.policies) != 2:
+        raise ConvergeError("diff takes exactly two policy sets: -p OLD -p NEW")
+    store = compile_key_store(args, pm)
+    old, new = (
+        compile_project(Inputs([p], args.sites, args.principals, args.at, store), pm)
+        for p in args.policies
+    )
+    for result in (old, new):
+        if not result.ok:  # exit 2, so that CI tells broken inputs from changes (exit 1)
+            findings_text(Console(stderr=True, soft_wrap=True), result.findings)
+            return 2
+    changes = diff(old, new)
+    if args.format == "json":
+        print(json.dumps(diff_json(changes), indent=2))
+    else:
+        render(console, changes)
+    return 1 if changes else 0
 
 
 def diff(old: Compilation, new: Compilation) -> list[Change]:
@@ -97,7 +132,7 @@ def diff_json(changes: list[Change]) -> list[dict[str, Any]]:
     return [asdict(c) for c in changes]
 
 
-def render_diff(console: Console, changes: list[Change]) -> None:
+def render(console: Console, changes: list[Change]) -> None:
     if not changes:
         console.print("no point changes")
         return

@@ -7,15 +7,36 @@ lose, and every demand an exception waived. The JSON form is the same data.
 
 from __future__ import annotations
 
+import argparse
+import json
 from typing import Any
 
+import pluggy
 from rich.console import Console
 from rich.markup import escape
 
+from engine.commands.options import Subparsers, add_inputs, compile_or_fail
 from engine.compile import Compilation
 from engine.compile.merge import MergedPoint, describe
 from engine.errors import ConvergeError
 from engine.model import facet_group
+
+
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser("explain", help="why a point gets what it gets")
+    parser.add_argument("ref", metavar="DEVICE[/POINT]")
+    add_inputs(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    entries = explain(compile_or_fail(args, pm), args.ref)
+    if args.format == "json":
+        print(json.dumps(entries, indent=2))
+    else:
+        render(console, entries)
+    return 0
 
 
 def explain(result: Compilation, ref: str) -> list[dict[str, Any]]:
@@ -90,7 +111,7 @@ def _waived(mp: MergedPoint) -> list[dict[str, Any]]:
     return entries
 
 
-def render_explain(console: Console, entries: list[dict[str, Any]]) -> None:
+def render(console: Console, entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         console.print(_heading(entry), highlight=False)
         if not entry["governed"]:

@@ -23,17 +23,21 @@ provenance of the actual value. ``--junit FILE`` writes JUnit XML for CI.
 
 from __future__ import annotations
 
+import argparse
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pluggy
+from rich.console import Console
 
+from engine.commands.options import Subparsers
 from engine.compile import Compilation, Inputs, compile_project
 from engine.compile.load import Document, load_file
 from engine.compile.merge import MergedPoint, describe
-from engine.compile.validate.schema_errors import not_a_mapping, run
+from engine.compile.validate import schema_errors
 from engine.durations import parse_duration
 from engine.errors import ConvergeError, Finding, FindingsError, Location, error
 from engine.model import FACETS
@@ -71,6 +75,28 @@ _SCHEMA: dict[str, Any] = {
 }
 
 
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser("test", help="run policy unit tests written in YAML")
+    parser.add_argument("tests", nargs="+", type=Path, metavar="TESTS")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    results = run_tests(args.tests, pm)
+    if args.format == "json":
+        print(json.dumps(results_json(results), indent=2))
+    else:
+        render(console, results)
+    if args.junit:
+        try:
+            args.junit.write_bytes(junit_xml(results))
+        except OSError as exc:
+            raise ConvergeError(f"cannot write {args.junit}: {exc.strerror}") from exc
+    return 1 if any(not r.passed for r in results) else 0
+
+
 @dataclass
 class CaseResult:
     file: str
@@ -101,8 +127,8 @@ def run_test_file(path: Path, pm: pluggy.PluginManager) -> list[CaseResult]:
 def _validated(doc: Document) -> dict[str, Any]:
     """The test file's content, or every problem with it as findings."""
     if not isinstance(doc.data, dict):
-        raise FindingsError([not_a_mapping(doc, "policy test", "policies")])
-    problems, document = run(_SCHEMA, doc.data, doc)
+        raise FindingsError([schema_errors.not_a_mapping(doc, "policy test", "policies")])
+    problems, document = schema_errors.run(_SCHEMA, doc.data, doc)
     if problems:
         raise FindingsError([problem.finding for problem in problems])
     return document
@@ -239,3 +265,21 @@ def run_tests(paths: list[Path], pm: pluggy.PluginManager) -> list[CaseResult]:
     if findings:
         raise FindingsError(findings)
     return results
+
+
+def results_json(results: list[CaseResult]) -> list[dict[str, Any]]:
+    return [
+        {"name": r.name, "at": str(r.location), "passed": r.passed, "failures": r.failures}
+        for r in results
+    ]
+
+
+def render(console: Console, results: list[CaseResult]) -> None:
+    """PASS or FAIL per case, each failure under its case, then the counts."""
+    failed = sum(not r.passed for r in results)
+    for r in results:
+        mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {r.location}: {r.name}", highlight=False)
+        for failure in r.failures:
+            console.print(f"     {failure}", highlight=False, markup=False)
+    console.print(f"{len(results) - failed} passed, {failed} failed", highlight=False)

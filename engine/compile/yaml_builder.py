@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import Finding, Location, error
+from engine.errors import Finding, InputError, Location, error
 
 Shadow = dict[str, Any] | list[Any]
 
@@ -52,13 +52,19 @@ def unpack(position: int) -> tuple[int, int]:
     return position >> POSITION_BITS, position & ((1 << POSITION_BITS) - 1)
 
 
-class AliasBomb(Exception):
+class AliasBomb(InputError):
+    """A document whose aliases would expand past the alias budget (a "billion laughs")."""
+
     def __init__(self, location: Location) -> None:
+        super().__init__(f"{location}: too many aliases")
         self.location = location
 
 
-class TooDeep(Exception):
+class TooDeep(InputError):
+    """A document nested deeper than the builder allows."""
+
     def __init__(self, location: Location) -> None:
+        super().__init__(f"{location}: nested too deep")
         self.location = location
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,28 +23,29 @@ from engine.conformance.target import (
     same_value,
 )
 from engine.errors import ConvergeError
-from engine.model import Device
+from engine.model import Device, Limits
+from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Fault, Session, Simulator
 from engine.records import Gap, GapReason, Quality, Reading, Record
 
 # --- record checks -------------------------------------------------------------------------
 
 
-def groups_of(plan: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [g for g in plan["read_groups"] if g.get("kind", "read") == kind]
+def groups_of(plan: PlanBody, kind: str) -> list[ReadGroup]:
+    return [g for g in plan.read_groups if g.kind == kind]
 
 
-def addresses(plan: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    return {str(p["name"]): p["address"] for p in plan["points"]}
+def addresses(plan: PlanBody) -> dict[str, Mapping[str, Any]]:
+    return {p.name: p.address for p in plan.points}
 
 
 def is_utc(moment: object) -> bool:
     return isinstance(moment, datetime) and moment.utcoffset() == timedelta(0)
 
 
-def reading_problems(target: Target, plan: Mapping[str, Any], record: object) -> Problems:
+def reading_problems(target: Target, plan: PlanBody, record: object) -> Problems:
     """A good reading of the plan's device, in UTC, with the kit's value when simulated."""
-    device = plan["device"]["id"]
+    device = plan.device.id
     if not isinstance(record, Reading):
         return [f"{device}: want a Reading, got {record!r}"]
     where = f"{device}/{record.point}"
@@ -58,7 +59,7 @@ def reading_problems(target: Target, plan: Mapping[str, Any], record: object) ->
     return problems
 
 
-def _value_problems(target: Target, plan: Mapping[str, Any], r: Reading, where: str) -> Problems:
+def _value_problems(target: Target, plan: PlanBody, r: Reading, where: str) -> Problems:
     want = target.values.get((r.device, r.point))
     if r.quality is not Quality.GOOD:
         return [f"{where}: quality {r.quality} (raw code {r.raw_code!r}), want good"]
@@ -67,27 +68,24 @@ def _value_problems(target: Target, plan: Mapping[str, Any], r: Reading, where: 
     return []
 
 
-def in_order(
-    plan: Mapping[str, Any], group: Mapping[str, Any], records: Sequence[Record]
-) -> Problems:
-    got, want = [r.point for r in records], list(group["points"])
+def in_order(plan: PlanBody, group: ReadGroup, records: Sequence[Record]) -> Problems:
+    got, want = [r.point for r in records], list(group.points)
     if got == want:
         return []
     return [
-        f"{plan['device']['id']}: want one record per point of the group, in its order "
-        f"{want}; got {got}"
+        f"{plan.device.id}: want one record per point of the group, in its order {want}; got {got}"
     ]
 
 
 def gap_problems(
-    plan: Mapping[str, Any],
-    group: Mapping[str, Any],
+    plan: PlanBody,
+    group: ReadGroup,
     records: Sequence[Record],
     scheduled_at: datetime,
     reasons: Sequence[GapReason],
 ) -> Problems:
     """One gap per point of the group, each naming device, point, slot and one of ``reasons``."""
-    device = plan["device"]["id"]
+    device = plan.device.id
     problems = in_order(plan, group, records)
     for r in records:
         if not isinstance(r, Gap):
@@ -129,7 +127,7 @@ async def serving(target: Target) -> AsyncIterator[Simulator | None]:
 
 
 @contextlib.asynccontextmanager
-async def connected(target: Target, plan: Mapping[str, Any]) -> AsyncIterator[Session]:
+async def connected(target: Target, plan: PlanBody) -> AsyncIterator[Session]:
     session = target.session(plan)
     try:
         await session.connect()
@@ -163,9 +161,9 @@ def now() -> datetime:
 class Subscriber:
     """Subscribes every subscription group of a plan and keeps what is delivered."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
+    def __init__(self, plan: PlanBody) -> None:
         self.groups = groups_of(plan, "subscribe")
-        self.points = {str(p) for g in self.groups for p in g["points"]}
+        self.points = {p for g in self.groups for p in g.points}
         self.records: list[Record] = []
 
     async def deliver(self, record: Record) -> None:
@@ -188,40 +186,40 @@ class Subscriber:
 # --- plan checks ---------------------------------------------------------------------------
 
 
-def coverage_problem(device: Device, plans: Sequence[Mapping[str, Any]]) -> str:
-    plan = next((p for p in plans if p["device"]["id"] == device.id), None)
+def coverage_problem(device: Device, plans: Sequence[PlanBody]) -> str:
+    plan = next((p for p in plans if p.device.id == device.id), None)
     if plan is None:
         return f"{device.id}: no plan, though the kit's policy governs every point"
-    read = [str(name) for g in plan["read_groups"] for name in g["points"]]
+    read = [name for g in plan.read_groups for name in g.points]
     want = sorted(p.name for p in device.points)
     if sorted(read) == want:
         return ""
     return f"{device.id}: the groups read {sorted(read)}; want every point once: {want}"
 
 
-def limit_problems(plan: Mapping[str, Any]) -> Problems:
+def limit_problems(plan: PlanBody) -> Problems:
     """Each group within the device's limits: ``count`` of ``start``/``count`` groups,
     ``nodes`` and ``registers`` lists."""
-    limits, problems = plan["device"].get("limits", {}), []
-    for index, group in enumerate(plan["read_groups"]):
-        for what, size, limit in _sizes(group, limits):
+    limits, problems = plan.device.limits, []
+    for index, group in enumerate(plan.read_groups):
+        for what, size, limit in _sizes(group.spec, limits):
             if limit is not None and size > limit:
                 problems.append(
-                    f"{plan['device']['id']} group {index}: {what} {size} "
+                    f"{plan.device.id} group {index}: {what} {size} "
                     f"exceeds the device limit {limit}"
                 )
     return problems
 
 
-def _sizes(group: Mapping[str, Any], limits: Mapping[str, Any]) -> list[tuple[str, int, Any]]:
+def _sizes(group: Mapping[str, Any], limits: Limits) -> list[tuple[str, int, Any]]:
     sizes: list[tuple[str, int, Any]] = []
     if "count" in group:
         name = "max_bits_per_read" if group.get("table") in BIT_TABLES else "max_registers_per_read"
-        sizes.append((f"count ({name})", int(group["count"]), limits.get(name)))
+        sizes.append((f"count ({name})", int(group["count"]), getattr(limits, name)))
     if isinstance(group.get("nodes"), list):
-        sizes.append(("nodes", len(group["nodes"]), limits.get("max_nodes_per_read")))
+        sizes.append(("nodes", len(group["nodes"]), limits.max_nodes_per_read))
     if isinstance(group.get("registers"), list):
-        sizes.append(("registers", len(group["registers"]), limits.get("max_registers_per_read")))
+        sizes.append(("registers", len(group["registers"]), limits.max_registers_per_read))
     return sizes
 
 
@@ -238,7 +236,7 @@ async def read_every_group(target: Target) -> Problems:
     return problems
 
 
-async def read_groups(target: Target, plan: Mapping[str, Any], session: Session) -> Problems:
+async def read_groups(target: Target, plan: PlanBody, session: Session) -> Problems:
     problems: Problems = []
     for group in groups_of(plan, "read"):
         records = await session.read(group, now())
@@ -261,11 +259,11 @@ async def subscribe_every_group(target: Target) -> Problems:
     return problems
 
 
-async def timeout_scenario(target: Target, plan: Mapping[str, Any]) -> Problems:
+async def timeout_scenario(target: Target, plan: PlanBody) -> Problems:
     """A read the server answers after the timeout: a ``timeout`` gap per point."""
-    plan = copy.deepcopy(dict(plan))
-    plan["device"].setdefault("limits", {})["timeout_ms"] = TIMEOUT_MS
-    device, group = plan["device"]["id"], groups_of(plan, "read")[0]
+    limits = replace(plan.device.limits, timeout_ms=TIMEOUT_MS)
+    plan = replace(plan, device=replace(plan.device, limits=limits))
+    device, group = plan.device.id, groups_of(plan, "read")[0]
     async with serving(target) as simulator, connected(target, plan) as session:
         await inject(simulator, Fault("delay", device, {"seconds": DELAY_S}))
         try:
@@ -279,9 +277,9 @@ async def timeout_scenario(target: Target, plan: Mapping[str, Any]) -> Problems:
 DOWN = (GapReason.REFUSED, GapReason.TIMEOUT)
 
 
-async def reconnect_scenario(target: Target, plan: Mapping[str, Any]) -> Problems:
+async def reconnect_scenario(target: Target, plan: PlanBody) -> Problems:
     """Good, server stopped (gaps or disconnected), server started, connect(): good again."""
-    device = plan["device"]["id"]
+    device = plan.device.id
     probe = Probe(target, plan)
     async with serving(target) as simulator:
         try:
@@ -299,7 +297,7 @@ async def reconnect_scenario(target: Target, plan: Mapping[str, Any]) -> Problem
 class Probe:
     """One device as the collector drives it: its first read group, or its subscriptions."""
 
-    def __init__(self, target: Target, plan: Mapping[str, Any]) -> None:
+    def __init__(self, target: Target, plan: PlanBody) -> None:
         self.target, self.plan = target, plan
         self.session = target.session(plan)
         reads = groups_of(plan, "read")

@@ -20,6 +20,8 @@ import pytest
 from engine.compile import Compilation, Inputs, compile_project
 from engine.errors import Severity
 from engine.model import Device
+from engine.plans.body import PlanBody
+from engine.plans.format import read_plan
 from engine.protocols import Session, Simulator
 from engine.records import Value
 
@@ -81,9 +83,9 @@ class Target:
         return [d for s in sites for d in s.devices if d.protocol == self.protocol]
 
     @cached_property
-    def plans(self) -> list[dict[str, Any]]:
-        bodies = [p.body for p in self.compilation.plans]
-        return [b for b in bodies if b["device"]["protocol"] == self.protocol]
+    def plans(self) -> list[PlanBody]:
+        bodies = [read_plan(p.canonical) for p in self.compilation.plans]
+        return [b for b in bodies if b.device.protocol == self.protocol]
 
     @cached_property
     def values(self) -> dict[tuple[str, str], Value]:
@@ -116,7 +118,7 @@ class Target:
             )
         return simulator
 
-    def session(self, plan: Mapping[str, Any]) -> Session:
+    def session(self, plan: PlanBody) -> Session:
         session: Session | None = self.pm.hook.converge_open_session(plan=plan)
         if session is None:
             pytest.fail(f"the {self.protocol} plugin opens no session (converge_open_session)")

@@ -1,8 +1,9 @@
 """The evidence sink's sealer process: hashes, chains, signs and stores closed windows.
 
-With ``EvidenceConfig(writer="process")`` the :class:`~engine.evidence.sink.EvidenceSink`
-forks one worker process once it is set up (keys, plans and chain heads are
-inherited, not sent). The collector's event loop then only encodes each
+With ``EvidenceConfig(writer="process")`` the evidence sink forks one worker
+process once it is set up: the process inherits a :class:`Job` (its own copy of
+the run's :class:`~engine.evidence.writer.Writer`, what sealing needs of each
+plan, the chain heads); nothing is sent. The collector's event loop then only encodes each
 record's leaf (salt included) and, when a window closes, puts its records in
 batch order as far as the records alone decide it (record time, point, type:
 :func:`arrange`) and sends a :class:`Cut`: the leaves in that order, the runs
@@ -10,11 +11,11 @@ of equal keys, the gap positions. The sealer hashes the leaves, orders each
 run by leaf hash (so the batch order is exactly :func:`~engine.sign.batch.entry_order`)
 and computes the root (unless the collector did, see :func:`cut`), chains it
 to the device's previous root, signs the
-statement and stores the batch, spools it, replays and checkpoints exactly as
-the sink's writer thread does: the same methods, run in the child, on the
-child's own database connections and spool connection. At close the parent
-sends the record count; the sealer finishes (replay, ``collector.stopped``,
-checkpoint) and sends back the sink's stats, or its traceback.
+statement, and gives the batch to its writer, which stores, spools, replays and
+checkpoints exactly as in the sink's writer thread, on the child's own database
+and spool connections. At close the parent sends a :class:`Stop`; the sealer
+finishes (replay, ``collector.stopped``, checkpoint) and sends back the
+writer's stats, or its traceback.
 """
 
 from __future__ import annotations
@@ -27,40 +28,36 @@ import pickle
 import signal
 import socket
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.canonical import canonical_json
-from engine.errors import ConvergeError
+from engine.errors import EvidenceError
+from engine.evidence.batcher import Window
+from engine.evidence.writer import Writer
+from engine.keys import KeyStore
 from engine.records import Gap, Record
 from engine.sign.batch import (
     ZERO_ROOT,
-    DevicePlan,
+    BatchSpec,
     Signature,
     Statement,
-    Window,
     covered_until,
     in_order,
     record_order,
-    signing,
     window_bounds,
 )
 from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
 from engine.store.sealed import SealedBatch
-from engine.store.spool import Spool
 from engine.store.store import Head
 
-if TYPE_CHECKING:
-    from engine.evidence.sink import EvidenceSink
-
-_INHERITED: list[Spool] = []
 SEND_BUFFER = 4 << 20
 _sha256 = hashlib.sha256
 
 
-class SealerError(ConvergeError):
+class SealerError(EvidenceError):
     """The sealer process failed or died; its traceback, when it could send one."""
 
 
@@ -89,6 +86,24 @@ class Cut:
     """The leaves' root, when the collector has hashed them (then :attr:`ties` are ordered)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The end of the run: how many records the collector took, and its clock at the end."""
+
+    records: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the sealer process inherits at the fork: the writer it works with (its own copy),
+    what sealing needs of each device's plan, and where each device's chain stands."""
+
+    writer: Writer
+    specs: Mapping[str, BatchSpec]
+    previous: Mapping[str, bytes]
+
+
 def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int, int]]]:
     """The batch order of ``records`` by (time, point, type), and its runs of equal keys.
 
@@ -107,7 +122,7 @@ def arrange(records: Sequence[Record]) -> tuple[list[int] | None, list[tuple[int
     return order, ties
 
 
-def cut(plan: DevicePlan, window: int, records: Window, at: datetime, hashed: bool = False) -> Cut:
+def cut(spec: BatchSpec, window: int, records: Window, at: datetime, hashed: bool = False) -> Cut:
     """In the collector: the :class:`Cut` of a closed window, with its root if ``hashed``.
 
     The collector hashes a window itself when the sealer lags behind or at
@@ -121,7 +136,7 @@ def cut(plan: DevicePlan, window: int, records: Window, at: datetime, hashed: bo
     gaps = [i for i, r in enumerate(kept) if type(r) is Gap]
     root = root_of_hashes(_hashed(leaves, ties)) if hashed else None
     return Cut(
-        plan.device,
+        spec.device,
         window,
         b"\n".join(leaves),
         len(leaves),
@@ -143,7 +158,7 @@ def _hashed(leaves: list[bytes], ties: list[tuple[int, int]]) -> list[bytes]:
     return hashes
 
 
-def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> SealedBatch:
+def seal(spec: BatchSpec, cut: Cut, previous: bytes, keys: KeyStore) -> SealedBatch:
     """In the sealer: the batch of ``cut``, chained to ``previous``, signed, sealed.
 
     The same bytes as ``SealedBatch.of(make_batch(...), sign_batch(...))``.
@@ -151,37 +166,36 @@ def seal(plan: DevicePlan, cut: Cut, previous: bytes, sink: EvidenceSink) -> Sea
     leaves = cut.leaves.split(b"\n")
     assert len(leaves) == cut.count, "a leaf holds a raw newline"  # canonical JSON has none
     root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
-    start, end = window_bounds(plan, cut.window)
-    keys, waiver = signing(plan, set(cut.points))
-    data = Statement(plan.device, start, end, len(leaves), root, plan.digest, previous).to_bytes()
-    signatures = tuple(Signature(k, sink.keys.signer(k, cut.at).sign(data)) for k in keys)
-    return SealedBatch(
-        data, keys, canonical_json(list(waiver)), signatures, tuple(leaves), frozenset(cut.gaps)
-    )
+    start, end = window_bounds(spec, cut.window)
+    data = Statement(spec.device, start, end, len(leaves), root, spec.plan_digest, previous)
+    signed = data.to_bytes()
+    signatures = tuple(Signature(k, keys.signer(k, cut.at).sign(signed)) for k in spec.keys)
+    waiver = canonical_json(list(spec.waiver))
+    return SealedBatch(signed, spec.keys, waiver, signatures, tuple(leaves), frozenset(cut.gaps))
 
 
 class Sealer:
-    """The parent's end: forks the sealer for ``sink``, sends it cuts, stops it.
+    """The parent's end: forks the sealer for ``job``, sends it cuts, stops it.
 
     Cuts go through a socket pair, written by the event loop itself without
     blocking (asyncio streams): a sending thread would have to win the GIL
     back from the busy loop for every buffer-full it writes.
     """
 
-    def __init__(self, sink: EvidenceSink) -> None:
+    def __init__(self, job: Job) -> None:
         context = multiprocessing.get_context("fork")
         self.sock, child = socket.socketpair()
         with contextlib.suppress(OSError):  # best effort: Linux caps it at net.core.wmem_max
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.process = context.Process(
-            target=_serve, args=(sink, child, self.sock), name="converge-sealer", daemon=True
+            target=_serve, args=(job, child, self.sock), name="converge-sealer", daemon=True
         )
         self.process.start()
         child.close()
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def send(self, item: Cut | int) -> None:
-        """Send a cut, or the record count that stops the sealer (waits while it lags)."""
+    async def send(self, item: Cut | Stop) -> None:
+        """Send a cut, or the stop (waits while the sealer lags)."""
         if self.streams is None:
             self.streams = await asyncio.open_connection(sock=self.sock)
         data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
@@ -192,9 +206,10 @@ class Sealer:
         except ConnectionError:
             raise await self._failure() from None
 
-    async def stop(self, records: int) -> dict[str, int]:
-        """Let the sealer finish; its stats. Raises SealerError if it failed."""
-        await self.send(records)
+    async def stop(self, records: int, at: datetime) -> dict[str, int]:
+        """Let the sealer finish (its last checkpoint signed as of ``at``); the writer's stats.
+        Raises SealerError if it failed."""
+        await self.send(Stop(records, at))
         kind, value = await self._receive()
         if kind != "ok":
             raise await self._failure(value)
@@ -246,41 +261,32 @@ class _Channel:
         self.sock.sendall(len(data).to_bytes(8, "big") + data)
 
 
-def _serve(sink: EvidenceSink, sock: socket.socket, parent_end: socket.socket) -> None:
-    """The sealer process: cuts until a record count, then finish and report."""
+def _serve(job: Job, sock: socket.socket, parent_end: socket.socket) -> None:
+    """The sealer process: cuts until the stop, then finish and report."""
     parent_end.close()
     for sig in (signal.SIGINT, signal.SIGTERM):  # the collector decides when to stop
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the collector's event loop is not ours
     conn = _Channel(sock)
+    writer = job.writer
     try:
-        _own_connections(sink)
-        previous = {device: head.root for device, head in sink.heads.items()}
-        plans = sink.batcher.plans
+        writer.own_connections()
+        previous = dict(job.previous)
         while isinstance(item := conn.receive(), Cut):
-            sink.now = lambda at=item.at: at  # type: ignore[misc]
-            plan = plans[item.device]
-            sealed = seal(plan, item, previous.get(item.device, ZERO_ROOT), sink)
+            spec = job.specs[item.device]
+            sealed = seal(spec, item, previous.get(item.device, ZERO_ROOT), writer.keys)
             previous[item.device] = sealed.head.root
-            sink.deliver(sealed, Head(sealed.head.root, item.covered_until))
-        sink.records = item
+            writer.deliver(sealed, Head(sealed.head.root, item.covered_until), item.at)
         try:
-            sink.finish()
+            stats = writer.finish(item.records, item.at)
         finally:
-            sink.spool.close()
-        conn.send(("ok", sink.stats))
+            writer.spool.close()
+        conn.send(("ok", stats))
     except BaseException:
         with contextlib.suppress(OSError):
             conn.send(("error", traceback.format_exc()))
         raise SystemExit(1) from None
 
 
-def _own_connections(sink: EvidenceSink) -> None:
-    """Leave the collector's database and spool connections alone; open the sealer's own."""
-    sink.store.engine.dispose(close=False)
-    _INHERITED.append(sink.spool)  # the collector's: kept, never closed here
-    sink.spool = Spool(sink.spool.path, sink.spool.max_bytes)
-
-
-__all__ = ["Cut", "Sealer", "SealerError", "arrange", "cut", "seal"]
+__all__ = ["Cut", "Job", "Sealer", "SealerError", "Stop", "arrange", "cut", "seal"]

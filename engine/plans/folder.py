@@ -19,13 +19,13 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from engine.canonical import canonical_json
 from engine.errors import ConvergeError, PlanRejected
-from engine.plans.format import Plan, verify_plan
+from engine.plans.body import PlanBody
+from engine.plans.format import Plan, read_plan
 from engine.plans.signature import SIGNATURE_SUFFIX, signature_name
 
 INDEX = "index.json"
@@ -90,13 +90,13 @@ def _write_atomically(path: Path, data: bytes) -> Path:
 # --- reading a plan folder for a run -------------------------------------------------
 
 
-PlanCheck = Callable[[Path, dict[str, Any]], object]
+PlanCheck = Callable[[Path, PlanBody], object]
 """``check(plan_path, body)`` of a plan whose digest verified; raises :class:`PlanRejected`
 to refuse it (e.g. :class:`engine.plans.signature.PlanVerifier`, which checks its signature)."""
 
 
-def load_plans(folder: Path, now: float, verify: PlanCheck | None = None) -> list[dict[str, Any]]:
-    """The verified plan bodies listed in ``folder/index.json``, in index order.
+def load_plans(folder: Path, now: float, verify: PlanCheck | None = None) -> list[PlanBody]:
+    """The verified plans listed in ``folder/index.json``, in index order.
 
     Refuses (raises :class:`PlanRejected`) a plan whose digest does not
     verify, that differs from the digest in the index, that ``verify`` refuses
@@ -106,10 +106,10 @@ def load_plans(folder: Path, now: float, verify: PlanCheck | None = None) -> lis
     plans = []
     for entry in index.get("plans", []):
         path = folder / str(entry["file"])
-        body = verify_plan(_read(path), str(path))
-        if body["digest"] != entry.get("digest"):
+        body = read_plan(_read(path), str(path))
+        if body.digest != entry.get("digest"):
             raise PlanRejected(
-                f"{path}: digest {body['digest']} is not the one in {INDEX} "
+                f"{path}: digest {body.digest} is not the one in {INDEX} "
                 f"({entry.get('digest')}); recompile the plan folder"
             )
         if verify is not None:
@@ -121,19 +121,11 @@ def load_plans(folder: Path, now: float, verify: PlanCheck | None = None) -> lis
     return plans
 
 
-def valid_until_ms(body: dict[str, Any]) -> int | None:
-    text = body.get("valid_until")
-    if text is None:
-        return None
-    moment = datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def check_valid(body: dict[str, Any], now: float, source: str) -> None:
-    until = valid_until_ms(body)
+def check_valid(body: PlanBody, now: float, source: str) -> None:
+    until = body.valid_until_ms
     if until is not None and now * 1000 >= until:
         raise PlanRejected(
-            f"{source}: plan expired at {body['valid_until']} (a waiver it relies "
+            f"{source}: plan expired at {body.valid_until} (a waiver it relies "
             "on has expired); recompile it with converge plan"
         )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.canonical import canonical_json, canonical_object
 from engine.errors import PlanRejected
+from engine.plans.body import PlanBody, parse_body
 
 PLAN_FORMAT = "converge.plan/v1"
 INDEX_FORMAT = "converge.plan-index/v1"
@@ -51,6 +52,12 @@ def seal(members: dict[str, bytes]) -> tuple[str, bytes]:
     """The digest of a plan given as canonical members, and the plan's bytes with it."""
     digest = digest_of(members)
     return digest, canonical_object({**members, "digest": canonical_json(digest)})
+
+
+def read_plan(data: bytes, source: str = "plan") -> PlanBody:
+    """The typed body of a plan's bytes, once its format and digest verify; raises
+    :class:`PlanRejected`."""
+    return parse_body(verify_plan(data, source), data, source)
 
 
 def verify_plan(data: bytes, source: str = "plan") -> dict[str, Any]:

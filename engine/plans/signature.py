@@ -20,19 +20,18 @@ made by a key version that was not valid at the signing time in the note.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from engine.errors import ConvergeError, PlanRejected
-from engine.keys import KeyStore, KeyStoreError, KeyVersion, verify_signature, version_at
+from engine.errors import ConvergeError, KeyStoreError, PlanRejected, VerificationError
+from engine.keys import KeyStore, KeyVersion, verify_signature, version_at
+from engine.plans.body import PlanBody
 from engine.plans.format import PLAN_FORMAT, Plan
 from engine.sign import note
-from engine.sign.merkle import VerificationError
 
 SIGNATURE_SUFFIX = ".plan.sig"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -225,10 +224,8 @@ class PlanVerifier:
         self.required_by = required_by
         """The options that asked for signatures, for the message about a missing one."""
 
-    def __call__(self, plan_path: Path, body: Mapping[str, Any]) -> PlanClaim:
-        device = body.get("device", {}).get("id")
-        if not isinstance(device, str):
-            raise PlanRejected(f"{plan_path}: the plan names no device id")
+    def __call__(self, plan_path: Path, body: PlanBody) -> PlanClaim:
+        device = body.device.id
         sig = plan_path.with_name(signature_name(device))
         try:
             data = sig.read_bytes()
@@ -248,10 +245,10 @@ class PlanVerifier:
                 f"{plan_path}: signature {sig.name} signs the plan of device"
                 f" {claim.device}, not {device}"
             )
-        if claim.digest != body["digest"]:
+        if claim.digest != body.digest:
             raise PlanRejected(
                 f"{plan_path}: signature {sig.name} signs digest {claim.digest},"
-                f" not the plan's {body['digest']}"
+                f" not the plan's {body.digest}"
             )
         return claim
 

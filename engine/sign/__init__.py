@@ -19,6 +19,7 @@ The byte formats are in docs/evidence.md; every failure is a
 
 from __future__ import annotations
 
+from engine.errors import VerificationError
 from engine.sign.merkle import (
     EMPTY_ROOT,
     HashLengthError,
@@ -28,7 +29,6 @@ from engine.sign.merkle import (
     ProofLengthError,
     RootMismatch,
     TreeSizeError,
-    VerificationError,
     consistency_proof,
     inclusion_proof,
     leaf_hash,

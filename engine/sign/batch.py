@@ -1,14 +1,9 @@
 """Batches: all records of one device in one signing window, hashed, chained and signed.
 
-A :class:`Batcher` is a collector sink (``async put``, ``async close``). It
-puts each record, with a fresh salt, into the window ``[k·w, (k+1)·w)`` of
-its device (``w`` = the plan's ``batch_window_ms``, times in UTC epoch ms of
-:func:`record_time`) and hands each finished :class:`Batch` to ``on_batch``.
-A window closes when a record of a later window of the same device
-arrives, at :meth:`Batcher.flush` once ``now >= window end + grace``, and at
-:meth:`Batcher.close`. A record arriving after its window closed opens that
-window again and ends up in a further batch of the same window: nothing is
-dropped, and the chain of previous roots orders the two.
+A batch holds the records of one device whose :func:`record_time` falls in
+one window ``[k·w, (k+1)·w)`` (``w`` = the plan's ``batch_window_ms``, times
+in UTC epoch ms); :class:`~engine.evidence.batcher.Batcher` cuts them. Pure
+values and checks: no I/O, no clock.
 
 The batch's records are sorted (:func:`entry_order`) so its root does not
 depend on arrival order. Its :func:`statement` (canonical JSON) is signed
@@ -25,51 +20,42 @@ Verification failures, all :class:`VerificationError`::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import inspect
 import json
-import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engine.canonical import canonical_json
-from engine.errors import ConvergeError
+from engine.errors import EvidenceError, VerificationError
 from engine.records import Gap, Reading, Record
 from engine.sign import note
-from engine.sign.leaf import SALT_SIZE, instant, leaf_bytes, new_salt, record_leaf_hash
+from engine.sign.leaf import instant, leaf_bytes, record_leaf_hash
 from engine.sign.merkle import (
     HASH_SIZE,
     LEAF_PREFIX,
     MerkleTree,
     RootMismatch,
-    VerificationError,
     root_of_hashes,
     verify_inclusion,
 )
 
 STATEMENT_FORMAT = "converge.batch/v1"
-DEFAULT_WINDOW_MS = 60_000
 ZERO_ROOT = bytes(HASH_SIZE)
 """The previous root of a device's first batch."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _sha256 = hashlib.sha256
 
-OnBatch = Callable[["Batch"], Awaitable[None] | None]
-OnWindow = Callable[["DevicePlan", int, "Window"], Awaitable[None]]
-"""Takes each closed window unhashed, instead of a :class:`Batch` (the evidence sink's sealer)."""
-
 
 # --- errors ----------------------------------------------------------------
 
 
-class MissingSigner(ConvergeError):
+class MissingSigner(EvidenceError):
     """``sign_batch`` was not given the private key of a key the batch requires."""
 
     def __init__(self, key: str) -> None:
@@ -113,56 +99,26 @@ class ChainBroken(VerificationError):
         super().__init__(f"previous root: got {got.hex()}, want {want.hex()}")
 
 
-# --- what the plan says ----------------------------------------------------
+# --- what a batch needs of its plan ---------------------------------------
 
 
 @dataclass(frozen=True)
-class PointSigning:
-    """A point's signing facet and its signing waivers, from the plan."""
+class BatchSpec:
+    """What sealing one device's batches needs of its plan (:mod:`engine.plans.body`).
 
-    required: bool = False
-    keys: tuple[str, ...] = ()
-    waivers: tuple[Mapping[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """What batching needs of one device plan."""
+    ``keys`` is every key that must sign each batch (sorted): the union over
+    the plan's points that require signing, whichever of them a batch holds.
+    Empty, the batches are unsigned and ``waiver`` holds the plan's waivers
+    that lift signing (docs/records.md).
+    """
 
     device: str
-    digest: str
+    plan_digest: str
     window_ms: int
-    points: Mapping[str, PointSigning]
-
-
-def device_plan(plan: Mapping[str, Any]) -> DevicePlan:
-    """Read a plan body (docs/plans.md).
-
-    The window is the smallest ``signing.batch_window_ms`` of the plan's points,
-    or :data:`DEFAULT_WINDOW_MS` when none sets one. Raises ConvergeError for a
-    point that requires signing but names no key, or a window that is not a
-    positive integer.
-    """
-    device = str(plan["device"]["id"])
-    points = {str(p["name"]): _point_signing(device, p) for p in plan["points"]}
-    windows = [
-        p["signing"]["batch_window_ms"]
-        for p in plan["points"]
-        if "batch_window_ms" in p.get("signing", {})
-    ]
-    window = min(windows, default=DEFAULT_WINDOW_MS)
-    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
-        raise ConvergeError(f"{device}: batch_window_ms must be a positive integer, not {window!r}")
-    return DevicePlan(device, str(plan["digest"]), window, points)
-
-
-def _point_signing(device: str, point: Mapping[str, Any]) -> PointSigning:
-    signing = point.get("signing", {})
-    required, keys = bool(signing.get("required", False)), tuple(sorted(signing.get("keys", ())))
-    if required and not keys:
-        raise ConvergeError(f"{device}/{point['name']}: signing is required but names no key")
-    waivers = tuple(w for w in point.get("waived", ()) if "signing" in w.get("facets", ()))
-    return PointSigning(required, keys, waivers)
+    keys: tuple[str, ...]
+    waiver: tuple[Mapping[str, Any], ...]
+    points: frozenset[str]
+    """The points the plan collects: a record of any other point has no batch."""
 
 
 # --- batches ---------------------------------------------------------------
@@ -269,14 +225,14 @@ def in_order(records: Iterable[Record]) -> bool:
     return True
 
 
-def window_bounds(plan: DevicePlan, window: int) -> tuple[str, str]:
+def window_bounds(spec: BatchSpec, window: int) -> tuple[str, str]:
     """The instants (:func:`instant` text) that start and end window index ``window``."""
-    start = _EPOCH + window * plan.window_ms * _MS
-    return instant(start), instant(start + plan.window_ms * _MS)
+    start = _EPOCH + window * spec.window_ms * _MS
+    return instant(start), instant(start + spec.window_ms * _MS)
 
 
-def make_batch(plan: DevicePlan, window: int, entries: Iterable[Entry], previous: bytes) -> Batch:
-    """The batch of window index ``window`` (``[window·w, (window+1)·w)``) of ``plan``'s device.
+def make_batch(spec: BatchSpec, window: int, entries: Iterable[Entry], previous: bytes) -> Batch:
+    """The batch of window index ``window`` (``[window·w, (window+1)·w)``) of ``spec``'s device.
 
     Requires every entry to be of that device and window.
     """
@@ -284,229 +240,19 @@ def make_batch(plan: DevicePlan, window: int, entries: Iterable[Entry], previous
     ordered = tuple(
         listed if in_order(e.record for e in listed) else sorted(listed, key=entry_order)
     )
-    start, end = window_bounds(plan, window)
-    keys, waiver = signing(plan, {e.record.point for e in ordered})
+    start, end = window_bounds(spec, window)
     return Batch(
-        device=plan.device,
+        device=spec.device,
         window_start=start,
         window_end=end,
         entries=ordered,
         root=root_of_hashes([e.leaf_hash for e in ordered]),
-        plan_digest=plan.digest,
+        plan_digest=spec.plan_digest,
         previous_root=previous,
-        keys=keys,
-        signed=bool(keys),
-        waiver=waiver,
+        keys=spec.keys,
+        signed=bool(spec.keys),
+        waiver=spec.waiver,
     )
-
-
-def signing(
-    plan: DevicePlan, points: set[str]
-) -> tuple[tuple[str, ...], tuple[Mapping[str, Any], ...]]:
-    """(keys, ()) if a point requires signing, else ((), the points' signing waivers)."""
-    facets = [plan.points.get(p, PointSigning()) for p in points]
-    keys = sorted({k for f in facets if f.required for k in f.keys})
-    if keys:
-        return tuple(keys), ()
-    waivers = {canonical_json(w): w for f in facets for w in f.waivers}
-    return (), tuple(waivers[c] for c in sorted(waivers))
-
-
-# --- the batcher -----------------------------------------------------------
-
-
-_FORKS = [0]
-"""How many times this process is a forked child: a salt pool from before a fork is dropped."""
-os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
-
-
-def _salts() -> Iterator[bytes]:
-    """Fresh salts drawn from the CSPRNG many at a time; each byte is handed out once.
-
-    One ``os.urandom`` call per record costs about as much as hashing its leaf;
-    one call per 1,024 records does not. A forked child never uses the pool of
-    its parent, so the two never hand out the same bytes. One pool per
-    :class:`Batcher`, used by the thread that puts its records.
-    """
-    while True:
-        forks = _FORKS[0]
-        pool = os.urandom(SALT_SIZE * 1024)
-        for at in range(0, len(pool), SALT_SIZE):
-            if _FORKS[0] != forks:
-                break
-            yield pool[at : at + SALT_SIZE]
-
-
-class Window:
-    """The records of one open window in arrival order, with their salts, leaves and hashes.
-
-    Four lists rather than an :class:`Entry` per record: a window holds up to a
-    window's worth of a device's records, and every object alive that long is
-    walked by each full garbage collection. Entries are made when the window
-    closes, and live only until its batch is sealed.
-    """
-
-    __slots__ = ("hashes", "leaves", "records", "salts")
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.salts: list[bytes] = []
-        self.leaves: list[bytes] = []
-        self.hashes: list[bytes] = []
-
-    def entries(self) -> list[Entry]:
-        return list(map(_entry, self.records, self.salts, self.leaves, self.hashes))
-
-
-_new = object.__new__
-_set_record, _set_salt, _set_leaf, _set_hash = (
-    vars(Entry)[name].__set__ for name in ("record", "salt", "leaf", "leaf_hash")
-)
-
-
-def _entry(record: Record, salt: bytes, leaf: bytes, hashed: bytes) -> Entry:
-    """``Entry(record, salt, leaf, hashed)`` at half the cost, for the records of a window.
-
-    A frozen dataclass's ``__init__`` assigns through ``object.__setattr__``
-    by name; setting the slots directly does the same in fewer steps.
-    """
-    entry: Entry = _new(Entry)
-    _set_record(entry, record)
-    _set_salt(entry, salt)
-    _set_leaf(entry, leaf)
-    _set_hash(entry, hashed)
-    return entry
-
-
-class Batcher:
-    """A sink that cuts records into per-device, per-window batches for ``on_batch``.
-
-    ``previous_roots`` resumes each device's chain (default: :data:`ZERO_ROOT`);
-    ``grace_ms`` is how long :meth:`flush` waits after a window's end for late
-    records. ``on_batch`` may be a plain or an async function. With ``on_window``,
-    leaves are not hashed and each closed window goes to it instead of a batch
-    to ``on_batch`` (which it then seals, chains and hands on itself).
-    """
-
-    def __init__(
-        self,
-        plans: Iterable[Mapping[str, Any]],
-        on_batch: OnBatch,
-        *,
-        grace_ms: int = 5_000,
-        previous_roots: Mapping[str, bytes] | None = None,
-        salt: Callable[[], bytes] = new_salt,
-        on_window: OnWindow | None = None,
-    ) -> None:
-        self.plans = {p.device: p for p in map(device_plan, plans)}
-        self.on_batch, self.grace_ms, self.on_window = on_batch, grace_ms, on_window
-        self.salt = _salts().__next__ if salt is new_salt else salt
-        self.previous: dict[str, bytes] = dict(previous_roots or {})
-        self.open: dict[str, dict[int, Window]] = {}
-        self.closed = False
-        self._ms: dict[datetime, int] = {}
-
-    async def put(self, record: Record) -> None:
-        """Add a record; closes the device's earlier open windows. Requires a planned device."""
-        if self.add(record):
-            await self.emit_earlier(record.device)
-
-    def add(self, record: Record) -> bool:
-        """Add a record without closing anything; ``True`` when the record's device has an
-        earlier window open, which :meth:`emit_earlier` must then close.
-
-        :meth:`put` in two halves, so that a caller with its own ``put`` (the
-        evidence sink) adds a record without one more coroutine per record.
-        This runs once per record, so it is written for speed: no per-record
-        datetime arithmetic (:meth:`_epoch_ms`), salts drawn in bulk, no
-        :class:`Entry` until the window closes.
-        """
-        plan = self.plans.get(record.device)
-        if plan is None or self.closed or record.point not in plan.points:
-            self._refuse(record)
-        moment = (
-            record.scheduled_at or record.collected_at
-            if type(record) is Reading
-            else record_time(record)
-        )
-        ms = None if moment.fold else self._ms.get(moment)
-        window = (self._epoch_ms(moment) if ms is None else ms) // plan.window_ms
-        salt = self.salt()
-        leaf = leaf_bytes(record, salt)  # before any window: a record without a leaf leaves none
-        windows = self.open.get(plan.device)
-        if windows is None:
-            windows = self.open[plan.device] = {}
-        into = windows.get(window)
-        if into is None:
-            into = windows[window] = Window()
-        into.records.append(record)
-        into.salts.append(salt)
-        into.leaves.append(leaf)
-        if self.on_window is None:  # else whoever takes the window hashes its leaves
-            into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
-        return len(windows) > 1  # rarely: the first record of a device's next window
-
-    async def emit_earlier(self, device: str) -> None:
-        """Close every window of ``device`` before the newest one it has open."""
-        plan, windows = self.plans[device], self.open[device]
-        newest = max(windows)
-        for earlier in sorted(w for w in windows if w < newest):
-            await self._emit(plan, earlier, windows.pop(earlier))
-
-    def _epoch_ms(self, moment: datetime) -> int:
-        """:func:`epoch_ms`, remembered: the records of one slot share their time.
-
-        Only ``fold=0`` times are remembered: two times of the same zone that
-        differ only in ``fold`` compare equal yet are an hour apart.
-        """
-        ms = self._ms.get(moment) if not moment.fold else None
-        if ms is None:
-            ms = epoch_ms(moment)
-            if not moment.fold:
-                if len(self._ms) >= 4096:
-                    self._ms.clear()
-                self._ms[moment] = ms
-        return ms
-
-    async def flush(self, now: datetime) -> None:
-        """Close every window whose end + grace is at or before ``now``."""
-        cutoff = epoch_ms(now) - self.grace_ms
-        for device, windows in list(self.open.items()):
-            plan = self.plans[device]
-            for window in sorted(w for w in windows if (w + 1) * plan.window_ms <= cutoff):
-                await self._emit(plan, window, windows.pop(window))
-
-    async def close(self) -> None:
-        """Close every open window. Called once, after the last record.
-
-        Yields to the event loop after each batch, so that whoever takes the
-        batches (the evidence sink's writer) works on them while the rest are
-        cut; a record put meanwhile is refused, never dropped.
-        """
-        self.closed = True
-        for device, windows in list(self.open.items()):
-            for window in sorted(windows):
-                await self._emit(self.plans[device], window, windows[window])
-                await asyncio.sleep(0)
-        self.open.clear()
-
-    def _refuse(self, record: Record) -> NoReturn:
-        if self.closed:
-            raise ConvergeError("batcher is closed")
-        if record.device not in self.plans:
-            raise ConvergeError(f"record of device {record.device!r}, which has no plan")
-        raise ConvergeError(f"record of {record.device}/{record.point}, not in the plan")
-
-    async def _emit(self, plan: DevicePlan, window: int, records: Window) -> None:
-        if self.on_window is not None:
-            await self.on_window(plan, window, records)
-            return
-        previous = self.previous.get(plan.device, ZERO_ROOT)
-        batch = make_batch(plan, window, records.entries(), previous)
-        self.previous[plan.device] = batch.root
-        result = self.on_batch(batch)
-        if inspect.isawaitable(result):
-            await result
 
 
 # --- statements and signatures ---------------------------------------------

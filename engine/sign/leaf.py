@@ -24,7 +24,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from engine.canonical import MAX_SAFE_INTEGER, canonical_json
-from engine.errors import ConvergeError
+from engine.errors import EvidenceError
 from engine.records import Gap, GapReason, Quality, Reading, Record
 from engine.sign.merkle import leaf_hash
 
@@ -32,7 +32,7 @@ LEAF_VERSION = 1
 SALT_SIZE = 16
 
 
-class LeafError(ConvergeError):
+class LeafError(EvidenceError):
     """A record or salt that has no leaf: a naive time, a bad salt, a non-finite value."""
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from engine.errors import ConvergeError
+from engine.errors import VerificationError
 from engine.sign.proof import (
     Side,
     consistency_plan,
@@ -39,10 +39,6 @@ NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 _sha256 = hashlib.sha256
-
-
-class VerificationError(ConvergeError):
-    """Evidence (a proof, a root, a signed note) that does not verify."""
 
 
 class RootMismatch(VerificationError):

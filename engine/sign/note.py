@@ -37,7 +37,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from engine.sign.merkle import HASH_SIZE, VerificationError
+from engine.errors import VerificationError
+from engine.sign.merkle import HASH_SIZE
 
 ED25519 = 0x01
 SIGNATURE_PREFIX = "\u2014 "  # em dash, space

@@ -29,14 +29,10 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from engine.errors import ConvergeError
+from engine.errors import StoreError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 10_000
-
-
-class StoreError(ConvergeError):
-    """A database that cannot be opened, migrated or written."""
 
 
 def database_url(target: str) -> str:

@@ -26,7 +26,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.store.database import StoreError
+from engine.errors import StoreError
 from engine.store.sealed import SealedBatch
 from engine.store.store import Head
 

@@ -15,7 +15,7 @@ stores nothing and returns ``False``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,19 +28,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import audit
 from engine.canonical import canonical_json
+from engine.errors import StoreError
 from engine.keys import KeyVersion
-from engine.sign.batch import ZERO_ROOT
+from engine.plans.body import PlanBody
 from engine.sign.leaf import instant
 from engine.store import auditlog
-from engine.store.database import (
-    StoreError,
-    connect,
-    describe,
-    reason,
-    require_current,
-    upgrade,
-    writing,
-)
+from engine.store.database import connect, describe, reason, require_current, upgrade, writing
 from engine.store.sealed import SealedBatch
 from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
 
@@ -273,37 +266,34 @@ class Store:
     # --- plans, keys, lifecycle -------------------------------------------------------
 
     def deploy_plans(
-        self, plans: Iterable[tuple[Mapping[str, Any], bytes, str | None]], at: str | None = None
+        self, plans: Iterable[tuple[PlanBody, str | None]], at: str | None = None
     ) -> int:
-        """Keep each (body, bytes, signature note) plan not stored yet, with a ``plan.deployed``
-        entry (dated ``at``, default now); returns how many were new."""
+        """Keep each (plan, signature note) not stored yet, with a ``plan.deployed`` entry
+        (dated ``at``, default now); returns how many were new."""
         new = 0
         with self.transaction() as conn:
-            for body, data, signature in plans:
-                digest = str(body["digest"])
-                if conn.execute(select(PLANS.c.digest).where(PLANS.c.digest == digest)).first():
+            for plan, signature in plans:
+                if conn.execute(
+                    select(PLANS.c.digest).where(PLANS.c.digest == plan.digest)
+                ).first():
                     continue
                 when = at or audit.now_instant()
+                device = plan.device.id
                 conn.execute(
                     insert(PLANS).values(
-                        digest=digest,
-                        device=body["device"]["id"],
-                        body=data,
+                        digest=plan.digest,
+                        device=device,
+                        body=plan.data,
                         signature=signature,
                         deployed_at=when,
                     )
                 )
-                auditlog.append(
-                    conn,
-                    "plan.deployed",
-                    self.actor,
-                    {
-                        "device": body["device"]["id"],
-                        "digest": digest,
-                        "signed": signature is not None,
-                    },
-                    when,
-                )
+                deployed = {
+                    "device": device,
+                    "digest": plan.digest,
+                    "signed": signature is not None,
+                }
+                auditlog.append(conn, "plan.deployed", self.actor, deployed, when)
                 new += 1
         return new
 
@@ -396,4 +386,4 @@ def key_payload(version: KeyVersion) -> dict[str, Any]:
     }
 
 
-__all__ = ["ZERO_ROOT", "Head", "Store", "StoreError", "fast_bytea", "key_payload"]
+__all__ = ["Head", "Store", "fast_bytea", "key_payload"]

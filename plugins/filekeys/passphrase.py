@@ -12,7 +12,7 @@ import getpass
 import os
 import sys
 
-from engine.keys import KeyStoreError
+from engine.errors import KeyStoreError
 
 ENV = "CONVERGE_KEY_PASSPHRASE"
 MIN_LENGTH = 16

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from engine.errors import KeyStoreError
 from engine.keys import (
     KeyEvents,
-    KeyStoreError,
     KeyVersion,
     Listener,
     SignatureCheck,

@@ -27,6 +27,7 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from engine.errors import ConvergeError
+from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver
 from engine.records import Gap, GapReason, Quality, Reading, Record, Value
 from plugins.modbus.codec import decode_group
@@ -59,15 +60,14 @@ def is_retryable(record: Record) -> bool:
 class ModbusSession:
     """One Modbus device over TCP (Modbus TCP, or RTU frames over TCP), for one plan."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
-        device = plan["device"]
-        self.device_id = str(device["id"])
-        self._endpoint: Mapping[str, Any] = device["endpoint"]
-        limits: Mapping[str, Any] = device.get("limits", {})
-        self._timeout = float(limits.get("timeout_ms") or DEFAULT_TIMEOUT_MS) / 1000
-        self._pause = float(limits.get("pause_after_connect_ms") or 0) / 1000
+    def __init__(self, plan: PlanBody) -> None:
+        device = plan.device
+        self.device_id = device.id
+        self._endpoint = device.endpoint
+        self._timeout = float(device.limits.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
+        self._pause = float(device.limits.pause_after_connect_ms or 0) / 1000
         self._framer = FramerType(str(self._endpoint.get("framer", "socket")))
-        self._addresses = {str(p["name"]): p["address"] for p in plan["points"]}
+        self._addresses = {p.name: p.address for p in plan.points}
         self._client: AsyncModbusTcpClient | None = None
         self._lost = asyncio.Event()
 
@@ -113,7 +113,7 @@ class ModbusSession:
             trace_connect=on_connect_change,
         )
 
-    async def read(self, group: Mapping[str, Any], scheduled_at: datetime) -> list[Record]:
+    async def read(self, group: ReadGroup, scheduled_at: datetime) -> list[Record]:
         """One request for ``group``: a reading per point, or a gap per point."""
         sent_at = datetime.now(UTC)
         try:
@@ -131,22 +131,23 @@ class ModbusSession:
             detail = f"Modbus exception {code}"
             return self._gaps(group, scheduled_at, GapReason.EXCEPTION, detail, code)
         try:
-            values = decode_group(group, self._addresses, _payload(group, response))
+            values = decode_group(group.spec, self._addresses, _payload(group.spec, response))
         except ValueError as error:
             return self._gaps(group, scheduled_at, GapReason.MALFORMED, str(error))
         return [
             _reading(self.device_id, name, value, sent_at, scheduled_at)
-            for name, value in zip(group["points"], values, strict=True)
+            for name, value in zip(group.points, values, strict=True)
         ]
 
-    async def _request(self, group: Mapping[str, Any]) -> ModbusPDU:
+    async def _request(self, group: ReadGroup) -> ModbusPDU:
         """Send the group's request; the connection being lost meanwhile is a reset."""
         client = self._client
         if client is None or not self.connected:
             raise ConnectionResetError(errno.ENOTCONN, f"not connected to {self._where()}")
-        call = _READS[str(group["table"])](client)
+        spec = group.spec
+        call = _READS[str(spec["table"])](client)
         request = asyncio.ensure_future(
-            call(int(group["start"]), count=int(group["count"]), device_id=int(group["unit"]))
+            call(int(spec["start"]), count=int(spec["count"]), device_id=int(spec["unit"]))
         )
         lost = asyncio.ensure_future(self._lost.wait())
         try:
@@ -167,18 +168,18 @@ class ModbusSession:
 
     def _gaps(
         self,
-        group: Mapping[str, Any],
+        group: ReadGroup,
         scheduled_at: datetime,
         reason: GapReason,
         detail: str,
         raw_code: int | None = None,
     ) -> list[Record]:
         return [
-            Gap(self.device_id, str(name), scheduled_at, reason, detail, raw_code)
-            for name in group["points"]
+            Gap(self.device_id, name, scheduled_at, reason, detail, raw_code)
+            for name in group.points
         ]
 
-    async def subscribe(self, group: Mapping[str, Any], deliver: Deliver) -> None:
+    async def subscribe(self, group: ReadGroup, deliver: Deliver) -> None:
         """Modbus has no subscriptions: every group is polled."""
         raise ConvergeError(f"Modbus has no subscriptions (device '{self.device_id}')")
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from engine.errors import ConvergeError
+from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver
 from engine.records import Quality, Reading, Record, Value
 from plugins.mqtt.schema import payload as payload_kind
@@ -163,22 +164,19 @@ def body_bytes(payload: Any) -> bytes:
 
 @dataclass
 class _Subscription:
-    group: Mapping[str, Any]
+    group: ReadGroup
     deliver: Deliver
 
 
 class MqttSession:
     """One device's plan, collected from its broker (see the module docstring)."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
-        device = plan["device"]
-        self.device: str = device["id"]
-        self.endpoint: Mapping[str, Any] = device["endpoint"]
-        timeout_ms = device.get("limits", {}).get("timeout_ms")
+    def __init__(self, plan: PlanBody) -> None:
+        self.device = plan.device.id
+        self.endpoint = plan.device.endpoint
+        timeout_ms = plan.device.limits.timeout_ms
         self.timeout_s = timeout_ms / 1000 if timeout_ms else DEFAULT_TIMEOUT_S
-        self.addresses: dict[str, Mapping[str, Any]] = {
-            p["name"]: p["address"] for p in plan.get("points", ())
-        }
+        self.addresses = {p.name: p.address for p in plan.points}
         self._subscriptions: dict[str, _Subscription] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -207,20 +205,19 @@ class MqttSession:
             raise
         self._task = asyncio.create_task(self._consume(client), name=f"mqtt:{self.device}")
 
-    async def read(self, group: Mapping[str, Any], scheduled_at: datetime) -> list[Record]:
+    async def read(self, group: ReadGroup, scheduled_at: datetime) -> list[Record]:
         raise ConvergeError(
             f"{self.device}: MQTT read groups are subscriptions; nothing can be polled"
         )
 
-    async def subscribe(self, group: Mapping[str, Any], deliver: Deliver) -> None:
+    async def subscribe(self, group: ReadGroup, deliver: Deliver) -> None:
         """Remember the group (so :meth:`connect` renews it) and subscribe now if connected."""
-        if group.get("kind") != "subscribe":
-            kind = group.get("kind")
-            raise ConvergeError(f"{self.device}: MQTT has no read group of kind {kind!r}")
-        unknown = [p for p in group["points"] if p not in self.addresses]
+        if group.kind != "subscribe":
+            raise ConvergeError(f"{self.device}: MQTT has no read group of kind {group.kind!r}")
+        unknown = [p for p in group.points if p not in self.addresses]
         if unknown:
             raise ConvergeError(f"{self.device}: the plan has no address for {unknown}")
-        self._subscriptions[group["topic"]] = _Subscription(group, deliver)
+        self._subscriptions[group.spec["topic"]] = _Subscription(group, deliver)
         if self.connected and self._client is not None:
             try:
                 await self._subscribe(self._client, group)
@@ -262,11 +259,12 @@ class MqttSession:
             ca_certs=tls.get("ca"), certfile=tls.get("cert"), keyfile=tls.get("key")
         )
 
-    async def _subscribe(self, client: aiomqtt.Client, group: Mapping[str, Any]) -> None:
+    async def _subscribe(self, client: aiomqtt.Client, group: ReadGroup) -> None:
         try:
-            await client.subscribe(group["topic"], qos=int(group.get("qos", 1)))
+            await client.subscribe(group.spec["topic"], qos=int(group.spec.get("qos", 1)))
         except aiomqtt.MqttError as error:
-            raise ConnectionError(f"{self.device}: subscribe {group['topic']}: {error}") from error
+            topic = group.spec["topic"]
+            raise ConnectionError(f"{self.device}: subscribe {topic}: {error}") from error
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         """Hand over every message until the broker goes away (then the task just ends)."""
@@ -284,9 +282,9 @@ class MqttSession:
         arrived = datetime.now(UTC)
         for subscription in list(self._subscriptions.values()):
             group = subscription.group
-            if not topic.matches(group["topic"]):
+            if not topic.matches(group.spec["topic"]):
                 continue
-            for point in group["points"]:
+            for point in group.points:
                 address = self.addresses[point]
                 if topic.matches(address["topic"]):
                     await subscription.deliver(self._reading(point, address, body, arrived))

@@ -31,6 +31,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from engine.errors import ConvergeError
+from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver
 from engine.records import Gap, GapReason, Quality, Reading, Record, Value
 
@@ -120,7 +121,7 @@ def record_of(
 class _Requested:
     """A subscription the collector asked for, kept to re-create it after reconnecting."""
 
-    group: Mapping[str, Any]
+    group: ReadGroup
     deliver: Deliver
 
 
@@ -150,12 +151,12 @@ class _DataChangeHandler:
 class OpcUaSession:
     """One OPC UA device as the collector sees it (:class:`engine.protocols.Session`)."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
-        device = plan["device"]
-        self.device = str(device["id"])
-        self.endpoint: Mapping[str, Any] = device["endpoint"]
-        limits = device.get("limits", {})
-        self.timeout_s = int(limits.get("timeout_ms", DEFAULT_TIMEOUT_MS)) / 1000
+    def __init__(self, plan: PlanBody) -> None:
+        device = plan.device
+        self.device = device.id
+        self.endpoint = device.endpoint
+        timeout_ms = device.limits.timeout_ms
+        self.timeout_s = (DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000
         self._client: Client | None = None
         self._lost = False
         self._requested: list[_Requested] = []
@@ -235,13 +236,13 @@ class OpcUaSession:
 
     # --- reading ------------------------------------------------------------------------
 
-    async def read(self, group: Mapping[str, Any], scheduled_at: datetime) -> list[Record]:
+    async def read(self, group: ReadGroup, scheduled_at: datetime) -> list[Record]:
         """One bulk Read of every node of ``group``: one record per point, in its order."""
-        points = [str(p) for p in group["points"]]
+        points = list(group.points)
         client = self._client
         if client is None or not self.connected:
             return self._gaps(points, scheduled_at, GapReason.REFUSED, "not connected")
-        nodes = [client.get_node(str(n)) for n in group["nodes"]]
+        nodes = [client.get_node(str(n)) for n in group.spec["nodes"]]
         collected_at = now()
         try:
             async with asyncio.timeout(self.timeout_s):  # not wait_for: see Clock.wait_for
@@ -283,7 +284,7 @@ class OpcUaSession:
 
     # --- subscriptions ------------------------------------------------------------------
 
-    async def subscribe(self, group: Mapping[str, Any], deliver: Deliver) -> None:
+    async def subscribe(self, group: ReadGroup, deliver: Deliver) -> None:
         """Start a subscription now if connected, and again after every reconnect.
 
         When not connected the request is only remembered: the next
@@ -297,17 +298,17 @@ class OpcUaSession:
 
     async def _start_subscription(self, client: Client, requested: _Requested) -> None:
         group = requested.group
-        node_ids = [ua.NodeId.from_string(str(n)) for n in group["nodes"]]
-        points = [str(p) for p in group["points"]]
+        node_ids = [ua.NodeId.from_string(str(n)) for n in group.spec["nodes"]]
+        points = list(group.points)
         by_node = dict(zip(node_ids, points, strict=True))
         handler = _DataChangeHandler(self, by_node, requested.deliver)
         try:
             subscription = await client.create_subscription(
-                float(group["publishing_interval_ms"]), handler
+                float(group.spec["publishing_interval_ms"]), handler
             )
             self._subscriptions.append(subscription)
             nodes = [client.get_node(n) for n in node_ids]
-            deadband = group.get("deadband")
+            deadband = group.spec.get("deadband")
             if deadband is None:
                 results = await subscription.subscribe_data_change(nodes)
             else:

@@ -14,7 +14,7 @@ import math
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import plugins.modbus as modbus_plugin
 from engine.errors import ConvergeError
 from engine.model import Device
+from engine.plans.body import PlanBody, ReadGroup, parse_group
 from engine.protocols import Fault
 from engine.records import Gap, GapReason, Quality, Reading, Record
 from engine.testkit import ProjectBuilder
@@ -243,13 +244,13 @@ def free_port() -> int:
 
 @dataclass
 class Rig:
-    plan: dict[str, Any]
+    plan: PlanBody
     device: Device
 
-    def groups(self, *points: str) -> list[dict[str, Any]]:
-        return [g for g in self.plan["read_groups"] if set(points) & set(g["points"])]
+    def groups(self, *points: str) -> list[ReadGroup]:
+        return [g for g in self.plan.read_groups if set(points) & set(g.points)]
 
-    def group(self, point: str) -> dict[str, Any]:
+    def group(self, point: str) -> ReadGroup:
         (group,) = self.groups(point)
         return group
 
@@ -261,7 +262,7 @@ def rig(converge_project: ProjectBuilder) -> Rig:
     outcome = converge_project.write(files).compile()
     outcome.assert_success()
     (device,) = outcome.compilation.project.sites[0].devices
-    return Rig(dict(outcome.plan("plc")), device)
+    return Rig(outcome.plan_body("plc"), device)
 
 
 def run(main: Callable[[], Awaitable[T]], timeout: float = 10) -> T:
@@ -284,8 +285,9 @@ async def serving(rig: Rig) -> AsyncIterator[tuple[ModbusSimulator, ModbusSessio
         await simulator.stop()
 
 
-async def read(session: ModbusSession, group: dict[str, Any]) -> list[Record]:
-    return await session.read(group, datetime.now(UTC))
+async def read(session: ModbusSession, group: ReadGroup | dict[str, Any]) -> list[Record]:
+    typed = group if isinstance(group, ReadGroup) else parse_group(group)
+    return await session.read(typed, datetime.now(UTC))
 
 
 def values(records: list[Record]) -> dict[str, Any]:
@@ -303,9 +305,9 @@ def test_every_type_reads_back_as_simulated(rig):
     async def main() -> dict[str, Any]:
         async with serving(rig) as (_, session):
             got: dict[str, Any] = {}
-            for group in rig.plan["read_groups"]:
+            for group in rig.plan.read_groups:
                 records = await read(session, group)
-                assert [r.point for r in records] == group["points"]
+                assert [r.point for r in records] == list(group.points)
                 got |= values(records)
             return got
 
@@ -395,7 +397,7 @@ def test_a_device_that_allows_holes_answers_them(rig):
 
 
 def test_an_unknown_unit_is_a_gateway_exception(rig):
-    other_unit = {**rig.group("I16"), "unit": 9}
+    other_unit = {**rig.group("I16").spec, "unit": 9}
 
     async def main() -> list[Record]:
         async with serving(rig) as (_, session):
@@ -536,7 +538,7 @@ def test_connecting_to_nothing_raises_os_error(rig):
 
 def test_the_hooks_answer_for_modbus_only(rig):
     assert isinstance(modbus_plugin.plugin.converge_open_session(plan=rig.plan), ModbusSession)
-    other = {**rig.plan, "device": {**rig.plan["device"], "protocol": "opcua"}}
+    other = replace(rig.plan, device=replace(rig.plan.device, protocol="opcua"))
     assert modbus_plugin.plugin.converge_open_session(plan=other) is None
     simulator = modbus_plugin.plugin.converge_simulator(
         protocol="modbus", devices=[rig.device], value_at=value_at
@@ -587,8 +589,8 @@ def test_rtu_frames_over_tcp_read_and_a_timeout_drops_the_connection(converge_pr
     files = {"policies/p.yaml": POLICY, "sites/s/site.yaml": site}
     outcome = converge_project.write(files).compile()
     outcome.assert_success()
-    rtu = Rig(dict(outcome.plan("plc")), outcome.compilation.project.sites[0].devices[0])
-    assert rtu.plan["device"]["endpoint"]["framer"] == "rtu"
+    rtu = Rig(outcome.plan_body("plc"), outcome.compilation.project.sites[0].devices[0])
+    assert rtu.plan.device.endpoint["framer"] == "rtu"
     group = rtu.group("F32")
 
     async def main() -> tuple[list[Record], list[Record], bool]:

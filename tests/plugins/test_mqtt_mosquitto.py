@@ -21,6 +21,8 @@ import aiomqtt
 import pytest
 
 from engine.errors import ConvergeError
+from engine.plans.body import PlanBody
+from engine.plans.format import read_plan
 from engine.records import Quality, Reading
 from engine.testkit import ProjectBuilder
 from plugins.mqtt.session import MqttSession
@@ -66,13 +68,13 @@ POLICY = """
 
 def plan(
     project: ProjectBuilder, prefix: str, broker: str | None = BROKER, endpoint: str = ""
-) -> dict[str, object]:
+) -> PlanBody:
     """The plan of one device on ``broker``; ``endpoint`` adds keys, as ``, username: u``."""
     suffix = prefix.rsplit("/", 1)[-1]
     site = SITE.format(broker=broker, prefix=prefix, suffix=suffix, endpoint=endpoint)
     outcome = project.write({"policies/p.yaml": POLICY, "sites/s/site.yaml": site}).compile()
     outcome.assert_success()
-    return dict(outcome.compilation.plans[0].body)
+    return read_plan(outcome.compilation.plans[0].canonical)
 
 
 def tls_endpoint(ca: bool = True) -> str:
@@ -93,7 +95,7 @@ def tls_publisher() -> dict[str, Any]:
 
 
 async def collect(
-    plan_body: dict[str, object],
+    plan_body: PlanBody,
     messages: list[tuple[str, bytes]],
     publisher: dict[str, Any] | None = None,
 ) -> list[Reading]:
@@ -105,7 +107,7 @@ async def collect(
 
     session = MqttSession(plan_body)
     await session.connect()
-    for group in plan_body["read_groups"]:  # type: ignore[attr-defined]
+    for group in plan_body.read_groups:
         await session.subscribe(group, deliver)
     if publisher is None:
         address = urlsplit(BROKER)
@@ -141,7 +143,7 @@ def test_a_malformed_payload_through_mosquitto_is_a_bad_reading(converge_project
     assert (reading.quality, reading.value, reading.raw_code) == (Quality.BAD, None, "malformed")
 
 
-async def connect_fails(plan_body: dict[str, object]) -> BaseException:
+async def connect_fails(plan_body: PlanBody) -> BaseException:
     """What ``connect()`` raises; it must raise, and soon."""
     session = MqttSession(plan_body)
     try:

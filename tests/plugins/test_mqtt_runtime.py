@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,9 +23,10 @@ import pytest
 
 from engine.errors import ConvergeError
 from engine.model import Device
+from engine.plans.body import ReadGroup, parse_group
 from engine.protocols import Fault, Simulator, ValueAt
 from engine.records import Quality, Reading, Record
-from engine.testkit import ProjectBuilder
+from engine.testkit import ProjectBuilder, plan_of
 from plugins import mqtt as mqtt_plugin
 from plugins.mqtt.session import MqttSession, decode
 from plugins.mqtt.simulator import MqttSimulator, concrete_topic, messages
@@ -105,7 +107,7 @@ class Site:
         outcome = project.compile()
         outcome.assert_success()
         self.devices: list[Device] = list(outcome.compilation.project.sites[0].devices)
-        self.plans = {d.id: outcome.plan(d.id) for d in self.devices}
+        self.plans = {d.id: outcome.plan_body(d.id) for d in self.devices}
         self.pm = pm
         self.value_at: ValueAt = value_at
 
@@ -120,10 +122,8 @@ class Site:
         assert isinstance(session, MqttSession)
         return session
 
-    def groups(self, device: str) -> list[dict[str, Any]]:
-        groups = self.plans[device]["read_groups"]
-        assert isinstance(groups, list)
-        return groups
+    def groups(self, device: str) -> list[ReadGroup]:
+        return list(self.plans[device].read_groups)
 
 
 @pytest.fixture
@@ -302,7 +302,7 @@ def test_read_refuses_and_close_is_idempotent(site: Site) -> None:
         session, _ = await open_session("boiler")
         with pytest.raises(ConvergeError, match="subscriptions"):
             await session.read(site.groups("boiler")[0], datetime.now(UTC))
-        ghost = {"kind": "subscribe", "topic": "x", "qos": 1, "points": ["ghost"]}
+        ghost = parse_group({"kind": "subscribe", "topic": "x", "qos": 1, "points": ["ghost"]})
         with pytest.raises(ConvergeError, match="no address"):
             await session.subscribe(ghost, Inbox().deliver)
         await session.close()
@@ -340,7 +340,8 @@ def test_a_port_in_use_is_an_oserror(site: Site) -> None:
 
 
 def test_hooks_answer_only_for_mqtt(site: Site) -> None:
-    plan = {**site.plans["boiler"], "device": {"protocol": "modbus"}}
+    boiler = site.plans["boiler"]
+    plan = replace(boiler, device=replace(boiler.device, protocol="modbus"))
     assert mqtt_plugin.plugin.converge_open_session(plan) is None
     assert mqtt_plugin.plugin.converge_simulator("modbus", [], value_at) is None
     assert isinstance(site.session("boiler"), MqttSession)
@@ -400,10 +401,12 @@ def test_scalar_values(address: dict[str, Any], body: bytes, value: Any) -> None
 )
 def test_malformed_messages(body: bytes) -> None:
     session = MqttSession(
-        {
-            "device": {"id": "d", "endpoint": {"broker": "mqtt://127.0.0.1"}},
-            "points": [{"name": "p", "address": JSON}],
-        }
+        plan_of(
+            {
+                "device": {"id": "d", "endpoint": {"broker": "mqtt://127.0.0.1"}},
+                "points": [{"name": "p", "address": JSON}],
+            }
+        )
     )
     reading = session._reading("p", JSON, body, TS)
     assert reading == Reading("d", "p", TS, None, Quality.BAD, raw_code="malformed")

@@ -21,9 +21,11 @@ from plugin_builders import device, planned
 
 from engine.errors import ConvergeError
 from engine.model import PlannedPoint
+from engine.plans.body import ReadGroup, parse_group
 from engine.plugin_manager import make_plugin_manager
 from engine.protocols import Fault
 from engine.records import Gap, GapReason, Quality, Reading, Record, Value
+from engine.testkit import plan_of
 from plugins.opcua.plan import plan_read_groups
 from plugins.opcua.session import OpcUaSession, record_of
 from plugins.opcua.simulator import OpcUaSimulator
@@ -88,20 +90,22 @@ SUBSCRIBED_POINTS = [
 @contextlib.asynccontextmanager
 async def running(
     points: Sequence[PlannedPoint], **limits: Any
-) -> AsyncIterator[tuple[OpcUaSimulator, OpcUaSession, list[dict[str, Any]]]]:
+) -> AsyncIterator[tuple[OpcUaSimulator, OpcUaSession, list[ReadGroup]]]:
     """A simulator serving ``points`` and a connected session with the plan of its device."""
     endpoint = {"url": f"opc.tcp://127.0.0.1:{free_port()}/", "security_mode": "None"}
     dev = device("opcua", points, endpoint, **limits)
-    groups = plan_read_groups(dev, points).groups
-    plan = {
-        "device": {
-            "id": dev.id,
-            "protocol": "opcua",
-            "endpoint": endpoint,
-            "limits": dev.limits.as_plan(),
-        },
-        "read_groups": groups,
-    }
+    plan = plan_of(
+        {
+            "device": {
+                "id": dev.id,
+                "protocol": "opcua",
+                "endpoint": endpoint,
+                "limits": dev.limits.as_plan(),
+            },
+            "read_groups": plan_read_groups(dev, points).groups,
+        }
+    )
+    groups = list(plan.read_groups)
     simulator = OpcUaSimulator([dev], value_at)
     session = OpcUaSession(plan)
     await simulator.start()
@@ -113,8 +117,8 @@ async def running(
         await simulator.stop()
 
 
-def group_of(groups: list[dict[str, Any]], point: str) -> dict[str, Any]:
-    return next(g for g in groups if point in g["points"])
+def group_of(groups: list[ReadGroup], point: str) -> ReadGroup:
+    return next(g for g in groups if point in g.points)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -262,8 +266,8 @@ def test_subscription_delivers_changes_and_respects_the_deadband():
             got[record.point].append(record)
 
         async with running(SUBSCRIBED_POINTS) as (_, session, groups):
-            assert group_of(groups, "WIGGLE")["deadband"] == 1.0
-            assert "deadband" not in group_of(groups, "WIGGLE_ALL")
+            assert group_of(groups, "WIGGLE").spec["deadband"] == 1.0
+            assert "deadband" not in group_of(groups, "WIGGLE_ALL").spec
             for group in groups:
                 await session.subscribe(group, deliver)
             await until(lambda: len(got["WIGGLE"]) >= 4 and len(got["WIGGLE_ALL"]) >= 4)
@@ -316,15 +320,17 @@ def test_server_stop_gives_refused_gaps_and_reconnect_recovers_reads_and_subscri
 
 def test_read_before_connect_is_refused_and_close_is_idempotent():
     async def test() -> None:
-        plan = {
-            "device": {
-                "id": "dev-1",
-                "protocol": "opcua",
-                "endpoint": {"url": f"opc.tcp://127.0.0.1:{free_port()}/"},
+        plan = plan_of(
+            {
+                "device": {
+                    "id": "dev-1",
+                    "protocol": "opcua",
+                    "endpoint": {"url": f"opc.tcp://127.0.0.1:{free_port()}/"},
+                }
             }
-        }
+        )
         session = OpcUaSession(plan)
-        group = {"kind": "read", "nodes": ["ns=2;i=1"], "points": ["P"]}
+        group = parse_group({"kind": "read", "nodes": ["ns=2;i=1"], "points": ["P"]})
         records = await session.read(group, at())
         assert [(r.point, r.reason) for r in records if isinstance(r, Gap)] == [
             ("P", GapReason.REFUSED)
@@ -356,7 +362,9 @@ def test_unknown_fault_kind_or_device_is_an_error():
 
 def test_hooks_make_sessions_and_simulators_for_opcua_only():
     pm = make_plugin_manager()
-    plan = {"device": {"id": "d", "protocol": "opcua", "endpoint": {"url": "opc.tcp://h:1/"}}}
+    plan = plan_of(
+        {"device": {"id": "d", "protocol": "opcua", "endpoint": {"url": "opc.tcp://h:1/"}}}
+    )
     assert isinstance(pm.hook.converge_open_session(plan=plan), OpcUaSession)
     dev = device("opcua", READ_POINTS[:1], {"url": "opc.tcp://127.0.0.1:4840/"})
     simulator = pm.hook.converge_simulator(protocol="opcua", devices=[dev], value_at=value_at)

@@ -28,7 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from plugin_builders import device, planned
 
 from engine.errors import ConvergeError
+from engine.plans.body import PlanBody
 from engine.records import Quality, Reading
+from engine.testkit import plan_of
 from plugins.opcua.plan import plan_read_groups
 from plugins.opcua.session import OpcUaSession
 from plugins.opcua.simulator import OpcUaSimulator, security_policy_type
@@ -97,17 +99,19 @@ def secured_endpoint(port: int, mode: str = "SignAndEncrypt") -> dict[str, Any]:
     }
 
 
-def plan_for(endpoint: Mapping[str, Any]) -> dict[str, Any]:
+def plan_for(endpoint: Mapping[str, Any]) -> PlanBody:
     dev = device("opcua", POINTS, endpoint, timeout_ms=TIMEOUT_MS)
-    return {
-        "device": {
-            "id": dev.id,
-            "protocol": "opcua",
-            "endpoint": dict(endpoint),
-            "limits": dev.limits.as_plan(),
-        },
-        "read_groups": plan_read_groups(dev, POINTS).groups,
-    }
+    return plan_of(
+        {
+            "device": {
+                "id": dev.id,
+                "protocol": "opcua",
+                "endpoint": dict(endpoint),
+                "limits": dev.limits.as_plan(),
+            },
+            "read_groups": plan_read_groups(dev, POINTS).groups,
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -179,7 +183,7 @@ def test_secured_session_with_the_right_user_reads_good_values(monkeypatch, clie
             session = OpcUaSession(plan)
             try:
                 await session.connect()
-                records = await session.read(plan["read_groups"][0], datetime.now(UTC))
+                records = await session.read(plan.read_groups[0], datetime.now(UTC))
             finally:
                 await session.close()
         assert all(isinstance(r, Reading) for r in records), records

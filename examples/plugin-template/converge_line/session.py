@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from converge_line.schema import DEFAULT_PORT
 from converge_line.wire import ErrorCode, parse_answer, request
 from engine.errors import ConvergeError
+from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver
 from engine.records import Gap, GapReason, Reading, Record
 
@@ -31,13 +30,12 @@ DEFAULT_TIMEOUT_MS = 3000
 class LineSession:
     """One ``line`` device over TCP, for one plan."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
-        device = plan["device"]
-        self.device_id = str(device["id"])
-        self._host = str(device["endpoint"]["host"])
-        self._port = int(device["endpoint"].get("port", DEFAULT_PORT))
-        limits: Mapping[str, Any] = device.get("limits", {})
-        self._timeout = float(limits.get("timeout_ms") or DEFAULT_TIMEOUT_MS) / 1000
+    def __init__(self, plan: PlanBody) -> None:
+        device = plan.device
+        self.device_id = device.id
+        self._host = str(device.endpoint["host"])
+        self._port = int(device.endpoint.get("port", DEFAULT_PORT))
+        self._timeout = float(device.limits.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     @property
@@ -52,7 +50,7 @@ class LineSession:
         async with asyncio.timeout(self._timeout):
             self._streams = await asyncio.open_connection(self._host, self._port)
 
-    async def read(self, group: Mapping[str, Any], scheduled_at: datetime) -> list[Record]:
+    async def read(self, group: ReadGroup, scheduled_at: datetime) -> list[Record]:
         """One ``READ`` for the group: a record per point, in the group's order."""
         sent_at = datetime.now(UTC)
         try:
@@ -65,17 +63,17 @@ class LineSession:
             return self._gaps(group, scheduled_at, GapReason.REFUSED, str(error) or "no connection")
         return [
             self._record(str(name), line, sent_at, scheduled_at)
-            for name, line in zip(group["points"], lines, strict=True)
+            for name, line in zip(group.points, lines, strict=True)
         ]
 
-    async def _exchange(self, group: Mapping[str, Any]) -> list[bytes]:
+    async def _exchange(self, group: ReadGroup) -> list[bytes]:
         if self._streams is None or not self.connected:
             raise ConnectionResetError(errno.ENOTCONN, f"not connected to {self._where()}")
         reader, writer = self._streams
         async with asyncio.timeout(self._timeout):
-            writer.write(request(group["registers"]))
+            writer.write(request(group.spec["registers"]))
             await writer.drain()
-            lines = [await reader.readline() for _ in group["registers"]]
+            lines = [await reader.readline() for _ in group.spec["registers"]]
         if not all(line.endswith(b"\n") for line in lines):
             raise ConnectionResetError(errno.ECONNRESET, f"{self._where()} closed the connection")
         return lines
@@ -90,12 +88,10 @@ class LineSession:
             return Gap(self.device_id, point, at, GapReason.EXCEPTION, f"ERR {code}", code)
         return Reading(self.device_id, point, sent_at, value, scheduled_at=at)
 
-    def _gaps(
-        self, group: Mapping[str, Any], at: datetime, reason: GapReason, detail: str
-    ) -> list[Record]:
-        return [Gap(self.device_id, str(name), at, reason, detail) for name in group["points"]]
+    def _gaps(self, group: ReadGroup, at: datetime, reason: GapReason, detail: str) -> list[Record]:
+        return [Gap(self.device_id, str(name), at, reason, detail) for name in group.points]
 
-    async def subscribe(self, group: Mapping[str, Any], deliver: Deliver) -> None:
+    async def subscribe(self, group: ReadGroup, deliver: Deliver) -> None:
         raise ConvergeError(f"line has no subscriptions (device '{self.device_id}')")
 
     async def close(self) -> None:

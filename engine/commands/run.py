@@ -1,0 +1,183 @@
+"""``converge run``: collect from devices as their plans say, into JSON Lines or the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pluggy
+from rich.console import Console
+from rich.markup import escape
+
+from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
+from engine.collect.status import JsonLogReporter, Reporter
+from engine.commands.options import (
+    KEYS_ENV,
+    PIPE_WIDTH,
+    Subparsers,
+    add_db,
+    key_store_of,
+    seconds,
+    size,
+)
+from engine.commands.run_status import LiveReporter, summary_table
+from engine.errors import ConvergeError
+from engine.evidence import EvidenceConfig, EvidenceTarget, open_evidence
+from engine.keys import KeyStore
+from engine.plans.body import PlanBody
+from engine.plans.folder import load_plans
+from engine.plans.signature import plan_verifier
+from engine.store.spool import DEFAULT_MAX_BYTES
+
+
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser("run", help="collect devices as their plans say")
+    parser.add_argument(
+        "--plans",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="plan folder written by converge plan (index.json and plans)",
+    )
+    parser.add_argument(
+        "--for",
+        type=seconds,
+        dest="duration",
+        metavar="DURATION",
+        help="stop after this long (default: until Ctrl-C or SIGTERM)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="append records as JSON Lines here (default: standard output)",
+    )
+    parser.add_argument(
+        "--trust",
+        type=Path,
+        metavar="FILE",
+        help="refuse any plan not signed by one of the signed-note verifier keys "
+        "in FILE (one a line, as converge keys export-public prints)",
+    )
+    parser.add_argument(
+        "--require-signed",
+        metavar="KEY",
+        help="refuse any plan not signed by a version of KEY that was valid at "
+        "the signing time (versions from the key folder)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"key folder for --require-signed and for signing with --db "
+        f"(default: ${KEYS_ENV}, else ./keys)",
+    )
+    _add_evidence(parser.add_argument_group("evidence (with --db)"))
+    parser.set_defaults(handler=run)
+
+
+def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
+    add_db(evidence, required=False)
+    evidence.add_argument(
+        "--audit-key",
+        default="audit-log",
+        metavar="KEY",
+        help="the key that signs audit log checkpoints (default: audit-log)",
+    )
+    evidence.add_argument(
+        "--spool",
+        type=Path,
+        default=Path("converge-spool.db"),
+        metavar="FILE",
+        help="store-and-forward file used while the store is unreachable "
+        "(default: ./converge-spool.db)",
+    )
+    evidence.add_argument(
+        "--spool-max",
+        type=size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="bound of the spool, such as 512MiB (default: 1GiB); beyond it "
+        "batches are dropped and audited",
+    )
+    evidence.add_argument(
+        "--witness",
+        type=Path,
+        default=Path("converge-checkpoints.jsonl"),
+        metavar="FILE",
+        help="append every signed checkpoint here too; keep it "
+        "off the database's host (default: ./converge-checkpoints.jsonl)",
+    )
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    if args.keys and not (args.require_signed or args.db):
+        raise ConvergeError(
+            "--keys is for --require-signed KEY or --db: name the key that "
+            "must sign, or the store to sign into"
+        )
+    if args.db and args.out:
+        raise ConvergeError("--out and --db are alternatives: records go to one of them")
+    keys = key_store_of(args, pm) if args.require_signed or args.db else None
+    # every plan and its signature checked before anything is connected
+    plans = load_plans(
+        args.plans, time.time(), plan_verifier(args.trust, keys, args.require_signed)
+    )
+    status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
+    live = status.is_terminal and (args.out is not None or args.db or not sys.stdout.isatty())
+    reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
+    summary, stored = asyncio.run(_collect(args, pm, plans, keys, reporter, status=status))
+    status.print(summary_table(summary))
+    if stored is not None:
+        status.print(stored, highlight=False)
+    return 0
+
+
+async def _collect(
+    args: argparse.Namespace,
+    pm: pluggy.PluginManager,
+    plans: list[PlanBody],
+    keys: KeyStore | None,
+    reporter: Reporter,
+    *,
+    status: Console,
+) -> tuple[Summary, str | None]:
+    """Run the collection into JSON Lines, or (``--db``) into the signed store."""
+    if not args.db or keys is None:
+        sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
+        return await run_plans(
+            plans, pm, duration=args.duration, sink=sink, reporter=reporter, handle_signals=True
+        ), None
+    config = CollectConfig()
+    target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
+    evidence = open_evidence(
+        plans, args.plans, target, keys, EvidenceConfig(audit_key=args.audit_key, writer=_writer())
+    )
+    if evidence.store_error:
+        status.print(
+            f"[yellow]warning:[/] {escape(evidence.store_error)}; collecting into the "
+            f"spool {escape(str(args.spool))} until the store answers",
+            soft_wrap=True,
+        )
+    await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
+    summary = await run_plans(
+        plans,
+        pm,
+        duration=args.duration,
+        sink=evidence,
+        reporter=reporter,
+        config=config,
+        handle_signals=True,
+    )
+    return summary, evidence.summary()
+
+
+def _writer() -> Literal["thread", "process"]:
+    """The evidence sink's sealer process where ``fork`` exists (Linux, other Unixes)."""
+    return "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"

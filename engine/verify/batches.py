@@ -1,0 +1,252 @@
+"""Batches: each row agrees with its signed statement and its audit entry, is signed by the
+keys its plan names, and each device's batches form one chain."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from engine import audit
+from engine.canonical import canonical_json
+from engine.keys import SignatureRejected, verify_signature
+from engine.sign.batch import ZERO_ROOT, MalformedStatement, Statement
+from engine.store import reads
+from engine.verify.log import Log
+from engine.verify.report import Report
+from engine.verify.trust import BadTime, Trust, instant
+
+
+@dataclass
+class BatchInfo:
+    """What a batch's signed statement says, for its chain and its records to be checked by."""
+
+    id: int
+    device: str
+    label: str
+    count: int
+    root: bytes
+    previous_root: bytes
+
+
+def check_batches(
+    conn: Connection, log: Log, plans: Mapping[str, dict[str, Any]], trust: Trust, report: Report
+) -> dict[int, BatchInfo]:
+    """The stored batches whose statement parses, by id; every ``batch.stored`` entry has one."""
+    signatures = reads.batch_signatures(conn)
+    batches: dict[int, BatchInfo] = {}
+    recorded: set[int] = set()
+    for row in reads.batches(conn):
+        label = f"batch {row.id} ({row.device} {row.window_start})"
+        info = _check_batch(
+            row,
+            label,
+            log,
+            plans,
+            signatures=signatures.pop(row.id, {}),
+            trust=trust,
+            report=report,
+        )
+        recorded.add(row.audit_seq)
+        if info is not None:
+            batches[row.id] = info
+    for batch_id in signatures:
+        report.add(f"batch {batch_id}", "signatures of a batch that is not stored")
+    _check_recorded(recorded, log, report)
+    report.counts["batches"] = len(batches)
+    return batches
+
+
+def _check_recorded(recorded: set[int], log: Log, report: Report) -> None:
+    """Every ``batch.stored`` entry is the audit entry of a stored batch."""
+    for entry in log.of_kind("batch.stored"):
+        if entry.seq not in recorded:
+            p = entry.payload
+            report.add(
+                f"batch of {p.get('device')} {p.get('window_start')}",
+                f"deleted: audit entry {entry.seq} records it (root {p.get('root')}), "
+                "the store has no such batch",
+            )
+
+
+def _check_batch(
+    row: Row[Any],
+    label: str,
+    log: Log,
+    plans: Mapping[str, dict[str, Any]],
+    *,
+    signatures: dict[str, bytes],
+    trust: Trust,
+    report: Report,
+) -> BatchInfo | None:
+    """One batch row, its statement parsed: None if it does not parse."""
+    try:
+        head = Statement.parse(bytes(row.statement))
+    except MalformedStatement as exc:
+        report.add(label, f"statement: {exc}")
+        return None
+    if _columns(row) != _said(head):
+        report.add(label, "its columns disagree with its signed statement")
+    keys = _keys(row.keys)
+    if row.keys != canonical_json(list(keys)).decode():
+        report.add(label, "its keys column is not the canonical JSON of its keys")
+    entry = _check_entry(label, row, head, keys, log=log, report=report)
+    _check_plan_keys(label, head, keys, plans, report)
+    _check_signatures(
+        label,
+        bytes(row.statement),
+        keys,
+        signatures=signatures,
+        trust=trust,
+        signed_at=entry.time if entry else None,
+        report=report,
+    )
+    return BatchInfo(row.id, head.device, label, head.count, head.root, head.previous_root)
+
+
+def _columns(row: Row[Any]) -> tuple[object, ...]:
+    """What a batch row's columns say of it."""
+    return (
+        row.device,
+        row.window_start,
+        row.window_end,
+        row.count,
+        bytes(row.root),
+        bytes(row.previous_root),
+        row.plan_digest,
+    )
+
+
+def _said(head: Statement) -> tuple[object, ...]:
+    """What a signed statement says, in the order of :func:`_columns`."""
+    return (
+        head.device,
+        head.window_start,
+        head.window_end,
+        head.count,
+        head.root,
+        head.previous_root,
+        head.plan_digest,
+    )
+
+
+def _check_entry(
+    label: str,
+    row: Row[Any],
+    head: Statement,
+    keys: tuple[str, ...],
+    *,
+    log: Log,
+    report: Report,
+) -> audit.AuditEntry | None:
+    """The entry at the row's ``audit_seq``, which must be the ``batch.stored`` entry of exactly
+    this batch; its time is when the batch was signed."""
+    entry = log.entries.get(row.audit_seq)
+    if entry is None or entry.kind != "batch.stored":
+        report.add(label, f"audit entry {row.audit_seq} does not record it")
+    elif entry.payload != _payload(head, keys, row.waiver):
+        report.add(label, f"differs from what audit entry {entry.seq} records of it")
+    return entry
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    try:
+        keys = json.loads(text)
+    except ValueError:
+        return ("<not JSON>",)
+    return tuple(keys) if isinstance(keys, list) else ("<not a list>",)
+
+
+def _payload(head: Statement, keys: tuple[str, ...], waiver: str) -> dict[str, Any]:
+    """The payload of the ``batch.stored`` entry of a batch with this statement, keys and waiver."""
+    try:
+        waived = json.loads(waiver)
+    except ValueError:
+        waived = waiver
+    return {**head.members(), "keys": list(keys), "waiver": waived}
+
+
+def _check_plan_keys(
+    label: str,
+    head: Statement,
+    keys: tuple[str, ...],
+    plans: Mapping[str, dict[str, Any]],
+    report: Report,
+) -> None:
+    """The keys that signed are keys the batch's plan requires; unsigned only if it waives."""
+    plan = plans.get(head.plan_digest)
+    if plan is None:
+        report.add(label, f"its plan {head.plan_digest} is not in the store")
+        return
+    required = {
+        k
+        for p in plan["points"]
+        if p.get("signing", {}).get("required")
+        for k in p["signing"].get("keys", ())
+    }
+    waivable = any(
+        "signing" in w.get("facets", ()) for p in plan["points"] for w in p.get("waived", ())
+    )
+    if not set(keys) <= required:
+        report.add(label, f"signed by keys {sorted(set(keys) - required)} its plan does not name")
+    if required and not keys and not waivable:
+        report.add(label, "unsigned, but its plan requires signing and waives none of it")
+
+
+def _check_signatures(
+    label: str,
+    statement: bytes,
+    keys: tuple[str, ...],
+    *,
+    signatures: dict[str, bytes],
+    trust: Trust,
+    signed_at: str | None,
+    report: Report,
+) -> None:
+    """Each key the batch requires signed its statement, by a version valid at ``signed_at``."""
+    for key in keys:
+        signature = signatures.pop(key, None)
+        if signature is None:
+            report.add(label, f"signature of key {key!r} is missing")
+        elif key not in trust.keys:
+            report.add(label, f"key {key!r} is not among the trusted keys")
+        elif signed_at is not None:
+            try:
+                verify_signature(trust.keys[key], statement, signature, instant(signed_at))
+            except (SignatureRejected, BadTime) as exc:
+                report.add(label, f"signature of key {key!r} does not verify ({exc})")
+    for key in signatures:
+        report.add(label, f"signature of key {key!r}, which the batch does not require")
+
+
+def check_chains(batches: Mapping[int, BatchInfo], log: Log, report: Report) -> None:
+    """Each device's batches form one chain from the zero root; dropped batches excused."""
+    dropped = {
+        (e.payload.get("device"), e.payload.get("root")) for e in log.of_kind("batch.dropped")
+    }
+    by_device: dict[str, list[BatchInfo]] = defaultdict(list)
+    for info in batches.values():
+        by_device[info.device].append(info)
+    for device, device_batches in by_device.items():
+        excused = {bytes.fromhex(r) for d, r in dropped if d == device and isinstance(r, str)}
+        _check_chain(device_batches, excused, report)
+
+
+def _check_chain(device_batches: list[BatchInfo], excused: set[bytes], report: Report) -> None:
+    """One device's batches: each follows a stored (or excused) batch, and no two the same."""
+    roots = {b.root for b in device_batches} | excused
+    following: dict[bytes, BatchInfo] = {}
+    for b in sorted(device_batches, key=lambda b: b.id):
+        if b.previous_root != ZERO_ROOT and b.previous_root not in roots:
+            report.add(
+                b.label,
+                f"chain broken: the batch before it (root "
+                f"{b.previous_root.hex()[:16]}…) is not stored",
+            )
+        other = following.setdefault(b.previous_root, b)
+        if other is not b:
+            report.add(b.label, f"chain forked: {other.label} follows the same batch")
