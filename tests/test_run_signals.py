@@ -51,7 +51,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def listening(port: int, timeout: float = 20.0) -> None:
+def listening(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as probe:
@@ -105,10 +105,10 @@ def test_run_stops_cleanly_and_flushes(converge_project: ProjectBuilder, stop: s
             within=60,
         )
         run.send_signal(stop)
-        out, err = run.communicate(timeout=20)
+        out, err = run.communicate(timeout=60)
     finally:
         simulator.send_signal(signal.SIGINT)
-        simulator.wait(timeout=20)
+        simulator.wait(timeout=60)
     assert run.returncode == 0, err
     assert "Traceback" not in err
     lines = records.read_text().splitlines()

@@ -265,7 +265,7 @@ def rig(converge_project: ProjectBuilder) -> Rig:
     return Rig(outcome.plan_body("plc"), device)
 
 
-def run(main: Callable[[], Awaitable[T]], timeout: float = 10) -> T:
+def run(main: Callable[[], Awaitable[T]], timeout: float = 60) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(main(), timeout)
 

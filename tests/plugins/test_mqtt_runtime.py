@@ -31,8 +31,9 @@ from plugins import mqtt as mqtt_plugin
 from plugins.mqtt.session import MqttSession, decode
 from plugins.mqtt.simulator import MqttSimulator, concrete_topic, messages
 
-SCENARIO_TIMEOUT_S = 8.0
-WAIT_S = 3.0
+SCENARIO_TIMEOUT_S = 90.0
+WAIT_S = 30.0
+"""How long to wait for a reading; both generous, as a loaded machine is slow."""
 
 SITE = """
     site: test-plant

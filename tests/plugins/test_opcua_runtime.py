@@ -30,7 +30,8 @@ from plugins.opcua.plan import plan_read_groups
 from plugins.opcua.session import OpcUaSession, record_of
 from plugins.opcua.simulator import OpcUaSimulator
 
-TEST_LIMIT_S = 20
+TEST_LIMIT_S = 90
+"""Generous: starting a server takes seconds of CPU, more on a loaded machine."""
 BAD_SENSOR_FAILURE = 0x808C0000  # ua.StatusCodes.BadSensorFailure
 
 
@@ -121,7 +122,7 @@ def group_of(groups: list[ReadGroup], point: str) -> ReadGroup:
     return next(g for g in groups if point in g.points)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
@@ -172,7 +173,7 @@ def test_bad_status_gives_bad_readings_without_value_until_code_0():
 
             async def read_until(quality: Quality) -> list[Reading]:
                 """Read until the simulator's next update (every 100 ms) made every point so."""
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(30):
                     while True:
                         got = readings(await session.read(group, at()))
                         if all(r.quality is quality for r in got):
