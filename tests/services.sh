@@ -214,7 +214,8 @@ start() {
   trap - EXIT
 }
 
-# Mosquitto started as root runs as the user mosquitto: it must read these, and only it.
+# Mosquitto started as root runs as the user mosquitto: it must read these (the group
+# mosquitto only, where there is one).
 readable_by_mosquitto() {
   if [ "$(id -u)" = 0 ] && getent group mosquitto >/dev/null; then
     chgrp mosquitto "$@"
