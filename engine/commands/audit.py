@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from engine.audit import KINDS, AuditEntry
+from engine.audit import KINDS, AuditEntry, actor_label
 from engine.commands.options import (
     KEYS_ENV,
     Handler,
@@ -142,7 +142,7 @@ def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
     for entry in entries:
         console.print(
             f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-            f"  {escape(entry.actor)}  {escape(_about(entry))}",
+            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}",
             highlight=False,
         )
         shown += 1
