@@ -57,6 +57,8 @@ KINDS = {
     "key.rotated": "a signing key's new version replaced the previous one",
     "collector.started": "a collector started writing to this store",
     "collector.stopped": "a collector stopped cleanly",
+    "access.decision": "the guard decided a read, export or hold, allowed or denied",
+    "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
 }
 """Every entry kind and what it records (docs/audit.md)."""
 

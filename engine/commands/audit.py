@@ -17,17 +17,17 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from engine.audit import KINDS, AuditEntry, actor_label
 from engine.commands.options import (
-    KEYS_ENV,
     Handler,
     Subparsers,
     add_audit_key,
     add_db,
-    key_store_of,
+    add_trust,
+    trust_of,
 )
 from engine.store import auditlog
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
-from engine.verify import Report, Trust, verify_store
+from engine.verify import Report, verify_store
 
 _SUMMARY = ("batch.stored", "batch.dropped", "plan.deployed")
 
@@ -60,20 +60,7 @@ def _add_verify(actions: Subparsers) -> None:
         "verify", help="recompute and check every leaf, root, signature, audit entry and checkpoint"
     )
     add_db(verify)
-    trust = verify.add_mutually_exclusive_group()
-    trust.add_argument(
-        "--keys",
-        type=Path,
-        metavar="DIR",
-        help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, else ./keys)",
-    )
-    trust.add_argument(
-        "--public-keys",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="trust these exports of converge keys export-public --format json",
-    )
+    add_trust(verify)
     verify.add_argument(
         "--witness",
         type=Path,
@@ -106,11 +93,7 @@ def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
 
 
 def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    trust = (
-        Trust.from_json(args.public_keys)
-        if args.public_keys
-        else Trust.from_key_store(key_store_of(args, pm))
-    )
+    trust = trust_of(args, pm)
     started = time.perf_counter()
     with (
         Store.open_existing(args.db) as store,

@@ -349,10 +349,13 @@ class Store:
             auditlog.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
         return len(new)
 
-    def log(self, kind: str, payload: dict[str, Any], at: str | None = None) -> int:
-        """Append one entry of ``kind`` on its own, dated ``at`` (default now)."""
+    def log(
+        self, kind: str, payload: dict[str, Any], at: str | None = None, actor: Actor | None = None
+    ) -> int:
+        """Append one entry of ``kind`` on its own, dated ``at`` (default now), by ``actor``
+        (default: the store's)."""
         with self.transaction() as conn:
-            return auditlog.append(conn, kind, self.actor, payload, at)
+            return auditlog.append(conn, kind, actor or self.actor, payload, at)
 
     def record(self, entries: Recorded, seal: audit.Seal) -> None:
         """In one transaction: ``entries`` and a checkpoint signed after them, so that none
