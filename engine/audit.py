@@ -245,3 +245,38 @@ def witness_notes(witness: Path) -> Iterator[tuple[int, str]]:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 yield number, str(json.loads(line)["note"])
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries ``converge audit log`` lists: any of ``kinds``, by ``actor`` (a principal's
+    id or a job's name), dated in ``[start, end)``, about ``device`` (and ``point``)."""
+
+    kinds: tuple[str, ...] = ()
+    actor: str | None = None
+    start: str | None = None
+    end: str | None = None
+    device: str | None = None
+    point: str | None = None
+
+    def matches(self, entry: AuditEntry) -> bool:
+        return (
+            (not self.kinds or entry.kind in self.kinds)
+            and (self.actor is None or _actor_id(entry.actor) == self.actor)
+            and (self.start is None or entry.time >= self.start)
+            and (self.end is None or entry.time < self.end)
+            and (self.device is None or self._about(entry.payload))
+        )
+
+    def _about(self, payload: dict[str, Any]) -> bool:
+        """Whether an entry's payload names the device (and point): its own ``device``, or one
+        of the ``points`` it lists (decisions, receipts)."""
+        named = [payload, *[p for p in payload.get("points", ()) if isinstance(p, dict)]]
+        for said in named:
+            if said.get("device") == self.device and self.point in (None, said.get("point")):
+                return True
+        return False
+
+
+def _actor_id(actor: Any) -> str:
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
