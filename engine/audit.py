@@ -57,6 +57,7 @@ KINDS = {
     "key.rotated": "a signing key's new version replaced the previous one",
     "collector.started": "a collector started writing to this store",
     "collector.stopped": "a collector stopped cleanly",
+    "plan.signed": "a principal signed a plan (who, printed name, when, meaning, key)",
     "access.decision": "the guard decided a read, export or hold, allowed or denied",
     "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
 }
