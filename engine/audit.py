@@ -30,7 +30,7 @@ import pwd
 import re
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +143,23 @@ class Actor:
     def job(cls, name: str) -> Actor:
         """A job run by this process's operating-system account on this host."""
         return cls("job", name, os_user(), socket.gethostname())
+
+    @classmethod
+    def from_json(cls, said: Mapping[str, Any]) -> Actor:
+        """The actor :meth:`as_json` wrote (a key store keeps the maker of each version)."""
+        roles = tuple(str(r) for r in said.get("roles") or ())
+        principals = said.get("principals")
+        kind: Literal["principal", "job"] = (
+            "principal" if said.get("kind") == "principal" else "job"
+        )
+        return cls(
+            kind,
+            str(said.get("id")),
+            str(said.get("os_user")),
+            str(said.get("host")),
+            roles,
+            None if principals is None else str(principals),
+        )
 
     def as_json(self) -> dict[str, Any]:
         said: dict[str, Any] = {

@@ -349,7 +349,8 @@ class Store:
         new = [v for v in versions if (v.name, v.version) not in logged]
         for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
             kind = "key.generated" if v.version == 1 else "key.rotated"
-            auditlog.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
+            maker = Actor.from_json(v.created_by) if v.created_by else self.actor
+            auditlog.append(conn, kind, maker, key_payload(v), instant(v.created_at))
         return len(new)
 
     def log(
