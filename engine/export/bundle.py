@@ -62,6 +62,7 @@ class Request:
     origin: str
     audit_key: str
     keys: Sequence[KeyVersion]
+    plan_keys: Sequence[str] = ()
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -72,13 +73,34 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
     _records(conn, request, out, wanted)
     _plans(conn, out, entries, wanted)
-    out.members[verifier.ENTRIES] = _entries(entries, wanted, tree)
-    out.members[verifier.CHECKPOINTS], out.members[verifier.CONSISTENCY] = _checkpoints(
-        conn, request, tree
-    )
-    out.members[verifier.KEYS] = json.dumps([k.as_dict() for k in request.keys], indent=1).encode()
+    kept = _checkpoints(conn, request, tree)
+    out.members[verifier.ENTRIES] = _entries(entries, wanted, tree, kept[-1][1])
+    out.members[verifier.CHECKPOINTS] = json.dumps([note for _, note in kept], indent=1).encode()
+    out.members[verifier.CONSISTENCY] = json.dumps(
+        [
+            {"size": size, "proof": _b64(tree.consistency_proof(size))}
+            for size, _ in kept
+            if size < tree.size
+        ]
+    ).encode()
+    logs = {request.origin: request.audit_key}
+    out.members[verifier.KEYS] = trust_file(request.keys, logs, request.plan_keys)
     out.members[verifier.RETENTION] = canonical_json({"receipts": [], "holds": []})
     return out
+
+
+def trust_file(keys: Iterable[KeyVersion], logs: dict[str, str], plan_keys: Iterable[str]) -> bytes:
+    """A trust file (docs/bundle.md): these key versions, each for its validity window; the key
+    of each audit log, by origin; the keys that sign plans."""
+    return json.dumps(
+        {
+            "format": verifier.TRUST_FORMAT,
+            "logs": [{"origin": origin, "key": key} for origin, key in sorted(logs.items())],
+            "plan_keys": sorted(plan_keys),
+            "keys": [k.as_dict() for k in keys],
+        },
+        indent=1,
+    ).encode()
 
 
 def _decision_seq(entries: Sequence[tuple[int, bytes]], decision: str) -> int:
@@ -159,18 +181,22 @@ def _plans(
         wanted.update(seq for seq, raw in entries if b'"plan.deployed"' in raw and needle in raw)
 
 
-def _entries(entries: Sequence[tuple[int, bytes]], wanted: set[int], tree: MerkleTree) -> bytes:
-    """log/entries.jsonl: each wanted entry with its tlog-proof under the latest checkpoint."""
+def _entries(
+    entries: Sequence[tuple[int, bytes]], wanted: set[int], tree: MerkleTree, latest: str
+) -> bytes:
+    """log/entries.jsonl: each wanted entry with its C2SP tlog-proof: the inclusion proof under
+    the latest checkpoint, and that checkpoint's signed note."""
     lines = []
     for seq in sorted(wanted):
         raw = entries[seq][1]
-        proof = "\n".join([TLOG_PROOF, f"index {seq}", *_b64(tree.inclusion_proof(seq))])
+        hashes = _b64(tree.inclusion_proof(seq))
+        proof = "\n".join([TLOG_PROOF, f"index {seq}", *hashes, "", latest])
         lines.append(b'{"seq":%d,"proof":%s,"entry":%s}\n' % (seq, json.dumps(proof).encode(), raw))
     return b"".join(lines)
 
 
-def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> tuple[bytes, bytes]:
-    """The checkpoints signed in the range and the latest; a consistency proof from each."""
+def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> list[tuple[int, str]]:
+    """The checkpoints (size, signed note) signed in the range, and the latest, last."""
     kept: list[tuple[int, str]] = []
     for row in reads.checkpoints(conn):
         if row.size > tree.size:
@@ -179,12 +205,7 @@ def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> tuple[
         moment = None if at is None else instant(at)
         if row.size == tree.size or (moment is not None and request.span.holds(moment)):
             kept.append((row.size, row.note))
-    proofs = [
-        {"size": size, "proof": _b64(tree.consistency_proof(size))}
-        for size, _ in kept
-        if size < tree.size
-    ]
-    return json.dumps([note for _, note in kept], indent=1).encode(), json.dumps(proofs).encode()
+    return sorted(kept, key=lambda kept: kept[0])
 
 
 def _b64(hashes: Iterable[bytes]) -> list[str]:
@@ -225,4 +246,4 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
     partial.replace(path)
 
 
-__all__ = ["Gathered", "Request", "gather", "manifest", "write_zip"]
+__all__ = ["Gathered", "Request", "gather", "manifest", "trust_file", "write_zip"]
