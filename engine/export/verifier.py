@@ -197,10 +197,15 @@ class Bundle:
         info = self.members[name]
         try:
             with self.zip.open(info) as member:
-                while line := member.readline(MAX_LINE_BYTES + 1):
-                    if len(line) > MAX_LINE_BYTES:
+                rest = b""
+                while chunk := member.read(1 << 20):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    if len(rest) > MAX_LINE_BYTES:
                         raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
-                    yield line.rstrip(b"\n")
+                    yield from lines
+                if rest:
+                    yield rest
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
 
@@ -791,7 +796,6 @@ class Batch:
     device: str
     count: int
     root: bytes
-    window: tuple[str, str]
     proofs: dict[int, list[bytes]] | None
     """Each exported record's inclusion proof; None when every record of the batch is exported."""
     hashes: dict[int, bytes] = field(default_factory=dict)
@@ -825,9 +829,8 @@ def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
         return problem
     proofs = said.get("proofs")
     parsed = None if proofs is None else {int(k): _hashes(v) or [] for k, v in proofs.items()}
-    window = (str(head["window_start"]), str(head["window_end"]))
     root = bytes.fromhex(head["root"])
-    return Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, window, parsed)
+    return Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
 
 
 def _statement(data: bytes) -> dict[str, Any] | None:
@@ -899,36 +902,92 @@ def _verifies(version: KeyVersion, signature: bytes, data: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Asked:
-    """What the manifest says was exported: these points ("device/point"), in ``[start, end)``."""
+    """What the manifest says was exported: these points ("device/point"), in ``[start, end)``
+    (instants, compared as text: every leaf's time is one, docs/records.md)."""
 
     points: frozenset[str]
-    start: datetime | None
-    end: datetime | None
+    start: str | None
+    end: str | None
 
     @classmethod
     def of(cls, manifest: dict[str, Any]) -> Asked:
         try:
             start, end = (
-                None if t is None else _aware(t) for t in (manifest["from"], manifest["to"])
+                None if t is None else _instant(t) for t in (manifest["from"], manifest["to"])
             )
             return cls(frozenset(str(p) for p in manifest["points"]), start, end)
         except (KeyError, ValueError, TypeError) as exc:
             raise Refused(MANIFEST, f"its range or points are malformed ({exc})") from None
 
-    def holds(self, leaf: dict[str, Any]) -> str | None:
-        """Why a record's leaf is outside what was asked, if it is."""
-        point = f"{leaf.get('device')}/{leaf.get('point')}"
+    def outside(self, record: Record) -> str | None:
+        """Why a record is not one of what was asked, if it is not."""
+        point = f"{record.device}/{record.point}"
         if point not in self.points:
             return f"of {point}, which the export does not name"
-        try:
-            at = _aware(str(leaf.get("scheduled_at") or leaf.get("collected_at")))
-        except ValueError:
-            return "states no time"
-        if (self.start is not None and at < self.start) or (
-            self.end is not None and at >= self.end
+        if (self.start is not None and record.time < self.start) or (
+            self.end is not None and record.time >= self.end
         ):
-            return f"at {at.isoformat()}, outside the exported range"
+            return f"at {record.time}, outside the exported range"
         return None
+
+
+def _instant(text: str) -> str:
+    """``text``'s moment as an instant: RFC 3339 UTC, six fraction digits, ``Z``."""
+    return _aware(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a record's leaf says that an export and its check need, and its CSV row."""
+
+    device: str
+    point: str
+    time: str
+    csv: bytes
+
+
+_INSTANT = rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)"
+_NAME = rb'"([A-Za-z0-9_.:/+-]+)"'
+_USUAL = (
+    rb'\{"collected_at":"' + _INSTANT + rb'","device":' + _NAME + rb',"point":' + _NAME
+    + rb',"quality":"([a-z_]+)","salt":"[0-9a-f]{32}","scheduled_at":"' + _INSTANT
+    + rb'","type":"reading","v":1,"value":(0|-?[1-9][0-9]{0,300}(\.[0-9]+)?)\}'
+)  # fmt: skip
+_READING = re.compile(_USUAL)
+"""The usual leaf, a scheduled reading of a plain number, whose members the JSON parser would
+read as exactly the matched text; its CSV row needs no quoting."""
+_USUAL_LINE = re.compile(
+    rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(' + _USUAL + rb")\}"
+)
+"""A record line of the usual leaf: batch, position, leaf, then :data:`_READING`'s groups."""
+
+
+def read_record(leaf: bytes, batch: int, position: int) -> Record | None:
+    """The record of a leaf (None when the leaf is not one: not a JSON object with a device,
+    point and time). The usual reading is read by :data:`_READING` without parsing it as
+    JSON; any other leaf is parsed; both give the same :class:`Record`."""
+    found = _READING.fullmatch(leaf)
+    if found is not None and not (found[7] and repr(float(found[6])) != found[6].decode()):
+        collected, device, point, quality, scheduled, value = found.group(1, 2, 3, 4, 5, 6)
+        row = b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%d,%d\n" % (
+            device, point, scheduled, value, quality, collected, scheduled, batch, position
+        )  # fmt: skip
+        return Record(device.decode(), point.decode(), scheduled.decode(), row)
+    return _parsed_record(leaf, batch, position)
+
+
+def _parsed_record(leaf: bytes, batch: int, position: int) -> Record | None:
+    try:
+        said = json.loads(leaf)
+    except ValueError:
+        return None
+    if not isinstance(said, dict):
+        return None
+    time = said.get("scheduled_at") or said.get("collected_at")
+    if not isinstance(time, str):
+        return None
+    row = _csv_text(_csv_row(said, batch, position))
+    return Record(str(said.get("device")), str(said.get("point")), time, row)
 
 
 def _check_records(
@@ -942,13 +1001,13 @@ def _check_records(
     if header != ",".join(CSV_COLUMNS):
         verdict.fail(RECORDS_CSV, "its header is not the documented one")
     count = 0
-    for number, line in enumerate(bundle.lines(RECORDS) if bundle.has(RECORDS) else (), 1):
-        count += 1
-        found = _safely(_record, line, batches, asked)
+    usual = _Usual(batches, asked)
+    for count, line in enumerate(bundle.lines(RECORDS) if bundle.has(RECORDS) else (), 1):
+        found = usual.row(line) or _record(line, batches, asked)
         if isinstance(found, str):
-            verdict.fail(f"{RECORDS}:{number}", found)
-        elif next(rows, None) != csv_text(found).rstrip(b"\n"):
-            verdict.fail(f"{RECORDS_CSV}:{number + 1}", f"is not record {number} of {RECORDS}")
+            verdict.fail(f"{RECORDS}:{count}", found)
+        elif next(rows, None) != found[:-1]:
+            verdict.fail(f"{RECORDS_CSV}:{count + 1}", f"is not record {count} of {RECORDS}")
     if next(rows, None) is not None:
         verdict.fail(RECORDS_CSV, f"holds more rows than the {count} records")
     for batch in batches.values():
@@ -957,6 +1016,41 @@ def _check_records(
     if count != manifest.get("records"):
         verdict.fail(MANIFEST, f"says {manifest.get('records')} records, the bundle holds {count}")
     verdict.counts["records"] = count
+
+
+class _Usual:
+    """Checks the usual record line (:data:`_USUAL_LINE`) of a batch exported whole, when it
+    holds, in one match: a new position, the batch's device, a point asked for, in the range.
+    Any other line, and any line where one of these fails, goes to :func:`_record`, which
+    names what fails; both record the leaf's hash and give the same CSV row."""
+
+    def __init__(self, batches: dict[int, Batch], asked: Asked) -> None:
+        self.batches = batches
+        self.points = {point.encode() for point in asked.points}
+        self.start = (asked.start or "").encode()
+        self.end = asked.end.encode() if asked.end else None
+
+    def row(self, line: bytes) -> bytes | None:
+        """The CSV row of a usual line that holds, its leaf hash recorded; else None."""
+        m = _USUAL_LINE.fullmatch(line)
+        if m is None or (m[10] and repr(float(m[9])) != m[9].decode()):
+            return None
+        batch, position = self.batches.get(int(m[1])), int(m[2])
+        scheduled = m[8]
+        if (
+            batch is None
+            or batch.proofs is not None
+            or position in batch.hashes
+            or m[5] != batch.device.encode()
+            or m[5] + b"/" + m[6] not in self.points
+            or scheduled < self.start
+            or (self.end is not None and scheduled >= self.end)
+        ):
+            return None
+        batch.hashes[position] = hashlib.sha256(b"\x00" + m[3]).digest()
+        return b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%d,%d\n" % (
+            m[5], m[6], scheduled, m[9], m[7], m[4], scheduled, batch.id, position
+        )  # fmt: skip
 
 
 def _check_whole(batch: Batch, verdict: Verdict) -> None:
@@ -968,41 +1062,40 @@ def _check_whole(batch: Batch, verdict: Verdict) -> None:
         verdict.fail(f"batch {batch.id}", "its records do not hash to its signed root")
 
 
-def _record(line: bytes, batches: dict[int, Batch], asked: Asked) -> list[str] | str:
+def _record(line: bytes, batches: dict[int, Batch], asked: Asked) -> bytes | str:
     """The CSV row of a record line, or why the line is not a record of its batch."""
     placed = _placed(line, batches)
     if isinstance(placed, str):
         return placed
-    batch, position, raw = placed
-    try:
-        leaf = json.loads(raw)
-    except ValueError:
-        return "its leaf is not JSON"
-    if not isinstance(leaf, dict) or leaf.get("device") != batch.device:
+    batch, position, leaf = placed
+    record = read_record(leaf, batch.id, position)
+    if record is None:
+        return "its leaf is not a record"
+    if record.device != batch.device:
         return f"of another device than batch {batch.id}'s"
-    return asked.holds(leaf) or csv_row(leaf, batch.id, position)
+    return asked.outside(record) or record.csv
 
 
 def _placed(line: bytes, batches: dict[int, Batch]) -> tuple[Batch, int, bytes] | str:
-    """The batch, position and leaf bytes of a record line whose leaf is in its batch there."""
+    """The batch, position and leaf of a record line whose leaf is in its batch there."""
     match = _LINE.fullmatch(line)
     if match is None:
         return "not a record line"
     batch = batches.get(int(match[1]))
     if batch is None:
         return f"of batch {int(match[1])}, which the bundle does not prove"
-    position, raw = int(match[2]), match[3]
+    position, leaf = int(match[2]), match[3]
     if position in batch.hashes:
         return f"a second record at position {position} of batch {batch.id}"
-    hashed = batch.hashes[position] = leaf_hash(raw)
+    hashed = batch.hashes[position] = leaf_hash(leaf)
     if batch.proofs is not None:
         proof = batch.proofs.get(position)
         if proof is None or inclusion_root(hashed, position, batch.count, proof) != batch.root:
             return f"not in batch {batch.id} at position {position} (its proof fails)"
-    return batch, position, raw
+    return batch, position, leaf
 
 
-def csv_row(leaf: dict[str, Any], batch: int, position: int) -> list[str]:
+def _csv_row(leaf: dict[str, Any], batch: int, position: int) -> list[str]:
     """The CSV row of a record (docs/bundle.md): its members in :data:`CSV_COLUMNS` order."""
     time = leaf.get("scheduled_at") or leaf.get("collected_at")
     said = {**leaf, "time": time, "batch": batch, "position": position}
@@ -1019,7 +1112,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def csv_text(row: list[str]) -> bytes:
+def _csv_text(row: list[str]) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow(row)
     return out.getvalue().encode()
