@@ -19,7 +19,8 @@ what the earlier ones established):
    with the one before and signed no earlier. ``tail.py``: the entries after
    the last checkpoint are what a running or killed collector leaves, no more.
    Then every checkpoint of the witness file, if given, must be of the stored log.
-3. ``plans.py``: every stored plan's bytes verify against its digest, its
+3. ``plans.py``: every stored plan's bytes verify against its digest, it is
+   signed exactly when its ``plan.deployed`` entry says so, its
    signature (required with ``plan_key``) is by the plan key, or else a
    trusted key, valid then, made before the plan was deployed, and names it;
    plans and ``plan.deployed`` entries match one to one.

@@ -1,5 +1,6 @@
-"""Plans: each stored plan's bytes verify against its digest, its signature names it, and
-plans and ``plan.deployed`` audit entries match one to one.
+"""Plans: each stored plan's bytes verify against its digest, it holds a signature exactly
+when its ``plan.deployed`` entry says it was signed, its signature names it, and plans and
+``plan.deployed`` audit entries match one to one.
 
 A plan decides what its batches must carry (the keys that sign them), so a
 plan is only as good as what vouches for it: its ``plan.deployed`` entry,
@@ -46,6 +47,7 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
     """The stored plans whose bytes verify, by digest."""
     plans: dict[str, PlanBody] = {}
     deployed = _deployed_at(log)
+    said_signed = _deployed_signed(log)
     signed = False
     for row in reads.plans(conn):
         label = f"plan {row.digest} ({row.device})"
@@ -56,6 +58,13 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
             continue
         if body.digest != row.digest or body.device.id != row.device:
             report.add(label, "the stored digest or device is not the plan's")
+        said = said_signed.get(row.digest)
+        if said is not None and said != (row.signature is not None):
+            held = "no signature" if said else "a signature"
+            report.add(
+                label,
+                f"its plan.deployed entry says signed: {str(said).lower()}, the store holds {held}",
+            )
         if row.signature is not None:
             signed = True
             when = deployed.get(body.digest)
@@ -82,6 +91,15 @@ def _deployed_at(log: Log) -> dict[str, datetime | None]:
         except BadTime:
             found[str(entry.payload.get("digest"))] = None
     return found
+
+
+def _deployed_signed(log: Log) -> dict[str, bool]:
+    """Whether each plan was signed when it was deployed, as its ``plan.deployed`` entry says."""
+    return {
+        str(e.payload.get("digest")): e.payload["signed"]
+        for e in log.of_kind("plan.deployed")
+        if isinstance(e.payload.get("signed"), bool)
+    }
 
 
 def _check_signature(
