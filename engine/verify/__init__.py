@@ -16,7 +16,8 @@ what the earlier ones established):
    one its origin and first entry name; every stored checkpoint is signed by a
    trusted version of that key valid at the time the checkpoint states, and
    signs a prefix of the log; one root per size (else a fork), each consistent
-   with the one before and signed no earlier. ``tail.py``: the entries after
+   with the one before and signed no earlier, none signing a batch whose window
+   began after it. ``tail.py``: the entries after
    the last checkpoint are what a running or killed collector leaves, no more.
    Then every checkpoint of the witness file, if given, must be of the stored log.
 3. ``plans.py``: every stored plan's bytes verify against its digest, it is

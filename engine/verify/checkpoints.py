@@ -16,9 +16,9 @@ the stored log.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,11 @@ from engine.sign.merkle import MerkleTree, verify_consistency
 from engine.store import reads
 from engine.verify.log import Log
 from engine.verify.report import Report
+from engine.verify.trust import BadTime, instant
+
+CLOCK_SLACK = timedelta(seconds=30)
+"""How much later than a checkpoint's stated time a batch it signs may begin: none, as the
+collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ def check_checkpoints(conn: Connection, log: Log, key: LogKey, report: Report) -
     good = sorted((s for s in signed if _matches(s, tree, report)), key=_by_size)
     _check_consistency(good, tree, report)
     _check_time_order(good, report)
+    _check_windows(good, log, report)
     _note_rotations(good, key, report)
     return good
 
@@ -220,6 +226,39 @@ def _check_time_order(good: list[Signed], report: Report) -> None:
                 f"signed at {new.at.isoformat()}, before the checkpoint of size "
                 f"{old.checkpoint.size} (signed at {old.at.isoformat()}): back-dated",
             )
+
+
+def _check_windows(good: list[Signed], log: Log, report: Report) -> None:
+    """A checkpoint signs no batch sealed after it: none (stored or dropped) whose window
+    began later than the time the checkpoint states (but for :data:`CLOCK_SLACK`). So a
+    retired key's checkpoints, dated back into its validity, cannot sign the batches sealed
+    after its rotation."""
+    batches = sorted(_window_starts(log))
+    latest: tuple[int, datetime] | None = None
+    taken = 0
+    for signed in good:
+        while taken < len(batches) and batches[taken][0] < signed.checkpoint.size:
+            if latest is None or batches[taken][1] > latest[1]:
+                latest = batches[taken]
+            taken += 1
+        if latest is not None and latest[1] > signed.at + CLOCK_SLACK:
+            payload = log.entries[latest[0]].payload
+            report.add(
+                signed.label,
+                f"signs the batch of {payload.get('device')} {payload.get('window_start')}"
+                f" (audit entry {latest[0]}), whose window began after it was signed"
+                f" ({signed.at.isoformat()}): back-dated",
+            )
+
+
+def _window_starts(log: Log) -> Iterator[tuple[int, datetime]]:
+    """(seq, window start) of every entry that records a batch sealed, stored or dropped."""
+    for entry in log.entries.values():
+        if entry.kind in ("batch.stored", "batch.dropped"):
+            try:
+                yield entry.seq, instant(str(entry.payload.get("window_start")))
+            except BadTime:
+                continue  # the batch check names an entry that is not its batch's
 
 
 def _note_rotations(good: list[Signed], key: LogKey, report: Report) -> None:
