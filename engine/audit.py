@@ -22,16 +22,19 @@ restored from an older copy. See docs/audit.md.
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import os
+import pwd
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.canonical import canonical_json
 from engine.keys import KeyStore
@@ -54,6 +57,8 @@ KINDS = {
     "key.rotated": "a signing key's new version replaced the previous one",
     "collector.started": "a collector started writing to this store",
     "collector.stopped": "a collector stopped cleanly",
+    "access.decision": "the guard decided a read, export or hold, allowed or denied",
+    "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
 }
 """Every entry kind and what it records (docs/audit.md)."""
 
@@ -116,13 +121,81 @@ def signed_time(checkpoint: Checkpoint) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class Actor:
+    """Who an entry is by: a principal acting through a command, or a named job.
+
+    Both say the operating-system account and the host that ran it. A principal also says
+    the roles it held at that moment and the digest of the principals it was resolved from
+    (docs/access.md). Entries written before entries named their actor this way hold a plain
+    string instead.
+    """
+
+    kind: Literal["principal", "job"]
+    id: str
+    """The principal's id, or the job's name (``collector``, ``retention``, ...)."""
+    os_user: str
+    host: str
+    roles: tuple[str, ...] = ()
+    principals: str | None = None
+
+    @classmethod
+    def job(cls, name: str) -> Actor:
+        """A job run by this process's operating-system account on this host."""
+        return cls("job", name, os_user(), socket.gethostname())
+
+    def as_json(self) -> dict[str, Any]:
+        said: dict[str, Any] = {
+            "kind": self.kind,
+            "id": self.id,
+            "os_user": self.os_user,
+            "host": self.host,
+        }
+        if self.kind == "principal":
+            said |= {"roles": sorted(self.roles), "principals": self.principals}
+        return said
+
+    @property
+    def label(self) -> str:
+        """One line for people: ``alice@example.com [qa] (alice@host)``, ``job collector
+        (root@host)``."""
+        who = (
+            f"{self.id} [{', '.join(sorted(self.roles))}]"
+            if self.kind == "principal"
+            else (f"job {self.id}")
+        )
+        return f"{who} ({self.os_user}@{self.host})"
+
+
+def os_user() -> str:
+    """The operating-system account this process runs as."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, OSError):
+        return getpass.getuser()
+
+
+def actor_label(actor: Any) -> str:
+    """An entry's actor for people, whether an object (:class:`Actor`) or an older string."""
+    if isinstance(actor, dict):
+        roles = actor.get("roles")
+        who = (
+            f"{actor.get('id')} [{', '.join(roles)}]"
+            if roles is not None
+            else (f"job {actor.get('id')}")
+        )
+        return f"{who} ({actor.get('os_user')}@{actor.get('host')})"
+    return str(actor)
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """One entry of the log, parsed."""
 
     seq: int
     time: str
     kind: str
-    actor: str
+    actor: Any
+    """The entry's actor as stored: an :class:`Actor`'s JSON, or (older entries) a string."""
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
@@ -172,3 +245,38 @@ def witness_notes(witness: Path) -> Iterator[tuple[int, str]]:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 yield number, str(json.loads(line)["note"])
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries ``converge audit log`` lists: any of ``kinds``, by ``actor`` (a principal's
+    id or a job's name), dated in ``[start, end)``, about ``device`` (and ``point``)."""
+
+    kinds: tuple[str, ...] = ()
+    actor: str | None = None
+    start: str | None = None
+    end: str | None = None
+    device: str | None = None
+    point: str | None = None
+
+    def matches(self, entry: AuditEntry) -> bool:
+        return (
+            (not self.kinds or entry.kind in self.kinds)
+            and (self.actor is None or _actor_id(entry.actor) == self.actor)
+            and (self.start is None or entry.time >= self.start)
+            and (self.end is None or entry.time < self.end)
+            and (self.device is None or self._about(entry.payload))
+        )
+
+    def _about(self, payload: dict[str, Any]) -> bool:
+        """Whether an entry's payload names the device (and point): its own ``device``, or one
+        of the ``points`` it lists (decisions, receipts)."""
+        named = [payload, *[p for p in payload.get("points", ()) if isinstance(p, dict)]]
+        for said in named:
+            if said.get("device") == self.device and self.point in (None, said.get("point")):
+                return True
+        return False
+
+
+def _actor_id(actor: Any) -> str:
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)

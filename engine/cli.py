@@ -19,6 +19,7 @@ from typing import Protocol
 from rich.console import Console
 
 from engine.commands import (
+    access,
     audit,
     check,
     coverage,
@@ -26,6 +27,7 @@ from engine.commands import (
     explain,
     keys,
     plan,
+    query,
     run,
     schema,
     simulate,
@@ -33,7 +35,7 @@ from engine.commands import (
 )
 from engine.commands.findings import findings_text
 from engine.commands.options import PIPE_WIDTH, Handler, Subparsers
-from engine.errors import ConvergeError, FindingsError
+from engine.errors import AccessDenied, ConvergeError, FindingsError
 from engine.plugin_manager import make_plugin_manager
 
 
@@ -55,6 +57,8 @@ COMMANDS: tuple[Command, ...] = (
     simulate,
     keys,
     audit,
+    access,
+    query,
 )
 """Every command, in the order ``converge --help`` lists them."""
 
@@ -74,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FindingsError as exc:
         findings_text(Console(stderr=True, soft_wrap=True), exc.findings)
         return 1
+    except AccessDenied as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"converge: refused: {exc}", markup=False
+        )
+        return 3
     except ConvergeError as exc:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"converge: error: {exc}", markup=False

@@ -23,6 +23,7 @@ here, the leaves beside the code that raises them::
     │   ├── MissingSigner          a required key was not given to sign a batch    (sign.batch)
     │   └── SealerError            the sealer process failed or died          (evidence.sealer)
     ├── StoreError                 the evidence database or spool cannot be used       (store)
+    ├── AccessDenied               the guard refused, or a principal may not act (exit code 3)
     └── VerificationError          evidence that does not verify
         ├── RootMismatch           a recomputed root that is not the one claimed  (sign.merkle)
         ├── ProofLengthError, HashLengthError, IndexOutOfRange,
@@ -151,6 +152,10 @@ class EvidenceError(ConvergeError):
 
 class StoreError(ConvergeError):
     """A database (or spool) that cannot be opened, migrated, read or written."""
+
+
+class AccessDenied(ConvergeError):
+    """The guard refused a principal, or a principal may not act from this account."""
 
 
 class VerificationError(ConvergeError):

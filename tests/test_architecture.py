@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
         "engine.model",
     },
     {"engine.sign"},  # pure: Merkle trees, proofs, notes, leaves, batch statements
-    {"engine.keys"},
+    {"engine.keys", "engine.principals"},
     {"engine.plans", "engine.audit"},
     # the plugin boundary
     {"engine.protocols", "engine.hookspecs", "engine.plugin_manager", "engine.protocol_plugin"},
@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
     {"engine.store"},
     {"engine.evidence"},
     {"engine.verify"},
+    {"engine.access"},
     {"engine.compile"},  # nothing of the run-time pipeline imports the compiler
     {"engine.simulate", "engine.conformance", "engine.testkit"},
     {"engine.commands"},
@@ -45,8 +46,9 @@ LAYERS: list[set[str]] = [
 """A package may import any package of its own layer or an earlier one, and no other; within a
 layer, the cycle test keeps imports one way."""
 
-PLUGINS_MAY_USE = set().union(*LAYERS[:5])
-"""Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin."""
+PLUGINS_MAY_USE = set().union(*LAYERS[:5]) | {"engine.compile"}
+"""Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin;
+a plugin that reads YAML (the principals file) uses the compiler's loader and validator."""
 
 
 def modules() -> dict[str, Path]:

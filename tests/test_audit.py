@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, REPO, fill, open_store
 
 from engine import audit
+from engine.audit import Actor
 from engine.cli import main
 from engine.keys import open_key_store
 from engine.plans.signature import PlanClaim, sign_claim
@@ -42,6 +43,8 @@ def test_the_documented_checkpoint_verifies_with_the_test_key():
     origin = text.splitlines()[0]
     checkpoint = note.open_checkpoint(text, [note.verifier_key(origin, key)], origin)
     assert (checkpoint.size, checkpoint.root_hash) == (3, root([b"a", b"b", b"c"]))
+    assert audit.signed_time(checkpoint) == datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    assert audit.origin_key(origin) == "audit-log"
 
 
 def test_an_entry_is_canonical_json_and_nothing_else():
@@ -64,7 +67,7 @@ def test_audit_log_lists_entries_and_filters_by_kind(store_env, capsys):
     assert main(["audit", "log", "--db", str(store_env), "--kind", "key.generated"]) == 0
     out = capsys.readouterr().out
     assert {"qa-signing v1", "site-integrity v1", "audit-log v1"} <= set(
-        re.findall(r"key\.generated\s+converge-test\s+(\S+ v1)", out)
+        re.findall(r"key\.generated\s+job test \(\S+\)\s+(\S+ v1)", out)
     )
     assert "batch.stored" not in out
 
@@ -185,7 +188,7 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
 
     def verdict(note_text):
         db = tmp_path / f"{secrets.token_hex(4)}.db"
-        with Store.open(str(db)) as store:
+        with Store.open(str(db), actor=Actor.job("test")) as store:
             store.deploy_plans([(first, note_text)])
             key = keys.signer("audit-log", now)
             store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))

@@ -33,7 +33,7 @@ from evidence_kit import KEY_NAMES, PASSPHRASE, Site, records
 from forger import Forger, Holder, clone, database, drop, retire
 from waiting import until
 
-from engine.audit import AuditEntry
+from engine.audit import Actor, AuditEntry
 from engine.canonical import canonical_json
 from engine.cli import main
 from engine.evidence import EvidenceConfig, EvidenceSink
@@ -127,7 +127,7 @@ def collector_run(
 
     async def collect() -> None:
         clock = [start]
-        store = Store.attach(target, "converge-run@plant", witness or plant.witness)
+        store = Store.attach(target, Actor.job("collector"), witness or plant.witness)
         store.prepare()
         keys = plant.key_store()
         spool = Spool(plant.keys_dir.parent / f"spool-{secrets.token_hex(4)}.db")
@@ -667,7 +667,9 @@ def test_write_access_alone_inserts_an_entry_into_the_signed_log(plant, store, c
     with Forger.on(store, holding(plant)) as f:
         entries = f.entries()
         start = [e.seq for e in entries if e.kind == "collector.started"][-1]
-        forged = AuditEntry(-1, entries[start].time, "key.rotated", "me", {"name": "qa-signing"})
+        forged = AuditEntry(
+            -1, entries[start].time, "key.rotated", entries[start].actor, {"name": "qa-signing"}
+        )
         f.relog([*entries[:start], forged, *entries[start:]])
         covering = [c for c in f.checkpoints() if c.size > start]
     fails(

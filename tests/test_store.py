@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 from store_proxy import TcpProxy
 
 from engine import audit
+from engine.audit import Actor
 from engine.cli import main
 from engine.errors import StoreError
 from engine.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
@@ -235,9 +236,10 @@ def test_replaying_a_spooled_batch_that_was_already_stored_stores_nothing_twice(
 WRITER = """
 import sys
 from engine.store.sealed import SealedBatch
-from engine.store.store import Store, StoreError
+from engine.audit import Actor
+from engine.store.store import Store
 
-store = Store.open(sys.argv[1], actor="killed-writer")
+store = Store.open(sys.argv[1], actor=Actor.job("killed-writer"))
 with open(sys.argv[2], "rb") as batches:
     for line in batches:
         if store.write(SealedBatch.from_bytes(line)):
@@ -289,7 +291,7 @@ def test_a_writer_killed_mid_write_leaves_only_whole_batches(evidence_site, back
     delays = [round(rng.uniform(0.005, 0.05), 3) for _ in range(5)]
     said = [write_until_killed(backend, stream, delay) for delay in delays]
     assert not any("all stored" in lines for lines in said), "a writer ran out of batches"
-    with contextlib.closing(Store.open(backend)) as store:
+    with contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as store:
         store.checkpoint(audit_signer(evidence_site))
         roots = stored_roots(store)
         logged = entries_of(store, "batch.stored")
@@ -694,12 +696,15 @@ def alembic_version(conn: Connection) -> list[str]:
 
 
 def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
-    with contextlib.closing(Store.open(backend)) as store, store.reading() as conn:
+    with (
+        contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as store,
+        store.reading() as conn,
+    ):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, METADATA) == []
         assert alembic_version(conn) == ["0001"]
         origin = auditlog.origin(conn)
-    with contextlib.closing(Store.open(backend)) as again:
+    with contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as again:
         with again.reading() as conn:
             assert alembic_version(conn) == ["0001"]
             assert auditlog.origin(conn) == origin

@@ -24,7 +24,7 @@ from evidence_kit import T0, Site, collect, fill, records, verify
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from engine.audit import ORIGIN_KEY, STATE_KEY, now_instant, signing_second, time_line
+from engine.audit import ORIGIN_KEY, STATE_KEY, Actor, now_instant, signing_second, time_line
 from engine.canonical import canonical_json
 from engine.sign import note
 from engine.sign.merkle import MerkleLog
@@ -415,7 +415,7 @@ def test_an_older_copy_of_the_store_is_named_by_the_witness(evidence_site, backe
         store.close()
         older = str(tmp_path / "older.db")
         shutil.copy(backend, older)
-        store = Store.open(backend, actor="converge-test", witness=tmp_path / "witness.jsonl")
+        store = Store.open(backend, actor=Actor.job("test"), witness=tmp_path / "witness.jsonl")
     spool = Spool(tmp_path / "later-spool.db")
     later = records(evidence_site, 30, start=T0 + timedelta(seconds=SECONDS))
     asyncio.run(collect(evidence_site, store, spool, list(later)))
@@ -427,7 +427,7 @@ def test_an_older_copy_of_the_store_is_named_by_the_witness(evidence_site, backe
             older = backend
             cut_log(conn, witnessed)
             run(conn, "DELETE FROM checkpoints WHERE size > :size", size=witnessed)
-    restored = Store.open(older)
+    restored = Store.open_existing(older)
     report = verify(evidence_site, restored, tmp_path)
     restored.close()
     assert_named(report, [Named(newest, "older than the witnessed log")])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.markup import escape
 
-from engine.audit import seal_with
+from engine.audit import Actor, seal_with
 from engine.commands.options import (
     KEYS_ENV,
     Handler,
@@ -107,7 +106,7 @@ def log_key_versions(args: argparse.Namespace, keys: KeyStore, versions: list[Ke
     with a checkpoint after it when the audit key is in the same key folder."""
     if not args.db:
         return
-    actor = f"converge-keys@{socket.gethostname()}"
+    actor = Actor.job("keys")
     seal = (
         seal_with(keys, args.audit_key, datetime.now(UTC))
         if args.audit_key in keys.names()

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from engine.audit import (
     ORIGIN_KEY,
     STATE_KEY,
+    Actor,
     AuditEntry,
     CheckpointSigner,
     new_origin,
@@ -38,7 +39,7 @@ def origin(conn: Connection) -> str | None:
     return None if found is None else str(found)
 
 
-def make(conn: Connection, audit_key: str, actor: str) -> str:
+def make(conn: Connection, audit_key: str, actor: Actor) -> str:
     """The log's origin, made with its first entry (``log.created``) when the store is new.
 
     A store whose log is signed by another key than ``audit_key`` is refused:
@@ -77,7 +78,7 @@ def _save_state(conn: Connection, log: MerkleLog, first: bool) -> None:
 
 
 def append(
-    conn: Connection, kind: str, actor: str, payload: dict[str, Any], at: str | None = None
+    conn: Connection, kind: str, actor: Actor, payload: dict[str, Any], at: str | None = None
 ) -> int:
     """Append one entry in ``conn``'s transaction; returns its sequence number.
 
@@ -85,7 +86,7 @@ def append(
     """
     log = _state(conn)
     first = log.size == 0
-    entry = AuditEntry(log.size, at or now_instant(), kind, actor, payload)
+    entry = AuditEntry(log.size, at or now_instant(), kind, actor.as_json(), payload)
     data = entry.to_bytes()
     log.append(data)
     conn.execute(insert(AUDIT).values(seq=entry.seq, time=entry.time, kind=kind, entry=data))

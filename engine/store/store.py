@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import audit
-from engine.audit import DEFAULT_AUDIT_KEY
+from engine.audit import DEFAULT_AUDIT_KEY, Actor
 from engine.canonical import canonical_json
 from engine.errors import StoreError
 from engine.keys import KeyVersion
@@ -71,7 +71,7 @@ class Store:
     def __init__(
         self,
         engine: Engine,
-        actor: str,
+        actor: Actor,
         witness: Path | None = None,
         audit_key: str = DEFAULT_AUDIT_KEY,
     ) -> None:
@@ -85,7 +85,7 @@ class Store:
     def open(
         cls,
         target: str,
-        actor: str = "converge",
+        actor: Actor,
         witness: Path | None = None,
         audit_key: str = DEFAULT_AUDIT_KEY,
     ) -> Store:
@@ -99,7 +99,7 @@ class Store:
     def attach(
         cls,
         target: str,
-        actor: str = "converge",
+        actor: Actor,
         witness: Path | None = None,
         audit_key: str = DEFAULT_AUDIT_KEY,
     ) -> Store:
@@ -123,7 +123,7 @@ class Store:
         """Open the store at ``target`` to read it: it must exist, at the current schema."""
         engine = connect(target)
         require_current(engine)
-        return cls(engine, actor="converge")
+        return cls(engine, actor=Actor.job("reader"))
 
     def close(self) -> None:
         """Close every connection (SQLite then folds its WAL file into the database file)."""
@@ -349,10 +349,13 @@ class Store:
             auditlog.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
         return len(new)
 
-    def log(self, kind: str, payload: dict[str, Any], at: str | None = None) -> int:
-        """Append one entry of ``kind`` on its own, dated ``at`` (default now)."""
+    def log(
+        self, kind: str, payload: dict[str, Any], at: str | None = None, actor: Actor | None = None
+    ) -> int:
+        """Append one entry of ``kind`` on its own, dated ``at`` (default now), by ``actor``
+        (default: the store's)."""
         with self.transaction() as conn:
-            return auditlog.append(conn, kind, self.actor, payload, at)
+            return auditlog.append(conn, kind, actor or self.actor, payload, at)
 
     def record(self, entries: Recorded, seal: audit.Seal) -> None:
         """In one transaction: ``entries`` and a checkpoint signed after them, so that none

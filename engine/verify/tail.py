@@ -26,10 +26,20 @@ from engine.verify.report import Report
 from engine.verify.trust import BadTime, instant
 
 TAIL_KINDS = frozenset(
-    {"batch.stored", "batch.dropped", "spool.full", "key.generated", "key.rotated"}
+    {
+        "batch.stored",
+        "batch.dropped",
+        "spool.full",
+        "key.generated",
+        "key.rotated",
+        "access.decision",
+        "audit.reviewed",
+    }
 )
-"""What a running collector appends between checkpoints (and ``converge keys --db``)."""
-RUN_KINDS = TAIL_KINDS - {"key.generated", "key.rotated"}
+"""What a running collector appends between checkpoints, and what commands that hold no audit
+key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews):
+those wait for the next checkpoint a collector signs."""
+RUN_KINDS = frozenset({"batch.stored", "batch.dropped", "spool.full"})
 SLACK_ENTRIES = 64
 """Entries one delivery may add after a checkpoint fell due: a batch, replayed ones, drops."""
 SLACK = timedelta(seconds=30)
