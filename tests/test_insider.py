@@ -888,7 +888,7 @@ def test_site_integrity_alone_appends_a_forged_batch_after_a_stopped_run(plant, 
         forged = forge_next_batch(f, "boiler-gateway", ["site-integrity"])
     fails(
         audit_verify(capsys, store, *keys(plant)),
-        (f"audit entry {forged.audit_seq}", "after the run"),
+        (f"audit entries {forged.audit_seq}..{forged.audit_seq}", "stopped (audit entry"),
     )
 
 
