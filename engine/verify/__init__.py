@@ -83,7 +83,7 @@ def verify_store(
         good = check_checkpoints(conn, log, key, report)
         check_tail(log, good, report)
         if witness is not None:
-            check_witness(witness, log, key, report)
+            check_witness(conn, witness, log, key, report)
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         batches = check_batches(conn, log, plans, trust, report)
         check_chains(batches, log, report)

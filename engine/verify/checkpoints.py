@@ -149,20 +149,25 @@ def _open(label: str, text: str, key: LogKey) -> Signed:
     raise note.NoKnownSignature(f"no signature by the log's key {key.name}")
 
 
-def check_witness(witness: Path, log: Log, key: LogKey, report: Report) -> None:
-    """Each checkpoint of the witness file must sign a prefix of the stored log."""
+def check_witness(conn: Connection, witness: Path, log: Log, key: LogKey, report: Report) -> None:
+    """Each checkpoint of the witness file must sign a prefix of the stored log, and be stored
+    itself; stored checkpoints newer than the witness's newest are noted."""
     tree = MerkleTree(log.hashes)
     try:
         notes = list(audit.witness_notes(witness))
     except (OSError, ValueError, KeyError) as exc:
         report.add(f"witness {witness}", f"cannot be read ({exc})")
         return
+    stored = reads.checkpoints(conn)
+    sizes = {row.size for row in stored}
+    newest = 0
     for number, text in notes:
         label = f"witness {witness.name}:{number}"
         found = _checkpoint(label, text, key, report)
         if found is None:
             continue
         size, root = found.checkpoint.size, found.checkpoint.root_hash
+        newest = max(newest, size)
         if size > tree.size:
             report.add(
                 label,
@@ -171,6 +176,21 @@ def check_witness(witness: Path, log: Log, key: LogKey, report: Report) -> None:
             )
         elif tree.root(size) != root:
             report.add(label, "the store's log differs from the witnessed one (fork or rewrite)")
+        elif size not in sizes:
+            report.add(label, f"a checkpoint of the stored log (size {size}) that is not stored")
+    _note_unwitnessed([row for row in stored if row.size > newest], witness, newest, report)
+
+
+def _note_unwitnessed(rows: Sequence[Row[Any]], witness: Path, newest: int, report: Report) -> None:
+    """Stored checkpoints the witness cannot vouch for: all after its newest line."""
+    if rows:
+        first = rows[0]
+        report.notes.append(
+            f"{len(rows)} stored checkpoint(s) from checkpoint {first.id} (size {first.size}) on"
+            f" are newer than the newest line of {witness.name} (size {newest}): signed after"
+            " it was copied, or by whoever holds the audit key; only a witness kept since"
+            " vouches for them"
+        )
 
 
 def _by_size(signed: Signed) -> tuple[int, datetime]:
