@@ -430,11 +430,14 @@ class Forger:
         )
         self.save_state()
 
-    def append(self, kind: str, payload: dict[str, Any], at: datetime | None = None) -> int:
-        """Append an entry after the last one (and save the state); its seq."""
+    def append(
+        self, kind: str, payload: dict[str, Any], at: datetime | None = None, actor: Any = None
+    ) -> int:
+        """Append an entry after the last one, by ``actor`` (default: the last one's), and save
+        the state; its seq."""
         entries = self.entries()
         when = instant(at) if at else entries[-1].time
-        entry = AuditEntry(len(entries), when, kind, entries[-1].actor, payload)
+        entry = AuditEntry(len(entries), when, kind, actor or entries[-1].actor, payload)
         self.run(
             "INSERT INTO audit_entries (seq, time, kind, entry) VALUES (:s, :t, :k, :e)",
             s=entry.seq,

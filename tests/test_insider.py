@@ -8,11 +8,13 @@ store can show by itself (docs/audit.md, "What only the witness shows" and
 is mostly that it passes without the witness file and fails with it.
 
 The store is the example plant's, made once per backend for this module
-(copied for each test) and written as a real site's would be: keys made three
-hours ago, plans signed by ``ops-signing``, a first run of two minutes two
-hours ago, the ``audit-log`` key rotated 90 minutes ago, a second run of a
-minute an hour ago; a checkpoint every four entries, at each start and stop.
-The reactor PLC's plan requires ``qa-signing`` and ``site-integrity``.
+(each test attacks a copy) and written as a real site's would be: keys made
+three hours ago, plans signed by ``ops-signing``, a first run of two minutes
+two hours ago, the ``audit-log`` key rotated 90 minutes ago, a second run of
+a minute an hour ago; a checkpoint every four entries, at each start and
+stop, each one in the witness file. The reactor PLC's plan requires
+``qa-signing`` and ``site-integrity``; the boiler gateway's ``site-integrity``
+only. Every verdict is ``converge audit verify``'s, through the command line.
 """
 
 from __future__ import annotations
@@ -274,11 +276,11 @@ def checkpoint_label(row: sa.Row) -> str:
     return f"checkpoint {row.id} (size {row.size})"
 
 
-def witness_lines(f: Forger, covering: int, name: str = "witness.jsonl") -> list[str]:
+def witness_lines(f: Forger, covering: int) -> list[str]:
     """The witness file's lines of the checkpoints that sign entry ``covering`` (one line per
     checkpoint, in the order they were made)."""
     return [
-        f"witness {name}:{line}"
+        f"witness witness.jsonl:{line}"
         for line, row in enumerate(f.checkpoints(), 1)
         if row.size > covering
     ]
@@ -322,7 +324,7 @@ def next_window(leaves: list[bytes], by: timedelta) -> list[bytes]:
 def forge_next_batch(f: Forger, device: str, keys: list[str]) -> sa.Row:
     """A batch of ``device``'s next window, following its newest, signed by ``keys``."""
     newest = f.batches(device)[-1]
-    f.add_batch(newest.id, next_window(f.leaves(newest.id), timedelta(minutes=1)), keys)
+    f.add_batch(newest.id, next_window(f.leaves(newest.id), MINUTE), keys)
     return f.batches(device)[-1]
 
 
@@ -904,6 +906,29 @@ def test_site_integrity_alone_appends_a_forged_batch_to_a_killed_runs_tail(
         verdict = audit_verify(capsys, store, *trust)
         passes(verdict)
         assert any("(3) are not signed yet" in note for note in verdict.notes), verdict.notes
+
+
+def test_write_access_alone_appends_a_forged_review_that_the_next_run_signs(
+    evidence_site, plant, store, tmp_path, capsys
+):
+    """No key: an ``audit.reviewed`` entry by a QA principal appended after the last
+    checkpoint, as ``converge audit review`` appends one (it holds no audit key). It passes
+    as an unsigned tail, and the next run's start checkpoint signs it as if genuine: a
+    checkpoint says what the log held, not who wrote it (docs/audit.md, "The unsigned
+    tail")."""
+    qa = {"kind": "principal", "id": "qa@example.com", "os_user": "qa", "host": "qa-pc"}
+    with Forger.on(store, holding(plant)) as f:
+        said = {"from": None, "to": None, "note": "all fine", "entries": 34, "last_seq": 33}
+        seq = f.append("audit.reviewed", said, datetime.now(UTC), {**qa, "roles": ["qa"]})
+    verdict = audit_verify(capsys, store, *keys(plant), *witness_of(plant))
+    passes(verdict)
+    assert any(f"audit entries {seq}..{seq} (1) are not signed yet" in n for n in verdict.notes)
+    kept = tmp_path / "witness.jsonl"
+    shutil.copy(plant.witness, kept)
+    collector_run(evidence_site, plant, store, KILLED, 60, witness=kept)
+    verdict = audit_verify(capsys, store, *keys(plant), *witness(kept))
+    passes(verdict)
+    assert not any("not signed yet" in note for note in verdict.notes), verdict.notes
 
 
 def test_every_key_appends_a_forged_batch_after_the_end_and_signs_it(plant, store, capsys):
