@@ -30,7 +30,7 @@ import pwd
 import re
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +57,7 @@ KINDS = {
     "key.rotated": "a signing key's new version replaced the previous one",
     "collector.started": "a collector started writing to this store",
     "collector.stopped": "a collector stopped cleanly",
+    "plan.signed": "a principal signed a plan (who, printed name, when, meaning, key)",
     "access.decision": "the guard decided a read, export or hold, allowed or denied",
     "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
 }
@@ -142,6 +143,23 @@ class Actor:
     def job(cls, name: str) -> Actor:
         """A job run by this process's operating-system account on this host."""
         return cls("job", name, os_user(), socket.gethostname())
+
+    @classmethod
+    def from_json(cls, said: Mapping[str, Any]) -> Actor:
+        """The actor :meth:`as_json` wrote (a key store keeps the maker of each version)."""
+        roles = tuple(str(r) for r in said.get("roles") or ())
+        principals = said.get("principals")
+        kind: Literal["principal", "job"] = (
+            "principal" if said.get("kind") == "principal" else "job"
+        )
+        return cls(
+            kind,
+            str(said.get("id")),
+            str(said.get("os_user")),
+            str(said.get("host")),
+            roles,
+            None if principals is None else str(principals),
+        )
 
     def as_json(self) -> dict[str, Any]:
         said: dict[str, Any] = {

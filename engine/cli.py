@@ -25,6 +25,7 @@ from engine.commands import (
     coverage,
     diff,
     explain,
+    export,
     keys,
     plan,
     query,
@@ -32,6 +33,7 @@ from engine.commands import (
     schema,
     simulate,
     test,
+    verify,
 )
 from engine.commands.findings import findings_text
 from engine.commands.options import PIPE_WIDTH, Handler, Subparsers
@@ -59,6 +61,8 @@ COMMANDS: tuple[Command, ...] = (
     audit,
     access,
     query,
+    export,
+    verify,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

@@ -14,7 +14,7 @@ import pytest
 from evidence_kit import T0, fill, verify
 
 from engine.access.guard import Request, Target, decide
-from engine.audit import os_user
+from engine.audit import Actor, os_user
 from engine.cli import main
 from engine.principals import Identity
 from engine.sign.leaf import instant
@@ -396,3 +396,51 @@ def test_a_review_is_an_entry_of_the_reviewer(store, capsys):
     assert "unknown to the principals" in capsys.readouterr().err
     (refused,) = entries(store, "access.decision")
     assert refused["payload"]["action"] == "review" and refused["payload"]["outcome"] == "deny"
+
+
+def test_a_key_is_attributed_to_whoever_made_it_not_the_collector(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", "correct horse battery staple")
+    keys, db = str(tmp_path / "keys"), str(tmp_path / "evidence.db")
+    assert (
+        main(
+            [
+                "keys",
+                "generate",
+                "qa-signing",
+                "--keys",
+                keys,
+                "--as",
+                "alice@example.com",
+                "--principals",
+                str(PRINCIPALS),
+            ]
+        )
+        == 0
+    )
+    assert main(["keys", "generate", "audit-log", "--keys", keys]) == 0
+    with Store.open(db, actor=Actor.job("collector")) as store:  # a collector imports them later
+        from engine.keys import open_key_store
+        from engine.plugin_manager import make_plugin_manager
+
+        found = open_key_store(make_plugin_manager(), {"kind": "file", "path": Path(keys)})
+        store.record_keys([v for name in found.names() for v in found.versions(name)])
+    by = {e["payload"]["name"]: e["actor"] for e in entries(db, "key.generated")}
+    assert by["qa-signing"]["id"] == "alice@example.com" and by["qa-signing"]["roles"] == ["qa"]
+    assert by["audit-log"] == {**by["audit-log"], "kind": "job", "id": "keys"}
+    assert (
+        main(
+            [
+                "keys",
+                "rotate",
+                "qa-signing",
+                "--keys",
+                keys,
+                "--as",
+                "mallory",
+                "--principals",
+                str(PRINCIPALS),
+            ]
+        )
+        == 3
+    )
+    assert "mallory is unknown" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,17 +14,23 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.markup import escape
 
+from engine.access.acting import Refusal, act_as
 from engine.audit import Actor, seal_with
 from engine.commands.options import (
+    AS_ENV,
     KEYS_ENV,
     Handler,
     Subparsers,
+    add_as,
     add_audit_key,
     add_db,
+    add_principals,
     key_store_of,
     period,
+    principal_of,
+    principals_of,
 )
-from engine.errors import KeyStoreError
+from engine.errors import AccessDenied, KeyStoreError
 from engine.keys import KeyStore, KeyVersion
 from engine.store.store import Store
 
@@ -40,8 +47,16 @@ def register(commands: Subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def _maker() -> argparse.ArgumentParser:
+    """Who makes a version: ``--as PRINCIPAL`` (with ``--principals``), else this account."""
+    maker = argparse.ArgumentParser(add_help=False)
+    add_principals(maker)
+    add_as(maker)
+    return maker
+
+
 def _add_generate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
-    generate = actions.add_parser("generate", parents=[store], help="make a new key")
+    generate = actions.add_parser("generate", parents=[store, _maker()], help="make a new key")
     generate.add_argument("name", metavar="NAME", help="kebab-case id, as signing.keys names it")
     generate.add_argument(
         "--valid-for",
@@ -68,7 +83,9 @@ def _add_export(actions: Subparsers, store: argparse.ArgumentParser) -> None:
 
 def _add_rotate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
     rotate = actions.add_parser(
-        "rotate", parents=[store], help="retire the current version now and make the next one"
+        "rotate",
+        parents=[store, _maker()],
+        help="retire the current version now and make the next one",
     )
     rotate.add_argument("name", metavar="NAME")
     rotate.add_argument(
@@ -86,19 +103,30 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
 
 
 def run_generate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    keys = key_store_of(args, pm)
-    made = keys.generate(args.name, args.valid_for)
+    keys, maker = key_store_of(args, pm), _made_by(args, pm)
+    made = keys.generate(args.name, args.valid_for, maker.as_json())
     render(console, [made], datetime.now(UTC), title=f"generated {made.name}")
     log_key_versions(args, keys, keys.versions(args.name))
     return 0
 
 
 def run_rotate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    keys = key_store_of(args, pm)
-    keys.rotate(args.name, args.valid_for)
+    keys, maker = key_store_of(args, pm), _made_by(args, pm)
+    keys.rotate(args.name, args.valid_for, maker.as_json())
     render(console, keys.versions(args.name), datetime.now(UTC), title=f"rotated {args.name}")
     log_key_versions(args, keys, keys.versions(args.name))
     return 0
+
+
+def _made_by(args: argparse.Namespace, pm: pluggy.PluginManager) -> Actor:
+    """Who the new version is attributed to: the principal ``--as`` names (checked), else a
+    job of this account; the key store remembers it, and the audit log names it."""
+    if not (args.principal or os.environ.get(AS_ENV)):
+        return Actor.job("keys")
+    acting = act_as(principals_of(args, pm), principal_of(args), "keys")
+    if isinstance(acting, Refusal):
+        raise AccessDenied(acting.reason)
+    return acting
 
 
 def log_key_versions(args: argparse.Namespace, keys: KeyStore, versions: list[KeyVersion]) -> None:
@@ -106,7 +134,7 @@ def log_key_versions(args: argparse.Namespace, keys: KeyStore, versions: list[Ke
     with a checkpoint after it when the audit key is in the same key folder."""
     if not args.db:
         return
-    actor = Actor.job("keys")
+    actor = Actor.job("keys")  # each entry names its version's maker (Store.record_keys)
     seal = (
         seal_with(keys, args.audit_key, datetime.now(UTC))
         if args.audit_key in keys.names()
