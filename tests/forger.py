@@ -42,6 +42,8 @@ from engine.sign.merkle import MerkleLog, MerkleTree, leaf_hash, root_of_hashes
 from plugins.filekeys.store import FileKeyStore
 
 RECORD_TABLES = ("readings", "gap_records")
+SIGNATURE_FIELDS = ("signed_at", "signer", "name", "meaning")
+"""What a ``plan.deployed`` entry records of the plan's signature."""
 
 
 class NotHeld(Exception):
@@ -374,6 +376,8 @@ class Forger:
         self.run("DELETE FROM plans WHERE digest = :d", d=digest)
         new, signed = self._store_plan(row, change, sign_with, deployed.time)
         payload = {**deployed.payload, "digest": new, "signed": signed}
+        if not signed:  # what the store records of a signature: nothing, without one
+            payload = {k: v for k, v in payload.items() if k not in SIGNATURE_FIELDS}
         self.set_entry(replace(deployed, payload=payload))
         for batch in self.rows("SELECT id FROM batches WHERE plan_digest = :d", d=digest):
             self.restate(batch.id, plan_digest=new)
@@ -403,9 +407,9 @@ class Forger:
         new, data = seal({k: canonical_json(v) for k, v in body.items() if k != "digest"})
         signature = None
         if sign_with is not None:
-            at = datetime.fromisoformat(deployed).replace(microsecond=0)
-            claim = PlanClaim(row.device, new, at)
-            signature = sign_claim(claim, sign_with, self.holder.signer(sign_with, at)).decode()
+            claim = self._claim_like(row, new, deployed)
+            signed = sign_claim(claim, sign_with, self.holder.signer(sign_with, claim.signed_at))
+            signature = signed.decode()
         self.run(
             "INSERT INTO plans (digest, device, body, signature, deployed_at) "
             "VALUES (:d, :device, :body, :sig, :at)",
@@ -416,6 +420,16 @@ class Forger:
             at=deployed,
         )
         return new, signature is not None
+
+    @staticmethod
+    def _claim_like(row: sa.Row[Any], digest: str, deployed: str) -> PlanClaim:
+        """A claim for the plan ``digest`` saying what ``row``'s signature says (its time and
+        signer), else signed when it was deployed."""
+        if row.signature is None:
+            at = datetime.fromisoformat(deployed).replace(microsecond=0)
+            return PlanClaim(row.device, digest, at)
+        said = PlanClaim.parse(note.split_note(row.signature)[0])
+        return replace(said, digest=digest)
 
     # --- the audit log ------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from engine.canonical import canonical_json
 from engine.cli import main
 from engine.evidence import EvidenceConfig, EvidenceSink
 from engine.evidence.deferred import Deferred
-from engine.plans.signature import PlanClaim, sign_claim, signature_name
+from engine.plans.signature import PlanClaim, Signer, sign_claim, signature_name
 from engine.sign.batch import record_time
 from engine.sign.leaf import instant
 from engine.store.spool import Spool
@@ -62,6 +62,8 @@ KILLED = NOW - timedelta(minutes=30)
 """A third run's records (in the tests that kill it)."""
 MINUTE = timedelta(minutes=1)
 PLAN_KEY = "ops-signing"
+APPROVER = Signer("qa@example.com", "Quinn Assurance", "approved")
+"""Who signed the plans, as their signatures say."""
 CADENCE = EvidenceConfig(checkpoint_entries=4)
 REACTOR = "reactor-1-plc"
 """A device whose plan requires two keys."""
@@ -89,7 +91,7 @@ def signed_plans(site: Site, keys: FileKeyStore, folder: Path) -> Path:
     """The site's plans, each with its ``.plan.sig`` by :data:`PLAN_KEY`."""
     shutil.copytree(site.plans_dir, folder)
     for plan in site.plans:
-        claim = PlanClaim(plan.device.id, plan.digest, SIGNED)
+        claim = PlanClaim(plan.device.id, plan.digest, SIGNED, APPROVER)
         signed = sign_claim(claim, PLAN_KEY, keys.signer(PLAN_KEY, SIGNED))
         (folder / signature_name(plan.device.id)).write_bytes(signed)
     return folder
@@ -529,20 +531,40 @@ def test_write_access_alone_strips_a_plans_signature(plant, store, capsys):
     )
 
 
+def sign_plan_instead(f: Forger, key: str, signer: Signer) -> str:
+    """Replace the reactor plan's signature by one of ``key``, dated as the original, naming
+    ``signer``; the plan's digest."""
+    row = f.one("SELECT * FROM plans WHERE device = :d", d=REACTOR)
+    claim = PlanClaim(REACTOR, row.digest, SIGNED, signer)
+    signed = sign_claim(claim, key, f.holder.signer(key, SIGNED))
+    f.run("UPDATE plans SET signature = :s WHERE digest = :d", s=signed.decode(), d=row.digest)
+    return str(row.digest)
+
+
 def test_site_integrity_alone_signs_a_plan_in_place_of_the_plan_key(plant, store, capsys):
     """``site-integrity`` replaces the reactor plan's signature by its own, over the same
-    claim. Any trusted key's signature is accepted unless the auditor names the plan key."""
+    claim (device, digest, time, signer). Any trusted key's signature is accepted unless the
+    auditor names the plan key."""
     with Forger.on(store, holding(plant, "site-integrity")) as f:
-        row = f.one("SELECT * FROM plans WHERE device = :d", d=REACTOR)
-        claim = PlanClaim(REACTOR, row.digest, SIGNED)
-        signed = sign_claim(claim, "site-integrity", f.holder.signer("site-integrity", SIGNED))
-        f.run("UPDATE plans SET signature = :s WHERE digest = :d", s=signed.decode(), d=row.digest)
+        digest = sign_plan_instead(f, "site-integrity", APPROVER)
     verdict = audit_verify(capsys, store, *keys(plant))
     passes(verdict)
     assert any("--plan-key" in note for note in verdict.notes), verdict.notes
     fails(
         audit_verify(capsys, store, *keys(plant), "--plan-key", PLAN_KEY),
-        (f"plan {row.digest} ({REACTOR})", "not signed by the plan key ops-signing"),
+        (f"plan {digest} ({REACTOR})", "not signed by the plan key ops-signing"),
+    )
+
+
+def test_site_integrity_alone_re_signs_a_plan_naming_another_signer(plant, store, capsys):
+    """``site-integrity`` replaces the reactor plan's signature by its own naming another
+    signer and meaning. The plan's ``plan.deployed`` entry, which the checkpoints sign, names
+    the signer it was deployed with: it fails even without ``--plan-key``."""
+    with Forger.on(store, holding(plant, "site-integrity")) as f:
+        digest = sign_plan_instead(f, "site-integrity", Signer("me@example.com", "Me", "reviewed"))
+    fails(
+        audit_verify(capsys, store, *keys(plant)),
+        (f"plan {digest} ({REACTOR})", "not the signature the plan was deployed with"),
     )
 
 
