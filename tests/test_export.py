@@ -505,6 +505,19 @@ def test_a_key_used_outside_its_validity_window_is_named(plant: Exported, tmp_pa
     assert any("signed by qa-signing outside the validity" in p for p in problems), problems
 
 
+def test_a_bundle_carrying_another_verify_py_is_said_so(plant: Exported, tmp_path, both):
+    """A bundle's maker could ship a verify.py that says "verified" to anything: the verdict
+    that counts is the auditor's own verifier's, and it says the copies differ."""
+
+    def liar(members: Members) -> Members:
+        members["verify.py"] = b"print('verified: everything')\n"
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "v.zip", liar), plant.trust)
+    assert said.code == 0
+    assert any("the bundle's verify.py differs from this verifier" in line for line in said.lines)
+
+
 def test_a_record_outside_the_exported_range_is_named(plant: Exported, tmp_path, both):
     def narrow(manifest: dict[str, Any]) -> None:
         manifest["from"] = "2999-01-01T00:00:00.000000Z"

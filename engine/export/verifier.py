@@ -62,6 +62,7 @@ CHECKPOINTS, CONSISTENCY, ENTRIES = (
     "log/entries.jsonl",
 )
 RETENTION = "retention.json"
+VERIFIER = "verify.py"
 TRUST_FORMAT = "converge.trust/v1"
 CSV_COLUMNS = (
     "device",
@@ -460,6 +461,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     _check_records(bundle, manifest, batches, verdict)
     _check_export(manifest, entries, verdict)
     _check_retention(bundle, verdict)
+    _note_verifier(bundle, verdict)
 
 
 def _json(data: bytes, item: str) -> Any:
@@ -1195,6 +1197,18 @@ def _check_retention(bundle: Bundle, verdict: Verdict) -> None:
     said = _json(bundle.read(RETENTION), RETENTION)
     if not isinstance(said, dict) or set(said) != {"receipts", "holds"}:
         verdict.fail(RETENTION, "not a retention member (receipts and holds)")
+
+
+def _note_verifier(bundle: Bundle, verdict: Verdict) -> None:
+    """Say when the bundle's ``verify.py`` is not this verifier: whoever runs a bundle's own
+    copy trusts the bundle's maker with their machine, so this one is what counts."""
+    with open(__file__, "rb") as source:
+        ours = "sha256:" + hashlib.sha256(source.read()).hexdigest()
+    if bundle.has(VERIFIER) and bundle.digest(VERIFIER) != ours:
+        verdict.notes.append(
+            f"the bundle's {VERIFIER} differs from this verifier ({ours}): this verdict is this"
+            " verifier's; do not run a bundle's own copy unless you trust whoever made it"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
