@@ -14,6 +14,7 @@ events-to-data work is in :mod:`engine.compile.yaml_builder`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class Document:
     data: Any
     shadow: Any = None
     position: int = 0
+    sha256: str = ""
+    """``sha256:`` and the hex SHA-256 of the file's bytes as read: what plans name it by."""
 
     def at(self, path: Iterable[str | int] = ()) -> Location:
         """Where the value at ``path`` starts, or where its nearest known ancestor does."""
@@ -78,7 +81,7 @@ class Document:
         only from there: the way to ask for the places of many siblings.
         """
         position, _, shadow = self._walk(path)
-        return Document(self.path, data, shadow, position)
+        return Document(self.path, data, shadow, position, self.sha256)
 
     def _walk(self, path: DocPath) -> tuple[int, int, Any]:
         """(value position, key position, shadow) of the deepest node on ``path``."""
@@ -160,9 +163,10 @@ def load_text(raw: bytes | str, path: str) -> Document:
     built, findings = _build(text, path, budget)
     if findings:
         raise FindingsError(findings)
+    sha256 = "sha256:" + hashlib.sha256(raw).hexdigest()
     if built is None:
-        return Document(path, None)
-    return Document(path, built.data, built.shadow, built.position)
+        return Document(path, None, sha256=sha256)
+    return Document(path, built.data, built.shadow, built.position, sha256)
 
 
 def _build(text: str, path: str, budget: int) -> tuple[Built | None, list[Finding]]:

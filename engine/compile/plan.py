@@ -7,7 +7,7 @@ requests fit ``limits.max_requests_per_second`` at the merged intervals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import groupby
 from typing import Any
@@ -23,9 +23,14 @@ from engine.plans.format import INDEX_FORMAT, PLAN_FORMAT, Plan, seal
 
 
 def build_plans(
-    merged: MergeResult, sites: Sequence[Site], pm: pluggy.PluginManager, as_of: dict[str, date]
+    merged: MergeResult,
+    sites: Sequence[Site],
+    pm: pluggy.PluginManager,
+    as_of: dict[str, date],
+    sources: Mapping[str, str],
 ) -> tuple[list[Plan], list[Finding]]:
-    """A plan for every device with at least one governed point, in inventory order."""
+    """A plan for every device with at least one governed point, in inventory order;
+    ``sources`` maps each file loaded to ``sha256:`` of its bytes."""
     by_site = {site.id: site for site in sites}
     plans: list[Plan] = []
     findings: list[Finding] = []
@@ -34,7 +39,7 @@ def build_plans(
     for device, points in groupby(governed, key=lambda mp: mp.target.device):
         site = by_site[device.site]
         plan, found = build_device_plan(
-            site, device, list(points), pm, as_of[site.id], encoder=encoder
+            site, device, list(points), pm, as_of[site.id], encoder=encoder, sources=sources
         )
         findings += found
         if plan is not None:
@@ -50,6 +55,7 @@ def build_device_plan(
     day: date,
     *,
     encoder: PointEncoder,
+    sources: Mapping[str, str],
 ) -> tuple[Plan | None, list[Finding]]:
     findings = [_no_capture(mp) for mp in points if not _captured(mp)]
     collected = [mp for mp in points if _captured(mp)]
@@ -69,6 +75,7 @@ def build_device_plan(
         "device": canonical_json(_device_entry(device)),
         "points": b"[" + b",".join(encoder.point(mp) for mp in collected) + b"]",
         "read_groups": canonical_json(groups.groups),
+        "sources": canonical_json(_sources(device, collected, sources)),
     }
     valid_until = _valid_until([w for mp in collected for w in mp.waived], site.timezone)
     if valid_until:
@@ -76,6 +83,18 @@ def build_device_plan(
     digest, canonical = seal(members)
     plan = Plan(device.id, digest, canonical, len(collected), len(groups.groups), valid_until)
     return plan, findings
+
+
+def _sources(
+    device: Device, points: Iterable[MergedPoint], sources: Mapping[str, str]
+) -> dict[str, str]:
+    """The files a plan comes from, each with the digest of its bytes: the device's site
+    file, and the file of every policy that governs a point or waives for it."""
+    paths = {device.location.path}
+    for mp in points:
+        paths.update(policy.location.path for policy in mp.policies)
+        paths.update(waiver.exception.location.path for waiver in mp.waived)
+    return {path: sources[path] for path in sorted(paths)}
 
 
 def _captured(mp: MergedPoint) -> bool:
