@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.commands.findings import one_line
 from engine.commands.options import Subparsers, add_inputs, compile_or_fail
 from engine.compile import Compilation
 
@@ -110,9 +111,10 @@ def render(console: Console, report: dict[str, Any]) -> None:
         console.print("  " + ", ".join(report["ungoverned"]), highlight=False)
     for finding in report["findings"]:
         console.print(
-            f"{escape(_place(finding))}: [yellow]{finding['severity']}[/]: "
-            f"{escape(finding['message'])}",
+            f"{one_line(_place(finding))}: {finding['severity']}[{finding['code']}]: "
+            f"{one_line(finding['message'])}",
             highlight=False,
+            markup=False,
         )
 
 

@@ -1,17 +1,22 @@
 """Findings for people (text), for machines (JSON) and for code review (SARIF 2.1.0).
 
-Text goes through rich, so colours appear only on a terminal and never in a
-pipe or a CI log; the line format itself is fixed so editors can jump to it.
+A text finding is one line, ``path:line:col: severity[code]: message``, so
+that editors jump to it and a reader can look the code up in
+docs/findings.md. The line is written as it is: no markup, no emoji codes
+(rich would print ``:100:`` as an emoji), and a line break or control
+character inside a message or path is escaped, so one finding stays one
+line. Colours appear only on a terminal, never in a pipe or a CI log.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from engine.codes import CODES
 from engine.errors import Finding, Severity
@@ -21,13 +26,36 @@ STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow"}
 
 
 def findings_text(console: Console, findings: Sequence[Finding]) -> None:
+    """Every finding on its own line, then the counts."""
+    if not console.is_terminal:
+        console.file.write("".join(f"{finding_line(f)}\n" for f in findings))
+        console.file.write(f"{summary(findings)}\n")
+        return
+    text = Text()
     for f in findings:
-        console.print(
-            f"{escape(str(f.location))}: [{STYLE[f.severity]}]{f.severity}[/]: {escape(f.message)}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    console.print(summary(findings), highlight=False)
+        text.append(f"{one_line(str(f.location))}: ")
+        text.append(f"{f.severity}[{f.code}]", style=STYLE[f.severity])
+        text.append(f": {one_line(f.message)}\n")
+    text.append(summary(findings))
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def finding_line(finding: Finding) -> str:
+    """``path:line:col: severity[code]: message``, on one line whatever the message holds."""
+    where, severity = one_line(str(finding.location)), finding.severity.value
+    return f"{where}: {severity}[{finding.code}]: {one_line(finding.message)}"
+
+
+_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and control characters escaped (``\\n``, ``\\u2028``)."""
+    return _BREAKING.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def summary(findings: Sequence[Finding]) -> str:

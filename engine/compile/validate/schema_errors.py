@@ -121,7 +121,7 @@ class _Leaf:
         key = self.path[-1]
         allowed = [str(k) for k in walk(self.schema, self.err.schema_path)]
         where = f" in {dotted(self.path[:-1])}" if len(self.path) > 1 else ""
-        message = f"unknown key '{key}'{where}{suggestion(key, allowed)}"
+        message = f"unknown key {show(key)}{where}{suggestion(key, allowed)}"
         return error(self.doc.key_at(self.path), "unknown-key", message)
 
     def missing(self) -> Finding:

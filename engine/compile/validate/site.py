@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import cerberus
 import pluggy
 
 from engine.compile.load import DocPath, Document
+from engine.compile.validate.rules import show
 from engine.compile.validate.schema_errors import (
     Problem,
     dotted,
@@ -206,7 +209,7 @@ def _plugin_validate(
     if schema is None:
         return [], dict(value)
     try:
-        return run(schema, copy.deepcopy(value), doc, path)
+        found, normalized = run(schema, copy.deepcopy(value), doc, path)
     except cerberus.SchemaError as exc:
         detail = " ".join(str(exc).split())
         message = (
@@ -214,6 +217,20 @@ def _plugin_validate(
             f" is unusable: {detail}"
         )
         return [Problem(path, error(doc.at(path), f"{part}-invalid", message))], {}
+    return found or list(_not_finite(doc, path, normalized)), normalized
+
+
+def _not_finite(doc: Document, path: DocPath, value: Any) -> Iterator[Problem]:
+    """A problem at every NaN or infinity in ``value``: a plan holds finite numbers only."""
+    if isinstance(value, float) and not math.isfinite(value):
+        message = f"{dotted(path)} must be a finite number, got {show(value)}"
+        yield Problem(path, error(doc.at(path), "bad-value", message))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _not_finite(doc, (*path, key), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _not_finite(doc, (*path, index), item)
 
 
 def _check_address(
