@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from difflib import get_close_matches
 from typing import Any
 
 import pluggy
@@ -48,8 +49,26 @@ def explain(result: Compilation, ref: str) -> list[dict[str, Any]]:
         if mp.target.device.id == device and (not point or mp.target.point.name == point)
     ]
     if not chosen:
-        raise ConvergeError(f"no point matches '{ref}' in the compiled sites")
+        near = nearest_ref(result, device, point)
+        hint = f" (did you mean '{near}'?)" if near else ""
+        raise ConvergeError(f"no point matches '{ref}' in the compiled sites{hint}")
     return [explain_point(mp) for mp in chosen]
+
+
+def nearest_ref(result: Compilation, device: str, point: str) -> str | None:
+    """The existing ``DEVICE[/POINT]`` nearest to a mistyped one: the device, then its point."""
+    points: dict[str, list[str]] = {}
+    for mp in result.merged.points:
+        points.setdefault(mp.target.device.id, []).append(mp.target.point.name)
+    if device not in points:
+        close = get_close_matches(device, sorted(points), n=1)
+        if not close:
+            return None
+        device = close[0]
+        if not point or point in points[device]:
+            return f"{device}/{point}" if point else device
+    close = get_close_matches(point, points[device], n=1)
+    return f"{device}/{close[0]}" if close else None
 
 
 def explain_point(mp: MergedPoint) -> dict[str, Any]:
