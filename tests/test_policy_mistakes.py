@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from engine.cli import main
+from engine.commands.test import run_tests
+from engine.plugin_manager import make_plugin_manager
 from engine.testkit import ProjectBuilder
 
 SITE = """
@@ -144,3 +147,155 @@ def test_explain_of_an_unknown_point_suggests_the_nearest(misspelled, capsys):
     )
     code, _, err = run(misspelled, capsys, "explain", "reactr-1", *args)
     assert err.endswith("(did you mean 'reactor-1'?)\n")
+
+
+# --- the whole inventory is checked, governed or not --------------------------------------
+
+OVERLAP_SITE = """
+    site: plant-basel
+    timezone: Europe/Zurich
+    devices:
+      - id: reactor-1
+        class: reactor
+        protocol: modbus
+        endpoint: {host: 127.0.0.1}
+        points:
+          - {name: TT101_PV, address: {table: holding, register: 0, type: int16}}
+          - {name: TT102_PV, address: {table: holding, register: 3, type: float32}}
+          - {name: TT103_PV, address: {table: holding, register: 4, type: int16}}
+          - {name: TT104_PV, address: {table: holding, register: 6, type: int16}}
+          - {name: TT105_PV, address: {table: holding, register: 6, type: uint16}}
+    """
+
+
+def test_overlapping_registers_no_policy_governs_are_site_errors(
+    converge_project: ProjectBuilder,
+) -> None:
+    """An inventory bug surfaces at once, not during an unrelated policy change later."""
+    policy = POLICY.replace("devices: {site: [plant-basle]}", "points: {name: TT101_PV}")
+    outcome = converge_project.write(
+        {"sites/basel/site.yaml": OVERLAP_SITE, "policies/gmp.yaml": policy}
+    ).compile()
+    outcome.assert_findings(
+        [
+            ("sites/basel/site.yaml", 11, 35, "modbus-overlap"),
+            ("sites/basel/site.yaml", 13, 35, "modbus-type-conflict"),
+        ]
+    )
+    assert not outcome.compilation.plans
+
+
+# --- governed is not collected ------------------------------------------------------------
+
+COLLECTED_SITE = """
+    site: plant-basel
+    timezone: Europe/Zurich
+    devices:
+      - id: reactor-1
+        class: reactor
+        protocol: modbus
+        endpoint: {host: 127.0.0.1}
+        points:
+          - {name: TT101_PV, address: {table: holding, register: 0, type: int16}}
+      - id: pump-1
+        class: pump
+        protocol: modbus
+        endpoint: {host: 127.0.0.2}
+        points:
+          - {name: FT201_PV, address: {table: holding, register: 0, type: int16}}
+          - {name: FT202_PV, address: {table: holding, register: 1, type: int16}}
+    """
+
+CAPTURE_REACTORS = POLICY.replace("devices: {site: [plant-basle]}", "devices: {class: reactor}")
+KEEP_EVERYTHING = """
+    policy: keep-everything
+    title: Keep everything a year
+    owner: records
+    applies: {}
+    retention:
+      keep_at_least: 1y
+    """
+
+
+@pytest.fixture
+def half_captured(converge_project: ProjectBuilder) -> Path:
+    converge_project.write(
+        {
+            "sites/basel/site.yaml": COLLECTED_SITE,
+            "policies/gmp.yaml": CAPTURE_REACTORS,
+            "policies/keep.yaml": KEEP_EVERYTHING,
+        }
+    )
+    return converge_project.root
+
+
+def test_coverage_tells_governed_and_collected_from_governed_but_not_captured(
+    half_captured, capsys
+):
+    args = ("-p", "policies", "-s", "sites", "--at", "2026-06-01")
+    code, out, _ = run(half_captured, capsys, "coverage", *args, "--format", "json")
+    assert code == 0
+    report = json.loads(out)
+    assert (report["points"], report["governed"], report["collected"]) == (3, 3, 1)
+    assert report["not_captured"] == ["pump-1/FT201_PV", "pump-1/FT202_PV"]
+    _, out, _ = run(half_captured, capsys, "coverage", *args)
+    assert out.splitlines()[0] == "3 of 3 points governed, 1 of them collected"
+    assert "Governed but not collected (no capture in force): 2" in out
+    assert "  pump-1/FT201_PV, pump-1/FT202_PV" in out
+
+
+def test_explain_says_when_and_why_a_point_is_not_collected(half_captured, capsys):
+    args = ("-p", "policies", "-s", "sites", "--at", "2026-06-01")
+    _, out, _ = run(half_captured, capsys, "explain", "pump-1/FT201_PV", *args, "--format", "json")
+    [entry] = json.loads(out)
+    assert entry["collected"] is False
+    assert entry["not_collected"] == "no policy that governs it sets capture (keep-everything)"
+    _, out, _ = run(half_captured, capsys, "explain", "pump-1/FT201_PV", *args)
+    assert (
+        "  not collected: no policy that governs it sets capture (keep-everything)"
+        in out.splitlines()
+    )
+    _, out, _ = run(
+        half_captured, capsys, "explain", "reactor-1/TT101_PV", *args, "--format", "json"
+    )
+    [entry] = json.loads(out)
+    assert (entry["collected"], entry["not_collected"]) == (True, None)
+
+
+def test_explain_names_the_waiver_that_stops_collection(converge_project, capsys):
+    waived = textwrap.dedent(CAPTURE_REACTORS) + (
+        "exceptions:\n"
+        "  - devices: {id: reactor-1}\n"
+        "    waive: [capture]\n"
+        "    reason: decommissioned\n"
+        "    approved_by: j.doe@example.com\n"
+        "    expires: 2027-03-31\n"
+    )
+    converge_project.write({"sites/basel/site.yaml": COLLECTED_SITE, "policies/gmp.yaml": waived})
+    args = ("-p", "policies", "-s", "sites", "--at", "2026-06-01", "--format", "json")
+    _, out, _ = run(converge_project.root, capsys, "explain", "reactor-1/TT101_PV", *args)
+    [entry] = json.loads(out)
+    assert entry["not_collected"] == (
+        "the capture of gmp-temperatures is waived until 2027-03-31 (policies/gmp.yaml:9:5)"
+    )
+
+
+def test_a_policy_unit_test_can_assert_that_a_point_is_not_collected(half_captured):
+    (half_captured / "unit.yaml").write_text(
+        textwrap.dedent(
+            """\
+            policies: [policies]
+            site: sites
+            at: 2026-06-01
+            cases:
+              - name: pumps are governed but not collected
+                point: pump-1/FT201_PV
+                expect: {governed: true, collected: false}
+              - name: reactors are collected
+                point: reactor-1/TT101_PV
+                expect: {collected: false}
+            """
+        )
+    )
+    results = run_tests([half_captured / "unit.yaml"], make_plugin_manager())
+    assert [r.failures for r in results] == [[], ["collected: expected false, got true"]]

@@ -2,7 +2,9 @@
 
 For each facet of a point: the merged value, the policies that produced it
 (with ``path:line:col``), every losing candidate and the rule that made it
-lose, and every demand an exception waived. The JSON form is the same data.
+lose, and every demand an exception waived; for a governed point that will
+not be collected, why (no governing policy sets capture, or a waiver removed
+it). The JSON form is the same data.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def explain_point(mp: MergedPoint) -> dict[str, Any]:
         "unit": point.unit,
         "at": str(point.location),
         "governed": mp.governed,
+        "collected": mp.collected,
+        "not_collected": mp.not_collected(),
         "policies": sorted(p.id for p in mp.policies),
         "facets": {facet: _facet(mp, facet) for facet in mp.facets},
         "waived": _waived(mp),
@@ -136,6 +140,8 @@ def render(console: Console, entries: list[dict[str, Any]]) -> None:
         if not entry["governed"]:
             console.print("  ungoverned: no policy selects this point, so it is not collected")
             continue
+        if entry["not_collected"]:
+            console.print(f"  [yellow]not collected[/]: {escape(entry['not_collected'])}")
         for facet, info in entry["facets"].items():
             _render_facet(console, facet, info)
         for waiver in entry["waived"]:

@@ -17,6 +17,7 @@ import pluggy
 
 from engine.canonical import canonical_json, canonical_object
 from engine.compile.merge import MergedPoint, MergeResult, Waiver
+from engine.compile.validate.inventory import placed
 from engine.errors import Finding, PluginError, error, has_errors, warning
 from engine.model import Device, PlannedPoint, ReadGroupPlan, Site
 from engine.plans.format import INDEX_FORMAT, PLAN_FORMAT, Plan, seal
@@ -51,13 +52,13 @@ def build_device_plan(
     *,
     encoder: PointEncoder,
 ) -> tuple[Plan | None, list[Finding]]:
-    findings = [_no_capture(mp) for mp in points if not _captured(mp)]
-    collected = [mp for mp in points if _captured(mp)]
+    findings = [_no_capture(mp) for mp in points if not mp.collected]
+    collected = [mp for mp in points if mp.collected]
     if not collected:
         return None, findings
     planned = [_planned(mp) for mp in collected]
     groups = _read_groups(pm, device, planned)
-    findings += _problems(device, groups)
+    findings += placed(device, groups.problems)
     findings += _request_rate(device, groups, planned)
     if has_errors(findings):
         return None, findings
@@ -76,12 +77,6 @@ def build_device_plan(
     digest, canonical = seal(members)
     plan = Plan(device.id, digest, canonical, len(collected), len(groups.groups), valid_until)
     return plan, findings
-
-
-def _captured(mp: MergedPoint) -> bool:
-    return any(
-        f in mp.facets for f in ("capture.every_ms", "capture.cron", "capture.on_change.deadband")
-    )
 
 
 def _no_capture(mp: MergedPoint) -> Finding:
@@ -118,18 +113,6 @@ def _read_groups(
             f"the {device.protocol} plugin returned {type(result).__name__}, not a ReadGroupPlan"
         )
     return result
-
-
-def _problems(device: Device, groups: ReadGroupPlan) -> list[Finding]:
-    places = {p.name: p.address_location for p in device.points}
-    return [
-        error(
-            places.get(problem.point or "", device.location),
-            problem.code,
-            f"device {device.id}: {problem.message}",
-        )
-        for problem in groups.problems
-    ]
 
 
 def _request_rate(

@@ -5,7 +5,10 @@ shape belongs to the device's protocol plugin: each is validated with the
 plugin's schema (its defaults applied), and every schema-valid address is
 then given to the plugin's ``converge_check_address``. A broken device is
 left out of the site and the other devices are kept; a problem outside the
-devices (site id, time zone, ...) leaves the whole site out.
+devices (site id, time zone, ...) leaves the whole site out. Last, the
+plugins look at each valid device's points all together
+(:mod:`engine.compile.validate.inventory`): overlapping addresses are site
+errors whether or not a policy governs the points.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import cerberus
 import pluggy
 
 from engine.compile.load import DocPath, Document
+from engine.compile.validate.inventory import inventory_problems
 from engine.compile.validate.rules import show
 from engine.compile.validate.schema_errors import (
     Problem,
@@ -56,6 +60,7 @@ def check_site(
     if None in broken:
         return None, findings
     devices = [_device(doc, i, n) for i, n in normalized.items() if i not in broken]
+    findings += inventory_problems(devices, pm)
     site = Site(
         id=doc.data["site"],
         timezone=doc.data["timezone"],
