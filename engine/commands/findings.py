@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.text import Text
@@ -72,15 +74,36 @@ def findings_json(findings: Sequence[Finding]) -> str:
     return json.dumps([f.as_dict() for f in findings], indent=2)
 
 
-def findings_sarif(findings: Sequence[Finding], version: str) -> str:
-    """A SARIF 2.1.0 log with one rule per finding code, so review tools can annotate."""
+def findings_sarif(findings: Sequence[Finding], version: str, root: Path | None = None) -> str:
+    """A SARIF 2.1.0 log with one rule per finding code, so review tools can annotate.
+
+    A relative path (findings name files relative to the working folder) is
+    a percent-encoded URI reference resolved against ``SRCROOT``, the working
+    folder as the run declares it (``root``, default the working folder); an
+    absolute path is a ``file://`` URI. Columns count code points, as YAML does.
+    """
     used = sorted({f.code for f in findings})
+    index = {code: i for i, code in enumerate(used)}
     rules = [{"id": code, "shortDescription": {"text": CODES.get(code, code)}} for code in used]
+    base = (root or Path.cwd()).resolve().as_uri().rstrip("/") + "/"
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "converge", "version": version, "rules": rules}},
-        "results": [_sarif_result(f, used.index(f.code)) for f in findings],
+        "originalUriBaseIds": {SOURCE_ROOT: {"uri": base}},
+        "columnKind": "unicodeCodePoints",
+        "results": [_sarif_result(f, index[f.code]) for f in findings],
     }
     return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2)
+
+
+SOURCE_ROOT = "SRCROOT"
+"""The ``uriBaseId`` of relative paths: the working folder the command ran in."""
+
+
+def artifact_location(path: str) -> dict[str, str]:
+    """A SARIF ``artifactLocation`` of a finding's path (see :func:`findings_sarif`)."""
+    if PurePosixPath(path).is_absolute():
+        return {"uri": PurePosixPath(path).as_uri()}
+    return {"uri": quote(path, safe="/"), "uriBaseId": SOURCE_ROOT}
 
 
 def _sarif_result(finding: Finding, rule_index: int) -> dict[str, Any]:
@@ -93,7 +116,7 @@ def _sarif_result(finding: Finding, rule_index: int) -> dict[str, Any]:
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": {"uri": where.path},
+                    "artifactLocation": artifact_location(where.path),
                     "region": {"startLine": where.line, "startColumn": where.col},
                 }
             }
