@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from difflib import get_close_matches
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -264,6 +265,37 @@ class ConvergeValidator(cerberus.Validator):  # type: ignore[misc]
     def _check_with_positive(self, field: str, value: Any) -> None:
         if _is_number(value) and math.isfinite(value) and value <= 0:
             self._problem(field, "bad-value", f" must be greater than 0, got {show(value)}")
+
+
+class _Refused(Exception):
+    """A check of the probe failed (never leaves this module)."""
+
+
+class _Probe(ConvergeValidator):
+    """Runs one ``check_with`` check on one value and says only whether it passed."""
+
+    def _problem(self, field: str, code: str, detail: str) -> None:
+        raise _Refused
+
+
+_PROBE = _Probe({})
+
+
+@cache
+def check_with(name: str) -> Callable[[Any], bool] | None:
+    """The ``check_with`` check ``name`` as a predicate, for the fast acceptor (fastcheck)."""
+    method = getattr(_PROBE, f"_check_with_{name}", None)
+    if method is None:
+        return None
+
+    def passes(value: Any) -> bool:
+        try:
+            method("value", value)
+        except _Refused:
+            return False
+        return True
+
+    return passes
 
 
 def _is_number(value: Any) -> bool:

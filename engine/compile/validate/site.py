@@ -34,7 +34,7 @@ from engine.compile.validate.schema_errors import (
     suggestion,
     value_at,
 )
-from engine.compile.validate.schemas import POINT, SITE_SHAPE
+from engine.compile.validate.schemas import DEVICE_SHAPE, POINT, SITE_SHAPE
 from engine.durations import parse_duration
 from engine.errors import Finding, PluginError, error
 from engine.model import Device, Limits, Point, Site
@@ -52,6 +52,8 @@ def check_site(
     if not isinstance(doc.data, dict):
         return None, [not_a_mapping(doc, "site", "site")]
     found, _ = run(SITE_SHAPE, doc.data, doc)
+    for index, raw in _device_items(doc.data):
+        found += run(DEVICE_SHAPE, raw, doc, ("devices", index), normalize=False)[0]
     found += _check_points(doc)
     plugin_found, normalized = _run_plugins(doc, pm, protocols)
     found += plugin_found + _duplicate_devices(doc) + _duplicate_points(doc)
