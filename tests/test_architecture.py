@@ -41,6 +41,10 @@ layer, the cycle test keeps imports one way."""
 PLUGINS_MAY_USE = set().union(*LAYERS[:5])
 """Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin."""
 
+PLUGINS_SHARED = {"plugins.planning", "plugins.reach"}
+"""What the built-in plugins share among themselves: schedules and read-group helpers
+(planning), and the one-line connect and listen errors (reach)."""
+
 
 def modules() -> dict[str, Path]:
     found = {}
@@ -100,7 +104,7 @@ def allowed(source: str, target: str) -> bool:
     if src == dst:
         return True
     if src.startswith("plugins."):
-        return dst in PLUGINS_MAY_USE or dst == "plugins.planning"
+        return dst in PLUGINS_MAY_USE or dst in PLUGINS_SHARED
     if dst.startswith("plugins."):
         return False  # the engine never imports a plugin: built-ins load as entry points
     return layer(dst) <= layer(src)
