@@ -19,8 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: list[set[str]] = [
     # the shared core: what every stage may use
-    {"engine.errors", "engine.codes", "engine.canonical", "engine.durations", "engine.heap",
-     "engine.records", "engine.model"},
+    {
+        "engine.errors",
+        "engine.codes",
+        "engine.canonical",
+        "engine.durations",
+        "engine.heap",
+        "engine.records",
+        "engine.model",
+    },
     {"engine.sign"},  # pure: Merkle trees, proofs, notes, leaves, batch statements
     {"engine.keys"},
     {"engine.plans", "engine.audit"},
@@ -34,7 +41,7 @@ LAYERS: list[set[str]] = [
     {"engine.simulate", "engine.conformance", "engine.testkit"},
     {"engine.commands"},
     {"engine.cli", "engine"},
-]  # fmt: skip
+]
 """A package may import any package of its own layer or an earlier one, and no other; within a
 layer, the cycle test keeps imports one way."""
 
@@ -193,8 +200,11 @@ HEAVY = ["cerberus", "rich", "yaml", "sqlalchemy", "engine.compile"]
 def test_light_modules_load_no_compiler_cerberus_or_rich(module: str):
     """What a plugin, the forked sealer or a verify worker imports stays small."""
     probe = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
-    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                                text=True, cwd=REPO).stdout.split())  # fmt: skip
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=REPO
+        ).stdout.split()
+    )
     heavy = sorted(m for m in loaded for h in HEAVY if m == h or m.startswith(f"{h}."))
     assert not heavy, f"import {module} loads {heavy}"
 

@@ -16,8 +16,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from engine.audit import KINDS, AuditEntry
-from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of
+from engine.audit import KINDS, AuditEntry, actor_label
+from engine.commands.options import (
+    KEYS_ENV,
+    Handler,
+    Subparsers,
+    add_audit_key,
+    add_db,
+    key_store_of,
+)
 from engine.store import auditlog
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
@@ -75,6 +82,13 @@ def _add_verify(actions: Subparsers) -> None:
         help="checkpoints kept outside the store (converge run --witness): "
         "detects a store restored from an older copy",
     )
+    add_audit_key(verify)
+    verify.add_argument(
+        "--plan-key",
+        metavar="KEY",
+        help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
+        "signed by it (default: a plan's signature, when it has one, may be any trusted key's)",
+    )
     verify.add_argument("--format", choices=("text", "json"), default="text")
 
 
@@ -103,7 +117,14 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
         Store.open_existing(args.db) as store,
         progress_of(console, args.format == "text") as progress,
     ):
-        report = verify_store(store, trust, args.witness, progress)
+        report = verify_store(
+            store,
+            trust,
+            witness=args.witness,
+            progress=progress,
+            audit_key=args.audit_key,
+            plan_key=args.plan_key,
+        )
         where = store.where
     seconds = time.perf_counter() - started
     if args.format == "json":
@@ -131,7 +152,7 @@ def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
         )
         console.print(
             f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-            f"  {escape(entry.actor)}  {escape(_about(entry))}{late}",
+            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}{late}",
             highlight=False,
         )
         latest = max(latest, entry.time, key=_instant)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +13,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.markup import escape
 
-from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of, period
+from engine.audit import Actor, seal_with
+from engine.commands.options import (
+    KEYS_ENV,
+    Handler,
+    Subparsers,
+    add_audit_key,
+    add_db,
+    key_store_of,
+    period,
+)
 from engine.errors import KeyStoreError
-from engine.keys import KeyVersion
+from engine.keys import KeyStore, KeyVersion
 from engine.store.store import Store
 
 
@@ -42,6 +50,7 @@ def _add_generate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
         help="validity of each version (default: until rotated)",
     )
     add_db(generate, required=False)
+    add_audit_key(generate)
 
 
 def _add_list(actions: Subparsers, store: argparse.ArgumentParser) -> None:
@@ -69,6 +78,7 @@ def _add_rotate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
         help="validity of the new version (default: the key's period)",
     )
     add_db(rotate, required=False)
+    add_audit_key(rotate)
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -79,7 +89,7 @@ def run_generate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Co
     keys = key_store_of(args, pm)
     made = keys.generate(args.name, args.valid_for)
     render(console, [made], datetime.now(UTC), title=f"generated {made.name}")
-    log_key_versions(args.db, keys.versions(args.name))
+    log_key_versions(args, keys, keys.versions(args.name))
     return 0
 
 
@@ -87,15 +97,23 @@ def run_rotate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     keys = key_store_of(args, pm)
     keys.rotate(args.name, args.valid_for)
     render(console, keys.versions(args.name), datetime.now(UTC), title=f"rotated {args.name}")
-    log_key_versions(args.db, keys.versions(args.name))
+    log_key_versions(args, keys, keys.versions(args.name))
     return 0
 
 
-def log_key_versions(db: str | None, versions: list[KeyVersion]) -> None:
-    """With ``--db``, the key event is an audit entry now, not at the next collector start."""
-    if db:
-        with Store.open(db, actor=f"converge-keys@{socket.gethostname()}") as store:
-            store.record_keys(versions)
+def log_key_versions(args: argparse.Namespace, keys: KeyStore, versions: list[KeyVersion]) -> None:
+    """With ``--db``, the key event is an audit entry now, not at the next collector start,
+    with a checkpoint after it when the audit key is in the same key folder."""
+    if not args.db:
+        return
+    actor = Actor.job("keys")
+    seal = (
+        seal_with(keys, args.audit_key, datetime.now(UTC))
+        if args.audit_key in keys.names()
+        else None
+    )
+    with Store.open(args.db, actor=actor, audit_key=args.audit_key) as store:
+        store.record_keys(versions, seal)
 
 
 def run_list(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:

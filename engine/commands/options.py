@@ -12,6 +12,7 @@ from typing import TypeAlias
 import pluggy
 from rich.console import Console
 
+from engine.audit import DEFAULT_AUDIT_KEY
 from engine.compile import Compilation, Inputs, compile_project
 from engine.durations import parse_duration
 from engine.errors import FindingsError
@@ -107,6 +108,16 @@ def add_db(
         metavar="URL",
         help="the evidence store: a SQLite file path, or a database URL such "
         "as postgresql://user@host/db",
+    )
+
+
+def add_audit_key(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--audit-key",
+        default=DEFAULT_AUDIT_KEY,
+        metavar="KEY",
+        help=f"the key that signs the audit log's checkpoints; one log has one key, named "
+        f"in the log when it is made (default: {DEFAULT_AUDIT_KEY})",
     )
 
 

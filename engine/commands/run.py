@@ -21,6 +21,7 @@ from engine.commands.options import (
     KEYS_ENV,
     PIPE_WIDTH,
     Subparsers,
+    add_audit_key,
     add_db,
     key_store_of,
     seconds,
@@ -84,12 +85,7 @@ def register(commands: Subparsers) -> None:
 
 def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
     add_db(evidence, required=False)
-    evidence.add_argument(
-        "--audit-key",
-        default="audit-log",
-        metavar="KEY",
-        help="the key that signs audit log checkpoints (default: audit-log)",
-    )
+    add_audit_key(evidence)
     evidence.add_argument(
         "--spool",
         type=Path,
