@@ -142,6 +142,8 @@ def _decode(raw: bytes, path: str) -> str:
 
 
 def _check_tabs(text: str, path: str) -> list[Finding]:
+    if "\t" not in text:
+        return []  # the common case, at the speed of a byte search
     findings = []
     for match in _LEADING_TAB.finditer(text):
         line = text.count("\n", 0, match.start()) + 1

@@ -23,6 +23,8 @@ from engine.errors import Finding, Location, error
 _NOT_ALLOWED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
 """What YAML 1.1 does not print: C0 and C1 controls but tab, line breaks and NEL; surrogates."""
 
+_ASCII_ALLOWED = b"\t\n\r" + bytes(range(0x20, 0x7F))
+
 _REPORTED = 10
 """Control characters reported per file: enough to find them, not one per byte of a binary."""
 
@@ -31,6 +33,8 @@ _GLUED_COLON = re.compile(r"^\s*(?:- +)?[^\s:#'\"][^:#]*:[^\s:/]")
 
 def control_characters(text: str, path: str) -> list[Finding]:
     """A finding at each character YAML does not allow (the first few of them)."""
+    if text.isascii() and not text.encode("ascii").translate(None, _ASCII_ALLOWED):
+        return []  # the common case, without a regular expression over every character
     findings: list[Finding] = []
     for match in _NOT_ALLOWED.finditer(text):
         if len(findings) == _REPORTED:
