@@ -31,7 +31,8 @@ from engine.errors import Finding, InputError, Location, error
 Shadow = dict[str, Any] | list[Any]
 
 POSITION_BITS = 28
-"""Bits of a column in a packed position: more than any line of a file within the size bound."""
+"""Bits of a line or a column number in a packed position: more than any file within the
+size bound has lines, or characters on one line (load.py asserts it)."""
 KEY_SHIFT = 2 * POSITION_BITS
 MAX_DEPTH = 100
 MAX_ITEMS = 100_000
