@@ -11,6 +11,29 @@ POLICIES=policies
 OUT=demo-out
 
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; }
+
+# The simulator serves the plant on these local ports (see examples/sites/plant-basel/site.yaml);
+# check them first, so that a busy one is named now rather than failing at step 7.
+PORTS=("5020:Modbus/TCP of reactor-1-plc" "5021:Modbus/TCP of cleanroom-emu-1"
+       "5022:Modbus/TCP of reactor-7" "4840:OPC UA of filler-2" "1883:MQTT broker of the plant")
+busy=$(python - "${PORTS[@]}" <<'PY'
+import socket, sys
+for entry in sys.argv[1:]:
+    port, _, what = entry.partition(":")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", int(port)))
+        except OSError:
+            print(f"  port {port} ({what}) is in use")
+PY
+)
+if [ -n "$busy" ]; then
+  printf 'make demo: the simulated plant needs ports 5020-5022, 4840 and 1883 on 127.0.0.1:\n%s\n' "$busy" >&2
+  printf 'Stop what listens there (ss -ltnp shows it), or run the demo on a machine where they are free.\n' >&2
+  exit 1
+fi
+
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 step "1. Check every policy against both site inventories" "converge check -p $POLICIES -s $SITES"
@@ -19,7 +42,7 @@ converge check -p $POLICIES -s $SITES
 step "2. Compile one canonical, content-addressed plan per device" "converge plan -p $POLICIES -s $SITES -o $OUT/plans"
 converge plan -p $POLICIES -s $SITES -o $OUT/plans
 
-step "3. Why does this point get what it gets?" "converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $BASEL"
+step "3. Why does this point get what it gets?" "converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $SITES"
 converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $SITES
 converge explain reactor-7/TT701_PV -p $POLICIES -s $SITES
 

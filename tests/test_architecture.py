@@ -52,6 +52,10 @@ PLUGINS_MAY_USE = set().union(*LAYERS[:5]) | {"engine.compile"}
 """Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin;
 a plugin that reads YAML (the principals file) uses the compiler's loader and validator."""
 
+PLUGINS_SHARED = {"plugins.planning", "plugins.reach"}
+"""What the built-in plugins share among themselves: schedules and read-group helpers
+(planning), and the one-line connect and listen errors (reach)."""
+
 
 def modules() -> dict[str, Path]:
     found = {}
@@ -111,7 +115,7 @@ def allowed(source: str, target: str) -> bool:
     if src == dst:
         return True
     if src.startswith("plugins."):
-        return dst in PLUGINS_MAY_USE or dst == "plugins.planning"
+        return dst in PLUGINS_MAY_USE or dst in PLUGINS_SHARED
     if dst.startswith("plugins."):
         return False  # the engine never imports a plugin: built-ins load as entry points
     return layer(dst) <= layer(src)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,17 +183,39 @@ ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify, "review": r
 
 
 def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
-    """One line per entry: sequence number, time, kind, actor and what it is about."""
-    shown = 0
+    """One line per entry, in sequence order: number, time (RFC 3339), kind, actor, about.
+
+    An entry's time is when what it records happened. One dated before an
+    entry that precedes it in the log (a key made before the store existed,
+    logged when a collector first starts) was recorded later than it
+    happened: its line says so, with the earliest it can have been recorded.
+    """
+    shown, latest = 0, ""
     for entry in entries:
+        late = (
+            f"  (happened {entry.time}, recorded after {latest})" if _before(entry, latest) else ""
+        )
         console.print(
             f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}",
+            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}{late}",
             highlight=False,
         )
+        latest = max(latest, entry.time, key=_instant)
         shown += 1
     if not shown:
         console.print("no entries")
+
+
+def _before(entry: AuditEntry, latest: str) -> bool:
+    return bool(latest) and _instant(entry.time) < _instant(latest)
+
+
+def _instant(time: str) -> datetime:
+    """An entry's RFC 3339 time as an instant (the earliest one when it is not a time)."""
+    try:
+        return datetime.fromisoformat(time)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _about(entry: AuditEntry) -> str:
