@@ -23,6 +23,7 @@ here, the leaves beside the code that raises them::
     │   ├── MissingSigner          a required key was not given to sign a batch    (sign.batch)
     │   └── SealerError            the sealer process failed or died          (evidence.sealer)
     ├── StoreError                 the evidence database or spool cannot be used       (store)
+    ├── AccessDenied               the guard refused, or a principal may not act (exit code 3)
     └── VerificationError          evidence that does not verify
         ├── RootMismatch           a recomputed root that is not the one claimed  (sign.merkle)
         ├── ProofLengthError, HashLengthError, IndexOutOfRange,
@@ -45,6 +46,8 @@ cryptography's ``InvalidSignature`` into :class:`VerificationError` leaves
 ``TimeoutError`` at the session (plugins, see :class:`engine.protocols.Session`).
 Private exceptions that only steer control flow inside one module
 (``_Unusual``, ``_Differs``) never leave it; a test keeps this tree complete.
+The bundle verifier (``engine/export/verifier.py``, shipped alone as
+``verify.py``) imports nothing of Converge and has its own ``Refused``.
 """
 
 from __future__ import annotations
@@ -151,6 +154,10 @@ class EvidenceError(ConvergeError):
 
 class StoreError(ConvergeError):
     """A database (or spool) that cannot be opened, migrated, read or written."""
+
+
+class AccessDenied(ConvergeError):
+    """The guard refused a principal, or a principal may not act from this account."""
 
 
 class VerificationError(ConvergeError):

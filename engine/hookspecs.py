@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the contract's types, imported only for type checkers (as p
     from engine.keys import KeyStore
     from engine.model import Device, PlannedPoint, ReadGroupPlan
     from engine.plans.body import PlanBody
+    from engine.principals import PrincipalResolver
     from engine.protocols import Session, Simulator, ValueAt
 
 PROJECT = "converge"
@@ -155,4 +156,25 @@ def converge_key_store(config: Mapping[str, Any]) -> KeyStore | None:
     with :func:`~engine.keys.check_key_name`; :func:`~engine.keys.verifier_of`
     and :class:`~engine.keys.KeyEvents` give the validity rules and the key
     events every store must follow.
+    """
+
+
+# --- principal resolvers ----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_principal_resolver(config: Mapping[str, Any]) -> PrincipalResolver | None:
+    """Open the :class:`~engine.principals.PrincipalResolver` that ``config`` describes.
+
+    Called by every command that decides who may do what (``converge query``,
+    ``converge serve``, ``converge access check``, ``--as`` on commands that
+    act), once per run. ``config["kind"]`` names the kind of source (the
+    built-in resolver answers for ``"file"``, with ``config["path"]`` a
+    principals file as docs/policy-language.md describes it); the other keys
+    are the resolver's own. Return ``None`` when the kind is not yours; raise
+    :class:`~engine.errors.ConvergeError` (a :class:`~engine.errors.FindingsError`
+    with places, for a file) when the source cannot be used. The resolver's
+    ``digest`` is recorded with every decision made with it, so it must
+    change whenever any answer would (an LDAP resolver might hash the entries
+    it read). Results of several plugins: the first non-``None`` is used.
     """

@@ -40,6 +40,7 @@ for key in qa-signing site-integrity ops-signing audit-log plan-signing; do
 done
 converge keys list --keys $OUT/keys
 converge plan -p $POLICIES -s $BASEL -o $OUT/basel-plans --keys $OUT/keys --sign plan-signing \
+  --as j.doe@example.com --meaning approved \
   | tail -n 1
 
 step "7. Serve the plant from real local servers (Modbus TCP, OPC UA, MQTT), with faults" \

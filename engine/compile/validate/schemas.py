@@ -238,7 +238,15 @@ PRINCIPAL: Schema = {
         {"type": "string", "required": True, "allowed": ["person", "service"]}, "person or service"
     ),
     "roles": string_list("roles held", "role"),
-    "name": text("display name"),
+    "name": text("printed name, shown in electronic signatures and the audit trail"),
+    "os_users": string_list(
+        "the only operating-system accounts that may act as this principal (--as)", "name"
+    ),
+    "certificates": _described(
+        {"type": "list", "schema": {"type": "string", "regex": "sha256:[0-9a-f]{64}"}},
+        "SHA-256 fingerprints (sha256:<64 hex digits>) of TLS client certificates that"
+        " authenticate as this principal to converge serve",
+    ),
 }
 
 PRINCIPALS: Schema = {
