@@ -17,6 +17,7 @@ left a choice open, the choice is marked ``DOC GAP`` below.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import hashlib
 import json
@@ -326,6 +327,7 @@ class Checkpoint:
     root: bytes
     time: datetime
     signed_by: list[Version]
+    item: str = ""
 
 
 def checkpoint_text(note: Note, origin: str) -> tuple[int, bytes, list[str]]:
@@ -417,7 +419,10 @@ class Plan:
 
 KINDS = {
     "log.created": {"origin", "audit_key"},
-    "plan.deployed": {"device", "digest", "signed"},
+    "plan.deployed": None,  # checked against its plan (check_plans)
+    "plan.signed": None,
+    "access.decision": None,
+    "audit.reviewed": None,
     "batch.stored": {
         "device",
         "window_start",
@@ -440,12 +445,17 @@ KINDS = {
 
 DOC GAP: the page lists the kinds and payloads but does not say that an entry of another kind,
 or a payload with other members, fails; ``audit verify`` accepts both (signed by the audit
-key). Taken here: they fail.
+key). Taken here: they fail. DOC GAP: ``plan.signed``, ``access.decision`` and
+``audit.reviewed`` are not in the page's table (access.md, cli.md and the unsigned tail name
+them), nor their payloads exactly.
 """
 
 ENTRY = {"actor", "kind", "payload", "seq", "time"}
-TAIL_KINDS = {"batch.stored", "batch.dropped", "spool.full", "key.generated", "key.rotated"}
-KEY_KINDS = {"key.generated", "key.rotated"}
+RUN_KINDS = {"batch.stored", "batch.dropped", "spool.full"}
+"""What a running collector appends between checkpoints."""
+KEYLESS_KINDS = {"key.generated", "key.rotated", "access.decision", "audit.reviewed"}
+"""What commands that hold no audit key append."""
+BATCH_KINDS = {"batch.stored", "batch.dropped"}
 STATEMENT = {
     "format",
     "device",
@@ -472,6 +482,29 @@ def batch_payload(payload: dict[str, Any]) -> None:
             raise ValueError(f"a batch payload whose {name} is not 64 hex digits")
     instant(payload.get("window_start"))
     instant(payload.get("window_end"))
+
+
+MEANINGS = {"approved", "reviewed", "authored"}
+
+
+def plan_claim(lines: list[str]) -> dict[str, str]:
+    """The lines of a plan signature's text (plans.md#the-signature-file): v2's seven, or
+    the four of a signature made before signatures named their signer."""
+    if len(lines) == 4 and lines[0] == "converge.plan/v1":
+        names = ["device", "digest", "signed_at"]
+    elif len(lines) == 7 and lines[0] == "converge.plan-signature/v2":
+        names = ["device", "digest", "signed_at", "signer", "name", "meaning"]
+        for line, prefix in zip(lines[4:], ("signer ", "name ", "meaning "), strict=True):
+            if not line.startswith(prefix) or len(line) == len(prefix):
+                raise ValueError(f"{line!r} is not a {prefix.strip()} line")
+        lines = lines[:4] + [line.split(" ", 1)[1] for line in lines[4:]]
+        if lines[6] not in MEANINGS:
+            raise ValueError(f"meaning {lines[6]!r}")
+    else:
+        raise ValueError("not the lines of a plan signature")
+    if not SECOND.fullmatch(lines[3]):
+        raise ValueError(f"signing time {lines[3]!r}")
+    return dict(zip(names, lines[1:], strict=True))
 
 
 class Verifier:
@@ -583,10 +616,32 @@ class Verifier:
                 self.fail(item, f"the log was truncated: it holds {self.size} entries")
             elif self.roots.get(checkpoint.size) != checkpoint.root:
                 self.fail(item, "the entries do not hash to the signed root")
+            checkpoint.item = item
             self.checkpoints.append(checkpoint)
             self.order(item, checkpoint)
         if self.size and not rows:
             self.fail("audit log", "no checkpoint: nothing signs the log")
+        self.sealed_after()
+
+    def sealed_after(self) -> None:
+        """No checkpoint signs a batch whose window began after the time it states, but for
+        30 s of a clock stepped meanwhile (audit.md#checkpoints)."""
+        ordered = sorted(self.checkpoints, key=lambda c: c.size)
+        sizes = [c.size for c in ordered]
+        earliest: list[Checkpoint] = []  # earliest[i]: the earliest-dated of ordered[i:]
+        for checkpoint in reversed(ordered):
+            if not earliest or checkpoint.time <= earliest[-1].time:
+                earliest.append(checkpoint)
+            else:
+                earliest.append(earliest[-1])
+        earliest.reverse()
+        for entry in self.entries.values():
+            i = bisect.bisect_right(sizes, entry.seq)
+            if entry.kind not in BATCH_KINDS or i == len(ordered):
+                continue
+            signer = earliest[i]
+            if instant(entry.payload["window_start"]) > signer.time + timedelta(seconds=30):
+                self.fail(signer.item, f"signs a batch sealed after it (audit entry {entry.seq})")
 
     def order(self, item: str, new: Checkpoint) -> None:
         """Same size, same root; a larger size signed no earlier than a smaller one."""
@@ -611,30 +666,38 @@ class Verifier:
         first = f"audit entries {tail[0].seq}..{tail[-1].seq}"
         self.verdict.notes.append(f"{first}: signed by no checkpoint yet")
         for entry in tail:
-            if entry.kind not in TAIL_KINDS:
+            if entry.kind not in RUN_KINDS | KEYLESS_KINDS:
                 self.fail(f"audit entry {entry.seq}", f"{entry.kind} after the last checkpoint")
-        runs = [e for seq, e in sorted(self.entries.items()) if seq < last]
-        started = [e for e in runs if e.kind == "collector.started"]
-        if all(e.kind in KEY_KINDS for e in tail):
-            return  # DOC GAP: no bound is given for a tail of key entries alone
-        if not started:
-            self.fail(first, "no signed collector.started precedes them")
+        signed = [e for seq, e in sorted(self.entries.items()) if seq < last]
+        runs = [e for e in signed if e.kind in {"collector.started", "collector.stopped"}]
+        if all(e.kind in KEYLESS_KINDS for e in tail):
+            return  # DOC GAP: no bound is given for a tail of keyless commands' entries alone
+        if not runs or runs[-1].kind != "collector.started":
+            self.fail(first, "no signed collector.started without its stop precedes them")
             return
-        run = started[-1].payload
-        interval, entries = run.get("checkpoint_s"), run.get("checkpoint_entries")
+        self.run_tail(first, tail, runs[-1], [c.time for c in self.checkpoints if c.size == last])
+
+    def run_tail(
+        self, first: str, tail: list[Entry], started: Entry, signed_at: list[datetime]
+    ) -> None:
+        """A running or killed run's tail: one checkpoint interval of entries and of time."""
+        interval, entries = (
+            started.payload.get("checkpoint_s"),
+            started.payload.get("checkpoint_entries"),
+        )
         if not isinstance(interval, int | float) or not isinstance(entries, int):
-            self.fail(f"audit entry {started[-1].seq}", "no checkpoint_s and checkpoint_entries")
+            self.fail(f"audit entry {started.seq}", "no checkpoint_s and checkpoint_entries")
             return
+        # DOC GAP: "no more than that run's checkpoint_entries + 64 entries": taken to count
+        # every entry of the tail, the keyless commands' ones included.
         if len(tail) > entries + 64:
             self.fail(first, "more than one checkpoint interval of entries")
-        times = [c.time for c in self.checkpoints if c.size == last]
         for entry in tail:
-            if entry.kind not in {"batch.stored", "batch.dropped"} or not times:
+            if entry.kind not in BATCH_KINDS or not signed_at:
                 continue
             start = instant(entry.payload["window_start"])
             window = instant(entry.payload["window_end"]) - start
-            bound = max(times) + timedelta(seconds=interval + 30) + window
-            if start > bound:
+            if start > max(signed_at) + timedelta(seconds=interval + 30) + window:
                 self.fail(
                     f"audit entry {entry.seq}", "a batch later than the last checkpoint allows"
                 )
@@ -663,8 +726,15 @@ class Verifier:
                 found.append((number, None))
         return found
 
-    def check_witness(self, witness: Path, lines: list[tuple[int, str | None]]) -> None:
+    def check_witness(
+        self, witness: Path, lines: list[tuple[int, str | None]], stored: set[str]
+    ) -> None:
+        """Every witnessed checkpoint signs a prefix of the stored log, and is stored.
+
+        DOC GAP: "is stored" is not pinned down; taken: its note's exact text is a stored one.
+        """
         versions = self.keys.get(self.audit_key, [])
+        newest = -1
         for number, text in lines:
             item = f"witness {witness.name}:{number}"
             if text is None:
@@ -675,10 +745,17 @@ class Verifier:
             except (ValueError, UnicodeError) as exc:
                 self.fail(item, f"does not verify as a checkpoint of this log: {exc}")
                 continue
+            newest = max(newest, checkpoint.size)
             if checkpoint.size > self.size:
                 self.fail(item, f"the store is older than the witnessed log ({checkpoint.size})")
             elif self.roots.get(checkpoint.size) != checkpoint.root:
                 self.fail(item, "the store's log is not the witnessed log")
+            elif text not in stored:
+                self.fail(item, "the store does not hold this checkpoint (deleted?)")
+        if any(c.size > newest for c in self.checkpoints):
+            self.verdict.notes.append(
+                f"witness {witness.name}: checkpoints newer than its newest line vouched by none"
+            )
 
     def witness_sizes(self, lines: list[tuple[int, str | None]]) -> set[int]:
         sizes = set()
@@ -693,7 +770,7 @@ class Verifier:
         deployed: dict[str, list[Entry]] = defaultdict(list)
         for entry in self.entries.values():
             if entry.kind == "plan.deployed":
-                deployed[str(entry.payload["digest"])].append(entry)
+                deployed[str(entry.payload.get("digest"))].append(entry)
         rows = db.execute("SELECT digest, device, body, signature FROM plans ORDER BY digest")
         for digest_column, device_column, body, signature in rows:
             digest, device = as_text(digest_column), as_text(device_column)
@@ -706,14 +783,17 @@ class Verifier:
             self.plans[digest] = plan
             if not entries:
                 self.fail(item, "no plan.deployed entry records it")
+            claim = self.plan_signature(
+                item, plan, None if signature is None else as_text(signature)
+            )
             # DOC GAP: "plans and plan.deployed entries match one to one", yet "the entry may be
-            # logged twice" (store and forward); and what "signed" means is not said. Taken:
-            # one or more entries, each naming the plan's device and whether it has a signature.
+            # logged twice" (store and forward). Taken: one or more entries, each naming the
+            # plan's device and describing its signature, if any.
             stored = {"device": device, "digest": digest, "signed": signature is not None}
+            stored |= claim
             for entry in entries:
                 if entry.payload != stored:
                     self.fail(item, f"audit entry {entry.seq} does not record it as stored")
-            self.plan_signature(item, plan, None if signature is None else as_text(signature))
         for digest, entries in deployed.items():
             for entry in entries:
                 self.fail(f"plan {digest}", f"audit entry {entry.seq} deploys it: not stored")
@@ -750,34 +830,38 @@ class Verifier:
         sorted_waivers = [waivers[k] for k in sorted(waivers)]
         return Plan(digest, device, sorted(required), sorted_waivers, min(windows, default=60000))
 
-    def plan_signature(self, item: str, plan: Plan, signature: str | None) -> None:
-        """audit.md (a stored plan's signature), plans.md#the-signature-file."""
+    def plan_signature(self, item: str, plan: Plan, signature: str | None) -> dict[str, str]:
+        """audit.md (a stored plan's signature), plans.md#the-signature-file: what its
+        plan.deployed entry must say of it (``signed_at`` and, from v2, signer, name, meaning).
+
+        DOC GAP: audit.md names the members ``signed_at``, ``signer``, ``name`` and ``meaning``
+        without their spelling; taken: the note's own lines (the time as the note writes it).
+        """
         if signature is None:
             if self.plan_key is not None:
                 self.fail(item, f"not signed, and --plan-key {self.plan_key} requires it")
-            return
+            return {}
         if self.plan_key is not None:
             trusted = [(self.plan_key, v) for v in self.keys.get(self.plan_key, [])]
         else:
             trusted = [(name, v) for name, vs in self.keys.items() for v in vs]
         try:
             note = parse_note(signature)
-            lines = note.text.split("\n")[:-1]
-            if len(lines) != 4 or lines[0] != "converge.plan/v1" or not SECOND.fullmatch(lines[3]):
-                raise ValueError("not the four lines of a plan claim")
+            claim = plan_claim(note.text.split("\n")[:-1])
             good = signers(note, trusted)
         except (ValueError, UnicodeError) as exc:
             self.fail(item, f"its signature: {exc}")
-            return
-        at = datetime.fromisoformat(lines[3])
-        if (lines[1], lines[2]) != (plan.device, plan.digest):
+            return {"signed_at": "?"}  # the entry cannot describe a signature that is not one
+        at = datetime.fromisoformat(claim["signed_at"])
+        if (claim.pop("device"), claim.pop("digest")) != (plan.device, plan.digest):
             self.fail(item, "its signature is of another plan")
         if not any(v.valid_at(at) for v in good):
-            self.fail(item, f"its signature is by a version not valid at {lines[3]}")
+            self.fail(item, f"its signature is by a version not valid at {claim['signed_at']}")
         # DOC GAP: "no later than the plan.deployed entry (but for the one second the stated
         # time is rounded up by)": taken as stated time <= the earliest entry's time + 1 s.
         if plan.deployed and at > min(e.time for e in plan.deployed) + timedelta(seconds=1):
             self.fail(item, "its signature is later than its deployment")
+        return claim
 
     # --- batches ---
 
@@ -1036,6 +1120,6 @@ def verify(
         verifier.check_batches(db)
         verifier.check_records(db)
     if witness:
-        verifier.check_witness(witness, lines)
+        verifier.check_witness(witness, lines, {text for _, _, text in rows})
     verifier.rotation_note()
     return verdict

@@ -179,15 +179,48 @@ def agree(
     verified: Report | bool,
     target: str,
     keys: list[object],
+    *,
     witness: Path | None = None,
     audit_key: str = "audit-log",
+    plan_key: str | None = None,
 ) -> docs_verifier.Verdict:
     """Run the verifier written from docs/ alone on the store ``converge audit verify`` (or
     ``verify_store``) judged ``verified``, and require the same verdict."""
     ok = verified if isinstance(verified, bool) else verified.ok
-    verdict = docs_verifier.verify(target, keys, audit_key=audit_key, witness=witness)
+    verdict = docs_verifier.verify(
+        target, keys, audit_key=audit_key, plan_key=plan_key, witness=witness
+    )
     said = verified.problems if isinstance(verified, Report) else []
     assert verdict.ok == ok, (
         f"audit verify says ok={ok} {said}; the docs verifier says {verdict.problems}"
     )
     return verdict
+
+
+def agree_with_cli(code: int, target: str, options: list[str]) -> None:
+    """``agree`` with ``converge audit verify --db TARGET OPTIONS``, which exited ``code``
+    (2, a store it could not open, is left alone)."""
+    if code == 2:
+        return
+    given: dict[str, list[str]] = {}
+    name = ""
+    for option in options:
+        if option.startswith("--"):
+            name = option
+        else:
+            given.setdefault(name, []).append(option)
+    exports: list[object] = [
+        json.loads(Path(f).read_text()) for f in given.get("--public-keys", [])
+    ]
+    if "--public-keys" not in given:
+        exports = public_keys(
+            Path(given.get("--keys", [os.environ.get("CONVERGE_KEYS", "keys")])[0])
+        )
+    agree(
+        code == 0,
+        target,
+        exports,
+        witness=Path(given["--witness"][0]) if "--witness" in given else None,
+        audit_key=given.get("--audit-key", ["audit-log"])[0],
+        plan_key=given.get("--plan-key", [None])[0],
+    )
