@@ -25,14 +25,16 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from evidence_kit import Site, fill
+from evidence_kit import T0, Site, fill
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.audit import Actor
 from engine.canonical import canonical_json
 from engine.cli import main
 from engine.export import bundle as writing
 from engine.export import verifier
+from engine.plans.signature import PlanClaim, Signer, sign_claim
 from engine.records import Quality, Reading
 from engine.sign.leaf import instant, leaf_bytes
 from engine.sign.merkle import MerkleTree
@@ -451,6 +453,36 @@ def test_a_device_key_cannot_stand_in_for_the_log_key(plant: Exported, tmp_path:
     assert "FAIL manifest.sig: not a signature of this manifest by audit-log" in problems
 
 
+def test_checkpoints_dated_back_before_the_batches_they_sign_are_named(plant, tmp_path, both):
+    """The log's key re-signs every checkpoint with a time before the batches' windows began
+    (a trust file that trusts the key from earlier on lets the signatures themselves pass)."""
+    back = T0 - timedelta(minutes=10)
+    keys = plant.site.key_store()
+
+    def back_date(members: Members) -> Members:
+        notes = json.loads(members["log/checkpoints.json"])
+        moved = {}
+        for note in notes:
+            lines = note.split("\n\n")[0].split("\n")
+            text = "\n".join([*lines[:3], f"time {int(back.timestamp())}", ""])
+            moved[note] = sign_note(text, lines[0], keys.signer("audit-log", datetime.now(UTC)))
+        members["log/checkpoints.json"] = json.dumps(list(moved.values())).encode()
+        entries = members["log/entries.jsonl"].decode()
+        for old, new in moved.items():
+            entries = entries.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
+        members["log/entries.jsonl"] = entries.encode()
+        return members
+
+    trust = json.loads(plant.trust.read_text())
+    for key in trust["keys"]:
+        key["not_before"] = (T0 - timedelta(hours=1)).isoformat()
+    early = tmp_path / "early.json"
+    early.write_text(json.dumps(trust))
+    out = forged(plant.site, plant.bundle, tmp_path / "b.zip", back_date)
+    problems = failed(both(out, early))
+    assert any(": back-dated" in p and p.startswith("FAIL batch ") for p in problems), problems
+
+
 def test_a_log_the_trust_file_does_not_name_is_refused(plant: Exported, tmp_path: Path, both):
     trust = json.loads(plant.trust.read_text())
     trust["logs"] = [{"origin": "converge/audit/audit-log/another-site", "key": "audit-log"}]
@@ -471,6 +503,19 @@ def test_a_key_used_outside_its_validity_window_is_named(plant: Exported, tmp_pa
     narrowed.write_text(json.dumps(trust))
     problems = failed(both(plant.bundle, narrowed))
     assert any("signed by qa-signing outside the validity" in p for p in problems), problems
+
+
+def test_a_bundle_carrying_another_verify_py_is_said_so(plant: Exported, tmp_path, both):
+    """A bundle's maker could ship a verify.py that says "verified" to anything: the verdict
+    that counts is the auditor's own verifier's, and it says the copies differ."""
+
+    def liar(members: Members) -> Members:
+        members["verify.py"] = b"print('verified: everything')\n"
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "v.zip", liar), plant.trust)
+    assert said.code == 0
+    assert any("the bundle's verify.py differs from this verifier" in line for line in said.lines)
 
 
 def test_a_record_outside_the_exported_range_is_named(plant: Exported, tmp_path, both):
@@ -502,6 +547,71 @@ def test_an_entry_moved_to_another_index_is_not_in_the_log(plant: Exported, tmp_
 
     said = both(forged(plant.site, plant.bundle, tmp_path / "e.zip", renumber), plant.trust)
     assert any("not in the log under its checkpoint" in p for p in failed(said))
+
+
+# --- signed plans ---------------------------------------------------------------------------
+
+APPROVER = Signer("j.doe@example.com", "Jane Doe", "approved")
+
+
+@pytest.fixture(scope="module")
+def signed_plant(evidence_site: Site, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A store whose plans were signed by ops-signing as Jane Doe's approval, and its bundle."""
+    root = tmp_path_factory.mktemp("signed-plant")
+    db = str(root / "evidence.db")
+    keys = evidence_site.key_store()
+    at = datetime.now(UTC).replace(microsecond=0)
+    with Store.open(db, actor=Actor.job("test")) as store:
+        store.deploy_plans(
+            (plan, sign_claim(PlanClaim(plan.device.id, plan.digest, at, APPROVER), "ops-signing",
+                              keys.signer("ops-signing", at)).decode())
+            for plan in evidence_site.plans
+        )  # fmt: skip
+    fill(evidence_site, db, root, seconds=20).close()
+    bundle = root / "bundle.zip"
+    assert export(db, evidence_site.keys_dir, bundle, "--device", DEVICE) == 0
+    trust = trust_file(db, evidence_site.keys_dir, root / "t.json", "--plan-key", "ops-signing")
+    return Exported(evidence_site, db, bundle, trust)
+
+
+def plan_signature(members: Members) -> str:
+    return next(name for name in members if name.startswith("plans/") and name.endswith(".sig"))
+
+
+def test_signed_plans_verify_against_the_plan_key(signed_plant: Exported, both):
+    said = both(signed_plant.bundle, signed_plant.trust)
+    assert said.code == 0, said.lines
+    assert not any("plans' signatures were checked against every trusted key" in line
+                   for line in said.lines)  # fmt: skip
+
+
+def test_a_stripped_plan_signature_is_named(signed_plant: Exported, tmp_path: Path, both):
+    def strip(members: Members) -> Members:
+        del members[plan_signature(members)]
+        return members
+
+    out = forged(signed_plant.site, signed_plant.bundle, tmp_path / "s.zip", strip)
+    problems = failed(both(out, signed_plant.trust))
+    assert any("says signed: true, the bundle holds no signature" in p for p in problems)
+    assert any("not signed, and plans must be signed by ops-signing" in p for p in problems)
+
+
+def test_a_plan_resigned_in_another_name_is_named(signed_plant: Exported, tmp_path: Path, both):
+    """The holder of the plan key signs the plan again, as someone else's approval."""
+    other = Signer("mallory@example.com", "Mallory", "approved")
+
+    def resign_plan(members: Members) -> Members:
+        name = plan_signature(members)
+        text = members[name].decode().split("\n\n")[0].split("\n")
+        at = datetime.strptime(text[3], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        claim = PlanClaim(text[1], text[2], at, other)
+        signer = signed_plant.site.key_store().signer("ops-signing", at)
+        members[name] = sign_claim(claim, "ops-signing", signer)
+        return members
+
+    out = forged(signed_plant.site, signed_plant.bundle, tmp_path / "o.zip", resign_plan)
+    problems = failed(both(out, signed_plant.trust))
+    assert any("not the signature the plan was deployed with" in p for p in problems), problems
 
 
 # --- hostile zips: refused, named, nothing written ------------------------------------------

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         decision = _decide(store, resolver, args)
         done = export(store, decision, span, keys, Target(args.out, render, tuple(args.plan_key)))
     console.print(
-        f"exported {done.records:,} records of {done.batches} batches to {args.out} "
+        f"exported {done.records:,} records of {done.batches} batch"
+        f"{'' if done.batches == 1 else 'es'} to {args.out} "
         f"(decision {decision.id})",
         highlight=False,
     )

@@ -70,7 +70,7 @@ def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Ta
         asked = bundle.Request(decision, span, origin, store.audit_key, _public(keys), to.plan_keys)
         gathered = bundle.gather(conn, asked, size)
     gathered.members["report.html"] = to.report(store, decision)
-    gathered.members["verify.py"] = Path(verifier.__file__).read_bytes()
+    gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
     said = bundle.manifest(gathered, _about(decision, span, origin, store.audit_key))
     note = _sign_manifest(said, origin, keys, store.audit_key)
     bundle.write_zip(

@@ -62,6 +62,7 @@ CHECKPOINTS, CONSISTENCY, ENTRIES = (
     "log/entries.jsonl",
 )
 RETENTION = "retention.json"
+VERIFIER = "verify.py"
 TRUST_FORMAT = "converge.trust/v1"
 CSV_COLUMNS = (
     "device",
@@ -455,10 +456,12 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     checkpoints = _check_checkpoints(bundle, log, verdict)
     entries = _check_entries(bundle, checkpoints, verdict)
     plans = _check_plans(bundle, manifest, trusted, entries, verdict)
-    batches = _check_batches(bundle, manifest, Context(plans, entries, trusted.keys), verdict)
+    ctx = Context(plans, entries, trusted.keys, sorted(checkpoints.values(), key=lambda c: c.size))
+    batches = _check_batches(bundle, manifest, ctx, verdict)
     _check_records(bundle, manifest, batches, verdict)
     _check_export(manifest, entries, verdict)
     _check_retention(bundle, verdict)
+    _note_verifier(bundle, verdict)
 
 
 def _json(data: bytes, item: str) -> Any:
@@ -685,9 +688,7 @@ def _check_plans(
     and was made no later than the plan was deployed."""
     plans: dict[str, Plan] = {}
     deployed = {
-        e["payload"].get("digest"): e["time"]
-        for e in entries.values()
-        if e.get("kind") == "plan.deployed"
+        e["payload"].get("digest"): e for e in entries.values() if e.get("kind") == "plan.deployed"
     }
     for digest in manifest.get("plans", []):
         name = f"plans/{str(digest).removeprefix('sha256:')}.json"
@@ -701,8 +702,14 @@ def _check_plans(
         if digest not in deployed:
             verdict.fail(name, "no plan.deployed entry of the bundle names it")
         signature = name.removesuffix(".json") + ".sig"
+        entry = deployed.get(digest, {"payload": {}, "time": None})
+        said = entry["payload"].get("signed")
+        if isinstance(said, bool) and said != bundle.has(signature):
+            held = "a signature" if bundle.has(signature) else "no signature"
+            verdict.fail(name, f"its plan.deployed entry says signed: {str(said).lower()}, "
+                         f"the bundle holds {held}")  # fmt: skip
         if bundle.has(signature):
-            signed = PlanSigned(found, deployed.get(digest), trust)
+            signed = PlanSigned(found, entry, trust)
             problem = _plan_signature_problem(bundle.read(signature), signed)
             if problem:
                 verdict.fail(signature, problem)
@@ -757,7 +764,8 @@ class PlanSigned:
     a signature may be made."""
 
     plan: Plan
-    deployed: str | None
+    deployed: dict[str, Any]
+    """Its ``plan.deployed`` entry (``{"payload": {}, "time": None}`` when there is none)."""
     trust: Trust
 
 
@@ -783,8 +791,29 @@ def _plan_signature_problem(note: bytes, signed: PlanSigned) -> str | None:
     version = found[1]
     if not version.valid_at(at):
         return f"signed by {version.name} v{version.version} outside its validity"
-    if signed.deployed is not None and at > _aware(signed.deployed) + timedelta(seconds=1):
-        return f"signed at {lines[3]}, after the plan was deployed ({signed.deployed})"
+    when = signed.deployed["time"]
+    if when is not None and at > _aware(when) + timedelta(seconds=1):
+        return f"signed at {lines[3]}, after the plan was deployed ({when})"
+    return _described_problem(lines, signed.deployed["payload"])
+
+
+DESCRIBED = ("signed_at", "signer", "name", "meaning")
+"""What a ``plan.deployed`` entry records of the plan's signature (docs/plans.md)."""
+
+
+def _described_problem(lines: list[str], payload: dict[str, Any]) -> str | None:
+    """Whether the signature is the one its ``plan.deployed`` entry describes: time, and (a
+    ``converge.plan-signature/v2`` note) signer, printed name and meaning."""
+    said = {"signed_at": lines[3]}
+    for line, key in zip(lines[4:7], DESCRIBED[1:], strict=False):
+        if line.startswith(key + " "):
+            said[key] = line.removeprefix(key + " ")
+    recorded = {key: payload[key] for key in DESCRIBED if key in payload}
+    if recorded and recorded != said:
+        return (
+            f"it says {said}, its plan.deployed entry {recorded}:"
+            " not the signature the plan was deployed with"
+        )
     return None
 
 
@@ -850,6 +879,8 @@ class Context:
     plans: dict[str, Plan]
     entries: dict[int, dict[str, Any]]
     keys: dict[str, list[KeyVersion]]
+    checkpoints: list[Checkpoint]
+    """The good checkpoints, by size."""
 
 
 def _batch_problem(
@@ -872,7 +903,28 @@ def _batch_problem(
     if {_canon(w) for w in payload.get("waiver", [])} != plan.waivers:
         return "its waiver is not the one its plan records"
     signatures = said.get("signatures", {})
-    return _check_signatures(statement, signatures, plan, ctx.keys, entry["time"])
+    return _check_signatures(statement, signatures, plan, ctx.keys, entry["time"]) or (
+        _back_dated(head, entry["seq"], ctx.checkpoints)
+    )
+
+
+CLOCK_SLACK = timedelta(seconds=30)
+"""How much later than a checkpoint's stated time a batch it signs may begin: none, as the
+collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
+
+
+def _back_dated(head: dict[str, Any], seq: int, checkpoints: list[Checkpoint]) -> str | None:
+    """A checkpoint signs no batch sealed after it: the first checkpoint that covers the
+    batch's entry must be signed no earlier than its window began (a retired log key's
+    checkpoints, dated back into its validity, cannot sign later batches)."""
+    first = next((c for c in checkpoints if c.size > seq), None)
+    start = _aware(str(head["window_start"]))
+    if first is not None and start > first.at + CLOCK_SLACK:
+        return (
+            f"its window began at {head['window_start']}, after the checkpoint of size"
+            f" {first.size} that covers its entry was signed ({first.at.isoformat()}): back-dated"
+        )
+    return None
 
 
 def _check_signatures(
@@ -1145,6 +1197,18 @@ def _check_retention(bundle: Bundle, verdict: Verdict) -> None:
     said = _json(bundle.read(RETENTION), RETENTION)
     if not isinstance(said, dict) or set(said) != {"receipts", "holds"}:
         verdict.fail(RETENTION, "not a retention member (receipts and holds)")
+
+
+def _note_verifier(bundle: Bundle, verdict: Verdict) -> None:
+    """Say when the bundle's ``verify.py`` is not this verifier: whoever runs a bundle's own
+    copy trusts the bundle's maker with their machine, so this one is what counts."""
+    with open(__file__, "rb") as source:
+        ours = "sha256:" + hashlib.sha256(source.read()).hexdigest()
+    if bundle.has(VERIFIER) and bundle.digest(VERIFIER) != ours:
+        verdict.notes.append(
+            f"the bundle's {VERIFIER} differs from this verifier ({ours}): this verdict is this"
+            " verifier's; do not run a bundle's own copy unless you trust whoever made it"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
