@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -182,7 +183,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def instant(value: object) -> datetime:
     """An instant of records.md: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, UTC."""
-    if not isinstance(value, str) or not INSTANT.fullmatch(value):
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an instant")
+    return _instant(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _instant(value: str) -> datetime:
+    if not INSTANT.fullmatch(value):
         raise ValueError(f"{value!r} is not an instant")
     return datetime.fromisoformat(value)
 
@@ -505,6 +513,14 @@ def plan_claim(lines: list[str]) -> dict[str, str]:
     if not SECOND.fullmatch(lines[3]):
         raise ValueError(f"signing time {lines[3]!r}")
     return dict(zip(names, lines[1:], strict=True))
+
+
+COMMON = {"v", "type", "device", "point", "salt"}
+READING = COMMON | {"collected_at", "value", "quality", "scheduled_at", "source_at"}
+READING |= {"server_at", "raw_code", "coalesced"}
+GAP = COMMON | {"scheduled_at", "reason", "detail", "raw_code"}
+QUALITIES = {"good", "uncertain", "bad", "stale"}
+"""The members of a leaf (records.md#leaf-bytes)."""
 
 
 class Verifier:
@@ -1072,21 +1088,20 @@ class Verifier:
         if not isinstance(record.get("point"), str) or not SALT.fullmatch(str(record.get("salt"))):
             raise ValueError("no point or salt")
         if kind == "reading":
-            allowed = {"collected_at", "value", "quality", "scheduled_at", "source_at"}
-            allowed |= {"server_at", "raw_code", "coalesced"}
-            if record.get("quality") not in {"good", "uncertain", "bad", "stale"}:
+            allowed = READING
+            if record.get("quality") not in QUALITIES:
                 raise ValueError("no quality")
             if not isinstance(record.get("value", []), int | float | str | None):
                 raise ValueError("no value, or not a number, boolean, string or null")
             at = record.get("scheduled_at") or record["collected_at"]
             instant(record["collected_at"])
         else:
-            allowed = {"scheduled_at", "reason", "detail", "raw_code"}
+            allowed = GAP
             if not isinstance(record.get("reason"), str):
                 raise ValueError("no reason")
             at = record["scheduled_at"]
         instant(at)
-        extra = set(record) - allowed - {"v", "type", "device", "point", "salt"}
+        extra = record.keys() - allowed
         if extra:
             raise ValueError(f"members {sorted(extra)}")
         for name in ("source_at", "server_at"):
