@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[protocols,storage,dev]'
+	$(BIN)/pip install -q -e '.[protocols,storage,server,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
