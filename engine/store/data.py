@@ -8,10 +8,13 @@ compare, so ranges are string comparisons the indexes serve.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 
 from engine.errors import PlanRejected
 from engine.plans.body import PlanBody
@@ -62,6 +65,13 @@ def latest_plan(conn: Connection, device: str, at: str | None = None) -> PlanBod
     return None if digest is None else plan(conn, str(digest))
 
 
+def plan_digests(conn: Connection, device: str, start: str | None, end: str | None) -> list[str]:
+    """The plans (digests, sorted) named by the batches of ``device`` whose window meets
+    ``[start, end)``: one indexed query, no batch read."""
+    query = select(BATCHES.c.plan_digest).where(BATCHES.c.device == device).distinct()
+    return sorted(str(d) for d in conn.execute(_meeting(query, start, end)).scalars())
+
+
 def batches(conn: Connection, device: str, start: str | None, end: str | None) -> list[StoredBatch]:
     """The batches of ``device`` whose window meets ``[start, end)``, in window order."""
     query = (
@@ -69,10 +79,7 @@ def batches(conn: Connection, device: str, start: str | None, end: str | None) -
         .outerjoin(AUDIT, AUDIT.c.seq == BATCHES.c.audit_seq)
         .where(BATCHES.c.device == device)
     )
-    if start is not None:
-        query = query.where(BATCHES.c.window_end > start)
-    if end is not None:
-        query = query.where(BATCHES.c.window_start < end)
+    query = _meeting(query, start, end)
     rows = conn.execute(query.order_by(BATCHES.c.window_start, BATCHES.c.id)).all()
     signed = _signatures(conn, [r.id for r in rows])
     return [
@@ -91,6 +98,15 @@ def batches(conn: Connection, device: str, start: str | None, end: str | None) -
     ]
 
 
+def _meeting(query: Select[Any], start: str | None, end: str | None) -> Select[Any]:
+    """``query`` limited to the batches whose window meets ``[start, end)``."""
+    if start is not None:
+        query = query.where(BATCHES.c.window_end > start)
+    if end is not None:
+        query = query.where(BATCHES.c.window_start < end)
+    return query
+
+
 def _signatures(conn: Connection, ids: list[int]) -> dict[int, dict[str, bytes]]:
     found: dict[int, dict[str, bytes]] = {}
     for start in range(0, len(ids), 500):
@@ -105,14 +121,28 @@ def _signatures(conn: Connection, ids: list[int]) -> dict[int, dict[str, bytes]]
 def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
     """(position, leaf bytes) of every record of a batch, readings and gap records merged,
     in position order, from the driver (no ORM row per record)."""
-    cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    cursor.execute(
-        f"SELECT position, leaf FROM readings WHERE batch_id = {marker} UNION ALL "
-        f"SELECT position, leaf FROM gap_records WHERE batch_id = {marker} ORDER BY 1",
-        (batch_id, batch_id),
-    )
-    try:
-        return [(position, as_bytes(leaf)) for position, leaf in cursor.fetchall()]
-    finally:
-        cursor.close()
+    return leaves_of(conn, [batch_id]).get(batch_id, [])
+
+
+def leaves_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, bytes]]]:
+    """(position, leaf bytes) of every record of the batches ``ids``, by batch, readings and
+    gap records merged in position order: one query per record table for all of them,
+    straight from the driver (no ORM row per record)."""
+    driver: Any = conn.connection.driver_connection
+    marks = ",".join(["%s" if conn.dialect.name == "postgresql" else "?"] * len(ids))
+    found: dict[int, list[tuple[int, bytes]]] = {}
+    for table in ("readings", "gap_records"):
+        cursor = driver.cursor()
+        try:
+            cursor.execute(
+                f"SELECT batch_id, position, leaf FROM {table} WHERE batch_id IN ({marks})"
+                " ORDER BY batch_id, position",
+                tuple(ids),
+            )
+            for batch_id, rows in groupby(cursor.fetchall(), key=itemgetter(0)):
+                got = [(p, leaf if type(leaf) is bytes else as_bytes(leaf)) for _, p, leaf in rows]
+                held = found.get(batch_id)
+                found[batch_id] = got if held is None else sorted(held + got)
+        finally:
+            cursor.close()
+    return found
