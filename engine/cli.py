@@ -27,9 +27,11 @@ from engine.commands import (
     explain,
     keys,
     plan,
+    principals,
     query,
     run,
     schema,
+    serve,
     simulate,
     test,
 )
@@ -59,6 +61,8 @@ COMMANDS: tuple[Command, ...] = (
     audit,
     access,
     query,
+    serve,
+    principals,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

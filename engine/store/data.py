@@ -8,7 +8,7 @@ compare, so ranges are string comparisons the indexes serve.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
@@ -20,7 +20,7 @@ from engine.errors import PlanRejected
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
 from engine.store.reads import as_bytes
-from engine.store.tables import AUDIT, BATCHES, PLANS, SIGNATURES
+from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, PLANS, SIGNATURES
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class StoredBatch:
     entry_time: str | None
     """The time its ``batch.stored`` entry records: when it was signed."""
     signatures: dict[str, bytes]
+    audit_seq: int
+    """The sequence number of its ``batch.stored`` audit entry."""
 
 
 def devices(conn: Connection) -> list[str]:
@@ -74,13 +76,21 @@ def plan_digests(conn: Connection, device: str, start: str | None, end: str | No
 
 def batches(conn: Connection, device: str, start: str | None, end: str | None) -> list[StoredBatch]:
     """The batches of ``device`` whose window meets ``[start, end)``, in window order."""
-    query = (
-        select(BATCHES, AUDIT.c.time)
-        .outerjoin(AUDIT, AUDIT.c.seq == BATCHES.c.audit_seq)
-        .where(BATCHES.c.device == device)
-    )
-    query = _meeting(query, start, end)
-    rows = conn.execute(query.order_by(BATCHES.c.window_start, BATCHES.c.id)).all()
+    query = _meeting(_BATCH.where(BATCHES.c.device == device), start, end)
+    return _stored(conn, query.order_by(BATCHES.c.window_start, BATCHES.c.id))
+
+
+def batch(conn: Connection, batch_id: int) -> StoredBatch | None:
+    """The batch ``batch_id``, if one is stored."""
+    found = _stored(conn, _BATCH.where(BATCHES.c.id == batch_id))
+    return found[0] if found else None
+
+
+_BATCH = select(BATCHES, AUDIT.c.time).outerjoin(AUDIT, AUDIT.c.seq == BATCHES.c.audit_seq)
+
+
+def _stored(conn: Connection, query: Select[Any]) -> list[StoredBatch]:
+    rows = conn.execute(query).all()
     signed = _signatures(conn, [r.id for r in rows])
     return [
         StoredBatch(
@@ -93,6 +103,7 @@ def batches(conn: Connection, device: str, start: str | None, end: str | None) -
             r._mapping["count"],
             r.time,
             signed.get(r.id, {}),
+            r.audit_seq,
         )
         for r in rows
     ]
@@ -116,6 +127,26 @@ def _signatures(conn: Connection, ids: list[int]) -> dict[int, dict[str, bytes]]
         ):
             found.setdefault(batch_id, {})[key] = bytes(signature)
     return found
+
+
+def audit_entry(conn: Connection, seq: int) -> bytes | None:
+    """The stored bytes of audit entry ``seq``, if there is one."""
+    found = conn.execute(select(AUDIT.c.entry).where(AUDIT.c.seq == seq)).scalar()
+    return None if found is None else as_bytes(found)
+
+
+def audit_entries(conn: Connection, start: int, end: int) -> Iterator[bytes]:
+    """The stored bytes of audit entries ``start .. end - 1``, in sequence order, streamed."""
+    query = select(AUDIT.c.entry).where(AUDIT.c.seq >= start, AUDIT.c.seq < end)
+    for entry in conn.execute(query.order_by(AUDIT.c.seq).execution_options(yield_per=10_000)):
+        yield as_bytes(entry[0])
+
+
+def latest_checkpoint(conn: Connection) -> tuple[int, str] | None:
+    """(size, signed note) of the audit log's checkpoint of the largest size, if any."""
+    query = select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc())
+    found = conn.execute(query.limit(1)).first()
+    return None if found is None else (int(found.size), str(found.note))
 
 
 def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
