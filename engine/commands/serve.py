@@ -8,6 +8,7 @@ file and its tokens are read again whenever they change. See docs/access.md.
 from __future__ import annotations
 
 import argparse
+import signal
 import ssl
 from pathlib import Path
 
@@ -86,8 +87,12 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         markup=False,
     )
     console.file.flush()
+    # uvicorn stops on SIGINT or SIGTERM, then raises the signal again: end quietly, exit 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        console.print("stopped")
     finally:
         store.close()
     return 0
