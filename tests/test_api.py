@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import secrets
 import shutil
 import signal
@@ -46,6 +47,7 @@ from engine.verify.trust import instant as stored_instant
 
 REPO = Path(__file__).resolve().parents[1]
 PRINCIPALS = REPO / "examples" / "sites" / "plant-basel" / "principals.yaml"
+DOCS_ACCESS = REPO / "docs" / "access.md"
 POINT = "reactor-1-plc/TT101_PV"
 RECORDED = f"/v1/points/{POINT}/recorded"
 SECONDS = 70
@@ -318,6 +320,35 @@ def test_a_record_checks_out_without_trusting_the_server(api, evidence_site):
         checkpoint.root_hash,
     )
     assert api.entry(proof["decision"])["payload"]["points"][0]["point"] == "TT101_PV"
+
+
+def test_the_hand_check_of_docs_access_md_accepts_a_proof_and_rejects_a_changed_one(
+    api, evidence_site
+):
+    [code] = [
+        body
+        for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", DOCS_ACCESS.read_text(), re.M | re.S)
+        if lang == "python" and "def check_record" in body
+    ]
+    namespace: dict = {}
+    exec(compile(code, "docs/access.md", "exec"), namespace)
+    check = namespace["check_record"]
+    keys = {
+        name: [v.public_key for v in versions]
+        for name, versions in evidence_site.trust().keys.items()
+    }
+    some = api.get(f"{RECORDED}?start={instant(T0)}").json()["items"][5]
+    proof = api.get(f"/v1/records/{some['batch']}/{some['position']}/proof").json()
+    assert check(proof, keys, "audit-log")["salt"]
+    changed = json.loads(json.dumps(proof))
+    changed["record"]["leaf"] = changed["record"]["leaf"].replace('"value":', '"value":1')
+    with pytest.raises(ValueError, match="not in the signed batch"):
+        check(changed, keys, "audit-log")
+    forged = json.loads(json.dumps(proof))
+    size = str(proof["log"]["tree_size"])
+    forged["log"]["checkpoint"] = proof["log"]["checkpoint"].replace(f"\n{size}\n", "\n1\n", 1)
+    with pytest.raises(ValueError, match="not signed by the audit key"):
+        check(forged, keys, "audit-log")
 
 
 def test_a_proof_is_refused_as_a_read_is(api):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -50,10 +51,16 @@ def plan(conn: Connection, digest: str) -> PlanBody | None:
     """The stored plan of ``digest``, parsed; ``None`` when none is stored or it does not parse
     (``audit verify`` names it)."""
     body = conn.execute(select(PLANS.c.body).where(PLANS.c.digest == digest)).scalar()
-    if body is None:
-        return None
+    return None if body is None else _parsed(as_bytes(body))
+
+
+@lru_cache(maxsize=256)
+def _parsed(body: bytes) -> PlanBody | None:
+    """A plan's bytes parsed, once per process: every request the guard decides needs the
+    plans in force, and parsing a plan (its digest checked) costs far more than reading it.
+    The bytes are the key, so a plan changed in the store is parsed (and checked) anew."""
     try:
-        return read_plan(as_bytes(body), f"plan {digest}")
+        return read_plan(body, "plan")
     except PlanRejected:
         return None
 
