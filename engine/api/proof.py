@@ -90,16 +90,14 @@ def _log(conn: Connection, seq: int) -> dict[str, Any]:
     """The batch's audit entry, and its inclusion under the latest checkpoint if that covers
     it (``null`` proof: the entry is in the log's unsigned tail)."""
     entry = data.audit_entry(conn, seq)
-    latest = data.latest_checkpoint(conn)
-    covered = latest is not None and seq < latest[0]
+    size, note = data.latest_checkpoint(conn) or (None, None)
+    hashes = _audit_proof(conn, seq, size) if size is not None and seq < size else None
     return {
         "entry": entry.decode() if entry is not None else None,
         "seq": seq,
-        "checkpoint": latest[1] if latest else None,
-        "tree_size": latest[0] if latest else None,
-        "hashes": [h.hex() for h in _audit_proof(conn, seq, latest[0])]
-        if covered and latest
-        else None,
+        "checkpoint": note,
+        "tree_size": size,
+        "hashes": None if hashes is None else [h.hex() for h in hashes],
     }
 
 
