@@ -11,12 +11,14 @@ from datetime import timedelta
 
 from evidence_kit import T0, collect, open_store
 
+from engine.access import data
 from engine.access.data import COLUMNS, Range, csv_chunks, records
 from engine.access.guard import Request, Target, decide
 from engine.audit import os_user
 from engine.principals import Identity
 from engine.records import Gap, GapReason, Quality, Reading
 from engine.sign.leaf import instant
+from engine.store.data import batches as stored_batches
 from engine.store.spool import Spool
 
 DEVICE, POINT, OTHER = "reactor-1-plc", "TT101_PV", "PT101_PV"
@@ -48,12 +50,13 @@ VALUES = [
 
 
 def odd_records():
-    """Usual readings with every kind of value, and records of every other shape."""
+    """Usual readings with every kind of value, 10 s apart (over four batches), and records
+    of every other shape."""
     for i, value in enumerate(VALUES):
-        at = T0 + timedelta(seconds=i)
+        at = T0 + timedelta(seconds=10 * i)
         yield Reading(DEVICE, POINT, at + timedelta(milliseconds=3), value, scheduled_at=at)
         yield Reading(DEVICE, OTHER, at, i, scheduled_at=at)
-    at = T0 + timedelta(seconds=len(VALUES))
+    at = T0 + timedelta(seconds=10 * len(VALUES))
     yield Reading(DEVICE, POINT, at, 1.5)  # on change: no slot
     yield Reading(DEVICE, POINT, at, 2.5, Quality.UNCERTAIN, source_at=at, raw_code=7)
     yield Reading(DEVICE, POINT, at, 3.5, scheduled_at=at, server_at=at, coalesced=3)
@@ -77,7 +80,9 @@ def reference_csv(rows) -> str:
     return out.getvalue()
 
 
-def test_the_usual_path_writes_what_the_general_path_writes(evidence_site, backend, tmp_path):
+def test_the_usual_path_writes_what_the_general_path_writes(
+    evidence_site, backend, tmp_path, monkeypatch
+):
     store = open_store(evidence_site, backend)
     spool = Spool(tmp_path / "spool.db")
     asyncio.run(collect(evidence_site, store, spool, list(odd_records())))
@@ -88,13 +93,17 @@ def test_the_usual_path_writes_what_the_general_path_writes(evidence_site, backe
     decision = decide(Request("alice", alice, os_user(), "read", targets))
     assert decision.outcome == "allow"
     trust = evidence_site.trust()
-    later = instant(T0 + timedelta(seconds=5))
+    later = instant(T0 + timedelta(seconds=95))
     written = {}
     for span in (Range(), Range(later, None), Range(None, later)):
         with store.reading() as conn:
             written[span] = "".join(csv_chunks(conn, decision, span, trust))
         with store.reading() as conn:
             assert written[span] == reference_csv(records(conn, decision, span, trust))
+    monkeypatch.setattr(data, "READ_AT_ONCE", 1)  # a query per batch: the same records
+    with store.reading() as conn:
+        assert len(stored_batches(conn, DEVICE, None, None)) >= 4
+        assert "".join(csv_chunks(conn, decision, Range(), trust)) == written[Range()]
     lines = list(csv.DictReader(io.StringIO(written[Range()])))
     assert len(lines) == 2 * len(VALUES) + 4
     assert {line["batch_verified"] for line in lines} == {"true"}

@@ -236,6 +236,8 @@ def _device_batches(
 READ_AT_ONCE = 20_000
 """About how many records are read in one query: the batches' leaves come a few batches at a
 time, so that memory stays bounded however long the range."""
+BATCHES_AT_ONCE = 500
+"""At most this many batches in one query (each is a bound parameter)."""
 
 
 def _read(
@@ -245,7 +247,10 @@ def _read(
     start = 0
     while start < len(batches):
         end, held = start, 0
-        while end < len(batches) and (end == start or held + batches[end].count <= READ_AT_ONCE):
+        while end < len(batches) and (
+            end == start
+            or (held + batches[end].count <= READ_AT_ONCE and end - start < BATCHES_AT_ONCE)
+        ):
             held += max(batches[end].count, 0)
             end += 1
         chunk = batches[start:end]
