@@ -331,7 +331,7 @@ class Guard:
 def guard_cost(s: Setup, rounds: int = 200) -> Guard:
     """Per request: the decision alone, the decision with its lookups, and its audit entry."""
     resolver = open_principals(make_plugin_manager(), {"kind": "file", "path": s.principals})
-    question = Question(WHO, "read", DEVICE, [POINT], s.span.start, s.span.end)
+    question = Question(WHO, "read", [DEVICE], [POINT], s.span.start, s.span.end)
     identity = resolver.resolve(WHO)
     request = Request(
         WHO,

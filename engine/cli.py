@@ -25,6 +25,7 @@ from engine.commands import (
     coverage,
     diff,
     explain,
+    export,
     keys,
     plan,
     principals,
@@ -34,6 +35,7 @@ from engine.commands import (
     serve,
     simulate,
     test,
+    verify,
 )
 from engine.commands.findings import findings_text
 from engine.commands.options import PIPE_WIDTH, Handler, Subparsers
@@ -61,6 +63,8 @@ COMMANDS: tuple[Command, ...] = (
     audit,
     access,
     query,
+    export,
+    verify,
     serve,
     principals,
 )

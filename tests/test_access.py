@@ -14,7 +14,7 @@ import pytest
 from evidence_kit import T0, fill, verify
 
 from engine.access.guard import Request, Target, decide
-from engine.audit import os_user
+from engine.audit import Actor, os_user
 from engine.cli import main
 from engine.principals import Identity
 from engine.sign.leaf import instant
@@ -325,3 +325,122 @@ def test_as_and_principals_come_from_the_environment(store, monkeypatch, capsys)
     assert main(["query", "reactor-1-plc/TT101_PV", "--db", store]) == 2
     assert "--as PRINCIPAL" in capsys.readouterr().err
     assert os.environ["CONVERGE_PRINCIPALS"]
+
+
+def test_audit_log_filters_by_actor_kind_time_and_device(store, capsys):
+    assert (
+        main(query(store, "alice@example.com", "reactor-1-plc/TT101_PV", "--to", T0.isoformat()))
+        == 0
+    )
+    assert main(query(store, "chen@example.com", "filler-2", "--to", T0.isoformat())) in (0, 3)
+    capsys.readouterr()
+
+    def listed(*extra: str) -> list[dict]:
+        assert main(["audit", "log", "--db", store, "--format", "json", *extra]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    by_alice = listed("--actor", "alice@example.com")
+    assert [e["kind"] for e in by_alice] == ["access.decision"]
+    about_filler = listed("--device", "filler-2", "--kind", "access.decision")
+    assert [e["actor"]["id"] for e in about_filler] == ["chen@example.com"]
+    assert (
+        listed("--device", "reactor-1-plc", "--point", "TT101_PV", "--kind", "access.decision")[0][
+            "actor"
+        ]["id"]
+        == "alice@example.com"
+    )
+    stored = listed("--kind", "batch.stored", "--device", "reactor-1-plc")
+    assert stored and {e["payload"]["device"] for e in stored} == {"reactor-1-plc"}
+    assert listed("--to", "2000-01-01") == []
+    assert main(["audit", "log", "--db", store, "--point", "TT101_PV"]) == 2
+
+
+def test_a_review_is_an_entry_of_the_reviewer(store, capsys):
+    assert (
+        main(
+            [
+                "audit",
+                "review",
+                "--db",
+                store,
+                "--principals",
+                str(PRINCIPALS),
+                "--as",
+                "inspector@audit.example",
+                "--note",
+                "no findings",
+            ]
+        )
+        == 0
+    )
+    assert "recorded as audit entry" in capsys.readouterr().out
+    (reviewed,) = entries(store, "audit.reviewed")
+    assert reviewed["actor"]["id"] == "inspector@audit.example"
+    assert reviewed["actor"]["roles"] == ["auditor"]
+    assert reviewed["payload"]["note"] == "no findings" and reviewed["payload"]["entries"] > 10
+    assert (
+        main(
+            [
+                "audit",
+                "review",
+                "--db",
+                store,
+                "--principals",
+                str(PRINCIPALS),
+                "--as",
+                "nobody@example.com",
+            ]
+        )
+        == 3
+    )
+    assert "unknown to the principals" in capsys.readouterr().err
+    (refused,) = entries(store, "access.decision")
+    assert refused["payload"]["action"] == "review" and refused["payload"]["outcome"] == "deny"
+
+
+def test_a_key_is_attributed_to_whoever_made_it_not_the_collector(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", "correct horse battery staple")
+    keys, db = str(tmp_path / "keys"), str(tmp_path / "evidence.db")
+    assert (
+        main(
+            [
+                "keys",
+                "generate",
+                "qa-signing",
+                "--keys",
+                keys,
+                "--as",
+                "alice@example.com",
+                "--principals",
+                str(PRINCIPALS),
+            ]
+        )
+        == 0
+    )
+    assert main(["keys", "generate", "audit-log", "--keys", keys]) == 0
+    with Store.open(db, actor=Actor.job("collector")) as store:  # a collector imports them later
+        from engine.keys import open_key_store
+        from engine.plugin_manager import make_plugin_manager
+
+        found = open_key_store(make_plugin_manager(), {"kind": "file", "path": Path(keys)})
+        store.record_keys([v for name in found.names() for v in found.versions(name)])
+    by = {e["payload"]["name"]: e["actor"] for e in entries(db, "key.generated")}
+    assert by["qa-signing"]["id"] == "alice@example.com" and by["qa-signing"]["roles"] == ["qa"]
+    assert by["audit-log"] == {**by["audit-log"], "kind": "job", "id": "keys"}
+    assert (
+        main(
+            [
+                "keys",
+                "rotate",
+                "qa-signing",
+                "--keys",
+                keys,
+                "--as",
+                "mallory",
+                "--principals",
+                str(PRINCIPALS),
+            ]
+        )
+        == 3
+    )
+    assert "mallory is unknown" in capsys.readouterr().err

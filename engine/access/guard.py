@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from engine.access.acting import refusal_of
 from engine.plans.body import PlanBody
 from engine.principals import Identity
 from engine.sign.leaf import instant
@@ -161,15 +162,7 @@ def decide(request: Request) -> Decision:
 
 
 def _refusal(request: Request) -> str | None:
-    identity = request.identity
-    if identity is None:
-        return f"principal {request.principal} is unknown to the principals"
-    if identity.os_users and request.os_user not in identity.os_users:
-        return (
-            f"the operating-system account {request.os_user} may not act as"
-            f" {identity.id} (it lists {', '.join(identity.os_users)})"
-        )
-    return None
+    return refusal_of(request.principal, request.identity, request.os_user)
 
 
 def _point(target: Target, roles: frozenset[str], action: Action) -> PointDecision:

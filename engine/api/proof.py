@@ -82,7 +82,7 @@ def proof(conn: Connection, found: Located) -> dict[str, Any]:
             ],
             "required_keys": sorted(found.plan.required_keys) if found.plan else None,
         },
-        "log": _log(conn, found.batch.audit_seq),
+        "log": _log(conn, found.batch.entry_seq),
     }
 
 

@@ -15,15 +15,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from engine.audit import KINDS, AuditEntry, actor_label
+from engine.access.acting import Refusal, act_as
+from engine.audit import KINDS, AuditEntry, EntryFilter, actor_label
 from engine.commands.options import (
     Handler,
     Subparsers,
+    add_as,
     add_audit_key,
     add_db,
+    add_principals,
+    add_range,
     add_trust,
+    principal_of,
+    principals_of,
     trust_of,
 )
+from engine.errors import AccessDenied, ConvergeError
+from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
@@ -37,6 +45,7 @@ def register(commands: Subparsers) -> None:
     actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     _add_log(actions)
     _add_verify(actions)
+    _add_review(actions)
     parser.set_defaults(handler=run)
 
 
@@ -52,6 +61,10 @@ def _add_log(actions: Subparsers) -> None:
         choices=sorted(KINDS),
         help="only entries of these kinds",
     )
+    log.add_argument("--actor", metavar="ID", help="only entries by this principal or job")
+    log.add_argument("--device", metavar="ID", help="only entries about this device")
+    log.add_argument("--point", metavar="NAME", help="only entries about this point (--device)")
+    add_range(log)
     log.add_argument("--format", choices=("text", "json"), default="text")
 
 
@@ -78,17 +91,66 @@ def _add_verify(actions: Subparsers) -> None:
     verify.add_argument("--format", choices=("text", "json"), default="text")
 
 
+def _add_review(actions: Subparsers) -> None:
+    review = actions.add_parser(
+        "review", help="record that you reviewed a range of the trail (EU GMP Annex 11 §9)"
+    )
+    add_db(review)
+    add_principals(review)
+    add_as(review)
+    add_range(review)
+    review.add_argument("--note", default="", metavar="TEXT", help="what the review found")
+
+
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     return ACTIONS[args.audit_command](args, pm, console)
 
 
+def run_review(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    """An ``audit.reviewed`` entry by the principal, naming the range and what it held; a
+    principal that may not act is refused, and the refusal is an entry too."""
+    resolver = principals_of(args, pm)
+    start = instant(args.start) if args.start else None
+    end = instant(args.end) if args.end else None
+    with Store.open_existing(args.db) as store:
+        acting = act_as(resolver, principal_of(args), "review")
+        if isinstance(acting, Refusal):
+            store.log("access.decision", acting.payload, actor=acting.actor)
+            raise AccessDenied(acting.reason)
+        with store.reading() as conn:
+            seen = [
+                e for e in auditlog.entries(conn) if EntryFilter(start=start, end=end).matches(e)
+            ]
+        said = {
+            "from": start,
+            "to": end,
+            "note": args.note,
+            "entries": len(seen),
+            "last_seq": seen[-1].seq if seen else None,
+        }
+        seq = store.log("audit.reviewed", said, actor=acting)
+    console.print(f"reviewed {len(seen)} entries; recorded as audit entry {seq}", highlight=False)
+    return 0
+
+
 def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    if args.point and not args.device:
+        raise ConvergeError("--point needs --device: a point is named within its device")
+    wanted = EntryFilter(
+        tuple(args.kind),
+        args.actor,
+        instant(args.start) if args.start else None,
+        instant(args.end) if args.end else None,
+        args.device,
+        args.point,
+    )
     with Store.open_existing(args.db) as store, store.reading() as conn:
+        entries = (e for e in auditlog.entries(conn, args.kind) if wanted.matches(e))
         if args.format == "json":
-            for entry in auditlog.entries(conn, args.kind):
+            for entry in entries:
                 print(entry.to_bytes().decode())
         else:
-            render_entries(console, auditlog.entries(conn, args.kind))
+            render_entries(console, entries)
     return 0
 
 
@@ -116,7 +178,7 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     return 0 if report.ok else 1
 
 
-ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify}
+ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify, "review": run_review}
 
 
 def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:

@@ -37,9 +37,9 @@ class StoredBatch:
     count: int
     entry_time: str | None
     """The time its ``batch.stored`` entry records: when it was signed."""
+    entry_seq: int
+    """The sequence number of its ``batch.stored`` entry."""
     signatures: dict[str, bytes]
-    audit_seq: int
-    """The sequence number of its ``batch.stored`` audit entry."""
 
 
 def devices(conn: Connection) -> list[str]:
@@ -129,8 +129,8 @@ def _stored(conn: Connection, query: Select[Any]) -> list[StoredBatch]:
             as_bytes(r.statement),
             r._mapping["count"],
             r.time,
-            signed.get(r.id, {}),
             r.audit_seq,
+            signed.get(r.id, {}),
         )
         for r in rows
     ]

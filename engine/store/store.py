@@ -29,9 +29,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from engine import audit
 from engine.audit import DEFAULT_AUDIT_KEY, Actor
 from engine.canonical import canonical_json
-from engine.errors import StoreError
+from engine.errors import StoreError, VerificationError
 from engine.keys import KeyVersion
 from engine.plans.body import PlanBody
+from engine.plans.signature import PlanClaim, rfc3339
+from engine.sign import note
 from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.database import connect, describe, reason, require_current, upgrade, writing
@@ -319,6 +321,7 @@ class Store:
                 "device": plan.device.id,
                 "digest": plan.digest,
                 "signed": signature is not None,
+                **_signed_by(signature),
             }
             auditlog.append(conn, "plan.deployed", self.actor, deployed, at)
             new += 1
@@ -346,7 +349,8 @@ class Store:
         new = [v for v in versions if (v.name, v.version) not in logged]
         for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
             kind = "key.generated" if v.version == 1 else "key.rotated"
-            auditlog.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
+            maker = Actor.from_json(v.created_by) if v.created_by else self.actor
+            auditlog.append(conn, kind, maker, key_payload(v), instant(v.created_at))
         return len(new)
 
     def log(
@@ -415,6 +419,22 @@ class Store:
                     ("checkpoints", CHECKPOINTS),
                 )
             }
+
+
+def _signed_by(signature: str | None) -> dict[str, Any]:
+    """Who a plan's signature names (its signer, printed name, meaning, time), as the note
+    says; what the note is worth is ``audit verify``'s to check."""
+    if signature is None:
+        return {}
+    try:
+        claim = PlanClaim.parse(note.split_note(signature)[0])
+    except VerificationError:
+        return {}
+    said: dict[str, Any] = {"signed_at": rfc3339(claim.signed_at)}
+    if claim.signer is not None:
+        s = claim.signer
+        said |= {"signer": s.principal, "name": s.name, "meaning": s.meaning}
+    return said
 
 
 def fast_bytea(cursor: Any) -> None:
