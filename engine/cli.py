@@ -28,9 +28,11 @@ from engine.commands import (
     export,
     keys,
     plan,
+    principals,
     query,
     run,
     schema,
+    serve,
     simulate,
     test,
     verify,
@@ -63,6 +65,8 @@ COMMANDS: tuple[Command, ...] = (
     query,
     export,
     verify,
+    serve,
+    principals,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

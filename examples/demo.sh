@@ -104,6 +104,36 @@ python examples/tamper.py $OUT/tampered.db
 converge audit verify --db $OUT/tampered.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl \
   --plan-key plan-signing || echo "(exit code $?: the tampered store does not verify)"
 
+step "13. An IT system reads through the access guard: a bearer token, the read API, one allowed and one denied call" \
+     "converge principals token historian-sync ...; converge serve --db $OUT/evidence.db ... &; GET /v1/points/.../recorded"
+cp $BASEL/principals.yaml $OUT/principals.yaml
+converge principals token historian-sync --principals $OUT/principals.yaml > $OUT/token.txt
+converge principals token erin@example.com --principals $OUT/principals.yaml > $OUT/token-erin.txt
+head -n 2 $OUT/token.txt
+converge serve --db $OUT/evidence.db --principals $OUT/principals.yaml --keys $OUT/keys --port 0 \
+  > $OUT/serve.log 2>&1 &
+SERVER=$!
+trap 'kill $SIMULATOR $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q '^serving' $OUT/serve.log && break; sleep 0.1; done
+URL=$(sed -n 's/^serving \(http[^ ]*\)\/v1\/points.*/\1/p' $OUT/serve.log)
+python - "$URL" "$(tail -n 1 $OUT/token.txt)" "$(tail -n 1 $OUT/token-erin.txt)" <<'PY'
+import sys, urllib.error, urllib.request
+url, token, erin = sys.argv[1:]
+path = "/v1/points/reactor-1-plc/TT101_PV/recorded?format=csv"
+for who, bearer in (("historian-sync", token), ("erin@example.com", erin)):
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            status, body = answer.status, answer.read().decode()
+            decision = answer.headers["X-Converge-Decision"]
+    except urllib.error.HTTPError as refused:
+        status, body, decision = refused.code, refused.read().decode(), refused.headers["X-Converge-Decision"]
+    print(f"GET {path} as {who}: {status}, decision {decision}")
+    print("\n".join(body.splitlines()[:3]))
+PY
+kill $SERVER 2>/dev/null || true
+converge audit log --db $OUT/evidence.db --kind access.decision
+
 step "14. An auditor's export: the reactor's records with everything that proves them, one zip" \
      "converge export --db $OUT/evidence.db --as inspector@audit.example --device reactor-1-plc -o $OUT/reactor-1.zip"
 converge export --db $OUT/evidence.db --principals $BASEL/principals.yaml --as inspector@audit.example \

@@ -183,12 +183,18 @@ def add_as(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 
 def principals_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> PrincipalResolver:
     """The principals of ``--principals`` (or the environment); a refusal when none is named."""
-    path = args.principals or (
+    return open_principals(pm, {"kind": "file", "path": principals_path(args)})
+
+
+def principals_path(args: argparse.Namespace) -> Path:
+    """The principals file ``--principals`` (or the environment) names; a refusal when none is
+    named."""
+    path: Path | None = args.principals or (
         Path(os.environ[PRINCIPALS_ENV]) if os.environ.get(PRINCIPALS_ENV) else None
     )
     if path is None:
         raise ConvergeError(f"name the principals file: --principals FILE (or ${PRINCIPALS_ENV})")
-    return open_principals(pm, {"kind": "file", "path": path})
+    return path
 
 
 def principal_of(args: argparse.Namespace) -> str:
