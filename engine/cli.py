@@ -29,6 +29,7 @@ from engine.commands import (
     keys,
     plan,
     query,
+    report,
     run,
     schema,
     simulate,
@@ -62,6 +63,7 @@ COMMANDS: tuple[Command, ...] = (
     access,
     query,
     export,
+    report,
     verify,
 )
 """Every command, in the order ``converge --help`` lists them."""

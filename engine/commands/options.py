@@ -97,8 +97,12 @@ def compile_or_fail(args: argparse.Namespace, pm: pluggy.PluginManager) -> Compi
 
 def key_store_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore:
     """The key folder of ``--keys``, else ``$CONVERGE_KEYS``, else ``./keys``."""
-    folder = args.keys or Path(os.environ.get(KEYS_ENV) or "keys")
-    return open_key_store(pm, {"kind": "file", "path": folder})
+    return open_key_store(pm, {"kind": "file", "path": key_folder(args)})
+
+
+def key_folder(args: argparse.Namespace) -> Path:
+    """The folder ``--keys`` names, else ``$CONVERGE_KEYS``, else ``./keys``."""
+    return Path(args.keys or os.environ.get(KEYS_ENV) or "keys")
 
 
 def add_db(

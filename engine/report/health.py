@@ -144,8 +144,13 @@ class Health:
                 summed.setdefault(row.start_ms, Tally()).add(row.tally)
         return sorted(summed.items())
 
-    def devices(self) -> list[str]:
-        return sorted({device for device, _, _ in self.tallies})
+    def totals(self, device: str) -> dict[str, Tally]:
+        """The device's points, each summed over every period."""
+        summed: dict[str, Tally] = {}
+        for (name, point, _), tally in self.tallies.items():
+            if name == device:
+                summed.setdefault(point, Tally()).add(tally)
+        return summed
 
 
 def health(

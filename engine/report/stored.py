@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from engine.store.reads import as_bytes
 from engine.store.tables import BATCHES, GAPS
@@ -42,3 +42,14 @@ def gap_runs_into(conn: Connection, device: str, moment: str) -> Iterator[tuple[
         leaf = as_bytes(stored)
         if RUN_MEMBER in leaf:
             yield str(digest), leaf
+
+
+def extent(conn: Connection, devices: Collection[str]) -> tuple[str | None, str | None]:
+    """The first window start and the last window end of the devices' batches."""
+    if not devices:
+        return None, None
+    query = select(func.min(BATCHES.c.window_start), func.max(BATCHES.c.window_end)).where(
+        BATCHES.c.device.in_(sorted(devices))
+    )
+    first, last = conn.execute(query).one()
+    return first, last
