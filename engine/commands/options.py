@@ -32,16 +32,7 @@ KEYS_ENV = "CONVERGE_KEYS"
 
 def add_inputs(parser: argparse.ArgumentParser) -> None:
     """The arguments every compiling command takes."""
-    parser.add_argument(
-        "-p",
-        "--policies",
-        action="extend",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="PATH",
-        help="policy files or folders (searched for *.yaml)",
-    )
+    add_policies(parser, "policy files or folders (searched for *.yaml)")
     parser.add_argument(
         "-s",
         "--site",
@@ -74,6 +65,20 @@ def add_inputs(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"check signing.keys against this key folder "
         f"(default: ${KEYS_ENV} when set; otherwise not checked)",
+    )
+
+
+def add_policies(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-p PATH…``: policy files or folders."""
+    parser.add_argument(
+        "-p",
+        "--policies",
+        action="extend",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help=help,
     )
 
 

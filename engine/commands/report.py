@@ -26,6 +26,7 @@ from engine.commands.options import (
     add_as,
     add_audit_key,
     add_db,
+    add_policies,
     add_principals,
     add_trust,
     key_folder,
@@ -52,15 +53,9 @@ def register(commands: Subparsers) -> None:
         metavar="FILE",
         help="checkpoints kept outside the store, checked by the verification as by audit verify",
     )
-    parser.add_argument(
-        "-p",
-        "--policies",
-        action="extend",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="PATH",
-        help="policy files or folders: the report lists the controls each policy cites "
+    add_policies(
+        parser,
+        "policy files or folders: the report lists the controls each policy cites "
         "(plans name their policies, not the controls)",
     )
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="FILE.html")

@@ -29,7 +29,7 @@ from engine.audit import (
 )
 from engine.errors import VerificationError
 from engine.keys import KeyVersion
-from engine.plans.body import PlanBody, PlanPoint
+from engine.plans.body import PlanBody, PlanPoint, Waiver
 from engine.report import stored
 from engine.report.chart import period_for
 from engine.report.health import DAY_MS, Health, health, to_ms
@@ -123,37 +123,29 @@ def policies(
     return [found[k] for k in sorted(found)]
 
 
-@dataclass
-class Exception_:
-    """An exception (waiver) in force for points in scope."""
+@dataclass(frozen=True)
+class WaiverUse:
+    """An exception (waiver) in force for points in scope, and those points."""
 
-    policy: str
-    facets: tuple[str, ...]
-    reason: str
-    approved_by: str
-    expires: str
-    at: str
+    waiver: Waiver
     points: set[str] = field(default_factory=set)
 
     def status(self, today: date) -> str:
         """``in force``, ``expiring`` (within 30 days) or ``expired``, on ``today``."""
-        ends = date.fromisoformat(self.expires)
+        ends = date.fromisoformat(self.waiver.expires)
         if ends < today:
             return "expired"
         return "expiring" if ends - today <= EXPIRING_WITHIN else "in force"
 
 
-def exceptions(points: Iterable[ScopedPoint]) -> list[Exception_]:
+def exceptions(points: Iterable[ScopedPoint]) -> list[WaiverUse]:
     """Every waiver the plans in force carry for points in scope, once, with its points."""
-    found: dict[tuple[str, ...], Exception_] = {}
+    found: dict[tuple[str, ...], WaiverUse] = {}
     for sp in points:
         for w in sp.point.waived:
             key = (w.policy, w.at, w.reason, w.expires, *w.facets)
-            said = found.setdefault(
-                key, Exception_(w.policy, w.facets, w.reason, w.approved_by, w.expires, w.at)
-            )
-            said.points.add(f"{sp.device}/{sp.point.name}")
-    return sorted(found.values(), key=lambda e: (e.expires, e.policy, e.at))
+            found.setdefault(key, WaiverUse(w)).points.add(f"{sp.device}/{sp.point.name}")
+    return sorted(found.values(), key=lambda e: (e.waiver.expires, e.waiver.policy, e.waiver.at))
 
 
 # --- audit entries -----------------------------------------------------------------------
@@ -331,7 +323,7 @@ class Facts:
     plans: dict[str, list[PlanBody]]
     points: list[ScopedPoint]
     policies: list[PolicyUse]
-    exceptions: list[Exception_]
+    exceptions: list[WaiverUse]
     health: Health
     period_ms: int
     """The chart's period: the health's, or a whole number of its days."""

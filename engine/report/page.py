@@ -276,16 +276,16 @@ def _exceptions(facts: f.Facts) -> Safe:
     today = facts.made_at.date()
     rows = [
         (
-            e.policy,
-            ", ".join(e.facets),
-            e.reason,
-            e.approved_by,
-            e.expires,
-            _status(e.status(today)),
-            ", ".join(sorted(e.points)),
-            e.at,
+            use.waiver.policy,
+            ", ".join(use.waiver.facets),
+            use.waiver.reason,
+            use.waiver.approved_by,
+            use.waiver.expires,
+            _status(use.status(today)),
+            ", ".join(sorted(use.points)),
+            use.waiver.at,
         )
-        for e in facts.exceptions
+        for use in facts.exceptions
     ]
     valid = sorted(
         {p.valid_until for plans in facts.plans.values() for p in plans if p.valid_until}
