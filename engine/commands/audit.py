@@ -1,10 +1,13 @@
-"""``converge audit``: list the audit log, verify the whole evidence store."""
+"""``converge audit``: list the audit log, verify the whole evidence store, review it, and count
+its slots per day (``gaps``: the completeness view)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -15,8 +18,10 @@ import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from engine.access.acting import Refusal, act_as
+from engine.access.data import Range
 from engine.audit import KINDS, AuditEntry, EntryFilter, actor_label
 from engine.commands.options import (
     Handler,
@@ -32,8 +37,9 @@ from engine.commands.options import (
     trust_of,
 )
 from engine.errors import AccessDenied, ConvergeError
+from engine.report.health import CSV_COLUMNS, Row, health
 from engine.sign.leaf import instant
-from engine.store import auditlog
+from engine.store import auditlog, data
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
 from engine.verify import Report, verify_store
@@ -47,6 +53,7 @@ def register(commands: Subparsers) -> None:
     _add_log(actions)
     _add_verify(actions)
     _add_review(actions)
+    _add_gaps(actions)
     parser.set_defaults(handler=run)
 
 
@@ -103,8 +110,74 @@ def _add_review(actions: Subparsers) -> None:
     review.add_argument("--note", default="", metavar="TEXT", help="what the review found")
 
 
+def _add_gaps(actions: Subparsers) -> None:
+    gaps = actions.add_parser(
+        "gaps", help="per device, point and day: scheduled samples, readings, gaps by reason"
+    )
+    add_db(gaps)
+    gaps.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this device (repeat for more; default: every device)",
+    )
+    add_range(gaps)
+    gaps.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     return ACTIONS[args.audit_command](args, pm, console)
+
+
+def run_gaps(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    """The completeness view: what each point's slots held, per UTC day (docs/report.md)."""
+    if args.start and args.end and args.end <= args.start:
+        raise ConvergeError("--to must be after --from")
+    span = Range(
+        instant(args.start) if args.start else None, instant(args.end) if args.end else None
+    )
+    with Store.open_existing(args.db) as store, store.reading() as conn:
+        devices = args.device or data.devices(conn)
+        rows = health(conn, dict.fromkeys(devices), span).rows()
+    render_gaps(console, args.format, rows)
+    return 0
+
+
+def render_gaps(console: Console, form: str, rows: list[Row]) -> None:
+    if form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(row.as_csv() for row in rows)
+    elif form == "json":
+        for row in rows:
+            sys.stdout.write(json.dumps(row.as_json(), ensure_ascii=False) + "\n")
+    elif not rows:
+        console.print("no records")
+    else:
+        table = Table(title_justify="left")
+        for column in ("device", "point", "day", "scheduled", "readings", "gaps", "by reason"):
+            table.add_column(column, justify="right" if column in _COUNTS else "left")
+        table.add_column("unaccounted", justify="right")
+        table.add_column("extra", justify="right")
+        for row in rows:
+            t = row.tally
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.gaps.items()))
+            missing = f"[red]{t.unaccounted:,}[/]" if t.unaccounted else "0"
+            counts = (f"{t.scheduled:,}", f"{t.readings:,}", f"{t.gap_slots:,}")
+            table.add_row(
+                escape(row.device),
+                escape(row.point),
+                row.day,
+                *counts,
+                reasons,
+                missing,
+                f"{t.extra:,}",
+            )
+        console.print(table)
+
+
+_COUNTS = ("scheduled", "readings", "gaps")
 
 
 def run_review(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -179,7 +252,12 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     return 0 if report.ok else 1
 
 
-ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify, "review": run_review}
+ACTIONS: dict[str, Handler] = {
+    "log": run_log,
+    "verify": run_verify,
+    "review": run_review,
+    "gaps": run_gaps,
+}
 
 
 def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
