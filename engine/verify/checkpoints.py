@@ -84,6 +84,9 @@ def check_log_key(log: Log, key: LogKey, report: Report) -> None:
     named = audit.origin_key(key.origin) if key.origin else None
     if named is not None and named != key.name:
         report.add("audit log", f"its origin names the key {named}, not {key.name}")
+    for again in log.of_kind("log.created"):
+        if again.seq != 0:
+            report.add(f"audit entry {again.seq}", "a second log.created: a log is made once")
     first = log.entries.get(0)
     if first is None or first.kind != "log.created":
         if log.hashes:

@@ -62,6 +62,8 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
         if body.digest != row.digest or body.device.id != row.device:
             report.add(label, "the stored digest or device is not the plan's")
         recorded = said.get(row.digest, {})
+        if recorded and recorded.get("device") != body.device.id:
+            report.add(label, f"its plan.deployed entry names the device {recorded.get('device')}")
         _check_held(label, row.signature, recorded, report)
         if row.signature is not None:
             signed = True
