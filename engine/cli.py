@@ -25,6 +25,7 @@ from engine.commands import (
     coverage,
     diff,
     explain,
+    ingest,
     keys,
     plan,
     query,
@@ -59,6 +60,7 @@ COMMANDS: tuple[Command, ...] = (
     audit,
     access,
     query,
+    ingest,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

@@ -37,7 +37,7 @@ from engine.store.store import Store
 from engine.verify import Progress as OnProgress
 from engine.verify import Report, verify_store
 
-_SUMMARY = ("batch.stored", "batch.dropped", "plan.deployed")
+_SUMMARY = ("batch.stored", "batch.sealed", "batch.dropped", "plan.deployed")
 
 
 def register(commands: Subparsers) -> None:

@@ -28,7 +28,10 @@ from engine.verify.trust import BadTime, instant
 TAIL_KINDS = frozenset(
     {
         "batch.stored",
+        "batch.sealed",
         "batch.dropped",
+        "message.quarantined",
+        "checkpoint.cosigned",
         "spool.full",
         "key.generated",
         "key.rotated",
@@ -38,8 +41,16 @@ TAIL_KINDS = frozenset(
 )
 """What a running collector appends between checkpoints, and what commands that hold no audit
 key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews):
-those wait for the next checkpoint a collector signs."""
-RUN_KINDS = frozenset({"batch.stored", "batch.dropped", "spool.full"})
+those wait for the next checkpoint a collector signs. A site collector that publishes logs its
+batches as ``batch.sealed``; a central store's ingesters log quarantined messages and cosigned
+checkpoints between theirs (docs/scale-out.md)."""
+RUN_KINDS = frozenset(
+    {"batch.stored", "batch.sealed", "batch.dropped", "spool.full", "message.quarantined",
+     "checkpoint.cosigned"}
+)  # fmt: skip
+STARTS = frozenset({"collector.started", "ingest.started"})
+"""A run's signed start, saying its checkpoint cadence: a collector's, or an ingester's."""
+BATCHES = frozenset({"batch.stored", "batch.sealed"})
 SLACK_ENTRIES = 64
 """Entries one delivery may add after a checkpoint fell due: a batch, replayed ones, drops."""
 SLACK = timedelta(seconds=30)
@@ -98,7 +109,7 @@ def _wrong_kinds(first: int, tail: list[audit.AuditEntry | None], report: Report
 
 def _cadence(log: Log, before: int) -> Cadence | None:
     """The checkpoint cadence of the last run started in the signed part of the log."""
-    starts = [e for e in log.entries.values() if e.kind == "collector.started" and e.seq < before]
+    starts = [e for e in log.entries.values() if e.kind in STARTS and e.seq < before]
     if not starts:
         return None
     said = max(starts, key=lambda e: e.seq).payload
@@ -125,7 +136,7 @@ def _too_long(
         )
         return True
     for entry in tail:
-        if entry is None or entry.kind != "batch.stored":
+        if entry is None or entry.kind not in BATCHES:
             continue
         try:
             start, end = (
