@@ -121,6 +121,7 @@ class Publisher:
         self.old_size = self.cosigned
         self.refused_size = -1
         self.stats: Counter[str] = Counter()
+        self.was_connected = False
         self.link = transport.open(
             f"converge-site-{self.site}-{self.collector}",
             [Subscription(self.reply_to)],
@@ -152,12 +153,24 @@ class Publisher:
     def step(self) -> None:
         """One round: take the answers, see what is new, send what is due."""
         self._take_answers(self.config.poll_s)
+        connected = self.link.connected
+        if connected and not self.was_connected:
+            self._resend_all()
+        self.was_connected = connected
         try:
             self._load()
-            if self.link.connected:
+            if connected:
                 self._send_due()
         except StoreError as exc:
             log.warning("the site store is away: %s", exc)
+
+    def _resend_all(self) -> None:
+        """After a reconnection, whatever is unanswered is sent again at once: the broker may
+        have restarted without it, or the ingester it went to may be gone."""
+        self.sent.batches = dict.fromkeys(self.sent.batches, 0.0)
+        self.sent.plans = dict.fromkeys(self.sent.plans, 0.0)
+        self.sent.keys = None if self.sent.keys is None else 0.0
+        self.sent.checkpoint = None
 
     def idle(self) -> bool:
         """Whether nothing is left to send: an empty outbox, the newest checkpoint cosigned."""

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.audit import Actor
-from engine.central.publisher import Publisher, collector_id
+from engine.central.publisher import PublishConfig, Publisher, collector_id
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
 from engine.collect.status import JsonLogReporter, Reporter
 from engine.commands.options import (
@@ -114,6 +114,21 @@ def _add_publish(central: argparse._ArgumentGroup) -> None:
         metavar="FILE",
         help="without --db: the site's own audit log, outbox and cosignatures "
         "(default: ./converge-log.db); with --db they are in that store",
+    )
+    central.add_argument(
+        "--resend-after",
+        type=seconds,
+        default=PublishConfig.resend_s,
+        metavar="DURATION",
+        help="send a batch again when the centre has not answered it by then (default: 30s)",
+    )
+    central.add_argument(
+        "--drain",
+        type=seconds,
+        default=PublishConfig.drain_s,
+        metavar="DURATION",
+        help="at the end, wait this long for the centre to take what the outbox holds "
+        "(default: 10s); what it does not take is sent by the next run",
     )
     add_broker(central)
 
@@ -250,7 +265,8 @@ def _publishing(
     store = SiteStore.attach_site(
         target.db, Actor.job("publisher"), target.publishing, audit_key=args.audit_key
     )
-    publisher = Publisher(store, transport, keys)
+    config = PublishConfig(resend_s=args.resend_after, drain_s=args.drain)
+    publisher = Publisher(store, transport, keys, config)
     stop = threading.Event()
     return publisher, stop, publisher.start(stop)
 
