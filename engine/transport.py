@@ -71,7 +71,8 @@ class Link(Protocol):
 
     @property
     def connected(self) -> bool:
-        """Whether the link is up now."""
+        """Whether the link is up now, and subscribed to its subscriptions since it last
+        connected (what is sent to them from now on reaches it)."""
 
     def publish(self, message: Message) -> None:
         """Send ``message`` at least once (MQTT QoS 1); returns at once. While the link is

@@ -18,7 +18,10 @@ time:
 3. after the commit it answers on the message's reply topic, then
    acknowledges the message to the broker.
 
-So a message is acknowledged only once its outcome is committed: an
+The first step runs in a thread of its own, a few messages ahead of the
+second, so that hashing one batch overlaps waiting for the store to commit
+the one before (the order of messages is kept). So a message is
+acknowledged only once its outcome is committed: an
 ingester killed before that leaves it unacknowledged, and the broker gives
 it to another member, or loses it (eclipse-mosquitto/mosquitto#2662), in
 which case the site sends it again, unanswered as it is. A batch delivered
@@ -84,7 +87,12 @@ class IngestConfig:
     retry_s: float = 1.0
 
 
-Handle = Callable[[Topic, Message, Trust], Reply]
+Work = Callable[[], Reply]
+"""What is left of a message once checked without the store: the part that needs it (a
+refusal included), run by the committing thread."""
+Handle = Callable[[Topic, Message, Trust], Work]
+CHECKED_AHEAD = 4
+"""Messages checked and waiting for the store, at most."""
 
 
 class Ingester:
@@ -110,26 +118,52 @@ class Ingester:
     # --- the run ---------------------------------------------------------------------------
 
     def start(self, transport: Transport, stop: threading.Event, client_id: str = "") -> bool:
-        """Record the start in the store (trying again while it is away), then subscribe;
-        ``False`` when stopped before the store answered."""
+        """Record the start in the store (trying again while it is away), then subscribe and
+        wait until subscribed; ``False`` when stopped before."""
         if not self._until_done(self._record_start, stop):
             return False
         subscriptions = [Subscription(f, self.config.group) for f in INGEST_FILTERS]
         name = client_id or f"converge-ingest-{socket.gethostname()}-{os.getpid()}"
         self.link = transport.open(name, subscriptions, self._received, durable=False)
+        while not self.link.connected:  # subscribed: what is sent from now on reaches the group
+            if stop.wait(0.05):
+                return False
         return True
 
     def serve(self, stop: threading.Event) -> None:
-        """Handle messages until ``stop`` is set (a message in hand is finished first, unless
-        the store is away: then it stays unacknowledged, for another ingester)."""
+        """Check messages (a thread of its own) and commit them (this thread) until ``stop`` is
+        set; a message in hand is finished first, unless the store is away: then it stays
+        unacknowledged, for another ingester."""
+        checked: queue.Queue[tuple[Message, Ack, Work]] = queue.Queue(CHECKED_AHEAD)
+        checker = threading.Thread(
+            target=self._check_all, args=(stop, checked), name="converge-check", daemon=True
+        )
+        checker.start()
+        while not stop.is_set():
+            try:
+                message, ack, work = checked.get(timeout=0.2)
+            except queue.Empty:
+                self._idle()
+                continue
+            if self._until_done(partial(self._commit, message, work), stop):
+                ack()
+        checker.join()
+
+    def _check_all(
+        self, stop: threading.Event, checked: queue.Queue[tuple[Message, Ack, Work]]
+    ) -> None:
         while not stop.is_set():
             try:
                 message, ack = self.inbox.get(timeout=0.2)
             except queue.Empty:
-                self._idle()
                 continue
-            if self._until_done(partial(self.handle, message), stop):
-                ack()
+            item = (message, ack, self.check(message))
+            while not stop.is_set():
+                try:
+                    checked.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
 
     def finish(self) -> None:
         """Record the stop (with a checkpoint) if the store answers, and disconnect."""
@@ -198,35 +232,48 @@ class Ingester:
     # --- one message -----------------------------------------------------------------------
 
     def handle(self, message: Message) -> Reply:
-        """Decide on one message, commit, and answer it; raises StoreError (nothing answered)
-        when the store is away."""
-        reply = self.decide(message)
+        """Check one message, commit what becomes of it, and answer it; raises StoreError
+        (nothing answered) when the store is away."""
+        return self._commit(message, self.check(message))
+
+    def _commit(self, message: Message, work: Work) -> Reply:
+        reply = work()
         self.stats[reply.status] += 1
         if message.reply_to and self.link is not None:
             answer = Message(message.reply_to, reply.to_bytes(), correlation=message.correlation)
             self.link.publish(answer)
         return reply
 
-    def decide(self, message: Message) -> Reply:
-        """What becomes of ``message``, committed."""
+    def check(self, message: Message) -> Work:
+        """The checks of ``message`` that need no store; what is left to do, which does."""
+        try:
+            return self._check(message)
+        except Exception as exc:  # untrusted input must never stop an ingester: keep it
+            log.exception("a message that cannot be checked, on %s", message.topic)
+            reason = f"cannot be checked ({type(exc).__name__}: {exc})"
+            refused = Refused("", message.topic, "message", reason, message.payload)
+            return partial(self._refuse, refused)
+
+    def _check(self, message: Message) -> Work:
         payload = message.payload
         try:
             topic = parse_topic(message.topic)
         except MalformedMessage as exc:
-            return self._refuse(Refused("", message.topic, "message", str(exc), payload))
+            return partial(self._refuse, Refused("", message.topic, "message", str(exc), payload))
         if len(payload) > self.config.max_message:
             reason = f"{len(payload)} bytes, more than the {self.config.max_message} accepted"
             refused = Refused(topic.site, message.topic, topic.kind, reason, payload, keep=False)
-            return self._refuse(refused)
+            return partial(self._refuse, refused)
         keys = self.sites.sites.get(topic.site)
         if keys is None:
             reason = f"unknown site {topic.site}: the centre trusts no key of it (--trust)"
-            return self._refuse(Refused(topic.site, message.topic, topic.kind, reason, payload))
+            refused = Refused(topic.site, message.topic, topic.kind, reason, payload)
+            return partial(self._refuse, refused)
         try:
             return self.handlers[topic.kind](topic, message, keys)
         except MalformedMessage as exc:
             refused = Refused(topic.site, message.topic, topic.kind, f"malformed: {exc}", payload)
-            return self._refuse(refused)
+            return partial(self._refuse, refused)
 
     def _refuse(self, refused: Refused) -> Reply:
         self.store.quarantine(refused)
@@ -242,7 +289,7 @@ class Ingester:
 
     # --- batches ---------------------------------------------------------------------------
 
-    def _batch(self, topic: Topic, message: Message, keys: Trust) -> Reply:
+    def _batch(self, topic: Topic, message: Message, keys: Trust) -> Work:
         parsed = BatchMessage.parse(message.payload)
         self._same_site(topic, parsed.site)
         sealed, entry = parsed.sealed, parsed.log_entry()
@@ -256,14 +303,11 @@ class Ingester:
 
         at, why = checks.sealed_at(entry.time, datetime.now(UTC))
         if at is None or why:
-            return self._refuse(refused(why or "no sealing time"))
+            return partial(self._refuse, refused(why or "no sealing time"))
         why = checks.check_signatures(sealed, keys, at) or checks.check_records(sealed)
         if why:
-            return self._refuse(refused(why))
-        try:
-            return self._store_batch(topic, parsed, at, refused)
-        except IntegrityError:
-            return Reply("duplicate", "stored before")
+            return partial(self._refuse, refused(why))
+        return partial(self._store_batch, topic, parsed, at, refused)
 
     def _store_batch(
         self,
@@ -273,6 +317,18 @@ class Ingester:
         refused: Callable[[str], Refused],
     ) -> Reply:
         """The checks that need the store, and the batch stored, in one locked transaction."""
+        try:
+            return self._store_checked(topic, parsed, at, refused)
+        except IntegrityError:
+            return Reply("duplicate", "stored before")
+
+    def _store_checked(
+        self,
+        topic: Topic,
+        parsed: BatchMessage,
+        at: datetime,
+        refused: Callable[[str], Refused],
+    ) -> Reply:
         store, sealed = self.store, parsed.sealed
         head = sealed.head
         with store.transaction() as conn:
@@ -315,14 +371,15 @@ class Ingester:
 
     # --- plans and keys --------------------------------------------------------------------
 
-    def _plan(self, topic: Topic, message: Message, keys: Trust) -> Reply:
+    def _plan(self, topic: Topic, message: Message, keys: Trust) -> Work:
         parsed = PlanMessage.parse(message.payload)
         self._same_site(topic, parsed.site)
 
-        def refuse(reason: str) -> Reply:
-            return self._refuse(
-                Refused(topic.site, message.topic, "plan", reason, message.payload, topic.device)
+        def refuse(reason: str) -> Work:
+            refused = Refused(
+                topic.site, message.topic, "plan", reason, message.payload, topic.device
             )
+            return partial(self._refuse, refused)
 
         try:
             plan = read_plan(parsed.data, f"the plan of {topic.device}")
@@ -333,12 +390,18 @@ class Ingester:
         why = checks.check_plan_signature(parsed.signature, plan, keys)
         if why:
             return refuse(why)
-        owner = self.store.deploy_site_plan(plan, parsed.signature, topic.site, self._seal())
-        if owner is not None:
-            return refuse(f"device {plan.device.id} is site {owner}'s")
-        return Reply("deployed")
 
-    def _keys(self, topic: Topic, message: Message, keys: Trust) -> Reply:
+        def deploy() -> Reply:
+            owner = self.store.deploy_site_plan(plan, parsed.signature, topic.site, self._seal())
+            return (
+                Reply("deployed")
+                if owner is None
+                else refuse(f"device {plan.device.id} is site {owner}'s")()
+            )
+
+        return deploy
+
+    def _keys(self, topic: Topic, message: Message, keys: Trust) -> Work:
         parsed = KeysMessage.parse(message.payload)
         self._same_site(topic, parsed.site)
         for version in parsed.versions:
@@ -348,13 +411,17 @@ class Ingester:
             ):
                 reason = f"key {version.name} v{version.version} is not among the site's keys"
                 refused = Refused(topic.site, message.topic, "keys", reason, message.payload)
-                return self._refuse(refused)
-        self.store.log_site_keys(topic.site, parsed.versions)
-        return Reply("recorded")
+                return partial(self._refuse, refused)
+
+        def record() -> Reply:
+            self.store.log_site_keys(topic.site, parsed.versions)
+            return Reply("recorded")
+
+        return record
 
     # --- checkpoints -----------------------------------------------------------------------
 
-    def _checkpoint(self, topic: Topic, message: Message, keys: Trust) -> Reply:
+    def _checkpoint(self, topic: Topic, message: Message, keys: Trust) -> Work:
         parsed = CheckpointMessage.parse(message.payload)
         self._same_site(topic, parsed.site)
 
@@ -364,7 +431,18 @@ class Ingester:
         try:
             opened = witness.open_checkpoint(parsed, keys)
         except witness.CheckpointRefused as exc:
-            return self._refuse(refused(str(exc)))
+            return partial(self._refuse, refused(str(exc)))
+        return partial(self._cosign_if_consistent, topic, parsed, opened, refused)
+
+    def _cosign_if_consistent(
+        self,
+        topic: Topic,
+        parsed: CheckpointMessage,
+        opened: witness.Opened,
+        refused: Callable[[str], Refused],
+    ) -> Reply:
+        """In one locked transaction: judge the checkpoint against the one cosigned last, and
+        record and cosign it, or quarantine it."""
         store = self.store
         with store.transaction() as conn:
             last = store.witnessed(conn, opened.origin)

@@ -93,6 +93,12 @@ class Witnessed:
 class CentralStore(Store):
     """A store that ingesters write the sites' batches, plans and keys to; see the module."""
 
+    plans: dict[str, PlanBody]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plans = {}
+
     # --- quarantine ------------------------------------------------------------------------
 
     def quarantine(self, refused: Refused) -> int:
@@ -159,8 +165,14 @@ class CentralStore(Store):
         return None if found is None else str(found)
 
     def plan_in(self, conn: Connection, digest: str) -> PlanBody | None:
+        """The deployed plan of ``digest`` (kept once read: a digest names one plan for ever)."""
+        if digest in self.plans:
+            return self.plans[digest]
         found = conn.execute(select(PLANS.c.body).where(PLANS.c.digest == digest)).scalar()
-        return None if found is None else read_plan(bytes(found), f"plan {digest}")
+        if found is None:
+            return None
+        self.plans[digest] = plan = read_plan(bytes(found), f"plan {digest}")
+        return plan
 
     def deploy_site_plan(
         self, plan: PlanBody, signature: str | None, site: str, seal: audit.Seal

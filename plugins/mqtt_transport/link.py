@@ -106,8 +106,11 @@ class MqttLink:
         self.client.max_inflight_messages_set(IN_FLIGHT)
         self.client.reconnect_delay_set(1, 5)
         self.client.on_connect = self._connected
+        self.client.on_subscribe = self._subscribed
         self.client.on_message = self._received
         self.closed = threading.Event()
+        self.ready = threading.Event()
+        """Connected and subscribed: what arrives from now on reaches the handler."""
         properties = _properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if durable else 0
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -128,7 +131,8 @@ class MqttLink:
 
     @property
     def connected(self) -> bool:
-        return bool(self.client.is_connected())
+        """Connected, and (when it subscribes) subscribed since the last connection."""
+        return bool(self.client.is_connected()) and self.ready.is_set()
 
     def publish(self, message: Message) -> None:
         properties = _properties(PacketTypes.PUBLISH)
@@ -153,11 +157,25 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self.ready.clear()
         if reason.is_failure:
             return  # paho tries again
         topics = [(_filter(s), 1) for s in self.subscriptions]
         if topics:
             client.subscribe(topics)
+        else:
+            self.ready.set()
+
+    def _subscribed(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if not any(reason.is_failure for reason in reasons):
+            self.ready.set()
 
     def _received(self, client: mqtt.Client, userdata: Any, received: mqtt.MQTTMessage) -> None:
         properties = received.properties
