@@ -108,6 +108,8 @@ class Ingester:
         self.stats: Counter[str] = Counter()
         self.link: Link | None = None
         self.last_checkpoint = time.monotonic()
+        self.checkpointed = 0
+        """The log's size at this ingester's last checkpoint."""
         self.handlers: dict[str, Handle] = {
             "batch": self._batch,
             "plan": self._plan,
@@ -191,6 +193,7 @@ class Ingester:
         start = Recorded(audit.now_instant(), keys=versions, entries=(("ingest.started", started),))
         self.store.record(start, self._seal())
         self.last_checkpoint = time.monotonic()
+        self.checkpointed = self.store.checkpointed_size()
 
     def _until_done(self, work: Callable[[], object], stop: threading.Event) -> bool:
         """Do ``work``, again every ``retry_s`` while the store is away; ``False`` if stopped."""
@@ -216,15 +219,12 @@ class Ingester:
             return
         try:
             with self.store.transaction() as conn:
-                note_text = (
-                    self.store.checkpoint_in(conn, self._seal())
-                    if self.store.entries_since_checkpoint_in(conn)
-                    else None
-                )
+                note_text = self.store.checkpoint_in(conn, self._seal())
+                size = self.store.checkpointed_size_in(conn)
         except StoreError:
             return
         self.store._witness(note_text)
-        self.last_checkpoint = time.monotonic()
+        self.last_checkpoint, self.checkpointed = time.monotonic(), size
 
     def _seal(self) -> audit.Seal:
         return audit.seal_with(self.keys, self.config.audit_key, datetime.now(UTC))
@@ -356,18 +356,21 @@ class Ingester:
             if why:
                 store.quarantine_in(conn, refused(why))
                 return Reply("quarantined", why)
-            store.write_in(conn, sealed, at)
-            note_text = self._checkpoint_if_due(conn)
+            seq = store.write_in(conn, sealed, at, new=True)
+            note_text = self._checkpoint_if_due(conn, (seq or 0) + 1)
         store._witness(note_text)
         return Reply("stored")
 
-    def _checkpoint_if_due(self, conn: Connection) -> str | None:
-        config, store = self.config, self.store
+    def _checkpoint_if_due(self, conn: Connection, size: int) -> str | None:
+        """A checkpoint of the log's ``size`` entries when ``checkpoint_s`` have passed, or
+        ``checkpoint_entries`` since this ingester's last one (others may have signed one
+        since: counting from its own, it signs at least as often as it must)."""
+        config = self.config
         due = time.monotonic() - self.last_checkpoint >= config.checkpoint_s
-        if not due and store.entries_since_checkpoint_in(conn) < config.checkpoint_entries:
+        if not due and size - self.checkpointed < config.checkpoint_entries:
             return None
-        self.last_checkpoint = time.monotonic()
-        return store.checkpoint_in(conn, self._seal())
+        self.last_checkpoint, self.checkpointed = time.monotonic(), size
+        return self.store.checkpoint_in(conn, self._seal())
 
     # --- plans and keys --------------------------------------------------------------------
 

@@ -94,10 +94,11 @@ class CentralStore(Store):
     """A store that ingesters write the sites' batches, plans and keys to; see the module."""
 
     plans: dict[str, PlanBody]
+    sites: dict[str, str]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.plans = {}
+        self.plans, self.sites = {}, {}
 
     # --- quarantine ------------------------------------------------------------------------
 
@@ -141,28 +142,49 @@ class CentralStore(Store):
     # --- chains ----------------------------------------------------------------------------
 
     def place(self, conn: Connection, device: str, previous: bytes, root: bytes) -> Place:
-        """Where a batch of ``device`` with ``previous`` and ``root`` stands (in the lock)."""
-        mine = select(BATCHES.c.id).where(BATCHES.c.device == device)
-        if conn.execute(mine.where(BATCHES.c.root == root)).first() is not None:
+        """Where a batch of ``device`` with ``previous`` and ``root`` stands (in the lock).
+
+        One query reads the batches that decide it: this one, its predecessor, and any
+        other that follows its predecessor (a device's first batch: any batch of it).
+        """
+        mine = select(BATCHES.c.root, BATCHES.c.previous_root).where(BATCHES.c.device == device)
+        near = (
+            mine.limit(2)
+            if previous == ZERO_ROOT
+            else mine.where(
+                (BATCHES.c.root == root)
+                | (BATCHES.c.root == previous)
+                | (BATCHES.c.previous_root == previous)
+            )
+        )
+        rows = [(bytes(r.root), bytes(r.previous_root)) for r in conn.execute(near)]
+        if any(stored == root for stored, _ in rows):
             return Place.STORED
         if previous == ZERO_ROOT:
-            return Place.FORK if conn.execute(mine.limit(1)).first() is not None else Place.NEXT
-        if conn.execute(mine.where(BATCHES.c.root == previous)).first() is None:
+            return Place.FORK if rows else Place.NEXT
+        if not any(stored == previous for stored, _ in rows):
             held = select(QUARANTINE.c.id).where(
                 QUARANTINE.c.device == device, QUARANTINE.c.root == previous
             )
             found = conn.execute(held.limit(1)).first()
             return Place.WAITING if found is None else Place.AFTER_QUARANTINED
-        taken = conn.execute(mine.where(BATCHES.c.previous_root == previous).limit(1)).first()
-        return Place.NEXT if taken is None else Place.FORK
+        taken = any(before == previous for _, before in rows)
+        return Place.FORK if taken else Place.NEXT
 
     # --- sites, plans and keys -------------------------------------------------------------
 
     def device_site(self, conn: Connection, device: str) -> str | None:
+        """The site that sends ``device``'s batches, if one does (kept once read: a device's
+        site never changes)."""
+        if device in self.sites:
+            return self.sites[device]
         found = conn.execute(
             select(SITE_DEVICES.c.site).where(SITE_DEVICES.c.device == device)
         ).scalar()
-        return None if found is None else str(found)
+        if found is None:
+            return None
+        self.sites[device] = str(found)
+        return str(found)
 
     def plan_in(self, conn: Connection, digest: str) -> PlanBody | None:
         """The deployed plan of ``digest`` (kept once read: a digest names one plan for ever)."""
@@ -253,8 +275,14 @@ class CentralStore(Store):
         except VerificationError:
             return None
 
-    def entries_since_checkpoint_in(self, conn: Connection) -> int:
-        return auditlog.size(conn) - auditlog.last_checkpoint_size(conn)
+    def checkpointed_size(self) -> int:
+        """The size of the log's newest checkpoint."""
+        with self.reading() as conn:
+            return self.checkpointed_size_in(conn)
+
+    @staticmethod
+    def checkpointed_size_in(conn: Connection) -> int:
+        return auditlog.last_checkpoint_size(conn)
 
 
 __all__ = ["CentralStore", "Place", "Refused", "Witnessed"]

@@ -175,11 +175,14 @@ class Store:
         except IntegrityError:
             return False  # a concurrent writer stored the same batch first
 
-    def write_in(self, conn: Connection, sealed: SealedBatch, at: datetime | None) -> int | None:
+    def write_in(
+        self, conn: Connection, sealed: SealedBatch, at: datetime | None, new: bool = False
+    ) -> int | None:
         """In ``conn``'s write transaction: :meth:`write`'s work; the ``seq`` of the batch's
-        ``batch.stored`` entry, or ``None`` when the batch is already stored."""
+        ``batch.stored`` entry, or ``None`` when the batch is already stored (``new``: the
+        caller has found it is not, in this transaction)."""
         head = sealed.head
-        if self._stored(conn, head.device, head.root):
+        if not new and self._stored(conn, head.device, head.root):
             return None
         seq = auditlog.append(
             conn,
