@@ -80,6 +80,8 @@ class Sealed:
     keys: Path
     batches: int
     readings: int
+    wire_bytes: int
+    """The batches' messages, as they travel."""
 
 
 def seal(workdir: Path, count: int) -> Sealed:
@@ -103,8 +105,10 @@ def seal(workdir: Path, count: int) -> Sealed:
     finally:
         spool.close()
     batches = store.outbox_size()
+    with store.reading() as conn:
+        wire = int(conn.exec_driver_sql("SELECT sum(length(message)) FROM outbox").scalar_one())
     store.close()
-    return Sealed(path, workdir / "site-keys", batches, count)
+    return Sealed(path, workdir / "site-keys", batches, count, wire)
 
 
 def copy(source: Path, target: Path) -> None:
@@ -196,7 +200,8 @@ def ingesters(
 
 
 def through(sealed: Sealed, workdir: Path, broker: str, url: str, count: int) -> float:
-    """Seconds from the publisher's start until the centre answered every batch."""
+    """Seconds from the publisher's start (its keys and plans go first) until the centre
+    answered the last batch."""
     keys, trust = centre(workdir, sealed)
     run = workdir / f"site-{count}.db"
     copy(sealed.store, run)
@@ -211,7 +216,7 @@ def through(sealed: Sealed, workdir: Path, broker: str, url: str, count: int) ->
         stop = threading.Event()
         started = time.perf_counter()
         thread = publisher.start(stop)
-        while not publisher.idle() and thread.is_alive():
+        while store.outbox_size() and thread.is_alive():
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         stop.set()
@@ -240,6 +245,18 @@ def counted(url: str, sealed: Sealed) -> tuple[int, int]:
     lost = sealed.batches - distinct
     duplicated = (batches - distinct) + max(0, (rows[0] if rows else 0) - counts)
     return lost, duplicated
+
+
+def stored_bytes(url: str) -> int:
+    """Bytes PostgreSQL holds for the evidence tables (data and indexes)."""
+    import psycopg
+    from ingest import libpq_url
+
+    tables = ("readings", "gap_records", "batches", "batch_signatures", "audit_entries")
+    query = " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
+    with psycopg.connect(libpq_url(url)) as db:
+        row = db.execute(f"SELECT {query}").fetchone()
+    return int(row[0]) if row else 0
 
 
 def report(name: str, seconds: float, sealed: Sealed, floor: float | None, url: str) -> None:
@@ -275,10 +292,15 @@ def main() -> None:
         with scratch_databases(args.postgres, 3) as (floor_url, one_url, two_url):
             floor = direct(sealed, floor_url)
             report("direct", floor, sealed, None, floor_url)
+            on_disk = stored_bytes(floor_url)
             one = through(sealed, workdir, args.broker, one_url, 1)
             report("1 ingester", one, sealed, floor, one_url)
             two = through(sealed, workdir, args.broker, two_url, 2)
             report("2 ingesters", two, sealed, floor, two_url)
+        print(
+            f"  bytes per reading: {sealed.wire_bytes / sealed.readings:.0f} on the wire,"
+            f" {on_disk / sealed.readings:.0f} stored in PostgreSQL (tables and indexes)"
+        )
         share = floor / one
         verdict = "PASS" if share >= TARGET_SHARE else "FAIL"
         print(f"  {verdict} one ingester {share:.0%} of direct (target >= {TARGET_SHARE:.0%})")
