@@ -25,6 +25,7 @@ from engine.commands import (
     coverage,
     diff,
     explain,
+    export,
     ingest,
     keys,
     plan,
@@ -33,6 +34,7 @@ from engine.commands import (
     schema,
     simulate,
     test,
+    verify,
 )
 from engine.commands.findings import findings_text
 from engine.commands.options import PIPE_WIDTH, Handler, Subparsers
@@ -60,6 +62,8 @@ COMMANDS: tuple[Command, ...] = (
     audit,
     access,
     query,
+    export,
+    verify,
     ingest,
 )
 """Every command, in the order ``converge --help`` lists them."""

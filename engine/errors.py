@@ -50,6 +50,8 @@ cryptography's ``InvalidSignature`` into :class:`VerificationError` leaves
 ``TimeoutError`` at the session (plugins, see :class:`engine.protocols.Session`).
 Private exceptions that only steer control flow inside one module
 (``_Unusual``, ``_Differs``) never leave it; a test keeps this tree complete.
+The bundle verifier (``engine/export/verifier.py``, shipped alone as
+``verify.py``) imports nothing of Converge and has its own ``Refused``.
 """
 
 from __future__ import annotations

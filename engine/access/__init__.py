@@ -31,11 +31,11 @@ from engine.store.store import Store
 
 @dataclass(frozen=True)
 class Question:
-    """Who asks to do what, on which points of a device (all of them: ``None``), when."""
+    """Who asks to do what, on which points (all of them: ``None``) of which devices, when."""
 
     principal: str
     action: Action
-    device: str
+    devices: Sequence[str]
     points: Sequence[str] | None = None
     start: datetime | None = None
     end: datetime | None = None
@@ -50,7 +50,7 @@ def ask(conn: Connection, resolver: PrincipalResolver, question: Question) -> De
         identity=resolver.resolve(q.principal),
         os_user=os_user(),
         action=q.action,
-        targets=targets(conn, q.device, q.points, span),
+        targets=[t for device in q.devices for t in targets(conn, device, q.points, span)],
         start=q.start,
         end=q.end,
         principals=resolver.digest,

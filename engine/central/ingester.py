@@ -107,6 +107,8 @@ class Ingester:
         self.inbox: queue.Queue[tuple[Message, Ack]] = queue.Queue()
         self.stats: Counter[str] = Counter()
         self.link: Link | None = None
+        self.name = ""
+        """The ingester's client id at the broker, named in its start and stop entries."""
         self.last_checkpoint = time.monotonic()
         self.checkpointed = 0
         """The log's size at this ingester's last checkpoint."""
@@ -122,11 +124,11 @@ class Ingester:
     def start(self, transport: Transport, stop: threading.Event, client_id: str = "") -> bool:
         """Record the start in the store (trying again while it is away), then subscribe and
         wait until subscribed; ``False`` when stopped before."""
+        self.name = client_id or f"converge-ingest-{socket.gethostname()}-{os.getpid()}"
         if not self._until_done(self._record_start, stop):
             return False
         subscriptions = [Subscription(f, self.config.group) for f in INGEST_FILTERS]
-        name = client_id or f"converge-ingest-{socket.gethostname()}-{os.getpid()}"
-        self.link = transport.open(name, subscriptions, self._received, durable=False)
+        self.link = transport.open(self.name, subscriptions, self._received, durable=False)
         while not self.link.connected:  # subscribed: what is sent from now on reaches the group
             if stop.wait(0.05):
                 return False
@@ -172,7 +174,8 @@ class Ingester:
         if self.link is not None:
             self.link.close()
         try:
-            stopped = Recorded(audit.now_instant(), entries=(("ingest.stopped", dict(self.stats)),))
+            said = {"ingester": self.name, **self.stats}
+            stopped = Recorded(audit.now_instant(), entries=(("ingest.stopped", said),))
             self.store.record(stopped, self._seal())
         except StoreError as exc:
             log.warning("the stop is not recorded: %s", exc)
@@ -182,6 +185,7 @@ class Ingester:
         self.store.prepare()
         config = self.config
         started = {
+            "ingester": self.name,
             "group": config.group,
             "sites": sorted(self.sites.sites),
             "cosigner": audit.cosigner_name(config.witness_key),

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         raise ConvergeError("--to must be after --from")
     resolver = principals_of(args, pm)
     question = Question(
-        principal_of(args), "read", device, [point] if point else None, args.start, args.end
+        principal_of(args), "read", [device], [point] if point else None, args.start, args.end
     )
     trust = trust_of(args, pm)
     with Store.open_existing(args.db) as store:

@@ -33,6 +33,8 @@ class StoredBatch:
     count: int
     entry_time: str | None
     """The time its ``batch.stored`` entry records: when it was signed."""
+    entry_seq: int
+    """The sequence number of its ``batch.stored`` entry."""
     signatures: dict[str, bytes]
 
 
@@ -85,6 +87,7 @@ def batches(conn: Connection, device: str, start: str | None, end: str | None) -
             as_bytes(r.statement),
             r._mapping["count"],
             r.time,
+            r.audit_seq,
             signed.get(r.id, {}),
         )
         for r in rows
