@@ -42,9 +42,9 @@ from engine.sign.leaf import instant
 from engine.store import auditlog, data
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
-from engine.verify import Report, verify_store
+from engine.verify import Report, Trust, verify_store
 
-_SUMMARY = ("batch.stored", "batch.dropped", "plan.deployed")
+_SUMMARY = ("batch.stored", "batch.sealed", "batch.dropped", "plan.deployed")
 
 
 def register(commands: Subparsers) -> None:
@@ -95,6 +95,14 @@ def _add_verify(actions: Subparsers) -> None:
         metavar="KEY",
         help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
         "signed by it (default: a plan's signature, when it has one, may be any trusted key's)",
+    )
+    verify.add_argument(
+        "--cosigned-by",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="a site store's cosignatures must be by this centre witness key (its exports, "
+        "converge keys export-public KEY --format json)",
     )
     verify.add_argument("--format", choices=("text", "json"), default="text")
 
@@ -242,6 +250,7 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
             progress=progress,
             audit_key=args.audit_key,
             plan_key=args.plan_key,
+            cosigned_by=Trust.from_json(args.cosigned_by) if args.cosigned_by else None,
         )
         where = store.where
     seconds = time.perf_counter() - started

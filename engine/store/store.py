@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -104,7 +104,7 @@ class Store:
         actor: Actor,
         witness: Path | None = None,
         audit_key: str = DEFAULT_AUDIT_KEY,
-    ) -> Store:
+    ) -> Self:
         """The store at ``target`` without reaching it yet: :meth:`prepare` it before writing.
 
         Raises StoreError only for a target that names no database a driver can open.
@@ -169,23 +169,31 @@ class Store:
 
         Returns ``False`` (and stores nothing) when the batch is already stored.
         """
-        head = sealed.head
         try:
             with self.transaction() as conn:
-                if self._stored(conn, head.device, head.root):
-                    return False
-                seq = auditlog.append(
-                    conn,
-                    "batch.stored",
-                    self.actor,
-                    sealed.audit_payload(),
-                    instant(at or datetime.now(UTC)),
-                )
-                batch_id = self._insert_batch(conn, sealed, seq)
-                self._insert_records(conn, batch_id, sealed)
+                return self.write_in(conn, sealed, at) is not None
         except IntegrityError:
             return False  # a concurrent writer stored the same batch first
-        return True
+
+    def write_in(
+        self, conn: Connection, sealed: SealedBatch, at: datetime | None, new: bool = False
+    ) -> int | None:
+        """In ``conn``'s write transaction: :meth:`write`'s work; the ``seq`` of the batch's
+        ``batch.stored`` entry, or ``None`` when the batch is already stored (``new``: the
+        caller has found it is not, in this transaction)."""
+        head = sealed.head
+        if not new and self._stored(conn, head.device, head.root):
+            return None
+        seq = auditlog.append(
+            conn,
+            "batch.stored",
+            self.actor,
+            sealed.audit_payload(),
+            instant(at or datetime.now(UTC)),
+        )
+        batch_id = self._insert_batch(conn, sealed, seq)
+        self._insert_records(conn, batch_id, sealed)
+        return seq
 
     @staticmethod
     def _stored(conn: Connection, device: str, root: bytes) -> bool:
@@ -345,6 +353,7 @@ class Store:
         logged = {
             (e.payload["name"], e.payload["version"])
             for e in auditlog.entries(conn, ["key.generated", "key.rotated"])
+            if "site" not in e.payload  # a site's key, in a central store (store/central.py)
         }
         new = [v for v in versions if (v.name, v.version) not in logged]
         for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):

@@ -108,7 +108,7 @@ def _signed(rows: Sequence[Row[Any]], key: LogKey, report: Report) -> list[Signe
     signed = []
     for row in rows:
         label = f"checkpoint {row.id} (size {row.size})"
-        found = _checkpoint(label, row.note, key, report)
+        found = open_signed(label, row.note, key, report)
         if found is None:
             continue
         if found.checkpoint.size != row.size:
@@ -117,7 +117,7 @@ def _signed(rows: Sequence[Row[Any]], key: LogKey, report: Report) -> list[Signe
     return signed
 
 
-def _checkpoint(label: str, text: str, key: LogKey, report: Report) -> Signed | None:
+def open_signed(label: str, text: str, key: LogKey, report: Report) -> Signed | None:
     """The checkpoint of ``text`` if the log's key signed it when it says; else None, the
     problem reported."""
     if key.origin is None:
@@ -166,7 +166,7 @@ def check_witness(conn: Connection, witness: Path, log: Log, key: LogKey, report
     newest = 0
     for number, text in notes:
         label = f"witness {witness.name}:{number}"
-        found = _checkpoint(label, text, key, report)
+        found = open_signed(label, text, key, report)
         if found is None:
             continue
         size, root = found.checkpoint.size, found.checkpoint.root_hash
