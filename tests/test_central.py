@@ -180,10 +180,11 @@ def count(db: str, table: str) -> int:
 
 
 def central_trust(site: Site, centre_keys: KeyStore, tmp_path: Path) -> Trust:
-    files = export(site.key_store(), tmp_path / "all" / "site") + export(
-        centre_keys, tmp_path / "all" / "centre"
-    )
-    return Trust.from_json(files)
+    """The centre's keys, and the site's for its own plans and batches (audit verify
+    --site-trust): the site's audit-log is another key than the centre's of that name."""
+    own = Trust.from_json(export(site.key_store(), tmp_path / "all" / "site"))
+    centre = Trust.from_json(export(centre_keys, tmp_path / "all" / "centre"))
+    return Trust(centre.keys, {"plant-basel": own.keys})
 
 
 # --- the site store ---------------------------------------------------------------------

@@ -343,12 +343,11 @@ def test_three_sites_two_ingesters_and_every_fault_lose_nothing_and_store_nothin
         out, err = process.communicate(timeout=60)
         assert process.returncode == 0 and "Traceback" not in err, err
 
-    trusted = [*export(centre.keys, centre.folder / "public")]
-    for edge in edges:
-        trusted += export(edge.keys, edge.folder / "public")
-    report = verify_store(
-        CentralStore.attach(centre.db, Actor.job("auditor")), Trust.from_json(trusted)
-    )
+    sites = {
+        edge.site: Trust.from_json(export(edge.keys, edge.folder / "public")).keys for edge in edges
+    }
+    trusted = Trust(Trust.from_json(export(centre.keys, centre.folder / "public")).keys, sites)
+    report = verify_store(CentralStore.attach(centre.db, Actor.job("auditor")), trusted)
     assert report.ok, report.problems
     assert report.counts["site logs witnessed"] == 3
     assert report.counts["quarantined messages"] == 3

@@ -23,6 +23,7 @@ from rich.table import Table
 from engine.access.acting import Refusal, act_as
 from engine.access.data import Range
 from engine.audit import KINDS, AuditEntry, EntryFilter, actor_label
+from engine.central.trust import SiteTrust
 from engine.commands.options import (
     Handler,
     Subparsers,
@@ -95,6 +96,14 @@ def _add_verify(actions: Subparsers) -> None:
         metavar="KEY",
         help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
         "signed by it (default: a plan's signature, when it has one, may be any trusted key's)",
+    )
+    verify.add_argument(
+        "--site-trust",
+        type=Path,
+        metavar="DIR",
+        help="a central store: one folder per site, named by its site id, of its public key "
+        "exports (as converge ingest --trust); a site's plans and batches are judged by its "
+        "own keys only",
     )
     verify.add_argument(
         "--cosigned-by",
@@ -238,6 +247,9 @@ def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
 
 def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     trust = trust_of(args, pm)
+    if args.site_trust:
+        sites = SiteTrust.from_folder(args.site_trust).sites
+        trust = Trust(trust.keys, {site: keys.keys for site, keys in sites.items()})
     started = time.perf_counter()
     with (
         Store.open_existing(args.db) as store,

@@ -68,8 +68,9 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
         if row.signature is not None:
             signed = True
             when = deployed.get(body.digest)
+            site_who = PlanTrust(who.trust.of_site(body.site), who.key)
             _check_signature(
-                label, row.signature, body, who, deployed=(when, recorded), report=report
+                label, row.signature, body, site_who, deployed=(when, recorded), report=report
             )
         elif who.key is not None:
             report.add(label, f"not signed, and plans must be signed by {who.key}")

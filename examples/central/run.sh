@@ -77,8 +77,8 @@ step "7. The centre's log: what each site deployed, and the cosigned checkpoints
 converge audit log --db $CENTRAL --kind plan.deployed checkpoint.cosigned | tail -n 6
 
 step "8. An auditor verifies the central store, with every site's public keys and the centre's"
-converge audit verify --db $CENTRAL --public-keys $OUT/centre/trust/*/*.json \
-  $OUT/centre/audit-log.json
+converge audit verify --db $CENTRAL --site-trust $OUT/centre/trust \
+  --public-keys $OUT/centre/audit-log.json
 
 step "9. Each site verifies its own log, and the centre's cosignatures of it"
 for site in $SITES; do
