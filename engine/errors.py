@@ -88,7 +88,7 @@ class Finding:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.severity}: {self.message}"
+        return f"{self.location}: {self.severity}[{self.code}]: {self.message}"
 
     @property
     def sort_key(self) -> tuple[Location, str, str, str]:
