@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import sqlite3
@@ -29,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, Site, collect, records
+from key_exports import export
 from mosquitto import Mosquitto
 from waiting import wait_until
 
@@ -77,17 +77,6 @@ def centre_keys(tmp_path_factory: pytest.TempPathFactory) -> FileKeyStore:
     for name in ("audit-log", "witness"):
         keys.generate(name)
     return keys
-
-
-def export(keys: KeyStore, folder: Path) -> list[Path]:
-    """Each key's public versions as ``converge keys export-public --format json`` writes them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for name in keys.names():
-        path = folder / f"{name}.json"
-        path.write_text(json.dumps([v.as_dict() for v in keys.versions(name)]))
-        files.append(path)
-    return files
 
 
 @pytest.fixture

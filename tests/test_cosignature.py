@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from sign_vectors import VECTORS, outcome, vectors
 
-from engine import sign
 from engine.sign import cosignature, note
 from engine.sign.cosignature import (
     Cosignature,
@@ -23,23 +21,10 @@ from engine.sign.cosignature import (
     verify_cosignature,
 )
 
-VECTORS = Path(__file__).with_name("vectors")
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96)))
 NAME = "converge.example/witness"
 LOG_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 ORIGIN = "converge.example/audit"
-
-
-def vectors(kind: str) -> list[Any]:
-    paths = sorted((VECTORS / kind).glob("*.json"))
-    return [pytest.param(json.loads(p.read_text("utf-8")), id=p.stem) for p in paths]
-
-
-def outcome(run: Any) -> dict[str, Any]:
-    try:
-        return run()
-    except sign.VerificationError as exc:
-        return {"valid": False, "error": type(exc).__name__}
 
 
 @pytest.mark.parametrize("v", vectors("cosignature"))

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
+from key_exports import export
 from mosquitto import Mosquitto, free_port
 from store_proxy import TcpProxy
 from waiting import wait_until
@@ -114,16 +115,6 @@ class Centre:
     trust: Path
     folder: Path
     ingesters: list[subprocess.Popen[str]] = field(default_factory=list)
-
-
-def export(keys: FileKeyStore, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in keys.names():
-        path = folder / f"{name}.json"
-        path.write_text(json.dumps([v.as_dict() for v in keys.versions(name)]))
-        paths.append(path)
-    return paths
 
 
 def env() -> dict[str, str]:
