@@ -43,7 +43,7 @@ class Poller:
 
     async def run(self) -> None:
         now = self.rt.clock.now_ms()
-        due = [schedule.first_at_or_after(now) for _, schedule in self.groups]
+        due = [schedule.first_at_or_after(self.rt.start_ms) for _, schedule in self.groups]
         probes = [self._next_probe(g, now) for g, _ in self.groups]
         while True:
             at = min(due + probes)

@@ -41,6 +41,9 @@ class Runtime:
     config: CollectConfig
     queue: asyncio.Queue[Record | None]
     reporter: Reporter = field(default_factory=QuietReporter)
+    start_ms: int = 0
+    """The first instant (clock ms) whose slots the run takes: each slot at or after it ends
+    as a reading or a gap record; those before it are someone else's (a restart's backfill)."""
     gate: SlotGate = field(init=False)
     """Where device tasks wait for their next slot: one wake-up per instant for all."""
 

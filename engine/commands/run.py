@@ -165,7 +165,8 @@ async def _collect(
             f"spool {escape(str(args.spool))} until the store answers",
             soft_wrap=True,
         )
-    await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
+    until = datetime.now(UTC)  # the backfill's slots end here, the collection's begin
+    await evidence.backfill(plans, until, config.fallback_every_ms)
     summary = await run_plans(
         plans,
         pm,
@@ -174,6 +175,7 @@ async def _collect(
         reporter=reporter,
         config=config,
         handle_signals=True,
+        since=until.timestamp(),
     )
     return summary, evidence.summary()
 
