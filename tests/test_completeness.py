@@ -12,8 +12,21 @@ on a fresh PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import contextlib
+import io
+import json
+import logging
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from evidence_kit import (
@@ -24,17 +37,29 @@ from evidence_kit import (
     open_store,
     records,
     shutdown_gaps,
+    slots_taken,
     stored_leaves,
     verify,
 )
 from sqlalchemy import func, select
 
+from engine.collect import CollectConfig, Summary, run_plans
+from engine.collect.limits import Backoff
+from engine.collect.status import JsonLogReporter
+from engine.compile import Inputs, compile_project
+from engine.errors import StoreError
 from engine.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
+from engine.plans.body import PlanBody
+from engine.plans.folder import load_plans, write_plans
+from engine.protocols import Fault
+from engine.sign.batch import epoch_ms
+from engine.simulate import Simulation, running
 from engine.store.spool import Spool
 from engine.store.store import Store
-from engine.store.tables import BATCHES
+from engine.store.tables import AUDIT, BATCHES
 
 MS = timedelta(milliseconds=1)
+T = TypeVar("T")
 PAST = EvidenceConfig(grace_ms=86_400_000)
 """Records of an hour ago are put as if live: no window is closed by the clock meanwhile."""
 
@@ -144,3 +169,270 @@ def test_a_first_run_killed_before_its_first_batch_is_accounted_for(
     assert found == expected
     assert put == sum(map(len, expected.values()))
     assert report.ok, report.problems
+
+
+# --- the summary agrees with the store, on each protocol ------------------------------------
+
+CONFIG = CollectConfig(
+    retry=Backoff(base=0.02, cap=0.1, rng=random.Random(1)),
+    reconnect=Backoff(base=0.05, cap=0.2, rng=random.Random(2)),
+    breaker_cooldown_s=0.3,
+)
+POLICY = """\
+policy: capture-all
+title: capture everything, and changes between
+owner: qa
+applies:
+  devices: {site: [slots]}
+capture: {every: 500ms, on_change: {deadband: 0}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+DEVICES = {
+    "modbus": """\
+  - id: plc
+    protocol: modbus
+    endpoint: {{host: 127.0.0.1, port: {port}, unit: 1}}
+    limits: {{timeout: 300ms, min_interval: 100ms}}
+    points:
+      - {{name: T1, address: {{table: holding, register: 0, type: int16}}}}
+      - {{name: T2, address: {{table: holding, register: 1, type: int16}}}}
+""",
+    "opcua": """\
+  - id: ua
+    protocol: opcua
+    endpoint: {{url: "opc.tcp://127.0.0.1:{port}/"}}
+    limits: {{timeout: 500ms, min_interval: 100ms}}
+    points:
+      - {{name: READ, address: {{node: "ns=2;s=ua.READ", mode: read}}}}
+      - {{name: SUB, address: {{node: "ns=2;s=ua.SUB"}}}}
+""",
+    "mqtt": """\
+  - id: gw
+    protocol: mqtt
+    endpoint: {{broker: "mqtt://127.0.0.1:{port}"}}
+    limits: {{timeout: 2s}}
+    points:
+      - {{name: M1, address: {{topic: "gw/m1"}}}}
+      - {{name: M2, address: {{topic: "gw/m2"}}}}
+""",
+}
+
+
+def compiled(tmp_path: Path, pm: Any, protocol: str) -> tuple[Path, list[PlanBody]]:
+    site = tmp_path / "site"
+    site.mkdir()
+    devices = DEVICES[protocol].format(port=free_port())
+    (site / "site.yaml").write_text(f"site: slots\ntimezone: UTC\ndevices:\n{devices}")
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    result = compile_project(Inputs([tmp_path / "policy.yaml"], [site]), pm)
+    assert result.ok, [str(f) for f in result.findings]
+    write_plans(tmp_path / "plans", result.plans, result.index())
+    return site, load_plans(tmp_path / "plans", time.time())
+
+
+def tally(leaves: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per point, what the stored records say: slots, the readings (held among them) and gap
+    records' slots that fill them, and the readings beyond them."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for leaf in leaves:
+        count = counts[leaf["point"]]
+        if leaf["type"] == "gap":
+            count["gaps"] += leaf.get("slots", 1)
+        elif "scheduled_at" not in leaf:
+            count["extra"] += 1
+        else:
+            count["readings"] += 1
+            count["held"] += leaf.get("held", False)
+    return {
+        point: {"slots": c["readings"] + c["gaps"], **{k: c[k] for k in KINDS}}
+        for point, c in counts.items()
+    }
+
+
+KINDS = ("readings", "held", "gaps", "extra")
+
+
+@pytest.mark.parametrize("protocol", ["modbus", "opcua", "mqtt"])
+def test_the_summary_counts_per_point_what_the_store_holds(
+    evidence_site, converge_pm, tmp_path, protocol
+):
+    site, plans = compiled(tmp_path, converge_pm, protocol)
+    (device,) = {p.device.id for p in plans}
+    store = Store.open(str(tmp_path / "evidence.db"), "converge-test")
+    store.deploy_plans([(p, None) for p in plans])
+    keys = evidence_site.key_store()
+    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
+    events = io.StringIO()
+
+    async def scenario() -> Summary:
+        async with running(site, pm=converge_pm) as sim:
+            sink = EvidenceSink(plans, store, keys, Spool(tmp_path / "spool.db"))
+            faults = asyncio.create_task(stop_and_start(sim, device))
+            summary = await run_plans(
+                plans,
+                converge_pm,
+                duration=6.0,
+                sink=sink,
+                config=CONFIG,
+                reporter=JsonLogReporter(events),
+            )
+            await faults
+            return summary
+
+    with quiet("asyncua"):
+        summary = asyncio.run(scenario())
+    assert summary.unaccounted() == {}
+    stats = summary.devices[device]
+    said = {p: stats.point_counts(p) for p in stats.scheduled}
+    stored = tally(stored_leaves(store))
+    assert said == stored
+    reported = [json.loads(line) for line in events.getvalue().splitlines()]
+    (final,) = [e for e in reported if e["event"] == "summary"]
+    assert final["points"] == stored
+    for point, counts in stored.items():
+        assert counts["slots"] >= 8 and counts["readings"] and counts["gaps"], (point, counts)
+    assert sum(c["extra"] for c in stored.values()), "no on-change or delivered readings"
+    subscribed = {p for p in plans[0].read_groups if not p.polled for p in p.points}
+    assert all(stored[p]["held"] for p in subscribed)
+    report = verify(evidence_site, store)
+    assert report.ok, report.problems
+    store.close()
+
+
+async def stop_and_start(sim: Simulation, device: str) -> None:
+    """The device's server goes away after 1.5 s, and comes back 1.5 s later."""
+    await asyncio.sleep(1.5)
+    await sim.inject(Fault("stop", device))
+    await asyncio.sleep(1.5)
+    await sim.inject(Fault("start", device))
+
+
+@contextlib.contextmanager
+def quiet(name: str) -> Iterator[None]:
+    """A library that logs every lost connection as a warning or a stack trace."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# --- a real collector killed before its first batch -----------------------------------------
+
+CONVERGE = [sys.executable, "-m", "engine.cli"]
+KILL_SITE = """\
+site: killed
+timezone: UTC
+devices:
+  - id: plc
+    protocol: modbus
+    endpoint: {{host: 127.0.0.1, port: {modbus}}}
+    points:
+      - {{name: T1, address: {{table: holding, register: 0, type: int16}}}}
+      - {{name: T2, address: {{table: holding, register: 1, type: int16}}}}
+  - id: gw
+    protocol: mqtt
+    endpoint: {{broker: "mqtt://127.0.0.1:{mqtt}"}}
+    points:
+      - {{name: M1, address: {{topic: gw/m1}}}}
+"""
+KILL_POLICY = """\
+policy: every-second
+title: Capture every second
+owner: qa
+applies: {}
+capture: {every: 1s}
+signing: {required: false, batch_window: 1h}
+"""
+
+
+def until(condition: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """``condition()`` once it is not ``None`` (it is tried every 0.1 s, for ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while (found := condition()) is None:
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.1)
+    return found
+
+
+def listening(port: int) -> bool | None:
+    with socket.socket() as probe:
+        return True if probe.connect_ex(("127.0.0.1", port)) == 0 else None
+
+
+def starts(db: str) -> list[str] | None:
+    """The times of the store's ``collector.started`` entries, once there is a store."""
+    try:
+        with Store.open_existing(db) as store, store.reading() as conn:
+            query = select(AUDIT.c.time).where(AUDIT.c.kind == "collector.started")
+            return sorted(conn.scalars(query)) or None
+    except StoreError:
+        return None
+
+
+def test_a_collector_killed_before_its_first_batch_leaves_no_slot_unaccounted(
+    evidence_site, backend, tmp_path
+):
+    ports = {"modbus": free_port(), "mqtt": free_port()}
+    (tmp_path / "sites/s").mkdir(parents=True)
+    (tmp_path / "sites/s/site.yaml").write_text(KILL_SITE.format(**ports))
+    (tmp_path / "p.yaml").write_text(KILL_POLICY)
+    plan = [*CONVERGE, "plan", "-p", "p.yaml", "-s", "sites/s", "-o", "plans"]
+    subprocess.run(plan, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    keys = ["--keys", str(evidence_site.keys_dir)]
+    run = [*CONVERGE, "run", "--plans", "plans", "--db", backend, *keys, "--spool", "spool.db"]
+    simulator = subprocess.Popen(
+        [*CONVERGE, "simulate", "sites/s"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for port in ports.values():
+            until(lambda port=port: listening(port), f"the simulator on port {port}")
+        second = time.time() % 3600
+        if second > 3600 - 40:  # the first run must not live into a second window (an hour)
+            time.sleep(3600 - second)
+        first = subprocess.Popen(
+            run, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        (killed,) = until(lambda: starts(backend), "the first run's start in the store")
+        time.sleep(3)  # it collects for 3 s, then dies with every record in memory
+        first.kill()
+        first.wait(timeout=30)
+        assert first.returncode == -signal.SIGKILL
+        with Store.open_existing(backend) as store:
+            assert store.counts()["batches"] == 0, "the first run sealed a batch: too late"
+        again = subprocess.run(
+            [*run, "--for", "4s"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        simulator.send_signal(signal.SIGINT)
+        simulator.wait(timeout=30)
+    assert again.returncode == 0, again.stderr
+    _, restarted = starts(backend) or []
+    with Store.open_existing(backend) as store:
+        taken = slots_taken(stored_leaves(store))
+        report = verify(evidence_site, store)
+    assert report.ok, report.problems
+    start = datetime.fromisoformat(killed)
+    end = epoch_ms(datetime.fromisoformat(restarted)) + 2000  # the restart collected beyond
+    want = list(range((epoch_ms(start) + 999) // 1000 * 1000, end, 1000))
+    for point in ("plc", "T1"), ("plc", "T2"), ("gw", "M1"):
+        slots = taken[point]
+        assert len(slots) == len(set(slots)), f"{point}: a slot recorded twice"
+        assert [s for s in slots if s < end] == want, point

@@ -19,7 +19,8 @@ class CollectConfig:
     queue_size: int = 1000
     """Records buffered between device tasks and the sink before devices wait."""
     watchdog_factor: int = 3
-    """A subscription silent for this many ``expect_every_ms`` gets a ``no-data`` gap."""
+    """At a slot of a subscribed point whose group expects a value every ``expect_every_ms``,
+    a latest value older than this many ``expect_every_ms`` is stale: a ``no-data`` gap."""
     default_timeout_ms: int = 5000
     """Per-request timeout when the plan's limits give no ``timeout_ms``."""
     fallback_every_ms: int = 1000
