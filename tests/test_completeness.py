@@ -14,20 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import logging
+import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import aiomqtt
 import pytest
 from evidence_kit import (
     T0,
@@ -225,10 +230,9 @@ DEVICES = {
 }
 
 
-def compiled(tmp_path: Path, pm: Any, protocol: str) -> tuple[Path, list[PlanBody]]:
+def compiled(tmp_path: Path, pm: Any, devices: str) -> tuple[Path, list[PlanBody]]:
     site = tmp_path / "site"
     site.mkdir()
-    devices = DEVICES[protocol].format(port=free_port())
     (site / "site.yaml").write_text(f"site: slots\ntimezone: UTC\ndevices:\n{devices}")
     (tmp_path / "policy.yaml").write_text(POLICY)
     result = compile_project(Inputs([tmp_path / "policy.yaml"], [site]), pm)
@@ -263,44 +267,124 @@ KINDS = ("readings", "held", "gaps", "extra")
 def test_the_summary_counts_per_point_what_the_store_holds(
     evidence_site, converge_pm, tmp_path, protocol
 ):
-    site, plans = compiled(tmp_path, converge_pm, protocol)
+    site, plans = compiled(tmp_path, converge_pm, DEVICES[protocol].format(port=free_port()))
     (device,) = {p.device.id for p in plans}
-    store = Store.open(str(tmp_path / "evidence.db"), "converge-test")
-    store.deploy_plans([(p, None) for p in plans])
-    keys = evidence_site.key_store()
-    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
-    events = io.StringIO()
+    store = store_for(evidence_site, plans, tmp_path)
 
-    async def scenario() -> Summary:
+    async def scenario(sink: EvidenceSink, reporter: JsonLogReporter) -> Summary:
         async with running(site, pm=converge_pm) as sim:
-            sink = EvidenceSink(plans, store, keys, Spool(tmp_path / "spool.db"))
             faults = asyncio.create_task(stop_and_start(sim, device))
             summary = await run_plans(
-                plans,
-                converge_pm,
-                duration=6.0,
-                sink=sink,
-                config=CONFIG,
-                reporter=JsonLogReporter(events),
+                plans, converge_pm, duration=6.0, sink=sink, config=CONFIG, reporter=reporter
             )
             await faults
             return summary
 
     with quiet("asyncua"):
-        summary = asyncio.run(scenario())
-    assert summary.unaccounted() == {}
-    stats = summary.devices[device]
-    said = {p: stats.point_counts(p) for p in stats.scheduled}
-    stored = tally(stored_leaves(store))
-    assert said == stored
-    reported = [json.loads(line) for line in events.getvalue().splitlines()]
-    (final,) = [e for e in reported if e["event"] == "summary"]
-    assert final["points"] == stored
+        stored = collected_as_stored(evidence_site, plans, store, tmp_path, scenario)
     for point, counts in stored.items():
         assert counts["slots"] >= 8 and counts["readings"] and counts["gaps"], (point, counts)
     assert sum(c["extra"] for c in stored.values()), "no on-change or delivered readings"
     subscribed = {p for p in plans[0].read_groups if not p.polled for p in p.points}
     assert all(stored[p]["held"] for p in subscribed)
+    report = verify(evidence_site, store)
+    assert report.ok, report.problems
+    store.close()
+
+
+Scenario = Callable[[EvidenceSink, JsonLogReporter], Awaitable[Summary]]
+
+
+def store_for(site: Site, plans: list[PlanBody], tmp_path: Path) -> Store:
+    """A SQLite store with ``plans`` deployed and the site's keys logged (so it verifies)."""
+    store = Store.open(str(tmp_path / "evidence.db"), "converge-test")
+    store.deploy_plans([(p, None) for p in plans])
+    keys = site.key_store()
+    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
+    return store
+
+
+def collected_as_stored(
+    site: Site, plans: list[PlanBody], store: Store, tmp_path: Path, scenario: Scenario
+) -> dict[str, dict[str, int]]:
+    """Run ``scenario`` into ``store``; check that the summary, and the JSON ``summary``
+    event, count for each point exactly what the store holds; what it holds."""
+    events = io.StringIO()
+
+    async def main() -> Summary:
+        sink = EvidenceSink(plans, store, site.key_store(), Spool(tmp_path / "spool.db"))
+        return await scenario(sink, JsonLogReporter(events))
+
+    summary = asyncio.run(main())
+    assert summary.unaccounted() == {}
+    (device,) = {p.device.id for p in plans}
+    stats = summary.devices[device]
+    stored = tally(stored_leaves(store))
+    assert {p: stats.point_counts(p) for p in {*stats.scheduled, *stats.extra}} == stored
+    reported = [json.loads(line) for line in events.getvalue().splitlines()]
+    (final,) = [e for e in reported if e["event"] == "summary"]
+    assert final["points"] == stored
+    assert final["slots"] == final["readings"] + final["gaps"]
+    return stored
+
+
+MOSQUITTO = os.environ.get("CONVERGE_MOSQUITTO")
+METER = """\
+  - id: meter
+    protocol: mqtt
+    endpoint: {{broker: "{broker}", qos: 1}}
+    points:
+      - {{name: power, address: {{topic: "{prefix}/power", field: kw, timestamp_field: ts}}}}
+"""
+
+
+@pytest.mark.skipif(not (MOSQUITTO or os.environ.get("CI")), reason="no Mosquitto: make test")
+def test_a_topic_that_falls_silent_is_held_then_stale_on_mosquitto(
+    evidence_site, converge_pm, tmp_path
+):
+    """A meter publishing every 200 ms stops after 2 s; its slots (every 500 ms) hold the last
+    value, with the meter's own time, for 3 x 500 ms (the group's expect_every_ms), then are
+    stale: no-data gaps."""
+    assert MOSQUITTO, "CI runs this against Mosquitto: make test starts it"
+    prefix = f"converge-test/{secrets.token_hex(4)}"
+    meter = METER.format(broker=MOSQUITTO, prefix=prefix)
+    _, plans = compiled(tmp_path, converge_pm, meter)
+    store = store_for(evidence_site, plans, tmp_path)
+    broker = urlsplit(MOSQUITTO)
+    sent: list[tuple[float, str]] = []
+
+    async def publish() -> None:
+        async with aiomqtt.Client(str(broker.hostname), int(broker.port or 1883)) as client:
+            await asyncio.sleep(1.0)  # the collector has subscribed
+            for i in range(10):
+                ts = datetime.now(UTC).isoformat()
+                await client.publish(f"{prefix}/power", json.dumps({"kw": i, "ts": ts}), qos=1)
+                sent.append((float(i), ts))
+                await asyncio.sleep(0.2)
+
+    async def scenario(sink: EvidenceSink, reporter: JsonLogReporter) -> Summary:
+        publisher = asyncio.create_task(publish())
+        summary = await run_plans(
+            plans, converge_pm, duration=6.0, sink=sink, config=CONFIG, reporter=reporter
+        )
+        await publisher
+        return summary
+
+    stored = collected_as_stored(evidence_site, plans, store, tmp_path, scenario)
+    assert stored["power"]["extra"] == len(sent) == 10
+    slots = sorted(
+        (leaf for leaf in stored_leaves(store) if "scheduled_at" in leaf),
+        key=lambda leaf: leaf["scheduled_at"],
+    )
+    kinds = [leaf.get("reason", "held") for leaf in slots]
+    assert [kind for kind, _ in itertools.groupby(kinds)] == ["no-data", "held", "no-data"]
+    held = [leaf for leaf in slots if leaf.get("held")]
+    times = {datetime.fromisoformat(ts) for _, ts in sent}
+    assert all(datetime.fromisoformat(leaf["source_at"]) in times for leaf in held)
+    last = max(times)
+    stale = [leaf for leaf in slots[kinds.index("held") :] if leaf["type"] == "gap"]
+    assert stale and all(leaf["detail"].startswith("stale: ") for leaf in stale)
+    assert datetime.fromisoformat(stale[0]["scheduled_at"]) - last > timedelta(seconds=1.4)
     report = verify(evidence_site, store)
     assert report.ok, report.problems
     store.close()
