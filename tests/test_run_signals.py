@@ -7,6 +7,8 @@ free port, `converge run` collects from it, and the test signals the collector.
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -55,6 +57,20 @@ def listening(port: int, timeout: float = 20.0) -> None:
     raise AssertionError(f"the simulator never listened on {port}")
 
 
+def until_connected(fd: int, timeout: float = 30.0) -> str:
+    """What the collector wrote to ``fd`` (its standard error) until it said it connected."""
+    said, deadline = b"", time.monotonic() + timeout
+    with selectors.DefaultSelector() as waiting:
+        waiting.register(fd, selectors.EVENT_READ)
+        while b'"event": "connected"' not in said:
+            left = deadline - time.monotonic()
+            assert left > 0 and waiting.select(left), f"it never connected: {said.decode()}"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"it ended before it connected: {said.decode()}"
+            said += chunk
+    return said.decode()
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_run_stops_cleanly_and_flushes(converge_project: ProjectBuilder, stop: signal.Signals):
     port = free_port()
@@ -83,9 +99,12 @@ def test_run_stops_cleanly_and_flushes(converge_project: ProjectBuilder, stop: s
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert run.stderr is not None
+        said = until_connected(run.stderr.fileno())  # a loaded machine may take a while
         time.sleep(2.5)
         run.send_signal(stop)
-        out, err = run.communicate(timeout=20)
+        out, rest = run.communicate(timeout=20)
+        err = said + rest
     finally:
         simulator.send_signal(signal.SIGINT)
         simulator.wait(timeout=20)

@@ -57,15 +57,15 @@ async def run_plans(
 
     ``plans`` is a plan folder (loaded and verified with :func:`load_plans`) or
     plans the caller loaded and verified. Every slot from ``since`` (clock seconds, a
-    moment ago: a restart's backfill accounted for the slots before it; default: now)
-    ends as a reading or a gap record.
+    moment ago: a restart's backfill accounted for the slots before it; default: when each
+    device's task starts) ends as a reading or a gap record.
 
     With ``handle_signals`` SIGINT and SIGTERM stop the run cleanly: samples in
     flight become ``shutdown`` gaps, the queue is drained and the sink closed.
     """
     clock = clock or Clock()
     config = config or CollectConfig()
-    start_ms = clock.now_ms() if since is None else int(since * 1000)
+    start_ms = None if since is None else int(since * 1000)
     queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=config.queue_size)
     rt = Runtime(clock, config, queue, reporter or QuietReporter(), start_ms)
     bodies = load_plans(Path(plans), clock.now()) if isinstance(plans, Path | str) else plans

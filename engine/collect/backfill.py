@@ -15,25 +15,35 @@ one window of a running collector costs, whether it lasted a minute or a week.
 
 from __future__ import annotations
 
-from engine.collect.scheduler import plan_slots, to_datetime
+from engine.collect.scheduler import Slots, plan_slots, to_datetime
 from engine.plans.body import PlanBody
 from engine.records import Gap, GapReason
 
 DETAIL = "the collector was not running"
+STARTING = "the collector was starting"
+"""The detail of the slots between the end of a restart's backfill and its first sample."""
 
 
 def missed(plan: PlanBody, since_ms: int, until_ms: int, fallback_every_ms: int) -> list[Gap]:
     """A ``shutdown`` gap record per point of ``plan`` for its slots in ``[since_ms, until_ms)``
     (of a run, when it missed more than one), in time order: by first slot, then point."""
-    device, found = plan.device.id, list[Gap]()
-    for slots in plan_slots(plan, fallback_every_ms):
-        span = slots.schedule.span(since_ms, until_ms)
-        if span is None:
-            continue
-        first, last, count = span
-        start, end = to_datetime(first), to_datetime(last) if count > 1 else None
-        found.extend(
-            Gap(device, point, start, GapReason.SHUTDOWN, DETAIL, None, end, count)
-            for point in slots.points
-        )
+    found = [
+        gap
+        for slots in plan_slots(plan, fallback_every_ms)
+        for gap in not_taken(plan.device.id, slots, since_ms, until_ms, DETAIL)
+    ]
     return sorted(found, key=lambda gap: (gap.scheduled_at, gap.point))
+
+
+def not_taken(device: str, slots: Slots, since_ms: int, until_ms: int, detail: str) -> list[Gap]:
+    """A ``shutdown`` gap record per point of ``slots`` for its slots in ``[since_ms,
+    until_ms)``, of a run when there are several; none when there are none."""
+    span = slots.schedule.span(since_ms, until_ms)
+    if span is None:
+        return []
+    first, last, count = span
+    start, end = to_datetime(first), to_datetime(last) if count > 1 else None
+    return [
+        Gap(device, point, start, GapReason.SHUTDOWN, detail, None, end, count)
+        for point in slots.points
+    ]

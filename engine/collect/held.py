@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
+from engine.collect.backfill import STARTING, not_taken
 from engine.collect.link import Link
 from engine.collect.runtime import Runtime
 from engine.collect.scheduler import Slots, plan_slots, to_datetime
@@ -65,7 +66,13 @@ class HeldSlots:
 
     async def run(self) -> None:
         """Record every slot from the run's start on, at its instant (until cancelled)."""
-        due = [slots.schedule.first_at_or_after(self.rt.start_ms) for slots, _ in self.slots]
+        now = self.rt.clock.now_ms()
+        if self.rt.start_ms is not None:  # slots that passed before this task started
+            for slots, _ in self.slots:
+                gaps = not_taken(self.device, slots, self.rt.start_ms, now, STARTING)
+                self.stats.scheduled.update({g.point: g.slots for g in gaps})
+                await self.emit(gaps, True)
+        due = [slots.schedule.first_at_or_after(now) for slots, _ in self.slots]
         while True:
             at = min(due)
             await self.rt.gate.until(at)

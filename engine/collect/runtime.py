@@ -42,9 +42,10 @@ class Runtime:
     config: CollectConfig
     queue: asyncio.Queue[Record | None]
     reporter: Reporter = field(default_factory=QuietReporter)
-    start_ms: int = 0
-    """The first instant (clock ms) whose slots the run takes: each slot at or after it ends
-    as a reading or a gap record; those before it are someone else's (a restart's backfill)."""
+    start_ms: int | None = None
+    """The first instant (clock ms) whose slots the run accounts for (those before it are a
+    restart's backfill's); ``None``: from when each device's task starts. Slots that pass
+    before a task is ready for them are ``shutdown`` gap records."""
     gate: SlotGate = field(init=False)
     """Where device tasks wait for their next slot: one wake-up per instant for all."""
 

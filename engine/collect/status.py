@@ -62,11 +62,12 @@ class DeviceStats:
             if isinstance(record, Reading):
                 self.last_read = record.collected_at.timestamp()
             return
-        self.filled[point] += 1
-        if isinstance(record, Gap):
-            self.slot_gaps[point] += 1
-            self.gaps[record.reason.value] += 1
+        if isinstance(record, Gap):  # it may stand for a run of slots
+            self.filled[point] += record.slots
+            self.slot_gaps[point] += record.slots
+            self.gaps[record.reason.value] += record.slots
             return
+        self.filled[point] += 1
         if record.held:
             self.held[point] += 1
             return
