@@ -23,7 +23,7 @@ from engine.collect.runtime import Runtime
 from engine.collect.status import DeviceStats
 from engine.plans.body import PlanBody
 from engine.protocols import Session
-from engine.records import Quality, Reading, Record
+from engine.records import Gap, Quality, Reading, Record
 
 
 class DeviceTask:
@@ -91,12 +91,9 @@ class DeviceTask:
             raise asyncio.CancelledError
 
 
-def _bad_reading(record: Record) -> Reading:
+def _bad_reading(gap: Gap) -> Reading:
     """A gap record a subscription delivered (OPC UA: a value that is no plain scalar) as the
     bad reading it stands for, ``raw_code`` its code or reason: a delivery fills no slot, and
     only gap records of slots are kept."""
-    assert not isinstance(record, Reading)
-    code = record.raw_code if record.raw_code is not None else record.reason.value
-    return Reading(
-        record.device, record.point, record.scheduled_at, None, Quality.BAD, raw_code=code
-    )
+    code = gap.raw_code if gap.raw_code is not None else gap.reason.value
+    return Reading(gap.device, gap.point, gap.scheduled_at, None, Quality.BAD, raw_code=code)

@@ -38,16 +38,16 @@ class DeviceStats:
     scheduled: Counter[str] = field(default_factory=Counter)
     """Slots taken per point, polled or subscribed."""
     filled: Counter[str] = field(default_factory=Counter)
-    """Records that fill a slot (readings and gap records), per point: must equal ``scheduled``
-    once the samples in flight are done."""
+    """Slots filled per point, by readings and gap records: must equal ``scheduled`` once the
+    samples in flight are done."""
     slot_gaps: Counter[str] = field(default_factory=Counter)
-    """Gap records per point (each fills a slot)."""
+    """Slots filled by gap records, per point (a record may stand for a run of slots)."""
     held: Counter[str] = field(default_factory=Counter)
     """Readings that fill a subscribed point's slot with the latest value delivered, per point."""
     extra: Counter[str] = field(default_factory=Counter)
     """Readings beyond the slots, per point."""
     gaps: Counter[str] = field(default_factory=Counter)
-    """Gap records by reason."""
+    """Slots filled by gap records, by reason."""
     errors: int = 0
     last_read: float | None = None
     lateness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))

@@ -83,28 +83,32 @@ class Writer:
         their chains from now on (and since when), so that a later run can start, and
         account for their slots, while the store is away.
         """
-        heads, starts = self.spool.heads(), {}
-        if self.store_error is None:
-            try:
-                stored = self.store.heads()
-                moved = {
-                    d: self.store.chain_end(d, head.root)
-                    for d, head in heads.items()
-                    if d in stored and stored[d].root != head.root
-                }
-                starts = self.store.first_starts()
-            except StoreError:
-                pass
-            else:
-                newer = {d: head for d, head in moved.items() if head is not None}
-                newer |= {d: head for d, head in stored.items() if d in devices and d not in heads}
-                for device, head in newer.items():
-                    heads[device] = head
-                    self.spool.set_head(device, head)
-                self.spool.track(devices, started)
+        heads = self.spool.heads()
+        starts = self._catch_up(devices, heads, started) if self.store_error is None else {}
         tracked = self.spool.tracked()
         since = {d: _since(heads.get(d), tracked.get(d), starts.get(d)) for d in devices}
         return Resumed(heads, {d: at for d, at in since.items() if at is not None})
+
+    def _catch_up(self, devices: set[str], heads: dict[str, Head], started: str) -> dict[str, str]:
+        """Bring ``heads`` up to the store's, kept in the spool with ``devices`` tracked since
+        ``started``; the store's first run start per device (none when it does not answer)."""
+        try:
+            stored = self.store.heads()
+            moved = {
+                d: self.store.chain_end(d, head.root)
+                for d, head in heads.items()
+                if d in stored and stored[d].root != head.root
+            }
+            starts = self.store.first_starts()
+        except StoreError:
+            return {}
+        newer = {d: head for d, head in moved.items() if head is not None}
+        newer |= {d: head for d, head in stored.items() if d in devices and d not in heads}
+        for device, head in newer.items():
+            heads[device] = head
+            self.spool.set_head(device, head)
+        self.spool.track(devices, started)
+        return starts
 
     def deliver(self, sealed: SealedBatch, head: Head, at: datetime) -> None:
         """Store one batch sealed at ``at``, or spool it; then replay and checkpoint as due."""
