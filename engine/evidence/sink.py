@@ -25,7 +25,7 @@ from engine.evidence.sealer import Job, Sealer, cut
 from engine.evidence.writer import Writer
 from engine.keys import KeyStore
 from engine.plans.body import PlanBody
-from engine.records import Gap, Record
+from engine.records import Record
 from engine.sign.batch import Batch, BatchSpec, covered_until, epoch_ms, sign_batch
 from engine.sign.leaf import instant
 from engine.store.sealed import SealedBatch
@@ -152,8 +152,9 @@ class EvidenceSink:
         at = self.now()
         signers = {k: self.keys.signer(k, at) for k in batch.keys}
         sealed = SealedBatch.of(batch, sign_batch(batch, signers))
-        gaps = [e.record for e in batch.entries if type(e.record) is Gap]
-        head = Head(batch.root, covered_until([batch.entries[-1].record, *gaps]))
+        entries = batch.entries
+        reach = [entries[-1].record, *(entries[i].record for i in sealed.gaps)]
+        head = Head(batch.root, covered_until(reach))
         await self.queue.put((sealed, head, at))
 
     async def _write_all(self) -> None:
