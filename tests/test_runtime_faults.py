@@ -295,8 +295,9 @@ def test_mqtt_broker_restart_resumes_deliveries(pm, tmp_path):
     _, sink = collect(tmp_path, pm, site, 5.0, script)
     bad = of(sink, "bad")
     first = next(i for i, r in enumerate(bad) if isinstance(r, Reading))
-    # the subscription is down (refused), then up again without a value yet (no data)
-    assert reasons(bad[first:]) == {GapReason.REFUSED, GapReason.NO_DATA}
+    # the subscription is down (refused), then up again, maybe a slot without a value yet
+    assert GapReason.REFUSED in reasons(bad[first:])
+    assert reasons(bad[first:]) <= {GapReason.REFUSED, GapReason.NO_DATA}
     silence = next(r for r in bad[first:] if isinstance(r, Gap)).scheduled_at
     assert any(isinstance(r, Reading) and r.collected_at > silence for r in bad)
     recovered(bad)
