@@ -54,6 +54,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from engine.audit import Actor
 from engine.canonical import canonical_json
 from engine.evidence import EvidenceConfig, EvidenceSink
 from engine.keys import KeyVersion
@@ -147,8 +148,13 @@ def point_name(p: int) -> str:
     return f"R{p:03d}"
 
 
+ACCESS = {"read": ["auditor"], "export": ["auditor"]}
+"""Who may read and export the bench's points (bench/export.py exports them)."""
+
+
 def plans(shape: Shape) -> list[PlanBody]:
-    """One sealed plan per device (digest verifies), each point signed by both keys."""
+    """One sealed plan per device (digest verifies), each point signed by both keys and
+    exportable by auditors."""
     signing = {"required": True, "keys": list(SIGNING_KEYS), "batch_window_ms": WINDOW_MS}
     bodies = []
     for d in range(shape.devices):
@@ -159,7 +165,8 @@ def plans(shape: Shape) -> list[PlanBody]:
             "as_of": "2026-06-01",
             "device": {"id": device_id(d), "protocol": "modbus", "endpoint": {}, "limits": {}},
             "points": [
-                {"name": point_name(p), "address": {}, "signing": signing} for p in range(POINTS)
+                {"name": point_name(p), "address": {}, "signing": signing, "access": ACCESS}
+                for p in range(POINTS)
             ],
             "read_groups": [],
         }
@@ -252,7 +259,7 @@ async def _collect(
 
 def open_store(target: str, keys: BenchKeys, shape: Shape) -> Store:
     """A new store with the plans deployed and the keys logged, as ``converge run`` makes it."""
-    store = Store.open(target, actor="bench-ingest")
+    store = Store.open(target, actor=Actor.job("bench-ingest"))
     store.deploy_plans([(body, None) for body in plans(shape)])
     store.record_keys([v for name in keys.names() for v in keys.versions(name)])
     return store
@@ -326,7 +333,7 @@ def sqlite_floor(path: Path, store: Store, batches: list[list[Row]]) -> float:
     The new store has the same schema and batch rows, and the same settings
     as the store's connections (WAL, synchronous=NORMAL, foreign keys on).
     """
-    Store.open(str(path)).close()
+    Store.open(str(path), actor=Actor.job("bench-ingest")).close()
     columns, parents = batch_rows(store)
     db = sqlite3.connect(path, isolation_level=None)
     try:
@@ -349,7 +356,7 @@ def postgres_floor(url: str, store: Store, batches: list[list[Row]]) -> float:
     """Seconds for psycopg alone to COPY ``batches``, one transaction each, into a new store."""
     import psycopg
 
-    Store.open(url).close()
+    Store.open(url, actor=Actor.job("bench-ingest")).close()
     columns, parents = batch_rows(store)
     with psycopg.connect(libpq_url(url)) as db:
         marks = ", ".join(["%s"] * len(columns))

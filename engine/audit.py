@@ -7,31 +7,48 @@ hashing of docs/evidence.md). The store keeps the log
 that stores what it records, so a batch and its entry commit together or not
 at all.
 
-A checkpoint is a C2SP ``tlog-checkpoint`` signed as a C2SP ``signed-note`` by
-the audit key, under the log's origin as key name, as the spec recommends.
-Each one is also appended to a *witness* file outside the database (JSON
+The log has one key, the *audit key*, fixed when the log is made: its name is
+in the log's origin line (``converge/audit/<audit key>/<random uuid>``) and in
+its first entry (``log.created``), and an auditor names it again
+(``converge audit verify --audit-key``). A checkpoint is a C2SP
+``tlog-checkpoint`` signed as a C2SP ``signed-note`` by a version of that key,
+under the log's origin as key name, as the spec recommends; it says when it was
+signed in an extension line ``time <seconds since 1970-01-01T00:00:00Z>``,
+inside the signed bytes, and the version that signs must be valid then. Each
+checkpoint is also appended to a *witness* file outside the database (JSON
 Lines), so that ``converge audit verify --witness`` notices a database
 restored from an older copy. See docs/audit.md.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import math
 import os
-from collections.abc import Callable, Iterator
+import pwd
+import re
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.canonical import canonical_json
+from engine.keys import KeyStore
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleLog
-from engine.sign.note import Checkpoint
+from engine.sign.note import Checkpoint, sign_checkpoint
 
 ORIGIN_KEY = "audit.origin"
 STATE_KEY = "audit.state"
+DEFAULT_AUDIT_KEY = "audit-log"
+ORIGIN_PREFIX = "converge/audit/"
+TIME_LINE = re.compile(r"time (0|[1-9][0-9]{0,11})")
 KINDS = {
+    "log.created": "the log was made: its origin, and the key that signs its checkpoints",
     "plan.deployed": "a plan was loaded by a collector for the first time",
     "batch.stored": "a batch, its signatures and records were stored",
     "batch.dropped": "a batch was lost because the spool was full (its statement is kept)",
@@ -40,12 +57,152 @@ KINDS = {
     "key.rotated": "a signing key's new version replaced the previous one",
     "collector.started": "a collector started writing to this store",
     "collector.stopped": "a collector stopped cleanly",
+    "plan.signed": "a principal signed a plan (who, printed name, when, meaning, key)",
+    "access.decision": "the guard decided a read, export or hold, allowed or denied",
+    "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
 }
 """Every entry kind and what it records (docs/audit.md)."""
 
 
 CheckpointSigner = Callable[[Checkpoint], str]
-"""Signs a checkpoint, returning the signed note text."""
+"""Signs a checkpoint, returning the signed note text (with a key valid at the checkpoint's
+signed time, :func:`signed_time`)."""
+
+
+@dataclass(frozen=True)
+class Seal:
+    """A checkpoint to sign as of ``at`` (whole seconds, :func:`signing_second`) with ``sign``,
+    whose key version is valid then."""
+
+    sign: CheckpointSigner
+    at: datetime
+
+
+def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
+    """A checkpoint signed as of ``now`` rounded up to the second (:func:`signing_second`), by
+    the version of ``audit_key`` valid then; asks for the key now (a passphrase, a PIN)."""
+    at = signing_second(now)
+    key = keys.signer(audit_key, at)
+    return Seal(lambda checkpoint: sign_checkpoint(checkpoint, checkpoint.origin, key), at)
+
+
+def new_origin(audit_key: str) -> str:
+    """A new log's origin line: ``converge/audit/<audit key>/<random uuid>``."""
+    return f"{ORIGIN_PREFIX}{audit_key}/{uuid.uuid4()}"
+
+
+def origin_key(origin: str) -> str | None:
+    """The audit key an origin names; ``None`` for an origin of a log made before logs named
+    their key (``converge/audit/<uuid>``)."""
+    rest = origin.removeprefix(ORIGIN_PREFIX)
+    key, slash, _ = rest.partition("/")
+    return key if slash and origin.startswith(ORIGIN_PREFIX) else None
+
+
+def signing_second(now: datetime) -> datetime:
+    """The time a checkpoint made ``now`` says it was signed: whole seconds, rounded up.
+
+    Rounded up, so that a key version that began a moment ago is valid at it;
+    the signing key is chosen for this time, not for ``now``.
+    """
+    return datetime.fromtimestamp(math.ceil(now.timestamp()), UTC)
+
+
+def time_line(at: datetime) -> str:
+    """The checkpoint extension line that says when it was signed."""
+    return f"time {int(at.timestamp())}"
+
+
+def signed_time(checkpoint: Checkpoint) -> datetime | None:
+    """When a checkpoint says it was signed (its one ``time`` line), or ``None``."""
+    found = [line for line in checkpoint.extensions if TIME_LINE.fullmatch(line)]
+    if len(found) != 1:
+        return None
+    return datetime.fromtimestamp(int(found[0].removeprefix("time ")), UTC)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who an entry is by: a principal acting through a command, or a named job.
+
+    Both say the operating-system account and the host that ran it. A principal also says
+    the roles it held at that moment and the digest of the principals it was resolved from
+    (docs/access.md). Entries written before entries named their actor this way hold a plain
+    string instead.
+    """
+
+    kind: Literal["principal", "job"]
+    id: str
+    """The principal's id, or the job's name (``collector``, ``retention``, ...)."""
+    os_user: str
+    host: str
+    roles: tuple[str, ...] = ()
+    principals: str | None = None
+
+    @classmethod
+    def job(cls, name: str) -> Actor:
+        """A job run by this process's operating-system account on this host."""
+        return cls("job", name, os_user(), socket.gethostname())
+
+    @classmethod
+    def from_json(cls, said: Mapping[str, Any]) -> Actor:
+        """The actor :meth:`as_json` wrote (a key store keeps the maker of each version)."""
+        roles = tuple(str(r) for r in said.get("roles") or ())
+        principals = said.get("principals")
+        kind: Literal["principal", "job"] = (
+            "principal" if said.get("kind") == "principal" else "job"
+        )
+        return cls(
+            kind,
+            str(said.get("id")),
+            str(said.get("os_user")),
+            str(said.get("host")),
+            roles,
+            None if principals is None else str(principals),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        said: dict[str, Any] = {
+            "kind": self.kind,
+            "id": self.id,
+            "os_user": self.os_user,
+            "host": self.host,
+        }
+        if self.kind == "principal":
+            said |= {"roles": sorted(self.roles), "principals": self.principals}
+        return said
+
+    @property
+    def label(self) -> str:
+        """One line for people: ``alice@example.com [qa] (alice@host)``, ``job collector
+        (root@host)``."""
+        who = (
+            f"{self.id} [{', '.join(sorted(self.roles))}]"
+            if self.kind == "principal"
+            else (f"job {self.id}")
+        )
+        return f"{who} ({self.os_user}@{self.host})"
+
+
+def os_user() -> str:
+    """The operating-system account this process runs as."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, OSError):
+        return getpass.getuser()
+
+
+def actor_label(actor: Any) -> str:
+    """An entry's actor for people, whether an object (:class:`Actor`) or an older string."""
+    if isinstance(actor, dict):
+        roles = actor.get("roles")
+        who = (
+            f"{actor.get('id')} [{', '.join(roles)}]"
+            if roles is not None
+            else (f"job {actor.get('id')}")
+        )
+        return f"{who} ({actor.get('os_user')}@{actor.get('host')})"
+    return str(actor)
 
 
 @dataclass(frozen=True)
@@ -55,7 +212,8 @@ class AuditEntry:
     seq: int
     time: str
     kind: str
-    actor: str
+    actor: Any
+    """The entry's actor as stored: an :class:`Actor`'s JSON, or (older entries) a string."""
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
@@ -105,3 +263,38 @@ def witness_notes(witness: Path) -> Iterator[tuple[int, str]]:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 yield number, str(json.loads(line)["note"])
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries ``converge audit log`` lists: any of ``kinds``, by ``actor`` (a principal's
+    id or a job's name), dated in ``[start, end)``, about ``device`` (and ``point``)."""
+
+    kinds: tuple[str, ...] = ()
+    actor: str | None = None
+    start: str | None = None
+    end: str | None = None
+    device: str | None = None
+    point: str | None = None
+
+    def matches(self, entry: AuditEntry) -> bool:
+        return (
+            (not self.kinds or entry.kind in self.kinds)
+            and (self.actor is None or _actor_id(entry.actor) == self.actor)
+            and (self.start is None or entry.time >= self.start)
+            and (self.end is None or entry.time < self.end)
+            and (self.device is None or self._about(entry.payload))
+        )
+
+    def _about(self, payload: dict[str, Any]) -> bool:
+        """Whether an entry's payload names the device (and point): its own ``device``, or one
+        of the ``points`` it lists (decisions, receipts)."""
+        named = [payload, *[p for p in payload.get("points", ()) if isinstance(p, dict)]]
+        for said in named:
+            if said.get("device") == self.device and self.point in (None, said.get("point")):
+                return True
+        return False
+
+
+def _actor_id(actor: Any) -> str:
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)

@@ -19,21 +19,25 @@ from typing import Protocol
 from rich.console import Console
 
 from engine.commands import (
+    access,
     audit,
     check,
     coverage,
     diff,
     explain,
+    export,
     keys,
     plan,
+    query,
     run,
     schema,
     simulate,
     test,
+    verify,
 )
 from engine.commands.findings import findings_text
 from engine.commands.options import PIPE_WIDTH, Handler, Subparsers
-from engine.errors import ConvergeError, FindingsError
+from engine.errors import AccessDenied, ConvergeError, FindingsError
 from engine.plugin_manager import make_plugin_manager
 
 
@@ -55,6 +59,10 @@ COMMANDS: tuple[Command, ...] = (
     simulate,
     keys,
     audit,
+    access,
+    query,
+    export,
+    verify,
 )
 """Every command, in the order ``converge --help`` lists them."""
 
@@ -65,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     on_terminal = sys.stdout.isatty()
     console = Console(
-        highlight=False, soft_wrap=not on_terminal, width=None if on_terminal else PIPE_WIDTH
+        highlight=False,
+        emoji=False,  # ':100:' in a path:line:col is a place, not an emoji
+        soft_wrap=not on_terminal,
+        width=None if on_terminal else PIPE_WIDTH,
     )
     try:
         pm = make_plugin_manager(trace=args.trace_hooks)
@@ -74,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FindingsError as exc:
         findings_text(Console(stderr=True, soft_wrap=True), exc.findings)
         return 1
+    except AccessDenied as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"converge: refused: {exc}", markup=False
+        )
+        return 3
     except ConvergeError as exc:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"converge: error: {exc}", markup=False

@@ -12,8 +12,8 @@ here, the leaves beside the code that raises them::
     ├── InputError                 input that cannot be used as given
     │   ├── FindingsError          input with at least one error finding (all of them)
     │   ├── CanonicalError         a value with no canonical JSON form              (canonical)
-    │   └── AliasBomb, TooDeep     YAML past the alias budget or depth, made findings
-    │                              by the load stage                  (compile.yaml_builder)
+    │   └── BoundExceeded          YAML past a bound (aliases, depth, entries, characters),
+    │                              made a finding by the load stage   (compile.yaml_builder)
     ├── PluginError                a plugin is missing, misspelled or broke its contract
     ├── PlanRejected               a plan whose digest, shape, signature or validity fails
     ├── KeyStoreError              a key missing, locked or not valid when needed        (keys)
@@ -23,6 +23,7 @@ here, the leaves beside the code that raises them::
     │   ├── MissingSigner          a required key was not given to sign a batch    (sign.batch)
     │   └── SealerError            the sealer process failed or died          (evidence.sealer)
     ├── StoreError                 the evidence database or spool cannot be used       (store)
+    ├── AccessDenied               the guard refused, or a principal may not act (exit code 3)
     └── VerificationError          evidence that does not verify
         ├── RootMismatch           a recomputed root that is not the one claimed  (sign.merkle)
         ├── ProofLengthError, HashLengthError, IndexOutOfRange,
@@ -45,6 +46,8 @@ cryptography's ``InvalidSignature`` into :class:`VerificationError` leaves
 ``TimeoutError`` at the session (plugins, see :class:`engine.protocols.Session`).
 Private exceptions that only steer control flow inside one module
 (``_Unusual``, ``_Differs``) never leave it; a test keeps this tree complete.
+The bundle verifier (``engine/export/verifier.py``, shipped alone as
+``verify.py``) imports nothing of Converge and has its own ``Refused``.
 """
 
 from __future__ import annotations
@@ -151,6 +154,10 @@ class EvidenceError(ConvergeError):
 
 class StoreError(ConvergeError):
     """A database (or spool) that cannot be opened, migrated, read or written."""
+
+
+class AccessDenied(ConvergeError):
+    """The guard refused a principal, or a principal may not act from this account."""
 
 
 class VerificationError(ConvergeError):

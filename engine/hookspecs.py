@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the contract's types, imported only for type checkers (as p
     from engine.keys import KeyStore
     from engine.model import Device, PlannedPoint, ReadGroupPlan
     from engine.plans.body import PlanBody
+    from engine.principals import PrincipalResolver
     from engine.protocols import Session, Simulator, ValueAt
 
 PROJECT = "converge"
@@ -92,7 +93,11 @@ def converge_plan_read_groups(
 
     Called by the plan stage once per device that has governed points with a
     capture demand, with those points (never none) in inventory order and
-    their merged schedules. Return
+    their merged schedules. Also called by the validate stage once per valid
+    device with *every* point of the device, unscheduled (``every_ms`` is
+    ``None``, ``cron`` empty): the problems found then are site errors,
+    whether or not a policy governs the points, so report every problem that
+    the addresses alone cause whatever the schedules. Return
     ``None`` when ``device.protocol`` is not yours. Otherwise return a
     :class:`~engine.model.ReadGroupPlan`: JSON-ready group dicts, each with a
     ``points`` list naming the points it reads, in a deterministic order; and
@@ -155,4 +160,25 @@ def converge_key_store(config: Mapping[str, Any]) -> KeyStore | None:
     with :func:`~engine.keys.check_key_name`; :func:`~engine.keys.verifier_of`
     and :class:`~engine.keys.KeyEvents` give the validity rules and the key
     events every store must follow.
+    """
+
+
+# --- principal resolvers ----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_principal_resolver(config: Mapping[str, Any]) -> PrincipalResolver | None:
+    """Open the :class:`~engine.principals.PrincipalResolver` that ``config`` describes.
+
+    Called by every command that decides who may do what (``converge query``,
+    ``converge serve``, ``converge access check``, ``--as`` on commands that
+    act), once per run. ``config["kind"]`` names the kind of source (the
+    built-in resolver answers for ``"file"``, with ``config["path"]`` a
+    principals file as docs/policy-language.md describes it); the other keys
+    are the resolver's own. Return ``None`` when the kind is not yours; raise
+    :class:`~engine.errors.ConvergeError` (a :class:`~engine.errors.FindingsError`
+    with places, for a file) when the source cannot be used. The resolver's
+    ``digest`` is recorded with every decision made with it, so it must
+    change whenever any answer would (an LDAP resolver might hash the entries
+    it read). Results of several plugins: the first non-``None`` is used.
     """

@@ -56,6 +56,8 @@ class KeyVersion:
     not_after: datetime | None
     """End of validity (exclusive); ``None`` while the version is current and unbounded."""
     created_at: datetime
+    created_by: Mapping[str, Any] | None = None
+    """Who made it (an audit actor's JSON, docs/access.md), when the store knows."""
 
     @property
     def key(self) -> Ed25519PublicKey:
@@ -96,6 +98,7 @@ class KeyVersion:
             not_before=datetime.fromisoformat(entry["not_before"]),
             not_after=None if until is None else datetime.fromisoformat(until),
             created_at=datetime.fromisoformat(entry["created_at"]),
+            created_by=entry.get("created_by"),
         )
         version.key  # noqa: B018 - checks the public key is an Ed25519 key
         return version
@@ -112,6 +115,7 @@ class KeyVersion:
             "not_before": self.not_before.isoformat(),
             "not_after": None if self.not_after is None else self.not_after.isoformat(),
             "created_at": self.created_at.isoformat(),
+            **({"created_by": dict(self.created_by)} if self.created_by else {}),
         }
 
 
@@ -158,11 +162,22 @@ class KeyStore(Protocol):
         """The private key of the version of ``name`` valid at ``at``; raises when none is."""
         ...
 
-    def generate(self, name: str, valid_for: timedelta | None = None) -> KeyVersion:
-        """Make version 1 of a new key, valid from now for ``valid_for`` (``None``: no end)."""
+    def generate(
+        self,
+        name: str,
+        valid_for: timedelta | None = None,
+        created_by: Mapping[str, Any] | None = None,
+    ) -> KeyVersion:
+        """Make version 1 of a new key, valid from now for ``valid_for`` (``None``: no end),
+        remembering who made it (``created_by``, an audit actor's JSON)."""
         ...
 
-    def rotate(self, name: str, valid_for: timedelta | None = None) -> KeyVersion:
+    def rotate(
+        self,
+        name: str,
+        valid_for: timedelta | None = None,
+        created_by: Mapping[str, Any] | None = None,
+    ) -> KeyVersion:
         """End the current version now and make the next one, keeping every public key.
 
         ``valid_for=None`` gives the new version the period the key was generated with.

@@ -200,6 +200,12 @@ class Principal:
     kind: str
     roles: tuple[str, ...]
     location: Location
+    name: str | None = None
+    """The printed name, shown in electronic signatures and the audit trail."""
+    os_users: tuple[str, ...] = ()
+    """The only operating-system accounts that may act as this principal; empty: any."""
+    certificates: tuple[str, ...] = ()
+    """``sha256:`` fingerprints of TLS client certificates that authenticate as it."""
 
 
 @dataclass

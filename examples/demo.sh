@@ -11,6 +11,29 @@ POLICIES=policies
 OUT=demo-out
 
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; }
+
+# The simulator serves the plant on these local ports (see examples/sites/plant-basel/site.yaml);
+# check them first, so that a busy one is named now rather than failing at step 7.
+PORTS=("5020:Modbus/TCP of reactor-1-plc" "5021:Modbus/TCP of cleanroom-emu-1"
+       "5022:Modbus/TCP of reactor-7" "4840:OPC UA of filler-2" "1883:MQTT broker of the plant")
+busy=$(python - "${PORTS[@]}" <<'PY'
+import socket, sys
+for entry in sys.argv[1:]:
+    port, _, what = entry.partition(":")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", int(port)))
+        except OSError:
+            print(f"  port {port} ({what}) is in use")
+PY
+)
+if [ -n "$busy" ]; then
+  printf 'make demo: the simulated plant needs ports 5020-5022, 4840 and 1883 on 127.0.0.1:\n%s\n' "$busy" >&2
+  printf 'Stop what listens there (ss -ltnp shows it), or run the demo on a machine where they are free.\n' >&2
+  exit 1
+fi
+
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 step "1. Check every policy against both site inventories" "converge check -p $POLICIES -s $SITES"
@@ -19,7 +42,7 @@ converge check -p $POLICIES -s $SITES
 step "2. Compile one canonical, content-addressed plan per device" "converge plan -p $POLICIES -s $SITES -o $OUT/plans"
 converge plan -p $POLICIES -s $SITES -o $OUT/plans
 
-step "3. Why does this point get what it gets?" "converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $BASEL"
+step "3. Why does this point get what it gets?" "converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $SITES"
 converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $SITES
 converge explain reactor-7/TT701_PV -p $POLICIES -s $SITES
 
@@ -40,6 +63,7 @@ for key in qa-signing site-integrity ops-signing audit-log plan-signing; do
 done
 converge keys list --keys $OUT/keys
 converge plan -p $POLICIES -s $BASEL -o $OUT/basel-plans --keys $OUT/keys --sign plan-signing \
+  --as j.doe@example.com --meaning approved \
   | tail -n 1
 
 step "7. Serve the plant from real local servers (Modbus TCP, OPC UA, MQTT), with faults" \
@@ -69,12 +93,39 @@ echo "..."
 tail -n 3 $OUT/audit-log.txt
 
 step "11. An auditor verifies every record, batch root, signature, audit entry and checkpoint" \
-     "converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl"
-converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl
+     "converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl --plan-key plan-signing"
+converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl \
+  --plan-key plan-signing
 
 step "12. Someone edits one stored reading in a copy of the store; verification names the batch" \
      "python examples/tamper.py $OUT/tampered.db; converge audit verify --db $OUT/tampered.db ..."
 cp $OUT/evidence.db $OUT/tampered.db
 python examples/tamper.py $OUT/tampered.db
 converge audit verify --db $OUT/tampered.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl \
-  || echo "(exit code $?: the tampered store does not verify)"
+  --plan-key plan-signing || echo "(exit code $?: the tampered store does not verify)"
+
+step "14. An auditor's export: the reactor's records with everything that proves them, one zip" \
+     "converge export --db $OUT/evidence.db --as inspector@audit.example --device reactor-1-plc -o $OUT/reactor-1.zip"
+converge export --db $OUT/evidence.db --principals $BASEL/principals.yaml --as inspector@audit.example \
+  --keys $OUT/keys --device reactor-1-plc -o $OUT/reactor-1.zip
+converge keys trust --db $OUT/evidence.db --keys $OUT/keys --plan-key plan-signing -o $OUT/trust.json
+python -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()[:6]), "\n...")' \
+  $OUT/reactor-1.zip
+
+step "15. Offline, in a fresh virtualenv holding only cryptography, the bundle's own verify.py checks it" \
+     "python -m venv auditor; auditor/bin/pip install cryptography; auditor/bin/python verify.py $OUT/reactor-1.zip --trust $OUT/trust.json"
+python -m venv $OUT/auditor
+$OUT/auditor/bin/pip install --quiet --disable-pip-version-check cryptography > $OUT/pip.log 2>&1 \
+  || { cat $OUT/pip.log; exit 1; }
+python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("verify.py"))' \
+  $OUT/reactor-1.zip > $OUT/verify.py
+(cd $OUT && auditor/bin/python -I verify.py reactor-1.zip --trust trust.json)
+
+step "16. One byte of the bundle changed: the verifier names the member and the batch" \
+     "python examples/flip_byte.py $OUT/reactor-1.zip $OUT/changed.zip; verify.py $OUT/changed.zip ..."
+python examples/flip_byte.py $OUT/reactor-1.zip $OUT/changed.zip records.jsonl
+(cd $OUT && auditor/bin/python -I verify.py changed.zip --trust trust.json) \
+  || echo "(exit code $?: the changed bundle does not verify)"
+python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("report.html"))' \
+  $OUT/reactor-1.zip > $OUT/report.html
+echo "the auditor's report: $OUT/report.html"

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from engine.audit import Actor
 from engine.cli import main
 from engine.evidence import EvidenceConfig, EvidenceSink
 from engine.plans.body import PlanBody
@@ -104,7 +105,7 @@ def records(site: Site, seconds: int, start: datetime = T0, gap_every: int = 7) 
 
 
 def open_store(site: Site, target: str, witness: Path | None = None) -> Store:
-    store = Store.open(target, actor="converge-test", witness=witness)
+    store = Store.open(target, actor=Actor.job("test"), witness=witness)
     store.deploy_plans([(p, None) for p in site.plans])
     keys = site.key_store()
     store.record_keys([v for name in keys.names() for v in keys.versions(name)])
@@ -136,7 +137,9 @@ def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150) -> Store:
 
 def verify(site: Site, store: Store, tmp_path: Path | None = None) -> Report:
     witness = tmp_path / "witness.jsonl" if tmp_path else None
-    return verify_store(store, site.trust(), witness if witness and witness.exists() else None)
+    return verify_store(
+        store, site.trust(), witness=witness if witness and witness.exists() else None
+    )
 
 
 # --- slots: what a store accounts for ----------------------------------------------------

@@ -2,10 +2,13 @@
 # Start or stop the services the test suite uses beyond what pip installs:
 # - a real Mosquitto broker on loopback, with an anonymous plain listener and a
 #   TLS listener that wants a user name and password (a throwaway CA, server
-#   certificate and password file are made at start in tests/.services/);
-# - a throwaway PostgreSQL cluster in tests/.services/pg, on 127.0.0.1 only,
-#   trusting local connections, with a database converge_test owned by the
-#   role converge.
+#   certificate and password file are made at start);
+# - a throwaway PostgreSQL cluster on 127.0.0.1 only, trusting local
+#   connections, with a database converge_test owned by the role converge.
+# Their files are in a folder of their own under /tmp (tests/.services/run
+# links to it): run as root, PostgreSQL and Mosquitto run as the users postgres
+# and mosquitto, who must reach their files wherever the checkout is, also in
+# a folder only root may enter (/root, or a clone in a `mktemp -d` folder).
 # Installs Mosquitto and PostgreSQL from Debian's packages when they are
 # missing (as root, as CI runs). Writes tests/.services.env, which the tests
 # read; `stop` ends what `start` started and deletes what it made. `start`
@@ -13,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 STATE=.services
+RUN_LINK=$STATE/run  # the run's folder, made by `start`, deleted by `stop`
+RUN_PREFIX=/tmp/converge-services.
 ENV_FILE=.services.env
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-18830}
 MOSQUITTO_TLS_PORT=${MOSQUITTO_TLS_PORT:-18831}
@@ -56,14 +61,15 @@ install_postgres() {
 }
 
 # Run a PostgreSQL program as the owner of the cluster: initdb and postgres
-# refuse to run as root, so as root that is the system user postgres.
+# refuse to run as root, so as root that is the system user postgres (from /,
+# as the checkout may be a folder that user cannot enter).
 as_postgres() {
   if [ "$(id -u)" != 0 ]; then
     "$@"
   elif command -v runuser >/dev/null 2>&1; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
-    su postgres -s /bin/sh -c '"$0" "$@"' "$@"
+    (cd / && su postgres -s /bin/sh -c '"$0" "$@"' "$@")
   fi
 }
 
@@ -125,13 +131,28 @@ wait_for_port() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "services: nothing listens on 127.0.0.1:$1 (see tests/$STATE/mosquitto.log)" >&2
+  echo "services: nothing listens on 127.0.0.1:$1 (see $2)" >&2
   return 1
+}
+
+# A new folder under /tmp for this run's files, that the users postgres and
+# mosquitto can enter, in RUN; tests/.services/run links to it, for `stop`.
+make_run_folder() {
+  mkdir -p "$STATE"
+  RUN=$(mktemp -d "${RUN_PREFIX}XXXXXXXXXX")
+  ln -s "$RUN" "$RUN_LINK"
+  chmod 755 "$RUN"
+}
+
+# The folder of the run tests/.services/run links to, if it is one `start` made.
+run_folder() {
+  local run; run=$(readlink "$RUN_LINK" 2>/dev/null) || return 1
+  case $run in "$RUN_PREFIX"*) [ -d "$run" ] && [ -O "$run" ] && echo "$run" ;; *) return 1 ;; esac
 }
 
 start_postgres() {
   local bin; bin=$(postgres_bin)
-  local dir; dir=$(cd "$STATE" && pwd)/pg
+  local dir=$1/pg
   if (exec 3<>"/dev/tcp/127.0.0.1/$POSTGRES_PORT") 2>/dev/null; then
     echo "services: 127.0.0.1:$POSTGRES_PORT is taken by another process;" \
          "set POSTGRES_PORT to a free port" >&2
@@ -141,8 +162,7 @@ start_postgres() {
   if [ "$(id -u)" = 0 ]; then
     chown postgres: "$dir"
     if ! as_postgres test -w "$dir"; then
-      echo "services: the user postgres cannot reach $dir; make its parent folders" \
-           "searchable (chmod o+x)" >&2
+      echo "services: the user postgres cannot write to $dir" >&2
       return 1
     fi
   fi
@@ -170,7 +190,7 @@ EOF
 }
 
 stop_postgres() {
-  local data=$STATE/pg/data
+  local data=$1/pg/data
   [ -f "$data/postmaster.pid" ] || return 0
   local bin; bin=$(postgres_bin) || return 0
   # a fast shutdown, waited for; an immediate one if that does not end it
@@ -183,21 +203,36 @@ start() {
   stop  # whatever an interrupted run left: servers still up, a stale state folder
   # On any failure, end what was started already, so nothing keeps running.
   trap 'echo "services: start failed; stopping what was started" >&2; stop' EXIT
-  mkdir -p "$STATE"
-  chmod 755 "$STATE"  # the users mosquitto and postgres read their files in it
+  make_run_folder
   : > "$ENV_FILE"
   if install_postgres; then
-    start_postgres
+    start_postgres "$RUN"
   fi
   if install_mosquitto; then
-    local bin; bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-    local dir; dir=$(cd "$STATE" && pwd)
-    local passwd; passwd=$(command -v mosquitto_passwd || echo /usr/bin/mosquitto_passwd)
-    make_certificates "$dir"
-    "$passwd" -b -c "$dir/passwd" "$MOSQUITTO_USER" "$MOSQUITTO_PASSWORD"
-    # Mosquitto started as root runs as the user mosquitto: it must read these.
-    chmod 644 "$dir/server.key" "$dir/passwd"
-    cat > "$dir/mosquitto.conf" <<EOF
+    start_mosquitto "$RUN"
+  fi
+  trap - EXIT
+}
+
+# Mosquitto started as root runs as the user mosquitto: it must read these (the group
+# mosquitto only, where there is one).
+readable_by_mosquitto() {
+  if [ "$(id -u)" = 0 ] && getent group mosquitto >/dev/null; then
+    chgrp mosquitto "$@"
+    chmod 640 "$@"
+  else
+    chmod 644 "$@"
+  fi
+}
+
+start_mosquitto() {
+  local dir=$1
+  local bin; bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  local passwd; passwd=$(command -v mosquitto_passwd || echo /usr/bin/mosquitto_passwd)
+  make_certificates "$dir"
+  "$passwd" -b -c "$dir/passwd" "$MOSQUITTO_USER" "$MOSQUITTO_PASSWORD"
+  readable_by_mosquitto "$dir/server.key" "$dir/passwd"
+  cat > "$dir/mosquitto.conf" <<EOF
 per_listener_settings true
 
 listener $MOSQUITTO_PORT 127.0.0.1
@@ -210,25 +245,22 @@ keyfile $dir/server.key
 allow_anonymous false
 password_file $dir/passwd
 EOF
-    "$bin" -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
-    echo $! > "$STATE/mosquitto.pid"
-    wait_for_port "$MOSQUITTO_PORT"
-    wait_for_port "$MOSQUITTO_TLS_PORT"
-    {
-      echo "CONVERGE_MOSQUITTO=mqtt://127.0.0.1:$MOSQUITTO_PORT"
-      echo "CONVERGE_MOSQUITTO_TLS=mqtts://127.0.0.1:$MOSQUITTO_TLS_PORT"
-      echo "CONVERGE_MOSQUITTO_CA=$dir/ca.crt"
-      echo "CONVERGE_MOSQUITTO_USER=$MOSQUITTO_USER"
-      echo "CONVERGE_MOSQUITTO_PASSWORD=$MOSQUITTO_PASSWORD"
-    } >> "$ENV_FILE"
-    echo "services: mosquitto on 127.0.0.1:$MOSQUITTO_PORT, TLS with a password on :$MOSQUITTO_TLS_PORT"
-  fi
-  trap - EXIT
+  "$bin" -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
+  echo $! > "$dir/mosquitto.pid"
+  wait_for_port "$MOSQUITTO_PORT" "$dir/mosquitto.log"
+  wait_for_port "$MOSQUITTO_TLS_PORT" "$dir/mosquitto.log"
+  {
+    echo "CONVERGE_MOSQUITTO=mqtt://127.0.0.1:$MOSQUITTO_PORT"
+    echo "CONVERGE_MOSQUITTO_TLS=mqtts://127.0.0.1:$MOSQUITTO_TLS_PORT"
+    echo "CONVERGE_MOSQUITTO_CA=$dir/ca.crt"
+    echo "CONVERGE_MOSQUITTO_USER=$MOSQUITTO_USER"
+    echo "CONVERGE_MOSQUITTO_PASSWORD=$MOSQUITTO_PASSWORD"
+  } >> "$ENV_FILE"
+  echo "services: mosquitto on 127.0.0.1:$MOSQUITTO_PORT, TLS with a password on :$MOSQUITTO_TLS_PORT"
 }
 
-stop() {
-  stop_postgres
-  local pid; pid=$(cat "$STATE/mosquitto.pid" 2>/dev/null || true)
+stop_mosquitto() {
+  local pid; pid=$(cat "$1/mosquitto.pid" 2>/dev/null || true)
   # only a mosquitto: the id in a file an interrupted run left may be another process's now
   if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mosquitto ]; then
     kill "$pid" 2>/dev/null || true
@@ -237,6 +269,15 @@ stop() {
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
+  fi
+}
+
+stop() {
+  local run
+  if run=$(run_folder); then
+    stop_postgres "$run"
+    stop_mosquitto "$run"
+    rm -rf "$run"
   fi
   rm -rf "$STATE" "$ENV_FILE"
 }

@@ -19,10 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: list[set[str]] = [
     # the shared core: what every stage may use
-    {"engine.errors", "engine.codes", "engine.canonical", "engine.durations", "engine.heap",
-     "engine.records", "engine.model"},
+    {
+        "engine.errors",
+        "engine.codes",
+        "engine.canonical",
+        "engine.durations",
+        "engine.heap",
+        "engine.records",
+        "engine.model",
+    },
     {"engine.sign"},  # pure: Merkle trees, proofs, notes, leaves, batch statements
-    {"engine.keys"},
+    {"engine.keys", "engine.principals"},
     {"engine.plans", "engine.audit"},
     # the plugin boundary
     {"engine.protocols", "engine.hookspecs", "engine.plugin_manager", "engine.protocol_plugin"},
@@ -30,16 +37,24 @@ LAYERS: list[set[str]] = [
     {"engine.store"},
     {"engine.evidence"},
     {"engine.verify"},
+    {"engine.access"},
+    {"engine.report"},
+    {"engine.export"},
     {"engine.compile"},  # nothing of the run-time pipeline imports the compiler
     {"engine.simulate", "engine.conformance", "engine.testkit"},
     {"engine.commands"},
     {"engine.cli", "engine"},
-]  # fmt: skip
+]
 """A package may import any package of its own layer or an earlier one, and no other; within a
 layer, the cycle test keeps imports one way."""
 
-PLUGINS_MAY_USE = set().union(*LAYERS[:5])
-"""Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin."""
+PLUGINS_MAY_USE = set().union(*LAYERS[:5]) | {"engine.compile"}
+"""Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin;
+a plugin that reads YAML (the principals file) uses the compiler's loader and validator."""
+
+PLUGINS_SHARED = {"plugins.planning", "plugins.reach"}
+"""What the built-in plugins share among themselves: schedules and read-group helpers
+(planning), and the one-line connect and listen errors (reach)."""
 
 
 def modules() -> dict[str, Path]:
@@ -100,7 +115,7 @@ def allowed(source: str, target: str) -> bool:
     if src == dst:
         return True
     if src.startswith("plugins."):
-        return dst in PLUGINS_MAY_USE or dst == "plugins.planning"
+        return dst in PLUGINS_MAY_USE or dst in PLUGINS_SHARED
     if dst.startswith("plugins."):
         return False  # the engine never imports a plugin: built-ins load as entry points
     return layer(dst) <= layer(src)
@@ -189,8 +204,11 @@ HEAVY = ["cerberus", "rich", "yaml", "sqlalchemy", "engine.compile"]
 def test_light_modules_load_no_compiler_cerberus_or_rich(module: str):
     """What a plugin, the forked sealer or a verify worker imports stays small."""
     probe = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
-    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                                text=True, cwd=REPO).stdout.split())  # fmt: skip
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=REPO
+        ).stdout.split()
+    )
     heavy = sorted(m for m in loaded for h in HEAVY if m == h or m.startswith(f"{h}."))
     assert not heavy, f"import {module} loads {heavy}"
 
@@ -205,7 +223,8 @@ def test_every_exception_is_in_the_one_tree_that_errors_py_draws():
 
     drawn = engine.errors.__doc__ or ""
     found = []
-    for module in sorted(m for m in MODULES if m.startswith("engine")):
+    standalone = {"engine.export.verifier"}  # verify.py: no engine import, its own Refused
+    for module in sorted(m for m in MODULES if m.startswith("engine") and m not in standalone):
         loaded = importlib.import_module(module)
         for name, cls in inspect.getmembers(loaded, inspect.isclass):
             if cls.__module__ == module and issubclass(cls, BaseException):
@@ -214,3 +233,18 @@ def test_every_exception_is_in_the_one_tree_that_errors_py_draws():
                     assert issubclass(cls, engine.errors.ConvergeError), f"{module}.{name}"
                     assert name in drawn, f"{module}.{name} is not drawn in engine/errors.py"
     assert {"StoreError", "SealerError", "MissingSigner", "TreeSizeError"} <= set(found)
+
+
+def test_the_bundle_verifier_stands_alone():
+    """verify.py, shipped in every bundle, imports nothing but the standard library and
+    cryptography: an auditor runs it in a virtualenv that has only cryptography."""
+    tree = ast.parse(MODULES["engine.export.verifier"].read_text("utf-8"))
+    found = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    found |= {
+        n.module.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and not n.level
+    }
+    assert found - set(sys.stdlib_module_names) == {"cryptography"}

@@ -8,18 +8,22 @@ import re
 import secrets
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, REPO, fill, open_store
 
 from engine import audit
+from engine.audit import Actor
 from engine.cli import main
+from engine.keys import open_key_store
 from engine.plans.signature import PlanClaim, sign_claim
+from engine.plugin_manager import make_plugin_manager
 from engine.sign import note
 from engine.sign.merkle import root
 from engine.store.store import Store
-from engine.verify import verify_store
+from engine.verify import Trust, verify_store
 
 
 @pytest.fixture
@@ -39,6 +43,8 @@ def test_the_documented_checkpoint_verifies_with_the_test_key():
     origin = text.splitlines()[0]
     checkpoint = note.open_checkpoint(text, [note.verifier_key(origin, key)], origin)
     assert (checkpoint.size, checkpoint.root_hash) == (3, root([b"a", b"b", b"c"]))
+    assert audit.signed_time(checkpoint) == datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    assert audit.origin_key(origin) == "audit-log"
 
 
 def test_an_entry_is_canonical_json_and_nothing_else():
@@ -61,7 +67,7 @@ def test_audit_log_lists_entries_and_filters_by_kind(store_env, capsys):
     assert main(["audit", "log", "--db", str(store_env), "--kind", "key.generated"]) == 0
     out = capsys.readouterr().out
     assert {"qa-signing v1", "site-integrity v1", "audit-log v1"} <= set(
-        re.findall(r"key\.generated\s+converge-test\s+(\S+ v1)", out)
+        re.findall(r"key\.generated\s+job test \(\S+\)\s+(\S+ v1)", out)
     )
     assert "batch.stored" not in out
 
@@ -182,7 +188,7 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
 
     def verdict(note_text):
         db = tmp_path / f"{secrets.token_hex(4)}.db"
-        with Store.open(str(db)) as store:
+        with Store.open(str(db), actor=Actor.job("test")) as store:
             store.deploy_plans([(first, note_text)])
             key = keys.signer("audit-log", now)
             store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
@@ -207,11 +213,32 @@ def test_key_generation_and_rotation_with_a_store_are_audit_entries_at_once(
     assert main(["keys", "rotate", "qa-signing", "--keys", keys, "--db", db]) == 0
     capsys.readouterr()
     assert main(["audit", "log", "--db", db, "--format", "json"]) == 0
-    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    made, *entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert made["kind"] == "log.created" and made["payload"]["audit_key"] == "audit-log"
     assert [(e["kind"], e["payload"]["name"], e["payload"]["version"]) for e in entries] == [
         ("key.generated", "qa-signing", 1),
         ("key.rotated", "qa-signing", 2),
     ]
+
+
+def test_a_key_logged_with_the_audit_key_at_hand_is_signed_at_once(tmp_path, monkeypatch):
+    """With the audit key in the same folder, ``keys generate --db`` checkpoints its entry;
+    without it, the entry waits for the next run's checkpoint (a legitimate tail)."""
+    monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", PASSPHRASE)
+    keys, db = str(tmp_path / "keys"), str(tmp_path / "evidence.db")
+    assert main(["keys", "generate", "qa-signing", "--keys", keys, "--db", db]) == 0
+    with Store.open_existing(db) as store:
+        assert store.counts()["checkpoints"] == 0
+    assert main(["keys", "generate", "audit-log", "--keys", keys, "--db", db]) == 0
+    with Store.open_existing(db) as store:
+        assert store.counts()["checkpoints"] == 1
+        report = verify_store(
+            store,
+            Trust.from_key_store(
+                open_key_store(make_plugin_manager(), {"kind": "file", "path": Path(keys)})
+            ),
+        )
+    assert report.ok, report.problems
 
 
 def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):

@@ -2,7 +2,9 @@
 
 The ``fake`` protocol below answers deterministically (or times out, refuses,
 answers busy...), so these tests exercise the engine's scheduling, not a
-protocol. They use short intervals on the real clock, or a scaled clock.
+protocol. They use short intervals on the real clock, or a scaled clock, and
+each run lasts until it has done what its test looks at (tests/waiting.py),
+however fast or slow the machine is.
 """
 
 from __future__ import annotations
@@ -12,15 +14,25 @@ import itertools
 import json
 import random
 import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from waiting import collecting, until
 
 from engine.canonical import canonical_json
 from engine.cli import main
-from engine.collect import CollectConfig, JsonLinesSink, MemorySink, ScaledClock, run_plans
+from engine.collect import (
+    CollectConfig,
+    JsonLinesSink,
+    MemorySink,
+    ScaledClock,
+    Summary,
+    run_plans,
+)
 from engine.collect.backfill import missed
 from engine.collect.limits import Backoff, CircuitBreaker, TokenBucket, retryable
 from engine.collect.onchange import changed
@@ -48,6 +60,7 @@ class FakeSession:
         self.units: list[int | None] = []
         self.connects = 0
         self.connected = False
+        self.published = 0
 
     async def connect(self):
         self.connects += 1
@@ -91,6 +104,7 @@ class FakeSession:
                 await asyncio.sleep(self.behaviour.get("every", 0.02))
                 for p in group.points:
                     await deliver(self.message(p, i))
+                self.published += 1
             if self.behaviour.get("drop_after_messages"):
                 await asyncio.sleep(self.behaviour.get("linger", 0))
                 self.connected = False  # the broker went away; nothing else tells the collector
@@ -173,15 +187,64 @@ def write_plans(folder: Path, bodies) -> Path:
     return folder
 
 
-def collect(tmp_path, bodies, duration, behaviours=None, **kwargs):
+@dataclass
+class Seen:
+    """What a run has done so far: its records, the fake's sessions, the run's counters."""
+
+    sink: MemorySink
+    protocol: FakeProtocol
+    summary: Summary
+
+    def reads(self, device: str = "d") -> list[float]:
+        session = self.protocol.sessions.get(device)
+        return session.reads if session else []
+
+    def connects(self, device: str = "d") -> int:
+        session = self.protocol.sessions.get(device)
+        return session.connects if session else 0
+
+    def scheduled(self, device: str = "d") -> int:
+        stats = self.summary.devices.get(device)
+        return sum(stats.scheduled.values()) if stats else 0
+
+
+def collect(tmp_path, bodies, done, behaviours=None, **kwargs):
+    """Collect ``bodies`` from the fake protocol until ``done(seen)`` holds, then stop the run."""
     protocol = FakeProtocol(behaviours)
     pm = make_plugin_manager(load_entry_points=False, extra=[protocol])
     sink = MemorySink()
     plans = write_plans(tmp_path / "plans", bodies)
-    summary = asyncio.run(run_plans(plans, pm, duration=duration, sink=sink, **kwargs))
+
+    async def run() -> Summary:
+        async with collecting(plans, pm, sink=sink, **kwargs) as run:
+            seen = Seen(sink, protocol, run.summary)
+            await until(lambda: done(seen), lambda: f"the run to get there: {counts(seen)}")
+        return run.summary
+
+    summary = asyncio.run(run())
     assert sink.closed
     assert summary.unaccounted() == {}, "scheduled samples != readings + gaps"
     return summary, sink, protocol
+
+
+def counts(seen: Seen) -> str:
+    stats = {name: s.as_dict() for name, s in seen.summary.devices.items()}
+    reads = {name: len(s.reads) for name, s in seen.protocol.sessions.items()}
+    return f"{len(seen.sink.records)} records, requests {reads}, {stats}"
+
+
+class ScaledFromFirstUse(ScaledClock):
+    """A :class:`ScaledClock` at ``start`` when the run first reads it, not when it was made:
+    the set-up before the run, however long it takes, takes no clock time."""
+
+    def __init__(self, start: float, speed: float) -> None:
+        super().__init__(start, speed)
+        self.origin = None
+
+    def now(self) -> float:
+        if self.origin is None:
+            self.origin = time.monotonic()
+        return super().now()
 
 
 def fast_config(**kwargs):
@@ -237,10 +300,14 @@ def test_a_run_across_the_dst_change_samples_at_local_cron_times(tmp_path):
     group = {"points": ["p"], "cron": ["*/15 * * * *"]}
     body = plan_body("d", [group], limits={"timeout_ms": 3_600_000})
     _, sink, _ = collect(
-        tmp_path, [body], duration=3600 * 0.8, clock=ScaledClock(start, speed=3600)
+        tmp_path,
+        [body],
+        lambda seen: len(seen.sink.records) >= 3,
+        clock=ScaledFromFirstUse(start, speed=3600),
     )
     slots = [r.scheduled_at.astimezone(ZURICH).strftime("%H:%M") for r in sink.records]
-    assert slots == ["03:00", "03:15", "03:30"]
+    fires = ["03:00", "03:15", "03:30", "03:45", "04:00"]  # none in the missing hour
+    assert len(slots) >= 3 and slots == fires[: len(slots)]
 
 
 # --- limits -------------------------------------------------------------------------------
@@ -295,7 +362,9 @@ def test_only_busy_and_gateway_codes_are_retryable():
 
 def test_polled_samples_are_aligned_and_accounted(tmp_path):
     body = plan_body("d", [{"points": ["a", "b"], "every_ms": 100}])
-    summary, sink, protocol = collect(tmp_path, [body], duration=0.65)
+    summary, sink, protocol = collect(
+        tmp_path, [body], lambda seen: len(seen.sink.readings()) >= 10
+    )
     readings = sink.readings()
     assert len(readings) >= 10 and not sink.gaps()
     assert all(r.scheduled_at.timestamp() * 1000 % 100 == 0 for r in readings)
@@ -307,7 +376,11 @@ def test_polled_samples_are_aligned_and_accounted(tmp_path):
 def test_busy_answers_are_retried_within_the_slot(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 300}])
     _, sink, protocol = collect(
-        tmp_path, [body], 0.45, {"d": {"code": 6, "busy_times": 2}}, config=fast_config()
+        tmp_path,
+        [body],
+        lambda seen: seen.sink.records,
+        {"d": {"code": 6, "busy_times": 2}},
+        config=fast_config(),
     )
     first = sink.records[0]
     assert isinstance(first, Reading) and first.value == 3
@@ -316,7 +389,13 @@ def test_busy_answers_are_retried_within_the_slot(tmp_path):
 
 def test_illegal_address_is_never_retried(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 200}])
-    _, sink, protocol = collect(tmp_path, [body], 0.5, {"d": {"code": 2}}, config=fast_config())
+    _, sink, protocol = collect(
+        tmp_path,
+        [body],
+        lambda seen: len(seen.sink.gaps()) >= 2,
+        {"d": {"code": 2}},
+        config=fast_config(),
+    )
     assert {(g.reason, g.raw_code) for g in sink.gaps()} == {(GapReason.EXCEPTION, 2)}
     assert len(protocol.sessions["d"].reads) == len(sink.gaps())
 
@@ -324,8 +403,18 @@ def test_illegal_address_is_never_retried(tmp_path):
 def test_a_hanging_device_does_not_delay_another(tmp_path):
     slow = plan_body("slow", [{"points": ["a"], "every_ms": 100}], limits={"timeout_ms": 60})
     fast = plan_body("fast", [{"points": ["b"], "every_ms": 100}])
+
+    def done(seen: Seen) -> bool:
+        reasons = {g.reason for g in seen.sink.gaps() if g.device == "slow"}
+        fast_readings = [r for r in seen.sink.readings() if r.device == "fast"]
+        return {GapReason.TIMEOUT, GapReason.REFUSED} <= reasons and len(fast_readings) >= 5
+
     summary, sink, _ = collect(
-        tmp_path, [slow, fast], 0.8, {"slow": {"hang": 10}}, config=fast_config(breaker_threshold=3)
+        tmp_path,
+        [slow, fast],
+        done,
+        {"slow": {"hang": 10}},
+        config=fast_config(breaker_threshold=3),
     )
     reasons = {g.reason for g in sink.gaps() if g.device == "slow"}
     assert GapReason.TIMEOUT in reasons and GapReason.REFUSED in reasons  # then breaker open
@@ -340,8 +429,18 @@ def test_a_dead_unit_behind_a_gateway_does_not_stall_the_others(tmp_path, dead):
         {"unit": 2, "points": ["b"], "every_ms": 100},
     ]
     body = plan_body("gw", groups, limits={"timeout_ms": 30})
+
+    def done(seen: Seen) -> bool:
+        a = [r for r in seen.sink.readings() if r.point == "a"]
+        opened = [g for g in seen.sink.gaps() if g.detail == "circuit breaker open"]
+        return len(a) >= 7 and any(g.point == "b" for g in opened)
+
     summary, sink, protocol = collect(
-        tmp_path, [body], 0.9, {"gw": {"units": {2: dead}}}, config=fast_config(breaker_threshold=3)
+        tmp_path,
+        [body],
+        done,
+        {"gw": {"units": {2: dead}}},
+        config=fast_config(breaker_threshold=3),
     )
     dead_gaps = [g for g in sink.gaps() if g.point == "b"]
     assert dead_gaps and not [r for r in sink.readings() if r.point == "b"]
@@ -360,8 +459,13 @@ def test_a_dead_unit_behind_a_gateway_does_not_stall_the_others(tmp_path, dead):
 def test_a_device_without_units_keeps_one_breaker_that_drops_the_connection(tmp_path):
     groups = [{"points": ["a"], "every_ms": 100}, {"points": ["b"], "every_ms": 100}]
     body = plan_body("d", groups, limits={"timeout_ms": 30})
+
+    def done(seen: Seen) -> bool:
+        opened = {g.point for g in seen.sink.gaps() if g.detail == "circuit breaker open"}
+        return opened == {"a", "b"} and seen.connects() >= 2
+
     _, sink, protocol = collect(
-        tmp_path, [body], 0.6, {"d": {"hang": 10}}, config=fast_config(breaker_threshold=3)
+        tmp_path, [body], done, {"d": {"hang": 10}}, config=fast_config(breaker_threshold=3)
     )
     assert not sink.readings()
     opened = [g for g in sink.gaps() if g.detail == "circuit breaker open"]
@@ -372,7 +476,11 @@ def test_a_device_without_units_keeps_one_breaker_that_drops_the_connection(tmp_
 def test_a_refusing_device_reconnects_with_backoff(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 20}])
     _, sink, protocol = collect(
-        tmp_path, [body], 0.6, {"d": {"refuse": True}}, config=fast_config()
+        tmp_path,
+        [body],
+        lambda seen: len(seen.sink.gaps()) >= 25 and seen.connects() >= 3,  # ~0.5 s of slots
+        {"d": {"refuse": True}},
+        config=fast_config(),
     )
     assert {g.reason for g in sink.gaps()} == {GapReason.REFUSED}
     assert 3 <= protocol.sessions["d"].connects < len(sink.gaps()) / 2
@@ -383,7 +491,7 @@ def test_request_spacing_and_rate_are_respected(tmp_path):
     body = plan_body(
         "d", groups, limits={"min_request_spacing_ms": 40, "max_requests_per_second": 10}
     )
-    _, sink, protocol = collect(tmp_path, [body], 0.9)
+    _, sink, protocol = collect(tmp_path, [body], lambda seen: len(seen.reads()) >= 6)
     reads = protocol.sessions["d"].reads
     assert min(b - a for a, b in itertools.pairwise(reads)) >= 0.095
     assert {g.reason for g in sink.gaps()} <= {GapReason.RATE_LIMITED, GapReason.SHUTDOWN}
@@ -391,14 +499,19 @@ def test_request_spacing_and_rate_are_respected(tmp_path):
 
 def test_a_sample_in_flight_at_stop_is_a_shutdown_gap(tmp_path):
     body = plan_body("d", [{"points": ["a", "b"], "every_ms": 100}], limits={"timeout_ms": 5000})
-    _, sink, _ = collect(tmp_path, [body], 0.25, {"d": {"hang": 5}})
+    _, sink, _ = collect(tmp_path, [body], lambda seen: seen.reads(), {"d": {"hang": 5}})
     assert [g.reason for g in sink.gaps()] == [GapReason.SHUTDOWN] * 2
 
 
 def test_a_subscription_that_loses_its_server_is_reconnected(tmp_path):
     group = {"kind": "subscribe", "points": ["s"], "expect_every_ms": 1000}
     behaviour = {"messages": 2, "drop_after_messages": True}
-    _, sink, protocol = collect(tmp_path, [plan_body("d", [group])], 1.5, {"d": behaviour})
+    _, sink, protocol = collect(
+        tmp_path,
+        [plan_body("d", [group])],
+        lambda seen: seen.connects() >= 2 and len(seen.sink.readings()) >= 4,
+        {"d": behaviour},
+    )
     assert protocol.sessions["d"].connects >= 2
     assert len(sink.readings()) >= 4  # the second connection subscribed again
 
@@ -406,7 +519,16 @@ def test_a_subscription_that_loses_its_server_is_reconnected(tmp_path):
 def test_silent_subscriptions_get_no_data_gaps(tmp_path):
     group = {"kind": "subscribe", "points": ["s"], "expect_every_ms": 50}
     body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
-    _, sink, _ = collect(tmp_path, [body], 0.6, {"d": {"messages": 3}})
+
+    def stale_so_far(seen: Seen) -> list[Gap]:  # gaps at slots after the third, last message
+        delivered = [r for r in seen.sink.readings() if r.scheduled_at is None]
+        if len(delivered) < 3:
+            return []
+        return [g for g in seen.sink.gaps() if g.scheduled_at > delivered[-1].collected_at]
+
+    _, sink, _ = collect(
+        tmp_path, [body], lambda seen: len(stale_so_far(seen)) >= 4, {"d": {"messages": 3}}
+    )
     delivered = [r for r in sink.readings() if r.scheduled_at is None]
     assert [r.value for r in delivered] == [0, 1, 2]
     held = [r for r in sink.readings() if r.scheduled_at is not None]
@@ -424,8 +546,12 @@ def test_plan_expiring_during_the_run_gives_plan_expired_gaps(tmp_path):
     now = datetime.now(UTC).timestamp()
     until = datetime.fromtimestamp(int(now) + 2, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = plan_body("d", [{"points": ["a"], "every_ms": 500}], valid_until=until)
-    clock = ScaledClock(now, speed=4)
-    _, sink, _ = collect(tmp_path, [body], 3.0, clock=clock)
+    clock = ScaledFromFirstUse(now, speed=4)
+
+    def done(seen: Seen) -> bool:
+        return GapReason.PLAN_EXPIRED in {g.reason for g in seen.sink.gaps()}
+
+    _, sink, _ = collect(tmp_path, [body], done, clock=clock)
     assert GapReason.PLAN_EXPIRED in {g.reason for g in sink.gaps()}
     assert sink.readings()
 
@@ -435,7 +561,7 @@ def test_expired_and_tampered_plans_are_refused(tmp_path):
         "d", [{"points": ["a"], "every_ms": 500}], valid_until="2020-01-01T00:00:00Z"
     )
     with pytest.raises(PlanRejected, match="recompile"):
-        collect(tmp_path / "x", [expired], 0.1)
+        collect(tmp_path / "x", [expired], lambda seen: True)
     folder = write_plans(tmp_path / "y", [plan_body("d", [{"points": ["a"], "every_ms": 500}])])
     plan = folder / "d.plan.json"
     plan.write_bytes(plan.read_bytes().replace(b'"every_ms":500', b'"every_ms":400'))
@@ -457,9 +583,13 @@ def test_json_lines_are_canonical_records(tmp_path):
     body = plan_body("d", [{"points": ["a"], "every_ms": 100}])
     pm = make_plugin_manager(load_entry_points=False, extra=[FakeProtocol({"d": {"code": 2}})])
     out = tmp_path / "out.jsonl"
-    asyncio.run(
-        run_plans(write_plans(tmp_path / "p", [body]), pm, duration=0.35, sink=JsonLinesSink(out))
-    )
+    sink = JsonLinesSink(out)
+
+    async def run() -> None:
+        async with collecting(write_plans(tmp_path / "p", [body]), pm, sink=sink):
+            await until(lambda: sink.count >= 3, "three records")
+
+    asyncio.run(run())
     lines = out.read_bytes().splitlines()
     assert lines
     for line in lines:
@@ -475,7 +605,12 @@ def test_json_lines_are_canonical_records(tmp_path):
 def test_every_request_of_a_slot_is_sent_before_any_answer_is_decoded(tmp_path):
     bodies = [plan_body(f"d{i}", [{"points": ["a"], "every_ms": 300}]) for i in range(12)]
     behaviours = {f"d{i}": {"decode": 0.005} for i in range(12)}
-    _, _, protocol = collect(tmp_path, bodies, 1.3, behaviours)
+
+    def done(seen: Seen) -> bool:  # three slots whose every request was sent and decoded
+        per_slot = Counter(at for _, _, at in seen.protocol.events)
+        return sum(n == 24 for n in per_slot.values()) >= 3
+
+    _, _, protocol = collect(tmp_path, bodies, done, behaviours)
     slots = sorted({at for _, _, at in protocol.events})
     assert len(slots) >= 3
     for slot in slots[:-1]:  # the last slot may be cut by the end of the run
@@ -501,7 +636,13 @@ def test_changes_are_reported_between_samples_beyond_the_deadband(tmp_path):
         capture=capture,
         limits={"min_interval_ms": 100},
     )
-    summary, sink, protocol = collect(tmp_path, [body], 1.9, {"d": {"values": values}})
+
+    def done(seen: Seen) -> bool:
+        scheduled = [r for r in seen.sink.readings() if r.scheduled_at is not None]
+        between = [r for r in seen.sink.readings() if r.scheduled_at is None]
+        return len(scheduled) >= 4 and any(r.point == "a" for r in between)
+
+    summary, sink, protocol = collect(tmp_path, [body], done, {"d": {"values": values}})
     assert not sink.gaps()
     scheduled = [r for r in sink.readings() if r.scheduled_at is not None]
     assert len(scheduled) == sum(summary.devices["d"].scheduled.values()) >= 4
@@ -524,7 +665,12 @@ def test_on_change_polls_spend_only_spare_budget_and_never_make_gaps(tmp_path):
         capture=capture,
         limits={"min_interval_ms": 50, "max_requests_per_second": 8},
     )
-    summary, sink, protocol = collect(tmp_path, [body], 1.3, {"d": {"values": lambda p, n: n}})
+    summary, sink, protocol = collect(
+        tmp_path,
+        [body],
+        lambda seen: seen.scheduled() >= 3 and len(seen.reads()) > seen.scheduled(),
+        {"d": {"values": lambda p, n: n}},
+    )
     reads = protocol.sessions["d"].reads
     assert min(b - a for a, b in itertools.pairwise(reads)) >= 0.1  # 8/s, no burst
     assert len(reads) > sum(summary.devices["d"].scheduled.values())  # there were extra polls
@@ -533,7 +679,12 @@ def test_on_change_polls_spend_only_spare_budget_and_never_make_gaps(tmp_path):
     failing = plan_body(
         "e", [{"points": ["a"], "every_ms": 300}], capture=capture, limits={"min_interval_ms": 50}
     )
-    summary, sink, protocol = collect(tmp_path / "e", [failing], 1.0, {"e": {"code": 2}})
+    summary, sink, protocol = collect(
+        tmp_path / "e",
+        [failing],
+        lambda seen: seen.scheduled("e") >= 3 and len(seen.reads("e")) > seen.scheduled("e"),
+        {"e": {"code": 2}},
+    )
     assert len(sink.gaps()) == sum(summary.devices["e"].scheduled.values())
     assert len(protocol.sessions["e"].reads) > len(sink.gaps())
 
@@ -551,14 +702,19 @@ def test_a_flooding_subscription_is_coalesced_to_its_min_interval(tmp_path):
     group = {"kind": "subscribe", "points": ["s"]}
     behaviour = {"messages": 30, "every": 0.02}
     body = plan_body("d", [group], limits={"min_interval_ms": 200})
-    _, sink, _ = collect(tmp_path, [body], 1.5, {"d": behaviour})
+    # until all 30 are sent: the end of the run delivers what the guard still holds
+    _, sink, _ = collect(
+        tmp_path, [body], lambda seen: seen.protocol.sessions["d"].published == 30, {"d": behaviour}
+    )
     readings = sink.readings()
     # ~0.6 s of messages at one per 200 ms window (more windows if the machine is loaded)
     assert 2 <= len(readings) <= 10, [(r.value, r.coalesced) for r in readings]
     assert sum(r.coalesced or 1 for r in readings) == 30  # nothing lost silently
     assert readings[0].coalesced == 0 and readings[-1].value == 29  # the latest value wins
     unguarded = plan_body("d", [group])
-    _, sink, _ = collect(tmp_path / "u", [unguarded], 1.0, {"d": behaviour})
+    _, sink, _ = collect(
+        tmp_path / "u", [unguarded], lambda seen: len(seen.sink.readings()) == 30, {"d": behaviour}
+    )
     assert [r.value for r in sink.readings()] == list(range(30))
     assert not any(r.coalesced for r in sink.readings())
 
@@ -572,13 +728,20 @@ def test_coalesced_is_written_only_when_set():
 # --- the slots of subscribed points ---------------------------------------------------------
 
 
+def held_in(sink: MemorySink) -> list[Reading]:
+    """The held readings (a subscription's latest value, recorded at a slot) so far."""
+    return [r for r in sink.readings() if r.held]
+
+
 def test_a_subscribed_point_holds_its_latest_value_at_every_slot(tmp_path):
     """No bound (no ``expect_every_ms``, as OPC UA): a value holds while the subscription is up."""
     group = {"kind": "subscribe", "points": ["s"]}
     body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
     source = datetime(2026, 6, 1, tzinfo=UTC)
     behaviour = {"messages": 1, "every": 0.12, "source_at": source}
-    summary, sink, _ = collect(tmp_path, [body], 0.6, {"d": behaviour})
+    summary, sink, _ = collect(
+        tmp_path, [body], lambda seen: len(held_in(seen.sink)) >= 6, {"d": behaviour}
+    )
     (delivered,) = [r for r in sink.readings() if r.scheduled_at is None]
     slots = [r for r in sink.records if r.scheduled_at is not None and r not in [delivered]]
     first = next(i for i, r in enumerate(slots) if isinstance(r, Reading))
@@ -606,11 +769,21 @@ def test_a_subscription_that_is_down_or_restarted_gives_refused_then_no_data(tmp
     body = plan_body("d", [group], capture={"s": {"every_ms": 40}})
     behaviour = {"messages": 1, "drop_after_messages": True, "linger": 0.2, "later": 0.3}
     config = CollectConfig(reconnect=Backoff(base=0.2, cap=0.2, jitter=0))
-    _, sink, protocol = collect(tmp_path, [body], 1.2, {"d": behaviour}, config=config)
+
+    def turns(sink: MemorySink) -> list[str]:  # what filled the slots, in turn
+        slots = [r for r in sink.records if r.scheduled_at is not None]
+        kinds = [r.reason.value if isinstance(r, Gap) else "held" for r in slots]
+        return [kind for kind, _ in itertools.groupby(kinds)]
+
+    def done(seen: Seen) -> bool:  # no value yet after the reconnection that followed the drop
+        runs = turns(seen.sink)
+        refused = runs.index("refused") if "refused" in runs else len(runs)
+        return seen.connects() >= 2 and "no-data" in runs[refused:]
+
+    _, sink, protocol = collect(tmp_path, [body], done, {"d": behaviour}, config=config)
     assert protocol.sessions["d"].connects >= 2
     slots = [r for r in sink.records if r.scheduled_at is not None]
-    kinds = [r.reason.value if isinstance(r, Gap) else "held" for r in slots]
-    runs = [kind for kind, _ in itertools.groupby(kinds)]
+    runs = turns(sink)
     # at each connection: no value yet, then the delivered one held until the session drops it
     assert "refused" in runs and runs.index("refused") > runs.index("held")
     after = runs[runs.index("refused") :]
@@ -622,7 +795,12 @@ def test_a_subscription_that_is_down_or_restarted_gives_refused_then_no_data(tmp
 def test_a_point_captured_on_change_only_has_no_slots(tmp_path):
     group = {"kind": "subscribe", "points": ["s", "t"]}
     body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
-    summary, sink, _ = collect(tmp_path, [body], 0.3, {"d": {"messages": 3}})
+
+    def done(seen: Seen) -> bool:  # all three messages of t, and a slot of s
+        on_change = [r for r in seen.sink.readings() if r.point == "t"]
+        return len(on_change) >= 3 and any(r.scheduled_at for r in seen.sink.records)
+
+    summary, sink, _ = collect(tmp_path, [body], done, {"d": {"messages": 3}})
     assert {r.point for r in sink.records if r.scheduled_at is not None} == {"s"}
     assert len([r for r in sink.readings() if r.point == "t"]) == 3
     assert summary.devices["d"].point_counts("t") == {
@@ -638,7 +816,7 @@ def test_a_gap_a_subscription_delivers_is_kept_as_a_bad_reading(tmp_path):
     group = {"kind": "subscribe", "points": ["s"]}
     body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
     behaviour = {"messages": 1, "deliver_gap": True}
-    _, sink, _ = collect(tmp_path, [body], 0.3, {"d": behaviour})
+    _, sink, _ = collect(tmp_path, [body], lambda seen: held_in(seen.sink), {"d": behaviour})
     (delivered,) = [r for r in sink.readings() if r.scheduled_at is None]
     assert (delivered.value, delivered.quality, delivered.raw_code) == (None, Quality.BAD, 7)
     held = [r for r in sink.readings() if r.held]

@@ -48,6 +48,7 @@ from evidence_kit import (
 )
 from sqlalchemy import func, select
 
+from engine.audit import Actor
 from engine.collect import CollectConfig, Summary, run_plans
 from engine.collect.limits import Backoff
 from engine.collect.status import JsonLogReporter
@@ -152,7 +153,7 @@ def test_a_first_run_killed_before_its_first_batch_is_accounted_for(
 
     async def again() -> int:
         if restart == "store-away":  # only the spool knows where the devices stand
-            store = Store.attach(backend, "converge-test")
+            store = Store.attach(backend, Actor.job("test"))
             spool = Spool(target.spool)
             sink = EvidenceSink(evidence_site.plans, store, keys, spool, store_error="away")
         else:
@@ -297,7 +298,7 @@ Scenario = Callable[[EvidenceSink, JsonLogReporter], Awaitable[Summary]]
 
 def store_for(site: Site, plans: list[PlanBody], tmp_path: Path) -> Store:
     """A SQLite store with ``plans`` deployed and the site's keys logged (so it verifies)."""
-    store = Store.open(str(tmp_path / "evidence.db"), "converge-test")
+    store = Store.open(str(tmp_path / "evidence.db"), Actor.job("test"))
     store.deploy_plans([(p, None) for p in plans])
     keys = site.key_store()
     store.record_keys([v for name in keys.names() for v in keys.versions(name)])

@@ -24,8 +24,10 @@ from engine.cli import main
 from engine.commands.keys import export_public
 from engine.errors import PlanRejected
 from engine.plans.folder import load_plans
-from engine.plans.signature import PlanClaim, open_signer, plan_verifier, sign_claim
+from engine.plans.signature import PlanClaim, Signer, open_signer, plan_verifier, sign_claim
 from engine.sign import note
+from engine.store import auditlog
+from engine.store.store import Store
 from plugins.filekeys.store import FileKeyStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +65,10 @@ class Clock:
         return self.now
 
 
+SIGN = ("--sign", KEY, "--as", "j.doe@example.com", "--meaning", "approved")
+"""An electronic signature: the key, who signs (a principal of the plant), what it means."""
+
+
 def plan_command(folder: Path, *more: str) -> int:
     """``converge plan`` of the example plant into ``folder/plans``, from the repository."""
     return main(
@@ -81,7 +87,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.delenv("CONVERGE_KEYS", raising=False)
         for name in (*DATA_KEYS, KEY):
             assert main(["keys", "generate", name, "--keys", str(root / "keys")]) == 0
-        assert plan_command(root, "--sign", KEY) == 0
+        assert plan_command(root, *SIGN) == 0
     versions = FileKeyStore(root / "keys").versions(KEY)
     (root / "trust.txt").write_text(export_public(versions, "signed-note"))
     return root
@@ -169,11 +175,16 @@ def test_each_plan_has_a_signed_note_beside_it_named_in_the_index(work):
         signed = (plans / entry["signature"]).read_text()
         text = note.verify_note(signed, trusted)
         lines = text.split("\n")
-        assert lines[:3] == ["converge.plan/v1", device, entry["digest"]]
+        assert lines[:3] == ["converge.plan-signature/v2", device, entry["digest"]]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[3])
-        assert lines[4:] == [""]
+        assert lines[4:] == [
+            "signer j.doe@example.com",
+            "name Jane Doe (Head of Quality Assurance; approves GMP exceptions)",
+            "meaning approved",
+            "",
+        ]
         assert signed.startswith(f"{text}\n\u2014 {KEY} ")
-        assert signed.endswith("\n") and signed.count("\n") == 6
+        assert signed.endswith("\n") and signed.count("\n") == 9
 
 
 def test_signed_plans_load_with_either_option_or_both(work):
@@ -202,7 +213,7 @@ def test_a_wrong_passphrase_signs_and_writes_nothing(work, monkeypatch, capsys):
     shutil.rmtree(work / "plans")
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("CONVERGE_KEY_PASSPHRASE", "not the passphrase at all")
-    assert plan_command(work, "--sign", KEY) == 2
+    assert plan_command(work, *SIGN) == 2
     _, err = capsys.readouterr()
     assert "wrong passphrase" in err and err.count("\n") == 1
     assert not (work / "plans").exists()
@@ -259,7 +270,7 @@ def test_a_signature_by_an_untrusted_key_is_refused(work, capsys):
     # a key of the same name in another folder: someone's own "plan-signing"
     rogue = FileKeyStore(work / "rogue", passphrase=PASSPHRASE)
     rogue.generate(KEY)
-    signer = open_signer(rogue, KEY, datetime.now(UTC))
+    signer = open_signer(rogue, KEY, datetime.now(UTC), Signer("mallory", "Mallory", "approved"))
     sign_all(work, signer.private_key, signer.signed_at)
 
     assert refused(work, trust=True).startswith(
@@ -336,3 +347,44 @@ def test_the_signature_file_documented_in_docs_plans_is_well_formed():
     )
     assert signature.name == KEY
     assert f"{KEY} v1 (key id {signature.key_id.hex()})" in page  # as the console example says
+
+
+# --- electronic signatures (21 CFR 11.50) ---------------------------------------------------
+
+
+def test_a_signature_names_its_signer_and_meaning_and_needs_both(work, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert plan_command(work, "--sign", KEY, "--as", "j.doe@example.com") == 2
+    assert "--meaning" in capsys.readouterr().err
+    assert plan_command(work, "--sign", KEY, "--meaning", "reviewed") == 2
+    assert "--as PRINCIPAL" in capsys.readouterr().err
+    assert (
+        plan_command(work, "--sign", KEY, "--as", "nobody@example.com", "--meaning", "approved")
+        == 3
+    )
+    assert "nobody@example.com is unknown" in capsys.readouterr().err
+
+
+def test_the_meaning_is_inside_the_signed_bytes(work):
+    sig = plan_of(work, "filler-2").with_name("filler-2.plan.sig")
+    sig.write_text(sig.read_text().replace("meaning approved", "meaning reviewed"))
+    assert "invalid signature for key plan-signing" in refused(work, trust=True)
+
+
+def test_an_older_signature_without_a_signer_still_parses():
+    claim = PlanClaim("d", "sha256:" + "0" * 64, datetime(2026, 6, 1, tzinfo=UTC))
+    assert claim.text.startswith("converge.plan/v1\n") and claim.text.count("\n") == 4
+    assert PlanClaim.parse(claim.text) == claim
+
+
+def test_signing_with_a_store_records_who_signed_what_it_means(work, monkeypatch):
+    monkeypatch.chdir(REPO)
+    db = str(work / "evidence.db")
+    assert plan_command(work, *SIGN, "--db", db) == 0
+    with Store.open_existing(db) as store, store.reading() as conn:
+        signed = list(auditlog.entries(conn, ["plan.signed"]))
+    assert [e.payload["device"] for e in signed] == DEVICES
+    first = signed[0]
+    assert first.actor["id"] == "j.doe@example.com"
+    assert (first.payload["meaning"], first.payload["key"]) == ("approved", KEY)
+    assert first.payload["name"].startswith("Jane Doe")

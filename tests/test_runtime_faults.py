@@ -1,27 +1,31 @@
 """The collector against the real simulators, one test per fault a device can have.
 
 Each test compiles a small site (a faulty device and a healthy one), serves
-it with the protocol plugins' simulators on free ports, injects the fault on
-the real clock while ``run_plans`` collects for a few seconds, and checks
-three things: the faulty device's records say what happened (gap reason or
-bad quality), it recovers once the fault ends, and the healthy device kept
-collecting without a single gap.
+it with the protocol plugins' simulators on free ports and, while
+``run_plans`` collects, injects the fault, waits until the records show it,
+ends the fault and waits until the device recovers (tests/waiting.py: each
+step as soon as the records get there, however fast the machine is). Then it
+checks three things: the faulty device's records say what happened (gap
+reason or bad quality), it recovered once the fault ended, and the healthy
+device kept collecting without a single gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import socket
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import Collection, collecting, until
 
 import engine.collect
-from engine.collect import CollectConfig, MemorySink, Summary, run_plans
+from engine.collect import CollectConfig, MemorySink, Summary
 from engine.collect.limits import Backoff
 from engine.compile import Inputs, compile_project
 from engine.plans.folder import write_plans
@@ -30,7 +34,8 @@ from engine.protocols import Fault
 from engine.records import Gap, GapReason, Quality, Reading, Record
 from engine.simulate import Simulation, running
 
-Script = Callable[[Simulation], Awaitable[None]]
+Script = Callable[[Simulation, Collection], Awaitable[None]]
+"""Injects faults and waits for what they do, while the run collects; the run ends after it."""
 
 
 @pytest.fixture(scope="module")
@@ -106,42 +111,63 @@ CONFIG = CollectConfig(
 
 
 def collect(
-    tmp_path: Path, pm: Any, site: Path, seconds: float, script: Script
+    tmp_path: Path, pm: Any, site: Path, script: Script, *, before: Sequence[Fault] = ()
 ) -> tuple[Summary, MemorySink]:
-    """Serve ``site``, run ``script`` (the faults) and collect for ``seconds``, together."""
+    """Serve ``site`` with the faults ``before`` in force, and collect while ``script`` runs
+    and until the healthy device has a few records since its first reading."""
     sink = MemorySink()
 
     async def scenario() -> Summary:
         async with running(site, pm=pm) as sim:
-            faults = asyncio.create_task(script(sim))
-            summary = await run_plans(
-                tmp_path / "plans", pm, duration=seconds, sink=sink, config=CONFIG
-            )
-            await faults
-            return summary
+            for fault in before:
+                await sim.inject(fault)
+            async with collecting(tmp_path / "plans", pm, sink=sink, config=CONFIG) as run:
+                await script(sim, run)
+                await until(
+                    lambda: len(from_first_reading(of(sink, "good"))) >= 3,
+                    "three records of 'good' from its first reading on",
+                )
+            return run.summary
 
     summary = asyncio.run(scenario())
     assert summary.unaccounted() == {}
     return summary, sink
 
 
-def at(seconds: float, *faults: Fault) -> Script:
-    """A script injecting ``faults`` in turn, each after waiting its ``params['after']``."""
+async def seen(
+    sink: MemorySink,
+    device: str,
+    want: Callable[[Record], bool],
+    what: str,
+    *,
+    since: int = 0,
+    least: int = 1,
+) -> None:
+    """Wait until ``least`` of the device's records from ``sink.records[since]`` on are ``want``."""
 
-    async def script(sim: Simulation) -> None:
-        await asyncio.sleep(seconds)
-        for fault in faults:
-            await asyncio.sleep(float(fault.params.get("after", 0)))
-            await sim.inject(fault)
+    def count() -> int:
+        return sum(1 for r in of_records(sink.records[since:], device) if want(r))
 
-    return script
+    await until(lambda: count() >= least, lambda: f"{what} (seen {count()} of {least})")
+
+
+def good(record: Record) -> bool:
+    return isinstance(record, Reading) and record.quality is Quality.GOOD
+
+
+def gap(reason: GapReason) -> Callable[[Record], bool]:
+    return lambda record: isinstance(record, Gap) and record.reason is reason
 
 
 def of(sink: MemorySink, device: str) -> list[Record]:
     """The device's records, but for a sample the end of the run cut short (``shutdown``)."""
+    return of_records(sink.records, device)
+
+
+def of_records(records: Sequence[Record], device: str) -> list[Record]:
     return [
         r
-        for r in sink.records
+        for r in records
         if r.device == device and not (isinstance(r, Gap) and r.reason is GapReason.SHUTDOWN)
     ]
 
@@ -150,10 +176,21 @@ def healthy(sink: MemorySink, device: str = "good", least: int = 3) -> None:
     """No gap once the device has given a value; before it, only the slots of a subscribed
     point that has none yet to hold (its first message may come after its first slot)."""
     records = of(sink, device)
+    since = from_first_reading(records)
+    assert not [r for r in since if isinstance(r, Gap)], "the healthy device had gaps"
+    assert reasons(records[: len(records) - len(since)]) <= {GapReason.NO_DATA}
+    assert len(since) >= least
+
+
+def from_first_reading(records: list[Record]) -> list[Record]:
+    """The records from the first reading on (none if there is none yet)."""
     first = next((i for i, r in enumerate(records) if isinstance(r, Reading)), len(records))
-    assert not [r for r in records[first:] if isinstance(r, Gap)], "the healthy device had gaps"
-    assert reasons(records[:first]) <= {GapReason.NO_DATA}
-    assert len(records) - first >= least
+    return records[first:]
+
+
+def delivered(records: list[Record]) -> list[Reading]:
+    """The readings a subscription delivered, not the held ones recorded at its slots."""
+    return [r for r in records if isinstance(r, Reading) and r.scheduled_at is None]
 
 
 def recovered(records: list[Record]) -> None:
@@ -167,13 +204,30 @@ def reasons(records: list[Record]) -> set[GapReason]:
     return {r.reason for r in records if isinstance(r, Gap)}
 
 
+def bad_quality(record: Record) -> bool:
+    return isinstance(record, Reading) and record.quality is Quality.BAD
+
+
+def last_is_good(sink: MemorySink, device: str, since: int) -> bool:
+    """The device's last record from ``sink.records[since]`` on is a good reading."""
+    records = of_records(sink.records[since:], device)
+    return bool(records) and good(records[-1])
+
+
 # --- Modbus -------------------------------------------------------------------------------
 
 
 def test_modbus_server_down_at_start(pm, tmp_path):
     site = compile_site(tmp_path, pm, modbus("bad") + modbus("good"))
-    script = at(0, Fault("stop", "bad"), Fault("start", "bad", {"after": 1.5}))
-    _, sink = collect(tmp_path, pm, site, 3.2, script)
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        refused = gap(GapReason.REFUSED)
+        await seen(run.sink, "bad", refused, "two refused samples of T1 and T2", least=4)
+        await sim.inject(Fault("start", "bad"))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", good, "a reading after the start", since=since)
+
+    _, sink = collect(tmp_path, pm, site, script, before=[Fault("stop", "bad")])
     bad = of(sink, "bad")
     assert isinstance(bad[0], Gap) and bad[0].reason is GapReason.REFUSED
     assert reasons(bad) <= {GapReason.REFUSED, GapReason.TIMEOUT}
@@ -183,8 +237,17 @@ def test_modbus_server_down_at_start(pm, tmp_path):
 
 def test_modbus_restart_mid_run(pm, tmp_path):
     site = compile_site(tmp_path, pm, modbus("bad") + modbus("good"))
-    script = at(1.0, Fault("stop", "bad"), Fault("start", "bad", {"after": 1.2}))
-    _, sink = collect(tmp_path, pm, site, 4.0, script)
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        await seen(run.sink, "bad", good, "a reading before the stop")
+        await sim.inject(Fault("stop", "bad"))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", gap(GapReason.REFUSED), "a refused sample", since=since)
+        await sim.inject(Fault("start", "bad"))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", good, "a reading after the restart", since=since)
+
+    _, sink = collect(tmp_path, pm, site, script)
     bad = of(sink, "bad")
     assert isinstance(bad[0], Reading)
     assert GapReason.REFUSED in reasons(bad)
@@ -195,12 +258,17 @@ def test_modbus_restart_mid_run(pm, tmp_path):
 
 def test_modbus_answers_slower_than_the_timeout(pm, tmp_path):
     site = compile_site(tmp_path, pm, modbus("bad") + modbus("good"))
-    script = at(
-        0.8,
-        Fault("delay", "bad", {"seconds": 1.0}),
-        Fault("delay", "bad", {"seconds": 0, "after": 1.2}),
-    )
-    _, sink = collect(tmp_path, pm, site, 4.0, script)
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        await seen(run.sink, "bad", good, "a reading before the delay")
+        await sim.inject(Fault("delay", "bad", {"seconds": 1.0}))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", gap(GapReason.TIMEOUT), "a timed-out sample", since=since)
+        await sim.inject(Fault("delay", "bad", {"seconds": 0}))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", good, "a reading after the delay", since=since)
+
+    _, sink = collect(tmp_path, pm, site, script)
     bad = of(sink, "bad")
     assert GapReason.TIMEOUT in reasons(bad)
     assert reasons(bad) <= {GapReason.TIMEOUT, GapReason.REFUSED}  # refused: breaker open
@@ -236,14 +304,19 @@ class Counting:
 def test_modbus_exceptions_busy_is_retried_illegal_address_is_not(pm, tmp_path, monkeypatch):
     counting = CountingSessions(monkeypatch)
     site = compile_site(tmp_path, pm, modbus("busy") + modbus("illegal") + modbus("good"))
-    script = at(
-        0,
-        Fault("exception", "busy", {"code": 6}),
-        Fault("exception", "illegal", {"code": 2}),
-        Fault("exception", "busy", {"code": 0, "after": 1.6}),
-        Fault("exception", "illegal", {"code": 0}),
-    )
-    summary, sink = collect(tmp_path, pm, site, 3.0, script)
+    faults = [Fault("exception", "busy", {"code": 6}), Fault("exception", "illegal", {"code": 2})]
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        for device in ("busy", "illegal"):
+            exception = gap(GapReason.EXCEPTION)
+            await seen(run.sink, device, exception, f"two samples of {device} refused", least=4)
+        await sim.inject(Fault("exception", "busy", {"code": 0}))
+        await sim.inject(Fault("exception", "illegal", {"code": 0}))
+        since = len(run.sink.records)
+        for device in ("busy", "illegal"):
+            await seen(run.sink, device, good, f"a reading of {device} after", since=since)
+
+    summary, sink = collect(tmp_path, pm, site, script, before=faults)
     busy, illegal = of(sink, "busy"), of(sink, "illegal")
     for records, code in ((busy, 6), (illegal, 2)):
         gaps = [r for r in records if isinstance(r, Gap)]
@@ -261,12 +334,17 @@ def test_modbus_exceptions_busy_is_retried_illegal_address_is_not(pm, tmp_path, 
 
 def test_opcua_bad_status_gives_bad_readings(pm, tmp_path):
     site = compile_site(tmp_path, pm, opcua("bad") + modbus("good"))
-    script = at(
-        0.8,
-        Fault("bad-status", "bad", {"code": "BadSensorFailure"}),
-        Fault("bad-status", "bad", {"code": 0, "after": 1.5}),
-    )
-    _, sink = collect(tmp_path, pm, site, 4.0, script)
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        await seen(run.sink, "bad", good, "a good reading before the fault")
+        await sim.inject(Fault("bad-status", "bad", {"code": "BadSensorFailure"}))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", bad_quality, "a bad reading", since=since)
+        await sim.inject(Fault("bad-status", "bad", {"code": 0}))
+        since = len(run.sink.records)
+        await until(lambda: last_is_good(run.sink, "bad", since), "a good reading after it")
+
+    _, sink = collect(tmp_path, pm, site, script)
     bad = [r for r in of(sink, "bad") if isinstance(r, Reading)]
     faulty = [r for r in bad if r.quality is Quality.BAD]
     assert faulty and all(r.value is None and r.raw_code for r in faulty)
@@ -281,7 +359,15 @@ def test_opcua_bad_status_gives_bad_readings(pm, tmp_path):
 def test_mqtt_malformed_payloads_give_bad_readings(pm, tmp_path):
     port = free_port()
     site = compile_site(tmp_path, pm, mqtt("bad", port) + mqtt("good", port))
-    _, sink = collect(tmp_path, pm, site, 3.0, at(1.0, Fault("malformed", "bad", {"n": 2})))
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        await seen(run.sink, "bad", good, "a reading before the fault")
+        await sim.inject(Fault("malformed", "bad", {"n": 2}))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", bad_quality, "a malformed message", since=since)
+        await until(lambda: last_is_good(run.sink, "bad", since), "a good message after them")
+
+    _, sink = collect(tmp_path, pm, site, script)
     bad = of(sink, "bad")
     malformed = [r for r in bad if isinstance(r, Reading) and r.quality is Quality.BAD]
     assert malformed and {(r.value, r.raw_code) for r in malformed} == {(None, "malformed")}
@@ -291,8 +377,17 @@ def test_mqtt_malformed_payloads_give_bad_readings(pm, tmp_path):
 
 def test_mqtt_broker_restart_resumes_deliveries(pm, tmp_path):
     site = compile_site(tmp_path, pm, mqtt("bad", free_port()) + mqtt("good", free_port()))
-    script = at(1.0, Fault("stop", "bad"), Fault("start", "bad", {"after": 2.0}))
-    _, sink = collect(tmp_path, pm, site, 5.0, script)
+
+    async def script(sim: Simulation, run: Collection) -> None:
+        await seen(run.sink, "bad", good, "a message before the stop")
+        await sim.inject(Fault("stop", "bad"))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", gap(GapReason.REFUSED), "a refused slot", since=since)
+        await sim.inject(Fault("start", "bad"))
+        since = len(run.sink.records)
+        await seen(run.sink, "bad", good, "a message after the restart", since=since)
+
+    _, sink = collect(tmp_path, pm, site, script)
     bad = of(sink, "bad")
     first = next(i for i, r in enumerate(bad) if isinstance(r, Reading))
     # the subscription is down (refused), then up again, maybe a slot without a value yet
@@ -310,18 +405,26 @@ def test_mqtt_flood_is_coalesced_to_min_interval(pm, tmp_path):
     devices = mqtt("flood", port, limits="{timeout: 2s, min_interval: 1s}") + mqtt("good", port)
     site = compile_site(tmp_path, pm, devices, every="1s")
 
-    async def flood(sim: Simulation) -> None:
-        await sim.inject(Fault("delay", "flood", {"seconds": 60}))  # only our client publishes
-        await asyncio.sleep(1.0)  # the collector has subscribed
+    async def flood(sim: Simulation, run: Collection) -> None:
+        def received() -> int:
+            return sum(r.coalesced or 1 for r in delivered(of(run.sink, "flood")))
+
+        subscribed = run.summary.devices["flood"]
+        await until(lambda: subscribed.state == "connected", "the collector to subscribe")
         async with aiomqtt.Client("127.0.0.1", port) as client:
             for i in range(50):
                 await client.publish("flood/m1", str(i), qos=1)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # a flood: one message every 20 ms
+        await until(lambda: received() == 50, lambda: f"all 50 messages (got {received()})")
 
-    _, sink = collect(tmp_path, pm, site, 4.0, flood)
-    delivered = [r for r in of(sink, "flood") if isinstance(r, Reading) and not r.scheduled_at]
-    readings = delivered  # the slots' held readings repeat these
-    assert 1 <= len(readings) <= 3, [(r.value, r.coalesced) for r in readings]
+    delay = Fault("delay", "flood", {"seconds": 60})  # only our client publishes
+    _, sink = collect(tmp_path, pm, site, flood, before=[delay])
+    readings = delivered(of(sink, "flood"))  # the slots' held readings repeat these
+    # the first message at once, then one reading per 1 s window the others arrived in
+    # (a reading is the last message it stands for: its time is when that one arrived)
+    arrived = (readings[-1].collected_at - readings[0].collected_at).total_seconds()
+    windows = math.ceil(arrived + 0.05)  # 0.05: the guard counts whole milliseconds
+    assert 1 <= len(readings) <= 1 + windows, [(r.value, r.coalesced) for r in readings]
     assert sum(r.coalesced or 1 for r in readings) == 50  # every message accounted for
     assert readings[-1].value == 49
     healthy(sink)

@@ -8,8 +8,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from waiting import collecting, until
 
-from engine.collect import CollectConfig, MemorySink, run_plans
+from engine.collect import CollectConfig, MemorySink
 from engine.collect.limits import Backoff
 from engine.compile import Inputs, compile_project
 from engine.errors import FindingsError, Location
@@ -122,9 +123,11 @@ capture: {every: 1s}
 """
 FAULTS = """\
 faults:
-  - {at: 1200ms, device: plc, fault: stop}
-  - {at: 2400ms, device: plc, fault: start}
+  - {at: 2s, device: plc, fault: stop}
+  - {at: 3200ms, device: plc, fault: start}
 """
+"""Stopped after 2 s, for 1.2 s: the collector, whose first 1 s slot is at most 1 s after it
+starts, reads before the stop, and at least one slot falls into it."""
 
 
 def free_port() -> int:
@@ -148,16 +151,30 @@ def test_collects_from_the_modbus_simulator_through_a_stop_and_restart(pm, tmp_p
     sink = MemorySink()
 
     async def scenario():
-        async with running(tmp_path / "site", tmp_path / "faults.yaml", pm=pm):
-            return await run_plans(tmp_path / "plans", pm, duration=4.2, sink=sink, config=config)
+        async with (
+            running(tmp_path / "site", tmp_path / "faults.yaml", pm=pm),
+            collecting(tmp_path / "plans", pm, sink=sink, config=config) as run,
+        ):
+            await until(lambda: through(kinds_of(sink)), lambda: f"{kinds_of(sink)}")
+        return run.summary
 
     summary = asyncio.run(scenario())
     assert summary.unaccounted() == {}
-    slots = sorted({r.scheduled_at for r in sink.records})
-    assert len(slots) >= 4
-    outcome = {s: {type(r).__name__ for r in sink.records if r.scheduled_at == s} for s in slots}
-    kinds = [("Reading" in o, "Gap" in o) for o in outcome.values()]
+    kinds = kinds_of(sink)
+    assert len(kinds) >= 4
     assert kinds[0] == (True, False)  # before the stop
     assert any(gap for _, gap in kinds)  # while stopped
     assert kinds[-1] == (True, False)  # recovered after the restart
     assert {g.reason for g in sink.gaps()} <= {GapReason.REFUSED, GapReason.TIMEOUT}
+
+
+def kinds_of(sink: MemorySink) -> list[tuple[bool, bool]]:
+    """Per slot, in time order: whether it has a reading, whether it has a gap."""
+    slots = sorted({r.scheduled_at for r in sink.records})
+    outcome = {s: {type(r).__name__ for r in sink.records if r.scheduled_at == s} for s in slots}
+    return [("Reading" in o, "Gap" in o) for o in outcome.values()]
+
+
+def through(kinds: list[tuple[bool, bool]]) -> bool:
+    """Four slots or more, the last with readings only, after one with a gap."""
+    return len(kinds) >= 4 and kinds[-1] == (True, False) and any(g for _, g in kinds[:-1])

@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,27 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from engine.audit import KINDS, AuditEntry
-from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of
+from engine.access.acting import Refusal, act_as
+from engine.audit import KINDS, AuditEntry, EntryFilter, actor_label
+from engine.commands.options import (
+    Handler,
+    Subparsers,
+    add_as,
+    add_audit_key,
+    add_db,
+    add_principals,
+    add_range,
+    add_trust,
+    principal_of,
+    principals_of,
+    trust_of,
+)
+from engine.errors import AccessDenied, ConvergeError
+from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
-from engine.verify import Report, Trust, verify_store
+from engine.verify import Report, verify_store
 
 _SUMMARY = ("batch.stored", "batch.dropped", "plan.deployed")
 
@@ -30,6 +46,7 @@ def register(commands: Subparsers) -> None:
     actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     _add_log(actions)
     _add_verify(actions)
+    _add_review(actions)
     parser.set_defaults(handler=run)
 
 
@@ -45,6 +62,10 @@ def _add_log(actions: Subparsers) -> None:
         choices=sorted(KINDS),
         help="only entries of these kinds",
     )
+    log.add_argument("--actor", metavar="ID", help="only entries by this principal or job")
+    log.add_argument("--device", metavar="ID", help="only entries about this device")
+    log.add_argument("--point", metavar="NAME", help="only entries about this point (--device)")
+    add_range(log)
     log.add_argument("--format", choices=("text", "json"), default="text")
 
 
@@ -53,20 +74,7 @@ def _add_verify(actions: Subparsers) -> None:
         "verify", help="recompute and check every leaf, root, signature, audit entry and checkpoint"
     )
     add_db(verify)
-    trust = verify.add_mutually_exclusive_group()
-    trust.add_argument(
-        "--keys",
-        type=Path,
-        metavar="DIR",
-        help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, else ./keys)",
-    )
-    trust.add_argument(
-        "--public-keys",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="trust these exports of converge keys export-public --format json",
-    )
+    add_trust(verify)
     verify.add_argument(
         "--witness",
         type=Path,
@@ -74,35 +82,94 @@ def _add_verify(actions: Subparsers) -> None:
         help="checkpoints kept outside the store (converge run --witness): "
         "detects a store restored from an older copy",
     )
+    add_audit_key(verify)
+    verify.add_argument(
+        "--plan-key",
+        metavar="KEY",
+        help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
+        "signed by it (default: a plan's signature, when it has one, may be any trusted key's)",
+    )
     verify.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _add_review(actions: Subparsers) -> None:
+    review = actions.add_parser(
+        "review", help="record that you reviewed a range of the trail (EU GMP Annex 11 §9)"
+    )
+    add_db(review)
+    add_principals(review)
+    add_as(review)
+    add_range(review)
+    review.add_argument("--note", default="", metavar="TEXT", help="what the review found")
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     return ACTIONS[args.audit_command](args, pm, console)
 
 
+def run_review(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    """An ``audit.reviewed`` entry by the principal, naming the range and what it held; a
+    principal that may not act is refused, and the refusal is an entry too."""
+    resolver = principals_of(args, pm)
+    start = instant(args.start) if args.start else None
+    end = instant(args.end) if args.end else None
+    with Store.open_existing(args.db) as store:
+        acting = act_as(resolver, principal_of(args), "review")
+        if isinstance(acting, Refusal):
+            store.log("access.decision", acting.payload, actor=acting.actor)
+            raise AccessDenied(acting.reason)
+        with store.reading() as conn:
+            seen = [
+                e for e in auditlog.entries(conn) if EntryFilter(start=start, end=end).matches(e)
+            ]
+        said = {
+            "from": start,
+            "to": end,
+            "note": args.note,
+            "entries": len(seen),
+            "last_seq": seen[-1].seq if seen else None,
+        }
+        seq = store.log("audit.reviewed", said, actor=acting)
+    console.print(f"reviewed {len(seen)} entries; recorded as audit entry {seq}", highlight=False)
+    return 0
+
+
 def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    if args.point and not args.device:
+        raise ConvergeError("--point needs --device: a point is named within its device")
+    wanted = EntryFilter(
+        tuple(args.kind),
+        args.actor,
+        instant(args.start) if args.start else None,
+        instant(args.end) if args.end else None,
+        args.device,
+        args.point,
+    )
     with Store.open_existing(args.db) as store, store.reading() as conn:
+        entries = (e for e in auditlog.entries(conn, args.kind) if wanted.matches(e))
         if args.format == "json":
-            for entry in auditlog.entries(conn, args.kind):
+            for entry in entries:
                 print(entry.to_bytes().decode())
         else:
-            render_entries(console, auditlog.entries(conn, args.kind))
+            render_entries(console, entries)
     return 0
 
 
 def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    trust = (
-        Trust.from_json(args.public_keys)
-        if args.public_keys
-        else Trust.from_key_store(key_store_of(args, pm))
-    )
+    trust = trust_of(args, pm)
     started = time.perf_counter()
     with (
         Store.open_existing(args.db) as store,
         progress_of(console, args.format == "text") as progress,
     ):
-        report = verify_store(store, trust, args.witness, progress)
+        report = verify_store(
+            store,
+            trust,
+            witness=args.witness,
+            progress=progress,
+            audit_key=args.audit_key,
+            plan_key=args.plan_key,
+        )
         where = store.where
     seconds = time.perf_counter() - started
     if args.format == "json":
@@ -112,21 +179,43 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     return 0 if report.ok else 1
 
 
-ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify}
+ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify, "review": run_review}
 
 
 def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
-    """One line per entry: sequence number, time, kind, actor and what it is about."""
-    shown = 0
+    """One line per entry, in sequence order: number, time (RFC 3339), kind, actor, about.
+
+    An entry's time is when what it records happened. One dated before an
+    entry that precedes it in the log (a key made before the store existed,
+    logged when a collector first starts) was recorded later than it
+    happened: its line says so, with the earliest it can have been recorded.
+    """
+    shown, latest = 0, ""
     for entry in entries:
+        late = (
+            f"  (happened {entry.time}, recorded after {latest})" if _before(entry, latest) else ""
+        )
         console.print(
             f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-            f"  {escape(entry.actor)}  {escape(_about(entry))}",
+            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}{late}",
             highlight=False,
         )
+        latest = max(latest, entry.time, key=_instant)
         shown += 1
     if not shown:
         console.print("no entries")
+
+
+def _before(entry: AuditEntry, latest: str) -> bool:
+    return bool(latest) and _instant(entry.time) < _instant(latest)
+
+
+def _instant(time: str) -> datetime:
+    """An entry's RFC 3339 time as an instant (the earliest one when it is not a time)."""
+    try:
+        return datetime.fromisoformat(time)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _about(entry: AuditEntry) -> str:

@@ -1,10 +1,10 @@
-"""``converge keys``: generate, list, export and rotate signing keys."""
+"""``converge keys``: generate, list, export and rotate signing keys; write a trust file."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import socket
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,26 +14,53 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.markup import escape
 
-from engine.commands.options import KEYS_ENV, Handler, Subparsers, add_db, key_store_of, period
-from engine.errors import KeyStoreError
-from engine.keys import KeyVersion
+from engine.access.acting import Refusal, act_as
+from engine.audit import ORIGIN_KEY, Actor, origin_key, seal_with
+from engine.commands.options import (
+    AS_ENV,
+    KEYS_ENV,
+    Handler,
+    Subparsers,
+    add_as,
+    add_audit_key,
+    add_db,
+    add_principals,
+    key_store_of,
+    period,
+    principal_of,
+    principals_of,
+)
+from engine.errors import AccessDenied, KeyStoreError
+from engine.export.bundle import trust_file
+from engine.keys import KeyStore, KeyVersion
+from engine.store import reads
 from engine.store.store import Store
 
 
 def register(commands: Subparsers) -> None:
-    parser = commands.add_parser("keys", help="generate, list, export and rotate signing keys")
+    parser = commands.add_parser(
+        "keys", help="generate, list, export and rotate signing keys; write a trust file"
+    )
     actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--keys", type=Path, metavar="DIR", help=f"key folder (default: ${KEYS_ENV}, else ./keys)"
     )
-    for add in (_add_generate, _add_list, _add_export, _add_rotate):
+    for add in (_add_generate, _add_list, _add_export, _add_rotate, _add_trust):
         add(actions, store)
     parser.set_defaults(handler=run)
 
 
+def _maker() -> argparse.ArgumentParser:
+    """Who makes a version: ``--as PRINCIPAL`` (with ``--principals``), else this account."""
+    maker = argparse.ArgumentParser(add_help=False)
+    add_principals(maker)
+    add_as(maker)
+    return maker
+
+
 def _add_generate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
-    generate = actions.add_parser("generate", parents=[store], help="make a new key")
+    generate = actions.add_parser("generate", parents=[store, _maker()], help="make a new key")
     generate.add_argument("name", metavar="NAME", help="kebab-case id, as signing.keys names it")
     generate.add_argument(
         "--valid-for",
@@ -42,6 +69,7 @@ def _add_generate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
         help="validity of each version (default: until rotated)",
     )
     add_db(generate, required=False)
+    add_audit_key(generate)
 
 
 def _add_list(actions: Subparsers, store: argparse.ArgumentParser) -> None:
@@ -59,7 +87,9 @@ def _add_export(actions: Subparsers, store: argparse.ArgumentParser) -> None:
 
 def _add_rotate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
     rotate = actions.add_parser(
-        "rotate", parents=[store], help="retire the current version now and make the next one"
+        "rotate",
+        parents=[store, _maker()],
+        help="retire the current version now and make the next one",
     )
     rotate.add_argument("name", metavar="NAME")
     rotate.add_argument(
@@ -69,6 +99,31 @@ def _add_rotate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
         help="validity of the new version (default: the key's period)",
     )
     add_db(rotate, required=False)
+    add_audit_key(rotate)
+
+
+def _add_trust(actions: Subparsers, store: argparse.ArgumentParser) -> None:
+    trust = actions.add_parser(
+        "trust",
+        parents=[store],
+        help="a trust file for converge verify: public keys, the store's log and its key",
+    )
+    add_db(trust)
+    trust.add_argument(
+        "--plan-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key that signs plans: the verifier then requires every plan signed by one",
+    )
+    trust.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this key's versions, and the log's (repeat; default: every key)",
+    )
+    trust.add_argument("-o", "--out", type=Path, metavar="FILE", help="default: standard output")
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -76,26 +131,45 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
 
 
 def run_generate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    keys = key_store_of(args, pm)
-    made = keys.generate(args.name, args.valid_for)
+    keys, maker = key_store_of(args, pm), _made_by(args, pm)
+    made = keys.generate(args.name, args.valid_for, maker.as_json())
     render(console, [made], datetime.now(UTC), title=f"generated {made.name}")
-    log_key_versions(args.db, keys.versions(args.name))
+    log_key_versions(args, keys, keys.versions(args.name))
     return 0
 
 
 def run_rotate(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    keys = key_store_of(args, pm)
-    keys.rotate(args.name, args.valid_for)
+    keys, maker = key_store_of(args, pm), _made_by(args, pm)
+    keys.rotate(args.name, args.valid_for, maker.as_json())
     render(console, keys.versions(args.name), datetime.now(UTC), title=f"rotated {args.name}")
-    log_key_versions(args.db, keys.versions(args.name))
+    log_key_versions(args, keys, keys.versions(args.name))
     return 0
 
 
-def log_key_versions(db: str | None, versions: list[KeyVersion]) -> None:
-    """With ``--db``, the key event is an audit entry now, not at the next collector start."""
-    if db:
-        with Store.open(db, actor=f"converge-keys@{socket.gethostname()}") as store:
-            store.record_keys(versions)
+def _made_by(args: argparse.Namespace, pm: pluggy.PluginManager) -> Actor:
+    """Who the new version is attributed to: the principal ``--as`` names (checked), else a
+    job of this account; the key store remembers it, and the audit log names it."""
+    if not (args.principal or os.environ.get(AS_ENV)):
+        return Actor.job("keys")
+    acting = act_as(principals_of(args, pm), principal_of(args), "keys")
+    if isinstance(acting, Refusal):
+        raise AccessDenied(acting.reason)
+    return acting
+
+
+def log_key_versions(args: argparse.Namespace, keys: KeyStore, versions: list[KeyVersion]) -> None:
+    """With ``--db``, the key event is an audit entry now, not at the next collector start,
+    with a checkpoint after it when the audit key is in the same key folder."""
+    if not args.db:
+        return
+    actor = Actor.job("keys")  # each entry names its version's maker (Store.record_keys)
+    seal = (
+        seal_with(keys, args.audit_key, datetime.now(UTC))
+        if args.audit_key in keys.names()
+        else None
+    )
+    with Store.open(args.db, actor=actor, audit_key=args.audit_key) as store:
+        store.record_keys(versions, seal)
 
 
 def run_list(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -113,11 +187,35 @@ def run_export(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     return 0
 
 
+def run_trust(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    """The trust file an auditor gives ``converge verify --trust``: the log's origin and key
+    come from the store (its first entry named them), the public keys from the key folder."""
+    keys = key_store_of(args, pm)
+    with Store.open_existing(args.db) as store, store.reading() as conn:
+        origin = reads.meta(conn, ORIGIN_KEY)
+    log_key = origin_key(origin or "")
+    if origin is None or log_key is None:
+        raise KeyStoreError(f"{args.db} has no audit log that names its key")
+    names = sorted({*(args.key or keys.names()), log_key, *args.plan_key})
+    missing = [name for name in names if name not in keys.names()]
+    if missing:
+        raise KeyStoreError(f"no key {', '.join(missing)} in the key folder")
+    text = trust_file(
+        [v for name in names for v in keys.versions(name)], {origin: log_key}, args.plan_key
+    )
+    if args.out is None:
+        sys.stdout.write(text.decode() + "\n")
+    else:
+        args.out.write_bytes(text + b"\n")
+    return 0
+
+
 ACTIONS: dict[str, Handler] = {
     "generate": run_generate,
     "list": run_list,
     "export-public": run_export,
     "rotate": run_rotate,
+    "trust": run_trust,
 }
 
 

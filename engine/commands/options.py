@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
 
 import pluggy
 from rich.console import Console
 
+from engine.audit import DEFAULT_AUDIT_KEY
 from engine.compile import Compilation, Inputs, compile_project
 from engine.durations import parse_duration
-from engine.errors import FindingsError
+from engine.errors import ConvergeError, FindingsError
 from engine.keys import KeyStore, open_key_store
+from engine.principals import PrincipalResolver, open_principals
+from engine.verify.trust import Trust
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace, pluggy.PluginManager, Console], int]
@@ -110,6 +113,16 @@ def add_db(
     )
 
 
+def add_audit_key(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--audit-key",
+        default=DEFAULT_AUDIT_KEY,
+        metavar="KEY",
+        help=f"the key that signs the audit log's checkpoints; one log has one key, named "
+        f"in the log when it is made (default: {DEFAULT_AUDIT_KEY})",
+    )
+
+
 def seconds(text: str) -> float:
     """An argparse type: a duration (``30s``, ``2m``) in seconds."""
     try:
@@ -139,3 +152,104 @@ def size(text: str) -> int:
     if not number.isdigit() or unit not in _UNITS or int(number) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512MiB or 2GiB")
     return int(number) * _UNITS[unit]
+
+
+# --- who acts ---------------------------------------------------------------------------
+
+PRINCIPALS_ENV = "CONVERGE_PRINCIPALS"
+"""Environment variable naming the principals file when --principals is not given."""
+AS_ENV = "CONVERGE_AS"
+"""Environment variable naming the principal to act as when --as is not given."""
+
+
+def add_principals(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--principals",
+        type=Path,
+        metavar="FILE",
+        help=f"the principals file: who holds which roles (default: ${PRINCIPALS_ENV})",
+    )
+
+
+def add_as(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--as",
+        dest="principal",
+        metavar="PRINCIPAL",
+        help=f"the principal acting (default: ${AS_ENV}); its entry's os_users, when it lists "
+        "any, are the only operating-system accounts that may act as it",
+    )
+
+
+def principals_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> PrincipalResolver:
+    """The principals of ``--principals`` (or the environment); a refusal when none is named."""
+    path = args.principals or (
+        Path(os.environ[PRINCIPALS_ENV]) if os.environ.get(PRINCIPALS_ENV) else None
+    )
+    if path is None:
+        raise ConvergeError(f"name the principals file: --principals FILE (or ${PRINCIPALS_ENV})")
+    return open_principals(pm, {"kind": "file", "path": path})
+
+
+def principal_of(args: argparse.Namespace) -> str:
+    """The principal of ``--as`` (or the environment); a refusal when none is named."""
+    name = args.principal or os.environ.get(AS_ENV)
+    if not name:
+        raise ConvergeError(f"say who acts: --as PRINCIPAL (or ${AS_ENV})")
+    return str(name)
+
+
+# --- trusted public keys ----------------------------------------------------------------
+
+
+def add_trust(parser: argparse.ArgumentParser) -> None:
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"trust the public keys of this key folder (default: ${KEYS_ENV}, else ./keys)",
+    )
+    trust.add_argument(
+        "--public-keys",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="trust these exports of converge keys export-public --format json",
+    )
+
+
+def trust_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Trust:
+    """The public keys ``--keys`` or ``--public-keys`` name (default: the key folder)."""
+    if args.public_keys:
+        return Trust.from_json(args.public_keys)
+    return Trust.from_key_store(key_store_of(args, pm))
+
+
+def moment(text: str) -> datetime:
+    """An argparse type: an RFC 3339 instant (``2026-06-01T12:00:00Z``) or a date (its
+    midnight, UTC)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time such as 2026-06-01T12:00:00Z or 2026-06-01"
+        ) from None
+    if len(text) == 10:
+        return parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or +01:00")
+    return parsed.astimezone(UTC)
+
+
+def add_range(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="start",
+        type=moment,
+        metavar="TIME",
+        help="from this instant (included): 2026-06-01T12:00:00Z or 2026-06-01",
+    )
+    parser.add_argument(
+        "--to", dest="end", type=moment, metavar="TIME", help="to this instant (excluded)"
+    )

@@ -18,12 +18,12 @@ The pipeline's link between collection and the store, one module each:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.audit import Actor
 from engine.errors import StoreError
 from engine.evidence.config import EvidenceConfig
 from engine.evidence.deferred import Deferred
@@ -46,10 +46,6 @@ class EvidenceTarget:
     max_spool_bytes: int = DEFAULT_MAX_BYTES
 
 
-def actor() -> str:
-    return f"converge-run@{socket.gethostname()}"
-
-
 def open_evidence(
     plans: Sequence[PlanBody],
     plans_dir: Path,
@@ -66,11 +62,16 @@ def open_evidence(
     raises StoreError, as a chain started afresh could fork the store's.
     """
     check_signers(plans, keys, config.audit_key, datetime.now(UTC))  # before anything is written
-    store = Store.attach(target.db, actor(), target.witness)
+    store = Store.attach(target.db, Actor.job("collector"), target.witness, config.audit_key)
     spool = Spool(target.spool, target.max_spool_bytes)
     try:
         error = _reach(store, spool, plans)
-        started = {"plans": [p.digest for p in plans], "spool": str(target.spool)}
+        started = {
+            "plans": [p.digest for p in plans],
+            "spool": str(target.spool),
+            "checkpoint_s": config.checkpoint_s,
+            "checkpoint_entries": config.checkpoint_entries,
+        }
         start = Deferred(
             instant(datetime.now(UTC)),
             plans=tuple((p.data, _signature(plans_dir, p)) for p in plans),
@@ -115,4 +116,4 @@ def _signature(plans_dir: Path, plan: PlanBody) -> str | None:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-__all__ = ["EvidenceConfig", "EvidenceSink", "EvidenceTarget", "actor", "open_evidence"]
+__all__ = ["EvidenceConfig", "EvidenceSink", "EvidenceTarget", "open_evidence"]

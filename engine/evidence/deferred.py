@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from engine.audit import Seal
 from engine.canonical import canonical_json
 from engine.keys import KeyVersion
 from engine.plans.format import read_plan
-from engine.store.store import Store
+from engine.store.store import Recorded, Store
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,11 @@ class Deferred:
     entries: tuple[tuple[str, dict[str, Any]], ...] = ()
     """(kind, payload) of each entry to log after the plans and keys."""
 
-    def record(self, store: Store) -> None:
-        if self.plans:
-            store.deploy_plans(((read_plan(data), note) for data, note in self.plans), self.at)
-        if self.keys:
-            store.record_keys(self.keys)
-        for kind, payload in self.entries:
-            store.log(kind, payload, self.at)
+    def record(self, store: Store, seal: Seal) -> None:
+        """Record every entry and a checkpoint after them in one transaction: a run's start
+        and stop are never an unsigned tail of the log (docs/audit.md)."""
+        plans = [(read_plan(data), note) for data, note in self.plans]
+        store.record(Recorded(self.at, plans, self.keys, self.entries), seal)
 
     def to_bytes(self) -> bytes:
         return canonical_json(

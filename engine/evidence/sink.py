@@ -77,7 +77,7 @@ class EvidenceSink:
         self.records = 0
         self.next_flush = time.monotonic() + 1.0
         if store_error is None:
-            self.writer.record_deferred()  # before the fork: one process records them, once
+            self.writer.record_deferred(now())  # before the fork: one process records them
         self.sealer = Sealer(self._job()) if in_process else None
         self.task = asyncio.create_task(self._send_all() if in_process else self._write_all())
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.audit import Seal, seal_with
 from engine.errors import StoreError
 from engine.evidence.config import EvidenceConfig
 from engine.evidence.deferred import Deferred
 from engine.keys import KeyStore
 from engine.sign.batch import Statement
 from engine.sign.leaf import instant
-from engine.sign.note import Checkpoint, sign_checkpoint
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Head, Store
@@ -115,7 +115,7 @@ class Writer:
         self.spool.set_head(sealed.head.device, head)
         if (
             time.monotonic() < self.down_until
-            or not self.record_deferred()
+            or not self.record_deferred(at)
             or not self._write(sealed, live=True)
         ):
             self._spool(sealed, at)
@@ -131,21 +131,21 @@ class Writer:
         and the stop itself (after the start, if that was not recorded either).
         """
         try:
-            if time.monotonic() >= self.down_until and self.record_deferred():
+            if time.monotonic() >= self.down_until and self.record_deferred(at):
                 self._replay(len(self.spool))
             stopped = {"records": records, **self.stats, "spooled_now": len(self.spool)}
             stop = Deferred(instant(datetime.now(UTC)), entries=(("collector.stopped", stopped),))
             self.spool.defer(stop.to_bytes())
             self.deferred_due = True
-            if self.record_deferred():
-                self._checkpoint(at)
+            self.record_deferred(at)  # the stop and a checkpoint after it, in one transaction
         finally:
             self.store.close()
         return dict(self.stats)
 
-    def record_deferred(self) -> bool:
+    def record_deferred(self, at: datetime) -> bool:
         """Give the store the audit entries deferred in the spool, oldest first: the starts
-        and stops of runs it missed. ``False`` when it did not take them all (it is away)."""
+        and stops of runs it missed, each with a checkpoint signed as of ``at``. ``False``
+        when it did not take them all (it is away)."""
         if not self.deferred_due:
             return True
         try:
@@ -153,8 +153,9 @@ class Writer:
             if deferred and not self.store.prepared:  # away since the run started
                 self.store.prepare()
             for row_id, data in deferred:
-                Deferred.from_bytes(data).record(self.store)
+                Deferred.from_bytes(data).record(self.store, self._seal(at))
                 self.spool.forget_deferred(row_id)
+                self.last_checkpoint = time.monotonic()
         except StoreError as exc:
             self._down(exc)
             return False
@@ -190,8 +191,11 @@ class Writer:
         dropped = self.spool.dropped()
         if not dropped:
             return
-        full = {"spool": str(self.spool.path), "dropped": len(dropped),
-                "max_bytes": self.spool.max_bytes}  # fmt: skip
+        full = {
+            "spool": str(self.spool.path),
+            "dropped": len(dropped),
+            "max_bytes": self.spool.max_bytes,
+        }
         try:
             self.store.log("spool.full", full)
             for item in dropped:
@@ -210,15 +214,15 @@ class Writer:
             self._checkpoint(at)
 
     def _checkpoint(self, at: datetime) -> None:
-        def sign(checkpoint: Checkpoint) -> str:
-            key = self.keys.signer(self.config.audit_key, at)
-            return sign_checkpoint(checkpoint, checkpoint.origin, key)
-
+        seal = self._seal(at)
         try:
-            self.store.checkpoint(sign)
+            self.store.checkpoint(seal.sign, seal.at)
         except StoreError:
             return
         self.last_checkpoint = time.monotonic()
+
+    def _seal(self, now: datetime) -> Seal:
+        return seal_with(self.keys, self.config.audit_key, now)
 
 
 def _since(head: Head | None, tracked: str | None, started: str | None) -> str | None:

@@ -58,10 +58,11 @@ class Signing:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Roles granted to read and export a point, and roles denied (deny overrides)."""
+    """Roles granted to read, export and hold a point, and roles denied (deny overrides)."""
 
     read: tuple[str, ...] = ()
     export: tuple[str, ...] = ()
+    hold: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
 
 
@@ -269,7 +270,10 @@ def _point(obj: JsonObject, read: _Reader) -> PlanPoint:
             read.integer(signing, "batch_window_ms", positive=True),
         ),
         access=Access(
-            read.texts(access, "read"), read.texts(access, "export"), read.texts(access, "deny")
+            read.texts(access, "read"),
+            read.texts(access, "export"),
+            read.texts(access, "hold"),
+            read.texts(access, "deny"),
         ),
         policies=read.texts(obj, "policies"),
         waived=tuple(read.each(obj, "waived", _waiver, required=False)),

@@ -1,16 +1,23 @@
 """Signed plans: a detached C2SP signed note beside each plan, and its check before a run.
 
-``converge plan --sign KEY`` writes ``<device>.plan.sig`` beside each
-``<device>.plan.json``: a signed note (:mod:`engine.sign.note`) whose text is
-four lines, each ending in a newline::
+``converge plan --sign KEY --as PRINCIPAL --meaning MEANING`` writes
+``<device>.plan.sig`` beside each ``<device>.plan.json``: a signed note
+(:mod:`engine.sign.note`) whose text is seven lines, each ending in a newline,
+an electronic signature as 21 CFR 11.50 asks (who, the printed name, when,
+and what it means)::
 
-    converge.plan/v1
+    converge.plan-signature/v2
     <device id>
     sha256:<64 hex digits: the plan's digest>
     <signing time, RFC 3339 UTC to the second: 2026-06-01T08:00:00Z>
+    signer <principal id>
+    name <printed name>
+    meaning <approved | reviewed | authored>
 
-The note signs the plan's digest, not its bytes: the digest already commits
-to every byte, and the collector verifies it before it looks at the note.
+Signatures made before signatures named their signer (``converge.plan/v1``:
+the first four lines only) still verify. The note signs the plan's digest,
+not its bytes: the digest already commits to every byte, and the collector
+verifies it before it looks at the note.
 
 Before a run, a :class:`PlanVerifier` refuses a plan whose note is missing,
 does not verify with a trusted key, names another device or digest, or was
@@ -52,43 +59,99 @@ def rfc3339(at: datetime) -> str:
 
 
 class MalformedPlanNote(note.MalformedNote):
-    """A signed note whose text is not the four lines of a plan signature."""
+    """A signed note whose text is not a plan signature's."""
+
+
+MEANINGS = ("approved", "reviewed", "authored")
+"""What an electronic signature of a plan means (21 CFR 11.50(a)(3))."""
+SIGNATURE_FORMAT = "converge.plan-signature/v2"
+_V1_LINES, _V2_LINES = 4, 7
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Who signs, as 21 CFR 11.50 asks a signature to show: the principal, the printed name,
+    and the meaning of the signature; all inside the signed bytes."""
+
+    principal: str
+    name: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        if self.meaning not in MEANINGS:
+            raise MalformedPlanNote(f"meaning {self.meaning!r}: want one of {', '.join(MEANINGS)}")
+        for said in (self.principal, self.name):
+            if not said or not said.isprintable():
+                raise MalformedPlanNote(f"{said!r}: a signer's id and name are one printable line")
 
 
 @dataclass(frozen=True)
 class PlanClaim:
-    """What a plan signature says: this device's plan has this digest, signed at this time."""
+    """What a plan signature says: this device's plan has this digest, signed at this time,
+    by this signer (a signature from before signatures named their signer has none).
+
+    The note text, each line ending in a newline: ``converge.plan-signature/v2``, the
+    device, the digest, the signing time, ``signer <principal>``, ``name <printed name>``,
+    ``meaning <approved|reviewed|authored>``; or, without a signer, the four lines of a
+    ``converge.plan/v1`` signature (docs/plans.md).
+    """
 
     device: str
     digest: str
     signed_at: datetime
+    signer: Signer | None = None
 
     @property
     def text(self) -> str:
         """The note text, byte for byte."""
-        lines = (PLAN_FORMAT, self.device, self.digest, rfc3339(self.signed_at))
+        head = (self.device, self.digest, rfc3339(self.signed_at))
+        if self.signer is None:
+            lines: tuple[str, ...] = (PLAN_FORMAT, *head)
+        else:
+            s = self.signer
+            lines = (
+                SIGNATURE_FORMAT,
+                *head,
+                f"signer {s.principal}",
+                f"name {s.name}",
+                f"meaning {s.meaning}",
+            )
         return "".join(f"{line}\n" for line in lines)
 
     @classmethod
     def parse(cls, text: str) -> PlanClaim:
         """The claim in a note text; raises :class:`MalformedPlanNote` unless it is exact."""
         lines = text.split("\n")
-        if len(lines) != 5 or lines[-1] != "" or lines[0] != PLAN_FORMAT:
+        shapes = {(PLAN_FORMAT, _V1_LINES + 1), (SIGNATURE_FORMAT, _V2_LINES + 1)}
+        if (lines[0], len(lines)) not in shapes or lines[-1] != "":
             raise MalformedPlanNote(
-                f"note text is not a {PLAN_FORMAT} signature (want 4 lines: {PLAN_FORMAT},"
-                " device, digest, signing time)"
+                f"note text is not a plan signature (want {SIGNATURE_FORMAT}, device, digest,"
+                " signing time, signer, name, meaning; or the four lines of a"
+                f" {PLAN_FORMAT} one)"
             )
-        _, device, digest, when, _ = lines
-        if not _TIME.fullmatch(when):
-            raise MalformedPlanNote(f"signing time {when!r}: want YYYY-MM-DDTHH:MM:SSZ")
-        try:
-            signed_at = datetime.strptime(when, TIME_FORMAT).replace(tzinfo=UTC)
-        except ValueError as exc:
-            raise MalformedPlanNote(f"signing time {when!r}: {exc}") from exc
-        claim = cls(device, digest, signed_at)
+        device, digest, when = lines[1:4]
+        claim = cls(device, digest, _signing_time(when), _signer(lines[4:-1]))
         if claim.text != text:  # e.g. a device or digest line with stray characters
             raise MalformedPlanNote("note text is not in its canonical form")
         return claim
+
+
+def _signing_time(when: str) -> datetime:
+    if not _TIME.fullmatch(when):
+        raise MalformedPlanNote(f"signing time {when!r}: want YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        return datetime.strptime(when, TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise MalformedPlanNote(f"signing time {when!r}: {exc}") from exc
+
+
+def _signer(lines: list[str]) -> Signer | None:
+    if not lines:
+        return None
+    said = [line.partition(" ") for line in lines]
+    if [key for key, _, _ in said] != ["signer", "name", "meaning"]:
+        raise MalformedPlanNote("want the lines signer, name and meaning after the time")
+    return Signer(*(value for _, _, value in said))
 
 
 # --- signing ------------------------------------------------------------------------------
@@ -107,15 +170,16 @@ class PlanSigner:
     version: KeyVersion
     private_key: Ed25519PrivateKey
     signed_at: datetime
+    signer: Signer
 
     def __call__(self, plan: Plan) -> bytes:
-        return sign_claim(
-            PlanClaim(plan.device, plan.digest, self.signed_at), self.key_name, self.private_key
-        )
+        claim = PlanClaim(plan.device, plan.digest, self.signed_at, self.signer)
+        return sign_claim(claim, self.key_name, self.private_key)
 
 
-def open_signer(store: KeyStore, key_name: str, now: datetime) -> PlanSigner:
-    """A signer with the version of ``key_name`` valid at ``now`` rounded up to the second.
+def open_signer(store: KeyStore, key_name: str, now: datetime, signer: Signer) -> PlanSigner:
+    """A signer for ``signer`` with the version of ``key_name`` valid at ``now`` rounded up to
+    the second.
 
     The note states whole seconds, and the version must be valid at the time
     the note states. Rounding down could date the note before a version made
@@ -126,7 +190,7 @@ def open_signer(store: KeyStore, key_name: str, now: datetime) -> PlanSigner:
     now = now.astimezone(UTC)
     at = now.replace(microsecond=0) + timedelta(seconds=1 if now.microsecond else 0)
     version = version_at(store.versions(key_name), at)
-    return PlanSigner(key_name, version, store.signer(key_name, at), at)
+    return PlanSigner(key_name, version, store.signer(key_name, at), at, signer)
 
 
 # --- verifying ----------------------------------------------------------------------------

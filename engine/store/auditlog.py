@@ -9,8 +9,8 @@ is stored is :mod:`engine.audit`'s.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -18,23 +18,46 @@ from sqlalchemy import Connection, func, insert, select, update
 from engine.audit import (
     ORIGIN_KEY,
     STATE_KEY,
+    Actor,
     AuditEntry,
     CheckpointSigner,
+    new_origin,
     now_instant,
+    origin_key,
     saved_state,
+    time_line,
 )
+from engine.errors import StoreError
 from engine.sign.merkle import MerkleLog
 from engine.sign.note import Checkpoint
 from engine.store.tables import AUDIT, CHECKPOINTS, META
 
 
-def origin(conn: Connection) -> str:
-    """The log's origin line, made once per store: ``converge/audit/<random uuid>``."""
+def origin(conn: Connection) -> str | None:
+    """The log's origin line, if the log has been made."""
     found = conn.execute(select(META.c.value).where(META.c.key == ORIGIN_KEY)).scalar()
+    return None if found is None else str(found)
+
+
+def make(conn: Connection, audit_key: str, actor: Actor) -> str:
+    """The log's origin, made with its first entry (``log.created``) when the store is new.
+
+    A store whose log is signed by another key than ``audit_key`` is refused:
+    one log has one key (docs/audit.md).
+    """
+    found = origin(conn)
     if found is not None:
-        return str(found)
-    made = f"converge/audit/{uuid.uuid4()}"
+        named = origin_key(found)
+        if named is not None and named != audit_key:
+            raise StoreError(
+                f"the audit log of this store is signed by the key {named} (its origin"
+                f" {found} names it), not {audit_key}: use --audit-key {named}"
+            )
+        return found
+    made = new_origin(audit_key)
     conn.execute(insert(META).values(key=ORIGIN_KEY, value=made))
+    if size(conn) == 0:
+        append(conn, "log.created", actor, {"origin": made, "audit_key": audit_key})
     return made
 
 
@@ -55,7 +78,7 @@ def _save_state(conn: Connection, log: MerkleLog, first: bool) -> None:
 
 
 def append(
-    conn: Connection, kind: str, actor: str, payload: dict[str, Any], at: str | None = None
+    conn: Connection, kind: str, actor: Actor, payload: dict[str, Any], at: str | None = None
 ) -> int:
     """Append one entry in ``conn``'s transaction; returns its sequence number.
 
@@ -63,7 +86,7 @@ def append(
     """
     log = _state(conn)
     first = log.size == 0
-    entry = AuditEntry(log.size, at or now_instant(), kind, actor, payload)
+    entry = AuditEntry(log.size, at or now_instant(), kind, actor.as_json(), payload)
     data = entry.to_bytes()
     log.append(data)
     conn.execute(insert(AUDIT).values(seq=entry.seq, time=entry.time, kind=kind, entry=data))
@@ -79,16 +102,20 @@ def last_checkpoint_size(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(CHECKPOINTS.c.size), 0))).scalar_one())
 
 
-def checkpoint(conn: Connection, sign: CheckpointSigner) -> str | None:
-    """Sign and store a checkpoint of the log as it stands; ``None`` when nothing is new.
+def checkpoint(conn: Connection, sign: CheckpointSigner, at: datetime) -> str | None:
+    """Sign and store a checkpoint of the log as it stands, saying it was signed ``at`` (whole
+    seconds; ``sign`` uses a key version valid then); ``None`` when nothing is new.
 
     The caller appends the note to the witness file once this transaction has
     committed (:func:`witness_append`), never before.
     """
     log = _state(conn)
+    made = origin(conn)
+    if made is None:
+        raise StoreError("the store's audit log has no origin: prepare the store first")
     if log.size == 0 or log.size == last_checkpoint_size(conn):
         return None
-    note = sign(Checkpoint(origin(conn), log.size, log.root()))
+    note = sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
     return note
 

@@ -28,10 +28,13 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import audit
+from engine.audit import DEFAULT_AUDIT_KEY, Actor
 from engine.canonical import canonical_json
-from engine.errors import StoreError
+from engine.errors import StoreError, VerificationError
 from engine.keys import KeyVersion
 from engine.plans.body import PlanBody
+from engine.plans.signature import PlanClaim, rfc3339
+from engine.sign import note
 from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.database import connect, describe, reason, require_current, upgrade, writing
@@ -39,6 +42,17 @@ from engine.store.sealed import SealedBatch
 from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
 
 LOCK_ID = 0x636F6E76  # "conv": the advisory lock every PostgreSQL writer takes
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Audit entries to record together, dated ``at``: plans to deploy (with their signature
+    notes), key versions to log, then ``(kind, payload)`` entries."""
+
+    at: str
+    plans: Sequence[tuple[PlanBody, str | None]] = ()
+    keys: Sequence[KeyVersion] = ()
+    entries: Sequence[tuple[str, dict[str, Any]]] = ()
 
 
 @dataclass(frozen=True)
@@ -57,33 +71,54 @@ class Head:
 class Store:
     """The evidence database of one collector (or of an auditor reading it)."""
 
-    def __init__(self, engine: Engine, actor: str, witness: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        actor: Actor,
+        witness: Path | None = None,
+        audit_key: str = DEFAULT_AUDIT_KEY,
+    ) -> None:
         self.engine, self.actor, self.witness = engine, actor, witness
+        self.audit_key = audit_key
+        """The key that signs the log's checkpoints (named in the log when it is made)."""
         self.postgres = engine.dialect.name == "postgresql"
         self.prepared = False
 
     @classmethod
-    def open(cls, target: str, actor: str = "converge", witness: Path | None = None) -> Store:
+    def open(
+        cls,
+        target: str,
+        actor: Actor,
+        witness: Path | None = None,
+        audit_key: str = DEFAULT_AUDIT_KEY,
+    ) -> Store:
         """Open (made or migrated as needed) the store at ``target``: a path (SQLite) or a
         database URL."""
-        store = cls.attach(target, actor, witness)
+        store = cls.attach(target, actor, witness, audit_key)
         store.prepare()
         return store
 
     @classmethod
-    def attach(cls, target: str, actor: str = "converge", witness: Path | None = None) -> Store:
+    def attach(
+        cls,
+        target: str,
+        actor: Actor,
+        witness: Path | None = None,
+        audit_key: str = DEFAULT_AUDIT_KEY,
+    ) -> Store:
         """The store at ``target`` without reaching it yet: :meth:`prepare` it before writing.
 
         Raises StoreError only for a target that names no database a driver can open.
         """
-        return cls(connect(target), actor, witness)
+        return cls(connect(target), actor, witness, audit_key)
 
     def prepare(self) -> None:
-        """Make or migrate the schema and the audit log's origin; raises StoreError when the
-        database cannot be reached."""
+        """Make or migrate the schema, and make the audit log (its origin and first entry)
+        unless it exists; raises StoreError when the database cannot be reached, or when its
+        log is signed by another key than :attr:`audit_key`."""
         upgrade(self.engine)
         with self.transaction() as conn:
-            auditlog.origin(conn)
+            auditlog.make(conn, self.audit_key, self.actor)
         self.prepared = True
 
     @classmethod
@@ -91,7 +126,7 @@ class Store:
         """Open the store at ``target`` to read it: it must exist, at the current schema."""
         engine = connect(target)
         require_current(engine)
-        return cls(engine, actor="converge")
+        return cls(engine, actor=Actor.job("reader"))
 
     def close(self) -> None:
         """Close every connection (SQLite then folds its WAL file into the database file)."""
@@ -271,55 +306,73 @@ class Store:
     ) -> int:
         """Keep each (plan, signature note) not stored yet, with a ``plan.deployed`` entry
         (dated ``at``, default now); returns how many were new."""
-        new = 0
         with self.transaction() as conn:
-            for plan, signature in plans:
-                if conn.execute(
-                    select(PLANS.c.digest).where(PLANS.c.digest == plan.digest)
-                ).first():
-                    continue
-                when = at or audit.now_instant()
-                device = plan.device.id
-                conn.execute(
-                    insert(PLANS).values(
-                        digest=plan.digest,
-                        device=device,
-                        body=plan.data,
-                        signature=signature,
-                        deployed_at=when,
-                    )
-                )
-                deployed = {
-                    "device": device,
-                    "digest": plan.digest,
-                    "signed": signature is not None,
-                }
-                auditlog.append(conn, "plan.deployed", self.actor, deployed, when)
-                new += 1
+            return self._deploy(conn, plans, at or audit.now_instant())
+
+    def _deploy(
+        self, conn: Connection, plans: Iterable[tuple[PlanBody, str | None]], at: str
+    ) -> int:
+        new = 0
+        for plan, signature in plans:
+            if conn.execute(select(PLANS.c.digest).where(PLANS.c.digest == plan.digest)).first():
+                continue
+            row = {"digest": plan.digest, "device": plan.device.id, "body": plan.data}
+            conn.execute(insert(PLANS).values(**row, signature=signature, deployed_at=at))
+            deployed = {
+                "device": plan.device.id,
+                "digest": plan.digest,
+                "signed": signature is not None,
+                **_signed_by(signature),
+            }
+            auditlog.append(conn, "plan.deployed", self.actor, deployed, at)
+            new += 1
         return new
 
-    def record_keys(self, versions: Iterable[KeyVersion]) -> int:
-        """A ``key.generated`` or ``key.rotated`` entry for each key version not logged yet.
+    def record_keys(self, versions: Iterable[KeyVersion], seal: audit.Seal | None = None) -> int:
+        """A ``key.generated`` or ``key.rotated`` entry for each key version not logged yet,
+        and with ``seal`` a checkpoint after them, in one transaction.
 
         Key stores live outside the database (a key may be made before any store
         exists), so every collector start brings the log up to date, dated with
         the version's own creation time.
         """
         with self.transaction() as conn:
-            logged = {
-                (e.payload["name"], e.payload["version"])
-                for e in auditlog.entries(conn, ["key.generated", "key.rotated"])
-            }
-            new = [v for v in versions if (v.name, v.version) not in logged]
-            for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
-                kind = "key.generated" if v.version == 1 else "key.rotated"
-                auditlog.append(conn, kind, self.actor, key_payload(v), instant(v.created_at))
+            new = self._log_keys(conn, versions)
+            note = auditlog.checkpoint(conn, seal.sign, seal.at) if seal and new else None
+        self._witness(note)
+        return new
+
+    def _log_keys(self, conn: Connection, versions: Iterable[KeyVersion]) -> int:
+        logged = {
+            (e.payload["name"], e.payload["version"])
+            for e in auditlog.entries(conn, ["key.generated", "key.rotated"])
+        }
+        new = [v for v in versions if (v.name, v.version) not in logged]
+        for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
+            kind = "key.generated" if v.version == 1 else "key.rotated"
+            maker = Actor.from_json(v.created_by) if v.created_by else self.actor
+            auditlog.append(conn, kind, maker, key_payload(v), instant(v.created_at))
         return len(new)
 
-    def log(self, kind: str, payload: dict[str, Any], at: str | None = None) -> int:
-        """Append one entry of ``kind`` on its own, dated ``at`` (default now)."""
+    def log(
+        self, kind: str, payload: dict[str, Any], at: str | None = None, actor: Actor | None = None
+    ) -> int:
+        """Append one entry of ``kind`` on its own, dated ``at`` (default now), by ``actor``
+        (default: the store's)."""
         with self.transaction() as conn:
-            return auditlog.append(conn, kind, self.actor, payload, at)
+            return auditlog.append(conn, kind, actor or self.actor, payload, at)
+
+    def record(self, entries: Recorded, seal: audit.Seal) -> None:
+        """In one transaction: ``entries`` and a checkpoint signed after them, so that none
+        of them is ever an unsigned tail (a run's start, its stop; docs/audit.md)."""
+        with self.transaction() as conn:
+            at = entries.at
+            self._deploy(conn, entries.plans, at)
+            self._log_keys(conn, entries.keys)
+            for kind, payload in entries.entries:
+                auditlog.append(conn, kind, self.actor, payload, at)
+            note = auditlog.checkpoint(conn, seal.sign, seal.at)
+        self._witness(note)
 
     def chain_end(self, device: str, root: bytes) -> Head | None:
         """The last stored batch of ``device``'s chain after the batch whose root is ``root``
@@ -351,13 +404,19 @@ class Store:
                         first[device] = time
         return first
 
-    def checkpoint(self, sign: audit.CheckpointSigner) -> str | None:
-        """Sign a checkpoint of the log now (and append it to the witness file)."""
+    def checkpoint(self, sign: audit.CheckpointSigner, at: datetime | None = None) -> str | None:
+        """Sign a checkpoint of the log as of ``at`` (default: now, rounded up to the second:
+        ``sign`` must use a key version valid then), and append it to the witness file."""
+        moment = audit.signing_second(at or datetime.now(UTC))
         with self.transaction() as conn:
-            note = auditlog.checkpoint(conn, sign)
+            note = auditlog.checkpoint(conn, sign, moment)
+        self._witness(note)
+        return note
+
+    def _witness(self, note: str | None) -> None:
+        """Append a committed checkpoint to the witness file (never one not committed)."""
         if note is not None and self.witness is not None:
             audit.witness_append(self.witness, note)
-        return note
 
     def entries_since_checkpoint(self) -> int:
         with self.reading() as conn:
@@ -376,6 +435,22 @@ class Store:
                     ("checkpoints", CHECKPOINTS),
                 )
             }
+
+
+def _signed_by(signature: str | None) -> dict[str, Any]:
+    """Who a plan's signature names (its signer, printed name, meaning, time), as the note
+    says; what the note is worth is ``audit verify``'s to check."""
+    if signature is None:
+        return {}
+    try:
+        claim = PlanClaim.parse(note.split_note(signature)[0])
+    except VerificationError:
+        return {}
+    said: dict[str, Any] = {"signed_at": rfc3339(claim.signed_at)}
+    if claim.signer is not None:
+        s = claim.signer
+        said |= {"signer": s.principal, "name": s.name, "meaning": s.meaning}
+    return said
 
 
 def fast_bytea(cursor: Any) -> None:
@@ -413,4 +488,4 @@ def _started_plans(entry: bytes) -> list[str]:
     return [digest for digest in plans if isinstance(digest, str)]
 
 
-__all__ = ["Head", "Store", "fast_bytea", "key_payload"]
+__all__ = ["Head", "Recorded", "Store", "fast_bytea", "key_payload"]

@@ -12,16 +12,23 @@ what the earlier ones established):
 1. ``log.py``: the audit log. Every entry is canonical JSON, its columns
    agree with it, sequence numbers have no hole, and the saved state the
    next append starts from is that of the stored entries.
-2. ``checkpoints.py``: every stored checkpoint is signed by a trusted key
-   version valid when it was made and signs a prefix of that log; one root
-   per size (else a fork), each consistent with the one before. Then every
-   checkpoint of the witness file, if one is given, must be of the stored log.
-3. ``plans.py``: every stored plan's bytes verify against its digest, its
-   signature (if any) is by a trusted key and names it, and plans and
-   ``plan.deployed`` entries match one to one.
+2. ``checkpoints.py``: the log's key is the one the auditor names, and the
+   one its origin and first entry name; every stored checkpoint is signed by a
+   trusted version of that key valid at the time the checkpoint states, and
+   signs a prefix of the log; one root per size (else a fork), each consistent
+   with the one before and signed no earlier, none signing a batch whose window
+   began after it. ``tail.py``: the entries after
+   the last checkpoint are what a running or killed collector leaves, no more.
+   Then every checkpoint of the witness file, if given, must be of the stored log.
+3. ``plans.py``: every stored plan's bytes verify against its digest, it is
+   signed exactly when its ``plan.deployed`` entry says so, its
+   signature (required with ``plan_key``) is by the plan key, or else a
+   trusted key, valid then, made before the plan was deployed, and names it;
+   plans and ``plan.deployed`` entries match one to one.
 4. ``batches.py``: every batch row agrees with its signed statement and its
-   ``batch.stored`` entry, the keys its plan names signed it with versions
-   valid then, and every ``batch.stored`` entry has its batch. Then each
+   ``batch.stored`` entry; every key its *plan* requires (never what the row
+   says) signed it with a version valid then; every ``batch.stored`` entry
+   has its batch. Then each
    device's batches form one chain from the zero root.
 5. ``records.py``: every record's leaf is rehashed and each batch's root
    rebuilt from its rows and compared with its statement; a large store's
@@ -37,25 +44,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine import audit
+from engine.audit import DEFAULT_AUDIT_KEY
 from engine.store import reads
 from engine.store.store import Store
 from engine.verify.batches import check_batches, check_chains
-from engine.verify.checkpoints import check_checkpoints, check_witness
+from engine.verify.checkpoints import LogKey, check_checkpoints, check_log_key, check_witness
 from engine.verify.log import check_log
-from engine.verify.plans import check_plans
+from engine.verify.plans import PlanTrust, check_plans
 from engine.verify.records import Progress, check_records
 from engine.verify.report import Report
+from engine.verify.tail import check_tail
 from engine.verify.trust import Trust
 
 
 def verify_store(
     store: Store,
     trust: Trust,
+    *,
     witness: Path | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    audit_key: str = DEFAULT_AUDIT_KEY,
+    plan_key: str | None = None,
 ) -> Report:
-    """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given).
+    """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
+    the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
+    given.
 
     ``workers``: how many processes hash the records (None: one per CPU for a
     store of at least :data:`~engine.verify.records.PARALLEL_RECORDS` records,
@@ -64,11 +78,13 @@ def verify_store(
     report = Report()
     with store.reading() as conn:
         log = check_log(conn, report)
-        origin = reads.meta(conn, audit.ORIGIN_KEY)
-        check_checkpoints(conn, log, origin, trust, report)
+        key = LogKey(audit_key, trust.keys.get(audit_key, ()), reads.meta(conn, audit.ORIGIN_KEY))
+        check_log_key(log, key, report)
+        good = check_checkpoints(conn, log, key, report)
+        check_tail(log, good, report)
         if witness is not None:
-            check_witness(witness, log, origin, trust, report)
-        plans = check_plans(conn, log, trust, report)
+            check_witness(conn, witness, log, key, report)
+        plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         batches = check_batches(conn, log, plans, trust, report)
         check_chains(batches, log, report)
         check_records(conn, batches, report, progress, workers)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Row
 from engine import audit
 from engine.canonical import canonical_json
 from engine.keys import SignatureRejected, verify_signature
+from engine.plans.body import PlanBody
 from engine.sign.batch import ZERO_ROOT, MalformedStatement, Statement
 from engine.store import reads
 from engine.verify.log import Log
@@ -34,7 +35,7 @@ class BatchInfo:
 
 
 def check_batches(
-    conn: Connection, log: Log, plans: Mapping[str, dict[str, Any]], trust: Trust, report: Report
+    conn: Connection, log: Log, plans: Mapping[str, PlanBody], trust: Trust, report: Report
 ) -> dict[int, BatchInfo]:
     """The stored batches whose statement parses, by id; every ``batch.stored`` entry has one."""
     signatures = reads.batch_signatures(conn)
@@ -77,7 +78,7 @@ def _check_batch(
     row: Row[Any],
     label: str,
     log: Log,
-    plans: Mapping[str, dict[str, Any]],
+    plans: Mapping[str, PlanBody],
     *,
     signatures: dict[str, bytes],
     trust: Trust,
@@ -95,11 +96,11 @@ def _check_batch(
     if row.keys != canonical_json(list(keys)).decode():
         report.add(label, "its keys column is not the canonical JSON of its keys")
     entry = _check_entry(label, row, head, keys, log=log, report=report)
-    _check_plan_keys(label, head, keys, plans, report)
+    required = _required(label, head, row, plans, report)
     _check_signatures(
         label,
         bytes(row.statement),
-        keys,
+        required,
         signatures=signatures,
         trust=trust,
         signed_at=entry.time if entry else None,
@@ -161,40 +162,37 @@ def _keys(text: str) -> tuple[str, ...]:
     return tuple(keys) if isinstance(keys, list) else ("<not a list>",)
 
 
+def _json(text: str) -> Any:
+    """A stored JSON column's value; the text itself when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _payload(head: Statement, keys: tuple[str, ...], waiver: str) -> dict[str, Any]:
     """The payload of the ``batch.stored`` entry of a batch with this statement, keys and waiver."""
-    try:
-        waived = json.loads(waiver)
-    except ValueError:
-        waived = waiver
-    return {**head.members(), "keys": list(keys), "waiver": waived}
+    return {**head.members(), "keys": list(keys), "waiver": _json(waiver)}
 
 
-def _check_plan_keys(
-    label: str,
-    head: Statement,
-    keys: tuple[str, ...],
-    plans: Mapping[str, dict[str, Any]],
-    report: Report,
-) -> None:
-    """The keys that signed are keys the batch's plan requires; unsigned only if it waives."""
+def _required(
+    label: str, head: Statement, row: Row[Any], plans: Mapping[str, PlanBody], report: Report
+) -> tuple[str, ...]:
+    """The keys that must sign the batch: its plan's (the union over the plan's points that
+    require signing), never what the batch row says. A batch whose plan is not stored must
+    carry the keys its row names, and fails anyway."""
     plan = plans.get(head.plan_digest)
+    keys = _keys(row.keys)
     if plan is None:
         report.add(label, f"its plan {head.plan_digest} is not in the store")
-        return
-    required = {
-        k
-        for p in plan["points"]
-        if p.get("signing", {}).get("required")
-        for k in p["signing"].get("keys", ())
-    }
-    waivable = any(
-        "signing" in w.get("facets", ()) for p in plan["points"] for w in p.get("waived", ())
-    )
-    if not set(keys) <= required:
-        report.add(label, f"signed by keys {sorted(set(keys) - required)} its plan does not name")
-    if required and not keys and not waivable:
-        report.add(label, "unsigned, but its plan requires signing and waives none of it")
+        return keys
+    required = plan.required_keys
+    if keys != required:
+        report.add(label, f"its keys column says {list(keys)}, its plan requires {list(required)}")
+    waiver = list(plan.signing_waivers) if not required else []
+    if _json(row.waiver) != waiver:
+        report.add(label, "its waiver is not the one its plan records")
+    return required
 
 
 def _check_signatures(

@@ -1,66 +1,175 @@
-"""Plans: each stored plan's bytes verify against its digest, its signature names it, and
-plans and ``plan.deployed`` audit entries match one to one."""
+"""Plans: each stored plan's bytes verify against its digest, it holds a signature exactly
+when its ``plan.deployed`` entry says it was signed, its signature names it, and plans and
+``plan.deployed`` audit entries match one to one.
+
+A plan decides what its batches must carry (the keys that sign them), so a
+plan is only as good as what vouches for it: its ``plan.deployed`` entry,
+which the log's checkpoints sign, and its own signature when it has one. With
+``--plan-key KEY`` the auditor names the key that signs plans (as
+``converge run --require-signed`` does): then every plan must be signed by a
+version of that key valid when the signature says it was made, no later than
+the plan was deployed. Without it, a stored signature must be by some trusted
+key, and the report says that plans' signers were not pinned.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
 
 from engine.errors import ConvergeError, KeyStoreError, VerificationError
-from engine.plans.format import verify_plan
-from engine.plans.signature import PlanClaim, key_versions_check
+from engine.plans.body import PlanBody
+from engine.plans.format import read_plan
+from engine.plans.signature import PlanClaim, key_versions_check, rfc3339
 from engine.sign import note
 from engine.store import reads
 from engine.verify.log import Log
 from engine.verify.report import Report
-from engine.verify.trust import Trust
+from engine.verify.trust import BadTime, Trust, instant
+
+DESCRIBED = ("signed_at", "signer", "name", "meaning")
+"""What a ``plan.deployed`` entry records of the plan's signature (docs/plans.md)."""
+ROUNDING = timedelta(seconds=1)
+"""A plan signature states whole seconds, rounded up: it may say up to a second after its
+plan was deployed."""
 
 
-def check_plans(
-    conn: Connection, log: Log, trust: Trust, report: Report
-) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class PlanTrust:
+    """Who may sign plans: ``key`` when the auditor names it, else any trusted key."""
+
+    trust: Trust
+    key: str | None = None
+
+
+def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> dict[str, PlanBody]:
     """The stored plans whose bytes verify, by digest."""
-    plans: dict[str, dict[str, Any]] = {}
+    plans: dict[str, PlanBody] = {}
+    deployed = _deployed_at(log)
+    said = _deployed_payloads(log)
+    signed = False
     for row in reads.plans(conn):
         label = f"plan {row.digest} ({row.device})"
         try:
-            body = verify_plan(bytes(row.body), label)
+            body = read_plan(bytes(row.body), label)
         except ConvergeError as exc:
             report.add(label, str(exc))
             continue
-        if body["digest"] != row.digest or body["device"]["id"] != row.device:
+        if body.digest != row.digest or body.device.id != row.device:
             report.add(label, "the stored digest or device is not the plan's")
+        recorded = said.get(row.digest, {})
+        _check_held(label, row.signature, recorded, report)
         if row.signature is not None:
-            _check_signature(label, row.signature, body, trust, report)
+            signed = True
+            when = deployed.get(body.digest)
+            _check_signature(
+                label, row.signature, body, who, deployed=(when, recorded), report=report
+            )
+        elif who.key is not None:
+            report.add(label, f"not signed, and plans must be signed by {who.key}")
         plans[row.digest] = body
-    _check_deployed(plans, log, report)
+    _check_deployed(plans, deployed, report)
+    if who.key is None and signed:
+        report.notes.append(
+            "plans' signatures were checked against every trusted key: name the"
+            " key that signs plans with --plan-key to require it"
+        )
     report.counts["plans"] = len(plans)
     return plans
 
 
-def _check_signature(
-    label: str, signed: str, body: Mapping[str, Any], trust: Trust, report: Report
+def _deployed_at(log: Log) -> dict[str, datetime | None]:
+    """The time each plan's ``plan.deployed`` entry records, by digest."""
+    found: dict[str, datetime | None] = {}
+    for entry in log.of_kind("plan.deployed"):
+        try:
+            found[str(entry.payload.get("digest"))] = instant(entry.time)
+        except BadTime:
+            found[str(entry.payload.get("digest"))] = None
+    return found
+
+
+def _deployed_payloads(log: Log) -> dict[str, dict[str, Any]]:
+    """What each plan's ``plan.deployed`` entry says of it, by digest."""
+    return {str(e.payload.get("digest")): e.payload for e in log.of_kind("plan.deployed")}
+
+
+def _check_held(
+    label: str, signature: str | None, recorded: Mapping[str, Any], report: Report
 ) -> None:
-    """A stored plan signature must be by a trusted key, valid then, and name this plan."""
+    """A plan holds a signature exactly when its ``plan.deployed`` entry says it was signed."""
+    said = recorded.get("signed")
+    if isinstance(said, bool) and said != (signature is not None):
+        held = "no signature" if said else "a signature"
+        report.add(
+            label,
+            f"its plan.deployed entry says signed: {str(said).lower()}, the store holds {held}",
+        )
+
+
+def _check_signature(
+    label: str,
+    signed: str,
+    body: PlanBody,
+    who: PlanTrust,
+    *,
+    deployed: tuple[datetime | None, Mapping[str, Any]],
+    report: Report,
+) -> None:
+    """A stored plan signature must be by the plan key (or a trusted key), valid when it says
+    it signed, no later than the plan was deployed, name this plan, and be the one its
+    ``plan.deployed`` entry describes (time, signer, printed name, meaning)."""
     try:
-        _, signatures = note.split_note(signed)
-        names = sorted({s.name for s in signatures} & trust.keys.keys())
-        if not names:
-            raise note.NoKnownSignature("signed by no trusted key")
-        claim = PlanClaim.parse(key_versions_check(names[0], trust.keys[names[0]])(signed.encode()))
+        claim = _claim(signed, who)
     except (VerificationError, KeyStoreError) as exc:
         report.add(label, f"its signature does not verify ({exc})")
         return
-    if (claim.device, claim.digest) != (body["device"]["id"], body["digest"]):
+    when, recorded = deployed
+    described = {k: recorded[k] for k in DESCRIBED if k in recorded}
+    if (claim.device, claim.digest) != (body.device.id, body.digest):
         report.add(label, f"its signature is of another plan ({claim.device} {claim.digest})")
+    elif when is not None and claim.signed_at > when + ROUNDING:
+        report.add(
+            label,
+            f"its signature says it was made at {claim.signed_at.isoformat()},"
+            f" after the plan was deployed ({when.isoformat()})",
+        )
+    elif described and described != _described(claim):
+        report.add(
+            label,
+            f"its signature says {_described(claim)}, its plan.deployed entry {described}:"
+            " not the signature the plan was deployed with",
+        )
 
 
-def _check_deployed(plans: Mapping[str, dict[str, Any]], log: Log, report: Report) -> None:
+def _described(claim: PlanClaim) -> dict[str, str]:
+    """What a ``plan.deployed`` entry records of a plan signature (engine/store/store.py)."""
+    said = {"signed_at": rfc3339(claim.signed_at)}
+    if claim.signer is not None:
+        s = claim.signer
+        said |= {"signer": s.principal, "name": s.name, "meaning": s.meaning}
+    return said
+
+
+def _claim(signed: str, who: PlanTrust) -> PlanClaim:
+    _, signatures = note.split_note(signed)
+    candidates = {s.name for s in signatures} & who.trust.keys.keys()
+    names = sorted(candidates if who.key is None else candidates & {who.key})
+    if not names:
+        wanted = f"not signed by the plan key {who.key}" if who.key else "signed by no trusted key"
+        raise note.NoKnownSignature(wanted)
+    return PlanClaim.parse(key_versions_check(names[0], who.trust.keys[names[0]])(signed.encode()))
+
+
+def _check_deployed(
+    plans: Mapping[str, PlanBody], deployed: Mapping[str, datetime | None], report: Report
+) -> None:
     """Every plan a ``plan.deployed`` entry names is stored, and every stored plan was deployed."""
-    deployed = {e.payload.get("digest") for e in log.of_kind("plan.deployed")}
-    for digest in sorted(deployed - plans.keys(), key=str):
+    for digest in sorted(deployed.keys() - plans.keys(), key=str):
         report.add(f"plan {digest}", "deployed (audit log) but not in the store")
-    for digest in sorted(plans.keys() - deployed):
+    for digest in sorted(plans.keys() - deployed.keys()):
         report.add(f"plan {digest}", "in the store but never deployed (no audit entry)")

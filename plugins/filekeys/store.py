@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,19 +91,31 @@ class FileKeyStore:
     def signer(self, name: str, at: datetime) -> Ed25519PrivateKey:
         return self._private(version_at(self.versions(name), at))
 
-    def generate(self, name: str, valid_for: timedelta | None = None) -> KeyVersion:
+    def generate(
+        self,
+        name: str,
+        valid_for: timedelta | None = None,
+        created_by: Mapping[str, Any] | None = None,
+    ) -> KeyVersion:
         check_key_name(name)
         with self._locked():
             if self._meta_path(name).exists():
                 raise KeyStoreError(f"key {name} exists in {self.folder}; rotate it instead")
             secret = self.passphrase.get(confirm=True)
             now = self.clock()
-            version = self._new_version(name, 1, now, valid_for, secret)
+            version = self._new_version(
+                name, 1, now, valid_for, secret=secret, created_by=created_by
+            )
             self._write_metadata(name, valid_for, [version])
         self.events.emit("generated", version, now)
         return version
 
-    def rotate(self, name: str, valid_for: timedelta | None = None) -> KeyVersion:
+    def rotate(
+        self,
+        name: str,
+        valid_for: timedelta | None = None,
+        created_by: Mapping[str, Any] | None = None,
+    ) -> KeyVersion:
         with self._locked():
             meta = self._metadata(name)
             old = self.versions(name)
@@ -112,8 +124,9 @@ class FileKeyStore:
             now = self.clock()
             retired = _retire(current, now)
             period = valid_for if valid_for is not None else _period(meta)
+            secret = self.passphrase.get(confirm=True)
             new = self._new_version(
-                name, current.version + 1, now, period, self.passphrase.get(confirm=True)
+                name, current.version + 1, now, period, secret=secret, created_by=created_by
             )
             self._write_metadata(name, _period(meta), [*old[:-1], retired, new])
         if retired != current:
@@ -141,7 +154,14 @@ class FileKeyStore:
         return key
 
     def _new_version(
-        self, name: str, number: int, now: datetime, valid_for: timedelta | None, secret: bytes
+        self,
+        name: str,
+        number: int,
+        now: datetime,
+        valid_for: timedelta | None,
+        *,
+        secret: bytes,
+        created_by: Mapping[str, Any] | None,
     ) -> KeyVersion:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(secret))
@@ -152,7 +172,7 @@ class FileKeyStore:
         self._unlocked[name, number] = key
         public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         until = None if valid_for is None else now + valid_for
-        return KeyVersion(name, number, public, now, until, now)
+        return KeyVersion(name, number, public, now, until, now, created_by)
 
     # --- files ---------------------------------------------------------------------------
 
@@ -219,6 +239,7 @@ def _retire(version: KeyVersion, now: datetime) -> KeyVersion:
         version.not_before,
         now,
         version.created_at,
+        version.created_by,
     )
 
 

@@ -265,7 +265,7 @@ def rig(converge_project: ProjectBuilder) -> Rig:
     return Rig(outcome.plan_body("plc"), device)
 
 
-def run(main: Callable[[], Awaitable[T]], timeout: float = 10) -> T:
+def run(main: Callable[[], Awaitable[T]], timeout: float = 60) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(main(), timeout)
 
@@ -336,11 +336,16 @@ def test_readings_carry_the_send_time_and_the_scheduled_slot(rig):
 
 
 def test_values_are_refreshed_while_serving(rig):
+    async def ticks(session: ModbusSession) -> Any:
+        return values(await read(session, rig.group("TICKS")))["TICKS"]
+
     async def main() -> tuple[Any, Any]:
         async with serving(rig) as (_, session):
-            first = values(await read(session, rig.group("TICKS")))["TICKS"]
-            await asyncio.sleep(0.35)
-            return first, values(await read(session, rig.group("TICKS")))["TICKS"]
+            first = second = await ticks(session)
+            while second < first + 2:  # two refreshes later (run() bounds the wait)
+                await asyncio.sleep(0.05)
+                second = await ticks(session)
+            return first, second
 
     first, second = run(main)
     assert second >= first + 2

@@ -127,4 +127,7 @@ def _principal(doc: Document, index: int) -> Principal:
         kind=raw["kind"],
         roles=tuple(sorted(set(raw.get("roles") or ()))),
         location=doc.at(("principals", index)),
+        name=raw.get("name"),
+        os_users=tuple(raw.get("os_users") or ()),
+        certificates=tuple(raw.get("certificates") or ()),
     )

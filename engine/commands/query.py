@@ -1,0 +1,127 @@
+"""``converge query``: records through the access guard, each with its batch and its verdict.
+
+The guard decides before anything is read, and the decision is an audit
+entry whether it allows or denies (docs/access.md). Readings and gap records
+of the allowed points come out in batch order as a table, CSV or JSON Lines,
+each with its batch, its position in it and whether that batch verifies on
+its own under the trusted keys. Points the principal may not read are
+refused on standard error with the reason; the exit code is then 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.access import Question, ask, record
+from engine.access.data import COLUMNS, Range, records
+from engine.access.guard import Decision
+from engine.commands.options import (
+    Handler,
+    Subparsers,
+    add_as,
+    add_db,
+    add_principals,
+    add_range,
+    add_trust,
+    principal_of,
+    principals_of,
+    trust_of,
+)
+from engine.errors import ConvergeError
+from engine.sign.leaf import instant
+from engine.store.store import Store
+
+
+def register(commands: Subparsers) -> None:
+    parser = commands.add_parser("query", help="records through the access guard")
+    parser.add_argument("ref", metavar="DEVICE[/POINT]")
+    add_db(parser)
+    add_principals(parser)
+    add_as(parser)
+    add_range(parser)
+    add_trust(parser)
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    handler: Handler = run
+    parser.set_defaults(handler=handler)
+
+
+def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    device, _, point = args.ref.partition("/")
+    if args.start and args.end and args.end <= args.start:
+        raise ConvergeError("--to must be after --from")
+    resolver = principals_of(args, pm)
+    question = Question(
+        principal_of(args), "read", [device], [point] if point else None, args.start, args.end
+    )
+    trust = trust_of(args, pm)
+    with Store.open_existing(args.db) as store:
+        with store.reading() as conn:
+            decision = ask(conn, resolver, question)
+        record(store, decision)  # before anything is read, allowed or not
+        span = Range(
+            instant(args.start) if args.start else None, instant(args.end) if args.end else None
+        )
+        with store.reading() as conn:
+            render(console, args.format, records(conn, decision, span, trust))
+    return refused(decision)
+
+
+def refused(decision: Decision) -> int:
+    """Say on standard error why each denied point was refused; 3 if any was, else 0."""
+    if not decision.points:
+        print(
+            f"converge: refused: no plan names device {decision.request.targets or '?'}",
+            file=sys.stderr,
+        )
+        return 3
+    for point in decision.denied:
+        print(
+            f"converge: refused: {decision.request.principal} may not read {point.device}/"
+            f"{point.point}: {point.reason} (decision {decision.id})",
+            file=sys.stderr,
+        )
+    return 3 if decision.denied else 0
+
+
+def render(console: Console, form: str, rows: Iterable[dict[str, Any]]) -> None:
+    if form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows([_cell(row[c]) for c in COLUMNS] for row in rows)
+    elif form == "json":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        table = Table(title_justify="left")
+        for column in ("time", "point", "value", "quality / reason", "batch", "verified"):
+            table.add_column(column)
+        for row in rows:
+            said = row["quality"] if row["type"] == "reading" else f"gap: {row['reason']}"
+            table.add_row(
+                row["time"],
+                escape(row["point"]),
+                escape(str(row["value"])),
+                escape(str(said)),
+                str(row["batch"]),
+                _cell(row["batch_verified"]),
+            )
+        console.print(table)
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: empty for None, ``true``/``false`` for booleans."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value

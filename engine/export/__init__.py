@@ -1,0 +1,116 @@
+"""Stage export: an auditor's bundle of the evidence, and the one-file verifier shipped in it.
+
+- :mod:`~engine.export.bundle`: gathers what a bundle holds and writes the zip;
+- :mod:`~engine.export.verifier`: checks a bundle offline with nothing but the
+  standard library and ``cryptography``; ``converge verify`` runs it, and every
+  bundle carries it as ``verify.py``.
+
+:func:`export` is the whole job: the guard decides the export (``access.export``
+grants only; the decision is an audit entry), a checkpoint signed by the log's
+key covers that decision, then the bundle is gathered, described by a manifest
+and signed by the same key. docs/bundle.md specifies every member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from engine import audit
+from engine.access import Range, record
+from engine.access.guard import Decision
+from engine.audit import seal_with
+from engine.errors import AccessDenied
+from engine.export import bundle, verifier
+from engine.keys import KeyStore
+from engine.sign.leaf import instant
+from engine.sign.note import sign_note
+from engine.store import reads
+from engine.store.store import Store
+
+Report = Callable[[Store, Decision], bytes]
+"""Renders the bundle's ``report.html`` for an export decision."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: the decision, how many records and batches, where."""
+
+    decision: Decision
+    records: int
+    batches: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a bundle goes, how its report is made, and which keys its trust file says sign
+    plans."""
+
+    out: Path
+    report: Report
+    plan_keys: tuple[str, ...] = ()
+
+
+def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Target) -> Exported:
+    """Record ``decision``, and when it allows anything, write its bundle to ``to.out``."""
+    record(store, decision)
+    if not decision.allowed:
+        raise AccessDenied(_refusals(decision))
+    seal = seal_with(keys, store.audit_key, datetime.now(UTC))
+    store.checkpoint(seal.sign, seal.at)
+    with store.reading() as conn:
+        origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
+        size = max(row.size for row in reads.checkpoints(conn))
+        asked = bundle.Request(decision, span, origin, store.audit_key, _public(keys), to.plan_keys)
+        gathered = bundle.gather(conn, asked, size)
+    gathered.members["report.html"] = to.report(store, decision)
+    gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
+    said = bundle.manifest(gathered, _about(decision, span, origin, store.audit_key))
+    note = _sign_manifest(said, origin, keys, store.audit_key)
+    bundle.write_zip(
+        to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
+    )
+    return Exported(decision, gathered.records, len(gathered.batches), to.out)
+
+
+def _refusals(decision: Decision) -> str:
+    said = "; ".join(f"{p.device}/{p.point}: {p.reason}" for p in decision.denied[:5])
+    return f"{decision.request.principal} may export nothing asked ({said}; decision {decision.id})"
+
+
+def _public(keys: KeyStore) -> list[Any]:
+    return [v for name in keys.names() for v in keys.versions(name)]
+
+
+def _about(decision: Decision, span: Range, origin: str, audit_key: str) -> dict[str, Any]:
+    """What the manifest says of the export itself."""
+    return {
+        "principal": decision.request.principal,
+        "decision": decision.id,
+        "from": span.start,
+        "to": span.end,
+        "points": [f"{p.device}/{p.point}" for p in decision.allowed],
+        "refused": [f"{p.device}/{p.point}" for p in decision.denied],
+        "exported_at": instant(decision.at),
+        "converge": version("converge"),
+        "origin": origin,
+        "audit_key": audit_key,
+    }
+
+
+def _sign_manifest(manifest: bytes, origin: str, keys: KeyStore, audit_key: str) -> bytes:
+    """``manifest.sig``: a C2SP signed note by the log's key under the log's origin, whose text
+    names the format, the origin, the manifest's SHA-256 and when it was signed."""
+    seal = seal_with(keys, audit_key, datetime.now(UTC))
+    text = (f"{verifier.FORMAT}\n{origin}\nsha256:{hashlib.sha256(manifest).hexdigest()}"
+            f"\n{audit.time_line(seal.at)}\n")  # fmt: skip
+    return sign_note(text, origin, keys.signer(audit_key, seal.at)).encode()
+
+
+__all__ = ["Exported", "Report", "Target", "export"]

@@ -1,0 +1,259 @@
+"""Writing an audit bundle: the records an export decision allows, and everything that proves them.
+
+The layout and every byte format are docs/bundle.md's; :mod:`engine.export.verifier`
+(shipped in the bundle as ``verify.py``) is the check. This module gathers from
+the store, under one read transaction after the export's decision and its
+checkpoint have been written: the records, their batches (whole, or each
+record's inclusion proof), the plans in force, the audit entries of those
+batches, plans and the export itself (each with a C2SP tlog-proof under the
+latest checkpoint), the checkpoints of the range with a consistency proof each
+to the latest, the public keys, and the deletion receipts and holds of the
+range (reserved until retention lands). Members are written sorted, with
+fixed zip times, so the zip's structure does not depend on when it is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from engine import audit
+from engine.access.data import Range
+from engine.access.guard import Decision
+from engine.canonical import canonical_json
+from engine.export import verifier
+from engine.keys import KeyVersion
+from engine.sign.leaf import instant
+from engine.sign.merkle import MerkleTree
+from engine.sign.note import Checkpoint, split_note
+from engine.store import data, reads
+from engine.store.data import StoredBatch
+from engine.store.tables import PLANS
+
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+"""Every member's zip time: a bundle's bytes do not depend on when it was written."""
+TLOG_PROOF = "c2sp.org/tlog-proof@v1"
+
+
+@dataclass
+class Gathered:
+    """What a bundle holds, as member names and bytes, plus what the manifest names."""
+
+    members: dict[str, bytes] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
+    records: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to export: the decision (its allowed points), the range, the signed log state."""
+
+    decision: Decision
+    span: Range
+    origin: str
+    audit_key: str
+    keys: Sequence[KeyVersion]
+    plan_keys: Sequence[str] = ()
+
+
+def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
+    """Every member but the manifest, its signature, the report and ``verify.py``."""
+    out = Gathered()
+    entries = [(seq, raw) for seq, _, _, raw in reads.audit_entries(conn)][:checkpoint_size]
+    tree = MerkleTree(verifier.leaf_hash(raw) for _, raw in entries)
+    wanted: set[int] = {_decision_seq(entries, request.decision.id)}
+    _records(conn, request, out, wanted)
+    _plans(conn, out, entries, wanted)
+    kept = _checkpoints(conn, request, tree)
+    out.members[verifier.ENTRIES] = _entries(entries, wanted, tree, kept[-1][1])
+    out.members[verifier.CHECKPOINTS] = json.dumps([note for _, note in kept], indent=1).encode()
+    out.members[verifier.CONSISTENCY] = json.dumps(
+        [
+            {"size": size, "proof": _b64(tree.consistency_proof(size))}
+            for size, _ in kept
+            if size < tree.size
+        ]
+    ).encode()
+    logs = {request.origin: request.audit_key}
+    out.members[verifier.KEYS] = trust_file(request.keys, logs, request.plan_keys)
+    out.members[verifier.RETENTION] = canonical_json({"receipts": [], "holds": []})
+    return out
+
+
+def trust_file(keys: Iterable[KeyVersion], logs: dict[str, str], plan_keys: Iterable[str]) -> bytes:
+    """A trust file (docs/bundle.md): these key versions, each for its validity window; the key
+    of each audit log, by origin; the keys that sign plans."""
+    return json.dumps(
+        {
+            "format": verifier.TRUST_FORMAT,
+            "logs": [{"origin": origin, "key": key} for origin, key in sorted(logs.items())],
+            "plan_keys": sorted(plan_keys),
+            "keys": [k.as_dict() for k in keys],
+        },
+        indent=1,
+    ).encode()
+
+
+def _decision_seq(entries: Sequence[tuple[int, bytes]], decision: str) -> int:
+    needle = f'"decision":"{decision}"'.encode()
+    return next(seq for seq, raw in reversed(entries) if needle in raw)
+
+
+def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]) -> None:
+    """records.jsonl, records.csv and a member per batch that holds an exported record."""
+    lines, rows = [], [",".join(verifier.CSV_COLUMNS).encode() + b"\n"]
+    for batch, picked in _picked(conn, request):
+        out.batches.append(batch.id)
+        wanted.add(batch.entry_seq)
+        for position, leaf, row in picked:
+            lines.append(b'{"batch":%d,"position":%d,"leaf":%s}\n' % (batch.id, position, leaf))
+            rows.append(row)
+        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked)
+        if batch.plan_digest not in out.plans:
+            out.plans.append(batch.plan_digest)
+    out.records = len(lines)
+    out.members[verifier.RECORDS] = b"".join(lines)
+    out.members[verifier.RECORDS_CSV] = b"".join(rows)
+
+
+Picked = list[tuple[int, bytes, bytes]]
+"""The (position, leaf, CSV row) of each record a batch exports."""
+
+
+def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, Picked]]:
+    """Each batch of an allowed device in the range with the records it exports."""
+    allowed: dict[str, set[str]] = {}
+    for point in request.decision.allowed:
+        allowed.setdefault(point.device, set()).add(point.point)
+    for device, points in sorted(allowed.items()):
+        for batch in data.batches(conn, device, request.span.start, request.span.end):
+            picked = _exported(data.leaves(conn, batch.id), batch.id, points, request.span)
+            if picked:
+                yield batch, picked
+
+
+def _exported(
+    leaves: Iterable[tuple[int, bytes]], batch: int, points: set[str], span: Range
+) -> Picked:
+    """The records among a batch's leaves of ``points`` in ``span``. When few points are asked,
+    a leaf that does not name one is not read at all."""
+    needles = [b'"point":' + canonical_json(point) + b"," for point in points]
+    few = len(needles) <= FEW_POINTS
+    picked = []
+    for position, leaf in leaves:
+        if few and not any(needle in leaf for needle in needles):
+            continue
+        record = verifier.read_record(leaf, batch, position)
+        if record is not None and record.point in points and span.holds(record.time):
+            picked.append((position, leaf, record.csv))
+    return picked
+
+
+FEW_POINTS = 4
+"""Up to how many points of a device a leaf is searched for their names before it is read."""
+
+
+def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes:
+    """The batch: statement, signatures, its entry's seq, and (when not every record of it is
+    exported) each exported record's inclusion proof under its root."""
+    said: dict[str, Any] = {
+        "id": batch.id,
+        "statement": batch.statement.decode(),
+        "signatures": {key: sig.hex() for key, sig in sorted(batch.signatures.items())},
+        "entry": batch.entry_seq,
+    }
+    if len(picked) != batch.count:
+        tree = MerkleTree(verifier.leaf_hash(leaf) for _, leaf in data.leaves(conn, batch.id))
+        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p, _, _ in picked}
+    return canonical_json(said)
+
+
+def _plans(
+    conn: Connection, out: Gathered, entries: Sequence[tuple[int, bytes]], wanted: set[int]
+) -> None:
+    """Each plan in force (its bytes, its signature) and its ``plan.deployed`` entry."""
+    for digest in out.plans:
+        row = conn.execute(select(PLANS).where(PLANS.c.digest == digest)).one()
+        name = f"plans/{digest.removeprefix('sha256:')}"
+        out.members[f"{name}.json"] = reads.as_bytes(row.body)
+        if row.signature is not None:
+            out.members[f"{name}.sig"] = row.signature.encode()
+        needle = f'"digest":"{digest}"'.encode()
+        wanted.update(seq for seq, raw in entries if b'"plan.deployed"' in raw and needle in raw)
+
+
+def _entries(
+    entries: Sequence[tuple[int, bytes]], wanted: set[int], tree: MerkleTree, latest: str
+) -> bytes:
+    """log/entries.jsonl: each wanted entry with its C2SP tlog-proof: the inclusion proof under
+    the latest checkpoint, and that checkpoint's signed note."""
+    lines = []
+    for seq in sorted(wanted):
+        raw = entries[seq][1]
+        hashes = _b64(tree.inclusion_proof(seq))
+        proof = "\n".join([TLOG_PROOF, f"index {seq}", *hashes, "", latest])
+        lines.append(b'{"seq":%d,"proof":%s,"entry":%s}\n' % (seq, json.dumps(proof).encode(), raw))
+    return b"".join(lines)
+
+
+def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> list[tuple[int, str]]:
+    """The checkpoints (size, signed note) signed in the range, and the latest, last."""
+    kept: list[tuple[int, str]] = []
+    for row in reads.checkpoints(conn):
+        if row.size > tree.size:
+            continue
+        at = audit.signed_time(Checkpoint.from_text(split_note(row.note)[0]))
+        moment = None if at is None else instant(at)
+        if row.size == tree.size or (moment is not None and request.span.holds(moment)):
+            kept.append((row.size, row.note))
+    return sorted(kept, key=lambda kept: kept[0])
+
+
+def _b64(hashes: Iterable[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+# --- the zip ------------------------------------------------------------------------------
+
+
+def manifest(gathered: Gathered, said: dict[str, Any]) -> bytes:
+    """The manifest (RFC 8785): what was asked and by whom, and every member's SHA-256."""
+    files = {
+        name: "sha256:" + hashlib.sha256(body).hexdigest()
+        for name, body in sorted(gathered.members.items())
+    }
+    return canonical_json(
+        {
+            **said,
+            "format": verifier.FORMAT,
+            "files": files,
+            "batches": gathered.batches,
+            "plans": gathered.plans,
+            "records": gathered.records,
+        }
+    )
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> None:
+    """The members, sorted, with fixed times and modes, deflated; written to ``path``
+    atomically (a temporary file beside it, renamed)."""
+    partial = path.with_name(f".{path.name}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            out.writestr(info, members[name])
+    partial.replace(path)
+
+
+__all__ = ["Gathered", "Request", "gather", "manifest", "trust_file", "write_zip"]

@@ -1,0 +1,1234 @@
+#!/usr/bin/env python3
+"""verify.py: check a Converge audit bundle offline, trusting nothing in it but signatures.
+
+    python verify.py BUNDLE.zip [--trust KEYS.json] [--format text|json]
+
+Needs Python 3.11 and the ``cryptography`` package, nothing else: no database,
+no Converge. It checks every member's SHA-256 against the signed manifest,
+every record's leaf against its batch (the whole batch's root, or the record's
+inclusion proof), every batch statement's signatures by the keys its plan
+requires with versions valid when its audit entry says it was stored, every
+plan's digest and signature, every audit entry's inclusion under the latest
+checkpoint, every checkpoint's signature by the log's key at the time it
+states and its consistency with the latest, and that the manifest is signed
+by the log's key. The layout and every byte format are in docs/bundle.md.
+
+``KEYS.json`` is the auditor's trust file (``converge keys trust`` writes one):
+the public key versions trusted, each for its validity window, which key signs
+which audit log (its origin), and which keys sign plans. The bundle never
+decides who is trusted: its manifest names a log, and only the key the trust
+file names for that log may sign the manifest and the checkpoints. Without
+``--trust`` the bundle's own ``keys.json`` is used, and the verdict says so:
+that proves the bundle consistent, not where it came from.
+
+Exit code 0 when everything verifies, 1 otherwise; every failure is one line
+naming the member, record, batch, entry or checkpoint. A hostile zip (a bomb,
+paths outside, links, duplicate names, a truncated file) is refused with a
+named verdict; nothing is ever written to disk.
+
+This file is the same code that ``converge verify`` runs, shipped in every
+bundle, so the two give the same verdicts and messages. It is self-contained
+on purpose: it repeats the RFC 9162 proof checks and the signed-note parsing
+that Converge's engine has, because an auditor must be able to read it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+FORMAT = "converge.bundle/v1"
+MANIFEST, SIGNATURE, KEYS = "manifest.json", "manifest.sig", "keys.json"
+RECORDS, RECORDS_CSV = "records.jsonl", "records.csv"
+CHECKPOINTS, CONSISTENCY, ENTRIES = (
+    "log/checkpoints.json",
+    "log/consistency.json",
+    "log/entries.jsonl",
+)
+RETENTION = "retention.json"
+VERIFIER = "verify.py"
+TRUST_FORMAT = "converge.trust/v1"
+CSV_COLUMNS = (
+    "device",
+    "point",
+    "type",
+    "time",
+    "value",
+    "quality",
+    "reason",
+    "detail",
+    "collected_at",
+    "scheduled_at",
+    "source_at",
+    "raw_code",
+    "batch",
+    "position",
+)
+
+MAX_MEMBERS = 100_000
+MAX_MEMBER_BYTES = 4 << 30
+MAX_TOTAL_BYTES = 16 << 30
+MAX_RATIO = 200
+"""Bounds of a bundle read: members, bytes of one member and of all, and how much a member,
+or the whole zip, may expand (a zip bomb expands by thousands; one of overlapping members
+expands little per member, a lot in all)."""
+MAX_JSON_BYTES = 256 << 20
+"""The largest member read whole as JSON (the manifest, keys, checkpoints, a batch)."""
+MAX_LINE_BYTES = 16 << 20
+"""The longest line of a streamed member (records, entries, the CSV)."""
+
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+"""What reading a hostile member's JSON as the documented shape may raise."""
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_LINE = re.compile(rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(\{.*\})\}')
+_TIME = re.compile(r"time (0|[1-9][0-9]{0,11})")
+
+
+@dataclass
+class Verdict:
+    """Every problem found (item, message), and what the reader should know besides."""
+
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fail(self, item: str, message: str) -> None:
+        self.problems.append((item, message))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "counts": self.counts,
+            "notes": self.notes,
+            "problems": [{"item": i, "message": m} for i, m in self.problems],
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"FAIL {item}: {message}" for item, message in self.problems]
+        out += [f"note: {note}" for note in self.notes]
+        counted = ", ".join(f"{n:,} {what}" for what, n in self.counts.items())
+        out.append(("verified" if self.ok else f"{len(self.problems)} problems") + f": {counted}")
+        return out
+
+
+class Refused(Exception):
+    """A bundle that is not read at all: its zip is hostile or broken."""
+
+    def __init__(self, item: str, message: str) -> None:
+        super().__init__(f"{item}: {message}")
+        self.item, self.message = item, message
+
+
+# --- reading the zip safely -------------------------------------------------------------
+
+
+class Bundle:
+    """A bundle's members, read from the zip on demand with every bound checked; in memory."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            size = os.stat(path).st_size
+            self.zip = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise Refused(path, f"not a readable zip file ({exc})") from None
+        self.members = self._check_members(self.zip.infolist(), size)
+
+    @staticmethod
+    def _check_members(infos: list[zipfile.ZipInfo], size: int) -> dict[str, zipfile.ZipInfo]:
+        if len(infos) > MAX_MEMBERS:
+            raise Refused("zip", f"{len(infos)} members, more than {MAX_MEMBERS}")
+        members: dict[str, zipfile.ZipInfo] = {}
+        total = 0
+        for info in infos:
+            name = info.filename
+            _check_name(name, info)
+            if name in members:
+                raise Refused(name, "the zip holds two members of this name")
+            total += info.file_size
+            if info.file_size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
+                raise Refused(name, "larger than a bundle member may be")
+            if info.file_size > MAX_RATIO * max(info.compress_size, 1) + 4096:
+                raise Refused(name, f"expands {info.file_size}/{info.compress_size} times: a bomb")
+            members[name] = info
+        if total > MAX_RATIO * size + (1 << 20):
+            raise Refused("zip", f"its members expand to {total} bytes from {size}: a bomb")
+        return members
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def read(self, name: str) -> bytes:
+        """A member's bytes, never more than the zip says it holds (nor :data:`MAX_JSON_BYTES`)."""
+        info = self.members[name]
+        if info.file_size > MAX_JSON_BYTES:
+            raise Refused(name, f"{info.file_size} bytes, more than a member read whole may be")
+        try:
+            with self.zip.open(info) as member:
+                data = member.read(info.file_size + 1)
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise Refused(name, f"cannot be read ({exc})") from None
+        if len(data) != info.file_size:
+            raise Refused(name, "holds more than the zip says")
+        return data
+
+    def lines(self, name: str) -> Iterator[bytes]:
+        """A member's lines (without their newline), streamed, each bounded."""
+        info = self.members[name]
+        try:
+            with self.zip.open(info) as member:
+                rest = b""
+                while chunk := member.read(1 << 20):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    if len(rest) > MAX_LINE_BYTES:
+                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+                    yield from lines
+                if rest:
+                    yield rest
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise Refused(name, f"cannot be read ({exc})") from None
+
+    def digest(self, name: str) -> str:
+        sha = hashlib.sha256()
+        info = self.members[name]
+        try:
+            with self.zip.open(info) as member:
+                while chunk := member.read(1 << 20):
+                    sha.update(chunk)
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise Refused(name, f"cannot be read ({exc})") from None
+        return "sha256:" + sha.hexdigest()
+
+
+def _check_name(name: str, info: zipfile.ZipInfo) -> None:
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0] or "" in parts:
+        raise Refused(name, "a member path outside the bundle (absolute, .. or empty parts)")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise Refused(name, "a symbolic link")
+    if info.is_dir():
+        raise Refused(name, "a folder entry (a bundle holds files only)")
+
+
+# --- RFC 9162 Merkle trees ----------------------------------------------------------------
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def tree_root(hashes: Sequence[bytes]) -> bytes:
+    """The RFC 9162 root of leaf hashes (an odd last node rises unchanged)."""
+    level = list(hashes)
+    if not level:
+        return hashlib.sha256(b"").digest()
+    while len(level) > 1:
+        nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def inclusion_root(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes | None:
+    """The root an RFC 9162 §2.1.3.2 inclusion proof implies, or None when it cannot."""
+    if not 0 <= index < size:
+        return None
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            r = _node(p, r)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = _node(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return r if sn == 0 else None
+
+
+def consistent(size1: int, size2: int, root1: bytes, root2: bytes, proof: Sequence[bytes]) -> bool:
+    """RFC 9162 §2.1.4.2: whether (size2, root2) extends (size1, root1) by ``proof``."""
+    if size1 > size2:
+        return False
+    if size1 == size2:
+        return not proof and root1 == root2
+    if size1 == 0:
+        return not proof and root1 == hashlib.sha256(b"").digest()
+    if not proof:
+        return False
+    path = [root1, *proof] if size1 & (size1 - 1) == 0 else list(proof)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _node(c, fr), _node(c, sr)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr == root1 and sr == root2 and sn == 0
+
+
+# --- keys and signed notes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One trusted public key version: valid from ``not_before`` until ``not_after``."""
+
+    name: str
+    version: int
+    key: Ed25519PublicKey
+    raw: bytes
+    not_before: datetime
+    not_after: datetime | None
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.not_before <= at and (self.not_after is None or at < self.not_after)
+
+    def note_key_id(self, name: str) -> bytes:
+        """The signed-note key ID of this key under ``name`` (C2SP signed-note)."""
+        return hashlib.sha256(name.encode() + b"\n\x01" + self.raw).digest()[:4]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the auditor trusts: key versions by name, the key of each audit log (by origin),
+    and the keys that sign plans (none named: a plan's signature, if any, may be any key's)."""
+
+    keys: dict[str, list[KeyVersion]]
+    logs: dict[str, str]
+    plan_keys: frozenset[str]
+
+
+def read_trust(data: bytes, source: str) -> Trust:
+    """A trust file (docs/bundle.md): ``{"format": "converge.trust/v1", "logs": [{"origin",
+    "key"}], "plan_keys": [names], "keys": [{"name", "version", "public_key" (base64),
+    "not_before", "not_after"}]}``, as ``converge keys trust`` writes it."""
+    said = _json(data, source)
+    try:
+        if said.get("format") != TRUST_FORMAT:
+            raise ValueError(f"its format is not {TRUST_FORMAT}")
+        logs = {str(log["origin"]): str(log["key"]) for log in said["logs"]}
+        keys: dict[str, list[KeyVersion]] = {}
+        for item in said["keys"]:
+            version = _key_version(item)
+            keys.setdefault(version.name, []).append(version)
+        return Trust(keys, logs, frozenset(str(name) for name in said.get("plan_keys", [])))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise Refused(source, f"not a trust file ({exc})") from None
+
+
+def _key_version(item: dict[str, Any]) -> KeyVersion:
+    raw = base64.b64decode(item["public_key"], validate=True)
+    until = item["not_after"]
+    return KeyVersion(
+        str(item["name"]),
+        int(item["version"]),
+        Ed25519PublicKey.from_public_bytes(raw),
+        raw,
+        _aware(item["not_before"]),
+        None if until is None else _aware(until),
+    )
+
+
+def _aware(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment
+
+
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes, bytes]]] | None:
+    """(text, [(key name, key ID, signature)]) of a C2SP signed note, or None if malformed."""
+    text, sep, rest = note.partition("\n\n")
+    if not sep or not text or not rest.endswith("\n"):
+        return None
+    signatures = []
+    for line in rest[:-1].split("\n"):
+        head, space, blob = line.removeprefix("\u2014 ").rpartition(" ")
+        if not line.startswith("\u2014 ") or not space or not head:
+            return None
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except ValueError:
+            return None
+        if len(raw) != 68:
+            return None
+        signatures.append((head, raw[:4], raw[4:]))
+    return text + "\n", signatures
+
+
+def signed_by(
+    note: str, name: str, versions: Sequence[KeyVersion]
+) -> tuple[str, KeyVersion] | None:
+    """The note's text and the version of ``versions`` whose signature under ``name`` verifies."""
+    split = split_note(note)
+    if split is None:
+        return None
+    text, signatures = split
+    for signer, key_id, signature in signatures:
+        for version in versions:
+            if signer == name and key_id == version.note_key_id(name):
+                try:
+                    version.key.verify(signature, text.encode())
+                except InvalidSignature:
+                    continue
+                return text, version
+    return None
+
+
+# --- the checks --------------------------------------------------------------------------
+
+
+def verify(path: str, trust: bytes | None = None) -> Verdict:
+    """Check the bundle at ``path`` against ``trust`` (a trust file's bytes), else its own keys."""
+    verdict = Verdict()
+    try:
+        bundle = Bundle(path)
+        _verify(bundle, trust, verdict)
+    except Refused as exc:
+        verdict.fail(exc.item, f"refused: {exc.message}")
+    except MALFORMED as exc:
+        verdict.fail("bundle", f"refused: malformed ({type(exc).__name__}: {exc})")
+    return verdict
+
+
+def _safely(check: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | str:
+    """``check``'s result, or what was malformed in its (hostile) input: a bundle's JSON may
+    hold any type where a member is expected, and that must be a verdict, never a crash."""
+    try:
+        return check(*args, **kwargs)
+    except MALFORMED as exc:
+        return f"malformed ({type(exc).__name__}: {exc})"
+
+
+def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
+    for name in (MANIFEST, SIGNATURE, KEYS):
+        if not bundle.has(name):
+            raise Refused(name, "missing: this is not a Converge bundle")
+    manifest = _json(bundle.read(MANIFEST), MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise Refused(MANIFEST, f"not a {FORMAT} manifest")
+    trusted = (
+        read_trust(trust, "trust") if trust is not None else read_trust(bundle.read(KEYS), KEYS)
+    )
+    if trust is None:
+        verdict.notes.append(
+            "the keys came from the bundle itself (keys.json): this proves the"
+            " bundle consistent, not who made it; pass --trust KEYS.json"
+        )
+    log = _log_key(manifest, trusted, verdict)
+    _check_manifest(bundle, manifest, log, verdict)
+    checkpoints = _check_checkpoints(bundle, log, verdict)
+    entries = _check_entries(bundle, checkpoints, verdict)
+    plans = _check_plans(bundle, manifest, trusted, entries, verdict)
+    ctx = Context(plans, entries, trusted.keys, sorted(checkpoints.values(), key=lambda c: c.size))
+    batches = _check_batches(bundle, manifest, ctx, verdict)
+    _check_records(bundle, manifest, batches, verdict)
+    _check_export(manifest, entries, verdict)
+    _check_retention(bundle, verdict)
+    _note_verifier(bundle, verdict)
+
+
+def _json(data: bytes, item: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise Refused(item, f"not JSON ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LogKey:
+    """The bundle's log (the manifest's origin) and the trusted versions of the key the trust
+    file names for it: the manifest never chooses the key that signs it."""
+
+    name: str
+    origin: str
+    versions: list[KeyVersion]
+
+
+def _log_key(manifest: dict[str, Any], trust: Trust, verdict: Verdict) -> LogKey:
+    origin = str(manifest.get("origin"))
+    name = trust.logs.get(origin)
+    if name is None:
+        verdict.fail(MANIFEST, f"its audit log {origin} is not a log the trust file names")
+        return LogKey("(none)", origin, [])
+    if manifest.get("audit_key") != name:
+        verdict.fail(MANIFEST, f"names the key {manifest.get('audit_key')} for its log, not {name}")
+    if not trust.keys.get(name):
+        verdict.fail(MANIFEST, f"its log's key {name} has no trusted version")
+    return LogKey(name, origin, trust.keys.get(name, []))
+
+
+def _check_manifest(
+    bundle: Bundle, manifest: dict[str, Any], log: LogKey, verdict: Verdict
+) -> None:
+    """The manifest is signed by the log's key; every member's digest is the one it lists."""
+    signed = signed_by(bundle.read(SIGNATURE).decode(errors="replace"), log.origin, log.versions)
+    want = f"{FORMAT}\n{log.origin}\nsha256:{hashlib.sha256(bundle.read(MANIFEST)).hexdigest()}\n"
+    if signed is None or not signed[0].startswith(want):
+        verdict.fail(SIGNATURE, f"not a signature of this manifest by {log.name}")
+    elif (at := _signed_time(signed[0])) is None or not signed[1].valid_at(at):
+        verdict.fail(SIGNATURE, f"signed by {log.name} v{signed[1].version} outside its validity")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise Refused(MANIFEST, "lists no files")
+    for name in sorted(set(bundle.members) - {MANIFEST, SIGNATURE} - set(listed)):
+        verdict.fail(name, "a member the manifest does not list")
+    for name, digest in sorted(listed.items()):
+        if not bundle.has(name):
+            verdict.fail(name, "listed in the manifest but missing")
+        elif bundle.digest(name) != digest:
+            verdict.fail(name, "changed: its SHA-256 is not the one the manifest lists")
+
+
+def _signed_time(text: str) -> datetime | None:
+    found = [line for line in text.split("\n") if _TIME.fullmatch(line)]
+    return datetime.fromtimestamp(int(found[0][5:]), UTC) if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    size: int
+    root: bytes
+    at: datetime
+
+
+def _check_checkpoints(bundle: Bundle, log: LogKey, verdict: Verdict) -> dict[str, Checkpoint]:
+    """Every checkpoint by the log's key, valid when it says it signed; each consistent with
+    the latest (and signed no later). The good ones, by their signed note's text."""
+    notes = _json(bundle.read(CHECKPOINTS), CHECKPOINTS) if bundle.has(CHECKPOINTS) else []
+    good: dict[str, Checkpoint] = {}
+    for index, note in enumerate(notes):
+        item = f"checkpoint {index} ({CHECKPOINTS})"
+        found = _safely(_checkpoint, str(note), log)
+        if isinstance(found, str):
+            verdict.fail(item, found)
+        else:
+            good[str(note)] = found
+    verdict.counts["checkpoints"] = len(good)
+    if not good:
+        verdict.fail(
+            CHECKPOINTS, "no checkpoint signed by the log's key: nothing signs the entries"
+        )
+        return good
+    latest = max(good.values(), key=lambda c: c.size)
+    proofs = _json(bundle.read(CONSISTENCY), CONSISTENCY) if bundle.has(CONSISTENCY) else []
+    _check_consistency(list(good.values()), latest, proofs, verdict)
+    return good
+
+
+def _checkpoint(note: str, log: LogKey) -> Checkpoint | str:
+    signed = signed_by(note, log.origin, log.versions)
+    if signed is None:
+        return f"not signed by the log's key {log.name} under origin {log.origin}"
+    text, version = signed
+    lines = text.split("\n")
+    at = _signed_time(text)
+    if len(lines) < 4 or lines[0] != log.origin or not lines[1].isdigit():
+        return "not a checkpoint of this log"
+    if at is None or not version.valid_at(at):
+        return f"signed by {log.name} v{version.version} outside its validity (or no time line)"
+    try:
+        root = base64.b64decode(lines[2], validate=True)
+    except ValueError:
+        return "its root hash is not base64"
+    return Checkpoint(int(lines[1]), root, at)
+
+
+def _check_consistency(
+    good: list[Checkpoint], latest: Checkpoint, proofs: Any, verdict: Verdict
+) -> None:
+    by_size = {int(p.get("size", -1)): p for p in proofs if isinstance(p, dict)}
+    for c in good:
+        item = f"checkpoint of size {c.size}"
+        if c.at > latest.at:
+            verdict.fail(item, f"signed after the latest checkpoint (size {latest.size})")
+        if c.size == latest.size:
+            if c.root != latest.root:
+                verdict.fail(item, "a fork: another root for the latest size")
+            continue
+        proof = _hashes(by_size.get(c.size, {}).get("proof"))
+        if proof is None or not consistent(c.size, latest.size, c.root, latest.root, proof):
+            verdict.fail(item, f"not proven consistent with the latest (size {latest.size})")
+
+
+def _hashes(listed: Any) -> list[bytes] | None:
+    """A list of base64 SHA-256 hashes, or None when it is not one."""
+    if not isinstance(listed, list):
+        return None
+    try:
+        found = [base64.b64decode(h, validate=True) for h in listed]
+    except (ValueError, TypeError):
+        return None
+    return found if all(len(h) == 32 for h in found) else None
+
+
+def _check_entries(
+    bundle: Bundle, checkpoints: dict[str, Checkpoint], verdict: Verdict
+) -> dict[int, dict[str, Any]]:
+    """Every audit entry, in the log under a checkpoint of the bundle (its tlog-proof); by seq."""
+    entries: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(bundle.lines(ENTRIES) if bundle.has(ENTRIES) else (), 1):
+        item = f"{ENTRIES}:{number}"
+        found = _safely(_entry, line, checkpoints)
+        if isinstance(found, str):
+            verdict.fail(item, found)
+            continue
+        entries[found["seq"]] = found
+    verdict.counts["audit entries"] = len(entries)
+    return entries
+
+
+_ENTRY = re.compile(rb'\{"seq":(0|[1-9][0-9]*),"proof":("(?:[^"\\]|\\.)*"),"entry":(\{.*\})\}')
+
+
+def _entry(line: bytes, checkpoints: dict[str, Checkpoint]) -> dict[str, Any] | str:
+    """A line ``{"seq":N,"proof":"<tlog-proof>","entry":<entry bytes>}``, checked: the entry
+    is entry N, in the log under the checkpoint its tlog-proof carries, one of the bundle's."""
+    parsed = _entry_line(line)
+    if isinstance(parsed, str):
+        return parsed
+    seq, raw, proof, entry = parsed
+    path = _tlog_proof(proof, seq)
+    if path is None:
+        return f"its tlog-proof is malformed or not for index {seq}"
+    hashes, note = path
+    checkpoint = checkpoints.get(note)
+    if checkpoint is None:
+        return "its tlog-proof's checkpoint is not a verified checkpoint of the bundle"
+    if inclusion_root(leaf_hash(raw), seq, checkpoint.size, hashes) != checkpoint.root:
+        return f"not in the log under its checkpoint (size {checkpoint.size})"
+    return entry
+
+
+def _entry_line(line: bytes) -> tuple[int, bytes, str, dict[str, Any]] | str:
+    match = _ENTRY.fullmatch(line)
+    if match is None:
+        return "not an entry line"
+    seq, raw = int(match[1]), match[3]
+    try:
+        proof, entry = json.loads(match[2]), json.loads(raw)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(entry, dict) or entry.get("seq") != seq:
+        return f"the entry is not entry {seq}"
+    if not (isinstance(entry.get("payload"), dict) and isinstance(entry.get("time"), str)):
+        return "not an audit entry (a payload and a time)"
+    return seq, raw, str(proof), entry
+
+
+def _tlog_proof(text: str, index: int) -> tuple[list[bytes], str] | None:
+    """The inclusion hashes and checkpoint note of a C2SP tlog-proof@v1 for ``index``."""
+    head, sep, note = text.partition("\n\n")
+    lines = head.split("\n")
+    if lines[1:2] and lines[1].startswith("extra "):
+        del lines[1]  # unauthenticated, and Converge writes none
+    if not sep or lines[:2] != ["c2sp.org/tlog-proof@v1", f"index {index}"]:
+        return None
+    try:
+        hashes = [base64.b64decode(line, validate=True) for line in lines[2:]]
+    except ValueError:
+        return None
+    return (hashes, note) if all(len(h) == 32 for h in hashes) else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    digest: str
+    device: str
+    required: tuple[str, ...]
+    waivers: frozenset[str]
+    """The signing waivers an unsigned batch of the plan names (each as :func:`_canon`)."""
+
+
+def _check_plans(
+    bundle: Bundle,
+    manifest: dict[str, Any],
+    trust: Trust,
+    entries: dict[int, dict[str, Any]],
+    verdict: Verdict,
+) -> dict[str, Plan]:
+    """Every plan: its bytes hash to its digest, it was deployed (an entry), and its signature
+    (required when the trust file names plan keys) is by a trusted key valid then, names it,
+    and was made no later than the plan was deployed."""
+    plans: dict[str, Plan] = {}
+    deployed = {
+        e["payload"].get("digest"): e for e in entries.values() if e.get("kind") == "plan.deployed"
+    }
+    for digest in manifest.get("plans", []):
+        name = f"plans/{str(digest).removeprefix('sha256:')}.json"
+        if not bundle.has(name):
+            verdict.fail(name, "missing")
+            continue
+        found = _safely(_plan, bundle.read(name), str(digest))
+        if isinstance(found, str):
+            verdict.fail(name, found)
+            continue
+        if digest not in deployed:
+            verdict.fail(name, "no plan.deployed entry of the bundle names it")
+        signature = name.removesuffix(".json") + ".sig"
+        entry = deployed.get(digest, {"payload": {}, "time": None})
+        said = entry["payload"].get("signed")
+        if isinstance(said, bool) and said != bundle.has(signature):
+            held = "a signature" if bundle.has(signature) else "no signature"
+            verdict.fail(name, f"its plan.deployed entry says signed: {str(said).lower()}, "
+                         f"the bundle holds {held}")  # fmt: skip
+        if bundle.has(signature):
+            signed = PlanSigned(found, entry, trust)
+            problem = _plan_signature_problem(bundle.read(signature), signed)
+            if problem:
+                verdict.fail(signature, problem)
+        elif trust.plan_keys:
+            verdict.fail(name, f"not signed, and plans must be signed by {_names(trust)}")
+        plans[found.digest] = found
+    if not trust.plan_keys and any(bundle.has(f"plans/{d}.sig") for d in _hexes(plans)):
+        verdict.notes.append(
+            "plans' signatures were checked against every trusted key: name the keys that"
+            " sign plans in the trust file (plan_keys) to require them"
+        )
+    verdict.counts["plans"] = len(plans)
+    return plans
+
+
+def _names(trust: Trust) -> str:
+    return " or ".join(sorted(trust.plan_keys))
+
+
+def _hexes(plans: dict[str, Plan]) -> list[str]:
+    return [digest.removeprefix("sha256:") for digest in plans]
+
+
+def _plan(data: bytes, digest: str) -> Plan | str:
+    """The plan of ``data`` if its digest is ``digest``: SHA-256 of its bytes without the
+    ``"digest":"…"`` member (and one comma beside it), the canonical form without it."""
+    member = f'"digest":"{digest}"'.encode()
+    if data.count(member) != 1:
+        return f"does not carry its digest {digest}"
+    comma = member + b"," if member + b"," in data else b"," + member
+    unsealed = data.replace(comma, b"", 1)
+    if "sha256:" + hashlib.sha256(unsealed).hexdigest() != digest:
+        return f"its bytes do not hash to its digest {digest}"
+    body = _json(data, digest)
+    points = body.get("points", [])
+    required = sorted(
+        {k for p in points if p.get("signing", {}).get("required") for k in p["signing"]["keys"]}
+    )
+    waivers = {_canon(w) for p in points for w in p.get("waived", []) if "signing" in w["facets"]}
+    device = str(body.get("device", {}).get("id"))
+    return Plan(digest, device, tuple(required), frozenset() if required else frozenset(waivers))
+
+
+def _canon(value: Any) -> str:
+    """A JSON value's text with sorted keys: to compare waivers whatever their order."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PlanSigned:
+    """A plan whose signature is checked, when it was deployed (its entry's time), and by whom
+    a signature may be made."""
+
+    plan: Plan
+    deployed: dict[str, Any]
+    """Its ``plan.deployed`` entry (``{"payload": {}, "time": None}`` when there is none)."""
+    trust: Trust
+
+
+def _plan_signature_problem(note: bytes, signed: PlanSigned) -> str | None:
+    """Why a plan's signature (converge.plan-signature/v2) does not hold, if it does not."""
+    text = note.decode(errors="replace")
+    split = split_note(text)
+    allowed = signed.trust.plan_keys or frozenset(signed.trust.keys)
+    names = sorted({name for name, _, _ in split[1]} & allowed) if split else []
+    found = next(
+        (s for n in names if (s := signed_by(text, n, signed.trust.keys.get(n, [])))), None
+    )
+    if found is None:
+        by = _names(signed.trust) if signed.trust.plan_keys else "a trusted key"
+        return f"not signed by {by}"
+    lines = found[0].split("\n")
+    if len(lines) < 5 or lines[1:3] != [signed.plan.device, signed.plan.digest]:
+        return "signs another plan"
+    try:
+        at = datetime.strptime(lines[3], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "states no signing time"
+    version = found[1]
+    if not version.valid_at(at):
+        return f"signed by {version.name} v{version.version} outside its validity"
+    when = signed.deployed["time"]
+    if when is not None and at > _aware(when) + timedelta(seconds=1):
+        return f"signed at {lines[3]}, after the plan was deployed ({when})"
+    return _described_problem(lines, signed.deployed["payload"])
+
+
+DESCRIBED = ("signed_at", "signer", "name", "meaning")
+"""What a ``plan.deployed`` entry records of the plan's signature (docs/plans.md)."""
+
+
+def _described_problem(lines: list[str], payload: dict[str, Any]) -> str | None:
+    """Whether the signature is the one its ``plan.deployed`` entry describes: time, and (a
+    ``converge.plan-signature/v2`` note) signer, printed name and meaning."""
+    said = {"signed_at": lines[3]}
+    for line, key in zip(lines[4:7], DESCRIBED[1:], strict=False):
+        if line.startswith(key + " "):
+            said[key] = line.removeprefix(key + " ")
+    recorded = {key: payload[key] for key in DESCRIBED if key in payload}
+    if recorded and recorded != said:
+        return (
+            f"it says {said}, its plan.deployed entry {recorded}:"
+            " not the signature the plan was deployed with"
+        )
+    return None
+
+
+@dataclass
+class Batch:
+    """A batch as its statement says, and how its records are proven."""
+
+    id: int
+    device: str
+    count: int
+    root: bytes
+    proofs: dict[int, list[bytes]] | None
+    """Each exported record's inclusion proof; None when every record of the batch is exported."""
+    hashes: dict[int, bytes] = field(default_factory=dict)
+
+
+def _check_batches(
+    bundle: Bundle, manifest: dict[str, Any], ctx: Context, verdict: Verdict
+) -> dict[int, Batch]:
+    batches: dict[int, Batch] = {}
+    for batch_id in manifest.get("batches", []):
+        name = f"batches/{batch_id}.json"
+        if not bundle.has(name):
+            verdict.fail(name, "missing")
+            continue
+        found = _safely(_batch, _json(bundle.read(name), name), ctx)
+        if isinstance(found, str):
+            verdict.fail(f"batch {batch_id} ({name})", found)
+            continue
+        batches[batch_id] = found
+    verdict.counts["batches"] = len(batches)
+    return batches
+
+
+def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
+    statement = str(said.get("statement", "")).encode()
+    head = _statement(statement)
+    if head is None:
+        return "its statement is not a converge.batch/v1 statement"
+    problem = _batch_problem(head, statement, said, ctx)
+    if problem:
+        return problem
+    proofs = said.get("proofs")
+    parsed = None if proofs is None else {int(k): _hashes(v) or [] for k, v in proofs.items()}
+    root = bytes.fromhex(head["root"])
+    return Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
+
+
+def _statement(data: bytes) -> dict[str, Any] | None:
+    try:
+        head = json.loads(data)
+        bytes.fromhex(head["root"])
+        int(head["count"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return head if head.get("format") == "converge.batch/v1" else None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a batch is checked against: the bundle's plans, entries and trusted keys."""
+
+    plans: dict[str, Plan]
+    entries: dict[int, dict[str, Any]]
+    keys: dict[str, list[KeyVersion]]
+    checkpoints: list[Checkpoint]
+    """The good checkpoints, by size."""
+
+
+def _batch_problem(
+    head: dict[str, Any], statement: bytes, said: dict[str, Any], ctx: Context
+) -> str | None:
+    """Why a batch does not hold: no entry records it, its plan is missing, its entry or keys
+    differ, or a key its plan requires did not sign it when its entry says."""
+    entry = ctx.entries.get(said.get("entry", -1))
+    if entry is None or entry.get("kind") != "batch.stored":
+        return "no batch.stored entry of the bundle records it"
+    plan = ctx.plans.get(head.get("plan_digest", ""))
+    if plan is None:
+        return f"its plan {head.get('plan_digest')} is not in the bundle"
+    payload = entry["payload"]
+    members = {k: v for k, v in head.items() if k != "format"}
+    if {k: v for k, v in payload.items() if k not in ("keys", "waiver")} != members:
+        return "its statement differs from its batch.stored entry"
+    if payload.get("keys") != list(plan.required):
+        return f"its entry says keys {payload.get('keys')}, its plan requires {list(plan.required)}"
+    if {_canon(w) for w in payload.get("waiver", [])} != plan.waivers:
+        return "its waiver is not the one its plan records"
+    signatures = said.get("signatures", {})
+    return _check_signatures(statement, signatures, plan, ctx.keys, entry["time"]) or (
+        _back_dated(head, entry["seq"], ctx.checkpoints)
+    )
+
+
+CLOCK_SLACK = timedelta(seconds=30)
+"""How much later than a checkpoint's stated time a batch it signs may begin: none, as the
+collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
+
+
+def _back_dated(head: dict[str, Any], seq: int, checkpoints: list[Checkpoint]) -> str | None:
+    """A checkpoint signs no batch sealed after it: the first checkpoint that covers the
+    batch's entry must be signed no earlier than its window began (a retired log key's
+    checkpoints, dated back into its validity, cannot sign later batches)."""
+    first = next((c for c in checkpoints if c.size > seq), None)
+    start = _aware(str(head["window_start"]))
+    if first is not None and start > first.at + CLOCK_SLACK:
+        return (
+            f"its window began at {head['window_start']}, after the checkpoint of size"
+            f" {first.size} that covers its entry was signed ({first.at.isoformat()}): back-dated"
+        )
+    return None
+
+
+def _check_signatures(
+    statement: bytes, signatures: Any, plan: Plan, keys: dict[str, list[KeyVersion]], time: str
+) -> str | None:
+    at = _aware(time)
+    for key in plan.required:
+        try:
+            signature = bytes.fromhex(signatures[key])
+        except (KeyError, ValueError, TypeError):
+            return f"the signature of key {key}, which its plan requires, is missing"
+        good = [v for v in keys.get(key, []) if _verifies(v, signature, statement)]
+        if not good:
+            return f"the signature of key {key} does not verify with a trusted version"
+        if not any(v.valid_at(at) for v in good):
+            return f"signed by {key} outside the validity of the version that verifies it"
+    return None
+
+
+def _verifies(version: KeyVersion, signature: bytes, data: bytes) -> bool:
+    try:
+        version.key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the manifest says was exported: these points ("device/point"), in ``[start, end)``
+    (instants, compared as text: every leaf's time is one, docs/records.md)."""
+
+    points: frozenset[str]
+    start: str | None
+    end: str | None
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> Asked:
+        try:
+            start, end = (
+                None if t is None else _instant(t) for t in (manifest["from"], manifest["to"])
+            )
+            return cls(frozenset(str(p) for p in manifest["points"]), start, end)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise Refused(MANIFEST, f"its range or points are malformed ({exc})") from None
+
+    def outside(self, record: Record) -> str | None:
+        """Why a record is not one of what was asked, if it is not."""
+        point = f"{record.device}/{record.point}"
+        if point not in self.points:
+            return f"of {point}, which the export does not name"
+        if (self.start is not None and record.time < self.start) or (
+            self.end is not None and record.time >= self.end
+        ):
+            return f"at {record.time}, outside the exported range"
+        return None
+
+
+def _instant(text: str) -> str:
+    """``text``'s moment as an instant: RFC 3339 UTC, six fraction digits, ``Z``."""
+    return _aware(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a record's leaf says that an export and its check need, and its CSV row."""
+
+    device: str
+    point: str
+    time: str
+    csv: bytes
+
+
+_INSTANT = rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)"
+_NAME = rb'"([A-Za-z0-9_.:/+-]+)"'
+_USUAL = (
+    rb'\{"collected_at":"' + _INSTANT + rb'","device":' + _NAME + rb',"point":' + _NAME
+    + rb',"quality":"([a-z_]+)","salt":"[0-9a-f]{32}","scheduled_at":"' + _INSTANT
+    + rb'","type":"reading","v":1,"value":(0|-?[1-9][0-9]{0,300}(\.[0-9]+)?)\}'
+)  # fmt: skip
+_READING = re.compile(_USUAL)
+"""The usual leaf, a scheduled reading of a plain number, whose members the JSON parser would
+read as exactly the matched text; its CSV row needs no quoting."""
+_USUAL_LINE = re.compile(
+    rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(' + _USUAL + rb")\}"
+)
+"""A record line of the usual leaf: batch, position, leaf, then :data:`_READING`'s groups."""
+
+
+def read_record(leaf: bytes, batch: int, position: int) -> Record | None:
+    """The record of a leaf (None when the leaf is not one: not a JSON object with a device,
+    point and time). The usual reading is read by :data:`_READING` without parsing it as
+    JSON; any other leaf is parsed; both give the same :class:`Record`."""
+    found = _READING.fullmatch(leaf)
+    if found is not None and not (found[7] and repr(float(found[6])) != found[6].decode()):
+        collected, device, point, quality, scheduled, value = found.group(1, 2, 3, 4, 5, 6)
+        row = b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%d,%d\n" % (
+            device, point, scheduled, value, quality, collected, scheduled, batch, position
+        )  # fmt: skip
+        return Record(device.decode(), point.decode(), scheduled.decode(), row)
+    return _parsed_record(leaf, batch, position)
+
+
+def _parsed_record(leaf: bytes, batch: int, position: int) -> Record | None:
+    try:
+        said = json.loads(leaf)
+    except ValueError:
+        return None
+    if not isinstance(said, dict):
+        return None
+    time = said.get("scheduled_at") or said.get("collected_at")
+    if not isinstance(time, str):
+        return None
+    row = _csv_text(_csv_row(said, batch, position))
+    return Record(str(said.get("device")), str(said.get("point")), time, row)
+
+
+def _check_records(
+    bundle: Bundle, manifest: dict[str, Any], batches: dict[int, Batch], verdict: Verdict
+) -> None:
+    """Every record: of its batch (whole batches rebuild their root, others prove each record),
+    once, of what the export names; and the CSV is exactly these records."""
+    asked = Asked.of(manifest)
+    rows = bundle.lines(RECORDS_CSV) if bundle.has(RECORDS_CSV) else iter(())
+    header = next(rows, b"").decode(errors="replace")
+    if header != ",".join(CSV_COLUMNS):
+        verdict.fail(RECORDS_CSV, "its header is not the documented one")
+    count = 0
+    usual = _Usual(batches, asked)
+    for count, line in enumerate(bundle.lines(RECORDS) if bundle.has(RECORDS) else (), 1):
+        found = usual.row(line) or _record(line, batches, asked)
+        if isinstance(found, str):
+            verdict.fail(f"{RECORDS}:{count}", found)
+        elif next(rows, None) != found[:-1]:
+            verdict.fail(f"{RECORDS_CSV}:{count + 1}", f"is not record {count} of {RECORDS}")
+    if next(rows, None) is not None:
+        verdict.fail(RECORDS_CSV, f"holds more rows than the {count} records")
+    for batch in batches.values():
+        if batch.proofs is None:
+            _check_whole(batch, verdict)
+    if count != manifest.get("records"):
+        verdict.fail(MANIFEST, f"says {manifest.get('records')} records, the bundle holds {count}")
+    verdict.counts["records"] = count
+
+
+class _Usual:
+    """Checks the usual record line (:data:`_USUAL_LINE`) of a batch exported whole, when it
+    holds, in one match: a new position, the batch's device, a point asked for, in the range.
+    Any other line, and any line where one of these fails, goes to :func:`_record`, which
+    names what fails; both record the leaf's hash and give the same CSV row."""
+
+    def __init__(self, batches: dict[int, Batch], asked: Asked) -> None:
+        self.batches = batches
+        self.points = {point.encode() for point in asked.points}
+        self.start = (asked.start or "").encode()
+        self.end = asked.end.encode() if asked.end else None
+
+    def row(self, line: bytes) -> bytes | None:
+        """The CSV row of a usual line that holds, its leaf hash recorded; else None."""
+        m = _USUAL_LINE.fullmatch(line)
+        if m is None or (m[10] and repr(float(m[9])) != m[9].decode()):
+            return None
+        batch, position = self.batches.get(int(m[1])), int(m[2])
+        scheduled = m[8]
+        if (
+            batch is None
+            or batch.proofs is not None
+            or position in batch.hashes
+            or m[5] != batch.device.encode()
+            or m[5] + b"/" + m[6] not in self.points
+            or scheduled < self.start
+            or (self.end is not None and scheduled >= self.end)
+        ):
+            return None
+        batch.hashes[position] = hashlib.sha256(b"\x00" + m[3]).digest()
+        return b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%d,%d\n" % (
+            m[5], m[6], scheduled, m[9], m[7], m[4], scheduled, batch.id, position
+        )  # fmt: skip
+
+
+def _check_whole(batch: Batch, verdict: Verdict) -> None:
+    """A batch exported whole: every position once, hashing to its signed root."""
+    positions = sorted(batch.hashes)
+    if positions != list(range(batch.count)):
+        verdict.fail(f"batch {batch.id}", f"holds {len(positions)} of its {batch.count} records")
+    elif tree_root([batch.hashes[p] for p in positions]) != batch.root:
+        verdict.fail(f"batch {batch.id}", "its records do not hash to its signed root")
+
+
+def _record(line: bytes, batches: dict[int, Batch], asked: Asked) -> bytes | str:
+    """The CSV row of a record line, or why the line is not a record of its batch."""
+    placed = _placed(line, batches)
+    if isinstance(placed, str):
+        return placed
+    batch, position, leaf = placed
+    record = read_record(leaf, batch.id, position)
+    if record is None:
+        return "its leaf is not a record"
+    if record.device != batch.device:
+        return f"of another device than batch {batch.id}'s"
+    return asked.outside(record) or record.csv
+
+
+def _placed(line: bytes, batches: dict[int, Batch]) -> tuple[Batch, int, bytes] | str:
+    """The batch, position and leaf of a record line whose leaf is in its batch there."""
+    match = _LINE.fullmatch(line)
+    if match is None:
+        return "not a record line"
+    batch = batches.get(int(match[1]))
+    if batch is None:
+        return f"of batch {int(match[1])}, which the bundle does not prove"
+    position, leaf = int(match[2]), match[3]
+    if position in batch.hashes:
+        return f"a second record at position {position} of batch {batch.id}"
+    hashed = batch.hashes[position] = leaf_hash(leaf)
+    if batch.proofs is not None:
+        proof = batch.proofs.get(position)
+        if proof is None or inclusion_root(hashed, position, batch.count, proof) != batch.root:
+            return f"not in batch {batch.id} at position {position} (its proof fails)"
+    return batch, position, leaf
+
+
+def _csv_row(leaf: dict[str, Any], batch: int, position: int) -> list[str]:
+    """The CSV row of a record (docs/bundle.md): its members in :data:`CSV_COLUMNS` order."""
+    time = leaf.get("scheduled_at") or leaf.get("collected_at")
+    said = {**leaf, "time": time, "batch": batch, "position": position}
+    return [_cell(said.get(column)) for column in CSV_COLUMNS]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float | int):
+        return json.dumps(value)
+    return str(value)
+
+
+def _csv_text(row: list[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(row)
+    return out.getvalue().encode()
+
+
+def _check_export(
+    manifest: dict[str, Any], entries: dict[int, dict[str, Any]], verdict: Verdict
+) -> None:
+    """The export itself is an allowed decision of the log, by the principal the manifest names."""
+    decision = manifest.get("decision")
+    found = [
+        e
+        for e in entries.values()
+        if e.get("kind") == "access.decision" and e["payload"].get("decision") == decision
+    ]
+    if not found:
+        verdict.fail(MANIFEST, f"its export decision {decision} is not an entry of the bundle")
+        return
+    payload = found[0]["payload"]
+    if payload.get("action") != "export" or payload.get("outcome") not in ("allow", "partial"):
+        verdict.fail(MANIFEST, f"decision {decision} did not allow this export")
+    if payload.get("principal") != manifest.get("principal"):
+        verdict.fail(MANIFEST, f"decision {decision} was another principal's")
+
+
+def _check_retention(bundle: Bundle, verdict: Verdict) -> None:
+    """Deletion receipts and legal holds of the range (docs/bundle.md reserves them)."""
+    if not bundle.has(RETENTION):
+        return
+    said = _json(bundle.read(RETENTION), RETENTION)
+    if not isinstance(said, dict) or set(said) != {"receipts", "holds"}:
+        verdict.fail(RETENTION, "not a retention member (receipts and holds)")
+
+
+def _note_verifier(bundle: Bundle, verdict: Verdict) -> None:
+    """Say when the bundle's ``verify.py`` is not this verifier: whoever runs a bundle's own
+    copy trusts the bundle's maker with their machine, so this one is what counts."""
+    with open(__file__, "rb") as source:
+        ours = "sha256:" + hashlib.sha256(source.read()).hexdigest()
+    if bundle.has(VERIFIER) and bundle.digest(VERIFIER) != ours:
+        verdict.notes.append(
+            f"the bundle's {VERIFIER} differs from this verifier ({ours}): this verdict is this"
+            " verifier's; do not run a bundle's own copy unless you trust whoever made it"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="verify.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", metavar="BUNDLE.zip")
+    parser.add_argument("--trust", metavar="KEYS.json", help="the public keys you trust")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    try:
+        trust = None if args.trust is None else open(args.trust, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        print(f"verify.py: cannot read {args.trust}: {exc.strerror}", file=sys.stderr)
+        return 2
+    verdict = verify(args.bundle, trust)
+    if args.format == "json":
+        print(json.dumps(verdict.as_json(), indent=2))
+    else:
+        print("\n".join(verdict.lines()))
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
