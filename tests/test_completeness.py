@@ -151,17 +151,22 @@ def test_a_first_run_killed_before_its_first_batch_is_accounted_for(
     until = started + timedelta(hours=1)  # the badge gateway is sampled every 15 min
     keys = evidence_site.key_store()
 
+    def later() -> datetime:
+        """The restart's clock: it comes an hour after the kill (so its batches and their
+        checkpoints are sealed after the windows of the slots it accounts for)."""
+        return until + timedelta(seconds=1)
+
     async def again() -> int:
         if restart == "store-away":  # only the spool knows where the devices stand
             store = Store.attach(backend, Actor.job("test"))
             spool = Spool(target.spool)
-            sink = EvidenceSink(evidence_site.plans, store, keys, spool, store_error="away")
-        else:
-            spool_path = tmp_path / "new-spool.db" if restart == "spool-lost" else target.spool
-            again = EvidenceTarget(backend, spool_path, target.witness)
-            sink = open_evidence(
-                evidence_site.plans, evidence_site.plans_dir, again, keys, EvidenceConfig()
+            sink = EvidenceSink(
+                evidence_site.plans, store, keys, spool, store_error="away", now=later
             )
+        else:
+            store = Store.open(backend, Actor.job("test"), target.witness)
+            spool = Spool(tmp_path / "new-spool.db" if restart == "spool-lost" else target.spool)
+            sink = EvidenceSink(evidence_site.plans, store, keys, spool, now=later)
         put = await sink.backfill(evidence_site.plans, until, fallback_every_ms=1000)
         await sink.close()
         return put
