@@ -241,7 +241,8 @@ async def _collect(
             soft_wrap=True,
         )
     publishing = _publishing(args, pm, target, keys)  # after the sealer process forked
-    await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
+    until = datetime.now(UTC)  # the backfill's slots end here, the collection's begin
+    await evidence.backfill(plans, until, config.fallback_every_ms)
     spool = evidence.writer.spool
     try:
         async with _metered(metrics, lambda: len(spool), evidence.queue.qsize):
@@ -253,6 +254,7 @@ async def _collect(
                 reporter=reporter,
                 config=config,
                 handle_signals=True,
+                since=until.timestamp(),
             )
     finally:
         if publishing is not None:

@@ -90,7 +90,9 @@ def open_evidence(
             entries=(("collector.started", started),),
         )
         spool.defer(start.to_bytes())
-        return EvidenceSink(plans, store, keys, spool, config=config, store_error=error)
+        return EvidenceSink(
+            plans, store, keys, spool, config=config, store_error=error, started=start.at
+        )
     except BaseException:
         spool.close()
         store.close()

@@ -14,6 +14,7 @@ stores nothing and returns ``False``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -397,6 +398,21 @@ class Store:
                 end = Head(root, row.window_end)
         return end
 
+    def first_starts(self) -> dict[str, str]:
+        """Per device, the time of the earliest ``collector.started`` entry naming one of its
+        plans (the plans table gives each digest's device): since then a run was meant to
+        collect it. An entry that does not parse names nothing (verify reports it)."""
+        query = select(AUDIT.c.time, AUDIT.c.entry).where(AUDIT.c.kind == "collector.started")
+        with self.reading() as conn:
+            device_of = {r.digest: r.device for r in conn.execute(select(PLANS))}
+            first: dict[str, str] = {}
+            for time, entry in conn.execute(query):
+                for digest in _started_plans(bytes(entry)):
+                    device = device_of.get(digest)
+                    if device is not None and (device not in first or time < first[device]):
+                        first[device] = time
+        return first
+
     def checkpoint(self, sign: audit.CheckpointSigner, at: datetime | None = None) -> str | None:
         """Sign a checkpoint of the log as of ``at`` (default: now, rounded up to the second:
         ``sign`` must use a key version valid then), and append it to the witness file."""
@@ -468,6 +484,17 @@ def key_payload(version: KeyVersion) -> dict[str, Any]:
         "not_before": instant(version.not_before),
         "not_after": version.not_after and instant(version.not_after),
     }
+
+
+def _started_plans(entry: bytes) -> list[str]:
+    """The plan digests a ``collector.started`` entry names (none when it does not parse)."""
+    try:
+        plans = json.loads(entry)["payload"]["plans"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(plans, list):
+        return []
+    return [digest for digest in plans if isinstance(digest, str)]
 
 
 __all__ = ["Head", "Recorded", "Store", "fast_bytea", "key_payload"]

@@ -535,13 +535,28 @@ LEAF_EXAMPLES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"type": "gap", "device": "tank-3", "point": "Füllstand_µ",
          "scheduled_at": "2026-06-01T23:59:59.999Z", "reason": "timeout"},
         "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5"),
+    "reading-held": (
+        "docs/records.md example 3: a subscribed point's 5 s slot holding the value delivered"
+        " before it, with that delivery's times",
+        {"type": "reading", "device": "press-2", "point": "PT200", "value": 1013.25,
+         "collected_at": "2026-06-01T12:00:03.480000Z", "quality": "good",
+         "source_at": "2026-06-01T12:00:03.400000Z", "scheduled_at": "2026-06-01T12:00:05Z",
+         "held": True},
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"),
+    "gap-run": (
+        "docs/records.md example 4: one gap record for 720 consecutive 5 s slots the"
+        " collector was not running at",
+        {"type": "gap", "device": "reactor-7", "point": "TT701_PV",
+         "scheduled_at": "2026-06-01T12:00:05Z", "last_scheduled_at": "2026-06-01T13:00:00Z",
+         "slots": 720, "reason": "shutdown", "detail": "the collector was not running"},
+        "0123456789abcdef0123456789abcdef"),
 }  # fmt: skip
 
 
 def record_from(fields: dict[str, Any]) -> Record:
     """The Reading or Gap that a vector's ``record`` describes (times as RFC 3339)."""
     args = {k: v for k, v in fields.items() if k != "type"}
-    for k in ("collected_at", "scheduled_at", "source_at", "server_at"):
+    for k in ("collected_at", "scheduled_at", "source_at", "server_at", "last_scheduled_at"):
         if k in args:
             args[k] = datetime.fromisoformat(args[k])
     if fields["type"] == "gap":
