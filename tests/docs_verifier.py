@@ -517,8 +517,8 @@ def plan_claim(lines: list[str]) -> dict[str, str]:
 
 COMMON = {"v", "type", "device", "point", "salt"}
 READING = COMMON | {"collected_at", "value", "quality", "scheduled_at", "source_at"}
-READING |= {"server_at", "raw_code", "coalesced"}
-GAP = COMMON | {"scheduled_at", "reason", "detail", "raw_code"}
+READING |= {"server_at", "raw_code", "coalesced", "held"}
+GAP = COMMON | {"scheduled_at", "reason", "detail", "raw_code", "last_scheduled_at", "slots"}
 QUALITIES = {"good", "uncertain", "bad", "stale"}
 """The members of a leaf (records.md#leaf-bytes)."""
 
@@ -1095,11 +1095,14 @@ class Verifier:
                 raise ValueError("no value, or not a number, boolean, string or null")
             at = record.get("scheduled_at") or record["collected_at"]
             instant(record["collected_at"])
+            if record.get("held", True) is not True:
+                raise ValueError("held, and not true")
         else:
             allowed = GAP
             if not isinstance(record.get("reason"), str):
                 raise ValueError("no reason")
             at = record["scheduled_at"]
+            run_of_slots(record)
         instant(at)
         extra = record.keys() - allowed
         if extra:
@@ -1108,6 +1111,19 @@ class Verifier:
             if name in record:
                 instant(record[name])
         return at, record["point"]
+
+
+def run_of_slots(gap: dict[str, Any]) -> None:
+    """A gap of a run of slots has both ``slots`` (an integer above 1) and a
+    ``last_scheduled_at`` later than its ``scheduled_at`` (records.md#gap-records)."""
+    if ("slots" in gap) != ("last_scheduled_at" in gap):
+        raise ValueError("slots without last_scheduled_at, or the other way round")
+    if "slots" in gap:
+        count = gap["slots"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+            raise ValueError(f"slots {count!r}")
+        if instant(gap["last_scheduled_at"]) <= instant(gap["scheduled_at"]):
+            raise ValueError("last_scheduled_at not after scheduled_at")
 
 
 def verify(
