@@ -789,6 +789,7 @@ KEYS = [
     "access",
     "read",
     "export",
+    "hold",
     "deny",
     "exceptions",
     "waive",
