@@ -60,6 +60,9 @@ KINDS = {
     "plan.signed": "a principal signed a plan (who, printed name, when, meaning, key)",
     "access.decision": "the guard decided a read, export or hold, allowed or denied",
     "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
+    "retention.deleted": "a retention run deleted expired records of a batch (its receipt)",
+    "hold.placed": "a principal placed a legal hold (what it covers, why)",
+    "hold.released": "a principal released a legal hold",
 }
 """Every entry kind and what it records (docs/audit.md)."""
 

@@ -26,9 +26,11 @@ from engine.commands import (
     diff,
     explain,
     export,
+    hold,
     keys,
     plan,
     query,
+    retention,
     run,
     schema,
     simulate,
@@ -63,6 +65,8 @@ COMMANDS: tuple[Command, ...] = (
     query,
     export,
     verify,
+    retention,
+    hold,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

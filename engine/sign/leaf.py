@@ -17,6 +17,7 @@ Members, by record type (``?`` = present only when set)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from datetime import UTC, datetime
@@ -117,6 +118,20 @@ def leaf_bytes(record: Record, salt: bytes) -> bytes:
 def record_leaf_hash(record: Record, salt: bytes) -> bytes:
     """``SHA-256(0x00 || leaf_bytes(record, salt))``."""
     return leaf_hash(leaf_bytes(record, salt))
+
+
+_POINT = b'"point":"'
+
+
+def point_of(leaf: bytes) -> str:
+    """The point a stored leaf names, read without parsing the whole record: the text between
+    ``"point":"`` and the next quote (canonical JSON escapes every quote inside a string, so
+    that pattern is the member's own), or the parsed member when the name holds an escape."""
+    start = leaf.index(_POINT) + len(_POINT)
+    name = leaf[start : leaf.index(b'"', start)]
+    if b"\\" in name:
+        return str(json.loads(leaf)["point"])
+    return name.decode()
 
 
 # The fast path. Members are written in JCS order: keys sorted by UTF-16 code

@@ -28,9 +28,15 @@ what the earlier ones established):
    says) signed it with a version valid then; every ``batch.stored`` entry
    has its batch. Then each
    device's batches form one chain from the zero root.
-5. ``records.py``: every record's leaf is rehashed and each batch's root
-   rebuilt from its rows and compared with its statement; a large store's
-   records are hashed by worker processes, one per CPU.
+5. ``retention.py``: every deletion receipt names a stored batch as signed,
+   the store keeps the leaf hashes it removed, and it was lawful (the batch's
+   plan expired the records by then, no hold in force covered them); holds
+   are what their entries say.
+6. ``records.py``: every record's leaf is rehashed and each batch's root
+   rebuilt from its rows (and the leaf hashes its receipts keep) and compared
+   with its statement; a large store's records are hashed by worker
+   processes, one per CPU. Then records kept past their ``keep_at_most`` with
+   no hold are findings (``retention.py``).
 
 ``report.py`` holds :class:`Report` and its problems, ``trust.py`` the trusted
 keys. The SQL and driver code behind every check is in
@@ -51,6 +57,7 @@ from engine.verify.log import check_log
 from engine.verify.plans import PlanTrust, check_plans
 from engine.verify.records import Progress, check_records
 from engine.verify.report import Report
+from engine.verify.retention import Known, check_kept, check_retention
 from engine.verify.tail import check_tail
 from engine.verify.trust import Trust
 
@@ -85,7 +92,10 @@ def verify_store(
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         batches = check_batches(conn, log, plans, trust, report)
         check_chains(batches, log, report)
-        check_records(conn, batches, report, progress, workers)
+        known = Known(log, plans, batches, good)
+        erased = check_retention(conn, known, report)
+        check_records(conn, batches, report, progress, workers, erased=erased)
+        check_kept(conn, known, erased, report)
     return report
 
 

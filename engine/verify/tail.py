@@ -34,11 +34,15 @@ TAIL_KINDS = frozenset(
         "key.rotated",
         "access.decision",
         "audit.reviewed",
+        "retention.deleted",
+        "hold.placed",
+        "hold.released",
     }
 )
-"""What a running collector appends between checkpoints, and what commands that hold no audit
-key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews):
-those wait for the next checkpoint a collector signs."""
+"""What a running collector appends between checkpoints, what commands that hold no audit
+key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews,
+holds): those wait for the next checkpoint a collector signs; and the receipts of a retention
+run killed before its next checkpoint (the next run, or any checkpoint, signs them)."""
 RUN_KINDS = frozenset({"batch.stored", "batch.dropped", "spool.full"})
 SLACK_ENTRIES = 64
 """Entries one delivery may add after a checkpoint fell due: a batch, replayed ones, drops."""

@@ -1,0 +1,227 @@
+"""A retention run: verify the store, then per batch delete what expired, with its receipt.
+
+The order is what makes a run safe to kill at any instant:
+
+1. take the store's retention lock (one run at a time; a second refuses);
+2. make sure the log's key can sign (asked now, not after deleting);
+3. verify the store (:func:`engine.verify.verify_store`): nothing is deleted
+   from a store that does not verify;
+4. for each batch with expired records: in **one transaction** (holding the
+   store's write lock) re-read the holds in force and the batch's records,
+   check they still hash to its signed root, choose what goes
+   (:mod:`engine.retention.select`), append the receipt and delete; a
+   killed run leaves each batch wholly before or after;
+5. sign a checkpoint every :data:`RECEIPTS_PER_CHECKPOINT` receipts and at
+   the end, so that the receipts are signed before the run returns (a killed
+   run's last receipts are an unsigned tail the next checkpoint signs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from engine.audit import Actor, seal_with
+from engine.errors import ConvergeError, RetentionError
+from engine.keys import KeyStore
+from engine.plans.body import PlanBody, PlanPoint, Retention
+from engine.plans.expiry import expiry
+from engine.retention import receipt
+from engine.retention.select import Selection, select
+from engine.sign.leaf import instant
+from engine.sign.merkle import leaf_hash, root_of_hashes
+from engine.store import auditlog, data
+from engine.store.retention import (
+    BatchRef,
+    batch_refs,
+    erase,
+    erased,
+    erased_counts,
+    holds,
+    retention_lock,
+)
+from engine.store.store import Store
+from engine.verify import Trust, verify_store
+
+RECEIPTS_PER_CHECKPOINT = 256
+"""Receipts a run writes between two checkpoints: a killed run leaves no longer a tail."""
+
+
+class StoreUnverified(RetentionError):
+    """The store does not verify, so a retention run deletes nothing from it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Who runs retention (a principal or a job) and with which keys.
+
+    ``keys`` signs the checkpoints (the log's key); ``trust`` is what the store is
+    verified against before anything is deleted; ``workers`` as for ``verify_store``
+    (1 inside a collector, which must not fork). The witness file is the store's.
+    """
+
+    actor: Actor
+    keys: KeyStore
+    trust: Trust
+    workers: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What a run (or a forecast) did, or would do."""
+
+    run: receipt.Run
+    at: datetime
+    deleted: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Records deleted, by (device, point)."""
+    rules: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """How they expired, by (device, point): ``window start + keep_at_most 30s``, ..."""
+    batches: int = 0
+    receipts: list[int] = field(default_factory=list)
+    kept: Counter[int] = field(default_factory=Counter)
+    """Expired records kept, by the hold that keeps them."""
+    held_past: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Records a hold keeps past their ``keep_at_most``, by (device, point)."""
+    checkpoint: int | None = None
+    """The size of the last checkpoint the run signed."""
+    unsigned: int = 0
+
+    @property
+    def records(self) -> int:
+        return sum(self.deleted.values())
+
+    def add(self, selection: Selection) -> None:
+        device = selection.batch.device
+        for group in selection.groups:
+            for point, n in group.points.items():
+                self.deleted[device, point] += n
+                self.rules.setdefault((device, point), set()).add(group.expiry.explain())
+        self.batches += bool(selection.groups)
+        self.kept.update(selection.kept)
+        for point, n in selection.held_past.items():
+            self.held_past[device, point] += n
+
+
+def apply(store: Store, job: Job) -> Outcome:
+    """One retention run on ``store`` by ``job`` (see the module)."""
+    started = datetime.now(UTC)
+    outcome = Outcome(receipt.Run(str(uuid.uuid4()), instant(started)), started)
+    with retention_lock(store.engine):
+        seal_with(job.keys, store.audit_key, started)
+        _verified(store, job)
+        try:
+            for batch, plan in candidates(store, started):
+                _delete(store, batch, plan, job, outcome)
+                if outcome.unsigned >= RECEIPTS_PER_CHECKPOINT:
+                    _checkpoint(store, job, outcome)
+        except BaseException:
+            if outcome.unsigned:  # sign what was deleted before the failure, if the store lets us
+                with contextlib.suppress(ConvergeError):
+                    _checkpoint(store, job, outcome)
+            raise
+        if outcome.unsigned:
+            _checkpoint(store, job, outcome)
+    return outcome
+
+
+def forecast(store: Store, at: datetime) -> Outcome:
+    """What a run at ``at`` would delete, with the holds in force now; changes nothing."""
+    outcome = Outcome(receipt.Run("forecast", instant(at)), at)
+    for batch, plan in candidates(store, at):
+        with store.reading() as conn:
+            held = holds(conn, in_force=True)
+            outcome.add(select(batch, plan, held, data.leaves(conn, batch.id), at))
+    return outcome
+
+
+def _verified(store: Store, job: Job) -> None:
+    report = verify_store(store, job.trust, audit_key=store.audit_key, workers=job.workers)
+    if not report.ok:
+        first = report.problems[0]
+        count = len(report.problems)
+        raise StoreUnverified(
+            f"the store at {store.where} does not verify ({count} problem"
+            f"{'s' if count > 1 else ''}; the first: {first}): retention deletes nothing from"
+            " a store that does not verify (converge audit verify names every problem)"
+        )
+
+
+def candidates(store: Store, at: datetime) -> Iterator[tuple[BatchRef, PlanBody]]:
+    """The batches that still hold records, of a stored plan, and have some expired by ``at``."""
+    with store.reading() as conn:
+        refs = batch_refs(conn)
+        gone = erased_counts(conn)
+        plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
+    firsts = {d: _retentions(p) for d, p in plans.items() if p is not None}
+    for ref in refs:
+        plan = plans.get(ref.plan_digest)
+        if plan is None or ref.count <= gone.get(ref.id, 0):
+            continue
+        if _earliest(firsts[ref.plan_digest], ref) <= at:
+            yield ref, plan
+
+
+def _retentions(plan: PlanBody) -> list[PlanPoint]:
+    """One point of the plan for each distinct retention its points have."""
+    found: dict[Retention, PlanPoint] = {}
+    for point in plan.points:
+        found.setdefault(point.retention, point)
+    return list(found.values())
+
+
+def _earliest(points: list[PlanPoint], ref: BatchRef) -> datetime:
+    """When the first of a batch's records may expire (its plan's earliest expiry)."""
+    start, end = datetime.fromisoformat(ref.window_start), datetime.fromisoformat(ref.window_end)
+    found = [expiry(point, start, end) for point in points]
+    moments = [e.expires for e in found if e is not None]
+    return min(moments) if moments else datetime.max.replace(tzinfo=UTC)
+
+
+def _delete(store: Store, batch: BatchRef, plan: PlanBody, job: Job, outcome: Outcome) -> None:
+    """One batch in one transaction: what expired goes, with its receipt (see the module)."""
+    with store.transaction() as conn:
+        at = datetime.now(UTC)
+        held = holds(conn, in_force=True)
+        leaves = data.leaves(conn, batch.id)
+        hashes = {position: leaf_hash(leaf) for position, leaf in leaves}
+        _check_root(batch, hashes, erased(conn, batch.id))
+        selection = select(batch, plan, held, leaves, at)
+        outcome.add(selection)
+        if not selection.groups:
+            return
+        removed = sorted((p, hashes[p]) for g in selection.groups for p in g.positions)
+        said = receipt.payload(selection, removed, outcome.run, held)
+        seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
+        erase(conn, batch.id, removed, seq, whole=selection.remaining == 0)
+    outcome.receipts.append(seq)
+    outcome.unsigned += 1
+
+
+def _check_root(batch: BatchRef, hashes: dict[int, bytes], gone: dict[int, bytes]) -> None:
+    """The batch's records (those stored and those erased) still hash to its signed root."""
+    merged = {**gone, **hashes}
+    positions = sorted(merged)
+    if (
+        len(merged) != len(gone) + len(hashes)
+        or positions != list(range(batch.count))
+        or root_of_hashes([merged[p] for p in positions]) != batch.root
+    ):
+        raise StoreUnverified(
+            f"batch {batch.id} ({batch.device} {batch.window_start}) no longer verifies: its"
+            " records do not hash to its signed root; nothing more is deleted"
+        )
+
+
+def _checkpoint(store: Store, job: Job, outcome: Outcome) -> None:
+    seal = seal_with(job.keys, store.audit_key, datetime.now(UTC))
+    store.checkpoint(seal.sign, seal.at)
+    with store.reading() as conn:
+        outcome.checkpoint = auditlog.last_checkpoint_size(conn)
+    outcome.unsigned = 0
+
+
+__all__ = ["RECEIPTS_PER_CHECKPOINT", "Job", "Outcome", "StoreUnverified", "apply", "forecast"]

@@ -1,0 +1,115 @@
+"""Which records of one batch go now: expired by their plan, and covered by no hold in force.
+
+Pure: given a batch (its signed window and plan), the holds in force, the
+records it still holds and the clock, :func:`select` says which records go,
+grouped by the expiry calculation that expired them (engine/plans/expiry.py),
+and which expired records holds keep. Records are told apart by their point,
+read from the leaf bytes without parsing the whole record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.canonical import canonical_json
+from engine.plans.body import PlanBody
+from engine.plans.expiry import Expiry, expiry
+from engine.sign.leaf import point_of
+from engine.store.retention import BatchRef, Hold
+
+
+@dataclass
+class Group:
+    """The records of a batch that one expiry calculation expired."""
+
+    expiry: Expiry
+    points: Counter[str] = field(default_factory=Counter)
+    positions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Selection:
+    """What a retention run does with one batch's remaining records."""
+
+    batch: BatchRef
+    groups: list[Group] = field(default_factory=list)
+    kept: Counter[int] = field(default_factory=Counter)
+    """Expired records each hold keeps, by hold id."""
+    held_past: Counter[str] = field(default_factory=Counter)
+    """Records kept by a hold past every record's ``keep_at_most``, by point."""
+    remaining: int = 0
+    """Records the batch still holds after the run."""
+
+    @property
+    def count(self) -> int:
+        return sum(len(g.positions) for g in self.groups)
+
+    @property
+    def archive(self) -> bool:
+        """Whether any record that goes must be archived first."""
+        return any(g.expiry.on_expiry == "archive" for g in self.groups)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What happens to a point's records in this batch."""
+
+    expiry: Expiry | None
+    holds: tuple[int, ...]
+
+
+def select(
+    batch: BatchRef,
+    plan: PlanBody | None,
+    holds: Sequence[Hold],
+    leaves: Sequence[tuple[int, bytes]],
+    at: datetime,
+) -> Selection:
+    """The records of ``leaves`` (position, leaf) that go at ``at``, grouped by expiry; records
+    of a point its plan does not name (or of a batch whose plan is not stored) are kept."""
+    out = Selection(batch)
+    verdicts: dict[str, _Verdict] = {}
+    groups: dict[bytes, Group] = {}
+    for position, leaf in leaves:
+        point = point_of(leaf)
+        verdict = verdicts.get(point)
+        if verdict is None:
+            verdict = verdicts[point] = _verdict(batch, plan, holds, point)
+        found = verdict.expiry
+        if found is None or not found.due(at):
+            out.remaining += 1
+        elif verdict.holds:
+            out.remaining += 1
+            out.kept.update(verdict.holds)
+            if found.gone_by is not None and at >= found.gone_by:
+                out.held_past[point] += 1
+        else:
+            key = canonical_json(found.as_json())
+            group = groups.get(key) or groups.setdefault(key, Group(found))
+            group.points[point] += 1
+            group.positions.append(position)
+    out.groups = list(groups.values())
+    return out
+
+
+def _verdict(batch: BatchRef, plan: PlanBody | None, holds: Sequence[Hold], point: str) -> _Verdict:
+    planned = plan.point.get(point) if plan is not None else None
+    if planned is None:
+        return _Verdict(None, ())
+    covering = tuple(
+        h.id
+        for h in holds
+        if h.scope.covers(batch.device, point, batch.window_start, batch.window_end)
+    )
+    window = _moment(batch.window_start), _moment(batch.window_end)
+    return _Verdict(expiry(planned, *window), covering)
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+__all__ = ["Group", "Selection", "select"]
