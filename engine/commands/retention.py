@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def outcome_json(outcome: Outcome, dry_run: bool) -> dict[str, Any]:
 
 
 def render(console: Console, outcome: Outcome, dry_run: bool) -> None:
-    """What went (or would go), point by point; what holds keep; what they keep too long."""
+    """What went (or would go), device by device; what holds keep; what they keep too long."""
     verb = f"would delete at {instant(outcome.at)}" if dry_run else "deleted"
     said = f"{verb} {outcome.records:,} records of {outcome.batches:,} batches"
     if outcome.receipts:
@@ -155,18 +156,28 @@ def render(console: Console, outcome: Outcome, dry_run: bool) -> None:
         span = f"{first}" if first == last else f"{first}..{last}"
         said += f", each batch with its receipt (audit entries {span})"
     if outcome.checkpoint is not None:
-        said += f"; signed by checkpoint {outcome.checkpoint}"
+        said += f"; signed by the checkpoint of size {outcome.checkpoint}"
     console.print(escape(said), highlight=False)
-    for (device, point), n in sorted(outcome.deleted.items()):
-        rules = "; ".join(sorted(outcome.rules[device, point]))
-        console.print(
-            f"  {escape(device)}/{escape(point)}: {n:,} ({escape(rules)})", highlight=False
-        )
+    for device, (n, points, rules) in _by_device(outcome.deleted, outcome.rules).items():
+        line = f"  {device}: {n:,} records of {points} point{'s' * (points > 1)} ({rules})"
+        console.print(escape(line), highlight=False)
     for hold, n in sorted(outcome.kept.items()):
         console.print(f"kept by hold {hold}: {n:,} expired records", highlight=False)
-    for (device, point), n in sorted(outcome.held_past.items()):
+    for device, (n, points, _) in _by_device(outcome.held_past, {}).items():
         console.print(
-            f"[yellow]warning:[/] {escape(device)}/{escape(point)}: {n:,} records held past their"
-            " keep_at_most (a hold keeps them; release it when it is no longer needed)",
+            f"[yellow]warning:[/] {escape(device)}: {n:,} records of {points} point"
+            f"{'s' * (points > 1)} held past their keep_at_most (a hold keeps them; release it"
+            " when it is no longer needed)",
             highlight=False,
         )
+
+
+def _by_device(
+    counts: Counter[tuple[str, str]], rules: dict[tuple[str, str], set[str]]
+) -> dict[str, tuple[int, int, str]]:
+    """(records, points, how they expired) by device."""
+    found: dict[str, tuple[int, int, set[str]]] = {}
+    for (device, point), n in sorted(counts.items()):
+        records, points, said = found.get(device, (0, 0, set()))
+        found[device] = (records + n, points + 1, said | rules.get((device, point), set()))
+    return {d: (n, p, "; ".join(sorted(r))) for d, (n, p, r) in found.items()}

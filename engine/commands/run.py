@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import sys
 import time
@@ -15,6 +16,7 @@ import pluggy
 from rich.console import Console
 from rich.markup import escape
 
+from engine.audit import Actor
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
 from engine.collect.status import JsonLogReporter, Reporter
 from engine.commands.options import (
@@ -34,7 +36,10 @@ from engine.keys import KeyStore
 from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.plans.signature import plan_verifier
+from engine.retention import Job, Outcome, apply
 from engine.store.spool import DEFAULT_MAX_BYTES
+from engine.store.store import Store
+from engine.verify import Trust
 
 
 def register(commands: Subparsers) -> None:
@@ -110,6 +115,14 @@ def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
         help="append every signed checkpoint here too; keep it "
         "off the database's host (default: ./converge-checkpoints.jsonl)",
     )
+    evidence.add_argument(
+        "--retention-every",
+        type=seconds,
+        default=3600.0,
+        metavar="DURATION",
+        help="apply the plans' retention this often, as the job 'retention' (the first run one "
+        "DURATION after the start; default: 1h); see converge retention apply",
+    )
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -120,6 +133,8 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         )
     if args.db and args.out:
         raise ConvergeError("--out and --db are alternatives: records go to one of them")
+    if args.retention_every <= 0:
+        raise ConvergeError("--retention-every must be longer than 0s")
     keys = key_store_of(args, pm) if args.require_signed or args.db else None
     # every plan and its signature checked before anything is connected
     plans = load_plans(
@@ -162,16 +177,52 @@ async def _collect(
             soft_wrap=True,
         )
     await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
-    summary = await run_plans(
-        plans,
-        pm,
-        duration=args.duration,
-        sink=evidence,
-        reporter=reporter,
-        config=config,
-        handle_signals=True,
-    )
+    stop = asyncio.Event()
+    retention = asyncio.create_task(_retention(args, keys, status, stop))
+    try:
+        summary = await run_plans(
+            plans,
+            pm,
+            duration=args.duration,
+            sink=evidence,
+            reporter=reporter,
+            config=config,
+            handle_signals=True,
+        )
+    finally:
+        stop.set()
+        await retention  # a run under way finishes: each batch is whole either way
     return summary, evidence.summary()
+
+
+async def _retention(
+    args: argparse.Namespace, keys: KeyStore, status: Console, stop: asyncio.Event
+) -> None:
+    """Every ``--retention-every`` until ``stop``: a retention run by the job ``retention``,
+    in a thread (verifying in this process: a collector does not fork workers)."""
+    job = Job(Actor.job("retention"), keys, Trust.from_key_store(keys), workers=1)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.retention_every)
+        if stop.is_set():
+            return
+        try:
+            outcome = await asyncio.to_thread(_apply_retention, args, job)
+        except ConvergeError as exc:
+            status.print(f"[yellow]warning:[/] retention: {escape(str(exc))}", soft_wrap=True)
+            continue
+        if outcome.records or outcome.held_past:
+            held = sum(outcome.held_past.values())
+            status.print(
+                f"retention: deleted {outcome.records:,} records of {outcome.batches:,} batches"
+                f" with their receipts{f'; {held:,} held past keep_at_most' if held else ''}",
+                highlight=False,
+            )
+
+
+def _apply_retention(args: argparse.Namespace, job: Job) -> Outcome:
+    with Store.attach(args.db, job.actor, args.witness, args.audit_key) as store:
+        return apply(store, job)
 
 
 def _writer() -> Literal["thread", "process"]:

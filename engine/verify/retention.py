@@ -405,19 +405,35 @@ def check_kept(conn: Connection, known: Known, erased: Erased, report: Report) -
                 held_count[info.device, point] += 1
             else:
                 past[info.device, point] += 1
-    for (device, point), n in sorted(past.items()):
+    for device, (n, points) in _per_device(past).items():
         report.findings.append(
             Problem(
-                f"{device}/{point}",
-                f"{n:,} records kept past their keep_at_most with no hold (data minimisation:"
-                " they should be gone; run converge retention apply)",
+                device,
+                f"{n:,} records ({points}) kept past their keep_at_most with no hold (data"
+                " minimisation: they should be gone; run converge retention apply)",
             )
         )
-    for (device, point), n in sorted(held_count.items()):
-        ids = ", ".join(str(h) for h in sorted(held[device, point]))
-        report.notes.append(
-            f"{device}/{point}: {n:,} records held past their keep_at_most (hold {ids})"
+    for device, (n, points) in _per_device(held_count).items():
+        ids = ", ".join(
+            str(h) for h in sorted({h for (d, _), hs in held.items() if d == device for h in hs})
         )
+        report.notes.append(
+            f"{device}: {n:,} records ({points}) held past their keep_at_most by hold {ids}"
+        )
+
+
+def _per_device(counts: Counter[tuple[str, str]]) -> dict[str, tuple[int, str]]:
+    """Records by device, and the points they are of (the first few named)."""
+    found: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for (device, point), n in sorted(counts.items()):
+        found[device].append((point, n))
+    said = {}
+    for device, points in found.items():
+        names = ", ".join(p for p, _ in points[:5]) + (
+            f" and {len(points) - 5} more" if len(points) > 5 else ""
+        )
+        said[device] = (sum(n for _, n in points), f"point{'s' * (len(points) > 1)} {names}")
+    return said
 
 
 def _ceiling(plan: PlanBody) -> int | None:
