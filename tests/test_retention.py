@@ -7,14 +7,23 @@ The store is filled with records of an hour ago (tests/retention_kit.py), so the
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from evidence_kit import T0, fill, verify
 from retention_kit import kinds, later, remaining, run
+from test_run_signals import free_port, listening
 from test_tamper import database
+from waiting import wait_until
 
 from engine.cli import main
 from engine.errors import AccessDenied
@@ -22,11 +31,12 @@ from engine.retention import StoreUnverified, forecast
 from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
 from engine.store.retention import RetentionBusy, Scope, retention_lock
+from engine.store.store import Store
 from plugins.fileprincipals import PrincipalsFile
 
 SECONDS = 60
 """Two 30-second windows per device."""
-POINTS = {"line-a": 2, "line-b": 2, "lab-c": 2, "vault-d": 1}
+CONVERGE = [sys.executable, "-m", "engine.cli"]
 
 
 @pytest.fixture
@@ -270,3 +280,165 @@ def test_the_commands(retention_site, store, backend, principals_file, capsys):
     assert "line-a" in capsys.readouterr().out
     assert main([*apply, *people, "--as", "mallory@example.com", "--keys", keys]) == 3
     assert "unknown to the principals" in capsys.readouterr().err
+
+
+# --- killed runs ---------------------------------------------------------------------------
+
+
+def kill_after(command: list[str], receipts: Callable[[], int], more: int) -> None:
+    """Start ``command`` and SIGKILL it once ``more`` receipts have been written since."""
+    seen = receipts()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_until(
+        lambda: process.poll() is not None or receipts() >= seen + more,
+        f"{more} more receipts",
+        within=60,
+        every=0.002,
+    )
+    process.kill()
+    process.communicate(timeout=60)
+
+
+def test_a_run_killed_at_any_point_leaves_no_deletion_without_its_receipt(
+    retention_site, backend, tmp_path
+):
+    """SIGKILL a run before it starts deleting and after 1, 4 and 12 more receipts: each time
+    the store verifies (every deleted record has its receipt), and the next run finishes."""
+    store = fill(retention_site, backend, tmp_path, 600)  # 60 batches to delete from
+    command = [*CONVERGE, "retention", "apply", "--db", backend, "--job", "retention"]
+    command += ["--keys", str(retention_site.keys_dir)]
+    url = backend if "://" in backend else f"sqlite:///{backend}"
+    watcher = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with watcher.connect() as conn:
+
+        def receipts() -> int:
+            query = "SELECT count(*) FROM audit_entries WHERE kind = 'retention.deleted'"
+            return int(conn.execute(sa.text(query)).scalar_one())
+
+        for more in (0, 1, 4, 12):
+            kill_after(command, receipts, more)
+            report = verify(retention_site, store, tmp_path)
+            assert report.ok, (more, report.problems)
+        assert receipts() < 60, "no run was killed before it finished"
+        wait_until(
+            lambda: subprocess.run(command, capture_output=True, check=False).returncode == 0,
+            "a run that completes (the killed run's lock let go)",
+            within=60,
+        )
+    watcher.dispose()
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert store.entries_since_checkpoint() == 0
+    assert forecast(store, later(0)).records == 0
+    assert remaining(store) == 2 * 600
+    store.close()
+
+
+SITE = """
+    site: short
+    timezone: UTC
+    devices:
+      - id: plc
+        protocol: modbus
+        endpoint: {{host: 127.0.0.1, port: {port}}}
+        limits: {{min_interval: 100ms}}
+        points:
+          - {{name: T1, signal: temperature, address: {{table: holding, register: 0, type: int16}}}}
+    """
+POLICY = """
+    policy: short-retention
+    title: Kept one second
+    owner: qa
+    applies: {}
+    capture: {every: 200ms}
+    retention: {keep_at_most: 1s, on_expiry: delete}
+    signing: {required: true, keys: [qa-signing], batch_window: 1s}
+    """
+
+
+def test_a_collector_applies_retention_on_its_schedule(converge_project, evidence_site, tmp_path):
+    """`converge run --db --retention-every 1s` deletes what expired while it collects, with
+    receipts signed by the job `retention`; the store verifies after the run."""
+    port = free_port()
+    root = converge_project.root
+    converge_project.write({"policies/p.yaml": POLICY, "sites/s/site.yaml": SITE.format(port=port)})
+    keys = ["--keys", str(evidence_site.keys_dir)]
+    planned = [*CONVERGE, "plan", "-p", "policies", "-s", "sites/s", "-o", "plans", *keys]
+    subprocess.run(planned, cwd=root, check=True, capture_output=True, timeout=60)
+    simulator = subprocess.Popen(
+        [*CONVERGE, "simulate", "sites/s"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = root / "evidence.db"
+    try:
+        listening(port)
+        collector = subprocess.Popen(
+            [
+                *CONVERGE,
+                "run",
+                "--plans",
+                "plans",
+                *keys,
+                "--db",
+                str(db),
+                "--retention-every",
+                "1s",
+            ],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(
+            lambda: collector.poll() is not None or receipts_in(db) >= 2,
+            "two deletion receipts in the store",
+            within=90,
+        )
+        collector.send_signal(signal.SIGTERM)
+        _, err = collector.communicate(timeout=60)
+    finally:
+        simulator.send_signal(signal.SIGINT)
+        simulator.wait(timeout=60)
+    assert collector.returncode == 0, err
+    assert "retention: deleted" in err
+    with Store.open_existing(str(db)) as store:
+        report = verify(evidence_site, store)
+        (first, *_) = kinds(store, "retention.deleted")
+    assert report.ok, report.problems
+    assert report.deletions and first.actor["id"] == "retention"
+
+
+def receipts_in(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+        try:
+            query = "SELECT count(*) FROM audit_entries WHERE kind = 'retention.deleted'"
+            return int(conn.execute(query).fetchone()[0])
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+
+
+def test_hold_grants_merge_like_read_and_export(converge_project):
+    """access.hold: the union of every governing policy's grants; deny stays beside it."""
+    outcome = converge_project.write(
+        {
+            "sites/s/site.yaml": SITE.format(port=5020),
+            "policies/a.yaml": f"{POLICY.rstrip()}\n    access: {{hold: [legal], deny: [x]}}\n",
+            "policies/b.yaml": """
+                policy: b
+                title: B
+                owner: qa
+                applies: {}
+                access: {hold: [records-management, legal], read: [qa]}
+                """,
+        }
+    ).compile()
+    outcome.assert_success()
+    access = outcome.plan_body("plc").point["T1"].access
+    assert access.hold == ("legal", "records-management")
+    assert access.deny == ("x",)
+    provenance = outcome.plan("plc")["points"][0]["provenance"]["access.hold"]
+    assert [p["policy"] for p in provenance] == ["b", "short-retention"]
