@@ -148,8 +148,13 @@ def point_name(p: int) -> str:
     return f"R{p:03d}"
 
 
+ACCESS = {"read": ["auditor"], "export": ["auditor"]}
+"""Who may read and export the bench's points (bench/export.py exports them)."""
+
+
 def plans(shape: Shape) -> list[PlanBody]:
-    """One sealed plan per device (digest verifies), each point signed by both keys."""
+    """One sealed plan per device (digest verifies), each point signed by both keys and
+    exportable by auditors."""
     signing = {"required": True, "keys": list(SIGNING_KEYS), "batch_window_ms": WINDOW_MS}
     bodies = []
     for d in range(shape.devices):
@@ -160,7 +165,8 @@ def plans(shape: Shape) -> list[PlanBody]:
             "as_of": "2026-06-01",
             "device": {"id": device_id(d), "protocol": "modbus", "endpoint": {}, "limits": {}},
             "points": [
-                {"name": point_name(p), "address": {}, "signing": signing} for p in range(POINTS)
+                {"name": point_name(p), "address": {}, "signing": signing, "access": ACCESS}
+                for p in range(POINTS)
             ],
             "read_groups": [],
         }

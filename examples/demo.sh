@@ -70,12 +70,39 @@ echo "..."
 tail -n 3 $OUT/audit-log.txt
 
 step "11. An auditor verifies every record, batch root, signature, audit entry and checkpoint" \
-     "converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl"
-converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl
+     "converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl --plan-key plan-signing"
+converge audit verify --db $OUT/evidence.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl \
+  --plan-key plan-signing
 
 step "12. Someone edits one stored reading in a copy of the store; verification names the batch" \
      "python examples/tamper.py $OUT/tampered.db; converge audit verify --db $OUT/tampered.db ..."
 cp $OUT/evidence.db $OUT/tampered.db
 python examples/tamper.py $OUT/tampered.db
 converge audit verify --db $OUT/tampered.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl \
-  || echo "(exit code $?: the tampered store does not verify)"
+  --plan-key plan-signing || echo "(exit code $?: the tampered store does not verify)"
+
+step "14. An auditor's export: the reactor's records with everything that proves them, one zip" \
+     "converge export --db $OUT/evidence.db --as inspector@audit.example --device reactor-1-plc -o $OUT/reactor-1.zip"
+converge export --db $OUT/evidence.db --principals $BASEL/principals.yaml --as inspector@audit.example \
+  --keys $OUT/keys --device reactor-1-plc -o $OUT/reactor-1.zip
+converge keys trust --db $OUT/evidence.db --keys $OUT/keys --plan-key plan-signing -o $OUT/trust.json
+python -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()[:6]), "\n...")' \
+  $OUT/reactor-1.zip
+
+step "15. Offline, in a fresh virtualenv holding only cryptography, the bundle's own verify.py checks it" \
+     "python -m venv auditor; auditor/bin/pip install cryptography; auditor/bin/python verify.py $OUT/reactor-1.zip --trust $OUT/trust.json"
+python -m venv $OUT/auditor
+$OUT/auditor/bin/pip install --quiet --disable-pip-version-check cryptography > $OUT/pip.log 2>&1 \
+  || { cat $OUT/pip.log; exit 1; }
+python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("verify.py"))' \
+  $OUT/reactor-1.zip > $OUT/verify.py
+(cd $OUT && auditor/bin/python -I verify.py reactor-1.zip --trust trust.json)
+
+step "16. One byte of the bundle changed: the verifier names the member and the batch" \
+     "python examples/flip_byte.py $OUT/reactor-1.zip $OUT/changed.zip; verify.py $OUT/changed.zip ..."
+python examples/flip_byte.py $OUT/reactor-1.zip $OUT/changed.zip records.jsonl
+(cd $OUT && auditor/bin/python -I verify.py changed.zip --trust trust.json) \
+  || echo "(exit code $?: the changed bundle does not verify)"
+python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("report.html"))' \
+  $OUT/reactor-1.zip > $OUT/report.html
+echo "the auditor's report: $OUT/report.html"

@@ -1,66 +1,214 @@
-"""Audit bundles: `converge export` writes one, `converge verify` and its own verify.py check it,
-the same way, and every change, swap or hostile zip is named."""
+"""Audit bundles: `converge export` writes one, `converge verify` and the bundle's own verify.py
+(run in a virtualenv that has only `cryptography`) check it and say the same, and every change,
+swap, forgery or hostile zip is named, with nothing written outside a temporary folder.
+
+The forgeries are an insider's: one who holds the audit log's key, re-signs the manifest after
+changing a member, and so passes the digest check; what catches them is the rest."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import csv
+import hashlib
+import io
 import json
+import stat
 import subprocess
-import sys
+import venv
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from evidence_kit import fill
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from evidence_kit import T0, Site, fill
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from engine.audit import Actor
+from engine.canonical import canonical_json
 from engine.cli import main
+from engine.export import bundle as writing
 from engine.export import verifier
+from engine.plans.signature import PlanClaim, Signer, sign_claim
+from engine.records import Quality, Reading
+from engine.sign.leaf import instant, leaf_bytes
+from engine.sign.merkle import MerkleTree
+from engine.sign.note import sign_note
+from engine.store import data, reads
+from engine.store.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 PRINCIPALS = REPO / "examples" / "sites" / "plant-basel" / "principals.yaml"
 AUDITOR = "inspector@audit.example"
+DEVICE = "reactor-1-plc"
+Members = dict[str, bytes]
+
+
+# --- a verifier with nothing of ours: a virtualenv holding only cryptography ---------------
+
+
+@pytest.fixture(scope="session")
+def clean_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv's python whose only packages are `cryptography` and what it needs
+    (cffi, pycparser), linked from ours: no Converge, no SQLAlchemy, nothing else."""
+    root = tmp_path_factory.mktemp("auditor-venv")
+    venv.EnvBuilder(with_pip=False).create(root)
+    site = next(root.glob("lib/python3*/site-packages"))
+    ours = Path(__import__("cryptography").__file__).parents[1]
+    for pattern in ("cryptography*", "cffi*", "_cffi_backend*", "pycparser*"):
+        for found in ours.glob(pattern):
+            (site / found.name).symlink_to(found)
+    python = root / "bin" / "python"
+    alone = subprocess.run(
+        [
+            python,
+            "-I",
+            "-c",
+            "import cryptography, importlib.util as u; "
+            "print(u.find_spec('engine'), u.find_spec('sqlalchemy'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert alone.stdout.split() == ["None", "None"]
+    return python
+
+
+@dataclass(frozen=True)
+class Said:
+    """What a verifier printed and its exit code."""
+
+    code: int
+    lines: list[str]
+
+
+def converge_verify(bundle: Path, trust: Path | None) -> Said:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["verify", str(bundle), *(["--trust", str(trust)] if trust else [])])
+    return Said(code, out.getvalue().splitlines())
+
+
+def standalone_verify(python: Path, bundle: Path, trust: Path | None, where: Path) -> Said:
+    """verify.py (the file every bundle carries) run isolated (-I) in the clean virtualenv."""
+    script = where / "verify.py"
+    script.write_bytes(Path(verifier.__file__).read_bytes())
+    ran = subprocess.run(
+        [python, "-I", script, bundle, *(["--trust", trust] if trust else [])],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=where,
+    )
+    assert not ran.stderr, ran.stderr
+    return Said(ran.returncode, ran.stdout.splitlines())
 
 
 @pytest.fixture
-def exported(evidence_site, backend, tmp_path, monkeypatch) -> tuple[Path, Path, str]:
-    """A store of the plant, a bundle the auditor exported from it, and its trust file."""
-    fill(evidence_site, backend, tmp_path, seconds=70).close()
-    monkeypatch.setenv("CONVERGE_KEYS", str(evidence_site.keys_dir))
-    out = tmp_path / "bundle.zip"
-    code = main(
+def both(clean_python: Path, tmp_path: Path) -> Callable[[Path, Path | None], Said]:
+    """Runs `converge verify` and the standalone verify.py on a bundle and holds them equal."""
+
+    def run(bundle: Path, trust: Path | None) -> Said:
+        ours = converge_verify(bundle, trust)
+        theirs = standalone_verify(clean_python, bundle, trust, tmp_path)
+        assert theirs == ours
+        return ours
+
+    return run
+
+
+# --- exporting --------------------------------------------------------------------------
+
+
+def export(db: str, keys: Path, out: Path, *extra: str) -> int:
+    return main(
         [
             "export",
             "--db",
-            backend,
+            db,
             "--principals",
             str(PRINCIPALS),
             "--as",
             AUDITOR,
-            "--device",
-            "reactor-1-plc",
+            "--keys",
+            str(keys),
             "-o",
             str(out),
+            *extra,
         ]
     )
-    assert code == 0
-    trust = tmp_path / "trust.json"
-    keys = []
-    for name in ("qa-signing", "site-integrity", "ops-signing", "audit-log"):
-        keys += [v.as_dict() for v in evidence_site.key_store().versions(name)]
-    trust.write_text(json.dumps(keys))
-    return out, trust, backend
 
 
-def verdict(bundle: Path, trust: Path | None) -> verifier.Verdict:
-    return verifier.verify(str(bundle), None if trust is None else trust.read_bytes())
+def trust_file(db: str, keys: Path, out: Path, *extra: str) -> Path:
+    assert main(["keys", "trust", "--db", db, "--keys", str(keys), "-o", str(out), *extra]) == 0
+    return out
 
 
-def test_an_exported_bundle_verifies_with_the_auditors_keys(exported):
-    bundle, trust, _ = exported
-    result = verdict(bundle, trust)
-    assert result.ok, result.problems
-    assert result.counts["records"] > 0 and result.counts["batches"] > 0
-    names = zipfile.ZipFile(bundle).namelist()
-    assert names == sorted(names)
+@dataclass(frozen=True)
+class Exported:
+    site: Site
+    db: str
+    bundle: Path
+    trust: Path
+
+
+@pytest.fixture
+def exported(evidence_site: Site, backend: str, tmp_path: Path) -> Exported:
+    """A store of the plant (on each backend), the auditor's bundle of one device, the trust
+    file of the store's keys and log."""
+    fill(evidence_site, backend, tmp_path, seconds=70).close()
+    bundle = tmp_path / "bundle.zip"
+    assert export(backend, evidence_site.keys_dir, bundle, "--device", DEVICE) == 0
+    trust = trust_file(backend, evidence_site.keys_dir, tmp_path / "trust.json")
+    return Exported(evidence_site, backend, bundle, trust)
+
+
+@pytest.fixture(scope="module")
+def plant(evidence_site: Site, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """One SQLite store and a whole-device bundle of it, shared by the forgery tests."""
+    root = tmp_path_factory.mktemp("plant")
+    db = str(root / "evidence.db")
+    fill(evidence_site, db, root, seconds=70).close()
+    bundle = root / "bundle.zip"
+    assert export(db, evidence_site.keys_dir, bundle, "--device", DEVICE) == 0
+    return Exported(evidence_site, db, bundle, trust_file(db, evidence_site.keys_dir, root / "t"))
+
+
+@pytest.fixture(scope="module")
+def partial(plant: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of one point of the device: its batches carry a proof per record."""
+    out = tmp_path_factory.mktemp("partial") / "partial.zip"
+    point = first_point(plant.bundle)
+    assert export(plant.db, plant.site.keys_dir, out, "--device", DEVICE, "--point", point) == 0
+    return out
+
+
+def first_point(bundle: Path) -> str:
+    first = read(bundle)["records.jsonl"].split(b"\n")[0]
+    return str(json.loads(first)["leaf"]["point"])
+
+
+def read(bundle: Path) -> Members:
+    with zipfile.ZipFile(bundle) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+# --- what an auditor sees of a good bundle -------------------------------------------------
+
+
+def test_an_exported_bundle_verifies_with_the_auditors_trust_file(exported: Exported, both):
+    said = both(exported.bundle, exported.trust)
+    assert said.code == 0, said.lines
+    assert said.lines[-1].startswith("verified: ")
+    members = read(exported.bundle)
+    assert members["verify.py"] == Path(verifier.__file__).read_bytes()
+    assert list(members) == sorted(members)
     assert {
         "manifest.json",
         "manifest.sig",
@@ -69,51 +217,562 @@ def test_an_exported_bundle_verifies_with_the_auditors_keys(exported):
         "verify.py",
         "report.html",
         "keys.json",
-    } <= set(names)
+        "log/entries.jsonl",
+        "log/checkpoints.json",
+        "log/consistency.json",
+        "retention.json",
+    } <= set(members)
+    manifest = json.loads(members["manifest.json"])
+    assert manifest["principal"] == AUDITOR and manifest["records"] > 0
+    assert all(p.startswith(f"{DEVICE}/") for p in manifest["points"])
+    csv_rows = members["records.csv"].decode().splitlines()
+    assert csv_rows[0] == ",".join(verifier.CSV_COLUMNS)
+    assert len(csv_rows) == manifest["records"] + 1
 
 
-def test_without_trust_the_bundle_says_its_keys_are_its_own(exported):
-    bundle, _, _ = exported
-    result = verdict(bundle, None)
-    assert result.ok and any("keys came from the bundle itself" in n for n in result.notes)
+def test_without_trust_the_verdict_says_the_keys_were_the_bundles_own(plant: Exported, both):
+    said = both(plant.bundle, None)
+    assert said.code == 0
+    assert any("keys came from the bundle itself" in line for line in said.lines)
 
 
-def rewritten(bundle: Path, tmp_path: Path, change) -> Path:
-    out = tmp_path / "changed.zip"
-    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            data = change(info.filename, src.read(info))
-            if data is not None:
-                dst.writestr(info, data)
+def test_the_export_is_an_audit_entry_of_the_bundle_and_of_the_store(plant: Exported):
+    members = read(plant.bundle)
+    decision = json.loads(members["manifest.json"])["decision"]
+    entries = [json.loads(line)["entry"] for line in members["log/entries.jsonl"].splitlines()]
+    assert any(e["payload"].get("decision") == decision for e in entries)
+    with Store.open_existing(plant.db) as store, store.reading() as conn:
+        assert any(
+            f'"decision":"{decision}"'.encode() in raw for _, _, _, raw in reads.audit_entries(conn)
+        )
+
+
+def test_two_exports_of_the_same_store_hold_the_same_evidence_bytes(exported: Exported):
+    again = exported.bundle.with_name("again.zip")
+    assert export(exported.db, exported.site.keys_dir, again, "--device", DEVICE) == 0
+    first, second = read(exported.bundle), read(again)
+    assert list(first) == list(second)
+    evidence = [n for n in first if n.startswith(("records", "batches/", "plans/"))]
+    assert evidence and all(first[n] == second[n] for n in evidence)
+    with zipfile.ZipFile(again) as z:
+        assert {info.date_time for info in z.infolist()} == {writing.ZIP_TIME}
+
+
+def test_one_point_exports_proofs_and_verifies(plant: Exported, partial: Path, both):
+    members = read(partial)
+    batches = [json.loads(members[n]) for n in members if n.startswith("batches/")]
+    assert batches and all("proofs" in b for b in batches)
+    assert (
+        len(
+            {
+                json.loads(line)["leaf"]["point"]
+                for line in members["records.jsonl"].split(b"\n")
+                if line
+            }
+        )
+        == 1
+    )
+    said = both(partial, plant.trust)
+    assert said.code == 0, said.lines
+
+
+def test_a_principal_without_an_export_grant_gets_no_bundle(plant: Exported, tmp_path: Path):
+    out = tmp_path / "refused.zip"
+    code = main(
+        [
+            "export",
+            "--db",
+            plant.db,
+            "--principals",
+            str(PRINCIPALS),
+            "--as",
+            "operator@plant.example",
+            "--keys",
+            str(plant.site.keys_dir),
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 3 and not out.exists()
+
+
+# --- changed bytes, and an insider's forgeries ----------------------------------------------
+
+
+def rewritten(bundle: Path, out: Path, change: Callable[[Members], Members]) -> Path:
+    """The bundle with members changed and the manifest left as it was."""
+    writing.write_zip(out, change(read(bundle)))
     return out
 
 
-def test_one_changed_byte_of_a_record_is_named(exported, tmp_path):
-    bundle, trust, _ = exported
+def forged(
+    site: Site,
+    bundle: Path,
+    out: Path,
+    change: Callable[[Members], Members],
+    *,
+    manifest_change: Callable[[dict[str, Any]], None] | None = None,
+    key: str = "audit-log",
+) -> Path:
+    """The bundle with members changed and the manifest re-made and re-signed with ``key``
+    (the log's by default): what an insider holding that key can make."""
+    members = change(read(bundle))
+    manifest = json.loads(members["manifest.json"])
+    manifest["files"] = {
+        name: "sha256:" + hashlib.sha256(body).hexdigest()
+        for name, body in sorted(members.items())
+        if name not in (verifier.MANIFEST, verifier.SIGNATURE)
+    }
+    if manifest_change:
+        manifest_change(manifest)
+    said = canonical_json(manifest)
+    members[verifier.MANIFEST] = said
+    members[verifier.SIGNATURE] = resign(site, said, manifest["origin"], key)
+    writing.write_zip(out, members)
+    return out
 
-    def flip(name: str, data: bytes) -> bytes:
-        return (
-            data.replace(b'"value":20.25', b'"value":20.26', 1) if name == "records.jsonl" else data
-        )
 
-    result = verdict(rewritten(bundle, tmp_path, flip), trust)
-    assert not result.ok
-    assert (
-        "records.jsonl",
-        "changed: its SHA-256 is not the one the manifest lists",
-    ) in result.problems
-
-
-def test_the_standalone_verify_py_gives_the_same_verdict(exported, tmp_path):
-    bundle, trust, _ = exported
-    with zipfile.ZipFile(bundle) as z:
-        (tmp_path / "verify.py").write_bytes(z.read("verify.py"))
-    ran = subprocess.run(
-        [sys.executable, str(tmp_path / "verify.py"), str(bundle), "--trust", str(trust)],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
+def resign(site: Site, manifest: bytes, origin: str, key: str) -> bytes:
+    now = datetime.now(UTC).replace(microsecond=0)
+    text = (
+        f"{verifier.FORMAT}\n{origin}\nsha256:{hashlib.sha256(manifest).hexdigest()}\n"
+        f"time {int(now.timestamp())}\n"
     )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert ran.stdout.splitlines() == verdict(bundle, trust).lines()
+    return sign_note(text, origin, site.key_store().signer(key, now)).encode()
+
+
+def failed(said: Said) -> list[str]:
+    assert said.code == 1, said.lines
+    return [line for line in said.lines if line.startswith("FAIL ")]
+
+
+def test_one_changed_byte_of_a_record_is_named(plant: Exported, tmp_path: Path, both):
+    def flip(members: Members) -> Members:
+        records = members["records.jsonl"]
+        at = records.index(b'"value":') + len(b'"value":')
+        members["records.jsonl"] = records[:at] + b"9" + records[at + 1 :]
+        return members
+
+    problems = failed(both(rewritten(plant.bundle, tmp_path / "changed.zip", flip), plant.trust))
+    assert problems[0] == (
+        "FAIL records.jsonl: changed: its SHA-256 is not the one the manifest lists"
+    )
+    assert any(p.endswith(": its records do not hash to its signed root") for p in problems)
+
+
+def test_a_changed_manifest_no_longer_matches_its_signature(plant: Exported, tmp_path, both):
+    def more(members: Members) -> Members:
+        manifest = json.loads(members["manifest.json"])
+        manifest["principal"] = "someone@else.example"
+        members["manifest.json"] = canonical_json(manifest)
+        return members
+
+    said = both(rewritten(plant.bundle, tmp_path / "m.zip", more), plant.trust)
+    assert "FAIL manifest.sig: not a signature of this manifest by audit-log" in failed(said)
+
+
+def test_a_record_changed_and_resigned_by_the_log_key_fails_its_batch(plant, tmp_path, both):
+    def change(members: Members) -> Members:
+        members["records.jsonl"] = members["records.jsonl"].replace(b'"value":2', b'"value":3', 1)
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "f.zip", change), plant.trust)
+    problems = failed(said)
+    assert any("its records do not hash to its signed root" in p for p in problems)
+    assert any(p.startswith("FAIL records.csv:") for p in problems)
+
+
+def test_a_record_swapped_between_batches_is_named(plant: Exported, tmp_path: Path, both):
+    def swap(members: Members) -> Members:
+        lines = members["records.jsonl"].split(b"\n")
+        first = json.loads(lines[0])
+        other = next(
+            i for i, line in enumerate(lines) if json.loads(line)["batch"] != first["batch"]
+        )
+        moved = json.loads(lines[other])
+        lines[0], lines[other] = (
+            retagged(lines[other], first["batch"], first["position"]),
+            retagged(lines[0], moved["batch"], moved["position"]),
+        )
+        members["records.jsonl"] = b"\n".join(lines)
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "s.zip", swap), plant.trust)
+    problems = failed(said)
+    assert sum("its records do not hash to its signed root" in p for p in problems) == 2
+
+
+def retagged(line: bytes, batch: int, position: int) -> bytes:
+    leaf = line[line.index(b'"leaf":') + len(b'"leaf":') : -1]
+    return b'{"batch":%d,"position":%d,"leaf":%s}' % (batch, position, leaf)
+
+
+def test_a_proof_for_another_tree_size_is_named(plant: Exported, partial: Path, tmp_path, both):
+    def shrink(members: Members) -> Members:
+        name = next(n for n in sorted(members) if n.startswith("batches/"))
+        said = json.loads(members[name])
+        with Store.open_existing(plant.db) as store, store.reading() as conn:
+            leaves = [leaf for _, leaf in data.leaves(conn, said["id"])]
+        smaller = MerkleTree(verifier.leaf_hash(leaf) for leaf in leaves[:-1])
+        said["proofs"] = {
+            p: [base64.b64encode(h).decode() for h in smaller.inclusion_proof(int(p))]
+            for p in said["proofs"]
+            if int(p) < smaller.size
+        }
+        members[name] = canonical_json(said)
+        return members
+
+    said = both(forged(plant.site, partial, tmp_path / "p.zip", shrink), plant.trust)
+    assert any("its proof fails" in p for p in failed(said))
+
+
+def test_a_checkpoint_signed_by_an_unknown_key_is_named(plant: Exported, tmp_path, both):
+    stranger = Ed25519PrivateKey.generate()
+
+    def add(members: Members) -> Members:
+        notes = json.loads(members["log/checkpoints.json"])
+        text = notes[-1].split("\n\n")[0] + "\n"
+        notes.append(sign_note(text, text.split("\n")[0], stranger))
+        members["log/checkpoints.json"] = json.dumps(notes).encode()
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "c.zip", add), plant.trust)
+    assert any("not signed by the log's key audit-log under origin" in p for p in failed(said))
+
+
+def test_a_device_key_cannot_stand_in_for_the_log_key(plant: Exported, tmp_path: Path, both):
+    """An insider with a batch-signing key re-signs the manifest and names that key the log's."""
+
+    def name_it(manifest: dict[str, Any]) -> None:
+        manifest["audit_key"] = "qa-signing"
+
+    out = tmp_path / "k.zip"
+    forged(plant.site, plant.bundle, out, dict, manifest_change=name_it, key="qa-signing")
+    problems = failed(both(out, plant.trust))
+    assert "FAIL manifest.json: names the key qa-signing for its log, not audit-log" in problems
+    assert "FAIL manifest.sig: not a signature of this manifest by audit-log" in problems
+
+
+def test_checkpoints_dated_back_before_the_batches_they_sign_are_named(plant, tmp_path, both):
+    """The log's key re-signs every checkpoint with a time before the batches' windows began
+    (a trust file that trusts the key from earlier on lets the signatures themselves pass)."""
+    back = T0 - timedelta(minutes=10)
+    keys = plant.site.key_store()
+
+    def back_date(members: Members) -> Members:
+        notes = json.loads(members["log/checkpoints.json"])
+        moved = {}
+        for note in notes:
+            lines = note.split("\n\n")[0].split("\n")
+            text = "\n".join([*lines[:3], f"time {int(back.timestamp())}", ""])
+            moved[note] = sign_note(text, lines[0], keys.signer("audit-log", datetime.now(UTC)))
+        members["log/checkpoints.json"] = json.dumps(list(moved.values())).encode()
+        entries = members["log/entries.jsonl"].decode()
+        for old, new in moved.items():
+            entries = entries.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
+        members["log/entries.jsonl"] = entries.encode()
+        return members
+
+    trust = json.loads(plant.trust.read_text())
+    for key in trust["keys"]:
+        key["not_before"] = (T0 - timedelta(hours=1)).isoformat()
+    early = tmp_path / "early.json"
+    early.write_text(json.dumps(trust))
+    out = forged(plant.site, plant.bundle, tmp_path / "b.zip", back_date)
+    problems = failed(both(out, early))
+    assert any(": back-dated" in p and p.startswith("FAIL batch ") for p in problems), problems
+
+
+def test_a_log_the_trust_file_does_not_name_is_refused(plant: Exported, tmp_path: Path, both):
+    trust = json.loads(plant.trust.read_text())
+    trust["logs"] = [{"origin": "converge/audit/audit-log/another-site", "key": "audit-log"}]
+    other = tmp_path / "other-trust.json"
+    other.write_text(json.dumps(trust))
+    problems = failed(both(plant.bundle, other))
+    assert any("is not a log the trust file names" in p for p in problems)
+
+
+def test_a_key_used_outside_its_validity_window_is_named(plant: Exported, tmp_path, both):
+    """The auditor trusts the device key only until before its batches were signed."""
+    trust = json.loads(plant.trust.read_text())
+    for key in trust["keys"]:
+        if key["name"] == "qa-signing":
+            key["not_after"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+            key["not_before"] = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    narrowed = tmp_path / "narrow.json"
+    narrowed.write_text(json.dumps(trust))
+    problems = failed(both(plant.bundle, narrowed))
+    assert any("signed by qa-signing outside the validity" in p for p in problems), problems
+
+
+def test_a_bundle_carrying_another_verify_py_is_said_so(plant: Exported, tmp_path, both):
+    """A bundle's maker could ship a verify.py that says "verified" to anything: the verdict
+    that counts is the auditor's own verifier's, and it says the copies differ."""
+
+    def liar(members: Members) -> Members:
+        members["verify.py"] = b"print('verified: everything')\n"
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "v.zip", liar), plant.trust)
+    assert said.code == 0
+    assert any("the bundle's verify.py differs from this verifier" in line for line in said.lines)
+
+
+def test_a_record_outside_the_exported_range_is_named(plant: Exported, tmp_path, both):
+    def narrow(manifest: dict[str, Any]) -> None:
+        manifest["from"] = "2999-01-01T00:00:00.000000Z"
+
+    out = forged(plant.site, plant.bundle, tmp_path / "r.zip", dict, manifest_change=narrow)
+    assert any("outside the exported range" in p for p in failed(both(out, plant.trust)))
+
+
+def test_plans_must_be_signed_when_the_trust_file_names_a_plan_key(plant: Exported, tmp_path, both):
+    strict = trust_file(
+        plant.db, plant.site.keys_dir, tmp_path / "s.json", "--plan-key", "qa-signing"
+    )
+    problems = failed(both(plant.bundle, strict))
+    assert any("not signed, and plans must be signed by qa-signing" in p for p in problems)
+
+
+def test_an_entry_moved_to_another_index_is_not_in_the_log(plant: Exported, tmp_path, both):
+    def renumber(members: Members) -> Members:
+        lines = members["log/entries.jsonl"].split(b"\n")
+        line = json.loads(lines[-2])
+        line["entry"]["seq"] = line["seq"] = line["seq"] + 1
+        proof = line["proof"].split("\n")
+        line["proof"] = "\n".join([proof[0], f"index {line['seq']}", *proof[2:]])
+        lines[-2] = json.dumps(line, separators=(",", ":")).encode()
+        members["log/entries.jsonl"] = b"\n".join(lines)
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "e.zip", renumber), plant.trust)
+    assert any("not in the log under its checkpoint" in p for p in failed(said))
+
+
+# --- signed plans ---------------------------------------------------------------------------
+
+APPROVER = Signer("j.doe@example.com", "Jane Doe", "approved")
+
+
+@pytest.fixture(scope="module")
+def signed_plant(evidence_site: Site, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A store whose plans were signed by ops-signing as Jane Doe's approval, and its bundle."""
+    root = tmp_path_factory.mktemp("signed-plant")
+    db = str(root / "evidence.db")
+    keys = evidence_site.key_store()
+    at = datetime.now(UTC).replace(microsecond=0)
+    with Store.open(db, actor=Actor.job("test")) as store:
+        store.deploy_plans(
+            (plan, sign_claim(PlanClaim(plan.device.id, plan.digest, at, APPROVER), "ops-signing",
+                              keys.signer("ops-signing", at)).decode())
+            for plan in evidence_site.plans
+        )  # fmt: skip
+    fill(evidence_site, db, root, seconds=20).close()
+    bundle = root / "bundle.zip"
+    assert export(db, evidence_site.keys_dir, bundle, "--device", DEVICE) == 0
+    trust = trust_file(db, evidence_site.keys_dir, root / "t.json", "--plan-key", "ops-signing")
+    return Exported(evidence_site, db, bundle, trust)
+
+
+def plan_signature(members: Members) -> str:
+    return next(name for name in members if name.startswith("plans/") and name.endswith(".sig"))
+
+
+def test_signed_plans_verify_against_the_plan_key(signed_plant: Exported, both):
+    said = both(signed_plant.bundle, signed_plant.trust)
+    assert said.code == 0, said.lines
+    assert not any("plans' signatures were checked against every trusted key" in line
+                   for line in said.lines)  # fmt: skip
+
+
+def test_a_stripped_plan_signature_is_named(signed_plant: Exported, tmp_path: Path, both):
+    def strip(members: Members) -> Members:
+        del members[plan_signature(members)]
+        return members
+
+    out = forged(signed_plant.site, signed_plant.bundle, tmp_path / "s.zip", strip)
+    problems = failed(both(out, signed_plant.trust))
+    assert any("says signed: true, the bundle holds no signature" in p for p in problems)
+    assert any("not signed, and plans must be signed by ops-signing" in p for p in problems)
+
+
+def test_a_plan_resigned_in_another_name_is_named(signed_plant: Exported, tmp_path: Path, both):
+    """The holder of the plan key signs the plan again, as someone else's approval."""
+    other = Signer("mallory@example.com", "Mallory", "approved")
+
+    def resign_plan(members: Members) -> Members:
+        name = plan_signature(members)
+        text = members[name].decode().split("\n\n")[0].split("\n")
+        at = datetime.strptime(text[3], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        claim = PlanClaim(text[1], text[2], at, other)
+        signer = signed_plant.site.key_store().signer("ops-signing", at)
+        members[name] = sign_claim(claim, "ops-signing", signer)
+        return members
+
+    out = forged(signed_plant.site, signed_plant.bundle, tmp_path / "o.zip", resign_plan)
+    problems = failed(both(out, signed_plant.trust))
+    assert any("not the signature the plan was deployed with" in p for p in problems), problems
+
+
+# --- hostile zips: refused, named, nothing written ------------------------------------------
+
+
+def hostile(out: Path, members: list[tuple[zipfile.ZipInfo, bytes]]) -> Path:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, body in members:
+            z.writestr(info, body)
+    return out
+
+
+def named(name: str, mode: int = 0o644) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, writing.ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = mode << 16
+    return info
+
+
+OUTSIDE = "a member path outside the bundle (absolute, .. or empty parts)"
+
+
+@pytest.mark.parametrize(
+    ("member", "mode"),
+    [
+        ("../outside.txt", 0o644),
+        ("/etc/cron.d/evil", 0o644),
+        ("records/../../x", 0o644),
+        ("C:/windows/evil", 0o644),
+        ("a\\..\\..\\evil", 0o644),
+        ("link", stat.S_IFLNK | 0o777),
+    ],
+)
+def test_members_outside_the_bundle_are_refused(plant, tmp_path, member, mode, both):
+    good = read(plant.bundle)
+    out = hostile(
+        tmp_path / "bad.zip",
+        [(named(n), b) for n, b in good.items()] + [(named(member, mode), b"/etc/passwd")],
+    )
+    before = set(tmp_path.parent.rglob("*"))
+    verdict = "a symbolic link" if member == "link" else OUTSIDE
+    assert failed(both(out, plant.trust)) == [f"FAIL {member}: refused: {verdict}"]
+    written = set(tmp_path.parent.rglob("*")) - before
+    assert {p.name for p in written} <= {"verify.py"}
+
+
+def test_a_zip_bomb_is_refused_before_it_is_expanded(plant: Exported, tmp_path: Path, both):
+    bomb = hostile(tmp_path / "bomb.zip", [(named("records.jsonl"), bytes(64 << 20))])
+    assert bomb.stat().st_size < 1 << 20
+    assert failed(both(bomb, plant.trust))[0].startswith("FAIL records.jsonl: refused: expands")
+
+
+def test_two_members_of_one_name_are_refused(plant: Exported, tmp_path: Path, both):
+    good = read(plant.bundle)
+    members = [(named(n), b) for n, b in good.items()] + [(named("records.jsonl"), b"{}")]
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        out = hostile(tmp_path / "dup.zip", members)
+    assert failed(both(out, plant.trust)) == [
+        "FAIL records.jsonl: refused: the zip holds two members of this name"
+    ]
+
+
+def test_a_truncated_bundle_is_refused(plant: Exported, tmp_path: Path, both):
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(plant.bundle.read_bytes()[: plant.bundle.stat().st_size // 2])
+    (problem,) = failed(both(cut, plant.trust))
+    assert problem.startswith(f"FAIL {cut}: refused: not a readable zip file")
+
+
+def test_a_bundle_missing_its_manifest_is_not_a_bundle(plant: Exported, tmp_path: Path, both):
+    out = rewritten(
+        plant.bundle,
+        tmp_path / "n.zip",
+        lambda m: {k: v for k, v in m.items() if k != "manifest.json"},
+    )
+    assert failed(both(out, plant.trust)) == [
+        "FAIL manifest.json: refused: missing: this is not a Converge bundle"
+    ]
+
+
+IGNORED_WITH_TRUST = {"manifest.json", "keys.json", "retention.json"}
+"""The manifest is re-made by the forger; the auditor's trust file stands for keys.json; the
+reserved retention member has no content to get wrong yet."""
+hostile_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(member=st.integers(min_value=0), value=hostile_json)
+def test_any_json_where_a_member_is_expected_is_a_verdict_never_a_crash(
+    plant, tmp_path, member, value
+):
+    """The insider re-signs the manifest over a member holding JSON of any shape."""
+    members = read(plant.bundle)
+    names = sorted(n for n in members if n.endswith(".json") and n not in IGNORED_WITH_TRUST)
+    name = names[member % len(names)]
+    out = forged(
+        plant.site,
+        plant.bundle,
+        tmp_path / "j.zip",
+        lambda m: {**m, name: json.dumps(value).encode()},
+    )
+    result = verifier.verify(str(out), plant.trust.read_bytes())
+    assert not result.ok and result.problems
+
+
+# --- the record reader's fast path ------------------------------------------------------
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6)
+values = (
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.booleans()
+    | st.text(max_size=6)
+    | st.sampled_from([0.0, -0.0, 1e21, 1e-7, 5e-324, 28.0, 0.1 + 0.2])
+)
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+readings = st.builds(
+    lambda device, point, value, at, quality, scheduled: Reading(
+        device, point, at, value, quality, scheduled_at=at if scheduled else None
+    ),
+    names | st.sampled_from(["plc-001", "reactor-1-plc"]),
+    names | st.sampled_from(["TT101_PV", "R001"]),
+    values,
+    moments,
+    st.sampled_from(list(Quality)),
+    st.booleans(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(reading=readings)
+def test_the_fast_reader_reads_every_leaf_as_the_json_parser_does(reading: Reading):
+    """The usual reading is read from its leaf's text without parsing it; every leaf, odd names
+    and numbers included, must give the record and CSV row the JSON parser and csv give."""
+    leaf = leaf_bytes(reading, bytes(16))
+    parsed = json.loads(leaf)
+    row = io.StringIO()
+    csv.writer(row, lineterminator="\n").writerow(
+        [
+            "" if v is None else ("true" if v else "false") if isinstance(v, bool)
+            else json.dumps(v) if isinstance(v, int | float) else str(v)
+            for v in (
+                parsed.get(c) if c not in ("time", "batch", "position")
+                else {"time": parsed.get("scheduled_at") or parsed["collected_at"],
+                      "batch": 7, "position": 3}[c]
+                for c in verifier.CSV_COLUMNS
+            )
+        ]
+    )  # fmt: skip
+    record = verifier.read_record(leaf, 7, 3)
+    at = instant(reading.scheduled_at or reading.collected_at)
+    assert record == verifier.Record(reading.device, reading.point, at, row.getvalue().encode())

@@ -32,7 +32,7 @@ from engine.commands.options import (
     principals_of,
 )
 from engine.errors import ConvergeError
-from engine.export import export
+from engine.export import Target, export
 from engine.principals import PrincipalResolver
 from engine.report import render
 from engine.sign.leaf import instant
@@ -67,6 +67,13 @@ def register(commands: Subparsers) -> None:
         help=f"the key folder with the log's key (default: ${KEYS_ENV}, else ./keys)",
     )
     add_audit_key(parser)
+    parser.add_argument(
+        "--plan-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key that signs plans, named so in the bundle's keys.json (repeat for more)",
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="FILE.zip")
     handler: Handler = run
     parser.set_defaults(handler=handler)
@@ -82,9 +89,10 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     with Store.open_existing(args.db) as store:
         store.audit_key = args.audit_key
         decision = _decide(store, resolver, args)
-        done = export(store, decision, span, keys, out=args.out, report=render)
+        done = export(store, decision, span, keys, Target(args.out, render, tuple(args.plan_key)))
     console.print(
-        f"exported {done.records:,} records of {done.batches} batches to {args.out} "
+        f"exported {done.records:,} records of {done.batches} batch"
+        f"{'' if done.batches == 1 else 'es'} to {args.out} "
         f"(decision {decision.id})",
         highlight=False,
     )

@@ -1,4 +1,4 @@
-"""``converge keys``: generate, list, export and rotate signing keys."""
+"""``converge keys``: generate, list, export and rotate signing keys; write a trust file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.access.acting import Refusal, act_as
-from engine.audit import Actor, seal_with
+from engine.audit import ORIGIN_KEY, Actor, origin_key, seal_with
 from engine.commands.options import (
     AS_ENV,
     KEYS_ENV,
@@ -31,18 +31,22 @@ from engine.commands.options import (
     principals_of,
 )
 from engine.errors import AccessDenied, KeyStoreError
+from engine.export.bundle import trust_file
 from engine.keys import KeyStore, KeyVersion
+from engine.store import reads
 from engine.store.store import Store
 
 
 def register(commands: Subparsers) -> None:
-    parser = commands.add_parser("keys", help="generate, list, export and rotate signing keys")
+    parser = commands.add_parser(
+        "keys", help="generate, list, export and rotate signing keys; write a trust file"
+    )
     actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--keys", type=Path, metavar="DIR", help=f"key folder (default: ${KEYS_ENV}, else ./keys)"
     )
-    for add in (_add_generate, _add_list, _add_export, _add_rotate):
+    for add in (_add_generate, _add_list, _add_export, _add_rotate, _add_trust):
         add(actions, store)
     parser.set_defaults(handler=run)
 
@@ -96,6 +100,30 @@ def _add_rotate(actions: Subparsers, store: argparse.ArgumentParser) -> None:
     )
     add_db(rotate, required=False)
     add_audit_key(rotate)
+
+
+def _add_trust(actions: Subparsers, store: argparse.ArgumentParser) -> None:
+    trust = actions.add_parser(
+        "trust",
+        parents=[store],
+        help="a trust file for converge verify: public keys, the store's log and its key",
+    )
+    add_db(trust)
+    trust.add_argument(
+        "--plan-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key that signs plans: the verifier then requires every plan signed by one",
+    )
+    trust.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this key's versions, and the log's (repeat; default: every key)",
+    )
+    trust.add_argument("-o", "--out", type=Path, metavar="FILE", help="default: standard output")
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -159,11 +187,35 @@ def run_export(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     return 0
 
 
+def run_trust(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    """The trust file an auditor gives ``converge verify --trust``: the log's origin and key
+    come from the store (its first entry named them), the public keys from the key folder."""
+    keys = key_store_of(args, pm)
+    with Store.open_existing(args.db) as store, store.reading() as conn:
+        origin = reads.meta(conn, ORIGIN_KEY)
+    log_key = origin_key(origin or "")
+    if origin is None or log_key is None:
+        raise KeyStoreError(f"{args.db} has no audit log that names its key")
+    names = sorted({*(args.key or keys.names()), log_key, *args.plan_key})
+    missing = [name for name in names if name not in keys.names()]
+    if missing:
+        raise KeyStoreError(f"no key {', '.join(missing)} in the key folder")
+    text = trust_file(
+        [v for name in names for v in keys.versions(name)], {origin: log_key}, args.plan_key
+    )
+    if args.out is None:
+        sys.stdout.write(text.decode() + "\n")
+    else:
+        args.out.write_bytes(text + b"\n")
+    return 0
+
+
 ACTIONS: dict[str, Handler] = {
     "generate": run_generate,
     "list": run_list,
     "export-public": run_export,
     "rotate": run_rotate,
+    "trust": run_trust,
 }
 
 

@@ -40,9 +40,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     except OSError as exc:
         raise ConvergeError(f"cannot read {args.trust}: {exc.strerror}") from exc
     verdict = verifier.verify(str(args.bundle), trust)
-    if args.format == "json":
-        print(json.dumps(verdict.as_json(), indent=2))
-    else:
-        for line in verdict.lines():
-            console.print(line, markup=False, highlight=False)
+    # printed as verify.py prints it, line for line (no wrapping): the two must say the same
+    said = verdict.lines() if args.format == "text" else [json.dumps(verdict.as_json(), indent=2)]
+    print("\n".join(said))
     return 0 if verdict.ok else 1

@@ -47,10 +47,18 @@ class Exported:
     path: Path
 
 
-def export(
-    store: Store, decision: Decision, span: Range, keys: KeyStore, *, out: Path, report: Report
-) -> Exported:
-    """Record ``decision``, and when it allows anything, write its bundle to ``out``."""
+@dataclass(frozen=True)
+class Target:
+    """Where a bundle goes, how its report is made, and which keys its trust file says sign
+    plans."""
+
+    out: Path
+    report: Report
+    plan_keys: tuple[str, ...] = ()
+
+
+def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Target) -> Exported:
+    """Record ``decision``, and when it allows anything, write its bundle to ``to.out``."""
     record(store, decision)
     if not decision.allowed:
         raise AccessDenied(_refusals(decision))
@@ -59,14 +67,16 @@ def export(
     with store.reading() as conn:
         origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
         size = max(row.size for row in reads.checkpoints(conn))
-        asked = bundle.Request(decision, span, origin, store.audit_key, _public(keys))
+        asked = bundle.Request(decision, span, origin, store.audit_key, _public(keys), to.plan_keys)
         gathered = bundle.gather(conn, asked, size)
-    gathered.members["report.html"] = report(store, decision)
-    gathered.members["verify.py"] = Path(verifier.__file__).read_bytes()
+    gathered.members["report.html"] = to.report(store, decision)
+    gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
     said = bundle.manifest(gathered, _about(decision, span, origin, store.audit_key))
     note = _sign_manifest(said, origin, keys, store.audit_key)
-    bundle.write_zip(out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note})
-    return Exported(decision, gathered.records, len(gathered.batches), out)
+    bundle.write_zip(
+        to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
+    )
+    return Exported(decision, gathered.records, len(gathered.batches), to.out)
 
 
 def _refusals(decision: Decision) -> str:
@@ -103,4 +113,4 @@ def _sign_manifest(manifest: bytes, origin: str, keys: KeyStore, audit_key: str)
     return sign_note(text, origin, keys.signer(audit_key, seal.at)).encode()
 
 
-__all__ = ["Exported", "Report", "export"]
+__all__ = ["Exported", "Report", "Target", "export"]

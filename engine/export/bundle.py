@@ -62,6 +62,7 @@ class Request:
     origin: str
     audit_key: str
     keys: Sequence[KeyVersion]
+    plan_keys: Sequence[str] = ()
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -72,13 +73,34 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
     _records(conn, request, out, wanted)
     _plans(conn, out, entries, wanted)
-    out.members[verifier.ENTRIES] = _entries(entries, wanted, tree)
-    out.members[verifier.CHECKPOINTS], out.members[verifier.CONSISTENCY] = _checkpoints(
-        conn, request, tree
-    )
-    out.members[verifier.KEYS] = json.dumps([k.as_dict() for k in request.keys], indent=1).encode()
+    kept = _checkpoints(conn, request, tree)
+    out.members[verifier.ENTRIES] = _entries(entries, wanted, tree, kept[-1][1])
+    out.members[verifier.CHECKPOINTS] = json.dumps([note for _, note in kept], indent=1).encode()
+    out.members[verifier.CONSISTENCY] = json.dumps(
+        [
+            {"size": size, "proof": _b64(tree.consistency_proof(size))}
+            for size, _ in kept
+            if size < tree.size
+        ]
+    ).encode()
+    logs = {request.origin: request.audit_key}
+    out.members[verifier.KEYS] = trust_file(request.keys, logs, request.plan_keys)
     out.members[verifier.RETENTION] = canonical_json({"receipts": [], "holds": []})
     return out
+
+
+def trust_file(keys: Iterable[KeyVersion], logs: dict[str, str], plan_keys: Iterable[str]) -> bytes:
+    """A trust file (docs/bundle.md): these key versions, each for its validity window; the key
+    of each audit log, by origin; the keys that sign plans."""
+    return json.dumps(
+        {
+            "format": verifier.TRUST_FORMAT,
+            "logs": [{"origin": origin, "key": key} for origin, key in sorted(logs.items())],
+            "plan_keys": sorted(plan_keys),
+            "keys": [k.as_dict() for k in keys],
+        },
+        indent=1,
+    ).encode()
 
 
 def _decision_seq(entries: Sequence[tuple[int, bytes]], decision: str) -> int:
@@ -92,9 +114,9 @@ def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]
     for batch, picked in _picked(conn, request):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
-        for position, leaf in picked:
+        for position, leaf, row in picked:
             lines.append(b'{"batch":%d,"position":%d,"leaf":%s}\n' % (batch.id, position, leaf))
-            rows.append(verifier.csv_text(verifier.csv_row(json.loads(leaf), batch.id, position)))
+            rows.append(row)
         out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
@@ -103,34 +125,44 @@ def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]
     out.members[verifier.RECORDS_CSV] = b"".join(rows)
 
 
-def _picked(
-    conn: Connection, request: Request
-) -> Iterator[tuple[StoredBatch, list[tuple[int, bytes]]]]:
-    """Each batch of an allowed device in the range with the (position, leaf) it exports."""
-    allowed: dict[str, set[bytes]] = {}
+Picked = list[tuple[int, bytes, bytes]]
+"""The (position, leaf, CSV row) of each record a batch exports."""
+
+
+def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, Picked]]:
+    """Each batch of an allowed device in the range with the records it exports."""
+    allowed: dict[str, set[str]] = {}
     for point in request.decision.allowed:
-        needle = b'"point":' + canonical_json(point.point) + b","
-        allowed.setdefault(point.device, set()).add(needle)
-    span = request.span
-    for device, needles in sorted(allowed.items()):
-        for batch in data.batches(conn, device, span.start, span.end):
-            picked = [
-                (p, leaf)
-                for p, leaf in data.leaves(conn, batch.id)
-                if _exported(leaf, needles, span)
-            ]
+        allowed.setdefault(point.device, set()).add(point.point)
+    for device, points in sorted(allowed.items()):
+        for batch in data.batches(conn, device, request.span.start, request.span.end):
+            picked = _exported(data.leaves(conn, batch.id), batch.id, points, request.span)
             if picked:
                 yield batch, picked
 
 
-def _exported(leaf: bytes, needles: set[bytes], span: Range) -> bool:
-    if not any(needle in leaf for needle in needles):
-        return False
-    record = json.loads(leaf)
-    return span.holds(record.get("scheduled_at") or record["collected_at"])
+def _exported(
+    leaves: Iterable[tuple[int, bytes]], batch: int, points: set[str], span: Range
+) -> Picked:
+    """The records among a batch's leaves of ``points`` in ``span``. When few points are asked,
+    a leaf that does not name one is not read at all."""
+    needles = [b'"point":' + canonical_json(point) + b"," for point in points]
+    few = len(needles) <= FEW_POINTS
+    picked = []
+    for position, leaf in leaves:
+        if few and not any(needle in leaf for needle in needles):
+            continue
+        record = verifier.read_record(leaf, batch, position)
+        if record is not None and record.point in points and span.holds(record.time):
+            picked.append((position, leaf, record.csv))
+    return picked
 
 
-def _batch_member(conn: Connection, batch: StoredBatch, picked: list[tuple[int, bytes]]) -> bytes:
+FEW_POINTS = 4
+"""Up to how many points of a device a leaf is searched for their names before it is read."""
+
+
+def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes:
     """The batch: statement, signatures, its entry's seq, and (when not every record of it is
     exported) each exported record's inclusion proof under its root."""
     said: dict[str, Any] = {
@@ -141,7 +173,7 @@ def _batch_member(conn: Connection, batch: StoredBatch, picked: list[tuple[int, 
     }
     if len(picked) != batch.count:
         tree = MerkleTree(verifier.leaf_hash(leaf) for _, leaf in data.leaves(conn, batch.id))
-        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p, _ in picked}
+        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p, _, _ in picked}
     return canonical_json(said)
 
 
@@ -159,18 +191,22 @@ def _plans(
         wanted.update(seq for seq, raw in entries if b'"plan.deployed"' in raw and needle in raw)
 
 
-def _entries(entries: Sequence[tuple[int, bytes]], wanted: set[int], tree: MerkleTree) -> bytes:
-    """log/entries.jsonl: each wanted entry with its tlog-proof under the latest checkpoint."""
+def _entries(
+    entries: Sequence[tuple[int, bytes]], wanted: set[int], tree: MerkleTree, latest: str
+) -> bytes:
+    """log/entries.jsonl: each wanted entry with its C2SP tlog-proof: the inclusion proof under
+    the latest checkpoint, and that checkpoint's signed note."""
     lines = []
     for seq in sorted(wanted):
         raw = entries[seq][1]
-        proof = "\n".join([TLOG_PROOF, f"index {seq}", *_b64(tree.inclusion_proof(seq))])
+        hashes = _b64(tree.inclusion_proof(seq))
+        proof = "\n".join([TLOG_PROOF, f"index {seq}", *hashes, "", latest])
         lines.append(b'{"seq":%d,"proof":%s,"entry":%s}\n' % (seq, json.dumps(proof).encode(), raw))
     return b"".join(lines)
 
 
-def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> tuple[bytes, bytes]:
-    """The checkpoints signed in the range and the latest; a consistency proof from each."""
+def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> list[tuple[int, str]]:
+    """The checkpoints (size, signed note) signed in the range, and the latest, last."""
     kept: list[tuple[int, str]] = []
     for row in reads.checkpoints(conn):
         if row.size > tree.size:
@@ -179,12 +215,7 @@ def _checkpoints(conn: Connection, request: Request, tree: MerkleTree) -> tuple[
         moment = None if at is None else instant(at)
         if row.size == tree.size or (moment is not None and request.span.holds(moment)):
             kept.append((row.size, row.note))
-    proofs = [
-        {"size": size, "proof": _b64(tree.consistency_proof(size))}
-        for size, _ in kept
-        if size < tree.size
-    ]
-    return json.dumps([note for _, note in kept], indent=1).encode(), json.dumps(proofs).encode()
+    return sorted(kept, key=lambda kept: kept[0])
 
 
 def _b64(hashes: Iterable[bytes]) -> list[str]:
@@ -225,4 +256,4 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
     partial.replace(path)
 
 
-__all__ = ["Gathered", "Request", "gather", "manifest", "write_zip"]
+__all__ = ["Gathered", "Request", "gather", "manifest", "trust_file", "write_zip"]

@@ -13,10 +13,13 @@ checkpoint, every checkpoint's signature by the log's key at the time it
 states and its consistency with the latest, and that the manifest is signed
 by the log's key. The layout and every byte format are in docs/bundle.md.
 
-``KEYS.json`` is the auditor's own list of trusted public keys (the JSON of
-``converge keys export-public NAME --format json``, concatenated into one
-list). Without ``--trust`` the keys the bundle carries are used, and the
-verdict says so: that proves the bundle consistent, not where it came from.
+``KEYS.json`` is the auditor's trust file (``converge keys trust`` writes one):
+the public key versions trusted, each for its validity window, which key signs
+which audit log (its origin), and which keys sign plans. The bundle never
+decides who is trusted: its manifest names a log, and only the key the trust
+file names for that log may sign the manifest and the checkpoints. Without
+``--trust`` the bundle's own ``keys.json`` is used, and the verdict says so:
+that proves the bundle consistent, not where it came from.
 
 Exit code 0 when everything verifies, 1 otherwise; every failure is one line
 naming the member, record, batch, entry or checkpoint. A hostile zip (a bomb,
@@ -37,14 +40,15 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import stat
 import sys
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,6 +62,8 @@ CHECKPOINTS, CONSISTENCY, ENTRIES = (
     "log/entries.jsonl",
 )
 RETENTION = "retention.json"
+VERIFIER = "verify.py"
+TRUST_FORMAT = "converge.trust/v1"
 CSV_COLUMNS = (
     "device",
     "point",
@@ -79,8 +85,18 @@ MAX_MEMBERS = 100_000
 MAX_MEMBER_BYTES = 4 << 30
 MAX_TOTAL_BYTES = 16 << 30
 MAX_RATIO = 200
-"""Bounds of a bundle read: members, bytes of one member and of all, and how much a member
-may expand (a zip bomb expands by thousands)."""
+"""Bounds of a bundle read: members, bytes of one member and of all, and how much a member,
+or the whole zip, may expand (a zip bomb expands by thousands; one of overlapping members
+expands little per member, a lot in all)."""
+MAX_JSON_BYTES = 256 << 20
+"""The largest member read whole as JSON (the manifest, keys, checkpoints, a batch)."""
+MAX_LINE_BYTES = 16 << 20
+"""The longest line of a streamed member (records, entries, the CSV)."""
+
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+"""What reading a hostile member's JSON as the documented shape may raise."""
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _LINE = re.compile(rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(\{.*\})\}')
 _TIME = re.compile(r"time (0|[1-9][0-9]{0,11})")
@@ -133,13 +149,14 @@ class Bundle:
 
     def __init__(self, path: str) -> None:
         try:
+            size = os.stat(path).st_size
             self.zip = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as exc:
             raise Refused(path, f"not a readable zip file ({exc})") from None
-        self.members = self._check_members(self.zip.infolist())
+        self.members = self._check_members(self.zip.infolist(), size)
 
     @staticmethod
-    def _check_members(infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
+    def _check_members(infos: list[zipfile.ZipInfo], size: int) -> dict[str, zipfile.ZipInfo]:
         if len(infos) > MAX_MEMBERS:
             raise Refused("zip", f"{len(infos)} members, more than {MAX_MEMBERS}")
         members: dict[str, zipfile.ZipInfo] = {}
@@ -155,14 +172,18 @@ class Bundle:
             if info.file_size > MAX_RATIO * max(info.compress_size, 1) + 4096:
                 raise Refused(name, f"expands {info.file_size}/{info.compress_size} times: a bomb")
             members[name] = info
+        if total > MAX_RATIO * size + (1 << 20):
+            raise Refused("zip", f"its members expand to {total} bytes from {size}: a bomb")
         return members
 
     def has(self, name: str) -> bool:
         return name in self.members
 
     def read(self, name: str) -> bytes:
-        """A member's bytes, never more than the zip says it holds."""
+        """A member's bytes, never more than the zip says it holds (nor :data:`MAX_JSON_BYTES`)."""
         info = self.members[name]
+        if info.file_size > MAX_JSON_BYTES:
+            raise Refused(name, f"{info.file_size} bytes, more than a member read whole may be")
         try:
             with self.zip.open(info) as member:
                 data = member.read(info.file_size + 1)
@@ -177,8 +198,15 @@ class Bundle:
         info = self.members[name]
         try:
             with self.zip.open(info) as member:
-                for line in member:
-                    yield line.rstrip(b"\n")
+                rest = b""
+                while chunk := member.read(1 << 20):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    if len(rest) > MAX_LINE_BYTES:
+                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+                    yield from lines
+                if rest:
+                    yield rest
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
 
@@ -296,27 +324,45 @@ class KeyVersion:
         return hashlib.sha256(name.encode() + b"\n\x01" + self.raw).digest()[:4]
 
 
-def read_keys(data: bytes, source: str) -> dict[str, list[KeyVersion]]:
-    """The key versions of a trust file: a JSON list of ``keys export-public --format json``
-    objects (``name``, ``version``, ``public_key`` base64, ``not_before``, ``not_after``)."""
+@dataclass(frozen=True)
+class Trust:
+    """What the auditor trusts: key versions by name, the key of each audit log (by origin),
+    and the keys that sign plans (none named: a plan's signature, if any, may be any key's)."""
+
+    keys: dict[str, list[KeyVersion]]
+    logs: dict[str, str]
+    plan_keys: frozenset[str]
+
+
+def read_trust(data: bytes, source: str) -> Trust:
+    """A trust file (docs/bundle.md): ``{"format": "converge.trust/v1", "logs": [{"origin",
+    "key"}], "plan_keys": [names], "keys": [{"name", "version", "public_key" (base64),
+    "not_before", "not_after"}]}``, as ``converge keys trust`` writes it."""
+    said = _json(data, source)
     try:
-        listed = json.loads(data)
+        if said.get("format") != TRUST_FORMAT:
+            raise ValueError(f"its format is not {TRUST_FORMAT}")
+        logs = {str(log["origin"]): str(log["key"]) for log in said["logs"]}
         keys: dict[str, list[KeyVersion]] = {}
-        for item in listed:
-            raw = base64.b64decode(item["public_key"], validate=True)
-            until = item["not_after"]
-            version = KeyVersion(
-                str(item["name"]),
-                int(item["version"]),
-                Ed25519PublicKey.from_public_bytes(raw),
-                raw,
-                _aware(item["not_before"]),
-                None if until is None else _aware(until),
-            )
+        for item in said["keys"]:
+            version = _key_version(item)
             keys.setdefault(version.name, []).append(version)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise Refused(source, f"not a list of public keys ({exc})") from None
-    return keys
+        return Trust(keys, logs, frozenset(str(name) for name in said.get("plan_keys", [])))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise Refused(source, f"not a trust file ({exc})") from None
+
+
+def _key_version(item: dict[str, Any]) -> KeyVersion:
+    raw = base64.b64decode(item["public_key"], validate=True)
+    until = item["not_after"]
+    return KeyVersion(
+        str(item["name"]),
+        int(item["version"]),
+        Ed25519PublicKey.from_public_bytes(raw),
+        raw,
+        _aware(item["not_before"]),
+        None if until is None else _aware(until),
+    )
 
 
 def _aware(text: str) -> datetime:
@@ -376,7 +422,18 @@ def verify(path: str, trust: bytes | None = None) -> Verdict:
         _verify(bundle, trust, verdict)
     except Refused as exc:
         verdict.fail(exc.item, f"refused: {exc.message}")
+    except MALFORMED as exc:
+        verdict.fail("bundle", f"refused: malformed ({type(exc).__name__}: {exc})")
     return verdict
+
+
+def _safely(check: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | str:
+    """``check``'s result, or what was malformed in its (hostile) input: a bundle's JSON may
+    hold any type where a member is expected, and that must be a verdict, never a crash."""
+    try:
+        return check(*args, **kwargs)
+    except MALFORMED as exc:
+        return f"malformed ({type(exc).__name__}: {exc})"
 
 
 def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
@@ -386,21 +443,25 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     manifest = _json(bundle.read(MANIFEST), MANIFEST)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise Refused(MANIFEST, f"not a {FORMAT} manifest")
-    keys = read_keys(trust if trust is not None else bundle.read(KEYS), "trust")
+    trusted = (
+        read_trust(trust, "trust") if trust is not None else read_trust(bundle.read(KEYS), KEYS)
+    )
     if trust is None:
         verdict.notes.append(
             "the keys came from the bundle itself (keys.json): this proves the"
             " bundle consistent, not who made it; pass --trust KEYS.json"
         )
-    log = LogKey(str(manifest.get("audit_key")), str(manifest.get("origin")), keys)
+    log = _log_key(manifest, trusted, verdict)
     _check_manifest(bundle, manifest, log, verdict)
-    latest = _check_checkpoints(bundle, log, verdict)
-    entries = _check_entries(bundle, latest, verdict)
-    plans = _check_plans(bundle, manifest, keys, entries, verdict)
-    batches = _check_batches(bundle, manifest, Context(plans, entries, keys), verdict)
-    _check_records(bundle, batches, verdict)
+    checkpoints = _check_checkpoints(bundle, log, verdict)
+    entries = _check_entries(bundle, checkpoints, verdict)
+    plans = _check_plans(bundle, manifest, trusted, entries, verdict)
+    ctx = Context(plans, entries, trusted.keys, sorted(checkpoints.values(), key=lambda c: c.size))
+    batches = _check_batches(bundle, manifest, ctx, verdict)
+    _check_records(bundle, manifest, batches, verdict)
     _check_export(manifest, entries, verdict)
     _check_retention(bundle, verdict)
+    _note_verifier(bundle, verdict)
 
 
 def _json(data: bytes, item: str) -> Any:
@@ -412,23 +473,31 @@ def _json(data: bytes, item: str) -> Any:
 
 @dataclass(frozen=True)
 class LogKey:
-    """The log's key as the manifest names it, and the trusted versions of it."""
+    """The bundle's log (the manifest's origin) and the trusted versions of the key the trust
+    file names for it: the manifest never chooses the key that signs it."""
 
     name: str
     origin: str
-    keys: dict[str, list[KeyVersion]]
+    versions: list[KeyVersion]
 
-    @property
-    def versions(self) -> list[KeyVersion]:
-        return self.keys.get(self.name, [])
+
+def _log_key(manifest: dict[str, Any], trust: Trust, verdict: Verdict) -> LogKey:
+    origin = str(manifest.get("origin"))
+    name = trust.logs.get(origin)
+    if name is None:
+        verdict.fail(MANIFEST, f"its audit log {origin} is not a log the trust file names")
+        return LogKey("(none)", origin, [])
+    if manifest.get("audit_key") != name:
+        verdict.fail(MANIFEST, f"names the key {manifest.get('audit_key')} for its log, not {name}")
+    if not trust.keys.get(name):
+        verdict.fail(MANIFEST, f"its log's key {name} has no trusted version")
+    return LogKey(name, origin, trust.keys.get(name, []))
 
 
 def _check_manifest(
     bundle: Bundle, manifest: dict[str, Any], log: LogKey, verdict: Verdict
 ) -> None:
     """The manifest is signed by the log's key; every member's digest is the one it lists."""
-    if not log.versions:
-        verdict.fail(MANIFEST, f"its signer, the log's key {log.name}, is not trusted")
     signed = signed_by(bundle.read(SIGNATURE).decode(errors="replace"), log.origin, log.versions)
     want = f"{FORMAT}\n{log.origin}\nsha256:{hashlib.sha256(bundle.read(MANIFEST)).hexdigest()}\n"
     if signed is None or not signed[0].startswith(want):
@@ -459,28 +528,28 @@ class Checkpoint:
     at: datetime
 
 
-def _check_checkpoints(bundle: Bundle, log: LogKey, verdict: Verdict) -> Checkpoint | None:
+def _check_checkpoints(bundle: Bundle, log: LogKey, verdict: Verdict) -> dict[str, Checkpoint]:
     """Every checkpoint by the log's key, valid when it says it signed; each consistent with
-    the latest (and signed no later); the latest returned."""
+    the latest (and signed no later). The good ones, by their signed note's text."""
     notes = _json(bundle.read(CHECKPOINTS), CHECKPOINTS) if bundle.has(CHECKPOINTS) else []
-    good: list[Checkpoint] = []
+    good: dict[str, Checkpoint] = {}
     for index, note in enumerate(notes):
         item = f"checkpoint {index} ({CHECKPOINTS})"
-        found = _checkpoint(str(note), log)
+        found = _safely(_checkpoint, str(note), log)
         if isinstance(found, str):
             verdict.fail(item, found)
         else:
-            good.append(found)
+            good[str(note)] = found
     verdict.counts["checkpoints"] = len(good)
     if not good:
         verdict.fail(
             CHECKPOINTS, "no checkpoint signed by the log's key: nothing signs the entries"
         )
-        return None
-    latest = max(good, key=lambda c: c.size)
+        return good
+    latest = max(good.values(), key=lambda c: c.size)
     proofs = _json(bundle.read(CONSISTENCY), CONSISTENCY) if bundle.has(CONSISTENCY) else []
-    _check_consistency(good, latest, proofs, verdict)
-    return latest
+    _check_consistency(list(good.values()), latest, proofs, verdict)
+    return good
 
 
 def _checkpoint(note: str, log: LogKey) -> Checkpoint | str:
@@ -530,13 +599,13 @@ def _hashes(listed: Any) -> list[bytes] | None:
 
 
 def _check_entries(
-    bundle: Bundle, latest: Checkpoint | None, verdict: Verdict
+    bundle: Bundle, checkpoints: dict[str, Checkpoint], verdict: Verdict
 ) -> dict[int, dict[str, Any]]:
-    """Every audit entry, in the log under the latest checkpoint (its tlog-proof); by seq."""
+    """Every audit entry, in the log under a checkpoint of the bundle (its tlog-proof); by seq."""
     entries: dict[int, dict[str, Any]] = {}
     for number, line in enumerate(bundle.lines(ENTRIES) if bundle.has(ENTRIES) else (), 1):
         item = f"{ENTRIES}:{number}"
-        found = _entry(line, latest)
+        found = _safely(_entry, line, checkpoints)
         if isinstance(found, str):
             verdict.fail(item, found)
             continue
@@ -548,20 +617,22 @@ def _check_entries(
 _ENTRY = re.compile(rb'\{"seq":(0|[1-9][0-9]*),"proof":("(?:[^"\\]|\\.)*"),"entry":(\{.*\})\}')
 
 
-def _entry(line: bytes, latest: Checkpoint | None) -> dict[str, Any] | str:
+def _entry(line: bytes, checkpoints: dict[str, Checkpoint]) -> dict[str, Any] | str:
     """A line ``{"seq":N,"proof":"<tlog-proof>","entry":<entry bytes>}``, checked: the entry
-    is entry N, in the log under the latest checkpoint."""
+    is entry N, in the log under the checkpoint its tlog-proof carries, one of the bundle's."""
     parsed = _entry_line(line)
     if isinstance(parsed, str):
         return parsed
     seq, raw, proof, entry = parsed
-    if latest is None:
-        return "no checkpoint to prove it against"
     path = _tlog_proof(proof, seq)
     if path is None:
         return f"its tlog-proof is malformed or not for index {seq}"
-    if inclusion_root(leaf_hash(raw), seq, latest.size, path) != latest.root:
-        return f"not in the log under the latest checkpoint (size {latest.size})"
+    hashes, note = path
+    checkpoint = checkpoints.get(note)
+    if checkpoint is None:
+        return "its tlog-proof's checkpoint is not a verified checkpoint of the bundle"
+    if inclusion_root(leaf_hash(raw), seq, checkpoint.size, hashes) != checkpoint.root:
+        return f"not in the log under its checkpoint (size {checkpoint.size})"
     return entry
 
 
@@ -576,23 +647,24 @@ def _entry_line(line: bytes) -> tuple[int, bytes, str, dict[str, Any]] | str:
         return "not JSON"
     if not isinstance(entry, dict) or entry.get("seq") != seq:
         return f"the entry is not entry {seq}"
+    if not (isinstance(entry.get("payload"), dict) and isinstance(entry.get("time"), str)):
+        return "not an audit entry (a payload and a time)"
     return seq, raw, str(proof), entry
 
 
-def _tlog_proof(text: str, index: int) -> list[bytes] | None:
-    """The hashes of a C2SP tlog-proof@v1 for ``index`` (its checkpoint is the bundle's)."""
-    lines = text.split("\n")
-    if lines[:2] != ["c2sp.org/tlog-proof@v1", f"index {index}"]:
+def _tlog_proof(text: str, index: int) -> tuple[list[bytes], str] | None:
+    """The inclusion hashes and checkpoint note of a C2SP tlog-proof@v1 for ``index``."""
+    head, sep, note = text.partition("\n\n")
+    lines = head.split("\n")
+    if lines[1:2] and lines[1].startswith("extra "):
+        del lines[1]  # unauthenticated, and Converge writes none
+    if not sep or lines[:2] != ["c2sp.org/tlog-proof@v1", f"index {index}"]:
         return None
-    hashes = []
-    for line in lines[2:]:
-        if not line:
-            break
-        try:
-            hashes.append(base64.b64decode(line, validate=True))
-        except ValueError:
-            return None
-    return hashes if all(len(h) == 32 for h in hashes) else None
+    try:
+        hashes = [base64.b64decode(line, validate=True) for line in lines[2:]]
+    except ValueError:
+        return None
+    return (hashes, note) if all(len(h) == 32 for h in hashes) else None
 
 
 @dataclass(frozen=True)
@@ -607,33 +679,58 @@ class Plan:
 def _check_plans(
     bundle: Bundle,
     manifest: dict[str, Any],
-    keys: dict[str, list[KeyVersion]],
+    trust: Trust,
     entries: dict[int, dict[str, Any]],
     verdict: Verdict,
 ) -> dict[str, Plan]:
-    """Every plan: its bytes hash to its digest, it was deployed (an entry), its signature (if
-    any) is by a trusted key valid then and names it."""
+    """Every plan: its bytes hash to its digest, it was deployed (an entry), and its signature
+    (required when the trust file names plan keys) is by a trusted key valid then, names it,
+    and was made no later than the plan was deployed."""
     plans: dict[str, Plan] = {}
     deployed = {
-        e["payload"].get("digest") for e in entries.values() if e.get("kind") == "plan.deployed"
+        e["payload"].get("digest"): e for e in entries.values() if e.get("kind") == "plan.deployed"
     }
     for digest in manifest.get("plans", []):
-        name = f"plans/{digest.removeprefix('sha256:')}.json"
+        name = f"plans/{str(digest).removeprefix('sha256:')}.json"
         if not bundle.has(name):
             verdict.fail(name, "missing")
             continue
-        found = _plan(bundle.read(name), digest)
+        found = _safely(_plan, bundle.read(name), str(digest))
         if isinstance(found, str):
             verdict.fail(name, found)
             continue
         if digest not in deployed:
             verdict.fail(name, "no plan.deployed entry of the bundle names it")
         signature = name.removesuffix(".json") + ".sig"
+        entry = deployed.get(digest, {"payload": {}, "time": None})
+        said = entry["payload"].get("signed")
+        if isinstance(said, bool) and said != bundle.has(signature):
+            held = "a signature" if bundle.has(signature) else "no signature"
+            verdict.fail(name, f"its plan.deployed entry says signed: {str(said).lower()}, "
+                         f"the bundle holds {held}")  # fmt: skip
         if bundle.has(signature):
-            _check_plan_signature(bundle.read(signature), found, keys, signature, verdict)
-        plans[digest] = found
+            signed = PlanSigned(found, entry, trust)
+            problem = _plan_signature_problem(bundle.read(signature), signed)
+            if problem:
+                verdict.fail(signature, problem)
+        elif trust.plan_keys:
+            verdict.fail(name, f"not signed, and plans must be signed by {_names(trust)}")
+        plans[found.digest] = found
+    if not trust.plan_keys and any(bundle.has(f"plans/{d}.sig") for d in _hexes(plans)):
+        verdict.notes.append(
+            "plans' signatures were checked against every trusted key: name the keys that"
+            " sign plans in the trust file (plan_keys) to require them"
+        )
     verdict.counts["plans"] = len(plans)
     return plans
+
+
+def _names(trust: Trust) -> str:
+    return " or ".join(sorted(trust.plan_keys))
+
+
+def _hexes(plans: dict[str, Plan]) -> list[str]:
+    return [digest.removeprefix("sha256:") for digest in plans]
 
 
 def _plan(data: bytes, digest: str) -> Plan | str:
@@ -661,26 +758,63 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _check_plan_signature(
-    note: bytes, plan: Plan, keys: dict[str, list[KeyVersion]], item: str, verdict: Verdict
-) -> None:
-    split = split_note(note.decode(errors="replace"))
-    names = sorted({name for name, _, _ in split[1]} & set(keys)) if split else []
-    signed = next((s for n in names if (s := signed_by(note.decode(), n, keys[n]))), None)
-    if signed is None:
-        verdict.fail(item, "not signed by a trusted key")
-        return
-    lines = signed[0].split("\n")
-    if len(lines) < 5 or lines[1:3] != [plan.device, plan.digest]:
-        verdict.fail(item, "signs another plan")
-        return
+@dataclass(frozen=True)
+class PlanSigned:
+    """A plan whose signature is checked, when it was deployed (its entry's time), and by whom
+    a signature may be made."""
+
+    plan: Plan
+    deployed: dict[str, Any]
+    """Its ``plan.deployed`` entry (``{"payload": {}, "time": None}`` when there is none)."""
+    trust: Trust
+
+
+def _plan_signature_problem(note: bytes, signed: PlanSigned) -> str | None:
+    """Why a plan's signature (converge.plan-signature/v2) does not hold, if it does not."""
+    text = note.decode(errors="replace")
+    split = split_note(text)
+    allowed = signed.trust.plan_keys or frozenset(signed.trust.keys)
+    names = sorted({name for name, _, _ in split[1]} & allowed) if split else []
+    found = next(
+        (s for n in names if (s := signed_by(text, n, signed.trust.keys.get(n, [])))), None
+    )
+    if found is None:
+        by = _names(signed.trust) if signed.trust.plan_keys else "a trusted key"
+        return f"not signed by {by}"
+    lines = found[0].split("\n")
+    if len(lines) < 5 or lines[1:3] != [signed.plan.device, signed.plan.digest]:
+        return "signs another plan"
     try:
         at = datetime.strptime(lines[3], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
-        verdict.fail(item, "states no signing time")
-        return
-    if not signed[1].valid_at(at):
-        verdict.fail(item, f"signed by {signed[1].name} v{signed[1].version} outside its validity")
+        return "states no signing time"
+    version = found[1]
+    if not version.valid_at(at):
+        return f"signed by {version.name} v{version.version} outside its validity"
+    when = signed.deployed["time"]
+    if when is not None and at > _aware(when) + timedelta(seconds=1):
+        return f"signed at {lines[3]}, after the plan was deployed ({when})"
+    return _described_problem(lines, signed.deployed["payload"])
+
+
+DESCRIBED = ("signed_at", "signer", "name", "meaning")
+"""What a ``plan.deployed`` entry records of the plan's signature (docs/plans.md)."""
+
+
+def _described_problem(lines: list[str], payload: dict[str, Any]) -> str | None:
+    """Whether the signature is the one its ``plan.deployed`` entry describes: time, and (a
+    ``converge.plan-signature/v2`` note) signer, printed name and meaning."""
+    said = {"signed_at": lines[3]}
+    for line, key in zip(lines[4:7], DESCRIBED[1:], strict=False):
+        if line.startswith(key + " "):
+            said[key] = line.removeprefix(key + " ")
+    recorded = {key: payload[key] for key in DESCRIBED if key in payload}
+    if recorded and recorded != said:
+        return (
+            f"it says {said}, its plan.deployed entry {recorded}:"
+            " not the signature the plan was deployed with"
+        )
+    return None
 
 
 @dataclass
@@ -691,7 +825,6 @@ class Batch:
     device: str
     count: int
     root: bytes
-    window: tuple[str, str]
     proofs: dict[int, list[bytes]] | None
     """Each exported record's inclusion proof; None when every record of the batch is exported."""
     hashes: dict[int, bytes] = field(default_factory=dict)
@@ -706,7 +839,7 @@ def _check_batches(
         if not bundle.has(name):
             verdict.fail(name, "missing")
             continue
-        found = _batch(_json(bundle.read(name), name), ctx)
+        found = _safely(_batch, _json(bundle.read(name), name), ctx)
         if isinstance(found, str):
             verdict.fail(f"batch {batch_id} ({name})", found)
             continue
@@ -725,9 +858,8 @@ def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
         return problem
     proofs = said.get("proofs")
     parsed = None if proofs is None else {int(k): _hashes(v) or [] for k, v in proofs.items()}
-    window = (str(head["window_start"]), str(head["window_end"]))
     root = bytes.fromhex(head["root"])
-    return Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, window, parsed)
+    return Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
 
 
 def _statement(data: bytes) -> dict[str, Any] | None:
@@ -747,6 +879,8 @@ class Context:
     plans: dict[str, Plan]
     entries: dict[int, dict[str, Any]]
     keys: dict[str, list[KeyVersion]]
+    checkpoints: list[Checkpoint]
+    """The good checkpoints, by size."""
 
 
 def _batch_problem(
@@ -769,7 +903,28 @@ def _batch_problem(
     if {_canon(w) for w in payload.get("waiver", [])} != plan.waivers:
         return "its waiver is not the one its plan records"
     signatures = said.get("signatures", {})
-    return _check_signatures(statement, signatures, plan, ctx.keys, entry["time"])
+    return _check_signatures(statement, signatures, plan, ctx.keys, entry["time"]) or (
+        _back_dated(head, entry["seq"], ctx.checkpoints)
+    )
+
+
+CLOCK_SLACK = timedelta(seconds=30)
+"""How much later than a checkpoint's stated time a batch it signs may begin: none, as the
+collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
+
+
+def _back_dated(head: dict[str, Any], seq: int, checkpoints: list[Checkpoint]) -> str | None:
+    """A checkpoint signs no batch sealed after it: the first checkpoint that covers the
+    batch's entry must be signed no earlier than its window began (a retired log key's
+    checkpoints, dated back into its validity, cannot sign later batches)."""
+    first = next((c for c in checkpoints if c.size > seq), None)
+    start = _aware(str(head["window_start"]))
+    if first is not None and start > first.at + CLOCK_SLACK:
+        return (
+            f"its window began at {head['window_start']}, after the checkpoint of size"
+            f" {first.size} that covers its entry was signed ({first.at.isoformat()}): back-dated"
+        )
+    return None
 
 
 def _check_signatures(
@@ -797,36 +952,184 @@ def _verifies(version: KeyVersion, signature: bytes, data: bytes) -> bool:
     return True
 
 
-def _check_records(bundle: Bundle, batches: dict[int, Batch], verdict: Verdict) -> None:
+@dataclass(frozen=True)
+class Asked:
+    """What the manifest says was exported: these points ("device/point"), in ``[start, end)``
+    (instants, compared as text: every leaf's time is one, docs/records.md)."""
+
+    points: frozenset[str]
+    start: str | None
+    end: str | None
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> Asked:
+        try:
+            start, end = (
+                None if t is None else _instant(t) for t in (manifest["from"], manifest["to"])
+            )
+            return cls(frozenset(str(p) for p in manifest["points"]), start, end)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise Refused(MANIFEST, f"its range or points are malformed ({exc})") from None
+
+    def outside(self, record: Record) -> str | None:
+        """Why a record is not one of what was asked, if it is not."""
+        point = f"{record.device}/{record.point}"
+        if point not in self.points:
+            return f"of {point}, which the export does not name"
+        if (self.start is not None and record.time < self.start) or (
+            self.end is not None and record.time >= self.end
+        ):
+            return f"at {record.time}, outside the exported range"
+        return None
+
+
+def _instant(text: str) -> str:
+    """``text``'s moment as an instant: RFC 3339 UTC, six fraction digits, ``Z``."""
+    return _aware(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a record's leaf says that an export and its check need, and its CSV row."""
+
+    device: str
+    point: str
+    time: str
+    csv: bytes
+
+
+_INSTANT = rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)"
+_NAME = rb'"([A-Za-z0-9_.:/+-]+)"'
+_USUAL = (
+    rb'\{"collected_at":"' + _INSTANT + rb'","device":' + _NAME + rb',"point":' + _NAME
+    + rb',"quality":"([a-z_]+)","salt":"[0-9a-f]{32}","scheduled_at":"' + _INSTANT
+    + rb'","type":"reading","v":1,"value":(0|-?[1-9][0-9]{0,300}(\.[0-9]+)?)\}'
+)  # fmt: skip
+_READING = re.compile(_USUAL)
+"""The usual leaf, a scheduled reading of a plain number, whose members the JSON parser would
+read as exactly the matched text; its CSV row needs no quoting."""
+_USUAL_LINE = re.compile(
+    rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(' + _USUAL + rb")\}"
+)
+"""A record line of the usual leaf: batch, position, leaf, then :data:`_READING`'s groups."""
+
+
+def read_record(leaf: bytes, batch: int, position: int) -> Record | None:
+    """The record of a leaf (None when the leaf is not one: not a JSON object with a device,
+    point and time). The usual reading is read by :data:`_READING` without parsing it as
+    JSON; any other leaf is parsed; both give the same :class:`Record`."""
+    found = _READING.fullmatch(leaf)
+    if found is not None and not (found[7] and repr(float(found[6])) != found[6].decode()):
+        collected, device, point, quality, scheduled, value = found.group(1, 2, 3, 4, 5, 6)
+        row = b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%d,%d\n" % (
+            device, point, scheduled, value, quality, collected, scheduled, batch, position
+        )  # fmt: skip
+        return Record(device.decode(), point.decode(), scheduled.decode(), row)
+    return _parsed_record(leaf, batch, position)
+
+
+def _parsed_record(leaf: bytes, batch: int, position: int) -> Record | None:
+    try:
+        said = json.loads(leaf)
+    except ValueError:
+        return None
+    if not isinstance(said, dict):
+        return None
+    time = said.get("scheduled_at") or said.get("collected_at")
+    if not isinstance(time, str):
+        return None
+    row = _csv_text(_csv_row(said, batch, position))
+    return Record(str(said.get("device")), str(said.get("point")), time, row)
+
+
+def _check_records(
+    bundle: Bundle, manifest: dict[str, Any], batches: dict[int, Batch], verdict: Verdict
+) -> None:
     """Every record: of its batch (whole batches rebuild their root, others prove each record),
-    once; and the CSV is exactly these records."""
+    once, of what the export names; and the CSV is exactly these records."""
+    asked = Asked.of(manifest)
     rows = bundle.lines(RECORDS_CSV) if bundle.has(RECORDS_CSV) else iter(())
-    header = next(rows, b"").decode()
+    header = next(rows, b"").decode(errors="replace")
     if header != ",".join(CSV_COLUMNS):
         verdict.fail(RECORDS_CSV, "its header is not the documented one")
     count = 0
-    for number, line in enumerate(bundle.lines(RECORDS) if bundle.has(RECORDS) else (), 1):
-        count += 1
-        problem = _record(line, batches)
-        if problem:
-            verdict.fail(f"{RECORDS}:{number}", problem)
-        elif next(rows, None) != _csv_line(line):
-            verdict.fail(f"{RECORDS_CSV}:{number + 1}", f"is not record {number} of {RECORDS}")
+    usual = _Usual(batches, asked)
+    for count, line in enumerate(bundle.lines(RECORDS) if bundle.has(RECORDS) else (), 1):
+        found = usual.row(line) or _record(line, batches, asked)
+        if isinstance(found, str):
+            verdict.fail(f"{RECORDS}:{count}", found)
+        elif next(rows, None) != found[:-1]:
+            verdict.fail(f"{RECORDS_CSV}:{count + 1}", f"is not record {count} of {RECORDS}")
     if next(rows, None) is not None:
         verdict.fail(RECORDS_CSV, f"holds more rows than the {count} records")
     for batch in batches.values():
         if batch.proofs is None:
-            positions = sorted(batch.hashes)
-            if positions != list(range(batch.count)):
-                verdict.fail(
-                    f"batch {batch.id}", f"holds {len(positions)} of its {batch.count} records"
-                )
-            elif tree_root([batch.hashes[p] for p in positions]) != batch.root:
-                verdict.fail(f"batch {batch.id}", "its records do not hash to its signed root")
+            _check_whole(batch, verdict)
+    if count != manifest.get("records"):
+        verdict.fail(MANIFEST, f"says {manifest.get('records')} records, the bundle holds {count}")
     verdict.counts["records"] = count
 
 
-def _record(line: bytes, batches: dict[int, Batch]) -> str | None:
+class _Usual:
+    """Checks the usual record line (:data:`_USUAL_LINE`) of a batch exported whole, when it
+    holds, in one match: a new position, the batch's device, a point asked for, in the range.
+    Any other line, and any line where one of these fails, goes to :func:`_record`, which
+    names what fails; both record the leaf's hash and give the same CSV row."""
+
+    def __init__(self, batches: dict[int, Batch], asked: Asked) -> None:
+        self.batches = batches
+        self.points = {point.encode() for point in asked.points}
+        self.start = (asked.start or "").encode()
+        self.end = asked.end.encode() if asked.end else None
+
+    def row(self, line: bytes) -> bytes | None:
+        """The CSV row of a usual line that holds, its leaf hash recorded; else None."""
+        m = _USUAL_LINE.fullmatch(line)
+        if m is None or (m[10] and repr(float(m[9])) != m[9].decode()):
+            return None
+        batch, position = self.batches.get(int(m[1])), int(m[2])
+        scheduled = m[8]
+        if (
+            batch is None
+            or batch.proofs is not None
+            or position in batch.hashes
+            or m[5] != batch.device.encode()
+            or m[5] + b"/" + m[6] not in self.points
+            or scheduled < self.start
+            or (self.end is not None and scheduled >= self.end)
+        ):
+            return None
+        batch.hashes[position] = hashlib.sha256(b"\x00" + m[3]).digest()
+        return b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%d,%d\n" % (
+            m[5], m[6], scheduled, m[9], m[7], m[4], scheduled, batch.id, position
+        )  # fmt: skip
+
+
+def _check_whole(batch: Batch, verdict: Verdict) -> None:
+    """A batch exported whole: every position once, hashing to its signed root."""
+    positions = sorted(batch.hashes)
+    if positions != list(range(batch.count)):
+        verdict.fail(f"batch {batch.id}", f"holds {len(positions)} of its {batch.count} records")
+    elif tree_root([batch.hashes[p] for p in positions]) != batch.root:
+        verdict.fail(f"batch {batch.id}", "its records do not hash to its signed root")
+
+
+def _record(line: bytes, batches: dict[int, Batch], asked: Asked) -> bytes | str:
+    """The CSV row of a record line, or why the line is not a record of its batch."""
+    placed = _placed(line, batches)
+    if isinstance(placed, str):
+        return placed
+    batch, position, leaf = placed
+    record = read_record(leaf, batch.id, position)
+    if record is None:
+        return "its leaf is not a record"
+    if record.device != batch.device:
+        return f"of another device than batch {batch.id}'s"
+    return asked.outside(record) or record.csv
+
+
+def _placed(line: bytes, batches: dict[int, Batch]) -> tuple[Batch, int, bytes] | str:
+    """The batch, position and leaf of a record line whose leaf is in its batch there."""
     match = _LINE.fullmatch(line)
     if match is None:
         return "not a record line"
@@ -841,12 +1144,10 @@ def _record(line: bytes, batches: dict[int, Batch]) -> str | None:
         proof = batch.proofs.get(position)
         if proof is None or inclusion_root(hashed, position, batch.count, proof) != batch.root:
             return f"not in batch {batch.id} at position {position} (its proof fails)"
-    if (b'"device":' + json.dumps(batch.device, ensure_ascii=False).encode() + b",") not in leaf:
-        return f"of another device than batch {batch.id}'s"
-    return None
+    return batch, position, leaf
 
 
-def csv_row(leaf: dict[str, Any], batch: int, position: int) -> list[str]:
+def _csv_row(leaf: dict[str, Any], batch: int, position: int) -> list[str]:
     """The CSV row of a record (docs/bundle.md): its members in :data:`CSV_COLUMNS` order."""
     time = leaf.get("scheduled_at") or leaf.get("collected_at")
     said = {**leaf, "time": time, "batch": batch, "position": position}
@@ -863,16 +1164,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def csv_text(row: list[str]) -> bytes:
+def _csv_text(row: list[str]) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow(row)
     return out.getvalue().encode()
-
-
-def _csv_line(line: bytes) -> bytes:
-    match = _LINE.fullmatch(line)
-    assert match is not None
-    return csv_text(csv_row(json.loads(match[3]), int(match[1]), int(match[2]))).rstrip(b"\n")
 
 
 def _check_export(
@@ -902,6 +1197,18 @@ def _check_retention(bundle: Bundle, verdict: Verdict) -> None:
     said = _json(bundle.read(RETENTION), RETENTION)
     if not isinstance(said, dict) or set(said) != {"receipts", "holds"}:
         verdict.fail(RETENTION, "not a retention member (receipts and holds)")
+
+
+def _note_verifier(bundle: Bundle, verdict: Verdict) -> None:
+    """Say when the bundle's ``verify.py`` is not this verifier: whoever runs a bundle's own
+    copy trusts the bundle's maker with their machine, so this one is what counts."""
+    with open(__file__, "rb") as source:
+        ours = "sha256:" + hashlib.sha256(source.read()).hexdigest()
+    if bundle.has(VERIFIER) and bundle.digest(VERIFIER) != ours:
+        verdict.notes.append(
+            f"the bundle's {VERIFIER} differs from this verifier ({ours}): this verdict is this"
+            " verifier's; do not run a bundle's own copy unless you trust whoever made it"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,10 +16,12 @@ what the earlier ones established):
    one its origin and first entry name; every stored checkpoint is signed by a
    trusted version of that key valid at the time the checkpoint states, and
    signs a prefix of the log; one root per size (else a fork), each consistent
-   with the one before and signed no earlier. ``tail.py``: the entries after
+   with the one before and signed no earlier, none signing a batch whose window
+   began after it. ``tail.py``: the entries after
    the last checkpoint are what a running or killed collector leaves, no more.
    Then every checkpoint of the witness file, if given, must be of the stored log.
-3. ``plans.py``: every stored plan's bytes verify against its digest, its
+3. ``plans.py``: every stored plan's bytes verify against its digest, it is
+   signed exactly when its ``plan.deployed`` entry says so, its
    signature (required with ``plan_key``) is by the plan key, or else a
    trusted key, valid then, made before the plan was deployed, and names it;
    plans and ``plan.deployed`` entries match one to one.
@@ -88,7 +90,7 @@ def verify_store(
         good = check_checkpoints(conn, log, key, report)
         check_tail(log, good, report)
         if witness is not None:
-            check_witness(witness, log, key, report)
+            check_witness(conn, witness, log, key, report)
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         batches = check_batches(conn, log, plans, trust, report)
         check_chains(batches, log, report)

@@ -16,9 +16,9 @@ the stored log.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,11 @@ from engine.sign.merkle import MerkleTree, verify_consistency
 from engine.store import reads
 from engine.verify.log import Log
 from engine.verify.report import Report
+from engine.verify.trust import BadTime, instant
+
+CLOCK_SLACK = timedelta(seconds=30)
+"""How much later than a checkpoint's stated time a batch it signs may begin: none, as the
+collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ def check_checkpoints(conn: Connection, log: Log, key: LogKey, report: Report) -
     good = sorted((s for s in signed if _matches(s, tree, report)), key=_by_size)
     _check_consistency(good, tree, report)
     _check_time_order(good, report)
+    _check_windows(good, log, report)
     _note_rotations(good, key, report)
     return good
 
@@ -143,20 +149,25 @@ def _open(label: str, text: str, key: LogKey) -> Signed:
     raise note.NoKnownSignature(f"no signature by the log's key {key.name}")
 
 
-def check_witness(witness: Path, log: Log, key: LogKey, report: Report) -> None:
-    """Each checkpoint of the witness file must sign a prefix of the stored log."""
+def check_witness(conn: Connection, witness: Path, log: Log, key: LogKey, report: Report) -> None:
+    """Each checkpoint of the witness file must sign a prefix of the stored log, and be stored
+    itself; stored checkpoints newer than the witness's newest are noted."""
     tree = MerkleTree(log.hashes)
     try:
         notes = list(audit.witness_notes(witness))
     except (OSError, ValueError, KeyError) as exc:
         report.add(f"witness {witness}", f"cannot be read ({exc})")
         return
+    stored = reads.checkpoints(conn)
+    sizes = {row.size for row in stored}
+    newest = 0
     for number, text in notes:
         label = f"witness {witness.name}:{number}"
         found = _checkpoint(label, text, key, report)
         if found is None:
             continue
         size, root = found.checkpoint.size, found.checkpoint.root_hash
+        newest = max(newest, size)
         if size > tree.size:
             report.add(
                 label,
@@ -165,6 +176,21 @@ def check_witness(witness: Path, log: Log, key: LogKey, report: Report) -> None:
             )
         elif tree.root(size) != root:
             report.add(label, "the store's log differs from the witnessed one (fork or rewrite)")
+        elif size not in sizes:
+            report.add(label, f"a checkpoint of the stored log (size {size}) that is not stored")
+    _note_unwitnessed([row for row in stored if row.size > newest], witness, newest, report)
+
+
+def _note_unwitnessed(rows: Sequence[Row[Any]], witness: Path, newest: int, report: Report) -> None:
+    """Stored checkpoints the witness cannot vouch for: all after its newest line."""
+    if rows:
+        first = rows[0]
+        report.notes.append(
+            f"{len(rows)} stored checkpoint(s) from checkpoint {first.id} (size {first.size}) on"
+            f" are newer than the newest line of {witness.name} (size {newest}): signed after"
+            " it was copied, or by whoever holds the audit key; only a witness kept since"
+            " vouches for them"
+        )
 
 
 def _by_size(signed: Signed) -> tuple[int, datetime]:
@@ -220,6 +246,39 @@ def _check_time_order(good: list[Signed], report: Report) -> None:
                 f"signed at {new.at.isoformat()}, before the checkpoint of size "
                 f"{old.checkpoint.size} (signed at {old.at.isoformat()}): back-dated",
             )
+
+
+def _check_windows(good: list[Signed], log: Log, report: Report) -> None:
+    """A checkpoint signs no batch sealed after it: none (stored or dropped) whose window
+    began later than the time the checkpoint states (but for :data:`CLOCK_SLACK`). So a
+    retired key's checkpoints, dated back into its validity, cannot sign the batches sealed
+    after its rotation."""
+    batches = sorted(_window_starts(log))
+    latest: tuple[int, datetime] | None = None
+    taken = 0
+    for signed in good:
+        while taken < len(batches) and batches[taken][0] < signed.checkpoint.size:
+            if latest is None or batches[taken][1] > latest[1]:
+                latest = batches[taken]
+            taken += 1
+        if latest is not None and latest[1] > signed.at + CLOCK_SLACK:
+            payload = log.entries[latest[0]].payload
+            report.add(
+                signed.label,
+                f"signs the batch of {payload.get('device')} {payload.get('window_start')}"
+                f" (audit entry {latest[0]}), whose window began after it was signed"
+                f" ({signed.at.isoformat()}): back-dated",
+            )
+
+
+def _window_starts(log: Log) -> Iterator[tuple[int, datetime]]:
+    """(seq, window start) of every entry that records a batch sealed, stored or dropped."""
+    for entry in log.entries.values():
+        if entry.kind in ("batch.stored", "batch.dropped"):
+            try:
+                yield entry.seq, instant(str(entry.payload.get("window_start")))
+            except BadTime:
+                continue  # the batch check names an entry that is not its batch's
 
 
 def _note_rotations(good: list[Signed], key: LogKey, report: Report) -> None:

@@ -1,5 +1,6 @@
-"""Plans: each stored plan's bytes verify against its digest, its signature names it, and
-plans and ``plan.deployed`` audit entries match one to one.
+"""Plans: each stored plan's bytes verify against its digest, it holds a signature exactly
+when its ``plan.deployed`` entry says it was signed, its signature names it, and plans and
+``plan.deployed`` audit entries match one to one.
 
 A plan decides what its batches must carry (the keys that sign them), so a
 plan is only as good as what vouches for it: its ``plan.deployed`` entry,
@@ -16,19 +17,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection
 
 from engine.errors import ConvergeError, KeyStoreError, VerificationError
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
-from engine.plans.signature import PlanClaim, key_versions_check
+from engine.plans.signature import PlanClaim, key_versions_check, rfc3339
 from engine.sign import note
 from engine.store import reads
 from engine.verify.log import Log
 from engine.verify.report import Report
 from engine.verify.trust import BadTime, Trust, instant
 
+DESCRIBED = ("signed_at", "signer", "name", "meaning")
+"""What a ``plan.deployed`` entry records of the plan's signature (docs/plans.md)."""
 ROUNDING = timedelta(seconds=1)
 """A plan signature states whole seconds, rounded up: it may say up to a second after its
 plan was deployed."""
@@ -46,6 +50,7 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
     """The stored plans whose bytes verify, by digest."""
     plans: dict[str, PlanBody] = {}
     deployed = _deployed_at(log)
+    said = _deployed_payloads(log)
     signed = False
     for row in reads.plans(conn):
         label = f"plan {row.digest} ({row.device})"
@@ -56,10 +61,14 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
             continue
         if body.digest != row.digest or body.device.id != row.device:
             report.add(label, "the stored digest or device is not the plan's")
+        recorded = said.get(row.digest, {})
+        _check_held(label, row.signature, recorded, report)
         if row.signature is not None:
             signed = True
             when = deployed.get(body.digest)
-            _check_signature(label, row.signature, body, who, deployed=when, report=report)
+            _check_signature(
+                label, row.signature, body, who, deployed=(when, recorded), report=report
+            )
         elif who.key is not None:
             report.add(label, f"not signed, and plans must be signed by {who.key}")
         plans[row.digest] = body
@@ -84,30 +93,66 @@ def _deployed_at(log: Log) -> dict[str, datetime | None]:
     return found
 
 
+def _deployed_payloads(log: Log) -> dict[str, dict[str, Any]]:
+    """What each plan's ``plan.deployed`` entry says of it, by digest."""
+    return {str(e.payload.get("digest")): e.payload for e in log.of_kind("plan.deployed")}
+
+
+def _check_held(
+    label: str, signature: str | None, recorded: Mapping[str, Any], report: Report
+) -> None:
+    """A plan holds a signature exactly when its ``plan.deployed`` entry says it was signed."""
+    said = recorded.get("signed")
+    if isinstance(said, bool) and said != (signature is not None):
+        held = "no signature" if said else "a signature"
+        report.add(
+            label,
+            f"its plan.deployed entry says signed: {str(said).lower()}, the store holds {held}",
+        )
+
+
 def _check_signature(
     label: str,
     signed: str,
     body: PlanBody,
     who: PlanTrust,
     *,
-    deployed: datetime | None,
+    deployed: tuple[datetime | None, Mapping[str, Any]],
     report: Report,
 ) -> None:
     """A stored plan signature must be by the plan key (or a trusted key), valid when it says
-    it signed, no later than the plan was deployed, and name this plan."""
+    it signed, no later than the plan was deployed, name this plan, and be the one its
+    ``plan.deployed`` entry describes (time, signer, printed name, meaning)."""
     try:
         claim = _claim(signed, who)
     except (VerificationError, KeyStoreError) as exc:
         report.add(label, f"its signature does not verify ({exc})")
         return
+    when, recorded = deployed
+    described = {k: recorded[k] for k in DESCRIBED if k in recorded}
     if (claim.device, claim.digest) != (body.device.id, body.digest):
         report.add(label, f"its signature is of another plan ({claim.device} {claim.digest})")
-    elif deployed is not None and claim.signed_at > deployed + ROUNDING:
+    elif when is not None and claim.signed_at > when + ROUNDING:
         report.add(
             label,
             f"its signature says it was made at {claim.signed_at.isoformat()},"
-            f" after the plan was deployed ({deployed.isoformat()})",
+            f" after the plan was deployed ({when.isoformat()})",
         )
+    elif described and described != _described(claim):
+        report.add(
+            label,
+            f"its signature says {_described(claim)}, its plan.deployed entry {described}:"
+            " not the signature the plan was deployed with",
+        )
+
+
+def _described(claim: PlanClaim) -> dict[str, str]:
+    """What a ``plan.deployed`` entry records of a plan signature (engine/store/store.py)."""
+    said = {"signed_at": rfc3339(claim.signed_at)}
+    if claim.signer is not None:
+        s = claim.signer
+        said |= {"signer": s.principal, "name": s.name, "meaning": s.meaning}
+    return said
 
 
 def _claim(signed: str, who: PlanTrust) -> PlanClaim:

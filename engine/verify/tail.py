@@ -7,10 +7,11 @@ the only entries a legitimate store holds after its last checkpoint are those
 of a run still going, or killed, since that checkpoint: batches stored or
 dropped, a full spool, key versions logged (docs/audit.md, "The unsigned
 tail"). Anything else after the last checkpoint, a tail longer than one
-checkpoint interval holds, or a tail with no signed run start before it, is a
-failure; a tail that fits is a note. Deleting the newest checkpoint of a
-stopped run leaves its stop in the tail, and of a running one a tail longer
-than an interval: loud, as deleting every checkpoint is.
+checkpoint interval holds, or batches with no signed run start before them (or
+after that run's signed stop), is a failure; a tail that fits is a note.
+Deleting the newest checkpoint of a stopped run leaves its stop in the tail,
+and of a running one a tail longer than an interval: loud, as deleting every
+checkpoint is.
 """
 
 from __future__ import annotations
@@ -69,16 +70,11 @@ def check_tail(log: Log, good: Sequence[Signed], report: Report) -> None:
         return  # no checkpoint at all is reported by the checkpoint check
     tail = [log.entries.get(seq) for seq in range(signed, size)]
     problems = _wrong_kinds(signed, tail, report)
-    cadence = _cadence(log, signed)
-    if any(e is not None and e.kind in RUN_KINDS for e in tail) and cadence is None:
-        report.add(
-            f"audit entries {signed}..{size - 1}",
-            "after the last checkpoint, with no"
-            " signed run start before them: no collector could have written them",
-        )
-        problems = True
-    if cadence is not None:
-        problems |= _too_long(signed, tail, cadence, good[-1].at, report)
+    start = _last(log, "collector.started", signed)
+    if any(e is not None and e.kind in RUN_KINDS for e in tail):
+        problems |= _no_run(f"audit entries {signed}..{size - 1}", log, start, signed, report)
+    if start is not None:
+        problems |= _too_long(signed, tail, _cadence(start), good[-1].at, report)
     if not problems:
         report.notes.append(
             f"audit entries {signed}..{size - 1} ({size - signed}) are not signed yet: the tail"
@@ -100,13 +96,32 @@ def _wrong_kinds(first: int, tail: list[audit.AuditEntry | None], report: Report
     return wrong
 
 
-def _cadence(log: Log, before: int) -> Cadence | None:
-    """The checkpoint cadence of the last run started in the signed part of the log."""
-    starts = [e for e in log.entries.values() if e.kind == "collector.started" and e.seq < before]
-    if not starts:
-        return None
-    said = max(starts, key=lambda e: e.seq).payload
+def _last(log: Log, kind: str, before: int) -> audit.AuditEntry | None:
+    """The last entry of ``kind`` in the signed part of the log (before entry ``before``)."""
+    found = [e for e in log.entries.values() if e.kind == kind and e.seq < before]
+    return max(found, key=lambda e: e.seq, default=None)
+
+
+def _no_run(
+    label: str, log: Log, start: audit.AuditEntry | None, before: int, report: Report
+) -> bool:
+    """Whether the tail's batches lack a run to have written them: a signed start that no
+    signed stop follows."""
+    stop = _last(log, "collector.stopped", before)
+    if start is None:
+        why = "with no signed run start before them"
+    elif stop is not None and stop.seq > start.seq:
+        why = f"after the run started at audit entry {start.seq} stopped (audit entry {stop.seq})"
+    else:
+        return False
+    report.add(label, f"after the last checkpoint, {why}: no collector could have written them")
+    return True
+
+
+def _cadence(start: audit.AuditEntry) -> Cadence:
+    """The checkpoint cadence of the run a ``collector.started`` entry started."""
     seconds, entries = DEFAULT_CADENCE
+    said = start.payload
     return Cadence(
         float(said.get("checkpoint_s", seconds)), int(said.get("checkpoint_entries", entries))
     )

@@ -1,0 +1,148 @@
+"""Benchmark: export 1,000,000 readings to an audit bundle, then verify it both ways.
+
+    python bench/export.py                      # 1,000,000 readings
+    python bench/export.py --readings 200000    # fewer
+
+Builds a SQLite store with the ingest benchmark's pipeline (bench/ingest.py:
+100 devices x 100 points at 1 s, 6,000 readings per batch signed by two
+keys), then times three things on it: ``engine.export.export`` of every
+reading for an auditor (the guard's decision and its checkpoint, gathering,
+the CSV and JSON Lines, the report, the zip, the signed manifest); the
+verifier as ``converge verify`` runs it (in this process); and the bundle's
+own ``verify.py`` run as an auditor runs it (``python verify.py BUNDLE
+--trust KEYS``, a new process). The floor of each is hashlib hashing the
+same leaf bytes (``sha256(b"\\x00" + leaf)``, the leaves in memory). Target
+(the export issue): >= 200,000 readings/s for the export and for each
+verifier. A bundle that does not verify is not a benchmark: the run stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ingest import AUDIT_KEY, READINGS, BenchKeys, build_store, machine  # bench/ is on the path
+
+from engine import audit
+from engine.access import Question, Range, ask
+from engine.export import Target, export, verifier
+from engine.export.bundle import trust_file
+from engine.report import render
+from engine.store import data, reads
+from engine.store.store import Store
+from plugins.fileprincipals import PrincipalsFile
+
+TARGET_RATE = 200_000
+AUDITOR = "inspector@audit.example"
+PRINCIPALS = f"""principals:
+  - id: {AUDITOR}
+    kind: person
+    name: Dana Keller (external auditor)
+    roles: [auditor]
+"""
+
+
+def timed_export(store: Store, keys: BenchKeys, workdir: Path) -> tuple[Path, float, int]:
+    """The bundle of every reading, the seconds its export took, and the records it holds."""
+    principals = workdir / "principals.yaml"
+    principals.write_text(PRINCIPALS)
+    out = workdir / "bundle.zip"
+    started = time.perf_counter()
+    with store.reading() as conn:
+        question = Question(AUDITOR, "export", data.devices(conn))
+        decision = ask(conn, PrincipalsFile(principals), question)
+    done = export(store, decision, Range(), keys, Target(out, render))  # type: ignore[arg-type]
+    return out, time.perf_counter() - started, done.records
+
+
+def trust(store: Store, keys: BenchKeys, workdir: Path) -> Path:
+    with store.reading() as conn:
+        origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
+    path = workdir / "trust.json"
+    versions = [v for name in keys.names() for v in keys.versions(name)]
+    path.write_bytes(trust_file(versions, {origin: AUDIT_KEY}, []))
+    return path
+
+
+def timed_verify(bundle: Path, trusted: Path, count: int) -> float:
+    started = time.perf_counter()
+    verdict = verifier.verify(str(bundle), trusted.read_bytes())
+    elapsed = time.perf_counter() - started
+    checked(verdict.ok and verdict.counts.get("records") == count, verdict.lines())
+    return elapsed
+
+
+def timed_standalone(bundle: Path, trusted: Path, workdir: Path) -> float:
+    script = workdir / "verify.py"
+    script.write_bytes(Path(verifier.__file__).read_bytes())
+    started = time.perf_counter()
+    ran = subprocess.run(
+        [sys.executable, "-I", script, bundle, "--trust", trusted],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    checked(ran.returncode == 0, ran.stdout.splitlines() + ran.stderr.splitlines())
+    return elapsed
+
+
+def checked(ok: bool, lines: list[str]) -> None:
+    if not ok:
+        raise SystemExit("the bundle does not verify:\n  " + "\n  ".join(lines[:20]))
+
+
+def hash_floor(bundle: Path) -> float:
+    """Seconds for hashlib to hash every exported record's leaf bytes, in memory."""
+    opened = verifier.Bundle(str(bundle))
+    leaves = [line[line.index(b'"leaf":') + 7 : -1] for line in opened.lines(verifier.RECORDS)]
+    sha256 = hashlib.sha256
+    started = time.perf_counter()
+    for leaf in leaves:
+        sha256(b"\x00" + leaf).digest()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=READINGS)
+    args = parser.parse_args()
+    print(machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        store, keys, built = build_store(str(workdir / "evidence.db"), args.readings, workdir)
+        print(f"store: {args.readings:,} readings, built in {built:.1f} s\n")
+        bundle, exported, records = timed_export(store, keys, workdir)
+        checked(records == args.readings, [f"exported {records} records"])
+        trusted = trust(store, keys, workdir)
+        store.close()
+        size = bundle.stat().st_size
+        ours = timed_verify(bundle, trusted, args.readings)
+        alone = timed_standalone(bundle, trusted, workdir)
+        floor = hash_floor(bundle)
+    print(f"bundle: {size / 2**20:,.1f} MiB\n")
+    for name, seconds in (
+        ("export (decide, gather, CSV + JSON Lines, report, zip, sign)", exported),
+        ("converge verify (in process)", ours),
+        ("verify.py (python verify.py BUNDLE --trust KEYS)", alone),
+    ):
+        line(name, seconds, args.readings)
+    line("floor (hashlib sha256 of each leaf, in memory)", floor, args.readings, judged=False)
+
+
+def line(name: str, seconds: float, count: int, *, judged: bool = True) -> None:
+    rate = count / seconds
+    verdict = ("PASS" if rate >= TARGET_RATE else "FAIL") if judged else "    "
+    print(f"  {verdict} {name:<62} {seconds:7.2f} s {rate:>11,.0f} readings/s")
+    if judged:
+        return
+    print(f"       target: >= {TARGET_RATE:,} readings/s for the export and each verifier")
+
+
+if __name__ == "__main__":
+    main()
