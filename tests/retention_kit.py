@@ -41,6 +41,7 @@ principals:
   - {id: lena@example.com, kind: person, name: Lena Graf, roles: [legal]}
   - {id: alice@example.com, kind: person, roles: [qa]}
   - {id: bob@contractor.example, kind: person, roles: [legal, contractor]}
+  - {id: dana@audit.example, kind: person, roles: [auditor]}
 """
 SOURCE = [{"policy": "test-retention", "at": "policies/test.yaml:12:3"}]
 
