@@ -4,20 +4,23 @@ a proven entry, no exported record is one a receipt deleted, and each receipt wa
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import test_export
-from evidence_kit import fill
-from retention_kit import kinds, run
+from evidence_kit import Site, fill, verify
+from retention_kit import DEVICES, job, kinds, run, sealed
 from test_export import failed, forged, read, trust_file
 
 from engine.cli import main
+from engine.retention import apply
 from engine.retention import run as runs
 from engine.retention.holds import place
-from engine.retention.select import select
+from engine.retention.select import Selection, select
 from engine.store.retention import Scope
 from plugins.fileprincipals import PrincipalsFile
 
@@ -97,3 +100,59 @@ def test_a_buggy_run_is_named_by_the_bundle_verifier(buggy, both):
     lines = failed(both(*buggy))
     assert any("deletes line-b/P1 during hold 1" in line for line in lines), lines
     assert any("deletes lab-c/P1 before its keep_at_least" in line for line in lines), lines
+
+
+# --- archives ------------------------------------------------------------------------------
+
+ARCHIVED = {"keep_at_most_ms": 600_000, "on_expiry": "archive"}
+
+
+@pytest.fixture(scope="module")
+def archive_site(retention_site):
+    """line-a as before, and arch-e, whose records are archived when they expire."""
+    plans = [
+        sealed("line-a", DEVICES["line-a"]),
+        sealed("arch-e", {"P1": ARCHIVED, "P2": ARCHIVED}),
+    ]
+    return Site(retention_site.keys_dir, retention_site.plans_dir, plans)
+
+
+def test_archived_records_are_written_to_a_bundle_before_they_are_deleted(
+    archive_site, backend, tmp_path, both
+):
+    store = fill(archive_site, backend, tmp_path, SECONDS)
+    done = apply(store, replace(job(archive_site), archives=tmp_path / "archives"))
+    assert done.deleted["arch-e", "P1"] == SECONDS and done.deleted["line-a", "P1"] == SECONDS
+    (archived,) = kinds(store, "retention.archived")
+    receipts = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "arch-e"]
+    (file,) = (tmp_path / "archives").iterdir()
+    digest = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+    for r in receipts:
+        assert r.payload["archive"] == {"file": file.name, "sha256": digest, "entry": archived.seq}
+        assert archived.seq < r.seq
+    line = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
+    assert all(r.payload["archive"] is None for r in line)
+    report = verify(archive_site, store, tmp_path)
+    assert report.ok, report.problems
+    store.close()
+    said = both(file, trust_file(backend, archive_site.keys_dir, tmp_path / "trust.json"))
+    assert said.code == 0, said.lines
+    manifest = json.loads(read(file)["manifest.json"])
+    assert manifest["archive"] is True and manifest["records"] == 2 * SECONDS
+    assert manifest["decision"] == archived.payload["decision"]
+
+
+def test_records_deleted_without_their_archive_are_named(
+    archive_site, backend, tmp_path, monkeypatch
+):
+    store = fill(archive_site, backend, tmp_path, SECONDS)
+    monkeypatch.setattr(runs.archive, "write", lambda *args: None)
+    monkeypatch.setattr(Selection, "archived_only", lambda self, kept: None)
+    apply(store, replace(job(archive_site), archives=tmp_path / "archives"))
+    report = verify(archive_site, store, tmp_path)
+    seq = next(r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == "arch-e")
+    assert any(
+        p.item == f"receipt (audit entry {seq})" and "without its archive" in p.message
+        for p in report.problems
+    ), report.problems
+    store.close()

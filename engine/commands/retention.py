@@ -80,6 +80,14 @@ def register(commands: Subparsers) -> None:
     )
     add_audit_key(run_parser)
     run_parser.add_argument(
+        "--archives",
+        type=Path,
+        default=Path("archives"),
+        metavar="DIR",
+        help="where archives are written (on_expiry: archive), as audit bundles "
+        "(default: ./archives)",
+    )
+    run_parser.add_argument(
         "--witness",
         type=Path,
         metavar="FILE",
@@ -104,7 +112,8 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
             keys = key_store_of(args, pm)
             with store.transaction() as conn:
                 auditlog.make(conn, store.audit_key, actor)  # the log is signed by this key
-            outcome = apply(store, Job(actor, keys, Trust.from_key_store(keys)))
+            job = Job(actor, keys, Trust.from_key_store(keys), archives=args.archives)
+            outcome = apply(store, job)
     if args.format == "json":
         print(json.dumps(outcome_json(outcome, args.dry_run), indent=2))
     else:

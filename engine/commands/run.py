@@ -123,6 +123,13 @@ def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
         help="apply the plans' retention this often, as the job 'retention' (the first run one "
         "DURATION after the start; default: 1h); see converge retention apply",
     )
+    evidence.add_argument(
+        "--archives",
+        type=Path,
+        default=Path("archives"),
+        metavar="DIR",
+        help="where retention writes archives (on_expiry: archive) (default: ./archives)",
+    )
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -200,7 +207,8 @@ async def _retention(
 ) -> None:
     """Every ``--retention-every`` until ``stop``: a retention run by the job ``retention``,
     in a thread (verifying in this process: a collector does not fork workers)."""
-    job = Job(Actor.job("retention"), keys, Trust.from_key_store(keys), workers=1)
+    trust = Trust.from_key_store(keys)
+    job = Job(Actor.job("retention"), keys, trust, workers=1, archives=args.archives)
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.retention_every)

@@ -18,7 +18,7 @@ import base64
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ class Request:
     audit_key: str
     keys: Sequence[KeyVersion]
     plan_keys: Sequence[str] = ()
+    only: Mapping[int, frozenset[int]] | None = None
+    """An archive's records: these positions of these batches (by id), no others."""
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -136,9 +138,15 @@ def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, P
     allowed: dict[str, set[str]] = {}
     for point in request.decision.allowed:
         allowed.setdefault(point.device, set()).add(point.point)
+    only = request.only
     for device, points in sorted(allowed.items()):
         for batch in data.batches(conn, device, request.span.start, request.span.end):
-            picked = _exported(data.leaves(conn, batch.id), batch.id, points, request.span)
+            if only is not None and batch.id not in only:
+                continue
+            leaves = data.leaves(conn, batch.id)
+            if only is not None:
+                leaves = [(p, leaf) for p, leaf in leaves if p in only[batch.id]]
+            picked = _exported(leaves, batch.id, points, request.span)
             if picked:
                 yield batch, picked
 
@@ -202,6 +210,8 @@ def _retention(
         if kind == "retention.deleted" and _receipt_touches(said, points, span):
             receipts.append(seq)
             _receipt_batch(conn, said, out, wanted)
+            if said.get("archive"):
+                wanted.add(said["archive"]["entry"])
         elif kind == "hold.placed" and _hold_touches(said, points, span):
             placed[said["hold"]] = seq
         elif kind == "hold.released":

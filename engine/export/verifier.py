@@ -1183,8 +1183,20 @@ def _csv_text(row: list[str]) -> bytes:
 def _check_export(
     manifest: dict[str, Any], entries: dict[int, dict[str, Any]], verdict: Verdict
 ) -> None:
-    """The export itself is an allowed decision of the log, by the principal the manifest names."""
+    """The export itself is an allowed decision of the log, by the principal the manifest names;
+    an archive's, the ``retention.archived`` entry of the run that wrote it."""
     decision = manifest.get("decision")
+    if manifest.get("archive") is True:
+        archived = [
+            e
+            for e in entries.values()
+            if e.get("kind") == "retention.archived" and e["payload"].get("decision") == decision
+        ]
+        if not archived or archived[0].get("actor", {}).get("id") != manifest.get("principal"):
+            verdict.fail(
+                MANIFEST, f"its archive {decision} is not an entry of the bundle by its actor"
+            )
+        return
     found = [
         e
         for e in entries.values()
@@ -1311,12 +1323,41 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> int | s
     at = _aware(entry["time"])
     for group in said["expiries"]:
         for point in group["points"]:
-            problem = _expiry_problem(plan.retention.get(point), batch, at) or _held(
-                holds, seq, batch, point
+            kept = plan.retention.get(point, {})
+            problem = (
+                _expiry_problem(kept, batch, at)
+                or _held(holds, seq, batch, point)
+                or _unarchived(kept, said, group, retained, batch)
             )
             if problem:
                 return f"deletes {batch.device}/{point} {problem}"
     return len(positions)
+
+
+def _unarchived(
+    retention: dict[str, Any],
+    said: dict[str, Any],
+    group: dict[str, Any],
+    retained: Retained,
+    batch: Batch,
+) -> str | None:
+    """Why records whose plan archives them were deleted without their archive: the receipt
+    names an earlier ``retention.archived`` entry of the bundle that holds them."""
+    if retention.get("on_expiry") != "archive":
+        return None
+    named = said.get("archive") or {}
+    entry = retained.entries.get(named.get("entry", -1), {})
+    if entry.get("kind") != "retention.archived" or entry["payload"].get("file") != named.get(
+        "file"
+    ):
+        return "which its plan archives, without its archive (an entry of the bundle)"
+    held = set()
+    for listed in entry["payload"].get("batches", []):
+        if listed.get("batch") == batch.id:
+            held |= _positions(listed.get("positions", []))
+    if not _positions(group["positions"]) <= held:
+        return f"which its archive (audit entry {entry['seq']}) does not hold"
+    return None
 
 
 def _receipt_batch(said: dict[str, Any], retained: Retained) -> Batch | str:

@@ -24,13 +24,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from engine.audit import Actor, seal_with
 from engine.errors import ConvergeError, RetentionError
 from engine.keys import KeyStore
 from engine.plans.body import PlanBody, PlanPoint, Retention
 from engine.plans.expiry import expiry
-from engine.retention import receipt
+from engine.retention import archive, receipt
+from engine.retention.archive import Archived, archives
 from engine.retention.select import Selection, select
 from engine.sign.leaf import instant
 from engine.sign.merkle import leaf_hash, root_of_hashes
@@ -68,6 +70,8 @@ class Job:
     keys: KeyStore
     trust: Trust
     workers: int | None = None
+    archives: Path = Path("archives")
+    """Where archives are written (``on_expiry: archive``)."""
 
 
 @dataclass
@@ -113,9 +117,11 @@ def apply(store: Store, job: Job) -> Outcome:
     with retention_lock(store.engine):
         seal_with(job.keys, store.audit_key, started)
         _verified(store, job)
+        work = list(candidates(store, started))
+        archived = _archive(store, job, work)
         try:
-            for batch, plan in candidates(store, started):
-                _delete(store, batch, plan, job, outcome)
+            for batch, plan in work:
+                _delete(store, (batch, plan, archived), job, outcome)
                 if outcome.unsigned >= RECEIPTS_PER_CHECKPOINT:
                     _checkpoint(store, job, outcome)
         except BaseException:
@@ -136,6 +142,18 @@ def forecast(store: Store, at: datetime) -> Outcome:
             held = holds(conn, in_force=True)
             outcome.add(select(batch, plan, held, data.leaves(conn, batch.id), at))
     return outcome
+
+
+def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> Archived | None:
+    """Write the archive of what this run will delete under ``on_expiry: archive``, if any."""
+    chosen = []
+    with store.reading() as conn:
+        held = holds(conn, in_force=True)
+        at = datetime.now(UTC)
+        for batch, plan in work:
+            if archives(plan):
+                chosen.append(select(batch, plan, held, data.leaves(conn, batch.id), at))
+    return archive.write(store, job.keys, job.actor, job.archives, chosen)
 
 
 def _verified(store: Store, job: Job) -> None:
@@ -181,8 +199,13 @@ def _earliest(points: list[PlanPoint], ref: BatchRef) -> datetime:
     return min(moments) if moments else datetime.max.replace(tzinfo=UTC)
 
 
-def _delete(store: Store, batch: BatchRef, plan: PlanBody, job: Job, outcome: Outcome) -> None:
+Work = tuple[BatchRef, PlanBody, Archived | None]
+"""A batch to delete from, its plan, and the run's archive."""
+
+
+def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
     """One batch in one transaction: what expired goes, with its receipt (see the module)."""
+    batch, plan, archived = work
     with store.transaction() as conn:
         at = datetime.now(UTC)
         held = holds(conn, in_force=True)
@@ -190,11 +213,19 @@ def _delete(store: Store, batch: BatchRef, plan: PlanBody, job: Job, outcome: Ou
         hashes = {position: leaf_hash(leaf) for position, leaf in leaves}
         _check_root(batch, hashes, erased(conn, batch.id))
         selection = select(batch, plan, held, leaves, at)
+        kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
+        selection.archived_only(kept)
         outcome.add(selection)
         if not selection.groups:
             return
         removed = sorted((p, hashes[p]) for g in selection.groups for p in g.positions)
-        said = receipt.payload(selection, removed, outcome.run, held)
+        said = receipt.payload(
+            selection,
+            removed,
+            outcome.run,
+            held,
+            archived.as_json() if archived and selection.archive else None,
+        )
         seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
         erase(conn, batch.id, removed, seq, whole=selection.remaining == 0)
     outcome.receipts.append(seq)

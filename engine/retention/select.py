@@ -23,11 +23,21 @@ from engine.store.retention import BatchRef, Hold
 
 @dataclass
 class Group:
-    """The records of a batch that one expiry calculation expired."""
+    """The records of a batch that one expiry calculation expired: their positions, and the
+    point of each."""
 
     expiry: Expiry
-    points: Counter[str] = field(default_factory=Counter)
     positions: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def points(self) -> Counter[str]:
+        return Counter(self.names)
+
+    def only(self, kept: frozenset[int]) -> Group:
+        """The group's records at positions in ``kept``."""
+        pairs = [(p, n) for p, n in zip(self.positions, self.names, strict=True) if p in kept]
+        return Group(self.expiry, [p for p, _ in pairs], [n for _, n in pairs])
 
 
 @dataclass
@@ -51,6 +61,13 @@ class Selection:
     def archive(self) -> bool:
         """Whether any record that goes must be archived first."""
         return any(g.expiry.on_expiry == "archive" for g in self.groups)
+
+    def archived_only(self, kept: frozenset[int]) -> None:
+        """Keep (not delete) the records to be archived that are not at positions ``kept``
+        (they expired since their run wrote its archive: the next run archives them)."""
+        groups = [g.only(kept) if g.expiry.on_expiry == "archive" else g for g in self.groups]
+        self.remaining += self.count - sum(len(g.positions) for g in groups)
+        self.groups = [g for g in groups if g.positions]
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,8 @@ def select(
         else:
             key = canonical_json(found.as_json())
             group = groups.get(key) or groups.setdefault(key, Group(found))
-            group.points[point] += 1
             group.positions.append(position)
+            group.names.append(point)
     out.groups = list(groups.values())
     return out
 

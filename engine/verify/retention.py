@@ -83,6 +83,8 @@ class Receipt:
     groups: list[tuple[list[str], list[int], dict[str, Any]]]
     """(points, positions, the expiry calculation) of each expiry that deleted records."""
     run: str
+    archive: Mapping[str, Any] | None
+    """The archive it names (file, sha256, entry), if its records were archived."""
 
 
 def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
@@ -101,7 +103,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
         if not _names(label, receipt, info, report):
             continue
         assert info is not None
-        context = _Context(entry, receipt, info, erased.holds, report)
+        context = _Context(entry, receipt, info, erased.holds, report, known.log)
         _check_erasure(context, rows.pop(entry.seq, None))
         _erase(context, erased)
         if _lawful(context, known.plans.get(info.plan_digest)) & _in_time(context, known.signed):
@@ -139,6 +141,9 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
     texts = (said["device"], said["plan"], said["window_start"], said["window_end"], run)
     if not all(isinstance(t, str) for t in texts) or type(said["batch"]) is not int:
         raise ValueError("its batch, device, plan, window or run is not what a receipt says")
+    archive = said["archive"]
+    if archive is not None and not isinstance(archive, dict):
+        raise ValueError("its archive is not an object")
     return Receipt(
         said["batch"],
         said["device"],
@@ -150,6 +155,7 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
         hashes,
         groups,
         run,
+        archive,
     )
 
 
@@ -201,6 +207,7 @@ class _Context:
     info: BatchInfo
     holds: Sequence[Hold]
     report: Report
+    log: Log
 
     @property
     def label(self) -> str:
@@ -220,12 +227,42 @@ def _lawful(c: _Context, plan: PlanBody | None) -> bool:
         return False
     ok = True
     start, end = instant(c.info.window_start), instant(c.info.window_end)
-    for points, _, said in c.receipt.groups:
+    for points, positions, said in c.receipt.groups:
         for point in points:
             planned = plan.point.get(point)
             found = None if planned is None else expiry(planned, start, end)
             ok &= _point_lawful(c, point, found, said, at)
+            if found is not None and found.on_expiry == "archive":
+                ok &= _archived(c, point, positions)
     return ok
+
+
+def _archived(c: _Context, point: str, positions: list[int]) -> bool:
+    """Records whose plan archives them were deleted naming an archive: an earlier
+    ``retention.archived`` entry, of that file, that holds those positions of the batch."""
+    said = c.receipt.archive or {}
+    entry = c.log.entries.get(said.get("entry", -1))
+    where = f"{c.info.device}/{point}"
+    if (
+        entry is None
+        or entry.kind != "retention.archived"
+        or entry.seq > c.entry.seq
+        or entry.payload.get("file") != said.get("file")
+    ):
+        c.report.add(c.label, f"deletes {where}, which its plan archives, without its archive")
+        return False
+    held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
+    try:
+        archived = {p for b in held for p in positions_of(b.get("positions"))}
+    except ValueError:
+        archived = set()
+    if not set(positions) <= archived:
+        c.report.add(
+            c.label,
+            f"deletes {where} records its archive (audit entry {entry.seq}) does not hold",
+        )
+        return False
+    return True
 
 
 def _point_lawful(
