@@ -61,6 +61,7 @@ KINDS = {
     "access.decision": "the guard decided a read, export or hold, allowed or denied",
     "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
     "retention.deleted": "a retention run deleted expired records of a batch (its receipt)",
+    "retention.archived": "a retention run archived records before deleting them (the bundle)",
     "hold.placed": "a principal placed a legal hold (what it covers, why)",
     "hold.released": "a principal released a legal hold",
 }

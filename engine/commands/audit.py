@@ -213,6 +213,8 @@ def _about(entry: AuditEntry) -> str:
             f"{p.get('device')} {p.get('window_start')} batch {p.get('batch')}: {p.get('count')}"
             f" records deleted, {p.get('remaining')} left"
         )
+    if entry.kind == "retention.archived":
+        return f"{p.get('file')}: {len(p.get('batches', []))} batches"
     if entry.kind.startswith("hold."):
         scope = ", ".join(p.get("devices") or ["every device"])
         return (

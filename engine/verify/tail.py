@@ -36,6 +36,7 @@ TAIL_KINDS = frozenset(
         "access.decision",
         "audit.reviewed",
         "retention.deleted",
+        "retention.archived",
         "hold.placed",
         "hold.released",
     }
