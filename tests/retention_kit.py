@@ -46,7 +46,7 @@ principals:
 SOURCE = [{"policy": "test-retention", "at": "policies/test.yaml:12:3"}]
 
 
-def point(name: str, retention: Mapping[str, Any]) -> dict[str, Any]:
+def point(name: str, retention: Mapping[str, Any], source: Any = SOURCE) -> dict[str, Any]:
     facets = [f"retention.{key}" for key in retention] + [
         "access.read",
         "access.export",
@@ -69,19 +69,22 @@ def point(name: str, retention: Mapping[str, Any]) -> dict[str, Any]:
             "deny": ["contractor"],
         },
         "policies": ["test-retention"],
-        "provenance": dict.fromkeys(facets, SOURCE),
+        "provenance": dict.fromkeys(facets, source),
     }
 
 
-def sealed(device: str, points: Mapping[str, Mapping[str, Any]]) -> PlanBody:
-    """A plan whose digest verifies, as the compiler would write it."""
+def sealed(
+    device: str, points: Mapping[str, Mapping[str, Any]], sources: Mapping[str, Any] | None = None
+) -> PlanBody:
+    """A plan whose digest verifies, as the compiler would write it; ``sources`` the
+    provenance of points set by another policy than ``SOURCE``'s."""
     body = {
         "format": PLAN_FORMAT,
         "site": "retention-test",
         "timezone": "UTC",
         "as_of": "2026-06-01",
         "device": {"id": device, "protocol": "modbus", "endpoint": {}, "limits": {}},
-        "points": [point(name, r) for name, r in points.items()],
+        "points": [point(name, r, (sources or {}).get(name, SOURCE)) for name, r in points.items()],
         "read_groups": [],
     }
     _, data = seal({key: canonical_json(value) for key, value in body.items()})

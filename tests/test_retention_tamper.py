@@ -16,14 +16,14 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from evidence_kit import fill, verify
-from retention_kit import kinds, run
+from evidence_kit import Site, fill, verify
+from retention_kit import DEVICES, TEN_MINUTES, kinds, run, sealed
 from test_tamper import Named, assert_named, batch_label, database, one
 
 from engine.retention import receipt as receipts
 from engine.retention import run as runs
 from engine.retention.holds import place
-from engine.retention.select import select
+from engine.retention.select import Group, select
 from engine.store.retention import Scope
 from plugins.fileprincipals import PrincipalsFile
 
@@ -94,6 +94,46 @@ def test_a_receipt_whose_leaf_hashes_are_not_the_batch_is_named(
             Named(label, "a receipt's leaf hashes do not match the batch"),
         ],
     )
+
+
+def test_a_receipt_giving_two_points_one_calculation_is_named(
+    retention_site, backend, monkeypatch, tmp_path
+):
+    """line-a's points are kept alike, but by two policies: each expires by its own
+    calculation (naming its policy), and a run that deletes both under the first's is named
+    for the second, though the first's is lawful."""
+    other = [{"policy": "other-retention", "at": "policies/other.yaml:4:3"}]
+    plans = [
+        sealed(device, points, {"P2": other} if device == "line-a" else None)
+        for device, points in DEVICES.items()
+    ]
+    (tmp_path / "plans").mkdir()
+    site = Site(retention_site.keys_dir, tmp_path / "plans", plans)
+    assert DEVICES["line-a"] == {"P1": TEN_MINUTES, "P2": TEN_MINUTES}
+    filled = fill(site, backend, tmp_path, SECONDS)
+
+    def merged(batch, plan, holds, leaves, at):
+        chosen = select(batch, plan, holds, leaves, at)
+        if batch.device == "line-a" and len(chosen.groups) == 2:
+            pairs = sorted(
+                pair for g in chosen.groups for pair in zip(g.positions, g.names, strict=True)
+            )
+            first = next(g.expiry for g in chosen.groups if "P1" in g.names)
+            chosen.groups = [Group(first, [p for p, _ in pairs], [n for _, n in pairs])]
+        return chosen
+
+    monkeypatch.setattr(runs, "select", merged)
+    try:
+        run(site, filled)
+        report = verify(site, filled, tmp_path)
+        seq = receipt_of(filled, "line-a")
+    finally:
+        filled.close()
+    assert_named(
+        report,
+        [Named(f"receipt (audit entry {seq})", "expiry calculation for line-a/P2 is not its")],
+    )
+    assert not [p for p in report.problems if "line-a/P1" in p.message]
 
 
 # --- tampers after a lawful run ----------------------------------------------------------

@@ -140,7 +140,7 @@ def forecast(store: Store, at: datetime) -> Outcome:
     for batch, plan in candidates(store, at):
         with store.reading() as conn:
             held = holds(conn, in_force=True)
-            outcome.add(select(batch, plan, held, data.leaves(conn, batch.id), at))
+            outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return outcome
 
 
@@ -152,7 +152,7 @@ def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> A
         at = datetime.now(UTC)
         for batch, plan in work:
             if archives(plan):
-                chosen.append(select(batch, plan, held, data.leaves(conn, batch.id), at))
+                chosen.append(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return archive.write(store, job.keys, job.actor, job.archives, chosen)
 
 
@@ -209,16 +209,16 @@ def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
     with store.transaction() as conn:
         at = datetime.now(UTC)
         held = holds(conn, in_force=True)
-        leaves = data.leaves(conn, batch.id)
-        hashes = {position: leaf_hash(leaf) for position, leaf in leaves}
-        _check_root(batch, hashes, erased(conn, batch.id))
-        selection = select(batch, plan, held, leaves, at)
+        positions, leaves = data.batch_records(conn, batch.id)
+        hashes = list(map(leaf_hash, leaves))
+        _check_root(batch, (positions, hashes), erased(conn, batch.id))
+        selection = select(batch, plan, held, (positions, leaves), at)
         kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
         selection.archived_only(kept)
         outcome.add(selection)
         if not selection.groups:
             return
-        removed = sorted((p, hashes[p]) for g in selection.groups for p in g.positions)
+        removed = _removed(selection, positions, hashes)
         said = receipt.payload(
             selection,
             removed,
@@ -232,19 +232,37 @@ def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
     outcome.unsigned += 1
 
 
-def _check_root(batch: BatchRef, hashes: dict[int, bytes], gone: dict[int, bytes]) -> None:
-    """The batch's records (those stored and those erased) still hash to its signed root."""
-    merged = {**gone, **hashes}
-    positions = sorted(merged)
-    if (
-        len(merged) != len(gone) + len(hashes)
-        or positions != list(range(batch.count))
-        or root_of_hashes([merged[p] for p in positions]) != batch.root
-    ):
-        raise StoreUnverified(
-            f"batch {batch.id} ({batch.device} {batch.window_start}) no longer verifies: its"
-            " records do not hash to its signed root; nothing more is deleted"
-        )
+def _removed(
+    selection: Selection, positions: list[int], hashes: list[bytes]
+) -> list[tuple[int, bytes]]:
+    """(position, leaf hash) of each record that goes, in position order."""
+    if selection.remaining == 0:
+        return list(zip(positions, hashes, strict=True))
+    index = {p: i for i, p in enumerate(positions)}
+    return sorted((p, hashes[index[p]]) for g in selection.groups for p in g.positions)
+
+
+def _check_root(
+    batch: BatchRef, records: tuple[list[int], list[bytes]], gone: dict[int, bytes]
+) -> None:
+    """The batch's records (the positions and leaf hashes of those stored, and of those its
+    receipts erased) are its positions 0..count-1, each once, and hash to its signed root."""
+    positions, hashes = records
+    every = list(range(batch.count))
+    if gone or positions != every:  # not simply the whole batch, in order
+        merged = {**gone, **dict(zip(positions, hashes, strict=True))}
+        if len(merged) != len(gone) + len(positions) or sorted(merged) != every:
+            raise _unverified(batch)
+        hashes = [merged[p] for p in every]
+    if root_of_hashes(hashes) != batch.root:
+        raise _unverified(batch)
+
+
+def _unverified(batch: BatchRef) -> StoreUnverified:
+    return StoreUnverified(
+        f"batch {batch.id} ({batch.device} {batch.window_start}) no longer verifies: its"
+        " records do not hash to its signed root; nothing more is deleted"
+    )
 
 
 def _checkpoint(store: Store, job: Job, outcome: Outcome) -> None:

@@ -4,7 +4,8 @@ Pure: given a batch (its signed window and plan), the holds in force, the
 records it still holds and the clock, :func:`select` says which records go,
 grouped by the expiry calculation that expired them (engine/plans/expiry.py),
 and which expired records holds keep. Records are told apart by their point,
-read from the leaf bytes without parsing the whole record.
+read from the leaf bytes without parsing them (one scan of all of a batch's
+leaves, :func:`engine.sign.leaf.points_of`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime
 from engine.canonical import canonical_json
 from engine.plans.body import PlanBody
 from engine.plans.expiry import Expiry, expiry
-from engine.sign.leaf import point_of
+from engine.sign.leaf import points_of
 from engine.store.retention import BatchRef, Hold
 
 
@@ -72,29 +73,39 @@ class Selection:
 
 @dataclass(frozen=True)
 class _Verdict:
-    """What happens to a point's records in this batch."""
+    """What happens to a point's records in this batch, and the group they go in."""
 
+    point: str
     expiry: Expiry | None
     holds: tuple[int, ...]
+    group: bytes = b""
+    """The canonical JSON of the expiry calculation: records of one calculation are one group."""
 
 
 def select(
     batch: BatchRef,
     plan: PlanBody | None,
     holds: Sequence[Hold],
-    leaves: Sequence[tuple[int, bytes]],
+    records: tuple[Sequence[int], Sequence[bytes]],
     at: datetime,
 ) -> Selection:
-    """The records of ``leaves`` (position, leaf) that go at ``at``, grouped by expiry; records
-    of a point its plan does not name (or of a batch whose plan is not stored) are kept."""
+    """The records (positions, leaves) that go at ``at``, grouped by expiry; records of a point
+    its plan does not name (or of a batch whose plan is not stored) are kept."""
     out = Selection(batch)
-    verdicts: dict[str, _Verdict] = {}
+    verdicts: dict[bytes, _Verdict] = {}
     groups: dict[bytes, Group] = {}
-    for position, leaf in leaves:
-        point = point_of(leaf)
-        verdict = verdicts.get(point)
-        if verdict is None:
-            verdict = verdicts[point] = _verdict(batch, plan, holds, point)
+    positions, leaves = records
+    names = points_of(leaves)
+    for name in set(names):
+        verdicts[name] = _verdict(batch, plan, holds, name.decode())
+    if _all_go(list(verdicts.values()), at):
+        (verdict,) = {v.group: v for v in verdicts.values()}.values()
+        decoded = {name: v.point for name, v in verdicts.items()}
+        assert verdict.expiry is not None
+        out.groups = [Group(verdict.expiry, list(positions), [decoded[n] for n in names])]
+        return out
+    for position, name in zip(positions, names, strict=True):
+        verdict = verdicts[name]
         found = verdict.expiry
         if found is None or not found.due(at):
             out.remaining += 1
@@ -102,27 +113,36 @@ def select(
             out.remaining += 1
             out.kept.update(verdict.holds)
             if found.gone_by is not None and at >= found.gone_by:
-                out.held_past[point] += 1
+                out.held_past[verdict.point] += 1
         else:
-            key = canonical_json(found.as_json())
-            group = groups.get(key) or groups.setdefault(key, Group(found))
+            group = groups.get(verdict.group) or groups.setdefault(verdict.group, Group(found))
             group.positions.append(position)
-            group.names.append(point)
+            group.names.append(verdict.point)
     out.groups = list(groups.values())
     return out
+
+
+def _all_go(verdicts: list[_Verdict], at: datetime) -> bool:
+    """Whether every record goes, by one expiry calculation (the usual batch of a device whose
+    points share their retention, no hold on them): then no record is looked at one by one."""
+    return (
+        bool(verdicts)
+        and all(v.expiry is not None and v.expiry.due(at) and not v.holds for v in verdicts)
+        and len({v.group for v in verdicts}) == 1
+    )
 
 
 def _verdict(batch: BatchRef, plan: PlanBody | None, holds: Sequence[Hold], point: str) -> _Verdict:
     planned = plan.point.get(point) if plan is not None else None
     if planned is None:
-        return _Verdict(None, ())
+        return _Verdict(point, None, ())
     covering = tuple(
         h.id
         for h in holds
         if h.scope.covers(batch.device, point, batch.window_start, batch.window_end)
     )
-    window = _moment(batch.window_start), _moment(batch.window_end)
-    return _Verdict(expiry(planned, *window), covering)
+    found = expiry(planned, _moment(batch.window_start), _moment(batch.window_end))
+    return _Verdict(point, found, covering, canonical_json(found.as_json()) if found else b"")
 
 
 def _moment(text: str) -> datetime:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
@@ -121,6 +123,7 @@ def record_leaf_hash(record: Record, salt: bytes) -> bytes:
 
 
 _POINT = b'"point":"'
+_POINTS = re.compile(rb'"point":"([^"\\]*)"')
 
 
 def point_of(leaf: bytes) -> str:
@@ -132,6 +135,19 @@ def point_of(leaf: bytes) -> str:
     if b"\\" in name:
         return str(json.loads(leaf)["point"])
     return name.decode()
+
+
+def points_of(leaves: Sequence[bytes]) -> list[bytes]:
+    """The point each leaf names, as the bytes of its name (one regular-expression scan of all
+    of them); a name holding an escape is decoded (:func:`point_of`) and encoded again.
+
+    A leaf holds one ``"point"`` member and the pattern matches nowhere else (canonical JSON
+    escapes every quote inside a string), so as many matches as leaves is one for each, in
+    order; a name holding an escape does not match, and then every leaf is read apart."""
+    found: list[bytes] = _POINTS.findall(b"\n".join(leaves))
+    if len(found) == len(leaves):
+        return found
+    return [point_of(leaf).encode() for leaf in leaves]
 
 
 # The fast path. Members are written in JCS order: keys sorted by UTF-16 code

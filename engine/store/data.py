@@ -105,9 +105,9 @@ def _signatures(conn: Connection, ids: list[int]) -> dict[int, dict[str, bytes]]
     return found
 
 
-def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
-    """(position, leaf bytes) of every record of a batch, readings and gap records merged,
-    in position order, from the driver (no ORM row per record)."""
+def batch_records(conn: Connection, batch_id: int) -> tuple[list[int], list[bytes]]:
+    """The positions and leaf bytes of every record of a batch, readings and gap records
+    merged, in position order, from the driver (no ORM row per record)."""
     cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
     cursor.execute(
@@ -116,6 +116,14 @@ def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
         (batch_id, batch_id),
     )
     try:
-        return [(position, as_bytes(leaf)) for position, leaf in cursor.fetchall()]
+        rows = cursor.fetchall()
     finally:
         cursor.close()
+    leaves = [leaf if type(leaf) is bytes else as_bytes(leaf) for _, leaf in rows]
+    return [position for position, _ in rows], leaves
+
+
+def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
+    """(position, leaf bytes) of every record of a batch, in position order."""
+    positions, blobs = batch_records(conn, batch_id)
+    return list(zip(positions, blobs, strict=True))

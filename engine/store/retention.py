@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from engine.store.reads import as_bytes
 from engine.store.tables import BATCHES, ERASURES, GAPS, HOLDS, READINGS
 
 HASH_SIZE = 32
+_HASHES = re.compile(b"(?s).{%d}" % HASH_SIZE)
 RETENTION_LOCK_ID = 0x636F6E72  # "conr": the advisory lock a retention run holds (PostgreSQL)
 
 # --- positions as runs ------------------------------------------------------------------
@@ -47,8 +49,11 @@ RETENTION_LOCK_ID = 0x636F6E72  # "conr": the advisory lock a retention run hold
 
 def runs(positions: Iterable[int]) -> list[list[int]]:
     """Ascending positions as ``[[first, last], ...]`` runs of consecutive ones."""
+    ordered = sorted(positions)
+    if ordered and ordered[-1] - ordered[0] + 1 == len(ordered) == len(set(ordered)):
+        return [[ordered[0], ordered[-1]]]  # one run: a batch deleted whole, usually
     found: list[list[int]] = []
-    for position in sorted(positions):
+    for position in ordered:
         if found and found[-1][1] == position - 1:
             found[-1][1] = position
         else:
@@ -80,7 +85,7 @@ def split_hashes(blob: bytes) -> list[bytes]:
     multiple of 32."""
     if len(blob) % HASH_SIZE:
         raise ValueError(f"{len(blob)} bytes are not whole {HASH_SIZE}-byte hashes")
-    return [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+    return _HASHES.findall(blob)  # one C-level scan, no Python code per hash
 
 
 # --- batches ----------------------------------------------------------------------------
