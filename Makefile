@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[protocols,storage,dev]'
+	$(BIN)/pip install -q -e '.[protocols,storage,server,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,7 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash tests/services.sh start
 	set -a; . tests/.services.env; set +a; \
-	for script in compile coalesce collect ingest verify retention; do \
+	for script in compile hostile coalesce collect ingest verify query export retention; do \
 	  $(BIN)/python bench/$$script.py || { status=$$?; break; }; echo; \
 	done; bash tests/services.sh stop; exit $${status:-0}
 

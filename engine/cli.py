@@ -29,10 +29,13 @@ from engine.commands import (
     hold,
     keys,
     plan,
+    principals,
     query,
+    report,
     retention,
     run,
     schema,
+    serve,
     simulate,
     test,
     verify,
@@ -64,7 +67,10 @@ COMMANDS: tuple[Command, ...] = (
     access,
     query,
     export,
+    report,
     verify,
+    serve,
+    principals,
     retention,
     hold,
 )
@@ -77,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     on_terminal = sys.stdout.isatty()
     console = Console(
-        highlight=False, soft_wrap=not on_terminal, width=None if on_terminal else PIPE_WIDTH
+        highlight=False,
+        emoji=False,  # ':100:' in a path:line:col is a place, not an emoji
+        soft_wrap=not on_terminal,
+        width=None if on_terminal else PIPE_WIDTH,
     )
     try:
         pm = make_plugin_manager(trace=args.trace_hooks)

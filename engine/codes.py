@@ -22,6 +22,8 @@ CODES: dict[str, str] = {
     "yaml-too-deep": "nesting is deeper than the loader accepts",
     "yaml-bad-value": "a scalar cannot be read (unknown tag, bad timestamp)",
     "yaml-bad-merge": "a '<<' merge key does not name a mapping",
+    "yaml-number-too-large": "an integer beyond ±(2**53 - 1), which canonical JSON cannot carry",
+    "yaml-too-long": "a list, mapping or string longer than the bound accepted",
     # validate
     "unknown-key": "a key that the file kind does not define (a typo, usually)",
     "missing-key": "a required key is missing",

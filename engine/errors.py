@@ -12,8 +12,8 @@ here, the leaves beside the code that raises them::
     ├── InputError                 input that cannot be used as given
     │   ├── FindingsError          input with at least one error finding (all of them)
     │   ├── CanonicalError         a value with no canonical JSON form              (canonical)
-    │   └── AliasBomb, TooDeep     YAML past the alias budget or depth, made findings
-    │                              by the load stage                  (compile.yaml_builder)
+    │   └── BoundExceeded          YAML past a bound (aliases, depth, entries, characters),
+    │                              made a finding by the load stage   (compile.yaml_builder)
     ├── PluginError                a plugin is missing, misspelled or broke its contract
     ├── PlanRejected               a plan whose digest, shape, signature or validity fails
     ├── KeyStoreError              a key missing, locked or not valid when needed        (keys)

@@ -93,7 +93,11 @@ def converge_plan_read_groups(
 
     Called by the plan stage once per device that has governed points with a
     capture demand, with those points (never none) in inventory order and
-    their merged schedules. Return
+    their merged schedules. Also called by the validate stage once per valid
+    device with *every* point of the device, unscheduled (``every_ms`` is
+    ``None``, ``cron`` empty): the problems found then are site errors,
+    whether or not a policy governs the points, so report every problem that
+    the addresses alone cause whatever the schedules. Return
     ``None`` when ``device.protocol`` is not yours. Otherwise return a
     :class:`~engine.model.ReadGroupPlan`: JSON-ready group dicts, each with a
     ``points`` list naming the points it reads, in a deterministic order; and

@@ -11,6 +11,29 @@ POLICIES=policies
 OUT=demo-out
 
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; }
+
+# The simulator serves the plant on these local ports (see examples/sites/plant-basel/site.yaml);
+# check them first, so that a busy one is named now rather than failing at step 7.
+PORTS=("5020:Modbus/TCP of reactor-1-plc" "5021:Modbus/TCP of cleanroom-emu-1"
+       "5022:Modbus/TCP of reactor-7" "4840:OPC UA of filler-2" "1883:MQTT broker of the plant")
+busy=$(python - "${PORTS[@]}" <<'PY'
+import socket, sys
+for entry in sys.argv[1:]:
+    port, _, what = entry.partition(":")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", int(port)))
+        except OSError:
+            print(f"  port {port} ({what}) is in use")
+PY
+)
+if [ -n "$busy" ]; then
+  printf 'make demo: the simulated plant needs ports 5020-5022, 4840 and 1883 on 127.0.0.1:\n%s\n' "$busy" >&2
+  printf 'Stop what listens there (ss -ltnp shows it), or run the demo on a machine where they are free.\n' >&2
+  exit 1
+fi
+
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 step "1. Check every policy against both site inventories" "converge check -p $POLICIES -s $SITES"
@@ -19,7 +42,7 @@ converge check -p $POLICIES -s $SITES
 step "2. Compile one canonical, content-addressed plan per device" "converge plan -p $POLICIES -s $SITES -o $OUT/plans"
 converge plan -p $POLICIES -s $SITES -o $OUT/plans
 
-step "3. Why does this point get what it gets?" "converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $BASEL"
+step "3. Why does this point get what it gets?" "converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $SITES"
 converge explain reactor-1-plc/TT101_PV -p $POLICIES -s $SITES
 converge explain reactor-7/TT701_PV -p $POLICIES -s $SITES
 
@@ -80,6 +103,36 @@ cp $OUT/evidence.db $OUT/tampered.db
 python examples/tamper.py $OUT/tampered.db
 converge audit verify --db $OUT/tampered.db --keys $OUT/keys --witness $OUT/checkpoints.jsonl \
   --plan-key plan-signing || echo "(exit code $?: the tampered store does not verify)"
+
+step "13. An IT system reads through the access guard: a bearer token, the read API, one allowed and one denied call" \
+     "converge principals token historian-sync ...; converge serve --db $OUT/evidence.db ... &; GET /v1/points/.../recorded"
+cp $BASEL/principals.yaml $OUT/principals.yaml
+converge principals token historian-sync --principals $OUT/principals.yaml > $OUT/token.txt
+converge principals token erin@example.com --principals $OUT/principals.yaml > $OUT/token-erin.txt
+head -n 2 $OUT/token.txt
+converge serve --db $OUT/evidence.db --principals $OUT/principals.yaml --keys $OUT/keys --port 0 \
+  > $OUT/serve.log 2>&1 &
+SERVER=$!
+trap 'kill $SIMULATOR $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q '^serving' $OUT/serve.log && break; sleep 0.1; done
+URL=$(sed -n 's/^serving \(http[^ ]*\)\/v1\/points.*/\1/p' $OUT/serve.log)
+python - "$URL" "$(tail -n 1 $OUT/token.txt)" "$(tail -n 1 $OUT/token-erin.txt)" <<'PY'
+import sys, urllib.error, urllib.request
+url, token, erin = sys.argv[1:]
+path = "/v1/points/reactor-1-plc/TT101_PV/recorded?format=csv"
+for who, bearer in (("historian-sync", token), ("erin@example.com", erin)):
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            status, body = answer.status, answer.read().decode()
+            decision = answer.headers["X-Converge-Decision"]
+    except urllib.error.HTTPError as refused:
+        status, body, decision = refused.code, refused.read().decode(), refused.headers["X-Converge-Decision"]
+    print(f"GET {path} as {who}: {status}, decision {decision}")
+    print("\n".join(body.splitlines()[:3]))
+PY
+kill $SERVER 2>/dev/null || true
+converge audit log --db $OUT/evidence.db --kind access.decision
 
 step "14. An auditor's export: the reactor's records with everything that proves them, one zip" \
      "converge export --db $OUT/evidence.db --as inspector@audit.example --device reactor-1-plc -o $OUT/reactor-1.zip"

@@ -7,12 +7,16 @@ SQLite file and once on a fresh PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import docs_verifier
 import pytest
 
 from engine.audit import Actor
@@ -130,7 +134,93 @@ def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150) -> Store:
 
 
 def verify(site: Site, store: Store, tmp_path: Path | None = None) -> Report:
+    """``verify_store``'s report, after the docs verifier agreed with its verdict."""
     witness = tmp_path / "witness.jsonl" if tmp_path else None
-    return verify_store(
-        store, site.trust(), witness=witness if witness and witness.exists() else None
+    witness = witness if witness and witness.exists() else None
+    report = verify_store(store, site.trust(), witness=witness)
+    agree(report, target_of(store), public_keys(site.keys_dir), witness=witness)
+    return report
+
+
+# --- the docs verifier beside `converge audit verify` ---------------------------------------
+
+
+def target_of(store: Store) -> str:
+    """What the docs verifier opens: the SQLite file, or the PostgreSQL URL, of ``store``."""
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite":
+        return str(url.database)
+    return url.render_as_string(hide_password=False)
+
+
+_EXPORTS: dict[tuple[object, ...], list[object]] = {}
+
+
+def public_keys(keys_dir: Path) -> list[object]:
+    """``converge keys export-public NAME --format json`` of every key in ``keys_dir``, as an
+    auditor is given them (keys.md: one ``NAME.json`` of metadata per key)."""
+    files = sorted(keys_dir.glob("*.json"))
+    stamp = (keys_dir, *((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    if stamp not in _EXPORTS:
+        exports = []
+        for name in (f.stem for f in files):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = main(
+                    ["keys", "export-public", name, "--format", "json", "--keys", str(keys_dir)]
+                )
+            assert code == 0, f"export-public {name}"
+            exports.append(json.loads(out.getvalue()))
+        _EXPORTS[stamp] = exports
+    return _EXPORTS[stamp]
+
+
+def agree(
+    verified: Report | bool,
+    target: str,
+    keys: list[object],
+    *,
+    witness: Path | None = None,
+    audit_key: str = "audit-log",
+    plan_key: str | None = None,
+) -> docs_verifier.Verdict:
+    """Run the verifier written from docs/ alone on the store ``converge audit verify`` (or
+    ``verify_store``) judged ``verified``, and require the same verdict."""
+    ok = verified if isinstance(verified, bool) else verified.ok
+    verdict = docs_verifier.verify(
+        target, keys, audit_key=audit_key, plan_key=plan_key, witness=witness
+    )
+    said = verified.problems if isinstance(verified, Report) else []
+    assert verdict.ok == ok, (
+        f"audit verify says ok={ok} {said}; the docs verifier says {verdict.problems}"
+    )
+    return verdict
+
+
+def agree_with_cli(code: int, target: str, options: list[str]) -> None:
+    """``agree`` with ``converge audit verify --db TARGET OPTIONS``, which exited ``code``
+    (2, a store it could not open, is left alone)."""
+    if code == 2:
+        return
+    given: dict[str, list[str]] = {}
+    name = ""
+    for option in options:
+        if option.startswith("--"):
+            name = option
+        else:
+            given.setdefault(name, []).append(option)
+    exports: list[object] = [
+        json.loads(Path(f).read_text()) for f in given.get("--public-keys", [])
+    ]
+    if "--public-keys" not in given:
+        exports = public_keys(
+            Path(given.get("--keys", [os.environ.get("CONVERGE_KEYS", "keys")])[0])
+        )
+    agree(
+        code == 0,
+        target,
+        exports,
+        witness=Path(given["--witness"][0]) if "--witness" in given else None,
+        audit_key=given.get("--audit-key", ["audit-log"])[0],
+        plan_key=given.get("--plan-key", [None])[0],
     )

@@ -9,8 +9,9 @@
 # links to it): run as root, PostgreSQL and Mosquitto run as the users postgres
 # and mosquitto, who must reach their files wherever the checkout is, also in
 # a folder only root may enter (/root, or a clone in a `mktemp -d` folder).
-# Installs Mosquitto and PostgreSQL from Debian's packages when they are
-# missing (as root, as CI runs). Writes tests/.services.env, which the tests
+# Installs Mosquitto, PostgreSQL and Chromium (which the report's test renders
+# in, headless) from Debian's packages when they are missing (as root, as CI
+# runs). Writes tests/.services.env, which the tests
 # read; `stop` ends what `start` started and deletes what it made. `start`
 # first stops and deletes whatever an interrupted run left behind.
 set -euo pipefail
@@ -35,6 +36,22 @@ install_mosquitto() {
     echo "services: mosquitto is not installed and cannot be installed here" >&2
     return 1
   fi
+}
+
+# Chromium, for the test that renders report.html headless (not a server: `start`
+# installs it and names it in the env file, `stop` leaves it installed).
+chromium_bin() {
+  command -v chromium || command -v chromium-browser
+}
+
+install_chromium() {
+  chromium_bin >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    chromium_bin >/dev/null && return 0
+  fi
+  echo "services: chromium is not installed and cannot be installed here" >&2
+  return 1
 }
 
 # The newest PostgreSQL server binaries folder with an initdb; fails when there is none.
@@ -210,6 +227,10 @@ start() {
   fi
   if install_mosquitto; then
     start_mosquitto "$RUN"
+  fi
+  if install_chromium; then
+    echo "CONVERGE_CHROMIUM=$(chromium_bin)" >> "$ENV_FILE"
+    echo "services: $("$(chromium_bin)" --version 2>/dev/null || echo chromium)"
   fi
   trap - EXIT
 }

@@ -43,7 +43,7 @@ LAYERS: list[set[str]] = [
     {"engine.retention"},  # archives are export bundles
     {"engine.compile"},  # nothing of the run-time pipeline imports the compiler
     {"engine.simulate", "engine.conformance", "engine.testkit"},
-    {"engine.commands"},
+    {"engine.commands", "engine.api"},
     {"engine.cli", "engine"},
 ]
 """A package may import any package of its own layer or an earlier one, and no other; within a
@@ -52,6 +52,10 @@ layer, the cycle test keeps imports one way."""
 PLUGINS_MAY_USE = set().union(*LAYERS[:5]) | {"engine.compile"}
 """Built-in plugins use the shared core, keys, plans and the plugin boundary, as any plugin;
 a plugin that reads YAML (the principals file) uses the compiler's loader and validator."""
+
+PLUGINS_SHARED = {"plugins.planning", "plugins.reach"}
+"""What the built-in plugins share among themselves: schedules and read-group helpers
+(planning), and the one-line connect and listen errors (reach)."""
 
 
 def modules() -> dict[str, Path]:
@@ -112,7 +116,7 @@ def allowed(source: str, target: str) -> bool:
     if src == dst:
         return True
     if src.startswith("plugins."):
-        return dst in PLUGINS_MAY_USE or dst == "plugins.planning"
+        return dst in PLUGINS_MAY_USE or dst in PLUGINS_SHARED
     if dst.startswith("plugins."):
         return False  # the engine never imports a plugin: built-ins load as entry points
     return layer(dst) <= layer(src)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from evidence_kit import PASSPHRASE, REPO, fill, open_store
+from evidence_kit import PASSPHRASE, REPO, agree, fill, open_store, public_keys
 
 from engine import audit
 from engine.audit import Actor
@@ -87,9 +87,12 @@ def open_store_readonly(path):
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def test_audit_verify_passes_then_names_a_changed_reading(store_env, tmp_path, capsys):
+def test_audit_verify_passes_then_names_a_changed_reading(
+    store_env, evidence_site, tmp_path, capsys
+):
     witness = tmp_path / "witness.jsonl"
     assert main(["audit", "verify", "--db", str(store_env), "--witness", str(witness)]) == 0
+    agree(True, str(store_env), public_keys(evidence_site.keys_dir), witness=witness)
     assert capsys.readouterr().out.startswith("verified: ")
     with open_store_readonly(store_env) as conn:
         (batch_id,) = conn.execute("SELECT batch_id FROM readings WHERE id = 5").fetchone()
@@ -100,6 +103,7 @@ def test_audit_verify_passes_then_names_a_changed_reading(store_env, tmp_path, c
             (leaf.replace(b'"quality":"good"', b'"quality":"bad"'),),
         )
     assert main(["audit", "verify", "--db", str(store_env), "--format", "json"]) == 1
+    agree(False, str(store_env), public_keys(evidence_site.keys_dir))
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False
     assert [p["item"].split(" (")[0] for p in report["problems"]] == [f"batch {batch_id}"]
@@ -115,8 +119,11 @@ def test_audit_verify_trusts_exported_public_keys(store_env, evidence_site, tmp_
         exports.append(str(path))
     assert main(["audit", "verify", "--db", str(store_env), "--public-keys", *exports]) == 0
     capsys.readouterr()
+    exported = [json.loads(Path(path).read_text()) for path in exports]
+    agree(True, str(store_env), exported)
     # without the audit key, no checkpoint verifies: nothing signs the log
     assert main(["audit", "verify", "--db", str(store_env), "--public-keys", *exports[:2]]) == 1
+    agree(False, str(store_env), exported[:2])
     assert "checkpoint 1 (size" in capsys.readouterr().out
 
 
@@ -192,7 +199,9 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
             store.deploy_plans([(first, note_text)])
             key = keys.signer("audit-log", now)
             store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
-            return verify_store(store, evidence_site.trust())
+            report = verify_store(store, evidence_site.trust())
+        agree(report, str(db), public_keys(evidence_site.keys_dir))
+        return report
 
     assert verdict(signed(first, first.device.id)).ok
     label = f"plan {first.digest} ({first.device.id})"
@@ -238,6 +247,7 @@ def test_a_key_logged_with_the_audit_key_at_hand_is_signed_at_once(tmp_path, mon
                 open_key_store(make_plugin_manager(), {"kind": "file", "path": Path(keys)})
             ),
         )
+    agree(report, db, public_keys(Path(keys)))
     assert report.ok, report.problems
 
 

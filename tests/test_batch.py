@@ -45,7 +45,7 @@ from engine.sign.leaf import LeafError, leaf_bytes, leaf_object, new_salt, recor
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = sorted((REPO / "tests" / "vectors" / "leaf").glob("*.json"))
-DIGEST = "sha256:c03171ed5ad45c74e81121be5bc6a85b3aeb15dbfec380889953cd53f92662e6"
+DIGEST = "sha256:513ee802b3f51da28db3b1cb9e2629b90333f30239fe51e7e534e777be4ac173"
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KEY_A = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KEY_B = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))

@@ -4,7 +4,7 @@ A case folder holds its inputs (``policies/*.yaml``, ``site/site.yaml``,
 optionally ``site/principals.yaml`` and ``at.txt``) and its expectations:
 
 - ``expected.txt``: exactly what ``converge check`` prints (one line per
-  finding, ``path:line:col: severity: message``, then the summary);
+  finding, ``path:line:col: severity[code]: message``, then the summary);
 - ``expected-codes.txt``: ``path:line:col code`` of each finding, same order;
 - ``expected-plan.json`` when the case compiles: every device's plan body,
   indented for readable diffs (the plan bytes are checked to be the canonical
@@ -138,7 +138,7 @@ def test_converge_check_prints_the_expected_text(case: Path, capsys: pytest.Capt
     out, err = capsys.readouterr()
     assert out == expected
     assert err == ""
-    assert code == (1 if ": error: " in expected else 0)
+    assert code == (1 if ": error[" in expected else 0)
 
 
 def test_every_case_has_inputs_and_expectations() -> None:

@@ -121,9 +121,9 @@ def test_check_prints_every_finding_as_path_line_col_and_exits_1(project, capsys
     code, out, _ = converge(capsys, "check", *ARGS)
     assert code == 1
     assert out.splitlines() == [
-        "policies/gmp.yaml:8:10: error: capture.every must be a duration such as 5s or 90d,"
-        " got 10 (add a unit, e.g. 10s)",
-        "policies/gmp.yaml:9:1: error: unknown key 'acess' (did you mean 'access'?)",
+        "policies/gmp.yaml:8:10: error[wrong-type]: capture.every must be a duration such as"
+        " 5s or 90d, got 10 (add a unit, e.g. 10s)",
+        "policies/gmp.yaml:9:1: error[unknown-key]: unknown key 'acess' (did you mean 'access'?)",
         "2 errors, 0 warnings",
     ]
 
@@ -134,7 +134,10 @@ def test_check_warnings_alone_exit_0(project, capsys):
     )
     code, out, _ = converge(capsys, "check", *ARGS)
     assert code == 0
-    assert "warning: policy gmp-data: applies.devices.class 'x' matches no device" in out
+    assert (
+        "warning[selector-matches-nothing]: policy gmp-data:"
+        " applies.devices.class 'x' matches no device"
+    ) in out
 
 
 def test_check_json_gives_code_and_place_of_each_finding(project, capsys):
@@ -201,7 +204,7 @@ def test_check_sarif_is_a_sarif_2_1_0_log(project, capsys):
 def test_check_of_a_missing_path_is_a_finding(project, capsys):
     code, out, _ = converge(capsys, "check", "-p", "nowhere", "-s", "sites/test", *AT)
     assert code == 1
-    assert out.startswith("nowhere:1:1: error: no such file or folder: nowhere")
+    assert out.startswith("nowhere:1:1: error[path-not-found]: no such file or folder: nowhere")
 
 
 # --- plan ---------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def test_plan_with_errors_writes_nothing_and_exits_1(project, capsys):
     code, out, err = converge(capsys, "plan", *ARGS, "-o", "out")
     assert code == 1
     assert out == ""
-    assert "policies/gmp.yaml:9:1: error: unknown key 'acess'" in err
+    assert "policies/gmp.yaml:9:1: error[unknown-key]: unknown key 'acess'" in err
     assert not (project.root / "out").exists()
 
 
@@ -431,8 +434,8 @@ def test_coverage_text_reports_an_expired_exception(in_repo, capsys):
         "expired until 2027-03-31: signing of gmp-critical-process-data waived on 0 points" in out
     )
     assert (
-        "policies/gmp/critical-process-data.yaml:65:5: warning: exception for reactor-7"
-        " expired on 2027-03-31 and no longer applies"
+        "policies/gmp/critical-process-data.yaml:65:5: warning[exception-expired]:"
+        " exception for reactor-7 expired on 2027-03-31 and no longer applies"
     ) in out
 
 
@@ -566,7 +569,7 @@ def test_policy_unit_tests_against_broken_inputs_show_the_findings(project, caps
     project.write({"tests/unit.yaml": UNIT_TESTS, "policies/gmp.yaml": TYPO})
     code, _, err = converge(capsys, "test", "tests")
     assert code == 1
-    assert "policies/gmp.yaml:9:1: error: unknown key 'acess'" in err
+    assert "policies/gmp.yaml:9:1: error[unknown-key]: unknown key 'acess'" in err
 
 
 # --- schema and usage ---------------------------------------------------------------------
@@ -652,7 +655,7 @@ def test_script_check_of_a_typo_exits_1_with_one_line(tmp_path):
     done = run_script("check", "-p", "p", "-s", str(REPO / BASEL), *AT, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
-        "p/gmp.yaml:48:1: error: unknown key 'retension' (did you mean 'retention'?)",
+        "p/gmp.yaml:48:1: error[unknown-key]: unknown key 'retension' (did you mean 'retention'?)",
         "1 error, 0 warnings",
     ]
 
@@ -713,7 +716,7 @@ def test_an_invalid_policy_test_file_is_reported_in_plain_words(project, capsys)
     code, _, err = converge(capsys, "test", "tests")
     assert code == 1
     assert err.splitlines()[0] == (
-        "tests/unit.yaml:3:8: error: cases must be a list of mappings, got 3"
+        "tests/unit.yaml:3:8: error[wrong-type]: cases must be a list of mappings, got 3"
     )
 
 

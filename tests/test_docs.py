@@ -239,7 +239,8 @@ def unit_test_examples() -> list[tuple[str, str]]:
         (page, body)
         for page in ("tutorial.md", "how-to/policy-unit-tests.md")
         for body in blocks(page, "yaml")
-        if body.lstrip("#").lstrip().startswith(("policies:", "policy-tests/")) and "cases:" in body
+        if body.lstrip("#").lstrip().startswith(("policies:", "policy-tests/", "scratch/"))
+        and "cases:" in body
     ]
 
 

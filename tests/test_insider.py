@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from evidence_kit import KEY_NAMES, PASSPHRASE, Site, records
+from evidence_kit import KEY_NAMES, PASSPHRASE, Site, agree_with_cli, records
 from forger import Forger, Holder, clone, database, drop, retire
 from waiting import until
 
@@ -227,6 +227,7 @@ class Verdict:
 def audit_verify(capsys: pytest.CaptureFixture[str], target: str, *options: str) -> Verdict:
     code = main(["audit", "verify", "--db", target, "--format", "json", *options])
     said = json.loads(capsys.readouterr().out)
+    agree_with_cli(code, target, list(options))
     return Verdict(code, [(p["item"], p["message"]) for p in said["problems"]], said["notes"])
 
 

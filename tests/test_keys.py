@@ -366,9 +366,9 @@ def test_check_with_a_key_folder_names_each_unknown_key_at_its_place(keys_env, c
     code, out, _ = converge(capsys, *check)
     assert code == 1
     assert (
-        "policies/gmp/critical-process-data.yaml:53:10: error: signing key 'qa-signing' of "
-        "policy gmp-critical-process-data is in no key store (held: site-integrity); "
-        "converge keys generate qa-signing"
+        "policies/gmp/critical-process-data.yaml:53:10: error[signing-key-unknown]: "
+        "signing key 'qa-signing' of policy gmp-critical-process-data is in no key store"
+        " (held: site-integrity); converge keys generate qa-signing"
     ) in out.splitlines()
     converge(capsys, "keys", "generate", "qa-signing", "--keys", str(keys_env))
     code, out, _ = converge(capsys, *check)

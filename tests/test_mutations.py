@@ -7,6 +7,14 @@ replaced by a value of another type, a stray character, a truncated file.
 The whole example project is then compiled from a temporary folder. The
 compiler must return findings, each with a real place and a documented code,
 and everything it returns must render as text and SARIF.
+
+Value-level mutations go after the classes of input a held-out fuzzer found
+crashing (issue 15): tags on words they cannot read, huge and boundary
+numbers, dates at the calendar's edges, control and line-separator
+characters in values and keys, very long values, lines and files, many small
+devices. Those examples run through the ``converge`` command itself (``check``,
+``plan``, ``explain`` or ``coverage``): an exit code, findings one per line,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from engine.cli import main
 from engine.codes import CODES
 from engine.commands.findings import findings_sarif, findings_text
 from engine.compile import Compilation, Inputs, compile_project
@@ -166,10 +175,153 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
-def mutate(text: str, data: st.DataObject) -> str:
+# --- value-level mutations -----------------------------------------------------------------
+
+VALUE_TRAPS = [
+    # tags on words they cannot read
+    "!!bool maybe",
+    "!!timestamp x",
+    "!!int abc",
+    "!!float x",
+    "!!null x",
+    "!!str 5",
+    "!!binary aGk=",
+    "!!set {a, b}",
+    "!!omap [a: 1]",
+    "!!timestamp 2027-02-30",
+    # huge and boundary numbers
+    str(2**53 - 1),
+    str(2**53),
+    str(-(2**53) - 1),
+    "1" + "0" * 400,
+    "0b" + "1" * 15_000,
+    "9" * 4_400,
+    "0x7fffffffffffffff",
+    "0o777",
+    "1_000",
+    "65535",
+    "65536",
+    "1e308",
+    "1e309",
+    "-0.0",
+    "5e-324",
+    ".nan",
+    ".inf",
+    "-.inf",
+    "190:20:30",
+    # dates at the calendar's edges
+    "0001-01-01",
+    "9999-12-30",
+    "9999-12-31",
+    "2024-02-29",
+    "2023-02-29",
+    "0000-01-01",
+    "10000-01-01",
+    "9999-12-31T23:59:59-12:00",
+    "0001-01-01T00:00:00+14:00",
+    "1970-01-01T00:00:00Z",
+    # control and line-separator characters
+    '"a\x00b"',
+    '"a\nb"',
+    '"a\u2028b"',
+    '"a\u2029b"',
+    '"a\rb"',
+    '"a\x85b"',
+    '"\x1b[31mred"',
+    "a\x07b",
+    # very long values
+    "x" * 70_000,
+    "[" + ", ".join(["1"] * 2_000) + "]",
+]
+"""Values that broke the compiler, or sit at a bound, to put where a scalar was."""
+
+RAW_CHARACTERS = ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\r", "\ufeff"]
+"""Characters written raw (not escaped) into a file."""
+
+
+def replace_value(lines: list[str], data: st.DataObject) -> list[str]:
+    """A ``key: value`` line gets one of the value traps."""
+    candidates = [i for i, line in enumerate(lines) if LINE.match(line)]
+    if not candidates:
+        return lines
+    i = data.draw(st.sampled_from(candidates))
+    match = LINE.match(lines[i])
+    assert match is not None
+    changed = list(lines)
+    changed[i] = match["head"] + data.draw(st.sampled_from(VALUE_TRAPS))
+    return changed
+
+
+def break_key(lines: list[str], data: st.DataObject) -> list[str]:
+    """A key gets a line break, a line separator or a control character (quoted, escaped)."""
+    candidates = [i for i, line in enumerate(lines) if LINE.match(line)]
+    if not candidates:
+        return lines
+    i = data.draw(st.sampled_from(candidates))
+    indent = len(lines[i]) - len(lines[i].lstrip(" "))
+    key, _, value = lines[i].strip().partition(":")
+    escape = data.draw(st.sampled_from(["\\n", "\\u2028", "\\x07", "\\r", "\\t"]))
+    changed = list(lines)
+    changed[i] = " " * indent + f'"{key.lstrip("- ")}{escape}x":{value}'
+    return changed
+
+
+def raw_character(lines: list[str], data: st.DataObject) -> list[str]:
+    text = "\n".join(lines)
+    at = data.draw(st.integers(0, len(text)))
+    return (text[:at] + data.draw(st.sampled_from(RAW_CHARACTERS)) + text[at:]).split("\n")
+
+
+def long_line(lines: list[str], data: st.DataObject) -> list[str]:
+    """A comment or a value so long it crosses the bound on characters."""
+    i = _index(lines, data)
+    changed = list(lines)
+    changed[i] = lines[i] + " # " + "y" * data.draw(st.sampled_from([10_000, 70_000]))
+    return changed
+
+
+def pad_file(lines: list[str], data: st.DataObject) -> list[str]:
+    """Tens of thousands of comment lines before the content, so places are far down."""
+    return ["# padding"] * data.draw(st.sampled_from([1_000, 60_000])) + lines
+
+
+def many_devices(lines: list[str], data: st.DataObject) -> list[str]:
+    """Many small devices appended to a site's list (some with clashing ids)."""
+    if not any(line.startswith("devices:") for line in lines):
+        return lines
+    count = data.draw(st.sampled_from([50, 2_000]))
+    clash = data.draw(st.booleans())
+    devices = []
+    for n in range(count):
+        ident = "reactor-1-plc" if clash and n == 0 else f"fuzz-{n}"
+        devices += [
+            f"  - id: {ident}",
+            "    class: reactor",
+            "    protocol: modbus",
+            f"    endpoint: {{host: 127.0.0.1, port: {6000 + n % 1000}}}",
+            "    points:",
+            f"      - {{name: P{n % 7}, signal: temperature, "
+            f"address: {{table: holding, register: {n % 70_000}, type: int16}}}}",
+        ]
+    return lines + devices
+
+
+VALUE_MUTATIONS: list[Mutation] = [
+    replace_value,
+    replace_value,
+    replace_value,
+    break_key,
+    raw_character,
+    long_line,
+    pad_file,
+    many_devices,
+]
+
+
+def mutate(text: str, data: st.DataObject, mutations: list[Mutation] = MUTATIONS) -> str:
     lines = text.split("\n")
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
-        mutation = data.draw(st.sampled_from(MUTATIONS))
+        mutation = data.draw(st.sampled_from(mutations))
         lines = mutation(lines, data) or [""]  # an empty file is one empty line
     return "\n".join(lines)
 
@@ -227,3 +379,50 @@ def test_a_mutated_example_gives_findings_never_a_traceback(
     if result.ok:
         for plan in result.plans:
             assert verify_plan(plan.canonical) == plan.body
+
+
+COMMANDS = {
+    "check": ["check", "-p", "policies", "-s", SITE.as_posix()],
+    "check-sarif": ["check", "-p", "policies", "-s", SITE.as_posix(), "--format", "sarif"],
+    "plan": ["plan", "-p", "policies", "-s", SITE.as_posix(), "-o", "out"],
+    "explain": ["explain", "reactor-1-plc/TT101_PV", "-p", "policies", "-s", SITE.as_posix()],
+    "coverage": ["coverage", "-p", "policies", "-s", SITE.as_posix()],
+}
+FINDING_LINE = re.compile(r"^[^\n]+:\d+:\d+: (error|warning)\[[a-z0-9-]+\]: [^\n]*$")
+
+
+def run_command(pristine: Path, files: dict[str, str], argv: list[str]) -> tuple[int, str, str]:
+    """``converge`` on a mutated copy of the project: exit code, standard output and error."""
+    out, err = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "project"
+        shutil.copytree(pristine, root)
+        for name, text in files.items():
+            (root / name).write_text(text, encoding="utf-8")
+        with (
+            contextlib.chdir(root),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            code = main([*argv, "--at", "2026-06-01"])
+    return code, out.getvalue(), err.getvalue()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_value_level_mutation_ends_in_an_exit_code_never_a_traceback(
+    pristine: Path, data: st.DataObject
+) -> None:
+    chosen = data.draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=2, unique=True))
+    files = {name: mutate(ORIGINAL[name], data, VALUE_MUTATIONS) for name in chosen}
+    command = data.draw(st.sampled_from(sorted(COMMANDS)))
+    code, out, err = run_command(pristine, files, COMMANDS[command])
+    assert code in (0, 1, 2), code
+    findings = [line for line in (out + err).splitlines() if re.match(r"^\S.*:\d+:\d+: ", line)]
+    for line in findings:
+        assert FINDING_LINE.match(line), f"not one finding on one line: {line!r}"
+    if code == 2:
+        assert err.startswith("converge: error: ") and err.count("\n") == 1, err
+    if command == "check-sarif":
+        log = json.loads(out)
+        assert len(log["runs"][0]["results"]) == out.count('"ruleId"')

@@ -33,7 +33,19 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from evidence_kit import KEY_NAMES, PASSPHRASE, REPO, T0, Site, collect, open_store, records, verify
+from evidence_kit import (
+    KEY_NAMES,
+    PASSPHRASE,
+    REPO,
+    T0,
+    Site,
+    agree,
+    collect,
+    open_store,
+    public_keys,
+    records,
+    verify,
+)
 from sqlalchemy import Connection, event, select, text
 from sqlalchemy.engine import make_url
 from store_proxy import TcpProxy
@@ -951,9 +963,11 @@ def test_run_collects_the_simulated_plant_into_a_store_that_verifies(tmp_path, m
     ]
     assert main(verify_cli) == 0
     out = capsys.readouterr().out
+    agree(True, str(db), public_keys(keys), witness=witness)
     assert "verified" in out
     assert int(re.search(r"([\d,]+) readings", out)[1].replace(",", "")) > 0, out
     batch = flip_one_byte_of_a_reading(db)
     assert main(verify_cli) == 1
     out = capsys.readouterr().out
+    agree(False, str(db), public_keys(keys), witness=witness)
     assert re.search(rf"FAIL batch {batch} \(.*\): its records do not hash", out), out

@@ -15,7 +15,7 @@ denied: this cannot be switched off). Principals come from a
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -65,9 +65,11 @@ def actor_of(decision: Decision) -> Actor:
     return Actor("principal", r.principal, r.os_user, socket.gethostname(), roles, r.principals)
 
 
-def record(store: Store, decision: Decision) -> None:
-    """Make ``decision`` an ``access.decision`` audit entry, dated when it was made."""
-    store.log("access.decision", decision.payload(), instant(decision.at), actor_of(decision))
+def record(store: Store, decision: Decision, via: Mapping[str, str] | None = None) -> None:
+    """Make ``decision`` an ``access.decision`` audit entry, dated when it was made; ``via``
+    says how a request through the read API came (its endpoint, client and credential)."""
+    payload = decision.payload() | ({"via": dict(via)} if via else {})
+    store.log("access.decision", payload, instant(decision.at), actor_of(decision))
 
 
 __all__ = ["Question", "Range", "actor_of", "ask", "record"]

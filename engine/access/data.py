@@ -10,8 +10,11 @@ are given.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +74,7 @@ def targets(
 
 def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]:
     """The plans the device's batches in ``span`` name; else (no data there) its latest plan."""
-    digests = sorted({b.plan_digest for b in data.batches(conn, device, span.start, span.end)})
+    digests = data.plan_digests(conn, device, span.start, span.end)
     found = [p for p in (data.plan(conn, d) for d in digests) if p is not None]
     if not found:
         latest = data.latest_plan(conn, device)
@@ -79,33 +82,219 @@ def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]
     return found
 
 
+Found = tuple[int, dict[str, Any], str]
+"""A record read: its position in its batch, the record (its leaf parsed), its time."""
+Leaves = list[tuple[int, bytes]]
+"""(position, leaf bytes) of a batch's records, in position order."""
+
+
 def records(
     conn: Connection, decision: Decision, span: Range, trust: Trust | None
 ) -> Iterator[dict[str, Any]]:
     """The records of the points ``decision`` allows, in ``span``, device by device in batch
     order; each a dict of :data:`COLUMNS`."""
+    for device, points in allowed(decision).items():
+        for batch, verified, leaves in _device_batches(conn, device, points, span, trust):
+            for position, record, moment in _matching(leaves, points, span):
+                yield _row(record, moment, batch, position, verified)
+
+
+def csv_chunks(
+    conn: Connection, decision: Decision, span: Range, trust: Trust | None
+) -> Iterator[str]:
+    """:func:`records` as CSV text, in chunks of about :data:`CHUNK_LINES` lines: a header of
+    :data:`COLUMNS`, then one line per record, as :mod:`csv` writes rows (``\\n`` ending
+    lines, minimal quoting), with empty cells for ``None`` and ``true``/``false`` for
+    booleans (docs/access.md).
+
+    The usual record, a scheduled reading whose leaf has the usual members, is written
+    straight from its leaf's text (:class:`_Usual`); any other goes through the JSON parser
+    and the C writer, which write the same line for the usual record.
+    """
+    out = [csv_line(COLUMNS)]
+    for device, points in allowed(decision).items():
+        usual = _Usual(device, points, span)
+        for batch, verified, leaves in _device_batches(conn, device, points, span, trust):
+            flag = "" if verified is None else "true" if verified else "false"
+            out.extend(usual.lines(leaves, batch, flag))
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out)
+                out.clear()
+    yield "".join(out)
+
+
+CHUNK_LINES = 1024
+
+
+def allowed(decision: Decision) -> dict[str, set[str]]:
+    """The points ``decision`` allows, by device, devices in the order it names them."""
     by_device: dict[str, set[str]] = {}
     for point in decision.allowed:
         by_device.setdefault(point.device, set()).add(point.point)
-    for device, points in by_device.items():
-        yield from _device_records(conn, device, points, span, trust)
+    return by_device
 
 
-def _device_records(
-    conn: Connection, device: str, points: set[str], span: Range, trust: Trust | None
-) -> Iterator[dict[str, Any]]:
-    needles = [b'"point":' + canonical_json(p) + b"," for p in points]
-    plans: dict[str, PlanBody | None] = {}
-    for batch in data.batches(conn, device, span.start, span.end):
-        leaves = data.leaves(conn, batch.id)
-        verified = _verified(conn, batch, leaves, plans, trust)
-        for position, leaf in leaves:
-            if not any(needle in leaf for needle in needles):
+def csv_line(row: Sequence[Any]) -> str:
+    """One CSV line as :mod:`csv` writes it, ``true``/``false`` for booleans."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([cell(value) for value in row])
+    return buffer.getvalue()
+
+
+def cell(value: Any) -> Any:
+    """A CSV cell as the C writer takes it: ``true``/``false`` for booleans."""
+    if value.__class__ is bool:
+        return "true" if value else "false"
+    return value
+
+
+class _Usual:
+    """Writes the CSV line of the usual record, a scheduled reading in canonical form,
+    straight from its leaf's text, without parsing it as JSON.
+
+    The pattern admits only leaves whose members the JSON parser would read as exactly the
+    matched text: strings without escapes, an integer, or a decimal fraction that ``repr``
+    writes back as it is (the C writer writes floats by ``repr``); the device and the
+    point's names are matched as their canonical JSON. Any other leaf takes the general
+    path, which writes the same line for the usual record
+    (``tests/test_access.py`` compares them).
+    """
+
+    def __init__(self, device: str, points: set[str], span: Range) -> None:
+        self.points, self.span = points, span
+        names = {canonical_json(p).decode(): p for p in sorted(points)}
+        self.prefix = {
+            text: csv_line((device, p, "reading"))[:-1] + "," for text, p in names.items()
+        }
+        self.match = re.compile(
+            r'\{"collected_at":"([0-9:.TZ-]+)","device":'
+            + re.escape(canonical_json(device).decode())
+            + r',"point":('
+            + "|".join(re.escape(text) for text in names)
+            + r'),"quality":"([a-z_]+)","salt":"[0-9a-f]{32}","scheduled_at":"([0-9:.TZ-]+)",'
+            r'"type":"reading","v":1,"value":(0|-?[1-9][0-9]{0,300}(\.[0-9]+)?)\}'
+        ).fullmatch
+
+    def lines(self, leaves: Leaves, batch: int, flag: str) -> list[str]:
+        """The CSV lines of the records of the points in the range among a batch's leaves."""
+        start, end = self.span.start, self.span.end
+        out: list[str] = []
+        for position, leaf in _candidates(leaves, self.points):
+            try:
+                found = self.match(leaf.decode())
+            except UnicodeDecodeError:
+                found = None
+            if found is None:
+                out.extend(self._general(position, leaf, batch, flag))
                 continue
-            record = json.loads(leaf)
+            collected, point, quality, scheduled, value, fraction = found.groups()
+            if fraction and repr(float(value)) != value:
+                out.extend(self._general(position, leaf, batch, flag))
+            elif (start is None or scheduled >= start) and (end is None or scheduled < end):
+                out.append(
+                    f"{self.prefix[point]}{scheduled},{value},{quality},,,{collected},"
+                    f"{scheduled},,,{batch},{position},{flag}\n"
+                )
+        return out
+
+    def _general(self, position: int, leaf: bytes, batch: int, flag: str) -> list[str]:
+        """The CSV line of any record (none for a leaf that is not one of the points, in the
+        range)."""
+        return [
+            csv_line(
+                (
+                    r.get("device"),
+                    r["point"],
+                    r.get("type"),
+                    moment,
+                    r.get("value"),
+                    r.get("quality"),
+                    r.get("reason"),
+                    r.get("detail"),
+                    r.get("collected_at"),
+                    r.get("scheduled_at"),
+                    r.get("source_at"),
+                    r.get("raw_code"),
+                    batch,
+                    position,
+                    flag,
+                )
+            )
+            for _, r, moment in _matching([(position, leaf)], self.points, self.span)
+        ]
+
+
+def _device_batches(
+    conn: Connection, device: str, points: set[str], span: Range, trust: Trust | None
+) -> Iterator[tuple[int, bool | None, Leaves]]:
+    """Each batch of ``device`` in ``span``: its id, whether it verifies, and its leaves."""
+    plans: dict[str, PlanBody | None] = {}
+    for batch, leaves in _read(conn, data.batches(conn, device, span.start, span.end)):
+        yield batch.id, _verified(conn, batch, leaves, plans, trust), leaves
+
+
+READ_AT_ONCE = 20_000
+"""About how many records are read in one query: the batches' leaves come a few batches at a
+time, so that memory stays bounded however long the range."""
+BATCHES_AT_ONCE = 500
+"""At most this many batches in one query (each is a bound parameter)."""
+
+
+def _read(
+    conn: Connection, batches: list[data.StoredBatch]
+) -> Iterator[tuple[data.StoredBatch, Leaves]]:
+    """Each batch with its (position, leaf) records, in the order of ``batches``."""
+    start = 0
+    while start < len(batches):
+        end, held = start, 0
+        while end < len(batches) and (
+            end == start
+            or (held + batches[end].count <= READ_AT_ONCE and end - start < BATCHES_AT_ONCE)
+        ):
+            held += max(batches[end].count, 0)
+            end += 1
+        chunk = batches[start:end]
+        leaves = data.leaves_of(conn, [b.id for b in chunk])
+        for batch in chunk:
+            yield batch, leaves.get(batch.id, [])
+        start = end
+
+
+def _candidates(leaves: Leaves, points: set[str]) -> Leaves:
+    """The leaves that name one of ``points`` (the others are not parsed)."""
+    needles = [b'"point":' + canonical_json(p) + b"," for p in points]
+    if len(needles) == 1:
+        needle = needles[0]
+        return [(p, leaf) for p, leaf in leaves if needle in leaf]
+    return [(p, leaf) for p, leaf in leaves if any(n in leaf for n in needles)]
+
+
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""The C scanner of :mod:`json`, without ``json.loads``' layers (a record's leaf is one
+canonical JSON object)."""
+
+
+def _matching(leaves: Leaves, points: set[str], span: Range) -> list[Found]:
+    """The records of ``points`` in ``span`` among a batch's leaves.
+
+    A leaf that is not a record (not JSON, no point or time: its batch does not verify) is
+    left out.
+    """
+    start, end = span.start, span.end
+    found: list[Found] = []
+    for position, leaf in _candidates(leaves, points):
+        try:
+            record = _scan(leaf.decode(), 0)[0]
             moment = record.get("scheduled_at") or record["collected_at"]
-            if record["point"] in points and span.holds(moment):
-                yield _row(record, moment, batch.id, position, verified)
+            if (
+                record["point"] in points
+                and (start is None or moment >= start)
+                and (end is None or moment < end)
+            ):
+                found.append((position, record, moment))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return found
 
 
 def _verified(
@@ -126,9 +315,9 @@ def _row(
     record: dict[str, Any], moment: str, batch: int, position: int, verified: bool | None
 ) -> dict[str, Any]:
     return {
-        "device": record["device"],
+        "device": record.get("device"),
         "point": record["point"],
-        "type": record["type"],
+        "type": record.get("type"),
         "time": moment,
         "value": record.get("value"),
         "quality": record.get("quality"),

@@ -8,7 +8,9 @@ overrides any grant. The plan is the one in force when the data was stored
 (each batch names its plan's digest), so a later policy change does not
 rewrite who could see old data; data stored under several plans must be
 allowed by each. A principal the resolver does not know, or one acted as from
-an operating-system account it does not list, is denied everything.
+an operating-system account it does not list, is denied everything; so is a request
+refused before any grant is consulted (:attr:`Request.refusal`: a caller the read API
+could not authenticate, a request it cannot answer as asked).
 
 The decision names what decided it: the grant or deny, the plan, and the
 policies that wrote it (``policy @ path:line:col``). Deciding reads no data
@@ -92,6 +94,9 @@ class Request:
     end: datetime | None = None
     principals: str = ""
     """The digest of the principals the identity was resolved from."""
+    refusal: str | None = None
+    """Why the request is refused before any grant is consulted: a caller the read API could
+    not authenticate, a request it cannot answer as asked (docs/access.md)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ class Decision:
 
 def decide(request: Request) -> Decision:
     """Decide ``request``: default deny, deny overrides, every plan in force must allow."""
-    refusal = _refusal(request)
+    refusal = request.refusal or _refusal(request)
     if refusal is not None:
         denied = Rule("deny", refusal)
         points = tuple(PointDecision(t.device, t.point, False, (denied,)) for t in request.targets)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import Counter, deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 from engine.records import Gap, Record
@@ -101,7 +101,9 @@ class JsonLogReporter:
         self.stream = stream or sys.stderr
 
     def event(self, device: str, kind: str, **fields: Any) -> None:
-        line = {"ts": round(time.time(), 3), "device": device, "event": kind, **fields}
+        """One line: ``ts`` (RFC 3339, UTC, milliseconds), ``device``, ``event``, the fields."""
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = {"ts": stamp, "device": device, "event": kind, **fields}
         self.stream.write(json.dumps(line, default=str) + "\n")
         self.stream.flush()
 

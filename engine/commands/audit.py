@@ -1,12 +1,16 @@
-"""``converge audit``: list the audit log, verify the whole evidence store."""
+"""``converge audit``: list the audit log, verify the whole evidence store, review it, and count
+its slots per day (``gaps``: the completeness view)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
+import sys
 import time
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +18,10 @@ import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from engine.access.acting import Refusal, act_as
+from engine.access.data import Range
 from engine.audit import KINDS, AuditEntry, EntryFilter, actor_label
 from engine.commands.options import (
     Handler,
@@ -31,8 +37,9 @@ from engine.commands.options import (
     trust_of,
 )
 from engine.errors import AccessDenied, ConvergeError
+from engine.report.health import CSV_COLUMNS, Row, health
 from engine.sign.leaf import instant
-from engine.store import auditlog
+from engine.store import auditlog, data
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
 from engine.verify import Report, verify_store
@@ -46,6 +53,7 @@ def register(commands: Subparsers) -> None:
     _add_log(actions)
     _add_verify(actions)
     _add_review(actions)
+    _add_gaps(actions)
     parser.set_defaults(handler=run)
 
 
@@ -102,8 +110,74 @@ def _add_review(actions: Subparsers) -> None:
     review.add_argument("--note", default="", metavar="TEXT", help="what the review found")
 
 
+def _add_gaps(actions: Subparsers) -> None:
+    gaps = actions.add_parser(
+        "gaps", help="per device, point and day: scheduled samples, readings, gaps by reason"
+    )
+    add_db(gaps)
+    gaps.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this device (repeat for more; default: every device)",
+    )
+    add_range(gaps)
+    gaps.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     return ACTIONS[args.audit_command](args, pm, console)
+
+
+def run_gaps(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
+    """The completeness view: what each point's slots held, per UTC day (docs/report.md)."""
+    if args.start and args.end and args.end <= args.start:
+        raise ConvergeError("--to must be after --from")
+    span = Range(
+        instant(args.start) if args.start else None, instant(args.end) if args.end else None
+    )
+    with Store.open_existing(args.db) as store, store.reading() as conn:
+        devices = args.device or data.devices(conn)
+        rows = health(conn, dict.fromkeys(devices), span).rows()
+    render_gaps(console, args.format, rows)
+    return 0
+
+
+def render_gaps(console: Console, form: str, rows: list[Row]) -> None:
+    if form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(row.as_csv() for row in rows)
+    elif form == "json":
+        for row in rows:
+            sys.stdout.write(json.dumps(row.as_json(), ensure_ascii=False) + "\n")
+    elif not rows:
+        console.print("no records")
+    else:
+        table = Table(title_justify="left")
+        for column in ("device", "point", "day", "scheduled", "readings", "gaps", "by reason"):
+            table.add_column(column, justify="right" if column in _COUNTS else "left")
+        table.add_column("unaccounted", justify="right")
+        table.add_column("extra", justify="right")
+        for row in rows:
+            t = row.tally
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.gaps.items()))
+            missing = f"[red]{t.unaccounted:,}[/]" if t.unaccounted else "0"
+            counts = (f"{t.scheduled:,}", f"{t.readings:,}", f"{t.gap_slots:,}")
+            table.add_row(
+                escape(row.device),
+                escape(row.point),
+                row.day,
+                *counts,
+                reasons,
+                missing,
+                f"{t.extra:,}",
+            )
+        console.print(table)
+
+
+_COUNTS = ("scheduled", "readings", "gaps")
 
 
 def run_review(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -178,21 +252,48 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
     return 0 if report.ok else 1
 
 
-ACTIONS: dict[str, Handler] = {"log": run_log, "verify": run_verify, "review": run_review}
+ACTIONS: dict[str, Handler] = {
+    "log": run_log,
+    "verify": run_verify,
+    "review": run_review,
+    "gaps": run_gaps,
+}
 
 
 def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
-    """One line per entry: sequence number, time, kind, actor and what it is about."""
-    shown = 0
+    """One line per entry, in sequence order: number, time (RFC 3339), kind, actor, about.
+
+    An entry's time is when what it records happened. One dated before an
+    entry that precedes it in the log (a key made before the store existed,
+    logged when a collector first starts) was recorded later than it
+    happened: its line says so, with the earliest it can have been recorded.
+    """
+    shown, latest = 0, ""
     for entry in entries:
+        late = (
+            f"  (happened {entry.time}, recorded after {latest})" if _before(entry, latest) else ""
+        )
         console.print(
             f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}",
+            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}{late}",
             highlight=False,
         )
+        latest = max(latest, entry.time, key=_instant)
         shown += 1
     if not shown:
         console.print("no entries")
+
+
+def _before(entry: AuditEntry, latest: str) -> bool:
+    return bool(latest) and _instant(entry.time) < _instant(latest)
+
+
+def _instant(time: str) -> datetime:
+    """An entry's RFC 3339 time as an instant (the earliest one when it is not a time)."""
+    try:
+        return datetime.fromisoformat(time)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _about(entry: AuditEntry) -> str:

@@ -1,8 +1,11 @@
-"""``converge coverage``: what is governed, what is not, and which waivers are in force.
+"""``converge coverage``: what is governed, what is collected, and which waivers are in force.
 
 Compliance teams read it before an audit: points no policy governs (they are
-not collected), how many points each policy governs, and every exception
-with its status: in force, expiring within 30 days, or expired.
+not collected), points governed but not captured (a policy such as
+``applies: {}`` with retention only governs every point without collecting
+any; a waived capture does the same), how many points each policy governs,
+and every exception with its status: in force, expiring within 30 days, or
+expired.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.commands.findings import one_line
 from engine.commands.options import Subparsers, add_inputs, compile_or_fail
 from engine.compile import Compilation
 
@@ -53,7 +57,9 @@ def coverage(result: Compilation) -> dict[str, Any]:
     return {
         "points": len(points),
         "governed": sum(mp.governed for mp in points),
+        "collected": sum(mp.collected for mp in points),
         "ungoverned": [mp.target.ref for mp in points if not mp.governed],
+        "not_captured": [mp.target.ref for mp in points if mp.governed and not mp.collected],
         "policies": [
             {
                 "policy": p.id,
@@ -96,7 +102,10 @@ def _status(expires: date, today: date) -> str:
 
 
 def render(console: Console, report: dict[str, Any]) -> None:
-    console.print(f"[bold]{report['governed']} of {report['points']} points governed[/]")
+    console.print(
+        f"[bold]{report['governed']} of {report['points']} points governed,"
+        f" {report['collected']} of them collected[/]"
+    )
     policies = Table("policy", "points", "controls", title="Policies", title_justify="left")
     for row in report["policies"]:
         style = "yellow" if row["points"] == 0 else ""
@@ -107,12 +116,17 @@ def render(console: Console, report: dict[str, Any]) -> None:
     _render_exceptions(console, report["exceptions"])
     if report["ungoverned"]:
         console.print(f"[bold]Ungoverned (not collected): {len(report['ungoverned'])}[/]")
-        console.print("  " + ", ".join(report["ungoverned"]), highlight=False)
+        console.print("  " + ", ".join(report["ungoverned"]), highlight=False, markup=False)
+    if report["not_captured"]:
+        count = len(report["not_captured"])
+        console.print(f"[bold]Governed but not collected (no capture in force): {count}[/]")
+        console.print("  " + ", ".join(report["not_captured"]), highlight=False, markup=False)
     for finding in report["findings"]:
         console.print(
-            f"{escape(_place(finding))}: [yellow]{finding['severity']}[/]: "
-            f"{escape(finding['message'])}",
+            f"{one_line(_place(finding))}: {finding['severity']}[{finding['code']}]: "
+            f"{one_line(finding['message'])}",
             highlight=False,
+            markup=False,
         )
 
 

@@ -2,13 +2,16 @@
 
 For each facet of a point: the merged value, the policies that produced it
 (with ``path:line:col``), every losing candidate and the rule that made it
-lose, and every demand an exception waived. The JSON form is the same data.
+lose, and every demand an exception waived; for a governed point that will
+not be collected, why (no governing policy sets capture, or a waiver removed
+it). The JSON form is the same data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from difflib import get_close_matches
 from typing import Any
 
 import pluggy
@@ -48,8 +51,26 @@ def explain(result: Compilation, ref: str) -> list[dict[str, Any]]:
         if mp.target.device.id == device and (not point or mp.target.point.name == point)
     ]
     if not chosen:
-        raise ConvergeError(f"no point matches '{ref}' in the compiled sites")
+        near = nearest_ref(result, device, point)
+        hint = f" (did you mean '{near}'?)" if near else ""
+        raise ConvergeError(f"no point matches '{ref}' in the compiled sites{hint}")
     return [explain_point(mp) for mp in chosen]
+
+
+def nearest_ref(result: Compilation, device: str, point: str) -> str | None:
+    """The existing ``DEVICE[/POINT]`` nearest to a mistyped one: the device, then its point."""
+    points: dict[str, list[str]] = {}
+    for mp in result.merged.points:
+        points.setdefault(mp.target.device.id, []).append(mp.target.point.name)
+    if device not in points:
+        close = get_close_matches(device, sorted(points), n=1)
+        if not close:
+            return None
+        device = close[0]
+        if not point or point in points[device]:
+            return f"{device}/{point}" if point else device
+    close = get_close_matches(point, points[device], n=1)
+    return f"{device}/{close[0]}" if close else None
 
 
 def explain_point(mp: MergedPoint) -> dict[str, Any]:
@@ -60,6 +81,8 @@ def explain_point(mp: MergedPoint) -> dict[str, Any]:
         "unit": point.unit,
         "at": str(point.location),
         "governed": mp.governed,
+        "collected": mp.collected,
+        "not_collected": mp.not_collected(),
         "policies": sorted(p.id for p in mp.policies),
         "facets": {facet: _facet(mp, facet) for facet in mp.facets},
         "waived": _waived(mp),
@@ -117,6 +140,8 @@ def render(console: Console, entries: list[dict[str, Any]]) -> None:
         if not entry["governed"]:
             console.print("  ungoverned: no policy selects this point, so it is not collected")
             continue
+        if entry["not_collected"]:
+            console.print(f"  [yellow]not collected[/]: {escape(entry['not_collected'])}")
         for facet, info in entry["facets"].items():
             _render_facet(console, facet, info)
         for waiver in entry["waived"]:

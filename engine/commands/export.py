@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import pluggy
@@ -27,6 +28,7 @@ from engine.commands.options import (
     add_db,
     add_principals,
     add_range,
+    key_folder,
     key_store_of,
     principal_of,
     principals_of,
@@ -34,10 +36,11 @@ from engine.commands.options import (
 from engine.errors import ConvergeError
 from engine.export import Target, export
 from engine.principals import PrincipalResolver
-from engine.report import render
+from engine.report import Checking, render
 from engine.sign.leaf import instant
 from engine.store import data
 from engine.store.store import Store
+from engine.verify.trust import Trust
 
 
 def register(commands: Subparsers) -> None:
@@ -45,21 +48,7 @@ def register(commands: Subparsers) -> None:
     add_db(parser)
     add_principals(parser)
     add_as(parser)
-    parser.add_argument(
-        "--device",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="only this device (repeat for more; default: every device)",
-    )
-    parser.add_argument(
-        "--point",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only this point of each device (repeat for more)",
-    )
-    add_range(parser)
+    add_scope(parser)
     parser.add_argument(
         "--keys",
         type=Path,
@@ -79,6 +68,25 @@ def register(commands: Subparsers) -> None:
     parser.set_defaults(handler=handler)
 
 
+def add_scope(parser: argparse.ArgumentParser) -> None:
+    """What an export (or a report) asks for: devices, points and a range."""
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this device (repeat for more; default: every device)",
+    )
+    parser.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this point of each device (repeat for more)",
+    )
+    add_range(parser)
+
+
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     if args.start and args.end and args.end <= args.start:
         raise ConvergeError("--to must be after --from")
@@ -86,16 +94,24 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     span = Range(
         instant(args.start) if args.start else None, instant(args.end) if args.end else None
     )
+    folder = f"the exporter's key folder {key_folder(args)}"
+    checking = Checking(Trust.from_key_store(keys), folder, args.audit_key)
     with Store.open_existing(args.db) as store:
         store.audit_key = args.audit_key
-        decision = _decide(store, resolver, args)
-        done = export(store, decision, span, keys, Target(args.out, render, tuple(args.plan_key)))
+        decision = decide(store, resolver, args)
+        report = partial(render, checking=checking)
+        done = export(store, decision, span, keys, Target(args.out, report, tuple(args.plan_key)))
     console.print(
         f"exported {done.records:,} records of {done.batches} batch"
         f"{'' if done.batches == 1 else 'es'} to {args.out} "
         f"(decision {decision.id})",
         highlight=False,
     )
+    return refused(decision)
+
+
+def refused(decision: Decision) -> int:
+    """Say on standard error why each denied point was refused; 3 if any was, else 0."""
     for point in decision.denied:
         print(
             f"converge: refused: {decision.request.principal} may not export {point.device}/"
@@ -105,8 +121,9 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     return 3 if decision.denied else 0
 
 
-def _decide(store: Store, resolver: PrincipalResolver, args: argparse.Namespace) -> Decision:
-    """One decision over every point asked: each device's points (or its ``--point`` ones)."""
+def decide(store: Store, resolver: PrincipalResolver, args: argparse.Namespace) -> Decision:
+    """One export decision over every point asked: each device's points (or its ``--point``
+    ones)."""
     with store.reading() as conn:
         devices = args.device or data.devices(conn)
         question = Question(

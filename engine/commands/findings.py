@@ -1,17 +1,24 @@
 """Findings for people (text), for machines (JSON) and for code review (SARIF 2.1.0).
 
-Text goes through rich, so colours appear only on a terminal and never in a
-pipe or a CI log; the line format itself is fixed so editors can jump to it.
+A text finding is one line, ``path:line:col: severity[code]: message``, so
+that editors jump to it and a reader can look the code up in
+docs/findings.md. The line is written as it is: no markup, no emoji codes
+(rich would print ``:100:`` as an emoji), and a line break or control
+character inside a message or path is escaped, so one finding stays one
+line. Colours appear only on a terminal, never in a pipe or a CI log.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from engine.codes import CODES
 from engine.errors import Finding, Severity
@@ -21,13 +28,36 @@ STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow"}
 
 
 def findings_text(console: Console, findings: Sequence[Finding]) -> None:
+    """Every finding on its own line, then the counts."""
+    if not console.is_terminal:
+        console.file.write("".join(f"{finding_line(f)}\n" for f in findings))
+        console.file.write(f"{summary(findings)}\n")
+        return
+    text = Text()
     for f in findings:
-        console.print(
-            f"{escape(str(f.location))}: [{STYLE[f.severity]}]{f.severity}[/]: {escape(f.message)}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    console.print(summary(findings), highlight=False)
+        text.append(f"{one_line(str(f.location))}: ")
+        text.append(f"{f.severity}[{f.code}]", style=STYLE[f.severity])
+        text.append(f": {one_line(f.message)}\n")
+    text.append(summary(findings))
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def finding_line(finding: Finding) -> str:
+    """``path:line:col: severity[code]: message``, on one line whatever the message holds."""
+    where, severity = one_line(str(finding.location)), finding.severity.value
+    return f"{where}: {severity}[{finding.code}]: {one_line(finding.message)}"
+
+
+_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and control characters escaped (``\\n``, ``\\u2028``)."""
+    return _BREAKING.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def summary(findings: Sequence[Finding]) -> str:
@@ -44,15 +74,36 @@ def findings_json(findings: Sequence[Finding]) -> str:
     return json.dumps([f.as_dict() for f in findings], indent=2)
 
 
-def findings_sarif(findings: Sequence[Finding], version: str) -> str:
-    """A SARIF 2.1.0 log with one rule per finding code, so review tools can annotate."""
+def findings_sarif(findings: Sequence[Finding], version: str, root: Path | None = None) -> str:
+    """A SARIF 2.1.0 log with one rule per finding code, so review tools can annotate.
+
+    A relative path (findings name files relative to the working folder) is
+    a percent-encoded URI reference resolved against ``SRCROOT``, the working
+    folder as the run declares it (``root``, default the working folder); an
+    absolute path is a ``file://`` URI. Columns count code points, as YAML does.
+    """
     used = sorted({f.code for f in findings})
+    index = {code: i for i, code in enumerate(used)}
     rules = [{"id": code, "shortDescription": {"text": CODES.get(code, code)}} for code in used]
+    base = (root or Path.cwd()).resolve().as_uri().rstrip("/") + "/"
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "converge", "version": version, "rules": rules}},
-        "results": [_sarif_result(f, used.index(f.code)) for f in findings],
+        "originalUriBaseIds": {SOURCE_ROOT: {"uri": base}},
+        "columnKind": "unicodeCodePoints",
+        "results": [_sarif_result(f, index[f.code]) for f in findings],
     }
     return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2)
+
+
+SOURCE_ROOT = "SRCROOT"
+"""The ``uriBaseId`` of relative paths: the working folder the command ran in."""
+
+
+def artifact_location(path: str) -> dict[str, str]:
+    """A SARIF ``artifactLocation`` of a finding's path (see :func:`findings_sarif`)."""
+    if PurePosixPath(path).is_absolute():
+        return {"uri": PurePosixPath(path).as_uri()}
+    return {"uri": quote(path, safe="/"), "uriBaseId": SOURCE_ROOT}
 
 
 def _sarif_result(finding: Finding, rule_index: int) -> dict[str, Any]:
@@ -65,7 +116,7 @@ def _sarif_result(finding: Finding, rule_index: int) -> dict[str, Any]:
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": {"uri": where.path},
+                    "artifactLocation": artifact_location(where.path),
                     "region": {"startLine": where.line, "startColumn": where.col},
                 }
             }

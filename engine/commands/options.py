@@ -32,16 +32,7 @@ KEYS_ENV = "CONVERGE_KEYS"
 
 def add_inputs(parser: argparse.ArgumentParser) -> None:
     """The arguments every compiling command takes."""
-    parser.add_argument(
-        "-p",
-        "--policies",
-        action="extend",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="PATH",
-        help="policy files or folders (searched for *.yaml)",
-    )
+    add_policies(parser, "policy files or folders (searched for *.yaml)")
     parser.add_argument(
         "-s",
         "--site",
@@ -77,6 +68,20 @@ def add_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_policies(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-p PATH…``: policy files or folders."""
+    parser.add_argument(
+        "-p",
+        "--policies",
+        action="extend",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help=help,
+    )
+
+
 def inputs_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Inputs:
     return Inputs(args.policies, args.sites, args.principals, args.at, compile_key_store(args, pm))
 
@@ -97,8 +102,12 @@ def compile_or_fail(args: argparse.Namespace, pm: pluggy.PluginManager) -> Compi
 
 def key_store_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> KeyStore:
     """The key folder of ``--keys``, else ``$CONVERGE_KEYS``, else ``./keys``."""
-    folder = args.keys or Path(os.environ.get(KEYS_ENV) or "keys")
-    return open_key_store(pm, {"kind": "file", "path": folder})
+    return open_key_store(pm, {"kind": "file", "path": key_folder(args)})
+
+
+def key_folder(args: argparse.Namespace) -> Path:
+    """The folder ``--keys`` names, else ``$CONVERGE_KEYS``, else ``./keys``."""
+    return Path(args.keys or os.environ.get(KEYS_ENV) or "keys")
 
 
 def add_db(
@@ -183,12 +192,18 @@ def add_as(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 
 def principals_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> PrincipalResolver:
     """The principals of ``--principals`` (or the environment); a refusal when none is named."""
-    path = args.principals or (
+    return open_principals(pm, {"kind": "file", "path": principals_path(args)})
+
+
+def principals_path(args: argparse.Namespace) -> Path:
+    """The principals file ``--principals`` (or the environment) names; a refusal when none is
+    named."""
+    path: Path | None = args.principals or (
         Path(os.environ[PRINCIPALS_ENV]) if os.environ.get(PRINCIPALS_ENV) else None
     )
     if path is None:
         raise ConvergeError(f"name the principals file: --principals FILE (or ${PRINCIPALS_ENV})")
-    return open_principals(pm, {"kind": "file", "path": path})
+    return path
 
 
 def principal_of(args: argparse.Namespace) -> str:

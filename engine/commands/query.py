@@ -11,7 +11,6 @@ refused on standard error with the reason; the exit code is then 3.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Iterable
@@ -23,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.access import Question, ask, record
-from engine.access.data import COLUMNS, Range, records
+from engine.access.data import Range, csv_chunks, records
 from engine.access.guard import Decision
 from engine.commands.options import (
     Handler,
@@ -72,7 +71,10 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
             instant(args.start) if args.start else None, instant(args.end) if args.end else None
         )
         with store.reading() as conn:
-            render(console, args.format, records(conn, decision, span, trust))
+            if args.format == "csv":
+                sys.stdout.writelines(csv_chunks(conn, decision, span, trust))
+            else:
+                render(console, args.format, records(conn, decision, span, trust))
     return refused(decision)
 
 
@@ -94,11 +96,8 @@ def refused(decision: Decision) -> int:
 
 
 def render(console: Console, form: str, rows: Iterable[dict[str, Any]]) -> None:
-    if form == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows([_cell(row[c]) for c in COLUMNS] for row in rows)
-    elif form == "json":
+    """JSON Lines or a table (CSV is written by :func:`~engine.access.data.csv_chunks`)."""
+    if form == "json":
         for row in rows:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
@@ -113,15 +112,10 @@ def render(console: Console, form: str, rows: Iterable[dict[str, Any]]) -> None:
                 escape(str(row["value"])),
                 escape(str(said)),
                 str(row["batch"]),
-                _cell(row["batch_verified"]),
+                _verdict(row["batch_verified"]),
             )
         console.print(table)
 
 
-def _cell(value: Any) -> Any:
-    """A CSV cell: empty for None, ``true``/``false`` for booleans."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
+def _verdict(verified: bool | None) -> str:
+    return "" if verified is None else "true" if verified else "false"

@@ -8,6 +8,7 @@ import contextlib
 import multiprocessing
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,8 @@ from rich.markup import escape
 
 from engine.audit import Actor
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
+from engine.collect.metrics import Metrics
+from engine.collect.sinks import Sink
 from engine.collect.status import JsonLogReporter, Reporter
 from engine.commands.options import (
     KEYS_ENV,
@@ -83,6 +86,11 @@ def register(commands: Subparsers) -> None:
         metavar="DIR",
         help=f"key folder for --require-signed and for signing with --db "
         f"(default: ${KEYS_ENV}, else ./keys)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (:PORT for every address)",
     )
     _add_evidence(parser.add_argument_group("evidence (with --db)"))
     parser.set_defaults(handler=run)
@@ -150,7 +158,17 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     status = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
     live = status.is_terminal and (args.out is not None or args.db or not sys.stdout.isatty())
     reporter: Reporter = LiveReporter(status) if live else JsonLogReporter()
-    summary, stored = asyncio.run(_collect(args, pm, plans, keys, reporter, status=status))
+    metrics = Metrics() if args.metrics else None
+    if metrics is not None:
+        metrics.serve(args.metrics)  # a port in use ends the run before anything connects
+        reporter = metrics.reporter(reporter)
+    try:
+        summary, stored = asyncio.run(
+            _collect(args, pm, plans, keys, reporter, status=status, metrics=metrics)
+        )
+    finally:
+        if metrics is not None:
+            metrics.close()
     status.print(summary_table(summary))
     if stored is not None:
         status.print(stored, highlight=False)
@@ -165,13 +183,21 @@ async def _collect(
     reporter: Reporter,
     *,
     status: Console,
+    metrics: Metrics | None = None,
 ) -> tuple[Summary, str | None]:
     """Run the collection into JSON Lines, or (``--db``) into the signed store."""
     if not args.db or keys is None:
-        sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
-        return await run_plans(
-            plans, pm, duration=args.duration, sink=sink, reporter=reporter, handle_signals=True
-        ), None
+        sink: Sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
+        async with _metered(metrics):
+            summary = await run_plans(
+                plans,
+                pm,
+                duration=args.duration,
+                sink=metrics.sink(sink) if metrics else sink,
+                reporter=reporter,
+                handle_signals=True,
+            )
+        return summary, None
     config = CollectConfig()
     target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
     evidence = open_evidence(
@@ -186,20 +212,42 @@ async def _collect(
     await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
     stop = asyncio.Event()
     retention = asyncio.create_task(_retention(args, keys, status, stop))
+    spool = evidence.writer.spool
     try:
-        summary = await run_plans(
-            plans,
-            pm,
-            duration=args.duration,
-            sink=evidence,
-            reporter=reporter,
-            config=config,
-            handle_signals=True,
-        )
+        async with _metered(metrics, lambda: len(spool), evidence.queue.qsize):
+            summary = await run_plans(
+                plans,
+                pm,
+                duration=args.duration,
+                sink=metrics.sink(evidence) if metrics else evidence,
+                reporter=reporter,
+                config=config,
+                handle_signals=True,
+            )
     finally:
         stop.set()
         await retention  # a run under way finishes: each batch is whole either way
     return summary, evidence.summary()
+
+
+@contextlib.asynccontextmanager
+async def _metered(
+    metrics: Metrics | None,
+    spool_depth: Callable[[], int] | None = None,
+    sealer_backlog: Callable[[], int] | None = None,
+) -> AsyncIterator[None]:
+    """Keep the metrics' gauges fresh while the block runs (nothing without metrics)."""
+    if metrics is None:
+        yield
+        return
+    refresher = asyncio.create_task(metrics.refresh(spool_depth, sealer_backlog))
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        metrics.refresh_states()
 
 
 async def _retention(

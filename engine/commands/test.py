@@ -16,8 +16,9 @@ facets it expects, in the policy language's own spelling::
         winners:
           capture.every: gmp-critical-process-data
 
-``expect: {governed: false}`` asserts a point is ungoverned; a facet expected
-as ``null`` must be absent. A failure prints expected against actual and the
+``expect: {governed: false}`` asserts a point is ungoverned, ``collected:
+false`` that no capture is in force for it (governed or not); a facet
+expected as ``null`` must be absent. A failure prints expected against actual and the
 provenance of the actual value. ``--junit FILE`` writes JUnit XML for CI.
 """
 
@@ -62,7 +63,7 @@ _SCHEMA: dict[str, Any] = {
                 "expect": {
                     "type": "dict",
                     "required": True,
-                    "keysrules": {"allowed": [*LANGUAGE_FACETS, "governed"]},
+                    "keysrules": {"allowed": [*LANGUAGE_FACETS, "governed", "collected"]},
                 },
                 "winners": {
                     "type": "dict",
@@ -184,10 +185,11 @@ def _run_case(
 
 
 def _check_expect(mp: MergedPoint, key: str, want: Any) -> list[str]:
-    if key == "governed":
-        if mp.governed == want:
+    if key in ("governed", "collected"):
+        state = mp.governed if key == "governed" else mp.collected
+        if state == want:
             return []
-        return [f"governed: expected {_yaml_bool(want)}, got {_yaml_bool(mp.governed)}"]
+        return [f"{key}: expected {_yaml_bool(want)}, got {_yaml_bool(state)}"]
     facet = LANGUAGE_FACETS[key]
     merged = mp.facets.get(facet)
     got = describe(facet, merged.value) if merged else None

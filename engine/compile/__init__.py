@@ -54,6 +54,8 @@ class Compilation:
     merged: MergeResult = field(default_factory=MergeResult)
     plans: list[Plan] = field(default_factory=list)
     as_of: dict[str, date] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Every file loaded, by the path findings name it with, to ``sha256:`` of its bytes."""
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -83,6 +85,7 @@ def _compile(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     ):
         documents[kind], more = load_files(files, display=display_path)
         load_findings += more
+    result.sources = {doc.path: doc.sha256 for docs in documents.values() for doc in docs}
     result.project, valid_findings = validate(
         documents["policy"], documents["site"], documents["principals"], pm
     )
@@ -99,7 +102,9 @@ def _select_merge_plan(result: Compilation, inputs: Inputs, pm: pluggy.PluginMan
     result.as_of = {s.id: inputs.at or today_in(s.timezone) for s in result.project.sites}
     result.selection = select(result.project)
     result.merged = merge(result.selection, lambda site: result.as_of[site])
-    result.plans, plan_findings = build_plans(result.merged, result.project.sites, pm, result.as_of)
+    result.plans, plan_findings = build_plans(
+        result.merged, result.project.sites, pm, result.as_of, result.sources
+    )
     result.findings += result.selection.findings + result.merged.findings + plan_findings
     if has_errors(result.findings):
         result.plans = []  # a plan is never emitted from inputs with errors

@@ -103,6 +103,35 @@ class MergedPoint:
     def governed(self) -> bool:
         return bool(self.policies)
 
+    @property
+    def collected(self) -> bool:
+        """Governed with a capture demand in force: the plan reads it."""
+        return any(facet in self.facets for facet in CAPTURE_FACETS)
+
+    def not_collected(self) -> str | None:
+        """Why a governed point is not collected (``None`` when it is, or is ungoverned)."""
+        if not self.governed or self.collected:
+            return None
+        waived = [w for w in self.waived if "capture" in w.exception.waive]
+        capturing = {w.policy for w in waived if _captures(w.policy, self.policies)}
+        if not capturing:
+            names = ", ".join(sorted(p.id for p in self.policies))
+            return f"no policy that governs it sets capture ({names})"
+        return "; ".join(
+            f"the capture of {w.policy} is waived until {w.exception.expires.isoformat()}"
+            f" ({w.exception.location})"
+            for w in waived
+            if w.policy in capturing
+        )
+
+
+CAPTURE_FACETS = ("capture.every_ms", "capture.cron", "capture.on_change.deadband")
+"""The facets that make a point collected: any one of them in force."""
+
+
+def _captures(policy_id: str, policies: list[Policy]) -> bool:
+    return any(p.id == policy_id and set(p.demands) & set(CAPTURE_FACETS) for p in policies)
+
 
 @dataclass
 class MergeResult:

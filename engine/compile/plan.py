@@ -7,7 +7,7 @@ requests fit ``limits.max_requests_per_second`` at the merged intervals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import groupby
 from typing import Any
@@ -17,15 +17,21 @@ import pluggy
 
 from engine.canonical import canonical_json, canonical_object
 from engine.compile.merge import MergedPoint, MergeResult, Waiver
+from engine.compile.validate.inventory import placed
 from engine.errors import Finding, PluginError, error, has_errors, warning
 from engine.model import Device, PlannedPoint, ReadGroupPlan, Site
 from engine.plans.format import INDEX_FORMAT, PLAN_FORMAT, Plan, seal
 
 
 def build_plans(
-    merged: MergeResult, sites: Sequence[Site], pm: pluggy.PluginManager, as_of: dict[str, date]
+    merged: MergeResult,
+    sites: Sequence[Site],
+    pm: pluggy.PluginManager,
+    as_of: dict[str, date],
+    sources: Mapping[str, str],
 ) -> tuple[list[Plan], list[Finding]]:
-    """A plan for every device with at least one governed point, in inventory order."""
+    """A plan for every device with at least one governed point, in inventory order;
+    ``sources`` maps each file loaded to ``sha256:`` of its bytes."""
     by_site = {site.id: site for site in sites}
     plans: list[Plan] = []
     findings: list[Finding] = []
@@ -34,7 +40,7 @@ def build_plans(
     for device, points in groupby(governed, key=lambda mp: mp.target.device):
         site = by_site[device.site]
         plan, found = build_device_plan(
-            site, device, list(points), pm, as_of[site.id], encoder=encoder
+            site, device, list(points), pm, as_of[site.id], encoder=encoder, sources=sources
         )
         findings += found
         if plan is not None:
@@ -50,25 +56,24 @@ def build_device_plan(
     day: date,
     *,
     encoder: PointEncoder,
+    sources: Mapping[str, str],
 ) -> tuple[Plan | None, list[Finding]]:
-    findings = [_no_capture(mp) for mp in points if not _captured(mp)]
-    collected = [mp for mp in points if _captured(mp)]
+    findings = [_no_capture(mp) for mp in points if not mp.collected]
+    collected = [mp for mp in points if mp.collected]
     if not collected:
         return None, findings
     planned = [_planned(mp) for mp in collected]
     groups = _read_groups(pm, device, planned)
-    findings += _problems(device, groups)
+    findings += placed(device, groups.problems)
     findings += _request_rate(device, groups, planned)
     if has_errors(findings):
         return None, findings
     members = {
-        "format": canonical_json(PLAN_FORMAT),
-        "site": canonical_json(site.id),
-        "timezone": canonical_json(site.timezone),
-        "as_of": canonical_json(day.isoformat()),
+        **encoder.site(site, day),
         "device": canonical_json(_device_entry(device)),
         "points": b"[" + b",".join(encoder.point(mp) for mp in collected) + b"]",
         "read_groups": canonical_json(groups.groups),
+        "sources": canonical_json(_sources(device, collected, sources)),
     }
     valid_until = _valid_until([w for mp in collected for w in mp.waived], site.timezone)
     if valid_until:
@@ -78,10 +83,16 @@ def build_device_plan(
     return plan, findings
 
 
-def _captured(mp: MergedPoint) -> bool:
-    return any(
-        f in mp.facets for f in ("capture.every_ms", "capture.cron", "capture.on_change.deadband")
-    )
+def _sources(
+    device: Device, points: Iterable[MergedPoint], sources: Mapping[str, str]
+) -> dict[str, str]:
+    """The files a plan comes from, each with the digest of its bytes: the device's site
+    file, and the file of every policy that governs a point or waives for it."""
+    paths = {device.location.path}
+    for mp in points:
+        paths.update(policy.location.path for policy in mp.policies)
+        paths.update(waiver.exception.location.path for waiver in mp.waived)
+    return {path: sources[path] for path in sorted(paths)}
 
 
 def _no_capture(mp: MergedPoint) -> Finding:
@@ -118,18 +129,6 @@ def _read_groups(
             f"the {device.protocol} plugin returned {type(result).__name__}, not a ReadGroupPlan"
         )
     return result
-
-
-def _problems(device: Device, groups: ReadGroupPlan) -> list[Finding]:
-    places = {p.name: p.address_location for p in device.points}
-    return [
-        error(
-            places.get(problem.point or "", device.location),
-            problem.code,
-            f"device {device.id}: {problem.message}",
-        )
-        for problem in groups.problems
-    ]
 
 
 def _request_rate(
@@ -176,28 +175,55 @@ def _device_entry(device: Device) -> dict[str, Any]:
 
 
 class PointEncoder:
-    """Canonical bytes of plan points.
+    """Canonical bytes of plan points, and of what the plans of one site share.
 
     Everything a point gets from policies (facets, policies, waivers,
     provenance) is the same for every point that shares merged facets, so it
-    is encoded once per merged result and only name, address, signal and
-    unit are encoded per point.
+    is encoded once per merged result. A point's own members are encoded once
+    per distinct value too: names, signals and units repeat across the
+    devices of one model, and equal addresses are one normalized object
+    (validation shares it). So a plan of one point costs about one encoding
+    of its device, not ten: a site of many small devices is as cheap per
+    point as one of few large ones.
     """
 
     def __init__(self) -> None:
         self.shared: dict[int, tuple[dict[str, bytes], dict[str, Any]]] = {}
+        self.texts: dict[str, bytes] = {}
+        self.addresses: dict[int, tuple[bytes, Mapping[str, Any]]] = {}
+        self.sites: dict[tuple[str, date], dict[str, bytes]] = {}
+
+    def site(self, site: Site, day: date) -> dict[str, bytes]:
+        """The members every plan of ``site`` compiled for ``day`` has."""
+        key = (site.id, day)
+        if key not in self.sites:
+            self.sites[key] = {
+                "format": canonical_json(PLAN_FORMAT),
+                "site": canonical_json(site.id),
+                "timezone": canonical_json(site.timezone),
+                "as_of": canonical_json(day.isoformat()),
+            }
+        return self.sites[key]
 
     def point(self, mp: MergedPoint) -> bytes:
         """The canonical JSON of one plan point."""
         point = mp.target.point
-        members = {
-            "name": canonical_json(point.name),
-            "address": canonical_json(dict(point.address)),
-        }
+        members = {"name": self._text(point.name), "address": self._address(point.address)}
         for key, value in (("signal", point.signal), ("unit", point.unit)):
             if value is not None:
-                members[key] = canonical_json(value)
+                members[key] = self._text(value)
         return canonical_object({**members, **self._governed(mp)[0]})
+
+    def _text(self, text: str) -> bytes:
+        if text not in self.texts:
+            self.texts[text] = canonical_json(text)
+        return self.texts[text]
+
+    def _address(self, address: Mapping[str, Any]) -> bytes:
+        key = id(address)  # the address object is kept below, so the id stays its own
+        if key not in self.addresses:
+            self.addresses[key] = (canonical_json(dict(address)), address)
+        return self.addresses[key][0]
 
     def _governed(self, mp: MergedPoint) -> tuple[dict[str, bytes], dict[str, Any]]:
         key = id(mp.facets)  # merge shares one facets dict per (policies, waivers)

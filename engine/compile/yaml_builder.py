@@ -10,8 +10,12 @@ an entry; for a sequence, a list of entries. An entry is a packed int
 collection's own shadow.
 
 What YAML would let through silently is refused here: duplicate keys,
-non-scalar keys, tags outside the safe schema, more than one document, alias
-expansion beyond a node budget ("billion laughs"), nesting beyond a depth.
+non-scalar keys, tags outside the safe schema, more than one document, a
+scalar its tag cannot read, an integer beyond what canonical JSON carries
+exactly (±(2**53 - 1)). The bounds stop the build at the node that crosses
+them: alias expansion beyond a fixed node budget ("billion laughs", the same
+whatever the file's size), nesting beyond a depth, a list or mapping with too
+many entries, a scalar with too many characters.
 """
 
 from __future__ import annotations
@@ -26,11 +30,24 @@ from engine.errors import Finding, InputError, Location, error
 
 Shadow = dict[str, Any] | list[Any]
 
-POSITION_BITS = 24
-KEY_SHIFT = 48
+POSITION_BITS = 28
+"""Bits of a line or a column number in a packed position: more than any file within the
+size bound has lines, or characters on one line (load.py asserts it)."""
+KEY_SHIFT = 2 * POSITION_BITS
 MAX_DEPTH = 100
+MAX_ITEMS = 100_000
+"""Entries of one list or mapping: a site of 100,000 devices, not a list of millions of numbers."""
+MAX_STRING = 65_536
+"""Characters of one scalar (a key, a value)."""
+ALIAS_BUDGET = 1_000_000
+"""Nodes all the aliases of one file may expand to, whatever the file's size."""
+SAFE_INTEGER = 2**53 - 1
+"""The largest integer canonical JSON (RFC 8785) carries exactly."""
+_INTEGER_TEXT = 100
+"""An integer written with more characters is refused before it is converted."""
 
 _STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
 _MERGE = "tag:yaml.org,2002:merge"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
@@ -52,20 +69,12 @@ def unpack(position: int) -> tuple[int, int]:
     return position >> POSITION_BITS, position & ((1 << POSITION_BITS) - 1)
 
 
-class AliasBomb(InputError):
-    """A document whose aliases would expand past the alias budget (a "billion laughs")."""
+class BoundExceeded(InputError):
+    """A document that crosses one of the builder's bounds; ``finding`` says which, where."""
 
-    def __init__(self, location: Location) -> None:
-        super().__init__(f"{location}: too many aliases")
-        self.location = location
-
-
-class TooDeep(InputError):
-    """A document nested deeper than the builder allows."""
-
-    def __init__(self, location: Location) -> None:
-        super().__init__(f"{location}: nested too deep")
-        self.location = location
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(str(finding))
+        self.finding = finding
 
 
 _KEY_PENDING = object()
@@ -97,10 +106,10 @@ class Built:
 class Builder:
     """Consumes the events of one document; collects findings instead of stopping."""
 
-    def __init__(self, loader: Any, path: str, node_budget: int) -> None:
+    def __init__(self, loader: Any, path: str, alias_budget: int = ALIAS_BUDGET) -> None:
         self.loader = loader
         self.path = path
-        self.budget = node_budget
+        self.budget = alias_budget
         self.stack: list[_Open] = []
         self.anchors: dict[str, tuple[Any, Any, int, int]] = {}
         self.tags: dict[str, str] = {}
@@ -142,6 +151,8 @@ class Builder:
 
     def on_scalar(self, event: Any) -> None:
         """The hot path: most events are plain scalars, most of them strings."""
+        if len(event.value) > MAX_STRING:
+            self.refuse(event, "yaml-too-long", f"a scalar of more than {MAX_STRING:,} characters")
         tag = event.tag
         if tag is None or tag == "!":
             tag = (
@@ -168,18 +179,35 @@ class Builder:
                 error(self.mark(event), "yaml-bad-value", f"tag {tag} is not allowed")
             )
             return None
+        if tag == _INT and len(event.value) > _INTEGER_TEXT:
+            return self.too_large(event)
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark)
         try:
-            return getattr(self.loader, constructor)(node)
-        except (yaml.constructor.ConstructorError, ValueError) as exc:
-            self.findings.append(
-                error(
-                    self.mark(event),
-                    "yaml-bad-value",
-                    f"cannot read {event.value!r} as {tag}: {exc}",
-                )
-            )
+            value = getattr(self.loader, constructor)(node)
+        except Exception as exc:  # PyYAML's constructors raise KeyError, AttributeError, ...
+            word = tag.rsplit(":", 1)[-1]
+            message = f"{_shown(event.value)} cannot be read as {_A_WORD.get(word, word)}"
+            reason = str(exc) if isinstance(exc, ValueError) else ""
+            if reason and len(reason) <= 60 and reason.isprintable():
+                message += f": {reason}"
+            self.findings.append(error(self.mark(event), "yaml-bad-value", message))
             return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INTEGER:
+            return self.too_large(event)
+        return value
+
+    def too_large(self, event: Any) -> None:
+        message = (
+            f"integer {_shown(event.value)} is beyond ±{SAFE_INTEGER:,} (2**53 - 1),"
+            " the largest that canonical JSON carries exactly"
+        )
+        self.findings.append(error(self.mark(event), "yaml-number-too-large", message))
+
+    def refuse(self, where: Any, code: str, what: str) -> None:
+        """Stop the build at an event or a position: it crosses a bound (see the docs)."""
+        place = self.location(where) if isinstance(where, int) else self.mark(where)
+        message = f"{what}, past the bound a file may hold (docs/policy-language.md#bounds)"
+        raise BoundExceeded(error(place, code, message))
 
     def on_start(self, event: Any) -> None:
         is_map = isinstance(event, yaml.MappingStartEvent)
@@ -188,7 +216,7 @@ class Builder:
                 error(self.mark(event), "yaml-bad-value", f"tag {event.tag} is not allowed")
             )
         if len(self.stack) >= MAX_DEPTH:
-            raise TooDeep(self.mark(event))
+            self.refuse(event, "yaml-too-deep", f"nesting deeper than {MAX_DEPTH} levels")
         value: Any = {} if is_map else []
         shadow: Any = {} if is_map else []
         self.stack.append(_Open(value, shadow, self.position(event), event.anchor))
@@ -214,7 +242,12 @@ class Builder:
     def charge(self, size: int, event: Any) -> None:
         self.budget -= size
         if self.budget < 0:
-            raise AliasBomb(self.mark(event))
+            self.refuse(
+                event,
+                "yaml-alias-bomb",
+                f"aliases expand to more than {ALIAS_BUDGET:,} nodes"
+                " (possible 'billion laughs' alias bomb)",
+            )
 
     def done(
         self,
@@ -227,7 +260,6 @@ class Builder:
         tag: str | None = None,
     ) -> None:
         """A complete node: file it under its anchor and into its parent (or as the root)."""
-        self.budget -= 1
         if anchor:
             self.anchors[anchor] = (value, shadow, position, size)
         if not self.stack:
@@ -235,6 +267,9 @@ class Builder:
             return
         parent = self.stack[-1]
         parent.size += size
+        if len(parent.value) >= MAX_ITEMS and parent.key is _KEY_PENDING:
+            kind = "list" if isinstance(parent.value, list) else "mapping"
+            self.refuse(position, "yaml-too-long", f"a {kind} of more than {MAX_ITEMS:,} entries")
         if isinstance(parent.value, list):
             parent.value.append(value)
             parent.shadow.append(position if shadow is None else (position, shadow))
@@ -305,6 +340,20 @@ class Builder:
                 if key not in frame.value:
                     frame.value[key] = item
                     frame.shadow[key] = shadow[key]
+
+
+_A_WORD = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "null": "null",
+    "timestamp": "a date or time",
+}
+
+
+def _shown(text: str) -> str:
+    """A scalar's text, quoted and cut short: the message is one line."""
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
 
 
 def _key_position(entry: Any) -> int:

@@ -1,38 +1,39 @@
 """Stage report: what a person reads of the evidence, as one static HTML page.
 
-:func:`render` makes a printable page with no network access and no external
-asset (inline CSS): the store, the export's principal and range, and what the
-store holds. ``converge report`` writes it, and every bundle carries it.
+:func:`render` makes the page for an export decision: the points it allows,
+over its range. ``converge report`` writes it on its own, and every bundle
+``converge export`` writes carries it as ``report.html``. The page fetches
+nothing (inline CSS and SVG, no script, a Content-Security-Policy that
+forbids every request) and prints. docs/report.md says what it shows and
+where each number comes from.
+
+- :mod:`~engine.report.health`: per device, point and period, the slots the
+  plan promised and what filled them (also ``converge audit gaps``);
+- :mod:`~engine.report.facts`: everything else the page says, from the store,
+  and the store's verification;
+- :mod:`~engine.report.page`, :mod:`~engine.report.chart`,
+  :mod:`~engine.report.html`: the page, its SVG charts, escaping.
 """
 
 from __future__ import annotations
 
-import html
+from collections.abc import Mapping, Sequence
 
 from engine.access.guard import Decision
+from engine.report.facts import Checking, gather
+from engine.report.page import page
 from engine.store.store import Store
 
-STYLE = (
-    "body{font:14px system-ui,sans-serif;margin:2em;color:#111}"
-    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-)
+
+def render(
+    store: Store,
+    decision: Decision,
+    checking: Checking | None = None,
+    controls: Mapping[str, Sequence[str]] | None = None,
+) -> bytes:
+    """The report page of what ``decision`` allows: verified with ``checking``'s keys when
+    given, the policies' controls from ``controls`` (policy id: controls) when given."""
+    return page(gather(store, decision, checking, controls))
 
 
-def render(store: Store, decision: Decision | None) -> bytes:
-    """The report page of ``store`` (for ``decision``'s export, when given)."""
-    counts = store.counts()
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:,}</td></tr>" for k, v in counts.items())
-    who = (
-        ""
-        if decision is None
-        else (
-            f"<p>Exported for {html.escape(decision.request.principal)} "
-            f"(decision {html.escape(decision.id)}).</p>"
-        )
-    )
-    page = (
-        f"<!doctype html><html lang=en><meta charset=utf-8><title>Converge evidence report"
-        f"</title><style>{STYLE}</style><h1>Converge evidence report</h1>{who}"
-        f"<p>Store {html.escape(store.where)}</p><table>{rows}</table></html>"
-    )
-    return page.encode()
+__all__ = ["Checking", "render"]

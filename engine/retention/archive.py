@@ -86,7 +86,7 @@ def write(
         seq = auditlog.append(conn, "retention.archived", actor, said, instant(now))
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / name
-    archive(store, keys, asked, Target(out, lambda s, _: render(s, None)))
+    archive(store, keys, asked, Target(out, render))
     digest = "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
     return Archived(seq, name, digest, positions)
 

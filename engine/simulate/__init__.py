@@ -321,8 +321,8 @@ async def running(
     )
     started: list[Simulator] = []
     try:
-        for simulator in sim.simulators.values():
-            await simulator.start()
+        for protocol, simulator in sim.simulators.items():
+            await _start(protocol, simulator)
             started.append(simulator)
         async with asyncio.TaskGroup() as tasks:
             injector = tasks.create_task(_inject_on_schedule(sim, schedule))
@@ -331,6 +331,14 @@ async def running(
     finally:
         for simulator in started:
             await simulator.stop()
+
+
+async def _start(protocol: str, simulator: Simulator) -> None:
+    """Start one simulator; a socket error its plugin let through is still one line."""
+    try:
+        await simulator.start()
+    except OSError as error:
+        raise ConvergeError(f"cannot start the {protocol} simulator: {error}") from error
 
 
 def _rules_beside(site: Site) -> list[dict[str, Any]]:

@@ -8,16 +8,20 @@ compare, so ranges are string comparisons the indexes serve.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 
 from engine.errors import PlanRejected
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
 from engine.store.reads import as_bytes
-from engine.store.tables import AUDIT, BATCHES, PLANS, SIGNATURES
+from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, PLANS, SIGNATURES
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,17 @@ def devices(conn: Connection) -> list[str]:
 def plan(conn: Connection, digest: str) -> PlanBody | None:
     """The stored plan of ``digest``, parsed; ``None`` when none is stored or it does not parse
     (``audit verify`` names it)."""
-    body = conn.execute(select(PLANS.c.body).where(PLANS.c.digest == digest)).scalar()
-    if body is None:
-        return None
+    found = _driver_rows(conn, "SELECT body FROM plans WHERE digest = ?", (digest,))
+    return _parsed(as_bytes(found[0][0])) if found else None
+
+
+@lru_cache(maxsize=256)
+def _parsed(body: bytes) -> PlanBody | None:
+    """A plan's bytes parsed, once per process: every request the guard decides needs the
+    plans in force, and parsing a plan (its digest checked) costs far more than reading it.
+    The bytes are the key, so a plan changed in the store is parsed (and checked) anew."""
     try:
-        return read_plan(as_bytes(body), f"plan {digest}")
+        return read_plan(body, "plan")
     except PlanRejected:
         return None
 
@@ -64,18 +74,50 @@ def latest_plan(conn: Connection, device: str, at: str | None = None) -> PlanBod
     return None if digest is None else plan(conn, str(digest))
 
 
+def plan_digests(conn: Connection, device: str, start: str | None, end: str | None) -> list[str]:
+    """The plans (digests, sorted) named by the batches of ``device`` whose window meets
+    ``[start, end)``: one query on the device's index, no batch read.
+
+    The guard asks this on every request, so it goes to the driver directly: building the
+    statement through SQLAlchemy cost more than running it.
+    """
+    sql = "SELECT DISTINCT plan_digest FROM batches WHERE device = ?"
+    values: list[str] = [device]
+    if start is not None:
+        sql, values = sql + " AND window_end > ?", [*values, start]
+    if end is not None:
+        sql, values = sql + " AND window_start < ?", [*values, end]
+    return sorted(str(d) for (d,) in _driver_rows(conn, sql, tuple(values)))
+
+
+def _driver_rows(conn: Connection, sql: str, values: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (``?`` marking each value) from the driver of ``conn`` itself."""
+    postgres = conn.dialect.name == "postgresql"
+    cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql.replace("?", "%s") if postgres else sql, values)
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
 def batches(conn: Connection, device: str, start: str | None, end: str | None) -> list[StoredBatch]:
     """The batches of ``device`` whose window meets ``[start, end)``, in window order."""
-    query = (
-        select(BATCHES, AUDIT.c.time)
-        .outerjoin(AUDIT, AUDIT.c.seq == BATCHES.c.audit_seq)
-        .where(BATCHES.c.device == device)
-    )
-    if start is not None:
-        query = query.where(BATCHES.c.window_end > start)
-    if end is not None:
-        query = query.where(BATCHES.c.window_start < end)
-    rows = conn.execute(query.order_by(BATCHES.c.window_start, BATCHES.c.id)).all()
+    query = _meeting(_BATCH.where(BATCHES.c.device == device), start, end)
+    return _stored(conn, query.order_by(BATCHES.c.window_start, BATCHES.c.id))
+
+
+def batch(conn: Connection, batch_id: int) -> StoredBatch | None:
+    """The batch ``batch_id``, if one is stored."""
+    found = _stored(conn, _BATCH.where(BATCHES.c.id == batch_id))
+    return found[0] if found else None
+
+
+_BATCH = select(BATCHES, AUDIT.c.time).outerjoin(AUDIT, AUDIT.c.seq == BATCHES.c.audit_seq)
+
+
+def _stored(conn: Connection, query: Select[Any]) -> list[StoredBatch]:
+    rows = conn.execute(query).all()
     signed = _signatures(conn, [r.id for r in rows])
     return [
         StoredBatch(
@@ -92,6 +134,15 @@ def batches(conn: Connection, device: str, start: str | None, end: str | None) -
         )
         for r in rows
     ]
+
+
+def _meeting(query: Select[Any], start: str | None, end: str | None) -> Select[Any]:
+    """``query`` limited to the batches whose window meets ``[start, end)``."""
+    if start is not None:
+        query = query.where(BATCHES.c.window_end > start)
+    if end is not None:
+        query = query.where(BATCHES.c.window_start < end)
+    return query
 
 
 def _signatures(conn: Connection, ids: list[int]) -> dict[int, dict[str, bytes]]:
@@ -123,7 +174,51 @@ def batch_records(conn: Connection, batch_id: int) -> tuple[list[int], list[byte
     return [position for position, _ in rows], leaves
 
 
+def audit_entry(conn: Connection, seq: int) -> bytes | None:
+    """The stored bytes of audit entry ``seq``, if there is one."""
+    found = conn.execute(select(AUDIT.c.entry).where(AUDIT.c.seq == seq)).scalar()
+    return None if found is None else as_bytes(found)
+
+
+def audit_entries(conn: Connection, start: int, end: int) -> Iterator[bytes]:
+    """The stored bytes of audit entries ``start .. end - 1``, in sequence order, streamed."""
+    query = select(AUDIT.c.entry).where(AUDIT.c.seq >= start, AUDIT.c.seq < end)
+    for entry in conn.execute(query.order_by(AUDIT.c.seq).execution_options(yield_per=10_000)):
+        yield as_bytes(entry[0])
+
+
+def latest_checkpoint(conn: Connection) -> tuple[int, str] | None:
+    """(size, signed note) of the audit log's checkpoint of the largest size, if any."""
+    query = select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc())
+    found = conn.execute(query.limit(1)).first()
+    return None if found is None else (int(found.size), str(found.note))
+
+
 def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
-    """(position, leaf bytes) of every record of a batch, in position order."""
-    positions, blobs = batch_records(conn, batch_id)
-    return list(zip(positions, blobs, strict=True))
+    """(position, leaf bytes) of every record of a batch, readings and gap records merged,
+    in position order, from the driver (no ORM row per record)."""
+    return leaves_of(conn, [batch_id]).get(batch_id, [])
+
+
+def leaves_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, bytes]]]:
+    """(position, leaf bytes) of every record of the batches ``ids``, by batch, readings and
+    gap records merged in position order: one query per record table for all of them,
+    straight from the driver (no ORM row per record)."""
+    driver: Any = conn.connection.driver_connection
+    marks = ",".join(["%s" if conn.dialect.name == "postgresql" else "?"] * len(ids))
+    found: dict[int, list[tuple[int, bytes]]] = {}
+    for table in ("readings", "gap_records"):
+        cursor = driver.cursor()
+        try:
+            cursor.execute(
+                f"SELECT batch_id, position, leaf FROM {table} WHERE batch_id IN ({marks})"
+                " ORDER BY batch_id, position",
+                tuple(ids),
+            )
+            for batch_id, rows in groupby(cursor.fetchall(), key=itemgetter(0)):
+                got = [(p, leaf if type(leaf) is bytes else as_bytes(leaf)) for _, p, leaf in rows]
+                held = found.get(batch_id)
+                found[batch_id] = got if held is None else sorted(held + got)
+        finally:
+            cursor.close()
+    return found

@@ -32,6 +32,7 @@ from engine.protocols import Deliver
 from engine.records import Gap, GapReason, Quality, Reading, Record, Value
 from plugins.modbus.codec import decode_group
 from plugins.modbus.schema import BIT_TABLES
+from plugins.reach import unreachable
 
 DEFAULT_TIMEOUT_MS = 3000
 
@@ -91,10 +92,21 @@ class ModbusSession:
             raise
         if not ok:
             client.close()
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"cannot connect to {self._where()}")
+            raise unreachable(self.device_id, self._where(), await self._why_not())
         self._client = client
         if self._pause:
             await asyncio.sleep(self._pause)
+
+    async def _why_not(self) -> BaseException:
+        """What a plain TCP connect to the endpoint says (pymodbus only logs it)."""
+        host, port = str(self._endpoint["host"]), int(self._endpoint.get("port", 502))
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, writer = await asyncio.open_connection(host, port)
+        except OSError as error:  # a timeout too, which says no more than "no answer"
+            return error
+        writer.close()
+        return ConnectionError("the device accepted a connection, then the Modbus client lost it")
 
     def _new_client(self) -> AsyncModbusTcpClient:
         lost = self._lost

@@ -41,6 +41,7 @@ from engine.records import Value
 from plugins.modbus.address import value_type
 from plugins.modbus.codec import encode_registers, merge_bit
 from plugins.modbus.schema import BIT_TABLES
+from plugins.reach import cannot_serve
 
 REFRESH_S = 0.1
 
@@ -164,13 +165,12 @@ class SimulatedDevice:
             framer=FramerType(str(endpoint.get("framer", "socket"))),
             address=(str(endpoint["host"]), int(endpoint.get("port", 502))),
         )
+        host, port = str(endpoint["host"]), int(endpoint.get("port", 502))
         try:
             await server.serve_forever(background=True)
-        except RuntimeError as error:
-            raise ConvergeError(
-                f"cannot serve device '{self.device.id}' on"
-                f" {endpoint['host']}:{endpoint.get('port', 502)}: {error}"
-            ) from error
+        except (RuntimeError, OSError) as error:
+            what = f"{self.device.id} (modbus)"
+            raise cannot_serve(what, f"{host}:{port}", host, port, error) from error
         self.server = server
 
     async def stop(self) -> None:

@@ -34,12 +34,15 @@ from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver
 from engine.records import Quality, Reading, Record, Value
 from plugins.mqtt.schema import payload as payload_kind
+from plugins.reach import refused_credentials, unreachable
 
 log = logging.getLogger(__name__)
 
 MALFORMED = "malformed"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 DEFAULT_TIMEOUT_S = 10.0
+CREDENTIALS_REFUSED = frozenset({4, 5, 134, 135})
+"""CONNACK codes of a refused user name or password (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135)."""
 EPOCH_MS_ABOVE = 100_000_000_000
 """Epoch numbers above this are milliseconds (as seconds it would be the year 5138)."""
 
@@ -195,7 +198,7 @@ class MqttSession:
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as error:
-            raise ConnectionError(f"{self.device}: cannot connect to broker: {error}") from error
+            raise self._refused(error) from error
         self._client = client
         try:
             for subscription in self._subscriptions.values():
@@ -231,6 +234,15 @@ class MqttSession:
             await self._drop()
 
     # --- internals ---
+
+    def _refused(self, error: aiomqtt.MqttError) -> ConnectionError:
+        """The one-line error of a failed connect: credentials, TLS, or the network."""
+        broker = str(self.endpoint["broker"])
+        code = getattr(error, "rc", None)
+        number = getattr(code, "value", code)
+        if isinstance(error, aiomqtt.MqttCodeError) and number in CREDENTIALS_REFUSED:
+            return refused_credentials(self.device, broker, str(code))
+        return unreachable(self.device, broker, error)
 
     def _new_client(self) -> aiomqtt.Client:
         broker = parse_broker(self.endpoint["broker"])

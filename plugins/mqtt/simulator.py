@@ -36,6 +36,7 @@ from engine.protocols import Fault, ValueAt
 from engine.records import Value
 from plugins.mqtt.schema import payload as payload_kind
 from plugins.mqtt.session import parse_broker
+from plugins.reach import cannot_serve, quiet
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,13 @@ class MqttSimulator:
             return
         broker = Broker(broker_config(*where))
         try:
-            await broker.start()
+            with quiet("amqtt.broker"):  # it logs a traceback; the error below says it all
+                await broker.start()
         except Exception as error:
             host, port = where
-            raise OSError(f"cannot start an MQTT broker on {host}:{port}: {error}") from error
+            served = ", ".join(d for d, at in self.endpoints.items() if at == where)
+            where_ = f"mqtt://{host}:{port}"
+            raise cannot_serve(f"{served} (mqtt)", where_, host, port, error) from error
         self._brokers[where] = broker
 
     async def _stop_broker(self, where: HostPort) -> None:

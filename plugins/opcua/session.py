@@ -34,6 +34,7 @@ from engine.errors import ConvergeError
 from engine.plans.body import PlanBody, ReadGroup
 from engine.protocols import Deliver
 from engine.records import Gap, GapReason, Quality, Reading, Record, Value
+from plugins.reach import refused_credentials, unreachable
 
 DEFAULT_TIMEOUT_MS = 4000
 
@@ -51,6 +52,15 @@ LOST_CONNECTION_CODES = frozenset(
     }
 )
 """Service results that mean the session is gone, not that the request was refused."""
+
+CREDENTIALS_REFUSED = frozenset(
+    {
+        StatusCodes.BadUserAccessDenied,
+        StatusCodes.BadIdentityTokenInvalid,
+        StatusCodes.BadIdentityTokenRejected,
+    }
+)
+"""Service results of a user name or password the server does not accept."""
 
 
 class MalformedValueError(ValueError):
@@ -185,11 +195,22 @@ class OpcUaSession:
         client = await self._new_client()
         try:
             await client.connect()
-        except UaError as exc:
-            raise ConnectionError(f"{self.device}: OPC UA session refused: {exc}") from exc
+        except TimeoutError:
+            raise
+        except UaStatusCodeError as exc:
+            raise self._refused(exc) from exc
+        except (UaError, OSError) as exc:
+            raise unreachable(self.device, str(self.endpoint["url"]), exc) from exc
         self._client, self._lost = client, False
         for requested in self._requested:
             await self._start_subscription(client, requested)
+
+    def _refused(self, exc: UaStatusCodeError) -> ConnectionError:
+        """The server's refusal in one line: the user, or the session as a whole."""
+        url = str(self.endpoint["url"])
+        if exc.code in CREDENTIALS_REFUSED:
+            return refused_credentials(self.device, url, str(exc))
+        return ConnectionError(f"{self.device} at {url}: OPC UA session refused ({exc})")
 
     async def _new_client(self) -> Client:
         client = Client(str(self.endpoint["url"]), timeout=self.timeout_s)

@@ -56,6 +56,7 @@ from engine.errors import ConvergeError
 from engine.model import Device
 from engine.protocols import Fault, ValueAt
 from engine.records import Value
+from plugins.reach import cannot_serve, quiet
 
 if TYPE_CHECKING:
     from asyncua.server.internal_server import InternalServer
@@ -196,7 +197,14 @@ class _DeviceServer:
         self.server.set_server_name(f"Converge simulator: {self.device.id}")
         await self._secure(urlparse(url).hostname or "localhost")
         await self._add_variables(value_at)
-        await self.server.start()
+        try:
+            with quiet("asyncua.server.server"):  # it logs a traceback; the error says it all
+                await self.server.start()
+        except OSError as error:
+            parts = urlparse(url)
+            host, port = parts.hostname or "localhost", parts.port or DEFAULT_PORT
+            what, where = f"{self.device.id} (opcua)", f"opc.tcp://{host}:{port}"
+            raise cannot_serve(what, where, host, port, error) from error
         await self._replace_listener()
 
     async def _secure(self, host: str) -> None:
@@ -322,8 +330,12 @@ class OpcUaSimulator:
         """Start every device's server, then the task that updates their values."""
         if self._ticker is not None:
             return
-        for server in self._servers.values():
-            await server.start(self._value_at)
+        try:
+            for server in self._servers.values():
+                await server.start(self._value_at)
+        except BaseException:
+            await self.stop()  # the servers started before the one that failed
+            raise
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:

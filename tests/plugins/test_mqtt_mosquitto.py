@@ -26,6 +26,7 @@ from engine.plans.format import read_plan
 from engine.records import Quality, Reading
 from engine.testkit import ProjectBuilder
 from plugins.mqtt.session import MqttSession
+from plugins.reach import CREDENTIALS
 
 BROKER = os.environ.get("CONVERGE_MOSQUITTO")
 if not BROKER and os.environ.get("CI"):
@@ -199,3 +200,23 @@ def test_no_password_in_the_environment_refuses_to_connect(
     error = asyncio.run(connect_fails(body))
     assert isinstance(error, ConvergeError)
     assert PASSWORD_ENV in str(error)
+
+
+@needs_tls
+def test_refused_credentials_and_tls_are_one_line_naming_the_device_and_broker(
+    converge_project, worker_id, monkeypatch
+):
+    """What the collector's connect-failed event says, for an operator to act on."""
+    monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
+    body = plan(converge_project, f"converge-tls-line/{worker_id}", TLS_BROKER, tls_endpoint())
+    error = asyncio.run(connect_fails(body))
+    assert str(error) == (f"{body.device.id} at {TLS_BROKER}: {CREDENTIALS} (Not authorized)")
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    body = plan(
+        converge_project, f"converge-tls-ca-line/{worker_id}", TLS_BROKER, tls_endpoint(False)
+    )
+    error = asyncio.run(connect_fails(body))
+    assert str(error).startswith(
+        f"{body.device.id} at {TLS_BROKER}: TLS: the server's certificate is not trusted ("
+    )
+    assert "\n" not in str(error)

@@ -327,10 +327,10 @@ def test_connect_without_a_broker_raises_oserror(site: Site) -> None:
     asyncio.run(main())
 
 
-def test_a_port_in_use_is_an_oserror(site: Site) -> None:
+def test_a_port_in_use_is_a_converge_error(site: Site) -> None:
     async def main() -> None:
         simulator = site.simulator()
-        with pytest.raises(OSError, match="cannot start"):
+        with pytest.raises(ConvergeError, match=r"cannot serve .* the port is in use"):
             await simulator.start()
         await simulator.stop()
 

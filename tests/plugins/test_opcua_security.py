@@ -34,6 +34,7 @@ from engine.testkit import plan_of
 from plugins.opcua.plan import plan_read_groups
 from plugins.opcua.session import OpcUaSession
 from plugins.opcua.simulator import OpcUaSimulator, security_policy_type
+from plugins.reach import CREDENTIALS
 
 TEST_LIMIT_S = 90
 """Generous: starting a server takes seconds of CPU, more on a loaded machine."""
@@ -243,5 +244,20 @@ def test_a_client_without_certificate_is_a_converge_error(monkeypatch):
         error = await refused_quickly(OpcUaSession(plan_for(endpoint)))
         assert isinstance(error, ConvergeError)
         assert "needs a certificate" in str(error)
+
+    run(test())
+
+
+def test_a_refused_password_is_one_line_naming_the_device_and_endpoint(monkeypatch, client_pki):
+    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+    endpoint = secured_endpoint(free_port())
+
+    async def test() -> None:
+        async with serving(endpoint):
+            monkeypatch.setenv(PASSWORD_ENV, "wrong")
+            error = await refused_quickly(OpcUaSession(plan_for({**endpoint, **client_pki})))
+        device = plan_for(endpoint).device.id
+        assert str(error).startswith(f"{device} at {endpoint['url']}: {CREDENTIALS} (")
+        assert "\n" not in str(error)
 
     run(test())

@@ -116,6 +116,7 @@ def _label_map(doc: Document, path: DocPath, key: str, locations: dict[str, Any]
     labels = value_at(doc.data, (*path, key)) or {}
     for label in labels:
         locations[f"{key}.{label}"] = doc.at((*path, key, label))
+        locations.update(item_locations(doc, (*path, key, label), f"{key}.{label}"))
     return {label: _names(values) for label, values in labels.items()}
 
 

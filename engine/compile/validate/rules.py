@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from difflib import get_close_matches
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -35,24 +36,42 @@ ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 CRON_FIELDS = "fields: minute hour day-of-month month day-of-week"
 _CRON_NOISE = re.compile(r"^\[.*?\]\s*(is not acceptable,?\s*)?")
 
+LAST_DAY = date(9999, 12, 30)
+"""The last date a waiver may end on: it ends at midnight after that day, which must exist."""
+
 DURATION_EXAMPLE = "a duration such as 5s or 90d"
 DATE_EXAMPLE = "a date such as 2027-03-31"
 
 
 def show(value: Any) -> str:
-    """A value as a user wrote it in YAML, short enough for one line."""
+    """A value as a user wrote it in YAML, on one line and short enough for a message."""
     if isinstance(value, str):
-        return f"'{value}'" if len(value) <= 60 else f"'{value[:57]}...'"
+        text = value if len(value) <= 60 else f"{value[:57]}..."
+        return f"'{_LINE_BREAKING.sub(_escaped, text)}'"
     if isinstance(value, bool) or value is None:
         return _YAML_WORDS[value]
     if isinstance(value, date):
         return value.isoformat(" ") if isinstance(value, datetime) else value.isoformat()
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
+    return _number(value)
+
+
+def _number(value: Any) -> str:
+    """A number as YAML writes it (``.nan``, ``-.inf``); a huge integer by its size."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
     return str(value)
 
 
 _YAML_WORDS: dict[bool | None, str] = {True: "true", False: "false", None: "null"}
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def glob_problem(pattern: str) -> str | None:
@@ -232,6 +251,12 @@ class ConvergeValidator(cerberus.Validator):  # type: ignore[misc]
     def _check_with_iso_date(self, field: str, value: Any) -> None:
         if isinstance(value, str) and not _is_iso_date(value):
             self._problem(field, "wrong-type", f" must be {DATE_EXAMPLE}, got {show(value)}")
+        elif _is_day(value) and parse_date(value) > LAST_DAY:
+            detail = (
+                f" must be {LAST_DAY.isoformat()} or earlier (the day after it must exist),"
+                f" got {show(value)}"
+            )
+            self._problem(field, "bad-value", detail)
 
     def _check_with_finite(self, field: str, value: Any) -> None:
         if _is_number(value) and not math.isfinite(value):
@@ -240,6 +265,37 @@ class ConvergeValidator(cerberus.Validator):  # type: ignore[misc]
     def _check_with_positive(self, field: str, value: Any) -> None:
         if _is_number(value) and math.isfinite(value) and value <= 0:
             self._problem(field, "bad-value", f" must be greater than 0, got {show(value)}")
+
+
+class _Refused(Exception):
+    """A check of the probe failed (never leaves this module)."""
+
+
+class _Probe(ConvergeValidator):
+    """Runs one ``check_with`` check on one value and says only whether it passed."""
+
+    def _problem(self, field: str, code: str, detail: str) -> None:
+        raise _Refused
+
+
+_PROBE = _Probe({})
+
+
+@cache
+def check_with(name: str) -> Callable[[Any], bool] | None:
+    """The ``check_with`` check ``name`` as a predicate, for the fast acceptor (fastcheck)."""
+    method = getattr(_PROBE, f"_check_with_{name}", None)
+    if method is None:
+        return None
+
+    def passes(value: Any) -> bool:
+        try:
+            method("value", value)
+        except _Refused:
+            return False
+        return True
+
+    return passes
 
 
 def _is_number(value: Any) -> bool:
@@ -251,6 +307,13 @@ def _zone_hint(name: str) -> str:
     if close:
         return f" (did you mean '{close[0]}'?)"
     return " (such as Europe/Zurich or UTC)"
+
+
+def _is_day(value: Any) -> bool:
+    """A date (not a time) or the ISO text of one."""
+    if isinstance(value, str):
+        return _is_iso_date(value)
+    return isinstance(value, date) and not isinstance(value, datetime)
 
 
 def _is_iso_date(text: str) -> bool:

@@ -29,6 +29,7 @@ from engine.compile.validate.rules import (
     DURATION_EXAMPLE,
     PROBLEM,
     ConvergeValidator,
+    check_with,
     show,
 )
 from engine.errors import Finding, Location, error
@@ -121,7 +122,7 @@ class _Leaf:
         key = self.path[-1]
         allowed = [str(k) for k in walk(self.schema, self.err.schema_path)]
         where = f" in {dotted(self.path[:-1])}" if len(self.path) > 1 else ""
-        message = f"unknown key '{key}'{where}{suggestion(key, allowed)}"
+        message = f"unknown key {show(key)}{where}{suggestion(key, allowed)}"
         return error(self.doc.key_at(self.path), "unknown-key", message)
 
     def missing(self) -> Finding:
@@ -295,8 +296,8 @@ def run(
     ``normalize=False`` skips applying defaults, for schemas that have none.
     Raises :class:`cerberus.SchemaError` when ``schema`` itself is malformed.
     """
-    validator, accept = _validator(schema)
-    if accept is not None and (normalize or not _has_defaults(schema)):
+    validator, accept = _validator(schema, normalize)
+    if accept is not None:
         accepted = accept(data)
         if accepted is not None:
             return [], accepted
@@ -310,18 +311,22 @@ def run(
     return problems(validator._errors, schema, doc, base), dict(validator.document or {})
 
 
-_VALIDATORS: dict[int, tuple[Mapping[str, Any], ConvergeValidator, Accept | None]] = {}
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], ConvergeValidator, Accept | None, bool]] = {}
 
 
-def _validator(schema: Mapping[str, Any]) -> tuple[ConvergeValidator, Accept | None]:
+def _validator(
+    schema: Mapping[str, Any], normalize: bool
+) -> tuple[ConvergeValidator, Accept | None]:
     """One validator per schema object (building one checks the whole schema, which is
-    slow), and the fast acceptor of valid documents when the schema is simple enough."""
+    slow), and the fast acceptor of valid documents when the schema is simple enough
+    (not when defaults are not to be applied but the schema has some)."""
     cached = _VALIDATORS.get(id(schema))
     if cached is None or cached[0] is not schema:
         validator = ConvergeValidator(schema)
-        accept = compile_schema(schema, validator.types_mapping)
-        cached = _VALIDATORS[id(schema)] = (schema, validator, accept)
-    return cached[1], cached[2]
+        accept = compile_schema(schema, validator.types_mapping, check_with)
+        cached = _VALIDATORS[id(schema)] = (schema, validator, accept, _has_defaults(schema))
+    _, validator, accept, defaults = cached
+    return validator, (accept if normalize or not defaults else None)
 
 
 def _has_defaults(schema: Mapping[str, Any]) -> bool:

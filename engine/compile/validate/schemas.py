@@ -256,19 +256,22 @@ PRINCIPALS: Schema = {
 
 SCHEMAS: dict[str, Schema] = {"policy": POLICY, "site": SITE, "principals": PRINCIPALS}
 
-SITE_SHAPE: Schema = {
-    **SITE,
-    "devices": list_of(
-        {
-            **DEVICE,
-            "points": _described(
-                {"type": "list", "required": True, "empty": False, "schema": {"type": "dict"}},
-                "the device's points",
-            ),
-        },
-        "the site's devices",
-        required=True,
+DEVICE_SHAPE: Schema = {
+    **DEVICE,
+    "points": _described(
+        {"type": "list", "required": True, "empty": False, "schema": {"type": "dict"}},
+        "the device's points",
     ),
 }
-"""``SITE`` with each point only checked to be a mapping: validate_site checks points
+"""``DEVICE`` with each point only checked to be a mapping: validate_site checks points
 one by one against ``POINT``, memoised, since large sites repeat the same points."""
+
+SITE_SHAPE: Schema = {
+    **SITE,
+    "devices": _described(
+        {"type": "list", "required": True, "schema": {"type": "dict"}}, "the site's devices"
+    ),
+}
+"""``SITE`` with each device only checked to be a mapping: validate_site checks devices
+one by one against ``DEVICE_SHAPE``, so that the cost of a site is the sum of its devices'
+(cerberus only for a broken one), whatever their number."""

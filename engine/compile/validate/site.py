@@ -5,20 +5,27 @@ shape belongs to the device's protocol plugin: each is validated with the
 plugin's schema (its defaults applied), and every schema-valid address is
 then given to the plugin's ``converge_check_address``. A broken device is
 left out of the site and the other devices are kept; a problem outside the
-devices (site id, time zone, ...) leaves the whole site out.
+devices (site id, time zone, ...) leaves the whole site out. Last, the
+plugins look at each valid device's points all together
+(:mod:`engine.compile.validate.inventory`): overlapping addresses are site
+errors whether or not a policy governs the points.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import cerberus
 import pluggy
 
 from engine.compile.load import DocPath, Document
+from engine.compile.validate.inventory import inventory_problems
+from engine.compile.validate.rules import show
 from engine.compile.validate.schema_errors import (
     Problem,
     dotted,
@@ -27,7 +34,7 @@ from engine.compile.validate.schema_errors import (
     suggestion,
     value_at,
 )
-from engine.compile.validate.schemas import POINT, SITE_SHAPE
+from engine.compile.validate.schemas import DEVICE_SHAPE, POINT, SITE_SHAPE
 from engine.durations import parse_duration
 from engine.errors import Finding, PluginError, error
 from engine.model import Device, Limits, Point, Site
@@ -45,6 +52,8 @@ def check_site(
     if not isinstance(doc.data, dict):
         return None, [not_a_mapping(doc, "site", "site")]
     found, _ = run(SITE_SHAPE, doc.data, doc)
+    for index, raw in _device_items(doc.data):
+        found += run(DEVICE_SHAPE, raw, doc, ("devices", index), normalize=False)[0]
     found += _check_points(doc)
     plugin_found, normalized = _run_plugins(doc, pm, protocols)
     found += plugin_found + _duplicate_devices(doc) + _duplicate_points(doc)
@@ -53,6 +62,7 @@ def check_site(
     if None in broken:
         return None, findings
     devices = [_device(doc, i, n) for i, n in normalized.items() if i not in broken]
+    findings += inventory_problems(devices, pm)
     site = Site(
         id=doc.data["site"],
         timezone=doc.data["timezone"],
@@ -206,7 +216,7 @@ def _plugin_validate(
     if schema is None:
         return [], dict(value)
     try:
-        return run(schema, copy.deepcopy(value), doc, path)
+        found, normalized = run(schema, copy.deepcopy(value), doc, path)
     except cerberus.SchemaError as exc:
         detail = " ".join(str(exc).split())
         message = (
@@ -214,6 +224,20 @@ def _plugin_validate(
             f" is unusable: {detail}"
         )
         return [Problem(path, error(doc.at(path), f"{part}-invalid", message))], {}
+    return found or list(_not_finite(doc, path, normalized)), normalized
+
+
+def _not_finite(doc: Document, path: DocPath, value: Any) -> Iterator[Problem]:
+    """A problem at every NaN or infinity in ``value``: a plan holds finite numbers only."""
+    if isinstance(value, float) and not math.isfinite(value):
+        message = f"{dotted(path)} must be a finite number, got {show(value)}"
+        yield Problem(path, error(doc.at(path), "bad-value", message))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _not_finite(doc, (*path, key), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _not_finite(doc, (*path, index), item)
 
 
 def _check_address(

@@ -1,0 +1,361 @@
+"""Collection health: per device, point and period, the slots a plan promised and what filled them.
+
+The one computation behind ``converge audit gaps`` and the report's health
+section (docs/report.md says where each number comes from):
+
+- **scheduled**: the slots of the point's schedule (the plan in force: a
+  polled group's ``every_ms``/``cron``, a subscribed point's own capture) from
+  the device's first slot on record to its last; where the device has records
+  before (after) the range asked, from (to) the range's edge. A collector
+  records every slot while it runs and, when it starts again, the slots it
+  missed (``shutdown`` gaps), so between those two every slot should be filled;
+- **readings**: readings with a ``scheduled_at`` (they fill a slot);
+- **extra**: readings without one (on change, subscription deliveries);
+- **gaps**: the slots of gap records, by reason (a gap record of a run of slots
+  counts its ``slots``, split over the periods its slots fall in);
+- **unaccounted**: scheduled − readings − gaps: slots nothing on record
+  accounts for (below zero, more records than slots).
+
+Periods are UTC buckets of ``bucket_ms`` (a day for ``audit gaps``; finer for
+the report's chart, which sums them into days for its table).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection
+
+from engine.access.data import Range
+from engine.collect.runtime import CollectConfig
+from engine.collect.scheduler import Schedule, group_schedule, interval_slot
+from engine.plans.body import PlanBody
+from engine.records import GapReason
+from engine.report import stored
+from engine.store import data
+
+DAY_MS = 86_400_000
+FALLBACK_MS = CollectConfig().fallback_every_ms
+"""How often a collector polls a group of on-change-only points (the run's default)."""
+
+REASONS = tuple(r.value for r in GapReason)
+CSV_COLUMNS = ("device", "point", "day", "scheduled", "readings", "gaps", *REASONS)
+CSV_COLUMNS += ("unaccounted", "extra")
+"""The columns of ``converge audit gaps --format csv``: a gap reason's column counts its slots."""
+
+Key = tuple[str, str, int]
+"""(device, point, start of the period in ms since the epoch)."""
+
+
+@dataclass
+class Tally:
+    """What one point's slots in one period hold."""
+
+    scheduled: int = 0
+    readings: int = 0
+    extra: int = 0
+    gaps: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def gap_slots(self) -> int:
+        return sum(self.gaps.values())
+
+    @property
+    def unaccounted(self) -> int:
+        return self.scheduled - self.readings - self.gap_slots
+
+    def add(self, other: Tally) -> None:
+        self.scheduled += other.scheduled
+        self.readings += other.readings
+        self.extra += other.extra
+        self.gaps.update(other.gaps)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the completeness view: a point's tally over one period."""
+
+    device: str
+    point: str
+    start_ms: int
+    tally: Tally
+
+    @property
+    def day(self) -> str:
+        return datetime.fromtimestamp(self.start_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as ``converge audit gaps --format json`` prints it (docs/cli.md)."""
+        t = self.tally
+        return {
+            "device": self.device,
+            "point": self.point,
+            "day": self.day,
+            "scheduled": t.scheduled,
+            "readings": t.readings,
+            "gaps": t.gap_slots,
+            "reasons": dict(sorted(t.gaps.items())),
+            "unaccounted": t.unaccounted,
+            "extra": t.extra,
+        }
+
+    def as_csv(self) -> list[str | int]:
+        """The row's :data:`CSV_COLUMNS`."""
+        t = self.tally
+        head: list[str | int] = [self.device, self.point, self.day]
+        head += [t.scheduled, t.readings, t.gap_slots, *(t.gaps.get(r, 0) for r in REASONS)]
+        return [*head, t.unaccounted, t.extra]
+
+
+@dataclass
+class Health:
+    """Tallies by device, point and period of ``bucket_ms``."""
+
+    bucket_ms: int
+    tallies: dict[Key, Tally] = field(default_factory=dict)
+
+    def at(self, device: str, point: str, moment_ms: int) -> Tally:
+        key = (device, point, moment_ms // self.bucket_ms * self.bucket_ms)
+        found = self.tallies.get(key)
+        if found is None:
+            found = self.tallies[key] = Tally()
+        return found
+
+    def rows(self, bucket_ms: int = DAY_MS) -> list[Row]:
+        """Every (device, point, period) with anything to show, in periods of ``bucket_ms`` (a
+        multiple of :attr:`bucket_ms`), sorted."""
+        summed: dict[Key, Tally] = {}
+        for (device, point, start), tally in self.tallies.items():
+            key = (device, point, start // bucket_ms * bucket_ms)
+            summed.setdefault(key, Tally()).add(tally)
+        return [Row(*key, tally) for key, tally in sorted(summed.items())]
+
+    def timeline(self, device: str, bucket_ms: int) -> list[tuple[int, Tally]]:
+        """The device's points summed per period of ``bucket_ms``, in time order."""
+        summed: dict[int, Tally] = {}
+        for row in self.rows(bucket_ms):
+            if row.device == device:
+                summed.setdefault(row.start_ms, Tally()).add(row.tally)
+        return sorted(summed.items())
+
+    def totals(self, device: str) -> dict[str, Tally]:
+        """The device's points, each summed over every period."""
+        summed: dict[str, Tally] = {}
+        for (name, point, _), tally in self.tallies.items():
+            if name == device:
+                summed.setdefault(point, Tally()).add(tally)
+        return summed
+
+
+def health(
+    conn: Connection,
+    wanted: Mapping[str, Collection[str] | None],
+    span: Range,
+    bucket_ms: int = DAY_MS,
+) -> Health:
+    """The tallies of ``wanted`` (device: its points, ``None`` for all its plans' points) in
+    ``span``, by periods of ``bucket_ms`` (which divides a day, or is a multiple of one)."""
+    out = Health(bucket_ms)
+    for device, points in sorted(wanted.items()):
+        _Device(conn, device, points, span, out).tally()
+    return out
+
+
+def to_ms(moment: str) -> int:
+    """An instant (``2026-06-01T12:00:05.000000Z``) as milliseconds since the epoch."""
+    return int(datetime.fromisoformat(moment).timestamp() * 1000)
+
+
+class _Device:
+    """The tallies of one device: its records, then the slots its plans promised."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        device: str,
+        points: Collection[str] | None,
+        span: Range,
+        out: Health,
+    ) -> None:
+        self.conn, self.device, self.span, self.out = conn, device, span, out
+        self.batches = data.batches(conn, device, span.start, span.end)
+        self.plans = _plans(conn, device, self.batches)
+        everything = {p.name for plan in self.plans.values() for p in plan.points}
+        self.points = everything if points is None else set(points)
+        self.lo = None if span.start is None else to_ms(span.start)
+        self.hi = None if span.end is None else to_ms(span.end)
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def tally(self) -> None:
+        for batch in self.batches:
+            plan = self.plans.get(batch.plan_digest)
+            for _, leaf in data.leaves(self.conn, batch.id):
+                self._record(json.loads(leaf), plan)
+        if self.span.start is not None:  # runs of slots that began before the range
+            for digest, leaf in stored.gap_runs_into(self.conn, self.device, self.span.start):
+                self._record(
+                    json.loads(leaf), self.plans.get(digest) or data.plan(self.conn, digest)
+                )
+        self._scheduled()
+
+    def _record(self, record: dict[str, Any], plan: PlanBody | None) -> None:
+        point = record.get("point")
+        if point not in self.points:
+            return
+        slot = record.get("scheduled_at")
+        if record.get("type") == "gap":
+            self._gap(record, point, plan)
+        elif slot is None:
+            if self.span.holds(record["collected_at"]):
+                self.out.at(self.device, point, to_ms(record["collected_at"])).extra += 1
+        elif self.span.holds(slot):
+            at = to_ms(slot)
+            self.out.at(self.device, point, at).readings += 1
+            self._seen(at, at + 1)
+
+    def _gap(self, record: dict[str, Any], point: str, plan: PlanBody | None) -> None:
+        first = to_ms(record["scheduled_at"])
+        last = to_ms(record.get("last_scheduled_at") or record["scheduled_at"])
+        lo, hi = self._clip(first, last + 1)
+        if hi <= lo:
+            return
+        schedule = None if plan is None else schedules(plan).get(point)
+        slots = int(record.get("slots", 1))
+        for start, n in spread((first, last, slots), schedule, (lo, hi), self.out.bucket_ms):
+            self.out.at(self.device, point, start).gaps[record["reason"]] += n
+        self._seen(lo, hi)
+
+    def _clip(self, lo: int, hi: int) -> tuple[int, int]:
+        """``[lo, hi)`` within the range asked."""
+        low = lo if self.lo is None else max(lo, self.lo)
+        return low, (hi if self.hi is None else min(hi, self.hi))
+
+    def _seen(self, lo: int, hi: int) -> None:
+        """Slots in ``[lo, hi)`` are on record."""
+        self.first = lo if self.first is None else min(self.first, lo)
+        self.last = hi if self.last is None else max(self.last, hi)
+
+    def _scheduled(self) -> None:
+        """Add the slots each point's plan promised between the device's first and last slot
+        on record (the range's edges where it has records beyond them)."""
+        if self.lo is not None and stored.batch_before(self.conn, self.device, self.span.start):
+            self.first = self.lo
+        if self.hi is not None and stored.batch_after(self.conn, self.device, self.span.end):
+            self.last = self.hi
+        if self.first is None or self.last is None:
+            return
+        for plan, start, end in _segments(self.batches, self.plans):
+            lo, hi = max(self.first, start), min(self.last, end)
+            for point, schedule in schedules(plan).items():
+                if point in self.points:
+                    for at, n in bin_slots(schedule, lo, hi, self.out.bucket_ms):
+                        self.out.at(self.device, point, at).scheduled += n
+
+
+def _plans(
+    conn: Connection, device: str, batches: Iterable[data.StoredBatch]
+) -> dict[str, PlanBody]:
+    """The plans the batches name (those that parse), else the device's latest plan."""
+    found = {d: data.plan(conn, d) for d in {b.plan_digest for b in batches}}
+    plans = {d: p for d, p in found.items() if p is not None}
+    if not found:
+        latest = data.latest_plan(conn, device)
+        plans = {} if latest is None else {latest.digest: latest}
+    return plans
+
+
+ALWAYS = (-(2**62), 2**62)
+"""Milliseconds before and after any record."""
+
+
+def _segments(
+    batches: Iterable[data.StoredBatch], plans: Mapping[str, PlanBody]
+) -> Iterator[tuple[PlanBody, int, int]]:
+    """(plan, from, until) in ms: a plan is in force from its first batch's window on, until the
+    next plan's first batch (the first plan since ever, the last for ever)."""
+    changes: list[tuple[int, str]] = []
+    for batch in batches:
+        if not changes or changes[-1][1] != batch.plan_digest:
+            changes.append((to_ms(batch.window_start), batch.plan_digest))
+    if not changes:
+        changes = [(ALWAYS[0], digest) for digest in plans]
+    starts = [ALWAYS[0]] + [at for at, _ in changes[1:]]
+    ends = [at for at, _ in changes[1:]] + [ALWAYS[1]]
+    for start, (_, digest), end in zip(starts, changes, ends, strict=True):
+        plan = plans.get(digest)
+        if plan is not None:
+            yield plan, start, end
+
+
+_SCHEDULES: dict[str, dict[str, Schedule]] = {}
+
+
+def schedules(plan: PlanBody) -> dict[str, Schedule]:
+    """Each point of ``plan`` that has slots, with its schedule: a polled group's points share
+    the group's; a subscribed point has its own capture's (none when on change only)."""
+    if plan.digest not in _SCHEDULES:
+        zone = ZoneInfo(plan.timezone)
+        found: dict[str, Schedule] = {}
+        for group in plan.read_groups:
+            if group.polled:
+                schedule = group_schedule(group, plan.point, plan.timezone, FALLBACK_MS)
+                found.update((name, schedule) for name in group.points)
+                continue
+            for name in group.points:
+                capture = plan.point[name].capture
+                if capture.every_ms or capture.cron:
+                    found[name] = Schedule(capture.every_ms, capture.cron, zone)
+        _SCHEDULES[plan.digest] = found
+    return _SCHEDULES[plan.digest]
+
+
+def bin_slots(schedule: Schedule, lo: int, hi: int, bucket_ms: int) -> Iterator[tuple[int, int]]:
+    """(period start, slots) of ``schedule``'s slots in ``[lo, hi)``, by periods of
+    ``bucket_ms``: counted for an interval, walked for cron."""
+    if hi <= lo:
+        return
+    if schedule.every_ms and not schedule.cron:
+        start = lo // bucket_ms * bucket_ms
+        while start < hi:
+            n = _interval_slots(schedule.every_ms, max(lo, start), min(hi, start + bucket_ms))
+            if n:
+                yield start, n
+            start += bucket_ms
+        return
+    counts: Counter[int] = Counter()
+    slot = schedule.first_at_or_after(lo)
+    while slot < hi:
+        counts[slot // bucket_ms * bucket_ms] += 1
+        slot = schedule.next_after(slot)
+    yield from sorted(counts.items())
+
+
+def _interval_slots(every_ms: int, lo: int, hi: int) -> int:
+    """How many multiples of ``every_ms`` lie in ``[lo, hi)``."""
+    first = interval_slot(lo - 1, every_ms) + every_ms
+    last = interval_slot(hi - 1, every_ms)
+    return max(0, (last - first) // every_ms + 1)
+
+
+def spread(
+    run: tuple[int, int, int], schedule: Schedule | None, within: tuple[int, int], bucket_ms: int
+) -> Iterator[tuple[int, int]]:
+    """(period start, slots) of a gap record's ``run`` (first slot, last slot, how many) in
+    ``within``: by its point's schedule; all in its first slot's period when the schedule does
+    not give as many slots (a plan whose schedule the record does not follow)."""
+    first, last, slots = run
+    if schedule is not None and slots > 1 and _count(schedule, first, last + 1) == slots:
+        yield from bin_slots(schedule, *within, bucket_ms)
+    elif within[0] <= first < within[1]:
+        yield first // bucket_ms * bucket_ms, slots
+
+
+def _count(schedule: Schedule, lo: int, hi: int) -> int:
+    return sum(n for _, n in bin_slots(schedule, lo, hi, DAY_MS))

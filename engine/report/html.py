@@ -1,0 +1,61 @@
+"""HTML from data with everything escaped: a value becomes markup only through :func:`esc`.
+
+Point names, gap details, principal names and policy reasons come from
+devices, sites and people; a ``<script>`` in any of them must show as text.
+:class:`Safe` marks markup these helpers made; anything else is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Collection, Iterable, Sequence
+
+
+class Safe(str):
+    """Markup made by these helpers (escaped already)."""
+
+    __slots__ = ()
+
+
+def esc(value: object) -> Safe:
+    """``value`` as text in HTML (markup made here passes as it is)."""
+    if isinstance(value, Safe):
+        return value
+    return Safe(html.escape("" if value is None else str(value), quote=True))
+
+
+def el(tag: str, *children: object, **attrs: object) -> Safe:
+    """``<tag attrs>children</tag>``; ``class_`` names the class attribute."""
+    said = "".join(
+        f' {name.rstrip("_").replace("_", "-")}="{esc(value)}"'
+        for name, value in attrs.items()
+        if value is not None
+    )
+    return Safe(f"<{tag}{said}>{join(children)}</{tag}>")
+
+
+def join(parts: Iterable[object]) -> Safe:
+    return Safe("".join(esc(part) for part in parts))
+
+
+def table(
+    head: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    numeric: Collection[int] = (),
+    empty: str = "none",
+) -> Safe:
+    """A table, or ``empty`` in a paragraph when there is no row; columns in ``numeric`` align
+    right."""
+
+    def cell(tag: str, i: int, value: object) -> Safe:
+        return el(tag, value, class_="n" if i in numeric else None)
+
+    body = [el("tr", *(cell("td", i, v) for i, v in enumerate(row))) for row in rows]
+    if not body:
+        return el("p", empty, class_="none")
+    header = el("thead", el("tr", *(cell("th", i, h) for i, h in enumerate(head))))
+    return el("table", header, el("tbody", *body))
+
+
+def count(n: int) -> str:
+    return f"{n:,}"

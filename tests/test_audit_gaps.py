@@ -1,0 +1,170 @@
+"""`converge audit gaps`: per device, point and UTC day, the slots a plan promised and what filled
+them, as a user counts them, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from evidence_kit import Site, collect, open_store, verify
+
+from engine.cli import main
+from engine.collect.scheduler import Schedule
+from engine.records import Gap, GapReason, Reading, Record
+from engine.report.health import DAY_MS, bin_slots, spread
+from engine.store.spool import Spool
+
+DEVICE = "reactor-1-plc"
+MIDNIGHT = (datetime.now(UTC) - timedelta(days=1)).replace(
+    hour=0, minute=0, second=0, microsecond=0
+)
+START = MIDNIGHT - timedelta(minutes=2)
+"""Two minutes before yesterday's (UTC) midnight; three after it the records end."""
+STOPPED = (MIDNIGHT - timedelta(seconds=30), MIDNIGHT + timedelta(minutes=1))
+"""The device refused connections for these 90 seconds."""
+LOST = (MIDNIGHT + timedelta(minutes=2), MIDNIGHT + timedelta(seconds=150))
+"""Nothing at all is on record for these 30 seconds."""
+END = MIDNIGHT + timedelta(minutes=3)
+
+
+def plant_records(site: Site) -> Iterator[Record]:
+    """Every slot of every polled group of the device from START to END: a reading, a refused
+    gap while it was stopped, nothing while records were lost."""
+    plan = next(p for p in site.plans if p.device.id == DEVICE)
+    for group in plan.read_groups:
+        every = timedelta(milliseconds=group.spec["every_ms"])
+        at = START
+        while at < END:
+            for i, point in enumerate(group.points):
+                if STOPPED[0] <= at < STOPPED[1]:
+                    yield Gap(DEVICE, point, at, GapReason.REFUSED, "connection refused")
+                elif not LOST[0] <= at < LOST[1]:
+                    yield Reading(DEVICE, point, at + timedelta(milliseconds=12), 20.5 + i,
+                                  scheduled_at=at)  # fmt: skip
+            at += every
+
+
+@pytest.fixture
+def stopped_store(evidence_site, backend, tmp_path) -> str:
+    """A store of the device's records around midnight, with its stop and the lost stretch."""
+    store = open_store(evidence_site, backend, witness=tmp_path / "witness.jsonl")
+    spool = Spool(tmp_path / "spool.db")
+    asyncio.run(collect(evidence_site, store, spool, list(plant_records(evidence_site))))
+    spool.close()
+    assert verify(evidence_site, store, tmp_path).ok
+    store.close()
+    return backend
+
+
+def gaps(capsys: pytest.CaptureFixture[str], db: str, *more: str, form: str = "json") -> str:
+    capsys.readouterr()
+    assert main(["audit", "gaps", "--db", db, *more, "--format", form]) == 0
+    return capsys.readouterr().out
+
+
+def by_day(out: str) -> dict[tuple[str, str], dict[str, object]]:
+    rows = [json.loads(line) for line in out.splitlines()]
+    return {(row["point"], row["day"]): row for row in rows}
+
+
+def test_a_stopped_device_shows_its_gap_reason_and_counts_per_day(
+    stopped_store, capsys, evidence_site
+):
+    rows = by_day(gaps(capsys, stopped_store, "--device", DEVICE))
+    day0, day1 = (MIDNIGHT - timedelta(days=1)).date().isoformat(), MIDNIGHT.date().isoformat()
+    # every 5 s: 24 slots before midnight (the last 6 refused), 36 after it up to the last
+    # record at 00:02:55 (12 refused, then 6 with nothing on record)
+    assert rows[("TT101_PV", day0)] == {
+        "device": DEVICE,
+        "point": "TT101_PV",
+        "day": day0,
+        "scheduled": 24,
+        "readings": 18,
+        "gaps": 6,
+        "reasons": {"refused": 6},
+        "unaccounted": 0,
+        "extra": 0,
+    }
+    after = rows[("TT101_PV", day1)]
+    assert (after["scheduled"], after["readings"], after["reasons"], after["unaccounted"]) == (
+        36,
+        18,
+        {"refused": 12},
+        6,
+    )
+    # every minute: 23:58 and 23:59 read; 00:00 refused, 00:01 read, 00:02 lost
+    agitator = rows[("AGITATOR_RUN", day1)]
+    assert (agitator["scheduled"], agitator["readings"], agitator["reasons"]) == (
+        3,
+        1,
+        {"refused": 1},
+    )
+    assert agitator["unaccounted"] == 1
+    assert rows[("AGITATOR_RUN", day0)]["readings"] == 2
+    plan = next(p for p in evidence_site.plans if p.device.id == DEVICE)
+    assert {point for point, _ in rows} == {p.name for p in plan.points}
+
+
+def test_a_range_counts_the_slots_up_to_its_edges(stopped_store, capsys):
+    frm, to = MIDNIGHT.isoformat(), (MIDNIGHT + timedelta(minutes=1)).isoformat()
+    rows = by_day(gaps(capsys, stopped_store, "--from", frm, "--to", to))
+    assert {day for _, day in rows} == {MIDNIGHT.date().isoformat()}
+    row = rows[("TT101_PV", MIDNIGHT.date().isoformat())]
+    assert (row["scheduled"], row["readings"], row["reasons"], row["unaccounted"]) == (
+        12,
+        0,
+        {"refused": 12},
+        0,
+    )
+    # from 00:02 on, records lie before the range: its first 30 s are unaccounted
+    late = by_day(gaps(capsys, stopped_store, "--from", LOST[0].isoformat()))
+    row = late[("TT101_PV", MIDNIGHT.date().isoformat())]
+    assert (row["scheduled"], row["readings"], row["unaccounted"]) == (12, 6, 6)
+
+
+def test_csv_and_table_say_the_same(stopped_store, capsys):
+    table = gaps(capsys, stopped_store, "--device", DEVICE, form="csv")
+    rows = list(csv.DictReader(io.StringIO(table)))
+    row = next(
+        r for r in rows if r["point"] == "TT101_PV" and r["day"] == MIDNIGHT.date().isoformat()
+    )
+    assert (row["scheduled"], row["readings"], row["refused"], row["unaccounted"]) == (
+        "36",
+        "18",
+        "12",
+        "6",
+    )
+    text = gaps(capsys, stopped_store, "--device", DEVICE, form="table")
+    assert "TT101_PV" in text and "refused 12" in text
+
+
+def test_an_empty_store_has_no_rows(tmp_path, capsys, evidence_site):
+    open_store(evidence_site, str(tmp_path / "empty.db")).close()
+    assert gaps(capsys, str(tmp_path / "empty.db"), form="table").strip() == "no records"
+
+
+def test_a_run_of_slots_is_split_over_the_days_its_slots_fall_in():
+    every_5s = Schedule(5000, (), ZoneInfo("UTC"))
+    midnight = int(MIDNIGHT.timestamp() * 1000)
+    first, last = midnight - 60_000, midnight + 55_000  # 12 slots before midnight, 12 after
+    run = (first, last, 24)
+    assert dict(spread(run, every_5s, (first, last + 1), DAY_MS)) == {
+        midnight - DAY_MS: 12,
+        midnight: 12,
+    }
+    assert dict(spread(run, every_5s, (midnight, last + 1), DAY_MS)) == {midnight: 12}
+    # a run the schedule does not explain counts whole, on its first slot's day
+    assert dict(spread((first, last, 7), every_5s, (first, last + 1), DAY_MS)) == {
+        midnight - DAY_MS: 7
+    }
+    assert list(bin_slots(every_5s, midnight, midnight + 60_000, 20_000)) == [
+        (midnight, 4),
+        (midnight + 20_000, 4),
+        (midnight + 40_000, 4),
+    ]
