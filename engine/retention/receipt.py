@@ -12,6 +12,7 @@ import base64
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from engine.retention.select import Selection
@@ -48,8 +49,8 @@ def payload(
         "window_end": batch.window_end,
         "count": len(removed),
         "remaining": selection.remaining,
-        "positions": runs(p for p, _ in removed),
-        "leaf_hashes": base64.b64encode(b"".join(h for _, h in removed)).decode(),
+        "positions": runs(map(itemgetter(0), removed)),
+        "leaf_hashes": base64.b64encode(b"".join(map(itemgetter(1), removed))).decode(),
         "points": [
             {"device": batch.device, "point": name, "count": n}
             for name, n in sorted(points.items())

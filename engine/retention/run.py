@@ -5,7 +5,15 @@ The order is what makes a run safe to kill at any instant:
 1. take the store's retention lock (one run at a time; a second refuses);
 2. make sure the log's key can sign (asked now, not after deleting);
 3. verify the store (:func:`engine.verify.verify_store`): nothing is deleted
-   from a store that does not verify;
+   from a store that does not verify. Everything is checked whole (the audit
+   log, checkpoints and tail, plans, batches, chains, receipts and holds) but
+   the records, which are rehashed only in the batches the run will delete
+   from. That is what the run relies on or touches: it signs a checkpoint over
+   the whole log, decides by plans and holds, and deletes from those batches.
+   Records of a batch it does not touch are neither read, changed nor signed
+   by it (a checkpoint signs the log, and the batch's root is in its verified
+   statement and entry), so a tamper there is as visible to ``audit verify``
+   after the run as before it;
 4. for each batch with expired records: in **one transaction** (holding the
    store's write lock) re-read the holds in force and the batch's records,
    check they still hash to its signed root, choose what goes
@@ -19,6 +27,7 @@ The order is what makes a run safe to kill at any instant:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -35,7 +44,7 @@ from engine.retention import archive, receipt
 from engine.retention.archive import Archived, archives
 from engine.retention.select import Selection, select
 from engine.sign.leaf import instant
-from engine.sign.merkle import leaf_hash, root_of_hashes
+from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
 from engine.store import auditlog, data
 from engine.store.retention import (
     BatchRef,
@@ -116,8 +125,8 @@ def apply(store: Store, job: Job) -> Outcome:
     outcome = Outcome(receipt.Run(str(uuid.uuid4()), instant(started)), started)
     with retention_lock(store.engine):
         seal_with(job.keys, store.audit_key, started)
-        _verified(store, job)
         work = list(candidates(store, started))
+        _verified(store, job, [batch.id for batch, _ in work])
         archived = _archive(store, job, work)
         try:
             for batch, plan in work:
@@ -156,8 +165,11 @@ def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> A
     return archive.write(store, job.keys, job.actor, job.archives, chosen)
 
 
-def _verified(store: Store, job: Job) -> None:
-    report = verify_store(store, job.trust, audit_key=store.audit_key, workers=job.workers)
+def _verified(store: Store, job: Job, touched: list[int]) -> None:
+    """The store verifies, the records of the batches ``touched`` included (see the module)."""
+    report = verify_store(
+        store, job.trust, audit_key=store.audit_key, workers=job.workers, records_of=touched
+    )
     if not report.ok:
         first = report.problems[0]
         count = len(report.problems)
@@ -210,7 +222,8 @@ def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
         at = datetime.now(UTC)
         held = holds(conn, in_force=True)
         positions, leaves = data.batch_records(conn, batch.id)
-        hashes = list(map(leaf_hash, leaves))
+        sha256 = hashlib.sha256
+        hashes = [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
         _check_root(batch, (positions, hashes), erased(conn, batch.id))
         selection = select(batch, plan, held, (positions, leaves), at)
         kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def erase(
     """Delete the records at the (position, leaf hash) ``removed`` of a batch, keeping their
     positions and hashes as receipt ``receipt``'s erasure; ``whole``: every record the batch
     still holds goes. In the caller's transaction, beside the receipt."""
-    positions = [p for p, _ in removed]
+    positions = list(map(itemgetter(0), removed))
     for table in (READINGS, GAPS):
         gone = delete(table).where(table.c.batch_id == batch_id)
         if whole:
@@ -138,7 +139,7 @@ def erase(
             batch_id=batch_id,
             receipt=receipt,
             positions=canonical_json(runs(positions)).decode(),
-            leaf_hashes=b"".join(h for _, h in removed),
+            leaf_hashes=b"".join(map(itemgetter(1), removed)),
         )
     )
 
