@@ -30,7 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash tests/services.sh start
 	set -a; . tests/.services.env; set +a; \
-	for script in compile hostile coalesce collect ingest verify query export scaleout; do \
+	for script in compile hostile coalesce collect ingest verify query export retention scaleout; do \
 	  $(BIN)/python bench/$$script.py || { status=$$?; break; }; echo; \
 	done; bash tests/services.sh stop; exit $${status:-0}
 

@@ -67,6 +67,10 @@ KINDS = {
     "ingest.stopped": "an ingester stopped cleanly",
     "message.quarantined": "the centre refused a site's message: kept in quarantine with why",
     "checkpoint.cosigned": "the centre cosigned a checkpoint of a site collector's log",
+    "retention.deleted": "a retention run deleted expired records of a batch (its receipt)",
+    "retention.archived": "a retention run archived records before deleting them (the bundle)",
+    "hold.placed": "a principal placed a legal hold (what it covers, why)",
+    "hold.released": "a principal released a legal hold",
 }
 """Every entry kind and what it records (docs/audit.md)."""
 

@@ -26,12 +26,14 @@ from engine.commands import (
     diff,
     explain,
     export,
+    hold,
     ingest,
     keys,
     plan,
     principals,
     query,
     report,
+    retention,
     run,
     schema,
     serve,
@@ -71,6 +73,8 @@ COMMANDS: tuple[Command, ...] = (
     serve,
     principals,
     ingest,
+    retention,
+    hold,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

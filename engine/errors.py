@@ -26,6 +26,11 @@ here, the leaves beside the code that raises them::
     ├── TransportError             a broker URL no transport takes, a link that cannot open
     │                                                                           (transport)
     ├── AccessDenied               the guard refused, or a principal may not act (exit code 3)
+    ├── RetentionError             a retention run or a hold that may not go ahead as asked
+    │   ├── RetentionBusy          another retention run holds the store's lock (store.retention)
+    │   ├── StoreUnverified        the store does not verify: nothing is deleted from it
+    │   │                                                                      (retention)
+    │   └── HoldRefused            an unknown or released hold, or data already deleted (retention)
     └── VerificationError          evidence that does not verify
         ├── RootMismatch           a recomputed root that is not the one claimed  (sign.merkle)
         ├── ProofLengthError, HashLengthError, IndexOutOfRange,
@@ -162,6 +167,10 @@ class StoreError(ConvergeError):
 
 class AccessDenied(ConvergeError):
     """The guard refused a principal, or a principal may not act from this account."""
+
+
+class RetentionError(ConvergeError):
+    """A retention run or a legal hold that may not go ahead as asked."""
 
 
 class VerificationError(ConvergeError):

@@ -37,6 +37,7 @@ FACETS: tuple[str, ...] = (
     "signing.batch_window_ms",
     "access.read",
     "access.export",
+    "access.hold",
     "access.deny",
 )
 """Every facet a policy can demand, in plan order. The group is the part before the dot."""

@@ -2,7 +2,8 @@
 # The main job, end to end, on the example sites (run by `make demo`):
 # compile the policies into plans, then serve the plant from real local
 # protocol servers, with faults on a schedule, collect from them into a
-# signed SQLite store, verify it, and show a tampered copy failing.
+# signed SQLite store, verify it, and show a tampered copy failing; then
+# apply a short retention (seconds) with a legal hold, and verify the deletions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITES="examples/sites/plant-basel examples/sites/water-works"
@@ -65,6 +66,8 @@ converge keys list --keys $OUT/keys
 converge plan -p $POLICIES -s $BASEL -o $OUT/basel-plans --keys $OUT/keys --sign plan-signing \
   --as j.doe@example.com --meaning approved \
   | tail -n 1
+# the short-retention demo pack (examples/retention: reactor readings kept at most 20 s), for step 17
+converge plan -p examples/retention/policies -s $BASEL -o $OUT/retention-plans > /dev/null
 
 step "7. Serve the plant from real local servers (Modbus TCP, OPC UA, MQTT), with faults" \
      "converge simulate $BASEL --faults $BASEL/faults.yaml --for 36s &"
@@ -76,9 +79,15 @@ cat $OUT/simulate.log
 
 step "8. Collect into a signed SQLite store for 24 s (the simulator stops reactor-1-plc 10 s after it started and restarts it at 19 s)" \
      "converge run --plans $OUT/basel-plans --require-signed plan-signing --keys $OUT/keys --db $OUT/evidence.db --for 24s"
+echo "(beside it, for 12 s, a second collector runs the short-retention pack into $OUT/retention.db: step 17)"
+converge run --plans $OUT/retention-plans --keys $OUT/keys --db $OUT/retention.db \
+  --spool $OUT/retention-spool.db --for 12s > $OUT/retention-run.log 2>&1 &
+RETAINER=$!
+trap 'kill $SIMULATOR $RETAINER 2>/dev/null || true' EXIT
 converge run --plans $OUT/basel-plans --require-signed plan-signing --keys $OUT/keys \
   --db $OUT/evidence.db --spool $OUT/spool.db --witness $OUT/checkpoints.jsonl --for 24s
 wait $SIMULATOR 2>/dev/null || true
+wait $RETAINER || { cat $OUT/retention-run.log; exit 1; }
 
 step "9. The injected fault and the recovery, as the stored records show them" \
      "python examples/show_recovery.py $OUT/evidence.db reactor-1-plc"
@@ -113,7 +122,7 @@ head -n 2 $OUT/token.txt
 converge serve --db $OUT/evidence.db --principals $OUT/principals.yaml --keys $OUT/keys --port 0 \
   > $OUT/serve.log 2>&1 &
 SERVER=$!
-trap 'kill $SIMULATOR $SERVER 2>/dev/null || true' EXIT
+trap 'kill $SIMULATOR $RETAINER $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q '^serving' $OUT/serve.log && break; sleep 0.1; done
 URL=$(sed -n 's/^serving \(http[^ ]*\)\/v1\/points.*/\1/p' $OUT/serve.log)
 python - "$URL" "$(tail -n 1 $OUT/token.txt)" "$(tail -n 1 $OUT/token-erin.txt)" <<'PY'
@@ -159,3 +168,13 @@ python examples/flip_byte.py $OUT/reactor-1.zip $OUT/changed.zip records.jsonl
 python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("report.html"))' \
   $OUT/reactor-1.zip > $OUT/report.html
 echo "the auditor's report: $OUT/report.html"
+
+step "17. Retention: the reactors' readings are kept at most 20 s; legal holds reactor-7, then a run deletes what expired, each batch with a signed receipt" \
+     "converge hold add --as lena@example.com --device reactor-7 ...; converge retention apply --db $OUT/retention.db --job nightly-retention"
+converge hold add --db $OUT/retention.db --principals examples/retention/principals.yaml \
+  --as lena@example.com --device reactor-7 --reason "litigation hold: batch dispute on reactor-7"
+converge retention apply --db $OUT/retention.db --job nightly-retention --keys $OUT/keys
+
+step "18. The auditor verifies the store: the deletions are lawful (named with their receipts), the held data is kept and noted" \
+     "converge audit verify --db $OUT/retention.db --keys $OUT/keys"
+converge audit verify --db $OUT/retention.db --keys $OUT/keys

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["engine.testkit", "evidence_kit"]
+pytest_plugins = ["engine.testkit", "evidence_kit", "retention_kit"]
 
 _SERVICES = Path(__file__).with_name(".services.env")
 if _SERVICES.is_file():

@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +412,8 @@ class Entry:
     time: datetime
     kind: str
     payload: dict[str, Any]
+    actor: Any = None
+    stamp: str = ""
 
 
 @dataclass
@@ -421,6 +424,8 @@ class Plan:
     waivers: list[Any]
     window_ms: int
     deployed: list[Entry] = field(default_factory=list)
+    retention: dict[str, tuple[dict[str, Any], list[str]]] = field(default_factory=dict)
+    """Point name: its merged ``retention`` and the ``policy @ at`` of its retention facets."""
 
 
 # --- the verifier -----------------------------------------------------------------------
@@ -448,6 +453,26 @@ KINDS = {
     "key.rotated": {"name", "version", "key_id", "sha256", "not_before", "not_after"},
     "collector.started": None,
     "collector.stopped": None,
+    "retention.deleted": {
+        "batch",
+        "device",
+        "root",
+        "plan",
+        "window_start",
+        "window_end",
+        "count",
+        "remaining",
+        "positions",
+        "leaf_hashes",
+        "points",
+        "expiries",
+        "holds",
+        "run",
+        "archive",
+    },
+    "retention.archived": {"decision", "file", "from", "to", "points", "batches"},
+    "hold.placed": {"hold", "devices", "points", "from", "to", "reason", "decision"},
+    "hold.released": {"hold", "reason", "decision"},
 }
 """Every kind of entry (audit.md#the-audit-log) and, where the page lists it, its payload.
 
@@ -462,7 +487,11 @@ ENTRY = {"actor", "kind", "payload", "seq", "time"}
 RUN_KINDS = {"batch.stored", "batch.dropped", "spool.full"}
 """What a running collector appends between checkpoints."""
 KEYLESS_KINDS = {"key.generated", "key.rotated", "access.decision", "audit.reviewed"}
-"""What commands that hold no audit key append."""
+KEYLESS_KINDS |= {"hold.placed", "hold.released", "retention.deleted", "retention.archived"}
+"""What commands that hold no audit key append, and a killed retention run's receipts.
+
+DOC GAP: audit.md bounds a killed retention run's tail only by "a run signs one every 256
+receipts"; taken, as for the keyless commands' entries: no bound."""
 BATCH_KINDS = {"batch.stored", "batch.dropped"}
 STATEMENT = {
     "format",
@@ -585,7 +614,7 @@ class Verifier:
             return
         if (value["seq"], value["time"], value["kind"]) != (seq, time, kind):
             self.fail(item, "its columns disagree with its bytes")
-        self.entries[seq] = Entry(seq, at, value["kind"], payload)
+        self.entries[seq] = Entry(seq, at, value["kind"], payload, value["actor"], value["time"])
 
     def log_key(self) -> None:
         named = ORIGIN.fullmatch(self.origin)
@@ -831,7 +860,9 @@ class Verifier:
             required: set[str] = set()
             waivers: dict[bytes, Any] = {}
             windows = []
+            retention = {}
             for point in points:
+                retention[point["name"]] = (point.get("retention") or {}, retention_of(point))
                 signing = point.get("signing", {})
                 if signing.get("required") is True:
                     required.update(signing.get("keys", []))
@@ -844,7 +875,8 @@ class Verifier:
             self.fail(item, f"its bytes: {exc}")
             return None
         sorted_waivers = [waivers[k] for k in sorted(waivers)]
-        return Plan(digest, device, sorted(required), sorted_waivers, min(windows, default=60000))
+        window = min(windows, default=60000)
+        return Plan(digest, device, sorted(required), sorted_waivers, window, [], retention)
 
     def plan_signature(self, item: str, plan: Plan, signature: str | None) -> dict[str, str]:
         """audit.md (a stored plan's signature), plans.md#the-signature-file: what its
@@ -1037,6 +1069,7 @@ class Verifier:
     # --- records ---
 
     def check_records(self, db: Any) -> None:
+        erased = self.check_erasures(db)
         found: dict[int, list[tuple[int, bytes, str]]] = defaultdict(list)
         for table, kind in (("readings", "reading"), ("gap_records", "gap")):
             for batch_id, position, leaf in db.execute(
@@ -1047,12 +1080,24 @@ class Verifier:
             if batch_id not in self.batch_ids:
                 self.fail(f"records of batch {batch_id}", f"{len(records)} of a batch not stored")
         for batch_id, batch in self.batches.items():
-            self.records(batch["item"], batch["statement"], sorted(found.get(batch_id, [])))
+            records = sorted(found.get(batch_id, []))
+            self.records(batch["item"], batch["statement"], records, erased.get(batch_id, {}))
 
-    def records(self, item: str, statement: dict[str, Any], records: list[Any]) -> None:
+    def records(
+        self, item: str, statement: dict[str, Any], records: list[Any], erased: dict[int, bytes]
+    ) -> None:
+        """The stored records and the leaf hashes deletion receipts kept (retention.md) fill
+        positions 0 .. count - 1 exactly once, and hash to the signed root."""
         positions = [p for p, _, _ in records]
-        if positions != list(range(statement["count"])):
-            self.fail(item, f"records deleted or inserted: {len(records)} at {statement['count']}")
+        if set(positions) & set(erased):
+            self.fail(item, "a record stored again at a position a receipt deleted")
+            return
+        if sorted(positions + list(erased)) != list(range(statement["count"])):
+            self.fail(
+                item,
+                f"records deleted or inserted: {len(records)} at {statement['count']}"
+                f" ({len(erased)} deleted by receipts)",
+            )
             return
         hashes, keys, bad = [], [], []
         # Instants have one spelling, so they compare as text; windows are whole milliseconds,
@@ -1071,7 +1116,8 @@ class Verifier:
             if not start <= at < end:
                 bad.append(f"record at {position} is outside the window")
             keys.append((at, point.encode(), kind != "gap", hashed))
-        if mth(hashes).hex() != statement["root"]:
+        kept = dict(zip(positions, hashes, strict=True)) | erased
+        if mth([kept[p] for p in range(statement["count"])]).hex() != statement["root"]:
             self.fail(item, "its records do not hash to its signed root")
         elif bad:
             self.fail(item, "; ".join(bad[:3]))
@@ -1112,6 +1158,281 @@ class Verifier:
                 instant(record[name])
         return at, record["point"]
 
+    # --- retention (retention.md, audit.md#what-audit-verify-checks) ---
+
+    def check_erasures(self, db: Any) -> dict[int, dict[int, bytes]]:
+        """Each ``erasures`` row is its receipt's: the batch, positions and leaf hashes the
+        ``retention.deleted`` entry it names says; every receipt has its row. By batch: the
+        leaf hashes kept, by position.
+
+        DOC GAP: audit.md names the table's contents, not its columns; taken from the
+        database: ``batch_id``, ``receipt`` (the entry's seq), ``positions`` (canonical JSON
+        of the runs, as text) and ``leaf_hashes`` (the 32-byte hashes, concatenated)."""
+        erased: dict[int, dict[int, bytes]] = defaultdict(dict)
+        receipts = {s: e for s, e in self.entries.items() if e.kind == "retention.deleted"}
+        seen = set()
+        rows = db.execute("SELECT batch_id, receipt, positions, leaf_hashes FROM erasures")
+        for batch_id, seq, runs, kept in rows:
+            item = f"erasure of batch {batch_id}"
+            try:
+                positions = expand(canonical(as_bytes(runs)))
+                hashes = as_bytes(kept)
+                if len(hashes) != 32 * len(positions):
+                    raise ValueError("not one 32-byte hash per position")
+            except (ValueError, TypeError) as exc:
+                self.fail(item, f"not an erasure: {exc}")
+                continue
+            seen.add(seq)
+            receipt = receipts.get(seq)
+            if receipt is None:
+                self.fail(item, f"no deletion receipt: audit entry {seq} is none")
+                continue
+            said = receipt.payload
+            if (said.get("batch"), said.get("positions"), said.get("leaf_hashes")) != (
+                batch_id,
+                canonical(as_bytes(runs)),
+                base64.b64encode(hashes).decode(),
+            ):
+                self.fail(f"receipt (audit entry {seq})", f"the {item} differs from it")
+            for i, position in enumerate(positions):
+                if position in erased[batch_id]:
+                    self.fail(item, f"position {position} deleted twice")
+                erased[batch_id][position] = hashes[32 * i : 32 * i + 32]
+        for seq in receipts.keys() - seen:
+            self.fail(f"receipt (audit entry {seq})", "the store keeps no erasure of it")
+        return erased
+
+    def check_holds(self, db: Any) -> None:
+        """The holds are what their ``hold.placed`` and ``hold.released`` entries say, and the
+        ``holds`` rows say the same (a hold is never deleted).
+
+        DOC GAP: audit.md names the table's contents, not its columns; taken from the
+        database. The row's placer and releaser are the entry's actor's ``id``, and its
+        times the entry's ``time``, as spelled there."""
+        self.holds: dict[int, dict[str, Any]] = {}
+        for entry in sorted(self.entries.values(), key=lambda e: e.seq):
+            said, item = entry.payload, f"audit entry {entry.seq}"
+            if entry.kind == "hold.placed":
+                if not isinstance(said["hold"], int) or said["hold"] in self.holds:
+                    self.fail(item, f"places hold {said['hold']!r} again, or no hold")
+                    continue
+                self.holds[said["hold"]] = said | {
+                    "placed_by": actor_id(entry.actor),
+                    "placed_at": entry.stamp,
+                    "placed_seq": entry.seq,
+                    "released_by": None,
+                    "released_at": None,
+                    "release_reason": None,
+                    "released_seq": None,
+                }
+            elif entry.kind == "hold.released":
+                hold = self.holds.get(said["hold"])
+                if hold is None or hold["released_seq"] is not None:
+                    self.fail(item, f"releases hold {said['hold']!r}: unknown or released")
+                    continue
+                hold["released_by"], hold["released_at"] = actor_id(entry.actor), entry.stamp
+                hold["release_reason"], hold["released_seq"] = said["reason"], entry.seq
+        columns = (
+            "id, devices, points, from_time, to_time, reason, placed_by, placed_at,"
+            " placed_seq, released_by, released_at, release_reason, released_seq"
+        )
+        names = [c.strip() for c in columns.split(",")]
+        rows = {row[0]: dict(zip(names, row, strict=True)) for row in db.execute(
+            f"SELECT {columns} FROM holds"
+        )}  # fmt: skip
+        for hold_id, hold in self.holds.items():
+            row = rows.pop(hold_id, None)
+            if row is None:
+                self.fail(f"hold {hold_id}", "placed by its entry, missing from the store")
+                continue
+            want = {k: hold[k] for k in names[6:]} | {"reason": hold["reason"]}
+            got = {k: row[k] for k in names[5:]}
+            scope = (hold["devices"], hold["points"], hold["from"], hold["to"])
+            try:
+                row_scope = (
+                    canonical(as_bytes(row["devices"])),
+                    canonical(as_bytes(row["points"])),
+                    row["from_time"],
+                    row["to_time"],
+                )
+            except ValueError:
+                row_scope = None
+            if got != want or row_scope != scope:
+                self.fail(f"hold {hold_id}", "the store's row is not what its entries say")
+        for hold_id in rows:
+            self.fail(f"hold {hold_id}", "in the store, but no entry placed it")
+
+    def check_receipts(self) -> None:
+        """Every deletion receipt names its batch as signed, and was lawful: each point it
+        deleted expired by the batch's plan by the receipt's time, no hold in force covered
+        it, what the plan archives was archived first, and no checkpoint signing it is
+        dated before it (retention.md#what-verification-concludes)."""
+        for entry in sorted(self.entries.values(), key=lambda e: e.seq):
+            if entry.kind != "retention.deleted":
+                continue
+            item = f"receipt (audit entry {entry.seq})"
+            try:
+                self.receipt(item, entry)
+            except (ValueError, KeyError, TypeError) as exc:
+                self.fail(item, f"not a deletion receipt: {exc}")
+
+    def receipt(self, item: str, entry: Entry) -> None:
+        said = entry.payload
+        batch = self.batches.get(said["batch"])
+        if batch is None:
+            self.fail(item, f"names batch {said['batch']!r}, not a stored batch")
+            return
+        s = batch["statement"]
+        named = [said[k] for k in ("device", "root", "plan", "window_start", "window_end")]
+        if named != [s[k] for k in ("device", "root", "plan_digest", "window_start", "window_end")]:
+            self.fail(item, "does not name its batch as its statement signs it")
+            return
+        positions = expand(said["positions"])
+        if said["count"] != len(positions) or sum(p["count"] for p in said["points"]) != len(
+            positions
+        ):
+            self.fail(item, "its count is not its positions'")
+        if len(base64.b64decode(said["leaf_hashes"], validate=True)) != 32 * len(positions):
+            self.fail(item, "its leaf hashes are not one per position")
+        covered: list[int] = []
+        plan = self.plans.get(s["plan_digest"])
+        for calc in said["expiries"]:
+            covered.extend(expand(calc["positions"]))
+            for point in calc["points"]:
+                self.lawful(item, entry, plan, calc, point)
+        if sorted(covered) != positions:
+            self.fail(item, "its expiry calculations do not cover exactly its positions")
+        signing = [c for c in self.checkpoints if c.size > entry.seq]
+        if signing and entry.time > min(signing, key=lambda c: c.size).time:
+            self.fail(item, "dated after the checkpoint that signs it")
+
+    def lawful(
+        self,
+        item: str,
+        entry: Entry,
+        plan: Plan | None,
+        calc: dict[str, Any],
+        point: str,
+    ) -> None:
+        statement = self.batches[entry.payload["batch"]]["statement"]
+        where = f"{statement['device']}/{point}"
+        if plan is None or point not in plan.retention:
+            self.fail(item, f"deletes {where}, which its batch's plan does not have")
+            return
+        retention, policies = plan.retention[point]
+        start = instant(statement["window_start"])
+        want = expiry(retention, policies, start, instant(statement["window_end"]))
+        if want is None:
+            self.fail(item, f"deletes {where}, which its plan keeps for ever")
+            return
+        stated = {k: v for k, v in calc.items() if k not in {"points", "positions"}}
+        if stated | {"expires": instant(calc["expires"])} != want:
+            self.fail(item, f"the expiry calculation for {where} is not its")
+        if want["expires"] > entry.time:
+            self.fail(item, f"deletes {where} before its keep_at_least (or its expiry)")
+        for hold_id, hold in self.holds.items():
+            if in_force(hold, entry.seq) and covers(hold, statement, point):
+                self.fail(item, f"deletes {where} during hold {hold_id}")
+        if want["on_expiry"] == "archive" and not self.archived(entry, statement):
+            self.fail(item, f"deletes {where}, which its plan archives, without its archive")
+
+    def archived(self, entry: Entry, statement: dict[str, Any]) -> bool:
+        """DOC GAP: retention.md says a receipt names its archive's file, SHA-256 and entry;
+        taken: that entry is an earlier ``retention.archived`` of the same file naming the
+        receipt's batch (which positions it holds is the bundle's to show)."""
+        archive = entry.payload["archive"]
+        if not isinstance(archive, dict):
+            return False
+        named = self.entries.get(archive.get("entry"))  # type: ignore[arg-type]
+        return (
+            named is not None
+            and named.kind == "retention.archived"
+            and named.seq < entry.seq
+            and named.payload["file"] == archive.get("file")
+            and any(b.get("batch") == entry.payload["batch"] for b in named.payload["batches"])
+        )
+
+
+# --- retention's rules (retention.md#when-a-record-expires, #legal-holds) -----------------
+
+RETENTION_FACETS = (
+    "retention.keep_at_least_ms",
+    "retention.keep_at_most_ms",
+    "retention.on_expiry",
+)
+
+
+def retention_of(point: dict[str, Any]) -> list[str]:
+    """``policy @ path:line:col`` of each policy behind the point's retention facets.
+
+    DOC GAP: retention.md says a receipt's ``policies`` are those "of the retention facets"
+    without an order; taken: the plan's provenance of the three facets, once each, sorted."""
+    provenance = point.get("provenance", {})
+    found = {f"{s['policy']} @ {s['at']}" for f in RETENTION_FACETS for s in provenance.get(f, [])}
+    return sorted(found)
+
+
+def expiry(
+    retention: dict[str, Any], policies: list[str], start: datetime, end: datetime
+) -> dict[str, Any] | None:
+    """The expiry calculation of one point's records of the window ``[start, end)``, as a
+    receipt states it (with ``expires`` an instant); ``None``: kept for ever."""
+    least, most = retention.get("keep_at_least_ms"), retention.get("keep_at_most_ms")
+    if least is None and most is None:
+        return None
+    if most is not None:
+        rule, expires = "keep_at_most", start + timedelta(milliseconds=most)
+    else:
+        rule, expires = "keep_at_least", end + timedelta(milliseconds=least)
+    if least is not None and end + timedelta(milliseconds=least) > expires:
+        rule, expires = "keep_at_least", end + timedelta(milliseconds=least)
+    return {
+        "rule": rule,
+        "keep_at_least_ms": least,
+        "keep_at_most_ms": most,
+        "on_expiry": retention.get("on_expiry") or "delete",
+        "expires": expires,
+        "policies": policies,
+    }
+
+
+def expand(runs: Any) -> list[int]:
+    """Positions as runs ``[[first, last], ...]``, ascending, inclusive, into positions."""
+    if not isinstance(runs, list):
+        raise ValueError("positions are not a list of runs")
+    found: list[int] = []
+    for run in runs:
+        first, last = run
+        if not (isinstance(first, int) and isinstance(last, int)) or first > last:
+            raise ValueError(f"run {run!r}")
+        if found and first <= found[-1]:
+            raise ValueError("runs not ascending")
+        found.extend(range(first, last + 1))
+    return found
+
+
+def actor_id(actor: Any) -> str:
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
+
+
+def in_force(hold: dict[str, Any], seq: int) -> bool:
+    """Placed before entry ``seq``, and not released before it."""
+    released = hold["released_seq"]
+    return hold["placed_seq"] < seq and (released is None or released > seq)
+
+
+def covers(hold: dict[str, Any], statement: dict[str, Any], point: str) -> bool:
+    """The hold covers the point's records of the batch: its device, a glob of its points
+    (DOC GAP: "glob" taken as fnmatch's, case-sensitive), and its window meets ``[from,
+    to)``."""
+    start, end = instant(statement["window_start"]), instant(statement["window_end"])
+    return (
+        (not hold["devices"] or statement["device"] in hold["devices"])
+        and (not hold["points"] or any(fnmatchcase(point, g) for g in hold["points"]))
+        and (hold["from"] is None or end > instant(hold["from"]))
+        and (hold["to"] is None or start < instant(hold["to"]))
+    )
+
 
 def run_of_slots(gap: dict[str, Any]) -> None:
     """A gap of a run of slots has both ``slots`` (an integer above 1) and a
@@ -1150,6 +1471,8 @@ def verify(
         verifier.check_plans(db)
         verifier.check_batches(db)
         verifier.check_records(db)
+        verifier.check_holds(db)
+        verifier.check_receipts()
     if witness:
         verifier.check_witness(witness, lines, {text for _, _, text in rows})
     verifier.rotation_note()

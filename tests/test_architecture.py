@@ -49,6 +49,7 @@ LAYERS: list[set[str]] = [
     {"engine.access"},
     {"engine.report"},
     {"engine.export"},
+    {"engine.retention"},  # archives are export bundles
     {"engine.compile"},  # nothing of the run-time pipeline imports the compiler
     {"engine.simulate", "engine.conformance", "engine.testkit"},
     {"engine.commands", "engine.api"},

@@ -92,7 +92,7 @@ facet_groups = st.fixed_dictionaries(
             },
         ),
         "access": st.fixed_dictionaries(
-            {}, optional={"read": roles, "export": roles, "deny": roles}
+            {}, optional={"read": roles, "export": roles, "hold": roles, "deny": roles}
         ),
     },
 )

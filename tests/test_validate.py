@@ -790,6 +790,7 @@ KEYS = [
     "access",
     "read",
     "export",
+    "hold",
     "deny",
     "exceptions",
     "waive",

@@ -330,6 +330,20 @@ def _about(entry: AuditEntry) -> str:
         return " ".join(str(x) for x in parts if x)
     if entry.kind.startswith("key."):
         return f"{p.get('name')} v{p.get('version')} key id {p.get('key_id')}"
+    if entry.kind == "retention.deleted":
+        return (
+            f"{p.get('device')} {p.get('window_start')} batch {p.get('batch')}: {p.get('count')}"
+            f" records deleted, {p.get('remaining')} left"
+        )
+    if entry.kind == "retention.archived":
+        return f"{p.get('file')}: {len(p.get('batches', []))} batches"
+    if entry.kind.startswith("hold."):
+        scope = ", ".join(p.get("devices") or ["every device"])
+        return (
+            f"hold {p.get('hold')}"
+            + (f" on {scope}" if "devices" in p else "")
+            + (f": {p.get('reason')}")
+        )
     return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()))
 
 
@@ -342,6 +356,10 @@ def render_report(console: Console, report: Report, seconds: float, where: str) 
     """Every problem on its own line, then what was checked and how fast."""
     for problem in report.problems:
         console.print(f"[red]FAIL[/] {escape(str(problem))}", highlight=False)
+    for finding in report.findings:
+        console.print(f"[yellow]FINDING[/] {escape(str(finding))}", highlight=False)
+    for deletion in report.deletions:
+        console.print(f"deleted lawfully: {escape(str(deletion))}", highlight=False)
     for note in report.notes:
         console.print(f"note: {escape(note)}", highlight=False)
     counted = ", ".join(f"{n:,} {what}" for what, n in report.counts.items())
@@ -362,6 +380,8 @@ def report_json(report: Report, seconds: float) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "counts": report.counts,
         "problems": [{"item": p.item, "message": p.message} for p in report.problems],
+        "findings": [{"item": p.item, "message": p.message} for p in report.findings],
+        "deletions": [{"item": p.item, "message": p.message} for p in report.deletions],
         "notes": report.notes,
     }
 

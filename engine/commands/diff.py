@@ -27,7 +27,7 @@ from engine.compile.merge import RULES, MergedPoint, describe
 from engine.errors import ConvergeError
 from engine.model import FACETS, FacetValue
 
-GRANTS = frozenset({"access.read", "access.export"})
+GRANTS = frozenset({"access.read", "access.export", "access.hold"})
 """Facets where *more* is looser: a grant lets more people see the data."""
 
 

@@ -44,11 +44,14 @@ from engine.keys import KeyStore
 from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.plans.signature import plan_verifier
+from engine.retention import Job, Outcome, apply
 from engine.store.database import database_url
 from engine.store.site import Publishing, SiteStore
 from engine.store.spool import DEFAULT_MAX_BYTES
+from engine.store.store import Store
 from engine.store.wire import MalformedMessage, check_name
 from engine.transport import open_transport
+from engine.verify import Trust
 
 
 def register(commands: Subparsers) -> None:
@@ -169,6 +172,21 @@ def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
         help="append every signed checkpoint here too; keep it "
         "off the database's host (default: ./converge-checkpoints.jsonl)",
     )
+    evidence.add_argument(
+        "--retention-every",
+        type=seconds,
+        default=3600.0,
+        metavar="DURATION",
+        help="apply the plans' retention this often, as the job 'retention' (the first run one "
+        "DURATION after the start; default: 1h); see converge retention apply",
+    )
+    evidence.add_argument(
+        "--archives",
+        type=Path,
+        default=Path("archives"),
+        metavar="DIR",
+        help="where retention writes archives (on_expiry: archive) (default: ./archives)",
+    )
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
@@ -181,6 +199,8 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         raise ConvergeError("--out and --db are alternatives: records go to one of them")
     if args.publish and args.out:
         raise ConvergeError("--out and --publish are alternatives: records go to one of them")
+    if args.retention_every <= 0:
+        raise ConvergeError("--retention-every must be longer than 0s")
     keys = key_store_of(args, pm) if args.require_signed or args.db or args.publish else None
     # every plan and its signature checked before anything is connected
     plans = load_plans(
@@ -243,6 +263,8 @@ async def _collect(
     publishing = _publishing(args, pm, target, keys)  # after the sealer process forked
     until = datetime.now(UTC)  # the backfill's slots end here, the collection's begin
     await evidence.backfill(plans, until, config.fallback_every_ms)
+    stop = asyncio.Event()
+    retention = asyncio.create_task(_retention(args, keys, status, stop))
     spool = evidence.writer.spool
     try:
         async with _metered(metrics, lambda: len(spool), evidence.queue.qsize):
@@ -257,6 +279,8 @@ async def _collect(
                 since=until.timestamp(),
             )
     finally:
+        stop.set()
+        await retention  # a run under way finishes: each batch is whole either way
         if publishing is not None:
             publishing[1].set()  # the outbox is complete: drain it, then stop
             await asyncio.to_thread(publishing[2].join)
@@ -321,6 +345,40 @@ async def _metered(
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
         metrics.refresh_states()
+
+
+async def _retention(
+    args: argparse.Namespace, keys: KeyStore, status: Console, stop: asyncio.Event
+) -> None:
+    """Every ``--retention-every`` until ``stop``: a retention run by the job ``retention``,
+    in a thread (verifying in this process: a collector does not fork workers). A site that
+    publishes without ``--db`` keeps no records of its own: nothing to expire."""
+    if not args.db:
+        return
+    trust = Trust.from_key_store(keys)
+    job = Job(Actor.job("retention"), keys, trust, workers=1, archives=args.archives)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.retention_every)
+        if stop.is_set():
+            return
+        try:
+            outcome = await asyncio.to_thread(_apply_retention, args, job)
+        except ConvergeError as exc:
+            status.print(f"[yellow]warning:[/] retention: {escape(str(exc))}", soft_wrap=True)
+            continue
+        if outcome.records or outcome.held_past:
+            held = sum(outcome.held_past.values())
+            status.print(
+                f"retention: deleted {outcome.records:,} records of {outcome.batches:,} batches"
+                f" with their receipts{f'; {held:,} held past keep_at_most' if held else ''}",
+                highlight=False,
+            )
+
+
+def _apply_retention(args: argparse.Namespace, job: Job) -> Outcome:
+    with Store.attach(args.db, job.actor, args.witness, args.audit_key) as store:
+        return apply(store, job)
 
 
 def _writer() -> Literal["thread", "process"]:

@@ -53,6 +53,7 @@ RULES: dict[str, Rule] = {
     "signing.batch_window_ms": Rule("min", "the shortest batch window wins"),
     "access.read": Rule("union", "read grants add up"),
     "access.export": Rule("union", "export grants add up"),
+    "access.hold": Rule("union", "hold grants add up"),
     "access.deny": Rule("union", "denials add up and override any grant"),
 }
 assert tuple(RULES) == FACETS, "every facet needs exactly one merge rule"

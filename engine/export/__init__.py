@@ -14,7 +14,7 @@ and signed by the same key. docs/bundle.md specifies every member.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -23,8 +23,9 @@ from typing import Any
 
 from engine import audit
 from engine.access import Range, record
-from engine.access.guard import Decision
-from engine.audit import seal_with
+from engine.access.guard import Decision, PointDecision, Rule
+from engine.access.guard import Request as GuardRequest
+from engine.audit import os_user, seal_with
 from engine.errors import AccessDenied
 from engine.export import bundle, verifier
 from engine.keys import KeyStore
@@ -62,21 +63,63 @@ def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Ta
     record(store, decision)
     if not decision.allowed:
         raise AccessDenied(_refusals(decision))
+    return _write(store, decision, span, keys, to)
+
+
+def _write(
+    store: Store,
+    decision: Decision,
+    span: Range,
+    keys: KeyStore,
+    to: Target,
+    *,
+    only: Mapping[int, frozenset[int]] | None = None,
+) -> Exported:
+    """Sign a checkpoint covering the decision's entry, then gather and write the bundle."""
     seal = seal_with(keys, store.audit_key, datetime.now(UTC))
     store.checkpoint(seal.sign, seal.at)
     with store.reading() as conn:
         origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
         size = max(row.size for row in reads.checkpoints(conn))
-        asked = bundle.Request(decision, span, origin, store.audit_key, _public(keys), to.plan_keys)
+        asked = bundle.Request(
+            decision, span, origin, store.audit_key, _public(keys), to.plan_keys, only
+        )
         gathered = bundle.gather(conn, asked, size)
     gathered.members["report.html"] = to.report(store, decision)
     gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
-    said = bundle.manifest(gathered, _about(decision, span, origin, store.audit_key))
+    about = _about(decision, span, origin, store.audit_key)
+    said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}))
     note = _sign_manifest(said, origin, keys, store.audit_key)
     bundle.write_zip(
         to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
     )
     return Exported(decision, gathered.records, len(gathered.batches), to.out)
+
+
+@dataclass(frozen=True)
+class Archive:
+    """What a retention run archives before deleting it: these positions of these batches,
+    of these points, in this range; its ``retention.archived`` entry names it by ``id``."""
+
+    id: str
+    actor: str
+    points: tuple[tuple[str, str], ...]
+    span: Range
+    positions: Mapping[int, frozenset[int]]
+
+
+def archive(store: Store, keys: KeyStore, asked: Archive, to: Target) -> Exported:
+    """Write an archive: a bundle of exactly ``asked``'s records, whose manifest names its
+    ``retention.archived`` entry (already logged, its ``decision`` being ``asked.id``) as its
+    decision, and says ``"archive": true``.
+    No guard decides it: the plans' ``on_expiry: archive`` does, and the entry records it."""
+    allowed = Rule("allow", "retention.on_expiry archive")
+    decision = Decision(
+        GuardRequest(asked.actor, None, os_user(), "export", ()),
+        tuple(PointDecision(d, p, True, (allowed,)) for d, p in asked.points),
+        id=asked.id,
+    )
+    return _write(store, decision, asked.span, keys, to, only=asked.positions)
 
 
 def _refusals(decision: Decision) -> str:
@@ -113,4 +156,4 @@ def _sign_manifest(manifest: bytes, origin: str, keys: KeyStore, audit_key: str)
     return sign_note(text, origin, keys.signer(audit_key, seal.at)).encode()
 
 
-__all__ = ["Exported", "Report", "Target", "export"]
+__all__ = ["Archive", "Exported", "Report", "Target", "archive", "export"]

@@ -7,8 +7,8 @@ checkpoint have been written: the records, their batches (whole, or each
 record's inclusion proof), the plans in force, the audit entries of those
 batches, plans and the export itself (each with a C2SP tlog-proof under the
 latest checkpoint), the checkpoints of the range with a consistency proof each
-to the latest, the public keys, and the deletion receipts and holds of the
-range (reserved until retention lands). Members are written sorted, with
+to the latest, the public keys, and the deletion receipts and holds touching the
+exported points in the range (``retention.json``). Members are written sorted, with
 fixed zip times, so the zip's structure does not depend on when it is made.
 """
 
@@ -18,7 +18,7 @@ import base64
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,13 @@ from engine.sign.merkle import MerkleTree
 from engine.sign.note import Checkpoint, split_note
 from engine.store import data, reads
 from engine.store.data import StoredBatch
+from engine.store.retention import Scope, erased
 from engine.store.tables import PLANS
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 """Every member's zip time: a bundle's bytes do not depend on when it was written."""
 TLOG_PROOF = "c2sp.org/tlog-proof@v1"
+RETENTION_KINDS = ("retention.deleted", "hold.placed", "hold.released")
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Request:
     audit_key: str
     keys: Sequence[KeyVersion]
     plan_keys: Sequence[str] = ()
+    only: Mapping[int, frozenset[int]] | None = None
+    """An archive's records: these positions of these batches (by id), no others."""
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -72,6 +76,7 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     tree = MerkleTree(verifier.leaf_hash(raw) for _, raw in entries)
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
     _records(conn, request, out, wanted)
+    out.members[verifier.RETENTION] = _retention(conn, request, out, entries, wanted)
     _plans(conn, out, entries, wanted)
     kept = _checkpoints(conn, request, tree)
     out.members[verifier.ENTRIES] = _entries(entries, wanted, tree, kept[-1][1])
@@ -85,7 +90,6 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     ).encode()
     logs = {request.origin: request.audit_key}
     out.members[verifier.KEYS] = trust_file(request.keys, logs, request.plan_keys)
-    out.members[verifier.RETENTION] = canonical_json({"receipts": [], "holds": []})
     return out
 
 
@@ -134,9 +138,15 @@ def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, P
     allowed: dict[str, set[str]] = {}
     for point in request.decision.allowed:
         allowed.setdefault(point.device, set()).add(point.point)
+    only = request.only
     for device, points in sorted(allowed.items()):
         for batch in data.batches(conn, device, request.span.start, request.span.end):
-            picked = _exported(data.leaves(conn, batch.id), batch.id, points, request.span)
+            if only is not None and batch.id not in only:
+                continue
+            leaves = data.leaves(conn, batch.id)
+            if only is not None:
+                leaves = [(p, leaf) for p, leaf in leaves if p in only[batch.id]]
+            picked = _exported(leaves, batch.id, points, request.span)
             if picked:
                 yield batch, picked
 
@@ -172,9 +182,85 @@ def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes
         "entry": batch.entry_seq,
     }
     if len(picked) != batch.count:
-        tree = MerkleTree(verifier.leaf_hash(leaf) for _, leaf in data.leaves(conn, batch.id))
+        hashes = erased(conn, batch.id)
+        hashes.update((p, verifier.leaf_hash(leaf)) for p, leaf in data.leaves(conn, batch.id))
+        tree = MerkleTree(hashes[p] for p in sorted(hashes))
         said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p, _, _ in picked}
     return canonical_json(said)
+
+
+def _retention(
+    conn: Connection,
+    request: Request,
+    out: Gathered,
+    entries: Sequence[tuple[int, bytes]],
+    wanted: set[int],
+) -> bytes:
+    """``retention.json``: the deletion receipts of the exported points in the range (each
+    with its batch, records or not, and plan), and the holds touching them (their entries)."""
+    points = {(p.device, p.point) for p in request.decision.allowed}
+    span, receipts = request.span, []
+    placed: dict[int, int] = {}
+    released: dict[int, int] = {}
+    for seq, raw in entries:
+        if _kind(raw) is None:
+            continue
+        entry = json.loads(raw)
+        kind, said = entry["kind"], entry["payload"]
+        if kind == "retention.deleted" and _receipt_touches(said, points, span):
+            receipts.append(seq)
+            _receipt_batch(conn, said, out, wanted)
+            if said.get("archive"):
+                wanted.add(said["archive"]["entry"])
+        elif kind == "hold.placed" and _hold_touches(said, points, span):
+            placed[said["hold"]] = seq
+        elif kind == "hold.released":
+            released[said["hold"]] = seq
+    holds = [
+        {"hold": hold, "placed": seq, "released": released.get(hold)}
+        for hold, seq in sorted(placed.items())
+    ]
+    wanted.update(receipts, placed.values(), (h["released"] for h in holds if h["released"]))
+    return canonical_json({"receipts": receipts, "holds": holds})
+
+
+_KINDS = {kind: f'"kind":"{kind}"'.encode() for kind in RETENTION_KINDS}
+
+
+def _kind(raw: bytes) -> str | None:
+    """The retention kind of an entry's bytes, if it is one (read without parsing it)."""
+    return next((kind for kind, needle in _KINDS.items() if needle in raw), None)
+
+
+def _receipt_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:
+    device = said.get("device")
+    return _meets(span, said["window_start"], said["window_end"]) and any(
+        (device, p.get("point")) in points for p in said.get("points", ())
+    )
+
+
+def _hold_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:
+    scope = Scope.from_json(said)
+    return _meets(span, scope.start or "", scope.end or "~") and any(
+        scope.covers(device, point, span.start or "", span.end or "~") for device, point in points
+    )
+
+
+def _meets(span: Range, start: str, end: str) -> bool:
+    return (span.start is None or end > span.start) and (span.end is None or start < span.end)
+
+
+def _receipt_batch(conn: Connection, said: dict[str, Any], out: Gathered, wanted: set[int]) -> None:
+    """The batch a receipt deleted from, in the bundle even when none of its records is."""
+    if said["batch"] in out.batches:
+        return
+    found = data.batches(conn, said["device"], said["window_start"], said["window_end"])
+    for batch in (b for b in found if b.id == said["batch"]):
+        out.batches.append(batch.id)
+        wanted.add(batch.entry_seq)
+        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, [])
+        if batch.plan_digest not in out.plans:
+            out.plans.append(batch.plan_digest)
 
 
 def _plans(

@@ -48,6 +48,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Any, ParamSpec, TypeVar
 
 from cryptography.exceptions import InvalidSignature
@@ -460,7 +461,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     batches = _check_batches(bundle, manifest, ctx, verdict)
     _check_records(bundle, manifest, batches, verdict)
     _check_export(manifest, entries, verdict)
-    _check_retention(bundle, verdict)
+    _check_retention(bundle, Retained(entries, batches, plans), verdict)
     _note_verifier(bundle, verdict)
 
 
@@ -674,6 +675,8 @@ class Plan:
     required: tuple[str, ...]
     waivers: frozenset[str]
     """The signing waivers an unsigned batch of the plan names (each as :func:`_canon`)."""
+    retention: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each point's ``retention`` (``keep_at_least_ms``, ``keep_at_most_ms``, ``on_expiry``)."""
 
 
 def _check_plans(
@@ -750,7 +753,9 @@ def _plan(data: bytes, digest: str) -> Plan | str:
     )
     waivers = {_canon(w) for p in points for w in p.get("waived", []) if "signing" in w["facets"]}
     device = str(body.get("device", {}).get("id"))
-    return Plan(digest, device, tuple(required), frozenset() if required else frozenset(waivers))
+    retention = {str(p["name"]): dict(p.get("retention", {})) for p in points}
+    waived = frozenset() if required else frozenset(waivers)
+    return Plan(digest, device, tuple(required), waived, retention)
 
 
 def _canon(value: Any) -> str:
@@ -828,6 +833,8 @@ class Batch:
     proofs: dict[int, list[bytes]] | None
     """Each exported record's inclusion proof; None when every record of the batch is exported."""
     hashes: dict[int, bytes] = field(default_factory=dict)
+    window: tuple[str, str] = ("", "")
+    plan: str = ""
 
 
 def _check_batches(
@@ -859,7 +866,10 @@ def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
     proofs = said.get("proofs")
     parsed = None if proofs is None else {int(k): _hashes(v) or [] for k, v in proofs.items()}
     root = bytes.fromhex(head["root"])
-    return Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
+    window = (str(head["window_start"]), str(head["window_end"]))
+    batch = Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
+    batch.window, batch.plan = window, str(head["plan_digest"])
+    return batch
 
 
 def _statement(data: bytes) -> dict[str, Any] | None:
@@ -1173,8 +1183,20 @@ def _csv_text(row: list[str]) -> bytes:
 def _check_export(
     manifest: dict[str, Any], entries: dict[int, dict[str, Any]], verdict: Verdict
 ) -> None:
-    """The export itself is an allowed decision of the log, by the principal the manifest names."""
+    """The export itself is an allowed decision of the log, by the principal the manifest names;
+    an archive's, the ``retention.archived`` entry of the run that wrote it."""
     decision = manifest.get("decision")
+    if manifest.get("archive") is True:
+        archived = [
+            e
+            for e in entries.values()
+            if e.get("kind") == "retention.archived" and e["payload"].get("decision") == decision
+        ]
+        if not archived or archived[0].get("actor", {}).get("id") != manifest.get("principal"):
+            verdict.fail(
+                MANIFEST, f"its archive {decision} is not an entry of the bundle by its actor"
+            )
+        return
     found = [
         e
         for e in entries.values()
@@ -1190,13 +1212,191 @@ def _check_export(
         verdict.fail(MANIFEST, f"decision {decision} was another principal's")
 
 
-def _check_retention(bundle: Bundle, verdict: Verdict) -> None:
-    """Deletion receipts and legal holds of the range (docs/bundle.md reserves them)."""
+@dataclass(frozen=True)
+class Retained:
+    """What the retention member is checked against: the bundle's proven entries, batches and
+    plans."""
+
+    entries: dict[int, dict[str, Any]]
+    batches: dict[int, Batch]
+    plans: dict[str, Plan]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A legal hold as its entries say: what it covers, and between which entries it held."""
+
+    id: int
+    placed: int
+    released: int | None
+    devices: tuple[str, ...]
+    points: tuple[str, ...]
+    start: str | None
+    end: str | None
+
+    def covers(self, device: str, point: str, window: tuple[str, str]) -> bool:
+        """Whether it covers a point's records of a batch window (docs/retention.md)."""
+        return (
+            (not self.devices or device in self.devices)
+            and (not self.points or any(fnmatchcase(point, glob) for glob in self.points))
+            and (self.start is None or window[1] > self.start)
+            and (self.end is None or window[0] < self.end)
+        )
+
+    def in_force_at(self, seq: int) -> bool:
+        return self.placed < seq and (self.released is None or self.released > seq)
+
+
+def _check_retention(bundle: Bundle, retained: Retained, verdict: Verdict) -> None:
+    """Deletion receipts and legal holds touching the range: each an entry of the bundle; no
+    exported record is one a receipt deleted; and each receipt was lawful (docs/bundle.md)."""
     if not bundle.has(RETENTION):
         return
     said = _json(bundle.read(RETENTION), RETENTION)
     if not isinstance(said, dict) or set(said) != {"receipts", "holds"}:
         verdict.fail(RETENTION, "not a retention member (receipts and holds)")
+        return
+    holds = _safely(_holds, said["holds"], retained.entries)
+    if isinstance(holds, str):
+        verdict.fail(RETENTION, f"its holds: {holds}")
+        return
+    receipts = said["receipts"]
+    if not isinstance(receipts, list) or not all(type(s) is int for s in receipts):
+        verdict.fail(RETENTION, "its receipts are not a list of entry numbers")
+        return
+    deleted = 0
+    for seq in receipts:
+        found = _safely(_receipt_problem, seq, retained, holds)
+        if isinstance(found, str):
+            verdict.fail(f"receipt (audit entry {seq})", found)
+        else:
+            deleted += found
+    verdict.counts["deletion receipts"] = len(receipts)
+    verdict.counts["holds"] = len(holds)
+    if receipts:
+        verdict.notes.append(
+            f"{deleted:,} records of the range were deleted by {len(receipts)} deletion receipts"
+            " (retention.json); the receipts that verify were lawful"
+        )
+
+
+def _holds(listed: Any, entries: dict[int, dict[str, Any]]) -> list[Hold]:
+    """The holds ``retention.json`` lists, as their ``hold.placed`` (and ``hold.released``)
+    entries of the bundle state them; raises ValueError for one the entries do not bear out."""
+    found = []
+    for said in listed:
+        hold, placed, released = said["hold"], said["placed"], said["released"]
+        entry = entries.get(placed, {})
+        gone = entries.get(released, {}) if released is not None else None
+        if (
+            entry.get("kind") != "hold.placed"
+            or entry["payload"].get("hold") != hold
+            or (gone is not None and (gone.get("kind") != "hold.released" or released < placed))
+            or (gone is not None and gone["payload"].get("hold") != hold)
+        ):
+            raise ValueError(f"hold {hold} is not placed (and released) by the entries it names")
+        p = entry["payload"]
+        found.append(
+            Hold(
+                hold, placed, released, tuple(p["devices"]), tuple(p["points"]), p["from"], p["to"]
+            )
+        )
+    return found
+
+
+def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> int | str:
+    """How many records a lawful receipt deleted, or why it is not one."""
+    entry = retained.entries.get(seq)
+    if entry is None or entry.get("kind") != "retention.deleted":
+        return "not a retention.deleted entry of the bundle"
+    said = entry["payload"]
+    batch = _receipt_batch(said, retained)
+    if isinstance(batch, str):
+        return batch
+    positions = _positions(said["positions"])
+    exported = sorted(positions & batch.hashes.keys())
+    if exported:
+        return f"deleted position {exported[0]} of batch {batch.id}, yet the bundle exports it"
+    plan = retained.plans.get(batch.plan)
+    if plan is None:
+        return f"its batch's plan {batch.plan} is not in the bundle"
+    at = _aware(entry["time"])
+    for group in said["expiries"]:
+        for point in group["points"]:
+            kept = plan.retention.get(point, {})
+            problem = (
+                _expiry_problem(kept, batch, at)
+                or _held(holds, seq, batch, point)
+                or _unarchived(kept, said, group, retained, batch)
+            )
+            if problem:
+                return f"deletes {batch.device}/{point} {problem}"
+    return len(positions)
+
+
+def _unarchived(
+    retention: dict[str, Any],
+    said: dict[str, Any],
+    group: dict[str, Any],
+    retained: Retained,
+    batch: Batch,
+) -> str | None:
+    """Why records whose plan archives them were deleted without their archive: the receipt
+    names an earlier ``retention.archived`` entry of the bundle that holds them."""
+    if retention.get("on_expiry") != "archive":
+        return None
+    named = said.get("archive") or {}
+    entry = retained.entries.get(named.get("entry", -1), {})
+    if entry.get("kind") != "retention.archived" or entry["payload"].get("file") != named.get(
+        "file"
+    ):
+        return "which its plan archives, without its archive (an entry of the bundle)"
+    held = set()
+    for listed in entry["payload"].get("batches", []):
+        if listed.get("batch") == batch.id:
+            held |= _positions(listed.get("positions", []))
+    if not _positions(group["positions"]) <= held:
+        return f"which its archive (audit entry {entry['seq']}) does not hold"
+    return None
+
+
+def _receipt_batch(said: dict[str, Any], retained: Retained) -> Batch | str:
+    """The batch a receipt names, as its statement signs it."""
+    batch = retained.batches.get(said["batch"])
+    if batch is None:
+        return f"its batch {said['batch']} is not in the bundle"
+    window = (said["window_start"], said["window_end"])
+    signed = (batch.device, batch.root.hex(), batch.window, batch.plan)
+    if (said["device"], said["root"], window, said["plan"]) != signed:
+        return f"names batch {batch.id} otherwise than its statement signs it"
+    return batch
+
+
+def _positions(runs: Any) -> set[int]:
+    return {p for first, last in runs for p in range(int(first), int(last) + 1)}
+
+
+def _expiry_problem(retention: dict[str, Any] | None, batch: Batch, at: datetime) -> str | None:
+    """Why the point's records of the batch had not expired at ``at``: the plan's retention on
+    the batch's signed window (docs/retention.md: keep_at_least from its end, keep_at_most
+    from its start)."""
+    least = (retention or {}).get("keep_at_least_ms")
+    most = (retention or {}).get("keep_at_most_ms")
+    if least is None and most is None:
+        return "although its plan keeps it for ever"
+    start, end = _aware(batch.window[0]), _aware(batch.window[1])
+    if least is not None and at < end + timedelta(milliseconds=least):
+        return "before its keep_at_least"
+    if most is not None and at < start + timedelta(milliseconds=most):
+        return "before it expired"
+    return None
+
+
+def _held(holds: list[Hold], seq: int, batch: Batch, point: str) -> str | None:
+    for hold in holds:
+        if hold.in_force_at(seq) and hold.covers(batch.device, point, batch.window):
+            return f"during hold {hold.id}"
+    return None
 
 
 def _note_verifier(bundle: Bundle, verdict: Verdict) -> None:

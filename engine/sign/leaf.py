@@ -18,8 +18,11 @@ Members, by record type (``?`` = present only when set)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
@@ -141,6 +144,34 @@ def leaf_bytes(record: Record, salt: bytes) -> bytes:
 def record_leaf_hash(record: Record, salt: bytes) -> bytes:
     """``SHA-256(0x00 || leaf_bytes(record, salt))``."""
     return leaf_hash(leaf_bytes(record, salt))
+
+
+_POINT = b'"point":"'
+_POINTS = re.compile(rb'"point":"([^"\\]*)"')
+
+
+def point_of(leaf: bytes) -> str:
+    """The point a stored leaf names, read without parsing the whole record: the text between
+    ``"point":"`` and the next quote (canonical JSON escapes every quote inside a string, so
+    that pattern is the member's own), or the parsed member when the name holds an escape."""
+    start = leaf.index(_POINT) + len(_POINT)
+    name = leaf[start : leaf.index(b'"', start)]
+    if b"\\" in name:
+        return str(json.loads(leaf)["point"])
+    return name.decode()
+
+
+def points_of(leaves: Sequence[bytes]) -> list[bytes]:
+    """The point each leaf names, as the bytes of its name (one regular-expression scan of all
+    of them); a name holding an escape is decoded (:func:`point_of`) and encoded again.
+
+    A leaf holds one ``"point"`` member and the pattern matches nowhere else (canonical JSON
+    escapes every quote inside a string), so as many matches as leaves is one for each, in
+    order; a name holding an escape does not match, and then every leaf is read apart."""
+    found: list[bytes] = _POINTS.findall(b"\n".join(leaves))
+    if len(found) == len(leaves):
+        return found
+    return [point_of(leaf).encode() for leaf in leaves]
 
 
 # The fast path. Members are written in JCS order: keys sorted by UTF-16 code

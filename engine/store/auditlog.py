@@ -25,11 +25,12 @@ from engine.audit import (
     now_instant,
     origin_key,
     saved_state,
+    signed_time,
     time_line,
 )
-from engine.errors import StoreError
+from engine.errors import StoreError, VerificationError
 from engine.sign.merkle import MerkleLog
-from engine.sign.note import Checkpoint
+from engine.sign.note import Checkpoint, split_note
 from engine.store.tables import AUDIT, CHECKPOINTS, META
 
 
@@ -115,9 +116,29 @@ def checkpoint(conn: Connection, sign: CheckpointSigner, at: datetime) -> str | 
         raise StoreError("the store's audit log has no origin: prepare the store first")
     if log.size == 0 or log.size == last_checkpoint_size(conn):
         return None
+    at = max(at, _last_signed(conn) or at)
     note = sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
     return note
+
+
+def _last_signed(conn: Connection) -> datetime | None:
+    """When the newest checkpoint says it was signed.
+
+    Two writers (a collector and a retention run, say) each choose their checkpoint's time
+    before they wait for the write lock; the one that waited must not state a time before the
+    checkpoint signed meanwhile, or the log would look back-dated (docs/audit.md), so its time
+    is raised to that one's, never more than the second the time is rounded up by.
+    """
+    newest = conn.execute(
+        select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
+    ).scalar()
+    if newest is None:
+        return None
+    try:
+        return signed_time(Checkpoint.from_text(split_note(str(newest))[0]))
+    except VerificationError:
+        return None
 
 
 def entries(conn: Connection, kinds: list[str] | None = None) -> Iterator[AuditEntry]:

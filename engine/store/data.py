@@ -156,6 +156,30 @@ def _signatures(conn: Connection, ids: list[int]) -> dict[int, dict[str, bytes]]
     return found
 
 
+def batch_records(conn: Connection, batch_id: int) -> tuple[list[int], list[bytes]]:
+    """The positions and leaf bytes of every record of a batch, readings and gap records
+    merged, in position order, from the driver (no ORM row per record; each table read in the
+    order of its (batch, position) index, merged only when both hold some)."""
+    driver: Any = conn.connection.driver_connection
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    rows: list[tuple[int, Any]] = []
+    for table in ("readings", "gap_records"):
+        cursor = driver.cursor()
+        try:
+            cursor.execute(
+                f"SELECT position, leaf FROM {table} WHERE batch_id = {marker} ORDER BY position",
+                (batch_id,),
+            )
+            found = cursor.fetchall()
+        finally:
+            cursor.close()
+        rows = sorted(rows + found) if rows and found else rows or found
+    leaves = list(map(itemgetter(1), rows))
+    if set(map(type, leaves)) - {bytes}:
+        leaves = [as_bytes(leaf) for leaf in leaves]
+    return list(map(itemgetter(0), rows)), leaves
+
+
 def audit_entry(conn: Connection, seq: int) -> bytes | None:
     """The stored bytes of audit entry ``seq``, if there is one."""
     found = conn.execute(select(AUDIT.c.entry).where(AUDIT.c.seq == seq)).scalar()

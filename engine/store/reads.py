@@ -98,10 +98,12 @@ RecordRow = tuple[int, int, bytes]
 
 
 class BatchIds(NamedTuple):
-    """The batch ids after ``after`` (None: from the lowest) up to ``upto`` (None: the highest)."""
+    """The batch ids after ``after`` (None: from the lowest) up to ``upto`` (None: the highest),
+    and of those only the ones in ``only`` (None: every one)."""
 
     after: int | None = None
     upto: int | None = None
+    only: frozenset[int] | None = None
 
     def where(self) -> str:
         """The SQL condition selecting these batch ids ("" for all of them)."""
@@ -110,6 +112,9 @@ class BatchIds(NamedTuple):
             conditions.append(f"batch_id > {self.after:d}")
         if self.upto is not None:
             conditions.append(f"batch_id <= {self.upto:d}")
+        if self.only is not None:
+            listed = ",".join(f"{i:d}" for i in sorted(self.only)) or "NULL"
+            conditions.append(f"batch_id IN ({listed})")
         return " AND ".join(conditions)
 
 

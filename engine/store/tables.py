@@ -217,6 +217,49 @@ class SiteDeviceRow(SQLModel, table=True):
     since: str
 
 
+class ErasureRow(SQLModel, table=True):
+    """What a deletion receipt removed from one batch: the positions, and the leaf hash of each.
+
+    The records' rows (their values and salts) are gone; their leaf hashes stay, so the
+    remaining records' inclusion proofs still verify and the batch root can be rebuilt
+    (docs/retention.md). The receipt (audit entry ``receipt``) says the same; the verifier
+    checks that the two agree.
+    """
+
+    __tablename__ = "erasures"
+    id: int | None = Field(default=None, sa_column=_id())
+    batch_id: int = Field(sa_column=Column(ID, nullable=False, index=True))
+    receipt: int = Field(sa_column=Column(ID, nullable=False, unique=True))
+    """The ``seq`` of the ``retention.deleted`` audit entry that removed them."""
+    positions: str
+    """Canonical JSON of the positions removed, as runs ``[[first, last], ...]`` ascending."""
+    leaf_hashes: bytes = Field(sa_column=_blob())
+    """The 32-byte leaf hashes of those positions, concatenated in position order."""
+
+
+class HoldRow(SQLModel, table=True):
+    """A legal hold: what it covers, who placed it and why; released, never deleted."""
+
+    __tablename__ = "holds"
+    id: int | None = Field(default=None, sa_column=_id())
+    devices: str
+    """Canonical JSON list of the device ids it covers (``[]``: every device)."""
+    points: str
+    """Canonical JSON list of point-name globs it covers (``[]``: every point)."""
+    from_time: str | None = None
+    """The first instant it covers (``None``: from the beginning)."""
+    to_time: str | None = None
+    """The instant it covers up to, excluded (``None``: without end)."""
+    reason: str
+    placed_by: str
+    placed_at: str
+    placed_seq: int = Field(sa_column=Column(ID, nullable=False))
+    released_by: str | None = None
+    released_at: str | None = None
+    release_reason: str | None = None
+    released_seq: int | None = Field(default=None, sa_column=Column(ID, nullable=True))
+
+
 METADATA = SQLModel.metadata
 META: Table = METADATA.tables["meta"]
 PLANS: Table = METADATA.tables["plans"]
@@ -231,3 +274,5 @@ COSIGNATURES: Table = METADATA.tables["cosignatures"]
 QUARANTINE: Table = METADATA.tables["quarantine"]
 WITNESSED: Table = METADATA.tables["witnessed"]
 SITE_DEVICES: Table = METADATA.tables["site_devices"]
+ERASURES: Table = METADATA.tables["erasures"]
+HOLDS: Table = METADATA.tables["holds"]

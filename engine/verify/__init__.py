@@ -30,11 +30,16 @@ what the earlier ones established):
    says) signed it with a version valid then; every ``batch.stored`` entry
    has its batch. Then each
    device's batches form one chain from the zero root.
-5. ``records.py``: every record's leaf is rehashed and each batch's root
-   rebuilt from its rows and compared with its statement; a large store's
-   records are hashed by worker processes, one per CPU.
-
-6. ``central.py``: a central store's quarantine rows and witnessed site logs
+5. ``retention.py``: every deletion receipt names a stored batch as signed,
+   the store keeps the leaf hashes it removed, and it was lawful (the batch's
+   plan expired the records by then, no hold in force covered them); holds
+   are what their entries say.
+6. ``records.py``: every record's leaf is rehashed and each batch's root
+   rebuilt from its rows (and the leaf hashes its receipts keep) and compared
+   with its statement; a large store's records are hashed by worker
+   processes, one per CPU. Then records kept past their ``keep_at_most`` with
+   no hold are findings (``retention.py``).
+7. ``central.py``: a central store's quarantine rows and witnessed site logs
    agree with their entries (quarantined messages are notes, not failures);
    ``cosigned.py``: a site store's cosignatures are of its log as stored, and
    by the centre's witness key when it is given (docs/scale-out.md).
@@ -46,6 +51,7 @@ keys. The SQL and driver code behind every check is in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from engine import audit
@@ -60,6 +66,7 @@ from engine.verify.log import check_log
 from engine.verify.plans import PlanTrust, check_plans
 from engine.verify.records import Progress, check_records
 from engine.verify.report import Report
+from engine.verify.retention import Known, check_kept, check_retention
 from engine.verify.tail import check_tail
 from engine.verify.trust import Trust
 
@@ -74,6 +81,7 @@ def verify_store(
     audit_key: str = DEFAULT_AUDIT_KEY,
     plan_key: str | None = None,
     cosigned_by: Trust | None = None,
+    records_of: Collection[int] | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
@@ -83,6 +91,10 @@ def verify_store(
     ``workers``: how many processes hash the records (None: one per CPU for a
     store of at least :data:`~engine.verify.records.PARALLEL_RECORDS` records,
     else this one alone).
+
+    ``records_of``: rehash the records of only these batches, and look for no findings
+    (data kept too long); everything else is checked whole. A retention run's check
+    before it deletes (:mod:`engine.retention.run` says why that is enough).
     """
     report = Report()
     with store.reading() as conn:
@@ -96,7 +108,12 @@ def verify_store(
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         batches = check_batches(conn, log, plans, trust, report)
         check_chains(batches, log, report)
-        check_records(conn, batches, report, progress, workers)
+        known = Known(log, plans, batches, good)
+        erased = check_retention(conn, known, report)
+        only = None if records_of is None else frozenset(records_of)
+        check_records(conn, batches, report, progress, workers, erased=erased, only=only)
+        if only is None:
+            check_kept(conn, known, erased, report)
         check_quarantine(conn, log, report)
         check_witnessed(conn, log, report)
         check_cosignatures(conn, log, key, cosigned_by, report)

@@ -32,6 +32,9 @@ class BatchInfo:
     count: int
     root: bytes
     previous_root: bytes
+    window_start: str
+    window_end: str
+    plan_digest: str
 
 
 def check_batches(
@@ -107,7 +110,17 @@ def _check_batch(
         signed_at=entry.time if entry else None,
         report=report,
     )
-    return BatchInfo(row.id, head.device, label, head.count, head.root, head.previous_root)
+    return BatchInfo(
+        row.id,
+        head.device,
+        label,
+        head.count,
+        head.root,
+        head.previous_root,
+        head.window_start,
+        head.window_end,
+        head.plan_digest,
+    )
 
 
 def _columns(row: Row[Any]) -> tuple[object, ...]:

@@ -31,6 +31,7 @@ from engine.store import reads
 from engine.store.reads import BatchIds, RecordRow
 from engine.verify.batches import BatchInfo
 from engine.verify.report import Problem, Report
+from engine.verify.retention import Erased
 
 Progress = Callable[[int], None]
 """Called with the number of records verified so far, every few thousand."""
@@ -67,6 +68,9 @@ class BatchCheck:
     missing: int | None
     problems: list[Problem]
     """Two records at one position, records of another type: named while hashing."""
+    hashes: dict[int, bytes] | None = None
+    """The leaf hash of each stored position, of a batch that receipts deleted records of (its
+    root is rebuilt with the leaf hashes they keep)."""
 
 
 def check_records(
@@ -75,29 +79,42 @@ def check_records(
     report: Report,
     progress: Progress | None,
     workers: int | None,
+    *,
+    erased: Erased | None = None,
+    only: frozenset[int] | None = None,
 ) -> None:
-    """Compare each batch's rows, hashed and rebuilt into a root, with its signed statement.
+    """Compare each batch's rows, hashed and rebuilt into a root (with the leaf hashes its
+    deletion receipts keep, ``erased``), with its signed statement; only the batches in
+    ``only``, when given (their rows alone are read).
 
     With fewer garbage collections: every row the driver returns is a new
     tuple, which the cyclic collector would scan every 700 rows for nothing.
     """
+    gone = erased or Erased()
+    if only is not None:
+        batches = {i: info for i, info in batches.items() if i in only}
     report.counts.update(dict.fromkeys(_TYPE.values(), 0))
     seen: set[int] = set()
     done = 0
     with fewer_collections():
-        for check in _batch_checks(conn, batches, workers):
+        for check in _batch_checks(conn, batches, workers, frozenset(gone.hashes), only):
             seen.add(check.batch_id)
             done += sum(check.rows.values())
-            _compare(check, batches.get(check.batch_id), report)
+            _compare(check, batches.get(check.batch_id), gone, report)
             if progress is not None:
                 progress(done)
     for batch_id in batches.keys() - seen:
         info = batches[batch_id]
-        if info.count:
-            report.add(info.label, f"all its {info.count} records are missing")
+        if batch_id in gone.hashes:
+            _compare_erased(BatchCheck(batch_id, {}, 0, None, None, [], {}), info, gone, report)
+        elif info.count:
+            report.add(
+                info.label,
+                f"all its {info.count} records are missing, and no deletion receipt removed them",
+            )
 
 
-def _compare(check: BatchCheck, info: BatchInfo | None, report: Report) -> None:
+def _compare(check: BatchCheck, info: BatchInfo | None, gone: Erased, report: Report) -> None:
     """Count ``check``'s rows, and report what is wrong with them (``info``: their batch)."""
     for table, rows in check.rows.items():
         report.counts[_TYPE[table]] += rows
@@ -107,11 +124,18 @@ def _compare(check: BatchCheck, info: BatchInfo | None, report: Report) -> None:
             f"batch {check.batch_id}",
             f"{sum(check.rows.values())} records of a batch that is not stored (forged?)",
         )
+    elif check.hashes is not None:
+        _compare_erased(check, info, gone, report)
     elif check.positions != info.count:
+        unaccounted = (
+            f": {info.count - check.positions} missing, and no deletion receipt removed them"
+            if check.positions < info.count
+            else ""
+        )
         report.add(
             info.label,
             f"holds {check.positions} records, its statement signs "
-            f"{info.count} (records deleted or inserted)",
+            f"{info.count} (records deleted or inserted){unaccounted}",
         )
     elif check.missing is not None:
         report.add(info.label, f"record position {check.missing} is missing (records reordered?)")
@@ -119,11 +143,53 @@ def _compare(check: BatchCheck, info: BatchInfo | None, report: Report) -> None:
         report.add(info.label, "its records do not hash to its signed root (a record was changed)")
 
 
+def _compare_erased(check: BatchCheck, info: BatchInfo, gone: Erased, report: Report) -> None:
+    """A batch its receipts deleted records of: the records it holds and the leaf hashes the
+    receipts keep fill positions 0..count-1 once each, and hash to its signed root."""
+    stored, erased = check.hashes or {}, gone.hashes.get(info.id, {})
+    receipts = ", ".join(str(s) for s in gone.receipts.get(info.id, ()))
+    twice = sorted(stored.keys() & erased.keys())
+    if twice:
+        report.add(
+            info.label,
+            f"record position {twice[0]} is stored, yet its deletion receipt (audit entries"
+            f" {receipts}) removed it",
+        )
+        return
+    if not stored and list(erased) == list(range(info.count)):  # deleted whole, by one receipt
+        if root_of_hashes(list(erased.values())) != info.root:
+            report.add(info.label, _NOT_ITS_ROOT.format(receipts=receipts))
+        return
+    merged = {**erased, **stored}
+    missing = [p for p in range(info.count) if p not in merged]
+    if missing or len(merged) != info.count:
+        said = f"position {missing[0]} is missing" if missing else "it holds more records"
+        report.add(
+            info.label,
+            f"holds {len(stored)} records and its receipts (audit entries {receipts}) removed"
+            f" {len(erased)}, its statement signs {info.count}: {said}, and no deletion receipt"
+            " accounts for it (records deleted or inserted)",
+        )
+    elif root_of_hashes([merged[p] for p in range(info.count)]) != info.root:
+        report.add(info.label, _NOT_ITS_ROOT.format(receipts=receipts))
+
+
+_NOT_ITS_ROOT = (
+    "its records and the leaf hashes its receipts (audit entries {receipts}) keep do not hash"
+    " to its signed root (a record was changed, or a receipt's leaf hashes do not match the"
+    " batch)"
+)
+
+
 # --- the worker-process split ----------------------------------------------------------
 
 
 def _batch_checks(
-    conn: Connection, batches: Mapping[int, BatchInfo], workers: int | None
+    conn: Connection,
+    batches: Mapping[int, BatchInfo],
+    workers: int | None,
+    partial: frozenset[int],
+    only: frozenset[int] | None = None,
 ) -> Iterator[BatchCheck]:
     """The check of every batch that has records, in batch-id order: read here, or by workers.
 
@@ -137,20 +203,20 @@ def _batch_checks(
     source = reads.source(conn)
     count = _worker_count(workers, batches)
     if source is None or count < 2 or not batches:
-        yield from _read_checks(records, BatchIds())
+        yield from _read_checks(records, BatchIds(only=only), partial)
         return
     cuts = _cuts(batches, count * _RANGES_PER_WORKER)
     pool = ProcessPoolExecutor(count, mp_context=_start_method())
     try:
         tasks = [
-            pool.submit(_check_range, source, BatchIds(after, upto))
+            pool.submit(_check_range, source, BatchIds(after, upto, only), partial)
             for after, upto in zip([None, *cuts[:-1]], cuts, strict=True)
         ]
         for task in tasks:
             yield from task.result()
     finally:
         pool.shutdown(cancel_futures=True)
-    yield from _read_checks(records, BatchIds(after=cuts[-1]))
+    yield from _read_checks(records, BatchIds(cuts[-1], None, only), partial)
 
 
 def _worker_count(workers: int | None, batches: Mapping[int, BatchInfo]) -> int:
@@ -189,17 +255,20 @@ def _start_method() -> BaseContext:
     return multiprocessing.get_context()
 
 
-def _check_range(source: reads.Source, ids: BatchIds) -> list[BatchCheck]:
+def _check_range(source: reads.Source, ids: BatchIds, partial: frozenset[int]) -> list[BatchCheck]:
     """In a worker process: the checks of the batches ``ids`` names, on its own connection."""
     with reads.connect(source) as records, fewer_collections():
-        return list(_read_checks(records, ids))
+        return list(_read_checks(records, ids, partial))
 
 
 # --- hashing ---------------------------------------------------------------------------
 
 
-def _read_checks(records: reads.Records, ids: BatchIds) -> Iterator[BatchCheck]:
-    """The check of each batch in ``ids``, merging readings and gap records.
+def _read_checks(
+    records: reads.Records, ids: BatchIds, partial: frozenset[int]
+) -> Iterator[BatchCheck]:
+    """The check of each batch in ``ids``, merging readings and gap records; of a batch in
+    ``partial`` (receipts deleted records of it), with its leaf hashes by position.
 
     Both tables are read in (batch id, position) order, so a batch's rows are
     together in each; the two streams are merged a batch at a time, and only
@@ -221,20 +290,24 @@ def _read_checks(records: reads.Records, ids: BatchIds) -> Iterator[BatchCheck]:
                 if head and head[0] == batch_id:
                     groups[table] = list(head[1])
                     heads[table] = next(streams[table], None)
-            yield _batch_check(batch_id, groups)
+            yield _batch_check(batch_id, groups, batch_id in partial)
 
 
-def _batch_check(batch_id: int, groups: dict[str, list[RecordRow]]) -> BatchCheck:
-    """Hash one batch's rows (by table) and rebuild its root, if its positions allow one."""
+def _batch_check(batch_id: int, groups: dict[str, list[RecordRow]], partial: bool) -> BatchCheck:
+    """Hash one batch's rows (by table) and rebuild its root, if its positions allow one; of a
+    batch receipts deleted records of, keep the leaf hashes by position instead."""
     problems: list[Problem] = []
     found = _leaf_hashes(batch_id, groups, problems)
+    rows = {table: len(group) for table, group in groups.items()}
+    if partial:
+        hashes = found if isinstance(found, dict) else dict(enumerate(found))
+        return BatchCheck(batch_id, rows, len(found), None, None, problems, hashes)
     missing = _first_missing(found)
     root = None
     if missing is None:
         root = root_of_hashes(
             found if isinstance(found, list) else [found[i] for i in range(len(found))]
         )
-    rows = {table: len(group) for table, group in groups.items()}
     return BatchCheck(batch_id, rows, len(found), root, missing, problems)
 
 

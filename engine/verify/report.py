@@ -1,4 +1,5 @@
-"""What a verification found: every problem, named by what it is about, with counts and notes."""
+"""What a verification found: every problem, named by what it is about, with counts and notes;
+lawful deletions with their receipts, and findings that are no failure."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ class Report:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Facts an auditor should know that are not failures (entries after the last checkpoint)."""
+    deletions: list[Problem] = field(default_factory=list)
+    """Records deleted lawfully, each run's per device, with their receipts (not failures)."""
+    findings: list[Problem] = field(default_factory=list)
+    """What an auditor must see that is no failure of the evidence: data kept past its
+    ``keep_at_most`` with no hold (a data-minimisation breach)."""
 
     @property
     def ok(self) -> bool:

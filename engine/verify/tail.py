@@ -38,13 +38,18 @@ TAIL_KINDS = frozenset(
         "key.rotated",
         "access.decision",
         "audit.reviewed",
+        "retention.deleted",
+        "retention.archived",
+        "hold.placed",
+        "hold.released",
     }
 )
 """What a running collector appends between checkpoints, and what commands that hold no audit
-key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews):
-those wait for the next checkpoint a collector signs. A site collector that publishes logs its
-batches as ``batch.sealed``; a central store's ingesters log quarantined messages and cosigned
-checkpoints between theirs (docs/scale-out.md)."""
+key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews,
+holds): those wait for the next checkpoint a collector signs; and the receipts of a retention
+run killed before its next checkpoint (the next run, or any checkpoint, signs them). A site
+collector that publishes logs its batches as ``batch.sealed``; a central store's ingesters log
+quarantined messages and cosigned checkpoints between theirs (docs/scale-out.md)."""
 RUN_KINDS = frozenset(
     {"batch.stored", "batch.sealed", "batch.dropped", "spool.full", "message.quarantined",
      "checkpoint.cosigned"}

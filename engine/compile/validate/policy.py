@@ -174,6 +174,7 @@ _DEMANDS: tuple[tuple[str, DocPath, Callable[[Any], FacetValue]], ...] = (
     ("signing.batch_window_ms", ("signing", "batch_window"), parse_duration),
     ("access.read", ("access", "read"), _name_set),
     ("access.export", ("access", "export"), _name_set),
+    ("access.hold", ("access", "hold"), _name_set),
     ("access.deny", ("access", "deny"), _name_set),
 )
 

@@ -15,7 +15,7 @@ from engine.errors import Finding, Location, error, warning
 from engine.keys import KeyStore
 from engine.model import Policy, Project
 
-ROLE_FACETS = ("access.read", "access.export", "access.deny")
+ROLE_FACETS = ("access.read", "access.export", "access.hold", "access.deny")
 
 
 def check_references(project: Project) -> list[Finding]:

@@ -129,6 +129,7 @@ SIGNING: Schema = {
 ACCESS: Schema = {
     "read": string_list("roles granted read access", "role"),
     "export": string_list("roles granted export", "role"),
+    "hold": string_list("roles granted to place and release legal holds", "role"),
     "deny": string_list("roles denied (deny overrides any grant)", "role"),
 }
 
@@ -169,7 +170,7 @@ POLICY: Schema = {
     "capture": mapping(CAPTURE, "how often points are sampled"),
     "retention": mapping(RETENTION, "how long data is kept"),
     "signing": mapping(SIGNING, "whether and how data is signed"),
-    "access": mapping(ACCESS, "who may read and export"),
+    "access": mapping(ACCESS, "who may read, export and hold"),
     "exceptions": list_of(EXCEPTION, "time-boxed waivers of this policy's facets"),
 }
 

@@ -1,0 +1,201 @@
+"""Legal holds: placed and released by a principal the guard allows (``access.hold``).
+
+A hold covers devices (all, when none is named), point-name globs (all, when
+none) and a time range, and suspends the deletion of what it covers, whatever
+the policies say, until it is released; it also covers data stored after it
+was placed. Placing and releasing are decided by the guard on every point the
+hold covers, under the plans in force for its range (deny overrides, default
+deny: a principal needs an ``access.hold`` grant on all of them), and each is
+an audit entry (``hold.placed``, ``hold.released``) written with the hold's row
+in one transaction; a hold is never deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+
+from sqlalchemy import Connection
+
+from engine.access import record
+from engine.access.acting import Refusal, act_as
+from engine.access.data import Range, plans_in_force
+from engine.access.guard import Decision, Request, Target, decide
+from engine.audit import Actor, os_user
+from engine.errors import AccessDenied, RetentionError
+from engine.principals import PrincipalResolver
+from engine.sign.leaf import instant, point_of
+from engine.store import auditlog, data
+from engine.store import retention as stored
+from engine.store.retention import Hold, Scope
+from engine.store.store import Store
+
+
+class HoldRefused(RetentionError):
+    """A hold that cannot be placed or released as asked: nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A hold placed: its id, the decision that allowed it, and the receipts of data in its
+    scope that was deleted before it (a hold cannot bring them back)."""
+
+    id: int
+    decision: Decision
+    deleted_before: tuple[int, ...]
+
+
+def place(
+    store: Store, resolver: PrincipalResolver, principal: str, scope: Scope, reason: str
+) -> Placed:
+    """Place a hold on ``scope`` for ``principal`` (see the module)."""
+    actor = _acting(store, resolver, principal, "hold")
+    decision = _decide(store, resolver, principal, scope)
+    now = datetime.now(UTC)
+    with store.reading() as conn:
+        deleted = _receipts(conn, scope)
+        if deleted and not _open_ended(scope, now) and not _anything_left(conn, scope):
+            raise HoldRefused(
+                f"nothing left to hold: what the hold would cover was deleted already, by the "
+                f"deletion receipt{'s' if len(deleted) > 1 else ''} (audit entr"
+                f"{'ies' if len(deleted) > 1 else 'y'} {_seqs(deleted)}); a hold cannot bring "
+                "deleted records back"
+            )
+    with store.transaction() as conn:
+        at = instant(now)
+        seq = auditlog.size(conn)
+        hold_id = stored.add_hold(conn, scope, reason=reason, placed_by=principal, at=at, seq=seq)
+        said = {"hold": hold_id, **scope.as_json(), "reason": reason, "decision": decision.id}
+        auditlog.append(conn, "hold.placed", actor, said, at)
+    return Placed(hold_id, decision, tuple(deleted))
+
+
+def release(
+    store: Store, resolver: PrincipalResolver, principal: str, hold_id: int, reason: str
+) -> Hold:
+    """Release hold ``hold_id`` for ``principal``; the hold as it was."""
+    actor = _acting(store, resolver, principal, "release")
+    with store.reading() as conn:
+        found = _releasable(conn, hold_id)
+    decision = _decide(store, resolver, principal, found.scope)
+    with store.transaction() as conn:
+        _releasable(conn, hold_id)  # released meanwhile?
+        at = instant(datetime.now(UTC))
+        seq = auditlog.size(conn)
+        stored.release(conn, hold_id, reason=reason, by=principal, at=at, seq=seq)
+        said = {"hold": hold_id, "reason": reason, "decision": decision.id}
+        auditlog.append(conn, "hold.released", actor, said, at)
+    return found
+
+
+def _acting(store: Store, resolver: PrincipalResolver, principal: str, what: str) -> Actor:
+    """The principal's actor, or (recorded first) its refusal."""
+    acting = act_as(resolver, principal, what)
+    if isinstance(acting, Refusal):
+        store.log("access.decision", acting.payload, actor=acting.actor)
+        raise AccessDenied(acting.reason)
+    return acting
+
+
+def _releasable(conn: Connection, hold_id: int) -> Hold:
+    found = stored.hold(conn, hold_id)
+    if found is None:
+        raise HoldRefused(f"there is no hold {hold_id} in this store (converge hold list)")
+    if not found.in_force:
+        raise HoldRefused(
+            f"hold {hold_id} was released already, by {found.released_by} at "
+            f"{found.released_at} (audit entry {found.released_seq})"
+        )
+    return found
+
+
+def _decide(store: Store, resolver: PrincipalResolver, principal: str, scope: Scope) -> Decision:
+    """The guard's ``hold`` decision on every point ``scope`` covers, recorded; refused unless
+    it allows them all."""
+    with store.reading() as conn:
+        targets = hold_targets(conn, scope)
+    request = Request(
+        principal,
+        resolver.resolve(principal),
+        os_user(),
+        "hold",
+        targets,
+        _moment(scope.start),
+        _moment(scope.end),
+        resolver.digest,
+    )
+    decision = decide(request)
+    record(store, decision)
+    if decision.denied:
+        said = "; ".join(f"{p.device}/{p.point}: {p.reason}" for p in decision.denied[:5])
+        more = f" and {len(decision.denied) - 5} more" if len(decision.denied) > 5 else ""
+        raise AccessDenied(
+            f"{principal} may not hold what the hold covers ({said}{more}; decision {decision.id})"
+        )
+    return decision
+
+
+def hold_targets(conn: Connection, scope: Scope) -> list[Target]:
+    """Every point ``scope`` covers, with the plans in force for its range; raises
+    HoldRefused for a device with no stored plan, or a glob that matches no point."""
+    span = Range(scope.start, scope.end)
+    found: list[Target] = []
+    for device in scope.devices or data.devices(conn):
+        plans = plans_in_force(conn, device, span)
+        if not plans:
+            raise HoldRefused(f"device {device} has no plan in this store: nothing to hold")
+        names = sorted({p.name for plan in plans for p in plan.points})
+        for glob in scope.points:
+            if not any(fnmatchcase(name, glob) for name in names):
+                raise HoldRefused(f"--point {glob} matches no point of device {device}")
+        picked = [
+            n for n in names if not scope.points or any(fnmatchcase(n, g) for g in scope.points)
+        ]
+        found.extend(Target(device, name, plans) for name in picked)
+    return found
+
+
+def _receipts(conn: Connection, scope: Scope) -> list[int]:
+    """The deletion receipts that removed records of points ``scope`` covers."""
+    return [
+        entry.seq
+        for entry in auditlog.entries(conn, ["retention.deleted"])
+        if any(
+            scope.covers(
+                str(p.get("device")),
+                str(p.get("point")),
+                str(entry.payload.get("window_start")),
+                str(entry.payload.get("window_end")),
+            )
+            for p in entry.payload.get("points", ())
+        )
+    ]
+
+
+def _open_ended(scope: Scope, now: datetime) -> bool:
+    """Whether records stored from now on can fall in the scope's range."""
+    return scope.end is None or scope.end > instant(now)
+
+
+def _anything_left(conn: Connection, scope: Scope) -> bool:
+    """Whether the store still holds a record the scope covers."""
+    for device in scope.devices or data.devices(conn):
+        for batch in data.batches(conn, device, scope.start, scope.end):
+            for _, leaf in data.leaves(conn, batch.id):
+                if scope.covers(device, point_of(leaf), batch.window_start, batch.window_end):
+                    return True
+    return False
+
+
+def _seqs(seqs: Sequence[int]) -> str:
+    shown = ", ".join(str(s) for s in seqs[:10])
+    return shown + (f" and {len(seqs) - 10} more" if len(seqs) > 10 else "")
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+__all__ = ["HoldRefused", "Placed", "hold_targets", "place", "release"]

@@ -1,0 +1,289 @@
+"""A retention run: verify the store, then per batch delete what expired, with its receipt.
+
+The order is what makes a run safe to kill at any instant:
+
+1. take the store's retention lock (one run at a time; a second refuses);
+2. make sure the log's key can sign (asked now, not after deleting);
+3. verify the store (:func:`engine.verify.verify_store`): nothing is deleted
+   from a store that does not verify. Everything is checked whole (the audit
+   log, checkpoints and tail, plans, batches, chains, receipts and holds) but
+   the records, which are rehashed only in the batches the run will delete
+   from. That is what the run relies on or touches: it signs a checkpoint over
+   the whole log, decides by plans and holds, and deletes from those batches.
+   Records of a batch it does not touch are neither read, changed nor signed
+   by it (a checkpoint signs the log, and the batch's root is in its verified
+   statement and entry), so a tamper there is as visible to ``audit verify``
+   after the run as before it;
+4. for each batch with expired records: in **one transaction** (holding the
+   store's write lock) re-read the holds in force and the batch's records,
+   check they still hash to its signed root, choose what goes
+   (:mod:`engine.retention.select`), append the receipt and delete; a
+   killed run leaves each batch wholly before or after;
+5. sign a checkpoint every :data:`RECEIPTS_PER_CHECKPOINT` receipts and at
+   the end, so that the receipts are signed before the run returns (a killed
+   run's last receipts are an unsigned tail the next checkpoint signs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.audit import Actor, seal_with
+from engine.errors import ConvergeError, RetentionError
+from engine.keys import KeyStore
+from engine.plans.body import PlanBody, PlanPoint, Retention
+from engine.plans.expiry import expiry
+from engine.retention import archive, receipt
+from engine.retention.archive import Archived, archives
+from engine.retention.select import Selection, select
+from engine.sign.leaf import instant
+from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.store import auditlog, data
+from engine.store.retention import (
+    BatchRef,
+    batch_refs,
+    erase,
+    erased,
+    erased_counts,
+    holds,
+    retention_lock,
+)
+from engine.store.store import Store
+from engine.verify import Trust, verify_store
+
+RECEIPTS_PER_CHECKPOINT = 256
+"""Receipts a run writes between two checkpoints: a killed run leaves no longer a tail."""
+
+
+class StoreUnverified(RetentionError):
+    """The store does not verify, so a retention run deletes nothing from it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Who runs retention (a principal or a job) and with which keys.
+
+    ``keys`` signs the checkpoints (the log's key); ``trust`` is what the store is
+    verified against before anything is deleted; ``workers`` as for ``verify_store``
+    (1 inside a collector, which must not fork). The witness file is the store's.
+    """
+
+    actor: Actor
+    keys: KeyStore
+    trust: Trust
+    workers: int | None = None
+    archives: Path = Path("archives")
+    """Where archives are written (``on_expiry: archive``)."""
+
+
+@dataclass
+class Outcome:
+    """What a run (or a forecast) did, or would do."""
+
+    run: receipt.Run
+    at: datetime
+    deleted: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Records deleted, by (device, point)."""
+    rules: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """How they expired, by (device, point): ``window start + keep_at_most 30s``, ..."""
+    batches: int = 0
+    receipts: list[int] = field(default_factory=list)
+    kept: Counter[int] = field(default_factory=Counter)
+    """Expired records kept, by the hold that keeps them."""
+    held_past: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Records a hold keeps past their ``keep_at_most``, by (device, point)."""
+    checkpoint: int | None = None
+    """The size of the last checkpoint the run signed."""
+    unsigned: int = 0
+
+    @property
+    def records(self) -> int:
+        return sum(self.deleted.values())
+
+    def add(self, selection: Selection) -> None:
+        device = selection.batch.device
+        for group in selection.groups:
+            for point, n in group.points.items():
+                self.deleted[device, point] += n
+                self.rules.setdefault((device, point), set()).add(group.expiry.explain())
+        self.batches += bool(selection.groups)
+        self.kept.update(selection.kept)
+        for point, n in selection.held_past.items():
+            self.held_past[device, point] += n
+
+
+def apply(store: Store, job: Job) -> Outcome:
+    """One retention run on ``store`` by ``job`` (see the module)."""
+    started = datetime.now(UTC)
+    outcome = Outcome(receipt.Run(str(uuid.uuid4()), instant(started)), started)
+    with retention_lock(store.engine):
+        seal_with(job.keys, store.audit_key, started)
+        work = list(candidates(store, started))
+        _verified(store, job, [batch.id for batch, _ in work])
+        archived = _archive(store, job, work)
+        try:
+            for batch, plan in work:
+                _delete(store, (batch, plan, archived), job, outcome)
+                if outcome.unsigned >= RECEIPTS_PER_CHECKPOINT:
+                    _checkpoint(store, job, outcome)
+        except BaseException:
+            if outcome.unsigned:  # sign what was deleted before the failure, if the store lets us
+                with contextlib.suppress(ConvergeError):
+                    _checkpoint(store, job, outcome)
+            raise
+        if outcome.unsigned:
+            _checkpoint(store, job, outcome)
+    return outcome
+
+
+def forecast(store: Store, at: datetime) -> Outcome:
+    """What a run at ``at`` would delete, with the holds in force now; changes nothing."""
+    outcome = Outcome(receipt.Run("forecast", instant(at)), at)
+    for batch, plan in candidates(store, at):
+        with store.reading() as conn:
+            held = holds(conn, in_force=True)
+            outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
+    return outcome
+
+
+def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> Archived | None:
+    """Write the archive of what this run will delete under ``on_expiry: archive``, if any."""
+    chosen = []
+    with store.reading() as conn:
+        held = holds(conn, in_force=True)
+        at = datetime.now(UTC)
+        for batch, plan in work:
+            if archives(plan):
+                chosen.append(select(batch, plan, held, data.batch_records(conn, batch.id), at))
+    return archive.write(store, job.keys, job.actor, job.archives, chosen)
+
+
+def _verified(store: Store, job: Job, touched: list[int]) -> None:
+    """The store verifies, the records of the batches ``touched`` included (see the module)."""
+    report = verify_store(
+        store, job.trust, audit_key=store.audit_key, workers=job.workers, records_of=touched
+    )
+    if not report.ok:
+        first = report.problems[0]
+        count = len(report.problems)
+        raise StoreUnverified(
+            f"the store at {store.where} does not verify ({count} problem"
+            f"{'s' if count > 1 else ''}; the first: {first}): retention deletes nothing from"
+            " a store that does not verify (converge audit verify names every problem)"
+        )
+
+
+def candidates(store: Store, at: datetime) -> Iterator[tuple[BatchRef, PlanBody]]:
+    """The batches that still hold records, of a stored plan, and have some expired by ``at``."""
+    with store.reading() as conn:
+        refs = batch_refs(conn)
+        gone = erased_counts(conn)
+        plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
+    firsts = {d: _retentions(p) for d, p in plans.items() if p is not None}
+    for ref in refs:
+        plan = plans.get(ref.plan_digest)
+        if plan is None or ref.count <= gone.get(ref.id, 0):
+            continue
+        if _earliest(firsts[ref.plan_digest], ref) <= at:
+            yield ref, plan
+
+
+def _retentions(plan: PlanBody) -> list[PlanPoint]:
+    """One point of the plan for each distinct retention its points have."""
+    found: dict[Retention, PlanPoint] = {}
+    for point in plan.points:
+        found.setdefault(point.retention, point)
+    return list(found.values())
+
+
+def _earliest(points: list[PlanPoint], ref: BatchRef) -> datetime:
+    """When the first of a batch's records may expire (its plan's earliest expiry)."""
+    start, end = datetime.fromisoformat(ref.window_start), datetime.fromisoformat(ref.window_end)
+    found = [expiry(point, start, end) for point in points]
+    moments = [e.expires for e in found if e is not None]
+    return min(moments) if moments else datetime.max.replace(tzinfo=UTC)
+
+
+Work = tuple[BatchRef, PlanBody, Archived | None]
+"""A batch to delete from, its plan, and the run's archive."""
+
+
+def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
+    """One batch in one transaction: what expired goes, with its receipt (see the module)."""
+    batch, plan, archived = work
+    with store.transaction() as conn:
+        at = datetime.now(UTC)
+        held = holds(conn, in_force=True)
+        positions, leaves = data.batch_records(conn, batch.id)
+        sha256 = hashlib.sha256
+        hashes = [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+        _check_root(batch, (positions, hashes), erased(conn, batch.id))
+        selection = select(batch, plan, held, (positions, leaves), at)
+        kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
+        selection.archived_only(kept)
+        outcome.add(selection)
+        if not selection.groups:
+            return
+        removed = _removed(selection, positions, hashes)
+        said = receipt.payload(
+            selection,
+            removed,
+            outcome.run,
+            held,
+            archived.as_json() if archived and selection.archive else None,
+        )
+        seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
+        erase(conn, batch.id, removed, seq, whole=selection.remaining == 0)
+    outcome.receipts.append(seq)
+    outcome.unsigned += 1
+
+
+def _removed(
+    selection: Selection, positions: list[int], hashes: list[bytes]
+) -> list[tuple[int, bytes]]:
+    """(position, leaf hash) of each record that goes, in position order."""
+    if selection.remaining == 0:
+        return list(zip(positions, hashes, strict=True))
+    index = {p: i for i, p in enumerate(positions)}
+    return sorted((p, hashes[index[p]]) for g in selection.groups for p in g.positions)
+
+
+def _check_root(
+    batch: BatchRef, records: tuple[list[int], list[bytes]], gone: dict[int, bytes]
+) -> None:
+    """The batch's records (the positions and leaf hashes of those stored, and of those its
+    receipts erased) are its positions 0..count-1, each once, and hash to its signed root."""
+    positions, hashes = records
+    every = list(range(batch.count))
+    if gone or positions != every:  # not simply the whole batch, in order
+        merged = {**gone, **dict(zip(positions, hashes, strict=True))}
+        if len(merged) != len(gone) + len(positions) or sorted(merged) != every:
+            raise _unverified(batch)
+        hashes = [merged[p] for p in every]
+    if root_of_hashes(hashes) != batch.root:
+        raise _unverified(batch)
+
+
+def _unverified(batch: BatchRef) -> StoreUnverified:
+    return StoreUnverified(
+        f"batch {batch.id} ({batch.device} {batch.window_start}) no longer verifies: its"
+        " records do not hash to its signed root; nothing more is deleted"
+    )
+
+
+def _checkpoint(store: Store, job: Job, outcome: Outcome) -> None:
+    seal = seal_with(job.keys, store.audit_key, datetime.now(UTC))
+    store.checkpoint(seal.sign, seal.at)
+    with store.reading() as conn:
+        outcome.checkpoint = auditlog.last_checkpoint_size(conn)
+    outcome.unsigned = 0
+
+
+__all__ = ["RECEIPTS_PER_CHECKPOINT", "Job", "Outcome", "StoreUnverified", "apply", "forecast"]

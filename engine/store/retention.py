@@ -1,0 +1,404 @@
+"""The store's side of retention: erasures, legal holds, and the lock of a retention run.
+
+- **Erasures.** A deletion removes records' rows (their values and salts) and
+  keeps, per receipt, the positions removed and their leaf hashes
+  (:data:`~engine.store.tables.ERASURES`), so the batch's root can still be
+  rebuilt and the remaining records' inclusion proofs still verify. The
+  receipt itself (a ``retention.deleted`` audit entry) is appended in the same
+  transaction by the caller; :func:`erase` only changes the tables.
+- **Holds.** A hold is a row of :data:`~engine.store.tables.HOLDS`, placed and
+  released with its audit entry, never deleted; :class:`Hold` is what it
+  covers (also what the verifier rebuilds from the ``hold.placed`` entries).
+- **The lock.** One retention run at a time (:func:`retention_lock`): a
+  session advisory lock on PostgreSQL, a file lock beside a SQLite file; both
+  end with the process that holds them, however it ends.
+
+Positions are written as runs, ``[[first, last], ...]`` ascending and inclusive
+(:func:`runs`), and leaf hashes as their 32 bytes concatenated in position
+order: a batch deleted whole is ``[[0, count-1]]`` and one blob.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.canonical import canonical_json
+from engine.errors import RetentionError, StoreError
+from engine.store.database import describe, reason
+from engine.store.reads import as_bytes
+from engine.store.tables import BATCHES, ERASURES, GAPS, HOLDS, READINGS
+
+HASH_SIZE = 32
+_HASHES = re.compile(b"(?s).{%d}" % HASH_SIZE)
+RETENTION_LOCK_ID = 0x636F6E72  # "conr": the advisory lock a retention run holds (PostgreSQL)
+
+# --- positions as runs ------------------------------------------------------------------
+
+
+def runs(positions: Iterable[int]) -> list[list[int]]:
+    """Ascending positions as ``[[first, last], ...]`` runs of consecutive ones."""
+    ordered = sorted(positions)
+    if ordered and ordered[-1] - ordered[0] + 1 == len(ordered) == len(set(ordered)):
+        return [[ordered[0], ordered[-1]]]  # one run: a batch deleted whole, usually
+    found: list[list[int]] = []
+    for position in ordered:
+        if found and found[-1][1] == position - 1:
+            found[-1][1] = position
+        else:
+            found.append([position, position])
+    return found
+
+
+def positions_of(said: Any) -> list[int]:
+    """The positions ``runs`` wrote; raises ValueError for anything else (overlapping,
+    unsorted or reversed runs included)."""
+    if not isinstance(said, list):
+        raise ValueError("positions are not a list of runs")
+    found: list[int] = []
+    for run in said:
+        if (
+            not isinstance(run, list)
+            or len(run) != 2
+            or not all(type(p) is int for p in run)
+            or run[0] > run[1]
+            or run[0] < (found[-1] + 2 if found else 0)
+        ):
+            raise ValueError(f"positions: {run!r} is not a run after the ones before it")
+        found.extend(range(run[0], run[1] + 1))
+    return found
+
+
+def split_hashes(blob: bytes) -> list[bytes]:
+    """The 32-byte hashes of a concatenation; raises ValueError for a length that is no
+    multiple of 32."""
+    if len(blob) % HASH_SIZE:
+        raise ValueError(f"{len(blob)} bytes are not whole {HASH_SIZE}-byte hashes")
+    return _HASHES.findall(blob)  # one C-level scan, no Python code per hash
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """A batch row as retention needs it: its device, signed window, size, plan and root."""
+
+    id: int
+    device: str
+    window_start: str
+    window_end: str
+    count: int
+    plan_digest: str
+    root: bytes
+
+
+def batch_refs(conn: Connection) -> list[BatchRef]:
+    """Every batch, in id order."""
+    b = BATCHES.c
+    query = select(
+        b.id, b.device, b.window_start, b.window_end, b["count"], b.plan_digest, b.root
+    ).order_by(b.id)
+    return [
+        BatchRef(r.id, r.device, r.window_start, r.window_end, r[4], r.plan_digest, bytes(r.root))
+        for r in conn.execute(query)
+    ]
+
+
+# --- erasures ---------------------------------------------------------------------------
+
+
+def erase(
+    conn: Connection, batch_id: int, removed: Sequence[tuple[int, bytes]], receipt: int, whole: bool
+) -> None:
+    """Delete the records at the (position, leaf hash) ``removed`` of a batch, keeping their
+    positions and hashes as receipt ``receipt``'s erasure; ``whole``: every record the batch
+    still holds goes. In the caller's transaction, beside the receipt."""
+    positions = list(map(itemgetter(0), removed))
+    for table in (READINGS, GAPS):
+        gone = delete(table).where(table.c.batch_id == batch_id)
+        if whole:
+            conn.execute(gone)
+            continue
+        for start in range(0, len(positions), 500):
+            conn.execute(gone.where(table.c.position.in_(positions[start : start + 500])))
+    conn.execute(
+        insert(ERASURES).values(
+            batch_id=batch_id,
+            receipt=receipt,
+            positions=canonical_json(runs(positions)).decode(),
+            leaf_hashes=b"".join(map(itemgetter(1), removed)),
+        )
+    )
+
+
+def erased(conn: Connection, batch_id: int) -> dict[int, bytes]:
+    """The leaf hash of every position of a batch its receipts removed."""
+    query = select(ERASURES.c.positions, ERASURES.c.leaf_hashes).where(
+        ERASURES.c.batch_id == batch_id
+    )
+    found: dict[int, bytes] = {}
+    for positions, hashes in conn.execute(query):
+        found.update(
+            zip(positions_of(json.loads(positions)), split_hashes(as_bytes(hashes)), strict=True)
+        )
+    return found
+
+
+def erased_counts(conn: Connection) -> dict[int, int]:
+    """How many records each batch's receipts removed, by batch id."""
+    counts: dict[int, int] = {}
+    for batch_id, positions in conn.execute(select(ERASURES.c.batch_id, ERASURES.c.positions)):
+        removed = sum(last - first + 1 for first, last in json.loads(positions))
+        counts[batch_id] = counts.get(batch_id, 0) + removed
+    return counts
+
+
+def erasures(conn: Connection) -> Iterator[tuple[int, int, str, bytes]]:
+    """(batch id, receipt, positions text, hashes) of every erasure row, as stored."""
+    query = select(
+        ERASURES.c.batch_id, ERASURES.c.receipt, ERASURES.c.positions, ERASURES.c.leaf_hashes
+    ).order_by(ERASURES.c.id)
+    for batch_id, receipt, positions, hashes in conn.execute(query):
+        yield batch_id, receipt, positions, as_bytes(hashes)
+
+
+# --- holds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a hold covers: devices (none: all), point-name globs (none: all), a time range.
+
+    A record is covered when its batch's window meets ``[start, end)`` (either end open):
+    deletion judges records by their batch's signed window (engine/plans/expiry.py), and so
+    does a hold, so that the verifier can tell without the deleted records.
+    """
+
+    devices: tuple[str, ...] = ()
+    points: tuple[str, ...] = ()
+    start: str | None = None
+    end: str | None = None
+
+    def covers(self, device: str, point: str, window_start: str, window_end: str) -> bool:
+        return self.touches(device, window_start, window_end) and (
+            not self.points or any(fnmatchcase(point, glob) for glob in self.points)
+        )
+
+    def touches(self, device: str, window_start: str, window_end: str) -> bool:
+        """Whether it covers some point of ``device`` in that window (if it has the point)."""
+        return (
+            (not self.devices or device in self.devices)
+            and (self.start is None or window_end > self.start)
+            and (self.end is None or window_start < self.end)
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "devices": list(self.devices),
+            "points": list(self.points),
+            "from": self.start,
+            "to": self.end,
+        }
+
+    @classmethod
+    def from_json(cls, said: Any) -> Scope:
+        """The scope an entry's payload states; raises ValueError for another shape."""
+        if not isinstance(said, dict):
+            raise ValueError("not a hold's scope")
+        start, end = said.get("from"), said.get("to")
+        if not all(t is None or isinstance(t, str) for t in (start, end)):
+            raise ValueError("a hold's from and to are instants or null")
+        return cls(_names(said.get("devices")), _names(said.get("points")), start, end)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a hold's devices and points are lists of names")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A legal hold as stored: its scope, why, who placed it (and released it) when."""
+
+    id: int
+    scope: Scope
+    reason: str
+    placed_by: str
+    placed_at: str
+    placed_seq: int
+    released_by: str | None = None
+    released_at: str | None = None
+    release_reason: str | None = None
+    released_seq: int | None = None
+
+    @property
+    def in_force(self) -> bool:
+        return self.released_seq is None
+
+    def in_force_at(self, seq: int) -> bool:
+        """Whether it was in force when audit entry ``seq`` was written."""
+        return self.placed_seq < seq and (self.released_seq is None or self.released_seq > seq)
+
+
+def holds(conn: Connection, in_force: bool = False) -> list[Hold]:
+    """Every hold (or only those in force), by id."""
+    query = select(HOLDS).order_by(HOLDS.c.id)
+    if in_force:
+        query = query.where(HOLDS.c.released_seq.is_(None))
+    return [_hold(row._mapping) for row in conn.execute(query)]
+
+
+def hold(conn: Connection, hold_id: int) -> Hold | None:
+    row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
+    return None if row is None else _hold(row._mapping)
+
+
+def _hold(row: Any) -> Hold:
+    scope = Scope(
+        tuple(json.loads(row["devices"])),
+        tuple(json.loads(row["points"])),
+        row["from_time"],
+        row["to_time"],
+    )
+    return Hold(
+        row["id"],
+        scope,
+        row["reason"],
+        row["placed_by"],
+        row["placed_at"],
+        row["placed_seq"],
+        row["released_by"],
+        row["released_at"],
+        row["release_reason"],
+        row["released_seq"],
+    )
+
+
+def add_hold(
+    conn: Connection, scope: Scope, *, reason: str, placed_by: str, at: str, seq: int
+) -> int:
+    """A new hold row, placed by audit entry ``seq`` (about to be appended); its id."""
+    return int(
+        conn.execute(
+            insert(HOLDS)
+            .values(
+                devices=canonical_json(list(scope.devices)).decode(),
+                points=canonical_json(list(scope.points)).decode(),
+                from_time=scope.start,
+                to_time=scope.end,
+                reason=reason,
+                placed_by=placed_by,
+                placed_at=at,
+                placed_seq=seq,
+            )
+            .returning(HOLDS.c.id)
+        ).scalar_one()
+    )
+
+
+def release(conn: Connection, hold_id: int, *, reason: str, by: str, at: str, seq: int) -> None:
+    """Mark hold ``hold_id`` released by audit entry ``seq`` (about to be appended)."""
+    conn.execute(
+        update(HOLDS)
+        .where(HOLDS.c.id == hold_id)
+        .values(released_by=by, released_at=at, release_reason=reason, released_seq=seq)
+    )
+
+
+# --- the lock ---------------------------------------------------------------------------
+
+
+class RetentionBusy(RetentionError):
+    """Another retention run holds the store's retention lock."""
+
+
+@contextmanager
+def retention_lock(engine: Engine) -> Iterator[None]:
+    """Hold the store's retention lock for the block, or raise :class:`RetentionBusy` at once.
+
+    PostgreSQL: a session advisory lock on a connection kept for the block; SQLite: an
+    exclusive ``flock`` of ``<database>.retention-lock`` beside the file. Either is let go
+    when the process ends, killed or not, so a killed run never blocks the next one.
+    """
+    if engine.dialect.name == "postgresql":
+        with _advisory(engine):
+            yield
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with _file_lock(Path(f"{database}.retention-lock"), describe(engine)):
+        yield
+
+
+@contextmanager
+def _advisory(engine: Engine) -> Iterator[None]:
+    try:
+        with engine.connect() as conn:
+            taken = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({RETENTION_LOCK_ID})")
+            if not taken.scalar():
+                raise RetentionBusy(_busy(describe(engine)))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({RETENTION_LOCK_ID})")
+                conn.commit()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"store {describe(engine)}: {reason(exc)}") from exc
+
+
+@contextmanager
+def _file_lock(path: Path, where: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetentionBusy(_busy(where)) from None
+        yield
+    finally:
+        os.close(fd)  # closing the file lets the lock go
+
+
+def _busy(where: str) -> str:
+    return (
+        f"another retention run is deleting from the store at {where} (it holds the store's "
+        "retention lock): this one deleted nothing; run it again when that one has finished"
+    )
+
+
+__all__ = [
+    "BatchRef",
+    "Hold",
+    "RetentionBusy",
+    "Scope",
+    "add_hold",
+    "batch_refs",
+    "erase",
+    "erased",
+    "erased_counts",
+    "erasures",
+    "hold",
+    "holds",
+    "positions_of",
+    "release",
+    "retention_lock",
+    "runs",
+    "split_hashes",
+]

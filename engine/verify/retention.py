@@ -1,0 +1,524 @@
+"""Retention: lawful deletions told apart from tampering, holds, and data kept too long.
+
+Every ``retention.deleted`` entry (a deletion receipt) must name a stored
+batch exactly as its statement signs it, and the positions and leaf hashes it
+removed must be the store's erasure of it; the records check
+(:mod:`engine.verify.records`) then rebuilds each batch's root from the
+records it still holds and the leaf hashes its receipts keep. A receipt is
+lawful when, for every point it deleted, the batch's *plan* expires that
+point's records (:mod:`engine.plans.expiry`, on the batch's signed window) no
+later than the receipt's time, no hold in force when it was written covers
+them, and its time is no later than the checkpoint that signs it. Holds are
+rebuilt from their ``hold.placed`` and ``hold.released`` entries, and the
+store's hold rows must say the same.
+
+What fails is named: a receipt that names no stored batch, deletes before a
+``keep_at_least``, before the expiry, during a hold, or keeps leaf hashes the
+batch does not hash to; a record missing without a receipt (records check).
+Lawful deletions are listed apart (:attr:`Report.deletions`), and records kept
+past their ``keep_at_most`` with no hold are findings, not failures
+(:attr:`Report.findings`); held ones are notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from engine.audit import AuditEntry
+from engine.canonical import canonical_json
+from engine.durations import format_duration
+from engine.plans.body import PlanBody
+from engine.plans.expiry import Expiry, expiry
+from engine.sign.leaf import point_of
+from engine.store import data
+from engine.store import retention as stored
+from engine.store.retention import Hold, Scope, positions_of, split_hashes
+from engine.verify.batches import BatchInfo
+from engine.verify.checkpoints import Signed
+from engine.verify.log import Log
+from engine.verify.report import Problem, Report
+from engine.verify.trust import BadTime, instant
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the earlier checks established: the log, the plans and batches that verify, and
+    the checkpoints that hold."""
+
+    log: Log
+    plans: Mapping[str, PlanBody]
+    batches: Mapping[int, BatchInfo]
+    signed: Sequence[Signed]
+
+
+@dataclass
+class Erased:
+    """What receipts removed, by batch (the leaf hash of each position, and the receipts),
+    and the holds as the log states them."""
+
+    hashes: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    receipts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    holds: list[Hold] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A ``retention.deleted`` entry's payload, parsed."""
+
+    batch: int
+    device: str
+    root: bytes
+    plan: str
+    window_start: str
+    window_end: str
+    positions: list[int]
+    hashes: list[bytes]
+    groups: list[tuple[list[str], list[int], dict[str, Any]]]
+    """(points, positions, the expiry calculation) of each expiry that deleted records."""
+    run: str
+    archive: Mapping[str, Any] | None
+    """The archive it names (file, sha256, entry), if its records were archived."""
+
+
+def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
+    """Check every receipt and hold; what the receipts removed, for the records check."""
+    erased = Erased(holds=check_holds(conn, known.log, report))
+    rows = {receipt: (b, p, h) for b, receipt, p, h in stored.erasures(conn)}
+    lawful: dict[tuple[str, str], list[tuple[AuditEntry, Receipt]]] = defaultdict(list)
+    for entry in known.log.of_kind("retention.deleted"):
+        label = f"receipt (audit entry {entry.seq})"
+        try:
+            receipt = _parse(entry.payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            report.add(label, f"not a deletion receipt ({exc})")
+            continue
+        info = known.batches.get(receipt.batch)
+        if not _names(label, receipt, info, report):
+            continue
+        assert info is not None
+        context = _Context(entry, receipt, info, erased.holds, report, known.log)
+        _check_erasure(context, rows.pop(entry.seq, None))
+        _erase(context, erased)
+        if _lawful(context, known.plans.get(info.plan_digest)) & _in_time(context, known.signed):
+            lawful[receipt.run, receipt.device].append((entry, receipt))
+    for seq, (batch_id, _, _) in rows.items():
+        report.add(
+            f"erasure of batch {batch_id}",
+            f"names receipt audit entry {seq}, which is no deletion receipt: records"
+            " deleted without one",
+        )
+    report.deletions.extend(_summaries(lawful))
+    report.counts["deletion receipts"] = sum(len(r) for r in erased.receipts.values())
+    return erased
+
+
+# --- receipts --------------------------------------------------------------------------
+
+
+def _parse(said: Mapping[str, Any]) -> Receipt:
+    """Raises ValueError, TypeError or KeyError for anything but a receipt's payload."""
+    positions = positions_of(said["positions"])
+    hashes = split_hashes(base64.b64decode(said["leaf_hashes"], validate=True))
+    if len(hashes) != len(positions) or said["count"] != len(positions):
+        raise ValueError("its count, positions and leaf hashes disagree")
+    groups = []
+    for group in said["expiries"]:
+        points = group["points"]
+        if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
+            raise ValueError("an expiry's points are not a list of names")
+        groups.append((points, positions_of(group["positions"]), group))
+    grouped = groups[0][1] if len(groups) == 1 else sorted(p for _, ps, _ in groups for p in ps)
+    if grouped != positions:
+        raise ValueError("its expiries' positions are not its positions")
+    run = said["run"]["id"]
+    texts = (said["device"], said["plan"], said["window_start"], said["window_end"], run)
+    if not all(isinstance(t, str) for t in texts) or type(said["batch"]) is not int:
+        raise ValueError("its batch, device, plan, window or run is not what a receipt says")
+    archive = said["archive"]
+    if archive is not None and not isinstance(archive, dict):
+        raise ValueError("its archive is not an object")
+    return Receipt(
+        said["batch"],
+        said["device"],
+        bytes.fromhex(said["root"]),
+        said["plan"],
+        said["window_start"],
+        said["window_end"],
+        positions,
+        hashes,
+        groups,
+        run,
+        archive,
+    )
+
+
+def _names(label: str, receipt: Receipt, info: BatchInfo | None, report: Report) -> bool:
+    """Whether the receipt names a stored batch exactly as the batch's statement signs it."""
+    if info is None:
+        report.add(label, f"names batch {receipt.batch}, which the store does not hold")
+        return False
+    said = (receipt.device, receipt.root, receipt.plan, receipt.window_start, receipt.window_end)
+    signed = (info.device, info.root, info.plan_digest, info.window_start, info.window_end)
+    if said != signed:
+        report.add(label, f"names batch {receipt.batch} otherwise than its statement signs it")
+        return False
+    return True
+
+
+def _check_erasure(c: _Context, row: tuple[int, str, bytes] | None) -> None:
+    """The store keeps the receipt's positions and leaf hashes, exactly."""
+    if row is None:
+        c.report.add(c.label, "the store does not keep the leaf hashes it removed (no erasure)")
+        return
+    batch_id, positions, hashes = row
+    said = (c.receipt.batch, c.receipt.positions, b"".join(c.receipt.hashes))
+    try:
+        same = (batch_id, positions_of(json.loads(positions)), hashes) == said
+    except ValueError:
+        same = False
+    if not same:
+        c.report.add(c.label, "the store's erasure of it differs from what it says it removed")
+
+
+def _erase(c: _Context, erased: Erased) -> None:
+    """Add what the receipt removed to what the batch's receipts removed."""
+    info = c.info
+    mine = erased.hashes.setdefault(info.id, {})
+    erased.receipts[info.id].append(c.entry.seq)
+    deleted = c.receipt.positions
+    if not mine and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
+        mine.update(zip(deleted, c.receipt.hashes, strict=True))
+        return
+    for position, leaf in zip(deleted, c.receipt.hashes, strict=True):
+        if position >= info.count:
+            c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
+        elif position in mine:
+            c.report.add(c.label, f"deletes position {position} of {info.label} a second time")
+        mine[position] = leaf
+
+
+@dataclass(frozen=True)
+class _Context:
+    entry: AuditEntry
+    receipt: Receipt
+    info: BatchInfo
+    holds: Sequence[Hold]
+    report: Report
+    log: Log
+
+    @property
+    def label(self) -> str:
+        return f"receipt (audit entry {self.entry.seq})"
+
+    @property
+    def window(self) -> tuple[str, str]:
+        return self.info.window_start, self.info.window_end
+
+
+def _lawful(c: _Context, plan: PlanBody | None) -> bool:
+    """Whether the batch's plan expired every point the receipt deleted by its time, and no
+    hold in force then covered them; each failure named."""
+    if plan is None:
+        c.report.add(c.label, f"its batch's plan {c.info.plan_digest} is not in the store")
+        return False
+    try:
+        at = instant(c.entry.time)
+    except BadTime:
+        c.report.add(c.label, f"its time {c.entry.time!r} is not an instant")
+        return False
+    ok = True
+    start, end = instant(c.info.window_start), instant(c.info.window_end)
+    passed: set[tuple[Expiry, bytes]] = set()
+    for points, positions, said in c.receipt.groups:
+        claim = canonical_json(said)
+        for point in points:
+            planned = plan.point.get(point)
+            found = None if planned is None else expiry(planned, start, end)
+            held = any(h.scope.covers(c.info.device, point, *c.window) for h in c.holds)
+            alike = None if found is None or held else (found, claim)
+            if alike in passed:  # the same calculation as a point found lawful, and no hold
+                continue
+            lawful = _point_lawful(c, point, found, said, at)
+            if found is not None and found.on_expiry == "archive":
+                lawful &= _archived(c, point, positions)
+            if lawful and alike is not None:
+                passed.add(alike)
+            ok &= lawful
+    return ok
+
+
+def _archived(c: _Context, point: str, positions: list[int]) -> bool:
+    """Records whose plan archives them were deleted naming an archive: an earlier
+    ``retention.archived`` entry, of that file, that holds those positions of the batch."""
+    said = c.receipt.archive or {}
+    entry = c.log.entries.get(said.get("entry", -1))
+    where = f"{c.info.device}/{point}"
+    if (
+        entry is None
+        or entry.kind != "retention.archived"
+        or entry.seq > c.entry.seq
+        or entry.payload.get("file") != said.get("file")
+    ):
+        c.report.add(c.label, f"deletes {where}, which its plan archives, without its archive")
+        return False
+    held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
+    try:
+        archived = {p for b in held for p in positions_of(b.get("positions"))}
+    except ValueError:
+        archived = set()
+    if not set(positions) <= archived:
+        c.report.add(
+            c.label,
+            f"deletes {where} records its archive (audit entry {entry.seq}) does not hold",
+        )
+        return False
+    return True
+
+
+def _point_lawful(
+    c: _Context, point: str, found: Expiry | None, said: Mapping[str, Any], at: datetime
+) -> bool:
+    where = f"{c.info.device}/{point}"
+    if found is None:
+        c.report.add(c.label, f"deletes {where}, whose plan keeps it for ever (no retention)")
+        return False
+    claimed = {k: said.get(k) for k in found.as_json()}
+    if claimed != found.as_json():
+        c.report.add(c.label, f"its expiry calculation for {where} is not its plan's")
+        return False
+    least = found.retention.keep_at_least_ms
+    if least is not None and at < _end_plus(c.info.window_end, least):
+        c.report.add(
+            c.label,
+            f"deletes {where} before its keep_at_least (kept until {found.expires.isoformat()},"
+            f" deleted at {at.isoformat()})",
+        )
+        return False
+    if not found.due(at):
+        c.report.add(
+            c.label,
+            f"deletes {where} before it expired ({found.explain()} = "
+            f"{found.expires.isoformat()}, deleted at {at.isoformat()})",
+        )
+        return False
+    for hold in c.holds:
+        if hold.in_force_at(c.entry.seq) and hold.scope.covers(
+            c.info.device, point, c.info.window_start, c.info.window_end
+        ):
+            c.report.add(
+                c.label,
+                f"deletes {where} during hold {hold.id} (placed by {hold.placed_by}, audit entry"
+                f" {hold.placed_seq})",
+            )
+            return False
+    return True
+
+
+def _end_plus(window_end: str, ms: int) -> datetime:
+    return instant(window_end) + timedelta(milliseconds=ms)
+
+
+def _in_time(c: _Context, signed: Sequence[Signed]) -> bool:
+    """A receipt is dated no later than the checkpoint that first signs it, nor than now."""
+    try:
+        at = instant(c.entry.time)
+    except BadTime:
+        return False
+    covering = next((s for s in signed if s.checkpoint.size > c.entry.seq), None)
+    limit = covering.at if covering is not None else datetime.now(UTC)
+    if at > limit:
+        what = f"{covering.label} signs it" if covering else "this verification"
+        c.report.add(c.label, f"dated {at.isoformat()}, after {what} ({limit.isoformat()})")
+        return False
+    return True
+
+
+def _summaries(
+    lawful: Mapping[tuple[str, str], list[tuple[AuditEntry, Receipt]]],
+) -> Iterator[Problem]:
+    """One line per run and device: how many records, in how many batches, by which receipts,
+    by whom, and how they expired."""
+    for (_, device), receipts in lawful.items():
+        entries = [e for e, _ in receipts]
+        seqs = [e.seq for e in entries]
+        records = sum(len(r.positions) for _, r in receipts)
+        rules = sorted({_rule(said) for _, r in receipts for _, _, said in r.groups})
+        span = f"{seqs[0]}" if len(seqs) == 1 else f"{seqs[0]}..{seqs[-1]}"
+        actor = entries[0].actor
+        who = actor.get("id") if isinstance(actor, dict) else actor
+        yield Problem(
+            f"receipt{'s' if len(seqs) > 1 else ''} (audit entr{'ies' if len(seqs) > 1 else 'y'}"
+            f" {span})",
+            f"{records:,} records of {device} in {len(receipts)} batch"
+            f"{'es' if len(receipts) > 1 else ''}, deleted lawfully at {entries[0].time} by {who}"
+            f" ({'; '.join(rules)})",
+        )
+
+
+def _rule(said: Mapping[str, Any]) -> str:
+    rule = str(said.get("rule"))
+    ms = said.get(f"{rule}_ms")
+    return f"{rule} {format_duration(ms)}" if isinstance(ms, int) else rule
+
+
+# --- holds -----------------------------------------------------------------------------
+
+
+def check_holds(conn: Connection, log: Log, report: Report) -> list[Hold]:
+    """The holds as their ``hold.placed`` and ``hold.released`` entries state them; the store's
+    hold rows must say exactly the same (a hold is never deleted)."""
+    placed: dict[int, Hold] = {}
+    for entry in log.of_kind("hold.placed"):
+        found = _placed(entry, placed, report)
+        if found is not None:
+            placed[found.id] = found
+    for entry in log.of_kind("hold.released"):
+        hold_id = entry.payload.get("hold")
+        was = placed.get(hold_id) if type(hold_id) is int else None
+        label = f"audit entry {entry.seq}"
+        if was is None or was.placed_seq > entry.seq:
+            report.add(label, f"releases hold {hold_id!r}, which no earlier entry placed")
+        elif not was.in_force:
+            report.add(label, f"releases hold {hold_id} a second time")
+        else:
+            placed[was.id] = replace(
+                was,
+                released_by=_actor_id(entry.actor),
+                released_at=entry.time,
+                release_reason=str(entry.payload.get("reason")),
+                released_seq=entry.seq,
+            )
+    _compare_rows({h.id: h for h in stored.holds(conn)}, placed, report)
+    report.counts["holds"] = len(placed)
+    return list(placed.values())
+
+
+def _placed(entry: AuditEntry, placed: Mapping[int, Hold], report: Report) -> Hold | None:
+    label = f"audit entry {entry.seq}"
+    said = entry.payload
+    try:
+        scope = Scope.from_json(said)
+        hold_id, reason = said["hold"], said["reason"]
+        if type(hold_id) is not int or not isinstance(reason, str):
+            raise ValueError("its hold id or reason is not what a hold's placing says")
+    except (KeyError, ValueError) as exc:
+        report.add(label, f"not a hold's placing ({exc})")
+        return None
+    if hold_id in placed:
+        report.add(label, f"places hold {hold_id} a second time")
+        return None
+    return Hold(hold_id, scope, reason, _actor_id(entry.actor), entry.time, entry.seq)
+
+
+def _compare_rows(rows: dict[int, Hold], placed: Mapping[int, Hold], report: Report) -> None:
+    for hold_id, hold in placed.items():
+        row = rows.pop(hold_id, None)
+        if row is None:
+            report.add(
+                f"hold {hold_id}",
+                f"placed by audit entry {hold.placed_seq}, missing from the store's holds",
+            )
+        elif row != hold:
+            report.add(f"hold {hold_id}", "the store's row differs from its audit entries")
+    for hold_id in rows:
+        report.add(f"hold {hold_id}", "in the store's holds, but no audit entry placed it")
+
+
+def _actor_id(actor: Any) -> str:
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
+
+
+# --- data kept too long ------------------------------------------------------------------
+
+
+def check_kept(conn: Connection, known: Known, erased: Erased, report: Report) -> None:
+    """Records still stored past their ``keep_at_most``: a finding when no hold keeps them, a
+    note when one does. Only batches whose plan has a ceiling already passed are read."""
+    plans, holds = known.plans, erased.holds
+    now = datetime.now(UTC)
+    ceilings = {d: _ceiling(p) for d, p in plans.items()}
+    past: Counter[tuple[str, str]] = Counter()
+    held: dict[tuple[str, str], set[int]] = defaultdict(set)
+    held_count: Counter[tuple[str, str]] = Counter()
+    for info in known.batches.values():
+        most = ceilings.get(info.plan_digest)
+        if most is None or _end_plus(info.window_end, most) > now:
+            continue
+        if len(erased.hashes.get(info.id, ())) >= info.count:
+            continue
+        for point, keeping in _overdue(conn, plans[info.plan_digest], info, holds, now):
+            if keeping:
+                held[info.device, point].update(keeping)
+                held_count[info.device, point] += 1
+            else:
+                past[info.device, point] += 1
+    for device, (n, points) in _per_device(past).items():
+        report.findings.append(
+            Problem(
+                device,
+                f"{n:,} records ({points}) kept past their keep_at_most with no hold (data"
+                " minimisation: they should be gone; run converge retention apply)",
+            )
+        )
+    for device, (n, points) in _per_device(held_count).items():
+        ids = ", ".join(
+            str(h) for h in sorted({h for (d, _), hs in held.items() if d == device for h in hs})
+        )
+        report.notes.append(
+            f"{device}: {n:,} records ({points}) held past their keep_at_most by hold {ids}"
+        )
+
+
+def _per_device(counts: Counter[tuple[str, str]]) -> dict[str, tuple[int, str]]:
+    """Records by device, and the points they are of (the first few named)."""
+    found: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for (device, point), n in sorted(counts.items()):
+        found[device].append((point, n))
+    said = {}
+    for device, points in found.items():
+        names = ", ".join(p for p, _ in points[:5]) + (
+            f" and {len(points) - 5} more" if len(points) > 5 else ""
+        )
+        said[device] = (sum(n for _, n in points), f"point{'s' * (len(points) > 1)} {names}")
+    return said
+
+
+def _ceiling(plan: PlanBody) -> int | None:
+    """The shortest ``keep_at_most`` of the plan's points, in ms (None: none has one)."""
+    found = [p.retention.keep_at_most_ms for p in plan.points]
+    return min((m for m in found if m is not None), default=None)
+
+
+def _overdue(
+    conn: Connection, plan: PlanBody, info: BatchInfo, holds: Sequence[Hold], now: datetime
+) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(point, holds in force covering it) of each record of the batch past its ceiling."""
+    start, end = instant(info.window_start), instant(info.window_end)
+    verdicts: dict[str, tuple[bool, tuple[int, ...]]] = {}
+    for _, leaf in data.leaves(conn, info.id):
+        try:
+            point = point_of(leaf)
+        except ValueError:
+            continue  # not a record: the records check names it
+        if point not in verdicts:
+            planned = plan.point.get(point)
+            found = None if planned is None else expiry(planned, start, end)
+            overdue = found is not None and found.gone_by is not None and found.gone_by <= now
+            keeping = tuple(
+                h.id
+                for h in holds
+                if h.in_force
+                and h.scope.covers(info.device, point, info.window_start, info.window_end)
+            )
+            verdicts[point] = (overdue, keeping)
+        overdue, keeping = verdicts[point]
+        if overdue:
+            yield point, keeping

@@ -1,0 +1,444 @@
+"""Lawful retention: what expired goes with a signed receipt, holds keep what they cover, and
+verification tells a lawful deletion from tampering; on SQLite and PostgreSQL.
+
+The store is filled with records of an hour ago (tests/retention_kit.py), so the
+10-minute ceilings have passed and the 3-hour minimum has not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from evidence_kit import T0, fill, verify
+from retention_kit import kinds, later, remaining, run
+from test_run_signals import free_port, listening
+from test_tamper import database
+from waiting import wait_until
+
+from engine.cli import main
+from engine.errors import AccessDenied
+from engine.retention import StoreUnverified, forecast
+from engine.retention.holds import HoldRefused, place, release
+from engine.sign.leaf import instant
+from engine.store.retention import RetentionBusy, Scope, retention_lock
+from engine.store.store import Store
+from plugins.fileprincipals import PrincipalsFile
+
+SECONDS = 60
+"""Two 30-second windows per device."""
+CONVERGE = [sys.executable, "-m", "engine.cli"]
+
+
+@pytest.fixture
+def store(retention_site, backend, tmp_path):
+    filled = fill(retention_site, backend, tmp_path, SECONDS)
+    yield filled
+    filled.close()
+
+
+@pytest.fixture
+def people(principals_file):
+    return PrincipalsFile(principals_file)
+
+
+def test_a_run_deletes_what_expired_each_batch_with_its_receipt(retention_site, store, tmp_path):
+    before = remaining(store)
+    done = run(retention_site, store)
+    assert done.deleted == {
+        ("line-a", "P1"): SECONDS,
+        ("line-a", "P2"): SECONDS,
+        ("line-b", "P1"): SECONDS,
+        ("line-b", "P2"): SECONDS,
+        ("lab-c", "P2"): SECONDS,
+    }
+    assert done.batches == 6 and len(done.receipts) == 6
+    assert remaining(store) == before - 5 * SECONDS == 2 * SECONDS  # lab-c P1 and vault-d
+    assert store.entries_since_checkpoint() == 0  # the receipts are signed before it returns
+    receipts = kinds(store, "retention.deleted")
+    assert [r.seq for r in receipts] == done.receipts
+    first = receipts[0]
+    assert first.actor["kind"] == "job" and first.actor["id"] == "retention"
+    said = first.payload
+    assert said["device"] == "line-a" and said["count"] == 2 * 30 and said["remaining"] == 0
+    assert said["positions"] == [[0, 59]]
+    (expired,) = said["expiries"]
+    assert expired["rule"] == "keep_at_most" and expired["keep_at_most_ms"] == 600_000
+    assert expired["policies"] == ["test-retention @ policies/test.yaml:12:3"]
+    assert expired["expires"] == instant(T0 + timedelta(minutes=10))
+    assert said["holds"] == {"in_force": [], "kept": {}} and said["archive"] is None
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert not report.findings
+    assert [d.message.split(" records of ")[1].split(" ")[0] for d in report.deletions] == [
+        "line-a",
+        "line-b",
+        "lab-c",
+    ]
+    assert report.counts["deletion receipts"] == 6
+
+
+def test_a_partly_expired_batch_keeps_its_other_records_and_their_proofs(
+    retention_site, store, tmp_path
+):
+    run(retention_site, store)
+    lab = [r.payload for r in kinds(store, "retention.deleted") if r.payload["device"] == "lab-c"]
+    assert [r["remaining"] for r in lab] == [30, 30]
+    assert all(r["points"] == [{"device": "lab-c", "point": "P2", "count": 30}] for r in lab)
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+
+
+def test_the_next_run_finds_nothing_more_and_writes_nothing(retention_site, store):
+    run(retention_site, store)
+    entries = store.counts()["audit_entries"]
+    again = run(retention_site, store)
+    assert again.records == 0 and again.receipts == [] and again.checkpoint is None
+    assert store.counts()["audit_entries"] == entries
+
+
+def test_data_kept_past_keep_at_most_is_a_finding_not_a_failure(retention_site, store, tmp_path):
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert sorted(f.item for f in report.findings) == ["lab-c", "line-a", "line-b"]
+    assert any("kept past their keep_at_most with no hold" in f.message for f in report.findings)
+
+
+def test_a_forecast_at_a_later_time_changes_nothing(retention_site, store):
+    entries, records = store.counts()["audit_entries"], remaining(store)
+    now = forecast(store, later(0))
+    assert now.records == 5 * SECONDS
+    in_four_hours = forecast(store, later(4))
+    assert in_four_hours.deleted["lab-c", "P1"] == SECONDS  # its 3-hour minimum has passed then
+    assert (store.counts()["audit_entries"], remaining(store)) == (entries, records)
+
+
+# --- holds -----------------------------------------------------------------------------
+
+
+def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store, people, tmp_path):
+    placed = place(store, people, "lena@example.com", Scope(("line-b",)), "dispute over lot 42")
+    done = run(retention_site, store)
+    assert ("line-b", "P1") not in done.deleted and done.deleted["line-a", "P1"] == SECONDS
+    assert done.kept == {placed.id: 2 * SECONDS}
+    assert done.held_past == {("line-b", "P1"): SECONDS, ("line-b", "P2"): SECONDS}
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert any(n.startswith("line-b: 120 records") and "hold 1" in n for n in report.notes)
+    assert {f.item for f in report.findings} == set()  # held data is a note, not a finding
+    release(store, people, "lena@example.com", placed.id, "settled")
+    after = run(retention_site, store)
+    assert after.deleted == {("line-b", "P1"): SECONDS, ("line-b", "P2"): SECONDS}
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    (entry,) = kinds(store, "hold.placed")
+    assert entry.actor["id"] == "lena@example.com" and entry.payload["devices"] == ["line-b"]
+    (gone,) = kinds(store, "hold.released")
+    assert gone.payload == {
+        "hold": placed.id,
+        "reason": "settled",
+        "decision": gone.payload["decision"],
+    }
+    decisions = [e.payload for e in kinds(store, "access.decision")]
+    assert [d["action"] for d in decisions] == ["hold", "hold"]
+    assert all(d["outcome"] == "allow" for d in decisions)
+
+
+def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, people):
+    window = Scope(("line-a",), ("P2",), instant(T0), instant(T0 + timedelta(seconds=30)))
+    place(store, people, "lena@example.com", window, "one window of one point")
+    done = run(retention_site, store)
+    assert done.deleted["line-a", "P1"] == SECONDS
+    assert done.deleted["line-a", "P2"] == SECONDS - 30  # its first window is held
+
+
+def test_holds_stack_and_one_release_leaves_the_other(retention_site, store, people):
+    first = place(store, people, "lena@example.com", Scope(("line-a",)), "one")
+    place(store, people, "lena@example.com", Scope(("line-a",), ("P*",)), "two")
+    release(store, people, "lena@example.com", first.id, "done")
+    assert ("line-a", "P1") not in run(retention_site, store).deleted
+
+
+def test_a_principal_without_a_hold_grant_is_refused_and_logged(store, people):
+    with pytest.raises(AccessDenied, match=r"no access\.hold grant"):
+        place(store, people, "alice@example.com", Scope(("line-a",)), "why not")
+    with pytest.raises(AccessDenied, match=r"access\.deny denies contractor"):
+        place(store, people, "bob@contractor.example", Scope(("line-a",)), "why not")
+    with pytest.raises(AccessDenied, match="unknown to the principals"):
+        place(store, people, "mallory@example.com", Scope(("line-a",)), "why not")
+    outcomes = [e.payload["outcome"] for e in kinds(store, "access.decision")]
+    assert outcomes == ["deny", "deny", "deny"]
+    assert not kinds(store, "hold.placed")
+
+
+def test_releasing_an_unknown_or_released_hold_is_refused(store, people):
+    with pytest.raises(HoldRefused, match="there is no hold 99"):
+        release(store, people, "lena@example.com", 99, "no such hold")
+    placed = place(store, people, "lena@example.com", Scope(("line-a",)), "x")
+    release(store, people, "lena@example.com", placed.id, "once")
+    with pytest.raises(HoldRefused, match=f"hold {placed.id} was released already, by lena"):
+        release(store, people, "lena@example.com", placed.id, "twice")
+
+
+def test_a_hold_on_deleted_data_names_the_receipts(retention_site, store, people):
+    run(retention_site, store)
+    receipts = [r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
+    closed = Scope(("line-a",), (), instant(T0), instant(T0 + timedelta(seconds=SECONDS)))
+    with pytest.raises(HoldRefused, match="nothing left to hold") as refused:
+        place(store, people, "lena@example.com", closed, "too late")
+    assert f"audit entries {receipts[0]}, {receipts[1]}" in str(refused.value)
+    open_ended = place(store, people, "lena@example.com", Scope(("line-a",)), "from now on")
+    assert open_ended.deleted_before == tuple(receipts)
+
+
+def test_a_hold_on_an_unknown_device_or_point_is_refused(store, people):
+    with pytest.raises(HoldRefused, match="device press-9 has no plan in this store"):
+        place(store, people, "lena@example.com", Scope(("press-9",)), "typo")
+    with pytest.raises(HoldRefused, match="--point Q\\* matches no point of device line-a"):
+        place(store, people, "lena@example.com", Scope(("line-a",), ("Q*",)), "typo")
+
+
+# --- refusals of a run -----------------------------------------------------------------
+
+
+def test_a_second_run_at_the_same_time_refuses_and_deletes_nothing(retention_site, store):
+    records = remaining(store)
+    with retention_lock(store.engine), pytest.raises(RetentionBusy, match="another retention run"):
+        run(retention_site, store)
+    assert remaining(store) == records
+    assert run(retention_site, store).records == 5 * SECONDS  # the lock is free again
+
+
+def test_a_store_that_does_not_verify_is_left_untouched(retention_site, store, backend):
+    with database(backend).begin() as conn:
+        row = conn.execute(sa.text("SELECT id, leaf FROM readings ORDER BY id LIMIT 1")).one()
+        leaf = json.loads(bytes(row.leaf)) | {"value": -1}
+        conn.execute(
+            sa.text("UPDATE readings SET leaf = :leaf WHERE id = :id"),
+            {
+                "leaf": json.dumps(leaf, separators=(",", ":"), sort_keys=True).encode(),
+                "id": row.id,
+            },
+        )
+    records = remaining(store)
+    with pytest.raises(StoreUnverified, match=r"does not verify .*retention deletes nothing"):
+        run(retention_site, store)
+    assert remaining(store) == records and not kinds(store, "retention.deleted")
+
+
+# --- the commands ----------------------------------------------------------------------
+
+
+def test_the_commands(retention_site, store, backend, principals_file, capsys):
+    keys, people = str(retention_site.keys_dir), ["--principals", str(principals_file)]
+    hold = [
+        "hold",
+        "add",
+        "--db",
+        backend,
+        *people,
+        "--as",
+        "lena@example.com",
+        "--device",
+        "line-b",
+    ]
+    assert main([*hold, "--reason", "dispute"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "1" and "placed hold 1: line-b, every point" in out
+    apply = ["retention", "apply", "--db", backend]
+    assert main([*apply, "--at", later(1).isoformat()]) == 2
+    assert "--at is for --dry-run only" in capsys.readouterr().err
+    assert main([*apply, "--dry-run", "--at", later(4).isoformat(), "--format", "json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["dry_run"] and said["records"] == 4 * SECONDS and said["receipts"] == []
+    assert said["kept_by_holds"] == {"1": 2 * SECONDS}
+    assert main([*apply, "--job", "nightly", "--keys", keys]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("deleted 180 records of 4 batches, each batch with its receipt")
+    assert "line-b: 120 records of 2 points held past their keep_at_most" in out
+    assert main(["audit", "verify", "--db", backend, "--keys", keys]) == 0
+    out = capsys.readouterr().out
+    assert "deleted lawfully: receipts" in out and "by nightly" in out
+    release = ["hold", "release", "1", "--db", backend, *people, "--reason", "settled"]
+    assert main([*release, "--as", "alice@example.com"]) == 3
+    assert "no access.hold grant" in capsys.readouterr().err
+    assert main([*release, "--as", "lena@example.com"]) == 0
+    capsys.readouterr()
+    assert main(["hold", "list", "--db", backend, "--format", "json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["id"] == 1 and not listed["in_force"] and listed["release_reason"] == "settled"
+    assert main(["audit", "log", "--db", backend, "--kind", "retention.deleted"]) == 0
+    assert "line-a" in capsys.readouterr().out
+    assert main([*apply, *people, "--as", "mallory@example.com", "--keys", keys]) == 3
+    assert "unknown to the principals" in capsys.readouterr().err
+
+
+# --- killed runs ---------------------------------------------------------------------------
+
+
+def kill_after(command: list[str], receipts: Callable[[], int], more: int) -> None:
+    """Start ``command`` and SIGKILL it once ``more`` receipts have been written since."""
+    seen = receipts()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_until(
+        lambda: process.poll() is not None or receipts() >= seen + more,
+        f"{more} more receipts",
+        within=60,
+        every=0.002,
+    )
+    process.kill()
+    process.communicate(timeout=60)
+
+
+def test_a_run_killed_at_any_point_leaves_no_deletion_without_its_receipt(
+    retention_site, backend, tmp_path
+):
+    """SIGKILL a run before it starts deleting and after 1, 4 and 12 more receipts: each time
+    the store verifies (every deleted record has its receipt), and the next run finishes."""
+    store = fill(retention_site, backend, tmp_path, 600)  # 60 batches to delete from
+    command = [*CONVERGE, "retention", "apply", "--db", backend, "--job", "retention"]
+    command += ["--keys", str(retention_site.keys_dir)]
+    url = backend if "://" in backend else f"sqlite:///{backend}"
+    watcher = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with watcher.connect() as conn:
+
+        def receipts() -> int:
+            query = "SELECT count(*) FROM audit_entries WHERE kind = 'retention.deleted'"
+            return int(conn.execute(sa.text(query)).scalar_one())
+
+        for more in (0, 1, 4, 12):
+            kill_after(command, receipts, more)
+            report = verify(retention_site, store, tmp_path)
+            assert report.ok, (more, report.problems)
+        assert receipts() < 60, "no run was killed before it finished"
+        wait_until(
+            lambda: subprocess.run(command, capture_output=True, check=False).returncode == 0,
+            "a run that completes (the killed run's lock let go)",
+            within=60,
+        )
+    watcher.dispose()
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert store.entries_since_checkpoint() == 0
+    assert forecast(store, later(0)).records == 0
+    assert remaining(store) == 2 * 600
+    store.close()
+
+
+SITE = """
+    site: short
+    timezone: UTC
+    devices:
+      - id: plc
+        protocol: modbus
+        endpoint: {{host: 127.0.0.1, port: {port}}}
+        limits: {{min_interval: 100ms}}
+        points:
+          - {{name: T1, signal: temperature, address: {{table: holding, register: 0, type: int16}}}}
+    """
+POLICY = """
+    policy: short-retention
+    title: Kept one second
+    owner: qa
+    applies: {}
+    capture: {every: 200ms}
+    retention: {keep_at_most: 1s, on_expiry: delete}
+    signing: {required: true, keys: [qa-signing], batch_window: 1s}
+    """
+
+
+def test_a_collector_applies_retention_on_its_schedule(converge_project, evidence_site, tmp_path):
+    """`converge run --db --retention-every 1s` deletes what expired while it collects, with
+    receipts signed by the job `retention`; the store verifies after the run."""
+    port = free_port()
+    root = converge_project.root
+    converge_project.write({"policies/p.yaml": POLICY, "sites/s/site.yaml": SITE.format(port=port)})
+    keys = ["--keys", str(evidence_site.keys_dir)]
+    planned = [*CONVERGE, "plan", "-p", "policies", "-s", "sites/s", "-o", "plans", *keys]
+    subprocess.run(planned, cwd=root, check=True, capture_output=True, timeout=60)
+    simulator = subprocess.Popen(
+        [*CONVERGE, "simulate", "sites/s"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = root / "evidence.db"
+    try:
+        listening(port)
+        collector = subprocess.Popen(
+            [
+                *CONVERGE,
+                "run",
+                "--plans",
+                "plans",
+                *keys,
+                "--db",
+                str(db),
+                "--retention-every",
+                "1s",
+            ],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(
+            lambda: collector.poll() is not None or receipts_in(db) >= 2,
+            "two deletion receipts in the store",
+            within=90,
+        )
+        collector.send_signal(signal.SIGTERM)
+        _, err = collector.communicate(timeout=60)
+    finally:
+        simulator.send_signal(signal.SIGINT)
+        simulator.wait(timeout=60)
+    assert collector.returncode == 0, err
+    assert "retention: deleted" in err
+    with Store.open_existing(str(db)) as store:
+        report = verify(evidence_site, store)
+        (first, *_) = kinds(store, "retention.deleted")
+    assert report.ok, report.problems
+    assert report.deletions and first.actor["id"] == "retention"
+
+
+def receipts_in(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+        try:
+            query = "SELECT count(*) FROM audit_entries WHERE kind = 'retention.deleted'"
+            return int(conn.execute(query).fetchone()[0])
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+
+
+def test_hold_grants_merge_like_read_and_export(converge_project):
+    """access.hold: the union of every governing policy's grants; deny stays beside it."""
+    outcome = converge_project.write(
+        {
+            "sites/s/site.yaml": SITE.format(port=5020),
+            "policies/a.yaml": f"{POLICY.rstrip()}\n    access: {{hold: [legal], deny: [x]}}\n",
+            "policies/b.yaml": """
+                policy: b
+                title: B
+                owner: qa
+                applies: {}
+                access: {hold: [records-management, legal], read: [qa]}
+                """,
+        }
+    ).compile()
+    outcome.assert_success()
+    access = outcome.plan_body("plc").point["T1"].access
+    assert access.hold == ("legal", "records-management")
+    assert access.deny == ("x",)
+    provenance = outcome.plan("plc")["points"][0]["provenance"]["access.hold"]
+    assert [p["policy"] for p in provenance] == ["b", "short-retention"]

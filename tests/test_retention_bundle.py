@@ -1,0 +1,158 @@
+"""Retention in audit bundles: the receipts and holds touching the exported range travel in
+`retention.json` with their entries, batches and plans, and both verifiers check them: each is
+a proven entry, no exported record is one a receipt deleted, and each receipt was lawful."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import test_export
+from evidence_kit import Site, fill, verify
+from retention_kit import DEVICES, job, kinds, run, sealed
+from test_export import failed, forged, read, trust_file
+
+from engine.cli import main
+from engine.retention import apply
+from engine.retention import run as runs
+from engine.retention.holds import place
+from engine.retention.select import Selection, select
+from engine.store.retention import Scope
+from plugins.fileprincipals import PrincipalsFile
+
+SECONDS = 60
+clean_python, both = test_export.clean_python, test_export.both
+
+
+def export(db: str, keys: Path, principals: Path, out: Path) -> Path:
+    asked = ["--device", "line-a", "--device", "line-b", "--device", "lab-c"]
+    command = ["export", "--db", db, "--principals", str(principals), "--as", "dana@audit.example"]
+    assert main([*command, "--keys", str(keys), *asked, "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def bundled(retention_site, backend, principals_file, tmp_path):
+    """A store after a run that deleted line-a and lab-c's P2, with line-b held; the
+    auditor's bundle of three devices, and the trust file."""
+    store = fill(retention_site, backend, tmp_path, SECONDS)
+    place(store, PrincipalsFile(principals_file), "lena@example.com", Scope(("line-b",)), "x")
+    run(retention_site, store)
+    receipts = [r.seq for r in kinds(store, "retention.deleted")]
+    store.close()
+    keys = retention_site.keys_dir
+    bundle = export(backend, keys, principals_file, tmp_path / "bundle.zip")
+    return bundle, trust_file(backend, keys, tmp_path / "trust.json"), receipts
+
+
+def test_a_bundle_carries_the_receipts_and_holds_of_its_range(bundled, both):
+    bundle, trust, receipts = bundled
+    said = both(bundle, trust)
+    assert said.code == 0, said.lines
+    assert "4 deletion receipts" in said.lines[-1] and "1 holds" in said.lines[-1]
+    assert any("deleted by 4 deletion receipts" in line for line in said.lines)
+    members = read(bundle)
+    retained = json.loads(members["retention.json"])
+    assert retained["receipts"] == receipts
+    (hold,) = retained["holds"]
+    assert hold["hold"] == 1 and hold["released"] is None
+    lines = [json.loads(line) for line in members["records.jsonl"].splitlines()]
+    points = {(r["leaf"]["device"], r["leaf"]["point"]) for r in lines}
+    assert points == {("line-b", "P1"), ("line-b", "P2"), ("lab-c", "P1")}
+
+
+def test_a_retention_member_naming_another_entry_is_named(retention_site, bundled, tmp_path, both):
+    bundle, trust, _ = bundled
+
+    def relabel(members):
+        said = json.loads(members["retention.json"])
+        entries = members["log/entries.jsonl"].splitlines()
+        said["receipts"][0] = min(json.loads(line)["seq"] for line in entries)
+        return members | {"retention.json": json.dumps(said).encode()}
+
+    bad = forged(retention_site, bundle, tmp_path / "forged.zip", relabel)
+    lines = failed(both(bad, trust))
+    assert any("not a retention.deleted entry of the bundle" in line for line in lines), lines
+
+
+@pytest.fixture
+def buggy(retention_site, backend, principals_file, tmp_path, monkeypatch):
+    """A store after a run that ignored the hold on line-b and read a clock four hours fast
+    (its receipts are signed all the same); the auditor's bundle, and the trust file."""
+    store = fill(retention_site, backend, tmp_path, SECONDS)
+    place(store, PrincipalsFile(principals_file), "lena@example.com", Scope(("line-b",)), "x")
+    monkeypatch.setattr(runs, "holds", lambda conn, in_force: [])
+    monkeypatch.setattr(
+        runs, "select", lambda b, p, h, leaves, at: select(b, p, h, leaves, at + timedelta(hours=4))
+    )
+    run(retention_site, store)
+    store.close()
+    keys = retention_site.keys_dir
+    bundle = export(backend, keys, principals_file, tmp_path / "bundle.zip")
+    return bundle, trust_file(backend, keys, tmp_path / "trust.json")
+
+
+def test_a_buggy_run_is_named_by_the_bundle_verifier(buggy, both):
+    lines = failed(both(*buggy))
+    assert any("deletes line-b/P1 during hold 1" in line for line in lines), lines
+    assert any("deletes lab-c/P1 before its keep_at_least" in line for line in lines), lines
+
+
+# --- archives ------------------------------------------------------------------------------
+
+ARCHIVED = {"keep_at_most_ms": 600_000, "on_expiry": "archive"}
+
+
+@pytest.fixture(scope="module")
+def archive_site(retention_site):
+    """line-a as before, and arch-e, whose records are archived when they expire."""
+    plans = [
+        sealed("line-a", DEVICES["line-a"]),
+        sealed("arch-e", {"P1": ARCHIVED, "P2": ARCHIVED}),
+    ]
+    return Site(retention_site.keys_dir, retention_site.plans_dir, plans)
+
+
+def test_archived_records_are_written_to_a_bundle_before_they_are_deleted(
+    archive_site, backend, tmp_path, both
+):
+    store = fill(archive_site, backend, tmp_path, SECONDS)
+    done = apply(store, replace(job(archive_site), archives=tmp_path / "archives"))
+    assert done.deleted["arch-e", "P1"] == SECONDS and done.deleted["line-a", "P1"] == SECONDS
+    (archived,) = kinds(store, "retention.archived")
+    receipts = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "arch-e"]
+    (file,) = (tmp_path / "archives").iterdir()
+    digest = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+    for r in receipts:
+        assert r.payload["archive"] == {"file": file.name, "sha256": digest, "entry": archived.seq}
+        assert archived.seq < r.seq
+    line = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
+    assert all(r.payload["archive"] is None for r in line)
+    report = verify(archive_site, store, tmp_path)
+    assert report.ok, report.problems
+    store.close()
+    said = both(file, trust_file(backend, archive_site.keys_dir, tmp_path / "trust.json"))
+    assert said.code == 0, said.lines
+    manifest = json.loads(read(file)["manifest.json"])
+    assert manifest["archive"] is True and manifest["records"] == 2 * SECONDS
+    assert manifest["decision"] == archived.payload["decision"]
+
+
+def test_records_deleted_without_their_archive_are_named(
+    archive_site, backend, tmp_path, monkeypatch
+):
+    store = fill(archive_site, backend, tmp_path, SECONDS)
+    monkeypatch.setattr(runs.archive, "write", lambda *args: None)
+    monkeypatch.setattr(Selection, "archived_only", lambda self, kept: None)
+    apply(store, replace(job(archive_site), archives=tmp_path / "archives"))
+    report = verify(archive_site, store, tmp_path)
+    seq = next(r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == "arch-e")
+    assert any(
+        p.item == f"receipt (audit entry {seq})" and "without its archive" in p.message
+        for p in report.problems
+    ), report.problems
+    store.close()

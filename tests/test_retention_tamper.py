@@ -1,0 +1,252 @@
+"""Deletion told apart from tampering: what `audit verify` names after retention, on both
+backends.
+
+Two kinds of wrong are made here. A *buggy run* is a retention run with one of
+its safeguards taken out (it ignores holds, reads a clock four hours fast,
+writes a receipt whose leaf hashes are not the batch's): its receipts are in
+the signed log, and verification must still name them unlawful. A *tamper* is
+plain SQL on the store after a lawful run, as in tests/test_tamper.py.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from evidence_kit import Site, fill, verify
+from retention_kit import DEVICES, TEN_MINUTES, kinds, run, sealed
+from test_tamper import Named, assert_named, batch_label, database, one
+
+from engine.retention import receipt as receipts
+from engine.retention import run as runs
+from engine.retention.holds import place
+from engine.retention.select import Group, select
+from engine.store.retention import Scope
+from plugins.fileprincipals import PrincipalsFile
+
+SECONDS = 60
+
+
+@pytest.fixture
+def store(retention_site, backend, tmp_path):
+    filled = fill(retention_site, backend, tmp_path, SECONDS)
+    yield filled
+    filled.close()
+
+
+def receipt_of(store, device: str) -> int:
+    return next(r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == device)
+
+
+# --- buggy runs --------------------------------------------------------------------------
+
+
+def test_a_run_that_ignores_a_hold_is_named(
+    retention_site, store, principals_file, monkeypatch, tmp_path
+):
+    place(store, PrincipalsFile(principals_file), "lena@example.com", Scope(("line-b",)), "x")
+    monkeypatch.setattr(runs, "holds", lambda conn, in_force: [])
+    run(retention_site, store)
+    report = verify(retention_site, store, tmp_path)
+    seq = receipt_of(store, "line-b")
+    assert_named(report, [Named(f"receipt (audit entry {seq})", "deletes line-b/P1 during hold 1")])
+
+
+def test_a_run_with_a_fast_clock_is_named_for_deleting_before_keep_at_least(
+    retention_site, store, monkeypatch, tmp_path
+):
+    def fast(batch, plan, holds, leaves, at):
+        return select(batch, plan, holds, leaves, at + timedelta(hours=4))
+
+    monkeypatch.setattr(runs, "select", fast)
+    run(retention_site, store)
+    report = verify(retention_site, store, tmp_path)
+    seq = receipt_of(store, "lab-c")
+    assert_named(
+        report, [Named(f"receipt (audit entry {seq})", "deletes lab-c/P1 before its keep_at_least")]
+    )
+
+
+def test_a_receipt_whose_leaf_hashes_are_not_the_batch_is_named(
+    retention_site, store, backend, monkeypatch, tmp_path
+):
+    lawful = receipts.payload
+
+    def forged(*args, **kwargs):
+        said = lawful(*args, **kwargs)
+        hashes = bytearray(base64.b64decode(said["leaf_hashes"]))
+        hashes[0] ^= 1
+        return said | {"leaf_hashes": base64.b64encode(bytes(hashes)).decode()}
+
+    monkeypatch.setattr(receipts, "payload", forged)
+    run(retention_site, store)
+    report = verify(retention_site, store, tmp_path)
+    seq = receipt_of(store, "line-a")
+    with database(backend).connect() as conn:
+        label = batch_label(conn, kinds(store, "retention.deleted")[0].payload["batch"])
+    assert_named(
+        report,
+        [
+            Named(f"receipt (audit entry {seq})", "erasure of it differs"),
+            Named(label, "a receipt's leaf hashes do not match the batch"),
+        ],
+    )
+
+
+def test_a_receipt_giving_two_points_one_calculation_is_named(
+    retention_site, backend, monkeypatch, tmp_path
+):
+    """line-a's points are kept alike, but by two policies: each expires by its own
+    calculation (naming its policy), and a run that deletes both under the first's is named
+    for the second, though the first's is lawful."""
+    other = [{"policy": "other-retention", "at": "policies/other.yaml:4:3"}]
+    plans = [
+        sealed(device, points, {"P2": other} if device == "line-a" else None)
+        for device, points in DEVICES.items()
+    ]
+    (tmp_path / "plans").mkdir()
+    site = Site(retention_site.keys_dir, tmp_path / "plans", plans)
+    assert DEVICES["line-a"] == {"P1": TEN_MINUTES, "P2": TEN_MINUTES}
+    filled = fill(site, backend, tmp_path, SECONDS)
+
+    def merged(batch, plan, holds, leaves, at):
+        chosen = select(batch, plan, holds, leaves, at)
+        if batch.device == "line-a" and len(chosen.groups) == 2:
+            pairs = sorted(
+                pair for g in chosen.groups for pair in zip(g.positions, g.names, strict=True)
+            )
+            first = next(g.expiry for g in chosen.groups if "P1" in g.names)
+            chosen.groups = [Group(first, [p for p, _ in pairs], [n for _, n in pairs])]
+        return chosen
+
+    monkeypatch.setattr(runs, "select", merged)
+    try:
+        run(site, filled)
+        report = verify(site, filled, tmp_path)
+        seq = receipt_of(filled, "line-a")
+    finally:
+        filled.close()
+    assert_named(
+        report,
+        [Named(f"receipt (audit entry {seq})", "expiry calculation for line-a/P2 is not its")],
+    )
+    assert not [p for p in report.problems if "line-a/P1" in p.message]
+
+
+# --- tampers after a lawful run ----------------------------------------------------------
+
+
+Tamper = Callable[[sa.Connection], list[Named]]
+
+
+def delete_a_kept_record(conn: sa.Connection) -> list[Named]:
+    """Delete a record of a batch that receipts deleted other records of (lab-c's P1)."""
+    row = one(
+        conn,
+        "SELECT r.id, r.batch_id FROM readings r WHERE r.batch_id IN "
+        "(SELECT batch_id FROM erasures) ORDER BY r.id LIMIT 1",
+    )
+    conn.execute(sa.text("DELETE FROM readings WHERE id = :id"), {"id": row.id})
+    return [Named(batch_label(conn, row.batch_id), "no deletion receipt accounts for it")]
+
+
+def bring_back_a_record(conn: sa.Connection) -> list[Named]:
+    """Store a record again at a position a receipt deleted."""
+    row = one(
+        conn,
+        "SELECT e.batch_id, r.leaf FROM erasures e JOIN readings r ON r.batch_id = e.batch_id"
+        " ORDER BY e.id LIMIT 1",
+    )
+    position = one(
+        conn,
+        "SELECT positions FROM erasures WHERE batch_id = :b ORDER BY id LIMIT 1",
+        b=row.batch_id,
+    ).positions
+    first = int(position.strip("[]").split(",")[0])
+    conn.execute(
+        sa.text("INSERT INTO readings (batch_id, position, leaf) VALUES (:b, :p, :leaf)"),
+        {"b": row.batch_id, "p": first, "leaf": bytes(row.leaf)},
+    )
+    return [Named(batch_label(conn, row.batch_id), f"record position {first} is stored, yet")]
+
+
+def change_kept_leaf_hashes(conn: sa.Connection) -> list[Named]:
+    row = one(conn, "SELECT id, receipt, leaf_hashes FROM erasures ORDER BY id LIMIT 1")
+    changed = bytes([row.leaf_hashes[0] ^ 1]) + bytes(row.leaf_hashes[1:])
+    conn.execute(
+        sa.text("UPDATE erasures SET leaf_hashes = :h WHERE id = :id"), {"h": changed, "id": row.id}
+    )
+    return [Named(f"receipt (audit entry {row.receipt})", "erasure of it differs")]
+
+
+def delete_an_erasure(conn: sa.Connection) -> list[Named]:
+    row = one(conn, "SELECT id, receipt, batch_id FROM erasures ORDER BY id LIMIT 1")
+    conn.execute(sa.text("DELETE FROM erasures WHERE id = :id"), {"id": row.id})
+    return [Named(f"receipt (audit entry {row.receipt})", "does not keep the leaf hashes")]
+
+
+def erase_without_a_receipt(conn: sa.Connection) -> list[Named]:
+    """Delete a whole batch's records and write an erasure naming an entry that is no receipt."""
+    row = one(
+        conn,
+        "SELECT b.id, b.count FROM batches b WHERE b.device = 'vault-d' ORDER BY b.id LIMIT 1",
+    )
+    conn.execute(sa.text("DELETE FROM readings WHERE batch_id = :b"), {"b": row.id})
+    conn.execute(sa.text("DELETE FROM gap_records WHERE batch_id = :b"), {"b": row.id})
+    conn.execute(
+        sa.text(
+            "INSERT INTO erasures (batch_id, receipt, positions, leaf_hashes)"
+            " VALUES (:b, 1, :p, :h)"
+        ),
+        {"b": row.id, "p": f"[[0,{row.count - 1}]]", "h": bytes(32 * row.count)},
+    )
+    return [
+        Named(f"erasure of batch {row.id}", "which is no deletion receipt"),
+        Named(batch_label(conn, row.id), "no deletion receipt removed them"),
+    ]
+
+
+def delete_the_hold(conn: sa.Connection) -> list[Named]:
+    row = one(conn, "SELECT id FROM holds ORDER BY id LIMIT 1")
+    conn.execute(sa.text("DELETE FROM holds WHERE id = :id"), {"id": row.id})
+    return [Named(f"hold {row.id}", "missing from the store's holds")]
+
+
+def release_the_hold_behind_the_log(conn: sa.Connection) -> list[Named]:
+    row = one(conn, "SELECT id FROM holds ORDER BY id LIMIT 1")
+    conn.execute(
+        sa.text("UPDATE holds SET released_seq = 1, released_by = 'x' WHERE id = :id"),
+        {"id": row.id},
+    )
+    return [Named(f"hold {row.id}", "differs from its audit entries")]
+
+
+TAMPERS: dict[str, Tamper] = {
+    "kept-record-deleted": delete_a_kept_record,
+    "deleted-record-back": bring_back_a_record,
+    "kept-leaf-hashes-changed": change_kept_leaf_hashes,
+    "erasure-deleted": delete_an_erasure,
+    "erased-without-receipt": erase_without_a_receipt,
+    "hold-deleted": delete_the_hold,
+    "hold-released-behind-the-log": release_the_hold_behind_the_log,
+}
+
+
+@pytest.fixture
+def lawful(retention_site, store, principals_file, tmp_path):
+    """The store after a lawful run, with a hold on line-b: it verifies."""
+    place(store, PrincipalsFile(principals_file), "lena@example.com", Scope(("line-b",)), "x")
+    run(retention_site, store)
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    return store
+
+
+@pytest.mark.parametrize("tamper", TAMPERS.values(), ids=TAMPERS.keys())
+def test_a_tamper_after_a_lawful_run_is_named(retention_site, lawful, backend, tmp_path, tamper):
+    with database(backend).begin() as conn:
+        expected = tamper(conn)
+    assert_named(verify(retention_site, lawful, tmp_path), expected)
