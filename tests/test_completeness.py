@@ -25,11 +25,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -46,12 +47,14 @@ from evidence_kit import (
     stored_leaves,
     verify,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
+from waiting import collecting, until, wait_until
 
 from engine.audit import Actor
-from engine.collect import CollectConfig, Summary, run_plans
+from engine.collect import CollectConfig, Summary
 from engine.collect.limits import Backoff
-from engine.collect.status import JsonLogReporter
+from engine.collect.status import DeviceStats, JsonLogReporter
 from engine.compile import Inputs, compile_project
 from engine.errors import StoreError
 from engine.evidence import EvidenceConfig, EvidenceSink, EvidenceTarget, open_evidence
@@ -65,7 +68,6 @@ from engine.store.store import Store
 from engine.store.tables import AUDIT, BATCHES
 
 MS = timedelta(milliseconds=1)
-T = TypeVar("T")
 PAST = EvidenceConfig(grace_ms=86_400_000)
 """Records of an hour ago are put as if live: no window is closed by the clock meanwhile."""
 
@@ -276,22 +278,21 @@ def test_the_summary_counts_per_point_what_the_store_holds(
     site, plans = compiled(tmp_path, converge_pm, DEVICES[protocol].format(port=free_port()))
     (device,) = {p.device.id for p in plans}
     store = store_for(evidence_site, plans, tmp_path)
+    subscribed = {p for p in plans[0].read_groups if not p.polled for p in p.points}
 
     async def scenario(sink: EvidenceSink, reporter: JsonLogReporter) -> Summary:
-        async with running(site, pm=converge_pm) as sim:
-            faults = asyncio.create_task(stop_and_start(sim, device))
-            summary = await run_plans(
-                plans, converge_pm, duration=6.0, sink=sink, config=CONFIG, reporter=reporter
-            )
-            await faults
-            return summary
+        async with (
+            running(site, pm=converge_pm) as sim,
+            collecting(plans, converge_pm, sink=sink, config=CONFIG, reporter=reporter) as run,
+        ):
+            await stop_and_start(sim, run.summary.devices[device], plans[0], subscribed)
+        return run.summary
 
     with quiet("asyncua"):
         stored = collected_as_stored(evidence_site, plans, store, tmp_path, scenario)
-    for point, counts in stored.items():
+    for point, counts in stored.items():  # 3 readings before the stop, 2 gaps, 3 readings after
         assert counts["slots"] >= 8 and counts["readings"] and counts["gaps"], (point, counts)
     assert sum(c["extra"] for c in stored.values()), "no on-change or delivered readings"
-    subscribed = {p for p in plans[0].read_groups if not p.polled for p in p.points}
     assert all(stored[p]["held"] for p in subscribed)
     report = verify(evidence_site, store)
     assert report.ok, report.problems
@@ -348,9 +349,9 @@ METER = """\
 def test_a_topic_that_falls_silent_is_held_then_stale_on_mosquitto(
     evidence_site, converge_pm, tmp_path
 ):
-    """A meter publishing every 200 ms stops after 2 s; its slots (every 500 ms) hold the last
-    value, with the meter's own time, for 3 x 500 ms (the group's expect_every_ms), then are
-    stale: no-data gaps."""
+    """A meter publishing every 200 ms (once the collector subscribed, and a slot had no value
+    yet) stops after 2 s; its slots (every 500 ms) hold the last value, with the meter's own
+    time, for 3 x 500 ms (the group's expect_every_ms), then are stale: no-data gaps."""
     assert MOSQUITTO, "CI runs this against Mosquitto: make test starts it"
     prefix = f"converge-test/{secrets.token_hex(4)}"
     meter = METER.format(broker=MOSQUITTO, prefix=prefix)
@@ -361,20 +362,32 @@ def test_a_topic_that_falls_silent_is_held_then_stale_on_mosquitto(
 
     async def publish() -> None:
         async with aiomqtt.Client(str(broker.hostname), int(broker.port or 1883)) as client:
-            await asyncio.sleep(1.0)  # the collector has subscribed
             for i in range(10):
                 ts = datetime.now(UTC).isoformat()
                 await client.publish(f"{prefix}/power", json.dumps({"kw": i, "ts": ts}), qos=1)
                 sent.append((float(i), ts))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the meter's pace
 
     async def scenario(sink: EvidenceSink, reporter: JsonLogReporter) -> Summary:
-        publisher = asyncio.create_task(publish())
-        summary = await run_plans(
-            plans, converge_pm, duration=6.0, sink=sink, config=CONFIG, reporter=reporter
-        )
-        await publisher
-        return summary
+        async with collecting(
+            plans, converge_pm, sink=sink, config=CONFIG, reporter=reporter
+        ) as run:
+            meter = run.summary.devices["meter"]
+            await until(
+                lambda: meter.state == "connected" and meter.slot_gaps["power"] > 0,
+                lambda: f"the meter subscribed, and a slot without a value: {meter.as_dict()}",
+            )
+            await publish()
+            await until(
+                lambda: meter.extra["power"] == len(sent),
+                lambda: f"{len(sent)} messages delivered: {meter.as_dict()}",
+            )
+            held = meter.slot_gaps["power"]
+            await until(
+                lambda: meter.slot_gaps["power"] > held,
+                lambda: f"a slot after the last message without a value: {meter.as_dict()}",
+            )
+        return run.summary
 
     stored = collected_as_stored(evidence_site, plans, store, tmp_path, scenario)
     assert stored["power"]["extra"] == len(sent) == 10
@@ -396,12 +409,40 @@ def test_a_topic_that_falls_silent_is_held_then_stale_on_mosquitto(
     store.close()
 
 
-async def stop_and_start(sim: Simulation, device: str) -> None:
-    """The device's server goes away after 1.5 s, and comes back 1.5 s later."""
-    await asyncio.sleep(1.5)
-    await sim.inject(Fault("stop", device))
-    await asyncio.sleep(1.5)
-    await sim.inject(Fault("start", device))
+async def stop_and_start(
+    sim: Simulation, stats: DeviceStats, plan: PlanBody, subscribed: set[str]
+) -> None:
+    """The device's server goes away once each point has 3 readings (held ones for a
+    subscribed point) and extra readings came; it comes back once each point has 2 more slots
+    filled by gap records; then each point has 3 more readings."""
+    points = [p for group in plan.read_groups for p in group.points]
+
+    def counts() -> str:
+        return f"{stats.device}: {[stats.point_counts(p) for p in points]}"
+
+    def readings(point: str) -> int:
+        return stats.point_counts(point)["readings"]
+
+    await until(
+        lambda: (
+            all(readings(p) >= 3 for p in points)
+            and all(stats.held[p] for p in subscribed)
+            and sum(stats.extra.values()) > 0
+        ),
+        lambda: f"readings of each point, held and extra ones: {counts()}",
+    )
+    await sim.inject(Fault("stop", stats.device))
+    gaps = {p: stats.slot_gaps[p] for p in points}
+    await until(
+        lambda: all(stats.slot_gaps[p] >= gaps[p] + 2 for p in points),
+        lambda: f"gap records for each point while stopped: {counts()}",
+    )
+    await sim.inject(Fault("start", stats.device))
+    since = {p: readings(p) for p in points}
+    await until(
+        lambda: all(readings(p) >= since[p] + 3 for p in points),
+        lambda: f"readings of each point after the start: {counts()}",
+    )
 
 
 @contextlib.contextmanager
@@ -445,18 +486,25 @@ signing: {required: false, batch_window: 1h}
 """
 
 
-def until(condition: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """``condition()`` once it is not ``None`` (it is tried every 0.1 s, for ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while (found := condition()) is None:
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.1)
-    return found
-
-
-def listening(port: int) -> bool | None:
+def listening(port: int) -> bool:
     with socket.socket() as probe:
-        return True if probe.connect_ex(("127.0.0.1", port)) == 0 else None
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def collected(port: int) -> Counter[str]:
+    """Per device, the readings and gap records a collector's ``--metrics`` (at ``port``) say
+    it collected; none while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return Counter()
+    records: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("converge_readings_total", "converge_gaps_total"):
+                records[sample.labels["device"]] += int(sample.value)
+    return records
 
 
 def starts(db: str) -> list[str] | None:
@@ -480,6 +528,7 @@ def test_a_collector_killed_before_its_first_batch_leaves_no_slot_unaccounted(
     subprocess.run(plan, cwd=tmp_path, check=True, capture_output=True, timeout=60)
     keys = ["--keys", str(evidence_site.keys_dir)]
     run = [*CONVERGE, "run", "--plans", "plans", "--db", backend, *keys, "--spool", "spool.db"]
+    metrics = free_port()
     simulator = subprocess.Popen(
         [*CONVERGE, "simulate", "sites/s"],
         cwd=tmp_path,
@@ -488,15 +537,24 @@ def test_a_collector_killed_before_its_first_batch_leaves_no_slot_unaccounted(
     )
     try:
         for port in ports.values():
-            until(lambda port=port: listening(port), f"the simulator on port {port}")
+            wait_until(lambda port=port: listening(port), f"the simulator on port {port}")
         second = time.time() % 3600
         if second > 3600 - 40:  # the first run must not live into a second window (an hour)
             time.sleep(3600 - second)
         first = subprocess.Popen(
-            run, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*run, "--metrics", f"127.0.0.1:{metrics}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        (killed,) = until(lambda: starts(backend), "the first run's start in the store")
-        time.sleep(3)  # it collects for 3 s, then dies with every record in memory
+        wait_until(lambda: starts(backend), "the first run's start in the store", within=60)
+        (killed,) = starts(backend) or []
+        # it collects for 3 slots (of plc's 2 points, and gw's), then dies with every record
+        # in memory
+        wait_until(
+            lambda: collected(metrics)["plc"] >= 2 * 3 and collected(metrics)["gw"] >= 3,
+            lambda: f"the first run's records of 3 slots: {collected(metrics)}",
+        )
         first.kill()
         first.wait(timeout=30)
         assert first.returncode == -signal.SIGKILL

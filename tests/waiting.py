@@ -9,7 +9,8 @@ never gets there fails, saying what it waited for.
 :func:`collecting` does the same for the collector's :func:`run_plans`: the
 run goes on in the background while the test waits for what it needs, and
 then ends as an interrupted ``converge run`` does (samples in flight become
-``shutdown`` gaps, the queue is drained and the sink closed).
+``shutdown`` gaps, the queue is drained and the sink closed, a reporter shows
+its summary).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import pluggy
 
 from engine.collect import Clock, Sink, Summary, run_plans
+from engine.collect.status import QuietReporter, Reporter
 from engine.plans.body import PlanBody
 
 BOUND_S = 30.0
@@ -66,21 +68,37 @@ def _in_vain(what: What, within: float) -> str:
 class Collection:
     """A run of :func:`collecting`: its sink, and its live counters once it started.
 
-    It is the run's :class:`~engine.collect.status.Reporter`: it shows nothing,
-    and keeps the summary the run fills in, for the test to look at.
+    It is the run's :class:`~engine.collect.status.Reporter`: it hands events
+    on to ``reporter``, and keeps the summary the run fills in, for the test to
+    look at.
     """
 
     sink: Sink
+    reporter: Reporter = field(default_factory=QuietReporter)
     summary: Summary = field(default_factory=Summary)
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def event(self, device: str, kind: str, **fields: Any) -> None:
-        pass
+        self.reporter.event(device, kind, **fields)
 
     def showing(self, summary: Summary) -> AbstractContextManager[object]:
         self.summary = summary
         self.started.set()
-        return nullcontext()
+        return _stopped(self.reporter.showing(summary))
+
+
+@contextlib.contextmanager
+def _stopped(shown: AbstractContextManager[object]) -> Iterator[None]:
+    """``shown`` ends as when a run is stopped (SIGINT), not cancelled: a reporter that shows
+    the summary at the end shows it; the cancel goes on after."""
+    cancelled: asyncio.CancelledError | None = None
+    with shown:
+        try:
+            yield
+        except asyncio.CancelledError as cancel:
+            cancelled = cancel
+    if cancelled is not None:
+        raise cancelled
 
 
 @contextlib.asynccontextmanager
@@ -90,17 +108,19 @@ async def collecting(
     *,
     sink: Sink,
     clock: Clock | None = None,
+    reporter: Reporter | None = None,
     **options: Any,
 ) -> AsyncIterator[Collection]:
     """``run_plans`` in the background until the ``async with`` body is done.
 
     The body waits (:func:`until`) for what it needs; when it leaves, the run
     is ended by cancelling it, which ends the devices' tasks exactly as the
-    end of ``duration`` or SIGINT does. A run that has not ended by then
+    end of ``duration`` or SIGINT does (``reporter``, if given, hears its
+    events and shows its summary). A run that has not ended by then
     ends by itself after ``BOUND_S`` seconds more (clock seconds: a scaled
     clock's run is as long in real time). A run that fails to start raises.
     """
-    run = Collection(sink)
+    run = Collection(sink, reporter or QuietReporter())
     bound = (BOUND_S + 10) * (clock or Clock()).speed
     task = asyncio.create_task(
         run_plans(plans, pm, duration=bound, sink=sink, clock=clock, reporter=run, **options)
