@@ -7,9 +7,11 @@ checkpoint have been written: the records, their batches (whole, or each
 record's inclusion proof), the plans in force, the audit entries of those
 batches, plans and the export itself (each with a C2SP tlog-proof under the
 latest checkpoint), the checkpoints of the range with a consistency proof each
-to the latest, the public keys, and the deletion receipts and holds of the
-range (reserved until retention lands). Members are written sorted, with
-fixed zip times, so the zip's structure does not depend on when it is made.
+to the latest, the public keys, the deletion receipts and holds of the range
+(reserved until retention lands), and the source files the plans name (read
+from a folder on this machine, each only when its bytes are the plan's).
+Members are written sorted, with fixed zip times, so the zip's structure does
+not depend on when it is made.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +55,10 @@ class Gathered:
     batches: list[int] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
     records: int = 0
+    sources: list[str] = field(default_factory=list)
+    """The paths of the plans' sources the bundle carries (``sources/<path>``)."""
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+    """The paths of the plans' sources the bundle does not carry, and why."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class Request:
     audit_key: str
     keys: Sequence[KeyVersion]
     plan_keys: Sequence[str] = ()
+    sources: Path = Path(".")
+    """The folder the plans' source paths are read under (the one they were compiled in)."""
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -73,6 +83,10 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
     _records(conn, request, out, wanted)
     _plans(conn, out, entries, wanted)
+    bodies = (out.members[_plan_member(digest)] for digest in out.plans)
+    carried, out.left_out = sources(bodies, request.sources)
+    out.members.update((verifier.SOURCES + path, body) for path, body in carried.items())
+    out.sources = sorted(carried)
     kept = _checkpoints(conn, request, tree)
     out.members[verifier.ENTRIES] = _entries(entries, wanted, tree, kept[-1][1])
     out.members[verifier.CHECKPOINTS] = json.dumps([note for _, note in kept], indent=1).encode()
@@ -183,12 +197,66 @@ def _plans(
     """Each plan in force (its bytes, its signature) and its ``plan.deployed`` entry."""
     for digest in out.plans:
         row = conn.execute(select(PLANS).where(PLANS.c.digest == digest)).one()
-        name = f"plans/{digest.removeprefix('sha256:')}"
-        out.members[f"{name}.json"] = reads.as_bytes(row.body)
+        out.members[_plan_member(digest)] = reads.as_bytes(row.body)
         if row.signature is not None:
-            out.members[f"{name}.sig"] = row.signature.encode()
+            out.members[_plan_member(digest, ".sig")] = row.signature.encode()
         needle = f'"digest":"{digest}"'.encode()
         wanted.update(seq for seq, raw in entries if b'"plan.deployed"' in raw and needle in raw)
+
+
+def _plan_member(digest: str, suffix: str = ".json") -> str:
+    return f"plans/{digest.removeprefix('sha256:')}{suffix}"
+
+
+def sources(plans: Iterable[bytes], folder: Path) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+    """The files the ``plans`` (their bytes) name as sources, read under ``folder``, each by
+    its path when its bytes hash to a digest a plan names for it; and each path left out, with
+    why (an absolute path or one with ``..`` is never read, nor one leading out through a
+    link)."""
+    named: dict[str, set[str]] = {}
+    for body in plans:
+        for path, digest in json.loads(body).get("sources", {}).items():
+            named.setdefault(path, set()).add(digest)
+    carried: dict[str, bytes] = {}
+    left_out: list[tuple[str, str]] = []
+    for path, digests in sorted(named.items()):
+        found = _source(folder, path)
+        if isinstance(found, str):
+            left_out.append((path, found))
+            continue
+        digest = "sha256:" + hashlib.sha256(found).hexdigest()
+        if digest in digests:
+            carried[path] = found
+        others = sorted(digests - {digest})
+        if others:
+            left_out.append((path, _changed(digest, others, len(digests))))
+    return carried, left_out
+
+
+def _changed(digest: str, others: list[str], named: int) -> str:
+    """Why a source whose bytes are ``digest`` is not (or not for every plan) the one named."""
+    said = ", ".join(others)
+    if len(others) == named:
+        return f"changed since its plan was compiled (its SHA-256 is {digest}, not {said})"
+    return f"carried, but a plan was compiled from other bytes of it ({said})"
+
+
+def _source(folder: Path, path: str) -> bytes | str:
+    """The bytes of the source ``path`` under ``folder``, or why it is not read."""
+    problem = verifier.source_problem(path)
+    if problem is not None:
+        return problem
+    file = folder / path
+    try:
+        if not file.resolve().is_relative_to(folder.resolve()):
+            return f"it leads out of {folder} (through a link)"
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            return "not a regular file"
+        return file.read_bytes()
+    except FileNotFoundError:
+        return f"not found in {folder}"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
 
 
 def _entries(
@@ -239,6 +307,7 @@ def manifest(gathered: Gathered, said: dict[str, Any]) -> bytes:
             "batches": gathered.batches,
             "plans": gathered.plans,
             "records": gathered.records,
+            "sources": gathered.sources,
         }
     )
 
@@ -256,4 +325,4 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
     partial.replace(path)
 
 
-__all__ = ["Gathered", "Request", "gather", "manifest", "trust_file", "write_zip"]
+__all__ = ["Gathered", "Request", "gather", "manifest", "sources", "trust_file", "write_zip"]

@@ -8,7 +8,8 @@ no Converge. It checks every member's SHA-256 against the signed manifest,
 every record's leaf against its batch (the whole batch's root, or the record's
 inclusion proof), every batch statement's signatures by the keys its plan
 requires with versions valid when its audit entry says it was stored, every
-plan's digest and signature, every audit entry's inclusion under the latest
+plan's digest and signature, every policy file carried against the digest its
+plan names, every audit entry's inclusion under the latest
 checkpoint, every checkpoint's signature by the log's key at the time it
 states and its consistency with the latest, and that the manifest is signed
 by the log's key. The layout and every byte format are in docs/bundle.md.
@@ -63,6 +64,8 @@ CHECKPOINTS, CONSISTENCY, ENTRIES = (
 )
 RETENTION = "retention.json"
 VERIFIER = "verify.py"
+SOURCES = "sources/"
+"""The folder of the plans' source files: ``sources/<path as the plan names it>``."""
 TRUST_FORMAT = "converge.trust/v1"
 CSV_COLUMNS = (
     "device",
@@ -220,6 +223,19 @@ class Bundle:
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
         return "sha256:" + sha.hexdigest()
+
+
+def source_problem(path: str) -> str | None:
+    """Why a plan's source path cannot be read nor carried as ``sources/<path>``, if it cannot:
+    it must be a plain relative path that stays in its folder."""
+    parts = path.split("/")
+    if path.startswith("/") or ":" in parts[0]:
+        return "an absolute path"
+    if ".." in parts:
+        return "a path with .. in it"
+    if "\\" in path or "" in parts or "." in parts:
+        return "not a plain relative path"
+    return None
 
 
 def _check_name(name: str, info: zipfile.ZipInfo) -> None:
@@ -456,6 +472,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     checkpoints = _check_checkpoints(bundle, log, verdict)
     entries = _check_entries(bundle, checkpoints, verdict)
     plans = _check_plans(bundle, manifest, trusted, entries, verdict)
+    _check_sources(bundle, manifest, plans, verdict)
     ctx = Context(plans, entries, trusted.keys, sorted(checkpoints.values(), key=lambda c: c.size))
     batches = _check_batches(bundle, manifest, ctx, verdict)
     _check_records(bundle, manifest, batches, verdict)
@@ -674,6 +691,8 @@ class Plan:
     required: tuple[str, ...]
     waivers: frozenset[str]
     """The signing waivers an unsigned batch of the plan names (each as :func:`_canon`)."""
+    sources: tuple[tuple[str, str], ...] = ()
+    """The files the plan names as its sources: (path, ``sha256:<hex>``)."""
 
 
 def _check_plans(
@@ -750,7 +769,35 @@ def _plan(data: bytes, digest: str) -> Plan | str:
     )
     waivers = {_canon(w) for p in points for w in p.get("waived", []) if "signing" in w["facets"]}
     device = str(body.get("device", {}).get("id"))
-    return Plan(digest, device, tuple(required), frozenset() if required else frozenset(waivers))
+    sources = tuple(sorted((str(p), str(d)) for p, d in body.get("sources", {}).items()))
+    waived = frozenset() if required else frozenset(waivers)
+    return Plan(digest, device, tuple(required), waived, sources)
+
+
+def _check_sources(
+    bundle: Bundle, manifest: dict[str, Any], plans: dict[str, Plan], verdict: Verdict
+) -> None:
+    """Every ``sources/<path>`` member is a file a plan of the bundle names, with the bytes it
+    names; a source a plan names that the bundle does not carry is noted."""
+    named: dict[str, set[str]] = {}
+    for plan in plans.values():
+        for path, digest in plan.sources:
+            named.setdefault(path, set()).add(digest)
+    carried = sorted(n.removeprefix(SOURCES) for n in bundle.members if n.startswith(SOURCES))
+    listed = manifest.get("sources", [])
+    if not isinstance(listed, list) or sorted(str(p) for p in listed) != carried:
+        verdict.fail(MANIFEST, f"its sources are not the {SOURCES} members of the bundle")
+    held: dict[str, str] = {}
+    for path in carried:
+        digest = bundle.digest(SOURCES + path)
+        if digest in named.get(path, ()):
+            held[path] = digest
+        else:
+            verdict.fail(SOURCES + path, "not a source any plan of the bundle names with its bytes")
+    for path, digests in sorted(named.items()):
+        for digest in sorted(digests - {held.get(path, "")}):
+            verdict.notes.append(f"a plan names the source {path} ({digest}): not in the bundle")
+    verdict.counts["sources"] = len(held)
 
 
 def _canon(value: Any) -> str:
