@@ -24,6 +24,8 @@ import stat
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +130,27 @@ def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]
     for batch, picked in _picked(conn, request):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
-        for position, leaf, row in picked:
-            lines.append(b'{"batch":%d,"position":%d,"leaf":%s}\n' % (batch.id, position, leaf))
-            rows.append(row)
+        lines.append(picked.lines)
+        rows.append(picked.rows)
+        out.records += len(picked.positions)
         out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
-    out.records = len(lines)
     out.members[verifier.RECORDS] = b"".join(lines)
     out.members[verifier.RECORDS_CSV] = b"".join(rows)
 
 
-Picked = list[tuple[int, bytes, bytes]]
-"""The (position, leaf, CSV row) of each record a batch exports."""
+@dataclass(frozen=True)
+class Picked:
+    """The records a batch exports: their positions, record lines and CSV rows."""
+
+    positions: list[int]
+    lines: bytes
+    rows: bytes
+
+
+LINE = b'{"batch":%d,"position":%d,"leaf":%s}\n'
+"""A line of records.jsonl: batch id, position, leaf bytes."""
 
 
 def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, Picked]]:
@@ -150,26 +160,49 @@ def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, P
         allowed.setdefault(point.device, set()).add(point.point)
     for device, points in sorted(allowed.items()):
         for batch in data.batches(conn, device, request.span.start, request.span.end):
-            picked = _exported(data.leaves(conn, batch.id), batch.id, points, request.span)
-            if picked:
+            leaves = data.leaves(conn, batch.id)
+            picked = _usual(leaves, batch.id, points, request.span) or _exported(
+                leaves, batch.id, points, request.span
+            )
+            if picked.positions:
                 yield batch, picked
+
+
+def _usual(
+    leaves: list[tuple[int, bytes]], batch: int, points: set[str], span: Range
+) -> Picked | None:
+    """Every leaf of a batch, read at once, when each is the usual reading of one of
+    ``points`` in ``span`` (:func:`verifier.read_usual`); else None."""
+    if not leaves:
+        return None
+    positions = list(map(itemgetter(0), leaves))
+    said = zip(repeat(batch), positions, map(itemgetter(1), leaves))
+    lines = b"".join(map(LINE.__mod__, said))
+    read = verifier.read_usual(lines, len(leaves))
+    if read is None or not {point.decode() for point in set(read.points)} <= points:
+        return None
+    if not (span.holds(min(read.times).decode()) and span.holds(max(read.times).decode())):
+        return None
+    return Picked(positions, lines, read.rows)
 
 
 def _exported(
     leaves: Iterable[tuple[int, bytes]], batch: int, points: set[str], span: Range
 ) -> Picked:
-    """The records among a batch's leaves of ``points`` in ``span``. When few points are asked,
-    a leaf that does not name one is not read at all."""
+    """The records among a batch's leaves of ``points`` in ``span``, one by one. When few
+    points are asked, a leaf that does not name one is not read at all."""
     needles = [b'"point":' + canonical_json(point) + b"," for point in points]
     few = len(needles) <= FEW_POINTS
-    picked = []
+    positions, lines, rows = [], [], []
     for position, leaf in leaves:
         if few and not any(needle in leaf for needle in needles):
             continue
         record = verifier.read_record(leaf, batch, position)
         if record is not None and record.point in points and span.holds(record.time):
-            picked.append((position, leaf, record.csv))
-    return picked
+            positions.append(position)
+            lines.append(LINE % (batch, position, leaf))
+            rows.append(record.csv)
+    return Picked(positions, b"".join(lines), b"".join(rows))
 
 
 FEW_POINTS = 4
@@ -185,9 +218,9 @@ def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes
         "signatures": {key: sig.hex() for key, sig in sorted(batch.signatures.items())},
         "entry": batch.entry_seq,
     }
-    if len(picked) != batch.count:
+    if len(picked.positions) != batch.count:
         tree = MerkleTree(verifier.leaf_hash(leaf) for _, leaf in data.leaves(conn, batch.id))
-        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p, _, _ in picked}
+        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p in picked.positions}
     return canonical_json(said)
 
 
