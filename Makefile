@@ -30,9 +30,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash tests/services.sh start
 	set -a; . tests/.services.env; set +a; \
-	for script in compile hostile coalesce collect ingest verify query export; do \
+	for script in compile hostile coalesce collect ingest verify query export scaleout; do \
 	  $(BIN)/python bench/$$script.py || { status=$$?; break; }; echo; \
 	done; bash tests/services.sh stop; exit $${status:-0}
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis demo-out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis demo-out central-out

@@ -46,11 +46,14 @@ ORIGIN_KEY = "audit.origin"
 STATE_KEY = "audit.state"
 DEFAULT_AUDIT_KEY = "audit-log"
 ORIGIN_PREFIX = "converge/audit/"
+COSIGNER_PREFIX = "converge/witness/"
+"""A centre's cosignatures of site logs are signed under ``converge/witness/<witness key>``."""
 TIME_LINE = re.compile(r"time (0|[1-9][0-9]{0,11})")
 KINDS = {
     "log.created": "the log was made: its origin, and the key that signs its checkpoints",
     "plan.deployed": "a plan was loaded by a collector for the first time",
     "batch.stored": "a batch, its signatures and records were stored",
+    "batch.sealed": "a site collector sealed a batch and queued it for the centre, which keeps it",
     "batch.dropped": "a batch was lost because the spool was full (its statement is kept)",
     "spool.full": "the spool reached its bound; newer batches are dropped until it drains",
     "key.generated": "a signing key's first version was made",
@@ -60,6 +63,10 @@ KINDS = {
     "plan.signed": "a principal signed a plan (who, printed name, when, meaning, key)",
     "access.decision": "the guard decided a read, export or hold, allowed or denied",
     "audit.reviewed": "a person reviewed a range of the trail (EU GMP Annex 11 §9)",
+    "ingest.started": "an ingester began taking the sites' messages into this central store",
+    "ingest.stopped": "an ingester stopped cleanly",
+    "message.quarantined": "the centre refused a site's message: kept in quarantine with why",
+    "checkpoint.cosigned": "the centre cosigned a checkpoint of a site collector's log",
 }
 """Every entry kind and what it records (docs/audit.md)."""
 
@@ -97,6 +104,11 @@ def origin_key(origin: str) -> str | None:
     rest = origin.removeprefix(ORIGIN_PREFIX)
     key, slash, _ = rest.partition("/")
     return key if slash and origin.startswith(ORIGIN_PREFIX) else None
+
+
+def cosigner_name(witness_key: str) -> str:
+    """The name a centre's cosignatures carry (C2SP tlog-cosignature), from its key's name."""
+    return f"{COSIGNER_PREFIX}{witness_key}"
 
 
 def signing_second(now: datetime) -> datetime:

@@ -26,6 +26,7 @@ from engine.commands import (
     diff,
     explain,
     export,
+    ingest,
     keys,
     plan,
     principals,
@@ -69,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
     verify,
     serve,
     principals,
+    ingest,
 )
 """Every command, in the order ``converge --help`` lists them."""
 

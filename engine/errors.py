@@ -23,6 +23,8 @@ here, the leaves beside the code that raises them::
     │   ├── MissingSigner          a required key was not given to sign a batch    (sign.batch)
     │   └── SealerError            the sealer process failed or died          (evidence.sealer)
     ├── StoreError                 the evidence database or spool cannot be used       (store)
+    ├── TransportError             a broker URL no transport takes, a link that cannot open
+    │                                                                           (transport)
     ├── AccessDenied               the guard refused, or a principal may not act (exit code 3)
     └── VerificationError          evidence that does not verify
         ├── RootMismatch           a recomputed root that is not the one claimed  (sign.merkle)
@@ -36,7 +38,9 @@ here, the leaves beside the code that raises them::
         │   ├── MalformedKey       a key text that does not parse
         │   ├── NoKnownSignature   no signature by a trusted key
         │   └── BadSignature       a trusted key's signature that fails (a batch's names its key)
-        └── CheckpointError        not the checkpoint expected: MalformedCheckpoint, OriginMismatch
+        ├── CheckpointError        not the checkpoint expected: MalformedCheckpoint, OriginMismatch
+        ├── MalformedMessage       a site's message unlike the wire format says      (store.wire)
+        └── CheckpointRefused      a site checkpoint the centre will not cosign (central.witness)
 
 Foreign exceptions are mapped at the one boundary that calls the library
 (``raise ... from exc``): PyYAML and cerberus into findings (compile.load,
@@ -84,7 +88,7 @@ class Finding:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.severity}: {self.message}"
+        return f"{self.location}: {self.severity}[{self.code}]: {self.message}"
 
     @property
     def sort_key(self) -> tuple[Location, str, str, str]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the contract's types, imported only for type checkers (as p
     from engine.plans.body import PlanBody
     from engine.principals import PrincipalResolver
     from engine.protocols import Session, Simulator, ValueAt
+    from engine.transport import Transport
 
 PROJECT = "converge"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -181,4 +182,27 @@ def converge_principal_resolver(config: Mapping[str, Any]) -> PrincipalResolver 
     ``digest`` is recorded with every decision made with it, so it must
     change whenever any answer would (an LDAP resolver might hash the entries
     it read). Results of several plugins: the first non-``None`` is used.
+    """
+
+
+# --- transports (scale-out) -------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def converge_transport(url: str, options: Mapping[str, Any]) -> Transport | None:
+    """Give the :class:`~engine.transport.Transport` for the broker at ``url``.
+
+    Called by ``converge run --publish URL`` (a site collector sending its
+    sealed batches and checkpoints to the centre) and by ``converge ingest
+    --broker URL`` (the centre taking them), once per run, before anything
+    is connected. Return ``None`` when the URL's scheme is not yours (the
+    built-in transport answers for ``mqtt://`` and ``mqtts://``).
+    ``options`` holds ``ca`` (a CA file for TLS, or ``None``), ``username``
+    and ``password`` (or ``None``) and ``max_message`` (the largest message
+    in bytes the receiver accepts; refuse larger ones at the broker when it
+    can). The transport must deliver at least once, keep a ``durable``
+    link's session while it is away, share a subscription with a ``group``
+    among its members and carry each message's reply topic and correlation
+    data; :mod:`engine.transport` states the whole contract. Results of
+    several plugins: the first non-``None`` is used.
     """

@@ -4,9 +4,12 @@ A *reading* is one value of one point with its collection time (when the
 request that fetched it was sent, or the message arrived), the device's own
 source time where the protocol gives one, and a quality with the protocol's
 raw code. A bad reading keeps its place with ``value=None``: nothing read is
-dropped. A *gap record* stands for a scheduled sample that could not be
-taken, with the reason; for every point, scheduled samples = readings + gap
-records, so a stored batch proves completeness as well as integrity.
+dropped. A *gap record* stands for a scheduled sample (a *slot*) that could
+not be taken, with the reason, or for a run of consecutive slots of one point
+missed for one reason. For every point, slots = readings that fill a slot +
+the slots of its gap records, so the stored batches prove completeness as
+well as integrity; readings without a slot (on change, as a subscription
+delivered them) come on top.
 
 All times are timezone-aware UTC datetimes.
 """
@@ -41,13 +44,15 @@ class GapReason(StrEnum):
     MALFORMED = "malformed"
     """The answer or message could not be decoded into the point's type."""
     NO_DATA = "no-data"
-    """A subscription delivered nothing for too long (watchdog)."""
+    """A subscribed point had no value to hold at the slot: none delivered since the
+    subscription (re)started, or the latest is older than the group's bound."""
     RATE_LIMITED = "rate-limited"
     """The sample would have exceeded the device's request budget."""
     PLAN_EXPIRED = "plan-expired"
     """The plan is past its ``valid_until``: collection stopped until it is recompiled."""
     SHUTDOWN = "shutdown"
-    """The collector stopped before the sample's time came (recorded on restart)."""
+    """The collector was not running at the slot (recorded when it starts again), or stopped
+    while the sample was being taken."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class Reading:
     coalesced: int = 0
     """How many changes of a subscribed point this reading stands for (itself included), when
     the flood guard folded several into it; 0 when it stands for itself only."""
+    held: bool = False
+    """The reading fills a slot of a subscribed point with the latest value its subscription
+    delivered before the slot (that delivery's times and quality kept), rather than a value
+    read for the slot."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,12 @@ class Gap:
     reason: GapReason
     detail: str = ""
     raw_code: int | str | None = None
+    last_scheduled_at: datetime | None = None
+    """The last slot of a run of consecutive slots missed for the same reason (``None``: the
+    record stands for ``scheduled_at`` alone)."""
+    slots: int = 1
+    """How many slots the record stands for: 1, or the run's length (> 1, then
+    ``last_scheduled_at`` is set and later than ``scheduled_at``)."""
 
 
 Record = Reading | Gap

@@ -11,13 +11,16 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import docs_verifier
 import pytest
+from sqlalchemy import select
 
 from engine.audit import Actor
 from engine.cli import main
@@ -25,8 +28,10 @@ from engine.evidence import EvidenceConfig, EvidenceSink
 from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.records import Gap, GapReason, Reading, Record
+from engine.sign.batch import epoch_ms
 from engine.store.spool import Spool
 from engine.store.store import Store
+from engine.store.tables import GAPS, READINGS
 from engine.verify import Report, Trust, verify_store
 from plugins.filekeys.store import FileKeyStore
 
@@ -224,3 +229,72 @@ def agree_with_cli(code: int, target: str, options: list[str]) -> None:
         audit_key=given.get("--audit-key", ["audit-log"])[0],
         plan_key=given.get("--plan-key", [None])[0],
     )
+
+
+# --- slots: what a store accounts for ----------------------------------------------------
+
+
+def missed_slots(
+    plans: Iterable[PlanBody], last: datetime, until: datetime
+) -> dict[tuple[str, str], list[int]]:
+    """Each point's slots (epoch ms) after ``last`` and before ``until``: every ``every_ms``
+    of its polled group, or of its own capture when it is subscribed."""
+    slots: dict[tuple[str, str], list[int]] = {}
+    for plan in plans:
+        for group in plan.read_groups:
+            for point in group.points:
+                every = (
+                    group.spec["every_ms"] if group.polled else plan.point[point].capture.every_ms
+                )
+                if every is None:
+                    continue  # subscribed on change only: no slots
+                first = (epoch_ms(last) // every + 1) * every
+                if first < epoch_ms(until):
+                    slots[(plan.device.id, point)] = list(range(first, epoch_ms(until), every))
+    return slots
+
+
+def slots_of(gap: dict[str, Any]) -> list[int]:
+    """The slots (epoch ms) a stored gap record stands for: its one slot, or its run's (the
+    interval schedules of the example plant space a run's slots evenly)."""
+    first = epoch_ms(datetime.fromisoformat(gap["scheduled_at"]))
+    if "slots" not in gap:
+        return [first]
+    last = epoch_ms(datetime.fromisoformat(gap["last_scheduled_at"]))
+    step, rest = divmod(last - first, gap["slots"] - 1)
+    assert rest == 0 and step > 0, gap
+    return list(range(first, last + 1, step))
+
+
+def shutdown_gaps(store: Store) -> dict[tuple[str, str], list[int]]:
+    """The slots (epoch ms) of every stored ``shutdown`` gap record, by device and point."""
+    found: dict[tuple[str, str], list[int]] = defaultdict(list)
+    with store.reading() as conn:
+        for (leaf,) in conn.execute(select(GAPS.c.leaf)):
+            gap = json.loads(bytes(leaf))
+            if gap["reason"] == "shutdown":
+                found[(gap["device"], gap["point"])].extend(slots_of(gap))
+    return {key: sorted(slots) for key, slots in found.items()}
+
+
+def stored_leaves(store: Store) -> list[dict[str, Any]]:
+    """Every record in the store, as the JSON of its leaf."""
+    with store.reading() as conn:
+        return [
+            json.loads(bytes(leaf))
+            for table in (READINGS, GAPS)
+            for (leaf,) in conn.execute(select(table.c.leaf))
+        ]
+
+
+def slots_taken(leaves: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[int]]:
+    """Per point, each slot (epoch ms) a record accounts for, as often as one does: a
+    reading's ``scheduled_at``, every slot of a gap record."""
+    found: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for leaf in leaves:
+        key = (leaf["device"], leaf["point"])
+        if leaf["type"] == "gap":
+            found[key].extend(slots_of(leaf))
+        elif "scheduled_at" in leaf:
+            found[key].append(epoch_ms(datetime.fromisoformat(leaf["scheduled_at"])))
+    return {key: sorted(slots) for key, slots in found.items()}

@@ -32,11 +32,20 @@ LAYERS: list[set[str]] = [
     {"engine.keys", "engine.principals"},
     {"engine.plans", "engine.audit"},
     # the plugin boundary
-    {"engine.protocols", "engine.hookspecs", "engine.plugin_manager", "engine.protocol_plugin"},
+    {
+        "engine.protocols",
+        "engine.hookspecs",
+        "engine.plugin_manager",
+        "engine.protocol_plugin",
+        "engine.transport",  # the transport contract a plugin implements (scale-out)
+    },
     {"engine.collect"},
     {"engine.store"},
     {"engine.evidence"},
     {"engine.verify"},
+    # the path to a central store: a site's publisher, the centre's ingesters and witness;
+    # after verify, whose trusted keys it judges by, and beside nothing the run imports
+    {"engine.central"},
     {"engine.access"},
     {"engine.report"},
     {"engine.export"},

@@ -65,7 +65,7 @@ def t(text: str) -> datetime:
 
 def record_from(fields: dict[str, Any]) -> Record:
     args = {k: v for k, v in fields.items() if k != "type"}
-    for k in ("collected_at", "scheduled_at", "source_at", "server_at"):
+    for k in ("collected_at", "scheduled_at", "source_at", "server_at", "last_scheduled_at"):
         if k in args:
             args[k] = t(args[k])
     if fields["type"] == "gap":
@@ -135,7 +135,7 @@ def test_leaf_vectors(path: Path):
 
 def test_the_documented_examples_are_the_vectors():
     page = (REPO / "docs" / "records.md").read_text("utf-8")
-    for name in ("reading-scheduled", "gap-exception"):
+    for name in ("reading-scheduled", "gap-exception", "reading-held", "gap-run"):
         v = json.loads((REPO / "tests" / "vectors" / "leaf" / f"{name}.json").read_text("utf-8"))
         assert v["leaf"] in page
         assert v["leaf_hash"] in page

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from sign_vectors import VECTORS, outcome, vectors
 
-from engine import sign
 from engine.sign.note import (
     BadSignature,
     Checkpoint,
@@ -33,23 +31,9 @@ from engine.sign.note import (
     verify_note,
 )
 
-VECTORS = Path(__file__).with_name("vectors")
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 NAME = "converge.example/audit"
 VKEY = verifier_key(NAME, KEY.public_key())
-
-
-def vectors(kind: str) -> list[Any]:
-    paths = sorted((VECTORS / kind).glob("*.json"))
-    return [pytest.param(json.loads(p.read_text("utf-8")), id=p.stem) for p in paths]
-
-
-def outcome(run: Any) -> dict[str, Any]:
-    try:
-        return run()
-    except sign.VerificationError as exc:
-        assert isinstance(exc, getattr(sign, type(exc).__name__))
-        return {"valid": False, "error": type(exc).__name__}
 
 
 # --- the vectors -----------------------------------------------------------

@@ -16,7 +16,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -33,6 +33,7 @@ from engine.collect import (
     Summary,
     run_plans,
 )
+from engine.collect.backfill import missed
 from engine.collect.limits import Backoff, CircuitBreaker, TokenBucket, retryable
 from engine.collect.onchange import changed
 from engine.collect.scheduler import Schedule, interval_slot, next_cron
@@ -41,7 +42,8 @@ from engine.errors import PlanRejected
 from engine.hookspecs import hookimpl
 from engine.plans.format import INDEX_FORMAT, PLAN_FORMAT, seal
 from engine.plugin_manager import make_plugin_manager
-from engine.records import Gap, GapReason, Reading
+from engine.records import Gap, GapReason, Quality, Reading
+from engine.testkit import plan_of
 
 ZURICH = ZoneInfo("Europe/Zurich")
 
@@ -96,15 +98,24 @@ class FakeSession:
 
     async def subscribe(self, group, deliver):
         async def feed():
+            if self.connects > 1:
+                await asyncio.sleep(self.behaviour.get("later", 0))  # a reconnected feed
             for i in range(self.behaviour.get("messages", 0)):
                 await asyncio.sleep(self.behaviour.get("every", 0.02))
                 for p in group.points:
-                    await deliver(Reading(self.device, p, datetime.now(UTC), i))
+                    await deliver(self.message(p, i))
                 self.published += 1
             if self.behaviour.get("drop_after_messages"):
+                await asyncio.sleep(self.behaviour.get("linger", 0))
                 self.connected = False  # the broker went away; nothing else tells the collector
 
         asyncio.get_running_loop().create_task(feed())
+
+    def message(self, point, i):
+        now = datetime.now(UTC)
+        if self.behaviour.get("deliver_gap"):
+            return Gap(self.device, point, now, GapReason.MALFORMED, "not a scalar", raw_code=7)
+        return Reading(self.device, point, now, i, source_at=self.behaviour.get("source_at"))
 
     async def close(self):
         self.connected = False
@@ -507,17 +518,28 @@ def test_a_subscription_that_loses_its_server_is_reconnected(tmp_path):
 
 def test_silent_subscriptions_get_no_data_gaps(tmp_path):
     group = {"kind": "subscribe", "points": ["s"], "expect_every_ms": 50}
+    body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
 
-    def done(seen: Seen) -> bool:
-        no_data = [g for g in seen.sink.gaps() if g.reason is GapReason.NO_DATA]
-        return len(seen.sink.readings()) >= 3 and len(no_data) >= 2
+    def stale_so_far(seen: Seen) -> list[Gap]:  # gaps at slots after the third, last message
+        delivered = [r for r in seen.sink.readings() if r.scheduled_at is None]
+        if len(delivered) < 3:
+            return []
+        return [g for g in seen.sink.gaps() if g.scheduled_at > delivered[-1].collected_at]
 
-    _, sink, _ = collect(tmp_path, [plan_body("d", [group])], done, {"d": {"messages": 3}})
-    assert len(sink.readings()) == 3
-    no_data = [g for g in sink.gaps() if g.reason is GapReason.NO_DATA]
-    assert 2 <= len(no_data) <= 4
-    times = [g.scheduled_at.timestamp() for g in no_data]
-    assert all(abs((b - a) - 0.15) < 0.001 for a, b in itertools.pairwise(times))
+    _, sink, _ = collect(
+        tmp_path, [body], lambda seen: len(stale_so_far(seen)) >= 4, {"d": {"messages": 3}}
+    )
+    delivered = [r for r in sink.readings() if r.scheduled_at is None]
+    assert [r.value for r in delivered] == [0, 1, 2]
+    held = [r for r in sink.readings() if r.scheduled_at is not None]
+    assert held and all(r.held and r.value in (0, 1, 2) for r in held)
+    last = delivered[-1].collected_at.timestamp()
+    stale = [g for g in sink.gaps() if g.scheduled_at.timestamp() > last]
+    assert len(stale) >= 4 and {g.reason for g in stale} == {GapReason.NO_DATA}
+    times = [g.scheduled_at.timestamp() for g in stale]
+    assert all(abs((b - a) - 0.05) < 0.001 for a, b in itertools.pairwise(times))  # every slot
+    assert all(g.detail.startswith("stale: ") for g in stale)
+    assert min(times) - last > 0.149  # held for 3 x 50 ms after the last message, then stale
 
 
 def test_plan_expiring_during_the_run_gives_plan_expired_gaps(tmp_path):
@@ -701,3 +723,143 @@ def test_coalesced_is_written_only_when_set():
     at = datetime(2026, 6, 1, 12, tzinfo=UTC)
     assert record_json(Reading("d", "p", at, 1.5, coalesced=7))["coalesced"] == 7
     assert "coalesced" not in record_json(Reading("d", "p", at, 1.5))
+
+
+# --- the slots of subscribed points ---------------------------------------------------------
+
+
+def held_in(sink: MemorySink) -> list[Reading]:
+    """The held readings (a subscription's latest value, recorded at a slot) so far."""
+    return [r for r in sink.readings() if r.held]
+
+
+def test_a_subscribed_point_holds_its_latest_value_at_every_slot(tmp_path):
+    """No bound (no ``expect_every_ms``, as OPC UA): a value holds while the subscription is up."""
+    group = {"kind": "subscribe", "points": ["s"]}
+    body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
+    source = datetime(2026, 6, 1, tzinfo=UTC)
+    behaviour = {"messages": 1, "every": 0.12, "source_at": source}
+    summary, sink, _ = collect(
+        tmp_path, [body], lambda seen: len(held_in(seen.sink)) >= 6, {"d": behaviour}
+    )
+    (delivered,) = [r for r in sink.readings() if r.scheduled_at is None]
+    slots = [r for r in sink.records if r.scheduled_at is not None and r not in [delivered]]
+    first = next(i for i, r in enumerate(slots) if isinstance(r, Reading))
+    assert first >= 1 and {r.reason for r in slots[:first]} == {GapReason.NO_DATA}
+    held = slots[first:]
+    assert len(held) >= 6 and all(isinstance(r, Reading) and r.held for r in held)
+    assert {(r.value, r.collected_at, r.source_at) for r in held} == {
+        (delivered.value, delivered.collected_at, source)
+    }
+    assert {b.scheduled_at - a.scheduled_at for a, b in itertools.pairwise(slots)} == {
+        timedelta(milliseconds=50)
+    }
+    counts = summary.devices["d"].point_counts("s")
+    assert counts == {
+        "slots": len(slots),
+        "readings": len(held),
+        "held": len(held),
+        "gaps": first,
+        "extra": 1,
+    }
+
+
+def test_a_subscription_that_is_down_or_restarted_gives_refused_then_no_data(tmp_path):
+    group = {"kind": "subscribe", "points": ["s"]}
+    body = plan_body("d", [group], capture={"s": {"every_ms": 40}})
+    behaviour = {"messages": 1, "drop_after_messages": True, "linger": 0.2, "later": 0.3}
+    config = CollectConfig(reconnect=Backoff(base=0.2, cap=0.2, jitter=0))
+
+    def turns(sink: MemorySink) -> list[str]:  # what filled the slots, in turn
+        slots = [r for r in sink.records if r.scheduled_at is not None]
+        kinds = [r.reason.value if isinstance(r, Gap) else "held" for r in slots]
+        return [kind for kind, _ in itertools.groupby(kinds)]
+
+    def done(seen: Seen) -> bool:  # no value yet after the reconnection that followed the drop
+        runs = turns(seen.sink)
+        refused = runs.index("refused") if "refused" in runs else len(runs)
+        return seen.connects() >= 2 and "no-data" in runs[refused:]
+
+    _, sink, protocol = collect(tmp_path, [body], done, {"d": behaviour}, config=config)
+    assert protocol.sessions["d"].connects >= 2
+    slots = [r for r in sink.records if r.scheduled_at is not None]
+    runs = turns(sink)
+    # at each connection: no value yet, then the delivered one held until the session drops it
+    assert "refused" in runs and runs.index("refused") > runs.index("held")
+    after = runs[runs.index("refused") :]
+    assert "no-data" in after, runs
+    no_data = [r for r in slots if isinstance(r, Gap) and r.reason is GapReason.NO_DATA]
+    assert {g.detail for g in no_data} == {"no value delivered since the subscription started"}
+
+
+def test_a_point_captured_on_change_only_has_no_slots(tmp_path):
+    group = {"kind": "subscribe", "points": ["s", "t"]}
+    body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
+
+    def done(seen: Seen) -> bool:  # all three messages of t, and a slot of s
+        on_change = [r for r in seen.sink.readings() if r.point == "t"]
+        return len(on_change) >= 3 and any(r.scheduled_at for r in seen.sink.records)
+
+    summary, sink, _ = collect(tmp_path, [body], done, {"d": {"messages": 3}})
+    assert {r.point for r in sink.records if r.scheduled_at is not None} == {"s"}
+    assert len([r for r in sink.readings() if r.point == "t"]) == 3
+    assert summary.devices["d"].point_counts("t") == {
+        "slots": 0,
+        "readings": 0,
+        "held": 0,
+        "gaps": 0,
+        "extra": 3,
+    }
+
+
+def test_a_gap_a_subscription_delivers_is_kept_as_a_bad_reading(tmp_path):
+    group = {"kind": "subscribe", "points": ["s"]}
+    body = plan_body("d", [group], capture={"s": {"every_ms": 50}})
+    behaviour = {"messages": 1, "deliver_gap": True}
+    _, sink, _ = collect(tmp_path, [body], lambda seen: held_in(seen.sink), {"d": behaviour})
+    (delivered,) = [r for r in sink.readings() if r.scheduled_at is None]
+    assert (delivered.value, delivered.quality, delivered.raw_code) == (None, Quality.BAD, 7)
+    held = [r for r in sink.readings() if r.held]
+    assert held and {(r.quality, r.raw_code) for r in held} == {(Quality.BAD, 7)}
+
+
+def test_a_cron_schedule_spans_its_fires_and_an_interval_counts_its_slots():
+    every = Schedule(5000, (), ZURICH)
+    assert every.span(1, 20_001) == (5000, 20_000, 4)
+    assert every.span(5000, 5001) == (5000, 5000, 1)
+    assert every.span(5001, 10_000) is None
+    day = datetime(2026, 3, 29, tzinfo=ZURICH)  # spring forward: 02:00-03:00 does not exist
+    hourly = Schedule(None, ("0 * * * *",), ZURICH)
+    start, end = int(day.timestamp() * 1000), int((day + timedelta(days=1)).timestamp() * 1000)
+    first, last, count = hourly.span(start, end)
+    assert (local(first), local(last), count) == (
+        "2026-03-29T00:00:00+01:00",
+        "2026-03-29T23:00:00+02:00",
+        23,
+    )
+
+
+def test_backfill_gives_one_record_per_point_for_its_missed_slots():
+    polled = {"points": ["a", "b"], "every_ms": 1000}
+    subscribed = {"kind": "subscribe", "points": ["s", "t"]}
+    body = plan_body("d", [polled, subscribed], capture={"s": {"every_ms": 250}})
+    plan = plan_of(body)
+    gaps = missed(plan, 10_500, 3_600_000 * 24 * 7 + 10_500, fallback_every_ms=1000)
+    assert [(g.point, g.slots) for g in gaps] == [
+        ("s", 7 * 86_400 * 4),  # its first slot, 10.5 s, comes first
+        ("a", 7 * 86_400),
+        ("b", 7 * 86_400),
+    ]  # t is captured on change only: no slots
+    s, a, _ = gaps
+    assert (a.scheduled_at, a.last_scheduled_at) == (
+        datetime.fromtimestamp(11, UTC),
+        datetime.fromtimestamp(7 * 86_400 + 10, UTC),
+    )
+    assert s.scheduled_at == datetime.fromtimestamp(10.5, UTC)
+    assert {g.reason for g in gaps} == {GapReason.SHUTDOWN}
+    alone = missed(plan, 10_900, 11_001, fallback_every_ms=1000)  # the slots at 11 s only
+    assert {(g.point, g.slots, g.last_scheduled_at) for g in alone} == {
+        ("a", 1, None),
+        ("b", 1, None),
+        ("s", 1, None),
+    }

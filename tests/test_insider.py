@@ -969,3 +969,95 @@ def test_every_key_appends_a_forged_batch_after_the_end_and_signs_it(plant, stor
     verdict = audit_verify(capsys, store, *keys(plant), *witness_of(plant))
     passes(verdict)
     assert any(f"checkpoint {extra}" in note for note in verdict.notes), verdict.notes
+
+
+# --- a batch under another device's plan; one site's key on another site's batches ------------
+
+
+def boiler_plan(site: Site) -> str:
+    return next(p.digest for p in site.plans if p.device.id == "boiler-gateway")
+
+
+def test_site_integrity_alone_cannot_put_a_reactor_batch_under_the_boilers_weaker_plan(
+    evidence_site, plant, store, killed, capsys
+):
+    """The boiler's plan asks for site-integrity only, the reactor's for qa-signing too: a
+    reactor batch that names the boiler's plan must not get by with the one key."""
+    with Forger.on(store, holding(plant, "site-integrity")) as f:
+        newest = f.batches(REACTOR)[-1]
+        forged = f.add_batch(newest.id, next_window(f.leaves(newest.id), MINUTE), [])
+        f.restate(forged, plan_digest=boiler_plan(evidence_site))
+        f.resign_batch(forged, ["site-integrity"])
+        f.record_batch(forged)
+        label = batch_label(f.batch(forged))
+    for options in ([], witness(killed)):
+        verdict = audit_verify(capsys, store, *keys(plant), "--plan-key", PLAN_KEY, *options)
+        fails(verdict, (label, "is of device boiler-gateway"))
+
+
+def test_the_audit_key_cannot_rewrite_a_reactor_reading_under_the_boilers_plan(
+    evidence_site, plant, store, capsys
+):
+    with Forger.on(store, holding(plant, "site-integrity", "audit-log")) as f:
+        batch = f.batches(REACTOR)[-1]
+        f.change_record("readings", f.first_reading(batch.id), value=-273.15)
+        f.reroot(batch.id)
+        f.restate(batch.id, plan_digest=boiler_plan(evidence_site))
+        f.resign_batch(batch.id, ["site-integrity"])
+        f.record_batch(batch.id)
+        f.resign_checkpoints("audit-log")
+        label = batch_label(f.batch(batch.id))
+    verdict = audit_verify(capsys, store, *keys(plant), "--plan-key", PLAN_KEY)
+    fails(verdict, (label, "is of device boiler-gateway"))
+
+
+def site_b_signs_the_boilers_newest_batch(plant: Plant, store: str, site_b: FileKeyStore) -> None:
+    """A boiler reading changed, its batch re-signed by site B's site-integrity (the log
+    re-signed by the centre's audit key)."""
+    with Forger.on(store, holding(plant, "audit-log")) as f:
+        batch = f.batches("boiler-gateway")[-1]
+        f.change_record("readings", f.first_reading(batch.id), value=-273.15)
+        for changed in f.reroot(batch.id):
+            row = f.batch(changed)
+            at = datetime.fromisoformat(f.entry(row.audit_seq).time)
+            signature = site_b.signer("site-integrity", at).sign(bytes(row.statement))
+            f.run(
+                "UPDATE batch_signatures SET signature = :s WHERE batch_id = :b AND key = :k",
+                s=signature,
+                b=changed,
+                k="site-integrity",
+            )
+            f.record_batch(changed)
+        f.resign_checkpoints("audit-log")
+
+
+def test_one_sites_key_does_not_verify_another_sites_batches(plant, store, tmp_path, capsys):
+    """Sites share key names (policies name keys): a central store is verified with each
+    site's keys for that site's plans and batches only, and same-named keys of two sites are
+    never merged into one trust."""
+    site_b = FileKeyStore(tmp_path / "site-b-keys", passphrase=PASSPHRASE, clock=lambda: MADE)
+    site_b.generate("site-integrity")
+    trust = tmp_path / "trust"
+    (trust / "plant-basel").mkdir(parents=True)
+    (trust / "other-site").mkdir()
+    mine = public_keys(plant, capsys, trust / "plant-basel")[1:]
+    assert main(["keys", "export-public", "site-integrity", "--keys", str(tmp_path / "site-b-keys"),
+                 "--format", "json"]) == 0  # fmt: skip
+    theirs = trust / "other-site" / "site-integrity.json"
+    theirs.write_text(capsys.readouterr().out)
+
+    assert main(["audit", "verify", "--db", store, "--public-keys", *mine, str(theirs)]) == 2
+    assert "--site-trust" in capsys.readouterr().err
+    by_site = [
+        "--site-trust",
+        str(trust),
+        "--public-keys",
+        str(trust / "plant-basel" / "audit-log.json"),
+    ]
+    assert main(["audit", "verify", "--db", store, *by_site]) == 0
+    capsys.readouterr()
+    site_b_signs_the_boilers_newest_batch(plant, store, site_b)
+    code = main(["audit", "verify", "--db", store, "--format", "json", *by_site])
+    said = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert any("site-integrity" in p["message"] for p in said["problems"]), said

@@ -27,6 +27,7 @@ from engine.sign.merkle import leaf_hash
 SAFE = 2**53 - 1
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 6, 1, 12, 0, 5, 12345, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 AWKWARD = [
     '"',
@@ -114,6 +115,7 @@ readings = st.builds(
     raw_code=raw_codes,
     scheduled_at=st.none() | times,
     coalesced=st.integers(-2, 5) | near_safe,
+    held=st.booleans() | st.sampled_from([0, 1, None, "true"]),
 )
 gaps = st.builds(
     Gap,
@@ -123,6 +125,8 @@ gaps = st.builds(
     reason=st.sampled_from(GapReason),
     detail=texts,
     raw_code=raw_codes,
+    last_scheduled_at=st.none() | times | st.just("2026-06-01T12:00:05Z"),
+    slots=st.integers(-1, 4) | near_safe | st.booleans(),
 )
 
 
@@ -163,6 +167,7 @@ ordinary_readings = st.builds(
     raw_code=st.none() | st.integers(0, 2**32) | ordinary_names,
     scheduled_at=st.none() | ordinary_times,
     coalesced=st.integers(0, 1000),
+    held=st.booleans(),
 )
 ordinary_gaps = st.builds(
     Gap,
@@ -175,8 +180,24 @@ ordinary_gaps = st.builds(
 )
 
 
+@st.composite
+def ordinary_runs(draw: st.DrawFn) -> Gap:
+    """A gap record of a run of slots: its last slot later than its first, a count above 1."""
+    first = draw(ordinary_times)
+    return Gap(
+        draw(ordinary_names),
+        draw(ordinary_names),
+        first,
+        draw(st.sampled_from(GapReason)),
+        draw(st.text(max_size=30)),
+        draw(st.none() | st.integers(0, 255)),
+        first + draw(st.timedeltas(timedelta(microseconds=1), timedelta(days=30))),
+        draw(st.integers(2, SAFE)),
+    )
+
+
 @settings(max_examples=500)
-@given(ordinary_readings | ordinary_gaps, st.binary(min_size=16, max_size=16))
+@given(ordinary_readings | ordinary_gaps | ordinary_runs(), st.binary(min_size=16, max_size=16))
 def test_ordinary_records_take_the_fast_path(record: Record, salt: bytes):
     """Guards against a fast path that silently always falls back."""
     value = getattr(record, "value", None)
@@ -201,6 +222,24 @@ def test_ordinary_records_take_the_fast_path(record: Record, salt: bytes):
         (Reading("d", "p", T0, 1, coalesced=2**53), bytes(16), CanonicalError),
         (Gap("d", "p", T0, GapReason.EXCEPTION, raw_code=-(2**53)), bytes(16), CanonicalError),
         (Reading("d", "p", T0, math.nan), bytes(3), LeafError),  # the salt is checked first
+        (Reading("d", "p", T0, 1, held=1), bytes(16), LeafError),  # type: ignore[arg-type]
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, slots=3), bytes(16), LeafError),  # no last slot
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, last_scheduled_at=T0), bytes(16), LeafError),
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, "", None, T0, 2), bytes(16), LeafError),  # not later
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, "", None, T0 + HOUR, 1), bytes(16), LeafError),
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, "", None, T0 + HOUR, 0), bytes(16), LeafError),
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, "", None, T0 + HOUR, True), bytes(16), LeafError),
+        (Gap("d", "p", T0, GapReason.SHUTDOWN, slots=True), bytes(16), LeafError),
+        (
+            Gap("d", "p", T0, GapReason.SHUTDOWN, "", None, datetime(2026, 6, 2), 2),
+            bytes(16),
+            LeafError,
+        ),  # a naive last slot
+        (
+            Gap("d", "p", T0, GapReason.SHUTDOWN, "", None, T0 + HOUR, 2**53),
+            bytes(16),
+            CanonicalError,
+        ),
     ],
 )
 def test_refusals_match_the_general_path(record: Record, salt: bytes, error: type[Exception]):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sign_vectors import VECTORS, vectors
 
 from engine import sign
 from engine.errors import VerificationError
@@ -34,7 +34,6 @@ from engine.sign.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).with_name("vectors")
 RFC6962 = json.loads((VECTORS / "merkle" / "rfc6962-roots.json").read_text())
 RFC_LEAVES = [bytes.fromhex(x) for x in RFC6962["leaves"]]
 
@@ -50,11 +49,6 @@ def outcome(run: Any) -> dict[str, Any]:
         assert isinstance(exc, getattr(sign, type(exc).__name__))
         return {"valid": False, "error": type(exc).__name__}
     return {"valid": True}
-
-
-def vectors(kind: str) -> list[Any]:
-    paths = sorted((VECTORS / kind).glob("*.json"))
-    return [pytest.param(json.loads(p.read_text("utf-8")), id=p.stem) for p in paths]
 
 
 # --- the vectors -----------------------------------------------------------

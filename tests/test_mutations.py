@@ -139,6 +139,11 @@ def reindent(lines: list[str], data: st.DataObject) -> list[str]:
 
 def replace_scalar(lines: list[str], data: st.DataObject) -> list[str]:
     """A ``key: value`` line gets a value of another type (or a YAML trap)."""
+    return _replace_with(lines, data, REPLACEMENTS)
+
+
+def _replace_with(lines: list[str], data: st.DataObject, values: list[str]) -> list[str]:
+    """A ``key: value`` line gets one of ``values`` as its value."""
     candidates = [i for i, line in enumerate(lines) if LINE.match(line)]
     if not candidates:
         return lines
@@ -146,7 +151,7 @@ def replace_scalar(lines: list[str], data: st.DataObject) -> list[str]:
     match = LINE.match(lines[i])
     assert match is not None
     changed = list(lines)
-    changed[i] = match["head"] + data.draw(st.sampled_from(REPLACEMENTS))
+    changed[i] = match["head"] + data.draw(st.sampled_from(values))
     return changed
 
 
@@ -241,15 +246,7 @@ RAW_CHARACTERS = ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\
 
 def replace_value(lines: list[str], data: st.DataObject) -> list[str]:
     """A ``key: value`` line gets one of the value traps."""
-    candidates = [i for i, line in enumerate(lines) if LINE.match(line)]
-    if not candidates:
-        return lines
-    i = data.draw(st.sampled_from(candidates))
-    match = LINE.match(lines[i])
-    assert match is not None
-    changed = list(lines)
-    changed[i] = match["head"] + data.draw(st.sampled_from(VALUE_TRAPS))
-    return changed
+    return _replace_with(lines, data, VALUE_TRAPS)
 
 
 def break_key(lines: list[str], data: st.DataObject) -> list[str]:

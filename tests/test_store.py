@@ -40,9 +40,11 @@ from evidence_kit import (
     Site,
     agree,
     collect,
+    missed_slots,
     open_store,
     public_keys,
     records,
+    shutdown_gaps,
     verify,
 )
 from sqlalchemy import Connection, event, select, text
@@ -64,7 +66,7 @@ from engine.store import auditlog
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Store
-from engine.store.tables import BATCHES, GAPS, METADATA
+from engine.store.tables import BATCHES, METADATA
 from engine.verify import Report
 
 CONVERGE = [sys.executable, "-m", "engine.cli"]
@@ -642,34 +644,6 @@ def test_the_store_knows_a_chains_newest_batch_across_a_dropped_one(evidence_sit
 # --- restart: shutdown gaps for the slots missed ----------------------------------------
 
 
-def missed_slots(
-    plans: Iterable[PlanBody], last: datetime, until: datetime
-) -> dict[tuple[str, str], list[int]]:
-    """Each polled point's slots (epoch ms) after ``last`` and before ``until``."""
-    slots: dict[tuple[str, str], list[int]] = {}
-    for plan in plans:
-        for group in plan.read_groups:
-            if not group.polled:
-                continue  # subscriptions have no slots
-            every = group.spec["every_ms"]
-            first = (epoch_ms(last) // every + 1) * every
-            for point in group.points:
-                slots[(plan.device.id, point)] = list(range(first, epoch_ms(until), every))
-    return slots
-
-
-def shutdown_gaps(store: Store) -> dict[tuple[str, str], list[int]]:
-    """The slot (epoch ms) of every stored ``shutdown`` gap record, by device and point."""
-    found: dict[tuple[str, str], list[int]] = defaultdict(list)
-    with store.reading() as conn:
-        for (leaf,) in conn.execute(select(GAPS.c.leaf)):
-            gap = json.loads(bytes(leaf))
-            if gap["reason"] == "shutdown":
-                at = epoch_ms(datetime.fromisoformat(gap["scheduled_at"]))
-                found[(gap["device"], gap["point"])].append(at)
-    return {key: sorted(slots) for key, slots in found.items()}
-
-
 def test_a_restarted_collector_stores_a_shutdown_gap_for_every_missed_slot(
     evidence_site, backend, tmp_path
 ):
@@ -714,11 +688,11 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
     ):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, METADATA) == []
-        assert alembic_version(conn) == ["0001"]
+        assert alembic_version(conn) == ["0002"]
         origin = auditlog.origin(conn)
     with contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as again:
         with again.reading() as conn:
-            assert alembic_version(conn) == ["0001"]
+            assert alembic_version(conn) == ["0002"]
             assert auditlog.origin(conn) == origin
             (made,) = auditlog.entries(conn)
         assert again.counts()["audit_entries"] == 1  # made once, with the log

@@ -235,7 +235,8 @@ def policy_findings(pm, body: str) -> list[Finding]:
 def test_unknown_key_names_the_nearest_valid_key(pm):
     finding = one(policy_findings(pm, "retension:\n  keep_at_least: 7y\n"))
     assert str(finding) == (
-        "policies/p0.yaml:5:1: error: unknown key 'retension' (did you mean 'retention'?)"
+        "policies/p0.yaml:5:1: error[unknown-key]: unknown key 'retension' (did you mean "
+        "'retention'?)"
     )
     assert finding.code == "unknown-key"
 

@@ -11,10 +11,10 @@ that names the decision.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.access import record
 from engine.access.data import csv_chunks, records, targets
@@ -32,6 +32,7 @@ from engine.verify.trust import Trust
 ONE_MICROSECOND = timedelta(microseconds=1)
 Query = Sequence[tuple[str, str]]
 """A request's query parameters, (name, value) in the order given."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -152,36 +153,40 @@ class Exchange:
     ) -> tuple[Decision, Window, Form] | Refused:
         """The decision on reading ``device``/``point`` over the range ``query`` asks for, and
         the form the records are to take."""
-        asked = [Target(device, point, [])]
-        refused = self.refusal(asked)
-        if refused is not None:
-            return refused
-        try:
-            query = params.only(given, ("start", "end", "format"))
-            span = self._range(device, point, query)
-            form = params.form(query.get("format"), accept)
-        except InputError as exc:
-            return self.refuse(400, str(exc), asked)
-        decision = self.read(device, point, span)
-        return decision if isinstance(decision, Refused) else (decision, span, form)
+        return self._ranged(
+            device, point, given, "format", lambda asked, _: params.form(asked, accept)
+        )
 
     def summarised(
         self, device: str, point: str, given: Query
     ) -> tuple[Decision, Window, timedelta] | Refused:
         """The decision on summarising ``device``/``point`` over the range and intervals
         ``query`` asks for."""
+        return self._ranged(device, point, given, "interval", params.interval)
+
+    def _ranged(
+        self,
+        device: str,
+        point: str,
+        given: Query,
+        option: str,
+        parse: Callable[[str | None, Window], T],
+    ) -> tuple[Decision, Window, T] | Refused:
+        """The decision on reading ``device``/``point`` over the range ``given`` asks for, and
+        its one other parameter, ``option``, as ``parse`` reads it (an :class:`InputError`
+        from ``parse`` refuses the request, 400, as a bad range does)."""
         asked = [Target(device, point, [])]
         refused = self.refusal(asked)
         if refused is not None:
             return refused
         try:
-            query = params.only(given, ("start", "end", "interval"))
+            query = params.only(given, ("start", "end", option))
             span = self._range(device, point, query)
-            length = params.interval(query.get("interval"), span)
+            parsed = parse(query.get(option), span)
         except InputError as exc:
             return self.refuse(400, str(exc), asked)
         decision = self.read(device, point, span)
-        return decision if isinstance(decision, Refused) else (decision, span, length)
+        return decision if isinstance(decision, Refused) else (decision, span, parsed)
 
     @staticmethod
     def _range(device: str, point: str, query: Mapping[str, str]) -> Window:

@@ -51,20 +51,23 @@ async def run_plans(
     config: CollectConfig | None = None,
     reporter: Reporter | None = None,
     handle_signals: bool = False,
+    since: float | None = None,
 ) -> Summary:
     """Collect every plan for ``duration`` clock seconds (``None``: until stopped).
 
     ``plans`` is a plan folder (loaded and verified with :func:`load_plans`) or
-    plans the caller loaded and verified.
+    plans the caller loaded and verified. Every slot from ``since`` (clock seconds, a
+    moment ago: a restart's backfill accounted for the slots before it; default: when each
+    device's task starts) ends as a reading or a gap record.
 
     With ``handle_signals`` SIGINT and SIGTERM stop the run cleanly: samples in
     flight become ``shutdown`` gaps, the queue is drained and the sink closed.
     """
     clock = clock or Clock()
     config = config or CollectConfig()
-    rt = Runtime(
-        clock, config, asyncio.Queue(maxsize=config.queue_size), reporter or QuietReporter()
-    )
+    start_ms = None if since is None else int(since * 1000)
+    queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=config.queue_size)
+    rt = Runtime(clock, config, queue, reporter or QuietReporter(), start_ms)
     bodies = load_plans(Path(plans), clock.now()) if isinstance(plans, Path | str) else plans
     devices = [DeviceTask(plan, open_session(pm, plan), rt) for plan in bodies]
     summary = Summary({d.device: d.stats for d in devices})

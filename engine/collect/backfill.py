@@ -1,49 +1,49 @@
-"""Gap records for the slots a collector did not run, found when it starts again.
+"""Gap records for the slots a collector did not run at, found when it starts again.
 
-Records still in memory when a collector dies are lost with it; what was
-stored ends at each device's last stored batch window. On restart, every slot
-scheduled from that window's end until now becomes a ``shutdown`` gap record,
-so the store still shows that each scheduled sample was taken or why not:
-nothing is silently lost. Subscriptions have no slots and get none.
+Records still in memory when a collector dies are lost with it. On restart,
+the evidence sink knows from when on each device's slots are unaccounted for
+(the end of its last sealed batch, or, for a device without one, the first
+recorded start of a run that was to collect it: see
+:meth:`engine.evidence.writer.Writer.resume`). Every slot of every point
+from then until now, polled or subscribed, becomes a ``shutdown`` gap record,
+so the store still shows that each slot was taken or why not.
 
-A long outage is bounded: after :data:`MAX_SLOTS` slots of one read group, one
-more gap per point, at the next slot, says how many slots were not taken until
-the restart (docs/runtime.md).
+One record per point stands for all its missed slots (a run: first slot,
+last slot, count; docs/records.md), however long the outage: it costs what
+one window of a running collector costs, whether it lasted a minute or a week.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from engine.collect.link import gaps
-from engine.collect.scheduler import group_schedule, to_datetime
+from engine.collect.scheduler import Slots, plan_slots, to_datetime
 from engine.plans.body import PlanBody
-from engine.records import GapReason, Record
+from engine.records import Gap, GapReason
 
-MAX_SLOTS = 10_000
 DETAIL = "the collector was not running"
+STARTING = "the collector was starting"
+"""The detail of the slots between the end of a restart's backfill and its first sample."""
 
 
-def missed(
-    plan: PlanBody, since_ms: int, until_ms: int, fallback_every_ms: int
-) -> Iterator[Record]:
-    """Gap records of each slot of ``plan`` in ``[since_ms, until_ms)``, per group in time order."""
-    device = plan.device.id
-    for group in plan.read_groups:
-        if not group.polled:
-            continue
-        schedule = group_schedule(group, plan.point, plan.timezone, fallback_every_ms)
-        names = list(group.points)
-        slot, taken = schedule.first_at_or_after(since_ms), 0
-        while slot < until_ms and taken < MAX_SLOTS:
-            yield from gaps(device, names, slot, GapReason.SHUTDOWN, DETAIL)
-            slot, taken = schedule.next_after(slot), taken + 1
-        if slot < until_ms:
-            yield from gaps(
-                device,
-                names,
-                slot,
-                GapReason.SHUTDOWN,
-                f"{DETAIL}; this and every slot until "
-                f"{to_datetime(until_ms).isoformat()} not taken",
-            )
+def missed(plan: PlanBody, since_ms: int, until_ms: int, fallback_every_ms: int) -> list[Gap]:
+    """A ``shutdown`` gap record per point of ``plan`` for its slots in ``[since_ms, until_ms)``
+    (of a run, when it missed more than one), in time order: by first slot, then point."""
+    found = [
+        gap
+        for slots in plan_slots(plan, fallback_every_ms)
+        for gap in not_taken(plan.device.id, slots, since_ms, until_ms, DETAIL)
+    ]
+    return sorted(found, key=lambda gap: (gap.scheduled_at, gap.point))
+
+
+def not_taken(device: str, slots: Slots, since_ms: int, until_ms: int, detail: str) -> list[Gap]:
+    """A ``shutdown`` gap record per point of ``slots`` for its slots in ``[since_ms,
+    until_ms)``, of a run when there are several; none when there are none."""
+    span = slots.schedule.span(since_ms, until_ms)
+    if span is None:
+        return []
+    first, last, count = span
+    start, end = to_datetime(first), to_datetime(last) if count > 1 else None
+    return [
+        Gap(device, point, start, GapReason.SHUTDOWN, detail, None, end, count)
+        for point in slots.points
+    ]

@@ -1,12 +1,13 @@
 """The task that collects one device, so that a slow or dead device delays no other.
 
 It polls the device's read groups (:class:`~engine.collect.polling.Poller`),
-keeps its subscriptions alive, passes what they deliver through the flood
-guard (:class:`~engine.collect.flood.FloodGuard`), and watches them: a
-subscribed point silent for ``watchdog_factor`` times its ``expect_every_ms``
-gets a ``no-data`` gap. Every scheduled sample ends as a reading or a gap; a
-sample in flight when the run stops gets a ``shutdown`` gap, so that for each
-polled point scheduled == readings + gaps.
+keeps its subscriptions alive, records each slot of its subscribed points
+with the latest value delivered or a gap (:class:`~engine.collect.held.HeldSlots`),
+and passes what the subscriptions deliver through the flood guard
+(:class:`~engine.collect.flood.FloodGuard`) as extra, unscheduled readings.
+Every slot ends as a reading or a gap record; a sample in flight when the run
+stops gets a ``shutdown`` gap, so that for each point slots == readings + gaps
+filling them.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import asyncio
 from collections.abc import Iterable
 
 from engine.collect.flood import FloodGuard
+from engine.collect.held import HeldSlots
 from engine.collect.link import Link, Sampler
 from engine.collect.polling import Poller
 from engine.collect.runtime import Runtime
-from engine.collect.scheduler import to_datetime
 from engine.collect.status import DeviceStats
 from engine.plans.body import PlanBody
 from engine.protocols import Session
-from engine.records import Gap, GapReason, Record
+from engine.records import Gap, Quality, Reading, Record
 
 
 class DeviceTask:
@@ -35,12 +36,7 @@ class DeviceTask:
             plan, Sampler(plan, self.link, rt, self.stats), rt, self.stats, self._emit
         )
         self.guard = FloodGuard(plan.device.limits.min_interval_ms, rt.clock, self._unscheduled)
-        self.watched = [
-            (g, g.expect_every_ms)
-            for g in plan.read_groups
-            if not g.polled and g.expect_every_ms is not None
-        ]
-        self.last_seen: dict[str, int] = {}
+        self.held = HeldSlots(plan, self.link, rt, self.stats, self._emit)
 
     async def run(self) -> None:
         """Collect until cancelled; held readings are delivered and the connection closed."""
@@ -51,8 +47,8 @@ class DeviceTask:
                 )
                 if self.link.subscriptions:
                     tasks.create_task(self.guard.run())
-                if self.watched:
-                    tasks.create_task(self._watchdog())
+                if self.held.slots:
+                    tasks.create_task(self.held.run())
         finally:
             await asyncio.shield(self._stop())
 
@@ -71,39 +67,12 @@ class DeviceTask:
             await self.rt.clock.sleep(max(wait, 0.05))
 
     async def _delivered(self, record: Record) -> None:
-        self.last_seen[record.point] = self.rt.clock.now_ms()
-        await self.guard.deliver(record)
+        reading = record if isinstance(record, Reading) else _bad_reading(record)
+        self.held.delivered(reading)
+        await self.guard.deliver(reading)
 
     async def _unscheduled(self, record: Record) -> None:
         await self._emit([record], False)
-
-    async def _watchdog(self) -> None:
-        start = self.rt.clock.now_ms()
-        for group, _ in self.watched:
-            for point in group.points:
-                self.last_seen.setdefault(point, start)
-        tick = min(expect for _, expect in self.watched) / 4000
-        while True:
-            await self.rt.clock.sleep(tick)
-            await self._check_silence()
-
-    async def _check_silence(self) -> None:
-        now = self.rt.clock.now_ms()
-        for group, expect in self.watched:
-            limit = expect * self.rt.config.watchdog_factor
-            for point in group.points:
-                silent_since = self.last_seen[point]
-                if now - silent_since >= limit:
-                    at = silent_since + limit
-                    self.last_seen[point] = at
-                    gap = Gap(
-                        self.device,
-                        point,
-                        to_datetime(at),
-                        GapReason.NO_DATA,
-                        f"no data for {limit} ms",
-                    )
-                    await self._emit([gap], False)
 
     # --- records ------------------------------------------------------------------------
 
@@ -120,3 +89,11 @@ class DeviceTask:
             self.stats.count(record, scheduled=scheduled)
         if cancelled:
             raise asyncio.CancelledError
+
+
+def _bad_reading(gap: Gap) -> Reading:
+    """A gap record a subscription delivered (OPC UA: a value that is no plain scalar) as the
+    bad reading it stands for, ``raw_code`` its code or reason: a delivery fills no slot, and
+    only gap records of slots are kept."""
+    code = gap.raw_code if gap.raw_code is not None else gap.reason.value
+    return Reading(gap.device, gap.point, gap.scheduled_at, None, Quality.BAD, raw_code=code)

@@ -59,6 +59,8 @@ class Link:
         self.connected = False
         self.attempt = 0
         self.next_try = 0.0
+        self.generation = 0
+        """Counts connection attempts: what a subscription delivers belongs to the newest."""
 
     async def ensure(self) -> Problem | None:
         """Connect (and subscribe) unless connected; the problem when that is not possible now."""
@@ -69,6 +71,7 @@ class Link:
             return None
         if self.rt.clock.now() < self.next_try:
             return GapReason.REFUSED, "not connected: waiting to reconnect"
+        self.generation += 1  # subscriptions may deliver while they are being made
         try:
             await self.rt.clock.wait_for(self.session.connect(), self.timeout)
             for group in self.subscriptions:

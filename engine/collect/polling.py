@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
+from engine.collect.backfill import STARTING, not_taken
 from engine.collect.link import Sampler, gaps
 from engine.collect.onchange import ChangeFilter, deadbands, probe_interval_ms
 from engine.collect.runtime import Runtime
-from engine.collect.scheduler import Schedule, group_schedule, interval_slot
+from engine.collect.scheduler import Schedule, Slots, group_schedule, interval_slot
 from engine.collect.status import DeviceStats
 from engine.plans.body import PlanBody, ReadGroup
 from engine.records import GapReason, Record
@@ -43,6 +44,7 @@ class Poller:
 
     async def run(self) -> None:
         now = self.rt.clock.now_ms()
+        await self._before(now)
         due = [schedule.first_at_or_after(now) for _, schedule in self.groups]
         probes = [self._next_probe(g, now) for g, _ in self.groups]
         while True:
@@ -60,6 +62,17 @@ class Poller:
                     probes[i] = self._next_probe(group, max(at, self.rt.clock.now_ms()))
             if self.close_after_cycle:
                 await self.sampler.link.close()
+
+    async def _before(self, now_ms: int) -> None:
+        """``shutdown`` gaps for the slots from the run's start until ``now_ms``: they passed
+        before the task could take them (a sample started late would delay the next)."""
+        if self.rt.start_ms is None:
+            return
+        for group, schedule in self.groups:
+            slots = Slots(group.points, schedule, group)
+            gaps = not_taken(self.device, slots, self.rt.start_ms, now_ms, STARTING)
+            self.stats.scheduled.update({g.point: g.slots for g in gaps})
+            await self.emit(gaps, True)
 
     async def _sample(self, group: ReadGroup, slot_ms: int, end_ms: int) -> None:
         points = list(group.points)

@@ -19,7 +19,8 @@ class CollectConfig:
     queue_size: int = 1000
     """Records buffered between device tasks and the sink before devices wait."""
     watchdog_factor: int = 3
-    """A subscription silent for this many ``expect_every_ms`` gets a ``no-data`` gap."""
+    """At a slot of a subscribed point whose group expects a value every ``expect_every_ms``,
+    a latest value older than this many ``expect_every_ms`` is stale: a ``no-data`` gap."""
     default_timeout_ms: int = 5000
     """Per-request timeout when the plan's limits give no ``timeout_ms``."""
     fallback_every_ms: int = 1000
@@ -41,6 +42,10 @@ class Runtime:
     config: CollectConfig
     queue: asyncio.Queue[Record | None]
     reporter: Reporter = field(default_factory=QuietReporter)
+    start_ms: int | None = None
+    """The first instant (clock ms) whose slots the run accounts for (those before it are a
+    restart's backfill's); ``None``: from when each device's task starts. Slots that pass
+    before a task is ready for them are ``shutdown`` gap records."""
     gate: SlotGate = field(init=False)
     """Where device tasks wait for their next slot: one wake-up per instant for all."""
 

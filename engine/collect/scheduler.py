@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from engine.plans.body import PlanPoint, ReadGroup
+from engine.plans.body import PlanBody, PlanPoint, ReadGroup
 
 T = TypeVar("T")
 
@@ -121,6 +121,30 @@ class Schedule:
     def first_at_or_after(self, at_ms: int) -> int:
         return self.next_after(at_ms - 1)
 
+    def span(self, since_ms: int, until_ms: int) -> tuple[int, int, int] | None:
+        """The first and the last slot in ``[since_ms, until_ms)`` and how many it holds
+        (``None``: none). Interval slots are counted, cron fires walked one by one."""
+        first = self.first_at_or_after(since_ms)
+        if first >= until_ms:
+            return None
+        if not self.cron and self.every_ms:
+            last = interval_slot(until_ms - 1, self.every_ms)
+            return first, last, (last - first) // self.every_ms + 1
+        last, count, slot = first, 1, self.next_after(first)
+        while slot < until_ms:
+            last, count, slot = slot, count + 1, self.next_after(slot)
+        return first, last, count
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Points of one read group that share their slots: a polled group's points, or the
+    subscribed points of a group that are captured alike."""
+
+    points: tuple[str, ...]
+    schedule: Schedule
+    group: ReadGroup
+
 
 def group_schedule(
     group: ReadGroup, points: Mapping[str, PlanPoint], timezone: str, fallback_ms: int
@@ -137,6 +161,30 @@ def group_schedule(
     if not every and not cron:
         every = fallback_ms
     return Schedule(every, cron, ZoneInfo(timezone))
+
+
+def plan_slots(plan: PlanBody, fallback_ms: int) -> list[Slots]:
+    """Every point of ``plan`` that has slots, with its schedule, in plan order.
+
+    A polled group's points share the group's schedule (:func:`group_schedule`). A
+    subscribed point has the slots of its own ``capture`` (``every_ms``, ``cron``) and
+    none without either: on change only, it promises no value at any instant.
+    """
+    zone = ZoneInfo(plan.timezone)
+    found: list[Slots] = []
+    for group in plan.read_groups:
+        if group.polled:
+            schedule = group_schedule(group, plan.point, plan.timezone, fallback_ms)
+            found.append(Slots(group.points, schedule, group))
+            continue
+        alike: dict[tuple[int | None, tuple[str, ...]], list[str]] = {}
+        for name in group.points:
+            capture = plan.point[name].capture
+            if capture.every_ms or capture.cron:
+                alike.setdefault((capture.every_ms, capture.cron), []).append(name)
+        for (every, cron), names in alike.items():
+            found.append(Slots(tuple(names), Schedule(every, cron, zone), group))
+    return found
 
 
 def _min(values: Sequence[int | None]) -> int | None:

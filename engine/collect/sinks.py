@@ -52,6 +52,7 @@ def record_json(record: Record) -> dict[str, Any]:
             "scheduled_at": record.scheduled_at and instant(record.scheduled_at),
             "raw_code": record.raw_code,
             "coalesced": record.coalesced or None,
+            "held": record.held or None,
         }
     else:
         body = {
@@ -61,7 +62,12 @@ def record_json(record: Record) -> dict[str, Any]:
             "scheduled_at": instant(record.scheduled_at),
             "reason": record.reason.value,
         }
-        optional = {"detail": record.detail or None, "raw_code": record.raw_code}
+        optional = {
+            "detail": record.detail or None,
+            "raw_code": record.raw_code,
+            "last_scheduled_at": record.last_scheduled_at and instant(record.last_scheduled_at),
+            "slots": record.slots if record.slots > 1 else None,
+        }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body
 

@@ -23,6 +23,7 @@ from rich.table import Table
 from engine.access.acting import Refusal, act_as
 from engine.access.data import Range
 from engine.audit import KINDS, AuditEntry, EntryFilter, actor_label
+from engine.central.trust import SiteTrust
 from engine.commands.options import (
     Handler,
     Subparsers,
@@ -42,9 +43,9 @@ from engine.sign.leaf import instant
 from engine.store import auditlog, data
 from engine.store.store import Store
 from engine.verify import Progress as OnProgress
-from engine.verify import Report, verify_store
+from engine.verify import Report, Trust, verify_store
 
-_SUMMARY = ("batch.stored", "batch.dropped", "plan.deployed")
+_SUMMARY = ("batch.stored", "batch.sealed", "batch.dropped", "plan.deployed")
 
 
 def register(commands: Subparsers) -> None:
@@ -95,6 +96,22 @@ def _add_verify(actions: Subparsers) -> None:
         metavar="KEY",
         help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
         "signed by it (default: a plan's signature, when it has one, may be any trusted key's)",
+    )
+    verify.add_argument(
+        "--site-trust",
+        type=Path,
+        metavar="DIR",
+        help="a central store: one folder per site, named by its site id, of its public key "
+        "exports (as converge ingest --trust); a site's plans and batches are judged by its "
+        "own keys only",
+    )
+    verify.add_argument(
+        "--cosigned-by",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="a site store's cosignatures must be by this centre witness key (its exports, "
+        "converge keys export-public KEY --format json)",
     )
     verify.add_argument("--format", choices=("text", "json"), default="text")
 
@@ -230,6 +247,9 @@ def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
 
 def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
     trust = trust_of(args, pm)
+    if args.site_trust:
+        sites = SiteTrust.from_folder(args.site_trust).sites
+        trust = Trust(trust.keys, {site: keys.keys for site, keys in sites.items()})
     started = time.perf_counter()
     with (
         Store.open_existing(args.db) as store,
@@ -242,6 +262,7 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
             progress=progress,
             audit_key=args.audit_key,
             plan_key=args.plan_key,
+            cosigned_by=Trust.from_json(args.cosigned_by) if args.cosigned_by else None,
         )
         where = store.where
     seconds = time.perf_counter() - started

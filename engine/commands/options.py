@@ -18,6 +18,7 @@ from engine.durations import parse_duration
 from engine.errors import ConvergeError, FindingsError
 from engine.keys import KeyStore, open_key_store
 from engine.principals import PrincipalResolver, open_principals
+from engine.transport import BrokerOptions
 from engine.verify.trust import Trust
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -267,4 +268,36 @@ def add_range(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--to", dest="end", type=moment, metavar="TIME", help="to this instant (excluded)"
+    )
+
+
+# --- the broker between sites and the centre (scale-out) ------------------------------
+
+BROKER_PASSWORD_ENV = "CONVERGE_BROKER_PASSWORD"
+"""Environment variable holding the broker password (never on the command line)."""
+
+
+def add_broker(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How to reach the broker beyond its URL: its CA, the user name (the password comes from
+    the environment)."""
+    parser.add_argument(
+        "--broker-ca",
+        metavar="FILE",
+        help="the CA certificate that signs an mqtts:// broker's certificate (default: the "
+        "system's)",
+    )
+    parser.add_argument(
+        "--broker-user",
+        metavar="NAME",
+        help=f"the broker user name (or in the URL); the password comes from "
+        f"${BROKER_PASSWORD_ENV}",
+    )
+
+
+def broker_options(args: argparse.Namespace, max_message: int | None = None) -> BrokerOptions:
+    return BrokerOptions(
+        args.broker_ca,
+        args.broker_user,
+        os.environ.get(BROKER_PASSWORD_ENV) or None,
+        max_message or BrokerOptions.max_message,
     )

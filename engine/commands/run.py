@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -17,6 +19,8 @@ import pluggy
 from rich.console import Console
 from rich.markup import escape
 
+from engine.audit import Actor
+from engine.central.publisher import PublishConfig, Publisher, collector_id
 from engine.collect import CollectConfig, JsonLinesSink, Summary, run_plans
 from engine.collect.metrics import Metrics
 from engine.collect.sinks import Sink
@@ -26,7 +30,9 @@ from engine.commands.options import (
     PIPE_WIDTH,
     Subparsers,
     add_audit_key,
+    add_broker,
     add_db,
+    broker_options,
     key_store_of,
     seconds,
     size,
@@ -38,7 +44,11 @@ from engine.keys import KeyStore
 from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.plans.signature import plan_verifier
+from engine.store.database import database_url
+from engine.store.site import Publishing, SiteStore
 from engine.store.spool import DEFAULT_MAX_BYTES
+from engine.store.wire import MalformedMessage, check_name
+from engine.transport import open_transport
 
 
 def register(commands: Subparsers) -> None:
@@ -89,7 +99,47 @@ def register(commands: Subparsers) -> None:
         help="serve Prometheus metrics at http://ADDR:PORT/metrics (:PORT for every address)",
     )
     _add_evidence(parser.add_argument_group("evidence (with --db)"))
+    _add_publish(parser.add_argument_group("to a central store (with --publish)"))
     parser.set_defaults(handler=run)
+
+
+def _add_publish(central: argparse._ArgumentGroup) -> None:
+    central.add_argument(
+        "--publish",
+        metavar="URL",
+        help="send every sealed batch and checkpoint to the centre through this broker "
+        "(mqtt://host[:port] or mqtts://...); a batch leaves the outbox once the centre "
+        "committed it",
+    )
+    central.add_argument(
+        "--site-id",
+        metavar="ID",
+        help="this site's name at the centre (default: the site the plans name)",
+    )
+    central.add_argument(
+        "--log",
+        type=Path,
+        default=Path("converge-log.db"),
+        metavar="FILE",
+        help="without --db: the site's own audit log, outbox and cosignatures "
+        "(default: ./converge-log.db); with --db they are in that store",
+    )
+    central.add_argument(
+        "--resend-after",
+        type=seconds,
+        default=PublishConfig.resend_s,
+        metavar="DURATION",
+        help="send a batch again when the centre has not answered it by then (default: 30s)",
+    )
+    central.add_argument(
+        "--drain",
+        type=seconds,
+        default=PublishConfig.drain_s,
+        metavar="DURATION",
+        help="at the end, wait this long for the centre to take what the outbox holds "
+        "(default: 10s); what it does not take is sent by the next run",
+    )
+    add_broker(central)
 
 
 def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
@@ -122,14 +172,16 @@ def _add_evidence(evidence: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    if args.keys and not (args.require_signed or args.db):
+    if args.keys and not (args.require_signed or args.db or args.publish):
         raise ConvergeError(
             "--keys is for --require-signed KEY or --db: name the key that "
             "must sign, or the store to sign into"
         )
     if args.db and args.out:
         raise ConvergeError("--out and --db are alternatives: records go to one of them")
-    keys = key_store_of(args, pm) if args.require_signed or args.db else None
+    if args.publish and args.out:
+        raise ConvergeError("--out and --publish are alternatives: records go to one of them")
+    keys = key_store_of(args, pm) if args.require_signed or args.db or args.publish else None
     # every plan and its signature checked before anything is connected
     plans = load_plans(
         args.plans, time.time(), plan_verifier(args.trust, keys, args.require_signed)
@@ -165,7 +217,7 @@ async def _collect(
     metrics: Metrics | None = None,
 ) -> tuple[Summary, str | None]:
     """Run the collection into JSON Lines, or (``--db``) into the signed store."""
-    if not args.db or keys is None:
+    if not (args.db or args.publish) or keys is None:
         sink: Sink = JsonLinesSink(args.out if args.out else sys.stdout.buffer)
         async with _metered(metrics):
             summary = await run_plans(
@@ -178,7 +230,7 @@ async def _collect(
             )
         return summary, None
     config = CollectConfig()
-    target = EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
+    target = _target(args, plans)
     evidence = open_evidence(
         plans, args.plans, target, keys, EvidenceConfig(audit_key=args.audit_key, writer=_writer())
     )
@@ -188,19 +240,67 @@ async def _collect(
             f"spool {escape(str(args.spool))} until the store answers",
             soft_wrap=True,
         )
-    await evidence.backfill(plans, datetime.now(UTC), config.fallback_every_ms)
+    publishing = _publishing(args, pm, target, keys)  # after the sealer process forked
+    until = datetime.now(UTC)  # the backfill's slots end here, the collection's begin
+    await evidence.backfill(plans, until, config.fallback_every_ms)
     spool = evidence.writer.spool
-    async with _metered(metrics, lambda: len(spool), evidence.queue.qsize):
-        summary = await run_plans(
-            plans,
-            pm,
-            duration=args.duration,
-            sink=metrics.sink(evidence) if metrics else evidence,
-            reporter=reporter,
-            config=config,
-            handle_signals=True,
+    try:
+        async with _metered(metrics, lambda: len(spool), evidence.queue.qsize):
+            summary = await run_plans(
+                plans,
+                pm,
+                duration=args.duration,
+                sink=metrics.sink(evidence) if metrics else evidence,
+                reporter=reporter,
+                config=config,
+                handle_signals=True,
+                since=until.timestamp(),
+            )
+    finally:
+        if publishing is not None:
+            publishing[1].set()  # the outbox is complete: drain it, then stop
+            await asyncio.to_thread(publishing[2].join)
+    said = evidence.summary()
+    if publishing is not None:
+        said += "\n" + publishing[0].summary()
+    return summary, said
+
+
+def _target(args: argparse.Namespace, plans: list[PlanBody]) -> EvidenceTarget:
+    """Where the run's evidence goes: the store; with ``--publish`` the site store (``--db``,
+    else the ``--log`` file) with its outbox, and who the site is at the centre."""
+    if not args.publish:
+        return EvidenceTarget(args.db, args.spool, args.witness, args.spool_max)
+    sites = sorted({plan.site for plan in plans})
+    site = args.site_id or (sites[0] if len(sites) == 1 else None)
+    if site is None:
+        raise ConvergeError(
+            f"the plans are of several sites ({', '.join(sites)}): name one with --site-id"
         )
-    return summary, evidence.summary()
+    try:
+        check_name(site, "--site-id")
+    except MalformedMessage as exc:
+        raise ConvergeError(str(exc)) from None
+    db = args.db or str(args.log)
+    publishing = Publishing(site, collector_id(database_url(db)), keep_records=bool(args.db))
+    return EvidenceTarget(db, args.spool, args.witness, args.spool_max, publishing)
+
+
+def _publishing(
+    args: argparse.Namespace, pm: pluggy.PluginManager, target: EvidenceTarget, keys: KeyStore
+) -> tuple[Publisher, threading.Event, threading.Thread] | None:
+    """The publisher of a ``--publish`` run, started in a thread of its own."""
+    if target.publishing is None:
+        return None
+    logging.getLogger("engine.central").setLevel(logging.WARNING)
+    transport = open_transport(pm, args.publish, broker_options(args))
+    store = SiteStore.attach_site(
+        target.db, Actor.job("publisher"), target.publishing, audit_key=args.audit_key
+    )
+    config = PublishConfig(resend_s=args.resend_after, drain_s=args.drain)
+    publisher = Publisher(store, transport, keys, config)
+    stop = threading.Event()
+    return publisher, stop, publisher.start(stop)
 
 
 @contextlib.asynccontextmanager

@@ -10,34 +10,49 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from engine.collect.status import Summary
+from engine.collect.status import DeviceStats, Summary
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _gaps(stats: DeviceStats) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(stats.gaps.items())) or "0"
+
+
+def _counts(stats: DeviceStats) -> list[str]:
+    """Slots, the readings (held ones said) and gap records filling them, extra readings."""
+    totals = stats.totals()
+    held = f" ({totals['held']} held)" if totals["held"] else ""
+    return [
+        str(totals["slots"]),
+        f"{totals['readings']}{held}",
+        _gaps(stats),
+        str(totals["extra"]),
+    ]
+
+
 def summary_table(summary: Summary, title: str = "collection summary") -> Table:
+    """Per device: slots = readings + gaps; extra readings (on change, delivered) apart."""
     table = Table(title=title, title_justify="left")
     table.add_column("device", no_wrap=True)
     for column in (
         "state",
-        "scheduled",
+        "slots",
         "readings",
         "gaps",
+        "extra",
         "late p50 ms",
         "late p99 ms",
         "errors",
     ):
         table.add_column(column)
     for s in summary.devices.values():
-        gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
         table.add_row(
             s.device,
             s.state,
-            str(sum(s.scheduled.values())),
-            str(s.readings),
-            gaps,
+            *_counts(s),
             _ms(s.percentile(0.5)),
             _ms(s.percentile(0.99)),
             str(s.errors),
@@ -66,11 +81,19 @@ class LiveReporter:
 def live_table(summary: Summary) -> Table:
     table = Table(title="converge run", title_justify="left")
     table.add_column("device", no_wrap=True)
-    for column in ("state", "last read", "lateness p50 ms", "gaps", "errors"):
+    for column in (
+        "state",
+        "last read",
+        "slots",
+        "readings",
+        "gaps",
+        "extra",
+        "lateness p50 ms",
+        "errors",
+    ):
         table.add_column(column)
     now = time.time()
     for s in summary.devices.values():
         last = "-" if s.last_read is None else f"{now - s.last_read:.1f}s ago"
-        gaps = ", ".join(f"{reason} {n}" for reason, n in sorted(s.gaps.items())) or "0"
-        table.add_row(s.device, s.state, last, _ms(s.percentile(0.5)), gaps, str(s.errors))
+        table.add_row(s.device, s.state, last, *_counts(s), _ms(s.percentile(0.5)), str(s.errors))
     return table

@@ -32,18 +32,22 @@ from engine.keys import KeyStore
 from engine.plans.body import PlanBody
 from engine.plans.signature import signature_name
 from engine.sign.leaf import instant
+from engine.store.site import Publishing, SiteStore
 from engine.store.spool import DEFAULT_MAX_BYTES, Spool
 from engine.store.store import Store
 
 
 @dataclass(frozen=True)
 class EvidenceTarget:
-    """Where a run's evidence goes: the store, the spool beside the collector, the witness."""
+    """Where a run's evidence goes: the store, the spool beside the collector, the witness;
+    and, for a site collector that publishes to the centre, who it is there (its store is then
+    a :class:`~engine.store.site.SiteStore`, with the outbox)."""
 
     db: str
     spool: Path
     witness: Path
     max_spool_bytes: int = DEFAULT_MAX_BYTES
+    publishing: Publishing | None = None
 
 
 def open_evidence(
@@ -62,7 +66,14 @@ def open_evidence(
     raises StoreError, as a chain started afresh could fork the store's.
     """
     check_signers(plans, keys, config.audit_key, datetime.now(UTC))  # before anything is written
-    store = Store.attach(target.db, Actor.job("collector"), target.witness, config.audit_key)
+    actor = Actor.job("collector")
+    store = (
+        Store.attach(target.db, actor, target.witness, config.audit_key)
+        if target.publishing is None
+        else SiteStore.attach_site(
+            target.db, actor, target.publishing, target.witness, config.audit_key
+        )
+    )
     spool = Spool(target.spool, target.max_spool_bytes)
     try:
         error = _reach(store, spool, plans)
@@ -79,7 +90,9 @@ def open_evidence(
             entries=(("collector.started", started),),
         )
         spool.defer(start.to_bytes())
-        return EvidenceSink(plans, store, keys, spool, config=config, store_error=error)
+        return EvidenceSink(
+            plans, store, keys, spool, config=config, store_error=error, started=start.at
+        )
     except BaseException:
         spool.close()
         store.close()

@@ -143,7 +143,7 @@ def cut(spec: BatchSpec, window: int, records: Window, at: datetime, hashed: boo
         [] if hashed else ties,
         gaps,
         list({r.point for r in kept}),
-        covered_until(kept[-1]),
+        covered_until([kept[-1], *(kept[i] for i in gaps)]),
         at,
         root,
     )

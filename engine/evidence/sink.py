@@ -27,6 +27,7 @@ from engine.keys import KeyStore
 from engine.plans.body import PlanBody
 from engine.records import Record
 from engine.sign.batch import Batch, BatchSpec, covered_until, epoch_ms, sign_batch
+from engine.sign.leaf import instant
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Head, Store
@@ -53,13 +54,17 @@ class EvidenceSink:
         config: EvidenceConfig | None = None,
         now: Now = lambda: datetime.now(UTC),
         store_error: str | None = None,
+        started: str | None = None,
     ) -> None:
         """``store_error``: why the store did not answer as the run started (it is then not
-        tried again before the first batch: a server that does not answer takes seconds)."""
+        tried again before the first batch: a server that does not answer takes seconds).
+        ``started``: when the run started, as its ``collector.started`` entry says (default
+        now)."""
         self.keys, self.config, self.now = keys, config or EvidenceConfig(), now
         check_signers(plans, keys, self.config.audit_key, now())
         self.writer = Writer(store, spool, keys, self.config, store_error)
-        self.heads = self.writer.resume({p.device.id for p in plans})
+        resumed = self.writer.resume({p.device.id for p in plans}, started or instant(now()))
+        self.heads, self.since = resumed.heads, resumed.since
         in_process = self.config.writer == "process"
         self.batcher = Batcher(
             plans,
@@ -93,19 +98,25 @@ class EvidenceSink:
     async def backfill(
         self, plans: Iterable[PlanBody], until: datetime, fallback_every_ms: int
     ) -> int:
-        """Put a ``shutdown`` gap for every slot since each device's last stored window.
+        """Put ``shutdown`` gap records for every slot of every point before ``until`` that no
+        sealed record accounts for (since each device's :attr:`since`), one per point.
 
-        Called once, before collection starts; returns how many gaps it put.
+        Called once, before collection starts, which then takes every slot from ``until``
+        on. Each device's records are put in time order and no window is closed by time
+        meanwhile, so none is reopened: the backfill adds at most one batch per device per
+        window. Returns how many slots the records stand for.
         """
         count = 0
         for plan in plans:
-            head = self.heads.get(plan.device.id)
-            if head is None:
+            device = plan.device.id
+            if device not in self.since:
                 continue
-            since = epoch_ms(datetime.fromisoformat(head.covered_until))
+            since = epoch_ms(datetime.fromisoformat(self.since[device]))
             for gap in missed(plan, since, epoch_ms(until), fallback_every_ms):
-                await self.put(gap)
-                count += 1
+                if self.batcher.add(gap):
+                    await self.batcher.emit_earlier(device)
+                self.records += 1
+                count += gap.slots
         return count
 
     async def put(self, record: Record) -> None:
@@ -141,7 +152,9 @@ class EvidenceSink:
         at = self.now()
         signers = {k: self.keys.signer(k, at) for k in batch.keys}
         sealed = SealedBatch.of(batch, sign_batch(batch, signers))
-        head = Head(batch.root, covered_until(batch.entries[-1].record))
+        entries = batch.entries
+        reach = [entries[-1].record, *(entries[i].record for i in sealed.gaps)]
+        head = Head(batch.root, covered_until(reach))
         await self.queue.put((sealed, head, at))
 
     async def _write_all(self) -> None:

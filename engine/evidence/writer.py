@@ -17,6 +17,7 @@ backlog never starves live data. Checkpoints of the audit log are signed every
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,17 @@ from engine.store.store import Head, Store
 
 _INHERITED: list[Spool] = []
 """The parent's spool connection in a forked writer: kept open, never used or closed here."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a run takes up its devices (:meth:`Writer.resume`)."""
+
+    heads: dict[str, Head]
+    """Each device's chain head, for the devices that have one."""
+    since: dict[str, str]
+    """Per device, the instant from which none of its slots is accounted for by a sealed
+    record: the restart's backfill (engine/collect/backfill.py) starts there."""
 
 
 class Writer:
@@ -61,17 +73,25 @@ class Writer:
         _INHERITED.append(self.spool)
         self.spool = Spool(self.spool.path, self.spool.max_bytes)
 
-    def resume(self, devices: set[str]) -> dict[str, Head]:
-        """Each device's chain head: the spool's (newest local knowledge), else the store's.
+    def resume(self, devices: set[str], started: str) -> Resumed:
+        """Where the run that started at ``started`` (an instant) takes up ``devices``.
 
-        The spool's is stale when stored batches follow it (a run with another spool
-        moved on since): then the end of the chain they make is taken. When the store
-        answers, the spool keeps the heads of ``devices`` and notes that it knows their
-        chains from now on, so that a later run can start while the store is away.
+        Each device's chain head is the spool's (newest local knowledge), else the
+        store's. The spool's is stale when stored batches follow it (a run with another
+        spool moved on since): then the end of the chain they make is taken. When the
+        store answers, the spool keeps the heads of ``devices`` and notes that it knows
+        their chains from now on (and since when), so that a later run can start, and
+        account for their slots, while the store is away.
         """
         heads = self.spool.heads()
-        if self.store_error is not None:
-            return heads
+        starts = self._catch_up(devices, heads, started) if self.store_error is None else {}
+        tracked = self.spool.tracked()
+        since = {d: _since(heads.get(d), tracked.get(d), starts.get(d)) for d in devices}
+        return Resumed(heads, {d: at for d, at in since.items() if at is not None})
+
+    def _catch_up(self, devices: set[str], heads: dict[str, Head], started: str) -> dict[str, str]:
+        """Bring ``heads`` up to the store's, kept in the spool with ``devices`` tracked since
+        ``started``; the store's first run start per device (none when it does not answer)."""
         try:
             stored = self.store.heads()
             moved = {
@@ -79,15 +99,16 @@ class Writer:
                 for d, head in heads.items()
                 if d in stored and stored[d].root != head.root
             }
+            starts = self.store.first_starts()
         except StoreError:
-            return heads
+            return {}
         newer = {d: head for d, head in moved.items() if head is not None}
         newer |= {d: head for d, head in stored.items() if d in devices and d not in heads}
         for device, head in newer.items():
             heads[device] = head
             self.spool.set_head(device, head)
-        self.spool.track(devices)
-        return heads
+        self.spool.track(devices, started)
+        return starts
 
     def deliver(self, sealed: SealedBatch, head: Head, at: datetime) -> None:
         """Store one batch sealed at ``at``, or spool it; then replay and checkpoint as due."""
@@ -202,6 +223,16 @@ class Writer:
 
     def _seal(self, now: datetime) -> Seal:
         return seal_with(self.keys, self.config.audit_key, now)
+
+
+def _since(head: Head | None, tracked: str | None, started: str | None) -> str | None:
+    """From when a device's slots are unaccounted for: just after its last sealed record;
+    without a sealed batch, the first start of a run meant to collect it that the spool
+    (tracking) or the store (``collector.started``) knows of; ``None`` if neither does."""
+    if head is not None:
+        return head.covered_until
+    known = [at for at in (tracked, started) if at is not None]
+    return min(known, key=datetime.fromisoformat, default=None)
 
 
 def _dropped_payload(statement: bytes, dropped_at: str) -> dict[str, Any]:

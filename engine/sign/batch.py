@@ -175,10 +175,18 @@ def record_time(record: Record) -> datetime:
     return record.scheduled_at or record.collected_at
 
 
-def covered_until(record: Record) -> str:
-    """The instant just after ``record``'s time: a chain head whose last record it is keeps
-    the records before it (backfill starts there)."""
-    return instant(record_time(record) + _MS)
+def covered_until(records: Iterable[Record]) -> str:
+    """The instant just after the last slot or time any of ``records`` accounts for (a gap
+    record of a run reaches its last slot): a chain head whose last batch holds them keeps
+    the records before it (backfill starts there). A batch's last record and its gap
+    records are enough: no other reaches further."""
+    return instant(max(map(_record_end, records)) + _MS)
+
+
+def _record_end(record: Record) -> datetime:
+    if type(record) is Gap and record.last_scheduled_at is not None:
+        return record.last_scheduled_at
+    return record_time(record)
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -10,9 +10,10 @@ temperature. The Merkle leaf hash is ``SHA-256(0x00 || leaf bytes)``
 Members, by record type (``?`` = present only when set)::
 
     reading: v, type, device, point, collected_at, value, quality, salt,
-             scheduled_at?, source_at?, server_at?, raw_code?, coalesced? (> 0)
+             scheduled_at?, source_at?, server_at?, raw_code?, coalesced? (> 0),
+             held? (true)
     gap:     v, type, device, point, scheduled_at, reason, salt,
-             detail? (non-empty), raw_code?
+             detail? (non-empty), raw_code?, last_scheduled_at? and slots? (> 1, together)
 """
 
 from __future__ import annotations
@@ -75,8 +76,15 @@ def _reading(r: Reading) -> dict[str, Any]:
         "server_at": r.server_at and instant(r.server_at),
         "raw_code": r.raw_code,
         "coalesced": r.coalesced if r.coalesced > 0 else None,
+        "held": _held(r),
     }
     return body | {k: v for k, v in optional.items() if v is not None}
+
+
+def _held(r: Reading) -> bool | None:
+    if type(r.held) is not bool:
+        raise LeafError(f"{r.device}/{r.point}: held is {r.held!r}, not true or false")
+    return True if r.held else None
 
 
 def _gap(g: Gap) -> dict[str, Any]:
@@ -89,7 +97,23 @@ def _gap(g: Gap) -> dict[str, Any]:
         body["detail"] = g.detail
     if g.raw_code is not None:
         body["raw_code"] = g.raw_code
+    if type(g.slots) is not int or g.slots != 1 or g.last_scheduled_at is not None:
+        body.update(_run(g))
     return body
+
+
+def _run(g: Gap) -> dict[str, Any]:
+    """The members of a gap record that stands for a run of slots: its last slot and count."""
+    last, slots = g.last_scheduled_at, g.slots
+    if type(slots) is not int or slots < 2 or not isinstance(last, datetime):
+        raise LeafError(
+            f"{g.device}/{g.point}: a run of slots needs a count above 1 ({slots!r}) "
+            f"and its last slot ({last!r})"
+        )
+    text = instant(last)
+    if last <= g.scheduled_at:
+        raise LeafError(f"{g.device}/{g.point}: a run of slots ends at {text}, not after its start")
+    return {"last_scheduled_at": text, "slots": slots}
 
 
 def leaf_bytes(record: Record, salt: bytes) -> bytes:
@@ -151,6 +175,7 @@ def _fast_leaf(record: Record, salt: bytes) -> bytes:
         and record.source_at is None
         and record.coalesced == 0
         and type(record.coalesced) is int
+        and record.held is False
         and type(collected) is datetime
         and type(scheduled) is datetime
         and type(device) is str
@@ -179,7 +204,8 @@ def _reading_text(r: Reading, salt: str) -> str:
         raise _Unusual
     return (
         f'{{{_coalesced(r.coalesced)}"collected_at":"{_utc(r.collected_at)}",'
-        f'"device":{_text(r.device)},"point":{_text(r.point)},"quality":{_QUALITY[r.quality]},'
+        f'"device":{_text(r.device)},{_flag(r.held)}"point":{_text(r.point)},'
+        f'"quality":{_QUALITY[r.quality]},'
         f'{_member("raw_code", r.raw_code)}"salt":"{salt}",'
         f"{_time('scheduled_at', r.scheduled_at)}{_time('server_at', r.server_at)}"
         f"{_time('source_at', r.source_at)}{_READING_TAIL}{_scalar(r.value)}}}"
@@ -208,11 +234,26 @@ def _gap_text(g: Gap, salt: str) -> str:
     if type(g.reason) is not GapReason:
         raise _Unusual
     detail = f'"detail":{_text(g.detail)},' if g.detail else ""
+    last, slots = g.last_scheduled_at, g.slots
+    if last is None and type(slots) is int and slots == 1:
+        last_text = count = ""
+    elif type(last) is datetime and type(slots) is int and slots > 1 and last > g.scheduled_at:
+        last_text, count = f'"last_scheduled_at":"{_utc(last)}",', f'"slots":{_int(slots)},'
+    else:
+        raise _Unusual
     return (
-        f'{{{detail}"device":{_text(g.device)},"point":{_text(g.point)},'
+        f'{{{detail}"device":{_text(g.device)},{last_text}"point":{_text(g.point)},'
         f'{_member("raw_code", g.raw_code)}"reason":{_REASON[g.reason]},"salt":"{salt}",'
-        f'"scheduled_at":"{_utc(g.scheduled_at)}",{_GAP_TAIL}'
+        f'"scheduled_at":"{_utc(g.scheduled_at)}",{count}{_GAP_TAIL}'
     )
+
+
+def _flag(held: object) -> str:
+    if held is False:
+        return ""
+    if held is True:
+        return '"held":true,'
+    raise _Unusual
 
 
 def _coalesced(count: object) -> str:

@@ -21,7 +21,17 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Row, select
 
-from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, META, PLANS, SIGNATURES
+from engine.store.tables import (
+    AUDIT,
+    BATCHES,
+    CHECKPOINTS,
+    COSIGNATURES,
+    META,
+    PLANS,
+    QUARANTINE,
+    SIGNATURES,
+    WITNESSED,
+)
 
 # --- the small tables, through SQLAlchemy ----------------------------------------------
 
@@ -59,6 +69,21 @@ def batch_signatures(conn: Connection) -> dict[int, dict[str, bytes]]:
     for batch_id, key, signature in conn.execute(select(SIGNATURES)):
         signatures[batch_id][key] = bytes(signature)
     return signatures
+
+
+def quarantine(conn: Connection) -> Sequence[Row[Any]]:
+    """Every message a central store quarantined, in id order."""
+    return conn.execute(select(QUARANTINE).order_by(QUARANTINE.c.id)).all()
+
+
+def witnessed(conn: Connection) -> Sequence[Row[Any]]:
+    """The newest checkpoint a central store cosigned of each site log."""
+    return conn.execute(select(WITNESSED).order_by(WITNESSED.c.site, WITNESSED.c.origin)).all()
+
+
+def cosignatures(conn: Connection) -> Sequence[Row[Any]]:
+    """Every cosigned checkpoint a site store keeps, in id order."""
+    return conn.execute(select(COSIGNATURES).order_by(COSIGNATURES.c.id)).all()
 
 
 def as_bytes(value: object) -> bytes:

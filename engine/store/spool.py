@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, statement BLOB NOT N
 CREATE TABLE IF NOT EXISTS heads (device TEXT PRIMARY KEY, root BLOB NOT NULL,
                                   covered_until TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deferred (id INTEGER PRIMARY KEY, entries BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS tracked (device TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS tracked (device TEXT PRIMARY KEY, since TEXT);
 """
 
 
@@ -61,6 +61,9 @@ class Spool:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(spooled)")}
             if "spooled_at" not in columns:  # a spool from before batches kept their time
                 self.db.execute("ALTER TABLE spooled ADD COLUMN spooled_at TEXT")
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(tracked)")}
+            if "since" not in columns:  # a spool from before it kept when tracking began
+                self.db.execute("ALTER TABLE tracked ADD COLUMN since TEXT")
         except sqlite3.Error as exc:
             raise StoreError(f"spool {path}: {exc}") from exc
         total = self.db.execute("SELECT coalesce(sum(size), 0) FROM spooled").fetchone()[0]
@@ -146,12 +149,21 @@ class Spool:
         with closing(self.db.execute("SELECT device, root, covered_until FROM heads")) as rows:
             return {device: Head(bytes(root), end) for device, root, end in rows}
 
-    def track(self, devices: Iterable[str]) -> None:
+    def track(self, devices: Iterable[str], since: str) -> None:
         """Note that the spool has known these devices' chain heads since a run that started
-        with the store: a device with no head here then has no batch in the store either."""
+        with the store, at ``since`` (an instant): a device with no head here then has no
+        batch in the store either, and its slots are unaccounted for since the first such
+        run began, which is kept."""
         self.db.executemany(
-            "INSERT OR IGNORE INTO tracked (device) VALUES (?)", [(device,) for device in devices]
+            "INSERT INTO tracked (device, since) VALUES (?, ?) ON CONFLICT (device) "
+            "DO UPDATE SET since = excluded.since WHERE tracked.since IS NULL",
+            [(device, since) for device in devices],
         )
+
+    def tracked(self) -> dict[str, str | None]:
+        """Each tracked device and since when (``None`` in a spool from before that was kept)."""
+        with closing(self.db.execute("SELECT device, since FROM tracked")) as rows:
+            return dict(rows)
 
     def knows_chain(self, device: str) -> bool:
         """Whether the spool knows where ``device``'s chain ends (at zero, with no head)."""

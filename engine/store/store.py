@@ -14,6 +14,7 @@ stores nothing and returns ``False``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -104,7 +105,7 @@ class Store:
         actor: Actor,
         witness: Path | None = None,
         audit_key: str = DEFAULT_AUDIT_KEY,
-    ) -> Store:
+    ) -> Self:
         """The store at ``target`` without reaching it yet: :meth:`prepare` it before writing.
 
         Raises StoreError only for a target that names no database a driver can open.
@@ -169,23 +170,31 @@ class Store:
 
         Returns ``False`` (and stores nothing) when the batch is already stored.
         """
-        head = sealed.head
         try:
             with self.transaction() as conn:
-                if self._stored(conn, head.device, head.root):
-                    return False
-                seq = auditlog.append(
-                    conn,
-                    "batch.stored",
-                    self.actor,
-                    sealed.audit_payload(),
-                    instant(at or datetime.now(UTC)),
-                )
-                batch_id = self._insert_batch(conn, sealed, seq)
-                self._insert_records(conn, batch_id, sealed)
+                return self.write_in(conn, sealed, at) is not None
         except IntegrityError:
             return False  # a concurrent writer stored the same batch first
-        return True
+
+    def write_in(
+        self, conn: Connection, sealed: SealedBatch, at: datetime | None, new: bool = False
+    ) -> int | None:
+        """In ``conn``'s write transaction: :meth:`write`'s work; the ``seq`` of the batch's
+        ``batch.stored`` entry, or ``None`` when the batch is already stored (``new``: the
+        caller has found it is not, in this transaction)."""
+        head = sealed.head
+        if not new and self._stored(conn, head.device, head.root):
+            return None
+        seq = auditlog.append(
+            conn,
+            "batch.stored",
+            self.actor,
+            sealed.audit_payload(),
+            instant(at or datetime.now(UTC)),
+        )
+        batch_id = self._insert_batch(conn, sealed, seq)
+        self._insert_records(conn, batch_id, sealed)
+        return seq
 
     @staticmethod
     def _stored(conn: Connection, device: str, root: bytes) -> bool:
@@ -345,6 +354,7 @@ class Store:
         logged = {
             (e.payload["name"], e.payload["version"])
             for e in auditlog.entries(conn, ["key.generated", "key.rotated"])
+            if "site" not in e.payload  # a site's key, in a central store (store/central.py)
         }
         new = [v for v in versions if (v.name, v.version) not in logged]
         for v in sorted(new, key=lambda v: (v.created_at, v.name, v.version)):
@@ -387,6 +397,21 @@ class Store:
                 root = bytes(row.root)
                 end = Head(root, row.window_end)
         return end
+
+    def first_starts(self) -> dict[str, str]:
+        """Per device, the time of the earliest ``collector.started`` entry naming one of its
+        plans (the plans table gives each digest's device): since then a run was meant to
+        collect it. An entry that does not parse names nothing (verify reports it)."""
+        query = select(AUDIT.c.time, AUDIT.c.entry).where(AUDIT.c.kind == "collector.started")
+        with self.reading() as conn:
+            device_of = {r.digest: r.device for r in conn.execute(select(PLANS))}
+            first: dict[str, str] = {}
+            for time, entry in conn.execute(query):
+                for digest in _started_plans(bytes(entry)):
+                    device = device_of.get(digest)
+                    if device is not None and (device not in first or time < first[device]):
+                        first[device] = time
+        return first
 
     def checkpoint(self, sign: audit.CheckpointSigner, at: datetime | None = None) -> str | None:
         """Sign a checkpoint of the log as of ``at`` (default: now, rounded up to the second:
@@ -459,6 +484,17 @@ def key_payload(version: KeyVersion) -> dict[str, Any]:
         "not_before": instant(version.not_before),
         "not_after": version.not_after and instant(version.not_after),
     }
+
+
+def _started_plans(entry: bytes) -> list[str]:
+    """The plan digests a ``collector.started`` entry names (none when it does not parse)."""
+    try:
+        plans = json.loads(entry)["payload"]["plans"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(plans, list):
+        return []
+    return [digest for digest in plans if isinstance(digest, str)]
 
 
 __all__ = ["Head", "Recorded", "Store", "fast_bytea", "key_payload"]

@@ -137,6 +137,86 @@ class CheckpointRow(SQLModel, table=True):
     created_at: str
 
 
+# --- scale-out (docs/scale-out.md): a site collector's outbox and cosignatures; the centre's
+# quarantine, the edge logs it witnessed and which site sends each device -----------------
+
+
+class OutboxRow(SQLModel, table=True):
+    """A site collector's sealed batch waiting for the centre: it leaves only when the centre
+    answers that it committed it (or quarantined it)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("device", "root", name="uq_outbox_device_root"),
+        {"sqlite_autoincrement": True},  # ids never reused: the publisher reads on from the last
+    )
+    id: int | None = Field(default=None, sa_column=_id())
+    device: str
+    root: bytes = Field(sa_column=_blob())
+    previous_root: bytes = Field(sa_column=_blob())
+    plan_digest: str
+    audit_seq: int = Field(sa_column=Column(ID, nullable=False))
+    """The entry of this store's log recording the batch (``batch.stored`` or ``batch.sealed``)."""
+    message: bytes = Field(sa_column=_blob())
+    """The batch as it travels (engine/store/message.py)."""
+    queued_at: str
+
+
+class CosignatureRow(SQLModel, table=True):
+    """A checkpoint of this store's log as the centre cosigned it (C2SP tlog-cosignature)."""
+
+    __tablename__ = "cosignatures"
+    id: int | None = Field(default=None, sa_column=_id())
+    size: int = Field(sa_column=Column(ID, nullable=False, index=True))
+    cosigner: str
+    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))
+    note: str
+    """The checkpoint's signed note with the cosignature line appended."""
+    received_at: str
+
+
+class QuarantineRow(SQLModel, table=True):
+    """A message the centre refused: where it came from, why, and its audit entry."""
+
+    __tablename__ = "quarantine"
+    id: int | None = Field(default=None, sa_column=_id())
+    received_at: str
+    site: str = Field(index=True)
+    topic: str
+    kind: str
+    """What the message was: ``batch``, ``plan``, ``keys``, ``checkpoint`` or ``message``."""
+    reason: str
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str
+    device: str | None = None
+    root: bytes | None = Field(default=None, sa_column=_blob(nullable=True))
+    message: bytes | None = Field(default=None, sa_column=_blob(nullable=True))
+    """The message itself, unless it was larger than the ingester accepts."""
+    audit_seq: int = Field(sa_column=Column(ID, nullable=False))
+
+
+class WitnessedRow(SQLModel, table=True):
+    """The newest checkpoint the centre cosigned of one site collector's log."""
+
+    __tablename__ = "witnessed"
+    origin: str = Field(primary_key=True)
+    site: str = Field(index=True)
+    size: int = Field(sa_column=Column(ID, nullable=False))
+    root: bytes = Field(sa_column=_blob())
+    note: str
+    """The checkpoint's signed note with the centre's cosignature line."""
+    cosigned_at: str
+
+
+class SiteDeviceRow(SQLModel, table=True):
+    """Which site sends a device's batches: the first that deployed a plan of it."""
+
+    __tablename__ = "site_devices"
+    device: str = Field(primary_key=True)
+    site: str = Field(index=True)
+    since: str
+
+
 METADATA = SQLModel.metadata
 META: Table = METADATA.tables["meta"]
 PLANS: Table = METADATA.tables["plans"]
@@ -146,3 +226,8 @@ READINGS: Table = METADATA.tables["readings"]
 GAPS: Table = METADATA.tables["gap_records"]
 AUDIT: Table = METADATA.tables["audit_entries"]
 CHECKPOINTS: Table = METADATA.tables["checkpoints"]
+OUTBOX: Table = METADATA.tables["outbox"]
+COSIGNATURES: Table = METADATA.tables["cosignatures"]
+QUARANTINE: Table = METADATA.tables["quarantine"]
+WITNESSED: Table = METADATA.tables["witnessed"]
+SITE_DEVICES: Table = METADATA.tables["site_devices"]

@@ -34,6 +34,11 @@ what the earlier ones established):
    rebuilt from its rows and compared with its statement; a large store's
    records are hashed by worker processes, one per CPU.
 
+6. ``central.py``: a central store's quarantine rows and witnessed site logs
+   agree with their entries (quarantined messages are notes, not failures);
+   ``cosigned.py``: a site store's cosignatures are of its log as stored, and
+   by the centre's witness key when it is given (docs/scale-out.md).
+
 ``report.py`` holds :class:`Report` and its problems, ``trust.py`` the trusted
 keys. The SQL and driver code behind every check is in
 :mod:`engine.store.reads`: this package holds the checks, not database access.
@@ -48,7 +53,9 @@ from engine.audit import DEFAULT_AUDIT_KEY
 from engine.store import reads
 from engine.store.store import Store
 from engine.verify.batches import check_batches, check_chains
+from engine.verify.central import check_quarantine, check_witnessed
 from engine.verify.checkpoints import LogKey, check_checkpoints, check_log_key, check_witness
+from engine.verify.cosigned import check_cosignatures
 from engine.verify.log import check_log
 from engine.verify.plans import PlanTrust, check_plans
 from engine.verify.records import Progress, check_records
@@ -66,9 +73,11 @@ def verify_store(
     workers: int | None = None,
     audit_key: str = DEFAULT_AUDIT_KEY,
     plan_key: str | None = None,
+    cosigned_by: Trust | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
+    given; the centre's cosignatures of the log by the witness key of ``cosigned_by`` when
     given.
 
     ``workers``: how many processes hash the records (None: one per CPU for a
@@ -88,6 +97,9 @@ def verify_store(
         batches = check_batches(conn, log, plans, trust, report)
         check_chains(batches, log, report)
         check_records(conn, batches, report, progress, workers)
+        check_quarantine(conn, log, report)
+        check_witnessed(conn, log, report)
+        check_cosignatures(conn, log, key, cosigned_by, report)
     return report
 
 

@@ -97,12 +97,13 @@ def _check_batch(
         report.add(label, "its keys column is not the canonical JSON of its keys")
     entry = _check_entry(label, row, head, keys, log=log, report=report)
     required = _required(label, head, row, plans, report)
+    plan = plans.get(head.plan_digest)
     _check_signatures(
         label,
         bytes(row.statement),
         required,
         signatures=signatures,
-        trust=trust,
+        trust=trust.of_site(plan.site) if plan else trust,
         signed_at=entry.time if entry else None,
         report=report,
     )
@@ -186,6 +187,8 @@ def _required(
     if plan is None:
         report.add(label, f"its plan {head.plan_digest} is not in the store")
         return keys
+    if plan.device.id != head.device:  # another device's plan may ask for fewer keys
+        report.add(label, f"its plan {head.plan_digest} is of device {plan.device.id}")
     required = plan.required_keys
     if keys != required:
         report.add(label, f"its keys column says {list(keys)}, its plan requires {list(required)}")

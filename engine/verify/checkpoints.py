@@ -84,6 +84,9 @@ def check_log_key(log: Log, key: LogKey, report: Report) -> None:
     named = audit.origin_key(key.origin) if key.origin else None
     if named is not None and named != key.name:
         report.add("audit log", f"its origin names the key {named}, not {key.name}")
+    for again in log.of_kind("log.created"):
+        if again.seq != 0:
+            report.add(f"audit entry {again.seq}", "a second log.created: a log is made once")
     first = log.entries.get(0)
     if first is None or first.kind != "log.created":
         if log.hashes:
@@ -105,7 +108,7 @@ def _signed(rows: Sequence[Row[Any]], key: LogKey, report: Report) -> list[Signe
     signed = []
     for row in rows:
         label = f"checkpoint {row.id} (size {row.size})"
-        found = _checkpoint(label, row.note, key, report)
+        found = open_signed(label, row.note, key, report)
         if found is None:
             continue
         if found.checkpoint.size != row.size:
@@ -114,7 +117,7 @@ def _signed(rows: Sequence[Row[Any]], key: LogKey, report: Report) -> list[Signe
     return signed
 
 
-def _checkpoint(label: str, text: str, key: LogKey, report: Report) -> Signed | None:
+def open_signed(label: str, text: str, key: LogKey, report: Report) -> Signed | None:
     """The checkpoint of ``text`` if the log's key signed it when it says; else None, the
     problem reported."""
     if key.origin is None:
@@ -163,7 +166,7 @@ def check_witness(conn: Connection, witness: Path, log: Log, key: LogKey, report
     newest = 0
     for number, text in notes:
         label = f"witness {witness.name}:{number}"
-        found = _checkpoint(label, text, key, report)
+        found = open_signed(label, text, key, report)
         if found is None:
             continue
         size, root = found.checkpoint.size, found.checkpoint.root_hash

@@ -62,12 +62,15 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
         if body.digest != row.digest or body.device.id != row.device:
             report.add(label, "the stored digest or device is not the plan's")
         recorded = said.get(row.digest, {})
+        if recorded and recorded.get("device") != body.device.id:
+            report.add(label, f"its plan.deployed entry names the device {recorded.get('device')}")
         _check_held(label, row.signature, recorded, report)
         if row.signature is not None:
             signed = True
             when = deployed.get(body.digest)
+            site_who = PlanTrust(who.trust.of_site(body.site), who.key)
             _check_signature(
-                label, row.signature, body, who, deployed=(when, recorded), report=report
+                label, row.signature, body, site_who, deployed=(when, recorded), report=report
             )
         elif who.key is not None:
             report.add(label, f"not signed, and plans must be signed by {who.key}")

@@ -32,7 +32,9 @@ def batch_problem(
         return "its records do not hash to its signed root"
     if plan is None or plan.digest != head.plan_digest:
         return f"its plan {head.plan_digest} is not stored"
-    return _signature_problem(batch, head, plan, trust)
+    if plan.device.id != head.device:
+        return f"its plan {head.plan_digest} is of device {plan.device.id}"
+    return _signature_problem(batch, head, plan, trust.of_site(plan.site))
 
 
 def _signature_problem(

@@ -29,7 +29,10 @@ from engine.verify.trust import BadTime, instant
 TAIL_KINDS = frozenset(
     {
         "batch.stored",
+        "batch.sealed",
         "batch.dropped",
+        "message.quarantined",
+        "checkpoint.cosigned",
         "spool.full",
         "key.generated",
         "key.rotated",
@@ -39,8 +42,18 @@ TAIL_KINDS = frozenset(
 )
 """What a running collector appends between checkpoints, and what commands that hold no audit
 key append (``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews):
-those wait for the next checkpoint a collector signs."""
-RUN_KINDS = frozenset({"batch.stored", "batch.dropped", "spool.full"})
+those wait for the next checkpoint a collector signs. A site collector that publishes logs its
+batches as ``batch.sealed``; a central store's ingesters log quarantined messages and cosigned
+checkpoints between theirs (docs/scale-out.md)."""
+RUN_KINDS = frozenset(
+    {"batch.stored", "batch.sealed", "batch.dropped", "spool.full", "message.quarantined",
+     "checkpoint.cosigned"}
+)  # fmt: skip
+COLLECTOR_STARTS = frozenset({"collector.started"})
+COLLECTOR_STOPS = frozenset({"collector.stopped"})
+STARTS = frozenset({"collector.started", "ingest.started"})
+"""A run's signed start, saying its checkpoint cadence: a collector's, or an ingester's."""
+BATCHES = frozenset({"batch.stored", "batch.sealed"})
 SLACK_ENTRIES = 64
 """Entries one delivery may add after a checkpoint fell due: a batch, replayed ones, drops."""
 SLACK = timedelta(seconds=30)
@@ -66,9 +79,9 @@ def check_tail(log: Log, good: Sequence[Signed], report: Report) -> None:
         return  # no checkpoint at all is reported by the checkpoint check
     tail = [log.entries.get(seq) for seq in range(signed, size)]
     problems = _wrong_kinds(signed, tail, report)
-    start = _last(log, "collector.started", signed)
+    start = _last(log, STARTS, signed)
     if any(e is not None and e.kind in RUN_KINDS for e in tail):
-        problems |= _no_run(f"audit entries {signed}..{size - 1}", log, start, signed, report)
+        problems |= _no_run(f"audit entries {signed}..{size - 1}", log, signed, report)
     if start is not None:
         problems |= _too_long(signed, tail, _cadence(start), good[-1].at, report)
     if not problems:
@@ -92,30 +105,46 @@ def _wrong_kinds(first: int, tail: list[audit.AuditEntry | None], report: Report
     return wrong
 
 
-def _last(log: Log, kind: str, before: int) -> audit.AuditEntry | None:
-    """The last entry of ``kind`` in the signed part of the log (before entry ``before``)."""
-    found = [e for e in log.entries.values() if e.kind == kind and e.seq < before]
+def _last(log: Log, kinds: frozenset[str], before: int) -> audit.AuditEntry | None:
+    """The last entry of ``kinds`` in the signed part of the log (before entry ``before``)."""
+    found = [e for e in log.entries.values() if e.kind in kinds and e.seq < before]
     return max(found, key=lambda e: e.seq, default=None)
 
 
-def _no_run(
-    label: str, log: Log, start: audit.AuditEntry | None, before: int, report: Report
-) -> bool:
-    """Whether the tail's batches lack a run to have written them: a signed start that no
-    signed stop follows."""
-    stop = _last(log, "collector.stopped", before)
-    if start is None:
-        why = "with no signed run start before them"
-    elif stop is not None and stop.seq > start.seq:
-        why = f"after the run started at audit entry {start.seq} stopped (audit entry {stop.seq})"
-    else:
+def _no_run(label: str, log: Log, before: int, report: Report) -> bool:
+    """Whether the tail's batches lack a run to have written them: a collector's signed start
+    that no signed stop follows, or an ingester's that its own signed stop does not follow."""
+    start = _last(log, COLLECTOR_STARTS, before)
+    stop = _last(log, COLLECTOR_STOPS, before)
+    if start is not None and (stop is None or stop.seq < start.seq):
         return False
+    if _ingesting(log, before):
+        return False
+    if start is None or stop is None:
+        why = "with no signed run start before them"
+    else:
+        why = f"after the run started at audit entry {start.seq} stopped (audit entry {stop.seq})"
     report.add(label, f"after the last checkpoint, {why}: no collector could have written them")
     return True
 
 
+def _ingesting(log: Log, before: int) -> bool:
+    """Whether an ingester of a central store had started, and not stopped, by entry ``before``
+    (several take turns writing one log: each names itself in its start and its stop)."""
+    running: set[object] = set()
+    for entry in sorted(log.entries.values(), key=lambda e: e.seq):
+        if entry.seq >= before:
+            break
+        if entry.kind == "ingest.started":
+            running.add(entry.payload.get("ingester"))
+        elif entry.kind == "ingest.stopped":
+            running.discard(entry.payload.get("ingester"))
+    return bool(running)
+
+
 def _cadence(start: audit.AuditEntry) -> Cadence:
-    """The checkpoint cadence of the run a ``collector.started`` entry started."""
+    """The checkpoint cadence of the run a ``collector.started`` (or ``ingest.started``) entry
+    started."""
     seconds, entries = DEFAULT_CADENCE
     said = start.payload
     return Cadence(
@@ -140,7 +169,7 @@ def _too_long(
         )
         return True
     for entry in tail:
-        if entry is None or entry.kind != "batch.stored":
+        if entry is None or entry.kind not in BATCHES:
             continue
         try:
             start, end = (

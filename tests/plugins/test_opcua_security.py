@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from asyncua import ua
@@ -41,6 +41,7 @@ TEST_LIMIT_S = 90
 TIMEOUT_MS = 2000
 PASSWORD_ENV = "CONVERGE_TEST_OPCUA_PASSWORD"
 USER = "converge-collector"
+T = TypeVar("T")
 
 POINTS = [
     planned("PT", {"node": "ns=2;s=Filler2.PT201.PV"}),
@@ -76,8 +77,8 @@ def client_pki(tmp_path: Path) -> dict[str, str]:
     return {"certificate": str(cert_path), "private_key": str(key_path)}
 
 
-def run(test: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(test, TEST_LIMIT_S))
+def run(test: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(test, TEST_LIMIT_S))
 
 
 def free_port() -> int:
@@ -197,17 +198,24 @@ def test_secured_session_with_the_right_user_reads_good_values(monkeypatch, clie
     run(test())
 
 
-def test_wrong_password_is_refused_cleanly(monkeypatch, client_pki):
+def refused_password(
+    monkeypatch: pytest.MonkeyPatch, client_pki: dict[str, str]
+) -> tuple[dict[str, Any], BaseException]:
+    """A secured endpoint, and the error of a session to it whose password the server refuses."""
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
     endpoint = secured_endpoint(free_port())
 
-    async def test() -> None:
+    async def connect() -> BaseException:
         async with serving(endpoint):
             monkeypatch.setenv(PASSWORD_ENV, "wrong")
-            error = await refused_quickly(OpcUaSession(plan_for({**endpoint, **client_pki})))
-        assert isinstance(error, ConnectionError), error
+            return await refused_quickly(OpcUaSession(plan_for({**endpoint, **client_pki})))
 
-    run(test())
+    return endpoint, run(connect())
+
+
+def test_wrong_password_is_refused_cleanly(monkeypatch, client_pki):
+    _, error = refused_password(monkeypatch, client_pki)
+    assert isinstance(error, ConnectionError), error
 
 
 def test_anonymous_session_is_refused_cleanly(monkeypatch, client_pki):
@@ -249,15 +257,7 @@ def test_a_client_without_certificate_is_a_converge_error(monkeypatch):
 
 
 def test_a_refused_password_is_one_line_naming_the_device_and_endpoint(monkeypatch, client_pki):
-    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
-    endpoint = secured_endpoint(free_port())
-
-    async def test() -> None:
-        async with serving(endpoint):
-            monkeypatch.setenv(PASSWORD_ENV, "wrong")
-            error = await refused_quickly(OpcUaSession(plan_for({**endpoint, **client_pki})))
-        device = plan_for(endpoint).device.id
-        assert str(error).startswith(f"{device} at {endpoint['url']}: {CREDENTIALS} (")
-        assert "\n" not in str(error)
-
-    run(test())
+    endpoint, error = refused_password(monkeypatch, client_pki)
+    device = plan_for(endpoint).device.id
+    assert str(error).startswith(f"{device} at {endpoint['url']}: {CREDENTIALS} (")
+    assert "\n" not in str(error)

@@ -11,7 +11,9 @@ refuses to write a vector that Converge's own verifier disagrees with.
 
 The Merkle vectors use the RFC 6962 test tree (8 leaves) and its published
 roots and proofs; the note vectors use two fixed Ed25519 test keys and the
-published example of golang.org/x/mod/sumdb/note.
+published example of golang.org/x/mod/sumdb/note; the cosignature vectors
+the examples of c2sp.org/tlog-cosignature (its checkpoint, timestamp, signed
+message and cosignature line) and a published cosigner key.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.records import Gap, GapReason, Quality, Reading, Record
+from engine.sign import cosignature, merkle, note
 from engine.sign import leaf as leaf_format
-from engine.sign import merkle, note
 
 HERE = Path(__file__).resolve().parent
 Vector = dict[str, Any]
@@ -105,12 +107,39 @@ ENOCH_SIG = (
     "WWd1RvMc+QQ=\n"
 )
 
+# c2sp.org/tlog-cosignature (C2SP/C2SP, tlog-cosignature.md): the example checkpoint, its
+# log signature, the example cosignature line and the example Ed25519 signed message.
+SPEC_SOURCE = (
+    "c2sp.org/tlog-cosignature, the examples of sections Format and Ed25519 signed message"
+)
+SPEC_CHECKPOINT = (
+    "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
+)
+SPEC_LOG_LINE = (
+    "— example.com/behind-the-sofa Az3grlgtzPICa5OS8npVmf1Myq/5IZniMp+ZJurmRDeOoRDe4URYN7u5/Zhcyv"
+    "2q1gGzGku9nTo+zyWE+xeMcTOAYQ8=\n"
+)
+SPEC_COSIGNATURE_LINE = (
+    "— witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2"
+    "oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n"
+)
+SPEC_TIME = 1679315147
+SPEC_MESSAGE = f"cosignature/v1\ntime {SPEC_TIME}\n{SPEC_CHECKPOINT}"
+# A cosigner key published with transparency-dev/formats (note/note_cosigv1_test.go,
+# TestCoSigV1NewVerifier, "native algEd25519CosignatureV1 verifier"): its key ID is of type 0x04.
+REMORA_SOURCE = "transparency-dev/formats, note/note_cosigv1_test.go (TestCoSigV1NewVerifier)"
+REMORA_KEY = "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2"
+REMORA_AS_NOTE_KEY = "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6"
+
 # --- fixed test keys (public on purpose: never use them for anything else) --
 
 ORIGIN = "converge.example/audit"
 LOG_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
 LOG_VERIFIER = note.verifier_key(ORIGIN, LOG_KEY.public_key())
+COSIGNER = "converge.example/witness"
+COSIGNER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96)))
+COSIGNER_VERIFIER = cosignature.Cosigner.of(COSIGNER, COSIGNER_KEY.public_key()).text
 
 
 def valid(**extra: Any) -> dict[str, Any]:
@@ -352,6 +381,108 @@ def note_vectors() -> dict[str, Vector]:
     }  # fmt: skip
 
 
+def cosigned(text: str, timestamp: int = SPEC_TIME, key: Ed25519PrivateKey = COSIGNER_KEY) -> str:
+    """``text`` with the spec's log signature line and a cosignature by ``key``."""
+    return f"{text}\n{SPEC_LOG_LINE}" + cosignature.cosign(text, COSIGNER, key, timestamp).line
+
+
+def cosig_vector(description: str, signed_note: str, want: dict[str, Any], **kw: Any) -> Vector:
+    v: Vector = {"description": description, "note": signed_note,
+                 "cosigner_keys": [COSIGNER_VERIFIER], "want": want}  # fmt: skip
+    v.update(kw)
+    return v
+
+
+def cosignature_vectors() -> dict[str, Vector]:
+    good = cosigned(SPEC_CHECKPOINT)
+    line = good.rsplit("\n", 2)[-2]
+    blob = base64.b64decode(line.rsplit(" ", 1)[-1])
+    later = blob[:4] + (SPEC_TIME + 1).to_bytes(8, "big") + blob[12:]
+    no_time = blob[:4] + blob[12:]
+    huge = blob[:4] + (1 << 63).to_bytes(8, "big") + blob[12:]
+    ext = SPEC_CHECKPOINT + "converge.example/epoch 3\n"
+    plain = note.sign_note(SPEC_CHECKPOINT, COSIGNER, COSIGNER_KEY).split("\n\n")[-1]
+    other = Ed25519PrivateKey.from_private_bytes(bytes(range(96, 128)))
+    bad = invalid
+
+    def with_blob(raw: bytes) -> str:
+        return good.replace(line, f"— {COSIGNER} {base64.b64encode(raw).decode()}")
+
+    ok = valid(cosignature={"name": COSIGNER, "timestamp": SPEC_TIME})
+    return {
+        "happy-path": cosig_vector("the spec's example checkpoint and log signature, cosigned at "
+                                   "the spec's example time by the test cosigner",
+                                   good, ok, source=SPEC_SOURCE,
+                                   signer_seed=bytes(range(64, 96)).hex(),
+                                   message=SPEC_MESSAGE),
+        "with-extensions": cosig_vector("extension lines are part of the signed message",
+                                        cosigned(ext), ok),
+        "two-cosigners": cosig_vector("a second cosignature by an unknown cosigner is ignored",
+                                      good + cosignature.cosign(SPEC_CHECKPOINT, "other.example/w",
+                                                                other, 5).line, ok),
+        "spec-line-unknown-key": cosig_vector("the spec's own example cosignature line: its "
+                                              "witness key is not published, so nothing verifies",
+                                              f"{SPEC_CHECKPOINT}\n{SPEC_LOG_LINE}"
+                                              f"{SPEC_COSIGNATURE_LINE}",
+                                              bad(note.NoKnownSignature), source=SPEC_SOURCE),
+        "tampered-timestamp": cosig_vector("the timestamp field raised by one second",
+                                           with_blob(later), bad(note.BadSignature)),
+        "tampered-root": cosig_vector("the root hash line changed after cosigning",
+                                      good.replace("CsUY", "DsUY"), bad(note.BadSignature)),
+        "tampered-extension": cosig_vector("an extension line changed after cosigning",
+                                           cosigned(ext).replace("epoch 3", "epoch 4"),
+                                           bad(note.BadSignature)),
+        "plain-note-signature": cosig_vector("the cosigner's key signs the text as an ordinary "
+                                             "note (type 0x01): another key ID, not a cosignature",
+                                             f"{SPEC_CHECKPOINT}\n{SPEC_LOG_LINE}{plain}",
+                                             bad(note.NoKnownSignature)),
+        "missing-timestamp": cosig_vector("key ID and signature without the 8-byte timestamp",
+                                          with_blob(no_time), bad(note.MalformedNote)),
+        "timestamp-too-large": cosig_vector("a timestamp of 2**63", with_blob(huge),
+                                            bad(note.MalformedNote)),
+        "wrong-cosigner-key": cosig_vector("cosigned by another key under the cosigner's name",
+                                           cosigned(SPEC_CHECKPOINT, key=other),
+                                           bad(note.NoKnownSignature)),
+    }  # fmt: skip
+
+
+def cosigner_key_vectors() -> dict[str, Vector]:
+    return {
+        "published-cosigner-key": {"description": "a published Ed25519 cosigner key: its key ID "
+                                   "is SHA-256(name || 0x0A || 0x04 || key)[:4]",
+                                   "source": REMORA_SOURCE, "key": REMORA_KEY,
+                                   "want": valid(key_id="da77ade7")},
+        "note-key-is-not-a-cosigner-key": {"description": "an ordinary (type 0x01) verifier key "
+                                           "is refused", "source": REMORA_SOURCE,
+                                           "key": REMORA_AS_NOTE_KEY,
+                                           "want": invalid(note.MalformedKey)},
+        "wrong-key-id": {"description": "the published key with another key ID",
+                         "key": REMORA_KEY.replace("da77ade7", "00000000"),
+                         "want": invalid(note.MalformedKey)},
+        "test-cosigner": {"description": "the test cosigner's key (seed 0x40..0x5f)",
+                          "key": COSIGNER_VERIFIER,
+                          "want": valid(key_id=COSIGNER_VERIFIER.split("+")[1])},
+    }  # fmt: skip
+
+
+def spec_message() -> Vector:
+    """The spec's example: what is signed for its checkpoint at its time, byte for byte, and
+    what its example cosignature line holds."""
+    blob = base64.b64decode(SPEC_COSIGNATURE_LINE.rsplit(" ", 1)[-1])
+    return {
+        "description": "c2sp.org/tlog-cosignature: the Ed25519 signed message of the example "
+        "checkpoint at the example time, and the fields of the example cosignature line",
+        "source": SPEC_SOURCE,
+        "checkpoint_text": SPEC_CHECKPOINT,
+        "timestamp": SPEC_TIME,
+        "message": SPEC_MESSAGE,
+        "line": SPEC_COSIGNATURE_LINE,
+        "line_fields": {"name": "witness.example.com/w1", "key_id": blob[:4].hex(),
+                        "timestamp": int.from_bytes(blob[4:12], "big"),
+                        "signature": blob[12:].hex()},
+    }  # fmt: skip
+
+
 def rfc6962() -> Vector:
     return {
         "description": "The RFC 6962 test tree: leaf data (hex), the root of every prefix size, "
@@ -404,13 +535,28 @@ LEAF_EXAMPLES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"type": "gap", "device": "tank-3", "point": "Füllstand_µ",
          "scheduled_at": "2026-06-01T23:59:59.999Z", "reason": "timeout"},
         "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5"),
+    "reading-held": (
+        "docs/records.md example 3: a subscribed point's 5 s slot holding the value delivered"
+        " before it, with that delivery's times",
+        {"type": "reading", "device": "press-2", "point": "PT200", "value": 1013.25,
+         "collected_at": "2026-06-01T12:00:03.480000Z", "quality": "good",
+         "source_at": "2026-06-01T12:00:03.400000Z", "scheduled_at": "2026-06-01T12:00:05Z",
+         "held": True},
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"),
+    "gap-run": (
+        "docs/records.md example 4: one gap record for 720 consecutive 5 s slots the"
+        " collector was not running at",
+        {"type": "gap", "device": "reactor-7", "point": "TT701_PV",
+         "scheduled_at": "2026-06-01T12:00:05Z", "last_scheduled_at": "2026-06-01T13:00:00Z",
+         "slots": 720, "reason": "shutdown", "detail": "the collector was not running"},
+        "0123456789abcdef0123456789abcdef"),
 }  # fmt: skip
 
 
 def record_from(fields: dict[str, Any]) -> Record:
     """The Reading or Gap that a vector's ``record`` describes (times as RFC 3339)."""
     args = {k: v for k, v in fields.items() if k != "type"}
-    for k in ("collected_at", "scheduled_at", "source_at", "server_at"):
+    for k in ("collected_at", "scheduled_at", "source_at", "server_at", "last_scheduled_at"):
         if k in args:
             args[k] = datetime.fromisoformat(args[k])
     if fields["type"] == "gap":
@@ -459,11 +605,23 @@ def run_note(v: Vector) -> Any:
     return note.verify_note(v["note"], v["verifier_keys"])
 
 
+def run_cosignature(v: Vector) -> Any:
+    cosigners = [cosignature.parse_cosigner_key(k) for k in v["cosigner_keys"]]
+    found = cosignature.verify_cosignature(v["note"], cosigners)
+    return {"name": found.name, "timestamp": found.timestamp}
+
+
+def run_cosigner_key(v: Vector) -> Any:
+    return cosignature.parse_cosigner_key(v["key"]).key_id.hex()
+
+
 RUNNERS: dict[str, Callable[[Vector], Any]] = {
     "inclusion": run_inclusion,
     "consistency": run_consistency,
     "checkpoint": run_checkpoint,
     "note": run_note,
+    "cosignature": run_cosignature,
+    "cosigner-key": run_cosigner_key,
 }
 
 
@@ -473,7 +631,8 @@ def outcome(kind: str, v: Vector) -> dict[str, Any]:
         result = RUNNERS[kind](v)
     except merkle.VerificationError as exc:
         return {"valid": False, "error": type(exc).__name__}
-    key = {"checkpoint": "checkpoint", "note": "text"}.get(kind)
+    key = {"checkpoint": "checkpoint", "note": "text", "cosignature": "cosignature",
+           "cosigner-key": "key_id"}.get(kind)  # fmt: skip
     return valid(**{key: result}) if key else valid()
 
 
@@ -482,9 +641,12 @@ def outcome(kind: str, v: Vector) -> dict[str, Any]:
 
 def render() -> dict[Path, str]:
     """Every vector file's path and exact content."""
-    files = {HERE / "merkle" / "rfc6962-roots.json": rfc6962(), **leaf_vectors()}
+    files = {HERE / "merkle" / "rfc6962-roots.json": rfc6962(), **leaf_vectors(),
+             HERE / "cosigned-message" / "spec-example.json": spec_message()}  # fmt: skip
     groups = {"inclusion": inclusion_vectors(), "consistency": consistency_vectors(),
-              "checkpoint": checkpoint_vectors(), "note": note_vectors()}  # fmt: skip
+              "checkpoint": checkpoint_vectors(), "note": note_vectors(),
+              "cosignature": cosignature_vectors(),
+              "cosigner-key": cosigner_key_vectors()}  # fmt: skip
     for kind, vectors in groups.items():
         for name, v in vectors.items():
             got = outcome(kind, v)
