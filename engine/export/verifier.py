@@ -967,6 +967,8 @@ def _batch_problem(
     plan = ctx.plans.get(head.get("plan_digest", ""))
     if plan is None:
         return f"its plan {head.get('plan_digest')} is not in the bundle"
+    if plan.device != head.get("device"):  # another device's plan may ask for fewer keys
+        return f"its plan {plan.digest} is of device {plan.device}"
     payload = entry["payload"]
     members = {k: v for k, v in head.items() if k != "format"}
     if {k: v for k, v in payload.items() if k not in ("keys", "waiver")} != members:
