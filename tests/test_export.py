@@ -138,6 +138,8 @@ def export(db: str, keys: Path, out: Path, *extra: str) -> int:
             AUDITOR,
             "--keys",
             str(keys),
+            "--sources",
+            str(REPO),
             "-o",
             str(out),
             *extra,
@@ -294,6 +296,95 @@ def test_a_principal_without_an_export_grant_gets_no_bundle(plant: Exported, tmp
         ]
     )
     assert code == 3 and not out.exists()
+
+
+# --- the plans' sources ------------------------------------------------------------------
+
+
+def named_sources(members: Members) -> dict[str, str]:
+    """Every source the bundle's plans name: path -> digest."""
+    plans = [json.loads(body) for name, body in members.items() if name.endswith(".json")
+             and name.startswith("plans/")]  # fmt: skip
+    return {path: digest for plan in plans for path, digest in plan["sources"].items()}
+
+
+def test_a_bundle_carries_the_policy_and_site_files_of_its_plans(plant: Exported, both):
+    members = read(plant.bundle)
+    named = named_sources(members)
+    assert "examples/sites/plant-basel/site.yaml" in named
+    assert any(path.startswith("policies/") for path in named)
+    for path in named:
+        assert members[f"sources/{path}"] == (REPO / path).read_bytes()
+    assert json.loads(members["manifest.json"])["sources"] == sorted(named)
+    said = both(plant.bundle, plant.trust)
+    assert said.code == 0, said.lines
+    assert not any("not in the bundle" in line for line in said.lines)
+    assert f"{len(named)} sources" in said.lines[-1]
+
+
+def a_policy(members: Members) -> str:
+    return next(path for path in sorted(named_sources(members)) if path.startswith("policies/"))
+
+
+def test_a_policy_file_changed_after_compiling_is_left_out_and_noted(
+    plant: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], both
+):
+    policy = a_policy(read(plant.bundle))
+    copy = tmp_path / "checkout"
+    for path in named_sources(read(plant.bundle)):
+        (copy / path).parent.mkdir(parents=True, exist_ok=True)
+        (copy / path).write_bytes((REPO / path).read_bytes())
+    (copy / policy).write_bytes((REPO / policy).read_bytes() + b"# edited since\n")
+    out = tmp_path / "changed.zip"
+    capsys.readouterr()
+    assert (
+        export(plant.db, plant.site.keys_dir, out, "--device", DEVICE, "--sources", str(copy)) == 0
+    )
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"converge: source {policy} is not in the bundle: changed since")
+    members = read(out)
+    assert f"sources/{policy}" not in members
+    assert "sources/examples/sites/plant-basel/site.yaml" in members
+    said = both(out, plant.trust)
+    assert said.code == 0, said.lines
+    assert any(line.startswith(f"note: a plan names the source {policy} (sha256:")
+               and line.endswith("not in the bundle") for line in said.lines)  # fmt: skip
+
+
+def test_a_changed_source_member_is_named(plant: Exported, tmp_path: Path, both):
+    name = f"sources/{a_policy(read(plant.bundle))}"
+
+    def edit(members: Members) -> Members:
+        members[name] += b"# an insider's edit\n"
+        return members
+
+    said = both(forged(plant.site, plant.bundle, tmp_path / "s.zip", edit), plant.trust)
+    assert failed(said) == [
+        f"FAIL {name}: not a source any plan of the bundle names with its bytes"
+    ]
+
+
+def test_a_hostile_source_path_in_a_plan_is_never_read(tmp_path: Path):
+    """Each file hashes to what the plan names, so reading it would carry it."""
+    secret = tmp_path / "secret.yaml"
+    secret.write_bytes(b"not for the bundle\n")
+    digest = "sha256:" + hashlib.sha256(secret.read_bytes()).hexdigest()
+    folder = tmp_path / "checkout"
+    (folder / "policies").mkdir(parents=True)
+    (folder / "policies" / "link.yaml").symlink_to(secret)
+    hostile_paths = ["../secret.yaml", str(secret), "policies/../../secret.yaml",
+                     "policies/link.yaml", "policies//x.yaml", "./x.yaml"]  # fmt: skip
+    plan = json.dumps({"sources": dict.fromkeys(hostile_paths, digest)}).encode()
+    carried, left_out = writing.sources([plan], folder)
+    assert carried == {}
+    assert dict(left_out) == {
+        "../secret.yaml": "a path with .. in it",
+        str(secret): "an absolute path",
+        "policies/../../secret.yaml": "a path with .. in it",
+        "policies/link.yaml": f"it leads out of {folder} (through a link)",
+        "policies//x.yaml": "not a plain relative path",
+        "./x.yaml": "not a plain relative path",
+    }
 
 
 # --- changed bytes, and an insider's forgeries ----------------------------------------------

@@ -35,12 +35,16 @@ from evidence_kit import KEY_NAMES, PASSPHRASE, Site, agree_with_cli, records
 from forger import Forger, Holder, clone, database, drop, retire
 from waiting import until
 
+from engine.access import Question, Range, ask
 from engine.audit import Actor, AuditEntry
 from engine.canonical import canonical_json
 from engine.cli import main
 from engine.evidence import EvidenceConfig, EvidenceSink
 from engine.evidence.deferred import Deferred
+from engine.export import Target, export, verifier
 from engine.plans.signature import PlanClaim, Signer, sign_claim, signature_name
+from engine.plugin_manager import make_plugin_manager
+from engine.principals import open_principals
 from engine.sign.batch import record_time
 from engine.sign.leaf import instant
 from engine.store.spool import Spool
@@ -66,6 +70,8 @@ APPROVER = Signer("qa@example.com", "Quinn Assurance", "approved")
 """Who signed the plans, as their signatures say."""
 CADENCE = EvidenceConfig(checkpoint_entries=4)
 REACTOR = "reactor-1-plc"
+PRINCIPALS = Path(__file__).resolve().parents[1] / "examples/sites/plant-basel/principals.yaml"
+AUDITOR = "inspector@audit.example"
 """A device whose plan requires two keys."""
 
 
@@ -996,8 +1002,14 @@ def test_site_integrity_alone_cannot_put_a_reactor_batch_under_the_boilers_weake
 
 
 def test_the_audit_key_cannot_rewrite_a_reactor_reading_under_the_boilers_plan(
-    evidence_site, plant, store, capsys
+    evidence_site, plant, store, capsys, tmp_path
 ):
+    """Neither in the store nor in a bundle exported from it (the export decided before the
+    forgery: the boiler's plan grants no reactor point)."""
+    resolver = open_principals(make_plugin_manager(), {"kind": "file", "path": PRINCIPALS})
+    with Store.open_existing(store) as opened, opened.reading() as conn:
+        decision = ask(conn, resolver, Question(AUDITOR, "export", [REACTOR]))
+    assert decision.allowed and not decision.denied
     with Forger.on(store, holding(plant, "site-integrity", "audit-log")) as f:
         batch = f.batches(REACTOR)[-1]
         f.change_record("readings", f.first_reading(batch.id), value=-273.15)
@@ -1009,6 +1021,15 @@ def test_the_audit_key_cannot_rewrite_a_reactor_reading_under_the_boilers_plan(
         label = batch_label(f.batch(batch.id))
     verdict = audit_verify(capsys, store, *keys(plant), "--plan-key", PLAN_KEY)
     fails(verdict, (label, "is of device boiler-gateway"))
+
+    out, trust = tmp_path / "forged.zip", tmp_path / "trust.json"
+    with Store.open_existing(store) as opened:
+        export(opened, decision, Range(), plant.key_store(), Target(out, lambda s, d: b""))
+    made = ["keys", "trust", "--db", store, *keys(plant), "--plan-key", PLAN_KEY, "-o", str(trust)]
+    assert main(made) == 0
+    said = verifier.verify(str(out), trust.read_bytes())
+    assert not said.ok
+    assert any("is of device boiler-gateway" in line for line in said.lines()), said.lines()
 
 
 def site_b_signs_the_boilers_newest_batch(plant: Plant, store: str, site_b: FileKeyStore) -> None:

@@ -63,6 +63,14 @@ def register(commands: Subparsers) -> None:
         metavar="KEY",
         help="a key that signs plans, named so in the bundle's keys.json (repeat for more)",
     )
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="the folder the plans were compiled in, to carry their policy and site files"
+        " (default: the current folder)",
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="FILE.zip")
     handler: Handler = run
     parser.set_defaults(handler=handler)
@@ -100,7 +108,10 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         store.audit_key = args.audit_key
         decision = decide(store, resolver, args)
         report = partial(render, checking=checking)
-        done = export(store, decision, span, keys, Target(args.out, report, tuple(args.plan_key)))
+        target = Target(args.out, report, tuple(args.plan_key), args.sources)
+        done = export(store, decision, span, keys, target)
+    for path, why in done.left_out:
+        print(f"converge: source {path} is not in the bundle: {why}", file=sys.stderr)
     console.print(
         f"exported {done.records:,} records of {done.batches} batch"
         f"{'' if done.batches == 1 else 'es'} to {args.out} "

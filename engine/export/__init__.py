@@ -40,22 +40,25 @@ Report = Callable[[Store, Decision], bytes]
 
 @dataclass(frozen=True)
 class Exported:
-    """What an export wrote: the decision, how many records and batches, where."""
+    """What an export wrote: the decision, how many records and batches, where; and which
+    sources of its plans it left out, and why."""
 
     decision: Decision
     records: int
     batches: int
     path: Path
+    left_out: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a bundle goes, how its report is made, and which keys its trust file says sign
-    plans."""
+    """Where a bundle goes, how its report is made, which keys its trust file says sign
+    plans, and the folder the plans' source files are read under."""
 
     out: Path
     report: Report
     plan_keys: tuple[str, ...] = ()
+    sources: Path = Path(".")
 
 
 def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Target) -> Exported:
@@ -82,7 +85,14 @@ def _write(
         origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
         size = max(row.size for row in reads.checkpoints(conn))
         asked = bundle.Request(
-            decision, span, origin, store.audit_key, _public(keys), to.plan_keys, only
+            decision,
+            span,
+            origin,
+            store.audit_key,
+            _public(keys),
+            to.plan_keys,
+            only=only,
+            sources=to.sources,
         )
         gathered = bundle.gather(conn, asked, size)
     gathered.members["report.html"] = to.report(store, decision)
@@ -93,7 +103,8 @@ def _write(
     bundle.write_zip(
         to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
     )
-    return Exported(decision, gathered.records, len(gathered.batches), to.out)
+    records, batches = gathered.records, len(gathered.batches)
+    return Exported(decision, records, batches, to.out, tuple(gathered.left_out))
 
 
 @dataclass(frozen=True)

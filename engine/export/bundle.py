@@ -7,9 +7,11 @@ checkpoint have been written: the records, their batches (whole, or each
 record's inclusion proof), the plans in force, the audit entries of those
 batches, plans and the export itself (each with a C2SP tlog-proof under the
 latest checkpoint), the checkpoints of the range with a consistency proof each
-to the latest, the public keys, and the deletion receipts and holds touching the
-exported points in the range (``retention.json``). Members are written sorted, with
-fixed zip times, so the zip's structure does not depend on when it is made.
+to the latest, the public keys, the deletion receipts and holds touching the
+exported points in the range (``retention.json``), and the source files the
+plans name (read from a folder on this machine, each only when its bytes are
+the plan's). Members are written sorted, with fixed zip times, so the zip's
+structure does not depend on when it is made.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,10 @@ class Gathered:
     batches: list[int] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
     records: int = 0
+    sources: list[str] = field(default_factory=list)
+    """The paths of the plans' sources the bundle carries (``sources/<path>``)."""
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+    """The paths of the plans' sources the bundle does not carry, and why."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class Request:
     plan_keys: Sequence[str] = ()
     only: Mapping[int, frozenset[int]] | None = None
     """An archive's records: these positions of these batches (by id), no others."""
+    sources: Path = Path(".")
+    """The folder the plans' source paths are read under (the one they were compiled in)."""
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -78,6 +90,10 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     _records(conn, request, out, wanted)
     out.members[verifier.RETENTION] = _retention(conn, request, out, entries, wanted)
     _plans(conn, out, entries, wanted)
+    bodies = (out.members[_plan_member(digest)] for digest in out.plans)
+    carried, out.left_out = sources(bodies, request.sources)
+    out.members.update((verifier.SOURCES + path, body) for path, body in carried.items())
+    out.sources = sorted(carried)
     kept = _checkpoints(conn, request, tree)
     out.members[verifier.ENTRIES] = _entries(entries, wanted, tree, kept[-1][1])
     out.members[verifier.CHECKPOINTS] = json.dumps([note for _, note in kept], indent=1).encode()
@@ -118,19 +134,27 @@ def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]
     for batch, picked in _picked(conn, request):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
-        for position, leaf, row in picked:
-            lines.append(b'{"batch":%d,"position":%d,"leaf":%s}\n' % (batch.id, position, leaf))
-            rows.append(row)
+        lines.append(picked.lines)
+        rows.append(picked.rows)
+        out.records += len(picked.positions)
         out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
-    out.records = len(lines)
     out.members[verifier.RECORDS] = b"".join(lines)
     out.members[verifier.RECORDS_CSV] = b"".join(rows)
 
 
-Picked = list[tuple[int, bytes, bytes]]
-"""The (position, leaf, CSV row) of each record a batch exports."""
+@dataclass(frozen=True)
+class Picked:
+    """The records a batch exports: their positions, record lines and CSV rows."""
+
+    positions: list[int]
+    lines: bytes
+    rows: bytes
+
+
+LINE = b'{"batch":%d,"position":%d,"leaf":%s}\n'
+"""A line of records.jsonl: batch id, position, leaf bytes."""
 
 
 def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, Picked]]:
@@ -146,26 +170,48 @@ def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, P
             leaves = data.leaves(conn, batch.id)
             if only is not None:
                 leaves = [(p, leaf) for p, leaf in leaves if p in only[batch.id]]
-            picked = _exported(leaves, batch.id, points, request.span)
-            if picked:
+            picked = _usual(leaves, batch.id, points, request.span) or _exported(
+                leaves, batch.id, points, request.span
+            )
+            if picked.positions:
                 yield batch, picked
+
+
+def _usual(
+    leaves: list[tuple[int, bytes]], batch: int, points: set[str], span: Range
+) -> Picked | None:
+    """Every leaf of a batch, read at once, when each is the usual reading of one of
+    ``points`` in ``span`` (:func:`verifier.read_usual`); else None."""
+    if not leaves:
+        return None
+    positions = list(map(itemgetter(0), leaves))
+    said = zip(repeat(batch), positions, map(itemgetter(1), leaves))
+    lines = b"".join(map(LINE.__mod__, said))
+    read = verifier.read_usual(lines, len(leaves))
+    if read is None or not {point.decode() for point in set(read.points)} <= points:
+        return None
+    if not (span.holds(min(read.times).decode()) and span.holds(max(read.times).decode())):
+        return None
+    return Picked(positions, lines, read.rows)
 
 
 def _exported(
     leaves: Iterable[tuple[int, bytes]], batch: int, points: set[str], span: Range
 ) -> Picked:
-    """The records among a batch's leaves of ``points`` in ``span``. When few points are asked,
-    a leaf that does not name one is not read at all."""
+    """The records among a batch's leaves of ``points`` in ``span``, one by one. When few
+    points are asked, a leaf that does not name one is not read at all."""
     needles = [b'"point":' + canonical_json(point) + b"," for point in points]
     few = len(needles) <= FEW_POINTS
-    picked = []
+    positions, lines, rows = [], [], []
     for position, leaf in leaves:
         if few and not any(needle in leaf for needle in needles):
             continue
         record = verifier.read_record(leaf, batch, position)
         if record is not None and record.point in points and span.holds(record.time):
-            picked.append((position, leaf, record.csv))
-    return picked
+            positions.append(position)
+            lines.append(LINE % (batch, position, leaf))
+            rows.append(record.csv)
+    return Picked(positions, b"".join(lines), b"".join(rows))
 
 
 FEW_POINTS = 4
@@ -181,11 +227,11 @@ def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes
         "signatures": {key: sig.hex() for key, sig in sorted(batch.signatures.items())},
         "entry": batch.entry_seq,
     }
-    if len(picked) != batch.count:
+    if len(picked.positions) != batch.count:
         hashes = erased(conn, batch.id)
         hashes.update((p, verifier.leaf_hash(leaf)) for p, leaf in data.leaves(conn, batch.id))
         tree = MerkleTree(hashes[p] for p in sorted(hashes))
-        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p, _, _ in picked}
+        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p in picked.positions}
     return canonical_json(said)
 
 
@@ -269,12 +315,66 @@ def _plans(
     """Each plan in force (its bytes, its signature) and its ``plan.deployed`` entry."""
     for digest in out.plans:
         row = conn.execute(select(PLANS).where(PLANS.c.digest == digest)).one()
-        name = f"plans/{digest.removeprefix('sha256:')}"
-        out.members[f"{name}.json"] = reads.as_bytes(row.body)
+        out.members[_plan_member(digest)] = reads.as_bytes(row.body)
         if row.signature is not None:
-            out.members[f"{name}.sig"] = row.signature.encode()
+            out.members[_plan_member(digest, ".sig")] = row.signature.encode()
         needle = f'"digest":"{digest}"'.encode()
         wanted.update(seq for seq, raw in entries if b'"plan.deployed"' in raw and needle in raw)
+
+
+def _plan_member(digest: str, suffix: str = ".json") -> str:
+    return f"plans/{digest.removeprefix('sha256:')}{suffix}"
+
+
+def sources(plans: Iterable[bytes], folder: Path) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+    """The files the ``plans`` (their bytes) name as sources, read under ``folder``, each by
+    its path when its bytes hash to a digest a plan names for it; and each path left out, with
+    why (an absolute path or one with ``..`` is never read, nor one leading out through a
+    link)."""
+    named: dict[str, set[str]] = {}
+    for body in plans:
+        for path, digest in json.loads(body).get("sources", {}).items():
+            named.setdefault(path, set()).add(digest)
+    carried: dict[str, bytes] = {}
+    left_out: list[tuple[str, str]] = []
+    for path, digests in sorted(named.items()):
+        found = _source(folder, path)
+        if isinstance(found, str):
+            left_out.append((path, found))
+            continue
+        digest = "sha256:" + hashlib.sha256(found).hexdigest()
+        if digest in digests:
+            carried[path] = found
+        others = sorted(digests - {digest})
+        if others:
+            left_out.append((path, _changed(digest, others, len(digests))))
+    return carried, left_out
+
+
+def _changed(digest: str, others: list[str], named: int) -> str:
+    """Why a source whose bytes are ``digest`` is not (or not for every plan) the one named."""
+    said = ", ".join(others)
+    if len(others) == named:
+        return f"changed since its plan was compiled (its SHA-256 is {digest}, not {said})"
+    return f"carried, but a plan was compiled from other bytes of it ({said})"
+
+
+def _source(folder: Path, path: str) -> bytes | str:
+    """The bytes of the source ``path`` under ``folder``, or why it is not read."""
+    problem = verifier.source_problem(path)
+    if problem is not None:
+        return problem
+    file = folder / path
+    try:
+        if not file.resolve().is_relative_to(folder.resolve()):
+            return f"it leads out of {folder} (through a link)"
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            return "not a regular file"
+        return file.read_bytes()
+    except FileNotFoundError:
+        return f"not found in {folder}"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
 
 
 def _entries(
@@ -325,6 +425,7 @@ def manifest(gathered: Gathered, said: dict[str, Any]) -> bytes:
             "batches": gathered.batches,
             "plans": gathered.plans,
             "records": gathered.records,
+            "sources": gathered.sources,
         }
     )
 
@@ -342,4 +443,4 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
     partial.replace(path)
 
 
-__all__ = ["Gathered", "Request", "gather", "manifest", "trust_file", "write_zip"]
+__all__ = ["Gathered", "Request", "gather", "manifest", "sources", "trust_file", "write_zip"]

@@ -8,7 +8,8 @@ no Converge. It checks every member's SHA-256 against the signed manifest,
 every record's leaf against its batch (the whole batch's root, or the record's
 inclusion proof), every batch statement's signatures by the keys its plan
 requires with versions valid when its audit entry says it was stored, every
-plan's digest and signature, every audit entry's inclusion under the latest
+plan's digest and signature, every policy file carried against the digest its
+plan names, every audit entry's inclusion under the latest
 checkpoint, every checkpoint's signature by the log's key at the time it
 states and its consistency with the latest, and that the manifest is signed
 by the log's key. The layout and every byte format are in docs/bundle.md.
@@ -49,6 +50,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
+from itertools import compress, groupby
+from operator import itemgetter, methodcaller
 from typing import Any, ParamSpec, TypeVar
 
 from cryptography.exceptions import InvalidSignature
@@ -64,6 +67,8 @@ CHECKPOINTS, CONSISTENCY, ENTRIES = (
 )
 RETENTION = "retention.json"
 VERIFIER = "verify.py"
+SOURCES = "sources/"
+"""The folder of the plans' source files: ``sources/<path as the plan names it>``."""
 TRUST_FORMAT = "converge.trust/v1"
 CSV_COLUMNS = (
     "device",
@@ -211,6 +216,26 @@ class Bundle:
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
 
+    def blocks(self, name: str) -> Iterator[bytes]:
+        """A member's lines in blocks, each of whole lines (each ending in a newline) but the
+        last, which holds the line without one, if any; streamed as :meth:`lines` streams."""
+        info = self.members[name]
+        try:
+            with self.zip.open(info) as member:
+                rest = b""
+                while chunk := member.read(1 << 20):
+                    block = rest + chunk
+                    cut = block.rfind(b"\n") + 1
+                    rest = block[cut:]
+                    if len(rest) > MAX_LINE_BYTES:
+                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+                    if cut:
+                        yield block[:cut]
+                if rest:
+                    yield rest
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise Refused(name, f"cannot be read ({exc})") from None
+
     def digest(self, name: str) -> str:
         sha = hashlib.sha256()
         info = self.members[name]
@@ -221,6 +246,19 @@ class Bundle:
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
         return "sha256:" + sha.hexdigest()
+
+
+def source_problem(path: str) -> str | None:
+    """Why a plan's source path cannot be read nor carried as ``sources/<path>``, if it cannot:
+    it must be a plain relative path that stays in its folder."""
+    parts = path.split("/")
+    if path.startswith("/") or ":" in parts[0]:
+        return "an absolute path"
+    if ".." in parts:
+        return "a path with .. in it"
+    if "\\" in path or "" in parts or "." in parts:
+        return "not a plain relative path"
+    return None
 
 
 def _check_name(name: str, info: zipfile.ZipInfo) -> None:
@@ -250,11 +288,15 @@ def tree_root(hashes: Sequence[bytes]) -> bytes:
     if not level:
         return hashlib.sha256(b"").digest()
     while len(level) > 1:
-        nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        pairs = map(bytes.__add__, level[0:-1:2], level[1::2])
+        nxt = list(map(_DIGEST, map(hashlib.sha256, map(b"\x01".__add__, pairs))))
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
     return level[0]
+
+
+_DIGEST = methodcaller("digest")
 
 
 def inclusion_root(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes | None:
@@ -457,6 +499,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     checkpoints = _check_checkpoints(bundle, log, verdict)
     entries = _check_entries(bundle, checkpoints, verdict)
     plans = _check_plans(bundle, manifest, trusted, entries, verdict)
+    _check_sources(bundle, manifest, plans, verdict)
     ctx = Context(plans, entries, trusted.keys, sorted(checkpoints.values(), key=lambda c: c.size))
     batches = _check_batches(bundle, manifest, ctx, verdict)
     _check_records(bundle, manifest, batches, verdict)
@@ -677,6 +720,8 @@ class Plan:
     """The signing waivers an unsigned batch of the plan names (each as :func:`_canon`)."""
     retention: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each point's ``retention`` (``keep_at_least_ms``, ``keep_at_most_ms``, ``on_expiry``)."""
+    sources: tuple[tuple[str, str], ...] = ()
+    """The files the plan names as its sources: (path, ``sha256:<hex>``)."""
 
 
 def _check_plans(
@@ -754,8 +799,35 @@ def _plan(data: bytes, digest: str) -> Plan | str:
     waivers = {_canon(w) for p in points for w in p.get("waived", []) if "signing" in w["facets"]}
     device = str(body.get("device", {}).get("id"))
     retention = {str(p["name"]): dict(p.get("retention", {})) for p in points}
+    sources = tuple(sorted((str(p), str(d)) for p, d in body.get("sources", {}).items()))
     waived = frozenset() if required else frozenset(waivers)
-    return Plan(digest, device, tuple(required), waived, retention)
+    return Plan(digest, device, tuple(required), waived, retention, sources)
+
+
+def _check_sources(
+    bundle: Bundle, manifest: dict[str, Any], plans: dict[str, Plan], verdict: Verdict
+) -> None:
+    """Every ``sources/<path>`` member is a file a plan of the bundle names, with the bytes it
+    names; a source a plan names that the bundle does not carry is noted."""
+    named: dict[str, set[str]] = {}
+    for plan in plans.values():
+        for path, digest in plan.sources:
+            named.setdefault(path, set()).add(digest)
+    carried = sorted(n.removeprefix(SOURCES) for n in bundle.members if n.startswith(SOURCES))
+    listed = manifest.get("sources", [])
+    if not isinstance(listed, list) or sorted(str(p) for p in listed) != carried:
+        verdict.fail(MANIFEST, f"its sources are not the {SOURCES} members of the bundle")
+    held: dict[str, str] = {}
+    for path in carried:
+        digest = bundle.digest(SOURCES + path)
+        if digest in named.get(path, ()):
+            held[path] = digest
+        else:
+            verdict.fail(SOURCES + path, "not a source any plan of the bundle names with its bytes")
+    for path, digests in sorted(named.items()):
+        for digest in sorted(digests - {held.get(path, "")}):
+            verdict.notes.append(f"a plan names the source {path} ({digest}): not in the bundle")
+    verdict.counts["sources"] = len(held)
 
 
 def _canon(value: Any) -> str:
@@ -904,6 +976,8 @@ def _batch_problem(
     plan = ctx.plans.get(head.get("plan_digest", ""))
     if plan is None:
         return f"its plan {head.get('plan_digest')} is not in the bundle"
+    if plan.device != head.get("device"):  # another device's plan may ask for fewer keys
+        return f"its plan {plan.digest} is of device {plan.device}"
     payload = entry["payload"]
     members = {k: v for k, v in head.items() if k != "format"}
     if {k: v for k, v in payload.items() if k not in ("keys", "waiver")} != members:
@@ -1052,25 +1126,69 @@ def _parsed_record(leaf: bytes, batch: int, position: int) -> Record | None:
     return Record(str(said.get("device")), str(said.get("point")), time, row)
 
 
+@dataclass(frozen=True)
+class Usual:
+    """Record lines that are all of the usual reading, read at once: their columns (the
+    groups of :data:`_USUAL_LINE`, as bytes) and their CSV rows."""
+
+    batches: tuple[bytes, ...]
+    positions: tuple[bytes, ...]
+    leaves: tuple[bytes, ...]
+    devices: tuple[bytes, ...]
+    points: tuple[bytes, ...]
+    times: tuple[bytes, ...]
+    rows: bytes
+
+
+_USUAL_LINES = re.compile(rb"^" + _USUAL_LINE.pattern + rb"$", re.MULTILINE)
+_ROW = b"%s,%s,reading,%s,%s,%s,,,%s,%s,,,%s,%s\n"
+_ROW_ORDER = itemgetter(4, 5, 7, 8, 6, 3, 7, 0, 1)
+"""A :data:`_USUAL_LINE` match's groups in the order of :data:`_ROW`."""
+
+
+def read_usual(lines: bytes, count: int) -> Usual | None:
+    """The ``count`` record lines ``lines`` (each ending in a newline) read in one pass, when
+    every one is the usual reading (:data:`_USUAL_LINE`) whose value's text is the number's
+    own (as :func:`read_record` asks); else None. The CSV rows are :func:`read_record`'s."""
+    found = _USUAL_LINES.findall(lines)
+    if not found or len(found) != count:
+        return None
+    columns = tuple(zip(*found, strict=True))
+    decimals = list(compress(columns[8], columns[9]))
+    if list(map(repr, map(float, decimals))) != list(map(bytes.decode, decimals)):
+        return None
+    rows = b"".join(map(_ROW.__mod__, map(_ROW_ORDER, found)))
+    return Usual(columns[0], columns[1], columns[2], columns[4], columns[5], columns[7], rows)
+
+
 def _check_records(
     bundle: Bundle, manifest: dict[str, Any], batches: dict[int, Batch], verdict: Verdict
 ) -> None:
     """Every record: of its batch (whole batches rebuild their root, others prove each record),
     once, of what the export names; and the CSV is exactly these records."""
     asked = Asked.of(manifest)
-    rows = bundle.lines(RECORDS_CSV) if bundle.has(RECORDS_CSV) else iter(())
-    header = next(rows, b"").decode(errors="replace")
+    rows = _Rows(bundle.blocks(RECORDS_CSV) if bundle.has(RECORDS_CSV) else iter(()))
+    header = (rows.line() or b"").decode(errors="replace")
     if header != ",".join(CSV_COLUMNS):
         verdict.fail(RECORDS_CSV, "its header is not the documented one")
     count = 0
     usual = _Usual(batches, asked)
-    for count, line in enumerate(bundle.lines(RECORDS) if bundle.has(RECORDS) else (), 1):
-        found = usual.row(line) or _record(line, batches, asked)
-        if isinstance(found, str):
-            verdict.fail(f"{RECORDS}:{count}", found)
-        elif next(rows, None) != found[:-1]:
-            verdict.fail(f"{RECORDS_CSV}:{count + 1}", f"is not record {count} of {RECORDS}")
-    if next(rows, None) is not None:
+    for block in bundle.blocks(RECORDS) if bundle.has(RECORDS) else ():
+        taken = usual.block(block, rows)
+        if taken:
+            count += taken
+            continue
+        lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()
+        for line in lines:
+            count += 1
+            found = usual.row(line) or _record(line, batches, asked)
+            if isinstance(found, str):
+                verdict.fail(f"{RECORDS}:{count}", found)
+            elif rows.line() != found[:-1]:
+                verdict.fail(f"{RECORDS_CSV}:{count + 1}", f"is not record {count} of {RECORDS}")
+    if rows.line() is not None:
         verdict.fail(RECORDS_CSV, f"holds more rows than the {count} records")
     for batch in batches.values():
         if batch.proofs is None:
@@ -1080,17 +1198,107 @@ def _check_records(
     verdict.counts["records"] = count
 
 
+class _Rows:
+    """The CSV's lines, read ahead in blocks: a run of rows is compared at once
+    (:meth:`take`), a row one at a time (:meth:`line`). A block that cannot be read is
+    refused where :meth:`Bundle.lines` would refuse it: when a line in it is asked for."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self.blocks, self.buffer, self.at = blocks, b"", 0
+        self.refused: Refused | None = None
+
+    def _more(self) -> bool:
+        if self.refused is not None:
+            return False
+        try:
+            block = next(self.blocks, None)
+        except Refused as exc:
+            self.refused = exc
+            return False
+        if block is None:
+            return False
+        self.buffer, self.at = self.buffer[self.at :] + block, 0
+        return True
+
+    def take(self, rows: bytes) -> bool:
+        """Whether the next rows are ``rows`` (whole lines); they are taken if so."""
+        while len(self.buffer) - self.at < len(rows) and self._more():
+            pass
+        if not self.buffer.startswith(rows, self.at):
+            return False
+        self.at += len(rows)
+        return True
+
+    def line(self) -> bytes | None:
+        """The next line (without its newline), or None at the end."""
+        while (end := self.buffer.find(b"\n", self.at)) < 0:
+            if not self._more():
+                break
+        else:
+            line, self.at = self.buffer[self.at : end], end + 1
+            return line
+        if self.refused is not None:
+            raise self.refused
+        if self.at == len(self.buffer):
+            return None
+        line, self.at = self.buffer[self.at :], len(self.buffer)
+        return line
+
+
 class _Usual:
-    """Checks the usual record line (:data:`_USUAL_LINE`) of a batch exported whole, when it
-    holds, in one match: a new position, the batch's device, a point asked for, in the range.
-    Any other line, and any line where one of these fails, goes to :func:`_record`, which
-    names what fails; both record the leaf's hash and give the same CSV row."""
+    """Checks usual record lines (:data:`_USUAL_LINE`) of batches exported whole, when they
+    hold: a block of them at once (:meth:`block`), else one (:meth:`row`): a new position, the
+    batch's device, a point asked for, in the range. Any other line, and any where one of these
+    fails, goes to :func:`_record`, which names what fails; all record the leaf's hash and give
+    the same CSV row."""
 
     def __init__(self, batches: dict[int, Batch], asked: Asked) -> None:
         self.batches = batches
         self.points = {point.encode() for point in asked.points}
         self.start = (asked.start or "").encode()
         self.end = asked.end.encode() if asked.end else None
+
+    def block(self, block: bytes, rows: _Rows) -> int:
+        """How many lines of ``block`` were checked and their CSV rows taken from ``rows``:
+        all of them when every line is usual and holds and the rows are theirs, else none
+        (nothing recorded: the block is then checked line by line)."""
+        count = block.count(b"\n")
+        read = read_usual(block, count) if block.endswith(b"\n") else None
+        if read is None:
+            return 0
+        staged: list[tuple[Batch, list[int], tuple[bytes, ...]]] = []
+        start = 0
+        for batch_id, run in groupby(read.batches):
+            end = start + len(list(run))
+            batch = self.batches.get(int(batch_id))
+            if batch is None or any(batch is b for b, _, _ in staged):
+                return 0
+            positions = list(map(int, read.positions[start:end]))
+            if not self._holds(batch, positions, read, slice(start, end)):
+                return 0
+            staged.append((batch, positions, read.leaves[start:end]))
+            start = end
+        if not rows.take(read.rows):
+            return 0
+        for batch, positions, leaves in staged:
+            hashes = map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, leaves)))
+            batch.hashes.update(zip(positions, hashes, strict=True))
+        return count
+
+    def _holds(self, batch: Batch, positions: list[int], read: Usual, run: slice) -> bool:
+        """A run of one batch's lines: whole batch, new positions, its device, points asked,
+        times in range."""
+        device, times = batch.device.encode(), read.times[run]
+        devices = read.devices[run]
+        return (
+            batch.proofs is None
+            and len(set(positions)) == len(positions)
+            and batch.hashes.keys().isdisjoint(positions)
+            and devices.count(device) == len(devices)
+            and all(device + b"/" + point in self.points for point in set(read.points[run]))
+            and min(times) >= self.start
+            and (self.end is None or max(times) < self.end)
+        )
 
     def row(self, line: bytes) -> bytes | None:
         """The CSV row of a usual line that holds, its leaf hash recorded; else None."""

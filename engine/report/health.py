@@ -23,6 +23,7 @@ the report's chart, which sums them into days for its table).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -119,12 +120,15 @@ class Health:
 
     bucket_ms: int
     tallies: dict[Key, Tally] = field(default_factory=dict)
+    devices: dict[str, dict[tuple[str, int], Tally]] = field(default_factory=dict)
+    """The same tallies, by device: (point, period start) -> tally."""
 
     def at(self, device: str, point: str, moment_ms: int) -> Tally:
-        key = (device, point, moment_ms // self.bucket_ms * self.bucket_ms)
-        found = self.tallies.get(key)
+        start = moment_ms // self.bucket_ms * self.bucket_ms
+        found = self.tallies.get((device, point, start))
         if found is None:
-            found = self.tallies[key] = Tally()
+            found = self.tallies[device, point, start] = Tally()
+            self.devices.setdefault(device, {})[point, start] = found
         return found
 
     def rows(self, bucket_ms: int = DAY_MS) -> list[Row]:
@@ -139,17 +143,15 @@ class Health:
     def timeline(self, device: str, bucket_ms: int) -> list[tuple[int, Tally]]:
         """The device's points summed per period of ``bucket_ms``, in time order."""
         summed: dict[int, Tally] = {}
-        for row in self.rows(bucket_ms):
-            if row.device == device:
-                summed.setdefault(row.start_ms, Tally()).add(row.tally)
+        for (_, start), tally in self.devices.get(device, {}).items():
+            summed.setdefault(start // bucket_ms * bucket_ms, Tally()).add(tally)
         return sorted(summed.items())
 
     def totals(self, device: str) -> dict[str, Tally]:
         """The device's points, each summed over every period."""
         summed: dict[str, Tally] = {}
-        for (name, point, _), tally in self.tallies.items():
-            if name == device:
-                summed.setdefault(point, Tally()).add(tally)
+        for (point, _), tally in self.devices.get(device, {}).items():
+            summed.setdefault(point, Tally()).add(tally)
         return summed
 
 
@@ -172,6 +174,15 @@ def to_ms(moment: str) -> int:
     return int(datetime.fromisoformat(moment).timestamp() * 1000)
 
 
+_READING = re.compile(
+    rb'\{"collected_at":"[0-9T:.Z-]+","device":"[^"\\]*","point":"([A-Za-z0-9_.:/+-]+)",'
+    rb'"quality":"[a-z_]+","salt":"[0-9a-f]{32}","scheduled_at":"([0-9T:.Z-]+)",'
+    rb'"type":"reading","v":1,"value":(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?'
+    rb"|true|false|null)\}"
+)
+"""The usual leaf: a scheduled reading whose point needs no unescaping; its point and slot."""
+
+
 class _Device:
     """The tallies of one device: its records, then the slots its plans promised."""
 
@@ -192,18 +203,35 @@ class _Device:
         self.hi = None if span.end is None else to_ms(span.end)
         self.first: int | None = None
         self.last: int | None = None
+        self.slots: dict[str, int] = {}
+        """:func:`to_ms` of each slot seen: a device's points share their slots."""
 
     def tally(self) -> None:
         for batch in self.batches:
             plan = self.plans.get(batch.plan_digest)
             for _, leaf in data.leaves(self.conn, batch.id):
-                self._record(json.loads(leaf), plan)
+                self._leaf(leaf, plan)
         if self.span.start is not None:  # runs of slots that began before the range
             for digest, leaf in stored.gap_runs_into(self.conn, self.device, self.span.start):
                 self._record(
                     json.loads(leaf), self.plans.get(digest) or data.plan(self.conn, digest)
                 )
         self._scheduled()
+
+    def _leaf(self, leaf: bytes, plan: PlanBody | None) -> None:
+        """A record's leaf: the usual reading read from its text (a point and a slot are all
+        it gives), any other parsed."""
+        found = _READING.fullmatch(leaf)
+        if found is None:
+            self._record(json.loads(leaf), plan)
+            return
+        point, slot = found[1].decode(), found[2].decode()
+        if point in self.points and self.span.holds(slot):
+            at = self.slots.get(slot)
+            if at is None:
+                at = self.slots[slot] = to_ms(slot)
+            self.out.at(self.device, point, at).readings += 1
+            self._seen(at, at + 1)
 
     def _record(self, record: dict[str, Any], plan: PlanBody | None) -> None:
         point = record.get("point")
