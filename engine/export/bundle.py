@@ -153,6 +153,9 @@ class Picked:
     rows: bytes
 
 
+NOTHING = Picked([], b"", b"")
+"""A batch in the bundle for its deletion receipt, none of its records exported."""
+
 LINE = b'{"batch":%d,"position":%d,"leaf":%s}\n'
 """A line of records.jsonl: batch id, position, leaf bytes."""
 
@@ -304,7 +307,7 @@ def _receipt_batch(conn: Connection, said: dict[str, Any], out: Gathered, wanted
     for batch in (b for b in found if b.id == said["batch"]):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
-        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, [])
+        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, NOTHING)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
 

@@ -976,20 +976,28 @@ def _batch_problem(
     plan = ctx.plans.get(head.get("plan_digest", ""))
     if plan is None:
         return f"its plan {head.get('plan_digest')} is not in the bundle"
-    if plan.device != head.get("device"):  # another device's plan may ask for fewer keys
-        return f"its plan {plan.digest} is of device {plan.device}"
     payload = entry["payload"]
     members = {k: v for k, v in head.items() if k != "format"}
     if {k: v for k, v in payload.items() if k not in ("keys", "waiver")} != members:
         return "its statement differs from its batch.stored entry"
+    signatures = said.get("signatures", {})
+    return (
+        _plan_problem(head, payload, plan)
+        or _check_signatures(statement, signatures, plan, ctx.keys, entry["time"])
+        or _back_dated(head, entry["seq"], ctx.checkpoints)
+    )
+
+
+def _plan_problem(head: dict[str, Any], payload: dict[str, Any], plan: Plan) -> str | None:
+    """The batch's plan is its device's (another device's plan may ask for fewer keys), and
+    its entry names the keys and waiver that plan requires."""
+    if plan.device != head.get("device"):
+        return f"its plan {plan.digest} is of device {plan.device}"
     if payload.get("keys") != list(plan.required):
         return f"its entry says keys {payload.get('keys')}, its plan requires {list(plan.required)}"
     if {_canon(w) for w in payload.get("waiver", [])} != plan.waivers:
         return "its waiver is not the one its plan records"
-    signatures = said.get("signatures", {})
-    return _check_signatures(statement, signatures, plan, ctx.keys, entry["time"]) or (
-        _back_dated(head, entry["seq"], ctx.checkpoints)
-    )
+    return None
 
 
 CLOCK_SLACK = timedelta(seconds=30)
