@@ -76,7 +76,7 @@ cat $OUT/centre/ingest.log
 step "7. The centre's log: what each site deployed, and the cosigned checkpoints of their logs"
 converge audit log --db $CENTRAL --kind plan.deployed checkpoint.cosigned | tail -n 6
 
-step "8. An auditor verifies the central store, with every site's public keys and the centre's"
+step "8. An auditor verifies the central store: each site's batches by that site's own keys (--site-trust), the log by the centre's"
 converge audit verify --db $CENTRAL --site-trust $OUT/centre/trust \
   --public-keys $OUT/centre/audit-log.json
 
