@@ -151,6 +151,9 @@ def collector_run(
         else:
             await until(lambda: sink.stats["stored"] == killed_after, "the run's batches stored")
             sink.task.cancel()
+            # the writer's thread may be inside a delivery: let it end before the store is
+            # closed under it (a PostgreSQL connection closed mid-use can crash the process)
+            await asyncio.get_running_loop().shutdown_default_executor()
         spool.close()
         store.close()
 
