@@ -493,6 +493,40 @@ def test_a_record_swapped_between_batches_is_named(plant: Exported, tmp_path: Pa
     assert sum("its records do not hash to its signed root" in p for p in problems) == 2
 
 
+def without_batch(members: Members, gone: int) -> Members:
+    """The bundle as the log key's holder would remake it without batch ``gone``: its member,
+    its records and rows, its entry, and its place in the manifest (re-signed by forged())."""
+    manifest = json.loads(members["manifest.json"])
+    said = json.loads(members.pop(f"batches/{gone}.json"))
+    lines = [line for line in members["records.jsonl"].split(b"\n") if line]
+    kept = [line for line in lines if json.loads(line)["batch"] != gone]
+    rows = members["records.csv"].decode().split("\n")
+    members["records.jsonl"] = b"".join(line + b"\n" for line in kept)
+    csv_kept = [rows[0]] + [r for r in rows[1:] if r and r.split(",")[-2] != str(gone)]
+    members["records.csv"] = ("\n".join(csv_kept) + "\n").encode()
+    entries = [line for line in members["log/entries.jsonl"].split(b"\n") if line]
+    members["log/entries.jsonl"] = b"".join(
+        line + b"\n" for line in entries if json.loads(line)["seq"] != said["entry"]
+    )
+    manifest["batches"] = [i for i in manifest["batches"] if i != gone]
+    manifest["records"] = len(kept)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    return members
+
+
+def test_a_batch_left_out_of_a_bundle_is_named(plant: Exported, tmp_path: Path, both):
+    """The log key's holder alone can remake a bundle without one of the device's batches:
+    its chain (each statement's previous_root) shows where one is missing. The plant's
+    bundle holds the device's whole history: the first batch must follow the zero root."""
+    first, then, *_ = json.loads(verifier.Bundle(str(plant.bundle)).read("manifest.json"))[
+        "batches"
+    ]
+    out = forged(plant.site, plant.bundle, tmp_path / "d.zip", lambda m: without_batch(m, first))
+    problems = failed(both(out, plant.trust))
+    named = f"FAIL batch {then}: {DEVICE}'s chain does not start here"
+    assert any(p.startswith(named) for p in problems), problems
+
+
 def retagged(line: bytes, batch: int, position: int) -> bytes:
     leaf = line[line.index(b'"leaf":') + len(b'"leaf":') : -1]
     return b'{"batch":%d,"position":%d,"leaf":%s}' % (batch, position, leaf)

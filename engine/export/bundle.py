@@ -88,6 +88,7 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     tree = MerkleTree(verifier.leaf_hash(raw) for _, raw in entries)
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
     _records(conn, request, out, wanted)
+    wanted.update(_dropped(entries, {p.device for p in request.decision.allowed}))
     out.members[verifier.RETENTION] = _retention(conn, request, out, entries, wanted)
     _plans(conn, out, entries, wanted)
     bodies = (out.members[_plan_member(digest)] for digest in out.plans)
@@ -123,13 +124,24 @@ def trust_file(keys: Iterable[KeyVersion], logs: dict[str, str], plan_keys: Iter
     ).encode()
 
 
+def _dropped(entries: Sequence[tuple[int, bytes]], devices: set[str]) -> Iterator[int]:
+    """The ``batch.dropped`` entries of the exported devices: a batch the spool dropped is a
+    gap in its device's chain, which the verifier excuses by its entry."""
+    for seq, raw in entries:
+        if b'"batch.dropped"' in raw:
+            entry = json.loads(raw)
+            if entry["kind"] == "batch.dropped" and entry["payload"].get("device") in devices:
+                yield seq
+
+
 def _decision_seq(entries: Sequence[tuple[int, bytes]], decision: str) -> int:
     needle = f'"decision":"{decision}"'.encode()
     return next(seq for seq, raw in reversed(entries) if needle in raw)
 
 
 def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]) -> None:
-    """records.jsonl, records.csv and a member per batch that holds an exported record."""
+    """records.jsonl, records.csv and a member per batch of the exported devices in the range
+    (an archive's: per batch that holds an archived record)."""
     lines, rows = [], [",".join(verifier.CSV_COLUMNS).encode() + b"\n"]
     for batch, picked in _picked(conn, request):
         out.batches.append(batch.id)
@@ -176,7 +188,7 @@ def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, P
             picked = _usual(leaves, batch.id, points, request.span) or _exported(
                 leaves, batch.id, points, request.span
             )
-            if picked.positions:
+            if picked.positions or only is None:  # every batch: the chain is checked whole
                 yield batch, picked
 
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from itertools import compress, groupby
+from itertools import compress, groupby, pairwise
 from operator import itemgetter, methodcaller
 from typing import Any, ParamSpec, TypeVar
 
@@ -502,6 +502,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
     _check_sources(bundle, manifest, plans, verdict)
     ctx = Context(plans, entries, trusted.keys, sorted(checkpoints.values(), key=lambda c: c.size))
     batches = _check_batches(bundle, manifest, ctx, verdict)
+    _safely(_check_chains, manifest, batches, entries, verdict)
     _check_records(bundle, manifest, batches, verdict)
     _check_export(manifest, entries, verdict)
     _check_retention(bundle, Retained(entries, batches, plans), verdict)
@@ -907,6 +908,8 @@ class Batch:
     hashes: dict[int, bytes] = field(default_factory=dict)
     window: tuple[str, str] = ("", "")
     plan: str = ""
+    previous: bytes = b""
+    """The root of the batch before it in its device's chain (zero for the first)."""
 
 
 def _check_batches(
@@ -941,7 +944,48 @@ def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
     window = (str(head["window_start"]), str(head["window_end"]))
     batch = Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
     batch.window, batch.plan = window, str(head["plan_digest"])
+    batch.previous = bytes.fromhex(head["previous_root"])
     return batch
+
+
+ZERO_ROOT = bytes(32)
+"""The ``previous_root`` of a device's first batch."""
+
+
+def _check_chains(
+    manifest: dict[str, Any],
+    batches: dict[int, Batch],
+    entries: dict[int, dict[str, Any]],
+    verdict: Verdict,
+) -> None:
+    """Each device's batches follow one another in its chain (``previous_root``), from the zero
+    root when the range has no start: a batch left out of the bundle is a break. A batch the
+    spool dropped is excused by its ``batch.dropped`` entry. An archive holds only the batches
+    it archives from: not checked."""
+    if manifest.get("archive") is True:
+        return
+    excused = {
+        (str(e["payload"].get("device")), str(e["payload"].get("root")))
+        for e in entries.values()
+        if e.get("kind") == "batch.dropped"
+    }
+    chains: dict[str, list[Batch]] = {}
+    for batch in sorted(batches.values(), key=lambda b: b.id):
+        chains.setdefault(batch.device, []).append(batch)
+    for device, chain in sorted(chains.items()):
+        dropped = {bytes.fromhex(r) for d, r in excused if d == device}
+        if manifest.get("from") is None and chain[0].previous not in dropped | {ZERO_ROOT}:
+            verdict.fail(
+                f"batch {chain[0].id}",
+                f"{device}'s chain does not start here: an earlier batch is not in the bundle",
+            )
+        for before, after in pairwise(chain):
+            if after.previous != before.root and after.previous not in dropped:
+                verdict.fail(
+                    f"batch {after.id}",
+                    f"it does not follow batch {before.id} of {device}: a batch between them"
+                    " is not in the bundle",
+                )
 
 
 def _statement(data: bytes) -> dict[str, Any] | None:
