@@ -467,8 +467,10 @@ class Ingester:
         return Reply("cosigned", cosignature=cosignature.line)
 
     def _cosign(self, signed: str) -> Cosignature:
-        now = datetime.now(UTC)
-        key = self.keys.signer(self.config.witness_key, now)
+        # the timestamp is whole seconds: rounded up, as a checkpoint's time is, so that a
+        # witness key made a moment ago is valid at it (the key is chosen for that time)
+        at = audit.signing_second(datetime.now(UTC))
+        key = self.keys.signer(self.config.witness_key, at)
         text, _ = note.split_note(signed)
         name = audit.cosigner_name(self.config.witness_key)
-        return cosign(text, name, key, int(now.timestamp()))
+        return cosign(text, name, key, int(at.timestamp()))
