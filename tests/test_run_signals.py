@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,14 +50,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def listening(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def listening(port: int) -> None:
+    def answers() -> bool:
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"the simulator never listened on {port}")
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(answers, f"the simulator to listen on {port}", within=60)
 
 
 def readings_in(records: Path) -> list[dict[str, object]]:

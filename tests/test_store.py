@@ -50,6 +50,7 @@ from evidence_kit import (
 from sqlalchemy import Connection, event, select, text
 from sqlalchemy.engine import make_url
 from store_proxy import TcpProxy
+from waiting import until, wait_until
 
 from engine import audit
 from engine.audit import Actor
@@ -114,12 +115,12 @@ def sealed_while_putting(site: Site, items: Iterable[Record]) -> int:
     return sum(len(w) - 1 for w in windows.values())
 
 
-async def delivered(sink: EvidenceSink, count: int, timeout: float = 30.0) -> None:
+async def delivered(sink: EvidenceSink, count: int) -> None:
     """Wait until the sink's writer has stored, spooled or dropped ``count`` live batches."""
-    deadline = time.monotonic() + timeout
-    while sum(sink.stats[k] for k in ("stored", "spooled", "dropped", "duplicates")) < count:
-        assert time.monotonic() < deadline, f"the writer handled {sink.stats}, want {count}"
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: sum(sink.stats[k] for k in ("stored", "spooled", "dropped", "duplicates")) >= count,
+        lambda: f"the writer to handle {count} batches (it handled {sink.stats})",
+    )
 
 
 def audit_signer(site: Site) -> audit.CheckpointSigner:
@@ -383,6 +384,13 @@ def test_an_outage_spools_batches_and_replays_them_oldest_first_beside_live_data
     spool.close()
 
 
+def a_moment_passes() -> None:
+    """Return once the clock has moved on: what follows is stamped strictly later than what
+    came before (a key version's end after the batches it signed, and so on)."""
+    mark = datetime.now(UTC)
+    wait_until(lambda: datetime.now(UTC) > mark, "the clock to move on", every=0.001)
+
+
 def test_a_batch_spooled_before_a_key_rotation_verifies_when_replayed_after_it(
     evidence_site, outage, tmp_path
 ):
@@ -403,12 +411,12 @@ def test_a_batch_spooled_before_a_key_rotation_verifies_when_replayed_after_it(
     asyncio.run(spooled())
     assert len(spool) > 0
     outage.end(store)
-    time.sleep(0.01)
+    a_moment_passes()
     keys = site.key_store()
     for name in ("qa-signing", "site-integrity", "ops-signing"):
         keys.rotate(name)  # the versions that signed the spooled batches end now
     store.record_keys([v for name in keys.names() for v in keys.versions(name)])
-    time.sleep(0.01)
+    a_moment_passes()
     after = list(records(site, 60, start=T0 + timedelta(seconds=150)))
     sink = asyncio.run(collect(site, store, spool, after, by_record()))
     assert len(spool) == 0 and sink.stats["replayed"] > 0
@@ -796,12 +804,9 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_listening(ports: Iterable[int], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+def wait_listening(ports: Iterable[int]) -> None:
     for port in ports:
-        while not listening(port):
-            assert time.monotonic() < deadline, f"the simulator never listened on {port}"
-            time.sleep(0.1)
+        wait_until(lambda port=port: listening(port), f"the simulator to listen on {port}")
 
 
 def flip_one_byte_of_a_reading(db: Path) -> int:
