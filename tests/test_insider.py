@@ -1035,6 +1035,19 @@ def test_the_audit_key_cannot_rewrite_a_reactor_reading_under_the_boilers_plan(
     assert any("is of device boiler-gateway" in line for line in said.lines()), said.lines()
 
 
+def test_the_audit_key_cannot_move_a_device_to_another_site(plant, store, capsys):
+    """Batches are judged by the keys of their plan's site (--site-trust): a plan deployed for
+    the reactor under another site would put its evidence under that site's keys."""
+    with Forger.on(store, holding(plant, "audit-log")) as f:
+        digest = f.batches(REACTOR)[-1].plan_digest
+        f.deploy_plan(digest, lambda plan: plan.update(site="other-site"))
+        f.resign_checkpoints("audit-log")
+    fails(
+        audit_verify(capsys, store, *keys(plant)),
+        (f"device {REACTOR}", "its plans name several sites: other-site, plant-basel"),
+    )
+
+
 def site_b_signs_the_boilers_newest_batch(plant: Plant, store: str, site_b: FileKeyStore) -> None:
     """A boiler reading changed, its batch re-signed by site B's site-integrity (the log
     re-signed by the centre's audit key)."""

@@ -76,6 +76,7 @@ def check_plans(conn: Connection, log: Log, who: PlanTrust, report: Report) -> d
             report.add(label, f"not signed, and plans must be signed by {who.key}")
         plans[row.digest] = body
     _check_deployed(plans, deployed, report)
+    _check_sites(plans, report)
     if who.key is None and signed:
         report.notes.append(
             "plans' signatures were checked against every trusted key: name the"
@@ -166,6 +167,20 @@ def _claim(signed: str, who: PlanTrust) -> PlanClaim:
         wanted = f"not signed by the plan key {who.key}" if who.key else "signed by no trusted key"
         raise note.NoKnownSignature(wanted)
     return PlanClaim.parse(key_versions_check(names[0], who.trust.keys[names[0]])(signed.encode()))
+
+
+def _check_sites(plans: Mapping[str, PlanBody], report: Report) -> None:
+    """A device belongs to one site: every plan of it names the same one. A site's keys judge
+    its devices' batches (a central store's ``--site-trust``), so a plan naming another site
+    for a device would hand that device's evidence to the other site's keys."""
+    sites: dict[str, set[str]] = {}
+    for plan in plans.values():
+        sites.setdefault(plan.device.id, set()).add(plan.site)
+    for device, named in sorted(sites.items()):
+        if len(named) > 1:
+            report.add(
+                f"device {device}", f"its plans name several sites: {', '.join(sorted(named))}"
+            )
 
 
 def _check_deployed(
