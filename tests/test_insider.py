@@ -49,6 +49,7 @@ from engine.sign.batch import record_time
 from engine.sign.leaf import instant
 from engine.store.spool import Spool
 from engine.store.store import Store
+from engine.verify import Trust
 from plugins.filekeys.store import FileKeyStore
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -1098,3 +1099,19 @@ def test_one_sites_key_does_not_verify_another_sites_batches(plant, store, tmp_p
     said = json.loads(capsys.readouterr().out)
     assert code == 1
     assert any("site-integrity" in p["message"] for p in said["problems"]), said
+
+
+def test_an_older_export_does_not_widen_a_retired_versions_validity(tmp_path):
+    """An auditor handed an export from before a rotation and one from after: the version the
+    rotation retired is trusted until it ended, whichever file comes first."""
+    keys = FileKeyStore(tmp_path / "keys", passphrase=PASSPHRASE, clock=lambda: MADE)
+    keys.generate("site-integrity")
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps([v.as_dict() for v in keys.versions("site-integrity")]))
+    retire(keys, "site-integrity", ROTATED)
+    after.write_text(json.dumps([v.as_dict() for v in keys.versions("site-integrity")]))
+    ended = {v.version: v.not_after for v in keys.versions("site-integrity")}[1]
+    assert ended is not None
+    for files in ([before, after], [after, before]):
+        trusted = Trust.from_json(files).keys["site-integrity"]
+        assert {v.version: v.not_after for v in trusted}[1] == ended

@@ -46,6 +46,8 @@ class Trust:
                         " than the one an earlier file gives: keys of several sites that share"
                         " names are given with --site-trust DIR, one folder per site"
                     )
+                if _ends_sooner(version, known):  # an export made after the version retired
+                    keys[version.name][version.version] = version
         return cls({name: list(versions.values()) for name, versions in keys.items()})
 
     def of_site(self, site: str) -> Trust:
@@ -56,6 +58,14 @@ class Trust:
 
     def versions(self) -> list[KeyVersion]:
         return [v for versions in self.keys.values() for v in versions]
+
+
+def _ends_sooner(version: KeyVersion, than: KeyVersion) -> bool:
+    """Of two exports of one key version, the one whose validity ends first is the newer
+    word: a version an older export calls current may have been retired since."""
+    if version.not_after is None:
+        return False
+    return than.not_after is None or version.not_after < than.not_after
 
 
 class BadTime(VerificationError):
