@@ -963,6 +963,10 @@ def _check_chains(
     spool dropped is excused by its ``batch.dropped`` entry. An archive holds only the batches
     it archives from: not checked."""
     if manifest.get("archive") is True:
+        verdict.notes.append(
+            "an archive holds only the batches it archives from: the devices' chains were not"
+            " checked"
+        )
         return
     excused = {
         (str(e["payload"].get("device")), str(e["payload"].get("root")))
