@@ -38,8 +38,10 @@ from plugins.filekeys.store import FileKeyStore
 REPO = Path(__file__).resolve().parents[1]
 PASSPHRASE = "correct horse battery staple"
 KEY_NAMES = ("qa-signing", "site-integrity", "ops-signing", "audit-log")
-T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
-"""Records start an hour ago, on a minute: after the keys made for the session, if not by much."""
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+"""Records start on the hour, one to two hours ago. On the hour, so that what a test counts does
+not depend on the time it runs: a 15 min point has a slot in the first seconds after T0, and
+none in any span of the next hour that does not start at T0."""
 
 
 @dataclass
