@@ -354,11 +354,19 @@ def test_the_hand_check_of_docs_access_md_accepts_a_proof_and_rejects_a_changed_
 def test_a_proof_is_refused_as_a_read_is(api):
     some = api.get(f"{RECORDED}?start={instant(T0)}").json()["items"][0]
     where = f"/v1/records/{some['batch']}/{some['position']}/proof"
-    body = refusal(api.get(where, who="bob@contractor.example"), 403)
-    assert "contractor" in body["message"]
-    assert "leaf" not in json.dumps(body)
-    missing = refusal(api.get("/v1/records/999999/0/proof"), 404)
-    assert "no record is stored at batch 999999" in missing["message"]
+    denied = refusal(api.get(where, who="bob@contractor.example"), 404)
+    missing = refusal(api.get("/v1/records/999999/0/proof", who="bob@contractor.example"), 404)
+    # the same answer: which device and point a batch holds is not the caller's to learn
+    assert denied["message"] == (
+        f"no record you may read is stored at batch {some['batch']} position {some['position']}"
+    )
+    assert missing["message"] == "no record you may read is stored at batch 999999 position 0"
+    assert denied["points"] == missing["points"] == []
+    assert "TT101" not in json.dumps(denied) and "leaf" not in json.dumps(denied)
+    # the auditor still sees what was asked and why it was denied
+    (asked,) = api.entry(denied["decision"])["payload"]["points"]
+    assert (asked["point"], asked["allowed"]) == ("TT101_PV", False)
+    assert "contractor" in json.dumps(asked["rules"])
     assert "a number" in refusal(api.get("/v1/records/abc/0/proof"), 400)["message"]
     assert "a number" in refusal(api.get("/v1/records/1/-1/proof"), 400)["message"]
 

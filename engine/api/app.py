@@ -180,8 +180,12 @@ def make_app(service: Service | None = None) -> FastAPI:
         response_model=None,
         responses={
             200: {"model": models.Proof},
-            **ERRORS,
-            404: {"model": models.Refusal, "description": "No record is stored there."},
+            **{status: text for status, text in ERRORS.items() if status != 403},
+            404: {
+                "model": models.Refusal,
+                "description": "No record the caller may read is stored there: none is, or "
+                "the guard denied it (one answer for both, naming no device or point).",
+            },
         },
     )
     def proof(request: Request, batch: str, position: str) -> Response:
@@ -245,7 +249,7 @@ def _refused(refused: Refused) -> Response:
         "message": refused.message,
         "points": [
             {"device": p.device, "point": p.point, "allowed": p.allowed, "reason": p.reason}
-            for p in decision.points
+            for p in ([] if refused.hidden else decision.points)
         ],
     }
     response = _json(body, decision, refused.status)

@@ -42,6 +42,9 @@ class Refused:
     status: int
     message: str
     decision: Decision
+    hidden: bool = False
+    """The decision's points are left out of the answer (recorded, not shown): a record the
+    caller may not read, whose device and point are not the caller's to learn."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,10 @@ class Exchange:
         self, batch: str, position: str, given: Query
     ) -> tuple[Decision, dict[str, Any]] | Refused:
         """The record at ``position`` of ``batch`` and its proofs, if the caller may read it;
-        the guard decides on the plan the batch was stored under."""
+        the guard decides on the plan the batch was stored under. A record the caller may not
+        read is answered as a missing one (404, the same message, no points): numbers tried
+        one after another must not tell a caller which devices and points the store holds.
+        The decision, recorded, still names them for the auditor."""
         refused = self.refusal([])
         if refused is not None:
             return refused
@@ -242,13 +248,13 @@ class Exchange:
             return self.refuse(400, str(exc), [])
         with self.service.store.reading() as conn:
             found = proof.locate(conn, *at)
+        missing = f"no record you may read is stored at batch {at[0]} position {at[1]}"
         if found is None:
-            return self.refuse(404, f"no record is stored at batch {at[0]} position {at[1]}", [])
+            return self.refuse(404, missing, [])
         asked = [Target(found.device, found.point, [found.plan] if found.plan else [])]
         decision = self.decide("read", asked, Window(found.at, found.at + ONE_MICROSECOND))
-        refused = self.denied(decision)
-        if refused is not None:
-            return refused
+        if self.denied(decision) is not None:
+            return Refused(404, missing, decision, hidden=True)
         with self.service.store.reading() as conn:
             return decision, proof.proof(conn, found)
 
