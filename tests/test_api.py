@@ -35,6 +35,7 @@ from engine.api.server import Tls, bind, make_server
 from engine.api.service import Service
 from engine.api.tokens import TokenFile, tokens_path
 from engine.cli import main
+from engine.errors import ConvergeError
 from engine.keys import verify_signature
 from engine.plugin_manager import make_plugin_manager
 from engine.sign import note
@@ -437,6 +438,23 @@ def test_an_expired_token_a_revoked_one_and_a_deleted_principal_are_401(
         principals.write_text("principals: [", encoding="utf-8")
         body = refusal(served.get("/v1/points", who="chen@example.com"), 503)
         assert "does not load" in body["message"]
+
+
+def test_two_commands_at_once_neither_lose_a_token_nor_bring_a_revoked_one_back(tmp_path):
+    """Each opened the tokens file before the other changed it: each change is made to the
+    file as it is then, under its lock."""
+    principals = principals_copy(tmp_path)
+    day, now = timedelta(days=1), datetime.now(UTC)
+    kept = TokenFile(tokens_path(principals)).mint("chen@example.com", day, now).stored.id
+    minting, revoking = TokenFile(tokens_path(principals)), TokenFile(tokens_path(principals))
+    revoking.revoke(kept)
+    minted = minting.mint("alice@example.com", day, now)  # it read the file before the revoke
+    other = revoking.mint("chen@example.com", day, now)  # it read it before that mint
+    on_disk = TokenFile(tokens_path(principals))
+    assert set(on_disk.tokens) == {minted.stored.id, other.stored.id}
+    assert on_disk.check(minted.text, now).problem is None
+    with pytest.raises(ConvergeError, match=f"keeps no token {kept}"):
+        minting.revoke(kept)
 
 
 def test_minting_keeps_only_a_salted_hash_beside_the_principals_file(tmp_path, capsys):

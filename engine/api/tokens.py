@@ -4,7 +4,9 @@ A token reads ``cvg1.<id>.<secret>``: 12 hex digits naming it, then 43 character
 base64url (256 random bits). Only the id, the principal, a per-token 16-byte salt, the
 scrypt hash of the secret under that salt and the token's validity are kept, in a file
 beside the principals file (``principals.yaml`` -> ``principals.tokens.json``), written
-atomically with mode 0600. A token is refused when it is unknown, its secret is wrong, it
+atomically with mode 0600, each change made under a lock on the file and to its latest
+contents (two commands at once must not lose a token, nor bring a revoked one back). A
+token is refused when it is unknown, its secret is wrong, it
 has expired, or its principal is no longer in the principals file (that last check is the
 caller's: :mod:`engine.api.auth`). See docs/access.md.
 
@@ -15,11 +17,14 @@ not pay it again (expiry is still checked on each).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -121,17 +126,27 @@ class TokenFile:
             instant(now),
             instant(now + valid_for),
         )
-        self.tokens[token_id] = stored
-        _write_atomically(self.path, self.to_bytes())
+        with self._changing():
+            self.tokens[token_id] = stored
         return Minted(f"{PREFIX}.{token_id}.{secret}", stored)
 
     def revoke(self, token_id: str) -> StoredToken:
         """Forget the token ``token_id``; it is refused from now on."""
-        stored = self.tokens.pop(token_id, None)
-        if stored is None:
-            raise ConvergeError(f"{self.path} keeps no token {token_id}")
-        _write_atomically(self.path, self.to_bytes())
+        with self._changing():
+            stored = self.tokens.pop(token_id, None)
+            if stored is None:
+                raise ConvergeError(f"{self.path} keeps no token {token_id}")
         return stored
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Change the tokens as the file holds them now, under its lock, and write them back
+        (nothing is written when the change raises). What was read when this object was
+        opened may be stale: another command may have minted or revoked since."""
+        with _locked(self.path):
+            self.tokens = _load(self.path)
+            yield
+            _write_atomically(self.path, self.to_bytes())
 
     def to_bytes(self) -> bytes:
         tokens = [self.tokens[key].as_json() for key in sorted(self.tokens)]
@@ -176,6 +191,22 @@ def _load(path: Path) -> dict[str, StoredToken]:
         return {t.id: t for t in (StoredToken.from_json(item) for item in body["tokens"])}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConvergeError(f"{path} is not a tokens file: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the tokens file ``path``, held on a lock file beside it (the
+    file itself is replaced by each write, so it cannot hold the lock)."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, MODE)
+    except OSError as exc:
+        raise ConvergeError(f"cannot lock the tokens file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
