@@ -74,7 +74,9 @@ step "7. Serve the plant from real local servers (Modbus TCP, OPC UA, MQTT), wit
 converge simulate $BASEL --faults $BASEL/faults.yaml --for 36s > $OUT/simulate.log 2>&1 &
 SIMULATOR=$!
 trap 'kill $SIMULATOR 2>/dev/null || true' EXIT
-sleep 3
+# it prints its first "serving" line once every server listens: wait for it (at most 30 s)
+for _ in $(seq 300); do grep -q '^serving' $OUT/simulate.log && break; sleep 0.1; done
+grep -q '^serving' $OUT/simulate.log || { cat $OUT/simulate.log; exit 1; }
 cat $OUT/simulate.log
 
 step "8. Collect into a signed SQLite store for 24 s (the simulator stops reactor-1-plc 10 s after it started and restarts it at 19 s)" \

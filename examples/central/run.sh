@@ -57,7 +57,9 @@ INGEST=$!
 
 step "5. Both sites served by real local protocol servers"
 converge simulate examples/sites --for 60s > $OUT/simulate.log 2>&1 &
-sleep 4
+# it prints its first "serving" line once every server listens: wait for it (at most 30 s)
+for _ in $(seq 300); do grep -q '^serving' $OUT/simulate.log && break; sleep 0.1; done
+grep -q '^serving' $OUT/simulate.log || { cat $OUT/simulate.log; exit 1; }
 
 step "6. Two site collectors, each publishing to the centre for 20 s"
 RUNS=()
