@@ -473,6 +473,28 @@ def test_a_record_changed_and_resigned_by_the_log_key_fails_its_batch(plant, tmp
     assert any(p.startswith("FAIL records.csv:") for p in problems)
 
 
+def test_a_manifest_that_names_more_than_its_decision_allowed_is_named(plant, tmp_path, both):
+    """The manifest is the exporter's word, and the records are checked against it: the log
+    key's holder must not widen it past the signed decision (points, range)."""
+
+    def wider(manifest: dict[str, Any]) -> None:
+        manifest["points"] = sorted([*manifest["points"], "reactor-7/TT701_PV"])
+        manifest["from"] = "2000-01-01T00:00:00.000000Z"
+
+    bundle = forged(plant.site, plant.bundle, tmp_path / "w.zip", dict, manifest_change=wider)
+    problems = failed(both(bundle, plant.trust))
+    decision = json.loads(read(plant.bundle)["manifest.json"])["decision"]
+    assert (
+        f"FAIL manifest.json: names reactor-7/TT701_PV, which its decision {decision} did not "
+        "allow" in problems
+    )
+    assert any(
+        p.startswith("FAIL manifest.json: its range [2000-01-01T00:00:00.000000Z, ")
+        and f"is not the one its decision {decision} decided" in p
+        for p in problems
+    )
+
+
 def test_a_record_swapped_between_batches_is_named(plant: Exported, tmp_path: Path, both):
     def swap(members: Members) -> Members:
         lines = members["records.jsonl"].split(b"\n")

@@ -1460,6 +1460,9 @@ def _check_export(
             verdict.fail(
                 MANIFEST, f"its archive {decision} is not an entry of the bundle by its actor"
             )
+        else:
+            said = archived[0]["payload"]
+            _check_decided(manifest, said, _named(said.get("points"), False), verdict)
         return
     found = [
         e
@@ -1474,6 +1477,36 @@ def _check_export(
         verdict.fail(MANIFEST, f"decision {decision} did not allow this export")
     if payload.get("principal") != manifest.get("principal"):
         verdict.fail(MANIFEST, f"decision {decision} was another principal's")
+    _check_decided(manifest, payload, _named(payload.get("points"), True), verdict)
+
+
+def _named(points: Any, allowed_only: bool) -> set[str]:
+    """The ``device/point`` names of an entry's ``points`` (those allowed, for a decision)."""
+    if not isinstance(points, list):
+        return set()
+    return {
+        f"{p.get('device')}/{p.get('point')}"
+        for p in points
+        if isinstance(p, dict) and (not allowed_only or p.get("allowed") is True)
+    }
+
+
+def _check_decided(
+    manifest: dict[str, Any], said: dict[str, Any], decided: set[str], verdict: Verdict
+) -> None:
+    """The manifest's points and range are the ones its signed entry decided: the manifest is
+    the exporter's word, and the records are checked against it (step 8)."""
+    decision = manifest.get("decision")
+    beyond = sorted(set(map(str, manifest.get("points") or ())) - decided)
+    if beyond:
+        named = ", ".join(beyond[:5]) + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else "")
+        verdict.fail(MANIFEST, f"names {named}, which its decision {decision} did not allow")
+    if (manifest.get("from"), manifest.get("to")) != (said.get("from"), said.get("to")):
+        verdict.fail(
+            MANIFEST,
+            f"its range [{manifest.get('from')}, {manifest.get('to')}) is not the one its "
+            f"decision {decision} decided, [{said.get('from')}, {said.get('to')})",
+        )
 
 
 @dataclass(frozen=True)
