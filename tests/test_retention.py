@@ -28,6 +28,7 @@ from waiting import wait_until
 from engine.cli import main
 from engine.errors import AccessDenied
 from engine.retention import StoreUnverified, forecast
+from engine.retention import run as runs
 from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
 from engine.store.retention import RetentionBusy, Scope, retention_lock
@@ -231,6 +232,45 @@ def test_a_store_that_does_not_verify_is_left_untouched(retention_site, store, b
         )
     records = remaining(store)
     with pytest.raises(StoreUnverified, match=r"does not verify .*retention deletes nothing"):
+        run(retention_site, store)
+    assert remaining(store) == records and not kinds(store, "retention.deleted")
+
+
+def change_a_value(leaves: list[bytes]) -> list[bytes]:
+    return [json.dumps(json.loads(leaves[0]) | {"value": -1}, separators=(",", ":")).encode()]
+
+
+def move_a_byte(leaves: list[bytes]) -> list[bytes]:
+    """The same bytes end to end, one of them moved from the second leaf to the first."""
+    return [leaves[0] + leaves[1][:1], leaves[1][1:]]
+
+
+@pytest.mark.parametrize("change", [change_a_value, move_a_byte])
+def test_records_changed_after_the_runs_check_are_not_deleted(
+    retention_site, store, backend, monkeypatch, change
+):
+    """The deleting transaction compares one digest of the records with what the check hashed;
+    records changed in between (even with their bytes end to end the same) are hashed again,
+    and do not hash to the signed root."""
+    checked = runs._verified
+
+    def then_changed(*args):
+        digests = checked(*args)
+        with database(backend).begin() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, leaf FROM readings WHERE batch_id = 1 ORDER BY position")
+            ).all()[:2]
+            leaves = change([bytes(r.leaf) for r in rows])
+            for row, leaf in zip(rows, leaves, strict=False):
+                conn.execute(
+                    sa.text("UPDATE readings SET leaf = :leaf WHERE id = :id"),
+                    {"leaf": leaf, "id": row.id},
+                )
+        return digests
+
+    monkeypatch.setattr(runs, "_verified", then_changed)
+    records = remaining(store)
+    with pytest.raises(StoreUnverified, match=r"batch 1 .* no longer verifies"):
         run(retention_site, store)
     assert remaining(store) == records and not kinds(store, "retention.deleted")
 

@@ -51,7 +51,7 @@ keys. The SQL and driver code behind every check is in
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, MutableMapping
 from pathlib import Path
 
 from engine import audit
@@ -82,6 +82,7 @@ def verify_store(
     plan_key: str | None = None,
     cosigned_by: Trust | None = None,
     records_of: Collection[int] | None = None,
+    digests: MutableMapping[int, bytes] | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
@@ -94,7 +95,10 @@ def verify_store(
 
     ``records_of``: rehash the records of only these batches, and look for no findings
     (data kept too long); everything else is checked whole. A retention run's check
-    before it deletes (:mod:`engine.retention.run` says why that is enough).
+    before it deletes (:mod:`engine.retention.run` says why that is enough). ``digests``,
+    when given, is filled with the digest of the records hashed of each batch no receipt
+    deleted records of (:func:`~engine.verify.records.records_digest`): what the run compares
+    the records it deletes with.
     """
     report = Report()
     with store.reading() as conn:
@@ -111,7 +115,9 @@ def verify_store(
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
         only = None if records_of is None else frozenset(records_of)
-        check_records(conn, batches, report, progress, workers, erased=erased, only=only)
+        check_records(
+            conn, batches, report, progress, workers, erased=erased, only=only, digests=digests
+        )
         if only is None:
             check_kept(conn, known, erased, report)
         check_quarantine(conn, log, report)

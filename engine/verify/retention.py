@@ -1,10 +1,13 @@
 """Retention: lawful deletions told apart from tampering, holds, and data kept too long.
 
 Every ``retention.deleted`` entry (a deletion receipt) must name a stored
-batch exactly as its statement signs it, and the positions and leaf hashes it
-removed must be the store's erasure of it; the records check
-(:mod:`engine.verify.records`) then rebuilds each batch's root from the
-records it still holds and the leaf hashes its receipts keep. A receipt is
+batch exactly as its statement signs it, leave it as many records as it says
+(``remaining``), and the positions and leaf hashes it removed must be the
+store's erasure of it; the records check (:mod:`engine.verify.records`) then
+rebuilds the root of each batch that still holds records from them and the
+leaf hashes its receipts keep. The receipt that removes a batch's last records
+keeps no leaf hashes: nothing is left whose inclusion they would prove, and
+the run re-hashed those records against the signed root before deleting them. A receipt is
 lawful when, for every point it deleted, the batch's *plan* expires that
 point's records (:mod:`engine.plans.expiry`, on the batch's signed window) no
 later than the receipt's time, no hold in force when it was written covers
@@ -61,11 +64,16 @@ class Known:
 
 @dataclass
 class Erased:
-    """What receipts removed, by batch (the leaf hash of each position, and the receipts),
-    and the holds as the log states them."""
+    """What receipts removed, by batch (the positions, the leaf hashes they keep, and the
+    receipts), and the holds as the log states them."""
 
+    positions: dict[int, set[int]] = field(default_factory=dict)
     hashes: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    """The leaf hash of each removed position whose receipt keeps it."""
     receipts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    whole: set[int] = field(default_factory=set)
+    """Batches whose receipts removed every record, the last saying none remain: nothing is
+    left whose inclusion their root would prove, so it is not rebuilt."""
     holds: list[Hold] = field(default_factory=list)
 
 
@@ -81,6 +89,8 @@ class Receipt:
     window_end: str
     positions: list[int]
     hashes: list[bytes]
+    """The leaf hash of each position; none when it removed its batch's last records."""
+    remaining: int
     groups: list[tuple[list[str], list[int], dict[str, Any]]]
     """(points, positions, the expiry calculation) of each expiry that deleted records."""
     run: str
@@ -127,8 +137,11 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
     """Raises ValueError, TypeError or KeyError for anything but a receipt's payload."""
     positions = positions_of(said["positions"])
     hashes = split_hashes(base64.b64decode(said["leaf_hashes"], validate=True))
-    if len(hashes) != len(positions) or said["count"] != len(positions):
-        raise ValueError("its count, positions and leaf hashes disagree")
+    remaining = said["remaining"]
+    if type(remaining) is not int or remaining < 0:
+        raise ValueError("its remaining is not a count")
+    if len(hashes) != (len(positions) if remaining else 0) or said["count"] != len(positions):
+        raise ValueError("its count, positions, remaining and leaf hashes disagree")
     groups = []
     for group in said["expiries"]:
         points = group["points"]
@@ -154,6 +167,7 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
         said["window_end"],
         positions,
         hashes,
+        remaining,
         groups,
         run,
         archive,
@@ -189,20 +203,33 @@ def _check_erasure(c: _Context, row: tuple[int, str, bytes] | None) -> None:
 
 
 def _erase(c: _Context, erased: Erased) -> None:
-    """Add what the receipt removed to what the batch's receipts removed."""
+    """Add what the receipt removed to what the batch's receipts removed; it leaves the
+    batch as many records as it says."""
     info = c.info
-    mine = erased.hashes.setdefault(info.id, {})
+    removed = erased.positions.setdefault(info.id, set())
     erased.receipts[info.id].append(c.entry.seq)
     deleted = c.receipt.positions
-    if not mine and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
-        mine.update(zip(deleted, c.receipt.hashes, strict=True))
-        return
-    for position, leaf in zip(deleted, c.receipt.hashes, strict=True):
-        if position >= info.count:
-            c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
-        elif position in mine:
-            c.report.add(c.label, f"deletes position {position} of {info.label} a second time")
-        mine[position] = leaf
+    if not removed and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
+        removed.update(deleted)
+    else:
+        for position in deleted:
+            if position >= info.count:
+                c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
+            elif position in removed:
+                c.report.add(c.label, f"deletes position {position} of {info.label} a second time")
+            removed.add(position)
+    if c.receipt.hashes:
+        kept = erased.hashes.setdefault(info.id, {})
+        kept.update(zip(deleted, c.receipt.hashes, strict=True))
+    left = info.count - len(removed)
+    if c.receipt.remaining != left:
+        c.report.add(
+            c.label,
+            f"says {c.receipt.remaining} records of {info.label} remain, where its receipts"
+            f" leave {left}",
+        )
+    elif not left:
+        erased.whole.add(info.id)
 
 
 @dataclass(frozen=True)
@@ -452,7 +479,7 @@ def check_kept(conn: Connection, known: Known, erased: Erased, report: Report) -
         most = ceilings.get(info.plan_digest)
         if most is None or _end_plus(info.window_end, most) > now:
             continue
-        if len(erased.hashes.get(info.id, ())) >= info.count:
+        if info.id in erased.whole:
             continue
         for point, keeping in _overdue(conn, plans[info.plan_digest], info, holds, now):
             if keeping:
