@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.canonical import canonical_json
-from engine.plans.body import PlanBody, PlanPoint, Retention, Source
-from engine.plans.expiry import RETENTION_FACETS, Expiry, expiry
+from engine.plans.body import PlanBody, PlanPoint
+from engine.plans.expiry import Expiry, Retained, expiry, retained
 from engine.sign.leaf import points_of
 from engine.store.retention import BatchRef, Hold
 
@@ -96,7 +96,7 @@ def select(
     groups: dict[bytes, Group] = {}
     positions, leaves = records
     names = points_of(leaves)
-    calculations: dict[_Retained, tuple[Expiry | None, bytes]] = {}
+    calculations: dict[Retained, tuple[Expiry | None, bytes]] = {}
     for name in set(names):
         verdicts[name] = _verdict(batch, plan, holds, name.decode(), calculations)
     if _all_go(list(verdicts.values()), at):
@@ -133,17 +133,12 @@ def _all_go(verdicts: list[_Verdict], at: datetime) -> bool:
     )
 
 
-_Retained = tuple[Retention, tuple[tuple[Source, ...], ...]]
-"""A point's retention and the provenance of its retention facets: all that its expiry
-calculation depends on, beside the batch's window."""
-
-
 def _verdict(
     batch: BatchRef,
     plan: PlanBody | None,
     holds: Sequence[Hold],
     point: str,
-    calculations: dict[_Retained, tuple[Expiry | None, bytes]],
+    calculations: dict[Retained, tuple[Expiry | None, bytes]],
 ) -> _Verdict:
     """What happens to ``point``'s records; ``calculations`` holds the batch's expiry
     calculations by retention, so that points retained alike (usually all of a device's)
@@ -156,10 +151,10 @@ def _verdict(
         for h in holds
         if h.scope.covers(batch.device, point, batch.window_start, batch.window_end)
     )
-    retained = (planned.retention, tuple(planned.provenance.get(f, ()) for f in RETENTION_FACETS))
-    found = calculations.get(retained)
+    key = retained(planned)
+    found = calculations.get(key)
     if found is None:
-        found = calculations[retained] = _calculation(batch, planned)
+        found = calculations[key] = _calculation(batch, planned)
     return _Verdict(point, found[0], covering, found[1])
 
 

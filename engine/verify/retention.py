@@ -39,7 +39,7 @@ from engine.audit import AuditEntry
 from engine.canonical import canonical_json
 from engine.durations import format_duration
 from engine.plans.body import PlanBody
-from engine.plans.expiry import Expiry, expiry
+from engine.plans.expiry import Expiry, Retained, expiry, retained
 from engine.sign.leaf import point_of
 from engine.store import data
 from engine.store import retention as stored
@@ -264,11 +264,17 @@ def _lawful(c: _Context, plan: PlanBody | None) -> bool:
     ok = True
     start, end = instant(c.info.window_start), instant(c.info.window_end)
     passed: set[tuple[Expiry, bytes]] = set()
+    calculations: dict[Retained, Expiry | None] = {}
     for points, positions, said in c.receipt.groups:
         claim = canonical_json(said)
         for point in points:
             planned = plan.point.get(point)
-            found = None if planned is None else expiry(planned, start, end)
+            found = None
+            if planned is not None:
+                key = retained(planned)
+                if key not in calculations:
+                    calculations[key] = expiry(planned, start, end)
+                found = calculations[key]
             held = any(h.scope.covers(c.info.device, point, *c.window) for h in c.holds)
             alike = None if found is None or held else (found, claim)
             if alike in passed:  # the same calculation as a point found lawful, and no hold
