@@ -7,6 +7,7 @@ The store is filled with records of an hour ago (tests/retention_kit.py), so the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import signal
@@ -160,6 +161,27 @@ def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, p
     done = run(retention_site, store)
     assert done.deleted["line-a", "P1"] == SECONDS
     assert done.deleted["line-a", "P2"] == SECONDS - 30  # its first window is held
+
+
+def test_a_batch_deleted_in_two_runs_keeps_leaf_hashes_only_while_records_remain(
+    retention_site, store, people, tmp_path
+):
+    """A hold on line-a's P1 keeps it while P2 goes (the receipts keep P2's leaf hashes, and
+    the root is rebuilt with them); once released, the next run deletes the rest, and those
+    receipts keep none: nothing is left to prove."""
+    held = place(store, people, "lena@example.com", Scope(("line-a",), ("P1",)), "a dispute")
+    run(retention_site, store)
+    assert verify(retention_site, store, tmp_path).ok
+    release(store, people, "lena@example.com", held.id, "settled")
+    run(retention_site, store)
+    line_a = [
+        r.payload for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"
+    ]
+    assert [(r["count"], r["remaining"]) for r in line_a] == [(30, 30)] * 2 + [(30, 0)] * 2
+    assert [len(base64.b64decode(r["leaf_hashes"])) for r in line_a] == [30 * 32] * 2 + [0] * 2
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert report.counts["readings"] + report.counts["gap records"] == remaining(store)
 
 
 def test_holds_stack_and_one_release_leaves_the_other(retention_site, store, people):
