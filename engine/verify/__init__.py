@@ -32,14 +32,15 @@ what the earlier ones established):
    device's batches form one chain from the zero root.
 5. ``retention.py``: every deletion receipt names a stored batch as signed,
    leaves it the records it says, the store keeps the positions (and leaf
-   hashes) it removed, and it was lawful (the batch's
-   plan expired the records by then, no hold in force covered them); holds
-   are what their entries say.
+   hashes) it removed, and it was lawful (the batch's plan expired the
+   records by then, no hold in force covered them); holds are what their
+   entries say.
 6. ``records.py``: every record's leaf is rehashed and each batch's root
    rebuilt from its rows (and the leaf hashes its receipts keep) and compared
-   with its statement, but for batches whose receipts deleted every record; a large store's records are hashed by worker
-   processes, one per CPU. Then records kept past their ``keep_at_most`` with
-   no hold are findings (``retention.py``).
+   with its statement, but for batches whose receipts deleted every record; a
+   large store's records are hashed by worker processes, one per CPU. Then
+   records kept past their ``keep_at_most`` with no hold are findings
+   (``retention.py``).
 7. ``central.py``: a central store's quarantine rows and witnessed site logs
    agree with their entries (quarantined messages are notes, not failures);
    ``cosigned.py``: a site store's cosignatures are of its log as stored, and

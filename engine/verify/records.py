@@ -169,7 +169,10 @@ def _compare_erased(check: BatchCheck, info: BatchInfo, gone: Erased, report: Re
     receipts removed fill positions 0..count-1 once each; unless the receipts removed them all
     (nothing is left whose inclusion the root would prove), the records and the leaf hashes
     the receipts keep hash to its signed root."""
-    stored, removed = check.hashes or {}, gone.positions.get(info.id, set())
+    stored = check.hashes or {}
+    if info.id in gone.whole and not stored:
+        return
+    removed = set(gone.positions.get(info.id, ()))
     receipts = ", ".join(str(s) for s in gone.receipts.get(info.id, ()))
     twice = sorted(stored.keys() & removed)
     if twice:
@@ -180,12 +183,11 @@ def _compare_erased(check: BatchCheck, info: BatchInfo, gone: Erased, report: Re
         )
         return
     if info.id in gone.whole:
-        if stored:
-            report.add(
-                info.label,
-                f"holds {len(stored)} records, yet its receipts (audit entries {receipts})"
-                f" removed all its {info.count} (records inserted)",
-            )
+        report.add(
+            info.label,
+            f"holds {len(stored)} records, yet its receipts (audit entries {receipts})"
+            f" removed all its {info.count} (records inserted)",
+        )
         return
     erased = gone.hashes.get(info.id, {})
     if not stored and list(erased) == list(range(info.count)):  # deleted whole, by one receipt

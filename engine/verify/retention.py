@@ -67,7 +67,8 @@ class Erased:
     """What receipts removed, by batch (the positions, the leaf hashes they keep, and the
     receipts), and the holds as the log states them."""
 
-    positions: dict[int, set[int]] = field(default_factory=dict)
+    positions: dict[int, list[int] | set[int]] = field(default_factory=dict)
+    """The positions removed: as its one receipt lists them, or a set (several receipts)."""
     hashes: dict[int, dict[int, bytes]] = field(default_factory=dict)
     """The leaf hash of each removed position whose receipt keeps it."""
     receipts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -103,6 +104,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
     erased = Erased(holds=check_holds(conn, known.log, report))
     rows = {receipt: (b, p, h) for b, receipt, p, h in stored.erasures(conn)}
     lawful: dict[tuple[str, str], list[tuple[AuditEntry, Receipt]]] = defaultdict(list)
+    classes: dict[str, dict[str, int]] = {}
     for entry in known.log.of_kind("retention.deleted"):
         label = f"receipt (audit entry {entry.seq})"
         try:
@@ -114,10 +116,13 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
         if not _names(label, receipt, info, report):
             continue
         assert info is not None
+        plan = known.plans.get(info.plan_digest)
+        if info.plan_digest not in classes:
+            classes[info.plan_digest] = _classes(plan)
         context = _Context(entry, receipt, info, erased.holds, report, known.log)
         _check_erasure(context, rows.pop(entry.seq, None))
         _erase(context, erased)
-        if _lawful(context, known.plans.get(info.plan_digest)) & _in_time(context, known.signed):
+        if _lawful(context, plan, classes[info.plan_digest]) & _in_time(context, known.signed):
             lawful[receipt.run, receipt.device].append((entry, receipt))
     for seq, (batch_id, _, _) in rows.items():
         report.add(
@@ -206,12 +211,14 @@ def _erase(c: _Context, erased: Erased) -> None:
     """Add what the receipt removed to what the batch's receipts removed; it leaves the
     batch as many records as it says."""
     info = c.info
-    removed = erased.positions.setdefault(info.id, set())
     erased.receipts[info.id].append(c.entry.seq)
     deleted = c.receipt.positions
-    if not removed and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
-        removed.update(deleted)
+    removed = erased.positions.get(info.id)
+    if removed is None and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
+        removed = erased.positions[info.id] = deleted
     else:
+        if not isinstance(removed, set):
+            removed = erased.positions[info.id] = set(removed or ())
         for position in deleted:
             if position >= info.count:
                 c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
@@ -250,9 +257,18 @@ class _Context:
         return self.info.window_start, self.info.window_end
 
 
-def _lawful(c: _Context, plan: PlanBody | None) -> bool:
+def _classes(plan: PlanBody | None) -> dict[str, int]:
+    """The number of each point's retention class in the plan: points retained alike
+    (:func:`~engine.plans.expiry.retained`) share one expiry calculation."""
+    found: dict[Retained, int] = {}
+    points = plan.points if plan is not None else ()
+    return {p.name: found.setdefault(retained(p), len(found)) for p in points}
+
+
+def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> bool:
     """Whether the batch's plan expired every point the receipt deleted by its time, and no
-    hold in force then covered them; each failure named."""
+    hold in force then covered them; each failure named. ``classes``: the retention class of
+    each point of the plan (:func:`_classes`)."""
     if plan is None:
         c.report.add(c.label, f"its batch's plan {c.info.plan_digest} is not in the store")
         return False
@@ -263,20 +279,19 @@ def _lawful(c: _Context, plan: PlanBody | None) -> bool:
         return False
     ok = True
     start, end = instant(c.info.window_start), instant(c.info.window_end)
-    passed: set[tuple[Expiry, bytes]] = set()
-    calculations: dict[Retained, Expiry | None] = {}
+    passed: set[tuple[int, bytes]] = set()
+    calculations: dict[int, Expiry | None] = {}
     for points, positions, said in c.receipt.groups:
         claim = canonical_json(said)
         for point in points:
-            planned = plan.point.get(point)
+            planned, kind = plan.point.get(point), classes.get(point, -1)
             found = None
             if planned is not None:
-                key = retained(planned)
-                if key not in calculations:
-                    calculations[key] = expiry(planned, start, end)
-                found = calculations[key]
+                if kind not in calculations:
+                    calculations[kind] = expiry(planned, start, end)
+                found = calculations[kind]
             held = any(h.scope.covers(c.info.device, point, *c.window) for h in c.holds)
-            alike = None if found is None or held else (found, claim)
+            alike = None if found is None or held else (kind, claim)
             if alike in passed:  # the same calculation as a point found lawful, and no hold
                 continue
             lawful = _point_lawful(c, point, found, said, at)
