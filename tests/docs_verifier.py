@@ -1084,10 +1084,15 @@ class Verifier:
             self.records(batch["item"], batch["statement"], records, erased.get(batch_id, {}))
 
     def records(
-        self, item: str, statement: dict[str, Any], records: list[Any], erased: dict[int, bytes]
+        self,
+        item: str,
+        statement: dict[str, Any],
+        records: list[Any],
+        erased: dict[int, bytes | None],
     ) -> None:
-        """The stored records and the leaf hashes deletion receipts kept (retention.md) fill
-        positions 0 .. count - 1 exactly once, and hash to the signed root."""
+        """The stored records and the positions deletion receipts removed (retention.md) fill
+        positions 0 .. count - 1 exactly once; unless none is stored, the records and the leaf
+        hashes the receipts kept hash to the signed root."""
         positions = [p for p, _, _ in records]
         if set(positions) & set(erased):
             self.fail(item, "a record stored again at a position a receipt deleted")
@@ -1098,6 +1103,11 @@ class Verifier:
                 f"records deleted or inserted: {len(records)} at {statement['count']}"
                 f" ({len(erased)} deleted by receipts)",
             )
+            return
+        if not records:
+            return  # every record deleted: nothing left whose inclusion the root would prove
+        if None in erased.values():
+            self.fail(item, "records remain, yet a receipt of it kept no leaf hashes")
             return
         hashes, keys, bad = [], [], []
         # Instants have one spelling, so they compare as text; windows are whole milliseconds,
@@ -1160,15 +1170,16 @@ class Verifier:
 
     # --- retention (retention.md, audit.md#what-audit-verify-checks) ---
 
-    def check_erasures(self, db: Any) -> dict[int, dict[int, bytes]]:
+    def check_erasures(self, db: Any) -> dict[int, dict[int, bytes | None]]:
         """Each ``erasures`` row is its receipt's: the batch, positions and leaf hashes the
         ``retention.deleted`` entry it names says; every receipt has its row. By batch: the
-        leaf hashes kept, by position.
+        leaf hash kept of each position removed (None: its receipt removed the batch's last
+        records, and keeps none).
 
         DOC GAP: audit.md names the table's contents, not its columns; taken from the
         database: ``batch_id``, ``receipt`` (the entry's seq), ``positions`` (canonical JSON
         of the runs, as text) and ``leaf_hashes`` (the 32-byte hashes, concatenated)."""
-        erased: dict[int, dict[int, bytes]] = defaultdict(dict)
+        erased: dict[int, dict[int, bytes | None]] = defaultdict(dict)
         receipts = {s: e for s, e in self.entries.items() if e.kind == "retention.deleted"}
         seen = set()
         rows = db.execute("SELECT batch_id, receipt, positions, leaf_hashes FROM erasures")
@@ -1177,8 +1188,8 @@ class Verifier:
             try:
                 positions = expand(canonical(as_bytes(runs)))
                 hashes = as_bytes(kept)
-                if len(hashes) != 32 * len(positions):
-                    raise ValueError("not one 32-byte hash per position")
+                if len(hashes) not in {0, 32 * len(positions)}:
+                    raise ValueError("not one 32-byte hash per position, nor none")
             except (ValueError, TypeError) as exc:
                 self.fail(item, f"not an erasure: {exc}")
                 continue
@@ -1197,7 +1208,7 @@ class Verifier:
             for i, position in enumerate(positions):
                 if position in erased[batch_id]:
                     self.fail(item, f"position {position} deleted twice")
-                erased[batch_id][position] = hashes[32 * i : 32 * i + 32]
+                erased[batch_id][position] = hashes[32 * i : 32 * i + 32] or None
         for seq in receipts.keys() - seen:
             self.fail(f"receipt (audit entry {seq})", "the store keeps no erasure of it")
         return erased
@@ -1266,7 +1277,10 @@ class Verifier:
         """Every deletion receipt names its batch as signed, and was lawful: each point it
         deleted expired by the batch's plan by the receipt's time, no hold in force covered
         it, what the plan archives was archived first, and no checkpoint signing it is
-        dated before it (retention.md#what-verification-concludes)."""
+        dated before it (retention.md#what-verification-concludes). Each leaves its batch
+        the records it says (``remaining``), and keeps their leaf hashes unless none remain
+        (retention.md#the-deletion-receipt)."""
+        self.removed: dict[int, int] = {}
         for entry in sorted(self.entries.values(), key=lambda e: e.seq):
             if entry.kind != "retention.deleted":
                 continue
@@ -1292,8 +1306,13 @@ class Verifier:
             positions
         ):
             self.fail(item, "its count is not its positions'")
-        if len(base64.b64decode(said["leaf_hashes"], validate=True)) != 32 * len(positions):
-            self.fail(item, "its leaf hashes are not one per position")
+        left = s["count"] - self.removed.get(said["batch"], 0) - len(positions)
+        self.removed[said["batch"]] = s["count"] - left
+        if said["remaining"] != left:
+            self.fail(item, f"says {said['remaining']} records remain, its receipts leave {left}")
+        hashes = base64.b64decode(said["leaf_hashes"], validate=True)
+        if len(hashes) != (32 * len(positions) if said["remaining"] else 0):
+            self.fail(item, "its leaf hashes are not one per position (none when none remain)")
         covered: list[int] = []
         plan = self.plans.get(s["plan_digest"])
         for calc in said["expiries"]:

@@ -7,6 +7,7 @@ The store is filled with records of an hour ago (tests/retention_kit.py), so the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import signal
@@ -28,6 +29,7 @@ from waiting import wait_until
 from engine.cli import main
 from engine.errors import AccessDenied
 from engine.retention import StoreUnverified, forecast
+from engine.retention import run as runs
 from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
 from engine.store.retention import RetentionBusy, Scope, retention_lock
@@ -161,6 +163,27 @@ def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, p
     assert done.deleted["line-a", "P2"] == SECONDS - 30  # its first window is held
 
 
+def test_a_batch_deleted_in_two_runs_keeps_leaf_hashes_only_while_records_remain(
+    retention_site, store, people, tmp_path
+):
+    """A hold on line-a's P1 keeps it while P2 goes (the receipts keep P2's leaf hashes, and
+    the root is rebuilt with them); once released, the next run deletes the rest, and those
+    receipts keep none: nothing is left to prove."""
+    held = place(store, people, "lena@example.com", Scope(("line-a",), ("P1",)), "a dispute")
+    run(retention_site, store)
+    assert verify(retention_site, store, tmp_path).ok
+    release(store, people, "lena@example.com", held.id, "settled")
+    run(retention_site, store)
+    line_a = [
+        r.payload for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"
+    ]
+    assert [(r["count"], r["remaining"]) for r in line_a] == [(30, 30)] * 2 + [(30, 0)] * 2
+    assert [len(base64.b64decode(r["leaf_hashes"])) for r in line_a] == [30 * 32] * 2 + [0] * 2
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert report.counts["readings"] + report.counts["gap records"] == remaining(store)
+
+
 def test_holds_stack_and_one_release_leaves_the_other(retention_site, store, people):
     first = place(store, people, "lena@example.com", Scope(("line-a",)), "one")
     place(store, people, "lena@example.com", Scope(("line-a",), ("P*",)), "two")
@@ -231,6 +254,45 @@ def test_a_store_that_does_not_verify_is_left_untouched(retention_site, store, b
         )
     records = remaining(store)
     with pytest.raises(StoreUnverified, match=r"does not verify .*retention deletes nothing"):
+        run(retention_site, store)
+    assert remaining(store) == records and not kinds(store, "retention.deleted")
+
+
+def change_a_value(leaves: list[bytes]) -> list[bytes]:
+    return [json.dumps(json.loads(leaves[0]) | {"value": -1}, separators=(",", ":")).encode()]
+
+
+def move_a_byte(leaves: list[bytes]) -> list[bytes]:
+    """The same bytes end to end, one of them moved from the second leaf to the first."""
+    return [leaves[0] + leaves[1][:1], leaves[1][1:]]
+
+
+@pytest.mark.parametrize("change", [change_a_value, move_a_byte])
+def test_records_changed_after_the_runs_check_are_not_deleted(
+    retention_site, store, backend, monkeypatch, change
+):
+    """The deleting transaction compares one digest of the records with what the check hashed;
+    records changed in between (even with their bytes end to end the same) are hashed again,
+    and do not hash to the signed root."""
+    checked = runs._verified
+
+    def then_changed(*args):
+        digests = checked(*args)
+        with database(backend).begin() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, leaf FROM readings WHERE batch_id = 1 ORDER BY position")
+            ).all()[:2]
+            leaves = change([bytes(r.leaf) for r in rows])
+            for row, leaf in zip(rows, leaves, strict=False):
+                conn.execute(
+                    sa.text("UPDATE readings SET leaf = :leaf WHERE id = :id"),
+                    {"leaf": leaf, "id": row.id},
+                )
+        return digests
+
+    monkeypatch.setattr(runs, "_verified", then_changed)
+    records = remaining(store)
+    with pytest.raises(StoreUnverified, match=r"batch 1 .* no longer verifies"):
         run(retention_site, store)
     assert remaining(store) == records and not kinds(store, "retention.deleted")
 

@@ -1,18 +1,23 @@
 """Deletion told apart from tampering: what `audit verify` names after retention, on both
 backends.
 
-Two kinds of wrong are made here. A *buggy run* is a retention run with one of
-its safeguards taken out (it ignores holds, reads a clock four hours fast,
-writes a receipt whose leaf hashes are not the batch's): its receipts are in
-the signed log, and verification must still name them unlawful. A *tamper* is
-plain SQL on the store after a lawful run, as in tests/test_tamper.py.
+Three kinds of wrong are made here. A *buggy run* is a retention run with one
+of its safeguards taken out (it ignores holds, reads a clock four hours fast,
+writes a receipt whose leaf hashes are not the batch's, or that says no record
+remains): its receipts are in the signed log, and verification must still name
+them unlawful. A *tamper* is plain SQL on the store after a lawful run, as in
+tests/test_tamper.py. A *forged deletion* is an insider's with write access but
+no audit key: records deleted, with a receipt and erasure in the run's shape,
+appended after the last checkpoint (where a killed run's receipts may be).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -20,11 +25,16 @@ from evidence_kit import Site, fill, verify
 from retention_kit import DEVICES, TEN_MINUTES, kinds, run, sealed
 from test_tamper import Named, assert_named, batch_label, database, one
 
+from engine.audit import Actor
+from engine.plans.expiry import expiry
 from engine.retention import receipt as receipts
 from engine.retention import run as runs
 from engine.retention.holds import place
 from engine.retention.select import Group, select
-from engine.store.retention import Scope
+from engine.store import auditlog, data
+from engine.store.retention import Scope, erase
+from engine.store.retention import runs as runs_of
+from engine.verify.trust import instant
 from plugins.fileprincipals import PrincipalsFile
 
 SECONDS = 60
@@ -73,25 +83,52 @@ def test_a_run_with_a_fast_clock_is_named_for_deleting_before_keep_at_least(
 def test_a_receipt_whose_leaf_hashes_are_not_the_batch_is_named(
     retention_site, store, backend, monkeypatch, tmp_path
 ):
+    """lab-c's receipts keep leaf hashes (its P1 records remain); one is changed."""
     lawful = receipts.payload
 
     def forged(*args, **kwargs):
         said = lawful(*args, **kwargs)
         hashes = bytearray(base64.b64decode(said["leaf_hashes"]))
-        hashes[0] ^= 1
+        if hashes:
+            hashes[0] ^= 1
         return said | {"leaf_hashes": base64.b64encode(bytes(hashes)).decode()}
 
     monkeypatch.setattr(receipts, "payload", forged)
     run(retention_site, store)
     report = verify(retention_site, store, tmp_path)
-    seq = receipt_of(store, "line-a")
+    seq = receipt_of(store, "lab-c")
+    said = next(r.payload for r in kinds(store, "retention.deleted") if r.seq == seq)
     with database(backend).connect() as conn:
-        label = batch_label(conn, kinds(store, "retention.deleted")[0].payload["batch"])
+        label = batch_label(conn, said["batch"])
     assert_named(
         report,
         [
             Named(f"receipt (audit entry {seq})", "erasure of it differs"),
             Named(label, "a receipt's leaf hashes do not match the batch"),
+        ],
+    )
+
+
+def test_a_receipt_saying_no_record_remains_while_some_do_is_named(
+    retention_site, store, monkeypatch, tmp_path
+):
+    """lab-c's P1 records remain after its P2 records go; a run whose receipts say none remain
+    (and so keep no leaf hashes) is named, and so is the batch, whose root then cannot be
+    rebuilt."""
+    lawful = receipts.payload
+
+    def none_remain(*args, **kwargs):
+        return lawful(*args, **kwargs) | {"remaining": 0, "leaf_hashes": ""}
+
+    monkeypatch.setattr(receipts, "payload", none_remain)
+    run(retention_site, store)
+    report = verify(retention_site, store, tmp_path)
+    seq = receipt_of(store, "lab-c")
+    assert_named(
+        report,
+        [
+            Named(f"receipt (audit entry {seq})", "says 0 records of batch"),
+            Named(f"receipt (audit entry {seq})", "erasure of it differs"),
         ],
     )
 
@@ -174,10 +211,30 @@ def bring_back_a_record(conn: sa.Connection) -> list[Named]:
 
 
 def change_kept_leaf_hashes(conn: sa.Connection) -> list[Named]:
-    row = one(conn, "SELECT id, receipt, leaf_hashes FROM erasures ORDER BY id LIMIT 1")
+    """Change a leaf hash a receipt keeps (lab-c's: its P1 records remain)."""
+    row = one(
+        conn,
+        "SELECT id, receipt, leaf_hashes FROM erasures WHERE length(leaf_hashes) > 0"
+        " ORDER BY id LIMIT 1",
+    )
     changed = bytes([row.leaf_hashes[0] ^ 1]) + bytes(row.leaf_hashes[1:])
     conn.execute(
         sa.text("UPDATE erasures SET leaf_hashes = :h WHERE id = :id"), {"h": changed, "id": row.id}
+    )
+    return [Named(f"receipt (audit entry {row.receipt})", "erasure of it differs")]
+
+
+def keep_hashes_none_are_due(conn: sa.Connection) -> list[Named]:
+    """Give the erasure of a batch's last records (which keeps no leaf hashes) some."""
+    row = one(
+        conn,
+        "SELECT id, receipt, positions FROM erasures WHERE length(leaf_hashes) = 0"
+        " ORDER BY id LIMIT 1",
+    )
+    first, last = json.loads(row.positions)[0]
+    conn.execute(
+        sa.text("UPDATE erasures SET leaf_hashes = :h WHERE id = :id"),
+        {"h": bytes(32 * (last - first + 1)), "id": row.id},
     )
     return [Named(f"receipt (audit entry {row.receipt})", "erasure of it differs")]
 
@@ -228,6 +285,7 @@ TAMPERS: dict[str, Tamper] = {
     "kept-record-deleted": delete_a_kept_record,
     "deleted-record-back": bring_back_a_record,
     "kept-leaf-hashes-changed": change_kept_leaf_hashes,
+    "leaf-hashes-kept-when-none-are-due": keep_hashes_none_are_due,
     "erasure-deleted": delete_an_erasure,
     "erased-without-receipt": erase_without_a_receipt,
     "hold-deleted": delete_the_hold,
@@ -250,3 +308,86 @@ def test_a_tamper_after_a_lawful_run_is_named(retention_site, lawful, backend, t
     with database(backend).begin() as conn:
         expected = tamper(conn)
     assert_named(verify(retention_site, lawful, tmp_path), expected)
+
+
+# --- forged deletions ------------------------------------------------------------------
+
+
+def forge_deletion(conn: sa.Connection, batch_id: int, template: dict[str, Any]) -> int:
+    """Delete every record batch ``batch_id`` still holds, as a run deleting its last records
+    would (a receipt naming the batch as signed, the expiry its plan gives its points, or
+    ``template``'s when it gives none, no leaf hashes, and the erasure), without the audit
+    key; the receipt's entry number."""
+    batch = one(
+        conn,
+        "SELECT device, window_start, window_end, root, plan_digest FROM batches WHERE id = :b",
+        b=batch_id,
+    )
+    rows = conn.execute(
+        sa.text(
+            "SELECT position, leaf FROM readings WHERE batch_id = :b UNION ALL"
+            " SELECT position, leaf FROM gap_records WHERE batch_id = :b ORDER BY position"
+        ),
+        {"b": batch_id},
+    ).all()
+    positions = [r.position for r in rows]
+    names = sorted({json.loads(bytes(r.leaf))["point"] for r in rows})
+    counts = {n: sum(json.loads(bytes(r.leaf))["point"] == n for r in rows) for n in names}
+    plan = data.plan(conn, batch.plan_digest)
+    assert plan is not None
+    window = instant(batch.window_start), instant(batch.window_end)
+    planned = expiry(plan.point[names[0]], *window)
+    (calculation,) = template["expiries"] if planned is None else [planned.as_json()]
+    said = template | {
+        "batch": batch_id,
+        "device": batch.device,
+        "root": bytes(batch.root).hex(),
+        "plan": batch.plan_digest,
+        "window_start": batch.window_start,
+        "window_end": batch.window_end,
+        "count": len(positions),
+        "remaining": 0,
+        "positions": runs_of(positions),
+        "leaf_hashes": "",
+        "points": [{"device": batch.device, "point": n, "count": counts[n]} for n in names],
+        "expiries": [calculation | {"points": names, "positions": runs_of(positions)}],
+    }
+    seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
+    erase(conn, batch_id, positions, b"", seq)
+    return seq
+
+
+KEPT = {
+    "vault-d": "deletes vault-d/P1, whose plan keeps it for ever",
+    "lab-c": "deletes lab-c/P1 before its keep_at_least",
+}
+
+
+@pytest.mark.parametrize("device", KEPT)
+def test_a_whole_batch_deleted_without_the_audit_key_is_named(
+    retention_site, lawful, backend, tmp_path, device
+):
+    """An insider deletes the last records of a batch whose plan keeps them (for ever, or for
+    3 hours): its receipt needs no leaf hashes, but is lawful only if a run's would be."""
+    line_a = next(r for r in kinds(lawful, "retention.deleted") if r.payload["device"] == "line-a")
+    with database(backend).begin() as conn:
+        batch_id = one(
+            conn, "SELECT id FROM batches WHERE device = :d ORDER BY id LIMIT 1", d=device
+        ).id
+        seq = forge_deletion(conn, batch_id, line_a.payload)
+    report = verify(retention_site, lawful, tmp_path)
+    assert_named(report, [Named(f"receipt (audit entry {seq})", KEPT[device])])
+    assert any(f"audit entries {seq}..{seq}" in n for n in report.notes)  # the unsigned tail
+
+
+def test_a_whole_batch_deleted_without_the_audit_key_while_held_is_named(
+    retention_site, lawful, backend, tmp_path
+):
+    line_a = next(r for r in kinds(lawful, "retention.deleted") if r.payload["device"] == "line-a")
+    with database(backend).begin() as conn:
+        batch_id = one(conn, "SELECT id FROM batches WHERE device = 'line-b' LIMIT 1").id
+        seq = forge_deletion(conn, batch_id, line_a.payload)
+    assert_named(
+        verify(retention_site, lawful, tmp_path),
+        [Named(f"receipt (audit entry {seq})", "deletes line-b/P1 during hold 1")],
+    )

@@ -12,7 +12,6 @@ import base64
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from engine.retention.select import Selection
@@ -29,13 +28,16 @@ class Run:
 
 def payload(
     selection: Selection,
-    removed: Sequence[tuple[int, bytes]],
+    removed: tuple[Sequence[int], bytes],
     run: Run,
     holds: Sequence[Hold],
     archive: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The receipt of ``selection``'s records, ``removed`` being their (position, leaf hash)
-    in position order; ``holds`` the holds in force when it was decided."""
+    """The receipt of ``selection``'s records, ``removed`` being their positions, ascending,
+    and their leaf hashes concatenated in that order (none when they are the batch's last
+    records: nothing is left whose inclusion they would prove); ``holds`` the holds in force
+    when it was decided."""
+    positions, hashes = removed
     batch = selection.batch
     points: Counter[str] = Counter()
     for group in selection.groups:
@@ -47,10 +49,10 @@ def payload(
         "plan": batch.plan_digest,
         "window_start": batch.window_start,
         "window_end": batch.window_end,
-        "count": len(removed),
+        "count": len(positions),
         "remaining": selection.remaining,
-        "positions": runs(map(itemgetter(0), removed)),
-        "leaf_hashes": base64.b64encode(b"".join(map(itemgetter(1), removed))).decode(),
+        "positions": runs(positions),
+        "leaf_hashes": base64.b64encode(hashes).decode(),
         "points": [
             {"device": batch.device, "point": name, "count": n}
             for name, n in sorted(points.items())

@@ -18,7 +18,11 @@ The order is what makes a run safe to kill at any instant:
    store's write lock) re-read the holds in force and the batch's records,
    check they still hash to its signed root, choose what goes
    (:mod:`engine.retention.select`), append the receipt and delete; a
-   killed run leaves each batch wholly before or after;
+   killed run leaves each batch wholly before or after. Records the check of
+   step 3 hashed, of a batch no receipt has deleted from, are compared with it
+   by one digest of their bytes (:func:`engine.verify.records.records_digest`):
+   equal, they are the records that hashed to the signed root, and are not
+   hashed again;
 5. sign a checkpoint every :data:`RECEIPTS_PER_CHECKPOINT` receipts and at
    the end, so that the receipts are signed before the run returns (a killed
    run's last receipts are an unsigned tail the next checkpoint signs).
@@ -34,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import Connection
 
 from engine.audit import Actor, seal_with
 from engine.errors import ConvergeError, RetentionError
@@ -57,6 +63,7 @@ from engine.store.retention import (
 )
 from engine.store.store import Store
 from engine.verify import Trust, verify_store
+from engine.verify.records import records_digest
 
 RECEIPTS_PER_CHECKPOINT = 256
 """Receipts a run writes between two checkpoints: a killed run leaves no longer a tail."""
@@ -126,11 +133,11 @@ def apply(store: Store, job: Job) -> Outcome:
     with retention_lock(store.engine):
         seal_with(job.keys, store.audit_key, started)
         work = list(candidates(store, started))
-        _verified(store, job, [batch.id for batch, _ in work])
+        digests = _verified(store, job, [batch.id for batch, _ in work])
         archived = _archive(store, job, work)
         try:
             for batch, plan in work:
-                _delete(store, (batch, plan, archived), job, outcome)
+                _delete(store, (batch, plan, archived, digests.get(batch.id)), job, outcome)
                 if outcome.unsigned >= RECEIPTS_PER_CHECKPOINT:
                     _checkpoint(store, job, outcome)
         except BaseException:
@@ -165,10 +172,17 @@ def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> A
     return archive.write(store, job.keys, job.actor, job.archives, chosen)
 
 
-def _verified(store: Store, job: Job, touched: list[int]) -> None:
-    """The store verifies, the records of the batches ``touched`` included (see the module)."""
+def _verified(store: Store, job: Job, touched: list[int]) -> dict[int, bytes]:
+    """The store verifies, the records of the batches ``touched`` included (see the module);
+    the digest of the records of each of those batches no receipt deleted from."""
+    digests: dict[int, bytes] = {}
     report = verify_store(
-        store, job.trust, audit_key=store.audit_key, workers=job.workers, records_of=touched
+        store,
+        job.trust,
+        audit_key=store.audit_key,
+        workers=job.workers,
+        records_of=touched,
+        digests=digests,
     )
     if not report.ok:
         first = report.problems[0]
@@ -178,6 +192,7 @@ def _verified(store: Store, job: Job, touched: list[int]) -> None:
             f"{'s' if count > 1 else ''}; the first: {first}): retention deletes nothing from"
             " a store that does not verify (converge audit verify names every problem)"
         )
+    return digests
 
 
 def candidates(store: Store, at: datetime) -> Iterator[tuple[BatchRef, PlanBody]]:
@@ -211,27 +226,26 @@ def _earliest(points: list[PlanPoint], ref: BatchRef) -> datetime:
     return min(moments) if moments else datetime.max.replace(tzinfo=UTC)
 
 
-Work = tuple[BatchRef, PlanBody, Archived | None]
-"""A batch to delete from, its plan, and the run's archive."""
+Work = tuple[BatchRef, PlanBody, Archived | None, bytes | None]
+"""A batch to delete from, its plan, the run's archive, and the digest of its records as the
+run's check hashed them (None: the check kept none)."""
 
 
 def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
     """One batch in one transaction: what expired goes, with its receipt (see the module)."""
-    batch, plan, archived = work
+    batch, plan, archived, digest = work
     with store.transaction() as conn:
         at = datetime.now(UTC)
         held = holds(conn, in_force=True)
-        positions, leaves = data.batch_records(conn, batch.id)
-        sha256 = hashlib.sha256
-        hashes = [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
-        _check_root(batch, (positions, hashes), erased(conn, batch.id))
-        selection = select(batch, plan, held, (positions, leaves), at)
+        records = data.batch_records(conn, batch.id)
+        hashes = _checked(conn, batch, records, digest)
+        selection = select(batch, plan, held, records, at)
         kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
         selection.archived_only(kept)
         outcome.add(selection)
         if not selection.groups:
             return
-        removed = _removed(selection, positions, hashes)
+        removed = _removed(selection, records, hashes)
         said = receipt.payload(
             selection,
             removed,
@@ -240,19 +254,42 @@ def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
             archived.as_json() if archived and selection.archive else None,
         )
         seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
-        erase(conn, batch.id, removed, seq, whole=selection.remaining == 0)
+        erase(conn, batch.id, *removed, seq)
     outcome.receipts.append(seq)
     outcome.unsigned += 1
 
 
+def _checked(
+    conn: Connection, batch: BatchRef, records: tuple[list[int], list[bytes]], digest: bytes | None
+) -> list[bytes] | None:
+    """Make sure the batch's records (with the leaf hashes its receipts kept) hash to its
+    signed root; their leaf hashes, or None when they are the very records the run's check
+    hashed into that root (``digest``; and no receipt has deleted from the batch)."""
+    positions, leaves = records
+    gone = erased(conn, batch.id)
+    if digest is not None and not gone and records_digest(positions, leaves) == digest:
+        return None
+    sha256 = hashlib.sha256
+    hashes = [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    _check_root(batch, (positions, hashes), gone)
+    return hashes
+
+
 def _removed(
-    selection: Selection, positions: list[int], hashes: list[bytes]
-) -> list[tuple[int, bytes]]:
-    """(position, leaf hash) of each record that goes, in position order."""
+    selection: Selection, records: tuple[list[int], list[bytes]], hashes: list[bytes] | None
+) -> tuple[list[int], bytes]:
+    """The positions of the records that go, ascending, and their leaf hashes concatenated in
+    that order: none when they are the batch's last records (nothing is left whose inclusion
+    they would prove)."""
+    positions, leaves = records
     if selection.remaining == 0:
-        return list(zip(positions, hashes, strict=True))
+        return positions, b""
     index = {p: i for i, p in enumerate(positions)}
-    return sorted((p, hashes[index[p]]) for g in selection.groups for p in g.positions)
+    chosen = sorted(p for g in selection.groups for p in g.positions)
+    if hashes is not None:
+        return chosen, b"".join([hashes[index[p]] for p in chosen])
+    sha256 = hashlib.sha256
+    return chosen, b"".join([sha256(LEAF_PREFIX + leaves[index[p]]).digest() for p in chosen])
 
 
 def _check_root(

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.canonical import canonical_json
-from engine.plans.body import PlanBody
-from engine.plans.expiry import Expiry, expiry
+from engine.plans.body import PlanBody, PlanPoint
+from engine.plans.expiry import Expiry, Retained, expiry, retained
 from engine.sign.leaf import points_of
 from engine.store.retention import BatchRef, Hold
 
@@ -96,8 +96,9 @@ def select(
     groups: dict[bytes, Group] = {}
     positions, leaves = records
     names = points_of(leaves)
+    calculations: dict[Retained, tuple[Expiry | None, bytes]] = {}
     for name in set(names):
-        verdicts[name] = _verdict(batch, plan, holds, name.decode())
+        verdicts[name] = _verdict(batch, plan, holds, name.decode(), calculations)
     if _all_go(list(verdicts.values()), at):
         (verdict,) = {v.group: v for v in verdicts.values()}.values()
         decoded = {name: v.point for name, v in verdicts.items()}
@@ -132,7 +133,16 @@ def _all_go(verdicts: list[_Verdict], at: datetime) -> bool:
     )
 
 
-def _verdict(batch: BatchRef, plan: PlanBody | None, holds: Sequence[Hold], point: str) -> _Verdict:
+def _verdict(
+    batch: BatchRef,
+    plan: PlanBody | None,
+    holds: Sequence[Hold],
+    point: str,
+    calculations: dict[Retained, tuple[Expiry | None, bytes]],
+) -> _Verdict:
+    """What happens to ``point``'s records; ``calculations`` holds the batch's expiry
+    calculations by retention, so that points retained alike (usually all of a device's)
+    share one."""
     planned = plan.point.get(point) if plan is not None else None
     if planned is None:
         return _Verdict(point, None, ())
@@ -141,8 +151,17 @@ def _verdict(batch: BatchRef, plan: PlanBody | None, holds: Sequence[Hold], poin
         for h in holds
         if h.scope.covers(batch.device, point, batch.window_start, batch.window_end)
     )
+    key = retained(planned)
+    found = calculations.get(key)
+    if found is None:
+        found = calculations[key] = _calculation(batch, planned)
+    return _Verdict(point, found[0], covering, found[1])
+
+
+def _calculation(batch: BatchRef, planned: PlanPoint) -> tuple[Expiry | None, bytes]:
+    """The expiry of a point's records of the batch, and its canonical JSON (b"": never)."""
     found = expiry(planned, _moment(batch.window_start), _moment(batch.window_end))
-    return _Verdict(point, found, covering, canonical_json(found.as_json()) if found else b"")
+    return found, canonical_json(found.as_json()) if found else b""
 
 
 def _moment(text: str) -> datetime:

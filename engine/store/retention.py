@@ -3,7 +3,9 @@
 - **Erasures.** A deletion removes records' rows (their values and salts) and
   keeps, per receipt, the positions removed and their leaf hashes
   (:data:`~engine.store.tables.ERASURES`), so the batch's root can still be
-  rebuilt and the remaining records' inclusion proofs still verify. The
+  rebuilt and the remaining records' inclusion proofs still verify; the
+  receipt that removes a batch's last records keeps no hashes (nothing is left
+  to prove the inclusion of). The
   receipt itself (a ``retention.deleted`` audit entry) is appended in the same
   transaction by the caller; :func:`erase` only changes the tables.
 - **Holds.** A hold is a row of :data:`~engine.store.tables.HOLDS`, placed and
@@ -15,7 +17,7 @@
 
 Positions are written as runs, ``[[first, last], ...]`` ascending and inclusive
 (:func:`runs`), and leaf hashes as their 32 bytes concatenated in position
-order: a batch deleted whole is ``[[0, count-1]]`` and one blob.
+order: a batch deleted whole is ``[[0, count-1]]`` (and no hashes).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +122,14 @@ def batch_refs(conn: Connection) -> list[BatchRef]:
 
 
 def erase(
-    conn: Connection, batch_id: int, removed: Sequence[tuple[int, bytes]], receipt: int, whole: bool
+    conn: Connection, batch_id: int, positions: Sequence[int], hashes: bytes, receipt: int
 ) -> None:
-    """Delete the records at the (position, leaf hash) ``removed`` of a batch, keeping their
-    positions and hashes as receipt ``receipt``'s erasure; ``whole``: every record the batch
-    still holds goes. In the caller's transaction, beside the receipt."""
-    positions = list(map(itemgetter(0), removed))
+    """Delete the records at ``positions`` of a batch, keeping the positions and their leaf
+    ``hashes`` (concatenated in position order; none when they are the batch's last records)
+    as receipt ``receipt``'s erasure. In the caller's transaction, beside the receipt."""
     for table in (READINGS, GAPS):
         gone = delete(table).where(table.c.batch_id == batch_id)
-        if whole:
+        if not hashes:  # its last records: every record the batch still holds goes
             conn.execute(gone)
             continue
         for start in range(0, len(positions), 500):
@@ -139,21 +139,23 @@ def erase(
             batch_id=batch_id,
             receipt=receipt,
             positions=canonical_json(runs(positions)).decode(),
-            leaf_hashes=b"".join(map(itemgetter(1), removed)),
+            leaf_hashes=hashes,
         )
     )
 
 
 def erased(conn: Connection, batch_id: int) -> dict[int, bytes]:
-    """The leaf hash of every position of a batch its receipts removed."""
+    """The leaf hash of every position of a batch its receipts removed and kept the hash of
+    (all of them while the batch still holds records: only the receipt that removes its last
+    records keeps none)."""
     query = select(ERASURES.c.positions, ERASURES.c.leaf_hashes).where(
         ERASURES.c.batch_id == batch_id
     )
     found: dict[int, bytes] = {}
     for positions, hashes in conn.execute(query):
-        found.update(
-            zip(positions_of(json.loads(positions)), split_hashes(as_bytes(hashes)), strict=True)
-        )
+        kept = as_bytes(hashes)
+        if kept:
+            found.update(zip(positions_of(json.loads(positions)), split_hashes(kept), strict=True))
     return found
 
 

@@ -220,10 +220,10 @@ class SiteDeviceRow(SQLModel, table=True):
 class ErasureRow(SQLModel, table=True):
     """What a deletion receipt removed from one batch: the positions, and the leaf hash of each.
 
-    The records' rows (their values and salts) are gone; their leaf hashes stay, so the
-    remaining records' inclusion proofs still verify and the batch root can be rebuilt
-    (docs/retention.md). The receipt (audit entry ``receipt``) says the same; the verifier
-    checks that the two agree.
+    The records' rows (their values and salts) are gone; their leaf hashes stay while records
+    of the batch remain, so those records' inclusion proofs still verify and the batch root
+    can be rebuilt (docs/retention.md). The receipt (audit entry ``receipt``) says the same;
+    the verifier checks that the two agree.
     """
 
     __tablename__ = "erasures"
@@ -234,7 +234,8 @@ class ErasureRow(SQLModel, table=True):
     positions: str
     """Canonical JSON of the positions removed, as runs ``[[first, last], ...]`` ascending."""
     leaf_hashes: bytes = Field(sa_column=_blob())
-    """The 32-byte leaf hashes of those positions, concatenated in position order."""
+    """The 32-byte leaf hashes of those positions, concatenated in position order; empty when
+    they were the batch's last records (nothing is left whose inclusion they would prove)."""
 
 
 class HoldRow(SQLModel, table=True):

@@ -31,14 +31,16 @@ what the earlier ones established):
    has its batch. Then each
    device's batches form one chain from the zero root.
 5. ``retention.py``: every deletion receipt names a stored batch as signed,
-   the store keeps the leaf hashes it removed, and it was lawful (the batch's
-   plan expired the records by then, no hold in force covered them); holds
-   are what their entries say.
+   leaves it the records it says, the store keeps the positions (and leaf
+   hashes) it removed, and it was lawful (the batch's plan expired the
+   records by then, no hold in force covered them); holds are what their
+   entries say.
 6. ``records.py``: every record's leaf is rehashed and each batch's root
    rebuilt from its rows (and the leaf hashes its receipts keep) and compared
-   with its statement; a large store's records are hashed by worker
-   processes, one per CPU. Then records kept past their ``keep_at_most`` with
-   no hold are findings (``retention.py``).
+   with its statement, but for batches whose receipts deleted every record; a
+   large store's records are hashed by worker processes, one per CPU. Then
+   records kept past their ``keep_at_most`` with no hold are findings
+   (``retention.py``).
 7. ``central.py``: a central store's quarantine rows and witnessed site logs
    agree with their entries (quarantined messages are notes, not failures);
    ``cosigned.py``: a site store's cosignatures are of its log as stored, and
@@ -51,7 +53,7 @@ keys. The SQL and driver code behind every check is in
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, MutableMapping
 from pathlib import Path
 
 from engine import audit
@@ -82,6 +84,7 @@ def verify_store(
     plan_key: str | None = None,
     cosigned_by: Trust | None = None,
     records_of: Collection[int] | None = None,
+    digests: MutableMapping[int, bytes] | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
@@ -94,7 +97,10 @@ def verify_store(
 
     ``records_of``: rehash the records of only these batches, and look for no findings
     (data kept too long); everything else is checked whole. A retention run's check
-    before it deletes (:mod:`engine.retention.run` says why that is enough).
+    before it deletes (:mod:`engine.retention.run` says why that is enough). ``digests``,
+    when given, is filled with the digest of the records hashed of each batch no receipt
+    deleted records of (:func:`~engine.verify.records.records_digest`): what the run compares
+    the records it deletes with.
     """
     report = Report()
     with store.reading() as conn:
@@ -111,7 +117,9 @@ def verify_store(
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
         only = None if records_of is None else frozenset(records_of)
-        check_records(conn, batches, report, progress, workers, erased=erased, only=only)
+        check_records(
+            conn, batches, report, progress, workers, erased=erased, only=only, digests=digests
+        )
         if only is None:
             check_kept(conn, known, erased, report)
         check_quarantine(conn, log, report)

@@ -16,10 +16,11 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import groupby, repeat
+from itertools import chain, groupby, repeat
 from multiprocessing.context import BaseContext
 from operator import itemgetter
 
@@ -71,6 +72,21 @@ class BatchCheck:
     hashes: dict[int, bytes] | None = None
     """The leaf hash of each stored position, of a batch that receipts deleted records of (its
     root is rebuilt with the leaf hashes they keep)."""
+    digest: bytes | None = None
+    """The :func:`records_digest` of its rows, when asked for (a retention run's check)."""
+
+
+def records_digest(positions: Sequence[int], leaves: Sequence[bytes]) -> bytes:
+    """One SHA-256 of a batch's stored records, in position order: their positions, the
+    length of each leaf and the leaves' bytes (so no two lists of records share one).
+
+    A retention run's check hashes a batch's records one by one into its root; the run's
+    deleting transaction, which reads them again, compares this digest instead of hashing
+    every record a second time (:mod:`engine.retention.run`)."""
+    digest = hashlib.sha256(array("q", positions).tobytes())
+    digest.update(array("Q", map(len, leaves)).tobytes())
+    digest.update(b"".join(leaves))
+    return digest.digest()
 
 
 def check_records(
@@ -82,10 +98,12 @@ def check_records(
     *,
     erased: Erased | None = None,
     only: frozenset[int] | None = None,
+    digests: MutableMapping[int, bytes] | None = None,
 ) -> None:
     """Compare each batch's rows, hashed and rebuilt into a root (with the leaf hashes its
     deletion receipts keep, ``erased``), with its signed statement; only the batches in
-    ``only``, when given (their rows alone are read).
+    ``only``, when given (their rows alone are read). ``digests``, when given, is filled
+    with the :func:`records_digest` of each batch no receipt deleted records of.
 
     With fewer garbage collections: every row the driver returns is a new
     tuple, which the cyclic collector would scan every 700 rows for nothing.
@@ -96,16 +114,19 @@ def check_records(
     report.counts.update(dict.fromkeys(_TYPE.values(), 0))
     seen: set[int] = set()
     done = 0
+    reading = _Reading(frozenset(gone.positions), digests is not None)
     with fewer_collections():
-        for check in _batch_checks(conn, batches, workers, frozenset(gone.hashes), only):
+        for check in _batch_checks(conn, batches, workers, reading, only):
             seen.add(check.batch_id)
             done += sum(check.rows.values())
             _compare(check, batches.get(check.batch_id), gone, report)
+            if digests is not None and check.digest is not None:
+                digests[check.batch_id] = check.digest
             if progress is not None:
                 progress(done)
     for batch_id in batches.keys() - seen:
         info = batches[batch_id]
-        if batch_id in gone.hashes:
+        if batch_id in gone.positions:
             _compare_erased(BatchCheck(batch_id, {}, 0, None, None, [], {}), info, gone, report)
         elif info.count:
             report.add(
@@ -144,11 +165,16 @@ def _compare(check: BatchCheck, info: BatchInfo | None, gone: Erased, report: Re
 
 
 def _compare_erased(check: BatchCheck, info: BatchInfo, gone: Erased, report: Report) -> None:
-    """A batch its receipts deleted records of: the records it holds and the leaf hashes the
-    receipts keep fill positions 0..count-1 once each, and hash to its signed root."""
-    stored, erased = check.hashes or {}, gone.hashes.get(info.id, {})
+    """A batch its receipts deleted records of: the records it holds and the positions the
+    receipts removed fill positions 0..count-1 once each; unless the receipts removed them all
+    (nothing is left whose inclusion the root would prove), the records and the leaf hashes
+    the receipts keep hash to its signed root."""
+    stored = check.hashes or {}
+    if info.id in gone.whole and not stored:
+        return
+    removed = set(gone.positions.get(info.id, ()))
     receipts = ", ".join(str(s) for s in gone.receipts.get(info.id, ()))
-    twice = sorted(stored.keys() & erased.keys())
+    twice = sorted(stored.keys() & removed)
     if twice:
         report.add(
             info.label,
@@ -156,9 +182,25 @@ def _compare_erased(check: BatchCheck, info: BatchInfo, gone: Erased, report: Re
             f" {receipts}) removed it",
         )
         return
+    if info.id in gone.whole:
+        report.add(
+            info.label,
+            f"holds {len(stored)} records, yet its receipts (audit entries {receipts})"
+            f" removed all its {info.count} (records inserted)",
+        )
+        return
+    erased = gone.hashes.get(info.id, {})
     if not stored and list(erased) == list(range(info.count)):  # deleted whole, by one receipt
         if root_of_hashes(list(erased.values())) != info.root:
             report.add(info.label, _NOT_ITS_ROOT.format(receipts=receipts))
+        return
+    unhashed = sorted(removed - erased.keys())
+    if unhashed:
+        report.add(
+            info.label,
+            f"holds {len(stored)} records, yet a receipt (audit entries {receipts}) that removed"
+            f" position {unhashed[0]} keeps no leaf hash of it: its root cannot be rebuilt",
+        )
         return
     merged = {**erased, **stored}
     missing = [p for p in range(info.count) if p not in merged]
@@ -184,11 +226,21 @@ _NOT_ITS_ROOT = (
 # --- the worker-process split ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How the rows are checked: the batches receipts deleted records of (``partial``: their
+    leaf hashes are kept by position), and whether each batch's :func:`records_digest` is
+    wanted."""
+
+    partial: frozenset[int]
+    digests: bool
+
+
 def _batch_checks(
     conn: Connection,
     batches: Mapping[int, BatchInfo],
     workers: int | None,
-    partial: frozenset[int],
+    reading: _Reading,
     only: frozenset[int] | None = None,
 ) -> Iterator[BatchCheck]:
     """The check of every batch that has records, in batch-id order: read here, or by workers.
@@ -203,20 +255,20 @@ def _batch_checks(
     source = reads.source(conn)
     count = _worker_count(workers, batches)
     if source is None or count < 2 or not batches:
-        yield from _read_checks(records, BatchIds(only=only), partial)
+        yield from _read_checks(records, BatchIds(only=only), reading)
         return
     cuts = _cuts(batches, count * _RANGES_PER_WORKER)
     pool = ProcessPoolExecutor(count, mp_context=_start_method())
     try:
         tasks = [
-            pool.submit(_check_range, source, BatchIds(after, upto, only), partial)
+            pool.submit(_check_range, source, BatchIds(after, upto, only), reading)
             for after, upto in zip([None, *cuts[:-1]], cuts, strict=True)
         ]
         for task in tasks:
             yield from task.result()
     finally:
         pool.shutdown(cancel_futures=True)
-    yield from _read_checks(records, BatchIds(cuts[-1], None, only), partial)
+    yield from _read_checks(records, BatchIds(cuts[-1], None, only), reading)
 
 
 def _worker_count(workers: int | None, batches: Mapping[int, BatchInfo]) -> int:
@@ -255,18 +307,16 @@ def _start_method() -> BaseContext:
     return multiprocessing.get_context()
 
 
-def _check_range(source: reads.Source, ids: BatchIds, partial: frozenset[int]) -> list[BatchCheck]:
+def _check_range(source: reads.Source, ids: BatchIds, reading: _Reading) -> list[BatchCheck]:
     """In a worker process: the checks of the batches ``ids`` names, on its own connection."""
     with reads.connect(source) as records, fewer_collections():
-        return list(_read_checks(records, ids, partial))
+        return list(_read_checks(records, ids, reading))
 
 
 # --- hashing ---------------------------------------------------------------------------
 
 
-def _read_checks(
-    records: reads.Records, ids: BatchIds, partial: frozenset[int]
-) -> Iterator[BatchCheck]:
+def _read_checks(records: reads.Records, ids: BatchIds, reading: _Reading) -> Iterator[BatchCheck]:
     """The check of each batch in ``ids``, merging readings and gap records; of a batch in
     ``partial`` (receipts deleted records of it), with its leaf hashes by position.
 
@@ -290,12 +340,22 @@ def _read_checks(
                 if head and head[0] == batch_id:
                     groups[table] = list(head[1])
                     heads[table] = next(streams[table], None)
-            yield _batch_check(batch_id, groups, batch_id in partial)
+            if batch_id in reading.partial:
+                yield _batch_check(batch_id, groups, partial=True)
+            else:
+                yield _batch_check(batch_id, groups, digest=reading.digests)
 
 
-def _batch_check(batch_id: int, groups: dict[str, list[RecordRow]], partial: bool) -> BatchCheck:
+def _batch_check(
+    batch_id: int,
+    groups: dict[str, list[RecordRow]],
+    *,
+    partial: bool = False,
+    digest: bool = False,
+) -> BatchCheck:
     """Hash one batch's rows (by table) and rebuild its root, if its positions allow one; of a
-    batch receipts deleted records of, keep the leaf hashes by position instead."""
+    batch receipts deleted records of, keep the leaf hashes by position instead; with
+    ``digest``, also the :func:`records_digest` of its rows."""
     problems: list[Problem] = []
     found = _leaf_hashes(batch_id, groups, problems)
     rows = {table: len(group) for table, group in groups.items()}
@@ -308,7 +368,18 @@ def _batch_check(batch_id: int, groups: dict[str, list[RecordRow]], partial: boo
         root = root_of_hashes(
             found if isinstance(found, list) else [found[i] for i in range(len(found))]
         )
-    return BatchCheck(batch_id, rows, len(found), root, missing, problems)
+    said = _digest(groups) if digest else None
+    return BatchCheck(batch_id, rows, len(found), root, missing, problems, digest=said)
+
+
+def _digest(groups: dict[str, list[RecordRow]]) -> bytes:
+    """The :func:`records_digest` of a batch's rows, both tables' merged by position as a
+    retention run reads them (:func:`engine.store.data.batch_records`)."""
+    rows = next(iter(groups.values())) if len(groups) == 1 else sorted(chain(*groups.values()))
+    leaves = list(map(_LEAF, rows))
+    if set(map(type, leaves)) - {bytes}:
+        leaves = [reads.as_bytes(leaf) for leaf in leaves]
+    return records_digest(list(map(_POSITION, rows)), leaves)
 
 
 def _first_missing(found: Hashes) -> int | None:

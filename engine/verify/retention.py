@@ -1,10 +1,13 @@
 """Retention: lawful deletions told apart from tampering, holds, and data kept too long.
 
 Every ``retention.deleted`` entry (a deletion receipt) must name a stored
-batch exactly as its statement signs it, and the positions and leaf hashes it
-removed must be the store's erasure of it; the records check
-(:mod:`engine.verify.records`) then rebuilds each batch's root from the
-records it still holds and the leaf hashes its receipts keep. A receipt is
+batch exactly as its statement signs it, leave it as many records as it says
+(``remaining``), and the positions and leaf hashes it removed must be the
+store's erasure of it; the records check (:mod:`engine.verify.records`) then
+rebuilds the root of each batch that still holds records from them and the
+leaf hashes its receipts keep. The receipt that removes a batch's last records
+keeps no leaf hashes: nothing is left whose inclusion they would prove, and
+the run re-hashed those records against the signed root before deleting them. A receipt is
 lawful when, for every point it deleted, the batch's *plan* expires that
 point's records (:mod:`engine.plans.expiry`, on the batch's signed window) no
 later than the receipt's time, no hold in force when it was written covers
@@ -36,7 +39,7 @@ from engine.audit import AuditEntry
 from engine.canonical import canonical_json
 from engine.durations import format_duration
 from engine.plans.body import PlanBody
-from engine.plans.expiry import Expiry, expiry
+from engine.plans.expiry import Expiry, Retained, expiry, retained
 from engine.sign.leaf import point_of
 from engine.store import data
 from engine.store import retention as stored
@@ -61,11 +64,17 @@ class Known:
 
 @dataclass
 class Erased:
-    """What receipts removed, by batch (the leaf hash of each position, and the receipts),
-    and the holds as the log states them."""
+    """What receipts removed, by batch (the positions, the leaf hashes they keep, and the
+    receipts), and the holds as the log states them."""
 
+    positions: dict[int, list[int] | set[int]] = field(default_factory=dict)
+    """The positions removed: as its one receipt lists them, or a set (several receipts)."""
     hashes: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    """The leaf hash of each removed position whose receipt keeps it."""
     receipts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    whole: set[int] = field(default_factory=set)
+    """Batches whose receipts removed every record, the last saying none remain: nothing is
+    left whose inclusion their root would prove, so it is not rebuilt."""
     holds: list[Hold] = field(default_factory=list)
 
 
@@ -81,6 +90,8 @@ class Receipt:
     window_end: str
     positions: list[int]
     hashes: list[bytes]
+    """The leaf hash of each position; none when it removed its batch's last records."""
+    remaining: int
     groups: list[tuple[list[str], list[int], dict[str, Any]]]
     """(points, positions, the expiry calculation) of each expiry that deleted records."""
     run: str
@@ -93,6 +104,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
     erased = Erased(holds=check_holds(conn, known.log, report))
     rows = {receipt: (b, p, h) for b, receipt, p, h in stored.erasures(conn)}
     lawful: dict[tuple[str, str], list[tuple[AuditEntry, Receipt]]] = defaultdict(list)
+    classes: dict[str, dict[str, int]] = {}
     for entry in known.log.of_kind("retention.deleted"):
         label = f"receipt (audit entry {entry.seq})"
         try:
@@ -104,10 +116,13 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
         if not _names(label, receipt, info, report):
             continue
         assert info is not None
+        plan = known.plans.get(info.plan_digest)
+        if info.plan_digest not in classes:
+            classes[info.plan_digest] = _classes(plan)
         context = _Context(entry, receipt, info, erased.holds, report, known.log)
         _check_erasure(context, rows.pop(entry.seq, None))
         _erase(context, erased)
-        if _lawful(context, known.plans.get(info.plan_digest)) & _in_time(context, known.signed):
+        if _lawful(context, plan, classes[info.plan_digest]) & _in_time(context, known.signed):
             lawful[receipt.run, receipt.device].append((entry, receipt))
     for seq, (batch_id, _, _) in rows.items():
         report.add(
@@ -127,8 +142,11 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
     """Raises ValueError, TypeError or KeyError for anything but a receipt's payload."""
     positions = positions_of(said["positions"])
     hashes = split_hashes(base64.b64decode(said["leaf_hashes"], validate=True))
-    if len(hashes) != len(positions) or said["count"] != len(positions):
-        raise ValueError("its count, positions and leaf hashes disagree")
+    remaining = said["remaining"]
+    if type(remaining) is not int or remaining < 0:
+        raise ValueError("its remaining is not a count")
+    if len(hashes) != (len(positions) if remaining else 0) or said["count"] != len(positions):
+        raise ValueError("its count, positions, remaining and leaf hashes disagree")
     groups = []
     for group in said["expiries"]:
         points = group["points"]
@@ -154,6 +172,7 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
         said["window_end"],
         positions,
         hashes,
+        remaining,
         groups,
         run,
         archive,
@@ -189,20 +208,35 @@ def _check_erasure(c: _Context, row: tuple[int, str, bytes] | None) -> None:
 
 
 def _erase(c: _Context, erased: Erased) -> None:
-    """Add what the receipt removed to what the batch's receipts removed."""
+    """Add what the receipt removed to what the batch's receipts removed; it leaves the
+    batch as many records as it says."""
     info = c.info
-    mine = erased.hashes.setdefault(info.id, {})
     erased.receipts[info.id].append(c.entry.seq)
     deleted = c.receipt.positions
-    if not mine and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
-        mine.update(zip(deleted, c.receipt.hashes, strict=True))
-        return
-    for position, leaf in zip(deleted, c.receipt.hashes, strict=True):
-        if position >= info.count:
-            c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
-        elif position in mine:
-            c.report.add(c.label, f"deletes position {position} of {info.label} a second time")
-        mine[position] = leaf
+    removed = erased.positions.get(info.id)
+    if removed is None and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
+        removed = erased.positions[info.id] = deleted
+    else:
+        if not isinstance(removed, set):
+            removed = erased.positions[info.id] = set(removed or ())
+        for position in deleted:
+            if position >= info.count:
+                c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
+            elif position in removed:
+                c.report.add(c.label, f"deletes position {position} of {info.label} a second time")
+            removed.add(position)
+    if c.receipt.hashes:
+        kept = erased.hashes.setdefault(info.id, {})
+        kept.update(zip(deleted, c.receipt.hashes, strict=True))
+    left = info.count - len(removed)
+    if c.receipt.remaining != left:
+        c.report.add(
+            c.label,
+            f"says {c.receipt.remaining} records of {info.label} remain, where its receipts"
+            f" leave {left}",
+        )
+    elif not left:
+        erased.whole.add(info.id)
 
 
 @dataclass(frozen=True)
@@ -223,9 +257,18 @@ class _Context:
         return self.info.window_start, self.info.window_end
 
 
-def _lawful(c: _Context, plan: PlanBody | None) -> bool:
+def _classes(plan: PlanBody | None) -> dict[str, int]:
+    """The number of each point's retention class in the plan: points retained alike
+    (:func:`~engine.plans.expiry.retained`) share one expiry calculation."""
+    found: dict[Retained, int] = {}
+    points = plan.points if plan is not None else ()
+    return {p.name: found.setdefault(retained(p), len(found)) for p in points}
+
+
+def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> bool:
     """Whether the batch's plan expired every point the receipt deleted by its time, and no
-    hold in force then covered them; each failure named."""
+    hold in force then covered them; each failure named. ``classes``: the retention class of
+    each point of the plan (:func:`_classes`)."""
     if plan is None:
         c.report.add(c.label, f"its batch's plan {c.info.plan_digest} is not in the store")
         return False
@@ -236,14 +279,19 @@ def _lawful(c: _Context, plan: PlanBody | None) -> bool:
         return False
     ok = True
     start, end = instant(c.info.window_start), instant(c.info.window_end)
-    passed: set[tuple[Expiry, bytes]] = set()
+    passed: set[tuple[int, bytes]] = set()
+    calculations: dict[int, Expiry | None] = {}
     for points, positions, said in c.receipt.groups:
         claim = canonical_json(said)
         for point in points:
-            planned = plan.point.get(point)
-            found = None if planned is None else expiry(planned, start, end)
+            planned, kind = plan.point.get(point), classes.get(point, -1)
+            found = None
+            if planned is not None:
+                if kind not in calculations:
+                    calculations[kind] = expiry(planned, start, end)
+                found = calculations[kind]
             held = any(h.scope.covers(c.info.device, point, *c.window) for h in c.holds)
-            alike = None if found is None or held else (found, claim)
+            alike = None if found is None or held else (kind, claim)
             if alike in passed:  # the same calculation as a point found lawful, and no hold
                 continue
             lawful = _point_lawful(c, point, found, said, at)
@@ -452,7 +500,7 @@ def check_kept(conn: Connection, known: Known, erased: Erased, report: Report) -
         most = ceilings.get(info.plan_digest)
         if most is None or _end_plus(info.window_end, most) > now:
             continue
-        if len(erased.hashes.get(info.id, ())) >= info.count:
+        if info.id in erased.whole:
             continue
         for point, keeping in _overdue(conn, plans[info.plan_digest], info, holds, now):
             if keeping:
