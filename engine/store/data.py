@@ -212,10 +212,13 @@ def leaves_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[tuple[int,
     straight from the driver, each batch's rows split off and cut to (position, leaf) by C
     iterators (no ORM row, no Python code per record)."""
     driver: Any = conn.connection.driver_connection
-    marks = ",".join(["%s" if conn.dialect.name == "postgresql" else "?"] * len(ids))
+    postgres = conn.dialect.name == "postgresql"
+    marks = ",".join(["%s" if postgres else "?"] * len(ids))
     found: dict[int, list[tuple[int, bytes]]] = {}
     for table in ("readings", "gap_records"):
-        cursor = driver.cursor()
+        # PostgreSQL sends bytea as hex text unless asked for binary: twice the bytes to send,
+        # and to decode
+        cursor = driver.cursor(binary=True) if postgres else driver.cursor()
         try:
             cursor.execute(
                 f"SELECT batch_id, position, leaf FROM {table} WHERE batch_id IN ({marks})"
