@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import re
 from datetime import timedelta
 
@@ -17,10 +18,13 @@ from evidence_kit import T0, collect, open_store
 from hypothesis import given
 from hypothesis import strategies as st
 
+import engine.access.apart
 from engine.access import data
+from engine.access.apart import verifier
 from engine.access.data import COLUMNS, Range, csv_chunks, records
 from engine.access.guard import Request, Target, decide
 from engine.audit import os_user
+from engine.errors import StoreError
 from engine.principals import Identity
 from engine.records import Gap, GapReason, Quality, Reading
 from engine.sign.leaf import instant
@@ -165,30 +169,44 @@ def tamper(store) -> None:
         conn.execute(sa.text(update), {"id": position[2][0]})
 
 
-def test_batches_read_at_once_write_what_the_general_path_writes(
-    evidence_site, backend, tmp_path, monkeypatch
-):
+@pytest.fixture
+def tampered(evidence_site, backend, tmp_path):
+    """A store of usual readings, some of them tampered with (:func:`tamper`)."""
     store = open_store(evidence_site, backend)
     spool = Spool(tmp_path / "spool.db")
     asyncio.run(collect(evidence_site, store, spool, list(usual_records(1020))))
     spool.close()
     tamper(store)
+    yield store
+    store.close()
+
+
+def read_by(evidence_site, *points):
     plans = [p for p in evidence_site.plans if p.device.id == DEVICE]
     alice = Identity("alice", "person", frozenset({"qa"}))
+    targets = [Target(DEVICE, point, plans) for point in points]
+    return decide(Request("alice", alice, os_user(), "read", targets))
+
+
+MID = [instant(T0 + timedelta(seconds=s, milliseconds=500)) for s in (30, 150, 990)]
+SPANS = (Range(), Range(MID[0], None), Range(None, MID[2]), Range(MID[1], MID[2]))
+
+
+def test_batches_read_at_once_write_what_the_general_path_writes(
+    evidence_site, tampered, monkeypatch
+):
     trust = evidence_site.trust()
     leaf_by_leaf = []
     monkeypatch.setattr(
         data._Usual, "lines", lambda self, *a: leaf_by_leaf.append(a[1]) or lines(self, *a)
     )
-    mid = [instant(T0 + timedelta(seconds=s, milliseconds=500)) for s in (30, 150, 990)]
     for points in ([POINT], [POINT, OTHER]):
-        targets = [Target(DEVICE, point, plans) for point in points]
-        decision = decide(Request("alice", alice, os_user(), "read", targets))
-        for span in (Range(), Range(mid[0], None), Range(None, mid[2]), Range(mid[1], mid[2])):
+        decision = read_by(evidence_site, *points)
+        for span in SPANS:
             leaf_by_leaf.clear()
-            with store.reading() as conn:
+            with tampered.reading() as conn:
                 written = "".join(csv_chunks(conn, decision, span, trust))
-            with store.reading() as conn:
+            with tampered.reading() as conn:
                 assert written == reference_csv(records(conn, decision, span, trust))
             read = {line["batch"] for line in csv.DictReader(io.StringIO(written))}
             assert read - {str(batch) for batch in leaf_by_leaf}, "no batch was read at once"
@@ -197,7 +215,64 @@ def test_batches_read_at_once_write_what_the_general_path_writes(
         "true",
         "false",
     }
-    store.close()
+
+
+@pytest.fixture
+def apart(monkeypatch):
+    """Batches verified in a worker process, a batch per chunk, even on one core; how many
+    workers were started."""
+    started = []
+
+    def counted(*args):
+        started.append(args)
+        return verifier(*args)
+
+    monkeypatch.setattr(data, "READ_AT_ONCE", 100)
+    monkeypatch.setattr(data, "can_fork", lambda: True)
+    monkeypatch.setattr(data, "verifier", counted)
+    return started
+
+
+def test_batches_verified_apart_get_the_verdicts_of_the_reader_s_own(
+    evidence_site, tampered, apart
+):
+    trust = evidence_site.trust()
+    decision = read_by(evidence_site, POINT, OTHER)
+    for span in SPANS:
+        with tampered.reading() as conn:
+            here = "".join(csv_chunks(conn, decision, span, trust))
+        with tampered.reading() as conn:
+            assert "".join(csv_chunks(conn, decision, span, trust, apart=True)) == here
+    assert len(apart) == len(SPANS)
+    verdicts = [line["batch_verified"] for line in csv.DictReader(io.StringIO(here))]
+    assert "false" in verdicts and "true" in verdicts
+
+
+def test_a_failure_verifying_apart_is_the_reader_s_own(evidence_site, tampered, apart, monkeypatch):
+    def failing(*_):
+        raise StoreError("the plan is unreadable")
+
+    monkeypatch.setattr(engine.access.apart, "batch_problem", failing)
+    with tampered.reading() as conn, pytest.raises(StoreError, match="the plan is unreadable"):
+        "".join(
+            csv_chunks(
+                conn, read_by(evidence_site, POINT), Range(), evidence_site.trust(), apart=True
+            )
+        )
+    assert apart
+
+
+def test_a_reader_that_stops_early_ends_its_worker(evidence_site, tampered, apart, monkeypatch):
+    forked, fork = [], os.fork
+    monkeypatch.setattr(os, "fork", lambda: forked.append(fork()) or forked[-1])
+    trust = evidence_site.trust()
+    with tampered.reading() as conn:
+        chunks = csv_chunks(conn, read_by(evidence_site, POINT), Range(), trust, apart=True)
+        assert next(chunks).startswith("device,point,")
+        chunks.close()
+    assert forked and forked[0] != 0
+    with pytest.raises(ChildProcessError):  # ended, and waited for
+        os.waitpid(forked[0], os.WNOHANG)
 
 
 lines = data._Usual.lines

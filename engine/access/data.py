@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from engine.access.apart import can_fork, verifier
 from engine.access.guard import Decision, Target
 from engine.canonical import canonical_json
 from engine.plans.body import PlanBody
@@ -95,13 +96,13 @@ def records(
     """The records of the points ``decision`` allows, in ``span``, device by device in batch
     order; each a dict of :data:`COLUMNS`."""
     for device, points in allowed(decision).items():
-        for batch, verified, leaves in _device_batches(conn, device, points, span, trust):
+        for batch, verified, leaves in _device_batches(conn, device, span, trust):
             for position, record, moment in _matching(leaves, points, span):
                 yield _row(record, moment, batch, position, verified)
 
 
 def csv_chunks(
-    conn: Connection, decision: Decision, span: Range, trust: Trust | None
+    conn: Connection, decision: Decision, span: Range, trust: Trust | None, *, apart: bool = False
 ) -> Iterator[str]:
     """:func:`records` as CSV text, a chunk each time about :data:`CHUNK_LINES` records have
     been read: a header of :data:`COLUMNS`, then one line per record, as :mod:`csv` writes
@@ -110,12 +111,15 @@ def csv_chunks(
 
     The usual record, a scheduled reading whose leaf has the usual members, is written
     straight from its leaf's text (:class:`_Usual`); any other goes through the JSON parser
-    and the C writer, which write the same line for the usual record.
+    and the C writer, which write the same line for the usual record. ``apart``: the batches
+    may be verified in a worker process (:mod:`engine.access.apart`; only for a caller alone
+    in its process).
     """
     out, held = [csv_line(COLUMNS)], 0
     for device, points in allowed(decision).items():
         usual = _Usual(device, points, span)
-        for batch, verified, leaves in _device_batches(conn, device, points, span, trust):
+        batches = _device_batches(conn, device, span, trust, apart=apart)
+        for batch, verified, leaves in batches:
             flag = "" if verified is None else "true" if verified else "false"
             out.append(usual.text(leaves, batch, flag))
             held += len(leaves)
@@ -318,12 +322,45 @@ class _Usual:
 
 
 def _device_batches(
-    conn: Connection, device: str, points: set[str], span: Range, trust: Trust | None
+    conn: Connection, device: str, span: Range, trust: Trust | None, *, apart: bool = False
 ) -> Iterator[tuple[int, bool | None, Leaves]]:
     """Each batch of ``device`` in ``span``: its id, whether it verifies, and its leaves."""
+    chunks = _chunks(data.batches(conn, device, span.start, span.end))
+    if trust is not None and apart and len(chunks) > 1 and can_fork():
+        yield from _verified_apart(conn, chunks, trust)
+        return
     plans: dict[str, PlanBody | None] = {}
-    for batch, leaves in _read(conn, data.batches(conn, device, span.start, span.end)):
-        yield batch.id, _verified(conn, batch, leaves, plans, trust), leaves
+    for chunk in chunks:
+        leaves = data.leaves_of(conn, [b.id for b in chunk])
+        for batch in chunk:
+            got = leaves.get(batch.id, [])
+            yield batch.id, _verified(conn, batch, got, plans, trust), got
+
+
+def _verified_apart(
+    conn: Connection, chunks: list[list[data.StoredBatch]], trust: Trust
+) -> Iterator[tuple[int, bool | None, Leaves]]:
+    """:func:`_device_batches` with the batches verified in a worker process: each chunk is
+    sent as soon as it is read, and the one before it then comes back with its verdicts."""
+    digests = {b.plan_digest for chunk in chunks for b in chunk}
+    plans = {digest: data.plan(conn, digest) for digest in sorted(digests)}
+    with verifier(plans, trust) as worker:
+        sent: list[tuple[data.StoredBatch, Leaves]] = []
+        for chunk in chunks:
+            leaves = data.leaves_of(conn, [b.id for b in chunk])
+            read = [(batch, leaves.get(batch.id, [])) for batch in chunk]
+            worker.send(read)
+            if sent:
+                yield from _with(sent, worker.verdicts())
+            sent = read
+        yield from _with(sent, worker.verdicts())
+
+
+def _with(
+    batches: list[tuple[data.StoredBatch, Leaves]], verdicts: list[bool]
+) -> Iterator[tuple[int, bool | None, Leaves]]:
+    for (batch, leaves), verified in zip(batches, verdicts, strict=True):
+        yield batch.id, verified, leaves
 
 
 READ_AT_ONCE = 20_000
@@ -333,10 +370,10 @@ BATCHES_AT_ONCE = 500
 """At most this many batches in one query (each is a bound parameter)."""
 
 
-def _read(
-    conn: Connection, batches: list[data.StoredBatch]
-) -> Iterator[tuple[data.StoredBatch, Leaves]]:
-    """Each batch with its (position, leaf) records, in the order of ``batches``."""
+def _chunks(batches: list[data.StoredBatch]) -> list[list[data.StoredBatch]]:
+    """``batches`` in order, cut where a query would read more than :data:`READ_AT_ONCE`
+    records or :data:`BATCHES_AT_ONCE` batches (a batch of more is a chunk of its own)."""
+    chunks: list[list[data.StoredBatch]] = []
     start = 0
     while start < len(batches):
         end, held = start, 0
@@ -346,11 +383,9 @@ def _read(
         ):
             held += max(batches[end].count, 0)
             end += 1
-        chunk = batches[start:end]
-        leaves = data.leaves_of(conn, [b.id for b in chunk])
-        for batch in chunk:
-            yield batch, leaves.get(batch.id, [])
+        chunks.append(batches[start:end])
         start = end
+    return chunks
 
 
 def _candidates(leaves: Leaves, points: set[str]) -> Leaves:
