@@ -16,8 +16,9 @@ grants ``access.read``, three ways:
   process (:func:`engine.cli.main`, standard output to /dev/null);
 - ``GET /v1/points/{device}/{point}/recorded?format=csv`` of a ``converge serve`` process
   on loopback, streamed by httpx in this process (which only counts the bytes);
-- the floor: a raw SQL select of the same rows (batch, position, leaf) by the driver,
-  written as CSV by :mod:`csv` in this process, to /dev/null.
+- the floor: a raw SQL select of the same rows (batch, position, leaf) by the driver
+  (PostgreSQL's in binary, as the command reads them), written as CSV by :mod:`csv` in this
+  process, to /dev/null.
 
 Each of the three reads every record's leaf, verifies each batch on its own (the leaves
 hash to the signed root; both signatures verify under the trusted keys) and writes each
@@ -216,12 +217,13 @@ class Took:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """CPU seconds used so far: by this process (``None``), its waited-for children (0), or
-    the process ``pid``."""
+    """CPU seconds used so far: by this process and its waited-for children (``None``: the
+    command run here verifies in a worker process of its own), by its waited-for children
+    alone (0), or by the process ``pid``."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     if pid is None:
-        return time.process_time()
+        return time.process_time() + used.ru_utime + used.ru_stime
     if pid == 0:
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         return used.ru_utime + used.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -303,7 +305,8 @@ def floor(s: Setup) -> int:
     with Store.open_existing(s.target) as store, store.reading() as conn:
         driver = conn.connection.driver_connection
         postgres = conn.dialect.name == "postgresql"
-        cursor = driver.cursor("floor") if postgres else driver.cursor()  # type: ignore[union-attr]
+        # binary: bytea as bytes, not hex text (the command reads it so too)
+        cursor = driver.cursor("floor", binary=True) if postgres else driver.cursor()  # type: ignore[union-attr]
         mark = "%s" if postgres else "?"
         cursor.execute(
             "SELECT r.batch_id, r.position, r.leaf FROM readings r"

@@ -13,74 +13,45 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 from importlib.metadata import version
-from typing import Protocol
 
 from rich.console import Console
 
-from engine.commands import (
-    access,
-    audit,
-    check,
-    coverage,
-    diff,
-    explain,
-    export,
-    hold,
-    ingest,
-    keys,
-    plan,
-    principals,
-    query,
-    report,
-    retention,
-    run,
-    schema,
-    serve,
-    simulate,
-    test,
-    verify,
-)
 from engine.commands.findings import findings_text
-from engine.commands.options import PIPE_WIDTH, Handler, Subparsers
+from engine.commands.options import PIPE_WIDTH, Handler
 from engine.errors import AccessDenied, ConvergeError, FindingsError
 from engine.plugin_manager import make_plugin_manager
 
-
-class Command(Protocol):
-    """A module of :mod:`engine.commands`: ``register`` adds its parser, with its handler."""
-
-    def register(self, commands: Subparsers) -> None: ...
-
-
-COMMANDS: tuple[Command, ...] = (
-    check,
-    plan,
-    explain,
-    coverage,
-    diff,
-    test,
-    schema,
-    run,
-    simulate,
-    keys,
-    audit,
-    access,
-    query,
-    export,
-    report,
-    verify,
-    serve,
-    principals,
-    ingest,
-    retention,
-    hold,
+COMMANDS: tuple[str, ...] = (
+    "check",
+    "plan",
+    "explain",
+    "coverage",
+    "diff",
+    "test",
+    "schema",
+    "run",
+    "simulate",
+    "keys",
+    "audit",
+    "access",
+    "query",
+    "export",
+    "report",
+    "verify",
+    "serve",
+    "principals",
+    "ingest",
+    "retention",
+    "hold",
 )
-"""Every command, in the order ``converge --help`` lists them."""
+"""Every command, in the order ``converge --help`` lists them: each is the module of
+:mod:`engine.commands` of its name."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     # protocol libraries log warnings for conditions Converge reports itself (as gap records)
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     on_terminal = sys.stdout.isatty()
@@ -113,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the one ``argv`` runs: a command's module imports
+    what it needs (the store, the compiler, the report), most of a second for them all, and a
+    run needs only its own."""
     parser = argparse.ArgumentParser(
         prog="converge",
         description="Compile compliance policies for OT data into per-device collection plans.",
@@ -123,9 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-hooks", action="store_true", help="print every plugin hook call to standard error"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(commands)
+    for name in _running(argv) or COMMANDS:
+        import_module(f"engine.commands.{name}").register(commands)
     return parser
+
+
+def _running(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The command ``argv`` runs, when nothing before it asks for help, the version or a
+    listing of the commands (an unknown name's error lists them all); else none."""
+    for word in argv or ():
+        if word != "--trace-hooks":
+            return (word,) if word in COMMANDS else ()
+    return ()
 
 
 if __name__ == "__main__":

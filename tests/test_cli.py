@@ -7,6 +7,7 @@ Most tests call :func:`engine.cli.main` in-process from the repository root
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from engine.cli import main
+from engine.cli import COMMANDS, build_parser, main
 from engine.codes import CODES
 from engine.errors import PlanRejected
 from engine.plans.format import verify_plan
@@ -622,6 +623,45 @@ def test_usage_errors_exit_2(capsys, argv):
     code, _, err = converge(capsys, *argv)
     assert code == 2
     assert "usage: converge" in err
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
+
+
+def test_the_help_lists_every_command_in_the_table_s_order(capsys):
+    code, out, _ = converge(capsys, "--help")
+    assert code == 0
+    assert subcommands(build_parser()) == list(COMMANDS)
+    assert all(f"    {name} " in out for name in COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_is_the_module_of_its_name(name):
+    assert subcommands(build_parser(["--trace-hooks", name, "--help"])) == [name]
+
+
+@pytest.mark.parametrize("argv", [["--help", "query"], ["-h"], ["--version"], ["nope"], []])
+def test_a_parser_not_sure_of_its_command_has_them_all(argv):
+    assert subcommands(build_parser(argv)) == list(COMMANDS)
+
+
+def test_a_command_imports_no_other_command():
+    """Starting ``converge query`` imports the query command's module and what it needs, not
+    every command's (half a second and more of a start)."""
+    probe = (
+        "import sys; from engine.cli import build_parser; build_parser(['query', '--help']);"
+        " print(' '.join(m for m in sys.modules if m.startswith('engine.commands.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=REPO
+    )
+    assert set(done.stdout.split()) == {
+        "engine.commands.findings",
+        "engine.commands.options",
+        "engine.commands.query",
+    }
 
 
 # --- the installed script -------------------------------------------------------------------

@@ -16,10 +16,12 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
 
+from engine.access.apart import can_fork, verifier
 from engine.access.guard import Decision, Target
 from engine.canonical import canonical_json
 from engine.plans.body import PlanBody
@@ -94,32 +96,37 @@ def records(
     """The records of the points ``decision`` allows, in ``span``, device by device in batch
     order; each a dict of :data:`COLUMNS`."""
     for device, points in allowed(decision).items():
-        for batch, verified, leaves in _device_batches(conn, device, points, span, trust):
+        for batch, verified, leaves in _device_batches(conn, device, span, trust):
             for position, record, moment in _matching(leaves, points, span):
                 yield _row(record, moment, batch, position, verified)
 
 
 def csv_chunks(
-    conn: Connection, decision: Decision, span: Range, trust: Trust | None
+    conn: Connection, decision: Decision, span: Range, trust: Trust | None, *, apart: bool = False
 ) -> Iterator[str]:
-    """:func:`records` as CSV text, in chunks of about :data:`CHUNK_LINES` lines: a header of
-    :data:`COLUMNS`, then one line per record, as :mod:`csv` writes rows (``\\n`` ending
-    lines, minimal quoting), with empty cells for ``None`` and ``true``/``false`` for
-    booleans (docs/access.md).
+    """:func:`records` as CSV text, a chunk each time about :data:`CHUNK_LINES` records have
+    been read: a header of :data:`COLUMNS`, then one line per record, as :mod:`csv` writes
+    rows (``\\n`` ending lines, minimal quoting), with empty cells for ``None`` and
+    ``true``/``false`` for booleans (docs/access.md).
 
     The usual record, a scheduled reading whose leaf has the usual members, is written
     straight from its leaf's text (:class:`_Usual`); any other goes through the JSON parser
-    and the C writer, which write the same line for the usual record.
+    and the C writer, which write the same line for the usual record. ``apart``: the batches
+    may be verified in a worker process (:mod:`engine.access.apart`; only for a caller alone
+    in its process).
     """
-    out = [csv_line(COLUMNS)]
+    out, held = [csv_line(COLUMNS)], 0
     for device, points in allowed(decision).items():
         usual = _Usual(device, points, span)
-        for batch, verified, leaves in _device_batches(conn, device, points, span, trust):
+        batches = _device_batches(conn, device, span, trust, apart=apart)
+        for batch, verified, leaves in batches:
             flag = "" if verified is None else "true" if verified else "false"
-            out.extend(usual.lines(leaves, batch, flag))
-            if len(out) >= CHUNK_LINES:
+            out.append(usual.text(leaves, batch, flag))
+            held += len(leaves)
+            if held >= CHUNK_LINES:
                 yield "".join(out)
                 out.clear()
+                held = 0
     yield "".join(out)
 
 
@@ -148,6 +155,34 @@ def cell(value: Any) -> Any:
     return value
 
 
+def _usual(device: str, point: str, value: str) -> str:
+    """The pattern of a usual reading's leaf of ``device``: ``point`` and ``value`` match its
+    point and its value; it captures collected, point, quality, scheduled and value."""
+    return (
+        r'\{"collected_at":"([0-9:.TZ-]+)","device":'
+        + re.escape(canonical_json(device).decode())
+        + r',"point":'
+        + point
+        + r',"quality":"([a-z_]+)","salt":"[0-9a-f]{32}","scheduled_at":"([0-9:.TZ-]+)",'
+        + r'"type":"reading","v":1,"value":'
+        + value
+        + r"\}"
+    )
+
+
+_VALUE = r"(0|-?[1-9][0-9]{0,300}(\.[0-9]+)?)"
+"""An integer, or a decimal fraction (which ``repr`` must then write back as it is)."""
+_REPR_SAFE = (
+    r"(0|-?[1-9][0-9]{0,300}|-?(?=[0-9.]{3,16}\})(?!0\.0000)(?:0|[1-9][0-9]*)\.(?:0|[0-9]*[1-9]))"
+)
+"""An integer, or a decimal fraction that ``repr`` writes back as it is by its form alone: at
+most 15 digits (so it is the shortest text of its float), no trailing zero but in ``.0``, and
+at least 0.0001 (``repr`` writes less with an exponent), as ``repr`` writes floats between
+0.0001 and 1e16."""
+_LEAF = itemgetter(1)
+_POSITION = itemgetter(0)
+
+
 class _Usual:
     """Writes the CSV line of the usual record, a scheduled reading in canonical form,
     straight from its leaf's text, without parsing it as JSON.
@@ -157,7 +192,14 @@ class _Usual:
     writes back as it is (the C writer writes floats by ``repr``); the device and the
     point's names are matched as their canonical JSON. Any other leaf takes the general
     path, which writes the same line for the usual record
-    (``tests/test_access.py`` compares them).
+    (``tests/test_access_reads.py`` compares them).
+
+    A batch whose leaves are all usual readings (the common case) is matched at once, its
+    leaves joined a line each (:meth:`_columns`), and its lines formatted by ``str.format``
+    mapped over the matched columns: no Python code runs per record. That needs point names
+    that are their own CSV cell and JSON string, and a value that ``repr`` writes back by
+    its form alone (:data:`_REPR_SAFE`); when a batch is not all usual, the batches after it
+    go leaf by leaf until one is.
     """
 
     def __init__(self, device: str, points: set[str], span: Range) -> None:
@@ -167,19 +209,71 @@ class _Usual:
             text: csv_line((device, p, "reading"))[:-1] + "," for text, p in names.items()
         }
         self.match = re.compile(
-            r'\{"collected_at":"([0-9:.TZ-]+)","device":'
-            + re.escape(canonical_json(device).decode())
-            + r',"point":('
-            + "|".join(re.escape(text) for text in names)
-            + r'),"quality":"([a-z_]+)","salt":"[0-9a-f]{32}","scheduled_at":"([0-9:.TZ-]+)",'
-            r'"type":"reading","v":1,"value":(0|-?[1-9][0-9]{0,300}(\.[0-9]+)?)\}'
+            _usual(device, "(" + "|".join(map(re.escape, names)) + ")", _VALUE)
         ).fullmatch
+        plain = all(
+            canonical_json(p).decode() == f'"{p}"' and csv_line((p,)) == f"{p}\n" for p in points
+        )
+        alternatives = '"(' + "|".join(re.escape(p) for p in sorted(points)) + ')"'
+        self.every = (
+            re.compile(f"^{_usual(device, alternatives, _REPR_SAFE)}$", re.MULTILINE).split
+            if plain and points
+            else None
+        )
+        self.cell = csv_line((device, ""))[:-2].replace("%", "%%")
+        """The device's CSV cell, as a %-format."""
+        self.whole = True
+        """Whether to try the next batch at once: the last one was all usual readings."""
+
+    def text(self, leaves: Leaves, batch: int, flag: str) -> str:
+        """The CSV lines of the records of the points in the range among a batch's leaves."""
+        columns = self._columns(self.every, leaves) if self.every and self.whole else None
+        if columns is None:
+            return "".join(self.lines(leaves, batch, flag))
+        collected, point, quality, scheduled, value = columns
+        line = f"{self.cell},%s,reading,%s,%s,%s,,,%s,%s,,,{batch},%s,{flag}\n"
+        positions = map(_POSITION, leaves)
+        rows = zip(point, scheduled, value, quality, collected, scheduled, positions, strict=True)
+        return "".join(map(line.__mod__, rows))
+
+    def _columns(self, every: Callable[[str], list[str]], leaves: Leaves) -> list[list[str]] | None:
+        """(collected, point, quality, scheduled, value) of every leaf, as five columns, when
+        every leaf is a usual reading of one of the points, in the range; else ``None``.
+
+        The leaves are joined by line breaks and split by the pattern, which captures five
+        members of each: when nothing is left between the matches but the line breaks
+        joining them, every leaf was matched whole, in order.
+        """
+        try:
+            parts = every(b"\n".join(map(_LEAF, leaves)).decode())
+        except UnicodeDecodeError:
+            parts = []
+        count = len(leaves)
+        if not (
+            count
+            and len(parts) == 6 * count + 1
+            and parts[0] == parts[-1] == ""
+            and parts[6:-1:6].count("\n") == count - 1
+        ):
+            self.whole = False
+            return None
+        columns = [parts[i::6] for i in range(1, 6)]
+        start, end = self.span.start, self.span.end
+        if (start is not None and min(columns[3]) < start) or (
+            end is not None and max(columns[3]) >= end
+        ):
+            self.whole = False
+            return None
+        return columns
 
     def lines(self, leaves: Leaves, batch: int, flag: str) -> list[str]:
-        """The CSV lines of the records of the points in the range among a batch's leaves."""
+        """The CSV lines of the records of the points in the range among a batch's leaves,
+        leaf by leaf."""
         start, end = self.span.start, self.span.end
         out: list[str] = []
-        for position, leaf in _candidates(leaves, self.points):
+        candidates = _candidates(leaves, self.points)
+        usual = 0
+        for position, leaf in candidates:
             try:
                 found = self.match(leaf.decode())
             except UnicodeDecodeError:
@@ -190,11 +284,14 @@ class _Usual:
             collected, point, quality, scheduled, value, fraction = found.groups()
             if fraction and repr(float(value)) != value:
                 out.extend(self._general(position, leaf, batch, flag))
-            elif (start is None or scheduled >= start) and (end is None or scheduled < end):
+                continue
+            usual += 1
+            if (start is None or scheduled >= start) and (end is None or scheduled < end):
                 out.append(
                     f"{self.prefix[point]}{scheduled},{value},{quality},,,{collected},"
                     f"{scheduled},,,{batch},{position},{flag}\n"
                 )
+        self.whole = usual == len(leaves)
         return out
 
     def _general(self, position: int, leaf: bytes, batch: int, flag: str) -> list[str]:
@@ -225,12 +322,45 @@ class _Usual:
 
 
 def _device_batches(
-    conn: Connection, device: str, points: set[str], span: Range, trust: Trust | None
+    conn: Connection, device: str, span: Range, trust: Trust | None, *, apart: bool = False
 ) -> Iterator[tuple[int, bool | None, Leaves]]:
     """Each batch of ``device`` in ``span``: its id, whether it verifies, and its leaves."""
+    chunks = _chunks(data.batches(conn, device, span.start, span.end))
+    if trust is not None and apart and len(chunks) > 1 and can_fork():
+        yield from _verified_apart(conn, chunks, trust)
+        return
     plans: dict[str, PlanBody | None] = {}
-    for batch, leaves in _read(conn, data.batches(conn, device, span.start, span.end)):
-        yield batch.id, _verified(conn, batch, leaves, plans, trust), leaves
+    for chunk in chunks:
+        leaves = data.leaves_of(conn, [b.id for b in chunk])
+        for batch in chunk:
+            got = leaves.get(batch.id, [])
+            yield batch.id, _verified(conn, batch, got, plans, trust), got
+
+
+def _verified_apart(
+    conn: Connection, chunks: list[list[data.StoredBatch]], trust: Trust
+) -> Iterator[tuple[int, bool | None, Leaves]]:
+    """:func:`_device_batches` with the batches verified in a worker process: each chunk is
+    sent as soon as it is read, and the one before it then comes back with its verdicts."""
+    digests = {b.plan_digest for chunk in chunks for b in chunk}
+    plans = {digest: data.plan(conn, digest) for digest in sorted(digests)}
+    with verifier(plans, trust) as worker:
+        sent: list[tuple[data.StoredBatch, Leaves]] = []
+        for chunk in chunks:
+            leaves = data.leaves_of(conn, [b.id for b in chunk])
+            read = [(batch, leaves.get(batch.id, [])) for batch in chunk]
+            worker.send(read)
+            if sent:
+                yield from _with(sent, worker.verdicts())
+            sent = read
+        yield from _with(sent, worker.verdicts())
+
+
+def _with(
+    batches: list[tuple[data.StoredBatch, Leaves]], verdicts: list[bool]
+) -> Iterator[tuple[int, bool | None, Leaves]]:
+    for (batch, leaves), verified in zip(batches, verdicts, strict=True):
+        yield batch.id, verified, leaves
 
 
 READ_AT_ONCE = 20_000
@@ -240,10 +370,10 @@ BATCHES_AT_ONCE = 500
 """At most this many batches in one query (each is a bound parameter)."""
 
 
-def _read(
-    conn: Connection, batches: list[data.StoredBatch]
-) -> Iterator[tuple[data.StoredBatch, Leaves]]:
-    """Each batch with its (position, leaf) records, in the order of ``batches``."""
+def _chunks(batches: list[data.StoredBatch]) -> list[list[data.StoredBatch]]:
+    """``batches`` in order, cut where a query would read more than :data:`READ_AT_ONCE`
+    records or :data:`BATCHES_AT_ONCE` batches (a batch of more is a chunk of its own)."""
+    chunks: list[list[data.StoredBatch]] = []
     start = 0
     while start < len(batches):
         end, held = start, 0
@@ -253,11 +383,9 @@ def _read(
         ):
             held += max(batches[end].count, 0)
             end += 1
-        chunk = batches[start:end]
-        leaves = data.leaves_of(conn, [b.id for b in chunk])
-        for batch in chunk:
-            yield batch, leaves.get(batch.id, [])
+        chunks.append(batches[start:end])
         start = end
+    return chunks
 
 
 def _candidates(leaves: Leaves, points: set[str]) -> Leaves:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         )
         with store.reading() as conn:
             if args.format == "csv":
-                sys.stdout.writelines(csv_chunks(conn, decision, span, trust))
+                sys.stdout.writelines(csv_chunks(conn, decision, span, trust, apart=True))
             else:
                 render(console, args.format, records(conn, decision, span, trust))
     return refused(decision)

@@ -209,22 +209,32 @@ def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
 def leaves_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, bytes]]]:
     """(position, leaf bytes) of every record of the batches ``ids``, by batch, readings and
     gap records merged in position order: one query per record table for all of them,
-    straight from the driver (no ORM row per record)."""
+    straight from the driver, each batch's rows split off and cut to (position, leaf) by C
+    iterators (no ORM row, no Python code per record)."""
     driver: Any = conn.connection.driver_connection
-    marks = ",".join(["%s" if conn.dialect.name == "postgresql" else "?"] * len(ids))
+    postgres = conn.dialect.name == "postgresql"
+    marks = ",".join(["%s" if postgres else "?"] * len(ids))
     found: dict[int, list[tuple[int, bytes]]] = {}
     for table in ("readings", "gap_records"):
-        cursor = driver.cursor()
+        # PostgreSQL sends bytea as hex text unless asked for binary: twice the bytes to send,
+        # and to decode
+        cursor = driver.cursor(binary=True) if postgres else driver.cursor()
         try:
             cursor.execute(
                 f"SELECT batch_id, position, leaf FROM {table} WHERE batch_id IN ({marks})"
                 " ORDER BY batch_id, position",
                 tuple(ids),
             )
-            for batch_id, rows in groupby(cursor.fetchall(), key=itemgetter(0)):
-                got = [(p, leaf if type(leaf) is bytes else as_bytes(leaf)) for _, p, leaf in rows]
-                held = found.get(batch_id)
-                found[batch_id] = got if held is None else sorted(held + got)
+            rows = cursor.fetchall()
         finally:
             cursor.close()
+        if set(map(type, map(_LEAF, rows))) - {bytes}:
+            rows = [(b, p, as_bytes(leaf)) for b, p, leaf in rows]
+        for batch_id, group in groupby(rows, key=_BATCH_ID):
+            got = list(map(_POSITION_LEAF, group))
+            held = found.get(batch_id)
+            found[batch_id] = got if held is None else sorted(held + got)
     return found
+
+
+_BATCH_ID, _POSITION_LEAF, _LEAF = itemgetter(0), itemgetter(1, 2), itemgetter(2)
