@@ -806,6 +806,69 @@ def test_a_truncated_bundle_is_refused(plant: Exported, tmp_path: Path, both):
     assert problem.startswith(f"FAIL {cut}: refused: not a readable zip file")
 
 
+def damaged(bundle: Path, member: str, at: float) -> Path:
+    """``bundle`` with one byte of ``member``'s deflated bytes flipped (its CRC then fails)."""
+    with zipfile.ZipFile(bundle) as z:
+        info = z.getinfo(member)
+    raw = bytearray(bundle.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + int(info.compress_size * at)] ^= 0x55
+    bundle.write_bytes(bytes(raw))
+    return bundle
+
+
+def changed_member(name: str) -> Callable[[Members], Members]:
+    def change(members: Members) -> Members:
+        members[name] = members[name].replace(b"\n", b"\n\n", 1)
+        return members
+
+    return change
+
+
+REFUSED_CRC = "refused: cannot be read (Bad CRC-32 for file '{}')"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (None, "records.jsonl", ["records.jsonl"]),
+        (None, "records.csv", ["records.csv"]),
+        ("records.jsonl", "records.csv", ["records.csv"]),
+        ("records.csv", "records.jsonl", ["records.csv changed", "records.jsonl"]),
+        ("log/checkpoints.json", "records.csv", ["log/checkpoints.json changed", "records.csv"]),
+        ("report.html", "records.jsonl", ["records.jsonl"]),
+    ],
+)
+def test_a_records_member_that_cannot_be_read_is_refused_where_its_digest_is_checked(
+    plant: Exported, tmp_path: Path, both, case: tuple[str | None, str, list[str]]
+):
+    """The records' members are hashed while their records are checked (inflated once), yet
+    the verdict is the one of checking each digest in the manifest's turn: what was found
+    before, then the refusal, and nothing the later checks found."""
+    changed, broken, expected = case
+    change = changed_member(changed) if changed else (lambda members: members)
+    out = damaged(rewritten(plant.bundle, tmp_path / "d.zip", change), broken, 0.5)
+    said = [
+        f"FAIL {e.removesuffix(' changed')}: changed: its SHA-256 is not the one the manifest lists"
+        if e.endswith(" changed")
+        else f"FAIL {e}: {REFUSED_CRC.format(e)}"
+        for e in expected
+    ]
+    assert failed(both(out, plant.trust)) == said
+
+
+def test_both_records_members_changed_are_named_in_the_manifests_order(plant, tmp_path, both):
+    def change(members: Members) -> Members:
+        return changed_member("records.jsonl")(changed_member("records.csv")(members))
+
+    problems = failed(both(rewritten(plant.bundle, tmp_path / "c.zip", change), plant.trust))
+    assert problems[:2] == [
+        "FAIL records.csv: changed: its SHA-256 is not the one the manifest lists",
+        "FAIL records.jsonl: changed: its SHA-256 is not the one the manifest lists",
+    ]
+    assert len(problems) > 2
+
+
 def test_a_bundle_missing_its_manifest_is_not_a_bundle(plant: Exported, tmp_path: Path, both):
     out = rewritten(
         plant.bundle,

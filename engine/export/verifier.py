@@ -123,6 +123,15 @@ class Verdict:
     def fail(self, item: str, message: str) -> None:
         self.problems.append((item, message))
 
+    def copy(self) -> Verdict:
+        return Verdict(list(self.problems), list(self.notes), dict(self.counts))
+
+    def restore(self, then: Verdict) -> None:
+        """Back to what ``then`` (a :meth:`copy`) held."""
+        self.problems[:], self.notes[:] = then.problems, then.notes
+        self.counts.clear()
+        self.counts.update(then.counts)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -160,6 +169,8 @@ class Bundle:
         except (OSError, zipfile.BadZipFile) as exc:
             raise Refused(path, f"not a readable zip file ({exc})") from None
         self.members = self._check_members(self.zip.infolist(), size)
+        self.hashing: dict[str, Hashed] = {}
+        """Members whose digest is taken as they are next read."""
 
     @staticmethod
     def _check_members(infos: list[zipfile.ZipInfo], size: int) -> dict[str, zipfile.ZipInfo]:
@@ -199,53 +210,88 @@ class Bundle:
             raise Refused(name, "holds more than the zip says")
         return data
 
-    def lines(self, name: str) -> Iterator[bytes]:
-        """A member's lines (without their newline), streamed, each bounded."""
+    def chunks(self, name: str) -> Iterator[bytes]:
+        """A member's bytes, streamed in chunks: the first read of a member :meth:`hashed`
+        hashes them as it goes."""
+        hashed = self.hashing.pop(name, None)
+        return self._chunks(name) if hashed is None else hashed.chunks()
+
+    def _chunks(self, name: str) -> Iterator[bytes]:
         info = self.members[name]
         try:
             with self.zip.open(info) as member:
-                rest = b""
                 while chunk := member.read(1 << 20):
-                    lines = (rest + chunk).split(b"\n")
-                    rest = lines.pop()
-                    if len(rest) > MAX_LINE_BYTES:
-                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
-                    yield from lines
-                if rest:
-                    yield rest
+                    yield chunk
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
+
+    def lines(self, name: str) -> Iterator[bytes]:
+        """A member's lines (without their newline), streamed, each bounded."""
+        rest = b""
+        for chunk in self.chunks(name):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            if len(rest) > MAX_LINE_BYTES:
+                raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+            yield from lines
+        if rest:
+            yield rest
 
     def blocks(self, name: str) -> Iterator[bytes]:
         """A member's lines in blocks, each of whole lines (each ending in a newline) but the
         last, which holds the line without one, if any; streamed as :meth:`lines` streams."""
-        info = self.members[name]
-        try:
-            with self.zip.open(info) as member:
-                rest = b""
-                while chunk := member.read(1 << 20):
-                    block = rest + chunk
-                    cut = block.rfind(b"\n") + 1
-                    rest = block[cut:]
-                    if len(rest) > MAX_LINE_BYTES:
-                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
-                    if cut:
-                        yield block[:cut]
-                if rest:
-                    yield rest
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise Refused(name, f"cannot be read ({exc})") from None
+        rest = b""
+        for chunk in self.chunks(name):
+            block = rest + chunk
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if len(rest) > MAX_LINE_BYTES:
+                raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+            if cut:
+                yield block[:cut]
+        if rest:
+            yield rest
 
     def digest(self, name: str) -> str:
         sha = hashlib.sha256()
-        info = self.members[name]
-        try:
-            with self.zip.open(info) as member:
-                while chunk := member.read(1 << 20):
-                    sha.update(chunk)
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise Refused(name, f"cannot be read ({exc})") from None
+        for chunk in self._chunks(name):
+            sha.update(chunk)
         return "sha256:" + sha.hexdigest()
+
+    def hash_on_read(self, name: str) -> Hashed:
+        """``name``'s SHA-256, taken as its next read (:meth:`chunks`) streams it."""
+        self.hashing[name] = found = Hashed(self._chunks(name))
+        return found
+
+
+class Hashed:
+    """A member hashed while it is read for another check, so that it is inflated once: its
+    digest is known when that read ends (:meth:`digest` reads what it left)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self.sha = chunks, hashlib.sha256()
+        self.refused: Refused | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                self.sha.update(chunk)
+                yield chunk
+        except Refused as exc:
+            self.refused = exc
+            raise
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the whole member; Refused if it cannot be read."""
+        if self.refused is None:
+            try:
+                for chunk in self._chunks:
+                    self.sha.update(chunk)
+            except Refused as exc:
+                self.refused = exc
+        if self.refused is not None:
+            raise self.refused
+        return "sha256:" + self.sha.hexdigest()
 
 
 def source_problem(path: str) -> str | None:
@@ -460,13 +506,15 @@ def signed_by(
 def verify(path: str, trust: bytes | None = None) -> Verdict:
     """Check the bundle at ``path`` against ``trust`` (a trust file's bytes), else its own keys."""
     verdict = Verdict()
+    deferred: list[Deferred] = []
     try:
         bundle = Bundle(path)
-        _verify(bundle, trust, verdict)
+        _verify(bundle, trust, verdict, deferred)
     except Refused as exc:
         verdict.fail(exc.item, f"refused: {exc.message}")
     except MALFORMED as exc:
         verdict.fail("bundle", f"refused: malformed ({type(exc).__name__}: {exc})")
+    _settle(deferred, verdict)
     return verdict
 
 
@@ -479,7 +527,9 @@ def _safely(check: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | str
         return f"malformed ({type(exc).__name__}: {exc})"
 
 
-def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
+def _verify(
+    bundle: Bundle, trust: bytes | None, verdict: Verdict, deferred: list[Deferred]
+) -> None:
     for name in (MANIFEST, SIGNATURE, KEYS):
         if not bundle.has(name):
             raise Refused(name, "missing: this is not a Converge bundle")
@@ -495,7 +545,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
             " bundle consistent, not who made it; pass --trust KEYS.json"
         )
     log = _log_key(manifest, trusted, verdict)
-    _check_manifest(bundle, manifest, log, verdict)
+    _check_manifest(bundle, manifest, log, verdict, deferred)
     checkpoints = _check_checkpoints(bundle, log, verdict)
     entries = _check_entries(bundle, checkpoints, verdict)
     plans = _check_plans(bundle, manifest, trusted, entries, verdict)
@@ -540,9 +590,14 @@ def _log_key(manifest: dict[str, Any], trust: Trust, verdict: Verdict) -> LogKey
 
 
 def _check_manifest(
-    bundle: Bundle, manifest: dict[str, Any], log: LogKey, verdict: Verdict
+    bundle: Bundle,
+    manifest: dict[str, Any],
+    log: LogKey,
+    verdict: Verdict,
+    deferred: list[Deferred],
 ) -> None:
-    """The manifest is signed by the log's key; every member's digest is the one it lists."""
+    """The manifest is signed by the log's key; every member's digest is the one it lists (the
+    records' members' when their check has read them: :func:`_settle`)."""
     signed = signed_by(bundle.read(SIGNATURE).decode(errors="replace"), log.origin, log.versions)
     want = f"{FORMAT}\n{log.origin}\nsha256:{hashlib.sha256(bundle.read(MANIFEST)).hexdigest()}\n"
     if signed is None or not signed[0].startswith(want):
@@ -557,8 +612,48 @@ def _check_manifest(
     for name, digest in sorted(listed.items()):
         if not bundle.has(name):
             verdict.fail(name, "listed in the manifest but missing")
+        elif name in HASHED_ON_READ:
+            deferred.append(Deferred(name, digest, bundle.hash_on_read(name), verdict.copy()))
         elif bundle.digest(name) != digest:
             verdict.fail(name, "changed: its SHA-256 is not the one the manifest lists")
+
+
+HASHED_ON_READ = frozenset({RECORDS, RECORDS_CSV})
+"""The large members: each is hashed as the records' check reads it, not inflated twice."""
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A member's digest check, made when the member has been read: the digest the manifest
+    lists, and the verdict as it stood where the check belongs."""
+
+    name: str
+    listed: Any
+    hashed: Hashed
+    then: Verdict
+
+
+def _settle(deferred: list[Deferred], verdict: Verdict) -> None:
+    """Finish the deferred digest checks as though each had been made in its place: a
+    changed member's problem goes where it belongs; a member that cannot be read is refused
+    there, and what the checks found after it is dropped (they would not have run)."""
+    changed: list[Deferred] = []
+    for check in deferred:
+        try:
+            if check.hashed.digest() != check.listed:
+                changed.append(check)
+        except Refused as exc:
+            verdict.restore(check.then)
+            _place(changed, verdict)
+            verdict.fail(exc.item, f"refused: {exc.message}")
+            return
+    _place(changed, verdict)
+
+
+def _place(changed: list[Deferred], verdict: Verdict) -> None:
+    for inserted, check in enumerate(changed):
+        problem = (check.name, "changed: its SHA-256 is not the one the manifest lists")
+        verdict.problems.insert(len(check.then.problems) + inserted, problem)
 
 
 def _signed_time(text: str) -> datetime | None:
