@@ -869,6 +869,35 @@ def test_both_records_members_changed_are_named_in_the_manifests_order(plant, tm
     assert len(problems) > 2
 
 
+def mixed_records(members: Members) -> Members:
+    """records.jsonl with a value changed, a point renamed, a line repeated and one dropped:
+    blocks that hold and blocks that do not."""
+    lines = members["records.jsonl"].split(b"\n")
+    lines[40] = lines[40].replace(b'"value":', b'"value":7', 1)
+    lines[90] = lines[90].replace(b'"point":"', b'"point":"x', 1)
+    lines[130:131] = [lines[130], lines[130]]
+    del lines[170]
+    members["records.jsonl"] = b"\n".join(lines)
+    return members
+
+
+@pytest.mark.parametrize("broken", [None, "records.jsonl", "records.csv"])
+def test_worker_processes_give_the_verdict_one_process_gives(
+    plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str | None
+):
+    """Blocks of record lines read by forked workers: the same problems, in the same order, as
+    when this process reads them all (blocks of a few lines, so that there are many)."""
+    out = rewritten(plant.bundle, tmp_path / "mixed.zip", mixed_records)
+    if broken:
+        damaged(out, broken, 0.6)
+    monkeypatch.setattr(verifier, "CHUNK", 2048)
+    trust = plant.trust.read_bytes()
+    alone = verifier.verify(str(out), trust).as_json()
+    monkeypatch.setattr(verifier, "_worker_count", lambda size: 2)
+    assert verifier.verify(str(out), trust).as_json() == alone
+    assert len(alone["problems"]) >= (1 if broken else 5)
+
+
 def test_a_bundle_missing_its_manifest_is_not_a_bundle(plant: Exported, tmp_path: Path, both):
     out = rewritten(
         plant.bundle,

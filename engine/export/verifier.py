@@ -41,12 +41,15 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import stat
 import sys
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
@@ -98,6 +101,8 @@ MAX_JSON_BYTES = 256 << 20
 """The largest member read whole as JSON (the manifest, keys, checkpoints, a batch)."""
 MAX_LINE_BYTES = 16 << 20
 """The longest line of a streamed member (records, entries, the CSV)."""
+CHUNK = 1 << 20
+"""How much of a member is inflated at a time; a block of record lines is about this long."""
 
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 """What reading a hostile member's JSON as the documented shape may raise."""
@@ -220,7 +225,7 @@ class Bundle:
         info = self.members[name]
         try:
             with self.zip.open(info) as member:
-                while chunk := member.read(1 << 20):
+                while chunk := member.read(CHUNK):
                     yield chunk
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
@@ -1312,6 +1317,77 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
     return Usual(columns[0], columns[1], columns[2], columns[4], columns[5], columns[7], rows)
 
 
+@dataclass(frozen=True)
+class Read:
+    """A block of record lines that are all the usual reading, read at once: the columns the
+    check needs (as :class:`Usual`'s), the CSV rows, and each leaf's hash."""
+
+    batches: tuple[bytes, ...]
+    positions: tuple[bytes, ...]
+    devices: tuple[bytes, ...]
+    points: tuple[bytes, ...]
+    times: tuple[bytes, ...]
+    rows: bytes
+    hashes: list[bytes]
+
+
+def read_block(block: bytes) -> Read | None:
+    """``block`` (whole record lines) read when every line is the usual reading
+    (:func:`read_usual`), its leaves hashed; else None. A pure function of the bytes: a worker
+    process may run it."""
+    read = read_usual(block, block.count(b"\n")) if block.endswith(b"\n") else None
+    if read is None:
+        return None
+    hashes = list(map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, read.leaves))))
+    return Read(read.batches, read.positions, read.devices, read.points, read.times, read.rows,
+                hashes)  # fmt: skip
+
+
+PARALLEL_BYTES = 64 << 20
+"""A records member at least this large is read by worker processes (Linux only: forked)."""
+MAX_WORKERS = 8
+AHEAD = 3
+"""Blocks in flight per worker."""
+
+
+def _worker_count(size: int) -> int:
+    """One worker per CPU this process may use, when the member is large and there are two;
+    none (read here) otherwise."""
+    affinity = getattr(os, "sched_getaffinity", None)  # the CPUs it may use (Linux)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    if size < PARALLEL_BYTES or cpus < 2 or sys.platform != "linux":
+        return 0
+    return min(cpus, MAX_WORKERS)
+
+
+def _read_blocks(blocks: Iterator[bytes], workers: int) -> Iterator[tuple[bytes, Read | None]]:
+    """Each block with :func:`read_block`'s reading of it, in order: made here, or by
+    ``workers`` forked processes a few blocks ahead. A block that cannot be read is refused
+    after those before it are given, as when they are read here."""
+    if not workers:
+        yield from ((block, read_block(block)) for block in blocks)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pending: deque[tuple[bytes, Future[Read | None]]] = deque()
+    refused: Refused | None = None
+    try:
+        try:
+            for block in blocks:
+                pending.append((block, pool.submit(read_block, block)))
+                if len(pending) > AHEAD * workers:
+                    done, task = pending.popleft()
+                    yield done, task.result()
+        except Refused as exc:
+            refused = exc
+        while pending:
+            done, task = pending.popleft()
+            yield done, task.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+    if refused is not None:
+        raise refused
+
+
 def _check_records(
     bundle: Bundle, manifest: dict[str, Any], batches: dict[int, Batch], verdict: Verdict
 ) -> None:
@@ -1324,8 +1400,10 @@ def _check_records(
         verdict.fail(RECORDS_CSV, "its header is not the documented one")
     count = 0
     usual = _Usual(batches, asked)
-    for block in bundle.blocks(RECORDS) if bundle.has(RECORDS) else ():
-        taken = usual.block(block, rows)
+    blocks = bundle.blocks(RECORDS) if bundle.has(RECORDS) else iter(())
+    size = bundle.members[RECORDS].file_size if bundle.has(RECORDS) else 0
+    for block, read in _read_blocks(blocks, _worker_count(size)):
+        taken = usual.block(block, read, rows)
         if taken:
             count += taken
             continue
@@ -1409,15 +1487,14 @@ class _Usual:
         self.start = (asked.start or "").encode()
         self.end = asked.end.encode() if asked.end else None
 
-    def block(self, block: bytes, rows: _Rows) -> int:
-        """How many lines of ``block`` were checked and their CSV rows taken from ``rows``:
-        all of them when every line is usual and holds and the rows are theirs, else none
-        (nothing recorded: the block is then checked line by line)."""
-        count = block.count(b"\n")
-        read = read_usual(block, count) if block.endswith(b"\n") else None
+    def block(self, block: bytes, read: Read | None, rows: _Rows) -> int:
+        """How many lines of ``block`` (``read`` by :func:`read_block`) were checked and their
+        CSV rows taken from ``rows``: all of them when every line is usual and holds and the
+        rows are theirs, else none (nothing recorded: the block is then checked line by
+        line)."""
         if read is None:
             return 0
-        staged: list[tuple[Batch, list[int], tuple[bytes, ...]]] = []
+        staged: list[tuple[Batch, list[int], list[bytes]]] = []
         start = 0
         for batch_id, run in groupby(read.batches):
             end = start + len(list(run))
@@ -1427,16 +1504,15 @@ class _Usual:
             positions = list(map(int, read.positions[start:end]))
             if not self._holds(batch, positions, read, slice(start, end)):
                 return 0
-            staged.append((batch, positions, read.leaves[start:end]))
+            staged.append((batch, positions, read.hashes[start:end]))
             start = end
         if not rows.take(read.rows):
             return 0
-        for batch, positions, leaves in staged:
-            hashes = map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, leaves)))
+        for batch, positions, hashes in staged:
             batch.hashes.update(zip(positions, hashes, strict=True))
-        return count
+        return len(read.hashes)
 
-    def _holds(self, batch: Batch, positions: list[int], read: Usual, run: slice) -> bool:
+    def _holds(self, batch: Batch, positions: list[int], read: Read, run: slice) -> bool:
         """A run of one batch's lines: whole batch, new positions, its device, points asked,
         times in range."""
         device, times = batch.device.encode(), read.times[run]
