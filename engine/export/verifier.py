@@ -1309,12 +1309,14 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
     found = _USUAL_LINES.findall(lines)
     if not found or len(found) != count:
         return None
-    columns = tuple(zip(*found, strict=True))
-    decimals = list(compress(columns[8], columns[9]))
+    batches, positions, leaves, devices, points, times, values, fractions = (
+        tuple(map(itemgetter(i), found)) for i in (0, 1, 2, 4, 5, 7, 8, 9)
+    )
+    decimals = list(compress(values, fractions))
     if list(map(repr, map(float, decimals))) != list(map(bytes.decode, decimals)):
         return None
     rows = b"".join(map(_ROW.__mod__, map(_ROW_ORDER, found)))
-    return Usual(columns[0], columns[1], columns[2], columns[4], columns[5], columns[7], rows)
+    return Usual(batches, positions, leaves, devices, points, times, rows)
 
 
 @dataclass(frozen=True)

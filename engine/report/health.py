@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -262,7 +263,7 @@ class _Device:
         found = _READINGS.findall(joined)
         if not found or len(found) != len(leaves) or joined.count(b"\n") != len(leaves) - 1:
             return False
-        points, slots = zip(*found, strict=True)
+        points, slots = list(map(itemgetter(0), found)), list(map(itemgetter(1), found))
         distinct = set(slots)
         for point in set(points).difference(self.names):
             self.names[point] = point.decode()
