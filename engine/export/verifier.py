@@ -1320,17 +1320,29 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
 
 
 @dataclass(frozen=True)
-class Read:
-    """A block of record lines that are all the usual reading, read at once: the columns the
-    check needs (as :class:`Usual`'s), the CSV rows, and each leaf's hash."""
+class Run:
+    """Consecutive lines of one batch in a block: where they end in the block, and what the
+    check asks of them all: their devices and points (each once), their least and greatest
+    time."""
 
-    batches: tuple[bytes, ...]
-    positions: tuple[bytes, ...]
-    devices: tuple[bytes, ...]
-    points: tuple[bytes, ...]
-    times: tuple[bytes, ...]
+    batch: bytes
+    end: int
+    devices: frozenset[bytes]
+    points: frozenset[bytes]
+    first: bytes
+    last: bytes
+
+
+@dataclass(frozen=True)
+class Read:
+    """A block of record lines that are all the usual reading, read at once: its runs of one
+    batch, each line's position, the CSV rows, and each leaf's hash (32 bytes each, in line
+    order). Few objects, so that a worker process hands it back cheaply."""
+
+    runs: list[Run]
+    positions: list[int]
     rows: bytes
-    hashes: list[bytes]
+    hashes: bytes
 
 
 def read_block(block: bytes) -> Read | None:
@@ -1340,9 +1352,15 @@ def read_block(block: bytes) -> Read | None:
     read = read_usual(block, block.count(b"\n")) if block.endswith(b"\n") else None
     if read is None:
         return None
-    hashes = list(map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, read.leaves))))
-    return Read(read.batches, read.positions, read.devices, read.points, read.times, read.rows,
-                hashes)  # fmt: skip
+    runs, start = [], 0
+    for batch, lines in groupby(read.batches):
+        end = start + len(list(lines))
+        times = read.times[start:end]
+        devices, points = frozenset(read.devices[start:end]), frozenset(read.points[start:end])
+        runs.append(Run(batch, end, devices, points, min(times), max(times)))
+        start = end
+    hashes = b"".join(map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, read.leaves))))
+    return Read(runs, list(map(int, read.positions)), read.rows, hashes)
 
 
 PARALLEL_BYTES = 64 << 20
@@ -1405,7 +1423,7 @@ def _check_records(
     blocks = bundle.blocks(RECORDS) if bundle.has(RECORDS) else iter(())
     size = bundle.members[RECORDS].file_size if bundle.has(RECORDS) else 0
     for block, read in _read_blocks(blocks, _worker_count(size)):
-        taken = usual.block(block, read, rows)
+        taken = usual.block(read, rows)
         if taken:
             count += taken
             continue
@@ -1489,44 +1507,44 @@ class _Usual:
         self.start = (asked.start or "").encode()
         self.end = asked.end.encode() if asked.end else None
 
-    def block(self, block: bytes, read: Read | None, rows: _Rows) -> int:
-        """How many lines of ``block`` (``read`` by :func:`read_block`) were checked and their
+    def block(self, read: Read | None, rows: _Rows) -> int:
+        """How many lines of a block (``read`` by :func:`read_block`) were checked and their
         CSV rows taken from ``rows``: all of them when every line is usual and holds and the
         rows are theirs, else none (nothing recorded: the block is then checked line by
         line)."""
         if read is None:
             return 0
-        staged: list[tuple[Batch, list[int], list[bytes]]] = []
+        staged: list[tuple[Batch, list[int], int]] = []
         start = 0
-        for batch_id, run in groupby(read.batches):
-            end = start + len(list(run))
-            batch = self.batches.get(int(batch_id))
+        for run in read.runs:
+            batch = self.batches.get(int(run.batch))
             if batch is None or any(batch is b for b, _, _ in staged):
                 return 0
-            positions = list(map(int, read.positions[start:end]))
-            if not self._holds(batch, positions, read, slice(start, end)):
+            positions = read.positions[start : run.end]
+            if not self._holds(batch, positions, run):
                 return 0
-            staged.append((batch, positions, read.hashes[start:end]))
-            start = end
+            staged.append((batch, positions, start))
+            start = run.end
         if not rows.take(read.rows):
             return 0
-        for batch, positions, hashes in staged:
-            batch.hashes.update(zip(positions, hashes, strict=True))
-        return len(read.hashes)
+        hashes = read.hashes
+        for batch, positions, first in staged:
+            at = range(first * 32, (first + len(positions)) * 32, 32)
+            batch.hashes.update(zip(positions, [hashes[i : i + 32] for i in at], strict=True))
+        return len(read.positions)
 
-    def _holds(self, batch: Batch, positions: list[int], read: Read, run: slice) -> bool:
+    def _holds(self, batch: Batch, positions: list[int], run: Run) -> bool:
         """A run of one batch's lines: whole batch, new positions, its device, points asked,
         times in range."""
-        device, times = batch.device.encode(), read.times[run]
-        devices = read.devices[run]
+        device = batch.device.encode()
         return (
             batch.proofs is None
             and len(set(positions)) == len(positions)
             and batch.hashes.keys().isdisjoint(positions)
-            and devices.count(device) == len(devices)
-            and all(device + b"/" + point in self.points for point in set(read.points[run]))
-            and min(times) >= self.start
-            and (self.end is None or max(times) < self.end)
+            and run.devices == {device}
+            and all(device + b"/" + point in self.points for point in run.points)
+            and run.first >= self.start
+            and (self.end is None or run.last < self.end)
         )
 
     def row(self, line: bytes) -> bytes | None:
