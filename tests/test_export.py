@@ -260,6 +260,24 @@ def test_two_exports_of_the_same_store_hold_the_same_evidence_bytes(exported: Ex
         assert {info.date_time for info in z.infolist()} == {writing.ZIP_TIME}
 
 
+@pytest.mark.parametrize("point", [False, True])
+def test_worker_processes_export_the_bytes_one_process_exports(
+    plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: bool
+):
+    """Batches read by forked workers (as a large export's are): the same records, CSV rows
+    and batches, byte for byte, for a whole device and for one point of it (proofs)."""
+    asked = ["--device", DEVICE] + (["--point", first_point(plant.bundle)] if point else [])
+    alone = tmp_path / "alone.zip"
+    assert export(plant.db, plant.site.keys_dir, alone, *asked) == 0
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    forked = tmp_path / "forked.zip"
+    assert export(plant.db, plant.site.keys_dir, forked, *asked) == 0
+    first, second = read(alone), read(forked)
+    assert list(first) == list(second)
+    evidence = [n for n in first if n.startswith(("records", "batches/", "plans/"))]
+    assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
+
+
 def test_one_point_exports_proofs_and_verifies(plant: Exported, partial: Path, both):
     members = read(partial)
     batches = [json.loads(members[n]) for n in members if n.startswith("batches/")]
@@ -893,7 +911,7 @@ def test_worker_processes_give_the_verdict_one_process_gives(
     monkeypatch.setattr(verifier, "CHUNK", 2048)
     trust = plant.trust.read_bytes()
     alone = verifier.verify(str(out), trust).as_json()
-    monkeypatch.setattr(verifier, "_worker_count", lambda size: 2)
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
     assert verifier.verify(str(out), trust).as_json() == alone
     assert len(alone["problems"]) >= (1 if broken else 5)
 

@@ -1367,45 +1367,51 @@ PARALLEL_BYTES = 64 << 20
 """A records member at least this large is read by worker processes (Linux only: forked)."""
 MAX_WORKERS = 8
 AHEAD = 3
-"""Blocks in flight per worker."""
+"""Items in flight per worker."""
 
 
-def _worker_count(size: int) -> int:
-    """One worker per CPU this process may use, when the member is large and there are two;
-    none (read here) otherwise."""
+def worker_count(amount: int, least: int) -> int:
+    """One worker process per CPU this process may use, when ``amount`` of work is at least
+    ``least`` and there are two CPUs or more, on Linux (workers are forked); else none."""
     affinity = getattr(os, "sched_getaffinity", None)  # the CPUs it may use (Linux)
     cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
-    if size < PARALLEL_BYTES or cpus < 2 or sys.platform != "linux":
+    if amount < least or cpus < 2 or sys.platform != "linux":
         return 0
     return min(cpus, MAX_WORKERS)
 
 
-def _read_blocks(blocks: Iterator[bytes], workers: int) -> Iterator[tuple[bytes, Read | None]]:
-    """Each block with :func:`read_block`'s reading of it, in order: made here, or by
-    ``workers`` forked processes a few blocks ahead. A block that cannot be read is refused
-    after those before it are given, as when they are read here."""
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def in_order(work: Callable[[A], B], items: Iterator[A], workers: int) -> Iterator[tuple[A, B]]:
+    """Each item with ``work(item)``, in order: done here, or by ``workers`` forked processes
+    a few items ahead (``work`` is then a pure function of its item). When ``items`` raises
+    (a block that cannot be read), the items before are given first, as when done here."""
     if not workers:
-        yield from ((block, read_block(block)) for block in blocks)
+        yield from ((item, work(item)) for item in items)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    pending: deque[tuple[bytes, Future[Read | None]]] = deque()
-    refused: Refused | None = None
+    pending: deque[tuple[A, Future[B]]] = deque()
     try:
         try:
-            for block in blocks:
-                pending.append((block, pool.submit(read_block, block)))
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
                 if len(pending) > AHEAD * workers:
-                    done, task = pending.popleft()
-                    yield done, task.result()
-        except Refused as exc:
-            refused = exc
+                    yield _done(pending)
+        except Exception:
+            while pending:
+                yield _done(pending)
+            raise
         while pending:
-            done, task = pending.popleft()
-            yield done, task.result()
+            yield _done(pending)
     finally:
         pool.shutdown(cancel_futures=True)
-    if refused is not None:
-        raise refused
+
+
+def _done(pending: deque[tuple[A, Future[B]]]) -> tuple[A, B]:
+    item, task = pending.popleft()
+    return item, task.result()
 
 
 def _check_records(
@@ -1422,7 +1428,7 @@ def _check_records(
     usual = _Usual(batches, asked)
     blocks = bundle.blocks(RECORDS) if bundle.has(RECORDS) else iter(())
     size = bundle.members[RECORDS].file_size if bundle.has(RECORDS) else 0
-    for block, read in _read_blocks(blocks, _worker_count(size)):
+    for block, read in in_order(read_block, blocks, worker_count(size, PARALLEL_BYTES)):
         taken = usual.block(read, rows)
         if taken:
             count += taken
