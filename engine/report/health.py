@@ -51,9 +51,6 @@ CSV_COLUMNS = ("device", "point", "day", "scheduled", "readings", "gaps", *REASO
 CSV_COLUMNS += ("unaccounted", "extra")
 """The columns of ``converge audit gaps --format csv``: a gap reason's column counts its slots."""
 
-Key = tuple[str, str, int]
-"""(device, point, start of the period in ms since the epoch)."""
-
 
 @dataclass
 class Tally:
