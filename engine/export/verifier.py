@@ -216,7 +216,7 @@ class Bundle:
         return data
 
     def chunks(self, name: str) -> Iterator[bytes]:
-        """A member's bytes, streamed in chunks: the first read of a member :meth:`hashed`
+        """A member's bytes, streamed in chunks: the first read of a member :meth:`hash_on_read`
         hashes them as it goes."""
         hashed = self.hashing.pop(name, None)
         return self._chunks(name) if hashed is None else hashed.chunks()
