@@ -14,11 +14,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from evidence_kit import Site, collect, open_store, verify
 
+from engine.access.data import Range
 from engine.cli import main
 from engine.collect.scheduler import Schedule
 from engine.records import Gap, GapReason, Reading, Record
+from engine.report import health as completeness
 from engine.report.health import DAY_MS, bin_slots, spread
+from engine.sign.leaf import instant
+from engine.store import data
 from engine.store.spool import Spool
+from engine.store.store import Store
 
 DEVICE = "reactor-1-plc"
 MIDNIGHT = (datetime.now(UTC) - timedelta(days=1)).replace(
@@ -168,3 +173,51 @@ def test_a_run_of_slots_is_split_over_the_days_its_slots_fall_in():
         (midnight + 20_000, 4),
         (midnight + 40_000, 4),
     ]
+
+
+def counted(tally: completeness.Tally) -> tuple[int, int, int, dict[str, int]]:
+    return tally.scheduled, tally.readings, tally.extra, dict(tally.gaps)
+
+
+def shown(found: completeness.Health, devices: list[str]) -> object:
+    """Everything the report and ``audit gaps`` read of a health."""
+    rows = [row.as_json() for row in found.rows()]
+    lines = {d: [(s, counted(t)) for s, t in found.timeline(d, found.bucket_ms)] for d in devices}
+    totals = {d: {p: counted(t) for p, t in found.totals(d).items()} for d in devices}
+    return rows, lines, totals
+
+
+@pytest.mark.parametrize("bucket_ms", [1000, 15_000, 60_000, DAY_MS])
+def test_a_batch_counted_at_once_counts_what_its_leaves_count_one_by_one(
+    stopped_store, monkeypatch, bucket_ms
+):
+    """The usual readings of a batch are counted at once (one regular expression over the
+    batch); a batch that holds anything else, a point not asked or a slot outside the range
+    is counted leaf by leaf. Both count the same, whatever the range and points asked."""
+    store = Store.open_existing(stopped_store)
+    spans = [
+        Range(),
+        Range(instant(MIDNIGHT), None),
+        Range(None, instant(MIDNIGHT + timedelta(seconds=75))),
+        Range(instant(START + timedelta(seconds=7)), instant(END - timedelta(seconds=3))),
+    ]
+    usual = completeness._Device._usual
+    taken: list[bool] = []
+
+    def spied(self: completeness._Device, leaves: list[bytes]) -> bool:
+        taken.append(usual(self, leaves))
+        return taken[-1]
+
+    monkeypatch.setattr(completeness._Device, "_usual", spied)
+    with store.reading() as conn:
+        devices = data.devices(conn)
+        for span in spans:
+            for wanted in (dict.fromkeys(devices), {DEVICE: ["TT101_PV", "AGITATOR_RUN"]}):
+                at_once = shown(completeness.health(conn, wanted, span, bucket_ms), devices)
+                with monkeypatch.context() as m:
+                    m.setattr(completeness._Device, "_usual", lambda self, leaves: False)
+                    one_by_one = completeness.health(conn, wanted, span, bucket_ms)
+                assert at_once == shown(one_by_one, devices)
+    store.close()
+    assert any(taken)
+    assert not all(taken)

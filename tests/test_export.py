@@ -260,6 +260,24 @@ def test_two_exports_of_the_same_store_hold_the_same_evidence_bytes(exported: Ex
         assert {info.date_time for info in z.infolist()} == {writing.ZIP_TIME}
 
 
+@pytest.mark.parametrize("point", [False, True])
+def test_worker_processes_export_the_bytes_one_process_exports(
+    plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: bool
+):
+    """Batches read by forked workers (as a large export's are): the same records, CSV rows
+    and batches, byte for byte, for a whole device and for one point of it (proofs)."""
+    asked = ["--device", DEVICE] + (["--point", first_point(plant.bundle)] if point else [])
+    alone = tmp_path / "alone.zip"
+    assert export(plant.db, plant.site.keys_dir, alone, *asked) == 0
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    forked = tmp_path / "forked.zip"
+    assert export(plant.db, plant.site.keys_dir, forked, *asked) == 0
+    first, second = read(alone), read(forked)
+    assert list(first) == list(second)
+    evidence = [n for n in first if n.startswith(("records", "batches/", "plans/"))]
+    assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
+
+
 def test_one_point_exports_proofs_and_verifies(plant: Exported, partial: Path, both):
     members = read(partial)
     batches = [json.loads(members[n]) for n in members if n.startswith("batches/")]
@@ -826,6 +844,98 @@ def test_a_truncated_bundle_is_refused(plant: Exported, tmp_path: Path, both):
     cut.write_bytes(plant.bundle.read_bytes()[: plant.bundle.stat().st_size // 2])
     (problem,) = failed(both(cut, plant.trust))
     assert problem.startswith(f"FAIL {cut}: refused: not a readable zip file")
+
+
+def damaged(bundle: Path, member: str, at: float) -> Path:
+    """``bundle`` with one byte of ``member``'s deflated bytes flipped (its CRC then fails)."""
+    with zipfile.ZipFile(bundle) as z:
+        info = z.getinfo(member)
+    raw = bytearray(bundle.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + int(info.compress_size * at)] ^= 0x55
+    bundle.write_bytes(bytes(raw))
+    return bundle
+
+
+def changed_member(name: str) -> Callable[[Members], Members]:
+    def change(members: Members) -> Members:
+        members[name] = members[name].replace(b"\n", b"\n\n", 1)
+        return members
+
+    return change
+
+
+REFUSED_CRC = "refused: cannot be read (Bad CRC-32 for file '{}')"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (None, "records.jsonl", ["records.jsonl"]),
+        (None, "records.csv", ["records.csv"]),
+        ("records.jsonl", "records.csv", ["records.csv"]),
+        ("records.csv", "records.jsonl", ["records.csv changed", "records.jsonl"]),
+        ("log/checkpoints.json", "records.csv", ["log/checkpoints.json changed", "records.csv"]),
+        ("report.html", "records.jsonl", ["records.jsonl"]),
+    ],
+)
+def test_a_records_member_that_cannot_be_read_is_refused_where_its_digest_is_checked(
+    plant: Exported, tmp_path: Path, both, case: tuple[str | None, str, list[str]]
+):
+    """The records' members are hashed while their records are checked (inflated once), yet
+    the verdict is the one of checking each digest in the manifest's turn: what was found
+    before, then the refusal, and nothing the later checks found."""
+    changed, broken, expected = case
+    change = changed_member(changed) if changed else (lambda members: members)
+    out = damaged(rewritten(plant.bundle, tmp_path / "d.zip", change), broken, 0.5)
+    said = [
+        f"FAIL {e.removesuffix(' changed')}: changed: its SHA-256 is not the one the manifest lists"
+        if e.endswith(" changed")
+        else f"FAIL {e}: {REFUSED_CRC.format(e)}"
+        for e in expected
+    ]
+    assert failed(both(out, plant.trust)) == said
+
+
+def test_both_records_members_changed_are_named_in_the_manifests_order(plant, tmp_path, both):
+    def change(members: Members) -> Members:
+        return changed_member("records.jsonl")(changed_member("records.csv")(members))
+
+    problems = failed(both(rewritten(plant.bundle, tmp_path / "c.zip", change), plant.trust))
+    assert problems[:2] == [
+        "FAIL records.csv: changed: its SHA-256 is not the one the manifest lists",
+        "FAIL records.jsonl: changed: its SHA-256 is not the one the manifest lists",
+    ]
+    assert len(problems) > 2
+
+
+def mixed_records(members: Members) -> Members:
+    """records.jsonl with a value changed, a point renamed, a line repeated and one dropped:
+    blocks that hold and blocks that do not."""
+    lines = members["records.jsonl"].split(b"\n")
+    lines[40] = lines[40].replace(b'"value":', b'"value":7', 1)
+    lines[90] = lines[90].replace(b'"point":"', b'"point":"x', 1)
+    lines[130:131] = [lines[130], lines[130]]
+    del lines[170]
+    members["records.jsonl"] = b"\n".join(lines)
+    return members
+
+
+@pytest.mark.parametrize("broken", [None, "records.jsonl", "records.csv"])
+def test_worker_processes_give_the_verdict_one_process_gives(
+    plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str | None
+):
+    """Blocks of record lines read by forked workers: the same problems, in the same order, as
+    when this process reads them all (blocks of a few lines, so that there are many)."""
+    out = rewritten(plant.bundle, tmp_path / "mixed.zip", mixed_records)
+    if broken:
+        damaged(out, broken, 0.6)
+    monkeypatch.setattr(verifier, "CHUNK", 2048)
+    trust = plant.trust.read_bytes()
+    alone = verifier.verify(str(out), trust).as_json()
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    assert verifier.verify(str(out), trust).as_json() == alone
+    assert len(alone["problems"]) >= (1 if broken else 5)
 
 
 def test_a_bundle_missing_its_manifest_is_not_a_bundle(plant: Exported, tmp_path: Path, both):

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         store.audit_key = args.audit_key
         decision = decide(store, resolver, args)
         report = partial(render, checking=checking)
-        target = Target(args.out, report, tuple(args.plan_key), args.sources)
+        target = Target(args.out, report, tuple(args.plan_key), args.sources, parallel=True)
         done = export(store, decision, span, keys, target)
     for path, why in done.left_out:
         print(f"converge: source {path} is not in the bundle: {why}", file=sys.stderr)

@@ -53,12 +53,16 @@ class Exported:
 @dataclass(frozen=True)
 class Target:
     """Where a bundle goes, how its report is made, which keys its trust file says sign
-    plans, and the folder the plans' source files are read under."""
+    plans, the folder the plans' source files are read under, and whether worker processes
+    may read its records."""
 
     out: Path
     report: Report
     plan_keys: tuple[str, ...] = ()
     sources: Path = Path(".")
+    parallel: bool = False
+    """Whether worker processes may read a large export's records (forked: only in a process
+    of its own, never a collector's)."""
 
 
 def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Target) -> Exported:
@@ -93,6 +97,7 @@ def _write(
             to.plan_keys,
             only=only,
             sources=to.sources,
+            parallel=to.parallel,
         )
         gathered = bundle.gather(conn, asked, size)
     gathered.members["report.html"] = to.report(store, decision)

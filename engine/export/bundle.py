@@ -79,6 +79,9 @@ class Request:
     """An archive's records: these positions of these batches (by id), no others."""
     sources: Path = Path(".")
     """The folder the plans' source paths are read under (the one they were compiled in)."""
+    parallel: bool = False
+    """Whether forked worker processes may read a large export's records (a command's own
+    process may fork; a collector's, with its threads, must not)."""
 
 
 def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered:
@@ -172,24 +175,46 @@ LINE = b'{"batch":%d,"position":%d,"leaf":%s}\n'
 """A line of records.jsonl: batch id, position, leaf bytes."""
 
 
+PARALLEL_RECORDS = 200_000
+"""An export of at least this many records (of its batches) is read by worker processes, when
+its request allows them."""
+
+Job = tuple[list[tuple[int, bytes]], int, set[str], Range]
+"""A batch's leaves (position, bytes), its id, the points asked of its device, the range."""
+
+
 def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, Picked]]:
     """Each batch of an allowed device in the range with the records it exports."""
     allowed: dict[str, set[str]] = {}
     for point in request.decision.allowed:
         allowed.setdefault(point.device, set()).add(point.point)
     only = request.only
-    for device, points in sorted(allowed.items()):
-        for batch in data.batches(conn, device, request.span.start, request.span.end):
-            if only is not None and batch.id not in only:
-                continue
-            leaves = data.leaves(conn, batch.id)
-            if only is not None:
-                leaves = [(p, leaf) for p, leaf in leaves if p in only[batch.id]]
-            picked = _usual(leaves, batch.id, points, request.span) or _exported(
-                leaves, batch.id, points, request.span
-            )
-            if picked.positions or only is None:  # every batch: the chain is checked whole
-                yield batch, picked
+    work = [
+        (batch, points)
+        for device, points in sorted(allowed.items())
+        for batch in data.batches(conn, device, request.span.start, request.span.end)
+        if only is None or batch.id in only
+    ]
+    records = sum(batch.count for batch, _ in work)
+    workers = verifier.worker_count(records, PARALLEL_RECORDS) if request.parallel else 0
+    jobs = (_job(conn, request, batch, points) for batch, points in work)
+    picks = verifier.in_order(_pick, jobs, workers)
+    for (batch, _), (_, picked) in zip(work, picks, strict=True):
+        if picked.positions or only is None:  # every batch: the chain is checked whole
+            yield batch, picked
+
+
+def _job(conn: Connection, request: Request, batch: StoredBatch, points: set[str]) -> Job:
+    leaves = data.leaves(conn, batch.id)
+    if request.only is not None:
+        leaves = [(p, leaf) for p, leaf in leaves if p in request.only[batch.id]]
+    return leaves, batch.id, points, request.span
+
+
+def _pick(job: Job) -> Picked:
+    """The records a batch exports (a pure function of the job: a worker process may run it)."""
+    leaves, batch, points, span = job
+    return _usual(leaves, batch, points, span) or _exported(leaves, batch, points, span)
 
 
 def _usual(

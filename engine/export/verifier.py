@@ -41,12 +41,15 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import stat
 import sys
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
@@ -98,6 +101,8 @@ MAX_JSON_BYTES = 256 << 20
 """The largest member read whole as JSON (the manifest, keys, checkpoints, a batch)."""
 MAX_LINE_BYTES = 16 << 20
 """The longest line of a streamed member (records, entries, the CSV)."""
+CHUNK = 1 << 20
+"""How much of a member is inflated at a time; a block of record lines is about this long."""
 
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 """What reading a hostile member's JSON as the documented shape may raise."""
@@ -122,6 +127,15 @@ class Verdict:
 
     def fail(self, item: str, message: str) -> None:
         self.problems.append((item, message))
+
+    def copy(self) -> Verdict:
+        return Verdict(list(self.problems), list(self.notes), dict(self.counts))
+
+    def restore(self, then: Verdict) -> None:
+        """Back to what ``then`` (a :meth:`copy`) held."""
+        self.problems[:], self.notes[:] = then.problems, then.notes
+        self.counts.clear()
+        self.counts.update(then.counts)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +174,8 @@ class Bundle:
         except (OSError, zipfile.BadZipFile) as exc:
             raise Refused(path, f"not a readable zip file ({exc})") from None
         self.members = self._check_members(self.zip.infolist(), size)
+        self.hashing: dict[str, Hashed] = {}
+        """Members whose digest is taken as they are next read."""
 
     @staticmethod
     def _check_members(infos: list[zipfile.ZipInfo], size: int) -> dict[str, zipfile.ZipInfo]:
@@ -199,53 +215,88 @@ class Bundle:
             raise Refused(name, "holds more than the zip says")
         return data
 
-    def lines(self, name: str) -> Iterator[bytes]:
-        """A member's lines (without their newline), streamed, each bounded."""
+    def chunks(self, name: str) -> Iterator[bytes]:
+        """A member's bytes, streamed in chunks: the first read of a member :meth:`hash_on_read`
+        hashes them as it goes."""
+        hashed = self.hashing.pop(name, None)
+        return self._chunks(name) if hashed is None else hashed.chunks()
+
+    def _chunks(self, name: str) -> Iterator[bytes]:
         info = self.members[name]
         try:
             with self.zip.open(info) as member:
-                rest = b""
-                while chunk := member.read(1 << 20):
-                    lines = (rest + chunk).split(b"\n")
-                    rest = lines.pop()
-                    if len(rest) > MAX_LINE_BYTES:
-                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
-                    yield from lines
-                if rest:
-                    yield rest
+                while chunk := member.read(CHUNK):
+                    yield chunk
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise Refused(name, f"cannot be read ({exc})") from None
+
+    def lines(self, name: str) -> Iterator[bytes]:
+        """A member's lines (without their newline), streamed, each bounded."""
+        rest = b""
+        for chunk in self.chunks(name):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            if len(rest) > MAX_LINE_BYTES:
+                raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+            yield from lines
+        if rest:
+            yield rest
 
     def blocks(self, name: str) -> Iterator[bytes]:
         """A member's lines in blocks, each of whole lines (each ending in a newline) but the
         last, which holds the line without one, if any; streamed as :meth:`lines` streams."""
-        info = self.members[name]
-        try:
-            with self.zip.open(info) as member:
-                rest = b""
-                while chunk := member.read(1 << 20):
-                    block = rest + chunk
-                    cut = block.rfind(b"\n") + 1
-                    rest = block[cut:]
-                    if len(rest) > MAX_LINE_BYTES:
-                        raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
-                    if cut:
-                        yield block[:cut]
-                if rest:
-                    yield rest
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise Refused(name, f"cannot be read ({exc})") from None
+        rest = b""
+        for chunk in self.chunks(name):
+            block = rest + chunk
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if len(rest) > MAX_LINE_BYTES:
+                raise Refused(name, f"a line longer than {MAX_LINE_BYTES} bytes")
+            if cut:
+                yield block[:cut]
+        if rest:
+            yield rest
 
     def digest(self, name: str) -> str:
         sha = hashlib.sha256()
-        info = self.members[name]
-        try:
-            with self.zip.open(info) as member:
-                while chunk := member.read(1 << 20):
-                    sha.update(chunk)
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise Refused(name, f"cannot be read ({exc})") from None
+        for chunk in self._chunks(name):
+            sha.update(chunk)
         return "sha256:" + sha.hexdigest()
+
+    def hash_on_read(self, name: str) -> Hashed:
+        """``name``'s SHA-256, taken as its next read (:meth:`chunks`) streams it."""
+        self.hashing[name] = found = Hashed(self._chunks(name))
+        return found
+
+
+class Hashed:
+    """A member hashed while it is read for another check, so that it is inflated once: its
+    digest is known when that read ends (:meth:`digest` reads what it left)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self.sha = chunks, hashlib.sha256()
+        self.refused: Refused | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                self.sha.update(chunk)
+                yield chunk
+        except Refused as exc:
+            self.refused = exc
+            raise
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the whole member; Refused if it cannot be read."""
+        if self.refused is None:
+            try:
+                for chunk in self._chunks:
+                    self.sha.update(chunk)
+            except Refused as exc:
+                self.refused = exc
+        if self.refused is not None:
+            raise self.refused
+        return "sha256:" + self.sha.hexdigest()
 
 
 def source_problem(path: str) -> str | None:
@@ -460,13 +511,15 @@ def signed_by(
 def verify(path: str, trust: bytes | None = None) -> Verdict:
     """Check the bundle at ``path`` against ``trust`` (a trust file's bytes), else its own keys."""
     verdict = Verdict()
+    deferred: list[Deferred] = []
     try:
         bundle = Bundle(path)
-        _verify(bundle, trust, verdict)
+        _verify(bundle, trust, verdict, deferred)
     except Refused as exc:
         verdict.fail(exc.item, f"refused: {exc.message}")
     except MALFORMED as exc:
         verdict.fail("bundle", f"refused: malformed ({type(exc).__name__}: {exc})")
+    _settle(deferred, verdict)
     return verdict
 
 
@@ -479,7 +532,9 @@ def _safely(check: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | str
         return f"malformed ({type(exc).__name__}: {exc})"
 
 
-def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
+def _verify(
+    bundle: Bundle, trust: bytes | None, verdict: Verdict, deferred: list[Deferred]
+) -> None:
     for name in (MANIFEST, SIGNATURE, KEYS):
         if not bundle.has(name):
             raise Refused(name, "missing: this is not a Converge bundle")
@@ -495,7 +550,7 @@ def _verify(bundle: Bundle, trust: bytes | None, verdict: Verdict) -> None:
             " bundle consistent, not who made it; pass --trust KEYS.json"
         )
     log = _log_key(manifest, trusted, verdict)
-    _check_manifest(bundle, manifest, log, verdict)
+    _check_manifest(bundle, manifest, log, verdict, deferred)
     checkpoints = _check_checkpoints(bundle, log, verdict)
     entries = _check_entries(bundle, checkpoints, verdict)
     plans = _check_plans(bundle, manifest, trusted, entries, verdict)
@@ -540,9 +595,14 @@ def _log_key(manifest: dict[str, Any], trust: Trust, verdict: Verdict) -> LogKey
 
 
 def _check_manifest(
-    bundle: Bundle, manifest: dict[str, Any], log: LogKey, verdict: Verdict
+    bundle: Bundle,
+    manifest: dict[str, Any],
+    log: LogKey,
+    verdict: Verdict,
+    deferred: list[Deferred],
 ) -> None:
-    """The manifest is signed by the log's key; every member's digest is the one it lists."""
+    """The manifest is signed by the log's key; every member's digest is the one it lists (the
+    records' members' when their check has read them: :func:`_settle`)."""
     signed = signed_by(bundle.read(SIGNATURE).decode(errors="replace"), log.origin, log.versions)
     want = f"{FORMAT}\n{log.origin}\nsha256:{hashlib.sha256(bundle.read(MANIFEST)).hexdigest()}\n"
     if signed is None or not signed[0].startswith(want):
@@ -557,8 +617,48 @@ def _check_manifest(
     for name, digest in sorted(listed.items()):
         if not bundle.has(name):
             verdict.fail(name, "listed in the manifest but missing")
+        elif name in HASHED_ON_READ:
+            deferred.append(Deferred(name, digest, bundle.hash_on_read(name), verdict.copy()))
         elif bundle.digest(name) != digest:
             verdict.fail(name, "changed: its SHA-256 is not the one the manifest lists")
+
+
+HASHED_ON_READ = frozenset({RECORDS, RECORDS_CSV})
+"""The large members: each is hashed as the records' check reads it, not inflated twice."""
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A member's digest check, made when the member has been read: the digest the manifest
+    lists, and the verdict as it stood where the check belongs."""
+
+    name: str
+    listed: Any
+    hashed: Hashed
+    then: Verdict
+
+
+def _settle(deferred: list[Deferred], verdict: Verdict) -> None:
+    """Finish the deferred digest checks as though each had been made in its place: a
+    changed member's problem goes where it belongs; a member that cannot be read is refused
+    there, and what the checks found after it is dropped (they would not have run)."""
+    changed: list[Deferred] = []
+    for check in deferred:
+        try:
+            if check.hashed.digest() != check.listed:
+                changed.append(check)
+        except Refused as exc:
+            verdict.restore(check.then)
+            _place(changed, verdict)
+            verdict.fail(exc.item, f"refused: {exc.message}")
+            return
+    _place(changed, verdict)
+
+
+def _place(changed: list[Deferred], verdict: Verdict) -> None:
+    for inserted, check in enumerate(changed):
+        problem = (check.name, "changed: its SHA-256 is not the one the manifest lists")
+        verdict.problems.insert(len(check.then.problems) + inserted, problem)
 
 
 def _signed_time(text: str) -> datetime | None:
@@ -1209,12 +1309,109 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
     found = _USUAL_LINES.findall(lines)
     if not found or len(found) != count:
         return None
-    columns = tuple(zip(*found, strict=True))
-    decimals = list(compress(columns[8], columns[9]))
+    batches, positions, leaves, devices, points, times, values, fractions = (
+        tuple(map(itemgetter(i), found)) for i in (0, 1, 2, 4, 5, 7, 8, 9)
+    )
+    decimals = list(compress(values, fractions))
     if list(map(repr, map(float, decimals))) != list(map(bytes.decode, decimals)):
         return None
     rows = b"".join(map(_ROW.__mod__, map(_ROW_ORDER, found)))
-    return Usual(columns[0], columns[1], columns[2], columns[4], columns[5], columns[7], rows)
+    return Usual(batches, positions, leaves, devices, points, times, rows)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive lines of one batch in a block: where they end in the block, and what the
+    check asks of them all: their devices and points (each once), their least and greatest
+    time."""
+
+    batch: bytes
+    end: int
+    devices: frozenset[bytes]
+    points: frozenset[bytes]
+    first: bytes
+    last: bytes
+
+
+@dataclass(frozen=True)
+class Read:
+    """A block of record lines that are all the usual reading, read at once: its runs of one
+    batch, each line's position, the CSV rows, and each leaf's hash (32 bytes each, in line
+    order). Few objects, so that a worker process hands it back cheaply."""
+
+    runs: list[Run]
+    positions: list[int]
+    rows: bytes
+    hashes: bytes
+
+
+def read_block(block: bytes) -> Read | None:
+    """``block`` (whole record lines) read when every line is the usual reading
+    (:func:`read_usual`), its leaves hashed; else None. A pure function of the bytes: a worker
+    process may run it."""
+    read = read_usual(block, block.count(b"\n")) if block.endswith(b"\n") else None
+    if read is None:
+        return None
+    runs, start = [], 0
+    for batch, lines in groupby(read.batches):
+        end = start + len(list(lines))
+        times = read.times[start:end]
+        devices, points = frozenset(read.devices[start:end]), frozenset(read.points[start:end])
+        runs.append(Run(batch, end, devices, points, min(times), max(times)))
+        start = end
+    hashes = b"".join(map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, read.leaves))))
+    return Read(runs, list(map(int, read.positions)), read.rows, hashes)
+
+
+PARALLEL_BYTES = 64 << 20
+"""A records member at least this large is read by worker processes (Linux only: forked)."""
+MAX_WORKERS = 8
+AHEAD = 3
+"""Items in flight per worker."""
+
+
+def worker_count(amount: int, least: int) -> int:
+    """One worker process per CPU this process may use, when ``amount`` of work is at least
+    ``least`` and there are two CPUs or more, on Linux (workers are forked); else none."""
+    affinity = getattr(os, "sched_getaffinity", None)  # the CPUs it may use (Linux)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    if amount < least or cpus < 2 or sys.platform != "linux":
+        return 0
+    return min(cpus, MAX_WORKERS)
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def in_order(work: Callable[[A], B], items: Iterator[A], workers: int) -> Iterator[tuple[A, B]]:
+    """Each item with ``work(item)``, in order: done here, or by ``workers`` forked processes
+    a few items ahead (``work`` is then a pure function of its item). When ``items`` raises
+    (a block that cannot be read), the items before are given first, as when done here."""
+    if not workers:
+        yield from ((item, work(item)) for item in items)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pending: deque[tuple[A, Future[B]]] = deque()
+    try:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
+                if len(pending) > AHEAD * workers:
+                    yield _done(pending)
+        except Exception:
+            while pending:
+                yield _done(pending)
+            raise
+        while pending:
+            yield _done(pending)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _done(pending: deque[tuple[A, Future[B]]]) -> tuple[A, B]:
+    item, task = pending.popleft()
+    return item, task.result()
 
 
 def _check_records(
@@ -1229,8 +1426,10 @@ def _check_records(
         verdict.fail(RECORDS_CSV, "its header is not the documented one")
     count = 0
     usual = _Usual(batches, asked)
-    for block in bundle.blocks(RECORDS) if bundle.has(RECORDS) else ():
-        taken = usual.block(block, rows)
+    blocks = bundle.blocks(RECORDS) if bundle.has(RECORDS) else iter(())
+    size = bundle.members[RECORDS].file_size if bundle.has(RECORDS) else 0
+    for block, read in in_order(read_block, blocks, worker_count(size, PARALLEL_BYTES)):
+        taken = usual.block(read, rows)
         if taken:
             count += taken
             continue
@@ -1314,46 +1513,44 @@ class _Usual:
         self.start = (asked.start or "").encode()
         self.end = asked.end.encode() if asked.end else None
 
-    def block(self, block: bytes, rows: _Rows) -> int:
-        """How many lines of ``block`` were checked and their CSV rows taken from ``rows``:
-        all of them when every line is usual and holds and the rows are theirs, else none
-        (nothing recorded: the block is then checked line by line)."""
-        count = block.count(b"\n")
-        read = read_usual(block, count) if block.endswith(b"\n") else None
+    def block(self, read: Read | None, rows: _Rows) -> int:
+        """How many lines of a block (``read`` by :func:`read_block`) were checked and their
+        CSV rows taken from ``rows``: all of them when every line is usual and holds and the
+        rows are theirs, else none (nothing recorded: the block is then checked line by
+        line)."""
         if read is None:
             return 0
-        staged: list[tuple[Batch, list[int], tuple[bytes, ...]]] = []
+        staged: list[tuple[Batch, list[int], int]] = []
         start = 0
-        for batch_id, run in groupby(read.batches):
-            end = start + len(list(run))
-            batch = self.batches.get(int(batch_id))
+        for run in read.runs:
+            batch = self.batches.get(int(run.batch))
             if batch is None or any(batch is b for b, _, _ in staged):
                 return 0
-            positions = list(map(int, read.positions[start:end]))
-            if not self._holds(batch, positions, read, slice(start, end)):
+            positions = read.positions[start : run.end]
+            if not self._holds(batch, positions, run):
                 return 0
-            staged.append((batch, positions, read.leaves[start:end]))
-            start = end
+            staged.append((batch, positions, start))
+            start = run.end
         if not rows.take(read.rows):
             return 0
-        for batch, positions, leaves in staged:
-            hashes = map(_DIGEST, map(hashlib.sha256, map(b"\x00".__add__, leaves)))
-            batch.hashes.update(zip(positions, hashes, strict=True))
-        return count
+        hashes = read.hashes
+        for batch, positions, first in staged:
+            at = range(first * 32, (first + len(positions)) * 32, 32)
+            batch.hashes.update(zip(positions, [hashes[i : i + 32] for i in at], strict=True))
+        return len(read.positions)
 
-    def _holds(self, batch: Batch, positions: list[int], read: Usual, run: slice) -> bool:
+    def _holds(self, batch: Batch, positions: list[int], run: Run) -> bool:
         """A run of one batch's lines: whole batch, new positions, its device, points asked,
         times in range."""
-        device, times = batch.device.encode(), read.times[run]
-        devices = read.devices[run]
+        device = batch.device.encode()
         return (
             batch.proofs is None
             and len(set(positions)) == len(positions)
             and batch.hashes.keys().isdisjoint(positions)
-            and devices.count(device) == len(devices)
-            and all(device + b"/" + point in self.points for point in set(read.points[run]))
-            and min(times) >= self.start
-            and (self.end is None or max(times) < self.end)
+            and run.devices == {device}
+            and all(device + b"/" + point in self.points for point in run.points)
+            and run.first >= self.start
+            and (self.end is None or run.last < self.end)
         )
 
     def row(self, line: bytes) -> bytes | None:

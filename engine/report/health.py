@@ -28,7 +28,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
@@ -49,9 +50,6 @@ REASONS = tuple(r.value for r in GapReason)
 CSV_COLUMNS = ("device", "point", "day", "scheduled", "readings", "gaps", *REASONS)
 CSV_COLUMNS += ("unaccounted", "extra")
 """The columns of ``converge audit gaps --format csv``: a gap reason's column counts its slots."""
-
-Key = tuple[str, str, int]
-"""(device, point, start of the period in ms since the epoch)."""
 
 
 @dataclass
@@ -114,43 +112,64 @@ class Row:
         return [*head, t.unaccounted, t.extra]
 
 
+K = TypeVar("K")
+
+
 @dataclass
-class Health:
-    """Tallies by device, point and period of ``bucket_ms``."""
+class _Counts(Generic[K]):
+    """Plain counts by key (a tally's parts), so that a reading costs an addition, not a
+    :class:`Tally`."""
 
-    bucket_ms: int
-    tallies: dict[Key, Tally] = field(default_factory=dict)
-    devices: dict[str, dict[tuple[str, int], Tally]] = field(default_factory=dict)
-    """The same tallies, by device: (point, period start) -> tally."""
+    scheduled: Counter[K] = field(default_factory=Counter)
+    readings: Counter[K] = field(default_factory=Counter)
+    extra: Counter[K] = field(default_factory=Counter)
+    gaps: Counter[tuple[K, str]] = field(default_factory=Counter)
 
-    def at(self, device: str, point: str, moment_ms: int) -> Tally:
-        start = moment_ms // self.bucket_ms * self.bucket_ms
-        found = self.tallies.get((device, point, start))
-        if found is None:
-            found = self.tallies[device, point, start] = Tally()
-            self.devices.setdefault(device, {})[point, start] = found
+    def tallies(self) -> dict[K, Tally]:
+        """A tally for each key anything was counted for."""
+        found: dict[K, Tally] = {}
+        for key, n in self.scheduled.items():
+            found.setdefault(key, Tally()).scheduled = n
+        for key, n in self.readings.items():
+            found.setdefault(key, Tally()).readings = n
+        for key, n in self.extra.items():
+            found.setdefault(key, Tally()).extra = n
+        for (key, reason), n in self.gaps.items():
+            found.setdefault(key, Tally()).gaps[reason] = n
         return found
 
-    def rows(self, bucket_ms: int = DAY_MS) -> list[Row]:
-        """Every (device, point, period) with anything to show, in periods of ``bucket_ms`` (a
-        multiple of :attr:`bucket_ms`), sorted."""
-        summed: dict[Key, Tally] = {}
-        for (device, point, start), tally in self.tallies.items():
-            key = (device, point, start // bucket_ms * bucket_ms)
-            summed.setdefault(key, Tally()).add(tally)
-        return [Row(*key, tally) for key, tally in sorted(summed.items())]
+
+@dataclass
+class Health:
+    """Tallies by device, point and UTC day, and by device and period of ``bucket_ms`` (all its
+    points summed): what the completeness view and the report show, and nothing finer."""
+
+    bucket_ms: int
+    days: dict[str, dict[tuple[str, int], Tally]] = field(default_factory=dict)
+    """Per device: (point, start of the day) -> tally."""
+    periods: dict[str, dict[int, Tally]] = field(default_factory=dict)
+    """Per device: start of the period -> its points' tallies summed."""
+
+    def rows(self) -> list[Row]:
+        """Every (device, point, day) with anything to show, sorted."""
+        return [
+            Row(device, point, start, tally)
+            for device, days in sorted(self.days.items())
+            for (point, start), tally in sorted(days.items())
+        ]
 
     def timeline(self, device: str, bucket_ms: int) -> list[tuple[int, Tally]]:
-        """The device's points summed per period of ``bucket_ms``, in time order."""
+        """The device's points summed per period of ``bucket_ms`` (a multiple of
+        :attr:`bucket_ms`), in time order."""
         summed: dict[int, Tally] = {}
-        for (_, start), tally in self.devices.get(device, {}).items():
+        for start, tally in self.periods.get(device, {}).items():
             summed.setdefault(start // bucket_ms * bucket_ms, Tally()).add(tally)
         return sorted(summed.items())
 
     def totals(self, device: str) -> dict[str, Tally]:
         """The device's points, each summed over every period."""
         summed: dict[str, Tally] = {}
-        for (point, _), tally in self.devices.get(device, {}).items():
+        for (point, _), tally in self.days.get(device, {}).items():
             summed.setdefault(point, Tally()).add(tally)
         return summed
 
@@ -162,10 +181,10 @@ def health(
     bucket_ms: int = DAY_MS,
 ) -> Health:
     """The tallies of ``wanted`` (device: its points, ``None`` for all its plans' points) in
-    ``span``, by periods of ``bucket_ms`` (which divides a day, or is a multiple of one)."""
+    ``span``, by day and by periods of ``bucket_ms`` (which divides a day)."""
     out = Health(bucket_ms)
     for device, points in sorted(wanted.items()):
-        _Device(conn, device, points, span, out).tally()
+        _Device(conn, device, points, span, bucket_ms).tally(out)
     return out
 
 
@@ -183,6 +202,10 @@ _READING = re.compile(
 """The usual leaf: a scheduled reading whose point needs no unescaping; its point and slot."""
 
 
+_READINGS = re.compile(rb"^" + _READING.pattern + rb"$", re.MULTILINE)
+"""Leaves joined by newlines: the point and slot of each that is the usual reading."""
+
+
 class _Device:
     """The tallies of one device: its records, then the slots its plans promised."""
 
@@ -192,9 +215,9 @@ class _Device:
         device: str,
         points: Collection[str] | None,
         span: Range,
-        out: Health,
+        bucket_ms: int,
     ) -> None:
-        self.conn, self.device, self.span, self.out = conn, device, span, out
+        self.conn, self.device, self.span, self.bucket_ms = conn, device, span, bucket_ms
         self.batches = data.batches(conn, device, span.start, span.end)
         self.plans = _plans(conn, device, self.batches)
         everything = {p.name for plan in self.plans.values() for p in plan.points}
@@ -203,20 +226,65 @@ class _Device:
         self.hi = None if span.end is None else to_ms(span.end)
         self.first: int | None = None
         self.last: int | None = None
-        self.slots: dict[str, int] = {}
+        self.days = _Counts[tuple[str, int]]()
+        """By (point, start of the day)."""
+        self.periods = _Counts[int]()
+        """By start of the period, the points summed."""
+        self.slots: dict[bytes, int] = {}
         """:func:`to_ms` of each slot seen: a device's points share their slots."""
+        self.names: dict[bytes, str] = {}
+        """Each point's name, decoded once."""
 
-    def tally(self) -> None:
+    def tally(self, out: Health) -> None:
+        """Count the device's records and scheduled slots, then put its tallies in ``out``."""
         for batch in self.batches:
             plan = self.plans.get(batch.plan_digest)
-            for _, leaf in data.leaves(self.conn, batch.id):
-                self._leaf(leaf, plan)
+            leaves = [leaf for _, leaf in data.leaves(self.conn, batch.id)]
+            if not self._usual(leaves):
+                for leaf in leaves:
+                    self._leaf(leaf, plan)
         if self.span.start is not None:  # runs of slots that began before the range
             for digest, leaf in stored.gap_runs_into(self.conn, self.device, self.span.start):
                 self._record(
                     json.loads(leaf), self.plans.get(digest) or data.plan(self.conn, digest)
                 )
         self._scheduled()
+        days, periods = self.days.tallies(), self.periods.tallies()
+        if days or periods:
+            out.days[self.device], out.periods[self.device] = days, periods
+
+    def _usual(self, leaves: list[bytes]) -> bool:
+        """Count a batch's leaves at once when each is the usual reading (:data:`_READING`) of a
+        point asked, in the range; else count nothing and say so."""
+        joined = b"\n".join(leaves)
+        found = _READINGS.findall(joined)
+        if not found or len(found) != len(leaves) or joined.count(b"\n") != len(leaves) - 1:
+            return False
+        points, slots = list(map(itemgetter(0), found)), list(map(itemgetter(1), found))
+        distinct = set(slots)
+        for point in set(points).difference(self.names):
+            self.names[point] = point.decode()
+        if not self.points.issuperset(map(self.names.__getitem__, set(points))):
+            return False
+        if not (
+            self.span.holds(min(distinct).decode()) and self.span.holds(max(distinct).decode())
+        ):
+            return False
+        at = {slot: self._slot(slot) for slot in distinct}
+        day = {slot: ms // DAY_MS * DAY_MS for slot, ms in at.items()}
+        self.days.readings.update(
+            zip(map(self.names.__getitem__, points), map(day.__getitem__, slots), strict=True)
+        )
+        for slot, n in Counter(slots).items():
+            self.periods.readings[at[slot] // self.bucket_ms * self.bucket_ms] += n
+        self._seen(min(at.values()), max(at.values()) + 1)
+        return True
+
+    def _slot(self, slot: bytes) -> int:
+        at = self.slots.get(slot)
+        if at is None:
+            at = self.slots[slot] = to_ms(slot.decode())
+        return at
 
     def _leaf(self, leaf: bytes, plan: PlanBody | None) -> None:
         """A record's leaf: the usual reading read from its text (a point and a slot are all
@@ -225,13 +293,9 @@ class _Device:
         if found is None:
             self._record(json.loads(leaf), plan)
             return
-        point, slot = found[1].decode(), found[2].decode()
-        if point in self.points and self.span.holds(slot):
-            at = self.slots.get(slot)
-            if at is None:
-                at = self.slots[slot] = to_ms(slot)
-            self.out.at(self.device, point, at).readings += 1
-            self._seen(at, at + 1)
+        point = found[1].decode()
+        if point in self.points and self.span.holds(found[2].decode()):
+            self._reading(point, self._slot(found[2]))
 
     def _record(self, record: dict[str, Any], plan: PlanBody | None) -> None:
         point = record.get("point")
@@ -242,11 +306,16 @@ class _Device:
             self._gap(record, point, plan)
         elif slot is None:
             if self.span.holds(record["collected_at"]):
-                self.out.at(self.device, point, to_ms(record["collected_at"])).extra += 1
+                at = to_ms(record["collected_at"])
+                self.days.extra[point, at // DAY_MS * DAY_MS] += 1
+                self.periods.extra[at // self.bucket_ms * self.bucket_ms] += 1
         elif self.span.holds(slot):
-            at = to_ms(slot)
-            self.out.at(self.device, point, at).readings += 1
-            self._seen(at, at + 1)
+            self._reading(point, to_ms(slot))
+
+    def _reading(self, point: str, at: int) -> None:
+        self.days.readings[point, at // DAY_MS * DAY_MS] += 1
+        self.periods.readings[at // self.bucket_ms * self.bucket_ms] += 1
+        self._seen(at, at + 1)
 
     def _gap(self, record: dict[str, Any], point: str, plan: PlanBody | None) -> None:
         first = to_ms(record["scheduled_at"])
@@ -255,9 +324,10 @@ class _Device:
         if hi <= lo:
             return
         schedule = None if plan is None else schedules(plan).get(point)
-        slots = int(record.get("slots", 1))
-        for start, n in spread((first, last, slots), schedule, (lo, hi), self.out.bucket_ms):
-            self.out.at(self.device, point, start).gaps[record["reason"]] += n
+        slots, reason = int(record.get("slots", 1)), record["reason"]
+        for start, n in spread((first, last, slots), schedule, (lo, hi), self.bucket_ms):
+            self.days.gaps[(point, start // DAY_MS * DAY_MS), reason] += n
+            self.periods.gaps[start, reason] += n
         self._seen(lo, hi)
 
     def _clip(self, lo: int, hi: int) -> tuple[int, int]:
@@ -272,7 +342,8 @@ class _Device:
 
     def _scheduled(self) -> None:
         """Add the slots each point's plan promised between the device's first and last slot
-        on record (the range's edges where it has records beyond them)."""
+        on record (the range's edges where it has records beyond them). Points that share a
+        schedule share its count."""
         if self.lo is not None and stored.batch_before(self.conn, self.device, self.span.start):
             self.first = self.lo
         if self.hi is not None and stored.batch_after(self.conn, self.device, self.span.end):
@@ -281,10 +352,18 @@ class _Device:
             return
         for plan, start, end in _segments(self.batches, self.plans):
             lo, hi = max(self.first, start), min(self.last, end)
+            sharing: dict[Schedule, list[str]] = {}
             for point, schedule in schedules(plan).items():
                 if point in self.points:
-                    for at, n in bin_slots(schedule, lo, hi, self.out.bucket_ms):
-                        self.out.at(self.device, point, at).scheduled += n
+                    sharing.setdefault(schedule, []).append(point)
+            for schedule, points in sharing.items():
+                days: Counter[int] = Counter()
+                for at, n in bin_slots(schedule, lo, hi, self.bucket_ms):
+                    self.periods.scheduled[at] += n * len(points)
+                    days[at // DAY_MS * DAY_MS] += n
+                for point in points:
+                    for day, n in days.items():
+                        self.days.scheduled[point, day] += n
 
 
 def _plans(

@@ -209,6 +209,9 @@ def _coverage(facts: f.Facts) -> Safe:
             "names, or the device's latest plan where the range holds no batch.",
         ),
     ]
+    points: dict[str, list[f.ScopedPoint]] = {}
+    for sp in facts.points:
+        points.setdefault(sp.device, []).append(sp)
     for device, plans in facts.plans.items():
         parts.append(el("h3", device))
         parts.append(
@@ -218,11 +221,10 @@ def _coverage(facts: f.Facts) -> Safe:
                 numeric={3},
             )
         )
-        points = [sp for sp in facts.points if sp.device == device]
         parts.append(
             table(
                 ("point", "signal", "capture", "signing", "retention", "access", "policies"),
-                (_point_row(sp.point) for sp in points),
+                (_point_row(sp.point) for sp in points.get(device, ())),
             )
         )
     return section("coverage", "Coverage", *parts)
