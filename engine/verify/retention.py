@@ -330,25 +330,24 @@ def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> b
     ok = True
     start, end = instant(c.info.window_start), instant(c.info.window_end)
     touching = [h for h in c.holds if h.scope.touches(c.info.device, *c.window)]
-    passed: set[tuple[int, int]] = set()
     calculations: dict[int, Expiry | None] = {}
-    for group, (points, positions, said) in enumerate(c.receipt.groups):
-        for point in points:
-            kind = classes.get(point, -1)
-            if kind >= 0 and kind not in calculations:
-                calculations[kind] = expiry(plan.point[point], start, end)
-            found = calculations.get(kind)
+    for points, positions, said in c.receipt.groups:
+        passed: set[int] = set()
+        """Retention classes of the group with a point found lawful and held by no hold."""
+        for point, kind in zip(points, map(classes.get, points, repeat(-1)), strict=True):
             held = bool(touching) and any(
                 h.scope.covers(c.info.device, point, *c.window) for h in touching
             )
-            alike = None if found is None or held else (kind, group)
-            if alike in passed:  # the same calculation as a point found lawful, and no hold
+            if kind in passed and not held:
                 continue
+            if kind >= 0 and kind not in calculations:
+                calculations[kind] = expiry(plan.point[point], start, end)
+            found = calculations.get(kind)
             lawful = _point_lawful(c, point, found, said, at)
             if found is not None and found.on_expiry == "archive":
                 lawful &= _archived(c, point, positions)
-            if lawful and alike is not None:
-                passed.add(alike)
+            if lawful and found is not None and not held:
+                passed.add(kind)
             ok &= lawful
     return ok
 
