@@ -83,7 +83,8 @@ class Runs:
             if (
                 not isinstance(run, list)
                 or len(run) != 2
-                or not all(type(p) is int for p in run)
+                or type(run[0]) is not int
+                or type(run[1]) is not int
                 or run[0] > run[1]
                 or run[0] < after + 2
             ):
@@ -335,11 +336,9 @@ def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> b
         passed: set[int] = set()
         """Retention classes of the group with a point found lawful and held by no hold."""
         for point, kind in zip(points, map(classes.get, points, repeat(-1)), strict=True):
-            held = bool(touching) and any(
-                h.scope.covers(c.info.device, point, *c.window) for h in touching
-            )
-            if kind in passed and not held:
+            if kind in passed and not (touching and _held(c, point, touching)):
                 continue
+            held = bool(touching) and _held(c, point, touching)
             if kind >= 0 and kind not in calculations:
                 calculations[kind] = expiry(plan.point[point], start, end)
             found = calculations.get(kind)
@@ -350,6 +349,11 @@ def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> b
                 passed.add(kind)
             ok &= lawful
     return ok
+
+
+def _held(c: _Context, point: str, holds: Sequence[Hold]) -> bool:
+    """Whether one of ``holds`` covers ``point`` of the receipt's batch."""
+    return any(h.scope.covers(c.info.device, point, *c.window) for h in holds)
 
 
 def _archived(c: _Context, point: str, positions: Runs) -> bool:
