@@ -31,12 +31,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import chain, repeat
 from typing import Any
 
 from sqlalchemy import Connection
 
 from engine.audit import AuditEntry
-from engine.canonical import canonical_json
 from engine.durations import format_duration
 from engine.plans.body import PlanBody
 from engine.plans.expiry import Expiry, Retained, expiry, retained
@@ -62,12 +62,55 @@ class Known:
     signed: Sequence[Signed]
 
 
+@dataclass(frozen=True)
+class Runs:
+    """Positions as a receipt and its erasure write them, ``[[first, last], ...]``
+    (:func:`engine.store.retention.runs`), kept as runs: a batch deleted whole is one pair,
+    not its thousands of positions, and two lists of runs are equal exactly when their
+    positions are (runs are ascending, and apart by at least one position)."""
+
+    spans: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def parse(cls, said: Any) -> Runs:
+        """The runs :func:`~engine.store.retention.positions_of` reads; raises the same
+        ValueError for anything else (overlapping, unsorted or reversed runs included)."""
+        if not isinstance(said, list):
+            raise ValueError("positions are not a list of runs")
+        spans: list[tuple[int, int]] = []
+        after = -2
+        for run in said:
+            if (
+                not isinstance(run, list)
+                or len(run) != 2
+                or type(run[0]) is not int
+                or type(run[1]) is not int
+                or run[0] > run[1]
+                or run[0] < after + 2
+            ):
+                raise ValueError(f"positions: {run!r} is not a run after the ones before it")
+            spans.append((run[0], run[1]))
+            after = run[1]
+        return cls(tuple(spans))
+
+    def __len__(self) -> int:
+        return sum(last - first + 1 for first, last in self.spans)
+
+    def __iter__(self) -> Iterator[int]:
+        return chain.from_iterable(range(first, last + 1) for first, last in self.spans)
+
+    @property
+    def last(self) -> int:
+        """The highest position (of runs that hold one)."""
+        return self.spans[-1][1]
+
+
 @dataclass
 class Erased:
     """What receipts removed, by batch (the positions, the leaf hashes they keep, and the
     receipts), and the holds as the log states them."""
 
-    positions: dict[int, list[int] | set[int]] = field(default_factory=dict)
+    positions: dict[int, Runs | set[int]] = field(default_factory=dict)
     """The positions removed: as its one receipt lists them, or a set (several receipts)."""
     hashes: dict[int, dict[int, bytes]] = field(default_factory=dict)
     """The leaf hash of each removed position whose receipt keeps it."""
@@ -88,11 +131,11 @@ class Receipt:
     plan: str
     window_start: str
     window_end: str
-    positions: list[int]
+    positions: Runs
     hashes: list[bytes]
     """The leaf hash of each position; none when it removed its batch's last records."""
     remaining: int
-    groups: list[tuple[list[str], list[int], dict[str, Any]]]
+    groups: list[tuple[list[str], Runs, dict[str, Any]]]
     """(points, positions, the expiry calculation) of each expiry that deleted records."""
     run: str
     archive: Mapping[str, Any] | None
@@ -140,7 +183,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
 
 def _parse(said: Mapping[str, Any]) -> Receipt:
     """Raises ValueError, TypeError or KeyError for anything but a receipt's payload."""
-    positions = positions_of(said["positions"])
+    positions = Runs.parse(said["positions"])
     hashes = split_hashes(base64.b64decode(said["leaf_hashes"], validate=True))
     remaining = said["remaining"]
     if type(remaining) is not int or remaining < 0:
@@ -150,11 +193,14 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
     groups = []
     for group in said["expiries"]:
         points = group["points"]
-        if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
+        if not isinstance(points, list) or not all(map(isinstance, points, repeat(str))):
             raise ValueError("an expiry's points are not a list of names")
-        groups.append((points, positions_of(group["positions"]), group))
-    grouped = groups[0][1] if len(groups) == 1 else sorted(p for _, ps, _ in groups for p in ps)
-    if grouped != positions:
+        groups.append((points, Runs.parse(group["positions"]), group))
+    if len(groups) == 1:
+        differ = groups[0][1] != positions
+    else:
+        differ = sorted(p for _, ps, _ in groups for p in ps) != list(positions)
+    if differ:
         raise ValueError("its expiries' positions are not its positions")
     run = said["run"]["id"]
     texts = (said["device"], said["plan"], said["window_start"], said["window_end"], run)
@@ -200,7 +246,7 @@ def _check_erasure(c: _Context, row: tuple[int, str, bytes] | None) -> None:
     batch_id, positions, hashes = row
     said = (c.receipt.batch, c.receipt.positions, b"".join(c.receipt.hashes))
     try:
-        same = (batch_id, positions_of(json.loads(positions)), hashes) == said
+        same = (batch_id, Runs.parse(json.loads(positions)), hashes) == said
     except ValueError:
         same = False
     if not same:
@@ -214,7 +260,7 @@ def _erase(c: _Context, erased: Erased) -> None:
     erased.receipts[info.id].append(c.entry.seq)
     deleted = c.receipt.positions
     removed = erased.positions.get(info.id)
-    if removed is None and (not deleted or deleted[-1] < info.count):  # ascending: positions_of
+    if removed is None and (not deleted or deleted.last < info.count):  # runs ascend
         removed = erased.positions[info.id] = deleted
     else:
         if not isinstance(removed, set):
@@ -268,7 +314,12 @@ def _classes(plan: PlanBody | None) -> dict[str, int]:
 def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> bool:
     """Whether the batch's plan expired every point the receipt deleted by its time, and no
     hold in force then covered them; each failure named. ``classes``: the retention class of
-    each point of the plan (:func:`_classes`)."""
+    each point of the plan (:func:`_classes`).
+
+    A point retained like one of its expiry group already found lawful, and held by no hold,
+    is lawful too (the verdict depends on the calculation, the group and the holds, not on
+    the point), so only the first point of each retention class in a group is checked, unless
+    it fails. Only holds that touch the batch's device and window can cover a point of it."""
     if plan is None:
         c.report.add(c.label, f"its batch's plan {c.info.plan_digest} is not in the store")
         return False
@@ -279,31 +330,33 @@ def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> b
         return False
     ok = True
     start, end = instant(c.info.window_start), instant(c.info.window_end)
-    passed: set[tuple[int, bytes]] = set()
+    touching = [h for h in c.holds if h.scope.touches(c.info.device, *c.window)]
     calculations: dict[int, Expiry | None] = {}
     for points, positions, said in c.receipt.groups:
-        claim = canonical_json(said)
-        for point in points:
-            planned, kind = plan.point.get(point), classes.get(point, -1)
-            found = None
-            if planned is not None:
-                if kind not in calculations:
-                    calculations[kind] = expiry(planned, start, end)
-                found = calculations[kind]
-            held = any(h.scope.covers(c.info.device, point, *c.window) for h in c.holds)
-            alike = None if found is None or held else (kind, claim)
-            if alike in passed:  # the same calculation as a point found lawful, and no hold
+        passed: set[int] = set()
+        """Retention classes of the group with a point found lawful and held by no hold."""
+        for point, kind in zip(points, map(classes.get, points, repeat(-1)), strict=True):
+            if kind in passed and not (touching and _held(c, point, touching)):
                 continue
+            held = bool(touching) and _held(c, point, touching)
+            if kind >= 0 and kind not in calculations:
+                calculations[kind] = expiry(plan.point[point], start, end)
+            found = calculations.get(kind)
             lawful = _point_lawful(c, point, found, said, at)
             if found is not None and found.on_expiry == "archive":
                 lawful &= _archived(c, point, positions)
-            if lawful and alike is not None:
-                passed.add(alike)
+            if lawful and found is not None and not held:
+                passed.add(kind)
             ok &= lawful
     return ok
 
 
-def _archived(c: _Context, point: str, positions: list[int]) -> bool:
+def _held(c: _Context, point: str, holds: Sequence[Hold]) -> bool:
+    """Whether one of ``holds`` covers ``point`` of the receipt's batch."""
+    return any(h.scope.covers(c.info.device, point, *c.window) for h in holds)
+
+
+def _archived(c: _Context, point: str, positions: Runs) -> bool:
     """Records whose plan archives them were deleted naming an archive: an earlier
     ``retention.archived`` entry, of that file, that holds those positions of the batch."""
     said = c.receipt.archive or {}
