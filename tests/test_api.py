@@ -547,8 +547,12 @@ def test_a_very_long_query_string_is_refused_and_the_server_goes_on(api):
     body = refusal(api.get(f"{RECORDED}?start={'9' * 3000}"), 414)
     assert "longer than 2048 bytes" in body["message"]
     token = api.tokens["alice@example.com"]
-    huge = raw_get(api.url, f"{RECORDED}?start={'9' * 100_000}", token)  # past what httpx sends
-    assert huge.startswith(b"HTTP/1.1 414 ") and b"longer than 2048 bytes" in huge
+    long = raw_get(api.url, f"{RECORDED}?start={'9' * 10_000}", token)  # past what httpx sends
+    assert long.startswith(b"HTTP/1.1 414 ") and b"longer than 2048 bytes" in long
+    # a head past h11's 16 KiB is refused before it is parsed whenever it arrives in parts
+    # (400, no decision), else by the guard (414): refused either way, and the server goes on
+    huge = raw_get(api.url, f"{RECORDED}?start={'9' * 100_000}", token)
+    assert huge.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 414 ")), huge[:100]
     assert api.get("/v1/points").status_code == 200
 
 
