@@ -327,9 +327,12 @@ def test_modbus_exceptions_busy_is_retried_illegal_address_is_not(pm, tmp_path, 
 
     summary, sink = collect(tmp_path, pm, site, script, before=faults)
     busy, illegal = of(sink, "busy"), of(sink, "illegal")
-    for records, code in ((busy, 6), (illegal, 2)):
+    # busy's retries spend its request budget: on a loaded machine a slot may find it spent
+    for records, code, also in ((busy, 6, {GapReason.RATE_LIMITED}), (illegal, 2, set())):
         gaps = [r for r in records if isinstance(r, Gap)]
-        assert gaps and {(g.reason, g.raw_code) for g in gaps} == {(GapReason.EXCEPTION, code)}
+        refused = {g.raw_code for g in gaps if g.reason is GapReason.EXCEPTION}
+        assert refused == {code}
+        assert {g.reason for g in gaps} - {GapReason.EXCEPTION} <= also
         recovered(records)
     samples = {d: sum(summary.devices[d].scheduled.values()) // 2 for d in ("busy", "illegal")}
     # one request per sample when not retried (the last sample may be cut before its request)
