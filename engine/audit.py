@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.canonical import canonical_json
+from engine.canonical import CanonicalError, canonical_json
 from engine.keys import KeyStore
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleLog
@@ -250,7 +250,11 @@ class AuditEntry:
         if not isinstance(obj, dict) or set(obj) != {"seq", "time", "kind", "actor", "payload"}:
             raise ValueError("not an audit entry object")
         entry = cls(obj["seq"], obj["time"], obj["kind"], obj["actor"], obj["payload"])
-        if entry.to_bytes() != data:
+        try:
+            canonical = entry.to_bytes()
+        except CanonicalError as exc:  # NaN, an integer past 2**53 - 1: stored bytes are data
+            raise ValueError(f"it has no canonical form: {exc}") from None
+        if canonical != data:
             raise ValueError("not the canonical bytes of the entry")
         return entry
 

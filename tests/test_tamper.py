@@ -406,6 +406,26 @@ def test_an_audit_entry_time_that_is_no_instant_is_named(evidence_site, backend,
     assert_named(*tampered(evidence_site, backend, tmp_path, break_entry_time))
 
 
+def unsafe_integer_in_entry(conn: sa.Connection) -> list[Named]:
+    """Give a batch.stored entry an integer past 2**53 - 1, which has no canonical JSON form
+    (RFC 8785): the bytes are otherwise sorted and compact, as canonical ones are."""
+    row = one(
+        conn,
+        "SELECT seq, entry FROM audit_entries WHERE kind = 'batch.stored' ORDER BY seq LIMIT 1",
+    )
+    entry = json.loads(bytes(row.entry))
+    entry["payload"]["unsafe"] = 2**60
+    said = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    run(conn, "UPDATE audit_entries SET entry = :e WHERE seq = :seq", e=said.encode(), seq=row.seq)
+    return [Named(f"audit entry {row.seq}", "not a canonical entry")]
+
+
+def test_an_audit_entry_with_no_canonical_form_is_named_not_a_crash(
+    evidence_site, backend, tmp_path
+):
+    assert_named(*tampered(evidence_site, backend, tmp_path, unsafe_integer_in_entry))
+
+
 def test_an_older_copy_of_the_store_is_named_by_the_witness(evidence_site, backend, tmp_path):
     """Restore: fill, keep the store as it was, write more batches, verify the old store."""
     store = fill(evidence_site, backend, tmp_path, SECONDS)
