@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
@@ -262,3 +263,9 @@ def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):
     assert "it holds no Converge store" in capsys.readouterr().err
     with sqlite3.connect(empty) as db:
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    older = tmp_path / "older.db"
+    with contextlib.closing(sqlite3.connect(older)) as db, db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES ('0002')")
+    assert main(["audit", "log", "--db", str(older)]) == 2
+    assert "is at schema revision 0002, this Converge reads 0003" in capsys.readouterr().err

@@ -31,7 +31,9 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from evidence_kit import (
     KEY_NAMES,
     PASSPHRASE,
@@ -64,6 +66,7 @@ from engine.sign.batch import Batch, Statement, epoch_ms, record_time, sign_batc
 from engine.sign.leaf import instant
 from engine.sign.note import sign_checkpoint
 from engine.store import auditlog
+from engine.store.database import MIGRATIONS, SCHEMA
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Store
@@ -707,6 +710,14 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
     assert (made.seq, made.kind) == (0, "log.created")
     assert made.payload == {"origin": origin, "audit_key": "audit-log"}
     assert origin is not None and origin.startswith("converge/audit/audit-log/")
+
+
+def test_the_schema_readers_expect_is_alembics_head():
+    """Readers compare the store's revision with ``SCHEMA`` without importing Alembic: it
+    must name the newest migration."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA
 
 
 def test_reading_a_sqlite_store_leaves_it_writable(evidence_site, tmp_path):
