@@ -76,8 +76,7 @@ def targets(
 
 def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]:
     """The plans the device's batches in ``span`` name; else (no data there) its latest plan."""
-    digests = data.plan_digests(conn, device, span.start, span.end)
-    found = [p for p in (data.plan(conn, d) for d in digests) if p is not None]
+    found = [p for p in data.plans_named(conn, device, span.start, span.end) if p is not None]
     if not found:
         latest = data.latest_plan(conn, device)
         found = [latest] if latest is not None else []
