@@ -1301,6 +1301,9 @@ class Verifier:
         if named != [s[k] for k in ("device", "root", "plan_digest", "window_start", "window_end")]:
             self.fail(item, "does not name its batch as its statement signs it")
             return
+        if not receipt_shaped(said, s["count"]):
+            self.fail(item, "not a deletion receipt: not shaped as retention.md says")
+            return
         positions = expand(said["positions"])
         if said["count"] != len(positions) or sum(p["count"] for p in said["points"]) != len(
             positions
@@ -1413,6 +1416,26 @@ def expiry(
         "expires": expires,
         "policies": policies,
     }
+
+
+def receipt_shaped(said: dict[str, Any], count: int) -> bool:
+    """Runs below the batch's ``count`` (looked at before they are expanded), expiries each
+    naming points, each point in one, whose counts add up to the expiry's positions
+    (retention.md#the-deletion-receipt)."""
+    runs = [said["positions"], *(e["positions"] for e in said["expiries"])]
+    if any(not isinstance(run, list) or run[-1] >= count for r in runs for run in r):
+        return False
+    counts = {p["point"]: p["count"] for p in said["points"] if p["device"] == said["device"]}
+    named = [p for e in said["expiries"] for p in e["points"]]
+    return (
+        len(counts) == len(said["points"]) == len(named)
+        and sorted(counts) == sorted(named)
+        and all(isinstance(c, int) and c > 0 for c in counts.values())
+        and all(
+            e["points"] and sum(counts[p] for p in e["points"]) == len(expand(e["positions"]))
+            for e in said["expiries"]
+        )
+    )
 
 
 def expand(runs: Any) -> list[int]:

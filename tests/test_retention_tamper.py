@@ -313,11 +313,16 @@ def test_a_tamper_after_a_lawful_run_is_named(retention_site, lawful, backend, t
 # --- forged deletions ------------------------------------------------------------------
 
 
-def forge_deletion(conn: sa.Connection, batch_id: int, template: dict[str, Any]) -> int:
+def forge_deletion(
+    conn: sa.Connection,
+    batch_id: int,
+    template: dict[str, Any],
+    reshape: Callable[[dict[str, Any]], dict[str, Any]] = lambda said: said,
+) -> int:
     """Delete every record batch ``batch_id`` still holds, as a run deleting its last records
     would (a receipt naming the batch as signed, the expiry its plan gives its points, or
     ``template``'s when it gives none, no leaf hashes, and the erasure), without the audit
-    key; the receipt's entry number."""
+    key; the receipt's entry number. ``reshape`` changes the receipt before it is written."""
     batch = one(
         conn,
         "SELECT device, window_start, window_end, root, plan_digest FROM batches WHERE id = :b",
@@ -352,7 +357,7 @@ def forge_deletion(conn: sa.Connection, batch_id: int, template: dict[str, Any])
         "points": [{"device": batch.device, "point": n, "count": counts[n]} for n in names],
         "expiries": [calculation | {"points": names, "positions": runs_of(positions)}],
     }
-    seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
+    seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), reshape(said))
     erase(conn, batch_id, positions, b"", seq)
     return seq
 
@@ -391,3 +396,52 @@ def test_a_whole_batch_deleted_without_the_audit_key_while_held_is_named(
         verify(retention_site, lawful, tmp_path),
         [Named(f"receipt (audit entry {seq})", "deletes line-b/P1 during hold 1")],
     )
+
+
+def no_point(said: dict[str, Any]) -> dict[str, Any]:
+    return said | {"expiries": [e | {"points": []} for e in said["expiries"]]}
+
+
+def a_point_left_out(said: dict[str, Any]) -> dict[str, Any]:
+    return said | {"points": said["points"][1:]}
+
+
+def counts_that_do_not_add_up(said: dict[str, Any]) -> dict[str, Any]:
+    return said | {"points": [p | {"count": p["count"] + 1} for p in said["points"]]}
+
+
+def to_2_pow_53(said: dict[str, Any]) -> dict[str, Any]:
+    """One run of 2**53 - 1 positions: checked on the run, not walked position by position."""
+    huge = [[0, 2**53 - 2]]
+    points = [p | {"count": 2**53 - 1} for p in said["points"][:1]]
+    expiries = [e | {"points": [points[0]["point"]], "positions": huge} for e in said["expiries"]]
+    return said | {"count": 2**53 - 1, "positions": huge, "points": points, "expiries": expiries}
+
+
+MISSHAPEN = {
+    "no point": (no_point, "an expiry's points are not a list of names, each once"),
+    "a point left out": (a_point_left_out, "its points are not its expiries' points"),
+    "counts": (counts_that_do_not_add_up, "its points' counts are not its expiries' positions"),
+    "2**53 positions": (to_2_pow_53, "deletes position 9007199254740990 of a batch of"),
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(device, *shape) for device in ("vault-d", "line-b") for shape in MISSHAPEN.values()],
+    ids=[f"{device}-{name}" for device in ("vault-d", "line-b") for name in MISSHAPEN],
+)
+def test_a_misshapen_receipt_without_the_audit_key_is_named(
+    retention_site, lawful, backend, tmp_path, case
+):
+    """A receipt whose expiry names no point was checked against no plan nor hold: it deleted
+    a batch kept for ever (vault-d) or held (line-b) as lawfully as an expired one."""
+    device, reshape, message = case
+    line_a = next(r for r in kinds(lawful, "retention.deleted") if r.payload["device"] == "line-a")
+    with database(backend).begin() as conn:
+        batch_id = one(
+            conn, "SELECT id FROM batches WHERE device = :d ORDER BY id LIMIT 1", d=device
+        ).id
+        seq = forge_deletion(conn, batch_id, line_a.payload, reshape)
+    report = verify(retention_site, lawful, tmp_path)
+    assert_named(report, [Named(f"receipt (audit entry {seq})", message)])

@@ -43,7 +43,7 @@ from engine.plans.expiry import Expiry, Retained, expiry, retained
 from engine.sign.leaf import point_of
 from engine.store import data
 from engine.store import retention as stored
-from engine.store.retention import Hold, Scope, positions_of, split_hashes
+from engine.store.retention import Hold, Scope, split_hashes
 from engine.verify.batches import BatchInfo
 from engine.verify.checkpoints import Signed
 from engine.verify.log import Log
@@ -93,6 +93,31 @@ class Runs:
             after = run[1]
         return cls(tuple(spans))
 
+    @classmethod
+    def union(cls, parts: Sequence[Runs]) -> Runs:
+        """The positions of all ``parts``, as runs; raises ValueError where two of them share
+        a position. Computed on the runs (a run may name 2**53 positions)."""
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(span for part in parts for span in part.spans):
+            if merged and first <= merged[-1][1]:
+                raise ValueError(f"position {first} is in two of them")
+            if merged and first == merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], last)
+            else:
+                merged.append((first, last))
+        return cls(tuple(merged))
+
+    def within(self, other: Runs) -> bool:
+        """Whether every position of these runs is one of ``other``'s."""
+        spans = iter(other.spans)
+        around = next(spans, None)
+        for first, last in self.spans:
+            while around is not None and around[1] < first:
+                around = next(spans, None)
+            if around is None or not around[0] <= first <= last <= around[1]:
+                return False
+        return True
+
     def __len__(self) -> int:
         return sum(last - first + 1 for first, last in self.spans)
 
@@ -135,7 +160,7 @@ class Receipt:
     hashes: list[bytes]
     """The leaf hash of each position; none when it removed its batch's last records."""
     remaining: int
-    groups: list[tuple[list[str], Runs, dict[str, Any]]]
+    groups: list[tuple[list[str], Runs, Mapping[str, Any]]]
     """(points, positions, the expiry calculation) of each expiry that deleted records."""
     run: str
     archive: Mapping[str, Any] | None
@@ -164,7 +189,8 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
             classes[info.plan_digest] = _classes(plan)
         context = _Context(entry, receipt, info, erased.holds, report, known.log)
         _check_erasure(context, rows.pop(entry.seq, None))
-        _erase(context, erased)
+        if not _erase(context, erased):
+            continue
         if _lawful(context, plan, classes[info.plan_digest]) & _in_time(context, known.signed):
             lawful[receipt.run, receipt.device].append((entry, receipt))
     for seq, (batch_id, _, _) in rows.items():
@@ -190,18 +216,10 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
         raise ValueError("its remaining is not a count")
     if len(hashes) != (len(positions) if remaining else 0) or said["count"] != len(positions):
         raise ValueError("its count, positions, remaining and leaf hashes disagree")
-    groups = []
-    for group in said["expiries"]:
-        points = group["points"]
-        if not isinstance(points, list) or not all(map(isinstance, points, repeat(str))):
-            raise ValueError("an expiry's points are not a list of names")
-        groups.append((points, Runs.parse(group["positions"]), group))
-    if len(groups) == 1:
-        differ = groups[0][1] != positions
-    else:
-        differ = sorted(p for _, ps, _ in groups for p in ps) != list(positions)
-    if differ:
+    groups = [_group(group) for group in said["expiries"]]
+    if Runs.union([runs for _, runs, _ in groups]) != positions:
         raise ValueError("its expiries' positions are not its positions")
+    _check_points(said["points"], said["device"], groups)
     run = said["run"]["id"]
     texts = (said["device"], said["plan"], said["window_start"], said["window_end"], run)
     if not all(isinstance(t, str) for t in texts) or type(said["batch"]) is not int:
@@ -223,6 +241,40 @@ def _parse(said: Mapping[str, Any]) -> Receipt:
         run,
         archive,
     )
+
+
+def _group(said: Mapping[str, Any]) -> tuple[list[str], Runs, Mapping[str, Any]]:
+    """An expiry group: the points it names (at least one, each once), its positions."""
+    points = said["points"]
+    if (
+        not isinstance(points, list)
+        or not points
+        or not all(map(isinstance, points, repeat(str)))
+        or len(set(points)) != len(points)
+    ):
+        raise ValueError("an expiry's points are not a list of names, each once")
+    return points, Runs.parse(said["positions"]), said
+
+
+def _check_points(
+    said: Any, device: str, groups: Sequence[tuple[list[str], Runs, Mapping[str, Any]]]
+) -> None:
+    """The receipt's ``points`` are its expiries' points, each named by one expiry, with
+    counts that add up to that expiry's positions."""
+    counts: dict[str, int] = {}
+    if not isinstance(said, list):
+        raise ValueError("its points are not a list")
+    for item in said:
+        count = item["count"] if isinstance(item, dict) else None
+        if type(count) is not int or count < 1 or item["device"] != device:
+            raise ValueError("its points are not counts of records of its device")
+        counts[item["point"]] = count
+    named = [p for points, _, _ in groups for p in points]
+    if len(counts) != len(said) or sorted(counts) != sorted(named) or len(set(named)) != len(named):
+        raise ValueError("its points are not its expiries' points, each in one expiry")
+    for points, runs, _ in groups:
+        if sum(counts[p] for p in points) != len(runs):
+            raise ValueError("its points' counts are not its expiries' positions")
 
 
 def _names(label: str, receipt: Receipt, info: BatchInfo | None, report: Report) -> bool:
@@ -253,12 +305,16 @@ def _check_erasure(c: _Context, row: tuple[int, str, bytes] | None) -> None:
         c.report.add(c.label, "the store's erasure of it differs from what it says it removed")
 
 
-def _erase(c: _Context, erased: Erased) -> None:
+def _erase(c: _Context, erased: Erased) -> bool:
     """Add what the receipt removed to what the batch's receipts removed; it leaves the
-    batch as many records as it says."""
+    batch as many records as it says. False, and nothing added, when it names positions the
+    batch does not have (checked on its runs: one may name 2**53 positions)."""
     info = c.info
     erased.receipts[info.id].append(c.entry.seq)
     deleted = c.receipt.positions
+    if deleted and deleted.last >= info.count:
+        c.report.add(c.label, f"deletes position {deleted.last} of a batch of {info.count}")
+        return False
     removed = erased.positions.get(info.id)
     if removed is None and (not deleted or deleted.last < info.count):  # runs ascend
         removed = erased.positions[info.id] = deleted
@@ -266,9 +322,7 @@ def _erase(c: _Context, erased: Erased) -> None:
         if not isinstance(removed, set):
             removed = erased.positions[info.id] = set(removed or ())
         for position in deleted:
-            if position >= info.count:
-                c.report.add(c.label, f"deletes position {position} of a batch of {info.count}")
-            elif position in removed:
+            if position in removed:
                 c.report.add(c.label, f"deletes position {position} of {info.label} a second time")
             removed.add(position)
     if c.receipt.hashes:
@@ -283,6 +337,7 @@ def _erase(c: _Context, erased: Erased) -> None:
         )
     elif not left:
         erased.whole.add(info.id)
+    return True
 
 
 @dataclass(frozen=True)
@@ -372,10 +427,10 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         return False
     held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
     try:
-        archived = {p for b in held for p in positions_of(b.get("positions"))}
+        archived = Runs.union([Runs.parse(b.get("positions")) for b in held])
     except ValueError:
-        archived = set()
-    if not set(positions) <= archived:
+        archived = Runs(())
+    if not positions.within(archived):
         c.report.add(
             c.label,
             f"deletes {where} records its archive (audit entry {entry.seq}) does not hold",
