@@ -469,9 +469,8 @@ NOT_EVIDENCE = {
 
 
 def holds_bytes(column: sa.Column) -> bool:
-    """A text or blob column (SQLModel declares ``str`` fields as a decorated String)."""
-    kind = column.type.impl if isinstance(column.type, sa.TypeDecorator) else column.type
-    return isinstance(kind, sa.String | sa.LargeBinary)
+    """A text or blob column."""
+    return isinstance(column.type, sa.String | sa.LargeBinary)
 
 
 EVIDENCE_COLUMNS = {
