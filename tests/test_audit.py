@@ -24,7 +24,8 @@ from engine.plugin_manager import make_plugin_manager
 from engine.sign import note
 from engine.sign.merkle import root
 from engine.store.store import Store
-from engine.verify import Trust, verify_store
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.store.tables import BATCHES, METADATA
-from engine.verify import Report
+from engine.verify.report import Report
 
 CONVERGE = [sys.executable, "-m", "engine.cli"]
 DAY_MS = 86_400_000

@@ -31,7 +31,7 @@ from engine.sign.merkle import MerkleLog
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.store.tables import METADATA
-from engine.verify import Report
+from engine.verify.report import Report
 
 SECONDS = 90
 """Records per tampered store: two windows, so each device has a batch that follows another."""
