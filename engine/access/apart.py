@@ -21,16 +21,13 @@ import signal
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection, Pipe
-from operator import itemgetter
 from typing import Any, NoReturn
 
 from engine.errors import ConvergeError
 from engine.plans.body import PlanBody
-from engine.store.data import StoredBatch
+from engine.store.data import Records, StoredBatch
 from engine.verify.single import batch_problem
 from engine.verify.trust import Trust
-
-Leaves = list[tuple[int, bytes]]
 
 
 def can_fork() -> bool:
@@ -46,12 +43,11 @@ class Verifier:
     def __init__(self, pipe: Connection) -> None:
         self.pipe = pipe
 
-    def send(self, batches: Sequence[tuple[StoredBatch, Leaves]]) -> None:
-        """Batches with their leaves, positions and leaves apart (a list of bytes pickles
-        ten times faster than one of tuples)."""
-        chunk = [(b, list(map(_POSITION, got)), list(map(_LEAF, got))) for b, got in batches]
+    def send(self, batches: Sequence[tuple[StoredBatch, Records]]) -> None:
+        """Batches with their records, positions and leaves as two columns (a sequence of
+        bytes pickles ten times faster than one of tuples)."""
         try:
-            self.pipe.send(chunk)
+            self.pipe.send(batches)
         except OSError:  # the worker is gone: say why
             while True:
                 self.verdicts()
@@ -96,7 +92,7 @@ def _serve(pipe: Connection, plans: Mapping[str, PlanBody | None], trust: Trust)
     try:
         while True:
             chunk = pipe.recv()
-            verdicts = [_verified(batch, p, leaves, plans, trust) for batch, p, leaves in chunk]
+            verdicts = [_verified(batch, records, plans, trust) for batch, records in chunk]
             pipe.send(("verdicts", verdicts))
     except (EOFError, OSError):  # the reader is done (or gone)
         os._exit(0)
@@ -107,14 +103,7 @@ def _serve(pipe: Connection, plans: Mapping[str, PlanBody | None], trust: Trust)
 
 
 def _verified(
-    batch: StoredBatch,
-    positions: list[int],
-    leaves: list[bytes],
-    plans: Mapping[str, PlanBody | None],
-    trust: Trust,
+    batch: StoredBatch, records: Records, plans: Mapping[str, PlanBody | None], trust: Trust
 ) -> bool:
-    pairs = list(zip(positions, leaves, strict=True))
-    return batch_problem(batch, pairs, plans.get(batch.plan_digest), trust) is None
-
-
-_POSITION, _LEAF = itemgetter(0), itemgetter(1)
+    positions, leaves = records
+    return batch_problem(batch, positions, leaves, plans.get(batch.plan_digest), trust) is None
