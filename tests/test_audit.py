@@ -269,4 +269,4 @@ def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):
         db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
         db.execute("INSERT INTO alembic_version VALUES ('0002')")
     assert main(["audit", "log", "--db", str(older)]) == 2
-    assert "is at schema revision 0002, this Converge reads 0003" in capsys.readouterr().err
+    assert "is at schema revision 0002, this Converge reads 0004" in capsys.readouterr().err

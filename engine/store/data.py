@@ -78,20 +78,31 @@ def plans_named(
     conn: Connection, device: str, start: str | None, end: str | None
 ) -> list[PlanBody | None]:
     """The stored plans (by digest, parsed; ``None`` for one that does not parse) named by the
-    batches of ``device`` whose window meets ``[start, end)``: one query on the device's
-    index, no batch read, and the plans' bytes in the same round trip.
+    batches of ``device`` whose window meets ``[start, end)``, in digest order: one round trip,
+    the plans' bytes in it.
 
-    The guard asks this on every request, so it goes to the driver directly: building the
-    statement through SQLAlchemy cost more than running it, and on PostgreSQL each round
-    trip is a good part of a request's cost.
+    The device's distinct plan digests are walked on the index on (device, plan digest,
+    window end), one step per digest, and each is kept when a batch naming it meets the
+    range (one probe of that index): the cost grows with the device's plans, a few, not with
+    its batches in the range. The guard asks this on every request, so it goes to the driver
+    directly: building the statement through SQLAlchemy cost more than running it.
     """
-    named = "SELECT DISTINCT plan_digest FROM batches WHERE device = ?"
-    values: list[str] = [device]
+    meets, values = "", [device, device, device]
     if start is not None:
-        named, values = named + " AND window_end > ?", [*values, start]
+        meets, values = meets + " AND window_end > ?", [*values, start]
     if end is not None:
-        named, values = named + " AND window_start < ?", [*values, end]
-    sql = f"SELECT digest, body FROM plans WHERE digest IN ({named}) ORDER BY digest"
+        meets, values = meets + " AND window_start < ?", [*values, end]
+    sql = (
+        "WITH RECURSIVE named(digest) AS ("
+        " SELECT (SELECT plan_digest FROM batches WHERE device = ?"
+        " ORDER BY plan_digest LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT plan_digest FROM batches WHERE device = ? AND plan_digest > named.digest"
+        " ORDER BY plan_digest LIMIT 1) FROM named WHERE named.digest IS NOT NULL)"
+        " SELECT digest, body FROM plans WHERE digest IN (SELECT named.digest FROM named"
+        " WHERE EXISTS (SELECT 1 FROM batches WHERE device = ? AND plan_digest = named.digest"
+        f"{meets})) ORDER BY digest"
+    )
     return [_parsed(as_bytes(body)) for _, body in _driver_rows(conn, sql, tuple(values))]
 
 

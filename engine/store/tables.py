@@ -110,6 +110,8 @@ BATCHES = Table(
     _text("waiver", doc="Canonical JSON list of the waivers that allow an unsigned batch."),
     _seq("audit_seq", index=True),
     UniqueConstraint("device", "root", name="uq_batches_device_root"),
+    # the plans in force over a range (engine.store.data.plans_named)
+    Index("ix_batches_device_plan_digest_window_end", "device", "plan_digest", "window_end"),
 )
 """One signed (or waived) batch: statement, chain link and where its audit entry is."""
 
