@@ -83,9 +83,11 @@ def plans_named(
 
     The device's distinct plan digests are walked on the index on (device, plan digest,
     window end), one step per digest, and each is kept when a batch naming it meets the
-    range (one probe of that index): the cost grows with the device's plans, a few, not with
-    its batches in the range. The guard asks this on every request, so it goes to the driver
-    directly: building the statement through SQLAlchemy cost more than running it.
+    range (one probe of that index, a scalar subquery with ``LIMIT 1``: as ``EXISTS``,
+    PostgreSQL's planner may join it with every batch of the range when the table has no
+    statistics yet): the cost grows with the device's plans, a few, not with its batches in
+    the range. The guard asks this on every request, so it goes to the driver directly:
+    building the statement through SQLAlchemy cost more than running it.
     """
     meets, values = "", [device, device, device]
     if start is not None:
@@ -100,8 +102,8 @@ def plans_named(
         " SELECT (SELECT plan_digest FROM batches WHERE device = ? AND plan_digest > named.digest"
         " ORDER BY plan_digest LIMIT 1) FROM named WHERE named.digest IS NOT NULL)"
         " SELECT digest, body FROM plans WHERE digest IN (SELECT named.digest FROM named"
-        " WHERE EXISTS (SELECT 1 FROM batches WHERE device = ? AND plan_digest = named.digest"
-        f"{meets})) ORDER BY digest"
+        " WHERE (SELECT 1 FROM batches WHERE device = ? AND plan_digest = named.digest"
+        f"{meets} LIMIT 1) IS NOT NULL) ORDER BY digest"
     )
     return [_parsed(as_bytes(body)) for _, body in _driver_rows(conn, sql, tuple(values))]
 
