@@ -84,7 +84,8 @@ def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]
 
 Found = tuple[int, dict[str, Any], str]
 """A record read: its position in its batch, the record (its leaf parsed), its time."""
-NO_RECORDS: data.Records = ((), ())
+_NO_RECORDS: data.Records = ((), ())
+"""A batch none of whose records is stored."""
 
 
 def records(
@@ -93,8 +94,8 @@ def records(
     """The records of the points ``decision`` allows, in ``span``, device by device in batch
     order; each a dict of :data:`COLUMNS`."""
     for device, points in allowed(decision).items():
-        for batch, verified, held in _device_batches(conn, device, span, trust):
-            for position, record, moment in _matching(held, points, span):
+        for batch, verified, got in _device_batches(conn, device, span, trust):
+            for position, record, moment in _matching(got, points, span):
                 yield _row(record, moment, batch, position, verified)
 
 
@@ -330,7 +331,7 @@ def _device_batches(
     for chunk in chunks:
         found = data.records_of(conn, [b.id for b in chunk])
         for batch in chunk:
-            got = found.get(batch.id, NO_RECORDS)
+            got = found.get(batch.id, _NO_RECORDS)
             yield batch.id, _verified(conn, batch, got, plans, trust), got
 
 
@@ -345,7 +346,7 @@ def _verified_apart(
         sent: list[tuple[data.StoredBatch, data.Records]] = []
         for chunk in chunks:
             found = data.records_of(conn, [b.id for b in chunk])
-            read = [(batch, found.get(batch.id, NO_RECORDS)) for batch in chunk]
+            read = [(batch, found.get(batch.id, _NO_RECORDS)) for batch in chunk]
             worker.send(read)
             if sent:
                 yield from _with(sent, worker.verdicts())
