@@ -64,7 +64,8 @@ from engine.records import Reading
 from engine.sign.note import sign_checkpoint
 from engine.store.spool import Spool
 from engine.store.store import Store, fast_bytea
-from engine.verify import Trust, verify_store
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 
 POINTS = 100
 WINDOW_MS = 60_000

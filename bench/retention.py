@@ -70,7 +70,7 @@ from engine.plans.format import PLAN_FORMAT, read_plan, seal
 from engine.retention import Job, apply
 from engine.store.database import database_url
 from engine.store.store import Store
-from engine.verify import verify_store
+from engine.verify.whole import verify_store
 
 TARGET_RATE = 100_000
 EXPIRING = SUSTAINED.devices // 2

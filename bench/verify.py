@@ -7,7 +7,7 @@
 Builds a SQLite store with the ingest benchmark's pipeline (bench/ingest.py:
 100 devices x 100 points at 1 s, 6,000 readings per batch signed by two
 keys, a signed checkpoint of the audit log), then times
-:func:`engine.verify.verify_store` over it: every leaf hashed, every batch
+:func:`engine.verify.whole.verify_store` over it: every leaf hashed, every batch
 root rebuilt, every signature, plan, audit entry and checkpoint checked; the
 records by worker processes, one per CPU, unless ``--workers`` says. The
 floor is ``hashlib.sha256(b"\\x00" + leaf)`` of every stored leaf, the leaves
@@ -28,7 +28,8 @@ from pathlib import Path
 from ingest import READINGS, build_store, machine  # bench/ is on the path when run as a script
 
 from engine.store.store import Store
-from engine.verify import Trust, verify_store
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 
 TARGET_RATE = 200_000
 TARGET_RATIO = 3.0

@@ -32,7 +32,9 @@ from engine.sign.batch import epoch_ms
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.store.tables import GAPS, READINGS
-from engine.verify import Report, Trust, verify_store
+from engine.verify.report import Report
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 from plugins.filekeys.store import FileKeyStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@ an audit entry; `converge access check` and `converge query` as users call them.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
@@ -128,6 +129,7 @@ def test_query_reads_allowed_points_as_csv_with_their_batches(
     assert len(rows) == 70 and {r["point"] for r in rows} == {"TT101_PV"}
     assert {r["batch_verified"] for r in rows} == {"true"}
     assert rows[0]["time"] == instant(T0)
+    assert gc.isenabled()  # the command paused the garbage collector for its read alone
     (decided,) = entries(store, "access.decision")
     assert decided["payload"]["outcome"] == "allow"
     assert decided["actor"]["id"] == "alice@example.com" and decided["actor"]["roles"] == ["qa"]

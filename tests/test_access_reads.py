@@ -29,6 +29,7 @@ from engine.principals import Identity
 from engine.records import Gap, GapReason, Quality, Reading
 from engine.sign.leaf import instant
 from engine.store.data import batches as stored_batches
+from engine.store.data import plans_named as stored_plans_named
 from engine.store.spool import Spool
 
 DEVICE, POINT, OTHER = "reactor-1-plc", "TT101_PV", "PT101_PV"
@@ -314,3 +315,25 @@ def test_every_float_taken_at_once_is_written_as_itself(value, digits):
 @given(st.from_regex(r"-?(0|[1-9][0-9]{0,16})\.[0-9]{1,17}", fullmatch=True))
 def test_every_decimal_taken_at_once_is_written_as_itself(text):
     assert written_as_itself(text)
+
+
+def test_the_plans_in_force_are_the_stored_plans_the_range_s_batches_name(evidence_site, tampered):
+    """Whichever plans a device's batches name, in whatever order they alternate, a request
+    is decided on exactly the stored ones its range's batches name (edited in here as an
+    insider would: two other plans and one that is not stored)."""
+    first, second = sorted(p.digest for p in evidence_site.plans if p.device.id != DEVICE)[:2]
+    with tampered.reading() as conn:
+        ids = [b.id for b in stored_batches(conn, DEVICE, None, None)]
+    named = {ids[3]: first, ids[4]: first, ids[9]: second, ids[12]: first, ids[-1]: "sha256:0"}
+    with tampered.engine.begin() as conn:
+        for batch_id, digest in named.items():
+            update = "UPDATE batches SET plan_digest = :digest WHERE id = :id"
+            conn.execute(sa.text(update), {"digest": digest, "id": batch_id})
+    edges = [None, *(instant(T0 + timedelta(seconds=s)) for s in range(0, 1100, 75))]
+    with tampered.reading() as conn:
+        for start in edges:
+            for end in edges:
+                batches = stored_batches(conn, DEVICE, start, end)
+                want = sorted({b.plan_digest for b in batches} - {"sha256:0"})
+                found = stored_plans_named(conn, DEVICE, start, end)
+                assert [p.digest for p in found if p is not None] == want, (start, end)

@@ -210,17 +210,43 @@ LIGHT = ["engine.records", "engine.sign", "engine.hookspecs", "engine.plans.body
 HEAVY = ["cerberus", "rich", "yaml", "sqlalchemy", "engine.compile"]
 
 
-@pytest.mark.parametrize("module", LIGHT)
-def test_light_modules_load_no_compiler_cerberus_or_rich(module: str):
-    """What a plugin, the forked sealer or a verify worker imports stays small."""
+def loaded_by(module: str, heavy: list[str]) -> list[str]:
+    """The modules of ``heavy`` (or under them) that importing ``module`` alone loads."""
     probe = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
     loaded = set(
         subprocess.run(
             [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=REPO
         ).stdout.split()
     )
-    heavy = sorted(m for m in loaded for h in HEAVY if m == h or m.startswith(f"{h}."))
+    return sorted(m for m in loaded for h in heavy if m == h or m.startswith(f"{h}."))
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_light_modules_load_no_compiler_cerberus_or_rich(module: str):
+    """What a plugin, the forked sealer or a verify worker imports stays small."""
+    heavy = loaded_by(module, HEAVY)
     assert not heavy, f"import {module} loads {heavy}"
+
+
+NOT_FOR_QUERY = [
+    "sqlalchemy.orm",
+    "sqlmodel",
+    "pydantic",
+    "alembic",
+    "engine.verify.whole",
+    "engine.verify.records",
+    "engine.report",
+    "engine.export",
+    "engine.api",
+]
+"""What ``converge query`` does not need: an ORM, migrations, the whole store's verifier, the
+report, the export, the read API (each tenths of a second of every start)."""
+
+
+def test_converge_query_starts_without_an_orm_migrations_or_the_verifier():
+    """The command's start is part of every read's time (bench/query.py)."""
+    heavy = loaded_by("engine.cli, engine.commands.query", NOT_FOR_QUERY)
+    assert not heavy, f"converge query loads {heavy}"
 
 
 def test_every_exception_is_in_the_one_tree_that_errors_py_draws():

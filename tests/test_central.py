@@ -54,7 +54,8 @@ from engine.store.wire import (
     checkpoint_topic,
 )
 from engine.transport import BrokerOptions, Message, Subscription, Transport, open_transport
-from engine.verify import Trust, verify_store
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 from plugins.filekeys.store import FileKeyStore
 
 SITE = "basel"

@@ -28,7 +28,7 @@ from engine.canonical import canonical_json
 from engine.sign import note
 from engine.sign.merkle import MerkleLog
 from engine.store.store import Store
-from engine.verify import verify_store
+from engine.verify.whole import verify_store
 
 TEST_KEY = (
     Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -49,7 +49,7 @@ from engine.sign.batch import record_time
 from engine.sign.leaf import instant
 from engine.store.spool import Spool
 from engine.store.store import Store
-from engine.verify import Trust
+from engine.verify.trust import Trust
 from plugins.filekeys.store import FileKeyStore
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)

@@ -44,7 +44,8 @@ from engine.store.site import Publishing, SiteStore
 from engine.store.wire import Reply, batch_topic
 from engine.testkit import ProjectBuilder
 from engine.transport import Ack, BrokerOptions, Message, Subscription, open_transport
-from engine.verify import Trust, verify_store
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 from plugins.filekeys.store import FileKeyStore
 
 PASSPHRASE = "correct horse battery staple"

@@ -71,7 +71,7 @@ from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.store.tables import BATCHES, METADATA
-from engine.verify import Report
+from engine.verify.report import Report
 
 CONVERGE = [sys.executable, "-m", "engine.cli"]
 DAY_MS = 86_400_000
@@ -699,11 +699,11 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
     ):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, METADATA) == []
-        assert alembic_version(conn) == ["0003"]
+        assert alembic_version(conn) == ["0004"]
         origin = auditlog.origin(conn)
     with contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as again:
         with again.reading() as conn:
-            assert alembic_version(conn) == ["0003"]
+            assert alembic_version(conn) == ["0004"]
             assert auditlog.origin(conn) == origin
             (made,) = auditlog.entries(conn)
         assert again.counts()["audit_entries"] == 1  # made once, with the log

@@ -31,7 +31,7 @@ from engine.sign.merkle import MerkleLog
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.store.tables import METADATA
-from engine.verify import Report
+from engine.verify.report import Report
 
 SECONDS = 90
 """Records per tampered store: two windows, so each device has a batch that follows another."""
@@ -469,9 +469,8 @@ NOT_EVIDENCE = {
 
 
 def holds_bytes(column: sa.Column) -> bool:
-    """A text or blob column (SQLModel declares ``str`` fields as a decorated String)."""
-    kind = column.type.impl if isinstance(column.type, sa.TypeDecorator) else column.type
-    return isinstance(kind, sa.String | sa.LargeBinary)
+    """A text or blob column."""
+    return isinstance(column.type, sa.String | sa.LargeBinary)
 
 
 EVIDENCE_COLUMNS = {

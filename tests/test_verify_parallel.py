@@ -19,7 +19,8 @@ from evidence_kit import Site, agree, fill, public_keys, target_of
 import engine.verify.records
 from engine.canonical import canonical_json
 from engine.store.store import Store
-from engine.verify import Report, verify_store
+from engine.verify.report import Report
+from engine.verify.whole import verify_store
 
 SECONDS = 90
 """Two windows of the plant's records: enough batches for several ranges per worker."""

@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
@@ -85,8 +84,8 @@ def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]
 
 Found = tuple[int, dict[str, Any], str]
 """A record read: its position in its batch, the record (its leaf parsed), its time."""
-Leaves = list[tuple[int, bytes]]
-"""(position, leaf bytes) of a batch's records, in position order."""
+_NO_RECORDS: data.Records = ((), ())
+"""A batch none of whose records is stored."""
 
 
 def records(
@@ -95,8 +94,8 @@ def records(
     """The records of the points ``decision`` allows, in ``span``, device by device in batch
     order; each a dict of :data:`COLUMNS`."""
     for device, points in allowed(decision).items():
-        for batch, verified, leaves in _device_batches(conn, device, span, trust):
-            for position, record, moment in _matching(leaves, points, span):
+        for batch, verified, got in _device_batches(conn, device, span, trust):
+            for position, record, moment in _matching(got, points, span):
                 yield _row(record, moment, batch, position, verified)
 
 
@@ -118,10 +117,10 @@ def csv_chunks(
     for device, points in allowed(decision).items():
         usual = _Usual(device, points, span)
         batches = _device_batches(conn, device, span, trust, apart=apart)
-        for batch, verified, leaves in batches:
+        for batch, verified, records in batches:
             flag = "" if verified is None else "true" if verified else "false"
-            out.append(usual.text(leaves, batch, flag))
-            held += len(leaves)
+            out.append(usual.text(records, batch, flag))
+            held += len(records[0])
             if held >= CHUNK_LINES:
                 yield "".join(out)
                 out.clear()
@@ -178,8 +177,6 @@ _REPR_SAFE = (
 most 15 digits (so it is the shortest text of its float), no trailing zero but in ``.0``, and
 at least 0.0001 (``repr`` writes less with an exponent), as ``repr`` writes floats between
 0.0001 and 1e16."""
-_LEAF = itemgetter(1)
-_POSITION = itemgetter(0)
 
 
 class _Usual:
@@ -224,18 +221,20 @@ class _Usual:
         self.whole = True
         """Whether to try the next batch at once: the last one was all usual readings."""
 
-    def text(self, leaves: Leaves, batch: int, flag: str) -> str:
-        """The CSV lines of the records of the points in the range among a batch's leaves."""
+    def text(self, records: data.Records, batch: int, flag: str) -> str:
+        """The CSV lines of the records of the points in the range among a batch's records."""
+        positions, leaves = records
         columns = self._columns(self.every, leaves) if self.every and self.whole else None
         if columns is None:
-            return "".join(self.lines(leaves, batch, flag))
+            return "".join(self.lines(records, batch, flag))
         collected, point, quality, scheduled, value = columns
         line = f"{self.cell},%s,reading,%s,%s,%s,,,%s,%s,,,{batch},%s,{flag}\n"
-        positions = map(_POSITION, leaves)
         rows = zip(point, scheduled, value, quality, collected, scheduled, positions, strict=True)
         return "".join(map(line.__mod__, rows))
 
-    def _columns(self, every: Callable[[str], list[str]], leaves: Leaves) -> list[list[str]] | None:
+    def _columns(
+        self, every: Callable[[str], list[str]], leaves: Sequence[bytes]
+    ) -> list[list[str]] | None:
         """(collected, point, quality, scheduled, value) of every leaf, as five columns, when
         every leaf is a usual reading of one of the points, in the range; else ``None``.
 
@@ -244,7 +243,7 @@ class _Usual:
         joining them, every leaf was matched whole, in order.
         """
         try:
-            parts = every(b"\n".join(map(_LEAF, leaves)).decode())
+            parts = every(b"\n".join(leaves).decode())
         except UnicodeDecodeError:
             parts = []
         count = len(leaves)
@@ -265,12 +264,12 @@ class _Usual:
             return None
         return columns
 
-    def lines(self, leaves: Leaves, batch: int, flag: str) -> list[str]:
-        """The CSV lines of the records of the points in the range among a batch's leaves,
+    def lines(self, records: data.Records, batch: int, flag: str) -> list[str]:
+        """The CSV lines of the records of the points in the range among a batch's records,
         leaf by leaf."""
         start, end = self.span.start, self.span.end
         out: list[str] = []
-        candidates = _candidates(leaves, self.points)
+        candidates = _candidates(records, self.points)
         usual = 0
         for position, leaf in candidates:
             try:
@@ -290,7 +289,7 @@ class _Usual:
                     f"{self.prefix[point]}{scheduled},{value},{quality},,,{collected},"
                     f"{scheduled},,,{batch},{position},{flag}\n"
                 )
-        self.whole = usual == len(leaves)
+        self.whole = usual == len(records[1])
         return out
 
     def _general(self, position: int, leaf: bytes, batch: int, flag: str) -> list[str]:
@@ -316,38 +315,38 @@ class _Usual:
                     flag,
                 )
             )
-            for _, r, moment in _matching([(position, leaf)], self.points, self.span)
+            for _, r, moment in _matching(((position,), (leaf,)), self.points, self.span)
         ]
 
 
 def _device_batches(
     conn: Connection, device: str, span: Range, trust: Trust | None, *, apart: bool = False
-) -> Iterator[tuple[int, bool | None, Leaves]]:
-    """Each batch of ``device`` in ``span``: its id, whether it verifies, and its leaves."""
+) -> Iterator[tuple[int, bool | None, data.Records]]:
+    """Each batch of ``device`` in ``span``: its id, whether it verifies, and its records."""
     chunks = _chunks(data.batches(conn, device, span.start, span.end))
     if trust is not None and apart and len(chunks) > 1 and can_fork():
         yield from _verified_apart(conn, chunks, trust)
         return
     plans: dict[str, PlanBody | None] = {}
     for chunk in chunks:
-        leaves = data.leaves_of(conn, [b.id for b in chunk])
+        found = data.records_of(conn, [b.id for b in chunk])
         for batch in chunk:
-            got = leaves.get(batch.id, [])
+            got = found.get(batch.id, _NO_RECORDS)
             yield batch.id, _verified(conn, batch, got, plans, trust), got
 
 
 def _verified_apart(
     conn: Connection, chunks: list[list[data.StoredBatch]], trust: Trust
-) -> Iterator[tuple[int, bool | None, Leaves]]:
+) -> Iterator[tuple[int, bool | None, data.Records]]:
     """:func:`_device_batches` with the batches verified in a worker process: each chunk is
     sent as soon as it is read, and the one before it then comes back with its verdicts."""
     digests = {b.plan_digest for chunk in chunks for b in chunk}
     plans = {digest: data.plan(conn, digest) for digest in sorted(digests)}
     with verifier(plans, trust) as worker:
-        sent: list[tuple[data.StoredBatch, Leaves]] = []
+        sent: list[tuple[data.StoredBatch, data.Records]] = []
         for chunk in chunks:
-            leaves = data.leaves_of(conn, [b.id for b in chunk])
-            read = [(batch, leaves.get(batch.id, [])) for batch in chunk]
+            found = data.records_of(conn, [b.id for b in chunk])
+            read = [(batch, found.get(batch.id, _NO_RECORDS)) for batch in chunk]
             worker.send(read)
             if sent:
                 yield from _with(sent, worker.verdicts())
@@ -356,10 +355,10 @@ def _verified_apart(
 
 
 def _with(
-    batches: list[tuple[data.StoredBatch, Leaves]], verdicts: list[bool]
-) -> Iterator[tuple[int, bool | None, Leaves]]:
-    for (batch, leaves), verified in zip(batches, verdicts, strict=True):
-        yield batch.id, verified, leaves
+    batches: list[tuple[data.StoredBatch, data.Records]], verdicts: list[bool]
+) -> Iterator[tuple[int, bool | None, data.Records]]:
+    for (batch, records), verified in zip(batches, verdicts, strict=True):
+        yield batch.id, verified, records
 
 
 READ_AT_ONCE = 20_000
@@ -387,13 +386,15 @@ def _chunks(batches: list[data.StoredBatch]) -> list[list[data.StoredBatch]]:
     return chunks
 
 
-def _candidates(leaves: Leaves, points: set[str]) -> Leaves:
-    """The leaves that name one of ``points`` (the others are not parsed)."""
+def _candidates(records: data.Records, points: set[str]) -> list[tuple[int, bytes]]:
+    """(position, leaf) of the records that name one of ``points`` (the others are not
+    parsed)."""
     needles = [b'"point":' + canonical_json(p) + b"," for p in points]
+    pairs = zip(*records, strict=True)
     if len(needles) == 1:
         needle = needles[0]
-        return [(p, leaf) for p, leaf in leaves if needle in leaf]
-    return [(p, leaf) for p, leaf in leaves if any(n in leaf for n in needles)]
+        return [(p, leaf) for p, leaf in pairs if needle in leaf]
+    return [(p, leaf) for p, leaf in pairs if any(n in leaf for n in needles)]
 
 
 _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -401,15 +402,15 @@ _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # t
 canonical JSON object)."""
 
 
-def _matching(leaves: Leaves, points: set[str], span: Range) -> list[Found]:
-    """The records of ``points`` in ``span`` among a batch's leaves.
+def _matching(records: data.Records, points: set[str], span: Range) -> list[Found]:
+    """The records of ``points`` in ``span`` among a batch's records.
 
     A leaf that is not a record (not JSON, no point or time: its batch does not verify) is
     left out.
     """
     start, end = span.start, span.end
     found: list[Found] = []
-    for position, leaf in _candidates(leaves, points):
+    for position, leaf in _candidates(records, points):
         try:
             record = _scan(leaf.decode(), 0)[0]
             moment = record.get("scheduled_at") or record["collected_at"]
@@ -427,7 +428,7 @@ def _matching(leaves: Leaves, points: set[str], span: Range) -> list[Found]:
 def _verified(
     conn: Connection,
     batch: data.StoredBatch,
-    leaves: list[tuple[int, bytes]],
+    records: data.Records,
     plans: dict[str, PlanBody | None],
     trust: Trust | None,
 ) -> bool | None:
@@ -435,7 +436,8 @@ def _verified(
         return None
     if batch.plan_digest not in plans:
         plans[batch.plan_digest] = data.plan(conn, batch.plan_digest)
-    return batch_problem(batch, leaves, plans[batch.plan_digest], trust) is None
+    positions, leaves = records
+    return batch_problem(batch, positions, leaves, plans[batch.plan_digest], trust) is None
 
 
 def _row(

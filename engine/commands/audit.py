@@ -42,8 +42,10 @@ from engine.report.health import CSV_COLUMNS, Row, health
 from engine.sign.leaf import instant
 from engine.store import auditlog, data
 from engine.store.store import Store
-from engine.verify import Progress as OnProgress
-from engine.verify import Report, Trust, verify_store
+from engine.verify.records import Progress as OnProgress
+from engine.verify.report import Report
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 
 _SUMMARY = ("batch.stored", "batch.sealed", "batch.dropped", "plan.deployed")
 

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.access import Question, ask, record
+from engine.access.apart import collector_paused
 from engine.access.data import Range, csv_chunks, records
 from engine.access.guard import Decision
 from engine.commands.options import (
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         )
         with store.reading() as conn:
             if args.format == "csv":
-                sys.stdout.writelines(csv_chunks(conn, decision, span, trust, apart=True))
+                with collector_paused():
+                    sys.stdout.writelines(csv_chunks(conn, decision, span, trust, apart=True))
             else:
                 render(console, args.format, records(conn, decision, span, trust))
     return refused(decision)

@@ -41,7 +41,7 @@ from engine.retention import Job, Outcome, apply, forecast
 from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.store import Store
-from engine.verify import Trust
+from engine.verify.trust import Trust
 
 
 def register(commands: Subparsers) -> None:

@@ -51,7 +51,7 @@ from engine.store.spool import DEFAULT_MAX_BYTES
 from engine.store.store import Store
 from engine.store.wire import MalformedMessage, check_name
 from engine.transport import open_transport
-from engine.verify import Trust
+from engine.verify.trust import Trust
 
 
 def register(commands: Subparsers) -> None:

@@ -38,7 +38,9 @@ from engine.sign.leaf import instant
 from engine.store import reads
 from engine.store.store import Store
 from engine.store.tables import AUDIT
-from engine.verify import Report, Trust, verify_store
+from engine.verify.report import Report
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 
 EXPIRING_WITHIN = timedelta(days=30)
 """An exception that ends within this is ``expiring`` (as ``converge coverage`` says)."""

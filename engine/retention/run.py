@@ -4,7 +4,7 @@ The order is what makes a run safe to kill at any instant:
 
 1. take the store's retention lock (one run at a time; a second refuses);
 2. make sure the log's key can sign (asked now, not after deleting);
-3. verify the store (:func:`engine.verify.verify_store`): nothing is deleted
+3. verify the store (:func:`engine.verify.whole.verify_store`): nothing is deleted
    from a store that does not verify. Everything is checked whole (the audit
    log, checkpoints and tail, plans, batches, chains, receipts and holds) but
    the records, which are rehashed only in the batches the run will delete
@@ -62,8 +62,9 @@ from engine.store.retention import (
     retention_lock,
 )
 from engine.store.store import Store
-from engine.verify import Trust, verify_store
 from engine.verify.records import records_digest
+from engine.verify.trust import Trust
+from engine.verify.whole import verify_store
 
 RECEIPTS_PER_CHECKPOINT = 256
 """Receipts a run writes between two checkpoints: a killed run leaves no longer a tail."""

@@ -8,10 +8,10 @@ compare, so ranges are string comparisons the indexes serve.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
@@ -78,20 +78,33 @@ def plans_named(
     conn: Connection, device: str, start: str | None, end: str | None
 ) -> list[PlanBody | None]:
     """The stored plans (by digest, parsed; ``None`` for one that does not parse) named by the
-    batches of ``device`` whose window meets ``[start, end)``: one query on the device's
-    index, no batch read, and the plans' bytes in the same round trip.
+    batches of ``device`` whose window meets ``[start, end)``, in digest order: one round trip,
+    the plans' bytes in it.
 
-    The guard asks this on every request, so it goes to the driver directly: building the
-    statement through SQLAlchemy cost more than running it, and on PostgreSQL each round
-    trip is a good part of a request's cost.
+    The device's distinct plan digests are walked on the index on (device, plan digest,
+    window end), one step per digest, and each is kept when a batch naming it meets the
+    range (one probe of that index, a scalar subquery with ``LIMIT 1``: as ``EXISTS``,
+    PostgreSQL's planner may join it with every batch of the range when the table has no
+    statistics yet): the cost grows with the device's plans, a few, not with its batches in
+    the range. The guard asks this on every request, so it goes to the driver directly:
+    building the statement through SQLAlchemy cost more than running it.
     """
-    named = "SELECT DISTINCT plan_digest FROM batches WHERE device = ?"
-    values: list[str] = [device]
+    meets, values = "", [device, device, device]
     if start is not None:
-        named, values = named + " AND window_end > ?", [*values, start]
+        meets, values = meets + " AND window_end > ?", [*values, start]
     if end is not None:
-        named, values = named + " AND window_start < ?", [*values, end]
-    sql = f"SELECT digest, body FROM plans WHERE digest IN ({named}) ORDER BY digest"
+        meets, values = meets + " AND window_start < ?", [*values, end]
+    sql = (
+        "WITH RECURSIVE named(digest) AS ("
+        " SELECT (SELECT plan_digest FROM batches WHERE device = ?"
+        " ORDER BY plan_digest LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT plan_digest FROM batches WHERE device = ? AND plan_digest > named.digest"
+        " ORDER BY plan_digest LIMIT 1) FROM named WHERE named.digest IS NOT NULL)"
+        " SELECT digest, body FROM plans WHERE digest IN (SELECT named.digest FROM named"
+        " WHERE (SELECT 1 FROM batches WHERE device = ? AND plan_digest = named.digest"
+        f"{meets} LIMIT 1) IS NOT NULL) ORDER BY digest"
+    )
     return [_parsed(as_bytes(body)) for _, body in _driver_rows(conn, sql, tuple(values))]
 
 
@@ -208,18 +221,23 @@ def latest_checkpoint(conn: Connection) -> tuple[int, str] | None:
 def leaves(conn: Connection, batch_id: int) -> list[tuple[int, bytes]]:
     """(position, leaf bytes) of every record of a batch, readings and gap records merged,
     in position order, from the driver (no ORM row per record)."""
-    return leaves_of(conn, [batch_id]).get(batch_id, [])
+    positions, got = records_of(conn, [batch_id]).get(batch_id, ((), ()))
+    return list(zip(positions, got, strict=True))
 
 
-def leaves_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[tuple[int, bytes]]]:
-    """(position, leaf bytes) of every record of the batches ``ids``, by batch, readings and
-    gap records merged in position order: one query per record table for all of them,
-    straight from the driver, each batch's rows split off and cut to (position, leaf) by C
-    iterators (no ORM row, no Python code per record)."""
+Records = tuple[Sequence[int], Sequence[bytes]]
+"""A batch's records as two columns: their positions, ascending, and the leaf at each."""
+
+
+def records_of(conn: Connection, ids: Sequence[int]) -> dict[int, Records]:
+    """The records of the batches ``ids`` (those that hold any), by batch, readings and gap
+    records merged in position order: one query per record table for all of them, straight
+    from the driver. The rows become three columns and are cut where their batch id changes
+    (``bisect``), so no Python code runs per record, only per batch."""
     driver: Any = conn.connection.driver_connection
     postgres = conn.dialect.name == "postgresql"
     marks = ",".join(["%s" if postgres else "?"] * len(ids))
-    found: dict[int, list[tuple[int, bytes]]] = {}
+    found: dict[int, Records] = {}
     for table in ("readings", "gap_records"):
         # PostgreSQL sends bytea as hex text unless asked for binary: twice the bytes to send,
         # and to decode
@@ -233,13 +251,24 @@ def leaves_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[tuple[int,
             rows = cursor.fetchall()
         finally:
             cursor.close()
-        if set(map(type, map(_LEAF, rows))) - {bytes}:
-            rows = [(b, p, as_bytes(leaf)) for b, p, leaf in rows]
-        for batch_id, group in groupby(rows, key=_BATCH_ID):
-            got = list(map(_POSITION_LEAF, group))
+        batch_ids, positions, got = (list(map(column, rows)) for column in _COLUMNS)
+        if set(map(type, got)) - {bytes}:
+            got = list(map(as_bytes, got))
+        start = 0
+        while start < len(batch_ids):
+            batch_id = batch_ids[start]
+            end = bisect_right(batch_ids, batch_id, start)
+            cut = positions[start:end], got[start:end]
             held = found.get(batch_id)
-            found[batch_id] = got if held is None else sorted(held + got)
+            found[batch_id] = cut if held is None else _merged(held, cut)
+            start = end
     return found
 
 
-_BATCH_ID, _POSITION_LEAF, _LEAF = itemgetter(0), itemgetter(1, 2), itemgetter(2)
+def _merged(one: Records, other: Records) -> Records:
+    """The records of both, in position order (a batch's readings and its gap records)."""
+    positions, got = zip(*sorted([*zip(*one, strict=True), *zip(*other, strict=True)]), strict=True)
+    return positions, got
+
+
+_COLUMNS = (itemgetter(0), itemgetter(1), itemgetter(2))

@@ -1,4 +1,4 @@
-"""The evidence tables, declared once with SQLModel (SQLAlchemy 2) for SQLite and PostgreSQL.
+"""The evidence tables, declared once with SQLAlchemy Core for SQLite and PostgreSQL.
 
 Every record is stored as its **leaf bytes** (docs/records.md), the salt
 inside: the stored bytes *are* what was hashed, so a verifier recomputes each
@@ -10,6 +10,11 @@ A batch row keeps its signed statement and, as columns for queries, what the
 statement says; the verifier checks the two agree. Audit entries are stored as
 their canonical JSON (the audit log's leaves), with ``kind`` and ``time``
 beside them for listing, also checked against the entry.
+
+The tables are Core :class:`~sqlalchemy.Table` objects, not ORM classes: the
+store reads and writes rows through statements and the driver, never through
+objects, and declaring them so costs every ``converge`` command a fraction of
+what an ORM layer (SQLModel, pydantic) cost to import.
 """
 
 from __future__ import annotations
@@ -21,259 +26,258 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    MetaData,
+    String,
     Table,
     UniqueConstraint,
 )
-from sqlmodel import Field, SQLModel
 
 ID = BigInteger().with_variant(Integer, "sqlite")
 """64-bit ids; on SQLite ``INTEGER PRIMARY KEY`` (the rowid, 64-bit already)."""
 
+METADATA = MetaData()
 
-def _blob(nullable: bool = False) -> Column[bytes]:
-    return Column(LargeBinary, nullable=nullable)
+
+def _text(name: str, *, index: bool = False, doc: str | None = None) -> Column[str]:
+    return Column(name, String, nullable=False, index=index, doc=doc)
+
+
+def _maybe_text(name: str, doc: str | None = None) -> Column[str]:
+    return Column(name, String, nullable=True, doc=doc)
+
+
+def _blob(name: str, nullable: bool = False, doc: str | None = None) -> Column[bytes]:
+    return Column(name, LargeBinary, nullable=nullable, doc=doc)
 
 
 def _id() -> Column[int]:
-    return Column(ID, primary_key=True, autoincrement=True)
+    return Column("id", ID, primary_key=True, autoincrement=True)
 
 
-def _batch_ref() -> Column[int]:
-    """A record's batch, without a foreign key: checking one per row tripled the cost of
-    PostgreSQL's COPY, and ``converge audit verify`` names every record of a batch that is
+def _seq(name: str, *, index: bool = False, doc: str | None = None) -> Column[int]:
+    """A 64-bit reference to an audit entry, a log size or a batch."""
+    return Column(name, ID, nullable=False, index=index, doc=doc)
+
+
+def _records(name: str) -> Table:
+    """Readings or gap records: each its leaf bytes at ``position`` in its batch's sorted
+    leaves. The batch is named without a foreign key: checking one per row tripled the cost
+    of PostgreSQL's COPY, and ``converge audit verify`` names every record of a batch that is
     not stored anyway."""
-    return Column(ID, nullable=False)
+    return Table(
+        name,
+        METADATA,
+        _id(),
+        _seq("batch_id"),
+        Column("position", Integer, nullable=False),
+        _blob("leaf"),
+        Index(f"ix_{name}_batch_position", "batch_id", "position", unique=True),
+    )
 
 
-class Meta(SQLModel, table=True):
-    """Facts about the store itself, such as the audit log's origin line."""
+META = Table(
+    "meta",
+    METADATA,
+    Column("key", String, primary_key=True),
+    _text("value"),
+)
+"""Facts about the store itself, such as the audit log's origin line."""
 
-    __tablename__ = "meta"
-    key: str = Field(primary_key=True)
-    value: str
+PLANS = Table(
+    "plans",
+    METADATA,
+    Column("digest", String, primary_key=True),
+    _text("device", index=True),
+    _blob("body"),
+    _maybe_text("signature", doc="The plan's C2SP signed note (``<device>.plan.sig``), if signed."),
+    _text("deployed_at"),
+)
+"""A device plan as deployed: its exact bytes (digest-checked) and detached signature."""
 
+BATCHES = Table(
+    "batches",
+    METADATA,
+    _id(),
+    _text("device", index=True),
+    _text("window_start"),
+    _text("window_end", index=True),
+    Column("count", Integer, nullable=False),
+    _blob("root"),
+    _blob("previous_root"),
+    _text("plan_digest"),
+    _blob("statement"),
+    _text("keys", doc="JSON list of the keys that must sign (empty: unsigned)."),
+    _text("waiver", doc="Canonical JSON list of the waivers that allow an unsigned batch."),
+    _seq("audit_seq", index=True),
+    UniqueConstraint("device", "root", name="uq_batches_device_root"),
+    # the plans in force over a range (engine.store.data.plans_named)
+    Index("ix_batches_device_plan_digest_window_end", "device", "plan_digest", "window_end"),
+)
+"""One signed (or waived) batch: statement, chain link and where its audit entry is."""
 
-class PlanRow(SQLModel, table=True):
-    """A device plan as deployed: its exact bytes (digest-checked) and detached signature."""
+SIGNATURES = Table(
+    "batch_signatures",
+    METADATA,
+    Column("batch_id", ID, ForeignKey("batches.id"), primary_key=True),
+    Column("key", String, primary_key=True),
+    _blob("signature"),
+)
+"""One Ed25519 signature of a batch statement, by a named key."""
 
-    __tablename__ = "plans"
-    digest: str = Field(primary_key=True)
-    device: str = Field(index=True)
-    body: bytes = Field(sa_column=_blob())
-    signature: str | None = None
-    """The plan's C2SP signed note (``<device>.plan.sig``), when it was signed."""
-    deployed_at: str
+READINGS = _records("readings")
+"""A reading: its leaf bytes at ``position`` in its batch's sorted leaves."""
+GAPS = _records("gap_records")
+"""A gap record: its leaf bytes at ``position`` in its batch's sorted leaves."""
 
+AUDIT = Table(
+    "audit_entries",
+    METADATA,
+    Column("seq", ID, primary_key=True, autoincrement=False),
+    _text("time"),
+    _text("kind", index=True),
+    _blob("entry"),
+)
+"""Entry ``seq`` of the audit log: its canonical JSON bytes (the log's leaf ``seq``)."""
 
-class BatchRow(SQLModel, table=True):
-    """One signed (or waived) batch: statement, chain link and where its audit entry is."""
-
-    __tablename__ = "batches"
-    __table_args__ = (UniqueConstraint("device", "root", name="uq_batches_device_root"),)
-    id: int | None = Field(default=None, sa_column=_id())
-    device: str = Field(index=True)
-    window_start: str
-    window_end: str = Field(index=True)
-    count: int
-    root: bytes = Field(sa_column=_blob())
-    previous_root: bytes = Field(sa_column=_blob())
-    plan_digest: str
-    statement: bytes = Field(sa_column=_blob())
-    keys: str
-    """JSON list of the keys that must sign (empty: unsigned)."""
-    waiver: str
-    """Canonical JSON list of the waivers that allow an unsigned batch."""
-    audit_seq: int = Field(sa_column=Column(ID, nullable=False, index=True))
-
-
-class BatchSignatureRow(SQLModel, table=True):
-    """One Ed25519 signature of a batch statement, by a named key."""
-
-    __tablename__ = "batch_signatures"
-    batch_id: int = Field(sa_column=Column(ID, ForeignKey("batches.id"), primary_key=True))
-    key: str = Field(primary_key=True)
-    signature: bytes = Field(sa_column=_blob())
-
-
-class ReadingRow(SQLModel, table=True):
-    """A reading: its leaf bytes at ``position`` in its batch's sorted leaves."""
-
-    __tablename__ = "readings"
-    __table_args__ = (Index("ix_readings_batch_position", "batch_id", "position", unique=True),)
-    id: int | None = Field(default=None, sa_column=_id())
-    batch_id: int = Field(sa_column=_batch_ref())
-    position: int
-    leaf: bytes = Field(sa_column=_blob())
-
-
-class GapRow(SQLModel, table=True):
-    """A gap record: its leaf bytes at ``position`` in its batch's sorted leaves."""
-
-    __tablename__ = "gap_records"
-    __table_args__ = (Index("ix_gap_records_batch_position", "batch_id", "position", unique=True),)
-    id: int | None = Field(default=None, sa_column=_id())
-    batch_id: int = Field(sa_column=_batch_ref())
-    position: int
-    leaf: bytes = Field(sa_column=_blob())
-
-
-class AuditRow(SQLModel, table=True):
-    """Entry ``seq`` of the audit log: its canonical JSON bytes (the log's leaf ``seq``)."""
-
-    __tablename__ = "audit_entries"
-    seq: int = Field(sa_column=Column(ID, primary_key=True, autoincrement=False))
-    time: str
-    kind: str = Field(index=True)
-    entry: bytes = Field(sa_column=_blob())
-
-
-class CheckpointRow(SQLModel, table=True):
-    """A signed checkpoint of the audit log (C2SP tlog-checkpoint as a signed note)."""
-
-    __tablename__ = "checkpoints"
-    id: int | None = Field(default=None, sa_column=_id())
-    size: int = Field(sa_column=Column(ID, nullable=False, index=True))
-    note: str
-    created_at: str
+CHECKPOINTS = Table(
+    "checkpoints",
+    METADATA,
+    _id(),
+    _seq("size", index=True),
+    _text("note"),
+    _text("created_at"),
+)
+"""A signed checkpoint of the audit log (C2SP tlog-checkpoint as a signed note)."""
 
 
 # --- scale-out (docs/scale-out.md): a site collector's outbox and cosignatures; the centre's
 # quarantine, the edge logs it witnessed and which site sends each device -----------------
 
+OUTBOX = Table(
+    "outbox",
+    METADATA,
+    _id(),
+    _text("device"),
+    _blob("root"),
+    _blob("previous_root"),
+    _text("plan_digest"),
+    _seq(
+        "audit_seq",
+        doc="The entry of this store's log recording the batch (``batch.stored`` or "
+        "``batch.sealed``).",
+    ),
+    _blob("message", doc="The batch as it travels (engine/store/message.py)."),
+    _text("queued_at"),
+    UniqueConstraint("device", "root", name="uq_outbox_device_root"),
+    sqlite_autoincrement=True,  # ids never reused: the publisher reads on from the last
+)
+"""A site collector's sealed batch waiting for the centre: it leaves only when the centre
+answers that it committed it (or quarantined it)."""
 
-class OutboxRow(SQLModel, table=True):
-    """A site collector's sealed batch waiting for the centre: it leaves only when the centre
-    answers that it committed it (or quarantined it)."""
+COSIGNATURES = Table(
+    "cosignatures",
+    METADATA,
+    _id(),
+    _seq("size", index=True),
+    _text("cosigner"),
+    Column("timestamp", BigInteger, nullable=False),
+    _text("note", doc="The checkpoint's signed note with the cosignature line appended."),
+    _text("received_at"),
+)
+"""A checkpoint of this store's log as the centre cosigned it (C2SP tlog-cosignature)."""
 
-    __tablename__ = "outbox"
-    __table_args__ = (
-        UniqueConstraint("device", "root", name="uq_outbox_device_root"),
-        {"sqlite_autoincrement": True},  # ids never reused: the publisher reads on from the last
-    )
-    id: int | None = Field(default=None, sa_column=_id())
-    device: str
-    root: bytes = Field(sa_column=_blob())
-    previous_root: bytes = Field(sa_column=_blob())
-    plan_digest: str
-    audit_seq: int = Field(sa_column=Column(ID, nullable=False))
-    """The entry of this store's log recording the batch (``batch.stored`` or ``batch.sealed``)."""
-    message: bytes = Field(sa_column=_blob())
-    """The batch as it travels (engine/store/message.py)."""
-    queued_at: str
+QUARANTINE = Table(
+    "quarantine",
+    METADATA,
+    _id(),
+    _text("received_at"),
+    _text("site", index=True),
+    _text("topic"),
+    _text(
+        "kind",
+        doc="What the message was: ``batch``, ``plan``, ``keys``, ``checkpoint`` or ``message``.",
+    ),
+    _text("reason"),
+    Column("size", BigInteger, nullable=False),
+    _text("sha256"),
+    _maybe_text("device"),
+    _blob("root", nullable=True),
+    _blob(
+        "message",
+        nullable=True,
+        doc="The message itself, unless it was larger than the ingester accepts.",
+    ),
+    _seq("audit_seq"),
+)
+"""A message the centre refused: where it came from, why, and its audit entry."""
 
+WITNESSED = Table(
+    "witnessed",
+    METADATA,
+    Column("origin", String, primary_key=True),
+    _text("site", index=True),
+    _seq("size"),
+    _blob("root"),
+    _text("note", doc="The checkpoint's signed note with the centre's cosignature line."),
+    _text("cosigned_at"),
+)
+"""The newest checkpoint the centre cosigned of one site collector's log."""
 
-class CosignatureRow(SQLModel, table=True):
-    """A checkpoint of this store's log as the centre cosigned it (C2SP tlog-cosignature)."""
+SITE_DEVICES = Table(
+    "site_devices",
+    METADATA,
+    Column("device", String, primary_key=True),
+    _text("site", index=True),
+    _text("since"),
+)
+"""Which site sends a device's batches: the first that deployed a plan of it."""
 
-    __tablename__ = "cosignatures"
-    id: int | None = Field(default=None, sa_column=_id())
-    size: int = Field(sa_column=Column(ID, nullable=False, index=True))
-    cosigner: str
-    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))
-    note: str
-    """The checkpoint's signed note with the cosignature line appended."""
-    received_at: str
+ERASURES = Table(
+    "erasures",
+    METADATA,
+    _id(),
+    _seq("batch_id", index=True),
+    Column(
+        "receipt",
+        ID,
+        nullable=False,
+        unique=True,
+        doc="The ``seq`` of the ``retention.deleted`` audit entry that removed them.",
+    ),
+    _text(
+        "positions",
+        doc="Canonical JSON of the positions removed, as runs ``[[first, last], ...]`` ascending.",
+    ),
+    _blob(
+        "leaf_hashes",
+        doc="The 32-byte leaf hashes of those positions, concatenated in position order; empty "
+        "when they were the batch's last records (nothing is left whose inclusion they would "
+        "prove).",
+    ),
+)
+"""What a deletion receipt removed from one batch: the positions, and the leaf hash of each.
 
+The records' rows (their values and salts) are gone; their leaf hashes stay while records
+of the batch remain, so those records' inclusion proofs still verify and the batch root
+can be rebuilt (docs/retention.md). The receipt (audit entry ``receipt``) says the same;
+the verifier checks that the two agree.
+"""
 
-class QuarantineRow(SQLModel, table=True):
-    """A message the centre refused: where it came from, why, and its audit entry."""
-
-    __tablename__ = "quarantine"
-    id: int | None = Field(default=None, sa_column=_id())
-    received_at: str
-    site: str = Field(index=True)
-    topic: str
-    kind: str
-    """What the message was: ``batch``, ``plan``, ``keys``, ``checkpoint`` or ``message``."""
-    reason: str
-    size: int = Field(sa_column=Column(BigInteger, nullable=False))
-    sha256: str
-    device: str | None = None
-    root: bytes | None = Field(default=None, sa_column=_blob(nullable=True))
-    message: bytes | None = Field(default=None, sa_column=_blob(nullable=True))
-    """The message itself, unless it was larger than the ingester accepts."""
-    audit_seq: int = Field(sa_column=Column(ID, nullable=False))
-
-
-class WitnessedRow(SQLModel, table=True):
-    """The newest checkpoint the centre cosigned of one site collector's log."""
-
-    __tablename__ = "witnessed"
-    origin: str = Field(primary_key=True)
-    site: str = Field(index=True)
-    size: int = Field(sa_column=Column(ID, nullable=False))
-    root: bytes = Field(sa_column=_blob())
-    note: str
-    """The checkpoint's signed note with the centre's cosignature line."""
-    cosigned_at: str
-
-
-class SiteDeviceRow(SQLModel, table=True):
-    """Which site sends a device's batches: the first that deployed a plan of it."""
-
-    __tablename__ = "site_devices"
-    device: str = Field(primary_key=True)
-    site: str = Field(index=True)
-    since: str
-
-
-class ErasureRow(SQLModel, table=True):
-    """What a deletion receipt removed from one batch: the positions, and the leaf hash of each.
-
-    The records' rows (their values and salts) are gone; their leaf hashes stay while records
-    of the batch remain, so those records' inclusion proofs still verify and the batch root
-    can be rebuilt (docs/retention.md). The receipt (audit entry ``receipt``) says the same;
-    the verifier checks that the two agree.
-    """
-
-    __tablename__ = "erasures"
-    id: int | None = Field(default=None, sa_column=_id())
-    batch_id: int = Field(sa_column=Column(ID, nullable=False, index=True))
-    receipt: int = Field(sa_column=Column(ID, nullable=False, unique=True))
-    """The ``seq`` of the ``retention.deleted`` audit entry that removed them."""
-    positions: str
-    """Canonical JSON of the positions removed, as runs ``[[first, last], ...]`` ascending."""
-    leaf_hashes: bytes = Field(sa_column=_blob())
-    """The 32-byte leaf hashes of those positions, concatenated in position order; empty when
-    they were the batch's last records (nothing is left whose inclusion they would prove)."""
-
-
-class HoldRow(SQLModel, table=True):
-    """A legal hold: what it covers, who placed it and why; released, never deleted."""
-
-    __tablename__ = "holds"
-    id: int | None = Field(default=None, sa_column=_id())
-    devices: str
-    """Canonical JSON list of the device ids it covers (``[]``: every device)."""
-    points: str
-    """Canonical JSON list of point-name globs it covers (``[]``: every point)."""
-    from_time: str | None = None
-    """The first instant it covers (``None``: from the beginning)."""
-    to_time: str | None = None
-    """The instant it covers up to, excluded (``None``: without end)."""
-    reason: str
-    placed_by: str
-    placed_at: str
-    placed_seq: int = Field(sa_column=Column(ID, nullable=False))
-    released_by: str | None = None
-    released_at: str | None = None
-    release_reason: str | None = None
-    released_seq: int | None = Field(default=None, sa_column=Column(ID, nullable=True))
-
-
-METADATA = SQLModel.metadata
-META: Table = METADATA.tables["meta"]
-PLANS: Table = METADATA.tables["plans"]
-BATCHES: Table = METADATA.tables["batches"]
-SIGNATURES: Table = METADATA.tables["batch_signatures"]
-READINGS: Table = METADATA.tables["readings"]
-GAPS: Table = METADATA.tables["gap_records"]
-AUDIT: Table = METADATA.tables["audit_entries"]
-CHECKPOINTS: Table = METADATA.tables["checkpoints"]
-OUTBOX: Table = METADATA.tables["outbox"]
-COSIGNATURES: Table = METADATA.tables["cosignatures"]
-QUARANTINE: Table = METADATA.tables["quarantine"]
-WITNESSED: Table = METADATA.tables["witnessed"]
-SITE_DEVICES: Table = METADATA.tables["site_devices"]
-ERASURES: Table = METADATA.tables["erasures"]
-HOLDS: Table = METADATA.tables["holds"]
+HOLDS = Table(
+    "holds",
+    METADATA,
+    _id(),
+    _text("devices", doc="Canonical JSON list of the device ids it covers (``[]``: every device)."),
+    _text("points", doc="Canonical JSON list of point-name globs it covers (``[]``: every point)."),
+    _maybe_text("from_time", doc="The first instant it covers (``None``: from the beginning)."),
+    _maybe_text("to_time", doc="The instant it covers up to, excluded (``None``: without end)."),
+    _text("reason"),
+    _text("placed_by"),
+    _text("placed_at"),
+    _seq("placed_seq"),
+    _maybe_text("released_by"),
+    _maybe_text("released_at"),
+    _maybe_text("release_reason"),
+    Column("released_seq", ID, nullable=True),
+)
+"""A legal hold: what it covers, who placed it and why; released, never deleted."""

@@ -1,13 +1,14 @@
 """Stage verify: recompute every leaf, batch root, signature, audit entry and checkpoint.
 
-:func:`verify_store` reads a store and trusts nothing in it but what the given
-public keys signed (:class:`Trust`). It does not stop at the first failure:
-every problem is named (device and batch, audit entry, checkpoint, plan) in a
-:class:`Report`, so an auditor sees the whole extent of a tamper. What each
-check catches is in docs/audit.md.
+:func:`~engine.verify.whole.verify_store` reads a store and trusts nothing in
+it but what the given public keys signed (:class:`~engine.verify.trust.Trust`).
+It does not stop at the first failure: every problem is named (device and
+batch, audit entry, checkpoint, plan) in a :class:`~engine.verify.report.Report`,
+so an auditor sees the whole extent of a tamper. What each check catches is in
+docs/audit.md.
 
-The checks, in the order :func:`verify_store` runs them (each later one uses
-what the earlier ones established):
+The checks, in the order they run (each later one uses what the earlier ones
+established):
 
 1. ``log.py``: the audit log. Every entry is canonical JSON, its columns
    agree with it, sequence numbers have no hole, and the saved state the
@@ -46,86 +47,12 @@ what the earlier ones established):
    ``cosigned.py``: a site store's cosignatures are of its log as stored, and
    by the centre's witness key when it is given (docs/scale-out.md).
 
-``report.py`` holds :class:`Report` and its problems, ``trust.py`` the trusted
-keys. The SQL and driver code behind every check is in
+``whole.py`` runs them (:func:`~engine.verify.whole.verify_store`), ``report.py``
+holds :class:`~engine.verify.report.Report` and its problems, ``trust.py`` the
+trusted keys. The SQL and driver code behind every check is in
 :mod:`engine.store.reads`: this package holds the checks, not database access.
+
+This file imports none of them: a command that needs only the trusted keys
+(``trust.py``, as ``converge query`` does) loads neither the checks nor the
+store's reads.
 """
-
-from __future__ import annotations
-
-from collections.abc import Collection, MutableMapping
-from pathlib import Path
-
-from engine import audit
-from engine.audit import DEFAULT_AUDIT_KEY
-from engine.store import reads
-from engine.store.store import Store
-from engine.verify.batches import check_batches, check_chains
-from engine.verify.central import check_quarantine, check_witnessed
-from engine.verify.checkpoints import LogKey, check_checkpoints, check_log_key, check_witness
-from engine.verify.cosigned import check_cosignatures
-from engine.verify.log import check_log
-from engine.verify.plans import PlanTrust, check_plans
-from engine.verify.records import Progress, check_records
-from engine.verify.report import Report
-from engine.verify.retention import Known, check_kept, check_retention
-from engine.verify.tail import check_tail
-from engine.verify.trust import Trust
-
-
-def verify_store(
-    store: Store,
-    trust: Trust,
-    *,
-    witness: Path | None = None,
-    progress: Progress | None = None,
-    workers: int | None = None,
-    audit_key: str = DEFAULT_AUDIT_KEY,
-    plan_key: str | None = None,
-    cosigned_by: Trust | None = None,
-    records_of: Collection[int] | None = None,
-    digests: MutableMapping[int, bytes] | None = None,
-) -> Report:
-    """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
-    the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
-    given; the centre's cosignatures of the log by the witness key of ``cosigned_by`` when
-    given.
-
-    ``workers``: how many processes hash the records (None: one per CPU for a
-    store of at least :data:`~engine.verify.records.PARALLEL_RECORDS` records,
-    else this one alone).
-
-    ``records_of``: rehash the records of only these batches, and look for no findings
-    (data kept too long); everything else is checked whole. A retention run's check
-    before it deletes (:mod:`engine.retention.run` says why that is enough). ``digests``,
-    when given, is filled with the digest of the records hashed of each batch no receipt
-    deleted records of (:func:`~engine.verify.records.records_digest`): what the run compares
-    the records it deletes with.
-    """
-    report = Report()
-    with store.reading() as conn:
-        log = check_log(conn, report)
-        key = LogKey(audit_key, trust.keys.get(audit_key, ()), reads.meta(conn, audit.ORIGIN_KEY))
-        check_log_key(log, key, report)
-        good = check_checkpoints(conn, log, key, report)
-        check_tail(log, good, report)
-        if witness is not None:
-            check_witness(conn, witness, log, key, report)
-        plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
-        batches = check_batches(conn, log, plans, trust, report)
-        check_chains(batches, log, report)
-        known = Known(log, plans, batches, good)
-        erased = check_retention(conn, known, report)
-        only = None if records_of is None else frozenset(records_of)
-        check_records(
-            conn, batches, report, progress, workers, erased=erased, only=only, digests=digests
-        )
-        if only is None:
-            check_kept(conn, known, erased, report)
-        check_quarantine(conn, log, report)
-        check_witnessed(conn, log, report)
-        check_cosignatures(conn, log, key, cosigned_by, report)
-    return report
-
-
-__all__ = ["Progress", "Report", "Trust", "verify_store"]

@@ -19,16 +19,21 @@ from engine.verify.trust import Trust, instant
 
 
 def batch_problem(
-    batch: StoredBatch, leaves: Sequence[tuple[int, bytes]], plan: PlanBody | None, trust: Trust
+    batch: StoredBatch,
+    positions: Sequence[int],
+    leaves: Sequence[bytes],
+    plan: PlanBody | None,
+    trust: Trust,
 ) -> str | None:
-    """Why ``batch`` does not verify on its own, or ``None`` when it does."""
+    """Why ``batch`` does not verify on its own with the records ``leaves`` at ``positions``,
+    or ``None`` when it does."""
     try:
         head = Statement.parse(batch.statement)
     except VerificationError as exc:
         return f"its statement does not parse ({exc})"
-    if [position for position, _ in leaves] != list(range(head.count)):
+    if list(positions) != list(range(head.count)):
         return f"it holds {len(leaves)} records at other positions than the {head.count} signed"
-    if root_of_hashes([leaf_hash(leaf) for _, leaf in leaves]) != head.root:
+    if root_of_hashes([leaf_hash(leaf) for leaf in leaves]) != head.root:
         return "its records do not hash to its signed root"
     if plan is None or plan.digest != head.plan_digest:
         return f"its plan {head.plan_digest} is not stored"
