@@ -1,7 +1,7 @@
 """Records missing from an audit bundle: a batch the export asks whole is whole, whatever its own
-member says; and a deletion receipt the bundle carries says what it deleted in the one shape
-receipts have. Both verifiers (`converge verify` and the bundle's verify.py) name each the same
-way."""
+member says; an export never presents a record deleted without a receipt of the log as removed;
+and a deletion receipt the bundle carries says what it deleted in the one shape receipts have.
+Both verifiers (`converge verify` and the bundle's verify.py) name each the same way."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import test_export
 from evidence_kit import fill
 from retention_kit import kinds, run
@@ -19,6 +20,7 @@ from test_export import Exported, Members, export, failed, forged, trust_file
 from test_tamper import database, one
 
 from engine.audit import Actor
+from engine.export import verifier
 from engine.sign.merkle import MerkleTree
 from engine.store import auditlog
 
@@ -63,6 +65,51 @@ def test_a_record_dropped_from_a_batch_the_export_asks_whole_is_named(
         f"FAIL batch {gone['batch']}: position 3 is neither exported nor removed by a receipt"
         " (retention.json), though the export asks for every record of it"
     ]
+
+
+# --- a record deleted with no receipt ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "asked", [("vault-d", ()), ("line-b", ("--point", "P1"))], ids=["whole", "one-point"]
+)
+def test_an_export_refuses_a_record_deleted_with_no_receipt_of_the_log(
+    retention_site, backend, tmp_path: Path, capsys, asked: tuple[str, tuple[str, ...]]
+):
+    """A plain DELETE, and an erasures row holding the record's leaf hash (what anyone who can
+    write the database can add): the export names the position rather than prove the others
+    around it, even where the bundle could not show the record missing (one point asked)."""
+    device, extra = asked
+    fill(retention_site, backend, tmp_path, 60).close()
+    with database(backend).begin() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT r.id, r.batch_id, r.position, r.leaf FROM readings r JOIN batches b"
+                " ON b.id = r.batch_id WHERE b.device = :d ORDER BY r.id"
+            ),
+            {"d": device},
+        ).all()
+        row = next(r for r in rows[5:] if b'"point":"P1"' in bytes(r.leaf))
+        conn.execute(sa.text("DELETE FROM readings WHERE id = :i"), {"i": row.id})
+        conn.execute(
+            sa.text(
+                "INSERT INTO erasures (batch_id, receipt, positions, leaf_hashes)"
+                " VALUES (:b, 1, :p, :h)"
+            ),
+            {
+                "b": row.batch_id,
+                "p": f"[[{row.position},{row.position}]]",
+                "h": verifier.leaf_hash(bytes(row.leaf)),
+            },
+        )
+    out = tmp_path / "out.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", device, *extra) != 0
+    assert not out.exists()
+    assert (
+        f"batch {row.batch_id}: position {row.position} holds no record, and no deletion"
+        " receipt of the log removed it"
+    ) in capsys.readouterr().err
 
 
 # --- a receipt's shape ------------------------------------------------------------------------
