@@ -35,6 +35,7 @@ from engine import audit
 from engine.access.data import Range
 from engine.access.guard import Decision
 from engine.canonical import canonical_json
+from engine.errors import VerificationError
 from engine.export import verifier
 from engine.keys import KeyVersion
 from engine.sign.leaf import instant
@@ -42,13 +43,15 @@ from engine.sign.merkle import MerkleTree
 from engine.sign.note import Checkpoint, split_note
 from engine.store import data, reads
 from engine.store.data import StoredBatch
-from engine.store.retention import Scope, erased
+from engine.store.retention import Scope, split_hashes
 from engine.store.tables import PLANS
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 """Every member's zip time: a bundle's bytes do not depend on when it was written."""
 TLOG_PROOF = "c2sp.org/tlog-proof@v1"
 RETENTION_KINDS = ("retention.deleted", "hold.placed", "hold.released")
+Receipts = Mapping[int, Sequence[dict[str, Any]]]
+"""The payloads of the log's deletion receipts, by the batch each names."""
 
 
 @dataclass
@@ -90,9 +93,10 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     entries = [(seq, raw) for seq, _, _, raw in reads.audit_entries(conn)][:checkpoint_size]
     tree = MerkleTree(verifier.leaf_hash(raw) for _, raw in entries)
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
-    _records(conn, request, out, wanted)
+    logged = Logged.of(entries)
+    _records(conn, request, out, wanted, logged.receipts)
     wanted.update(_dropped(entries, {p.device for p in request.decision.allowed}))
-    out.members[verifier.RETENTION] = _retention(conn, request, out, entries, wanted)
+    out.members[verifier.RETENTION] = _retention(conn, request, out, logged, wanted)
     _plans(conn, out, entries, wanted)
     bodies = (out.members[_plan_member(digest)] for digest in out.plans)
     carried, out.left_out = sources(bodies, request.sources)
@@ -142,7 +146,9 @@ def _decision_seq(entries: Sequence[tuple[int, bytes]], decision: str) -> int:
     return next(seq for seq, raw in reversed(entries) if needle in raw)
 
 
-def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]) -> None:
+def _records(
+    conn: Connection, request: Request, out: Gathered, wanted: set[int], receipts: Receipts
+) -> None:
     """records.jsonl, records.csv and a member per batch of the exported devices in the range
     (an archive's: per batch that holds an archived record)."""
     lines, rows = [], [",".join(verifier.CSV_COLUMNS).encode() + b"\n"]
@@ -152,7 +158,7 @@ def _records(conn: Connection, request: Request, out: Gathered, wanted: set[int]
         lines.append(picked.lines)
         rows.append(picked.rows)
         out.records += len(picked.positions)
-        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked)
+        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked, receipts)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
     out.members[verifier.RECORDS] = b"".join(lines)
@@ -258,7 +264,9 @@ FEW_POINTS = 4
 """Up to how many points of a device a leaf is searched for their names before it is read."""
 
 
-def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes:
+def _batch_member(
+    conn: Connection, batch: StoredBatch, picked: Picked, receipts: Receipts
+) -> bytes:
     """The batch: statement, signatures, its entry's seq, and (when not every record of it is
     exported) each exported record's inclusion proof under its root."""
     said: dict[str, Any] = {
@@ -268,34 +276,98 @@ def _batch_member(conn: Connection, batch: StoredBatch, picked: Picked) -> bytes
         "entry": batch.entry_seq,
     }
     if len(picked.positions) != batch.count:
-        hashes = erased(conn, batch.id)
-        hashes.update((p, verifier.leaf_hash(leaf)) for p, leaf in data.leaves(conn, batch.id))
-        tree = MerkleTree(hashes[p] for p in sorted(hashes))
-        said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p in picked.positions}
+        proving = bool(picked.positions)
+        hashes = _leaf_hashes(conn, batch, receipts.get(batch.id, ()), proving)
+        said["proofs"] = {}
+        if proving:
+            tree = MerkleTree(hashes[p] for p in range(batch.count))
+            said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p in picked.positions}
     return canonical_json(said)
 
 
+def _leaf_hashes(
+    conn: Connection, batch: StoredBatch, receipts: Iterable[dict[str, Any]], proving: bool
+) -> dict[int, bytes]:
+    """The leaf hash of each position of a batch: its stored record's, or the one a deletion
+    receipt of the log kept when it removed it (never the store's ``erasures`` alone: anyone
+    who can write the database can fill them). Raises VerificationError naming a position
+    that no record holds and no receipt of the log removed, or (``proving`` records of the
+    batch) whose leaf hash no receipt kept."""
+    hashes: dict[int, bytes] = {}
+    removed: set[int] = set()
+    for said in receipts:
+        kept = _kept(said, batch)
+        removed.update(kept)
+        hashes.update((p, h) for p, h in kept.items() if h is not None)
+    hashes.update((p, verifier.leaf_hash(leaf)) for p, leaf in data.leaves(conn, batch.id))
+    held = hashes.keys() if proving else hashes.keys() | removed
+    missing = next((p for p in range(batch.count) if p not in held), None)
+    if missing is not None:
+        raise VerificationError(
+            f"batch {batch.id}: position {missing} holds no record, and no deletion receipt of"
+            " the log removed it (with its leaf hash): the store was changed outside Converge;"
+            " converge audit verify names what"
+        )
+    return hashes
+
+
+def _kept(said: dict[str, Any], batch: StoredBatch) -> dict[int, bytes | None]:
+    """The positions a receipt removed from ``batch``, each with the leaf hash it kept (None
+    when it kept none); none for a receipt that does not name the batch as it is signed, or
+    is not one."""
+    named = [said.get(key) for key in ("device", "window_start", "window_end", "plan")]
+    if named != [batch.device, batch.window_start, batch.window_end, batch.plan_digest]:
+        return {}
+    try:
+        positions = [
+            p for first, last in verifier.runs_within(said["positions"], batch.count)
+            for p in range(first, last + 1)
+        ]  # fmt: skip
+        hashes = split_hashes(base64.b64decode(said["leaf_hashes"], validate=True))
+    except (ValueError, KeyError, TypeError):
+        return {}
+    if len(hashes) != len(positions):
+        return dict.fromkeys(positions)
+    return dict(zip(positions, hashes, strict=True))
+
+
+@dataclass(frozen=True)
+class Logged:
+    """The log's retention entries, (seq, kind, payload) in seq order, and its deletion
+    receipts' payloads by the batch each names."""
+
+    entries: list[tuple[int, str, dict[str, Any]]]
+    receipts: dict[int, list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, entries: Sequence[tuple[int, bytes]]) -> Logged:
+        """Read from the log's entries (each only when its bytes name a retention kind)."""
+        logged: list[tuple[int, str, dict[str, Any]]] = []
+        receipts: dict[int, list[dict[str, Any]]] = {}
+        for seq, raw in entries:
+            if _kind(raw) is not None:
+                entry = json.loads(raw)
+                kind, said = entry["kind"], entry["payload"]
+                if kind in RETENTION_KINDS:
+                    logged.append((seq, kind, said))
+                if kind == "retention.deleted" and type(said.get("batch")) is int:
+                    receipts.setdefault(said["batch"], []).append(said)
+        return cls(logged, receipts)
+
+
 def _retention(
-    conn: Connection,
-    request: Request,
-    out: Gathered,
-    entries: Sequence[tuple[int, bytes]],
-    wanted: set[int],
+    conn: Connection, request: Request, out: Gathered, logged: Logged, wanted: set[int]
 ) -> bytes:
     """``retention.json``: the deletion receipts of the exported points in the range (each
     with its batch, records or not, and plan), and the holds touching them (their entries)."""
     points = {(p.device, p.point) for p in request.decision.allowed}
-    span, receipts = request.span, []
+    span, touching = request.span, []
     placed: dict[int, int] = {}
     released: dict[int, int] = {}
-    for seq, raw in entries:
-        if _kind(raw) is None:
-            continue
-        entry = json.loads(raw)
-        kind, said = entry["kind"], entry["payload"]
+    for seq, kind, said in logged.entries:
         if kind == "retention.deleted" and _receipt_touches(said, points, span):
-            receipts.append(seq)
-            _receipt_batch(conn, said, out, wanted)
+            touching.append(seq)
+            _receipt_batch(conn, said, out, wanted, logged.receipts)
             if said.get("archive"):
                 wanted.add(said["archive"]["entry"])
         elif kind == "hold.placed" and _hold_touches(said, points, span):
@@ -306,8 +378,8 @@ def _retention(
         {"hold": hold, "placed": seq, "released": released.get(hold)}
         for hold, seq in sorted(placed.items())
     ]
-    wanted.update(receipts, placed.values(), (h["released"] for h in holds if h["released"]))
-    return canonical_json({"receipts": receipts, "holds": holds})
+    wanted.update(touching, placed.values(), (h["released"] for h in holds if h["released"]))
+    return canonical_json({"receipts": touching, "holds": holds})
 
 
 _KINDS = {kind: f'"kind":"{kind}"'.encode() for kind in RETENTION_KINDS}
@@ -319,9 +391,14 @@ def _kind(raw: bytes) -> str | None:
 
 
 def _receipt_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:
+    """Whether a receipt deleted records of an exported point (as its expiries name them, or
+    its ``points``: the verifier refuses a receipt whose two differ) from a batch whose window
+    meets the range."""
     device = said.get("device")
+    named = [p.get("point") for p in said.get("points", ())]
+    named += [p for group in said.get("expiries", ()) for p in group.get("points", ())]
     return _meets(span, said["window_start"], said["window_end"]) and any(
-        (device, p.get("point")) in points for p in said.get("points", ())
+        (device, p) in points for p in named
     )
 
 
@@ -336,7 +413,9 @@ def _meets(span: Range, start: str, end: str) -> bool:
     return (span.start is None or end > span.start) and (span.end is None or start < span.end)
 
 
-def _receipt_batch(conn: Connection, said: dict[str, Any], out: Gathered, wanted: set[int]) -> None:
+def _receipt_batch(
+    conn: Connection, said: dict[str, Any], out: Gathered, wanted: set[int], receipts: Receipts
+) -> None:
     """The batch a receipt deleted from, in the bundle even when none of its records is."""
     if said["batch"] in out.batches:
         return
@@ -344,7 +423,7 @@ def _receipt_batch(conn: Connection, said: dict[str, Any], out: Gathered, wanted
     for batch in (b for b in found if b.id == said["batch"]):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
-        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, NOTHING)
+        out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, NOTHING, receipts)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
 

@@ -6,7 +6,8 @@
 Needs Python 3.11 and the ``cryptography`` package, nothing else: no database,
 no Converge. It checks every member's SHA-256 against the signed manifest,
 every record's leaf against its batch (the whole batch's root, or the record's
-inclusion proof), every batch statement's signatures by the keys its plan
+inclusion proof), every batch the export asks whole complete but for the
+positions a lawful deletion receipt removed, every batch statement's signatures by the keys its plan
 requires with versions valid when its audit entry says it was stored, every
 plan's digest and signature, every policy file carried against the digest its
 plan names, every audit entry's inclusion under the latest
@@ -50,7 +51,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from itertools import compress, groupby, pairwise
@@ -559,8 +560,12 @@ def _verify(
     batches = _check_batches(bundle, manifest, ctx, verdict)
     _safely(_check_chains, manifest, batches, entries, verdict)
     _check_records(bundle, manifest, batches, verdict)
-    _check_export(manifest, entries, verdict)
-    _check_retention(bundle, Retained(entries, batches, plans), verdict)
+    decided = _check_export(manifest, entries, verdict)
+    removed = _check_retention(bundle, Retained(entries, batches, plans), verdict)
+    if decided is not None:
+        _check_complete(
+            replace(Asked.of(manifest), points=decided), plans, removed, batches, verdict
+        )
     _note_verifier(bundle, verdict)
 
 
@@ -823,6 +828,11 @@ class Plan:
     """Each point's ``retention`` (``keep_at_least_ms``, ``keep_at_most_ms``, ``on_expiry``)."""
     sources: tuple[tuple[str, str], ...] = ()
     """The files the plan names as its sources: (path, ``sha256:<hex>``)."""
+
+    @property
+    def points(self) -> frozenset[str]:
+        """The names of the points the plan collects."""
+        return frozenset(self.retention)
 
 
 def _check_plans(
@@ -1210,6 +1220,16 @@ class Asked:
             return cls(frozenset(str(p) for p in manifest["points"]), start, end)
         except (KeyError, ValueError, TypeError) as exc:
             raise Refused(MANIFEST, f"its range or points are malformed ({exc})") from None
+
+    def whole(self, batch: Batch, points: frozenset[str]) -> bool:
+        """Whether every record of ``batch``, whose plan collects ``points``, is asked: each
+        of those points, and its signed window inside the range."""
+        start, end = map(_instant, batch.window)
+        return (
+            all(f"{batch.device}/{point}" in self.points for point in points)
+            and (self.start is None or start >= self.start)
+            and (self.end is None or end <= self.end)
+        )
 
     def outside(self, record: Record) -> str | None:
         """Why a record is not one of what was asked, if it is not."""
@@ -1643,9 +1663,10 @@ def _csv_text(row: list[str]) -> bytes:
 
 def _check_export(
     manifest: dict[str, Any], entries: dict[int, dict[str, Any]], verdict: Verdict
-) -> None:
+) -> frozenset[str] | None:
     """The export itself is an allowed decision of the log, by the principal the manifest names;
-    an archive's, the ``retention.archived`` entry of the run that wrote it."""
+    an archive's, the ``retention.archived`` entry of the run that wrote it. The points the
+    decision allowed (``device/point``); None for an archive, or a decision not found."""
     decision = manifest.get("decision")
     if manifest.get("archive") is True:
         archived = [
@@ -1660,7 +1681,7 @@ def _check_export(
         else:
             said = archived[0]["payload"]
             _check_decided(manifest, said, _named(said.get("points"), False), verdict)
-        return
+        return None
     found = [
         e
         for e in entries.values()
@@ -1668,13 +1689,15 @@ def _check_export(
     ]
     if not found:
         verdict.fail(MANIFEST, f"its export decision {decision} is not an entry of the bundle")
-        return
+        return None
     payload = found[0]["payload"]
     if payload.get("action") != "export" or payload.get("outcome") not in ("allow", "partial"):
         verdict.fail(MANIFEST, f"decision {decision} did not allow this export")
     if payload.get("principal") != manifest.get("principal"):
         verdict.fail(MANIFEST, f"decision {decision} was another principal's")
-    _check_decided(manifest, payload, _named(payload.get("points"), True), verdict)
+    allowed = _named(payload.get("points"), True)
+    _check_decided(manifest, payload, allowed, verdict)
+    return frozenset(allowed)
 
 
 def _named(points: Any, allowed_only: bool) -> set[str]:
@@ -1741,30 +1764,33 @@ class Hold:
         return self.placed < seq and (self.released is None or self.released > seq)
 
 
-def _check_retention(bundle: Bundle, retained: Retained, verdict: Verdict) -> None:
+def _check_retention(bundle: Bundle, retained: Retained, verdict: Verdict) -> dict[int, set[int]]:
     """Deletion receipts and legal holds touching the range: each an entry of the bundle; no
-    exported record is one a receipt deleted; and each receipt was lawful (docs/bundle.md)."""
+    exported record is one a receipt deleted; and each receipt was lawful (docs/bundle.md).
+    The positions the receipts that verify removed, by batch."""
+    removed: dict[int, set[int]] = {}
     if not bundle.has(RETENTION):
-        return
+        return removed
     said = _json(bundle.read(RETENTION), RETENTION)
     if not isinstance(said, dict) or set(said) != {"receipts", "holds"}:
         verdict.fail(RETENTION, "not a retention member (receipts and holds)")
-        return
+        return removed
     holds = _safely(_holds, said["holds"], retained.entries)
     if isinstance(holds, str):
         verdict.fail(RETENTION, f"its holds: {holds}")
-        return
+        return removed
     receipts = said["receipts"]
     if not isinstance(receipts, list) or not all(type(s) is int for s in receipts):
         verdict.fail(RETENTION, "its receipts are not a list of entry numbers")
-        return
+        return removed
     deleted = 0
     for seq in receipts:
         found = _safely(_receipt_problem, seq, retained, holds)
         if isinstance(found, str):
             verdict.fail(f"receipt (audit entry {seq})", found)
         else:
-            deleted += found
+            removed.setdefault(found.batch.id, set()).update(found.positions)
+            deleted += len(found.positions)
     verdict.counts["deletion receipts"] = len(receipts)
     verdict.counts["holds"] = len(holds)
     if receipts:
@@ -1772,6 +1798,7 @@ def _check_retention(bundle: Bundle, retained: Retained, verdict: Verdict) -> No
             f"{deleted:,} records of the range were deleted by {len(receipts)} deletion receipts"
             " (retention.json); the receipts that verify were lawful"
         )
+    return removed
 
 
 def _holds(listed: Any, entries: dict[int, dict[str, Any]]) -> list[Hold]:
@@ -1798,40 +1825,133 @@ def _holds(listed: Any, entries: dict[int, dict[str, Any]]) -> list[Hold]:
     return found
 
 
-def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> int | str:
-    """How many records a lawful receipt deleted, or why it is not one."""
+@dataclass(frozen=True)
+class Deleted:
+    """What a receipt deleted from its batch: the positions, and each expiry group's points
+    and positions."""
+
+    batch: Batch
+    positions: set[int]
+    groups: list[tuple[list[str], set[int]]]
+
+
+def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted | str:
+    """What a lawful receipt deleted, or why it is not one."""
     entry = retained.entries.get(seq)
     if entry is None or entry.get("kind") != "retention.deleted":
         return "not a retention.deleted entry of the bundle"
     said = entry["payload"]
-    batch = _receipt_batch(said, retained)
-    if isinstance(batch, str):
-        return batch
-    positions = _positions(said["positions"])
-    exported = sorted(positions & batch.hashes.keys())
+    found = _receipt_batch(said, retained)
+    deleted = found if isinstance(found, str) else _deleted(said, found)
+    if isinstance(deleted, str):
+        return deleted
+    batch = deleted.batch
+    exported = sorted(deleted.positions & batch.hashes.keys())
     if exported:
         return f"deleted position {exported[0]} of batch {batch.id}, yet the bundle exports it"
     plan = retained.plans.get(batch.plan)
     if plan is None:
         return f"its batch's plan {batch.plan} is not in the bundle"
     at = _aware(entry["time"])
-    for group in said["expiries"]:
-        for point in group["points"]:
+    for points, positions in deleted.groups:
+        for point in points:
             kept = plan.retention.get(point, {})
             problem = (
                 _expiry_problem(kept, batch, at)
                 or _held(holds, seq, batch, point)
-                or _unarchived(kept, said, group, retained, batch)
+                or _unarchived(kept, said, positions, retained, batch)
             )
             if problem:
                 return f"deletes {batch.device}/{point} {problem}"
-    return len(positions)
+    return deleted
+
+
+def _deleted(said: dict[str, Any], batch: Batch) -> Deleted | str:
+    """What a receipt says it deleted, or why that is not a receipt's statement: each expiry
+    group names points, each in one group only, and together its positions; the receipt's
+    ``points`` are exactly the groups' points, of its batch's device, each group's counting its
+    positions."""
+    try:
+        positions = runs_within(said["positions"], batch.count)
+        groups = [
+            (_group_points(g["points"]), runs_within(g["positions"], batch.count))
+            for g in said["expiries"]
+        ]
+    except ValueError as exc:
+        return str(exc)
+    named = [point for points, _ in groups for point in points]
+    if len(set(named)) != len(named):
+        return "names a point in two of its expiries"
+    counts = _point_counts(said["points"], batch.device)
+    if counts is None or set(counts) != set(named):
+        return "its points are not its expiries' points, each once, with a count"
+    for number, (points, runs) in enumerate(groups, 1):
+        if sum(counts[point] for point in points) != _size(runs):
+            return f"its points count other than the {_size(runs)} positions of expiry {number}"
+    expanded = [(points, _expand(runs)) for points, runs in groups]
+    covered = [position for _, group in expanded for position in group]
+    deleted = _expand(positions)
+    if len(covered) != len(deleted) or set(covered) != deleted:
+        return "its expiries' positions are not its positions, each once"
+    return Deleted(batch, deleted, expanded)
+
+
+def _group_points(said: Any) -> list[str]:
+    """The points an expiry group names: a list of names, at least one."""
+    if not isinstance(said, list) or not said or not all(isinstance(p, str) for p in said):
+        raise ValueError("an expiry names no point, or not a list of point names")
+    return said
+
+
+def _point_counts(said: Any, device: str) -> dict[str, int] | None:
+    """A receipt's ``points``, point name → count (each of ``device``, named once, with a
+    positive count); None for anything else."""
+    if not isinstance(said, list) or not all(isinstance(p, dict) for p in said):
+        return None
+    counts = {str(p.get("point")): p.get("count") for p in said if p.get("device") == device}
+    if len(counts) != len(said) or not all(type(n) is int and n > 0 for n in counts.values()):
+        return None
+    return counts
+
+
+def runs_within(said: Any, count: int) -> list[tuple[int, int]]:
+    """Positions as a receipt writes them, ``[[first, last], ...]``, of a batch of ``count``
+    records: each run a pair of integers, ascending, apart from the one before by at least one
+    position, the last below ``count``. Raises ValueError for anything else, before any
+    position is counted out (the store verifier's ``Runs.parse``, and the batch's bound)."""
+    if not isinstance(said, list):
+        raise ValueError("its positions are not a list of runs")
+    runs: list[tuple[int, int]] = []
+    after = -2
+    for run in said:
+        if (
+            not isinstance(run, list)
+            or len(run) != 2
+            or type(run[0]) is not int
+            or type(run[1]) is not int
+            or run[0] > run[1]
+            or run[0] < after + 2
+        ):
+            raise ValueError(f"positions: {run!r} is not a run after the ones before it")
+        runs.append((run[0], run[1]))
+        after = run[1]
+    if after >= count:
+        raise ValueError(f"positions: {after} is past the last of its batch's {count} records")
+    return runs
+
+
+def _size(runs: list[tuple[int, int]]) -> int:
+    return sum(last - first + 1 for first, last in runs)
+
+
+def _expand(runs: list[tuple[int, int]]) -> set[int]:
+    return {p for first, last in runs for p in range(first, last + 1)}
 
 
 def _unarchived(
     retention: dict[str, Any],
     said: dict[str, Any],
-    group: dict[str, Any],
+    positions: set[int],
     retained: Retained,
     batch: Batch,
 ) -> str | None:
@@ -1848,8 +1968,8 @@ def _unarchived(
     held = set()
     for listed in entry["payload"].get("batches", []):
         if listed.get("batch") == batch.id:
-            held |= _positions(listed.get("positions", []))
-    if not _positions(group["positions"]) <= held:
+            held |= _expand(runs_within(listed.get("positions"), batch.count))
+    if not positions <= held:
         return f"which its archive (audit entry {entry['seq']}) does not hold"
     return None
 
@@ -1864,10 +1984,6 @@ def _receipt_batch(said: dict[str, Any], retained: Retained) -> Batch | str:
     if (said["device"], said["root"], window, said["plan"]) != signed:
         return f"names batch {batch.id} otherwise than its statement signs it"
     return batch
-
-
-def _positions(runs: Any) -> set[int]:
-    return {p for first, last in runs for p in range(int(first), int(last) + 1)}
 
 
 def _expiry_problem(retention: dict[str, Any] | None, batch: Batch, at: datetime) -> str | None:
@@ -1891,6 +2007,32 @@ def _held(holds: list[Hold], seq: int, batch: Batch, point: str) -> str | None:
         if hold.in_force_at(seq) and hold.covers(batch.device, point, batch.window):
             return f"during hold {hold.id}"
     return None
+
+
+def _check_complete(
+    asked: Asked,
+    plans: dict[str, Plan],
+    removed: dict[int, set[int]],
+    batches: dict[int, Batch],
+    verdict: Verdict,
+) -> None:
+    """A batch the export asks whole (every point its plan collects is one the decision
+    allowed, and its signed window lies in the range) has each position exported or removed
+    by a receipt that verifies, whether or not it carries proofs: the bundle's own members do
+    not decide what it must hold."""
+    for batch in batches.values():
+        plan = plans.get(batch.plan)
+        if batch.proofs is None or plan is None or not asked.whole(batch, plan.points):
+            continue
+        accounted = batch.hashes.keys() | removed.get(batch.id, set())
+        missing = [p for p in range(batch.count) if p not in accounted]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            verdict.fail(
+                f"batch {batch.id}",
+                f"position {missing[0]}{more} is neither exported nor removed by a receipt"
+                f" ({RETENTION}), though the export asks for every record of it",
+            )
 
 
 def _note_verifier(bundle: Bundle, verdict: Verdict) -> None:

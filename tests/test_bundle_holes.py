@@ -1,0 +1,224 @@
+"""Records missing from an audit bundle: a batch the export asks whole is whole, whatever its own
+member says; an export never presents a record deleted without a receipt of the log as removed;
+and a deletion receipt the bundle carries says what it deleted in the one shape receipts have.
+Both verifiers (`converge verify` and the bundle's verify.py) name each the same way."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import test_export
+from evidence_kit import fill
+from retention_kit import kinds, run
+from test_export import Exported, Members, export, failed, forged, trust_file
+from test_tamper import database, one
+
+from engine.audit import Actor
+from engine.export import verifier
+from engine.sign.merkle import MerkleTree
+from engine.store import auditlog
+
+clean_python, both, plant = test_export.clean_python, test_export.both, test_export.plant
+
+# --- a batch the export asks whole -----------------------------------------------------------
+
+
+def test_a_record_dropped_from_a_batch_the_export_asks_whole_is_named(
+    plant: Exported, tmp_path: Path, both
+):
+    """The log key's holder gives a batch of a whole-device export a proof per record (as if
+    exported in part) and drops one record: the signed decision asks every record of it."""
+    gone: dict[str, int] = {}
+
+    def drop(members: Members) -> Members:
+        lines = members["records.jsonl"].splitlines(keepends=True)
+        batch = json.loads(lines[0])["batch"]
+        mine = [line for line in lines if json.loads(line)["batch"] == batch]
+        tree = MerkleTree.from_leaves([line[line.index(b'"leaf":') + 7 : -2] for line in mine])
+        said = json.loads(members[f"batches/{batch}.json"])
+        assert "proofs" not in said
+        said["proofs"] = {
+            str(p): [base64.b64encode(h).decode() for h in tree.inclusion_proof(p)]
+            for p in range(len(mine))
+            if p != 3
+        }
+        at = lines.index(mine[3])
+        rows = members["records.csv"].splitlines(keepends=True)
+        gone["batch"] = batch
+        return members | {
+            f"batches/{batch}.json": json.dumps(said).encode(),
+            "records.jsonl": b"".join(lines[:at] + lines[at + 1 :]),
+            "records.csv": b"".join(rows[: at + 1] + rows[at + 2 :]),
+        }
+
+    def fewer(manifest: dict[str, Any]) -> None:
+        manifest["records"] -= 1
+
+    out = forged(plant.site, plant.bundle, tmp_path / "dropped.zip", drop, manifest_change=fewer)
+    assert failed(both(out, plant.trust)) == [
+        f"FAIL batch {gone['batch']}: position 3 is neither exported nor removed by a receipt"
+        " (retention.json), though the export asks for every record of it"
+    ]
+
+
+# --- a record deleted with no receipt ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "asked", [("vault-d", ()), ("line-b", ("--point", "P1"))], ids=["whole", "one-point"]
+)
+def test_an_export_refuses_a_record_deleted_with_no_receipt_of_the_log(
+    retention_site, backend, tmp_path: Path, capsys, asked: tuple[str, tuple[str, ...]]
+):
+    """A plain DELETE, and an erasures row holding the record's leaf hash (what anyone who can
+    write the database can add): the export names the position rather than prove the others
+    around it, even where the bundle could not show the record missing (one point asked)."""
+    device, extra = asked
+    fill(retention_site, backend, tmp_path, 60).close()
+    with database(backend).begin() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT r.id, r.batch_id, r.position, r.leaf FROM readings r JOIN batches b"
+                " ON b.id = r.batch_id WHERE b.device = :d ORDER BY r.id"
+            ),
+            {"d": device},
+        ).all()
+        row = next(r for r in rows[5:] if b'"point":"P1"' in bytes(r.leaf))
+        conn.execute(sa.text("DELETE FROM readings WHERE id = :i"), {"i": row.id})
+        conn.execute(
+            sa.text(
+                "INSERT INTO erasures (batch_id, receipt, positions, leaf_hashes)"
+                " VALUES (:b, 1, :p, :h)"
+            ),
+            {
+                "b": row.batch_id,
+                "p": f"[[{row.position},{row.position}]]",
+                "h": verifier.leaf_hash(bytes(row.leaf)),
+            },
+        )
+    out = tmp_path / "out.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", device, *extra) != 0
+    assert not out.exists()
+    assert (
+        f"batch {row.batch_id}: position {row.position} holds no record, and no deletion"
+        " receipt of the log removed it"
+    ) in capsys.readouterr().err
+
+
+# --- a receipt's shape ------------------------------------------------------------------------
+
+Receipt = dict[str, Any]
+
+
+def _groups(said: Receipt, *spans: list[list[int]]) -> list[dict[str, Any]]:
+    return [said["expiries"][0] | {"points": ["P1"], "positions": span} for span in spans]
+
+
+def _two_groups(said: Receipt) -> None:
+    said["expiries"] = _groups(said, [[0, 9]], [[10, said["count"] - 1]])
+
+
+def _no_point(said: Receipt) -> None:
+    said["expiries"][0]["points"] = []
+
+
+def _other_point(said: Receipt) -> None:
+    said["points"][0]["point"] = "P2"
+
+
+def _miscounted(said: Receipt) -> None:
+    said["points"][0]["count"] -= 1
+
+
+def _runs(runs: Callable[[int], list[list[Any]]]) -> Callable[[Receipt], None]:
+    """Sets the receipt's positions to ``runs`` of its batch's last position."""
+
+    def change(said: Receipt) -> None:
+        said["positions"] = runs(said["count"] - 1)
+
+    return change
+
+
+NOT_A_RUN = "positions: {run} is not a run after the ones before it"
+FORGED = {
+    "a point in two expiries": (_two_groups, "names a point in two of its expiries"),
+    "an expiry naming no point": (
+        _no_point,
+        "an expiry names no point, or not a list of point names",
+    ),
+    "points other than its expiries'": (
+        _other_point,
+        "its points are not its expiries' points, each once, with a count",
+    ),
+    "a count other than its expiry's": (
+        _miscounted,
+        "its points count other than the {n} positions of expiry 1",
+    ),
+    "a boolean position": (
+        _runs(lambda last: [[False, last]]),
+        NOT_A_RUN.format(run="[False, {last}]"),
+    ),
+    "a fraction": (_runs(lambda last: [[0.5, last]]), NOT_A_RUN.format(run="[0.5, {last}]")),
+    "a string": (_runs(lambda last: [["0", last]]), NOT_A_RUN.format(run="['0', {last}]")),
+    "overlapping runs": (
+        _runs(lambda last: [[0, 5], [5, last]]),
+        NOT_A_RUN.format(run="[5, {last}]"),
+    ),
+    "adjacent runs": (_runs(lambda last: [[0, 5], [6, last]]), NOT_A_RUN.format(run="[6, {last}]")),
+    "descending runs": (_runs(lambda last: [[7, last], [0, 5]]), NOT_A_RUN.format(run="[0, 5]")),
+    "a run past its batch": (
+        _runs(lambda last: [[0, 2**53 - 2]]),
+        "positions: 9007199254740990 is past the last of its batch's {n} records",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("forgery", list(FORGED))
+def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
+    retention_site, backend, tmp_path: Path, both, forgery: str
+):
+    """A receipt, appended to the log by someone who can write the database, for a batch of
+    vault-d (kept for ever) whose records are still stored; the export of vault-d carries it
+    and both verifiers name what is wrong with it, at once (a run of 2**53 positions is not
+    counted out)."""
+    change, message = FORGED[forgery]
+    store = fill(retention_site, backend, tmp_path, 60)
+    run(retention_site, store)
+    template = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a")
+    store.close()
+    with database(backend).begin() as conn:
+        batch = one(
+            conn,
+            "SELECT id, device, window_start, window_end, root, plan_digest, count FROM batches"
+            " WHERE device = 'vault-d' ORDER BY id LIMIT 1",
+        )
+        said = template.payload | {
+            "batch": batch.id,
+            "device": batch.device,
+            "root": bytes(batch.root).hex(),
+            "plan": batch.plan_digest,
+            "window_start": batch.window_start,
+            "window_end": batch.window_end,
+            "count": batch.count,
+            "remaining": 0,
+            "positions": [[0, batch.count - 1]],
+            "leaf_hashes": "",
+            "points": [{"device": batch.device, "point": "P1", "count": batch.count}],
+        }
+        said["expiries"] = _groups(said, [[0, batch.count - 1]])
+        change(said)
+        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
+    out = tmp_path / "vault-d.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "vault-d") == 0
+    trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
+    assert failed(both(out, trust)) == [
+        f"FAIL receipt (audit entry {seq}): {message.format(n=batch.count, last=batch.count - 1)}"
+    ]
