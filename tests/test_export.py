@@ -29,7 +29,7 @@ from evidence_kit import T0, Site, fill
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.audit import Actor
+from engine.audit import Actor, signing_second
 from engine.canonical import canonical_json
 from engine.cli import main
 from engine.export import bundle as writing
@@ -442,7 +442,7 @@ def forged(
 
 
 def resign(site: Site, manifest: bytes, origin: str, key: str) -> bytes:
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = signing_second(datetime.now(UTC))  # up: a key made this second is valid then
     text = (
         f"{verifier.FORMAT}\n{origin}\nsha256:{hashlib.sha256(manifest).hexdigest()}\n"
         f"time {int(now.timestamp())}\n"
@@ -725,7 +725,7 @@ def signed_plant(evidence_site: Site, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("signed-plant")
     db = str(root / "evidence.db")
     keys = evidence_site.key_store()
-    at = datetime.now(UTC).replace(microsecond=0)
+    at = signing_second(datetime.now(UTC))
     with Store.open(db, actor=Actor.job("test")) as store:
         store.deploy_plans(
             (plan, sign_claim(PlanClaim(plan.device.id, plan.digest, at, APPROVER), "ops-signing",
