@@ -482,7 +482,10 @@ def test_a_refusing_device_reconnects_with_backoff(tmp_path):
         {"d": {"refuse": True}},
         config=fast_config(),
     )
-    assert {g.reason for g in sink.gaps()} == {GapReason.REFUSED}
+    reasons = Counter(g.reason for g in sink.gaps())
+    # on a loaded machine a slot's deadline may pass while a connection is being refused
+    assert set(reasons) <= {GapReason.REFUSED, GapReason.TIMEOUT}
+    assert reasons[GapReason.REFUSED] > reasons[GapReason.TIMEOUT]
     assert 3 <= protocol.sessions["d"].connects < len(sink.gaps()) / 2
 
 
