@@ -337,3 +337,21 @@ def test_the_plans_in_force_are_the_stored_plans_the_range_s_batches_name(eviden
                 want = sorted({b.plan_digest for b in batches} - {"sha256:0"})
                 found = stored_plans_named(conn, DEVICE, start, end)
                 assert [p.digest for p in found if p is not None] == want, (start, end)
+
+
+def test_a_plan_row_holding_another_plan_s_bytes_is_no_plan_in_force(evidence_site, tampered):
+    """An insider who swaps the bytes of the plan the batches name for another plan's (one
+    that grants more, say) has the guard decide on no plan for those batches, not on the
+    swapped one: the bytes must be of the digest they are stored under."""
+    other = next(p for p in evidence_site.plans if p.device.id != DEVICE)
+    with tampered.reading() as conn:
+        (named,) = {b.plan_digest for b in stored_batches(conn, DEVICE, None, None)}
+        assert [p.digest for p in stored_plans_named(conn, DEVICE, None, None) if p] == [named]
+    with tampered.engine.begin() as conn:
+        body = conn.execute(
+            sa.text("SELECT body FROM plans WHERE digest = :d"), {"d": other.digest}
+        )
+        swap = "UPDATE plans SET body = :body WHERE digest = :digest"
+        conn.execute(sa.text(swap), {"body": body.scalar_one(), "digest": named})
+    with tampered.reading() as conn:
+        assert stored_plans_named(conn, DEVICE, None, None) == [None]

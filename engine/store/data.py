@@ -51,18 +51,21 @@ def plan(conn: Connection, digest: str) -> PlanBody | None:
     """The stored plan of ``digest``, parsed; ``None`` when none is stored or it does not parse
     (``audit verify`` names it)."""
     found = _driver_rows(conn, "SELECT body FROM plans WHERE digest = ?", (digest,))
-    return _parsed(as_bytes(found[0][0])) if found else None
+    return _parsed(digest, as_bytes(found[0][0])) if found else None
 
 
 @lru_cache(maxsize=256)
-def _parsed(body: bytes) -> PlanBody | None:
+def _parsed(digest: str, body: bytes) -> PlanBody | None:
     """A plan's bytes parsed, once per process: every request the guard decides needs the
     plans in force, and parsing a plan (its digest checked) costs far more than reading it.
-    The bytes are the key, so a plan changed in the store is parsed (and checked) anew."""
+    The bytes are the key, so a plan changed in the store is parsed (and checked) anew.
+    ``None`` also for the bytes of another plan than ``digest`` (the one batches name): a row
+    whose body was swapped for another signed plan's grants nothing."""
     try:
-        return read_plan(body, "plan")
+        parsed = read_plan(body, "plan")
     except PlanRejected:
         return None
+    return parsed if parsed.digest == digest else None
 
 
 def latest_plan(conn: Connection, device: str, at: str | None = None) -> PlanBody | None:
@@ -105,7 +108,7 @@ def plans_named(
         " WHERE (SELECT 1 FROM batches WHERE device = ? AND plan_digest = named.digest"
         f"{meets} LIMIT 1) IS NOT NULL) ORDER BY digest"
     )
-    return [_parsed(as_bytes(body)) for _, body in _driver_rows(conn, sql, tuple(values))]
+    return [_parsed(d, as_bytes(body)) for d, body in _driver_rows(conn, sql, tuple(values))]
 
 
 def _driver_rows(conn: Connection, sql: str, values: tuple[Any, ...]) -> list[tuple[Any, ...]]:
