@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 import engine.access.apart
 from engine.access import data
 from engine.access.apart import verifier
-from engine.access.data import COLUMNS, Range, csv_chunks, records
+from engine.access.data import COLUMNS, Range, csv_chunks, plans_in_force, records
 from engine.access.guard import Request, Target, decide
 from engine.audit import os_user
-from engine.errors import StoreError
+from engine.errors import StoreError, VerificationError
 from engine.principals import Identity
 from engine.records import Gap, GapReason, Quality, Reading
 from engine.sign.leaf import instant
@@ -334,19 +334,21 @@ def test_the_plans_in_force_are_the_stored_plans_the_range_s_batches_name(eviden
         for start in edges:
             for end in edges:
                 batches = stored_batches(conn, DEVICE, start, end)
-                want = sorted({b.plan_digest for b in batches} - {"sha256:0"})
+                want = sorted({b.plan_digest for b in batches})
                 found = stored_plans_named(conn, DEVICE, start, end)
-                assert [p.digest for p in found if p is not None] == want, (start, end)
+                assert [d for d, _ in found] == want, (start, end)
+                assert all((p is None) == (d == "sha256:0") for d, p in found), (start, end)
+                assert all(p is None or p.digest == d for d, p in found), (start, end)
 
 
 def test_a_plan_row_holding_another_plan_s_bytes_is_no_plan_in_force(evidence_site, tampered):
     """An insider who swaps the bytes of the plan the batches name for another plan's (one
-    that grants more, say) has the guard decide on no plan for those batches, not on the
-    swapped one: the bytes must be of the digest they are stored under."""
+    that grants more, say), or deletes that plan, has the guard decide nothing on the
+    device's data: neither on the swapped plan nor on the device's latest one."""
     other = next(p for p in evidence_site.plans if p.device.id != DEVICE)
     with tampered.reading() as conn:
         (named,) = {b.plan_digest for b in stored_batches(conn, DEVICE, None, None)}
-        assert [p.digest for p in stored_plans_named(conn, DEVICE, None, None) if p] == [named]
+        assert [d for d, p in stored_plans_named(conn, DEVICE, None, None) if p] == [named]
     with tampered.engine.begin() as conn:
         body = conn.execute(
             sa.text("SELECT body FROM plans WHERE digest = :d"), {"d": other.digest}
@@ -354,4 +356,10 @@ def test_a_plan_row_holding_another_plan_s_bytes_is_no_plan_in_force(evidence_si
         swap = "UPDATE plans SET body = :body WHERE digest = :digest"
         conn.execute(sa.text(swap), {"body": body.scalar_one(), "digest": named})
     with tampered.reading() as conn:
-        assert stored_plans_named(conn, DEVICE, None, None) == [None]
+        assert stored_plans_named(conn, DEVICE, None, None) == [(named, None)]
+        with pytest.raises(VerificationError, match=f"the plan {named} its batches name"):
+            plans_in_force(conn, DEVICE, Range())
+    with tampered.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM plans WHERE digest = :d"), {"d": named})
+    with tampered.reading() as conn, pytest.raises(VerificationError, match="not stored"):
+        plans_in_force(conn, DEVICE, Range())

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from engine.access.apart import can_fork, verifier
 from engine.access.guard import Decision, Target
 from engine.canonical import canonical_json
+from engine.errors import VerificationError
 from engine.plans.body import PlanBody
 from engine.store import data
 from engine.verify.single import batch_problem
@@ -74,12 +75,20 @@ def targets(
 
 
 def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]:
-    """The plans the device's batches in ``span`` name; else (no data there) its latest plan."""
-    found = [p for p in data.plans_named(conn, device, span.start, span.end) if p is not None]
-    if not found:
+    """The plans the device's batches in ``span`` name; else (no data there) its latest plan.
+    Raises VerificationError when a plan they name is not stored as its digest says (missing,
+    or its bytes swapped for another plan's): no decision is taken on the others alone."""
+    named = data.plans_named(conn, device, span.start, span.end)
+    broken = [digest for digest, plan in named if plan is None]
+    if broken:
+        raise VerificationError(
+            f"device {device}: the plan {broken[0]} its batches name is not stored as its digest"
+            " says (missing or changed); nothing is decided on its data (audit verify names it)"
+        )
+    if not named:
         latest = data.latest_plan(conn, device)
-        found = [latest] if latest is not None else []
-    return found
+        return [latest] if latest is not None else []
+    return [plan for _, plan in named if plan is not None]
 
 
 Found = tuple[int, dict[str, Any], str]

@@ -79,10 +79,10 @@ def latest_plan(conn: Connection, device: str, at: str | None = None) -> PlanBod
 
 def plans_named(
     conn: Connection, device: str, start: str | None, end: str | None
-) -> list[PlanBody | None]:
-    """The stored plans (by digest, parsed; ``None`` for one that does not parse) named by the
-    batches of ``device`` whose window meets ``[start, end)``, in digest order: one round trip,
-    the plans' bytes in it.
+) -> list[tuple[str, PlanBody | None]]:
+    """Each plan digest the batches of ``device`` whose window meets ``[start, end)`` name, in
+    digest order, with its stored plan parsed (``None`` when none is stored under it, or its
+    bytes do not parse or are another plan's): one round trip, the plans' bytes in it.
 
     The device's distinct plan digests are walked on the index on (device, plan digest,
     window end), one step per digest, and each is kept when a batch naming it meets the
@@ -104,11 +104,12 @@ def plans_named(
         " UNION ALL"
         " SELECT (SELECT plan_digest FROM batches WHERE device = ? AND plan_digest > named.digest"
         " ORDER BY plan_digest LIMIT 1) FROM named WHERE named.digest IS NOT NULL)"
-        " SELECT digest, body FROM plans WHERE digest IN (SELECT named.digest FROM named"
-        " WHERE (SELECT 1 FROM batches WHERE device = ? AND plan_digest = named.digest"
-        f"{meets} LIMIT 1) IS NOT NULL) ORDER BY digest"
+        " SELECT named.digest, plans.body FROM named LEFT JOIN plans ON plans.digest = named.digest"
+        " WHERE named.digest IS NOT NULL AND (SELECT 1 FROM batches WHERE device = ?"
+        f" AND plan_digest = named.digest{meets} LIMIT 1) IS NOT NULL ORDER BY named.digest"
     )
-    return [_parsed(d, as_bytes(body)) for d, body in _driver_rows(conn, sql, tuple(values))]
+    rows = _driver_rows(conn, sql, tuple(values))
+    return [(d, None if body is None else _parsed(d, as_bytes(body))) for d, body in rows]
 
 
 def _driver_rows(conn: Connection, sql: str, values: tuple[Any, ...]) -> list[tuple[Any, ...]]:
