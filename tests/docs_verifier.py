@@ -1425,7 +1425,10 @@ def receipt_shaped(said: dict[str, Any], count: int) -> bool:
     runs = [said["positions"], *(e["positions"] for e in said["expiries"])]
     if any(not isinstance(run, list) or run[-1] >= count for r in runs for run in r):
         return False
-    counts = {p["point"]: p["count"] for p in said["points"] if p["device"] == said["device"]}
+    points = said["points"]
+    if not all(isinstance(p["point"], str) for p in points):
+        return False
+    counts = {p["point"]: p["count"] for p in points if p["device"] == said["device"]}
     named = [p for e in said["expiries"] for p in e["points"]]
     return (
         len(counts) == len(said["points"]) == len(named)

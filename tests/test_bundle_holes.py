@@ -222,3 +222,23 @@ def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
     assert failed(both(out, trust)) == [
         f"FAIL receipt (audit entry {seq}): {message.format(n=batch.count, last=batch.count - 1)}"
     ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
+    retention_site, backend, tmp_path: Path, both
+):
+    """A lawful receipt written again (by someone who can write the database): the bundle's
+    note counted its records twice; both verifiers name it, as audit verify does."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    run(retention_site, store)
+    lawful = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a")
+    store.close()
+    with database(backend).begin() as conn:
+        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), lawful.payload)
+    out = tmp_path / "line-a.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "line-a") == 0
+    trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
+    first = lawful.payload["positions"][0][0]
+    want = f"FAIL receipt (audit entry {seq}): deletes position {first} of batch"
+    assert [line for line in failed(both(out, trust)) if line.startswith(want)]

@@ -1788,9 +1788,17 @@ def _check_retention(bundle: Bundle, retained: Retained, verdict: Verdict) -> di
         found = _safely(_receipt_problem, seq, retained, holds)
         if isinstance(found, str):
             verdict.fail(f"receipt (audit entry {seq})", found)
-        else:
-            removed.setdefault(found.batch.id, set()).update(found.positions)
-            deleted += len(found.positions)
+            continue
+        earlier = removed.setdefault(found.batch.id, set())
+        if earlier & found.positions:
+            again = min(earlier & found.positions)
+            verdict.fail(
+                f"receipt (audit entry {seq})",
+                f"deletes position {again} of batch {found.batch.id} a second time",
+            )
+            continue
+        earlier.update(found.positions)
+        deleted += len(found.positions)
     verdict.counts["deletion receipts"] = len(receipts)
     verdict.counts["holds"] = len(holds)
     if receipts:
@@ -1906,9 +1914,11 @@ def _group_points(said: Any) -> list[str]:
 def _point_counts(said: Any, device: str) -> dict[str, int] | None:
     """A receipt's ``points``, point name → count (each of ``device``, named once, with a
     positive count); None for anything else."""
-    if not isinstance(said, list) or not all(isinstance(p, dict) for p in said):
+    if not isinstance(said, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("point"), str) for p in said
+    ):
         return None
-    counts = {str(p.get("point")): p.get("count") for p in said if p.get("device") == device}
+    counts = {p["point"]: p.get("count") for p in said if p.get("device") == device}
     if len(counts) != len(said) or not all(type(n) is int and n > 0 for n in counts.values()):
         return None
     return counts

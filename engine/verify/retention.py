@@ -316,7 +316,7 @@ def _erase(c: _Context, erased: Erased) -> bool:
         c.report.add(c.label, f"deletes position {deleted.last} of a batch of {info.count}")
         return False
     removed = erased.positions.get(info.id)
-    if removed is None and (not deleted or deleted.last < info.count):  # runs ascend
+    if removed is None:
         removed = erased.positions[info.id] = deleted
     else:
         if not isinstance(removed, set):
