@@ -12,12 +12,11 @@ reads the next and writes the one before.
 
 Only a reader alone in its process forks (``converge query``), and only on a
 machine with more than one core. Such a reader also pauses the cyclic garbage
-collector while it reads (:func:`collector_paused`).
+collector while it reads (:func:`engine.heap.collector_paused`).
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,25 +36,6 @@ def can_fork() -> bool:
     core for it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return hasattr(os, "fork") and (cores or 1) > 1
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the block, for a reader alone in its process (and
-    the worker it forks inside, which inherits the pause).
-
-    A read allocates a tuple or more for each record (the driver's rows, the worker's copy
-    of them), none of them in a reference cycle: reference counting frees each. Every one
-    counts towards the collector's next pass all the same, and at a million records those
-    passes cost about as much CPU as matching and writing the lines.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class Verifier:

@@ -22,7 +22,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.access import Question, ask, record
-from engine.access.apart import collector_paused
 from engine.access.data import Range, csv_chunks, records
 from engine.access.guard import Decision
 from engine.commands.options import (
@@ -38,6 +37,7 @@ from engine.commands.options import (
     trust_of,
 )
 from engine.errors import ConvergeError
+from engine.heap import collector_paused
 from engine.sign.leaf import instant
 from engine.store.store import Store
 
