@@ -315,8 +315,9 @@ def _kept(said: dict[str, Any], batch: StoredBatch) -> dict[int, bytes | None]:
     """The positions a receipt removed from ``batch``, each with the leaf hash it kept (None
     when it kept none); none for a receipt that does not name the batch as it is signed, or
     is not one."""
-    named = [said.get(key) for key in ("device", "window_start", "window_end", "plan")]
-    if named != [batch.device, batch.window_start, batch.window_end, batch.plan_digest]:
+    named = [said.get(key) for key in ("device", "window_start", "window_end", "plan", "root")]
+    signed = [batch.device, batch.window_start, batch.window_end, batch.plan_digest]
+    if named != [*signed, _signed_root(batch)]:
         return {}
     try:
         positions = [
@@ -329,6 +330,16 @@ def _kept(said: dict[str, Any], batch: StoredBatch) -> dict[int, bytes | None]:
     if len(hashes) != len(positions):
         return dict.fromkeys(positions)
     return dict(zip(positions, hashes, strict=True))
+
+
+def _signed_root(batch: StoredBatch) -> str | None:
+    """The root (hex) ``batch``'s statement signs; None when its statement is not JSON (the
+    bundle's verifiers name that batch)."""
+    try:
+        root = json.loads(batch.statement).get("root")
+    except (ValueError, AttributeError):
+        return None
+    return root if isinstance(root, str) else None
 
 
 @dataclass(frozen=True)
