@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from evidence_kit import T0, fill
 from waiting import wait_until
 
@@ -125,8 +126,6 @@ def store_target(request, tmp_path_factory, evidence_site) -> Iterator[str]:
         fill(evidence_site, target, folder, seconds=SECONDS).close()
         yield target
         return
-    import sqlalchemy as sa
-
     url = request.getfixturevalue("postgres_url")
     name = f"converge_t_{secrets.token_hex(8)}"
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
@@ -775,3 +774,26 @@ def test_serve_refuses_half_a_tls_configuration(tmp_path, capsys):
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
     assert main(["serve", "--db", db, "--client-ca", str(tmp_path / "ca.pem")]) == 2
     assert "--client-ca needs --tls-cert" in capsys.readouterr().err
+
+
+def test_a_plan_swapped_in_the_store_stops_every_read_of_its_device(evidence_site, tmp_path):
+    """Someone who can write the database puts another plan's bytes (one granting more) under
+    the digest the device's batches name: the API decides nothing on that device's data and
+    says which plan, rather than deciding on the swapped plan or the device's latest."""
+    target = str(tmp_path / "evidence.db")
+    fill(evidence_site, target, tmp_path, seconds=SECONDS).close()
+    device = POINT.partition("/")[0]
+    (own,) = (p.digest for p in evidence_site.plans if p.device.id == device)
+    other = next(p.digest for p in evidence_site.plans if p.device.id != device)
+    tamper = sa.create_engine(f"sqlite:///{target}", poolclass=sa.NullPool)
+    with tamper.begin() as conn:
+        body = conn.execute(sa.text("SELECT body FROM plans WHERE digest = :d"), {"d": other})
+        swap = "UPDATE plans SET body = :body WHERE digest = :digest"
+        conn.execute(sa.text(swap), {"body": body.scalar_one(), "digest": own})
+    principals = principals_copy(tmp_path)
+    with serving(evidence_site, target, principals) as url:
+        served = Served(url, target, principals, mint(principals, "alice@example.com"))
+        answer = served.get(RECORDED)
+    assert answer.status_code == 503, answer.text
+    assert f"the plan {own} its batches name is not stored as its digest says" in answer.text
+    assert "value" not in answer.text
