@@ -7,22 +7,27 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import test_export
-from evidence_kit import fill
+from evidence_kit import fill, verify
 from retention_kit import kinds, run
 from test_export import Exported, Members, export, failed, forged, trust_file
 from test_tamper import database, one
 
-from engine.audit import Actor
+from engine.audit import Actor, seal_with
 from engine.export import verifier
+from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleTree
 from engine.store import auditlog
+from engine.store.retention import erase
+from engine.store.retention import runs as runs_of
 
 clean_python, both, plant = test_export.clean_python, test_export.both, test_export.plant
 
@@ -241,4 +246,58 @@ def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
     first = lawful.payload["positions"][0][0]
     want = f"FAIL receipt (audit entry {seq}): deletes position {first} of batch"
+    assert [line for line in failed(both(out, trust)) if line.startswith(want)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bundled_receipt_dated_after_the_checkpoint_that_signs_it_is_named(
+    retention_site, backend, tmp_path: Path, both
+):
+    """lab-c/P1 (kept at least 3 hours) deleted a minute after it was stored, by someone who
+    can write the database, with a receipt dated 4 hours ahead in the log's unsigned tail; the
+    collector's next checkpoint, of now, signs it. audit verify named it; the bundle called the
+    deletion lawful at the receipt's own date. Now both verifiers name it."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    later = instant(datetime.now(UTC) + timedelta(hours=4))
+    with database(backend).begin() as conn:
+        batch = one(
+            conn,
+            "SELECT id, device, root, plan_digest, window_start, window_end, count FROM batches"
+            " WHERE device = 'lab-c' ORDER BY id LIMIT 1",
+        )
+        select = "SELECT position, leaf FROM readings WHERE batch_id = :b ORDER BY position"
+        leaves = conn.execute(sa.text(select), {"b": batch.id}).all()
+        gone = [p for p, leaf in leaves if json.loads(bytes(leaf))["point"] == "P1"]
+        hashes = b"".join(verifier.leaf_hash(bytes(leaf)) for p, leaf in leaves if p in gone)
+        listed = ",".join(map(str, gone))
+        delete = f"DELETE FROM readings WHERE batch_id = :b AND position IN ({listed})"
+        conn.execute(sa.text(delete), {"b": batch.id})
+    said = {
+        "batch": batch.id,
+        "device": batch.device,
+        "root": bytes(batch.root).hex(),
+        "plan": batch.plan_digest,
+        "window_start": batch.window_start,
+        "window_end": batch.window_end,
+        "count": len(gone),
+        "remaining": batch.count - len(gone),
+        "positions": runs_of(gone),
+        "leaf_hashes": base64.b64encode(hashes).decode(),
+        "points": [{"device": batch.device, "point": "P1", "count": len(gone)}],
+        "expiries": [{"points": ["P1"], "positions": runs_of(gone)}],
+        "holds": {"in_force": [], "kept": {}},
+        "run": {"id": str(uuid.uuid4()), "started": later},
+        "archive": None,
+    }
+    with store.transaction() as conn:
+        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said, later)
+        erase(conn, batch.id, gone, hashes, seq)
+    store.checkpoint(seal_with(retention_site.key_store(), store.audit_key, datetime.now(UTC)).sign)
+    named = verify(retention_site, store).problems
+    assert [p for p in named if p.item == f"receipt (audit entry {seq})" and "dated" in p.message]
+    store.close()
+    out = tmp_path / "lab-c.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "lab-c") == 0
+    trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
+    want = f"FAIL receipt (audit entry {seq}): dated {later}, after the checkpoint of size"
     assert [line for line in failed(both(out, trust)) if line.startswith(want)]

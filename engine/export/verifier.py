@@ -561,7 +561,8 @@ def _verify(
     _safely(_check_chains, manifest, batches, entries, verdict)
     _check_records(bundle, manifest, batches, verdict)
     decided = _check_export(manifest, entries, verdict)
-    removed = _check_retention(bundle, Retained(entries, batches, plans), verdict)
+    retained = Retained(entries, batches, plans, ctx.checkpoints)
+    removed = _check_retention(bundle, retained, verdict)
     if decided is not None:
         _check_complete(
             replace(Asked.of(manifest), points=decided), plans, removed, batches, verdict
@@ -1737,6 +1738,8 @@ class Retained:
     entries: dict[int, dict[str, Any]]
     batches: dict[int, Batch]
     plans: dict[str, Plan]
+    checkpoints: list[Checkpoint]
+    """The good checkpoints, by size."""
 
 
 @dataclass(frozen=True)
@@ -1858,8 +1861,9 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted
     if exported:
         return f"deleted position {exported[0]} of batch {batch.id}, yet the bundle exports it"
     plan = retained.plans.get(batch.plan)
-    if plan is None:
-        return f"its batch's plan {batch.plan} is not in the bundle"
+    late = _dated_late(entry, retained.checkpoints)
+    if plan is None or late:
+        return late or f"its batch's plan {batch.plan} is not in the bundle"
     at = _aware(entry["time"])
     for points, positions in deleted.groups:
         for point in points:
@@ -1867,11 +1871,24 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted
             problem = (
                 _expiry_problem(kept, batch, at)
                 or _held(holds, seq, batch, point)
-                or _unarchived(kept, said, positions, retained, batch)
+                or _unarchived(kept, said, positions, retained, batch, seq=seq)
             )
             if problem:
                 return f"deletes {batch.device}/{point} {problem}"
     return deleted
+
+
+def _dated_late(entry: dict[str, Any], checkpoints: list[Checkpoint]) -> str | None:
+    """Why a receipt is dated after the first checkpoint of the bundle that signs it (anyone
+    who can write the database may append one to the log's unsigned tail, dated when its
+    deletion would have been lawful, for the next checkpoint to sign)."""
+    signing = next((c for c in checkpoints if c.size > entry["seq"]), None)
+    if signing is None or _aware(entry["time"]) <= signing.at:
+        return None
+    return (
+        f"dated {entry['time']}, after the checkpoint of size {signing.size} that signs it"
+        f" ({signing.at.isoformat()})"
+    )
 
 
 def _deleted(said: dict[str, Any], batch: Batch) -> Deleted | str:
@@ -1964,15 +1981,20 @@ def _unarchived(
     positions: set[int],
     retained: Retained,
     batch: Batch,
+    *,
+    seq: int,
 ) -> str | None:
     """Why records whose plan archives them were deleted without their archive: the receipt
-    names an earlier ``retention.archived`` entry of the bundle that holds them."""
+    (entry ``seq``) names an earlier ``retention.archived`` entry of the bundle that holds
+    them."""
     if retention.get("on_expiry") != "archive":
         return None
     named = said.get("archive") or {}
     entry = retained.entries.get(named.get("entry", -1), {})
-    if entry.get("kind") != "retention.archived" or entry["payload"].get("file") != named.get(
-        "file"
+    if (
+        entry.get("kind") != "retention.archived"
+        or entry["seq"] > seq
+        or entry["payload"].get("file") != named.get("file")
     ):
         return "which its plan archives, without its archive (an entry of the bundle)"
     held = set()
