@@ -23,11 +23,15 @@ from test_tamper import database, one
 
 from engine.audit import Actor, seal_with
 from engine.export import verifier
+from engine.plans.expiry import expiry
+from engine.retention.holds import place
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleTree
-from engine.store import auditlog
-from engine.store.retention import erase
+from engine.store import auditlog, data
+from engine.store.retention import Scope, erase
 from engine.store.retention import runs as runs_of
+from engine.verify.trust import instant as trust_instant
+from plugins.fileprincipals import PrincipalsFile
 
 clean_python, both, plant = test_export.clean_python, test_export.both, test_export.plant
 
@@ -249,21 +253,19 @@ def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     assert [line for line in failed(both(out, trust)) if line.startswith(want)]
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_bundled_receipt_dated_after_the_checkpoint_that_signs_it_is_named(
-    retention_site, backend, tmp_path: Path, both
-):
-    """lab-c/P1 (kept at least 3 hours) deleted a minute after it was stored, by someone who
-    can write the database, with a receipt dated 4 hours ahead in the log's unsigned tail; the
-    collector's next checkpoint, of now, signs it. audit verify named it; the bundle called the
-    deletion lawful at the receipt's own date. Now both verifiers name it."""
-    store = fill(retention_site, backend, tmp_path, 60)
-    later = instant(datetime.now(UTC) + timedelta(hours=4))
+def _deleted_by_a_tail_receipt(
+    retention_site, store, backend, device: str, *, dated: str, calculation: dict[str, Any]
+) -> int:
+    """Delete the P1 readings of ``device``'s first batch in plain SQL, append a receipt of
+    them dated ``dated`` to the log's unsigned tail (``calculation`` its expiry), as someone
+    who can write the database can, and let the collector's next checkpoint, of now, sign
+    it; the receipt's entry number."""
     with database(backend).begin() as conn:
         batch = one(
             conn,
             "SELECT id, device, root, plan_digest, window_start, window_end, count FROM batches"
-            " WHERE device = 'lab-c' ORDER BY id LIMIT 1",
+            " WHERE device = :d ORDER BY id LIMIT 1",
+            d=device,
         )
         select = "SELECT position, leaf FROM readings WHERE batch_id = :b ORDER BY position"
         leaves = conn.execute(sa.text(select), {"b": batch.id}).all()
@@ -284,20 +286,75 @@ def test_a_bundled_receipt_dated_after_the_checkpoint_that_signs_it_is_named(
         "positions": runs_of(gone),
         "leaf_hashes": base64.b64encode(hashes).decode(),
         "points": [{"device": batch.device, "point": "P1", "count": len(gone)}],
-        "expiries": [{"points": ["P1"], "positions": runs_of(gone)}],
+        "expiries": [calculation | {"points": ["P1"], "positions": runs_of(gone)}],
         "holds": {"in_force": [], "kept": {}},
-        "run": {"id": str(uuid.uuid4()), "started": later},
+        "run": {"id": str(uuid.uuid4()), "started": dated},
         "archive": None,
     }
     with store.transaction() as conn:
-        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said, later)
+        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said, dated)
         erase(conn, batch.id, gone, hashes, seq)
     store.checkpoint(seal_with(retention_site.key_store(), store.audit_key, datetime.now(UTC)).sign)
-    named = verify(retention_site, store).problems
-    assert [p for p in named if p.item == f"receipt (audit entry {seq})" and "dated" in p.message]
+    return seq
+
+
+def _named_by_audit_verify(retention_site, store, seq: int, said: str) -> bool:
+    problems = verify(retention_site, store).problems
+    return any(p.item == f"receipt (audit entry {seq})" and said in p.message for p in problems)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bundled_receipt_dated_after_the_checkpoint_that_signs_it_is_named(
+    retention_site, backend, tmp_path: Path, both
+):
+    """lab-c/P1 (kept at least 3 hours) deleted a minute after it was stored, with a receipt
+    dated 4 hours ahead: audit verify named it; the bundle called the deletion lawful at the
+    receipt's own date. Now both verifiers name it."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    later = instant(datetime.now(UTC) + timedelta(hours=4))
+    seq = _deleted_by_a_tail_receipt(
+        retention_site, store, backend, "lab-c", dated=later, calculation={}
+    )
+    assert _named_by_audit_verify(retention_site, store, seq, "dated")
     store.close()
     out = tmp_path / "lab-c.zip"
     assert export(backend, retention_site.keys_dir, out, "--device", "lab-c") == 0
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
     want = f"FAIL receipt (audit entry {seq}): dated {later}, after the checkpoint of size"
     assert [line for line in failed(both(out, trust)) if line.startswith(want)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bundle_from_inside_a_batch_carries_the_hold_that_covered_it(
+    retention_site, backend, principals_file, tmp_path: Path, both
+):
+    """A hold on line-a until the middle of its first batch's window covers that batch; a
+    receipt deleting it anyway is unlawful. An export from that middle on carries the receipt
+    (its batch meets the range) and now the hold too, so both verifiers name the deletion."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    with store.reading() as conn:
+        first = data.batches(conn, "line-a", None, None)[0]
+        plan = data.plan(conn, first.plan_digest)
+    assert plan is not None
+    window = trust_instant(first.window_start), trust_instant(first.window_end)
+    mid = instant(window[0] + timedelta(seconds=10))
+    place(
+        store,
+        PrincipalsFile(principals_file),
+        "lena@example.com",
+        Scope(("line-a",), (), None, mid),
+        "x",
+    )
+    calculation = expiry(plan.point["P1"], *window)
+    assert calculation is not None
+    now = instant(datetime.now(UTC))
+    seq = _deleted_by_a_tail_receipt(
+        retention_site, store, backend, "line-a", dated=now, calculation=calculation.as_json()
+    )
+    assert _named_by_audit_verify(retention_site, store, seq, "during hold")
+    store.close()
+    out = tmp_path / "line-a.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "line-a", "--from", mid) == 0
+    trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
+    want = f"FAIL receipt (audit entry {seq}): deletes line-a/P1"
+    assert [line for line in failed(both(out, trust)) if line.startswith(want) and "hold" in line]

@@ -370,18 +370,26 @@ def _retention(
     conn: Connection, request: Request, out: Gathered, logged: Logged, wanted: set[int]
 ) -> bytes:
     """``retention.json``: the deletion receipts of the exported points in the range (each
-    with its batch, records or not, and plan), and the holds touching them (their entries)."""
+    with its batch, records or not, and plan), and the holds touching the range or a carried
+    receipt's batch window (their entries): a hold that made a receipt unlawful is carried
+    even when the range starts after it ended."""
     points = {(p.device, p.point) for p in request.decision.allowed}
-    span, touching = request.span, []
+    span = request.span
+    carried = [
+        (seq, said)
+        for seq, kind, said in logged.entries
+        if kind == "retention.deleted" and _receipt_touches(said, points, span)
+    ]
+    touching = [seq for seq, _ in carried]
+    for _, said in carried:
+        _receipt_batch(conn, said, out, wanted, logged.receipts)
+        if said.get("archive"):
+            wanted.add(said["archive"]["entry"])
+    windows = [Range(said["window_start"], said["window_end"]) for _, said in carried]
     placed: dict[int, int] = {}
     released: dict[int, int] = {}
     for seq, kind, said in logged.entries:
-        if kind == "retention.deleted" and _receipt_touches(said, points, span):
-            touching.append(seq)
-            _receipt_batch(conn, said, out, wanted, logged.receipts)
-            if said.get("archive"):
-                wanted.add(said["archive"]["entry"])
-        elif kind == "hold.placed" and _hold_touches(said, points, span):
+        if kind == "hold.placed" and any(_hold_touches(said, points, w) for w in [span, *windows]):
             placed[said["hold"]] = seq
         elif kind == "hold.released":
             released[said["hold"]] = seq
