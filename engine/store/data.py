@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, select
 
+from engine.audit import AuditEntry
+from engine.canonical import canonical_json
 from engine.errors import PlanRejected
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
@@ -69,12 +71,54 @@ def _parsed(digest: str, body: bytes) -> PlanBody | None:
 
 
 def latest_plan(conn: Connection, device: str, at: str | None = None) -> PlanBody | None:
-    """The plan of ``device`` deployed last (at or before ``at``, when given)."""
-    query = select(PLANS.c.digest).where(PLANS.c.device == device)
-    if at is not None:
-        query = query.where(PLANS.c.deployed_at <= at)
-    digest = conn.execute(query.order_by(PLANS.c.deployed_at.desc()).limit(1)).scalar()
-    return None if digest is None else plan(conn, str(digest))
+    """The plan of ``device`` deployed last (at or before ``at``, when given), as the audit log
+    says (:func:`deployed_last`); ``None`` when none was, or its plan is not stored as its
+    entry says (missing, changed, or another device's)."""
+    found = deployed_last(conn, device, at)
+    return None if found is None else found[1]
+
+
+def deployed_last(
+    conn: Connection, device: str, at: str | None = None
+) -> tuple[str, PlanBody | None] | None:
+    """The digest the newest ``plan.deployed`` entry for ``device`` names (dated at or before
+    ``at``, when given), with its stored plan parsed: ``None`` for the plan when none is
+    stored under the digest, its bytes are not that plan's, or the plan's own ``device.id``
+    is another device. ``None`` when no entry names the device.
+
+    The log decides, not the ``plans`` table: a plan row no entry names (its
+    ``deployed_at`` however late) never decides, and a newer entry whose plan does not
+    verify is not passed over for an older plan (docs/access.md, "The guard"). The
+    entries are found on the index on their kind, narrowed by the device's canonical
+    name where an entry's payload starts (its members sort ``device``, ``digest``),
+    and each is parsed before it is believed.
+    """
+    needle = b'"payload":{"device":' + canonical_json(device) + b',"digest":'
+    found_in = (
+        "position(? in entry) > 0" if conn.dialect.name == "postgresql" else "instr(entry, ?) > 0"
+    )  # bytes in bytes (SQLite's LIKE may not match blobs)
+    rows = _driver_rows(
+        conn,
+        "SELECT entry FROM audit_entries WHERE kind = 'plan.deployed'"
+        f" AND {found_in} ORDER BY seq DESC",
+        (needle,),
+    )
+    for (raw,) in rows:
+        try:
+            entry = AuditEntry.parse(as_bytes(raw))
+        except ValueError:
+            continue
+        payload = entry.payload
+        if entry.kind != "plan.deployed" or not isinstance(payload, dict):
+            continue
+        digest = payload.get("digest")
+        if payload.get("device") != device or not isinstance(digest, str):
+            continue
+        if at is not None and not (isinstance(entry.time, str) and entry.time <= at):
+            continue
+        found = plan(conn, digest)
+        return digest, found if found is not None and found.device.id == device else None
+    return None
 
 
 def plans_named(
