@@ -15,23 +15,28 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from evidence_kit import T0, fill, verify
-from retention_kit import kinds, later, remaining, run
+from retention_kit import DEVICES, kinds, later, remaining, run, sealed
 from test_run_signals import free_port, listening
 from test_tamper import database
 from waiting import wait_until
 
+from engine.audit import Actor
+from engine.canonical import canonical_json
 from engine.cli import main
-from engine.errors import AccessDenied
+from engine.errors import AccessDenied, VerificationError
+from engine.plans.body import PlanBody
+from engine.plans.format import read_plan, seal
 from engine.retention import StoreUnverified, forecast
 from engine.retention import run as runs
 from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
+from engine.store import auditlog
 from engine.store.retention import RetentionBusy, Scope, retention_lock
 from engine.store.store import Store
 from plugins.fileprincipals import PrincipalsFile
@@ -228,6 +233,61 @@ def test_a_hold_on_an_unknown_device_or_point_is_refused(store, people):
         place(store, people, "lena@example.com", Scope(("press-9",)), "typo")
     with pytest.raises(HoldRefused, match="--point Q\\* matches no point of device line-a"):
         place(store, people, "lena@example.com", Scope(("line-a",), ("Q*",)), "typo")
+
+
+def _generous(device: str, plan_of: str | None = None) -> PlanBody:
+    """A plan as an insider would make one: ``plan_of``'s points (``device``'s by default),
+    every point's holds granted to ``qa`` (alice) too."""
+    plan = sealed(plan_of or device, DEVICES[plan_of or device])
+    body = json.loads(plan.data)
+    for p in body["points"]:
+        p["access"]["hold"] = ["legal", "qa"]
+    _, data = seal({key: canonical_json(value) for key, value in body.items()})
+    return read_plan(data)
+
+
+def _next_month() -> Scope:
+    return Scope(("line-a",), (), instant(datetime.now(UTC) + timedelta(days=30)), None)
+
+
+def test_a_plan_row_nobody_deployed_does_not_let_a_principal_release_a_hold(store, backend, people):
+    held = place(store, people, "lena@example.com", _next_month(), "suit")
+    with pytest.raises(AccessDenied):
+        release(store, people, "alice@example.com", held.id, "no")
+    forged = _generous("line-a")
+    with database(backend).begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO plans (digest, device, body, signature, deployed_at)"
+                " VALUES (:d, 'line-a', :b, NULL, '2999-01-01T00:00:00.000000Z')"
+            ),
+            {"d": forged.digest, "b": forged.data},
+        )
+    with pytest.raises(AccessDenied, match=r"no access\.hold grant"):
+        release(store, people, "alice@example.com", held.id, "an insider's plan row")
+    with pytest.raises(AccessDenied):
+        place(store, people, "alice@example.com", _next_month(), "an insider's plan row")
+    release(store, people, "lena@example.com", held.id, "the deployed plan still decides")
+
+
+def test_another_device_s_plan_decides_nothing_on_a_device(store, backend, people):
+    """Whether the batches name it or the last plan.deployed entry does: refused, naming the
+    device and the plan."""
+    other = _generous("line-a", plan_of="line-b")
+    store.deploy_plans([(other, None)])
+    with store.transaction() as conn:
+        said = {"device": "line-a", "digest": other.digest}
+        auditlog.append(conn, "plan.deployed", Actor.job("insider"), said)
+    with pytest.raises(VerificationError, match=f"device line-a: the plan {other.digest}"):
+        place(store, people, "alice@example.com", _next_month(), "line-b's plan")
+    with database(backend).begin() as conn:
+        conn.execute(
+            sa.text("UPDATE batches SET plan_digest = :d WHERE device = 'line-a'"),
+            {"d": other.digest},
+        )
+    with pytest.raises(VerificationError, match=f"device line-a: the plan {other.digest}"):
+        place(store, people, "alice@example.com", Scope(("line-a",)), "line-b's plan")
+    assert not kinds(store, "hold.placed")
 
 
 # --- refusals of a run -----------------------------------------------------------------

@@ -75,19 +75,38 @@ def targets(
 
 
 def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]:
-    """The plans the device's batches in ``span`` name; else (no data there) its latest plan.
-    Raises VerificationError when a plan they name is not stored as its digest says (missing,
-    or its bytes swapped for another plan's): no decision is taken on the others alone."""
+    """The plans the device's batches in ``span`` name; else (no data there) the plan the
+    newest ``plan.deployed`` entry of the audit log for the device names
+    (:func:`engine.store.data.deployed_last`; a plan row no entry names never decides).
+    Raises VerificationError when a plan they name is not stored as its digest says
+    (missing, or its bytes swapped for another plan's), or is another device's plan: no
+    decision is taken on the others alone."""
     named = data.plans_named(conn, device, span.start, span.end)
+    if not named:
+        last = data.deployed_last(conn, device)
+        if last is None:
+            return []
+        digest, plan = last
+        if plan is None:
+            raise VerificationError(
+                f"device {device}: the plan {digest} its last plan.deployed entry names is not"
+                " stored as its digest says (missing, changed or another device's); nothing is"
+                " decided on it (audit verify names it)"
+            )
+        return [plan]
     broken = [digest for digest, plan in named if plan is None]
     if broken:
         raise VerificationError(
             f"device {device}: the plan {broken[0]} its batches name is not stored as its digest"
             " says (missing or changed); nothing is decided on its data (audit verify names it)"
         )
-    if not named:
-        latest = data.latest_plan(conn, device)
-        return [latest] if latest is not None else []
+    alien = [(digest, plan) for digest, plan in named if plan and plan.device.id != device]
+    if alien:
+        digest, plan = alien[0]
+        raise VerificationError(
+            f"device {device}: the plan {digest} its batches name is device"
+            f" {plan.device.id}'s plan; nothing is decided on its data (audit verify names it)"
+        )
     return [plan for _, plan in named if plan is not None]
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, select
 
+from engine.audit import AuditEntry
+from engine.canonical import canonical_json
 from engine.errors import PlanRejected
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
@@ -69,12 +71,89 @@ def _parsed(digest: str, body: bytes) -> PlanBody | None:
 
 
 def latest_plan(conn: Connection, device: str, at: str | None = None) -> PlanBody | None:
-    """The plan of ``device`` deployed last (at or before ``at``, when given)."""
-    query = select(PLANS.c.digest).where(PLANS.c.device == device)
-    if at is not None:
-        query = query.where(PLANS.c.deployed_at <= at)
-    digest = conn.execute(query.order_by(PLANS.c.deployed_at.desc()).limit(1)).scalar()
-    return None if digest is None else plan(conn, str(digest))
+    """The plan of ``device`` deployed last (at or before ``at``, when given), as the audit log
+    says (:func:`deployed_last`); ``None`` when none was, or its plan is not stored as its
+    entry says (missing, changed, or another device's)."""
+    found = deployed_last(conn, device, at)
+    return None if found is None else found[1]
+
+
+def deployed_last(
+    conn: Connection, device: str, at: str | None = None
+) -> tuple[str, PlanBody | None] | None:
+    """The digest the newest ``plan.deployed`` entry for ``device`` names (dated at or before
+    ``at``, when given), with its stored plan parsed: ``None`` for the plan when none is
+    stored under the digest, its bytes are not that plan's, or the plan's own ``device.id``
+    is another device. ``None`` when no entry names the device.
+
+    The log decides, not the ``plans`` table: a plan row no entry names (its
+    ``deployed_at`` however late) never decides, and a newer entry whose plan does not
+    verify is not passed over for an older plan (docs/access.md, "The guard"). The
+    entries are found on the index on their kind, narrowed by the device's canonical
+    name where an entry's payload starts (its members sort ``device``, ``digest``),
+    and each is parsed before it is believed. The newest one's plan comes in the same
+    round trip, read at the digest's place in the entry's bytes (checked once parsed).
+    """
+    needle = b'"payload":{"device":' + canonical_json(device) + b',"digest":'
+    postgres = conn.dialect.name == "postgresql"
+    found_in = "position(? in entry)" if postgres else "instr(entry, ?)"  # bytes in bytes
+    at_digest = f"{found_in} + {len(needle) + 1}"
+    digest_in = (
+        f"encode(substring(entry from {at_digest} for {DIGEST_LENGTH}), 'escape')"
+        if postgres
+        else f"CAST(substr(entry, {at_digest}, {DIGEST_LENGTH}) AS TEXT)"
+    )
+    newest = _driver_rows(
+        conn,
+        f"SELECT entry, named, (SELECT body FROM plans WHERE digest = named) FROM"
+        f" (SELECT entry, {digest_in} AS named FROM audit_entries WHERE kind = 'plan.deployed'"
+        f" AND {found_in} > 0 ORDER BY seq DESC LIMIT 1) newest",
+        (needle, needle),
+    )
+    if not newest:
+        return None
+    raw, named, body = newest[0]
+    said = _deployed(raw, device, at)
+    if said is not None and said == named:
+        return said, _of_device(None if body is None else _parsed(said, as_bytes(body)), device)
+    rows = _driver_rows(  # the newest is not plainly the one (rare): each, newest first
+        conn,
+        f"SELECT entry FROM audit_entries WHERE kind = 'plan.deployed' AND {found_in} > 0"
+        " ORDER BY seq DESC",
+        (needle,),
+    )
+    for (raw,) in rows:
+        digest = _deployed(raw, device, at)
+        if digest is not None:
+            return digest, _of_device(plan(conn, digest), device)
+    return None
+
+
+DIGEST_LENGTH = len("sha256:") + 64
+"""A plan digest's length (``sha256:`` and 64 hex digits): the one read with the entry
+naming it; any other is read apart."""
+
+
+def _deployed(raw: object, device: str, at: str | None) -> str | None:
+    """The digest a stored ``plan.deployed`` entry for ``device`` (dated at or before ``at``)
+    names; ``None`` when it is not one (not canonical, another kind or device, later)."""
+    try:
+        entry = AuditEntry.parse(as_bytes(raw))
+    except ValueError:
+        return None
+    payload, time = entry.payload, entry.time
+    if entry.kind != "plan.deployed" or not isinstance(payload, dict):
+        return None
+    digest = payload.get("digest")
+    if payload.get("device") != device or not isinstance(digest, str):
+        return None
+    if at is not None and not (isinstance(time, str) and time <= at):
+        return None
+    return digest
+
+
+def _of_device(found: PlanBody | None, device: str) -> PlanBody | None:
+    return found if found is not None and found.device.id == device else None
 
 
 def plans_named(
