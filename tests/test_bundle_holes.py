@@ -1,7 +1,9 @@
 """Records missing from an audit bundle: a batch the export asks whole is whole, whatever its own
-member says; an export never presents a record deleted without a receipt of the log as removed;
-and a deletion receipt the bundle carries says what it deleted in the one shape receipts have.
-Both verifiers (`converge verify` and the bundle's verify.py) name each the same way."""
+member says; an export leaves out no batch the log records of the devices and range it asks
+(whatever the store's columns say of it); an export never presents a record deleted without a
+receipt of the log as removed; and a deletion receipt the bundle carries says what it deleted in
+the one shape receipts have. Both verifiers (`converge verify` and the bundle's verify.py) name
+each the same way."""
 
 from __future__ import annotations
 
@@ -74,6 +76,72 @@ def test_a_record_dropped_from_a_batch_the_export_asks_whole_is_named(
         f"FAIL batch {gone['batch']}: position 3 is neither exported nor removed by a receipt"
         " (retention.json), though the export asks for every record of it"
     ]
+
+
+# --- a batch of the log left out -------------------------------------------------------------
+
+
+def _newest(conn: sa.Connection, device: str) -> Any:
+    return one(
+        conn,
+        "SELECT id, audit_seq, window_start, window_end FROM batches WHERE device = :d"
+        " ORDER BY window_start DESC, id DESC LIMIT 1",
+        d=device,
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_export_refuses_to_leave_out_a_batch_whose_device_column_was_changed(
+    retention_site, backend, tmp_path: Path, capsys
+):
+    """The device's newest batch renamed in its row (database write access, no key): the bundle
+    could not show it missing (no gap in the chain at its head), so the export, which has the
+    log's batch.stored entry for it, refuses and names the batch, its entry and what differs."""
+    fill(retention_site, backend, tmp_path, 60).close()
+    with database(backend).begin() as conn:
+        newest = _newest(conn, "vault-d")
+        conn.execute(
+            sa.text("UPDATE batches SET device = 'vault-d ' WHERE id = :i"), {"i": newest.id}
+        )
+    out = tmp_path / "out.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "vault-d") != 0
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert f"batch.stored entry {newest.audit_seq} (device 'vault-d'" in err
+    assert f"batch {newest.id}, which it records, is not among the export's" in err
+    assert "device 'vault-d ' / 'vault-d'" in err
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("ranged", [True, False], ids=["out-of-range", "whole"])
+def test_an_export_refuses_a_batch_whose_window_columns_were_changed(
+    retention_site, backend, tmp_path: Path, capsys, ranged: bool
+):
+    """The newest batch's window columns moved to 2000: out of an export from its window's
+    start, it would be left out (the log's entry names it); in a whole-history export, its row
+    no longer says what its signed statement does. Either way the export refuses, naming it."""
+    fill(retention_site, backend, tmp_path, 60).close()
+    with database(backend).begin() as conn:
+        newest = _newest(conn, "vault-d")
+        conn.execute(
+            sa.text(
+                "UPDATE batches SET window_start = '2000-01-01T00:00:00.000000Z',"
+                " window_end = '2000-01-01T00:00:30.000000Z' WHERE id = :i"
+            ),
+            {"i": newest.id},
+        )
+    out = tmp_path / "out.zip"
+    span = ("--from", newest.window_start) if ranged else ()
+    assert export(backend, retention_site.keys_dir, out, "--device", "vault-d", *span) != 0
+    assert not out.exists()
+    err = capsys.readouterr().err
+    moved = f"window_start '2000-01-01T00:00:00.000000Z' / '{newest.window_start}'"
+    if ranged:
+        assert f"batch.stored entry {newest.audit_seq} (device 'vault-d'" in err
+        assert f"batch {newest.id}, which it records, is not among the export's" in err
+    else:
+        assert f"batch {newest.id} (entry {newest.audit_seq}): its row differs from" in err
+    assert moved in err
 
 
 # --- a record deleted with no receipt ---------------------------------------------------------

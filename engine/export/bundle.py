@@ -94,8 +94,10 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     tree = MerkleTree(verifier.leaf_hash(raw) for _, raw in entries)
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
     logged = Logged.of(entries)
-    _records(conn, request, out, wanted, logged.receipts)
-    wanted.update(_dropped(entries, {p.device for p in request.decision.allowed}))
+    devices = {p.device for p in request.decision.allowed}
+    stored = dict(_stored(entries, devices, request.span))
+    _records(conn, request, out, wanted, logged.receipts, stored=stored)
+    wanted.update(_dropped(entries, devices))
     out.members[verifier.RETENTION] = _retention(conn, request, out, logged, wanted)
     _plans(conn, out, entries, wanted)
     bodies = (out.members[_plan_member(digest)] for digest in out.plans)
@@ -141,18 +143,115 @@ def _dropped(entries: Sequence[tuple[int, bytes]], devices: set[str]) -> Iterato
                 yield seq
 
 
+def _stored(
+    entries: Sequence[tuple[int, bytes]], devices: set[str], span: Range
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(seq, payload) of each ``batch.stored`` entry of the exported devices whose window meets
+    the range: the batches the log says the store holds, which the export must carry."""
+    for seq, raw in entries:
+        if b'"batch.stored"' in raw:
+            entry = json.loads(raw)
+            said = entry["payload"]
+            if (
+                entry["kind"] == "batch.stored"
+                and said.get("device") in devices
+                and _meets(span, str(said.get("window_start")), str(said.get("window_end")))
+            ):
+                yield seq, said
+
+
+SIGNED = ("device", "window_start", "window_end", "root")
+"""What a batch's row, its statement and its ``batch.stored`` entry must say alike."""
+
+
+def _statement(batch: StoredBatch) -> dict[str, Any]:
+    """The members of ``batch``'s statement (its signed bytes); none when it is not JSON."""
+    try:
+        said = json.loads(batch.statement)
+    except ValueError:
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def _differs(said: dict[str, Any], other: dict[str, Any]) -> str:
+    """The members of :data:`SIGNED` two sayings differ in, each as ``said`` / ``other``."""
+    return "; ".join(
+        f"{key} {said.get(key)!r} / {other.get(key)!r}"
+        for key in SIGNED
+        if said.get(key) != other.get(key)
+    )
+
+
+def _check_logged(
+    conn: Connection, carried: Sequence[StoredBatch], stored: Mapping[int, dict[str, Any]]
+) -> None:
+    """Refuse (VerificationError) a carried batch whose row's device or window differ from its
+    statement's, and a ``batch.stored`` entry of the range (``stored``, by seq) whose batch the
+    export does not carry, or carries with another device, window or root than the entry's. A
+    bundle cannot itself show that no batch of the log was left out (a missing newest batch
+    leaves no gap in the chain), so the export, which has the log, checks it."""
+    for batch in carried:
+        differs = _differs(_row(batch), _statement(batch))
+        if differs:
+            raise VerificationError(
+                f"batch {batch.id} (entry {batch.entry_seq}): its row differs from its signed"
+                f" statement (row / statement: {differs}): the store was changed outside"
+                " Converge; converge audit verify names what"
+            )
+    by_seq = {batch.entry_seq: batch for batch in carried}
+    for seq, said in sorted(stored.items()):
+        found = by_seq.get(seq)
+        if found is None:
+            found = data.batch_of_entry(conn, seq)
+            where = (
+                "no batch of the store is recorded by it"
+                if found is None
+                else f"batch {found.id}, which it records, is not among the export's"
+                f" (row / entry: {_differs(_row(found), said) or 'nothing differs'})"
+            )
+            raise VerificationError(
+                f"batch.stored entry {seq} (device {said.get('device')!r}, window"
+                f" {said.get('window_start')} .. {said.get('window_end')}, root"
+                f" {said.get('root')}): {where}: the store was changed outside Converge;"
+                " converge audit verify names what"
+            )
+        differs = _differs(_statement(found), said)
+        if differs:
+            raise VerificationError(
+                f"batch {found.id}: its statement differs from its batch.stored entry {seq}"
+                f" (statement / entry: {differs}): the store was changed outside Converge;"
+                " converge audit verify names what"
+            )
+
+
+def _row(batch: StoredBatch) -> dict[str, Any]:
+    """What a batch's row says of :data:`SIGNED` (its root: its statement's)."""
+    return {
+        "device": batch.device,
+        "window_start": batch.window_start,
+        "window_end": batch.window_end,
+        "root": _signed_root(batch),
+    }
+
+
 def _decision_seq(entries: Sequence[tuple[int, bytes]], decision: str) -> int:
     needle = f'"decision":"{decision}"'.encode()
     return next(seq for seq, raw in reversed(entries) if needle in raw)
 
 
 def _records(
-    conn: Connection, request: Request, out: Gathered, wanted: set[int], receipts: Receipts
+    conn: Connection,
+    request: Request,
+    out: Gathered,
+    wanted: set[int],
+    receipts: Receipts,
+    *,
+    stored: Mapping[int, dict[str, Any]],
 ) -> None:
     """records.jsonl, records.csv and a member per batch of the exported devices in the range
     (an archive's: per batch that holds an archived record)."""
     lines, rows = [], [",".join(verifier.CSV_COLUMNS).encode() + b"\n"]
-    for batch, picked in _picked(conn, request):
+    for batch, picked in _picked(conn, request, stored):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
         lines.append(picked.lines)
@@ -189,8 +288,12 @@ Job = tuple[list[tuple[int, bytes]], int, set[str], Range]
 """A batch's leaves (position, bytes), its id, the points asked of its device, the range."""
 
 
-def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, Picked]]:
-    """Each batch of an allowed device in the range with the records it exports."""
+def _picked(
+    conn: Connection, request: Request, stored: Mapping[int, dict[str, Any]]
+) -> Iterator[tuple[StoredBatch, Picked]]:
+    """Each batch of an allowed device in the range with the records it exports; first, unless
+    an archive's records are asked, refuses to leave out a batch the log records
+    (:func:`_check_logged`)."""
     allowed: dict[str, set[str]] = {}
     for point in request.decision.allowed:
         allowed.setdefault(point.device, set()).add(point.point)
@@ -201,6 +304,7 @@ def _picked(conn: Connection, request: Request) -> Iterator[tuple[StoredBatch, P
         for batch in data.batches(conn, device, request.span.start, request.span.end)
         if only is None or batch.id in only
     ]
+    _check_logged(conn, [batch for batch, _ in work], stored if only is None else {})
     records = sum(batch.count for batch, _ in work)
     workers = verifier.worker_count(records, PARALLEL_RECORDS) if request.parallel else 0
     jobs = (_job(conn, request, batch, points) for batch, points in work)

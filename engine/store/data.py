@@ -214,6 +214,12 @@ def batch(conn: Connection, batch_id: int) -> StoredBatch | None:
     return found[0] if found else None
 
 
+def batch_of_entry(conn: Connection, seq: int) -> StoredBatch | None:
+    """The batch whose row names audit entry ``seq`` as its ``batch.stored`` entry, if any."""
+    found = _stored(conn, _BATCH.where(BATCHES.c.audit_seq == seq).order_by(BATCHES.c.id))
+    return found[0] if found else None
+
+
 _BATCH = select(BATCHES, AUDIT.c.time).outerjoin(AUDIT, AUDIT.c.seq == BATCHES.c.audit_seq)
 
 
