@@ -194,6 +194,18 @@ def test_an_export_refuses_a_record_deleted_with_no_receipt_of_the_log(
 Receipt = dict[str, Any]
 
 
+def _naming(batch: Any) -> Receipt:
+    """A receipt's members that name ``batch`` (a row of the batches table) as it is signed."""
+    return {
+        "batch": batch.id,
+        "device": batch.device,
+        "root": bytes(batch.root).hex(),
+        "plan": batch.plan_digest,
+        "window_start": batch.window_start,
+        "window_end": batch.window_end,
+    }
+
+
 def _groups(said: Receipt, *spans: list[list[int]]) -> list[dict[str, Any]]:
     return [said["expiries"][0] | {"points": ["P1"], "positions": span} for span in spans]
 
@@ -277,19 +289,17 @@ def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
             "SELECT id, device, window_start, window_end, root, plan_digest, count FROM batches"
             " WHERE device = 'vault-d' ORDER BY id LIMIT 1",
         )
-        said = template.payload | {
-            "batch": batch.id,
-            "device": batch.device,
-            "root": bytes(batch.root).hex(),
-            "plan": batch.plan_digest,
-            "window_start": batch.window_start,
-            "window_end": batch.window_end,
-            "count": batch.count,
-            "remaining": 0,
-            "positions": [[0, batch.count - 1]],
-            "leaf_hashes": "",
-            "points": [{"device": batch.device, "point": "P1", "count": batch.count}],
-        }
+        said = (
+            template.payload
+            | _naming(batch)
+            | {
+                "count": batch.count,
+                "remaining": 0,
+                "positions": [[0, batch.count - 1]],
+                "leaf_hashes": "",
+                "points": [{"device": batch.device, "point": "P1", "count": batch.count}],
+            }
+        )
         said["expiries"] = _groups(said, [[0, batch.count - 1]])
         change(said)
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
@@ -342,13 +352,7 @@ def _deleted_by_a_tail_receipt(
         listed = ",".join(map(str, gone))
         delete = f"DELETE FROM readings WHERE batch_id = :b AND position IN ({listed})"
         conn.execute(sa.text(delete), {"b": batch.id})
-    said = {
-        "batch": batch.id,
-        "device": batch.device,
-        "root": bytes(batch.root).hex(),
-        "plan": batch.plan_digest,
-        "window_start": batch.window_start,
-        "window_end": batch.window_end,
+    said = _naming(batch) | {
         "count": len(gone),
         "remaining": batch.count - len(gone),
         "positions": runs_of(gone),
