@@ -90,48 +90,25 @@ def deployed_last(
     ``deployed_at`` however late) never decides, and a newer entry whose plan does not
     verify is not passed over for an older plan (docs/access.md, "The guard"). The
     entries are found on the index on their kind, narrowed by the device's canonical
-    name where an entry's payload starts (its members sort ``device``, ``digest``),
-    and each is parsed before it is believed. The newest one's plan comes in the same
-    round trip, read at the digest's place in the entry's bytes (checked once parsed).
+    name where an entry's payload starts (its members sort ``device``, ``digest``), and
+    each is parsed before it is believed; the newest is nearly always the one, so it is
+    read alone first.
     """
     needle = b'"payload":{"device":' + canonical_json(device) + b',"digest":'
-    postgres = conn.dialect.name == "postgresql"
-    found_in = "position(? in entry)" if postgres else "instr(entry, ?)"  # bytes in bytes
-    at_digest = f"{found_in} + {len(needle) + 1}"
-    digest_in = (
-        f"encode(substring(entry from {at_digest} for {DIGEST_LENGTH}), 'escape')"
-        if postgres
-        else f"CAST(substr(entry, {at_digest}, {DIGEST_LENGTH}) AS TEXT)"
-    )
-    newest = _driver_rows(
-        conn,
-        f"SELECT entry, named, (SELECT body FROM plans WHERE digest = named) FROM"
-        f" (SELECT entry, {digest_in} AS named FROM audit_entries WHERE kind = 'plan.deployed'"
-        f" AND {found_in} > 0 ORDER BY seq DESC LIMIT 1) newest",
-        (needle, needle),
-    )
-    if not newest:
-        return None
-    raw, named, body = newest[0]
-    said = _deployed(raw, device, at)
-    if said is not None and said == named:
-        return said, _of_device(None if body is None else _parsed(said, as_bytes(body)), device)
-    rows = _driver_rows(  # the newest is not plainly the one (rare): each, newest first
-        conn,
+    found_in = "position(? in entry)" if conn.dialect.name == "postgresql" else "instr(entry, ?)"
+    newest_first = (
         f"SELECT entry FROM audit_entries WHERE kind = 'plan.deployed' AND {found_in} > 0"
-        " ORDER BY seq DESC",
-        (needle,),
+        " ORDER BY seq DESC"
     )
-    for (raw,) in rows:
-        digest = _deployed(raw, device, at)
-        if digest is not None:
-            return digest, _of_device(plan(conn, digest), device)
-    return None
+    digest = _first_deployed(_driver_rows(conn, f"{newest_first} LIMIT 1", (needle,)), device, at)
+    if digest is None:
+        digest = _first_deployed(_driver_rows(conn, newest_first, (needle,)), device, at)
+    return None if digest is None else (digest, _of_device(plan(conn, digest), device))
 
 
-DIGEST_LENGTH = len("sha256:") + 64
-"""A plan digest's length (``sha256:`` and 64 hex digits): the one read with the entry
-naming it; any other is read apart."""
+def _first_deployed(rows: list[tuple[Any, ...]], device: str, at: str | None) -> str | None:
+    """The digest the first of ``rows`` (an entry each) that is a deployment names."""
+    return next((d for (raw,) in rows if (d := _deployed(raw, device, at)) is not None), None)
 
 
 def _deployed(raw: object, device: str, at: str | None) -> str | None:
