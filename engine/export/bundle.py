@@ -439,10 +439,7 @@ def _kept(said: dict[str, Any], batch: StoredBatch) -> dict[int, bytes | None]:
 def _signed_root(batch: StoredBatch) -> str | None:
     """The root (hex) ``batch``'s statement signs; None when its statement is not JSON (the
     bundle's verifiers name that batch)."""
-    try:
-        root = json.loads(batch.statement).get("root")
-    except (ValueError, AttributeError):
-        return None
+    root = _statement(batch).get("root")
     return root if isinstance(root, str) else None
 
 
