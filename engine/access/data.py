@@ -82,32 +82,27 @@ def plans_in_force(conn: Connection, device: str, span: Range) -> list[PlanBody]
     (missing, or its bytes swapped for another plan's), or is another device's plan: no
     decision is taken on the others alone."""
     named = data.plans_named(conn, device, span.start, span.end)
+    whose = "its batches name"
     if not named:
         last = data.deployed_last(conn, device)
         if last is None:
             return []
-        digest, plan = last
+        named, whose = [last], "its last plan.deployed entry names"
+    for digest, plan in named:
         if plan is None:
-            raise VerificationError(
-                f"device {device}: the plan {digest} its last plan.deployed entry names is not"
-                " stored as its digest says (missing, changed or another device's); nothing is"
-                " decided on it (audit verify names it)"
-            )
-        return [plan]
-    broken = [digest for digest, plan in named if plan is None]
-    if broken:
-        raise VerificationError(
-            f"device {device}: the plan {broken[0]} its batches name is not stored as its digest"
-            " says (missing or changed); nothing is decided on its data (audit verify names it)"
-        )
-    alien = [(digest, plan) for digest, plan in named if plan and plan.device.id != device]
-    if alien:
-        digest, plan = alien[0]
-        raise VerificationError(
-            f"device {device}: the plan {digest} its batches name is device"
-            f" {plan.device.id}'s plan; nothing is decided on its data (audit verify names it)"
-        )
+            unsettled = "is not stored as its digest says (missing, changed or another device's)"
+            raise _undecided(device, digest, f"{whose} {unsettled}")
+        if plan.device.id != device:
+            raise _undecided(device, digest, f"{whose} is device {plan.device.id}'s plan")
     return [plan for _, plan in named if plan is not None]
+
+
+def _undecided(device: str, digest: str, why: str) -> VerificationError:
+    """Nothing is decided on a device's data whose plan is not the one its digest names."""
+    return VerificationError(
+        f"device {device}: the plan {digest} {why}; nothing is decided on its data"
+        " (audit verify names it)"
+    )
 
 
 Found = tuple[int, dict[str, Any], str]
