@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pluggy
 from rich.console import Console
-from rich.markup import escape
 
 from engine.access.guard import ACTIONS, Decision, Request, Target, decide
 from engine.audit import os_user
 from engine.commands.options import Handler, Subparsers, add_principals, moment, principals_of
+from engine.commands.terminal import markup_safe
 from engine.errors import ConvergeError
 from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
@@ -86,11 +86,11 @@ def render(console: Console, decision: Decision) -> None:
     for point in decision.points:
         verdict = "[green]allowed[/]" if point.allowed else "[red]denied[/]"
         console.print(
-            f"{verdict}: {escape(r.principal)} {r.action} "
-            f"{escape(point.device)}/{escape(point.point)}",
+            f"{verdict}: {markup_safe(r.principal)} {r.action} "
+            f"{markup_safe(point.device)}/{markup_safe(point.point)}",
             highlight=False,
         )
         for rule in point.rules or ():
-            console.print(f"  {escape(str(rule))}", highlight=False)
+            console.print(f"  {markup_safe(str(rule))}", highlight=False)
         if not point.rules:
-            console.print(f"  {escape(point.reason)}", highlight=False)
+            console.print(f"  {markup_safe(point.reason)}", highlight=False)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pluggy
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,6 +36,7 @@ from engine.commands.options import (
     principals_of,
     trust_of,
 )
+from engine.commands.terminal import markup_safe
 from engine.errors import AccessDenied, ConvergeError
 from engine.report.health import CSV_COLUMNS, Row, health
 from engine.sign.leaf import instant
@@ -185,11 +185,11 @@ def render_gaps(console: Console, form: str, rows: list[Row]) -> None:
             missing = f"[red]{t.unaccounted:,}[/]" if t.unaccounted else "0"
             counts = (f"{t.scheduled:,}", f"{t.readings:,}", f"{t.gap_slots:,}")
             table.add_row(
-                escape(row.device),
-                escape(row.point),
-                row.day,
+                markup_safe(row.device),
+                markup_safe(row.point),
+                markup_safe(row.day),
                 *counts,
-                reasons,
+                markup_safe(reasons),
                 missing,
                 f"{t.extra:,}",
             )
@@ -297,8 +297,8 @@ def render_entries(console: Console, entries: Iterable[AuditEntry]) -> None:
             f"  (happened {entry.time}, recorded after {latest})" if _before(entry, latest) else ""
         )
         console.print(
-            f"{entry.seq:>7}  {entry.time}  [bold]{entry.kind:<17}[/]"
-            f"  {escape(actor_label(entry.actor))}  {escape(_about(entry))}{late}",
+            f"{entry.seq:>7}  {markup_safe(entry.time)}  [bold]{markup_safe(entry.kind):<17}[/]"
+            f"  {markup_safe(actor_label(entry.actor))}  {markup_safe(_about(entry) + late)}",
             highlight=False,
         )
         latest = max(latest, entry.time, key=_instant)
@@ -357,13 +357,13 @@ def _short(value: object) -> object:
 def render_report(console: Console, report: Report, seconds: float, where: str) -> None:
     """Every problem on its own line, then what was checked and how fast."""
     for problem in report.problems:
-        console.print(f"[red]FAIL[/] {escape(str(problem))}", highlight=False)
+        console.print(f"[red]FAIL[/] {markup_safe(str(problem))}", highlight=False)
     for finding in report.findings:
-        console.print(f"[yellow]FINDING[/] {escape(str(finding))}", highlight=False)
+        console.print(f"[yellow]FINDING[/] {markup_safe(str(finding))}", highlight=False)
     for deletion in report.deletions:
-        console.print(f"deleted lawfully: {escape(str(deletion))}", highlight=False)
+        console.print(f"deleted lawfully: {markup_safe(str(deletion))}", highlight=False)
     for note in report.notes:
-        console.print(f"note: {escape(note)}", highlight=False)
+        console.print(f"note: {markup_safe(note)}", highlight=False)
     counted = ", ".join(f"{n:,} {what}" for what, n in report.counts.items())
     records = report.counts.get("readings", 0) + report.counts.get("gap records", 0)
     rate = f" ({records / seconds:,.0f} records/s)" if seconds > 0 and records else ""
@@ -372,7 +372,7 @@ def render_report(console: Console, report: Report, seconds: float, where: str) 
         "[green]verified[/]" if report.ok else f"[red]{count} problem{'s' if count > 1 else ''}[/]"
     )
     console.print(
-        f"{verdict}: {escape(where)}: {counted} in {seconds:.2f} s{rate}", highlight=False
+        f"{verdict}: {markup_safe(where)}: {counted} in {seconds:.2f} s{rate}", highlight=False
     )
 
 

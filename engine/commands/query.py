@@ -18,7 +18,6 @@ from typing import Any
 
 import pluggy
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from engine.access import Question, ask, record
@@ -36,6 +35,7 @@ from engine.commands.options import (
     principals_of,
     trust_of,
 )
+from engine.commands.terminal import markup_safe, printable
 from engine.errors import ConvergeError
 from engine.heap import collector_paused
 from engine.sign.leaf import instant
@@ -89,9 +89,10 @@ def refused(decision: Decision) -> int:
         )
         return 3
     for point in decision.denied:
+        said = f"{decision.request.principal} may not read {point.device}/{point.point}"
         print(
-            f"converge: refused: {decision.request.principal} may not read {point.device}/"
-            f"{point.point}: {point.reason} (decision {decision.id})",
+            f"converge: refused: {printable(said)}: {printable(point.reason)}"
+            f" (decision {decision.id})",
             file=sys.stderr,
         )
     return 3 if decision.denied else 0
@@ -109,10 +110,10 @@ def render(console: Console, form: str, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             said = row["quality"] if row["type"] == "reading" else f"gap: {row['reason']}"
             table.add_row(
-                row["time"],
-                escape(row["point"]),
-                escape(str(row["value"])),
-                escape(str(said)),
+                markup_safe(row["time"]),
+                markup_safe(row["point"]),
+                markup_safe(str(row["value"])),
+                markup_safe(str(said)),
                 str(row["batch"]),
                 _verdict(row["batch_verified"]),
             )
