@@ -52,9 +52,7 @@ def entries_text(capsys, db: str) -> str:
     return capsys.readouterr().out
 
 
-def test_audit_log_prints_an_entrys_control_characters_as_escapes(
-    evidence_site, tmp_path, capsys
-):
+def test_audit_log_prints_an_entrys_control_characters_as_escapes(evidence_site, tmp_path, capsys):
     db = str(tmp_path / "evidence.db")
     fill(evidence_site, db, tmp_path, seconds=5).close()
     with Store.open_existing(db) as store:
