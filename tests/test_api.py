@@ -499,7 +499,7 @@ def test_minting_keeps_only_a_salted_hash_beside_the_principals_file(tmp_path, c
         ("end=2026-06-01T12:00:00", "has no time zone"),
         ("start=2016-01-01&end=2026-01-01", "longer than 366 days"),
         ("format=xml", "json or csv"),
-        ("from=2026-06-01", "unknown query parameter from"),
+        ("from=2026-06-01", "unknown query parameter 'from'"),
         ("start=2026-06-01&start=2026-06-02", "given more than once"),
     ],
 )

@@ -223,7 +223,7 @@ def _exchange(request: Request) -> Exchange:
     service: Service = request.app.state.service
     client = request.client
     via = {
-        "api": f"{request.method} {request.url.path}",
+        "api": f"{request.method} {params.clipped(request.url.path, params.MAX_PATH)}",
         "client": f"{client.host}:{client.port}" if client else "unknown",
     }
     state: Mapping[str, Any] = request.scope.get("state") or {}

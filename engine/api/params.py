@@ -30,6 +30,11 @@ MAX_QUERY = 2048
 """The longest query string, in bytes, the API reads."""
 MAX_NAME = 200
 """The longest device or point name in a path."""
+MAX_PATH = 2 * MAX_NAME + 64
+"""The most characters of a request's path a decision entry holds (two names and an
+endpoint's words fit)."""
+MAX_QUOTED = 40
+"""The most characters of a parameter's name or value a refusal's message quotes."""
 
 Form = Literal["json", "csv"]
 
@@ -78,10 +83,10 @@ def interval(text: str | None, span: Window) -> timedelta:
     except ValueError as exc:
         raise InputError(f"interval: {exc}") from None
     if length < MIN_INTERVAL:
-        raise InputError(f"interval {text} is shorter than {MIN_INTERVAL.seconds} s")
+        raise InputError(f"interval {text!r} is shorter than {MIN_INTERVAL.seconds} s")
     if (span.end - span.start) / length > MAX_INTERVALS:
         raise InputError(
-            f"interval {text} cuts the range into more than {MAX_INTERVALS:,} intervals"
+            f"interval {text!r} cuts the range into more than {MAX_INTERVALS:,} intervals"
         )
     return length
 
@@ -112,10 +117,22 @@ def only(given: Sequence[tuple[str, str]], known: Iterable[str]) -> dict[str, st
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise InputError(
-            f"unknown query parameter {', '.join(unknown)}; this endpoint takes"
+            f"unknown query parameter {quoted(unknown)}; this endpoint takes"
             f" {', '.join(sorted(known)) or 'none'}"
         )
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise InputError(f"query parameter {', '.join(twice)} given more than once")
+        raise InputError(f"query parameter {quoted(twice)} given more than once")
     return dict(given)
+
+
+def quoted(names: Iterable[str]) -> str:
+    """Names as the caller sent them, each quoted (``!r``: a control character in one shows
+    as its escape) and cut to :data:`MAX_QUOTED` characters, for a refusal's message."""
+    return ", ".join(repr(clipped(name, MAX_QUOTED)) for name in names)
+
+
+def clipped(text: str, most: int = MAX_NAME) -> str:
+    """``text`` as sent, cut to ``most`` characters (and ``…``) when it is longer: what a
+    decision entry may hold of a name it refuses (the HTTP layer lets 16 KiB through)."""
+    return text if len(text) <= most else text[:most] + "…"

@@ -178,7 +178,7 @@ class Exchange:
         """The decision on reading ``device``/``point`` over the range ``given`` asks for, and
         its one other parameter, ``option``, as ``parse`` reads it (an :class:`InputError`
         from ``parse`` refuses the request, 400, as a bad range does)."""
-        asked = [Target(device, point, [])]
+        asked = [Target(params.clipped(device), params.clipped(point), [])]
         refused = self.refusal(asked)
         if refused is not None:
             return refused
