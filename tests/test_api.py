@@ -27,10 +27,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from evidence_kit import T0, fill
+from mosquitto import free_port
 from waiting import wait_until
 
 from engine.api.app import make_app
 from engine.api.auth import Principals
+from engine.api.metrics import ApiMetrics
 from engine.api.openapi import KEPT, render
 from engine.api.server import Tls, bind, make_server
 from engine.api.service import Service
@@ -64,6 +66,7 @@ class Served:
     target: str
     principals: Path
     tokens: dict[str, str]
+    metrics: ApiMetrics | None = None
 
     def get(self, path: str, who: str | None = "alice@example.com", **kwargs) -> httpx.Response:
         headers = kwargs.pop("headers", {})
@@ -82,12 +85,30 @@ class Served:
         assert len(found) == 1, f"{len(found)} entries for decision {decision}"
         return found[0]
 
+    def decisions(self) -> int:
+        """How many access.decision entries the log holds."""
+        with Store.open_existing(self.target) as store, store.reading() as conn:
+            return sum(1 for _ in auditlog.entries(conn, ["access.decision"]))
+
+    def unauthenticated(self, status: str, credential: str) -> float:
+        """Requests the server counted as refused before the guard."""
+        assert self.metrics is not None
+        sample = self.metrics.registry.get_sample_value(
+            "converge_api_unauthenticated_total", {"status": status, "credential": credential}
+        )
+        return sample or 0.0
+
 
 @contextmanager
-def serving(site, target: str, principals: Path, tls: Tls | None = None) -> Iterator[str]:
+def serving(
+    site, target: str, principals: Path, tls: Tls | None = None, metrics: ApiMetrics | None = None
+) -> Iterator[str]:
     """A real uvicorn server for ``target`` on a free loopback port, in a thread."""
     service = Service(
-        Store.open_existing(target), Principals(make_plugin_manager(), principals), site.trust()
+        Store.open_existing(target),
+        Principals(make_plugin_manager(), principals),
+        site.trust(),
+        metrics or ApiMetrics(),
     )
     server = make_server(make_app(service), tls)
     sock = bind("127.0.0.1", 0)
@@ -145,8 +166,9 @@ def store_target(request, tmp_path_factory, evidence_site) -> Iterator[str]:
 def api(store_target, evidence_site, tmp_path_factory) -> Iterator[Served]:
     principals = principals_copy(tmp_path_factory.mktemp("api-principals"))
     tokens = mint(principals, "alice@example.com", "bob@contractor.example", "chen@example.com")
-    with serving(evidence_site, store_target, principals) as url:
-        yield Served(url, store_target, principals, tokens)
+    metrics = ApiMetrics()
+    with serving(evidence_site, store_target, principals, metrics=metrics) as url:
+        yield Served(url, store_target, principals, tokens, metrics)
 
 
 def refusal(response: httpx.Response, status: int) -> dict:
@@ -156,6 +178,15 @@ def refusal(response: httpx.Response, status: int) -> dict:
     body = response.json()
     assert set(body) == {"decision", "status", "error", "message", "points"}
     assert body["decision"] == response.headers["X-Converge-Decision"]
+    return body
+
+
+def unauthenticated(response: httpx.Response, status: int = 401) -> dict:
+    """The body of a refusal before the guard: no decision, in body or header; no points."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["decision"] is None and body["points"] == [], body
+    assert "X-Converge-Decision" not in response.headers
     return body
 
 
@@ -374,26 +405,48 @@ def test_a_proof_is_refused_as_a_read_is(api):
 # --- authentication --------------------------------------------------------------------
 
 
-def test_no_token_a_wrong_one_or_an_unknown_one_is_401_and_logged(api):
-    for who, headers, said, claimed in (
-        (None, {}, "no credentials", "(unknown)"),
-        (None, {"Authorization": "Basic YWxpY2U6c2VjcmV0"}, "not 'Bearer TOKEN'", "(unknown)"),
-        (None, {"Authorization": "Bearer nonsense"}, "not one this server issued", "(unknown)"),
+def test_no_token_a_wrong_one_or_an_unknown_one_is_401_counted_and_no_audit_entry(api):
+    """Anyone who reaches the port can send these: counted by the server, not in the log."""
+    entries = api.decisions()
+    for headers, said, credential in (
+        ({}, "no credentials", "none"),
+        ({"Authorization": "Basic YWxpY2U6c2VjcmV0"}, "not 'Bearer TOKEN'", "malformed"),
+        ({"Authorization": "Bearer nonsense"}, "not one this server issued", "token"),
         (
-            None,
             {"Authorization": "Bearer " + wrong_secret(api.tokens["alice@example.com"])},
             "wrong secret",
-            "alice@example.com",
+            "token",
         ),
     ):
-        answer = api.get(RECORDED, who=who, headers=headers)
-        body = refusal(answer, 401)
-        assert said in body["message"], body
-        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
-        entry = api.entry(body["decision"])
-        assert entry["actor"]["id"] == claimed and entry["actor"]["roles"] == []
-        assert entry["payload"]["outcome"] == "deny" and said in entry["payload"]["refusal"]
-        assert "value" not in answer.text
+        counted = api.unauthenticated("401", credential)
+        long_name = "/v1/points/" + "%1B[2K" * 300 + "/TT101_PV/recorded"
+        for path in (RECORDED, "/v1/points", long_name, "/v1/records/1/0/proof"):
+            answer = api.get(path, who=None, headers=headers)
+            assert said in unauthenticated(answer)["message"]
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "value" not in answer.text
+        assert api.unauthenticated("401", credential) == counted + 4
+    assert api.decisions() == entries
+
+
+def test_an_authenticated_refusal_is_an_entry_by_its_principal_quoting_what_was_sent(api):
+    """A token holder's refusal is a decision on a principal: logged, with the principal as
+    its actor; what the request carried is quoted and bounded, never raw."""
+    fake = "\x1b[1A\x1b[2K\x1b[32mverified\x1b[0m"
+    answer = api.get("/v1/points", who="bob@contractor.example", params={fake: "1"})
+    body = refusal(answer, 400)
+    assert f"unknown query parameter {fake!r}" in body["message"], body["message"]
+    entry = api.entry(body["decision"])
+    assert entry["actor"]["id"] == "bob@contractor.example"
+    assert entry["payload"]["outcome"] == "deny"
+    assert "\x1b" not in entry["payload"]["refusal"] and repr(fake) in entry["payload"]["refusal"]
+    device = "d" * 5000
+    body = refusal(api.get(f"/v1/points/{device}/TT101_PV/recorded"), 400)
+    entry = api.entry(body["decision"])
+    assert entry["actor"]["id"] == "alice@example.com"
+    assert [p["device"] for p in entry["payload"]["points"]] == ["d" * 200 + "…"]
+    assert len(entry["payload"]["via"]["api"]) <= len("GET ") + 465
+    assert len(json.dumps(entry)) < 3000
 
 
 def wrong_secret(token: str) -> str:
@@ -412,15 +465,15 @@ def test_an_expired_token_a_revoked_one_and_a_deleted_principal_are_401(
     good = mint(principals, "alice@example.com", "chen@example.com")
     with serving(evidence_site, store_target, principals) as url:
         served = Served(url, store_target, principals, {**good, "expired": expired.text})
-        body = refusal(served.get(RECORDED, who="expired"), 401)
+        entries = served.decisions()
+        body = unauthenticated(served.get(RECORDED, who="expired"))
         assert f"token {expired.stored.id} expired at" in body["message"]
-        assert served.entry(body["decision"])["actor"]["id"] == "alice@example.com"
         assert served.get("/v1/points", who="chen@example.com").status_code == 200
         # revoked: refused from the next request on
         chen = good["chen@example.com"].split(".")[1]
         assert main(["principals", "revoke", chen, "--principals", str(principals)]) == 0
         assert f"revoked token {chen}" in capsys.readouterr().out
-        body = refusal(served.get("/v1/points", who="chen@example.com"), 401)
+        body = unauthenticated(served.get("/v1/points", who="chen@example.com"))
         assert "not one this server issued" in body["message"]
         # deleted from the principals file: its token is refused, the entry names it
         assert served.get("/v1/points").status_code == 200
@@ -430,13 +483,14 @@ def test_an_expired_token_a_revoked_one_and_a_deleted_principal_are_401(
             ),
             encoding="utf-8",
         )
-        body = refusal(served.get("/v1/points"), 401)
+        body = unauthenticated(served.get("/v1/points"))
         assert "alice@example.com is no longer in the principals file" in body["message"]
-        assert served.entry(body["decision"])["actor"]["id"] == "alice@example.com"
         # a principals file that no longer loads refuses everyone, and says so
         principals.write_text("principals: [", encoding="utf-8")
-        body = refusal(served.get("/v1/points", who="chen@example.com"), 503)
+        body = unauthenticated(served.get("/v1/points", who="chen@example.com"), 503)
         assert "does not load" in body["message"]
+        # the 200s were entries; none of the refusals before the guard was
+        assert served.decisions() == entries + 2
 
 
 def test_two_commands_at_once_neither_lose_a_token_nor_bring_a_revoked_one_back(tmp_path):
@@ -710,7 +764,7 @@ def test_tls_with_tokens_and_client_certificates(store_target, evidence_site, tm
             assert client.get(url + path, headers=headers).status_code == 200
             assert client.get(url + path).status_code == 401
         with tls_client(pki, pki.stranger_cert, pki.stranger_key) as client:
-            body = refusal(client.get(url + path), 401)
+            body = unauthenticated(client.get(url + path))
         assert "no principal lists the client certificate sha256:" in body["message"]
         with (
             tls_client(pki, pki.outsider_cert, pki.outsider_key) as client,
@@ -725,8 +779,10 @@ def test_tls_with_tokens_and_client_certificates(store_target, evidence_site, tm
 
 
 def test_converge_serve_serves_until_it_is_stopped(store_target, evidence_site, tmp_path):
+    """... and counts and logs the requests it refuses before the guard."""
     principals = principals_copy(tmp_path)
     tokens = mint(principals, "alice@example.com")
+    metrics = free_port()
     converge = shutil.which("converge", path=str(Path(sys.executable).parent))
     process = subprocess.Popen(
         [
@@ -740,6 +796,8 @@ def test_converge_serve_serves_until_it_is_stopped(store_target, evidence_site, 
             "0",
             "--keys",
             str(evidence_site.keys_dir),
+            "--metrics",
+            f"127.0.0.1:{metrics}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -751,11 +809,16 @@ def test_converge_serve_serves_until_it_is_stopped(store_target, evidence_site, 
         url = line.split()[1].removesuffix("/v1/points")
         served = Served(url, store_target, principals, tokens)
         assert served.get(f"{RECORDED}?start={instant(T0)}").status_code == 200
+        assert served.get("/v1/points", who=None).status_code == 401
+        scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=30).text
+        counted = 'converge_api_unauthenticated_total{credential="none",status="401"} 1.0'
+        assert counted in scraped, scraped
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "Traceback" not in err
+    assert "engine.api.service: 401 'GET /v1/points' from 127.0.0.1:" in err, err
 
 
 def read_line(process: subprocess.Popen) -> str:

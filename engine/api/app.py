@@ -31,11 +31,13 @@ HEADER = "X-Converge-Decision"
 DESCRIPTION = """Records of an evidence store, read through Converge's access guard.
 
 Authenticate with `Authorization: Bearer TOKEN` (`converge principals token`) or a TLS
-client certificate listed under the principal's `certificates`. Every request is one guard
-decision and one `access.decision` audit entry, allowed or denied; every answer names it
-(`decision` in the body, the `X-Converge-Decision` header). Times are RFC 3339 instants or
-dates; a range is `[start, end)`, at most 366 days, by default the day before `end` (now).
-See docs/access.md."""
+client certificate listed under the principal's `certificates`. Every request of an
+authenticated caller is one guard decision and one `access.decision` audit entry, allowed
+or denied; every answer names it (`decision` in the body, the `X-Converge-Decision`
+header). A request that is not authenticated (401) is refused before the guard: no
+decision (`decision` is null), no audit entry; the server counts and logs it. Times are
+RFC 3339 instants or dates; a range is `[start, end)`, at most 366 days, by default the day
+before `end` (now). See docs/access.md."""
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": models.Refusal, "description": text}
@@ -235,21 +237,24 @@ def _exchange(request: Request) -> Exchange:
     )
 
 
-def _json(body: dict[str, Any], decision: Decision, status: int = 200) -> Response:
-    return JSONResponse(body, status_code=status, headers={HEADER: decision.id})
+def _json(body: dict[str, Any], decision: Decision | None, status: int = 200) -> Response:
+    headers = {HEADER: decision.id} if decision is not None else {}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _refused(refused: Refused) -> Response:
-    """An answer without data: the status, why, and each point with the guard's reason."""
+    """An answer without data: the status, why, and each point with the guard's reason (none
+    when the request was refused before the guard)."""
     decision = refused.decision
+    shown = [] if refused.hidden or decision is None else decision.points
     body = {
-        "decision": decision.id,
+        "decision": decision.id if decision is not None else None,
         "status": refused.status,
         "error": HTTPStatus(refused.status).phrase,
         "message": refused.message,
         "points": [
             {"device": p.device, "point": p.point, "allowed": p.allowed, "reason": p.reason}
-            for p in ([] if refused.hidden else decision.points)
+            for p in shown
         ],
     }
     response = _json(body, decision, refused.status)

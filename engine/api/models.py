@@ -121,7 +121,10 @@ class Proof(BaseModel):
 
 
 class Refusal(BaseModel):
-    decision: str = Field(description=DECISION)
+    decision: str | None = Field(
+        description=DECISION + " Null when the request was refused before the guard: its"
+        " caller not authenticated (401, 503), no decision, no audit entry."
+    )
     status: int
     error: str
     message: str

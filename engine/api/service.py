@@ -1,18 +1,22 @@
 """The read API's work, apart from HTTP: who calls, what the guard decides, what is read.
 
-Every request is one guard decision and one ``access.decision`` audit entry, recorded
-before anything is read, whatever the answer: a caller that is not authenticated (401),
-a request that cannot be answered as asked (400, 404, 414), a point the caller may not
-read (403), or an answer (200). :class:`Exchange` carries a request from its caller to
-that decision; the HTTP layer (:mod:`engine.api.app`) turns the outcome into an answer
-that names the decision.
+Every request of an authenticated caller is one guard decision and one ``access.decision``
+audit entry, recorded before anything is read, whatever the answer: a request that cannot
+be answered as asked (400, 404, 414), a point the caller may not read (403), or an answer
+(200). A request whose caller is not authenticated (401, or 503 when the principals file
+does not load) names no principal to decide on: it is refused before the guard, counted
+(:class:`~engine.api.metrics.ApiMetrics`) and logged by the server, and is no audit entry,
+so that no one without credentials can grow the log. :class:`Exchange` carries a request
+from its caller to its outcome; the HTTP layer (:mod:`engine.api.app`) turns the outcome
+into an answer that names the decision, when there is one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,6 +25,7 @@ from engine.access.data import csv_chunks, records, targets
 from engine.access.guard import Action, Decision, Request, Target, decide
 from engine.api import params, proof, summary
 from engine.api.auth import Caller, Principals, authenticate
+from engine.api.metrics import ApiMetrics
 from engine.api.params import Form, Window
 from engine.audit import os_user
 from engine.errors import InputError
@@ -33,6 +38,8 @@ ONE_MICROSECOND = timedelta(microseconds=1)
 Query = Sequence[tuple[str, str]]
 """A request's query parameters, (name, value) in the order given."""
 T = TypeVar("T")
+LOG = logging.getLogger(__name__)
+"""The server's own log: requests refused before the guard (``converge serve`` shows it)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,8 @@ class Refused:
 
     status: int
     message: str
-    decision: Decision
+    decision: Decision | None
+    """``None``: refused before the guard, the caller not authenticated (no audit entry)."""
     hidden: bool = False
     """The decision's points are left out of the answer (recorded, not shown): a record the
     caller may not read, whose device and point are not the caller's to learn."""
@@ -54,6 +62,7 @@ class Service:
     store: Store
     principals: Principals
     trust: Trust | None
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
 
     def exchange(
         self,
@@ -77,14 +86,30 @@ class Exchange:
 
     def refusal(self, asked: list[Target]) -> Refused | None:
         """The refusal due before anything is looked up: a caller not authenticated (401, or
-        503 when the principals do not load), a query string too long (414)."""
+        503 when the principals do not load; no decision), a query string too long (414)."""
         if self.caller.refusal is not None:
-            status = 503 if self.caller.unavailable else 401
-            return self.refuse(status, self.caller.refusal, asked)
+            return self.unauthenticated(self.caller.refusal)
         if self.query_length > params.MAX_QUERY:
             reason = f"the query string is longer than {params.MAX_QUERY} bytes"
             return self.refuse(414, reason, asked)
         return None
+
+    def unauthenticated(self, reason: str) -> Refused:
+        """Refuse a caller that is not authenticated, before the guard: counted and logged
+        by the server, not an audit entry (an authentication failure decides nothing about a
+        principal, and one per request from anyone would grow the log without bound)."""
+        status = 503 if self.caller.unavailable else 401
+        via = self.caller.via
+        self.service.metrics.refused(status, via)
+        LOG.warning(
+            "%d %r from %s (%s): %s",
+            status,
+            via.get("api"),
+            via.get("client"),
+            via.get("credential", "credential unchecked"),
+            reason,
+        )
+        return Refused(status, reason, None)
 
     def refuse(self, status: int, reason: str, asked: list[Target]) -> Refused:
         """Refuse the request for ``reason`` (the guard records it as a denial)."""

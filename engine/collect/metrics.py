@@ -120,14 +120,7 @@ class Metrics:
 
     def serve(self, address: str) -> None:
         """Serve ``/metrics`` on ``ADDR:PORT`` (``:PORT`` for every address)."""
-        host, port = parse_address(address)
-        try:
-            self._server, _ = start_http_server(port, host or "0.0.0.0", registry=self.registry)
-        except OSError as error:
-            reason = error.strerror or str(error)
-            raise ConvergeError(
-                f"--metrics: cannot serve metrics on {address}: {reason}"
-            ) from error
+        self._server = serve_registry(address, self.registry)
 
     def close(self) -> None:
         server, self._server = self._server, None
@@ -192,6 +185,18 @@ class Metrics:
         for name, stats in list(self.summary.devices.items()):
             for state in STATES:
                 self.state.labels(name, state).set(1 if stats.state == state else 0)
+
+
+def serve_registry(address: str, registry: CollectorRegistry) -> Any:
+    """Serve ``registry`` as ``/metrics`` on ``ADDR:PORT`` on a thread; the HTTP server (its
+    ``shutdown`` stops it)."""
+    host, port = parse_address(address)
+    try:
+        server, _ = start_http_server(port, host or "0.0.0.0", registry=registry)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConvergeError(f"--metrics: cannot serve metrics on {address}: {reason}") from error
+    return server
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -8,6 +8,7 @@ file and its tokens are read again whenever they change. See docs/access.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import ssl
 from pathlib import Path
@@ -16,7 +17,8 @@ import pluggy
 from rich.console import Console
 
 from engine.api.auth import Principals
-from engine.api.service import Service
+from engine.api.metrics import ApiMetrics
+from engine.api.service import LOG, Service
 from engine.commands.options import (
     Handler,
     Subparsers,
@@ -51,6 +53,12 @@ def register(commands: Subparsers) -> None:
         help="accept TLS client certificates issued by this CA (principals list their"
         " fingerprints under certificates)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics on this address (:PORT for every address): requests"
+        " refused as not authenticated, which the audit log does not hold",
+    )
     add_trust(parser)
     handler: Handler = run
     parser.set_defaults(handler=handler)
@@ -71,14 +79,18 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     principals = Principals(pm, principals_path(args))
     principals.current()  # a principals file that does not load stops the server here
     tls = Tls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
+    metrics = ApiMetrics()
+    if args.metrics:
+        metrics.serve(args.metrics)
     store = Store.open_existing(args.db)
-    server = make_server(make_app(Service(store, principals, trust_of(args, pm))), tls)
+    server = make_server(make_app(Service(store, principals, trust_of(args, pm), metrics)), tls)
     try:
         server.config.load()
         sock = bind(args.host, args.port)
     except (OSError, ssl.SSLError) as exc:
         store.close()
         raise ConvergeError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+    LOG.setLevel(logging.WARNING)  # requests refused before the guard: the server's log
     host, port = sock.getsockname()[:2]
     scheme = "https" if tls else "http"
     console.print(
