@@ -20,6 +20,7 @@ from rich.console import Console
 
 from engine.commands.findings import findings_text
 from engine.commands.options import PIPE_WIDTH, Handler
+from engine.commands.terminal import printable_lines
 from engine.errors import AccessDenied, ConvergeError, FindingsError
 from engine.plugin_manager import make_plugin_manager
 
@@ -70,12 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except AccessDenied as exc:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"converge: refused: {exc}", markup=False
+            f"converge: refused: {printable_lines(str(exc))}", markup=False
         )
         return 3
     except ConvergeError as exc:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"converge: error: {exc}", markup=False
+            f"converge: error: {printable_lines(str(exc))}", markup=False
         )
         return 2
     except BrokenPipeError:

@@ -661,6 +661,7 @@ def test_a_command_imports_no_other_command():
         "engine.commands.findings",
         "engine.commands.options",
         "engine.commands.query",
+        "engine.commands.terminal",
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from evidence_kit import fill
+from evidence_kit import REPO, fill
 from rich.console import Console
 
 from engine.cli import main
@@ -46,18 +46,25 @@ def test_markup_safe_escapes_markup_after_the_controls():
     assert "[red]x\\x1b[1A" in out.getvalue()
 
 
-def entries_text(capsys, db: str) -> str:
+@pytest.fixture
+def db(evidence_site, tmp_path) -> str:
+    """A SQLite store of 5 s of the plant."""
+    target = str(tmp_path / "evidence.db")
+    fill(evidence_site, target, tmp_path, seconds=5).close()
+    return target
+
+
+def entries_text(capsys, db: str, kind: str) -> str:
+    """What ``converge audit log --kind KIND`` prints."""
     capsys.readouterr()
-    assert main(["audit", "log", "--db", db, "--kind", "audit.reviewed"]) == 0
+    assert main(["audit", "log", "--db", db, "--kind", kind]) == 0
     return capsys.readouterr().out
 
 
-def test_audit_log_prints_an_entrys_control_characters_as_escapes(evidence_site, tmp_path, capsys):
-    db = str(tmp_path / "evidence.db")
-    fill(evidence_site, db, tmp_path, seconds=5).close()
+def test_audit_log_prints_an_entrys_control_characters_as_escapes(db, capsys):
     with Store.open_existing(db) as store:
         store.log("audit.reviewed", {"note": FAKE_LINE + " " + TURNED, "entries": 1})
-    out = entries_text(capsys, db)
+    out = entries_text(capsys, db, "audit.reviewed")
     assert not any(c in out for c in STEERING), repr(out)
     assert "note=\\x1b[1A\\x1b[2K\\x1b[32mverified: nothing to see\\x1b[0m" in out
     assert "\\u202eelif.exe\\u202c" in out
@@ -72,3 +79,14 @@ def test_audit_verify_quotes_store_text_in_its_lines_as_escapes():
     text = out.getvalue()
     assert not any(c in text for c in STEERING), repr(text)
     assert "FAIL audit entry 7 (\\x1b[1A" in text and "note: ok \\u202eelif" in text
+
+
+def test_a_refusal_naming_what_it_was_given_prints_it_as_escapes(db, capsys):
+    principals = REPO / "examples" / "sites" / "plant-basel" / "principals.yaml"
+    review = ["audit", "review", "--db", db, "--principals", str(principals)]
+    assert main([*review, "--as", f"eve{FAKE_LINE}"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("converge: refused: ") and err.count("\n") == 1, err
+    assert "\x1b" not in err and "eve\\x1b[1A" in err
+    out = entries_text(capsys, db, "access.decision")
+    assert "\x1b" not in out and "eve\\x1b[1A" in out

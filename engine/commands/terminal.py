@@ -41,10 +41,16 @@ def printable(text: str) -> str:
     return text.translate(_VISIBLE)
 
 
+def printable_lines(text: str) -> str:
+    """``text`` line by line made :func:`printable`, its newlines kept: for a message of
+    several lines (an error) that may quote store text."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def markup_safe(text: str) -> str:
     """``text`` made :func:`printable` and escaped for Rich markup: for store text inside a
     ``console.print`` string that has markup of its own."""
     return escape(printable(text))
 
 
-__all__ = ["markup_safe", "printable"]
+__all__ = ["markup_safe", "printable", "printable_lines"]
