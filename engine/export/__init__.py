@@ -14,12 +14,12 @@ and signed by the same key. docs/bundle.md specifies every member.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine import audit
 from engine.access import Range, record
@@ -29,13 +29,20 @@ from engine.audit import os_user, seal_with
 from engine.errors import AccessDenied
 from engine.export import bundle, verifier
 from engine.keys import KeyStore
+from engine.report import Readings
 from engine.sign.leaf import instant
 from engine.sign.note import sign_note
 from engine.store import reads
 from engine.store.store import Store
 
-Report = Callable[[Store, Decision], bytes]
-"""Renders the bundle's ``report.html`` for an export decision."""
+
+class Report(Protocol):
+    """Renders the bundle's ``report.html`` for an export decision; ``counted``: the readings of
+    the batches the export read whole, by id, which it need not read again."""
+
+    def __call__(
+        self, store: Store, decision: Decision, *, counted: Mapping[int, Readings]
+    ) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ def _write(
             parallel=to.parallel,
         )
         gathered = bundle.gather(conn, asked, size)
-    gathered.members["report.html"] = to.report(store, decision)
+    gathered.members["report.html"] = to.report(store, decision, counted=gathered.counted)
     gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
     about = _about(decision, span, origin, store.audit_key)
     said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}))

@@ -38,6 +38,7 @@ from engine.canonical import canonical_json
 from engine.errors import VerificationError
 from engine.export import verifier
 from engine.keys import KeyVersion
+from engine.report.health import Readings
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleTree
 from engine.sign.note import Checkpoint, split_note
@@ -69,6 +70,9 @@ class Gathered:
     """The paths of the plans' sources the bundle carries (``sources/<path>``)."""
     left_out: list[tuple[str, str]] = field(default_factory=list)
     """The paths of the plans' sources the bundle does not carry, and why."""
+    counted: dict[int, Readings] = field(default_factory=dict)
+    """The readings of each batch all of whose records were read at once (by id): the report
+    counts them from here instead of reading them again."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,8 @@ def _records(
         lines.append(picked.lines)
         rows.append(picked.rows)
         out.records += len(picked.positions)
+        if picked.counted is not None and request.only is None:  # an archive's: part of a batch
+            out.counted[batch.id] = picked.counted
         out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked, receipts)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
@@ -269,11 +275,13 @@ def _records(
 
 @dataclass(frozen=True)
 class Picked:
-    """The records a batch exports: their positions, record lines and CSV rows."""
+    """The records a batch exports: their positions, record lines and CSV rows; and when each
+    of its leaves is the usual reading, their count."""
 
     positions: list[int]
     lines: bytes
     rows: bytes
+    counted: Readings | None = None
 
 
 NOTHING = Picked([], b"", b"")
@@ -345,7 +353,7 @@ def _usual(
         return None
     if not (span.holds(min(read.times).decode()) and span.holds(max(read.times).decode())):
         return None
-    return Picked(positions, lines, read.rows)
+    return Picked(positions, lines, read.rows, Readings.of(read.points, read.times))
 
 
 def _exported(
