@@ -25,7 +25,6 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +277,7 @@ class Picked:
     """The records a batch exports: their positions, record lines and CSV rows; and when each
     of its leaves is the usual reading, their count."""
 
-    positions: list[int]
+    positions: Sequence[int]
     lines: bytes
     rows: bytes
     counted: Readings | None = None
@@ -295,8 +294,9 @@ PARALLEL_RECORDS = 200_000
 """An export of at least this many records (of its batches) is read by worker processes, when
 its request allows them."""
 
-Job = tuple[list[tuple[int, bytes]], int, set[str], Range]
-"""A batch's leaves (position, bytes), its id, the points asked of its device, the range."""
+Job = tuple[data.Records, int, set[str], Range]
+"""A batch's records (positions, leaves: two columns, which a worker process is handed more
+cheaply than a pair per record), its id, the points asked of its device, the range."""
 
 
 def _picked(
@@ -326,28 +326,28 @@ def _picked(
 
 
 def _job(conn: Connection, request: Request, batch: StoredBatch, points: set[str]) -> Job:
-    leaves = data.leaves(conn, batch.id)
+    records = data.records_of(conn, [batch.id]).get(batch.id, ([], []))
     if request.only is not None:
-        leaves = [(p, leaf) for p, leaf in leaves if p in request.only[batch.id]]
-    return leaves, batch.id, points, request.span
+        kept = [(p, leaf) for p, leaf in zip(*records, strict=True) if p in request.only[batch.id]]
+        records = [p for p, _ in kept], [leaf for _, leaf in kept]
+    return records, batch.id, points, request.span
 
 
 def _pick(job: Job) -> Picked:
     """The records a batch exports (a pure function of the job: a worker process may run it)."""
-    leaves, batch, points, span = job
-    return _usual(leaves, batch, points, span) or _exported(leaves, batch, points, span)
+    records, batch, points, span = job
+    return _usual(records, batch, points, span) or _exported(
+        zip(*records, strict=True), batch, points, span
+    )
 
 
-def _usual(
-    leaves: list[tuple[int, bytes]], batch: int, points: set[str], span: Range
-) -> Picked | None:
+def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> Picked | None:
     """Every leaf of a batch, read at once, when each is the usual reading of one of
     ``points`` in ``span`` (:func:`verifier.read_usual`); else None."""
+    positions, leaves = records
     if not leaves:
         return None
-    positions = list(map(itemgetter(0), leaves))
-    said = zip(repeat(batch), positions, map(itemgetter(1), leaves))
-    lines = b"".join(map(LINE.__mod__, said))
+    lines = b"".join(map(LINE.__mod__, zip(repeat(batch), positions, leaves)))
     read = verifier.read_usual(lines, len(leaves))
     if read is None or not {point.decode() for point in set(read.points)} <= points:
         return None
