@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -107,16 +108,32 @@ def _write(
             parallel=to.parallel,
         )
         gathered = bundle.gather(conn, asked, size)
-    gathered.members["report.html"] = to.report(store, decision, counted=gathered.counted)
-    gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
+    files = _completed(store, decision, gathered, to.report)
     about = _about(decision, span, origin, store.audit_key)
-    said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}))
+    said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}), files)
     note = _sign_manifest(said, origin, keys, store.audit_key)
     bundle.write_zip(
         to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
     )
     records, batches = gathered.records, len(gathered.batches)
     return Exported(decision, records, batches, to.out, tuple(gathered.left_out))
+
+
+def _completed(
+    store: Store, decision: Decision, gathered: bundle.Gathered, report: Report
+) -> dict[str, str]:
+    """Add the report and ``verify.py`` to the gathered members; every member's digest. The
+    gathered members are hashed on another thread while the report is made (hashlib lets go
+    of the GIL: another CPU hashes)."""
+    with ThreadPoolExecutor(1) as hashing:
+        hashed = hashing.submit(bundle.digests, dict(gathered.members))
+        made = {
+            "report.html": report(store, decision, counted=gathered.counted),
+            verifier.VERIFIER: Path(verifier.__file__).read_bytes(),
+        }
+        files = hashed.result() | bundle.digests(made)
+    gathered.members.update(made)
+    return files
 
 
 @dataclass(frozen=True)

@@ -661,17 +661,19 @@ def _b64(hashes: Iterable[bytes]) -> list[str]:
 # --- the zip ------------------------------------------------------------------------------
 
 
-def manifest(gathered: Gathered, said: dict[str, Any]) -> bytes:
-    """The manifest (RFC 8785): what was asked and by whom, and every member's SHA-256."""
-    files = {
-        name: "sha256:" + hashlib.sha256(body).hexdigest()
-        for name, body in sorted(gathered.members.items())
-    }
+def digests(members: Mapping[str, bytes]) -> dict[str, str]:
+    """Each member's SHA-256, as the manifest names it (``sha256:<hex>``)."""
+    return {name: "sha256:" + hashlib.sha256(body).hexdigest() for name, body in members.items()}
+
+
+def manifest(gathered: Gathered, said: dict[str, Any], files: Mapping[str, str]) -> bytes:
+    """The manifest (RFC 8785): what was asked and by whom, and every member's SHA-256
+    (``files``: :func:`digests` of ``gathered.members``)."""
     return canonical_json(
         {
             **said,
             "format": verifier.FORMAT,
-            "files": files,
+            "files": dict(files),
             "batches": gathered.batches,
             "plans": gathered.plans,
             "records": gathered.records,
@@ -693,4 +695,13 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
     partial.replace(path)
 
 
-__all__ = ["Gathered", "Request", "gather", "manifest", "sources", "trust_file", "write_zip"]
+__all__ = [
+    "Gathered",
+    "Request",
+    "digests",
+    "gather",
+    "manifest",
+    "sources",
+    "trust_file",
+    "write_zip",
+]
