@@ -266,3 +266,14 @@ def test_the_report_of_an_export_counts_from_its_readings_what_it_counts_from_th
         ]
     assert 0 < len(handed) < len(batches)
     assert pages[0] == pages[1]
+
+
+def test_a_batchs_readings_count_by_point_and_day_whichever_days_its_slots_are_of():
+    before, after = (instant(at).encode() for at in (MIDNIGHT - timedelta(seconds=5), MIDNIGHT))
+    day = completeness.to_ms(instant(MIDNIGHT))
+    one_day = Readings.of([b"TT", b"PT", b"TT"], [after, after, after])
+    assert one_day.days == {("TT", day): 2, ("PT", day): 1}
+    two_days = Readings.of([b"TT", b"PT", b"TT"], [before, after, after])
+    assert two_days.days == {("TT", day - DAY_MS): 1, ("PT", day): 1, ("TT", day): 1}
+    assert two_days.slots == {day - 5000: 1, day: 2}
+    assert (two_days.first, two_days.last) == (before.decode(), after.decode())

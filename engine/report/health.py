@@ -190,15 +190,26 @@ class Readings:
     @classmethod
     def of(cls, points: Sequence[bytes], slots: Sequence[bytes]) -> Readings:
         """Count the point and slot of each record (its columns, in record order)."""
-        distinct = set(slots)
-        at = {slot: to_ms(slot.decode()) for slot in distinct}
-        day = {slot: ms // DAY_MS * DAY_MS for slot, ms in at.items()}
-        names = {point: point.decode() for point in set(points)}
-        days = Counter(
-            zip(map(names.__getitem__, points), map(day.__getitem__, slots), strict=True)
-        )
-        by_slot = Counter(map(at.__getitem__, slots))
-        return cls(days, by_slot, min(distinct).decode(), max(distinct).decode())
+        at = {slot: to_ms(slot.decode()) for slot in set(slots)}
+        by_slot: Counter[int] = Counter()
+        for slot, n in Counter(slots).items():
+            by_slot[at[slot]] += n
+        return cls(_by_day(points, slots, at), by_slot, min(at).decode(), max(at).decode())
+
+
+def _by_day(
+    points: Sequence[bytes], slots: Sequence[bytes], at: Mapping[bytes, int]
+) -> Counter[tuple[str, int]]:
+    """(point, start of the day) -> readings, of records' columns (``at``: each slot's ms):
+    counted by point when every slot is of one day (as a batch's usually are), else one by
+    one."""
+    day = {slot: ms // DAY_MS * DAY_MS for slot, ms in at.items()}
+    days = set(day.values())
+    if len(days) == 1:
+        (only,) = days
+        return Counter({(point.decode(), only): n for point, n in Counter(points).items()})
+    names = {point: point.decode() for point in set(points)}
+    return Counter(zip(map(names.__getitem__, points), map(day.__getitem__, slots), strict=True))
 
 
 def health(
