@@ -108,32 +108,33 @@ def _write(
             parallel=to.parallel,
         )
         gathered = bundle.gather(conn, asked, size)
-    files = _completed(store, decision, gathered, to.report)
+    files, packed = _completed(store, decision, gathered, to.report)
     about = _about(decision, span, origin, store.audit_key)
     said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}), files)
     note = _sign_manifest(said, origin, keys, store.audit_key)
-    bundle.write_zip(
-        to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
-    )
+    members = {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
+    bundle.write_zip(to.out, members, packed)
     records, batches = gathered.records, len(gathered.batches)
     return Exported(decision, records, batches, to.out, tuple(gathered.left_out))
 
 
 def _completed(
     store: Store, decision: Decision, gathered: bundle.Gathered, report: Report
-) -> dict[str, str]:
-    """Add the report and ``verify.py`` to the gathered members; every member's digest. The
-    gathered members are hashed on another thread while the report is made (hashlib lets go
-    of the GIL: another CPU hashes)."""
-    with ThreadPoolExecutor(1) as hashing:
-        hashed = hashing.submit(bundle.digests, dict(gathered.members))
+) -> tuple[dict[str, str], dict[str, bundle.Packed]]:
+    """Add the report and ``verify.py`` to the gathered members; every member's digest, and
+    the gathered ones deflated. Those are hashed and deflated on two other threads while the
+    report is made (hashlib and zlib let go of the GIL: the other CPU does it)."""
+    members = dict(gathered.members)
+    with ThreadPoolExecutor(2) as helpers:
+        hashed = helpers.submit(bundle.digests, members)
+        packed = helpers.submit(bundle.pack, members)
         made = {
             "report.html": report(store, decision, counted=gathered.counted),
             verifier.VERIFIER: Path(verifier.__file__).read_bytes(),
         }
         files = hashed.result() | bundle.digests(made)
     gathered.members.update(made)
-    return files
+    return files, packed.result()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -682,17 +684,108 @@ def manifest(gathered: Gathered, said: dict[str, Any], files: Mapping[str, str])
     )
 
 
-def write_zip(path: Path, members: dict[str, bytes]) -> None:
-    """The members, sorted, with fixed times and modes, deflated; written to ``path``
-    atomically (a temporary file beside it, renamed)."""
+@dataclass(frozen=True)
+class Packed:
+    """A member as a zip holds it: its bytes deflated (a raw stream), their CRC-32 and size."""
+
+    deflated: bytes
+    crc: int
+    size: int
+
+
+def pack(members: Mapping[str, bytes]) -> dict[str, Packed]:
+    """Each member deflated as zipfile deflates it, at :data:`DEFLATE_LEVEL` (zlib lets go of
+    the GIL: a thread may pack while another makes the rest of the bundle)."""
+    packed = {}
+    for name, body in members.items():
+        squeeze = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+        packed[name] = Packed(squeeze.compress(body) + squeeze.flush(), zlib.crc32(body), len(body))
+    return packed
+
+
+def write_zip(
+    path: Path, members: Mapping[str, bytes], packed: Mapping[str, Packed] | None = None
+) -> None:
+    """The members, sorted, with fixed times and modes, deflated (those in ``packed`` are
+    already); written to ``path`` atomically (a temporary file beside it, renamed).
+
+    zipfile deflates a member only as it writes it, and a bundle's members go in name order,
+    the manifest before the records: the records could not be deflated before the manifest
+    names them. Members deflated already are written here, as the very bytes zipfile writes
+    (tests/test_export.py compares); a bundle that needs ZIP64 records is left to zipfile."""
     partial = path.with_name(f".{path.name}.partial")
-    with zipfile.ZipFile(partial, "w") as out:
+    ready = dict(packed or {})
+    ready.update(pack({name: body for name, body in members.items() if name not in ready}))
+    if _fits(ready):
+        _write_packed(partial, ready)
+    else:
+        _write_zipfile(partial, members)
+    partial.replace(path)
+
+
+ZIP64_LIMIT = (1 << 31) - 1
+"""zipfile writes ZIP64 records for a size or an offset beyond this, for a member whose size
+is within 5 % of it (deflated, it may grow), and for :data:`ZIP_COUNT_LIMIT` members or more."""
+ZIP_COUNT_LIMIT = 0xFFFF
+_HEADER = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_END = struct.Struct("<4s4H2LH")
+_DOS_DATE = (ZIP_TIME[0] - 1980) << 9 | ZIP_TIME[1] << 5 | ZIP_TIME[2]
+_DOS_TIME = ZIP_TIME[3] << 11 | ZIP_TIME[4] << 5 | ZIP_TIME[5] // 2
+_MODE = 0o644 << 16
+_UTF8_NAME = 0x800
+_VERSION, _UNIX = 20, 3
+"""The zip version zipfile says it made a deflated member with, and needs to read it; the
+system it says made it (not Windows)."""
+
+
+def _fits(packed: Mapping[str, Packed]) -> bool:
+    """Whether a zip of these members needs no ZIP64 record (as zipfile judges it)."""
+    headers = sum(_HEADER.size + _CENTRAL.size + 2 * len(_name(n)[0]) for n in packed)
+    total = headers + sum(len(p.deflated) for p in packed.values())
+    return (
+        len(packed) < ZIP_COUNT_LIMIT
+        and total <= ZIP64_LIMIT
+        and all(p.size * 1.05 <= ZIP64_LIMIT for p in packed.values())
+    )
+
+
+def _name(name: str) -> tuple[bytes, int]:
+    """A member's name as zipfile writes it, and the flag it sets: UTF-8 when not ASCII."""
+    try:
+        return name.encode("ascii"), 0
+    except UnicodeEncodeError:
+        return name.encode(), _UTF8_NAME
+
+
+def _write_packed(path: Path, packed: Mapping[str, Packed]) -> None:
+    """The zip of members deflated already, with neither ZIP64 records nor data descriptors."""
+    central = []
+    with path.open("wb") as out:
+        for name in sorted(packed):
+            member, (encoded, flags) = packed[name], _name(name)
+            kind = (_VERSION, 0, flags, zipfile.ZIP_DEFLATED, _DOS_TIME, _DOS_DATE)
+            sizes = (len(member.deflated), member.size, len(encoded), 0)  # no extra field
+            said = (*kind, member.crc, *sizes)
+            # no comment, disk 0, no internal attributes, the mode, where the header is
+            kept = (0, 0, 0, _MODE, out.tell())
+            central.append(_CENTRAL.pack(b"PK\x01\x02", _VERSION, _UNIX, *said, *kept) + encoded)
+            out.write(_HEADER.pack(b"PK\x03\x04", *said) + encoded)
+            out.write(member.deflated)
+        start = out.tell()
+        out.write(b"".join(central))
+        count, size = len(central), out.tell() - start
+        out.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, size, start, 0))
+
+
+def _write_zipfile(path: Path, members: Mapping[str, bytes]) -> None:
+    """The zip of these members, deflated and written by zipfile (ZIP64 records where needed)."""
+    with zipfile.ZipFile(path, "w") as out:
         for name in sorted(members):
             info = zipfile.ZipInfo(name, ZIP_TIME)
-            info.external_attr = 0o644 << 16
+            info.external_attr = _MODE
             # a ZipInfo does not take the ZipFile's level (zlib's default, 6, instead): say it
             out.writestr(info, members[name], zipfile.ZIP_DEFLATED, DEFLATE_LEVEL)
-    partial.replace(path)
 
 
 __all__ = [
