@@ -8,24 +8,35 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from evidence_kit import Site, collect, open_store, verify
 
+from engine.access import Question, ask
 from engine.access.data import Range
+from engine.access.guard import Decision
 from engine.cli import main
 from engine.collect.scheduler import Schedule
+from engine.export import Target, export
 from engine.records import Gap, GapReason, Reading, Record
+from engine.report import Readings
 from engine.report import health as completeness
+from engine.report.facts import gather
 from engine.report.health import DAY_MS, bin_slots, spread
+from engine.report.page import page
 from engine.sign.leaf import instant
 from engine.store import data
 from engine.store.spool import Spool
 from engine.store.store import Store
+from plugins.fileprincipals import PrincipalsFile
 
 DEVICE = "reactor-1-plc"
+PRINCIPALS = Path(__file__).resolve().parents[1] / "examples/sites/plant-basel/principals.yaml"
+AUDITOR = "inspector@audit.example"
 MIDNIGHT = (datetime.now(UTC) - timedelta(days=1)).replace(
     hour=0, minute=0, second=0, microsecond=0
 )
@@ -221,3 +232,48 @@ def test_a_batch_counted_at_once_counts_what_its_leaves_count_one_by_one(
     store.close()
     assert any(taken)
     assert not all(taken)
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_the_report_of_an_export_counts_from_its_readings_what_it_counts_from_the_store(
+    stopped_store, evidence_site, tmp_path, within
+):
+    """An export hands its report the readings of each batch it read whole (whose records are
+    all the usual reading of a point asked, in the range); the page counted from them is the
+    page counted from the store, byte for byte. A batch with a gap record, or one only partly
+    in the range, is handed to nobody: the report reads it."""
+    handed: dict[int, Readings] = {}
+
+    def report(store: Store, decision: Decision, *, counted: dict[int, Readings]) -> bytes:
+        handed.update(counted)
+        return b""
+
+    start, end = (
+        (START + timedelta(seconds=7), END - timedelta(seconds=3)) if within else (None,) * 2
+    )
+    span = Range(start and instant(start), end and instant(end))
+    with Store.open_existing(stopped_store) as store:
+        with store.reading() as conn:
+            asked = Question(AUDITOR, "export", [DEVICE], start=start, end=end)
+            decision = ask(conn, PrincipalsFile(PRINCIPALS), asked)
+            batches = data.batches(conn, DEVICE, None, None)
+        keys = evidence_site.key_store()
+        export(store, decision, span, keys, Target(tmp_path / "bundle.zip", report))
+        at = datetime.now(UTC)
+        pages = [
+            page(replace(gather(store, decision, None, None, given), made_at=at))
+            for given in (None, handed)
+        ]
+    assert 0 < len(handed) < len(batches)
+    assert pages[0] == pages[1]
+
+
+def test_a_batchs_readings_count_by_point_and_day_whichever_days_its_slots_are_of():
+    before, after = (instant(at).encode() for at in (MIDNIGHT - timedelta(seconds=5), MIDNIGHT))
+    day = completeness.to_ms(instant(MIDNIGHT))
+    one_day = Readings.of([b"TT", b"PT", b"TT"], [after, after, after])
+    assert one_day.days == {("TT", day): 2, ("PT", day): 1}
+    two_days = Readings.of([b"TT", b"PT", b"TT"], [before, after, after])
+    assert two_days.days == {("TT", day - DAY_MS): 1, ("PT", day): 1, ("TT", day): 1}
+    assert two_days.slots == {day - 5000: 1, day: 2}
+    assert (two_days.first, two_days.last) == (before.decode(), after.decode())

@@ -260,6 +260,27 @@ def test_two_exports_of_the_same_store_hold_the_same_evidence_bytes(exported: Ex
         assert {info.date_time for info in z.infolist()} == {writing.ZIP_TIME}
 
 
+@pytest.mark.parametrize("zip64_limit", [writing.ZIP64_LIMIT, 1000])
+def test_members_deflated_ahead_are_zipped_as_the_bytes_zipfile_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64_limit: int
+):
+    """The export deflates its members on another thread and zips them itself: the zip is the
+    one zipfile writes of them, byte for byte; a zip that would need ZIP64 records (the limit
+    lowered here) is written by zipfile."""
+    records = b"".join(b'{"batch":1,"position":%d,"leaf":{}}\n' % p for p in range(2000))
+    members = {"records.jsonl": records, "sources/p\u00f6licy.yaml": b"a: 1\n", "empty": b""}
+    monkeypatch.setattr(writing, "ZIP64_LIMIT", zip64_limit)
+    ahead = tmp_path / "ahead.zip"
+    writing.write_zip(ahead, members, writing.pack({"records.jsonl": records}))
+    reference = tmp_path / "zipfile.zip"
+    with zipfile.ZipFile(reference, "w") as z:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, writing.ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            z.writestr(info, members[name], zipfile.ZIP_DEFLATED, writing.DEFLATE_LEVEL)
+    assert ahead.read_bytes() == reference.read_bytes()
+
+
 @pytest.mark.parametrize("point", [False, True])
 def test_worker_processes_export_the_bytes_one_process_exports(
     plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: bool

@@ -1028,7 +1028,7 @@ def test_the_audit_key_cannot_rewrite_a_reactor_reading_under_the_boilers_plan(
 
     out, trust = tmp_path / "forged.zip", tmp_path / "trust.json"
     with Store.open_existing(store) as opened:
-        export(opened, decision, Range(), plant.key_store(), Target(out, lambda s, d: b""))
+        export(opened, decision, Range(), plant.key_store(), Target(out, lambda s, d, **_: b""))
     made = ["keys", "trust", "--db", store, *keys(plant), "--plan-key", PLAN_KEY, "-o", str(trust)]
     assert main(made) == 0
     said = verifier.verify(str(out), trust.read_bytes())

@@ -14,12 +14,13 @@ and signed by the same key. docs/bundle.md specifies every member.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine import audit
 from engine.access import Range, record
@@ -29,13 +30,20 @@ from engine.audit import os_user, seal_with
 from engine.errors import AccessDenied
 from engine.export import bundle, verifier
 from engine.keys import KeyStore
+from engine.report import Readings
 from engine.sign.leaf import instant
 from engine.sign.note import sign_note
 from engine.store import reads
 from engine.store.store import Store
 
-Report = Callable[[Store, Decision], bytes]
-"""Renders the bundle's ``report.html`` for an export decision."""
+
+class Report(Protocol):
+    """Renders the bundle's ``report.html`` for an export decision; ``counted``: the readings of
+    the batches the export read whole, by id, which it need not read again."""
+
+    def __call__(
+        self, store: Store, decision: Decision, *, counted: Mapping[int, Readings]
+    ) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -100,16 +108,33 @@ def _write(
             parallel=to.parallel,
         )
         gathered = bundle.gather(conn, asked, size)
-    gathered.members["report.html"] = to.report(store, decision)
-    gathered.members[verifier.VERIFIER] = Path(verifier.__file__).read_bytes()
+    files, packed = _completed(store, decision, gathered, to.report)
     about = _about(decision, span, origin, store.audit_key)
-    said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}))
+    said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}), files)
     note = _sign_manifest(said, origin, keys, store.audit_key)
-    bundle.write_zip(
-        to.out, {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
-    )
+    members = {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
+    bundle.write_zip(to.out, members, packed)
     records, batches = gathered.records, len(gathered.batches)
     return Exported(decision, records, batches, to.out, tuple(gathered.left_out))
+
+
+def _completed(
+    store: Store, decision: Decision, gathered: bundle.Gathered, report: Report
+) -> tuple[dict[str, str], dict[str, bundle.Packed]]:
+    """Add the report and ``verify.py`` to the gathered members; every member's digest, and
+    the gathered ones deflated. Those are hashed and deflated on two other threads while the
+    report is made (hashlib and zlib let go of the GIL: the other CPU does it)."""
+    members = dict(gathered.members)
+    with ThreadPoolExecutor(2) as helpers:
+        hashed = helpers.submit(bundle.digests, members)
+        packed = helpers.submit(bundle.pack, members)
+        made = {
+            "report.html": report(store, decision, counted=gathered.counted),
+            verifier.VERIFIER: Path(verifier.__file__).read_bytes(),
+        }
+        files = hashed.result() | bundle.digests(made)
+    gathered.members.update(made)
+    return files, packed.result()
 
 
 @dataclass(frozen=True)

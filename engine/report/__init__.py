@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from engine.access.guard import Decision
 from engine.report.facts import Checking, gather
+from engine.report.health import Readings
 from engine.report.page import page
 from engine.store.store import Store
 
@@ -30,10 +31,12 @@ def render(
     decision: Decision,
     checking: Checking | None = None,
     controls: Mapping[str, Sequence[str]] | None = None,
+    counted: Mapping[int, Readings] | None = None,
 ) -> bytes:
     """The report page of what ``decision`` allows: verified with ``checking``'s keys when
-    given, the policies' controls from ``controls`` (policy id: controls) when given."""
-    return page(gather(store, decision, checking, controls))
+    given, the policies' controls from ``controls`` (policy id: controls) when given; the
+    batches in ``counted`` (by id) by their readings there, not read again."""
+    return page(gather(store, decision, checking, controls, counted))
 
 
-__all__ = ["Checking", "render"]
+__all__ = ["Checking", "Readings", "render"]

@@ -32,7 +32,7 @@ from engine.keys import KeyVersion
 from engine.plans.body import PlanBody, PlanPoint, Waiver
 from engine.report import stored
 from engine.report.chart import period_for
-from engine.report.health import DAY_MS, Health, health, to_ms
+from engine.report.health import DAY_MS, Health, Readings, health, to_ms
 from engine.sign import note
 from engine.sign.leaf import instant
 from engine.store import reads
@@ -342,9 +342,11 @@ def gather(
     decision: Decision,
     checking: Checking | None,
     controls: Mapping[str, Sequence[str]] | None,
+    counted: Mapping[int, Readings] | None = None,
 ) -> Facts:
-    """The facts of the report on ``decision``'s scope, read in one transaction, then the
-    store's verification (when ``checking`` says with which keys)."""
+    """The facts of the report on ``decision``'s scope, read in one transaction (the batches in
+    ``counted`` by their readings there), then the store's verification (when ``checking``
+    says with which keys)."""
     scope = Scope.of(decision)
     with store.reading() as conn:
         plans = plans_of(conn, scope)
@@ -360,7 +362,7 @@ def gather(
             points=points,
             policies=policies(points, controls),
             exceptions=exceptions(points),
-            health=health(conn, scope.points, scope.span, min(period, DAY_MS)),
+            health=health(conn, scope.points, scope.span, min(period, DAY_MS), counted),
             period_ms=period,
             runs=runs(conn, scope),
             dropped=about_scope(conn, scope, ["batch.dropped"]),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -174,17 +174,57 @@ class Health:
         return summed
 
 
+@dataclass(frozen=True)
+class Readings:
+    """A batch's records when each is the usual reading (:data:`_READING`), counted: by point
+    and UTC day, and by slot; its first and last slot as written. The export counts the
+    batches it reads, so that its report need not read them again."""
+
+    days: Counter[tuple[str, int]]
+    """(point, start of the day) -> readings."""
+    slots: Counter[int]
+    """:func:`to_ms` of a slot -> readings."""
+    first: str
+    last: str
+
+    @classmethod
+    def of(cls, points: Sequence[bytes], slots: Sequence[bytes]) -> Readings:
+        """Count the point and slot of each record (its columns, in record order)."""
+        at = {slot: to_ms(slot.decode()) for slot in set(slots)}
+        by_slot: Counter[int] = Counter()
+        for slot, n in Counter(slots).items():
+            by_slot[at[slot]] += n
+        return cls(_by_day(points, slots, at), by_slot, min(at).decode(), max(at).decode())
+
+
+def _by_day(
+    points: Sequence[bytes], slots: Sequence[bytes], at: Mapping[bytes, int]
+) -> Counter[tuple[str, int]]:
+    """(point, start of the day) -> readings, of records' columns (``at``: each slot's ms):
+    counted by point when every slot is of one day (as a batch's usually are), else one by
+    one."""
+    day = {slot: ms // DAY_MS * DAY_MS for slot, ms in at.items()}
+    days = set(day.values())
+    if len(days) == 1:
+        (only,) = days
+        return Counter({(point.decode(), only): n for point, n in Counter(points).items()})
+    names = {point: point.decode() for point in set(points)}
+    return Counter(zip(map(names.__getitem__, points), map(day.__getitem__, slots), strict=True))
+
+
 def health(
     conn: Connection,
     wanted: Mapping[str, Collection[str] | None],
     span: Range,
     bucket_ms: int = DAY_MS,
+    counted: Mapping[int, Readings] | None = None,
 ) -> Health:
     """The tallies of ``wanted`` (device: its points, ``None`` for all its plans' points) in
-    ``span``, by day and by periods of ``bucket_ms`` (which divides a day)."""
+    ``span``, by day and by periods of ``bucket_ms`` (which divides a day). ``counted``: the
+    readings of batches already read (by batch id), taken instead of reading them."""
     out = Health(bucket_ms)
     for device, points in sorted(wanted.items()):
-        _Device(conn, device, points, span, bucket_ms).tally(out)
+        _Device(conn, device, points, span, bucket_ms).tally(out, counted or {})
     return out
 
 
@@ -232,12 +272,14 @@ class _Device:
         """By start of the period, the points summed."""
         self.slots: dict[bytes, int] = {}
         """:func:`to_ms` of each slot seen: a device's points share their slots."""
-        self.names: dict[bytes, str] = {}
-        """Each point's name, decoded once."""
 
-    def tally(self, out: Health) -> None:
-        """Count the device's records and scheduled slots, then put its tallies in ``out``."""
+    def tally(self, out: Health, counted: Mapping[int, Readings]) -> None:
+        """Count the device's records (a batch in ``counted`` by its count there, when it holds
+        only readings asked) and scheduled slots, then put its tallies in ``out``."""
         for batch in self.batches:
+            known = counted.get(batch.id)
+            if known is not None and self._readings(known):
+                continue
             plan = self.plans.get(batch.plan_digest)
             leaves = [leaf for _, leaf in data.leaves(self.conn, batch.id)]
             if not self._usual(leaves):
@@ -260,24 +302,21 @@ class _Device:
         found = _READINGS.findall(joined)
         if not found or len(found) != len(leaves) or joined.count(b"\n") != len(leaves) - 1:
             return False
-        points, slots = list(map(itemgetter(0), found)), list(map(itemgetter(1), found))
-        distinct = set(slots)
-        for point in set(points).difference(self.names):
-            self.names[point] = point.decode()
-        if not self.points.issuperset(map(self.names.__getitem__, set(points))):
-            return False
-        if not (
-            self.span.holds(min(distinct).decode()) and self.span.holds(max(distinct).decode())
-        ):
-            return False
-        at = {slot: self._slot(slot) for slot in distinct}
-        day = {slot: ms // DAY_MS * DAY_MS for slot, ms in at.items()}
-        self.days.readings.update(
-            zip(map(self.names.__getitem__, points), map(day.__getitem__, slots), strict=True)
+        return self._readings(
+            Readings.of(list(map(itemgetter(0), found)), list(map(itemgetter(1), found)))
         )
-        for slot, n in Counter(slots).items():
-            self.periods.readings[at[slot] // self.bucket_ms * self.bucket_ms] += n
-        self._seen(min(at.values()), max(at.values()) + 1)
+
+    def _readings(self, read: Readings) -> bool:
+        """Count a batch's usual readings when each is of a point asked, in the range; else
+        count nothing and say so."""
+        if not self.points.issuperset(point for point, _ in read.days):
+            return False
+        if not (self.span.holds(read.first) and self.span.holds(read.last)):
+            return False
+        self.days.readings.update(read.days)
+        for at, n in read.slots.items():
+            self.periods.readings[at // self.bucket_ms * self.bucket_ms] += n
+        self._seen(min(read.slots), max(read.slots) + 1)
         return True
 
     def _slot(self, slot: bytes) -> int:
