@@ -266,6 +266,30 @@ def erase_without_a_receipt(conn: sa.Connection) -> list[Named]:
     ]
 
 
+def relabel_the_point_map(conn: sa.Connection) -> list[Named]:
+    """Rewrite the stored point map of a batch receipts deleted from, calling its every
+    position P2: the map an insider would need for a receipt that lies about its points."""
+    row = one(
+        conn,
+        "SELECT b.id, b.count FROM batches b JOIN erasures e ON e.batch_id = b.id"
+        " ORDER BY e.id LIMIT 1",
+    )
+    relabelled = json.dumps(["P2"] * row.count, separators=(",", ":")).encode()
+    conn.execute(
+        sa.text("UPDATE batches SET point_map = :m WHERE id = :b"), {"m": relabelled, "b": row.id}
+    )
+    return [Named(batch_label(conn, row.id), "its stored point map is not the one its statement")]
+
+
+def delete_the_point_map(conn: sa.Connection) -> list[Named]:
+    row = one(
+        conn,
+        "SELECT b.id FROM batches b JOIN erasures e ON e.batch_id = b.id ORDER BY e.id LIMIT 1",
+    )
+    conn.execute(sa.text("UPDATE batches SET point_map = NULL WHERE id = :b"), {"b": row.id})
+    return [Named(batch_label(conn, row.id), "the store keeps no point map of it")]
+
+
 def delete_the_hold(conn: sa.Connection) -> list[Named]:
     row = one(conn, "SELECT id FROM holds ORDER BY id LIMIT 1")
     conn.execute(sa.text("DELETE FROM holds WHERE id = :id"), {"id": row.id})
@@ -288,6 +312,8 @@ TAMPERS: dict[str, Tamper] = {
     "leaf-hashes-kept-when-none-are-due": keep_hashes_none_are_due,
     "erasure-deleted": delete_an_erasure,
     "erased-without-receipt": erase_without_a_receipt,
+    "point-map-relabelled": relabel_the_point_map,
+    "point-map-deleted": delete_the_point_map,
     "hold-deleted": delete_the_hold,
     "hold-released-behind-the-log": release_the_hold_behind_the_log,
 }
@@ -445,3 +471,54 @@ def test_a_misshapen_receipt_without_the_audit_key_is_named(
         seq = forge_deletion(conn, batch_id, line_a.payload, reshape)
     report = verify(retention_site, lawful, tmp_path)
     assert_named(report, [Named(f"receipt (audit entry {seq})", message)])
+
+
+def as_point(claimed: str, template: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A receipt that says every position it deletes was ``claimed``, with the expiry the
+    lawful receipt ``template`` gives that point."""
+    (calculation,) = [e for e in template["expiries"] if claimed in e["points"]]
+
+    def reshape(said: dict[str, Any]) -> dict[str, Any]:
+        points = [{"device": said["device"], "point": claimed, "count": said["count"]}]
+        expiries = [calculation | {"points": [claimed], "positions": said["positions"]}]
+        return said | {"points": points, "expiries": expiries}
+
+    return reshape
+
+
+def test_records_not_expired_deleted_as_another_point_are_named(
+    retention_site, store, backend, tmp_path
+):
+    """lab-c keeps P1 at least 3 hours, P2 at most 10 minutes: after a lawful run its batches
+    hold only P1 records. An insider deletes them with a receipt calling them P2 (expired,
+    unheld); the batch's signed point map says P1."""
+    run(retention_site, store)
+    lab_c = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "lab-c")
+    batch_id = lab_c.payload["batch"]
+    with database(backend).begin() as conn:
+        seq = forge_deletion(conn, batch_id, lab_c.payload, as_point("P2", lab_c.payload))
+        label = batch_label(conn, batch_id)
+    assert_named(
+        verify(retention_site, store, tmp_path),
+        [Named(f"receipt (audit entry {seq})", f"of {label} as P2, where its signed point map")],
+    )
+
+
+def test_held_records_deleted_as_another_point_are_named(
+    retention_site, store, principals_file, backend, tmp_path
+):
+    """A hold on line-a's P1 alone: the run keeps P1 and deletes P2. An insider deletes the held
+    P1 records, calling them P2 (the same retention class)."""
+    holder = PrincipalsFile(principals_file)
+    place(store, holder, "lena@example.com", Scope(("line-a",), ("P1",)), "litigation")
+    run(retention_site, store)
+    line_a = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a")
+    assert line_a.payload["remaining"] > 0  # the run kept the held P1 records
+    batch_id = line_a.payload["batch"]
+    with database(backend).begin() as conn:
+        seq = forge_deletion(conn, batch_id, line_a.payload, as_point("P2", line_a.payload))
+        label = batch_label(conn, batch_id)
+    assert_named(
+        verify(retention_site, store, tmp_path),
+        [Named(f"receipt (audit entry {seq})", f"of {label} as P2, where its signed point map")],
+    )

@@ -699,11 +699,11 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
     ):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, METADATA) == []
-        assert alembic_version(conn) == ["0004"]
+        assert alembic_version(conn) == ["0005"]
         origin = auditlog.origin(conn)
     with contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as again:
         with again.reading() as conn:
-            assert alembic_version(conn) == ["0004"]
+            assert alembic_version(conn) == ["0005"]
             assert auditlog.origin(conn) == origin
             (made,) = auditlog.entries(conn)
         assert again.counts()["audit_entries"] == 1  # made once, with the log

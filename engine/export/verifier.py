@@ -1045,7 +1045,7 @@ def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
     statement = str(said.get("statement", "")).encode()
     head = _statement(statement)
     if head is None:
-        return "its statement is not a converge.batch/v1 statement"
+        return "its statement is not a converge.batch/v2 statement"
     problem = _batch_problem(head, statement, said, ctx)
     if problem:
         return problem
@@ -1110,7 +1110,7 @@ def _statement(data: bytes) -> dict[str, Any] | None:
         int(head["count"])
     except (ValueError, KeyError, TypeError):
         return None
-    return head if head.get("format") == "converge.batch/v1" else None
+    return head if head.get("format") == "converge.batch/v2" else None
 
 
 @dataclass(frozen=True)

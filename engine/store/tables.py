@@ -109,6 +109,13 @@ BATCHES = Table(
     _text("keys", doc="JSON list of the keys that must sign (empty: unsigned)."),
     _text("waiver", doc="Canonical JSON list of the waivers that allow an unsigned batch."),
     _seq("audit_seq", index=True),
+    _blob(
+        "point_map",
+        nullable=True,
+        doc="The batch's point map (canonical JSON array of its records' points, in batch"
+        " order), whose SHA-256 the statement signs: it outlives the records retention deletes."
+        " Null only in a batch stored before statements signed one (converge.batch/v1).",
+    ),
     UniqueConstraint("device", "root", name="uq_batches_device_root"),
     # the plans in force over a range (engine.store.data.plans_named)
     Index("ix_batches_device_plan_digest_window_end", "device", "plan_digest", "window_end"),
