@@ -14,6 +14,7 @@ appended after the last checkpoint (where a killed run's receipts may be).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -26,6 +27,7 @@ from retention_kit import DEVICES, TEN_MINUTES, kinds, run, sealed
 from test_tamper import Named, assert_named, batch_label, database, one
 
 from engine.audit import Actor
+from engine.canonical import canonical_json
 from engine.plans.expiry import expiry
 from engine.retention import receipt as receipts
 from engine.retention import run as runs
@@ -281,6 +283,24 @@ def relabel_the_point_map(conn: sa.Connection) -> list[Named]:
     return [Named(batch_label(conn, row.id), "its stored point map is not the one its statement")]
 
 
+def relabel_the_signed_point_map(conn: sa.Connection) -> list[Named]:
+    """Rewrite a statement to sign a map calling every position P2, and store that map: what
+    a signing key's holder could sign. The signatures fail, and the records the batch still
+    holds (lab-c's P1) are named against the map."""
+    row = one(
+        conn,
+        "SELECT b.id, b.count, b.statement FROM batches b JOIN erasures e ON e.batch_id = b.id"
+        " WHERE b.device = 'lab-c' ORDER BY e.id LIMIT 1",
+    )
+    relabelled = json.dumps(["P2"] * row.count, separators=(",", ":")).encode()
+    said = json.loads(bytes(row.statement)) | {"point_map": hashlib.sha256(relabelled).hexdigest()}
+    conn.execute(
+        sa.text("UPDATE batches SET statement = :s, point_map = :m WHERE id = :b"),
+        {"s": canonical_json(said), "m": relabelled, "b": row.id},
+    )
+    return [Named(batch_label(conn, row.id), "is of point P1, where its signed point map says P2")]
+
+
 def delete_the_point_map(conn: sa.Connection) -> list[Named]:
     row = one(
         conn,
@@ -314,6 +334,7 @@ TAMPERS: dict[str, Tamper] = {
     "erased-without-receipt": erase_without_a_receipt,
     "point-map-relabelled": relabel_the_point_map,
     "point-map-deleted": delete_the_point_map,
+    "signed-point-map-relabelled": relabel_the_signed_point_map,
     "hold-deleted": delete_the_hold,
     "hold-released-behind-the-log": release_the_hold_behind_the_log,
 }

@@ -348,7 +348,7 @@ def _mapped(c: _Context, maps: dict[int, list[str] | None]) -> bool:
     expiry and the holds are judged by, so without this a receipt would decide by its own word
     which points it deleted (``maps``: each batch's point map, parsed once)."""
     if c.info.id not in maps:
-        maps[c.info.id] = _map_names(c.info)
+        maps[c.info.id] = map_names(c.info)
     names = maps[c.info.id]
     if names is None:
         c.report.add(
@@ -371,7 +371,7 @@ def _mapped(c: _Context, maps: dict[int, list[str] | None]) -> bool:
     return True
 
 
-def _map_names(info: BatchInfo) -> list[str] | None:
+def map_names(info: BatchInfo) -> list[str] | None:
     """The points of a batch's signed point map, one per position; None when it keeps none, or
     its statement signed one that is not a list of as many names as it has records."""
     if info.point_map is None:
