@@ -507,39 +507,36 @@ def as_point(claimed: str, template: dict[str, Any]) -> Callable[[dict[str, Any]
     return reshape
 
 
-def test_records_not_expired_deleted_as_another_point_are_named(
-    retention_site, store, backend, tmp_path
-):
-    """lab-c keeps P1 at least 3 hours, P2 at most 10 minutes: after a lawful run its batches
-    hold only P1 records. An insider deletes them with a receipt calling them P2 (expired,
-    unheld); the batch's signed point map says P1."""
-    run(retention_site, store)
-    lab_c = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "lab-c")
-    batch_id = lab_c.payload["batch"]
+def deleted_as_p2(retention_site, store, backend, tmp_path, device: str) -> None:
+    """An insider deletes the P1 records the batch of ``device``'s lawful receipt still holds,
+    with a receipt calling them P2 (expired, unheld): named by the batch's signed point map."""
+    lawful = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == device)
+    assert lawful.payload["remaining"] > 0  # the run kept P1 records of it
+    batch_id = lawful.payload["batch"]
     with database(backend).begin() as conn:
-        seq = forge_deletion(conn, batch_id, lab_c.payload, as_point("P2", lab_c.payload))
+        seq = forge_deletion(conn, batch_id, lawful.payload, as_point("P2", lawful.payload))
         label = batch_label(conn, batch_id)
     assert_named(
         verify(retention_site, store, tmp_path),
         [Named(f"receipt (audit entry {seq})", f"of {label} as P2, where its signed point map")],
     )
+
+
+def test_records_not_expired_deleted_as_another_point_are_named(
+    retention_site, store, backend, tmp_path
+):
+    """lab-c keeps P1 at least 3 hours, P2 at most 10 minutes: after a lawful run its batches
+    hold only P1 records, which the insider deletes as P2."""
+    run(retention_site, store)
+    deleted_as_p2(retention_site, store, backend, tmp_path, "lab-c")
 
 
 def test_held_records_deleted_as_another_point_are_named(
     retention_site, store, principals_file, backend, tmp_path
 ):
-    """A hold on line-a's P1 alone: the run keeps P1 and deletes P2. An insider deletes the held
-    P1 records, calling them P2 (the same retention class)."""
+    """A hold on line-a's P1 alone: the run keeps P1 and deletes P2; the insider deletes the
+    held P1 records as P2 (the same retention class)."""
     holder = PrincipalsFile(principals_file)
     place(store, holder, "lena@example.com", Scope(("line-a",), ("P1",)), "litigation")
     run(retention_site, store)
-    line_a = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a")
-    assert line_a.payload["remaining"] > 0  # the run kept the held P1 records
-    batch_id = line_a.payload["batch"]
-    with database(backend).begin() as conn:
-        seq = forge_deletion(conn, batch_id, line_a.payload, as_point("P2", line_a.payload))
-        label = batch_label(conn, batch_id)
-    assert_named(
-        verify(retention_site, store, tmp_path),
-        [Named(f"receipt (audit entry {seq})", f"of {label} as P2, where its signed point map")],
-    )
+    deleted_as_p2(retention_site, store, backend, tmp_path, "line-a")
