@@ -46,7 +46,7 @@ from engine.sign.batch import (
     Statement,
     covered_until,
     in_order,
-    point_map,
+    point_map_hash,
     record_order,
     window_bounds,
 )
@@ -80,7 +80,7 @@ class Cut:
     """Runs ``[i, j)`` of records with equal (time, point, type): ordered by leaf hash."""
     gaps: list[int]
     point_map: bytes
-    """The SHA-256 of the batch's point map (:func:`~engine.sign.batch.point_map`): the
+    """The SHA-256 of the batch's point map (:func:`~engine.sign.batch.point_map_hash`): the
     records' points, which the collector has (the sealer has only their leaves). The
     records of a run of :attr:`ties` share their point: ordering it changes no name."""
     covered_until: str
@@ -146,7 +146,7 @@ def cut(spec: BatchSpec, window: int, records: Window, at: datetime, hashed: boo
         len(leaves),
         [] if hashed else ties,
         gaps,
-        _sha256(point_map([r.point for r in kept])).digest(),
+        point_map_hash([r.point for r in kept]),
         covered_until([kept[-1], *(kept[i] for i in gaps)]),
         at,
         root,

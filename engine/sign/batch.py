@@ -291,7 +291,7 @@ class Statement:
     plan_digest: str
     previous_root: bytes
     point_map: bytes
-    """The SHA-256 of the batch's :func:`point_map`."""
+    """The SHA-256 of the batch's :func:`point_map` (:func:`point_map_hash`)."""
 
     def members(self) -> dict[str, Any]:
         """The statement as JSON members, without ``format`` (audit entries say the same)."""
@@ -319,13 +319,13 @@ class Statement:
             batch.root,
             batch.plan_digest,
             batch.previous_root,
-            _sha256(point_map([e.record.point for e in batch.entries])).digest(),
+            point_map_hash([e.record.point for e in batch.entries]),
         )
 
     @classmethod
     def parse(cls, data: bytes) -> Statement:
-        """Raises MalformedStatement unless ``data`` is exactly a canonical v2 statement
-        (a v1 statement, which signs no point map, included: docs/records.md)."""
+        """Raises MalformedStatement unless ``data`` is exactly a canonical v2 statement: a v1
+        statement, which signs no point map, is refused too (docs/records.md)."""
         try:
             obj = json.loads(data)
             parsed = cls(
@@ -366,6 +366,11 @@ def point_map(points: list[str]) -> bytes:
     write it, without its checks for numbers (a collector makes one per batch it seals).
     """
     return _NAMES.encode(points).encode()
+
+
+def point_map_hash(points: list[str]) -> bytes:
+    """The SHA-256 of the :func:`point_map` of records of ``points``: what a statement signs."""
+    return _sha256(point_map(points)).digest()
 
 
 def statement(batch: Batch) -> bytes:
@@ -446,7 +451,7 @@ def verify_batch(
     got = root_of_hashes([e.leaf_hash for e in entries])
     if got != parsed.root:
         raise RootMismatch(got, parsed.root, "batch root")
-    if _sha256(point_map([e.record.point for e in entries])).digest() != parsed.point_map:
+    if point_map_hash([e.record.point for e in entries]) != parsed.point_map:
         raise PointMapMismatch
     return parsed
 

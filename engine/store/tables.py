@@ -7,7 +7,10 @@ salt with it. Nothing about a record is stored twice: there is no column a
 tamperer could change beside the bytes the hash covers.
 
 A batch row keeps its signed statement and, as columns for queries, what the
-statement says; the verifier checks the two agree. Audit entries are stored as
+statement says; the verifier checks the two agree. It also keeps the batch's
+point map (each position's point), which the statement signs by its SHA-256:
+the one thing about its records a batch keeps beside their leaves, so that it
+outlives the records retention deletes. Audit entries are stored as
 their canonical JSON (the audit log's leaves), with ``kind`` and ``time``
 beside them for listing, also checked against the entry.
 
