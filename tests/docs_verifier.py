@@ -996,7 +996,10 @@ class Verifier:
         if raw is None or hashlib.sha256(raw).hexdigest() != statement["point_map"]:
             self.fail(item, "its stored point map is not the one its statement signs")
             return None
-        names = json.loads(raw)
+        try:
+            names = json.loads(raw)
+        except ValueError:
+            names = None
         if not (
             isinstance(names, list)
             and len(names) == statement["count"]
