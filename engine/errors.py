@@ -36,7 +36,8 @@ here, the leaves beside the code that raises them::
         ├── ProofLengthError, HashLengthError, IndexOutOfRange,
         │   TreeSizeError          proof arithmetic that does not add up          (sign.merkle)
         ├── MalformedStatement, MissingSignature,
-        │   CountMismatch, ChainBroken   a batch that is not what was signed       (sign.batch)
+        │   CountMismatch, ChainBroken,
+        │   PointMapMismatch       a batch that is not what was signed            (sign.batch)
         ├── BadTime                a stored time that is not an aware instant          (verify)
         ├── NoteError              a signed note that cannot be trusted              (sign.note)
         │   ├── MalformedNote      text that is no signed note (MalformedPlanNote: plans.signature)

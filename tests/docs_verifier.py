@@ -444,6 +444,7 @@ KINDS = {
         "root",
         "previous_root",
         "plan_digest",
+        "point_map",
         "keys",
         "waiver",
     },
@@ -502,6 +503,7 @@ STATEMENT = {
     "root",
     "plan_digest",
     "previous_root",
+    "point_map",
 }
 
 
@@ -921,7 +923,7 @@ class Verifier:
             signatures[batch_id][as_text(key)] = as_bytes(signature)
         columns = (
             "id, device, window_start, window_end, count, root, previous_root, plan_digest,"
-            " statement, keys, waiver, audit_seq"
+            " statement, keys, waiver, audit_seq, point_map"
         )
         by_seq: dict[int, int] = {}
         for row in db.execute(f"SELECT {columns} FROM batches ORDER BY id"):
@@ -944,7 +946,11 @@ class Verifier:
         except ValueError as exc:
             self.fail(item, f"its statement: {exc}")
             return
-        self.batches[row["id"]] = {"item": item, "statement": statement}
+        self.batches[row["id"]] = {
+            "item": item,
+            "statement": statement,
+            "points": self.point_map(item, row["point_map"], statement),
+        }
         keys, waiver = self.columns(item, row, statement)
         plan = self.plans.get(statement["plan_digest"])
         if plan is None or plan.device != statement["device"]:
@@ -968,20 +974,40 @@ class Verifier:
         value = canonical(raw)
         if not isinstance(value, dict) or set(value) != STATEMENT:
             raise ValueError("not the members of a batch statement")
-        if value["format"] != "converge.batch/v1" or not isinstance(value["device"], str):
-            raise ValueError("not a converge.batch/v1 statement")
+        if value["format"] != "converge.batch/v2" or not isinstance(value["device"], str):
+            raise ValueError("not a converge.batch/v2 statement")
         instant(value["window_start"]), instant(value["window_end"])
         count = value["count"]
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ValueError(f"count {count!r}")
         if not all(
             isinstance(value[k], str) and HEX64.fullmatch(value[k])
-            for k in ("root", "previous_root")
+            for k in ("root", "previous_root", "point_map")
         ):
-            raise ValueError("a root is not 64 hex digits")
+            raise ValueError("a root or its point map is not 64 hex digits")
         if not isinstance(value["plan_digest"], str) or not DIGEST.fullmatch(value["plan_digest"]):
             raise ValueError("plan_digest is not sha256:HEX")
         return value
+
+    def point_map(self, item: str, stored: Any, statement: dict[str, Any]) -> list[str] | None:
+        """records.md#the-point-map: the stored map hashes to the statement's ``point_map``
+        and is a JSON array of one point name per record; its names, or None (failed)."""
+        raw = None if stored is None else as_bytes(stored)
+        if raw is None or hashlib.sha256(raw).hexdigest() != statement["point_map"]:
+            self.fail(item, "its stored point map is not the one its statement signs")
+            return None
+        try:
+            names = json.loads(raw)
+        except ValueError:
+            names = None
+        if not (
+            isinstance(names, list)
+            and len(names) == statement["count"]
+            and all(isinstance(n, str) for n in names)
+        ):
+            self.fail(item, "its point map is not one point name per record")
+            return None
+        return names
 
     def columns(
         self, item: str, row: dict[str, Any], statement: dict[str, Any]
@@ -1082,6 +1108,7 @@ class Verifier:
         for batch_id, batch in self.batches.items():
             records = sorted(found.get(batch_id, []))
             self.records(batch["item"], batch["statement"], records, erased.get(batch_id, {}))
+            self.mapped(batch["item"], batch["points"], records)
 
     def records(
         self,
@@ -1133,6 +1160,18 @@ class Verifier:
             self.fail(item, "; ".join(bad[:3]))
         elif keys != sorted(keys):
             self.fail(item, "its records are not in the order records.md sorts them")
+
+    def mapped(self, item: str, points: list[str] | None, records: list[Any]) -> None:
+        """records.md#the-point-map: each stored record is of the point the map names at its
+        position."""
+        for position, leaf, _ in records:
+            try:
+                point = canonical(leaf).get("point")
+            except (ValueError, AttributeError):
+                continue  # not a record: records() names it
+            if points is not None and position < len(points) and points[position] != point:
+                self.fail(item, f"its record at {position} is not of the point its map names")
+                return
 
     def leaf(self, leaf: bytes, kind: str, device: str) -> tuple[str, str]:
         """records.md#leaf-bytes: the record's time (an instant) and point."""
@@ -1318,8 +1357,13 @@ class Verifier:
             self.fail(item, "its leaf hashes are not one per position (none when none remain)")
         covered: list[int] = []
         plan = self.plans.get(s["plan_digest"])
+        points = batch["points"]
         for calc in said["expiries"]:
             covered.extend(expand(calc["positions"]))
+            if points is None:
+                self.fail(item, "its batch has no signed point map to check its points by")
+            elif any(points[p] not in calc["points"] for p in expand(calc["positions"])):
+                self.fail(item, "deletes a position its batch's point map gives another point")
             for point in calc["points"]:
                 self.lawful(item, entry, plan, calc, point)
         if sorted(covered) != positions:

@@ -18,6 +18,7 @@ to find (tests/test_insider.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -37,7 +38,7 @@ from engine.keys import KeyVersion
 from engine.plans.format import seal
 from engine.plans.signature import PlanClaim, sign_claim
 from engine.sign import note
-from engine.sign.leaf import instant
+from engine.sign.leaf import instant, point_map_of
 from engine.sign.merkle import MerkleLog, MerkleTree, leaf_hash, root_of_hashes
 from plugins.filekeys.store import FileKeyStore
 
@@ -313,7 +314,7 @@ class Forger:
         prev = self.batch(after)
         start, end = map(datetime.fromisoformat, (prev.window_start, prev.window_end))
         said = {
-            "format": "converge.batch/v1",
+            "format": "converge.batch/v2",
             "device": prev.device,
             "window_start": prev.window_end,
             "window_end": instant(end + (end - start)),
@@ -321,13 +322,14 @@ class Forger:
             "root": root_of_hashes([leaf_hash(leaf) for leaf in leaves]).hex(),
             "plan_digest": prev.plan_digest,
             "previous_root": bytes(prev.root).hex(),
+            "point_map": hashlib.sha256(point_map_of(leaves)).hexdigest(),
         }
         seq = self.append("batch.stored", {}, datetime.now(UTC))
         batch_id = self.conn.execute(
             sa.text(
                 "INSERT INTO batches (device, window_start, window_end, count, root, "
-                "previous_root, plan_digest, statement, keys, waiver, audit_seq) VALUES "
-                "(:device, :ws, :we, :count, :root, :prev, :plan, :s, '[]', '[]', :seq) "
+                "previous_root, plan_digest, statement, keys, waiver, audit_seq, point_map) VALUES "
+                "(:device, :ws, :we, :count, :root, :prev, :plan, :s, '[]', '[]', :seq, :map) "
                 "RETURNING id"
             ),
             {
@@ -340,6 +342,7 @@ class Forger:
                 "plan": prev.plan_digest,
                 "s": canonical_json(said),
                 "seq": seq,
+                "map": point_map_of(leaves),
             },
         ).scalar_one()
         for position, leaf in enumerate(leaves):

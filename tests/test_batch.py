@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,26 @@ from engine.sign.batch import (
     MalformedStatement,
     MissingSignature,
     MissingSigner,
+    PointMapMismatch,
     Signature,
+    Statement,
     make_batch,
+    point_map,
+    point_map_hash,
     sign_batch,
     statement,
     verify_batch,
     verify_record,
     verify_statement,
 )
-from engine.sign.leaf import LeafError, leaf_bytes, leaf_object, new_salt, record_leaf_hash
+from engine.sign.leaf import (
+    LeafError,
+    leaf_bytes,
+    leaf_object,
+    new_salt,
+    point_map_of,
+    record_leaf_hash,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = sorted((REPO / "tests" / "vectors" / "leaf").glob("*.json"))
@@ -567,6 +579,39 @@ def test_a_changed_statement_breaks_the_signatures():
     forged = statement(dataclasses.replace(batch, entries=batch.entries[1:]))
     with pytest.raises(BadSignature):
         check(batch, pairs(batch)[1:], sigs, data=forged)
+
+
+def test_records_of_other_points_than_the_signed_point_map_are_refused():
+    """The same records under a statement whose point map names each of another point (the
+    gap's and a reading's points swapped): the root holds, the map does not."""
+    batch = one_batch()
+    points = [e.record.point for e in batch.entries]
+    points[0], points[1] = points[1], points[0]
+    assert points != [e.record.point for e in batch.entries]
+    lying = dataclasses.replace(Statement.of(batch), point_map=point_map_hash(points))
+    with pytest.raises(PointMapMismatch):
+        verify_batch(lying.to_bytes(), [], {}, pairs(batch), previous_root=None)
+
+
+def test_the_point_map_is_read_from_the_leaves_as_the_collector_writes_it():
+    """The store's map, read from the leaves (names with escapes and beyond ASCII included),
+    is the bytes whose SHA-256 the collector signed."""
+    names = ["TT701", 'quote"d', "back\\slash", "tab\there", "Temperatur-Ü"]
+    records = [reading(T0 + timedelta(seconds=i), point=n) for i, n in enumerate(names)]
+    (batch,) = batches_of(records, plan(**{name: {} for name in names}))
+    leaves = [e.leaf for e in batch.entries]
+    assert point_map_of(leaves) == point_map([e.record.point for e in batch.entries])
+    assert json.loads(point_map_of(leaves)) == [e.record.point for e in batch.entries]
+    assert sha256(point_map_of(leaves)).digest() == Statement.of(batch).point_map
+
+
+def test_a_v1_statement_is_refused():
+    """A statement of before point maps: no ``point_map``, format v1 (docs/records.md)."""
+    said = json.loads(statement(one_batch()))
+    del said["point_map"]
+    v1 = canonical_json(said | {"format": "converge.batch/v1"})
+    with pytest.raises(MalformedStatement):
+        verify_statement(v1, [], {}, previous_root=None)
 
 
 def test_a_wrong_previous_root_breaks_the_chain():

@@ -21,13 +21,14 @@ import test_export
 from evidence_kit import fill, verify
 from retention_kit import kinds, run
 from test_export import Exported, Members, export, failed, forged, trust_file
+from test_retention_tamper import as_point, forge_deletion
 from test_tamper import database, one
 
 from engine.audit import Actor, seal_with
 from engine.export import verifier
 from engine.plans.expiry import expiry
 from engine.retention.holds import place
-from engine.sign.leaf import instant
+from engine.sign.leaf import instant, point_map_of
 from engine.sign.merkle import MerkleTree
 from engine.store import auditlog, data
 from engine.store.retention import Scope, erase
@@ -51,9 +52,11 @@ def test_a_record_dropped_from_a_batch_the_export_asks_whole_is_named(
         lines = members["records.jsonl"].splitlines(keepends=True)
         batch = json.loads(lines[0])["batch"]
         mine = [line for line in lines if json.loads(line)["batch"] == batch]
-        tree = MerkleTree.from_leaves([line[line.index(b'"leaf":') + 7 : -2] for line in mine])
+        leaves = [line[line.index(b'"leaf":') + 7 : -2] for line in mine]
+        tree = MerkleTree.from_leaves(leaves)
         said = json.loads(members[f"batches/{batch}.json"])
         assert "proofs" not in said
+        said["point_map"] = point_map_of(leaves).decode()  # as a batch exported in part has
         said["proofs"] = {
             str(p): [base64.b64encode(h).decode() for h in tree.inclusion_proof(p)]
             for p in range(len(mine))
@@ -430,3 +433,68 @@ def test_a_bundle_from_inside_a_batch_carries_the_hold_that_covered_it(
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
     want = f"FAIL receipt (audit entry {seq}): deletes line-a/P1"
     assert [line for line in failed(both(out, trust)) if line.startswith(want) and "hold" in line]
+
+
+# --- a receipt's points, against the signed point map --------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bundled_receipt_deleting_records_as_another_point_is_named(
+    retention_site, backend, tmp_path: Path, both
+):
+    """lab-c keeps P1 at least 3 hours, P2 at most 10 minutes: after a lawful run its batches
+    hold only P1 records. Someone who can write the database deletes them with a receipt in the
+    log's unsigned tail calling them P2 (expired, unheld); audit verify names it, and the
+    export of lab-c carries the batch's signed point map, by which both verifiers name it."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    run(retention_site, store)
+    lab_c = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "lab-c")
+    batch_id = lab_c.payload["batch"]
+    with database(backend).begin() as conn:
+        first = one(
+            conn,
+            "SELECT min(position) AS p FROM (SELECT position FROM readings WHERE batch_id = :b"
+            " UNION ALL SELECT position FROM gap_records WHERE batch_id = :b) AS kept",
+            b=batch_id,
+        ).p
+        seq = forge_deletion(conn, batch_id, lab_c.payload, as_point("P2", lab_c.payload))
+    count = lab_c.payload["remaining"]  # what the forged receipt deletes
+    lie = f"deletes position {first} of batch {batch_id}"
+    assert _named_by_audit_verify(retention_site, store, seq, "where its signed point map says P1")
+    store.close()
+    out = tmp_path / "lab-c.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "lab-c") == 0
+    trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
+    assert failed(both(out, trust)) == [
+        f"FAIL receipt (audit entry {seq}): {lie} as P2, where its signed point map says P1",
+        f"FAIL batch {batch_id}: position {first} (and {count - 1} more) is neither exported nor"
+        " removed by a receipt (retention.json), though the export asks for every record of it",
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bundled_point_map_that_is_not_the_signed_one_is_named(
+    retention_site, backend, tmp_path: Path, both
+):
+    """The log key's holder relabels the point map of a batch exported in part (what a lying
+    receipt would need): its SHA-256 is not the one the statement signs."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    run(retention_site, store)
+    lab_c = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "lab-c")
+    batch_id = lab_c.payload["batch"]
+    store.close()
+    out = tmp_path / "lab-c.zip"
+    assert export(backend, retention_site.keys_dir, out, "--device", "lab-c") == 0
+    trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
+
+    def relabel(members: Members) -> Members:
+        name = f"batches/{batch_id}.json"
+        said = json.loads(members[name])
+        said["point_map"] = json.dumps(["P2"] * len(json.loads(said["point_map"])))
+        return members | {name: json.dumps(said).encode()}
+
+    relabelled = forged(retention_site, out, tmp_path / "relabelled.zip", relabel)
+    assert (
+        f"FAIL batch {batch_id} (batches/{batch_id}.json): its point map is not the one its"
+        " statement signs"
+    ) in failed(both(relabelled, trust))

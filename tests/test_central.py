@@ -40,7 +40,7 @@ from engine.evidence import EvidenceConfig
 from engine.keys import KeyStore
 from engine.plugin_manager import make_plugin_manager
 from engine.sign.batch import Signature
-from engine.sign.leaf import instant
+from engine.sign.leaf import instant, point_map_of, point_of
 from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
 from engine.store.central import CentralStore
 from engine.store.sealed import SealedBatch
@@ -281,16 +281,21 @@ def test_every_batch_reaches_the_centre_once_and_the_site_log_is_cosigned(
     assert site_report.counts["cosignatures"] >= 1
 
 
-def forked(site: Site, message: BatchMessage) -> bytes:
-    """Another batch after the same previous batch, validly signed by the site's keys."""
+def forked(site: Site, message: BatchMessage, mapped: bool = True) -> bytes:
+    """Another batch after the same previous batch, validly signed by the site's keys: two
+    readings of two points swapped. Its statement signs their new point map, or (not
+    ``mapped``) the old one, which then says each of the two is of the other's point."""
     sealed = message.sealed
     head = sealed.head
-    i, j = [p for p in range(len(sealed.leaves)) if p not in sealed.gaps][:2]
+    readings = [p for p in range(len(sealed.leaves)) if p not in sealed.gaps]
+    i = readings[0]
+    j = next(p for p in readings if point_of(sealed.leaves[p]) != point_of(sealed.leaves[i]))
     swapped = list(sealed.leaves)
     swapped[i], swapped[j] = swapped[j], swapped[i]  # two readings in another order: another root
     leaves = tuple(swapped)
     root = root_of_hashes([_leaf_hash(leaf) for leaf in leaves])
-    statement = replace(head, root=root).to_bytes()
+    signed = hashlib.sha256(point_map_of(leaves)).digest() if mapped else head.point_map
+    statement = replace(head, root=root, point_map=signed).to_bytes()
     at = datetime.now(UTC)
     signatures = tuple(
         Signature(k, site.key_store().signer(k, at).sign(statement)) for k in sealed.keys
@@ -332,6 +337,9 @@ def test_bad_input_is_quarantined_or_refused_with_its_reason_and_the_ingester_go
             "untrusted key": sender.send(other, untrusted(stored), "untrusted"),
             "replayed": sender.send(topic, messages[rows[0].id], "replayed"),
             "forked": sender.send(other, forked(evidence_site, stored), "forked"),
+            "mislabelled": sender.send(
+                other, forked(evidence_site, stored, mapped=False), "mislabelled"
+            ),
             "malformed": sender.send(topic, b"\x00not a message at all", "malformed"),
             "oversized": sender.send(topic, b"x" * (limit + 1), "oversized"),
             "unknown site": sender.send(
@@ -345,6 +353,7 @@ def test_bad_input_is_quarantined_or_refused_with_its_reason_and_the_ingester_go
         "untrusted key": "quarantined",
         "replayed": "duplicate",
         "forked": "quarantined",
+        "mislabelled": "quarantined",
         "malformed": "quarantined",
         "oversized": "quarantined",
         "unknown site": "quarantined",
@@ -353,18 +362,19 @@ def test_bad_input_is_quarantined_or_refused_with_its_reason_and_the_ingester_go
     assert "signature of key" in answers["untrusted key"].reason
     assert "does not verify" in answers["untrusted key"].reason
     assert "chain forked" in answers["forked"].reason
+    assert "points are not the point map its statement signs" in answers["mislabelled"].reason
     assert "malformed" in answers["malformed"].reason
     assert f"more than the {limit} accepted" in answers["oversized"].reason
     assert "unknown site nowhere" in answers["unknown site"].reason
     refused = quarantined(centre.db)
-    assert len(refused) == 6  # the replayed batch is not refused: it is stored once
+    assert len(refused) == 7  # the replayed batch is not refused: it is stored once
     kept = {reason.split(":")[0]: kept for _, _, reason, kept in refused}
     assert not [k for r, k in kept.items() if "accepted" in r and k]  # the oversized one: not kept
     assert stored_batches(centre.db) == {(r.device, r.root) for r in rows}
     central = CentralStore.attach(centre.db, Actor.job("auditor"))
     report = verify_store(central, central_trust(evidence_site, centre.keys, tmp_path))
     assert report.ok, report.problems
-    assert report.counts["quarantined messages"] == 6
+    assert report.counts["quarantined messages"] == 7
     assert any("unknown site nowhere" in note for note in report.notes)
 
 

@@ -14,6 +14,7 @@ appended after the last checkpoint (where a killed run's receipts may be).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -26,6 +27,7 @@ from retention_kit import DEVICES, TEN_MINUTES, kinds, run, sealed
 from test_tamper import Named, assert_named, batch_label, database, one
 
 from engine.audit import Actor
+from engine.canonical import canonical_json
 from engine.plans.expiry import expiry
 from engine.retention import receipt as receipts
 from engine.retention import run as runs
@@ -266,6 +268,48 @@ def erase_without_a_receipt(conn: sa.Connection) -> list[Named]:
     ]
 
 
+def relabel_the_point_map(conn: sa.Connection) -> list[Named]:
+    """Rewrite the stored point map of a batch receipts deleted from, calling its every
+    position P2: the map an insider would need for a receipt that lies about its points."""
+    row = one(
+        conn,
+        "SELECT b.id, b.count FROM batches b JOIN erasures e ON e.batch_id = b.id"
+        " ORDER BY e.id LIMIT 1",
+    )
+    relabelled = json.dumps(["P2"] * row.count, separators=(",", ":")).encode()
+    conn.execute(
+        sa.text("UPDATE batches SET point_map = :m WHERE id = :b"), {"m": relabelled, "b": row.id}
+    )
+    return [Named(batch_label(conn, row.id), "its stored point map is not the one its statement")]
+
+
+def relabel_the_signed_point_map(conn: sa.Connection) -> list[Named]:
+    """Rewrite a statement to sign a map calling every position P2, and store that map: what
+    a signing key's holder could sign. The signatures fail, and the records the batch still
+    holds (lab-c's P1) are named against the map."""
+    row = one(
+        conn,
+        "SELECT b.id, b.count, b.statement FROM batches b JOIN erasures e ON e.batch_id = b.id"
+        " WHERE b.device = 'lab-c' ORDER BY e.id LIMIT 1",
+    )
+    relabelled = json.dumps(["P2"] * row.count, separators=(",", ":")).encode()
+    said = json.loads(bytes(row.statement)) | {"point_map": hashlib.sha256(relabelled).hexdigest()}
+    conn.execute(
+        sa.text("UPDATE batches SET statement = :s, point_map = :m WHERE id = :b"),
+        {"s": canonical_json(said), "m": relabelled, "b": row.id},
+    )
+    return [Named(batch_label(conn, row.id), "is of point P1, where its signed point map says P2")]
+
+
+def delete_the_point_map(conn: sa.Connection) -> list[Named]:
+    row = one(
+        conn,
+        "SELECT b.id FROM batches b JOIN erasures e ON e.batch_id = b.id ORDER BY e.id LIMIT 1",
+    )
+    conn.execute(sa.text("UPDATE batches SET point_map = NULL WHERE id = :b"), {"b": row.id})
+    return [Named(batch_label(conn, row.id), "the store keeps no point map of it")]
+
+
 def delete_the_hold(conn: sa.Connection) -> list[Named]:
     row = one(conn, "SELECT id FROM holds ORDER BY id LIMIT 1")
     conn.execute(sa.text("DELETE FROM holds WHERE id = :id"), {"id": row.id})
@@ -288,6 +332,9 @@ TAMPERS: dict[str, Tamper] = {
     "leaf-hashes-kept-when-none-are-due": keep_hashes_none_are_due,
     "erasure-deleted": delete_an_erasure,
     "erased-without-receipt": erase_without_a_receipt,
+    "point-map-relabelled": relabel_the_point_map,
+    "point-map-deleted": delete_the_point_map,
+    "signed-point-map-relabelled": relabel_the_signed_point_map,
     "hold-deleted": delete_the_hold,
     "hold-released-behind-the-log": release_the_hold_behind_the_log,
 }
@@ -445,3 +492,51 @@ def test_a_misshapen_receipt_without_the_audit_key_is_named(
         seq = forge_deletion(conn, batch_id, line_a.payload, reshape)
     report = verify(retention_site, lawful, tmp_path)
     assert_named(report, [Named(f"receipt (audit entry {seq})", message)])
+
+
+def as_point(claimed: str, template: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A receipt that says every position it deletes was ``claimed``, with the expiry the
+    lawful receipt ``template`` gives that point."""
+    (calculation,) = [e for e in template["expiries"] if claimed in e["points"]]
+
+    def reshape(said: dict[str, Any]) -> dict[str, Any]:
+        points = [{"device": said["device"], "point": claimed, "count": said["count"]}]
+        expiries = [calculation | {"points": [claimed], "positions": said["positions"]}]
+        return said | {"points": points, "expiries": expiries}
+
+    return reshape
+
+
+def deleted_as_p2(retention_site, store, backend, tmp_path, device: str) -> None:
+    """An insider deletes the P1 records the batch of ``device``'s lawful receipt still holds,
+    with a receipt calling them P2 (expired, unheld): named by the batch's signed point map."""
+    lawful = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == device)
+    assert lawful.payload["remaining"] > 0  # the run kept P1 records of it
+    batch_id = lawful.payload["batch"]
+    with database(backend).begin() as conn:
+        seq = forge_deletion(conn, batch_id, lawful.payload, as_point("P2", lawful.payload))
+        label = batch_label(conn, batch_id)
+    assert_named(
+        verify(retention_site, store, tmp_path),
+        [Named(f"receipt (audit entry {seq})", f"of {label} as P2, where its signed point map")],
+    )
+
+
+def test_records_not_expired_deleted_as_another_point_are_named(
+    retention_site, store, backend, tmp_path
+):
+    """lab-c keeps P1 at least 3 hours, P2 at most 10 minutes: after a lawful run its batches
+    hold only P1 records, which the insider deletes as P2."""
+    run(retention_site, store)
+    deleted_as_p2(retention_site, store, backend, tmp_path, "lab-c")
+
+
+def test_held_records_deleted_as_another_point_are_named(
+    retention_site, store, principals_file, backend, tmp_path
+):
+    """A hold on line-a's P1 alone: the run keeps P1 and deletes P2; the insider deletes the
+    held P1 records as P2 (the same retention class)."""
+    holder = PrincipalsFile(principals_file)
+    place(store, holder, "lena@example.com", Scope(("line-a",), ("P1",)), "litigation")
+    run(retention_site, store)
+    deleted_as_p2(retention_site, store, backend, tmp_path, "line-a")

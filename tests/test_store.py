@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -66,7 +67,7 @@ from engine.sign.batch import Batch, Statement, epoch_ms, record_time, sign_batc
 from engine.sign.leaf import instant
 from engine.sign.note import sign_checkpoint
 from engine.store import auditlog
-from engine.store.database import MIGRATIONS, SCHEMA
+from engine.store.database import MIGRATIONS, SCHEMA, connect, writing
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Store
@@ -699,17 +700,45 @@ def test_a_new_store_gets_the_schema_of_the_tables_through_alembic(backend):
     ):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, METADATA) == []
-        assert alembic_version(conn) == ["0004"]
+        assert alembic_version(conn) == ["0005"]
         origin = auditlog.origin(conn)
     with contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as again:
         with again.reading() as conn:
-            assert alembic_version(conn) == ["0004"]
+            assert alembic_version(conn) == ["0005"]
             assert auditlog.origin(conn) == origin
             (made,) = auditlog.entries(conn)
         assert again.counts()["audit_entries"] == 1  # made once, with the log
     assert (made.seq, made.kind) == (0, "log.created")
     assert made.payload == {"origin": origin, "audit_key": "audit-log"}
     assert origin is not None and origin.startswith("converge/audit/audit-log/")
+
+
+def test_a_store_of_before_point_maps_gains_the_column_and_keeps_its_batches(backend):
+    """Migration 0005 adds ``batches.point_map`` to a store at 0004. Its batches' statements
+    (converge.batch/v1) sign no map, so none is made for them: they keep NULL (and verifiers
+    refuse them, docs/records.md)."""
+    engine = connect(backend)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with writing(engine) as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0004")
+        conn.execute(
+            text(
+                "INSERT INTO batches (device, window_start, window_end, count, root,"
+                " previous_root, plan_digest, statement, keys, waiver, audit_seq) VALUES"
+                " ('d', 's', 'e', 0, :h, :h, 'p', :h, '[]', '[]', 0)"
+            ),
+            {"h": bytes(32)},
+        )
+    engine.dispose()
+    with (
+        contextlib.closing(Store.open(backend, actor=Actor.job("test"))) as store,
+        store.reading() as conn,
+    ):
+        assert alembic_version(conn) == [SCHEMA]
+        kept = conn.execute(select(BATCHES.c.device, BATCHES.c.point_map)).all()
+    assert [tuple(row) for row in kept] == [("d", None)]
 
 
 def test_the_schema_readers_expect_is_alembics_head():

@@ -77,7 +77,8 @@ def check_signatures(sealed: SealedBatch, keys: Trust, at: datetime) -> str | No
 
 
 def check_records(sealed: SealedBatch) -> str | None:
-    """Each record is of the type its position says, and the leaves hash to the signed root.
+    """Each record is of the type its position says, and the leaves hash to the signed root
+    and name the points of the signed point map.
 
     C iteration over the leaves (``bytes.find`` mapped over them, one list
     comprehension of hashes): 6,000 records cost a few milliseconds.
@@ -92,6 +93,12 @@ def check_records(sealed: SealedBatch) -> str | None:
     root = root_of_hashes([sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves])
     if root != sealed.head.root:
         return "its records do not hash to its signed root"
+    try:
+        mapped = sha256(sealed.point_map).digest()
+    except ValueError:
+        return "a record that names no point"
+    if mapped != sealed.head.point_map:
+        return "its records' points are not the point map its statement signs"
     return None
 
 

@@ -46,6 +46,7 @@ from engine.sign.batch import (
     Statement,
     covered_until,
     in_order,
+    point_map_hash,
     record_order,
     window_bounds,
 )
@@ -78,7 +79,10 @@ class Cut:
     ties: list[tuple[int, int]]
     """Runs ``[i, j)`` of records with equal (time, point, type): ordered by leaf hash."""
     gaps: list[int]
-    points: list[str]
+    point_map: bytes
+    """The SHA-256 of the batch's point map (:func:`~engine.sign.batch.point_map_hash`): the
+    records' points, which the collector has (the sealer has only their leaves). The
+    records of a run of :attr:`ties` share their point: ordering it changes no name."""
     covered_until: str
     at: datetime
     """The sink's "now" when the window closed: signing keys are chosen for it."""
@@ -142,7 +146,7 @@ def cut(spec: BatchSpec, window: int, records: Window, at: datetime, hashed: boo
         len(leaves),
         [] if hashed else ties,
         gaps,
-        list({r.point for r in kept}),
+        point_map_hash([r.point for r in kept]),
         covered_until([kept[-1], *(kept[i] for i in gaps)]),
         at,
         root,
@@ -167,7 +171,9 @@ def seal(spec: BatchSpec, cut: Cut, previous: bytes, keys: KeyStore) -> SealedBa
     assert len(leaves) == cut.count, "a leaf holds a raw newline"  # canonical JSON has none
     root = cut.root if cut.root is not None else root_of_hashes(_hashed(leaves, cut.ties))
     start, end = window_bounds(spec, cut.window)
-    data = Statement(spec.device, start, end, len(leaves), root, spec.plan_digest, previous)
+    data = Statement(
+        spec.device, start, end, len(leaves), root, spec.plan_digest, previous, cut.point_map
+    )
     signed = data.to_bytes()
     signatures = tuple(Signature(k, keys.signer(k, cut.at).sign(signed)) for k in spec.keys)
     waiver = canonical_json(list(spec.waiver))

@@ -385,7 +385,7 @@ def _batch_member(
     conn: Connection, batch: StoredBatch, picked: Picked, receipts: Receipts
 ) -> bytes:
     """The batch: statement, signatures, its entry's seq, and (when not every record of it is
-    exported) each exported record's inclusion proof under its root."""
+    exported) each exported record's inclusion proof under its root and its point map."""
     said: dict[str, Any] = {
         "id": batch.id,
         "statement": batch.statement.decode(),
@@ -396,6 +396,8 @@ def _batch_member(
         proving = bool(picked.positions)
         hashes = _leaf_hashes(conn, batch, receipts.get(batch.id, ()), proving)
         said["proofs"] = {}
+        if batch.point_map is not None:  # which point each position not exported was
+            said["point_map"] = batch.point_map.decode()
         if proving:
             tree = MerkleTree(hashes[p] for p in range(batch.count))
             said["proofs"] = {str(p): _b64(tree.inclusion_proof(p)) for p in picked.positions}

@@ -1016,6 +1016,8 @@ class Batch:
     root: bytes
     proofs: dict[int, list[bytes]] | None
     """Each exported record's inclusion proof; None when every record of the batch is exported."""
+    points: list[str] | None = None
+    """Its signed point map, the point of each position (of a batch with proofs)."""
     hashes: dict[int, bytes] = field(default_factory=dict)
     window: tuple[str, str] = ("", "")
     plan: str = ""
@@ -1045,18 +1047,40 @@ def _batch(said: dict[str, Any], ctx: Context) -> Batch | str:
     statement = str(said.get("statement", "")).encode()
     head = _statement(statement)
     if head is None:
-        return "its statement is not a converge.batch/v1 statement"
+        return "its statement is not a converge.batch/v2 statement"
     problem = _batch_problem(head, statement, said, ctx)
     if problem:
         return problem
     proofs = said.get("proofs")
     parsed = None if proofs is None else {int(k): _hashes(v) or [] for k, v in proofs.items()}
+    points = None if proofs is None else _point_map(said.get("point_map"), head)
+    if isinstance(points, str):
+        return points
     root = bytes.fromhex(head["root"])
     window = (str(head["window_start"]), str(head["window_end"]))
-    batch = Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed)
+    batch = Batch(int(said["id"]), str(head["device"]), int(head["count"]), root, parsed, points)
     batch.window, batch.plan = window, str(head["plan_digest"])
     batch.previous = bytes.fromhex(head["previous_root"])
     return batch
+
+
+def _point_map(said: Any, head: dict[str, Any]) -> list[str] | str:
+    """The point of each position of a batch exported in part: its ``point_map``, the JSON
+    array whose SHA-256 its statement signs (docs/records.md), one name per record; else why
+    not."""
+    if not isinstance(said, str):
+        return "it carries proofs, and no point map"
+    data = said.encode()
+    if hashlib.sha256(data).hexdigest() != head.get("point_map"):
+        return "its point map is not the one its statement signs"
+    names = json.loads(data)
+    if (
+        not isinstance(names, list)
+        or len(names) != int(head["count"])
+        or not all(isinstance(name, str) for name in names)
+    ):
+        return "its point map is not one point name per record"
+    return names
 
 
 ZERO_ROOT = bytes(32)
@@ -1110,7 +1134,7 @@ def _statement(data: bytes) -> dict[str, Any] | None:
         int(head["count"])
     except (ValueError, KeyError, TypeError):
         return None
-    return head if head.get("format") == "converge.batch/v1" else None
+    return head if head.get("format") == "converge.batch/v2" else None
 
 
 @dataclass(frozen=True)
@@ -1617,6 +1641,8 @@ def _record(line: bytes, batches: dict[int, Batch], asked: Asked) -> bytes | str
         return "its leaf is not a record"
     if record.device != batch.device:
         return f"of another device than batch {batch.id}'s"
+    if batch.points is not None and batch.points[position] != record.point:
+        return f"of another point than batch {batch.id}'s signed point map names at {position}"
     return asked.outside(record) or record.csv
 
 
@@ -1861,9 +1887,9 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted
     if exported:
         return f"deleted position {exported[0]} of batch {batch.id}, yet the bundle exports it"
     plan = retained.plans.get(batch.plan)
-    late = _dated_late(entry, retained.checkpoints)
-    if plan is None or late:
-        return late or f"its batch's plan {batch.plan} is not in the bundle"
+    problem = _dated_late(entry, retained.checkpoints) or _mislabelled(deleted)
+    if plan is None or problem:
+        return problem or f"its batch's plan {batch.plan} is not in the bundle"
     at = _aware(entry["time"])
     for points, positions in deleted.groups:
         for point in points:
@@ -1876,6 +1902,22 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted
             if problem:
                 return f"deletes {batch.device}/{point} {problem}"
     return deleted
+
+
+def _mislabelled(deleted: Deleted) -> str | None:
+    """Why an expiry group of a receipt deleted a position its batch's signed point map gives
+    none of the group's points: the group's points are what the receipt is judged lawful by."""
+    names = deleted.batch.points
+    if names is None:
+        return f"its batch {deleted.batch.id} carries no point map"
+    for points, positions in deleted.groups:
+        stray = min((p for p in positions if names[p] not in points), default=None)
+        if stray is not None:
+            return (
+                f"deletes position {stray} of batch {deleted.batch.id} as {', '.join(points)},"
+                f" where its signed point map says {names[stray]}"
+            )
+    return None
 
 
 def _dated_late(entry: dict[str, Any], checkpoints: list[Checkpoint]) -> str | None:

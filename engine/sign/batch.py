@@ -8,6 +8,9 @@ values and checks: no I/O, no clock.
 The batch's records are sorted (:func:`entry_order`) so its root does not
 depend on arrival order. Its :func:`statement` (canonical JSON) is signed
 with Ed25519 by every key the plan requires; docs/records.md has the bytes.
+The statement also signs the batch's :func:`point_map`, the point of each
+position: a record deleted by retention takes its point with it, and the map
+is what then still says which point each deleted position was.
 Verification failures, all :class:`VerificationError`::
 
     MalformedStatement     statement bytes that are not a canonical batch statement
@@ -16,6 +19,7 @@ Verification failures, all :class:`VerificationError`::
     ChainBroken(got, want) the statement's previous root is not the device's last root
     CountMismatch(got, want) records given vs. count signed
     RootMismatch(got, want)  root of the records given vs. root signed
+    PointMapMismatch       the records' points are not the point map signed
 """
 
 from __future__ import annotations
@@ -44,12 +48,14 @@ from engine.sign.merkle import (
     verify_inclusion,
 )
 
-STATEMENT_FORMAT = "converge.batch/v1"
+STATEMENT_FORMAT = "converge.batch/v2"
 ZERO_ROOT = bytes(HASH_SIZE)
 """The previous root of a device's first batch."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _sha256 = hashlib.sha256
+_NAMES = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Writes a list of strings as RFC 8785 does (engine/canonical.py: the escaping is the same)."""
 
 
 # --- errors ----------------------------------------------------------------
@@ -97,6 +103,13 @@ class ChainBroken(VerificationError):
     def __init__(self, got: bytes, want: bytes) -> None:
         self.got, self.want = got, want
         super().__init__(f"previous root: got {got.hex()}, want {want.hex()}")
+
+
+class PointMapMismatch(VerificationError):
+    """The points of the records given, in batch order, are not the point map signed."""
+
+    def __init__(self) -> None:
+        super().__init__("the records' points are not the signed point map")
 
 
 # --- what a batch needs of its plan ---------------------------------------
@@ -277,6 +290,8 @@ class Statement:
     root: bytes
     plan_digest: str
     previous_root: bytes
+    point_map: bytes
+    """The SHA-256 of the batch's :func:`point_map` (:func:`point_map_hash`)."""
 
     def members(self) -> dict[str, Any]:
         """The statement as JSON members, without ``format`` (audit entries say the same)."""
@@ -288,6 +303,7 @@ class Statement:
             "root": self.root.hex(),
             "plan_digest": self.plan_digest,
             "previous_root": self.previous_root.hex(),
+            "point_map": self.point_map.hex(),
         }
 
     def to_bytes(self) -> bytes:
@@ -303,11 +319,13 @@ class Statement:
             batch.root,
             batch.plan_digest,
             batch.previous_root,
+            point_map_hash([e.record.point for e in batch.entries]),
         )
 
     @classmethod
     def parse(cls, data: bytes) -> Statement:
-        """Raises MalformedStatement unless ``data`` is exactly a canonical v1 statement."""
+        """Raises MalformedStatement unless ``data`` is exactly a canonical v2 statement: a v1
+        statement, which signs no point map, is refused too (docs/records.md)."""
         try:
             obj = json.loads(data)
             parsed = cls(
@@ -318,11 +336,12 @@ class Statement:
                 _hash(obj["root"]),
                 obj["plan_digest"],
                 _hash(obj["previous_root"]),
+                _hash(obj["point_map"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise MalformedStatement(f"not a batch statement: {exc}") from exc
         if not _well_typed(parsed) or parsed.to_bytes() != data:
-            raise MalformedStatement("not the canonical bytes of a converge.batch/v1 statement")
+            raise MalformedStatement("not the canonical bytes of a converge.batch/v2 statement")
         return parsed
 
 
@@ -337,6 +356,21 @@ def _hash(text: str) -> bytes:
     if len(value) != HASH_SIZE or value.hex() != text:
         raise ValueError(f"{text!r} is not 64 lowercase hex digits")
     return value
+
+
+def point_map(points: list[str]) -> bytes:
+    """A batch's point map: the canonical JSON array of its records' points, in batch order.
+
+    Requires names with a UTF-8 form (every point that has a leaf); a list of
+    strings is written by the C encoder, as :func:`engine.canonical.canonical_json` would
+    write it, without its checks for numbers (a collector makes one per batch it seals).
+    """
+    return _NAMES.encode(points).encode()
+
+
+def point_map_hash(points: list[str]) -> bytes:
+    """The SHA-256 of the :func:`point_map` of records of ``points``: what a statement signs."""
+    return _sha256(point_map(points)).digest()
 
 
 def statement(batch: Batch) -> bytes:
@@ -417,6 +451,8 @@ def verify_batch(
     got = root_of_hashes([e.leaf_hash for e in entries])
     if got != parsed.root:
         raise RootMismatch(got, parsed.root, "batch root")
+    if point_map_hash([e.record.point for e in entries]) != parsed.point_map:
+        raise PointMapMismatch
     return parsed
 
 

@@ -174,6 +174,20 @@ def points_of(leaves: Sequence[bytes]) -> list[bytes]:
     return [point_of(leaf).encode() for leaf in leaves]
 
 
+_POINT_TOKENS = re.compile(rb'"point":("[^"\\]*(?:\\.[^"\\]*)*")')
+
+
+def point_map_of(leaves: Sequence[bytes]) -> bytes:
+    """The point map of a batch (:func:`engine.sign.batch.point_map`) from its leaves in
+    position order: each leaf's ``point`` member as the leaf writes it, canonical JSON text,
+    in one JSON array, found by one regular-expression scan of all of them (as
+    :func:`points_of`, escapes included). Raises ValueError for a leaf without one."""
+    found: list[bytes] = _POINT_TOKENS.findall(b"\n".join(leaves))
+    if len(found) != len(leaves):
+        raise ValueError("a leaf names no point")
+    return b"[" + b",".join(found) + b"]"
+
+
 # The fast path. Members are written in JCS order: keys sorted by UTF-16 code
 # units, which for these ASCII keys is plain string order. Strings are escaped
 # with the C ``json`` escaper, which escapes exactly as JCS does (see

@@ -42,6 +42,9 @@ class StoredBatch:
     entry_seq: int
     """The sequence number of its ``batch.stored`` entry."""
     signatures: dict[str, bytes]
+    point_map: bytes | None
+    """Its point map (docs/records.md), as stored: None in a batch stored before statements
+    signed one."""
 
 
 def devices(conn: Connection) -> list[str]:
@@ -215,6 +218,7 @@ def _stored(conn: Connection, query: Select[Any]) -> list[StoredBatch]:
             r.time,
             r.audit_seq,
             signed.get(r.id, {}),
+            None if r.point_map is None else as_bytes(r.point_map),
         )
         for r in rows
     ]

@@ -106,7 +106,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-SCHEMA = "0004"
+SCHEMA = "0005"
 """The newest migration's revision: the schema this Converge reads and writes
 (``tests/test_store.py`` holds it to Alembic's head). Readers compare it with the store's
 ``alembic_version`` themselves, so that a command that only reads (``converge query``) does not

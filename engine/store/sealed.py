@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from engine.canonical import canonical_json
 from engine.records import Gap
 from engine.sign.batch import Batch, Signature, Statement
+from engine.sign.leaf import point_map_of
 
 Kind = Literal["reading", "gap"]
 
@@ -55,6 +57,13 @@ class SealedBatch:
     def head(self) -> Statement:
         """The parsed statement: device, window, count, root, plan digest, previous root."""
         return Statement.parse(self.statement)
+
+    @cached_property
+    def point_map(self) -> bytes:
+        """The batch's point map (docs/records.md), read from its leaves: what the store keeps
+        beside the statement that signs its SHA-256. Raises ValueError for a leaf that names
+        no point."""
+        return point_map_of(self.leaves)
 
     def audit_payload(self) -> dict[str, Any]:
         """What the ``batch.stored`` audit entry says of the batch (docs/audit.md)."""

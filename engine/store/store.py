@@ -218,6 +218,7 @@ class Store:
                 keys=canonical_json(list(sealed.keys)).decode(),
                 waiver=sealed.waiver.decode(),
                 audit_seq=seq,
+                point_map=sealed.point_map,
             )
             .returning(BATCHES.c.id)
         ).scalar_one()

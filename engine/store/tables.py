@@ -7,7 +7,10 @@ salt with it. Nothing about a record is stored twice: there is no column a
 tamperer could change beside the bytes the hash covers.
 
 A batch row keeps its signed statement and, as columns for queries, what the
-statement says; the verifier checks the two agree. Audit entries are stored as
+statement says; the verifier checks the two agree. It also keeps the batch's
+point map (each position's point), which the statement signs by its SHA-256:
+the one thing about its records a batch keeps beside their leaves, so that it
+outlives the records retention deletes. Audit entries are stored as
 their canonical JSON (the audit log's leaves), with ``kind`` and ``time``
 beside them for listing, also checked against the entry.
 
@@ -109,6 +112,13 @@ BATCHES = Table(
     _text("keys", doc="JSON list of the keys that must sign (empty: unsigned)."),
     _text("waiver", doc="Canonical JSON list of the waivers that allow an unsigned batch."),
     _seq("audit_seq", index=True),
+    _blob(
+        "point_map",
+        nullable=True,
+        doc="The batch's point map (canonical JSON array of its records' points, in batch"
+        " order), whose SHA-256 the statement signs: it outlives the records retention deletes."
+        " Null only in a batch stored before statements signed one (converge.batch/v1).",
+    ),
     UniqueConstraint("device", "root", name="uq_batches_device_root"),
     # the plans in force over a range (engine.store.data.plans_named)
     Index("ix_batches_device_plan_digest_window_end", "device", "plan_digest", "window_end"),

@@ -3,6 +3,7 @@ keys its plan names, and each device's batches form one chain."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Mapping
@@ -35,6 +36,9 @@ class BatchInfo:
     window_start: str
     window_end: str
     plan_digest: str
+    point_map: bytes | None
+    """Its stored point map, when it hashes to the one its statement signs (else None, and
+    named): which point each position was, after retention deleted the record there."""
 
 
 def check_batches(
@@ -120,7 +124,21 @@ def _check_batch(
         head.window_start,
         head.window_end,
         head.plan_digest,
+        _point_map(label, row.point_map, head, report),
     )
+
+
+def _point_map(label: str, stored: Any, head: Statement, report: Report) -> bytes | None:
+    """The batch's stored point map, if it is the one its statement signs (by its SHA-256);
+    else None, and the batch is named."""
+    if stored is None:
+        report.add(label, "the store keeps no point map of it (its statement signs one)")
+        return None
+    mapped = reads.as_bytes(stored)
+    if hashlib.sha256(mapped).digest() != head.point_map:
+        report.add(label, "its stored point map is not the one its statement signs")
+        return None
+    return mapped
 
 
 def _columns(row: Row[Any]) -> tuple[object, ...]:

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 from array import array
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, groupby, repeat
@@ -27,12 +27,13 @@ from operator import itemgetter
 from sqlalchemy import Connection
 
 from engine.heap import fewer_collections
+from engine.sign.leaf import point_of
 from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
 from engine.store import reads
 from engine.store.reads import BatchIds, RecordRow
 from engine.verify.batches import BatchInfo
 from engine.verify.report import Problem, Report
-from engine.verify.retention import Erased
+from engine.verify.retention import Erased, map_names
 
 Progress = Callable[[int], None]
 """Called with the number of records verified so far, every few thousand."""
@@ -74,6 +75,9 @@ class BatchCheck:
     root is rebuilt with the leaf hashes they keep)."""
     digest: bytes | None = None
     """The :func:`records_digest` of its rows, when asked for (a retention run's check)."""
+    points: dict[int, str] | None = None
+    """The point of each stored record, by position, of a batch receipts deleted records of
+    (checked against its signed point map, by which its receipts are judged)."""
 
 
 def records_digest(positions: Sequence[int], leaves: Sequence[bytes]) -> bytes:
@@ -147,6 +151,7 @@ def _compare(check: BatchCheck, info: BatchInfo | None, gone: Erased, report: Re
         )
     elif check.hashes is not None:
         _compare_erased(check, info, gone, report)
+        _compare_points(check, info, report)
     elif check.positions != info.count:
         unaccounted = (
             f": {info.count - check.positions} missing, and no deletion receipt removed them"
@@ -214,6 +219,21 @@ def _compare_erased(check: BatchCheck, info: BatchInfo, gone: Erased, report: Re
         )
     elif root_of_hashes([merged[p] for p in range(info.count)]) != info.root:
         report.add(info.label, _NOT_ITS_ROOT.format(receipts=receipts))
+
+
+def _compare_points(check: BatchCheck, info: BatchInfo, report: Report) -> None:
+    """Each record a batch receipts deleted from still holds is of the point its signed point
+    map names at its position (a map its batch check found unsigned is named there)."""
+    if not check.points or (names := map_names(info)) is None:
+        return
+    for position, point in sorted(check.points.items()):
+        if position < len(names) and names[position] != point:
+            report.add(
+                info.label,
+                f"its record at position {position} is of point {point}, where its signed point"
+                f" map says {names[position]}",
+            )
+            return
 
 
 _NOT_ITS_ROOT = (
@@ -361,7 +381,8 @@ def _batch_check(
     rows = {table: len(group) for table, group in groups.items()}
     if partial:
         hashes = found if isinstance(found, dict) else dict(enumerate(found))
-        return BatchCheck(batch_id, rows, len(found), None, None, problems, hashes)
+        points = dict(_points(chain(*groups.values())))
+        return BatchCheck(batch_id, rows, len(found), None, None, problems, hashes, points=points)
     missing = _first_missing(found)
     root = None
     if missing is None:
@@ -380,6 +401,16 @@ def _digest(groups: dict[str, list[RecordRow]]) -> bytes:
     if set(map(type, leaves)) - {bytes}:
         leaves = [reads.as_bytes(leaf) for leaf in leaves]
     return records_digest(list(map(_POSITION, rows)), leaves)
+
+
+def _points(rows: Iterable[RecordRow]) -> Iterator[tuple[int, str]]:
+    """(position, point) of each row whose leaf names a point (one that does not is no record:
+    its hash, or its table, names it)."""
+    for _, position, leaf in rows:
+        try:
+            yield position, point_of(leaf if type(leaf) is bytes else reads.as_bytes(leaf))
+        except ValueError:
+            continue
 
 
 def _first_missing(found: Hashes) -> int | None:

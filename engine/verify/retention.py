@@ -173,6 +173,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
     rows = {receipt: (b, p, h) for b, receipt, p, h in stored.erasures(conn)}
     lawful: dict[tuple[str, str], list[tuple[AuditEntry, Receipt]]] = defaultdict(list)
     classes: dict[str, dict[str, int]] = {}
+    maps: dict[int, list[str] | None] = {}
     for entry in known.log.of_kind("retention.deleted"):
         label = f"receipt (audit entry {entry.seq})"
         try:
@@ -191,7 +192,8 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
         _check_erasure(context, rows.pop(entry.seq, None))
         if not _erase(context, erased):
             continue
-        if _lawful(context, plan, classes[info.plan_digest]) & _in_time(context, known.signed):
+        lawful_points = _mapped(context, maps) & _lawful(context, plan, classes[info.plan_digest])
+        if lawful_points & _in_time(context, known.signed):
             lawful[receipt.run, receipt.device].append((entry, receipt))
     for seq, (batch_id, _, _) in rows.items():
         report.add(
@@ -338,6 +340,49 @@ def _erase(c: _Context, erased: Erased) -> bool:
     elif not left:
         erased.whole.add(info.id)
     return True
+
+
+def _mapped(c: _Context, maps: dict[int, list[str] | None]) -> bool:
+    """Whether each expiry group of the receipt deleted only positions its batch's signed point
+    map gives one of the group's points; each failure named. The group's points are what its
+    expiry and the holds are judged by, so without this a receipt would decide by its own word
+    which points it deleted (``maps``: each batch's point map, parsed once)."""
+    if c.info.id not in maps:
+        maps[c.info.id] = map_names(c.info)
+    names = maps[c.info.id]
+    if names is None:
+        c.report.add(
+            c.label,
+            f"{c.info.label} keeps no point map its statement signs: which points it deleted"
+            " cannot be checked",
+        )
+        return False
+    for points, positions, _ in c.receipt.groups:
+        named = set(points)
+        for first, last in positions.spans:
+            if not set(names[first : last + 1]) <= named:
+                stray = next(p for p in range(first, last + 1) if names[p] not in named)
+                c.report.add(
+                    c.label,
+                    f"deletes position {stray} of {c.info.label} as {', '.join(points)}, where"
+                    f" its signed point map says {names[stray]}",
+                )
+                return False
+    return True
+
+
+def map_names(info: BatchInfo) -> list[str] | None:
+    """The points of a batch's signed point map, one per position; None when it keeps none, or
+    its statement signed one that is not a list of as many names as it has records."""
+    if info.point_map is None:
+        return None
+    try:
+        names = json.loads(info.point_map)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or len(names) != info.count:
+        return None
+    return names if all(map(isinstance, names, repeat(str))) else None
 
 
 @dataclass(frozen=True)
