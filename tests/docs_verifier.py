@@ -471,6 +471,7 @@ KINDS = {
         "archive",
     },
     "retention.archived": {"decision", "file", "from", "to", "points", "batches"},
+    "retention.archive.written": {"archived", "file", "sha256"},
     "hold.placed": {"hold", "devices", "points", "from", "to", "reason", "decision"},
     "hold.released": {"hold", "reason", "decision"},
 }
@@ -487,11 +488,9 @@ ENTRY = {"actor", "kind", "payload", "seq", "time"}
 RUN_KINDS = {"batch.stored", "batch.dropped", "spool.full"}
 """What a running collector appends between checkpoints."""
 KEYLESS_KINDS = {"key.generated", "key.rotated", "access.decision", "audit.reviewed"}
-KEYLESS_KINDS |= {"hold.placed", "hold.released", "retention.deleted", "retention.archived"}
-"""What commands that hold no audit key append, and a killed retention run's receipts.
-
-DOC GAP: audit.md bounds a killed retention run's tail only by "a run signs one every 256
-receipts"; taken, as for the keyless commands' entries: no bound."""
+"""What commands that hold no audit key append. Holds, receipts and archives are signed in the
+transaction that writes them (audit.md#the-unsigned-tail): after the last checkpoint, they
+fail."""
 BATCH_KINDS = {"batch.stored", "batch.dropped"}
 STATEMENT = {
     "format",
@@ -733,9 +732,8 @@ class Verifier:
         if not isinstance(interval, int | float) or not isinstance(entries, int):
             self.fail(f"audit entry {started.seq}", "no checkpoint_s and checkpoint_entries")
             return
-        # DOC GAP: "no more than that run's checkpoint_entries + 64 entries": taken to count
-        # every entry of the tail, the keyless commands' ones included.
-        if len(tail) > entries + 64:
+        # audit.md: only the run's own entries count against its checkpoint_entries + 64.
+        if sum(entry.kind in RUN_KINDS for entry in tail) > entries + 64:
             self.fail(first, "more than one checkpoint interval of entries")
         for entry in tail:
             if entry.kind not in BATCH_KINDS or not signed_at:

@@ -24,7 +24,7 @@ from engine.canonical import canonical_json
 from engine.plans.body import PlanBody
 from engine.plans.format import PLAN_FORMAT, read_plan, seal
 from engine.retention import Job, Outcome, apply
-from engine.store import auditlog
+from engine.store import auditlog, reads
 from engine.store.store import Store
 
 WINDOW_MS = 30_000
@@ -116,6 +116,12 @@ def run(site: Site, store: Store) -> Outcome:
 def kinds(store: Store, *wanted: str) -> list[AuditEntry]:
     with store.reading() as conn:
         return list(auditlog.entries(conn, list(wanted)))
+
+
+def signed_sizes(store: Store) -> set[int]:
+    """The sizes of the log's checkpoints."""
+    with store.reading() as conn:
+        return {int(row.size) for row in reads.checkpoints(conn)}
 
 
 def remaining(store: Store) -> int:

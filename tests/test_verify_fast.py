@@ -162,8 +162,15 @@ def test_a_run_ignoring_a_hold_on_one_point_is_named_for_that_point_alone(
     store = fill(retention_site, backend, tmp_path, 60)
     try:
         people = PrincipalsFile(principals_file)
-        place(store, people, "lena@example.com", Scope(("line-a",), ("P1",)), "a dispute")
-        monkeypatch.setattr(runs, "holds", lambda conn, in_force: [])
+        place(
+            store,
+            people,
+            "lena@example.com",
+            Scope(("line-a",), ("P1",)),
+            "a dispute",
+            keys=retention_site.key_store(),
+        )
+        monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
         run(retention_site, store)
         report = verify(retention_site, store, tmp_path)
         receipts = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
