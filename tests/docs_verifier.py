@@ -1225,6 +1225,7 @@ class Verifier:
                 if not isinstance(said["hold"], int) or said["hold"] in self.holds:
                     self.fail(item, f"places hold {said['hold']!r} again, or no hold")
                     continue
+                self.undecided(entry, said)
                 self.holds[said["hold"]] = said | {
                     "placed_by": actor_id(entry.actor),
                     "placed_at": entry.stamp,
@@ -1239,6 +1240,8 @@ class Verifier:
                 if hold is None or hold["released_seq"] is not None:
                     self.fail(item, f"releases hold {said['hold']!r}: unknown or released")
                     continue
+                if self.undecided(entry, hold):
+                    continue  # a release no decision allowed: the hold stays in force
                 hold["released_by"], hold["released_at"] = actor_id(entry.actor), entry.stamp
                 hold["release_reason"], hold["released_seq"] = said["reason"], entry.seq
         columns = (
@@ -1270,6 +1273,57 @@ class Verifier:
                 self.fail(f"hold {hold_id}", "the store's row is not what its entries say")
         for hold_id in rows:
             self.fail(f"hold {hold_id}", "in the store, but no entry placed it")
+
+    def undecided(self, entry: Entry, hold: dict[str, Any]) -> bool:
+        """retention.md#legal-holds: a hold entry names an earlier ``access.decision`` that
+        allowed its actor (outcome ``allow``, action ``hold``) on the hold's scope as placed:
+        the same ``from``/``to``, every point decided within its devices and globs, each
+        device it names decided, each glob matching a decided point of each device. Failed
+        (and True) when not.
+
+        DOC GAP: retention.md says the guard decides "every point the hold covers"; which
+        points those are (the plans in force then) is not in the log, so the decided points
+        are held to the scope, not the scope to a list of points."""
+        named = entry.payload.get("decision")
+        decision = next(
+            (
+                e
+                for e in self.entries.values()
+                if e.kind == "access.decision"
+                and e.payload.get("decision") == named
+                and e.seq < entry.seq
+            ),
+            None,
+        )
+        said = decision.payload if decision else {}
+        who = actor_id(entry.actor)
+        points = said.get("points") if isinstance(said.get("points"), list) else []
+        pairs = {(p.get("device"), p.get("point")) for p in points if isinstance(p, dict)}
+        devices = {d for d, _ in pairs}
+        ok = (
+            decision is not None
+            and said.get("action") == "hold"
+            and said.get("outcome") == "allow"
+            and said.get("principal") == who == actor_id(decision.actor)
+            and same_instant(said.get("from"), hold["from"])
+            and same_instant(said.get("to"), hold["to"])
+            and bool(pairs)
+            and all(isinstance(p, dict) and p.get("allowed") is True for p in points)
+            and (not hold["devices"] or devices == set(hold["devices"]))
+            and all(
+                (not hold["devices"] or d in hold["devices"])
+                and (not hold["points"] or any(fnmatchcase(str(p), g) for g in hold["points"]))
+                for d, p in pairs
+            )
+            and all(
+                any(fnmatchcase(str(p), g) for d2, p in pairs if d2 == d)
+                for g in hold["points"]
+                for d in devices
+            )
+        )
+        if not ok:
+            self.fail(f"audit entry {entry.seq}", f"{entry.kind}: no decision allowed it")
+        return not ok
 
     def check_receipts(self) -> None:
         """Every deletion receipt names its batch as signed, and was lawful: each point it
@@ -1364,12 +1418,19 @@ class Verifier:
         if not isinstance(archive, dict):
             return False
         named = self.entries.get(archive.get("entry"))  # type: ignore[arg-type]
+        written = self.entries.get(archive.get("written"))  # type: ignore[arg-type]
         return (
             named is not None
             and named.kind == "retention.archived"
             and named.seq < entry.seq
             and named.payload["file"] == archive.get("file")
             and any(b.get("batch") == entry.payload["batch"] for b in named.payload["batches"])
+            # retention.md#archives: the file's SHA-256, signed once it existed
+            and written is not None
+            and written.kind == "retention.archive.written"
+            and named.seq < written.seq < entry.seq
+            and written.payload
+            == {"archived": named.seq, "file": archive.get("file"), "sha256": archive.get("sha256")}
         )
 
 
@@ -1456,6 +1517,16 @@ def expand(runs: Any) -> list[int]:
 
 def actor_id(actor: Any) -> str:
     return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
+
+
+def same_instant(said: Any, scope: Any) -> bool:
+    """Both open, or the same instant."""
+    if said is None or scope is None:
+        return said is scope is None
+    try:
+        return instant(str(said)) == instant(str(scope))
+    except ValueError:
+        return False
 
 
 def in_force(hold: dict[str, Any], seq: int) -> bool:

@@ -414,7 +414,9 @@ def _held(c: _Context, point: str, holds: Sequence[Hold]) -> bool:
 
 def _archived(c: _Context, point: str, positions: Runs) -> bool:
     """Records whose plan archives them were deleted naming an archive: an earlier
-    ``retention.archived`` entry, of that file, that holds those positions of the batch."""
+    ``retention.archived`` entry, of that file, that holds those positions of the batch, and
+    the ``retention.archive.written`` entry after it that signed the file's SHA-256 the
+    receipt names, once the file existed."""
     said = c.receipt.archive or {}
     entry = c.log.entries.get(said.get("entry", -1))
     where = f"{c.info.device}/{point}"
@@ -425,6 +427,13 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         or entry.payload.get("file") != said.get("file")
     ):
         c.report.add(c.label, f"deletes {where}, which its plan archives, without its archive")
+        return False
+    if not _written(entry, c.log.entries.get(said.get("written", -1)), said, c.entry.seq):
+        c.report.add(
+            c.label,
+            f"deletes {where}, which its plan archives, naming an archive no earlier"
+            f" retention.archive.written entry says was written with that SHA-256",
+        )
         return False
     held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
     try:
@@ -438,6 +447,21 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         )
         return False
     return True
+
+
+def _written(
+    archived: AuditEntry, written: AuditEntry | None, said: Mapping[str, Any], before: int
+) -> bool:
+    """Whether ``written`` is the ``retention.archive.written`` entry of ``archived``'s file,
+    between it and entry ``before``, with the SHA-256 the receipt (``said``) names."""
+    return (
+        written is not None
+        and written.kind == "retention.archive.written"
+        and archived.seq < written.seq < before
+        and written.payload.get("archived") == archived.seq
+        and written.payload.get("file") == said.get("file")
+        and written.payload.get("sha256") == said.get("sha256")
+    )
 
 
 def _point_lawful(
