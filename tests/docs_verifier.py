@@ -472,7 +472,7 @@ KINDS = {
     },
     "retention.archived": {"decision", "file", "from", "to", "points", "batches"},
     "retention.archive.written": {"archived", "file", "sha256"},
-    "hold.placed": {"hold", "devices", "points", "from", "to", "reason", "decision"},
+    "hold.placed": {"hold", "devices", "points", "held", "from", "to", "reason", "decision"},
     "hold.released": {"hold", "reason", "decision"},
 }
 """Every kind of entry (audit.md#the-audit-log) and, where the page lists it, its payload.
@@ -1310,6 +1310,7 @@ class Verifier:
             and bool(pairs)
             and all(isinstance(p, dict) and p.get("allowed") is True for p in points)
             and (not hold["devices"] or devices == set(hold["devices"]))
+            and pairs == held_pairs(hold)
             and all(
                 (not hold["devices"] or d in hold["devices"])
                 and (not hold["points"] or any(fnmatchcase(str(p), g) for g in hold["points"]))
@@ -1519,6 +1520,14 @@ def actor_id(actor: Any) -> str:
     return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
 
 
+def held_pairs(hold: dict[str, Any]) -> set[tuple[Any, Any]]:
+    """retention.md#legal-holds: the (device, point) pairs a hold's ``held`` lists, which its
+    decision allowed: it covers those alone."""
+    held = hold.get("held")
+    listed = held if isinstance(held, list) else []
+    return {(h.get("device"), h.get("point")) for h in listed if isinstance(h, dict)}
+
+
 def same_instant(said: Any, scope: Any) -> bool:
     """Both open, or the same instant."""
     if said is None or scope is None:
@@ -1541,7 +1550,8 @@ def covers(hold: dict[str, Any], statement: dict[str, Any], point: str) -> bool:
     to)``."""
     start, end = instant(statement["window_start"]), instant(statement["window_end"])
     return (
-        (not hold["devices"] or statement["device"] in hold["devices"])
+        (statement["device"], point) in held_pairs(hold)
+        and (not hold["devices"] or statement["device"] in hold["devices"])
         and (not hold["points"] or any(fnmatchcase(point, g) for g in hold["points"]))
         and (hold["from"] is None or end > instant(hold["from"]))
         and (hold["to"] is None or start < instant(hold["to"]))

@@ -7,6 +7,7 @@ The store is filled with records of an hour ago (tests/retention_kit.py), so the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from evidence_kit import T0, fill, verify
-from retention_kit import DEVICES, kinds, later, remaining, run, sealed
+from evidence_kit import T0, Site, collect, fill, records, verify
+from retention_kit import DEVICES, TEN_MINUTES, kinds, later, remaining, run, sealed
 from test_run_signals import free_port, listening
 from test_tamper import database
 from waiting import wait_until
 
-from engine.audit import Actor
+from engine import audit
+from engine.audit import Actor, seal_with
 from engine.canonical import canonical_json
 from engine.cli import main
 from engine.errors import AccessDenied, VerificationError
@@ -38,7 +40,8 @@ from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.retention import RetentionBusy, Scope, retention_lock
-from engine.store.store import Store
+from engine.store.spool import Spool
+from engine.store.store import Recorded, Store
 from plugins.fileprincipals import PrincipalsFile
 
 SECONDS = 60
@@ -320,6 +323,42 @@ def test_a_hold_on_an_unknown_device_or_point_is_refused(retention_site, store, 
             "typo",
             keys=retention_site.key_store(),
         )
+
+
+def _held_by_legal_eu(plan: PlanBody) -> PlanBody:
+    """The same plan, its points' holds granted to role legal-eu only (not lena's)."""
+    body = {k: v for k, v in json.loads(plan.data).items() if k != "digest"}
+    for p in body["points"]:
+        p["access"]["hold"] = ["legal-eu"]
+    _, data = seal({key: canonical_json(value) for key, value in body.items()})
+    return read_plan(data)
+
+
+def test_a_hold_covers_what_it_was_decided_on_not_devices_deployed_later(
+    retention_site, store, people, tmp_path
+):
+    """A hold on every device, placed before new-f was deployed (whose plan grants holds to
+    legal-eu alone), keeps none of new-f's expired data, and lena can still release it."""
+    keys = retention_site.key_store()
+    placed = place(store, people, "lena@example.com", Scope(), "every device", keys=keys)
+    plan = _held_by_legal_eu(sealed("new-f", {"P1": TEN_MINUTES, "P2": TEN_MINUTES}))
+    seal = seal_with(keys, store.audit_key, datetime.now(UTC))
+    store.record(Recorded(audit.now_instant(), plans=[(plan, None)]), seal)  # deployed, signed
+    site = Site(retention_site.keys_dir, retention_site.plans_dir, [plan])
+    spool = Spool(tmp_path / "spool-f.db")
+    asyncio.run(collect(site, store, spool, list(records(site, SECONDS))))
+    spool.close()
+    with pytest.raises(AccessDenied):  # the guard would not let her hold it
+        place(store, people, "lena@example.com", Scope(("new-f",)), "new-f", keys=keys)
+    done = run(retention_site, store)
+    assert done.deleted["new-f", "P1"] == SECONDS and ("line-a", "P1") not in done.deleted
+    (entry,) = kinds(store, "hold.placed")
+    assert {(h["device"], h["point"]) for h in entry.payload["held"]} == {
+        (device, point) for device, points in DEVICES.items() for point in points
+    }
+    assert verify(retention_site, store, tmp_path).ok
+    release(store, people, "lena@example.com", placed.id, "settled", keys=keys)
+    assert verify(retention_site, store, tmp_path).ok
 
 
 def _generous(device: str, plan_of: str | None = None) -> PlanBody:

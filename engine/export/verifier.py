@@ -1753,6 +1753,9 @@ class Hold:
     points: tuple[str, ...]
     start: str | None
     end: str | None
+    held: frozenset[tuple[str, str]] | None = None
+    """The (device, point) pairs its decision allowed (its entry's ``held``): it covers those
+    alone, not what was deployed after it was placed."""
 
     def covers(self, device: str, point: str, window: tuple[str, str]) -> bool:
         """Whether it covers a point's records of a batch window (docs/retention.md)."""
@@ -1765,6 +1768,8 @@ class Hold:
     def names(self, device: str, point: str) -> bool:
         """Whether its devices (all, when none) and point globs (all, when none) take in
         ``device``'s ``point``, whenever stored."""
+        if self.held is not None and (device, point) not in self.held:
+            return False
         return (not self.devices or device in self.devices) and (
             not self.points or any(fnmatchcase(point, glob) for glob in self.points)
         )
@@ -1835,9 +1840,17 @@ def _holds(listed: Any, entries: dict[int, dict[str, Any]]) -> list[Hold]:
         ):
             raise ValueError(f"hold {hold} is not placed (and released) by the entries it names")
         p = entry["payload"]
+        held = None if "held" not in p else frozenset((h["device"], h["point"]) for h in p["held"])
         found.append(
             Hold(
-                hold, placed, released, tuple(p["devices"]), tuple(p["points"]), p["from"], p["to"]
+                hold,
+                placed,
+                released,
+                tuple(p["devices"]),
+                tuple(p["points"]),
+                p["from"],
+                p["to"],
+                held,
             )
         )
     return found
@@ -1904,6 +1917,8 @@ def _held_points(hold: Hold, points: Any) -> bool:
     if not all(isinstance(p, dict) and p.get("allowed") is True for p in points):
         return False
     pairs = {(str(p.get("device")), str(p.get("point"))) for p in points}
+    if hold.held is not None and pairs != hold.held:
+        return False  # it holds exactly what was decided
     devices = {device for device, _ in pairs}
     if hold.devices and devices != set(hold.devices):
         return False

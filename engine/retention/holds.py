@@ -1,9 +1,11 @@
 """Legal holds: placed and released by a principal the guard allows (``access.hold``).
 
 A hold covers devices (all, when none is named), point-name globs (all, when
-none) and a time range, and suspends the deletion of what it covers, whatever
-the policies say, until it is released; it also covers data stored after it
-was placed. Placing and releasing are decided by the guard on every point the
+none) and a time range, as the guard decided them when it was placed: exactly
+the (device, point) pairs its decision allowed (``held`` in its ``hold.placed``
+entry), never a device or point deployed later. It suspends the deletion of
+what it covers, whatever the policies say, until it is released; it also
+covers data of those pairs stored after it was placed. Placing and releasing are decided by the guard on every point the
 hold covers, under the plans in force for its range (deny overrides, default
 deny: a principal needs an ``access.hold`` grant on all of them); a release on
 the scope of the hold's ``hold.placed`` entry, not its writable row. The
@@ -18,7 +20,7 @@ deleted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from functools import partial
@@ -81,12 +83,14 @@ def place(
             f"{'ies' if len(deleted) > 1 else 'y'} {_seqs(deleted)}); a hold cannot bring "
             "deleted records back"
         )
+    held = replace(scope, held=frozenset((p.device, p.point) for p in decision.allowed))
     with store.signed(partial(seal_with, keys, store.audit_key)) as conn:
         _record(conn, decision)
         at = instant(datetime.now(UTC))
         seq = auditlog.size(conn)
         hold_id = stored.add_hold(conn, scope, reason=reason, placed_by=principal, at=at, seq=seq)
-        said = {"hold": hold_id, **scope.as_json(), "reason": reason, "decision": decision.id}
+        said = {"hold": hold_id, **scope.as_json(), "held": held.held_json(), "reason": reason,
+                "decision": decision.id}  # fmt: skip
         auditlog.append(conn, "hold.placed", actor, said, at)
     return Placed(hold_id, decision, tuple(deleted))
 
@@ -176,9 +180,14 @@ def _decide(store: Store, resolver: PrincipalResolver, principal: str, scope: Sc
 
 
 def hold_targets(conn: Connection, scope: Scope) -> list[Target]:
-    """Every point ``scope`` covers, with the plans in force for its range; raises
+    """Every point ``scope`` covers, with the plans in force for its range: of a hold placed,
+    the pairs its decision allowed (``held``), whatever was deployed since; raises
     HoldRefused for a device with no stored plan, or a glob that matches no point."""
     span = Range(scope.start, scope.end)
+    if scope.held is not None:
+        devices = sorted({device for device, _ in scope.held})
+        in_force = {device: plans_in_force(conn, device, span) for device in devices}
+        return [Target(d, p, in_force[d]) for d, p in sorted(scope.held)]
     found: list[Target] = []
     for device in scope.devices or data.devices(conn):
         plans = plans_in_force(conn, device, span)

@@ -60,12 +60,11 @@ from engine.store.retention import (
     erase,
     erased,
     erased_counts,
-    holds,
     retention_lock,
 )
 from engine.store.store import Store
 from engine.verify.records import records_digest
-from engine.verify.retention import HoldBook
+from engine.verify.retention import HOLD_KINDS, HoldBook
 from engine.verify.trust import Trust
 from engine.verify.whole import verify_store
 
@@ -146,7 +145,7 @@ def forecast(store: Store, at: datetime) -> Outcome:
     outcome = Outcome(receipt.Run("forecast", instant(at)), at)
     for batch, plan in candidates(store, at):
         with store.reading() as conn:
-            held = holds(conn, in_force=True)
+            held = HoldBook().read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)
             outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return outcome
 

@@ -681,6 +681,8 @@ def _on_scope(scope: Scope, points: Any) -> bool:
         if not isinstance(p, dict) or p.get("allowed") is not True:
             return False
         pairs.add((str(p.get("device")), str(p.get("point"))))
+    if scope.held is not None and pairs != scope.held:
+        return False  # it holds exactly what was decided
     if not all(_point_in(scope, device, point) for device, point in pairs):
         return False
     devices = {d for d, _ in pairs}
@@ -724,7 +726,7 @@ def _compare_rows(rows: dict[int, Hold], placed: Mapping[int, Hold], report: Rep
                 f"hold {hold_id}",
                 f"placed by audit entry {hold.placed_seq}, missing from the store's holds",
             )
-        elif row != hold:
+        elif row != replace(hold, scope=hold.scope.as_asked):
             report.add(f"hold {hold_id}", "the store's row differs from its audit entries")
     for hold_id in rows:
         report.add(f"hold {hold_id}", "in the store's holds, but no audit entry placed it")
