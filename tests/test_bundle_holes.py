@@ -20,14 +20,13 @@ import pytest
 import sqlalchemy as sa
 import test_export
 from evidence_kit import fill, verify
-from retention_kit import kinds, run
+from retention_kit import hold_on, kinds, run
 from test_export import Exported, Members, export, failed, forged, trust_file
 from test_tamper import database, one
 
 from engine.audit import DEFAULT_AUDIT_KEY, Actor, seal_with
 from engine.export import verifier
 from engine.plans.expiry import expiry
-from engine.retention.holds import place
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleTree
 from engine.store import auditlog, data
@@ -419,13 +418,12 @@ def test_a_bundle_from_inside_a_batch_carries_the_hold_that_covered_it(
     assert plan is not None
     window = trust_instant(first.window_start), trust_instant(first.window_end)
     mid = instant(window[0] + timedelta(seconds=10))
-    place(
+    hold_on(
+        retention_site,
         store,
         PrincipalsFile(principals_file),
-        "lena@example.com",
         Scope(("line-a",), (), None, mid),
         "x",
-        keys=retention_site.key_store(),
     )
     calculation = expiry(plan.point["P1"], *window)
     assert calculation is not None

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from evidence_kit import T0, Site, collect, fill, records, verify
-from retention_kit import DEVICES, TEN_MINUTES, kinds, later, remaining, run, sealed
+from retention_kit import DEVICES, TEN_MINUTES, hold_on, kinds, later, remaining, run, sealed
 from test_run_signals import free_port, listening
 from test_tamper import database
 from waiting import wait_until
@@ -136,14 +136,7 @@ def test_a_forecast_at_a_later_time_changes_nothing(retention_site, store):
 
 
 def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store, people, tmp_path):
-    placed = place(
-        store,
-        people,
-        "lena@example.com",
-        Scope(("line-b",)),
-        "dispute over lot 42",
-        keys=retention_site.key_store(),
-    )
+    placed = hold_on(retention_site, store, people, Scope(("line-b",)), "dispute over lot 42")
     done = run(retention_site, store)
     assert ("line-b", "P1") not in done.deleted and done.deleted["line-a", "P1"] == SECONDS
     assert done.kept == {placed.id: 2 * SECONDS}
@@ -174,14 +167,7 @@ def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store,
 
 def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, people):
     window = Scope(("line-a",), ("P2",), instant(T0), instant(T0 + timedelta(seconds=30)))
-    place(
-        store,
-        people,
-        "lena@example.com",
-        window,
-        "one window of one point",
-        keys=retention_site.key_store(),
-    )
+    hold_on(retention_site, store, people, window, "one window of one point")
     done = run(retention_site, store)
     assert done.deleted["line-a", "P1"] == SECONDS
     assert done.deleted["line-a", "P2"] == SECONDS - 30  # its first window is held
@@ -193,14 +179,7 @@ def test_a_batch_deleted_in_two_runs_keeps_leaf_hashes_only_while_records_remain
     """A hold on line-a's P1 keeps it while P2 goes (the receipts keep P2's leaf hashes, and
     the root is rebuilt with them); once released, the next run deletes the rest, and those
     receipts keep none: nothing is left to prove."""
-    held = place(
-        store,
-        people,
-        "lena@example.com",
-        Scope(("line-a",), ("P1",)),
-        "a dispute",
-        keys=retention_site.key_store(),
-    )
+    held = hold_on(retention_site, store, people, Scope(("line-a",), ("P1",)), "a dispute")
     run(retention_site, store)
     assert verify(retention_site, store, tmp_path).ok
     release(store, people, "lena@example.com", held.id, "settled", keys=retention_site.key_store())
@@ -216,54 +195,21 @@ def test_a_batch_deleted_in_two_runs_keeps_leaf_hashes_only_while_records_remain
 
 
 def test_holds_stack_and_one_release_leaves_the_other(retention_site, store, people):
-    first = place(
-        store,
-        people,
-        "lena@example.com",
-        Scope(("line-a",)),
-        "one",
-        keys=retention_site.key_store(),
-    )
-    place(
-        store,
-        people,
-        "lena@example.com",
-        Scope(("line-a",), ("P*",)),
-        "two",
-        keys=retention_site.key_store(),
-    )
+    first = hold_on(retention_site, store, people, Scope(("line-a",)), "one")
+    hold_on(retention_site, store, people, Scope(("line-a",), ("P*",)), "two")
     release(store, people, "lena@example.com", first.id, "done", keys=retention_site.key_store())
     assert ("line-a", "P1") not in run(retention_site, store).deleted
 
 
 def test_a_principal_without_a_hold_grant_is_refused_and_logged(retention_site, store, people):
-    with pytest.raises(AccessDenied, match=r"no access\.hold grant"):
-        place(
-            store,
-            people,
-            "alice@example.com",
-            Scope(("line-a",)),
-            "why not",
-            keys=retention_site.key_store(),
-        )
-    with pytest.raises(AccessDenied, match=r"access\.deny denies contractor"):
-        place(
-            store,
-            people,
-            "bob@contractor.example",
-            Scope(("line-a",)),
-            "why not",
-            keys=retention_site.key_store(),
-        )
-    with pytest.raises(AccessDenied, match="unknown to the principals"):
-        place(
-            store,
-            people,
-            "mallory@example.com",
-            Scope(("line-a",)),
-            "why not",
-            keys=retention_site.key_store(),
-        )
+    keys = retention_site.key_store()
+    for principal, refusal in (
+        ("alice@example.com", r"no access\.hold grant"),
+        ("bob@contractor.example", r"access\.deny denies contractor"),
+        ("mallory@example.com", "unknown to the principals"),
+    ):
+        with pytest.raises(AccessDenied, match=refusal):
+            place(store, people, principal, Scope(("line-a",)), "why not", keys=keys)
     outcomes = [e.payload["outcome"] for e in kinds(store, "access.decision")]
     assert outcomes == ["deny", "deny", "deny"]
     assert not kinds(store, "hold.placed")
@@ -274,9 +220,7 @@ def test_releasing_an_unknown_or_released_hold_is_refused(retention_site, store,
         release(
             store, people, "lena@example.com", 99, "no such hold", keys=retention_site.key_store()
         )
-    placed = place(
-        store, people, "lena@example.com", Scope(("line-a",)), "x", keys=retention_site.key_store()
-    )
+    placed = hold_on(retention_site, store, people, Scope(("line-a",)), "x")
     release(store, people, "lena@example.com", placed.id, "once", keys=retention_site.key_store())
     with pytest.raises(HoldRefused, match=f"hold {placed.id} was released already, by lena"):
         release(
@@ -289,40 +233,17 @@ def test_a_hold_on_deleted_data_names_the_receipts(retention_site, store, people
     receipts = [r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
     closed = Scope(("line-a",), (), instant(T0), instant(T0 + timedelta(seconds=SECONDS)))
     with pytest.raises(HoldRefused, match="nothing left to hold") as refused:
-        place(
-            store, people, "lena@example.com", closed, "too late", keys=retention_site.key_store()
-        )
+        hold_on(retention_site, store, people, closed, "too late")
     assert f"audit entries {receipts[0]}, {receipts[1]}" in str(refused.value)
-    open_ended = place(
-        store,
-        people,
-        "lena@example.com",
-        Scope(("line-a",)),
-        "from now on",
-        keys=retention_site.key_store(),
-    )
+    open_ended = hold_on(retention_site, store, people, Scope(("line-a",)), "from now on")
     assert open_ended.deleted_before == tuple(receipts)
 
 
 def test_a_hold_on_an_unknown_device_or_point_is_refused(retention_site, store, people):
     with pytest.raises(HoldRefused, match="device press-9 has no plan in this store"):
-        place(
-            store,
-            people,
-            "lena@example.com",
-            Scope(("press-9",)),
-            "typo",
-            keys=retention_site.key_store(),
-        )
+        hold_on(retention_site, store, people, Scope(("press-9",)), "typo")
     with pytest.raises(HoldRefused, match="--point Q\\* matches no point of device line-a"):
-        place(
-            store,
-            people,
-            "lena@example.com",
-            Scope(("line-a",), ("Q*",)),
-            "typo",
-            keys=retention_site.key_store(),
-        )
+        hold_on(retention_site, store, people, Scope(("line-a",), ("Q*",)), "typo")
 
 
 def _held_by_legal_eu(plan: PlanBody) -> PlanBody:
@@ -340,7 +261,7 @@ def test_a_hold_covers_what_it_was_decided_on_not_devices_deployed_later(
     """A hold on every device, placed before new-f was deployed (whose plan grants holds to
     legal-eu alone), keeps none of new-f's expired data, and lena can still release it."""
     keys = retention_site.key_store()
-    placed = place(store, people, "lena@example.com", Scope(), "every device", keys=keys)
+    placed = hold_on(retention_site, store, people, Scope(), "every device", keys=keys)
     plan = _held_by_legal_eu(sealed("new-f", {"P1": TEN_MINUTES, "P2": TEN_MINUTES}))
     seal = seal_with(keys, store.audit_key, datetime.now(UTC))
     store.record(Recorded(audit.now_instant(), plans=[(plan, None)]), seal)  # deployed, signed
@@ -379,9 +300,7 @@ def _next_month() -> Scope:
 def test_a_plan_row_nobody_deployed_does_not_let_a_principal_release_a_hold(
     retention_site, store, backend, people
 ):
-    held = place(
-        store, people, "lena@example.com", _next_month(), "suit", keys=retention_site.key_store()
-    )
+    held = place(store, people, "lena@example.com", _next_month(), "suit")
     with pytest.raises(AccessDenied):
         release(store, people, "alice@example.com", held.id, "no", keys=retention_site.key_store())
     forged = _generous("line-a")

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import test_export
 from evidence_kit import Site, fill, verify
-from retention_kit import DEVICES, job, kinds, run, sealed, signed_sizes
+from retention_kit import DEVICES, hold_on, job, kinds, run, sealed, signed_sizes
 from test_export import failed, forged, read, trust_file
 
 from engine.cli import main
 from engine.retention import apply
 from engine.retention import run as runs
-from engine.retention.holds import place
 from engine.retention.select import Selection, select
 from engine.store.retention import Scope
 from plugins.fileprincipals import PrincipalsFile
@@ -40,14 +39,7 @@ def bundled(retention_site, backend, principals_file, tmp_path):
     """A store after a run that deleted line-a and lab-c's P2, with line-b held; the
     auditor's bundle of three devices, and the trust file."""
     store = fill(retention_site, backend, tmp_path, SECONDS)
-    place(
-        store,
-        PrincipalsFile(principals_file),
-        "lena@example.com",
-        Scope(("line-b",)),
-        "x",
-        keys=retention_site.key_store(),
-    )
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
     run(retention_site, store)
     receipts = [r.seq for r in kinds(store, "retention.deleted")]
     store.close()
@@ -91,14 +83,7 @@ def buggy(retention_site, backend, principals_file, tmp_path, monkeypatch):
     """A store after a run that ignored the hold on line-b and read a clock four hours fast
     (its receipts are signed all the same); the auditor's bundle, and the trust file."""
     store = fill(retention_site, backend, tmp_path, SECONDS)
-    place(
-        store,
-        PrincipalsFile(principals_file),
-        "lena@example.com",
-        Scope(("line-b",)),
-        "x",
-        keys=retention_site.key_store(),
-    )
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
     monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
     monkeypatch.setattr(
         runs, "select", lambda b, p, h, leaves, at: select(b, p, h, leaves, at + timedelta(hours=4))

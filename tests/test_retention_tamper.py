@@ -22,14 +22,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from evidence_kit import Site, fill, verify
-from retention_kit import DEVICES, TEN_MINUTES, kinds, run, sealed
+from retention_kit import DEVICES, TEN_MINUTES, hold_on, kinds, run, sealed
 from test_tamper import Named, assert_named, batch_label, database, one
 
 from engine.audit import Actor
 from engine.plans.expiry import expiry
 from engine.retention import receipt as receipts
 from engine.retention import run as runs
-from engine.retention.holds import place
 from engine.retention.select import Group, select
 from engine.store import auditlog, data
 from engine.store.retention import Scope, erase
@@ -57,14 +56,7 @@ def receipt_of(store, device: str) -> int:
 def test_a_run_that_ignores_a_hold_is_named(
     retention_site, store, principals_file, monkeypatch, tmp_path
 ):
-    place(
-        store,
-        PrincipalsFile(principals_file),
-        "lena@example.com",
-        Scope(("line-b",)),
-        "x",
-        keys=retention_site.key_store(),
-    )
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
     monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
     run(retention_site, store)
     report = verify(retention_site, store, tmp_path)
@@ -303,14 +295,7 @@ TAMPERS: dict[str, Tamper] = {
 @pytest.fixture
 def lawful(retention_site, store, principals_file, tmp_path):
     """The store after a lawful run, with a hold on line-b: it verifies."""
-    place(
-        store,
-        PrincipalsFile(principals_file),
-        "lena@example.com",
-        Scope(("line-b",)),
-        "x",
-        keys=retention_site.key_store(),
-    )
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
     run(retention_site, store)
     report = verify(retention_site, store, tmp_path)
     assert report.ok, report.problems

@@ -5,10 +5,11 @@ none) and a time range, as the guard decided them when it was placed: exactly
 the (device, point) pairs its decision allowed (``held`` in its ``hold.placed``
 entry), never a device or point deployed later. It suspends the deletion of
 what it covers, whatever the policies say, until it is released; it also
-covers data of those pairs stored after it was placed. Placing and releasing are decided by the guard on every point the
-hold covers, under the plans in force for its range (deny overrides, default
-deny: a principal needs an ``access.hold`` grant on all of them); a release on
-the scope of the hold's ``hold.placed`` entry, not its writable row. The
+covers data of those pairs stored after it was placed. Placing and releasing
+are decided by the guard on every point the hold covers, under the plans in
+force for its range (deny overrides, default deny: a principal needs an
+``access.hold`` grant on all of them); a release on the pairs of the hold's
+``hold.placed`` entry, not its writable row. The
 decision (``access.decision``), the entry (``hold.placed``, ``hold.released``)
 and the hold's row are written in one transaction with a checkpoint signed by
 the log's key (:meth:`Store.signed <engine.store.store.Store.signed>`): a hold

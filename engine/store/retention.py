@@ -201,9 +201,13 @@ class Scope:
     def covers(self, device: str, point: str, window_start: str, window_end: str) -> bool:
         if self.held is not None and (device, point) not in self.held:
             return False
-        return self.touches(device, window_start, window_end) and (
-            not self.points or any(fnmatchcase(point, glob) for glob in self.points)
-        )
+        return self.touches(device, window_start, window_end) and self.names(device, point)
+
+    def names(self, device: str, point: str) -> bool:
+        """Whether its devices (all, when none) and point globs (all, when none) take in
+        ``device``'s ``point``."""
+        in_devices = not self.devices or device in self.devices
+        return in_devices and (not self.points or any(fnmatchcase(point, g) for g in self.points))
 
     def touches(self, device: str, window_start: str, window_end: str) -> bool:
         """Whether it covers some point of ``device`` in that window (if it has the point)."""

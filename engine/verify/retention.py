@@ -683,7 +683,7 @@ def _on_scope(scope: Scope, points: Any) -> bool:
         pairs.add((str(p.get("device")), str(p.get("point"))))
     if scope.held is not None and pairs != scope.held:
         return False  # it holds exactly what was decided
-    if not all(_point_in(scope, device, point) for device, point in pairs):
+    if not all(scope.names(device, point) for device, point in pairs):
         return False
     devices = {d for d, _ in pairs}
     if scope.devices and devices != set(scope.devices):
@@ -693,12 +693,6 @@ def _on_scope(scope: Scope, points: Any) -> bool:
         for glob in scope.points
         for device in devices
     )
-
-
-def _point_in(scope: Scope, device: str, point: str) -> bool:
-    """Whether ``scope`` names ``device`` (or every device) and matches ``point``."""
-    in_devices = not scope.devices or device in scope.devices
-    return in_devices and (not scope.points or any(fnmatchcase(point, g) for g in scope.points))
 
 
 def _placed(entry: AuditEntry, placed: Mapping[int, Hold], report: Report) -> Hold | None:
