@@ -261,7 +261,7 @@ def test_a_hold_covers_what_it_was_decided_on_not_devices_deployed_later(
     """A hold on every device, placed before new-f was deployed (whose plan grants holds to
     legal-eu alone), keeps none of new-f's expired data, and lena can still release it."""
     keys = retention_site.key_store()
-    placed = hold_on(retention_site, store, people, Scope(), "every device", keys=keys)
+    placed = hold_on(retention_site, store, people, Scope(), "every device")
     plan = _held_by_legal_eu(sealed("new-f", {"P1": TEN_MINUTES, "P2": TEN_MINUTES}))
     seal = seal_with(keys, store.audit_key, datetime.now(UTC))
     store.record(Recorded(audit.now_instant(), plans=[(plan, None)]), seal)  # deployed, signed
@@ -300,7 +300,7 @@ def _next_month() -> Scope:
 def test_a_plan_row_nobody_deployed_does_not_let_a_principal_release_a_hold(
     retention_site, store, backend, people
 ):
-    held = place(store, people, "lena@example.com", _next_month(), "suit")
+    held = hold_on(retention_site, store, people, _next_month(), "suit")
     with pytest.raises(AccessDenied):
         release(store, people, "alice@example.com", held.id, "no", keys=retention_site.key_store())
     forged = _generous("line-a")
