@@ -12,8 +12,12 @@ lawful when, for every point it deleted, the batch's *plan* expires that
 point's records (:mod:`engine.plans.expiry`, on the batch's signed window) no
 later than the receipt's time, no hold in force when it was written covers
 them, and its time is no later than the checkpoint that signs it. Holds are
-rebuilt from their ``hold.placed`` and ``hold.released`` entries, and the
-store's hold rows must say the same.
+rebuilt from their ``hold.placed`` and ``hold.released`` entries, each of
+which must name an earlier ``access.decision`` that allowed its actor a hold
+on the hold's scope as placed (a release none allowed leaves the hold in
+force), and the store's hold rows must say the same. An archiving receipt
+names the ``retention.archive.written`` entry that signed its archive's
+SHA-256 once the file existed.
 
 What fails is named: a receipt that names no stored batch, deletes before a
 ``keep_at_least``, before the expiry, during a hold, or keeps leaf hashes the
