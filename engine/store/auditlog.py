@@ -123,12 +123,17 @@ def checkpoint(
     made = origin(conn)
     if made is None:
         raise StoreError("the store's audit log has no origin: prepare the store first")
-    signed = last_checkpoint_size(conn)
+    newest = conn.execute(
+        select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
+    ).first()
+    signed = 0 if newest is None else int(newest.size)
     if log.size in (0, signed):
         return None
-    if signed:  # before the first checkpoint nothing is signed yet, so there is no tail
-        _refuse_forged(conn, signed, log.size if since is None else since)
-    at = max(at, _last_signed(conn) or at)
+    end = log.size if since is None else since
+    if signed and signed < end:  # before the first checkpoint nothing is signed: no tail
+        _refuse_forged(conn, signed, end)
+    last = None if newest is None else _signed_at(str(newest.note))
+    at = max(at, last or at)
     note = sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
     return note
@@ -158,21 +163,16 @@ def _refuse_forged(conn: Connection, first: int, end: int) -> None:
         raise CheckpointRefused(f"audit entry {seen} is missing from the log's tail")
 
 
-def _last_signed(conn: Connection) -> datetime | None:
-    """When the newest checkpoint says it was signed.
+def _signed_at(newest: str) -> datetime | None:
+    """When the newest checkpoint (its note) says it was signed.
 
     Two writers (a collector and a retention run, say) each choose their checkpoint's time
     before they wait for the write lock; the one that waited must not state a time before the
     checkpoint signed meanwhile, or the log would look back-dated (docs/audit.md), so its time
     is raised to that one's, never more than the second the time is rounded up by.
     """
-    newest = conn.execute(
-        select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
-    ).scalar()
-    if newest is None:
-        return None
     try:
-        return signed_time(Checkpoint.from_text(split_note(str(newest))[0]))
+        return signed_time(Checkpoint.from_text(split_note(newest)[0]))
     except VerificationError:
         return None
 
