@@ -69,10 +69,33 @@ KINDS = {
     "checkpoint.cosigned": "the centre cosigned a checkpoint of a site collector's log",
     "retention.deleted": "a retention run deleted expired records of a batch (its receipt)",
     "retention.archived": "a retention run archived records before deleting them (the bundle)",
+    "retention.archive.written": "a retention run wrote an archive: its file and SHA-256",
     "hold.placed": "a principal placed a legal hold (what it covers, why)",
     "hold.released": "a principal released a legal hold",
 }
 """Every entry kind and what it records (docs/audit.md)."""
+TAIL_KINDS = frozenset(
+    {
+        "batch.stored",
+        "batch.sealed",
+        "batch.dropped",
+        "message.quarantined",
+        "checkpoint.cosigned",
+        "spool.full",
+        "key.generated",
+        "key.rotated",
+        "access.decision",
+        "audit.reviewed",
+    }
+)
+"""The kinds an entry may have while it waits, unsigned, for the next checkpoint: what a
+running collector appends between checkpoints, and what commands that hold no audit key append
+(``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews). A site
+collector that publishes logs its batches as ``batch.sealed``; a central store's ingesters log
+quarantined messages and cosigned checkpoints between theirs (docs/scale-out.md). Every other
+entry, those that decide whether a deletion was lawful (holds, receipts, archives) among them,
+is written with a checkpoint in its own transaction, by a holder of the audit key, and no
+checkpoint signs one it did not append (:func:`engine.store.auditlog.checkpoint`)."""
 
 
 CheckpointSigner = Callable[[Checkpoint], str]

@@ -166,6 +166,11 @@ class StoreError(ConvergeError):
     """A database (or spool) that cannot be opened, migrated, read or written."""
 
 
+class CheckpointRefused(StoreError):
+    """A checkpoint not signed: the unsigned tail holds an entry that is always signed in the
+    transaction that writes it, so someone without the audit key wrote it (docs/audit.md)."""
+
+
 class AccessDenied(ConvergeError):
     """The guard refused a principal, or a principal may not act from this account."""
 

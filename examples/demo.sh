@@ -172,9 +172,10 @@ python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv
 echo "the auditor's report: $OUT/report.html"
 
 step "17. Retention: the reactors' readings are kept at most 20 s; legal holds reactor-7, then a run deletes what expired, each batch with a signed receipt" \
-     "converge hold add --as lena@example.com --device reactor-7 ...; converge retention apply --db $OUT/retention.db --job nightly-retention"
+     "converge hold add --as lena@example.com --keys $OUT/keys --device reactor-7 ...; converge retention apply --db $OUT/retention.db --job nightly-retention"
 converge hold add --db $OUT/retention.db --principals examples/retention/principals.yaml \
-  --as lena@example.com --device reactor-7 --reason "litigation hold: batch dispute on reactor-7"
+  --as lena@example.com --keys $OUT/keys --device reactor-7 \
+  --reason "litigation hold: batch dispute on reactor-7"
 converge retention apply --db $OUT/retention.db --job nightly-retention --keys $OUT/keys
 
 step "18. The auditor verifies the store: the deletions are lawful (named with their receipts), the held data is kept and noted" \

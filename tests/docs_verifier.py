@@ -472,7 +472,8 @@ KINDS = {
         "archive",
     },
     "retention.archived": {"decision", "file", "from", "to", "points", "batches"},
-    "hold.placed": {"hold", "devices", "points", "from", "to", "reason", "decision"},
+    "retention.archive.written": {"archived", "file", "sha256"},
+    "hold.placed": {"hold", "devices", "points", "held", "from", "to", "reason", "decision"},
     "hold.released": {"hold", "reason", "decision"},
 }
 """Every kind of entry (audit.md#the-audit-log) and, where the page lists it, its payload.
@@ -488,11 +489,9 @@ ENTRY = {"actor", "kind", "payload", "seq", "time"}
 RUN_KINDS = {"batch.stored", "batch.dropped", "spool.full"}
 """What a running collector appends between checkpoints."""
 KEYLESS_KINDS = {"key.generated", "key.rotated", "access.decision", "audit.reviewed"}
-KEYLESS_KINDS |= {"hold.placed", "hold.released", "retention.deleted", "retention.archived"}
-"""What commands that hold no audit key append, and a killed retention run's receipts.
-
-DOC GAP: audit.md bounds a killed retention run's tail only by "a run signs one every 256
-receipts"; taken, as for the keyless commands' entries: no bound."""
+"""What commands that hold no audit key append. Holds, receipts and archives are signed in the
+transaction that writes them (audit.md#the-unsigned-tail): after the last checkpoint, they
+fail."""
 BATCH_KINDS = {"batch.stored", "batch.dropped"}
 STATEMENT = {
     "format",
@@ -735,9 +734,8 @@ class Verifier:
         if not isinstance(interval, int | float) or not isinstance(entries, int):
             self.fail(f"audit entry {started.seq}", "no checkpoint_s and checkpoint_entries")
             return
-        # DOC GAP: "no more than that run's checkpoint_entries + 64 entries": taken to count
-        # every entry of the tail, the keyless commands' ones included.
-        if len(tail) > entries + 64:
+        # audit.md: only the run's own entries count against its checkpoint_entries + 64.
+        if sum(entry.kind in RUN_KINDS for entry in tail) > entries + 64:
             self.fail(first, "more than one checkpoint interval of entries")
         for entry in tail:
             if entry.kind not in BATCH_KINDS or not signed_at:
@@ -1266,6 +1264,7 @@ class Verifier:
                 if not isinstance(said["hold"], int) or said["hold"] in self.holds:
                     self.fail(item, f"places hold {said['hold']!r} again, or no hold")
                     continue
+                self.undecided(entry, said)
                 self.holds[said["hold"]] = said | {
                     "placed_by": actor_id(entry.actor),
                     "placed_at": entry.stamp,
@@ -1280,6 +1279,8 @@ class Verifier:
                 if hold is None or hold["released_seq"] is not None:
                     self.fail(item, f"releases hold {said['hold']!r}: unknown or released")
                     continue
+                if self.undecided(entry, hold):
+                    continue  # a release no decision allowed: the hold stays in force
                 hold["released_by"], hold["released_at"] = actor_id(entry.actor), entry.stamp
                 hold["release_reason"], hold["released_seq"] = said["reason"], entry.seq
         columns = (
@@ -1311,6 +1312,58 @@ class Verifier:
                 self.fail(f"hold {hold_id}", "the store's row is not what its entries say")
         for hold_id in rows:
             self.fail(f"hold {hold_id}", "in the store, but no entry placed it")
+
+    def undecided(self, entry: Entry, hold: dict[str, Any]) -> bool:
+        """retention.md#legal-holds: a hold entry names an earlier ``access.decision`` that
+        allowed its actor (outcome ``allow``, action ``hold``) on the hold's scope as placed:
+        the same ``from``/``to``, every point decided within its devices and globs, each
+        device it names decided, each glob matching a decided point of each device. Failed
+        (and True) when not.
+
+        DOC GAP: retention.md says the guard decides "every point the hold covers"; which
+        points those are (the plans in force then) is not in the log, so the decided points
+        are held to the scope, not the scope to a list of points."""
+        named = entry.payload.get("decision")
+        decision = next(
+            (
+                e
+                for e in self.entries.values()
+                if e.kind == "access.decision"
+                and e.payload.get("decision") == named
+                and e.seq < entry.seq
+            ),
+            None,
+        )
+        said = decision.payload if decision else {}
+        who = actor_id(entry.actor)
+        points = said.get("points") if isinstance(said.get("points"), list) else []
+        pairs = {(p.get("device"), p.get("point")) for p in points if isinstance(p, dict)}
+        devices = {d for d, _ in pairs}
+        ok = (
+            decision is not None
+            and said.get("action") == "hold"
+            and said.get("outcome") == "allow"
+            and said.get("principal") == who == actor_id(decision.actor)
+            and same_instant(said.get("from"), hold["from"])
+            and same_instant(said.get("to"), hold["to"])
+            and bool(pairs)
+            and all(isinstance(p, dict) and p.get("allowed") is True for p in points)
+            and (not hold["devices"] or devices == set(hold["devices"]))
+            and pairs == held_pairs(hold)
+            and all(
+                (not hold["devices"] or d in hold["devices"])
+                and (not hold["points"] or any(fnmatchcase(str(p), g) for g in hold["points"]))
+                for d, p in pairs
+            )
+            and all(
+                any(fnmatchcase(str(p), g) for d2, p in pairs if d2 == d)
+                for g in hold["points"]
+                for d in devices
+            )
+        )
+        if not ok:
+            self.fail(f"audit entry {entry.seq}", f"{entry.kind}: no decision allowed it")
+        return not ok
 
     def check_receipts(self) -> None:
         """Every deletion receipt names its batch as signed, and was lawful: each point it
@@ -1410,12 +1463,19 @@ class Verifier:
         if not isinstance(archive, dict):
             return False
         named = self.entries.get(archive.get("entry"))  # type: ignore[arg-type]
+        written = self.entries.get(archive.get("written"))  # type: ignore[arg-type]
         return (
             named is not None
             and named.kind == "retention.archived"
             and named.seq < entry.seq
             and named.payload["file"] == archive.get("file")
             and any(b.get("batch") == entry.payload["batch"] for b in named.payload["batches"])
+            # retention.md#archives: the file's SHA-256, signed once it existed
+            and written is not None
+            and written.kind == "retention.archive.written"
+            and named.seq < written.seq < entry.seq
+            and written.payload
+            == {"archived": named.seq, "file": archive.get("file"), "sha256": archive.get("sha256")}
         )
 
 
@@ -1504,6 +1564,24 @@ def actor_id(actor: Any) -> str:
     return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
 
 
+def held_pairs(hold: dict[str, Any]) -> set[tuple[Any, Any]]:
+    """retention.md#legal-holds: the (device, point) pairs a hold's ``held`` lists, which its
+    decision allowed: it covers those alone."""
+    held = hold.get("held")
+    listed = held if isinstance(held, list) else []
+    return {(h.get("device"), h.get("point")) for h in listed if isinstance(h, dict)}
+
+
+def same_instant(said: Any, scope: Any) -> bool:
+    """Both open, or the same instant."""
+    if said is None or scope is None:
+        return said is scope is None
+    try:
+        return instant(str(said)) == instant(str(scope))
+    except ValueError:
+        return False
+
+
 def in_force(hold: dict[str, Any], seq: int) -> bool:
     """Placed before entry ``seq``, and not released before it."""
     released = hold["released_seq"]
@@ -1516,7 +1594,8 @@ def covers(hold: dict[str, Any], statement: dict[str, Any], point: str) -> bool:
     to)``."""
     start, end = instant(statement["window_start"]), instant(statement["window_end"])
     return (
-        (not hold["devices"] or statement["device"] in hold["devices"])
+        (statement["device"], point) in held_pairs(hold)
+        and (not hold["devices"] or statement["device"] in hold["devices"])
         and (not hold["points"] or any(fnmatchcase(point, g) for g in hold["points"]))
         and (hold["from"] is None or end > instant(hold["from"]))
         and (hold["to"] is None or start < instant(hold["to"]))

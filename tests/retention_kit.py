@@ -24,8 +24,11 @@ from engine.canonical import canonical_json
 from engine.plans.body import PlanBody
 from engine.plans.format import PLAN_FORMAT, read_plan, seal
 from engine.retention import Job, Outcome, apply
-from engine.store import auditlog
+from engine.retention.holds import Placed, place
+from engine.store import auditlog, reads
+from engine.store.retention import Scope
 from engine.store.store import Store
+from plugins.fileprincipals import PrincipalsFile
 
 WINDOW_MS = 30_000
 TEN_MINUTES = {"keep_at_most_ms": 600_000, "on_expiry": "delete"}
@@ -116,6 +119,18 @@ def run(site: Site, store: Store) -> Outcome:
 def kinds(store: Store, *wanted: str) -> list[AuditEntry]:
     with store.reading() as conn:
         return list(auditlog.entries(conn, list(wanted)))
+
+
+def hold_on(site: Site, store: Store, people: PrincipalsFile, scope: Scope, reason: str) -> Placed:
+    """Lena's hold on ``scope`` (role legal: the guard allows her), signed with the site's
+    audit key."""
+    return place(store, people, "lena@example.com", scope, reason, keys=site.key_store())
+
+
+def signed_sizes(store: Store) -> set[int]:
+    """The sizes of the log's checkpoints."""
+    with store.reading() as conn:
+        return {int(row.size) for row in reads.checkpoints(conn)}
 
 
 def remaining(store: Store) -> int:

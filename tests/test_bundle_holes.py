@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,14 @@ import pytest
 import sqlalchemy as sa
 import test_export
 from evidence_kit import fill, verify
-from retention_kit import kinds, run
+from retention_kit import hold_on, kinds, run
 from test_export import Exported, Members, export, failed, forged, trust_file
 from test_retention_tamper import as_point, forge_deletion
 from test_tamper import database, one
 
-from engine.audit import Actor, seal_with
+from engine.audit import DEFAULT_AUDIT_KEY, Actor, seal_with
 from engine.export import verifier
 from engine.plans.expiry import expiry
-from engine.retention.holds import place
 from engine.sign.leaf import instant, point_map_of
 from engine.sign.merkle import MerkleTree
 from engine.store import auditlog, data
@@ -209,6 +209,14 @@ def _naming(batch: Any) -> Receipt:
     }
 
 
+def _sign(conn: sa.Connection, site, since: int) -> None:
+    """Sign a checkpoint over what ``conn``'s transaction appended from entry ``since`` on, as
+    a run that holds the audit key but writes a bad receipt would: no checkpoint signs a
+    receipt that waits in the unsigned tail."""
+    seal = seal_with(site.key_store(), DEFAULT_AUDIT_KEY, datetime.now(UTC))
+    auditlog.checkpoint(conn, seal.sign, seal.at, since)
+
+
 def _groups(said: Receipt, *spans: list[list[int]]) -> list[dict[str, Any]]:
     return [said["expiries"][0] | {"points": ["P1"], "positions": span} for span in spans]
 
@@ -277,8 +285,8 @@ FORGED = {
 def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
     retention_site, backend, tmp_path: Path, both, forgery: str
 ):
-    """A receipt, appended to the log by someone who can write the database, for a batch of
-    vault-d (kept for ever) whose records are still stored; the export of vault-d carries it
+    """A receipt, signed into the log by a run that holds the key but decides wrongly, for a
+    batch of vault-d (kept for ever) whose records are still stored; the export carries it
     and both verifiers name what is wrong with it, at once (a run of 2**53 positions is not
     counted out)."""
     change, message = FORGED[forgery]
@@ -306,6 +314,7 @@ def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
         said["expiries"] = _groups(said, [[0, batch.count - 1]])
         change(said)
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
+        _sign(conn, retention_site, seq)
     out = tmp_path / "vault-d.zip"
     assert export(backend, retention_site.keys_dir, out, "--device", "vault-d") == 0
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
@@ -318,7 +327,7 @@ def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
 def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     retention_site, backend, tmp_path: Path, both
 ):
-    """A lawful receipt written again (by someone who can write the database): the bundle's
+    """A lawful receipt written again (by a run that holds the key): the bundle's
     note counted its records twice; both verifiers name it, as audit verify does."""
     store = fill(retention_site, backend, tmp_path, 60)
     run(retention_site, store)
@@ -326,6 +335,7 @@ def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     store.close()
     with database(backend).begin() as conn:
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), lawful.payload)
+        _sign(conn, retention_site, seq)
     out = tmp_path / "line-a.zip"
     assert export(backend, retention_site.keys_dir, out, "--device", "line-a") == 0
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
@@ -334,13 +344,12 @@ def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     assert [line for line in failed(both(out, trust)) if line.startswith(want)]
 
 
-def _deleted_by_a_tail_receipt(
+def _deleted_by_a_signed_receipt(
     retention_site, store, backend, device: str, *, dated: str, calculation: dict[str, Any]
 ) -> int:
-    """Delete the P1 readings of ``device``'s first batch in plain SQL, append a receipt of
-    them dated ``dated`` to the log's unsigned tail (``calculation`` its expiry), as someone
-    who can write the database can, and let the collector's next checkpoint, of now, sign
-    it; the receipt's entry number."""
+    """Delete the P1 readings of ``device``'s first batch in plain SQL, and write a receipt of
+    them dated ``dated`` (``calculation`` its expiry) with a checkpoint of now signing it, as
+    a run that holds the audit key but decides wrongly would; the receipt's entry number."""
     with database(backend).begin() as conn:
         batch = one(
             conn,
@@ -366,10 +375,9 @@ def _deleted_by_a_tail_receipt(
         "run": {"id": str(uuid.uuid4()), "started": dated},
         "archive": None,
     }
-    with store.transaction() as conn:
+    with store.signed(partial(seal_with, retention_site.key_store(), store.audit_key)) as conn:
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said, dated)
         erase(conn, batch.id, gone, hashes, seq)
-    store.checkpoint(seal_with(retention_site.key_store(), store.audit_key, datetime.now(UTC)).sign)
     return seq
 
 
@@ -387,7 +395,7 @@ def test_a_bundled_receipt_dated_after_the_checkpoint_that_signs_it_is_named(
     receipt's own date. Now both verifiers name it."""
     store = fill(retention_site, backend, tmp_path, 60)
     later = instant(datetime.now(UTC) + timedelta(hours=4))
-    seq = _deleted_by_a_tail_receipt(
+    seq = _deleted_by_a_signed_receipt(
         retention_site, store, backend, "lab-c", dated=later, calculation={}
     )
     assert _named_by_audit_verify(retention_site, store, seq, "dated")
@@ -413,17 +421,17 @@ def test_a_bundle_from_inside_a_batch_carries_the_hold_that_covered_it(
     assert plan is not None
     window = trust_instant(first.window_start), trust_instant(first.window_end)
     mid = instant(window[0] + timedelta(seconds=10))
-    place(
+    hold_on(
+        retention_site,
         store,
         PrincipalsFile(principals_file),
-        "lena@example.com",
         Scope(("line-a",), (), None, mid),
         "x",
     )
     calculation = expiry(plan.point["P1"], *window)
     assert calculation is not None
     now = instant(datetime.now(UTC))
-    seq = _deleted_by_a_tail_receipt(
+    seq = _deleted_by_a_signed_receipt(
         retention_site, store, backend, "line-a", dated=now, calculation=calculation.as_json()
     )
     assert _named_by_audit_verify(retention_site, store, seq, "during hold")
@@ -443,8 +451,8 @@ def test_a_bundled_receipt_deleting_records_as_another_point_is_named(
     retention_site, backend, tmp_path: Path, both
 ):
     """lab-c keeps P1 at least 3 hours, P2 at most 10 minutes: after a lawful run its batches
-    hold only P1 records. Someone who can write the database deletes them with a receipt in the
-    log's unsigned tail calling them P2 (expired, unheld); audit verify names it, and the
+    hold only P1 records. A run that holds the audit key but lies deletes them with a signed
+    receipt calling them P2 (expired, unheld); audit verify names it, and the
     export of lab-c carries the batch's signed point map, by which both verifiers name it."""
     store = fill(retention_site, backend, tmp_path, 60)
     run(retention_site, store)
@@ -458,6 +466,7 @@ def test_a_bundled_receipt_deleting_records_as_another_point_is_named(
             b=batch_id,
         ).p
         seq = forge_deletion(conn, batch_id, lab_c.payload, as_point("P2", lab_c.payload))
+        _sign(conn, retention_site, seq)
     count = lab_c.payload["remaining"]  # what the forged receipt deletes
     lie = f"deletes position {first} of batch {batch_id}"
     assert _named_by_audit_verify(retention_site, store, seq, "where its signed point map says P1")

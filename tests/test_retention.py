@@ -7,6 +7,7 @@ The store is filled with records of an hour ago (tests/retention_kit.py), so the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from evidence_kit import T0, fill, verify
-from retention_kit import DEVICES, kinds, later, remaining, run, sealed
+from evidence_kit import T0, Site, collect, fill, records, verify
+from retention_kit import DEVICES, TEN_MINUTES, hold_on, kinds, later, remaining, run, sealed
 from test_run_signals import free_port, listening
 from test_tamper import database
 from waiting import wait_until
 
-from engine.audit import Actor
+from engine import audit
+from engine.audit import Actor, seal_with
 from engine.canonical import canonical_json
 from engine.cli import main
 from engine.errors import AccessDenied, VerificationError
@@ -38,7 +40,8 @@ from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.retention import RetentionBusy, Scope, retention_lock
-from engine.store.store import Store
+from engine.store.spool import Spool
+from engine.store.store import Recorded, Store
 from plugins.fileprincipals import PrincipalsFile
 
 SECONDS = 60
@@ -133,7 +136,7 @@ def test_a_forecast_at_a_later_time_changes_nothing(retention_site, store):
 
 
 def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store, people, tmp_path):
-    placed = place(store, people, "lena@example.com", Scope(("line-b",)), "dispute over lot 42")
+    placed = hold_on(retention_site, store, people, Scope(("line-b",)), "dispute over lot 42")
     done = run(retention_site, store)
     assert ("line-b", "P1") not in done.deleted and done.deleted["line-a", "P1"] == SECONDS
     assert done.kept == {placed.id: 2 * SECONDS}
@@ -142,7 +145,9 @@ def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store,
     assert report.ok, report.problems
     assert any(n.startswith("line-b: 120 records") and "hold 1" in n for n in report.notes)
     assert {f.item for f in report.findings} == set()  # held data is a note, not a finding
-    release(store, people, "lena@example.com", placed.id, "settled")
+    release(
+        store, people, "lena@example.com", placed.id, "settled", keys=retention_site.key_store()
+    )
     after = run(retention_site, store)
     assert after.deleted == {("line-b", "P1"): SECONDS, ("line-b", "P2"): SECONDS}
     report = verify(retention_site, store, tmp_path)
@@ -162,7 +167,7 @@ def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store,
 
 def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, people):
     window = Scope(("line-a",), ("P2",), instant(T0), instant(T0 + timedelta(seconds=30)))
-    place(store, people, "lena@example.com", window, "one window of one point")
+    hold_on(retention_site, store, people, window, "one window of one point")
     done = run(retention_site, store)
     assert done.deleted["line-a", "P1"] == SECONDS
     assert done.deleted["line-a", "P2"] == SECONDS - 30  # its first window is held
@@ -174,10 +179,10 @@ def test_a_batch_deleted_in_two_runs_keeps_leaf_hashes_only_while_records_remain
     """A hold on line-a's P1 keeps it while P2 goes (the receipts keep P2's leaf hashes, and
     the root is rebuilt with them); once released, the next run deletes the rest, and those
     receipts keep none: nothing is left to prove."""
-    held = place(store, people, "lena@example.com", Scope(("line-a",), ("P1",)), "a dispute")
+    held = hold_on(retention_site, store, people, Scope(("line-a",), ("P1",)), "a dispute")
     run(retention_site, store)
     assert verify(retention_site, store, tmp_path).ok
-    release(store, people, "lena@example.com", held.id, "settled")
+    release(store, people, "lena@example.com", held.id, "settled", keys=retention_site.key_store())
     run(retention_site, store)
     line_a = [
         r.payload for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"
@@ -190,31 +195,37 @@ def test_a_batch_deleted_in_two_runs_keeps_leaf_hashes_only_while_records_remain
 
 
 def test_holds_stack_and_one_release_leaves_the_other(retention_site, store, people):
-    first = place(store, people, "lena@example.com", Scope(("line-a",)), "one")
-    place(store, people, "lena@example.com", Scope(("line-a",), ("P*",)), "two")
-    release(store, people, "lena@example.com", first.id, "done")
+    first = hold_on(retention_site, store, people, Scope(("line-a",)), "one")
+    hold_on(retention_site, store, people, Scope(("line-a",), ("P*",)), "two")
+    release(store, people, "lena@example.com", first.id, "done", keys=retention_site.key_store())
     assert ("line-a", "P1") not in run(retention_site, store).deleted
 
 
-def test_a_principal_without_a_hold_grant_is_refused_and_logged(store, people):
-    with pytest.raises(AccessDenied, match=r"no access\.hold grant"):
-        place(store, people, "alice@example.com", Scope(("line-a",)), "why not")
-    with pytest.raises(AccessDenied, match=r"access\.deny denies contractor"):
-        place(store, people, "bob@contractor.example", Scope(("line-a",)), "why not")
-    with pytest.raises(AccessDenied, match="unknown to the principals"):
-        place(store, people, "mallory@example.com", Scope(("line-a",)), "why not")
+def test_a_principal_without_a_hold_grant_is_refused_and_logged(retention_site, store, people):
+    keys = retention_site.key_store()
+    for principal, refusal in (
+        ("alice@example.com", r"no access\.hold grant"),
+        ("bob@contractor.example", r"access\.deny denies contractor"),
+        ("mallory@example.com", "unknown to the principals"),
+    ):
+        with pytest.raises(AccessDenied, match=refusal):
+            place(store, people, principal, Scope(("line-a",)), "why not", keys=keys)
     outcomes = [e.payload["outcome"] for e in kinds(store, "access.decision")]
     assert outcomes == ["deny", "deny", "deny"]
     assert not kinds(store, "hold.placed")
 
 
-def test_releasing_an_unknown_or_released_hold_is_refused(store, people):
+def test_releasing_an_unknown_or_released_hold_is_refused(retention_site, store, people):
     with pytest.raises(HoldRefused, match="there is no hold 99"):
-        release(store, people, "lena@example.com", 99, "no such hold")
-    placed = place(store, people, "lena@example.com", Scope(("line-a",)), "x")
-    release(store, people, "lena@example.com", placed.id, "once")
+        release(
+            store, people, "lena@example.com", 99, "no such hold", keys=retention_site.key_store()
+        )
+    placed = hold_on(retention_site, store, people, Scope(("line-a",)), "x")
+    release(store, people, "lena@example.com", placed.id, "once", keys=retention_site.key_store())
     with pytest.raises(HoldRefused, match=f"hold {placed.id} was released already, by lena"):
-        release(store, people, "lena@example.com", placed.id, "twice")
+        release(
+            store, people, "lena@example.com", placed.id, "twice", keys=retention_site.key_store()
+        )
 
 
 def test_a_hold_on_deleted_data_names_the_receipts(retention_site, store, people):
@@ -222,17 +233,53 @@ def test_a_hold_on_deleted_data_names_the_receipts(retention_site, store, people
     receipts = [r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
     closed = Scope(("line-a",), (), instant(T0), instant(T0 + timedelta(seconds=SECONDS)))
     with pytest.raises(HoldRefused, match="nothing left to hold") as refused:
-        place(store, people, "lena@example.com", closed, "too late")
+        hold_on(retention_site, store, people, closed, "too late")
     assert f"audit entries {receipts[0]}, {receipts[1]}" in str(refused.value)
-    open_ended = place(store, people, "lena@example.com", Scope(("line-a",)), "from now on")
+    open_ended = hold_on(retention_site, store, people, Scope(("line-a",)), "from now on")
     assert open_ended.deleted_before == tuple(receipts)
 
 
-def test_a_hold_on_an_unknown_device_or_point_is_refused(store, people):
+def test_a_hold_on_an_unknown_device_or_point_is_refused(retention_site, store, people):
     with pytest.raises(HoldRefused, match="device press-9 has no plan in this store"):
-        place(store, people, "lena@example.com", Scope(("press-9",)), "typo")
+        hold_on(retention_site, store, people, Scope(("press-9",)), "typo")
     with pytest.raises(HoldRefused, match="--point Q\\* matches no point of device line-a"):
-        place(store, people, "lena@example.com", Scope(("line-a",), ("Q*",)), "typo")
+        hold_on(retention_site, store, people, Scope(("line-a",), ("Q*",)), "typo")
+
+
+def _held_by_legal_eu(plan: PlanBody) -> PlanBody:
+    """The same plan, its points' holds granted to role legal-eu only (not lena's)."""
+    body = {k: v for k, v in json.loads(plan.data).items() if k != "digest"}
+    for p in body["points"]:
+        p["access"]["hold"] = ["legal-eu"]
+    _, data = seal({key: canonical_json(value) for key, value in body.items()})
+    return read_plan(data)
+
+
+def test_a_hold_covers_what_it_was_decided_on_not_devices_deployed_later(
+    retention_site, store, people, tmp_path
+):
+    """A hold on every device, placed before new-f was deployed (whose plan grants holds to
+    legal-eu alone), keeps none of new-f's expired data, and lena can still release it."""
+    keys = retention_site.key_store()
+    placed = hold_on(retention_site, store, people, Scope(), "every device")
+    plan = _held_by_legal_eu(sealed("new-f", {"P1": TEN_MINUTES, "P2": TEN_MINUTES}))
+    seal = seal_with(keys, store.audit_key, datetime.now(UTC))
+    store.record(Recorded(audit.now_instant(), plans=[(plan, None)]), seal)  # deployed, signed
+    site = Site(retention_site.keys_dir, retention_site.plans_dir, [plan])
+    spool = Spool(tmp_path / "spool-f.db")
+    asyncio.run(collect(site, store, spool, list(records(site, SECONDS))))
+    spool.close()
+    with pytest.raises(AccessDenied):  # the guard would not let her hold it
+        place(store, people, "lena@example.com", Scope(("new-f",)), "new-f", keys=keys)
+    done = run(retention_site, store)
+    assert done.deleted["new-f", "P1"] == SECONDS and ("line-a", "P1") not in done.deleted
+    (entry,) = kinds(store, "hold.placed")
+    assert {(h["device"], h["point"]) for h in entry.payload["held"]} == {
+        (device, point) for device, points in DEVICES.items() for point in points
+    }
+    assert verify(retention_site, store, tmp_path).ok
+    release(store, people, "lena@example.com", placed.id, "settled", keys=keys)
+    assert verify(retention_site, store, tmp_path).ok
 
 
 def _generous(device: str, plan_of: str | None = None) -> PlanBody:
@@ -250,10 +297,12 @@ def _next_month() -> Scope:
     return Scope(("line-a",), (), instant(datetime.now(UTC) + timedelta(days=30)), None)
 
 
-def test_a_plan_row_nobody_deployed_does_not_let_a_principal_release_a_hold(store, backend, people):
-    held = place(store, people, "lena@example.com", _next_month(), "suit")
+def test_a_plan_row_nobody_deployed_does_not_let_a_principal_release_a_hold(
+    retention_site, store, backend, people
+):
+    held = hold_on(retention_site, store, people, _next_month(), "suit")
     with pytest.raises(AccessDenied):
-        release(store, people, "alice@example.com", held.id, "no")
+        release(store, people, "alice@example.com", held.id, "no", keys=retention_site.key_store())
     forged = _generous("line-a")
     with database(backend).begin() as conn:
         conn.execute(
@@ -264,13 +313,34 @@ def test_a_plan_row_nobody_deployed_does_not_let_a_principal_release_a_hold(stor
             {"d": forged.digest, "b": forged.data},
         )
     with pytest.raises(AccessDenied, match=r"no access\.hold grant"):
-        release(store, people, "alice@example.com", held.id, "an insider's plan row")
+        release(
+            store,
+            people,
+            "alice@example.com",
+            held.id,
+            "an insider's plan row",
+            keys=retention_site.key_store(),
+        )
     with pytest.raises(AccessDenied):
-        place(store, people, "alice@example.com", _next_month(), "an insider's plan row")
-    release(store, people, "lena@example.com", held.id, "the deployed plan still decides")
+        place(
+            store,
+            people,
+            "alice@example.com",
+            _next_month(),
+            "an insider's plan row",
+            keys=retention_site.key_store(),
+        )
+    release(
+        store,
+        people,
+        "lena@example.com",
+        held.id,
+        "the deployed plan still decides",
+        keys=retention_site.key_store(),
+    )
 
 
-def test_another_device_s_plan_decides_nothing_on_a_device(store, backend, people):
+def test_another_device_s_plan_decides_nothing_on_a_device(retention_site, store, backend, people):
     """Whether the batches name it or the last plan.deployed entry does: refused, naming the
     device and the plan."""
     other = _generous("line-a", plan_of="line-b")
@@ -279,14 +349,28 @@ def test_another_device_s_plan_decides_nothing_on_a_device(store, backend, peopl
         said = {"device": "line-a", "digest": other.digest}
         auditlog.append(conn, "plan.deployed", Actor.job("insider"), said)
     with pytest.raises(VerificationError, match=f"device line-a: the plan {other.digest}"):
-        place(store, people, "alice@example.com", _next_month(), "line-b's plan")
+        place(
+            store,
+            people,
+            "alice@example.com",
+            _next_month(),
+            "line-b's plan",
+            keys=retention_site.key_store(),
+        )
     with database(backend).begin() as conn:
         conn.execute(
             sa.text("UPDATE batches SET plan_digest = :d WHERE device = 'line-a'"),
             {"d": other.digest},
         )
     with pytest.raises(VerificationError, match=f"device line-a: the plan {other.digest}"):
-        place(store, people, "alice@example.com", Scope(("line-a",)), "line-b's plan")
+        place(
+            store,
+            people,
+            "alice@example.com",
+            Scope(("line-a",)),
+            "line-b's plan",
+            keys=retention_site.key_store(),
+        )
     assert not kinds(store, "hold.placed")
 
 
@@ -372,6 +456,8 @@ def test_the_commands(retention_site, store, backend, principals_file, capsys):
         "lena@example.com",
         "--device",
         "line-b",
+        "--keys",
+        keys,
     ]
     assert main([*hold, "--reason", "dispute"]) == 0
     out = capsys.readouterr().out
@@ -391,6 +477,7 @@ def test_the_commands(retention_site, store, backend, principals_file, capsys):
     out = capsys.readouterr().out
     assert "deleted lawfully: receipts" in out and "by nightly" in out
     release = ["hold", "release", "1", "--db", backend, *people, "--reason", "settled"]
+    release += ["--keys", keys]
     assert main([*release, "--as", "alice@example.com"]) == 3
     assert "no access.hold grant" in capsys.readouterr().err
     assert main([*release, "--as", "lena@example.com"]) == 0

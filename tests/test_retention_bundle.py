@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import test_export
 from evidence_kit import Site, fill, verify
-from retention_kit import DEVICES, job, kinds, run, sealed
+from retention_kit import DEVICES, hold_on, job, kinds, run, sealed, signed_sizes
 from test_export import failed, forged, read, trust_file
 
 from engine.cli import main
 from engine.retention import apply
 from engine.retention import run as runs
-from engine.retention.holds import place
 from engine.retention.select import Selection, select
 from engine.store.retention import Scope
 from plugins.fileprincipals import PrincipalsFile
@@ -40,7 +39,7 @@ def bundled(retention_site, backend, principals_file, tmp_path):
     """A store after a run that deleted line-a and lab-c's P2, with line-b held; the
     auditor's bundle of three devices, and the trust file."""
     store = fill(retention_site, backend, tmp_path, SECONDS)
-    place(store, PrincipalsFile(principals_file), "lena@example.com", Scope(("line-b",)), "x")
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
     run(retention_site, store)
     receipts = [r.seq for r in kinds(store, "retention.deleted")]
     store.close()
@@ -84,8 +83,8 @@ def buggy(retention_site, backend, principals_file, tmp_path, monkeypatch):
     """A store after a run that ignored the hold on line-b and read a clock four hours fast
     (its receipts are signed all the same); the auditor's bundle, and the trust file."""
     store = fill(retention_site, backend, tmp_path, SECONDS)
-    place(store, PrincipalsFile(principals_file), "lena@example.com", Scope(("line-b",)), "x")
-    monkeypatch.setattr(runs, "holds", lambda conn, in_force: [])
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
+    monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
     monkeypatch.setattr(
         runs, "select", lambda b, p, h, leaves, at: select(b, p, h, leaves, at + timedelta(hours=4))
     )
@@ -124,12 +123,18 @@ def test_archived_records_are_written_to_a_bundle_before_they_are_deleted(
     done = apply(store, replace(job(archive_site), archives=tmp_path / "archives"))
     assert done.deleted["arch-e", "P1"] == SECONDS and done.deleted["line-a", "P1"] == SECONDS
     (archived,) = kinds(store, "retention.archived")
+    (written,) = kinds(store, "retention.archive.written")
     receipts = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "arch-e"]
     (file,) = (tmp_path / "archives").iterdir()
     digest = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+    assert written.payload == {"archived": archived.seq, "file": file.name, "sha256": digest}
     for r in receipts:
-        assert r.payload["archive"] == {"file": file.name, "sha256": digest, "entry": archived.seq}
-        assert archived.seq < r.seq
+        named = {"file": file.name, "sha256": digest, "entry": archived.seq}
+        assert r.payload["archive"] == named | {"written": written.seq}
+        assert archived.seq < written.seq < r.seq
+    signed = signed_sizes(store)
+    assert {archived.seq + 1, written.seq + 1} <= signed  # each signed in its own transaction
+    assert all(r.seq + 1 in signed for r in receipts)
     line = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]
     assert all(r.payload["archive"] is None for r in line)
     report = verify(archive_site, store, tmp_path)

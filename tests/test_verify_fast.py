@@ -17,13 +17,12 @@ import rfc8785
 from evidence_kit import fill, verify
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from retention_kit import kinds, run
+from retention_kit import hold_on, kinds, run
 from test_tamper import Named, assert_named
 
 from engine.audit import AuditEntry
 from engine.canonical import canonical_json
 from engine.retention import run as runs
-from engine.retention.holds import place
 from engine.store.retention import Scope, positions_of
 from engine.verify.log import _parse
 from engine.verify.retention import Runs
@@ -162,8 +161,8 @@ def test_a_run_ignoring_a_hold_on_one_point_is_named_for_that_point_alone(
     store = fill(retention_site, backend, tmp_path, 60)
     try:
         people = PrincipalsFile(principals_file)
-        place(store, people, "lena@example.com", Scope(("line-a",), ("P1",)), "a dispute")
-        monkeypatch.setattr(runs, "holds", lambda conn, in_force: [])
+        hold_on(retention_site, store, people, Scope(("line-a",), ("P1",)), "a dispute")
+        monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
         run(retention_site, store)
         report = verify(retention_site, store, tmp_path)
         receipts = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]

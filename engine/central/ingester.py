@@ -50,7 +50,7 @@ from engine import audit
 from engine.audit import DEFAULT_AUDIT_KEY
 from engine.central import checks, witness
 from engine.central.trust import SiteTrust
-from engine.errors import PlanRejected, StoreError
+from engine.errors import CheckpointRefused, PlanRejected, StoreError
 from engine.keys import KeyStore
 from engine.plans.format import read_plan
 from engine.sign import note
@@ -223,7 +223,7 @@ class Ingester:
             return
         try:
             with self.store.transaction() as conn:
-                note_text = self.store.checkpoint_in(conn, self._seal())
+                note_text = self._checkpoint_in(conn)
                 size = self.store.checkpointed_size_in(conn)
         except StoreError:
             return
@@ -374,7 +374,16 @@ class Ingester:
         if not due and size - self.checkpointed < config.checkpoint_entries:
             return None
         self.last_checkpoint, self.checkpointed = time.monotonic(), size
-        return self.store.checkpoint_in(conn, self._seal())
+        return self._checkpoint_in(conn)
+
+    def _checkpoint_in(self, conn: Connection) -> str | None:
+        """A checkpoint in ``conn``'s transaction; one the tail forbids is logged and skipped
+        (the transaction goes on: the refusal comes before anything is written)."""
+        try:
+            return self.store.checkpoint_in(conn, self._seal())
+        except CheckpointRefused as exc:
+            log.error("no checkpoint signed: %s", exc)
+            return None
 
     # --- plans and keys --------------------------------------------------------------------
 

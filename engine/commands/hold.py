@@ -24,6 +24,8 @@ from engine.commands.options import (
     add_db,
     add_principals,
     add_range,
+    add_signing,
+    key_store_of,
     principal_of,
     principals_of,
 )
@@ -69,6 +71,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_db(parser)
     add_principals(parser)
     add_as(parser)
+    add_signing(parser, "the hold's entries with a checkpoint")
     parser.add_argument("--reason", required=True, metavar="TEXT", help="why (in the log)")
 
 
@@ -78,15 +81,17 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     if not args.reason.strip():
         raise ConvergeError("--reason must say why: it is kept in the audit log")
     resolver = principals_of(args, pm)
+    keys = key_store_of(args, pm)
     with Store.open_existing(args.db) as store:
+        store.audit_key, store.witness = args.audit_key, args.witness
         if args.hold_command == "release":
-            was = release(store, resolver, principal_of(args), args.id, args.reason)
+            was = release(store, resolver, principal_of(args), args.id, args.reason, keys=keys)
             console.print(
                 f"released hold {was.id} ({escape(describe(was.scope))})", highlight=False
             )
             return 0
         scope = _scope(args)
-        placed = place(store, resolver, principal_of(args), scope, args.reason)
+        placed = place(store, resolver, principal_of(args), scope, args.reason, keys=keys)
     if placed.deleted_before:
         seqs = ", ".join(str(s) for s in placed.deleted_before[:10])
         print(

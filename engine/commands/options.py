@@ -133,6 +133,24 @@ def add_audit_key(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     )
 
 
+def add_signing(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--keys``, ``--audit-key`` and ``--witness`` of a command that signs the checkpoint of
+    what it writes (``what``: what the log's key signs, said in ``--keys``' help)."""
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=f"the key folder: the log's key signs {what} (default: ${KEYS_ENV}, else ./keys)",
+    )
+    add_audit_key(parser)
+    parser.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="append the checkpoints it signs here too (as converge run --witness)",
+    )
+
+
 def seconds(text: str) -> float:
     """An argparse type: a duration (``30s``, ``2m``) in seconds."""
     try:

@@ -26,12 +26,11 @@ from engine.access.acting import Refusal, act_as
 from engine.audit import Actor
 from engine.commands.options import (
     AS_ENV,
-    KEYS_ENV,
     Handler,
     Subparsers,
-    add_audit_key,
     add_db,
     add_principals,
+    add_signing,
     key_store_of,
     moment,
     principals_of,
@@ -71,14 +70,7 @@ def register(commands: Subparsers) -> None:
         metavar="TIME",
         help="with --dry-run: forecast what would go at this time (a run always uses the clock)",
     )
-    run_parser.add_argument(
-        "--keys",
-        type=Path,
-        metavar="DIR",
-        help=f"the key folder: the log's key signs, its public keys verify the store first "
-        f"(default: ${KEYS_ENV}, else ./keys)",
-    )
-    add_audit_key(run_parser)
+    add_signing(run_parser, "each batch's receipt, its public keys verify the store first")
     run_parser.add_argument(
         "--archives",
         type=Path,
@@ -86,12 +78,6 @@ def register(commands: Subparsers) -> None:
         metavar="DIR",
         help="where archives are written (on_expiry: archive), as audit bundles "
         "(default: ./archives)",
-    )
-    run_parser.add_argument(
-        "--witness",
-        type=Path,
-        metavar="FILE",
-        help="append the checkpoints it signs here too (as converge run --witness)",
     )
     run_parser.add_argument("--format", choices=("text", "json"), default="text")
     handler: Handler = run

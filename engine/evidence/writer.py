@@ -16,13 +16,14 @@ backlog never starves live data. Checkpoints of the audit log are signed every
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from engine.audit import Seal, seal_with
-from engine.errors import StoreError
+from engine.errors import CheckpointRefused, StoreError
 from engine.evidence.config import EvidenceConfig
 from engine.evidence.deferred import Deferred
 from engine.keys import KeyStore
@@ -31,6 +32,8 @@ from engine.sign.leaf import instant
 from engine.store.sealed import SealedBatch
 from engine.store.spool import Spool
 from engine.store.store import Head, Store
+
+log = logging.getLogger(__name__)
 
 _INHERITED: list[Spool] = []
 """The parent's spool connection in a forked writer: kept open, never used or closed here."""
@@ -214,9 +217,14 @@ class Writer:
             self._checkpoint(at)
 
     def _checkpoint(self, at: datetime) -> None:
+        """Sign a checkpoint if the store answers; one the tail forbids is logged and skipped:
+        collecting goes on, unsigned, and ``audit verify`` names the entry."""
         seal = self._seal(at)
         try:
             self.store.checkpoint(seal.sign, seal.at)
+        except CheckpointRefused as exc:
+            log.error("no checkpoint signed: %s", exc)
+            return
         except StoreError:
             return
         self.last_checkpoint = time.monotonic()

@@ -465,12 +465,16 @@ class Logged:
 
     entries: list[tuple[int, str, dict[str, Any]]]
     receipts: dict[int, list[dict[str, Any]]]
+    decisions: dict[str, int]
+    """The entry of each ``hold`` decision, by decision id: what a hold's entries name."""
 
     @classmethod
     def of(cls, entries: Sequence[tuple[int, bytes]]) -> Logged:
-        """Read from the log's entries (each only when its bytes name a retention kind)."""
+        """Read from the log's entries (each only when its bytes name a retention kind, or a
+        hold's decision)."""
         logged: list[tuple[int, str, dict[str, Any]]] = []
         receipts: dict[int, list[dict[str, Any]]] = {}
+        decisions: dict[str, int] = {}
         for seq, raw in entries:
             if _kind(raw) is not None:
                 entry = json.loads(raw)
@@ -479,7 +483,11 @@ class Logged:
                     logged.append((seq, kind, said))
                 if kind == "retention.deleted" and type(said.get("batch")) is int:
                     receipts.setdefault(said["batch"], []).append(said)
-        return cls(logged, receipts)
+            elif _HOLD_DECISION in raw and _DECISION_KIND in raw:
+                entry = json.loads(raw)
+                if entry["kind"] == "access.decision":
+                    decisions.setdefault(str(entry["payload"].get("decision")), seq)
+        return cls(logged, receipts, decisions)
 
 
 def _retention(
@@ -501,6 +509,8 @@ def _retention(
         _receipt_batch(conn, said, out, wanted, logged.receipts)
         if said.get("archive"):
             wanted.add(said["archive"]["entry"])
+            if type(said["archive"].get("written")) is int:
+                wanted.add(said["archive"]["written"])
     windows = [Range(said["window_start"], said["window_end"]) for _, said in carried]
     placed: dict[int, int] = {}
     released: dict[int, int] = {}
@@ -514,10 +524,23 @@ def _retention(
         for hold, seq in sorted(placed.items())
     ]
     wanted.update(touching, placed.values(), (h["released"] for h in holds if h["released"]))
+    wanted.update(_decisions(logged, wanted))
     return canonical_json({"receipts": touching, "holds": holds})
 
 
+def _decisions(logged: Logged, wanted: set[int]) -> list[int]:
+    """The decision entries the carried hold entries name (what allowed each)."""
+    named = [
+        str(said.get("decision"))
+        for seq, kind, said in logged.entries
+        if kind in ("hold.placed", "hold.released") and seq in wanted
+    ]
+    return [logged.decisions[d] for d in named if d in logged.decisions]
+
+
 _KINDS = {kind: f'"kind":"{kind}"'.encode() for kind in RETENTION_KINDS}
+_DECISION_KIND = b'"kind":"access.decision"'
+_HOLD_DECISION = b'"action":"hold"'
 
 
 def _kind(raw: bytes) -> str | None:

@@ -1779,14 +1779,25 @@ class Hold:
     points: tuple[str, ...]
     start: str | None
     end: str | None
+    held: frozenset[tuple[str, str]] | None = None
+    """The (device, point) pairs its decision allowed (its entry's ``held``): it covers those
+    alone, not what was deployed after it was placed."""
 
     def covers(self, device: str, point: str, window: tuple[str, str]) -> bool:
         """Whether it covers a point's records of a batch window (docs/retention.md)."""
         return (
-            (not self.devices or device in self.devices)
-            and (not self.points or any(fnmatchcase(point, glob) for glob in self.points))
+            self.names(device, point)
             and (self.start is None or window[1] > self.start)
             and (self.end is None or window[0] < self.end)
+        )
+
+    def names(self, device: str, point: str) -> bool:
+        """Whether its devices (all, when none) and point globs (all, when none) take in
+        ``device``'s ``point``, whenever stored."""
+        if self.held is not None and (device, point) not in self.held:
+            return False
+        return (not self.devices or device in self.devices) and (
+            not self.points or any(fnmatchcase(point, glob) for glob in self.points)
         )
 
     def in_force_at(self, seq: int) -> bool:
@@ -1808,6 +1819,7 @@ def _check_retention(bundle: Bundle, retained: Retained, verdict: Verdict) -> di
     if isinstance(holds, str):
         verdict.fail(RETENTION, f"its holds: {holds}")
         return removed
+    holds = [_decided(hold, retained.entries, verdict) for hold in holds]
     receipts = said["receipts"]
     if not isinstance(receipts, list) or not all(type(s) is int for s in receipts):
         verdict.fail(RETENTION, "its receipts are not a list of entry numbers")
@@ -1854,12 +1866,95 @@ def _holds(listed: Any, entries: dict[int, dict[str, Any]]) -> list[Hold]:
         ):
             raise ValueError(f"hold {hold} is not placed (and released) by the entries it names")
         p = entry["payload"]
+        held = None if "held" not in p else frozenset((h["device"], h["point"]) for h in p["held"])
         found.append(
             Hold(
-                hold, placed, released, tuple(p["devices"]), tuple(p["points"]), p["from"], p["to"]
+                hold,
+                placed,
+                released,
+                tuple(p["devices"]),
+                tuple(p["points"]),
+                p["from"],
+                p["to"],
+                held,
             )
         )
     return found
+
+
+def _decided(hold: Hold, entries: dict[int, dict[str, Any]], verdict: Verdict) -> Hold:
+    """The hold as the decisions its entries name allow it: each entry names an earlier
+    ``access.decision`` of the bundle that allowed its actor a hold on the hold's whole scope
+    as placed (docs/retention.md, legal holds). One that does not is named; a release none
+    allowed leaves the hold in force."""
+    for seq in (hold.placed, hold.released):
+        why = None if seq is None else _undecided(seq, hold, entries)
+        if seq is not None and why is not None:
+            verb = "places" if seq == hold.placed else "releases"
+            verdict.fail(f"audit entry {seq}", f"{verb} hold {hold.id}, but {why}")
+            if seq == hold.released:
+                return replace(hold, released=None)
+    return hold
+
+
+def _undecided(seq: int, hold: Hold, entries: dict[int, dict[str, Any]]) -> str | None:
+    """Why the decision entry ``seq`` names did not allow its actor a hold on ``hold``'s
+    scope; None if it did."""
+    entry = entries[seq]
+    named = entry["payload"].get("decision")
+    found = [
+        e
+        for e in entries.values()
+        if e.get("kind") == "access.decision"
+        and e["payload"].get("decision") == named
+        and e["seq"] < seq
+    ]
+    if not found:
+        return "no earlier access.decision entry of the bundle is the decision it names"
+    said, who = found[0]["payload"], entry.get("actor", {}).get("id")
+    where = f"its decision (audit entry {found[0]['seq']})"
+    if said.get("action") != "hold" or said.get("outcome") != "allow":
+        return f"{where} did not allow a hold"
+    if said.get("principal") != who or found[0].get("actor", {}).get("id") != who:
+        return f"{where} was not {who}'s"
+    if not _same_span((said.get("from"), said.get("to")), hold) or not _held_points(
+        hold, said.get("points")
+    ):
+        return f"{where} was on another scope than the hold's as placed"
+    return None
+
+
+def _same_span(said: tuple[Any, Any], hold: Hold) -> bool:
+    """Whether a decision's ``from``/``to`` are the hold's instants (either open alike)."""
+    try:
+        return all(
+            a is b is None or (isinstance(a, str) and b is not None and _aware(a) == _aware(b))
+            for a, b in zip(said, (hold.start, hold.end), strict=True)
+        )
+    except ValueError:
+        return False
+
+
+def _held_points(hold: Hold, points: Any) -> bool:
+    """Whether a decision's points are all allowed, all within the hold's devices and globs,
+    and name each device it names and match each glob on each device decided."""
+    if not isinstance(points, list) or not points:
+        return False
+    if not all(isinstance(p, dict) and p.get("allowed") is True for p in points):
+        return False
+    pairs = {(str(p.get("device")), str(p.get("point"))) for p in points}
+    if hold.held is not None and pairs != hold.held:
+        return False  # it holds exactly what was decided
+    devices = {device for device, _ in pairs}
+    if hold.devices and devices != set(hold.devices):
+        return False
+    if not all(hold.names(device, point) for device, point in pairs):
+        return False
+    return all(
+        any(fnmatchcase(point, glob) for named, point in pairs if named == device)
+        for glob in hold.points
+        for device in devices
+    )
 
 
 @dataclass(frozen=True)
@@ -2039,6 +2134,16 @@ def _unarchived(
         or entry["payload"].get("file") != named.get("file")
     ):
         return "which its plan archives, without its archive (an entry of the bundle)"
+    written = retained.entries.get(named.get("written", -1), {})
+    if (
+        written.get("kind") != "retention.archive.written"
+        or not entry["seq"] < written["seq"] < seq
+        or written["payload"] != {"archived": entry["seq"], **_archive_file(named)}
+    ):
+        return (
+            "which its plan archives, naming an archive no earlier retention.archive.written"
+            " entry of the bundle says was written with that SHA-256"
+        )
     held = set()
     for listed in entry["payload"].get("batches", []):
         if listed.get("batch") == batch.id:
@@ -2046,6 +2151,11 @@ def _unarchived(
     if not positions <= held:
         return f"which its archive (audit entry {entry['seq']}) does not hold"
     return None
+
+
+def _archive_file(named: dict[str, Any]) -> dict[str, Any]:
+    """The file and SHA-256 a receipt's ``archive`` names."""
+    return {"file": named.get("file"), "sha256": named.get("sha256")}
 
 
 def _receipt_batch(said: dict[str, Any], retained: Retained) -> Batch | str:

@@ -2,13 +2,16 @@
 
 Before a run deletes anything, it looks at what it will delete whose plan says
 ``archive``, records that as a ``retention.archived`` entry (the archive's id,
-its file name, the batches and positions it holds), signs a checkpoint over
-it, and writes the bundle (:func:`engine.export.archive`: docs/bundle.md, the
-entry standing as its decision). Each receipt that deletes archived records
-then names the file, its SHA-256 and the entry, in the transaction that
-deletes them: no archived record is deleted before its archive is written and
-its digest recorded. A run killed between the two leaves an archive no receipt
-names (the next run writes another); never a deletion without its archive.
+its file name, the batches and positions it holds) with a checkpoint in the same
+transaction, and writes the bundle (:func:`engine.export.archive`: docs/bundle.md,
+the entry standing as its decision). Once the file exists, a
+``retention.archive.written`` entry names the ``retention.archived`` entry, the
+file and its SHA-256, again with a checkpoint in its transaction. Each receipt
+that deletes archived records then names the file, its SHA-256 and both
+entries, in the transaction that deletes them: no archived record is deleted
+before its archive is written and its digest signed. A run killed between them
+leaves an archive no receipt names (the next run writes another); never a
+deletion without its archive.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from engine.access.data import Range
-from engine.audit import Actor
+from engine.audit import Actor, seal_with
 from engine.export import Archive, Target, archive
 from engine.keys import KeyStore
 from engine.plans.body import PlanBody
@@ -42,10 +46,17 @@ class Archived:
     file: str
     sha256: str
     positions: dict[int, frozenset[int]]
+    written: int
+    """The ``retention.archive.written`` entry that signed the file's digest."""
 
     def as_json(self) -> dict[str, Any]:
         """What a receipt says of it."""
-        return {"file": self.file, "sha256": self.sha256, "entry": self.entry}
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "entry": self.entry,
+            "written": self.written,
+        }
 
 
 def archives(plan: PlanBody) -> bool:
@@ -82,13 +93,18 @@ def write(
             {"batch": b.id, "device": b.device, "positions": runs(positions[b.id])} for b in batches
         ],
     }
-    with store.transaction() as conn:
+    sealer = partial(seal_with, keys, store.audit_key)
+    with store.signed(sealer) as conn:
         seq = auditlog.append(conn, "retention.archived", actor, said, instant(now))
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / name
     archive(store, keys, asked, Target(out, render))
     digest = "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
-    return Archived(seq, name, digest, positions)
+    written = {"archived": seq, "file": name, "sha256": digest}
+    with store.signed(sealer) as conn:
+        at = instant(datetime.now(UTC))
+        done = auditlog.append(conn, "retention.archive.written", actor, written, at)
+    return Archived(seq, name, digest, positions, done)
 
 
 __all__ = ["Archived", "archives", "write"]

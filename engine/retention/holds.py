@@ -1,36 +1,47 @@
 """Legal holds: placed and released by a principal the guard allows (``access.hold``).
 
 A hold covers devices (all, when none is named), point-name globs (all, when
-none) and a time range, and suspends the deletion of what it covers, whatever
-the policies say, until it is released; it also covers data stored after it
-was placed. Placing and releasing are decided by the guard on every point the
-hold covers, under the plans in force for its range (deny overrides, default
-deny: a principal needs an ``access.hold`` grant on all of them), and each is
-an audit entry (``hold.placed``, ``hold.released``) written with the hold's row
-in one transaction; a hold is never deleted.
+none) and a time range, as the guard decided them when it was placed: exactly
+the (device, point) pairs its decision allowed (``held`` in its ``hold.placed``
+entry), never a device or point deployed later. It suspends the deletion of
+what it covers, whatever the policies say, until it is released; it also
+covers data of those pairs stored after it was placed. Placing and releasing
+are decided by the guard on every point the hold covers, under the plans in
+force for its range (deny overrides, default deny: a principal needs an
+``access.hold`` grant on all of them); a release on the pairs of the hold's
+``hold.placed`` entry, not its writable row. The
+decision (``access.decision``), the entry (``hold.placed``, ``hold.released``)
+and the hold's row are written in one transaction with a checkpoint signed by
+the log's key (:meth:`Store.signed <engine.store.store.Store.signed>`): a hold
+entry never waits in the unsigned tail, where anyone who can write the
+database could have put it. A refusal is recorded alone. A hold is never
+deleted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from functools import partial
 
 from sqlalchemy import Connection
 
-from engine.access import record
+from engine.access import actor_of, record
 from engine.access.acting import Refusal, act_as
 from engine.access.data import Range, plans_in_force
 from engine.access.guard import Decision, Request, Target, decide
-from engine.audit import Actor, os_user
+from engine.audit import Actor, os_user, seal_with
 from engine.errors import AccessDenied, RetentionError
+from engine.keys import KeyStore
 from engine.principals import PrincipalResolver
 from engine.sign.leaf import instant, point_of
 from engine.store import auditlog, data
 from engine.store import retention as stored
 from engine.store.retention import Hold, Scope
 from engine.store.store import Store
+from engine.verify.retention import HOLD_KINDS, HoldBook
 
 
 class HoldRefused(RetentionError):
@@ -48,46 +59,75 @@ class Placed:
 
 
 def place(
-    store: Store, resolver: PrincipalResolver, principal: str, scope: Scope, reason: str
+    store: Store,
+    resolver: PrincipalResolver,
+    principal: str,
+    scope: Scope,
+    reason: str,
+    *,
+    keys: KeyStore,
 ) -> Placed:
-    """Place a hold on ``scope`` for ``principal`` (see the module)."""
+    """Place a hold on ``scope`` for ``principal``, signed with the log's key in ``keys`` (see
+    the module)."""
     actor = _acting(store, resolver, principal, "hold")
+    seal_with(keys, store.audit_key, datetime.now(UTC))  # the key can sign: asked first
     decision = _decide(store, resolver, principal, scope)
     now = datetime.now(UTC)
     with store.reading() as conn:
         deleted = _receipts(conn, scope)
-        if deleted and not _open_ended(scope, now) and not _anything_left(conn, scope):
-            raise HoldRefused(
-                f"nothing left to hold: what the hold would cover was deleted already, by the "
-                f"deletion receipt{'s' if len(deleted) > 1 else ''} (audit entr"
-                f"{'ies' if len(deleted) > 1 else 'y'} {_seqs(deleted)}); a hold cannot bring "
-                "deleted records back"
-            )
-    with store.transaction() as conn:
-        at = instant(now)
+        gone = deleted and not _open_ended(scope, now) and not _anything_left(conn, scope)
+    if gone:
+        record(store, decision)
+        raise HoldRefused(
+            f"nothing left to hold: what the hold would cover was deleted already, by the "
+            f"deletion receipt{'s' if len(deleted) > 1 else ''} (audit entr"
+            f"{'ies' if len(deleted) > 1 else 'y'} {_seqs(deleted)}); a hold cannot bring "
+            "deleted records back"
+        )
+    held = replace(scope, held=frozenset((p.device, p.point) for p in decision.allowed))
+    with store.signed(partial(seal_with, keys, store.audit_key)) as conn:
+        _record(conn, decision)
+        at = instant(datetime.now(UTC))
         seq = auditlog.size(conn)
         hold_id = stored.add_hold(conn, scope, reason=reason, placed_by=principal, at=at, seq=seq)
-        said = {"hold": hold_id, **scope.as_json(), "reason": reason, "decision": decision.id}
+        said = {"hold": hold_id, **scope.as_json(), "held": held.held_json(), "reason": reason,
+                "decision": decision.id}  # fmt: skip
         auditlog.append(conn, "hold.placed", actor, said, at)
     return Placed(hold_id, decision, tuple(deleted))
 
 
 def release(
-    store: Store, resolver: PrincipalResolver, principal: str, hold_id: int, reason: str
+    store: Store,
+    resolver: PrincipalResolver,
+    principal: str,
+    hold_id: int,
+    reason: str,
+    *,
+    keys: KeyStore,
 ) -> Hold:
-    """Release hold ``hold_id`` for ``principal``; the hold as it was."""
+    """Release hold ``hold_id`` for ``principal``, signed with the log's key in ``keys``; the
+    hold as its entries state it."""
     actor = _acting(store, resolver, principal, "release")
+    seal_with(keys, store.audit_key, datetime.now(UTC))  # the key can sign: asked first
     with store.reading() as conn:
         found = _releasable(conn, hold_id)
     decision = _decide(store, resolver, principal, found.scope)
-    with store.transaction() as conn:
+    with store.signed(partial(seal_with, keys, store.audit_key)) as conn:
         _releasable(conn, hold_id)  # released meanwhile?
+        _record(conn, decision)
         at = instant(datetime.now(UTC))
         seq = auditlog.size(conn)
         stored.release(conn, hold_id, reason=reason, by=principal, at=at, seq=seq)
         said = {"hold": hold_id, "reason": reason, "decision": decision.id}
         auditlog.append(conn, "hold.released", actor, said, at)
     return found
+
+
+def _record(conn: Connection, decision: Decision) -> None:
+    """The allowing decision's ``access.decision`` entry, in the hold's own transaction."""
+    auditlog.append(
+        conn, "access.decision", actor_of(decision), decision.payload(), instant(decision.at)
+    )
 
 
 def _acting(store: Store, resolver: PrincipalResolver, principal: str, what: str) -> Actor:
@@ -100,7 +140,10 @@ def _acting(store: Store, resolver: PrincipalResolver, principal: str, what: str
 
 
 def _releasable(conn: Connection, hold_id: int) -> Hold:
-    found = stored.hold(conn, hold_id)
+    """The hold as its entries state it (its scope as placed), if it is in force."""
+    book = HoldBook()
+    book.read(auditlog.entries(conn, sorted(HOLD_KINDS)), auditlog.size(conn))
+    found = book.holds.get(hold_id)
     if found is None:
         raise HoldRefused(f"there is no hold {hold_id} in this store (converge hold list)")
     if not found.in_force:
@@ -127,8 +170,8 @@ def _decide(store: Store, resolver: PrincipalResolver, principal: str, scope: Sc
         resolver.digest,
     )
     decision = decide(request)
-    record(store, decision)
     if decision.denied:
+        record(store, decision)
         said = "; ".join(f"{p.device}/{p.point}: {p.reason}" for p in decision.denied[:5])
         more = f" and {len(decision.denied) - 5} more" if len(decision.denied) > 5 else ""
         raise AccessDenied(
@@ -138,9 +181,14 @@ def _decide(store: Store, resolver: PrincipalResolver, principal: str, scope: Sc
 
 
 def hold_targets(conn: Connection, scope: Scope) -> list[Target]:
-    """Every point ``scope`` covers, with the plans in force for its range; raises
+    """Every point ``scope`` covers, with the plans in force for its range: of a hold placed,
+    the pairs its decision allowed (``held``), whatever was deployed since; raises
     HoldRefused for a device with no stored plan, or a glob that matches no point."""
     span = Range(scope.start, scope.end)
+    if scope.held is not None:
+        devices = sorted({device for device, _ in scope.held})
+        in_force = {device: plans_in_force(conn, device, span) for device in devices}
+        return [Target(d, p, in_force[d]) for d, p in sorted(scope.held)]
     found: list[Target] = []
     for device in scope.devices or data.devices(conn):
         plans = plans_in_force(conn, device, span)

@@ -15,34 +15,36 @@ The order is what makes a run safe to kill at any instant:
    statement and entry), so a tamper there is as visible to ``audit verify``
    after the run as before it;
 4. for each batch with expired records: in **one transaction** (holding the
-   store's write lock) re-read the holds in force and the batch's records,
-   check they still hash to its signed root, choose what goes
-   (:mod:`engine.retention.select`), append the receipt and delete; a
-   killed run leaves each batch wholly before or after. Records the check of
-   step 3 hashed, of a batch no receipt has deleted from, are compared with it
-   by one digest of their bytes (:func:`engine.verify.records.records_digest`):
-   equal, they are the records that hashed to the signed root, and are not
-   hashed again;
-5. sign a checkpoint every :data:`RECEIPTS_PER_CHECKPOINT` receipts and at
-   the end, so that the receipts are signed before the run returns (a killed
-   run's last receipts are an unsigned tail the next checkpoint signs).
+   store's write lock) fold in the hold entries written since the check (the
+   holds are the log's, as the check rebuilt them: never the writable
+   ``holds`` table), re-read the batch's records, check they still hash to its
+   signed root, choose what goes (:mod:`engine.retention.select`), append the
+   receipt, delete, and sign a checkpoint (:meth:`Store.signed
+   <engine.store.store.Store.signed>`): a killed run leaves each batch wholly
+   before or after, and no receipt ever waits for a checkpoint. The checkpoint
+   refuses a tail holding a hold, receipt or archive entry the run did not
+   write (written without the key), and the batch's deletion with it. Records
+   the check of step 3 hashed, of a batch no receipt has deleted from, are
+   compared with it by one digest of their bytes
+   (:func:`engine.verify.records.records_digest`): equal, they are the records
+   that hashed to the signed root, and are not hashed again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Connection
 
 from engine.audit import Actor, seal_with
-from engine.errors import ConvergeError, RetentionError
+from engine.errors import RetentionError
 from engine.keys import KeyStore
 from engine.plans.body import PlanBody, PlanPoint, Retention
 from engine.plans.expiry import expiry
@@ -58,16 +60,13 @@ from engine.store.retention import (
     erase,
     erased,
     erased_counts,
-    holds,
     retention_lock,
 )
 from engine.store.store import Store
 from engine.verify.records import records_digest
+from engine.verify.retention import HOLD_KINDS, HoldBook
 from engine.verify.trust import Trust
 from engine.verify.whole import verify_store
-
-RECEIPTS_PER_CHECKPOINT = 256
-"""Receipts a run writes between two checkpoints: a killed run leaves no longer a tail."""
 
 
 class StoreUnverified(RetentionError):
@@ -109,7 +108,6 @@ class Outcome:
     """Records a hold keeps past their ``keep_at_most``, by (device, point)."""
     checkpoint: int | None = None
     """The size of the last checkpoint the run signed."""
-    unsigned: int = 0
 
     @property
     def records(self) -> int:
@@ -134,20 +132,11 @@ def apply(store: Store, job: Job) -> Outcome:
     with retention_lock(store.engine):
         seal_with(job.keys, store.audit_key, started)
         work = list(candidates(store, started))
-        digests = _verified(store, job, [batch.id for batch, _ in work])
-        archived = _archive(store, job, work)
-        try:
-            for batch, plan in work:
-                _delete(store, (batch, plan, archived, digests.get(batch.id)), job, outcome)
-                if outcome.unsigned >= RECEIPTS_PER_CHECKPOINT:
-                    _checkpoint(store, job, outcome)
-        except BaseException:
-            if outcome.unsigned:  # sign what was deleted before the failure, if the store lets us
-                with contextlib.suppress(ConvergeError):
-                    _checkpoint(store, job, outcome)
-            raise
-        if outcome.unsigned:
-            _checkpoint(store, job, outcome)
+        book = HoldBook()
+        digests = _verified(store, job, [batch.id for batch, _ in work], book)
+        archived = _archive(store, job, work, book)
+        for batch, plan in work:
+            _delete(store, (batch, plan, archived, digests.get(batch.id)), (job, book), outcome)
     return outcome
 
 
@@ -156,16 +145,18 @@ def forecast(store: Store, at: datetime) -> Outcome:
     outcome = Outcome(receipt.Run("forecast", instant(at)), at)
     for batch, plan in candidates(store, at):
         with store.reading() as conn:
-            held = holds(conn, in_force=True)
+            held = HoldBook().read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)
             outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return outcome
 
 
-def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> Archived | None:
+def _archive(
+    store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]], book: HoldBook
+) -> Archived | None:
     """Write the archive of what this run will delete under ``on_expiry: archive``, if any."""
     chosen = []
     with store.reading() as conn:
-        held = holds(conn, in_force=True)
+        held = book.read(auditlog.entries(conn, first=book.size), auditlog.size(conn))
         at = datetime.now(UTC)
         for batch, plan in work:
             if archives(plan):
@@ -173,9 +164,10 @@ def _archive(store: Store, job: Job, work: list[tuple[BatchRef, PlanBody]]) -> A
     return archive.write(store, job.keys, job.actor, job.archives, chosen)
 
 
-def _verified(store: Store, job: Job, touched: list[int]) -> dict[int, bytes]:
+def _verified(store: Store, job: Job, touched: list[int], book: HoldBook) -> dict[int, bytes]:
     """The store verifies, the records of the batches ``touched`` included (see the module);
-    the digest of the records of each of those batches no receipt deleted from."""
+    the digest of the records of each of those batches no receipt deleted from. ``book`` is
+    filled with the holds the verified log states."""
     digests: dict[int, bytes] = {}
     report = verify_store(
         store,
@@ -184,6 +176,7 @@ def _verified(store: Store, job: Job, touched: list[int]) -> dict[int, bytes]:
         workers=job.workers,
         records_of=touched,
         digests=digests,
+        holds=book,
     )
     if not report.ok:
         first = report.problems[0]
@@ -232,12 +225,14 @@ Work = tuple[BatchRef, PlanBody, Archived | None, bytes | None]
 run's check hashed them (None: the check kept none)."""
 
 
-def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
-    """One batch in one transaction: what expired goes, with its receipt (see the module)."""
+def _delete(store: Store, work: Work, by: tuple[Job, HoldBook], outcome: Outcome) -> None:
+    """One batch in one transaction: what expired goes, with its receipt and a checkpoint
+    signing it (see the module)."""
     batch, plan, archived, digest = work
-    with store.transaction() as conn:
+    job, book = by
+    with store.signed(partial(seal_with, job.keys, store.audit_key)) as conn:
         at = datetime.now(UTC)
-        held = holds(conn, in_force=True)
+        held = book.read(auditlog.entries(conn, first=book.size), auditlog.size(conn))
         records = data.batch_records(conn, batch.id)
         hashes = _checked(conn, batch, records, digest)
         selection = select(batch, plan, held, records, at)
@@ -257,7 +252,7 @@ def _delete(store: Store, work: Work, job: Job, outcome: Outcome) -> None:
         seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
         erase(conn, batch.id, *removed, seq)
     outcome.receipts.append(seq)
-    outcome.unsigned += 1
+    outcome.checkpoint = seq + 1
 
 
 def _checked(
@@ -316,12 +311,4 @@ def _unverified(batch: BatchRef) -> StoreUnverified:
     )
 
 
-def _checkpoint(store: Store, job: Job, outcome: Outcome) -> None:
-    seal = seal_with(job.keys, store.audit_key, datetime.now(UTC))
-    store.checkpoint(seal.sign, seal.at)
-    with store.reading() as conn:
-        outcome.checkpoint = auditlog.last_checkpoint_size(conn)
-    outcome.unsigned = 0
-
-
-__all__ = ["RECEIPTS_PER_CHECKPOINT", "Job", "Outcome", "StoreUnverified", "apply", "forecast"]
+__all__ = ["Job", "Outcome", "StoreUnverified", "apply", "forecast"]

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from engine.audit import (
     ORIGIN_KEY,
     STATE_KEY,
+    TAIL_KINDS,
     Actor,
     AuditEntry,
     CheckpointSigner,
@@ -28,7 +29,7 @@ from engine.audit import (
     signed_time,
     time_line,
 )
-from engine.errors import StoreError, VerificationError
+from engine.errors import CheckpointRefused, StoreError, VerificationError
 from engine.sign.merkle import MerkleLog
 from engine.sign.note import Checkpoint, split_note
 from engine.store.tables import AUDIT, CHECKPOINTS, META
@@ -103,47 +104,84 @@ def last_checkpoint_size(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(CHECKPOINTS.c.size), 0))).scalar_one())
 
 
-def checkpoint(conn: Connection, sign: CheckpointSigner, at: datetime) -> str | None:
+def checkpoint(
+    conn: Connection, sign: CheckpointSigner, at: datetime, since: int | None = None
+) -> str | None:
     """Sign and store a checkpoint of the log as it stands, saying it was signed ``at`` (whole
     seconds; ``sign`` uses a key version valid then); ``None`` when nothing is new.
 
-    The caller appends the note to the witness file once this transaction has
+    ``since`` is the log's size before this transaction appended its own entries (``None``:
+    it appended none). Once a checkpoint exists, the entries before ``since`` that none signs
+    yet (the unsigned tail ``audit verify`` judges) must all be of
+    :data:`~engine.audit.TAIL_KINDS`: any other kind is signed where it is written, so one
+    waiting there was written by someone without the key, and signing it would make a forgery
+    (a hold released, a receipt) look like the signer's own. Raises CheckpointRefused naming
+    it. The caller appends the note to the witness file once this transaction has
     committed (:func:`witness_append`), never before.
     """
     log = _state(conn)
     made = origin(conn)
     if made is None:
         raise StoreError("the store's audit log has no origin: prepare the store first")
-    if log.size == 0 or log.size == last_checkpoint_size(conn):
+    newest = conn.execute(
+        select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
+    ).first()
+    signed = 0 if newest is None else int(newest.size)
+    if log.size in (0, signed):
         return None
-    at = max(at, _last_signed(conn) or at)
+    end = log.size if since is None else since
+    if signed and signed < end:  # before the first checkpoint nothing is signed: no tail
+        _refuse_forged(conn, signed, end)
+    last = None if newest is None else _signed_at(str(newest.note))
+    at = max(at, last or at)
     note = sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
     return note
 
 
-def _last_signed(conn: Connection) -> datetime | None:
-    """When the newest checkpoint says it was signed.
+def _refuse_forged(conn: Connection, first: int, end: int) -> None:
+    """Raise CheckpointRefused unless entries ``first``..``end - 1`` are all stored, parse,
+    and are of a kind that may wait for a checkpoint (see :func:`checkpoint`)."""
+    query = select(AUDIT.c.entry).where(AUDIT.c.seq >= first, AUDIT.c.seq < end)
+    seen = first
+    for (data,) in conn.execute(query.order_by(AUDIT.c.seq)):
+        try:
+            entry = AuditEntry.parse(bytes(data))
+        except ValueError as exc:
+            raise CheckpointRefused(f"audit entry {seen} does not parse ({exc})") from exc
+        if entry.seq != seen:
+            raise CheckpointRefused(f"audit entry {seen} is missing from the log's tail")
+        if not isinstance(entry.kind, str) or entry.kind not in TAIL_KINDS:
+            raise CheckpointRefused(
+                f"audit entry {entry.seq} ({entry.kind}) waits unsigned after the last"
+                f" checkpoint, but a {entry.kind} entry is signed in the transaction that writes"
+                " it: no checkpoint signs it (written without the audit key? converge audit"
+                " verify names it)"
+            )
+        seen += 1
+    if seen < end:
+        raise CheckpointRefused(f"audit entry {seen} is missing from the log's tail")
+
+
+def _signed_at(newest: str) -> datetime | None:
+    """When the newest checkpoint (its note) says it was signed.
 
     Two writers (a collector and a retention run, say) each choose their checkpoint's time
     before they wait for the write lock; the one that waited must not state a time before the
     checkpoint signed meanwhile, or the log would look back-dated (docs/audit.md), so its time
     is raised to that one's, never more than the second the time is rounded up by.
     """
-    newest = conn.execute(
-        select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
-    ).scalar()
-    if newest is None:
-        return None
     try:
-        return signed_time(Checkpoint.from_text(split_note(str(newest))[0]))
+        return signed_time(Checkpoint.from_text(split_note(newest)[0]))
     except VerificationError:
         return None
 
 
-def entries(conn: Connection, kinds: list[str] | None = None) -> Iterator[AuditEntry]:
-    """Every entry in sequence order, of ``kinds`` when given."""
-    query = select(AUDIT.c.entry).order_by(AUDIT.c.seq)
+def entries(
+    conn: Connection, kinds: list[str] | None = None, first: int = 0
+) -> Iterator[AuditEntry]:
+    """Every entry in sequence order (from entry ``first``), of ``kinds`` when given."""
+    query = select(AUDIT.c.entry).where(AUDIT.c.seq >= first).order_by(AUDIT.c.seq)
     if kinds:
         query = query.where(AUDIT.c.kind.in_(kinds))
     for (data,) in conn.execute(query):

@@ -212,8 +212,9 @@ class CentralStore(Store):
                 conn.execute(
                     insert(SITE_DEVICES).values(device=plan.device.id, site=site, since=at)
                 )
+            since = auditlog.size(conn)
             if self._deploy(conn, [(plan, signature)], at):
-                note_text = self.checkpoint_in(conn, seal)
+                note_text = self.checkpoint_in(conn, seal, since)
         self._witness(note_text)
         return None
 
@@ -258,11 +259,14 @@ class CentralStore(Store):
 
     # --- the central log's checkpoints -----------------------------------------------------
 
-    def checkpoint_in(self, conn: Connection, seal: audit.Seal) -> str | None:
+    def checkpoint_in(
+        self, conn: Connection, seal: audit.Seal, since: int | None = None
+    ) -> str | None:
         """Sign a checkpoint of the central log in ``conn``'s transaction, no earlier than the
-        newest one: ingesters on several hosts keep the stated times in size order."""
+        newest one: ingesters on several hosts keep the stated times in size order. ``since``
+        as for :func:`engine.store.auditlog.checkpoint`."""
         at = max(seal.at, self._newest_time(conn) or seal.at)
-        return auditlog.checkpoint(conn, seal.sign, at)
+        return auditlog.checkpoint(conn, seal.sign, at, since)
 
     @staticmethod
     def _newest_time(conn: Connection) -> datetime | None:

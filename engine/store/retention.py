@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -193,11 +193,21 @@ class Scope:
     points: tuple[str, ...] = ()
     start: str | None = None
     end: str | None = None
+    held: frozenset[tuple[str, str]] | None = None
+    """The (device, point) pairs the decision that placed the hold allowed (its ``hold.placed``
+    entry's ``held``): a hold covers those alone, never a device or point deployed after it
+    was placed, which nobody decided it on. None for a scope as asked, not yet decided."""
 
     def covers(self, device: str, point: str, window_start: str, window_end: str) -> bool:
-        return self.touches(device, window_start, window_end) and (
-            not self.points or any(fnmatchcase(point, glob) for glob in self.points)
-        )
+        if self.held is not None and (device, point) not in self.held:
+            return False
+        return self.touches(device, window_start, window_end) and self.names(device, point)
+
+    def names(self, device: str, point: str) -> bool:
+        """Whether its devices (all, when none) and point globs (all, when none) take in
+        ``device``'s ``point``."""
+        in_devices = not self.devices or device in self.devices
+        return in_devices and (not self.points or any(fnmatchcase(point, g) for g in self.points))
 
     def touches(self, device: str, window_start: str, window_end: str) -> bool:
         """Whether it covers some point of ``device`` in that window (if it has the point)."""
@@ -215,15 +225,37 @@ class Scope:
             "to": self.end,
         }
 
+    def held_json(self) -> list[dict[str, str]]:
+        """``held`` as a ``hold.placed`` entry states it."""
+        return [{"device": d, "point": p} for d, p in sorted(self.held or ())]
+
     @classmethod
     def from_json(cls, said: Any) -> Scope:
-        """The scope an entry's payload states; raises ValueError for another shape."""
+        """The scope an entry's payload states, with the pairs it ``held`` when it names them;
+        raises ValueError for another shape."""
         if not isinstance(said, dict):
             raise ValueError("not a hold's scope")
         start, end = said.get("from"), said.get("to")
         if not all(t is None or isinstance(t, str) for t in (start, end)):
             raise ValueError("a hold's from and to are instants or null")
-        return cls(_names(said.get("devices")), _names(said.get("points")), start, end)
+        asked = cls(_names(said.get("devices")), _names(said.get("points")), start, end)
+        return replace(asked, held=_pairs(said["held"])) if "held" in said else asked
+
+    @property
+    def as_asked(self) -> Scope:
+        """The scope without its decided pairs: what a hold's row stores."""
+        return replace(self, held=None)
+
+
+def _pairs(value: Any) -> frozenset[tuple[str, str]]:
+    if not isinstance(value, list) or not all(
+        isinstance(p, dict) and set(p) == {"device", "point"} for p in value
+    ):
+        raise ValueError("a hold's held is a list of device and point names")
+    pairs = {(p["device"], p["point"]) for p in value}
+    if not all(isinstance(d, str) and isinstance(p, str) for d, p in pairs):
+        raise ValueError("a hold's held is a list of device and point names")
+    return frozenset(pairs)
 
 
 def _names(value: Any) -> tuple[str, ...]:

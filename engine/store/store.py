@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -154,6 +154,21 @@ class Store:
             raise
         except SQLAlchemyError as exc:
             raise StoreError(f"store {self.where}: {reason(exc)}") from exc
+
+    @contextmanager
+    def signed(self, sealer: Callable[[datetime], audit.Seal]) -> Iterator[Connection]:
+        """A write transaction whose entries a checkpoint signs before it commits, sealed as of
+        when they are all appended (``sealer(now)``: no entry is dated after its checkpoint);
+        the note is witnessed once committed. What decides whether a deletion was lawful (a
+        hold, a receipt, an archive) is written so: it never waits in the unsigned tail, and
+        the checkpoint refuses a tail holding such an entry it did not write
+        (:func:`engine.store.auditlog.checkpoint`)."""
+        with self.transaction() as conn:
+            since = auditlog.size(conn)
+            yield conn
+            seal = sealer(datetime.now(UTC))
+            note = auditlog.checkpoint(conn, seal.sign, seal.at, since)
+        self._witness(note)
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -346,8 +361,9 @@ class Store:
         the version's own creation time.
         """
         with self.transaction() as conn:
+            since = auditlog.size(conn)
             new = self._log_keys(conn, versions)
-            note = auditlog.checkpoint(conn, seal.sign, seal.at) if seal and new else None
+            note = auditlog.checkpoint(conn, seal.sign, seal.at, since) if seal and new else None
         self._witness(note)
         return new
 
@@ -376,12 +392,12 @@ class Store:
         """In one transaction: ``entries`` and a checkpoint signed after them, so that none
         of them is ever an unsigned tail (a run's start, its stop; docs/audit.md)."""
         with self.transaction() as conn:
-            at = entries.at
+            at, since = entries.at, auditlog.size(conn)
             self._deploy(conn, entries.plans, at)
             self._log_keys(conn, entries.keys)
             for kind, payload in entries.entries:
                 auditlog.append(conn, kind, self.actor, payload, at)
-            note = auditlog.checkpoint(conn, seal.sign, seal.at)
+            note = auditlog.checkpoint(conn, seal.sign, seal.at, since)
         self._witness(note)
 
     def chain_end(self, device: str, root: bytes) -> Head | None:

@@ -12,8 +12,12 @@ lawful when, for every point it deleted, the batch's *plan* expires that
 point's records (:mod:`engine.plans.expiry`, on the batch's signed window) no
 later than the receipt's time, no hold in force when it was written covers
 them, and its time is no later than the checkpoint that signs it. Holds are
-rebuilt from their ``hold.placed`` and ``hold.released`` entries, and the
-store's hold rows must say the same.
+rebuilt from their ``hold.placed`` and ``hold.released`` entries, each of
+which must name an earlier ``access.decision`` that allowed its actor a hold
+on the hold's scope as placed (a release none allowed leaves the hold in
+force), and the store's hold rows must say the same. An archiving receipt
+names the ``retention.archive.written`` entry that signed its archive's
+SHA-256 once the file existed.
 
 What fails is named: a receipt that names no stored batch, deletes before a
 ``keep_at_least``, before the expiry, during a hold, or keeps leaf hashes the
@@ -28,9 +32,10 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 from itertools import chain, repeat
 from typing import Any
 
@@ -458,7 +463,9 @@ def _held(c: _Context, point: str, holds: Sequence[Hold]) -> bool:
 
 def _archived(c: _Context, point: str, positions: Runs) -> bool:
     """Records whose plan archives them were deleted naming an archive: an earlier
-    ``retention.archived`` entry, of that file, that holds those positions of the batch."""
+    ``retention.archived`` entry, of that file, that holds those positions of the batch, and
+    the ``retention.archive.written`` entry after it that signed the file's SHA-256 the
+    receipt names, once the file existed."""
     said = c.receipt.archive or {}
     entry = c.log.entries.get(said.get("entry", -1))
     where = f"{c.info.device}/{point}"
@@ -469,6 +476,13 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         or entry.payload.get("file") != said.get("file")
     ):
         c.report.add(c.label, f"deletes {where}, which its plan archives, without its archive")
+        return False
+    if not _written(entry, c.log.entries.get(said.get("written", -1)), said, c.entry.seq):
+        c.report.add(
+            c.label,
+            f"deletes {where}, which its plan archives, naming an archive no earlier"
+            f" retention.archive.written entry says was written with that SHA-256",
+        )
         return False
     held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
     try:
@@ -482,6 +496,21 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         )
         return False
     return True
+
+
+def _written(
+    archived: AuditEntry, written: AuditEntry | None, said: Mapping[str, Any], before: int
+) -> bool:
+    """Whether ``written`` is the ``retention.archive.written`` entry of ``archived``'s file,
+    between it and entry ``before``, with the SHA-256 the receipt (``said``) names."""
+    return (
+        written is not None
+        and written.kind == "retention.archive.written"
+        and archived.seq < written.seq < before
+        and written.payload.get("archived") == archived.seq
+        and written.payload.get("file") == said.get("file")
+        and written.payload.get("sha256") == said.get("sha256")
+    )
 
 
 def _point_lawful(
@@ -573,33 +602,146 @@ def _rule(said: Mapping[str, Any]) -> str:
 # --- holds -----------------------------------------------------------------------------
 
 
+HOLD_KINDS = frozenset({"hold.placed", "hold.released"})
+
+
+@dataclass
+class HoldBook:
+    """The holds as the log states them, read up to entry ``size``: what a retention run
+    decides by. Its check fills it from the verified log; in each batch's transaction the run
+    folds in the hold entries written since (each signed in its own transaction by a holder of
+    the audit key, or the run's checkpoint refuses to sign). The ``holds`` table is never
+    read: anyone who can write the database can change a row after the check."""
+
+    holds: dict[int, Hold] = field(default_factory=dict)
+    size: int = 0
+
+    def read(self, entries: Iterable[AuditEntry], size: int) -> list[Hold]:
+        """The holds in force once ``entries`` (those from ``self.size`` on) are folded in;
+        ``size``: the log's size they end at."""
+        for entry in entries:
+            if entry.kind in HOLD_KINDS:
+                fold_hold(entry, self.holds, Report(), None)
+        self.size = size
+        return [h for h in self.holds.values() if h.in_force]
+
+
 def check_holds(conn: Connection, log: Log, report: Report) -> list[Hold]:
-    """The holds as their ``hold.placed`` and ``hold.released`` entries state them; the store's
-    hold rows must say exactly the same (a hold is never deleted)."""
+    """The holds as their ``hold.placed`` and ``hold.released`` entries state them, each
+    allowed by the decision it names; the store's hold rows must say exactly the same (a hold
+    is never deleted)."""
     placed: dict[int, Hold] = {}
-    for entry in log.of_kind("hold.placed"):
-        found = _placed(entry, placed, report)
-        if found is not None:
-            placed[found.id] = found
-    for entry in log.of_kind("hold.released"):
-        hold_id = entry.payload.get("hold")
-        was = placed.get(hold_id) if type(hold_id) is int else None
-        label = f"audit entry {entry.seq}"
-        if was is None or was.placed_seq > entry.seq:
-            report.add(label, f"releases hold {hold_id!r}, which no earlier entry placed")
-        elif not was.in_force:
-            report.add(label, f"releases hold {hold_id} a second time")
-        else:
-            placed[was.id] = replace(
-                was,
-                released_by=_actor_id(entry.actor),
-                released_at=entry.time,
-                release_reason=str(entry.payload.get("reason")),
-                released_seq=entry.seq,
-            )
+    decisions = {str(e.payload.get("decision")): e for e in log.of_kind("access.decision")}
+    for entry in sorted((e for e in log.entries.values() if e.kind in HOLD_KINDS), key=_seq):
+        fold_hold(entry, placed, report, decisions)
     _compare_rows({h.id: h for h in stored.holds(conn)}, placed, report)
     report.counts["holds"] = len(placed)
     return list(placed.values())
+
+
+def _seq(entry: AuditEntry) -> int:
+    return entry.seq
+
+
+def fold_hold(
+    entry: AuditEntry,
+    placed: dict[int, Hold],
+    report: Report,
+    decisions: Mapping[str, AuditEntry] | None,
+) -> None:
+    """Apply one ``hold.placed`` or ``hold.released`` entry to ``placed``, the holds by id.
+
+    With ``decisions`` (the ``access.decision`` entries by decision id), each must name an
+    earlier decision that allowed its actor a hold on the hold's whole scope as placed; a
+    release none allowed is named and leaves the hold in force, so that what it kept is
+    still judged held. Without (a retention run reading entries signed since its check),
+    they are taken as written."""
+    if entry.kind == "hold.placed":
+        found = _placed(entry, placed, report)
+        if found is not None:
+            placed[found.id] = found
+            if decisions is not None:
+                _decided(entry, found, decisions, report)
+        return
+    hold_id = entry.payload.get("hold")
+    was = placed.get(hold_id) if type(hold_id) is int else None
+    label = f"audit entry {entry.seq}"
+    if was is None or was.placed_seq > entry.seq:
+        report.add(label, f"releases hold {hold_id!r}, which no earlier entry placed")
+    elif not was.in_force:
+        report.add(label, f"releases hold {hold_id} a second time")
+    elif decisions is None or _decided(entry, was, decisions, report):
+        placed[was.id] = replace(
+            was,
+            released_by=_actor_id(entry.actor),
+            released_at=entry.time,
+            release_reason=str(entry.payload.get("reason")),
+            released_seq=entry.seq,
+        )
+
+
+def _decided(
+    entry: AuditEntry, hold: Hold, decisions: Mapping[str, AuditEntry], report: Report
+) -> bool:
+    """Whether the decision ``entry`` names allowed it (see :func:`fold_hold`); named if not."""
+    decision = decisions.get(str(entry.payload.get("decision")))
+    why = _undecided(entry, hold.scope, decision)
+    if why is not None:
+        verb = "places" if entry.kind == "hold.placed" else "releases"
+        report.add(f"audit entry {entry.seq}", f"{verb} hold {hold.id}, but {why}")
+    return why is None
+
+
+def _undecided(entry: AuditEntry, scope: Scope, decision: AuditEntry | None) -> str | None:
+    """Why ``decision`` did not allow ``entry``'s actor a hold on ``scope``; None if it did."""
+    if decision is None or decision.seq > entry.seq:
+        return "no earlier access.decision entry is the decision it names"
+    said, who = decision.payload, _actor_id(entry.actor)
+    where = f"its decision (audit entry {decision.seq})"
+    if said.get("action") != "hold" or said.get("outcome") != "allow":
+        return f"{where} did not allow a hold"
+    if said.get("principal") != who or _actor_id(decision.actor) != who:
+        return f"{where} was not {who}'s"
+    span = (said.get("from"), said.get("to"))
+    if not _same_times(span, (scope.start, scope.end)) or not _on_scope(scope, said.get("points")):
+        return f"{where} was on another scope than the hold's as placed"
+    return None
+
+
+def _same_times(said: tuple[Any, Any], scope: tuple[str | None, str | None]) -> bool:
+    """Whether a decision's ``from``/``to`` are the scope's instants (either open alike)."""
+    try:
+        return all(
+            a is b is None or (a is not None and b is not None and instant(str(a)) == instant(b))
+            for a, b in zip(said, scope, strict=True)
+        )
+    except BadTime:
+        return False
+
+
+def _on_scope(scope: Scope, points: Any) -> bool:
+    """Whether a decision's points are all allowed, all covered by ``scope``, and name every
+    device and match every point glob the scope names (the guard decides on each point the
+    hold covers: engine/retention/holds.py)."""
+    if not isinstance(points, list) or not points:
+        return False
+    pairs: set[tuple[str, str]] = set()
+    for p in points:
+        if not isinstance(p, dict) or p.get("allowed") is not True:
+            return False
+        pairs.add((str(p.get("device")), str(p.get("point"))))
+    if scope.held is not None and pairs != scope.held:
+        return False  # it holds exactly what was decided
+    if not all(scope.names(device, point) for device, point in pairs):
+        return False
+    devices = {d for d, _ in pairs}
+    if scope.devices and devices != set(scope.devices):
+        return False
+    return all(
+        any(fnmatchcase(point, glob) for named, point in pairs if named == device)
+        for glob in scope.points
+        for device in devices
+    )
 
 
 def _placed(entry: AuditEntry, placed: Mapping[int, Hold], report: Report) -> Hold | None:
@@ -627,7 +769,7 @@ def _compare_rows(rows: dict[int, Hold], placed: Mapping[int, Hold], report: Rep
                 f"hold {hold_id}",
                 f"placed by audit entry {hold.placed_seq}, missing from the store's holds",
             )
-        elif row != hold:
+        elif row != replace(hold, scope=hold.scope.as_asked):
             report.add(f"hold {hold_id}", "the store's row differs from its audit entries")
     for hold_id in rows:
         report.add(f"hold {hold_id}", "in the store's holds, but no audit entry placed it")

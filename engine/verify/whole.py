@@ -21,7 +21,7 @@ from engine.verify.log import check_log
 from engine.verify.plans import PlanTrust, check_plans
 from engine.verify.records import Progress, check_records
 from engine.verify.report import Report
-from engine.verify.retention import Known, check_kept, check_retention
+from engine.verify.retention import HoldBook, Known, check_kept, check_retention
 from engine.verify.tail import check_tail
 from engine.verify.trust import Trust
 
@@ -38,6 +38,7 @@ def verify_store(
     cosigned_by: Trust | None = None,
     records_of: Collection[int] | None = None,
     digests: MutableMapping[int, bytes] | None = None,
+    holds: HoldBook | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
@@ -53,7 +54,8 @@ def verify_store(
     before it deletes (:mod:`engine.retention.run` says why that is enough). ``digests``,
     when given, is filled with the digest of the records hashed of each batch no receipt
     deleted records of (:func:`~engine.verify.records.records_digest`): what the run compares
-    the records it deletes with.
+    the records it deletes with. ``holds``, when given, is filled with the holds as the
+    verified log states them, and its size: what the run decides by.
     """
     report = Report()
     with store.reading() as conn:
@@ -69,6 +71,8 @@ def verify_store(
         check_chains(batches, log, report)
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
+        if holds is not None:
+            holds.holds, holds.size = {h.id: h for h in erased.holds}, len(log.hashes)
         only = None if records_of is None else frozenset(records_of)
         check_records(
             conn, batches, report, progress, workers, erased=erased, only=only, digests=digests

@@ -1,0 +1,251 @@
+"""What may wait for a checkpoint, and what a database writer without the audit key can no
+longer pass for lawful: a hold released, an archive that was never written (the attacks of
+the hold, archive and read-API reviews), on SQLite and PostgreSQL.
+
+A hold's entries, a deletion receipt and an archive's entries are signed in the transaction
+that writes them; in the unsigned tail they are a failure of ``audit verify``, and no
+checkpoint signs them (docs/audit.md, "The unsigned tail"). Signed or not, a hold entry must
+name the decision that allowed it on the hold's scope as placed, and an archiving receipt the
+entry that signed its archive's SHA-256 (docs/retention.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import test_export
+from evidence_kit import fill, verify
+from retention_kit import kinds, remaining, run
+from test_export import trust_file
+from test_retention_bundle import export
+from test_tamper import database
+
+from engine.audit import Actor, seal_with
+from engine.errors import CheckpointRefused
+from engine.evidence.config import EvidenceConfig
+from engine.evidence.writer import Writer
+from engine.evidence.writer import log as writer_log
+from engine.retention import StoreUnverified
+from engine.retention.holds import place, release
+from engine.sign.leaf import instant
+from engine.store import auditlog
+from engine.store.retention import Scope
+from engine.store.spool import Spool
+from engine.store.store import Store
+from plugins.fileprincipals import PrincipalsFile
+
+SECONDS = 60
+LENA = "lena@example.com"
+clean_python, both = test_export.clean_python, test_export.both
+
+
+@pytest.fixture
+def store(retention_site, backend, tmp_path):
+    filled = fill(retention_site, backend, tmp_path, SECONDS)
+    yield filled
+    filled.close()
+
+
+@dataclass(frozen=True)
+class Insider:
+    """Someone who can write the database (``backend``) and name lena as an entry's actor;
+    and hold ``hold``, on line-b, placed by lena (whom the guard allows)."""
+
+    backend: str
+    actor: Actor
+    principals: Path
+    hold: int
+
+    def release(self, store: Store) -> int:
+        """What a database writer with no key can do: a ``hold.released`` entry naming a
+        decision nobody made, appended to the log, and the hold's row changed to match; its
+        entry number."""
+        now = instant(datetime.now(UTC))
+        said = {"hold": self.hold, "reason": "settled", "decision": str(uuid.uuid4())}
+        with store.transaction() as conn:
+            seq = auditlog.append(conn, "hold.released", self.actor, said, now)
+        self.match_row(seq, now)
+        return seq
+
+    def match_row(self, seq: int, now: str) -> None:
+        """The hold's row, released by lena at ``now`` by entry ``seq``."""
+        with database(self.backend).begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE holds SET released_by = :by, released_at = :t,"
+                    " release_reason = 'settled', released_seq = :s WHERE id = :h"
+                ),
+                {"by": LENA, "t": now, "s": seq, "h": self.hold},
+            )
+
+
+@pytest.fixture
+def insider(retention_site, store, backend, principals_file) -> Insider:
+    people = PrincipalsFile(principals_file)
+    keys = retention_site.key_store()
+    hold = place(store, people, LENA, Scope(("line-b",)), "dispute", keys=keys).id
+    actor = Actor("principal", LENA, "lena", "laptop", ("legal",), people.digest)
+    return Insider(backend, actor, principals_file, hold)
+
+
+def sealer(site, store: Store):
+    return partial(seal_with, site.key_store(), store.audit_key)
+
+
+# --- a release written without the key ------------------------------------------------------
+
+
+def test_a_release_in_the_unsigned_tail_is_named_and_no_checkpoint_signs_it(
+    retention_site, store, insider, tmp_path
+):
+    seq = insider.release(store)
+    report = verify(retention_site, store, tmp_path)
+    unsigned = "a hold.released entry after the last checkpoint"
+    assert any(p.item == f"audit entry {seq}" and unsigned in p.message for p in report.problems)
+    with pytest.raises(CheckpointRefused, match=rf"audit entry {seq} \(hold\.released\)"):
+        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+    records = remaining(store)
+    with pytest.raises(StoreUnverified):  # the nightly job deletes nothing, held data included
+        run(retention_site, store)
+    assert remaining(store) == records
+
+
+def test_a_forged_entry_after_the_runs_check_stops_its_batch(
+    retention_site, store, insider, monkeypatch
+):
+    """Written between the run's check and a batch: the run folds it in, and the checkpoint
+    of that batch's transaction refuses it, so the batch's deletion is rolled back."""
+    from engine.retention import run as runs
+
+    checked = runs._verified
+
+    def then_forge(*args, **kwargs):
+        digests = checked(*args, **kwargs)
+        insider.release(store)
+        return digests
+
+    monkeypatch.setattr(runs, "_verified", then_forge)
+    records = remaining(store)
+    with pytest.raises(CheckpointRefused, match=r"\(hold\.released\)"):
+        run(retention_site, store)
+    assert remaining(store) == records
+    assert not kinds(store, "retention.deleted")
+
+
+def test_a_collector_logs_a_refused_checkpoint_and_goes_on(
+    retention_site, store, insider, caplog, tmp_path
+):
+    insider.release(store)
+    spool = Spool(tmp_path / "collector-spool.db")
+    writer = Writer(store, spool, retention_site.key_store(), EvidenceConfig())
+    due = writer.last_checkpoint
+    with caplog.at_level(logging.ERROR, logger=writer_log.name):
+        writer._checkpoint(datetime.now(UTC))
+    spool.close()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == writer_log.name]
+    assert "no checkpoint signed" in line and "(hold.released)" in line
+    assert writer.last_checkpoint == due  # nothing signed; collecting goes on
+
+
+# --- a release signed, that no decision allowed -------------------------------------------------
+
+
+def test_a_signed_release_no_decision_allowed_is_named_by_every_verifier(
+    retention_site, store, insider, tmp_path, both
+):
+    """As if a signer had signed it blindly: the release names a decision nobody recorded;
+    ``audit verify`` and both bundle verifiers name it (and keep the hold in force, so that
+    what it holds is still judged held)."""
+    now = instant(datetime.now(UTC))
+    said = {"hold": insider.hold, "reason": "settled", "decision": str(uuid.uuid4())}
+    with store.signed(sealer(retention_site, store)) as conn:
+        seq = auditlog.append(conn, "hold.released", insider.actor, said, now)
+    insider.match_row(seq, now)
+    report = verify(retention_site, store, tmp_path)
+    assert any(
+        p.item == f"audit entry {seq}" and "no earlier access.decision entry" in p.message
+        for p in report.problems
+    ), report.problems
+    store.close()
+    keys = retention_site.keys_dir
+    bundle = export(insider.backend, keys, insider.principals, tmp_path / "b.zip")
+    trust = trust_file(insider.backend, keys, tmp_path / "trust.json")
+    said_by = both(bundle, trust)
+    assert said_by.code != 0
+    assert any(f"audit entry {seq}" in line and "releases hold" in line for line in said_by.lines)
+
+
+def test_a_hold_decided_on_another_scope_is_named(retention_site, store, insider, tmp_path):
+    """A hold placed on line-a naming the decision of the hold on line-b."""
+    (decided,) = kinds(store, "access.decision")
+    said = {"hold": insider.hold + 1, **Scope(("line-a",)).as_json(), "reason": "a",
+            "decision": decided.payload["decision"]}  # fmt: skip
+    with store.signed(sealer(retention_site, store)) as conn:
+        seq = auditlog.append(conn, "hold.placed", insider.actor, said)
+    report = verify(retention_site, store, tmp_path)
+    assert any(
+        p.item == f"audit entry {seq}" and "another scope than the hold's as placed" in p.message
+        for p in report.problems
+    ), report.problems
+
+
+def test_a_release_by_a_principal_is_judged_on_the_hold_as_placed(retention_site, store, insider):
+    """The hold's row narrowed by a database writer does not narrow what a release decides."""
+    with database(insider.backend).begin() as conn:
+        conn.execute(sa.text("UPDATE holds SET devices = '[\"vault-d\"]' WHERE id = :h"),
+                     {"h": insider.hold})  # fmt: skip
+    people = PrincipalsFile(insider.principals)
+    keys = retention_site.key_store()
+    was = release(store, people, LENA, insider.hold, "settled", keys=keys)
+    assert was.scope.devices == ("line-b",)
+    (decision,) = [e for e in kinds(store, "access.decision") if e.seq > was.placed_seq]
+    assert {p["device"] for p in decision.payload["points"]} == {"line-b"}
+
+
+# --- an archive that was never written ----------------------------------------------------------
+
+
+def test_an_archive_and_receipts_in_the_unsigned_tail_are_named_and_not_signed(
+    retention_site, store, tmp_path
+):
+    receipt = next(r for r in _lawful(retention_site, store))
+    archived = {"decision": str(uuid.uuid4()), "file": "converge-archive-x.zip", "from": None,
+                "to": None, "points": [], "batches": []}  # fmt: skip
+    with store.transaction() as conn:
+        first = auditlog.append(conn, "retention.archived", Actor.job("retention"), archived)
+        again = auditlog.append(conn, "retention.deleted", Actor.job("retention"), receipt)
+    report = verify(retention_site, store, tmp_path)
+    for seq, kind in ((first, "retention.archived"), (again, "retention.deleted")):
+        assert any(
+            p.item == f"audit entry {seq}" and f"a {kind} entry after the last checkpoint"
+            in p.message for p in report.problems
+        ), report.problems  # fmt: skip
+    with pytest.raises(CheckpointRefused, match=rf"audit entry {first} \(retention\.archived\)"):
+        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+
+
+def _lawful(retention_site, store) -> list[dict]:
+    run(retention_site, store)
+    return [r.payload for r in kinds(store, "retention.deleted")]
+
+
+# --- the read API's decisions do not pass for a deleted checkpoint ---------------------------
+
+
+def test_many_decisions_in_the_tail_are_no_deleted_checkpoint(retention_site, store, tmp_path):
+    """1,100 refused API requests (one ``access.decision`` each, unsigned: serve holds no key)
+    are more entries than a run writes between two checkpoints, but not the run's."""
+    refused = {"decision": "x", "action": "read", "outcome": "deny", "points": []}
+    with store.transaction() as conn:
+        for _ in range(1100):
+            auditlog.append(conn, "access.decision", Actor.job("api"), refused)
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+    assert any("are not signed yet" in n for n in report.notes)
