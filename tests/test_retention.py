@@ -476,7 +476,8 @@ def test_the_commands(retention_site, store, backend, principals_file, capsys):
     assert main(["audit", "verify", "--db", backend, "--keys", keys]) == 0
     out = capsys.readouterr().out
     assert "deleted lawfully: receipts" in out and "by nightly" in out
-    release = ["hold", "release", "1", "--db", backend, *people, "--reason", "settled"]
+    settled = "settled\x1b[2K\x1b[1A out of court"  # steering characters in a reason
+    release = ["hold", "release", "1", "--db", backend, *people, "--reason", settled]
     release += ["--keys", keys]
     assert main([*release, "--as", "alice@example.com"]) == 3
     assert "no access.hold grant" in capsys.readouterr().err
@@ -484,7 +485,10 @@ def test_the_commands(retention_site, store, backend, principals_file, capsys):
     capsys.readouterr()
     assert main(["hold", "list", "--db", backend, "--format", "json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
-    assert listed["id"] == 1 and not listed["in_force"] and listed["release_reason"] == "settled"
+    assert listed["id"] == 1 and not listed["in_force"] and listed["release_reason"] == settled
+    assert main(["hold", "list", "--db", backend]) == 0
+    out = capsys.readouterr().out
+    assert "(settled\\x1b[2K\\x1b[1A out of court)" in out and "\x1b" not in out
     assert main(["audit", "log", "--db", backend, "--kind", "retention.deleted"]) == 0
     assert "line-a" in capsys.readouterr().out
     assert main([*apply, *people, "--as", "mallory@example.com", "--keys", keys]) == 3

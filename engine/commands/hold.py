@@ -15,7 +15,6 @@ from typing import Any
 
 import pluggy
 from rich.console import Console
-from rich.markup import escape
 
 from engine.commands.options import (
     Handler,
@@ -29,6 +28,7 @@ from engine.commands.options import (
     principal_of,
     principals_of,
 )
+from engine.commands.terminal import markup_safe
 from engine.errors import ConvergeError
 from engine.retention.holds import place, release
 from engine.sign.leaf import instant
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         if args.hold_command == "release":
             was = release(store, resolver, principal_of(args), args.id, args.reason, keys=keys)
             console.print(
-                f"released hold {was.id} ({escape(describe(was.scope))})", highlight=False
+                f"released hold {was.id} ({markup_safe(describe(was.scope))})", highlight=False
             )
             return 0
         scope = _scope(args)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
             file=sys.stderr,
         )
     console.print(
-        f"placed hold {placed.id}: {escape(describe(scope))} (decision {placed.decision.id})",
+        f"placed hold {placed.id}: {markup_safe(describe(scope))} (decision {placed.decision.id})",
         highlight=False,
     )
     print(placed.id)
@@ -137,12 +137,12 @@ def run_list(args: argparse.Namespace, console: Console) -> int:
         state = (
             "[green]in force[/]"
             if hold.in_force
-            else f"released by {escape(str(hold.released_by))} at {hold.released_at}"
-            f" ({escape(str(hold.release_reason))})"
+            else f"released by {markup_safe(str(hold.released_by))} at {hold.released_at}"
+            f" ({markup_safe(str(hold.release_reason))})"
         )
         console.print(
-            f"hold {hold.id}: {state}; {escape(describe(hold.scope))}; placed by "
-            f"{escape(hold.placed_by)} at {hold.placed_at}: {escape(hold.reason)}",
+            f"hold {hold.id}: {state}; {markup_safe(describe(hold.scope))}; placed by "
+            f"{markup_safe(hold.placed_by)} at {hold.placed_at}: {markup_safe(hold.reason)}",
             highlight=False,
         )
     if not found:
