@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["engine.testkit", "evidence_kit", "retention_kit"]
 
@@ -15,6 +16,11 @@ if _SERVICES.is_file():
         name, _, value = line.partition("=")
         if name:
             os.environ.setdefault(name, value)
+
+# The tests run on busy machines (CI's 2 cores, a neighbour's suite): a per-example time
+# limit would measure the machine, not the code. Speed has its benchmarks (bench/).
+settings.register_profile("converge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("converge")
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,7 @@ def cedar_entities(held: list[list[str]]) -> list[dict]:
     return people + [{"uid": uid("Role", r), "attrs": {}, "parents": []} for r in ROLES]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(access=points, held=principals)
 def test_the_guard_decides_as_cedar_does(access, held):
     plan = plan_of(

@@ -389,7 +389,7 @@ entries_st = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(entries_st, st.randoms(use_true_random=False))
 def test_the_root_does_not_depend_on_arrival_order(specs: list[Any], rnd: Any):
     def entry(ms: int, point: str, is_gap: bool, value: float, salt: bytes) -> Entry:

@@ -982,9 +982,7 @@ hostile_json = st.recursive(
 )
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(member=st.integers(min_value=0), value=hostile_json)
 def test_any_json_where_a_member_is_expected_is_a_verdict_never_a_crash(
     plant, tmp_path, member, value
@@ -1031,7 +1029,7 @@ readings = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(reading=readings)
 def test_the_fast_reader_reads_every_leaf_as_the_json_parser_does(reading: Reading):
     """The usual reading is read from its leaf's text without parsing it; every leaf, odd names

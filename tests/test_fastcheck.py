@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.compile.validate import schemas
@@ -161,7 +161,7 @@ def test_every_example_takes_the_fast_path(kind: str) -> None:
         assert validator.validate(copy.deepcopy(document)), validator.errors
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600)
 @given(data=st.data())
 def test_the_fast_path_never_accepts_what_cerberus_refuses(data: st.DataObject) -> None:
     schema, original = data.draw(st.sampled_from(ALL))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.compile import Inputs, compile_project
@@ -238,7 +238,7 @@ def _project(pols: list[dict[str, Any]], order: list[int] | None = None):
 from engine.plugin_manager import make_plugin_manager  # noqa: E402
 
 _PM = make_plugin_manager()
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60)
 
 
 @SETTINGS

@@ -212,7 +212,7 @@ def leaf_in_tree(draw: st.DrawFn) -> tuple[int, int]:
     return n, draw(st.integers(0, n - 1))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(leaf_in_tree(), st.data())
 def test_every_inclusion_proof_verifies_and_any_byte_change_fails(case, draw):
     n, i = case
@@ -231,7 +231,7 @@ def test_every_inclusion_proof_verifies_and_any_byte_change_fails(case, draw):
             verify_inclusion(lh, i, n, bad, r)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.integers(2, 200), st.data())
 def test_every_consistency_proof_verifies_and_swapped_roots_fail(n, draw):
     m = draw.draw(st.integers(1, n - 1))
@@ -245,7 +245,7 @@ def test_every_consistency_proof_verifies_and_swapped_roots_fail(n, draw):
         verify_consistency(m, n, r1, r2, [*proof[:k], flip(proof[k], at), *proof[k + 1 :]])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(leaf_in_tree())
 def test_wrong_proof_length_is_its_own_error(case):
     n, i = case

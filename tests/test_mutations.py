@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
@@ -360,7 +360,7 @@ def test_the_unmutated_examples_compile_cleanly(pristine: Path, converge_pm: plu
     assert len(result.plans) == 6
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(data=st.data())
 def test_a_mutated_example_gives_findings_never_a_traceback(
     pristine: Path, converge_pm: pluggy.PluginManager, data: st.DataObject
@@ -405,7 +405,7 @@ def run_command(pristine: Path, files: dict[str, str], argv: list[str]) -> tuple
     return code, out.getvalue(), err.getvalue()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(data=st.data())
 def test_a_value_level_mutation_ends_in_an_exit_code_never_a_traceback(
     pristine: Path, data: st.DataObject

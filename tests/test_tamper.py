@@ -519,7 +519,7 @@ def change_one_byte(data: st.DataObject, value: str | bytes) -> str | bytes:
     return value[:i] + bytes([value[i] ^ data.draw(st.integers(1, 255))]) + value[i + 1 :]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(data=st.data())
 def test_any_changed_byte_of_evidence_is_detected(
     evidence_site, small_store, tmp_path_factory, data

@@ -7,7 +7,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.compile.load import Document, load_text
@@ -843,7 +843,7 @@ DATA = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=300)
 @given(policy=DATA, site=DATA, principals=DATA)
 def test_any_data_gives_findings_never_a_traceback(pm, policy, site, principals):
     documents = [
@@ -854,7 +854,7 @@ def test_any_data_gives_findings_never_a_traceback(pm, policy, site, principals)
     assert all(isinstance(f, Finding) and f.code for f in findings)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=200)
 @given(devices=st.lists(DATA, max_size=3))
 def test_any_devices_give_findings_never_a_traceback(pm, devices):
     site = Document("s", {"site": "s", "timezone": "UTC", "devices": devices})
