@@ -16,11 +16,15 @@ from evidence_kit import Site, fill, verify
 from retention_kit import DEVICES, hold_on, job, kinds, run, sealed, signed_sizes
 from test_export import failed, forged, read, trust_file
 
+from engine.audit import AuditEntry
 from engine.cli import main
 from engine.retention import apply
 from engine.retention import run as runs
 from engine.retention.select import Selection, select
 from engine.store.retention import Scope
+from engine.verify.archives import check_archives
+from engine.verify.log import Log
+from engine.verify.report import Report
 from plugins.fileprincipals import PrincipalsFile
 
 SECONDS = 60
@@ -161,3 +165,48 @@ def test_records_deleted_without_their_archive_are_named(
         for p in report.problems
     ), report.problems
     store.close()
+
+
+def test_audit_verify_compares_each_archive_file_with_its_signed_digest(
+    archive_site, backend, tmp_path, capsys
+):
+    """``audit verify --archives DIR``: the archive the receipts relied on is there as signed;
+    one byte changed, or the file gone, is named with the receipts that relied on it."""
+    store = fill(archive_site, backend, tmp_path, SECONDS)
+    folder = tmp_path / "archives"
+    apply(store, replace(job(archive_site), archives=folder))
+    (written,) = kinds(store, "retention.archive.written")
+    store.close()
+    (file,) = folder.iterdir()
+    command = ["audit", "verify", "--db", backend, "--keys", str(archive_site.keys_dir)]
+    assert main([*command, "--archives", str(folder)]) == 0
+    assert ", 1 archives, " in capsys.readouterr().out
+    body = bytearray(file.read_bytes())
+    body[len(body) // 2] ^= 1
+    file.write_bytes(bytes(body))
+    assert main([*command, "--archives", str(folder)]) == 1
+    item = f"FAIL archive {file.name} (audit entry {written.seq}): {file}'s SHA-256 is sha256:"
+    out = capsys.readouterr().out
+    assert item in out and f"not the {written.payload['sha256']} signed when it was" in out
+    assert "changed or replaced, and 2 receipts (audit entries" in out
+    file.unlink()
+    assert main([*command, "--archives", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL archive {file.name} (audit entry {written.seq}): is not in {folder}, yet 2" in out
+    assert main(command) == 0  # without --archives the files are not looked at
+
+
+@pytest.mark.parametrize("name", ["../outside.zip", "/etc/passwd", "..", "sub/a.zip", 7])
+def test_an_archive_entry_naming_no_plain_file_is_named(tmp_path, name):
+    """A signed entry naming a file outside the folder is named, and no such file is read."""
+    written = AuditEntry(3, "2026-12-03T00:00:00Z", "retention.archive.written", {}, {})
+    written.payload.update(archived=2, file=name, sha256="sha256:" + "0" * 64)
+    receipt = AuditEntry(4, "2026-12-03T00:00:01Z", "retention.deleted", {}, {})
+    receipt.payload["archive"] = {"file": name, "written": 3}
+    report = Report()
+    check_archives(Log({3: written, 4: receipt}, []), tmp_path, report)
+    assert [str(p) for p in report.problems] == [
+        f"archive {name} (audit entry 3): names no file of a folder: its name is not a plain"
+        " file name"
+    ]
+    assert report.counts["archives"] == 0

@@ -94,6 +94,14 @@ def _add_verify(actions: Subparsers) -> None:
     )
     add_audit_key(verify)
     verify.add_argument(
+        "--archives",
+        type=Path,
+        metavar="DIR",
+        help="the folder retention runs wrote archives to (converge retention apply --archives):"
+        " each archive a deletion receipt relied on must be there, with the SHA-256 signed"
+        " when it was written",
+    )
+    verify.add_argument(
         "--plan-key",
         metavar="KEY",
         help="the key that signs plans (converge plan --sign KEY): every stored plan must be "
@@ -265,6 +273,7 @@ def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Cons
             audit_key=args.audit_key,
             plan_key=args.plan_key,
             cosigned_by=Trust.from_json(args.cosigned_by) if args.cosigned_by else None,
+            archives=args.archives,
         )
         where = store.where
     seconds = time.perf_counter() - started

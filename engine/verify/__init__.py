@@ -35,7 +35,8 @@ established):
    leaves it the records it says, the store keeps the positions (and leaf
    hashes) it removed, and it was lawful (the batch's plan expired the
    records by then, no hold in force covered them); holds are what their
-   entries say.
+   entries say. ``archives.py``, when a folder is given: each archive a
+   receipt relied on is there, with the SHA-256 its entry signed.
 6. ``records.py``: every record's leaf is rehashed and each batch's root
    rebuilt from its rows (and the leaf hashes its receipts keep) and compared
    with its statement, but for batches whose receipts deleted every record; a

@@ -13,6 +13,7 @@ from engine import audit
 from engine.audit import DEFAULT_AUDIT_KEY
 from engine.store import reads
 from engine.store.store import Store
+from engine.verify.archives import check_archives
 from engine.verify.batches import check_batches, check_chains
 from engine.verify.central import check_quarantine, check_witnessed
 from engine.verify.checkpoints import LogKey, check_checkpoints, check_log_key, check_witness
@@ -39,6 +40,7 @@ def verify_store(
     records_of: Collection[int] | None = None,
     digests: MutableMapping[int, bytes] | None = None,
     holds: HoldBook | None = None,
+    archives: Path | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
@@ -55,7 +57,9 @@ def verify_store(
     when given, is filled with the digest of the records hashed of each batch no receipt
     deleted records of (:func:`~engine.verify.records.records_digest`): what the run compares
     the records it deletes with. ``holds``, when given, is filled with the holds as the
-    verified log states them, and its size: what the run decides by.
+    verified log states them, and its size: what the run decides by. ``archives``, when
+    given, is the folder the retention runs wrote their archives to: each archive a receipt
+    relied on must be there as its entry signed it.
     """
     report = Report()
     with store.reading() as conn:
@@ -71,6 +75,8 @@ def verify_store(
         check_chains(batches, log, report)
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
+        if archives is not None:
+            check_archives(log, archives, report)
         if holds is not None:
             holds.holds, holds.size = {h.id: h for h in erased.holds}, len(log.hashes)
         only = None if records_of is None else frozenset(records_of)
