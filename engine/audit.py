@@ -44,6 +44,8 @@ from engine.sign.note import Checkpoint, sign_checkpoint
 
 ORIGIN_KEY = "audit.origin"
 STATE_KEY = "audit.state"
+SIGNED_STATE_KEY = "audit.signed"
+"""Where the compact state of the log its newest checkpoint signed is kept (docs/audit.md)."""
 DEFAULT_AUDIT_KEY = "audit-log"
 ORIGIN_PREFIX = "converge/audit/"
 COSIGNER_PREFIX = "converge/witness/"
@@ -86,16 +88,32 @@ TAIL_KINDS = frozenset(
         "key.rotated",
         "access.decision",
         "audit.reviewed",
+        "plan.signed",
     }
 )
 """The kinds an entry may have while it waits, unsigned, for the next checkpoint: what a
 running collector appends between checkpoints, and what commands that hold no audit key append
-(``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews). A site
+(``converge keys --db``, decisions of ``converge query`` and ``serve``, reviews, ``converge plan
+--sign --db``). A site
 collector that publishes logs its batches as ``batch.sealed``; a central store's ingesters log
 quarantined messages and cosigned checkpoints between theirs (docs/scale-out.md). Every other
 entry, those that decide whether a deletion was lawful (holds, receipts, archives) among them,
 is written with a checkpoint in its own transaction, by a holder of the audit key, and no
 checkpoint signs one it did not append (:func:`engine.store.auditlog.checkpoint`)."""
+
+SIGNED_KINDS = frozenset(
+    {
+        "collector.started",
+        "collector.stopped",
+        "hold.placed",
+        "hold.released",
+        "retention.deleted",
+        "retention.archived",
+        "retention.archive.written",
+    }
+)
+"""Kinds only ever written with a checkpoint in their own transaction: a log holding one has a
+checkpoint, so a log that holds one and no checkpoint lost its checkpoints."""
 
 
 CheckpointSigner = Callable[[Checkpoint], str]
@@ -106,10 +124,13 @@ signed time, :func:`signed_time`)."""
 @dataclass(frozen=True)
 class Seal:
     """A checkpoint to sign as of ``at`` (whole seconds, :func:`signing_second`) with ``sign``,
-    whose key version is valid then."""
+    whose key version is valid then; ``keys``, the raw public keys of every version of the
+    log's key, by which the signer checks the newest checkpoint before it signs the next
+    (:func:`engine.store.auditlog.checkpoint`)."""
 
     sign: CheckpointSigner
     at: datetime
+    keys: tuple[bytes, ...]
 
 
 def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
@@ -117,7 +138,10 @@ def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
     the version of ``audit_key`` valid then; asks for the key now (a passphrase, a PIN)."""
     at = signing_second(now)
     key = keys.signer(audit_key, at)
-    return Seal(lambda checkpoint: sign_checkpoint(checkpoint, checkpoint.origin, key), at)
+    versions = tuple(v.public_key for v in keys.versions(audit_key))
+    return Seal(
+        lambda checkpoint: sign_checkpoint(checkpoint, checkpoint.origin, key), at, versions
+    )
 
 
 def new_origin(audit_key: str) -> str:

@@ -488,7 +488,13 @@ them), nor their payloads exactly.
 ENTRY = {"actor", "kind", "payload", "seq", "time"}
 RUN_KINDS = {"batch.stored", "batch.dropped", "spool.full"}
 """What a running collector appends between checkpoints."""
-KEYLESS_KINDS = {"key.generated", "key.rotated", "access.decision", "audit.reviewed"}
+KEYLESS_KINDS = {
+    "key.generated",
+    "key.rotated",
+    "access.decision",
+    "audit.reviewed",
+    "plan.signed",
+}
 """What commands that hold no audit key append. Holds, receipts and archives are signed in the
 transaction that writes them (audit.md#the-unsigned-tail): after the last checkpoint, they
 fail."""

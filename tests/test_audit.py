@@ -8,6 +8,7 @@ import json
 import re
 import secrets
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, REPO, agree, fill, open_store, public_keys
 
 from engine import audit
-from engine.audit import Actor
+from engine.audit import Actor, seal_with
 from engine.cli import main
 from engine.keys import open_key_store
 from engine.plans.signature import PlanClaim, sign_claim
@@ -172,15 +173,16 @@ def test_run_takes_one_destination(evidence_site, tmp_path, capsys):
 
 def test_checkpoints_are_signed_by_the_audit_key_under_the_log_origin(evidence_site, tmp_path):
     store = open_store(evidence_site, str(tmp_path / "s.db"), witness=tmp_path / "w.jsonl")
-    key = evidence_site.key_store().signer("audit-log", datetime.now(UTC))
-    signed = store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
+    seal = seal_with(evidence_site.key_store(), "audit-log", datetime.now(UTC))
+    signed = store.checkpoint(seal)
     assert signed is not None
     origin = signed.splitlines()[0]
     assert origin.startswith("converge/audit/")
     version = evidence_site.key_store().versions("audit-log")[0]
     checkpoint = note.open_checkpoint(signed, [note.verifier_key(origin, version.key)], origin)
     assert checkpoint.size == store.counts()["audit_entries"]
-    assert store.checkpoint(lambda cp: pytest.fail("nothing new: no second checkpoint")) is None
+    nothing_new = replace(seal, sign=lambda cp: pytest.fail("nothing new: no second checkpoint"))
+    assert store.checkpoint(nothing_new) is None
     lines = (tmp_path / "w.jsonl").read_text().splitlines()
     witnessed = [json.loads(line)["note"] for line in lines]
     assert witnessed == [signed]
@@ -200,8 +202,7 @@ def test_a_stored_plan_signature_is_verified_and_must_name_its_plan(evidence_sit
         db = tmp_path / f"{secrets.token_hex(4)}.db"
         with Store.open(str(db), actor=Actor.job("test")) as store:
             store.deploy_plans([(first, note_text)])
-            key = keys.signer("audit-log", now)
-            store.checkpoint(lambda cp: note.sign_checkpoint(cp, cp.origin, key))
+            store.checkpoint(seal_with(keys, "audit-log", now))
             report = verify_store(store, evidence_site.trust())
         agree(report, str(db), public_keys(evidence_site.keys_dir))
         return report

@@ -214,7 +214,7 @@ def _sign(conn: sa.Connection, site, since: int) -> None:
     a run that holds the audit key but writes a bad receipt would: no checkpoint signs a
     receipt that waits in the unsigned tail."""
     seal = seal_with(site.key_store(), DEFAULT_AUDIT_KEY, datetime.now(UTC))
-    auditlog.checkpoint(conn, seal.sign, seal.at, since)
+    auditlog.checkpoint(conn, seal, since)
 
 
 def _groups(said: Receipt, *spans: list[list[int]]) -> list[dict[str, Any]]:

@@ -147,7 +147,7 @@ def seal(site: Site, store: SiteStore, tmp_path: Path, seconds: int, start: date
 
 def checkpoint(site: Site, store: SiteStore) -> None:
     seal_ = seal_with(site.key_store(), "audit-log", datetime.now(UTC))
-    store.checkpoint(seal_.sign, seal_.at)
+    store.checkpoint(seal_)
 
 
 @contextlib.contextmanager

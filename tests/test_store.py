@@ -65,7 +65,6 @@ from engine.plans.body import PlanBody
 from engine.records import Reading, Record
 from engine.sign.batch import Batch, Statement, epoch_ms, record_time, sign_batch
 from engine.sign.leaf import instant
-from engine.sign.note import sign_checkpoint
 from engine.store import auditlog
 from engine.store.database import MIGRATIONS, SCHEMA, connect, writing
 from engine.store.sealed import SealedBatch
@@ -127,10 +126,9 @@ async def delivered(sink: EvidenceSink, count: int) -> None:
     )
 
 
-def audit_signer(site: Site) -> audit.CheckpointSigner:
+def audit_signer(site: Site) -> audit.Seal:
     """Signs checkpoints with the audit key, as the evidence sink does."""
-    key = site.key_store().signer("audit-log", datetime.now(UTC))
-    return lambda checkpoint: sign_checkpoint(checkpoint, checkpoint.origin, key)
+    return audit.seal_with(site.key_store(), "audit-log", datetime.now(UTC))
 
 
 def stored_roots(store: Store) -> list[bytes]:

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 import test_export
 from evidence_kit import fill, verify
-from retention_kit import kinds, remaining, run
+from retention_kit import kinds, remaining, run, signed_sizes
 from test_export import trust_file
 from test_retention_bundle import export
 from test_tamper import database
@@ -110,7 +110,7 @@ def test_a_release_in_the_unsigned_tail_is_named_and_no_checkpoint_signs_it(
     unsigned = "a hold.released entry after the last checkpoint"
     assert any(p.item == f"audit entry {seq}" and unsigned in p.message for p in report.problems)
     with pytest.raises(CheckpointRefused, match=rf"audit entry {seq} \(hold\.released\)"):
-        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)))
     records = remaining(store)
     with pytest.raises(StoreUnverified):  # the nightly job deletes nothing, held data included
         run(retention_site, store)
@@ -140,18 +140,111 @@ def test_a_forged_entry_after_the_runs_check_stops_its_batch(
 
 
 def test_a_collector_logs_a_refused_checkpoint_and_goes_on(
-    retention_site, store, insider, caplog, tmp_path
+    retention_site, store, insider, caplog, tmp_path, *, monkeypatch
 ):
+    """Logged once, and tried again an interval later, not on every batch (each try reads
+    the whole tail)."""
     insider.release(store)
+    signed = signed_sizes(store)
     spool = Spool(tmp_path / "collector-spool.db")
-    writer = Writer(store, spool, retention_site.key_store(), EvidenceConfig())
-    due = writer.last_checkpoint
+    config = EvidenceConfig(checkpoint_entries=1)  # due on every batch, but for the refusal
+    writer = Writer(store, spool, retention_site.key_store(), config)
+    tries = []
+    sign = store.checkpoint
+    monkeypatch.setattr(store, "checkpoint", lambda seal: tries.append(1) or sign(seal))
     with caplog.at_level(logging.ERROR, logger=writer_log.name):
         writer._checkpoint(datetime.now(UTC))
+        writer._maybe_checkpoint(datetime.now(UTC))  # a batch later: not tried
+        writer._checkpoint(datetime.now(UTC))  # an interval later: tried, not logged again
     spool.close()
     (line,) = [r.getMessage() for r in caplog.records if r.name == writer_log.name]
     assert "no checkpoint signed" in line and "(hold.released)" in line
-    assert writer.last_checkpoint == due  # nothing signed; collecting goes on
+    assert len(tries) == 2 and "(hold.released)" in str(writer.refusal)
+    assert signed_sizes(store) == signed  # nothing signed; collecting goes on
+
+
+# --- what the signer trusts: nothing the database says of what is signed -----------------------
+
+
+def _sign(retention_site, store: Store) -> str | None:
+    return store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)))
+
+
+def _newest(backend: str) -> tuple[int, str]:
+    with database(backend).begin() as conn:
+        row = conn.execute(
+            sa.text("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        ).one()
+    return int(row.size), str(row.note)
+
+
+def _execute(backend: str, sql: str, **values: object) -> None:
+    with database(backend).begin() as conn:
+        conn.execute(sa.text(sql), values)
+
+
+def test_a_checkpoint_row_the_log_key_did_not_sign_is_refused(
+    retention_site, store, insider, backend
+):
+    """A database writer inserts a checkpoint row of the log's size over a forged release (the
+    newest real note copied, or any text): the signer checks the newest note, and refuses."""
+    seq = insider.release(store)
+    size, note = _newest(backend)
+    insert = "INSERT INTO checkpoints (size, note, created_at) VALUES (:s, :n, :t)"
+    _execute(backend, insert, s=seq + 1, n=note, t=instant(datetime.now(UTC)))
+    with pytest.raises(CheckpointRefused, match=rf"row says size {seq + 1}, its note signs {size}"):
+        _sign(retention_site, store)
+    forged = note.replace("\n\n", "\n\n\u2014 forged AAAA\n", 1)
+    _execute(backend, "UPDATE checkpoints SET note = :n WHERE size = :s", n=forged, s=seq + 1)
+    with pytest.raises(CheckpointRefused, match="is not signed by the log's key"):
+        _sign(retention_site, store)
+    assert max(signed_sizes(store)) == seq + 1  # only the forged row: nothing more signed
+
+
+def test_a_tail_row_changed_while_the_saved_state_holds_another_is_refused(
+    retention_site, store, insider, backend
+):
+    """The forged release's row made a harmless decision for the signer to read, the saved
+    state still its hash (to put the release back once signed): the entries' root is not the
+    state's, and the signer refuses."""
+    seq = insider.release(store)
+    with database(backend).begin() as conn:
+        raw = bytes(conn.execute(sa.text("SELECT entry FROM audit_entries WHERE seq = :s"),
+                                 {"s": seq}).scalar_one())  # fmt: skip
+    harmless = raw.replace(b'"hold.released"', b'"access.decision"')
+    update = "UPDATE audit_entries SET kind = 'access.decision', entry = :e WHERE seq = :s"
+    _execute(backend, update, e=harmless, s=seq)
+    with pytest.raises(CheckpointRefused, match=r"saved state \(size \d+\) is not that of its"):
+        _sign(retention_site, store)
+
+
+def test_a_log_whose_checkpoints_were_deleted_is_refused(retention_site, store, insider, backend):
+    """Every checkpoint row deleted, so that nothing looks signed: a log with a hold, a run's
+    stop and no checkpoint lost its checkpoints, and the signer refuses."""
+    insider.release(store)
+    _execute(backend, "DELETE FROM checkpoints")
+    with pytest.raises(CheckpointRefused, match=r"\(collector\.stopped\) is in a log with no"):
+        _sign(retention_site, store)
+    assert not signed_sizes(store)
+
+
+def test_a_signer_rebuilds_a_missing_or_changed_signed_state_from_the_entries(
+    retention_site, store, backend
+):
+    """The state kept at the newest checkpoint (``audit.signed``) changed, or gone as in a
+    store from before it was kept: rebuilt from the entries that checkpoint signed."""
+    _execute(backend, "UPDATE meta SET value = '{\"size\": 1, \"hashes\": [\"00\"]}'"
+             " WHERE key = 'audit.signed'")  # fmt: skip
+    store.log("access.decision", {"id": "d1"})
+    assert _sign(retention_site, store) is not None
+    _execute(backend, "DELETE FROM meta WHERE key = 'audit.signed'")
+    store.log("access.decision", {"id": "d2"})
+    assert _sign(retention_site, store) is not None
+    _execute(backend, "UPDATE audit_entries SET entry = :e WHERE seq = 1", e=b"{}")
+    store.log("access.decision", {"id": "d3"})
+    _execute(backend, "DELETE FROM meta WHERE key = 'audit.signed'")
+    with pytest.raises(CheckpointRefused, match=r"first \d+ entries are not those its newest"):
+        _sign(retention_site, store)
 
 
 # --- a release signed, that no decision allowed -------------------------------------------------
@@ -228,7 +321,7 @@ def test_an_archive_and_receipts_in_the_unsigned_tail_are_named_and_not_signed(
             in p.message for p in report.problems
         ), report.problems  # fmt: skip
     with pytest.raises(CheckpointRefused, match=rf"audit entry {first} \(retention\.archived\)"):
-        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)))
 
 
 def _lawful(retention_site, store) -> list[dict]:

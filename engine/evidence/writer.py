@@ -66,6 +66,9 @@ class Writer:
         """Why the store last failed, while it is away."""
         self.down_until = 0.0
         self.last_checkpoint = time.monotonic()
+        self.refusal: str | None = None
+        """Why the last checkpoint was refused, until one is signed: the next is tried once
+        ``checkpoint_s`` have passed, not on every batch (each try reads the whole tail)."""
         self.deferred_due = True
         self.stats = {"stored": 0, "spooled": 0, "replayed": 0, "dropped": 0, "duplicates": 0}
 
@@ -213,21 +216,26 @@ class Writer:
 
     def _maybe_checkpoint(self, at: datetime) -> None:
         due = time.monotonic() - self.last_checkpoint >= self.config.checkpoint_s
-        if due or self.store.entries_since_checkpoint() >= self.config.checkpoint_entries:
+        if due or (
+            self.refusal is None
+            and self.store.entries_since_checkpoint() >= self.config.checkpoint_entries
+        ):
             self._checkpoint(at)
 
     def _checkpoint(self, at: datetime) -> None:
-        """Sign a checkpoint if the store answers; one the tail forbids is logged and skipped:
-        collecting goes on, unsigned, and ``audit verify`` names the entry."""
-        seal = self._seal(at)
+        """Sign a checkpoint if the store answers; one the store refuses is logged (once, while
+        the reason stays the same) and tried again an interval later: collecting goes on,
+        unsigned, and ``audit verify`` names why."""
         try:
-            self.store.checkpoint(seal.sign, seal.at)
+            self.store.checkpoint(self._seal(at))
         except CheckpointRefused as exc:
-            log.error("no checkpoint signed: %s", exc)
+            if str(exc) != self.refusal:
+                log.error("no checkpoint signed: %s", exc)
+            self.refusal, self.last_checkpoint = str(exc), time.monotonic()
             return
         except StoreError:
             return
-        self.last_checkpoint = time.monotonic()
+        self.refusal, self.last_checkpoint = None, time.monotonic()
 
     def _seal(self, now: datetime) -> Seal:
         return seal_with(self.keys, self.config.audit_key, now)

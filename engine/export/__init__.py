@@ -92,7 +92,7 @@ def _write(
 ) -> Exported:
     """Sign a checkpoint covering the decision's entry, then gather and write the bundle."""
     seal = seal_with(keys, store.audit_key, datetime.now(UTC))
-    store.checkpoint(seal.sign, seal.at)
+    store.checkpoint(seal)
     with store.reading() as conn:
         origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
         size = max(row.size for row in reads.checkpoints(conn))

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, func, insert, select, update
 
 from engine.audit import (
     ORIGIN_KEY,
+    SIGNED_KINDS,
+    SIGNED_STATE_KEY,
     STATE_KEY,
     TAIL_KINDS,
     Actor,
     AuditEntry,
-    CheckpointSigner,
+    Seal,
     new_origin,
     now_instant,
     origin_key,
@@ -31,7 +33,7 @@ from engine.audit import (
 )
 from engine.errors import CheckpointRefused, StoreError, VerificationError
 from engine.sign.merkle import MerkleLog
-from engine.sign.note import Checkpoint, split_note
+from engine.sign.note import Checkpoint, open_checkpoint, verifier_key
 from engine.store.tables import AUDIT, CHECKPOINTS, META
 
 
@@ -104,77 +106,142 @@ def last_checkpoint_size(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(CHECKPOINTS.c.size), 0))).scalar_one())
 
 
-def checkpoint(
-    conn: Connection, sign: CheckpointSigner, at: datetime, since: int | None = None
-) -> str | None:
-    """Sign and store a checkpoint of the log as it stands, saying it was signed ``at`` (whole
-    seconds; ``sign`` uses a key version valid then); ``None`` when nothing is new.
+def checkpoint(conn: Connection, seal: Seal, since: int | None = None) -> str | None:
+    """Sign and store a checkpoint of the log as it stands, saying it was signed ``seal.at``
+    (whole seconds; its key version is valid then); ``None`` when nothing is new.
+
+    The signer trusts nothing the database says of what is signed already. The newest stored
+    checkpoint must be signed by a version of the log's key (``seal.keys``), and the saved
+    state of the log it signed must fold to its root (else the state is rebuilt from its
+    entries, which must); the entries after it are read and hashed onto that state, and it is
+    their root that is signed, which must also be the root of the log's saved state. So a
+    checkpoint row, a saved state or an entry changed by a database writer is refused, never
+    signed over.
 
     ``since`` is the log's size before this transaction appended its own entries (``None``:
-    it appended none). Once a checkpoint exists, the entries before ``since`` that none signs
-    yet (the unsigned tail ``audit verify`` judges) must all be of
+    it appended none). The entries after the newest checkpoint and before ``since`` (the
+    unsigned tail ``audit verify`` judges) must all parse and be of
     :data:`~engine.audit.TAIL_KINDS`: any other kind is signed where it is written, so one
     waiting there was written by someone without the key, and signing it would make a forgery
-    (a hold released, a receipt) look like the signer's own. Raises CheckpointRefused naming
-    it. The caller appends the note to the witness file once this transaction has
-    committed (:func:`witness_append`), never before.
+    (a hold released, a receipt) look like the signer's own. With no checkpoint at all, none
+    of them may be of :data:`~engine.audit.SIGNED_KINDS` (the log's checkpoints were deleted).
+    Raises CheckpointRefused naming what. The caller appends the note to the witness file once
+    this transaction has committed (:func:`witness_append`), never before.
     """
-    log = _state(conn)
     made = origin(conn)
     if made is None:
         raise StoreError("the store's audit log has no origin: prepare the store first")
     newest = conn.execute(
         select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
     ).first()
-    signed = 0 if newest is None else int(newest.size)
-    if log.size in (0, signed):
+    signed = None if newest is None else _verified(newest.size, str(newest.note), made, seal)
+    base = MerkleLog() if signed is None else _signed_state(conn, signed)
+    log = _extended(conn, base, since, anchored=signed is not None)
+    saved = _state(conn)
+    if (saved.size, saved.root()) != (log.size, log.root()):
+        raise CheckpointRefused(
+            f"the log's saved state (size {saved.size}) is not that of its {log.size} entries:"
+            " the store was changed outside Converge (converge audit verify names it)"
+        )
+    if log.size == base.size:
         return None
-    end = log.size if since is None else since
-    if signed and signed < end:  # before the first checkpoint nothing is signed: no tail
-        _refuse_forged(conn, signed, end)
-    last = None if newest is None else _signed_at(str(newest.note))
-    at = max(at, last or at)
-    note = sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
+    last = None if signed is None else signed_time(signed)
+    at = max(seal.at, last or seal.at)
+    note = seal.sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
+    _save_signed(conn, log)
     return note
 
 
-def _refuse_forged(conn: Connection, first: int, end: int) -> None:
-    """Raise CheckpointRefused unless entries ``first``..``end - 1`` are all stored, parse,
-    and are of a kind that may wait for a checkpoint (see :func:`checkpoint`)."""
-    query = select(AUDIT.c.entry).where(AUDIT.c.seq >= first, AUDIT.c.seq < end)
-    seen = first
-    for (data,) in conn.execute(query.order_by(AUDIT.c.seq)):
-        try:
-            entry = AuditEntry.parse(bytes(data))
-        except ValueError as exc:
-            raise CheckpointRefused(f"audit entry {seen} does not parse ({exc})") from exc
-        if entry.seq != seen:
-            raise CheckpointRefused(f"audit entry {seen} is missing from the log's tail")
-        if not isinstance(entry.kind, str) or entry.kind not in TAIL_KINDS:
-            raise CheckpointRefused(
-                f"audit entry {entry.seq} ({entry.kind}) waits unsigned after the last"
-                f" checkpoint, but a {entry.kind} entry is signed in the transaction that writes"
-                " it: no checkpoint signs it (written without the audit key? converge audit"
-                " verify names it)"
-            )
-        seen += 1
-    if seen < end:
-        raise CheckpointRefused(f"audit entry {seen} is missing from the log's tail")
-
-
-def _signed_at(newest: str) -> datetime | None:
-    """When the newest checkpoint (its note) says it was signed.
-
-    Two writers (a collector and a retention run, say) each choose their checkpoint's time
-    before they wait for the write lock; the one that waited must not state a time before the
-    checkpoint signed meanwhile, or the log would look back-dated (docs/audit.md), so its time
-    is raised to that one's, never more than the second the time is rounded up by.
-    """
+def _verified(size: int, note: str, made: str, seal: Seal) -> Checkpoint:
+    """The newest checkpoint, once its note verifies under a version of the log's key and
+    signs the size its row says; else CheckpointRefused."""
+    keys = [verifier_key(made, Ed25519PublicKey.from_public_bytes(k)) for k in seal.keys]
     try:
-        return signed_time(Checkpoint.from_text(split_note(newest)[0]))
-    except VerificationError:
-        return None
+        signed = open_checkpoint(note, keys, made)
+    except VerificationError as exc:
+        raise CheckpointRefused(
+            f"the newest checkpoint (size {size}) is not signed by the log's key ({exc}): the"
+            " store's checkpoints were changed outside Converge (converge audit verify names it)"
+        ) from exc
+    if signed.size != size:
+        raise CheckpointRefused(
+            f"the newest checkpoint's row says size {size}, its note signs {signed.size}: the"
+            " store's checkpoints were changed outside Converge"
+        )
+    return signed
+
+
+def _signed_state(conn: Connection, signed: Checkpoint) -> MerkleLog:
+    """The compact state of the log ``signed`` signs: the one saved at that checkpoint when it
+    folds to its root, else rebuilt from the entries (a store from before it was saved)."""
+    text = conn.execute(select(META.c.value).where(META.c.key == SIGNED_STATE_KEY)).scalar()
+    if text is not None:
+        try:
+            saved = json.loads(text)
+            log = MerkleLog.from_state(saved["size"], [bytes.fromhex(h) for h in saved["hashes"]])
+        except (ValueError, TypeError, KeyError, VerificationError):
+            log = None
+        if log is not None and (log.size, log.root()) == (signed.size, signed.root_hash):
+            return log
+    log = MerkleLog()
+    query = select(AUDIT.c.entry).where(AUDIT.c.seq < signed.size).order_by(AUDIT.c.seq)
+    for (data,) in conn.execute(query):
+        log.append(bytes(data))
+    if (log.size, log.root()) != (signed.size, signed.root_hash):
+        raise CheckpointRefused(
+            f"the log's first {signed.size} entries are not those its newest checkpoint signed:"
+            " the store was changed outside Converge (converge audit verify names what)"
+        )
+    return log
+
+
+def _extended(conn: Connection, base: MerkleLog, since: int | None, *, anchored: bool) -> MerkleLog:
+    """``base`` with every entry after it appended, as stored; the entries before ``since``
+    (all, when ``None``) checked as :func:`checkpoint` says (``anchored``: after a verified
+    checkpoint; else before any)."""
+    query = select(AUDIT.c.seq, AUDIT.c.entry).where(AUDIT.c.seq >= base.size)
+    log = MerkleLog.from_state(base.size, base.hashes)
+    for seq, data in conn.execute(query.order_by(AUDIT.c.seq)):
+        if seq != log.size:
+            raise CheckpointRefused(f"audit entry {log.size} is missing from the log's tail")
+        if since is None or seq < since:
+            _check_waiting(seq, bytes(data), anchored)
+        log.append(bytes(data))
+    return log
+
+
+def _check_waiting(seq: int, data: bytes, anchored: bool) -> None:
+    """Raise CheckpointRefused unless entry ``seq`` parses and may wait for a checkpoint."""
+    try:
+        entry = AuditEntry.parse(data)
+    except ValueError as exc:
+        raise CheckpointRefused(f"audit entry {seq} does not parse ({exc})") from exc
+    if entry.seq != seq:
+        raise CheckpointRefused(f"audit entry {seq} says it is entry {entry.seq}")
+    kind = entry.kind if isinstance(entry.kind, str) else repr(entry.kind)
+    if anchored and kind not in TAIL_KINDS:
+        raise CheckpointRefused(
+            f"audit entry {seq} ({kind}) waits unsigned after the last checkpoint, but a {kind}"
+            " entry is signed in the transaction that writes it: no checkpoint signs it"
+            " (written without the audit key? converge audit verify names it)"
+        )
+    if not anchored and kind in SIGNED_KINDS:
+        raise CheckpointRefused(
+            f"audit entry {seq} ({kind}) is in a log with no checkpoint, but a {kind} entry is"
+            " written with one: the log's checkpoints were deleted (restore the store from a"
+            " copy; the witness file says which checkpoints to expect)"
+        )
+
+
+def _save_signed(conn: Connection, log: MerkleLog) -> None:
+    """Keep the compact state of the log just signed, where the next signer starts from."""
+    text = json.dumps(saved_state(log))
+    found = conn.execute(select(META.c.key).where(META.c.key == SIGNED_STATE_KEY)).first()
+    if found is None:
+        conn.execute(insert(META).values(key=SIGNED_STATE_KEY, value=text))
+    else:
+        conn.execute(update(META).where(META.c.key == SIGNED_STATE_KEY).values(value=text))
 
 
 def entries(

@@ -12,25 +12,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
 from engine import audit
-from engine.errors import VerificationError
 from engine.keys import KeyVersion
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
-from engine.sign import note
 from engine.sign.batch import ZERO_ROOT
 from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.store import Store, key_payload
 from engine.store.tables import (
     BATCHES,
-    CHECKPOINTS,
     PLANS,
     QUARANTINE,
     SITE_DEVICES,
@@ -263,21 +259,9 @@ class CentralStore(Store):
         self, conn: Connection, seal: audit.Seal, since: int | None = None
     ) -> str | None:
         """Sign a checkpoint of the central log in ``conn``'s transaction, no earlier than the
-        newest one: ingesters on several hosts keep the stated times in size order. ``since``
-        as for :func:`engine.store.auditlog.checkpoint`."""
-        at = max(seal.at, self._newest_time(conn) or seal.at)
-        return auditlog.checkpoint(conn, seal.sign, at, since)
-
-    @staticmethod
-    def _newest_time(conn: Connection) -> datetime | None:
-        query = select(CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
-        text = conn.execute(query).scalar()
-        if text is None:
-            return None
-        try:
-            return audit.signed_time(note.Checkpoint.from_text(note.split_note(text)[0]))
-        except VerificationError:
-            return None
+        newest one (:func:`engine.store.auditlog.checkpoint` keeps the stated times in size
+        order, for ingesters on several hosts). ``since`` as there."""
+        return auditlog.checkpoint(conn, seal, since)
 
     def checkpointed_size(self) -> int:
         """The size of the log's newest checkpoint."""

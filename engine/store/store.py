@@ -167,7 +167,7 @@ class Store:
             since = auditlog.size(conn)
             yield conn
             seal = sealer(datetime.now(UTC))
-            note = auditlog.checkpoint(conn, seal.sign, seal.at, since)
+            note = auditlog.checkpoint(conn, seal, since)
         self._witness(note)
 
     @contextmanager
@@ -363,7 +363,7 @@ class Store:
         with self.transaction() as conn:
             since = auditlog.size(conn)
             new = self._log_keys(conn, versions)
-            note = auditlog.checkpoint(conn, seal.sign, seal.at, since) if seal and new else None
+            note = auditlog.checkpoint(conn, seal, since) if seal and new else None
         self._witness(note)
         return new
 
@@ -397,7 +397,7 @@ class Store:
             self._log_keys(conn, entries.keys)
             for kind, payload in entries.entries:
                 auditlog.append(conn, kind, self.actor, payload, at)
-            note = auditlog.checkpoint(conn, seal.sign, seal.at, since)
+            note = auditlog.checkpoint(conn, seal, since)
         self._witness(note)
 
     def chain_end(self, device: str, root: bytes) -> Head | None:
@@ -430,12 +430,10 @@ class Store:
                         first[device] = time
         return first
 
-    def checkpoint(self, sign: audit.CheckpointSigner, at: datetime | None = None) -> str | None:
-        """Sign a checkpoint of the log as of ``at`` (default: now, rounded up to the second:
-        ``sign`` must use a key version valid then), and append it to the witness file."""
-        moment = audit.signing_second(at or datetime.now(UTC))
+    def checkpoint(self, seal: audit.Seal) -> str | None:
+        """Sign a checkpoint of the log as ``seal`` says, and append it to the witness file."""
         with self.transaction() as conn:
-            note = auditlog.checkpoint(conn, sign, moment)
+            note = auditlog.checkpoint(conn, seal)
         self._witness(note)
         return note
 
