@@ -20,6 +20,7 @@ import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from engine.audit import seal_with
 from engine.cli import main
 from engine.commands.keys import export_public
 from engine.errors import PlanRejected
@@ -388,3 +389,18 @@ def test_signing_with_a_store_records_who_signed_what_it_means(work, monkeypatch
     assert first.actor["id"] == "j.doe@example.com"
     assert (first.payload["meaning"], first.payload["key"]) == ("approved", KEY)
     assert first.payload["name"].startswith("Jane Doe")
+
+
+def test_a_signature_recorded_after_a_checkpoint_waits_for_the_next(work, monkeypatch):
+    """``plan --sign --db`` holds no audit key: its ``plan.signed`` entries wait in the
+    unsigned tail, and the next checkpoint signs them (it is not refused)."""
+    monkeypatch.chdir(REPO)
+    db = str(work / "evidence.db")
+    keys = FileKeyStore(work / "keys", passphrase=PASSPHRASE)
+    keys.generate("audit-log")
+    assert plan_command(work, *SIGN, "--db", db) == 0
+    with Store.open_existing(db) as store:
+        assert store.checkpoint(seal_with(keys, "audit-log", datetime.now(UTC))) is not None
+        assert plan_command(work, *SIGN, "--db", db) == 0
+        assert store.checkpoint(seal_with(keys, "audit-log", datetime.now(UTC))) is not None
+        assert store.entries_since_checkpoint() == 0
