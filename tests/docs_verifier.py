@@ -1112,7 +1112,8 @@ class Verifier:
         for batch_id, batch in self.batches.items():
             records = sorted(found.get(batch_id, []))
             self.records(batch["item"], batch["statement"], records, erased.get(batch_id, {}))
-            self.mapped(batch["item"], batch["points"], records)
+            if erased.get(batch_id):
+                self.mapped(batch["item"], batch["points"], records)
 
     def records(
         self,
@@ -1166,8 +1167,9 @@ class Verifier:
             self.fail(item, "its records are not in the order records.md sorts them")
 
     def mapped(self, item: str, points: list[str] | None, records: list[Any]) -> None:
-        """records.md#the-point-map: each stored record is of the point the map names at its
-        position."""
+        """records.md#the-point-map: each record a batch with deletions still holds is of the
+        point the map names at its position (a batch that keeps every record is judged by its
+        root alone)."""
         for position, leaf, _ in records:
             try:
                 point = canonical(leaf).get("point")

@@ -260,6 +260,16 @@ def test_two_exports_of_the_same_store_hold_the_same_evidence_bytes(exported: Ex
         assert {info.date_time for info in z.infolist()} == {writing.ZIP_TIME}
 
 
+def _noted(wrote: list[str], name: str, write: Callable[..., None]) -> Callable[..., None]:
+    """``write``, noting its ``name`` in ``wrote`` when called."""
+
+    def noted(*args: Any) -> None:
+        wrote.append(name)
+        write(*args)
+
+    return noted
+
+
 @pytest.mark.parametrize("zip64_limit", [writing.ZIP64_LIMIT, 1000])
 def test_members_deflated_ahead_are_zipped_as_the_bytes_zipfile_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64_limit: int
@@ -270,8 +280,12 @@ def test_members_deflated_ahead_are_zipped_as_the_bytes_zipfile_writes(
     records = b"".join(b'{"batch":1,"position":%d,"leaf":{}}\n' % p for p in range(2000))
     members = {"records.jsonl": records, "sources/p\u00f6licy.yaml": b"a: 1\n", "empty": b""}
     monkeypatch.setattr(writing, "ZIP64_LIMIT", zip64_limit)
+    wrote: list[str] = []
+    for name in ("_write_packed", "_write_zipfile"):
+        monkeypatch.setattr(writing, name, _noted(wrote, name, getattr(writing, name)))
     ahead = tmp_path / "ahead.zip"
     writing.write_zip(ahead, members, writing.pack({"records.jsonl": records}))
+    assert wrote == ["_write_zipfile" if zip64_limit == 1000 else "_write_packed"]
     reference = tmp_path / "zipfile.zip"
     with zipfile.ZipFile(reference, "w") as z:
         for name in sorted(members):
