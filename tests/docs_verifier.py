@@ -597,10 +597,11 @@ class Verifier:
         item = f"audit entry {seq}"
         try:
             value = canonical(raw)
-            # DOC GAP: audit.md shows "actor" as a string ("converge-run@host"); stores hold an
-            # object (host, id, kind, os_user). Any JSON value is taken.
+            # audit.md: an entry parses when its actor is an object (older: a string)
             if not isinstance(value, dict) or set(value) != ENTRY:
                 raise ValueError("not an object of actor, kind, payload, seq and time")
+            if type(value["seq"]) is not int or not isinstance(value["actor"], dict | str):
+                raise ValueError("its seq is not an integer, or its actor not an object or string")
             at = instant(value["time"])
             payload = value["payload"]
             if value["kind"] not in KINDS or not isinstance(payload, dict):

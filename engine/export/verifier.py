@@ -800,6 +800,8 @@ def _entry_line(line: bytes) -> tuple[int, bytes, str, dict[str, Any]] | str:
         return f"the entry is not entry {seq}"
     if not (isinstance(entry.get("payload"), dict) and isinstance(entry.get("time"), str)):
         return "not an audit entry (a payload and a time)"
+    if not (isinstance(entry.get("kind"), str) and isinstance(entry.get("actor"), dict | str)):
+        return "not an audit entry (a kind, and an actor that is an object or a string)"
     return seq, raw, str(proof), entry
 
 
@@ -1701,7 +1703,7 @@ def _check_export(
             for e in entries.values()
             if e.get("kind") == "retention.archived" and e["payload"].get("decision") == decision
         ]
-        if not archived or archived[0].get("actor", {}).get("id") != manifest.get("principal"):
+        if not archived or _actor_id(archived[0]) != manifest.get("principal"):
             verdict.fail(
                 MANIFEST, f"its archive {decision} is not an entry of the bundle by its actor"
             )
@@ -1911,17 +1913,23 @@ def _undecided(seq: int, hold: Hold, entries: dict[int, dict[str, Any]]) -> str 
     ]
     if not found:
         return "no earlier access.decision entry of the bundle is the decision it names"
-    said, who = found[0]["payload"], entry.get("actor", {}).get("id")
+    said, who = found[0]["payload"], _actor_id(entry)
     where = f"its decision (audit entry {found[0]['seq']})"
     if said.get("action") != "hold" or said.get("outcome") != "allow":
         return f"{where} did not allow a hold"
-    if said.get("principal") != who or found[0].get("actor", {}).get("id") != who:
+    if said.get("principal") != who or _actor_id(found[0]) != who:
         return f"{where} was not {who}'s"
     if not _same_span((said.get("from"), said.get("to")), hold) or not _held_points(
         hold, said.get("points")
     ):
         return f"{where} was on another scope than the hold's as placed"
     return None
+
+
+def _actor_id(entry: dict[str, Any]) -> str:
+    """The id of an entry's actor: an object's ``id``, or (older entries) the string itself."""
+    actor = entry["actor"]
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
 
 
 def _same_span(said: tuple[Any, Any], hold: Hold) -> bool:
