@@ -1463,13 +1463,14 @@ class Verifier:
         archive = entry.payload["archive"]
         if not isinstance(archive, dict):
             return False
-        named = self.entries.get(archive.get("entry"))  # type: ignore[arg-type]
-        written = self.entries.get(archive.get("written"))  # type: ignore[arg-type]
+        named = numbered(self.entries, archive.get("entry"))
+        written = numbered(self.entries, archive.get("written"))
         return (
             named is not None
             and named.kind == "retention.archived"
             and named.seq < entry.seq
             and named.payload["file"] == archive.get("file")
+            and objects(named.payload["batches"])
             and any(b.get("batch") == entry.payload["batch"] for b in named.payload["batches"])
             # retention.md#archives: the file's SHA-256, signed once it existed
             and written is not None
@@ -1559,6 +1560,16 @@ def expand(runs: Any) -> list[int]:
             raise ValueError("runs not ascending")
         found.extend(range(first, last + 1))
     return found
+
+
+def numbered(entries: dict[int, Entry], seq: Any) -> Entry | None:
+    """The entry a payload names by its number (an integer, never a boolean)."""
+    return entries.get(seq) if type(seq) is int else None
+
+
+def objects(listed: Any) -> bool:
+    """Whether a payload's member is a list of objects."""
+    return isinstance(listed, list) and all(isinstance(item, dict) for item in listed)
 
 
 def actor_id(actor: Any) -> str:

@@ -1,16 +1,17 @@
 """Audit entries and payload members of a shape no writer makes: named, never a crash.
 
 Anyone who can write the database can append an entry whose payload is a list, or whose
-actor is a number; a key holder's buggy command can sign one. ``audit verify``, the docs
-verifier and the bundle verifiers name each (docs/audit.md, "The audit log"); no checkpoint
-signs an entry that does not parse; a command that reads the log's entries (a retention run
-or forecast, ``audit log``) stops with one line naming it, not a traceback.
+actor is a number; a key holder's buggy command can sign one, or a receipt whose archive
+names its entries by a list. ``audit verify``, the docs verifier and the bundle verifiers
+name each (docs/audit.md, "The audit log"); no checkpoint signs an entry that does not parse;
+a command that reads the log's entries (a retention run or forecast, ``audit log``) stops
+with one line naming it, not a traceback.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -18,19 +19,22 @@ from typing import Any
 
 import pytest
 import test_export
+import test_retention_bundle
 from evidence_kit import fill, verify
-from retention_kit import kinds, run
+from retention_kit import job, kinds, run
 from test_export import Members, failed, forged, read
 
 from engine.audit import Actor, seal_with
 from engine.cli import main
 from engine.errors import CheckpointRefused, StoreError
-from engine.retention import StoreUnverified
+from engine.retention import StoreUnverified, apply
 from engine.retention import run as runs
 from engine.store import auditlog
 from engine.store.store import Store
+from engine.verify.whole import verify_store
 
 clean_python, both, plant = test_export.clean_python, test_export.both, test_export.plant
+archive_site = test_retention_bundle.archive_site
 
 
 @dataclass(frozen=True)
@@ -172,3 +176,84 @@ def test_a_bundled_entry_of_no_entrys_shape_is_named_by_both_verifiers(
     problems = failed(both(bundle, plant.trust))
     named = f"FAIL log/entries.jsonl:{line}: not an audit entry ("
     assert any(p.startswith(named) for p in problems), problems
+
+
+# --- hostile members of a key holder's receipts and archives --------------------------------
+
+
+def _hostile(kind: str, change: Any) -> Any:
+    """``auditlog.append``, with each ``kind`` payload changed by ``change`` first."""
+    append = auditlog.append
+
+    def hostile(conn: Any, what: str, actor: Any, payload: Any, at: Any = None) -> int:
+        if what == kind:
+            change(payload)
+        return append(conn, what, actor, payload, at)
+
+    return hostile
+
+
+HOSTILE = {
+    "an archive's written entry named by a list": (
+        "retention.deleted",
+        lambda said: said["archive"] and said["archive"].update(written=[1]),
+        "naming an archive no earlier retention.archive.written entry says was written",
+    ),
+    "an archive's entry named by an object": (
+        "retention.deleted",
+        lambda said: said["archive"] and said["archive"].update(entry={"seq": 1}),
+        "which its plan archives, without its archive",
+    ),
+    "an archive's batches holding a number": (
+        "retention.archived",
+        lambda said: said["batches"].insert(0, 5),
+        "whose batches are not a list of objects",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_receipts_archive_of_no_archives_shape_is_named(
+    archive_site, backend, tmp_path, monkeypatch, case
+):
+    """A run that holds the key writes them (a bug, or a key holder's forgery); ``audit
+    verify`` names each arch-e receipt, and the docs verifier agrees."""
+    kind, change, message = HOSTILE[case]
+    store = fill(archive_site, backend, tmp_path, 60)
+    monkeypatch.setattr(auditlog, "append", _hostile(kind, change))
+    apply(store, replace(job(archive_site), archives=tmp_path / "archives"))
+    monkeypatch.undo()
+    report = verify(archive_site, store, tmp_path)
+    receipts = [r.seq for r in kinds(store, "retention.deleted") if r.payload["device"] == "arch-e"]
+    store.close()
+    assert receipts
+    for seq in receipts:
+        assert any(
+            p.item == f"receipt (audit entry {seq})" and message in p.message
+            for p in report.problems
+        ), report.problems
+
+
+MEMBERS = {
+    "a dropped batch whose root is a list": ("batch.dropped", {"device": "line-a", "root": []}),
+    "a dropped batch whose root is not hex": ("batch.dropped", {"device": "line-a", "root": "zz"}),
+    "a dropped batch whose device is a list": ("batch.dropped", {"device": [], "root": "0" * 64}),
+    "a cosigning whose origin is a list": ("checkpoint.cosigned", {"origin": ["o"]}),
+    "an ingester named by a list": ("ingest.started", {"ingester": ["i"]}),
+    "an ingester's cadence of text": ("ingest.started", {"ingester": "i", "checkpoint_s": "x"}),
+    "a collector's cadence of a list": ("collector.started", {"checkpoint_entries": [1]}),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("case", list(MEMBERS))
+def test_a_signed_payload_member_of_another_type_is_no_crash(retention_site, store, case):
+    """Each check reads what it needs of a payload; a member of another type than a writer's
+    is never a TypeError or ValueError out of ``audit verify``."""
+    kind, payload = MEMBERS[case]
+    with store.signed(sealer(retention_site, store)) as conn:
+        auditlog.append(conn, kind, JOB, payload)
+    with store.transaction() as conn:  # after the checkpoint: the tail reads the cadence
+        auditlog.append(conn, "batch.stored", JOB, {"device": "line-a"})
+    verify_store(store, retention_site.trust())

@@ -2135,14 +2135,14 @@ def _unarchived(
     if retention.get("on_expiry") != "archive":
         return None
     named = said.get("archive") or {}
-    entry = retained.entries.get(named.get("entry", -1), {})
+    entry = _numbered(retained.entries, named.get("entry"))
     if (
         entry.get("kind") != "retention.archived"
         or entry["seq"] > seq
         or entry["payload"].get("file") != named.get("file")
     ):
         return "which its plan archives, without its archive (an entry of the bundle)"
-    written = retained.entries.get(named.get("written", -1), {})
+    written = _numbered(retained.entries, named.get("written"))
     if (
         written.get("kind") != "retention.archive.written"
         or not entry["seq"] < written["seq"] < seq
@@ -2152,13 +2152,25 @@ def _unarchived(
             "which its plan archives, naming an archive no earlier retention.archive.written"
             " entry of the bundle says was written with that SHA-256"
         )
+    batches = entry["payload"].get("batches")
+    if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
+        return (
+            f"which its plan archives, naming an archive (audit entry {entry['seq']}) whose"
+            " batches are not a list of objects"
+        )
     held = set()
-    for listed in entry["payload"].get("batches", []):
+    for listed in batches:
         if listed.get("batch") == batch.id:
             held |= _expand(runs_within(listed.get("positions"), batch.count))
     if not positions <= held:
         return f"which its archive (audit entry {entry['seq']}) does not hold"
     return None
+
+
+def _numbered(entries: dict[int, dict[str, Any]], seq: Any) -> dict[str, Any]:
+    """The entry a receipt names by its number; empty when it names none (a hostile receipt
+    may hold any JSON value there, a list or an object among them)."""
+    return entries.get(seq, {}) if type(seq) is int else {}
 
 
 def _archive_file(named: dict[str, Any]) -> dict[str, Any]:

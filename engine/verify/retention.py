@@ -467,7 +467,7 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
     the ``retention.archive.written`` entry after it that signed the file's SHA-256 the
     receipt names, once the file existed."""
     said = c.receipt.archive or {}
-    entry = c.log.entries.get(said.get("entry", -1))
+    entry = _logged(c.log, said.get("entry"))
     where = f"{c.info.device}/{point}"
     if (
         entry is None
@@ -477,14 +477,22 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
     ):
         c.report.add(c.label, f"deletes {where}, which its plan archives, without its archive")
         return False
-    if not _written(entry, c.log.entries.get(said.get("written", -1)), said, c.entry.seq):
+    if not _written(entry, _logged(c.log, said.get("written")), said, c.entry.seq):
         c.report.add(
             c.label,
             f"deletes {where}, which its plan archives, naming an archive no earlier"
             f" retention.archive.written entry says was written with that SHA-256",
         )
         return False
-    held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
+    listed = entry.payload.get("batches")
+    if not isinstance(listed, list) or not all(isinstance(b, dict) for b in listed):
+        c.report.add(
+            c.label,
+            f"deletes {where}, which its plan archives, naming an archive (audit entry"
+            f" {entry.seq}) whose batches are not a list of objects",
+        )
+        return False
+    held = [b for b in listed if b.get("batch") == c.info.id]
     try:
         archived = Runs.union([Runs.parse(b.get("positions")) for b in held])
     except ValueError:
@@ -496,6 +504,12 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         )
         return False
     return True
+
+
+def _logged(log: Log, seq: Any) -> AuditEntry | None:
+    """The entry a receipt names by its number; None when it names none (a hostile receipt
+    may hold any JSON value there, a list or an object among them)."""
+    return log.entries.get(seq) if type(seq) is int else None
 
 
 def _written(
