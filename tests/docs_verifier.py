@@ -1259,8 +1259,11 @@ class Verifier:
         database. The row's placer and releaser are the entry's actor's ``id``, and its
         times the entry's ``time``, as spelled there."""
         self.holds: dict[int, dict[str, Any]] = {}
+        self.named: dict[str, int] = {}  # the first hold entry naming each decision
         for entry in sorted(self.entries.values(), key=lambda e: e.seq):
             said, item = entry.payload, f"audit entry {entry.seq}"
+            if entry.kind in {"hold.placed", "hold.released"}:
+                self.named.setdefault(json.dumps(said.get("decision")), entry.seq)
             if entry.kind == "hold.placed":
                 if not isinstance(said["hold"], int) or said["hold"] in self.holds:
                     self.fail(item, f"places hold {said['hold']!r} again, or no hold")
@@ -1318,8 +1321,9 @@ class Verifier:
         """retention.md#legal-holds: a hold entry names an earlier ``access.decision`` that
         allowed its actor (outcome ``allow``, action ``hold``) on the hold's scope as placed:
         the same ``from``/``to``, every point decided within its devices and globs, each
-        device it names decided, each glob matching a decided point of each device. Failed
-        (and True) when not.
+        device it names decided, each glob matching a decided point of each device; the
+        first entry of that decision id before it is the decision, and no earlier hold entry
+        named it (a decision allows one placing or one release). Failed (and True) when not.
 
         DOC GAP: retention.md says the guard decides "every point the hold covers"; which
         points those are (the plans in force then) is not in the log, so the decided points
@@ -1328,7 +1332,7 @@ class Verifier:
         decision = next(
             (
                 e
-                for e in self.entries.values()
+                for e in sorted(self.entries.values(), key=lambda e: e.seq)
                 if e.kind == "access.decision"
                 and e.payload.get("decision") == named
                 and e.seq < entry.seq
@@ -1342,6 +1346,7 @@ class Verifier:
         devices = {d for d, _ in pairs}
         ok = (
             decision is not None
+            and self.named[json.dumps(named)] == entry.seq
             and said.get("action") == "hold"
             and said.get("outcome") == "allow"
             and said.get("principal") == who == actor_id(decision.actor)

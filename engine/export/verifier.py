@@ -1901,16 +1901,15 @@ def _decided(hold: Hold, entries: dict[int, dict[str, Any]], verdict: Verdict) -
 
 def _undecided(seq: int, hold: Hold, entries: dict[int, dict[str, Any]]) -> str | None:
     """Why the decision entry ``seq`` names did not allow its actor a hold on ``hold``'s
-    scope; None if it did."""
+    scope; None if it did. Its decision is the first entry of its id before it, and allows
+    one placing or one release: no earlier hold entry of the bundle may name it."""
     entry = entries[seq]
     named = entry["payload"].get("decision")
-    found = [
-        e
-        for e in entries.values()
-        if e.get("kind") == "access.decision"
-        and e["payload"].get("decision") == named
-        and e["seq"] < seq
-    ]
+    earlier = sorted(
+        (e for e in entries.values() if e["seq"] < seq and e["payload"].get("decision") == named),
+        key=lambda e: int(e["seq"]),
+    )
+    found = [e for e in earlier if e.get("kind") == "access.decision"]
     if not found:
         return "no earlier access.decision entry of the bundle is the decision it names"
     said, who = found[0]["payload"], _actor_id(entry)
@@ -1923,7 +1922,19 @@ def _undecided(seq: int, hold: Hold, entries: dict[int, dict[str, Any]]) -> str 
         hold, said.get("points")
     ):
         return f"{where} was on another scope than the hold's as placed"
-    return None
+    return _reused(earlier)
+
+
+def _reused(earlier: list[dict[str, Any]]) -> str | None:
+    """Why a decision allows no hold entry but the first to name it (``earlier``: the
+    entries naming its id before this one, in seq order); None if none did."""
+    used = [e["seq"] for e in earlier if e.get("kind") in ("hold.placed", "hold.released")]
+    if not used:
+        return None
+    return (
+        f"its decision was named already, by audit entry {used[0]}: a decision allows one"
+        " placing or one release"
+    )
 
 
 def _actor_id(entry: dict[str, Any]) -> str:
