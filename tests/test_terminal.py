@@ -12,6 +12,7 @@ from rich.console import Console
 from engine.cli import main
 from engine.commands.audit import render_report
 from engine.commands.terminal import markup_safe, printable
+from engine.export.verifier import Verdict
 from engine.store.store import Store
 from engine.verify.report import Report
 
@@ -35,6 +36,12 @@ STEERING = ("\x1b", "\x9b", "\x7f", "\u202e", "\u2066", "\u2069", "\u2028", "\r"
 )
 def test_printable_makes_every_steering_character_visible(text: str, shown: str):
     assert printable(text) == shown
+
+
+def test_the_shipped_verifier_escapes_what_every_command_escapes():
+    """verify.py stays self-contained, so it keeps its own table: the same one."""
+    everything = "".join(map(chr, range(0x3000)))
+    assert Verdict(notes=[everything]).lines()[0] == "note: " + printable(everything)
 
 
 def test_markup_safe_escapes_markup_after_the_controls():

@@ -110,6 +110,16 @@ MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_VISIBLE: dict[int, str] = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    **{code: f"\\u{code:04x}" for code in (*_BIDI, 0x2028, 0x2029)},
+}
+"""Every character that would steer a terminal (the C0 and C1 controls, DEL, the
+bidirectional controls, the line and paragraph separators), by the visible escape the text
+verdict shows instead (``\\x1b``, ``\\u202e``): a bundle's text (member names, values) is
+whoever made it's. The table of engine/commands/terminal.py, kept here so that this file
+stays self-contained."""
 _LINE = re.compile(rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(\{.*\})\}')
 _TIME = re.compile(r"time (0|[1-9][0-9]{0,11})")
 
@@ -147,11 +157,12 @@ class Verdict:
         }
 
     def lines(self) -> list[str]:
+        """The text verdict, one line each, every steering character a visible escape."""
         out = [f"FAIL {item}: {message}" for item, message in self.problems]
         out += [f"note: {note}" for note in self.notes]
         counted = ", ".join(f"{n:,} {what}" for what, n in self.counts.items())
         out.append(("verified" if self.ok else f"{len(self.problems)} problems") + f": {counted}")
-        return out
+        return [line.translate(_VISIBLE) for line in out]
 
 
 class Refused(Exception):
