@@ -291,12 +291,28 @@ class AuditEntry:
         )
 
     @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> AuditEntry:
+        """The entry of a decoded entry object; raises ValueError unless each member has its
+        shape: an integer ``seq``, a string ``time`` and ``kind``, an object (or, in older
+        entries, a string) ``actor`` and an object ``payload``. Stored bytes are data: the
+        checks read a payload's members, so one of another shape is named, not a crash."""
+        seq, time, kind = obj["seq"], obj["time"], obj["kind"]
+        actor, payload = obj["actor"], obj["payload"]
+        if type(seq) is not int or not isinstance(time, str) or not isinstance(kind, str):
+            raise ValueError("its seq is not an integer, or its time or kind not a string")
+        if not isinstance(actor, dict | str):
+            raise ValueError("its actor is neither an object nor a string")
+        if not isinstance(payload, dict):
+            raise ValueError("its payload is not an object")
+        return cls(seq, time, kind, actor, payload)
+
+    @classmethod
     def parse(cls, data: bytes) -> AuditEntry:
         """Raises ValueError unless ``data`` is exactly the canonical bytes of an entry."""
         obj = json.loads(data)
         if not isinstance(obj, dict) or set(obj) != {"seq", "time", "kind", "actor", "payload"}:
             raise ValueError("not an audit entry object")
-        entry = cls(obj["seq"], obj["time"], obj["kind"], obj["actor"], obj["payload"])
+        entry = cls.of(obj)
         try:
             canonical = entry.to_bytes()
         except CanonicalError as exc:  # NaN, an integer past 2**53 - 1: stored bytes are data
@@ -356,7 +372,12 @@ class EntryFilter:
     def _about(self, payload: dict[str, Any]) -> bool:
         """Whether an entry's payload names the device (and point): its own ``device``, or one
         of the ``points`` it lists (decisions, receipts)."""
-        named = [payload, *[p for p in payload.get("points", ()) if isinstance(p, dict)]]
+        listed = payload.get("points")
+        named = (
+            [payload, *[p for p in listed if isinstance(p, dict)]]
+            if isinstance(listed, list)
+            else [payload]
+        )
         for said in named:
             if said.get("device") == self.device and self.point in (None, said.get("point")):
                 return True

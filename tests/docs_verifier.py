@@ -603,10 +603,11 @@ class Verifier:
         item = f"audit entry {seq}"
         try:
             value = canonical(raw)
-            # DOC GAP: audit.md shows "actor" as a string ("converge-run@host"); stores hold an
-            # object (host, id, kind, os_user). Any JSON value is taken.
+            # audit.md: an entry parses when its actor is an object (older: a string)
             if not isinstance(value, dict) or set(value) != ENTRY:
                 raise ValueError("not an object of actor, kind, payload, seq and time")
+            if type(value["seq"]) is not int or not isinstance(value["actor"], dict | str):
+                raise ValueError("its seq is not an integer, or its actor not an object or string")
             at = instant(value["time"])
             payload = value["payload"]
             if value["kind"] not in KINDS or not isinstance(payload, dict):
@@ -1266,8 +1267,11 @@ class Verifier:
         database. The row's placer and releaser are the entry's actor's ``id``, and its
         times the entry's ``time``, as spelled there."""
         self.holds: dict[int, dict[str, Any]] = {}
+        self.named: dict[str, int] = {}  # the first hold entry naming each decision
         for entry in sorted(self.entries.values(), key=lambda e: e.seq):
             said, item = entry.payload, f"audit entry {entry.seq}"
+            if entry.kind in {"hold.placed", "hold.released"}:
+                self.named.setdefault(json.dumps(said.get("decision")), entry.seq)
             if entry.kind == "hold.placed":
                 if not isinstance(said["hold"], int) or said["hold"] in self.holds:
                     self.fail(item, f"places hold {said['hold']!r} again, or no hold")
@@ -1325,8 +1329,9 @@ class Verifier:
         """retention.md#legal-holds: a hold entry names an earlier ``access.decision`` that
         allowed its actor (outcome ``allow``, action ``hold``) on the hold's scope as placed:
         the same ``from``/``to``, every point decided within its devices and globs, each
-        device it names decided, each glob matching a decided point of each device. Failed
-        (and True) when not.
+        device it names decided, each glob matching a decided point of each device; the
+        first entry of that decision id before it is the decision, and no earlier hold entry
+        named it (a decision allows one placing or one release). Failed (and True) when not.
 
         DOC GAP: retention.md says the guard decides "every point the hold covers"; which
         points those are (the plans in force then) is not in the log, so the decided points
@@ -1335,7 +1340,7 @@ class Verifier:
         decision = next(
             (
                 e
-                for e in self.entries.values()
+                for e in sorted(self.entries.values(), key=lambda e: e.seq)
                 if e.kind == "access.decision"
                 and e.payload.get("decision") == named
                 and e.seq < entry.seq
@@ -1349,6 +1354,7 @@ class Verifier:
         devices = {d for d, _ in pairs}
         ok = (
             decision is not None
+            and self.named[json.dumps(named)] == entry.seq
             and said.get("action") == "hold"
             and said.get("outcome") == "allow"
             and said.get("principal") == who == actor_id(decision.actor)
@@ -1470,13 +1476,14 @@ class Verifier:
         archive = entry.payload["archive"]
         if not isinstance(archive, dict):
             return False
-        named = self.entries.get(archive.get("entry"))  # type: ignore[arg-type]
-        written = self.entries.get(archive.get("written"))  # type: ignore[arg-type]
+        named = numbered(self.entries, archive.get("entry"))
+        written = numbered(self.entries, archive.get("written"))
         return (
             named is not None
             and named.kind == "retention.archived"
             and named.seq < entry.seq
             and named.payload["file"] == archive.get("file")
+            and objects(named.payload["batches"])
             and any(b.get("batch") == entry.payload["batch"] for b in named.payload["batches"])
             # retention.md#archives: the file's SHA-256, signed once it existed
             and written is not None
@@ -1566,6 +1573,16 @@ def expand(runs: Any) -> list[int]:
             raise ValueError("runs not ascending")
         found.extend(range(first, last + 1))
     return found
+
+
+def numbered(entries: dict[int, Entry], seq: Any) -> Entry | None:
+    """The entry a payload names by its number (an integer, never a boolean)."""
+    return entries.get(seq) if type(seq) is int else None
+
+
+def objects(listed: Any) -> bool:
+    """Whether a payload's member is a list of objects."""
+    return isinstance(listed, list) and all(isinstance(item, dict) for item in listed)
 
 
 def actor_id(actor: Any) -> str:

@@ -858,6 +858,41 @@ def test_members_outside_the_bundle_are_refused(plant, tmp_path, member, mode, b
     assert {p.name for p in written} <= {"verify.py"}
 
 
+STEERING = "\x1b[1A\x1b[2K\u202e"
+"""Up a line, erase it, and turn the rest of the line around."""
+SHOWN = "\\x1b[1A\\x1b[2K\\u202e"
+
+
+def test_both_verifiers_print_a_bundles_steering_characters_as_the_same_escapes(
+    plant: Exported, tmp_path: Path, both
+):
+    """A member's name and a manifest's value, quoted in the verdict: verify.py and
+    ``converge verify`` print each steering character as a visible escape, line for line
+    the same (docs/cli.md); ``--format json`` keeps the text as it is, JSON-escaped."""
+    member = f"evil{STEERING}.txt"
+
+    def add(members: Members) -> Members:
+        return {**members, member: b"x"}
+
+    def decided(manifest: dict[str, Any]) -> None:
+        manifest["decision"] = f"d{STEERING}"
+        manifest["files"][member] = "sha256:" + "0" * 64  # so that the member is named
+
+    out = forged(plant.site, plant.bundle, tmp_path / "steer.zip", add, manifest_change=decided)
+    lines = failed(both(out, plant.trust))
+    assert not any(c in line for line in lines for c in "\x1b\u202e"), lines
+    assert any(f"evil{SHOWN}.txt" in line for line in lines), lines
+    assert (
+        f"FAIL manifest.json: its export decision d{SHOWN} is not an entry of the bundle" in lines
+    )
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        main(["verify", str(out), "--trust", str(plant.trust), "--format", "json"])
+    problems = json.loads(said.getvalue())["problems"]
+    assert {"item": "manifest.json", "message": f"its export decision d{STEERING} is not an entry"
+            " of the bundle"} in problems  # fmt: skip
+
+
 def test_a_zip_bomb_is_refused_before_it_is_expanded(plant: Exported, tmp_path: Path, both):
     bomb = hostile(tmp_path / "bomb.zip", [(named("records.jsonl"), bytes(64 << 20))])
     assert bomb.stat().st_size < 1 << 20

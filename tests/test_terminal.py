@@ -4,6 +4,7 @@ sequences, C1 controls, bidirectional overrides are printed as visible escapes."
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 
 import pytest
 from evidence_kit import REPO, fill
@@ -11,7 +12,11 @@ from rich.console import Console
 
 from engine.cli import main
 from engine.commands.audit import render_report
+from engine.commands.retention import render
 from engine.commands.terminal import markup_safe, printable
+from engine.export.verifier import Verdict
+from engine.retention import Outcome
+from engine.retention.receipt import Run
 from engine.store.store import Store
 from engine.verify.report import Report
 
@@ -35,6 +40,12 @@ STEERING = ("\x1b", "\x9b", "\x7f", "\u202e", "\u2066", "\u2069", "\u2028", "\r"
 )
 def test_printable_makes_every_steering_character_visible(text: str, shown: str):
     assert printable(text) == shown
+
+
+def test_the_shipped_verifier_escapes_what_every_command_escapes():
+    """verify.py stays self-contained, so it keeps its own table: the same one."""
+    everything = "".join(map(chr, range(0x3000)))
+    assert Verdict(notes=[everything]).lines()[0] == "note: " + printable(everything)
 
 
 def test_markup_safe_escapes_markup_after_the_controls():
@@ -90,3 +101,19 @@ def test_a_refusal_naming_what_it_was_given_prints_it_as_escapes(db, capsys):
     assert "\x1b" not in err and "eve\\x1b[1A" in err
     out = entries_text(capsys, db, "access.decision")
     assert "\x1b" not in out and "eve\\x1b[1A" in out
+
+
+def test_retention_apply_prints_device_and_point_text_as_escapes():
+    """Device names and how records expired come from the store's plans: a run's lines show
+    their steering characters as escapes (and Rich markup in them as text)."""
+    device = f"[red]line{FAKE_LINE}"
+    outcome = Outcome(Run("run", "2026-01-01T00:00:00Z"), datetime(2026, 1, 1, tzinfo=UTC))
+    outcome.deleted[device, "P1"] = 3
+    outcome.rules[device, "P1"] = {f"keep_at_most {TURNED}"}
+    outcome.held_past[device, "P1"] = 2
+    out = io.StringIO()
+    render(Console(file=out, width=400, color_system=None), outcome, dry_run=False)
+    text = out.getvalue()
+    assert not any(c in text for c in STEERING), repr(text)
+    assert "  [red]line\\x1b[1A\\x1b[2K" in text and "keep_at_most ok \\u202eelif" in text
+    assert "warning: [red]line\\x1b[1A" in text

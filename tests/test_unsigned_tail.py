@@ -302,6 +302,68 @@ def test_a_release_by_a_principal_is_judged_on_the_hold_as_placed(retention_site
     assert {p["device"] for p in decision.payload["points"]} == {"line-b"}
 
 
+# --- one decision, one hold entry -------------------------------------------------------------
+
+
+def test_a_decision_id_logged_again_after_a_lawful_release_changes_nothing(
+    retention_site, store, insider, tmp_path, both
+):
+    """A database writer appends an access.decision reusing the id of a lawful release's
+    decision (a tail kind: the collector's next checkpoint signs it). A hold entry's decision
+    is the first of its id before it: every verifier still finds the release lawful, and the
+    deletions after it too (attacks5, finding 4)."""
+    keys = retention_site.key_store()
+    release(store, PrincipalsFile(insider.principals), LENA, insider.hold, "settled", keys=keys)
+    assert run(retention_site, store).deleted["line-b", "P1"] == SECONDS
+    decision = kinds(store, "hold.released")[0].payload["decision"]
+    with store.transaction() as conn:
+        auditlog.append(conn, "access.decision", Actor.job("api"),
+                        {"decision": decision, "action": "read", "outcome": "deny",
+                         "principal": "nobody", "points": []})  # fmt: skip
+    store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+    report = verify(retention_site, store, tmp_path)  # the docs verifier agrees
+    assert report.ok, report.problems
+    store.close()
+    bundle = export(insider.backend, retention_site.keys_dir, insider.principals, tmp_path / "b")
+    said = both(bundle, trust_file(insider.backend, retention_site.keys_dir, tmp_path / "t"))
+    assert said.code == 0, said.lines
+
+
+def test_a_release_naming_the_decision_that_placed_the_hold_is_named_by_every_verifier(
+    retention_site, store, insider, tmp_path, both
+):
+    """The placing decision allowed lena a hold on the hold's scope as placed, but it allowed
+    that placing: a decision allows one placing or one release, so a release naming it (even
+    signed, as if a signer signed it blindly) is named, and the hold stays in force."""
+    (placed,) = kinds(store, "hold.placed")
+    now = instant(datetime.now(UTC))
+    said = {"hold": insider.hold, "reason": "settled", "decision": placed.payload["decision"]}
+    with store.signed(sealer(retention_site, store)) as conn:
+        seq = auditlog.append(conn, "hold.released", insider.actor, said, now)
+    insider.match_row(seq, now)
+    reused = f"its decision was named already, by audit entry {placed.seq}"
+    report = verify(retention_site, store, tmp_path)
+    assert any(
+        p.item == f"audit entry {seq}" and p.message.startswith(f"releases hold 1, but {reused}")
+        for p in report.problems
+    ), report.problems
+    store.close()
+    keys = retention_site.keys_dir
+    bundle = export(insider.backend, keys, insider.principals, tmp_path / "b.zip")
+    said_by = both(bundle, trust_file(insider.backend, keys, tmp_path / "trust.json"))
+    assert f"FAIL audit entry {seq}: releases hold 1, but {reused}: a decision allows one" in (
+        "\n".join(said_by.lines)
+    )
+
+
+def test_holds_place_and_release_on_a_decision_each(retention_site, store, insider, tmp_path):
+    keys = retention_site.key_store()
+    release(store, PrincipalsFile(insider.principals), LENA, insider.hold, "settled", keys=keys)
+    named = [e.payload["decision"] for e in kinds(store, "hold.placed", "hold.released")]
+    assert len(named) == len(set(named)) == 2
+    assert verify(retention_site, store, tmp_path).ok
+
+
 # --- an archive that was never written ----------------------------------------------------------
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import pluggy
 from rich.console import Console
-from rich.markup import escape
 
 from engine.access.acting import Refusal, act_as
 from engine.audit import Actor
@@ -35,6 +34,7 @@ from engine.commands.options import (
     moment,
     principals_of,
 )
+from engine.commands.terminal import markup_safe
 from engine.errors import AccessDenied, ConvergeError
 from engine.retention import Job, Outcome, apply, forecast
 from engine.sign.leaf import instant
@@ -152,15 +152,15 @@ def render(console: Console, outcome: Outcome, dry_run: bool) -> None:
         said += f", each batch with its receipt (audit entries {span})"
     if outcome.checkpoint is not None:
         said += f"; signed by the checkpoint of size {outcome.checkpoint}"
-    console.print(escape(said), highlight=False)
+    console.print(markup_safe(said), highlight=False)
     for device, (n, points, rules) in _by_device(outcome.deleted, outcome.rules).items():
         line = f"  {device}: {n:,} records of {points} point{'s' * (points > 1)} ({rules})"
-        console.print(escape(line), highlight=False)
+        console.print(markup_safe(line), highlight=False)
     for hold, n in sorted(outcome.kept.items()):
         console.print(f"kept by hold {hold}: {n:,} expired records", highlight=False)
     for device, (n, points, _) in _by_device(outcome.held_past, {}).items():
         console.print(
-            f"[yellow]warning:[/] {escape(device)}: {n:,} records of {points} point"
+            f"[yellow]warning:[/] {markup_safe(device)}: {n:,} records of {points} point"
             f"{'s' * (points > 1)} held past their keep_at_most (a hold keeps them; release it"
             " when it is no longer needed)",
             highlight=False,

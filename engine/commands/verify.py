@@ -15,7 +15,6 @@ import pluggy
 from rich.console import Console
 
 from engine.commands.options import Handler, Subparsers
-from engine.commands.terminal import printable
 from engine.errors import ConvergeError
 from engine.export import verifier
 
@@ -41,12 +40,8 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     except OSError as exc:
         raise ConvergeError(f"cannot read {args.trust}: {exc.strerror}") from exc
     verdict = verifier.verify(str(args.bundle), trust)
-    # printed as verify.py prints it, line for line (no wrapping): the two must say the same
-    # with the bundle's text made printable: a bundle is whoever made it's, as a store is
-    said = (
-        [printable(line) for line in verdict.lines()]
-        if args.format == "text"
-        else [json.dumps(verdict.as_json(), indent=2)]
-    )
+    # printed as verify.py prints it, line for line (no wrapping): the two must say the same,
+    # the bundle's text made printable by Verdict.lines itself
+    said = verdict.lines() if args.format == "text" else [json.dumps(verdict.as_json(), indent=2)]
     print("\n".join(said))
     return 0 if verdict.ok else 1

@@ -465,8 +465,9 @@ class Logged:
 
     entries: list[tuple[int, str, dict[str, Any]]]
     receipts: dict[int, list[dict[str, Any]]]
-    decisions: dict[str, int]
-    """The entry of each ``hold`` decision, by decision id: what a hold's entries name."""
+    decisions: dict[str, list[int]]
+    """The entries of each ``hold`` decision, by decision id, in seq order: what a hold's
+    entries name (each the first of its id before it)."""
 
     @classmethod
     def of(cls, entries: Sequence[tuple[int, bytes]]) -> Logged:
@@ -474,7 +475,7 @@ class Logged:
         hold's decision)."""
         logged: list[tuple[int, str, dict[str, Any]]] = []
         receipts: dict[int, list[dict[str, Any]]] = {}
-        decisions: dict[str, int] = {}
+        decisions: dict[str, list[int]] = {}
         for seq, raw in entries:
             if _kind(raw) is not None:
                 entry = json.loads(raw)
@@ -486,7 +487,7 @@ class Logged:
             elif _HOLD_DECISION in raw and _DECISION_KIND in raw:
                 entry = json.loads(raw)
                 if entry["kind"] == "access.decision":
-                    decisions.setdefault(str(entry["payload"].get("decision")), seq)
+                    decisions.setdefault(str(entry["payload"].get("decision")), []).append(seq)
         return cls(logged, receipts, decisions)
 
 
@@ -529,13 +530,14 @@ def _retention(
 
 
 def _decisions(logged: Logged, wanted: set[int]) -> list[int]:
-    """The decision entries the carried hold entries name (what allowed each)."""
-    named = [
-        str(said.get("decision"))
-        for seq, kind, said in logged.entries
-        if kind in ("hold.placed", "hold.released") and seq in wanted
-    ]
-    return [logged.decisions[d] for d in named if d in logged.decisions]
+    """The decision entries the carried hold entries name (what allowed each: the first entry
+    of its id before the hold entry)."""
+    found = []
+    for seq, kind, said in logged.entries:
+        if kind in ("hold.placed", "hold.released") and seq in wanted:
+            before = [d for d in logged.decisions.get(str(said.get("decision")), []) if d < seq]
+            found.extend(before[:1])
+    return found
 
 
 _KINDS = {kind: f'"kind":"{kind}"'.encode() for kind in RETENTION_KINDS}

@@ -110,6 +110,16 @@ MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_VISIBLE: dict[int, str] = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    **{code: f"\\u{code:04x}" for code in (*_BIDI, 0x2028, 0x2029)},
+}
+"""Every character that would steer a terminal (the C0 and C1 controls, DEL, the
+bidirectional controls, the line and paragraph separators), by the visible escape the text
+verdict shows instead (``\\x1b``, ``\\u202e``): a bundle's text (member names, values) is
+whoever made it's. The table of engine/commands/terminal.py, kept here so that this file
+stays self-contained."""
 _LINE = re.compile(rb'\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":(\{.*\})\}')
 _TIME = re.compile(r"time (0|[1-9][0-9]{0,11})")
 
@@ -147,11 +157,12 @@ class Verdict:
         }
 
     def lines(self) -> list[str]:
+        """The text verdict, one line each, every steering character a visible escape."""
         out = [f"FAIL {item}: {message}" for item, message in self.problems]
         out += [f"note: {note}" for note in self.notes]
         counted = ", ".join(f"{n:,} {what}" for what, n in self.counts.items())
         out.append(("verified" if self.ok else f"{len(self.problems)} problems") + f": {counted}")
-        return out
+        return [line.translate(_VISIBLE) for line in out]
 
 
 class Refused(Exception):
@@ -800,6 +811,8 @@ def _entry_line(line: bytes) -> tuple[int, bytes, str, dict[str, Any]] | str:
         return f"the entry is not entry {seq}"
     if not (isinstance(entry.get("payload"), dict) and isinstance(entry.get("time"), str)):
         return "not an audit entry (a payload and a time)"
+    if not (isinstance(entry.get("kind"), str) and isinstance(entry.get("actor"), dict | str)):
+        return "not an audit entry (a kind, and an actor that is an object or a string)"
     return seq, raw, str(proof), entry
 
 
@@ -1701,7 +1714,7 @@ def _check_export(
             for e in entries.values()
             if e.get("kind") == "retention.archived" and e["payload"].get("decision") == decision
         ]
-        if not archived or archived[0].get("actor", {}).get("id") != manifest.get("principal"):
+        if not archived or _actor_id(archived[0]) != manifest.get("principal"):
             verdict.fail(
                 MANIFEST, f"its archive {decision} is not an entry of the bundle by its actor"
             )
@@ -1899,29 +1912,46 @@ def _decided(hold: Hold, entries: dict[int, dict[str, Any]], verdict: Verdict) -
 
 def _undecided(seq: int, hold: Hold, entries: dict[int, dict[str, Any]]) -> str | None:
     """Why the decision entry ``seq`` names did not allow its actor a hold on ``hold``'s
-    scope; None if it did."""
+    scope; None if it did. Its decision is the first entry of its id before it, and allows
+    one placing or one release: no earlier hold entry of the bundle may name it."""
     entry = entries[seq]
     named = entry["payload"].get("decision")
-    found = [
-        e
-        for e in entries.values()
-        if e.get("kind") == "access.decision"
-        and e["payload"].get("decision") == named
-        and e["seq"] < seq
-    ]
+    earlier = sorted(
+        (e for e in entries.values() if e["seq"] < seq and e["payload"].get("decision") == named),
+        key=lambda e: int(e["seq"]),
+    )
+    found = [e for e in earlier if e.get("kind") == "access.decision"]
     if not found:
         return "no earlier access.decision entry of the bundle is the decision it names"
-    said, who = found[0]["payload"], entry.get("actor", {}).get("id")
+    said, who = found[0]["payload"], _actor_id(entry)
     where = f"its decision (audit entry {found[0]['seq']})"
     if said.get("action") != "hold" or said.get("outcome") != "allow":
         return f"{where} did not allow a hold"
-    if said.get("principal") != who or found[0].get("actor", {}).get("id") != who:
+    if said.get("principal") != who or _actor_id(found[0]) != who:
         return f"{where} was not {who}'s"
     if not _same_span((said.get("from"), said.get("to")), hold) or not _held_points(
         hold, said.get("points")
     ):
         return f"{where} was on another scope than the hold's as placed"
-    return None
+    return _reused(earlier)
+
+
+def _reused(earlier: list[dict[str, Any]]) -> str | None:
+    """Why a decision allows no hold entry but the first to name it (``earlier``: the
+    entries naming its id before this one, in seq order); None if none did."""
+    used = [e["seq"] for e in earlier if e.get("kind") in ("hold.placed", "hold.released")]
+    if not used:
+        return None
+    return (
+        f"its decision was named already, by audit entry {used[0]}: a decision allows one"
+        " placing or one release"
+    )
+
+
+def _actor_id(entry: dict[str, Any]) -> str:
+    """The id of an entry's actor: an object's ``id``, or (older entries) the string itself."""
+    actor = entry["actor"]
+    return str(actor.get("id")) if isinstance(actor, dict) else str(actor)
 
 
 def _same_span(said: tuple[Any, Any], hold: Hold) -> bool:
@@ -2127,14 +2157,14 @@ def _unarchived(
     if retention.get("on_expiry") != "archive":
         return None
     named = said.get("archive") or {}
-    entry = retained.entries.get(named.get("entry", -1), {})
+    entry = _numbered(retained.entries, named.get("entry"))
     if (
         entry.get("kind") != "retention.archived"
         or entry["seq"] > seq
         or entry["payload"].get("file") != named.get("file")
     ):
         return "which its plan archives, without its archive (an entry of the bundle)"
-    written = retained.entries.get(named.get("written", -1), {})
+    written = _numbered(retained.entries, named.get("written"))
     if (
         written.get("kind") != "retention.archive.written"
         or not entry["seq"] < written["seq"] < seq
@@ -2144,13 +2174,25 @@ def _unarchived(
             "which its plan archives, naming an archive no earlier retention.archive.written"
             " entry of the bundle says was written with that SHA-256"
         )
+    batches = entry["payload"].get("batches")
+    if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
+        return (
+            f"which its plan archives, naming an archive (audit entry {entry['seq']}) whose"
+            " batches are not a list of objects"
+        )
     held = set()
-    for listed in entry["payload"].get("batches", []):
+    for listed in batches:
         if listed.get("batch") == batch.id:
             held |= _expand(runs_within(listed.get("positions"), batch.count))
     if not positions <= held:
         return f"which its archive (audit entry {entry['seq']}) does not hold"
     return None
+
+
+def _numbered(entries: dict[int, dict[str, Any]], seq: Any) -> dict[str, Any]:
+    """The entry a receipt names by its number; empty when it names none (a hostile receipt
+    may hold any JSON value there, a list or an object among them)."""
+    return entries.get(seq, {}) if type(seq) is int else {}
 
 
 def _archive_file(named: dict[str, Any]) -> dict[str, Any]:

@@ -247,9 +247,15 @@ def _save_signed(conn: Connection, log: MerkleLog) -> None:
 def entries(
     conn: Connection, kinds: list[str] | None = None, first: int = 0
 ) -> Iterator[AuditEntry]:
-    """Every entry in sequence order (from entry ``first``), of ``kinds`` when given."""
-    query = select(AUDIT.c.entry).where(AUDIT.c.seq >= first).order_by(AUDIT.c.seq)
+    """Every entry in sequence order (from entry ``first``), of ``kinds`` when given; a
+    StoreError names the first that does not parse (``converge audit verify`` names them all)."""
+    query = select(AUDIT.c.seq, AUDIT.c.entry).where(AUDIT.c.seq >= first).order_by(AUDIT.c.seq)
     if kinds:
         query = query.where(AUDIT.c.kind.in_(kinds))
-    for (data,) in conn.execute(query):
-        yield AuditEntry.parse(bytes(data))
+    for seq, data in conn.execute(query):
+        try:
+            yield AuditEntry.parse(bytes(data))
+        except ValueError as exc:
+            raise StoreError(
+                f"audit entry {seq} does not parse ({exc}): converge audit verify names it"
+            ) from None

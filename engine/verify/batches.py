@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from engine.store import reads
 from engine.verify.log import Log
 from engine.verify.report import Report
 from engine.verify.trust import BadTime, Trust, instant
+
+_HEX64 = re.compile("[0-9a-fA-F]{64}")
 
 
 @dataclass
@@ -257,15 +260,24 @@ def _check_signatures(
 
 def check_chains(batches: Mapping[int, BatchInfo], log: Log, report: Report) -> None:
     """Each device's batches form one chain from the zero root; dropped batches excused."""
-    dropped = {
-        (e.payload.get("device"), e.payload.get("root")) for e in log.of_kind("batch.dropped")
-    }
+    dropped = _dropped(log)
     by_device: dict[str, list[BatchInfo]] = defaultdict(list)
     for info in batches.values():
         by_device[info.device].append(info)
     for device, device_batches in by_device.items():
-        excused = {bytes.fromhex(r) for d, r in dropped if d == device and isinstance(r, str)}
+        excused = {root for d, root in dropped if d == device}
         _check_chain(device_batches, excused, report)
+
+
+def _dropped(log: Log) -> set[tuple[str, bytes]]:
+    """The device and root of each ``batch.dropped`` entry that names them as a batch does
+    (a hostile entry may hold any JSON value there: it excuses nothing)."""
+    found = set()
+    for entry in log.of_kind("batch.dropped"):
+        device, root = entry.payload.get("device"), entry.payload.get("root")
+        if isinstance(device, str) and isinstance(root, str) and _HEX64.fullmatch(root):
+            found.add((device, bytes.fromhex(root)))
+    return found
 
 
 def _check_chain(device_batches: list[BatchInfo], excused: set[bytes], report: Report) -> None:

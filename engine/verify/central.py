@@ -60,7 +60,7 @@ def check_witnessed(conn: Connection, log: Log, report: Report) -> None:
     """Each site log's newest cosigned checkpoint is what its latest entry records."""
     latest = {}
     for entry in log.of_kind("checkpoint.cosigned"):
-        latest[entry.payload.get("origin")] = entry.payload
+        latest[str(entry.payload.get("origin"))] = entry.payload
     rows = reads.witnessed(conn)
     for row in rows:
         said = latest.pop(row.origin, None)

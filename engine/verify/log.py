@@ -105,7 +105,7 @@ def _parse(data: bytes) -> audit.AuditEntry:
         plain = False
     if not plain:
         return audit.AuditEntry.parse(data)
-    return audit.AuditEntry(obj["seq"], obj["time"], obj["kind"], obj["actor"], obj["payload"])
+    return audit.AuditEntry.of(obj)
 
 
 def _check_state(conn: Connection, log: Log, report: Report) -> None:

@@ -467,7 +467,7 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
     the ``retention.archive.written`` entry after it that signed the file's SHA-256 the
     receipt names, once the file existed."""
     said = c.receipt.archive or {}
-    entry = c.log.entries.get(said.get("entry", -1))
+    entry = _logged(c.log, said.get("entry"))
     where = f"{c.info.device}/{point}"
     if (
         entry is None
@@ -477,14 +477,22 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
     ):
         c.report.add(c.label, f"deletes {where}, which its plan archives, without its archive")
         return False
-    if not _written(entry, c.log.entries.get(said.get("written", -1)), said, c.entry.seq):
+    if not _written(entry, _logged(c.log, said.get("written")), said, c.entry.seq):
         c.report.add(
             c.label,
             f"deletes {where}, which its plan archives, naming an archive no earlier"
             f" retention.archive.written entry says was written with that SHA-256",
         )
         return False
-    held = [b for b in entry.payload.get("batches", ()) if b.get("batch") == c.info.id]
+    listed = entry.payload.get("batches")
+    if not isinstance(listed, list) or not all(isinstance(b, dict) for b in listed):
+        c.report.add(
+            c.label,
+            f"deletes {where}, which its plan archives, naming an archive (audit entry"
+            f" {entry.seq}) whose batches are not a list of objects",
+        )
+        return False
+    held = [b for b in listed if b.get("batch") == c.info.id]
     try:
         archived = Runs.union([Runs.parse(b.get("positions")) for b in held])
     except ValueError:
@@ -496,6 +504,12 @@ def _archived(c: _Context, point: str, positions: Runs) -> bool:
         )
         return False
     return True
+
+
+def _logged(log: Log, seq: Any) -> AuditEntry | None:
+    """The entry a receipt names by its number; None when it names none (a hostile receipt
+    may hold any JSON value there, a list or an object among them)."""
+    return log.entries.get(seq) if type(seq) is int else None
 
 
 def _written(
@@ -631,8 +645,9 @@ def check_holds(conn: Connection, log: Log, report: Report) -> list[Hold]:
     allowed by the decision it names; the store's hold rows must say exactly the same (a hold
     is never deleted)."""
     placed: dict[int, Hold] = {}
-    decisions = {str(e.payload.get("decision")): e for e in log.of_kind("access.decision")}
-    for entry in sorted((e for e in log.entries.values() if e.kind in HOLD_KINDS), key=_seq):
+    entries = sorted((e for e in log.entries.values() if e.kind in HOLD_KINDS), key=_seq)
+    decisions = Decisions.of(log, entries)
+    for entry in entries:
         fold_hold(entry, placed, report, decisions)
     _compare_rows({h.id: h for h in stored.holds(conn)}, placed, report)
     report.counts["holds"] = len(placed)
@@ -643,19 +658,49 @@ def _seq(entry: AuditEntry) -> int:
     return entry.seq
 
 
+@dataclass(frozen=True)
+class Decisions:
+    """What a hold entry is judged by: the ``access.decision`` entries of each decision id, in
+    log order, and, for each hold entry naming a decision an earlier hold entry named, that
+    earlier one's seq. A hold entry's decision is the first entry of its id before it (so a
+    later entry reusing the id changes nothing), and it allows one placing or one release."""
+
+    logged: Mapping[str, Sequence[AuditEntry]]
+    reused: Mapping[int, int]
+
+    @classmethod
+    def of(cls, log: Log, holds: Sequence[AuditEntry]) -> Decisions:
+        """From the log and its hold entries (in seq order)."""
+        logged: dict[str, list[AuditEntry]] = defaultdict(list)
+        for entry in sorted(log.of_kind("access.decision"), key=_seq):
+            logged[str(entry.payload.get("decision"))].append(entry)
+        first: dict[str, int] = {}
+        reused = {}
+        for entry in holds:
+            earlier = first.setdefault(str(entry.payload.get("decision")), entry.seq)
+            if earlier != entry.seq:
+                reused[entry.seq] = earlier
+        return cls(logged, reused)
+
+    def named(self, entry: AuditEntry) -> AuditEntry | None:
+        """The decision hold entry ``entry`` names: the first of its id before it."""
+        found = self.logged.get(str(entry.payload.get("decision")), ())
+        return next((d for d in found if d.seq < entry.seq), None)
+
+
 def fold_hold(
     entry: AuditEntry,
     placed: dict[int, Hold],
     report: Report,
-    decisions: Mapping[str, AuditEntry] | None,
+    decisions: Decisions | None,
 ) -> None:
     """Apply one ``hold.placed`` or ``hold.released`` entry to ``placed``, the holds by id.
 
-    With ``decisions`` (the ``access.decision`` entries by decision id), each must name an
-    earlier decision that allowed its actor a hold on the hold's whole scope as placed; a
-    release none allowed is named and leaves the hold in force, so that what it kept is
-    still judged held. Without (a retention run reading entries signed since its check),
-    they are taken as written."""
+    With ``decisions``, each must name an earlier decision that allowed its actor a hold on
+    the hold's whole scope as placed, and that no earlier hold entry named; a release none
+    allowed is named and leaves the hold in force, so that what it kept is still judged
+    held. Without (a retention run reading entries signed since its check), they are taken
+    as written."""
     if entry.kind == "hold.placed":
         found = _placed(entry, placed, report)
         if found is not None:
@@ -680,12 +725,15 @@ def fold_hold(
         )
 
 
-def _decided(
-    entry: AuditEntry, hold: Hold, decisions: Mapping[str, AuditEntry], report: Report
-) -> bool:
+def _decided(entry: AuditEntry, hold: Hold, decisions: Decisions, report: Report) -> bool:
     """Whether the decision ``entry`` names allowed it (see :func:`fold_hold`); named if not."""
-    decision = decisions.get(str(entry.payload.get("decision")))
-    why = _undecided(entry, hold.scope, decision)
+    why = _undecided(entry, hold.scope, decisions.named(entry))
+    earlier = decisions.reused.get(entry.seq)
+    if why is None and earlier is not None:
+        why = (
+            f"its decision was named already, by audit entry {earlier}: a decision allows one"
+            " placing or one release"
+        )
     if why is not None:
         verb = "places" if entry.kind == "hold.placed" else "releases"
         report.add(f"audit entry {entry.seq}", f"{verb} hold {hold.id}, but {why}")
@@ -694,7 +742,7 @@ def _decided(
 
 def _undecided(entry: AuditEntry, scope: Scope, decision: AuditEntry | None) -> str | None:
     """Why ``decision`` did not allow ``entry``'s actor a hold on ``scope``; None if it did."""
-    if decision is None or decision.seq > entry.seq:
+    if decision is None:
         return "no earlier access.decision entry is the decision it names"
     said, who = decision.payload, _actor_id(entry.actor)
     where = f"its decision (audit entry {decision.seq})"

@@ -120,9 +120,9 @@ def _ingesting(log: Log, before: int) -> bool:
         if entry.seq >= before:
             break
         if entry.kind == "ingest.started":
-            running.add(entry.payload.get("ingester"))
+            running.add(str(entry.payload.get("ingester")))
         elif entry.kind == "ingest.stopped":
-            running.discard(entry.payload.get("ingester"))
+            running.discard(str(entry.payload.get("ingester")))
     return bool(running)
 
 
@@ -131,9 +131,15 @@ def _cadence(start: audit.AuditEntry) -> Cadence:
     started."""
     seconds, entries = DEFAULT_CADENCE
     said = start.payload
+    every, count = said.get("checkpoint_s", seconds), said.get("checkpoint_entries", entries)
     return Cadence(
-        float(said.get("checkpoint_s", seconds)), int(said.get("checkpoint_entries", entries))
+        float(every) if _number(every) else seconds, int(count) if _number(count) else entries
     )
+
+
+def _number(said: object) -> bool:
+    """Whether a payload's member is a number (a hostile entry may hold any JSON value)."""
+    return isinstance(said, int | float) and not isinstance(said, bool)
 
 
 def _too_long(
