@@ -29,8 +29,9 @@ def check_archives(log: Log, folder: Path, report: Report) -> None:
     relied: dict[int, list[int]] = defaultdict(list)
     for entry in log.of_kind("retention.deleted"):
         said = entry.payload.get("archive")
-        if isinstance(said, dict) and isinstance(said.get("written"), int):
-            relied[said["written"]].append(entry.seq)
+        written = said.get("written") if isinstance(said, dict) else None
+        if isinstance(written, int) and not isinstance(written, bool):
+            relied[written].append(entry.seq)
     found = 0
     for seq, receipts in sorted(relied.items()):
         written = log.entries.get(seq)
