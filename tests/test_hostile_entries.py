@@ -99,7 +99,7 @@ def test_no_checkpoint_signs_an_entry_that_does_not_parse(retention_site, store)
     with store.transaction() as conn:
         seq = auditlog.append(conn, "access.decision", JOB, [])  # type: ignore[arg-type]
     with pytest.raises(CheckpointRefused, match=rf"audit entry {seq} does not parse \(its payl"):
-        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+        store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)))
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

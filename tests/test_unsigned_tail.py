@@ -320,7 +320,7 @@ def test_a_decision_id_logged_again_after_a_lawful_release_changes_nothing(
         auditlog.append(conn, "access.decision", Actor.job("api"),
                         {"decision": decision, "action": "read", "outcome": "deny",
                          "principal": "nobody", "points": []})  # fmt: skip
-    store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)).sign)
+    store.checkpoint(sealer(retention_site, store)(datetime.now(UTC)))
     report = verify(retention_site, store, tmp_path)  # the docs verifier agrees
     assert report.ok, report.problems
     store.close()
