@@ -344,6 +344,29 @@ def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     assert [line for line in failed(both(out, trust)) if line.startswith(want)]
 
 
+@pytest.mark.parametrize(
+    "archive", [{"entry": {"seq": 1}, "file": "a.zip"}, {"entry": [1]}, "a.zip", 7]
+)
+def test_an_export_over_a_receipt_not_shaped_as_one_is_refused(
+    retention_site, backend, tmp_path: Path, capsys, archive: object
+):
+    """A receipt signed by a run that holds the key, its ``archive`` of no archive's shape:
+    the export names the entry's shape and writes nothing, rather than fail half-way."""
+    store = fill(retention_site, backend, tmp_path, 60)
+    run(retention_site, store)
+    lawful = next(r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a")
+    store.close()
+    with database(backend).begin() as conn:
+        said = lawful.payload | {"archive": archive}
+        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
+        _sign(conn, retention_site, seq)
+    out = tmp_path / "line-a.zip"
+    capsys.readouterr()
+    assert export(backend, retention_site.keys_dir, out, "--device", "line-a") != 0
+    assert "a retention entry of the audit log is not shaped as its kind" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _deleted_by_a_signed_receipt(
     retention_site, store, backend, device: str, *, dated: str, calculation: dict[str, Any]
 ) -> int:

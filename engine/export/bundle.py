@@ -101,12 +101,15 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     entries = [(seq, raw) for seq, _, _, raw in reads.audit_entries(conn)][:checkpoint_size]
     tree = MerkleTree(verifier.leaf_hash(raw) for _, raw in entries)
     wanted: set[int] = {_decision_seq(entries, request.decision.id)}
-    logged = Logged.of(entries)
+    logged = _logged(entries)
     devices = {p.device for p in request.decision.allowed}
     stored = dict(_stored(entries, devices, request.span))
     _records(conn, request, out, wanted, logged.receipts, stored=stored)
     wanted.update(_dropped(entries, devices))
-    out.members[verifier.RETENTION] = _retention(conn, request, out, logged, wanted)
+    try:
+        out.members[verifier.RETENTION] = _retention(conn, request, out, logged, wanted)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _misshapen(exc) from exc
     _plans(conn, out, entries, wanted)
     bodies = (out.members[_plan_member(digest)] for digest in out.plans)
     carried, out.left_out = sources(bodies, request.sources)
@@ -125,6 +128,22 @@ def gather(conn: Connection, request: Request, checkpoint_size: int) -> Gathered
     logs = {request.origin: request.audit_key}
     out.members[verifier.KEYS] = trust_file(request.keys, logs, request.plan_keys)
     return out
+
+
+def _logged(entries: Sequence[tuple[int, bytes]]) -> Logged:
+    try:
+        return Logged.of(entries)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _misshapen(exc) from exc
+
+
+def _misshapen(exc: Exception) -> VerificationError:
+    """A retention entry of the log (a receipt, a hold's, an archive's) not shaped as
+    docs/audit.md says: the bundle would carry what no verifier can read, so none is made."""
+    return VerificationError(
+        f"a retention entry of the audit log is not shaped as its kind ({type(exc).__name__}:"
+        f" {exc}): converge audit verify names it; nothing exported"
+    )
 
 
 def trust_file(keys: Iterable[KeyVersion], logs: dict[str, str], plan_keys: Iterable[str]) -> bytes:
