@@ -665,6 +665,8 @@ class Verifier:
                 self.fail(item, f"its size column disagrees with its note ({checkpoint.size})")
             if not any(v.valid_at(checkpoint.time) for v in checkpoint.signed_by):
                 self.fail(item, f"signed by a version not valid at {checkpoint.time}")
+            if checkpoint.time > datetime.now(UTC) + timedelta(minutes=5):
+                self.fail(item, "dated in the future: after this verification's clock")
             if checkpoint.size > self.size:
                 self.fail(item, f"the log was truncated: it holds {self.size} entries")
             elif self.roots.get(checkpoint.size) != checkpoint.root:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import test_export
 from evidence_kit import fill, verify
 from retention_kit import kinds, remaining, run, signed_sizes
-from test_export import trust_file
+from test_export import failed, trust_file
 from test_retention_bundle import export
 from test_tamper import database
 
@@ -33,9 +33,11 @@ from engine.evidence.config import EvidenceConfig
 from engine.evidence.writer import Writer
 from engine.evidence.writer import log as writer_log
 from engine.retention import StoreUnverified
+from engine.retention import run as retention_run
 from engine.retention.holds import place, release
 from engine.sign.leaf import instant
 from engine.store import auditlog
+from engine.store import store as store_module
 from engine.store.retention import Scope
 from engine.store.spool import Spool
 from engine.store.store import Store
@@ -404,3 +406,33 @@ def test_many_decisions_in_the_tail_are_no_deleted_checkpoint(retention_site, st
     report = verify(retention_site, store, tmp_path)
     assert report.ok, report.problems
     assert any("are not signed yet" in n for n in report.notes)
+
+
+# --- a signer's clock set ahead -------------------------------------------------------------
+
+
+class _Ahead(datetime):
+    """The clock of a run whose host is set four hours ahead."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) + timedelta(hours=4)
+
+
+def test_a_run_with_its_clock_set_ahead_is_named_by_every_verifier(
+    retention_site, store, backend, principals_file, tmp_path, *, monkeypatch, both
+):
+    """A run (with the audit key) on a host four hours ahead deletes lab-c's P1 hours before
+    its keep_at_least, its receipts and checkpoints dated ahead, so they look lawful to each
+    other; the verifier's own clock names the checkpoints dated in the future."""
+    with monkeypatch.context() as ahead:
+        ahead.setattr(retention_run, "datetime", _Ahead)
+        ahead.setattr(store_module, "datetime", _Ahead)
+        early = run(retention_site, store)
+    assert early.deleted["lab-c", "P1"] == SECONDS  # kept at least 3 hours: written just now
+    report = verify(retention_site, store, tmp_path)
+    assert any("dated in the future" in p.message for p in report.problems), report.problems
+    store.close()
+    bundle = export(backend, retention_site.keys_dir, principals_file, tmp_path / "ahead.zip")
+    said = both(bundle, trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json"))
+    assert any("dated in the future" in line for line in failed(said)), said.lines

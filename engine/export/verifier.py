@@ -702,6 +702,7 @@ def _check_checkpoints(bundle: Bundle, log: LogKey, verdict: Verdict) -> dict[st
             verdict.fail(item, found)
         else:
             good[str(note)] = found
+            _not_ahead(item, found, verdict)
     verdict.counts["checkpoints"] = len(good)
     if not good:
         verdict.fail(
@@ -712,6 +713,21 @@ def _check_checkpoints(bundle: Bundle, log: LogKey, verdict: Verdict) -> dict[st
     proofs = _json(bundle.read(CONSISTENCY), CONSISTENCY) if bundle.has(CONSISTENCY) else []
     _check_consistency(list(good.values()), latest, proofs, verdict)
     return good
+
+
+FUTURE_SLACK = timedelta(minutes=5)
+"""How far past the verifier's clock a checkpoint may say it was signed (clocks differ by
+seconds): more is a signer's clock set ahead, which dates what it signs ahead too."""
+
+
+def _not_ahead(item: str, checkpoint: Checkpoint, verdict: Verdict) -> None:
+    now = datetime.now(UTC)
+    if checkpoint.at > now + FUTURE_SLACK:
+        verdict.fail(
+            item,
+            f"signed at {checkpoint.at.isoformat()}, after this verification's clock: dated"
+            " in the future (a signer's clock set ahead dates what it signs ahead too)",
+        )
 
 
 def _checkpoint(note: str, log: LogKey) -> Checkpoint | str:

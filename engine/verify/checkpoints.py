@@ -35,6 +35,10 @@ from engine.verify.log import Log
 from engine.verify.report import Report
 from engine.verify.trust import BadTime, instant
 
+FUTURE_SLACK = timedelta(minutes=5)
+"""How far past the verifier's clock a checkpoint may say it was signed: clocks differ by
+seconds, not minutes (docs/audit.md). More is a signer's clock set ahead, which would date what
+it signs (a receipt's expiry check among them) ahead too."""
 CLOCK_SLACK = timedelta(seconds=30)
 """How much later than a checkpoint's stated time a batch it signs may begin: none, as the
 collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
@@ -71,6 +75,7 @@ def check_checkpoints(conn: Connection, log: Log, key: LogKey, report: Report) -
     good = sorted((s for s in signed if _matches(s, tree, report)), key=_by_size)
     _check_consistency(good, tree, report)
     _check_time_order(good, report)
+    _check_future(good, datetime.now(UTC), report)
     _check_windows(good, log, report)
     _note_rotations(good, key, report)
     return good
@@ -248,6 +253,17 @@ def _check_time_order(good: list[Signed], report: Report) -> None:
                 new.label,
                 f"signed at {new.at.isoformat()}, before the checkpoint of size "
                 f"{old.checkpoint.size} (signed at {old.at.isoformat()}): back-dated",
+            )
+
+
+def _check_future(good: list[Signed], now: datetime, report: Report) -> None:
+    """No checkpoint says it was signed after ``now`` (but for :data:`FUTURE_SLACK`)."""
+    for signed in good:
+        if signed.at > now + FUTURE_SLACK:
+            report.add(
+                signed.label,
+                f"signed at {signed.at.isoformat()}, after this verification's clock: dated in"
+                " the future (a signer's clock set ahead dates what it signs ahead too)",
             )
 
 
