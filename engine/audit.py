@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.canonical import CanonicalError, canonical_json
-from engine.keys import KeyStore
+from engine.keys import KeyStore, KeyVersion
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleLog
 from engine.sign.note import Checkpoint, sign_checkpoint
@@ -110,6 +110,8 @@ SIGNED_KINDS = frozenset(
         "retention.deleted",
         "retention.archived",
         "retention.archive.written",
+        "ingest.started",
+        "ingest.stopped",
     }
 )
 """Kinds only ever written with a checkpoint in their own transaction: a log holding one has a
@@ -124,13 +126,13 @@ signed time, :func:`signed_time`)."""
 @dataclass(frozen=True)
 class Seal:
     """A checkpoint to sign as of ``at`` (whole seconds, :func:`signing_second`) with ``sign``,
-    whose key version is valid then; ``keys``, the raw public keys of every version of the
-    log's key, by which the signer checks the newest checkpoint before it signs the next
+    whose key version is valid then; ``keys``, every version of the log's key (public halves,
+    validity), by which the signer checks the newest checkpoint before it signs the next
     (:func:`engine.store.auditlog.checkpoint`)."""
 
     sign: CheckpointSigner
     at: datetime
-    keys: tuple[bytes, ...]
+    keys: tuple[KeyVersion, ...]
 
 
 def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
@@ -138,7 +140,7 @@ def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
     the version of ``audit_key`` valid then; asks for the key now (a passphrase, a PIN)."""
     at = signing_second(now)
     key = keys.signer(audit_key, at)
-    versions = tuple(v.public_key for v in keys.versions(audit_key))
+    versions = tuple(keys.versions(audit_key))
     return Seal(
         lambda checkpoint: sign_checkpoint(checkpoint, checkpoint.origin, key), at, versions
     )

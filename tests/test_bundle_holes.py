@@ -209,12 +209,12 @@ def _naming(batch: Any) -> Receipt:
     }
 
 
-def _sign(conn: sa.Connection, site, since: int) -> None:
-    """Sign a checkpoint over what ``conn``'s transaction appended from entry ``since`` on, as
-    a run that holds the audit key but writes a bad receipt would: no checkpoint signs a
-    receipt that waits in the unsigned tail."""
+def _sign(conn: sa.Connection, site) -> None:
+    """Sign a checkpoint over what ``conn``'s transaction appended, as a run that holds the
+    audit key but writes a bad receipt would: no checkpoint signs a receipt that waits in the
+    unsigned tail."""
     seal = seal_with(site.key_store(), DEFAULT_AUDIT_KEY, datetime.now(UTC))
-    auditlog.checkpoint(conn, seal, since)
+    auditlog.checkpoint(conn, seal)
 
 
 def _groups(said: Receipt, *spans: list[list[int]]) -> list[dict[str, Any]]:
@@ -314,7 +314,7 @@ def test_a_bundled_receipt_that_is_not_in_a_receipts_shape_is_named(
         said["expiries"] = _groups(said, [[0, batch.count - 1]])
         change(said)
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
-        _sign(conn, retention_site, seq)
+        _sign(conn, retention_site)
     out = tmp_path / "vault-d.zip"
     assert export(backend, retention_site.keys_dir, out, "--device", "vault-d") == 0
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
@@ -335,7 +335,7 @@ def test_a_bundled_receipt_deleting_what_another_deleted_is_named(
     store.close()
     with database(backend).begin() as conn:
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), lawful.payload)
-        _sign(conn, retention_site, seq)
+        _sign(conn, retention_site)
     out = tmp_path / "line-a.zip"
     assert export(backend, retention_site.keys_dir, out, "--device", "line-a") == 0
     trust = trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json")
@@ -358,8 +358,8 @@ def test_an_export_over_a_receipt_not_shaped_as_one_is_refused(
     store.close()
     with database(backend).begin() as conn:
         said = lawful.payload | {"archive": archive}
-        seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
-        _sign(conn, retention_site, seq)
+        auditlog.append(conn, "retention.deleted", Actor.job("retention"), said)
+        _sign(conn, retention_site)
     out = tmp_path / "line-a.zip"
     capsys.readouterr()
     assert export(backend, retention_site.keys_dir, out, "--device", "line-a") != 0
@@ -489,7 +489,7 @@ def test_a_bundled_receipt_deleting_records_as_another_point_is_named(
             b=batch_id,
         ).p
         seq = forge_deletion(conn, batch_id, lab_c.payload, as_point("P2", lab_c.payload))
-        _sign(conn, retention_site, seq)
+        _sign(conn, retention_site)
     count = lab_c.payload["remaining"]  # what the forged receipt deletes
     lie = f"deletes position {first} of batch {batch_id}"
     assert _named_by_audit_verify(retention_site, store, seq, "where its signed point map says P1")

@@ -27,6 +27,7 @@ from test_export import failed, trust_file
 from test_retention_bundle import export
 from test_tamper import database
 
+from engine import export as export_module
 from engine.audit import Actor, seal_with
 from engine.errors import CheckpointRefused
 from engine.evidence.config import EvidenceConfig
@@ -198,7 +199,7 @@ def test_a_checkpoint_row_the_log_key_did_not_sign_is_refused(
         _sign(retention_site, store)
     forged = note.replace("\n\n", "\n\n\u2014 forged AAAA\n", 1)
     _execute(backend, "UPDATE checkpoints SET note = :n WHERE size = :s", n=forged, s=seq + 1)
-    with pytest.raises(CheckpointRefused, match="is not signed by the log's key"):
+    with pytest.raises(CheckpointRefused, match="is not signed by a version of the log's key"):
         _sign(retention_site, store)
     assert max(signed_sizes(store)) == seq + 1  # only the forged row: nothing more signed
 
@@ -218,6 +219,24 @@ def test_a_tail_row_changed_while_the_saved_state_holds_another_is_refused(
     _execute(backend, update, e=harmless, s=seq)
     with pytest.raises(CheckpointRefused, match=r"saved state \(size \d+\) is not that of its"):
         _sign(retention_site, store)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_entries_another_writer_commits_during_a_signed_transaction_are_judged(
+    retention_site, store, insider, backend
+):
+    """On PostgreSQL each statement sees what others committed before it: a release a
+    database writer commits while a hold's transaction runs is numbered among that
+    transaction's entries. Only the entries the transaction appended itself go unjudged."""
+    now = instant(datetime.now(UTC))
+    said = {"hold": insider.hold, "reason": "settled", "decision": str(uuid.uuid4())}
+    with (
+        pytest.raises(CheckpointRefused, match=r"\(hold\.released\) waits unsigned"),
+        store.signed(sealer(retention_site, store)) as conn,
+    ):
+        with database(backend).begin() as other:  # committed now, in plain SQL
+            auditlog.append(other, "hold.released", insider.actor, said, now)
+        auditlog.append(conn, "audit.reviewed", Actor.job("test"), {"note": "honest"})
 
 
 def test_a_log_whose_checkpoints_were_deleted_is_refused(retention_site, store, insider, backend):
@@ -428,11 +447,18 @@ def test_a_run_with_its_clock_set_ahead_is_named_by_every_verifier(
     with monkeypatch.context() as ahead:
         ahead.setattr(retention_run, "datetime", _Ahead)
         ahead.setattr(store_module, "datetime", _Ahead)
+        ahead.setattr(auditlog, "datetime", _Ahead)
         early = run(retention_site, store)
     assert early.deleted["lab-c", "P1"] == SECONDS  # kept at least 3 hours: written just now
     report = verify(retention_site, store, tmp_path)
     assert any("dated in the future" in p.message for p in report.problems), report.problems
+    with pytest.raises(CheckpointRefused, match="ahead of this signer's clock"):
+        _sign(retention_site, store)  # an honest signer signs nothing after it
     store.close()
-    bundle = export(backend, retention_site.keys_dir, principals_file, tmp_path / "ahead.zip")
+    out = tmp_path / "ahead.zip"
+    with monkeypatch.context() as ahead:  # exported on the same host: its bundle, checked now
+        ahead.setattr(export_module, "datetime", _Ahead)
+        ahead.setattr(auditlog, "datetime", _Ahead)
+        bundle = export(backend, retention_site.keys_dir, principals_file, out)
     said = both(bundle, trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json"))
     assert any("dated in the future" in line for line in failed(said)), said.lines

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, func, insert, select, update
 
 from engine.audit import (
@@ -95,7 +96,27 @@ def append(
     log.append(data)
     conn.execute(insert(AUDIT).values(seq=entry.seq, time=entry.time, kind=kind, entry=data))
     _save_state(conn, log, first)
+    _appended(conn).add(entry.seq)
     return entry.seq
+
+
+_APPENDED = "converge.audit.appended"
+"""Where a connection keeps the entries its transaction appended (:func:`_appended`)."""
+
+
+def _appended(conn: Connection) -> set[int]:
+    """The seqs ``conn``'s transaction appended itself: all a checkpoint may sign unjudged.
+
+    Counted as they are appended, never from the log's size: on PostgreSQL each statement sees
+    what others committed before it, so entries a database writer commits while this
+    transaction runs may be numbered among its own."""
+    transaction = conn.get_transaction()
+    kept = conn.info.get(_APPENDED)
+    if kept is None or kept[0] is not transaction:
+        kept = (transaction, set())
+        conn.info[_APPENDED] = kept
+    mine: set[int] = kept[1]
+    return mine
 
 
 def size(conn: Connection) -> int:
@@ -106,27 +127,27 @@ def last_checkpoint_size(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(CHECKPOINTS.c.size), 0))).scalar_one())
 
 
-def checkpoint(conn: Connection, seal: Seal, since: int | None = None) -> str | None:
+def checkpoint(conn: Connection, seal: Seal) -> str | None:
     """Sign and store a checkpoint of the log as it stands, saying it was signed ``seal.at``
     (whole seconds; its key version is valid then); ``None`` when nothing is new.
 
     The signer trusts nothing the database says of what is signed already. The newest stored
-    checkpoint must be signed by a version of the log's key (``seal.keys``), and the saved
-    state of the log it signed must fold to its root (else the state is rebuilt from its
-    entries, which must); the entries after it are read and hashed onto that state, and it is
-    their root that is signed, which must also be the root of the log's saved state. So a
-    checkpoint row, a saved state or an entry changed by a database writer is refused, never
-    signed over.
+    checkpoint must be signed by a version of the log's key (``seal.keys``) valid at the time
+    it states, a time not ahead of this signer's clock; the saved state of the log it signed
+    must fold to its root (else the state is rebuilt from its entries, which must); the
+    entries after it are read and hashed onto that state, and it is their root that is
+    signed, which must also be the root of the log's saved state. So a checkpoint row, a saved
+    state or an entry changed by a database writer is refused, never signed over.
 
-    ``since`` is the log's size before this transaction appended its own entries (``None``:
-    it appended none). The entries after the newest checkpoint and before ``since`` (the
+    The entries after the newest checkpoint that this transaction did not append itself (the
     unsigned tail ``audit verify`` judges) must all parse and be of
     :data:`~engine.audit.TAIL_KINDS`: any other kind is signed where it is written, so one
     waiting there was written by someone without the key, and signing it would make a forgery
     (a hold released, a receipt) look like the signer's own. With no checkpoint at all, none
-    of them may be of :data:`~engine.audit.SIGNED_KINDS` (the log's checkpoints were deleted).
-    Raises CheckpointRefused naming what. The caller appends the note to the witness file once
-    this transaction has committed (:func:`witness_append`), never before.
+    of them may be of :data:`~engine.audit.SIGNED_KINDS` (the log's checkpoints were deleted:
+    what a log rewritten whole since shows only against the witness file). Raises
+    CheckpointRefused naming what. The caller appends the note to the witness file once this
+    transaction has committed (:func:`witness_append`), never before.
     """
     made = origin(conn)
     if made is None:
@@ -135,8 +156,8 @@ def checkpoint(conn: Connection, seal: Seal, since: int | None = None) -> str | 
         select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size.desc()).limit(1)
     ).first()
     signed = None if newest is None else _verified(newest.size, str(newest.note), made, seal)
-    base = MerkleLog() if signed is None else _signed_state(conn, signed)
-    log = _extended(conn, base, since, anchored=signed is not None)
+    base = MerkleLog() if signed is None else _signed_state(conn, signed.checkpoint)
+    log = _extended(conn, base, _appended(conn), anchored=signed is not None)
     saved = _state(conn)
     if (saved.size, saved.root()) != (log.size, log.root()):
         raise CheckpointRefused(
@@ -145,31 +166,53 @@ def checkpoint(conn: Connection, seal: Seal, since: int | None = None) -> str | 
         )
     if log.size == base.size:
         return None
-    last = None if signed is None else signed_time(signed)
-    at = max(seal.at, last or seal.at)
+    at = seal.at if signed is None else max(seal.at, signed.at)
     note = seal.sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
     _save_signed(conn, log)
     return note
 
 
-def _verified(size: int, note: str, made: str, seal: Seal) -> Checkpoint:
-    """The newest checkpoint, once its note verifies under a version of the log's key and
-    signs the size its row says; else CheckpointRefused."""
-    keys = [verifier_key(made, Ed25519PublicKey.from_public_bytes(k)) for k in seal.keys]
-    try:
-        signed = open_checkpoint(note, keys, made)
-    except VerificationError as exc:
+FUTURE_SLACK = timedelta(minutes=5)
+"""How far past the signer's clock the newest checkpoint may say it was signed (as
+``audit verify`` allows it)."""
+
+
+@dataclass(frozen=True)
+class _Signed:
+    checkpoint: Checkpoint
+    at: datetime
+
+
+def _verified(size: int, note: str, made: str, seal: Seal) -> _Signed:
+    """The newest checkpoint and its time, once its note verifies under the version of the
+    log's key valid at that time, a time not ahead of the signer's, and signs the size its row
+    says; else CheckpointRefused."""
+    for version in seal.keys:
+        try:
+            signed = open_checkpoint(note, [verifier_key(made, version.key)], made)
+        except VerificationError:
+            continue
+        at = signed_time(signed)
+        if at is not None and version.valid_at(at):
+            break
+    else:
         raise CheckpointRefused(
-            f"the newest checkpoint (size {size}) is not signed by the log's key ({exc}): the"
-            " store's checkpoints were changed outside Converge (converge audit verify names it)"
-        ) from exc
+            f"the newest checkpoint (size {size}) is not signed by a version of the log's key"
+            " valid at the time it states: the store's checkpoints were changed outside"
+            " Converge (converge audit verify names it)"
+        )
+    if at > datetime.now(UTC) + FUTURE_SLACK:
+        raise CheckpointRefused(
+            f"the newest checkpoint (size {size}) says it was signed at {at.isoformat()}, ahead"
+            " of this signer's clock: a clock set ahead, or a checkpoint written outside Converge"
+        )
     if signed.size != size:
         raise CheckpointRefused(
             f"the newest checkpoint's row says size {size}, its note signs {signed.size}: the"
             " store's checkpoints were changed outside Converge"
         )
-    return signed
+    return _Signed(signed, at)
 
 
 def _signed_state(conn: Connection, signed: Checkpoint) -> MerkleLog:
@@ -196,16 +239,15 @@ def _signed_state(conn: Connection, signed: Checkpoint) -> MerkleLog:
     return log
 
 
-def _extended(conn: Connection, base: MerkleLog, since: int | None, *, anchored: bool) -> MerkleLog:
-    """``base`` with every entry after it appended, as stored; the entries before ``since``
-    (all, when ``None``) checked as :func:`checkpoint` says (``anchored``: after a verified
-    checkpoint; else before any)."""
+def _extended(conn: Connection, base: MerkleLog, mine: set[int], *, anchored: bool) -> MerkleLog:
+    """``base`` with every entry after it appended, as stored; those not in ``mine`` checked
+    as :func:`checkpoint` says (``anchored``: after a verified checkpoint; else before any)."""
     query = select(AUDIT.c.seq, AUDIT.c.entry).where(AUDIT.c.seq >= base.size)
     log = MerkleLog.from_state(base.size, base.hashes)
     for seq, data in conn.execute(query.order_by(AUDIT.c.seq)):
         if seq != log.size:
             raise CheckpointRefused(f"audit entry {log.size} is missing from the log's tail")
-        if since is None or seq < since:
+        if seq not in mine:
             _check_waiting(seq, bytes(data), anchored)
         log.append(bytes(data))
     return log
@@ -219,7 +261,7 @@ def _check_waiting(seq: int, data: bytes, anchored: bool) -> None:
         raise CheckpointRefused(f"audit entry {seq} does not parse ({exc})") from exc
     if entry.seq != seq:
         raise CheckpointRefused(f"audit entry {seq} says it is entry {entry.seq}")
-    kind = entry.kind if isinstance(entry.kind, str) else repr(entry.kind)
+    kind = entry.kind
     if anchored and kind not in TAIL_KINDS:
         raise CheckpointRefused(
             f"audit entry {seq} ({kind}) waits unsigned after the last checkpoint, but a {kind}"
@@ -229,8 +271,8 @@ def _check_waiting(seq: int, data: bytes, anchored: bool) -> None:
     if not anchored and kind in SIGNED_KINDS:
         raise CheckpointRefused(
             f"audit entry {seq} ({kind}) is in a log with no checkpoint, but a {kind} entry is"
-            " written with one: the log's checkpoints were deleted (restore the store from a"
-            " copy; the witness file says which checkpoints to expect)"
+            " written with one: the log's checkpoints were deleted"
+            " (restore the store from a copy; the witness file says which checkpoints to expect)"
         )
 
 

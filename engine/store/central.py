@@ -208,9 +208,8 @@ class CentralStore(Store):
                 conn.execute(
                     insert(SITE_DEVICES).values(device=plan.device.id, site=site, since=at)
                 )
-            since = auditlog.size(conn)
             if self._deploy(conn, [(plan, signature)], at):
-                note_text = self.checkpoint_in(conn, seal, since)
+                note_text = self.checkpoint_in(conn, seal)
         self._witness(note_text)
         return None
 
@@ -255,13 +254,12 @@ class CentralStore(Store):
 
     # --- the central log's checkpoints -----------------------------------------------------
 
-    def checkpoint_in(
-        self, conn: Connection, seal: audit.Seal, since: int | None = None
-    ) -> str | None:
+    @staticmethod
+    def checkpoint_in(conn: Connection, seal: audit.Seal) -> str | None:
         """Sign a checkpoint of the central log in ``conn``'s transaction, no earlier than the
         newest one (:func:`engine.store.auditlog.checkpoint` keeps the stated times in size
-        order, for ingesters on several hosts). ``since`` as there."""
-        return auditlog.checkpoint(conn, seal, since)
+        order, for ingesters on several hosts)."""
+        return auditlog.checkpoint(conn, seal)
 
     def checkpointed_size(self) -> int:
         """The size of the log's newest checkpoint."""

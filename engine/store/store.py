@@ -164,10 +164,9 @@ class Store:
         the checkpoint refuses a tail holding such an entry it did not write
         (:func:`engine.store.auditlog.checkpoint`)."""
         with self.transaction() as conn:
-            since = auditlog.size(conn)
             yield conn
             seal = sealer(datetime.now(UTC))
-            note = auditlog.checkpoint(conn, seal, since)
+            note = auditlog.checkpoint(conn, seal)
         self._witness(note)
 
     @contextmanager
@@ -361,9 +360,8 @@ class Store:
         the version's own creation time.
         """
         with self.transaction() as conn:
-            since = auditlog.size(conn)
             new = self._log_keys(conn, versions)
-            note = auditlog.checkpoint(conn, seal, since) if seal and new else None
+            note = auditlog.checkpoint(conn, seal) if seal and new else None
         self._witness(note)
         return new
 
@@ -392,12 +390,12 @@ class Store:
         """In one transaction: ``entries`` and a checkpoint signed after them, so that none
         of them is ever an unsigned tail (a run's start, its stop; docs/audit.md)."""
         with self.transaction() as conn:
-            at, since = entries.at, auditlog.size(conn)
+            at = entries.at
             self._deploy(conn, entries.plans, at)
             self._log_keys(conn, entries.keys)
             for kind, payload in entries.entries:
                 auditlog.append(conn, kind, self.actor, payload, at)
-            note = auditlog.checkpoint(conn, seal, since)
+            note = auditlog.checkpoint(conn, seal)
         self._witness(note)
 
     def chain_end(self, device: str, root: bytes) -> Head | None:
