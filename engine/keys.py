@@ -86,6 +86,14 @@ class KeyVersion:
     def valid_at(self, at: datetime) -> bool:
         return self.not_before <= at and (self.not_after is None or at < self.not_after)
 
+    def valid_in_second(self, stated: datetime) -> bool:
+        """Whether it was valid at some instant of the second a signed note's stated time
+        ends: a note states the time it was signed rounded up to the second (a rotation in that
+        second leaves a note begun before it within the old version's validity)."""
+        return self.not_before <= stated and (
+            self.not_after is None or stated - timedelta(seconds=1) < self.not_after
+        )
+
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> KeyVersion:
         """The version :meth:`as_dict` wrote; raises KeyError, TypeError or ValueError for

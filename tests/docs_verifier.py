@@ -234,6 +234,14 @@ class Version:
     def valid_at(self, at: datetime) -> bool:
         return self.not_before <= at and (self.not_after is None or at < self.not_after)
 
+    def valid_in_second(self, stated: datetime) -> bool:
+        """Whether it was valid at some instant of the second a signed note's stated time
+        ends: a note states the time it was signed rounded up to the second (a rotation in that
+        second leaves a note begun before it within the old version's validity)."""
+        return self.not_before <= stated and (
+            self.not_after is None or stated - timedelta(seconds=1) < self.not_after
+        )
+
     def verifies(self, message: bytes, signature: bytes) -> bool:
         try:
             Ed25519PublicKey.from_public_bytes(self.key).verify(signature, message)
@@ -663,7 +671,7 @@ class Verifier:
                 continue
             if checkpoint.size != size:
                 self.fail(item, f"its size column disagrees with its note ({checkpoint.size})")
-            if not any(v.valid_at(checkpoint.time) for v in checkpoint.signed_by):
+            if not any(v.valid_in_second(checkpoint.time) for v in checkpoint.signed_by):
                 self.fail(item, f"signed by a version not valid at {checkpoint.time}")
             if checkpoint.time > datetime.now(UTC) + timedelta(minutes=5):
                 self.fail(item, "dated in the future: after this verification's clock")

@@ -12,6 +12,7 @@ entry that signed its archive's SHA-256 (docs/retention.md).
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import test_export
-from evidence_kit import fill, verify
+from evidence_kit import Site, fill, verify
 from retention_kit import kinds, remaining, run, signed_sizes
 from test_export import failed, trust_file
 from test_retention_bundle import export
@@ -462,3 +463,24 @@ def test_a_run_with_its_clock_set_ahead_is_named_by_every_verifier(
         bundle = export(backend, retention_site.keys_dir, principals_file, out)
     said = both(bundle, trust_file(backend, retention_site.keys_dir, tmp_path / "trust.json"))
     assert any("dated in the future" in line for line in failed(said)), said.lines
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_rotating_the_audit_key_right_after_a_checkpoint_keeps_the_store_verifying(
+    retention_site, backend, principals_file, tmp_path
+):
+    """A checkpoint states its time rounded up to the second; a rotation within that second
+    ends the version that signed it before the time it states. It was valid within that
+    second, so the checkpoint, and the hold it signed, still verify."""
+    shutil.copytree(retention_site.keys_dir, tmp_path / "keys")
+    site = Site(tmp_path / "keys", retention_site.plans_dir, retention_site.plans)
+    store = fill(site, backend, tmp_path, 30)
+    place(
+        store, PrincipalsFile(principals_file), LENA, Scope(("line-a",)), "x", keys=site.key_store()
+    )
+    keys = site.key_store()
+    keys.rotate("audit-log")  # at once, as a script would
+    store.record_keys([v for name in keys.names() for v in keys.versions(name)])
+    report = verify(site, store, tmp_path)
+    store.close()
+    assert report.ok, [str(p) for p in report.problems]

@@ -425,6 +425,14 @@ class KeyVersion:
     def valid_at(self, at: datetime) -> bool:
         return self.not_before <= at and (self.not_after is None or at < self.not_after)
 
+    def valid_in_second(self, stated: datetime) -> bool:
+        """Whether it was valid at some instant of the second a signed note's stated time
+        ends: a note states the time it was signed rounded up to the second (a rotation in that
+        second leaves a note begun before it within the old version's validity)."""
+        return self.not_before <= stated and (
+            self.not_after is None or stated - timedelta(seconds=1) < self.not_after
+        )
+
     def note_key_id(self, name: str) -> bytes:
         """The signed-note key ID of this key under ``name`` (C2SP signed-note)."""
         return hashlib.sha256(name.encode() + b"\n\x01" + self.raw).digest()[:4]
@@ -624,7 +632,7 @@ def _check_manifest(
     want = f"{FORMAT}\n{log.origin}\nsha256:{hashlib.sha256(bundle.read(MANIFEST)).hexdigest()}\n"
     if signed is None or not signed[0].startswith(want):
         verdict.fail(SIGNATURE, f"not a signature of this manifest by {log.name}")
-    elif (at := _signed_time(signed[0])) is None or not signed[1].valid_at(at):
+    elif (at := _signed_time(signed[0])) is None or not signed[1].valid_in_second(at):
         verdict.fail(SIGNATURE, f"signed by {log.name} v{signed[1].version} outside its validity")
     listed = manifest.get("files")
     if not isinstance(listed, dict):
@@ -739,7 +747,7 @@ def _checkpoint(note: str, log: LogKey) -> Checkpoint | str:
     at = _signed_time(text)
     if len(lines) < 4 or lines[0] != log.origin or not lines[1].isdigit():
         return "not a checkpoint of this log"
-    if at is None or not version.valid_at(at):
+    if at is None or not version.valid_in_second(at):
         return f"signed by {log.name} v{version.version} outside its validity (or no time line)"
     try:
         root = base64.b64decode(lines[2], validate=True)

@@ -194,7 +194,7 @@ def _verified(size: int, note: str, made: str, seal: Seal) -> _Signed:
         except VerificationError:
             continue
         at = signed_time(signed)
-        if at is not None and version.valid_at(at):
+        if at is not None and version.valid_in_second(at):
             break
     else:
         raise CheckpointRefused(

@@ -148,7 +148,7 @@ def _open(label: str, text: str, key: LogKey) -> Signed:
         at = audit.signed_time(checkpoint)
         if at is None:
             raise note.MalformedCheckpoint("it states no signing time (one 'time' line)")
-        if not version.valid_at(at):
+        if not version.valid_in_second(at):
             raise note.BadSignature(
                 f"signed by {version.name} v{version.version} at {at.isoformat()}, outside its"
                 f" validity"
