@@ -25,13 +25,16 @@ from sqlalchemy import select
 from engine.audit import Actor
 from engine.cli import main
 from engine.evidence import EvidenceConfig, EvidenceSink
+from engine.export import verifier
 from engine.plans.body import PlanBody
 from engine.plans.folder import load_plans
 from engine.records import Gap, GapReason, Reading, Record
 from engine.sign.batch import epoch_ms
+from engine.store import auditlog
 from engine.store.spool import Spool
 from engine.store.store import Store
 from engine.store.tables import GAPS, READINGS
+from engine.verify import checkpoints
 from engine.verify.report import Report
 from engine.verify.trust import Trust
 from engine.verify.whole import verify_store
@@ -140,6 +143,21 @@ def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150) -> Store:
     asyncio.run(collect(site, store, spool, list(records(site, seconds))))
     spool.close()
     return store
+
+
+def checking_clocks_later(monkeypatch: pytest.MonkeyPatch, later: datetime) -> None:
+    """The clocks that judge checkpoint times (signers' and verifiers') read ``later`` as now,
+    moving on as time does: for a test whose store was sealed by a clock set later on
+    purpose (a restart that comes an hour after), checked by an auditor who comes after it."""
+    shift = later - datetime.now(UTC)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + shift
+
+    for module in (auditlog, checkpoints, verifier, docs_verifier):
+        monkeypatch.setattr(module, "datetime", Later)
 
 
 def verify(site: Site, store: Store, tmp_path: Path | None = None) -> Report:

@@ -38,6 +38,7 @@ import pytest
 from evidence_kit import (
     T0,
     Site,
+    checking_clocks_later,
     collect,
     missed_slots,
     open_store,
@@ -145,13 +146,14 @@ def first_run_killed(site: Site, target: EvidenceTarget) -> datetime:
 
 @pytest.mark.parametrize("restart", ["store-up", "store-away", "spool-lost"])
 def test_a_first_run_killed_before_its_first_batch_is_accounted_for(
-    evidence_site, backend, tmp_path, restart
+    evidence_site, backend, tmp_path, monkeypatch, restart
 ):
     open_store(evidence_site, backend).close()
     target = EvidenceTarget(backend, tmp_path / "spool.db", tmp_path / "witness.jsonl")
     started = first_run_killed(evidence_site, target)
     until = started + timedelta(hours=1)  # the badge gateway is sampled every 15 min
     keys = evidence_site.key_store()
+    checking_clocks_later(monkeypatch, until + timedelta(seconds=1))
 
     def later() -> datetime:
         """The restart's clock: it comes an hour after the kill (so its batches and their
