@@ -32,7 +32,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +44,10 @@ from engine.sign.note import Checkpoint, sign_checkpoint
 
 ORIGIN_KEY = "audit.origin"
 STATE_KEY = "audit.state"
+FUTURE_SLACK = timedelta(minutes=5)
+"""How far past a signer's or verifier's clock a checkpoint may say it was signed: clocks
+differ by seconds, not minutes (docs/audit.md). More is a signer's clock set ahead, which dates
+what it signs (a receipt's expiry check among them) ahead too."""
 SIGNED_STATE_KEY = "audit.signed"
 """Where the compact state of the log its newest checkpoint signed is kept (docs/audit.md)."""
 DEFAULT_AUDIT_KEY = "audit-log"
@@ -133,6 +137,8 @@ class Seal:
     sign: CheckpointSigner
     at: datetime
     keys: tuple[KeyVersion, ...]
+    version: KeyVersion
+    """The version ``sign`` signs with: the one valid at ``at``."""
 
 
 def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
@@ -141,9 +147,8 @@ def seal_with(keys: KeyStore, audit_key: str, now: datetime) -> Seal:
     at = signing_second(now)
     key = keys.signer(audit_key, at)
     versions = tuple(keys.versions(audit_key))
-    return Seal(
-        lambda checkpoint: sign_checkpoint(checkpoint, checkpoint.origin, key), at, versions
-    )
+    version = next(v for v in versions if v.valid_at(at))
+    return Seal(lambda cp: sign_checkpoint(cp, cp.origin, key), at, versions, version)
 
 
 def new_origin(audit_key: str) -> str:

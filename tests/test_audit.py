@@ -19,6 +19,7 @@ from evidence_kit import PASSPHRASE, REPO, agree, fill, open_store, public_keys
 from engine import audit
 from engine.audit import Actor, seal_with
 from engine.cli import main
+from engine.errors import CheckpointRefused
 from engine.keys import open_key_store
 from engine.plans.signature import PlanClaim, sign_claim
 from engine.plugin_manager import make_plugin_manager
@@ -28,6 +29,7 @@ from engine.store.database import SCHEMA
 from engine.store.store import Store
 from engine.verify.trust import Trust
 from engine.verify.whole import verify_store
+from plugins.filekeys.store import FileKeyStore
 
 
 @pytest.fixture
@@ -272,3 +274,27 @@ def test_audit_commands_never_create_or_migrate_a_store(tmp_path, capsys):
         db.execute("INSERT INTO alembic_version VALUES ('0002')")
     assert main(["audit", "log", "--db", str(older)]) == 2
     assert f"is at schema revision 0002, this Converge reads {SCHEMA}" in capsys.readouterr().err
+
+
+def test_a_checkpoint_raised_past_a_rotation_is_not_signed_by_the_retired_version(tmp_path):
+    """A signer whose seal dates before a rotation (a collector sealing with its cut time)
+    finds a newer checkpoint by the new version: its time would be raised past the rotation,
+    where the version it signs with is no longer valid. It refuses, and the next seal signs."""
+    clock = [datetime.now(UTC) - timedelta(minutes=2)]
+    keys = FileKeyStore(tmp_path / "keys", passphrase=PASSPHRASE, clock=lambda: clock[0])
+    keys.generate("audit-log")
+    store = Store.open(str(tmp_path / "s.db"), Actor.job("test"), audit_key="audit-log")
+    start = clock[0] + timedelta(seconds=5)
+    store.checkpoint(seal_with(keys, "audit-log", start))
+    clock[0] = start + timedelta(seconds=20)
+    keys.rotate("audit-log")
+    store.log("access.decision", {"decision": "a"})
+    store.checkpoint(seal_with(keys, "audit-log", start + timedelta(seconds=30)))  # version 2
+    store.log("access.decision", {"decision": "b"})
+    late = seal_with(keys, "audit-log", start + timedelta(seconds=10))  # version 1, valid then
+    with pytest.raises(CheckpointRefused, match=r"audit-log v1\) is no longer valid"):
+        store.checkpoint(late)
+    assert store.checkpoint(seal_with(keys, "audit-log", datetime.now(UTC))) is not None
+    report = verify_store(store, Trust.from_key_store(keys))
+    store.close()
+    assert report.ok, report.problems

@@ -200,14 +200,17 @@ class Ingester:
         self.checkpointed = self.store.checkpointed_size()
 
     def _until_done(self, work: Callable[[], object], stop: threading.Event) -> bool:
-        """Do ``work``, again every ``retry_s`` while the store is away; ``False`` if stopped."""
+        """Do ``work``, again every ``retry_s`` while the store is away or refuses to sign
+        (a message waits in the broker meanwhile); ``False`` if stopped."""
         warned = False
         while not stop.is_set():
             try:
                 work()
             except StoreError as exc:
                 if not warned:
-                    log.warning("the store is away, trying again: %s", exc)
+                    refused = isinstance(exc, CheckpointRefused)
+                    why = "refuses to sign a checkpoint" if refused else "is away"
+                    log.warning("the store %s, trying again: %s", why, exc)
                     warned = True
                 stop.wait(self.config.retry_s)
                 continue

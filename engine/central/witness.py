@@ -76,7 +76,7 @@ def _signed(text: str, origin: str, versions: Sequence[KeyVersion]) -> note.Chec
         except VerificationError as exc:
             raise CheckpointRefused(f"its signature does not verify ({exc})") from None
         at = audit.signed_time(checkpoint)
-        if at is None or not version.valid_at(at):
+        if at is None or not version.valid_in_second(at):
             raise CheckpointRefused(
                 f"signed by {version.name} v{version.version} outside its validity"
             )

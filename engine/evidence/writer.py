@@ -162,10 +162,16 @@ class Writer:
                 Deferred.from_bytes(data).record(self.store, self._seal(at))
                 self.spool.forget_deferred(row_id)
                 self.last_checkpoint = time.monotonic()
+        except CheckpointRefused as exc:  # the store cannot be signed: as away, but said why
+            if str(exc) != self.refusal:
+                log.error("this run's start or stop not recorded (its batches wait): %s", exc)
+            self.refusal = str(exc)
+            self._down(exc)
+            return False
         except StoreError as exc:
             self._down(exc)
             return False
-        self.deferred_due, self.store_error = False, None
+        self.deferred_due, self.store_error, self.refusal = False, None, None
         return True
 
     def _write(self, sealed: SealedBatch, live: bool, spooled_at: str | None = None) -> bool:

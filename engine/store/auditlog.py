@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from engine.audit import (
+    FUTURE_SLACK,
     ORIGIN_KEY,
     SIGNED_KINDS,
     SIGNED_STATE_KEY,
@@ -167,15 +168,16 @@ def checkpoint(conn: Connection, seal: Seal) -> str | None:
     if log.size == base.size:
         return None
     at = seal.at if signed is None else max(seal.at, signed.at)
+    if not seal.version.valid_in_second(at):
+        raise CheckpointRefused(
+            f"the newest checkpoint states {at.isoformat()}, later than this signer's time, at"
+            f" which the version it signs with ({seal.version.name} v{seal.version.version}) is"
+            " no longer valid (the key was rotated meanwhile): sign again with a fresh seal"
+        )
     note = seal.sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
     _save_signed(conn, log)
     return note
-
-
-FUTURE_SLACK = timedelta(minutes=5)
-"""How far past the signer's clock the newest checkpoint may say it was signed (as
-``audit verify`` allows it)."""
 
 
 @dataclass(frozen=True)
@@ -185,9 +187,9 @@ class _Signed:
 
 
 def _verified(size: int, note: str, made: str, seal: Seal) -> _Signed:
-    """The newest checkpoint and its time, once its note verifies under the version of the
-    log's key valid at that time, a time not ahead of the signer's, and signs the size its row
-    says; else CheckpointRefused."""
+    """The newest checkpoint and its time, once its note verifies under a version of the
+    log's key valid within the second that time ends, the time is not ahead of the signer's,
+    and it signs the size its row says; else CheckpointRefused."""
     for version in seal.keys:
         try:
             signed = open_checkpoint(note, [verifier_key(made, version.key)], made)
@@ -200,12 +202,14 @@ def _verified(size: int, note: str, made: str, seal: Seal) -> _Signed:
         raise CheckpointRefused(
             f"the newest checkpoint (size {size}) is not signed by a version of the log's key"
             " valid at the time it states: the store's checkpoints were changed outside"
-            " Converge (converge audit verify names it)"
+            " Converge (converge audit verify names it), or this signer's key folder lacks"
+            " the version that signed it"
         )
     if at > datetime.now(UTC) + FUTURE_SLACK:
         raise CheckpointRefused(
             f"the newest checkpoint (size {size}) says it was signed at {at.isoformat()}, ahead"
-            " of this signer's clock: a clock set ahead, or a checkpoint written outside Converge"
+            " of this signer's clock: one of the two clocks is wrong (the signers' hosts must"
+            " agree within 5 minutes), or the checkpoint was written outside Converge"
         )
     if signed.size != size:
         raise CheckpointRefused(

@@ -35,10 +35,6 @@ from engine.verify.log import Log
 from engine.verify.report import Report
 from engine.verify.trust import BadTime, instant
 
-FUTURE_SLACK = timedelta(minutes=5)
-"""How far past the verifier's clock a checkpoint may say it was signed: clocks differ by
-seconds, not minutes (docs/audit.md). More is a signer's clock set ahead, which would date what
-it signs (a receipt's expiry check among them) ahead too."""
 CLOCK_SLACK = timedelta(seconds=30)
 """How much later than a checkpoint's stated time a batch it signs may begin: none, as the
 collector seals and signs in order on one clock, but for a clock stepped meanwhile."""
@@ -257,9 +253,10 @@ def _check_time_order(good: list[Signed], report: Report) -> None:
 
 
 def _check_future(good: list[Signed], now: datetime, report: Report) -> None:
-    """No checkpoint says it was signed after ``now`` (but for :data:`FUTURE_SLACK`)."""
+    """No checkpoint says it was signed after ``now`` (but for the minutes of
+    :data:`~engine.audit.FUTURE_SLACK`)."""
     for signed in good:
-        if signed.at > now + FUTURE_SLACK:
+        if signed.at > now + audit.FUTURE_SLACK:
             report.add(
                 signed.label,
                 f"signed at {signed.at.isoformat()}, after this verification's clock: dated in"

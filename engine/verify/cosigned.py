@@ -82,7 +82,7 @@ def _check_cosigner(label: str, text: str, cosigned_by: Trust, report: Report) -
             except (OverflowError, ValueError, OSError):
                 report.add(label, f"a cosignature timestamp out of range ({made.timestamp})")
                 return
-            if not version.valid_at(at):
+            if not version.valid_in_second(at):
                 report.add(
                     label,
                     f"cosigned by {name} v{version.version} at {at.isoformat()}, outside its"
