@@ -32,6 +32,7 @@ from engine import export as export_module
 from engine.audit import Actor, seal_with
 from engine.errors import CheckpointRefused
 from engine.evidence.config import EvidenceConfig
+from engine.evidence.deferred import Deferred
 from engine.evidence.writer import Writer
 from engine.evidence.writer import log as writer_log
 from engine.retention import StoreUnverified
@@ -484,3 +485,16 @@ def test_rotating_the_audit_key_right_after_a_checkpoint_keeps_the_store_verifyi
     report = verify(site, store, tmp_path)
     store.close()
     assert report.ok, [str(p) for p in report.problems]
+
+
+def test_a_spool_entry_other_than_a_runs_start_or_stop_is_not_signed(
+    retention_site, store, insider
+):
+    """The spool is a file on the collector's host: a release written into it as a deferred
+    entry is refused by the run that replays it, and nothing of it reaches the log."""
+    said = {"hold": insider.hold, "reason": "settled", "decision": str(uuid.uuid4())}
+    forged = Deferred(instant(datetime.now(UTC)), entries=(("hold.released", said),))
+    signed = signed_sizes(store)
+    with pytest.raises(CheckpointRefused, match="a run keeps only its start and stop there"):
+        forged.record(store, sealer(retention_site, store)(datetime.now(UTC)))
+    assert not kinds(store, "hold.released") and signed_sizes(store) == signed

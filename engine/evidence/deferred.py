@@ -8,9 +8,13 @@ from typing import Any
 
 from engine.audit import Seal
 from engine.canonical import canonical_json
+from engine.errors import CheckpointRefused
 from engine.keys import KeyVersion
 from engine.plans.format import read_plan
 from engine.store.store import Recorded, Store
+
+RUN_ENTRIES = frozenset({"collector.started", "collector.stopped"})
+"""The only entries a run defers to its spool."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,15 @@ class Deferred:
 
     def record(self, store: Store, seal: Seal) -> None:
         """Record every entry and a checkpoint after them in one transaction: a run's start
-        and stop are never an unsigned tail of the log (docs/audit.md)."""
+        and stop are never an unsigned tail of the log (docs/audit.md). Any other kind was not
+        written by a run (the spool is a file on the collector's host): CheckpointRefused, and
+        nothing is recorded."""
+        odd = next((kind for kind, _ in self.entries if kind not in RUN_ENTRIES), None)
+        if odd is not None:
+            raise CheckpointRefused(
+                f"the spool holds a {odd!r} entry to record, but a run keeps only its start and"
+                " stop there: the spool file was changed, and nothing of it is signed"
+            )
         plans = [(read_plan(data), note) for data, note in self.plans]
         store.record(Recorded(self.at, plans, self.keys, self.entries), seal)
 
