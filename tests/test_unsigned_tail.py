@@ -241,6 +241,18 @@ def test_entries_another_writer_commits_during_a_signed_transaction_are_judged(
         auditlog.append(conn, "audit.reviewed", Actor.job("test"), {"note": "honest"})
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_no_one_else_writes_the_saved_state_while_a_transaction_signs(store, backend):
+    """PostgreSQL: Converge's writers order themselves with an advisory lock, which plain SQL
+    never takes; the saved state is also locked for update, so a database writer's change to
+    it waits until the transaction has signed and committed."""
+    with store.transaction() as conn, database(backend).connect() as other:
+        other.exec_driver_sql("SET lock_timeout = '300ms'")
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):  # before any append
+            other.exec_driver_sql("UPDATE meta SET value = value WHERE key = 'audit.state'")
+        auditlog.append(conn, "audit.reviewed", Actor.job("test"), {"note": "honest"})
+
+
 def test_a_log_whose_checkpoints_were_deleted_is_refused(retention_site, store, insider, backend):
     """Every checkpoint row deleted, so that nothing looks signed: a log with a hold, a run's
     stop and no checkpoint lost its checkpoints, and the signer refuses."""

@@ -39,9 +39,20 @@ from engine.sign.leaf import instant
 from engine.store import auditlog
 from engine.store.database import connect, describe, reason, require_current, upgrade, writing
 from engine.store.sealed import SealedBatch
-from engine.store.tables import AUDIT, BATCHES, CHECKPOINTS, GAPS, PLANS, READINGS, SIGNATURES
+from engine.store.tables import (
+    AUDIT,
+    BATCHES,
+    CHECKPOINTS,
+    GAPS,
+    META,
+    PLANS,
+    READINGS,
+    SIGNATURES,
+)
 
 LOCK_ID = 0x636F6E76  # "conv": the advisory lock every PostgreSQL writer takes
+STATE_LOCK = select(META.c.value).where(META.c.key == audit.STATE_KEY).with_for_update()
+"""The log's saved state, locked by each PostgreSQL writer (:meth:`Store.transaction`)."""
 
 
 @dataclass(frozen=True)
@@ -144,11 +155,17 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction holding the store's write lock; errors become StoreError."""
+        """A write transaction holding the store's write lock; errors become StoreError.
+
+        On PostgreSQL the lock is an advisory one, which only Converge's writers take; the log's
+        saved state is also locked for update, so that no one else's write to it commits while
+        the transaction reads the log and signs it (a database writer's plain SQL waits, or
+        deadlocks and is undone)."""
         try:
             with writing(self.engine) as conn:
                 if self.postgres:
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
+                    conn.execute(STATE_LOCK)
                 yield conn
         except IntegrityError:
             raise
