@@ -224,33 +224,21 @@ def test_a_tail_row_changed_while_the_saved_state_holds_another_is_refused(
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_entries_another_writer_commits_during_a_signed_transaction_are_judged(
+def test_no_one_else_writes_the_saved_state_while_a_transaction_signs(
     retention_site, store, insider, backend
 ):
-    """On PostgreSQL each statement sees what others committed before it: a release a
-    database writer commits while a hold's transaction runs is numbered among that
-    transaction's entries. Only the entries the transaction appended itself go unjudged."""
-    now = instant(datetime.now(UTC))
-    said = {"hold": insider.hold, "reason": "settled", "decision": str(uuid.uuid4())}
-    with (
-        pytest.raises(CheckpointRefused, match=r"\(hold\.released\) waits unsigned"),
-        store.signed(sealer(retention_site, store)) as conn,
-    ):
-        with database(backend).begin() as other:  # committed now, in plain SQL
-            auditlog.append(other, "hold.released", insider.actor, said, now)
-        auditlog.append(conn, "audit.reviewed", Actor.job("test"), {"note": "honest"})
-
-
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_no_one_else_writes_the_saved_state_while_a_transaction_signs(store, backend):
     """PostgreSQL: Converge's writers order themselves with an advisory lock, which plain SQL
-    never takes; the saved state is also locked for update, so a database writer's change to
-    it waits until the transaction has signed and committed."""
-    with store.transaction() as conn, database(backend).connect() as other:
-        other.exec_driver_sql("SET lock_timeout = '300ms'")
-        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):  # before any append
-            other.exec_driver_sql("UPDATE meta SET value = value WHERE key = 'audit.state'")
+    never takes, and each statement sees what others committed before it. The saved state is
+    locked for update as a transaction begins, so a database writer's release, appended while
+    a hold's transaction runs, cannot commit in time to be numbered among its entries (and
+    signed with them): it waits until the transaction has signed and committed."""
+    said = {"hold": insider.hold, "reason": "settled", "decision": str(uuid.uuid4())}
+    with store.signed(sealer(retention_site, store)) as conn, database(backend).connect() as other:
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"), other.begin():
+            other.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+            auditlog.append(other, "hold.released", insider.actor, said)  # before any of ours
         auditlog.append(conn, "audit.reviewed", Actor.job("test"), {"note": "honest"})
+    assert not kinds(store, "hold.released")
 
 
 def test_a_log_whose_checkpoints_were_deleted_is_refused(retention_site, store, insider, backend):
