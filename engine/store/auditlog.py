@@ -68,19 +68,25 @@ def make(conn: Connection, audit_key: str, actor: Actor) -> str:
 
 
 def _state(conn: Connection) -> MerkleLog:
-    text = conn.execute(select(META.c.value).where(META.c.key == STATE_KEY)).scalar()
+    """The log's saved state (:data:`~engine.audit.STATE_KEY`), empty before its first entry."""
+    saved = _saved(conn, STATE_KEY)
+    return MerkleLog() if saved is None else saved
+
+
+def _saved(conn: Connection, key: str) -> MerkleLog | None:
+    """The compact state kept in ``meta`` under ``key`` (as :func:`saved_state` writes it)."""
+    text = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
     if text is None:
-        return MerkleLog()
+        return None
     saved = json.loads(text)
     return MerkleLog.from_state(saved["size"], [bytes.fromhex(h) for h in saved["hashes"]])
 
 
-def _save_state(conn: Connection, log: MerkleLog, first: bool) -> None:
+def _keep(conn: Connection, key: str, log: MerkleLog) -> None:
+    """Keep ``log``'s compact state in ``meta`` under ``key``."""
     text = json.dumps(saved_state(log))
-    if first:
-        conn.execute(insert(META).values(key=STATE_KEY, value=text))
-    else:
-        conn.execute(update(META).where(META.c.key == STATE_KEY).values(value=text))
+    if conn.execute(update(META).where(META.c.key == key).values(value=text)).rowcount == 0:
+        conn.execute(insert(META).values(key=key, value=text))
 
 
 def append(
@@ -91,12 +97,11 @@ def append(
     The caller holds the store's write lock (every write transaction does).
     """
     log = _state(conn)
-    first = log.size == 0
     entry = AuditEntry(log.size, at or now_instant(), kind, actor.as_json(), payload)
     data = entry.to_bytes()
     log.append(data)
     conn.execute(insert(AUDIT).values(seq=entry.seq, time=entry.time, kind=kind, entry=data))
-    _save_state(conn, log, first)
+    _keep(conn, STATE_KEY, log)
     _appended(conn).add(entry.seq)
     return entry.seq
 
@@ -176,7 +181,7 @@ def checkpoint(conn: Connection, seal: Seal) -> str | None:
         )
     note = seal.sign(Checkpoint(made, log.size, log.root(), (time_line(at),)))
     conn.execute(insert(CHECKPOINTS).values(size=log.size, note=note, created_at=now_instant()))
-    _save_signed(conn, log)
+    _keep(conn, SIGNED_STATE_KEY, log)
     return note
 
 
@@ -222,15 +227,12 @@ def _verified(size: int, note: str, made: str, seal: Seal) -> _Signed:
 def _signed_state(conn: Connection, signed: Checkpoint) -> MerkleLog:
     """The compact state of the log ``signed`` signs: the one saved at that checkpoint when it
     folds to its root, else rebuilt from the entries (a store from before it was saved)."""
-    text = conn.execute(select(META.c.value).where(META.c.key == SIGNED_STATE_KEY)).scalar()
-    if text is not None:
-        try:
-            saved = json.loads(text)
-            log = MerkleLog.from_state(saved["size"], [bytes.fromhex(h) for h in saved["hashes"]])
-        except (ValueError, TypeError, KeyError, VerificationError):
-            log = None
-        if log is not None and (log.size, log.root()) == (signed.size, signed.root_hash):
-            return log
+    try:
+        saved = _saved(conn, SIGNED_STATE_KEY)
+    except (ValueError, TypeError, KeyError, VerificationError):
+        saved = None  # changed by a database writer: rebuilt below
+    if saved is not None and (saved.size, saved.root()) == (signed.size, signed.root_hash):
+        return saved
     log = MerkleLog()
     query = select(AUDIT.c.entry).where(AUDIT.c.seq < signed.size).order_by(AUDIT.c.seq)
     for (data,) in conn.execute(query):
@@ -278,16 +280,6 @@ def _check_waiting(seq: int, data: bytes, anchored: bool) -> None:
             " written with one: the log's checkpoints were deleted"
             " (restore the store from a copy; the witness file says which checkpoints to expect)"
         )
-
-
-def _save_signed(conn: Connection, log: MerkleLog) -> None:
-    """Keep the compact state of the log just signed, where the next signer starts from."""
-    text = json.dumps(saved_state(log))
-    found = conn.execute(select(META.c.key).where(META.c.key == SIGNED_STATE_KEY)).first()
-    if found is None:
-        conn.execute(insert(META).values(key=SIGNED_STATE_KEY, value=text))
-    else:
-        conn.execute(update(META).where(META.c.key == SIGNED_STATE_KEY).values(value=text))
 
 
 def entries(
