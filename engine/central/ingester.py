@@ -55,6 +55,7 @@ from engine.keys import KeyStore
 from engine.plans.format import read_plan
 from engine.sign import note
 from engine.sign.cosignature import Cosignature, cosign
+from engine.store import auditlog
 from engine.store.central import CentralStore, Place, Refused
 from engine.store.store import Recorded
 from engine.store.wire import (
@@ -380,10 +381,12 @@ class Ingester:
         return self._checkpoint_in(conn)
 
     def _checkpoint_in(self, conn: Connection) -> str | None:
-        """A checkpoint in ``conn``'s transaction; one the tail forbids is logged and skipped
-        (the transaction goes on: the refusal comes before anything is written)."""
+        """A checkpoint in ``conn``'s transaction, no earlier than the newest one (ingesters on
+        several hosts keep the stated times in size order: :func:`auditlog.checkpoint`); one
+        the tail forbids is logged and skipped (the transaction goes on: the refusal comes
+        before anything is written)."""
         try:
-            return self.store.checkpoint_in(conn, self._seal())
+            return auditlog.checkpoint(conn, self._seal())
         except CheckpointRefused as exc:
             log.error("no checkpoint signed: %s", exc)
             return None

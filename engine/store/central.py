@@ -209,7 +209,7 @@ class CentralStore(Store):
                     insert(SITE_DEVICES).values(device=plan.device.id, site=site, since=at)
                 )
             if self._deploy(conn, [(plan, signature)], at):
-                note_text = self.checkpoint_in(conn, seal)
+                note_text = auditlog.checkpoint(conn, seal)
         self._witness(note_text)
         return None
 
@@ -253,13 +253,6 @@ class CentralStore(Store):
         auditlog.append(conn, "checkpoint.cosigned", self.actor, said, at)
 
     # --- the central log's checkpoints -----------------------------------------------------
-
-    @staticmethod
-    def checkpoint_in(conn: Connection, seal: audit.Seal) -> str | None:
-        """Sign a checkpoint of the central log in ``conn``'s transaction, no earlier than the
-        newest one (:func:`engine.store.auditlog.checkpoint` keeps the stated times in size
-        order, for ingesters on several hosts)."""
-        return auditlog.checkpoint(conn, seal)
 
     def checkpointed_size(self) -> int:
         """The size of the log's newest checkpoint."""
