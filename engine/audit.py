@@ -105,10 +105,11 @@ entry, those that decide whether a deletion was lawful (holds, receipts, archive
 is written with a checkpoint in its own transaction, by a holder of the audit key, and no
 checkpoint signs one it did not append (:func:`engine.store.auditlog.checkpoint`)."""
 
+RUN_MARKS = ("collector.started", "collector.stopped")
+"""A collector's start and stop: what a run defers to its spool while the store is away."""
 SIGNED_KINDS = frozenset(
     {
-        "collector.started",
-        "collector.stopped",
+        *RUN_MARKS,
         "hold.placed",
         "hold.released",
         "retention.deleted",

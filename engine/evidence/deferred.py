@@ -6,15 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from engine.audit import Seal
+from engine.audit import RUN_MARKS, Seal
 from engine.canonical import canonical_json
 from engine.errors import CheckpointRefused
 from engine.keys import KeyVersion
 from engine.plans.format import read_plan
 from engine.store.store import Recorded, Store
-
-RUN_ENTRIES = frozenset({"collector.started", "collector.stopped"})
-"""The only entries a run defers to its spool."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +36,7 @@ class Deferred:
         and stop are never an unsigned tail of the log (docs/audit.md). Any other kind was not
         written by a run (the spool is a file on the collector's host): CheckpointRefused, and
         nothing is recorded."""
-        odd = next((kind for kind, _ in self.entries if kind not in RUN_ENTRIES), None)
+        odd = next((kind for kind, _ in self.entries if kind not in RUN_MARKS), None)
         if odd is not None:
             raise CheckpointRefused(
                 f"the spool holds a {odd!r} entry to record, but a run keeps only its start and"

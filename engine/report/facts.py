@@ -23,6 +23,7 @@ from engine.audit import (
     DEFAULT_AUDIT_KEY,
     KINDS,
     ORIGIN_KEY,
+    RUN_MARKS,
     AuditEntry,
     EntryFilter,
     signed_time,
@@ -47,7 +48,6 @@ EXPIRING_WITHIN = timedelta(days=30)
 RETENTION_KINDS = tuple(k for k in KINDS if k.startswith(("retention.", "hold.")))
 """The entry kinds of retention runs and legal holds the log knows (none until retention
 lands; any such kind it learns shows in the report)."""
-RUN_KINDS = ("collector.started", "collector.stopped")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def runs(conn: Connection, scope: Scope) -> list[Run]:
     device_of = {str(row.digest): str(row.device) for row in reads.plans(conn)}
     found: list[Run] = []
     pending: tuple[AuditEntry, tuple[str, ...]] | None = None
-    for entry in entries(conn, RUN_KINDS):
+    for entry in entries(conn, RUN_MARKS):
         if entry.kind == "collector.started":
             if pending is not None:
                 found.append(Run(pending[0], None, pending[1]))
