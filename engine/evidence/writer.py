@@ -163,9 +163,7 @@ class Writer:
                 self.spool.forget_deferred(row_id)
                 self.last_checkpoint = time.monotonic()
         except CheckpointRefused as exc:  # the store cannot be signed: as away, but said why
-            if str(exc) != self.refusal:
-                log.error("this run's start or stop not recorded (its batches wait): %s", exc)
-            self.refusal = str(exc)
+            self._refused(exc, "this run's start or stop not recorded (its batches wait)")
             self._down(exc)
             return False
         except StoreError as exc:
@@ -235,13 +233,18 @@ class Writer:
         try:
             self.store.checkpoint(self._seal(at))
         except CheckpointRefused as exc:
-            if str(exc) != self.refusal:
-                log.error("no checkpoint signed: %s", exc)
-            self.refusal, self.last_checkpoint = str(exc), time.monotonic()
+            self._refused(exc, "no checkpoint signed")
+            self.last_checkpoint = time.monotonic()
             return
         except StoreError:
             return
         self.refusal, self.last_checkpoint = None, time.monotonic()
+
+    def _refused(self, exc: CheckpointRefused, what: str) -> None:
+        """Log a refusal, once while its reason stays the same."""
+        if str(exc) != self.refusal:
+            log.error("%s: %s", what, exc)
+        self.refusal = str(exc)
 
     def _seal(self, now: datetime) -> Seal:
         return seal_with(self.keys, self.config.audit_key, now)
