@@ -1101,3 +1101,42 @@ def test_the_fast_reader_reads_every_leaf_as_the_json_parser_does(reading: Readi
     record = verifier.read_record(leaf, 7, 3)
     at = instant(reading.scheduled_at or reading.collected_at)
     assert record == verifier.Record(reading.device, reading.point, at, row.getvalue().encode())
+
+
+usual_readings = st.builds(
+    lambda device, point, value, at, late, quality: Reading(
+        device, point, at + late, value, quality, scheduled_at=at
+    ),
+    st.sampled_from(["plc-001", "reactor-1-plc", "ä"]),
+    st.sampled_from(["TT101_PV", "R001", "a/b:c+d", 'q"']),
+    st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53) + 1, 2**53 - 1),
+    moments,
+    st.timedeltas(timedelta(0), timedelta(seconds=5)),
+    st.sampled_from(list(Quality)),
+)
+
+
+def plainly_usual(leaf: bytes) -> bool:
+    """Whether a leaf is the usual reading whose value's text is its number's own."""
+    found = verifier._READING.fullmatch(leaf)
+    return found is not None and not (found[7] and repr(float(found[6])) != found[6].decode())
+
+
+@settings(max_examples=200)
+@given(batch=st.lists(usual_readings, min_size=1, max_size=6))
+def test_a_batch_read_at_once_gives_the_rows_its_leaves_give_one_by_one(batch: list[Reading]):
+    """The export reads a batch's record lines at once (:func:`verifier.usual_rows`) when
+    every one is the usual reading, as the check does (:func:`verifier.read_usual`): the same
+    CSV rows as each leaf read alone, its points and times in line order; and neither takes a
+    batch holding one leaf that is not usual."""
+    leaves = [leaf_bytes(reading, bytes([n]) * 16) for n, reading in enumerate(batch)]
+    lines = b"".join(writing.LINE % (9, n, leaf) for n, leaf in enumerate(leaves))
+    exported = verifier.usual_rows(lines, len(leaves))
+    checked = verifier.read_usual(lines, len(leaves))
+    usual = all(map(plainly_usual, leaves))
+    assert (exported is not None) == (checked is not None) == usual
+    if exported is not None and checked is not None:
+        records = [verifier.read_record(leaf, 9, n) for n, leaf in enumerate(leaves)]
+        assert exported.rows == checked.rows == b"".join(r.csv for r in records if r)
+        assert exported.points == [r.point.encode() for r in batch]
+        assert exported.times == [instant(r.scheduled_at).encode() for r in batch]

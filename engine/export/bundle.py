@@ -364,12 +364,12 @@ def _pick(job: Job) -> Picked:
 
 def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> Picked | None:
     """Every leaf of a batch, read at once, when each is the usual reading of one of
-    ``points`` in ``span`` (:func:`verifier.read_usual`); else None."""
+    ``points`` in ``span`` (:func:`verifier.usual_rows`); else None."""
     positions, leaves = records
     if not leaves:
         return None
     lines = b"".join(map(LINE.__mod__, zip(repeat(batch), positions, leaves)))
-    read = verifier.read_usual(lines, len(leaves))
+    read = verifier.usual_rows(lines, len(leaves))
     if read is None or not {point.decode() for point in set(read.points)} <= points:
         return None
     if not (span.holds(min(read.times).decode()) and span.holds(max(read.times).decode())):

@@ -49,7 +49,7 @@ import stat
 import sys
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -1394,11 +1394,49 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
     batches, positions, leaves, devices, points, times, values, fractions = (
         tuple(map(itemgetter(i), found)) for i in (0, 1, 2, 4, 5, 7, 8, 9)
     )
-    decimals = list(compress(values, fractions))
-    if list(map(repr, map(float, decimals))) != list(map(bytes.decode, decimals)):
+    if not _numbers_own(compress(values, fractions)):
         return None
     rows = b"".join(map(_ROW.__mod__, map(_ROW_ORDER, found)))
     return Usual(batches, positions, leaves, devices, points, times, rows)
+
+
+def _numbers_own(decimals: Iterable[bytes]) -> bool:
+    """Whether each decimal's text is its number's own (``repr(float(text)) == text``)."""
+    texts = list(decimals)
+    return list(map(repr, map(float, texts))) == list(map(bytes.decode, texts))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Record lines that are all of the usual reading, read at once for an export: each
+    one's point and time (as bytes, in line order) and their CSV rows."""
+
+    points: list[bytes]
+    times: list[bytes]
+    rows: bytes
+
+
+_EXPORTED_LINES = re.compile(
+    rb'^\{"batch":(0|[1-9][0-9]*),"position":(0|[1-9][0-9]*),"leaf":' + _USUAL + rb"\}$",
+    re.MULTILINE,
+)
+"""A usual record line with fewer groups than :data:`_USUAL_LINES` (not the leaf): what an
+export reads of it."""
+_EXPORTED_ORDER = itemgetter(3, 4, 6, 7, 5, 2, 6, 0, 1)
+"""An :data:`_EXPORTED_LINES` match's groups in the order of :data:`_ROW`."""
+
+
+def usual_rows(lines: bytes, count: int) -> Rows | None:
+    """What an export reads of ``count`` record lines (each ending in a newline) when every one
+    is the usual reading, as :func:`read_usual` asks; else None. The CSV rows are
+    :func:`read_record`'s. Fewer columns than :func:`read_usual`: a third faster."""
+    found = _EXPORTED_LINES.findall(lines)
+    if not found or len(found) != count:
+        return None
+    if not _numbers_own(compress(map(itemgetter(7), found), map(itemgetter(8), found))):
+        return None
+    rows = b"".join(map(_ROW.__mod__, map(_EXPORTED_ORDER, found)))
+    return Rows(list(map(itemgetter(4), found)), list(map(itemgetter(6), found)), rows)
 
 
 @dataclass(frozen=True)
