@@ -486,13 +486,20 @@ def test_the_commands(retention_site, store, backend, principals_file, capsys):
     assert main(["hold", "list", "--db", backend, "--format", "json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["id"] == 1 and not listed["in_force"] and listed["release_reason"] == settled
+    assert [pair["device"] for pair in listed["held"]] == ["line-b", "line-b"]
     assert main(["hold", "list", "--db", backend]) == 0
     out = capsys.readouterr().out
     assert "(settled\\x1b[2K\\x1b[1A out of court)" in out and "\x1b" not in out
+    assert "line-b, every point, from the first record without end (covers 2 points: line-b/" in out
     assert main(["audit", "log", "--db", backend, "--kind", "retention.deleted"]) == 0
     assert "line-a" in capsys.readouterr().out
     assert main([*apply, *people, "--as", "mallory@example.com", "--keys", keys]) == 3
     assert "unknown to the principals" in capsys.readouterr().err
+    with database(backend).begin() as conn:  # an insider rewrites the hold's row
+        conn.execute(sa.text("UPDATE holds SET reason = 'none', released_seq = NULL"))
+    assert main(["hold", "list", "--db", backend, "--format", "json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["reason"] == "dispute" and not listed["in_force"]  # as the log says
 
 
 # --- killed runs ---------------------------------------------------------------------------

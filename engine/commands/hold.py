@@ -32,9 +32,10 @@ from engine.commands.terminal import markup_safe
 from engine.errors import ConvergeError
 from engine.retention.holds import place, release
 from engine.sign.leaf import instant
-from engine.store import retention as stored
+from engine.store import auditlog
 from engine.store.retention import Hold, Scope
 from engine.store.store import Store
+from engine.verify.retention import HOLD_KINDS, HoldBook
 
 
 def register(commands: Subparsers) -> None:
@@ -128,8 +129,13 @@ def describe(scope: Scope) -> str:
 
 
 def run_list(args: argparse.Namespace, console: Console) -> int:
+    """Every hold as the audit log states it (its ``hold.placed`` and ``hold.released``
+    entries: the holds' rows can be changed by anyone who can write the database), with the
+    (device, point) pairs it covers."""
     with Store.open_existing(args.db) as store, store.reading() as conn:
-        found = stored.holds(conn)
+        book = HoldBook()
+        book.read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)
+    found = sorted(book.holds.values(), key=lambda hold: hold.id)
     if args.format == "json":
         print(json.dumps([hold_json(h) for h in found], indent=2))
         return 0
@@ -141,8 +147,9 @@ def run_list(args: argparse.Namespace, console: Console) -> int:
             f" ({markup_safe(str(hold.release_reason))})"
         )
         console.print(
-            f"hold {hold.id}: {state}; {markup_safe(describe(hold.scope))}; placed by "
-            f"{markup_safe(hold.placed_by)} at {hold.placed_at}: {markup_safe(hold.reason)}",
+            f"hold {hold.id}: {state}; {markup_safe(describe(hold.scope))}"
+            f" ({markup_safe(covered(hold.scope))}); placed by {markup_safe(hold.placed_by)}"
+            f" at {hold.placed_at}: {markup_safe(hold.reason)}",
             highlight=False,
         )
     if not found:
@@ -150,11 +157,25 @@ def run_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+SHOWN_PAIRS = 6
+"""How many of the pairs a hold covers its line names; ``--format json`` gives them all."""
+
+
+def covered(scope: Scope) -> str:
+    """``covers 2 points: line-b/R1, line-b/R2`` for people (the first few)."""
+    if scope.held is None:
+        return "the pairs it covers not stated"
+    pairs = [f"{device}/{point}" for device, point in sorted(scope.held)]
+    named = ", ".join(pairs[:SHOWN_PAIRS]) + (" …" if len(pairs) > SHOWN_PAIRS else "")
+    return f"covers {len(pairs)} point{'' if len(pairs) == 1 else 's'}: {named or 'none'}"
+
+
 def hold_json(hold: Hold) -> dict[str, Any]:
     return {
         "id": hold.id,
         "in_force": hold.in_force,
         **hold.scope.as_json(),
+        "held": hold.scope.held_json(),
         "reason": hold.reason,
         "placed_by": hold.placed_by,
         "placed_at": hold.placed_at,
