@@ -3,6 +3,7 @@
     python bench/retention.py                      # 1,000,000 readings: SQLite, PostgreSQL
     python bench/retention.py --readings 200000    # fewer
     python bench/retention.py --postgres postgresql://user@host/db   # the server to use
+    python bench/retention.py --window 1           # small batches: 100 records each
 
 The store is the ingest benchmark's sustained shape (bench/ingest.py: 10
 devices x 100 points read every second for 1,000 s, 6,000 readings per
@@ -55,6 +56,7 @@ from ingest import (
     POINTS,
     READINGS,
     SUSTAINED,
+    WINDOW_MS,
     BenchKeys,
     device_id,
     libpq_url,
@@ -78,9 +80,10 @@ EXPIRING = SUSTAINED.devices // 2
 HOUR_MS = 3_600_000
 
 
-def retention_plans(on_expiry: str) -> list[PlanBody]:
-    """The ingest benchmark's plans, with retention on the first half of the devices."""
-    signing = {"required": True, "keys": list(ingest.SIGNING_KEYS), "batch_window_ms": 60_000}
+def retention_plans(on_expiry: str, window_ms: int) -> list[PlanBody]:
+    """The ingest benchmark's plans, with retention on the first half of the devices, and
+    batches of ``window_ms``."""
+    signing = {"required": True, "keys": list(ingest.SIGNING_KEYS), "batch_window_ms": window_ms}
     kept = {"keep_at_least_ms": HOUR_MS, "on_expiry": on_expiry}
     bodies = []
     for d in range(SUSTAINED.devices):
@@ -103,10 +106,12 @@ def retention_plans(on_expiry: str) -> list[PlanBody]:
     return bodies
 
 
-def build(target: str, count: int, workdir: Path, on_expiry: str) -> tuple[Store, BenchKeys]:
+def build(
+    target: str, count: int, workdir: Path, on_expiry: str, window_ms: int
+) -> tuple[Store, BenchKeys]:
     """A store of ``count`` readings under the retention plans (ingest's pipeline, whose
     ``plans`` are swapped for these)."""
-    ingest.plans = lambda shape: retention_plans(on_expiry)  # type: ignore[assignment]
+    ingest.plans = lambda shape: retention_plans(on_expiry, window_ms)  # type: ignore[assignment]
     store, keys, _ = ingest.build_store(target, count, workdir, SUSTAINED)
     return store, keys
 
@@ -186,10 +191,11 @@ def measure(
     count: int,
     *,
     verifies: int,
+    window_ms: int,
 ) -> Figures:
     """Build, verify, apply, verify (``verifies`` times each, the least kept); the floor on a
     copy (``floor``); then the archive run."""
-    store, keys = build(target, count, tmp, "delete")
+    store, keys = build(target, count, tmp, "delete", window_ms)
     batches = expired_batches(store)
     store.close()
     floored = floor(batches)
@@ -199,7 +205,7 @@ def measure(
     applied, expired = timed_apply(store, keys, tmp / "archives")
     after = least_verify(store, keys, count - expired, verifies)
     store.close()
-    archived, archive_keys = build(archive_target, count, tmp, "archive")
+    archived, archive_keys = build(archive_target, count, tmp, "archive", window_ms)
     archive, _ = timed_apply(archived, archive_keys, tmp / "archives")
     archived.close()
     return Figures(expired, before, check, applied, after, floored, archive)
@@ -285,15 +291,29 @@ def main() -> None:
     parser.add_argument(
         "--verifies", type=int, default=3, help="verify_store runs before and after (the least)"
     )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=WINDOW_MS / 1000,
+        help="seconds of a batch's window (default 60: 6,000 records a batch; 1: 100)",
+    )
     args = parser.parse_args()
+    window_ms = round(args.window * 1000)
     print(machine())
-    print(f"now {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+    print(f"now {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"batches of {window_ms / 1000:g} s: {POINTS * window_ms // 1000:,} records each\n")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         path = tmp / "delete.db"
         floor = sqlite_floor(path, tmp / "floor.db")
         figures = measure(
-            str(path), floor, str(tmp / "archive.db"), tmp, args.readings, verifies=args.verifies
+            str(path),
+            floor,
+            str(tmp / "archive.db"),
+            tmp,
+            args.readings,
+            verifies=args.verifies,
+            window_ms=window_ms,
         )
         report("SQLite", args.readings, figures)
         if args.postgres:
@@ -301,7 +321,13 @@ def main() -> None:
                 server = database_url(args.postgres)
                 floor = postgres_floor(server, target, copy)
                 figures = measure(
-                    target, floor, archive_target, tmp, args.readings, verifies=args.verifies
+                    target,
+                    floor,
+                    archive_target,
+                    tmp,
+                    args.readings,
+                    verifies=args.verifies,
+                    window_ms=window_ms,
                 )
             report(postgres_version(args.postgres), args.readings, figures)
 
