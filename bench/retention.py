@@ -13,12 +13,12 @@ keep them for ever. Timed:
 
 - **receipts**: ``converge retention apply`` as the engine runs it
   (:func:`engine.retention.apply`): the store verified first (everything but
-  the records of the batches it does not delete from), then one
-  transaction per batch (records re-read and compared, by one digest, with
-  those the check hashed into the signed root, or hashed again when they
-  differ; the receipt with every deleted position, and their leaf hashes
-  while records of the batch remain, appended; the rows deleted), and a
-  signed checkpoint;
+  the records of the batches it does not delete from), then a few batches
+  per transaction (each batch's records re-read and compared, by one digest,
+  with those the check hashed into the signed root, or hashed again when
+  they differ; its receipt with every deleted position, and their leaf
+  hashes while records of the batch remain, appended; the rows deleted),
+  each transaction with a signed checkpoint;
 - **archives**: the same on a store whose plans say ``on_expiry: archive``:
   an audit bundle of the 500,000 readings is written first;
 - **floor**: one ``DELETE`` of the same rows, in one transaction, by the

@@ -1,4 +1,4 @@
-"""A retention run: verify the store, then per batch delete what expired, with its receipt.
+"""A retention run: verify the store, then delete what expired, each batch with its receipt.
 
 The order is what makes a run safe to kill at any instant:
 
@@ -14,14 +14,16 @@ The order is what makes a run safe to kill at any instant:
    by it (a checkpoint signs the log, and the batch's root is in its verified
    statement and entry), so a tamper there is as visible to ``audit verify``
    after the run as before it;
-4. for each batch with expired records: in **one transaction** (holding the
-   store's write lock) fold in the hold entries written since the check (the
-   holds are the log's, as the check rebuilt them: never the writable
-   ``holds`` table), re-read the batch's records, check they still hash to its
-   signed root, choose what goes (:mod:`engine.retention.select`), append the
-   receipt, delete, and sign a checkpoint (:meth:`Store.signed
-   <engine.store.store.Store.signed>`): a killed run leaves each batch wholly
-   before or after, and no receipt ever waits for a checkpoint. The checkpoint
+4. for a few batches with expired records at a time (:data:`GROUP_BATCHES`,
+   fewer once they hold :data:`GROUP_RECORDS`): in **one transaction**
+   (holding the store's write lock) fold in the hold entries written since the
+   check (the holds are the log's, as the check rebuilt them: never the
+   writable ``holds`` table); for each batch, re-read its records, check they
+   still hash to its signed root, choose what goes
+   (:mod:`engine.retention.select`), append its receipt and delete; then sign
+   one checkpoint (:meth:`Store.signed <engine.store.store.Store.signed>`): a
+   killed run leaves each transaction wholly before or after, and no receipt
+   ever waits for a checkpoint. The checkpoint
    refuses a tail holding a hold, receipt or archive entry the run did not
    write (written without the key), and the batch's deletion with it. Records
    the check of step 3 hashed, of a batch no receipt has deleted from, are
@@ -56,6 +58,7 @@ from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
 from engine.store import auditlog, data
 from engine.store.retention import (
     BatchRef,
+    Hold,
     batch_refs,
     erase,
     erased,
@@ -135,9 +138,31 @@ def apply(store: Store, job: Job) -> Outcome:
         book = HoldBook()
         digests = _verified(store, job, [batch.id for batch, _ in work], book)
         archived = _archive(store, job, work, book)
-        for batch, plan in work:
-            _delete(store, (batch, plan, archived, digests.get(batch.id)), (job, book), outcome)
+        for group in _groups(work):
+            deleting = [(batch, plan, archived, digests.get(batch.id)) for batch, plan in group]
+            _delete(store, deleting, (job, book), outcome)
     return outcome
+
+
+GROUP_BATCHES = 8
+"""At most this many batches are deleted from in one transaction under one checkpoint: a
+run's cost is partly per transaction (its write lock, the checkpoint's reads, signature and
+verification), which small batches would otherwise pay each."""
+GROUP_RECORDS = 10_000
+"""A transaction takes no further batch once its batches hold this many records: a collector
+waits for the write lock no longer than these take."""
+
+
+def _groups(work: list[tuple[BatchRef, PlanBody]]) -> Iterator[list[tuple[BatchRef, PlanBody]]]:
+    """The batches to delete from, in order, a transaction's worth at a time."""
+    group: list[tuple[BatchRef, PlanBody]] = []
+    for item in work:
+        group.append(item)
+        if len(group) == GROUP_BATCHES or sum(b.count for b, _ in group) >= GROUP_RECORDS:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def forecast(store: Store, at: datetime) -> Outcome:
@@ -225,34 +250,47 @@ Work = tuple[BatchRef, PlanBody, Archived | None, bytes | None]
 run's check hashed them (None: the check kept none)."""
 
 
-def _delete(store: Store, work: Work, by: tuple[Job, HoldBook], outcome: Outcome) -> None:
-    """One batch in one transaction: what expired goes, with its receipt and a checkpoint
-    signing it (see the module)."""
-    batch, plan, archived, digest = work
+def _delete(store: Store, group: list[Work], by: tuple[Job, HoldBook], outcome: Outcome) -> None:
+    """A few batches in one transaction: what expired of each goes, with its receipt, and a
+    checkpoint signs them all (see the module)."""
     job, book = by
+    receipts = []
     with store.signed(partial(seal_with, job.keys, store.audit_key)) as conn:
-        at = datetime.now(UTC)
         held = book.read(auditlog.entries(conn, first=book.size), auditlog.size(conn))
-        records = data.batch_records(conn, batch.id)
-        hashes = _checked(conn, batch, records, digest)
-        selection = select(batch, plan, held, records, at)
-        kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
-        selection.archived_only(kept)
-        outcome.add(selection)
-        if not selection.groups:
-            return
-        removed = _removed(selection, records, hashes)
-        said = receipt.payload(
-            selection,
-            removed,
-            outcome.run,
-            held,
-            archived.as_json() if archived and selection.archive else None,
-        )
-        seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
-        erase(conn, batch.id, *removed, seq)
-    outcome.receipts.append(seq)
-    outcome.checkpoint = seq + 1
+        for work in group:
+            seq = _receipted(conn, work, (job, held), outcome)
+            receipts += [] if seq is None else [seq]
+    outcome.receipts += receipts
+    outcome.checkpoint = receipts[-1] + 1 if receipts else outcome.checkpoint
+
+
+def _receipted(
+    conn: Connection, work: Work, by: tuple[Job, list[Hold]], outcome: Outcome
+) -> int | None:
+    """In a run's transaction: what expired of one batch goes, with its receipt (its seq; None
+    when nothing of the batch goes)."""
+    batch, plan, archived, digest = work
+    job, held = by
+    at = datetime.now(UTC)
+    records = data.batch_records(conn, batch.id)
+    hashes = _checked(conn, batch, records, digest)
+    selection = select(batch, plan, held, records, at)
+    kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
+    selection.archived_only(kept)
+    outcome.add(selection)
+    if not selection.groups:
+        return None
+    removed = _removed(selection, records, hashes)
+    said = receipt.payload(
+        selection,
+        removed,
+        outcome.run,
+        held,
+        archived.as_json() if archived and selection.archive else None,
+    )
+    seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
+    erase(conn, batch.id, *removed, seq)
+    return seq
 
 
 def _checked(
