@@ -504,6 +504,21 @@ def test_one_changed_byte_of_a_record_is_named(plant: Exported, tmp_path: Path, 
     assert any(p.endswith(": its records do not hash to its signed root") for p in problems)
 
 
+def test_a_record_that_fails_its_proof_is_named_alone(partial: Path, plant, tmp_path, both):
+    """A record that fails is named once: the CSV rows after it are still compared with their
+    own records (its row passed over), so no row the insider left alone is named."""
+
+    def change(members: Members) -> Members:
+        lines = members["records.jsonl"].split(b"\n")
+        lines[2] = lines[2].replace(b'"value":', b'"value":7', 1)
+        members["records.jsonl"] = b"\n".join(lines)
+        return members
+
+    problems = failed(both(forged(plant.site, partial, tmp_path / "p.zip", change), plant.trust))
+    assert problems == [f"FAIL records.jsonl:3: {problems[0].split(': ', 1)[1]}"], problems
+    assert "its proof fails" in problems[0]
+
+
 def test_a_changed_manifest_no_longer_matches_its_signature(plant: Exported, tmp_path, both):
     def more(members: Members) -> Members:
         manifest = json.loads(members["manifest.json"])
