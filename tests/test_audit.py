@@ -116,6 +116,22 @@ def test_audit_verify_passes_then_names_a_changed_reading(
     assert "do not hash to its signed root" in report["problems"][0]["message"]
 
 
+def test_audit_verify_without_keys_to_trust_is_an_error_not_a_tampered_store(
+    store_env, tmp_path, monkeypatch, capsys
+):
+    """No key folder (none named, no ./keys) trusts no key: every signature of a sound store
+    would fail as if forged. That is a mistake of the command line, said as one (exit 2)."""
+    monkeypatch.delenv("CONVERGE_KEYS")
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", "verify", "--db", str(store_env)]) == 2
+    said = capsys.readouterr()
+    assert "the key folder keys is not there: name the keys to trust with --keys DIR" in said.err
+    assert "FAIL" not in said.out
+    (tmp_path / "empty").mkdir()
+    assert main(["audit", "verify", "--db", str(store_env), "--keys", "empty"]) == 2
+    assert "the key folder empty holds no key" in capsys.readouterr().err
+
+
 def test_audit_verify_trusts_exported_public_keys(store_env, evidence_site, tmp_path, capsys):
     exports = []
     for name in ("qa-signing", "site-integrity", "audit-log"):

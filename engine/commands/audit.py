@@ -34,7 +34,7 @@ from engine.commands.options import (
     add_trust,
     principal_of,
     principals_of,
-    trust_of,
+    verifying_trust_of,
 )
 from engine.commands.terminal import markup_safe
 from engine.errors import AccessDenied, ConvergeError
@@ -256,25 +256,23 @@ def run_log(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console
 
 
 def run_verify(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    trust = trust_of(args, pm)
-    if args.site_trust:
-        sites = SiteTrust.from_folder(args.site_trust).sites
-        trust = Trust(trust.keys, {site: keys.keys for site, keys in sites.items()})
-    started = time.perf_counter()
-    with (
-        Store.open_existing(args.db) as store,
-        progress_of(console, args.format == "text") as progress,
-    ):
-        report = verify_store(
-            store,
-            trust,
-            witness=args.witness,
-            progress=progress,
-            audit_key=args.audit_key,
-            plan_key=args.plan_key,
-            cosigned_by=Trust.from_json(args.cosigned_by) if args.cosigned_by else None,
-            archives=args.archives,
-        )
+    with Store.open_existing(args.db) as store:  # a mistyped store is named first
+        trust = verifying_trust_of(args, pm)
+        if args.site_trust:
+            sites = SiteTrust.from_folder(args.site_trust).sites
+            trust = Trust(trust.keys, {site: keys.keys for site, keys in sites.items()})
+        started = time.perf_counter()
+        with progress_of(console, args.format == "text") as progress:
+            report = verify_store(
+                store,
+                trust,
+                witness=args.witness,
+                progress=progress,
+                audit_key=args.audit_key,
+                plan_key=args.plan_key,
+                cosigned_by=Trust.from_json(args.cosigned_by) if args.cosigned_by else None,
+                archives=args.archives,
+            )
         where = store.where
     seconds = time.perf_counter() - started
     if args.format == "json":

@@ -260,6 +260,21 @@ def trust_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Trust:
     return Trust.from_key_store(key_store_of(args, pm))
 
 
+def verifying_trust_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Trust:
+    """:func:`trust_of` for a command whose verdict rests on it: a key folder that is not
+    there, or holds no key, is an error, since trusting no key would fail every signature of
+    a sound store as if it had been forged."""
+    trust = trust_of(args, pm)
+    if args.public_keys or any(trust.keys.values()):
+        return trust
+    folder = key_folder(args)
+    said = "is not there" if not folder.is_dir() else "holds no key"
+    raise ConvergeError(
+        f"the key folder {folder} {said}: name the keys to trust with --keys DIR (or"
+        f" ${KEYS_ENV}) or --public-keys FILE"
+    )
+
+
 def moment(text: str) -> datetime:
     """An argparse type: an RFC 3339 instant (``2026-06-01T12:00:00Z``) or a date (its
     midnight, UTC)."""
