@@ -516,7 +516,8 @@ def _retention(
     """``retention.json``: the deletion receipts of the exported points in the range (each
     with its batch, records or not, and plan), and the holds touching the range or a carried
     receipt's batch window (their entries): a hold that made a receipt unlawful is carried
-    even when the range starts after it ended."""
+    even when the range starts after it ended, or covers only points of the receipt the
+    export does not name (the verifiers judge every point a receipt deleted)."""
     points = {(p.device, p.point) for p in request.decision.allowed}
     span = request.span
     carried = [
@@ -531,11 +532,16 @@ def _retention(
             wanted.add(said["archive"]["entry"])
             if type(said["archive"].get("written")) is int:
                 wanted.add(said["archive"]["written"])
-    windows = [Range(said["window_start"], said["window_end"]) for _, said in carried]
+    windows = [
+        (points | _deleted_points(said), Range(said["window_start"], said["window_end"]))
+        for _, said in carried
+    ]
     placed: dict[int, int] = {}
     released: dict[int, int] = {}
     for seq, kind, said in logged.entries:
-        if kind == "hold.placed" and any(_hold_touches(said, points, w) for w in [span, *windows]):
+        if kind == "hold.placed" and any(
+            _hold_touches(said, judged, w) for judged, w in [(points, span), *windows]
+        ):
             placed[said["hold"]] = seq
         elif kind == "hold.released":
             released[said["hold"]] = seq
@@ -570,15 +576,20 @@ def _kind(raw: bytes) -> str | None:
 
 
 def _receipt_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:
-    """Whether a receipt deleted records of an exported point (as its expiries name them, or
-    its ``points``: the verifier refuses a receipt whose two differ) from a batch whose window
-    meets the range."""
+    """Whether a receipt deleted records of an exported point from a batch whose window meets
+    the range."""
+    return _meets(span, said["window_start"], said["window_end"]) and bool(
+        _deleted_points(said) & points
+    )
+
+
+def _deleted_points(said: dict[str, Any]) -> set[tuple[Any, Any]]:
+    """The (device, point) pairs a receipt deleted records of, as its expiries name them, or
+    its ``points`` (the verifier refuses a receipt whose two differ)."""
     device = said.get("device")
     named = [p.get("point") for p in said.get("points", ())]
     named += [p for group in said.get("expiries", ()) for p in group.get("points", ())]
-    return _meets(span, said["window_start"], said["window_end"]) and any(
-        (device, p) in points for p in named
-    )
+    return {(device, p) for p in named}
 
 
 def _hold_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:
