@@ -55,6 +55,7 @@ DEFLATE_LEVEL = 1
 in under half the time."""
 TLOG_PROOF = "c2sp.org/tlog-proof@v1"
 RETENTION_KINDS = ("retention.deleted", "hold.placed", "hold.released")
+_HOLD_KINDS = ("hold.placed", "hold.released")
 Receipts = Mapping[int, Sequence[dict[str, Any]]]
 """The payloads of the log's deletion receipts, by the batch each names."""
 
@@ -485,16 +486,17 @@ class Logged:
     entries: list[tuple[int, str, dict[str, Any]]]
     receipts: dict[int, list[dict[str, Any]]]
     decisions: dict[str, list[int]]
-    """The entries of each ``hold`` decision, by decision id, in seq order: what a hold's
-    entries name (each the first of its id before it)."""
+    """The ``access.decision`` entries of each decision id a hold entry names, by decision
+    id, in seq order: what a hold's entries name (each the first of its id before it,
+    whatever its action: a read decision there allows no hold)."""
 
     @classmethod
     def of(cls, entries: Sequence[tuple[int, bytes]]) -> Logged:
-        """Read from the log's entries (each only when its bytes name a retention kind, or a
-        hold's decision)."""
+        """Read from the log's entries (each only when its bytes name a retention kind, or an
+        access decision of an id a hold entry names)."""
         logged: list[tuple[int, str, dict[str, Any]]] = []
         receipts: dict[int, list[dict[str, Any]]] = {}
-        decisions: dict[str, list[int]] = {}
+        decided: list[tuple[int, bytes]] = []
         for seq, raw in entries:
             if _kind(raw) is not None:
                 entry = json.loads(raw)
@@ -503,11 +505,29 @@ class Logged:
                     logged.append((seq, kind, said))
                 if kind == "retention.deleted" and type(said.get("batch")) is int:
                     receipts.setdefault(said["batch"], []).append(said)
-            elif _HOLD_DECISION in raw and _DECISION_KIND in raw:
-                entry = json.loads(raw)
-                if entry["kind"] == "access.decision":
-                    decisions.setdefault(str(entry["payload"].get("decision")), []).append(seq)
-        return cls(logged, receipts, decisions)
+            elif _DECISION_KIND in raw:
+                decided.append((seq, raw))
+        named = [said.get("decision") for _, kind, said in logged if kind in _HOLD_KINDS]
+        return cls(logged, receipts, _decisions_named(decided, named))
+
+
+def _decisions_named(
+    decided: Sequence[tuple[int, bytes]], named: Sequence[Any]
+) -> dict[str, list[int]]:
+    """The entries of ``decided`` (seq, bytes) that are ``access.decision`` entries of a
+    decision id in ``named``, by id; only those whose bytes hold one of the ids (as JSON
+    spells a string, any value at all read from a hostile entry) are read."""
+    needles = {
+        b'"decision":' + json.dumps(name, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        for name in named
+    }
+    found: dict[str, list[int]] = {}
+    for seq, raw in decided:
+        if any(needle in raw for needle in needles):
+            entry = json.loads(raw)
+            if entry["kind"] == "access.decision":
+                found.setdefault(str(entry["payload"].get("decision")), []).append(seq)
+    return found
 
 
 def _retention(
@@ -516,7 +536,8 @@ def _retention(
     """``retention.json``: the deletion receipts of the exported points in the range (each
     with its batch, records or not, and plan), and the holds touching the range or a carried
     receipt's batch window (their entries): a hold that made a receipt unlawful is carried
-    even when the range starts after it ended."""
+    even when the range starts after it ended, or covers only points of the receipt the
+    export does not name (the verifiers judge every point a receipt deleted)."""
     points = {(p.device, p.point) for p in request.decision.allowed}
     span = request.span
     carried = [
@@ -531,11 +552,16 @@ def _retention(
             wanted.add(said["archive"]["entry"])
             if type(said["archive"].get("written")) is int:
                 wanted.add(said["archive"]["written"])
-    windows = [Range(said["window_start"], said["window_end"]) for _, said in carried]
+    windows = [
+        (points | _deleted_points(said), Range(said["window_start"], said["window_end"]))
+        for _, said in carried
+    ]
     placed: dict[int, int] = {}
     released: dict[int, int] = {}
     for seq, kind, said in logged.entries:
-        if kind == "hold.placed" and any(_hold_touches(said, points, w) for w in [span, *windows]):
+        if kind == "hold.placed" and any(
+            _hold_touches(said, judged, w) for judged, w in [(points, span), *windows]
+        ):
             placed[said["hold"]] = seq
         elif kind == "hold.released":
             released[said["hold"]] = seq
@@ -553,7 +579,7 @@ def _decisions(logged: Logged, wanted: set[int]) -> list[int]:
     of its id before the hold entry)."""
     found = []
     for seq, kind, said in logged.entries:
-        if kind in ("hold.placed", "hold.released") and seq in wanted:
+        if kind in _HOLD_KINDS and seq in wanted:
             before = [d for d in logged.decisions.get(str(said.get("decision")), []) if d < seq]
             found.extend(before[:1])
     return found
@@ -561,7 +587,6 @@ def _decisions(logged: Logged, wanted: set[int]) -> list[int]:
 
 _KINDS = {kind: f'"kind":"{kind}"'.encode() for kind in RETENTION_KINDS}
 _DECISION_KIND = b'"kind":"access.decision"'
-_HOLD_DECISION = b'"action":"hold"'
 
 
 def _kind(raw: bytes) -> str | None:
@@ -570,15 +595,20 @@ def _kind(raw: bytes) -> str | None:
 
 
 def _receipt_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:
-    """Whether a receipt deleted records of an exported point (as its expiries name them, or
-    its ``points``: the verifier refuses a receipt whose two differ) from a batch whose window
-    meets the range."""
+    """Whether a receipt deleted records of an exported point from a batch whose window meets
+    the range."""
+    return _meets(span, said["window_start"], said["window_end"]) and bool(
+        _deleted_points(said) & points
+    )
+
+
+def _deleted_points(said: dict[str, Any]) -> set[tuple[Any, Any]]:
+    """The (device, point) pairs a receipt deleted records of, as its expiries name them, or
+    its ``points`` (the verifier refuses a receipt whose two differ)."""
     device = said.get("device")
     named = [p.get("point") for p in said.get("points", ())]
     named += [p for group in said.get("expiries", ()) for p in group.get("points", ())]
-    return _meets(span, said["window_start"], said["window_end"]) and any(
-        (device, p) in points for p in named
-    )
+    return {(device, p) for p in named}
 
 
 def _hold_touches(said: dict[str, Any], points: set[tuple[str, str]], span: Range) -> bool:

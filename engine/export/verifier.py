@@ -1306,8 +1306,10 @@ class Asked:
 
 
 def _instant(text: str) -> str:
-    """``text``'s moment as an instant: RFC 3339 UTC, six fraction digits, ``Z``."""
-    return _aware(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``text``'s moment as an instant: RFC 3339 UTC, six fraction digits, ``Z`` (the year
+    in four digits, which ``strftime`` does not write below 1000)."""
+    moment = _aware(text).astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -2034,13 +2036,16 @@ def _actor_id(entry: dict[str, Any]) -> str:
 
 
 def _same_span(said: tuple[Any, Any], hold: Hold) -> bool:
-    """Whether a decision's ``from``/``to`` are the hold's instants (either open alike)."""
+    """Whether a decision's ``from``/``to`` are the hold's: open alike, or the same instant
+    spelled as instants are (``2026-06-01T12:00:00.000000Z``). A hold's range is compared with
+    batch windows as text, so the same moment spelled otherwise (``…T13:00:00+01:00``) would
+    cover other windows than the ones decided."""
     try:
         return all(
-            a is b is None or (isinstance(a, str) and b is not None and _aware(a) == _aware(b))
+            a == b and (b is None or (isinstance(b, str) and _instant(b) == b))
             for a, b in zip(said, (hold.start, hold.end), strict=True)
         )
-    except ValueError:
+    except (ValueError, OverflowError):  # year 1 at a positive offset is no instant in UTC
         return False
 
 

@@ -45,6 +45,7 @@ from engine.audit import AuditEntry
 from engine.durations import format_duration
 from engine.plans.body import PlanBody
 from engine.plans.expiry import Expiry, Retained, expiry, retained
+from engine.sign.leaf import instant as spell
 from engine.sign.leaf import point_of
 from engine.store import data
 from engine.store import retention as stored
@@ -757,13 +758,18 @@ def _undecided(entry: AuditEntry, scope: Scope, decision: AuditEntry | None) -> 
 
 
 def _same_times(said: tuple[Any, Any], scope: tuple[str | None, str | None]) -> bool:
-    """Whether a decision's ``from``/``to`` are the scope's instants (either open alike)."""
+    """Whether a decision's ``from``/``to`` are the scope's: open alike, or the same instant
+    spelled as instants are (``2026-06-01T12:00:00.000000Z``, as the guard writes them). A
+    hold's range is compared with batch windows as text, so the same moment spelled otherwise
+    (``2026-06-01T13:00:00+01:00``) would cover other windows than the ones decided."""
+    return all(a == b and (b is None or _spelled(b)) for a, b in zip(said, scope, strict=True))
+
+
+def _spelled(text: str) -> bool:
+    """Whether ``text`` is an instant spelled as :func:`engine.sign.leaf.instant` spells it."""
     try:
-        return all(
-            a is b is None or (a is not None and b is not None and instant(str(a)) == instant(b))
-            for a, b in zip(said, scope, strict=True)
-        )
-    except BadTime:
+        return spell(instant(text)) == text
+    except (BadTime, OverflowError):  # year 1 at a positive offset is no instant in UTC
         return False
 
 
