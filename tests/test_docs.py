@@ -2,14 +2,15 @@
 
 Generated pages are what ``python -m engine.commands.docgen`` would write now; every
 hook has a docstring, every finding code and every command is documented;
-relative links and anchors in ``docs/`` resolve; and the examples the docs
-tell readers to run (the plan verifier, the policy unit tests, the example
-plugin) do what the docs say.
+relative links and anchors in ``docs/`` resolve, and so do the ``engine.`` names
+they mention; and the examples the docs tell readers to run (the plan verifier,
+the policy unit tests, the example plugin) do what the docs say.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import re
 import subprocess
@@ -207,6 +208,33 @@ def test_relative_links_resolve(page):
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor}")
     assert not broken, f"broken links in {page.relative_to(REPO)}: {broken}"
+
+
+_PYTHON_NAME = re.compile(r"\bengine(?:\.[A-Za-z_]\w*)+")
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``engine.a.b`` is a module, or an attribute of the longest module it names."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:end]))
+        except ImportError:
+            continue
+        for name in parts[end:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "page", [*PAGES, REPO / "README.md"], ids=lambda p: str(p.relative_to(REPO))
+)
+def test_python_names_in_the_docs_resolve(page):
+    names = set(_PYTHON_NAME.findall(page.read_text(encoding="utf-8")))
+    assert not sorted(name for name in names if not resolves(name))
 
 
 # --- examples the docs tell readers to run ----------------------------------------------
