@@ -15,6 +15,7 @@ import inspect
 import re
 import subprocess
 import sys
+import tomllib
 import types
 from datetime import date
 from pathlib import Path
@@ -73,6 +74,12 @@ def test_plugins_page_is_what_docgen_writes():
     assert read("plugins.md") == docgen.render_plugins(), (
         "docs/plugins.md is stale: run python -m engine.commands.docgen"
     )
+
+
+def test_plugins_page_shows_the_entry_points_as_pyproject_declares_them():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    (shown,) = [tomllib.loads(b) for b in blocks("plugins.md", "toml") if "plugins.modbus" in b]
+    assert shown == {"project": {"entry-points": declared["project"]["entry-points"]}}
 
 
 def test_plugins_page_documents_every_hook():
