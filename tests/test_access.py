@@ -72,7 +72,8 @@ def test_deny_overrides_a_grant():
 
 def test_nothing_granted_is_denied_by_default():
     assert read(identity("hr-analytics"), GMP).outcome == "deny"
-    assert "default deny" in read(identity(), GMP).points[0].reason
+    reason = read(identity(), GMP).points[0].reason
+    assert reason == f"no access.read grant to no role (default deny) (plan {GMP.digest[:19]}…)"
     assert read(identity("qa"), GMP, action="export").outcome == "deny"
     assert read(identity("auditor"), GMP, action="export").outcome == "allow"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import re
 import secrets
@@ -15,10 +16,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import PASSPHRASE, REPO, agree, fill, open_store, public_keys
+from rich.console import Console
 
 from engine import audit
 from engine.audit import Actor, seal_with
 from engine.cli import main
+from engine.commands.audit import render_report
 from engine.errors import CheckpointRefused
 from engine.keys import open_key_store
 from engine.plans.signature import PlanClaim, sign_claim
@@ -27,6 +30,7 @@ from engine.sign import note
 from engine.sign.merkle import root
 from engine.store.database import SCHEMA
 from engine.store.store import Store
+from engine.verify.report import Report
 from engine.verify.trust import Trust
 from engine.verify.whole import verify_store
 from plugins.filekeys.store import FileKeyStore
@@ -91,6 +95,18 @@ def test_audit_log_json_prints_the_exact_bytes_the_log_hashed(store_env, capsys)
 
 def open_store_readonly(path):
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def test_audit_verify_counts_one_of_a_kind_in_the_singular():
+    report = Report()
+    report.counts.update({"audit entries": 1, "checkpoints": 1, "batches": 2, "holds": 1})
+    report.counts.update({"batches": 1, "readings": 1_000})
+    out = io.StringIO()
+    render_report(Console(file=out, width=400, color_system=None), report, 2.0, "store")
+    assert out.getvalue() == (
+        "verified: store: 1 audit entry, 1 checkpoint, 1 batch, 1 hold, 1,000 readings"
+        " in 2.00 s (500 records/s)\n"
+    )
 
 
 def test_audit_verify_passes_then_names_a_changed_reading(

@@ -568,9 +568,33 @@ def test_a_failing_policy_unit_test_prints_expected_and_actual(project, capsys):
 
 def test_policy_unit_tests_against_broken_inputs_show_the_findings(project, capsys):
     project.write({"tests/unit.yaml": UNIT_TESTS, "policies/gmp.yaml": TYPO})
-    code, _, err = converge(capsys, "test", "tests")
+    code, out, _ = converge(capsys, "test", "tests")
     assert code == 1
-    assert "policies/gmp.yaml:9:1: error[unknown-key]: unknown key 'acess'" in err
+    assert "policies/gmp.yaml:9:1: error[unknown-key]: unknown key 'acess'" in out
+
+
+def test_a_broken_policy_test_file_s_findings_are_printed_as_check_prints_them(project, capsys):
+    """Sorted by place, on standard output, with the validate codes (docs/findings.md)."""
+    broken = UNIT_TESTS.replace("site:", "sitez:").replace(
+        "capture.every: 10s", "capture.evry: 10s"
+    )
+    project.write({"tests/unit.yaml": broken})
+    code, out, err = converge(capsys, "test", "tests")
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert [line.split(": ")[:2] for line in lines[:-1]] == [
+        ["tests/unit.yaml:1:1", "error[missing-key]"],
+        ["tests/unit.yaml:2:1", "error[unknown-key]"],
+        ["tests/unit.yaml:7:28", "error[bad-value]"],
+    ]
+    assert lines[-1] == "3 errors, 0 warnings"
+    code, out, err = converge(capsys, "test", "tests", "--format", "json")
+    assert (code, err) == (1, "")
+    assert [(f["line"], f["code"]) for f in json.loads(out)] == [
+        (1, "missing-key"),
+        (2, "unknown-key"),
+        (7, "bad-value"),
+    ]
 
 
 # --- schema and usage ---------------------------------------------------------------------
@@ -754,9 +778,9 @@ def test_an_unreadable_expected_duration_is_a_finding(project, capsys):
 
 def test_an_invalid_policy_test_file_is_reported_in_plain_words(project, capsys):
     project.write({"tests/unit.yaml": "policies: [../policies]\nsite: ../sites/test\ncases: 3\n"})
-    code, _, err = converge(capsys, "test", "tests")
+    code, out, _ = converge(capsys, "test", "tests")
     assert code == 1
-    assert err.splitlines()[0] == (
+    assert out.splitlines()[0] == (
         "tests/unit.yaml:3:8: error[wrong-type]: cases must be a list of mappings, got 3"
     )
 

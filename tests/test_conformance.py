@@ -1,10 +1,9 @@
 """The conformance kit (``pytest -p engine.conformance``) against every protocol we ship.
 
 Each run is a separate pytest process (``pytester.runpytest_subprocess``), as a
-plugin author runs it: the three built-ins with a site written here (their
-simulators serve it on free ports), the template plugin ``line`` with the site
-it ships, and ``line`` against a server started here (``--converge-server
-external``).
+plugin author runs it: the three built-ins and the template plugin ``line``
+with the sites they ship (their simulators serve them on free ports), and
+``line`` against a server started here (``--converge-server external``).
 
 The template is installed for real, with pip, but into a folder of its own
 that only these runs see (``PYTHONPATH``): installed into the project's
@@ -35,65 +34,8 @@ TEMPLATE = REPO / "examples" / "plugin-template"
 CHECKS = 10
 KIT = ["-p", "engine.conformance", "-p", "no:cacheprovider", "-rs"]
 
-SITES = {
-    "modbus": """
-        site: conformance-modbus
-        timezone: UTC
-        devices:
-          - id: plc-1
-            protocol: modbus
-            endpoint: {host: 127.0.0.1, port: ${PORT}, unit: 1}
-            limits: {min_interval: 1s, max_registers_per_read: 4, max_bits_per_read: 8}
-            points:
-              - {name: I16, address: {table: holding, register: 0, type: int16}}
-              - {name: U16, address: {table: holding, register: 1, type: uint16}}
-              - {name: I32, address: {table: holding, register: 2, type: int32}}
-              - {name: F32, address: {table: holding, register: 4, type: float32,
-                                         word_order: little}}
-              - {name: F64, address: {table: holding, register: 6, type: float64}}
-              - {name: U64, address: {table: holding, register: 10, type: uint64}}
-              - {name: TEXT, address: {table: holding, register: 14, type: string, length: 2}}
-              - {name: BIT, address: {table: holding, register: 16, type: bool, bit: 3}}
-              - {name: SCALED, address: {table: input, register: 0, type: int16, scale: 0.1}}
-              - {name: COIL, address: {table: coil, register: 0, type: bool}}
-              - {name: DISCRETE, address: {table: discrete, register: 5, type: bool}}
-        """,
-    "opcua": """
-        site: conformance-opcua
-        timezone: UTC
-        devices:
-          - id: filler-1
-            protocol: opcua
-            endpoint: {url: "opc.tcp://127.0.0.1:${PORT}/", security_mode: None}
-            limits: {min_interval: 1s, max_nodes_per_read: 2}
-            points:
-              - {name: COUNT, address: {node: "ns=2;s=Filler.Count"}}
-              - {name: TEMPERATURE, address: {node: "ns=2;i=6017"}}
-              - {name: DOOR, address: {node: "ns=2;s=Filler.Door"}}
-              - {name: STATE, address: {node: "ns=3;s=Filler.State"}}
-              - {name: RECIPE, address: {node: "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63"}}
-              - {name: WATCHED, address: {node: "ns=2;s=Filler.Watched", mode: subscribe}}
-        """,
-    "mqtt": """
-        site: conformance-mqtt
-        timezone: UTC
-        devices:
-          - id: boiler-gw
-            protocol: mqtt
-            endpoint: {broker: "mqtt://127.0.0.1:${PORT}", client_id: conformance-boiler}
-            points:
-              - {name: COUNT, address: {topic: plant/boiler/telemetry, field: data.count}}
-              - {name: TEMPERATURE, address: {topic: plant/boiler/telemetry, field: data.temp}}
-              - {name: BURNER, address: {topic: plant/boiler/telemetry, field: burner,
-                                          timestamp_field: ts}}
-              - {name: STATE, address: {topic: plant/boiler/state}}
-          - id: badge-gw
-            protocol: mqtt
-            endpoint: {broker: "mqtt://127.0.0.1:${PORT}"}
-            points:
-              - {name: BADGES, address: {topic: plant/badge/+/count, field: value}}
-        """,
-}
+BUILT_INS = ("modbus", "opcua", "mqtt")
+"""Each ships the site the kit checks it with, ``plugins/NAME/conformance/site.yaml``."""
 
 SKIPPED = {
     "modbus": ["no subscription groups in the plans"],
@@ -114,12 +56,11 @@ def assert_kit_passed(result: pytest.RunResult, skipped: list[str]) -> None:
         result.stdout.fnmatch_lines([f"SKIPPED *{reason}*"])
 
 
-@pytest.mark.parametrize("protocol", sorted(SITES))
-def test_the_built_in_protocols_pass_the_kit(pytester: pytest.Pytester, protocol: str) -> None:
-    pytester.makefile(".yaml", site=SITES[protocol])
-    result = pytester.runpytest_subprocess(
-        *KIT, "--converge-protocol", protocol, "--converge-site", "site.yaml"
-    )
+@pytest.mark.parametrize("protocol", BUILT_INS)
+def test_the_built_in_protocols_pass_the_kit_with_their_own_sites(
+    pytester: pytest.Pytester, protocol: str
+) -> None:
+    result = pytester.runpytest_subprocess(*KIT, "--converge-protocol", protocol)
     assert_kit_passed(result, SKIPPED[protocol])
 
 
@@ -236,7 +177,8 @@ def test_an_external_server_is_read_without_faults(pytester: pytest.Pytester) ->
 
 
 def test_the_kit_fails_a_value_the_simulator_cannot_serve(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", site=SITES["modbus"].replace("scale: 0.1", "scale: 0.001"))
+    shipped = (REPO / "plugins" / "modbus" / "conformance" / "site.yaml").read_text()
+    pytester.makefile(".yaml", site=shipped.replace("scale: 0.1", "scale: 0.001"))
     result = pytester.runpytest_subprocess(
         *KIT, "--converge-protocol", "modbus", "--converge-site", "site.yaml"
     )
@@ -246,7 +188,28 @@ def test_the_kit_fails_a_value_the_simulator_cannot_serve(pytester: pytest.Pytes
     )
 
 
+@pytest.fixture
+def siteless(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution whose ``converge`` entry point names a protocol, ``bare``, and that
+    ships no conformance site: a module and its metadata, visible to the runs started here."""
+    pytester.makepyfile(
+        bare="""
+        from engine import hookimpl
+
+        @hookimpl
+        def converge_protocol_names():
+            return ["bare"]
+        """
+    )
+    info = pytester.mkdir("bare-0.1.dist-info")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bare\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[converge]\nbare = bare\n")
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(pytester.path), path) if p))
+
+
+@pytest.mark.usefixtures("siteless")
 def test_a_protocol_without_a_site_fails_with_what_to_do(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess(*KIT, "--converge-protocol", "modbus")
-    result.stdout.fnmatch_lines(["*no site for 'modbus': pass --converge-site SITE.yaml*"])
+    result = pytester.runpytest_subprocess(*KIT, "--converge-protocol", "bare")
+    result.stdout.fnmatch_lines(["*no site for 'bare': pass --converge-site SITE.yaml*"])
     assert result.ret != 0

@@ -2,18 +2,20 @@
 
 Generated pages are what ``python -m engine.commands.docgen`` would write now; every
 hook has a docstring, every finding code and every command is documented;
-relative links and anchors in ``docs/`` resolve; and the examples the docs
-tell readers to run (the plan verifier, the policy unit tests, the example
-plugin) do what the docs say.
+relative links and anchors in ``docs/`` resolve, and so do the ``engine.`` names
+they mention; and the examples the docs tell readers to run (the plan verifier,
+the policy unit tests, the example plugin) do what the docs say.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import re
 import subprocess
 import sys
+import tomllib
 import types
 from datetime import date
 from pathlib import Path
@@ -74,6 +76,12 @@ def test_plugins_page_is_what_docgen_writes():
     )
 
 
+def test_plugins_page_shows_the_entry_points_as_pyproject_declares_them():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    (shown,) = [tomllib.loads(b) for b in blocks("plugins.md", "toml") if "plugins.modbus" in b]
+    assert shown == {"project": {"entry-points": declared["project"]["entry-points"]}}
+
+
 def test_plugins_page_documents_every_hook():
     page = read("plugins.md")
     for hook in docgen.hooks():
@@ -131,6 +139,11 @@ def test_every_builtin_plugin_code_is_documented():
     codes = plugin_codes()
     assert codes, "no PlanProblem codes found in plugins/"
     assert not codes - documented_codes()
+
+
+def test_every_documented_code_is_one_the_engine_or_a_builtin_plugin_reports():
+    """A section for a code nothing emits sends readers (and CI filters) after a ghost."""
+    assert not documented_codes() - set(CODES) - plugin_codes()
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -202,6 +215,33 @@ def test_relative_links_resolve(page):
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor}")
     assert not broken, f"broken links in {page.relative_to(REPO)}: {broken}"
+
+
+_PYTHON_NAME = re.compile(r"\bengine(?:\.[A-Za-z_]\w*)+")
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``engine.a.b`` is a module, or an attribute of the longest module it names."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:end]))
+        except ImportError:
+            continue
+        for name in parts[end:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "page", [*PAGES, REPO / "README.md"], ids=lambda p: str(p.relative_to(REPO))
+)
+def test_python_names_in_the_docs_resolve(page):
+    names = set(_PYTHON_NAME.findall(page.read_text(encoding="utf-8")))
+    assert not sorted(name for name in names if not resolves(name))
 
 
 # --- examples the docs tell readers to run ----------------------------------------------

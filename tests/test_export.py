@@ -331,7 +331,9 @@ def test_one_point_exports_proofs_and_verifies(plant: Exported, partial: Path, b
     assert said.code == 0, said.lines
 
 
-def test_a_principal_without_an_export_grant_gets_no_bundle(plant: Exported, tmp_path: Path):
+def test_a_principal_without_an_export_grant_gets_no_bundle(
+    plant: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "refused.zip"
     code = main(
         [
@@ -344,11 +346,18 @@ def test_a_principal_without_an_export_grant_gets_no_bundle(plant: Exported, tmp
             "operator@plant.example",
             "--keys",
             str(plant.site.keys_dir),
+            "--device",
+            DEVICE,
             "-o",
             str(out),
         ]
     )
     assert code == 3 and not out.exists()
+    refusal = capsys.readouterr().err
+    points = json.loads(read(plant.bundle)["manifest.json"])["points"]
+    assert len(points) > 5  # the refusal names five and counts the rest
+    assert refusal.count(f"{DEVICE}/") == 5
+    assert f"; and {len(points) - 5} more; decision " in refusal
 
 
 # --- the plans' sources ------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_audit_verify_compares_each_archive_file_with_its_signed_digest(
     (file,) = folder.iterdir()
     command = ["audit", "verify", "--db", backend, "--keys", str(archive_site.keys_dir)]
     assert main([*command, "--archives", str(folder)]) == 0
-    assert ", 1 archives, " in capsys.readouterr().out
+    assert ", 1 archive, " in capsys.readouterr().out
     body = bytearray(file.read_bytes())
     body[len(body) // 2] ^= 1
     file.write_bytes(bytes(body))

@@ -55,8 +55,10 @@ class Rule:
         }
 
     def __str__(self) -> str:
-        where = f" (plan {self.plan[:19]}…; {'; '.join(self.sources)})" if self.plan else ""
-        return f"{self.why}{where}"
+        if not self.plan:
+            return self.why
+        places = "".join(f"; {source}" for source in self.sources)
+        return f"{self.why} (plan {self.plan[:19]}…{places})"
 
 
 @dataclass(frozen=True)

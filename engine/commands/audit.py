@@ -371,7 +371,7 @@ def render_report(console: Console, report: Report, seconds: float, where: str) 
         console.print(f"deleted lawfully: {markup_safe(str(deletion))}", highlight=False)
     for note in report.notes:
         console.print(f"note: {markup_safe(note)}", highlight=False)
-    counted = ", ".join(f"{n:,} {what}" for what, n in report.counts.items())
+    counted = ", ".join(counted_as(n, what) for what, n in report.counts.items())
     records = report.counts.get("readings", 0) + report.counts.get("gap records", 0)
     rate = f" ({records / seconds:,.0f} records/s)" if seconds > 0 and records else ""
     count = len(report.problems)
@@ -381,6 +381,19 @@ def render_report(console: Console, report: Report, seconds: float, where: str) 
     console.print(
         f"{verdict}: {markup_safe(where)}: {counted} in {seconds:.2f} s{rate}", highlight=False
     )
+
+
+_ONE = {
+    "audit entries": "audit entry",
+    "batches": "batch",
+    "site logs witnessed": "site log witnessed",
+}
+"""The counts whose singular is not the plural without its ``s``."""
+
+
+def counted_as(n: int, what: str) -> str:
+    """``1 checkpoint``, ``2 checkpoints``: a count of the report, named in the plural."""
+    return f"1 {_ONE.get(what, what.removesuffix('s'))}" if n == 1 else f"{n:,} {what}"
 
 
 def report_json(report: Report, seconds: float) -> dict[str, Any]:

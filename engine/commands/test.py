@@ -34,13 +34,14 @@ from typing import Any
 import pluggy
 from rich.console import Console
 
+from engine.commands.findings import findings_json, findings_text
 from engine.commands.options import Subparsers
 from engine.compile import Compilation, Inputs, compile_project
 from engine.compile.load import Document, load_file
 from engine.compile.merge import MergedPoint, describe
 from engine.compile.validate import schema_errors
 from engine.durations import parse_duration
-from engine.errors import ConvergeError, Finding, FindingsError, Location, error
+from engine.errors import ConvergeError, Finding, FindingsError, Location, error, sort_findings
 from engine.model import FACETS
 
 LANGUAGE_FACETS = {facet.removesuffix("_ms"): facet for facet in FACETS}
@@ -85,7 +86,15 @@ def register(commands: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) -> int:
-    results = run_tests(args.tests, pm)
+    try:
+        results = run_tests(args.tests, pm)
+    except FindingsError as exc:
+        # printed where and as ``check`` prints findings: the test file and its inputs are inputs
+        if args.format == "json":
+            print(findings_json(exc.findings))
+        else:
+            findings_text(console, exc.findings)
+        return 1
     if args.format == "json":
         print(json.dumps(results_json(results), indent=2))
     else:
@@ -265,7 +274,7 @@ def run_tests(paths: list[Path], pm: pluggy.PluginManager) -> list[CaseResult]:
         except FindingsError as exc:
             findings += exc.findings
     if findings:
-        raise FindingsError(findings)
+        raise FindingsError(sort_findings(findings))
     return results
 
 

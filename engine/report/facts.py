@@ -46,8 +46,8 @@ from engine.verify.whole import verify_store
 EXPIRING_WITHIN = timedelta(days=30)
 """An exception that ends within this is ``expiring`` (as ``converge coverage`` says)."""
 RETENTION_KINDS = tuple(k for k in KINDS if k.startswith(("retention.", "hold.")))
-"""The entry kinds of retention runs and legal holds the log knows (none until retention
-lands; any such kind it learns shows in the report)."""
+"""The entry kinds of retention runs and legal holds (deletion receipts, archives, holds placed
+and released): any such kind the log learns shows in the report."""
 
 
 @dataclass(frozen=True)

@@ -407,7 +407,7 @@ def _entry_list(entry: AuditEntry) -> Safe:
 
 
 def _retention(facts: f.Facts) -> Safe:
-    kinds = ", ".join(f.RETENTION_KINDS) or "none yet"
+    kinds = ", ".join(f.RETENTION_KINDS)
     return section(
         "retention",
         "Retention runs and legal holds",
