@@ -146,6 +146,9 @@ def test_audit_verify_without_keys_to_trust_is_an_error_not_a_tampered_store(
     (tmp_path / "empty").mkdir()
     assert main(["audit", "verify", "--db", str(store_env), "--keys", "empty"]) == 2
     assert "the key folder empty holds no key" in capsys.readouterr().err
+    (tmp_path / "none.json").write_text("[]")
+    assert main(["audit", "verify", "--db", str(store_env), "--public-keys", "none.json"]) == 2
+    assert "none.json: no public key to trust in it" in capsys.readouterr().err
 
 
 def test_audit_verify_trusts_exported_public_keys(store_env, evidence_site, tmp_path, capsys):

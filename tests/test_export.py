@@ -1164,3 +1164,13 @@ def test_a_batch_read_at_once_gives_the_rows_its_leaves_give_one_by_one(batch: l
         assert exported.rows == checked.rows == b"".join(r.csv for r in records if r)
         assert exported.points == [r.point.encode() for r in batch]
         assert exported.times == [instant(r.scheduled_at).encode() for r in batch]
+
+
+def test_a_leaf_holding_a_line_break_is_never_read_at_once():
+    """A leaf a database writer made to hold a line break and a second record line would read
+    as two usual lines where the batch has one leaf: the batch is read leaf by leaf instead."""
+    usual = leaf_bytes(Reading("plc-1", "R1", T0, 20, Quality.GOOD, scheduled_at=T0), bytes(16))
+    smuggled = usual + b'}\n{"batch":9,"position":77,"leaf":' + usual
+    lines = writing.LINE % (9, 0, smuggled) + writing.LINE % (9, 1, b'{"not":"usual"}')
+    assert verifier.usual_rows(lines, 2) is None
+    assert verifier.read_usual(lines, 2) is None

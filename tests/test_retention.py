@@ -39,7 +39,7 @@ from engine.retention import run as runs
 from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
 from engine.store import auditlog
-from engine.store.retention import RetentionBusy, Scope, retention_lock
+from engine.store.retention import BatchRef, RetentionBusy, Scope, retention_lock
 from engine.store.spool import Spool
 from engine.store.store import Recorded, Store
 from plugins.fileprincipals import PrincipalsFile
@@ -662,3 +662,14 @@ def test_hold_grants_merge_like_read_and_export(converge_project):
     assert access.deny == ("x",)
     provenance = outcome.plan("plc")["points"][0]["provenance"]["access.hold"]
     assert [p["policy"] for p in provenance] == ["b", "short-retention"]
+
+
+def test_a_run_deletes_a_few_batches_a_transaction_and_a_large_one_alone():
+    """Up to 8 batches a transaction, while they hold no more than 10,000 records: small
+    batches share one checkpoint; a batch of the target's 6,000 readings goes alone."""
+    counts = [6000, 6000, *[100] * 10, 9999, 2]
+    work = [
+        (BatchRef(n, "d", "a", "b", count, "sha256:p", b""), None) for n, count in enumerate(counts)
+    ]
+    groups = [[batch.count for batch, _ in group] for group in runs._groups(work)]  # type: ignore[arg-type]
+    assert groups == [[6000], [6000, *[100] * 7], [100] * 3, [9999], [2]]

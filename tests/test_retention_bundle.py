@@ -17,7 +17,9 @@ from retention_kit import DEVICES, hold_on, job, kinds, run, sealed, signed_size
 from test_export import failed, forged, read, trust_file
 
 from engine.audit import AuditEntry
+from engine.canonical import canonical_json
 from engine.cli import main
+from engine.export.bundle import Logged
 from engine.retention import apply
 from engine.retention import run as runs
 from engine.retention.select import Selection, select
@@ -56,7 +58,7 @@ def test_a_bundle_carries_the_receipts_and_holds_of_its_range(bundled, both):
     bundle, trust, receipts = bundled
     said = both(bundle, trust)
     assert said.code == 0, said.lines
-    assert "4 deletion receipts" in said.lines[-1] and "1 holds" in said.lines[-1]
+    assert "4 deletion receipts" in said.lines[-1] and said.lines[-1].endswith(", 1 hold")
     assert any("deleted by 4 deletion receipts" in line for line in said.lines)
     members = read(bundle)
     retained = json.loads(members["retention.json"])
@@ -212,3 +214,22 @@ def test_an_archive_entry_naming_no_plain_file_is_named(tmp_path, name):
         " file name"
     ]
     assert report.counts["archives"] == 0
+
+
+def test_a_holds_first_decision_is_carried_whatever_its_payload_holds():
+    """An ``access.decision`` whose payload nests a hold's kind is still a decision: the first
+    of its id, which ``audit verify`` judges the hold entry by, is the one the export carries."""
+
+    def entry(seq: int, kind: str, payload: dict[str, object]) -> tuple[int, bytes]:
+        actor = {"kind": "principal", "id": "eve"}
+        said = {"seq": seq, "time": "2026-01-01T00:00:00.000000Z", "kind": kind}
+        return seq, canonical_json(said | {"actor": actor, "payload": payload})
+
+    decision = "11111111-2222-3333-4444-555555555555"
+    nested = {"decision": decision, "action": "read", "note": {"kind": "hold.placed"}}
+    entries = [
+        entry(10, "access.decision", nested),
+        entry(11, "access.decision", {"decision": decision, "action": "hold"}),
+        entry(12, "hold.placed", {"hold": 1, "held": [], "decision": decision}),
+    ]
+    assert Logged.of(entries).decisions == {decision: [10, 11]}

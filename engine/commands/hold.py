@@ -130,8 +130,8 @@ def describe(scope: Scope) -> str:
 
 def run_list(args: argparse.Namespace, console: Console) -> int:
     """Every hold as the audit log states it (its ``hold.placed`` and ``hold.released``
-    entries: the holds' rows can be changed by anyone who can write the database), with the
-    (device, point) pairs it covers."""
+    entries, as retention reads them, taken as written: ``audit verify`` judges each entry
+    and compares the holds' rows with them), with the (device, point) pairs it covers."""
     with Store.open_existing(args.db) as store, store.reading() as conn:
         book = HoldBook()
         book.read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)
@@ -175,7 +175,7 @@ def hold_json(hold: Hold) -> dict[str, Any]:
         "id": hold.id,
         "in_force": hold.in_force,
         **hold.scope.as_json(),
-        "held": hold.scope.held_json(),
+        "held": None if hold.scope.held is None else hold.scope.held_json(),
         "reason": hold.reason,
         "placed_by": hold.placed_by,
         "placed_at": hold.placed_at,

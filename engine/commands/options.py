@@ -265,8 +265,13 @@ def verifying_trust_of(args: argparse.Namespace, pm: pluggy.PluginManager) -> Tr
     there, or holds no key, is an error, since trusting no key would fail every signature of
     a sound store as if it had been forged."""
     trust = trust_of(args, pm)
-    if args.public_keys or any(trust.keys.values()):
+    if any(trust.keys.values()):
         return trust
+    if args.public_keys:
+        raise ConvergeError(
+            f"{', '.join(map(str, args.public_keys))}: no public key to trust in it: give"
+            " exports of converge keys export-public --format json"
+        )
     folder = key_folder(args)
     said = "is not there" if not folder.is_dir() else "holds no key"
     raise ConvergeError(

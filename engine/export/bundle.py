@@ -498,13 +498,15 @@ class Logged:
         receipts: dict[int, list[dict[str, Any]]] = {}
         decided: list[tuple[int, bytes]] = []
         for seq, raw in entries:
-            if _kind(raw) is not None:
+            if _kind(raw) is not None:  # its bytes name a kind: perhaps nested in a payload
                 entry = json.loads(raw)
                 kind, said = entry["kind"], entry["payload"]
                 if kind in RETENTION_KINDS:
                     logged.append((seq, kind, said))
                 if kind == "retention.deleted" and type(said.get("batch")) is int:
                     receipts.setdefault(said["batch"], []).append(said)
+                if kind == "access.decision":
+                    decided.append((seq, raw))
             elif _DECISION_KIND in raw:
                 decided.append((seq, raw))
         named = [said.get("decision") for _, kind, said in logged if kind in _HOLD_KINDS]

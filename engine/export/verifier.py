@@ -160,9 +160,17 @@ class Verdict:
         """The text verdict, one line each, every steering character a visible escape."""
         out = [f"FAIL {item}: {message}" for item, message in self.problems]
         out += [f"note: {note}" for note in self.notes]
-        counted = ", ".join(f"{n:,} {what}" for what, n in self.counts.items())
-        out.append(("verified" if self.ok else f"{len(self.problems)} problems") + f": {counted}")
+        counted = ", ".join(_counted(n, what) for what, n in self.counts.items())
+        out.append(
+            ("verified" if self.ok else _counted(len(self.problems), "problems")) + f": {counted}"
+        )
         return [line.translate(_VISIBLE) for line in out]
+
+
+def _counted(n: int, what: str) -> str:
+    """``1 batch``, ``2 batches``: a count, named in the plural, said in the singular for one."""
+    one = {"audit entries": "audit entry", "batches": "batch"}.get(what, what.removesuffix("s"))
+    return f"1 {one}" if n == 1 else f"{n:,} {what}"
 
 
 class Refused(Exception):
@@ -1391,7 +1399,7 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
     every one is the usual reading (:data:`_USUAL_LINE`) whose value's text is the number's
     own (as :func:`read_record` asks); else None. The CSV rows are :func:`read_record`'s."""
     found = _USUAL_LINES.findall(lines)
-    if not found or len(found) != count:
+    if not found or len(found) != count or lines.count(b"\n") != count:
         return None
     batches, positions, leaves, devices, points, times, values, fractions = (
         tuple(map(itemgetter(i), found)) for i in (0, 1, 2, 4, 5, 7, 8, 9)
@@ -1433,7 +1441,7 @@ def usual_rows(lines: bytes, count: int) -> Rows | None:
     is the usual reading, as :func:`read_usual` asks; else None. The CSV rows are
     :func:`read_record`'s. Fewer columns than :func:`read_usual`: a third faster."""
     found = _EXPORTED_LINES.findall(lines)
-    if not found or len(found) != count:
+    if not found or len(found) != count or lines.count(b"\n") != count:
         return None
     if not _numbers_own(compress(map(itemgetter(7), found), map(itemgetter(8), found))):
         return None

@@ -25,7 +25,7 @@ The order is what makes a run safe to kill at any instant:
    killed run leaves each transaction wholly before or after, and no receipt
    ever waits for a checkpoint. The checkpoint
    refuses a tail holding a hold, receipt or archive entry the run did not
-   write (written without the key), and the batch's deletion with it. Records
+   write (written without the key), and the transaction's deletions with it. Records
    the check of step 3 hashed, of a batch no receipt has deleted from, are
    compared with it by one digest of their bytes
    (:func:`engine.verify.records.records_digest`): equal, they are the records
@@ -149,18 +149,21 @@ GROUP_BATCHES = 8
 run's cost is partly per transaction (its write lock, the checkpoint's reads, signature and
 verification), which small batches would otherwise pay each."""
 GROUP_RECORDS = 10_000
-"""A transaction takes no further batch once its batches hold this many records: a collector
-waits for the write lock no longer than these take."""
+"""A transaction takes a further batch only while its batches hold no more than this many
+records (a larger batch goes alone): a collector waits for the write lock no longer than
+these take."""
 
 
 def _groups(work: list[tuple[BatchRef, PlanBody]]) -> Iterator[list[tuple[BatchRef, PlanBody]]]:
     """The batches to delete from, in order, a transaction's worth at a time."""
     group: list[tuple[BatchRef, PlanBody]] = []
-    for item in work:
-        group.append(item)
-        if len(group) == GROUP_BATCHES or sum(b.count for b, _ in group) >= GROUP_RECORDS:
+    held = 0
+    for batch, plan in work:
+        if group and (len(group) == GROUP_BATCHES or held + batch.count > GROUP_RECORDS):
             yield group
-            group = []
+            group, held = [], 0
+        group.append((batch, plan))
+        held += batch.count
     if group:
         yield group
 
@@ -345,7 +348,8 @@ def _check_root(
 def _unverified(batch: BatchRef) -> StoreUnverified:
     return StoreUnverified(
         f"batch {batch.id} ({batch.device} {batch.window_start}) no longer verifies: its"
-        " records do not hash to its signed root; nothing more is deleted"
+        " records do not hash to its signed root; nothing is deleted from it, from the batches of"
+        " its transaction, or after it"
     )
 
 

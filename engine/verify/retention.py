@@ -623,7 +623,7 @@ HOLD_KINDS = frozenset({"hold.placed", "hold.released"})
 @dataclass
 class HoldBook:
     """The holds as the log states them, read up to entry ``size``: what a retention run
-    decides by. Its check fills it from the verified log; in each batch's transaction the run
+    decides by. Its check fills it from the verified log; in each of its transactions the run
     folds in the hold entries written since (each signed in its own transaction by a holder of
     the audit key, or the run's checkpoint refuses to sign). The ``holds`` table is never
     read: anyone who can write the database can change a row after the check."""
