@@ -1174,3 +1174,23 @@ def test_a_leaf_holding_a_line_break_is_never_read_at_once():
     lines = writing.LINE % (9, 0, smuggled) + writing.LINE % (9, 1, b'{"not":"usual"}')
     assert verifier.usual_rows(lines, 2) is None
     assert verifier.read_usual(lines, 2) is None
+
+
+def test_a_bundle_or_trust_file_that_is_not_one_is_a_mistake_not_a_verdict(
+    plant: Exported, tmp_path: Path, clean_python: Path, capsys
+):
+    """No file at the bundle's path, or a trust file that is not one, says so and exits 2 (a
+    failing verdict, exit 1, is for a bundle that does not verify), both ways."""
+    script = tmp_path / "verify.py"
+    script.write_bytes(Path(verifier.__file__).read_bytes())
+    not_trust = tmp_path / "trust.json"
+    not_trust.write_text("{}")
+    for bundle, trust, said in (
+        (tmp_path / "nothere.zip", None, "nothere.zip: there is no such file"),
+        (plant.bundle, not_trust, "--trust: not a trust file"),
+    ):
+        assert converge_verify(bundle, trust).code == 2
+        assert said in capsys.readouterr().err
+        command = [clean_python, "-I", script, bundle, *(["--trust", trust] if trust else [])]
+        ran = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert ran.returncode == 2 and said in ran.stderr and not ran.stdout

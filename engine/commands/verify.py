@@ -39,6 +39,9 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         trust = None if args.trust is None else args.trust.read_bytes()
     except OSError as exc:
         raise ConvergeError(f"cannot read {args.trust}: {exc.strerror}") from exc
+    wrong = verifier.unusable(str(args.bundle), trust)
+    if wrong is not None:
+        raise ConvergeError(wrong)
     verdict = verifier.verify(str(args.bundle), trust)
     # printed as verify.py prints it, line for line (no wrapping): the two must say the same,
     # the bundle's text made printable by Verdict.lines itself

@@ -536,6 +536,19 @@ def signed_by(
 # --- the checks --------------------------------------------------------------------------
 
 
+def unusable(path: str, trust: bytes | None) -> str | None:
+    """What is wrong with the command line rather than the bundle (exit 2, not a verdict): a
+    bundle that is not a file there, a trust file that is not one."""
+    if not os.path.isfile(path):
+        return f"{path}: there is no such file"
+    try:
+        if trust is not None:
+            read_trust(trust, "--trust")
+    except Refused as exc:
+        return str(exc)
+    return None
+
+
 def verify(path: str, trust: bytes | None = None) -> Verdict:
     """Check the bundle at ``path`` against ``trust`` (a trust file's bytes), else its own keys."""
     verdict = Verdict()
@@ -2375,6 +2388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trust = None if args.trust is None else open(args.trust, "rb").read()  # noqa: SIM115
     except OSError as exc:
         print(f"verify.py: cannot read {args.trust}: {exc.strerror}", file=sys.stderr)
+        return 2
+    wrong = unusable(args.bundle, trust)
+    if wrong is not None:
+        print(f"verify.py: {wrong}", file=sys.stderr)
         return 2
     verdict = verify(args.bundle, trust)
     if args.format == "json":
