@@ -160,6 +160,14 @@ def test_csv_and_table_say_the_same(stopped_store, capsys):
     assert "TT101_PV" in text and "refused 12" in text
 
 
+def test_a_device_the_store_does_not_hold_is_named_not_shown_as_empty(stopped_store, capsys):
+    """A mistyped device is a mistake of the command (exit 2), not a device with no records."""
+    capsys.readouterr()
+    assert main(["audit", "gaps", "--db", stopped_store, "--device", "reactor-l-plc"]) == 2
+    said = capsys.readouterr().err
+    assert "no device reactor-l-plc in the store (its devices: " in said and DEVICE in said
+
+
 def test_an_empty_store_has_no_rows(tmp_path, capsys, evidence_site):
     open_store(evidence_site, str(tmp_path / "empty.db")).close()
     assert gaps(capsys, str(tmp_path / "empty.db"), form="table").strip() == "no records"

@@ -165,8 +165,14 @@ def run_gaps(args: argparse.Namespace, pm: pluggy.PluginManager, console: Consol
         instant(args.start) if args.start else None, instant(args.end) if args.end else None
     )
     with Store.open_existing(args.db) as store, store.reading() as conn:
-        devices = args.device or data.devices(conn)
-        rows = health(conn, dict.fromkeys(devices), span).rows()
+        known = data.devices(conn)
+        unknown = [device for device in args.device or () if device not in known]
+        if unknown:
+            raise ConvergeError(
+                f"no device {', '.join(unknown)} in the store (its devices:"
+                f" {', '.join(known) or 'none'})"
+            )
+        rows = health(conn, dict.fromkeys(args.device or known), span).rows()
     render_gaps(console, args.format, rows)
     return 0
 
