@@ -356,6 +356,10 @@ def test_audit_log_filters_by_actor_kind_time_and_device(store, capsys):
     assert stored and {e["payload"]["device"] for e in stored} == {"reactor-1-plc"}
     assert listed("--to", "2000-01-01") == []
     assert main(["audit", "log", "--db", store, "--point", "TT101_PV"]) == 2
+    capsys.readouterr()
+    assert main(["audit", "log", "--db", store, "--actor", "alice@example.com"]) == 0
+    line = capsys.readouterr().out  # a person reads it: JSON for members, no Python reprs
+    assert "decision=" in line and "None" not in line and "{'" not in line
 
 
 def test_a_review_is_an_entry_of_the_reviewer(store, capsys):

@@ -359,12 +359,17 @@ def _about(entry: AuditEntry) -> str:
             + (f" on {scope}" if "devices" in p else "")
             + (f": {p.get('reason')}")
         )
-    return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()))
+    return " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if v is not None)
 
 
-def _short(value: object) -> object:
-    """Lists (such as a run's plan digests) by their length; the JSON form has them whole."""
-    return f"{len(value)} items" if isinstance(value, list) else value
+def _short(value: object) -> str:
+    """A payload member as its line shows it: a string as it is, a list (such as a run's plan
+    digests) by its length, anything else as JSON; the JSON form has them whole."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return f"{len(value)} item{'' if len(value) == 1 else 's'}"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def render_report(console: Console, report: Report, seconds: float, where: str) -> None:
