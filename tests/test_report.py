@@ -161,6 +161,7 @@ def test_the_report_of_a_real_run_renders_in_chromium_with_no_error_and_no_reque
     assert "Verified: the whole store verifies" in text
     assert "21 CFR 11.10(e)" in text  # a control the policies cite
     assert "legacy RTU" in text  # reactor-7's exception, with its expiry
+    assert "every 5s" in text and "≥ 7y then archive" in text  # as the policies write them
     health = text[text.index("Collection health") : text.index("Retention runs")]
     assert "refused" in health or "timeout" in health, health  # reactor-1-plc's stop
     assert "Collector runs" in health and "no clean stop" not in health

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from engine.audit import AuditEntry, actor_label
+from engine.durations import format_duration
 from engine.plans.body import PlanBody, PlanPoint
 from engine.report import facts as f
 from engine.report.chart import chart, legend
@@ -241,15 +242,15 @@ def _plan_row(plan: PlanBody) -> Sequence[object]:
 
 def _point_row(point: PlanPoint) -> Sequence[object]:
     c, s, r, a = point.capture, point.signing, point.retention, point.access
-    capture = [f"every {c.every_ms / 1000:g} s" if c.every_ms else "", *c.cron]
+    capture = [f"every {format_duration(c.every_ms)}" if c.every_ms else "", *c.cron]
     if c.deadband is not None:
         capture.append(f"on change (deadband {c.deadband:g})")
     signing = f"required: {', '.join(s.keys)}" if s.required else "not required"
     keep = []
     if r.keep_at_least_ms:
-        keep.append(f"≥ {r.keep_at_least_ms / DAY_MS:g} days")
+        keep.append(f"≥ {format_duration(r.keep_at_least_ms)}")
     if r.keep_at_most_ms:
-        keep.append(f"≤ {r.keep_at_most_ms / DAY_MS:g} days")
+        keep.append(f"≤ {format_duration(r.keep_at_most_ms)}")
     if r.on_expiry:
         keep.append(f"then {r.on_expiry}")
     access = [
