@@ -180,6 +180,7 @@ def assert_bundle_carries_its_report(db: str, keys: Path, tmp_path: Path, monkey
     assert "reactor-1-plc" in text and "cleanroom-emu-1" not in text
     assert "Verified: the whole store verifies" in text
     assert "the exporter's key folder" in text
+    assert "21 CFR 11.10(e)" in text and "not given" not in text  # from the files it carries
     exported = decisions(db)[-1]  # the export's own decision, which its report names
     assert exported["action"] == "export" and str(exported["decision"]) in text
 

@@ -33,12 +33,15 @@ from engine.commands.options import (
     principal_of,
     principals_of,
 )
-from engine.errors import ConvergeError
+from engine.compile.load import load_text
+from engine.errors import ConvergeError, FindingsError
 from engine.export import Target, export
+from engine.export.bundle import sources
 from engine.principals import PrincipalResolver
 from engine.report import Checking, render
 from engine.sign.leaf import instant
-from engine.store import data
+from engine.store import data, reads
+from engine.store.reads import as_bytes
 from engine.store.store import Store
 from engine.verify.trust import Trust
 
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     with Store.open_existing(args.db) as store:
         store.audit_key = args.audit_key
         decision = decide(store, resolver, args)
-        report = partial(render, checking=checking)
+        report = partial(render, checking=checking, controls=controls_of(store, args.sources))
         target = Target(args.out, report, tuple(args.plan_key), args.sources, parallel=True)
         done = export(store, decision, span, keys, target)
     for path, why in done.left_out:
@@ -119,6 +122,25 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         highlight=False,
     )
     return refused(decision)
+
+
+def controls_of(store: Store, folder: Path) -> dict[str, tuple[str, ...]]:
+    """Each policy's controls, read from the policy files the stored plans name, found under
+    ``folder`` with the bytes a plan names (the files the bundle carries): so that the report
+    in the bundle names the controls each policy cites. A file that is not a policy, or does
+    not load, names none."""
+    with store.reading() as conn:
+        plans = [as_bytes(row.body) for row in reads.plans(conn)]
+    found: dict[str, tuple[str, ...]] = {}
+    for path, raw in sources(plans, folder)[0].items():
+        try:
+            said = load_text(raw, path).data
+        except FindingsError:
+            continue
+        if isinstance(said, dict) and isinstance(said.get("policy"), str):
+            cited = said.get("controls") or []
+            found[said["policy"]] = tuple(str(c) for c in cited) if isinstance(cited, list) else ()
+    return found
 
 
 def refused(decision: Decision) -> int:
