@@ -47,6 +47,7 @@ from engine.store import data, reads
 from engine.store.data import StoredBatch
 from engine.store.retention import Scope, split_hashes
 from engine.store.tables import PLANS
+from engine.verify.retention import HOLD_KINDS
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 """Every member's zip time: a bundle's bytes do not depend on when it was written."""
@@ -54,8 +55,7 @@ DEFLATE_LEVEL = 1
 """zlib's fastest: a bundle deflates about 9 to 1 at it (8 % larger than at zlib's default, 6),
 in under half the time."""
 TLOG_PROOF = "c2sp.org/tlog-proof@v1"
-RETENTION_KINDS = ("retention.deleted", "hold.placed", "hold.released")
-_HOLD_KINDS = ("hold.placed", "hold.released")
+RETENTION_KINDS = ("retention.deleted", *sorted(HOLD_KINDS))
 Receipts = Mapping[int, Sequence[dict[str, Any]]]
 """The payloads of the log's deletion receipts, by the batch each names."""
 
@@ -509,7 +509,7 @@ class Logged:
                     decided.append((seq, raw))
             elif _DECISION_KIND in raw:
                 decided.append((seq, raw))
-        named = [said.get("decision") for _, kind, said in logged if kind in _HOLD_KINDS]
+        named = [said.get("decision") for _, kind, said in logged if kind in HOLD_KINDS]
         return cls(logged, receipts, _decisions_named(decided, named))
 
 
@@ -581,7 +581,7 @@ def _decisions(logged: Logged, wanted: set[int]) -> list[int]:
     of its id before the hold entry)."""
     found = []
     for seq, kind, said in logged.entries:
-        if kind in _HOLD_KINDS and seq in wanted:
+        if kind in HOLD_KINDS and seq in wanted:
             before = [d for d in logged.decisions.get(str(said.get("decision")), []) if d < seq]
             found.extend(before[:1])
     return found

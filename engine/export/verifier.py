@@ -168,7 +168,9 @@ class Verdict:
 
 
 def _counted(n: int, what: str) -> str:
-    """``1 batch``, ``2 batches``: a count, named in the plural, said in the singular for one."""
+    """``1 batch``, ``2 batches``: a count, named in the plural, said in the singular for one
+    (as ``converge audit verify`` says its counts, engine/commands/audit.py ``counted_as``;
+    kept here so that this file stays self-contained)."""
     one = {"audit entries": "audit entry", "batches": "batch"}.get(what, what.removesuffix("s"))
     return f"1 {one}" if n == 1 else f"{n:,} {what}"
 

@@ -262,7 +262,8 @@ def _delete(store: Store, group: list[Work], by: tuple[Job, HoldBook], outcome: 
         held = book.read(auditlog.entries(conn, first=book.size), auditlog.size(conn))
         for work in group:
             seq = _receipted(conn, work, (job, held), outcome)
-            receipts += [] if seq is None else [seq]
+            if seq is not None:
+                receipts.append(seq)
     outcome.receipts += receipts
     outcome.checkpoint = receipts[-1] + 1 if receipts else outcome.checkpoint
 
