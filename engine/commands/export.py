@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -36,12 +37,10 @@ from engine.commands.options import (
 from engine.compile.load import load_text
 from engine.errors import ConvergeError, FindingsError
 from engine.export import Target, export
-from engine.export.bundle import sources
 from engine.principals import PrincipalResolver
 from engine.report import Checking, render
 from engine.sign.leaf import instant
-from engine.store import data, reads
-from engine.store.reads import as_bytes
+from engine.store import data
 from engine.store.store import Store
 from engine.verify.trust import Trust
 
@@ -110,8 +109,15 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     with Store.open_existing(args.db) as store:
         store.audit_key = args.audit_key
         decision = decide(store, resolver, args)
-        report = partial(render, checking=checking, controls=controls_of(store, args.sources))
-        target = Target(args.out, report, tuple(args.plan_key), args.sources, parallel=True)
+        report = partial(render, checking=checking)
+        target = Target(
+            args.out,
+            report,
+            tuple(args.plan_key),
+            args.sources,
+            parallel=True,
+            controls=controls_of,
+        )
         done = export(store, decision, span, keys, target)
     for path, why in done.left_out:
         print(f"converge: source {path} is not in the bundle: {why}", file=sys.stderr)
@@ -124,15 +130,12 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     return refused(decision)
 
 
-def controls_of(store: Store, folder: Path) -> dict[str, tuple[str, ...]]:
-    """Each policy's controls, read from the policy files the stored plans name, found under
-    ``folder`` with the bytes a plan names (the files the bundle carries): so that the report
-    in the bundle names the controls each policy cites. A file that is not a policy, or does
+def controls_of(carried: Mapping[str, bytes]) -> dict[str, tuple[str, ...]]:
+    """Each policy's controls, read from the source files a bundle carries (path: bytes), so
+    that its report names the controls each policy cites. A file that is not a policy, or does
     not load, names none."""
-    with store.reading() as conn:
-        plans = [as_bytes(row.body) for row in reads.plans(conn)]
     found: dict[str, tuple[str, ...]] = {}
-    for path, raw in sources(plans, folder)[0].items():
+    for path, raw in sorted(carried.items()):
         try:
             said = load_text(raw, path).data
         except FindingsError:

@@ -14,10 +14,11 @@ and signed by the same key. docs/bundle.md specifies every member.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,11 +40,21 @@ from engine.store.store import Store
 
 class Report(Protocol):
     """Renders the bundle's ``report.html`` for an export decision; ``counted``: the readings of
-    the batches the export read whole, by id, which it need not read again."""
+    the batches the export read whole, by id, which it need not read again; ``controls``: each
+    policy's controls, when its target reads them (:attr:`Target.controls`)."""
 
     def __call__(
-        self, store: Store, decision: Decision, *, counted: Mapping[int, Readings]
+        self,
+        store: Store,
+        decision: Decision,
+        *,
+        counted: Mapping[int, Readings],
+        controls: Mapping[str, Sequence[str]] | None = None,
     ) -> bytes: ...
+
+
+Controls = Callable[[Mapping[str, bytes]], Mapping[str, Sequence[str]]]
+"""Each policy's controls, read from source files (path: bytes)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,9 @@ class Target:
     parallel: bool = False
     """Whether worker processes may read a large export's records (forked: only in a process
     of its own, never a collector's)."""
+    controls: Controls | None = None
+    """Reads the policies' controls from the source files the bundle carries, for its report
+    (the export itself reads no policy file)."""
 
 
 def export(store: Store, decision: Decision, span: Range, keys: KeyStore, to: Target) -> Exported:
@@ -108,7 +122,11 @@ def _write(
             parallel=to.parallel,
         )
         gathered = bundle.gather(conn, asked, size)
-    files, packed = _completed(store, decision, gathered, to.report)
+    report = to.report
+    if to.controls is not None:
+        carried = {path: gathered.members[verifier.SOURCES + path] for path in gathered.sources}
+        report = partial(to.report, controls=to.controls(carried))
+    files, packed = _completed(store, decision, gathered, report)
     about = _about(decision, span, origin, store.audit_key)
     said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}), files)
     note = _sign_manifest(said, origin, keys, store.audit_key)
