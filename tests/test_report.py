@@ -105,6 +105,22 @@ def test_a_principal_without_the_export_grant_gets_exit_3_and_a_decision_entry(
     assert b"Verified" in out.read_bytes()
 
 
+def test_a_report_without_keys_to_trust_is_an_error_not_a_failed_verification(
+    evidence_site, tmp_path, monkeypatch, capsys
+):
+    """The report's verdict rests on the keys it trusts: with none (no key folder), every
+    signature of a sound store would fail, and the page would say so. It is said as the
+    command line's mistake instead (exit 2), and no page is written."""
+    db = str(tmp_path / "evidence.db")
+    fill(evidence_site, db, tmp_path, seconds=10).close()
+    monkeypatch.delenv("CONVERGE_KEYS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report.html"
+    assert report(db, out, "--device", "reactor-1-plc") == 2
+    assert "the key folder keys is not there" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --- a real run, rendered in Chromium --------------------------------------------------------
 
 FAULTS = """faults:

@@ -31,7 +31,7 @@ from engine.commands.options import (
     add_trust,
     key_folder,
     principals_of,
-    trust_of,
+    verifying_trust_of,
 )
 from engine.compile import Inputs, compile_project
 from engine.errors import AccessDenied, ConvergeError, FindingsError
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     if args.start and args.end and args.end <= args.start:
         raise ConvergeError("--to must be after --from")
     resolver = principals_of(args, pm)
-    checking = Checking(trust_of(args, pm), _source(args), args.audit_key, args.witness)
+    checking = Checking(verifying_trust_of(args, pm), _source(args), args.audit_key, args.witness)
     controls = _controls(args.policies, pm) if args.policies else None
     with Store.open_existing(args.db) as store:
         decision = decide(store, resolver, args)
