@@ -1166,6 +1166,15 @@ def test_a_batch_read_at_once_gives_the_rows_its_leaves_give_one_by_one(batch: l
         assert exported.times == [instant(r.scheduled_at).encode() for r in batch]
 
 
+@settings(max_examples=2000)
+@given(st.lists(st.from_regex(rb"\A-?[1-9][0-9]{0,18}\.[0-9]{1,18}\Z"), min_size=1, max_size=3))
+def test_a_decimal_is_its_numbers_own_as_a_conversion_says(decimals: list[bytes]):
+    """Decimals of the usual reading's form are judged their numbers' own without converting
+    them when short enough: the same verdict as converting each (``repr(float(text))``)."""
+    converted = all(repr(float(text)) == text.decode() for text in decimals)
+    assert verifier._numbers_own(decimals) == converted
+
+
 def test_a_leaf_holding_a_line_break_is_never_read_at_once():
     """A leaf a database writer made to hold a line break and a second record line would read
     as two usual lines where the batch has one leaf: the batch is read leaf by leaf instead."""

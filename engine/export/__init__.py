@@ -131,7 +131,7 @@ def _write(
     said = bundle.manifest(gathered, about | ({"archive": True} if only is not None else {}), files)
     note = _sign_manifest(said, origin, keys, store.audit_key)
     members = {**gathered.members, verifier.MANIFEST: said, verifier.SIGNATURE: note}
-    bundle.write_zip(to.out, members, packed)
+    bundle.write_zip(to.out, members, packed, gathered.parts)
     records, batches = gathered.records, len(gathered.batches)
     return Exported(decision, records, batches, to.out, tuple(gathered.left_out))
 
@@ -140,8 +140,9 @@ def _completed(
     store: Store, decision: Decision, gathered: bundle.Gathered, report: Report
 ) -> tuple[dict[str, str], dict[str, bundle.Packed]]:
     """Add the report and ``verify.py`` to the gathered members; every member's digest, and
-    the gathered ones deflated. Those are hashed and deflated on two other threads while the
-    report is made (hashlib and zlib let go of the GIL: the other CPU does it)."""
+    the gathered ones deflated (but the records: they were, as they were gathered). Those are
+    hashed and deflated on two other threads while the report is made (hashlib and zlib let
+    go of the GIL: the other CPU does it)."""
     members = dict(gathered.members)
     with ThreadPoolExecutor(2) as helpers:
         hashed = helpers.submit(bundle.digests, members)
@@ -151,6 +152,7 @@ def _completed(
             verifier.VERIFIER: Path(verifier.__file__).read_bytes(),
         }
         files = hashed.result() | bundle.digests(made)
+        files |= {name: part.digest() for name, part in gathered.parts.items()}
     gathered.members.update(made)
     return files, packed.result()
 

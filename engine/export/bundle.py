@@ -25,7 +25,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,9 @@ class Gathered:
     counted: dict[int, Readings] = field(default_factory=dict)
     """The readings of each batch all of whose records were read at once (by id): the report
     counts them from here instead of reading them again."""
+    parts: dict[str, Parts] = field(default_factory=dict)
+    """The members gathered in parts, not in :attr:`members`: the records, a part per batch,
+    deflated where it was read."""
 
 
 @dataclass(frozen=True)
@@ -277,21 +280,24 @@ def _records(
     stored: Mapping[int, dict[str, Any]],
 ) -> None:
     """records.jsonl, records.csv and a member per batch of the exported devices in the range
-    (an archive's: per batch that holds an archived record)."""
-    lines, rows = [], [",".join(verifier.CSV_COLUMNS).encode() + b"\n"]
+    (an archive's: per batch that holds an archived record). The two records members are
+    gathered in parts (a batch's each), never joined: each part deflated where its batch was
+    read, the member's digest and CRC-32 taken part by part."""
+    header = ",".join(verifier.CSV_COLUMNS).encode() + b"\n"
+    lines, rows = Parts(), Parts()
+    rows.add(header, deflate_part(header))
+    out.parts.update({verifier.RECORDS: lines, verifier.RECORDS_CSV: rows})
     for batch, picked in _picked(conn, request, stored):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
-        lines.append(picked.lines)
-        rows.append(picked.rows)
+        lines.add(picked.lines, picked.deflated[0])
+        rows.add(picked.rows, picked.deflated[1])
         out.records += len(picked.positions)
         if picked.counted is not None and request.only is None:  # an archive's: part of a batch
             out.counted[batch.id] = picked.counted
         out.members[f"batches/{batch.id}.json"] = _batch_member(conn, batch, picked, receipts)
         if batch.plan_digest not in out.plans:
             out.plans.append(batch.plan_digest)
-    out.members[verifier.RECORDS] = b"".join(lines)
-    out.members[verifier.RECORDS_CSV] = b"".join(rows)
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,8 @@ class Picked:
     lines: bytes
     rows: bytes
     counted: Readings | None = None
+    deflated: tuple[bytes, bytes] = (b"", b"")
+    """The lines and the rows, each deflated as a part of its member (:func:`deflate_part`)."""
 
 
 NOTHING = Picked([], b"", b"")
@@ -356,11 +364,13 @@ def _job(conn: Connection, request: Request, batch: StoredBatch, points: set[str
 
 
 def _pick(job: Job) -> Picked:
-    """The records a batch exports (a pure function of the job: a worker process may run it)."""
+    """The records a batch exports, their lines and rows deflated too (a pure function of the
+    job: a worker process may run it)."""
     records, batch, points, span = job
-    return _usual(records, batch, points, span) or _exported(
+    picked = _usual(records, batch, points, span) or _exported(
         zip(*records, strict=True), batch, points, span
     )
+    return replace(picked, deflated=(deflate_part(picked.lines), deflate_part(picked.rows)))
 
 
 def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> Picked | None:
@@ -771,6 +781,51 @@ class Packed:
     size: int
 
 
+def deflate_part(body: bytes) -> bytes:
+    """``body`` deflated as a part of a member: a raw stream ended by a sync flush, not a
+    final block. Parts joined in order, then :data:`LAST_BLOCK`, are one deflate stream of
+    the bodies joined, whoever deflated each (a worker process may), and the same bytes
+    whatever the number of workers."""
+    if not body:
+        return b""
+    squeeze = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    return squeeze.compress(body) + squeeze.flush(zlib.Z_SYNC_FLUSH)
+
+
+LAST_BLOCK = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15).flush()
+"""An empty final block: what ends a member deflated in parts."""
+
+
+class Parts:
+    """A member gathered in parts, each with its deflated part (:func:`deflate_part`): its
+    digest, CRC-32 and size are taken as the parts come, and its bytes are never joined but
+    for a zip that needs ZIP64 records (:func:`write_zip`)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.deflated: list[bytes] = []
+        self._sha256 = hashlib.sha256()
+        self._crc = 0
+        self._size = 0
+
+    def add(self, body: bytes, deflated: bytes) -> None:
+        self.bodies.append(body)
+        self.deflated.append(deflated)
+        self._sha256.update(body)
+        self._crc = zlib.crc32(body, self._crc)
+        self._size += len(body)
+
+    def digest(self) -> str:
+        """The member's SHA-256 as the manifest names it (as :func:`digests` does)."""
+        return "sha256:" + self._sha256.hexdigest()
+
+    def packed(self) -> Packed:
+        return Packed(b"".join(self.deflated) + LAST_BLOCK, self._crc, self._size)
+
+    def body(self) -> bytes:
+        return b"".join(self.bodies)
+
+
 def pack(members: Mapping[str, bytes]) -> dict[str, Packed]:
     """Each member deflated as zipfile deflates it, at :data:`DEFLATE_LEVEL` (zlib lets go of
     the GIL: a thread may pack while another makes the rest of the bundle)."""
@@ -782,22 +837,27 @@ def pack(members: Mapping[str, bytes]) -> dict[str, Packed]:
 
 
 def write_zip(
-    path: Path, members: Mapping[str, bytes], packed: Mapping[str, Packed] | None = None
+    path: Path,
+    members: Mapping[str, bytes],
+    packed: Mapping[str, Packed] | None = None,
+    parts: Mapping[str, Parts] | None = None,
 ) -> None:
-    """The members, sorted, with fixed times and modes, deflated (those in ``packed`` are
-    already); written to ``path`` atomically (a temporary file beside it, renamed).
+    """The members and those gathered in ``parts``, sorted, with fixed times and modes,
+    deflated (those in ``packed`` and ``parts`` are already); written to ``path`` atomically
+    (a temporary file beside it, renamed).
 
     zipfile deflates a member only as it writes it, and a bundle's members go in name order,
     the manifest before the records: the records could not be deflated before the manifest
     names them. Members deflated already are written here, as the very bytes zipfile writes
     (tests/test_export.py compares); a bundle that needs ZIP64 records is left to zipfile."""
     partial = path.with_name(f".{path.name}.partial")
-    ready = dict(packed or {})
+    parts = parts or {}
+    ready = dict(packed or {}) | {name: part.packed() for name, part in parts.items()}
     ready.update(pack({name: body for name, body in members.items() if name not in ready}))
     if _fits(ready):
         _write_packed(partial, ready)
     else:
-        _write_zipfile(partial, members)
+        _write_zipfile(partial, {**members, **{name: part.body() for name, part in parts.items()}})
     partial.replace(path)
 
 

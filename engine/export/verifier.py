@@ -1416,8 +1416,9 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
     found = _USUAL_LINES.findall(lines)
     if not found or len(found) != count or lines.count(b"\n") != count:
         return None
+    columns = tuple(zip(*found, strict=True))
     batches, positions, leaves, devices, points, times, values, fractions = (
-        tuple(map(itemgetter(i), found)) for i in (0, 1, 2, 4, 5, 7, 8, 9)
+        columns[i] for i in (0, 1, 2, 4, 5, 7, 8, 9)
     )
     if not _numbers_own(compress(values, fractions)):
         return None
@@ -1426,9 +1427,24 @@ def read_usual(lines: bytes, count: int) -> Usual | None:
 
 
 def _numbers_own(decimals: Iterable[bytes]) -> bool:
-    """Whether each decimal's text is its number's own (``repr(float(text)) == text``)."""
+    """Whether each decimal's text is its number's own (``repr(float(text)) == text``), of
+    decimals :data:`_USUAL` reads with a fraction (at least 1 in size, no leading zero).
+
+    Such a decimal of at most 15 significant digits whose fraction does not end in 0 is its
+    number's own, so when every one is, none is converted: a decimal of 15 digits reads back
+    from its double, so no two such decimals are one double, and the shortest that reads back
+    (``repr``'s) is the text itself; at least 1 and under 10**16, ``repr`` writes it without
+    an exponent. Otherwise each is converted and compared."""
     texts = list(decimals)
+    if max(map(len, texts), default=0) <= OWN_LENGTH and not any(map(_ends_in_zero, texts)):
+        return True
     return list(map(repr, map(float, texts))) == list(map(bytes.decode, texts))
+
+
+OWN_LENGTH = 16
+"""A decimal with a fraction this long at most has 15 significant digits at most (one is its
+point)."""
+_ends_in_zero = methodcaller("endswith", b"0")
 
 
 @dataclass(frozen=True)
