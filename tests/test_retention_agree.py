@@ -353,6 +353,36 @@ class RespellHoldRange:
         return placed.seq
 
 
+@dataclass(frozen=True)
+class MisstateCalculation:
+    """A run deletes a new window of line-a, lawfully; the insider changes one member of its
+    receipt's expiry calculation (``said``: the member and its new value), which no deletion
+    is judged by but an auditor reads."""
+
+    member: str
+    value: Any
+
+    def apply(self, history: History) -> int:
+        k = history.store_window()
+        history.run()
+        batch = history.batch("line-a", k)
+        receipt = history.last("retention.deleted", batch=batch)
+        first, *rest = receipt.payload["expiries"]
+        changed = receipt.payload | {"expiries": [first | {self.member: self.value}, *rest]}
+        with history.insider() as insider:
+            insider.set_entry(replace(receipt, payload=changed))
+            insider.resign_checkpoints("audit-log")
+        return receipt.seq
+
+
+MISSTATEMENTS = [
+    ("rule", "keep_at_least"),
+    ("keep_at_most_ms", 3_600_000),
+    ("expires", instant(T0)),
+    ("policies", ["sox-evidence @ policies/forged.yaml:1:1"]),
+]
+"""Members of line-a's calculation (kept at most 10 minutes) and another value of each."""
+
 devices = st.sampled_from(["line-a", "lab-c"])
 tampers = st.one_of(
     st.none(),
@@ -361,6 +391,7 @@ tampers = st.one_of(
     st.builds(ForgeReleaseDecision, devices, st.sampled_from(["none", "placing", "refused"])),
     st.builds(ShadowDecision, devices, st.sampled_from(["hold.placed", "hold.released"])),
     st.builds(RespellHoldRange, devices, st.sampled_from([0, 1])),
+    st.sampled_from(MISSTATEMENTS).map(lambda said: MisstateCalculation(*said)),
 )
 
 
@@ -426,6 +457,9 @@ def carried(bundle: Path) -> set[int]:
 )
 @example(  # a hold's range narrowed by spelling its start at +01:00
     steps=[], tamper=RespellHoldRange("line-a", 1), asked=Asked((), (), None, None)
+)
+@example(  # a receipt's stated policies not its plan's
+    steps=[], tamper=MisstateCalculation(*MISSTATEMENTS[3]), asked=Asked((), (), None, None)
 )
 def test_audit_verify_the_bundle_verifier_and_the_docs_verifier_agree_on_holds(
     site, principals_file, tmp_path_factory, *, steps, tamper, asked

@@ -889,6 +889,9 @@ class Plan:
     """Each point's ``retention`` (``keep_at_least_ms``, ``keep_at_most_ms``, ``on_expiry``)."""
     sources: tuple[tuple[str, str], ...] = ()
     """The files the plan names as its sources: (path, ``sha256:<hex>``)."""
+    policies: dict[str, list[str]] = field(default_factory=dict)
+    """Each point's policies behind its retention: ``policy @ path:line:col`` of its
+    provenance's retention facets, once each, sorted (as a receipt states them)."""
 
     @property
     def points(self) -> frozenset[str]:
@@ -971,9 +974,22 @@ def _plan(data: bytes, digest: str) -> Plan | str:
     waivers = {_canon(w) for p in points for w in p.get("waived", []) if "signing" in w["facets"]}
     device = str(body.get("device", {}).get("id"))
     retention = {str(p["name"]): dict(p.get("retention", {})) for p in points}
+    policies = {str(p["name"]): _retention_policies(p.get("provenance", {})) for p in points}
     sources = tuple(sorted((str(p), str(d)) for p, d in body.get("sources", {}).items()))
     waived = frozenset() if required else frozenset(waivers)
-    return Plan(digest, device, tuple(required), waived, retention, sources)
+    return Plan(digest, device, tuple(required), waived, retention, sources, policies)
+
+
+RETENTION_FACETS = (
+    "retention.keep_at_least_ms",
+    "retention.keep_at_most_ms",
+    "retention.on_expiry",
+)
+
+
+def _retention_policies(provenance: dict[str, Any]) -> list[str]:
+    found = {f"{s['policy']} @ {s['at']}" for f in RETENTION_FACETS for s in provenance.get(f, [])}
+    return sorted(found)
 
 
 def _check_sources(
@@ -1331,8 +1347,12 @@ class Asked:
 def _instant(text: str) -> str:
     """``text``'s moment as an instant: RFC 3339 UTC, six fraction digits, ``Z`` (the year
     in four digits, which ``strftime`` does not write below 1000)."""
-    moment = _aware(text).astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="microseconds") + "Z"
+    return _spelled(_aware(text))
+
+
+def _spelled(moment: datetime) -> str:
+    """An aware ``moment`` as an instant (see :func:`_instant`)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -2111,13 +2131,22 @@ def _held_points(hold: Hold, points: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Expired:
+    """An expiry group of a receipt: its points, its positions, and the calculation it states
+    (its other members)."""
+
+    points: list[str]
+    positions: set[int]
+    stated: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Deleted:
-    """What a receipt deleted from its batch: the positions, and each expiry group's points
-    and positions."""
+    """What a receipt deleted from its batch: the positions, and its expiry groups."""
 
     batch: Batch
     positions: set[int]
-    groups: list[tuple[list[str], set[int]]]
+    groups: list[Expired]
 
 
 def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted | str:
@@ -2139,16 +2168,21 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted
     if plan is None or problem:
         return problem or f"its batch's plan {batch.plan} is not in the bundle"
     at = _aware(entry["time"])
-    for points, positions in deleted.groups:
-        for point in points:
-            kept = plan.retention.get(point, {})
+    for group in deleted.groups:
+        for point in group.points:
+            kept, where = plan.retention.get(point, {}), f"{batch.device}/{point}"
+            misstated = _misstated(group.stated, kept, plan.policies.get(point, []), batch)
             problem = (
                 _expiry_problem(kept, batch, at)
                 or _held(holds, seq, batch, point)
-                or _unarchived(kept, said, positions, retained, batch, seq=seq)
+                or _unarchived(kept, said, group.positions, retained, batch, seq=seq)
             )
-            if problem:
-                return f"deletes {batch.device}/{point} {problem}"
+            if misstated or problem:
+                return (
+                    f"its expiry calculation for {where} is not its plan's"
+                    if misstated
+                    else f"deletes {where} {problem}"
+                )
     return deleted
 
 
@@ -2158,12 +2192,12 @@ def _mislabelled(deleted: Deleted) -> str | None:
     names = deleted.batch.points
     if names is None:
         return f"its batch {deleted.batch.id} carries no point map"
-    for points, positions in deleted.groups:
-        stray = min((p for p in positions if names[p] not in points), default=None)
+    for group in deleted.groups:
+        stray = min((p for p in group.positions if names[p] not in group.points), default=None)
         if stray is not None:
             return (
-                f"deletes position {stray} of batch {deleted.batch.id} as {', '.join(points)},"
-                f" where its signed point map says {names[stray]}"
+                f"deletes position {stray} of batch {deleted.batch.id} as"
+                f" {', '.join(group.points)}, where its signed point map says {names[stray]}"
             )
     return None
 
@@ -2203,12 +2237,19 @@ def _deleted(said: dict[str, Any], batch: Batch) -> Deleted | str:
     for number, (points, runs) in enumerate(groups, 1):
         if sum(counts[point] for point in points) != _size(runs):
             return f"its points count other than the {_size(runs)} positions of expiry {number}"
-    expanded = [(points, _expand(runs)) for points, runs in groups]
-    covered = [position for _, group in expanded for position in group]
+    expanded = [
+        Expired(points, _expand(runs), _stated(expiry))
+        for (points, runs), expiry in zip(groups, said["expiries"], strict=True)
+    ]
+    covered = [position for group in expanded for position in group.positions]
     deleted = _expand(positions)
     if len(covered) != len(deleted) or set(covered) != deleted:
         return "its expiries' positions are not its positions, each once"
     return Deleted(batch, deleted, expanded)
+
+
+def _stated(group: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in group.items() if key not in ("points", "positions")}
 
 
 def _group_points(said: Any) -> list[str]:
@@ -2333,6 +2374,33 @@ def _receipt_batch(said: dict[str, Any], retained: Retained) -> Batch | str:
     if (said["device"], said["root"], window, said["plan"]) != signed:
         return f"names batch {batch.id} otherwise than its statement signs it"
     return batch
+
+
+def _misstated(
+    stated: dict[str, Any], retention: dict[str, Any], policies: list[str], batch: Batch
+) -> bool:
+    """Whether an expiry group states another calculation than the plan's for one of its
+    points (docs/retention.md: rule, bounds, ``on_expiry``, ``expires``, policies): the
+    receipt's word is not what its deletion is judged by, yet an auditor reads it."""
+    least, most = retention.get("keep_at_least_ms"), retention.get("keep_at_most_ms")
+    if least is None and most is None:
+        return False  # kept for ever: :func:`_expiry_problem` names it
+    start, end = _aware(batch.window[0]), _aware(batch.window[1])
+    if most is not None:
+        rule, expires = "keep_at_most", start + timedelta(milliseconds=most)
+    else:
+        rule, expires = "keep_at_least", end + timedelta(milliseconds=least or 0)
+    if least is not None and end + timedelta(milliseconds=least) > expires:
+        rule, expires = "keep_at_least", end + timedelta(milliseconds=least)
+    planned = {
+        "rule": rule,
+        "keep_at_least_ms": least,
+        "keep_at_most_ms": most,
+        "on_expiry": retention.get("on_expiry") or "delete",
+        "expires": _spelled(expires),
+        "policies": policies,
+    }
+    return {key: stated.get(key) for key in planned} != planned
 
 
 def _expiry_problem(retention: dict[str, Any] | None, batch: Batch, at: datetime) -> str | None:
