@@ -19,7 +19,7 @@ from engine.keys import verify_signature
 from engine.plans.body import PlanBody
 from engine.plans.signature import PlanClaim, key_versions_check
 from engine.sign import note
-from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.sign.merkle import root
 from engine.store.sealed import SealedBatch
 from engine.verify.trust import BadTime, Trust, instant
 
@@ -89,12 +89,10 @@ def check_records(sealed: SealedBatch) -> str | None:
         return "a record that is not a reading where its batch puts a reading"
     if any(_MARKERS[1] not in leaves[i] for i in gaps):
         return "a record that is not a gap where its batch puts a gap record"
-    sha256 = hashlib.sha256
-    root = root_of_hashes([sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves])
-    if root != sealed.head.root:
+    if root(leaves) != sealed.head.root:
         return "its records do not hash to its signed root"
     try:
-        mapped = sha256(sealed.point_map).digest()
+        mapped = hashlib.sha256(sealed.point_map).digest()
     except ValueError:
         return "a record that names no point"
     if mapped != sealed.head.point_map:

@@ -35,7 +35,7 @@ from engine.sign.batch import (
     record_time,
 )
 from engine.sign.leaf import SALT_SIZE, leaf_bytes, new_salt
-from engine.sign.merkle import LEAF_PREFIX
+from engine.sign.merkle import leaf_hash
 
 _sha256 = hashlib.sha256
 
@@ -181,7 +181,7 @@ class Batcher:
         into.salts.append(salt)
         into.leaves.append(leaf)
         if self.on_window is None:  # else whoever takes the window hashes its leaves
-            into.hashes.append(_sha256(LEAF_PREFIX + leaf).digest())
+            into.hashes.append(leaf_hash(leaf))
         return len(windows) > 1  # rarely: the first record of a device's next window
 
     async def emit_earlier(self, device: str) -> None:

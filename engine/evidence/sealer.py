@@ -50,7 +50,7 @@ from engine.sign.batch import (
     record_order,
     window_bounds,
 )
-from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.sign.merkle import leaf_hashes, root_of_hashes
 from engine.store.sealed import SealedBatch
 from engine.store.store import Head
 
@@ -155,7 +155,7 @@ def cut(spec: BatchSpec, window: int, records: Window, at: datetime, hashed: boo
 
 def _hashed(leaves: list[bytes], ties: list[tuple[int, int]]) -> list[bytes]:
     """The leaves' hashes; each run of ``ties`` (of both lists) reordered by leaf hash."""
-    hashes = [_sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    hashes = leaf_hashes(leaves)
     for i, j in ties:
         pairs = sorted(zip(hashes[i:j], leaves[i:j], strict=True))
         hashes[i:j], leaves[i:j] = [h for h, _ in pairs], [leaf for _, leaf in pairs]

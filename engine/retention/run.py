@@ -34,7 +34,6 @@ The order is what makes a run safe to kill at any instant:
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ from engine.retention import archive, receipt
 from engine.retention.archive import Archived, archives
 from engine.retention.select import Selection, select
 from engine.sign.leaf import instant
-from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.sign.merkle import leaf_hashes, root_of_hashes
 from engine.store import auditlog, data
 from engine.store.retention import (
     BatchRef,
@@ -307,8 +306,7 @@ def _checked(
     gone = erased(conn, batch.id)
     if digest is not None and not gone and records_digest(positions, leaves) == digest:
         return None
-    sha256 = hashlib.sha256
-    hashes = [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    hashes = leaf_hashes(leaves)
     _check_root(batch, (positions, hashes), gone)
     return hashes
 
@@ -326,8 +324,7 @@ def _removed(
     chosen = sorted(p for g in selection.groups for p in g.positions)
     if hashes is not None:
         return chosen, b"".join([hashes[index[p]] for p in chosen])
-    sha256 = hashlib.sha256
-    return chosen, b"".join([sha256(LEAF_PREFIX + leaves[index[p]]).digest() for p in chosen])
+    return chosen, b"".join(leaf_hashes(leaves[index[p]] for p in chosen))
 
 
 def _check_root(

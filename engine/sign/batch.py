@@ -41,9 +41,9 @@ from engine.sign import note
 from engine.sign.leaf import instant, leaf_bytes, record_leaf_hash
 from engine.sign.merkle import (
     HASH_SIZE,
-    LEAF_PREFIX,
     MerkleTree,
     RootMismatch,
+    leaf_hash,
     root_of_hashes,
     verify_inclusion,
 )
@@ -149,7 +149,7 @@ class Entry:
     @classmethod
     def of(cls, record: Record, salt: bytes) -> Entry:
         leaf = leaf_bytes(record, salt)
-        return cls(record, salt, leaf, _sha256(LEAF_PREFIX + leaf).digest())
+        return cls(record, salt, leaf, leaf_hash(leaf))
 
 
 @dataclass(frozen=True)

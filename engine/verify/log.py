@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from sqlalchemy import Connection
 
 from engine import audit
 from engine.canonical import MAX_SAFE_INTEGER
-from engine.sign.merkle import MerkleLog
+from engine.sign.merkle import MerkleLog, leaf_hash
 from engine.store import reads
 from engine.verify.report import Report
 
@@ -37,7 +36,7 @@ def check_log(conn: Connection, report: Report) -> Log:
             missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
             report.add(f"audit entry {missing}", "deleted: the log has a hole here")
         expected = seq + 1
-        log.hashes.append(hashlib.sha256(b"\x00" + data).digest())
+        log.hashes.append(leaf_hash(data))
         entry = _entry(seq, time, kind, data, report)
         if entry is not None:
             log.entries[seq] = entry

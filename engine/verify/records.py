@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 
 from engine.heap import fewer_collections
 from engine.sign.leaf import point_of
-from engine.sign.merkle import LEAF_PREFIX, root_of_hashes
+from engine.sign.merkle import leaf_hash, leaf_hashes, root_of_hashes
 from engine.store import reads
 from engine.store.reads import BatchIds, RecordRow
 from engine.verify.batches import BatchInfo
@@ -452,8 +452,7 @@ def _hashes_in_order(rows: list[RecordRow], marker: bytes) -> list[bytes] | None
             return None
     except TypeError:  # a leaf that is not bytes
         return None
-    sha256 = hashlib.sha256
-    return [sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    return leaf_hashes(leaves)
 
 
 def _hash_group(
@@ -465,11 +464,11 @@ def _hash_group(
 ) -> None:
     """Hash ``rows`` of ``table`` into ``found`` by position, one at a time, naming each
     record at a position already taken and each record of another type."""
-    sha256, marker, item = hashlib.sha256, _MARKER[table], f"batch {batch_id}"
+    marker, item = _MARKER[table], f"batch {batch_id}"
     for _, position, leaf in rows:
         data = leaf if type(leaf) is bytes else reads.as_bytes(leaf)
         if position in found:
             problems.append(Problem(item, f"two records at position {position}"))
-        found[position] = sha256(LEAF_PREFIX + data).digest()
+        found[position] = leaf_hash(data)
         if marker not in data:
             problems.append(Problem(item, f"record {position} in {table} is of another type"))
