@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import gc
 import hashlib
 import io
 import json
@@ -1594,6 +1595,7 @@ def in_order(work: Callable[[A], B], items: Iterator[A], workers: int) -> Iterat
     if not workers:
         yield from ((item, work(item)) for item in items)
         return
+    gc.freeze()  # the workers' collections then pass over what they were forked with
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     pending: deque[tuple[A, Future[B]]] = deque()
     try:
@@ -1610,6 +1612,7 @@ def in_order(work: Callable[[A], B], items: Iterator[A], workers: int) -> Iterat
             yield _done(pending)
     finally:
         pool.shutdown(cancel_futures=True)
+        gc.unfreeze()
 
 
 def _done(pending: deque[tuple[A, Future[B]]]) -> tuple[A, B]:
