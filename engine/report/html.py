@@ -61,5 +61,6 @@ def table(
     return Safe(f"<table><thead>{tr('th', head)}</thead><tbody>{body}</tbody></table>")
 
 
-def count(n: int) -> str:
-    return f"{n:,}"
+def count(n: int) -> Safe:
+    """``n`` with thousands separated (digits and commas: markup as it is)."""
+    return Safe(f"{n:,}")

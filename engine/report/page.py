@@ -382,7 +382,7 @@ def _reasons(gaps: Counter[str]) -> str:
 
 
 def _unaccounted(n: int) -> object:
-    return el("span", count(n), class_="warn") if n else "0"
+    return el("span", count(n), class_="warn") if n else Safe("0")
 
 
 def _runs(facts: f.Facts, device: str) -> Safe:

@@ -307,6 +307,8 @@ def records_of(conn: Connection, ids: Sequence[int]) -> dict[int, Records]:
     driver: Any = conn.connection.driver_connection
     postgres = conn.dialect.name == "postgresql"
     marks = ",".join(["%s" if postgres else "?"] * len(ids))
+    # one batch's records need no batch id each: a fifth less to fetch
+    named = "" if len(ids) == 1 else "batch_id, "
     found: dict[int, Records] = {}
     for table in ("readings", "gap_records"):
         # PostgreSQL sends bytea as hex text unless asked for binary: twice the bytes to send,
@@ -314,14 +316,16 @@ def records_of(conn: Connection, ids: Sequence[int]) -> dict[int, Records]:
         cursor = driver.cursor(binary=True) if postgres else driver.cursor()
         try:
             cursor.execute(
-                f"SELECT batch_id, position, leaf FROM {table} WHERE batch_id IN ({marks})"
-                " ORDER BY batch_id, position",
+                f"SELECT {named}position, leaf FROM {table} WHERE batch_id IN ({marks})"
+                f" ORDER BY {named}position",
                 tuple(ids),
             )
             rows = cursor.fetchall()
         finally:
             cursor.close()
-        batch_ids, positions, got = (list(map(column, rows)) for column in _COLUMNS)
+        columns = [list(map(column, rows)) for column in _COLUMNS[: 3 if named else 2]]
+        batch_ids = columns.pop(0) if named else [ids[0]] * len(rows)
+        positions, got = columns
         if set(map(type, got)) - {bytes}:
             got = list(map(as_bytes, got))
         start = 0
