@@ -302,6 +302,17 @@ def _records(
 
 
 @dataclass(frozen=True)
+class Part:
+    """A part of a member, deflated (:func:`deflate_part`), and the part's CRC-32."""
+
+    deflated: bytes
+    crc: int
+
+
+NO_PART = Part(b"", 0)
+
+
+@dataclass(frozen=True)
 class Picked:
     """The records a batch exports: their positions, record lines and CSV rows; and when each
     of its leaves is the usual reading, their count."""
@@ -310,7 +321,7 @@ class Picked:
     lines: bytes
     rows: bytes
     counted: Readings | None = None
-    deflated: tuple[bytes, bytes] = (b"", b"")
+    deflated: tuple[Part, Part] = (NO_PART, NO_PART)
     """The lines and the rows, each deflated as a part of its member (:func:`deflate_part`)."""
 
 
@@ -790,7 +801,7 @@ class Packed:
     size: int
 
 
-def deflate_part(body: bytes) -> bytes:
+def deflate_part(body: bytes) -> Part:
     """``body`` deflated as a part of a member: a raw stream ended by a sync flush, not a
     final block. Parts joined in order, then :data:`LAST_BLOCK`, are one deflate stream of
     the bodies joined, whoever deflated each (a worker process may), and the same bytes
@@ -798,11 +809,13 @@ def deflate_part(body: bytes) -> bytes:
 
     Deflated by ISA-L (``isal``) at :data:`PART_LEVEL`: a record's part deflates four times
     as fast as by zlib at its fastest level, and smaller (8 to 1, against 7); any inflater
-    reads it (it is deflate)."""
+    reads it (it is deflate). Its CRC-32 is taken there too: a member's is combined from its
+    parts'."""
     if not body:
-        return b""
+        return NO_PART
     squeeze = isal_zlib.compressobj(PART_LEVEL, isal_zlib.DEFLATED, -15)
-    return squeeze.compress(body) + squeeze.flush(isal_zlib.Z_SYNC_FLUSH)
+    deflated = squeeze.compress(body) + squeeze.flush(isal_zlib.Z_SYNC_FLUSH)
+    return Part(deflated, isal_zlib.crc32(body))
 
 
 PART_LEVEL = 1
@@ -815,8 +828,8 @@ LAST_BLOCK = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15).flush()
 
 class Parts:
     """A member gathered in parts, each with its deflated part (:func:`deflate_part`): its
-    digest, CRC-32 and size are taken as the parts come, and its bytes are never joined but
-    for a zip that needs ZIP64 records (:func:`write_zip`)."""
+    digest, CRC-32 (combined from the parts') and size are taken as the parts come, and its
+    bytes are never joined but for a zip that needs ZIP64 records (:func:`write_zip`)."""
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
@@ -825,11 +838,11 @@ class Parts:
         self._crc = 0
         self._size = 0
 
-    def add(self, body: bytes, deflated: bytes) -> None:
+    def add(self, body: bytes, part: Part) -> None:
         self.bodies.append(body)
-        self.deflated.append(deflated)
+        self.deflated.append(part.deflated)
         self._sha256.update(body)
-        self._crc = zlib.crc32(body, self._crc)
+        self._crc = isal_zlib.crc32_combine(self._crc, part.crc, len(body))
         self._size += len(body)
 
     def digest(self) -> str:
