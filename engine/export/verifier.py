@@ -106,7 +106,7 @@ MAX_LINE_BYTES = 16 << 20
 CHUNK = 1 << 20
 """How much of a member is inflated at a time; a block of record lines is about this long."""
 
-MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError)
 """What reading a hostile member's JSON as the documented shape may raise."""
 P = ParamSpec("P")
 T = TypeVar("T")
