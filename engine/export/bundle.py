@@ -673,13 +673,14 @@ def _plans(
     conn: Connection, out: Gathered, entries: Sequence[tuple[int, bytes]], wanted: set[int]
 ) -> None:
     """Each plan in force (its bytes, its signature) and its ``plan.deployed`` entry."""
+    deployed = [(seq, raw) for seq, raw in entries if b'"plan.deployed"' in raw]
     for digest in out.plans:
         row = conn.execute(select(PLANS).where(PLANS.c.digest == digest)).one()
         out.members[_plan_member(digest)] = reads.as_bytes(row.body)
         if row.signature is not None:
             out.members[_plan_member(digest, ".sig")] = row.signature.encode()
         needle = f'"digest":"{digest}"'.encode()
-        wanted.update(seq for seq, raw in entries if b'"plan.deployed"' in raw and needle in raw)
+        wanted.update(seq for seq, raw in deployed if needle in raw)
 
 
 def _plan_member(digest: str, suffix: str = ".json") -> str:
