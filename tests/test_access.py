@@ -103,9 +103,26 @@ def test_no_plan_is_no_access():
 
 
 @pytest.fixture
-def store(evidence_site, backend, tmp_path) -> str:
+def store(evidence_site, backend, tmp_path, monkeypatch) -> str:
+    """A store of 70 s of the site's readings; its keys are the ones commands trust."""
     fill(evidence_site, backend, tmp_path, seconds=70).close()
+    monkeypatch.setenv("CONVERGE_KEYS", str(evidence_site.keys_dir))
     return backend
+
+
+@pytest.mark.parametrize("keys", ["missing", "empty"])
+def test_a_query_trusting_no_key_is_refused_before_it_reads(store, tmp_path, capsys, keys):
+    """A key folder that is not there, or holds no key, would show every batch as unverified:
+    the query says so and exits 2 (as audit verify and report do); nothing is read, and no
+    decision is logged."""
+    folder = tmp_path / "no-keys"
+    if keys == "empty":
+        folder.mkdir()
+    asked = query(store, "alice@example.com", "reactor-1-plc/TT101_PV", "--keys", str(folder))
+    assert main(asked) == 2
+    said = capsys.readouterr()
+    assert f"the key folder {folder}" in said.err and not said.out
+    assert entries(store, "access.decision") == []
 
 
 def entries(target: str, kind: str) -> list[dict]:

@@ -839,6 +839,17 @@ def test_serve_refuses_half_a_tls_configuration(tmp_path, capsys):
     assert "--client-ca needs --tls-cert" in capsys.readouterr().err
 
 
+def test_serve_trusting_no_key_is_refused_before_it_serves(store_target, tmp_path, capsys):
+    """A key folder that holds no key would answer every read as unverified: the server says
+    so and exits 2 before it opens the store or a port."""
+    empty = tmp_path / "keys"
+    empty.mkdir()
+    asked = ["serve", "--db", store_target, "--principals", str(principals_copy(tmp_path))]
+    assert main([*asked, "--port", "0", "--keys", str(empty)]) == 2
+    said = capsys.readouterr()
+    assert f"the key folder {empty} holds no key" in said.err and "serving" not in said.out
+
+
 def test_a_plan_swapped_in_the_store_stops_every_read_of_its_device(evidence_site, tmp_path):
     """Someone who can write the database puts another plan's bytes (one granting more) under
     the digest the device's batches name: the API decides nothing on that device's data and

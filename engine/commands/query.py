@@ -33,7 +33,7 @@ from engine.commands.options import (
     add_trust,
     principal_of,
     principals_of,
-    trust_of,
+    verifying_trust_of,
 )
 from engine.commands.terminal import markup_safe, printable
 from engine.errors import ConvergeError
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
     question = Question(
         principal_of(args), "read", [device], [point] if point else None, args.start, args.end
     )
-    trust = trust_of(args, pm)
+    trust = verifying_trust_of(args, pm)
     with Store.open_existing(args.db) as store:
         with store.reading() as conn:
             decision = ask(conn, resolver, question)

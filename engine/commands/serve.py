@@ -26,7 +26,7 @@ from engine.commands.options import (
     add_principals,
     add_trust,
     principals_path,
-    trust_of,
+    verifying_trust_of,
 )
 from engine.errors import ConvergeError
 from engine.store.store import Store
@@ -78,12 +78,13 @@ def run(args: argparse.Namespace, pm: pluggy.PluginManager, console: Console) ->
         ) from exc
     principals = Principals(pm, principals_path(args))
     principals.current()  # a principals file that does not load stops the server here
+    trust = verifying_trust_of(args, pm)  # and so does a key folder that names no key
     tls = Tls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
     metrics = ApiMetrics()
     if args.metrics:
         metrics.serve(args.metrics)
     store = Store.open_existing(args.db)
-    server = make_server(make_app(Service(store, principals, trust_of(args, pm), metrics)), tls)
+    server = make_server(make_app(Service(store, principals, trust, metrics)), tls)
     try:
         server.config.load()
         sock = bind(args.host, args.port)
