@@ -30,6 +30,8 @@ duration an exact integer in JSON (below 2**53)."""
 _UNITS_TEXT = "ms, s, m, h, d, w or y"
 _DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
 _NUMBER_UNIT = re.compile(r"([+-]?)([0-9]*\.?[0-9]*)\s*([A-Za-z]*)")
+_COMPOUND = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y)){2,}")
+"""Several numbers and units, as in ``1h30m``: one of each is written (``90m``)."""
 
 
 def parse_duration(text: str) -> int:
@@ -61,6 +63,8 @@ def _why_invalid(text: str) -> str:
     parts = _NUMBER_UNIT.fullmatch(text.strip())
     if not text.strip():
         return f"it is empty; write a whole number and a unit ({_UNITS_TEXT}), e.g. 90d"
+    if _COMPOUND.fullmatch(text.strip()):
+        return _compound_hint(text.strip())
     if parts is None or not any(c.isdigit() for c in parts.group(2)):
         return f"write a whole number and a unit ({_UNITS_TEXT}), e.g. 90d"
     return _why_number_unit(*parts.groups())
@@ -77,6 +81,14 @@ def _why_number_unit(sign: str, number: str, unit: str) -> str:
     if "." in number:
         return _whole_number_hint(number, unit)
     return f"write the number and the unit without spaces or signs, e.g. {number}{unit}"
+
+
+def _compound_hint(text: str) -> str:
+    """For ``1h30m``: one number and one unit, and the sum in the largest exact unit."""
+    total = sum(int(number) * UNIT_MS[unit] for number, unit in _DURATION.findall(text))
+    if total > MAX_MS:
+        return "one number and one unit, and no longer than the maximum of 1000y"
+    return f"write one number and one unit: {format_duration(total)}"
 
 
 def _whole_number_hint(number: str, unit: str) -> str:

@@ -32,6 +32,11 @@ def test_parse(text, ms):
     ("text", "fragment"),
     [
         ("1.5h", "the number must be whole; write 90m"),
+        ("1h30m", "write one number and one unit: 90m"),
+        ("1d12h", "write one number and one unit: 36h"),
+        ("2w0d", "write one number and one unit: 2w"),
+        ("1m500ms", "write one number and one unit: 60500ms"),
+        ("999y2y", "no longer than the maximum of 1000y"),
         ("0.3ms", "the number must be whole; use a smaller unit"),
         ("5", "missing unit; add one of ms, s, m, h, d, w or y, e.g. 5s"),
         ("5x", "unknown unit 'x'"),
