@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pluggy
 
-from engine.compile.load import Document, load_files
+from engine.compile.load import Document, load_files, unread_places
 from engine.compile.merge import MergeResult, merge
 from engine.compile.plan import build_plans, plan_index
 from engine.compile.select import Selection, select
@@ -89,6 +89,8 @@ def _compile(inputs: Inputs, pm: pluggy.PluginManager) -> Compilation:
     result.project, valid_findings = validate(
         documents["policy"], documents["site"], documents["principals"], pm
     )
+    unread = unread_places(load_findings)
+    valid_findings = [f for f in valid_findings if f.location not in unread]
     result.findings = load_findings + valid_findings + check_references(result.project)
     if inputs.key_store is not None:
         result.findings += check_signing_keys(result.project, inputs.key_store)

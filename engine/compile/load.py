@@ -162,22 +162,41 @@ def _check_tabs(text: str, path: str) -> list[Finding]:
 
 def load_text(raw: bytes | str, path: str) -> Document:
     """Load one YAML document. Raises :class:`FindingsError` with every problem found."""
+    document, findings = _loaded(raw, path)
+    if findings:
+        raise FindingsError(findings)
+    assert document is not None  # no finding: a document
+    return document
+
+
+UNREADABLE_VALUES = frozenset({"yaml-bad-value", "yaml-number-too-large"})
+"""Findings of a value that cannot be read (a bad date, an unknown tag, a huge integer): the
+rest of its file still reads, with that value null (:func:`load_files`)."""
+
+
+def _loaded(raw: bytes | str, path: str) -> tuple[Document | None, list[Finding]]:
+    """The document and every problem found; no document when the file cannot be read as
+    one (its syntax, its size, a tab or control character), else one whose values that
+    could not be read (:data:`UNREADABLE_VALUES`) are null."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
     if len(raw) > MAX_BYTES:
         message = f"file is {len(raw)} bytes, more than the {MAX_BYTES} bytes accepted"
-        raise FindingsError([error(Location(path), "yaml-too-large", message)])
-    text = _decode(raw, path)
+        return None, [error(Location(path), "yaml-too-large", message)]
+    try:
+        text = _decode(raw, path)
+    except FindingsError as exc:
+        return None, exc.findings
     unreadable = _check_tabs(text, path) + control_characters(text, path)
     if unreadable:
-        raise FindingsError(unreadable)
+        return None, unreadable
     built, findings = _build(text, path)
-    if findings:
-        raise FindingsError(findings)
+    if any(f.code not in UNREADABLE_VALUES for f in findings):
+        return None, findings
     sha256 = "sha256:" + hashlib.sha256(raw).hexdigest()
     if built is None:
-        return Document(path, None, sha256=sha256)
-    return Document(path, built.data, built.shadow, built.position, sha256)
+        return Document(path, None, sha256=sha256), findings
+    return Document(path, built.data, built.shadow, built.position, sha256), findings
 
 
 def _build(text: str, path: str) -> tuple[Built | None, list[Finding]]:
@@ -200,29 +219,44 @@ def _build(text: str, path: str) -> tuple[Built | None, list[Finding]]:
 
 def load_file(file: Path, display: str | None = None) -> Document:
     """Load a YAML file; ``display`` is the path printed in findings (default: as given)."""
-    shown = display or str(file)
+    document, findings = _file(file, display or str(file))
+    if findings:
+        raise FindingsError(findings)
+    assert document is not None  # no finding: a document
+    return document
+
+
+def _file(file: Path, shown: str) -> tuple[Document | None, list[Finding]]:
+    """:func:`_loaded` of a file's bytes."""
     try:
         size = file.stat().st_size
         if size > MAX_BYTES:
             message = f"file is {size} bytes, more than the {MAX_BYTES} bytes accepted"
-            raise FindingsError([error(Location(shown), "yaml-too-large", message)])
+            return None, [error(Location(shown), "yaml-too-large", message)]
         raw = file.read_bytes()
     except OSError as exc:
-        raise FindingsError(
-            [error(Location(shown), "file-unreadable", f"cannot read file: {exc.strerror}")]
-        ) from exc
-    return load_text(raw, shown)
+        said = f"cannot read file: {exc.strerror}"
+        return None, [error(Location(shown), "file-unreadable", said)]
+    return _loaded(raw, shown)
 
 
 def load_files(
     files: Iterable[Path], display: Callable[[Path], str] = str
 ) -> tuple[list[Document], list[Finding]]:
-    """Load many files, collecting every file's findings instead of stopping at the first."""
+    """Load many files, collecting every file's findings instead of stopping at the first.
+    A file whose only problems are values that cannot be read is loaded with them null, so
+    that its other problems are found too (:func:`unread_places`)."""
     documents: list[Document] = []
     findings: list[Finding] = []
     for file in files:
-        try:
-            documents.append(load_file(file, display(file)))
-        except FindingsError as exc:
-            findings.extend(exc.findings)
+        document, found = _file(file, display(file))
+        if document is not None:
+            documents.append(document)
+        findings.extend(found)
     return documents, findings
+
+
+def unread_places(findings: Iterable[Finding]) -> set[Location]:
+    """The places of values that could not be read: a later check finding such a value null
+    says nothing more of it."""
+    return {f.location for f in findings if f.code in UNREADABLE_VALUES}
