@@ -1468,7 +1468,9 @@ class Verifier:
         if want is None:
             self.fail(item, f"deletes {where}, which its plan keeps for ever")
             return
-        stated = {k: v for k, v in calc.items() if k not in {"points", "positions"}}
+        # DOC GAP: retention.md lists an expiry's members, not whether others may be there;
+        # taken: only those listed are the calculation (as audit verify reads it)
+        stated = {k: calc.get(k) for k in want}
         if stated | {"expires": instant(calc["expires"])} != want:
             self.fail(item, f"the expiry calculation for {where} is not its")
         if want["expires"] > entry.time:

@@ -295,6 +295,30 @@ def test_members_deflated_ahead_are_zipped_as_the_bytes_zipfile_writes(
     assert ahead.read_bytes() == reference.read_bytes()
 
 
+@pytest.mark.parametrize("zip64_limit", [writing.ZIP64_LIMIT, 1000])
+def test_members_deflated_in_parts_read_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64_limit: int
+):
+    """A member gathered in parts (as the records are, a batch each, some empty) is one
+    deflate stream with the right CRC-32 and size: zipfile reads it back whole and checks
+    it, whether the export zips it or (ZIP64 records needed) zipfile does."""
+    monkeypatch.setattr(writing, "ZIP64_LIMIT", zip64_limit)
+    lines = writing.Parts()
+    bodies = [
+        b'{"batch":%d,"position":%d,"leaf":{}}\n' % (b, p) for b in range(5) for p in range(900)
+    ]
+    for batch in (bodies[:10], [], bodies[10:2000], bodies[2000:]):
+        body = b"".join(batch)
+        lines.add(body, writing.deflate_part(body))
+    out = tmp_path / "parts.zip"
+    writing.write_zip(out, {"a.json": b"{}"}, parts={"records.jsonl": lines})
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None
+        assert z.read("records.jsonl") == b"".join(bodies)
+        assert z.namelist() == ["a.json", "records.jsonl"]
+    assert lines.digest() == "sha256:" + hashlib.sha256(b"".join(bodies)).hexdigest()
+
+
 @pytest.mark.parametrize("point", [False, True])
 def test_worker_processes_export_the_bytes_one_process_exports(
     plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: bool

@@ -15,7 +15,6 @@ previous roots orders the two.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -36,8 +35,6 @@ from engine.sign.batch import (
 )
 from engine.sign.leaf import SALT_SIZE, leaf_bytes, new_salt
 from engine.sign.merkle import leaf_hash
-
-_sha256 = hashlib.sha256
 
 OnBatch = Callable[[Batch], Awaitable[None] | None]
 OnWindow = Callable[[BatchSpec, int, "Window"], Awaitable[None]]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import multiprocessing
 import pickle
 import signal
@@ -55,7 +54,6 @@ from engine.store.sealed import SealedBatch
 from engine.store.store import Head
 
 SEND_BUFFER = 4 << 20
-_sha256 = hashlib.sha256
 
 
 class SealerError(EvidenceError):

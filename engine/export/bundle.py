@@ -63,7 +63,8 @@ Receipts = Mapping[int, Sequence[dict[str, Any]]]
 
 @dataclass
 class Gathered:
-    """What a bundle holds, as member names and bytes, plus what the manifest names."""
+    """What a bundle holds, as member names and bytes (the records in :attr:`parts`), plus
+    what the manifest names."""
 
     members: dict[str, bytes] = field(default_factory=dict)
     batches: list[int] = field(default_factory=list)
@@ -779,7 +780,7 @@ def digests(members: Mapping[str, bytes]) -> dict[str, str]:
 
 def manifest(gathered: Gathered, said: dict[str, Any], files: Mapping[str, str]) -> bytes:
     """The manifest (RFC 8785): what was asked and by whom, and every member's SHA-256
-    (``files``: :func:`digests` of ``gathered.members``)."""
+    (``files``: every member's, those of ``gathered.parts`` included)."""
     return canonical_json(
         {
             **said,
@@ -851,9 +852,11 @@ class Parts:
         return "sha256:" + self._sha256.hexdigest()
 
     def packed(self) -> Packed:
+        """The member as a zip holds it: its parts deflated, joined, and the last block."""
         return Packed(b"".join(self.deflated) + LAST_BLOCK, self._crc, self._size)
 
     def body(self) -> bytes:
+        """The member's bytes, joined (for zipfile to deflate: a zip with ZIP64 records)."""
         return b"".join(self.bodies)
 
 
@@ -879,8 +882,10 @@ def write_zip(
 
     zipfile deflates a member only as it writes it, and a bundle's members go in name order,
     the manifest before the records: the records could not be deflated before the manifest
-    names them. Members deflated already are written here, as the very bytes zipfile writes
-    (tests/test_export.py compares); a bundle that needs ZIP64 records is left to zipfile."""
+    names them. Members deflated already are written here, with the very headers zipfile
+    writes (tests/test_export.py compares: those in ``packed`` are zipfile's bytes whole,
+    those in ``parts`` ISA-L's). A bundle that needs ZIP64 records is left to zipfile, which
+    deflates every member itself, the parts joined."""
     partial = path.with_name(f".{path.name}.partial")
     parts = parts or {}
     ready = dict(packed or {}) | {name: part.packed() for name, part in parts.items()}

@@ -302,8 +302,9 @@ Records = tuple[Sequence[int], Sequence[bytes]]
 def records_of(conn: Connection, ids: Sequence[int]) -> dict[int, Records]:
     """The records of the batches ``ids`` (those that hold any), by batch, readings and gap
     records merged in position order: one query per record table for all of them, straight
-    from the driver. The rows become three columns and are cut where their batch id changes
-    (``bisect``), so no Python code runs per record, only per batch."""
+    from the driver. The rows become columns (batch id, position, leaf; one batch's need no
+    batch id) and are cut where their batch id changes (``bisect``), so no Python code runs
+    per record, only per batch."""
     driver: Any = conn.connection.driver_connection
     postgres = conn.dialect.name == "postgresql"
     marks = ",".join(["%s" if postgres else "?"] * len(ids))
