@@ -106,8 +106,19 @@ MAX_LINE_BYTES = 16 << 20
 CHUNK = 1 << 20
 """How much of a member is inflated at a time; a block of record lines is about this long."""
 
-MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError)
-"""What reading a hostile member's JSON as the documented shape may raise."""
+MALFORMED = (
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+    RecursionError,
+)
+"""What reading a hostile member's JSON as the documented shape may raise (RecursionError:
+JSON nested deeper than the parser's recursion limit, which ``json.loads`` raises)."""
+UNPARSED = (ValueError, RecursionError)
+"""What ``json.loads`` raises for bytes that are not JSON it can read."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -638,7 +649,7 @@ def _verify(
 def _json(data: bytes, item: str) -> Any:
     try:
         return json.loads(data)
-    except ValueError as exc:
+    except UNPARSED as exc:
         raise Refused(item, f"not JSON ({exc})") from None
 
 
@@ -875,7 +886,7 @@ def _entry_line(line: bytes) -> tuple[int, bytes, str, dict[str, Any]] | str:
     seq, raw = int(match[1]), match[3]
     try:
         proof, entry = json.loads(match[2]), json.loads(raw)
-    except ValueError:
+    except UNPARSED:
         return "not JSON"
     if not isinstance(entry, dict) or entry.get("seq") != seq:
         return f"the entry is not entry {seq}"
@@ -1231,7 +1242,7 @@ def _statement(data: bytes) -> dict[str, Any] | None:
         head = json.loads(data)
         bytes.fromhex(head["root"])
         int(head["count"])
-    except (ValueError, KeyError, TypeError):
+    except (*UNPARSED, KeyError, TypeError):
         return None
     return head if head.get("format") == "converge.batch/v2" else None
 
@@ -1421,7 +1432,7 @@ def read_record(leaf: bytes, batch: int, position: int) -> Record | None:
 def _parsed_record(leaf: bytes, batch: int, position: int) -> Record | None:
     try:
         said = json.loads(leaf)
-    except ValueError:
+    except UNPARSED:
         return None
     if not isinstance(said, dict):
         return None

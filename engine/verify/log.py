@@ -49,7 +49,7 @@ def _entry(seq: int, time: str, kind: str, data: bytes, report: Report) -> audit
     """Entry ``seq`` parsed from its stored bytes; None if they are not a canonical entry."""
     try:
         entry = _parse(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # nested too deep: json's RecursionError
         report.add(f"audit entry {seq}", f"not a canonical entry ({exc})")
         return None
     if (entry.seq, entry.time, entry.kind) != (seq, time, kind):
