@@ -317,7 +317,10 @@ class AuditEntry:
     @classmethod
     def parse(cls, data: bytes) -> AuditEntry:
         """Raises ValueError unless ``data`` is exactly the canonical bytes of an entry."""
-        obj = json.loads(data)
+        try:
+            obj = json.loads(data)
+        except RecursionError:  # nested deeper than the parser goes: stored bytes are data
+            raise ValueError("nested too deep to read") from None
         if not isinstance(obj, dict) or set(obj) != {"seq", "time", "kind", "actor", "payload"}:
             raise ValueError("not an audit entry object")
         entry = cls.of(obj)

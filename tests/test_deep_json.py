@@ -1,5 +1,5 @@
-"""Attacks on the bundle verifier of 2026-12-03: what held is in the report; what did not is
-here, each a test that failed before its fix."""
+"""JSON nested deeper than the parser can read, in a bundle or the store: a named verdict of
+each verifier, never a traceback (each case failed before its fix)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_a_signed_member_nested_too_deep_is_a_verdict_not_a_traceback(
     assert any(line.startswith(NAMED[member]) for line in lines), lines
 
 
-def test_an_audit_row_nested_too_deep_is_named_by_audit_verify(
+def test_an_audit_row_nested_too_deep_is_named_by_audit_verify_and_the_log(
     evidence_site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     """An insider with database access and no key appends a row to the log's unsigned tail
@@ -100,3 +100,5 @@ def test_an_audit_row_nested_too_deep_is_named_by_audit_verify(
     out = capsys.readouterr().out
     assert code == 1
     assert f"FAIL audit entry {seq}: not a canonical entry (maximum recursion depth" in out, out
+    assert main(["audit", "log", "--db", db]) == 2  # what reads the log names it too
+    assert f"audit entry {seq} does not parse (nested too deep to read)" in capsys.readouterr().err
