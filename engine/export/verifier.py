@@ -371,17 +371,6 @@ def leaf_hash(data: bytes) -> bytes:
     return hashed.digest()
 
 
-def joined_leaf_hashes(leaves: Iterable[bytes]) -> bytes:
-    """The leaf hash of each of ``leaves``, joined (32 bytes each)."""
-    hashes: list[bytes] = []
-    keep, start = hashes.append, _LEAF.copy
-    for leaf in leaves:
-        hashed = start()
-        hashed.update(leaf)
-        keep(hashed.digest())
-    return b"".join(hashes)
-
-
 def _node(left: bytes, right: bytes) -> bytes:
     hashed = _NODE.copy()
     hashed.update(left + right)
@@ -1574,7 +1563,7 @@ def read_block(block: bytes) -> Read | None:
         devices, points = frozenset(read.devices[start:end]), frozenset(read.points[start:end])
         runs.append(Run(batch, end, devices, points, min(times), max(times)))
         start = end
-    hashes = joined_leaf_hashes(read.leaves)
+    hashes = b"".join(map(leaf_hash, read.leaves))
     return Read(runs, list(map(int, read.positions)), read.rows, hashes)
 
 
