@@ -161,8 +161,8 @@ def canonical(raw: bytes) -> Any:
             same = _ENCODER.encode(value) == text
         else:
             same = rfc8785.dumps(value) == raw
-    except (ValueError, UnicodeError, rfc8785.CanonicalizationError) as exc:
-        raise NotCanonical(str(exc)) from exc
+    except (ValueError, UnicodeError, RecursionError, rfc8785.CanonicalizationError) as exc:
+        raise NotCanonical(str(exc)) from exc  # RecursionError: nested deeper than json reads
     if not same:
         raise NotCanonical("not its RFC 8785 canonical form")
     return value

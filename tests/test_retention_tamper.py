@@ -28,6 +28,7 @@ from test_tamper import Named, assert_named, batch_label, database, one
 
 from engine.audit import Actor
 from engine.canonical import canonical_json
+from engine.cli import main
 from engine.plans.expiry import expiry
 from engine.retention import receipt as receipts
 from engine.retention import run as runs
@@ -240,6 +241,24 @@ def keep_hashes_none_are_due(conn: sa.Connection) -> list[Named]:
     return [Named(f"receipt (audit entry {row.receipt})", "erasure of it differs")]
 
 
+def unreadable_erasure(positions: str) -> Tamper:
+    """Rewrite an erasure's positions as ``positions``, which do not read as runs."""
+
+    def rewrite(conn: sa.Connection) -> list[Named]:
+        row = one(conn, "SELECT id, receipt FROM erasures ORDER BY id LIMIT 1")
+        conn.execute(
+            sa.text("UPDATE erasures SET positions = :p WHERE id = :id"),
+            {"p": positions, "id": row.id},
+        )
+        return [Named(f"receipt (audit entry {row.receipt})", "erasure of it differs")]
+
+    return rewrite
+
+
+UNREADABLE = {"not-json": "[[0,", "nested-too-deep": "[" * 3000 + "]" * 3000, "not-runs": '["a"]'}
+"""Positions an erasure row may be made to hold that are no runs."""
+
+
 def delete_an_erasure(conn: sa.Connection) -> list[Named]:
     row = one(conn, "SELECT id, receipt, batch_id FROM erasures ORDER BY id LIMIT 1")
     conn.execute(sa.text("DELETE FROM erasures WHERE id = :id"), {"id": row.id})
@@ -336,6 +355,7 @@ TAMPERS: dict[str, Tamper] = {
     "signed-point-map-relabelled": relabel_the_signed_point_map,
     "hold-deleted": delete_the_hold,
     "hold-released-behind-the-log": release_the_hold_behind_the_log,
+    **{f"erasure-{name}": unreadable_erasure(said) for name, said in UNREADABLE.items()},
 }
 
 
@@ -354,6 +374,24 @@ def test_a_tamper_after_a_lawful_run_is_named(retention_site, lawful, backend, t
     with database(backend).begin() as conn:
         expected = tamper(conn)
     assert_named(verify(retention_site, lawful, tmp_path), expected)
+
+
+@pytest.mark.parametrize("positions", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_a_run_refuses_a_store_whose_erasure_does_not_read(
+    retention_site, lawful, backend, capsys, positions
+):
+    """An erasure row rewritten by someone with the database alone: a retention run (its
+    forecast first) refuses the store in words, exit 2, never a traceback."""
+    with database(backend).begin() as conn:
+        batch = (
+            unreadable_erasure(positions)(conn)
+            and one(conn, "SELECT batch_id FROM erasures ORDER BY id LIMIT 1").batch_id
+        )
+    keys = ["--keys", str(retention_site.keys_dir)]
+    assert main(["retention", "apply", "--db", backend, "--job", "j", "--dry-run", *keys]) == 2
+    said = capsys.readouterr().err
+    assert f"the erasure of batch {batch} does not read as the positions" in said, said
+    assert "Traceback" not in said
 
 
 # --- forged deletions ------------------------------------------------------------------

@@ -155,7 +155,13 @@ def erased(conn: Connection, batch_id: int) -> dict[int, bytes]:
     for positions, hashes in conn.execute(query):
         kept = as_bytes(hashes)
         if kept:
-            found.update(zip(positions_of(json.loads(positions)), split_hashes(kept), strict=True))
+            runs = _erasure_runs(batch_id, positions)
+            try:
+                if sum(last - first + 1 for first, last in runs) * HASH_SIZE != len(kept):
+                    raise ValueError("as many leaf hashes as positions")
+                found.update(zip(positions_of(runs), split_hashes(kept), strict=True))
+            except ValueError:
+                raise _unread(batch_id) from None
     return found
 
 
@@ -163,9 +169,32 @@ def erased_counts(conn: Connection) -> dict[int, int]:
     """How many records each batch's receipts removed, by batch id."""
     counts: dict[int, int] = {}
     for batch_id, positions in conn.execute(select(ERASURES.c.batch_id, ERASURES.c.positions)):
-        removed = sum(last - first + 1 for first, last in json.loads(positions))
+        removed = sum(last - first + 1 for first, last in _erasure_runs(batch_id, positions))
         counts[batch_id] = counts.get(batch_id, 0) + removed
     return counts
+
+
+def _erasure_runs(batch_id: int, positions: str) -> list[list[int]]:
+    """An erasure row's runs of positions (``[[first, last], ...]``, integers); a StoreError
+    for a row that holds anything else: the row is data, and whoever can write the database
+    can write it."""
+    try:
+        said = json.loads(positions)
+    except (ValueError, RecursionError):
+        raise _unread(batch_id) from None
+    if not isinstance(said, list) or not all(
+        isinstance(run, list) and len(run) == 2 and all(type(p) is int for p in run) for run in said
+    ):
+        raise _unread(batch_id)
+    return said
+
+
+def _unread(batch_id: int) -> StoreError:
+    return StoreError(
+        f"the erasure of batch {batch_id} does not read as the positions and leaf hashes a"
+        " receipt removed: the store was changed outside Converge; converge audit verify names"
+        " it"
+    )
 
 
 def erasures(conn: Connection) -> Iterator[tuple[int, int, str, bytes]]:

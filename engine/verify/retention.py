@@ -307,7 +307,7 @@ def _check_erasure(c: _Context, row: tuple[int, str, bytes] | None) -> None:
     said = (c.receipt.batch, c.receipt.positions, b"".join(c.receipt.hashes))
     try:
         same = (batch_id, Runs.parse(json.loads(positions)), hashes) == said
-    except ValueError:
+    except (ValueError, RecursionError):  # a row anyone who can write the database wrote
         same = False
     if not same:
         c.report.add(c.label, "the store's erasure of it differs from what it says it removed")
