@@ -343,6 +343,19 @@ def release_the_hold_behind_the_log(conn: sa.Connection) -> list[Named]:
     return [Named(f"hold {row.id}", "differs from its audit entries")]
 
 
+def unreadable_hold_row(devices: str) -> Tamper:
+    """Rewrite the hold row's devices as ``devices``, which do not read as a list of names."""
+
+    def rewrite(conn: sa.Connection) -> list[Named]:
+        row = one(conn, "SELECT id FROM holds ORDER BY id LIMIT 1")
+        conn.execute(
+            sa.text("UPDATE holds SET devices = :d WHERE id = :id"), {"d": devices, "id": row.id}
+        )
+        return [Named(f"hold {row.id}", "does not read as a hold's")]
+
+    return rewrite
+
+
 TAMPERS: dict[str, Tamper] = {
     "kept-record-deleted": delete_a_kept_record,
     "deleted-record-back": bring_back_a_record,
@@ -356,6 +369,10 @@ TAMPERS: dict[str, Tamper] = {
     "hold-deleted": delete_the_hold,
     "hold-released-behind-the-log": release_the_hold_behind_the_log,
     **{f"erasure-{name}": unreadable_erasure(said) for name, said in UNREADABLE.items()},
+    **{
+        f"hold-row-{name}": unreadable_hold_row(said)
+        for name, said in (UNREADABLE | {"not-runs": "[1]"}).items()  # [1]: not names
+    },
 }
 
 

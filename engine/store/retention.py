@@ -317,26 +317,22 @@ class Hold:
         return self.placed_seq < seq and (self.released_seq is None or self.released_seq > seq)
 
 
-def holds(conn: Connection, in_force: bool = False) -> list[Hold]:
-    """Every hold (or only those in force), by id."""
-    query = select(HOLDS).order_by(HOLDS.c.id)
-    if in_force:
-        query = query.where(HOLDS.c.released_seq.is_(None))
-    return [_hold(row._mapping) for row in conn.execute(query)]
-
-
-def hold(conn: Connection, hold_id: int) -> Hold | None:
-    row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
-    return None if row is None else _hold(row._mapping)
+def hold_rows(conn: Connection) -> dict[int, Hold | None]:
+    """Every hold row, by id: None for one whose devices or points do not read as lists of
+    names (the rows are data: whoever can write the database can write them; ``audit
+    verify`` compares each with the log, which says what the holds are)."""
+    rows: dict[int, Hold | None] = {}
+    for row in conn.execute(select(HOLDS).order_by(HOLDS.c.id)):
+        try:
+            rows[row.id] = _hold(row._mapping)
+        except (ValueError, RecursionError):
+            rows[row.id] = None
+    return rows
 
 
 def _hold(row: Any) -> Hold:
-    scope = Scope(
-        tuple(json.loads(row["devices"])),
-        tuple(json.loads(row["points"])),
-        row["from_time"],
-        row["to_time"],
-    )
+    devices, points = _names(json.loads(row["devices"])), _names(json.loads(row["points"]))
+    scope = Scope(devices, points, row["from_time"], row["to_time"])
     return Hold(
         row["id"],
         scope,
@@ -457,8 +453,7 @@ __all__ = [
     "erased",
     "erased_counts",
     "erasures",
-    "hold",
-    "holds",
+    "hold_rows",
     "positions_of",
     "release",
     "retention_lock",

@@ -650,7 +650,7 @@ def check_holds(conn: Connection, log: Log, report: Report) -> list[Hold]:
     decisions = Decisions.of(log, entries)
     for entry in entries:
         fold_hold(entry, placed, report, decisions)
-    _compare_rows({h.id: h for h in stored.holds(conn)}, placed, report)
+    _compare_rows(stored.hold_rows(conn), placed, report)
     report.counts["holds"] = len(placed)
     return list(placed.values())
 
@@ -815,14 +815,17 @@ def _placed(entry: AuditEntry, placed: Mapping[int, Hold], report: Report) -> Ho
     return Hold(hold_id, scope, reason, _actor_id(entry.actor), entry.time, entry.seq)
 
 
-def _compare_rows(rows: dict[int, Hold], placed: Mapping[int, Hold], report: Report) -> None:
+def _compare_rows(rows: dict[int, Hold | None], placed: Mapping[int, Hold], report: Report) -> None:
     for hold_id, hold in placed.items():
-        row = rows.pop(hold_id, None)
-        if row is None:
+        if hold_id not in rows:
             report.add(
                 f"hold {hold_id}",
                 f"placed by audit entry {hold.placed_seq}, missing from the store's holds",
             )
+            continue
+        row = rows.pop(hold_id)
+        if row is None:
+            report.add(f"hold {hold_id}", "the store's row does not read as a hold's")
         elif row != replace(hold, scope=hold.scope.as_asked):
             report.add(f"hold {hold_id}", "the store's row differs from its audit entries")
     for hold_id in rows:
