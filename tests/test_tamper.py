@@ -269,6 +269,23 @@ def edit_plan(conn: sa.Connection) -> list[Named]:
     return [Named(f"plan {row.digest} ({row.device})", "digest does not verify")]
 
 
+DEEP = "[" * 3000 + "]" * 3000
+"""JSON nested deeper than Python's parser reads (it raises RecursionError, no ValueError)."""
+
+
+def nest_batch_columns(conn: sa.Connection) -> list[Named]:
+    """Write JSON nested too deep into a batch's keys and waiver columns."""
+    row = one(conn, "SELECT id FROM batches ORDER BY id LIMIT 1")
+    run(conn, "UPDATE batches SET keys = :d, waiver = :d WHERE id = :id", d=DEEP, id=row.id)
+    return [Named(batch_label(conn, row.id), "its keys column is not the canonical JSON")]
+
+
+def nest_log_state(conn: sa.Connection) -> list[Named]:
+    """Write JSON nested too deep as the log's saved state."""
+    run(conn, "UPDATE meta SET value = :d WHERE key = 'audit.state'", d=DEEP)
+    return [Named("audit log", "its saved state (size None) is not that of the")]
+
+
 TAMPERS: dict[str, Tamper] = {
     "reading-value": edit_reading(value=-273.15),
     "reading-collected_at": edit_reading(collected_at="2000-01-01T00:00:00.000000Z"),
@@ -284,6 +301,8 @@ TAMPERS: dict[str, Tamper] = {
     "log-truncated": truncate_log,
     "statement-changed": edit_statement,
     "plan-changed": edit_plan,
+    "batch-columns-nested-too-deep": nest_batch_columns,
+    "log-state-nested-too-deep": nest_log_state,
 }
 
 

@@ -192,7 +192,7 @@ def _check_entry(
 def _keys(text: str) -> tuple[str, ...]:
     try:
         keys = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ("<not JSON>",)
     return tuple(keys) if isinstance(keys, list) else ("<not a list>",)
 
@@ -201,7 +201,7 @@ def _json(text: str) -> Any:
     """A stored JSON column's value; the text itself when it is not JSON."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
