@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.canonical import CanonicalError, canonical_json
+from engine.canonical import CanonicalError, canonical_json, read_json
 from engine.keys import KeyStore, KeyVersion
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleLog
@@ -317,10 +317,7 @@ class AuditEntry:
     @classmethod
     def parse(cls, data: bytes) -> AuditEntry:
         """Raises ValueError unless ``data`` is exactly the canonical bytes of an entry."""
-        try:
-            obj = json.loads(data)
-        except RecursionError:  # nested deeper than the parser goes: stored bytes are data
-            raise ValueError("nested too deep to read") from None
+        obj = read_json(data)
         if not isinstance(obj, dict) or set(obj) != {"seq", "time", "kind", "actor", "payload"}:
             raise ValueError("not an audit entry object")
         entry = cls.of(obj)

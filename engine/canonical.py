@@ -44,6 +44,17 @@ class _Differs(Exception):
     pass
 
 
+def read_json(data: str | bytes) -> Any:
+    """``data`` decoded as JSON, where ``data`` is stored or received (a column, an entry, a
+    message): a ValueError for anything Python cannot read as JSON, JSON nested deeper than
+    its parser goes included (``json.loads`` raises RecursionError for it). Whoever can write
+    the database can write that, and it must be named, never a traceback."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
+
+
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 bytes of ``value``."""
     try:

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.canonical import CanonicalError, canonical_json, canonical_object
+from engine.canonical import CanonicalError, canonical_json, canonical_object, read_json
 
 scalars = (
     st.none()
@@ -53,3 +53,11 @@ def test_object_from_canonical_members():
     value = {"b": [1, 2.5], "a": {"z": None, "y": "é"}}
     members = {k: canonical_json(v) for k, v in value.items()}
     assert canonical_object(members) == rfc8785.dumps(value)
+
+
+def test_stored_json_nested_too_deep_to_read_is_a_value_error():
+    """What json.loads raises for it is a RecursionError; read_json says it as every other
+    unreadable JSON is said, so that a reader of stored data names it."""
+    with pytest.raises(ValueError, match="nested too deep"):
+        read_json(b"[" * 5000 + b"]" * 5000)
+    assert read_json(b"[[1]]") == [[1]]

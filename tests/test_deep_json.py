@@ -99,6 +99,11 @@ def test_an_audit_row_nested_too_deep_is_named_by_audit_verify_and_the_log(
     code = main(["audit", "verify", "--db", db, "--keys", str(evidence_site.keys_dir)])
     out = capsys.readouterr().out
     assert code == 1
-    assert f"FAIL audit entry {seq}: not a canonical entry (maximum recursion depth" in out, out
+    assert f"FAIL audit entry {seq}: not a canonical entry (JSON nested too deep to read)" in out, (
+        out
+    )
     assert main(["audit", "log", "--db", db]) == 2  # what reads the log names it too
-    assert f"audit entry {seq} does not parse (nested too deep to read)" in capsys.readouterr().err
+    assert (
+        f"audit entry {seq} does not parse (JSON nested too deep to read)"
+        in capsys.readouterr().err
+    )

@@ -280,6 +280,14 @@ def nest_batch_columns(conn: sa.Connection) -> list[Named]:
     return [Named(batch_label(conn, row.id), "its keys column is not the canonical JSON")]
 
 
+def nest_statement(conn: sa.Connection) -> list[Named]:
+    """Write JSON nested too deep as a batch's statement."""
+    row = one(conn, "SELECT id FROM batches ORDER BY id LIMIT 1")
+    label = batch_label(conn, row.id)
+    run(conn, "UPDATE batches SET statement = :d WHERE id = :id", d=DEEP.encode(), id=row.id)
+    return [Named(label, "not a batch statement: JSON nested too deep to read")]
+
+
 def nest_log_state(conn: sa.Connection) -> list[Named]:
     """Write JSON nested too deep as the log's saved state."""
     run(conn, "UPDATE meta SET value = :d WHERE key = 'audit.state'", d=DEEP)
@@ -302,6 +310,7 @@ TAMPERS: dict[str, Tamper] = {
     "statement-changed": edit_statement,
     "plan-changed": edit_plan,
     "batch-columns-nested-too-deep": nest_batch_columns,
+    "statement-nested-too-deep": nest_statement,
     "log-state-nested-too-deep": nest_log_state,
 }
 

@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from engine.canonical import canonical_json
+from engine.canonical import canonical_json, read_json
 from engine.errors import EvidenceError, VerificationError
 from engine.records import Gap, Reading, Record
 from engine.sign import note
@@ -327,7 +327,7 @@ class Statement:
         """Raises MalformedStatement unless ``data`` is exactly a canonical v2 statement: a v1
         statement, which signs no point map, is refused too (docs/records.md)."""
         try:
-            obj = json.loads(data)
+            obj = read_json(data)
             parsed = cls(
                 obj["device"],
                 obj["window_start"],

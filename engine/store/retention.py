@@ -23,7 +23,6 @@ order: a batch deleted whole is ``[[0, count-1]]`` (and no hashes).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.canonical import canonical_json
+from engine.canonical import canonical_json, read_json
 from engine.errors import RetentionError, StoreError
 from engine.store.database import describe, reason
 from engine.store.reads import as_bytes
@@ -179,8 +178,8 @@ def _erasure_runs(batch_id: int, positions: str) -> list[list[int]]:
     for a row that holds anything else: the row is data, and whoever can write the database
     can write it."""
     try:
-        said = json.loads(positions)
-    except (ValueError, RecursionError):
+        said = read_json(positions)
+    except ValueError:
         raise _unread(batch_id) from None
     if not isinstance(said, list) or not all(
         isinstance(run, list) and len(run) == 2 and all(type(p) is int for p in run) for run in said
@@ -325,13 +324,13 @@ def hold_rows(conn: Connection) -> dict[int, Hold | None]:
     for row in conn.execute(select(HOLDS).order_by(HOLDS.c.id)):
         try:
             rows[row.id] = _hold(row._mapping)
-        except (ValueError, RecursionError):
+        except ValueError:
             rows[row.id] = None
     return rows
 
 
 def _hold(row: Any) -> Hold:
-    devices, points = _names(json.loads(row["devices"])), _names(json.loads(row["points"]))
+    devices, points = _names(read_json(row["devices"])), _names(read_json(row["points"]))
     scope = Scope(devices, points, row["from_time"], row["to_time"])
     return Hold(
         row["id"],

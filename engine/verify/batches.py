@@ -4,7 +4,6 @@ keys its plan names, and each device's batches form one chain."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from engine import audit
-from engine.canonical import canonical_json
+from engine.canonical import canonical_json, read_json
 from engine.keys import SignatureRejected, verify_signature
 from engine.plans.body import PlanBody
 from engine.sign.batch import ZERO_ROOT, MalformedStatement, Statement
@@ -191,8 +190,8 @@ def _check_entry(
 
 def _keys(text: str) -> tuple[str, ...]:
     try:
-        keys = json.loads(text)
-    except (ValueError, RecursionError):
+        keys = read_json(text)
+    except ValueError:
         return ("<not JSON>",)
     return tuple(keys) if isinstance(keys, list) else ("<not a list>",)
 
@@ -200,8 +199,8 @@ def _keys(text: str) -> tuple[str, ...]:
 def _json(text: str) -> Any:
     """A stored JSON column's value; the text itself when it is not JSON."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        return read_json(text)
+    except ValueError:
         return text
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from engine import audit
-from engine.canonical import MAX_SAFE_INTEGER
+from engine.canonical import MAX_SAFE_INTEGER, read_json
 from engine.sign.merkle import MerkleLog, leaf_hash
 from engine.store import reads
 from engine.verify.report import Report
@@ -49,7 +49,7 @@ def _entry(seq: int, time: str, kind: str, data: bytes, report: Report) -> audit
     """Entry ``seq`` parsed from its stored bytes; None if they are not a canonical entry."""
     try:
         entry = _parse(data)
-    except (ValueError, TypeError, RecursionError) as exc:  # nested too deep: json's RecursionError
+    except (ValueError, TypeError) as exc:
         report.add(f"audit entry {seq}", f"not a canonical entry ({exc})")
         return None
     if (entry.seq, entry.time, entry.kind) != (seq, time, kind):
@@ -100,7 +100,7 @@ def _parse(data: bytes) -> audit.AuditEntry:
             and (text.isascii() or not _ASTRAL.search(text))
             and _ENCODER.encode(obj) == text
         )
-    except ValueError:
+    except (ValueError, RecursionError):  # AuditEntry.parse names it
         plain = False
     if not plain:
         return audit.AuditEntry.parse(data)
@@ -117,8 +117,8 @@ def _check_state(conn: Connection, log: Log, report: Report) -> None:
         recomputed.append_hash(leaf)
     want = audit.saved_state(recomputed)
     try:
-        got = json.loads(saved) if saved else None
-    except (ValueError, RecursionError):
+        got = read_json(saved) if saved else None
+    except ValueError:
         got = None
     if got != want:
         size = got.get("size") if isinstance(got, dict) else None
