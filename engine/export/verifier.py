@@ -2200,27 +2200,34 @@ def _receipt_problem(seq: int, retained: Retained, holds: list[Hold]) -> Deleted
     problem = _dated_late(entry, retained.checkpoints) or _mislabelled(deleted)
     if plan is None or problem:
         return problem or f"its batch's plan {batch.plan} is not in the bundle"
+    return _unlawful(deleted, plan, (seq, entry), retained, holds) or deleted
+
+
+def _unlawful(
+    deleted: Deleted,
+    plan: Plan,
+    receipt: tuple[int, dict[str, Any]],
+    retained: Retained,
+    holds: list[Hold],
+) -> str | None:
+    """Why a receipt's (seq, entry) deletion of each point, by its plan, was not lawful: a
+    calculation that is not the plan's, records not yet expired, a hold, an archive not
+    written."""
+    (seq, entry), batch = receipt, deleted.batch
     at = _aware(entry["time"])
     for group in deleted.groups:
         for point in group.points:
             kept, where = plan.retention.get(point, {}), f"{batch.device}/{point}"
-            misstated = _misstated(group.stated, kept, plan.policies.get(point, []), batch)
+            if _misstated(group.stated, kept, plan.policies.get(point, []), batch):
+                return f"its expiry calculation for {where} is not its plan's"
             problem = (
-                None
-                if misstated
-                else (
-                    _expiry_problem(kept, batch, at)
-                    or _held(holds, seq, batch, point)
-                    or _unarchived(kept, said, group.positions, retained, batch, seq=seq)
-                )
+                _expiry_problem(kept, batch, at)
+                or _held(holds, seq, batch, point)
+                or _unarchived(kept, entry["payload"], group.positions, retained, batch, seq=seq)
             )
-            if misstated or problem:
-                return (
-                    f"its expiry calculation for {where} is not its plan's"
-                    if misstated
-                    else f"deletes {where} {problem}"
-                )
-    return deleted
+            if problem:
+                return f"deletes {where} {problem}"
+    return None
 
 
 def _mislabelled(deleted: Deleted) -> str | None:
@@ -2419,20 +2426,17 @@ def _misstated(
     """Whether an expiry group states another calculation than the plan's for one of its
     points (docs/retention.md: rule, bounds, ``on_expiry``, ``expires``, policies): the
     receipt's word is not what its deletion is judged by, yet an auditor reads it."""
-    least, most = retention.get("keep_at_least_ms"), retention.get("keep_at_most_ms")
-    if least is None and most is None:
-        return False  # kept for ever: :func:`_expiry_problem` names it
-    start, end = _aware(batch.window[0]), _aware(batch.window[1])
-    if most is not None:
-        rule, expires = "keep_at_most", start + timedelta(milliseconds=most)
+    kept_until, due_from = _bounds(retention, batch)
+    if due_from is not None and (kept_until is None or kept_until <= due_from):
+        rule, expires = "keep_at_most", due_from
+    elif kept_until is not None:
+        rule, expires = "keep_at_least", kept_until
     else:
-        rule, expires = "keep_at_least", end + timedelta(milliseconds=least or 0)
-    if least is not None and end + timedelta(milliseconds=least) > expires:
-        rule, expires = "keep_at_least", end + timedelta(milliseconds=least)
+        return False  # kept for ever: :func:`_expiry_problem` names it
     planned = {
         "rule": rule,
-        "keep_at_least_ms": least,
-        "keep_at_most_ms": most,
+        "keep_at_least_ms": retention.get("keep_at_least_ms"),
+        "keep_at_most_ms": retention.get("keep_at_most_ms"),
         "on_expiry": retention.get("on_expiry") or "delete",
         "expires": _spelled(expires),
         "policies": policies,
@@ -2441,19 +2445,27 @@ def _misstated(
 
 
 def _expiry_problem(retention: dict[str, Any] | None, batch: Batch, at: datetime) -> str | None:
-    """Why the point's records of the batch had not expired at ``at``: the plan's retention on
-    the batch's signed window (docs/retention.md: keep_at_least from its end, keep_at_most
-    from its start)."""
-    least = (retention or {}).get("keep_at_least_ms")
-    most = (retention or {}).get("keep_at_most_ms")
-    if least is None and most is None:
+    """Why the point's records of the batch had not expired at ``at`` (:func:`_bounds`)."""
+    kept_until, due_from = _bounds(retention or {}, batch)
+    if kept_until is None and due_from is None:
         return "although its plan keeps it for ever"
-    start, end = _aware(batch.window[0]), _aware(batch.window[1])
-    if least is not None and at < end + timedelta(milliseconds=least):
+    if kept_until is not None and at < kept_until:
         return "before its keep_at_least"
-    if most is not None and at < start + timedelta(milliseconds=most):
+    if due_from is not None and at < due_from:
         return "before it expired"
     return None
+
+
+def _bounds(retention: dict[str, Any], batch: Batch) -> tuple[datetime | None, datetime | None]:
+    """Until when the plan's retention keeps a point's records of the batch, and from when
+    it lets them go, on the batch's signed window (docs/retention.md: keep_at_least from its
+    end, keep_at_most from its start); None for a bound the plan does not set."""
+    least, most = retention.get("keep_at_least_ms"), retention.get("keep_at_most_ms")
+    start, end = _aware(batch.window[0]), _aware(batch.window[1])
+    return (
+        None if least is None else end + timedelta(milliseconds=least),
+        None if most is None else start + timedelta(milliseconds=most),
+    )
 
 
 def _held(holds: list[Hold], seq: int, batch: Batch, point: str) -> str | None:
