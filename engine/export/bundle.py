@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 import zipfile
@@ -549,14 +550,18 @@ def _decisions_named(
 ) -> dict[str, list[int]]:
     """The entries of ``decided`` (seq, bytes) that are ``access.decision`` entries of a
     decision id in ``named``, by id; only those whose bytes hold one of the ids (as JSON
-    spells a string, any value at all read from a hostile entry) are read."""
+    spells a string, any value at all read from a hostile entry) are read. Each entry's
+    ``"decision":`` members are found in one scan and looked up, so the cost does not grow
+    with the holds times the decisions."""
     needles = {
         b'"decision":' + json.dumps(name, ensure_ascii=False).encode("utf-8", "surrogatepass")
         for name in named
     }
     found: dict[str, list[int]] = {}
+    if not needles:
+        return found
     for seq, raw in decided:
-        if any(needle in raw for needle in needles):
+        if not needles.isdisjoint(_DECISION_MEMBER.findall(raw)):
             entry = json.loads(raw)
             if entry["kind"] == "access.decision":
                 found.setdefault(str(entry["payload"].get("decision")), []).append(seq)
@@ -620,6 +625,9 @@ def _decisions(logged: Logged, wanted: set[int]) -> list[int]:
 
 _KINDS = {kind: f'"kind":"{kind}"'.encode() for kind in RETENTION_KINDS}
 _DECISION_KIND = b'"kind":"access.decision"'
+_DECISION_MEMBER = re.compile(rb'"decision":(?:"(?:[^"\\]|\\.)*"|[-+.0-9A-Za-z]+)')
+"""A ``"decision":`` member and its value as canonical JSON writes a string or a number (or
+true, false, null): what :func:`_decisions_named` looks ids up by."""
 
 
 def _kind(raw: bytes) -> str | None:
