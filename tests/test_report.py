@@ -199,6 +199,24 @@ def assert_bundle_carries_its_report(db: str, keys: Path, tmp_path: Path, monkey
     assert "21 CFR 11.10(e)" in text and "not given" not in text  # from the files it carries
     exported = decisions(db)[-1]  # the export's own decision, which its report names
     assert exported["action"] == "export" and str(exported["decision"]) in text
+    bare = tmp_path / "bare.zip"  # its sources left out (none under an empty folder)
+    (tmp_path / "no-sources").mkdir()
+    assert (
+        main(
+            [
+                *args,
+                "--device",
+                "reactor-1-plc",
+                "--sources",
+                str(tmp_path / "no-sources"),
+                "-o",
+                str(bare),
+            ]
+        )
+        == 0
+    )
+    bare_text = visible_text(zipfile.ZipFile(bare).read("report.html").decode())
+    assert "not given: its policy file was not read" in bare_text  # unknown, never "none"
 
 
 def assert_clean(seen: Rendered) -> None:

@@ -103,7 +103,8 @@ class PolicyUse:
 
     id: str
     controls: tuple[str, ...] | None
-    """As its policy file says (``None``: the report was not given the policy files)."""
+    """As its policy file says (``None``: the report was not given its policy file, or the
+    bundle does not carry it)."""
     points: set[str] = field(default_factory=set)
     files: set[str] = field(default_factory=set)
 
@@ -115,7 +116,8 @@ def policies(
     found: dict[str, PolicyUse] = {}
     for sp in points:
         for policy in sp.point.policies:
-            cited = None if controls is None else tuple(controls.get(policy, ()))
+            said = None if controls is None else controls.get(policy)
+            cited = None if said is None else tuple(said)  # its file not read: not "none"
             use = found.setdefault(policy, PolicyUse(policy, cited))
             use.points.add(f"{sp.device}/{sp.point.name}")
         for sources in sp.point.provenance.values():

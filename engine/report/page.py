@@ -186,7 +186,8 @@ def _policies(facts: f.Facts) -> Safe:
     rows = [
         (
             use.id,
-            "not given (run converge report with --policies)"
+            "not given: its policy file was not read (converge report --policies; a bundle"
+            " carries only the files its plans name with the bytes they name)"
             if use.controls is None
             else "; ".join(use.controls) or "none",
             len(use.points),
