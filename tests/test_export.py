@@ -1213,15 +1213,19 @@ def test_a_leaf_holding_a_line_break_is_never_read_at_once():
 def test_a_bundle_or_trust_file_that_is_not_one_is_a_mistake_not_a_verdict(
     plant: Exported, tmp_path: Path, clean_python: Path, capsys
 ):
-    """No file at the bundle's path, or a trust file that is not one, says so and exits 2 (a
-    failing verdict, exit 1, is for a bundle that does not verify), both ways."""
+    """No file at the bundle's path, a trust file that is not one or one that trusts no key,
+    says so and exits 2 (a failing verdict, exit 1, is for a bundle that does not verify),
+    both ways."""
     script = tmp_path / "verify.py"
     script.write_bytes(Path(verifier.__file__).read_bytes())
     not_trust = tmp_path / "trust.json"
     not_trust.write_text("{}")
+    keyless = tmp_path / "keyless.json"  # a trust file, trusting nothing
+    keyless.write_text(json.dumps(json.loads(plant.trust.read_bytes()) | {"keys": []}))
     for bundle, trust, said in (
         (tmp_path / "nothere.zip", None, "nothere.zip: there is no such file"),
         (plant.bundle, not_trust, "--trust: not a trust file"),
+        (plant.bundle, keyless, "--trust: it trusts no key or no audit log"),
     ):
         assert converge_verify(bundle, trust).code == 2
         assert said in capsys.readouterr().err

@@ -563,14 +563,16 @@ def signed_by(
 
 def unusable(path: str, trust: bytes | None) -> str | None:
     """What is wrong with the command line rather than the bundle (exit 2, not a verdict): a
-    bundle that is not a file there, a trust file that is not one."""
+    bundle that is not a file there, a trust file that is not one, or that trusts no key or
+    no log (every signature of a sound bundle would fail as if forged)."""
     if not os.path.isfile(path):
         return f"{path}: there is no such file"
     try:
-        if trust is not None:
-            read_trust(trust, "--trust")
+        trusted = None if trust is None else read_trust(trust, "--trust")
     except Refused as exc:
         return str(exc)
+    if trusted is not None and not (any(trusted.keys.values()) and trusted.logs):
+        return "--trust: it trusts no key or no audit log: give the auditor's trust file"
     return None
 
 
