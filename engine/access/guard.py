@@ -120,6 +120,13 @@ class Decision:
     def denied(self) -> tuple[PointDecision, ...]:
         return tuple(p for p in self.points if not p.allowed)
 
+    def refusals(self, shown: int = 5) -> str:
+        """The refused points with their reasons, for a refusal's message: the first
+        ``shown`` named, the rest counted ("" when none was refused)."""
+        denied = self.denied
+        said = "; ".join(f"{p.device}/{p.point}: {p.reason}" for p in denied[:shown])
+        return said + (f"; and {len(denied) - shown} more" if len(denied) > shown else "")
+
     @property
     def outcome(self) -> Literal["allow", "partial", "deny"]:
         if not self.denied and self.points:

@@ -96,8 +96,7 @@ def _controls(paths: Sequence[Path], pm: pluggy.PluginManager) -> dict[str, tupl
 
 
 def _refusal(decision: Decision) -> str:
-    said = "; ".join(f"{p.device}/{p.point}: {p.reason}" for p in decision.denied[:5])
-    asked = said or "no point was asked"
+    asked = decision.refusals() or "no point was asked"
     return (
         f"{decision.request.principal} may report on nothing asked ({asked}; "
         f"decision {decision.id})"

@@ -183,16 +183,9 @@ def archive(store: Store, keys: KeyStore, asked: Archive, to: Target) -> Exporte
     return _write(store, decision, asked.span, keys, to, only=asked.positions)
 
 
-SHOWN_REFUSALS = 5
-"""The refused points a refusal names one by one; the rest it counts."""
-
-
 def _refusals(decision: Decision) -> str:
-    denied = decision.denied
-    said = "; ".join(f"{p.device}/{p.point}: {p.reason}" for p in denied[:SHOWN_REFUSALS])
-    more = f"; and {len(denied) - SHOWN_REFUSALS} more" if len(denied) > SHOWN_REFUSALS else ""
     return (
-        f"{decision.request.principal} may export nothing asked ({said}{more};"
+        f"{decision.request.principal} may export nothing asked ({decision.refusals()};"
         f" decision {decision.id})"
     )
 
