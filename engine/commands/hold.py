@@ -130,8 +130,9 @@ def describe(scope: Scope) -> str:
 
 def run_list(args: argparse.Namespace, console: Console) -> int:
     """Every hold as the audit log states it (its ``hold.placed`` and ``hold.released``
-    entries, as retention reads them, taken as written: ``audit verify`` judges each entry
-    and compares the holds' rows with them), with the (device, point) pairs it covers."""
+    entries, signed or in the unsigned tail, taken as written: a retention run reads them
+    only once the store verifies, and ``audit verify`` judges each entry and compares the
+    holds' rows with them), with the (device, point) pairs it covers."""
     with Store.open_existing(args.db) as store, store.reading() as conn:
         book = HoldBook()
         book.read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)

@@ -156,13 +156,13 @@ these take."""
 def _groups(work: list[tuple[BatchRef, PlanBody]]) -> Iterator[list[tuple[BatchRef, PlanBody]]]:
     """The batches to delete from, in order, a transaction's worth at a time."""
     group: list[tuple[BatchRef, PlanBody]] = []
-    held = 0
+    records = 0
     for batch, plan in work:
-        if group and (len(group) == GROUP_BATCHES or held + batch.count > GROUP_RECORDS):
+        if group and (len(group) == GROUP_BATCHES or records + batch.count > GROUP_RECORDS):
             yield group
-            group, held = [], 0
+            group, records = [], 0
         group.append((batch, plan))
-        held += batch.count
+        records += batch.count
     if group:
         yield group
 
