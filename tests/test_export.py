@@ -23,7 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import forger
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_kit import T0, Site, fill
 from hypothesis import HealthCheck, given, settings
@@ -335,6 +337,37 @@ def test_worker_processes_export_the_bytes_one_process_exports(
     assert list(first) == list(second)
     evidence = [n for n in first if n.startswith(("records", "batches/", "plans/"))]
     assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
+
+
+def test_a_record_deleted_while_workers_read_is_exported_as_the_transaction_saw_it(
+    evidence_site: Site, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A worker reads the store as it is when it reads, the export's transaction as it was
+    when the export began: a batch a worker does not find whole (a record deleted meanwhile,
+    as a retention run may) is read again in the transaction, so the bundle holds what the
+    transaction saw, as one made before the deletion does, and verifies."""
+    fill(evidence_site, backend, tmp_path, seconds=70).close()
+    keys = evidence_site.keys_dir
+    before = tmp_path / "before.zip"
+    assert export(backend, keys, before, "--device", DEVICE) == 0
+    checked = writing._check_logged
+
+    def deleting_meanwhile(conn: sa.Connection, carried: Any, stored: Any) -> None:
+        checked(conn, carried, stored)  # the transaction has read the batches
+        with forger.database(backend).begin() as other:
+            other.execute(
+                sa.text("DELETE FROM readings WHERE batch_id = :b AND position = 0"),
+                {"b": carried[0].id},
+            )
+
+    monkeypatch.setattr(writing, "_check_logged", deleting_meanwhile)
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    during = tmp_path / "during.zip"
+    assert export(backend, keys, during, "--device", DEVICE) == 0
+    first, second = read(before), read(during)
+    evidence = [n for n in first if n.startswith(("records", "batches/"))]
+    assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
+    assert converge_verify(during, trust_file(backend, keys, tmp_path / "t.json")).code == 0
 
 
 def test_one_point_exports_proofs_and_verifies(plant: Exported, partial: Path, both):

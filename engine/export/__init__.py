@@ -107,7 +107,7 @@ def _write(
     """Sign a checkpoint covering the decision's entry, then gather and write the bundle."""
     seal = seal_with(keys, store.audit_key, datetime.now(UTC))
     store.checkpoint(seal)
-    with store.reading() as conn:
+    with store.reading(snapshot=True) as conn:
         origin = reads.meta(conn, audit.ORIGIN_KEY) or ""
         size = max(row.size for row in reads.checkpoints(conn))
         asked = bundle.Request(

@@ -305,8 +305,12 @@ def records_of(conn: Connection, ids: Sequence[int]) -> dict[int, Records]:
     from the driver. The rows become columns (batch id, position, leaf; one batch's need no
     batch id) and are cut where their batch id changes (``bisect``), so no Python code runs
     per record, only per batch."""
-    driver: Any = conn.connection.driver_connection
-    postgres = conn.dialect.name == "postgresql"
+    return driver_records(conn.connection.driver_connection, conn.dialect.name == "postgresql", ids)
+
+
+def driver_records(driver: Any, postgres: bool, ids: Sequence[int]) -> dict[int, Records]:
+    """:func:`records_of` on a DB-API connection of the store's driver (a worker process's
+    own, :func:`engine.store.reads.connect`)."""
     marks = ",".join(["%s" if postgres else "?"] * len(ids))
     # one batch's records need no batch id each: a fifth less to fetch
     named = "" if len(ids) == 1 else "batch_id, "

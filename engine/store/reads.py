@@ -171,14 +171,16 @@ def source(conn: Connection) -> Source | None:
 @contextmanager
 def connect(source: Source) -> Iterator[Records]:
     """The record tables on a new DB-API connection to the store, closed at the end."""
-    with closing(_connect(source)) as driver:
+    with closing(open_driver(source)) as driver:
         yield Records(driver, source.postgres)
 
 
-def _connect(source: Source) -> Any:
-    """A new DB-API connection to the store, by the driver its engine uses."""
+def open_driver(source: Source, *, autocommit: bool = False) -> Any:
+    """A new DB-API connection to the store, by the driver its engine uses; ``autocommit``:
+    each statement reads the store as it is then, no transaction held between them (SQLite's
+    driver holds none for reads anyway)."""
     if source.postgres:
         import psycopg  # noqa: PLC0415 -- 90 ms to import, only PostgreSQL stores need it
 
-        return psycopg.connect(source.target)
+        return psycopg.connect(source.target, autocommit=autocommit)
     return sqlite3.connect(source.target)

@@ -187,9 +187,14 @@ class Store:
         self._witness(note)
 
     @contextmanager
-    def reading(self) -> Iterator[Connection]:
+    def reading(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction; ``snapshot``: every statement in it reads the store as the first
+        did (SQLite's reads always do; PostgreSQL's then run at ``REPEATABLE READ``), as a
+        reader whose reads must agree with one another needs (an export)."""
         try:
             with self.engine.connect() as conn:
+                if snapshot and conn.dialect.name == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"store {self.where}: {reason(exc)}") from exc
