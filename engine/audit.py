@@ -319,12 +319,12 @@ class AuditEntry:
         """Raises ValueError unless ``data`` is exactly the canonical bytes of an entry.
 
         An entry that plainly is canonical is read by one decoding and one encoding; any
-        other by :meth:`parse_strictly`, which decodes it twice (once to check its numbers)
+        other by :meth:`_parse_slowly`, which decodes it twice (once to check its numbers)
         and names what is wrong. Plainly canonical: UTF-8 text of an object of the entry's
         members, holding no float, no integer beyond 2**53 - 1 and no character beyond
         U+FFFF, and written back the same by the C encoder with sorted keys and compact
         separators. For such a value :func:`~engine.canonical.canonical_json` writes those
-        very bytes (its numbers check passes on them), so :meth:`parse_strictly` would
+        very bytes (its numbers check passes on them), so :meth:`_parse_slowly` would
         accept it as this entry. (An export's decision names every point: a megabyte, read
         by the checkpoint that signs it and by the report.)"""
         try:
@@ -336,15 +336,15 @@ class AuditEntry:
                 and (text.isascii() or not _ASTRAL.search(text))
                 and _ENCODER.encode(obj) == text
             )
-        except (ValueError, RecursionError):  # parse_strictly names it
+        except (ValueError, RecursionError):  # _parse_slowly names it
             plain = False
-        return cls.of(obj) if plain else cls.parse_strictly(data)
+        return cls.of(obj) if plain else cls._parse_slowly(data)
 
     @classmethod
-    def parse_strictly(cls, data: bytes) -> AuditEntry:
-        """:meth:`parse`, the long way."""
+    def _parse_slowly(cls, data: bytes) -> AuditEntry:
+        """:meth:`parse`, the long way: it names what is wrong."""
         obj = read_json(data)
-        if not isinstance(obj, dict) or set(obj) != {"seq", "time", "kind", "actor", "payload"}:
+        if not isinstance(obj, dict) or set(obj) != _MEMBERS:
             raise ValueError("not an audit entry object")
         entry = cls.of(obj)
         try:

@@ -350,20 +350,30 @@ def test_a_record_deleted_while_workers_read_is_exported_as_the_transaction_saw_
     keys = evidence_site.keys_dir
     before = tmp_path / "before.zip"
     assert export(backend, keys, before, "--device", DEVICE) == 0
-    checked = writing._check_logged
+    checked, read_here = writing._check_logged, writing._records_here
+    deleted: list[int] = []
+    read_again: list[int] = []
 
     def deleting_meanwhile(conn: sa.Connection, carried: Any, stored: Any) -> None:
         checked(conn, carried, stored)  # the transaction has read the batches
         with forger.database(backend).begin() as other:
-            other.execute(
+            gone = other.execute(
                 sa.text("DELETE FROM readings WHERE batch_id = :b AND position = 0"),
                 {"b": carried[0].id},
             )
+            assert gone.rowcount == 1
+        deleted.append(carried[0].id)
+
+    def reading_here(conn: sa.Connection, batch: int) -> Any:
+        read_again.append(batch)
+        return read_here(conn, batch)
 
     monkeypatch.setattr(writing, "_check_logged", deleting_meanwhile)
+    monkeypatch.setattr(writing, "_records_here", reading_here)
     monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
     during = tmp_path / "during.zip"
     assert export(backend, keys, during, "--device", DEVICE) == 0
+    assert read_again == deleted  # the workers read every other batch
     first, second = read(before), read(during)
     evidence = [n for n in first if n.startswith(("records", "batches/"))]
     assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)

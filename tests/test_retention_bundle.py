@@ -19,6 +19,8 @@ from test_export import failed, forged, read, trust_file
 from engine.audit import AuditEntry
 from engine.canonical import canonical_json
 from engine.cli import main
+from engine.export import bundle as writing
+from engine.export import verifier
 from engine.export.bundle import Logged
 from engine.retention import apply
 from engine.retention import run as runs
@@ -68,6 +70,28 @@ def test_a_bundle_carries_the_receipts_and_holds_of_its_range(bundled, both):
     lines = [json.loads(line) for line in members["records.jsonl"].splitlines()]
     points = {(r["leaf"]["device"], r["leaf"]["point"]) for r in lines}
     assert points == {("line-b", "P1"), ("line-b", "P2"), ("lab-c", "P1")}
+
+
+def test_workers_read_the_batches_a_run_deleted_from_as_one_process_does(
+    retention_site, backend, principals_file, tmp_path, monkeypatch
+):
+    """A batch a run deleted records of is read by a worker (it holds the very positions its
+    receipts leave), not again by the export's process, and the bundle's evidence is one
+    process's, byte for byte."""
+    store = fill(retention_site, backend, tmp_path, SECONDS)
+    hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
+    run(retention_site, store)
+    store.close()
+    keys = retention_site.keys_dir
+    alone = read(export(backend, keys, principals_file, tmp_path / "alone.zip"))
+    read_again: list[int] = []
+    monkeypatch.setattr(writing, "_records_here", lambda conn, b: read_again.append(b))
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    forked = read(export(backend, keys, principals_file, tmp_path / "forked.zip"))
+    assert read_again == []
+    evidence = [n for n in alone if n.startswith(("records", "batches/", "retention"))]
+    assert any(json.loads(alone[n]).get("proofs") is not None for n in alone if "batches/" in n)
+    assert len(evidence) > 3 and all(alone[n] == forked[n] for n in evidence)
 
 
 def test_a_retention_member_naming_another_entry_is_named(retention_site, bundled, tmp_path, both):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -105,11 +106,12 @@ def _write(
     *,
     only: Mapping[int, frozenset[int]] | None = None,
 ) -> Exported:
-    """Sign a checkpoint covering the decision's entry, then gather and write the bundle, the
-    cyclic garbage collector paused: an export allocates an object or more per record and
-    frees each by reference counting, and the collector's passes over the heap of the
-    process exporting (a benchmark's had just built its store) cost a tenth of its time."""
-    with collector_paused():
+    """Sign a checkpoint covering the decision's entry, then gather and write the bundle; in a
+    process of its own (``to.parallel``), the cyclic garbage collector paused: an export
+    allocates an object or more per record and frees each by reference counting, and the
+    collector's passes over the heap of the process exporting (a benchmark's had just built
+    its store) cost a tenth of its time. (A collector's archives leave its collector be.)"""
+    with collector_paused() if to.parallel else nullcontext():
         return _written(store, decision, span, keys, to, only=only)
 
 

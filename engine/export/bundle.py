@@ -12,6 +12,11 @@ exported points in the range (``retention.json``), and the source files the
 plans name (read from a folder on this machine, each only when its bytes are
 the plan's). Members are written sorted, with fixed zip times, so the zip's
 structure does not depend on when it is made.
+
+A large export's records are read by worker processes on connections of their
+own, each batch's taken only when it holds the very positions the transaction's
+deletion receipts leave of it (else read again in the transaction): the bundle
+holds what the transaction saw (:func:`_read_apart`).
 """
 
 from __future__ import annotations
@@ -290,7 +295,7 @@ def _records(
     lines, rows = Parts(), Parts()
     rows.add(header, deflate_part(header))
     out.parts.update({verifier.RECORDS: lines, verifier.RECORDS_CSV: rows})
-    for batch, picked in _picked(conn, request, stored):
+    for batch, picked in _picked(conn, request, stored, receipts):
         out.batches.append(batch.id)
         wanted.add(batch.entry_seq)
         lines.add(picked.lines, picked.deflated[0])
@@ -354,10 +359,13 @@ class Job:
     source: reads.Source | None = None
     """The store a worker reads the batch from, on a connection of its own (:func:`_read_apart`);
     None when :attr:`records` are given."""
+    left: tuple[int, ...] | None = None
+    """The positions the log's deletion receipts (in the export's transaction) leave of the
+    batch, when they removed any; None: every position, 0 to its count - 1."""
 
 
 def _picked(
-    conn: Connection, request: Request, stored: Mapping[int, dict[str, Any]]
+    conn: Connection, request: Request, stored: Mapping[int, dict[str, Any]], receipts: Receipts
 ) -> Iterator[tuple[StoredBatch, Picked]]:
     """Each batch of an allowed device in the range with the records it exports; first, unless
     an archive's records are asked, refuses to leave out a batch the log records
@@ -376,10 +384,10 @@ def _picked(
     records = sum(batch.count for batch, _ in work)
     workers = verifier.worker_count(records, PARALLEL_RECORDS) if request.parallel else 0
     source = reads.source(conn) if workers else None
-    jobs = (_job(conn, request, batch, points, source) for batch, points in work)
+    jobs = (_job(conn, request, b, points, source=source, receipts=receipts) for b, points in work)
     picks = verifier.in_order(_pick, jobs, workers)
     for (batch, _), (job, apart) in zip(work, picks, strict=True):
-        # a batch a worker did not read whole is read in this transaction
+        # a batch a worker did not find as this transaction's receipts leave it is read here
         picked = apart if apart is not None else _chosen(job, _records_here(conn, batch.id))
         if picked.positions or only is None:  # every batch: the chain is checked whole
             yield batch, picked
@@ -390,12 +398,17 @@ def _job(
     request: Request,
     batch: StoredBatch,
     points: set[str],
+    *,
     source: reads.Source | None,
+    receipts: Receipts,
 ) -> Job:
     """The job of a batch: for a worker to read (``source``), or with its records read here."""
     only = None if request.only is None else request.only[batch.id]
-    records = None if source is not None else _records_here(conn, batch.id)
-    return Job(batch.id, batch.count, points, request.span, only, records, source)
+    if source is None:
+        return Job(batch.id, batch.count, points, request.span, only, _records_here(conn, batch.id))
+    removed = {p for said in receipts.get(batch.id, ()) for p in _kept(said, batch)}
+    left = None if not removed else tuple(p for p in range(batch.count) if p not in removed)
+    return Job(batch.id, batch.count, points, request.span, only, source=source, left=left)
 
 
 def _records_here(conn: Connection, batch: int) -> data.Records:
@@ -423,28 +436,34 @@ def _chosen(job: Job, records: data.Records) -> Picked:
 
 def _read_apart(job: Job) -> data.Records | None:
     """In a worker process, the records of a job's batch read on the worker's own connection,
-    when they are every record it signs (positions 0 to its count - 1); else None, and the
-    export reads the batch again in its own transaction, as it does when no worker helps.
+    when they are at the very positions the receipts of the export's transaction leave
+    (:attr:`Job.left`); else None, and the export reads the batch again in its own
+    transaction, as it does when no worker helps.
 
     A worker's connection reads the store as it is now, not as the export's transaction
-    does: a retention run may have deleted records of the batch since (the receipts the
-    bundle carries are the transaction's), and a store changed outside Converge is named by
-    the export's own reading. A batch whole here was whole there: records are never added
-    to a stored batch. Reading in the worker spares the export's process the rows, and the
-    sending of them: a fifth of an export's work."""
+    does: a retention run may have deleted records of the batch since (with receipts the
+    bundle does not carry), and a store changed outside Converge is named by the export's
+    own reading. Records at the positions the transaction's receipts leave are the records
+    the transaction read there: records are never added to a stored batch, and never
+    changed but outside Converge (then the bundle holds what the worker read, and its
+    verifiers name the record). Reading in the worker spares the export's process the rows,
+    and the sending of them."""
     assert job.source is not None
-    driver = _OWN_CONNECTION.get(job.source)
+    key = (os.getpid(), job.source)
+    driver = _OWN_CONNECTION.get(key)
     if driver is None:
-        driver = _OWN_CONNECTION[job.source] = reads.open_driver(job.source, autocommit=True)
+        driver = _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
     found = data.driver_records(driver, job.source.postgres, [job.batch])
     positions, leaves = found.get(job.batch, ((), ()))
-    return (positions, leaves) if list(positions) == list(range(job.count)) else None
+    left = range(job.count) if job.left is None else job.left
+    return (positions, leaves) if list(positions) == list(left) else None
 
 
-_OWN_CONNECTION: dict[reads.Source, Any] = {}
-"""A worker process's connection to the store, opened for its first job and kept for the
-others (its pool ends with the export; the process closes it as it ends). The export's own
-process opens none: it reads in its transaction."""
+_OWN_CONNECTION: dict[tuple[int, reads.Source], Any] = {}
+"""A worker process's connection to the store (by the process's id: a process forked from one
+that holds a connection never takes it for its own), opened for its first job and kept for
+the others. Its pool ends with the export; the worker ends by ``os._exit``, and the system
+closes the connection, in which no transaction is open (autocommit)."""
 
 
 def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> Picked | None:

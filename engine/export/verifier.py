@@ -583,7 +583,8 @@ def verify(path: str, trust: bytes | None = None) -> Verdict:
     verification allocates objects per record, none in a reference cycle, and the
     collector's passes over them, in the worker processes too, and in ``converge verify``
     over the heap of its process, cost up to a fifth of the time. It still runs: whatever
-    cycles a hostile bundle makes are collected."""
+    cycles a hostile bundle makes are collected. (The threshold is the process's: two
+    verifications at once on two threads may leave it raised.)"""
     thresholds = gc.get_threshold()
     gc.set_threshold(RARE_COLLECTIONS, *thresholds[1:])
     try:
@@ -593,7 +594,8 @@ def verify(path: str, trust: bytes | None = None) -> Verdict:
 
 
 RARE_COLLECTIONS = 200_000
-"""Allocations between two passes of the collector while a bundle is verified (700 else)."""
+"""Allocations between two passes of the collector while a bundle is verified (700 else);
+``engine.heap.fewer_collections``'s, which this file, standing alone, cannot import."""
 
 
 def _verdict(path: str, trust: bytes | None) -> Verdict:

@@ -52,17 +52,20 @@ def table(
     each row is one format of its escaped cells, not an :func:`el` per cell."""
 
     def tr(tag: str) -> str:
-        cells = (f'<{tag} class="n">{{}}</{tag}>' if i in numeric else f"<{tag}>{{}}</{tag}>"
-                 for i in range(len(head)))  # fmt: skip
-        return "<tr>" + "".join(cells) + "</tr>"
+        opens = (f'<{tag} class="n">' if i in numeric else f"<{tag}>" for i in range(len(head)))
+        return "<tr>" + "".join(f"{start}{{}}</{tag}>" for start in opens) + "</tr>"
 
-    row = tr("td").format
-    body = "".join(row(*map(esc, cells)) for cells in rows)
+    def row(cells: Sequence[object]) -> str:
+        if len(cells) != len(head):
+            raise ValueError(f"a row of {len(cells)} cells in a table of {len(head)} columns")
+        return cells_of(*map(esc, cells))
+
+    cells_of = tr("td").format
+    body = "".join(map(row, rows))
     if not body:
         return el("p", empty, class_="none")
-    return Safe(
-        f"<table><thead>{tr('th').format(*map(esc, head))}</thead><tbody>{body}</tbody></table>"
-    )
+    head_row = tr("th").format(*map(esc, head))
+    return Safe(f"<table><thead>{head_row}</thead><tbody>{body}</tbody></table>")
 
 
 def count(n: int) -> Safe:

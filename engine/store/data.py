@@ -310,7 +310,7 @@ def records_of(conn: Connection, ids: Sequence[int]) -> dict[int, Records]:
 
 def driver_records(driver: Any, postgres: bool, ids: Sequence[int]) -> dict[int, Records]:
     """:func:`records_of` on a DB-API connection of the store's driver (a worker process's
-    own, :func:`engine.store.reads.connect`)."""
+    own, :func:`engine.store.reads.open_driver`)."""
     marks = ",".join(["%s" if postgres else "?"] * len(ids))
     # one batch's records need no batch id each: a fifth less to fetch
     named = "" if len(ids) == 1 else "batch_id, "

@@ -190,7 +190,9 @@ class Store:
     def reading(self, *, snapshot: bool = False) -> Iterator[Connection]:
         """A read transaction; ``snapshot``: every statement in it reads the store as the first
         did (SQLite's reads always do; PostgreSQL's then run at ``REPEATABLE READ``), as a
-        reader whose reads must agree with one another needs (an export)."""
+        reader whose reads must agree with one another needs (an export). Such a transaction
+        may sit idle while worker processes read: a server that ends idle transactions
+        (``idle_in_transaction_session_timeout``) must allow an export's length."""
         try:
             with self.engine.connect() as conn:
                 if snapshot and conn.dialect.name == "postgresql":
