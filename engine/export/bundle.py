@@ -450,10 +450,14 @@ def _read_apart(job: Job) -> data.Records | None:
     and the sending of them."""
     assert job.source is not None
     key = (os.getpid(), job.source)
-    driver = _OWN_CONNECTION.get(key)
-    if driver is None:
-        driver = _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
-    found = data.driver_records(driver, job.source.postgres, [job.batch])
+    try:
+        driver = _OWN_CONNECTION.get(key)
+        if driver is None:
+            driver = _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
+        found = data.driver_records(driver, job.source.postgres, [job.batch])
+    except reads.driver_errors(job.source):  # the server refusing a connection, the file gone
+        _OWN_CONNECTION.pop(key, None)
+        return None  # the export's transaction reads it (and names what it cannot)
     positions, leaves = found.get(job.batch, ((), ()))
     left = range(job.count) if job.left is None else job.left
     return (positions, leaves) if list(positions) == list(left) else None

@@ -184,3 +184,12 @@ def open_driver(source: Source, *, autocommit: bool = False) -> Any:
 
         return psycopg.connect(source.target, autocommit=autocommit)
     return sqlite3.connect(source.target)
+
+
+def driver_errors(source: Source) -> tuple[type[Exception], ...]:
+    """What the driver of ``source`` raises when it cannot connect or read."""
+    if source.postgres:
+        import psycopg  # noqa: PLC0415 -- only PostgreSQL stores need it
+
+        return (psycopg.Error,)
+    return (sqlite3.Error,)

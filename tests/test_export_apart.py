@@ -1,0 +1,74 @@
+"""An export's workers read their batches on connections of their own: a worker that cannot
+connect (the server refusing new connections, the file gone from its path) leaves its batch
+to the export's transaction, which still reads the store; the bundle is the one an export
+alone writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import forger
+import pytest
+import sqlalchemy as sa
+from evidence_kit import Site, fill
+from test_export import DEVICE, converge_verify, export, read, trust_file
+
+from engine.export import bundle as writing
+from engine.export import verifier
+
+
+def _refusing(backend: str, tmp_path: Path):
+    """Make the store refuse a new connection (the export's own is open), and undo it."""
+    if "://" in backend:  # from another database: a session may not refuse its own
+        name = sa.make_url(backend).database
+        admin = forger.database(str(sa.make_url(backend).set(database="postgres")))
+
+        def allowing(allowed: bool) -> None:
+            with admin.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+                conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {allowed}'))
+
+        return lambda: allowing(False), lambda: allowing(True)
+    away = tmp_path / "away"
+    away.mkdir()
+
+    def refuse_file() -> None:  # a directory where the file was: sqlite3 cannot open it
+        for suffix in ("", "-wal", "-shm"):
+            os.rename(backend + suffix, away / f"db{suffix}")
+        os.mkdir(backend)
+
+    def allow_file() -> None:
+        os.rmdir(backend)
+        for suffix in ("", "-wal", "-shm"):
+            os.rename(away / f"db{suffix}", backend + suffix)
+
+    return refuse_file, allow_file
+
+
+def test_a_worker_that_cannot_connect_leaves_its_batch_to_the_export(
+    evidence_site: Site, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    fill(evidence_site, backend, tmp_path, seconds=70).close()
+    keys = evidence_site.keys_dir
+    before = tmp_path / "before.zip"
+    assert export(backend, keys, before, "--device", DEVICE) == 0
+    refuse, allow = _refusing(backend, tmp_path)
+    checked = writing._check_logged
+
+    def refusing_meanwhile(conn: sa.Connection, carried: Any, stored: Any) -> None:
+        checked(conn, carried, stored)  # the transaction has read the batches
+        refuse()
+
+    monkeypatch.setattr(writing, "_check_logged", refusing_meanwhile)
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    during = tmp_path / "during.zip"
+    try:
+        code = export(backend, keys, during, "--device", DEVICE)
+    finally:
+        allow()
+    assert code == 0
+    first, second = read(before), read(during)
+    evidence = [n for n in first if n.startswith(("records", "batches/"))]
+    assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
+    assert converge_verify(during, trust_file(backend, keys, tmp_path / "t.json")).code == 0
