@@ -72,3 +72,39 @@ def test_a_worker_that_cannot_connect_leaves_its_batch_to_the_export(
     evidence = [n for n in first if n.startswith(("records", "batches/"))]
     assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
     assert converge_verify(during, trust_file(backend, keys, tmp_path / "t.json")).code == 0
+
+
+# --- a record edited through SQL: named, nothing written -------------------------------------
+
+_BATCH = "(SELECT min(id) FROM batches WHERE device = 'reactor-1-plc')"
+_RECORD = (
+    f"batch_id = {_BATCH}"
+    f" AND position = (SELECT min(position) FROM readings WHERE batch_id = {_BATCH})"
+)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        f"UPDATE readings SET leaf = X'' WHERE {_RECORD}",  # no JSON at all
+        f"UPDATE readings SET leaf = X'00000035' WHERE {_RECORD}",  # NUL bytes
+        f"UPDATE readings SET leaf = X'35' WHERE {_RECORD}",  # JSON, not an object
+        f"UPDATE readings SET position = 'x' WHERE {_RECORD}",  # a position that is text
+    ],
+    ids=["empty-leaf", "nul-leaf", "number-leaf", "text-position"],
+)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_record_edited_through_sql_is_named_and_nothing_is_written(
+    evidence_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str, workers: int
+):
+    """Whoever can write the database can write a leaf that is not a record, or a position
+    that is not a number (SQLite keeps what it is given): the export names the store, not a
+    traceback, with workers and without, and writes no bundle."""
+    db = str(tmp_path / "evidence.db")
+    fill(evidence_site, db, tmp_path, seconds=70).close()
+    with forger.database(db).begin() as conn:
+        assert conn.execute(sa.text(edit)).rowcount == 1
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: workers)
+    out = tmp_path / "out.zip"
+    assert export(db, evidence_site.keys_dir, out, "--device", DEVICE) == 2
+    assert not out.exists()

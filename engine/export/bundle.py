@@ -43,7 +43,7 @@ from engine import audit
 from engine.access.data import Range
 from engine.access.guard import Decision
 from engine.canonical import canonical_json
-from engine.errors import VerificationError
+from engine.errors import StoreError, VerificationError
 from engine.export import verifier
 from engine.keys import KeyVersion
 from engine.report.health import Readings
@@ -450,12 +450,13 @@ def _read_apart(job: Job) -> data.Records | None:
     and the sending of them."""
     assert job.source is not None
     key = (os.getpid(), job.source)
+    unread: tuple[type[Exception], ...] = (*reads.driver_errors(job.source), StoreError)
     try:
         driver = _OWN_CONNECTION.get(key)
         if driver is None:
             driver = _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
         found = data.driver_records(driver, job.source.postgres, [job.batch])
-    except reads.driver_errors(job.source):  # the server refusing a connection, the file gone
+    except unread:  # the server refusing a connection, the file gone, an edit through SQL
         _OWN_CONNECTION.pop(key, None)
         return None  # the export's transaction reads it (and names what it cannot)
     positions, leaves = found.get(job.batch, ((), ()))

@@ -35,8 +35,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection
 
 from engine.access.data import Range
+from engine.canonical import read_json
 from engine.collect.runtime import CollectConfig
 from engine.collect.scheduler import Schedule, group_schedule, interval_slot
+from engine.errors import StoreError
 from engine.plans.body import PlanBody
 from engine.records import GapReason
 from engine.report import stored
@@ -281,10 +283,18 @@ class _Device:
             if known is not None and self._readings(known):
                 continue
             plan = self.plans.get(batch.plan_digest)
-            leaves = [leaf for _, leaf in data.leaves(self.conn, batch.id)]
+            records = data.leaves(self.conn, batch.id)
+            leaves = [leaf for _, leaf in records]
             if not self._usual(leaves):
-                for leaf in leaves:
-                    self._leaf(leaf, plan)
+                for position, leaf in records:
+                    try:
+                        self._leaf(leaf, plan)
+                    except ValueError as exc:  # written through SQL: data, not a traceback
+                        raise StoreError(
+                            f"batch {batch.id}, position {position}: its leaf is not a record"
+                            f" ({exc}): the store was changed outside Converge"
+                            " (converge audit verify names it)"
+                        ) from None
         if self.span.start is not None:  # runs of slots that began before the range
             for digest, leaf in stored.gap_runs_into(self.conn, self.device, self.span.start):
                 self._record(
@@ -330,7 +340,10 @@ class _Device:
         it gives), any other parsed."""
         found = _READING.fullmatch(leaf)
         if found is None:
-            self._record(json.loads(leaf), plan)
+            record = read_json(leaf)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            self._record(record, plan)
             return
         point = found[1].decode()
         if point in self.points and self.span.holds(found[2].decode()):

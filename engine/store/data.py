@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Select, select
 
 from engine.audit import AuditEntry
 from engine.canonical import canonical_json
-from engine.errors import PlanRejected
+from engine.errors import PlanRejected, StoreError
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan
 from engine.store.reads import as_bytes
@@ -333,6 +333,11 @@ def driver_records(driver: Any, postgres: bool, ids: Sequence[int]) -> dict[int,
         positions, got = columns
         if set(map(type, got)) - {bytes}:
             got = list(map(as_bytes, got))
+        if set(map(type, positions)) - {int}:  # SQLite keeps text an SQL edit writes
+            raise StoreError(
+                f"{table} of batches {', '.join(map(str, ids))}: a position that is not an"
+                " integer: the store was changed outside Converge (converge audit verify names it)"
+            )
         start = 0
         while start < len(batch_ids):
             batch_id = batch_ids[start]
