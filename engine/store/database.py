@@ -54,6 +54,14 @@ CONNECT_S = 10
 gone, packets dropped) is then an outage, not a hang. A URL's own ``connect_timeout`` (or
 ``service``) and ``$PGCONNECT_TIMEOUT`` win."""
 
+
+def postgres_timeout(url: str) -> dict[str, Any]:
+    """The driver's arguments that bound a PostgreSQL connection's wait (:data:`CONNECT_S`),
+    unless the URL or the environment says how long."""
+    given = {"connect_timeout", "service"} & set(make_url(url).query)
+    return {} if given or "PGCONNECT_TIMEOUT" in os.environ else {"connect_timeout": CONNECT_S}
+
+
 WRITE = "converge_write"
 """Execution option of a connection that writes: on SQLite it takes the write lock at BEGIN."""
 
@@ -63,14 +71,7 @@ def connect(target: str) -> Engine:
     url = database_url(target)
     try:
         if not url.startswith("sqlite"):
-            given = {"connect_timeout", "service"} & set(
-                make_url(url).query
-            ) or "PGCONNECT_TIMEOUT" in os.environ
-            return create_engine(
-                url,
-                pool_pre_ping=True,
-                connect_args={} if given else {"connect_timeout": CONNECT_S},
-            )
+            return create_engine(url, pool_pre_ping=True, connect_args=postgres_timeout(url))
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"--db {target!r}: no database driver for it ({exc})") from exc

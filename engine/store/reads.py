@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Row, select
 
+from engine.store.database import postgres_timeout
 from engine.store.tables import (
     AUDIT,
     BATCHES,
@@ -176,14 +178,16 @@ def connect(source: Source) -> Iterator[Records]:
 
 
 def open_driver(source: Source, *, autocommit: bool = False) -> Any:
-    """A new DB-API connection to the store, by the driver its engine uses; ``autocommit``:
-    each statement reads the store as it is then, no transaction held between them (SQLite's
-    driver holds none for reads anyway)."""
+    """A new DB-API connection to the store, by the driver its engine uses, waiting for a
+    PostgreSQL server no longer than the store's engine does, and never creating a SQLite
+    file where the store's has gone; ``autocommit``: each statement reads the store as it is
+    then, no transaction held between them (SQLite's driver holds none for reads anyway)."""
     if source.postgres:
         import psycopg  # noqa: PLC0415 -- 90 ms to import, only PostgreSQL stores need it
 
-        return psycopg.connect(source.target, autocommit=autocommit)
-    return sqlite3.connect(source.target)
+        timeout = postgres_timeout(source.target)
+        return psycopg.connect(source.target, autocommit=autocommit, **timeout)
+    return sqlite3.connect(f"file:{quote(source.target)}?mode=rw", uri=True)
 
 
 def driver_errors(source: Source) -> tuple[type[Exception], ...]:
