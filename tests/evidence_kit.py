@@ -136,11 +136,11 @@ async def collect(
     return sink
 
 
-def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150) -> Store:
+def fill(site: Site, target: str, tmp_path: Path, seconds: int = 150, gap_every: int = 7) -> Store:
     """A store holding ``seconds`` of the plant's records, in signed batches, checkpointed."""
     store = open_store(site, target, witness=tmp_path / "witness.jsonl")
     spool = Spool(tmp_path / "spool.db")
-    asyncio.run(collect(site, store, spool, list(records(site, seconds))))
+    asyncio.run(collect(site, store, spool, list(records(site, seconds, gap_every=gap_every))))
     spool.close()
     return store
 

@@ -1099,6 +1099,54 @@ def test_worker_processes_give_the_verdict_one_process_gives(
     assert len(alone["problems"]) >= (1 if broken else 5)
 
 
+@pytest.fixture(scope="module")
+def readings_only(evidence_site: Site, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A SQLite store of readings only (no gap record), and a whole-device bundle of it: every
+    record line is the usual reading, so blocks of lines are read at once."""
+    root = tmp_path_factory.mktemp("readings")
+    db = str(root / "evidence.db")
+    fill(evidence_site, db, root, seconds=70, gap_every=10**9).close()
+    bundle = root / "bundle.zip"
+    assert export(db, evidence_site.keys_dir, bundle, "--device", DEVICE) == 0
+    return Exported(evidence_site, db, bundle, trust_file(db, evidence_site.keys_dir, root / "t"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_line_after_its_batch_was_whole_still_fails_the_batch(
+    readings_only: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+):
+    """A batch's root is rebuilt as soon as a block of lines completes it, while later blocks
+    are read: a line of it after that, at the position just past its last (the manifest
+    resigned to count it), still fails the batch, by one process and by workers alike."""
+    plant = readings_only
+    members = read(plant.bundle)
+    first = json.loads(members["records.jsonl"].split(b"\n")[0])
+    count = json.loads(json.loads(members[f"batches/{first['batch']}.json"])["statement"])["count"]
+
+    def one_more(members: Members) -> Members:
+        line = members["records.jsonl"].split(b"\n")[0]
+        row = members["records.csv"].split(b"\n")[1]
+        members["records.jsonl"] += line.replace(b',"position":0,', b',"position":%d,' % count)
+        members["records.jsonl"] += b"\n"
+        members["records.csv"] += row.rsplit(b",", 1)[0] + b",%d\n" % count
+        return members
+
+    def counted(manifest: dict[str, Any]) -> None:
+        manifest["records"] += 1
+
+    out = forged(plant.site, plant.bundle, tmp_path / "more.zip", one_more, manifest_change=counted)
+    monkeypatch.setattr(verifier, "CHUNK", 16384)
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: workers)
+    settled = verifier._whole_problem
+    rebuilt: list[int] = []
+    monkeypatch.setattr(verifier, "_whole_problem", lambda b: rebuilt.append(b.id) or settled(b))
+    said = verifier.verify(str(out), plant.trust.read_bytes()).as_json()
+    assert said["problems"] == [
+        {"item": f"batch {first['batch']}", "message": f"holds {count + 1} of its {count} records"}
+    ]
+    assert rebuilt.count(first["batch"]) == 2  # when its block completed it, and at the end
+
+
 def test_a_bundle_missing_its_manifest_is_not_a_bundle(plant: Exported, tmp_path: Path, both):
     out = rewritten(
         plant.bundle,
