@@ -143,9 +143,13 @@ class History:
             )
             return int(found.scalar_one())
 
+    def every(self, kind: str, **said: Any) -> list[AuditEntry]:
+        """The ``kind`` entries whose payload says ``said``."""
+        return [e for e in kinds(self.store, kind) if said.items() <= e.payload.items()]
+
     def last(self, kind: str, **said: Any) -> AuditEntry:
         """The last ``kind`` entry whose payload says ``said``."""
-        return [e for e in kinds(self.store, kind) if said.items() <= e.payload.items()][-1]
+        return self.every(kind, **said)[-1]
 
     @contextlib.contextmanager
     def insider(self) -> Iterator[Forger]:
@@ -357,16 +361,19 @@ class RespellHoldRange:
 class MisstateCalculation:
     """A run deletes a new window of line-a, lawfully; the insider changes one member of its
     receipt's expiry calculation (``said``: the member and its new value), which no deletion
-    is judged by but an auditor reads."""
+    is judged by but an auditor reads. Nothing to change when a hold kept the window."""
 
     member: str
     value: Any
 
-    def apply(self, history: History) -> int:
+    def apply(self, history: History) -> int | None:
         k = history.store_window()
         history.run()
         batch = history.batch("line-a", k)
-        receipt = history.last("retention.deleted", batch=batch)
+        receipts = history.every("retention.deleted", batch=batch)
+        if not receipts:  # a hold placed before kept every record of the window
+            return None
+        receipt = receipts[-1]
         first, *rest = receipt.payload["expiries"]
         changed = receipt.payload | {"expiries": [first | {self.member: self.value}, *rest]}
         with history.insider() as insider:
@@ -460,6 +467,11 @@ def carried(bundle: Path) -> set[int]:
 )
 @example(  # a receipt's stated policies not its plan's
     steps=[], tamper=MisstateCalculation(*MISSTATEMENTS[3]), asked=Asked((), (), None, None)
+)
+@example(  # a hold on everything first: no receipt to misstate
+    steps=[PlaceHold(LENA, Scope((), (), None, None))],
+    tamper=MisstateCalculation(*MISSTATEMENTS[0]),
+    asked=Asked((), (), None, None),
 )
 def test_audit_verify_the_bundle_verifier_and_the_docs_verifier_agree_on_holds(
     site, principals_file, tmp_path_factory, *, steps, tamper, asked
