@@ -1137,9 +1137,14 @@ def test_a_line_after_its_batch_was_whole_still_fails_the_batch(
     out = forged(plant.site, plant.bundle, tmp_path / "more.zip", one_more, manifest_change=counted)
     monkeypatch.setattr(verifier, "CHUNK", 16384)
     monkeypatch.setattr(verifier, "worker_count", lambda amount, least: workers)
-    settled = verifier._whole_problem
+    whole_problem = verifier._whole_problem
     rebuilt: list[int] = []
-    monkeypatch.setattr(verifier, "_whole_problem", lambda b: rebuilt.append(b.id) or settled(b))
+
+    def counting(batch: Any) -> str | None:
+        rebuilt.append(batch.id)
+        return whole_problem(batch)
+
+    monkeypatch.setattr(verifier, "_whole_problem", counting)
     said = verifier.verify(str(out), plant.trust.read_bytes()).as_json()
     assert said["problems"] == [
         {"item": f"batch {first['batch']}", "message": f"holds {count + 1} of its {count} records"}

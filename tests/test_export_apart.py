@@ -5,6 +5,7 @@ alone writes."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,16 @@ import forger
 import pytest
 import sqlalchemy as sa
 from evidence_kit import Site, fill
-from test_export import DEVICE, converge_verify, export, read, trust_file
+from test_export import AUDITOR, DEVICE, PRINCIPALS, converge_verify, export, read, trust_file
 
+from engine.cli import main
 from engine.export import bundle as writing
 from engine.export import verifier
 
 
-def _refusing(backend: str, tmp_path: Path):
-    """Make the store refuse a new connection (the export's own is open), and undo it."""
+def _refusing(backend: str, tmp_path: Path, *, directory: bool = True):
+    """Make the store refuse a new connection (the export's own is open), and undo it: a
+    SQLite file moved away (``directory``: a directory put at its path)."""
     if "://" in backend:  # from another database: a session may not refuse its own
         name = sa.make_url(backend).database
         admin = forger.database(str(sa.make_url(backend).set(database="postgres")))
@@ -33,13 +36,16 @@ def _refusing(backend: str, tmp_path: Path):
     away = tmp_path / "away"
     away.mkdir()
 
-    def refuse_file() -> None:  # a directory where the file was: sqlite3 cannot open it
+    def refuse_file() -> None:
         for suffix in ("", "-wal", "-shm"):
             os.rename(backend + suffix, away / f"db{suffix}")
-        os.mkdir(backend)
+        if directory:  # sqlite3 cannot open a directory
+            os.mkdir(backend)
 
     def allow_file() -> None:
-        os.rmdir(backend)
+        if directory:
+            os.rmdir(backend)
+        assert not os.path.exists(backend)  # no worker made a new, empty store there
         for suffix in ("", "-wal", "-shm"):
             os.rename(away / f"db{suffix}", backend + suffix)
 
@@ -49,18 +55,47 @@ def _refusing(backend: str, tmp_path: Path):
 def test_a_worker_that_cannot_connect_leaves_its_batch_to_the_export(
     evidence_site: Site, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    _exported_while_refused(evidence_site, backend, tmp_path, monkeypatch, directory=True)
+
+
+def test_a_worker_never_makes_a_sqlite_file_where_the_store_has_gone(
+    evidence_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    db = str(tmp_path / "evidence.db")
+    _exported_while_refused(evidence_site, db, tmp_path, monkeypatch, directory=False)
+
+
+def _exported_while_refused(
+    evidence_site: Site,
+    backend: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    directory: bool,
+) -> None:
+    """The store refuses the workers once the export's transaction has read its batches: every
+    batch is read in the transaction, and the bundle's evidence is the one an export alone
+    writes; it verifies."""
     fill(evidence_site, backend, tmp_path, seconds=70).close()
     keys = evidence_site.keys_dir
     before = tmp_path / "before.zip"
     assert export(backend, keys, before, "--device", DEVICE) == 0
-    refuse, allow = _refusing(backend, tmp_path)
-    checked = writing._check_logged
+    refuse, allow = _refusing(backend, tmp_path, directory=directory)
+    checked, read_here = writing._check_logged, writing._records_here
+    carried_ids: list[int] = []
+    read_again: list[int] = []
 
     def refusing_meanwhile(conn: sa.Connection, carried: Any, stored: Any) -> None:
         checked(conn, carried, stored)  # the transaction has read the batches
+        carried_ids.extend(batch.id for batch in carried)
         refuse()
 
+    def reading_here(conn: sa.Connection, batch: int) -> Any:
+        read_again.append(batch)
+        return read_here(conn, batch)
+
     monkeypatch.setattr(writing, "_check_logged", refusing_meanwhile)
+    monkeypatch.setattr(writing, "_records_here", reading_here)
     monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
     during = tmp_path / "during.zip"
     try:
@@ -68,6 +103,7 @@ def test_a_worker_that_cannot_connect_leaves_its_batch_to_the_export(
     finally:
         allow()
     assert code == 0
+    assert read_again == carried_ids  # every batch, read in the transaction
     first, second = read(before), read(during)
     evidence = [n for n in first if n.startswith(("records", "batches/"))]
     assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
@@ -90,8 +126,9 @@ _RECORD = (
         f"UPDATE readings SET leaf = X'00000035' WHERE {_RECORD}",  # NUL bytes
         f"UPDATE readings SET leaf = X'35' WHERE {_RECORD}",  # JSON, not an object
         f"UPDATE readings SET position = 'x' WHERE {_RECORD}",  # a position that is text
+        f"UPDATE readings SET leaf = 1.5 WHERE {_RECORD}",  # a leaf that is a number
     ],
-    ids=["empty-leaf", "nul-leaf", "number-leaf", "text-position"],
+    ids=["empty-leaf", "nul-leaf", "number-leaf", "text-position", "real-leaf"],
 )
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_record_edited_through_sql_is_named_and_nothing_is_written(
@@ -107,4 +144,26 @@ def test_a_record_edited_through_sql_is_named_and_nothing_is_written(
     monkeypatch.setattr(verifier, "worker_count", lambda amount, least: workers)
     out = tmp_path / "out.zip"
     assert export(db, evidence_site.keys_dir, out, "--device", DEVICE) == 2
+    assert not out.exists()
+
+
+def test_a_reading_without_its_members_is_named_by_the_report(
+    evidence_site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A leaf edited through SQL into a reading that lacks its members (a device, a point, a
+    time) is named by the report (the batch and position), not a traceback; no page is
+    written."""
+    db = str(tmp_path / "evidence.db")
+    fill(evidence_site, db, tmp_path, seconds=70).close()
+    with forger.database(db).begin() as conn:
+        stored = conn.execute(sa.text(f"SELECT leaf FROM readings WHERE {_RECORD}")).one()[0]
+        leaf = json.loads(stored)
+        bare = json.dumps({k: leaf[k] for k in ("device", "point", "type")}).encode()
+        edit = f"UPDATE readings SET leaf = :leaf WHERE {_RECORD}"
+        assert conn.execute(sa.text(edit), {"leaf": bare}).rowcount == 1
+    out = tmp_path / "report.html"
+    asked = ["report", "--db", db, "--principals", str(PRINCIPALS), "--as", AUDITOR]
+    keys = ["--keys", str(evidence_site.keys_dir)]
+    assert main([*asked, *keys, "--device", DEVICE, "-o", str(out)]) == 2
+    assert "its leaf is not a record" in capsys.readouterr().err
     assert not out.exists()

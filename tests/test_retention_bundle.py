@@ -81,9 +81,12 @@ def test_workers_read_the_batches_a_run_deleted_from_as_one_process_does(
     store = fill(retention_site, backend, tmp_path, SECONDS)
     hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
     run(retention_site, store)
+    deleted_from = {r.payload["batch"] for r in kinds(store, "retention.deleted")}
     store.close()
     keys = retention_site.keys_dir
     alone = read(export(backend, keys, principals_file, tmp_path / "alone.zip"))
+    exported_from = {json.loads(line)["batch"] for line in alone["records.jsonl"].splitlines()}
+    assert deleted_from & exported_from  # batches a worker reads as their receipts leave them
     read_again: list[int] = []
     monkeypatch.setattr(writing, "_records_here", lambda conn, b: read_again.append(b))
     monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)

@@ -83,7 +83,8 @@ class Target:
     sources: Path = Path(".")
     parallel: bool = False
     """Whether worker processes may read a large export's records (forked: only in a process
-    of its own, never a collector's)."""
+    of its own, never a collector's); the cyclic garbage collector is then paused while it
+    writes (:func:`_write`)."""
     controls: Controls | None = None
     """Reads the policies' controls from the source files the bundle carries, for its report
     (the export itself reads no policy file)."""

@@ -417,7 +417,8 @@ def _records_here(conn: Connection, batch: int) -> data.Records:
 
 def _pick(job: Job) -> Picked | None:
     """:func:`_chosen` of a job's records (a pure function of the job: a worker process may
-    run it); None when a worker did not read the batch whole."""
+    run it); None when a worker did not find them at the positions :attr:`Job.left` names,
+    or could not read them."""
     records = job.records if job.records is not None else _read_apart(job)
     return None if records is None else _chosen(job, records)
 
@@ -450,15 +451,19 @@ def _read_apart(job: Job) -> data.Records | None:
     and the sending of them."""
     assert job.source is not None
     key = (os.getpid(), job.source)
+    if key not in _OWN_CONNECTION:
+        try:
+            _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
+        except reads.driver_errors(job.source):  # the server refusing, the file gone
+            _OWN_CONNECTION[key] = None  # not tried again: each try may wait its timeout
+    driver = _OWN_CONNECTION[key]
+    if driver is None:
+        return None  # the export's transaction reads it
     unread: tuple[type[Exception], ...] = (*reads.driver_errors(job.source), StoreError)
     try:
-        driver = _OWN_CONNECTION.get(key)
-        if driver is None:
-            driver = _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
         found = data.driver_records(driver, job.source.postgres, [job.batch])
-    except unread:  # the server refusing a connection, the file gone, an edit through SQL
-        _OWN_CONNECTION.pop(key, None)
-        return None  # the export's transaction reads it (and names what it cannot)
+    except unread:  # an edit through SQL, a lost link
+        return None  # the export's transaction reads it, and names what it cannot
     positions, leaves = found.get(job.batch, ((), ()))
     left = range(job.count) if job.left is None else job.left
     return (positions, leaves) if list(positions) == list(left) else None
@@ -467,8 +472,9 @@ def _read_apart(job: Job) -> data.Records | None:
 _OWN_CONNECTION: dict[tuple[int, reads.Source], Any] = {}
 """A worker process's connection to the store (by the process's id: a process forked from one
 that holds a connection never takes it for its own), opened for its first job and kept for
-the others. Its pool ends with the export; the worker ends by ``os._exit``, and the system
-closes the connection, in which no transaction is open (autocommit)."""
+the others; None when it could not be opened (the worker then reads nothing itself). Its
+pool ends with the export; the worker ends by ``os._exit``, and the system closes the
+connection, in which no transaction is open (autocommit)."""
 
 
 def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> Picked | None:

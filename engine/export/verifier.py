@@ -1141,6 +1141,8 @@ class Batch:
     points: list[str] | None = None
     """Its signed point map, the point of each position (of a batch with proofs)."""
     hashes: dict[int, bytes] = field(default_factory=dict)
+    """Each position's leaf hash, as its record line gives it. It only grows: every writer adds
+    a position it does not hold (:attr:`settled` relies on it)."""
     settled: int = -1
     """How many leaf hashes it held when they were found to rebuild its root (-1: not yet)."""
     window: tuple[str, str] = ("", "")

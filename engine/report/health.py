@@ -289,7 +289,7 @@ class _Device:
                 for position, leaf in records:
                     try:
                         self._leaf(leaf, plan)
-                    except ValueError as exc:  # written through SQL: data, not a traceback
+                    except (ValueError, KeyError, TypeError) as exc:  # an SQL edit: data
                         raise StoreError(
                             f"batch {batch.id}, position {position}: its leaf is not a record"
                             f" ({exc}): the store was changed outside Converge"

@@ -332,6 +332,11 @@ def driver_records(driver: Any, postgres: bool, ids: Sequence[int]) -> dict[int,
         batch_ids = columns.pop(0) if named else [ids[0]] * len(rows)
         positions, got = columns
         if set(map(type, got)) - {bytes}:
+            if set(map(type, got)) - {bytes, memoryview, str}:  # a number an SQL edit wrote
+                raise StoreError(
+                    f"{table} of batches {', '.join(map(str, ids))}: a leaf that is not bytes:"
+                    " the store was changed outside Converge (converge audit verify names it)"
+                )
             got = list(map(as_bytes, got))
         if set(map(type, positions)) - {int}:  # SQLite keeps text an SQL edit writes
             raise StoreError(

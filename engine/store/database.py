@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from engine.errors import StoreError
@@ -37,8 +37,9 @@ BUSY_TIMEOUT_MS = 10_000
 def database_url(target: str) -> str:
     """A SQLAlchemy URL for ``target``: a URL as given (``postgresql`` is psycopg 3); a path
     means a SQLite file."""
-    if "://" not in target:
-        return f"sqlite:///{Path(target).expanduser().resolve()}"
+    if "://" not in target:  # a path: its ? and % are the file's, not a query's or escapes
+        path = str(Path(target).expanduser().resolve())
+        return URL.create("sqlite", database=path).render_as_string(hide_password=False)
     try:
         url = make_url(target)
         url.port  # noqa: B018 -- a port that is not a number raises only when read

@@ -10,6 +10,7 @@ them on a connection of its own (:func:`connect`).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -165,7 +166,8 @@ def source(conn: Connection) -> Source | None:
     if conn.dialect.name == "postgresql":  # libpq takes no "+psycopg" driver name
         return Source(True, url.set(drivername="postgresql").render_as_string(hide_password=False))
     database = url.database
-    if conn.dialect.name == "sqlite" and database and database != ":memory:":
+    given_as_uri = "uri" in url.query  # a file: URI, not a path a worker could open
+    if conn.dialect.name == "sqlite" and database and database != ":memory:" and not given_as_uri:
         return Source(False, database)
     return None
 
@@ -187,7 +189,7 @@ def open_driver(source: Source, *, autocommit: bool = False) -> Any:
 
         timeout = postgres_timeout(source.target)
         return psycopg.connect(source.target, autocommit=autocommit, **timeout)
-    return sqlite3.connect(f"file:{quote(source.target)}?mode=rw", uri=True)
+    return sqlite3.connect(f"file:{quote(os.fsencode(source.target))}?mode=rw", uri=True)
 
 
 def driver_errors(source: Source) -> tuple[type[Exception], ...]:
