@@ -17,7 +17,7 @@ import stat
 import subprocess
 import venv
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -343,19 +343,17 @@ def test_a_record_deleted_while_workers_read_is_exported_as_the_transaction_saw_
     evidence_site: Site, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """A worker reads the store as it is when it reads, the export's transaction as it was
-    when the export began: a batch a worker does not find whole (a record deleted meanwhile,
-    as a retention run may) is read again in the transaction, so the bundle holds what the
-    transaction saw, as one made before the deletion does, and verifies."""
+    when the export began: a batch a worker does not find as the transaction's receipts
+    leave it (a record deleted meanwhile, as a retention run may) is read again in the
+    transaction, so the bundle holds what the transaction saw, as one made before the
+    deletion does, and verifies."""
     fill(evidence_site, backend, tmp_path, seconds=70).close()
     keys = evidence_site.keys_dir
     before = tmp_path / "before.zip"
     assert export(backend, keys, before, "--device", DEVICE) == 0
-    checked, read_here = writing._check_logged, writing._records_here
     deleted: list[int] = []
-    read_again: list[int] = []
 
-    def deleting_meanwhile(conn: sa.Connection, carried: Any, stored: Any) -> None:
-        checked(conn, carried, stored)  # the transaction has read the batches
+    def deleting(carried: Sequence[data.StoredBatch]) -> None:
         with forger.database(backend).begin() as other:
             gone = other.execute(
                 sa.text("DELETE FROM readings WHERE batch_id = :b AND position = 0"),
@@ -364,20 +362,47 @@ def test_a_record_deleted_while_workers_read_is_exported_as_the_transaction_saw_
             assert gone.rowcount == 1
         deleted.append(carried[0].id)
 
-    def reading_here(conn: sa.Connection, batch: int) -> Any:
+    during = tmp_path / "during.zip"
+    code, read_again = export_by_workers(backend, keys, during, monkeypatch, meanwhile=deleting)
+    assert code == 0
+    assert read_again == deleted  # the workers read every other batch
+    same_evidence(before, during, trust_file(backend, keys, tmp_path / "t.json"))
+
+
+def export_by_workers(
+    backend: str,
+    keys: Path,
+    out: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    meanwhile: Callable[[Sequence[data.StoredBatch]], None],
+) -> tuple[int, list[int]]:
+    """Export the device with two workers, ``meanwhile`` done (with the batches) once the
+    export's transaction has read its batches: the exit code, and the batches read again in
+    the transaction."""
+    checked, read_here = writing._check_logged, writing._records_here
+    read_again: list[int] = []
+
+    def checked_then(conn: Any, carried: Sequence[data.StoredBatch], stored: Any) -> None:
+        checked(conn, carried, stored)
+        meanwhile(carried)
+
+    def reading_here(conn: Any, batch: int) -> Any:
         read_again.append(batch)
         return read_here(conn, batch)
 
-    monkeypatch.setattr(writing, "_check_logged", deleting_meanwhile)
+    monkeypatch.setattr(writing, "_check_logged", checked_then)
     monkeypatch.setattr(writing, "_records_here", reading_here)
     monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
-    during = tmp_path / "during.zip"
-    assert export(backend, keys, during, "--device", DEVICE) == 0
-    assert read_again == deleted  # the workers read every other batch
+    return export(backend, keys, out, "--device", DEVICE), read_again
+
+
+def same_evidence(before: Path, during: Path, trust: Path) -> None:
+    """Both bundles hold the same records and batches, byte for byte, and ``during`` verifies."""
     first, second = read(before), read(during)
     evidence = [n for n in first if n.startswith(("records", "batches/"))]
     assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
-    assert converge_verify(during, trust_file(backend, keys, tmp_path / "t.json")).code == 0
+    assert converge_verify(during, trust).code == 0
 
 
 def test_one_point_exports_proofs_and_verifies(plant: Exported, partial: Path, both):

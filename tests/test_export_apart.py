@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import forger
 import pytest
 import sqlalchemy as sa
 from evidence_kit import Site, fill
-from test_export import AUDITOR, DEVICE, PRINCIPALS, converge_verify, export, read, trust_file
+from test_export import (
+    AUDITOR,
+    DEVICE,
+    PRINCIPALS,
+    export,
+    export_by_workers,
+    same_evidence,
+    trust_file,
+)
 
 from engine.cli import main
-from engine.export import bundle as writing
 from engine.export import verifier
+from engine.store.data import StoredBatch
 
 
 def _refusing(backend: str, tmp_path: Path, *, directory: bool = True):
@@ -81,33 +89,20 @@ def _exported_while_refused(
     before = tmp_path / "before.zip"
     assert export(backend, keys, before, "--device", DEVICE) == 0
     refuse, allow = _refusing(backend, tmp_path, directory=directory)
-    checked, read_here = writing._check_logged, writing._records_here
     carried_ids: list[int] = []
-    read_again: list[int] = []
 
-    def refusing_meanwhile(conn: sa.Connection, carried: Any, stored: Any) -> None:
-        checked(conn, carried, stored)  # the transaction has read the batches
+    def refusing(carried: Sequence[StoredBatch]) -> None:
         carried_ids.extend(batch.id for batch in carried)
         refuse()
 
-    def reading_here(conn: sa.Connection, batch: int) -> Any:
-        read_again.append(batch)
-        return read_here(conn, batch)
-
-    monkeypatch.setattr(writing, "_check_logged", refusing_meanwhile)
-    monkeypatch.setattr(writing, "_records_here", reading_here)
-    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
     during = tmp_path / "during.zip"
     try:
-        code = export(backend, keys, during, "--device", DEVICE)
+        code, read_again = export_by_workers(backend, keys, during, monkeypatch, meanwhile=refusing)
     finally:
         allow()
     assert code == 0
     assert read_again == carried_ids  # every batch, read in the transaction
-    first, second = read(before), read(during)
-    evidence = [n for n in first if n.startswith(("records", "batches/"))]
-    assert len(evidence) > 3 and all(first[n] == second[n] for n in evidence)
-    assert converge_verify(during, trust_file(backend, keys, tmp_path / "t.json")).code == 0
+    same_evidence(before, during, trust_file(backend, keys, tmp_path / "t.json"))
 
 
 # --- a record edited through SQL: named, nothing written -------------------------------------
