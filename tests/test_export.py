@@ -13,6 +13,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import signal
 import stat
 import subprocess
 import venv
@@ -1175,6 +1177,27 @@ def test_a_line_after_its_batch_was_whole_still_fails_the_batch(
         {"item": f"batch {first['batch']}", "message": f"holds {count + 1} of its {count} records"}
     ]
     assert rebuilt.count(first["batch"]) == 2  # when its block completed it, and at the end
+
+
+def test_a_worker_killed_while_verifying_leaves_the_verdict_as_it_was(
+    plant: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A worker killed mid-verification breaks the pool: the blocks not done, and every one
+    after, are read by the verifying process, and the verdict is the one it gives alone."""
+    out = rewritten(plant.bundle, tmp_path / "mixed.zip", mixed_records)
+    monkeypatch.setattr(verifier, "CHUNK", 2048)
+    trust = plant.trust.read_bytes()
+    alone = verifier.verify(str(out), trust).as_json()
+    parent, read_usual = os.getpid(), verifier.read_usual
+
+    def dying(block: bytes, count: int) -> Any:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read_usual(block, count)
+
+    monkeypatch.setattr(verifier, "read_usual", dying)
+    monkeypatch.setattr(verifier, "worker_count", lambda amount, least: 2)
+    assert verifier.verify(str(out), trust).as_json() == alone
 
 
 def test_a_bundle_missing_its_manifest_is_not_a_bundle(plant: Exported, tmp_path: Path, both):

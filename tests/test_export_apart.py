@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import forger
 import pytest
@@ -25,6 +27,7 @@ from test_export import (
 )
 
 from engine.cli import main
+from engine.export import bundle as writing
 from engine.export import verifier
 from engine.store.data import StoredBatch
 
@@ -103,6 +106,39 @@ def _exported_while_refused(
     assert code == 0
     assert read_again == carried_ids  # every batch, read in the transaction
     same_evidence(before, during, trust_file(backend, keys, tmp_path / "t.json"))
+
+
+def test_a_worker_killed_leaves_its_batches_to_the_export(
+    evidence_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A worker killed mid-export (out of memory, by hand) breaks the pool: the batches not
+    done, and every one after, are read in the export's transaction, and the bundle's
+    evidence is the one an export alone writes."""
+    db = str(tmp_path / "evidence.db")
+    fill(evidence_site, db, tmp_path, seconds=70).close()
+    keys = evidence_site.keys_dir
+    before = tmp_path / "before.zip"
+    assert export(db, keys, before, "--device", DEVICE) == 0
+    parent, read_apart = os.getpid(), writing._read_apart
+    carried_ids: list[int] = []
+
+    def dying(job: Any) -> Any:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read_apart(job)
+
+    monkeypatch.setattr(writing, "_read_apart", dying)
+    during = tmp_path / "during.zip"
+    code, read_again = export_by_workers(
+        db,
+        keys,
+        during,
+        monkeypatch,
+        meanwhile=lambda carried: carried_ids.extend(b.id for b in carried),
+    )
+    assert code == 0
+    assert read_again == carried_ids  # every batch, read in the transaction
+    same_evidence(before, during, trust_file(db, keys, tmp_path / "t.json"))
 
 
 # --- a record edited through SQL: named, nothing written -------------------------------------

@@ -362,6 +362,9 @@ class Job:
     left: tuple[int, ...] | None = None
     """The positions the log's deletion receipts (in the export's transaction) leave of the
     batch, when they removed any; None: every position, 0 to its count - 1."""
+    made_by: int = field(default_factory=os.getpid)
+    """The export's process: it reads in its transaction, never on a connection of its own
+    (when a worker died, the jobs it left come back to it)."""
 
 
 def _picked(
@@ -450,6 +453,8 @@ def _read_apart(job: Job) -> data.Records | None:
     verifiers name the record). Reading in the worker spares the export's process the rows,
     and the sending of them."""
     assert job.source is not None
+    if os.getpid() == job.made_by:  # a worker died, its jobs came back: read in the transaction
+        return None
     key = (os.getpid(), job.source)
     if key not in _OWN_CONNECTION:
         try:

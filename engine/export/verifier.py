@@ -52,6 +52,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
@@ -1619,6 +1620,8 @@ def in_order(work: Callable[[A], B], items: Iterator[A], workers: int) -> Iterat
     """Each item with ``work(item)``, in order: done here, or by ``workers`` forked processes
     a few items ahead (``work`` is then a pure function of its item). When ``items`` raises
     (a block that cannot be read), the items before are given first, as when done here.
+    When a worker dies (killed: out of memory, by hand), the pool is broken: each item it
+    had not done, and every one after, is done here.
 
     While the workers run, the heap they are forked with is frozen (``gc.freeze``): else
     every collection in a worker walks all of it, writing to each object and so copying
@@ -1628,31 +1631,45 @@ def in_order(work: Callable[[A], B], items: Iterator[A], workers: int) -> Iterat
         yield from ((item, work(item)) for item in items)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    pending: deque[tuple[A, Future[B]]] = deque()
+    pending: deque[tuple[A, Future[B] | None]] = deque()
     freezing = gc.get_freeze_count() == 0
     try:
         if freezing:
             gc.freeze()  # before the first submit, which forks the workers
         try:
             for item in items:
-                pending.append((item, pool.submit(work, item)))
+                pending.append((item, _submitted(pool, work, item)))
                 if len(pending) > AHEAD * workers:
-                    yield _done(pending)
+                    yield _done(pending, work)
         except Exception:
             while pending:
-                yield _done(pending)
+                yield _done(pending, work)
             raise
         while pending:
-            yield _done(pending)
+            yield _done(pending, work)
     finally:
         pool.shutdown(cancel_futures=True)
         if freezing:
             gc.unfreeze()
 
 
-def _done(pending: deque[tuple[A, Future[B]]]) -> tuple[A, B]:
+def _submitted(pool: ProcessPoolExecutor, work: Callable[[A], B], item: A) -> Future[B] | None:
+    """``work(item)`` given to the pool; None when the pool is broken."""
+    try:
+        return pool.submit(work, item)
+    except BrokenProcessPool:
+        return None
+
+
+def _done(pending: deque[tuple[A, Future[B] | None]], work: Callable[[A], B]) -> tuple[A, B]:
+    """The oldest pending item with its work: a worker's, or, the pool broken, done here."""
     item, task = pending.popleft()
-    return item, task.result()
+    if task is not None:
+        try:
+            return item, task.result()
+        except BrokenProcessPool:
+            pass
+    return item, work(item)
 
 
 def _check_records(
