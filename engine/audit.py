@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.canonical import MAX_SAFE_INTEGER, CanonicalError, canonical_json, read_json
+from engine.canonical import CanonicalError, canonical_json, plainly_canonical, read_json
 from engine.keys import KeyStore, KeyVersion
 from engine.sign.leaf import instant
 from engine.sign.merkle import MerkleLog
@@ -318,27 +318,15 @@ class AuditEntry:
     def parse(cls, data: bytes) -> AuditEntry:
         """Raises ValueError unless ``data`` is exactly the canonical bytes of an entry.
 
-        An entry that plainly is canonical is read by one decoding and one encoding; any
-        other by :meth:`_parse_slowly`, which decodes it twice (once to check its numbers)
-        and names what is wrong. Plainly canonical: UTF-8 text of an object of the entry's
-        members, holding no float, no integer beyond 2**53 - 1 and no character beyond
-        U+FFFF, and written back the same by the C encoder with sorted keys and compact
-        separators. For such a value :func:`~engine.canonical.canonical_json` writes those
-        very bytes (its numbers check passes on them), so :meth:`_parse_slowly` would
-        accept it as this entry. (An export's decision names every point: a megabyte, read
-        by the checkpoint that signs it and by the report.)"""
-        try:
-            text = data.decode("utf-8")
-            obj = _DECODER.decode(text)
-            plain = (
-                isinstance(obj, dict)
-                and obj.keys() == _MEMBERS
-                and (text.isascii() or not _ASTRAL.search(text))
-                and _ENCODER.encode(obj) == text
-            )
-        except (ValueError, RecursionError):  # _parse_slowly names it
-            plain = False
-        return cls.of(obj) if plain else cls._parse_slowly(data)
+        An entry that plainly is canonical (:func:`~engine.canonical.plainly_canonical`) is
+        read by one decoding and one encoding; any other by :meth:`_parse_slowly`, which
+        decodes it twice (once to check its numbers) and names what is wrong. (An export's
+        decision names every point: a megabyte, read by the checkpoint that signs it and by
+        the report.)"""
+        obj = plainly_canonical(data)
+        if isinstance(obj, dict) and obj.keys() == _MEMBERS:
+            return cls.of(obj)
+        return cls._parse_slowly(data)
 
     @classmethod
     def _parse_slowly(cls, data: bytes) -> AuditEntry:
@@ -357,26 +345,6 @@ class AuditEntry:
 
 
 _MEMBERS = {"seq", "time", "kind", "actor", "payload"}
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
-"""Characters beyond U+FFFF: JCS sorts keys by their UTF-16 code units, ``json`` by code
-point."""
-
-
-def _no_float(token: str) -> float:
-    raise ValueError(f"{token} is a number with a fraction or exponent")
-
-
-def _safe_int(token: str) -> int:
-    number = int(token)
-    if abs(number) > MAX_SAFE_INTEGER:
-        raise ValueError(f"{token} is beyond the integers JCS holds")
-    return number
-
-
-_DECODER = json.JSONDecoder(parse_float=_no_float, parse_int=_safe_int)
 
 
 def now_instant() -> str:

@@ -55,6 +55,22 @@ def read_json(data: str | bytes) -> Any:
         raise ValueError("JSON nested too deep to read") from None
 
 
+def plainly_canonical(data: bytes) -> Any:
+    """The value of ``data`` when it plainly is its own canonical JSON, read by one decoding
+    and one encoding; else ``None`` (it may still be: :func:`canonical_json` of the value
+    decoded the long way says). Plainly: UTF-8 text holding no number with a fraction or
+    exponent, no integer beyond 2**53 - 1 and no character beyond U+FFFF, written back the
+    same by the C encoder (for such a value :func:`canonical_json` writes those very bytes)."""
+    try:
+        text = data.decode("utf-8")
+        value = _PLAIN.decode(text)
+        if (text.isascii() or not _ASTRAL.search(text)) and _ENCODER.encode(value) == text:
+            return value
+    except (ValueError, RecursionError):
+        pass
+    return None
+
+
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 bytes of ``value``."""
     try:
@@ -110,3 +126,17 @@ _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
 _CHECKER = json.JSONDecoder(parse_float=_check_float, parse_int=_check_int)
+
+
+def _no_float(token: str) -> float:
+    raise ValueError(f"{token} is a number with a fraction or exponent")
+
+
+def _safe_int(token: str) -> int:
+    number = int(token)
+    if abs(number) > MAX_SAFE_INTEGER:
+        raise ValueError(f"{token} is beyond the integers JCS holds")
+    return number
+
+
+_PLAIN = json.JSONDecoder(parse_float=_no_float, parse_int=_safe_int)
