@@ -9,6 +9,8 @@ the same counts, the same problems in the same order.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,24 @@ def test_a_small_store_is_verified_in_this_process(evidence_site, tmp_path: Path
     store.close()
     assert report.ok, report.problems
     assert not ranges
+
+
+def test_a_worker_killed_leaves_its_ranges_to_the_verifying_process(
+    evidence_site, backend, tmp_path, monkeypatch
+):
+    """A worker killed mid-verification (out of memory, by hand) breaks the pool: each range
+    it left is checked by the verifying process, and the report is one process's."""
+    store = fill(evidence_site, backend, tmp_path, SECONDS)
+    one = verify_store(store, evidence_site.trust(), workers=1)
+    parent, read_checks = os.getpid(), engine.verify.records._read_checks
+
+    def dying(*args: Any) -> Any:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read_checks(*args)
+
+    monkeypatch.setattr(engine.verify.records, "_read_checks", dying)
+    two = verify_store(store, evidence_site.trust(), workers=2)
+    store.close()
+    assert one.ok, one.problems
+    assert (two.ok, two.counts, two.problems) == (one.ok, one.counts, one.problems)

@@ -18,7 +18,8 @@ import os
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import chain, groupby, repeat
 from multiprocessing.context import BaseContext
@@ -280,12 +281,11 @@ def _batch_checks(
     cuts = _cuts(batches, count * _RANGES_PER_WORKER)
     pool = ProcessPoolExecutor(count, mp_context=_start_method())
     try:
-        tasks = [
-            pool.submit(_check_range, source, BatchIds(after, upto, only), reading)
-            for after, upto in zip([None, *cuts[:-1]], cuts, strict=True)
-        ]
-        for task in tasks:
-            yield from task.result()
+        bounds = zip([None, *cuts[:-1]], cuts, strict=True)
+        ranges = [BatchIds(after, upto, only) for after, upto in bounds]
+        tasks = [pool.submit(_check_range, source, ids, reading) for ids in ranges]
+        for ids, task in zip(ranges, tasks, strict=True):
+            yield from _range_checks(task, source, ids, reading)
     finally:
         pool.shutdown(cancel_futures=True)
     yield from _read_checks(records, BatchIds(cuts[-1], None, only), reading)
@@ -327,8 +327,19 @@ def _start_method() -> BaseContext:
     return multiprocessing.get_context()
 
 
+def _range_checks(
+    task: Future[list[BatchCheck]], source: reads.Source, ids: BatchIds, reading: _Reading
+) -> list[BatchCheck]:
+    """A range's checks: its worker's; or, a worker having died (killed: out of memory, by
+    hand) and the pool broken, made here as the worker would have made them."""
+    try:
+        return task.result()
+    except BrokenProcessPool:
+        return _check_range(source, ids, reading)
+
+
 def _check_range(source: reads.Source, ids: BatchIds, reading: _Reading) -> list[BatchCheck]:
-    """In a worker process: the checks of the batches ``ids`` names, on its own connection."""
+    """The checks of the batches ``ids`` names, on a connection of its own (a worker's)."""
     with reads.connect(source) as records, fewer_collections():
         return list(_read_checks(records, ids, reading))
 
