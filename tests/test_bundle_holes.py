@@ -31,7 +31,7 @@ from engine.plans.expiry import expiry
 from engine.sign.leaf import instant, point_map_of
 from engine.sign.merkle import MerkleTree
 from engine.store import auditlog, data
-from engine.store.retention import Scope, erase
+from engine.store.retention import Erasure, Scope, erase
 from engine.store.retention import runs as runs_of
 from engine.verify.trust import instant as trust_instant
 from plugins.fileprincipals import PrincipalsFile
@@ -400,7 +400,7 @@ def _deleted_by_a_signed_receipt(
     }
     with store.signed(partial(seal_with, retention_site.key_store(), store.audit_key)) as conn:
         seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), said, dated)
-        erase(conn, batch.id, gone, hashes, seq)
+        erase(conn, [Erasure(batch.id, gone, hashes, seq)])
     return seq
 
 

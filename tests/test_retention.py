@@ -165,6 +165,28 @@ def test_a_hold_keeps_what_it_covers_until_it_is_released(retention_site, store,
     assert all(d["outcome"] == "allow" for d in decisions)
 
 
+def test_a_hold_placed_after_the_check_is_read_from_its_entry_not_its_kind_column(
+    retention_site, store, people, backend, monkeypatch
+):
+    """A run folds in the holds placed since its check by what their entries' bytes say: a
+    ``kind`` column rewritten by a database writer hides none of them from it."""
+    checked = runs._verified
+
+    def then_held(*args):
+        digests = checked(*args)
+        hold_on(retention_site, store, people, Scope(("line-b",)), "placed during the run")
+        with database(backend).begin() as conn:
+            conn.execute(
+                sa.text("UPDATE audit_entries SET kind = 'batch.stored' WHERE kind = 'hold.placed'")
+            )
+        return digests
+
+    monkeypatch.setattr(runs, "_verified", then_held)
+    done = run(retention_site, store)
+    assert ("line-b", "P1") not in done.deleted and done.deleted["line-a", "P1"] == SECONDS
+    assert done.kept == {1: 2 * SECONDS}
+
+
 def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, people):
     window = Scope(("line-a",), ("P2",), instant(T0), instant(T0 + timedelta(seconds=30)))
     hold_on(retention_site, store, people, window, "one window of one point")

@@ -34,7 +34,7 @@ from engine.retention import receipt as receipts
 from engine.retention import run as runs
 from engine.retention.select import Group, select
 from engine.store import auditlog, data
-from engine.store.retention import Scope, erase
+from engine.store.retention import Erasure, Scope, erase
 from engine.store.retention import runs as runs_of
 from engine.verify.trust import instant
 from plugins.fileprincipals import PrincipalsFile
@@ -459,7 +459,7 @@ def forge_deletion(
         "expiries": [calculation | {"points": names, "positions": runs_of(positions)}],
     }
     seq = auditlog.append(conn, "retention.deleted", Actor.job("retention"), reshape(said))
-    erase(conn, batch_id, positions, b"", seq)
+    erase(conn, [Erasure(batch_id, positions, b"", seq)])
     return seq
 
 

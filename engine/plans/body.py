@@ -141,6 +141,24 @@ class ReadGroup:
         return self.kind == "read"
 
 
+RETENTION_FACETS = (
+    "retention.keep_at_least_ms",
+    "retention.keep_at_most_ms",
+    "retention.on_expiry",
+)
+"""The facets a point's retention is merged from: their provenance is part of its expiry
+calculation (engine/plans/expiry.py)."""
+
+Retained = tuple[Retention, tuple[tuple[Source, ...], ...]]
+"""A point's retention and the provenance of its retention facets."""
+
+
+def retained(point: PlanPoint) -> Retained:
+    """All that ``point``'s expiry depends on beside its batch's window: points retained alike
+    (usually all of a device's) share one calculation."""
+    return point.retention, tuple(point.provenance.get(f, ()) for f in RETENTION_FACETS)
+
+
 @dataclass(frozen=True)
 class PlanBody:
     """One device's verified plan (docs/plans.md), with its canonical bytes."""
@@ -179,6 +197,13 @@ class PlanBody:
         """Every key that must sign this device's batches: the union over its points that
         require signing (a point whose signing a waiver lifted requires none), sorted."""
         return tuple(sorted({k for p in self.points if p.signing.required for k in p.signing.keys}))
+
+    @cached_property
+    def retention_classes(self) -> Mapping[str, int]:
+        """The number of each point's retention class: points :func:`retained` alike share
+        one expiry calculation (worked out once per class of a batch, not once per point)."""
+        found: dict[Retained, int] = {}
+        return {p.name: found.setdefault(retained(p), len(found)) for p in self.points}
 
     @cached_property
     def signing_waivers(self) -> tuple[JsonObject, ...]:

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from engine.durations import format_duration
-from engine.plans.body import PlanPoint, Retention, Source
+from engine.plans.body import RETENTION_FACETS, PlanPoint, Retention
 from engine.sign.leaf import instant
 
 Rule = Literal["keep_at_least", "keep_at_most"]
@@ -75,23 +75,6 @@ class Expiry:
         return f"window end + keep_at_least {format_duration(r.keep_at_least_ms)}"
 
 
-RETENTION_FACETS = (
-    "retention.keep_at_least_ms",
-    "retention.keep_at_most_ms",
-    "retention.on_expiry",
-)
-
-
-Retained = tuple[Retention, tuple[tuple[Source, ...], ...]]
-"""A point's retention and the provenance of its retention facets."""
-
-
-def retained(point: PlanPoint) -> Retained:
-    """All that ``point``'s :func:`expiry` depends on beside the window: points retained alike
-    (usually all of a device's) share one calculation."""
-    return point.retention, tuple(point.provenance.get(f, ()) for f in RETENTION_FACETS)
-
-
 def expiry(point: PlanPoint, window_start: datetime, window_end: datetime) -> Expiry | None:
     """When ``point``'s records stored in the window ``[window_start, window_end)`` expire;
     ``None`` when its plan keeps them for ever (no retention bound)."""
@@ -114,4 +97,4 @@ def _ms(value: int | None) -> timedelta:
     return timedelta(milliseconds=value or 0)
 
 
-__all__ = ["RETENTION_FACETS", "Expiry", "Retained", "expiry", "retained"]
+__all__ = ["Expiry", "expiry"]

@@ -57,6 +57,7 @@ from engine.sign.merkle import leaf_hashes, root_of_hashes
 from engine.store import auditlog, data
 from engine.store.retention import (
     BatchRef,
+    Erasure,
     Hold,
     batch_refs,
     erase,
@@ -118,9 +119,10 @@ class Outcome:
     def add(self, selection: Selection) -> None:
         device = selection.batch.device
         for group in selection.groups:
+            rule = group.expiry.explain()
             for point, n in group.points.items():
                 self.deleted[device, point] += n
-                self.rules.setdefault((device, point), set()).add(group.expiry.explain())
+                self.rules.setdefault((device, point), set()).add(rule)
         self.batches += bool(selection.groups)
         self.kept.update(selection.kept)
         for point, n in selection.held_past.items():
@@ -172,7 +174,7 @@ def forecast(store: Store, at: datetime) -> Outcome:
     outcome = Outcome(receipt.Run("forecast", instant(at)), at)
     for batch, plan in candidates(store, at):
         with store.reading() as conn:
-            held = HoldBook().read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)
+            held = HoldBook().read(auditlog.entries_said(conn, HOLD_KINDS, 0), 0)
             outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return outcome
 
@@ -183,7 +185,7 @@ def _archive(
     """Write the archive of what this run will delete under ``on_expiry: archive``, if any."""
     chosen = []
     with store.reading() as conn:
-        held = book.read(auditlog.entries(conn, first=book.size), auditlog.size(conn))
+        held = book.read(auditlog.entries_said(conn, HOLD_KINDS, book.size), auditlog.size(conn))
         at = datetime.now(UTC)
         for batch, plan in work:
             if archives(plan):
@@ -256,28 +258,37 @@ def _delete(store: Store, group: list[Work], by: tuple[Job, HoldBook], outcome: 
     """A few batches in one transaction: what expired of each goes, with its receipt, and a
     checkpoint signs them all (see the module)."""
     job, book = by
-    receipts = []
+    erasures = []
     with store.signed(partial(seal_with, job.keys, store.audit_key)) as conn:
-        held = book.read(auditlog.entries(conn, first=book.size), auditlog.size(conn))
+        held = book.read(auditlog.entries_said(conn, HOLD_KINDS, book.size), auditlog.size(conn))
+        gone = erased(conn, [batch.id for batch, *_ in group])
         for work in group:
-            seq = _receipted(conn, work, (job, held), outcome)
-            if seq is not None:
-                receipts.append(seq)
-    outcome.receipts += receipts
-    outcome.checkpoint = receipts[-1] + 1 if receipts else outcome.checkpoint
+            done = _receipted(conn, work, _Deciding(job, held, gone), outcome)
+            if done is not None:
+                erasures.append(done)
+        erase(conn, erasures)
+    outcome.receipts += [e.receipt for e in erasures]
+    outcome.checkpoint = erasures[-1].receipt + 1 if erasures else outcome.checkpoint
 
 
-def _receipted(
-    conn: Connection, work: Work, by: tuple[Job, list[Hold]], outcome: Outcome
-) -> int | None:
-    """In a run's transaction: what expired of one batch goes, with its receipt (its seq; None
-    when nothing of the batch goes)."""
+@dataclass(frozen=True)
+class _Deciding:
+    """What a run's transaction decides by: its job, the holds in force, and the leaf hashes
+    earlier receipts kept of its batches (by batch id; :func:`~engine.store.retention.erased`)."""
+
+    job: Job
+    held: list[Hold]
+    erased: dict[int, dict[int, bytes]]
+
+
+def _receipted(conn: Connection, work: Work, by: _Deciding, outcome: Outcome) -> Erasure | None:
+    """In a run's transaction: what expired of one batch goes, with its receipt (what the
+    receipt erases; None when nothing of the batch goes). The caller erases it."""
     batch, plan, archived, digest = work
-    job, held = by
     at = datetime.now(UTC)
     records = data.batch_records(conn, batch.id)
-    hashes = _checked(conn, batch, records, digest)
-    selection = select(batch, plan, held, records, at)
+    hashes = _checked(batch, records, by.erased.get(batch.id, {}), digest)
+    selection = select(batch, plan, by.held, records, at)
     kept = archived.positions.get(batch.id, frozenset()) if archived else frozenset()
     selection.archived_only(kept)
     outcome.add(selection)
@@ -288,22 +299,23 @@ def _receipted(
         selection,
         removed,
         outcome.run,
-        held,
+        by.held,
         archived.as_json() if archived and selection.archive else None,
     )
-    seq = auditlog.append(conn, "retention.deleted", job.actor, said, instant(at))
-    erase(conn, batch.id, *removed, seq)
-    return seq
+    seq = auditlog.append(conn, "retention.deleted", by.job.actor, said, instant(at))
+    return Erasure(batch.id, *removed, seq)
 
 
 def _checked(
-    conn: Connection, batch: BatchRef, records: tuple[list[int], list[bytes]], digest: bytes | None
+    batch: BatchRef,
+    records: tuple[list[int], list[bytes]],
+    gone: dict[int, bytes],
+    digest: bytes | None,
 ) -> list[bytes] | None:
-    """Make sure the batch's records (with the leaf hashes its receipts kept) hash to its
-    signed root; their leaf hashes, or None when they are the very records the run's check
+    """Make sure the batch's records (with the leaf hashes its receipts kept, ``gone``) hash to
+    its signed root; their leaf hashes, or None when they are the very records the run's check
     hashed into that root (``digest``; and no receipt has deleted from the batch)."""
     positions, leaves = records
-    gone = erased(conn, batch.id)
     if digest is not None and not gone and records_digest(positions, leaves) == digest:
         return None
     hashes = leaf_hashes(leaves)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from engine.canonical import canonical_json
 from engine.plans.body import PlanBody, PlanPoint
-from engine.plans.expiry import Expiry, Retained, expiry, retained
+from engine.plans.expiry import Expiry, expiry
 from engine.sign.leaf import points_of
 from engine.store.retention import BatchRef, Hold
 
@@ -96,9 +96,11 @@ def select(
     groups: dict[bytes, Group] = {}
     positions, leaves = records
     names = points_of(leaves)
-    calculations: dict[Retained, tuple[Expiry | None, bytes]] = {}
+    calculations: dict[int, tuple[Expiry | None, bytes]] = {}
+    window = batch.device, batch.window_start, batch.window_end
+    touching = [h for h in holds if h.scope.touches(*window)]
     for name in set(names):
-        verdicts[name] = _verdict(batch, plan, holds, name.decode(), calculations)
+        verdicts[name] = _verdict(batch, plan, touching, name.decode(), calculations)
     if _all_go(list(verdicts.values()), at):
         (verdict,) = {v.group: v for v in verdicts.values()}.values()
         decoded = {name: v.point for name, v in verdicts.items()}
@@ -138,20 +140,21 @@ def _verdict(
     plan: PlanBody | None,
     holds: Sequence[Hold],
     point: str,
-    calculations: dict[Retained, tuple[Expiry | None, bytes]],
+    calculations: dict[int, tuple[Expiry | None, bytes]],
 ) -> _Verdict:
     """What happens to ``point``'s records; ``calculations`` holds the batch's expiry
-    calculations by retention, so that points retained alike (usually all of a device's)
-    share one."""
+    calculations by retention class (:attr:`PlanBody.retention_classes`), so that points
+    retained alike (usually all of a device's) share one. ``holds``: those that touch the
+    batch."""
     planned = plan.point.get(point) if plan is not None else None
-    if planned is None:
+    if planned is None or plan is None:
         return _Verdict(point, None, ())
     covering = tuple(
         h.id
         for h in holds
         if h.scope.covers(batch.device, point, batch.window_start, batch.window_end)
     )
-    key = retained(planned)
+    key = plan.retention_classes[point]
     found = calculations.get(key)
     if found is None:
         found = calculations[key] = _calculation(batch, planned)

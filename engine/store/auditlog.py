@@ -9,7 +9,7 @@ is stored is :mod:`engine.audit`'s.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ from engine.audit import (
     signed_time,
     time_line,
 )
+from engine.canonical import canonical_json
 from engine.errors import CheckpointRefused, StoreError, VerificationError
 from engine.sign.merkle import MerkleLog
 from engine.sign.note import Checkpoint, open_checkpoint, verifier_key
@@ -68,7 +69,11 @@ def make(conn: Connection, audit_key: str, actor: Actor) -> str:
 
 
 def _state(conn: Connection) -> MerkleLog:
-    """The log's saved state (:data:`~engine.audit.STATE_KEY`), empty before its first entry."""
+    """The log's saved state (:data:`~engine.audit.STATE_KEY`), empty before its first entry:
+    as this transaction last saved it, if it appended (:func:`_appending`), else as read."""
+    kept = conn.info.get(_STATE)
+    if kept is not None and kept[0] is conn.get_transaction():
+        return MerkleLog.from_state(kept[1].size, kept[1].hashes)
     saved = _saved(conn, STATE_KEY)
     return MerkleLog() if saved is None else saved
 
@@ -103,8 +108,17 @@ def append(
     conn.execute(insert(AUDIT).values(seq=entry.seq, time=entry.time, kind=kind, entry=data))
     _keep(conn, STATE_KEY, log)
     _appended(conn).add(entry.seq)
+    conn.info[_STATE] = (conn.get_transaction(), log)
     return entry.seq
 
+
+_STATE = "converge.audit.state"
+"""Where a connection keeps the log's state as its transaction last saved it, so that a
+transaction appending many entries (a retention run's receipts) reads it from ``meta`` once.
+Only a writer keeps it, and a writer holds the store's write lock (on PostgreSQL also the
+state's row, :data:`~engine.store.store.STATE_LOCK`): no one else's write to it can commit
+before the transaction ends. A new transaction never takes it: it is kept with the one that
+saved it."""
 
 _APPENDED = "converge.audit.appended"
 """Where a connection keeps the entries its transaction appended (:func:`_appended`)."""
@@ -291,9 +305,30 @@ def entries(
     if kinds:
         query = query.where(AUDIT.c.kind.in_(kinds))
     for seq, data in conn.execute(query):
-        try:
-            yield AuditEntry.parse(bytes(data))
-        except ValueError as exc:
-            raise StoreError(
-                f"audit entry {seq} does not parse ({exc}): converge audit verify names it"
-            ) from None
+        yield _parsed(seq, bytes(data))
+
+
+def entries_said(conn: Connection, kinds: Collection[str], first: int) -> Iterator[AuditEntry]:
+    """The entries from entry ``first`` on whose bytes say they are of one of ``kinds``, not
+    their ``kind`` column, which a database writer can change (a hold hidden so from a
+    retention run would let it delete what is held). An entry parses only as its canonical
+    bytes, where an entry of kind K reads ``"kind":"K"``: one without those bytes is passed
+    over unparsed (the receipts a retention run wrote are most of what it reads so)."""
+    marks = [b'"kind":' + canonical_json(kind) for kind in kinds]
+    query = select(AUDIT.c.seq, AUDIT.c.entry).where(AUDIT.c.seq >= first).order_by(AUDIT.c.seq)
+    for seq, stored in conn.execute(query):
+        data = bytes(stored)
+        if any(mark in data for mark in marks):
+            entry = _parsed(seq, data)
+            if entry.kind in kinds:
+                yield entry
+
+
+def _parsed(seq: int, data: bytes) -> AuditEntry:
+    """Entry ``seq``'s bytes, parsed; a StoreError names it when they do not parse."""
+    try:
+        return AuditEntry.parse(data)
+    except ValueError as exc:
+        raise StoreError(
+            f"audit entry {seq} does not parse ({exc}): converge audit verify names it"
+        ) from None

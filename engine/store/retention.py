@@ -25,7 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -120,45 +120,59 @@ def batch_refs(conn: Connection) -> list[BatchRef]:
 # --- erasures ---------------------------------------------------------------------------
 
 
-def erase(
-    conn: Connection, batch_id: int, positions: Sequence[int], hashes: bytes, receipt: int
-) -> None:
-    """Delete the records at ``positions`` of a batch, keeping the positions and their leaf
-    ``hashes`` (concatenated in position order; none when they are the batch's last records)
-    as receipt ``receipt``'s erasure. In the caller's transaction, beside the receipt."""
+@dataclass(frozen=True)
+class Erasure:
+    """What one receipt removes of a batch: the positions, ascending, and their leaf hashes
+    concatenated in that order (none when they are the batch's last records)."""
+
+    batch_id: int
+    positions: Sequence[int]
+    hashes: bytes
+    receipt: int
+
+
+def erase(conn: Connection, erasures: Sequence[Erasure]) -> None:
+    """Delete the records each of ``erasures`` removes, keeping its positions and leaf hashes
+    as its receipt's erasure row. In the caller's transaction, beside the receipts; the
+    batches that lose their last records are emptied by one statement per table."""
+    emptied = [e.batch_id for e in erasures if not e.hashes]
     for table in (READINGS, GAPS):
-        gone = delete(table).where(table.c.batch_id == batch_id)
-        if not hashes:  # its last records: every record the batch still holds goes
-            conn.execute(gone)
-            continue
-        for start in range(0, len(positions), 500):
-            conn.execute(gone.where(table.c.position.in_(positions[start : start + 500])))
-    conn.execute(
-        insert(ERASURES).values(
-            batch_id=batch_id,
-            receipt=receipt,
-            positions=canonical_json(runs(positions)).decode(),
-            leaf_hashes=hashes,
-        )
-    )
+        for start in range(0, len(emptied), 500):
+            conn.execute(delete(table).where(table.c.batch_id.in_(emptied[start : start + 500])))
+        for e in erasures:
+            gone = delete(table).where(table.c.batch_id == e.batch_id)
+            for start in range(0, len(e.positions) if e.hashes else 0, 500):
+                conn.execute(gone.where(table.c.position.in_(e.positions[start : start + 500])))
+    if erasures:
+        conn.execute(insert(ERASURES), [_erasure_row(e) for e in erasures])
 
 
-def erased(conn: Connection, batch_id: int) -> dict[int, bytes]:
-    """The leaf hash of every position of a batch its receipts removed and kept the hash of
-    (all of them while the batch still holds records: only the receipt that removes its last
-    records keeps none)."""
-    query = select(ERASURES.c.positions, ERASURES.c.leaf_hashes).where(
-        ERASURES.c.batch_id == batch_id
+def _erasure_row(erasure: Erasure) -> dict[str, Any]:
+    return {
+        "batch_id": erasure.batch_id,
+        "receipt": erasure.receipt,
+        "positions": canonical_json(runs(erasure.positions)).decode(),
+        "leaf_hashes": erasure.hashes,
+    }
+
+
+def erased(conn: Connection, batch_ids: Collection[int]) -> dict[int, dict[int, bytes]]:
+    """By batch id, of each of ``batch_ids`` its receipts removed records of: the leaf hash of
+    every position they removed and kept the hash of (all of them while the batch still holds
+    records: only the receipt that removes its last records keeps none)."""
+    query = select(ERASURES.c.batch_id, ERASURES.c.positions, ERASURES.c.leaf_hashes).where(
+        ERASURES.c.batch_id.in_(sorted(batch_ids))
     )
-    found: dict[int, bytes] = {}
-    for positions, hashes in conn.execute(query):
-        kept = as_bytes(hashes)
-        if kept:
+    found: dict[int, dict[int, bytes]] = {}
+    for batch_id, positions, stored in conn.execute(query):
+        kept = found.setdefault(batch_id, {})
+        hashes = as_bytes(stored)
+        if hashes:
             runs = _erasure_runs(batch_id, positions)
             try:
-                if sum(last - first + 1 for first, last in runs) * HASH_SIZE != len(kept):
+                if sum(last - first + 1 for first, last in runs) * HASH_SIZE != len(hashes):
                     raise ValueError("as many leaf hashes as positions")
-                found.update(zip(positions_of(runs), split_hashes(kept), strict=True))
+                kept.update(zip(positions_of(runs), split_hashes(hashes), strict=True))
             except ValueError:
                 raise _unread(batch_id) from None
     return found
@@ -443,6 +457,7 @@ def _busy(where: str) -> str:
 
 __all__ = [
     "BatchRef",
+    "Erasure",
     "Hold",
     "RetentionBusy",
     "Scope",

@@ -44,7 +44,7 @@ from engine.audit import AuditEntry
 from engine.canonical import read_json
 from engine.durations import format_duration
 from engine.plans.body import PlanBody
-from engine.plans.expiry import Expiry, Retained, expiry, retained
+from engine.plans.expiry import Expiry, expiry
 from engine.sign.leaf import instant as spell
 from engine.sign.leaf import point_of
 from engine.store import data
@@ -178,7 +178,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
     erased = Erased(holds=check_holds(conn, known.log, report))
     rows = {receipt: (b, p, h) for b, receipt, p, h in stored.erasures(conn)}
     lawful: dict[tuple[str, str], list[tuple[AuditEntry, Receipt]]] = defaultdict(list)
-    classes: dict[str, dict[str, int]] = {}
+    classes: dict[str, Mapping[str, int]] = {}
     maps: dict[int, list[str] | None] = {}
     for entry in known.log.of_kind("retention.deleted"):
         label = f"receipt (audit entry {entry.seq})"
@@ -193,7 +193,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
         assert info is not None
         plan = known.plans.get(info.plan_digest)
         if info.plan_digest not in classes:
-            classes[info.plan_digest] = _classes(plan)
+            classes[info.plan_digest] = plan.retention_classes if plan is not None else {}
         context = _Context(entry, receipt, info, erased.holds, report, known.log)
         _check_erasure(context, rows.pop(entry.seq, None))
         if not _erase(context, erased):
@@ -409,18 +409,10 @@ class _Context:
         return self.info.window_start, self.info.window_end
 
 
-def _classes(plan: PlanBody | None) -> dict[str, int]:
-    """The number of each point's retention class in the plan: points retained alike
-    (:func:`~engine.plans.expiry.retained`) share one expiry calculation."""
-    found: dict[Retained, int] = {}
-    points = plan.points if plan is not None else ()
-    return {p.name: found.setdefault(retained(p), len(found)) for p in points}
-
-
 def _lawful(c: _Context, plan: PlanBody | None, classes: Mapping[str, int]) -> bool:
     """Whether the batch's plan expired every point the receipt deleted by its time, and no
     hold in force then covered them; each failure named. ``classes``: the retention class of
-    each point of the plan (:func:`_classes`).
+    each point of the plan (:attr:`~engine.plans.body.PlanBody.retention_classes`).
 
     A point retained like one of its expiry group already found lawful, and held by no hold,
     is lawful too (the verdict depends on the calculation, the group and the holds, not on
