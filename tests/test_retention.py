@@ -687,11 +687,11 @@ def test_hold_grants_merge_like_read_and_export(converge_project):
 
 
 def test_a_run_deletes_a_few_batches_a_transaction_and_a_large_one_alone():
-    """Up to 8 batches a transaction, while they hold no more than 10,000 records: small
-    batches share one checkpoint; a batch of the target's 6,000 readings goes alone."""
-    counts = [6000, 6000, *[100] * 10, 9999, 2]
+    """Up to 8 batches a transaction, while they hold no more than 50,000 records: batches
+    share one checkpoint; a batch of more goes alone."""
+    counts = [*[6000] * 9, *[100] * 10, 49_999, 50_001, 2]
     work = [
         (BatchRef(n, "d", "a", "b", count, "sha256:p", b""), None) for n, count in enumerate(counts)
     ]
     groups = [[batch.count for batch, _ in group] for group in runs._groups(work)]  # type: ignore[arg-type]
-    assert groups == [[6000], [6000, *[100] * 7], [100] * 3, [9999], [2]]
+    assert groups == [[6000] * 8, [6000, *[100] * 7], [100] * 3, [49_999], [50_001], [2]]

@@ -179,7 +179,7 @@ def check_retention(conn: Connection, known: Known, report: Report) -> Erased:
     rows = {receipt: (b, p, h) for b, receipt, p, h in stored.erasures(conn)}
     lawful: dict[tuple[str, str], list[tuple[AuditEntry, Receipt]]] = defaultdict(list)
     classes: dict[str, Mapping[str, int]] = {}
-    maps: dict[int, list[str] | None] = {}
+    maps: dict[tuple[bytes | None, int], _Mapped | None] = {}
     for entry in known.log.of_kind("retention.deleted"):
         label = f"receipt (audit entry {entry.seq})"
         try:
@@ -348,23 +348,39 @@ def _erase(c: _Context, erased: Erased) -> bool:
     return True
 
 
-def _mapped(c: _Context, maps: dict[int, list[str] | None]) -> bool:
+@dataclass(frozen=True)
+class _Mapped:
+    """A signed point map's names, one per position, and the distinct ones."""
+
+    names: list[str]
+    distinct: frozenset[str]
+
+
+def _mapped(c: _Context, maps: dict[tuple[bytes | None, int], _Mapped | None]) -> bool:
     """Whether each expiry group of the receipt deleted only positions its batch's signed point
     map gives one of the group's points; each failure named. The group's points are what its
     expiry and the holds are judged by, so without this a receipt would decide by its own word
-    which points it deleted (``maps``: each batch's point map, parsed once)."""
-    if c.info.id not in maps:
-        maps[c.info.id] = map_names(c.info)
-    names = maps[c.info.id]
-    if names is None:
+    which points it deleted (``maps``: each point map parsed once, by its bytes and its batch's
+    size: a device's batches usually share one). A group naming every point of the map (a
+    batch deleted whole, usually) is checked by that alone: positions past the batch's end
+    were refused before."""
+    key = c.info.point_map, c.info.count
+    if key not in maps:
+        names = map_names(c.info)
+        maps[key] = None if names is None else _Mapped(names, frozenset(names))
+    mapped = maps[key]
+    if mapped is None:
         c.report.add(
             c.label,
             f"{c.info.label} keeps no point map its statement signs: which points it deleted"
             " cannot be checked",
         )
         return False
+    names = mapped.names
     for points, positions, _ in c.receipt.groups:
         named = set(points)
+        if mapped.distinct <= named:
+            continue
         for first, last in positions.spans:
             if not set(names[first : last + 1]) <= named:
                 stray = next(p for p in range(first, last + 1) if names[p] not in named)
