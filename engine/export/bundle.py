@@ -455,13 +455,7 @@ def _read_apart(job: Job) -> data.Records | None:
     assert job.source is not None
     if os.getpid() == job.made_by:  # a worker died, its jobs came back: read in the transaction
         return None
-    key = (os.getpid(), job.source)
-    if key not in _OWN_CONNECTION:
-        try:
-            _OWN_CONNECTION[key] = reads.open_driver(job.source, autocommit=True)
-        except reads.driver_errors(job.source):  # the server refusing, the file gone
-            _OWN_CONNECTION[key] = None  # not tried again: each try may wait its timeout
-    driver = _OWN_CONNECTION[key]
+    driver = reads.kept_driver(job.source, autocommit=True)  # no transaction held between jobs
     if driver is None:
         return None  # the export's transaction reads it
     unread: tuple[type[Exception], ...] = (*reads.driver_errors(job.source), StoreError)
@@ -472,14 +466,6 @@ def _read_apart(job: Job) -> data.Records | None:
     positions, leaves = found.get(job.batch, ((), ()))
     left = range(job.count) if job.left is None else job.left
     return (positions, leaves) if list(positions) == list(left) else None
-
-
-_OWN_CONNECTION: dict[tuple[int, reads.Source], Any] = {}
-"""A worker process's connection to the store (by the process's id: a process forked from one
-that holds a connection never takes it for its own), opened for its first job and kept for
-the others; None when it could not be opened (the worker then reads nothing itself). Its
-pool ends with the export; the worker ends by ``os._exit``, and the system closes the
-connection, in which no transaction is open (autocommit)."""
 
 
 def _usual(records: data.Records, batch: int, points: set[str], span: Range) -> Picked | None:

@@ -192,6 +192,25 @@ def open_driver(source: Source, *, autocommit: bool = False) -> Any:
     return sqlite3.connect(f"file:{quote(os.fsencode(source.target))}?mode=rw", uri=True)
 
 
+def kept_driver(source: Source, *, autocommit: bool = False) -> Any | None:
+    """This process's own DB-API connection to the store (:func:`open_driver`), opened by its
+    first call and kept for the next: a worker process's, for every range or batch it is
+    given, one connection rather than one each. None when it could not be opened (not tried
+    again: each try may wait its timeout). Kept by the process's id, so a process forked from
+    one that keeps a connection never takes that one for its own; a worker ends by
+    ``os._exit``, and the system closes it."""
+    key = os.getpid(), source, autocommit
+    if key not in _KEPT:
+        try:
+            _KEPT[key] = open_driver(source, autocommit=autocommit)
+        except driver_errors(source):  # the server refusing, the file gone
+            _KEPT[key] = None
+    return _KEPT[key]
+
+
+_KEPT: dict[tuple[int, Source, bool], Any] = {}
+
+
 def driver_errors(source: Source) -> tuple[type[Exception], ...]:
     """What the driver of ``source`` raises when it cannot connect or read."""
     if source.postgres:

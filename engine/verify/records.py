@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, groupby, repeat
 from multiprocessing.context import BaseContext
@@ -119,7 +120,7 @@ def check_records(
     report.counts.update(dict.fromkeys(_TYPE.values(), 0))
     seen: set[int] = set()
     done = 0
-    reading = _Reading(frozenset(gone.positions), digests is not None)
+    reading = _Reading(frozenset(gone.positions), digests is not None, os.getpid())
     with fewer_collections():
         for check in _batch_checks(conn, batches, workers, reading, only):
             seen.add(check.batch_id)
@@ -255,6 +256,9 @@ class _Reading:
 
     partial: frozenset[int]
     digests: bool
+    verifier: int
+    """The id of the verifying process (a range it reads itself is read on a new connection,
+    closed at its end; a worker keeps its own, :func:`_range_records`)."""
 
 
 def _batch_checks(
@@ -319,7 +323,7 @@ def _start_method() -> BaseContext:
     interpreter takes half a second to import it).
 
     A forked worker inherits the pooled connections of the process verifying;
-    it never uses them (it opens its own, :func:`engine.store.reads.connect`)
+    it never uses them (it opens its own, :func:`_range_records`)
     and ends with ``os._exit``, so it closes none of them either.
     """
     if sys.platform == "linux":
@@ -340,8 +344,25 @@ def _range_checks(
 
 def _check_range(source: reads.Source, ids: BatchIds, reading: _Reading) -> list[BatchCheck]:
     """The checks of the batches ``ids`` names, on a connection of its own (a worker's)."""
-    with reads.connect(source) as records, fewer_collections():
+    with _range_records(source, reading) as records, fewer_collections():
         return list(_read_checks(records, ids, reading))
+
+
+@contextmanager
+def _range_records(source: reads.Source, reading: _Reading) -> Iterator[reads.Records]:
+    """The record tables as a range reads them, in a transaction of its own: on a worker's
+    connection, opened for its first range and kept for the others
+    (:func:`~engine.store.reads.kept_driver`: one connection per worker, not per range); in
+    the verifying process (a worker died) or when that could not be opened, on a new one."""
+    driver = None if os.getpid() == reading.verifier else reads.kept_driver(source)
+    if driver is None:
+        with reads.connect(source) as records:
+            yield records
+        return
+    try:
+        yield reads.Records(driver, source.postgres)
+    finally:
+        driver.rollback()  # the range's snapshot ends with it: it wrote nothing
 
 
 # --- hashing ---------------------------------------------------------------------------
