@@ -41,3 +41,21 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """The heap as it stands frozen (``gc.freeze``) for the block, in which worker processes
+    are forked: else every collection in a worker walks all of the heap it was forked with,
+    writing to each object and so copying every page of it (after a retention run, whose
+    receipts the verifying process has just read, its workers took twice the CPU per record).
+    A heap frozen already (a collector's run) is left as it is. (The bundle verifier, which
+    stands alone, does the same in ``in_order``.)"""
+    freezing = gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if freezing:
+            gc.unfreeze()

@@ -31,7 +31,7 @@ from engine import audit
 from engine.audit import Actor, seal_with
 from engine.canonical import canonical_json
 from engine.cli import main
-from engine.errors import AccessDenied, VerificationError
+from engine.errors import AccessDenied, StoreError, VerificationError
 from engine.plans.body import PlanBody
 from engine.plans.format import read_plan, seal
 from engine.retention import StoreUnverified, forecast
@@ -185,6 +185,76 @@ def test_a_hold_placed_after_the_check_is_read_from_its_entry_not_its_kind_colum
     done = run(retention_site, store)
     assert ("line-b", "P1") not in done.deleted and done.deleted["line-a", "P1"] == SECONDS
     assert done.kept == {1: 2 * SECONDS}
+
+
+def rewrite_entry(backend: str, seq: int, data: bytes) -> None:
+    with database(backend).begin() as conn:
+        conn.execute(
+            sa.text("UPDATE audit_entries SET entry = :entry WHERE seq = :seq"),
+            {"entry": data, "seq": seq},
+        )
+
+
+def test_a_hold_placed_after_the_check_and_rewritten_stops_the_run(
+    retention_site, store, people, backend, monkeypatch
+):
+    """A database writer rewrites a hold placed (and signed) after the run's check so that it
+    no longer reads as a hold (a space after ``"kind":``): the entries since the check no
+    longer hash to the signed log, and the run stops before deleting anything."""
+    checked = runs._verified
+
+    def then_held(*args):
+        digests = checked(*args)
+        hold_on(retention_site, store, people, Scope(("line-b",)), "placed during the run")
+        (entry,) = kinds(store, "hold.placed")
+        hidden = entry.to_bytes().replace(b'"kind":"hold.placed"', b'"kind": "hold.placed"')
+        rewrite_entry(backend, entry.seq, hidden)
+        return digests
+
+    monkeypatch.setattr(runs, "_verified", then_held)
+    records = remaining(store)
+    with pytest.raises(StoreError, match="entries since it was verified are not those"):
+        run(retention_site, store)
+    assert remaining(store) == records and not kinds(store, "retention.deleted")
+
+
+def test_a_receipt_signed_by_the_run_and_overwritten_with_a_release_stops_it(
+    retention_site, store, people, backend, monkeypatch
+):
+    """After a run's first transaction has signed its checkpoint, a database writer overwrites
+    its receipt with a release of the hold that keeps line-b: the next transaction finds the
+    entries since its check changed, and deletes nothing more (line-b stays held)."""
+    placed = hold_on(retention_site, store, people, Scope(("line-b",)), "dispute")
+    monkeypatch.setattr(runs, "GROUP_BATCHES", 1)
+    deleting = runs._delete
+
+    def then_forged(store_, group, by, outcome):
+        deleting(store_, group, by, outcome)
+        if len(outcome.receipts) == 1:
+            receipt = kinds(store, "retention.deleted")[0]
+            payload = {"hold": placed.id, "reason": "forged", "decision": "x"}
+            forged = audit.AuditEntry(
+                receipt.seq, receipt.time, "hold.released", receipt.actor, payload
+            )
+            rewrite_entry(backend, receipt.seq, forged.to_bytes())
+
+    monkeypatch.setattr(runs, "_delete", then_forged)
+    held = line_b_readings(backend)
+    with pytest.raises(StoreError, match="entries since it was verified are not those"):
+        run(retention_site, store)
+    assert line_b_readings(backend) == held > 0
+
+
+def line_b_readings(backend: str) -> int:
+    with database(backend).connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM readings JOIN batches ON batches.id = readings.batch_id"
+                    " WHERE batches.device = 'line-b'"
+                )
+            ).scalar_one()
+        )
 
 
 def test_a_hold_on_points_and_a_range_covers_only_those(retention_site, store, people):

@@ -117,7 +117,7 @@ def buggy(retention_site, backend, principals_file, tmp_path, monkeypatch):
     (its receipts are signed all the same); the auditor's bundle, and the trust file."""
     store = fill(retention_site, backend, tmp_path, SECONDS)
     hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
-    monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
+    monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries: [])
     monkeypatch.setattr(
         runs, "select", lambda b, p, h, leaves, at: select(b, p, h, leaves, at + timedelta(hours=4))
     )

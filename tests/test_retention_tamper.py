@@ -60,7 +60,7 @@ def test_a_run_that_ignores_a_hold_is_named(
     retention_site, store, principals_file, monkeypatch, tmp_path
 ):
     hold_on(retention_site, store, PrincipalsFile(principals_file), Scope(("line-b",)), "x")
-    monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
+    monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries: [])
     run(retention_site, store)
     report = verify(retention_site, store, tmp_path)
     seq = receipt_of(store, "line-b")

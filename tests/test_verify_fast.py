@@ -161,7 +161,7 @@ def test_a_run_ignoring_a_hold_on_one_point_is_named_for_that_point_alone(
     try:
         people = PrincipalsFile(principals_file)
         hold_on(retention_site, store, people, Scope(("line-a",), ("P1",)), "a dispute")
-        monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries, size: [])
+        monkeypatch.setattr(runs.HoldBook, "read", lambda book, entries: [])
         run(retention_site, store)
         report = verify(retention_site, store, tmp_path)
         receipts = [r for r in kinds(store, "retention.deleted") if r.payload["device"] == "line-a"]

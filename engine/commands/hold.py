@@ -135,7 +135,7 @@ def run_list(args: argparse.Namespace, console: Console) -> int:
     holds' rows with them), with the (device, point) pairs it covers."""
     with Store.open_existing(args.db) as store, store.reading() as conn:
         book = HoldBook()
-        book.read(auditlog.entries(conn, sorted(HOLD_KINDS)), 0)
+        book.read(auditlog.entries(conn, sorted(HOLD_KINDS)))
     found = sorted(book.holds.values(), key=lambda hold: hold.id)
     if args.format == "json":
         print(json.dumps([hold_json(h) for h in found], indent=2))

@@ -142,7 +142,7 @@ def _acting(store: Store, resolver: PrincipalResolver, principal: str, what: str
 def _releasable(conn: Connection, hold_id: int) -> Hold:
     """The hold as its entries state it (its scope as placed), if it is in force."""
     book = HoldBook()
-    book.read(auditlog.entries(conn, sorted(HOLD_KINDS)), auditlog.size(conn))
+    book.read(auditlog.entries(conn, sorted(HOLD_KINDS)))
     found = book.holds.get(hold_id)
     if found is None:
         raise HoldRefused(f"there is no hold {hold_id} in this store (converge hold list)")

@@ -53,7 +53,7 @@ from engine.retention import archive, receipt
 from engine.retention.archive import Archived, archives
 from engine.retention.select import Selection, select
 from engine.sign.leaf import instant
-from engine.sign.merkle import leaf_hashes, root_of_hashes
+from engine.sign.merkle import MerkleLog, leaf_hashes, root_of_hashes
 from engine.store import auditlog, data
 from engine.store.retention import (
     BatchRef,
@@ -175,7 +175,7 @@ def forecast(store: Store, at: datetime) -> Outcome:
     outcome = Outcome(receipt.Run("forecast", instant(at)), at)
     for batch, plan in candidates(store, at):
         with store.reading() as conn:
-            held = HoldBook().read(auditlog.entries_said(conn, HOLD_KINDS, 0), 0)
+            held = HoldBook().read(auditlog.signed_since(conn, MerkleLog(), HOLD_KINDS))
             outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return outcome
 
@@ -186,7 +186,7 @@ def _archive(
     """Write the archive of what this run will delete under ``on_expiry: archive``, if any."""
     chosen = []
     with store.reading() as conn:
-        held = book.read(auditlog.entries_said(conn, HOLD_KINDS, book.size), auditlog.size(conn))
+        held = book.read(auditlog.signed_since(conn, book.log, HOLD_KINDS))
         at = datetime.now(UTC)
         for batch, plan in work:
             if archives(plan):
@@ -261,7 +261,7 @@ def _delete(store: Store, group: list[Work], by: tuple[Job, HoldBook], outcome: 
     job, book = by
     erasures = []
     with store.signed(partial(seal_with, job.keys, store.audit_key)) as conn:
-        held = book.read(auditlog.entries_said(conn, HOLD_KINDS, book.size), auditlog.size(conn))
+        held = book.read(auditlog.signed_since(conn, book.log, HOLD_KINDS))
         gone = erased(conn, [batch.id for batch, *_ in group])
         for work in group:
             done = _receipted(conn, work, _Deciding(job, held, gone), outcome)

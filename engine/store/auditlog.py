@@ -308,20 +308,37 @@ def entries(
         yield _parsed(seq, bytes(data))
 
 
-def entries_said(conn: Connection, kinds: Collection[str], first: int) -> Iterator[AuditEntry]:
-    """The entries from entry ``first`` on whose bytes say they are of one of ``kinds``, not
-    their ``kind`` column, which a database writer can change (a hold hidden so from a
-    retention run would let it delete what is held). An entry parses only as its canonical
-    bytes, where an entry of kind K reads ``"kind":"K"``: one without those bytes is passed
-    over unparsed (the receipts a retention run wrote are most of what it reads so)."""
+def signed_since(conn: Connection, log: MerkleLog, kinds: Collection[str]) -> list[AuditEntry]:
+    """The entries after those ``log`` holds (the compact state of the log as a verification
+    found it), hashed onto it, and of them those of ``kinds``, parsed; ``log`` then holds them
+    all. Hashed, every entry since must make ``log`` the log's saved state, which a write
+    transaction's checkpoint binds to the newest signed checkpoint and the entries after it
+    (:func:`checkpoint`): an entry changed since it was verified or signed (a hold rewritten so
+    as not to read as one, a receipt overwritten with a release) is a StoreError, never passed
+    over or believed. An entry is of a kind by its bytes, never by its ``kind`` column: its
+    canonical bytes read ``"kind":"K"``, and one without those is hashed, not parsed."""
     marks = [b'"kind":' + canonical_json(kind) for kind in kinds]
-    query = select(AUDIT.c.seq, AUDIT.c.entry).where(AUDIT.c.seq >= first).order_by(AUDIT.c.seq)
+    found = []
+    query = select(AUDIT.c.seq, AUDIT.c.entry).where(AUDIT.c.seq >= log.size).order_by(AUDIT.c.seq)
     for seq, stored in conn.execute(query):
         data = bytes(stored)
-        if any(mark in data for mark in marks):
-            entry = _parsed(seq, data)
-            if entry.kind in kinds:
-                yield entry
+        if seq != log.size:
+            raise _changed()
+        log.append(data)
+        if any(mark in data for mark in marks) and (entry := _parsed(seq, data)).kind in kinds:
+            found.append(entry)
+    saved = _state(conn)
+    if (saved.size, saved.root()) != (log.size, log.root()):
+        raise _changed()
+    return found
+
+
+def _changed() -> StoreError:
+    return StoreError(
+        "the audit log's entries since it was verified are not those its saved state and"
+        " checkpoints sign: the store was changed outside Converge (converge audit verify"
+        " names what)"
+    )
 
 
 def _parsed(seq: int, data: bytes) -> AuditEntry:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
@@ -20,6 +20,8 @@ class Log:
 
     entries: dict[int, audit.AuditEntry]
     hashes: list[bytes]
+    state: MerkleLog = field(default_factory=MerkleLog)
+    """The compact state of the stored entries (what the next append starts from)."""
 
     def of_kind(self, kind: str) -> Iterator[audit.AuditEntry]:
         return (e for e in self.entries.values() if e.kind == kind)
@@ -57,12 +59,12 @@ def _entry(seq: int, time: str, kind: str, data: bytes, report: Report) -> audit
 
 def _check_state(conn: Connection, log: Log, report: Report) -> None:
     """The compact state the next append starts from must be that of the stored entries."""
+    recomputed = log.state
+    for leaf in log.hashes:
+        recomputed.append_hash(leaf)
     saved = reads.meta(conn, audit.STATE_KEY)
     if saved is None and not log.hashes:
         return
-    recomputed = MerkleLog()
-    for leaf in log.hashes:
-        recomputed.append_hash(leaf)
     want = audit.saved_state(recomputed)
     try:
         got = read_json(saved) if saved else None

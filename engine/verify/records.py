@@ -28,7 +28,7 @@ from operator import itemgetter
 
 from sqlalchemy import Connection
 
-from engine.heap import fewer_collections
+from engine.heap import fewer_collections, heap_frozen
 from engine.sign.leaf import point_of
 from engine.sign.merkle import leaf_hash, leaf_hashes, root_of_hashes
 from engine.store import reads
@@ -285,11 +285,12 @@ def _batch_checks(
     cuts = _cuts(batches, count * _RANGES_PER_WORKER)
     pool = ProcessPoolExecutor(count, mp_context=_start_method())
     try:
-        bounds = zip([None, *cuts[:-1]], cuts, strict=True)
-        ranges = [BatchIds(after, upto, only) for after, upto in bounds]
-        tasks = [pool.submit(_check_range, source, ids, reading) for ids in ranges]
-        for ids, task in zip(ranges, tasks, strict=True):
-            yield from _range_checks(task, source, ids, reading)
+        with heap_frozen():
+            bounds = zip([None, *cuts[:-1]], cuts, strict=True)
+            ranges = [BatchIds(after, upto, only) for after, upto in bounds]
+            tasks = [pool.submit(_check_range, source, ids, reading) for ids in ranges]
+            for ids, task in zip(ranges, tasks, strict=True):
+                yield from _range_checks(task, source, ids, reading)
     finally:
         pool.shutdown(cancel_futures=True)
     yield from _read_checks(records, BatchIds(cuts[-1], None, only), reading)

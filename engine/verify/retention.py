@@ -47,6 +47,7 @@ from engine.plans.body import PlanBody
 from engine.plans.expiry import Expiry, expiry
 from engine.sign.leaf import instant as spell
 from engine.sign.leaf import point_of
+from engine.sign.merkle import MerkleLog
 from engine.store import data
 from engine.store import retention as stored
 from engine.store.retention import Hold, Scope, split_hashes
@@ -630,22 +631,22 @@ HOLD_KINDS = frozenset({"hold.placed", "hold.released"})
 
 @dataclass
 class HoldBook:
-    """The holds as the log states them, read up to entry ``size``: what a retention run
+    """The holds as the log states them, read up to the end of ``log``: what a retention run
     decides by. Its check fills it from the verified log; in each of its transactions the run
     folds in the hold entries written since (each signed in its own transaction by a holder of
-    the audit key, or the run's checkpoint refuses to sign). The ``holds`` table is never
+    the audit key, or the run's checkpoint refuses to sign), every entry since bound to the
+    signed log (:func:`engine.store.auditlog.signed_since`). The ``holds`` table is never
     read: anyone who can write the database can change a row after the check."""
 
     holds: dict[int, Hold] = field(default_factory=dict)
-    size: int = 0
+    log: MerkleLog = field(default_factory=MerkleLog)
+    """The compact state of the log as verified, up to the last entry read."""
 
-    def read(self, entries: Iterable[AuditEntry], size: int) -> list[Hold]:
-        """The holds in force once ``entries`` (those from ``self.size`` on) are folded in;
-        ``size``: the log's size they end at."""
+    def read(self, entries: Iterable[AuditEntry]) -> list[Hold]:
+        """The holds in force once ``entries`` are folded in."""
         for entry in entries:
             if entry.kind in HOLD_KINDS:
                 fold_hold(entry, self.holds, Report(), None)
-        self.size = size
         return [h for h in self.holds.values() if h.in_force]
 
 

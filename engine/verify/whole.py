@@ -78,7 +78,7 @@ def verify_store(
         if archives is not None:
             check_archives(log, archives, report)
         if holds is not None:
-            holds.holds, holds.size = {h.id: h for h in erased.holds}, len(log.hashes)
+            holds.holds, holds.log = {h.id: h for h in erased.holds}, log.state
         only = None if records_of is None else frozenset(records_of)
         check_records(
             conn, batches, report, progress, workers, erased=erased, only=only, digests=digests
