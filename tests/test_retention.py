@@ -38,6 +38,7 @@ from engine.retention import StoreUnverified, forecast
 from engine.retention import run as runs
 from engine.retention.holds import HoldRefused, place, release
 from engine.sign.leaf import instant
+from engine.sign.merkle import MerkleLog
 from engine.store import auditlog
 from engine.store.retention import BatchRef, RetentionBusy, Scope, retention_lock
 from engine.store.spool import Spool
@@ -218,12 +219,15 @@ def test_a_hold_placed_after_the_check_and_rewritten_stops_the_run(
     assert remaining(store) == records and not kinds(store, "retention.deleted")
 
 
+@pytest.mark.parametrize("state", ["kept", "rewritten"])
 def test_a_receipt_signed_by_the_run_and_overwritten_with_a_release_stops_it(
-    retention_site, store, people, backend, monkeypatch
+    retention_site, store, people, backend, monkeypatch, *, state
 ):
     """After a run's first transaction has signed its checkpoint, a database writer overwrites
     its receipt with a release of the hold that keeps line-b: the next transaction finds the
-    entries since its check changed, and deletes nothing more (line-b stays held)."""
+    entries since its check changed, and deletes nothing more (line-b stays held). With the
+    log's saved state rewritten to agree, that transaction's checkpoint refuses the state, and
+    what it deleted is undone with it."""
     placed = hold_on(retention_site, store, people, Scope(("line-b",)), "dispute")
     monkeypatch.setattr(runs, "GROUP_BATCHES", 1)
     deleting = runs._delete
@@ -237,12 +241,27 @@ def test_a_receipt_signed_by_the_run_and_overwritten_with_a_release_stops_it(
                 receipt.seq, receipt.time, "hold.released", receipt.actor, payload
             )
             rewrite_entry(backend, receipt.seq, forged.to_bytes())
+            if state == "rewritten":
+                agree_state(backend)
 
     monkeypatch.setattr(runs, "_delete", then_forged)
     held = line_b_readings(backend)
-    with pytest.raises(StoreError, match="entries since it was verified are not those"):
+    refused = "entries since it was verified are not those" if state == "kept" else "saved state"
+    with pytest.raises(StoreError, match=refused):
         run(retention_site, store)
     assert line_b_readings(backend) == held > 0
+
+
+def agree_state(backend: str) -> None:
+    """The log's saved state made that of its entries as they now stand."""
+    log = MerkleLog()
+    with database(backend).begin() as conn:
+        for (entry,) in conn.execute(sa.text("SELECT entry FROM audit_entries ORDER BY seq")):
+            log.append(bytes(entry))
+        conn.execute(
+            sa.text("UPDATE meta SET value = :state WHERE key = :key"),
+            {"state": json.dumps(audit.saved_state(log)), "key": audit.STATE_KEY},
+        )
 
 
 def line_b_readings(backend: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from evidence_kit import Site, agree, fill, public_keys, target_of
 
 import engine.verify.records
 from engine.canonical import canonical_json
+from engine.store import reads
 from engine.store.store import Store
 from engine.verify.report import Report
 from engine.verify.whole import verify_store
@@ -146,3 +148,28 @@ def test_a_worker_killed_leaves_its_ranges_to_the_verifying_process(
     store.close()
     assert one.ok, one.problems
     assert (two.ok, two.counts, two.problems) == (one.ok, one.counts, one.problems)
+
+
+def test_a_worker_s_kept_connection_a_read_failed_on_is_dropped_and_the_next_range_opens_anew(
+    tmp_path,
+):
+    """A worker keeps one connection for all its ranges; one a read failed on (a server that
+    went away) is closed and forgotten, so the worker's next range opens a new one instead of
+    failing on the lost one."""
+    path = tmp_path / "store.db"
+    sqlite3.connect(path).close()
+    source = reads.Source(False, str(path))
+    as_a_worker = engine.verify.records._Reading(frozenset(), False, verifier=-1)
+    with engine.verify.records._range_records(source, as_a_worker):
+        pass
+    kept = reads.kept_driver(source)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="lost"),
+        engine.verify.records._range_records(source, as_a_worker),
+    ):
+        raise sqlite3.OperationalError("lost")
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        kept.execute("SELECT 1")
+    again = reads.kept_driver(source)
+    assert again is not None and again is not kept and again.execute("SELECT 1").fetchone() == (1,)
+    reads.drop_kept(source)

@@ -173,9 +173,10 @@ def _groups(work: list[tuple[BatchRef, PlanBody]]) -> Iterator[list[tuple[BatchR
 def forecast(store: Store, at: datetime) -> Outcome:
     """What a run at ``at`` would delete, with the holds in force now; changes nothing."""
     outcome = Outcome(receipt.Run("forecast", instant(at)), at)
+    with store.reading() as conn:
+        held = HoldBook().read(auditlog.signed_since(conn, MerkleLog(), HOLD_KINDS))
     for batch, plan in candidates(store, at):
         with store.reading() as conn:
-            held = HoldBook().read(auditlog.signed_since(conn, MerkleLog(), HOLD_KINDS))
             outcome.add(select(batch, plan, held, data.batch_records(conn, batch.id), at))
     return outcome
 

@@ -147,8 +147,9 @@ def _verdict(
     retained alike (usually all of a device's) share one. ``holds``: those that touch the
     batch."""
     planned = plan.point.get(point) if plan is not None else None
-    if planned is None or plan is None:
+    if planned is None:
         return _Verdict(point, None, ())
+    assert plan is not None
     covering = tuple(
         h.id
         for h in holds

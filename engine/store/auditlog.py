@@ -70,7 +70,7 @@ def make(conn: Connection, audit_key: str, actor: Actor) -> str:
 
 def _state(conn: Connection) -> MerkleLog:
     """The log's saved state (:data:`~engine.audit.STATE_KEY`), empty before its first entry:
-    as this transaction last saved it, if it appended (:func:`_appending`), else as read."""
+    as this transaction last saved it, if it appended (:func:`append`), else as read."""
     kept = conn.info.get(_STATE)
     if kept is not None and kept[0] is conn.get_transaction():
         return MerkleLog.from_state(kept[1].size, kept[1].hashes)

@@ -4,8 +4,8 @@
 small tables (meta, audit entries, checkpoints, plans, batches and their
 signatures) come through SQLAlchemy. The records (readings and gap records,
 nearly all of a store) come from the DB-API driver itself, in batch order,
-through C iterators; a worker process verifying a range of batches reads
-them on a connection of its own (:func:`connect`).
+through C iterators; a worker process verifying ranges of batches reads
+them on a connection of its own (:func:`kept_driver`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
@@ -209,6 +209,15 @@ def kept_driver(source: Source, *, autocommit: bool = False) -> Any | None:
 
 
 _KEPT: dict[tuple[int, Source, bool], Any] = {}
+
+
+def drop_kept(source: Source, *, autocommit: bool = False) -> None:
+    """Close and forget this process's kept connection to ``source`` (one a read failed on: it
+    may be lost), so that its next :func:`kept_driver` opens a new one."""
+    driver = _KEPT.pop((os.getpid(), source, autocommit), None)
+    if driver is not None:
+        with suppress(*driver_errors(source)):
+            driver.close()
 
 
 def driver_errors(source: Source) -> tuple[type[Exception], ...]:

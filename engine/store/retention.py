@@ -139,9 +139,9 @@ def erase(conn: Connection, erasures: Sequence[Erasure]) -> None:
     for table in (READINGS, GAPS):
         for start in range(0, len(emptied), 500):
             conn.execute(delete(table).where(table.c.batch_id.in_(emptied[start : start + 500])))
-        for e in erasures:
+        for e in (e for e in erasures if e.hashes):
             gone = delete(table).where(table.c.batch_id == e.batch_id)
-            for start in range(0, len(e.positions) if e.hashes else 0, 500):
+            for start in range(0, len(e.positions), 500):
                 conn.execute(gone.where(table.c.position.in_(e.positions[start : start + 500])))
     if erasures:
         conn.execute(insert(ERASURES), [_erasure_row(e) for e in erasures])

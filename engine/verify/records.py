@@ -5,9 +5,9 @@ driver in batch order (:mod:`engine.store.reads`), a batch at a time; an
 untampered batch is hashed with C-level iteration, no Python code per row
 (:func:`_hashes_in_order`), and anything else takes :func:`_hash_group`,
 which names each problem. A large store is split by batch-id ranges across
-worker processes, one per CPU, each on a connection of its own; they send
-back per batch only a :class:`BatchCheck`, compared here in batch order, so
-the report is the same either way.
+worker processes, one per CPU, each on a connection of its own (a snapshot
+per range); they send back per batch only a :class:`BatchCheck`, compared
+here in batch order, so the report is the same either way.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def _batch_checks(
     """The check of every batch that has records, in batch-id order: read here, or by workers.
 
     Worker processes take ranges of batch ids up to the last batch this
-    transaction read, each on a connection (and snapshot) of its own; rows
+    transaction read, each in a snapshot of its own (on its worker's connection); rows
     of any later batch id are read here, in this transaction. So a batch a
     collector stores meanwhile (its id is past the last) is not taken for
     records of a batch that is not stored.
@@ -353,8 +353,10 @@ def _check_range(source: reads.Source, ids: BatchIds, reading: _Reading) -> list
 def _range_records(source: reads.Source, reading: _Reading) -> Iterator[reads.Records]:
     """The record tables as a range reads them, in a transaction of its own: on a worker's
     connection, opened for its first range and kept for the others
-    (:func:`~engine.store.reads.kept_driver`: one connection per worker, not per range); in
-    the verifying process (a worker died) or when that could not be opened, on a new one."""
+    (:func:`~engine.store.reads.kept_driver`: one connection per worker, not per range), and
+    dropped when a read fails on it; in the verifying process (a worker died) on a new one,
+    closed at the end, as also when a worker's could not be opened (the new one then raises
+    the driver's error)."""
     driver = None if os.getpid() == reading.verifier else reads.kept_driver(source)
     if driver is None:
         with reads.connect(source) as records:
@@ -362,8 +364,10 @@ def _range_records(source: reads.Source, reading: _Reading) -> Iterator[reads.Re
         return
     try:
         yield reads.Records(driver, source.postgres)
-    finally:
-        driver.rollback()  # the range's snapshot ends with it: it wrote nothing
+    except BaseException:
+        reads.drop_kept(source)
+        raise
+    driver.rollback()  # the range's snapshot ends with it: it wrote nothing
 
 
 # --- hashing ---------------------------------------------------------------------------
