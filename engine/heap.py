@@ -47,10 +47,10 @@ def collector_paused() -> Iterator[None]:
 def heap_frozen() -> Iterator[None]:
     """The heap as it stands frozen (``gc.freeze``) for the block, in which worker processes
     are forked: else every collection in a worker walks all of the heap it was forked with,
-    writing to each object and so copying every page of it (after a retention run, whose
-    receipts the verifying process has just read, its workers took twice the CPU per record).
-    A heap frozen already (a collector's run) is left as it is. (The bundle verifier, which
-    stands alone, does the same in ``in_order``.)"""
+    writing to each object and so copying every page of it. A heap frozen already (a
+    collector's run) is left as it is. (The bundle verifier, which stands alone, does the
+    same in ``in_order``, where it took a quarter off an export made by a process that had
+    just built its store.)"""
     freezing = gc.get_freeze_count() == 0
     if freezing:
         gc.freeze()
