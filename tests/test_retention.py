@@ -513,6 +513,52 @@ def test_a_store_that_does_not_verify_is_left_untouched(retention_site, store, b
     assert remaining(store) == records and not kinds(store, "retention.deleted")
 
 
+def forge_a_signature(backend: str, device: str) -> int:
+    """One signature of the first batch of ``device`` made another's (its last byte flipped);
+    the batch's id."""
+    with database(backend).begin() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT s.batch_id, s.key, s.signature FROM batch_signatures s JOIN batches b"
+                " ON b.id = s.batch_id WHERE b.device = :device ORDER BY b.id, s.key LIMIT 1"
+            ),
+            {"device": device},
+        ).one()
+        forged = bytes(row.signature)[:-1] + bytes([row.signature[-1] ^ 1])
+        conn.execute(
+            sa.text(
+                "UPDATE batch_signatures SET signature = :forged"
+                " WHERE batch_id = :batch AND key = :key"
+            ),
+            {"forged": forged, "batch": row.batch_id, "key": row.key},
+        )
+        return int(row.batch_id)
+
+
+def test_a_forged_signature_of_a_batch_the_run_deletes_from_stops_it(
+    retention_site, store, backend
+):
+    forge_a_signature(backend, "line-a")
+    records = remaining(store)
+    with pytest.raises(StoreUnverified, match=r"does not verify .*does not verify"):
+        run(retention_site, store)
+    assert remaining(store) == records and not kinds(store, "retention.deleted")
+
+
+def test_a_forged_signature_of_a_batch_the_run_leaves_is_named_by_audit_verify_after_it(
+    retention_site, store, backend, tmp_path
+):
+    """The run verifies the signatures of the batches it deletes from alone: a batch it never
+    reads, changes or signs (vault-d keeps its data for ever) is verified as much after the
+    run as before it, by audit verify."""
+    forged = forge_a_signature(backend, "vault-d")
+    done = run(retention_site, store)
+    assert done.deleted["line-a", "P1"] == SECONDS
+    problems = verify(retention_site, store, tmp_path).problems
+    assert [p.item.split(" ")[:2] for p in problems] == [["batch", str(forged)]]
+    assert "does not verify" in problems[0].message
+
+
 def change_a_value(leaves: list[bytes]) -> list[bytes]:
     return [json.dumps(json.loads(leaves[0]) | {"value": -1}, separators=(",", ":")).encode()]
 

@@ -7,12 +7,13 @@ The order is what makes a run safe to kill at any instant:
 3. verify the store (:func:`engine.verify.whole.verify_store`): nothing is deleted
    from a store that does not verify. Everything is checked whole (the audit
    log, checkpoints and tail, plans, batches, chains, receipts and holds) but
-   the records, which are rehashed only in the batches the run will delete
-   from. That is what the run relies on or touches: it signs a checkpoint over
-   the whole log, decides by plans and holds, and deletes from those batches.
-   Records of a batch it does not touch are neither read, changed nor signed
-   by it (a checkpoint signs the log, and the batch's root is in its verified
-   statement and entry), so a tamper there is as visible to ``audit verify``
+   the records, which are rehashed, and the batches' signatures, which are
+   verified, only in the batches the run will delete from. That is what the
+   run relies on or touches: it signs a checkpoint over the whole log, decides
+   by plans and holds, and deletes from those batches. A batch it does not
+   touch, its row, signatures and records, is neither read, changed nor
+   signed by it (a checkpoint signs the log, and the batch's ``batch.stored``
+   entry is checked), so a tamper there is as visible to ``audit verify``
    after the run as before it;
 4. for a few batches with expired records at a time (:data:`GROUP_BATCHES`,
    fewer once they hold :data:`GROUP_RECORDS`): in **one transaction**

@@ -44,9 +44,18 @@ class BatchInfo:
 
 
 def check_batches(
-    conn: Connection, log: Log, plans: Mapping[str, PlanBody], trust: Trust, report: Report
+    conn: Connection,
+    log: Log,
+    plans: Mapping[str, PlanBody],
+    trust: Trust,
+    report: Report,
+    *,
+    only: frozenset[int] | None = None,
 ) -> dict[int, BatchInfo]:
-    """The stored batches whose statement parses, by id; every ``batch.stored`` entry has one."""
+    """The stored batches whose statement parses, by id; every ``batch.stored`` entry has one.
+    Every check of every batch, but the Ed25519 verification of its signatures, which is made
+    of the batches ``only`` alone when given (a retention run's check: the batches it deletes
+    from, :mod:`engine.retention.run`)."""
     signatures = reads.batch_signatures(conn)
     batches: dict[int, BatchInfo] = {}
     recorded: set[int] = set()
@@ -60,6 +69,7 @@ def check_batches(
             signatures=signatures.pop(row.id, {}),
             trust=trust,
             report=report,
+            verify=only is None or row.id in only,
         )
         recorded.add(row.audit_seq)
         if info is not None:
@@ -92,8 +102,10 @@ def _check_batch(
     signatures: dict[str, bytes],
     trust: Trust,
     report: Report,
+    verify: bool,
 ) -> BatchInfo | None:
-    """One batch row, its statement parsed: None if it does not parse."""
+    """One batch row, its statement parsed: None if it does not parse. ``verify``: its
+    signatures are verified, not only looked for."""
     try:
         head = Statement.parse(bytes(row.statement))
     except MalformedStatement as exc:
@@ -113,7 +125,7 @@ def _check_batch(
         required,
         signatures=signatures,
         trust=trust.of_site(plan.site) if plan else trust,
-        signed_at=entry.time if entry else None,
+        signed_at=entry.time if entry and verify else None,
         report=report,
     )
     return BatchInfo(
@@ -241,7 +253,8 @@ def _check_signatures(
     signed_at: str | None,
     report: Report,
 ) -> None:
-    """Each key the batch requires signed its statement, by a version valid at ``signed_at``."""
+    """Each key the batch requires signed its statement, by a version valid at ``signed_at``
+    (None: the signatures are looked for, not verified)."""
     for key in keys:
         signature = signatures.pop(key, None)
         if signature is None:

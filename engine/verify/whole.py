@@ -51,15 +51,16 @@ def verify_store(
     store of at least :data:`~engine.verify.records.PARALLEL_RECORDS` records,
     else this one alone).
 
-    ``records_of``: rehash the records of only these batches, and look for no findings
-    (data kept too long); everything else is checked whole. A retention run's check
-    before it deletes (:mod:`engine.retention.run` says why that is enough). ``digests``,
-    when given, is filled with the digest of the records hashed of each batch no receipt
-    deleted records of (:func:`~engine.verify.records.records_digest`): what the run compares
-    the records it deletes with. ``holds``, when given, is filled with the holds as the
-    verified log states them, and its size: what the run decides by. ``archives``, when
-    given, is the folder the retention runs wrote their archives to: each archive a receipt
-    relied on must be there as its entry signed it.
+    ``records_of``: rehash the records, and verify the signatures, of only these batches,
+    and look for no findings (data kept too long); everything else is checked whole. A
+    retention run's check before it deletes (:mod:`engine.retention.run` says why that is
+    enough). ``digests``, when given, is filled with the digest of the records hashed of
+    each batch no receipt deleted records of
+    (:func:`~engine.verify.records.records_digest`): what the run compares the records it
+    deletes with. ``holds``, when given, is filled with the holds as the verified log states
+    them, and the log's compact state: what the run decides by. ``archives``, when given, is
+    the folder the retention runs wrote their archives to: each archive a receipt relied on
+    must be there as its entry signed it.
     """
     report = Report()
     with store.reading() as conn:
@@ -71,7 +72,8 @@ def verify_store(
         if witness is not None:
             check_witness(conn, witness, log, key, report)
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
-        batches = check_batches(conn, log, plans, trust, report)
+        only = None if records_of is None else frozenset(records_of)
+        batches = check_batches(conn, log, plans, trust, report, only=only)
         check_chains(batches, log, report)
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
@@ -79,7 +81,6 @@ def verify_store(
             check_archives(log, archives, report)
         if holds is not None:
             holds.holds, holds.log = {h.id: h for h in erased.holds}, log.state
-        only = None if records_of is None else frozenset(records_of)
         check_records(
             conn, batches, report, progress, workers, erased=erased, only=only, digests=digests
         )
