@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from engine.canonical import canonical_json
 from engine.plans.body import PlanBody, PlanPoint
@@ -71,9 +72,9 @@ class Selection:
         self.groups = [g for g in groups if g.positions]
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    """What happens to a point's records in this batch, and the group they go in."""
+class _Verdict(NamedTuple):
+    """What happens to a point's records in this batch, and the group they go in (a tuple:
+    one is made per point of every batch a run deletes from)."""
 
     point: str
     expiry: Expiry | None
