@@ -559,6 +559,45 @@ def test_a_forged_signature_of_a_batch_the_run_leaves_is_named_by_audit_verify_a
     assert "does not verify" in problems[0].message
 
 
+def test_a_batch_s_window_changed_for_the_choice_and_put_back_decides_nothing(
+    retention_site, store, backend, monkeypatch, tmp_path
+):
+    """A database writer moves lab-c's batch windows four hours back, so that the run chooses
+    them as expired (P1 is kept at least three hours), and puts them back before the run's
+    check: the run judges each batch by its verified statement, so lab-c's P2 (ten minutes at
+    most) goes and its P1 stays."""
+    with database(backend).begin() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id, window_start, window_end FROM batches WHERE device = 'lab-c'")
+        ).all()
+    windows = {r.id: (r.window_start, r.window_end) for r in rows}
+
+    def set_windows(moved: dict[int, tuple[str, str]]) -> None:
+        with database(backend).begin() as conn:
+            for batch, (start, end) in moved.items():
+                conn.execute(
+                    sa.text("UPDATE batches SET window_start = :s, window_end = :e WHERE id = :i"),
+                    {"s": start, "e": end, "i": batch},
+                )
+
+    def earlier(at: str) -> str:
+        return instant(datetime.fromisoformat(at) - timedelta(hours=4))
+
+    set_windows({batch: (earlier(s), earlier(e)) for batch, (s, e) in windows.items()})
+    verifying = runs.verify_store
+
+    def put_back_then_verify(*args, **kwargs):
+        set_windows(windows)
+        return verifying(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "verify_store", put_back_then_verify)
+    done = run(retention_site, store)
+    assert ("lab-c", "P1") not in done.deleted and done.deleted["lab-c", "P2"] == SECONDS
+    monkeypatch.undo()
+    report = verify(retention_site, store, tmp_path)
+    assert report.ok, report.problems
+
+
 def change_a_value(leaves: list[bytes]) -> list[bytes]:
     return [json.dumps(json.loads(leaves[0]) | {"value": -1}, separators=(",", ":")).encode()]
 

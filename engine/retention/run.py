@@ -14,7 +14,10 @@ The order is what makes a run safe to kill at any instant:
    touch, its row, signatures and records, is neither read, changed nor
    signed by it (a checkpoint signs the log, and the batch's ``batch.stored``
    entry is checked), so a tamper there is as visible to ``audit verify``
-   after the run as before it;
+   after the run as before it. The batches are chosen by their rows; from the
+   check on, each is what its verified statement says (its window, size, plan
+   and root), so a row changed for the choice and put back before the check
+   decides nothing;
 4. for a few batches with expired records at a time (:data:`GROUP_BATCHES`,
    fewer once they hold :data:`GROUP_RECORDS`): in **one transaction**
    (holding the store's write lock) fold in the hold entries written since the
@@ -37,10 +40,11 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -67,6 +71,7 @@ from engine.store.retention import (
     retention_lock,
 )
 from engine.store.store import Store
+from engine.verify.batches import BatchInfo
 from engine.verify.records import records_digest
 from engine.verify.retention import HOLD_KINDS, HoldBook
 from engine.verify.trust import Trust
@@ -136,9 +141,10 @@ def apply(store: Store, job: Job) -> Outcome:
     outcome = Outcome(receipt.Run(str(uuid.uuid4()), instant(started)), started)
     with retention_lock(store.engine):
         seal_with(job.keys, store.audit_key, started)
-        work = list(candidates(store, started))
+        chosen = [batch.id for batch, _ in candidates(store, started)]
         book = HoldBook()
-        digests = _verified(store, job, [batch.id for batch, _ in work], book)
+        digests, signed = _verified(store, job, chosen, book)
+        work = list(_as_signed(store, signed, started))
         archived = _archive(store, job, work, book)
         for group in _groups(work):
             deleting = [(batch, plan, archived, digests.get(batch.id)) for batch, plan in group]
@@ -196,11 +202,15 @@ def _archive(
     return archive.write(store, job.keys, job.actor, job.archives, chosen)
 
 
-def _verified(store: Store, job: Job, touched: list[int], book: HoldBook) -> dict[int, bytes]:
+def _verified(
+    store: Store, job: Job, touched: list[int], book: HoldBook
+) -> tuple[dict[int, bytes], dict[int, BatchInfo]]:
     """The store verifies, the records of the batches ``touched`` included (see the module);
-    the digest of the records of each of those batches no receipt deleted from. ``book`` is
-    filled with the holds the verified log states."""
+    the digest of the records of each of those batches no receipt deleted from, and each of
+    them as its verified statement says. ``book`` is filled with the holds the verified log
+    states."""
     digests: dict[int, bytes] = {}
+    signed: dict[int, BatchInfo] = {}
     report = verify_store(
         store,
         job.trust,
@@ -209,6 +219,7 @@ def _verified(store: Store, job: Job, touched: list[int], book: HoldBook) -> dic
         records_of=touched,
         digests=digests,
         holds=book,
+        statements=signed,
     )
     if not report.ok:
         first = report.problems[0]
@@ -218,15 +229,40 @@ def _verified(store: Store, job: Job, touched: list[int], book: HoldBook) -> dic
             f"{'s' if count > 1 else ''}; the first: {first}): retention deletes nothing from"
             " a store that does not verify (converge audit verify names every problem)"
         )
-    return digests
+    return digests, signed
 
 
 def candidates(store: Store, at: datetime) -> Iterator[tuple[BatchRef, PlanBody]]:
-    """The batches that still hold records, of a stored plan, and have some expired by ``at``."""
+    """The batches that still hold records, of a stored plan, and have some expired by ``at``,
+    as their rows say (a forecast's; a run then decides by their verified statements,
+    :func:`_as_signed`)."""
     with store.reading() as conn:
         refs = batch_refs(conn)
         gone = erased_counts(conn)
         plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
+    yield from _due(refs, plans, gone, at)
+
+
+def _as_signed(
+    store: Store, signed: Mapping[int, BatchInfo], at: datetime
+) -> Iterator[tuple[BatchRef, PlanBody]]:
+    """The batches a run chose, each as its verified statement says (its window, size, plan
+    and root), never as its row said when it was chosen: a row changed for the choice and put
+    back before the check decides nothing. Those not due by their statement are left."""
+    refs = [
+        BatchRef(b.id, b.device, b.window_start, b.window_end, b.count, b.plan_digest, b.root)
+        for b in sorted(signed.values(), key=attrgetter("id"))
+    ]
+    with store.reading() as conn:  # a plan is read by its digest, which its bytes must hash to
+        plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
+    yield from _due(refs, plans, {}, at)
+
+
+def _due(
+    refs: list[BatchRef], plans: Mapping[str, PlanBody | None], gone: dict[int, int], at: datetime
+) -> Iterator[tuple[BatchRef, PlanBody]]:
+    """Those of ``refs`` that still hold records (``gone``: how many receipts removed, by batch
+    id), of a stored plan, with some expired by ``at``."""
     firsts = {d: _retentions(p) for d, p in plans.items() if p is not None}
     for ref in refs:
         plan = plans.get(ref.plan_digest)

@@ -14,7 +14,7 @@ from engine.audit import DEFAULT_AUDIT_KEY
 from engine.store import reads
 from engine.store.store import Store
 from engine.verify.archives import check_archives
-from engine.verify.batches import check_batches, check_chains
+from engine.verify.batches import BatchInfo, check_batches, check_chains
 from engine.verify.central import check_quarantine, check_witnessed
 from engine.verify.checkpoints import LogKey, check_checkpoints, check_log_key, check_witness
 from engine.verify.cosigned import check_cosignatures
@@ -41,6 +41,7 @@ def verify_store(
     digests: MutableMapping[int, bytes] | None = None,
     holds: HoldBook | None = None,
     archives: Path | None = None,
+    statements: MutableMapping[int, BatchInfo] | None = None,
 ) -> Report:
     """Check everything in ``store`` against ``trust`` (and the ``witness`` file, if given);
     the log's checkpoints under ``audit_key`` only, plans' signatures under ``plan_key`` when
@@ -60,7 +61,8 @@ def verify_store(
     deletes with. ``holds``, when given, is filled with the holds as the verified log states
     them, and the log's compact state: what the run decides by. ``archives``, when given, is
     the folder the retention runs wrote their archives to: each archive a receipt relied on
-    must be there as its entry signed it.
+    must be there as its entry signed it. ``statements``, when given with ``records_of``, is
+    filled with each of those batches as its verified statement says.
     """
     report = Report()
     with store.reading() as conn:
@@ -74,6 +76,8 @@ def verify_store(
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         only = None if records_of is None else frozenset(records_of)
         batches = check_batches(conn, log, plans, trust, report, only=only)
+        if statements is not None and only is not None:
+            statements.update({i: batches[i] for i in only if i in batches})
         check_chains(batches, log, report)
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
