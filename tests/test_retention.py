@@ -214,7 +214,7 @@ def test_a_hold_placed_after_the_check_and_rewritten_stops_the_run(
 
     monkeypatch.setattr(runs, "_verified", then_held)
     records = remaining(store)
-    with pytest.raises(StoreError, match="entries since it was verified are not those"):
+    with pytest.raises(StoreError, match="entries are not those its saved state"):
         run(retention_site, store)
     assert remaining(store) == records and not kinds(store, "retention.deleted")
 
@@ -246,7 +246,7 @@ def test_a_receipt_signed_by_the_run_and_overwritten_with_a_release_stops_it(
 
     monkeypatch.setattr(runs, "_delete", then_forged)
     held = line_b_readings(backend)
-    refused = "entries since it was verified are not those" if state == "kept" else "saved state"
+    refused = "entries are not those its saved state" if state == "kept" else "saved state"
     with pytest.raises(StoreError, match=refused):
         run(retention_site, store)
     assert line_b_readings(backend) == held > 0

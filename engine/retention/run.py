@@ -11,10 +11,10 @@ The order is what makes a run safe to kill at any instant:
    verified, only in the batches the run will delete from. That is what the
    run relies on or touches: it signs a checkpoint over the whole log, decides
    by plans and holds, and deletes from those batches. A batch it does not
-   touch, its row, signatures and records, is neither read, changed nor
-   signed by it (a checkpoint signs the log, and the batch's ``batch.stored``
-   entry is checked), so a tamper there is as visible to ``audit verify``
-   after the run as before it. The batches are chosen by their rows; from the
+   touch, its signatures and records, it neither relies on, changes nor
+   signs (a checkpoint signs the log, and the batch's ``batch.stored`` entry
+   is checked), so a tamper there is as visible to ``audit verify`` after the
+   run as before it. The batches are chosen by their rows; from the
    check on, each is what its verified statement says (its window, size, plan
    and root), so a row changed for the choice and put back before the check
    decides nothing;
@@ -255,7 +255,7 @@ def _as_signed(
     ]
     with store.reading() as conn:  # a plan is read by its digest, which its bytes must hash to
         plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
-    yield from _due(refs, plans, {}, at)
+    yield from _due(refs, plans, {}, at)  # emptied batches: left out when they were chosen
 
 
 def _due(

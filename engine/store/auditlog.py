@@ -335,9 +335,8 @@ def signed_since(conn: Connection, log: MerkleLog, kinds: Collection[str]) -> li
 
 def _changed() -> StoreError:
     return StoreError(
-        "the audit log's entries since it was verified are not those its saved state and"
-        " checkpoints sign: the store was changed outside Converge (converge audit verify"
-        " names what)"
+        "the audit log's entries are not those its saved state and checkpoints sign: the"
+        " store was changed outside Converge (converge audit verify names what)"
     )
 
 

@@ -94,7 +94,8 @@ def split_hashes(blob: bytes) -> list[bytes]:
 
 @dataclass(frozen=True)
 class BatchRef:
-    """A batch row as retention needs it: its device, signed window, size, plan and root."""
+    """A batch as retention needs it (from its row, or its verified statement): its device,
+    signed window, size, plan and root."""
 
     id: int
     device: str

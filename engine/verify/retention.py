@@ -640,7 +640,9 @@ class HoldBook:
 
     holds: dict[int, Hold] = field(default_factory=dict)
     log: MerkleLog = field(default_factory=MerkleLog)
-    """The compact state of the log as verified, up to the last entry read."""
+    """The compact state of the log as verified, advanced by
+    :func:`~engine.store.auditlog.signed_since` over the entries read since (empty for a
+    reader that takes the hold entries as written: ``hold list``)."""
 
     def read(self, entries: Iterable[AuditEntry]) -> list[Hold]:
         """The holds in force once ``entries`` are folded in."""

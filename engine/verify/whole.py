@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine import audit
 from engine.audit import DEFAULT_AUDIT_KEY
+from engine.sign.merkle import MerkleLog
 from engine.store import reads
 from engine.store.store import Store
 from engine.verify.archives import check_archives
@@ -84,7 +85,8 @@ def verify_store(
         if archives is not None:
             check_archives(log, archives, report)
         if holds is not None:
-            holds.holds, holds.log = {h.id: h for h in erased.holds}, log.state
+            holds.holds = {h.id: h for h in erased.holds}
+            holds.log = MerkleLog.from_state(log.state.size, log.state.hashes)  # a copy
         check_records(
             conn, batches, report, progress, workers, erased=erased, only=only, digests=digests
         )
