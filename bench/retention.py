@@ -147,12 +147,19 @@ def since(started: Seconds) -> Seconds:
 
 
 def timed_verify(
-    store: Store, keys: BenchKeys, readings: int | None, only: list[int] | None = None
+    store: Store,
+    keys: BenchKeys,
+    readings: int | None,
+    only: list[int] | None = None,
+    *,
+    as_a_run: bool = False,
 ) -> Seconds:
-    """Seconds for one ``verify_store`` (of the records of ``only``, when given); exits unless
-    the store verifies (with ``readings``, when given)."""
+    """Seconds for one ``verify_store`` (of the records of ``only``, when given; and of their
+    signatures alone, ``as_a_run`` checks before it deletes); exits unless the store verifies
+    (with ``readings``, when given)."""
     started = clocks()
-    report = verify_store(store, keys.trust(), records_of=only)
+    signed = only if as_a_run else None
+    report = verify_store(store, keys.trust(), records_of=only, signatures_of=signed)
     elapsed = since(started)
     counted = report.counts.get("readings")
     if not report.ok or report.findings or readings not in {None, counted}:
@@ -209,7 +216,7 @@ def measure(
     store = Store.open_existing(target)
     before = least_verify(store, keys, count, verifies)
     fixed_before = least_verify(store, keys, None, verifies, [])
-    check = timed_verify(store, keys, None, batches)
+    check = timed_verify(store, keys, None, batches, as_a_run=True)
     applied, expired = timed_apply(store, keys, tmp / "archives")
     after = least_verify(store, keys, count - expired, verifies)
     fixed_after = least_verify(store, keys, None, verifies, [])

@@ -217,6 +217,7 @@ def _verified(
         audit_key=store.audit_key,
         workers=job.workers,
         records_of=touched,
+        signatures_of=touched,
         digests=digests,
         holds=book,
         statements=signed,

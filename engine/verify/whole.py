@@ -39,6 +39,7 @@ def verify_store(
     plan_key: str | None = None,
     cosigned_by: Trust | None = None,
     records_of: Collection[int] | None = None,
+    signatures_of: Collection[int] | None = None,
     digests: MutableMapping[int, bytes] | None = None,
     holds: HoldBook | None = None,
     archives: Path | None = None,
@@ -53,11 +54,11 @@ def verify_store(
     store of at least :data:`~engine.verify.records.PARALLEL_RECORDS` records,
     else this one alone).
 
-    ``records_of``: rehash the records, and verify the signatures, of only these batches,
-    and look for no findings (data kept too long); everything else is checked whole. A
-    retention run's check before it deletes (:mod:`engine.retention.run` says why that is
-    enough). ``digests``, when given, is filled with the digest of the records hashed of
-    each batch no receipt deleted records of
+    ``records_of``: rehash the records of only these batches, and look for no findings (data
+    kept too long); ``signatures_of``: verify the signatures (Ed25519) of only these;
+    everything else is checked whole. A retention run's check before it deletes gives both
+    (:mod:`engine.retention.run` says why that is enough). ``digests``, when given, is
+    filled with the digest of the records hashed of each batch no receipt deleted records of
     (:func:`~engine.verify.records.records_digest`): what the run compares the records it
     deletes with. ``holds``, when given, is filled with the holds as the verified log states
     them, and the log's compact state: what the run decides by. ``archives``, when given, is
@@ -76,7 +77,8 @@ def verify_store(
             check_witness(conn, witness, log, key, report)
         plans = check_plans(conn, log, PlanTrust(trust, plan_key), report)
         only = None if records_of is None else frozenset(records_of)
-        batches = check_batches(conn, log, plans, trust, report, only=only)
+        signed = None if signatures_of is None else frozenset(signatures_of)
+        batches = check_batches(conn, log, plans, trust, report, only=signed)
         if statements is not None and only is not None:
             statements.update({i: batches[i] for i in only if i in batches})
         check_chains(batches, log, report)
