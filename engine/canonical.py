@@ -66,7 +66,7 @@ def plainly_canonical(data: bytes) -> Any:
         value = _PLAIN.decode(text)
         if (text.isascii() or not _ASTRAL.search(text)) and _ENCODER.encode(value) == text:
             return value
-    except (ValueError, RecursionError):
+    except (_Differs, ValueError, RecursionError):
         pass
     return None
 
@@ -129,14 +129,7 @@ _CHECKER = json.JSONDecoder(parse_float=_check_float, parse_int=_check_int)
 
 
 def _no_float(token: str) -> float:
-    raise ValueError(f"{token} is a number with a fraction or exponent")
+    raise _Differs  # a fraction or exponent: canonical_json's own check decides
 
 
-def _safe_int(token: str) -> int:
-    number = int(token)
-    if abs(number) > MAX_SAFE_INTEGER:
-        raise ValueError(f"{token} is beyond the integers JCS holds")
-    return number
-
-
-_PLAIN = json.JSONDecoder(parse_float=_no_float, parse_int=_safe_int)
+_PLAIN = json.JSONDecoder(parse_float=_no_float, parse_int=_check_int)
