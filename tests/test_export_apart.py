@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ from test_export import (
     trust_file,
 )
 
+from engine.access.data import Range
 from engine.cli import main
 from engine.export import bundle as writing
 from engine.export import verifier
+from engine.store import reads
 from engine.store.data import StoredBatch
 
 
@@ -198,3 +202,25 @@ def test_a_reading_without_its_members_is_named_by_the_report(
     assert main([*asked, *keys, "--device", DEVICE, "-o", str(out)]) == 2
     assert "its leaf is not a record" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_worker_s_connection_lost_leaves_that_batch_to_the_export_and_the_next_opens_anew(
+    evidence_site: Site, tmp_path: Path
+):
+    """A worker keeps one connection for its jobs; one a read fails on (the link lost) leaves
+    its batch to the export's transaction and is dropped, so the worker's next batch is read
+    on a new connection, not refused for ever."""
+    db = str(tmp_path / "evidence.db")
+    fill(evidence_site, db, tmp_path, seconds=70).close()
+    source = reads.Source(False, db)
+    with closing(sqlite3.connect(db)) as conn:
+        (count,) = conn.execute('SELECT "count" FROM batches WHERE id = 1').fetchone()
+    as_a_worker = {"made_by": -1, "source": source}
+    job = writing.Job(1, count, {"P1"}, Range(None, None), **as_a_worker)  # type: ignore[arg-type]
+    assert writing._read_apart(job) is not None  # read on the worker's kept connection
+    lost = reads.kept_driver(source, autocommit=True)
+    lost.close()
+    assert writing._read_apart(job) is None  # the export's transaction reads it
+    again = reads.kept_driver(source, autocommit=True)
+    assert again is not lost and writing._read_apart(job) is not None
+    reads.drop_kept(source, autocommit=True)

@@ -458,11 +458,13 @@ def _read_apart(job: Job) -> data.Records | None:
     driver = reads.kept_driver(job.source, autocommit=True)  # no transaction held between jobs
     if driver is None:
         return None  # the export's transaction reads it
-    unread: tuple[type[Exception], ...] = (*reads.driver_errors(job.source), StoreError)
     try:
         found = data.driver_records(driver, job.source.postgres, [job.batch])
-    except unread:  # an edit through SQL, a lost link
+    except StoreError:  # an edit through SQL
         return None  # the export's transaction reads it, and names what it cannot
+    except reads.driver_errors(job.source):  # a lost link: its next job opens a new one
+        reads.drop_kept(job.source, autocommit=True)
+        return None
     positions, leaves = found.get(job.batch, ((), ()))
     left = range(job.count) if job.left is None else job.left
     return (positions, leaves) if list(positions) == list(left) else None
