@@ -41,7 +41,7 @@ def check_log(conn: Connection, report: Report) -> Log:
         if entry is not None:
             log.entries[seq] = entry
     report.counts["audit entries"] = len(log.hashes)
-    _check_state(conn, log, report)
+    log.state = _check_state(conn, log, report)
     return log
 
 
@@ -57,14 +57,15 @@ def _entry(seq: int, time: str, kind: str, data: bytes, report: Report) -> audit
     return entry
 
 
-def _check_state(conn: Connection, log: Log, report: Report) -> None:
-    """The compact state the next append starts from must be that of the stored entries."""
-    recomputed = log.state
+def _check_state(conn: Connection, log: Log, report: Report) -> MerkleLog:
+    """The compact state the next append starts from must be that of the stored entries; that
+    state, recomputed."""
+    recomputed = MerkleLog()
     for leaf in log.hashes:
         recomputed.append_hash(leaf)
     saved = reads.meta(conn, audit.STATE_KEY)
     if saved is None and not log.hashes:
-        return
+        return recomputed
     want = audit.saved_state(recomputed)
     try:
         got = read_json(saved) if saved else None
@@ -76,3 +77,4 @@ def _check_state(conn: Connection, log: Log, report: Report) -> None:
             "audit log",
             f"its saved state (size {size}) is not that of the {recomputed.size} stored entries",
         )
+    return recomputed

@@ -63,8 +63,9 @@ def verify_store(
     deletes with. ``holds``, when given, is filled with the holds as the verified log states
     them, and the log's compact state: what the run decides by. ``archives``, when given, is
     the folder the retention runs wrote their archives to: each archive a receipt relied on
-    must be there as its entry signed it. ``statements``, when given with ``records_of``, is
-    filled with each of those batches as its verified statement says.
+    must be there as its entry signed it. ``statements``, when given with ``signatures_of``,
+    is filled with each of those batches as its verified statement says (its signatures
+    verified).
     """
     report = Report()
     with store.reading() as conn:
@@ -79,8 +80,8 @@ def verify_store(
         only = None if records_of is None else frozenset(records_of)
         signed = None if signatures_of is None else frozenset(signatures_of)
         batches = check_batches(conn, log, plans, trust, report, only=signed)
-        if statements is not None and only is not None:
-            statements.update({i: batches[i] for i in only if i in batches})
+        if statements is not None and signed is not None:
+            statements.update({i: batches[i] for i in signed if i in batches})
         check_chains(batches, log, report)
         known = Known(log, plans, batches, good)
         erased = check_retention(conn, known, report)
