@@ -144,7 +144,7 @@ def apply(store: Store, job: Job) -> Outcome:
         chosen = [batch.id for batch, _ in candidates(store, started)]
         book = HoldBook()
         digests, signed = _verified(store, job, chosen, book)
-        work = list(_as_signed(store, signed, started))
+        work = _as_signed(store, signed, started)
         archived = _archive(store, job, work, book)
         for group in _groups(work):
             deleting = [(batch, plan, archived, digests.get(batch.id)) for batch, plan in group]
@@ -233,20 +233,17 @@ def _verified(
     return digests, signed
 
 
-def candidates(store: Store, at: datetime) -> Iterator[tuple[BatchRef, PlanBody]]:
+def candidates(store: Store, at: datetime) -> list[tuple[BatchRef, PlanBody]]:
     """The batches that still hold records, of a stored plan, and have some expired by ``at``,
     as their rows say (a forecast's; a run then decides by their verified statements,
     :func:`_as_signed`)."""
     with store.reading() as conn:
-        refs = batch_refs(conn)
-        gone = erased_counts(conn)
-        plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
-    yield from _due(refs, plans, gone, at)
+        return _due(conn, batch_refs(conn), erased_counts(conn), at)
 
 
 def _as_signed(
     store: Store, signed: Mapping[int, BatchInfo], at: datetime
-) -> Iterator[tuple[BatchRef, PlanBody]]:
+) -> list[tuple[BatchRef, PlanBody]]:
     """The batches a run chose, each as its verified statement says (its window, size, plan
     and root), never as its row said when it was chosen: a row changed for the choice and put
     back before the check decides nothing. Those not due by their statement are left."""
@@ -254,23 +251,25 @@ def _as_signed(
         BatchRef(b.id, b.device, b.window_start, b.window_end, b.count, b.plan_digest, b.root)
         for b in sorted(signed.values(), key=attrgetter("id"))
     ]
-    with store.reading() as conn:  # a plan is read by its digest, which its bytes must hash to
-        plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
-    yield from _due(refs, plans, {}, at)  # emptied batches: left out when they were chosen
+    with store.reading() as conn:
+        return _due(conn, refs, {}, at)  # emptied batches: left out when they were chosen
 
 
 def _due(
-    refs: list[BatchRef], plans: Mapping[str, PlanBody | None], gone: dict[int, int], at: datetime
-) -> Iterator[tuple[BatchRef, PlanBody]]:
+    conn: Connection, refs: list[BatchRef], gone: dict[int, int], at: datetime
+) -> list[tuple[BatchRef, PlanBody]]:
     """Those of ``refs`` that still hold records (``gone``: how many receipts removed, by batch
-    id), of a stored plan, with some expired by ``at``."""
+    id), of a stored plan (read by its digest, which its bytes must hash to), with some
+    expired by ``at``."""
+    plans = {d: data.plan(conn, d) for d in {r.plan_digest for r in refs}}
     firsts = {d: _retentions(p) for d, p in plans.items() if p is not None}
-    for ref in refs:
-        plan = plans.get(ref.plan_digest)
-        if plan is None or ref.count <= gone.get(ref.id, 0):
-            continue
-        if _earliest(firsts[ref.plan_digest], ref) <= at:
-            yield ref, plan
+    return [
+        (ref, plan)
+        for ref in refs
+        if (plan := plans.get(ref.plan_digest)) is not None
+        and ref.count > gone.get(ref.id, 0)
+        and _earliest(firsts[ref.plan_digest], ref) <= at
+    ]
 
 
 def _retentions(plan: PlanBody) -> list[PlanPoint]:
